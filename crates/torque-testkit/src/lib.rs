@@ -20,6 +20,8 @@
 //! as root), removed when the process exits. Redis: `REDIS_URL`, else
 //! 127.0.0.1:6379, else a throwaway `redis-server`. When none can be had the
 //! test **fails**, with a message saying how to get one: it never skips.
+//! `TORQUE_TESTKIT_PG=throwaway` and `TORQUE_TESTKIT_REDIS=throwaway` skip
+//! straight to the throwaway servers (to keep tests off a local server).
 //!
 //! # Example
 //! ```no_run

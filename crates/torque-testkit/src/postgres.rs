@@ -85,7 +85,8 @@ pub async fn pg_database() -> TestDatabase {
 }
 
 impl PgServer {
-    /// The process-wide test server, found on first use: `DATABASE_URL` if set;
+    /// The process-wide test server, found on first use: a throwaway cluster if
+    /// `TORQUE_TESTKIT_PG=throwaway`; else `DATABASE_URL` if set;
     /// else PostgreSQL on 127.0.0.1:5432 (user `postgres`, database `postgres`);
     /// else a throwaway cluster started from local binaries, stopped and removed
     /// when the process exits.
@@ -104,6 +105,12 @@ impl PgServer {
     }
 
     async fn discover() -> Result<PgServer, String> {
+        if std::env::var("TORQUE_TESTKIT_PG").as_deref() == Ok("throwaway") {
+            return tokio::task::spawn_blocking(Self::throwaway)
+                .await
+                .map_err(|e| format!("starting a throwaway cluster panicked: {e}"))?
+                .map_err(|e| format!("TORQUE_TESTKIT_PG=throwaway: {e}"));
+        }
         if let Ok(url) = std::env::var("DATABASE_URL") {
             let admin: Config = url
                 .parse()

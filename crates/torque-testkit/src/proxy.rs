@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 /// Largest chunk forwarded at once.
 const CHUNK: usize = 16 * 1024;
@@ -326,7 +326,7 @@ async fn accept_loop(
                 }
                 None => return,
             },
-            () = sleep_until(refuse_until.unwrap_or_else(Instant::now)), if refuse_until.is_some() => {}
+            () = tokio::time::sleep_until(refuse_until.unwrap_or_else(Instant::now)), if refuse_until.is_some() => {}
             accepted = accept(listener.as_ref()), if listener.is_some() => {
                 if let Ok((client, _)) = accepted {
                     spawn_connection(&mut tasks, client, &shared);
@@ -552,4 +552,13 @@ fn splitmix64(state: &mut u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// Sleeps until `at` only when it is in the future: tokio's timer rounds a
+/// deadline up to the next millisecond tick, which would add ~1 ms per chunk to
+/// pass-through traffic.
+async fn sleep_until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
+    }
 }

@@ -72,7 +72,8 @@ pub async fn redis_namespace() -> RedisNamespace {
 }
 
 impl RedisServer {
-    /// The process-wide test server, found on first use: `REDIS_URL` if set;
+    /// The process-wide test server, found on first use: a throwaway server if
+    /// `TORQUE_TESTKIT_REDIS=throwaway`; else `REDIS_URL` if set;
     /// else Redis on 127.0.0.1:6379; else a throwaway `redis-server` started
     /// from PATH, stopped when the process exits.
     ///
@@ -90,6 +91,12 @@ impl RedisServer {
     }
 
     async fn discover() -> Result<RedisServer, String> {
+        if std::env::var("TORQUE_TESTKIT_REDIS").as_deref() == Ok("throwaway") {
+            return tokio::task::spawn_blocking(Self::throwaway)
+                .await
+                .map_err(|e| format!("starting a throwaway redis-server panicked: {e}"))?
+                .map_err(|e| format!("TORQUE_TESTKIT_REDIS=throwaway: {e}"));
+        }
         if let Ok(url) = std::env::var("REDIS_URL") {
             ping(&url)
                 .await
