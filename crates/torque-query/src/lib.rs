@@ -1,22 +1,54 @@
 //! Query tooling for services on PostgreSQL.
 //!
-//! `torque-query` sits between application code and PostgreSQL: it fingerprints
-//! every statement, finds N+1 patterns within a request, turns per-row lookups
-//! into one batched round trip, writes rows in bulk, and reads query plans to
-//! advise on indexes. "Same shape" and "N+1" are defined by the project's query
-//! contract (docs/query.md once the crate lands).
+//! `torque-query` sits between application code and PostgreSQL. It fingerprints
+//! every statement (which statements are the same shape), finds N+1 patterns and
+//! redundant queries within a request, turns per-row lookups made in the same
+//! tick into one batched round trip, and writes rows in bulk. "Same shape" and
+//! "N+1" follow the project's query contract, restated in `docs/query.md`.
 //!
-//! **Status: skeleton.** The workspace foundation creates this crate so that the
-//! layout, CI and docs are in place; the core lands with the "torque-query core"
-//! issue. Nothing below is usable yet, and this page will say so until it is.
+//! # Example
+//! ```
+//! use torque_query::{detect::{Detector, DetectorConfig, FindingKind}, fingerprint};
 //!
-//! # What it will offer
-//! - `fingerprint(sql)`: a hand-written lexer giving a normalized form and a
-//!   64-bit hash.
-//! - `detect::Detector`: N+1 and redundant-query findings per request scope.
-//! - `Loader<K, V>`: DataLoader batching into `= ANY($1)` lookups.
-//! - Batch INSERT/UPDATE/UPSERT builders and a binary COPY path.
+//! // Same shape, whatever the values, the IN-list length or the alias.
+//! assert_eq!(
+//!     fingerprint("SELECT * FROM users u WHERE u.id = 42").hash(),
+//!     fingerprint("select * from users x where x.id = $1").hash(),
+//! );
+//!
+//! // A loop issuing one query per parent row is an N+1.
+//! let detector = Detector::new(DetectorConfig::default());
+//! let scope = detector.scope();
+//! for post in 1..=10 {
+//!     scope.record(&format!("SELECT * FROM comments WHERE post_id = {post}"));
+//! }
+//! let findings = scope.finish();
+//! assert_eq!(findings.len(), 1);
+//! assert_eq!(findings[0].kind, FindingKind::NPlusOne);
+//! assert_eq!(findings[0].count, 10);
+//! ```
 //!
 //! # Feature flags
-//! None yet. Planned: `postgres` (tokio-postgres instrumentation and batch
-//! writes), `cache` (the result cache on torque-cache), `metrics`.
+//! - `postgres`: [`Instrumented`] (records every statement a tokio-postgres
+//!   client runs, with its call site, into the current request's scope),
+//!   [`BatchInsert`] / [`BatchUpdate`] (UNNEST, multi-row VALUES, binary COPY).
+//! - `metrics`: findings counted through the `metrics` facade.
+//!
+//! EXPLAIN analysis, index advice, the result cache and the slow-query log come
+//! in a later release.
+
+#[cfg(feature = "postgres")]
+mod batch;
+pub mod detect;
+mod fingerprint;
+#[cfg(feature = "postgres")]
+mod instrument;
+mod lexer;
+mod loader;
+
+#[cfg(feature = "postgres")]
+pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict};
+pub use fingerprint::{Fingerprint, StatementKind, fingerprint};
+#[cfg(feature = "postgres")]
+pub use instrument::{Instrumented, scoped};
+pub use loader::{BatchFn, Loader, LoaderBuilder, LoaderStats};

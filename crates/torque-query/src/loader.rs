@@ -1,0 +1,542 @@
+//! DataLoader: lookups made in the same scheduler tick become one batch.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+
+/// A function that loads many keys at once — typically one
+/// `SELECT ... WHERE id = ANY($1)` — and returns the value of every key it
+/// found. Keys it does not return load as `None`.
+///
+/// Implemented for every `Fn(Vec<K>) -> impl Future<Output = Result<HashMap<K, V>, E>>`.
+/// A batch whose keys can fail one by one returns `HashMap<K, Result<T, E2>>`:
+/// each caller then gets its own key's outcome.
+pub trait BatchFn<K, V>: Send + Sync + 'static {
+    /// The batch's error; every caller in a failed batch gets it (shared).
+    type Error: Send + Sync + 'static;
+    /// Loads `keys` (distinct, at most the loader's `max_batch`).
+    fn load(&self, keys: Vec<K>) -> impl Future<Output = Result<HashMap<K, V>, Self::Error>> + Send;
+}
+
+impl<K, V, E, F, Fut> BatchFn<K, V> for F
+where
+    F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<HashMap<K, V>, E>> + Send,
+    E: Send + Sync + 'static,
+{
+    type Error = E;
+    fn load(&self, keys: Vec<K>) -> impl Future<Output = Result<HashMap<K, V>, E>> + Send {
+        self(keys)
+    }
+}
+
+type Outcome<V, E> = Result<Option<V>, Arc<E>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type BoxBatch<K, V, E> = Arc<dyn Fn(Vec<K>) -> BoxFuture<Result<HashMap<K, V>, E>> + Send + Sync>;
+
+/// Coalesces `load(key)` calls made in the same scheduler tick into one call of
+/// a [`BatchFn`], with duplicate keys removed and batches capped at
+/// `max_batch` keys.
+///
+/// The first `load` of a batch yields to the scheduler once — letting every
+/// other ready future and task of this tick add its key — then runs the batch.
+/// There is no timer: a lone lookup costs one yield, not a millisecond.
+/// Cancelling any caller, the one running the batch included, never strands
+/// the others (they re-issue their keys).
+///
+/// Create one loader per request when caching (`cache(true)`), so that values
+/// never outlive the request; without caching a loader can be shared.
+///
+/// # Example
+/// ```
+/// use std::collections::HashMap;
+/// use torque_query::Loader;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // In a service: `SELECT id, name FROM users WHERE id = ANY($1)`.
+/// let users = Loader::new(|ids: Vec<i64>| async move {
+///     Ok::<_, std::io::Error>(ids.into_iter().map(|id| (id, format!("user {id}"))).collect::<HashMap<_, _>>())
+/// });
+/// let (a, b) = tokio::join!(users.load(1), users.load(2));
+/// assert_eq!(a.unwrap().as_deref(), Some("user 1"));
+/// assert_eq!(b.unwrap().as_deref(), Some("user 2"));
+/// assert_eq!(users.stats().batches, 1); // both in one round trip
+/// # }
+/// ```
+pub struct Loader<K, V, E> {
+    inner: Arc<Inner<K, V, E>>,
+}
+
+impl<K, V, E> Clone for Loader<K, V, E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, E> fmt::Debug for Loader<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("max_batch", &self.inner.max_batch)
+            .field("cache", &self.inner.cache.is_some())
+            .field("batches", &self.inner.batches.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<K, V, E> {
+    batch_fn: BoxBatch<K, V, E>,
+    max_batch: usize,
+    cache: Option<Mutex<HashMap<K, Option<V>>>>,
+    pending: Mutex<Option<Arc<Batch<K, V, E>>>>,
+    batches: AtomicU64,
+    keys: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+struct Batch<K, V, E> {
+    state: Mutex<BatchState<K, V, E>>,
+}
+
+struct BatchState<K, V, E> {
+    waiters: HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>,
+    /// Keys in arrival order (the batch function sees them in that order).
+    keys: Vec<K>,
+    taken: bool,
+}
+
+/// Counters of a [`Loader`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoaderStats {
+    /// Calls of the batch function.
+    pub batches: u64,
+    /// Keys passed to the batch function, over all batches.
+    pub keys: u64,
+    /// Loads answered from the per-loader cache.
+    pub cache_hits: u64,
+}
+
+/// Builds a [`Loader`]: `Loader::builder(batch_fn).max_batch(500).cache(true).build()`.
+pub struct LoaderBuilder<K, V, E> {
+    batch_fn: BoxBatch<K, V, E>,
+    max_batch: usize,
+    cache: bool,
+}
+
+impl<K, V, E> fmt::Debug for LoaderBuilder<K, V, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoaderBuilder")
+            .field("max_batch", &self.max_batch)
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default cap on keys per batch: large enough to amortize the round trip,
+/// small enough to keep one statement's array and result modest.
+pub(crate) const DEFAULT_MAX_BATCH: usize = 1000;
+
+impl<K, V, E> LoaderBuilder<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// Most distinct keys per batch (default 1000); a batch that fills up is
+    /// sent at once and later keys start the next one. 0 is taken as 1.
+    pub fn max_batch(mut self, keys: usize) -> Self {
+        self.max_batch = keys.max(1);
+        self
+    }
+
+    /// Remember loaded values (found or not) for the loader's lifetime, so a
+    /// key is fetched at most once. Errors are never cached. Off by default.
+    pub fn cache(mut self, on: bool) -> Self {
+        self.cache = on;
+        self
+    }
+
+    /// The loader.
+    pub fn build(self) -> Loader<K, V, E> {
+        Loader {
+            inner: Arc::new(Inner {
+                batch_fn: self.batch_fn,
+                max_batch: self.max_batch,
+                cache: self.cache.then(|| Mutex::new(HashMap::new())),
+                pending: Mutex::new(None),
+                batches: AtomicU64::new(0),
+                keys: AtomicU64::new(0),
+                cache_hits: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K, V, E> Loader<K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A loader with default settings (batches of up to 1000 keys, no cache).
+    pub fn new<F>(batch_fn: F) -> Self
+    where
+        F: BatchFn<K, V, Error = E>,
+    {
+        Self::builder(batch_fn).build()
+    }
+
+    /// A builder, to set the batch cap or turn on caching.
+    pub fn builder<F>(batch_fn: F) -> LoaderBuilder<K, V, E>
+    where
+        F: BatchFn<K, V, Error = E>,
+    {
+        let batch_fn = Arc::new(batch_fn);
+        LoaderBuilder {
+            batch_fn: Arc::new(move |keys| {
+                let f = Arc::clone(&batch_fn);
+                Box::pin(async move { f.load(keys).await })
+            }),
+            max_batch: DEFAULT_MAX_BATCH,
+            cache: false,
+        }
+    }
+
+    /// What the loader has done so far.
+    pub fn stats(&self) -> LoaderStats {
+        LoaderStats {
+            batches: self.inner.batches.load(Ordering::Relaxed),
+            keys: self.inner.keys.load(Ordering::Relaxed),
+            cache_hits: self.inner.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets cached values (when caching is on).
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.inner.cache {
+            lock(cache).clear();
+        }
+    }
+
+    /// The value of `key`: `Ok(None)` when the batch did not return it.
+    ///
+    /// # Errors
+    /// The batch function's error, shared by every key of the failed batch.
+    pub async fn load(&self, key: K) -> Result<Option<V>, Arc<E>> {
+        if let Some(cache) = &self.inner.cache
+            && let Some(v) = lock(cache).get(&key)
+        {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(v.clone());
+        }
+        loop {
+            let (rx, leader) = self.enqueue(&key);
+            if let Some(batch) = leader {
+                let mut guard = LeaderGuard {
+                    inner: &self.inner,
+                    batch: Some(batch),
+                };
+                // Let every other future and task that is ready in this tick
+                // add its key before the batch goes.
+                tokio::task::yield_now().await;
+                guard.run().await;
+            }
+            match rx.await {
+                Ok(outcome) => return outcome,
+                // The caller running our batch was cancelled before answering:
+                // issue the key again (into a new batch).
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Loads several keys, in one batch when they fit, returning their values
+    /// in the order given.
+    ///
+    /// # Errors
+    /// The first error among the keys' batches.
+    pub async fn load_many(&self, keys: impl IntoIterator<Item = K>) -> Result<Vec<Option<V>>, Arc<E>> {
+        let futures: Vec<_> = keys.into_iter().map(|k| self.load(k)).collect();
+        let mut out = Vec::with_capacity(futures.len());
+        for r in join_all(futures).await {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// Adds `key` to the open batch (opening one if needed); returns the
+    /// receiver for its outcome and, for the caller who opened the batch, the
+    /// batch to run.
+    #[allow(clippy::type_complexity)]
+    fn enqueue(
+        &self,
+        key: &K,
+    ) -> (
+        oneshot::Receiver<Outcome<V, E>>,
+        Option<Arc<Batch<K, V, E>>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let mut pending = lock(&self.inner.pending);
+        let (batch, leader) = match pending.as_ref() {
+            Some(b) => (Arc::clone(b), false),
+            None => {
+                let b = Arc::new(Batch {
+                    state: Mutex::new(BatchState {
+                        waiters: HashMap::new(),
+                        keys: Vec::new(),
+                        taken: false,
+                    }),
+                });
+                *pending = Some(Arc::clone(&b));
+                (b, true)
+            }
+        };
+        let mut state = lock(&batch.state);
+        match state.waiters.get_mut(key) {
+            Some(senders) => senders.push(tx),
+            None => {
+                state.keys.push(key.clone());
+                state.waiters.insert(key.clone(), vec![tx]);
+            }
+        }
+        if state.keys.len() >= self.inner.max_batch {
+            // Full: later keys go into a new batch; the leader sends this one.
+            *pending = None;
+        }
+        drop(state);
+        drop(pending);
+        (rx, leader.then_some(batch))
+    }
+}
+
+/// Runs the batch; if dropped first (the leader was cancelled), releases the
+/// batch so its waiters retry instead of waiting forever.
+struct LeaderGuard<'a, K, V, E> {
+    inner: &'a Inner<K, V, E>,
+    batch: Option<Arc<Batch<K, V, E>>>,
+}
+
+impl<K, V, E> LeaderGuard<'_, K, V, E>
+where
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    fn take(&mut self) -> Option<(Vec<K>, HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>)> {
+        let batch = self.batch.take()?;
+        {
+            let mut pending = lock(&self.inner.pending);
+            if pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, &batch)) {
+                *pending = None;
+            }
+        }
+        let mut state = lock(&batch.state);
+        state.taken = true;
+        Some((
+            std::mem::take(&mut state.keys),
+            std::mem::take(&mut state.waiters),
+        ))
+    }
+
+    async fn run(&mut self) {
+        let Some((keys, waiters)) = self.take() else {
+            return;
+        };
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        // If this future is dropped while the batch runs, `waiters` is dropped
+        // with it and every receiver sees a closed channel and retries.
+        match (self.inner.batch_fn)(keys).await {
+            Ok(mut values) => {
+                let mut cache = self.inner.cache.as_ref().map(lock);
+                for (key, senders) in waiters {
+                    let value = values.remove(&key);
+                    if let Some(cache) = cache.as_mut() {
+                        cache.insert(key, value.clone());
+                    }
+                    for tx in senders {
+                        let _ = tx.send(Ok(value.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for tx in waiters.into_values().flatten() {
+                    let _ = tx.send(Err(Arc::clone(&e)));
+                }
+            }
+        }
+    }
+}
+
+impl<K, V, E> Drop for LeaderGuard<'_, K, V, E> {
+    fn drop(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            // Cancelled before running: close the batch so no new key joins
+            // it, and drop its senders so its waiters retry.
+            let mut pending = lock(&self.inner.pending);
+            if pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, &batch)) {
+                *pending = None;
+            }
+            drop(pending);
+            let mut state = lock(&batch.state);
+            state.taken = true;
+            state.waiters.clear();
+        }
+    }
+}
+
+/// Polls all futures to completion, in order: a minimal `join_all` so the
+/// crate needs no futures dependency for it.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn squares(calls: Arc<AtomicUsize>) -> Loader<u32, u64, String> {
+        Loader::new(move |keys: Vec<u32>| {
+            let calls = Arc::clone(&calls);
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                if keys.contains(&13) {
+                    return Err(format!("unlucky batch {keys:?}"));
+                }
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| k % 2 == 0)
+                    .map(|k| (k, u64::from(k) * u64::from(k)))
+                    .collect())
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_loads_share_one_batch_and_dedupe() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let loader = squares(Arc::clone(&calls));
+        let keys = [2u32, 4, 2, 6, 3];
+        let results = join_all(keys.iter().map(|&k| loader.load(k)).collect()).await;
+        let values: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, vec![Some(4), Some(16), Some(4), Some(36), None]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(loader.stats().keys, 4, "duplicate keys are sent once");
+    }
+
+    #[tokio::test]
+    async fn sequential_loads_are_separate_batches() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let loader = squares(Arc::clone(&calls));
+        assert_eq!(loader.load(2).await.unwrap(), Some(4));
+        assert_eq!(loader.load(4).await.unwrap(), Some(16));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn batch_error_reaches_every_key_of_that_batch_only() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let loader = squares(Arc::clone(&calls));
+        let (a, b) = tokio::join!(loader.load(13), loader.load(2));
+        assert!(a.unwrap_err().contains("unlucky"));
+        assert!(b.is_err());
+        assert_eq!(loader.load(2).await.unwrap(), Some(4), "errors are not cached");
+    }
+
+    #[tokio::test]
+    async fn max_batch_splits_large_tick() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let loader: Loader<u32, u32, String> = Loader::builder(move |keys: Vec<u32>| {
+            let c = Arc::clone(&c);
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                assert!(keys.len() <= 10);
+                Ok(keys.into_iter().map(|k| (k, k)).collect())
+            }
+        })
+        .max_batch(10)
+        .build();
+        let results = loader.load_many(0..95).await.unwrap();
+        assert_eq!(results, (0..95).map(Some).collect::<Vec<_>>());
+        assert_eq!(calls.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn cache_answers_repeats_without_a_batch() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let loader: Loader<u32, u32, String> = Loader::builder(move |keys: Vec<u32>| {
+            let c = Arc::clone(&c);
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Ok(keys.into_iter().filter(|k| *k > 0).map(|k| (k, k)).collect())
+            }
+        })
+        .cache(true)
+        .build();
+        assert_eq!(loader.load(1).await.unwrap(), Some(1));
+        assert_eq!(loader.load(0).await.unwrap(), None);
+        assert_eq!(loader.load(1).await.unwrap(), Some(1));
+        assert_eq!(loader.load(0).await.unwrap(), None);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(loader.stats().cache_hits, 2);
+    }
+
+    #[tokio::test]
+    async fn cancelled_leader_does_not_strand_waiters() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let loader = squares(Arc::clone(&calls));
+        let mut leader = Box::pin(loader.load(2));
+        // Poll the leader once: it opens the batch and yields.
+        assert!(futures_poll_once(leader.as_mut()).await.is_none());
+        let follower = loader.load(4);
+        drop(leader);
+        assert_eq!(follower.await.unwrap(), Some(16));
+    }
+
+    async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match Pin::new(&mut f).poll(cx) {
+                std::task::Poll::Ready(v) => Some(v),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,244 @@
+//! The fingerprint rules of the query contract (docs/query.md), one test each.
+
+use torque_query::{StatementKind, fingerprint};
+
+fn same(a: &str, b: &str) {
+    let (fa, fb) = (fingerprint(a), fingerprint(b));
+    assert_eq!(
+        fa.hash(),
+        fb.hash(),
+        "expected the same shape:\n  {a}\n  -> {}\n  {b}\n  -> {}",
+        fa.normalized(),
+        fb.normalized()
+    );
+}
+
+fn differ(a: &str, b: &str) {
+    let (fa, fb) = (fingerprint(a), fingerprint(b));
+    assert_ne!(
+        fa.hash(),
+        fb.hash(),
+        "expected different shapes:\n  {a}\n  {b}\n  both -> {}",
+        fa.normalized()
+    );
+}
+
+#[test]
+fn literals_and_bind_parameters_are_one_placeholder() {
+    same(
+        "SELECT * FROM users WHERE id = 42",
+        "SELECT * FROM users WHERE id = '19'",
+    );
+    same(
+        "SELECT * FROM users WHERE id = 42",
+        "SELECT * FROM users WHERE id = $1",
+    );
+    same(
+        "SELECT * FROM users WHERE id = -42",
+        "SELECT * FROM users WHERE id = 7",
+    );
+    same(
+        "SELECT * FROM t WHERE a = 1.5e3 AND b = E'x\\'y'",
+        "SELECT * FROM t WHERE a = $1 AND b = $2",
+    );
+    same(
+        "SELECT * FROM t WHERE d = $tag$x$tag$",
+        "SELECT * FROM t WHERE d = 'x'",
+    );
+    same(
+        "SELECT * FROM t WHERE flag = true",
+        "SELECT * FROM t WHERE flag = false",
+    );
+    same(
+        "SELECT * FROM users WHERE id = 1",
+        "SELECT * FROM users WHERE id = 1",
+    );
+    assert_eq!(
+        fingerprint("SELECT name FROM users WHERE id = 42").normalized(),
+        "select name from users where id = ?"
+    );
+}
+
+#[test]
+fn arithmetic_minus_is_not_folded_into_a_literal() {
+    differ("SELECT a - 1 FROM t", "SELECT a FROM t");
+    same("SELECT a - 1 FROM t", "SELECT a - 2 FROM t");
+}
+
+#[test]
+fn in_lists_of_any_length_collapse_to_one_slot() {
+    same(
+        "SELECT * FROM users WHERE id IN (1)",
+        "SELECT * FROM users WHERE id IN (1, 2, 3, 4)",
+    );
+    same(
+        "SELECT * FROM users WHERE id IN ($1, $2)",
+        "SELECT * FROM users WHERE id IN ('a')",
+    );
+    same(
+        "SELECT * FROM users WHERE id IN (1::int, 2::int)",
+        "SELECT * FROM users WHERE id IN (3::int)",
+    );
+    assert_eq!(
+        fingerprint("SELECT * FROM users WHERE id IN (1, 2, 3)").normalized(),
+        "select * from users where id in (?)"
+    );
+    differ(
+        "SELECT * FROM users WHERE id IN (SELECT user_id FROM admins)",
+        "SELECT * FROM users WHERE id IN (1, 2)",
+    );
+}
+
+#[test]
+fn any_array_of_constants_collapses_and_any_param_differs_from_eq_param() {
+    same(
+        "SELECT * FROM users WHERE id = ANY(ARRAY[1, 2, 3])",
+        "SELECT * FROM users WHERE id = ANY(ARRAY[4])",
+    );
+    differ(
+        "SELECT * FROM users WHERE id = ANY($1)",
+        "SELECT * FROM users WHERE id = $1",
+    );
+    differ(
+        "SELECT * FROM users WHERE id = ANY(ARRAY[1, 2])",
+        "SELECT * FROM users WHERE id = 1",
+    );
+}
+
+#[test]
+fn case_white_space_comments_and_trailing_semicolon_do_not_matter() {
+    same(
+        "SELECT id FROM users WHERE id = 1",
+        "  select   ID\n\tfrom USERS   where id=1 ;",
+    );
+    same(
+        "SELECT id FROM users WHERE id = 1",
+        "/* controller='users',traceparent='00-abc-def-01' */ SELECT id FROM users WHERE id = 1 -- trailing",
+    );
+    same(
+        "SELECT id FROM users WHERE id = 1",
+        "SELECT id FROM users WHERE id = 1 /*action='show',db_driver='tokio-postgres'*/;",
+    );
+    same(
+        "SELECT id FROM users",
+        "SELECT id /* a /* nested */ comment */ FROM users;;",
+    );
+}
+
+#[test]
+fn unquoted_identifiers_fold_quoted_ones_keep_case() {
+    differ("SELECT * FROM \"Users\"", "SELECT * FROM users");
+    same("SELECT * FROM \"users\"", "SELECT * FROM users");
+    same("SELECT * FROM \"users\"", "SELECT * FROM Users");
+    differ("SELECT \"Name\" FROM users", "SELECT name FROM users");
+}
+
+#[test]
+fn schema_qualifier_does_not_matter() {
+    same(
+        "SELECT * FROM public.products WHERE id = 1",
+        "SELECT * FROM products WHERE id = 2",
+    );
+    same(
+        "SELECT public.products.id FROM public.products",
+        "SELECT products.id FROM products",
+    );
+    same(
+        "INSERT INTO public.t (a) VALUES (1)",
+        "INSERT INTO t (a) VALUES (2)",
+    );
+    same(
+        "UPDATE shop.products SET a = 1 WHERE id = 2",
+        "UPDATE products SET a = 3 WHERE id = 4",
+    );
+}
+
+#[test]
+fn relation_decides_never_its_alias() {
+    differ(
+        "SELECT t.id FROM users t WHERE t.id = 1",
+        "SELECT t.id FROM teams t WHERE t.id = 1",
+    );
+    same(
+        "SELECT t.id FROM users t WHERE t.id = 1",
+        "SELECT u.id FROM users u WHERE u.id = 2",
+    );
+    same(
+        "SELECT t.id FROM users AS t WHERE t.id = 1",
+        "SELECT x.id FROM users x WHERE x.id = 2",
+    );
+    same(
+        "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id = 1",
+        "SELECT a.id, b.name FROM orders a JOIN customers b ON b.id = a.customer_id WHERE a.id = 9",
+    );
+    differ(
+        "SELECT o.id FROM orders o JOIN customers c ON c.id = o.customer_id",
+        "SELECT o.id FROM orders o JOIN suppliers c ON c.id = o.customer_id",
+    );
+}
+
+#[test]
+fn savepoint_names_do_not_matter() {
+    same("SAVEPOINT sp_1", "SAVEPOINT other");
+    same("RELEASE SAVEPOINT sp_1", "RELEASE SAVEPOINT sp_2");
+    same("RELEASE sp_1", "RELEASE sp_2");
+    same("ROLLBACK TO SAVEPOINT a", "ROLLBACK TO SAVEPOINT b");
+    differ("SAVEPOINT a", "RELEASE SAVEPOINT a");
+}
+
+#[test]
+fn every_statement_has_a_fingerprint_utility_included() {
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "SET statement_timeout = 500",
+        "SHOW work_mem",
+        "",
+        ";",
+        "  ",
+    ] {
+        let f = fingerprint(sql);
+        assert_eq!(f.kind(), StatementKind::Utility, "{sql:?}");
+        let _ = f.hash();
+    }
+    differ("BEGIN", "COMMIT");
+    same(
+        "SET statement_timeout = 500",
+        "set statement_timeout = 1000",
+    );
+}
+
+#[test]
+fn kinds_and_tables() {
+    let f = fingerprint("WITH x AS (SELECT 1) INSERT INTO logs (a) SELECT * FROM x");
+    assert_eq!(f.kind(), StatementKind::Insert);
+    let f = fingerprint("SELECT * FROM a JOIN public.b ON a.id = b.a_id, c WHERE a.x = 1");
+    assert_eq!(f.tables(), ["a", "b", "c"]);
+    let f = fingerprint("SELECT 1");
+    assert!(f.tables().is_empty());
+    let f = fingerprint("SELECT now() IS DISTINCT FROM NULL");
+    assert!(f.tables().is_empty());
+    let f = fingerprint("SELECT * FROM generate_series(1, 10) g");
+    assert!(f.tables().is_empty());
+    assert_eq!(
+        fingerprint("DELETE FROM t WHERE id = 1").kind(),
+        StatementKind::Delete
+    );
+    assert_eq!(
+        fingerprint("update t set a = 1").kind(),
+        StatementKind::Update
+    );
+}
+
+#[test]
+fn hash_is_stable_across_runs() {
+    // FNV-1a of the normalized text: a stored fingerprint stays valid.
+    let f = fingerprint("SELECT 1");
+    assert_eq!(f.normalized(), "select ?");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in f.normalized().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    assert_eq!(f.hash(), h);
+}
