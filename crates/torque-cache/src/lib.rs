@@ -1,23 +1,68 @@
-//! A tiered cache for services that sit on PostgreSQL and Redis.
+//! A concurrent, bounded, in-process cache: the L1 tier of Torque's tiered
+//! cache, usable on its own.
 //!
-//! `torque-cache` puts a concurrent, bounded in-process cache (L1) in front of
-//! an optional shared tier (L2, Redis) and a loader, so that a hot key costs a
-//! hash lookup, a warm key one Redis round trip, and a cold key exactly one load
-//! however many callers miss it at once.
+//! [`LocalCache`] is sharded (one lock per shard, no `unsafe`), bounded by
+//! entry count or by weight for the cache as a whole, and evicts with a
+//! [`Policy`] chosen at build time: `Lru`, `Lfu`, `Fifo`, `Ttl` (nearest expiry
+//! first) or the default `Adaptive` (W-TinyLFU: scan resistant and frequency
+//! aware). Entries can expire by time-to-live, time-to-idle or a per-entry
+//! time-to-live, and expired entries are freed as the cache is used, not only
+//! when read. [`get_or_load`](LocalCache::get_or_load) and
+//! [`get_or_load_async`](LocalCache::get_or_load_async) run one load per key
+//! however many callers miss it at once. An eviction listener hears of every
+//! entry that leaves, with its [`RemovalCause`], and [`stats`](LocalCache::stats)
+//! counts hits, misses, evictions and loads. The Redis L2 tier comes in a later
+//! release.
 //!
-//! **Status: skeleton.** The workspace foundation creates this crate so that the
-//! layout, CI and docs are in place; the in-process cache lands with the
-//! "torque-cache L1" issue and the Redis tier after it. Nothing below is usable
-//! yet, and this page will say so until it is.
+//! # Example
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use torque_cache::{LocalCache, MockClock, Policy};
 //!
-//! # What it will offer
-//! - `LocalCache<K, V>`: sharded, bounded, with a policy chosen at build time
-//!   (`Lru`, `Lfu`, `Fifo`, `Ttl`, and an adaptive scan-resistant default),
-//!   time-to-live / time-to-idle / per-entry expiry, stampede-protected loads,
-//!   an eviction listener and statistics.
-//! - `TieredCache`: L1 over a Redis L2 with read-through, write-through,
-//!   cross-instance invalidation, warming, refresh-ahead and fail-safe serving.
+//! let clock = MockClock::new();
+//! let cache: LocalCache<u64, Arc<String>> = LocalCache::builder()
+//!     .max_capacity(10_000)
+//!     .policy(Policy::Adaptive)
+//!     .time_to_live(Duration::from_secs(60))
+//!     .clock(clock.clone())
+//!     .build()?;
+//!
+//! cache.insert(1, Arc::new("one".to_string()));
+//! assert_eq!(cache.get(&1).as_deref().map(String::as_str), Some("one"));
+//!
+//! // A miss loads once, even with many callers; errors are not cached.
+//! let two = cache.get_or_load(2, || Ok::<_, std::io::Error>(Arc::new("two".into())));
+//! assert_eq!(two.unwrap().as_str(), "two");
+//!
+//! clock.advance(Duration::from_secs(61));
+//! assert_eq!(cache.get(&1), None, "expired");
+//! let stats = cache.stats();
+//! assert_eq!((stats.hits, stats.loads), (1, 1));
+//! # Ok::<(), torque_cache::BuildError>(())
+//! ```
 //!
 //! # Feature flags
-//! None yet. Planned: `redis` (the L2 tier and invalidation), `metrics`
-//! (statistics through the `metrics` facade), `serde` (serializable config).
+//! - `metrics`: also publish the [`CacheStats`] counters through the
+//!   [`metrics`](https://docs.rs/metrics) facade (no recorder is installed;
+//!   that is the application's job).
+
+mod builder;
+mod cache;
+mod clock;
+mod load;
+#[cfg(feature = "metrics")]
+mod metrics;
+mod policy;
+mod shard;
+mod stats;
+
+pub use builder::{BuildError, LocalCacheBuilder, MAX_SHARDS};
+pub use cache::{LocalCache, RemovalCause};
+pub use clock::{Clock, MockClock, SystemClock};
+pub use policy::Policy;
+pub use stats::{CacheStats, Evictions};
+
+/// The default key hasher: foldhash, fast and randomly seeded per cache. See
+/// [`LocalCacheBuilder::hasher`] for when to choose a DoS-resistant one.
+pub type DefaultHasher = foldhash::fast::RandomState;

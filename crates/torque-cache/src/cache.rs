@@ -1,0 +1,543 @@
+//! [`LocalCache`]: shards, the global capacity bound, expiry and the listener.
+//!
+//! # How capacity stays global
+//! Each shard has its own lock, table and policy, but weight is counted once,
+//! in one atomic shared by all shards. A write adds its weight there; while
+//! the total is over `max_capacity` the writer evicts its own shard's policy
+//! victim (so the hot path touches one lock), never evicting the entry it just
+//! wrote while the shard holds nothing else; if its shard runs dry it walks the
+//! other shards, one lock at a time, until the total fits. So no shard evicts
+//! while the cache as a whole has room (unlike a fixed per-shard capacity,
+//! quick_cache #55), and the bound holds whenever no write is in flight. During
+//! concurrent writes the total can exceed the bound by at most the weight of
+//! the writes in flight, and two writers racing to evict can free one entry
+//! more than needed.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
+use parking_lot::Mutex;
+
+use crate::DefaultHasher;
+use crate::builder::{Listener, LocalCacheBuilder, Weigher};
+use crate::clock::{Clock, to_nanos};
+use crate::load::Loads;
+use crate::policy::{NEVER, Policy, PolicyState};
+use crate::shard::{Counters, Removed, Shard, Timing};
+use crate::stats::{CacheStats, Evictions};
+
+/// Why an entry left the cache, as told to the
+/// [eviction listener](crate::LocalCacheBuilder::eviction_listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemovalCause {
+    /// Its time-to-live or time-to-idle ran out (or was zero on arrival).
+    Expired,
+    /// The policy evicted it to stay within capacity, or it weighed more
+    /// than the whole capacity and was never stored.
+    Capacity,
+    /// A write to the same key overwrote it.
+    Replaced,
+    /// `remove`, `retain` or `invalidate_all` removed it.
+    Removed,
+}
+
+/// A write stores nothing of its own and sweeps a neighbouring shard for
+/// expired entries every this many writes, so shards that see no traffic still
+/// free their expired entries.
+const HELP_SWEEP_EVERY: u32 = 64;
+
+/// A concurrent, bounded, in-process cache. See the [crate docs](crate) for an
+/// example and docs/cache.md for a guide.
+///
+/// Cloning is cheap and yields a handle to the same cache.
+///
+/// Values are returned by clone: store `Arc<T>` to share large values instead
+/// of copying them on every hit.
+pub struct LocalCache<K, V, S = DefaultHasher> {
+    pub(crate) inner: Arc<Inner<K, V, S>>,
+}
+
+/// One shard behind its own lock, on its own cache line.
+type ShardCell<K, V> = CachePadded<Mutex<Shard<K, V>>>;
+
+pub(crate) struct Inner<K, V, S> {
+    shards: Box<[ShardCell<K, V>]>,
+    shard_mask: usize,
+    capacity: u64,
+    weight: CachePadded<AtomicU64>,
+    hasher: S,
+    policy: Policy,
+    weigher: Option<Weigher<K, V>>,
+    listener: Option<Listener<K, V>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    origin: Instant,
+    ttl: u64,
+    tti: u64,
+    /// Set once any entry can expire; until then reads skip the clock.
+    expiry_in_use: AtomicBool,
+    pub(crate) loads: Loads<K, V>,
+}
+
+impl<K, V, S> Clone for LocalCache<K, V, S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K, V, S> fmt::Debug for LocalCache<K, V, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        f.debug_struct("LocalCache")
+            .field("policy", &i.policy)
+            .field("max_capacity", &i.capacity)
+            .field("weighted_size", &i.weight.load(Ordering::Relaxed))
+            .field("shards", &i.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Hash + Eq, V> LocalCache<K, V, DefaultHasher> {
+    /// A builder; [`max_capacity`](LocalCacheBuilder::max_capacity) is the
+    /// one required setting.
+    pub fn builder() -> LocalCacheBuilder<K, V, DefaultHasher> {
+        LocalCacheBuilder::new()
+    }
+
+    /// A cache of at most `max_capacity` entries with the default policy and
+    /// no expiry.
+    pub fn new(max_capacity: u64) -> Self {
+        Self::from_builder(
+            Self::builder(),
+            max_capacity,
+            crate::builder::default_shards(max_capacity),
+        )
+    }
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
+    pub(crate) fn from_builder(
+        b: LocalCacheBuilder<K, V, S>,
+        capacity: u64,
+        shards: usize,
+    ) -> Self {
+        let per_shard = capacity.div_ceil(shards as u64);
+        let ttl = b.time_to_live.map_or(NEVER, to_nanos);
+        let tti = b.time_to_idle.map_or(NEVER, to_nanos);
+        let origin = b.clock.now();
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| {
+                        CachePadded::new(Mutex::new(Shard::new(PolicyState::new(
+                            b.policy, per_shard,
+                        ))))
+                    })
+                    .collect(),
+                shard_mask: shards - 1,
+                capacity,
+                weight: CachePadded::new(AtomicU64::new(0)),
+                hasher: b.hasher,
+                policy: b.policy,
+                weigher: b.weigher,
+                listener: b.listener,
+                clock: b.clock,
+                origin,
+                ttl,
+                tti,
+                expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER),
+                loads: Loads::new(),
+            }),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn hash<Q: Hash + ?Sized>(&self, key: &Q) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    /// The shard of a hash. The table inside the shard uses the hash's low
+    /// bits (bucket) and top 7 bits (tag), so the shard index is taken from a
+    /// remix of the hash to stay independent of both.
+    #[inline]
+    fn shard_index(&self, hash: u64) -> usize {
+        let mixed = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (mixed >> 40) as usize & self.inner.shard_mask
+    }
+
+    /// Ticks (nanoseconds since the cache was built) by the cache's clock.
+    pub(crate) fn now_ticks(&self) -> u64 {
+        let since = self
+            .inner
+            .clock
+            .now()
+            .saturating_duration_since(self.inner.origin);
+        // Stays below NEVER, so "now" is never mistaken for "no deadline".
+        to_nanos(since).min(NEVER - 1)
+    }
+
+    #[inline]
+    fn timing(&self) -> Timing {
+        if self.inner.expiry_in_use.load(Ordering::Relaxed) {
+            Timing {
+                now: self.now_ticks(),
+                tti: self.inner.tti,
+            }
+        } else {
+            Timing { now: 0, tti: NEVER }
+        }
+    }
+
+    fn over_capacity(&self) -> bool {
+        self.inner.weight.load(Ordering::Acquire) > self.inner.capacity
+    }
+
+    fn add_weight(&self, before: u64, after: u64) {
+        if after > before {
+            self.inner
+                .weight
+                .fetch_add(after - before, Ordering::AcqRel);
+        } else if before > after {
+            self.inner
+                .weight
+                .fetch_sub(before - after, Ordering::AcqRel);
+        }
+    }
+
+    fn notify(&self, removed: Removed<K, V>) {
+        #[cfg(feature = "metrics")]
+        for (_, _, cause) in &removed {
+            crate::metrics::record_removal(*cause);
+        }
+        if let Some(listener) = &self.inner.listener {
+            for (key, value, cause) in removed {
+                listener(&key, &value, cause);
+            }
+        }
+    }
+
+    /// The value for `key`, if cached and unexpired. Counts a hit or a miss
+    /// and, for the policy, a use of the key.
+    #[inline]
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.hash(key);
+        let timing = self.timing();
+        let mut removed = Removed::new();
+        let value = {
+            let mut shard = self.inner.shards[self.shard_index(hash)].lock();
+            let before = shard.weight();
+            if shard.sweep_due(timing.now) {
+                shard.sweep(timing, &mut removed);
+            }
+            let value = shard.get(hash, key, timing, &mut removed).cloned();
+            let after = shard.weight();
+            drop(shard);
+            self.add_weight(before, after);
+            value
+        };
+        if !removed.is_empty() {
+            self.notify(removed);
+        }
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_read(value.is_some());
+        value
+    }
+
+    /// The value for `key` without counting a read or telling the policy.
+    pub(crate) fn peek<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let hash = self.hash(key);
+        let timing = self.timing();
+        self.inner.shards[self.shard_index(hash)]
+            .lock()
+            .peek(hash, key, timing)
+            .cloned()
+    }
+
+    /// Whether `key` is cached and unexpired. Not a read: no hit or miss is
+    /// counted and the policy is not told.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let timing = self.timing();
+        self.inner.shards[self.shard_index(hash)]
+            .lock()
+            .contains(hash, key, timing)
+    }
+
+    /// Stores `value` under `key`, replacing any older value (which the
+    /// listener sees as [`RemovalCause::Replaced`]). Evicts as needed to stay
+    /// within capacity; see [`LocalCacheBuilder::weigher`] for entries heavier
+    /// than the whole capacity and
+    /// [`LocalCacheBuilder::max_capacity`] for a capacity of zero.
+    pub fn insert(&self, key: K, value: V) {
+        self.insert_expiring(key, value, self.inner.ttl);
+    }
+
+    /// Like [`insert`](Self::insert), with a time-to-live for this entry that
+    /// replaces the cache-wide one (a time-to-idle still applies).
+    /// `Duration::ZERO` means the entry expires on arrival and is never
+    /// stored.
+    pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
+        self.inner.expiry_in_use.store(true, Ordering::Relaxed);
+        self.insert_expiring(key, value, to_nanos(ttl));
+    }
+
+    fn insert_expiring(&self, key: K, value: V, ttl: u64) {
+        let weight = self
+            .inner
+            .weigher
+            .as_ref()
+            .map_or(1, |w| w(&key, &value))
+            .max(1);
+        let hash = self.hash(&key);
+        let timing = self.timing();
+        let expires = if ttl == NEVER {
+            NEVER
+        } else {
+            timing.now.saturating_add(ttl)
+        };
+        let index = self.shard_index(hash);
+        let mut removed = Removed::new();
+        if u64::from(weight) > self.inner.capacity || expires <= timing.now {
+            let cause = if expires <= timing.now {
+                RemovalCause::Expired
+            } else {
+                RemovalCause::Capacity
+            };
+            let mut shard = self.inner.shards[index].lock();
+            let before = shard.weight();
+            shard.reject(hash, key, value, cause, &mut removed);
+            let after = shard.weight();
+            drop(shard);
+            self.add_weight(before, after);
+            self.notify(removed);
+            return;
+        }
+        let mut help = None;
+        {
+            let mut shard = self.inner.shards[index].lock();
+            let before = shard.weight();
+            if shard.sweep_due(timing.now) {
+                shard.sweep(timing, &mut removed);
+            }
+            shard.insert(hash, key, value, weight, expires, timing, &mut removed);
+            let after = shard.weight();
+            self.add_weight(before, after);
+            while self.over_capacity() && shard.len() > 1 {
+                match shard.evict_one(&mut removed) {
+                    Some(freed) => {
+                        self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+                    }
+                    None => break,
+                }
+            }
+            if shard.writes_since_help >= HELP_SWEEP_EVERY {
+                shard.writes_since_help = 0;
+                if self.inner.expiry_in_use.load(Ordering::Relaxed) {
+                    help = Some((index + 1) & self.inner.shard_mask);
+                }
+            }
+        }
+        if self.over_capacity() {
+            self.evict_elsewhere(index, &mut removed);
+        }
+        if let Some(neighbour) = help
+            && neighbour != index
+            && let Some(mut shard) = self.inner.shards[neighbour].try_lock()
+        {
+            let before = shard.weight();
+            shard.sweep(timing, &mut removed);
+            let after = shard.weight();
+            drop(shard);
+            self.add_weight(before, after);
+        }
+        if !removed.is_empty() {
+            self.notify(removed);
+        }
+    }
+
+    /// Evicts from the shards after `start` (wrapping round to `start`
+    /// itself) until the cache fits.
+    fn evict_elsewhere(&self, start: usize, removed: &mut Removed<K, V>) {
+        let n = self.inner.shards.len();
+        for step in 1..=n {
+            if !self.over_capacity() {
+                return;
+            }
+            let index = (start + step) & self.inner.shard_mask;
+            let mut shard = self.inner.shards[index].lock();
+            while self.over_capacity() {
+                match shard.evict_one(removed) {
+                    Some(freed) => {
+                        self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Removes `key` and returns its value, if cached and unexpired. The
+    /// listener sees it as [`RemovalCause::Removed`] (or
+    /// [`RemovalCause::Expired`] if it had expired, in which case `None` is
+    /// returned).
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let timing = self.timing();
+        let mut removed = Removed::new();
+        let mut shard = self.inner.shards[self.shard_index(hash)].lock();
+        let before = shard.weight();
+        shard.remove(hash, key, timing, &mut removed);
+        let after = shard.weight();
+        drop(shard);
+        self.add_weight(before, after);
+        let value = match removed.last() {
+            Some((_, _, RemovalCause::Removed)) => {
+                let (k, v, cause) = removed.pop()?;
+                if let Some(listener) = &self.inner.listener {
+                    listener(&k, &v, cause);
+                }
+                #[cfg(feature = "metrics")]
+                crate::metrics::record_removal(cause);
+                Some(v)
+            }
+            _ => None,
+        };
+        self.notify(removed);
+        value
+    }
+
+    /// Removes every entry (the listener sees each as
+    /// [`RemovalCause::Removed`]). Shards are cleared one at a time, so a
+    /// concurrent write may survive.
+    pub fn invalidate_all(&self) {
+        for shard in self.inner.shards.iter() {
+            let mut removed = Removed::new();
+            let mut shard = shard.lock();
+            let before = shard.weight();
+            shard.clear(&mut removed);
+            drop(shard);
+            self.add_weight(before, 0);
+            self.notify(removed);
+        }
+    }
+
+    /// Keeps only the entries for which `keep` returns true; the others leave
+    /// with [`RemovalCause::Removed`].
+    ///
+    /// `keep` runs while a shard is locked: it must not use this cache.
+    pub fn retain<F>(&self, mut keep: F)
+    where
+        F: FnMut(&K, &V) -> bool,
+    {
+        for shard in self.inner.shards.iter() {
+            let mut removed = Removed::new();
+            let mut shard = shard.lock();
+            let before = shard.weight();
+            shard.retain(&mut keep, &mut removed);
+            let after = shard.weight();
+            drop(shard);
+            self.add_weight(before, after);
+            self.notify(removed);
+        }
+    }
+
+    /// Frees every expired entry now, in every shard. Writes and reads
+    /// already do this a little at a time; call it to make
+    /// [`weighted_size`](Self::weighted_size) exact, or from a timer when the
+    /// cache can sit idle with expensive expired values.
+    pub fn run_pending_tasks(&self) {
+        let timing = self.timing();
+        for shard in self.inner.shards.iter() {
+            let mut removed = Removed::new();
+            let mut shard = shard.lock();
+            let before = shard.weight();
+            shard.sweep(timing, &mut removed);
+            let after = shard.weight();
+            drop(shard);
+            self.add_weight(before, after);
+            self.notify(removed);
+        }
+    }
+
+    /// The number of entries, after freeing the expired ones.
+    pub fn len(&self) -> usize {
+        self.run_pending_tasks();
+        self.inner.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether [`len`](Self::len) is zero.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The total weight held (the entry count without a weigher), including
+    /// expired entries not yet freed.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weight.load(Ordering::Acquire)
+    }
+
+    /// The capacity given to the builder.
+    pub fn max_capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// The eviction policy.
+    pub fn policy(&self) -> Policy {
+        self.inner.policy
+    }
+
+    /// A snapshot of the counters; see [`CacheStats`].
+    pub fn stats(&self) -> CacheStats {
+        let mut c = Counters::default();
+        for shard in self.inner.shards.iter() {
+            let s = shard.lock().counters;
+            c.hits += s.hits;
+            c.misses += s.misses;
+            c.inserts += s.inserts;
+            c.expired += s.expired;
+            c.capacity += s.capacity;
+            c.replaced += s.replaced;
+            c.removed += s.removed;
+        }
+        let (loads, load_failures, load_nanos) = self.inner.loads.counters();
+        CacheStats {
+            hits: c.hits,
+            misses: c.misses,
+            inserts: c.inserts,
+            evictions: Evictions {
+                expired: c.expired,
+                capacity: c.capacity,
+                replaced: c.replaced,
+                removed: c.removed,
+            },
+            loads,
+            load_failures,
+            total_load_time: Duration::from_nanos(load_nanos),
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! Stampede protection: one load per key at a time, shared by every caller
+//! that misses while it runs.
+//!
+//! The first caller to miss a key becomes its *leader*: it registers a slot in
+//! the in-flight map and runs its loader; later callers find the slot and wait
+//! on it (blocking on a condvar, or as a future with a waker). The leader
+//! publishes to the cache *before* leaving the in-flight map, and a caller that
+//! finds no slot re-reads the cache under the map's lock, so a load that has
+//! just finished is never repeated. A leader that is dropped mid-load
+//! (cancelled future, panicking loader) marks its slot abandoned from a drop
+//! guard; waiters then start over and one of them leads — nobody waits on a
+//! load that no one is running (moka #240).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::LocalCache;
+use crate::clock::to_nanos;
+
+type AnyError = Arc<dyn Any + Send + Sync>;
+
+/// In-flight loads and their counters.
+pub(crate) struct Loads<K, V> {
+    pending: Mutex<HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>>,
+    loads: AtomicU64,
+    failures: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl<K, V> Loads<K, V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            pending: Mutex::new(HashMap::default()),
+            loads: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// `(loads, failures, nanoseconds spent loading)`.
+    pub(crate) fn counters(&self) -> (u64, u64, u64) {
+        (
+            self.loads.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            self.nanos.load(Ordering::Relaxed),
+        )
+    }
+}
+
+enum SlotState<V> {
+    /// The leader is loading; futures waiting on it, by waiter index.
+    Running(Vec<Option<Waker>>),
+    Loaded(V),
+    Failed(AnyError),
+    Abandoned,
+}
+
+enum Outcome<V> {
+    Loaded(V),
+    Failed(AnyError),
+    Abandoned,
+}
+
+/// Where waiters meet the result of one load.
+struct LoadSlot<V> {
+    state: Mutex<SlotState<V>>,
+    ready: Condvar,
+}
+
+impl<V: Clone> LoadSlot<V> {
+    fn new() -> Self {
+        Self {
+            state: Mutex::new(SlotState::Running(Vec::new())),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn outcome(state: &SlotState<V>) -> Option<Outcome<V>> {
+        match state {
+            SlotState::Running(_) => None,
+            SlotState::Loaded(v) => Some(Outcome::Loaded(v.clone())),
+            SlotState::Failed(e) => Some(Outcome::Failed(Arc::clone(e))),
+            SlotState::Abandoned => Some(Outcome::Abandoned),
+        }
+    }
+
+    fn complete(&self, result: SlotState<V>) {
+        let old = std::mem::replace(&mut *self.state.lock(), result);
+        self.ready.notify_all();
+        if let SlotState::Running(wakers) = old {
+            wakers.into_iter().flatten().for_each(Waker::wake);
+        }
+    }
+
+    fn wait(&self) -> Outcome<V> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(outcome) = Self::outcome(&state) {
+                return outcome;
+            }
+            self.ready.wait(&mut state);
+        }
+    }
+}
+
+/// A follower's wait as a future. Dropping it (cancellation) only forgets its
+/// waker; the load and the other waiters carry on.
+struct Wait<V> {
+    slot: Arc<LoadSlot<V>>,
+    waker_index: Option<usize>,
+}
+
+impl<V: Clone> Future for Wait<V> {
+    type Output = Outcome<V>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
+        let this = &mut *self;
+        let mut state = this.slot.state.lock();
+        if let Some(outcome) = LoadSlot::outcome(&state) {
+            return Poll::Ready(outcome);
+        }
+        if let SlotState::Running(wakers) = &mut *state {
+            match this.waker_index {
+                Some(i) => match &mut wakers[i] {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                },
+                None => {
+                    wakers.push(Some(cx.waker().clone()));
+                    this.waker_index = Some(wakers.len() - 1);
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<V> Drop for Wait<V> {
+    fn drop(&mut self) {
+        if let Some(i) = self.waker_index
+            && let SlotState::Running(wakers) = &mut *self.slot.state.lock()
+            && let Some(w) = wakers.get_mut(i)
+        {
+            *w = None;
+        }
+    }
+}
+
+enum Join<V> {
+    Hit(V),
+    Leader(Arc<LoadSlot<V>>),
+    Follower(Arc<LoadSlot<V>>),
+}
+
+/// Held by the leader while its loader runs; on drop without a result (a
+/// cancelled future, a panic) it marks the slot abandoned so waiters retry.
+struct LeaderGuard<'a, K: Hash + Eq, V: Clone, S: BuildHasher> {
+    cache: &'a LocalCache<K, V, S>,
+    key: K,
+    slot: Arc<LoadSlot<V>>,
+    started: Instant,
+    done: bool,
+}
+
+impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
+    fn release(&mut self, state: SlotState<V>) {
+        self.done = true;
+        {
+            let mut pending = self.cache.inner.loads.pending.lock();
+            if pending
+                .get(&self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+            {
+                pending.remove(&self.key);
+            }
+        }
+        self.slot.complete(state);
+    }
+
+    fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
+    where
+        K: Clone,
+    {
+        let loads = &self.cache.inner.loads;
+        let elapsed = self
+            .cache
+            .inner
+            .clock
+            .now()
+            .saturating_duration_since(self.started);
+        loads.nanos.fetch_add(to_nanos(elapsed), Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_load(result.is_ok(), elapsed);
+        match result {
+            Ok(value) => {
+                loads.loads.fetch_add(1, Ordering::Relaxed);
+                // Into the cache first, then out of the in-flight map: see
+                // the module docs.
+                self.cache.insert(self.key.clone(), value.clone());
+                self.release(SlotState::Loaded(value.clone()));
+                Ok(value)
+            }
+            Err(error) => {
+                loads.failures.fetch_add(1, Ordering::Relaxed);
+                let error = Arc::new(error);
+                self.release(SlotState::Failed(Arc::clone(&error) as AnyError));
+                Err(error)
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone, S: BuildHasher> Drop for LeaderGuard<'_, K, V, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.release(SlotState::Abandoned);
+        }
+    }
+}
+
+impl<K, V, S> LocalCache<K, V, S>
+where
+    K: Hash + Eq + Clone,
+    V: Clone,
+    S: BuildHasher,
+{
+    fn join(&self, key: &K) -> Join<V> {
+        let mut pending = self.inner.loads.pending.lock();
+        if let Some(slot) = pending.get(key) {
+            return Join::Follower(Arc::clone(slot));
+        }
+        // A leader that just finished stored its value before leaving the
+        // map, so this re-read under the map's lock cannot miss it.
+        if let Some(value) = self.peek(key) {
+            return Join::Hit(value);
+        }
+        let slot = Arc::new(LoadSlot::new());
+        pending.insert(key.clone(), Arc::clone(&slot));
+        Join::Leader(slot)
+    }
+
+    fn lead(&self, key: K, slot: Arc<LoadSlot<V>>) -> LeaderGuard<'_, K, V, S> {
+        LeaderGuard {
+            cache: self,
+            key,
+            slot,
+            started: self.inner.clock.now(),
+            done: false,
+        }
+    }
+
+    /// The value for `key`, loading it with `load` on a miss. However many
+    /// threads miss the same key at once, one of them runs its loader and
+    /// the others block until it finishes and share its value or its error.
+    /// A value is cached; an error is not, so the next call loads again.
+    ///
+    /// If the loading thread panics, its panic propagates to it alone and one
+    /// of the waiting threads runs its own loader instead.
+    ///
+    /// # Errors
+    /// The loader's error, shared in an `Arc` among all the callers that
+    /// waited for that load.
+    ///
+    /// # Example
+    /// ```
+    /// use torque_cache::LocalCache;
+    ///
+    /// let cache: LocalCache<u32, String> = LocalCache::new(100);
+    /// let v = cache.get_or_load(7, || Ok::<_, std::io::Error>("seven".to_string()));
+    /// assert_eq!(v.unwrap(), "seven");
+    /// assert_eq!(cache.get(&7).as_deref(), Some("seven"));
+    /// ```
+    pub fn get_or_load<E, F>(&self, key: K, load: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Result<V, E>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(value) = self.get(&key) {
+            return Ok(value);
+        }
+        let slot = loop {
+            match self.join(&key) {
+                Join::Hit(value) => return Ok(value),
+                Join::Leader(slot) => break slot,
+                Join::Follower(slot) => match slot.wait() {
+                    Outcome::Loaded(value) => return Ok(value),
+                    Outcome::Failed(error) => {
+                        if let Ok(error) = error.downcast::<E>() {
+                            return Err(error);
+                        }
+                        // A loader with another error type failed: load
+                        // with ours.
+                    }
+                    Outcome::Abandoned => {}
+                },
+            }
+        };
+        let guard = self.lead(key, slot);
+        let result = load();
+        guard.finish(result)
+    }
+
+    /// The value for `key`, loading it with the future `load` returns on a
+    /// miss. However many tasks miss the same key at once, one of them
+    /// awaits its loader and the others wait (without blocking a thread) and
+    /// share its value or its error. A value is cached; an error is not.
+    ///
+    /// Cancellation is safe: a waiting task that is dropped just stops
+    /// waiting; if the loading task is dropped, its load is abandoned and one
+    /// of the waiting tasks starts its own.
+    ///
+    /// # Errors
+    /// The loader's error, shared in an `Arc` among all the callers that
+    /// waited for that load.
+    ///
+    /// # Example
+    /// ```
+    /// use torque_cache::LocalCache;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: LocalCache<u32, String> = LocalCache::new(100);
+    /// let v = cache
+    ///     .get_or_load_async(7, || async { Ok::<_, std::io::Error>("seven".to_string()) })
+    ///     .await;
+    /// assert_eq!(v.unwrap(), "seven");
+    /// # });
+    /// ```
+    pub async fn get_or_load_async<E, F, Fut>(&self, key: K, load: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
+        if let Some(value) = self.get(&key) {
+            return Ok(value);
+        }
+        let slot = loop {
+            match self.join(&key) {
+                Join::Hit(value) => return Ok(value),
+                Join::Leader(slot) => break slot,
+                Join::Follower(slot) => {
+                    let wait = Wait {
+                        slot,
+                        waker_index: None,
+                    };
+                    match wait.await {
+                        Outcome::Loaded(value) => return Ok(value),
+                        Outcome::Failed(error) => {
+                            if let Ok(error) = error.downcast::<E>() {
+                                return Err(error);
+                            }
+                        }
+                        Outcome::Abandoned => {}
+                    }
+                }
+            }
+        };
+        let guard = self.lead(key, slot);
+        let result = load().await;
+        guard.finish(result)
+    }
+}
+
+impl<K, V> fmt::Debug for Loads<K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loads")
+            .field("in_flight", &self.pending.lock().len())
+            .finish_non_exhaustive()
+    }
+}

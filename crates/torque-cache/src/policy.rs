@@ -1,0 +1,144 @@
+//! Eviction policies: which entry leaves when the cache is over capacity.
+//!
+//! Each policy is a sans-IO state machine over the small integer ids of one
+//! shard's slots: the shard tells it what happened (insert, read hit, read miss,
+//! update, removal) and asks it for a victim. No clock, no locking, no keys;
+//! each is unit-tested alone in its module.
+
+mod adaptive;
+mod fifo;
+mod lfu;
+mod list;
+mod lru;
+mod sketch;
+mod ttl;
+
+/// Deadline of an entry that never expires.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+/// The eviction policy of a [`LocalCache`](crate::LocalCache), chosen at build
+/// time.
+///
+/// See docs/cache.md for how to choose; in short, keep the default unless you
+/// know the access pattern.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Policy {
+    /// Least recently used: evicts the entry read or written longest ago.
+    Lru,
+    /// Least frequently used: evicts the entry with the fewest reads since it
+    /// was inserted (ties: least recently used). Counts do not age, so a
+    /// once-popular entry can linger; prefer [`Policy::Adaptive`].
+    Lfu,
+    /// First in, first out: evicts the entry inserted longest ago; reads and
+    /// replacing an existing key's value do not change its place.
+    Fifo,
+    /// Evicts the entry nearest its expiry; entries without expiry go last,
+    /// oldest write first.
+    Ttl,
+    /// W-TinyLFU with adaptive window sizing: a small LRU window in front of a
+    /// segmented LRU, guarded by a frequency sketch that admits a newcomer only
+    /// if it is more popular than the entry it would replace. Scan resistant
+    /// and frequency aware; the best hit ratio on most workloads.
+    #[default]
+    Adaptive,
+}
+
+/// The per-shard state of the chosen policy (enum dispatch: no virtual calls
+/// on the hot path).
+#[derive(Debug)]
+pub(crate) enum PolicyState {
+    Lru(lru::Lru),
+    Lfu(lfu::Lfu),
+    Fifo(fifo::Fifo),
+    Ttl(ttl::NearestExpiry),
+    Adaptive(Box<adaptive::Adaptive>),
+}
+
+impl PolicyState {
+    /// The state for a shard expected to hold about `capacity` weight.
+    pub(crate) fn new(policy: Policy, capacity: u64) -> Self {
+        match policy {
+            Policy::Lru => Self::Lru(lru::Lru::default()),
+            Policy::Lfu => Self::Lfu(lfu::Lfu::default()),
+            Policy::Fifo => Self::Fifo(fifo::Fifo::default()),
+            Policy::Ttl => Self::Ttl(ttl::NearestExpiry::default()),
+            Policy::Adaptive => Self::Adaptive(Box::new(adaptive::Adaptive::new(capacity, true))),
+        }
+    }
+
+    /// A new entry `id` was stored.
+    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32, deadline: u64) {
+        match self {
+            Self::Lru(p) => p.on_insert(id),
+            Self::Lfu(p) => p.on_insert(id),
+            Self::Fifo(p) => p.on_insert(id),
+            Self::Ttl(p) => p.on_insert(id, deadline),
+            Self::Adaptive(p) => p.on_insert(id, hash, weight),
+        }
+    }
+
+    /// A read found entry `id`, whose deadline is now `deadline`.
+    #[inline]
+    pub(crate) fn on_access(&mut self, id: u32, deadline: u64) {
+        match self {
+            Self::Lru(p) => p.on_access(id),
+            Self::Lfu(p) => p.on_access(id),
+            Self::Fifo(_) => {}
+            Self::Ttl(p) => p.on_deadline(id, deadline),
+            Self::Adaptive(p) => p.on_access(id),
+        }
+    }
+
+    /// A read of `hash` found nothing.
+    #[inline]
+    pub(crate) fn on_miss(&mut self, hash: u64) {
+        if let Self::Adaptive(p) = self {
+            p.on_miss(hash);
+        }
+    }
+
+    /// Entry `id` got a new value (weight, deadline).
+    pub(crate) fn on_update(&mut self, id: u32, weight: u32, deadline: u64) {
+        match self {
+            Self::Lru(p) => p.on_access(id),
+            Self::Lfu(p) => p.on_access(id),
+            Self::Fifo(_) => {}
+            Self::Ttl(p) => p.on_deadline(id, deadline),
+            Self::Adaptive(p) => p.on_update(id, weight),
+        }
+    }
+
+    /// Entry `id` left the shard other than through [`Self::evict`].
+    pub(crate) fn on_remove(&mut self, id: u32) {
+        match self {
+            Self::Lru(p) => p.on_remove(id),
+            Self::Lfu(p) => p.on_remove(id),
+            Self::Fifo(p) => p.on_remove(id),
+            Self::Ttl(p) => p.on_remove(id),
+            Self::Adaptive(p) => p.on_remove(id),
+        }
+    }
+
+    /// Chooses and detaches the next victim.
+    pub(crate) fn evict(&mut self) -> Option<u32> {
+        match self {
+            Self::Lru(p) => p.evict(),
+            Self::Lfu(p) => p.evict(),
+            Self::Fifo(p) => p.evict(),
+            Self::Ttl(p) => p.evict(),
+            Self::Adaptive(p) => p.evict(),
+        }
+    }
+
+    /// Forgets every id.
+    pub(crate) fn clear(&mut self) {
+        match self {
+            Self::Lru(p) => p.clear(),
+            Self::Lfu(p) => p.clear(),
+            Self::Fifo(p) => p.clear(),
+            Self::Ttl(p) => p.clear(),
+            Self::Adaptive(p) => p.clear(),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The default policy: W-TinyLFU (Einziger, Friedman & Manes, "TinyLFU: A
+//! Highly Efficient Cache Admission Policy", ACM Transactions on Storage 13(4),
+//! 2017), with Caffeine's hill climber sizing the window.
+//!
+//! New entries enter a small LRU *window*. When the shard must shed weight, the
+//! window's oldest entry (the candidate) competes with the main space's victim
+//! (the tail of the *probation* segment of a segmented LRU): a count-min sketch
+//! of recent popularity ([`FrequencySketch`]) decides which one stays. Main
+//! space is an SLRU: a hit in probation promotes to *protected* (80 % of main),
+//! whose overflow is demoted back to probation. The window absorbs bursts of new
+//! keys (recency); the admission filter keeps scans and one-hit wonders out of
+//! main space (frequency).
+
+use super::list::{Links, List};
+use super::sketch::FrequencySketch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Window,
+    Probation,
+    Protected,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    segment: Segment,
+    weight: u32,
+    hash: u64,
+}
+
+/// Share of main space kept as the protected segment, in percent.
+const PROTECTED_PERCENT: u64 = 80;
+/// Initial window share of the capacity, in percent (Caffeine's default).
+const INITIAL_WINDOW_PERCENT: f64 = 1.0;
+/// Hill climber: first step, and after a large change in hit rate, as a share
+/// of capacity; per-sample decay of the step; the change that restarts it.
+const STEP_PERCENT: f64 = 6.25;
+const STEP_DECAY: f64 = 0.98;
+const RESTART_THRESHOLD: f64 = 0.05;
+/// Candidates at least this popular are sometimes admitted at random even
+/// when not more popular than the victim, so an attacker cannot pin the victim
+/// by flooding its hash (Caffeine's HashDoS defence).
+const RANDOM_ADMIT_FREQUENCY: u8 = 6;
+
+/// W-TinyLFU state of one shard.
+#[derive(Debug)]
+pub(crate) struct Adaptive {
+    links: Links,
+    window: List,
+    probation: List,
+    protected: List,
+    meta: Vec<Meta>,
+    window_weight: u64,
+    probation_weight: u64,
+    protected_weight: u64,
+    capacity: u64,
+    window_max: u64,
+    sketch: FrequencySketch,
+    rng: u64,
+    climber: Option<HillClimber>,
+}
+
+/// Moves the window size in the direction that last improved the hit rate
+/// (Caffeine's `hillClimber`, after the simulator study in the W-TinyLFU
+/// follow-up "Adaptive Software Cache Management", Middleware 2018).
+#[derive(Debug)]
+struct HillClimber {
+    hits: u64,
+    misses: u64,
+    sample_size: u64,
+    previous_hit_rate: f64,
+    step: f64,
+    /// The window size as a float, so small steps accumulate.
+    window: f64,
+}
+
+impl Adaptive {
+    /// A policy for a shard that holds about `capacity` weight; `climb`
+    /// enables adaptive window sizing.
+    pub(crate) fn new(capacity: u64, climb: bool) -> Self {
+        let window = (capacity as f64 * INITIAL_WINDOW_PERCENT / 100.0).max(1.0);
+        Self {
+            links: Links::default(),
+            window: List::new(),
+            probation: List::new(),
+            protected: List::new(),
+            meta: Vec::new(),
+            window_weight: 0,
+            probation_weight: 0,
+            protected_weight: 0,
+            capacity,
+            window_max: window as u64,
+            sketch: FrequencySketch::new(capacity),
+            rng: 0x853c_49e6_748f_ea9b,
+            climber: climb.then(|| HillClimber {
+                hits: 0,
+                misses: 0,
+                sample_size: capacity.saturating_mul(10).max(100),
+                previous_hit_rate: 0.0,
+                step: -(capacity as f64) * STEP_PERCENT / 100.0,
+                window,
+            }),
+        }
+    }
+
+    fn main_max(&self) -> u64 {
+        self.capacity.saturating_sub(self.window_max)
+    }
+
+    fn protected_max(&self) -> u64 {
+        self.main_max() * PROTECTED_PERCENT / 100
+    }
+
+    fn main_weight(&self) -> u64 {
+        self.probation_weight + self.protected_weight
+    }
+
+    fn set_meta(&mut self, id: u32, meta: Meta) {
+        let idx = id as usize;
+        if self.meta.len() <= idx {
+            self.meta.resize(
+                idx + 1,
+                Meta {
+                    segment: Segment::Window,
+                    weight: 0,
+                    hash: 0,
+                },
+            );
+        }
+        self.meta[idx] = meta;
+    }
+
+    fn push(&mut self, id: u32, segment: Segment) {
+        let weight = u64::from(self.meta[id as usize].weight);
+        self.meta[id as usize].segment = segment;
+        match segment {
+            Segment::Window => {
+                self.links.push_front(&mut self.window, id);
+                self.window_weight += weight;
+            }
+            Segment::Probation => {
+                self.links.push_front(&mut self.probation, id);
+                self.probation_weight += weight;
+            }
+            Segment::Protected => {
+                self.links.push_front(&mut self.protected, id);
+                self.protected_weight += weight;
+            }
+        }
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let Meta {
+            segment, weight, ..
+        } = self.meta[id as usize];
+        let weight = u64::from(weight);
+        match segment {
+            Segment::Window => {
+                self.links.unlink(&mut self.window, id);
+                self.window_weight -= weight;
+            }
+            Segment::Probation => {
+                self.links.unlink(&mut self.probation, id);
+                self.probation_weight -= weight;
+            }
+            Segment::Protected => {
+                self.links.unlink(&mut self.protected, id);
+                self.protected_weight -= weight;
+            }
+        }
+    }
+
+    fn demote_protected_overflow(&mut self) {
+        while self.protected_weight > self.protected_max() {
+            let Some(id) = self.protected.back() else {
+                break;
+            };
+            self.unlink(id);
+            self.push(id, Segment::Probation);
+        }
+    }
+
+    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32) {
+        self.set_meta(
+            id,
+            Meta {
+                segment: Segment::Window,
+                weight,
+                hash,
+            },
+        );
+        self.push(id, Segment::Window);
+        self.sketch.increment(hash);
+    }
+
+    /// A read that found the entry.
+    pub(crate) fn on_access(&mut self, id: u32) {
+        let hash = self.meta[id as usize].hash;
+        self.sketch.increment(hash);
+        if let Some(c) = &mut self.climber {
+            c.hits += 1;
+        }
+        self.touch(id);
+        self.climb();
+    }
+
+    fn touch(&mut self, id: u32) {
+        match self.meta[id as usize].segment {
+            Segment::Window => self.links.move_to_front(&mut self.window, id),
+            Segment::Protected => self.links.move_to_front(&mut self.protected, id),
+            Segment::Probation => {
+                self.unlink(id);
+                self.push(id, Segment::Protected);
+                self.demote_protected_overflow();
+            }
+        }
+    }
+
+    /// A read of `hash` that found nothing: feeds the popularity estimate.
+    pub(crate) fn on_miss(&mut self, hash: u64) {
+        self.sketch.increment(hash);
+        if let Some(c) = &mut self.climber {
+            c.misses += 1;
+        }
+        self.climb();
+    }
+
+    /// A write over an existing entry, possibly with a new weight.
+    pub(crate) fn on_update(&mut self, id: u32, weight: u32) {
+        let segment = self.meta[id as usize].segment;
+        self.unlink(id);
+        self.meta[id as usize].weight = weight;
+        self.push(id, segment);
+        self.sketch.increment(self.meta[id as usize].hash);
+        self.touch(id);
+    }
+
+    pub(crate) fn on_remove(&mut self, id: u32) {
+        self.unlink(id);
+    }
+
+    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
+        let c = self.sketch.frequency(candidate);
+        let v = self.sketch.frequency(victim);
+        if c > v {
+            return true;
+        }
+        if c >= RANDOM_ADMIT_FREQUENCY {
+            // xorshift64: deterministic, so the policy stays reproducible.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            return self.rng & 127 == 0;
+        }
+        false
+    }
+
+    /// Chooses, detaches and returns the id to evict.
+    pub(crate) fn evict(&mut self) -> Option<u32> {
+        loop {
+            if self.window_weight > self.window_max
+                && let Some(candidate) = self.window.back()
+            {
+                let cand = self.meta[candidate as usize];
+                if self.main_weight() + u64::from(cand.weight) <= self.main_max() {
+                    // Main space still has room: the candidate moves in free.
+                    self.unlink(candidate);
+                    self.push(candidate, Segment::Probation);
+                    continue;
+                }
+                let Some(victim) = self.probation.back().or(self.protected.back()) else {
+                    self.unlink(candidate);
+                    return Some(candidate);
+                };
+                let victim_hash = self.meta[victim as usize].hash;
+                if self.admit(cand.hash, victim_hash) {
+                    self.unlink(victim);
+                    self.unlink(candidate);
+                    self.push(candidate, Segment::Probation);
+                    return Some(victim);
+                }
+                self.unlink(candidate);
+                return Some(candidate);
+            }
+            let victim = self
+                .probation
+                .back()
+                .or(self.protected.back())
+                .or(self.window.back())?;
+            self.unlink(victim);
+            return Some(victim);
+        }
+    }
+
+    fn climb(&mut self) {
+        let Some(c) = &mut self.climber else {
+            return;
+        };
+        let samples = c.hits + c.misses;
+        if samples < c.sample_size {
+            return;
+        }
+        let hit_rate = c.hits as f64 / samples as f64;
+        let change = hit_rate - c.previous_hit_rate;
+        let amount = if change >= 0.0 { c.step } else { -c.step };
+        let next_step = if change.abs() >= RESTART_THRESHOLD {
+            let step = self.capacity as f64 * STEP_PERCENT / 100.0;
+            if amount >= 0.0 { step } else { -step }
+        } else {
+            STEP_DECAY * amount
+        };
+        c.previous_hit_rate = hit_rate;
+        c.step = next_step;
+        c.hits = 0;
+        c.misses = 0;
+        // The window stays between one entry and 80 % of the shard.
+        let max_window = (self.capacity as f64 * 0.8).max(1.0);
+        c.window = (c.window + amount).clamp(1.0, max_window);
+        self.window_max = c.window as u64;
+        self.demote_protected_overflow();
+    }
+
+    pub(crate) fn clear(&mut self) {
+        let (capacity, climb) = (self.capacity, self.climber.is_some());
+        *self = Self::new(capacity, climb);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_overflow_fills_main_before_any_competition() {
+        let mut p = Adaptive::new(10, false);
+        for id in 0..10 {
+            p.on_insert(id, u64::from(id) * 7919, 1);
+        }
+        p.on_insert(10, 10 * 7919, 1);
+        // Over capacity by one: the oldest window entries move into main
+        // until it is full, then the newest candidate competes and, being no
+        // more popular than the victim, is the one evicted.
+        let evicted = p.evict().unwrap();
+        assert_eq!(p.window_weight + p.main_weight(), 10);
+        assert!(evicted <= 10);
+    }
+
+    #[test]
+    fn frequent_keys_survive_a_scan() {
+        let cap = 100u32;
+        let mut p = Adaptive::new(u64::from(cap), false);
+        let mut resident = std::collections::HashSet::new();
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // A hot set of 50 ids, each read many times.
+        for id in 0..50 {
+            p.on_insert(id, hash(id), 1);
+            resident.insert(id);
+        }
+        for _ in 0..10 {
+            for id in 0..50 {
+                p.on_access(id);
+            }
+        }
+        // A scan of 1000 one-off ids.
+        for id in 1000..2000 {
+            p.on_miss(hash(id));
+            p.on_insert(id, hash(id), 1);
+            resident.insert(id);
+            while resident.len() > cap as usize {
+                let v = p.evict().unwrap();
+                assert!(resident.remove(&v));
+            }
+        }
+        let hot_left = (0..50).filter(|id| resident.contains(id)).count();
+        assert!(hot_left >= 45, "only {hot_left} of 50 hot ids survived");
+    }
+
+    #[test]
+    fn removal_and_update_keep_weights_consistent() {
+        let mut p = Adaptive::new(10, true);
+        p.on_insert(0, 1, 3);
+        p.on_insert(1, 2, 4);
+        p.on_update(0, 5);
+        assert_eq!(p.window_weight + p.main_weight(), 9);
+        p.on_remove(1);
+        assert_eq!(p.window_weight + p.main_weight(), 5);
+        assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), None);
+        assert_eq!(p.window_weight + p.main_weight(), 0);
+    }
+}

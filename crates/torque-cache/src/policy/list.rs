@@ -1,0 +1,174 @@
+//! Doubly linked lists of slot ids threaded through one shared node arena.
+//!
+//! Ids are small integers handed out by the shard's slot arena, so links are
+//! `u32` indices instead of pointers: no `unsafe`, no per-node allocation, and
+//! several lists (the segments of a policy) can share one arena because an id is
+//! on at most one list at a time.
+
+/// The "no neighbour" marker.
+pub(crate) const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Node = Node {
+    prev: NIL,
+    next: NIL,
+};
+
+/// The head and tail of one list; its nodes live in a [`Links`].
+///
+/// The front (head) is the most recently pushed end, the back (tail) the
+/// eviction end.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct List {
+    head: u32,
+    tail: u32,
+    len: usize,
+}
+
+impl List {
+    pub(crate) const fn new() -> Self {
+        Self {
+            head: NIL,
+            tail: NIL,
+            len: 0,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The id at the eviction end.
+    pub(crate) fn back(&self) -> Option<u32> {
+        (self.tail != NIL).then_some(self.tail)
+    }
+
+    /// The id at the most recent end.
+    #[cfg(test)]
+    pub(crate) fn front(&self) -> Option<u32> {
+        (self.head != NIL).then_some(self.head)
+    }
+}
+
+impl Default for List {
+    fn default() -> Self {
+        List::new()
+    }
+}
+
+/// The node arena shared by the lists of one policy.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    nodes: Vec<Node>,
+}
+
+impl Links {
+    fn ensure(&mut self, id: u32) {
+        let needed = id as usize + 1;
+        if self.nodes.len() < needed {
+            self.nodes.resize(needed, UNLINKED);
+        }
+    }
+
+    pub(crate) fn push_front(&mut self, list: &mut List, id: u32) {
+        self.ensure(id);
+        self.nodes[id as usize] = Node {
+            prev: NIL,
+            next: list.head,
+        };
+        if list.head != NIL {
+            self.nodes[list.head as usize].prev = id;
+        } else {
+            list.tail = id;
+        }
+        list.head = id;
+        list.len += 1;
+    }
+
+    pub(crate) fn unlink(&mut self, list: &mut List, id: u32) {
+        let Node { prev, next } = self.nodes[id as usize];
+        if prev != NIL {
+            self.nodes[prev as usize].next = next;
+        } else {
+            list.head = next;
+        }
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        } else {
+            list.tail = prev;
+        }
+        self.nodes[id as usize] = UNLINKED;
+        list.len -= 1;
+    }
+
+    pub(crate) fn move_to_front(&mut self, list: &mut List, id: u32) {
+        if list.head != id {
+            self.unlink(list, id);
+            self.push_front(list, id);
+        }
+    }
+
+    pub(crate) fn pop_back(&mut self, list: &mut List) -> Option<u32> {
+        let id = list.back()?;
+        self.unlink(list, id);
+        Some(id)
+    }
+
+    /// The id one step towards the front from `id`.
+    #[cfg(test)]
+    pub(crate) fn prev(&self, id: u32) -> Option<u32> {
+        let p = self.nodes[id as usize].prev;
+        (p != NIL).then_some(p)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.nodes.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(links: &Links, list: &List) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = list.back();
+        while let Some(id) = cur {
+            out.push(id);
+            cur = links.prev(id);
+        }
+        out
+    }
+
+    #[test]
+    fn push_move_unlink_pop_keep_order() {
+        let mut links = Links::default();
+        let mut list = List::new();
+        for id in [3, 1, 4, 7] {
+            links.push_front(&mut list, id);
+        }
+        assert_eq!(collect(&links, &list), vec![3, 1, 4, 7]);
+        links.move_to_front(&mut list, 3);
+        assert_eq!(collect(&links, &list), vec![1, 4, 7, 3]);
+        links.unlink(&mut list, 4);
+        assert_eq!(collect(&links, &list), vec![1, 7, 3]);
+        assert_eq!(list.front(), Some(3));
+        assert_eq!(links.pop_back(&mut list), Some(1));
+        assert_eq!(links.pop_back(&mut list), Some(7));
+        assert_eq!(links.pop_back(&mut list), Some(3));
+        assert_eq!(links.pop_back(&mut list), None);
+        assert!(list.is_empty());
+        assert_eq!(list.len(), 0);
+    }
+}

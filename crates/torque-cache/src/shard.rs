@@ -1,0 +1,430 @@
+//! One shard: a hash table of slot ids, the slot arena holding the entries,
+//! the policy's view of those ids, and a deadline heap for proactive expiry.
+//! Everything here runs under the shard's mutex; the cache layer owns the
+//! global weight counter and calls the listener after unlocking.
+
+use std::borrow::Borrow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::Hash;
+
+use hashbrown::HashTable;
+
+use crate::RemovalCause;
+use crate::policy::{NEVER, PolicyState};
+
+/// A cached value and what the shard needs to know about it.
+#[derive(Debug)]
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    weight: u32,
+    /// Hard deadline from a time-to-live (cache-wide or per entry), in ticks.
+    expires: u64,
+    /// Last read or write, in ticks; only kept current with a time-to-idle.
+    accessed: u64,
+}
+
+impl<K, V> Entry<K, V> {
+    #[inline]
+    fn deadline(&self, tti: u64) -> u64 {
+        self.expires.min(self.accessed.saturating_add(tti))
+    }
+}
+
+#[derive(Debug)]
+struct Cell<K, V> {
+    /// Bumped whenever a timer is armed for this cell or its entry leaves, so
+    /// that a stale heap record is recognised and dropped.
+    generation: u32,
+    hash: u64,
+    entry: Option<Entry<K, V>>,
+}
+
+/// Entries that left a shard, for the listener to see after the lock is
+/// released.
+pub(crate) type Removed<K, V> = Vec<(K, V, RemovalCause)>;
+
+/// Plain counters, summed across shards by `stats()`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) inserts: u64,
+    pub(crate) expired: u64,
+    pub(crate) capacity: u64,
+    pub(crate) replaced: u64,
+    pub(crate) removed: u64,
+}
+
+impl Counters {
+    fn count(&mut self, cause: RemovalCause) {
+        match cause {
+            RemovalCause::Expired => self.expired += 1,
+            RemovalCause::Capacity => self.capacity += 1,
+            RemovalCause::Replaced => self.replaced += 1,
+            RemovalCause::Removed => self.removed += 1,
+        }
+    }
+}
+
+/// Expiry settings shared by all shards, in ticks (nanoseconds since the
+/// cache's origin).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) now: u64,
+    /// Time-to-idle, or [`NEVER`].
+    pub(crate) tti: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shard<K, V> {
+    table: HashTable<u32>,
+    cells: Vec<Cell<K, V>>,
+    free: Vec<u32>,
+    policy: PolicyState,
+    /// Min-heap of `(deadline, id, generation)`, one live record per expiring
+    /// entry; time-to-idle records are re-armed lazily when they come due.
+    timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    weight: u64,
+    pub(crate) counters: Counters,
+    /// Writes since the last time this shard helped sweep a neighbour.
+    pub(crate) writes_since_help: u32,
+}
+
+impl<K: Hash + Eq, V> Shard<K, V> {
+    pub(crate) fn new(policy: PolicyState) -> Self {
+        Self {
+            table: HashTable::new(),
+            cells: Vec::new(),
+            free: Vec::new(),
+            policy,
+            timers: BinaryHeap::new(),
+            weight: 0,
+            counters: Counters::default(),
+            writes_since_help: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    #[inline]
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let cells = &self.cells;
+        self.table
+            .find(hash, |&id| {
+                cells[id as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.key.borrow() == key)
+            })
+            .copied()
+    }
+
+    /// Looks `key` up for a read: counts a hit or a miss, tells the policy,
+    /// and frees the entry if it has expired.
+    #[inline]
+    pub(crate) fn get<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        timing: Timing,
+        removed: &mut Removed<K, V>,
+    ) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            self.counters.misses += 1;
+            self.policy.on_miss(hash);
+            return None;
+        };
+        let entry = self.cells[id as usize].entry.as_mut()?;
+        let deadline = entry.deadline(timing.tti);
+        if deadline <= timing.now {
+            self.remove_id(id, RemovalCause::Expired, removed);
+            self.counters.misses += 1;
+            self.policy.on_miss(hash);
+            return None;
+        }
+        let mut deadline = deadline;
+        if timing.tti != NEVER {
+            entry.accessed = timing.now;
+            deadline = entry.deadline(timing.tti);
+        }
+        self.counters.hits += 1;
+        self.policy.on_access(id, deadline);
+        self.cells[id as usize].entry.as_ref().map(|e| &e.value)
+    }
+
+    /// Whether `key` is present and unexpired; no statistics, no policy
+    /// update.
+    pub(crate) fn contains<Q>(&self, hash: u64, key: &Q, timing: Timing) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find(hash, key)
+            .and_then(|id| self.cells[id as usize].entry.as_ref())
+            .is_some_and(|e| e.deadline(timing.tti) > timing.now)
+    }
+
+    fn arm_timer(&mut self, id: u32, deadline: u64) {
+        let cell = &mut self.cells[id as usize];
+        cell.generation = cell.generation.wrapping_add(1);
+        if deadline != NEVER {
+            self.timers.push(Reverse((deadline, id, cell.generation)));
+        }
+    }
+
+    /// Stores `value` under `key`; returns the signed change in weight.
+    /// A previous value leaves with [`RemovalCause::Replaced`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn insert(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        weight: u32,
+        expires: u64,
+        timing: Timing,
+        removed: &mut Removed<K, V>,
+    ) -> i64 {
+        self.counters.inserts += 1;
+        self.writes_since_help = self.writes_since_help.wrapping_add(1);
+        if let Some(id) = self.find(hash, &key) {
+            let Some(entry) = self.cells[id as usize].entry.as_mut() else {
+                return 0;
+            };
+            let old_value = std::mem::replace(&mut entry.value, value);
+            let old_weight = entry.weight;
+            entry.weight = weight;
+            entry.expires = expires;
+            entry.accessed = timing.now;
+            let deadline = entry.deadline(timing.tti);
+            self.policy.on_update(id, weight, deadline);
+            self.arm_timer(id, deadline);
+            self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
+            self.counters.count(RemovalCause::Replaced);
+            removed.push((key, old_value, RemovalCause::Replaced));
+            return i64::from(weight) - i64::from(old_weight);
+        }
+        let entry = Entry {
+            key,
+            value,
+            weight,
+            expires,
+            accessed: timing.now,
+        };
+        let deadline = entry.deadline(timing.tti);
+        let id = match self.free.pop() {
+            Some(id) => {
+                let cell = &mut self.cells[id as usize];
+                cell.hash = hash;
+                cell.entry = Some(entry);
+                id
+            }
+            None => {
+                // Ids are u32; a shard never holds 4 billion entries because
+                // each weighs at least 1 and capacity is split across shards.
+                let id = u32::try_from(self.cells.len()).unwrap_or(u32::MAX - 1);
+                self.cells.push(Cell {
+                    generation: 0,
+                    hash,
+                    entry: Some(entry),
+                });
+                id
+            }
+        };
+        let cells = &self.cells;
+        self.table
+            .insert_unique(hash, id, |&i| cells[i as usize].hash);
+        self.policy.on_insert(id, hash, weight, deadline);
+        self.arm_timer(id, deadline);
+        self.weight += u64::from(weight);
+        i64::from(weight)
+    }
+
+    /// Takes entry `id` out of the table and arena (not the policy); returns
+    /// its weight.
+    fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
+        let cell = &mut self.cells[id as usize];
+        let Some(entry) = cell.entry.take() else {
+            return 0;
+        };
+        cell.generation = cell.generation.wrapping_add(1);
+        if let Ok(found) = self.table.find_entry(cell.hash, |&i| i == id) {
+            found.remove();
+        }
+        self.free.push(id);
+        let weight = u64::from(entry.weight);
+        self.weight -= weight;
+        self.counters.count(cause);
+        removed.push((entry.key, entry.value, cause));
+        weight
+    }
+
+    fn remove_id(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
+        self.policy.on_remove(id);
+        self.detach(id, cause, removed)
+    }
+
+    /// Removes `key` explicitly ([`RemovalCause::Expired`] if it had
+    /// already expired); returns the freed weight.
+    pub(crate) fn remove<Q>(
+        &mut self,
+        hash: u64,
+        key: &Q,
+        timing: Timing,
+        removed: &mut Removed<K, V>,
+    ) -> u64
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            return 0;
+        };
+        let expired = self.cells[id as usize]
+            .entry
+            .as_ref()
+            .is_some_and(|e| e.deadline(timing.tti) <= timing.now);
+        let cause = if expired {
+            RemovalCause::Expired
+        } else {
+            RemovalCause::Removed
+        };
+        self.remove_id(id, cause, removed)
+    }
+
+    /// The value of `key` if present and unexpired; no statistics, no policy
+    /// update.
+    pub(crate) fn peek<Q>(&self, hash: u64, key: &Q, timing: Timing) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find(hash, key)
+            .and_then(|id| self.cells[id as usize].entry.as_ref())
+            .filter(|e| e.deadline(timing.tti) > timing.now)
+            .map(|e| &e.value)
+    }
+
+    /// A write that can never be stored (too heavy, or expired on arrival):
+    /// the older value of the key leaves as replaced, the new one leaves at
+    /// once with `cause`.
+    pub(crate) fn reject(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        cause: RemovalCause,
+        removed: &mut Removed<K, V>,
+    ) {
+        self.counters.inserts += 1;
+        if let Some(id) = self.find(hash, &key) {
+            self.remove_id(id, RemovalCause::Replaced, removed);
+        }
+        self.counters.count(cause);
+        removed.push((key, value, cause));
+    }
+
+    /// Evicts the policy's victim; returns the freed weight, or `None` when
+    /// the shard is empty.
+    pub(crate) fn evict_one(&mut self, removed: &mut Removed<K, V>) -> Option<u64> {
+        let id = self.policy.evict()?;
+        Some(self.detach(id, RemovalCause::Capacity, removed))
+    }
+
+    /// Whether some entry may have expired by `now`.
+    #[inline]
+    pub(crate) fn sweep_due(&self, now: u64) -> bool {
+        self.timers
+            .peek()
+            .is_some_and(|Reverse((d, _, _))| *d <= now)
+    }
+
+    /// Frees every entry whose deadline has passed; returns the freed weight.
+    pub(crate) fn sweep(&mut self, timing: Timing, removed: &mut Removed<K, V>) -> u64 {
+        let mut freed = 0;
+        while let Some(&Reverse((due, id, generation))) = self.timers.peek() {
+            if due > timing.now {
+                break;
+            }
+            self.timers.pop();
+            let cell = &self.cells[id as usize];
+            if cell.generation != generation {
+                continue;
+            }
+            let Some(entry) = cell.entry.as_ref() else {
+                continue;
+            };
+            let deadline = entry.deadline(timing.tti);
+            if deadline <= timing.now {
+                freed += self.remove_id(id, RemovalCause::Expired, removed);
+            } else {
+                // Read since the timer was armed (time-to-idle): re-arm.
+                self.arm_timer(id, deadline);
+            }
+        }
+        // Replacements leave stale records behind; keep the heap in
+        // proportion to the live entries.
+        if self.timers.len() > 2 * self.table.len() + 64 {
+            let cells = &self.cells;
+            self.timers
+                .retain(|Reverse((_, id, g))| cells[*id as usize].generation == *g);
+        }
+        freed
+    }
+
+    /// Removes every entry with [`RemovalCause::Removed`]; returns the freed
+    /// weight.
+    pub(crate) fn clear(&mut self, removed: &mut Removed<K, V>) -> u64 {
+        let freed = self.weight;
+        let len = self.table.len() as u64;
+        for cell in &mut self.cells {
+            if let Some(entry) = cell.entry.take() {
+                removed.push((entry.key, entry.value, RemovalCause::Removed));
+            }
+        }
+        self.counters.removed += len;
+        self.cells.clear();
+        self.free.clear();
+        self.table.clear();
+        self.timers.clear();
+        self.policy.clear();
+        self.weight = 0;
+        freed
+    }
+
+    /// Removes the entries for which `keep` says false; returns the freed
+    /// weight.
+    pub(crate) fn retain(
+        &mut self,
+        keep: &mut dyn FnMut(&K, &V) -> bool,
+        removed: &mut Removed<K, V>,
+    ) -> u64 {
+        let mut freed = 0;
+        for id in 0..self.cells.len() {
+            let drop = self.cells[id]
+                .entry
+                .as_ref()
+                .is_some_and(|e| !keep(&e.key, &e.value));
+            if drop {
+                freed += self.remove_id(id as u32, RemovalCause::Removed, removed);
+            }
+        }
+        freed
+    }
+}

@@ -1,0 +1,181 @@
+//! Reads, writes, removal, capacity and the listener of `LocalCache`.
+
+use std::sync::{Arc, Mutex};
+
+use torque_cache::{BuildError, LocalCache, Policy, RemovalCause};
+
+type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
+
+fn logged(policy: Policy, capacity: u64, shards: usize) -> (LocalCache<u32, u32>, Log) {
+    let log: Log = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache = LocalCache::builder()
+        .max_capacity(capacity)
+        .policy(policy)
+        .shards(shards)
+        .eviction_listener(move |k: &u32, v: &u32, cause| {
+            sink.lock().unwrap().push((*k, *v, cause))
+        })
+        .build()
+        .unwrap();
+    (cache, log)
+}
+
+const POLICIES: [Policy; 5] = [
+    Policy::Lru,
+    Policy::Lfu,
+    Policy::Fifo,
+    Policy::Ttl,
+    Policy::Adaptive,
+];
+
+#[test]
+fn insert_get_remove_contains() {
+    for policy in POLICIES {
+        let (cache, log) = logged(policy, 100, 4);
+        assert_eq!(cache.get(&1), None);
+        cache.insert(1, 10);
+        cache.insert(2, 20);
+        assert_eq!(cache.get(&1), Some(10));
+        assert!(cache.contains_key(&2));
+        assert!(!cache.contains_key(&3));
+        cache.insert(1, 11);
+        assert_eq!(cache.get(&1), Some(11));
+        assert_eq!(cache.remove(&2), Some(20));
+        assert_eq!(cache.remove(&2), None);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.weighted_size(), 1);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (1, 10, RemovalCause::Replaced),
+                (2, 20, RemovalCause::Removed)
+            ],
+            "{policy:?}"
+        );
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.inserts), (2, 1, 3), "{policy:?}");
+        assert_eq!((s.evictions.replaced, s.evictions.removed), (1, 1));
+    }
+}
+
+#[test]
+fn capacity_holds_for_the_whole_cache_and_every_eviction_is_reported() {
+    for policy in POLICIES {
+        let (cache, log) = logged(policy, 100, 16);
+        for k in 0..1000 {
+            cache.insert(k, k);
+            assert!(cache.weighted_size() <= 100, "{policy:?}");
+        }
+        assert_eq!(cache.len(), 100, "{policy:?}");
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 900, "{policy:?}");
+        assert!(log.iter().all(|e| e.2 == RemovalCause::Capacity));
+        assert_eq!(cache.stats().evictions.capacity, 900);
+    }
+}
+
+#[test]
+fn no_shard_evicts_while_the_cache_has_room() {
+    // quick_cache #55: with per-shard capacity, a skewed key set evicts long
+    // before the cache is full. Here 16 shards share one bound.
+    for policy in POLICIES {
+        let (cache, log) = logged(policy, 64, 16);
+        for k in 0..64 {
+            cache.insert(k, k);
+        }
+        assert!(log.lock().unwrap().is_empty(), "{policy:?}");
+        assert_eq!(cache.len(), 64);
+        for k in 0..64 {
+            assert_eq!(cache.get(&k), Some(k), "{policy:?}");
+        }
+    }
+}
+
+#[test]
+fn single_shard_lru_evicts_least_recently_used() {
+    let (cache, log) = logged(Policy::Lru, 3, 1);
+    for k in 0..3 {
+        cache.insert(k, k);
+    }
+    cache.get(&0);
+    cache.insert(3, 3);
+    assert_eq!(log.lock().unwrap()[0], (1, 1, RemovalCause::Capacity));
+}
+
+#[test]
+fn invalidate_all_and_retain_report_removed() {
+    let (cache, log) = logged(Policy::Adaptive, 100, 4);
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    cache.retain(|k, _| k % 2 == 0);
+    assert_eq!(cache.len(), 5);
+    assert!((0..10).all(|k| cache.contains_key(&k) == (k % 2 == 0)));
+    cache.invalidate_all();
+    assert!(cache.is_empty());
+    assert_eq!(cache.weighted_size(), 0);
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 10);
+    assert!(log.iter().all(|e| e.2 == RemovalCause::Removed));
+    // Usable after clearing.
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+}
+
+#[test]
+fn weigher_bounds_total_weight() {
+    let cache: LocalCache<u32, Vec<u8>> = LocalCache::builder()
+        .max_capacity(100)
+        .weigher(|_, v: &Vec<u8>| v.len() as u32)
+        .build()
+        .unwrap();
+    for k in 0..50 {
+        cache.insert(k, vec![0; 10]);
+        assert!(cache.weighted_size() <= 100);
+    }
+    assert_eq!(cache.weighted_size(), 100);
+    assert_eq!(cache.len(), 10);
+}
+
+#[test]
+fn borrowed_lookups_work() {
+    let cache: LocalCache<String, u32> = LocalCache::new(10);
+    cache.insert("a".to_string(), 1);
+    assert_eq!(cache.get("a"), Some(1));
+    assert!(cache.contains_key("a"));
+    assert_eq!(cache.remove("a"), Some(1));
+}
+
+#[test]
+fn dos_resistant_hasher_can_be_chosen() {
+    let cache: LocalCache<u32, u32, std::hash::RandomState> = LocalCache::builder()
+        .max_capacity(10)
+        .hasher(std::hash::RandomState::new())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+}
+
+#[test]
+fn build_errors_say_what_to_change() {
+    let err = LocalCache::<u32, u32>::builder().build().unwrap_err();
+    assert_eq!(err, BuildError::MissingCapacity);
+    assert!(err.to_string().contains("max_capacity"));
+    let err = LocalCache::<u32, u32>::builder()
+        .max_capacity(1)
+        .shards(3)
+        .build()
+        .unwrap_err();
+    assert_eq!(err, BuildError::InvalidShards { shards: 3 });
+    assert!(err.to_string().contains("power of two"));
+}
+
+#[test]
+fn clones_share_the_cache() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let other = cache.clone();
+    other.insert(1, 2);
+    assert_eq!(cache.get(&1), Some(2));
+}

@@ -1,0 +1,168 @@
+//! Time-to-live, time-to-idle, per-entry expiry and proactive freeing, on a
+//! mock clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use torque_cache::{LocalCache, MockClock, Policy, RemovalCause};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+#[test]
+fn time_to_live_counts_from_the_write() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_live(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    clock.advance(secs(9));
+    assert_eq!(cache.get(&1), Some(1), "reads do not extend a ttl");
+    clock.advance(secs(1));
+    assert_eq!(cache.get(&1), None);
+    assert!(!cache.contains_key(&1));
+    assert_eq!(cache.stats().evictions.expired, 1);
+}
+
+#[test]
+fn time_to_idle_counts_from_the_last_use() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_idle(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    for _ in 0..5 {
+        clock.advance(secs(9));
+        assert_eq!(cache.get(&1), Some(1));
+    }
+    clock.advance(secs(10));
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn per_entry_ttl_overrides_the_cache_wide_one() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_live(secs(100))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 1, secs(5));
+    cache.insert(2, 2);
+    clock.advance(secs(5));
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.get(&2), Some(2));
+    // Per-entry expiry on a cache built without any.
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    cache.insert_with_ttl(2, 2, secs(1));
+    clock.advance(secs(1));
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.get(&2), None);
+}
+
+#[test]
+fn rewriting_an_entry_restarts_its_ttl() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_live(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    clock.advance(secs(8));
+    cache.insert(1, 2);
+    clock.advance(secs(8));
+    assert_eq!(cache.get(&1), Some(2));
+    clock.advance(secs(2));
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn expired_entries_are_freed_without_being_read() {
+    // moka #72/#590: expired entries must not sit in memory until touched.
+    let clock = MockClock::new();
+    let expired = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&expired);
+    let cache = LocalCache::builder()
+        .max_capacity(10_000)
+        .shards(8)
+        .time_to_live(secs(10))
+        .clock(clock.clone())
+        .eviction_listener(move |_: &u32, _: &u32, cause| {
+            if cause == RemovalCause::Expired {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .build()
+        .unwrap();
+    for k in 0..1000 {
+        cache.insert(k, k);
+    }
+    clock.advance(secs(11));
+    // Writes of other keys (never reading the old ones) free them shard by
+    // shard: each write sweeps its own shard and, now and then, a neighbour.
+    for k in 1000..1000 + 64 * 8 * 2 {
+        cache.insert(k, k);
+    }
+    assert_eq!(expired.load(Ordering::Relaxed), 1000);
+    assert_eq!(cache.weighted_size(), 64 * 8 * 2);
+}
+
+#[test]
+fn run_pending_tasks_frees_everything_due() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_idle(secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for k in 0..50 {
+        cache.insert(k, k);
+    }
+    clock.advance(secs(5));
+    for k in 0..10 {
+        cache.get(&k);
+    }
+    clock.advance(secs(6));
+    cache.run_pending_tasks();
+    assert_eq!(cache.weighted_size(), 10, "the ten read entries stay");
+    assert_eq!(cache.len(), 10);
+}
+
+#[test]
+fn ttl_policy_evicts_the_entry_nearest_expiry() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(3)
+        .shards(1)
+        .policy(Policy::Ttl)
+        .clock(clock)
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 1, secs(30));
+    cache.insert_with_ttl(2, 2, secs(10));
+    cache.insert(3, 3);
+    cache.insert_with_ttl(4, 4, secs(20));
+    assert!(!cache.contains_key(&2));
+    cache.insert(5, 5);
+    assert!(!cache.contains_key(&4));
+    cache.insert(6, 6);
+    assert!(!cache.contains_key(&1));
+    assert!(cache.contains_key(&3) && cache.contains_key(&5) && cache.contains_key(&6));
+}
