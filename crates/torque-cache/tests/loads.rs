@@ -1,0 +1,224 @@
+//! Stampede protection: concurrent misses of one key run one load; errors
+//! are shared but not cached; cancelled or panicking callers never wedge the
+//! others (moka #240).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use torque_cache::LocalCache;
+
+const WAITERS: usize = 1000;
+
+/// Yields until `n` reads have missed, i.e. until `n` callers have looked
+/// the key up and joined (or started) the load. Bounded by a timeout so a
+/// bug fails the test instead of hanging it.
+async fn until_misses(cache: &LocalCache<u32, u64>, n: u64) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while cache.stats().misses < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("callers did not arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_async_misses_load_once_even_with_cancelled_waiters() {
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let leader = Arc::new(AtomicUsize::new(usize::MAX));
+    let gate = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for i in 0..WAITERS {
+        let (cache, calls, leader, gate) =
+            (cache.clone(), calls.clone(), leader.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load_async(7, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    leader.store(i, Ordering::SeqCst);
+                    gate.notified().await;
+                    Ok::<_, String>(42)
+                })
+                .await
+        }));
+    }
+    until_misses(&cache, WAITERS as u64).await;
+    // Cancel every tenth waiter (never the leader) while the load runs.
+    let leader = leader.load(Ordering::SeqCst);
+    assert!(leader < WAITERS);
+    let cancelled: Vec<usize> = (0..WAITERS)
+        .filter(|i| i % 10 == 3 && *i != leader)
+        .collect();
+    for &i in &cancelled {
+        tasks[i].abort();
+    }
+    gate.notify_one();
+    let mut values = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(v) => {
+                assert_eq!(v, Ok(42));
+                values += 1;
+            }
+            Err(e) => assert!(e.is_cancelled() && cancelled.contains(&i)),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the loader ran once");
+    assert!(values >= WAITERS - cancelled.len());
+    assert_eq!(cache.get(&7), Some(42));
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_leader_hands_the_load_to_a_waiter() {
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let leader = Arc::new(AtomicUsize::new(usize::MAX));
+    let never = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for i in 0..WAITERS {
+        let (cache, calls, leader, never) =
+            (cache.clone(), calls.clone(), leader.clone(), never.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load_async(7, || async move {
+                    // The first loader hangs until cancelled; later ones
+                    // answer at once.
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        leader.store(i, Ordering::SeqCst);
+                        never.notified().await;
+                    }
+                    Ok::<_, String>(42)
+                })
+                .await
+        }));
+    }
+    until_misses(&cache, WAITERS as u64).await;
+    let leader = leader.load(Ordering::SeqCst);
+    assert!(leader < WAITERS);
+    tasks[leader].abort();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(v)) => assert_eq!(v, Ok(42)),
+            Ok(Err(e)) => assert!(e.is_cancelled() && i == leader),
+            Err(_) => panic!("waiter {i} wedged after the leader was cancelled"),
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one abandoned load, one real"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_reach_every_waiter_and_are_not_cached() {
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (cache, calls, gate) = (cache.clone(), calls.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load_async(1, || async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    Err::<u64, _>("db down".to_string())
+                })
+                .await
+        }));
+    }
+    until_misses(&cache, 100).await;
+    gate.notify_one();
+    let mut first: Option<Arc<String>> = None;
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(*err, "db down");
+        // One error value shared by all, not one per caller.
+        match &first {
+            Some(f) => assert!(Arc::ptr_eq(f, &err)),
+            None => first = Some(err),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.get(&1), None, "errors are not cached");
+    let v = cache
+        .get_or_load_async(1, || async { Ok::<_, String>(5) })
+        .await;
+    assert_eq!(v, Ok(5));
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 1));
+}
+
+#[test]
+fn concurrent_blocking_misses_load_once() {
+    const THREADS: usize = 8;
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let calls = AtomicUsize::new(0);
+    let start = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                start.wait();
+                let v = cache.get_or_load(9, || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // Hold the load open until every thread has missed.
+                    while cache.stats().misses < THREADS as u64 {
+                        std::thread::yield_now();
+                    }
+                    Ok::<_, ()>(99)
+                });
+                assert_eq!(v, Ok(99));
+            });
+        }
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_panicking_loader_does_not_wedge_waiters() {
+    const THREADS: usize = 4;
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let calls = AtomicUsize::new(0);
+    let start = Barrier::new(THREADS);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    cache.get_or_load(3, || {
+                        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                            while cache.stats().misses < THREADS as u64 {
+                                std::thread::yield_now();
+                            }
+                            panic!("loader bug");
+                        }
+                        Ok::<_, ()>(3)
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    });
+    let panicked = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(panicked, 1);
+    assert!(results.iter().flatten().all(|v| *v == Ok(3)));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn different_keys_load_independently() {
+    let cache: LocalCache<u32, u64> = LocalCache::new(100);
+    let v = cache.get_or_load(1, || {
+        // A nested load of another key from inside a loader must not
+        // deadlock.
+        cache.get_or_load(2, || Ok::<_, ()>(2)).map(|two| two + 1)
+    });
+    assert_eq!(v.map_err(|_| ()), Ok(3));
+    assert_eq!(cache.get(&2), Some(2));
+}
