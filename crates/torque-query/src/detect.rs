@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::Location;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::fingerprint::{Analysis, StatementKind, analyze};
 
@@ -195,7 +195,75 @@ impl Default for Detector {
     }
 }
 
+static GLOBAL: OnceLock<Detector> = OnceLock::new();
+
+tokio::task_local! {
+    static CURRENT: Scope;
+}
+
+/// Runs `future` in a fresh scope of the [global detector](Detector::global),
+/// then acts on its findings ([`OnFinding`]) and returns the future's output.
+///
+/// Every statement recorded through [`record`] or an instrumented client while
+/// the future runs — including from futures joined inside it — lands in that
+/// scope. A task spawned inside it does not inherit the scope: hand it
+/// [`Scope::current`] and wrap it in [`Scope::run`].
+///
+/// # Panics
+/// Under [`OnFinding::Fail`], when the scope has findings.
+///
+/// # Example
+/// ```
+/// use torque_query::detect;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let answer = detect::scoped(async {
+///     detect::record("SELECT * FROM users WHERE id = 1");
+///     42
+/// })
+/// .await;
+/// assert_eq!(answer, 42);
+/// # }
+/// ```
+pub async fn scoped<F: std::future::Future>(future: F) -> F::Output {
+    Detector::global().scoped(future).await
+}
+
+/// Records `sql` into the current task's scope, if there is one; a no-op
+/// outside [`scoped`] / [`Scope::run`].
+#[track_caller]
+pub fn record(sql: &str) {
+    let site = Location::caller();
+    let _ = CURRENT.try_with(|scope| scope.record_at(sql, site));
+}
+
 impl Detector {
+    /// The process-wide detector used by [`scoped`]: the one given to
+    /// [`set_global`](Self::set_global), else one with default settings.
+    pub fn global() -> &'static Detector {
+        GLOBAL.get_or_init(Detector::default)
+    }
+
+    /// Makes `self` the process-wide detector.
+    ///
+    /// # Errors
+    /// Gives `self` back when a global detector was already set or used.
+    pub fn set_global(self) -> Result<(), Detector> {
+        GLOBAL.set(self)
+    }
+
+    /// Runs `future` in a fresh scope of this detector, then acts on its
+    /// findings and returns the future's output. See [`scoped`].
+    ///
+    /// # Panics
+    /// Under [`OnFinding::Fail`], when the scope has findings.
+    pub async fn scoped<F: std::future::Future>(&self, future: F) -> F::Output {
+        let scope = self.scope();
+        let out = scope.run(future).await;
+        scope.finish();
+        out
+    }
+
     /// A detector with these settings.
     pub fn new(mut config: DetectorConfig) -> Self {
         config.threshold = config.threshold.max(2);
@@ -277,6 +345,21 @@ impl Drop for PauseGuard {
 const MAX_CALL_SITES: usize = 16;
 
 impl Scope {
+    /// The scope of the current task, inside [`scoped`] or [`Scope::run`].
+    pub fn current() -> Option<Scope> {
+        CURRENT.try_with(Scope::clone).ok()
+    }
+
+    /// Runs `future` with this scope as the current one: statements recorded
+    /// through [`record`] or an instrumented client land here.
+    /// The returned future owns a handle to the scope, so it can be spawned.
+    pub fn run<F: std::future::Future>(
+        &self,
+        future: F,
+    ) -> impl std::future::Future<Output = F::Output> + use<F> {
+        CURRENT.scope(self.clone(), future)
+    }
+
     /// Records a statement, with the caller's location as its call site.
     #[track_caller]
     pub fn record(&self, sql: &str) {
@@ -399,8 +482,7 @@ impl Scope {
                 });
                 continue;
             }
-            let relevant = touches_table
-                && !matches!(a.fingerprint.kind(), StatementKind::Utility);
+            let relevant = touches_table && !matches!(a.fingerprint.kind(), StatementKind::Utility);
             if let Some(&most) = g.identical.values().max()
                 && relevant
                 && most >= config.redundant_threshold
@@ -539,7 +621,10 @@ mod tests {
 
     #[test]
     fn glob_matches_stars_case_insensitively() {
-        assert!(glob_match(b"select * from flags*", b"select a from flags where id = ?"));
+        assert!(glob_match(
+            b"select * from flags*",
+            b"select a from flags where id = ?"
+        ));
         assert!(glob_match(b"*", b""));
         assert!(glob_match(b"a*b*c", b"aXXbYYc"));
         assert!(!glob_match(b"a*b*c", b"aXXbYY"));

@@ -416,8 +416,7 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 i = after;
                 continue;
             }
-            if expect_relation && !(t.kind == Kind::Word && matches!(word(i), "only" | "lateral"))
-            {
+            if expect_relation && !(t.kind == Kind::Word && matches!(word(i), "only" | "lateral")) {
                 // A subquery or something else: no relation here.
                 expect_relation = false;
             }
@@ -484,7 +483,10 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     clauses[depth] = c;
                 }
                 if savepoint_stmt
-                    && !matches!(w, "savepoint" | "release" | "rollback" | "to" | "transaction" | "work")
+                    && !matches!(
+                        w,
+                        "savepoint" | "release" | "rollback" | "to" | "transaction" | "work"
+                    )
                 {
                     out.push(Out::Slot);
                     i += 1;
@@ -563,7 +565,11 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     has_key_slot: &mut has_key_slot,
                     has_range: &mut has_range,
                 };
-                let text = if t.kind == Kind::Param { "$" } else { t.text(sql) };
+                let text = if t.kind == Kind::Param {
+                    "$"
+                } else {
+                    t.text(sql)
+                };
                 push_slot(&mut out, slot, text, &mut sink);
             }
             Kind::Open => {
@@ -578,7 +584,10 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 collapse_list(&mut out);
             }
             Kind::CloseBracket => {
-                out.push(Out::Text(std::borrow::Cow::Borrowed("]"), Kind::CloseBracket));
+                out.push(Out::Text(
+                    std::borrow::Cow::Borrowed("]"),
+                    Kind::CloseBracket,
+                ));
                 collapse_list(&mut out);
             }
             Kind::Op => {
@@ -705,12 +714,12 @@ fn classify(out: &[Out<'_>], clause: Clause, between: bool, next_is_eq: bool) ->
     }
     match prev {
         Some(("=", Kind::Op)) => return Slot::Key,
-        Some((op, Kind::Op)) if matches!(op, "<" | ">" | "<=" | ">=") => return Slot::Range,
+        Some(("<" | ">" | "<=" | ">=", Kind::Op)) => return Slot::Range,
         // `IN (` or `ANY(` / `ANY(ARRAY[`: list elements are keys.
-        Some(("(", Kind::Open)) | Some((",", Kind::Comma)) | Some(("[", Kind::OpenBracket)) => {
-            if in_key_list(out) {
-                return Slot::Key;
-            }
+        Some(("(", Kind::Open) | (",", Kind::Comma) | ("[", Kind::OpenBracket))
+            if in_key_list(out) =>
+        {
+            return Slot::Key;
         }
         _ => {}
     }
@@ -739,12 +748,13 @@ fn in_key_list(out: &[Out<'_>]) -> bool {
                     return match before {
                         Some(Out::Text(w, Kind::Word)) => {
                             matches!(w.as_ref(), "in" | "any" | "some")
-                                || (w == "array" && {
-                                    let b2 = idx.checked_sub(2).and_then(|b| out.get(b));
-                                    let b3 = idx.checked_sub(3).and_then(|b| out.get(b));
-                                    matches!(b2, Some(Out::Text(p, Kind::Open)) if p == "(")
-                                        && matches!(b3, Some(Out::Text(w, Kind::Word)) if matches!(w.as_ref(), "any" | "some"))
-                                })
+                                || (w == "array"
+                                    && {
+                                        let b2 = idx.checked_sub(2).and_then(|b| out.get(b));
+                                        let b3 = idx.checked_sub(3).and_then(|b| out.get(b));
+                                        matches!(b2, Some(Out::Text(p, Kind::Open)) if p == "(")
+                                            && matches!(b3, Some(Out::Text(w, Kind::Word)) if matches!(w.as_ref(), "any" | "some"))
+                                    })
                         }
                         _ => false,
                     };
@@ -826,7 +836,8 @@ fn collapse_list(out: &mut Vec<Out<'_>>) {
             Out::Slot => slots += 1,
             Out::Text(_, Kind::Comma | Kind::Cast) => {}
             // The type of a `?::int` cast inside the list.
-            Out::Text(_, Kind::Word) if idx > 0 && matches!(out[idx - 1], Out::Text(_, Kind::Cast)) => {}
+            Out::Text(_, Kind::Word)
+                if idx > 0 && matches!(out[idx - 1], Out::Text(_, Kind::Cast)) => {}
             _ => {
                 only_slots = false;
                 break;
@@ -896,10 +907,42 @@ fn render(out: &[Out<'_>]) -> String {
 fn is_spaced_keyword(w: &str) -> bool {
     matches!(
         w,
-        "in" | "values" | "as" | "and" | "or" | "not" | "exists" | "from" | "join" | "where"
-            | "on" | "select" | "into" | "using" | "set" | "returning" | "conflict" | "by"
-            | "then" | "else" | "when" | "union" | "all" | "lateral" | "with" | "over"
-            | "filter" | "within" | "partition" | "table" | "is" | "between" | "like"
-            | "ilike" | "case" | "do" | "update" | "distinct"
+        "in" | "values"
+            | "as"
+            | "and"
+            | "or"
+            | "not"
+            | "exists"
+            | "from"
+            | "join"
+            | "where"
+            | "on"
+            | "select"
+            | "into"
+            | "using"
+            | "set"
+            | "returning"
+            | "conflict"
+            | "by"
+            | "then"
+            | "else"
+            | "when"
+            | "union"
+            | "all"
+            | "lateral"
+            | "with"
+            | "over"
+            | "filter"
+            | "within"
+            | "partition"
+            | "table"
+            | "is"
+            | "between"
+            | "like"
+            | "ilike"
+            | "case"
+            | "do"
+            | "update"
+            | "distinct"
     )
 }

@@ -62,8 +62,22 @@ fn is_ident_char(b: u8) -> bool {
 fn is_op_char(b: u8) -> bool {
     matches!(
         b,
-        b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^'
-            | b'&' | b'|' | b'`' | b'?'
+        b'+' | b'-'
+            | b'*'
+            | b'/'
+            | b'<'
+            | b'>'
+            | b'='
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'%'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
     )
 }
 
@@ -187,8 +201,8 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 }
                 Kind::Param
             }
-            b'?' if !bytes.get(i + 1).copied().is_some_and(is_op_char)
-                && !(i > 0 && is_op_char(bytes[i - 1])) =>
+            b'?' if !(bytes.get(i + 1).copied().is_some_and(is_op_char)
+                || (i > 0 && is_op_char(bytes[i - 1]))) =>
             {
                 // A lone `?` is a JDBC-style placeholder; `?|`, `?&` are operators.
                 i += 1;
@@ -263,7 +277,11 @@ fn skip_string(bytes: &[u8], mut i: usize, len: usize, backslash_escapes: bool) 
 }
 
 fn skip_number(bytes: &[u8], mut i: usize, len: usize) -> usize {
-    if bytes[i] == b'0' && matches!(bytes.get(i + 1), Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B'))
+    if bytes[i] == b'0'
+        && matches!(
+            bytes.get(i + 1),
+            Some(b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
+        )
     {
         i += 2;
         while i < len && (bytes[i].is_ascii_hexdigit() || bytes[i] == b'_') {
@@ -370,7 +388,16 @@ mod tests {
 
     #[test]
     fn unterminated_input_does_not_panic() {
-        for sql in ["'abc", "\"abc", "/* abc", "$tag$ abc", "E'\\", "$", "é'", "x::"] {
+        for sql in [
+            "'abc",
+            "\"abc",
+            "/* abc",
+            "$tag$ abc",
+            "E'\\",
+            "$",
+            "é'",
+            "x::",
+        ] {
             let mut out = Vec::new();
             tokenize(sql, &mut out);
             for t in &out {

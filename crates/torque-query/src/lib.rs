@@ -47,8 +47,8 @@ mod lexer;
 mod loader;
 
 #[cfg(feature = "postgres")]
-pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict};
+pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict, CopyTarget};
 pub use fingerprint::{Fingerprint, StatementKind, fingerprint};
 #[cfg(feature = "postgres")]
-pub use instrument::{Instrumented, scoped};
+pub use instrument::Instrumented;
 pub use loader::{BatchFn, Loader, LoaderBuilder, LoaderStats};

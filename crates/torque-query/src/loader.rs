@@ -21,7 +21,8 @@ pub trait BatchFn<K, V>: Send + Sync + 'static {
     /// The batch's error; every caller in a failed batch gets it (shared).
     type Error: Send + Sync + 'static;
     /// Loads `keys` (distinct, at most the loader's `max_batch`).
-    fn load(&self, keys: Vec<K>) -> impl Future<Output = Result<HashMap<K, V>, Self::Error>> + Send;
+    fn load(&self, keys: Vec<K>)
+    -> impl Future<Output = Result<HashMap<K, V>, Self::Error>> + Send;
 }
 
 impl<K, V, E, F, Fut> BatchFn<K, V> for F
@@ -37,6 +38,7 @@ where
 }
 
 type Outcome<V, E> = Result<Option<V>, Arc<E>>;
+type Waiters<K, V, E> = HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BoxBatch<K, V, E> = Arc<dyn Fn(Vec<K>) -> BoxFuture<Result<HashMap<K, V>, E>> + Send + Sync>;
 
@@ -106,7 +108,7 @@ struct Batch<K, V, E> {
 }
 
 struct BatchState<K, V, E> {
-    waiters: HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>,
+    waiters: Waiters<K, V, E>,
     /// Keys in arrival order (the batch function sees them in that order).
     keys: Vec<K>,
     taken: bool,
@@ -267,7 +269,10 @@ where
     ///
     /// # Errors
     /// The first error among the keys' batches.
-    pub async fn load_many(&self, keys: impl IntoIterator<Item = K>) -> Result<Vec<Option<V>>, Arc<E>> {
+    pub async fn load_many(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<Option<V>>, Arc<E>> {
         let futures: Vec<_> = keys.into_iter().map(|k| self.load(k)).collect();
         let mut out = Vec::with_capacity(futures.len());
         for r in join_all(futures).await {
@@ -334,7 +339,7 @@ where
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
-    fn take(&mut self) -> Option<(Vec<K>, HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>)> {
+    fn take(&mut self) -> Option<(Vec<K>, Waiters<K, V, E>)> {
         let batch = self.batch.take()?;
         {
             let mut pending = lock(&self.inner.pending);
@@ -475,7 +480,11 @@ mod tests {
         let (a, b) = tokio::join!(loader.load(13), loader.load(2));
         assert!(a.unwrap_err().contains("unlucky"));
         assert!(b.is_err());
-        assert_eq!(loader.load(2).await.unwrap(), Some(4), "errors are not cached");
+        assert_eq!(
+            loader.load(2).await.unwrap(),
+            Some(4),
+            "errors are not cached"
+        );
     }
 
     #[tokio::test]
@@ -505,7 +514,11 @@ mod tests {
             let c = Arc::clone(&c);
             async move {
                 c.fetch_add(1, Ordering::SeqCst);
-                Ok(keys.into_iter().filter(|k| *k > 0).map(|k| (k, k)).collect())
+                Ok(keys
+                    .into_iter()
+                    .filter(|k| *k > 0)
+                    .map(|k| (k, k))
+                    .collect())
             }
         })
         .cache(true)

@@ -1,8 +1,6 @@
 //! The N+1 rules of the query contract (docs/query.md), positive and negative.
 
-use torque_query::detect::{
-    CallSite, Detector, DetectorConfig, Finding, FindingKind, OnFinding,
-};
+use torque_query::detect::{CallSite, Detector, DetectorConfig, Finding, FindingKind, OnFinding};
 
 fn detector() -> Detector {
     Detector::new(DetectorConfig {
@@ -29,7 +27,11 @@ fn five_varying_lookups_are_an_n_plus_one() {
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
     assert_eq!(f[0].count, 5);
     assert_eq!(f[0].normalized, "select * from comments where post_id = ?");
-    assert!(f[0].suggestion.contains("post_id = ANY($1)"), "{}", f[0].suggestion);
+    assert!(
+        f[0].suggestion.contains("post_id = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
 }
 
 #[test]
@@ -101,7 +103,8 @@ fn in_lists_of_different_lengths_are_one_shape() {
 
 #[test]
 fn single_row_inserts_are_an_n_plus_one_including_upserts_and_returning() {
-    let f = run((0..5).map(|i| format!("INSERT INTO events (user_id, kind) VALUES ({i}, 'login')")));
+    let f =
+        run((0..5).map(|i| format!("INSERT INTO events (user_id, kind) VALUES ({i}, 'login')")));
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
     assert!(f[0].suggestion.contains("UNNEST"));
     let f = run((0..5).map(|i| {
@@ -110,14 +113,19 @@ fn single_row_inserts_are_an_n_plus_one_including_upserts_and_returning() {
         )
     }));
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
-    let f = run((0..5).map(|_| "INSERT INTO events (user_id) VALUES ($1) RETURNING id".to_string()));
+    let f =
+        run((0..5).map(|_| "INSERT INTO events (user_id) VALUES ($1) RETURNING id".to_string()));
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
 }
 
 #[test]
 fn multi_row_inserts_are_already_batched() {
     let f = run((0..6).map(|i| {
-        format!("INSERT INTO events (user_id) VALUES ({i}), ({}), ({})", i + 1, i + 2)
+        format!(
+            "INSERT INTO events (user_id) VALUES ({i}), ({}), ({})",
+            i + 1,
+            i + 2
+        )
     }));
     assert!(f.iter().all(|f| f.kind != FindingKind::NPlusOne), "{f:?}");
 }
@@ -134,15 +142,26 @@ fn updates_and_deletes_by_key_are_an_n_plus_one() {
 fn update_of_one_row_with_varying_set_values_is_not_an_n_plus_one() {
     // The key stays the same; only the assigned value changes.
     let f = run((0..5).map(|i| format!("UPDATE jobs SET progress = {i} WHERE id = 7")));
-    assert!(kinds(&f).iter().all(|k| *k != FindingKind::NPlusOne), "{f:?}");
+    assert!(
+        kinds(&f).iter().all(|k| *k != FindingKind::NPlusOne),
+        "{f:?}"
+    );
 }
 
 #[test]
 fn offset_pagination_is_not_an_n_plus_one() {
-    let f = run((0..8).map(|p| format!("SELECT * FROM orders ORDER BY id LIMIT 50 OFFSET {}", p * 50)));
+    let f = run((0..8).map(|p| {
+        format!(
+            "SELECT * FROM orders ORDER BY id LIMIT 50 OFFSET {}",
+            p * 50
+        )
+    }));
     assert!(f.is_empty(), "{f:?}");
     let f = run((0..8).map(|p| {
-        format!("SELECT * FROM orders WHERE customer_id = 3 ORDER BY id LIMIT 50 OFFSET {}", p * 50)
+        format!(
+            "SELECT * FROM orders WHERE customer_id = 3 ORDER BY id LIMIT 50 OFFSET {}",
+            p * 50
+        )
     }));
     assert!(f.is_empty(), "{f:?}");
     let f = run((0..8).map(|_| {
@@ -159,10 +178,18 @@ fn limit_only_differences_are_not_an_n_plus_one() {
 
 #[test]
 fn keyset_pagination_is_not_an_n_plus_one_with_or_without_a_tenant_filter() {
-    let f = run((0..8).map(|k| format!("SELECT * FROM events WHERE id > {} ORDER BY id LIMIT 100", k * 100)));
+    let f = run((0..8).map(|k| {
+        format!(
+            "SELECT * FROM events WHERE id > {} ORDER BY id LIMIT 100",
+            k * 100
+        )
+    }));
     assert!(f.is_empty(), "{f:?}");
     let f = run((0..8).map(|k| {
-        format!("SELECT * FROM events WHERE tenant_id = 42 AND id > {} ORDER BY id LIMIT 100", k * 100)
+        format!(
+            "SELECT * FROM events WHERE tenant_id = 42 AND id > {} ORDER BY id LIMIT 100",
+            k * 100
+        )
     }));
     assert!(f.is_empty(), "{f:?}");
     let f = run((0..8).map(|_| {
@@ -175,7 +202,8 @@ fn keyset_pagination_is_not_an_n_plus_one_with_or_without_a_tenant_filter() {
 #[test]
 fn a_varying_key_inside_a_paged_query_is_still_an_n_plus_one() {
     // "Top 3 comments of each post" in a loop.
-    let f = run((0..5).map(|p| format!("SELECT * FROM comments WHERE post_id = {p} ORDER BY id DESC LIMIT 3")));
+    let f = run((0..5)
+        .map(|p| format!("SELECT * FROM comments WHERE post_id = {p} ORDER BY id DESC LIMIT 3")));
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
 }
 
@@ -208,7 +236,10 @@ fn alias_does_not_merge_different_relations() {
         sqls.push(format!("SELECT t.* FROM users t WHERE t.id = {i}"));
         sqls.push(format!("SELECT t.* FROM teams t WHERE t.id = {i}"));
     }
-    assert!(run(sqls).is_empty(), "3 + 3 of two relations is not 6 of one");
+    assert!(
+        run(sqls).is_empty(),
+        "3 + 3 of two relations is not 6 of one"
+    );
 }
 
 #[test]
@@ -237,15 +268,24 @@ fn quoted_identifiers_are_case_sensitive() {
 fn findings_name_the_distinct_call_sites() {
     let scope = detector().scope();
     for i in 0..3 {
-        scope.record_at(&format!("SELECT * FROM users WHERE id = {i}"), CallSite::new("src/a.rs", 10, 5));
+        scope.record_at(
+            &format!("SELECT * FROM users WHERE id = {i}"),
+            CallSite::new("src/a.rs", 10, 5),
+        );
     }
     for i in 3..6 {
-        scope.record_at(&format!("SELECT * FROM users WHERE id = {i}"), CallSite::new("src/b.rs", 20, 9));
+        scope.record_at(
+            &format!("SELECT * FROM users WHERE id = {i}"),
+            CallSite::new("src/b.rs", 20, 9),
+        );
     }
     let f = scope.finish();
     assert_eq!(
         f[0].call_sites,
-        [CallSite::new("src/a.rs", 10, 5), CallSite::new("src/b.rs", 20, 9)]
+        [
+            CallSite::new("src/a.rs", 10, 5),
+            CallSite::new("src/b.rs", 20, 9)
+        ]
     );
     // `record` uses the caller's location.
     let scope = detector().scope();
@@ -262,11 +302,24 @@ fn allow_lists_by_fingerprint_pattern_and_call_site() {
     let sql = |i: i32| format!("SELECT * FROM flags WHERE id = {i}");
     let fp = torque_query::fingerprint(&sql(0)).hash();
     for config in [
-        DetectorConfig { allow_fingerprints: vec![fp], ..DetectorConfig::default() },
-        DetectorConfig { allow_sql_patterns: vec!["SELECT * FROM FLAGS*".into()], ..DetectorConfig::default() },
-        DetectorConfig { allow_call_sites: vec!["src/admin/".into()], ..DetectorConfig::default() },
+        DetectorConfig {
+            allow_fingerprints: vec![fp],
+            ..DetectorConfig::default()
+        },
+        DetectorConfig {
+            allow_sql_patterns: vec!["SELECT * FROM FLAGS*".into()],
+            ..DetectorConfig::default()
+        },
+        DetectorConfig {
+            allow_call_sites: vec!["src/admin/".into()],
+            ..DetectorConfig::default()
+        },
     ] {
-        let scope = Detector::new(DetectorConfig { on_finding: OnFinding::Return, ..config }).scope();
+        let scope = Detector::new(DetectorConfig {
+            on_finding: OnFinding::Return,
+            ..config
+        })
+        .scope();
         for i in 0..5 {
             scope.record_at(&sql(i), CallSite::new("src/admin/flags.rs", 1, 1));
         }
@@ -293,7 +346,10 @@ fn pause_guard_stops_recording_while_alive() {
 
 #[test]
 fn fail_mode_errors_and_panics() {
-    let d = Detector::new(DetectorConfig { on_finding: OnFinding::Fail, ..DetectorConfig::default() });
+    let d = Detector::new(DetectorConfig {
+        on_finding: OnFinding::Fail,
+        ..DetectorConfig::default()
+    });
     let scope = d.scope();
     for i in 0..5 {
         scope.record(&format!("SELECT * FROM users WHERE id = {i}"));

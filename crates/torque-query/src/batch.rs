@@ -1,0 +1,845 @@
+//! Batch writes: many rows in one statement per chunk.
+//!
+//! Rows are encoded to PostgreSQL's binary format as they are pushed, so a
+//! wrong column count or a Rust value that cannot be sent as the column's type
+//! is reported by [`BatchInsert::push`] — before anything reaches the server.
+//! Three ways to send them:
+//!
+//! - [`BatchInsert::execute`]: `INSERT ... SELECT * FROM UNNEST($1::t1[], $2::t2[], ...)`,
+//!   one array parameter per column, so one statement carries any number of rows
+//!   (chunked at [`chunk_rows`](BatchInsert::chunk_rows) to bound message size).
+//! - [`BatchInsert::execute_values`]: multi-row `VALUES`, chunked under
+//!   PostgreSQL's 65,535-parameter limit; works for column types UNNEST cannot
+//!   take (arrays).
+//! - [`BatchInsert::copy_in`]: binary `COPY ... FROM STDIN`, the fastest for
+//!   bulk loads (no `ON CONFLICT`).
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{BufMut, BytesMut};
+use tokio_postgres::GenericClient;
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
+
+/// PostgreSQL's limit on bind parameters in one statement.
+pub(crate) const MAX_PARAMS: usize = 65_535;
+/// Default most rows per statement.
+const DEFAULT_CHUNK_ROWS: usize = 10_000;
+
+/// Why a batch write failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A pushed row has the wrong number of values.
+    #[error("row {row} has {got} values but the batch has {expected} columns")]
+    ColumnCount {
+        /// Index of the row (from 0).
+        row: usize,
+        /// Values in the row.
+        got: usize,
+        /// Columns of the batch.
+        expected: usize,
+    },
+    /// A value cannot be sent as its column's type.
+    #[error("row {row}, column {column:?}: value cannot be sent as {ty}: {source}")]
+    Type {
+        /// Index of the row (from 0).
+        row: usize,
+        /// The column's name.
+        column: String,
+        /// The column's declared type.
+        ty: Type,
+        /// The encoder's error (`WrongType` for a Rust type that does not match).
+        #[source]
+        source: Box<dyn StdError + Sync + Send>,
+    },
+    /// The batch was set up in a way this send method cannot do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The server rejected a chunk; earlier chunks were sent (use a transaction
+    /// for all-or-nothing).
+    #[error("chunk starting at row {first_row} failed: {source}")]
+    Postgres {
+        /// The first row of the failed chunk.
+        first_row: usize,
+        /// The server's or driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// What an insert does when a row conflicts with an existing one.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Conflict {
+    /// Fail (the statement's default).
+    #[default]
+    Error,
+    /// `ON CONFLICT (target) DO NOTHING` (no target: any constraint).
+    DoNothing {
+        /// The conflict target's columns.
+        target: Vec<String>,
+    },
+    /// `ON CONFLICT (target) DO UPDATE SET c = EXCLUDED.c` for each `update` column.
+    Update {
+        /// The conflict target's columns.
+        target: Vec<String>,
+        /// The columns to overwrite from the new row.
+        update: Vec<String>,
+    },
+}
+
+/// Quotes an identifier when it needs it; a dotted name is quoted per part.
+fn quote_ident(name: &str) -> String {
+    name.split('.')
+        .map(|part| {
+            let plain = part
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if plain {
+                part.to_string()
+            } else {
+                format!("\"{}\"", part.replace('"', "\"\""))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The SQL name of a type, for a cast.
+fn type_sql(ty: &Type) -> String {
+    if ty.schema() == "pg_catalog" {
+        ty.name().to_string()
+    } else {
+        format!("{}.{}", quote_ident(ty.schema()), quote_ident(ty.name()))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    quoted: String,
+    ty: Type,
+}
+
+/// Rows encoded column by column.
+#[derive(Debug, Clone)]
+struct Rows {
+    columns: Vec<Column>,
+    /// Per column: encoded values, back to back.
+    data: Vec<BytesMut>,
+    /// Per column: each row's byte range in `data`, `None` for NULL.
+    cells: Vec<Vec<Option<Range<usize>>>>,
+    len: usize,
+}
+
+impl Rows {
+    fn new(columns: &[(&str, Type)]) -> Self {
+        Self {
+            columns: columns
+                .iter()
+                .map(|(name, ty)| Column {
+                    name: (*name).to_string(),
+                    quoted: quote_ident(name),
+                    ty: ty.clone(),
+                })
+                .collect(),
+            data: columns.iter().map(|_| BytesMut::new()).collect(),
+            cells: columns.iter().map(|_| Vec::new()).collect(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<(), BatchError> {
+        if row.len() != self.columns.len() {
+            return Err(BatchError::ColumnCount {
+                row: self.len,
+                got: row.len(),
+                expected: self.columns.len(),
+            });
+        }
+        // Encode into scratch first, so a failing row leaves nothing behind.
+        let mut encoded: Vec<(BytesMut, bool)> = Vec::with_capacity(row.len());
+        for (value, column) in row.iter().zip(&self.columns) {
+            let mut buf = BytesMut::new();
+            let is_null = value
+                .to_sql_checked(&column.ty, &mut buf)
+                .map_err(|source| BatchError::Type {
+                    row: self.len,
+                    column: column.name.clone(),
+                    ty: column.ty.clone(),
+                    source,
+                })?;
+            encoded.push((buf, matches!(is_null, IsNull::Yes)));
+        }
+        for (c, (buf, is_null)) in encoded.into_iter().enumerate() {
+            if is_null {
+                self.cells[c].push(None);
+            } else {
+                let start = self.data[c].len();
+                self.data[c].extend_from_slice(&buf);
+                self.cells[c].push(Some(start..self.data[c].len()));
+            }
+        }
+        self.len += 1;
+        Ok(())
+    }
+
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| c.quoted.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn check_unnest(&self) -> Result<(), BatchError> {
+        if let Some(c) = self
+            .columns
+            .iter()
+            .find(|c| matches!(c.ty.kind(), Kind::Array(_)))
+        {
+            return Err(BatchError::Unsupported(format!(
+                "column {:?} is an array ({}): UNNEST would flatten it; use execute_values or copy_in",
+                c.name, c.ty
+            )));
+        }
+        Ok(())
+    }
+
+    /// `UNNEST($1::t1[], $2::t2[], ...)`
+    fn unnest_call(&self) -> String {
+        let args: Vec<String> = self
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("${}::{}[]", i + 1, type_sql(&c.ty)))
+            .collect();
+        format!("UNNEST({})", args.join(", "))
+    }
+
+    fn arrays(&self, rows: Range<usize>) -> Vec<ColumnArray<'_>> {
+        (0..self.columns.len())
+            .map(|c| ColumnArray {
+                element: &self.columns[c].ty,
+                data: &self.data[c],
+                cells: &self.cells[c][rows.clone()],
+            })
+            .collect()
+    }
+
+    /// `($1::t1, $2::t2), ($3::t1, $4::t2), ...` for `n` rows.
+    fn values_tuples(&self, n: usize) -> String {
+        let cols = self.columns.len();
+        let mut sql = String::with_capacity(n * cols * 12);
+        for r in 0..n {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for (c, column) in self.columns.iter().enumerate() {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}::{}", r * cols + c + 1, type_sql(&column.ty)));
+            }
+            sql.push(')');
+        }
+        sql
+    }
+
+    fn values_params(&self, rows: Range<usize>) -> Vec<Raw<'_>> {
+        let mut params = Vec::with_capacity(rows.len() * self.columns.len());
+        for r in rows {
+            for c in 0..self.columns.len() {
+                params.push(Raw {
+                    bytes: self.cells[c][r].clone().map(|range| &self.data[c][range]),
+                });
+            }
+        }
+        params
+    }
+
+    fn values_chunk(&self, chunk_rows: usize) -> usize {
+        (MAX_PARAMS / self.columns.len().max(1))
+            .min(chunk_rows)
+            .max(1)
+    }
+}
+
+/// One already-encoded value, sent as is.
+#[derive(Debug)]
+struct Raw<'a> {
+    bytes: Option<&'a [u8]>,
+}
+
+impl ToSql for Raw<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self.bytes {
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        // Checked against the column's type when the row was pushed.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// A column's values as a one-dimensional array, in PostgreSQL's binary array
+/// format (`array_send`): ndim, has-null flag, element OID, (length, lower
+/// bound) per dimension, then each element as length + bytes (-1 for NULL).
+struct ColumnArray<'a> {
+    element: &'a Type,
+    data: &'a [u8],
+    cells: &'a [Option<Range<usize>>],
+}
+
+impl fmt::Debug for ColumnArray<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ColumnArray")
+            .field("element", self.element)
+            .field("len", &self.cells.len())
+            .finish()
+    }
+}
+
+impl ToSql for ColumnArray<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let len = i32::try_from(self.cells.len()).map_err(|_| "too many rows for one array")?;
+        out.reserve(20 + self.data.len() + self.cells.len() * 4);
+        out.put_i32(1);
+        out.put_i32(i32::from(self.cells.iter().any(Option::is_none)));
+        out.put_u32(self.element.oid());
+        out.put_i32(len);
+        out.put_i32(1);
+        for cell in self.cells {
+            match cell {
+                Some(range) => {
+                    let n = i32::try_from(range.len()).map_err(|_| "value larger than 2 GiB")?;
+                    out.put_i32(n);
+                    out.extend_from_slice(&self.data[range.clone()]);
+                }
+                None => out.put_i32(-1),
+            }
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Array(_))
+    }
+
+    to_sql_checked!();
+}
+
+fn as_params<T: ToSql + Sync>(values: &[T]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// Rows to insert into one table, sent in as few statements as possible.
+///
+/// # Example
+/// ```no_run
+/// use tokio_postgres::types::Type;
+/// use torque_query::BatchInsert;
+///
+/// # async fn demo(client: &tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut insert = BatchInsert::new("accounts", &[("id", Type::INT8), ("owner", Type::TEXT)]);
+/// for id in 0..10_000i64 {
+///     insert.push(&[&id, &format!("owner {id}")])?; // checked here, before sending
+/// }
+/// let inserted = insert.execute(client).await?; // one UNNEST statement
+/// assert_eq!(inserted, 10_000);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchInsert {
+    table: String,
+    rows: Rows,
+    conflict: Conflict,
+    chunk_rows: usize,
+}
+
+impl BatchInsert {
+    /// A batch for `table` (optionally `schema.table`) with these columns and
+    /// their PostgreSQL types.
+    pub fn new(table: &str, columns: &[(&str, Type)]) -> Self {
+        Self {
+            table: quote_ident(table),
+            rows: Rows::new(columns),
+            conflict: Conflict::Error,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+        }
+    }
+
+    /// What to do on a conflicting row (default: fail).
+    pub fn on_conflict(mut self, conflict: Conflict) -> Self {
+        self.conflict = conflict;
+        self
+    }
+
+    /// An upsert: on a conflict on `target`, overwrite the `update` columns
+    /// with the new row's values.
+    pub fn upsert(self, target: &[&str], update: &[&str]) -> Self {
+        self.on_conflict(Conflict::Update {
+            target: target.iter().map(|s| (*s).to_string()).collect(),
+            update: update.iter().map(|s| (*s).to_string()).collect(),
+        })
+    }
+
+    /// Most rows per statement (default 10,000; 0 is taken as 1). VALUES
+    /// chunks are further capped so rows × columns ≤ 65,535.
+    pub fn chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// Adds a row, encoding each value as its column's type.
+    ///
+    /// # Errors
+    /// [`BatchError::ColumnCount`] or [`BatchError::Type`]; the row is not added.
+    pub fn push(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<(), BatchError> {
+        self.rows.push(row)
+    }
+
+    /// Rows pushed so far.
+    pub fn len(&self) -> usize {
+        self.rows.len
+    }
+
+    /// Whether no row has been pushed.
+    pub fn is_empty(&self) -> bool {
+        self.rows.len == 0
+    }
+
+    fn conflict_clause(&self) -> String {
+        let list = |cols: &[String]| {
+            cols.iter()
+                .map(|c| quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match &self.conflict {
+            Conflict::Error => String::new(),
+            Conflict::DoNothing { target } if target.is_empty() => " ON CONFLICT DO NOTHING".into(),
+            Conflict::DoNothing { target } => format!(" ON CONFLICT ({}) DO NOTHING", list(target)),
+            Conflict::Update { target, update } => {
+                let set: Vec<String> = update
+                    .iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    list(target),
+                    set.join(", ")
+                )
+            }
+        }
+    }
+
+    /// The UNNEST statement `execute` sends (one per chunk).
+    pub fn unnest_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} ({}) SELECT * FROM {}{}",
+            self.table,
+            self.rows.column_list(),
+            self.rows.unnest_call(),
+            self.conflict_clause()
+        )
+    }
+
+    /// Sends the rows as `INSERT ... SELECT * FROM UNNEST(...)`, one statement
+    /// per chunk; returns the rows inserted (or updated, for an upsert).
+    ///
+    /// # Errors
+    /// [`BatchError::Unsupported`] for array columns (use
+    /// [`execute_values`](Self::execute_values)), before anything is sent;
+    /// [`BatchError::Postgres`] when the server rejects a chunk.
+    pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
+        self.rows.check_unnest()?;
+        if self.is_empty() {
+            return Ok(0);
+        }
+        let sql = self.unnest_sql();
+        let statement = client
+            .prepare(&sql)
+            .await
+            .map_err(|source| BatchError::Postgres {
+                first_row: 0,
+                source,
+            })?;
+        let mut total = 0;
+        for start in (0..self.rows.len).step_by(self.chunk_rows) {
+            let end = (start + self.chunk_rows).min(self.rows.len);
+            let arrays = self.rows.arrays(start..end);
+            total += client
+                .execute(&statement, &as_params(&arrays))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: start,
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+
+    /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
+    /// statement exceeds 65,535 parameters; returns the rows inserted.
+    ///
+    /// # Errors
+    /// [`BatchError::Postgres`] when the server rejects a chunk.
+    pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
+        let chunk = self.rows.values_chunk(self.chunk_rows);
+        let mut total = 0;
+        let mut full_statement = None;
+        for start in (0..self.rows.len).step_by(chunk) {
+            let end = (start + chunk).min(self.rows.len);
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES {}{}",
+                self.table,
+                self.rows.column_list(),
+                self.rows.values_tuples(end - start),
+                self.conflict_clause()
+            );
+            let err = |source| BatchError::Postgres {
+                first_row: start,
+                source,
+            };
+            // Full chunks share one prepared statement; the last may be shorter.
+            let statement = if end - start == chunk {
+                match &full_statement {
+                    Some(s) => s,
+                    None => full_statement.insert(client.prepare(&sql).await.map_err(err)?),
+                }
+            } else {
+                &client.prepare(&sql).await.map_err(err)?
+            };
+            let params = self.rows.values_params(start..end);
+            total += client
+                .execute(statement, &as_params(&params))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: start,
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+
+    /// Sends the rows with binary `COPY table (cols) FROM STDIN`; returns the
+    /// rows copied. The fastest path for bulk loads.
+    ///
+    /// # Errors
+    /// [`BatchError::Unsupported`] when a conflict rule is set (COPY has no
+    /// `ON CONFLICT`), before anything is sent; [`BatchError::Postgres`].
+    pub async fn copy_in<C: CopyTarget>(&self, client: &C) -> Result<u64, BatchError> {
+        use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+        if self.conflict != Conflict::Error {
+            return Err(BatchError::Unsupported(
+                "COPY cannot resolve conflicts: use execute() for ON CONFLICT".into(),
+            ));
+        }
+        let err = |source| BatchError::Postgres {
+            first_row: 0,
+            source,
+        };
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            self.table,
+            self.rows.column_list()
+        );
+        let sink = client.copy_in_sink(&sql).await.map_err(err)?;
+        let types: Vec<Type> = self.rows.columns.iter().map(|c| c.ty.clone()).collect();
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        let cols = self.rows.columns.len();
+        let mut row: Vec<Raw<'_>> = Vec::with_capacity(cols);
+        for r in 0..self.rows.len {
+            row.clear();
+            row.extend((0..cols).map(|c| {
+                Raw {
+                    bytes: self.rows.cells[c][r]
+                        .clone()
+                        .map(|range| &self.rows.data[c][range]),
+                }
+            }));
+            writer
+                .as_mut()
+                .write(&as_params(&row))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: r,
+                    source,
+                })?;
+        }
+        writer.finish().await.map_err(err)
+    }
+}
+
+/// What binary COPY can be run on: a [`tokio_postgres::Client`] or a
+/// [`tokio_postgres::Transaction`] (`GenericClient` has no `copy_in`).
+pub trait CopyTarget: Sync {
+    /// Starts `COPY ... FROM STDIN`.
+    fn copy_in_sink(
+        &self,
+        sql: &str,
+    ) -> impl Future<
+        Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    > + Send;
+}
+
+impl CopyTarget for tokio_postgres::Client {
+    fn copy_in_sink(
+        &self,
+        sql: &str,
+    ) -> impl Future<
+        Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    > + Send {
+        self.copy_in(sql)
+    }
+}
+
+impl CopyTarget for tokio_postgres::Transaction<'_> {
+    fn copy_in_sink(
+        &self,
+        sql: &str,
+    ) -> impl Future<
+        Output = Result<tokio_postgres::CopyInSink<bytes::Bytes>, tokio_postgres::Error>,
+    > + Send {
+        self.copy_in(sql)
+    }
+}
+
+/// New values for existing rows, matched on key columns, sent in as few
+/// statements as possible.
+///
+/// # Example
+/// ```no_run
+/// use tokio_postgres::types::Type;
+/// use torque_query::BatchUpdate;
+///
+/// # async fn demo(client: &tokio_postgres::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut update = BatchUpdate::new("accounts", &[("id", Type::INT8)], &[("balance", Type::INT8)]);
+/// update.push(&[&1i64, &500i64])?; // key values, then new values
+/// update.push(&[&2i64, &750i64])?;
+/// let updated = update.execute(client).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BatchUpdate {
+    table: String,
+    keys: usize,
+    rows: Rows,
+    chunk_rows: usize,
+}
+
+impl BatchUpdate {
+    /// A batch updating `table`: rows are matched on the `key` columns, and the
+    /// `set` columns get the new values. Each pushed row holds the key values
+    /// first, then the new values.
+    pub fn new(table: &str, key: &[(&str, Type)], set: &[(&str, Type)]) -> Self {
+        let columns: Vec<(&str, Type)> = key.iter().chain(set).cloned().collect();
+        Self {
+            table: quote_ident(table),
+            keys: key.len(),
+            rows: Rows::new(&columns),
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+        }
+    }
+
+    /// Most rows per statement (default 10,000; 0 is taken as 1).
+    pub fn chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// Adds a row: key values, then new values.
+    ///
+    /// # Errors
+    /// [`BatchError::ColumnCount`] or [`BatchError::Type`]; the row is not added.
+    pub fn push(&mut self, row: &[&(dyn ToSql + Sync)]) -> Result<(), BatchError> {
+        self.rows.push(row)
+    }
+
+    /// Rows pushed so far.
+    pub fn len(&self) -> usize {
+        self.rows.len
+    }
+
+    /// Whether no row has been pushed.
+    pub fn is_empty(&self) -> bool {
+        self.rows.len == 0
+    }
+
+    fn statement(&self, source: &str) -> Result<String, BatchError> {
+        if self.keys == 0 || self.keys == self.rows.columns.len() {
+            return Err(BatchError::Unsupported(
+                "a batch update needs at least one key column and one column to set".into(),
+            ));
+        }
+        let (key, set) = self.rows.columns.split_at(self.keys);
+        let assignments: Vec<String> = set
+            .iter()
+            .map(|c| format!("{0} = torque_batch.{0}", c.quoted))
+            .collect();
+        let matches: Vec<String> = key
+            .iter()
+            .map(|c| format!("torque_target.{0} = torque_batch.{0}", c.quoted))
+            .collect();
+        Ok(format!(
+            "UPDATE {} AS torque_target SET {} FROM {} AS torque_batch ({}) WHERE {}",
+            self.table,
+            assignments.join(", "),
+            source,
+            self.rows.column_list(),
+            matches.join(" AND ")
+        ))
+    }
+
+    /// Sends the rows as `UPDATE ... FROM UNNEST(...)`, one statement per
+    /// chunk; returns the rows updated.
+    ///
+    /// # Errors
+    /// [`BatchError::Unsupported`] (no key or no set column, array columns)
+    /// before anything is sent; [`BatchError::Postgres`].
+    pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
+        let sql = self.statement(&self.rows.unnest_call())?;
+        self.rows.check_unnest()?;
+        if self.is_empty() {
+            return Ok(0);
+        }
+        let statement = client
+            .prepare(&sql)
+            .await
+            .map_err(|source| BatchError::Postgres {
+                first_row: 0,
+                source,
+            })?;
+        let mut total = 0;
+        for start in (0..self.rows.len).step_by(self.chunk_rows) {
+            let end = (start + self.chunk_rows).min(self.rows.len);
+            let arrays = self.rows.arrays(start..end);
+            total += client
+                .execute(&statement, &as_params(&arrays))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: start,
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+
+    /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
+    /// parameter limit; returns the rows updated.
+    ///
+    /// # Errors
+    /// [`BatchError::Unsupported`] (no key or no set column) before anything is
+    /// sent; [`BatchError::Postgres`].
+    pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
+        self.statement("")?;
+        let chunk = self.rows.values_chunk(self.chunk_rows);
+        let mut total = 0;
+        for start in (0..self.rows.len).step_by(chunk) {
+            let end = (start + chunk).min(self.rows.len);
+            let source = format!("(VALUES {})", self.rows.values_tuples(end - start));
+            let sql = self.statement(&source)?;
+            let params = self.rows.values_params(start..end);
+            total += client
+                .execute(sql.as_str(), &as_params(&params))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: start,
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_only_what_needs_it() {
+        assert_eq!(quote_ident("accounts"), "accounts");
+        assert_eq!(quote_ident("public.accounts"), "public.accounts");
+        assert_eq!(quote_ident("Accounts"), "\"Accounts\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("2fast"), "\"2fast\"");
+    }
+
+    #[test]
+    fn push_checks_count_and_types_and_keeps_nothing_of_a_bad_row() {
+        let mut b = BatchInsert::new("t", &[("id", Type::INT8), ("name", Type::TEXT)]);
+        b.push(&[&1i64, &"a"]).unwrap();
+        let err = b.push(&[&1i64]).unwrap_err();
+        assert!(matches!(
+            err,
+            BatchError::ColumnCount {
+                row: 1,
+                got: 1,
+                expected: 2
+            }
+        ));
+        let err = b.push(&[&"not a number", &"b"]).unwrap_err();
+        assert!(matches!(err, BatchError::Type { row: 1, .. }), "{err}");
+        assert!(err.to_string().contains("\"id\""), "{err}");
+        let err = b.push(&[&2i64, &3.5f64]).unwrap_err();
+        assert!(matches!(err, BatchError::Type { .. }));
+        assert_eq!(b.len(), 1);
+        b.push(&[&2i64, &None::<String>]).unwrap();
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn sql_shapes() {
+        let b = BatchInsert::new(
+            "public.Accounts",
+            &[("id", Type::INT8), ("owner", Type::TEXT)],
+        )
+        .upsert(&["id"], &["owner"]);
+        assert_eq!(
+            b.unnest_sql(),
+            "INSERT INTO public.\"Accounts\" (id, owner) SELECT * FROM UNNEST($1::int8[], $2::text[]) \
+             ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner"
+        );
+        let u = BatchUpdate::new("t", &[("id", Type::INT4)], &[("v", Type::TEXT)]);
+        assert_eq!(
+            u.statement("UNNEST($1::int4[], $2::text[])").unwrap(),
+            "UPDATE t AS torque_target SET v = torque_batch.v FROM UNNEST($1::int4[], $2::text[]) \
+             AS torque_batch (id, v) WHERE torque_target.id = torque_batch.id"
+        );
+    }
+
+    #[test]
+    fn values_chunks_respect_the_parameter_limit() {
+        let cols: Vec<(&str, Type)> = (0..7).map(|_| ("c", Type::INT4)).collect();
+        let rows = Rows::new(&cols);
+        assert_eq!(rows.values_chunk(1_000_000), MAX_PARAMS / 7);
+        assert!(rows.values_chunk(1_000_000) * 7 <= MAX_PARAMS);
+        assert_eq!(rows.values_chunk(10), 10);
+    }
+}

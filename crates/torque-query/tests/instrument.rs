@@ -1,0 +1,147 @@
+//! The instrumented client records every statement with its call site into
+//! the task's scope, including from concurrently joined futures.
+
+use torque_query::Instrumented;
+use torque_query::detect::{Detector, DetectorConfig, FindingKind, OnFinding, Scope};
+use torque_testkit::pg_database;
+
+fn detector() -> Detector {
+    Detector::new(DetectorConfig {
+        on_finding: OnFinding::Return,
+        ..DetectorConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn records_a_loop_with_its_call_site() {
+    let db = pg_database().await;
+    let client = Instrumented::new(db.connect().await);
+    client
+        .batch_execute("CREATE TABLE posts (id int8 PRIMARY KEY); CREATE TABLE comments (post_id int8, body text)")
+        .await
+        .unwrap();
+    let scope = detector().scope();
+    scope
+        .run(async {
+            for id in 1..=6i64 {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+                let rows = client.query("SELECT body FROM comments WHERE post_id = $1", &params);
+                rows.await.unwrap();
+            }
+        })
+        .await;
+    let findings = scope.finish();
+    assert_eq!(findings.len(), 1);
+    let f = &findings[0];
+    assert_eq!(f.kind, FindingKind::NPlusOne);
+    assert_eq!(f.count, 6);
+    assert_eq!(f.call_sites.len(), 1);
+    assert!(
+        f.call_sites[0].file.ends_with("instrument.rs"),
+        "{:?}",
+        f.call_sites
+    );
+    let source = include_str!("instrument.rs");
+    let expected = source
+        .lines()
+        .position(|l| l.contains("let rows = client.query("))
+        .unwrap()
+        + 1;
+    assert_eq!(f.call_sites[0].line as usize, expected);
+}
+
+#[tokio::test]
+async fn concurrently_joined_futures_share_the_scope() {
+    let db = pg_database().await;
+    let client = Instrumented::new(db.connect().await);
+    client
+        .batch_execute("CREATE TABLE accounts (id int8 PRIMARY KEY, owner text)")
+        .await
+        .unwrap();
+    let scope = detector().scope();
+    scope
+        .run(async {
+            let lookups = (0..5i64).map(|id| {
+                let client = &client;
+                async move {
+                    client
+                        .query_opt("SELECT owner FROM accounts WHERE id = $1", &[&id])
+                        .await
+                        .unwrap()
+                }
+            });
+            let mut futures: Vec<_> = lookups.map(Box::pin).collect();
+            for f in &mut futures {
+                f.as_mut().await;
+            }
+        })
+        .await;
+    assert_eq!(scope.len(), 5);
+    assert_eq!(scope.finish()[0].kind, FindingKind::NPlusOne);
+}
+
+#[tokio::test]
+async fn spawned_tasks_join_a_scope_they_are_given_and_nothing_leaks_outside() {
+    let db = pg_database().await;
+    let client = std::sync::Arc::new(Instrumented::new(db.connect().await));
+    client
+        .batch_execute("CREATE TABLE t (id int8)")
+        .await
+        .unwrap();
+    let scope = detector().scope();
+    scope
+        .run(async {
+            let current = Scope::current().expect("inside run");
+            let mut handles = Vec::new();
+            for id in 0..5i64 {
+                let client = std::sync::Arc::clone(&client);
+                let current = current.clone();
+                handles.push(tokio::spawn(current.run(async move {
+                    client
+                        .execute("DELETE FROM t WHERE id = $1", &[&id])
+                        .await
+                        .unwrap();
+                })));
+            }
+            for h in handles {
+                h.await.unwrap();
+            }
+        })
+        .await;
+    assert_eq!(scope.len(), 5);
+    // Outside any scope the client only forwards.
+    client
+        .execute("DELETE FROM t WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(scope.len(), 5);
+    assert!(Scope::current().is_none());
+}
+
+#[tokio::test]
+async fn transactions_are_recorded_too() {
+    let db = pg_database().await;
+    let mut client = Instrumented::new(db.connect().await);
+    client
+        .batch_execute("CREATE TABLE ledger (id int8, amount int8)")
+        .await
+        .unwrap();
+    let scope = detector().scope();
+    let tx = client.transaction().await.unwrap();
+    scope
+        .run(async {
+            for i in 0..5i64 {
+                tx.execute(
+                    "INSERT INTO ledger (id, amount) VALUES ($1, $2)",
+                    &[&i, &(i * 10)],
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .await;
+    tx.into_inner().commit().await.unwrap();
+    let f = scope.finish();
+    assert_eq!(f.len(), 1);
+    assert!(f[0].suggestion.contains("UNNEST"));
+}
