@@ -326,6 +326,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             };
             let mut shard = self.inner.shards[index].lock();
             let before = shard.weight();
+            if shard.sweep_due(timing.now) {
+                shard.sweep(timing, &mut removed);
+            }
             shard.reject(hash, key, value, cause, &mut removed);
             let after = shard.weight();
             drop(shard);

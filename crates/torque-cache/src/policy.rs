@@ -34,7 +34,7 @@ pub enum Policy {
     /// replacing an existing key's value do not change its place.
     Fifo,
     /// Evicts the entry nearest its expiry; entries without expiry go last,
-    /// oldest write first.
+    /// oldest insert first.
     Ttl,
     /// W-TinyLFU with adaptive window sizing: a small LRU window in front of a
     /// segmented LRU, guarded by a frequency sketch that admits a newcomer only

@@ -1,9 +1,9 @@
 //! Nearest expiry first: evict the entry that would expire soonest; entries
-//! that never expire go last, oldest write first.
+//! that never expire go last, oldest insert first.
 
 use std::collections::BTreeSet;
 
-/// Expiry order of the ids in one shard: `(deadline, write order, id)`.
+/// Expiry order of the ids in one shard: `(deadline, insert order, id)`.
 #[derive(Debug, Default)]
 pub(crate) struct NearestExpiry {
     order: BTreeSet<(u64, u64, u32)>,

@@ -1,0 +1,119 @@
+//! Two threads hammering one cache: no lost inserts, the bound holds, every
+//! departure is reported once, and the statistics add up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use torque_cache::{LocalCache, Policy, RemovalCause};
+
+type Log = Arc<Mutex<Vec<(u64, RemovalCause)>>>;
+
+fn cache(policy: Policy, capacity: u64, log: &Log) -> LocalCache<u64, u64> {
+    let sink = Arc::clone(log);
+    LocalCache::builder()
+        .max_capacity(capacity)
+        .policy(policy)
+        .shards(8)
+        .eviction_listener(move |k: &u64, _: &u64, c| sink.lock().unwrap().push((*k, c)))
+        .build()
+        .unwrap()
+}
+
+/// Thread `t` writes keys `t, t + 2, t + 4, ...` (disjoint), reading
+/// earlier keys in between; returns the number of reads done.
+fn hammer(cache: &LocalCache<u64, u64>, t: u64, writes: u64) -> u64 {
+    let mut reads = 0;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ t;
+    for i in 0..writes {
+        let key = i * 2 + t;
+        cache.insert(key, key * 10);
+        // In-flight writes may overshoot the bound by their own weight only.
+        assert!(cache.weighted_size() <= cache.max_capacity() + 2);
+        for _ in 0..3 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let probe = x % (i * 2 + 2);
+            if let Some(v) = cache.get(&probe) {
+                assert_eq!(v, probe * 10, "a read returned another key's value");
+            }
+            reads += 1;
+        }
+    }
+    reads
+}
+
+fn check(policy: Policy, capacity: u64, writes: u64) {
+    let log = Log::default();
+    let cache = cache(policy, capacity, &log);
+    let reads: u64 = std::thread::scope(|s| {
+        let a = s.spawn(|| hammer(&cache, 0, writes));
+        let b = s.spawn(|| hammer(&cache, 1, writes));
+        a.join().unwrap() + b.join().unwrap()
+    });
+    let total = 2 * writes;
+    let log = log.lock().unwrap();
+    // Every key is either still cached or was evicted, exactly once.
+    let mut evicted: HashMap<u64, usize> = HashMap::new();
+    for (k, cause) in log.iter() {
+        assert_eq!(*cause, RemovalCause::Capacity, "{policy:?}");
+        *evicted.entry(*k).or_default() += 1;
+    }
+    assert!(
+        evicted.values().all(|&n| n == 1),
+        "{policy:?}: a key left twice"
+    );
+    for k in 0..total {
+        let cached = cache.contains_key(&k);
+        assert!(
+            cached ^ evicted.contains_key(&k),
+            "{policy:?}: key {k} lost or duplicated"
+        );
+    }
+    let len = cache.len() as u64;
+    assert_eq!(len + evicted.len() as u64, total, "{policy:?}");
+    assert!(cache.weighted_size() <= capacity, "{policy:?}");
+    assert_eq!(cache.weighted_size(), len);
+    if capacity >= total {
+        assert_eq!(len, total, "{policy:?}: evicted while not full");
+    } else {
+        // Racing evictors may free one entry more than needed, each.
+        assert!(len + 2 >= capacity, "{policy:?}: {len} of {capacity}");
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.hits + stats.misses, reads, "{policy:?}");
+    assert_eq!(stats.inserts, total, "{policy:?}");
+    assert_eq!(stats.evictions.capacity, evicted.len() as u64, "{policy:?}");
+    assert_eq!(stats.evictions.total(), log.len() as u64, "{policy:?}");
+}
+
+const POLICIES: [Policy; 5] = [
+    Policy::Lru,
+    Policy::Lfu,
+    Policy::Fifo,
+    Policy::Ttl,
+    Policy::Adaptive,
+];
+
+#[test]
+fn two_threads_no_lost_inserts_when_everything_fits() {
+    for policy in POLICIES {
+        check(policy, 20_000, 5_000);
+    }
+}
+
+#[test]
+fn two_threads_bound_holds_and_evictions_add_up() {
+    for policy in POLICIES {
+        check(policy, 500, 5_000);
+    }
+}
+
+#[test]
+#[ignore = "long stress run; CI runs it with --ignored stress_"]
+fn stress_two_threads_many_writes() {
+    for policy in POLICIES {
+        check(policy, 1_000, 200_000);
+        check(policy, 500_000, 200_000);
+    }
+}
