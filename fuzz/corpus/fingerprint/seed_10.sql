@@ -1,0 +1,1 @@
+WITH recent AS (SELECT * FROM orders WHERE created_at > $1) SELECT count(*) FROM recent r JOIN customers c ON c.id = r.customer_id

@@ -1,0 +1,1 @@
+SELECT a::int[], b::text, 1.5e-3, .5, -7 FROM t WHERE x BETWEEN 1 AND 10

@@ -1,0 +1,1 @@
+select u.id, u.name from public.users u where u.id in (1, 2, 3) order by u.name limit 10 offset 20;

@@ -1,0 +1,1 @@
+INSERT INTO events (user_id, kind) VALUES ($1, 'login') ON CONFLICT (user_id) DO UPDATE SET kind = EXCLUDED.kind RETURNING id

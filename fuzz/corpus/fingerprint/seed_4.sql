@@ -1,0 +1,1 @@
+UPDATE accounts SET balance = balance - 10.5 WHERE id = ANY(ARRAY[1, 2, 3])

@@ -1,0 +1,1 @@
+SELECT $tag$ it's $$ quoted $tag$, E'esc\'aped', B'1010', X'ff', U&'d\0061t\+000061'

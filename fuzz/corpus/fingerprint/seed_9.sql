@@ -1,0 +1,1 @@
+/* traceparent='00-abc-01' */ SELECT "Users"."Id" FROM "Users" -- comment
