@@ -124,91 +124,6 @@ pub fn fingerprint(sql: &str) -> Fingerprint {
     analyze(sql).fingerprint
 }
 
-/// Words that end a relation reference: after `FROM users`, one of these is not
-/// an alias.
-fn is_clause_word(w: &str) -> bool {
-    matches!(
-        w,
-        "where"
-            | "join"
-            | "inner"
-            | "left"
-            | "right"
-            | "full"
-            | "cross"
-            | "natural"
-            | "outer"
-            | "on"
-            | "using"
-            | "group"
-            | "order"
-            | "having"
-            | "limit"
-            | "offset"
-            | "fetch"
-            | "for"
-            | "window"
-            | "union"
-            | "intersect"
-            | "except"
-            | "set"
-            | "values"
-            | "select"
-            | "returning"
-            | "default"
-            | "from"
-            | "as"
-            | "lateral"
-            | "only"
-            | "tablesample"
-            | "with"
-            | "do"
-            | "overriding"
-            | "when"
-            | "then"
-            | "and"
-            | "or"
-            | "not"
-            | "into"
-            | "is"
-            | "in"
-            | "partition"
-    )
-}
-
-/// Words after which a `-` starts a negative number rather than a subtraction.
-fn is_operand_position_word(w: &str) -> bool {
-    matches!(
-        w,
-        "select"
-            | "where"
-            | "and"
-            | "or"
-            | "not"
-            | "values"
-            | "then"
-            | "else"
-            | "when"
-            | "limit"
-            | "offset"
-            | "between"
-            | "in"
-            | "set"
-            | "by"
-            | "having"
-            | "on"
-            | "return"
-            | "like"
-            | "ilike"
-            | "is"
-            | "case"
-            | "array"
-            | "any"
-            | "all"
-            | "some"
-    )
-}
-
 /// The statement's clause at one parenthesis depth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Clause {
@@ -224,13 +139,261 @@ enum Clause {
     Other,
 }
 
-/// One normalized output token.
-#[derive(Debug, Clone)]
-enum Out<'a> {
-    /// Text to emit as is (already lower-cased where needed).
-    Text(std::borrow::Cow<'a, str>, Kind),
-    /// A placeholder `?`.
-    Slot,
+/// Properties of a keyword, looked up once per word.
+mod tag {
+    pub(super) const OPERAND_POS: u16 = 1;
+    pub(super) const SPACED: u16 = 1 << 1;
+    pub(super) const IN: u16 = 1 << 2;
+    pub(super) const ANY: u16 = 1 << 3;
+    pub(super) const ARRAY: u16 = 1 << 4;
+    pub(super) const PAGE: u16 = 1 << 5;
+    pub(super) const NOT: u16 = 1 << 6;
+    /// Ends a relation reference: never an alias.
+    pub(super) const CLAUSE: u16 = 1 << 7;
+    /// Cannot be a bare alias after a relation name.
+    pub(super) const RESERVED_AFTER_REL: u16 = 1 << 8;
+}
+
+/// Every keyword the fingerprint cares about, sorted, with its properties and
+/// the clause it opens: one binary search per word instead of a string
+/// comparison per keyword list.
+const KEYWORDS: &[(&str, u16, Option<Clause>)] = &[
+    ("all", tag::OPERAND_POS | tag::SPACED, None),
+    ("and", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
+    ("any", tag::OPERAND_POS | tag::ANY, None),
+    ("array", tag::OPERAND_POS | tag::ARRAY, None),
+    ("as", tag::CLAUSE | tag::SPACED, None),
+    ("between", tag::OPERAND_POS | tag::SPACED, None),
+    ("by", tag::OPERAND_POS | tag::SPACED, None),
+    ("case", tag::OPERAND_POS | tag::SPACED, None),
+    ("conflict", tag::SPACED, None),
+    ("cross", tag::CLAUSE, None),
+    ("default", tag::CLAUSE, None),
+    ("distinct", tag::SPACED, None),
+    ("do", tag::CLAUSE | tag::SPACED, None),
+    ("else", tag::OPERAND_POS | tag::SPACED, None),
+    ("except", tag::CLAUSE, None),
+    ("exists", tag::SPACED, None),
+    ("fetch", tag::CLAUSE, Some(Clause::Page)),
+    ("filter", tag::SPACED, None),
+    (
+        "for",
+        tag::CLAUSE | tag::RESERVED_AFTER_REL,
+        Some(Clause::Other),
+    ),
+    ("from", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
+    ("full", tag::CLAUSE, None),
+    (
+        "group",
+        tag::CLAUSE | tag::RESERVED_AFTER_REL,
+        Some(Clause::Other),
+    ),
+    (
+        "having",
+        tag::CLAUSE | tag::OPERAND_POS,
+        Some(Clause::Predicate),
+    ),
+    ("ilike", tag::OPERAND_POS | tag::SPACED, None),
+    (
+        "in",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::IN,
+        None,
+    ),
+    ("inner", tag::CLAUSE, None),
+    ("intersect", tag::CLAUSE, None),
+    ("into", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
+    ("is", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
+    ("join", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
+    ("lateral", tag::CLAUSE | tag::SPACED, None),
+    ("left", tag::CLAUSE, None),
+    ("like", tag::OPERAND_POS | tag::SPACED, None),
+    (
+        "limit",
+        tag::CLAUSE | tag::OPERAND_POS | tag::RESERVED_AFTER_REL | tag::PAGE,
+        Some(Clause::Page),
+    ),
+    ("natural", tag::CLAUSE, None),
+    (
+        "not",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::NOT,
+        None,
+    ),
+    (
+        "offset",
+        tag::CLAUSE | tag::OPERAND_POS | tag::RESERVED_AFTER_REL | tag::PAGE,
+        Some(Clause::Page),
+    ),
+    (
+        "on",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
+        Some(Clause::Predicate),
+    ),
+    ("only", tag::CLAUSE, None),
+    ("or", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
+    (
+        "order",
+        tag::CLAUSE | tag::RESERVED_AFTER_REL,
+        Some(Clause::Order),
+    ),
+    ("outer", tag::CLAUSE, None),
+    ("over", tag::SPACED, None),
+    ("overriding", tag::CLAUSE, None),
+    ("partition", tag::CLAUSE | tag::SPACED, None),
+    ("return", tag::OPERAND_POS, None),
+    (
+        "returning",
+        tag::CLAUSE | tag::SPACED | tag::RESERVED_AFTER_REL,
+        Some(Clause::Returning),
+    ),
+    ("right", tag::CLAUSE, None),
+    (
+        "select",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
+        Some(Clause::Select),
+    ),
+    (
+        "set",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
+        Some(Clause::Set),
+    ),
+    ("some", tag::OPERAND_POS | tag::ANY, None),
+    ("table", tag::SPACED, Some(Clause::From)),
+    ("tablesample", tag::CLAUSE, None),
+    ("then", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
+    ("union", tag::CLAUSE | tag::SPACED, None),
+    ("update", tag::SPACED, Some(Clause::From)),
+    ("using", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
+    (
+        "values",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
+        Some(Clause::Values),
+    ),
+    (
+        "when",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
+        Some(Clause::Predicate),
+    ),
+    (
+        "where",
+        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
+        Some(Clause::Predicate),
+    ),
+    ("window", tag::CLAUSE, Some(Clause::Other)),
+    ("with", tag::CLAUSE | tag::SPACED, None),
+    ("within", tag::SPACED, None),
+];
+
+/// Packs up to 16 bytes big-endian, zero-padded: integer order is then the
+/// strings' lexicographic order, so the sorted keyword list stays sorted.
+const fn pack(b: &[u8]) -> u128 {
+    let mut v = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        v <<= 8;
+        if i < b.len() {
+            v |= b[i] as u128;
+        }
+        i += 1;
+    }
+    v
+}
+
+const KEYWORD_KEYS: [u128; KEYWORDS.len()] = {
+    let mut keys = [0u128; KEYWORDS.len()];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        keys[i] = pack(KEYWORDS[i].0.as_bytes());
+        i += 1;
+    }
+    keys
+};
+
+/// A word's keyword properties (0 and `None` for an identifier): a binary
+/// search over packed integers, no string comparison.
+fn keyword(word: &str) -> (u16, Option<Clause>) {
+    keyword_by_key(key_of(word))
+}
+
+fn keyword_by_key(key: u128) -> (u16, Option<Clause>) {
+    match KEYWORD_KEYS.binary_search(&key) {
+        Ok(i) => (KEYWORDS[i].1, KEYWORDS[i].2),
+        Err(_) => (0, None),
+    }
+}
+
+/// A word's key: its lower-cased bytes packed as by [`pack`]; 0 (no keyword)
+/// for words longer than 16 bytes.
+fn key_of(word: &str) -> u128 {
+    let b = word.as_bytes();
+    if b.len() > 16 {
+        return 0;
+    }
+    let mut buf = [0u8; 16];
+    for (d, s) in buf.iter_mut().zip(b) {
+        *d = s.to_ascii_lowercase();
+    }
+    u128::from_be_bytes(buf)
+}
+
+/// The key of a keyword literal, computed at compile time.
+macro_rules! kw {
+    ($s:literal) => {
+        const { pack($s.as_bytes()) }
+    };
+}
+
+/// One normalized output token: a slice of the input (or of a static string)
+/// rendered by kind, or a placeholder.
+#[derive(Debug, Clone, Copy)]
+struct Out<'a> {
+    text: &'a str,
+    kind: Kind,
+    tags: u16,
+    slot: bool,
+}
+
+impl<'a> Out<'a> {
+    fn text(text: &'a str, kind: Kind) -> Self {
+        Self {
+            text,
+            kind,
+            tags: 0,
+            slot: false,
+        }
+    }
+
+    fn word(text: &'a str, tags: u16) -> Self {
+        Self {
+            text,
+            kind: Kind::Word,
+            tags,
+            slot: false,
+        }
+    }
+
+    const SLOT: Out<'static> = Out {
+        text: "?",
+        kind: Kind::Literal,
+        tags: 0,
+        slot: true,
+    };
+}
+
+/// An open `(` or `[` in the output.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    clause: Clause,
+    /// Index of the opener in the output.
+    open: usize,
+    /// The group is `IN (`, `ANY(`, `SOME(` or `ANY(ARRAY[`: its elements are keys.
+    key_list: bool,
+    /// The word before the opener allows collapsing (`in`, `any`, `some`, `array`).
+    collapsible: bool,
+    /// The word before the opener is `array`.
+    after_array: bool,
+    /// Only placeholders, commas and casts so far.
+    only_slots: bool,
+    slots: u32,
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -244,14 +407,6 @@ fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn lower(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(s.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
-}
-
 /// `"users"` is the same identifier as `users`; `"Users"` is not.
 fn unquote_if_plain(quoted: &str) -> Option<&str> {
     let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
@@ -262,16 +417,45 @@ fn unquote_if_plain(quoted: &str) -> Option<&str> {
     plain.then_some(inner)
 }
 
-/// The identifier's canonical text: lower-cased when unquoted, unquoted when
-/// the quotes change nothing.
-fn ident_text<'a>(sql: &'a str, t: &Token) -> std::borrow::Cow<'a, str> {
+/// An identifier token as emitted: a word (lower-cased when rendered) or a
+/// quoted identifier whose quotes change nothing, unquoted.
+fn ident_out<'a>(sql: &'a str, t: &Token, tags: u16) -> Out<'a> {
     let text = t.text(sql);
     match t.kind {
         Kind::Quoted => match unquote_if_plain(text) {
-            Some(inner) => std::borrow::Cow::Borrowed(inner),
-            None => std::borrow::Cow::Borrowed(text),
+            Some(inner) => Out::word(inner, keyword(inner).0),
+            None => Out::text(text, Kind::Quoted),
         },
-        _ => lower(text),
+        _ => Out::word(text, tags),
+    }
+}
+
+/// The identifier's canonical text, owned (for table names).
+fn ident_string(sql: &str, t: &Token) -> String {
+    let text = t.text(sql);
+    match t.kind {
+        Kind::Quoted => unquote_if_plain(text).unwrap_or(text).to_string(),
+        _ => text.to_ascii_lowercase(),
+    }
+}
+
+/// Two identifier tokens name the same thing.
+fn same_ident(sql: &str, a: &Token, b: &Token) -> bool {
+    let canon = |t: &Token| -> (bool, &str) {
+        let text = t.text(sql);
+        match t.kind {
+            Kind::Quoted => match unquote_if_plain(text) {
+                Some(inner) => (false, inner),
+                None => (true, text),
+            },
+            _ => (false, text),
+        }
+    };
+    let ((qa, ta), (qb, tb)) = (canon(a), canon(b));
+    if qa || qb {
+        qa == qb && ta == tb
+    } else {
+        ta.eq_ignore_ascii_case(tb)
     }
 }
 
@@ -286,23 +470,32 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
     while tokens.last().is_some_and(|t| t.kind == Kind::Semicolon) {
         tokens.pop();
     }
-    let words: Vec<std::borrow::Cow<'_, str>> = tokens
+    // Every word packed once into an integer key (lower-cased, up to 16
+    // bytes): keyword tests are integer comparisons, with no allocation and no
+    // string comparison per word.
+    let keys: Vec<u128> = tokens
         .iter()
         .map(|t| {
             if t.kind == Kind::Word {
-                lower(t.text(sql))
+                key_of(t.text(sql))
             } else {
-                std::borrow::Cow::Borrowed("")
+                0
             }
         })
         .collect();
-    let word = |i: usize| -> &str { words.get(i).map_or("", |w| w.as_ref()) };
+    let word = |i: usize| -> u128 { keys.get(i).copied().unwrap_or(0) };
+    let props: Vec<(u16, Option<Clause>)> = keys
+        .iter()
+        .map(|&k| if k == 0 { (0, None) } else { keyword_by_key(k) })
+        .collect();
+    let flags = |i: usize| -> u16 { props.get(i).map_or(0, |p| p.0) };
 
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
     let mut drop_token = vec![false; n];
     let mut tables: Vec<String> = Vec::new();
-    let mut aliases: Vec<(String, String)> = Vec::new();
+    // (alias token, relation token)
+    let mut aliases: Vec<(usize, usize)> = Vec::new();
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
@@ -325,43 +518,54 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
             if t.kind == Kind::Word {
                 let w = word(i);
                 if !kind_found && depth == 0 {
-                    let k = match w {
-                        "select" | "values" | "table" => Some(StatementKind::Select),
-                        "insert" => Some(StatementKind::Insert),
-                        "update" => Some(StatementKind::Update),
-                        "delete" => Some(StatementKind::Delete),
-                        "merge" => Some(StatementKind::Merge),
-                        "with" | "recursive" => None,
-                        _ if i == 0 => Some(StatementKind::Utility),
-                        _ => None,
+                    let k = if w == kw!("select") || w == kw!("values") || w == kw!("table") {
+                        Some(StatementKind::Select)
+                    } else if w == kw!("insert") {
+                        Some(StatementKind::Insert)
+                    } else if w == kw!("update") {
+                        Some(StatementKind::Update)
+                    } else if w == kw!("delete") {
+                        Some(StatementKind::Delete)
+                    } else if w == kw!("merge") {
+                        Some(StatementKind::Merge)
+                    } else if w == kw!("with") || w == kw!("recursive") {
+                        None
+                    } else if i == 0 {
+                        Some(StatementKind::Utility)
+                    } else {
+                        None
                     };
                     if let Some(k) = k {
                         kind = k;
                         kind_found = true;
                     }
                 }
-                match w {
-                    "from" | "join" | "into" | "update" | "using" => {
-                        // `DISTINCT FROM`, `IS [NOT] DISTINCT FROM` compare values.
-                        let distinct = w == "from" && i > 0 && word(i - 1) == "distinct";
+                let opens_relation = w == kw!("from")
+                    || w == kw!("join")
+                    || w == kw!("into")
+                    || w == kw!("update")
+                    || w == kw!("using");
+                if opens_relation {
+                    {
+                        // `IS [NOT] DISTINCT FROM` compares values.
+                        let distinct = w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct");
                         // `ON CONFLICT ... DO UPDATE SET` updates no new relation.
-                        let do_update = w == "update" && i > 0 && word(i - 1) == "do";
+                        let do_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("do");
                         // `FOR UPDATE` locks rows.
-                        let for_update = w == "update" && i > 0 && word(i - 1) == "for";
+                        let for_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("for");
                         if !distinct && !do_update && !for_update {
                             expect_relation = true;
-                            if w == "from" {
+                            if w == kw!("from") {
                                 from_depth = Some(depth);
                             }
                         }
                         i += 1;
                         continue;
                     }
-                    "only" | "lateral" if expect_relation => {
-                        i += 1;
-                        continue;
-                    }
-                    _ => {}
+                }
+                if expect_relation && (w == kw!("only") || w == kw!("lateral")) {
+                    i += 1;
+                    continue;
                 }
             }
             if t.kind == Kind::Comma && from_depth == Some(depth) {
@@ -369,19 +573,20 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 i += 1;
                 continue;
             }
-            if expect_relation && is_ident(&t) && !(t.kind == Kind::Word && is_clause_word(word(i)))
+            if expect_relation
+                && is_ident(&t)
+                && !(t.kind == Kind::Word && flags(i) & tag::CLAUSE != 0)
             {
                 expect_relation = false;
                 // Qualified name: ident (. ident)*
                 let mut last = i;
-                while last + 2 < n + 1
-                    && tokens.get(last + 1).is_some_and(|d| d.kind == Kind::Dot)
+                while tokens.get(last + 1).is_some_and(|d| d.kind == Kind::Dot)
                     && tokens.get(last + 2).is_some_and(is_ident)
                 {
                     last += 2;
                 }
                 let after = last + 1;
-                let into_columns = i > 0 && word(i - 1) == "into";
+                let into_columns = i > 0 && word(i - 1) == kw!("into");
                 if tokens.get(after).is_some_and(|t| t.kind == Kind::Open) && !into_columns {
                     // A function in FROM (`generate_series(...)`): not a relation.
                     i = after;
@@ -390,22 +595,22 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 for d in drop_token.iter_mut().take(last).skip(i) {
                     *d = true; // schema (and catalog) qualifiers
                 }
-                let relation = ident_text(sql, &tokens[last]).into_owned();
+                let relation = ident_string(sql, &tokens[last]);
                 if !tables.contains(&relation) {
-                    tables.push(relation.clone());
+                    tables.push(relation);
                 }
                 // Alias: `AS a` or a bare non-clause word.
                 let mut j = after;
-                let has_as = word(j) == "as";
+                let has_as = word(j) == kw!("as");
                 if has_as {
                     j += 1;
                 }
                 if let Some(a) = tokens.get(j)
                     && is_ident(a)
-                    && !(a.kind == Kind::Word && is_clause_word(word(j)))
-                    && !(a.kind == Kind::Word && !has_as && is_reserved_after_relation(word(j)))
+                    && !(a.kind == Kind::Word && flags(j) & tag::CLAUSE != 0)
+                    && !(a.kind == Kind::Word && !has_as && flags(j) & tag::RESERVED_AFTER_REL != 0)
                 {
-                    aliases.push((ident_text(sql, a).into_owned(), relation));
+                    aliases.push((j, last));
                     if has_as {
                         drop_token[after] = true;
                     }
@@ -416,7 +621,9 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 i = after;
                 continue;
             }
-            if expect_relation && !(t.kind == Kind::Word && matches!(word(i), "only" | "lateral")) {
+            if expect_relation
+                && !(t.kind == Kind::Word && (word(i) == kw!("only") || word(i) == kw!("lateral")))
+            {
                 // A subquery or something else: no relation here.
                 expect_relation = false;
             }
@@ -426,22 +633,25 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 
     // Pass 2: emit normalized tokens, classify slots, collapse lists.
     let mut out: Vec<Out<'_>> = Vec::with_capacity(n);
-    let mut key_values = FNV_OFFSET;
-    let mut all_values = FNV_OFFSET;
-    let mut key_params = false;
-    let mut has_key_slot = false;
-    let mut any_params = false;
-    let mut key_column: Option<String> = None;
+    let mut frames: Vec<Frame> = Vec::with_capacity(8);
+    let mut st = SlotState {
+        key_values: FNV_OFFSET,
+        all_values: FNV_OFFSET,
+        key_params: false,
+        has_key_slot: false,
+        any_params: false,
+        has_range: false,
+        key_column: None,
+    };
+    let mut clause = Clause::None;
     let mut has_order = false;
     let mut has_limit = false;
-    let mut has_range = false;
     let mut has_offset = false;
     let mut insert_rows = 0usize;
-    let mut clauses: Vec<Clause> = vec![Clause::None];
     let mut between_pending = false;
 
-    let savepoint_stmt = matches!(word(0), "savepoint" | "release")
-        || (word(0) == "rollback" && (word(1) == "to" || word(2) == "to"));
+    let savepoint_stmt = (word(0) == kw!("savepoint") || word(0) == kw!("release"))
+        || (word(0) == kw!("rollback") && (word(1) == kw!("to") || word(2) == kw!("to")));
 
     let mut i = 0;
     while i < n {
@@ -450,66 +660,66 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
             i += 1;
             continue;
         }
-        let depth = clauses.len() - 1;
-        let clause = clauses[depth];
         match t.kind {
             Kind::Word => {
                 let w = word(i);
-                let next_clause = match w {
-                    "select" => Some(Clause::Select),
-                    "from" | "join" | "using" | "into" | "update" | "table" => Some(Clause::From),
-                    "where" | "on" | "having" | "when" => Some(Clause::Predicate),
-                    "set" => Some(Clause::Set),
-                    "values" => Some(Clause::Values),
-                    "limit" | "offset" | "fetch" => Some(Clause::Page),
-                    "order" => Some(Clause::Order),
-                    "group" | "window" | "for" => Some(Clause::Other),
-                    "returning" => Some(Clause::Returning),
-                    _ => None,
-                };
-                match w {
-                    "order" => has_order = true,
-                    "limit" | "fetch" => has_limit = true,
-                    "offset" => has_offset = true,
-                    "between" => between_pending = true,
-                    _ => {}
+                let next_clause = props[i].1;
+                if w == kw!("order") {
+                    has_order = true;
+                } else if w == kw!("limit") || w == kw!("fetch") {
+                    has_limit = true;
+                } else if w == kw!("offset") {
+                    has_offset = true;
+                } else if w == kw!("between") {
+                    between_pending = true;
                 }
-                if w == "values" && depth == 0 && kind == StatementKind::Insert {
+                if w == kw!("values") && frames.is_empty() && kind == StatementKind::Insert {
                     insert_rows = count_values_rows(&tokens, i + 1);
                 }
                 if let Some(c) = next_clause
-                    && !(w == "from" && i > 0 && word(i - 1) == "distinct")
+                    && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
                 {
-                    clauses[depth] = c;
+                    clause = c;
                 }
                 if savepoint_stmt
-                    && !matches!(
-                        w,
-                        "savepoint" | "release" | "rollback" | "to" | "transaction" | "work"
-                    )
+                    && ![
+                        kw!("savepoint"),
+                        kw!("release"),
+                        kw!("rollback"),
+                        kw!("to"),
+                        kw!("transaction"),
+                        kw!("work"),
+                    ]
+                    .contains(&w)
                 {
-                    out.push(Out::Slot);
+                    push(&mut out, &mut frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
-                if matches!(w, "true" | "false") {
-                    let slot = classify(&out, clause, between_pending, next_is_eq(&tokens, i, sql));
-                    let mut sink = SlotSink {
-                        key_values: &mut key_values,
-                        all_values: &mut all_values,
-                        has_key_slot: &mut has_key_slot,
-                        has_range: &mut has_range,
-                    };
-                    note_key_column(&out, slot, &mut key_column);
-                    push_slot(&mut out, slot, w, &mut sink);
+                if w == kw!("true") || w == kw!("false") {
+                    let slot = classify(
+                        &out,
+                        &frames,
+                        clause,
+                        between_pending,
+                        next_is_eq(&tokens, i, sql),
+                    );
+                    st.note(slot, t.text(sql), false, &out);
+                    push(&mut out, &mut frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
                 // Qualified reference `alias.col` → `relation.col`.
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some((_, rel)) = aliases.iter().find(|(a, _)| a == w)
+                    && let Some(&(_, rel)) = aliases
+                        .iter()
+                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    out.push(Out::Text(std::borrow::Cow::Owned(rel.clone()), Kind::Word));
+                    push(
+                        &mut out,
+                        &mut frames,
+                        ident_out(sql, &tokens[rel], flags(rel)),
+                    );
                     i += 1;
                     continue;
                 }
@@ -518,19 +728,24 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     i += 2;
                     continue;
                 }
-                out.push(Out::Text(words[i].clone(), Kind::Word));
+                push(&mut out, &mut frames, Out::word(t.text(sql), flags(i)));
             }
             Kind::Quoted => {
                 if savepoint_stmt {
-                    out.push(Out::Slot);
+                    push(&mut out, &mut frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
-                let text = ident_text(sql, &t);
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some((_, rel)) = aliases.iter().find(|(a, _)| a.as_str() == text)
+                    && let Some(&(_, rel)) = aliases
+                        .iter()
+                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    out.push(Out::Text(std::borrow::Cow::Owned(rel.clone()), Kind::Word));
+                    push(
+                        &mut out,
+                        &mut frames,
+                        ident_out(sql, &tokens[rel], flags(rel)),
+                    );
                     i += 1;
                     continue;
                 }
@@ -538,69 +753,94 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     i += 2;
                     continue;
                 }
-                out.push(Out::Text(text, Kind::Quoted));
+                push(&mut out, &mut frames, ident_out(sql, &t, 0));
             }
             Kind::Literal | Kind::Param => {
                 // Fold a unary minus into the number: `= -5` is `= ?`.
-                if let Some(Out::Text(op, Kind::Op)) = out.last()
-                    && op == "-"
+                if out
+                    .last()
+                    .is_some_and(|o| o.kind == Kind::Op && o.text == "-")
                     && unary_minus_position(&out)
                 {
                     out.pop();
                 }
-                let slot = classify(&out, clause, between_pending, next_is_eq(&tokens, i, sql));
-                if slot == Slot::Range && between_pending && word(i + 1) != "and" {
+                let slot = classify(
+                    &out,
+                    &frames,
+                    clause,
+                    between_pending,
+                    next_is_eq(&tokens, i, sql),
+                );
+                if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
                     between_pending = false;
                 }
-                if t.kind == Kind::Param {
-                    any_params = true;
-                    if matches!(slot, Slot::Key | Slot::Value) {
-                        key_params = true;
+                let is_param = t.kind == Kind::Param;
+                st.note(
+                    slot,
+                    if is_param { "$" } else { t.text(sql) },
+                    is_param,
+                    &out,
+                );
+                push(&mut out, &mut frames, Out::SLOT);
+            }
+            Kind::Open | Kind::OpenBracket => {
+                let before = out.last().copied();
+                let before_tags = before
+                    .filter(|o| o.kind == Kind::Word)
+                    .map_or(0, |o| o.tags);
+                let after_array = before_tags & tag::ARRAY != 0;
+                // `ANY(ARRAY[`: the bracket's elements are keys too.
+                let array_in_any = after_array
+                    && out.len() >= 3
+                    && out[out.len() - 2].kind == Kind::Open
+                    && out[out.len() - 3].tags & tag::ANY != 0;
+                let key_list = before_tags & (tag::IN | tag::ANY) != 0 || array_in_any;
+                let collapsible = before_tags & (tag::IN | tag::ANY | tag::ARRAY) != 0;
+                let opener = if t.kind == Kind::Open { "(" } else { "[" };
+                push(&mut out, &mut frames, Out::text(opener, t.kind));
+                frames.push(Frame {
+                    clause,
+                    open: out.len() - 1,
+                    key_list,
+                    collapsible,
+                    after_array,
+                    only_slots: true,
+                    slots: 0,
+                });
+                clause = clause_inside(clause);
+            }
+            Kind::Close | Kind::CloseBracket => {
+                let closer = if t.kind == Kind::Close { ")" } else { "]" };
+                match frames.pop() {
+                    Some(frame) => {
+                        clause = frame.clause;
+                        if frame.collapsible && frame.only_slots && frame.slots > 0 {
+                            // A list of constants: one placeholder, whatever its length.
+                            out.truncate(frame.open + 1);
+                            if frame.after_array && t.kind == Kind::CloseBracket {
+                                // `ARRAY[?]` → `?`: one array of keys either way.
+                                out.truncate(frame.open - 1);
+                                push(&mut out, &mut frames, Out::SLOT);
+                                i += 1;
+                                continue;
+                            }
+                            out.push(Out::SLOT);
+                        }
+                        push(&mut out, &mut frames, Out::text(closer, t.kind));
                     }
+                    None => push(&mut out, &mut frames, Out::text(closer, t.kind)),
                 }
-                note_key_column(&out, slot, &mut key_column);
-                let mut sink = SlotSink {
-                    key_values: &mut key_values,
-                    all_values: &mut all_values,
-                    has_key_slot: &mut has_key_slot,
-                    has_range: &mut has_range,
-                };
-                let text = if t.kind == Kind::Param {
-                    "$"
-                } else {
-                    t.text(sql)
-                };
-                push_slot(&mut out, slot, text, &mut sink);
             }
-            Kind::Open => {
-                clauses.push(clause_inside(clause));
-                out.push(Out::Text(std::borrow::Cow::Borrowed("("), Kind::Open));
+            Kind::Op | Kind::Comma | Kind::Cast | Kind::Dot | Kind::Semicolon => {
+                push(&mut out, &mut frames, Out::text(t.text(sql), t.kind));
             }
-            Kind::Close => {
-                if clauses.len() > 1 {
-                    clauses.pop();
-                }
-                out.push(Out::Text(std::borrow::Cow::Borrowed(")"), Kind::Close));
-                collapse_list(&mut out);
-            }
-            Kind::CloseBracket => {
-                out.push(Out::Text(
-                    std::borrow::Cow::Borrowed("]"),
-                    Kind::CloseBracket,
-                ));
-                collapse_list(&mut out);
-            }
-            Kind::Op => {
-                out.push(Out::Text(std::borrow::Cow::Borrowed(t.text(sql)), Kind::Op));
-            }
-            k => out.push(Out::Text(std::borrow::Cow::Borrowed(t.text(sql)), k)),
         }
         i += 1;
     }
 
     let normalized = render(&out);
     let hash = fnv(FNV_OFFSET, normalized.as_bytes());
-    let paginated = has_offset || (has_order && has_limit && has_range);
+    let paginated = has_offset || (has_order && has_limit && st.has_range);
     Analysis {
         fingerprint: Fingerprint {
             hash,
@@ -608,23 +848,70 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
             kind,
             tables,
         },
-        key_values,
-        key_params,
-        has_key_slot,
-        all_values,
-        any_params,
+        key_values: st.key_values,
+        key_params: st.key_params,
+        has_key_slot: st.has_key_slot,
+        all_values: st.all_values,
+        any_params: st.any_params,
         paginated,
         insert_rows,
-        key_column,
+        key_column: st.key_column,
     }
 }
 
-/// Words that cannot be a bare alias after a relation name.
-fn is_reserved_after_relation(w: &str) -> bool {
-    matches!(
-        w,
-        "limit" | "offset" | "order" | "group" | "returning" | "on" | "where" | "set" | "for"
-    )
+/// Pushes an output token, keeping the innermost frame's "only constants"
+/// flag up to date.
+fn push<'a>(out: &mut Vec<Out<'a>>, frames: &mut [Frame], o: Out<'a>) {
+    if let Some(f) = frames.last_mut() {
+        if o.slot {
+            f.slots += 1;
+        } else {
+            let prev_cast = out.last().is_some_and(|p| p.kind == Kind::Cast);
+            let ok = matches!(o.kind, Kind::Comma | Kind::Cast)
+                // the type of a `?::int` cast
+                || (o.kind == Kind::Word && prev_cast)
+                // a sign, folded into the number that follows
+                || (o.kind == Kind::Op && matches!(o.text, "-" | "+"));
+            if !ok {
+                f.only_slots = false;
+            }
+        }
+    }
+    out.push(o);
+}
+
+/// What the slots of a statement told us so far.
+struct SlotState {
+    key_values: u64,
+    all_values: u64,
+    key_params: bool,
+    has_key_slot: bool,
+    any_params: bool,
+    has_range: bool,
+    key_column: Option<String>,
+}
+
+impl SlotState {
+    fn note(&mut self, slot: Slot, value: &str, is_param: bool, out: &[Out<'_>]) {
+        self.all_values = fnv(fnv(self.all_values, value.as_bytes()), &[0xff]);
+        if is_param {
+            self.any_params = true;
+        }
+        match slot {
+            Slot::Key | Slot::Value => {
+                self.has_key_slot = true;
+                self.key_values = fnv(fnv(self.key_values, value.as_bytes()), &[0xff]);
+                if is_param {
+                    self.key_params = true;
+                }
+                if slot == Slot::Key && self.key_column.is_none() {
+                    self.key_column = key_column(out);
+                }
+            }
+            Slot::Range => self.has_range = true,
+            Slot::Page | Slot::Other => {}
+        }
+    }
 }
 
 fn is_three_part(tokens: &[Token], i: usize) -> bool {
@@ -675,35 +962,35 @@ fn clause_inside(outer: Clause) -> Clause {
     }
 }
 
+/// Whether a `-` just emitted (the last output token) is a sign, not a minus.
 fn unary_minus_position(out: &[Out<'_>]) -> bool {
-    match out.len().checked_sub(2).and_then(|i| out.get(i)) {
+    match out.len().checked_sub(2).map(|i| out[i]) {
         None => true,
-        Some(Out::Text(_, Kind::Op | Kind::Open | Kind::Comma | Kind::OpenBracket)) => true,
-        Some(Out::Text(w, Kind::Word)) => is_operand_position_word(w),
-        _ => false,
-    }
-}
-
-fn last_text<'b>(out: &'b [Out<'_>], back: usize) -> Option<(&'b str, Kind)> {
-    match out.len().checked_sub(back + 1).and_then(|i| out.get(i)) {
-        Some(Out::Text(t, k)) => Some((t.as_ref(), *k)),
-        Some(Out::Slot) => Some(("?", Kind::Literal)),
-        None => None,
+        Some(o) if o.slot => false,
+        Some(o) => match o.kind {
+            Kind::Op | Kind::Open | Kind::Comma | Kind::OpenBracket => true,
+            Kind::Word => o.tags & tag::OPERAND_POS != 0,
+            _ => false,
+        },
     }
 }
 
 /// Decides what the placeholder about to be pushed stands for.
-fn classify(out: &[Out<'_>], clause: Clause, between: bool, next_is_eq: bool) -> Slot {
-    let prev = last_text(out, 0);
+fn classify(
+    out: &[Out<'_>],
+    frames: &[Frame],
+    clause: Clause,
+    between: bool,
+    next_is_eq: bool,
+) -> Slot {
     match clause {
         Clause::Page => return Slot::Page,
         Clause::Values => return Slot::Value,
         Clause::Set => return Slot::Other,
         _ => {}
     }
-    if let Some((p, Kind::Word)) = prev
-        && matches!(p, "limit" | "offset")
-    {
+    let prev = out.last().copied();
+    if prev.is_some_and(|p| p.kind == Kind::Word && p.tags & tag::PAGE != 0) {
         return Slot::Page;
     }
     if clause != Clause::Predicate {
@@ -712,16 +999,20 @@ fn classify(out: &[Out<'_>], clause: Clause, between: bool, next_is_eq: bool) ->
     if between {
         return Slot::Range;
     }
-    match prev {
-        Some(("=", Kind::Op)) => return Slot::Key,
-        Some(("<" | ">" | "<=" | ">=", Kind::Op)) => return Slot::Range,
-        // `IN (` or `ANY(` / `ANY(ARRAY[`: list elements are keys.
-        Some(("(", Kind::Open) | (",", Kind::Comma) | ("[", Kind::OpenBracket))
-            if in_key_list(out) =>
-        {
-            return Slot::Key;
+    if let Some(p) = prev
+        && !p.slot
+    {
+        match (p.kind, p.text) {
+            (Kind::Op, "=") => return Slot::Key,
+            (Kind::Op, "<" | ">" | "<=" | ">=") => return Slot::Range,
+            // Elements of `IN (`, `ANY(`, `ANY(ARRAY[` are keys.
+            (Kind::Open | Kind::Comma | Kind::OpenBracket, _)
+                if frames.last().is_some_and(|f| f.key_list) =>
+            {
+                return Slot::Key;
+            }
+            _ => {}
         }
-        _ => {}
     }
     // `? = col`: a key compared the other way round.
     if next_is_eq {
@@ -736,213 +1027,68 @@ fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
         .is_some_and(|t| t.kind == Kind::Op && t.text(sql) == "=")
 }
 
-/// Whether the innermost open `(`/`[` belongs to `IN (`, `ANY(` or `ANY(ARRAY[`.
-fn in_key_list(out: &[Out<'_>]) -> bool {
-    let mut depth = 0i32;
-    for (idx, o) in out.iter().enumerate().rev() {
-        match o {
-            Out::Text(_, Kind::Close | Kind::CloseBracket) => depth += 1,
-            Out::Text(_, Kind::Open | Kind::OpenBracket) => {
-                if depth == 0 {
-                    let before = idx.checked_sub(1).and_then(|b| out.get(b));
-                    return match before {
-                        Some(Out::Text(w, Kind::Word)) => {
-                            matches!(w.as_ref(), "in" | "any" | "some")
-                                || (w == "array"
-                                    && {
-                                        let b2 = idx.checked_sub(2).and_then(|b| out.get(b));
-                                        let b3 = idx.checked_sub(3).and_then(|b| out.get(b));
-                                        matches!(b2, Some(Out::Text(p, Kind::Open)) if p == "(")
-                                            && matches!(b3, Some(Out::Text(w, Kind::Word)) if matches!(w.as_ref(), "any" | "some"))
-                                    })
-                        }
-                        _ => false,
-                    };
-                }
-                depth -= 1;
+/// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`.
+fn key_column(out: &[Out<'_>]) -> Option<String> {
+    for o in out.iter().rev().take(6) {
+        if o.slot {
+            return None;
+        }
+        match o.kind {
+            Kind::Word if o.tags & (tag::IN | tag::ANY | tag::ARRAY | tag::NOT) == 0 => {
+                return Some(o.text.to_ascii_lowercase());
             }
+            Kind::Quoted => return Some(o.text.to_string()),
+            Kind::Close | Kind::Literal | Kind::Param => return None,
             _ => {}
         }
     }
-    false
-}
-
-fn note_key_column(out: &[Out<'_>], slot: Slot, key_column: &mut Option<String>) {
-    if slot != Slot::Key || key_column.is_some() {
-        return;
-    }
-    // `col = ?`, `col IN (?`, `col = ANY(?` : walk back to the identifier.
-    let mut back = 0;
-    while let Some((t, k)) = last_text(out, back) {
-        match k {
-            Kind::Word if !matches!(t, "in" | "any" | "some" | "array" | "not") => {
-                *key_column = Some(t.to_string());
-                return;
-            }
-            Kind::Quoted => {
-                *key_column = Some(t.to_string());
-                return;
-            }
-            Kind::Close | Kind::Literal | Kind::Param => return,
-            _ => back += 1,
-        }
-        if back > 6 {
-            return;
-        }
-    }
-}
-
-struct SlotSink<'s> {
-    key_values: &'s mut u64,
-    all_values: &'s mut u64,
-    has_key_slot: &'s mut bool,
-    has_range: &'s mut bool,
-}
-
-fn push_slot(out: &mut Vec<Out<'_>>, slot: Slot, value: &str, sink: &mut SlotSink<'_>) {
-    *sink.all_values = fnv(fnv(*sink.all_values, value.as_bytes()), &[0xff]);
-    match slot {
-        Slot::Key | Slot::Value => {
-            *sink.has_key_slot = true;
-            *sink.key_values = fnv(fnv(*sink.key_values, value.as_bytes()), &[0xff]);
-        }
-        Slot::Range => *sink.has_range = true,
-        Slot::Page | Slot::Other => {}
-    }
-    out.push(Out::Slot);
-}
-
-/// After a `)` or `]`: if the group holds only placeholders and commas (and
-/// casts of placeholders) and follows `IN`, `ANY` or `ARRAY`, collapse it to one
-/// placeholder.
-fn collapse_list(out: &mut Vec<Out<'_>>) {
-    let close = out.len() - 1;
-    let (open_text, want) = match &out[close] {
-        Out::Text(_, Kind::Close) => ("(", Kind::Open),
-        Out::Text(_, Kind::CloseBracket) => ("[", Kind::OpenBracket),
-        _ => return,
-    };
-    // Find the matching opener, checking the contents as we go.
-    let mut idx = close;
-    let mut only_slots = true;
-    let mut slots = 0;
-    loop {
-        if idx == 0 {
-            return;
-        }
-        idx -= 1;
-        match &out[idx] {
-            Out::Text(t, k) if *k == want && t == open_text => break,
-            Out::Slot => slots += 1,
-            Out::Text(_, Kind::Comma | Kind::Cast) => {}
-            // The type of a `?::int` cast inside the list.
-            Out::Text(_, Kind::Word)
-                if idx > 0 && matches!(out[idx - 1], Out::Text(_, Kind::Cast)) => {}
-            _ => {
-                only_slots = false;
-                break;
-            }
-        }
-    }
-    if !only_slots || slots == 0 {
-        return;
-    }
-    let before_word = match idx.checked_sub(1).map(|b| &out[b]) {
-        Some(Out::Text(w, Kind::Word)) => Some(w.to_string()),
-        _ => None,
-    };
-    let collapsible = before_word
-        .as_deref()
-        .is_some_and(|w| matches!(w, "in" | "any" | "some" | "array"));
-    if !collapsible {
-        return;
-    }
-    out.truncate(idx + 1);
-    out.push(Out::Slot);
-    out.push(if want == Kind::Open {
-        Out::Text(std::borrow::Cow::Borrowed(")"), Kind::Close)
-    } else {
-        Out::Text(std::borrow::Cow::Borrowed("]"), Kind::CloseBracket)
-    });
-    // `ANY(ARRAY[?])` → `ANY(?)`: one array of keys either way.
-    if want == Kind::OpenBracket && before_word.as_deref() == Some("array") {
-        let array_at = idx - 1;
-        out.truncate(array_at);
-        out.push(Out::Slot);
-    }
+    None
 }
 
 fn render(out: &[Out<'_>]) -> String {
-    let mut s = String::with_capacity(out.len() * 6);
-    let mut prev: Option<Kind> = None;
-    let mut prev_word_is_fn = false;
+    let mut s = String::with_capacity(out.iter().map(|o| o.text.len() + 1).sum());
+    let mut prev: Option<Out<'_>> = None;
     for o in out {
-        let (text, kind) = match o {
-            Out::Text(t, k) => (t.as_ref(), *k),
-            Out::Slot => ("?", Kind::Literal),
-        };
-        let space = match (prev, kind) {
+        let kind = if o.slot { Kind::Literal } else { o.kind };
+        let space = match (
+            prev.map(|p| if p.slot { Kind::Literal } else { p.kind }),
+            kind,
+        ) {
             (None, _) => false,
             (Some(Kind::Open | Kind::OpenBracket | Kind::Dot | Kind::Cast), _) => false,
             (_, Kind::Close | Kind::CloseBracket | Kind::Comma | Kind::Dot | Kind::Cast) => false,
             (_, Kind::Semicolon) => false,
-            (Some(Kind::Word | Kind::Quoted), Kind::Open | Kind::OpenBracket) => !prev_word_is_fn,
+            // `count(`, `"Fn"(`: a call; `in (`, `values (`: a keyword.
+            (Some(Kind::Word), Kind::Open | Kind::OpenBracket) => {
+                prev.is_some_and(|p| p.tags & tag::SPACED != 0)
+            }
+            (Some(Kind::Quoted), Kind::Open | Kind::OpenBracket) => false,
             _ => true,
         };
         if space {
             s.push(' ');
         }
-        s.push_str(text);
-        prev_word_is_fn = match kind {
-            Kind::Word => !is_spaced_keyword(text),
-            Kind::Quoted => true,
-            _ => false,
-        };
-        prev = Some(kind);
+        let start = s.len();
+        s.push_str(o.text);
+        if kind == Kind::Word {
+            s[start..].make_ascii_lowercase();
+        }
+        prev = Some(*o);
     }
     s
 }
 
-/// Keywords followed by a space before `(`: `in (`, `values (`, `as (`.
-fn is_spaced_keyword(w: &str) -> bool {
-    matches!(
-        w,
-        "in" | "values"
-            | "as"
-            | "and"
-            | "or"
-            | "not"
-            | "exists"
-            | "from"
-            | "join"
-            | "where"
-            | "on"
-            | "select"
-            | "into"
-            | "using"
-            | "set"
-            | "returning"
-            | "conflict"
-            | "by"
-            | "then"
-            | "else"
-            | "when"
-            | "union"
-            | "all"
-            | "lateral"
-            | "with"
-            | "over"
-            | "filter"
-            | "within"
-            | "partition"
-            | "table"
-            | "is"
-            | "between"
-            | "like"
-            | "ilike"
-            | "case"
-            | "do"
-            | "update"
-            | "distinct"
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyword_table_is_sorted_and_found() {
+        assert!(KEYWORD_KEYS.windows(2).all(|w| w[0] < w[1]));
+        for (k, flags, clause) in KEYWORDS {
+            assert_eq!(keyword(k), (*flags, *clause), "{k}");
+        }
+        assert_eq!(keyword("users"), (0, None));
+        assert_eq!(keyword("a_very_long_identifier_name"), (0, None));
+    }
 }
