@@ -36,10 +36,10 @@ pub enum Policy {
     /// Evicts the entry nearest its expiry; entries without expiry go last,
     /// oldest insert first.
     Ttl,
-    /// W-TinyLFU with adaptive window sizing: a small LRU window in front of a
-    /// segmented LRU, guarded by a frequency sketch that admits a newcomer only
-    /// if it is more popular than the entry it would replace. Scan resistant
-    /// and frequency aware; the best hit ratio on most workloads.
+    /// W-TinyLFU: a small LRU window in front of a segmented LRU, guarded by
+    /// a frequency sketch that admits a newcomer only if it is more popular
+    /// than the entry it would replace. Scan resistant and frequency aware;
+    /// the best hit ratio on most workloads (docs/benchmarks.md).
     #[default]
     Adaptive,
 }
@@ -63,7 +63,10 @@ impl PolicyState {
             Policy::Lfu => Self::Lfu(lfu::Lfu::default()),
             Policy::Fifo => Self::Fifo(fifo::Fifo::default()),
             Policy::Ttl => Self::Ttl(ttl::NearestExpiry::default()),
-            Policy::Adaptive => Self::Adaptive(Box::new(adaptive::Adaptive::new(capacity, true))),
+            Policy::Adaptive => Self::Adaptive(Box::new(adaptive::Adaptive::new(
+                capacity,
+                adaptive::HILL_CLIMBING,
+            ))),
         }
     }
 

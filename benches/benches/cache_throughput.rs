@@ -1,0 +1,164 @@
+//! Concurrent throughput, same run, same trace: torque-cache (Adaptive and
+//! Lru) vs quick_cache, moka (sync), `Mutex<lru::LruCache>` and dashmap
+//! without eviction (the upper bound of a sharded map). 90 % reads, 10 %
+//! writes, Zipf(1.0) keys over 100k, capacity 10k, 1 and 2 threads; each
+//! thread replays its own seeded trace. Every cache uses its default hasher.
+
+mod cache_traces;
+
+use std::num::NonZeroUsize;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use torque_cache::{LocalCache, Policy};
+
+use cache_traces::{Rng, zipf_trace};
+
+const KEYS: usize = 100_000;
+const CAPACITY: usize = 10_000;
+const TRACE: usize = 1 << 16;
+
+trait Contender: Send + Sync {
+    fn get(&self, k: u64) -> Option<u64>;
+    fn insert(&self, k: u64, v: u64);
+}
+
+impl Contender for LocalCache<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        LocalCache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        LocalCache::insert(self, k, v)
+    }
+}
+
+impl Contender for quick_cache::sync::Cache<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        quick_cache::sync::Cache::insert(self, k, v)
+    }
+}
+
+impl Contender for moka::sync::Cache<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        moka::sync::Cache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        moka::sync::Cache::insert(self, k, v)
+    }
+}
+
+impl Contender for Mutex<lru::LruCache<u64, u64>> {
+    fn get(&self, k: u64) -> Option<u64> {
+        self.lock().get(&k).copied()
+    }
+    fn insert(&self, k: u64, v: u64) {
+        self.lock().put(k, v);
+    }
+}
+
+impl Contender for DashMap<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        DashMap::get(self, &k).map(|v| *v)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        DashMap::insert(self, k, v);
+    }
+}
+
+fn ours(policy: Policy) -> Box<dyn Contender> {
+    Box::new(
+        LocalCache::<u64, u64>::builder()
+            .max_capacity(CAPACITY as u64)
+            .policy(policy)
+            .build()
+            .expect("valid config"),
+    )
+}
+
+fn contenders() -> Vec<(&'static str, Box<dyn Contender>)> {
+    vec![
+        ("torque_adaptive", ours(Policy::Adaptive)),
+        ("torque_lru", ours(Policy::Lru)),
+        (
+            "quick_cache",
+            Box::new(quick_cache::sync::Cache::<u64, u64>::new(CAPACITY)),
+        ),
+        (
+            "moka_sync",
+            Box::new(moka::sync::Cache::<u64, u64>::new(CAPACITY as u64)),
+        ),
+        (
+            "mutex_lru",
+            Box::new(Mutex::new(lru::LruCache::<u64, u64>::new(
+                NonZeroUsize::new(CAPACITY).expect("non-zero"),
+            ))),
+        ),
+        ("dashmap_unbounded", Box::new(DashMap::<u64, u64>::new())),
+    ]
+}
+
+/// Per thread: keys, and which requests are writes (every tenth on average).
+fn workload(thread: u64) -> Vec<(u64, bool)> {
+    let keys = zipf_trace(KEYS, 1.0, TRACE, 0xc0ffee + thread);
+    let mut rng = Rng::new(0xfeed + thread);
+    keys.into_iter()
+        .map(|k| (k, rng.next_u64().is_multiple_of(10)))
+        .collect()
+}
+
+fn run(cache: &dyn Contender, work: &[(u64, bool)], ops: u64) {
+    let mask = work.len() - 1;
+    for i in 0..ops as usize {
+        let (k, write) = work[i & mask];
+        if write {
+            cache.insert(k, k);
+        } else if cache.get(k).is_none() {
+            // Demand fill keeps the hit ratio realistic.
+            cache.insert(k, k);
+        }
+    }
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache_throughput_90r10w_zipf1.0");
+    let works: Vec<Vec<(u64, bool)>> = (0..2).map(workload).collect();
+    for threads in [1usize, 2] {
+        group.throughput(Throughput::Elements(threads as u64));
+        for (name, cache) in contenders() {
+            // Warm: replay each thread's trace once.
+            for w in &works[..threads] {
+                run(cache.as_ref(), w, TRACE as u64);
+            }
+            group.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &threads| {
+                b.iter_custom(|iters| {
+                    let start = Barrier::new(threads + 1);
+                    std::thread::scope(|s| {
+                        for w in &works[..threads] {
+                            let (cache, start) = (cache.as_ref(), &start);
+                            s.spawn(move || {
+                                start.wait();
+                                run(cache, w, iters);
+                            });
+                        }
+                        start.wait();
+                        let t0 = Instant::now();
+                        // Scoped threads are joined when the scope ends.
+                        t0
+                    })
+                    .elapsed()
+                    .max(Duration::from_nanos(1))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, throughput);
+criterion_main!(benches);

@@ -1,0 +1,88 @@
+//! Seeded request traces shared by the cache benches, so every cache sees
+//! exactly the same requests.
+
+// Each bench binary includes this module and uses only part of it.
+#![allow(dead_code)]
+
+/// splitmix64: small, fast, seedable.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Ranks 0..n drawn with probability proportional to 1 / (rank + 1)^s.
+pub(crate) struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub(crate) fn new(n: usize, s: f64) -> Self {
+        let mut cdf = Vec::with_capacity(n);
+        let mut total = 0.0;
+        for rank in 1..=n {
+            total += 1.0 / (rank as f64).powf(s);
+            cdf.push(total);
+        }
+        for p in &mut cdf {
+            *p /= total;
+        }
+        Self { cdf }
+    }
+
+    pub(crate) fn sample(&self, rng: &mut Rng) -> u64 {
+        let u = rng.next_f64();
+        self.cdf.partition_point(|&p| p < u) as u64
+    }
+}
+
+/// Maps a rank to a key: a bijection, so hot keys are not neighbours.
+pub(crate) fn key_of(rank: u64) -> u64 {
+    rank.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555_5555_5555_5555
+}
+
+/// `len` requests over `keys` keys, Zipf-distributed with exponent `s`.
+pub(crate) fn zipf_trace(keys: usize, s: f64, len: usize, seed: u64) -> Vec<u64> {
+    let zipf = Zipf::new(keys, s);
+    let mut rng = Rng::new(seed);
+    (0..len).map(|_| key_of(zipf.sample(&mut rng))).collect()
+}
+
+/// A mix that defeats pure recency and pure frequency: each request is, at
+/// random, 50 % Zipf(1.0) over 100k keys, 30 % the next key of a loop over
+/// 5,000 keys (bigger than a 1k cache, smaller than a 10k one), and 20 % the
+/// next key of a scan that never repeats.
+pub(crate) fn scan_loop_trace(len: usize, seed: u64) -> Vec<u64> {
+    let zipf = Zipf::new(100_000, 1.0);
+    let mut rng = Rng::new(seed);
+    let (mut loop_pos, mut scan_pos) = (0u64, 0u64);
+    (0..len)
+        .map(|_| {
+            let r = rng.next_u64() % 10;
+            if r < 5 {
+                key_of(zipf.sample(&mut rng))
+            } else if r < 8 {
+                loop_pos = (loop_pos + 1) % 5_000;
+                key_of(200_000 + loop_pos)
+            } else {
+                scan_pos += 1;
+                key_of(1_000_000 + scan_pos)
+            }
+        })
+        .collect()
+}
