@@ -264,8 +264,11 @@ where
         }
     }
 
-    /// Loads several keys, in one batch when they fit, returning their values
-    /// in the order given.
+    /// Loads several keys, in one batch when they fit (several when they
+    /// exceed `max_batch`), returning their values in the order given.
+    ///
+    /// Cheaper than joining many [`load`](Self::load) futures: the keys are
+    /// queued directly, with no future per key.
     ///
     /// # Errors
     /// The first error among the keys' batches.
@@ -273,10 +276,46 @@ where
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<V>>, Arc<E>> {
-        let futures: Vec<_> = keys.into_iter().map(|k| self.load(k)).collect();
-        let mut out = Vec::with_capacity(futures.len());
-        for r in join_all(futures).await {
-            out.push(r?);
+        enum Slot<K, V, E> {
+            Ready(Option<V>),
+            Waiting(K, oneshot::Receiver<Outcome<V, E>>),
+        }
+        let mut slots = Vec::new();
+        let mut guards = Vec::new();
+        for key in keys {
+            if let Some(cache) = &self.inner.cache
+                && let Some(v) = lock(cache).get(&key)
+            {
+                self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                slots.push(Slot::Ready(v.clone()));
+                continue;
+            }
+            let (rx, leader) = self.enqueue(&key);
+            if let Some(batch) = leader {
+                guards.push(LeaderGuard {
+                    inner: &self.inner,
+                    batch: Some(batch),
+                });
+            }
+            slots.push(Slot::Waiting(key, rx));
+        }
+        if !guards.is_empty() {
+            // As in `load`: let the rest of this tick join our batches.
+            tokio::task::yield_now().await;
+            for guard in &mut guards {
+                guard.run().await;
+            }
+        }
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            out.push(match slot {
+                Slot::Ready(v) => v,
+                Slot::Waiting(key, rx) => match rx.await {
+                    Ok(outcome) => outcome?,
+                    // Its batch's runner was cancelled: load it again.
+                    Err(_) => self.load(key).await?,
+                },
+            });
         }
         Ok(out)
     }
@@ -405,35 +444,34 @@ impl<K, V, E> Drop for LeaderGuard<'_, K, V, E> {
     }
 }
 
-/// Polls all futures to completion, in order: a minimal `join_all` so the
-/// crate needs no futures dependency for it.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if out.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *out = Some(v),
-                    std::task::Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    /// Polls all futures to completion concurrently: a minimal `join_all`.
+    async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+        let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut all_done = true;
+            for (f, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+                if out.is_none() {
+                    match f.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *out = Some(v),
+                        std::task::Poll::Pending => all_done = false,
+                    }
+                }
+            }
+            if all_done {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        outputs.into_iter().flatten().collect()
+    }
 
     fn squares(calls: Arc<AtomicUsize>) -> Loader<u32, u64, String> {
         Loader::new(move |keys: Vec<u32>| {
