@@ -315,11 +315,44 @@ fn keyword(word: &str) -> (u16, Option<Clause>) {
 }
 
 fn keyword_by_key(key: u128) -> (u16, Option<Clause>) {
-    match KEYWORD_KEYS.binary_search(&key) {
-        Ok(i) => (KEYWORDS[i].1, KEYWORDS[i].2),
-        Err(_) => (0, None),
+    let mut h = keyword_hash(key);
+    loop {
+        let idx = KEYWORD_TABLE[h];
+        if idx == EMPTY {
+            return (0, None);
+        }
+        let (_, flags, clause) = KEYWORDS[idx as usize];
+        if KEYWORD_KEYS[idx as usize] == key {
+            return (flags, clause);
+        }
+        h = (h + 1) & (KEYWORD_TABLE.len() - 1);
     }
 }
+
+const EMPTY: u8 = u8::MAX;
+
+/// Multiplicative hash of a packed word into the 256-slot table.
+const fn keyword_hash(key: u128) -> usize {
+    let x = ((key >> 64) as u64) ^ (key as u64).rotate_left(17);
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
+}
+
+/// Open addressing with linear probing, built at compile time: a keyword
+/// look-up is one hash and, on average, little more than one comparison.
+const KEYWORD_TABLE: [u8; 256] = {
+    assert!(KEYWORDS.len() < 128, "keep the table under half full");
+    let mut table = [EMPTY; 256];
+    let mut i = 0;
+    while i < KEYWORDS.len() {
+        let mut h = keyword_hash(KEYWORD_KEYS[i]);
+        while table[h] != EMPTY {
+            h = (h + 1) & 255;
+        }
+        table[h] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// A word's key: its lower-cased bytes packed as by [`pack`]; 0 (no keyword)
 /// for words longer than 16 bytes.
@@ -463,36 +496,78 @@ fn is_ident(t: &Token) -> bool {
     matches!(t.kind, Kind::Word | Kind::Quoted)
 }
 
+/// Buffers reused from one call to the next on a thread, so a fingerprint
+/// allocates only what it returns.
+#[derive(Default)]
+struct Scratch {
+    tokens: Vec<Token>,
+    keys: Vec<u128>,
+    props: Vec<(u16, Option<Clause>)>,
+    drop_token: Vec<bool>,
+    frames: Vec<Frame>,
+}
+
+/// Above this many tokens the buffers are released after use, so one huge
+/// statement does not pin its memory to the thread.
+const SCRATCH_KEEP: usize = 1 << 14;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
 pub(crate) fn analyze(sql: &str) -> Analysis {
-    let mut tokens = Vec::with_capacity(sql.len() / 4 + 4);
-    tokenize(sql, &mut tokens);
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let a = analyze_with(sql, &mut scratch);
+            if scratch.tokens.capacity() > SCRATCH_KEEP {
+                *scratch = Scratch::default();
+            }
+            a
+        }
+        Err(_) => analyze_with(sql, &mut Scratch::default()),
+    })
+}
+
+fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
+    let Scratch {
+        tokens,
+        keys,
+        props,
+        drop_token,
+        frames,
+    } = scratch;
+    tokens.clear();
+    tokenize(sql, tokens);
     // A trailing `;` (or several) does not matter.
     while tokens.last().is_some_and(|t| t.kind == Kind::Semicolon) {
         tokens.pop();
     }
+    let tokens: &[Token] = tokens;
     // Every word packed once into an integer key (lower-cased, up to 16
     // bytes): keyword tests are integer comparisons, with no allocation and no
     // string comparison per word.
-    let keys: Vec<u128> = tokens
-        .iter()
-        .map(|t| {
-            if t.kind == Kind::Word {
-                key_of(t.text(sql))
-            } else {
-                0
-            }
-        })
-        .collect();
+    keys.clear();
+    props.clear();
+    for t in tokens {
+        let key = if t.kind == Kind::Word {
+            key_of(t.text(sql))
+        } else {
+            0
+        };
+        keys.push(key);
+        props.push(if key == 0 {
+            (0, None)
+        } else {
+            keyword_by_key(key)
+        });
+    }
     let word = |i: usize| -> u128 { keys.get(i).copied().unwrap_or(0) };
-    let props: Vec<(u16, Option<Clause>)> = keys
-        .iter()
-        .map(|&k| if k == 0 { (0, None) } else { keyword_by_key(k) })
-        .collect();
     let flags = |i: usize| -> u16 { props.get(i).map_or(0, |p| p.0) };
 
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
-    let mut drop_token = vec![false; n];
+    drop_token.clear();
+    drop_token.resize(n, false);
     let mut tables: Vec<String> = Vec::new();
     // (alias token, relation token)
     let mut aliases: Vec<(usize, usize)> = Vec::new();
@@ -633,7 +708,7 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 
     // Pass 2: emit normalized tokens, classify slots, collapse lists.
     let mut out: Vec<Out<'_>> = Vec::with_capacity(n);
-    let mut frames: Vec<Frame> = Vec::with_capacity(8);
+    frames.clear();
     let mut st = SlotState {
         key_values: FNV_OFFSET,
         all_values: FNV_OFFSET,
@@ -674,7 +749,7 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     between_pending = true;
                 }
                 if w == kw!("values") && frames.is_empty() && kind == StatementKind::Insert {
-                    insert_rows = count_values_rows(&tokens, i + 1);
+                    insert_rows = count_values_rows(tokens, i + 1);
                 }
                 if let Some(c) = next_clause
                     && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
@@ -692,20 +767,20 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     ]
                     .contains(&w)
                 {
-                    push(&mut out, &mut frames, Out::SLOT);
+                    push(&mut out, frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
                 if w == kw!("true") || w == kw!("false") {
                     let slot = classify(
                         &out,
-                        &frames,
+                        frames,
                         clause,
                         between_pending,
-                        next_is_eq(&tokens, i, sql),
+                        next_is_eq(tokens, i, sql),
                     );
                     st.note(slot, t.text(sql), false, &out);
-                    push(&mut out, &mut frames, Out::SLOT);
+                    push(&mut out, frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
@@ -715,24 +790,20 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                         .iter()
                         .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    push(
-                        &mut out,
-                        &mut frames,
-                        ident_out(sql, &tokens[rel], flags(rel)),
-                    );
+                    push(&mut out, frames, ident_out(sql, &tokens[rel], flags(rel)));
                     i += 1;
                     continue;
                 }
                 // `schema.table.col` → `table.col`.
-                if is_three_part(&tokens, i) {
+                if is_three_part(tokens, i) {
                     i += 2;
                     continue;
                 }
-                push(&mut out, &mut frames, Out::word(t.text(sql), flags(i)));
+                push(&mut out, frames, Out::word(t.text(sql), flags(i)));
             }
             Kind::Quoted => {
                 if savepoint_stmt {
-                    push(&mut out, &mut frames, Out::SLOT);
+                    push(&mut out, frames, Out::SLOT);
                     i += 1;
                     continue;
                 }
@@ -741,19 +812,15 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                         .iter()
                         .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    push(
-                        &mut out,
-                        &mut frames,
-                        ident_out(sql, &tokens[rel], flags(rel)),
-                    );
+                    push(&mut out, frames, ident_out(sql, &tokens[rel], flags(rel)));
                     i += 1;
                     continue;
                 }
-                if is_three_part(&tokens, i) {
+                if is_three_part(tokens, i) {
                     i += 2;
                     continue;
                 }
-                push(&mut out, &mut frames, ident_out(sql, &t, 0));
+                push(&mut out, frames, ident_out(sql, &t, 0));
             }
             Kind::Literal | Kind::Param => {
                 // Fold a unary minus into the number: `= -5` is `= ?`.
@@ -766,10 +833,10 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 }
                 let slot = classify(
                     &out,
-                    &frames,
+                    frames,
                     clause,
                     between_pending,
-                    next_is_eq(&tokens, i, sql),
+                    next_is_eq(tokens, i, sql),
                 );
                 if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
                     between_pending = false;
@@ -781,7 +848,7 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                     is_param,
                     &out,
                 );
-                push(&mut out, &mut frames, Out::SLOT);
+                push(&mut out, frames, Out::SLOT);
             }
             Kind::Open | Kind::OpenBracket => {
                 let before = out.last().copied();
@@ -797,7 +864,7 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                 let key_list = before_tags & (tag::IN | tag::ANY) != 0 || array_in_any;
                 let collapsible = before_tags & (tag::IN | tag::ANY | tag::ARRAY) != 0;
                 let opener = if t.kind == Kind::Open { "(" } else { "[" };
-                push(&mut out, &mut frames, Out::text(opener, t.kind));
+                push(&mut out, frames, Out::text(opener, t.kind));
                 frames.push(Frame {
                     clause,
                     open: out.len() - 1,
@@ -820,19 +887,19 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
                             if frame.after_array && t.kind == Kind::CloseBracket {
                                 // `ARRAY[?]` → `?`: one array of keys either way.
                                 out.truncate(frame.open - 1);
-                                push(&mut out, &mut frames, Out::SLOT);
+                                push(&mut out, frames, Out::SLOT);
                                 i += 1;
                                 continue;
                             }
                             out.push(Out::SLOT);
                         }
-                        push(&mut out, &mut frames, Out::text(closer, t.kind));
+                        push(&mut out, frames, Out::text(closer, t.kind));
                     }
-                    None => push(&mut out, &mut frames, Out::text(closer, t.kind)),
+                    None => push(&mut out, frames, Out::text(closer, t.kind)),
                 }
             }
             Kind::Op | Kind::Comma | Kind::Cast | Kind::Dot | Kind::Semicolon => {
-                push(&mut out, &mut frames, Out::text(t.text(sql), t.kind));
+                push(&mut out, frames, Out::text(t.text(sql), t.kind));
             }
         }
         i += 1;
