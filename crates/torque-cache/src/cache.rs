@@ -211,13 +211,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
+    fn removed(&self) -> Removed<K, V> {
+        Removed::new(self.inner.listener.is_some())
+    }
+
     fn notify(&self, removed: Removed<K, V>) {
-        #[cfg(feature = "metrics")]
-        for (_, _, cause) in &removed {
-            crate::metrics::record_removal(*cause);
-        }
         if let Some(listener) = &self.inner.listener {
-            for (key, value, cause) in removed {
+            for (key, value, cause) in removed.into_items() {
                 listener(&key, &value, cause);
             }
         }
@@ -234,7 +234,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let timing = self.timing();
-        let mut removed = Removed::new();
+        let mut removed = self.removed();
         let value = {
             let mut shard = self.inner.shards[self.shard_index(hash)].lock();
             let before = shard.weight();
@@ -317,7 +317,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             timing.now.saturating_add(ttl)
         };
         let index = self.shard_index(hash);
-        let mut removed = Removed::new();
+        let mut removed = self.removed();
         if u64::from(weight) > self.inner.capacity || expires <= timing.now {
             let cause = if expires <= timing.now {
                 RemovalCause::Expired
@@ -411,27 +411,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let timing = self.timing();
-        let mut removed = Removed::new();
         let mut shard = self.inner.shards[self.shard_index(hash)].lock();
         let before = shard.weight();
-        shard.remove(hash, key, timing, &mut removed);
+        let taken = shard.remove(hash, key, timing);
         let after = shard.weight();
         drop(shard);
         self.add_weight(before, after);
-        let value = match removed.last() {
-            Some((_, _, RemovalCause::Removed)) => {
-                let (k, v, cause) = removed.pop()?;
-                if let Some(listener) = &self.inner.listener {
-                    listener(&k, &v, cause);
-                }
-                #[cfg(feature = "metrics")]
-                crate::metrics::record_removal(cause);
-                Some(v)
-            }
-            _ => None,
-        };
-        self.notify(removed);
-        value
+        let (key, value, cause) = taken?;
+        if let Some(listener) = &self.inner.listener {
+            listener(&key, &value, cause);
+        }
+        (cause == RemovalCause::Removed).then_some(value)
     }
 
     /// Removes every entry (the listener sees each as
@@ -439,7 +429,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// concurrent write may survive.
     pub fn invalidate_all(&self) {
         for shard in self.inner.shards.iter() {
-            let mut removed = Removed::new();
+            let mut removed = self.removed();
             let mut shard = shard.lock();
             let before = shard.weight();
             shard.clear(&mut removed);
@@ -458,7 +448,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         F: FnMut(&K, &V) -> bool,
     {
         for shard in self.inner.shards.iter() {
-            let mut removed = Removed::new();
+            let mut removed = self.removed();
             let mut shard = shard.lock();
             let before = shard.weight();
             shard.retain(&mut keep, &mut removed);
@@ -476,7 +466,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn run_pending_tasks(&self) {
         let timing = self.timing();
         for shard in self.inner.shards.iter() {
-            let mut removed = Removed::new();
+            let mut removed = self.removed();
             let mut shard = shard.lock();
             let before = shard.weight();
             shard.sweep(timing, &mut removed);

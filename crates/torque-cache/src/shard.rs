@@ -41,9 +41,37 @@ struct Cell<K, V> {
     entry: Option<Entry<K, V>>,
 }
 
-/// Entries that left a shard, for the listener to see after the lock is
-/// released.
-pub(crate) type Removed<K, V> = Vec<(K, V, RemovalCause)>;
+/// Entries that left a shard, kept for the listener to see after the lock is
+/// released; without a listener they are dropped on the spot, so the hot
+/// path never allocates for them.
+#[derive(Debug)]
+pub(crate) struct Removed<K, V> {
+    keep: bool,
+    items: Vec<(K, V, RemovalCause)>,
+}
+
+impl<K, V> Removed<K, V> {
+    pub(crate) fn new(keep: bool) -> Self {
+        Self {
+            keep,
+            items: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, item: (K, V, RemovalCause)) {
+        if self.keep {
+            self.items.push(item);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub(crate) fn into_items(self) -> Vec<(K, V, RemovalCause)> {
+        self.items
+    }
+}
 
 /// Plain counters, summed across shards by `stats()`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -59,6 +87,8 @@ pub(crate) struct Counters {
 
 impl Counters {
     fn count(&mut self, cause: RemovalCause) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_removal(cause);
         match cause {
             RemovalCause::Expired => self.expired += 1,
             RemovalCause::Capacity => self.capacity += 1,
@@ -203,23 +233,38 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     ) -> i64 {
         self.counters.inserts += 1;
         self.writes_since_help = self.writes_since_help.wrapping_add(1);
-        if let Some(id) = self.find(hash, &key) {
-            let Some(entry) = self.cells[id as usize].entry.as_mut() else {
-                return 0;
-            };
-            let old_value = std::mem::replace(&mut entry.value, value);
-            let old_weight = entry.weight;
-            entry.weight = weight;
-            entry.expires = expires;
-            entry.accessed = timing.now;
-            let deadline = entry.deadline(timing.tti);
-            self.policy.on_update(id, weight, deadline);
-            self.arm_timer(id, deadline);
-            self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
-            self.counters.count(RemovalCause::Replaced);
-            removed.push((key, old_value, RemovalCause::Replaced));
-            return i64::from(weight) - i64::from(old_weight);
-        }
+        let cells = &self.cells;
+        let slot = self.table.entry(
+            hash,
+            |&i| {
+                cells[i as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.key == key)
+            },
+            |&i| cells[i as usize].hash,
+        );
+        let vacant = match slot {
+            hashbrown::hash_table::Entry::Occupied(found) => {
+                let id = *found.get();
+                let Some(entry) = self.cells[id as usize].entry.as_mut() else {
+                    return 0;
+                };
+                let old_value = std::mem::replace(&mut entry.value, value);
+                let old_weight = entry.weight;
+                entry.weight = weight;
+                entry.expires = expires;
+                entry.accessed = timing.now;
+                let deadline = entry.deadline(timing.tti);
+                self.policy.on_update(id, weight, deadline);
+                self.arm_timer(id, deadline);
+                self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
+                self.counters.count(RemovalCause::Replaced);
+                removed.push((key, old_value, RemovalCause::Replaced));
+                return i64::from(weight) - i64::from(old_weight);
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
         let entry = Entry {
             key,
             value,
@@ -247,22 +292,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 id
             }
         };
-        let cells = &self.cells;
-        self.table
-            .insert_unique(hash, id, |&i| cells[i as usize].hash);
+        vacant.insert(id);
         self.policy.on_insert(id, hash, weight, deadline);
         self.arm_timer(id, deadline);
         self.weight += u64::from(weight);
         i64::from(weight)
     }
 
-    /// Takes entry `id` out of the table and arena (not the policy); returns
-    /// its weight.
-    fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
+    /// Takes entry `id` out of the table and arena (not the policy) and
+    /// counts its departure; returns it with its weight.
+    fn take(&mut self, id: u32, cause: RemovalCause) -> Option<(K, V, u64)> {
         let cell = &mut self.cells[id as usize];
-        let Some(entry) = cell.entry.take() else {
-            return 0;
-        };
+        let entry = cell.entry.take()?;
         cell.generation = cell.generation.wrapping_add(1);
         if let Ok(found) = self.table.find_entry(cell.hash, |&i| i == id) {
             found.remove();
@@ -271,8 +312,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let weight = u64::from(entry.weight);
         self.weight -= weight;
         self.counters.count(cause);
-        removed.push((entry.key, entry.value, cause));
-        weight
+        Some((entry.key, entry.value, weight))
+    }
+
+    fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
+        match self.take(id, cause) {
+            Some((key, value, weight)) => {
+                removed.push((key, value, cause));
+                weight
+            }
+            None => 0,
+        }
     }
 
     fn remove_id(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
@@ -280,22 +330,19 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.detach(id, cause, removed)
     }
 
-    /// Removes `key` explicitly ([`RemovalCause::Expired`] if it had
-    /// already expired); returns the freed weight.
+    /// Removes `key` explicitly and returns it, with
+    /// [`RemovalCause::Expired`] if it had already expired.
     pub(crate) fn remove<Q>(
         &mut self,
         hash: u64,
         key: &Q,
         timing: Timing,
-        removed: &mut Removed<K, V>,
-    ) -> u64
+    ) -> Option<(K, V, RemovalCause)>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(id) = self.find(hash, key) else {
-            return 0;
-        };
+        let id = self.find(hash, key)?;
         let expired = self.cells[id as usize]
             .entry
             .as_ref()
@@ -305,7 +352,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         } else {
             RemovalCause::Removed
         };
-        self.remove_id(id, cause, removed)
+        self.policy.on_remove(id);
+        self.take(id, cause).map(|(k, v, _)| (k, v, cause))
     }
 
     /// The value of `key` if present and unexpired; no statistics, no policy
@@ -392,13 +440,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// weight.
     pub(crate) fn clear(&mut self, removed: &mut Removed<K, V>) -> u64 {
         let freed = self.weight;
-        let len = self.table.len() as u64;
         for cell in &mut self.cells {
             if let Some(entry) = cell.entry.take() {
+                self.counters.count(RemovalCause::Removed);
                 removed.push((entry.key, entry.value, RemovalCause::Removed));
             }
         }
-        self.counters.removed += len;
         self.cells.clear();
         self.free.clear();
         self.table.clear();

@@ -5,12 +5,16 @@
 
 /// Approximate access counts of recently seen hashes, saturating at 15 (+1 for
 /// the doorkeeper).
+///
+/// Layout after Caffeine's `FrequencySketch`: the four counters of a hash
+/// (one per count-min row) sit in one 64-byte block of eight words, and its
+/// two doorkeeper bits in one word, so an update touches two cache lines
+/// instead of six.
 #[derive(Debug)]
 pub(crate) struct FrequencySketch {
-    /// 16 four-bit counters per word; each hash picks one counter in each of
-    /// four words.
+    /// Blocks of 8 words of 16 four-bit counters.
     table: Vec<u64>,
-    table_mask: u64,
+    block_mask: u64,
     /// One-bit "seen once" filter: a first sighting only sets these bits, so
     /// one-hit wonders never reach the counters.
     doorkeeper: Vec<u64>,
@@ -23,13 +27,6 @@ pub(crate) struct FrequencySketch {
 pub(crate) const MIN_ENTRIES: u64 = 1024;
 /// Entries the largest sketch is sized for (a 128 MiB table per shard).
 pub(crate) const MAX_ENTRIES: u64 = 1 << 22;
-
-const SEEDS: [u64; 4] = [
-    0xc3a5_c85c_97cb_3127,
-    0xb492_b66f_be98_f273,
-    0x9ae1_6a3b_2f90_404f,
-    0xcbf2_9ce4_8422_2325,
-];
 
 #[inline]
 fn mix(hash: u64, seed: u64) -> u64 {
@@ -52,9 +49,9 @@ impl FrequencySketch {
         let door_words = (sample_size * 2 / 64).next_power_of_two();
         Self {
             table: vec![0; words as usize],
-            table_mask: words - 1,
+            block_mask: words / 8 - 1,
             doorkeeper: vec![0; door_words as usize],
-            doorkeeper_mask: door_words * 64 - 1,
+            doorkeeper_mask: door_words - 1,
             additions: 0,
             sample_size,
         }
@@ -65,34 +62,38 @@ impl FrequencySketch {
         (self.table.len() as u64 / 4).max(MIN_ENTRIES)
     }
 
-    fn door_bits(&self, hash: u64) -> [u64; 2] {
-        let h = mix(hash, 0x2545_f491_4f6c_dd1d);
-        [h & self.doorkeeper_mask, (h >> 32) & self.doorkeeper_mask]
+    /// `(word, shift)` of the counter of each row for `hash`.
+    #[inline]
+    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
+        let block_hash = mix(hash, 0xc3a5_c85c_97cb_3127);
+        let counter_hash = mix(block_hash, 0xb492_b66f_be98_f273);
+        let block = ((block_hash & self.block_mask) as usize) << 3;
+        std::array::from_fn(|i| {
+            let h = counter_hash >> (i * 8);
+            let index = ((h >> 1) & 15) as u32;
+            let offset = (h & 1) as usize;
+            (block + offset + (i << 1), index << 2)
+        })
     }
 
-    fn door_contains(&self, hash: u64) -> bool {
-        self.door_bits(hash)
-            .iter()
-            .all(|&b| self.doorkeeper[(b / 64) as usize] & (1 << (b % 64)) != 0)
+    #[inline]
+    fn door(&self, hash: u64) -> (usize, u64) {
+        let h = mix(hash, 0x2545_f491_4f6c_dd1d);
+        let word = (h & self.doorkeeper_mask) as usize;
+        let bits = (1u64 << ((h >> 40) & 63)) | (1u64 << ((h >> 52) & 63));
+        (word, bits)
     }
 
     /// Records one access of `hash`.
     pub(crate) fn increment(&mut self, hash: u64) {
-        if !self.door_contains(hash) {
-            for b in self.door_bits(hash) {
-                self.doorkeeper[(b / 64) as usize] |= 1 << (b % 64);
-            }
+        let (word, bits) = self.door(hash);
+        if self.doorkeeper[word] & bits != bits {
+            self.doorkeeper[word] |= bits;
         } else {
             let mut added = false;
-            for (i, seed) in SEEDS.iter().enumerate() {
-                let h = mix(hash, *seed);
-                let word = (h & self.table_mask) as usize;
-                // Counter i of the word's 16 comes from a different part of the
-                // hash than the word index, so rows stay independent.
-                let shift = (((h >> 32) as u32 & 3) + (i as u32) * 4) * 4;
-                let cur = (self.table[word] >> shift) & 0xf;
-                if cur < 15 {
-                    self.table[word] += 1 << shift;
+            for (w, shift) in self.counters(hash) {
+                if (self.table[w] >> shift) & 0xf < 15 {
+                    self.table[w] += 1 << shift;
                     added = true;
                 }
             }
@@ -108,14 +109,14 @@ impl FrequencySketch {
 
     /// The estimated number of recent accesses of `hash`.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let mut min = 15u64;
-        for (i, seed) in SEEDS.iter().enumerate() {
-            let h = mix(hash, *seed);
-            let word = (h & self.table_mask) as usize;
-            let shift = (((h >> 32) as u32 & 3) + (i as u32) * 4) * 4;
-            min = min.min((self.table[word] >> shift) & 0xf);
-        }
-        min as u8 + u8::from(self.door_contains(hash))
+        let min = self
+            .counters(hash)
+            .iter()
+            .map(|&(w, shift)| (self.table[w] >> shift) & 0xf)
+            .min()
+            .unwrap_or(0);
+        let (word, bits) = self.door(hash);
+        min as u8 + u8::from(self.doorkeeper[word] & bits == bits)
     }
 
     /// Ages all counts: halves every counter and clears the doorkeeper.
