@@ -303,6 +303,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     fn insert_expiring(&self, key: K, value: V, ttl: u64) {
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_insert();
         let weight = self
             .inner
             .weigher

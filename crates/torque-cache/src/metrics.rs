@@ -15,6 +15,10 @@ pub(crate) fn record_read(hit: bool) {
     }
 }
 
+pub(crate) fn record_insert() {
+    metrics::counter!("torque_cache_inserts_total").increment(1);
+}
+
 pub(crate) fn record_removal(cause: RemovalCause) {
     let cause = match cause {
         RemovalCause::Expired => "expired",

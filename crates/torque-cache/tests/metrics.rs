@@ -1,0 +1,106 @@
+//! The `metrics` feature: the same events as `stats()`, through the facade.
+#![cfg(feature = "metrics")]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use torque_cache::LocalCache;
+
+/// Counts every counter increment by name and labels.
+#[derive(Default)]
+struct Counting {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+struct Cell(Arc<AtomicU64>);
+
+impl CounterFn for Cell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+impl Counting {
+    fn get(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+impl Recorder for Counting {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let mut name = key.name().to_string();
+        for label in key.labels() {
+            name.push_str(&format!("{{{}={}}}", label.key(), label.value()));
+        }
+        let cell = Arc::clone(self.counters.lock().unwrap().entry(name).or_default());
+        Counter::from_arc(Arc::new(Cell(cell)))
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[test]
+fn facade_sees_what_stats_sees() {
+    let recorder = Counting::default();
+    metrics::with_local_recorder(&recorder, || {
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(2)
+            .shards(1)
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        cache.insert(2, 2);
+        cache.insert(3, 3); // evicts one
+        cache.insert(3, 4); // replaces
+        cache.get(&3);
+        cache.get(&99);
+        cache.remove(&3);
+        let _ = cache.get_or_load(7, || Ok::<_, ()>(7));
+        let _ = cache.get_or_load(8, || Err::<u32, _>(()));
+
+        let s = cache.stats();
+        assert_eq!(recorder.get("torque_cache_hits_total"), s.hits);
+        assert_eq!(recorder.get("torque_cache_misses_total"), s.misses);
+        assert_eq!(recorder.get("torque_cache_inserts_total"), s.inserts);
+        assert_eq!(
+            recorder.get("torque_cache_evictions_total{cause=capacity}"),
+            s.evictions.capacity
+        );
+        assert_eq!(
+            recorder.get("torque_cache_evictions_total{cause=replaced}"),
+            s.evictions.replaced
+        );
+        assert_eq!(
+            recorder.get("torque_cache_evictions_total{cause=removed}"),
+            s.evictions.removed
+        );
+        assert_eq!(recorder.get("torque_cache_loads_total"), s.loads);
+        assert_eq!(
+            recorder.get("torque_cache_load_failures_total"),
+            s.load_failures
+        );
+        assert_eq!((s.hits, s.loads, s.load_failures), (1, 1, 1));
+        assert!(s.evictions.capacity >= 1);
+    });
+}
