@@ -38,6 +38,53 @@ pub enum BuildError {
     },
 }
 
+/// The plain-data part of a [`LocalCache`]'s configuration, for settings
+/// loaded from a file (with the `serde` feature) or passed around; closures
+/// (weigher, listener), the hasher and the clock are set on the builder.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use torque_cache::{LocalCache, LocalCacheConfig, Policy};
+///
+/// let config = LocalCacheConfig {
+///     max_capacity: 1_000,
+///     policy: Policy::Lru,
+///     time_to_live: Some(Duration::from_secs(30)),
+///     ..LocalCacheConfig::default()
+/// };
+/// let cache: LocalCache<u32, u32> = LocalCache::builder().config(&config).build()?;
+/// assert_eq!(cache.policy(), Policy::Lru);
+/// # Ok::<(), torque_cache::BuildError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+pub struct LocalCacheConfig {
+    /// See [`LocalCacheBuilder::max_capacity`]. Default: 10,000.
+    pub max_capacity: u64,
+    /// See [`LocalCacheBuilder::policy`]. Default: [`Policy::Adaptive`].
+    pub policy: Policy,
+    /// See [`LocalCacheBuilder::time_to_live`]. Default: none.
+    pub time_to_live: Option<Duration>,
+    /// See [`LocalCacheBuilder::time_to_idle`]. Default: none.
+    pub time_to_idle: Option<Duration>,
+    /// See [`LocalCacheBuilder::shards`]. Default: sized to the machine.
+    pub shards: Option<usize>,
+}
+
+impl Default for LocalCacheConfig {
+    fn default() -> Self {
+        Self {
+            max_capacity: 10_000,
+            policy: Policy::default(),
+            time_to_live: None,
+            time_to_idle: None,
+            shards: None,
+        }
+    }
+}
+
 /// Builds a [`LocalCache`]; start with [`LocalCache::builder`].
 ///
 /// # Example
@@ -95,6 +142,17 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// caching off without changing code.
     pub fn max_capacity(mut self, max_capacity: u64) -> Self {
         self.max_capacity = Some(max_capacity);
+        self
+    }
+
+    /// Applies every field of `config` (replacing what was set before for
+    /// those fields).
+    pub fn config(mut self, config: &LocalCacheConfig) -> Self {
+        self.max_capacity = Some(config.max_capacity);
+        self.policy = config.policy;
+        self.time_to_live = config.time_to_live;
+        self.time_to_idle = config.time_to_idle;
+        self.shards = config.shards;
         self
     }
 

@@ -46,6 +46,8 @@
 //! - `metrics`: also publish the [`CacheStats`] counters through the
 //!   [`metrics`](https://docs.rs/metrics) facade (no recorder is installed;
 //!   that is the application's job).
+//! - `serde`: `Serialize`/`Deserialize` for [`LocalCacheConfig`] and
+//!   [`Policy`], to load cache settings from a configuration file.
 
 mod builder;
 mod cache;
@@ -57,7 +59,7 @@ mod policy;
 mod shard;
 mod stats;
 
-pub use builder::{BuildError, LocalCacheBuilder, MAX_SHARDS};
+pub use builder::{BuildError, LocalCacheBuilder, LocalCacheConfig, MAX_SHARDS};
 pub use cache::{LocalCache, RemovalCause};
 pub use clock::{Clock, MockClock, SystemClock};
 pub use policy::Policy;

@@ -22,6 +22,7 @@ pub(crate) const NEVER: u64 = u64::MAX;
 /// See docs/cache.md for how to choose; in short, keep the default unless you
 /// know the access pattern.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum Policy {
     /// Least recently used: evicts the entry read or written longest ago.

@@ -179,3 +179,30 @@ fn clones_share_the_cache() {
     other.insert(1, 2);
     assert_eq!(cache.get(&1), Some(2));
 }
+
+#[test]
+fn config_struct_sets_the_plain_settings() {
+    let config = torque_cache::LocalCacheConfig {
+        max_capacity: 3,
+        policy: Policy::Fifo,
+        shards: Some(1),
+        ..Default::default()
+    };
+    let cache: LocalCache<u32, u32> = LocalCache::builder().config(&config).build().unwrap();
+    assert_eq!((cache.max_capacity(), cache.policy()), (3, Policy::Fifo));
+    for k in 0..4 {
+        cache.insert(k, k);
+    }
+    assert!(!cache.contains_key(&0), "fifo evicted the oldest");
+    let bad = torque_cache::LocalCacheConfig {
+        shards: Some(6),
+        ..Default::default()
+    };
+    assert_eq!(
+        LocalCache::<u32, u32>::builder()
+            .config(&bad)
+            .build()
+            .unwrap_err(),
+        BuildError::InvalidShards { shards: 6 }
+    );
+}
