@@ -129,6 +129,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         shards: usize,
     ) -> Self {
         let per_shard = capacity.div_ceil(shards as u64);
+        let weighted = b.weigher.is_some();
         let ttl = b.time_to_live.map_or(NEVER, to_nanos);
         let tti = b.time_to_idle.map_or(NEVER, to_nanos);
         let origin = b.clock.now();
@@ -137,7 +138,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shards: (0..shards)
                     .map(|_| {
                         CachePadded::new(Mutex::new(Shard::new(PolicyState::new(
-                            b.policy, per_shard,
+                            b.policy, per_shard, weighted,
                         ))))
                     })
                     .collect(),

@@ -57,8 +57,9 @@ pub(crate) enum PolicyState {
 }
 
 impl PolicyState {
-    /// The state for a shard expected to hold about `capacity` weight.
-    pub(crate) fn new(policy: Policy, capacity: u64) -> Self {
+    /// The state for a shard expected to hold about `capacity` weight
+    /// (`weighted`: a weigher sets the weights; otherwise each entry is 1).
+    pub(crate) fn new(policy: Policy, capacity: u64, weighted: bool) -> Self {
         match policy {
             Policy::Lru => Self::Lru(lru::Lru::default()),
             Policy::Lfu => Self::Lfu(lfu::Lfu::default()),
@@ -67,6 +68,7 @@ impl PolicyState {
             Policy::Adaptive => Self::Adaptive(Box::new(adaptive::Adaptive::new(
                 capacity,
                 adaptive::HILL_CLIMBING,
+                weighted,
             ))),
         }
     }

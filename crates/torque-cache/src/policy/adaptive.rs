@@ -34,6 +34,9 @@ struct Meta {
 /// share of the samples and steps too coarsely for shards of a few hundred
 /// entries. Kept, tested, for a later global climber.
 pub(crate) const HILL_CLIMBING: bool = false;
+/// The most entries a shard's sketch is sized for before any entry arrives
+/// (16,384 entries: 512 KiB of counters).
+const INITIAL_SKETCH_ENTRIES: u64 = 1 << 14;
 /// Share of main space kept as the protected segment, in percent.
 const PROTECTED_PERCENT: u64 = 80;
 /// Initial window share of the capacity, in percent (Caffeine's default).
@@ -86,8 +89,17 @@ struct HillClimber {
 
 impl Adaptive {
     /// A policy for a shard that holds about `capacity` weight; `climb`
-    /// enables adaptive window sizing.
-    pub(crate) fn new(capacity: u64, climb: bool) -> Self {
+    /// enables adaptive window sizing. When the capacity counts entries
+    /// (`weighted` false) the sketch is sized for it up front (up to
+    /// [`INITIAL_SKETCH_ENTRIES`]), so filling the cache does not restart the
+    /// counts; a weighted capacity says nothing about the entry count, so
+    /// that sketch starts small and grows.
+    pub(crate) fn new(capacity: u64, climb: bool, weighted: bool) -> Self {
+        let sketch_entries = if weighted {
+            MIN_ENTRIES
+        } else {
+            capacity.clamp(MIN_ENTRIES, INITIAL_SKETCH_ENTRIES)
+        };
         let window = (capacity as f64 * INITIAL_WINDOW_PERCENT / 100.0).max(1.0);
         Self {
             links: Links::default(),
@@ -100,7 +112,7 @@ impl Adaptive {
             protected_weight: 0,
             capacity,
             window_max: window as u64,
-            sketch: FrequencySketch::new(MIN_ENTRIES),
+            sketch: FrequencySketch::new(sketch_entries),
             entries: 0,
             rng: 0x853c_49e6_748f_ea9b,
             climber: climb.then(|| HillClimber {
@@ -338,9 +350,12 @@ impl Adaptive {
         self.demote_protected_overflow();
     }
 
+    /// Forgets every id; the popularity history is kept.
     pub(crate) fn clear(&mut self) {
+        let sketch = std::mem::replace(&mut self.sketch, FrequencySketch::new(MIN_ENTRIES));
         let (capacity, climb) = (self.capacity, self.climber.is_some());
-        *self = Self::new(capacity, climb);
+        *self = Self::new(capacity, climb, true);
+        self.sketch = sketch;
     }
 }
 
@@ -350,7 +365,7 @@ mod tests {
 
     #[test]
     fn window_overflow_fills_main_before_any_competition() {
-        let mut p = Adaptive::new(10, false);
+        let mut p = Adaptive::new(10, false, false);
         for id in 0..10 {
             p.on_insert(id, u64::from(id) * 7919, 1);
         }
@@ -366,7 +381,7 @@ mod tests {
     #[test]
     fn frequent_keys_survive_a_scan() {
         let cap = 100u32;
-        let mut p = Adaptive::new(u64::from(cap), false);
+        let mut p = Adaptive::new(u64::from(cap), false, false);
         let mut resident = std::collections::HashSet::new();
         let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // A hot set of 50 ids, each read many times.
@@ -395,7 +410,7 @@ mod tests {
 
     #[test]
     fn removal_and_update_keep_weights_consistent() {
-        let mut p = Adaptive::new(10, true);
+        let mut p = Adaptive::new(10, true, false);
         p.on_insert(0, 1, 3);
         p.on_insert(1, 2, 4);
         p.on_update(0, 5);

@@ -24,7 +24,7 @@ pub(crate) struct FrequencySketch {
 }
 
 /// Entries the smallest sketch is sized for.
-pub(crate) const MIN_ENTRIES: u64 = 1024;
+pub(crate) const MIN_ENTRIES: u64 = 64;
 /// Entries the largest sketch is sized for (a 128 MiB table per shard).
 pub(crate) const MAX_ENTRIES: u64 = 1 << 22;
 
@@ -37,15 +37,15 @@ fn mix(hash: u64, seed: u64) -> u64 {
 impl FrequencySketch {
     /// A sketch sized for a shard of about `entries` entries.
     ///
-    /// Sizing, measured on the hit-ratio bench (docs/benchmarks.md): four
-    /// 16-counter words per entry and a sample period of ten increments per
-    /// word (40 per entry, the paper suggests 10) keep enough history to
-    /// rank the tail of a Zipf distribution; small shards get the sketch of
-    /// a 1,024-entry shard because a short history hurts them most. That is
-    /// 32–64 bytes per entry, plus 2 doorkeeper bits per sampled increment.
+    /// Sizing, measured on the hit-ratio bench (docs/benchmarks.md,
+    /// 2026-11-23): four 16-counter words per entry and a sample period of
+    /// twenty increments per word (80 per entry; the paper suggests 10) keep
+    /// enough history to rank the tail of a Zipf distribution; 40 and 160 per
+    /// entry both measured worse. Memory: 32–64 bytes of counters per entry
+    /// and 2 doorkeeper bits per sampled increment (20–40 bytes per entry).
     pub(crate) fn new(entries: u64) -> Self {
         let words = (entries.clamp(MIN_ENTRIES, MAX_ENTRIES) * 4).next_power_of_two();
-        let sample_size = words * 10;
+        let sample_size = words * 20;
         let door_words = (sample_size * 2 / 64).next_power_of_two();
         Self {
             table: vec![0; words as usize],
