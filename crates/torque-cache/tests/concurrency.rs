@@ -117,3 +117,70 @@ fn stress_two_threads_many_writes() {
         check(policy, 500_000, 200_000);
     }
 }
+
+/// Loads, writes, removals, clears and a listener that reads the cache back,
+/// all at once from two threads: nothing deadlocks (the listener runs after
+/// the shard lock is released) and the books balance at the end.
+#[test]
+fn mixed_operations_with_a_reentrant_listener_do_not_deadlock() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let handle: Arc<OnceLock<LocalCache<u64, u64>>> = Arc::default();
+    let departures = Arc::new(AtomicU64::new(0));
+    let (h, d) = (Arc::clone(&handle), Arc::clone(&departures));
+    let cache: LocalCache<u64, u64> = LocalCache::builder()
+        .max_capacity(64)
+        .shards(4)
+        .eviction_listener(move |k: &u64, _: &u64, _| {
+            d.fetch_add(1, Ordering::Relaxed);
+            if let Some(cache) = h.get() {
+                // Re-entering the cache from the listener must be safe.
+                let _ = cache.contains_key(k);
+                let _ = cache.get(&(k ^ 1));
+            }
+        })
+        .build()
+        .unwrap();
+    assert!(handle.set(cache.clone()).is_ok());
+    std::thread::scope(|s| {
+        for t in 0..2u64 {
+            let cache = &cache;
+            s.spawn(move || {
+                let mut x = 0x2545_f491_4f6c_dd1du64 ^ t;
+                for i in 0..20_000u64 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let key = x % 256;
+                    match x % 100 {
+                        0 => cache.invalidate_all(),
+                        1..=5 => {
+                            cache.remove(&key);
+                        }
+                        6..=40 => cache.insert(key, i),
+                        41..=70 => {
+                            let v = cache.get_or_load(key, || {
+                                if key.is_multiple_of(7) {
+                                    Err("odd")
+                                } else {
+                                    Ok(key)
+                                }
+                            });
+                            assert!(v.is_ok() || key.is_multiple_of(7));
+                        }
+                        _ => {
+                            cache.get(&key);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert!(cache.weighted_size() <= 64);
+    let s = cache.stats();
+    assert_eq!(s.evictions.total(), departures.load(Ordering::Relaxed));
+    // Everything that went in either left (and was reported) or is still here.
+    let stored = s.inserts - s.evictions.total();
+    assert_eq!(stored, cache.len() as u64);
+}
