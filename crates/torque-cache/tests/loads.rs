@@ -222,3 +222,66 @@ fn different_keys_load_independently() {
     assert_eq!(v.map_err(|_| ()), Ok(3));
     assert_eq!(cache.get(&2), Some(2));
 }
+
+/// Many rounds of concurrent async loads of a fresh key with random
+/// cancellations (leaders included): every surviving caller gets the value,
+/// nobody hangs, and exactly one load per key runs to completion.
+async fn cancellation_rounds(rounds: u64, tasks_per_round: u64) {
+    let cache: LocalCache<u32, u64> = LocalCache::new(100_000);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..rounds {
+        let key = round as u32;
+        let completed = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..tasks_per_round {
+            let (cache, completed) = (cache.clone(), Arc::clone(&completed));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_load_async(key, || async move {
+                        for _ in 0..3 {
+                            tokio::task::yield_now().await;
+                        }
+                        completed.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, String>(u64::from(key) * 3)
+                    })
+                    .await
+            }));
+        }
+        // Cancel a random third, at random moments.
+        for task in &tasks {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 3 == 0 {
+                if x % 2 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                task.abort();
+            }
+        }
+        for task in tasks {
+            match tokio::time::timeout(Duration::from_secs(30), task).await {
+                Ok(Ok(v)) => assert_eq!(v, Ok(u64::from(key) * 3)),
+                Ok(Err(e)) => assert!(e.is_cancelled()),
+                Err(_) => panic!("round {round}: a caller hung"),
+            }
+        }
+        let done = completed.load(Ordering::SeqCst);
+        // Zero if every caller that could have led was cancelled first.
+        assert!(done <= 1, "round {round}: {done} loads completed");
+        if done == 1 {
+            assert_eq!(cache.get(&key), Some(u64::from(key) * 3));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancellations_never_wedge_or_double_load() {
+    cancellation_rounds(50, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long stress run; CI runs it with --ignored stress_"]
+async fn stress_random_cancellations() {
+    cancellation_rounds(2_000, 200).await;
+}
