@@ -252,8 +252,8 @@ async fn cancellation_rounds(rounds: u64, tasks_per_round: u64) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 3 == 0 {
-                if x % 2 == 0 {
+            if x.is_multiple_of(3) {
+                if x.is_multiple_of(2) {
                     tokio::task::yield_now().await;
                 }
                 task.abort();
