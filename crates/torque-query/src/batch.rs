@@ -223,6 +223,40 @@ impl Rows {
         format!("UNNEST({})", args.join(", "))
     }
 
+    /// Sends `sql` (whose parameters are one array per column) once per chunk
+    /// of `chunk_rows` rows, prepared once; returns the rows affected.
+    async fn send_unnest<C: GenericClient>(
+        &self,
+        client: &C,
+        sql: &str,
+        chunk_rows: usize,
+    ) -> Result<u64, BatchError> {
+        self.check_unnest()?;
+        if self.len == 0 {
+            return Ok(0);
+        }
+        let statement = client
+            .prepare(sql)
+            .await
+            .map_err(|source| BatchError::Postgres {
+                first_row: 0,
+                source,
+            })?;
+        let mut total = 0;
+        for start in (0..self.len).step_by(chunk_rows) {
+            let end = (start + chunk_rows).min(self.len);
+            let arrays = self.arrays(start..end);
+            total += client
+                .execute(&statement, &as_params(&arrays))
+                .await
+                .map_err(|source| BatchError::Postgres {
+                    first_row: start,
+                    source,
+                })?;
+        }
+        Ok(total)
+    }
+
     fn arrays(&self, rows: Range<usize>) -> Vec<ColumnArray<'_>> {
         (0..self.columns.len())
             .map(|c| ColumnArray {
@@ -476,31 +510,9 @@ impl BatchInsert {
     /// [`execute_values`](Self::execute_values)), before anything is sent;
     /// [`BatchError::Postgres`] when the server rejects a chunk.
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
-        self.rows.check_unnest()?;
-        if self.is_empty() {
-            return Ok(0);
-        }
-        let sql = self.unnest_sql();
-        let statement = client
-            .prepare(&sql)
+        self.rows
+            .send_unnest(client, &self.unnest_sql(), self.chunk_rows)
             .await
-            .map_err(|source| BatchError::Postgres {
-                first_row: 0,
-                source,
-            })?;
-        let mut total = 0;
-        for start in (0..self.rows.len).step_by(self.chunk_rows) {
-            let end = (start + self.chunk_rows).min(self.rows.len);
-            let arrays = self.rows.arrays(start..end);
-            total += client
-                .execute(&statement, &as_params(&arrays))
-                .await
-                .map_err(|source| BatchError::Postgres {
-                    first_row: start,
-                    source,
-                })?;
-        }
-        Ok(total)
     }
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
@@ -725,30 +737,7 @@ impl BatchUpdate {
     /// before anything is sent; [`BatchError::Postgres`].
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let sql = self.statement(&self.rows.unnest_call())?;
-        self.rows.check_unnest()?;
-        if self.is_empty() {
-            return Ok(0);
-        }
-        let statement = client
-            .prepare(&sql)
-            .await
-            .map_err(|source| BatchError::Postgres {
-                first_row: 0,
-                source,
-            })?;
-        let mut total = 0;
-        for start in (0..self.rows.len).step_by(self.chunk_rows) {
-            let end = (start + self.chunk_rows).min(self.rows.len);
-            let arrays = self.rows.arrays(start..end);
-            total += client
-                .execute(&statement, &as_params(&arrays))
-                .await
-                .map_err(|source| BatchError::Postgres {
-                    first_row: start,
-                    source,
-                })?;
-        }
-        Ok(total)
+        self.rows.send_unnest(client, &sql, self.chunk_rows).await
     }
 
     /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
