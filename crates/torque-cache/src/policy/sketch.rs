@@ -12,8 +12,10 @@
 /// instead of six.
 #[derive(Debug)]
 pub(crate) struct FrequencySketch {
-    /// Blocks of 8 words of 16 four-bit counters.
-    table: Vec<u64>,
+    /// Blocks of 8 words of 16 four-bit counters; a block is one cache line
+    /// and holds all four counters of a hash, so indexing by block needs one
+    /// bounds check instead of four.
+    table: Vec<[u64; 8]>,
     block_mask: u64,
     /// One-bit "seen once" filter: a first sighting only sets these bits, so
     /// one-hit wonders never reach the counters.
@@ -34,6 +36,26 @@ fn mix(hash: u64, seed: u64) -> u64 {
     h ^ (h >> 29)
 }
 
+/// The block of a hash and, per count-min row, the word within the block
+/// and the bit shift of the row's counter in it.
+#[derive(Clone, Copy)]
+struct Counters {
+    block: usize,
+    /// Four bytes, one per row: bit 0 picks one of the row's two words,
+    /// bits 1..5 the counter within it (as in Caffeine's `FrequencySketch`).
+    rows: u64,
+}
+
+impl Counters {
+    /// `(word in block, shift)` of row `i`'s counter.
+    #[inline(always)]
+    fn row(self, i: usize) -> (usize, u32) {
+        let h = self.rows >> (i * 8);
+        let word = ((h & 1) as usize + (i << 1)) & 7;
+        (word, (((h >> 1) & 15) as u32) << 2)
+    }
+}
+
 impl FrequencySketch {
     /// A sketch sized for a shard of about `entries` entries.
     ///
@@ -48,7 +70,7 @@ impl FrequencySketch {
         let sample_size = words * 20;
         let door_words = (sample_size * 2 / 64).next_power_of_two();
         Self {
-            table: vec![0; words as usize],
+            table: vec![[0; 8]; (words / 8) as usize],
             block_mask: words / 8 - 1,
             doorkeeper: vec![0; door_words as usize],
             doorkeeper_mask: door_words - 1,
@@ -59,21 +81,16 @@ impl FrequencySketch {
 
     /// The number of entries this sketch was sized for.
     pub(crate) fn sized_for(&self) -> u64 {
-        (self.table.len() as u64 / 4).max(MIN_ENTRIES)
+        (self.table.len() as u64 * 8 / 4).max(MIN_ENTRIES)
     }
 
-    /// `(word, shift)` of the counter of each row for `hash`.
     #[inline]
-    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
+    fn counters(&self, hash: u64) -> Counters {
         let block_hash = mix(hash, 0xc3a5_c85c_97cb_3127);
-        let counter_hash = mix(block_hash, 0xb492_b66f_be98_f273);
-        let block = ((block_hash & self.block_mask) as usize) << 3;
-        std::array::from_fn(|i| {
-            let h = counter_hash >> (i * 8);
-            let index = ((h >> 1) & 15) as u32;
-            let offset = (h & 1) as usize;
-            (block + offset + (i << 1), index << 2)
-        })
+        Counters {
+            block: (block_hash & self.block_mask) as usize,
+            rows: mix(block_hash, 0xb492_b66f_be98_f273),
+        }
     }
 
     #[inline]
@@ -85,19 +102,24 @@ impl FrequencySketch {
     }
 
     /// Records one access of `hash`.
+    #[inline]
     pub(crate) fn increment(&mut self, hash: u64) {
         let (word, bits) = self.door(hash);
-        if self.doorkeeper[word] & bits != bits {
-            self.doorkeeper[word] |= bits;
+        let door = &mut self.doorkeeper[word];
+        if *door & bits != bits {
+            *door |= bits;
         } else {
-            let mut added = false;
-            for (w, shift) in self.counters(hash) {
-                if (self.table[w] >> shift) & 0xf < 15 {
-                    self.table[w] += 1 << shift;
-                    added = true;
-                }
+            let c = self.counters(hash);
+            let block = &mut self.table[c.block];
+            // Branch-free saturating add of one to each row's counter.
+            let mut added = 0;
+            for i in 0..4 {
+                let (w, shift) = c.row(i);
+                let inc = u64::from((block[w] >> shift) & 0xf != 0xf) << shift;
+                block[w] += inc;
+                added |= inc;
             }
-            if !added {
+            if added == 0 {
                 return;
             }
         }
@@ -109,10 +131,13 @@ impl FrequencySketch {
 
     /// The estimated number of recent accesses of `hash`.
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let min = self
-            .counters(hash)
-            .iter()
-            .map(|&(w, shift)| (self.table[w] >> shift) & 0xf)
+        let c = self.counters(hash);
+        let block = &self.table[c.block];
+        let min = (0..4)
+            .map(|i| {
+                let (w, shift) = c.row(i);
+                (block[w] >> shift) & 0xf
+            })
             .min()
             .unwrap_or(0);
         let (word, bits) = self.door(hash);
@@ -121,7 +146,7 @@ impl FrequencySketch {
 
     /// Ages all counts: halves every counter and clears the doorkeeper.
     fn halve(&mut self) {
-        for w in &mut self.table {
+        for w in self.table.iter_mut().flatten() {
             *w = (*w >> 1) & 0x7777_7777_7777_7777;
         }
         self.doorkeeper.iter_mut().for_each(|w| *w = 0);
