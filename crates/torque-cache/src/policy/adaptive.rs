@@ -252,7 +252,18 @@ impl Adaptive {
 
     /// A write over an existing entry, possibly with a new weight.
     pub(crate) fn on_update(&mut self, id: u32, weight: u32) {
-        let segment = self.meta(id).segment;
+        let Meta {
+            segment,
+            weight: old,
+            hash,
+        } = self.meta(id);
+        if weight == old {
+            // Same place as unlinking and pushing back to the same segment's
+            // front, without rewriting the neighbours twice.
+            self.sketch.increment(hash);
+            self.touch(id);
+            return;
+        }
         self.unlink(id);
         self.links.meta_mut(id).weight = weight;
         self.push(id, segment);
