@@ -7,22 +7,29 @@
 /// the doorkeeper).
 ///
 /// Layout after Caffeine's `FrequencySketch`: the four counters of a hash
-/// (one per count-min row) sit in one 64-byte block of eight words, and its
-/// two doorkeeper bits in one word, so an update touches two cache lines
-/// instead of six.
+/// (one per count-min row) sit in one 64-byte line of eight words, and its
+/// two doorkeeper bits in one word of the line beside it (the same 128-byte
+/// [`Block`]), so an update touches one aligned pair of lines that the
+/// hardware fetches together, instead of six scattered lines.
 #[derive(Debug)]
 pub(crate) struct FrequencySketch {
-    /// Blocks of 8 words of 16 four-bit counters; a block is one cache line
-    /// and holds all four counters of a hash, so indexing by block needs one
-    /// bounds check instead of four.
-    table: Vec<[u64; 8]>,
+    table: Vec<Block>,
     block_mask: u64,
-    /// One-bit "seen once" filter: a first sighting only sets these bits, so
-    /// one-hit wonders never reach the counters.
-    doorkeeper: Vec<u64>,
-    doorkeeper_mask: u64,
     additions: u64,
     sample_size: u64,
+}
+
+/// Eight words of sixteen 4-bit counters, and the eight words of the
+/// doorkeeper (a one-bit "seen once" filter: a first sighting only sets these
+/// bits, so one-hit wonders never reach the counters) for the hashes whose
+/// counters are here. One doorkeeper word per counter word is what the
+/// sizing rule gives (two bits per sampled increment, rounded up to a power
+/// of two), so this is the same memory as two separate arrays.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(128))]
+struct Block {
+    counters: [u64; 8],
+    door: [u64; 8],
 }
 
 /// Entries the smallest sketch is sized for.
@@ -68,12 +75,9 @@ impl FrequencySketch {
     pub(crate) fn new(entries: u64) -> Self {
         let words = (entries.clamp(MIN_ENTRIES, MAX_ENTRIES) * 4).next_power_of_two();
         let sample_size = words * 20;
-        let door_words = (sample_size * 2 / 64).next_power_of_two();
         Self {
-            table: vec![[0; 8]; (words / 8) as usize],
+            table: vec![Block::default(); (words / 8) as usize],
             block_mask: words / 8 - 1,
-            doorkeeper: vec![0; door_words as usize],
-            doorkeeper_mask: door_words - 1,
             additions: 0,
             sample_size,
         }
@@ -93,25 +97,26 @@ impl FrequencySketch {
         }
     }
 
+    /// The doorkeeper word (within the hash's block) and its two bits.
     #[inline]
-    fn door(&self, hash: u64) -> (usize, u64) {
+    fn door(hash: u64) -> (usize, u64) {
         let h = mix(hash, 0x2545_f491_4f6c_dd1d);
-        let word = (h & self.doorkeeper_mask) as usize;
         let bits = (1u64 << ((h >> 40) & 63)) | (1u64 << ((h >> 52) & 63));
-        (word, bits)
+        ((h & 7) as usize, bits)
     }
 
     /// Records one access of `hash`. Inlined into its three callers: it is
     /// the largest part of a read hit.
     #[inline(always)]
     pub(crate) fn increment(&mut self, hash: u64) {
-        let (word, bits) = self.door(hash);
-        let door = &mut self.doorkeeper[word];
+        let c = self.counters(hash);
+        let (word, bits) = Self::door(hash);
+        let block = &mut self.table[c.block];
+        let door = &mut block.door[word];
         if *door & bits != bits {
             *door |= bits;
         } else {
-            let c = self.counters(hash);
-            let block = &mut self.table[c.block];
+            let block = &mut block.counters;
             // Branch-free saturating add of one to each row's counter.
             let mut added = 0;
             for i in 0..4 {
@@ -137,20 +142,22 @@ impl FrequencySketch {
         let min = (0..4)
             .map(|i| {
                 let (w, shift) = c.row(i);
-                (block[w] >> shift) & 0xf
+                (block.counters[w] >> shift) & 0xf
             })
             .min()
             .unwrap_or(0);
-        let (word, bits) = self.door(hash);
-        min as u8 + u8::from(self.doorkeeper[word] & bits == bits)
+        let (word, bits) = Self::door(hash);
+        min as u8 + u8::from(block.door[word] & bits == bits)
     }
 
     /// Ages all counts: halves every counter and clears the doorkeeper.
     fn halve(&mut self) {
-        for w in self.table.iter_mut().flatten() {
-            *w = (*w >> 1) & 0x7777_7777_7777_7777;
+        for block in &mut self.table {
+            for w in &mut block.counters {
+                *w = (*w >> 1) & 0x7777_7777_7777_7777;
+            }
+            block.door = [0; 8];
         }
-        self.doorkeeper.iter_mut().for_each(|w| *w = 0);
         self.additions /= 2;
     }
 }
