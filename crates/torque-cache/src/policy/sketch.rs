@@ -71,7 +71,8 @@ impl FrequencySketch {
     /// twenty increments per word (80 per entry; the paper suggests 10) keep
     /// enough history to rank the tail of a Zipf distribution; 40 and 160 per
     /// entry both measured worse. Memory: 32–64 bytes of counters per entry
-    /// and 2 doorkeeper bits per sampled increment (20–40 bytes per entry).
+    /// and as much again of doorkeeper (2 bits per sampled increment, rounded
+    /// up to one word per counter word).
     pub(crate) fn new(entries: u64) -> Self {
         let words = (entries.clamp(MIN_ENTRIES, MAX_ENTRIES) * 4).next_power_of_two();
         let sample_size = words * 20;
