@@ -14,14 +14,15 @@
 use super::list::{Links, List};
 use super::sketch::{FrequencySketch, MAX_ENTRIES, MIN_ENTRIES};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Segment {
+    #[default]
     Window,
     Probation,
     Protected,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Meta {
     segment: Segment,
     weight: u32,
@@ -54,11 +55,12 @@ const RANDOM_ADMIT_FREQUENCY: u8 = 6;
 /// W-TinyLFU state of one shard.
 #[derive(Debug)]
 pub(crate) struct Adaptive {
-    links: Links,
+    /// List links and [`Meta`] of every id, side by side: a hit reads one
+    /// slot for its hash, segment and neighbours.
+    links: Links<Meta>,
     window: List,
     probation: List,
     protected: List,
-    meta: Vec<Meta>,
     window_weight: u64,
     probation_weight: u64,
     protected_weight: u64,
@@ -106,7 +108,6 @@ impl Adaptive {
             window: List::new(),
             probation: List::new(),
             protected: List::new(),
-            meta: Vec::new(),
             window_weight: 0,
             probation_weight: 0,
             protected_weight: 0,
@@ -140,23 +141,19 @@ impl Adaptive {
     }
 
     fn set_meta(&mut self, id: u32, meta: Meta) {
-        let idx = id as usize;
-        if self.meta.len() <= idx {
-            self.meta.resize(
-                idx + 1,
-                Meta {
-                    segment: Segment::Window,
-                    weight: 0,
-                    hash: 0,
-                },
-            );
-        }
-        self.meta[idx] = meta;
+        self.links.ensure(id);
+        *self.links.meta_mut(id) = meta;
     }
 
+    fn meta(&self, id: u32) -> Meta {
+        *self.links.meta(id)
+    }
+
+    #[inline]
     fn push(&mut self, id: u32, segment: Segment) {
-        let weight = u64::from(self.meta[id as usize].weight);
-        self.meta[id as usize].segment = segment;
+        let meta = self.links.meta_mut(id);
+        meta.segment = segment;
+        let weight = u64::from(meta.weight);
         match segment {
             Segment::Window => {
                 self.links.push_front(&mut self.window, id);
@@ -173,10 +170,11 @@ impl Adaptive {
         }
     }
 
+    #[inline]
     fn unlink(&mut self, id: u32) {
         let Meta {
             segment, weight, ..
-        } = self.meta[id as usize];
+        } = self.meta(id);
         let weight = u64::from(weight);
         match segment {
             Segment::Window => {
@@ -223,7 +221,7 @@ impl Adaptive {
 
     /// A read that found the entry.
     pub(crate) fn on_access(&mut self, id: u32) {
-        let hash = self.meta[id as usize].hash;
+        let hash = self.meta(id).hash;
         self.sketch.increment(hash);
         if let Some(c) = &mut self.climber {
             c.hits += 1;
@@ -233,7 +231,7 @@ impl Adaptive {
     }
 
     fn touch(&mut self, id: u32) {
-        match self.meta[id as usize].segment {
+        match self.meta(id).segment {
             Segment::Window => self.links.move_to_front(&mut self.window, id),
             Segment::Protected => self.links.move_to_front(&mut self.protected, id),
             Segment::Probation => {
@@ -254,11 +252,22 @@ impl Adaptive {
 
     /// A write over an existing entry, possibly with a new weight.
     pub(crate) fn on_update(&mut self, id: u32, weight: u32) {
-        let segment = self.meta[id as usize].segment;
+        let Meta {
+            segment,
+            weight: old,
+            hash,
+        } = self.meta(id);
+        if weight == old {
+            // Same place as unlinking and pushing back to the same segment's
+            // front, without rewriting the neighbours twice.
+            self.sketch.increment(hash);
+            self.touch(id);
+            return;
+        }
         self.unlink(id);
-        self.meta[id as usize].weight = weight;
+        self.links.meta_mut(id).weight = weight;
         self.push(id, segment);
-        self.sketch.increment(self.meta[id as usize].hash);
+        self.sketch.increment(self.meta(id).hash);
         self.touch(id);
     }
 
@@ -303,10 +312,7 @@ impl Adaptive {
             && let (Some(candidate), Some(victim)) = (self.probation.front(), self.probation.back())
             && candidate != victim
         {
-            let (c, v) = (
-                self.meta[candidate as usize].hash,
-                self.meta[victim as usize].hash,
-            );
+            let (c, v) = (self.meta(candidate).hash, self.meta(victim).hash);
             let loser = if self.admit(c, v) { victim } else { candidate };
             self.unlink(loser);
             self.entries -= 1;
@@ -322,7 +328,17 @@ impl Adaptive {
         Some(victim)
     }
 
+    /// Lets the hill climber take a step if it has enough samples; a no-op
+    /// without a climber, kept inline so the read path pays one branch.
+    #[inline]
     fn climb(&mut self) {
+        if self.climber.is_some() {
+            self.climb_step();
+        }
+    }
+
+    #[cold]
+    fn climb_step(&mut self) {
         let Some(c) = &mut self.climber else {
             return;
         };

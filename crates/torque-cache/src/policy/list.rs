@@ -3,21 +3,18 @@
 //! Ids are small integers handed out by the shard's slot arena, so links are
 //! `u32` indices instead of pointers: no `unsafe`, no per-node allocation, and
 //! several lists (the segments of a policy) can share one arena because an id is
-//! on at most one list at a time.
+//! on at most one list at a time. A policy's per-id data can ride in the same
+//! node (`Links<M>`), so a hit reads one array slot instead of two.
 
 /// The "no neighbour" marker.
 pub(crate) const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
-struct Node {
+struct Node<M> {
     prev: u32,
     next: u32,
+    meta: M,
 }
-
-const UNLINKED: Node = Node {
-    prev: NIL,
-    next: NIL,
-};
 
 /// The head and tail of one list; its nodes live in a [`Links`].
 ///
@@ -66,26 +63,53 @@ impl Default for List {
     }
 }
 
-/// The node arena shared by the lists of one policy.
-#[derive(Debug, Default)]
-pub(crate) struct Links {
-    nodes: Vec<Node>,
+/// The node arena shared by the lists of one policy, with the policy's
+/// per-id data `M` beside each node's links.
+#[derive(Debug)]
+pub(crate) struct Links<M = ()> {
+    nodes: Vec<Node<M>>,
 }
 
-impl Links {
-    fn ensure(&mut self, id: u32) {
+impl<M> Default for Links<M> {
+    fn default() -> Self {
+        Self { nodes: Vec::new() }
+    }
+}
+
+impl<M: Copy + Default> Links<M> {
+    /// Makes room for `id` (its data starts as `M::default()`).
+    pub(crate) fn ensure(&mut self, id: u32) {
         let needed = id as usize + 1;
         if self.nodes.len() < needed {
-            self.nodes.resize(needed, UNLINKED);
+            self.nodes.resize(
+                needed,
+                Node {
+                    prev: NIL,
+                    next: NIL,
+                    meta: M::default(),
+                },
+            );
         }
     }
 
+    /// The data of `id`, which must have been [`ensure`](Self::ensure)d.
+    #[inline]
+    pub(crate) fn meta(&self, id: u32) -> &M {
+        &self.nodes[id as usize].meta
+    }
+
+    /// The data of `id`, which must have been [`ensure`](Self::ensure)d.
+    #[inline]
+    pub(crate) fn meta_mut(&mut self, id: u32) -> &mut M {
+        &mut self.nodes[id as usize].meta
+    }
+
+    #[inline]
     pub(crate) fn push_front(&mut self, list: &mut List, id: u32) {
         self.ensure(id);
-        self.nodes[id as usize] = Node {
-            prev: NIL,
-            next: list.head,
-        };
+        let node = &mut self.nodes[id as usize];
+        node.prev = NIL;
+        node.next = list.head;
         if list.head != NIL {
             self.nodes[list.head as usize].prev = id;
         } else {
@@ -95,8 +119,9 @@ impl Links {
         list.len += 1;
     }
 
+    #[inline]
     pub(crate) fn unlink(&mut self, list: &mut List, id: u32) {
-        let Node { prev, next } = self.nodes[id as usize];
+        let Node { prev, next, .. } = self.nodes[id as usize];
         if prev != NIL {
             self.nodes[prev as usize].next = next;
         } else {
@@ -107,10 +132,13 @@ impl Links {
         } else {
             list.tail = prev;
         }
-        self.nodes[id as usize] = UNLINKED;
+        let node = &mut self.nodes[id as usize];
+        node.prev = NIL;
+        node.next = NIL;
         list.len -= 1;
     }
 
+    #[inline]
     pub(crate) fn move_to_front(&mut self, list: &mut List, id: u32) {
         if list.head != id {
             self.unlink(list, id);
@@ -140,7 +168,7 @@ impl Links {
 mod tests {
     use super::*;
 
-    fn collect(links: &Links, list: &List) -> Vec<u32> {
+    fn collect(links: &Links<()>, list: &List) -> Vec<u32> {
         let mut out = Vec::new();
         let mut cur = list.back();
         while let Some(id) = cur {
@@ -152,7 +180,7 @@ mod tests {
 
     #[test]
     fn push_move_unlink_pop_keep_order() {
-        let mut links = Links::default();
+        let mut links = Links::<()>::default();
         let mut list = List::new();
         for id in [3, 1, 4, 7] {
             links.push_front(&mut list, id);

@@ -1,0 +1,60 @@
+//! The throughput bench's workload (90 % `get`, 10 % `insert`, a miss also
+//! inserts; Zipf(1.0) over 100k keys, capacity 10k) on one thread, without
+//! criterion, for instruction and cache-miss counts under callgrind, which
+//! unlike wall-clock time do not move with the load of a shared machine:
+//!
+//! ```text
+//! cargo build --release -p torque-benches --example cache_callgrind
+//! valgrind --tool=callgrind target/release/examples/cache_callgrind adaptive 1000000
+//! ```
+//!
+//! Arguments: policy (`adaptive`, `lru`, `fifo`, `lfu`, `ttl`; default
+//! `adaptive`) and the number of requests after a warm-up pass (default 2^20).
+
+#[path = "../benches/cache_traces/mod.rs"]
+mod cache_traces;
+
+use cache_traces::{Rng, zipf_trace};
+use torque_cache::{LocalCache, Policy};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let policy = match args.get(1).map(String::as_str) {
+        Some("lru") => Policy::Lru,
+        Some("fifo") => Policy::Fifo,
+        Some("lfu") => Policy::Lfu,
+        Some("ttl") => Policy::Ttl,
+        _ => Policy::Adaptive,
+    };
+    let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
+    let keys = zipf_trace(100_000, 1.0, 1 << 16, 0xc0ffee);
+    let mut rng = Rng::new(0xfeed);
+    let work: Vec<(u64, bool)> = keys
+        .into_iter()
+        .map(|k| (k, rng.next_u64().is_multiple_of(10)))
+        .collect();
+    let cache: LocalCache<u64, u64> = LocalCache::builder()
+        .max_capacity(10_000)
+        .policy(policy)
+        .build()
+        .expect("valid config");
+    let run = |n: usize| {
+        let mut hits = 0u64;
+        for i in 0..n {
+            let (k, write) = work[i & (work.len() - 1)];
+            if write {
+                cache.insert(k, k);
+            } else if cache.get(&k).is_some() {
+                hits += 1;
+            } else {
+                cache.insert(k, k);
+            }
+        }
+        hits
+    };
+    run(work.len());
+    let start = std::time::Instant::now();
+    let hits = run(requests);
+    let nanos = start.elapsed().as_nanos() as f64 / requests as f64;
+    println!("{policy:?}: {requests} requests, {hits} read hits, {nanos:.1} ns per request");
+}
