@@ -71,6 +71,17 @@ enum Outcome<V> {
     Abandoned,
 }
 
+/// What a waiter makes of a finished load: the value or the shared error, or
+/// `None` to try again — the load was abandoned, or a loader with another
+/// error type failed, so the waiter loads with its own.
+fn settle<V, E: Send + Sync + 'static>(outcome: Outcome<V>) -> Option<Result<V, Arc<E>>> {
+    match outcome {
+        Outcome::Loaded(value) => Some(Ok(value)),
+        Outcome::Failed(error) => error.downcast::<E>().ok().map(Err),
+        Outcome::Abandoned => None,
+    }
+}
+
 /// Where waiters meet the result of one load.
 struct LoadSlot<V> {
     state: Mutex<SlotState<V>>,
@@ -292,17 +303,11 @@ where
             match self.join(&key) {
                 Join::Hit(value) => return Ok(value),
                 Join::Leader(slot) => break slot,
-                Join::Follower(slot) => match slot.wait() {
-                    Outcome::Loaded(value) => return Ok(value),
-                    Outcome::Failed(error) => {
-                        if let Ok(error) = error.downcast::<E>() {
-                            return Err(error);
-                        }
-                        // A loader with another error type failed: load
-                        // with ours.
+                Join::Follower(slot) => {
+                    if let Some(result) = settle(slot.wait()) {
+                        return result;
                     }
-                    Outcome::Abandoned => {}
-                },
+                }
             }
         };
         let guard = self.lead(key, slot);
@@ -353,14 +358,8 @@ where
                         slot,
                         waker_index: None,
                     };
-                    match wait.await {
-                        Outcome::Loaded(value) => return Ok(value),
-                        Outcome::Failed(error) => {
-                            if let Ok(error) = error.downcast::<E>() {
-                                return Err(error);
-                            }
-                        }
-                        Outcome::Abandoned => {}
+                    if let Some(result) = settle(wait.await) {
+                        return result;
                     }
                 }
             }
