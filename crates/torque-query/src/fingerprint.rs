@@ -11,7 +11,10 @@
 //! The same pass records what the N+1 detector needs: the statement's kind, the
 //! tables it touches, and the values in its equality, IN/ANY and VALUES slots.
 
+pub(crate) mod keywords;
+
 use crate::lexer::{Kind, Token, tokenize};
+use keywords::{Clause, clause_of, flags_of, kw, tag};
 
 /// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
 ///
@@ -124,257 +127,6 @@ pub fn fingerprint(sql: &str) -> Fingerprint {
     analyze(sql).fingerprint
 }
 
-/// The statement's clause at one parenthesis depth.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Clause {
-    None,
-    Select,
-    From,
-    Predicate,
-    Set,
-    Values,
-    Page,
-    Order,
-    Returning,
-    Other,
-}
-
-/// Properties of a keyword, looked up once per word.
-mod tag {
-    pub(super) const OPERAND_POS: u16 = 1;
-    pub(super) const SPACED: u16 = 1 << 1;
-    pub(super) const IN: u16 = 1 << 2;
-    pub(super) const ANY: u16 = 1 << 3;
-    pub(super) const ARRAY: u16 = 1 << 4;
-    pub(super) const PAGE: u16 = 1 << 5;
-    pub(super) const NOT: u16 = 1 << 6;
-    /// Ends a relation reference: never an alias.
-    pub(super) const CLAUSE: u16 = 1 << 7;
-    /// Cannot be a bare alias after a relation name.
-    pub(super) const RESERVED_AFTER_REL: u16 = 1 << 8;
-}
-
-/// Every keyword the fingerprint cares about, sorted, with its properties and
-/// the clause it opens: one binary search per word instead of a string
-/// comparison per keyword list.
-const KEYWORDS: &[(&str, u16, Option<Clause>)] = &[
-    ("all", tag::OPERAND_POS | tag::SPACED, None),
-    ("and", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
-    ("any", tag::OPERAND_POS | tag::ANY, None),
-    ("array", tag::OPERAND_POS | tag::ARRAY, None),
-    ("as", tag::CLAUSE | tag::SPACED, None),
-    ("between", tag::OPERAND_POS | tag::SPACED, None),
-    ("by", tag::OPERAND_POS | tag::SPACED, None),
-    ("case", tag::OPERAND_POS | tag::SPACED, None),
-    ("conflict", tag::SPACED, None),
-    ("cross", tag::CLAUSE, None),
-    ("default", tag::CLAUSE, None),
-    ("distinct", tag::SPACED, None),
-    ("do", tag::CLAUSE | tag::SPACED, None),
-    ("else", tag::OPERAND_POS | tag::SPACED, None),
-    ("except", tag::CLAUSE, None),
-    ("exists", tag::SPACED, None),
-    ("fetch", tag::CLAUSE, Some(Clause::Page)),
-    ("filter", tag::SPACED, None),
-    (
-        "for",
-        tag::CLAUSE | tag::RESERVED_AFTER_REL,
-        Some(Clause::Other),
-    ),
-    ("from", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
-    ("full", tag::CLAUSE, None),
-    (
-        "group",
-        tag::CLAUSE | tag::RESERVED_AFTER_REL,
-        Some(Clause::Other),
-    ),
-    (
-        "having",
-        tag::CLAUSE | tag::OPERAND_POS,
-        Some(Clause::Predicate),
-    ),
-    ("ilike", tag::OPERAND_POS | tag::SPACED, None),
-    (
-        "in",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::IN,
-        None,
-    ),
-    ("inner", tag::CLAUSE, None),
-    ("intersect", tag::CLAUSE, None),
-    ("into", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
-    ("is", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
-    ("join", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
-    ("lateral", tag::CLAUSE | tag::SPACED, None),
-    ("left", tag::CLAUSE, None),
-    ("like", tag::OPERAND_POS | tag::SPACED, None),
-    (
-        "limit",
-        tag::CLAUSE | tag::OPERAND_POS | tag::RESERVED_AFTER_REL | tag::PAGE,
-        Some(Clause::Page),
-    ),
-    ("natural", tag::CLAUSE, None),
-    (
-        "not",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::NOT,
-        None,
-    ),
-    (
-        "offset",
-        tag::CLAUSE | tag::OPERAND_POS | tag::RESERVED_AFTER_REL | tag::PAGE,
-        Some(Clause::Page),
-    ),
-    (
-        "on",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
-        Some(Clause::Predicate),
-    ),
-    ("only", tag::CLAUSE, None),
-    ("or", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
-    (
-        "order",
-        tag::CLAUSE | tag::RESERVED_AFTER_REL,
-        Some(Clause::Order),
-    ),
-    ("outer", tag::CLAUSE, None),
-    ("over", tag::SPACED, None),
-    ("overriding", tag::CLAUSE, None),
-    ("partition", tag::CLAUSE | tag::SPACED, None),
-    ("return", tag::OPERAND_POS, None),
-    (
-        "returning",
-        tag::CLAUSE | tag::SPACED | tag::RESERVED_AFTER_REL,
-        Some(Clause::Returning),
-    ),
-    ("right", tag::CLAUSE, None),
-    (
-        "select",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
-        Some(Clause::Select),
-    ),
-    (
-        "set",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
-        Some(Clause::Set),
-    ),
-    ("some", tag::OPERAND_POS | tag::ANY, None),
-    ("table", tag::SPACED, Some(Clause::From)),
-    ("tablesample", tag::CLAUSE, None),
-    ("then", tag::CLAUSE | tag::OPERAND_POS | tag::SPACED, None),
-    ("union", tag::CLAUSE | tag::SPACED, None),
-    ("update", tag::SPACED, Some(Clause::From)),
-    ("using", tag::CLAUSE | tag::SPACED, Some(Clause::From)),
-    (
-        "values",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
-        Some(Clause::Values),
-    ),
-    (
-        "when",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED,
-        Some(Clause::Predicate),
-    ),
-    (
-        "where",
-        tag::CLAUSE | tag::OPERAND_POS | tag::SPACED | tag::RESERVED_AFTER_REL,
-        Some(Clause::Predicate),
-    ),
-    ("window", tag::CLAUSE, Some(Clause::Other)),
-    ("with", tag::CLAUSE | tag::SPACED, None),
-    ("within", tag::SPACED, None),
-];
-
-/// Packs up to 16 bytes big-endian, zero-padded: integer order is then the
-/// strings' lexicographic order, so the sorted keyword list stays sorted.
-const fn pack(b: &[u8]) -> u128 {
-    let mut v = 0u128;
-    let mut i = 0;
-    while i < 16 {
-        v <<= 8;
-        if i < b.len() {
-            v |= b[i] as u128;
-        }
-        i += 1;
-    }
-    v
-}
-
-const KEYWORD_KEYS: [u128; KEYWORDS.len()] = {
-    let mut keys = [0u128; KEYWORDS.len()];
-    let mut i = 0;
-    while i < KEYWORDS.len() {
-        keys[i] = pack(KEYWORDS[i].0.as_bytes());
-        i += 1;
-    }
-    keys
-};
-
-/// A word's keyword properties (0 and `None` for an identifier): a binary
-/// search over packed integers, no string comparison.
-fn keyword(word: &str) -> (u16, Option<Clause>) {
-    keyword_by_key(key_of(word))
-}
-
-fn keyword_by_key(key: u128) -> (u16, Option<Clause>) {
-    let mut h = keyword_hash(key);
-    loop {
-        let idx = KEYWORD_TABLE[h];
-        if idx == EMPTY {
-            return (0, None);
-        }
-        let (_, flags, clause) = KEYWORDS[idx as usize];
-        if KEYWORD_KEYS[idx as usize] == key {
-            return (flags, clause);
-        }
-        h = (h + 1) & (KEYWORD_TABLE.len() - 1);
-    }
-}
-
-const EMPTY: u8 = u8::MAX;
-
-/// Multiplicative hash of a packed word into the 256-slot table.
-const fn keyword_hash(key: u128) -> usize {
-    let x = ((key >> 64) as u64) ^ (key as u64).rotate_left(17);
-    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize
-}
-
-/// Open addressing with linear probing, built at compile time: a keyword
-/// look-up is one hash and, on average, little more than one comparison.
-const KEYWORD_TABLE: [u8; 256] = {
-    assert!(KEYWORDS.len() < 128, "keep the table under half full");
-    let mut table = [EMPTY; 256];
-    let mut i = 0;
-    while i < KEYWORDS.len() {
-        let mut h = keyword_hash(KEYWORD_KEYS[i]);
-        while table[h] != EMPTY {
-            h = (h + 1) & 255;
-        }
-        table[h] = i as u8;
-        i += 1;
-    }
-    table
-};
-
-/// A word's key: its lower-cased bytes packed as by [`pack`]; 0 (no keyword)
-/// for words longer than 16 bytes.
-fn key_of(word: &str) -> u128 {
-    let b = word.as_bytes();
-    if b.len() > 16 {
-        return 0;
-    }
-    let mut buf = [0u8; 16];
-    for (d, s) in buf.iter_mut().zip(b) {
-        *d = s.to_ascii_lowercase();
-    }
-    u128::from_be_bytes(buf)
-}
-
-/// The key of a keyword literal, computed at compile time.
-macro_rules! kw {
-    ($s:literal) => {
-        const { pack($s.as_bytes()) }
-    };
-}
-
 /// One normalized output token: a slice of the input (or of a static string)
 /// rendered by kind, or a placeholder.
 #[derive(Debug, Clone, Copy)]
@@ -456,7 +208,7 @@ fn ident_out<'a>(sql: &'a str, t: &Token, tags: u16) -> Out<'a> {
     let text = t.text(sql);
     match t.kind {
         Kind::Quoted => match unquote_if_plain(text) {
-            Some(inner) => Out::word(inner, keyword(inner).0),
+            Some(inner) => Out::word(inner, flags_of(keywords::id_of(inner))),
             None => Out::text(text, Kind::Quoted),
         },
         _ => Out::word(text, tags),
@@ -501,8 +253,6 @@ fn is_ident(t: &Token) -> bool {
 #[derive(Default)]
 struct Scratch {
     tokens: Vec<Token>,
-    keys: Vec<u128>,
-    props: Vec<(u16, Option<Clause>)>,
     drop_token: Vec<bool>,
     frames: Vec<Frame>,
 }
@@ -531,8 +281,6 @@ pub(crate) fn analyze(sql: &str) -> Analysis {
 fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
     let Scratch {
         tokens,
-        keys,
-        props,
         drop_token,
         frames,
     } = scratch;
@@ -543,26 +291,9 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
         tokens.pop();
     }
     let tokens: &[Token] = tokens;
-    // Every word packed once into an integer key (lower-cased, up to 16
-    // bytes): keyword tests are integer comparisons, with no allocation and no
-    // string comparison per word.
-    keys.clear();
-    props.clear();
-    for t in tokens {
-        let key = if t.kind == Kind::Word {
-            key_of(t.text(sql))
-        } else {
-            0
-        };
-        keys.push(key);
-        props.push(if key == 0 {
-            (0, None)
-        } else {
-            keyword_by_key(key)
-        });
-    }
-    let word = |i: usize| -> u128 { keys.get(i).copied().unwrap_or(0) };
-    let flags = |i: usize| -> u16 { props.get(i).map_or(0, |p| p.0) };
+    // Keyword ids come from the lexer: keyword tests compare bytes.
+    let word = |i: usize| -> u8 { tokens.get(i).map_or(0, |t| t.kw) };
+    let flags = |i: usize| -> u16 { flags_of(word(i)) };
 
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
@@ -738,7 +469,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
         match t.kind {
             Kind::Word => {
                 let w = word(i);
-                let next_clause = props[i].1;
+                let next_clause = clause_of(t.kw);
                 if w == kw!("order") {
                     has_order = true;
                 } else if w == kw!("limit") || w == kw!("fetch") {
@@ -1143,19 +874,4 @@ fn render(out: &[Out<'_>]) -> String {
         prev = Some(*o);
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keyword_table_is_sorted_and_found() {
-        assert!(KEYWORD_KEYS.windows(2).all(|w| w[0] < w[1]));
-        for (k, flags, clause) in KEYWORDS {
-            assert_eq!(keyword(k), (*flags, *clause), "{k}");
-        }
-        assert_eq!(keyword("users"), (0, None));
-        assert_eq!(keyword("a_very_long_identifier_name"), (0, None));
-    }
 }

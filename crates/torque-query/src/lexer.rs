@@ -4,6 +4,8 @@
 //! operator token, an unterminated string or comment runs to the end of the
 //! input. That is all a fingerprint needs; it is not a parser.
 
+use crate::fingerprint::keywords;
+
 /// What a token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -35,10 +37,13 @@ pub(crate) enum Kind {
     Cast,
 }
 
-/// A token: its kind and its byte range in the input.
+/// A token: its kind, its keyword id and its byte range in the input.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Token {
     pub(crate) kind: Kind,
+    /// For a [`Kind::Word`], its keyword id; 0 for an identifier and for
+    /// every other kind.
+    pub(crate) kw: u8,
     pub(crate) start: u32,
     pub(crate) end: u32,
 }
@@ -114,6 +119,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
     while i < len {
         let b = bytes[i];
         let start = i;
+        let mut kw = 0;
         let kind = match b {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
                 i += 1;
@@ -248,6 +254,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                     while i < len && is_ident_char(bytes[i]) {
                         i += 1;
                     }
+                    kw = keywords::id_of_word(bytes, start, i);
                     Kind::Word
                 }
             }
@@ -275,6 +282,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
         };
         out.push(Token {
             kind,
+            kw,
             start: start as u32,
             end: i.min(len) as u32,
         });
