@@ -14,7 +14,7 @@
 pub(crate) mod keywords;
 
 use crate::lexer::{Kind, Token, tokenize};
-use keywords::{Clause, clause_of, flags_of, kw, tag};
+use keywords::{Clause, clause_of, flags_of, kw, tag, text_of};
 
 /// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
 ///
@@ -135,6 +135,8 @@ struct Out<'a> {
     kind: Kind,
     tags: u16,
     slot: bool,
+    /// A word whose text holds no ASCII upper case: rendered as it is.
+    lower: bool,
 }
 
 impl<'a> Out<'a> {
@@ -144,15 +146,34 @@ impl<'a> Out<'a> {
             kind,
             tags: 0,
             slot: false,
+            lower: true,
         }
     }
 
-    fn word(text: &'a str, tags: u16) -> Self {
+    /// A word token: a keyword as its lower-case text, an identifier as
+    /// written (lower-cased when rendered).
+    fn word(sql: &'a str, t: &Token) -> Self {
+        let (text, lower) = match t.kw {
+            0 => (t.text(sql), !t.upper),
+            kw => (text_of(kw), true),
+        };
         Self {
             text,
             kind: Kind::Word,
-            tags,
+            tags: flags_of(t.kw),
             slot: false,
+            lower,
+        }
+    }
+
+    /// A word known to be lower case (a plain quoted identifier, unquoted).
+    fn lower_word(text: &'a str) -> Self {
+        Self {
+            text,
+            kind: Kind::Word,
+            tags: flags_of(keywords::id_of(text)),
+            slot: false,
+            lower: true,
         }
     }
 
@@ -161,6 +182,7 @@ impl<'a> Out<'a> {
         kind: Kind::Literal,
         tags: 0,
         slot: true,
+        lower: true,
     };
 }
 
@@ -204,14 +226,16 @@ fn unquote_if_plain(quoted: &str) -> Option<&str> {
 
 /// An identifier token as emitted: a word (lower-cased when rendered) or a
 /// quoted identifier whose quotes change nothing, unquoted.
-fn ident_out<'a>(sql: &'a str, t: &Token, tags: u16) -> Out<'a> {
-    let text = t.text(sql);
+fn ident_out<'a>(sql: &'a str, t: &Token) -> Out<'a> {
     match t.kind {
-        Kind::Quoted => match unquote_if_plain(text) {
-            Some(inner) => Out::word(inner, flags_of(keywords::id_of(inner))),
-            None => Out::text(text, Kind::Quoted),
-        },
-        _ => Out::word(text, tags),
+        Kind::Quoted => {
+            let text = t.text(sql);
+            match unquote_if_plain(text) {
+                Some(inner) => Out::lower_word(inner),
+                None => Out::text(text, Kind::Quoted),
+            }
+        }
+        _ => Out::word(sql, t),
     }
 }
 
@@ -521,7 +545,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                         .iter()
                         .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel], flags(rel)));
+                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
                     i += 1;
                     continue;
                 }
@@ -530,7 +554,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                     i += 2;
                     continue;
                 }
-                push(&mut out, frames, Out::word(t.text(sql), flags(i)));
+                push(&mut out, frames, Out::word(sql, &t));
             }
             Kind::Quoted => {
                 if savepoint_stmt {
@@ -543,7 +567,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                         .iter()
                         .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
                 {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel], flags(rel)));
+                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
                     i += 1;
                     continue;
                 }
@@ -551,7 +575,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                     i += 2;
                     continue;
                 }
-                push(&mut out, frames, ident_out(sql, &t, 0));
+                push(&mut out, frames, ident_out(sql, &t));
             }
             Kind::Literal | Kind::Param => {
                 // Fold a unary minus into the number: `= -5` is `= ?`.
@@ -868,10 +892,26 @@ fn render(out: &[Out<'_>]) -> String {
         }
         let start = s.len();
         s.push_str(o.text);
-        if kind == Kind::Word {
+        if !o.lower {
             s[start..].make_ascii_lowercase();
         }
         prev = Some(*o);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_fold_to_lower_case_at_any_length() {
+        let f = fingerprint(
+            "SELECT A_Very_Long_Column_Name_Over_16, Short, x, \"Quoted\", \"plain\" FROM Ünïcode_T",
+        );
+        assert_eq!(
+            f.normalized(),
+            "select a_very_long_column_name_over_16, short, x, \"Quoted\", plain from Ünïcode_t"
+        );
+    }
 }

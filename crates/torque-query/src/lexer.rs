@@ -44,6 +44,8 @@ pub(crate) struct Token {
     /// For a [`Kind::Word`], its keyword id; 0 for an identifier and for
     /// every other kind.
     pub(crate) kw: u8,
+    /// For a [`Kind::Word`], whether it may hold ASCII upper case.
+    pub(crate) upper: bool,
     pub(crate) start: u32,
     pub(crate) end: u32,
 }
@@ -120,6 +122,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
         let b = bytes[i];
         let start = i;
         let mut kw = 0;
+        let mut upper = false;
         let kind = match b {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
                 i += 1;
@@ -254,7 +257,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                     while i < len && is_ident_char(bytes[i]) {
                         i += 1;
                     }
-                    kw = keywords::id_of_word(bytes, start, i);
+                    (kw, upper) = keywords::id_of_word(bytes, start, i);
                     Kind::Word
                 }
             }
@@ -283,6 +286,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
         out.push(Token {
             kind,
             kw,
+            upper,
             start: start as u32,
             end: i.min(len) as u32,
         });

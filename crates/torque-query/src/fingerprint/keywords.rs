@@ -260,7 +260,6 @@ pub(crate) fn clause_of(id: u8) -> Option<Clause> {
 
 /// A keyword id's text, lower case ("" for an identifier).
 #[inline]
-#[allow(dead_code)]
 pub(crate) fn text_of(id: u8) -> &'static str {
     match usize::from(id).checked_sub(1) {
         Some(i) if i < KEYWORD_COUNT => KEYWORDS[i].0,
@@ -324,12 +323,13 @@ fn lower8(x: u64) -> u64 {
 }
 
 /// The keyword id of the word `bytes[start..end]` (0 for an identifier or a
-/// word longer than any keyword).
+/// word longer than any keyword), and whether the word may hold ASCII upper
+/// case (exact up to 16 bytes, `true` beyond).
 #[inline]
-pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> u8 {
+pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
     let len = end - start;
     if len == 0 || len > 16 {
-        return 0;
+        return (0, len > 16);
     }
     let mut buf = [0u8; 16];
     match bytes.get(start..start + 16) {
@@ -342,15 +342,16 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> u8 {
     let lo = u64::from_be_bytes([
         buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
     ]);
+    let raw = (u128::from(hi) << 64) | u128::from(lo);
     let key = (u128::from(lower8(hi)) << 64) | u128::from(lower8(lo));
     // Keep the word's own bytes, zero the rest (len is 1..=16).
     let mask = u128::MAX << (8 * (16 - len));
-    id_of_key(key & mask)
+    (id_of_key(key & mask), (key ^ raw) & mask != 0)
 }
 
 /// The keyword id of a word given as text.
 pub(crate) fn id_of(word: &str) -> u8 {
-    id_of_word(word.as_bytes(), 0, word.len())
+    id_of_word(word.as_bytes(), 0, word.len()).0
 }
 
 #[cfg(test)]
@@ -379,9 +380,11 @@ mod tests {
     #[test]
     fn words_inside_longer_input_are_found() {
         let sql = b"xx SeLeCt FROM@[`{ in";
-        assert_eq!(id_of_word(sql, 3, 9), kw!("select"));
-        assert_eq!(id_of_word(sql, 10, 14), kw!("from"));
-        assert_eq!(id_of_word(sql, 19, 21), kw!("in"));
+        assert_eq!(id_of_word(sql, 3, 9), (kw!("select"), true));
+        assert_eq!(id_of_word(sql, 10, 14), (kw!("from"), true));
+        assert_eq!(id_of_word(sql, 19, 21), (kw!("in"), false));
+        assert_eq!(id_of_word(sql, 0, 2), (0, false));
+        assert_eq!(id_of_word(b"a_very_long_identifier", 0, 22), (0, true));
         // `@[`{` are the bytes just outside 'A'..='Z': never folded.
         assert_eq!(
             lower8(u64::from_be_bytes(*b"@AZ[`az{")),
