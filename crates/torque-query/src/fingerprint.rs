@@ -279,6 +279,18 @@ struct Scratch {
     tokens: Vec<Token>,
     drop_token: Vec<bool>,
     frames: Vec<Frame>,
+    aliases: Vec<(usize, usize)>,
+    /// The output tokens' buffer, kept empty between calls (its items borrow
+    /// each call's input, so only the allocation is kept: see [`recycle`]).
+    out: Vec<Out<'static>>,
+}
+
+/// An empty vector of another lifetime on the same allocation (the standard
+/// library collects a `Vec`'s `into_iter` back into its own buffer when the
+/// item layouts match; were it not to, this would merely allocate).
+fn recycle<'b>(mut v: Vec<Out<'_>>) -> Vec<Out<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Above this many tokens the buffers are released after use, so one huge
@@ -307,6 +319,8 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
         tokens,
         drop_token,
         frames,
+        aliases,
+        out: out_buffer,
     } = scratch;
     tokens.clear();
     tokenize(sql, tokens);
@@ -325,7 +339,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
     drop_token.resize(n, false);
     let mut tables: Vec<String> = Vec::new();
     // (alias token, relation token)
-    let mut aliases: Vec<(usize, usize)> = Vec::new();
+    aliases.clear();
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
@@ -462,7 +476,8 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
     }
 
     // Pass 2: emit normalized tokens, classify slots, collapse lists.
-    let mut out: Vec<Out<'_>> = Vec::with_capacity(n);
+    let mut out: Vec<Out<'_>> = recycle(std::mem::take(out_buffer));
+    out.reserve(n);
     frames.clear();
     let mut st = SlotState {
         key_values: FNV_OFFSET,
@@ -661,6 +676,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
     }
 
     let normalized = render(&out);
+    *out_buffer = recycle(out);
     let hash = fnv(FNV_OFFSET, normalized.as_bytes());
     let paginated = has_offset || (has_order && has_limit && st.has_range);
     Analysis {

@@ -179,16 +179,13 @@ const KEYWORDS: &[(&str, u16, Option<Clause>)] = &[
 /// How many keywords there are; ids run from 1 to this.
 pub(crate) const KEYWORD_COUNT: usize = KEYWORDS.len();
 
-/// Packs up to 16 bytes big-endian, zero-padded: integer order is then the
-/// strings' lexicographic order, so the sorted keyword list stays sorted.
+/// Packs up to 16 bytes little-endian, zero-padded: byte `i` in bits
+/// `8 * i ..`, as [`id_of_word`] loads them.
 const fn pack(b: &[u8]) -> u128 {
     let mut v = 0u128;
     let mut i = 0;
-    while i < 16 {
-        v <<= 8;
-        if i < b.len() {
-            v |= b[i] as u128;
-        }
+    while i < 16 && i < b.len() {
+        v |= (b[i] as u128) << (8 * i);
         i += 1;
     }
     v
@@ -331,22 +328,39 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
     if len == 0 || len > 16 {
         return (0, len > 16);
     }
-    let mut buf = [0u8; 16];
-    match bytes.get(start..start + 16) {
-        Some(sixteen) => buf.copy_from_slice(sixteen),
-        None => buf[..len].copy_from_slice(&bytes[start..end]),
-    }
-    let hi = u64::from_be_bytes([
-        buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
-    ]);
-    let lo = u64::from_be_bytes([
-        buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
-    ]);
-    let raw = (u128::from(hi) << 64) | u128::from(lo);
-    let key = (u128::from(lower8(hi)) << 64) | u128::from(lower8(lo));
-    // Keep the word's own bytes, zero the rest (len is 1..=16).
-    let mask = u128::MAX << (8 * (16 - len));
-    (id_of_key(key & mask), (key ^ raw) & mask != 0)
+    // Two little-endian words straight from the input when 16 bytes are
+    // there to read, else from a zero-padded copy (the input's last word).
+    let (lo, hi) = match bytes.get(start..start + 16) {
+        Some(b) => (le_u64(&b[..8]), le_u64(&b[8..])),
+        None => {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(&bytes[start..end]);
+            (le_u64(&buf[..8]), le_u64(&buf[8..]))
+        }
+    };
+    // Keep the word's own bytes, zero the rest.
+    let (lo, hi) = if len <= 8 {
+        (lo & low_bytes(len), 0)
+    } else {
+        (lo, hi & low_bytes(len - 8))
+    };
+    let (llo, lhi) = (lower8(lo), lower8(hi));
+    let upper = (llo ^ lo) | (lhi ^ hi) != 0;
+    let key = (u128::from(lhi) << 64) | u128::from(llo);
+    (id_of_key(key), upper)
+}
+
+/// A mask of the low `n` bytes, `n` in 1..=8.
+#[inline]
+fn low_bytes(n: usize) -> u64 {
+    u64::MAX >> (8 * (8 - n))
+}
+
+#[inline]
+fn le_u64(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(w)
 }
 
 /// The keyword id of a word given as text.
@@ -360,7 +374,7 @@ mod tests {
 
     #[test]
     fn keyword_table_is_sorted_and_found() {
-        assert!(KEYWORD_KEYS.windows(2).all(|w| w[0] < w[1]));
+        assert!(KEYWORDS.windows(2).all(|w| w[0].0 < w[1].0));
         for (i, (k, flags, clause)) in KEYWORDS.iter().enumerate() {
             let id = id_of(k);
             assert_eq!(usize::from(id), i + 1, "{k}");
