@@ -40,8 +40,8 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    /// A stable 64-bit hash of [`normalized`](Self::normalized) (FNV-1a): the
-    /// same across processes, machines and runs.
+    /// A stable 64-bit hash of [`normalized`](Self::normalized) (XXH3-64,
+    /// seed 0): the same across processes, machines and runs.
     pub fn hash(&self) -> u64 {
         self.hash
     }
@@ -677,7 +677,7 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
 
     let normalized = render(&out);
     *out_buffer = recycle(out);
-    let hash = fnv(FNV_OFFSET, normalized.as_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
     let paginated = has_offset || (has_order && has_limit && st.has_range);
     Analysis {
         fingerprint: Fingerprint {
