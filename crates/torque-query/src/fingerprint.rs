@@ -368,8 +368,9 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                 }
                 _ => {}
             }
-            if t.kind == Kind::Word {
-                let w = word(i);
+            // Identifiers (keyword id 0) skip the keyword tests: most words are.
+            if t.kind == Kind::Word && (t.kw != 0 || i == 0) {
+                let w = t.kw;
                 if !kind_found && depth == 0 {
                     let k = if w == kw!("select") || w == kw!("values") || w == kw!("table") {
                         Some(StatementKind::Select)
@@ -516,24 +517,27 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
         }
         match t.kind {
             Kind::Word => {
-                let w = word(i);
-                let next_clause = clause_of(t.kw);
-                if w == kw!("order") {
-                    has_order = true;
-                } else if w == kw!("limit") || w == kw!("fetch") {
-                    has_limit = true;
-                } else if w == kw!("offset") {
-                    has_offset = true;
-                } else if w == kw!("between") {
-                    between_pending = true;
-                }
-                if w == kw!("values") && frames.is_empty() && kind == StatementKind::Insert {
-                    insert_rows = count_values_rows(tokens, i + 1);
-                }
-                if let Some(c) = next_clause
-                    && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
-                {
-                    clause = c;
+                let w = t.kw;
+                if w != 0 {
+                    if w == kw!("order") {
+                        has_order = true;
+                    } else if w == kw!("limit") || w == kw!("fetch") {
+                        has_limit = true;
+                    } else if w == kw!("offset") {
+                        has_offset = true;
+                    } else if w == kw!("between") {
+                        between_pending = true;
+                    } else if w == kw!("values")
+                        && frames.is_empty()
+                        && kind == StatementKind::Insert
+                    {
+                        insert_rows = count_values_rows(tokens, i + 1);
+                    }
+                    if let Some(c) = clause_of(w)
+                        && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
+                    {
+                        clause = c;
+                    }
                 }
                 if savepoint_stmt
                     && ![
