@@ -222,22 +222,12 @@ macro_rules! kw {
 }
 pub(crate) use kw;
 
-/// Per id (index 0: not a keyword): properties, the clause it opens, text.
-const FLAGS: [u16; KEYWORD_COUNT + 1] = {
-    let mut t = [0u16; KEYWORD_COUNT + 1];
+/// Per id (index 0: not a keyword): properties and the clause it opens.
+const PROPS: [(u16, Option<Clause>); KEYWORD_COUNT + 1] = {
+    let mut t = [(0, None); KEYWORD_COUNT + 1];
     let mut i = 0;
     while i < KEYWORD_COUNT {
-        t[i + 1] = KEYWORDS[i].1;
-        i += 1;
-    }
-    t
-};
-
-const CLAUSES: [Option<Clause>; KEYWORD_COUNT + 1] = {
-    let mut t = [None; KEYWORD_COUNT + 1];
-    let mut i = 0;
-    while i < KEYWORD_COUNT {
-        t[i + 1] = KEYWORDS[i].2;
+        t[i + 1] = (KEYWORDS[i].1, KEYWORDS[i].2);
         i += 1;
     }
     t
@@ -246,13 +236,13 @@ const CLAUSES: [Option<Clause>; KEYWORD_COUNT + 1] = {
 /// A keyword id's properties (0 for an identifier).
 #[inline]
 pub(crate) fn flags_of(id: u8) -> u16 {
-    FLAGS.get(usize::from(id)).copied().unwrap_or(0)
+    PROPS.get(usize::from(id)).map_or(0, |p| p.0)
 }
 
 /// The clause a keyword id opens, if any.
 #[inline]
 pub(crate) fn clause_of(id: u8) -> Option<Clause> {
-    CLAUSES.get(usize::from(id)).copied().flatten()
+    PROPS.get(usize::from(id)).and_then(|p| p.1)
 }
 
 /// A keyword id's text, lower case ("" for an identifier).
