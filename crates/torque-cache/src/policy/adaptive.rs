@@ -23,9 +23,9 @@
 //! (only later) and the admission contest compares the same frequencies as
 //! textbook W-TinyLFU; the counts are halved with the sketch's periodic reset.
 
-use super::Hits;
 use super::list::{Links, List};
 use super::sketch::{FrequencySketch, MAX_ENTRIES, MIN_ENTRIES};
+use super::{Hits, MAX_HITS};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Segment {
@@ -38,6 +38,11 @@ enum Segment {
 #[derive(Debug, Clone, Copy, Default)]
 struct Meta {
     segment: Segment,
+    /// Hits taken from the shard's count (at a second chance or promotion)
+    /// and not yet folded into the sketch: they are folded when the entry
+    /// leaves, and count in the admission contest meanwhile. Saturates at
+    /// [`MAX_HITS`]; halved with the sketch.
+    resident: u8,
     weight: u32,
     hash: u64,
 }
@@ -212,18 +217,49 @@ impl Adaptive {
         }
     }
 
-    /// Takes `id`'s hits and folds them into the sketch; returns whether it
-    /// had any.
+    /// Takes `id`'s hits into its resident count; returns whether it had
+    /// any. The sketch counts them towards its sample now (so it ages at
+    /// the same pace as if each hit had been recorded) but receives them
+    /// only when the entry leaves: a hot entry cycling through the CLOCK
+    /// costs a few stores per lap, not a sketch update.
     #[inline]
     fn take_hits(&mut self, id: u32, hits: &mut impl Hits) -> bool {
         let n = hits.take(id);
         if n == 0 {
             return false;
         }
-        if self.sketch.add(self.meta(id).hash, n) {
-            hits.halve_all();
+        let meta = self.links.meta_mut(id);
+        meta.resident = meta.resident.saturating_add(n).min(MAX_HITS);
+        if self.sketch.count(u64::from(n)) {
+            self.age(hits);
         }
         true
+    }
+
+    /// `id` leaves: its resident hits and any it has not had taken go into
+    /// the sketch, so the key's popularity is known if it comes back.
+    fn depart(&mut self, id: u32, hits: &mut impl Hits) {
+        let n = hits.take(id);
+        let Meta { resident, hash, .. } = self.meta(id);
+        let total = resident.saturating_add(n).min(MAX_HITS);
+        if total > 0 && self.sketch.fold(hash, total, resident) {
+            self.age(hits);
+        }
+    }
+
+    /// The sketch was halved: halve the counts that are not in it yet.
+    #[cold]
+    fn age(&mut self, hits: &mut impl Hits) {
+        hits.halve_all();
+        self.links.for_each_meta_mut(|m| m.resident >>= 1);
+    }
+
+    /// The popularity of `id` for the admission contest: the sketch's
+    /// estimate plus the hits not folded into it yet, capped where the
+    /// sketch saturates (15 and the doorkeeper's one).
+    fn frequency(&self, id: u32) -> u8 {
+        let Meta { resident, hash, .. } = self.meta(id);
+        (self.sketch.frequency(hash) + resident).min(MAX_HITS + 1)
     }
 
     /// Demotes protected's overflow to probation, giving entries read since
@@ -261,6 +297,7 @@ impl Adaptive {
             id,
             Meta {
                 segment: Segment::Window,
+                resident: 0,
                 weight,
                 hash,
             },
@@ -271,7 +308,7 @@ impl Adaptive {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
         }
         if self.sketch.increment(hash) {
-            hits.halve_all();
+            self.age(hits);
         }
     }
 
@@ -314,14 +351,14 @@ impl Adaptive {
     }
 
     pub(crate) fn on_remove(&mut self, id: u32, hits: &mut impl Hits) {
-        self.take_hits(id, hits);
+        self.depart(id, hits);
         self.unlink(id);
         self.entries -= 1;
     }
 
-    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
-        let c = self.sketch.frequency(candidate);
-        let v = self.sketch.frequency(victim);
+    fn admit(&mut self, candidate: u32, victim: u32) -> bool {
+        let c = self.frequency(candidate);
+        let v = self.frequency(victim);
         if c > v {
             return true;
         }
@@ -342,7 +379,7 @@ impl Adaptive {
     /// tail to stay (there is no "main still has room" shortcut, which would
     /// switch the filter off in shards smaller than their nominal share).
     /// Hits are settled first (second chances, promotions), so both
-    /// contestants' hits are in the sketch when it judges.
+    /// contestants' hits count when the sketch judges.
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
         let mut candidate = None;
         while self.window_weight > self.window_max {
@@ -362,8 +399,12 @@ impl Adaptive {
         if let (Some(candidate), Some(victim)) = (candidate, self.probation.back())
             && candidate != victim
         {
-            let (c, v) = (self.meta(candidate).hash, self.meta(victim).hash);
-            let loser = if self.admit(c, v) { victim } else { candidate };
+            let loser = if self.admit(candidate, victim) {
+                victim
+            } else {
+                candidate
+            };
+            self.depart(loser, hits);
             self.unlink(loser);
             self.entries -= 1;
             return Some(loser);
@@ -373,7 +414,7 @@ impl Adaptive {
             .back()
             .or(self.protected.back())
             .or(self.window.back())?;
-        self.take_hits(victim, hits);
+        self.depart(victim, hits);
         self.unlink(victim);
         self.entries -= 1;
         Some(victim)
@@ -546,6 +587,24 @@ mod tests {
             assert!(id < 1_000_000, "the sketch never reset");
         }
         assert_eq!(hits.0[0], 6);
+        // Taken hits (not yet in the sketch) age too.
+        let mut p = Adaptive::new(64, false, false);
+        p.on_insert(0, 1, 1, &mut hits);
+        hits.0[0] = 12;
+        assert!(p.take_hits(0, &mut hits));
+        let mut id = 1;
+        while p.meta(0).resident == 12 {
+            p.on_insert(
+                id,
+                u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                1,
+                &mut hits,
+            );
+            p.on_remove(id, &mut hits);
+            id += 1;
+            assert!(id < 1_000_000, "the sketch never reset");
+        }
+        assert_eq!(p.meta(0).resident, 6);
     }
 
     #[test]

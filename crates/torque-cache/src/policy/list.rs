@@ -163,6 +163,13 @@ impl<M: Copy + Default> Links<M> {
     pub(crate) fn clear(&mut self) {
         self.nodes.clear();
     }
+
+    /// Applies `f` to the data of every id (listed or not).
+    pub(crate) fn for_each_meta_mut(&mut self, mut f: impl FnMut(&mut M)) {
+        for node in &mut self.nodes {
+            f(&mut node.meta);
+        }
+    }
 }
 
 #[cfg(test)]

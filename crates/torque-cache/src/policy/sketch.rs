@@ -113,18 +113,46 @@ impl FrequencySketch {
         self.add(hash, 1)
     }
 
-    /// Records `n` accesses of `hash` at once (an entry's hits while it was
-    /// cached, folded in when the policy looks at it): the same counts as
-    /// `n` calls of [`Self::increment`], for the price of one. Returns
-    /// whether that triggered the periodic halving.
+    /// Records `n` accesses of `hash` at once: the same counts as `n` calls
+    /// of [`Self::increment`], for the price of one. Returns whether that
+    /// triggered the periodic halving.
+    pub(crate) fn add(&mut self, hash: u64, n: u8) -> bool {
+        let raised = self.raise(hash, n);
+        self.count(raised)
+    }
+
+    /// Like [`Self::add`], for accesses of which `counted` were already
+    /// counted towards the sample by [`Self::count`].
+    pub(crate) fn fold(&mut self, hash: u64, n: u8, counted: u8) -> bool {
+        let raised = self.raise(hash, n);
+        self.count(raised.saturating_sub(u64::from(counted)))
+    }
+
+    /// Counts `n` accesses towards the sample that triggers the halving,
+    /// without recording whose; returns whether it halved.
     #[inline]
-    pub(crate) fn add(&mut self, hash: u64, mut n: u8) -> bool {
+    pub(crate) fn count(&mut self, n: u64) -> bool {
+        if n == 0 {
+            return false;
+        }
+        self.additions += n;
+        if self.additions >= self.sample_size {
+            self.halve();
+            return true;
+        }
+        false
+    }
+
+    /// Adds `n` to the hash's counters (doorkeeper first), saturating;
+    /// returns how many of the `n` single increments would have raised
+    /// something.
+    fn raise(&mut self, hash: u64, mut n: u8) -> u64 {
         let c = self.counters(hash);
         let (word, bits) = Self::door(hash);
         let block = &mut self.table[c.block];
         let door = &mut block.door[word];
         let mut added = 0u64;
-        if *door & bits != bits {
+        if n > 0 && *door & bits != bits {
             *door |= bits;
             n -= 1;
             added += 1;
@@ -132,8 +160,8 @@ impl FrequencySketch {
         if n > 0 {
             let n = u64::from(n.min(15));
             let block = &mut block.counters;
-            // Saturating add of `n` to each row's counter; the sketch counts
-            // an addition per access that raised at least one counter.
+            // An increment raises something while the smallest counter is
+            // below 15: the raise count is the largest rise of the four.
             let mut raised = 0;
             for i in 0..4 {
                 let (w, shift) = c.row(i);
@@ -144,15 +172,7 @@ impl FrequencySketch {
             }
             added += raised;
         }
-        if added == 0 {
-            return false;
-        }
-        self.additions += added;
-        if self.additions >= self.sample_size {
-            self.halve();
-            return true;
-        }
-        false
+        added
     }
 
     /// The estimated number of recent accesses of `hash`.
