@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 
 use crate::RemovalCause;
@@ -181,7 +182,9 @@ pub(crate) struct Shard<K, V> {
     /// entry; time-to-idle records are re-armed lazily when they come due.
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     weight: u64,
-    pub(crate) reads: ReadCounters,
+    /// On a cache line of its own: readers under the shared lock bump these
+    /// while other readers read the table and arena pointers beside them.
+    pub(crate) reads: CachePadded<ReadCounters>,
     pub(crate) counters: Counters,
     /// Whether the policy uses the per-entry hit counts (set once).
     count_hits: bool,
@@ -199,7 +202,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             policy,
             timers: BinaryHeap::new(),
             weight: 0,
-            reads: ReadCounters::default(),
+            reads: CachePadded::default(),
             counters: Counters::default(),
             writes_since_help: 0,
         }
