@@ -7,13 +7,17 @@
 //! cargo run --release -p torque-benches --example cache_hit_ratio_cell -- scan 1000 5
 //! ```
 //!
-//! Arguments: trace (`zipf0.8`, `zipf1.0`, `scan`), capacity, runs.
+//! Arguments: trace (`zipf0.8`, `zipf1.0`, `scan`), capacity, runs, and
+//! optionally `lru` to compare our `Lru` (default shards) with
+//! `lru::LruCache` instead.
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
 
+use std::num::NonZeroUsize;
+
 use cache_traces::{scan_loop_trace, zipf_trace};
-use torque_cache::LocalCache;
+use torque_cache::{LocalCache, Policy};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -24,6 +28,34 @@ fn main() {
     };
     let capacity: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let runs: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(3);
+    if args.get(4).is_some_and(|a| a == "lru") {
+        for run in 1..=runs {
+            let ours: LocalCache<u64, u64> = LocalCache::builder()
+                .max_capacity(capacity as u64)
+                .policy(Policy::Lru)
+                .build()
+                .expect("valid config");
+            let mut peer = lru::LruCache::new(NonZeroUsize::new(capacity).expect("non-zero"));
+            let (mut a, mut p) = (0usize, 0usize);
+            for &k in &trace {
+                if ours.get(&k).is_none() {
+                    a += 1;
+                    ours.insert(k, k);
+                }
+                if peer.get(&k).is_none() {
+                    p += 1;
+                    peer.put(k, k);
+                }
+            }
+            let n = trace.len() as f64;
+            println!(
+                "run {run}: Lru {:.4}  lru::LruCache {:.4}",
+                a as f64 / n,
+                p as f64 / n
+            );
+        }
+        return;
+    }
     for run in 1..=runs {
         let ours: LocalCache<u64, u64> = LocalCache::new(capacity as u64);
         let quick = quick_cache::sync::Cache::<u64, u64>::new(capacity);

@@ -51,10 +51,12 @@ pub enum Policy {
     /// Evicts the entry nearest its expiry; entries without expiry go last,
     /// oldest insert first.
     Ttl,
-    /// W-TinyLFU: a small LRU window in front of a segmented LRU, guarded by
-    /// a frequency sketch that admits a newcomer only if it is more popular
+    /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
+    /// frequency sketch that admits a newcomer only if it is more popular
     /// than the entry it would replace. Scan resistant and frequency aware;
-    /// the best hit ratio on most workloads (docs/benchmarks.md).
+    /// the best hit ratio on most workloads (docs/benchmarks.md). A read hit
+    /// only bumps a counter in the entry, under a shared lock; the segments
+    /// act on the counters when evicting (CLOCK-style second chances).
     #[default]
     Adaptive,
 }
