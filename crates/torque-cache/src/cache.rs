@@ -138,18 +138,19 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let ttl = b.time_to_live.map_or(NEVER, to_nanos);
         let tti = b.time_to_idle.map_or(NEVER, to_nanos);
         let origin = b.clock.now();
-        let shared_reads =
-            PolicyState::new(b.policy, per_shard, weighted).shared_hits(tti != NEVER);
+        let shards: Box<[ShardCell<K, V>]> = (0..shards)
+            .map(|_| {
+                CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
+                    b.policy, per_shard, weighted,
+                ))))
+            })
+            .collect();
+        // Every shard runs the same policy with the same settings.
+        let shared_reads = shards[0].read().shared_hits(tti != NEVER);
         Self {
             inner: Arc::new(Inner {
-                shards: (0..shards)
-                    .map(|_| {
-                        CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
-                            b.policy, per_shard, weighted,
-                        ))))
-                    })
-                    .collect(),
-                shard_mask: shards - 1,
+                shard_mask: shards.len() - 1,
+                shards,
                 capacity,
                 weight: CachePadded::new(AtomicU64::new(0)),
                 hasher: b.hasher,

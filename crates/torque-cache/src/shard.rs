@@ -212,6 +212,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.table.len()
     }
 
+    /// Whether reads may use [`Self::get_shared`] (see
+    /// [`PolicyState::shared_hits`]).
+    pub(crate) fn shared_hits(&self, time_to_idle: bool) -> bool {
+        self.policy.shared_hits(time_to_idle)
+    }
+
     pub(crate) fn weight(&self) -> u64 {
         self.weight
     }
