@@ -9,22 +9,74 @@
 //! ```
 //!
 //! Arguments: policy (`adaptive`, `lru`, `fifo`, `lfu`, `ttl`; default
-//! `adaptive`) and the number of requests after a warm-up pass (default 2^20).
+//! `adaptive`) or a peer (`quick_cache`, `mutex_lru`), and the number of
+//! requests after a warm-up pass (default 2^20).
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
 
+use std::num::NonZeroUsize;
+
 use cache_traces::{Rng, zipf_trace};
+use parking_lot::Mutex;
 use torque_cache::{LocalCache, Policy};
+
+/// The two operations of the workload, for ours and the peers.
+trait Contender {
+    fn get(&self, k: u64) -> Option<u64>;
+    fn insert(&self, k: u64, v: u64);
+}
+
+impl Contender for LocalCache<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        LocalCache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        LocalCache::insert(self, k, v)
+    }
+}
+
+impl Contender for quick_cache::sync::Cache<u64, u64> {
+    fn get(&self, k: u64) -> Option<u64> {
+        quick_cache::sync::Cache::get(self, &k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        quick_cache::sync::Cache::insert(self, k, v)
+    }
+}
+
+impl Contender for Mutex<lru::LruCache<u64, u64>> {
+    fn get(&self, k: u64) -> Option<u64> {
+        self.lock().get(&k).copied()
+    }
+    fn insert(&self, k: u64, v: u64) {
+        self.lock().put(k, v);
+    }
+}
+
+fn ours(policy: Policy) -> Box<dyn Contender> {
+    Box::new(
+        LocalCache::<u64, u64>::builder()
+            .max_capacity(10_000)
+            .policy(policy)
+            .build()
+            .expect("valid config"),
+    )
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let policy = match args.get(1).map(String::as_str) {
-        Some("lru") => Policy::Lru,
-        Some("fifo") => Policy::Fifo,
-        Some("lfu") => Policy::Lfu,
-        Some("ttl") => Policy::Ttl,
-        _ => Policy::Adaptive,
+    let name = args.get(1).map_or("adaptive", String::as_str);
+    let cache: Box<dyn Contender> = match name {
+        "lru" => ours(Policy::Lru),
+        "fifo" => ours(Policy::Fifo),
+        "lfu" => ours(Policy::Lfu),
+        "ttl" => ours(Policy::Ttl),
+        "quick_cache" => Box::new(quick_cache::sync::Cache::<u64, u64>::new(10_000)),
+        "mutex_lru" => Box::new(Mutex::new(lru::LruCache::<u64, u64>::new(
+            NonZeroUsize::new(10_000).expect("non-zero"),
+        ))),
+        _ => ours(Policy::Adaptive),
     };
     let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
     let keys = zipf_trace(100_000, 1.0, 1 << 16, 0xc0ffee);
@@ -33,18 +85,13 @@ fn main() {
         .into_iter()
         .map(|k| (k, rng.next_u64().is_multiple_of(10)))
         .collect();
-    let cache: LocalCache<u64, u64> = LocalCache::builder()
-        .max_capacity(10_000)
-        .policy(policy)
-        .build()
-        .expect("valid config");
     let run = |n: usize| {
         let mut hits = 0u64;
         for i in 0..n {
             let (k, write) = work[i & (work.len() - 1)];
             if write {
                 cache.insert(k, k);
-            } else if cache.get(&k).is_some() {
+            } else if cache.get(k).is_some() {
                 hits += 1;
             } else {
                 cache.insert(k, k);
@@ -56,5 +103,5 @@ fn main() {
     let start = std::time::Instant::now();
     let hits = run(requests);
     let nanos = start.elapsed().as_nanos() as f64 / requests as f64;
-    println!("{policy:?}: {requests} requests, {hits} read hits, {nanos:.1} ns per request");
+    println!("{name}: {requests} requests, {hits} read hits, {nanos:.1} ns per request");
 }

@@ -21,14 +21,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 use crate::DefaultHasher;
 use crate::builder::{Listener, LocalCacheBuilder, Weigher};
 use crate::clock::{Clock, to_nanos};
 use crate::load::Loads;
 use crate::policy::{NEVER, Policy, PolicyState};
-use crate::shard::{Counters, Removed, Shard, Timing};
+use crate::shard::{Counters, Lookup, Removed, Shard, Timing};
 use crate::stats::{CacheStats, Evictions};
 
 /// Why an entry left the cache, as told to the
@@ -63,8 +63,10 @@ pub struct LocalCache<K, V, S = DefaultHasher> {
     pub(crate) inner: Arc<Inner<K, V, S>>,
 }
 
-/// One shard behind its own lock, on its own cache line.
-type ShardCell<K, V> = CachePadded<Mutex<Shard<K, V>>>;
+/// One shard behind its own lock, on its own cache line. A read-write lock:
+/// reads whose policy needs nothing exclusive on a hit (Adaptive, Fifo, Ttl
+/// without time-to-idle) share it.
+type ShardCell<K, V> = CachePadded<RwLock<Shard<K, V>>>;
 
 pub(crate) struct Inner<K, V, S> {
     shards: Box<[ShardCell<K, V>]>,
@@ -81,6 +83,9 @@ pub(crate) struct Inner<K, V, S> {
     tti: u64,
     /// Set once any entry can expire; until then reads skip the clock.
     expiry_in_use: AtomicBool,
+    /// Whether reads take the shard's shared lock
+    /// ([`PolicyState::shared_hits`]).
+    shared_reads: bool,
     pub(crate) loads: Loads<K, V>,
 }
 
@@ -133,16 +138,19 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let ttl = b.time_to_live.map_or(NEVER, to_nanos);
         let tti = b.time_to_idle.map_or(NEVER, to_nanos);
         let origin = b.clock.now();
+        let shards: Box<[ShardCell<K, V>]> = (0..shards)
+            .map(|_| {
+                CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
+                    b.policy, per_shard, weighted,
+                ))))
+            })
+            .collect();
+        // Every shard runs the same policy with the same settings.
+        let shared_reads = shards[0].read().shared_hits(tti != NEVER);
         Self {
             inner: Arc::new(Inner {
-                shards: (0..shards)
-                    .map(|_| {
-                        CachePadded::new(Mutex::new(Shard::new(PolicyState::new(
-                            b.policy, per_shard, weighted,
-                        ))))
-                    })
-                    .collect(),
-                shard_mask: shards - 1,
+                shard_mask: shards.len() - 1,
+                shards,
                 capacity,
                 weight: CachePadded::new(AtomicU64::new(0)),
                 hasher: b.hasher,
@@ -154,6 +162,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 ttl,
                 tti,
                 expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER),
+                shared_reads,
                 loads: Loads::new(),
             }),
         }
@@ -235,24 +244,65 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let timing = self.timing();
-        let mut removed = self.removed();
-        let value = {
-            let mut shard = self.inner.shards[self.shard_index(hash)].lock();
-            let before = shard.weight();
+        let lock = &self.inner.shards[self.shard_index(hash)];
+        // The common cases touch no listener, weight or timer: a hit or a
+        // miss with nothing due to expire in the shard.
+        let found = if self.inner.shared_reads {
+            let shard = lock.read();
             if shard.sweep_due(timing.now) {
-                shard.sweep(timing, &mut removed);
+                Lookup::Expired
+            } else {
+                match shard.get_shared(hash, key, timing) {
+                    Lookup::Hit(v) => Lookup::Hit(v.clone()),
+                    Lookup::Miss => Lookup::Miss,
+                    Lookup::Expired => Lookup::Expired,
+                }
             }
-            let value = shard.get(hash, key, timing, &mut removed).cloned();
-            let after = shard.weight();
-            drop(shard);
-            self.add_weight(before, after);
-            value
+        } else {
+            let mut shard = lock.write();
+            if shard.sweep_due(timing.now) {
+                Lookup::Expired
+            } else {
+                match shard.get_exclusive(hash, key, timing) {
+                    Lookup::Hit(v) => Lookup::Hit(v.clone()),
+                    Lookup::Miss => Lookup::Miss,
+                    Lookup::Expired => Lookup::Expired,
+                }
+            }
         };
+        let value = match found {
+            Lookup::Hit(v) => Some(v),
+            Lookup::Miss => None,
+            Lookup::Expired => self.get_expiring(hash, key, timing),
+        };
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_read(value.is_some());
+        value
+    }
+
+    /// [`get`](Self::get) when something in the shard has expired: frees it
+    /// under the exclusive lock and tells the listener.
+    #[cold]
+    #[inline(never)]
+    fn get_expiring<Q>(&self, hash: u64, key: &Q, timing: Timing) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let mut removed = self.removed();
+        let mut shard = self.inner.shards[self.shard_index(hash)].write();
+        let before = shard.weight();
+        if shard.sweep_due(timing.now) {
+            shard.sweep(timing, &mut removed);
+        }
+        let value = shard.get(hash, key, timing, &mut removed).cloned();
+        let after = shard.weight();
+        drop(shard);
+        self.add_weight(before, after);
         if !removed.is_empty() {
             self.notify(removed);
         }
-        #[cfg(feature = "metrics")]
-        crate::metrics::record_read(value.is_some());
         value
     }
 
@@ -266,7 +316,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let hash = self.hash(key);
         let timing = self.timing();
         self.inner.shards[self.shard_index(hash)]
-            .lock()
+            .read()
             .peek(hash, key, timing)
             .cloned()
     }
@@ -281,7 +331,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let hash = self.hash(key);
         let timing = self.timing();
         self.inner.shards[self.shard_index(hash)]
-            .lock()
+            .read()
             .contains(hash, key, timing)
     }
 
@@ -327,7 +377,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             } else {
                 RemovalCause::Capacity
             };
-            let mut shard = self.inner.shards[index].lock();
+            let mut shard = self.inner.shards[index].write();
             let before = shard.weight();
             if shard.sweep_due(timing.now) {
                 shard.sweep(timing, &mut removed);
@@ -341,7 +391,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
         let mut help = None;
         {
-            let mut shard = self.inner.shards[index].lock();
+            let mut shard = self.inner.shards[index].write();
             let before = shard.weight();
             if shard.sweep_due(timing.now) {
                 shard.sweep(timing, &mut removed);
@@ -369,7 +419,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
         if let Some(neighbour) = help
             && neighbour != index
-            && let Some(mut shard) = self.inner.shards[neighbour].try_lock()
+            && let Some(mut shard) = self.inner.shards[neighbour].try_write()
         {
             let before = shard.weight();
             shard.sweep(timing, &mut removed);
@@ -391,7 +441,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 return;
             }
             let index = (start + step) & self.inner.shard_mask;
-            let mut shard = self.inner.shards[index].lock();
+            let mut shard = self.inner.shards[index].write();
             while self.over_capacity() {
                 match shard.evict_one(removed) {
                     Some(freed) => {
@@ -414,7 +464,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let timing = self.timing();
-        let mut shard = self.inner.shards[self.shard_index(hash)].lock();
+        let mut shard = self.inner.shards[self.shard_index(hash)].write();
         let before = shard.weight();
         let taken = shard.remove(hash, key, timing);
         let after = shard.weight();
@@ -433,7 +483,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn invalidate_all(&self) {
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();
-            let mut shard = shard.lock();
+            let mut shard = shard.write();
             let before = shard.weight();
             shard.clear(&mut removed);
             drop(shard);
@@ -452,7 +502,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();
-            let mut shard = shard.lock();
+            let mut shard = shard.write();
             let before = shard.weight();
             shard.retain(&mut keep, &mut removed);
             let after = shard.weight();
@@ -470,7 +520,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let timing = self.timing();
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();
-            let mut shard = shard.lock();
+            let mut shard = shard.write();
             let before = shard.weight();
             shard.sweep(timing, &mut removed);
             let after = shard.weight();
@@ -483,7 +533,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// The number of entries, after freeing the expired ones.
     pub fn len(&self) -> usize {
         self.run_pending_tasks();
-        self.inner.shards.iter().map(|s| s.lock().len()).sum()
+        self.inner.shards.iter().map(|s| s.read().len()).sum()
     }
 
     /// Whether [`len`](Self::len) is zero.
@@ -510,10 +560,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// A snapshot of the counters; see [`CacheStats`].
     pub fn stats(&self) -> CacheStats {
         let mut c = Counters::default();
+        let (mut hits, mut misses) = (0, 0);
         for shard in self.inner.shards.iter() {
-            let s = shard.lock().counters;
-            c.hits += s.hits;
-            c.misses += s.misses;
+            let shard = shard.read();
+            hits += shard.reads.hits.load(Ordering::Relaxed);
+            misses += shard.reads.misses.load(Ordering::Relaxed);
+            let s = shard.counters;
             c.inserts += s.inserts;
             c.expired += s.expired;
             c.capacity += s.capacity;
@@ -522,8 +574,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
         let (loads, load_failures, load_nanos) = self.inner.loads.counters();
         CacheStats {
-            hits: c.hits,
-            misses: c.misses,
+            hits,
+            misses,
             inserts: c.inserts,
             evictions: Evictions {
                 expired: c.expired,

@@ -16,6 +16,20 @@ mod ttl;
 /// Deadline of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
 
+/// Where a per-entry hit count saturates: the sketch's counters saturate at
+/// 15 too, so more would tell the policy nothing.
+pub(crate) const MAX_HITS: u8 = 15;
+
+/// The per-entry hit counts the shard keeps beside each entry (bumped by
+/// reads, possibly under the shared lock), lent to a policy that uses them
+/// ([`PolicyState::counts_hits`]) while the shard is exclusively locked.
+pub(crate) trait Hits {
+    /// The hits of `id` since they were last taken; resets them to zero.
+    fn take(&mut self, id: u32) -> u8;
+    /// Halves every entry's hits: ages them together with the sketch.
+    fn halve_all(&mut self);
+}
+
 /// The eviction policy of a [`LocalCache`](crate::LocalCache), chosen at build
 /// time.
 ///
@@ -37,10 +51,12 @@ pub enum Policy {
     /// Evicts the entry nearest its expiry; entries without expiry go last,
     /// oldest insert first.
     Ttl,
-    /// W-TinyLFU: a small LRU window in front of a segmented LRU, guarded by
-    /// a frequency sketch that admits a newcomer only if it is more popular
+    /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
+    /// frequency sketch that admits a newcomer only if it is more popular
     /// than the entry it would replace. Scan resistant and frequency aware;
-    /// the best hit ratio on most workloads (docs/benchmarks.md).
+    /// the best hit ratio on most workloads (docs/benchmarks.md). A read hit
+    /// only bumps a counter in the entry, under a shared lock; the segments
+    /// act on the counters when evicting (CLOCK-style second chances).
     #[default]
     Adaptive,
 }
@@ -73,18 +89,44 @@ impl PolicyState {
         }
     }
 
+    /// Whether the shard should keep per-entry hit counts for this policy.
+    pub(crate) fn counts_hits(&self) -> bool {
+        matches!(self, Self::Adaptive(_))
+    }
+
+    /// Whether a read hit may be served under the shared lock: the policy
+    /// needs nothing on a hit but the entry's hit count (Adaptive, without
+    /// the hill climber), or nothing at all (Fifo; Ttl without a
+    /// time-to-idle, where a read never moves a deadline).
+    pub(crate) fn shared_hits(&self, time_to_idle: bool) -> bool {
+        match self {
+            Self::Lru(_) | Self::Lfu(_) => false,
+            Self::Fifo(_) => true,
+            Self::Ttl(_) => !time_to_idle,
+            Self::Adaptive(p) => !p.climbs(),
+        }
+    }
+
     /// A new entry `id` was stored.
-    pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32, deadline: u64) {
+    pub(crate) fn on_insert(
+        &mut self,
+        id: u32,
+        hash: u64,
+        weight: u32,
+        deadline: u64,
+        hits: &mut impl Hits,
+    ) {
         match self {
             Self::Lru(p) => p.on_insert(id),
             Self::Lfu(p) => p.on_insert(id),
             Self::Fifo(p) => p.on_insert(id),
             Self::Ttl(p) => p.on_insert(id, deadline),
-            Self::Adaptive(p) => p.on_insert(id, hash, weight),
+            Self::Adaptive(p) => p.on_insert(id, hash, weight, hits),
         }
     }
 
-    /// A read found entry `id`, whose deadline is now `deadline`.
+    /// A read under the exclusive lock found entry `id`, whose deadline is
+    /// now `deadline` (the shard has already bumped its hit count).
     #[inline]
     pub(crate) fn on_access(&mut self, id: u32, deadline: u64) {
         match self {
@@ -92,7 +134,7 @@ impl PolicyState {
             Self::Lfu(p) => p.on_access(id),
             Self::Fifo(_) => {}
             Self::Ttl(p) => p.on_deadline(id, deadline),
-            Self::Adaptive(p) => p.on_access(id),
+            Self::Adaptive(p) => p.on_access(),
         }
     }
 
@@ -116,24 +158,24 @@ impl PolicyState {
     }
 
     /// Entry `id` left the shard other than through [`Self::evict`].
-    pub(crate) fn on_remove(&mut self, id: u32) {
+    pub(crate) fn on_remove(&mut self, id: u32, hits: &mut impl Hits) {
         match self {
             Self::Lru(p) => p.on_remove(id),
             Self::Lfu(p) => p.on_remove(id),
             Self::Fifo(p) => p.on_remove(id),
             Self::Ttl(p) => p.on_remove(id),
-            Self::Adaptive(p) => p.on_remove(id),
+            Self::Adaptive(p) => p.on_remove(id, hits),
         }
     }
 
     /// Chooses and detaches the next victim.
-    pub(crate) fn evict(&mut self) -> Option<u32> {
+    pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
         match self {
             Self::Lru(p) => p.evict(),
             Self::Lfu(p) => p.evict(),
             Self::Fifo(p) => p.evict(),
             Self::Ttl(p) => p.evict(),
-            Self::Adaptive(p) => p.evict(),
+            Self::Adaptive(p) => p.evict(hits),
         }
     }
 

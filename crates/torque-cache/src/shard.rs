@@ -1,17 +1,22 @@
 //! One shard: a hash table of slot ids, the slot arena holding the entries,
 //! the policy's view of those ids, and a deadline heap for proactive expiry.
-//! Everything here runs under the shard's mutex; the cache layer owns the
-//! global weight counter and calls the listener after unlocking.
+//! Everything here runs under the shard's lock: reads that the policy lets
+//! run under the shared lock ([`Shard::get_shared`]) touch only atomics (the
+//! read counters, an entry's hit count and last-access time); everything else
+//! takes the exclusive lock. The cache layer owns the global weight counter
+//! and calls the listener after unlocking.
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
+use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 
 use crate::RemovalCause;
-use crate::policy::{NEVER, PolicyState};
+use crate::policy::{Hits, MAX_HITS, NEVER, PolicyState};
 
 /// A cached value and what the shard needs to know about it.
 #[derive(Debug)]
@@ -22,13 +27,25 @@ struct Entry<K, V> {
     /// Hard deadline from a time-to-live (cache-wide or per entry), in ticks.
     expires: u64,
     /// Last read or write, in ticks; only kept current with a time-to-idle.
-    accessed: u64,
+    /// Atomic so that a read under the shared lock can refresh it.
+    accessed: AtomicU64,
 }
 
 impl<K, V> Entry<K, V> {
     #[inline]
     fn deadline(&self, tti: u64) -> u64 {
-        self.expires.min(self.accessed.saturating_add(tti))
+        self.expires
+            .min(self.accessed.load(Ordering::Relaxed).saturating_add(tti))
+    }
+
+    /// Records a read at `now` (time-to-idle only). Two racing readers may
+    /// store their times out of order; the deadline is then off by the gap
+    /// between their clock reads, never earlier than a read that returned.
+    #[inline]
+    fn touch(&self, now: u64) {
+        if self.accessed.load(Ordering::Relaxed) < now {
+            self.accessed.store(now, Ordering::Relaxed);
+        }
     }
 }
 
@@ -37,8 +54,51 @@ struct Cell<K, V> {
     /// Bumped whenever a timer is armed for this cell or its entry leaves, so
     /// that a stale heap record is recognised and dropped.
     generation: u32,
+    /// Reads and rewrites since the policy last took them, saturating at
+    /// [`MAX_HITS`]; bumped under the shared lock (lossy when two readers
+    /// race, as in quick_cache and S3-FIFO: it is a hint, not a count that
+    /// anything must add up to). Only policies that ask for it use it.
+    hits: AtomicU8,
     hash: u64,
     entry: Option<Entry<K, V>>,
+}
+
+impl<K, V> Cell<K, V> {
+    #[inline]
+    fn bump(&self) {
+        let h = self.hits.load(Ordering::Relaxed);
+        if h < MAX_HITS {
+            self.hits.store(h + 1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The per-entry hit counts of a shard, lent to its policy under the
+/// exclusive lock (so plain loads and stores, no atomic read-modify-write).
+#[derive(Debug)]
+pub(crate) struct CellHits<'a, K, V>(&'a mut [Cell<K, V>]);
+
+impl<K, V> Hits for CellHits<'_, K, V> {
+    #[inline]
+    fn take(&mut self, id: u32) -> u8 {
+        std::mem::take(self.0[id as usize].hits.get_mut())
+    }
+
+    fn halve_all(&mut self) {
+        for cell in self.0.iter_mut() {
+            *cell.hits.get_mut() >>= 1;
+        }
+    }
+}
+
+/// What a read found.
+#[derive(Debug)]
+pub(crate) enum Lookup<T> {
+    Hit(T),
+    Miss,
+    /// Present but expired: the caller frees it under the exclusive lock
+    /// (and counts the miss there).
+    Expired,
 }
 
 /// Entries that left a shard, kept for the listener to see after the lock is
@@ -73,11 +133,16 @@ impl<K, V> Removed<K, V> {
     }
 }
 
+/// Read counters: atomic, because reads under the shared lock count too.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+}
+
 /// Plain counters, summed across shards by `stats()`.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
-    pub(crate) hits: u64,
-    pub(crate) misses: u64,
     pub(crate) inserts: u64,
     pub(crate) expired: u64,
     pub(crate) capacity: u64,
@@ -117,7 +182,12 @@ pub(crate) struct Shard<K, V> {
     /// entry; time-to-idle records are re-armed lazily when they come due.
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     weight: u64,
+    /// On a cache line of its own: readers under the shared lock bump these
+    /// while other readers read the table and arena pointers beside them.
+    pub(crate) reads: CachePadded<ReadCounters>,
     pub(crate) counters: Counters,
+    /// Whether the policy uses the per-entry hit counts (set once).
+    count_hits: bool,
     /// Writes since the last time this shard helped sweep a neighbour.
     pub(crate) writes_since_help: u32,
 }
@@ -128,9 +198,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             table: HashTable::new(),
             cells: Vec::new(),
             free: Vec::new(),
+            count_hits: policy.counts_hits(),
             policy,
             timers: BinaryHeap::new(),
             weight: 0,
+            reads: CachePadded::default(),
             counters: Counters::default(),
             writes_since_help: 0,
         }
@@ -138,6 +210,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     pub(crate) fn len(&self) -> usize {
         self.table.len()
+    }
+
+    /// Whether reads may use [`Self::get_shared`] (see
+    /// [`PolicyState::shared_hits`]).
+    pub(crate) fn shared_hits(&self, time_to_idle: bool) -> bool {
+        self.policy.shared_hits(time_to_idle)
     }
 
     pub(crate) fn weight(&self) -> u64 {
@@ -161,9 +239,92 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             .copied()
     }
 
+    #[inline]
+    fn find_cell<Q>(&self, hash: u64, key: &Q) -> Option<&Cell<K, V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let cells = &self.cells;
+        self.table
+            .find(hash, |&id| {
+                cells[id as usize]
+                    .entry
+                    .as_ref()
+                    .is_some_and(|e| e.key.borrow() == key)
+            })
+            .map(|&id| &cells[id as usize])
+    }
+
+    /// Looks `key` up for a read under the shared lock, for policies whose
+    /// hits need no exclusive access ([`PolicyState::shared_hits`]): counts
+    /// a hit or a miss and bumps the entry's hit count. An expired entry is
+    /// not returned: the caller frees it under the exclusive lock.
+    #[inline]
+    pub(crate) fn get_shared<Q>(&self, hash: u64, key: &Q, timing: Timing) -> Lookup<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(cell) = self.find_cell(hash, key) else {
+            self.reads.misses.fetch_add(1, Ordering::Relaxed);
+            return Lookup::Miss;
+        };
+        let Some(entry) = cell.entry.as_ref() else {
+            return Lookup::Expired;
+        };
+        if entry.deadline(timing.tti) <= timing.now {
+            return Lookup::Expired;
+        }
+        if timing.tti != NEVER {
+            entry.touch(timing.now);
+        }
+        if self.count_hits {
+            cell.bump();
+        }
+        self.reads.hits.fetch_add(1, Ordering::Relaxed);
+        Lookup::Hit(&entry.value)
+    }
+
+    /// Looks `key` up for a read under the exclusive lock: counts a hit or a
+    /// miss and tells the policy. An expired entry is left for
+    /// [`Self::get`] to free.
+    #[inline]
+    pub(crate) fn get_exclusive<Q>(&mut self, hash: u64, key: &Q, timing: Timing) -> Lookup<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            *self.reads.misses.get_mut() += 1;
+            self.policy.on_miss(hash);
+            return Lookup::Miss;
+        };
+        let cell = &mut self.cells[id as usize];
+        let Some(entry) = cell.entry.as_mut() else {
+            return Lookup::Expired;
+        };
+        let mut deadline = entry.deadline(timing.tti);
+        if deadline <= timing.now {
+            return Lookup::Expired;
+        }
+        if timing.tti != NEVER {
+            *entry.accessed.get_mut() = timing.now;
+            deadline = entry.deadline(timing.tti);
+        }
+        if self.count_hits {
+            cell.bump();
+        }
+        *self.reads.hits.get_mut() += 1;
+        self.policy.on_access(id, deadline);
+        match self.cells[id as usize].entry.as_ref() {
+            Some(e) => Lookup::Hit(&e.value),
+            None => Lookup::Expired,
+        }
+    }
+
     /// Looks `key` up for a read: counts a hit or a miss, tells the policy,
     /// and frees the entry if it has expired.
-    #[inline]
     pub(crate) fn get<Q>(
         &mut self,
         hash: u64,
@@ -175,27 +336,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(id) = self.find(hash, key) else {
-            self.counters.misses += 1;
-            self.policy.on_miss(hash);
-            return None;
-        };
-        let entry = self.cells[id as usize].entry.as_mut()?;
-        let deadline = entry.deadline(timing.tti);
-        if deadline <= timing.now {
+        if let Some(id) = self.find(hash, key)
+            && self.cells[id as usize]
+                .entry
+                .as_ref()
+                .is_some_and(|e| e.deadline(timing.tti) <= timing.now)
+        {
             self.remove_id(id, RemovalCause::Expired, removed);
-            self.counters.misses += 1;
-            self.policy.on_miss(hash);
-            return None;
         }
-        let mut deadline = deadline;
-        if timing.tti != NEVER {
-            entry.accessed = timing.now;
-            deadline = entry.deadline(timing.tti);
+        match self.get_exclusive(hash, key, timing) {
+            Lookup::Hit(v) => Some(v),
+            Lookup::Miss | Lookup::Expired => None,
         }
-        self.counters.hits += 1;
-        self.policy.on_access(id, deadline);
-        self.cells[id as usize].entry.as_ref().map(|e| &e.value)
     }
 
     /// Whether `key` is present and unexpired; no statistics, no policy
@@ -254,8 +406,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let old_weight = entry.weight;
                 entry.weight = weight;
                 entry.expires = expires;
-                entry.accessed = timing.now;
+                *entry.accessed.get_mut() = timing.now;
                 let deadline = entry.deadline(timing.tti);
+                if self.count_hits {
+                    self.cells[id as usize].bump();
+                }
                 self.policy.on_update(id, weight, deadline);
                 self.arm_timer(id, deadline);
                 self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
@@ -270,13 +425,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             value,
             weight,
             expires,
-            accessed: timing.now,
+            accessed: AtomicU64::new(timing.now),
         };
         let deadline = entry.deadline(timing.tti);
         let id = match self.free.pop() {
             Some(id) => {
                 let cell = &mut self.cells[id as usize];
                 cell.hash = hash;
+                *cell.hits.get_mut() = 0;
                 cell.entry = Some(entry);
                 id
             }
@@ -286,6 +442,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let id = u32::try_from(self.cells.len()).unwrap_or(u32::MAX - 1);
                 self.cells.push(Cell {
                     generation: 0,
+                    hits: AtomicU8::new(0),
                     hash,
                     entry: Some(entry),
                 });
@@ -293,7 +450,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
         };
         vacant.insert(id);
-        self.policy.on_insert(id, hash, weight, deadline);
+        self.policy
+            .on_insert(id, hash, weight, deadline, &mut CellHits(&mut self.cells));
         self.arm_timer(id, deadline);
         self.weight += u64::from(weight);
         i64::from(weight)
@@ -326,7 +484,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     fn remove_id(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
-        self.policy.on_remove(id);
+        self.policy.on_remove(id, &mut CellHits(&mut self.cells));
         self.detach(id, cause, removed)
     }
 
@@ -352,7 +510,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         } else {
             RemovalCause::Removed
         };
-        self.policy.on_remove(id);
+        self.policy.on_remove(id, &mut CellHits(&mut self.cells));
         self.take(id, cause).map(|(k, v, _)| (k, v, cause))
     }
 
@@ -391,7 +549,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// Evicts the policy's victim; returns the freed weight, or `None` when
     /// the shard is empty.
     pub(crate) fn evict_one(&mut self, removed: &mut Removed<K, V>) -> Option<u64> {
-        let id = self.policy.evict()?;
+        let id = self.policy.evict(&mut CellHits(&mut self.cells))?;
         Some(self.detach(id, RemovalCause::Capacity, removed))
     }
 

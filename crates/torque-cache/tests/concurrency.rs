@@ -184,3 +184,80 @@ fn mixed_operations_with_a_reentrant_listener_do_not_deadlock() {
     let stored = s.inserts - s.evictions.total();
     assert_eq!(stored, cache.len() as u64);
 }
+
+/// Reads under the shared lock racing with writes, evictions and expiry:
+/// every entry that leaves is reported exactly once, and the statistics
+/// count every read.
+#[test]
+fn shared_reads_with_writes_and_expiry_report_each_departure_once() {
+    use std::time::Duration;
+    use torque_cache::MockClock;
+
+    for policy in [Policy::Adaptive, Policy::Fifo, Policy::Ttl] {
+        let log = Log::default();
+        let sink = Arc::clone(&log);
+        let clock = MockClock::new();
+        let cache: LocalCache<u64, u64> = LocalCache::builder()
+            .max_capacity(300)
+            .policy(policy)
+            .shards(4)
+            .time_to_live(Duration::from_secs(20))
+            .clock(clock.clone())
+            .eviction_listener(move |k: &u64, v: &u64, c| {
+                sink.lock().unwrap().push((k << 32 | v, c));
+            })
+            .build()
+            .unwrap();
+        let reads: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (cache, clock) = (&cache, &clock);
+                    s.spawn(move || {
+                        let mut reads = 0;
+                        for i in 0..30_000u64 {
+                            let key = (i * 31 + t * 2) % 1_000;
+                            if i % 4 == t {
+                                // Unique values, so a departure names its write.
+                                cache.insert(key, i * 2 + t);
+                            } else {
+                                if let Some(v) = cache.get(&key) {
+                                    let (i, t) = (v / 2, v % 2);
+                                    assert_eq!(
+                                        (i * 31 + t * 2) % 1_000,
+                                        key,
+                                        "another key's value"
+                                    );
+                                }
+                                reads += 1;
+                            }
+                            if t == 0 && i % 1_500 == 0 {
+                                clock.advance(Duration::from_secs(30));
+                            }
+                        }
+                        reads
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let log = log.lock().unwrap();
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        for (kv, _) in log.iter() {
+            *seen.entry(*kv).or_default() += 1;
+        }
+        assert!(
+            seen.values().all(|&n| n == 1),
+            "{policy:?}: a write was reported twice"
+        );
+        let stats = cache.stats();
+        assert_eq!(stats.hits + stats.misses, reads, "{policy:?}");
+        assert_eq!(stats.evictions.total(), log.len() as u64, "{policy:?}");
+        assert_eq!(
+            stats.inserts - stats.evictions.total(),
+            cache.len() as u64,
+            "{policy:?}: writes unaccounted for"
+        );
+        assert!(stats.evictions.expired > 0, "{policy:?}: nothing expired");
+        assert!(stats.evictions.capacity > 0, "{policy:?}: nothing evicted");
+    }
+}

@@ -166,3 +166,57 @@ fn ttl_policy_evicts_the_entry_nearest_expiry() {
     assert!(!cache.contains_key(&1));
     assert!(cache.contains_key(&3) && cache.contains_key(&5) && cache.contains_key(&6));
 }
+
+/// Reads of Adaptive, Fifo and Ttl (without time-to-idle) run under the
+/// shard's shared lock, where an expired entry cannot be freed: it must still
+/// never be returned, while other threads read and the clock moves.
+#[test]
+fn regression_expired_entries_never_returned_by_shared_reads() {
+    use std::sync::atomic::AtomicBool;
+
+    for policy in [Policy::Adaptive, Policy::Fifo, Policy::Ttl] {
+        for idle in [false, true] {
+            let clock = MockClock::new();
+            let mut builder = LocalCache::builder()
+                .max_capacity(1_000)
+                .policy(policy)
+                .shards(4)
+                .clock(clock.clone());
+            builder = if idle {
+                builder.time_to_idle(secs(10))
+            } else {
+                builder.time_to_live(secs(10))
+            };
+            let cache: LocalCache<u64, u64> = builder.build().unwrap();
+            for k in 0..256 {
+                cache.insert(k, k);
+            }
+            let expired = AtomicBool::new(false);
+            std::thread::scope(|s| {
+                for t in 0..2u64 {
+                    let (cache, expired) = (&cache, &expired);
+                    s.spawn(move || {
+                        for i in 0..20_000u64 {
+                            // Read the flag first: once it is set, the clock
+                            // is past every deadline, so any value is stale.
+                            let after = expired.load(Ordering::Acquire);
+                            let key = (i * 7 + t) % 256;
+                            let v = cache.get(&key);
+                            assert!(
+                                !(after && v.is_some()),
+                                "{policy:?} (idle {idle}): expired key {key} returned"
+                            );
+                        }
+                    });
+                }
+                // Time-to-idle: reads keep entries alive until the clock
+                // jumps past every possible deadline.
+                clock.advance(secs(5));
+                clock.advance(secs(100));
+                expired.store(true, Ordering::Release);
+            });
+            assert_eq!(cache.len(), 0, "{policy:?}: expired entries not freed");
+            assert_eq!(cache.stats().evictions.expired, 256, "{policy:?}");
+        }
+    }
+}

@@ -52,6 +52,7 @@ impl List {
     }
 
     /// The id at the most recent end.
+    #[cfg(test)]
     pub(crate) fn front(&self) -> Option<u32> {
         (self.head != NIL).then_some(self.head)
     }
@@ -138,12 +139,28 @@ impl<M: Copy + Default> Links<M> {
         list.len -= 1;
     }
 
+    /// Moves `id` (on `list`) to the front. The hot operation of LRU hits
+    /// and CLOCK second chances, so written out: `id` is not the head, so it
+    /// has a predecessor, and only its neighbours' links and the old head's
+    /// change (no clearing of its own links, no arena growth check).
     #[inline]
     pub(crate) fn move_to_front(&mut self, list: &mut List, id: u32) {
-        if list.head != id {
-            self.unlink(list, id);
-            self.push_front(list, id);
+        let old_head = list.head;
+        if old_head == id {
+            return;
         }
+        let Node { prev, next, .. } = self.nodes[id as usize];
+        self.nodes[prev as usize].next = next;
+        if next != NIL {
+            self.nodes[next as usize].prev = prev;
+        } else {
+            list.tail = prev;
+        }
+        self.nodes[old_head as usize].prev = id;
+        let node = &mut self.nodes[id as usize];
+        node.prev = NIL;
+        node.next = old_head;
+        list.head = id;
     }
 
     pub(crate) fn pop_back(&mut self, list: &mut List) -> Option<u32> {
@@ -161,6 +178,13 @@ impl<M: Copy + Default> Links<M> {
 
     pub(crate) fn clear(&mut self) {
         self.nodes.clear();
+    }
+
+    /// Applies `f` to the data of every id (listed or not).
+    pub(crate) fn for_each_meta_mut(&mut self, mut f: impl FnMut(&mut M)) {
+        for node in &mut self.nodes {
+            f(&mut node.meta);
+        }
     }
 }
 
@@ -188,6 +212,18 @@ mod tests {
         assert_eq!(collect(&links, &list), vec![3, 1, 4, 7]);
         links.move_to_front(&mut list, 3);
         assert_eq!(collect(&links, &list), vec![1, 4, 7, 3]);
+        links.move_to_front(&mut list, 4);
+        assert_eq!(collect(&links, &list), vec![1, 7, 3, 4]);
+        links.move_to_front(&mut list, 4);
+        assert_eq!(collect(&links, &list), vec![1, 7, 3, 4]);
+        links.move_to_front(&mut list, 7);
+        links.move_to_front(&mut list, 3);
+        links.move_to_front(&mut list, 4);
+        assert_eq!(collect(&links, &list), vec![1, 7, 3, 4]);
+        assert_eq!(list.front(), Some(4));
+        links.unlink(&mut list, 4);
+        links.push_front(&mut list, 4);
+        links.move_to_front(&mut list, 3);
         links.unlink(&mut list, 4);
         assert_eq!(collect(&links, &list), vec![1, 7, 3]);
         assert_eq!(list.front(), Some(3));

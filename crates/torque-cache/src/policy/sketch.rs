@@ -106,34 +106,73 @@ impl FrequencySketch {
         ((h & 7) as usize, bits)
     }
 
-    /// Records one access of `hash`. Inlined into its three callers: it is
-    /// the largest part of a read hit.
+    /// Records one access of `hash`; returns whether that triggered the
+    /// periodic halving (so the caller ages its own counts too).
     #[inline(always)]
-    pub(crate) fn increment(&mut self, hash: u64) {
+    pub(crate) fn increment(&mut self, hash: u64) -> bool {
+        self.add(hash, 1)
+    }
+
+    /// Records `n` accesses of `hash` at once: the same counts as `n` calls
+    /// of [`Self::increment`], for the price of one. Returns whether that
+    /// triggered the periodic halving.
+    pub(crate) fn add(&mut self, hash: u64, n: u8) -> bool {
+        let raised = self.raise(hash, n);
+        self.count(raised)
+    }
+
+    /// Like [`Self::add`], for accesses of which `counted` were already
+    /// counted towards the sample by [`Self::count`].
+    pub(crate) fn fold(&mut self, hash: u64, n: u8, counted: u8) -> bool {
+        let raised = self.raise(hash, n);
+        self.count(raised.saturating_sub(u64::from(counted)))
+    }
+
+    /// Counts `n` accesses towards the sample that triggers the halving,
+    /// without recording whose; returns whether it halved.
+    #[inline]
+    pub(crate) fn count(&mut self, n: u64) -> bool {
+        if n == 0 {
+            return false;
+        }
+        self.additions += n;
+        if self.additions >= self.sample_size {
+            self.halve();
+            return true;
+        }
+        false
+    }
+
+    /// Adds `n` to the hash's counters (doorkeeper first), saturating;
+    /// returns how many of the `n` single increments would have raised
+    /// something.
+    fn raise(&mut self, hash: u64, mut n: u8) -> u64 {
         let c = self.counters(hash);
         let (word, bits) = Self::door(hash);
         let block = &mut self.table[c.block];
         let door = &mut block.door[word];
-        if *door & bits != bits {
+        let mut added = 0u64;
+        if n > 0 && *door & bits != bits {
             *door |= bits;
-        } else {
+            n -= 1;
+            added += 1;
+        }
+        if n > 0 {
+            let n = u64::from(n.min(15));
             let block = &mut block.counters;
-            // Branch-free saturating add of one to each row's counter.
-            let mut added = 0;
+            // An increment raises something while the smallest counter is
+            // below 15: the raise count is the largest rise of the four.
+            let mut raised = 0;
             for i in 0..4 {
                 let (w, shift) = c.row(i);
-                let inc = u64::from((block[w] >> shift) & 0xf != 0xf) << shift;
-                block[w] += inc;
-                added |= inc;
+                let old = (block[w] >> shift) & 0xf;
+                let new = (old + n).min(15);
+                block[w] += (new - old) << shift;
+                raised = raised.max(new - old);
             }
-            if added == 0 {
-                return;
-            }
+            added += raised;
         }
-        self.additions += 1;
-        if self.additions >= self.sample_size {
-            self.halve();
-        }
+        added
     }
 
     /// The estimated number of recent accesses of `hash`.
@@ -177,11 +216,27 @@ mod tests {
             s.increment(42);
         }
         assert_eq!(s.frequency(42), 6);
+        s.add(42, 4);
+        assert_eq!(s.frequency(42), 10, "a batch of four counts as four");
         for _ in 0..100 {
             s.increment(42);
         }
         assert_eq!(s.frequency(42), 16);
         assert_eq!(s.frequency(43), 0);
+    }
+
+    #[test]
+    fn a_batch_equals_single_increments() {
+        let (mut one, mut batch) = (FrequencySketch::new(64), FrequencySketch::new(64));
+        for n in [1u8, 3, 7, 15] {
+            let hash = u64::from(n) * 0x9e37_79b9;
+            for _ in 0..n {
+                one.increment(hash);
+            }
+            batch.add(hash, n);
+            assert_eq!(one.frequency(hash), batch.frequency(hash), "n = {n}");
+        }
+        assert_eq!(one.additions, batch.additions);
     }
 
     #[test]
