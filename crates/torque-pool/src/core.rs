@@ -76,17 +76,6 @@ impl CloseReason {
     pub(crate) fn index(self) -> usize {
         self as usize
     }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Broken => "broken",
-            CloseReason::Lifetime => "lifetime",
-            CloseReason::Idle => "idle",
-            CloseReason::CheckFailed => "check_failed",
-            CloseReason::Cancelled => "cancelled",
-            CloseReason::PoolClosed => "pool_closed",
-        }
-    }
 }
 
 /// Event counts kept by the state machine.
@@ -170,6 +159,7 @@ impl<C, W> Core<C, W> {
     pub(crate) fn retry_at(&self) -> Option<Instant> {
         self.retry_at
     }
+    #[cfg(test)]
     pub(crate) fn consecutive_failures(&self) -> u32 {
         self.failures
     }
