@@ -11,7 +11,7 @@
 //! one connect at a time, with callers failing fast with the server's real
 //! error. Every wait has a timeout, on by default. [`Pool::status`] is a
 //! snapshot of sizes and counters. The `postgres` feature adds `PgManager` on
-//! tokio-postgres. A guide is in `docs/pool.md`.
+//! tokio-postgres, with a per-connection statement cache. A guide is in `docs/pool.md`.
 //!
 //! # Example
 //! A pool of in-memory "connections"; a real manager opens sockets instead.
@@ -76,6 +76,8 @@ mod core;
 mod error;
 mod manager;
 mod pool;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod status;
 mod telemetry;
 
@@ -83,4 +85,6 @@ pub use config::{PoolBuilder, PoolConfig};
 pub use error::{BuildError, PoolError, TimeoutKind};
 pub use manager::Manager;
 pub use pool::{Pool, Pooled};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgConnection, PgManager, PgPool};
 pub use status::{Closed, Status, Timeouts};
