@@ -80,7 +80,7 @@ impl<E> PoolError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for PoolError<E> {
+impl<E: StdError + 'static> fmt::Display for PoolError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolError::Timeout {
@@ -89,15 +89,32 @@ impl<E: fmt::Display> fmt::Display for PoolError<E> {
                 last_error,
             } => {
                 write!(f, "{kind} timeout: no connection after {waited:?}")?;
-                if last_error.is_some() {
-                    f.write_str(" (the backend is failing; see the source error)")?;
+                if let Some(e) = last_error {
+                    f.write_str("; last backend error: ")?;
+                    write_chain(f, &**e)?;
                 }
                 Ok(())
             }
-            PoolError::Backend(e) => write!(f, "cannot connect: {e}"),
+            PoolError::Backend(e) => {
+                f.write_str("cannot connect: ")?;
+                write_chain(f, &**e)
+            }
             PoolError::Closed => f.write_str("the pool is closed"),
         }
     }
+}
+
+/// The error and its sources on one line: backends such as tokio-postgres say
+/// only "db error" at the top and keep the server's message (wrong password,
+/// no such database) below, and a pool error is often all that gets logged.
+fn write_chain(f: &mut fmt::Formatter<'_>, e: &dyn StdError) -> fmt::Result {
+    write!(f, "{e}")?;
+    let mut next = e.source();
+    while let Some(s) = next {
+        write!(f, ": {s}")?;
+        next = s.source();
+    }
+    Ok(())
 }
 
 impl<E: StdError + 'static> StdError for PoolError<E> {
