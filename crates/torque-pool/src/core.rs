@@ -102,8 +102,8 @@ pub(crate) struct Core<C, W> {
     /// Front: idle longest. Checkouts take from the back (most recently used),
     /// so surplus connections age at the front and retire by `idle_timeout`.
     idle: VecDeque<Entry<C>>,
-    /// Front: waiting longest.
-    waiters: VecDeque<(u64, W)>,
+    /// Front: waiting longest. Each with the instant it gives up.
+    waiters: VecDeque<(u64, Instant, W)>,
     in_use: usize,
     connecting: usize,
     maintaining: usize,
@@ -206,21 +206,44 @@ impl<C, W> Core<C, W> {
 
     /// Queues a waiter, at the back, or at the front for one that already
     /// waited its turn and got a connection that failed its check.
-    pub(crate) fn push_waiter(&mut self, waiter: W, front: bool) -> u64 {
+    pub(crate) fn push_waiter(&mut self, waiter: W, deadline: Instant, front: bool) -> u64 {
         let id = self.next_waiter;
         self.next_waiter += 1;
         if front {
-            self.waiters.push_front((id, waiter));
+            self.waiters.push_front((id, deadline, waiter));
         } else {
-            self.waiters.push_back((id, waiter));
+            self.waiters.push_back((id, deadline, waiter));
         }
         id
     }
 
     /// Removes a waiter that gave up; `None` if it was already served.
     pub(crate) fn remove_waiter(&mut self, id: u64) -> Option<W> {
-        let at = self.waiters.iter().position(|(w, _)| *w == id)?;
-        self.waiters.remove(at).map(|(_, w)| w)
+        let at = self.waiters.iter().position(|(w, _, _)| *w == id)?;
+        self.waiters.remove(at).map(|(_, _, w)| w)
+    }
+
+    /// Removes and returns the waiters whose deadline has come.
+    pub(crate) fn expire_waiters(&mut self, now: Instant) -> Vec<W> {
+        if !self.waiters.iter().any(|(_, d, _)| *d <= now) {
+            return Vec::new();
+        }
+        let mut expired = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.waiters.len());
+        for (id, deadline, w) in self.waiters.drain(..) {
+            if deadline <= now {
+                expired.push(w);
+            } else {
+                kept.push_back((id, deadline, w));
+            }
+        }
+        self.waiters = kept;
+        expired
+    }
+
+    /// The earliest waiter deadline, if anyone waits.
+    pub(crate) fn next_waiter_deadline(&self) -> Option<Instant> {
+        self.waiters.iter().map(|(_, d, _)| *d).min()
     }
 
     /// Whether to start one more create now; if so the slot is reserved
@@ -311,7 +334,7 @@ impl<C, W> Core<C, W> {
         self.retry_at = Some(now + delay);
         if self.idle.is_empty() && self.in_use == 0 && self.maintaining == 0 && self.connecting == 0
         {
-            self.waiters.drain(..).map(|(_, w)| w).collect()
+            self.waiters.drain(..).map(|(_, _, w)| w).collect()
         } else {
             Vec::new()
         }
@@ -351,7 +374,7 @@ impl<C, W> Core<C, W> {
         idle_at_front: bool,
         mut send: impl FnMut(W, Entry<C>) -> Result<(), Entry<C>>,
     ) {
-        while let Some((_, waiter)) = self.waiters.pop_front() {
+        while let Some((_, _, waiter)) = self.waiters.pop_front() {
             self.in_use += 1;
             match send(waiter, entry) {
                 Ok(()) => return,
@@ -440,7 +463,7 @@ impl<C, W> Core<C, W> {
         for _ in &idle {
             self.count_close(CloseReason::PoolClosed);
         }
-        let waiters = self.waiters.drain(..).map(|(_, w)| w).collect();
+        let waiters = self.waiters.drain(..).map(|(_, _, w)| w).collect();
         (idle, waiters)
     }
 }
@@ -466,6 +489,11 @@ mod tests {
     }
 
     type TestCore = Core<u32, &'static str>;
+
+    /// A waiter deadline that never comes in these tests.
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(1_000_000)
+    }
 
     /// `send` that always succeeds and records who got what.
     fn record<'a>(
@@ -506,9 +534,9 @@ mod tests {
             ..cfg()
         });
         let t = Instant::now();
-        core.push_waiter("a", false);
-        core.push_waiter("b", false);
-        core.push_waiter("c", false);
+        core.push_waiter("a", far(), false);
+        core.push_waiter("b", far(), false);
+        core.push_waiter("c", far(), false);
         // Three waiters but only two creates at once.
         assert_eq!(core.plan_creates(t), 2);
         let mut log = Vec::new();
@@ -544,7 +572,7 @@ mod tests {
             ..cfg()
         });
         let t = Instant::now();
-        core.push_waiter("first", false);
+        core.push_waiter("first", far(), false);
         assert!(core.plan_create(t));
         let mut held = None;
         core.create_succeeded(1, t, |_, e| {
@@ -552,10 +580,10 @@ mod tests {
             Ok(())
         });
         let entry = held.unwrap();
-        core.push_waiter("w", false);
+        core.push_waiter("w", far(), false);
         assert!(core.plan_create(t), "one waiter, no create in flight");
         // A second waiter while one create is in flight: one more create.
-        core.push_waiter("x", false);
+        core.push_waiter("x", far(), false);
         assert!(core.plan_create(t));
         assert!(!core.plan_create(t), "two creates cover two waiters");
         let mut log = Vec::new();
@@ -572,8 +600,8 @@ mod tests {
             ..cfg()
         });
         let t = Instant::now();
-        core.push_waiter("gone", false);
-        core.push_waiter("here", false);
+        core.push_waiter("gone", far(), false);
+        core.push_waiter("here", far(), false);
         assert_eq!(core.plan_creates(t), 2);
         let mut got = Vec::new();
         core.create_succeeded(5, t, |w, e| {
@@ -591,10 +619,25 @@ mod tests {
     #[test]
     fn removed_waiter_is_not_served() {
         let mut core = TestCore::new(cfg());
-        let a = core.push_waiter("a", false);
-        core.push_waiter("b", false);
+        let a = core.push_waiter("a", far(), false);
+        core.push_waiter("b", far(), false);
         assert_eq!(core.remove_waiter(a), Some("a"));
         assert_eq!(core.remove_waiter(a), None);
+        assert_eq!(core.waiting(), 1);
+    }
+
+    #[test]
+    fn waiters_expire_at_their_own_deadline() {
+        let mut core = TestCore::new(cfg());
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        core.push_waiter("a", ms(100), false);
+        core.push_waiter("b", ms(200), false);
+        core.push_waiter("retry", ms(50), true);
+        assert_eq!(core.next_waiter_deadline(), Some(ms(50)));
+        assert!(core.expire_waiters(ms(49)).is_empty());
+        assert_eq!(core.expire_waiters(ms(100)), ["retry", "a"]);
+        assert_eq!(core.next_waiter_deadline(), Some(ms(200)));
         assert_eq!(core.waiting(), 1);
     }
 
@@ -628,7 +671,7 @@ mod tests {
         });
         let t = Instant::now();
         for i in 0..50 {
-            core.push_waiter("w", false);
+            core.push_waiter("w", far(), false);
             assert!(core.plan_create(t));
             core.create_succeeded(i, t, |_, _| Ok(()));
         }
@@ -643,7 +686,7 @@ mod tests {
             ..cfg()
         });
         for i in 0..50 {
-            core2.push_waiter("w", false);
+            core2.push_waiter("w", far(), false);
             assert!(core2.plan_create(t));
             core2.create_succeeded(i, t, |_, e| {
                 expiries.insert(e.meta.expires.unwrap());
@@ -686,7 +729,7 @@ mod tests {
         });
         let t = Instant::now();
         for i in 0..4 {
-            core.push_waiter("w", false);
+            core.push_waiter("w", far(), false);
             assert!(core.plan_create(t), "{i}");
             core.create_succeeded(i, t, |_, _| Ok(()));
         }
@@ -748,15 +791,15 @@ mod tests {
             ..cfg()
         });
         let t = Instant::now();
-        core.push_waiter("a", false);
-        core.push_waiter("b", false);
+        core.push_waiter("a", far(), false);
+        core.push_waiter("b", far(), false);
         assert_eq!(core.plan_creates(t), 2);
         assert!(core.create_failed(t).is_empty(), "another create in flight");
         let failed = core.create_failed(t);
         assert_eq!(failed, ["a", "b"], "nothing can serve them: fail fast");
         let retry = core.retry_at().unwrap();
         assert!(retry > t && retry <= t + Duration::from_millis(20));
-        core.push_waiter("c", false);
+        core.push_waiter("c", far(), false);
         assert_eq!(core.plan_creates(retry - Duration::from_nanos(1)), 0);
         assert_eq!(core.plan_creates(retry), 1, "one attempt while down");
         // Backoff grows, capped at backoff_max.
@@ -831,7 +874,7 @@ mod tests {
                             held.push(e);
                         } else {
                             let id = core.next_waiter;
-                            let got = core.push_waiter(id, false);
+                            let got = core.push_waiter(id, far(), false);
                             prop_assert_eq!(got, id);
                             waiting.push_back(id);
                         }

@@ -60,6 +60,9 @@ struct State<M: Manager> {
     last_error: Option<Arc<BackendError<M>>>,
     /// Checked-out connections by id, kept only when leak detection is on.
     leases: HashMap<u64, Lease>,
+    /// When the background task will next run; a waiter whose deadline comes
+    /// sooner wakes it.
+    next_wake: Option<std::time::Instant>,
 }
 
 struct Inner<M: Manager> {
@@ -118,6 +121,7 @@ impl<M: Manager> Pool<M> {
                 core,
                 last_error: None,
                 leases: HashMap::new(),
+                next_wake: None,
             }),
             wake: Arc::new(Notify::new()),
             runtime,
@@ -167,6 +171,7 @@ impl<M: Manager> Pool<M> {
         let mut front = false;
         loop {
             let mut close = Vec::new();
+            let mut wake = false;
             let (step, creates) = {
                 let mut st = inner.state.lock();
                 if st.core.is_closed() {
@@ -177,12 +182,20 @@ impl<M: Manager> Pool<M> {
                     Some((entry, needs_check)) => Step::Ready(entry, needs_check),
                     None => {
                         let (tx, rx) = oneshot::channel();
-                        let id = st.core.push_waiter(tx, front);
+                        let deadline = deadline.into_std();
+                        let id = st.core.push_waiter(tx, deadline, front);
+                        // Waiters have no timer each (registering one per wait
+                        // costs more than the rest of the wait path): the
+                        // background task expires them, so it must wake in time.
+                        wake = st.next_wake.is_none_or(|w| deadline < w);
                         Step::Wait(id, rx)
                     }
                 };
                 (step, st.core.plan_creates(now))
             };
+            if wake {
+                inner.wake.notify_one();
+            }
             drop(close);
             inner.spawn_creates(creates);
 
@@ -195,27 +208,17 @@ impl<M: Manager> Pool<M> {
                         rx,
                         armed: true,
                     };
-                    let outcome = timeout_at(deadline, &mut wait.rx).await;
+                    let outcome = (&mut wait.rx).await;
+                    wait.armed = false;
                     match outcome {
-                        Ok(Ok(Handoff::Conn(entry))) => {
-                            wait.armed = false;
-                            (entry, false)
-                        }
-                        Ok(Ok(Handoff::Fail(mut err))) => {
-                            wait.armed = false;
+                        Ok(Handoff::Conn(entry)) => (entry, false),
+                        Ok(Handoff::Fail(mut err)) => {
                             if let PoolError::Timeout { waited, .. } = &mut err {
                                 *waited = start.elapsed();
                             }
                             return Err(err);
                         }
-                        Ok(Err(_)) => {
-                            wait.armed = false;
-                            return Err(PoolError::Closed);
-                        }
-                        Err(_) => {
-                            drop(wait);
-                            return Err(inner.acquire_timed_out(start));
-                        }
+                        Err(_) => return Err(PoolError::Closed),
                     }
                 }
             };
@@ -523,12 +526,24 @@ impl<M: Manager> Inner<M> {
     fn maintain_once(self: &Arc<Self>, published: &mut Status) -> Instant {
         let tokio_now = Instant::now();
         let mut close = Vec::new();
-        let (due, creates, retry_at) = {
+        let (due, creates, next) = {
             let mut st = self.state.lock();
             if st.core.is_closed() {
                 return tokio_now + self.config.maintenance_interval;
             }
             let now = now();
+            let expired = st.core.expire_waiters(now);
+            if !expired.is_empty() {
+                let last_error = st.last_error.clone();
+                for w in expired {
+                    self.count_timeout(TimeoutKind::Acquire);
+                    let _ = w.send(Handoff::Fail(PoolError::Timeout {
+                        kind: TimeoutKind::Acquire,
+                        waited: Duration::ZERO,
+                        last_error: last_error.clone(),
+                    }));
+                }
+            }
             let due = st.core.maintain(now, &mut close);
             if let Some(threshold) = self.config.leak_threshold {
                 for (id, lease) in st.leases.iter_mut() {
@@ -545,7 +560,18 @@ impl<M: Manager> Inner<M> {
                     }
                 }
             }
-            (due, st.core.plan_creates(now), st.core.retry_at())
+            let creates = st.core.plan_creates(now);
+            let mut next = now + self.config.maintenance_interval;
+            for t in [st.core.retry_at(), st.core.next_waiter_deadline()]
+                .into_iter()
+                .flatten()
+            {
+                if t > now && t < next {
+                    next = t;
+                }
+            }
+            st.next_wake = Some(next);
+            (due, creates, next)
         };
         drop(close);
         self.spawn_creates(creates);
@@ -560,14 +586,7 @@ impl<M: Manager> Inner<M> {
         telemetry::publish(published, &status);
         *published = status;
 
-        let mut next = tokio_now + self.config.maintenance_interval;
-        if let Some(retry) = retry_at.map(Instant::from_std)
-            && retry > tokio_now
-            && retry < next
-        {
-            next = retry;
-        }
-        next
+        Instant::from_std(next)
     }
 
     fn status(&self) -> Status {

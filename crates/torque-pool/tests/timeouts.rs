@@ -37,6 +37,35 @@ async fn acquire_timeout_is_typed_and_ends_the_wait() {
     assert_eq!((s.timeouts.acquire, s.waiting), (1, 0));
 }
 
+/// Waiters have no timer of their own (the background task expires them):
+/// each still times out exactly at its own deadline.
+#[tokio::test(start_paused = true)]
+async fn each_waiter_times_out_at_its_own_deadline() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let _held = pool.get().await.unwrap();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..3u64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100 * i)).await;
+            let err = pool.get().await.unwrap_err();
+            (err.timeout_kind(), t0.elapsed())
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (kind, at) = t.await.unwrap();
+        assert_eq!(kind, Some(TimeoutKind::Acquire));
+        assert_eq!(at, Duration::from_millis(300 + 100 * i as u64));
+    }
+    assert_eq!(pool.status().timeouts.acquire, 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn create_timeout_fails_the_waiter_as_a_create_timeout() {
     let fake = Fake::default();
