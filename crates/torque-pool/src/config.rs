@@ -12,6 +12,22 @@ use crate::pool::Pool;
 /// [`PoolBuilder::config`], or set knobs one by one on the builder.
 ///
 /// Every timeout is on by default; none can be turned off, only lengthened.
+/// The struct is `#[non_exhaustive]` so that settings can be added: start from
+/// `PoolConfig::default()` and assign fields.
+///
+/// ```
+/// use std::time::Duration;
+/// use torque_pool::PoolConfig;
+///
+/// let mut config = PoolConfig::default();
+/// config.max_size = 32;
+/// config.acquire_timeout = Duration::from_secs(2);
+/// assert!(config.validate().is_ok());
+///
+/// config.min_idle = 64;
+/// let err = config.validate().unwrap_err();
+/// assert!(err.to_string().contains("lower min_idle or raise max_size"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(default))]
