@@ -1,0 +1,347 @@
+//! torque-pool against deadpool and bb8, in the same run.
+//!
+//! - `pool_get_return/<pool>/<tasks>`: get + hold across one yield + return,
+//!   with a no-op manager, 16 connections, 1/8/64/512 tasks, each pool with
+//!   its default health checks on (deadpool's recycle, bb8's
+//!   `test_on_check_out`, ours `is_broken` + check after the bypass window),
+//!   and deadpool once more with a 30 s wait timeout (`deadpool_timeout`),
+//!   since ours and bb8 time out by default and deadpool does not.
+//! - Before criterion runs, a table of per-`get` latency p50/p99 at 64 and
+//!   512 tasks (FIFO tails: the goal is p99 <= 1.3x p50 at 512).
+//! - `pool_select1/<how>`: `SELECT 1` at 64 tasks through our pool of 16
+//!   connections (health checks on) against 16 tasks with a dedicated
+//!   connection each (real PostgreSQL from the testkit).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use torque_pool::{PgManager, Pool};
+
+const CONNECTIONS: usize = 16;
+const TASKS: [usize; 4] = [1, 8, 64, 512];
+
+/// A manager whose connections are numbers: measures the pool alone.
+#[derive(Debug, Clone, Copy)]
+struct Noop;
+
+impl torque_pool::Manager for Noop {
+    type Connection = u64;
+    type Error = std::io::Error;
+    async fn create(&self) -> Result<u64, std::io::Error> {
+        Ok(0)
+    }
+    async fn check(&self, _: &mut u64) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn is_broken(&self, _: &u64) -> bool {
+        false
+    }
+}
+
+impl deadpool::managed::Manager for Noop {
+    type Type = u64;
+    type Error = std::io::Error;
+    async fn create(&self) -> Result<u64, std::io::Error> {
+        Ok(0)
+    }
+    async fn recycle(
+        &self,
+        _: &mut u64,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<std::io::Error> {
+        Ok(())
+    }
+}
+
+impl bb8::ManageConnection for Noop {
+    type Connection = u64;
+    type Error = std::io::Error;
+    async fn connect(&self) -> Result<u64, std::io::Error> {
+        Ok(0)
+    }
+    async fn is_valid(&self, _: &mut u64) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn has_broken(&self, _: &mut u64) -> bool {
+        false
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The three pools, warmed to `CONNECTIONS` connections.
+struct Pools {
+    torque: Pool<Noop>,
+    deadpool: deadpool::managed::Pool<Noop>,
+    /// deadpool with a wait timeout, as ours and bb8 have by default.
+    deadpool_timeout: deadpool::managed::Pool<Noop>,
+    bb8: bb8::Pool<Noop>,
+}
+
+async fn pools() -> Pools {
+    let torque = Pool::builder(Noop)
+        .max_size(CONNECTIONS)
+        .min_idle(CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let deadpool = deadpool::managed::Pool::builder(Noop)
+        .max_size(CONNECTIONS)
+        .build()
+        .unwrap();
+    let deadpool_timeout = deadpool::managed::Pool::builder(Noop)
+        .max_size(CONNECTIONS)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .unwrap();
+    let bb8 = bb8::Pool::builder()
+        .max_size(CONNECTIONS as u32)
+        .min_idle(Some(CONNECTIONS as u32))
+        .connection_timeout(Duration::from_secs(30))
+        .build(Noop)
+        .await
+        .unwrap();
+    // Warm every pool to its full size.
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        held.push((
+            torque.get().await.unwrap(),
+            deadpool.get().await.unwrap(),
+            deadpool_timeout.get().await.unwrap(),
+            bb8.get_owned().await.unwrap(),
+        ));
+    }
+    drop(held);
+    Pools {
+        torque,
+        deadpool,
+        deadpool_timeout,
+        bb8,
+    }
+}
+
+/// Runs `tasks` tasks doing `per_task` rounds of get, yield, return; returns
+/// every get's latency.
+async fn run<G, F, Fut>(tasks: usize, per_task: usize, get: F) -> Vec<Duration>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = G> + Send,
+    G: Send + 'static,
+{
+    let mut handles = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let get = get.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let t = Instant::now();
+                let conn = get().await;
+                lat.push(t.elapsed());
+                tokio::task::yield_now().await;
+                drop(black_box(conn));
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::with_capacity(tasks * per_task);
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+macro_rules! each_pool {
+    ($pools:expr, |$name:ident, $get:ident| $body:expr) => {{
+        {
+            let p = $pools.torque.clone();
+            let $name = "torque";
+            let $get = move || {
+                let p = p.clone();
+                async move { p.get().await.unwrap() }
+            };
+            $body
+        }
+        {
+            let p = $pools.deadpool.clone();
+            let $name = "deadpool";
+            let $get = move || {
+                let p = p.clone();
+                async move { p.get().await.unwrap() }
+            };
+            $body
+        }
+        {
+            let p = $pools.deadpool_timeout.clone();
+            let $name = "deadpool_timeout";
+            let $get = move || {
+                let p = p.clone();
+                async move { p.get().await.unwrap() }
+            };
+            $body
+        }
+        {
+            let p = $pools.bb8.clone();
+            let $name = "bb8";
+            let $get = move || {
+                let p = p.clone();
+                async move { p.get_owned().await.unwrap() }
+            };
+            $body
+        }
+    }};
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Prints per-get latency tails at 64 and 512 tasks: three rounds with the
+/// pools interleaved (so that a burst of load from elsewhere on the machine
+/// does not land on one pool only), each pool's median round reported.
+fn tails(rt: &tokio::runtime::Runtime, pools: &Pools) {
+    const ROUNDS: usize = 3;
+    println!(
+        "\npool get latency, {CONNECTIONS} connections, no-op manager (get, yield, return); median of {ROUNDS} interleaved rounds"
+    );
+    println!("| pool | tasks | gets per round | p50 | p99 | p99/p50 |");
+    println!("|---|---|---|---|---|---|");
+    for tasks in [64, 512] {
+        let per_task = 40_000 / tasks;
+        let mut results: Vec<(&str, Vec<(Duration, Duration)>)> = Vec::new();
+        for _ in 0..ROUNDS {
+            each_pool!(pools, |name, get| {
+                let mut lat = rt.block_on(run(tasks, per_task, get));
+                lat.sort();
+                let round = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+                match results.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, rounds)) => rounds.push(round),
+                    None => results.push((name, vec![round])),
+                }
+            });
+        }
+        for (name, mut rounds) in results {
+            rounds.sort_by_key(|&(_, p99)| p99);
+            let (p50, p99) = rounds[rounds.len() / 2];
+            println!(
+                "| {name} | {tasks} | {} | {p50:?} | {p99:?} | {:.2} |",
+                per_task * tasks,
+                p99.as_secs_f64() / p50.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+    println!();
+}
+
+fn get_return(c: &mut Criterion) {
+    let rt = runtime();
+    let pools = rt.block_on(pools());
+    tails(&rt, &pools);
+    let mut group = c.benchmark_group("pool_get_return");
+    group.throughput(Throughput::Elements(1));
+    for tasks in TASKS {
+        each_pool!(pools, |name, get| {
+            group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
+                b.iter_custom(|iters| {
+                    let per_task = (iters as usize).div_ceil(tasks);
+                    let get = get.clone();
+                    let start = Instant::now();
+                    rt.block_on(run(tasks, per_task, get));
+                    // Scale to `iters` operations.
+                    start
+                        .elapsed()
+                        .mul_f64(iters as f64 / (per_task * tasks) as f64)
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+fn select1(c: &mut Criterion) {
+    let rt = runtime();
+    let tasks = 64;
+    let (db, pool, dedicated) = rt.block_on(async {
+        let db = torque_testkit::pg_database().await;
+        let pool = Pool::builder(PgManager::new(db.config()))
+            .max_size(CONNECTIONS)
+            .min_idle(CONNECTIONS)
+            .build()
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..CONNECTIONS {
+            held.push(pool.get().await.unwrap());
+        }
+        drop(held);
+        let mut dedicated = Vec::new();
+        for _ in 0..CONNECTIONS {
+            dedicated.push(std::sync::Arc::new(db.connect().await));
+        }
+        (db, pool, dedicated)
+    });
+    let mut group = c.benchmark_group("pool_select1");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function(BenchmarkId::new("torque_pool", tasks), |b| {
+        b.iter_custom(|iters| {
+            let per_task = (iters as usize).div_ceil(tasks);
+            let start = Instant::now();
+            rt.block_on(async {
+                let mut handles = Vec::new();
+                for _ in 0..tasks {
+                    let pool = pool.clone();
+                    handles.push(tokio::spawn(async move {
+                        for _ in 0..per_task {
+                            let conn = pool.get().await.unwrap();
+                            conn.simple_query("SELECT 1").await.unwrap();
+                        }
+                    }));
+                }
+                for h in handles {
+                    h.await.unwrap();
+                }
+            });
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per_task * tasks) as f64)
+        })
+    });
+    // The baseline: 16 tasks, each with a connection of its own, running the
+    // same number of queries (16 in flight, as through the pool of 16).
+    group.bench_function(BenchmarkId::new("dedicated_16", CONNECTIONS), |b| {
+        b.iter_custom(|iters| {
+            let per_task = (iters as usize).div_ceil(CONNECTIONS);
+            let start = Instant::now();
+            rt.block_on(async {
+                let mut handles = Vec::new();
+                for client in &dedicated {
+                    let client = client.clone();
+                    handles.push(tokio::spawn(async move {
+                        for _ in 0..per_task {
+                            client.simple_query("SELECT 1").await.unwrap();
+                        }
+                    }));
+                }
+                for h in handles {
+                    h.await.unwrap();
+                }
+            });
+            start
+                .elapsed()
+                .mul_f64(iters as f64 / (per_task * CONNECTIONS) as f64)
+        })
+    });
+    group.finish();
+    drop((pool, dedicated));
+    drop(db);
+}
+
+criterion_group!(benches, get_return, select1);
+criterion_main!(benches);

@@ -1,0 +1,144 @@
+//! Errors: [`PoolError`] from `get()`, [`BuildError`] from `build()`.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which of the pool's timeouts fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub enum TimeoutKind {
+    /// `acquire_timeout`: no healthy connection for the caller in time.
+    Acquire,
+    /// `create_timeout`: opening a connection took too long.
+    Create,
+    /// `check_timeout`: a liveness check took too long.
+    Check,
+}
+
+impl TimeoutKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TimeoutKind::Acquire => "acquire",
+            TimeoutKind::Create => "create",
+            TimeoutKind::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for TimeoutKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why [`Pool::get`](crate::Pool::get) failed.
+///
+/// The backend's error is shared (an [`Arc`]) because one failed connect can
+/// fail several waiting callers. [`source()`](StdError::source) returns the
+/// backend error itself, so `err.source()?.downcast_ref::<E>()` works;
+/// [`backend_error`](Self::backend_error) is the typed shortcut.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PoolError<E> {
+    /// A timeout fired. `last_error` is the backend's most recent error, if
+    /// connecting or checking has failed since the last success: a timeout
+    /// while the server rejects every connect says why.
+    Timeout {
+        /// Which timeout.
+        kind: TimeoutKind,
+        /// How long the caller waited in all.
+        waited: Duration,
+        /// The backend's most recent error, if any.
+        last_error: Option<Arc<E>>,
+    },
+    /// Connecting failed and nothing in the pool could serve the caller, so it
+    /// fails now with the backend's error instead of waiting out its timeout.
+    Backend(Arc<E>),
+    /// The pool was closed.
+    Closed,
+}
+
+impl<E> PoolError<E> {
+    /// The backend error behind this one, if any.
+    pub fn backend_error(&self) -> Option<&E> {
+        match self {
+            PoolError::Timeout { last_error, .. } => last_error.as_deref(),
+            PoolError::Backend(e) => Some(e),
+            PoolError::Closed => None,
+        }
+    }
+
+    /// Which timeout fired, if this is a timeout.
+    pub fn timeout_kind(&self) -> Option<TimeoutKind> {
+        match self {
+            PoolError::Timeout { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+}
+
+impl<E: StdError + 'static> fmt::Display for PoolError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Timeout {
+                kind,
+                waited,
+                last_error,
+            } => {
+                write!(f, "{kind} timeout: no connection after {waited:?}")?;
+                if let Some(e) = last_error {
+                    f.write_str("; last backend error: ")?;
+                    write_chain(f, &**e)?;
+                }
+                Ok(())
+            }
+            PoolError::Backend(e) => {
+                f.write_str("cannot connect: ")?;
+                write_chain(f, &**e)
+            }
+            PoolError::Closed => f.write_str("the pool is closed"),
+        }
+    }
+}
+
+/// The error and its sources on one line: backends such as tokio-postgres say
+/// only "db error" at the top and keep the server's message (wrong password,
+/// no such database) below, and a pool error is often all that gets logged.
+fn write_chain(f: &mut fmt::Formatter<'_>, e: &dyn StdError) -> fmt::Result {
+    write!(f, "{e}")?;
+    let mut next = e.source();
+    while let Some(s) = next {
+        write!(f, ": {s}")?;
+        next = s.source();
+    }
+    Ok(())
+}
+
+impl<E: StdError + 'static> StdError for PoolError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.backend_error().map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// An invalid setting, from [`PoolBuilder::build`](crate::PoolBuilder::build).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is out of range; the message says which and what to change.
+    #[error("invalid pool setting `{setting}`: {message}")]
+    Invalid {
+        /// The setting's name, as in [`PoolConfig`](crate::PoolConfig).
+        setting: &'static str,
+        /// What is wrong and what to change.
+        message: String,
+    },
+    /// `build()` ran outside a tokio runtime, which the pool's background
+    /// task needs.
+    #[error(
+        "Pool::build() must run inside a tokio runtime (its maintenance task is spawned there)"
+    )]
+    NoRuntime,
+}

@@ -1,0 +1,311 @@
+//! [`PgManager`]: PostgreSQL connections on tokio-postgres (feature `postgres`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Error, NoTls, Row, SimpleQueryMessage, Socket, Statement};
+
+use crate::manager::Manager;
+use crate::pool::Pool;
+
+/// A pool of PostgreSQL connections.
+pub type PgPool<T = NoTls> = Pool<PgManager<T>>;
+
+/// Makes, checks and vets PostgreSQL connections for a [`Pool`].
+///
+/// - `create` connects with the given [`Config`] and spawns the connection's
+///   driver task on the current runtime;
+/// - `check` runs `SELECT 1` (bounded by the pool's `check_timeout`);
+/// - `is_broken` is true once the client is closed, or once a query through
+///   [`PgConnection`] failed with SQLSTATE class 08 (connection exception),
+///   57P01–57P03 (admin shutdown, crash shutdown, cannot connect now) or
+///   57014 (query cancelled or timed out), or was itself dropped halfway (a
+///   caller's timeout): such a connection is closed, not reused.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use torque_pool::{PgManager, Pool};
+///
+/// let manager = PgManager::new("host=127.0.0.1 user=postgres".parse()?);
+/// let pool = Pool::builder(manager).max_size(16).build()?;
+/// let conn = pool.get().await?;
+/// let row = conn.query_one("SELECT $1::int + 1", &[&41i32]).await?;
+/// assert_eq!(row.get::<_, i32>(0), 42);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PgManager<T = NoTls> {
+    config: Config,
+    tls: T,
+    statement_cache_capacity: usize,
+}
+
+impl<T> fmt::Debug for PgManager<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgManager")
+            .field("hosts", &self.config.get_hosts())
+            .field("ports", &self.config.get_ports())
+            .field("dbname", &self.config.get_dbname())
+            .field("user", &self.config.get_user())
+            .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgManager<NoTls> {
+    /// A manager for plain-TCP connections with `config`.
+    pub fn new(config: Config) -> Self {
+        PgManager::with_tls(config, NoTls)
+    }
+}
+
+impl<T> PgManager<T> {
+    /// A manager whose connections use `tls`.
+    pub fn with_tls(config: Config, tls: T) -> Self {
+        PgManager {
+            config,
+            tls,
+            statement_cache_capacity: 256,
+        }
+    }
+
+    /// Most prepared statements cached per connection by
+    /// [`PgConnection::prepare_cached`]; past it the cache starts over.
+    /// Default 256; 0 turns caching off.
+    pub fn statement_cache_capacity(mut self, capacity: usize) -> Self {
+        self.statement_cache_capacity = capacity;
+        self
+    }
+
+    /// The connection settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl<T> Manager for PgManager<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type Connection = PgConnection;
+    type Error = Error;
+
+    async fn create(&self) -> Result<PgConnection, Error> {
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "PostgreSQL connection ended with an error");
+            }
+        });
+        Ok(PgConnection {
+            client,
+            statements: Mutex::new(HashMap::new()),
+            capacity: self.statement_cache_capacity,
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    async fn check(&self, conn: &mut PgConnection) -> Result<(), Error> {
+        conn.simple_query("SELECT 1").await.map(|_| ())
+    }
+
+    fn is_broken(&self, conn: &PgConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+/// A pooled PostgreSQL connection: a tokio-postgres [`Client`] (it derefs to
+/// one) with a statement cache, whose query methods watch for errors that
+/// make the connection unfit for reuse.
+///
+/// The methods defined here (`query`, `query_one`, `query_opt`, `execute`,
+/// `simple_query`, `batch_execute`, `prepare_cached`) shadow the client's and
+/// are the ones that mark the connection broken; methods reached through
+/// `Deref` (transactions, `COPY`, ...) are not watched, except that a closed
+/// client is always noticed. Use [`note_error`](Self::note_error) to report
+/// their errors.
+pub struct PgConnection {
+    client: Client,
+    statements: Mutex<HashMap<String, Statement>>,
+    capacity: usize,
+    poisoned: AtomicBool,
+}
+
+impl fmt::Debug for PgConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("closed", &self.client.is_closed())
+            .field("poisoned", &self.poisoned.load(Ordering::Relaxed))
+            .field("cached_statements", &self.statements.lock().len())
+            .finish()
+    }
+}
+
+impl Deref for PgConnection {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConnection {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// Marks the connection broken if the query future is dropped before it
+/// finishes: the server may still be running it, and its reply would
+/// confuse the next user.
+struct Unfinished<'a> {
+    poisoned: &'a AtomicBool,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether `err` means the connection must not be reused.
+pub(crate) fn is_fatal(err: &Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        Some(code) => {
+            code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::QUERY_CANCELED
+        }
+        // No SQLSTATE: an I/O or protocol error, not a query the server rejected.
+        None => err.as_db_error().is_none(),
+    }
+}
+
+impl PgConnection {
+    /// Whether this connection must not be reused.
+    pub fn is_broken(&self) -> bool {
+        self.client.is_closed() || self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Reports an error seen on this connection through a method not watched
+    /// here; a fatal one (see [`PgManager`]) marks the connection broken.
+    pub fn note_error(&self, err: &Error) {
+        if is_fatal(err) {
+            self.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+
+    async fn watch<R>(&self, fut: impl Future<Output = Result<R, Error>>) -> Result<R, Error> {
+        let mut guard = Unfinished {
+            poisoned: &self.poisoned,
+            finished: false,
+        };
+        let result = fut.await;
+        guard.finished = true;
+        if let Err(e) = &result {
+            self.note_error(e);
+        }
+        result
+    }
+
+    /// Prepares `sql` once per connection and reuses the statement after.
+    ///
+    /// # Errors
+    /// The server's error for a statement it cannot prepare.
+    pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, Error> {
+        if let Some(stmt) = self.statements.lock().get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.watch(self.client.prepare(sql)).await?;
+        if self.capacity > 0 {
+            let mut cache = self.statements.lock();
+            if cache.len() >= self.capacity {
+                cache.clear();
+            }
+            cache.insert(sql.to_owned(), stmt.clone());
+        }
+        Ok(stmt)
+    }
+
+    /// Statements in the cache.
+    pub fn cached_statements(&self) -> usize {
+        self.statements.lock().len()
+    }
+
+    /// [`Client::query`] through the statement cache, watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error.
+    pub async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.watch(self.client.query(&stmt, params)).await
+    }
+
+    /// [`Client::query_one`] through the statement cache, watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error, or not exactly one row.
+    pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.watch(self.client.query_one(&stmt, params)).await
+    }
+
+    /// [`Client::query_opt`] through the statement cache, watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error, or more than one row.
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.watch(self.client.query_opt(&stmt, params)).await
+    }
+
+    /// [`Client::execute`] through the statement cache, watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        let stmt = self.prepare_cached(sql).await?;
+        self.watch(self.client.execute(&stmt, params)).await
+    }
+
+    /// [`Client::simple_query`], watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error.
+    pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        self.watch(self.client.simple_query(sql)).await
+    }
+
+    /// [`Client::batch_execute`], watched.
+    ///
+    /// # Errors
+    /// The server's or the connection's error.
+    pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.watch(self.client.batch_execute(sql)).await
+    }
+}

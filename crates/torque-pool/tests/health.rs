@@ -1,0 +1,174 @@
+//! Health: `is_broken` at every checkout and return, a real check after the
+//! bypass window, keepalive, lifetime with jitter (never in use), idle
+//! timeout above `min_idle`, leak reports.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fake, assert_sane, quiet, wait_until};
+
+#[tokio::test(start_paused = true)]
+async fn a_broken_connection_is_closed_on_return_and_at_checkout() {
+    let fake = Fake::default();
+    let pool = quiet(&fake).build().unwrap();
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    let (a_id, b_id) = (a.id, b.id);
+    fake.break_conn(a_id);
+    drop(a);
+    assert_eq!(pool.status().closed.broken, 1);
+    drop(b);
+    fake.break_conn(b_id); // breaks while idle
+    let c = pool.get().await.unwrap();
+    assert!(c.id != a_id && c.id != b_id);
+    assert_eq!(pool.status().closed.broken, 2);
+    assert_sane(&pool);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_real_check_runs_only_after_the_bypass_window() {
+    let fake = Fake::default();
+    let pool = quiet(&fake).build().unwrap();
+    drop(pool.get().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(fake.checks(), 0, "used 400 ms ago: bypassed");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(pool.get().await.unwrap());
+    assert_eq!(fake.checks(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_check_closes_the_connection_and_the_caller_keeps_its_place() {
+    let fake = Fake::default();
+    let pool = quiet(&fake).build().unwrap();
+    let first = pool.get().await.unwrap().id;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.fail_checks(Some("server closed the connection unexpectedly"));
+    let conn = pool.get().await.unwrap();
+    assert_ne!(conn.id, first);
+    assert_eq!(pool.status().closed.check_failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_finds_dead_idle_connections_before_callers_do() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .min_idle(2)
+        .keepalive_interval(Some(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(1), || pool.status().idle == 2).await;
+    fake.fail_checks(Some("connection reset"));
+    wait_until(Duration::from_secs(32), || {
+        pool.status().closed.check_failed == 2
+    })
+    .await;
+    fake.fail_checks(None);
+    // Refilled with fresh ones.
+    wait_until(Duration::from_secs(2), || pool.status().idle == 2).await;
+    assert_eq!(fake.creates(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetime_retires_idle_connections_with_jitter_and_never_one_in_use() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(10)
+        .min_idle(8)
+        .max_connecting(8)
+        .max_lifetime(Some(Duration::from_secs(400)))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(1), || pool.status().idle == 8).await;
+    let held = pool.get().await.unwrap();
+    let held_id = held.id;
+    // min_idle refills behind it.
+    wait_until(Duration::from_secs(1), || pool.status().idle == 8).await;
+    // Jitter is up to 2.5% of 400 s = 10 s: by 389 s none is due.
+    tokio::time::sleep(Duration::from_secs(389)).await;
+    assert_eq!(pool.status().closed.lifetime, 0);
+    // Spread over the jitter window rather than all at once.
+    let mut seen = Vec::new();
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen.push(pool.status().closed.lifetime);
+    }
+    assert_eq!(*seen.last().unwrap(), 8, "every idle one retired: {seen:?}");
+    let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert!(distinct.len() >= 3, "retired in a spread: {seen:?}");
+    // The held one is past its lifetime but still ours, and usable.
+    assert_eq!(held.id, held_id);
+    drop(held);
+    assert_eq!(pool.status().closed.lifetime, 9, "retired on return");
+    assert_sane(&pool);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_retires_down_to_min_idle() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(10)
+        .min_idle(2)
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let conns: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(pool.get().await.unwrap());
+        }
+        v
+    };
+    drop(conns);
+    assert_eq!(pool.status().idle, 6);
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let s = pool.status();
+    // (The two warm connections refilled at start count among the retired.)
+    assert_eq!((s.idle, s.closed.idle), (2, s.created - 2), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_held_past_the_leak_threshold_is_reported_once() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .leak_threshold(Some(Duration::from_secs(2)))
+        .build()
+        .unwrap();
+    let quick = pool.get().await.unwrap();
+    drop(quick);
+    let _leaked = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pool.status().leaks_reported, 0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        pool.status().leaks_reported,
+        1,
+        "reported once, not every tick"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_fails_waiters_and_later_gets() {
+    let fake = Fake::default();
+    let pool = quiet(&fake).max_size(1).build().unwrap();
+    let held = pool.get().await.unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.get().await.map(|_| ()) })
+    };
+    wait_until(Duration::from_secs(1), || pool.status().waiting == 1).await;
+    pool.close();
+    assert!(matches!(
+        waiter.await.unwrap(),
+        Err(torque_pool::PoolError::Closed)
+    ));
+    assert!(matches!(
+        pool.get().await,
+        Err(torque_pool::PoolError::Closed)
+    ));
+    drop(held);
+    let s = pool.status();
+    assert_eq!((s.size, s.closed.pool_closed), (0, 1));
+}

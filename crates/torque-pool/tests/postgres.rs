@@ -1,0 +1,200 @@
+//! `PgManager` against real PostgreSQL: queries through the pool, the
+//! statement cache, checks, and discarding connections that saw a fatal error
+//! or a cancelled query.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use torque_pool::{PgManager, PgPool, Pool};
+use torque_testkit::{TestDatabase, pg_database};
+
+fn pool(db: &TestDatabase) -> PgPool {
+    Pool::builder(PgManager::new(db.config()))
+        .max_size(4)
+        .min_idle(1)
+        .build()
+        .unwrap()
+}
+
+/// The backend pid of a pooled connection.
+async fn pid(conn: &torque_pool::PgConnection) -> i32 {
+    conn.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn queries_run_through_the_pool_and_statements_are_cached() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT $1::int + 1", &[&41i32])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let before = conn.cached_statements();
+    for i in 0..10i32 {
+        let row = conn.query_one("SELECT $1::int + 1", &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i + 1);
+    }
+    assert_eq!(conn.cached_statements(), before, "prepared once");
+    conn.prepare_cached("SELECT 2").await.unwrap();
+    conn.prepare_cached("SELECT 2").await.unwrap();
+    assert_eq!(conn.cached_statements(), before + 1);
+    conn.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.execute("DELETE FROM t WHERE id = $1", &[&1i32])
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_and_a_failed_query_that_is_not_fatal_keeps_it() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let first = {
+        let conn = pool.get().await.unwrap();
+        let err = conn
+            .query("SELECT * FROM no_such_table", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::UNDEFINED_TABLE));
+        pid(&conn).await
+    };
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        pid(&conn).await,
+        first,
+        "a syntax-level error does not discard it"
+    );
+    assert_eq!(pool.status().closed.broken, 0);
+}
+
+#[tokio::test]
+async fn a_terminated_backend_is_discarded_not_reused() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let victim = {
+        let conn = pool.get().await.unwrap();
+        pid(&conn).await
+    };
+    // Kill it from outside while it idles, then use it: the error (57P01 or
+    // a closed connection) must mark it broken.
+    let admin = db.connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&victim])
+        .await
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    match conn.query_one("SELECT pg_backend_pid()", &[]).await {
+        // The driver saw the termination first and the pool skipped it.
+        Ok(row) => assert_ne!(row.get::<_, i32>(0), victim),
+        // Or this query is the first to see it: then it is not reused.
+        Err(e) => {
+            assert!(conn.is_broken(), "{e:?}");
+            drop(conn);
+            let conn = pool.get().await.unwrap();
+            assert_ne!(pid(&conn).await, victim);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_terminated_backend_in_use_is_closed_on_return() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    let victim = pid(&conn).await;
+    let admin = db.connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&victim])
+        .await
+        .unwrap();
+    let err = conn.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.is_closed() || err.code() == Some(&SqlState::ADMIN_SHUTDOWN),
+        "{err:?}"
+    );
+    assert!(conn.is_broken());
+    drop(conn);
+    assert_eq!(pool.status().closed.broken, 1);
+}
+
+#[tokio::test]
+async fn a_query_cancelled_by_its_caller_discards_the_connection() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    let slow = tokio::time::timeout(
+        Duration::from_millis(50),
+        conn.simple_query("SELECT pg_sleep(5)"),
+    )
+    .await;
+    assert!(slow.is_err(), "the caller gave up");
+    assert!(conn.is_broken(), "its reply would reach the next user");
+    drop(conn);
+    assert_eq!(pool.status().closed.broken, 1);
+}
+
+#[tokio::test]
+async fn a_statement_timeout_discards_the_connection() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("SET statement_timeout = '20ms'")
+        .await
+        .unwrap();
+    let err = conn.simple_query("SELECT pg_sleep(1)").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
+    assert!(conn.is_broken());
+}
+
+#[tokio::test]
+async fn the_check_is_a_real_round_trip() {
+    let db = pg_database().await;
+    let pool = Pool::builder(PgManager::new(db.config()))
+        .min_idle(0)
+        .check_bypass(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let victim = {
+        let conn = pool.get().await.unwrap();
+        pid(&conn).await
+    };
+    let admin = db.connect().await;
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&victim])
+        .await
+        .unwrap();
+    // Wait for the termination to land on the socket (a condition, not a sleep).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&victim],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend did not exit"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Idle past the (1 ms) bypass window: checked before it is handed out.
+    let conn = pool.get().await.unwrap();
+    assert_ne!(pid(&conn).await, victim);
+    let s = pool.status();
+    assert_eq!(s.closed.check_failed + s.closed.broken, 1, "{s:?}");
+}
