@@ -1,21 +1,15 @@
-//! An adaptive parallel processor.
+//! An adaptive parallel processor (in progress): today, its concurrency
+//! limiters.
 //!
-//! `torque-parallel` runs batches of work well without hand tuning: CPU-bound
-//! work on a rayon pool with a sequential cutoff measured from the work itself,
-//! I/O-bound work as tokio tasks under an adaptive concurrency limit, blocking
-//! work on bounded threads, with per-item error and panic isolation and bounded
-//! memory everywhere.
+//! `torque-parallel` will run batches of work well without hand tuning. The
+//! part built so far is [`limit`]: limiters that decide how many requests may
+//! be in flight to a backend, from the latencies they observe, usable alone.
 //!
-//! **Status: skeleton.** The workspace foundation creates this crate so that the
-//! layout, CI and docs are in place; the processor lands with the
-//! "torque-parallel" issue. Nothing below is usable yet, and this page will say
-//! so until it is.
-//!
-//! # What it will offer
-//! - `Processor` with the strategies `Cpu`, `Async`, `Blocking` and `Hybrid`.
-//! - `limit`: the `Limiter` trait and `Fixed`, `Aimd`, `Vegas`, `Gradient2`
-//!   and an adaptive default, usable alone.
-//! - Size/time-bounded and adaptive batching; balancing across workers.
+//! # Example
+//! ```
+//! ```
 //!
 //! # Feature flags
-//! None yet. Planned: `tower` (the limiter as a tower layer), `metrics`.
+//! None yet.
+
+pub mod limit;

@@ -1,0 +1,416 @@
+use std::time::{Duration, Instant};
+
+use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, clamp_limit};
+
+/// The default limit algorithm: windowed latency against a periodically
+/// re-measured no-load latency, with AIMD only as an overload backstop.
+///
+/// How it decides, one window at a time:
+/// - **Windows, not samples.** Latencies of requests admitted since the last
+///   decision are averaged until the mean is precise enough to see one extra
+///   queued request: its relative standard error must fall below
+///   `1 / (3 × limit)` (a queue of one adds about `1 / limit` to the mean
+///   latency at the knee), or the window reaches `max_window`. Service-time
+///   variance then averages out instead of being read as queueing, the flaw
+///   of per-sample delay control (Vegas, Gradient2).
+/// - **Queueing test.** With `baseline` the no-load latency, a window whose
+///   mean exceeds `baseline × (1 + tol)`, `tol = max(min_tolerance, 2 × the
+///   combined standard error)`, has a queue. The limit is then set to
+///   `limit × baseline / mean`, the number of requests actually being served
+///   by Little's law (as Envoy's gradient controller and TCP Vegas'
+///   `expected / actual` rate do); otherwise it grows, doubling per window
+///   until the first queue (slow start), then by 1, 2, 3, … per window while
+///   no queue shows (so it also finds a capacity that rose).
+/// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
+///   to `probe_ratio × limit` for one window to sample the no-load latency
+///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
+///   backend whose no-load latency rose (a slower dependency, a capacity drop
+///   that lengthens service) does not leave the limit stuck low. A probe
+///   consistent with the current baseline is merged into it (inverse-variance
+///   weighting); an inconsistent one replaces it.
+/// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
+///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
+///   rule), whatever the latency says.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use torque_parallel::limit::{Adaptive, Algorithm};
+///
+/// let adaptive = Adaptive::builder()
+///     .initial_limit(4)
+///     .min_limit(1)
+///     .max_limit(512)
+///     .probe_interval(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(adaptive.initial_limit(), 4);
+/// # Ok::<(), torque_parallel::limit::BuildError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    config: AdaptiveBuilder,
+    limit: usize,
+    slow_start: bool,
+    growth_streak: usize,
+    window: Window,
+    baseline: Option<Baseline>,
+    probe: Probe,
+    last_backoff: Option<Instant>,
+}
+
+/// Builder of [`Adaptive`].
+#[derive(Debug, Clone)]
+pub struct AdaptiveBuilder {
+    initial: usize,
+    min: usize,
+    max: usize,
+    min_samples: usize,
+    max_window: Duration,
+    min_tolerance: f64,
+    probe_interval: Duration,
+    probe_ratio: f64,
+    backoff_ratio: f64,
+}
+
+/// The no-load latency estimate: a mean and its variance (seconds²).
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    mean: f64,
+    variance: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// The next probe is due at this instant (set by the first sample).
+    Due(Option<Instant>),
+    /// Probing; the limit to go back to afterwards.
+    Running { restore: usize },
+}
+
+/// Sums over the latencies of one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: Option<Instant>,
+    count: usize,
+    sum: f64,
+    sum_squares: f64,
+    max_in_flight: usize,
+}
+
+impl Window {
+    fn reset(&mut self, now: Instant) {
+        *self = Window {
+            start: Some(now),
+            ..Window::default()
+        };
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+
+    /// Variance of the window's mean (seconds²).
+    fn variance_of_mean(&self) -> f64 {
+        let n = self.count as f64;
+        let mean = self.mean();
+        let variance = (self.sum_squares / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
+        variance / n
+    }
+}
+
+/// One extra queued request raises the mean latency by about `1 / limit`;
+/// the window's standard error must be this many times smaller to see it.
+const RESOLUTION: f64 = 3.0;
+
+/// A window whose mean is this far above the baseline closes early: the
+/// queue is obvious and waiting for precision only prolongs it.
+const OBVIOUS_QUEUE: f64 = 1.5;
+
+/// The baseline variance never drops below this fraction of its mean squared,
+/// so that merged probes keep some weight and the estimate can drift.
+const BASELINE_FLOOR: f64 = 0.005 * 0.005;
+
+impl Adaptive {
+    /// A builder with the defaults: initial limit 4, bounds 1..=1000, at
+    /// least 16 samples and at most 1 s per window, minimum tolerance 2 %, a
+    /// no-load probe every 60 s at half the limit, backoff 0.9 on overload.
+    pub fn builder() -> AdaptiveBuilder {
+        AdaptiveBuilder {
+            initial: 4,
+            min: 1,
+            max: 1000,
+            min_samples: 16,
+            max_window: Duration::from_secs(1),
+            min_tolerance: 0.02,
+            probe_interval: Duration::from_secs(60),
+            probe_ratio: 0.5,
+            backoff_ratio: 0.9,
+        }
+    }
+
+    /// The no-load latency estimate, once measured.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(|b| Duration::from_secs_f64(b.mean))
+    }
+
+    /// Whether a no-load probe is under way.
+    pub fn probing(&self) -> bool {
+        matches!(self.probe, Probe::Running { .. })
+    }
+
+    fn set_limit(&mut self, limit: f64) {
+        self.limit = clamp_limit(limit.round(), self.config.min, self.config.max);
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        let restore = self.limit;
+        self.set_limit(restore as f64 * self.config.probe_ratio);
+        self.probe = Probe::Running { restore };
+        self.window.reset(now);
+    }
+
+    fn end_probe(&mut self, now: Instant, restore: usize, mean: f64, variance: f64) {
+        let variance = variance.max(BASELINE_FLOOR * mean * mean);
+        self.baseline = Some(match self.baseline {
+            Some(old) if (mean - old.mean).abs() <= 3.0 * (variance + old.variance).sqrt() => {
+                merge(old, mean, variance)
+            }
+            _ => Baseline { mean, variance },
+        });
+        self.limit = restore;
+        self.probe = Probe::Due(Some(now + self.config.probe_interval));
+        self.window.reset(now);
+    }
+
+    fn decide(&mut self, now: Instant) {
+        let window = self.window;
+        let mean = window.mean();
+        let variance = window.variance_of_mean();
+        if let Probe::Running { restore } = self.probe {
+            self.end_probe(now, restore, mean, variance);
+            return;
+        }
+        let baseline = match self.baseline {
+            Some(baseline) => baseline,
+            None => {
+                let variance = variance.max(BASELINE_FLOOR * mean * mean);
+                self.baseline = Some(Baseline { mean, variance });
+                Baseline { mean, variance }
+            }
+        };
+        let ratio = mean / baseline.mean;
+        let relative_error = (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
+        let tolerance = self.config.min_tolerance.max(2.0 * relative_error);
+        if ratio > 1.0 + tolerance {
+            // Little's law: limit × baseline / mean requests are being served.
+            self.set_limit(self.limit as f64 / ratio);
+            self.slow_start = false;
+            self.growth_streak = 0;
+        } else {
+            if self.slow_start {
+                // Queue-free windows before the first queue are no-load
+                // samples: they sharpen the baseline.
+                self.baseline = Some(merge(baseline, mean, variance.max(BASELINE_FLOOR * mean * mean)));
+            } else if ratio < 1.0 - tolerance {
+                // The backend got faster than the baseline says.
+                self.baseline = Some(Baseline {
+                    mean,
+                    variance: variance.max(BASELINE_FLOOR * mean * mean),
+                });
+            }
+            if window.max_in_flight >= self.limit {
+                if self.slow_start {
+                    self.set_limit(self.limit as f64 * 2.0);
+                } else {
+                    self.growth_streak += 1;
+                    let step = self.growth_streak.min((self.limit / 4).max(1));
+                    self.set_limit((self.limit + step) as f64);
+                }
+            }
+        }
+        self.window.reset(now);
+    }
+}
+
+fn merge(old: Baseline, mean: f64, variance: f64) -> Baseline {
+    let (w_old, w_new) = (1.0 / old.variance, 1.0 / variance);
+    let merged = (old.mean * w_old + mean * w_new) / (w_old + w_new);
+    Baseline {
+        mean: merged,
+        variance: (1.0 / (w_old + w_new)).max(BASELINE_FLOOR * merged * merged),
+    }
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self::builder().build().unwrap_or_else(|_| unreachable!())
+    }
+}
+
+impl AdaptiveBuilder {
+    /// The limit before any sample (clamped into the bounds). Starting low is
+    /// cheap (slow start doubles it per window) and gives a clean first
+    /// no-load measurement.
+    pub fn initial_limit(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The lowest limit (at least 1).
+    pub fn min_limit(mut self, limit: usize) -> Self {
+        self.min = limit;
+        self
+    }
+
+    /// The highest limit.
+    pub fn max_limit(mut self, limit: usize) -> Self {
+        self.max = limit;
+        self
+    }
+
+    /// Samples a window needs before it may close (at least 2).
+    pub fn min_samples(mut self, samples: usize) -> Self {
+        self.min_samples = samples;
+        self
+    }
+
+    /// The longest window: at high limits, precision gives way to reaction
+    /// time here.
+    pub fn max_window(mut self, window: Duration) -> Self {
+        self.max_window = window;
+        self
+    }
+
+    /// The smallest relative latency rise read as queueing, in [0, 1).
+    pub fn min_tolerance(mut self, tolerance: f64) -> Self {
+        self.min_tolerance = tolerance;
+        self
+    }
+
+    /// How often the no-load latency is re-measured.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// The limit during a probe, as a fraction of the current limit, in
+    /// (0, 1). Half the limit is below capacity once the limit has converged
+    /// and costs half as much throughput as Envoy's fixed low value.
+    pub fn probe_ratio(mut self, ratio: f64) -> Self {
+        self.probe_ratio = ratio;
+        self
+    }
+
+    /// The factor applied on an overload, in (0, 1).
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.backoff_ratio = ratio;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// [`BuildError`] when the bounds are empty or a knob is out of range.
+    pub fn build(self) -> Result<Adaptive, BuildError> {
+        check_bounds(self.min, self.max)?;
+        check_range(
+            "min_samples",
+            self.min_samples as f64,
+            self.min_samples >= 2,
+            "at least 2",
+        )?;
+        check_range(
+            "max_window",
+            self.max_window.as_secs_f64(),
+            !self.max_window.is_zero(),
+            "more than zero",
+        )?;
+        check_range(
+            "min_tolerance",
+            self.min_tolerance,
+            (0.0..1.0).contains(&self.min_tolerance),
+            "in [0, 1)",
+        )?;
+        check_range(
+            "probe_ratio",
+            self.probe_ratio,
+            self.probe_ratio > 0.0 && self.probe_ratio < 1.0,
+            "between 0 and 1, exclusive",
+        )?;
+        check_range(
+            "backoff_ratio",
+            self.backoff_ratio,
+            self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0,
+            "between 0 and 1, exclusive",
+        )?;
+        Ok(Adaptive {
+            limit: self.initial.clamp(self.min, self.max),
+            config: self,
+            slow_start: true,
+            growth_streak: 0,
+            window: Window::default(),
+            baseline: None,
+            probe: Probe::Due(None),
+            last_backoff: None,
+        })
+    }
+}
+
+impl Algorithm for Adaptive {
+    fn initial_limit(&self) -> usize {
+        self.limit
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let now = sample.now;
+        if sample.outcome == Outcome::Overload {
+            // AIMD backstop, once per round trip: only a request admitted
+            // after the last cut may cut again.
+            if self.last_backoff.is_none_or(|at| sample.started() >= at) {
+                self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
+                self.last_backoff = Some(now);
+                self.slow_start = false;
+                self.growth_streak = 0;
+                if let Probe::Running { .. } = self.probe {
+                    self.probe = Probe::Due(Some(now + self.config.probe_interval));
+                }
+                self.window.reset(now);
+            }
+            return self.limit;
+        }
+        match self.probe {
+            Probe::Due(None) => self.probe = Probe::Due(Some(now + self.config.probe_interval)),
+            Probe::Due(Some(at)) if now >= at => {
+                self.start_probe(now);
+                return self.limit;
+            }
+            _ => {}
+        }
+        let start = *self.window.start.get_or_insert(sample.started());
+        // A request admitted before the window began saw the old limit.
+        if sample.started() < start {
+            return self.limit;
+        }
+        let latency = sample.latency.as_secs_f64();
+        let window = &mut self.window;
+        window.count += 1;
+        window.sum += latency;
+        window.sum_squares += latency * latency;
+        window.max_in_flight = window.max_in_flight.max(sample.in_flight);
+        if window.count < self.config.min_samples {
+            return self.limit;
+        }
+        let mean = window.mean();
+        let relative_error = window.variance_of_mean().sqrt() / mean;
+        let precise = relative_error <= 1.0 / (RESOLUTION * self.limit as f64);
+        let long = now.saturating_duration_since(start) >= self.config.max_window;
+        let obvious = !self.probing()
+            && self
+                .baseline
+                .is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
+        if precise || long || obvious {
+            self.decide(now);
+        }
+        self.limit
+    }
+}
