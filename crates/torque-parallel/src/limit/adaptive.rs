@@ -52,6 +52,8 @@ pub struct Adaptive {
     limit: usize,
     slow_start: bool,
     growth_streak: usize,
+    /// Requests the backend served at the last queue (limit / ratio).
+    capacity: Option<f64>,
     window: Window,
     baseline: Option<Baseline>,
     probe: Probe,
@@ -91,6 +93,9 @@ enum Probe {
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
     start: Option<Instant>,
+    /// Admission cut-off: once set, the window is the cohort admitted before
+    /// it, and waits until `drained` for the cohort's slow requests.
+    cut: Option<(Instant, Instant)>,
     count: usize,
     sum: f64,
     sum_squares: f64,
@@ -98,6 +103,14 @@ struct Window {
 }
 
 impl Window {
+    fn add(&mut self, sample: &Sample) {
+        let latency = sample.latency.as_secs_f64();
+        self.count += 1;
+        self.sum += latency;
+        self.sum_squares += latency * latency;
+        self.max_in_flight = self.max_in_flight.max(sample.in_flight);
+    }
+
     fn reset(&mut self, now: Instant) {
         *self = Window {
             start: Some(now),
@@ -126,6 +139,14 @@ const RESOLUTION: f64 = 3.0;
 /// queue is obvious and waiting for precision only prolongs it.
 const OBVIOUS_QUEUE: f64 = 1.5;
 
+/// Standard errors a window's mean must exceed the baseline by to count as
+/// a queue: a false alarm costs a cut of the limit, so be sure.
+const SIGNIFICANCE: f64 = 3.0;
+
+/// How long a closed window waits for its cohort's stragglers, in mean
+/// latencies: with an exponential-like tail, what arrives later is negligible.
+const DRAIN: f64 = 4.0;
+
 /// The baseline variance never drops below this fraction of its mean squared,
 /// so that merged probes keep some weight and the estimate can drift.
 const BASELINE_FLOOR: f64 = 0.005 * 0.005;
@@ -139,7 +160,7 @@ impl Adaptive {
             initial: 4,
             min: 1,
             max: 1000,
-            min_samples: 16,
+            min_samples: 64,
             max_window: Duration::from_secs(1),
             min_tolerance: 0.02,
             probe_interval: Duration::from_secs(60),
@@ -200,16 +221,24 @@ impl Adaptive {
         };
         let ratio = mean / baseline.mean;
         let relative_error = (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
-        let tolerance = self.config.min_tolerance.max(2.0 * relative_error);
+        let tolerance = self.config.min_tolerance.max(SIGNIFICANCE * relative_error);
+        if std::env::var_os("ADAPTIVE_DEBUG").is_some() {
+            eprintln!("n={} mean={:.2}ms base={:.2}ms ratio={ratio:.3} tol={tolerance:.3} limit={} maxif={} ss={}", window.count, mean*1e3, baseline.mean*1e3, self.limit, window.max_in_flight, self.slow_start);
+        }
         if ratio > 1.0 + tolerance {
             // Little's law: limit × baseline / mean requests are being served.
+            self.capacity = Some(self.limit as f64 / ratio);
             self.set_limit(self.limit as f64 / ratio);
             self.slow_start = false;
             self.growth_streak = 0;
         } else {
-            if self.slow_start {
-                // Queue-free windows before the first queue are no-load
-                // samples: they sharpen the baseline.
+            let below_capacity = self
+                .capacity
+                .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
+            if self.slow_start || below_capacity {
+                // Queue-free windows before the first queue, or below the
+                // capacity the last queue revealed, are no-load samples: they
+                // sharpen the baseline.
                 self.baseline = Some(merge(baseline, mean, variance.max(BASELINE_FLOOR * mean * mean)));
             } else if ratio < 1.0 - tolerance {
                 // The backend got faster than the baseline says.
@@ -223,7 +252,12 @@ impl Adaptive {
                     self.set_limit(self.limit as f64 * 2.0);
                 } else {
                     self.growth_streak += 1;
-                    let step = self.growth_streak.min((self.limit / 4).max(1));
+                    // +1 near the last queue; faster once it is clearly
+                    // gone (the capacity rose).
+                    let step = self
+                        .growth_streak
+                        .saturating_sub(2)
+                        .clamp(1, (self.limit / 4).max(1));
                     self.set_limit((self.limit + step) as f64);
                 }
             }
@@ -348,6 +382,7 @@ impl AdaptiveBuilder {
             config: self,
             slow_start: true,
             growth_streak: 0,
+            capacity: None,
             window: Window::default(),
             baseline: None,
             probe: Probe::Due(None),
@@ -391,12 +426,17 @@ impl Algorithm for Adaptive {
         if sample.started() < start {
             return self.limit;
         }
-        let latency = sample.latency.as_secs_f64();
+        if let Some((cut, drained)) = self.window.cut {
+            if sample.started() < cut {
+                self.window.add(sample);
+            }
+            if now >= drained {
+                self.decide(now);
+            }
+            return self.limit;
+        }
+        self.window.add(sample);
         let window = &mut self.window;
-        window.count += 1;
-        window.sum += latency;
-        window.sum_squares += latency * latency;
-        window.max_in_flight = window.max_in_flight.max(sample.in_flight);
         if window.count < self.config.min_samples {
             return self.limit;
         }
@@ -404,12 +444,17 @@ impl Algorithm for Adaptive {
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let precise = relative_error <= 1.0 / (RESOLUTION * self.limit as f64);
         let long = now.saturating_duration_since(start) >= self.config.max_window;
-        let obvious = !self.probing()
+        let obvious = !matches!(self.probe, Probe::Running { .. })
             && self
                 .baseline
                 .is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
         if precise || long || obvious {
-            self.decide(now);
+            // Closing on completions alone would keep the fast requests of
+            // the cohort and drop its slow ones (a survivorship bias of
+            // several per cent): stop admitting to the window and wait for
+            // the stragglers.
+            let drain = Duration::from_secs_f64(DRAIN * mean);
+            window.cut = Some((now, now + drain));
         }
         self.limit
     }
