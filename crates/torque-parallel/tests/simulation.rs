@@ -15,3 +15,17 @@ fn debug_trace() {
     println!("{:?}", r.limits);
     println!("{} {:?}", r.throughput, r.p99);
 }
+
+#[test]
+fn debug_landscape() {
+    for l in [20usize, 22, 24, 25, 26, 27, 28, 29, 30, 32, 36] {
+        let mut s = Scenario::closed(24, 1);
+        s.thrash = true;
+        s.open_loop = Some(1.3);
+        let r = run(&s, torque_parallel::limit::Fixed::new(l));
+        let mut c = Scenario::closed(24, 1);
+        c.thrash = true;
+        let rc = run(&c, torque_parallel::limit::Fixed::new(l));
+        println!("L={l} open={:.0} p99={:?} closed={:.0} p99={:?}", r.throughput, r.p99, rc.throughput, rc.p99);
+    }
+}

@@ -54,6 +54,8 @@ pub struct Adaptive {
     growth_streak: usize,
     /// Requests the backend served at the last queue (limit / ratio).
     capacity: Option<f64>,
+    /// The last limit found to queue, the target of the binary search.
+    max_queued: Option<usize>,
     window: Window,
     baseline: Option<Baseline>,
     probe: Probe,
@@ -68,7 +70,7 @@ pub struct AdaptiveBuilder {
     max: usize,
     min_samples: usize,
     max_window: Duration,
-    min_tolerance: f64,
+    headroom: f64,
     probe_interval: Duration,
     probe_ratio: f64,
     backoff_ratio: f64,
@@ -141,7 +143,7 @@ const OBVIOUS_QUEUE: f64 = 1.5;
 
 /// Standard errors a window's mean must exceed the baseline by to count as
 /// a queue: a false alarm costs a cut of the limit, so be sure.
-const SIGNIFICANCE: f64 = 3.0;
+const SIGNIFICANCE: f64 = 2.0;
 
 /// How long a closed window waits for its cohort's stragglers, in mean
 /// latencies: with an exponential-like tail, what arrives later is negligible.
@@ -162,7 +164,7 @@ impl Adaptive {
             max: 1000,
             min_samples: 64,
             max_window: Duration::from_secs(1),
-            min_tolerance: 0.02,
+            headroom: 0.05,
             probe_interval: Duration::from_secs(60),
             probe_ratio: 0.5,
             backoff_ratio: 0.9,
@@ -220,47 +222,69 @@ impl Adaptive {
             }
         };
         let ratio = mean / baseline.mean;
-        let relative_error = (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
-        let tolerance = self.config.min_tolerance.max(SIGNIFICANCE * relative_error);
+        let relative_error =
+            (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
+        let noise = SIGNIFICANCE * relative_error;
+        let target = 1.0 + self.config.headroom;
         if std::env::var_os("ADAPTIVE_DEBUG").is_some() {
-            eprintln!("n={} mean={:.2}ms base={:.2}ms ratio={ratio:.3} tol={tolerance:.3} limit={} maxif={} ss={}", window.count, mean*1e3, baseline.mean*1e3, self.limit, window.max_in_flight, self.slow_start);
+            eprintln!(
+                "n={} mean={:.2}ms base={:.2}ms ratio={ratio:.3} noise={noise:.3} limit={} maxif={} ss={}",
+                window.count,
+                mean * 1e3,
+                baseline.mean * 1e3,
+                self.limit,
+                window.max_in_flight,
+                self.slow_start
+            );
         }
-        if ratio > 1.0 + tolerance {
-            // Little's law: limit × baseline / mean requests are being served.
-            self.capacity = Some(self.limit as f64 / ratio);
-            self.set_limit(self.limit as f64 / ratio);
+        if ratio > target + noise {
+            // Little's law: limit / ratio requests are being served; allow
+            // the headroom's worth of queue on top.
+            let served = self.limit as f64 / ratio;
+            self.capacity = Some(served);
+            self.max_queued = Some(self.limit);
+            let new = (served * target).round().min(self.limit as f64 - 1.0);
+            self.set_limit(new);
             self.slow_start = false;
             self.growth_streak = 0;
+            self.window.reset(now);
+            return;
+        }
+        let below_capacity = self
+            .capacity
+            .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
+        let variance = variance.max(BASELINE_FLOOR * mean * mean);
+        if self.slow_start || below_capacity {
+            // Windows before the first queue, or below the capacity the last
+            // queue revealed, are no-load samples: they sharpen the baseline.
+            self.baseline = Some(merge(baseline, mean, variance));
+        } else if ratio < 1.0 - noise {
+            // The backend got faster than the baseline says.
+            self.baseline = Some(Baseline { mean, variance });
+        }
+        if window.max_in_flight < self.limit || ratio > target {
+            // Not using the limit, or inside the noise band above the
+            // target: hold.
+            self.window.reset(now);
+            return;
+        }
+        if self.slow_start {
+            self.set_limit(self.limit as f64 * 2.0);
         } else {
-            let below_capacity = self
-                .capacity
-                .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
-            if self.slow_start || below_capacity {
-                // Queue-free windows before the first queue, or below the
-                // capacity the last queue revealed, are no-load samples: they
-                // sharpen the baseline.
-                self.baseline = Some(merge(baseline, mean, variance.max(BASELINE_FLOOR * mean * mean)));
-            } else if ratio < 1.0 - tolerance {
-                // The backend got faster than the baseline says.
-                self.baseline = Some(Baseline {
-                    mean,
-                    variance: variance.max(BASELINE_FLOOR * mean * mean),
-                });
-            }
-            if window.max_in_flight >= self.limit {
-                if self.slow_start {
-                    self.set_limit(self.limit as f64 * 2.0);
-                } else {
-                    self.growth_streak += 1;
-                    // +1 near the last queue; faster once it is clearly
-                    // gone (the capacity rose).
-                    let step = self
-                        .growth_streak
+            self.growth_streak += 1;
+            let step = match self.max_queued {
+                // Binary search towards the last limit that queued (TCP BIC).
+                Some(queued) if queued > self.limit + 2 => (queued - self.limit) / 2,
+                // Past it: +1 at first, faster while no queue shows (the
+                // capacity rose).
+                _ => {
+                    self.max_queued = None;
+                    self.growth_streak
                         .saturating_sub(2)
-                        .clamp(1, (self.limit / 4).max(1));
-                    self.set_limit((self.limit + step) as f64);
+                        .clamp(1, (self.limit / 4).max(1))
                 }
-            }
+            };
+            self.set_limit((self.limit + step) as f64);
         }
         self.window.reset(now);
     }
@@ -315,9 +339,11 @@ impl AdaptiveBuilder {
         self
     }
 
-    /// The smallest relative latency rise read as queueing, in [0, 1).
-    pub fn min_tolerance(mut self, tolerance: f64) -> Self {
-        self.min_tolerance = tolerance;
+    /// The queueing accepted on purpose, as a fraction of the no-load
+    /// latency, in [0, 1): a little queue keeps every server busy between
+    /// one request and the next.
+    pub fn headroom(mut self, headroom: f64) -> Self {
+        self.headroom = headroom;
         self
     }
 
@@ -360,9 +386,9 @@ impl AdaptiveBuilder {
             "more than zero",
         )?;
         check_range(
-            "min_tolerance",
-            self.min_tolerance,
-            (0.0..1.0).contains(&self.min_tolerance),
+            "headroom",
+            self.headroom,
+            (0.0..1.0).contains(&self.headroom),
             "in [0, 1)",
         )?;
         check_range(
@@ -383,6 +409,7 @@ impl AdaptiveBuilder {
             slow_start: true,
             growth_streak: 0,
             capacity: None,
+            max_queued: None,
             window: Window::default(),
             baseline: None,
             probe: Probe::Due(None),
@@ -442,13 +469,18 @@ impl Algorithm for Adaptive {
         }
         let mean = window.mean();
         let relative_error = window.variance_of_mean().sqrt() / mean;
-        let precise = relative_error <= 1.0 / (RESOLUTION * self.limit as f64);
+        let needed = 1.0 / (RESOLUTION * self.limit as f64);
+        // Slow start only looks for a gross queue.
+        let needed = if self.slow_start { needed.max(0.03) } else { needed };
+        let precise = relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
             && self
                 .baseline
                 .is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
-        if precise || long || obvious {
+        if obvious {
+            self.decide(now);
+        } else if precise || long {
             // Closing on completions alone would keep the fast requests of
             // the cohort and drop its slow ones (a survivorship bias of
             // several per cent): stop admitting to the window and wait for
