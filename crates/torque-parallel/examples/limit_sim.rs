@@ -41,6 +41,7 @@ fn scenarios(kind: &str, seed: u64) -> Vec<(String, Scenario)> {
         for c in [8, 24, 64] {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
+            s.duration = Duration::from_secs(60);
             out.push((format!("thrash C={c}"), s));
         }
     }
@@ -48,8 +49,8 @@ fn scenarios(kind: &str, seed: u64) -> Vec<(String, Scenario)> {
         for (from, to) in [(24, 8), (9, 3), (64, 21)] {
             let mut s = Scenario::closed(from, seed);
             s.thrash = true;
-            s.duration = Duration::from_secs(60);
-            s.step = Some((Duration::from_secs(30), to));
+            s.duration = Duration::from_secs(120);
+            s.step = Some((Duration::from_secs(60), to));
             out.push((format!("step C={from}→{to}"), s));
         }
     }
@@ -58,6 +59,7 @@ fn scenarios(kind: &str, seed: u64) -> Vec<(String, Scenario)> {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
             s.open_loop = Some(1.3);
+            s.duration = Duration::from_secs(60);
             out.push((format!("open 1.3× C={c}"), s));
         }
     }

@@ -22,7 +22,7 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   until the first queue (slow start), then by 1, 2, 3, … per window while
 ///   no queue shows (so it also finds a capacity that rose).
 /// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
-///   to `probe_ratio × limit` for one window to sample the no-load latency
+///   to `probe_limit` (4) for one window to sample the no-load latency
 ///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
 ///   backend whose no-load latency rose (a slower dependency, a capacity drop
 ///   that lengthens service) does not leave the limit stuck low. A probe
@@ -54,8 +54,9 @@ pub struct Adaptive {
     growth_streak: usize,
     /// Requests the backend served at the last queue (limit / ratio).
     capacity: Option<f64>,
-    /// The last limit found to queue, the target of the binary search.
-    max_queued: Option<usize>,
+    /// In slow start, the last limit whose window showed no queue.
+    last_clear: Option<usize>,
+
     window: Window,
     baseline: Option<Baseline>,
     probe: Probe,
@@ -72,7 +73,7 @@ pub struct AdaptiveBuilder {
     max_window: Duration,
     headroom: f64,
     probe_interval: Duration,
-    probe_ratio: f64,
+    probe_limit: usize,
     backoff_ratio: f64,
 }
 
@@ -156,7 +157,7 @@ const BASELINE_FLOOR: f64 = 0.005 * 0.005;
 impl Adaptive {
     /// A builder with the defaults: initial limit 4, bounds 1..=1000, at
     /// least 16 samples and at most 1 s per window, minimum tolerance 2 %, a
-    /// no-load probe every 60 s at half the limit, backoff 0.9 on overload.
+    /// no-load probe at a limit of 4 at start-up and every 60 s, backoff 0.9 on overload.
     pub fn builder() -> AdaptiveBuilder {
         AdaptiveBuilder {
             initial: 4,
@@ -164,9 +165,9 @@ impl Adaptive {
             max: 1000,
             min_samples: 64,
             max_window: Duration::from_secs(1),
-            headroom: 0.05,
+            headroom: 0.03,
             probe_interval: Duration::from_secs(60),
-            probe_ratio: 0.5,
+            probe_limit: 4,
             backoff_ratio: 0.9,
         }
     }
@@ -187,7 +188,7 @@ impl Adaptive {
 
     fn start_probe(&mut self, now: Instant) {
         let restore = self.limit;
-        self.set_limit(restore as f64 * self.config.probe_ratio);
+        self.set_limit(restore.min(self.config.probe_limit) as f64);
         self.probe = Probe::Running { restore };
         self.window.reset(now);
     }
@@ -200,7 +201,13 @@ impl Adaptive {
             }
             _ => Baseline { mean, variance },
         });
-        self.limit = restore;
+        if self.slow_start && restore <= self.limit {
+            // The start-up probe doubles as the first slow-start window.
+            self.last_clear = Some(self.limit);
+            self.set_limit(self.limit as f64 * 2.0);
+        } else {
+            self.limit = restore;
+        }
         self.probe = Probe::Due(Some(now + self.config.probe_interval));
         self.window.reset(now);
     }
@@ -242,8 +249,13 @@ impl Adaptive {
             // the headroom's worth of queue on top.
             let served = self.limit as f64 / ratio;
             self.capacity = Some(served);
-            self.max_queued = Some(self.limit);
-            let new = (served * target).round().min(self.limit as f64 - 1.0);
+            let mut new = (served * target).round().min(self.limit as f64 - 1.0);
+            if let Some(clear) = self.last_clear.take() {
+                // The previous slow-start window showed no queue at `clear`:
+                // thrashing makes Little's law undershoot, so do not go
+                // below what is known to work.
+                new = new.max(clear as f64).min(self.limit as f64 - 1.0);
+            }
             self.set_limit(new);
             self.slow_start = false;
             self.growth_streak = 0;
@@ -258,32 +270,25 @@ impl Adaptive {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
             self.baseline = Some(merge(baseline, mean, variance));
-        } else if ratio < 1.0 - noise {
-            // The backend got faster than the baseline says.
-            self.baseline = Some(Baseline { mean, variance });
         }
-        if window.max_in_flight < self.limit || ratio > target {
+        let band = if self.slow_start { target + noise } else { target };
+        if window.max_in_flight < self.limit || ratio > band {
             // Not using the limit, or inside the noise band above the
             // target: hold.
             self.window.reset(now);
             return;
         }
         if self.slow_start {
+            self.last_clear = Some(self.limit);
             self.set_limit(self.limit as f64 * 2.0);
         } else {
             self.growth_streak += 1;
-            let step = match self.max_queued {
-                // Binary search towards the last limit that queued (TCP BIC).
-                Some(queued) if queued > self.limit + 2 => (queued - self.limit) / 2,
-                // Past it: +1 at first, faster while no queue shows (the
-                // capacity rose).
-                _ => {
-                    self.max_queued = None;
-                    self.growth_streak
-                        .saturating_sub(2)
-                        .clamp(1, (self.limit / 4).max(1))
-                }
-            };
+            // +1 near the last queue; faster while no queue shows (the
+            // capacity rose).
+            let step = self
+                .growth_streak
+                .saturating_sub(2)
+                .clamp(1, (self.limit / 4).max(1));
             self.set_limit((self.limit + step) as f64);
         }
         self.window.reset(now);
@@ -353,11 +358,11 @@ impl AdaptiveBuilder {
         self
     }
 
-    /// The limit during a probe, as a fraction of the current limit, in
-    /// (0, 1). Half the limit is below capacity once the limit has converged
-    /// and costs half as much throughput as Envoy's fixed low value.
-    pub fn probe_ratio(mut self, ratio: f64) -> Self {
-        self.probe_ratio = ratio;
+    /// The limit while the no-load latency is measured (at start-up and
+    /// every `probe_interval`), at least 1. Envoy uses 3; it must be below
+    /// the backend's capacity for the measurement to be clean.
+    pub fn probe_limit(mut self, limit: usize) -> Self {
+        self.probe_limit = limit;
         self
     }
 
@@ -392,10 +397,10 @@ impl AdaptiveBuilder {
             "in [0, 1)",
         )?;
         check_range(
-            "probe_ratio",
-            self.probe_ratio,
-            self.probe_ratio > 0.0 && self.probe_ratio < 1.0,
-            "between 0 and 1, exclusive",
+            "probe_limit",
+            self.probe_limit as f64,
+            self.probe_limit >= 1,
+            "at least 1",
         )?;
         check_range(
             "backoff_ratio",
@@ -403,16 +408,20 @@ impl AdaptiveBuilder {
             self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0,
             "between 0 and 1, exclusive",
         )?;
+        let initial = self.initial.clamp(self.min, self.max);
         Ok(Adaptive {
-            limit: self.initial.clamp(self.min, self.max),
+            // The first window measures the no-load latency at the probe
+            // limit, then the limit goes to `initial`.
+            limit: initial.min(self.probe_limit).max(self.min),
             config: self,
             slow_start: true,
             growth_streak: 0,
             capacity: None,
-            max_queued: None,
+            last_clear: None,
+
             window: Window::default(),
             baseline: None,
-            probe: Probe::Due(None),
+            probe: Probe::Running { restore: initial },
             last_backoff: None,
         })
     }
@@ -450,7 +459,7 @@ impl Algorithm for Adaptive {
         }
         let start = *self.window.start.get_or_insert(sample.started());
         // A request admitted before the window began saw the old limit.
-        if sample.started() < start {
+        if sample.started() <= start {
             return self.limit;
         }
         if let Some((cut, drained)) = self.window.cut {
@@ -471,7 +480,7 @@ impl Algorithm for Adaptive {
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let needed = 1.0 / (RESOLUTION * self.limit as f64);
         // Slow start only looks for a gross queue.
-        let needed = if self.slow_start { needed.max(0.03) } else { needed };
+        let needed = if self.slow_start { needed.max(0.05) } else { needed };
         let precise = relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
