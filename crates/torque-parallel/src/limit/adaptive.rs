@@ -500,3 +500,87 @@ impl Algorithm for Adaptive {
         self.limit
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed-loop fluid model of C servers: every completion comes after
+    /// `limit / rate` and took `no_load × max(1, limit / C)`, ±50 % noise.
+    struct Model {
+        now: Instant,
+        rng: u64,
+    }
+
+    impl Model {
+        fn run(&mut self, adaptive: &mut Adaptive, no_load: f64, c: f64, seconds: f64) {
+            let end = self.now + Duration::from_secs_f64(seconds);
+            while self.now < end {
+                let limit = adaptive.limit as f64;
+                let mean = no_load * (limit / c).max(1.0);
+                // xorshift64*: a deterministic uniform in [0, 1).
+                self.rng ^= self.rng >> 12;
+                self.rng ^= self.rng << 25;
+                self.rng ^= self.rng >> 27;
+                let u = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64
+                    / (1u64 << 53) as f64;
+                self.now += Duration::from_secs_f64(mean / limit);
+                adaptive.update(&Sample {
+                    now: self.now,
+                    latency: Duration::from_secs_f64(mean * (0.5 + u)),
+                    in_flight: adaptive.limit,
+                    outcome: Outcome::Success,
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn probe_recovers_from_a_rise_in_no_load_latency() {
+        let mut adaptive = Adaptive::builder()
+            .probe_interval(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 16.0, 15.0);
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+
+        // The backend's no-load latency triples (a slower dependency); its
+        // capacity in requests stays 16. Until the next probe, every window
+        // looks queued and the limit falls...
+        model.run(&mut adaptive, 0.060, 16.0, 3.0);
+        assert!(adaptive.limit < 10, "{}", adaptive.limit);
+        // ...then the probe re-measures the no-load latency and it recovers.
+        model.run(&mut adaptive, 0.060, 16.0, 60.0);
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!((0.050..0.070).contains(&baseline), "{baseline}");
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+    }
+
+    #[test]
+    fn overload_backs_off_once_per_round_trip() {
+        let mut adaptive = Adaptive::builder().initial_limit(4).build().unwrap();
+        adaptive.limit = 100;
+        let t0 = Instant::now();
+        let overload = |now: Instant, latency_ms: u64| Sample {
+            now,
+            latency: Duration::from_millis(latency_ms),
+            in_flight: 100,
+            outcome: Outcome::Overload,
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(adaptive.update(&overload(t1, 500)), 90);
+        // Admitted before the cut: the same congestion, no second cut.
+        assert_eq!(adaptive.update(&overload(t1 + Duration::from_millis(1), 500)), 90);
+        // Admitted after it: cut again.
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(adaptive.update(&overload(t2, 100)), 81);
+        for i in 0..200 {
+            adaptive.update(&overload(t2 + Duration::from_secs(i + 1), 1));
+        }
+        assert_eq!(adaptive.limit, 1, "never below the minimum of 1");
+    }
+}
