@@ -52,6 +52,8 @@ pub struct Adaptive {
     limit: usize,
     slow_start: bool,
     growth_streak: usize,
+    /// The last window was in the band above the target and held.
+    held: bool,
     /// Requests the backend served at the last queue (limit / ratio).
     capacity: Option<f64>,
     /// In slow start, the last limit whose window showed no queue.
@@ -233,17 +235,6 @@ impl Adaptive {
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
         let noise = SIGNIFICANCE * relative_error;
         let target = 1.0 + self.config.headroom;
-        if std::env::var_os("ADAPTIVE_DEBUG").is_some() {
-            eprintln!(
-                "n={} mean={:.2}ms base={:.2}ms ratio={ratio:.3} noise={noise:.3} limit={} maxif={} ss={}",
-                window.count,
-                mean * 1e3,
-                baseline.mean * 1e3,
-                self.limit,
-                window.max_in_flight,
-                self.slow_start
-            );
-        }
         if ratio > target + noise {
             // Little's law: limit / ratio requests are being served; allow
             // the headroom's worth of queue on top.
@@ -259,6 +250,7 @@ impl Adaptive {
             self.set_limit(new);
             self.slow_start = false;
             self.growth_streak = 0;
+            self.held = false;
             self.window.reset(now);
             return;
         }
@@ -272,12 +264,17 @@ impl Adaptive {
             self.baseline = Some(merge(baseline, mean, variance));
         }
         let band = if self.slow_start { target + noise } else { target };
-        if window.max_in_flight < self.limit || ratio > band {
+        let in_band = ratio > band;
+        if window.max_in_flight < self.limit || (in_band && !self.held) {
             // Not using the limit, or inside the noise band above the
-            // target: hold.
+            // target: hold, once. Two in-band windows in a row mean the
+            // queue is not growing; holding on would let every noisy cut
+            // ratchet the limit down when the baseline is a little low.
+            self.held = in_band;
             self.window.reset(now);
             return;
         }
+        self.held = false;
         if self.slow_start {
             self.last_clear = Some(self.limit);
             self.set_limit(self.limit as f64 * 2.0);
@@ -416,6 +413,7 @@ impl AdaptiveBuilder {
             config: self,
             slow_start: true,
             growth_streak: 0,
+            held: false,
             capacity: None,
             last_clear: None,
 
@@ -480,7 +478,7 @@ impl Algorithm for Adaptive {
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let needed = 1.0 / (RESOLUTION * self.limit as f64);
         // Slow start only looks for a gross queue.
-        let needed = if self.slow_start { needed.max(0.05) } else { needed };
+        let needed = if self.slow_start { needed.max(0.03) } else { needed };
         let precise = relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
