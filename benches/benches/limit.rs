@@ -18,8 +18,14 @@ use torque_parallel::limit::{
 fn algorithms() -> Vec<(&'static str, Box<dyn Algorithm>)> {
     vec![
         ("Fixed", Box::new(Fixed::new(1000))),
-        ("Aimd", Box::new(Aimd::builder().initial_limit(64).build().unwrap())),
-        ("Vegas", Box::new(Vegas::builder().initial_limit(64).build().unwrap())),
+        (
+            "Aimd",
+            Box::new(Aimd::builder().initial_limit(64).build().unwrap()),
+        ),
+        (
+            "Vegas",
+            Box::new(Vegas::builder().initial_limit(64).build().unwrap()),
+        ),
         (
             "Vegas_windowed",
             Box::new(
@@ -28,13 +34,19 @@ fn algorithms() -> Vec<(&'static str, Box<dyn Algorithm>)> {
                     .unwrap(),
             ),
         ),
-        ("Gradient2", Box::new(Gradient2::builder().initial_limit(64).build().unwrap())),
-        ("Adaptive", Box::new(Adaptive::builder().initial_limit(64).build().unwrap())),
+        (
+            "Gradient2",
+            Box::new(Gradient2::builder().initial_limit(64).build().unwrap()),
+        ),
+        (
+            "Adaptive",
+            Box::new(Adaptive::builder().initial_limit(64).build().unwrap()),
+        ),
     ]
 }
 
 /// `iters` requests split over `threads` threads; returns the wall time.
-fn run_threads(threads: usize, iters: u64, one: Arc<dyn Fn() + Send + Sync>) -> Duration {
+fn run_threads(threads: usize, iters: u64, one: &Arc<dyn Fn() + Send + Sync>) -> Duration {
     let barrier = Arc::new(std::sync::Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
@@ -75,7 +87,7 @@ fn acquire_complete(c: &mut Criterion) {
                             token.success();
                         }
                     });
-                    b.iter_custom(|iters| run_threads(threads, iters, one.clone()));
+                    b.iter_custom(|iters| run_threads(threads, iters, &one));
                 }
             });
         }
@@ -89,7 +101,7 @@ fn acquire_complete(c: &mut Criterion) {
                     let semaphore = semaphore.clone();
                     let one: Arc<dyn Fn() + Send + Sync> =
                         Arc::new(move || drop(black_box(&semaphore).try_acquire()));
-                    b.iter_custom(|iters| run_threads(threads, iters, one.clone()));
+                    b.iter_custom(|iters| run_threads(threads, iters, &one));
                 }
             },
         );

@@ -102,11 +102,7 @@ fn main() {
                 } else {
                     String::new()
                 };
-                let (p99, base_p99) = if scenario.step.is_some() {
-                    (report.p99, base.p99)
-                } else {
-                    (report.p99, base.p99)
-                };
+                let (p99, base_p99) = (report.p99, base.p99);
                 println!(
                     "| {name} | {seed} | {best} | {:.0} | {:.1} | {limiter} | {:.3} | {:.2} | {:.1} / {:.1} | {goal} |",
                     base.throughput,

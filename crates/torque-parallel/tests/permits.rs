@@ -15,7 +15,11 @@ fn algorithms() -> Vec<Box<dyn Algorithm>> {
         Box::new(Aimd::builder().initial_limit(3).build().unwrap()),
         Box::new(Vegas::builder().initial_limit(3).build().unwrap()),
         Box::new(Gradient2::builder().initial_limit(3).build().unwrap()),
-        Box::new(Windowed::builder(Vegas::builder().initial_limit(3).build().unwrap()).build().unwrap()),
+        Box::new(
+            Windowed::builder(Vegas::builder().initial_limit(3).build().unwrap())
+                .build()
+                .unwrap(),
+        ),
         Box::new(Adaptive::builder().initial_limit(3).build().unwrap()),
     ]
 }
@@ -37,7 +41,9 @@ fn tokens_dropped_without_an_outcome_return_their_permit() {
     for algorithm in algorithms() {
         let limiter = ConcurrencyLimiter::with_clock(algorithm, MockClock::new());
         for _ in 0..1000 {
-            let token = limiter.try_acquire().expect("a dropped token freed its permit");
+            let token = limiter
+                .try_acquire()
+                .expect("a dropped token freed its permit");
             drop(token);
         }
         assert_eq!(limiter.stats().in_flight, 0);
@@ -57,7 +63,9 @@ fn the_limit_never_goes_below_one() {
     for algorithm in algorithms() {
         let limiter = ConcurrencyLimiter::with_clock(algorithm, clock.clone());
         for i in 0..5000u64 {
-            let token = limiter.try_acquire().expect("at least one permit is always free");
+            let token = limiter
+                .try_acquire()
+                .expect("at least one permit is always free");
             // Ever slower, and often overloaded.
             clock.advance(Duration::from_millis(1 + i));
             if i % 3 == 0 {
@@ -73,7 +81,11 @@ fn the_limit_never_goes_below_one() {
 #[derive(Debug, Clone)]
 enum Op {
     Acquire,
-    Complete { index: usize, outcome: u8, after_ms: u16 },
+    Complete {
+        index: usize,
+        outcome: u8,
+        after_ms: u16,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -147,7 +159,10 @@ async fn waiters_are_served_in_order() {
         tokio::task::yield_now().await;
     }
     assert_eq!(limiter.stats().waiting, 5);
-    assert!(limiter.try_acquire().is_err(), "try_acquire does not jump the queue");
+    assert!(
+        limiter.try_acquire().is_err(),
+        "try_acquire does not jump the queue"
+    );
     held.success();
     for task in tasks {
         task.await.unwrap();

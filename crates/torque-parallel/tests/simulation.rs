@@ -50,7 +50,10 @@ fn every_limiter_converges_up_under_light_load() {
     for (name, algorithm) in algorithms(4) {
         let report = run(&scenario, algorithm);
         let late = report.mean_limit(0.75, 1.0);
-        assert!(late >= 16.0, "{name}: limit {late} after 15 s, started at 4");
+        assert!(
+            late >= 16.0,
+            "{name}: limit {late} after 15 s, started at 4"
+        );
     }
 }
 
@@ -98,7 +101,10 @@ fn adaptive_recovers_after_a_step_down() {
     let before = report.mean_limit(0.3, 0.5);
     let after = report.mean_limit(0.75, 1.0);
     assert!(before >= 20.0, "before the step: {before}");
-    assert!((6.0..=11.0).contains(&after), "after the step to 8: {after}");
+    assert!(
+        (6.0..=11.0).contains(&after),
+        "after the step to 8: {after}"
+    );
 }
 
 #[test]
@@ -135,7 +141,11 @@ fn open_loop_sheds_load_instead_of_queueing() {
     let report = run(&scenario, Adaptive::default());
     assert!(report.rejected > 0);
     // No-load p99 of 10 ms + Exp(10 ms) is about 56 ms.
-    assert!(report.p99 <= Duration::from_millis(90), "p99 {:?}", report.p99);
+    assert!(
+        report.p99 <= Duration::from_millis(90),
+        "p99 {:?}",
+        report.p99
+    );
 }
 
 #[test]

@@ -263,7 +263,11 @@ impl Adaptive {
             // queue revealed, are no-load samples: they sharpen the baseline.
             self.baseline = Some(merge(baseline, mean, variance));
         }
-        let band = if self.slow_start { target + noise } else { target };
+        let band = if self.slow_start {
+            target + noise
+        } else {
+            target
+        };
         let in_band = ratio > band;
         if window.max_in_flight < self.limit || (in_band && !self.held) {
             // Not using the limit, or inside the noise band above the
@@ -478,13 +482,15 @@ impl Algorithm for Adaptive {
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let needed = 1.0 / (RESOLUTION * self.limit as f64);
         // Slow start only looks for a gross queue.
-        let needed = if self.slow_start { needed.max(0.03) } else { needed };
+        let needed = if self.slow_start {
+            needed.max(0.03)
+        } else {
+            needed
+        };
         let precise = relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
-            && self
-                .baseline
-                .is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
+            && self.baseline.is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
         if obvious {
             self.decide(now);
         } else if precise || long {
@@ -572,7 +578,10 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(adaptive.update(&overload(t1, 500)), 90);
         // Admitted before the cut: the same congestion, no second cut.
-        assert_eq!(adaptive.update(&overload(t1 + Duration::from_millis(1), 500)), 90);
+        assert_eq!(
+            adaptive.update(&overload(t1 + Duration::from_millis(1), 500)),
+            90
+        );
         // Admitted after it: cut again.
         let t2 = t1 + Duration::from_secs(1);
         assert_eq!(adaptive.update(&overload(t2, 100)), 81);

@@ -162,10 +162,7 @@ pub async fn simulate_with<A: Algorithm>(
 ) -> Report {
     let start = Instant::now();
     let end = start + scenario.duration;
-    let half = start
-        + scenario
-            .step
-            .map_or(scenario.duration / 2, |(at, _)| at);
+    let half = start + scenario.step.map_or(scenario.duration / 2, |(at, _)| at);
     let backend = Arc::new(Mutex::new(Backend {
         capacity: scenario.servers,
         free_at: vec![start; scenario.servers],
