@@ -46,7 +46,11 @@
 //! Async callers wait with `limiter.acquire().await`, which is cancel safe.
 //!
 //! # Feature flags
-//! None yet; the crate depends only on `parking_lot` and `thiserror`.
-//! Planned: `tower` (the limiter as a tower layer) and `metrics`.
+//! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
+//!   waits for a permit; the response completes the token). Pulls in
+//!   `tower-layer`, `tower-service` and `pin-project-lite`.
+//!
+//! Without features the crate depends only on `parking_lot` and `thiserror`.
+//! Planned: `metrics`.
 
 pub mod limit;

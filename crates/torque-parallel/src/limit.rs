@@ -25,6 +25,8 @@ mod clock;
 mod fixed;
 mod gradient2;
 mod limiter;
+#[cfg(feature = "tower")]
+mod tower;
 mod vegas;
 mod windowed;
 
@@ -36,6 +38,8 @@ pub use clock::{Clock, MockClock, SystemClock};
 pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
+#[cfg(feature = "tower")]
+pub use tower::{LimitLayer, LimitService, ResponseFuture};
 pub use vegas::{Vegas, VegasBuilder};
 pub use windowed::{Windowed, WindowedBuilder};
 

@@ -147,16 +147,3 @@ fn open_loop_sheds_load_instead_of_queueing() {
         report.p99
     );
 }
-
-#[test]
-#[ignore]
-fn debug_trace() {
-    let c: usize = std::env::var("C").map_or(24, |v| v.parse().unwrap());
-    let mut s = Scenario::closed(c, 1);
-    s.thrash = true;
-    s.open_loop = std::env::var("OPEN").ok().map(|v| v.parse().unwrap());
-    s.duration = Duration::from_secs(60);
-    let r = run(&s, Adaptive::default());
-    println!("{:?}", r.limits);
-    println!("{} {:?}", r.throughput, r.p99);
-}

@@ -141,6 +141,16 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
         self.shared.state.lock().limit
     }
 
+    /// Like [`Limiter::acquire`], but the future owns a handle to the
+    /// limiter (a cheap clone), so it can be stored (in a tower service, a
+    /// struct field) without borrowing.
+    pub fn acquire_owned(&self) -> Acquire<A, C> {
+        Acquire {
+            limiter: self.clone(),
+            waiter: None,
+        }
+    }
+
     /// Runs `f` on the algorithm (to read its own statistics).
     pub fn with_algorithm<R>(&self, f: impl FnOnce(&A) -> R) -> R {
         f(&self.shared.state.lock().algorithm)
@@ -175,10 +185,7 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
     }
 
     fn acquire(&self) -> impl Future<Output = Token> + Send + '_ {
-        Acquire {
-            limiter: self,
-            waiter: None,
-        }
+        self.acquire_owned()
     }
 
     fn stats(&self) -> Stats {
@@ -213,14 +220,15 @@ impl<A: fmt::Debug, C: fmt::Debug> fmt::Debug for ConcurrencyLimiter<A, C> {
     }
 }
 
-/// The future of [`Limiter::acquire`] on a [`ConcurrencyLimiter`].
+/// The future of [`ConcurrencyLimiter::acquire_owned`] (and of
+/// [`Limiter::acquire`] on a [`ConcurrencyLimiter`]).
 #[must_use = "futures do nothing unless polled"]
-pub struct Acquire<'a, A, C> {
-    limiter: &'a ConcurrencyLimiter<A, C>,
+pub struct Acquire<A, C> {
+    limiter: ConcurrencyLimiter<A, C>,
     waiter: Option<u64>,
 }
 
-impl<A: Algorithm, C: Clock> Future for Acquire<'_, A, C> {
+impl<A: Algorithm, C: Clock> Future for Acquire<A, C> {
     type Output = Token;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Token> {
@@ -261,7 +269,7 @@ impl<A: Algorithm, C: Clock> Future for Acquire<'_, A, C> {
     }
 }
 
-impl<A, C> Drop for Acquire<'_, A, C> {
+impl<A, C> Drop for Acquire<A, C> {
     fn drop(&mut self) {
         if let Some(id) = self.waiter.take() {
             let mut state = self.limiter.shared.state.lock();
@@ -274,7 +282,7 @@ impl<A, C> Drop for Acquire<'_, A, C> {
     }
 }
 
-impl<A, C> fmt::Debug for Acquire<'_, A, C> {
+impl<A, C> fmt::Debug for Acquire<A, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acquire")
             .field("queued", &self.waiter.is_some())
