@@ -1,7 +1,10 @@
 //! Adaptive limiters against the best static limit, on a simulated backend
 //! that runs on tokio's paused clock (deterministic: same seed, same table).
 //!
-//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open]`
+//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--scale N]`
+//!
+//! `--scale N` multiplies every run's duration (and the step's instant) by N,
+//! to separate start-up cost from steady state.
 //!
 //! For each scenario and seed it sweeps static limits 1..=256 for the best
 //! (the oracle), then runs each limiter, which knows nothing of the
@@ -35,7 +38,7 @@ fn limiters() -> Vec<(&'static str, Box<dyn Algorithm>)> {
     ]
 }
 
-fn scenarios(kind: &str, seed: u64) -> Vec<(String, Scenario)> {
+fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
     if kind == "thrash" || kind == "all" {
         for c in [8, 24, 64] {
@@ -63,6 +66,12 @@ fn scenarios(kind: &str, seed: u64) -> Vec<(String, Scenario)> {
             out.push((format!("open 1.3× C={c}"), s));
         }
     }
+    for (_, s) in &mut out {
+        s.duration *= scale;
+        if let Some((at, _)) = &mut s.step {
+            *at *= scale;
+        }
+    }
     out
 }
 
@@ -73,6 +82,7 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let mut seeds = vec![1u64, 2, 3];
     let mut only = "all".to_string();
+    let mut scale = 1u32;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -85,6 +95,7 @@ fn main() {
                     .collect();
             }
             "--only" => only = args.next().expect("--only thrash|step|open"),
+            "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -93,7 +104,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for seed in seeds {
-        for (name, scenario) in scenarios(&only, seed) {
+        for (name, scenario) in scenarios(&only, seed, scale) {
             let (best, base) = oracle(&scenario);
             for (limiter, algorithm) in limiters() {
                 let report = run(&scenario, algorithm);
