@@ -224,3 +224,19 @@ async fn a_raised_limit_wakes_waiters() {
     assert_eq!(limiter.stats().limit, 2);
     token.success();
 }
+
+#[test]
+fn regression_zero_latencies_and_a_never_probe_interval_do_not_panic() {
+    // A mock clock that never moves gives zero latencies; an interval of
+    // Duration::MAX means "never probe" and must not overflow an Instant.
+    let adaptive = Adaptive::builder()
+        .probe_interval(Duration::MAX)
+        .max_window(Duration::MAX)
+        .build()
+        .unwrap();
+    let limiter = ConcurrencyLimiter::with_clock(adaptive, MockClock::new());
+    for _ in 0..10_000 {
+        limiter.try_acquire().unwrap().success();
+    }
+    assert!(limiter.stats().limit >= 1);
+}

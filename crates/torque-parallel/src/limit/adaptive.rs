@@ -109,7 +109,9 @@ struct Window {
 
 impl Window {
     fn add(&mut self, sample: &Sample) {
-        let latency = sample.latency.as_secs_f64();
+        // A zero latency (a mock clock never advanced) would make a zero
+        // baseline and infinite ratios.
+        let latency = sample.latency.as_secs_f64().max(1e-9);
         self.count += 1;
         self.sum += latency;
         self.sum_squares += latency * latency;
@@ -188,6 +190,11 @@ impl Adaptive {
         self.limit = clamp_limit(limit.round(), self.config.min, self.config.max);
     }
 
+    fn next_probe(&self, now: Instant) -> Instant {
+        // Capped so that a huge interval ("never") cannot overflow Instant.
+        now + self.config.probe_interval.min(Duration::from_secs(1 << 32))
+    }
+
     fn start_probe(&mut self, now: Instant) {
         let restore = self.limit;
         self.set_limit(restore.min(self.config.probe_limit) as f64);
@@ -210,7 +217,7 @@ impl Adaptive {
         } else {
             self.limit = restore;
         }
-        self.probe = Probe::Due(Some(now + self.config.probe_interval));
+        self.probe = Probe::Due(Some(self.next_probe(now)));
         self.window.reset(now);
     }
 
@@ -445,14 +452,14 @@ impl Algorithm for Adaptive {
                 self.slow_start = false;
                 self.growth_streak = 0;
                 if let Probe::Running { .. } = self.probe {
-                    self.probe = Probe::Due(Some(now + self.config.probe_interval));
+                    self.probe = Probe::Due(Some(self.next_probe(now)));
                 }
                 self.window.reset(now);
             }
             return self.limit;
         }
         match self.probe {
-            Probe::Due(None) => self.probe = Probe::Due(Some(now + self.config.probe_interval)),
+            Probe::Due(None) => self.probe = Probe::Due(Some(self.next_probe(now))),
             Probe::Due(Some(at)) if now >= at => {
                 self.start_probe(now);
                 return self.limit;
