@@ -49,8 +49,13 @@
 //! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
 //!   waits for a permit; the response completes the token). Pulls in
 //!   `tower-layer`, `tower-service` and `pin-project-lite`.
+//! - `metrics`: publish limiter events through the
+//!   [`metrics`](https://docs.rs/metrics) facade: counters
+//!   `torque_parallel_limiter_{acquired,rejected,overloads,ignored}_total`,
+//!   histogram `torque_parallel_limiter_latency_seconds`, gauges
+//!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
+//!   that is the application's job).
 //!
 //! Without features the crate depends only on `parking_lot` and `thiserror`.
-//! Planned: `metrics`.
 
 pub mod limit;

@@ -25,6 +25,8 @@ mod clock;
 mod fixed;
 mod gradient2;
 mod limiter;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(feature = "tower")]
 mod tower;
 mod vegas;

@@ -172,6 +172,8 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
             state.in_flight += 1;
             let in_flight = state.in_flight;
             drop(state);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_acquired(in_flight);
             Ok(self.token(in_flight))
         } else {
             let rejected = Rejected {
@@ -180,6 +182,8 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
             };
             drop(state);
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_rejected();
             Err(rejected)
         }
     }
@@ -246,6 +250,8 @@ impl<A: Algorithm, C: Clock> Future for Acquire<A, C> {
             state.in_flight += 1;
             let in_flight = state.in_flight;
             drop(state);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_acquired(in_flight);
             return Poll::Ready(this.limiter.token(in_flight));
         }
         match position {
@@ -298,18 +304,25 @@ trait Release: Send + Sync {
 impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
     fn release(&self, started: Instant, in_flight: usize, outcome: Outcome) {
         let now = self.clock.now();
+        let latency = now.saturating_duration_since(started);
         let mut state = self.state.lock();
         state.in_flight -= 1;
         if outcome != Outcome::Ignored {
             let sample = Sample {
                 now,
-                latency: now.saturating_duration_since(started),
+                latency,
                 in_flight,
                 outcome,
             };
             state.limit = state.algorithm.update(&sample).max(1);
         }
         state.wake_admissible();
+        #[cfg(feature = "metrics")]
+        {
+            let (limit, in_flight) = (state.limit, state.in_flight);
+            drop(state);
+            super::metrics::record_completed(outcome, latency, limit, in_flight);
+        }
     }
 }
 
