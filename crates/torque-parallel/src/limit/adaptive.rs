@@ -12,15 +12,20 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   `1 / (3 × limit)` (a queue of one adds about `1 / limit` to the mean
 ///   latency at the knee), or the window reaches `max_window`. Service-time
 ///   variance then averages out instead of being read as queueing, the flaw
-///   of per-sample delay control (Vegas, Gradient2).
-/// - **Queueing test.** With `baseline` the no-load latency, a window whose
-///   mean exceeds `baseline × (1 + tol)`, `tol = max(min_tolerance, 2 × the
-///   combined standard error)`, has a queue. The limit is then set to
-///   `limit × baseline / mean`, the number of requests actually being served
-///   by Little's law (as Envoy's gradient controller and TCP Vegas'
-///   `expected / actual` rate do); otherwise it grows, doubling per window
-///   until the first queue (slow start), then by 1, 2, 3, … per window while
-///   no queue shows (so it also finds a capacity that rose).
+///   of per-sample delay control (Vegas, Gradient2). A window then stops
+///   admitting and waits four mean latencies for its slow requests: closing
+///   on completions alone keeps a cohort's fast requests and drops its slow
+///   ones.
+/// - **Queueing test.** With `ratio = mean / baseline` (the no-load
+///   latency), `target = 1 + headroom` and `noise` two combined standard
+///   errors of window and baseline: above `target + noise` the limit becomes
+///   `limit / ratio × target` — `limit / ratio` requests are being served, by
+///   Little's law (TCP Vegas' `expected / actual` rate, Envoy's gradient) —
+///   plus the headroom's worth of queue. Below `target` it grows: doubling
+///   per window until the first queue (slow start, never cutting below its
+///   last queue-free limit), then by 1, 1, 1, 2, 3, … per window while no
+///   queue shows (so it also finds a capacity that rose). In between, it
+///   holds for one window.
 /// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
 ///   to `probe_limit` (4) for one window to sample the no-load latency
 ///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
