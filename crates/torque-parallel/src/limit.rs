@@ -1,0 +1,167 @@
+//! Concurrency limiters: how many requests may be in flight at once.
+//!
+//! A limiter hands out [`Token`]s. A caller takes one before it calls a
+//! backend ([`Limiter::try_acquire`] fails fast with [`Rejected`] at the
+//! limit; [`Limiter::acquire`] waits for a permit) and reports how the call
+//! went when it is done: [`Token::success`] (the latency is measured by the
+//! limiter's [`Clock`]), [`Token::overload`] (a timeout or an explicit
+//! overload from the backend) or [`Token::ignore`] (say a client error that
+//! says nothing about the backend's load). Dropping a token without a verdict
+//! counts as `ignore`, so a cancelled or panicking caller never leaks a permit.
+//!
+//! The decision of what the limit should be is an [`Algorithm`]: a plain,
+//! sans-IO state machine that is fed [`Sample`]s and answers with a new limit.
+//! It knows no runtime and reads no clock (each sample carries the instant it
+//! was taken), so it can be driven deterministically in tests.
+//! [`ConcurrencyLimiter`] wraps any algorithm with the permit bookkeeping.
+//!
+//! Algorithms: [`Fixed`], [`Aimd`], [`Vegas`], [`Gradient2`] (the Netflix
+//! concurrency-limits family), [`Windowed`] (feeds an inner algorithm one
+//! averaged sample per window) and [`Adaptive`], the default.
+
+mod adaptive;
+mod aimd;
+mod clock;
+mod fixed;
+mod gradient2;
+mod limiter;
+#[cfg(feature = "metrics")]
+mod metrics;
+#[cfg(feature = "tower")]
+mod tower;
+mod vegas;
+mod windowed;
+
+use std::time::{Duration, Instant};
+
+pub use adaptive::{Adaptive, AdaptiveBuilder};
+pub use aimd::{Aimd, AimdBuilder};
+pub use clock::{Clock, MockClock, SystemClock};
+pub use fixed::Fixed;
+pub use gradient2::{Gradient2, Gradient2Builder};
+pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
+#[cfg(feature = "tower")]
+pub use tower::{LimitLayer, LimitService, ResponseFuture};
+pub use vegas::{Vegas, VegasBuilder};
+pub use windowed::{Windowed, WindowedBuilder};
+
+/// How a request that held a [`Token`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The backend answered; the latency is a load signal.
+    Success,
+    /// The request says nothing about the backend's load (a client error, a
+    /// cancelled call, a token dropped without a verdict). Only the permit is
+    /// returned; the algorithm sees nothing.
+    Ignored,
+    /// The request timed out or the backend said it is overloaded: a strong
+    /// signal to back off.
+    Overload,
+}
+
+/// One observation fed to an [`Algorithm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// When the request finished (by the limiter's clock).
+    pub now: Instant,
+    /// How long the request held its permit.
+    pub latency: Duration,
+    /// Requests in flight when this one was admitted, itself included.
+    pub in_flight: usize,
+    /// [`Outcome::Success`] or [`Outcome::Overload`]; ignored requests are not
+    /// fed to algorithms.
+    pub outcome: Outcome,
+}
+
+impl Sample {
+    /// When the request was admitted.
+    pub fn started(&self) -> Instant {
+        self.now.checked_sub(self.latency).unwrap_or(self.now)
+    }
+}
+
+/// A sans-IO limit controller: fed samples, it answers with the new limit.
+///
+/// Implementations must keep the limit within their configured bounds and
+/// never return less than 1.
+pub trait Algorithm: Send + std::fmt::Debug + 'static {
+    /// The limit before any sample has been seen.
+    fn initial_limit(&self) -> usize;
+
+    /// Takes one completed request into account and returns the new limit.
+    fn update(&mut self, sample: &Sample) -> usize;
+}
+
+impl Algorithm for Box<dyn Algorithm> {
+    fn initial_limit(&self) -> usize {
+        (**self).initial_limit()
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        (**self).update(sample)
+    }
+}
+
+/// A limiter configuration that cannot work, and what to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `min_limit` is 0, or above `max_limit`.
+    #[error(
+        "invalid limit bounds: min_limit = {min}, max_limit = {max}; \
+         min_limit must be at least 1 and no more than max_limit"
+    )]
+    Bounds {
+        /// The configured minimum.
+        min: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A numeric knob is out of its range.
+    #[error("{name} = {value} is out of range: {expected}")]
+    OutOfRange {
+        /// The builder method that set it.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must be.
+        expected: &'static str,
+    },
+}
+
+fn check_bounds(min: usize, max: usize) -> Result<(), BuildError> {
+    if min == 0 || min > max {
+        return Err(BuildError::Bounds { min, max });
+    }
+    Ok(())
+}
+
+fn check_range(
+    name: &'static str,
+    value: f64,
+    ok: bool,
+    expected: &'static str,
+) -> Result<(), BuildError> {
+    if ok && value.is_finite() {
+        Ok(())
+    } else {
+        Err(BuildError::OutOfRange {
+            name,
+            value,
+            expected,
+        })
+    }
+}
+
+/// Rounds a fractional limit and clamps it into `[min, max]` (and at least 1).
+fn clamp_limit(limit: f64, min: usize, max: usize) -> usize {
+    let min = min.max(1);
+    if !limit.is_finite() || limit < min as f64 {
+        return min;
+    }
+    if limit > max as f64 {
+        return max;
+    }
+    limit as usize
+}

@@ -1,0 +1,605 @@
+use std::time::{Duration, Instant};
+
+use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, clamp_limit};
+
+/// The default limit algorithm: windowed latency against a periodically
+/// re-measured no-load latency, with AIMD only as an overload backstop.
+///
+/// How it decides, one window at a time:
+/// - **Windows, not samples.** Latencies of requests admitted since the last
+///   decision are averaged until the mean is precise enough to see one extra
+///   queued request: its relative standard error must fall below
+///   `1 / (3 × limit)` (a queue of one adds about `1 / limit` to the mean
+///   latency at the knee), or the window reaches `max_window`. Service-time
+///   variance then averages out instead of being read as queueing, the flaw
+///   of per-sample delay control (Vegas, Gradient2). A window then stops
+///   admitting and waits four mean latencies for its slow requests: closing
+///   on completions alone keeps a cohort's fast requests and drops its slow
+///   ones.
+/// - **Queueing test.** With `ratio = mean / baseline` (the no-load
+///   latency), `target = 1 + headroom` and `noise` two combined standard
+///   errors of window and baseline: above `target + noise` the limit becomes
+///   `limit / ratio × target` — `limit / ratio` requests are being served, by
+///   Little's law (TCP Vegas' `expected / actual` rate, Envoy's gradient) —
+///   plus the headroom's worth of queue. Below `target` it grows: doubling
+///   per window until the first queue (slow start, never cutting below its
+///   last queue-free limit), then by 1, 1, 1, 2, 3, … per window while no
+///   queue shows (so it also finds a capacity that rose). In between, it
+///   holds for one window.
+/// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
+///   to `probe_limit` (4) for one window to sample the no-load latency
+///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
+///   backend whose no-load latency rose (a slower dependency, a capacity drop
+///   that lengthens service) does not leave the limit stuck low. A probe
+///   consistent with the current baseline is merged into it (inverse-variance
+///   weighting); an inconsistent one replaces it.
+/// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
+///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
+///   rule), whatever the latency says.
+///
+/// # Example
+/// ```
+/// use std::time::Duration;
+/// use torque_parallel::limit::{Adaptive, Algorithm};
+///
+/// let adaptive = Adaptive::builder()
+///     .initial_limit(4)
+///     .min_limit(1)
+///     .max_limit(512)
+///     .probe_interval(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!(adaptive.initial_limit(), 4);
+/// # Ok::<(), torque_parallel::limit::BuildError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Adaptive {
+    config: AdaptiveBuilder,
+    limit: usize,
+    slow_start: bool,
+    growth_streak: usize,
+    /// The last window was in the band above the target and held.
+    held: bool,
+    /// Requests the backend served at the last queue (limit / ratio).
+    capacity: Option<f64>,
+    /// In slow start, the last limit whose window showed no queue.
+    last_clear: Option<usize>,
+
+    window: Window,
+    baseline: Option<Baseline>,
+    probe: Probe,
+    last_backoff: Option<Instant>,
+}
+
+/// Builder of [`Adaptive`].
+#[derive(Debug, Clone)]
+pub struct AdaptiveBuilder {
+    initial: usize,
+    min: usize,
+    max: usize,
+    min_samples: usize,
+    max_window: Duration,
+    headroom: f64,
+    probe_interval: Duration,
+    probe_limit: usize,
+    backoff_ratio: f64,
+}
+
+/// The no-load latency estimate: a mean and its variance (seconds²).
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    mean: f64,
+    variance: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    /// The next probe is due at this instant (set by the first sample).
+    Due(Option<Instant>),
+    /// Probing; the limit to go back to afterwards.
+    Running { restore: usize },
+}
+
+/// Sums over the latencies of one window.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    start: Option<Instant>,
+    /// Admission cut-off: once set, the window is the cohort admitted before
+    /// it, and waits until `drained` for the cohort's slow requests.
+    cut: Option<(Instant, Instant)>,
+    count: usize,
+    sum: f64,
+    sum_squares: f64,
+    max_in_flight: usize,
+}
+
+impl Window {
+    fn add(&mut self, sample: &Sample) {
+        // A zero latency (a mock clock never advanced) would make a zero
+        // baseline and infinite ratios.
+        let latency = sample.latency.as_secs_f64().max(1e-9);
+        self.count += 1;
+        self.sum += latency;
+        self.sum_squares += latency * latency;
+        self.max_in_flight = self.max_in_flight.max(sample.in_flight);
+    }
+
+    fn reset(&mut self, now: Instant) {
+        *self = Window {
+            start: Some(now),
+            ..Window::default()
+        };
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+
+    /// Variance of the window's mean (seconds²).
+    fn variance_of_mean(&self) -> f64 {
+        let n = self.count as f64;
+        let mean = self.mean();
+        let variance = (self.sum_squares / n - mean * mean).max(0.0) * n / (n - 1.0).max(1.0);
+        variance / n
+    }
+}
+
+/// One extra queued request raises the mean latency by about `1 / limit`;
+/// the window's standard error must be this many times smaller to see it.
+const RESOLUTION: f64 = 3.0;
+
+/// A window whose mean is this far above the baseline closes early: the
+/// queue is obvious and waiting for precision only prolongs it.
+const OBVIOUS_QUEUE: f64 = 1.5;
+
+/// Standard errors a window's mean must exceed the baseline by to count as
+/// a queue: a false alarm costs a cut of the limit, so be sure.
+const SIGNIFICANCE: f64 = 2.0;
+
+/// How long a closed window waits for its cohort's stragglers, in mean
+/// latencies: with an exponential-like tail, what arrives later is negligible.
+const DRAIN: f64 = 4.0;
+
+/// The baseline variance never drops below this fraction of its mean squared,
+/// so that merged probes keep some weight and the estimate can drift.
+const BASELINE_FLOOR: f64 = 0.005 * 0.005;
+
+impl Adaptive {
+    /// A builder with the defaults: initial limit 4, bounds 1..=1000, at
+    /// least 16 samples and at most 1 s per window, minimum tolerance 2 %, a
+    /// no-load probe at a limit of 4 at start-up and every 60 s, backoff 0.9 on overload.
+    pub fn builder() -> AdaptiveBuilder {
+        AdaptiveBuilder {
+            initial: 4,
+            min: 1,
+            max: 1000,
+            min_samples: 64,
+            max_window: Duration::from_secs(1),
+            headroom: 0.03,
+            probe_interval: Duration::from_secs(60),
+            probe_limit: 4,
+            backoff_ratio: 0.9,
+        }
+    }
+
+    /// The no-load latency estimate, once measured.
+    pub fn baseline(&self) -> Option<Duration> {
+        self.baseline.map(|b| Duration::from_secs_f64(b.mean))
+    }
+
+    /// Whether a no-load probe is under way.
+    pub fn probing(&self) -> bool {
+        matches!(self.probe, Probe::Running { .. })
+    }
+
+    fn set_limit(&mut self, limit: f64) {
+        self.limit = clamp_limit(limit.round(), self.config.min, self.config.max);
+    }
+
+    fn next_probe(&self, now: Instant) -> Instant {
+        // Capped so that a huge interval ("never") cannot overflow Instant.
+        now + self.config.probe_interval.min(Duration::from_secs(1 << 32))
+    }
+
+    fn start_probe(&mut self, now: Instant) {
+        let restore = self.limit;
+        self.set_limit(restore.min(self.config.probe_limit) as f64);
+        self.probe = Probe::Running { restore };
+        self.window.reset(now);
+    }
+
+    fn end_probe(&mut self, now: Instant, restore: usize, mean: f64, variance: f64) {
+        let variance = variance.max(BASELINE_FLOOR * mean * mean);
+        self.baseline = Some(match self.baseline {
+            Some(old) if (mean - old.mean).abs() <= 3.0 * (variance + old.variance).sqrt() => {
+                merge(old, mean, variance)
+            }
+            _ => Baseline { mean, variance },
+        });
+        if self.slow_start && restore <= self.limit {
+            // The start-up probe doubles as the first slow-start window.
+            self.last_clear = Some(self.limit);
+            self.set_limit(self.limit as f64 * 2.0);
+        } else {
+            self.limit = restore;
+        }
+        self.probe = Probe::Due(Some(self.next_probe(now)));
+        self.window.reset(now);
+    }
+
+    fn decide(&mut self, now: Instant) {
+        let window = self.window;
+        let mean = window.mean();
+        let variance = window.variance_of_mean();
+        if let Probe::Running { restore } = self.probe {
+            self.end_probe(now, restore, mean, variance);
+            return;
+        }
+        let baseline = match self.baseline {
+            Some(baseline) => baseline,
+            None => {
+                let variance = variance.max(BASELINE_FLOOR * mean * mean);
+                self.baseline = Some(Baseline { mean, variance });
+                Baseline { mean, variance }
+            }
+        };
+        let ratio = mean / baseline.mean;
+        let relative_error =
+            (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
+        let noise = SIGNIFICANCE * relative_error;
+        let target = 1.0 + self.config.headroom;
+        if ratio > target + noise {
+            // Little's law: limit / ratio requests are being served; allow
+            // the headroom's worth of queue on top.
+            let served = self.limit as f64 / ratio;
+            self.capacity = Some(served);
+            let mut new = (served * target).round().min(self.limit as f64 - 1.0);
+            if let Some(clear) = self.last_clear.take() {
+                // The previous slow-start window showed no queue at `clear`:
+                // thrashing makes Little's law undershoot, so do not go
+                // below what is known to work.
+                new = new.max(clear as f64).min(self.limit as f64 - 1.0);
+            }
+            self.set_limit(new);
+            self.slow_start = false;
+            self.growth_streak = 0;
+            self.held = false;
+            self.window.reset(now);
+            return;
+        }
+        let below_capacity = self
+            .capacity
+            .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
+        let variance = variance.max(BASELINE_FLOOR * mean * mean);
+        if self.slow_start || below_capacity {
+            // Windows before the first queue, or below the capacity the last
+            // queue revealed, are no-load samples: they sharpen the baseline.
+            self.baseline = Some(merge(baseline, mean, variance));
+        }
+        let band = if self.slow_start {
+            target + noise
+        } else {
+            target
+        };
+        let in_band = ratio > band;
+        if window.max_in_flight < self.limit || (in_band && !self.held) {
+            // Not using the limit, or inside the noise band above the
+            // target: hold, once. Two in-band windows in a row mean the
+            // queue is not growing; holding on would let every noisy cut
+            // ratchet the limit down when the baseline is a little low.
+            self.held = in_band;
+            self.window.reset(now);
+            return;
+        }
+        self.held = false;
+        if self.slow_start {
+            self.last_clear = Some(self.limit);
+            self.set_limit(self.limit as f64 * 2.0);
+        } else {
+            self.growth_streak += 1;
+            // +1 near the last queue; faster while no queue shows (the
+            // capacity rose).
+            let step = self
+                .growth_streak
+                .saturating_sub(2)
+                .clamp(1, (self.limit / 4).max(1));
+            self.set_limit((self.limit + step) as f64);
+        }
+        self.window.reset(now);
+    }
+}
+
+fn merge(old: Baseline, mean: f64, variance: f64) -> Baseline {
+    let (w_old, w_new) = (1.0 / old.variance, 1.0 / variance);
+    let merged = (old.mean * w_old + mean * w_new) / (w_old + w_new);
+    Baseline {
+        mean: merged,
+        variance: (1.0 / (w_old + w_new)).max(BASELINE_FLOOR * merged * merged),
+    }
+}
+
+impl Default for Adaptive {
+    fn default() -> Self {
+        Self::builder().build().unwrap_or_else(|_| unreachable!())
+    }
+}
+
+impl AdaptiveBuilder {
+    /// The limit before any sample (clamped into the bounds). Starting low is
+    /// cheap (slow start doubles it per window) and gives a clean first
+    /// no-load measurement.
+    pub fn initial_limit(mut self, limit: usize) -> Self {
+        self.initial = limit;
+        self
+    }
+
+    /// The lowest limit (at least 1).
+    pub fn min_limit(mut self, limit: usize) -> Self {
+        self.min = limit;
+        self
+    }
+
+    /// The highest limit.
+    pub fn max_limit(mut self, limit: usize) -> Self {
+        self.max = limit;
+        self
+    }
+
+    /// Samples a window needs before it may close (at least 2).
+    pub fn min_samples(mut self, samples: usize) -> Self {
+        self.min_samples = samples;
+        self
+    }
+
+    /// The longest window: at high limits, precision gives way to reaction
+    /// time here.
+    pub fn max_window(mut self, window: Duration) -> Self {
+        self.max_window = window;
+        self
+    }
+
+    /// The queueing accepted on purpose, as a fraction of the no-load
+    /// latency, in [0, 1): a little queue keeps every server busy between
+    /// one request and the next.
+    pub fn headroom(mut self, headroom: f64) -> Self {
+        self.headroom = headroom;
+        self
+    }
+
+    /// How often the no-load latency is re-measured.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// The limit while the no-load latency is measured (at start-up and
+    /// every `probe_interval`), at least 1. Envoy uses 3; it must be below
+    /// the backend's capacity for the measurement to be clean.
+    pub fn probe_limit(mut self, limit: usize) -> Self {
+        self.probe_limit = limit;
+        self
+    }
+
+    /// The factor applied on an overload, in (0, 1).
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.backoff_ratio = ratio;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// [`BuildError`] when the bounds are empty or a knob is out of range.
+    pub fn build(self) -> Result<Adaptive, BuildError> {
+        check_bounds(self.min, self.max)?;
+        check_range(
+            "min_samples",
+            self.min_samples as f64,
+            self.min_samples >= 2,
+            "at least 2",
+        )?;
+        check_range(
+            "max_window",
+            self.max_window.as_secs_f64(),
+            !self.max_window.is_zero(),
+            "more than zero",
+        )?;
+        check_range(
+            "headroom",
+            self.headroom,
+            (0.0..1.0).contains(&self.headroom),
+            "in [0, 1)",
+        )?;
+        check_range(
+            "probe_limit",
+            self.probe_limit as f64,
+            self.probe_limit >= 1,
+            "at least 1",
+        )?;
+        check_range(
+            "backoff_ratio",
+            self.backoff_ratio,
+            self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0,
+            "between 0 and 1, exclusive",
+        )?;
+        let initial = self.initial.clamp(self.min, self.max);
+        Ok(Adaptive {
+            // The first window measures the no-load latency at the probe
+            // limit, then the limit goes to `initial`.
+            limit: initial.min(self.probe_limit).max(self.min),
+            config: self,
+            slow_start: true,
+            growth_streak: 0,
+            held: false,
+            capacity: None,
+            last_clear: None,
+
+            window: Window::default(),
+            baseline: None,
+            probe: Probe::Running { restore: initial },
+            last_backoff: None,
+        })
+    }
+}
+
+impl Algorithm for Adaptive {
+    fn initial_limit(&self) -> usize {
+        self.limit
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        let now = sample.now;
+        if sample.outcome == Outcome::Overload {
+            // AIMD backstop, once per round trip: only a request admitted
+            // after the last cut may cut again.
+            if self.last_backoff.is_none_or(|at| sample.started() >= at) {
+                self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
+                self.last_backoff = Some(now);
+                self.slow_start = false;
+                self.growth_streak = 0;
+                if let Probe::Running { .. } = self.probe {
+                    self.probe = Probe::Due(Some(self.next_probe(now)));
+                }
+                self.window.reset(now);
+            }
+            return self.limit;
+        }
+        match self.probe {
+            Probe::Due(None) => self.probe = Probe::Due(Some(self.next_probe(now))),
+            Probe::Due(Some(at)) if now >= at => {
+                self.start_probe(now);
+                return self.limit;
+            }
+            _ => {}
+        }
+        let start = *self.window.start.get_or_insert(sample.started());
+        // A request admitted before the window began saw the old limit.
+        if sample.started() <= start {
+            return self.limit;
+        }
+        if let Some((cut, drained)) = self.window.cut {
+            if sample.started() < cut {
+                self.window.add(sample);
+            }
+            if now >= drained {
+                self.decide(now);
+            }
+            return self.limit;
+        }
+        self.window.add(sample);
+        let window = &mut self.window;
+        if window.count < self.config.min_samples {
+            return self.limit;
+        }
+        let mean = window.mean();
+        let relative_error = window.variance_of_mean().sqrt() / mean;
+        let needed = 1.0 / (RESOLUTION * self.limit as f64);
+        // Slow start only looks for a gross queue.
+        let needed = if self.slow_start {
+            needed.max(0.03)
+        } else {
+            needed
+        };
+        let precise = relative_error <= needed;
+        let long = now.saturating_duration_since(start) >= self.config.max_window;
+        let obvious = !matches!(self.probe, Probe::Running { .. })
+            && self.baseline.is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
+        if obvious {
+            self.decide(now);
+        } else if precise || long {
+            // Closing on completions alone would keep the fast requests of
+            // the cohort and drop its slow ones (a survivorship bias of
+            // several per cent): stop admitting to the window and wait for
+            // the stragglers.
+            let drain = Duration::from_secs_f64(DRAIN * mean);
+            window.cut = Some((now, now + drain));
+        }
+        self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed-loop fluid model of C servers: every completion comes after
+    /// `limit / rate` and took `no_load × max(1, limit / C)`, ±50 % noise.
+    struct Model {
+        now: Instant,
+        rng: u64,
+    }
+
+    impl Model {
+        fn run(&mut self, adaptive: &mut Adaptive, no_load: f64, c: f64, seconds: f64) {
+            let end = self.now + Duration::from_secs_f64(seconds);
+            while self.now < end {
+                let limit = adaptive.limit as f64;
+                let mean = no_load * (limit / c).max(1.0);
+                // xorshift64*: a deterministic uniform in [0, 1).
+                self.rng ^= self.rng >> 12;
+                self.rng ^= self.rng << 25;
+                self.rng ^= self.rng >> 27;
+                let u = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64
+                    / (1u64 << 53) as f64;
+                self.now += Duration::from_secs_f64(mean / limit);
+                adaptive.update(&Sample {
+                    now: self.now,
+                    latency: Duration::from_secs_f64(mean * (0.5 + u)),
+                    in_flight: adaptive.limit,
+                    outcome: Outcome::Success,
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn probe_recovers_from_a_rise_in_no_load_latency() {
+        let mut adaptive = Adaptive::builder()
+            .probe_interval(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 16.0, 15.0);
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+
+        // The backend's no-load latency triples (a slower dependency); its
+        // capacity in requests stays 16. Until the next probe, every window
+        // looks queued and the limit falls...
+        model.run(&mut adaptive, 0.060, 16.0, 3.0);
+        assert!(adaptive.limit < 10, "{}", adaptive.limit);
+        // ...then the probe re-measures the no-load latency and it recovers.
+        model.run(&mut adaptive, 0.060, 16.0, 60.0);
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!((0.050..0.070).contains(&baseline), "{baseline}");
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+    }
+
+    #[test]
+    fn overload_backs_off_once_per_round_trip() {
+        let mut adaptive = Adaptive::builder().initial_limit(4).build().unwrap();
+        adaptive.limit = 100;
+        let t0 = Instant::now();
+        let overload = |now: Instant, latency_ms: u64| Sample {
+            now,
+            latency: Duration::from_millis(latency_ms),
+            in_flight: 100,
+            outcome: Outcome::Overload,
+        };
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(adaptive.update(&overload(t1, 500)), 90);
+        // Admitted before the cut: the same congestion, no second cut.
+        assert_eq!(
+            adaptive.update(&overload(t1 + Duration::from_millis(1), 500)),
+            90
+        );
+        // Admitted after it: cut again.
+        let t2 = t1 + Duration::from_secs(1);
+        assert_eq!(adaptive.update(&overload(t2, 100)), 81);
+        for i in 0..200 {
+            adaptive.update(&overload(t2 + Duration::from_secs(i + 1), 1));
+        }
+        assert_eq!(adaptive.limit, 1, "never below the minimum of 1");
+    }
+}

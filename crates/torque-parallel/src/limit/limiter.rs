@@ -1,0 +1,393 @@
+//! The permit bookkeeping around an [`Algorithm`]: in-flight count, a fair
+//! FIFO queue of async waiters, tokens that always give their permit back.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::{Algorithm, Clock, Outcome, Sample, SystemClock};
+
+/// Something that hands out permits to call a backend.
+///
+/// [`ConcurrencyLimiter`] is the implementation; the trait lets code that
+/// runs work under a limit (a processor, a tower layer) be generic over it.
+pub trait Limiter: Send + Sync {
+    /// Takes a permit now, or fails with [`Rejected`] at the limit (for
+    /// callers that shed load rather than queue it).
+    ///
+    /// # Errors
+    /// [`Rejected`] when the limit is reached or earlier callers are waiting.
+    fn try_acquire(&self) -> Result<Token, Rejected>;
+
+    /// Waits for a permit. Waiters are served first come, first served.
+    ///
+    /// Cancel safe: dropping the future before it completes gives up its
+    /// place in the queue and never loses a permit.
+    fn acquire(&self) -> impl Future<Output = Token> + Send + '_;
+
+    /// A snapshot of the current limit and counters.
+    fn stats(&self) -> Stats;
+}
+
+/// A snapshot of a limiter's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The current limit.
+    pub limit: usize,
+    /// Tokens handed out and not yet completed or dropped.
+    pub in_flight: usize,
+    /// Async callers waiting for a permit.
+    pub waiting: usize,
+    /// `try_acquire` calls refused since the limiter was built.
+    pub rejected: u64,
+}
+
+/// `try_acquire` found the limiter full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("concurrency limit reached: {in_flight} in flight, limit {limit}")]
+#[non_exhaustive]
+pub struct Rejected {
+    /// The limit at the time of the refusal.
+    pub limit: usize,
+    /// Requests in flight at the time of the refusal.
+    pub in_flight: usize,
+}
+
+/// A limiter driven by an [`Algorithm`], measuring latencies with a
+/// [`Clock`]. Cloning is cheap and clones share the same limit.
+///
+/// # Example
+/// ```
+/// use torque_parallel::limit::{Adaptive, ConcurrencyLimiter, Limiter};
+///
+/// let limiter = ConcurrencyLimiter::new(Adaptive::default());
+/// let token = limiter.try_acquire().expect("below the limit");
+/// // ... call the backend ...
+/// token.success();
+/// assert_eq!(limiter.stats().in_flight, 0);
+/// ```
+pub struct ConcurrencyLimiter<A, C = SystemClock> {
+    shared: Arc<Shared<A, C>>,
+}
+
+struct Shared<A, C> {
+    clock: C,
+    state: Mutex<State<A>>,
+    rejected: AtomicU64,
+}
+
+struct State<A> {
+    algorithm: A,
+    limit: usize,
+    in_flight: usize,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+}
+
+struct Waiter {
+    id: u64,
+    waker: Waker,
+}
+
+impl<A> State<A> {
+    /// Wakes the waiters that fit under the limit; they take their permit
+    /// when polled (a woken waiter that was dropped meanwhile hands over in
+    /// [`Acquire::drop`]).
+    fn wake_admissible(&self) {
+        let free = self.limit.saturating_sub(self.in_flight);
+        for waiter in self.waiters.iter().take(free) {
+            waiter.waker.wake_by_ref();
+        }
+    }
+}
+
+impl<A: Algorithm> ConcurrencyLimiter<A, SystemClock> {
+    /// A limiter that measures latencies with the system clock.
+    pub fn new(algorithm: A) -> Self {
+        Self::with_clock(algorithm, SystemClock)
+    }
+}
+
+impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
+    /// A limiter that measures latencies with `clock` (a mock or tokio's
+    /// paused clock in tests).
+    pub fn with_clock(algorithm: A, clock: C) -> Self {
+        let limit = algorithm.initial_limit().max(1);
+        Self {
+            shared: Arc::new(Shared {
+                clock,
+                state: Mutex::new(State {
+                    algorithm,
+                    limit,
+                    in_flight: 0,
+                    waiters: VecDeque::new(),
+                    next_waiter: 0,
+                }),
+                rejected: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.shared.state.lock().limit
+    }
+
+    /// Like [`Limiter::acquire`], but the future owns a handle to the
+    /// limiter (a cheap clone), so it can be stored (in a tower service, a
+    /// struct field) without borrowing.
+    pub fn acquire_owned(&self) -> Acquire<A, C> {
+        Acquire {
+            limiter: self.clone(),
+            waiter: None,
+        }
+    }
+
+    /// Runs `f` on the algorithm (to read its own statistics).
+    pub fn with_algorithm<R>(&self, f: impl FnOnce(&A) -> R) -> R {
+        f(&self.shared.state.lock().algorithm)
+    }
+
+    fn token(&self, in_flight: usize) -> Token {
+        Token {
+            release: Some(self.shared.clone()),
+            started: self.shared.clock.now(),
+            in_flight,
+        }
+    }
+}
+
+impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
+    fn try_acquire(&self) -> Result<Token, Rejected> {
+        let mut state = self.shared.state.lock();
+        if state.in_flight + state.waiters.len() < state.limit {
+            state.in_flight += 1;
+            let in_flight = state.in_flight;
+            drop(state);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_acquired(in_flight);
+            Ok(self.token(in_flight))
+        } else {
+            let rejected = Rejected {
+                limit: state.limit,
+                in_flight: state.in_flight,
+            };
+            drop(state);
+            self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_rejected();
+            Err(rejected)
+        }
+    }
+
+    fn acquire(&self) -> impl Future<Output = Token> + Send + '_ {
+        self.acquire_owned()
+    }
+
+    fn stats(&self) -> Stats {
+        let state = self.shared.state.lock();
+        Stats {
+            limit: state.limit,
+            in_flight: state.in_flight,
+            waiting: state.waiters.len(),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<A, C> Clone for ConcurrencyLimiter<A, C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<A: fmt::Debug, C: fmt::Debug> fmt::Debug for ConcurrencyLimiter<A, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state.lock();
+        f.debug_struct("ConcurrencyLimiter")
+            .field("algorithm", &state.algorithm)
+            .field("limit", &state.limit)
+            .field("in_flight", &state.in_flight)
+            .field("waiting", &state.waiters.len())
+            .field("clock", &self.shared.clock)
+            .finish()
+    }
+}
+
+/// The future of [`ConcurrencyLimiter::acquire_owned`] (and of
+/// [`Limiter::acquire`] on a [`ConcurrencyLimiter`]).
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire<A, C> {
+    limiter: ConcurrencyLimiter<A, C>,
+    waiter: Option<u64>,
+}
+
+impl<A: Algorithm, C: Clock> Future for Acquire<A, C> {
+    type Output = Token;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Token> {
+        let this = self.get_mut();
+        let mut state = this.limiter.shared.state.lock();
+        let position = this
+            .waiter
+            .and_then(|id| state.waiters.iter().position(|w| w.id == id));
+        let ahead = position.unwrap_or(state.waiters.len());
+        if state.in_flight + ahead < state.limit {
+            if let Some(position) = position {
+                state.waiters.remove(position);
+            }
+            this.waiter = None;
+            state.in_flight += 1;
+            let in_flight = state.in_flight;
+            drop(state);
+            #[cfg(feature = "metrics")]
+            super::metrics::record_acquired(in_flight);
+            return Poll::Ready(this.limiter.token(in_flight));
+        }
+        match position {
+            Some(position) => {
+                let waiter = &mut state.waiters[position];
+                if !waiter.waker.will_wake(cx.waker()) {
+                    waiter.waker = cx.waker().clone();
+                }
+            }
+            None => {
+                let id = state.next_waiter;
+                state.next_waiter += 1;
+                state.waiters.push_back(Waiter {
+                    id,
+                    waker: cx.waker().clone(),
+                });
+                this.waiter = Some(id);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<A, C> Drop for Acquire<A, C> {
+    fn drop(&mut self) {
+        if let Some(id) = self.waiter.take() {
+            let mut state = self.limiter.shared.state.lock();
+            if let Some(position) = state.waiters.iter().position(|w| w.id == id) {
+                state.waiters.remove(position);
+            }
+            // This waiter may have been woken for a free permit: pass it on.
+            state.wake_admissible();
+        }
+    }
+}
+
+impl<A, C> fmt::Debug for Acquire<A, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("queued", &self.waiter.is_some())
+            .finish()
+    }
+}
+
+/// Type-erased way back from a token to its limiter.
+trait Release: Send + Sync {
+    fn release(&self, started: Instant, in_flight: usize, outcome: Outcome);
+}
+
+impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
+    fn release(&self, started: Instant, in_flight: usize, outcome: Outcome) {
+        let now = self.clock.now();
+        let latency = now.saturating_duration_since(started);
+        let mut state = self.state.lock();
+        state.in_flight -= 1;
+        if outcome != Outcome::Ignored {
+            let sample = Sample {
+                now,
+                latency,
+                in_flight,
+                outcome,
+            };
+            state.limit = state.algorithm.update(&sample).max(1);
+        }
+        state.wake_admissible();
+        #[cfg(feature = "metrics")]
+        {
+            let (limit, in_flight) = (state.limit, state.in_flight);
+            drop(state);
+            super::metrics::record_completed(outcome, latency, limit, in_flight);
+        }
+    }
+}
+
+/// A permit to have one request in flight. Report the outcome with
+/// [`success`](Token::success), [`overload`](Token::overload) or
+/// [`ignore`](Token::ignore); dropping it counts as `ignore`.
+#[must_use = "a token holds a permit until it is completed or dropped"]
+pub struct Token {
+    release: Option<Arc<dyn Release>>,
+    started: Instant,
+    in_flight: usize,
+}
+
+impl Token {
+    /// The request succeeded; its latency (since the token was handed out)
+    /// feeds the limit algorithm.
+    pub fn success(mut self) {
+        self.finish(Outcome::Success);
+    }
+
+    /// The request timed out or the backend reported overload.
+    pub fn overload(mut self) {
+        self.finish(Outcome::Overload);
+    }
+
+    /// The request says nothing about the backend's load: return the permit
+    /// without a sample.
+    pub fn ignore(mut self) {
+        self.finish(Outcome::Ignored);
+    }
+
+    /// Completes the token with an explicit outcome.
+    pub fn complete(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    /// When the permit was handed out (by the limiter's clock).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Requests in flight when this one was admitted, itself included.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(release) = self.release.take() {
+            release.release(self.started, self.in_flight, outcome);
+        }
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.finish(Outcome::Ignored);
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("started", &self.started)
+            .field("in_flight", &self.in_flight)
+            .field("completed", &self.release.is_none())
+            .finish()
+    }
+}

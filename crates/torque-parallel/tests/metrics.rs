@@ -1,0 +1,110 @@
+//! The `metrics` feature: limiter events through the facade.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics::{
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+    SharedString, Unit,
+};
+use torque_parallel::limit::{ConcurrencyLimiter, Fixed, Limiter, MockClock};
+
+/// Keeps the last value of every counter, gauge and histogram by name.
+#[derive(Default)]
+struct Last {
+    values: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+struct Cell(Arc<AtomicU64>);
+
+impl CounterFn for Cell {
+    fn increment(&self, value: u64) {
+        self.0.fetch_add(value, Ordering::Relaxed);
+    }
+    fn absolute(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
+}
+
+impl GaugeFn for Cell {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        self.0.store(value as u64, Ordering::Relaxed);
+    }
+}
+
+impl HistogramFn for Cell {
+    /// Keeps the last value, in milliseconds.
+    fn record(&self, value: f64) {
+        self.0
+            .store((value * 1e3).round() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Last {
+    fn cell(&self, key: &Key) -> Arc<Cell> {
+        let cell = Arc::clone(
+            self.values
+                .lock()
+                .unwrap()
+                .entry(key.name().to_string())
+                .or_default(),
+        );
+        Arc::new(Cell(cell))
+    }
+
+    fn get(&self, name: &str) -> u64 {
+        self.values
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+impl Recorder for Last {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.cell(key))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.cell(key))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.cell(key))
+    }
+}
+
+#[test]
+fn facade_sees_what_stats_sees() {
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || {
+        let clock = MockClock::new();
+        let limiter = ConcurrencyLimiter::with_clock(Fixed::new(2), clock.clone());
+        let a = limiter.try_acquire().unwrap();
+        let b = limiter.try_acquire().unwrap();
+        assert!(limiter.try_acquire().is_err());
+        assert_eq!(recorder.get("torque_parallel_limiter_in_flight"), 2);
+        clock.advance(Duration::from_millis(25));
+        a.success();
+        b.overload();
+        drop(limiter.try_acquire());
+
+        assert_eq!(recorder.get("torque_parallel_limiter_acquired_total"), 3);
+        assert_eq!(recorder.get("torque_parallel_limiter_rejected_total"), 1);
+        assert_eq!(recorder.get("torque_parallel_limiter_overloads_total"), 1);
+        assert_eq!(recorder.get("torque_parallel_limiter_ignored_total"), 1);
+        assert_eq!(recorder.get("torque_parallel_limiter_latency_seconds"), 25);
+        assert_eq!(recorder.get("torque_parallel_limiter_limit"), 2);
+        assert_eq!(recorder.get("torque_parallel_limiter_in_flight"), 0);
+        assert_eq!(limiter.stats().rejected, 1);
+    });
+}

@@ -1,0 +1,242 @@
+//! Permit bookkeeping of `ConcurrencyLimiter`: tokens never leak, in-flight
+//! never exceeds the limit, async acquire is fair and cancel safe.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use torque_parallel::limit::{
+    Adaptive, Aimd, Algorithm, ConcurrencyLimiter, Fixed, Gradient2, Limiter, MockClock, Outcome,
+    Vegas, Windowed,
+};
+
+fn algorithms() -> Vec<Box<dyn Algorithm>> {
+    vec![
+        Box::new(Fixed::new(3)),
+        Box::new(Aimd::builder().initial_limit(3).build().unwrap()),
+        Box::new(Vegas::builder().initial_limit(3).build().unwrap()),
+        Box::new(Gradient2::builder().initial_limit(3).build().unwrap()),
+        Box::new(
+            Windowed::builder(Vegas::builder().initial_limit(3).build().unwrap())
+                .build()
+                .unwrap(),
+        ),
+        Box::new(Adaptive::builder().initial_limit(3).build().unwrap()),
+    ]
+}
+
+#[test]
+fn try_acquire_rejects_at_the_limit_and_counts_it() {
+    let limiter = ConcurrencyLimiter::new(Fixed::new(2));
+    let a = limiter.try_acquire().unwrap();
+    let _b = limiter.try_acquire().unwrap();
+    let rejected = limiter.try_acquire().unwrap_err();
+    assert_eq!((rejected.limit, rejected.in_flight), (2, 2));
+    assert_eq!(limiter.stats().rejected, 1);
+    a.success();
+    assert!(limiter.try_acquire().is_ok());
+}
+
+#[test]
+fn tokens_dropped_without_an_outcome_return_their_permit() {
+    for algorithm in algorithms() {
+        let limiter = ConcurrencyLimiter::with_clock(algorithm, MockClock::new());
+        for _ in 0..1000 {
+            let token = limiter
+                .try_acquire()
+                .expect("a dropped token freed its permit");
+            drop(token);
+        }
+        assert_eq!(limiter.stats().in_flight, 0);
+        // A panicking caller drops its token while unwinding.
+        let l = limiter.clone();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _token = l.try_acquire().unwrap();
+            panic!("caller failed");
+        }));
+        assert_eq!(limiter.stats().in_flight, 0);
+    }
+}
+
+#[test]
+fn the_limit_never_goes_below_one() {
+    let clock = MockClock::new();
+    for algorithm in algorithms() {
+        let limiter = ConcurrencyLimiter::with_clock(algorithm, clock.clone());
+        for i in 0..5000u64 {
+            let token = limiter
+                .try_acquire()
+                .expect("at least one permit is always free");
+            // Ever slower, and often overloaded.
+            clock.advance(Duration::from_millis(1 + i));
+            if i % 3 == 0 {
+                token.overload();
+            } else {
+                token.success();
+            }
+            assert!(limiter.stats().limit >= 1, "{limiter:?}");
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire,
+    Complete {
+        index: usize,
+        outcome: u8,
+        after_ms: u16,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Acquire),
+        (any::<usize>(), 0u8..4, 0u16..200).prop_map(|(index, outcome, after_ms)| Op::Complete {
+            index,
+            outcome,
+            after_ms
+        }),
+    ]
+}
+
+proptest! {
+    /// Model: the number of live tokens. In flight always equals it, and no
+    /// permit is handed out at or above the limit.
+    #[test]
+    fn in_flight_never_exceeds_the_limit(which in 0usize..6, ops in proptest::collection::vec(op(), 1..400)) {
+        let clock = MockClock::new();
+        let algorithm = algorithms().swap_remove(which);
+        let limiter = ConcurrencyLimiter::with_clock(algorithm, clock.clone());
+        let mut live = Vec::new();
+        for op in ops {
+            match op {
+                Op::Acquire => {
+                    let before = limiter.stats();
+                    match limiter.try_acquire() {
+                        Ok(token) => {
+                            prop_assert!(before.in_flight < before.limit);
+                            live.push(token);
+                        }
+                        Err(rejected) => prop_assert!(rejected.in_flight >= rejected.limit),
+                    }
+                }
+                Op::Complete { index, outcome, after_ms } if !live.is_empty() => {
+                    clock.advance(Duration::from_millis(u64::from(after_ms)));
+                    let token = live.swap_remove(index % live.len());
+                    match outcome {
+                        0 => token.success(),
+                        1 => token.overload(),
+                        2 => token.complete(Outcome::Ignored),
+                        _ => drop(token),
+                    }
+                }
+                Op::Complete { .. } => {}
+            }
+            let stats = limiter.stats();
+            prop_assert_eq!(stats.in_flight, live.len());
+            prop_assert!(stats.limit >= 1);
+        }
+        live.clear();
+        prop_assert_eq!(limiter.stats().in_flight, 0);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_order() {
+    let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    let held = limiter.try_acquire().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let limiter = limiter.clone();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let token = limiter.acquire().await;
+            tx.send(i).unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            token.success();
+        }));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(limiter.stats().waiting, 5);
+    assert!(
+        limiter.try_acquire().is_err(),
+        "try_acquire does not jump the queue"
+    );
+    held.success();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let order: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+    assert_eq!(limiter.stats().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_is_cancel_safe() {
+    let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    let held = limiter.try_acquire().unwrap();
+
+    // A waiter that gives up (a timeout) leaves the queue.
+    let gave_up = tokio::time::timeout(Duration::from_millis(10), limiter.acquire()).await;
+    assert!(gave_up.is_err());
+    assert_eq!(limiter.stats().waiting, 0);
+
+    // A waiter woken for the permit but cancelled before it ran passes the
+    // permit on to the next one.
+    let first = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire().await.success() })
+    };
+    tokio::task::yield_now().await;
+    let second = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire().await.success() })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.stats().waiting, 2);
+    held.success(); // wakes `first`...
+    first.abort(); // ...which is dropped before it polls.
+    tokio::time::timeout(Duration::from_secs(1), second)
+        .await
+        .expect("the permit reached the second waiter")
+        .unwrap();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let stats = limiter.stats();
+    assert_eq!((stats.in_flight, stats.waiting), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_raised_limit_wakes_waiters() {
+    // Aimd grows by one per success at half use or more.
+    let limiter = ConcurrencyLimiter::new(Aimd::builder().initial_limit(1).build().unwrap());
+    let held = limiter.try_acquire().unwrap();
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire().await })
+    };
+    tokio::task::yield_now().await;
+    held.success();
+    let token = tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("woken")
+        .unwrap();
+    assert_eq!(limiter.stats().limit, 2);
+    token.success();
+}
+
+#[test]
+fn regression_zero_latencies_and_a_never_probe_interval_do_not_panic() {
+    // A mock clock that never moves gives zero latencies; an interval of
+    // Duration::MAX means "never probe" and must not overflow an Instant.
+    let adaptive = Adaptive::builder()
+        .probe_interval(Duration::MAX)
+        .max_window(Duration::MAX)
+        .build()
+        .unwrap();
+    let limiter = ConcurrencyLimiter::with_clock(adaptive, MockClock::new());
+    for _ in 0..10_000 {
+        limiter.try_acquire().unwrap().success();
+    }
+    assert!(limiter.stats().limit >= 1);
+}

@@ -1,0 +1,321 @@
+//! A deterministic simulated backend behind a limiter, on tokio's paused
+//! clock. Shared by `tests/simulation.rs` and `examples/limit_sim.rs`
+//! (included there with `#[path]`), so the table in docs/parallel.md and the
+//! tests exercise the same code.
+//!
+//! The backend has C hidden FIFO servers. Request `id`'s service time is
+//! 10 ms + Exp(mean 10 ms), drawn from a hash of (seed, id), so every run of a
+//! scenario is identical. Variants: `thrash` (service time × (1 + 0.2 × (n −
+//! C) / C) when n > C requests are in the backend at arrival), a step (C
+//! changes at an instant), and open-loop Poisson arrivals with fail-fast
+//! rejection instead of a closed loop that always has work waiting.
+//! Latency is measured from admission to completion.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use torque_parallel::limit::{Algorithm, Clock, ConcurrencyLimiter, Limiter};
+
+/// Reads tokio's (paused) clock, so limiter latencies follow simulated time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub servers: usize,
+    pub thrash: bool,
+    /// At this offset, the number of servers becomes `.1`.
+    pub step: Option<(Duration, usize)>,
+    /// Open loop: Poisson arrivals at this multiple of capacity, fail-fast.
+    pub open_loop: Option<f64>,
+    pub duration: Duration,
+    pub seed: u64,
+}
+
+impl Scenario {
+    pub fn closed(servers: usize, seed: u64) -> Self {
+        Scenario {
+            servers,
+            thrash: false,
+            step: None,
+            open_loop: None,
+            duration: Duration::from_secs(30),
+            seed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub completed: u64,
+    pub rejected: u64,
+    /// Completions per second over the whole run.
+    pub throughput: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// p99 over completions after the step (or the second half).
+    pub p99_second_half: Duration,
+    /// The limit sampled every 100 ms.
+    pub limits: Vec<usize>,
+    pub max_in_flight_over_limit: bool,
+}
+
+impl Report {
+    pub fn mean_limit(&self, from: f64, to: f64) -> f64 {
+        let n = self.limits.len();
+        let (a, b) = ((n as f64 * from) as usize, (n as f64 * to) as usize);
+        let slice = &self.limits[a..b.max(a + 1).min(n)];
+        slice.iter().sum::<usize>() as f64 / slice.len().max(1) as f64
+    }
+}
+
+const BASE: Duration = Duration::from_millis(10);
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Exp(1) drawn from (seed, stream, id).
+fn exp1(seed: u64, stream: u64, id: u64) -> f64 {
+    let h = splitmix(splitmix(seed ^ stream.wrapping_mul(0xA24B_AED4_963E_E407)) ^ id);
+    let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
+    -u.ln()
+}
+
+struct Backend {
+    capacity: usize,
+    free_at: Vec<Instant>,
+    in_system: usize,
+    thrash: bool,
+    seed: u64,
+}
+
+impl Backend {
+    /// Admits request `id` now; returns when it completes.
+    fn arrive(&mut self, id: u64, now: Instant) -> Instant {
+        self.in_system += 1;
+        let n = self.in_system;
+        let c = self.capacity;
+        let mut service = BASE.as_secs_f64() * (1.0 + exp1(self.seed, 1, id));
+        if self.thrash && n > c {
+            service *= 1.0 + 0.2 * (n - c) as f64 / c as f64;
+        }
+        let (index, free) = self
+            .free_at
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|&(_, at)| at)
+            .expect("at least one server");
+        let done = free.max(now) + Duration::from_secs_f64(service);
+        self.free_at[index] = done;
+        done
+    }
+
+    fn resize(&mut self, servers: usize, now: Instant) {
+        self.free_at.sort();
+        self.free_at.truncate(servers);
+        while self.free_at.len() < servers {
+            self.free_at.push(now);
+        }
+        self.capacity = servers;
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    latencies_us: Vec<(Instant, u32)>,
+    completed: u64,
+}
+
+/// Runs `scenario` with `algorithm` on a fresh paused-clock runtime.
+pub fn run<A: Algorithm>(scenario: &Scenario, algorithm: A) -> Report {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(simulate(scenario.clone(), algorithm))
+}
+
+/// The same, inside a paused-clock runtime the caller made.
+pub async fn simulate<A: Algorithm>(scenario: Scenario, algorithm: A) -> Report {
+    let limiter = ConcurrencyLimiter::with_clock(algorithm, TokioClock);
+    simulate_with(scenario, limiter).await
+}
+
+pub async fn simulate_with<A: Algorithm>(
+    scenario: Scenario,
+    limiter: ConcurrencyLimiter<A, TokioClock>,
+) -> Report {
+    let start = Instant::now();
+    let end = start + scenario.duration;
+    let half = start + scenario.step.map_or(scenario.duration / 2, |(at, _)| at);
+    let backend = Arc::new(Mutex::new(Backend {
+        capacity: scenario.servers,
+        free_at: vec![start; scenario.servers],
+        in_system: 0,
+        thrash: scenario.thrash,
+        seed: scenario.seed,
+    }));
+    let record = Arc::new(Mutex::new(Record::default()));
+    let over_limit = Arc::new(Mutex::new(false));
+
+    let sampler = {
+        let limiter = limiter.clone();
+        let over_limit = over_limit.clone();
+        tokio::spawn(async move {
+            let mut limits = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                if Instant::now() >= end {
+                    return limits;
+                }
+                let stats = limiter.stats();
+                if stats.in_flight > stats.limit.max(1) * 2 {
+                    *over_limit.lock().unwrap() = true;
+                }
+                limits.push(stats.limit);
+            }
+        })
+    };
+
+    let mut stepped = scenario.step.is_none();
+    let admit = |id: u64, token: torque_parallel::limit::Token| {
+        let now = Instant::now();
+        let done = backend.lock().unwrap().arrive(id, now);
+        let backend = backend.clone();
+        let record = record.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(done).await;
+            let finished = Instant::now();
+            backend.lock().unwrap().in_system -= 1;
+            token.success();
+            if finished <= end {
+                let mut r = record.lock().unwrap();
+                r.completed += 1;
+                let us = (finished - now).as_micros().min(u32::MAX as u128) as u32;
+                r.latencies_us.push((finished, us));
+            }
+        });
+    };
+    let mut rejected = 0u64;
+    match scenario.open_loop {
+        None => {
+            let mut id = 0u64;
+            loop {
+                let token = limiter.acquire().await;
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                if !stepped && now >= half {
+                    let (_, servers) = scenario.step.expect("step");
+                    backend.lock().unwrap().resize(servers, now);
+                    stepped = true;
+                }
+                admit(id, token);
+                id += 1;
+            }
+        }
+        Some(load) => {
+            let rate = load * scenario.servers as f64 / (2.0 * BASE.as_secs_f64());
+            let mut at = start;
+            for id in 0u64.. {
+                at += Duration::from_secs_f64(exp1(scenario.seed, 2, id) / rate);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                let now = Instant::now();
+                if !stepped && now >= half {
+                    let (_, servers) = scenario.step.expect("step");
+                    backend.lock().unwrap().resize(servers, now);
+                    stepped = true;
+                }
+                match limiter.try_acquire() {
+                    Ok(token) => admit(id, token),
+                    Err(_) => rejected += 1,
+                }
+            }
+        }
+    }
+    tokio::time::sleep_until(end).await;
+    let limits = sampler.await.expect("sampler");
+    let record = record.lock().unwrap();
+    let mut all: Vec<u32> = record.latencies_us.iter().map(|&(_, us)| us).collect();
+    let mut second: Vec<u32> = record
+        .latencies_us
+        .iter()
+        .filter(|&&(at, _)| at >= half)
+        .map(|&(_, us)| us)
+        .collect();
+    let p = |v: &mut Vec<u32>, q: f64| -> Duration {
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v.sort_unstable();
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        Duration::from_micros(u64::from(v[i]))
+    };
+    Report {
+        completed: record.completed,
+        rejected,
+        throughput: record.completed as f64 / scenario.duration.as_secs_f64(),
+        p50: p(&mut all, 0.50),
+        p99: p(&mut all, 0.99),
+        p99_second_half: p(&mut second, 0.99),
+        limits,
+        max_in_flight_over_limit: *over_limit.lock().unwrap(),
+    }
+}
+
+/// The best static limit for `scenario` by throughput: a coarse sweep of
+/// 1..=256, then every integer between the best coarse point's neighbours.
+pub fn oracle(scenario: &Scenario) -> (usize, Report) {
+    use torque_parallel::limit::Fixed;
+    const COARSE: [usize; 17] = [
+        1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256,
+    ];
+    let mut results: Vec<(usize, Report)> = Vec::new();
+    let eval = |limit: usize, results: &mut Vec<(usize, Report)>| {
+        if !results.iter().any(|(l, _)| *l == limit) {
+            results.push((limit, run(scenario, Fixed::new(limit))));
+        }
+    };
+    for limit in COARSE {
+        eval(limit, &mut results);
+    }
+    let best = |results: &Vec<(usize, Report)>| {
+        results
+            .iter()
+            .max_by(|a, b| a.1.throughput.total_cmp(&b.1.throughput))
+            .map(|(l, _)| *l)
+            .expect("non-empty")
+    };
+    let b = best(&results);
+    let i = COARSE.iter().position(|&l| l == b).expect("coarse");
+    let lo = COARSE[i.saturating_sub(1)];
+    let hi = COARSE[(i + 1).min(COARSE.len() - 1)];
+    for limit in lo..=hi {
+        eval(limit, &mut results);
+    }
+    let b = best(&results);
+    results
+        .into_iter()
+        .find(|(l, _)| *l == b)
+        .expect("best is in results")
+}

@@ -1,0 +1,149 @@
+//! The limiters against the simulated backend of `tests/sim`, on tokio's
+//! paused clock (deterministic, no wall-clock time): they converge up under
+//! light load, back off under queueing, and the default recovers after the
+//! backend's capacity steps down or up.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{Scenario, run};
+use torque_parallel::limit::{Adaptive, Aimd, Algorithm, Gradient2, Vegas, Windowed};
+
+/// Every adaptive algorithm, starting at `initial`.
+fn algorithms(initial: usize) -> Vec<(&'static str, Box<dyn Algorithm>)> {
+    vec![
+        (
+            "Adaptive",
+            Box::new(Adaptive::builder().initial_limit(initial).build().unwrap()),
+        ),
+        (
+            "Gradient2",
+            Box::new(Gradient2::builder().initial_limit(initial).build().unwrap()),
+        ),
+        (
+            "Vegas (windowed)",
+            Box::new(
+                Windowed::builder(Vegas::builder().initial_limit(initial).build().unwrap())
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+        (
+            "Aimd",
+            Box::new(
+                Aimd::builder()
+                    .initial_limit(initial)
+                    .timeout(Duration::from_millis(100))
+                    .build()
+                    .unwrap(),
+            ),
+        ),
+    ]
+}
+
+#[test]
+fn every_limiter_converges_up_under_light_load() {
+    // 64 servers, no thrashing: a limit of 4 leaves most of them idle.
+    let mut scenario = Scenario::closed(64, 7);
+    scenario.duration = Duration::from_secs(20);
+    for (name, algorithm) in algorithms(4) {
+        let report = run(&scenario, algorithm);
+        let late = report.mean_limit(0.75, 1.0);
+        assert!(
+            late >= 16.0,
+            "{name}: limit {late} after 15 s, started at 4"
+        );
+    }
+}
+
+#[test]
+fn every_limiter_backs_off_under_queueing() {
+    // 32 servers become 4 at 10 s: at the old limit, requests queue.
+    let mut scenario = Scenario::closed(32, 7);
+    scenario.thrash = true;
+    scenario.duration = Duration::from_secs(30);
+    scenario.step = Some((Duration::from_secs(10), 4));
+    for (name, algorithm) in algorithms(16) {
+        let report = run(&scenario, algorithm);
+        let before = report.mean_limit(0.25, 1.0 / 3.0);
+        let after = report.mean_limit(0.75, 1.0);
+        assert!(
+            after <= before * 0.75,
+            "{name}: limit {before} before the step, {after} after"
+        );
+    }
+}
+
+#[test]
+fn adaptive_settles_near_the_capacity() {
+    for servers in [8usize, 24] {
+        let mut scenario = Scenario::closed(servers, 3);
+        scenario.thrash = true;
+        scenario.duration = Duration::from_secs(30);
+        let report = run(&scenario, Adaptive::default());
+        let late = report.mean_limit(0.5, 1.0);
+        let c = servers as f64;
+        assert!(
+            (0.9 * c..=1.25 * c).contains(&late),
+            "C = {servers}: limit {late}"
+        );
+    }
+}
+
+#[test]
+fn adaptive_recovers_after_a_step_down() {
+    let mut scenario = Scenario::closed(24, 5);
+    scenario.thrash = true;
+    scenario.duration = Duration::from_secs(40);
+    scenario.step = Some((Duration::from_secs(20), 8));
+    let report = run(&scenario, Adaptive::default());
+    let before = report.mean_limit(0.3, 0.5);
+    let after = report.mean_limit(0.75, 1.0);
+    assert!(before >= 20.0, "before the step: {before}");
+    assert!(
+        (6.0..=11.0).contains(&after),
+        "after the step to 8: {after}"
+    );
+}
+
+#[test]
+fn adaptive_recovers_after_a_step_up() {
+    let mut scenario = Scenario::closed(8, 5);
+    scenario.thrash = true;
+    scenario.duration = Duration::from_secs(60);
+    scenario.step = Some((Duration::from_secs(20), 24));
+    let report = run(&scenario, Adaptive::default());
+    let before = report.mean_limit(0.2, 1.0 / 3.0);
+    let after = report.mean_limit(0.8, 1.0);
+    assert!((6.0..=11.0).contains(&before), "before the step: {before}");
+    assert!(after >= 20.0, "after the step to 24: {after}");
+}
+
+#[test]
+fn minimum_limit_of_one_holds_on_a_single_server() {
+    let mut scenario = Scenario::closed(1, 9);
+    scenario.thrash = true;
+    scenario.duration = Duration::from_secs(20);
+    for (name, algorithm) in algorithms(16) {
+        let report = run(&scenario, algorithm);
+        assert!(report.limits.iter().all(|&l| l >= 1), "{name}");
+        assert!(report.completed > 0, "{name}: a limit of 1 still serves");
+    }
+}
+
+#[test]
+fn open_loop_sheds_load_instead_of_queueing() {
+    let mut scenario = Scenario::closed(8, 11);
+    scenario.thrash = true;
+    scenario.open_loop = Some(1.3);
+    scenario.duration = Duration::from_secs(20);
+    let report = run(&scenario, Adaptive::default());
+    assert!(report.rejected > 0);
+    // No-load p99 of 10 ms + Exp(10 ms) is about 56 ms.
+    assert!(
+        report.p99 <= Duration::from_millis(90),
+        "p99 {:?}",
+        report.p99
+    );
+}

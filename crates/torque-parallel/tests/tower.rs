@@ -1,0 +1,80 @@
+//! `LimitLayer`: tower backpressure from the limiter, tokens completed by
+//! the response, on tokio's paused clock.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use torque_parallel::limit::{ConcurrencyLimiter, Fixed, LimitLayer, Limiter};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Answers after `delay`; fails on odd requests.
+#[derive(Clone)]
+struct Slow {
+    delay: Duration,
+}
+
+impl Service<u32> for Slow {
+    type Response = u32;
+    type Error = &'static str;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, &'static str>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        let delay = self.delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if request.is_multiple_of(2) {
+                Ok(request)
+            } else {
+                Err("odd")
+            }
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_waits_for_a_permit_and_the_response_returns_it() {
+    let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    let layer = LimitLayer::new(limiter.clone());
+    let slow = Slow {
+        delay: Duration::from_millis(10),
+    };
+    let mut first = layer.layer(slow.clone());
+    let mut second = layer.layer(slow);
+
+    poll_fn(|cx| first.poll_ready(cx)).await.unwrap();
+    assert_eq!(limiter.stats().in_flight, 1);
+    // The second service cannot get ready while the first holds the permit.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(5),
+        poll_fn(|cx| second.poll_ready(cx)),
+    )
+    .await;
+    assert!(blocked.is_err());
+
+    assert_eq!(first.call(2).await, Ok(2));
+    assert_eq!(limiter.stats().in_flight, 0);
+    poll_fn(|cx| second.poll_ready(cx)).await.unwrap();
+    assert_eq!(second.call(3).await, Err("odd"), "errors pass through");
+    assert_eq!(limiter.stats().in_flight, 0, "an error returns the permit");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_future_returns_its_permit() {
+    let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    let mut service = LimitLayer::new(limiter.clone()).layer(Slow {
+        delay: Duration::from_secs(1),
+    });
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let response = service.call(2);
+    assert_eq!(limiter.stats().in_flight, 1);
+    drop(response);
+    assert_eq!(limiter.stats().in_flight, 0);
+    assert!(limiter.try_acquire().is_ok());
+}
