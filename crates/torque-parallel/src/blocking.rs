@@ -41,6 +41,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct Job {
+    /// Counted into `in_flight_weight` when queued; the job gives it back.
     weight: u64,
     run: Box<dyn FnOnce() + Send>,
 }
@@ -97,17 +98,20 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
-            let Job { weight, run } = job;
-            run();
-            let waiters = {
-                let mut st = lock(&self.state);
-                st.in_flight_weight -= weight;
-                std::mem::take(&mut st.space_waiters)
-            };
-            self.space_ready.notify_all();
-            for w in waiters {
-                w.wake();
-            }
+            (job.run)();
+        }
+    }
+
+    /// Gives back a finished job's weight and wakes whoever waits for room.
+    fn release(&self, weight: u64) {
+        let waiters = {
+            let mut st = lock(&self.state);
+            st.in_flight_weight -= weight;
+            std::mem::take(&mut st.space_waiters)
+        };
+        self.space_ready.notify_all();
+        for w in waiters {
+            w.wake();
         }
     }
 }
@@ -250,7 +254,10 @@ impl BlockingPool {
                 continue;
             }
             batch.add_pending();
-            shared.push(&mut st, job(&batch, &f, i, item, weight, cancel.cloned()));
+            shared.push(
+                &mut st,
+                job(shared, &batch, &f, i, item, weight, cancel.cloned()),
+            );
         }
         batch.wait()
     }
@@ -271,6 +278,7 @@ fn run_owned<T, R, E, F: Fn(T) -> Result<R, E>>(f: &F, x: T) -> Result<R, ItemEr
 }
 
 fn job<T, R, E, F>(
+    shared: &Arc<Shared>,
     batch: &Arc<Batch<R, E>>,
     f: &Arc<F>,
     index: usize,
@@ -284,6 +292,7 @@ where
     E: Send + 'static,
     F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
 {
+    let shared = Arc::clone(shared);
     let batch = Arc::clone(batch);
     let f = Arc::clone(f);
     Job {
@@ -297,6 +306,12 @@ where
             } else {
                 run_owned(&*f, item)
             };
+            // Release what the job holds (and its weight) before reporting
+            // it done, so that a batch that has returned holds nothing of
+            // the caller's and its weight is no longer in flight.
+            drop(f);
+            drop(cancel);
+            shared.release(weight);
             batch.complete(index, result, true);
         }),
     }
@@ -376,7 +391,7 @@ impl<R, E> Batch<R, E> {
 /// submitted are dropped at once, queued ones are skipped by the workers, and
 /// only items already running finish.
 #[must_use = "futures do nothing unless polled"]
-pub struct BlockingMap<T, R, E, F, W> {
+pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
     batch: Arc<Batch<R, E>>,
     items: std::iter::Enumerate<std::vec::IntoIter<T>>,
@@ -483,7 +498,7 @@ where
                 break;
             }
             batch.add_pending();
-            let job = job(batch, &this.f, i, item, weight, this.cancel.clone());
+            let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
             shared.push(&mut st, job);
         }
         let mut st = lock(&batch.state);

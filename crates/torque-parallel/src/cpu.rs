@@ -214,7 +214,7 @@ impl Cpu {
                 bump(&self.counters.sequential);
                 let calls = slot.calls.load(Relaxed);
                 slot.calls.store(calls.wrapping_add(1), Relaxed);
-                if calls % SAMPLE_EVERY != 0 {
+                if !calls.is_multiple_of(SAMPLE_EVERY) {
                     work.seq(items, acc);
                 } else {
                     let start = Instant::now();

@@ -59,7 +59,12 @@ impl<E: StdError + 'static> StdError for ItemError<E> {
 /// Boxed so that `Result<R, ItemError>` stays one word bigger than `R`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PanicError {
-    message: Box<String>,
+    inner: Box<PanicInner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PanicInner {
+    message: String,
 }
 
 impl PanicError {
@@ -72,19 +77,19 @@ impl PanicError {
             "panic with a non-string payload".to_owned()
         };
         PanicError {
-            message: Box::new(message),
+            inner: Box::new(PanicInner { message }),
         }
     }
 
     /// The panic's message (`"panic with a non-string payload"` when it had none).
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 }
 
 impl fmt::Display for PanicError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "item panicked: {}", self.message)
+        write!(f, "item panicked: {}", self.inner.message)
     }
 }
 

@@ -632,6 +632,10 @@ impl Blocking<'_> {
     /// # });
     /// # Ok::<(), torque_parallel::BuildError>(())
     /// ```
+    #[expect(
+        clippy::type_complexity,
+        reason = "the closure type is unnameable; an alias would hide the bounds users need"
+    )]
     pub fn map_async<T, R, F>(
         &self,
         items: Vec<T>,
@@ -652,11 +656,7 @@ impl Blocking<'_> {
     }
 
     /// The async form of [`try_map`](Blocking::try_map).
-    pub fn try_map_async<T, R, E, F>(
-        &self,
-        items: Vec<T>,
-        f: F,
-    ) -> BlockingMap<T, R, E, F, fn(&T) -> u64>
+    pub fn try_map_async<T, R, E, F>(&self, items: Vec<T>, f: F) -> BlockingMap<T, R, E, F>
     where
         T: Send + 'static,
         R: Send + 'static,
