@@ -56,6 +56,9 @@ pub(crate) const UNTIMED_BELOW: Duration = Duration::from_micros(4);
 pub(crate) const SAMPLE_EVERY: u64 = 64;
 /// A warm call that is timed first checks the clock after this much work.
 const FIRST_CHECK: Duration = Duration::from_micros(2);
+/// Items cheap enough that [`FIRST_CHECK`] holds this many are re-measured
+/// by a sequential prefix even when the batch is predicted parallel.
+const MIN_PREFIX_ITEMS: u64 = 16;
 
 const fn ps(d: Duration) -> u64 {
     d.as_nanos() as u64 * 1000
@@ -223,12 +226,22 @@ impl Cpu {
                 }
                 return;
             }
-            if predicted >= self.parallel_threshold_ps {
+            // Cheap items predicted to be worth a dispatch go through the
+            // timed prefix below: it re-measures the true per-item cost in
+            // ~2 µs and usually escapes at its first check. Timing the
+            // parallel run instead would fold rayon's dispatch into the cost
+            // (elapsed × threads / n), which for a batch near the threshold
+            // predicts it above the threshold again: it would stay parallel
+            // for ever.
+            if predicted >= self.parallel_threshold_ps
+                && cost.saturating_mul(MIN_PREFIX_ITEMS) > ps(FIRST_CHECK)
+            {
                 bump(&self.counters.parallel);
                 let start = Instant::now();
                 self.par(items, cost, work, acc);
-                // Wall time × threads over-estimates the per-item cost by the
-                // dispatch overhead; that errs towards staying parallel.
+                // Expensive items: wall time × threads over-estimates the
+                // per-item cost by the dispatch overhead / n, small beside
+                // items of a quarter microsecond or more.
                 let threads = self.threads().min(n).max(1) as u32;
                 record(slot, start.elapsed() * threads, n);
                 return;
