@@ -28,6 +28,10 @@
 //! magnitude between calls is mispredicted for up to [`SAMPLE_EVERY`] small
 //! calls, and then only when those calls are under [`UNTIMED_BELOW`].
 //!
+//! A parallel run learns too, from the clock read inside each rayon leaf
+//! about once per 2 µs of predicted work (see `Probe`): the cost must not include rayon's
+//! dispatch, or a small batch would look expensive for ever.
+//!
 //! # Splitting
 //! Once parallel, the batch is a rayon indexed iterator with
 //! `with_min_len(grain)`, where `grain` is the number of items worth
@@ -56,9 +60,6 @@ pub(crate) const UNTIMED_BELOW: Duration = Duration::from_micros(4);
 pub(crate) const SAMPLE_EVERY: u64 = 64;
 /// A warm call that is timed first checks the clock after this much work.
 const FIRST_CHECK: Duration = Duration::from_micros(2);
-/// Items cheap enough that [`FIRST_CHECK`] holds this many are re-measured
-/// by a sequential prefix even when the batch is predicted parallel.
-const MIN_PREFIX_ITEMS: u64 = 16;
 
 const fn ps(d: Duration) -> u64 {
     d.as_nanos() as u64 * 1000
@@ -122,11 +123,26 @@ impl CostTable {
     }
 }
 
+/// What one `Instant::now()` costs here (the fastest of a few back-to-back
+/// pairs): subtracted from measured intervals, so that the clock's own cost
+/// (~25 ns natively, microseconds under valgrind) is not taken for the items'.
+fn clock_cost() -> Duration {
+    (0..16)
+        .map(|_| {
+            let a = Instant::now();
+            Instant::now().duration_since(a)
+        })
+        .min()
+        .unwrap_or_default()
+}
+
 fn record(slot: &Slot, elapsed: Duration, items: usize) {
     let sample = (elapsed.as_nanos() as u64 * 1000 / items.max(1) as u64).max(1);
     let old = slot.cost_ps.load(Relaxed);
-    // EWMA with weight 1/2: follows a change within a few samples, halves noise.
-    let new = if old == 0 {
+    // EWMA with weight 1/2 halves noise; a sample 8× off the estimate is a
+    // new regime (other data, or a first estimate spoiled by preemption)
+    // and replaces it, instead of taking log2(ratio) calls to get there.
+    let new = if old == 0 || sample > old.saturating_mul(8) || old > sample.saturating_mul(8) {
         sample
     } else {
         old / 2 + sample / 2
@@ -154,7 +170,7 @@ fn bump(c: &AtomicU64) {
 pub(crate) trait Work<T>: Sync {
     type Acc: Send;
     fn seq(&self, items: &[T], acc: &mut Self::Acc);
-    fn par(&self, items: &[T], grain: usize, acc: &mut Self::Acc);
+    fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc);
 }
 
 #[derive(Debug)]
@@ -163,6 +179,7 @@ pub(crate) struct Cpu {
     pool: Option<rayon::ThreadPool>,
     parallel_threshold_ps: u64,
     grain_target_ps: u64,
+    clock: Duration,
     pub(crate) counters: CpuCounters,
 }
 
@@ -177,6 +194,7 @@ impl Cpu {
             pool,
             parallel_threshold_ps: ps(parallel_threshold).max(1),
             grain_target_ps: ps(grain_target).max(1),
+            clock: clock_cost(),
             counters: CpuCounters::default(),
         }
     }
@@ -222,28 +240,13 @@ impl Cpu {
                 } else {
                     let start = Instant::now();
                     work.seq(items, acc);
-                    record(slot, start.elapsed(), n);
+                    record(slot, start.elapsed().saturating_sub(self.clock), n);
                 }
                 return;
             }
-            // Cheap items predicted to be worth a dispatch go through the
-            // timed prefix below: it re-measures the true per-item cost in
-            // ~2 µs and usually escapes at its first check. Timing the
-            // parallel run instead would fold rayon's dispatch into the cost
-            // (elapsed × threads / n), which for a batch near the threshold
-            // predicts it above the threshold again: it would stay parallel
-            // for ever.
-            if predicted >= self.parallel_threshold_ps
-                && cost.saturating_mul(MIN_PREFIX_ITEMS) > ps(FIRST_CHECK)
-            {
+            if predicted >= self.parallel_threshold_ps {
                 bump(&self.counters.parallel);
-                let start = Instant::now();
-                self.par(items, cost, work, acc);
-                // Expensive items: wall time × threads over-estimates the
-                // per-item cost by the dispatch overhead / n, small beside
-                // items of a quarter microsecond or more.
-                let threads = self.threads().min(n).max(1) as u32;
-                record(slot, start.elapsed() * threads, n);
+                self.par(slot, items, cost, work, acc);
                 return;
             }
             (ps(FIRST_CHECK) / cost).max(1) as usize
@@ -255,10 +258,12 @@ impl Cpu {
         let start = Instant::now();
         let mut done = 0;
         let mut next = first_check.min(n);
+        let mut reads = 0u32;
         loop {
             work.seq(&items[done..next], acc);
             done = next;
-            let elapsed = start.elapsed();
+            reads += 1;
+            let elapsed = start.elapsed().saturating_sub(self.clock * reads);
             if done == n {
                 bump(&self.counters.sequential);
                 record(slot, elapsed, n);
@@ -269,19 +274,121 @@ impl Cpu {
             if rest >= 2 && per_item.saturating_mul(rest as u64) >= self.parallel_threshold_ps {
                 bump(&self.counters.parallel);
                 record(slot, elapsed, done);
-                self.par(&items[done..], per_item, work, acc);
+                self.par(slot, &items[done..], per_item, work, acc);
                 return;
             }
             next = done.saturating_mul(2).min(n);
         }
     }
 
-    fn par<T: Sync, W: Work<T>>(&self, items: &[T], cost_ps: u64, work: &W, acc: &mut W::Acc) {
-        let grain = ((self.grain_target_ps / cost_ps.max(1)) as usize).clamp(1, items.len());
+    /// Runs `items` on rayon and learns the per-item cost from a sample of
+    /// items timed one by one. Timing the whole parallel run instead
+    /// (elapsed × threads / n) would fold rayon's dispatch into the cost: a
+    /// small batch would then be predicted above the threshold on every call
+    /// and stay parallel for ever (seen under callgrind and on a loaded
+    /// machine, where one preempted cold call was enough).
+    fn par<T: Sync, W: Work<T>>(
+        &self,
+        slot: &Slot,
+        items: &[T],
+        cost_ps: u64,
+        work: &W,
+        acc: &mut W::Acc,
+    ) {
+        let cost_ps = cost_ps.max(1);
+        let grain = ((self.grain_target_ps / cost_ps) as usize).clamp(1, items.len());
+        let probe = Probe::new(cost_ps, self.clock);
         match &self.pool {
-            Some(pool) => pool.install(|| work.par(items, grain, acc)),
-            None => work.par(items, grain, acc),
+            Some(pool) => pool.install(|| work.par(items, grain, &probe, acc)),
+            None => work.par(items, grain, &probe, acc),
         }
+        match probe.sample() {
+            Some((elapsed, n)) => record(slot, elapsed, n),
+            // No leaf ran two sample points (tiny leaves): no evidence, so
+            // halve the estimate. A batch that is really expensive is back
+            // to the timed prefix after a few calls, which re-measures it.
+            None => slot.cost_ps.store((cost_ps / 2).max(1), Relaxed),
+        }
+    }
+}
+
+/// Measures the per-item cost inside a parallel run. Each rayon leaf reads
+/// the clock every `stride` items (about one read per [`FIRST_CHECK`] of
+/// predicted work, so under 2 % overhead) and reports the interval per item:
+/// timing single items would add the clock's own ~25 ns to each sample,
+/// 20× the cost of a cheap item. Intervals more than [`OUTLIER`] times the
+/// prediction (a preempted thread) are set aside, and used only if every
+/// interval was one (the cost really did grow).
+pub(crate) struct Probe {
+    mask: usize,
+    clock_ns: u64,
+    limit_ns: u64,
+    kept: (AtomicU64, AtomicU64),
+    outliers: (AtomicU64, AtomicU64),
+}
+
+/// See [`Probe`].
+const OUTLIER: u64 = 16;
+
+/// One leaf's last clock reading: (item index, time).
+#[derive(Default)]
+pub(crate) struct LeafClock(Option<(usize, Instant)>);
+
+impl Probe {
+    fn new(cost_ps: u64, clock: Duration) -> Self {
+        // Rounded up, and at least 2 unless an item costs 16 clock reads:
+        // with a stride of 1 the interval would still carry a whole clock
+        // read per item if the calibration missed some of it, and a cost
+        // inflated by it would confirm itself.
+        let clock_ps = clock.as_nanos() as u64 * 1000;
+        let least = if cost_ps >= clock_ps.saturating_mul(16) {
+            1
+        } else {
+            2
+        };
+        let stride = (ps(FIRST_CHECK).div_ceil(cost_ps).max(least) as usize).next_power_of_two();
+        Probe {
+            mask: stride - 1,
+            clock_ns: clock.as_nanos() as u64,
+            limit_ns: (cost_ps.saturating_mul(stride as u64) / 1000).saturating_mul(OUTLIER),
+            kept: (AtomicU64::new(0), AtomicU64::new(0)),
+            outliers: (AtomicU64::new(0), AtomicU64::new(0)),
+        }
+    }
+
+    /// Called before item `index` of a leaf runs.
+    #[inline(always)]
+    pub(crate) fn tick(&self, clock: &mut LeafClock, index: usize) {
+        if index & self.mask != 0 {
+            return;
+        }
+        let now = Instant::now();
+        if let Some((prev, then)) = clock.0
+            && index > prev
+        {
+            let ns = (now.duration_since(then).as_nanos() as u64)
+                .saturating_sub(self.clock_ns)
+                .max(1);
+            let (sum, items) = if ns > self.limit_ns.max(1) {
+                &self.outliers
+            } else {
+                &self.kept
+            };
+            sum.fetch_add(ns, Relaxed);
+            items.fetch_add((index - prev) as u64, Relaxed);
+        }
+        clock.0 = Some((index, now));
+    }
+
+    /// The measured (time, items), if any interval was measured.
+    fn sample(&self) -> Option<(Duration, usize)> {
+        for (sum, items) in [&self.kept, &self.outliers] {
+            let n = items.load(Relaxed);
+            if n > 0 {
+                return Some((Duration::from_nanos(sum.load(Relaxed)), n as usize));
+            }
+        }
+        None
     }
 }
 
@@ -332,14 +439,15 @@ where
         }
     }
 
-    fn par(&self, items: &[T], grain: usize, acc: &mut Self::Acc) {
+    fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
         let c = self.cancel;
-        acc.par_extend(
-            items
-                .par_iter()
-                .with_min_len(grain)
-                .map(|x| run_item(&self.f, x, c)),
-        );
+        acc.par_extend(items.par_iter().enumerate().with_min_len(grain).map_init(
+            LeafClock::default,
+            |clock, (i, x)| {
+                probe.tick(clock, i);
+                run_item(&self.f, x, c)
+            },
+        ));
     }
 }
 
@@ -419,10 +527,15 @@ where
         *acc = Some(items.iter().fold(part, |p, x| self.fold(p, x)));
     }
 
-    fn par(&self, items: &[T], grain: usize, acc: &mut Self::Acc) {
+    fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
         let part = items
             .par_iter()
+            .enumerate()
             .with_min_len(grain)
+            .map_init(LeafClock::default, |clock, (i, x)| {
+                probe.tick(clock, i);
+                x
+            })
             .fold(|| self.empty(), |p, x| self.fold(p, x))
             .reduce(|| self.empty(), |a, b| a.merge(b, &self.op));
         *acc = Some(match acc.take() {

@@ -85,3 +85,42 @@ fn different_closures_learn_different_costs() {
     p.map(&items, slow);
     assert!(p.learned_cost(&slow).unwrap() > p.learned_cost(&fast).unwrap());
 }
+
+/// Regression: a parallel run used to record its wall time × threads / n as
+/// the per-item cost, which includes rayon's dispatch; a small batch then
+/// looked expensive on every call and never went back to sequential.
+#[test]
+fn regression_small_batch_returns_to_sequential_after_looking_expensive() {
+    let p = Processor::builder().build().unwrap();
+    let work = |x: &u64| {
+        if *x >= 1_000 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        x.wrapping_mul(3)
+    };
+    // Teach it that this closure is expensive.
+    p.map(&[1_000u64; 8], work);
+    assert!(p.learned_cost(&work).unwrap() >= Duration::from_millis(1));
+    // Now cheap items: the first calls are still predicted parallel, but
+    // they measure the items themselves (or, when rayon's leaves are too
+    // small to measure, halve the estimate), so the cost comes down within
+    // a bounded number of calls and then stays down.
+    let cheap_items: Vec<u64> = (0..10).collect();
+    let mut calls = 0;
+    loop {
+        let before = p.stats();
+        p.map(&cheap_items, work);
+        calls += 1;
+        if p.stats().sequential_runs > before.sequential_runs {
+            break;
+        }
+        assert!(calls < 40, "still parallel after {calls} calls");
+    }
+    let before = p.stats();
+    for _ in 0..5 {
+        p.map(&cheap_items, work);
+    }
+    let after = p.stats();
+    assert_eq!(after.parallel_runs, before.parallel_runs);
+    assert_eq!(after.sequential_runs, before.sequential_runs + 5);
+}
