@@ -62,7 +62,8 @@ fn main() {
         });
     }
     println!(
-        "{mode} n={n} calls={calls} sink={sink} stats={:?}",
+        "{mode} n={n} calls={calls} sink={sink} cost={:?} stats={:?}",
+        p.learned_cost(&cheap),
         p.stats()
     );
 }

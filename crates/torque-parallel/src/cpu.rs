@@ -210,7 +210,7 @@ impl Cpu {
         let slot = self.table.slot(key);
         match slot.cost_ps.load(Relaxed) {
             0 => None,
-            c => Some(Duration::from_nanos(c / 1000)),
+            c => Some(Duration::from_nanos(c.div_ceil(1000))),
         }
     }
 
@@ -380,6 +380,25 @@ impl Probe {
         clock.0 = Some((index, now));
     }
 
+    /// Adds a chunk timed as a whole.
+    pub(crate) fn add(&self, elapsed: Duration, items: usize) {
+        let ns = (elapsed.as_nanos() as u64)
+            .saturating_sub(self.clock_ns)
+            .max(1);
+        let limit = self.limit_ns.max(1).saturating_mul(items as u64) / self.stride() as u64;
+        let (sum, n) = if ns > limit {
+            &self.outliers
+        } else {
+            &self.kept
+        };
+        sum.fetch_add(ns, Relaxed);
+        n.fetch_add(items as u64, Relaxed);
+    }
+
+    fn stride(&self) -> usize {
+        self.mask + 1
+    }
+
     /// The measured (time, items), if any interval was measured.
     fn sample(&self) -> Option<(Duration, usize)> {
         for (sum, items) in [&self.kept, &self.outliers] {
@@ -528,15 +547,18 @@ where
     }
 
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
+        // Chunks of `grain` items, each folded by a plain loop and timed as a
+        // whole (one clock pair per >= 10 µs of work). A per-item probe in a
+        // rayon `fold` (enumerate + map_init) kept the fold state in memory
+        // and ran 10x slower per item.
         let part = items
-            .par_iter()
-            .enumerate()
-            .with_min_len(grain)
-            .map_init(LeafClock::default, |clock, (i, x)| {
-                probe.tick(clock, i);
-                x
+            .par_chunks(grain)
+            .map(|chunk| {
+                let start = Instant::now();
+                let part = chunk.iter().fold(self.empty(), |p, x| self.fold(p, x));
+                probe.add(start.elapsed(), chunk.len());
+                part
             })
-            .fold(|| self.empty(), |p, x| self.fold(p, x))
             .reduce(|| self.empty(), |a, b| a.merge(b, &self.op));
         *acc = Some(match acc.take() {
             Some(prefix) => prefix.merge(part, &self.op),
