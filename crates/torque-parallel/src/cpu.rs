@@ -244,7 +244,13 @@ impl Cpu {
                 }
                 return;
             }
-            if predicted >= self.parallel_threshold_ps {
+            // Cheap items (16 or more per 2 µs) predicted parallel still go
+            // through the timed prefix: it re-measures them in ~2 µs and
+            // escapes to rayon at its first check, so the parallel `map`
+            // needs no per-item probe (which slowed cheap items several-fold).
+            if predicted >= self.parallel_threshold_ps
+                && cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK)
+            {
                 bump(&self.counters.parallel);
                 self.par(slot, items, cost, work, acc);
                 return;
@@ -329,6 +335,9 @@ pub(crate) struct Probe {
 
 /// See [`Probe`].
 const OUTLIER: u64 = 16;
+/// Items at least `FIRST_CHECK / PROBED_PER_CHECK` long (125 ns) are timed
+/// inside a parallel `map`; cheaper ones are measured by the timed prefix.
+const PROBED_PER_CHECK: u64 = 16;
 
 /// One leaf's last clock reading: (item index, time).
 #[derive(Default)]
@@ -378,6 +387,12 @@ impl Probe {
             items.fetch_add((index - prev) as u64, Relaxed);
         }
         clock.0 = Some((index, now));
+    }
+
+    /// Whether items are cheap enough that per-item probing would cost
+    /// more than it tells (then the timed prefix measures them).
+    pub(crate) fn sparse(&self) -> bool {
+        self.stride() as u64 > PROBED_PER_CHECK
     }
 
     /// Adds a chunk timed as a whole.
@@ -460,6 +475,15 @@ where
 
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
         let c = self.cancel;
+        if probe.sparse() {
+            acc.par_extend(
+                items
+                    .par_iter()
+                    .with_min_len(grain)
+                    .map(|x| run_item(&self.f, x, c)),
+            );
+            return;
+        }
         acc.par_extend(items.par_iter().enumerate().with_min_len(grain).map_init(
             LeafClock::default,
             |clock, (i, x)| {
