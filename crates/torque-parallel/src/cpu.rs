@@ -139,11 +139,15 @@ fn clock_cost() -> Duration {
 fn record(slot: &Slot, elapsed: Duration, items: usize) {
     let sample = (elapsed.as_nanos() as u64 * 1000 / items.max(1) as u64).max(1);
     let old = slot.cost_ps.load(Relaxed);
-    // EWMA with weight 1/2 halves noise; a sample 8× off the estimate is a
-    // new regime (other data, or a first estimate spoiled by preemption)
-    // and replaces it, instead of taking log2(ratio) calls to get there.
-    let new = if old == 0 || sample > old.saturating_mul(8) || old > sample.saturating_mul(8) {
+    // EWMA with weight 1/2 halves noise. A sample 8x under the estimate is
+    // a new regime (other data, or a first estimate spoiled by preemption)
+    // and replaces it. Upward, a sample can only multiply the estimate by 8:
+    // preemption inflates samples, never shrinks them, and one preempted
+    // call must not send 100-item batches to rayon.
+    let new = if old == 0 || old > sample.saturating_mul(8) {
         sample
+    } else if sample > old.saturating_mul(8) {
+        old.saturating_mul(8)
     } else {
         old / 2 + sample / 2
     };
