@@ -28,8 +28,10 @@
 //! magnitude between calls is mispredicted for up to [`SAMPLE_EVERY`] small
 //! calls, and then only when those calls are under [`UNTIMED_BELOW`].
 //!
-//! A parallel run learns too, from the clock read inside each rayon leaf
-//! about once per 2 µs of predicted work (see `Probe`): the cost must not include rayon's
+//! A parallel run learns too, from the items' own time (whole chunks in a
+//! reduction, a clock read about once per 2 µs of work in each rayon leaf of
+//! a `map` of items of 125 ns or more; cheaper items predicted parallel are
+//! re-measured by the timed prefix): the cost must not include rayon's
 //! dispatch, or a small batch would look expensive for ever.
 //!
 //! # Splitting
