@@ -27,7 +27,7 @@
 //!
 //! // Reductions without collecting.
 //! let sum = processor.map_reduce(&items, |&x| x, || 0, |a, b| a + b);
-//! assert_eq!(sum.value, 49_995_000 - 0);
+//! assert_eq!(sum.value, 49_995_000);
 //!
 //! // Blocking strategy: bounded threads, bounded queue.
 //! let lens = processor.blocking().map(vec!["a".to_string(), "bb".to_string()], |s| s.len());
