@@ -1,0 +1,520 @@
+//! The `Blocking` strategy: a fixed set of dedicated threads fed through one
+//! bounded queue, for work that blocks (file I/O, a synchronous driver, a
+//! compression library).
+//!
+//! Unlike tokio's `spawn_blocking` pool, whose queue is unbounded, a batch
+//! here waits for room before it submits the next item: the queue holds at
+//! most `queue_capacity` jobs, and the weight of the items queued or running
+//! never exceeds the memory budget (an item heavier than the whole budget
+//! runs alone). A synchronous caller blocks while it waits; an async caller
+//! (`map_async`) returns `Pending` and is woken when a worker frees room.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::cancel::CancelToken;
+use crate::outcome::{ItemError, PanicError};
+
+thread_local! {
+    /// Set on the pool's own threads: a batch submitted from inside a job runs
+    /// inline, because waiting for room in the queue from a worker could wait
+    /// for itself.
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How often a blocked feeder looks at its cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Jobs never panic while holding a lock (panics are caught inside the
+    // job, outside any lock), so a poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Job {
+    /// Counted into `in_flight_weight` when queued; the job gives it back.
+    weight: u64,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    in_flight_weight: u64,
+    peak_in_flight_weight: u64,
+    shutdown: bool,
+    live_workers: usize,
+    /// Async feeders waiting for room; at most one entry per waiting future.
+    space_waiters: Vec<Waker>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    work_ready: Condvar,
+    space_ready: Condvar,
+    queue_capacity: usize,
+    memory_budget: u64,
+}
+
+impl Shared {
+    fn admits(&self, st: &State, weight: u64) -> bool {
+        st.queue.len() < self.queue_capacity
+            && (st.in_flight_weight == 0
+                || st.in_flight_weight.saturating_add(weight) <= self.memory_budget)
+    }
+
+    fn push(&self, st: &mut State, job: Job) {
+        st.in_flight_weight = st.in_flight_weight.saturating_add(job.weight);
+        st.peak_in_flight_weight = st.peak_in_flight_weight.max(st.in_flight_weight);
+        st.queue.push_back(job);
+        self.work_ready.notify_one();
+    }
+
+    fn worker(self: Arc<Self>) {
+        ON_WORKER.with(|w| w.set(true));
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                loop {
+                    if let Some(job) = st.queue.pop_front() {
+                        break job;
+                    }
+                    if st.shutdown {
+                        st.live_workers -= 1;
+                        return;
+                    }
+                    st = self
+                        .work_ready
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            };
+            (job.run)();
+        }
+    }
+
+    /// Gives back a finished job's weight and wakes whoever waits for room.
+    fn release(&self, weight: u64) {
+        let waiters = {
+            let mut st = lock(&self.state);
+            st.in_flight_weight -= weight;
+            std::mem::take(&mut st.space_waiters)
+        };
+        self.space_ready.notify_all();
+        for w in waiters {
+            w.wake();
+        }
+    }
+}
+
+/// A snapshot of the blocking pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PoolStatus {
+    pub(crate) threads: usize,
+    pub(crate) queued: usize,
+    pub(crate) in_flight_weight: u64,
+    pub(crate) peak_in_flight_weight: u64,
+}
+
+/// The dedicated threads; joined when dropped.
+pub(crate) struct BlockingPool {
+    shared: Arc<Shared>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for BlockingPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingPool")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl BlockingPool {
+    pub(crate) fn new(
+        threads: usize,
+        queue_capacity: usize,
+        memory_budget: u64,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                live_workers: threads,
+                ..State::default()
+            }),
+            work_ready: Condvar::new(),
+            space_ready: Condvar::new(),
+            queue_capacity,
+            memory_budget,
+        });
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let s = Arc::clone(&shared);
+            match thread::Builder::new()
+                .name(format!("torque-blocking-{i}"))
+                .spawn(move || s.worker())
+            {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    let mut pool = BlockingPool { shared, handles };
+                    lock(&pool.shared.state).live_workers = pool.handles.len();
+                    pool.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(BlockingPool { shared, handles })
+    }
+
+    pub(crate) fn status(&self) -> PoolStatus {
+        let st = lock(&self.shared.state);
+        PoolStatus {
+            threads: st.live_workers,
+            queued: st.queue.len(),
+            in_flight_weight: st.in_flight_weight,
+            peak_in_flight_weight: st.peak_in_flight_weight,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.work_ready.notify_all();
+        self.shared.space_ready.notify_all();
+        let me = thread::current().id();
+        for h in self.handles.drain(..) {
+            // A job that drops the last handle to the processor runs on a
+            // worker: that worker cannot join itself, it exits on its own.
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+
+    /// Runs a batch synchronously; blocks for room and for the results.
+    pub(crate) fn run<T, R, E, W, F>(
+        &self,
+        items: Vec<T>,
+        weigh: W,
+        f: F,
+        cancel: Option<&CancelToken>,
+    ) -> Vec<Result<R, ItemError<E>>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        W: Fn(&T) -> u64,
+        F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let is_cancelled = || cancel.is_some_and(CancelToken::is_cancelled);
+        if ON_WORKER.with(Cell::get) {
+            return items
+                .into_iter()
+                .map(|x| {
+                    if is_cancelled() {
+                        Err(ItemError::Cancelled)
+                    } else {
+                        run_owned(&f, x)
+                    }
+                })
+                .collect();
+        }
+        let batch = Arc::new(Batch::new(items.len()));
+        let f = Arc::new(f);
+        let shared = &self.shared;
+        'items: for (i, item) in items.into_iter().enumerate() {
+            if is_cancelled() {
+                batch.complete(i, Err(ItemError::Cancelled), false);
+                continue;
+            }
+            let weight = weigh(&item);
+            let mut st = lock(&shared.state);
+            while !shared.admits(&st, weight) {
+                if st.shutdown || is_cancelled() {
+                    drop(st);
+                    batch.complete(i, Err(ItemError::Cancelled), false);
+                    continue 'items;
+                }
+                st = shared
+                    .space_ready
+                    .wait_timeout(st, CANCEL_POLL)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            if st.shutdown {
+                drop(st);
+                batch.complete(i, Err(ItemError::Cancelled), false);
+                continue;
+            }
+            batch.add_pending();
+            shared.push(
+                &mut st,
+                job(shared, &batch, &f, i, item, weight, cancel.cloned()),
+            );
+        }
+        batch.wait()
+    }
+}
+
+impl Drop for BlockingPool {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run_owned<T, R, E, F: Fn(T) -> Result<R, E>>(f: &F, x: T) -> Result<R, ItemError<E>> {
+    match catch_unwind(AssertUnwindSafe(|| f(x))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ItemError::Failed(e)),
+        Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+    }
+}
+
+fn job<T, R, E, F>(
+    shared: &Arc<Shared>,
+    batch: &Arc<Batch<R, E>>,
+    f: &Arc<F>,
+    index: usize,
+    item: T,
+    weight: u64,
+    cancel: Option<CancelToken>,
+) -> Job
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+    F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+{
+    let shared = Arc::clone(shared);
+    let batch = Arc::clone(batch);
+    let f = Arc::clone(f);
+    Job {
+        weight,
+        run: Box::new(move || {
+            let skip = batch.abandoned.load(Ordering::Relaxed)
+                || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
+            let result = if skip {
+                drop(item);
+                Err(ItemError::Cancelled)
+            } else {
+                run_owned(&*f, item)
+            };
+            // Release what the job holds (and its weight) before reporting
+            // it done, so that a batch that has returned holds nothing of
+            // the caller's and its weight is no longer in flight.
+            drop(f);
+            drop(cancel);
+            shared.release(weight);
+            batch.complete(index, result, true);
+        }),
+    }
+}
+
+struct BatchState<R, E> {
+    results: Vec<Option<Result<R, ItemError<E>>>>,
+    pending: usize,
+    waker: Option<Waker>,
+}
+
+/// One batch's results, filled in by the workers.
+struct Batch<R, E> {
+    state: Mutex<BatchState<R, E>>,
+    done: Condvar,
+    /// Set when an async batch is dropped: queued items are skipped.
+    abandoned: AtomicBool,
+}
+
+impl<R, E> Batch<R, E> {
+    fn new(n: usize) -> Self {
+        Batch {
+            state: Mutex::new(BatchState {
+                results: (0..n).map(|_| None).collect(),
+                pending: 0,
+                waker: None,
+            }),
+            done: Condvar::new(),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    fn add_pending(&self) {
+        lock(&self.state).pending += 1;
+    }
+
+    fn complete(&self, index: usize, result: Result<R, ItemError<E>>, was_pending: bool) {
+        let waker = {
+            let mut st = lock(&self.state);
+            st.results[index] = Some(result);
+            if was_pending {
+                st.pending -= 1;
+            }
+            if st.pending == 0 {
+                self.done.notify_all();
+                st.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn take_results(st: &mut BatchState<R, E>) -> Vec<Result<R, ItemError<E>>> {
+        std::mem::take(&mut st.results)
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ItemError::Cancelled)))
+            .collect()
+    }
+
+    fn wait(&self) -> Vec<Result<R, ItemError<E>>> {
+        let mut st = lock(&self.state);
+        while st.pending > 0 {
+            st = self.done.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        Self::take_results(&mut st)
+    }
+}
+
+/// The future returned by [`Blocking::map_async`](crate::Blocking::map_async)
+/// and [`Blocking::try_map_async`](crate::Blocking::try_map_async).
+///
+/// It submits items as the queue and the memory budget allow and resolves to
+/// the results in input order. Dropping it cancels the batch: items not yet
+/// submitted are dropped at once, queued ones are skipped by the workers, and
+/// only items already running finish.
+#[must_use = "futures do nothing unless polled"]
+pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
+    shared: Arc<Shared>,
+    batch: Arc<Batch<R, E>>,
+    items: std::iter::Enumerate<std::vec::IntoIter<T>>,
+    /// An item that found no room on the last poll.
+    waiting: Option<(usize, T)>,
+    f: Arc<F>,
+    weigh: W,
+    cancel: Option<CancelToken>,
+    finished: bool,
+}
+
+// Nothing in the future is ever pinned in place (no field is projected), so
+// it may move freely whatever `T` is.
+impl<T, R, E, F, W> Unpin for BlockingMap<T, R, E, F, W> {}
+
+impl<T, R, E, F, W> fmt::Debug for BlockingMap<T, R, E, F, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingMap")
+            .field("remaining_to_submit", &self.items.len())
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
+    pub(crate) fn new(
+        pool: &BlockingPool,
+        items: Vec<T>,
+        weigh: W,
+        f: F,
+        cancel: Option<CancelToken>,
+    ) -> Self {
+        BlockingMap {
+            shared: Arc::clone(&pool.shared),
+            batch: Arc::new(Batch::new(items.len())),
+            items: items.into_iter().enumerate(),
+            waiting: None,
+            f: Arc::new(f),
+            weigh,
+            cancel,
+            finished: false,
+        }
+    }
+}
+
+impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
+    /// A future for a processor whose threads could not start: every item
+    /// resolves as cancelled.
+    pub(crate) fn cancelled(items: Vec<T>, weigh: W, f: F) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                shutdown: true,
+                ..State::default()
+            }),
+            work_ready: Condvar::new(),
+            space_ready: Condvar::new(),
+            queue_capacity: 1,
+            memory_budget: u64::MAX,
+        });
+        BlockingMap {
+            shared,
+            batch: Arc::new(Batch::new(items.len())),
+            items: items.into_iter().enumerate(),
+            waiting: None,
+            f: Arc::new(f),
+            weigh,
+            cancel: None,
+            finished: false,
+        }
+    }
+}
+
+impl<T, R, E, F, W> Future for BlockingMap<T, R, E, F, W>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+    W: Fn(&T) -> u64,
+    F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+{
+    type Output = Vec<Result<R, ItemError<E>>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let shared = &this.shared;
+        let batch = &this.batch;
+        while let Some((i, item)) = this.waiting.take().or_else(|| this.items.next()) {
+            if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                batch.complete(i, Err(ItemError::Cancelled), false);
+                continue;
+            }
+            let weight = (this.weigh)(&item);
+            let mut st = lock(&shared.state);
+            if st.shutdown {
+                drop(st);
+                batch.complete(i, Err(ItemError::Cancelled), false);
+                continue;
+            }
+            if !shared.admits(&st, weight) {
+                if !st.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.space_waiters.push(cx.waker().clone());
+                }
+                this.waiting = Some((i, item));
+                break;
+            }
+            batch.add_pending();
+            let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
+            shared.push(&mut st, job);
+        }
+        let mut st = lock(&batch.state);
+        if this.waiting.is_none() && this.items.len() == 0 && st.pending == 0 {
+            this.finished = true;
+            return Poll::Ready(Batch::take_results(&mut st));
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.batch.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! What a batch gives back per item: a value or an [`ItemError`], and for
+//! reductions a [`Summary`].
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::fmt;
+
+/// Why one item of a batch has no value. The rest of the batch is unaffected.
+///
+/// `E` is the closure's own error type for `try_map`; for `map` and `for_each`
+/// it is [`Infallible`], so only [`Panicked`](ItemError::Panicked) and
+/// [`Cancelled`](ItemError::Cancelled) can occur.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ItemError<E = Infallible> {
+    /// The closure returned this error (only from `try_map`).
+    Failed(E),
+    /// The closure panicked on this item; the panic was caught and the batch went on.
+    Panicked(PanicError),
+    /// The batch was cancelled before this item ran.
+    Cancelled,
+}
+
+impl<E> ItemError<E> {
+    /// Whether the item's closure panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, ItemError::Panicked(_))
+    }
+
+    /// Whether the item never ran because the batch was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, ItemError::Cancelled)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for ItemError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemError::Failed(e) => write!(f, "item failed: {e}"),
+            ItemError::Panicked(p) => write!(f, "{p}"),
+            ItemError::Cancelled => f.write_str("item not run: the batch was cancelled"),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for ItemError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ItemError::Failed(e) => Some(e),
+            ItemError::Panicked(p) => Some(p),
+            ItemError::Cancelled => None,
+        }
+    }
+}
+
+/// A panic caught while running one item, with the panic's message.
+///
+/// Boxed so that `Result<R, ItemError>` stays one word bigger than `R`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanicError {
+    inner: Box<PanicInner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PanicInner {
+    message: String,
+}
+
+impl PanicError {
+    pub(crate) fn from_payload(payload: &(dyn Any + Send)) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        PanicError {
+            inner: Box::new(PanicInner { message }),
+        }
+    }
+
+    /// The panic's message (`"panic with a non-string payload"` when it had none).
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+}
+
+impl fmt::Display for PanicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "item panicked: {}", self.inner.message)
+    }
+}
+
+impl StdError for PanicError {}
+
+/// The outcome of a reduction (`map_reduce`, `for_each`): the value reduced
+/// from every item that ran, and what happened to the others.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Summary<R> {
+    /// The reduction of every item that completed.
+    pub value: R,
+    /// The panics caught, one per panicking item (order unspecified).
+    pub panics: Vec<PanicError>,
+    /// How many items did not run because the batch was cancelled.
+    pub cancelled: usize,
+}
+
+impl<R> Summary<R> {
+    /// Whether every item ran to completion without panicking.
+    pub fn is_complete(&self) -> bool {
+        self.panics.is_empty() && self.cancelled == 0
+    }
+}

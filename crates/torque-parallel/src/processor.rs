@@ -1,0 +1,693 @@
+//! [`Processor`]: the entry point, its builder, configuration and statistics.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::blocking::{BlockingMap, BlockingPool};
+use crate::cancel::CancelToken;
+use crate::cpu::{Cpu, MapWork, ReduceWork, key_of};
+use crate::outcome::{ItemError, Summary};
+
+/// Runs batches of work: CPU-bound work on rayon with a learned sequential
+/// cutoff ([`map`](Processor::map), [`try_map`](Processor::try_map),
+/// [`for_each`](Processor::for_each), [`map_reduce`](Processor::map_reduce)),
+/// and blocking work on bounded dedicated threads ([`blocking`](Processor::blocking)).
+///
+/// Every item's panic is caught and becomes that item's
+/// [`ItemError::Panicked`]; the rest of the batch goes on. Cloning is cheap
+/// and shares the pools and what the processor has learned.
+///
+/// ```
+/// use torque_parallel::Processor;
+///
+/// let processor = Processor::builder().build()?;
+/// let squares = processor.map(&[1u64, 2, 3], |x| x * x);
+/// assert_eq!(squares.iter().map(|r| *r.as_ref().unwrap()).sum::<u64>(), 14);
+/// # Ok::<(), torque_parallel::BuildError>(())
+/// ```
+#[derive(Clone)]
+pub struct Processor {
+    inner: Arc<Inner>,
+    cancel: Option<CancelToken>,
+}
+
+struct Inner {
+    cpu: Cpu,
+    blocking: OnceLock<Result<BlockingPool, String>>,
+    config: ProcessorConfig,
+    blocking_threads: usize,
+    queue_capacity: usize,
+}
+
+impl fmt::Debug for Processor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Processor")
+            .field("config", &self.inner.config)
+            .field("cancellable", &self.cancel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The plain configuration behind [`ProcessorBuilder`], for settings loaded
+/// from files. `None` means "derive from `available_parallelism`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProcessorConfig {
+    /// Threads of a dedicated rayon pool for the `Cpu` strategy; `None` (the
+    /// default) uses rayon's global pool.
+    pub cpu_threads: Option<usize>,
+    /// Dedicated threads of the `Blocking` strategy; default
+    /// `available_parallelism`.
+    pub blocking_threads: Option<usize>,
+    /// Jobs the `Blocking` queue holds before submitters wait; default twice
+    /// the blocking threads.
+    pub queue_capacity: Option<usize>,
+    /// Maximum total weight of items in flight (queued or running) in a
+    /// weighted batch; default unlimited.
+    pub memory_budget: Option<u64>,
+    /// A batch predicted to take at least this long runs in parallel;
+    /// default 50 µs.
+    pub parallel_threshold: Duration,
+    /// Target work per rayon leaf; default 10 µs.
+    pub grain_target: Duration,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            cpu_threads: None,
+            blocking_threads: None,
+            queue_capacity: None,
+            memory_budget: None,
+            parallel_threshold: Duration::from_micros(50),
+            grain_target: Duration::from_micros(10),
+        }
+    }
+}
+
+/// Why [`ProcessorBuilder::build`] refused a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A thread count, queue capacity or budget was zero.
+    #[error("`{0}` must be at least 1")]
+    Zero(&'static str),
+    /// A duration setting is out of range.
+    #[error("`{name}` must be between 1 ns and 1 s, got {value:?}")]
+    Duration {
+        /// The setting.
+        name: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// rayon could not build the dedicated CPU pool.
+    #[error("could not start the CPU thread pool")]
+    CpuPool(#[source] rayon::ThreadPoolBuildError),
+}
+
+/// Builds a [`Processor`]; every setting has a default.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ProcessorBuilder {
+    config: ProcessorConfig,
+}
+
+impl ProcessorBuilder {
+    /// A builder from a plain configuration.
+    ///
+    /// ```
+    /// use torque_parallel::{ProcessorBuilder, ProcessorConfig};
+    ///
+    /// let mut config = ProcessorConfig::default();
+    /// config.blocking_threads = Some(2);
+    /// let processor = ProcessorBuilder::from_config(config).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn from_config(config: ProcessorConfig) -> Self {
+        ProcessorBuilder { config }
+    }
+
+    /// Runs the `Cpu` strategy on a dedicated rayon pool of `threads` threads
+    /// instead of rayon's global pool.
+    ///
+    /// The global pool (the default) is shared with every other rayon user in
+    /// the process, so nothing oversubscribes the cores; a dedicated pool
+    /// isolates this processor's work from theirs.
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().cpu_threads(2).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn cpu_threads(mut self, threads: usize) -> Self {
+        self.config.cpu_threads = Some(threads);
+        self
+    }
+
+    /// Number of dedicated threads of the `Blocking` strategy (default
+    /// `available_parallelism`). They start on first use.
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().blocking_threads(8).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn blocking_threads(mut self, threads: usize) -> Self {
+        self.config.blocking_threads = Some(threads);
+        self
+    }
+
+    /// How many jobs the `Blocking` queue holds before a batch waits for room
+    /// (default twice the blocking threads).
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().queue_capacity(16).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn queue_capacity(mut self, jobs: usize) -> Self {
+        self.config.queue_capacity = Some(jobs);
+        self
+    }
+
+    /// The most weight (bytes, rows — the unit of your weigher) a weighted
+    /// batch may have in flight at once; see
+    /// [`Processor::map_weighted`] and [`Blocking::map_weighted`]. An item
+    /// heavier than the whole budget runs alone.
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder()
+    ///     .memory_budget(256 << 20)
+    ///     .build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn memory_budget(mut self, weight: u64) -> Self {
+        self.config.memory_budget = Some(weight);
+        self
+    }
+
+    /// A batch whose predicted run time is at least this runs in parallel;
+    /// shorter ones run on the calling thread (default 50 µs, a few times
+    /// the cost of waking rayon's threads).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let processor = torque_parallel::Processor::builder()
+    ///     .parallel_threshold(Duration::from_micros(100))
+    ///     .build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn parallel_threshold(mut self, threshold: Duration) -> Self {
+        self.config.parallel_threshold = threshold;
+        self
+    }
+
+    /// The work each rayon leaf should hold at least (default 10 µs): rayon
+    /// never splits a batch into pieces predicted to be smaller.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let processor = torque_parallel::Processor::builder()
+    ///     .grain_target(Duration::from_micros(20))
+    ///     .build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn grain_target(mut self, grain: Duration) -> Self {
+        self.config.grain_target = grain;
+        self
+    }
+
+    /// Validates the settings and builds the processor.
+    ///
+    /// # Errors
+    /// [`BuildError::Zero`] for a zero count or budget, [`BuildError::Duration`]
+    /// for a threshold or grain outside 1 ns..=1 s, [`BuildError::CpuPool`]
+    /// when a dedicated rayon pool cannot start.
+    pub fn build(self) -> Result<Processor, BuildError> {
+        let c = self.config;
+        let parallelism = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        for (name, v) in [
+            ("cpu_threads", c.cpu_threads),
+            ("blocking_threads", c.blocking_threads),
+            ("queue_capacity", c.queue_capacity),
+        ] {
+            if v == Some(0) {
+                return Err(BuildError::Zero(name));
+            }
+        }
+        if c.memory_budget == Some(0) {
+            return Err(BuildError::Zero("memory_budget"));
+        }
+        for (name, value) in [
+            ("parallel_threshold", c.parallel_threshold),
+            ("grain_target", c.grain_target),
+        ] {
+            if value.is_zero() || value > Duration::from_secs(1) {
+                return Err(BuildError::Duration { name, value });
+            }
+        }
+        let pool = match c.cpu_threads {
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("torque-cpu-{i}"))
+                    .build()
+                    .map_err(BuildError::CpuPool)?,
+            ),
+            None => None,
+        };
+        let blocking_threads = c.blocking_threads.unwrap_or(parallelism);
+        let queue_capacity = c.queue_capacity.unwrap_or(2 * blocking_threads);
+        Ok(Processor {
+            inner: Arc::new(Inner {
+                cpu: Cpu::new(pool, c.parallel_threshold, c.grain_target),
+                blocking: OnceLock::new(),
+                blocking_threads,
+                queue_capacity,
+                config: c,
+            }),
+            cancel: None,
+        })
+    }
+}
+
+/// A snapshot of what a [`Processor`] has done. The CPU counters are updated
+/// without read-modify-write atomics (they sit on the hot path of tiny
+/// batches), so under concurrent calls they may undercount slightly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `Cpu` calls run entirely on the calling thread.
+    pub sequential_runs: u64,
+    /// `Cpu` calls run (at least partly) on rayon.
+    pub parallel_runs: u64,
+    /// Threads of the `Cpu` strategy's pool.
+    pub cpu_threads: usize,
+    /// Live threads of the `Blocking` strategy (0 until first used).
+    pub blocking_threads: usize,
+    /// Jobs waiting in the `Blocking` queue.
+    pub blocking_queued: usize,
+    /// Weight of the `Blocking` items queued or running.
+    pub blocking_in_flight_weight: u64,
+    /// The highest `blocking_in_flight_weight` seen.
+    pub blocking_peak_in_flight_weight: u64,
+}
+
+impl Processor {
+    /// A builder with the defaults: rayon's global pool, blocking threads
+    /// and queue sized from `available_parallelism`, no memory budget.
+    pub fn builder() -> ProcessorBuilder {
+        ProcessorBuilder::default()
+    }
+
+    /// This processor with a cancel token: batches run through the returned
+    /// handle stop when the token is cancelled. Shares pools and learned
+    /// costs with `self`.
+    ///
+    /// ```
+    /// use torque_parallel::{CancelToken, Processor};
+    ///
+    /// let token = CancelToken::new();
+    /// let processor = Processor::builder().build()?.with_cancel(token.clone());
+    /// token.cancel();
+    /// let out = processor.map(&[1, 2, 3], |x| x + 1);
+    /// assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.is_cancelled())));
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn with_cancel(&self, token: CancelToken) -> Processor {
+        Processor {
+            inner: Arc::clone(&self.inner),
+            cancel: Some(token),
+        }
+    }
+
+    /// The configuration this processor was built with.
+    pub fn config(&self) -> &ProcessorConfig {
+        &self.inner.config
+    }
+
+    /// `f` applied to every item, results in input order (`Cpu` strategy).
+    ///
+    /// Runs on the calling thread when the batch is predicted to be cheaper
+    /// than a parallel dispatch, on rayon otherwise. A panicking item becomes
+    /// `Err(ItemError::Panicked)`; with a cancelled token, items not yet run
+    /// become `Err(ItemError::Cancelled)`. Safe to call from inside an item
+    /// of another batch (rayon runs nested work on the same threads).
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor.map(&[1, 2, 3], |&x| if x == 2 { panic!("two") } else { x });
+    /// assert_eq!(*out[0].as_ref().unwrap(), 1);
+    /// assert!(out[1].as_ref().is_err_and(|e| e.is_panic()));
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn map<T, R, F>(&self, items: &[T], f: F) -> Vec<Result<R, ItemError>>
+    where
+        T: Sync,
+        R: Send,
+        F: Fn(&T) -> R + Sync,
+    {
+        let work = MapWork {
+            f: |x: &T| Ok::<R, Infallible>(f(x)),
+            cancel: self.cancel.as_ref(),
+        };
+        let mut out = Vec::with_capacity(items.len());
+        self.inner
+            .cpu
+            .run(key_of::<T, R, F>(), items, &work, &mut out);
+        out
+    }
+
+    /// Like [`map`](Processor::map) for a fallible `f`: an `Err(e)` becomes
+    /// that item's `ItemError::Failed(e)`.
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor.try_map(&["1", "x"], |s| s.parse::<u32>());
+    /// assert_eq!(*out[0].as_ref().unwrap(), 1);
+    /// assert!(matches!(out[1], Err(torque_parallel::ItemError::Failed(_))));
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn try_map<T, R, E, F>(&self, items: &[T], f: F) -> Vec<Result<R, ItemError<E>>>
+    where
+        T: Sync,
+        R: Send,
+        E: Send,
+        F: Fn(&T) -> Result<R, E> + Sync,
+    {
+        let work = MapWork {
+            f: &f,
+            cancel: self.cancel.as_ref(),
+        };
+        let mut out = Vec::with_capacity(items.len());
+        self.inner
+            .cpu
+            .run(key_of::<T, Result<R, E>, F>(), items, &work, &mut out);
+        out
+    }
+
+    /// Maps every item and reduces the results with an associative `op`
+    /// whose neutral element `identity` returns, without collecting them:
+    /// the form for sums, minima and histograms.
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let items: Vec<u64> = (1..=100).collect();
+    /// let sum = processor.map_reduce(&items, |&x| x, || 0, |a, b| a + b);
+    /// assert_eq!(sum.value, 5050);
+    /// assert!(sum.is_complete());
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn map_reduce<T, R, M, I, O>(&self, items: &[T], map: M, identity: I, op: O) -> Summary<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> R + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        let work = ReduceWork {
+            map: |x: &T| Ok::<R, Infallible>(map(x)),
+            identity,
+            op,
+            cancel: self.cancel.as_ref(),
+        };
+        let mut acc = None;
+        self.inner
+            .cpu
+            .run(key_of::<T, R, M>(), items, &work, &mut acc);
+        acc.unwrap_or_else(|| work.empty()).into_summary()
+    }
+
+    /// Runs `f` on every item for its effect.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let total = AtomicU64::new(0);
+    /// let summary = processor.for_each(&[1, 2, 3], |&x| {
+    ///     total.fetch_add(x, Ordering::Relaxed);
+    /// });
+    /// assert!(summary.is_complete());
+    /// assert_eq!(total.into_inner(), 6);
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn for_each<T, F>(&self, items: &[T], f: F) -> Summary<()>
+    where
+        T: Sync,
+        F: Fn(&T) + Sync,
+    {
+        self.map_reduce(items, f, || (), |(), ()| ())
+    }
+
+    /// [`map`](Processor::map) under the memory budget: the batch runs in
+    /// consecutive waves whose items weigh at most the budget together (an
+    /// item heavier than the budget is a wave of its own), so the memory the
+    /// items need while they run stays bounded. Without a budget it is `map`.
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().memory_budget(100).build()?;
+    /// let blobs = vec![vec![0u8; 60], vec![1u8; 60], vec![2u8; 10]];
+    /// let sums = processor.map_weighted(&blobs, |b| b.len() as u64, |b| b.iter().map(|&x| x as u64).sum::<u64>());
+    /// assert_eq!(*sums[1].as_ref().unwrap(), 60);
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn map_weighted<T, R, W, F>(&self, items: &[T], weigh: W, f: F) -> Vec<Result<R, ItemError>>
+    where
+        T: Sync,
+        R: Send,
+        W: Fn(&T) -> u64,
+        F: Fn(&T) -> R + Sync,
+    {
+        let Some(budget) = self.inner.config.memory_budget else {
+            return self.map(items, f);
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut start = 0;
+        while start < items.len() {
+            let mut end = start;
+            let mut weight = 0u64;
+            while end < items.len() {
+                let w = weigh(&items[end]);
+                if end > start && weight.saturating_add(w) > budget {
+                    break;
+                }
+                weight = weight.saturating_add(w);
+                end += 1;
+            }
+            let work = MapWork {
+                f: |x: &T| Ok::<R, Infallible>(f(x)),
+                cancel: self.cancel.as_ref(),
+            };
+            self.inner
+                .cpu
+                .run(key_of::<T, R, F>(), &items[start..end], &work, &mut out);
+            start = end;
+        }
+        out
+    }
+
+    /// The per-item cost learned for the closure `f` with items `T`, as used
+    /// for the sequential cutoff (`None` before the first call).
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let f = |x: &u64| x.wrapping_mul(3);
+    /// processor.map(&[1u64, 2, 3], f);
+    /// assert!(processor.learned_cost(&f).is_some());
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn learned_cost<T, R, F: Fn(&T) -> R>(&self, _f: &F) -> Option<Duration> {
+        self.inner.cpu.learned_cost(key_of::<T, R, F>())
+    }
+
+    /// The `Blocking` strategy: bounded dedicated threads (started on first
+    /// use) fed through a bounded queue.
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().blocking_threads(2).build()?;
+    /// let lens = processor.blocking().map(vec!["a".to_string(), "bcd".to_string()], |s| s.len());
+    /// assert_eq!(*lens[1].as_ref().unwrap(), 3);
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn blocking(&self) -> Blocking<'_> {
+        Blocking { processor: self }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let cpu = &self.inner.cpu;
+        let pool = self
+            .inner
+            .blocking
+            .get()
+            .and_then(|p| p.as_ref().ok())
+            .map(BlockingPool::status)
+            .unwrap_or_default();
+        Stats {
+            sequential_runs: cpu.counters.sequential.load(Relaxed),
+            parallel_runs: cpu.counters.parallel.load(Relaxed),
+            cpu_threads: cpu.threads(),
+            blocking_threads: pool.threads,
+            blocking_queued: pool.queued,
+            blocking_in_flight_weight: pool.in_flight_weight,
+            blocking_peak_in_flight_weight: pool.peak_in_flight_weight,
+        }
+    }
+
+    fn pool(&self) -> Option<&BlockingPool> {
+        let inner = &self.inner;
+        inner
+            .blocking
+            .get_or_init(|| {
+                BlockingPool::new(
+                    inner.blocking_threads,
+                    inner.queue_capacity,
+                    inner.config.memory_budget.unwrap_or(u64::MAX),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .ok()
+    }
+}
+
+/// The `Blocking` strategy of a [`Processor`], from [`Processor::blocking`].
+///
+/// Items are owned and `'static` because they cross to long-lived threads.
+/// A batch submitted from inside a blocking job runs inline on that job's
+/// thread (waiting for room from a worker could wait forever). If the
+/// threads cannot be started, every item comes back `ItemError::Cancelled`.
+#[derive(Debug, Clone, Copy)]
+pub struct Blocking<'a> {
+    processor: &'a Processor,
+}
+
+impl Blocking<'_> {
+    /// `f` applied to every item on the blocking threads, results in input
+    /// order; the calling thread blocks while it waits for room and results.
+    pub fn map<T, R, F>(&self, items: Vec<T>, f: F) -> Vec<Result<R, ItemError>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(T) -> R + Send + Sync + 'static,
+    {
+        self.map_weighted(items, |_| 1, f)
+    }
+
+    /// Like [`map`](Blocking::map) for a fallible `f`.
+    pub fn try_map<T, R, E, F>(&self, items: Vec<T>, f: F) -> Vec<Result<R, ItemError<E>>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+    {
+        self.run(items, |_| 1, f)
+    }
+
+    /// [`map`](Blocking::map) with a weight per item: the items queued or
+    /// running never weigh more than the memory budget together (an item
+    /// heavier than the budget runs alone).
+    pub fn map_weighted<T, R, W, F>(
+        &self,
+        items: Vec<T>,
+        weigh: W,
+        f: F,
+    ) -> Vec<Result<R, ItemError>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        W: Fn(&T) -> u64,
+        F: Fn(T) -> R + Send + Sync + 'static,
+    {
+        self.run(items, weigh, move |x| Ok::<R, Infallible>(f(x)))
+    }
+
+    fn run<T, R, E, W, F>(&self, items: Vec<T>, weigh: W, f: F) -> Vec<Result<R, ItemError<E>>>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        W: Fn(&T) -> u64,
+        F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+    {
+        match self.processor.pool() {
+            Some(pool) => pool.run(items, weigh, f, self.processor.cancel.as_ref()),
+            None => items.iter().map(|_| Err(ItemError::Cancelled)).collect(),
+        }
+    }
+
+    /// The async form of [`map`](Blocking::map): a future that submits items
+    /// as room frees up and resolves to the results in input order, without
+    /// blocking the runtime's thread. Dropping it cancels the batch.
+    ///
+    /// ```
+    /// # let processor = torque_parallel::Processor::builder().blocking_threads(2).build()?;
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let out = processor.blocking().map_async(vec![1, 2, 3], |x| x * 10).await;
+    /// assert_eq!(*out[2].as_ref().unwrap(), 30);
+    /// # });
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    #[expect(
+        clippy::type_complexity,
+        reason = "the closure type is unnameable; an alias would hide the bounds users need"
+    )]
+    pub fn map_async<T, R, F>(
+        &self,
+        items: Vec<T>,
+        f: F,
+    ) -> BlockingMap<
+        T,
+        R,
+        Infallible,
+        impl Fn(T) -> Result<R, Infallible> + Send + Sync + 'static,
+        fn(&T) -> u64,
+    >
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: Fn(T) -> R + Send + Sync + 'static,
+    {
+        self.try_map_async(items, move |x| Ok::<R, Infallible>(f(x)))
+    }
+
+    /// The async form of [`try_map`](Blocking::try_map).
+    pub fn try_map_async<T, R, E, F>(&self, items: Vec<T>, f: F) -> BlockingMap<T, R, E, F>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let weigh: fn(&T) -> u64 = |_| 1;
+        self.map_weighted_async(items, weigh, f)
+    }
+
+    /// The async form of a weighted `try_map`: in-flight weight stays within
+    /// the memory budget.
+    pub fn map_weighted_async<T, R, E, W, F>(
+        &self,
+        items: Vec<T>,
+        weigh: W,
+        f: F,
+    ) -> BlockingMap<T, R, E, F, W>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+        W: Fn(&T) -> u64,
+        F: Fn(T) -> Result<R, E> + Send + Sync + 'static,
+    {
+        // With no pool, a pool-less future resolves every item as cancelled.
+        let pool = self.processor.pool();
+        let cancel = self.processor.cancel.clone();
+        match pool {
+            Some(pool) => BlockingMap::new(pool, items, weigh, f, cancel),
+            None => BlockingMap::cancelled(items, weigh, f),
+        }
+    }
+}

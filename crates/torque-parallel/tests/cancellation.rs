@@ -1,0 +1,146 @@
+//! A cancelled batch stops early and leaves nothing behind.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
+
+use torque_parallel::{CancelToken, ItemError, Processor};
+
+/// Waits for `cond`, failing the test after `limit` rather than hanging.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn cpu_cancel_from_an_item_skips_the_rest() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let items: Vec<u32> = (0..2_000).collect();
+    let ran = AtomicUsize::new(0);
+    let out = p.map(&items, |&x| {
+        std::thread::sleep(Duration::from_micros(200));
+        ran.fetch_add(1, Ordering::Relaxed);
+        if x == 10 {
+            token.cancel();
+        }
+        x
+    });
+    let ran = ran.into_inner();
+    let cancelled = out
+        .iter()
+        .filter(|r| matches!(r, Err(ItemError::Cancelled)))
+        .count();
+    assert_eq!(ran + cancelled, items.len());
+    // At most the items already running on the other threads finish.
+    assert!(ran < 100, "{ran} items ran after the cancel");
+    assert!(out[10].is_ok());
+}
+
+#[test]
+fn cpu_cancel_from_another_thread_stops_the_batch() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
+    let canceller = std::thread::spawn(move || {
+        started_rx.recv().unwrap();
+        token.cancel();
+    });
+    let items: Vec<u32> = (0..100_000).collect();
+    let ran = AtomicUsize::new(0);
+    let summary = p.for_each(&items, |_| {
+        let _ = started_tx.try_send(());
+        std::thread::sleep(Duration::from_micros(100));
+        ran.fetch_add(1, Ordering::Relaxed);
+    });
+    canceller.join().unwrap();
+    assert!(summary.cancelled > 0);
+    assert_eq!(summary.cancelled + ran.into_inner(), items.len());
+}
+
+#[test]
+fn blocking_cancel_skips_queued_items_and_releases_the_closure() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .queue_capacity(4)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let marker = Arc::new(());
+    let held = Arc::clone(&marker);
+    let t = token;
+    let out = p.blocking().map((0..1_000u32).collect(), move |x| {
+        let _keep = &held;
+        std::thread::sleep(Duration::from_millis(1));
+        if x == 5 {
+            t.cancel();
+        }
+        x
+    });
+    let cancelled = out
+        .iter()
+        .filter(|r| matches!(r, Err(ItemError::Cancelled)))
+        .count();
+    assert!(cancelled > 900, "only {cancelled} cancelled");
+    assert!(out[5].is_ok());
+    assert_eq!(
+        Arc::strong_count(&marker),
+        1,
+        "no job still holds the closure"
+    );
+    assert_eq!(p.stats().blocking_queued, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_an_async_batch_cancels_it_and_leaks_nothing() {
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .queue_capacity(2)
+        .build()
+        .unwrap();
+    let marker = Arc::new(());
+    let held = Arc::clone(&marker);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&ran);
+    let fut = p.blocking().map_async((0..10_000u32).collect(), move |x| {
+        let _keep = &held;
+        counter.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
+        x
+    });
+    // Poll it for a while, then drop it mid-batch.
+    let r = tokio::time::timeout(Duration::from_millis(20), fut).await;
+    assert!(r.is_err(), "the batch cannot finish in 20 ms");
+    wait_until(Duration::from_secs(10), || Arc::strong_count(&marker) == 1);
+    assert!(ran.load(Ordering::Relaxed) < 10_000);
+    wait_until(Duration::from_secs(10), || {
+        let s = p.stats();
+        s.blocking_queued == 0 && s.blocking_in_flight_weight == 0
+    });
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_batch_with_a_cancelled_token_resolves_as_cancelled() {
+    let token = CancelToken::new();
+    token.cancel();
+    let p = Processor::builder()
+        .blocking_threads(1)
+        .build()
+        .unwrap()
+        .with_cancel(token);
+    let out = p.blocking().map_async(vec![1, 2, 3], |x| x).await;
+    assert!(out.iter().all(|r| matches!(r, Err(ItemError::Cancelled))));
+}

@@ -1,0 +1,126 @@
+//! The sequential cutoff: tiny cheap batches run on the calling thread,
+//! expensive ones on rayon. Asserts on the decision (`stats()`), never on time.
+
+use std::time::Duration;
+
+use torque_parallel::Processor;
+
+fn cheap(x: &u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
+}
+
+#[test]
+fn tiny_cheap_batches_run_sequentially_once_the_cost_is_known() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..100).collect();
+    // Warm up until the learned cost is sane: a cold call preempted by the
+    // scheduler can record a huge cost, which later calls correct.
+    for _ in 0..200 {
+        p.map(&items, cheap);
+        if p.learned_cost(&cheap)
+            .is_some_and(|c| c < Duration::from_micros(1))
+        {
+            break;
+        }
+    }
+    assert!(p.learned_cost(&cheap).unwrap() < Duration::from_micros(1));
+    for n in [1usize, 10, 100, 1_000] {
+        let before = p.stats();
+        for _ in 0..10 {
+            let out = p.map(&items[..n.min(items.len())], cheap);
+            assert!(out.iter().all(Result::is_ok));
+        }
+        let after = p.stats();
+        assert_eq!(after.parallel_runs, before.parallel_runs, "n = {n}");
+        assert_eq!(
+            after.sequential_runs,
+            before.sequential_runs + 10,
+            "n = {n}"
+        );
+    }
+}
+
+#[test]
+fn ten_expensive_items_run_in_parallel_on_the_first_call() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..10).collect();
+    let slow = |x: &u64| {
+        std::thread::sleep(Duration::from_millis(20));
+        *x
+    };
+    let before = p.stats();
+    let out = p.map(&items, slow);
+    assert!(out.iter().all(Result::is_ok));
+    let after = p.stats();
+    assert_eq!(after.parallel_runs, before.parallel_runs + 1);
+    assert_eq!(after.sequential_runs, before.sequential_runs);
+    // Warm: the learned cost sends the next call straight to rayon.
+    assert!(p.learned_cost(&slow).unwrap() >= Duration::from_millis(10));
+    p.map(&items, slow);
+    assert_eq!(p.stats().parallel_runs, before.parallel_runs + 2);
+}
+
+#[test]
+fn many_cheap_items_run_in_parallel() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..1_000_000).collect();
+    let before = p.stats();
+    for _ in 0..3 {
+        let s = p.map_reduce(&items, cheap, || 0u64, u64::wrapping_add);
+        assert!(s.is_complete());
+    }
+    assert_eq!(p.stats().parallel_runs, before.parallel_runs + 3);
+}
+
+#[test]
+fn different_closures_learn_different_costs() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..4).collect();
+    let fast = |x: &u64| *x;
+    let slow = |x: &u64| {
+        std::thread::sleep(Duration::from_millis(2));
+        *x
+    };
+    p.map(&items, fast);
+    p.map(&items, slow);
+    assert!(p.learned_cost(&slow).unwrap() > p.learned_cost(&fast).unwrap());
+}
+
+/// Regression: a parallel run used to record its wall time × threads / n as
+/// the per-item cost, which includes rayon's dispatch; a small batch then
+/// looked expensive on every call and never went back to sequential.
+#[test]
+fn regression_small_batch_returns_to_sequential_after_looking_expensive() {
+    let p = Processor::builder().build().unwrap();
+    let work = |x: &u64| {
+        if *x >= 1_000 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        x.wrapping_mul(3)
+    };
+    // Teach it that this closure is expensive.
+    p.map(&[1_000u64; 8], work);
+    assert!(p.learned_cost(&work).unwrap() >= Duration::from_millis(1));
+    // Now cheap items: the first calls are still predicted parallel, but
+    // they measure the items themselves (or, when rayon's leaves are too
+    // small to measure, halve the estimate), so the cost comes down within
+    // a bounded number of calls and then stays down.
+    let cheap_items: Vec<u64> = (0..10).collect();
+    let mut calls = 0;
+    loop {
+        let before = p.stats();
+        p.map(&cheap_items, work);
+        calls += 1;
+        if p.stats().sequential_runs > before.sequential_runs {
+            break;
+        }
+        assert!(calls < 40, "still parallel after {calls} calls");
+    }
+    let before = p.stats();
+    for _ in 0..5 {
+        p.map(&cheap_items, work);
+    }
+    let after = p.stats();
+    assert_eq!(after.parallel_runs, before.parallel_runs);
+    assert_eq!(after.sequential_runs, before.sequential_runs + 5);
+}

@@ -1,0 +1,126 @@
+//! A panicking item becomes that item's error; the batch goes on.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use torque_parallel::{ItemError, Processor};
+
+fn processor() -> Processor {
+    Processor::builder().blocking_threads(2).build().unwrap()
+}
+
+fn panic_message<E>(r: &Result<impl Sized, ItemError<E>>) -> Option<&str> {
+    match r {
+        Err(ItemError::Panicked(p)) => Some(p.message()),
+        _ => None,
+    }
+}
+
+#[test]
+fn cpu_panic_is_that_items_error_sequential_and_parallel() {
+    let p = processor();
+    let cheap: Vec<u32> = (0..1_000).collect();
+    let slow: Vec<u32> = (0..16).collect();
+    for (items, pause) in [(&cheap, Duration::ZERO), (&slow, Duration::from_millis(2))] {
+        let ran = AtomicUsize::new(0);
+        let out = p.map(items, |&x| {
+            std::thread::sleep(pause);
+            ran.fetch_add(1, Ordering::Relaxed);
+            if x % 5 == 3 {
+                panic!("item {x} failed");
+            }
+            x
+        });
+        assert_eq!(ran.into_inner(), items.len(), "every item ran");
+        for (i, r) in out.iter().enumerate() {
+            if i % 5 == 3 {
+                assert_eq!(panic_message(r), Some(format!("item {i} failed").as_str()));
+            } else {
+                assert_eq!(*r.as_ref().unwrap(), i as u32);
+            }
+        }
+    }
+}
+
+#[test]
+fn panic_with_a_non_string_payload_has_a_message() {
+    let p = processor();
+    let out = p.map(&[1], |_| -> u8 { std::panic::panic_any(42u32) });
+    assert_eq!(
+        panic_message(&out[0]),
+        Some("panic with a non-string payload")
+    );
+}
+
+#[test]
+fn panic_in_a_nested_map_stays_in_the_inner_item() {
+    let p = processor();
+    let outer: Vec<u32> = (0..8).collect();
+    let out = p.map(&outer, |&o| {
+        std::thread::sleep(Duration::from_millis(1));
+        let inner: Vec<u32> = (0..100).collect();
+        let r = p.map(&inner, |&i| if i == 50 { panic!("inner {o}") } else { i });
+        assert_eq!(panic_message(&r[50]), Some(format!("inner {o}").as_str()));
+        r.iter().filter(|x| x.is_ok()).count()
+    });
+    assert!(out.iter().all(|r| *r.as_ref().unwrap() == 99));
+}
+
+#[test]
+fn panic_after_a_nested_map_is_the_outer_items_error() {
+    let p = processor();
+    let outer: Vec<u32> = (0..8).collect();
+    let out = p.map(&outer, |&o| {
+        let inner: Vec<u32> = (0..100).collect();
+        let sum = p.map_reduce(&inner, |&i| i, || 0, |a, b| a + b).value;
+        if o == 4 {
+            panic!("outer after inner");
+        }
+        sum
+    });
+    for (i, r) in out.iter().enumerate() {
+        if i == 4 {
+            assert_eq!(panic_message(r), Some("outer after inner"));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), 4950);
+        }
+    }
+}
+
+#[test]
+fn map_reduce_reports_panics_and_reduces_the_rest() {
+    let p = processor();
+    let items: Vec<u64> = (0..10_000).collect();
+    let s = p.map_reduce(
+        &items,
+        |&x| if x == 9_999 { panic!("last") } else { x },
+        || 0,
+        |a, b| a + b,
+    );
+    assert_eq!(s.value, (0..9_999u64).sum::<u64>());
+    assert_eq!(s.panics.len(), 1);
+    assert_eq!(s.panics[0].message(), "last");
+    assert!(!s.is_complete());
+}
+
+#[test]
+fn blocking_panic_is_that_items_error_and_the_worker_survives() {
+    let p = Processor::builder().blocking_threads(1).build().unwrap();
+    let out = p.blocking().map((0..20u32).collect(), |x| {
+        if x % 2 == 0 { panic!("even {x}") } else { x }
+    });
+    for (i, r) in out.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(panic_message(r), Some(format!("even {i}").as_str()));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), i as u32);
+        }
+    }
+    assert_eq!(
+        p.stats().blocking_threads,
+        1,
+        "the one worker is still alive"
+    );
+    let again = p.blocking().map(vec![1, 2], |x| x + 1);
+    assert_eq!(*again[1].as_ref().unwrap(), 3);
+}
