@@ -105,10 +105,10 @@
 //!
 //! Without features the crate depends on `rayon`, `parking_lot` and `thiserror`.
 
-pub mod limit;
 mod blocking;
 mod cancel;
 mod cpu;
+pub mod limit;
 mod outcome;
 mod processor;
 
