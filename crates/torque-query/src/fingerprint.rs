@@ -13,7 +13,7 @@
 
 pub(crate) mod keywords;
 
-use crate::lexer::{Kind, Token, tokenize};
+use crate::lexer::{KIND_COUNT, Kind, Token, tokenize};
 use keywords::{Clause, clause_of, flags_of, kw, tag, text_of};
 
 /// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
@@ -203,15 +203,15 @@ struct Frame {
     slots: u32,
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// The seed of the value hashes.
+const VALUES_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
+/// Folds one value's hash into a running hash of a sequence: the order
+/// matters, and no value can stand in for two.
+fn fold(acc: u64, value: u64) -> u64 {
+    (acc ^ value)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(29)
 }
 
 /// `"users"` is the same identifier as `users`; `"Users"` is not.
@@ -494,8 +494,8 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
     out.reserve(n);
     frames.clear();
     let mut st = SlotState {
-        key_values: FNV_OFFSET,
-        all_values: FNV_OFFSET,
+        key_values: VALUES_SEED,
+        all_values: VALUES_SEED,
         key_params: false,
         has_key_slot: false,
         any_params: false,
@@ -748,14 +748,15 @@ struct SlotState {
 
 impl SlotState {
     fn note(&mut self, slot: Slot, value: &str, is_param: bool, out: &[Out<'_>]) {
-        self.all_values = fnv(fnv(self.all_values, value.as_bytes()), &[0xff]);
+        let h = xxhash_rust::xxh3::xxh3_64(value.as_bytes());
+        self.all_values = fold(self.all_values, h);
         if is_param {
             self.any_params = true;
         }
         match slot {
             Slot::Key | Slot::Value => {
                 self.has_key_slot = true;
-                self.key_values = fnv(fnv(self.key_values, value.as_bytes()), &[0xff]);
+                self.key_values = fold(self.key_values, h);
                 if is_param {
                     self.key_params = true;
                 }
@@ -900,25 +901,57 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     None
 }
 
+/// Whether a space separates two output tokens, by their kinds (`Kind as
+/// usize`): 0 never, 1 always, 2 when the first is a keyword that keeps its
+/// space before `(` (`in (`, `values (`; but `count(`).
+const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
+    let mut t = [[1u8; KIND_COUNT]; KIND_COUNT];
+    let mut p = 0;
+    while p < KIND_COUNT {
+        let mut k = 0;
+        while k < KIND_COUNT {
+            let glued_after = p == Kind::Open as usize
+                || p == Kind::OpenBracket as usize
+                || p == Kind::Dot as usize
+                || p == Kind::Cast as usize;
+            let glued_before = k == Kind::Close as usize
+                || k == Kind::CloseBracket as usize
+                || k == Kind::Comma as usize
+                || k == Kind::Dot as usize
+                || k == Kind::Cast as usize
+                || k == Kind::Semicolon as usize;
+            let opens = k == Kind::Open as usize || k == Kind::OpenBracket as usize;
+            t[p][k] = if glued_after || glued_before {
+                0
+            } else if opens && p == Kind::Word as usize {
+                2
+            } else if opens && p == Kind::Quoted as usize {
+                0
+            } else {
+                1
+            };
+            k += 1;
+        }
+        p += 1;
+    }
+    t
+};
+
 fn render(out: &[Out<'_>]) -> String {
     let mut s = String::with_capacity(out.iter().map(|o| o.text.len() + 1).sum());
-    let mut prev: Option<Out<'_>> = None;
-    for o in out {
-        let kind = if o.slot { Kind::Literal } else { o.kind };
-        let space = match (
-            prev.map(|p| if p.slot { Kind::Literal } else { p.kind }),
-            kind,
-        ) {
-            (None, _) => false,
-            (Some(Kind::Open | Kind::OpenBracket | Kind::Dot | Kind::Cast), _) => false,
-            (_, Kind::Close | Kind::CloseBracket | Kind::Comma | Kind::Dot | Kind::Cast) => false,
-            (_, Kind::Semicolon) => false,
-            // `count(`, `"Fn"(`: a call; `in (`, `values (`: a keyword.
-            (Some(Kind::Word), Kind::Open | Kind::OpenBracket) => {
-                prev.is_some_and(|p| p.tags & tag::SPACED != 0)
-            }
-            (Some(Kind::Quoted), Kind::Open | Kind::OpenBracket) => false,
-            _ => true,
+    let Some((first, rest)) = out.split_first() else {
+        return s;
+    };
+    s.push_str(first.text);
+    if !first.lower {
+        s.make_ascii_lowercase();
+    }
+    let mut prev = first;
+    for o in rest {
+        let space = match SPACE[prev.kind as usize][o.kind as usize] {
+            0 => false,
+            1 => true,
+            _ => prev.tags & tag::SPACED != 0,
         };
         if space {
             s.push(' ');
@@ -928,7 +961,7 @@ fn render(out: &[Out<'_>]) -> String {
         if !o.lower {
             s[start..].make_ascii_lowercase();
         }
-        prev = Some(*o);
+        prev = o;
     }
     s
 }

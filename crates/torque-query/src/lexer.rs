@@ -8,6 +8,7 @@ use crate::fingerprint::keywords;
 
 /// What a token is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Kind {
     /// An unquoted word: keyword or identifier (compared case-insensitively).
     Word,
@@ -37,6 +38,9 @@ pub(crate) enum Kind {
     Cast,
 }
 
+/// How many kinds there are (`Kind as usize` is below this).
+pub(crate) const KIND_COUNT: usize = Kind::Cast as usize + 1;
+
 /// A token: its kind, its keyword id and its byte range in the input.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Token {
@@ -61,6 +65,7 @@ impl Token {
 const START: u8 = 1;
 const IDENT: u8 = 2;
 const OP: u8 = 4;
+const UPPER: u8 = 8;
 
 /// Byte classes, looked up instead of compared in the lexer's inner loops.
 const CLASS: [u8; 256] = {
@@ -70,6 +75,9 @@ const CLASS: [u8; 256] = {
         let c = b as u8;
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             t[b] |= START | IDENT;
+        }
+        if c.is_ascii_uppercase() {
+            t[b] |= UPPER;
         }
         if c.is_ascii_digit() || c == b'$' {
             t[b] |= IDENT;
@@ -254,10 +262,19 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                     i = skip_string(bytes, i + 3, len, false);
                     Kind::Literal
                 } else {
-                    while i < len && is_ident_char(bytes[i]) {
+                    // The classes seen say whether the word holds upper case.
+                    let mut seen = CLASS[b as usize];
+                    i += 1;
+                    while i < len {
+                        let class = CLASS[bytes[i] as usize];
+                        if class & IDENT == 0 {
+                            break;
+                        }
+                        seen |= class;
                         i += 1;
                     }
-                    (kw, upper) = keywords::id_of_word(bytes, start, i);
+                    upper = seen & UPPER != 0;
+                    kw = keywords::keyword_of_word(bytes, start, i);
                     Kind::Word
                 }
             }

@@ -353,6 +353,34 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// Per first letter (`(b | 0x20) & 31`), one bit per word length (1..=16)
+/// at which some keyword starts with that letter. A word outside it is no
+/// keyword and skips the look-up; most identifiers are. Letters map one to
+/// one; other bytes share a slot with some letter, which only costs them the
+/// look-up.
+const CANDIDATES: [u32; 32] = {
+    let mut t = [0u32; 32];
+    let mut i = 0;
+    while i < KEYWORD_COUNT {
+        let k = KEYWORDS[i].0.as_bytes();
+        t[((k[0] | 0x20) & 31) as usize] |= 1 << k.len();
+        i += 1;
+    }
+    t
+};
+
+/// The keyword id of the word `bytes[start..end]` (0 for an identifier),
+/// with a cheap test first that rules most identifiers out.
+#[inline]
+pub(crate) fn keyword_of_word(bytes: &[u8], start: usize, end: usize) -> u8 {
+    let len = end - start;
+    let first = bytes.get(start).copied().unwrap_or(0);
+    if len > 16 || CANDIDATES[usize::from((first | 0x20) & 31)] & (1 << len) == 0 {
+        return 0;
+    }
+    id_of_word(bytes, start, end).0
+}
+
 /// The keyword id of a word given as text.
 pub(crate) fn id_of(word: &str) -> u8 {
     id_of_word(word.as_bytes(), 0, word.len()).0
@@ -389,6 +417,13 @@ mod tests {
         assert_eq!(id_of_word(sql, 19, 21), (kw!("in"), false));
         assert_eq!(id_of_word(sql, 0, 2), (0, false));
         assert_eq!(id_of_word(b"a_very_long_identifier", 0, 22), (0, true));
+        for k in KEYWORDS.iter().map(|k| k.0) {
+            let upper = k.to_ascii_uppercase();
+            assert_eq!(keyword_of_word(upper.as_bytes(), 0, k.len()), id_of(k), "{k}");
+        }
+        for w in ["o", "id", "users", "_x", "ünï", "select_", "a_very_long_identifier"] {
+            assert_eq!(keyword_of_word(w.as_bytes(), 0, w.len()), 0, "{w}");
+        }
         // `@[`{` are the bytes just outside 'A'..='Z': never folded.
         assert_eq!(
             lower8(u64::from_be_bytes(*b"@AZ[`az{")),
