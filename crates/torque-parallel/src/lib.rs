@@ -108,11 +108,13 @@
 mod blocking;
 mod cancel;
 mod cpu;
+mod error;
 pub mod limit;
 mod outcome;
 mod processor;
 
 pub use blocking::BlockingMap;
 pub use cancel::CancelToken;
+pub use error::BuildError;
 pub use outcome::{ItemError, PanicError, Summary};
-pub use processor::{Blocking, BuildError, Processor, ProcessorBuilder, ProcessorConfig, Stats};
+pub use processor::{Blocking, Processor, ProcessorBuilder, ProcessorConfig, Stats};
