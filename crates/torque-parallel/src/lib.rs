@@ -105,6 +105,7 @@
 //!
 //! Without features the crate depends on `rayon`, `parking_lot` and `thiserror`.
 
+pub mod balance;
 pub mod batch;
 mod blocking;
 mod cancel;
