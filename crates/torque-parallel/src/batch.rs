@@ -6,7 +6,7 @@
 //! in batches, at the price of latency. [`BatchSizer`] (sans-IO, no runtime)
 //! learns `overhead` and `per_item` from the batches it sees and picks the
 //! biggest batch that stays within a latency target. With the `tokio`
-//! feature, [`Batcher`] puts a bounded queue in front of a sink and writes a
+//! feature, `Batcher` puts a bounded queue in front of a sink and writes a
 //! batch when it is full or its first item has waited `max_linger`; its
 //! size is fixed or chosen by a `BatchSizer`.
 

@@ -103,7 +103,7 @@ impl Algorithm for Box<dyn Algorithm> {
     }
 }
 
-/// The crate's [`BuildError`](crate::BuildError), under the name the limit
+/// The crate's [`BuildError`], under the name the limit
 /// builders have always used.
 pub use crate::BuildError;
 

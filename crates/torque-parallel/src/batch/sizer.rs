@@ -36,7 +36,8 @@ impl CostModel {
 /// Sans-IO: feed it what each batch of `n` items took with
 /// [`observe`](BatchSizer::observe), ask for the next size with
 /// [`next_size`](BatchSizer::next_size). It reads no clock, so it is driven
-/// deterministically in tests; [`Batcher`](super::Batcher) drives it for real.
+/// deterministically in tests; the `Batcher` (feature `tokio`) drives it for
+/// real.
 ///
 /// How: ordinary least squares over the last `window` observations gives
 /// `overhead` and `per_item`; the size is `(target − overhead) / per_item`,
