@@ -45,4 +45,22 @@ pub enum BuildError {
         /// What it must be.
         expected: &'static str,
     },
+    /// A configuration sets a knob its algorithm does not have.
+    #[error(
+        "`{name}` does not apply to the {algorithm} algorithm; remove it or change `algorithm`"
+    )]
+    NotApplicable {
+        /// The setting.
+        name: &'static str,
+        /// The algorithm chosen.
+        algorithm: &'static str,
+    },
+    /// A configuration lacks a setting its algorithm needs.
+    #[error("the {algorithm} algorithm needs `{name}`")]
+    Missing {
+        /// The setting.
+        name: &'static str,
+        /// The algorithm chosen.
+        algorithm: &'static str,
+    },
 }

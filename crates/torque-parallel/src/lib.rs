@@ -106,6 +106,8 @@
 //!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
 //!   that is the application's job).
 //!
+//! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
+//!   plain configuration that builds any limit algorithm.
 //! - `tokio`: `batch::Batcher`, the batcher's queue and driver (tokio's
 //!   `sync` and `time`; the driver is a future you spawn). The sans-IO
 //!   `batch::BatchSizer` and `balance` need no feature.

@@ -22,6 +22,7 @@
 mod adaptive;
 mod aimd;
 mod clock;
+mod config;
 mod fixed;
 mod gradient2;
 mod limiter;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 pub use adaptive::{Adaptive, AdaptiveBuilder};
 pub use aimd::{Aimd, AimdBuilder};
 pub use clock::{Clock, MockClock, SystemClock};
+pub use config::{AlgorithmKind, LimiterConfig};
 pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
