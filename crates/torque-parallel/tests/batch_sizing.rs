@@ -173,3 +173,60 @@ async fn adaptive_size_grows_to_the_maximum_when_the_target_never_binds() {
     })
     .await;
 }
+
+#[path = "batch_sim/mod.rs"]
+mod batch_sim;
+
+/// The issue's open-loop cells: overhead 1 ms or 10 µs, 10 µs per item,
+/// Poisson arrivals at 0.2 / 0.5 / 0.9 of the capacity at 1000 items per
+/// batch. One adaptive configuration (the sizer's defaults, linger 0) for
+/// every cell, against the best static (size, linger) of a grid per cell.
+#[test]
+fn open_loop_adaptive_batching_matches_the_best_static_grid_point() {
+    use batch_sim::{Grid, Policy, SinkModel, cell};
+    let sizes = batch_sim::sizes(1_000, 1.5);
+    let lingers = [0.0, 50e-6, 200e-6, 1e-3, 5e-3];
+    let mut failures = Vec::new();
+    for overhead in [1e-3, 10e-6] {
+        let sink = SinkModel {
+            overhead,
+            per_item: 10e-6,
+        };
+        for load in [0.2, 0.5, 0.9] {
+            let adaptive = Policy::Adaptive {
+                sizer: BatchSizer::builder()
+                    .max_size(1_000)
+                    .build()
+                    .expect("valid"),
+                linger: 0.0,
+            };
+            let grid = Grid {
+                sizes: &sizes,
+                lingers: &lingers,
+            };
+            let c = cell(sink, load, 1_000, grid, adaptive, 10_000, 5);
+            let (tput, p99) = (
+                c.adaptive.throughput / c.best.throughput,
+                c.adaptive.p99 / c.best.p99,
+            );
+            println!(
+                "overhead {:>6.0} µs load {load}: best static size {} linger {} µs: {:.0}/s p99 {:.0} µs; \
+                 adaptive {:.3}x throughput, {:.3}x p99 (mean batch {:.0})",
+                overhead * 1e6,
+                c.best_size,
+                c.best_linger * 1e6,
+                c.best.throughput,
+                c.best.p99 * 1e6,
+                tput,
+                p99,
+                c.adaptive.mean_batch,
+            );
+            if tput < 0.95 || p99 > 1.2 {
+                failures.push(format!(
+                    "overhead {overhead} load {load}: {tput:.3}x, p99 {p99:.3}x"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
