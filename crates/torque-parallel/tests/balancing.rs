@@ -219,3 +219,45 @@ fn bad_settings_are_build_errors() {
         "{err}"
     );
 }
+
+proptest::proptest! {
+    /// Against a model of per-backend counts: every strategy's in-flight
+    /// counts match picks minus drops, and least-busy always picks a
+    /// backend that had the fewest in flight.
+    #[test]
+    fn in_flight_counts_follow_a_simple_model(
+        backends in 1usize..6,
+        strategy in proptest::sample::select(vec![Strategy::RoundRobin, Strategy::LeastBusy, Strategy::PeakEwma]),
+        ops in proptest::collection::vec(proptest::option::of(0usize..64), 0..300),
+    ) {
+        let clock = MockClock::new();
+        let balancer = Balancer::builder()
+            .strategy(strategy)
+            .seed(1)
+            .build_with_clock((0..backends).collect(), clock.clone())
+            .unwrap();
+        let mut model = vec![0usize; backends];
+        let mut held = Vec::new();
+        for op in ops {
+            clock.advance(Duration::from_millis(1));
+            match op {
+                Some(k) if !held.is_empty() => {
+                    let pick: Pick<usize, MockClock> = held.swap_remove(k % held.len());
+                    model[pick.index()] -= 1;
+                    drop(pick);
+                }
+                _ => {
+                    let least = *model.iter().min().unwrap();
+                    let pick = balancer.pick();
+                    if strategy == Strategy::LeastBusy {
+                        proptest::prop_assert_eq!(model[pick.index()], least);
+                    }
+                    model[pick.index()] += 1;
+                    held.push(pick);
+                }
+            }
+            let actual: Vec<usize> = balancer.stats().iter().map(|s| s.in_flight).collect();
+            proptest::prop_assert_eq!(&actual, &model);
+        }
+    }
+}

@@ -236,9 +236,15 @@ impl BatchSizer {
             return self.min;
         }
         if self.model.is_none() {
-            // No line yet: alternate two sizes so one can be drawn.
+            // No line yet: alternate two sizes so one can be drawn (the
+            // double, or the half when the double is over the maximum).
             return if self.calls.is_multiple_of(2) {
-                (self.initial * 2).clamp(self.min, self.max)
+                let other = self.initial.saturating_mul(2);
+                if other <= self.max {
+                    other
+                } else {
+                    (self.initial / 2).max(self.min)
+                }
             } else {
                 self.initial
             };
@@ -389,6 +395,38 @@ mod tests {
         sizer.observe(0, Duration::ZERO); // ignored
         sizer.observe(3, Duration::MAX);
         assert!((1..=777).contains(&sizer.next_size()));
+    }
+
+    #[test]
+    fn an_initial_size_at_the_maximum_still_learns_to_shrink() {
+        let mut sizer = BatchSizer::builder()
+            .max_size(16)
+            .latency_target(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        // 100 µs + 100 µs per item: 9 items fit in 1 ms.
+        feed(&mut sizer, 100, 100, 100);
+        assert_eq!(sizer.size(), 9);
+    }
+
+    proptest::proptest! {
+        /// Whatever the sink reports, sizes stay within the bounds and the
+        /// sizer never panics.
+        #[test]
+        fn sizes_stay_within_bounds(
+            min in 1usize..50,
+            extra in 0usize..500,
+            observations in proptest::collection::vec((0usize..2_000, 0u64..10_000_000), 0..200),
+        ) {
+            let max = min + extra;
+            let mut sizer = BatchSizer::builder().min_size(min).max_size(max).build().unwrap();
+            for (n, nanos) in observations {
+                let size = sizer.next_size();
+                proptest::prop_assert!((min..=max).contains(&size));
+                sizer.observe(n, Duration::from_nanos(nanos));
+                proptest::prop_assert!((min..=max).contains(&sizer.size()));
+            }
+        }
     }
 
     #[test]
