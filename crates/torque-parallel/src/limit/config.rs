@@ -39,7 +39,10 @@ impl AlgorithmKind {
 /// The settings of any limit algorithm as one plain struct (`Default`,
 /// serde with the `serde` feature), beside the builders. `None` keeps the
 /// algorithm's default; a setting the chosen algorithm does not have is a
-/// [`BuildError::NotApplicable`] rather than silently ignored.
+/// [`BuildError::NotApplicable`] rather than silently ignored. With serde,
+/// field names are as below, `algorithm` is snake case (`"gradient2"`),
+/// missing fields take their defaults, unknown fields are refused, and
+/// durations use serde's `{ secs, nanos }` form.
 ///
 /// # Example
 /// ```
