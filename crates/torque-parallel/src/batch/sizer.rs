@@ -107,6 +107,12 @@ impl Default for BatchSizerBuilder {
 
 impl BatchSizerBuilder {
     /// The smallest batch the sizer proposes (default 1).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().min_size(10).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn min_size(mut self, n: usize) -> Self {
         self.min = n;
         self
@@ -114,6 +120,12 @@ impl BatchSizerBuilder {
 
     /// The biggest batch the sizer proposes (default 1000). For PostgreSQL,
     /// keep `max_size × columns` under the 65 535 bind-parameter limit.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().max_size(65_535 / 4).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn max_size(mut self, n: usize) -> Self {
         self.max = n;
         self
@@ -121,6 +133,12 @@ impl BatchSizerBuilder {
 
     /// The first size tried, before anything is known (default
     /// `min(16, max_size)`, at least `min_size`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().initial_size(64).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn initial_size(mut self, n: usize) -> Self {
         self.initial = Some(n);
         self
@@ -128,6 +146,12 @@ impl BatchSizerBuilder {
 
     /// The latency one batch's write may take (default 10 ms, at most 1 s):
     /// the sizer picks the biggest batch predicted to stay within it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().latency_target(Duration::from_millis(20)).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn latency_target(mut self, target: Duration) -> Self {
         self.target = target;
         self
@@ -136,6 +160,12 @@ impl BatchSizerBuilder {
     /// How many recent batches the cost model is fitted to (default 32,
     /// at least 4): shorter follows a changing sink faster, longer is
     /// steadier under noise.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().window(64).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn window(mut self, batches: usize) -> Self {
         self.window = batches;
         self
@@ -143,6 +173,12 @@ impl BatchSizerBuilder {
 
     /// Every this many batches, one is half-sized so the fit keeps seeing two
     /// sizes (default 16, at least 2).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let sizer = torque_parallel::batch::BatchSizer::builder().probe_every(32).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
     pub fn probe_every(mut self, batches: u64) -> Self {
         self.probe_every = batches;
         self
