@@ -155,7 +155,6 @@ async fn a_sink_error_is_returned_to_every_item_of_that_batch_only() {
     for i in 1..=6 {
         receipts.push(batcher.send(i).await.unwrap());
     }
-    drop(batcher);
     let mut outcomes = Vec::new();
     for receipt in receipts {
         outcomes.push(match receipt.await {
@@ -164,6 +163,19 @@ async fn a_sink_error_is_returned_to_every_item_of_that_batch_only() {
             Err(other) => panic!("{other}"),
         });
     }
+    // Live counters, while the batcher is still open.
+    let live = batcher.stats();
+    assert_eq!(
+        (
+            live.batches,
+            live.items,
+            live.failed_batches,
+            live.queued,
+            live.size
+        ),
+        (3, 6, 1, 0, 2)
+    );
+    drop(batcher);
     assert_eq!(
         outcomes,
         [

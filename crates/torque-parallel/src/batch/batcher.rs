@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,12 +78,39 @@ where
 /// ```
 pub struct Batcher<T, E> {
     tx: mpsc::Sender<Envelope<T, E>>,
+    counters: Arc<Counters>,
 }
 
 impl<T, E> Clone for Batcher<T, E> {
     fn clone(&self) -> Self {
         Batcher {
             tx: self.tx.clone(),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+/// The driver's counters, shared with the batchers for `stats()`.
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    items: AtomicU64,
+    failed_batches: AtomicU64,
+    failed_items: AtomicU64,
+    full_batches: AtomicU64,
+    size: AtomicUsize,
+}
+
+impl Counters {
+    fn snapshot(&self, queued: usize) -> BatchStats {
+        BatchStats {
+            batches: self.batches.load(Relaxed),
+            items: self.items.load(Relaxed),
+            failed_batches: self.failed_batches.load(Relaxed),
+            failed_items: self.failed_items.load(Relaxed),
+            full_batches: self.full_batches.load(Relaxed),
+            size: self.size.load(Relaxed),
+            queued,
         }
     }
 }
@@ -160,6 +188,23 @@ impl<T, E> Batcher<T, E> {
     /// Items queued and not yet taken into a batch.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// A snapshot of what the driver has done so far, and the queue depth.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// let (batcher, driver) = torque_parallel::batch::Batcher::builder()
+    ///     .build(|_rows: Vec<u8>| async { Ok::<(), std::io::Error>(()) })?;
+    /// let driver = tokio::spawn(driver.run());
+    /// batcher.send(1).await.expect("open").await.expect("written");
+    /// assert_eq!((batcher.stats().batches, batcher.stats().queued), (1, 0));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> BatchStats {
+        self.counters.snapshot(self.queued())
     }
 }
 
@@ -292,8 +337,12 @@ pub struct BatchStats {
     pub failed_items: u64,
     /// Batches written because they reached their size.
     pub full_batches: u64,
-    /// The batch size in use when the driver stopped.
+    /// The batch size in use: the fixed size, or the sizer's latest
+    /// recommendation.
     pub size: usize,
+    /// Items queued and not yet taken into a batch (0 in the stats `run`
+    /// returns).
+    pub queued: usize,
 }
 
 /// What [`BatcherBuilder::build`] returns: the handle to send with, and the
@@ -394,14 +443,25 @@ impl BatcherBuilder {
         // tokio's channel refuses capacities above this.
         let capacity = capacity.min(usize::MAX >> 3);
         let (tx, rx) = mpsc::channel(capacity);
+        let counters = Arc::new(Counters::default());
+        counters.size.store(
+            match &self.sizing {
+                Sizing::Fixed(n) => *n,
+                Sizing::Adaptive(sizer) => sizer.size(),
+            },
+            Relaxed,
+        );
         Ok((
-            Batcher { tx },
+            Batcher {
+                tx,
+                counters: Arc::clone(&counters),
+            },
             BatchDriver {
                 rx,
                 sink,
                 sizing: self.sizing,
                 linger: self.linger,
-                stats: BatchStats::default(),
+                counters,
             },
         ))
     }
@@ -414,7 +474,7 @@ pub struct BatchDriver<T, S: Sink<T>> {
     sink: S,
     sizing: Sizing,
     linger: Duration,
-    stats: BatchStats,
+    counters: Arc<Counters>,
 }
 
 impl<T, S: Sink<T>> fmt::Debug for BatchDriver<T, S> {
@@ -422,7 +482,7 @@ impl<T, S: Sink<T>> fmt::Debug for BatchDriver<T, S> {
         f.debug_struct("BatchDriver")
             .field("sizing", &self.sizing)
             .field("linger", &self.linger)
-            .field("stats", &self.stats)
+            .field("stats", &self.counters.snapshot(0))
             .finish_non_exhaustive()
     }
 }
@@ -475,18 +535,14 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
                 }
             }
             if buf.len() >= target {
-                self.stats.full_batches += 1;
+                self.counters.full_batches.fetch_add(1, Relaxed);
             }
             self.flush(&mut buf).await;
             if closed {
                 break;
             }
         }
-        self.stats.size = match &self.sizing {
-            Sizing::Fixed(n) => *n,
-            Sizing::Adaptive(sizer) => sizer.size(),
-        };
-        self.stats
+        self.counters.snapshot(0)
     }
 
     async fn flush(&mut self, buf: &mut Vec<Envelope<T, S::Error>>) {
@@ -499,12 +555,13 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
         }
         let started = Instant::now();
         let result = self.sink.write(items).await;
-        self.stats.batches += 1;
-        self.stats.items += n as u64;
+        self.counters.batches.fetch_add(1, Relaxed);
+        self.counters.items.fetch_add(n as u64, Relaxed);
         match result {
             Ok(()) => {
                 if let Sizing::Adaptive(sizer) = &mut self.sizing {
                     sizer.observe(n, started.elapsed());
+                    self.counters.size.store(sizer.size(), Relaxed);
                 }
                 for done in receipts {
                     let _ = done.send(Ok(()));
@@ -513,8 +570,8 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
             Err(e) => {
                 // A failed write's latency (often a timeout) says nothing
                 // about the cost model: not observed.
-                self.stats.failed_batches += 1;
-                self.stats.failed_items += n as u64;
+                self.counters.failed_batches.fetch_add(1, Relaxed);
+                self.counters.failed_items.fetch_add(n as u64, Relaxed);
                 let e = Arc::new(e);
                 for done in receipts {
                     let _ = done.send(Err(FlushError::Sink(Arc::clone(&e))));
