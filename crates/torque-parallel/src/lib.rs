@@ -105,7 +105,6 @@
 //!   histogram `torque_parallel_limiter_latency_seconds`, gauges
 //!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
 //!   that is the application's job).
-//!
 //! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
 //!   plain configuration that builds any limit algorithm.
 //! - `tokio`: `batch::Batcher`, the batcher's queue and driver (tokio's
