@@ -89,8 +89,11 @@
 //! Built: the `Cpu` strategy (`map`, `try_map`, `map_reduce`, `for_each`,
 //! `map_weighted` over slices), the `Blocking` strategy
 //! ([`Processor::blocking`]: sync and async `map`/`try_map`, weighted
-//! variants) and the limiters. **Not built yet:** the `Async` strategy (tokio
-//! tasks under a limiter) and the `Hybrid` strategy, batching and balancing.
+//! variants), the limiters, [`batch`] (a size- and time-bounded
+//! `Batcher` behind the `tokio` feature, and an adaptive
+//! [`BatchSizer`](batch::BatchSizer)) and [`balance`] (round-robin,
+//! least-busy, power of two choices with peak-EWMA). **Not built yet:** the
+//! `Async` strategy (tokio tasks under a limiter) and the `Hybrid` strategy.
 //!
 //! # Feature flags
 //! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
@@ -102,17 +105,32 @@
 //!   histogram `torque_parallel_limiter_latency_seconds`, gauges
 //!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
 //!   that is the application's job).
+//! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
+//!   plain configuration that builds any limit algorithm.
+//! - `tokio`: `batch::Batcher`, the batcher's queue and driver (tokio's
+//!   `sync` and `time`; the driver is a future you spawn). The sans-IO
+//!   `batch::BatchSizer` and `balance` need no feature.
 //!
 //! Without features the crate depends on `rayon`, `parking_lot` and `thiserror`.
 
+pub mod balance;
+pub mod batch;
 mod blocking;
 mod cancel;
 mod cpu;
+mod error;
 pub mod limit;
 mod outcome;
 mod processor;
 
+// The guide's `rust` blocks run as doctests (its batching example needs the
+// `tokio` feature; CI tests with all features).
+#[cfg(all(doctest, feature = "tokio"))]
+#[doc = include_str!("../../../docs/parallel.md")]
+struct GuideDoctests;
+
 pub use blocking::BlockingMap;
 pub use cancel::CancelToken;
+pub use error::BuildError;
 pub use outcome::{ItemError, PanicError, Summary};
-pub use processor::{Blocking, BuildError, Processor, ProcessorBuilder, ProcessorConfig, Stats};
+pub use processor::{Blocking, Processor, ProcessorBuilder, ProcessorConfig, Stats};

@@ -22,6 +22,7 @@
 mod adaptive;
 mod aimd;
 mod clock;
+mod config;
 mod fixed;
 mod gradient2;
 mod limiter;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 pub use adaptive::{Adaptive, AdaptiveBuilder};
 pub use aimd::{Aimd, AimdBuilder};
 pub use clock::{Clock, MockClock, SystemClock};
+pub use config::{AlgorithmKind, LimiterConfig};
 pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
@@ -103,32 +105,9 @@ impl Algorithm for Box<dyn Algorithm> {
     }
 }
 
-/// A limiter configuration that cannot work, and what to change.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// `min_limit` is 0, or above `max_limit`.
-    #[error(
-        "invalid limit bounds: min_limit = {min}, max_limit = {max}; \
-         min_limit must be at least 1 and no more than max_limit"
-    )]
-    Bounds {
-        /// The configured minimum.
-        min: usize,
-        /// The configured maximum.
-        max: usize,
-    },
-    /// A numeric knob is out of its range.
-    #[error("{name} = {value} is out of range: {expected}")]
-    OutOfRange {
-        /// The builder method that set it.
-        name: &'static str,
-        /// The value given.
-        value: f64,
-        /// What it must be.
-        expected: &'static str,
-    },
-}
+/// The crate's [`BuildError`], under the name the limit
+/// builders have always used.
+pub use crate::BuildError;
 
 fn check_bounds(min: usize, max: usize) -> Result<(), BuildError> {
     if min == 0 || min > max {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::blocking::{BlockingMap, BlockingPool};
 use crate::cancel::CancelToken;
 use crate::cpu::{Cpu, MapWork, ReduceWork, key_of};
+use crate::error::BuildError;
 use crate::outcome::{ItemError, Summary};
 
 /// Runs batches of work: CPU-bound work on rayon with a learned sequential
@@ -87,26 +88,6 @@ impl Default for ProcessorConfig {
             grain_target: Duration::from_micros(10),
         }
     }
-}
-
-/// Why [`ProcessorBuilder::build`] refused a configuration.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// A thread count, queue capacity or budget was zero.
-    #[error("`{0}` must be at least 1")]
-    Zero(&'static str),
-    /// A duration setting is out of range.
-    #[error("`{name}` must be between 1 ns and 1 s, got {value:?}")]
-    Duration {
-        /// The setting.
-        name: &'static str,
-        /// The value given.
-        value: Duration,
-    },
-    /// rayon could not build the dedicated CPU pool.
-    #[error("could not start the CPU thread pool")]
-    CpuPool(#[source] rayon::ThreadPoolBuildError),
 }
 
 /// Builds a [`Processor`]; every setting has a default.

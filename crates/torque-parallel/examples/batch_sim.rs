@@ -1,0 +1,70 @@
+//! The adaptive batch sizer against the best static (size, linger) grid
+//! point, in the open-loop cells: sink cost `(overhead + n × 10 µs) ×
+//! U(0.8, 1.2)` with overhead 1 ms or 10 µs, Poisson arrivals at 0.2 / 0.5 /
+//! 0.9 of the capacity at 1000 items per batch. Deterministic
+//! (discrete-event model in `tests/batch_sim/mod.rs`, seeded).
+//!
+//! `cargo run --release -p torque-parallel --example batch_sim -- --seeds 1,2,3 --items 100000`
+
+#[path = "../tests/batch_sim/mod.rs"]
+mod batch_sim;
+
+use batch_sim::{Grid, Policy, SinkModel, cell, sizes};
+use torque_parallel::batch::BatchSizer;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut seeds = vec![1u64, 2, 3];
+    let mut items = 100_000usize;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seeds" => {
+                seeds = args
+                    .next()
+                    .ok_or("--seeds needs a list")?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            "--items" => items = args.next().ok_or("--items needs a number")?.parse()?,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let grid_sizes = sizes(1_000, 1.25);
+    let lingers = [0.0, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3];
+    println!(
+        "| overhead | load | seed | best static size / linger µs | best items/s | best p99 µs | adaptive items/s × | adaptive p99 × | adaptive mean batch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for overhead in [1e-3, 10e-6] {
+        let sink = SinkModel {
+            overhead,
+            per_item: 10e-6,
+        };
+        for load in [0.2, 0.5, 0.9] {
+            for &seed in &seeds {
+                let adaptive = Policy::Adaptive {
+                    sizer: BatchSizer::builder().max_size(1_000).build()?,
+                    linger: 0.0,
+                };
+                let grid = Grid {
+                    sizes: &grid_sizes,
+                    lingers: &lingers,
+                };
+                let c = cell(sink, load, 1_000, grid, adaptive, items, seed);
+                println!(
+                    "| {:.0} µs | {load} | {seed} | {} / {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.0} |",
+                    overhead * 1e6,
+                    c.best_size,
+                    c.best_linger * 1e6,
+                    c.best.throughput,
+                    c.best.p99 * 1e6,
+                    c.adaptive.throughput / c.best.throughput,
+                    c.adaptive.p99 / c.best.p99,
+                    c.adaptive.mean_batch,
+                );
+            }
+        }
+    }
+    Ok(())
+}

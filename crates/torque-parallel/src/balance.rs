@@ -1,0 +1,466 @@
+//! Balancing: which of several workers or backends gets the next request.
+//!
+//! A [`Balancer`] holds a set of backend handles (connection pools, worker
+//! queues, URLs — any `B`) and answers [`pick`](Balancer::pick) with a
+//! [`Pick`] guard for one of them. The guard counts as one request in flight
+//! on its backend until it is dropped; dropping it also records the latency
+//! since the pick (by the balancer's [`Clock`]), which feeds the peak-EWMA
+//! estimate. [`Pick::discard`] gives the slot back without a latency, for a
+//! request that never reached the backend.
+//!
+//! Strategies ([`Strategy`]):
+//! - `RoundRobin`: each backend in turn; even, blind to load.
+//! - `LeastBusy`: the backend with the fewest requests in flight (ties in
+//!   turn); good when backends are alike and requests vary.
+//! - `PeakEwma` (the default): power of two choices — two backends drawn at
+//!   random, the cheaper wins — where a backend's cost is its peak-EWMA
+//!   latency × (in flight + 1). It sends less to a slow or overloaded
+//!   backend and, unlike "always the best", never stampedes onto one.
+//!
+//! Sans-IO: no runtime, no sockets; time comes from a [`Clock`] and the
+//! randomness from a seeded generator, so tests are deterministic.
+//!
+//! # Example
+//! ```
+//! use torque_parallel::balance::{Balancer, Strategy};
+//!
+//! let balancer = Balancer::builder()
+//!     .strategy(Strategy::LeastBusy)
+//!     .build(vec!["db-a", "db-b"])?;
+//! let first = balancer.pick();
+//! let second = balancer.pick(); // the first backend is busy: the other one
+//! assert_ne!(*first, *second);
+//! let still_busy = second.index();
+//! drop(first); // frees the slot and records the latency
+//! assert_eq!(balancer.stats()[still_busy].in_flight, 1);
+//! # Ok::<(), torque_parallel::BuildError>(())
+//! ```
+
+use std::fmt;
+use std::hash::BuildHasher;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::BuildError;
+use crate::limit::{Clock, SystemClock};
+
+/// How a [`Balancer`] picks a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// Each backend in turn.
+    RoundRobin,
+    /// The backend with the fewest requests in flight; ties in turn.
+    LeastBusy,
+    /// Power of two choices over peak-EWMA latency × (in flight + 1).
+    #[default]
+    PeakEwma,
+}
+
+/// Picks backends for requests; see the [module docs](self). Cloning is
+/// cheap and clones share the counters and estimates.
+pub struct Balancer<B, C = SystemClock> {
+    shared: Arc<Shared<B, C>>,
+}
+
+impl<B, C> Clone for Balancer<B, C> {
+    fn clone(&self) -> Self {
+        Balancer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<B: fmt::Debug, C: Clock> fmt::Debug for Balancer<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("strategy", &self.shared.strategy)
+            .field(
+                "backends",
+                &self
+                    .shared
+                    .backends
+                    .iter()
+                    .map(|b| &b.handle)
+                    .collect::<Vec<_>>(),
+            )
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared<B, C> {
+    backends: Vec<Backend<B>>,
+    strategy: Strategy,
+    next: AtomicUsize,
+    rng: AtomicU64,
+    clock: C,
+    decay_ns: f64,
+}
+
+struct Backend<B> {
+    handle: B,
+    in_flight: AtomicUsize,
+    picks: AtomicU64,
+    rtt: Mutex<Rtt>,
+}
+
+/// A peak-EWMA latency estimate: it jumps up to any slower sample at once
+/// and decays towards faster ones (and towards zero while idle) with time
+/// constant `decay`. After Finagle's `PeakEwma`
+/// (finagle-core `loadbalancer/PeakEwma.scala`) and linkerd2's port in
+/// tower (`tower::load::peak_ewma::RttEstimate`).
+#[derive(Debug, Clone, Copy)]
+struct Rtt {
+    ns: f64,
+    at: Instant,
+}
+
+impl Rtt {
+    fn update(&mut self, rtt_ns: f64, now: Instant, decay_ns: f64) -> f64 {
+        if rtt_ns > self.ns {
+            self.ns = rtt_ns;
+        } else {
+            // Weight of the old estimate: e^(−elapsed/τ), so the average is
+            // per unit of time, not per sample.
+            let elapsed = now.saturating_duration_since(self.at).as_nanos() as f64;
+            let keep = (-elapsed / decay_ns).exp();
+            self.ns = self.ns * keep + rtt_ns * (1.0 - keep);
+        }
+        self.at = self.at.max(now);
+        self.ns
+    }
+}
+
+/// Builds a [`Balancer`]; every setting has a default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BalancerBuilder {
+    strategy: Strategy,
+    seed: Option<u64>,
+    decay: Duration,
+    default_rtt: Duration,
+}
+
+impl Default for BalancerBuilder {
+    fn default() -> Self {
+        // Finagle's and linkerd's defaults: 10 s decay, 30 ms for a backend
+        // not heard from yet.
+        BalancerBuilder {
+            strategy: Strategy::default(),
+            seed: None,
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+        }
+    }
+}
+
+impl BalancerBuilder {
+    /// How to pick (default [`Strategy::PeakEwma`]).
+    ///
+    /// ```
+    /// use torque_parallel::balance::{Balancer, Strategy};
+    /// let balancer = Balancer::builder().strategy(Strategy::RoundRobin).build(vec![1, 2])?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Seeds the random draws of `PeakEwma`, for reproducible tests (default:
+    /// a per-process random seed).
+    ///
+    /// ```
+    /// let balancer = torque_parallel::balance::Balancer::builder().seed(7).build(vec![1, 2])?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Time constant of the latency average (default 10 s, at most an
+    /// hour): how long an old latency keeps weighing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let balancer = torque_parallel::balance::Balancer::builder()
+    ///     .decay(Duration::from_secs(5))
+    ///     .build(vec![1, 2])?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn decay(mut self, decay: Duration) -> Self {
+        self.decay = decay;
+        self
+    }
+
+    /// The latency assumed for a backend before it has answered (default
+    /// 30 ms, at most an hour).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let balancer = torque_parallel::balance::Balancer::builder()
+    ///     .default_rtt(Duration::from_millis(5))
+    ///     .build(vec![1, 2])?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.default_rtt = rtt;
+        self
+    }
+
+    /// A balancer over `backends` on the system clock.
+    ///
+    /// # Errors
+    /// [`BuildError::Zero`] with no backend; [`BuildError::OutOfRange`] for
+    /// a zero or over-an-hour `decay` or `default_rtt`.
+    pub fn build<B>(self, backends: Vec<B>) -> Result<Balancer<B>, BuildError> {
+        self.build_with_clock(backends, SystemClock)
+    }
+
+    /// A balancer over `backends` measuring latencies with `clock` (a
+    /// [`MockClock`](crate::limit::MockClock) in tests).
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with_clock<B, C: Clock>(
+        self,
+        backends: Vec<B>,
+        clock: C,
+    ) -> Result<Balancer<B, C>, BuildError> {
+        if backends.is_empty() {
+            return Err(BuildError::Zero("backends"));
+        }
+        for (name, value) in [("decay", self.decay), ("default_rtt", self.default_rtt)] {
+            if value.is_zero() || value > Duration::from_secs(3600) {
+                return Err(BuildError::OutOfRange {
+                    name,
+                    value: value.as_secs_f64(),
+                    expected: "seconds, above 0 and at most 3600",
+                });
+            }
+        }
+        let seed = self
+            .seed
+            .unwrap_or_else(|| std::collections::hash_map::RandomState::new().hash_one(0u8));
+        let now = clock.now();
+        let default_ns = self.default_rtt.as_nanos() as f64;
+        Ok(Balancer {
+            shared: Arc::new(Shared {
+                backends: backends
+                    .into_iter()
+                    .map(|handle| Backend {
+                        handle,
+                        in_flight: AtomicUsize::new(0),
+                        picks: AtomicU64::new(0),
+                        rtt: Mutex::new(Rtt {
+                            ns: default_ns,
+                            at: now,
+                        }),
+                    })
+                    .collect(),
+                strategy: self.strategy,
+                next: AtomicUsize::new(0),
+                rng: AtomicU64::new(seed),
+                clock,
+                decay_ns: self.decay.as_nanos() as f64,
+            }),
+        })
+    }
+}
+
+/// A snapshot of one backend in a [`Balancer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct BackendStats {
+    /// Picks not yet dropped.
+    pub in_flight: usize,
+    /// Picks since the balancer was built.
+    pub picks: u64,
+    /// The peak-EWMA latency estimate as of the last update.
+    pub latency: Duration,
+}
+
+impl Balancer<()> {
+    /// A builder with the defaults: `PeakEwma`, 10 s decay, 30 ms default
+    /// latency, a random seed.
+    pub fn builder() -> BalancerBuilder {
+        BalancerBuilder::default()
+    }
+}
+
+impl<B, C: Clock> Balancer<B, C> {
+    /// Picks a backend for one request. The returned guard holds one
+    /// in-flight slot on it until dropped.
+    pub fn pick(&self) -> Pick<B, C> {
+        let s = &*self.shared;
+        let index = match s.strategy {
+            Strategy::RoundRobin => {
+                let i = s.next.fetch_add(1, Ordering::Relaxed) % s.backends.len();
+                s.backends[i].in_flight.fetch_add(1, Ordering::AcqRel);
+                i
+            }
+            Strategy::LeastBusy => self.least_busy(),
+            Strategy::PeakEwma => {
+                let i = self.two_choices();
+                s.backends[i].in_flight.fetch_add(1, Ordering::AcqRel);
+                i
+            }
+        };
+        s.backends[index].picks.fetch_add(1, Ordering::Relaxed);
+        Pick {
+            shared: Arc::clone(&self.shared),
+            index,
+            started: s.clock.now(),
+            record: true,
+        }
+    }
+
+    /// The backends, in the order given to `build`.
+    pub fn backends(&self) -> impl ExactSizeIterator<Item = &B> {
+        self.shared.backends.iter().map(|b| &b.handle)
+    }
+
+    /// One snapshot per backend, in the order given to `build`.
+    pub fn stats(&self) -> Vec<BackendStats> {
+        self.shared
+            .backends
+            .iter()
+            .map(|b| BackendStats {
+                in_flight: b.in_flight.load(Ordering::Acquire),
+                picks: b.picks.load(Ordering::Relaxed),
+                latency: Duration::from_nanos(b.rtt.lock().ns as u64),
+            })
+            .collect()
+    }
+
+    fn least_busy(&self) -> usize {
+        let s = &*self.shared;
+        let n = s.backends.len();
+        // Start the scan at a rotating offset so ties go round-robin.
+        let start = s.next.fetch_add(1, Ordering::Relaxed);
+        loop {
+            let (mut best, mut least) = (0, usize::MAX);
+            for k in 0..n {
+                let i = (start + k) % n;
+                let load = s.backends[i].in_flight.load(Ordering::Acquire);
+                if load < least {
+                    (best, least) = (i, load);
+                }
+            }
+            // Claim only if nobody moved it meanwhile, so that concurrent
+            // pickers cannot pile onto the same backend.
+            if s.backends[best]
+                .in_flight
+                .compare_exchange(least, least + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return best;
+            }
+        }
+    }
+
+    fn two_choices(&self) -> usize {
+        let s = &*self.shared;
+        let n = s.backends.len();
+        if n == 1 {
+            return 0;
+        }
+        // Mitzenmacher, "The Power of Two Choices in Randomized Load
+        // Balancing" (2001): two random candidates, the less loaded wins.
+        let r = self.random();
+        let a = (r % n as u64) as usize;
+        let mut b = ((r >> 32) % (n as u64 - 1)) as usize;
+        if b >= a {
+            b += 1;
+        }
+        if self.cost(b) < self.cost(a) { b } else { a }
+    }
+
+    fn cost(&self, i: usize) -> f64 {
+        let s = &*self.shared;
+        let backend = &s.backends[i];
+        let pending = backend.in_flight.load(Ordering::Acquire);
+        // Reading decays the estimate towards zero, so a backend that has
+        // not answered for a while is tried again (tower's `decay`).
+        let rtt = backend.rtt.lock().update(0.0, s.clock.now(), s.decay_ns);
+        rtt * (pending + 1) as f64
+    }
+
+    fn random(&self) -> u64 {
+        // SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): one atomic add per
+        // draw, deterministic for a given seed and order of picks.
+        let mut z = self
+            .shared
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// One request's claim on a backend: dereferences to the backend handle,
+/// counts as in flight until dropped, and on drop records the latency since
+/// the pick.
+#[must_use = "dropping the pick at once records a near-zero latency"]
+pub struct Pick<B, C: Clock = SystemClock> {
+    shared: Arc<Shared<B, C>>,
+    index: usize,
+    started: Instant,
+    record: bool,
+}
+
+impl<B, C: Clock> Pick<B, C> {
+    /// The backend's position in the list given to `build`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The backend handle.
+    pub fn backend(&self) -> &B {
+        &self.shared.backends[self.index].handle
+    }
+
+    /// Gives the slot back without recording a latency: for a request that
+    /// never reached the backend (cancelled, refused locally).
+    pub fn discard(mut self) {
+        self.record = false;
+    }
+}
+
+impl<B, C: Clock> Deref for Pick<B, C> {
+    type Target = B;
+
+    fn deref(&self) -> &B {
+        self.backend()
+    }
+}
+
+impl<B: fmt::Debug, C: Clock> fmt::Debug for Pick<B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pick")
+            .field("index", &self.index)
+            .field("backend", self.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, C: Clock> Drop for Pick<B, C> {
+    fn drop(&mut self) {
+        let s = &*self.shared;
+        let backend = &s.backends[self.index];
+        if self.record {
+            let now = s.clock.now();
+            let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
+            backend.rtt.lock().update(rtt, now, s.decay_ns);
+        }
+        backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,257 @@
+//! The batcher on tokio's paused clock: flush by size, by linger, on close;
+//! backpressure; per-batch sink errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use torque_parallel::BuildError;
+use torque_parallel::batch::{Batcher, Closed, FlushError, TrySendError};
+
+type Log = Arc<Mutex<Vec<Vec<u32>>>>;
+
+fn recording() -> (
+    Log,
+    impl FnMut(Vec<u32>) -> std::future::Ready<Result<(), String>> + Send + 'static,
+) {
+    let log: Log = Arc::default();
+    let sink_log = Arc::clone(&log);
+    (log, move |batch: Vec<u32>| {
+        sink_log.lock().push(batch);
+        std::future::ready(Ok(()))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_is_written_when_full_and_the_rest_on_close() {
+    let (log, sink) = recording();
+    let (batcher, driver) = Batcher::builder()
+        .max_size(10)
+        .max_linger(Duration::from_secs(3600))
+        .build(sink)
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let started = Instant::now();
+    for i in 0..25 {
+        drop(batcher.send(i).await.unwrap());
+    }
+    drop(batcher);
+    let stats = driver.await.unwrap();
+    let sizes: Vec<usize> = log.lock().iter().map(Vec::len).collect();
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!((stats.batches, stats.items, stats.full_batches), (3, 25, 2));
+    // Closing flushed the remainder without waiting for the linger.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let all: Vec<u32> = log.lock().concat();
+    assert_eq!(all, (0..25).collect::<Vec<_>>(), "in order, nothing lost");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_is_written_when_its_first_item_has_lingered() {
+    let (log, sink) = recording();
+    let (batcher, driver) = Batcher::builder()
+        .max_size(100)
+        .max_linger(Duration::from_millis(10))
+        .build(sink)
+        .unwrap();
+    tokio::spawn(driver.run());
+    let started = Instant::now();
+    let first = batcher.send(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4)).await;
+    let second = batcher.send(2).await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(10));
+    assert_eq!(*log.lock(), [vec![1, 2]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_linger_writes_what_is_queued_right_away() {
+    let (log, sink) = recording();
+    let (batcher, driver) = Batcher::builder()
+        .max_size(100)
+        .max_linger(Duration::ZERO)
+        .build(sink)
+        .unwrap();
+    tokio::spawn(driver.run());
+    let started = Instant::now();
+    batcher.send(7).await.unwrap().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(*log.lock(), [vec![7]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_pushes_back_and_nothing_is_lost() {
+    let gate = Arc::new(Semaphore::new(0));
+    let written = Arc::new(Mutex::new(Vec::new()));
+    let (sink_gate, sink_written) = (Arc::clone(&gate), Arc::clone(&written));
+    let (batcher, driver) = Batcher::builder()
+        .max_size(2)
+        .max_linger(Duration::ZERO)
+        .queue_capacity(4)
+        .build(move |batch: Vec<u32>| {
+            let (gate, written) = (Arc::clone(&sink_gate), Arc::clone(&sink_written));
+            async move {
+                gate.acquire().await.expect("open").forget();
+                written.lock().extend(batch);
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let mut receipts = Vec::new();
+    let mut next = 0;
+    loop {
+        match batcher.try_send(next) {
+            Ok(receipt) => {
+                receipts.push(receipt);
+                next += 1;
+            }
+            Err(TrySendError::Full(item)) => {
+                assert_eq!(item, next, "the refused item is given back");
+                // Let the driver take a batch into the (blocked) sink, then
+                // the queue is full for good.
+                tokio::task::yield_now().await;
+                if batcher.try_send(next).is_err() {
+                    break;
+                }
+                next += 1;
+            }
+            Err(TrySendError::Closed(_)) => panic!("closed"),
+        }
+        assert!(batcher.queued() <= 4);
+    }
+    // At most the queue plus the one batch the sink holds.
+    assert!(next as usize <= 4 + 2, "{next} accepted");
+    assert_eq!(batcher.queued(), 4);
+    gate.add_permits(100);
+    drop(batcher);
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+    let stats = driver.await.unwrap();
+    assert_eq!(stats.items, u64::from(next));
+    let mut written = written.lock().clone();
+    written.sort_unstable();
+    assert_eq!(written, (0..next).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_error_is_returned_to_every_item_of_that_batch_only() {
+    let (batcher, driver) = Batcher::builder()
+        .max_size(2)
+        .build(|batch: Vec<u32>| {
+            std::future::ready(if batch.contains(&3) {
+                Err(format!("cannot write {batch:?}"))
+            } else {
+                Ok(())
+            })
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let mut receipts = Vec::new();
+    for i in 1..=6 {
+        receipts.push(batcher.send(i).await.unwrap());
+    }
+    let mut outcomes = Vec::new();
+    for receipt in receipts {
+        outcomes.push(match receipt.await {
+            Ok(()) => "ok".to_string(),
+            Err(FlushError::Sink(e)) => (*e).clone(),
+            Err(other) => panic!("{other}"),
+        });
+    }
+    // Live counters, while the batcher is still open.
+    let live = batcher.stats();
+    assert_eq!(
+        (
+            live.batches,
+            live.items,
+            live.failed_batches,
+            live.queued,
+            live.size
+        ),
+        (3, 6, 1, 0, 2)
+    );
+    drop(batcher);
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "ok",
+            "cannot write [3, 4]",
+            "cannot write [3, 4]",
+            "ok",
+            "ok"
+        ]
+    );
+    let stats = driver.await.unwrap();
+    assert_eq!((stats.failed_batches, stats.failed_items), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_producers_lose_nothing_when_they_all_close() {
+    let (log, sink) = recording();
+    let (batcher, driver) = Batcher::builder()
+        .max_size(16)
+        .max_linger(Duration::from_millis(1))
+        .queue_capacity(8)
+        .build(sink)
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let mut producers = Vec::new();
+    for p in 0..8u32 {
+        let batcher = batcher.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..250 {
+                drop(batcher.send(p * 1_000 + i).await.unwrap());
+            }
+        }));
+    }
+    drop(batcher);
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let stats = driver.await.unwrap();
+    assert_eq!(stats.items, 2_000);
+    let mut all = log.lock().concat();
+    all.sort_unstable();
+    let expected: Vec<u32> = (0..8u32)
+        .flat_map(|p| (0..250).map(move |i| p * 1_000 + i))
+        .collect();
+    assert_eq!(all, expected);
+    assert!(log.lock().iter().all(|b| (1..=16).contains(&b.len())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn sending_to_a_stopped_driver_gives_the_item_back() {
+    let (_log, sink) = recording();
+    let (batcher, driver) = Batcher::builder().build(sink).unwrap();
+    drop(driver);
+    assert!(matches!(batcher.send(5).await, Err(Closed(5))));
+    assert!(matches!(batcher.try_send(6), Err(TrySendError::Closed(6))));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receipt_whose_driver_is_dropped_says_so() {
+    let (_log, sink) = recording();
+    let (batcher, driver) = Batcher::builder().build(sink).unwrap();
+    let receipt = batcher.send(1).await.unwrap();
+    drop(driver);
+    assert!(matches!(receipt.await, Err(FlushError::Dropped)));
+}
+
+#[test]
+fn zero_sizes_are_build_errors() {
+    let (_log, sink) = recording();
+    let err = Batcher::builder().max_size(0).build(sink).unwrap_err();
+    assert!(matches!(err, BuildError::Zero("max_size")), "{err}");
+    let (_log, sink) = recording();
+    let err = Batcher::builder()
+        .queue_capacity(0)
+        .build(sink)
+        .unwrap_err();
+    assert!(matches!(err, BuildError::Zero("queue_capacity")), "{err}");
+}
