@@ -108,11 +108,19 @@
 mod blocking;
 mod cancel;
 mod cpu;
+#[cfg(feature = "tokio")]
+mod hybrid;
+#[cfg(feature = "tokio")]
+mod io;
 pub mod limit;
 mod outcome;
 mod processor;
 
 pub use blocking::BlockingMap;
 pub use cancel::CancelToken;
+#[cfg(feature = "tokio")]
+pub use hybrid::Hybrid;
+#[cfg(feature = "tokio")]
+pub use io::{AsyncIo, IoLimiter, IoStats, TokioClock};
 pub use outcome::{ItemError, PanicError, Summary};
 pub use processor::{Blocking, BuildError, Processor, ProcessorBuilder, ProcessorConfig, Stats};
