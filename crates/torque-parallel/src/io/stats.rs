@@ -68,7 +68,7 @@ impl Counters {
     /// An item's task was spawned at `now`.
     pub(crate) fn started(&self, now: Instant) {
         self.started.fetch_add(1, Relaxed);
-        self.in_flight.fetch_add(1, Relaxed);
+        let _in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
         let mut span = self.span.lock();
         if span.is_none() {
             *span = Some((now, now));
@@ -77,15 +77,15 @@ impl Counters {
         #[cfg(feature = "metrics")]
         {
             metrics::counter!("torque_parallel_io_started_total").increment(1);
-            metrics::gauge!("torque_parallel_io_in_flight").increment(1.0);
+            metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
         }
     }
 
     /// An item's task ended (or was dropped): it is no longer in flight.
     pub(crate) fn left(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        let _in_flight = self.in_flight.fetch_sub(1, Relaxed) - 1;
         #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_in_flight").decrement(1.0);
+        metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
     }
 
     /// An item ran to an end at `now` after `latency`.
@@ -124,16 +124,19 @@ impl Counters {
         metrics::counter!("torque_parallel_io_cancelled_total").increment(1);
     }
 
-    /// Items entered (`+n`) or left (`-n`) the `Hybrid` stage buffer.
+    /// `entered` items entered and `left` items left the `Hybrid` stage
+    /// buffer.
     pub(crate) fn queue(&self, entered: usize, left: usize) {
+        let mut queued = 0;
         if entered > 0 {
-            self.queued.fetch_add(entered, Relaxed);
+            queued = self.queued.fetch_add(entered, Relaxed) + entered;
         }
         if left > 0 {
-            self.queued.fetch_sub(left, Relaxed);
+            queued = self.queued.fetch_sub(left, Relaxed) - left;
         }
         #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_queued").set(self.queued.load(Relaxed) as f64);
+        metrics::gauge!("torque_parallel_io_queued").set(queued as f64);
+        let _ = queued;
     }
 
     pub(crate) fn snapshot(&self, limiter: crate::limit::Stats) -> IoStats {
