@@ -629,9 +629,11 @@ where
         let timeout = self.timeout;
         let counters = Arc::clone(&self.counters);
         counters.started(TokioClock.now());
+        // Leaves in-flight when the task ends, panics or is aborted (even
+        // before its first poll: the guard is moved in, not made inside).
+        let in_flight = InFlight(Arc::clone(&counters));
         let handle = self.tasks.spawn(async move {
-            // Leaves in-flight when the task ends, is aborted or panics.
-            let _in_flight = InFlight(&counters);
+            let _in_flight = in_flight;
             let started = tokio::time::Instant::now();
             let result = match timeout {
                 Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
@@ -663,9 +665,9 @@ where
 }
 
 /// Counts an item task out of in-flight when dropped.
-struct InFlight<'a>(&'a Counters);
+struct InFlight(Arc<Counters>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.left();
     }

@@ -364,3 +364,21 @@ fn builder_refuses_a_zero_limit_or_timeout() {
     );
     let _fixed = Fixed::new(1);
 }
+
+/// Regression: a task aborted before its first poll still left in-flight.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn in_flight_returns_to_zero_when_tasks_are_aborted_unpolled() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let mut batch = Box::pin(p.async_io().map(0..8u32, |x| async move {
+        sleep(1_000 * MS).await;
+        x
+    }));
+    // One poll spawns the tasks; dropping the batch before the runtime ever
+    // polls them aborts them unpolled.
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(batch.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(p.stats().io.in_flight, 8);
+    drop(batch);
+    settle(|| p.stats().io.in_flight == 0).await;
+}
