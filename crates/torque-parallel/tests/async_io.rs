@@ -382,3 +382,34 @@ async fn in_flight_returns_to_zero_when_tasks_are_aborted_unpolled() {
     drop(batch);
     settle(|| p.stats().io.in_flight == 0).await;
 }
+
+/// The batch futures are `Send`: they can be spawned, and on a multi-thread
+/// runtime the items run on several workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_can_be_spawned_on_a_multi_thread_runtime() {
+    let p = Processor::builder().build().unwrap();
+    let batch = p.async_io().map(0..2_000u64, |x| async move {
+        tokio::task::yield_now().await;
+        x * 3
+    });
+    let out = tokio::spawn(batch).await.unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u64 * 3)
+    );
+
+    let hybrid = p.hybrid().map(
+        (0..500u64).collect::<Vec<_>>(),
+        |x| x + 1,
+        |y| async move { y * 2 },
+    );
+    let out = tokio::spawn(hybrid).await.unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == (i as u64 + 1) * 2)
+    );
+    let s = p.stats().io;
+    assert_eq!((s.succeeded, s.in_flight, s.queued), (2_500, 0, 0));
+}
