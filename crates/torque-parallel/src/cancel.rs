@@ -2,6 +2,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Waker;
+
+use parking_lot::Mutex;
 
 /// A cancellation flag shared between a batch and whoever may stop it.
 ///
@@ -10,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// are skipped (they come back as [`ItemError::Cancelled`](crate::ItemError::Cancelled))
 /// and the batch returns as soon as the items already running finish.
 /// Items are checked one at a time, so an item shorter than 100 ms means the
-/// batch stops within 100 ms.
+/// batch stops within 100 ms. Async batches are woken by the cancel and abort
+/// their running items at once.
 ///
 /// ```
 /// use torque_parallel::CancelToken;
@@ -21,7 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// assert!(token.is_cancelled());
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    cancelled: AtomicBool,
+    /// Async batches waiting on this token; woken by `cancel`.
+    wakers: Mutex<Vec<Waker>>,
+}
 
 impl CancelToken {
     /// A token that is not cancelled.
@@ -31,7 +42,11 @@ impl CancelToken {
 
     /// Cancels every batch that uses this token (or a clone of it).
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.cancelled.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut *self.0.wakers.lock());
+        for waker in wakers {
+            waker.wake();
+        }
     }
 
     /// Whether [`cancel`](CancelToken::cancel) was called.
@@ -39,6 +54,28 @@ impl CancelToken {
     pub fn is_cancelled(&self) -> bool {
         // Relaxed is enough for a stop flag: an item started just after the
         // store is allowed; Release/Acquire would only order unrelated data.
-        self.0.load(Ordering::Relaxed)
+        self.0.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Asks to be woken by [`cancel`](CancelToken::cancel). Returns `false`
+    /// (and registers nothing) when the token is already cancelled.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn register(&self, waker: &Waker) -> bool {
+        let mut wakers = self.0.wakers.lock();
+        // Checked under the lock: `cancel` stores the flag before it takes
+        // the wakers, so a waker pushed here is either taken or sees the flag.
+        if self.0.cancelled.load(Ordering::Acquire) {
+            return false;
+        }
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        true
+    }
+
+    /// Forgets a waker given to [`register`](CancelToken::register).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn unregister(&self, waker: &Waker) {
+        self.0.wakers.lock().retain(|w| !w.will_wake(waker));
     }
 }

@@ -212,6 +212,16 @@ impl Cpu {
         }
     }
 
+    /// Runs `job` on this strategy's rayon pool, detached (the `Hybrid`
+    /// strategy's CPU stage).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        match &self.pool {
+            Some(p) => p.spawn(job),
+            None => rayon::spawn(job),
+        }
+    }
+
     pub(crate) fn learned_cost(&self, key: usize) -> Option<Duration> {
         let slot = self.table.slot(key);
         match slot.cost_ps.load(Relaxed) {
@@ -529,6 +539,7 @@ impl<R> Part<R> {
             value: self.value,
             panics: self.panics,
             cancelled: self.cancelled,
+            timed_out: 0,
         }
     }
 }

@@ -5,7 +5,10 @@
 //! from the work itself — a batch cheaper than waking rayon's threads runs on
 //! the calling thread, a bigger one splits like rayon with a grain sized from
 //! the measured per-item cost — and blocking work on a fixed set of dedicated
-//! threads behind a bounded queue, from sync or async code. Every item's panic
+//! threads behind a bounded queue, from sync or async code. With the `tokio`
+//! feature it runs I/O-bound work as tokio tasks under an adaptive
+//! concurrency limit (`Processor::async_io`), and pipelines of a CPU stage
+//! feeding an I/O stage (`Processor::hybrid`). Every item's panic
 //! is caught and becomes that item's [`ItemError`]; a [`CancelToken`] stops a
 //! batch between items; a memory budget bounds the weight of the items in
 //! flight. Nothing buffers without bound.
@@ -85,15 +88,47 @@
 //!
 //! Async callers wait with `limiter.acquire().await`, which is cancel safe.
 //!
+//! ## Async and Hybrid (feature `tokio`)
+//! ```
+//! # #[cfg(feature = "tokio")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), torque_parallel::BuildError> {
+//! use torque_parallel::Processor;
+//!
+//! let processor = Processor::builder().build()?;
+//!
+//! // I/O-bound items as tokio tasks, as many at once as the adaptive limit
+//! // allows; results in input order.
+//! let out = processor
+//!     .async_io()
+//!     .map(["a", "bb"], |key| async move { key.len() /* a round trip */ })
+//!     .await;
+//! assert_eq!(*out[1].as_ref().unwrap(), 2);
+//!
+//! // A CPU stage on rayon feeding an I/O stage, with backpressure between.
+//! let out = processor
+//!     .hybrid()
+//!     .map(vec![3u64, 4], |n| n * n, |sq| async move { sq + 1 })
+//!     .await;
+//! assert_eq!(*out[1].as_ref().unwrap(), 17);
+//!
+//! let io = processor.stats().io;
+//! assert_eq!((io.succeeded, io.in_flight), (4, 0));
+//! # Ok(()) }
+//! # #[cfg(not(feature = "tokio"))]
+//! # fn main() {}
+//! ```
+//!
 //! # What is here and what is not
 //! Built: the `Cpu` strategy (`map`, `try_map`, `map_reduce`, `for_each`,
 //! `map_weighted` over slices), the `Blocking` strategy
 //! ([`Processor::blocking`]: sync and async `map`/`try_map`, weighted
-//! variants), the limiters, [`batch`] (a size- and time-bounded
-//! `Batcher` behind the `tokio` feature, and an adaptive
-//! [`BatchSizer`](batch::BatchSizer)) and [`balance`] (round-robin,
-//! least-busy, power of two choices with peak-EWMA). **Not built yet:** the
-//! `Async` strategy (tokio tasks under a limiter) and the `Hybrid` strategy.
+//! variants), the `Async` strategy (`async_io()`: `map`, `try_map`,
+//! `for_each`, `as_completed` over an iterator or a stream) and the `Hybrid`
+//! strategy (`hybrid()`), both with the `tokio` feature, the limiters,
+//! [`batch`] (a size- and time-bounded `Batcher` behind the `tokio` feature,
+//! and an adaptive [`BatchSizer`](batch::BatchSizer)) and [`balance`]
+//! (round-robin, least-busy, power of two choices with peak-EWMA).
 //!
 //! # Feature flags
 //! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
@@ -104,12 +139,17 @@
 //!   `torque_parallel_limiter_{acquired,rejected,overloads,ignored}_total`,
 //!   histogram `torque_parallel_limiter_latency_seconds`, gauges
 //!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
-//!   that is the application's job).
+//!   that is the application's job). With `tokio` too, the async strategies'
+//!   counters `torque_parallel_io_{started,succeeded,failed,timed_out,panicked,cancelled}_total`,
+//!   histogram `torque_parallel_io_latency_seconds` and gauges
+//!   `torque_parallel_io_{in_flight,queued}`.
 //! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
 //!   plain configuration that builds any limit algorithm.
-//! - `tokio`: `batch::Batcher`, the batcher's queue and driver (tokio's
-//!   `sync` and `time`; the driver is a future you spawn). The sans-IO
-//!   `batch::BatchSizer` and `balance` need no feature.
+//! - `tokio`: the `Async` and `Hybrid` strategies (`Processor::async_io`,
+//!   `Processor::hybrid`, `Stats::io`) and `batch::Batcher` (the driver is a
+//!   future you spawn). Pulls in `tokio` (`rt`, `time`, `sync`) and
+//!   `futures-util`. The sans-IO `batch::BatchSizer` and `balance` need no
+//!   feature.
 //!
 //! Without features the crate depends on `rayon`, `parking_lot` and `thiserror`.
 
@@ -119,6 +159,10 @@ mod blocking;
 mod cancel;
 mod cpu;
 mod error;
+#[cfg(feature = "tokio")]
+mod hybrid;
+#[cfg(feature = "tokio")]
+mod io;
 pub mod limit;
 mod outcome;
 mod processor;
@@ -132,5 +176,9 @@ struct GuideDoctests;
 pub use blocking::BlockingMap;
 pub use cancel::CancelToken;
 pub use error::BuildError;
+#[cfg(feature = "tokio")]
+pub use hybrid::Hybrid;
+#[cfg(feature = "tokio")]
+pub use io::{AsyncIo, IoLimiter, IoStats, TokioClock};
 pub use outcome::{ItemError, PanicError, Summary};
 pub use processor::{Blocking, Processor, ProcessorBuilder, ProcessorConfig, Stats};

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 /// Why one item of a batch has no value. The rest of the batch is unaffected.
 ///
@@ -18,8 +19,12 @@ pub enum ItemError<E = Infallible> {
     Failed(E),
     /// The closure panicked on this item; the panic was caught and the batch went on.
     Panicked(PanicError),
-    /// The batch was cancelled before this item ran.
+    /// The batch was cancelled before this item ran (or, for the `Async`
+    /// strategy, while it ran: its task was aborted).
     Cancelled,
+    /// The item did not finish within the strategy's per-item timeout
+    /// (`Async` and `Hybrid` strategies); the limiter counted it as overload.
+    TimedOut(Duration),
 }
 
 impl<E> ItemError<E> {
@@ -32,6 +37,11 @@ impl<E> ItemError<E> {
     pub fn is_cancelled(&self) -> bool {
         matches!(self, ItemError::Cancelled)
     }
+
+    /// Whether the item ran past its per-item timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ItemError::TimedOut(_))
+    }
 }
 
 impl<E: fmt::Display> fmt::Display for ItemError<E> {
@@ -40,6 +50,7 @@ impl<E: fmt::Display> fmt::Display for ItemError<E> {
             ItemError::Failed(e) => write!(f, "item failed: {e}"),
             ItemError::Panicked(p) => write!(f, "{p}"),
             ItemError::Cancelled => f.write_str("item not run: the batch was cancelled"),
+            ItemError::TimedOut(after) => write!(f, "item timed out after {after:?}"),
         }
     }
 }
@@ -49,7 +60,7 @@ impl<E: StdError + 'static> StdError for ItemError<E> {
         match self {
             ItemError::Failed(e) => Some(e),
             ItemError::Panicked(p) => Some(p),
-            ItemError::Cancelled => None,
+            ItemError::Cancelled | ItemError::TimedOut(_) => None,
         }
     }
 }
@@ -106,11 +117,13 @@ pub struct Summary<R> {
     pub panics: Vec<PanicError>,
     /// How many items did not run because the batch was cancelled.
     pub cancelled: usize,
+    /// How many items ran past their per-item timeout (`Async` strategy).
+    pub timed_out: usize,
 }
 
 impl<R> Summary<R> {
     /// Whether every item ran to completion without panicking.
     pub fn is_complete(&self) -> bool {
-        self.panics.is_empty() && self.cancelled == 0
+        self.panics.is_empty() && self.cancelled == 0 && self.timed_out == 0
     }
 }

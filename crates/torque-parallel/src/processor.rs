@@ -42,6 +42,8 @@ struct Inner {
     config: ProcessorConfig,
     blocking_threads: usize,
     queue_capacity: usize,
+    #[cfg(feature = "tokio")]
+    io: crate::io::Shared,
 }
 
 impl fmt::Debug for Processor {
@@ -75,6 +77,14 @@ pub struct ProcessorConfig {
     pub parallel_threshold: Duration,
     /// Target work per rayon leaf; default 10 µs.
     pub grain_target: Duration,
+    /// A fixed concurrency limit for the `Async` strategy; `None` (the
+    /// default) adapts it with `limit::Adaptive`.
+    pub async_limit: Option<usize>,
+    /// The longest an `Async` or `Hybrid` item may run; default none.
+    pub item_timeout: Option<Duration>,
+    /// Items the `Hybrid` strategy's CPU stage may hold ahead of its I/O
+    /// stage (running or done and waiting); default twice the CPU threads.
+    pub hybrid_buffer: Option<usize>,
 }
 
 impl Default for ProcessorConfig {
@@ -86,6 +96,9 @@ impl Default for ProcessorConfig {
             memory_budget: None,
             parallel_threshold: Duration::from_micros(50),
             grain_target: Duration::from_micros(10),
+            async_limit: None,
+            item_timeout: None,
+            hybrid_buffer: None,
         }
     }
 }
@@ -110,6 +123,11 @@ impl ProcessorBuilder {
     /// ```
     pub fn from_config(config: ProcessorConfig) -> Self {
         ProcessorBuilder { config }
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn config_mut(&mut self) -> &mut ProcessorConfig {
+        &mut self.config
     }
 
     /// Runs the `Cpu` strategy on a dedicated rayon pool of `threads` threads
@@ -212,6 +230,8 @@ impl ProcessorBuilder {
             ("cpu_threads", c.cpu_threads),
             ("blocking_threads", c.blocking_threads),
             ("queue_capacity", c.queue_capacity),
+            ("async_limit", c.async_limit),
+            ("hybrid_buffer", c.hybrid_buffer),
         ] {
             if v == Some(0) {
                 return Err(BuildError::Zero(name));
@@ -219,6 +239,9 @@ impl ProcessorBuilder {
         }
         if c.memory_budget == Some(0) {
             return Err(BuildError::Zero("memory_budget"));
+        }
+        if c.item_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(BuildError::Zero("item_timeout"));
         }
         for (name, value) in [
             ("parallel_threshold", c.parallel_threshold),
@@ -246,6 +269,11 @@ impl ProcessorBuilder {
                 blocking: OnceLock::new(),
                 blocking_threads,
                 queue_capacity,
+                #[cfg(feature = "tokio")]
+                io: crate::io::Shared::new(match c.async_limit {
+                    Some(n) => Box::new(crate::limit::Fixed::new(n)),
+                    None => Box::new(crate::limit::Adaptive::default()),
+                }),
                 config: c,
             }),
             cancel: None,
@@ -273,6 +301,10 @@ pub struct Stats {
     pub blocking_in_flight_weight: u64,
     /// The highest `blocking_in_flight_weight` seen.
     pub blocking_peak_in_flight_weight: u64,
+    /// The `Async` and `Hybrid` strategies: throughput, in flight, limit,
+    /// queue depth, latency percentiles, rejections.
+    #[cfg(feature = "tokio")]
+    pub io: crate::io::IoStats,
 }
 
 impl Processor {
@@ -514,7 +546,24 @@ impl Processor {
             blocking_queued: pool.queued,
             blocking_in_flight_weight: pool.in_flight_weight,
             blocking_peak_in_flight_weight: pool.peak_in_flight_weight,
+            #[cfg(feature = "tokio")]
+            io: self.inner.io.stats(),
         }
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn io(&self) -> &crate::io::Shared {
+        &self.inner.io
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn cancel_token(&self) -> Option<&CancelToken> {
+        self.cancel.as_ref()
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn cpu(&self) -> &Cpu {
+        &self.inner.cpu
     }
 
     fn pool(&self) -> Option<&BlockingPool> {

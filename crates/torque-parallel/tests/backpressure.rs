@@ -115,3 +115,61 @@ async fn async_batch_waits_for_room_without_blocking_the_runtime() {
     assert_eq!(values, vec![0, 1, 2, 3, 4]);
     assert!(p.stats().blocking_peak_in_flight_weight <= 2);
 }
+
+/// The `Async` strategy against a model: results in input order, never more
+/// than the limit running, never more than limit + 1 items taken from the
+/// input and not done — whatever the limit and the latencies.
+#[cfg(feature = "tokio")]
+mod async_io {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use torque_parallel::Processor;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn async_in_flight_and_input_stay_within_the_limit(
+            delays in prop::collection::vec(0u64..=20, 0..80),
+            limit in 1usize..=12,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let p = Processor::builder().async_limit(limit).build().unwrap();
+            let taken = Arc::new(AtomicUsize::new(0));
+            let done = Arc::new(AtomicUsize::new(0));
+            let running = Arc::new(AtomicUsize::new(0));
+            let worst = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+            let input = {
+                let taken = Arc::clone(&taken);
+                delays.clone().into_iter().inspect(move |_| {
+                    taken.fetch_add(1, SeqCst);
+                })
+            };
+            let (t, d, r, w) = (Arc::clone(&taken), Arc::clone(&done), Arc::clone(&running), Arc::clone(&worst));
+            let out = rt.block_on(p.async_io().map(input, move |ms| {
+                let (t, d, r, w) = (Arc::clone(&t), Arc::clone(&d), Arc::clone(&r), Arc::clone(&w));
+                async move {
+                    let now = r.fetch_add(1, SeqCst) + 1;
+                    w.0.fetch_max(now, SeqCst);
+                    w.1.fetch_max(t.load(SeqCst) - d.load(SeqCst), SeqCst);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    r.fetch_sub(1, SeqCst);
+                    d.fetch_add(1, SeqCst);
+                    ms
+                }
+            }));
+            let got: Vec<u64> = out.into_iter().map(Result::unwrap).collect();
+            prop_assert_eq!(got, delays);
+            prop_assert!(worst.0.load(SeqCst) <= limit);
+            prop_assert!(worst.1.load(SeqCst) <= limit + 1);
+            prop_assert_eq!(p.stats().io.in_flight, 0);
+        }
+    }
+}

@@ -108,3 +108,55 @@ fn facade_sees_what_stats_sees() {
         assert_eq!(limiter.stats().rejected, 1);
     });
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_batches_publish_io_metrics() {
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let p = torque_parallel::Processor::builder()
+                .async_limit(4)
+                .build()
+                .unwrap();
+            let out = p
+                .async_io()
+                .timeout(Duration::from_millis(50))
+                .try_map(0..10u64, |x| async move {
+                    tokio::time::sleep(Duration::from_millis(10 * x)).await;
+                    assert!(x != 2, "two");
+                    if x == 3 { Err("three") } else { Ok(x) }
+                })
+                .await;
+            assert_eq!(out.len(), 10);
+            let s = p.stats().io;
+            assert_eq!(recorder.get("torque_parallel_io_started_total"), s.started);
+            assert_eq!(
+                recorder.get("torque_parallel_io_succeeded_total"),
+                s.succeeded
+            );
+            assert_eq!(recorder.get("torque_parallel_io_failed_total"), s.failed);
+            assert_eq!(
+                recorder.get("torque_parallel_io_timed_out_total"),
+                s.timed_out
+            );
+            assert_eq!(
+                recorder.get("torque_parallel_io_panicked_total"),
+                s.panicked
+            );
+            assert_eq!(
+                (s.succeeded, s.failed, s.timed_out, s.panicked),
+                (4, 1, 4, 1)
+            );
+            assert_eq!(recorder.get("torque_parallel_io_in_flight"), 0);
+            assert!(recorder.get("torque_parallel_io_latency_seconds") > 0);
+            // The limiter's own metrics see the same permits.
+            assert_eq!(recorder.get("torque_parallel_limiter_acquired_total"), 10);
+        });
+    });
+}

@@ -1,0 +1,71 @@
+//! Instruction counts of the `Async` strategy against `buffer_unordered` on
+//! the simulated backend of `benches/parallel_async.rs`, for callgrind
+//! (repeatable on a shared machine, unlike time):
+//!
+//! ```text
+//! cargo build --release -p torque-benches --example parallel_async_callgrind
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/parallel_async_callgrind MODE N ITEMS
+//! ```
+//!
+//! MODE: `torque` (`async_io()` under `Fixed(N)`), `torque-adaptive` (the
+//! processor's default limiter; N unused) or `buffer_unordered` (the
+//! hand-written peer). The cost per item is the difference in instructions
+//! between ITEMS and 0 items, divided by ITEMS. The sleeps run on tokio's
+//! paused clock, so they add timer work but no waiting.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use torque_parallel::Processor;
+use torque_parallel::limit::{ConcurrencyLimiter, Fixed};
+
+async fn request(i: u64) -> u64 {
+    tokio::time::sleep(Duration::from_millis(1 + (i * 7) % 10)).await;
+    i
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: parallel_async_callgrind torque|torque-adaptive|buffer_unordered N ITEMS";
+    let (Some(mode), Some(n), Some(items)) = (args.get(1), args.get(2), args.get(3)) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let (Ok(n), Ok(items)) = (n.parse::<usize>(), items.parse::<u64>()) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    let p = Processor::builder().build().expect("processor");
+    let done = rt.block_on(async {
+        match mode.as_str() {
+            "torque" => p
+                .async_io()
+                .with_limiter(ConcurrencyLimiter::new(Fixed::new(n)))
+                .map(0..items, request)
+                .await
+                .len(),
+            "torque-adaptive" => p.async_io().map(0..items, request).await.len(),
+            "buffer_unordered" => {
+                let mut out: Vec<Option<u64>> = vec![None; items as usize];
+                let mut done = futures_util::stream::iter(0..items)
+                    .map(|i| async move { (i, request(i).await) })
+                    .buffer_unordered(n.max(1));
+                while let Some((i, v)) = done.next().await {
+                    out[i as usize] = Some(v);
+                }
+                out.len()
+            }
+            _ => {
+                eprintln!("{usage}");
+                std::process::exit(2);
+            }
+        }
+    });
+    println!("{mode} N={n}: {done} items");
+}

@@ -1,0 +1,332 @@
+//! The `Hybrid` strategy: a CPU stage on rayon feeding an I/O stage (the
+//! `Async` strategy) through a bounded channel.
+//!
+//! The CPU stage is a stream polled by the I/O stage's driver: when the
+//! driver wants an item, the stage hands over one whose CPU part is done and
+//! tops itself up to `hybrid_buffer` items (running on rayon or done and
+//! waiting in the channel). When the I/O stage is at its limit it stops
+//! asking, so the CPU stage stops taking input: backpressure, with at most
+//! `hybrid_buffer` + limit + 1 items taken from the input at any time.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use crate::cancel::CancelToken;
+use crate::io::{AsyncIo, Counters, IoLimiter};
+use crate::limit::Limiter;
+use crate::outcome::{ItemError, PanicError};
+use crate::processor::Processor;
+
+/// The `Hybrid` strategy of a [`Processor`], from [`Processor::hybrid`]:
+/// each item goes through a CPU stage on rayon (parse, encode, compress),
+/// then an I/O stage as a tokio task under the limiter (send, store), in one
+/// pipeline with a bounded buffer between the stages.
+///
+/// An error or panic in either stage is that item's [`ItemError`]; an item
+/// that fails its CPU stage never reaches the I/O stage. Results come back
+/// in input order. Dropping the future cancels the batch: the I/O tasks are
+/// aborted, CPU work not yet started is skipped (work already running on
+/// rayon finishes and is discarded).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), torque_parallel::BuildError> {
+/// let processor = torque_parallel::Processor::builder().build()?;
+/// let out = processor
+///     .hybrid()
+///     .map(
+///         vec!["1", "22", "333"],
+///         |s| s.len(),                        // CPU stage, on rayon
+///         |n| async move { n * 100 },         // I/O stage, a tokio task
+///     )
+///     .await;
+/// assert_eq!(*out[2].as_ref().unwrap(), 300);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Hybrid<L = IoLimiter> {
+    io: AsyncIo<L>,
+    processor: Processor,
+    buffer: usize,
+}
+
+impl<L> fmt::Debug for Hybrid<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hybrid")
+            .field("io", &self.io)
+            .field("buffer", &self.buffer)
+            .finish()
+    }
+}
+
+impl Processor {
+    /// The `Hybrid` strategy: a CPU stage on rayon feeding an I/O stage of
+    /// tokio tasks under the processor's limiter; see [`Hybrid`].
+    pub fn hybrid(&self) -> Hybrid {
+        let buffer = self
+            .config()
+            .hybrid_buffer
+            .unwrap_or_else(|| 2 * self.cpu().threads())
+            .max(1);
+        Hybrid {
+            io: self.async_io(),
+            processor: self.clone(),
+            buffer,
+        }
+    }
+}
+
+impl<L: Limiter + 'static> Hybrid<L> {
+    /// Runs the I/O stage under `limiter`; see [`AsyncIo::with_limiter`].
+    pub fn with_limiter<M: Limiter + 'static>(self, limiter: M) -> Hybrid<M> {
+        Hybrid {
+            io: self.io.with_limiter(limiter),
+            processor: self.processor,
+            buffer: self.buffer,
+        }
+    }
+
+    /// Gives every item's I/O stage at most `timeout`; see
+    /// [`AsyncIo::timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.io = self.io.timeout(timeout);
+        self
+    }
+
+    /// `io(cpu(item))` for every item; results in input order.
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn map<I, C, U, F, Fut, R>(
+        self,
+        items: I,
+        cpu: C,
+        mut io: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError>>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        C: Fn(I::Item) -> U + Send + Sync + 'static,
+        U: Send + 'static,
+        F: FnMut(U) -> Fut,
+        Fut: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.try_map(
+            items,
+            move |x| Ok::<U, Infallible>(cpu(x)),
+            move |u| {
+                let fut = io(u);
+                async move { Ok(fut.await) }
+            },
+        )
+    }
+
+    /// Like [`map`](Hybrid::map) with fallible stages: an `Err(e)` from
+    /// either is that item's [`ItemError::Failed`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use torque_parallel::ItemError;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor
+    ///     .hybrid()
+    ///     .try_map(
+    ///         vec!["7", "x", "0"],
+    ///         |s| s.parse::<u32>().map_err(|e| e.to_string()),
+    ///         |n| async move { 100u32.checked_div(n).ok_or_else(|| "zero".to_string()) },
+    ///     )
+    ///     .await;
+    /// assert_eq!(*out[0].as_ref().unwrap(), 14);
+    /// assert!(matches!(&out[1], Err(ItemError::Failed(_)))); // CPU stage
+    /// assert!(matches!(&out[2], Err(ItemError::Failed(e)) if e == "zero")); // I/O stage
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn try_map<I, C, U, F, Fut, R, E>(
+        self,
+        items: I,
+        cpu: C,
+        io: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError<E>>>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        C: Fn(I::Item) -> Result<U, E> + Send + Sync + 'static,
+        U: Send + 'static,
+        F: FnMut(U) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.try_map_stream(futures_util::stream::iter(items), cpu, io)
+    }
+
+    /// Like [`try_map`](Hybrid::try_map) for items from a [`Stream`].
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn try_map_stream<S, C, U, F, Fut, R, E>(
+        self,
+        items: S,
+        cpu: C,
+        io: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError<E>>>>
+    where
+        S: Stream,
+        S::Item: Send + 'static,
+        C: Fn(S::Item) -> Result<U, E> + Send + Sync + 'static,
+        U: Send + 'static,
+        F: FnMut(U) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        crate::io::collect_in_order(self.as_completed_stream(items, cpu, io))
+    }
+
+    /// The results of [`try_map_stream`](Hybrid::try_map_stream) as they
+    /// complete: a [`Stream`] of `(input index, result)`.
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn as_completed_stream<S, C, U, F, Fut, R, E>(
+        self,
+        items: S,
+        cpu: C,
+        io: F,
+    ) -> impl Stream<Item = (usize, Result<R, ItemError<E>>)>
+    where
+        S: Stream,
+        S::Item: Send + 'static,
+        C: Fn(S::Item) -> Result<U, E> + Send + Sync + 'static,
+        U: Send + 'static,
+        F: FnMut(U) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let stage = CpuStage {
+            input: Some(Box::pin(items)),
+            next_index: 0,
+            cpu: Arc::new(cpu),
+            cancel: self.processor.cancel_token().cloned(),
+            counters: Arc::clone(&self.processor.io().counters),
+            processor: self.processor,
+            tx,
+            rx,
+            outstanding: 0,
+            buffer: self.buffer,
+        };
+        self.io.run(stage, io)
+    }
+}
+
+type Staged<U, E> = (usize, Result<U, ItemError<E>>);
+
+/// The CPU stage: a stream of items whose CPU part is done, in completion
+/// order, with at most `buffer` items taken and not yet handed over.
+struct CpuStage<S, C, U, E> {
+    input: Option<Pin<Box<S>>>,
+    next_index: usize,
+    cpu: Arc<C>,
+    cancel: Option<CancelToken>,
+    counters: Arc<Counters>,
+    processor: Processor,
+    tx: mpsc::Sender<Staged<U, E>>,
+    rx: mpsc::Receiver<Staged<U, E>>,
+    /// Items dispatched to rayon and not yet handed over.
+    outstanding: usize,
+    buffer: usize,
+}
+
+impl<S, C, U, E> CpuStage<S, C, U, E>
+where
+    S: Stream,
+    S::Item: Send + 'static,
+    C: Fn(S::Item) -> Result<U, E> + Send + Sync + 'static,
+    U: Send + 'static,
+    E: Send + 'static,
+{
+    fn dispatch(&mut self, x: S::Item) {
+        let index = self.next_index;
+        self.next_index += 1;
+        self.outstanding += 1;
+        self.counters.queue(1, 0);
+        let tx = self.tx.clone();
+        let cpu = Arc::clone(&self.cpu);
+        let cancel = self.cancel.clone();
+        self.processor.cpu().spawn(move || {
+            let result = if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                Err(ItemError::Cancelled)
+            } else {
+                match catch_unwind(AssertUnwindSafe(|| cpu(x))) {
+                    Ok(Ok(u)) => Ok(u),
+                    Ok(Err(e)) => Err(ItemError::Failed(e)),
+                    Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+                }
+            };
+            // Never full: at most `buffer` items are outstanding. Fails only
+            // when the batch is gone, and then the result is not wanted.
+            let _ = tx.try_send((index, result));
+        });
+    }
+}
+
+impl<S, C, U, E> Stream for CpuStage<S, C, U, E>
+where
+    S: Stream,
+    S::Item: Send + 'static,
+    C: Fn(S::Item) -> Result<U, E> + Send + Sync + 'static,
+    U: Send + 'static,
+    E: Send + 'static,
+{
+    type Item = Staged<U, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Unpin: the input is boxed and nothing else is pinned.
+        let this = self.get_mut();
+        while this.outstanding < this.buffer {
+            let Some(input) = this.input.as_mut() else {
+                break;
+            };
+            match input.as_mut().poll_next(cx) {
+                Poll::Ready(Some(x)) => this.dispatch(x),
+                Poll::Ready(None) => this.input = None,
+                Poll::Pending => break,
+            }
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                this.outstanding -= 1;
+                this.counters.queue(0, 1);
+                Poll::Ready(Some(item))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.input.is_none() && this.outstanding == 0 => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S, C, U, E> Unpin for CpuStage<S, C, U, E> {}
+
+impl<S, C, U, E> Drop for CpuStage<S, C, U, E> {
+    fn drop(&mut self) {
+        self.counters.queue(0, self.outstanding);
+    }
+}

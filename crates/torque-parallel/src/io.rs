@@ -1,0 +1,752 @@
+//! The `Async` strategy: I/O-bound items as tokio tasks, as many at once as
+//! a [`Limiter`] allows.
+//!
+//! One driver ([`Completions`]) runs in the caller's task. It takes an item
+//! from the input only when it can start it soon (at most one item waits for
+//! a permit), takes a permit from the limiter, and spawns the item's future
+//! into a [`JoinSet`] it owns. Each task times its item, completes the
+//! limiter token with the outcome (success, overload on timeout, ignore on
+//! error or panic) and hands back `(index, result)`. Dropping the driver
+//! drops the `JoinSet`, which aborts every task: nothing outlives the batch.
+
+mod stats;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::{Stream, StreamExt};
+use tokio::task::{Id, JoinSet};
+
+pub use self::stats::IoStats;
+pub(crate) use self::stats::{Counters, Ended};
+use crate::cancel::CancelToken;
+use crate::limit::{Algorithm, Clock, ConcurrencyLimiter, Limiter, Token};
+use crate::outcome::{ItemError, PanicError, Summary};
+use crate::processor::{Processor, ProcessorBuilder};
+
+/// The limiter a [`Processor`] uses for its async batches unless told
+/// otherwise: the configured algorithm ([`limit::Adaptive`](crate::limit::Adaptive)
+/// by default, [`limit::Fixed`](crate::limit::Fixed) with
+/// [`async_limit`](crate::ProcessorBuilder::async_limit)) timed by tokio's
+/// clock.
+pub type IoLimiter = ConcurrencyLimiter<Box<dyn Algorithm>, TokioClock>;
+
+/// A [`Clock`] reading tokio's clock, so that latencies follow a paused test
+/// clock (`tokio::time::pause`); outside a paused runtime it is the system
+/// clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+/// The state of the `Async` strategy a processor shares between its batches.
+pub(crate) struct Shared {
+    pub(crate) limiter: IoLimiter,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl Shared {
+    pub(crate) fn new(algorithm: Box<dyn Algorithm>) -> Self {
+        Shared {
+            limiter: ConcurrencyLimiter::with_clock(algorithm, TokioClock),
+            counters: Arc::new(Counters::default()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> IoStats {
+        self.counters.snapshot(self.limiter.stats())
+    }
+}
+
+/// Settings of the `Async` and `Hybrid` strategies.
+impl ProcessorBuilder {
+    /// A fixed concurrency limit for the `Async` strategy instead of the
+    /// adaptive one ([`limit::Adaptive`](crate::limit::Adaptive), which
+    /// finds the limit from the latencies it observes).
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().async_limit(32).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn async_limit(mut self, limit: usize) -> Self {
+        self.config_mut().async_limit = Some(limit);
+        self
+    }
+
+    /// The longest an `Async` or `Hybrid` item may take (default: no
+    /// limit); a slower item comes back [`ItemError::TimedOut`] and counts
+    /// as overload for the limiter.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let processor = torque_parallel::Processor::builder()
+    ///     .item_timeout(Duration::from_secs(2))
+    ///     .build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn item_timeout(mut self, timeout: Duration) -> Self {
+        self.config_mut().item_timeout = Some(timeout);
+        self
+    }
+
+    /// How many items the `Hybrid` strategy's CPU stage may hold ahead of
+    /// its I/O stage, running or done (default twice the CPU threads): the
+    /// capacity of the channel between the stages.
+    ///
+    /// ```
+    /// let processor = torque_parallel::Processor::builder().hybrid_buffer(16).build()?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn hybrid_buffer(mut self, items: usize) -> Self {
+        self.config_mut().hybrid_buffer = Some(items);
+        self
+    }
+}
+
+/// The `Async` strategy of a [`Processor`], from [`Processor::async_io`]:
+/// every item is a future run as a tokio task, with at most as many running
+/// as the limiter allows.
+///
+/// Methods consume the handle (it is a cheap clone of the processor) and
+/// return futures and streams that own everything they need, so they can be
+/// spawned. They must be polled inside a tokio runtime (with its time driver
+/// if a [`timeout`](AsyncIo::timeout) is set).
+///
+/// Every method comes in two forms: items from an iterator (`map`) or from a
+/// [`Stream`] (`map_stream`). Results come back in input order (`map`,
+/// `try_map`) or as they complete ([`as_completed`](AsyncIo::as_completed)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), torque_parallel::BuildError> {
+/// use torque_parallel::Processor;
+///
+/// let processor = Processor::builder().build()?;
+/// let out = processor.async_io().map(1..=3u64, |x| async move { x * 10 }).await;
+/// assert_eq!(*out[2].as_ref().unwrap(), 30);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncIo<L = IoLimiter> {
+    processor: Processor,
+    limiter: Arc<L>,
+    timeout: Option<Duration>,
+}
+
+impl<L> fmt::Debug for AsyncIo<L> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncIo")
+            .field("processor", &self.processor)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Processor {
+    /// The `Async` strategy: I/O-bound items as tokio tasks under the
+    /// processor's limiter (adaptive unless configured otherwise), shared by
+    /// all its async batches so that what it learns about the backend
+    /// carries over.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// let processor = torque_parallel::Processor::builder().async_limit(8).build()?;
+    /// let lens = processor
+    ///     .async_io()
+    ///     .map(["a", "bcd"], |s| async move { s.len() })
+    ///     .await;
+    /// assert_eq!(*lens[1].as_ref().unwrap(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn async_io(&self) -> AsyncIo {
+        AsyncIo {
+            processor: self.clone(),
+            limiter: Arc::new(self.io().limiter.clone()),
+            timeout: self.config().item_timeout,
+        }
+    }
+}
+
+impl<L: Limiter + 'static> AsyncIo<L> {
+    /// Runs the batches of this handle under `limiter` instead of the
+    /// processor's: a [`ConcurrencyLimiter`] with any algorithm, or any
+    /// other [`Limiter`]. Clones of a `ConcurrencyLimiter` share one limit,
+    /// so one limiter can guard a backend across processors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use torque_parallel::limit::{ConcurrencyLimiter, Fixed, Limiter};
+    ///
+    /// let limiter = ConcurrencyLimiter::new(Fixed::new(4));
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor
+    ///     .async_io()
+    ///     .with_limiter(limiter.clone())
+    ///     .map(0..10, |x| async move { x })
+    ///     .await;
+    /// assert_eq!(out.len(), 10);
+    /// assert_eq!(limiter.stats().in_flight, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_limiter<M: Limiter + 'static>(self, limiter: M) -> AsyncIo<M> {
+        AsyncIo {
+            processor: self.processor,
+            limiter: Arc::new(limiter),
+            timeout: self.timeout,
+        }
+    }
+
+    /// Gives every item at most `timeout` (default: the processor's
+    /// [`item_timeout`](crate::ProcessorBuilder::item_timeout), none unless
+    /// set). An item past it is dropped, comes back
+    /// [`ItemError::TimedOut`] and counts as overload for the limiter.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use std::time::Duration;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor
+    ///     .async_io()
+    ///     .timeout(Duration::from_millis(50))
+    ///     .map([10u64, 100], |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         ms
+    ///     })
+    ///     .await;
+    /// assert!(out[0].is_ok());
+    /// assert!(out[1].as_ref().is_err_and(|e| e.is_timeout()));
+    /// # Ok(()) }
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The limiter this handle runs its batches under.
+    pub fn limiter(&self) -> &L {
+        &self.limiter
+    }
+
+    /// `f(item)` for every item, each future a task under the limit; the
+    /// results in input order. A panicking future is that item's
+    /// [`ItemError::Panicked`]; the batch goes on.
+    ///
+    /// Dropping the returned future cancels the batch and aborts its tasks.
+    /// With the processor's [`CancelToken`] cancelled, the batch stops at
+    /// once: running items are aborted and come back
+    /// [`ItemError::Cancelled`], no further item is taken from the input, and
+    /// the vector ends at the last item taken.
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime (like `tokio::spawn`).
+    pub fn map<I, F, Fut, R>(
+        self,
+        items: I,
+        mut f: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError>>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.try_map(items, move |x| ok(f(x)))
+    }
+
+    /// Like [`map`](AsyncIo::map) for items from a [`Stream`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use futures_util::stream;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor
+    ///     .async_io()
+    ///     .map_stream(stream::iter(0..4u32), |x| async move { x + 1 })
+    ///     .await;
+    /// assert_eq!(*out[3].as_ref().unwrap(), 4);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn map_stream<S, F, Fut, R>(
+        self,
+        items: S,
+        mut f: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError>>>
+    where
+        S: Stream,
+        F: FnMut(S::Item) -> Fut,
+        Fut: Future<Output = R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.try_map_stream(items, move |x| ok(f(x)))
+    }
+
+    /// Like [`map`](AsyncIo::map) for fallible futures: an `Err(e)` is that
+    /// item's [`ItemError::Failed`] (the limiter ignores its latency: an
+    /// error says little about the backend's load).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use torque_parallel::ItemError;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let out = processor
+    ///     .async_io()
+    ///     .try_map(["1", "x"], |s| async move { s.parse::<u32>() })
+    ///     .await;
+    /// assert_eq!(*out[0].as_ref().unwrap(), 1);
+    /// assert!(matches!(out[1], Err(ItemError::Failed(_))));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn try_map<I, F, Fut, R, E>(
+        self,
+        items: I,
+        f: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError<E>>>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.try_map_stream(futures_util::stream::iter(items), f)
+    }
+
+    /// Like [`try_map`](AsyncIo::try_map) for items from a [`Stream`].
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn try_map_stream<S, F, Fut, R, E>(
+        self,
+        items: S,
+        f: F,
+    ) -> impl Future<Output = Vec<Result<R, ItemError<E>>>>
+    where
+        S: Stream,
+        F: FnMut(S::Item) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        collect_in_order(self.as_completed_stream(items, f))
+    }
+
+    /// Runs `f(item)` for every item for its effect.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let summary = processor
+    ///     .async_io()
+    ///     .for_each(1..=3u64, |x| {
+    ///         let total = Arc::clone(&total);
+    ///         async move { total.fetch_add(x, Ordering::Relaxed); }
+    ///     })
+    ///     .await;
+    /// assert!(summary.is_complete());
+    /// assert_eq!(total.load(Ordering::Relaxed), 6);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn for_each<I, F, Fut>(self, items: I, mut f: F) -> impl Future<Output = Summary<()>>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let completions = self.as_completed(items, move |x| ok(f(x)));
+        async move {
+            let mut summary = Summary {
+                value: (),
+                panics: Vec::new(),
+                cancelled: 0,
+                timed_out: 0,
+            };
+            let mut completions = std::pin::pin!(completions);
+            while let Some((_, result)) = completions.next().await {
+                match result {
+                    Err(ItemError::Panicked(p)) => summary.panics.push(p),
+                    Err(ItemError::Cancelled) => summary.cancelled += 1,
+                    Err(ItemError::TimedOut(_)) => summary.timed_out += 1,
+                    Ok(()) | Err(ItemError::Failed(_)) => {}
+                }
+            }
+            summary
+        }
+    }
+
+    /// The results as they complete: a [`Stream`] of `(input index,
+    /// result)`. Nothing buffers: an item is taken from the input only when
+    /// it can start, and a result waits only until the stream is polled.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let done: Vec<usize> = processor
+    ///     .async_io()
+    ///     .as_completed([30u64, 10, 20], |ms| async move {
+    ///         tokio::time::sleep(Duration::from_millis(ms)).await;
+    ///         Ok::<_, std::convert::Infallible>(ms)
+    ///     })
+    ///     .map(|(index, _)| index)
+    ///     .collect()
+    ///     .await;
+    /// assert_eq!(done, [1, 2, 0]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn as_completed<I, F, Fut, R, E>(
+        self,
+        items: I,
+        f: F,
+    ) -> impl Stream<Item = (usize, Result<R, ItemError<E>>)>
+    where
+        I: IntoIterator,
+        F: FnMut(I::Item) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        self.as_completed_stream(futures_util::stream::iter(items), f)
+    }
+
+    /// Like [`as_completed`](AsyncIo::as_completed) for items from a
+    /// [`Stream`].
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn as_completed_stream<S, F, Fut, R, E>(
+        self,
+        items: S,
+        f: F,
+    ) -> impl Stream<Item = (usize, Result<R, ItemError<E>>)>
+    where
+        S: Stream,
+        F: FnMut(S::Item) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let input = items.enumerate().map(|(i, x)| (i, Ok(x)));
+        self.run(input, f)
+    }
+
+    /// Runs a stream of `(index, item or early error)` through `f`: the
+    /// part the `Hybrid` strategy shares.
+    pub(crate) fn run<S, X, F, Fut, R, E>(self, input: S, f: F) -> Completions<S, X, F, L, R, E>
+    where
+        S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+        F: FnMut(X) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
+        let cancel = self.processor.cancel_token().cloned();
+        Completions {
+            input: Some(Box::pin(input)),
+            f,
+            limiter: self.limiter,
+            acquiring: None,
+            next: None,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            ready: VecDeque::new(),
+            cancel,
+            registered: None,
+            cancelled: false,
+            timeout: self.timeout,
+            counters: Arc::clone(&self.processor.io().counters),
+        }
+    }
+}
+
+/// Wraps an infallible future.
+async fn ok<R>(fut: impl Future<Output = R>) -> Result<R, std::convert::Infallible> {
+    Ok(fut.await)
+}
+
+/// Collects completions into input order.
+pub(crate) async fn collect_in_order<R, E>(
+    completions: impl Stream<Item = (usize, Result<R, ItemError<E>>)>,
+) -> Vec<Result<R, ItemError<E>>> {
+    let mut completions = std::pin::pin!(completions);
+    let mut out: Vec<Option<Result<R, ItemError<E>>>> = Vec::new();
+    while let Some((index, result)) = completions.next().await {
+        if out.len() <= index {
+            out.resize_with(index + 1, || None);
+        }
+        out[index] = Some(result);
+    }
+    // A gap is an item lost to a cancel between the stages of `Hybrid`.
+    out.into_iter()
+        .map(|r| r.unwrap_or(Err(ItemError::Cancelled)))
+        .collect()
+}
+
+type Acquiring = Pin<Box<dyn Future<Output = Token> + Send>>;
+
+/// The driver of an async batch: a stream of `(index, result)` in completion
+/// order. See the module docs.
+pub(crate) struct Completions<S, X, F, L, R, E> {
+    /// `None` once exhausted or cancelled.
+    input: Option<Pin<Box<S>>>,
+    f: F,
+    limiter: Arc<L>,
+    /// The permit being waited for, for `next`.
+    acquiring: Option<Acquiring>,
+    /// The one item taken from the input and waiting for a permit.
+    next: Option<(usize, X)>,
+    tasks: JoinSet<(usize, Result<R, ItemError<E>>)>,
+    /// Input index of every running task, to place an aborted or panicked one.
+    running: HashMap<Id, usize>,
+    /// Results that need no task: early errors, cancelled items.
+    ready: VecDeque<(usize, Result<R, ItemError<E>>)>,
+    cancel: Option<CancelToken>,
+    /// The waker registered with `cancel`, to unregister on drop.
+    registered: Option<Waker>,
+    cancelled: bool,
+    timeout: Option<Duration>,
+    counters: Arc<Counters>,
+}
+
+// The driver never pins `f` or the items; the input is boxed.
+impl<S, X, F, L, R, E> Unpin for Completions<S, X, F, L, R, E> {}
+
+impl<S, X, F, Fut, L, R, E> Completions<S, X, F, L, R, E>
+where
+    S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+    F: FnMut(X) -> Fut,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    L: Limiter + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+{
+    /// Stops the batch: no more input, running tasks aborted (they come back
+    /// `Cancelled` as they are reaped), the waiting item cancelled.
+    fn cancel_all(&mut self) {
+        self.cancelled = true;
+        self.input = None;
+        self.acquiring = None;
+        if let Some((index, _)) = self.next.take() {
+            self.counters.cancelled();
+            self.ready.push_back((index, Err(ItemError::Cancelled)));
+        }
+        self.tasks.abort_all();
+    }
+
+    /// Starts items while the input has some and the limiter has permits.
+    /// Returns early when it has a ready result to hand out.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if self.next.is_none() {
+                let Some(input) = self.input.as_mut() else {
+                    return;
+                };
+                match input.as_mut().poll_next(cx) {
+                    Poll::Ready(Some((index, Ok(x)))) => self.next = Some((index, x)),
+                    Poll::Ready(Some((index, Err(e)))) => {
+                        match &e {
+                            ItemError::Panicked(_) => self.counters.panicked(),
+                            ItemError::Cancelled => self.counters.cancelled(),
+                            _ => {}
+                        }
+                        self.ready.push_back((index, Err(e)));
+                        return;
+                    }
+                    Poll::Ready(None) => {
+                        self.input = None;
+                        return;
+                    }
+                    Poll::Pending => return,
+                }
+            }
+            let acquiring = self.acquiring.get_or_insert_with(|| {
+                let limiter = Arc::clone(&self.limiter);
+                Box::pin(async move { limiter.acquire().await })
+            });
+            let Poll::Ready(token) = acquiring.as_mut().poll(cx) else {
+                return;
+            };
+            self.acquiring = None;
+            if let Some((index, x)) = self.next.take()
+                && let Some(result) = self.start(index, x, token)
+            {
+                self.ready.push_back((index, result));
+                return;
+            }
+        }
+    }
+
+    /// Spawns item `index`'s task; returns its result instead when making
+    /// its future panicked.
+    fn start(&mut self, index: usize, x: X, token: Token) -> Option<Result<R, ItemError<E>>> {
+        let fut = match catch_unwind(AssertUnwindSafe(|| (self.f)(x))) {
+            Ok(fut) => fut,
+            Err(payload) => {
+                drop(token);
+                self.counters.panicked();
+                return Some(Err(ItemError::Panicked(PanicError::from_payload(
+                    &*payload,
+                ))));
+            }
+        };
+        let timeout = self.timeout;
+        let counters = Arc::clone(&self.counters);
+        counters.started(TokioClock.now());
+        // Leaves in-flight when the task ends, panics or is aborted (even
+        // before its first poll: the guard is moved in, not made inside).
+        let in_flight = InFlight(Arc::clone(&counters));
+        let handle = self.tasks.spawn(async move {
+            let _in_flight = in_flight;
+            let started = tokio::time::Instant::now();
+            let result = match timeout {
+                Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+                None => Some(fut.await),
+            };
+            let now = tokio::time::Instant::now();
+            let latency = now - started;
+            let (ended, result) = match result {
+                Some(Ok(v)) => {
+                    token.success();
+                    (Ended::Ok, Ok(v))
+                }
+                Some(Err(e)) => {
+                    token.ignore();
+                    (Ended::Failed, Err(ItemError::Failed(e)))
+                }
+                None => {
+                    token.overload();
+                    let after = timeout.unwrap_or(latency);
+                    (Ended::TimedOut, Err(ItemError::TimedOut(after)))
+                }
+            };
+            counters.ended(ended, latency, now.into_std());
+            (index, result)
+        });
+        self.running.insert(handle.id(), index);
+        None
+    }
+}
+
+/// Counts an item task out of in-flight when dropped.
+struct InFlight(Arc<Counters>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.left();
+    }
+}
+
+impl<S, X, F, Fut, L, R, E> Stream for Completions<S, X, F, L, R, E>
+where
+    S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+    F: FnMut(X) -> Fut,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    L: Limiter + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+{
+    type Item = (usize, Result<R, ItemError<E>>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if !this.cancelled && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            this.cancel_all();
+        }
+        if this.ready.is_empty() && !this.cancelled {
+            this.fill(cx);
+        }
+        if let Some(result) = this.ready.pop_front() {
+            return Poll::Ready(Some(result));
+        }
+        loop {
+            match this.tasks.poll_join_next_with_id(cx) {
+                Poll::Ready(Some(Ok((id, item)))) => {
+                    this.running.remove(&id);
+                    return Poll::Ready(Some(item));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let Some(index) = this.running.remove(&e.id()) else {
+                        continue;
+                    };
+                    let error = if e.is_panic() {
+                        this.counters.panicked();
+                        ItemError::Panicked(PanicError::from_payload(&*e.into_panic()))
+                    } else {
+                        this.counters.cancelled();
+                        ItemError::Cancelled
+                    };
+                    return Poll::Ready(Some((index, Err(error))));
+                }
+                Poll::Ready(None) if this.input.is_none() && this.next.is_none() => {
+                    return Poll::Ready(None);
+                }
+                // Woken by the input, the limiter or a task.
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        if let Some(token) = &this.cancel
+            && !this.cancelled
+            && this
+                .registered
+                .as_ref()
+                .is_none_or(|w| !w.will_wake(cx.waker()))
+        {
+            if let Some(old) = this.registered.take() {
+                token.unregister(&old);
+            }
+            if token.register(cx.waker()) {
+                this.registered = Some(cx.waker().clone());
+            } else {
+                // Cancelled since the check above: go round again.
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
+    fn drop(&mut self) {
+        if let (Some(token), Some(waker)) = (&self.cancel, &self.registered) {
+            token.unregister(waker);
+        }
+        // Dropping `tasks` aborts every task still running.
+    }
+}

@@ -1,0 +1,284 @@
+//! Counters of the `Async` and `Hybrid` strategies, and their snapshot.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+/// Latency buckets: bucket `i` holds latencies below 2^i µs (the last one
+/// everything above), so 1 µs .. 2^38 µs (~76 h) in 40 words.
+const BUCKETS: usize = 40;
+
+/// How one item of an async batch ended, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Ok,
+    Failed,
+    TimedOut,
+}
+
+/// Shared by every async batch of one processor; updated with relaxed
+/// atomics (one increment or two per item, next to a task spawn).
+#[derive(Debug)]
+pub(crate) struct Counters {
+    started: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    panicked: AtomicU64,
+    cancelled: AtomicU64,
+    in_flight: AtomicUsize,
+    queued: AtomicUsize,
+    latency: [AtomicU64; BUCKETS],
+    /// First start and last end of an item: the span throughput is over.
+    span: Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            started: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            span: Mutex::new(None),
+        }
+    }
+}
+
+fn bucket(latency: Duration) -> usize {
+    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+    // Bucket i holds [2^(i-1), 2^i) µs; bucket 0 is under 1 µs.
+    let i = (u64::BITS - micros.leading_zeros()) as usize;
+    i.min(BUCKETS - 1)
+}
+
+/// The upper bound of bucket `i`.
+fn bucket_bound(i: usize) -> Duration {
+    Duration::from_micros(1u64 << i.min(63))
+}
+
+impl Counters {
+    /// An item's task was spawned at `now`.
+    pub(crate) fn started(&self, now: Instant) {
+        self.started.fetch_add(1, Relaxed);
+        let _in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
+        let mut span = self.span.lock();
+        if span.is_none() {
+            *span = Some((now, now));
+        }
+        drop(span);
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("torque_parallel_io_started_total").increment(1);
+            metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
+        }
+    }
+
+    /// An item's task ended (or was dropped): it is no longer in flight.
+    pub(crate) fn left(&self) {
+        let _in_flight = self.in_flight.fetch_sub(1, Relaxed) - 1;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
+    }
+
+    /// An item ran to an end at `now` after `latency`.
+    pub(crate) fn ended(&self, ended: Ended, latency: Duration, now: Instant) {
+        let counter = match ended {
+            Ended::Ok => &self.succeeded,
+            Ended::Failed => &self.failed,
+            Ended::TimedOut => &self.timed_out,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.latency[bucket(latency)].fetch_add(1, Relaxed);
+        if let Some((_, end)) = self.span.lock().as_mut() {
+            *end = (*end).max(now);
+        }
+        #[cfg(feature = "metrics")]
+        {
+            let name = match ended {
+                Ended::Ok => "torque_parallel_io_succeeded_total",
+                Ended::Failed => "torque_parallel_io_failed_total",
+                Ended::TimedOut => "torque_parallel_io_timed_out_total",
+            };
+            metrics::counter!(name).increment(1);
+            metrics::histogram!("torque_parallel_io_latency_seconds").record(latency.as_secs_f64());
+        }
+    }
+
+    pub(crate) fn panicked(&self) {
+        self.panicked.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("torque_parallel_io_panicked_total").increment(1);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("torque_parallel_io_cancelled_total").increment(1);
+    }
+
+    /// `entered` items entered and `left` items left the `Hybrid` stage
+    /// buffer.
+    pub(crate) fn queue(&self, entered: usize, left: usize) {
+        let mut queued = 0;
+        if entered > 0 {
+            queued = self.queued.fetch_add(entered, Relaxed) + entered;
+        }
+        if left > 0 {
+            queued = self.queued.fetch_sub(left, Relaxed) - left;
+        }
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("torque_parallel_io_queued").set(queued as f64);
+        let _ = queued;
+    }
+
+    pub(crate) fn snapshot(&self, limiter: crate::limit::Stats) -> IoStats {
+        let counts: [u64; BUCKETS] = std::array::from_fn(|i| self.latency[i].load(Relaxed));
+        let total: u64 = counts.iter().sum();
+        let percentile = |p: u64| {
+            if total == 0 {
+                return None;
+            }
+            // The smallest bucket holding the ceil(p% × total)-th latency.
+            let rank = (total * p).div_ceil(100).max(1);
+            let mut seen = 0;
+            counts.iter().enumerate().find_map(|(i, &c)| {
+                seen += c;
+                (seen >= rank).then(|| bucket_bound(i))
+            })
+        };
+        let span = *self.span.lock();
+        IoStats {
+            started: self.started.load(Relaxed),
+            succeeded: self.succeeded.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            panicked: self.panicked.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            queued: self.queued.load(Relaxed),
+            limit: limiter.limit,
+            waiting: limiter.waiting,
+            rejected: limiter.rejected,
+            busy: span.map_or(Duration::ZERO, |(start, end)| end - start),
+            latency_p50: percentile(50),
+            latency_p90: percentile(90),
+            latency_p99: percentile(99),
+        }
+    }
+}
+
+/// What the `Async` and `Hybrid` strategies of a processor have done, in
+/// [`Stats::io`](crate::Stats::io).
+///
+/// Latency percentiles come from a histogram with power-of-two buckets in
+/// microseconds: each is the upper bound of its bucket, so at most twice the
+/// true value. `limit`, `waiting` and `rejected` are those of the
+/// processor's own limiter (a batch run with
+/// [`AsyncIo::with_limiter`](crate::AsyncIo::with_limiter) reports into its
+/// own limiter's `stats()`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoStats {
+    /// Items whose task was started.
+    pub started: u64,
+    /// Items that completed with a value.
+    pub succeeded: u64,
+    /// Items whose future returned an error (`try_map`).
+    pub failed: u64,
+    /// Items that ran past the per-item timeout.
+    pub timed_out: u64,
+    /// Items that panicked (in either `Hybrid` stage).
+    pub panicked: u64,
+    /// Items cancelled (not started, or aborted while running).
+    pub cancelled: u64,
+    /// Item tasks running now.
+    pub in_flight: usize,
+    /// Items in the `Hybrid` strategy's CPU stage or its channel, waiting
+    /// for the I/O stage.
+    pub queued: usize,
+    /// The current concurrency limit.
+    pub limit: usize,
+    /// Batches waiting for a permit of the limiter.
+    pub waiting: usize,
+    /// Permits the limiter refused to fail-fast callers.
+    pub rejected: u64,
+    /// From the first item's start to the last item's end: the span
+    /// [`throughput`](IoStats::throughput) is measured over.
+    pub busy: Duration,
+    /// Median item latency (upper bound of its histogram bucket).
+    pub latency_p50: Option<Duration>,
+    /// 90th percentile item latency.
+    pub latency_p90: Option<Duration>,
+    /// 99th percentile item latency.
+    pub latency_p99: Option<Duration>,
+}
+
+impl IoStats {
+    /// Items that ran to an end (value, error or timeout).
+    pub fn completed(&self) -> u64 {
+        self.succeeded + self.failed + self.timed_out
+    }
+
+    /// Completed items per second over [`busy`](IoStats::busy) (0 before
+    /// two items have been timed apart).
+    pub fn throughput(&self) -> f64 {
+        let secs = self.busy.as_secs_f64();
+        if secs > 0.0 {
+            self.completed() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_powers_of_two_of_micros() {
+        assert_eq!(bucket(Duration::ZERO), 0);
+        assert_eq!(bucket(Duration::from_nanos(999)), 0);
+        assert_eq!(bucket(Duration::from_micros(1)), 1);
+        assert_eq!(bucket(Duration::from_micros(3)), 2);
+        assert_eq!(bucket(Duration::from_micros(4)), 3);
+        assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
+        for us in [1u64, 7, 100, 1_000, 65_000] {
+            let d = Duration::from_micros(us);
+            assert!(bucket_bound(bucket(d)) > d);
+            assert!(bucket_bound(bucket(d)) <= 2 * d);
+        }
+    }
+
+    #[test]
+    fn percentiles_follow_the_histogram() {
+        let c = Counters::default();
+        let now = Instant::now();
+        let limiter = crate::limit::Stats {
+            limit: 1,
+            in_flight: 0,
+            waiting: 0,
+            rejected: 0,
+        };
+        assert_eq!(c.snapshot(limiter).latency_p50, None);
+        for _ in 0..98 {
+            c.ended(Ended::Ok, Duration::from_millis(1), now);
+        }
+        c.ended(Ended::Ok, Duration::from_millis(100), now);
+        c.ended(Ended::Failed, Duration::from_millis(100), now);
+        let s = c.snapshot(limiter);
+        let ms = Duration::from_millis;
+        assert!(s.latency_p50.unwrap() >= ms(1) && s.latency_p50.unwrap() <= ms(2));
+        assert!(s.latency_p90.unwrap() <= ms(2));
+        assert!(s.latency_p99.unwrap() >= ms(100) && s.latency_p99.unwrap() <= ms(200));
+        assert_eq!((s.succeeded, s.failed, s.completed()), (99, 1, 100));
+    }
+}

@@ -1,0 +1,415 @@
+//! The `Async` strategy: order, completion order, errors and panics per
+//! item, cancellation, bounded input, and what the limiter sees. Timing
+//! runs on tokio's paused clock.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::{Instant, sleep};
+use torque_parallel::limit::{Algorithm, ConcurrencyLimiter, Fixed, Limiter, Outcome, Sample};
+use torque_parallel::{CancelToken, ItemError, Processor, TokioClock};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Counts live item futures: one per guard, gone when the future is dropped.
+#[derive(Clone, Default)]
+struct Live(Arc<AtomicUsize>);
+
+struct Guard(Arc<AtomicUsize>);
+
+impl Live {
+    fn guard(&self) -> Guard {
+        self.0.fetch_add(1, SeqCst);
+        Guard(Arc::clone(&self.0))
+    }
+    fn count(&self) -> usize {
+        self.0.load(SeqCst)
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Lets the runtime run until `cond` holds (no clock advance), failing
+/// after a bounded number of turns rather than hanging.
+async fn settle(mut cond: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition not reached");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn map_keeps_input_order_whatever_the_latencies() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let delays: Vec<u32> = (0..50).map(|i| (i * 37) % 11 + 1).collect();
+    let out = p
+        .async_io()
+        .map(delays.clone(), |ms| async move {
+            sleep(ms * MS).await;
+            ms
+        })
+        .await;
+    let got: Vec<u32> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, delays);
+    let stats = p.stats().io;
+    assert_eq!((stats.succeeded, stats.in_flight), (50, 0));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn as_completed_yields_in_completion_order() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let done: Vec<usize> = p
+        .async_io()
+        .as_completed([40u32, 10, 30, 20], |ms| async move {
+            sleep(ms * MS).await;
+            Ok::<_, ()>(ms)
+        })
+        .map(|(i, r)| {
+            assert!(r.is_ok());
+            i
+        })
+        .collect()
+        .await;
+    assert_eq!(done, [1, 3, 2, 0]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_item_is_its_own_error_and_the_batch_goes_on() {
+    let p = Processor::builder().async_limit(3).build().unwrap();
+    let out = p
+        .async_io()
+        .map(0..20u32, |x| {
+            // A panic while making the future, and one inside it.
+            assert!(x != 5, "five");
+            async move {
+                sleep(MS).await;
+                if x == 7 {
+                    panic!("seven");
+                }
+                x
+            }
+        })
+        .await;
+    assert_eq!(out.len(), 20);
+    assert!(matches!(&out[5], Err(ItemError::Panicked(e)) if e.message() == "five"));
+    assert!(matches!(&out[7], Err(ItemError::Panicked(e)) if e.message() == "seven"));
+    let ok = out.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 18);
+    assert_eq!(p.stats().io.panicked, 2);
+    assert_eq!(
+        p.async_io().limiter().stats().in_flight,
+        0,
+        "permits returned"
+    );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn try_map_errors_and_timeouts_are_per_item() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let out = p
+        .async_io()
+        .timeout(50 * MS)
+        .try_map(0..6u32, |x| async move {
+            sleep(x * 20 * MS).await;
+            if x == 1 { Err("one") } else { Ok(x) }
+        })
+        .await;
+    assert_eq!(*out[0].as_ref().unwrap(), 0);
+    assert!(matches!(out[1], Err(ItemError::Failed("one"))));
+    assert_eq!(*out[2].as_ref().unwrap(), 2);
+    for r in &out[3..] {
+        assert!(matches!(r, Err(ItemError::TimedOut(d)) if *d == 50 * MS));
+    }
+    let s = p.stats().io;
+    assert_eq!((s.succeeded, s.failed, s.timed_out), (2, 1, 3));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn stream_input_and_for_each() {
+    let p = Processor::builder().async_limit(2).build().unwrap();
+    let input = futures_util::stream::iter(0..10u32).then(|x| async move {
+        sleep(MS).await;
+        x
+    });
+    let out = p
+        .async_io()
+        .map_stream(input, |x| async move { x * 2 })
+        .await;
+    assert_eq!(out.len(), 10);
+    assert_eq!(*out[9].as_ref().unwrap(), 18);
+
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let summary = p
+        .async_io()
+        .for_each(0..10usize, move |x| {
+            let s = Arc::clone(&s);
+            async move {
+                assert!(x != 3, "three");
+                s.fetch_add(1, SeqCst);
+            }
+        })
+        .await;
+    assert_eq!(summary.panics.len(), 1);
+    assert_eq!(seen.load(SeqCst), 9);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn cancel_token_stops_the_batch_within_100ms_and_leaks_no_task() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .async_limit(16)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let live = Live::default();
+    let l = live.clone();
+    let t = token.clone();
+    tokio::spawn(async move {
+        sleep(30 * MS).await;
+        t.cancel();
+    });
+    let start = Instant::now();
+    let out = p
+        .async_io()
+        .map(0..1_000u32, move |x| {
+            let guard = l.guard();
+            async move {
+                let _guard = guard;
+                sleep(10 * 1_000 * MS).await;
+                x
+            }
+        })
+        .await;
+    let took = start.elapsed();
+    assert!(took <= 100 * MS, "took {took:?}");
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+    assert!(out.len() <= 17, "{} items taken from the input", out.len());
+    settle(|| live.count() == 0).await;
+    assert_eq!(p.stats().io.in_flight, 0);
+    assert_eq!(p.async_io().limiter().stats().in_flight, 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn dropping_the_batch_aborts_its_tasks() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let live = Live::default();
+    let l = live.clone();
+    let batch = p.async_io().map(0..100u32, move |x| {
+        let guard = l.guard();
+        async move {
+            let _guard = guard;
+            sleep(1_000 * MS).await;
+            x
+        }
+    });
+    let start = Instant::now();
+    assert!(tokio::time::timeout(20 * MS, batch).await.is_err());
+    assert!(start.elapsed() < 100 * MS);
+    settle(|| live.count() == 0).await;
+    assert_eq!(p.stats().io.in_flight, 0);
+    settle(|| p.async_io().limiter().stats().in_flight == 0).await;
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn never_takes_more_than_limit_plus_one_items_from_the_input() {
+    const LIMIT: usize = 4;
+    let p = Processor::builder().async_limit(LIMIT).build().unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let worst = Arc::new(Mutex::new((0usize, 0usize)));
+    let counting = {
+        let pulled = Arc::clone(&pulled);
+        (0..200u32).inspect(move |_| {
+            pulled.fetch_add(1, SeqCst);
+        })
+    };
+    let (d, r, w, pl) = (
+        Arc::clone(&done),
+        Arc::clone(&running),
+        Arc::clone(&worst),
+        Arc::clone(&pulled),
+    );
+    let out = p
+        .async_io()
+        .map(counting, move |x| {
+            let (d, r, w, pl) = (
+                Arc::clone(&d),
+                Arc::clone(&r),
+                Arc::clone(&w),
+                Arc::clone(&pl),
+            );
+            async move {
+                let now_running = r.fetch_add(1, SeqCst) + 1;
+                {
+                    let mut w = w.lock().unwrap();
+                    let ahead = pl.load(SeqCst) - d.load(SeqCst);
+                    *w = (w.0.max(ahead), w.1.max(now_running));
+                }
+                sleep((x % 7 + 1) * MS).await;
+                r.fetch_sub(1, SeqCst);
+                d.fetch_add(1, SeqCst);
+            }
+        })
+        .await;
+    assert_eq!(out.len(), 200);
+    let (ahead, running) = *worst.lock().unwrap();
+    assert!(running <= LIMIT, "{running} running at once");
+    assert!(ahead <= LIMIT + 1, "{ahead} items taken and not done");
+}
+
+/// Records every sample the limiter feeds its algorithm.
+#[derive(Debug, Clone, Default)]
+struct Spy(Arc<Mutex<Vec<Sample>>>);
+
+impl Algorithm for Spy {
+    fn initial_limit(&self) -> usize {
+        2
+    }
+    fn update(&mut self, sample: &Sample) -> usize {
+        self.0.lock().unwrap().push(*sample);
+        2
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_limiter_sees_each_items_latency_and_outcome() {
+    let spy = Spy::default();
+    let limiter = ConcurrencyLimiter::with_clock(spy.clone(), TokioClock);
+    let p = Processor::builder().build().unwrap();
+    let out = p
+        .async_io()
+        .with_limiter(limiter.clone())
+        .timeout(100 * MS)
+        .try_map([20u32, 30, 500, 0], |ms| async move {
+            sleep(ms * MS).await;
+            if ms == 0 { Err("refused") } else { Ok(ms) }
+        })
+        .await;
+    assert_eq!(out.len(), 4);
+    let mut samples = spy.0.lock().unwrap().clone();
+    samples.sort_by_key(|s| s.latency);
+    let seen: Vec<(Duration, Outcome)> = samples.iter().map(|s| (s.latency, s.outcome)).collect();
+    // The error is ignored (no sample), the timeout is an overload.
+    assert_eq!(
+        seen,
+        [
+            (20 * MS, Outcome::Success),
+            (30 * MS, Outcome::Success),
+            (100 * MS, Outcome::Overload),
+        ]
+    );
+    assert!(samples.iter().all(|s| s.in_flight <= 2));
+    assert_eq!(limiter.stats().in_flight, 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn stats_report_latency_percentiles_and_throughput() {
+    let p = Processor::builder().async_limit(10).build().unwrap();
+    p.async_io()
+        .map(0..100u32, |_| async { sleep(8 * MS).await })
+        .await;
+    let s = p.stats().io;
+    assert_eq!(
+        (s.started, s.succeeded, s.in_flight, s.limit),
+        (100, 100, 0, 10)
+    );
+    // Power-of-two buckets: 8 ms is reported as at most 16 ms.
+    let p50 = s.latency_p50.unwrap();
+    assert!(p50 >= 8 * MS && p50 <= 16 * MS, "{p50:?}");
+    assert_eq!(s.busy, 80 * MS);
+    assert_eq!(s.throughput().round() as u32, 1_250);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_default_adaptive_limit_runs_a_batch() {
+    let p = Processor::builder().build().unwrap();
+    let out = p
+        .async_io()
+        .map(0..500u32, |x| async move {
+            sleep(5 * MS).await;
+            x
+        })
+        .await;
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u32)
+    );
+    assert!(p.stats().io.limit >= 1);
+}
+
+#[test]
+fn builder_refuses_a_zero_limit_or_timeout() {
+    assert!(Processor::builder().async_limit(0).build().is_err());
+    assert!(Processor::builder().hybrid_buffer(0).build().is_err());
+    assert!(
+        Processor::builder()
+            .item_timeout(Duration::ZERO)
+            .build()
+            .is_err()
+    );
+    let _fixed = Fixed::new(1);
+}
+
+/// Regression: a task aborted before its first poll still left in-flight.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn in_flight_returns_to_zero_when_tasks_are_aborted_unpolled() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let mut batch = Box::pin(p.async_io().map(0..8u32, |x| async move {
+        sleep(1_000 * MS).await;
+        x
+    }));
+    // One poll spawns the tasks; dropping the batch before the runtime ever
+    // polls them aborts them unpolled.
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(batch.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(p.stats().io.in_flight, 8);
+    drop(batch);
+    settle(|| p.stats().io.in_flight == 0).await;
+}
+
+/// The batch futures are `Send`: they can be spawned, and on a multi-thread
+/// runtime the items run on several workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_can_be_spawned_on_a_multi_thread_runtime() {
+    let p = Processor::builder().build().unwrap();
+    let batch = p.async_io().map(0..2_000u64, |x| async move {
+        tokio::task::yield_now().await;
+        x * 3
+    });
+    let out = tokio::spawn(batch).await.unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u64 * 3)
+    );
+
+    let hybrid = p.hybrid().map(
+        (0..500u64).collect::<Vec<_>>(),
+        |x| x + 1,
+        |y| async move { y * 2 },
+    );
+    let out = tokio::spawn(hybrid).await.unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == (i as u64 + 1) * 2)
+    );
+    let s = p.stats().io;
+    assert_eq!((s.succeeded, s.in_flight, s.queued), (2_500, 0, 0));
+}

@@ -1,0 +1,147 @@
+//! The `Hybrid` strategy: a CPU stage on rayon feeding an I/O stage of
+//! tokio tasks, with order kept, errors from either stage, and a bounded
+//! buffer between them.
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+use torque_parallel::{CancelToken, ItemError, Processor};
+
+const MS: Duration = Duration::from_millis(1);
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn order_is_kept_and_errors_come_from_either_stage() {
+    let p = Processor::builder()
+        .cpu_threads(2)
+        .async_limit(4)
+        .build()
+        .unwrap();
+    let out = p
+        .hybrid()
+        .try_map(
+            (0..100u32).collect::<Vec<_>>(),
+            |x| {
+                assert!(x != 13, "cpu thirteen");
+                if x == 20 {
+                    Err("cpu twenty")
+                } else {
+                    Ok(x * 2)
+                }
+            },
+            |y| async move {
+                sleep((y % 5) * MS).await;
+                assert!(y != 60, "io thirty");
+                if y == 80 { Err("io forty") } else { Ok(y + 1) }
+            },
+        )
+        .await;
+    assert_eq!(out.len(), 100);
+    for (i, r) in out.iter().enumerate() {
+        match i {
+            13 => {
+                assert!(matches!(r, Err(ItemError::Panicked(p)) if p.message() == "cpu thirteen"))
+            }
+            20 => assert!(matches!(r, Err(ItemError::Failed("cpu twenty")))),
+            30 => assert!(matches!(r, Err(ItemError::Panicked(p)) if p.message() == "io thirty")),
+            40 => assert!(matches!(r, Err(ItemError::Failed("io forty")))),
+            _ => assert_eq!(*r.as_ref().unwrap(), i as u32 * 2 + 1),
+        }
+    }
+    let s = p.stats().io;
+    assert_eq!((s.panicked, s.queued, s.in_flight), (2, 0, 0));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_slow_io_stage_holds_back_the_cpu_stage() {
+    const BUFFER: usize = 3;
+    const LIMIT: usize = 2;
+    let p = Processor::builder()
+        .cpu_threads(2)
+        .hybrid_buffer(BUFFER)
+        .async_limit(LIMIT)
+        .build()
+        .unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let worst = Arc::new(Mutex::new((0usize, 0usize)));
+    let counting = {
+        let pulled = Arc::clone(&pulled);
+        (0..60u32).inspect(move |_| {
+            pulled.fetch_add(1, SeqCst);
+        })
+    };
+    let (d, w, pl, proc) = (
+        Arc::clone(&done),
+        Arc::clone(&worst),
+        Arc::clone(&pulled),
+        p.clone(),
+    );
+    let out = p
+        .hybrid()
+        .map(
+            counting,
+            |x| x,
+            move |x| {
+                let (d, w, pl) = (Arc::clone(&d), Arc::clone(&w), Arc::clone(&pl));
+                let queued = proc.stats().io.queued;
+                async move {
+                    {
+                        let mut w = w.lock().unwrap();
+                        let ahead = pl.load(SeqCst) - d.load(SeqCst);
+                        *w = (w.0.max(ahead), w.1.max(queued));
+                    }
+                    sleep(10 * MS).await;
+                    d.fetch_add(1, SeqCst);
+                    x
+                }
+            },
+        )
+        .await;
+    assert_eq!(out.len(), 60);
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, r)| *r.as_ref().unwrap() == i as u32)
+    );
+    let (ahead, queued) = *worst.lock().unwrap();
+    // Taken and not done: the buffer, the I/O stage's limit and the item
+    // waiting for a permit.
+    assert!(ahead <= BUFFER + LIMIT + 1, "{ahead} items ahead");
+    assert!(queued <= BUFFER, "{queued} queued");
+    assert_eq!(p.stats().io.queued, 0);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_cancelled_hybrid_batch_stops_within_100ms() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .async_limit(4)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let t = token.clone();
+    tokio::spawn(async move {
+        sleep(20 * MS).await;
+        t.cancel();
+    });
+    let start = Instant::now();
+    let out = p
+        .hybrid()
+        .map(
+            0..10_000u32,
+            |x| x,
+            |x| async move {
+                sleep(60_000 * MS).await;
+                x
+            },
+        )
+        .await;
+    assert!(start.elapsed() <= 100 * MS);
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+    assert_eq!(p.stats().io.in_flight, 0);
+}
