@@ -419,9 +419,21 @@ mod tests {
         assert_eq!(id_of_word(b"a_very_long_identifier", 0, 22), (0, true));
         for k in KEYWORDS.iter().map(|k| k.0) {
             let upper = k.to_ascii_uppercase();
-            assert_eq!(keyword_of_word(upper.as_bytes(), 0, k.len()), id_of(k), "{k}");
+            assert_eq!(
+                keyword_of_word(upper.as_bytes(), 0, k.len()),
+                id_of(k),
+                "{k}"
+            );
         }
-        for w in ["o", "id", "users", "_x", "ünï", "select_", "a_very_long_identifier"] {
+        for w in [
+            "o",
+            "id",
+            "users",
+            "_x",
+            "ünï",
+            "select_",
+            "a_very_long_identifier",
+        ] {
             assert_eq!(keyword_of_word(w.as_bytes(), 0, w.len()), 0, "{w}");
         }
         // `@[`{` are the bytes just outside 'A'..='Z': never folded.
