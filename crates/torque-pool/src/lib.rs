@@ -71,6 +71,7 @@
 //!   that is the application's job).
 //! - `serde`: `Serialize`/`Deserialize` for [`PoolConfig`].
 
+mod cluster;
 mod config;
 mod core;
 mod error;
@@ -81,10 +82,13 @@ mod postgres;
 mod status;
 mod telemetry;
 
+pub use cluster::{
+    Balance, Cluster, ClusterBuilder, ClusterConfig, ClusterConn, HostStatus, Role, RoleProbe,
+};
 pub use config::{PoolBuilder, PoolConfig};
 pub use error::{BuildError, PoolError, TimeoutKind};
 pub use manager::Manager;
 pub use pool::{Pool, Pooled};
 #[cfg(feature = "postgres")]
-pub use postgres::{PgConnection, PgManager, PgPool};
+pub use postgres::{PgCluster, PgConnection, PgManager, PgPool};
 pub use status::{Closed, Status, Timeouts};

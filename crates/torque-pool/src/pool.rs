@@ -161,7 +161,7 @@ impl<M: Manager> Pool<M> {
         self.acquire(caller)
     }
 
-    async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, PoolError<BackendError<M>>> {
