@@ -42,8 +42,10 @@ pub trait RoleProbe: Manager {
     /// Asks the server behind `conn` whether it takes writes. Run by the
     /// cluster's background task every `role_check_interval`, bounded by the
     /// pool's `check_timeout`; an error marks the host down.
-    fn role(&self, conn: &mut Self::Connection)
-    -> impl Future<Output = Result<Role, Self::Error>> + Send;
+    fn role(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Role, Self::Error>> + Send;
 
     /// Whether `conn` has seen an error saying its server does not take
     /// writes (PostgreSQL: SQLSTATE 25006, `read_only_sql_transaction`)
@@ -594,14 +596,13 @@ impl<M: RoleProbe> Drop for ClusterConn<M> {
             return;
         };
         let inner = &self.cluster;
-        let read_only = inner.pools[self.host]
-            .manager()
-            .take_read_only_error(&conn);
+        let read_only = inner.pools[self.host].manager().take_read_only_error(&conn);
         drop(conn);
         {
             let mut st = inner.state.lock();
             let now = now();
-            st.hosts.finished(self.host, Some(self.since.elapsed()), now);
+            st.hosts
+                .finished(self.host, Some(self.since.elapsed()), now);
             if read_only {
                 tracing::info!(
                     host = self.host,

@@ -109,12 +109,12 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
                 f.write_str("cannot connect: ")?;
                 write_chain(f, &**e)
             }
-            PoolError::NoHost { role: Role::Primary } => {
-                f.write_str("no healthy primary host for a write")
-            }
-            PoolError::NoHost { role: Role::Replica } => {
-                f.write_str("no healthy replica or primary host for a read")
-            }
+            PoolError::NoHost {
+                role: Role::Primary,
+            } => f.write_str("no healthy primary host for a write"),
+            PoolError::NoHost {
+                role: Role::Replica,
+            } => f.write_str("no healthy replica or primary host for a read"),
             PoolError::Closed => f.write_str("the pool is closed"),
         }
     }

@@ -34,7 +34,9 @@ pub struct ClusterConfig {
     pub balance: Balance,
     /// How often each host's role is re-checked (PostgreSQL:
     /// `pg_is_in_recovery()`); a "read-only" error (SQLSTATE 25006) on a
-    /// connection re-checks its host at once. Default 5 s.
+    /// connection re-checks its host at once, and a host found to have
+    /// changed role re-checks every other host at once (a failover).
+    /// Default 5 s.
     pub role_check_interval: Duration,
     /// A host that failed is skipped, and probed again after this delay,
     /// doubling per failure, with jitter. Default 100 ms.

@@ -306,6 +306,17 @@ impl Hosts {
         h.latency.observe(rtt, now, decay);
         h.next_check = now + self.cfg.role_check_interval;
         let old = std::mem::replace(&mut h.role, role);
+        if old != role {
+            // A demotion or a promotion means a failover: learn the other
+            // hosts' new roles now rather than at their next scheduled check
+            // (until then, a promoted host and the old primary both look
+            // writable, or neither does).
+            for (j, other) in self.hosts.iter_mut().enumerate() {
+                if j != i && other.failures.is_none() && other.next_check > now {
+                    other.next_check = now;
+                }
+            }
+        }
         (old != role).then_some(old)
     }
 
@@ -380,8 +391,14 @@ mod tests {
             now += Duration::from_millis(held);
             hosts.finished(i, Some(Duration::from_millis(held)), now);
         }
-        assert_eq!(counts[0], 0, "reads never go to the primary while replicas are up");
-        assert!(counts[2] > 4 * counts[1], "the fast replica takes most: {counts:?}");
+        assert_eq!(
+            counts[0], 0,
+            "reads never go to the primary while replicas are up"
+        );
+        assert!(
+            counts[2] > 4 * counts[1],
+            "the fast replica takes most: {counts:?}"
+        );
     }
 
     #[test]
@@ -400,7 +417,9 @@ mod tests {
     impl Hosts {
         fn observe_both(&mut self, now: Instant, d: Duration) {
             for i in 1..self.len() {
-                self.hosts[i].latency.observe(d, now, self.cfg.latency_decay);
+                self.hosts[i]
+                    .latency
+                    .observe(d, now, self.cfg.latency_decay);
             }
         }
     }
@@ -411,9 +430,16 @@ mod tests {
         let t0 = Instant::now();
         let mut e = PeakEwma::default();
         e.observe(Duration::from_millis(10), t0, decay);
-        e.observe(Duration::from_millis(100), t0 + Duration::from_millis(1), decay);
+        e.observe(
+            Duration::from_millis(100),
+            t0 + Duration::from_millis(1),
+            decay,
+        );
         let at = t0 + Duration::from_millis(1);
-        assert!((e.estimate(at, decay) - 100e6).abs() < 1.0, "a peak is taken at once");
+        assert!(
+            (e.estimate(at, decay) - 100e6).abs() < 1.0,
+            "a peak is taken at once"
+        );
         let later = at + decay;
         let expected = 100e6 * (-1.0f64).exp();
         assert!((e.estimate(later, decay) - expected).abs() < 1e3);
@@ -512,6 +538,12 @@ mod tests {
         // While the probe runs, another report does not start a second one.
         hosts.read_only_seen(0, later);
         assert!(hosts.probes_due(later).is_empty());
+        // It was demoted: every other host is re-checked at once, to find
+        // the new primary (a promotion does the same).
+        assert_eq!(hosts.probe_succeeded(0, R, Duration::ZERO, later), Some(P));
+        assert_eq!(hosts.probes_due(later), [1]);
+        hosts.probe_succeeded(1, P, Duration::ZERO, later);
+        assert_eq!(hosts.pick_write(&[]), Some(1));
     }
 
     #[test]
