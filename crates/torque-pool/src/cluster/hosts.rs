@@ -18,9 +18,10 @@ pub enum Balance {
     /// yet returned); ties go round-robin.
     LeastBusy,
     /// Power of two choices on peak-EWMA latency: two healthy replicas at
-    /// random, and the one whose latency estimate times (requests in flight +
-    /// 1) is lower. Latency is how long checkouts were held and role probes
-    /// took, with a peak-sensitive moving average that decays over
+    /// random, and the one with the lower cost, its latency estimate times
+    /// one more than its requests in flight. Latency is how long checkouts
+    /// were held (from the `get_read()` call to the connection's return) and
+    /// role probes took, as a peak-sensitive moving average that decays over
     /// `latency_decay`. The default.
     #[default]
     PeakEwma,
@@ -526,7 +527,7 @@ mod tests {
     fn a_read_only_error_makes_the_role_check_due_now() {
         let c = cfg(Balance::RoundRobin);
         let now = Instant::now();
-        let mut hosts = Hosts::new(c.clone(), &[P, R], now);
+        let mut hosts = Hosts::new(c, &[P, R], now);
         for i in hosts.probes_due(now) {
             hosts.probe_succeeded(i, if i == 0 { P } else { R }, Duration::ZERO, now);
         }
