@@ -188,38 +188,48 @@ impl Hosts {
     }
 
     /// The host for a read: a healthy replica chosen by the balance policy,
-    /// else the primary; skipping `exclude`.
+    /// else the primary; skipping `exclude`. Allocates nothing: it runs on
+    /// every `get_read()`.
     pub(crate) fn pick_read(&mut self, now: Instant, exclude: &[usize]) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.hosts.len())
+        let n = (0..self.hosts.len())
             .filter(|&i| self.usable(i, Role::Replica, exclude))
-            .collect();
-        let n = candidates.len();
+            .count();
         if n == 0 {
             return self.pick_write(exclude);
         }
-        if n == 1 {
-            return Some(candidates[0]);
-        }
-        let turn = self.next_turn;
+        let turn = self.next_turn % n;
         self.next_turn = self.next_turn.wrapping_add(1);
-        let pick = match self.cfg.balance {
-            Balance::RoundRobin => candidates[turn % n],
-            Balance::LeastBusy => (0..n)
-                .map(|k| candidates[(turn + k) % n])
-                .min_by_key(|&i| self.hosts[i].in_flight)
-                .unwrap_or(candidates[0]),
+        let (a, b) = if n > 1 && self.cfg.balance == Balance::PeakEwma {
+            let a = (self.next_random() % n as u64) as usize;
+            (
+                a,
+                (a + 1 + (self.next_random() % (n as u64 - 1)) as usize) % n,
+            )
+        } else {
+            (0, 0)
+        };
+        let this = &*self;
+        let replicas =
+            || (0..this.hosts.len()).filter(move |&i| this.usable(i, Role::Replica, exclude));
+        if n == 1 {
+            return replicas().next();
+        }
+        match this.cfg.balance {
+            Balance::RoundRobin => replicas().nth(turn),
+            // Fewest in flight; among equals, the first at or after this turn.
+            Balance::LeastBusy => replicas()
+                .enumerate()
+                .min_by_key(|&(pos, i)| (this.hosts[i].in_flight, (pos + n - turn) % n))
+                .map(|(_, i)| i),
             Balance::PeakEwma => {
-                let a = (self.next_random() % n as u64) as usize;
-                let b = (a + 1 + (self.next_random() % (n as u64 - 1)) as usize) % n;
-                let (a, b) = (candidates[a], candidates[b]);
-                if self.cost(b, now) < self.cost(a, now) {
+                let (a, b) = (replicas().nth(a)?, replicas().nth(b)?);
+                Some(if this.cost(b, now) < this.cost(a, now) {
                     b
                 } else {
                     a
-                }
+                })
             }
-        };
-        Some(pick)
+        }
     }
 
     fn cost(&self, i: usize, now: Instant) -> f64 {
