@@ -28,6 +28,7 @@ use crate::error::{PoolError, TimeoutKind};
 use crate::manager::Manager;
 use crate::pool::{Pool, Pooled};
 use crate::status::Status;
+use crate::telemetry;
 use hosts::{Hosts, HostsConfig};
 
 type BackendError<M> = <M as Manager>::Error;
@@ -201,7 +202,13 @@ impl<M: RoleProbe> Cluster<M> {
             .enumerate()
             .map(|(i, m)| {
                 let seed = seed.wrapping_add(i as u64 + 1);
-                Pool::start(m, config.pool.clone(), seed, runtime.clone())
+                Pool::start(
+                    m,
+                    config.pool.clone(),
+                    seed,
+                    runtime.clone(),
+                    telemetry::Labels::host(i),
+                )
             })
             .collect();
         let hosts = Hosts::new(

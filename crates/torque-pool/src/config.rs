@@ -302,7 +302,13 @@ impl<M: Manager> PoolBuilder<M> {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let seed = self.seed.unwrap_or_else(random_seed);
-        Ok(Pool::start(self.manager, self.config, seed, runtime))
+        Ok(Pool::start(
+            self.manager,
+            self.config,
+            seed,
+            runtime,
+            crate::telemetry::Labels::default(),
+        ))
     }
 }
 
