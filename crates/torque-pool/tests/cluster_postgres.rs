@@ -243,3 +243,90 @@ async fn a_down_replica_is_skipped_and_comes_back_without_a_caller_error() {
     let e = err.backend_error().expect("carries the backend error");
     println!("write while the primary is down: {err} ({:?})", e.code());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_replica_is_marked_down_by_its_role_probe() {
+    let db = database(&[("a", false), ("b", true), ("c", true)]).await;
+    let proxies = [
+        FaultProxy::start(db.tcp_addr()).await.unwrap(),
+        FaultProxy::start(db.tcp_addr()).await.unwrap(),
+        FaultProxy::start(db.tcp_addr()).await.unwrap(),
+    ];
+    let mut pool = pool_config();
+    pool.check_timeout = Duration::from_millis(200);
+    pool.acquire_timeout = Duration::from_secs(1);
+    let interval = Duration::from_millis(500);
+    let cluster = PgCluster::builder(manager(&db, proxies[0].addr(), "a"))
+        .replica(manager(&db, proxies[1].addr(), "b"))
+        .replica(manager(&db, proxies[2].addr(), "c"))
+        .balance(Balance::RoundRobin)
+        .role_check_interval(interval)
+        .pool(pool.clone())
+        .build()
+        .unwrap();
+    probed(&cluster).await;
+
+    // The caller's own query timeout: a query stuck in the blackhole is
+    // abandoned (and its connection discarded).
+    let query_timeout = Duration::from_millis(500);
+    let read = |cluster: PgCluster| async move {
+        let conn = cluster.get_read().await.map_err(|e| e.to_string())?;
+        let host = conn.host();
+        match tokio::time::timeout(query_timeout, conn.query_one("SELECT 1", &[])).await {
+            Ok(Ok(_)) => Ok(host),
+            Ok(Err(e)) => Err(format!("host {host}: {e}")),
+            Err(_) => Err(format!("host {host}: query timed out")),
+        }
+    };
+
+    proxies[1].set_blackhole(true);
+    let t = Instant::now();
+    // Detection comes from the role probe: within one interval, plus the
+    // probe's own bound (a checkout, then the check timeout).
+    let bound = interval + pool.acquire_timeout + pool.check_timeout;
+    let mut errors = Vec::new();
+    while cluster.hosts()[1].up {
+        assert!(
+            t.elapsed() < bound * 2,
+            "b not marked down in {:?}",
+            t.elapsed()
+        );
+        if let Err(e) = read(cluster.clone()).await {
+            errors.push(e);
+        }
+    }
+    let detected = t.elapsed();
+    // Once down, reads avoid it: no more errors.
+    let mut served = [0usize; 3];
+    for _ in 0..50 {
+        served[read(cluster.clone()).await.unwrap()] += 1;
+    }
+    assert_eq!(served, [0, 0, 50]);
+    // Until then, reads that went to b failed: by the caller's query timeout
+    // (a connection handed out unchecked), or by b's pool's acquire timeout
+    // (a check or a connect hung). Such a timeout carries no backend error,
+    // so it does not mark the host down (it may only be busy); the probe does.
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.starts_with("host 1: query timed out") || e.starts_with("acquire timeout")),
+        "{errors:?}"
+    );
+
+    proxies[1].set_blackhole(false);
+    let back = Instant::now();
+    wait_for(cluster.config().host_backoff_max * 2, "b back up", || {
+        cluster.hosts()[1].up
+    })
+    .await;
+    let back_after = back.elapsed();
+    let mut after = [0usize; 3];
+    for _ in 0..20 {
+        after[read(cluster.clone()).await.unwrap()] += 1;
+    }
+    assert_eq!(after, [0, 10, 10]);
+    println!(
+        "hanging replica: marked down {detected:?} after the blackhole (bound {bound:?}); \
+         reads failed meanwhile: {errors:?}; back {back_after:?} after it lifted"
+    );
+}
