@@ -300,6 +300,12 @@ impl<M: RoleProbe> Cluster<M> {
                     None => return Err(last.unwrap_or_else(|| no_host(&st, want))),
                 }
             };
+            // Latency is this host's: from its pick, not from the first try.
+            let picked_at = if tried.is_empty() {
+                start
+            } else {
+                Instant::now()
+            };
             let mut pending = Pending {
                 inner,
                 host,
@@ -321,7 +327,7 @@ impl<M: RoleProbe> Cluster<M> {
                     return Ok(ClusterConn {
                         conn: Some(conn),
                         host,
-                        since: start,
+                        since: picked_at,
                         cluster: inner.clone(),
                     });
                 }

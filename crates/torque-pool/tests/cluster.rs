@@ -108,6 +108,49 @@ async fn peak_ewma_sends_most_reads_to_the_faster_replica() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn peak_ewma_spills_onto_the_slower_replica_when_the_faster_is_busy() {
+    let hosts = fakes(3);
+    let cluster = start(&hosts, config(Balance::PeakEwma)).await;
+    // Teach the estimates: host 1 takes 20 ms a request, host 2 takes 5 ms.
+    let hold = |host: usize| Duration::from_millis(if host == 1 { 20 } else { 5 });
+    for _ in 0..20 {
+        let conn = cluster.get_read().await.unwrap();
+        tokio::time::sleep(hold(conn.host())).await;
+    }
+    // Then 16 requests at a time: piling them all on the fast host would
+    // make its cost (latency x (in flight + 1)) exceed the slow one's.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut counts = [0usize; 3];
+            for _ in 0..20 {
+                let conn = cluster.get_read().await.unwrap();
+                counts[conn.host()] += 1;
+                tokio::time::sleep(hold(conn.host())).await;
+            }
+            counts
+        }));
+    }
+    let mut counts = [0usize; 3];
+    for t in tasks {
+        for (c, n) in counts.iter_mut().zip(t.await.unwrap()) {
+            *c += n;
+        }
+    }
+    assert_eq!(counts[0], 0, "{counts:?}");
+    assert!(
+        counts[1] > 0,
+        "the slow replica takes the overflow: {counts:?}"
+    );
+    assert!(
+        counts[2] > counts[1],
+        "the fast one still takes more: {counts:?}"
+    );
+    println!("peak-EWMA under load: reads per host {counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn reads_fall_back_to_the_primary_when_no_replica_is_up() {
     let hosts = fakes(3);
     let cluster = start(&hosts, config(Balance::RoundRobin)).await;
