@@ -11,9 +11,18 @@
 //! - `pool_select1/<how>`: `SELECT 1` at 64 tasks through our pool of 16
 //!   connections (health checks on) against 16 tasks with a dedicated
 //!   connection each (real PostgreSQL from the testkit).
+//! - `pool_spike/<pool>/50`: the issue's spike. A fresh pool (max 20) with 5
+//!   warm connections, connects that take 150 ms (a manager that sleeps, so
+//!   that only the pools' decisions differ), and 50 requests at once, each
+//!   holding its connection 2 ms: the time until all 50 are served and back.
+//!   Before criterion runs, a table of that time, the longest single wait and
+//!   the connects each pool started (HikariCP's point: a returned connection
+//!   should serve a waiter instead of a new connect).
 
 use std::future::Future;
 use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -343,5 +352,211 @@ fn select1(c: &mut Criterion) {
     drop(db);
 }
 
-criterion_group!(benches, get_return, select1);
+const SPIKE_REQUESTS: usize = 50;
+const SPIKE_WARM: usize = 5;
+const SPIKE_MAX: usize = 20;
+const SPIKE_CONNECT: Duration = Duration::from_millis(150);
+const SPIKE_HOLD: Duration = Duration::from_millis(2);
+
+/// A manager whose connects take `SPIKE_CONNECT` once `slow` is set (warm-up
+/// connects are instant), counting the connects started.
+#[derive(Debug, Clone, Default)]
+struct SlowConnect {
+    slow: Arc<AtomicBool>,
+    creates: Arc<AtomicUsize>,
+}
+
+impl SlowConnect {
+    async fn connect(&self) -> Result<u64, std::io::Error> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if self.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(SPIKE_CONNECT).await;
+        }
+        Ok(0)
+    }
+}
+
+impl torque_pool::Manager for SlowConnect {
+    type Connection = u64;
+    type Error = std::io::Error;
+    async fn create(&self) -> Result<u64, std::io::Error> {
+        self.connect().await
+    }
+    async fn check(&self, _: &mut u64) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn is_broken(&self, _: &u64) -> bool {
+        false
+    }
+}
+
+impl deadpool::managed::Manager for SlowConnect {
+    type Type = u64;
+    type Error = std::io::Error;
+    async fn create(&self) -> Result<u64, std::io::Error> {
+        self.connect().await
+    }
+    async fn recycle(
+        &self,
+        _: &mut u64,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<std::io::Error> {
+        Ok(())
+    }
+}
+
+impl bb8::ManageConnection for SlowConnect {
+    type Connection = u64;
+    type Error = std::io::Error;
+    async fn connect(&self) -> Result<u64, std::io::Error> {
+        SlowConnect::connect(self).await
+    }
+    async fn is_valid(&self, _: &mut u64) -> Result<(), std::io::Error> {
+        Ok(())
+    }
+    fn has_broken(&self, _: &mut u64) -> bool {
+        false
+    }
+}
+
+/// What one spike cost.
+#[derive(Debug, Clone, Copy)]
+struct Spike {
+    /// Until all requests were served and their connections back.
+    took: Duration,
+    /// The longest a single request waited for its connection.
+    longest_wait: Duration,
+    /// Connects started from the spike's start until it was over.
+    connects: usize,
+}
+
+/// 50 requests at once through `get`; `manager` is the pool's, already warm.
+async fn spike<G, F, Fut>(manager: &SlowConnect, get: F) -> Spike
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = G> + Send,
+    G: Send + 'static,
+{
+    manager.slow.store(true, Ordering::SeqCst);
+    let before = manager.creates.load(Ordering::SeqCst);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..SPIKE_REQUESTS)
+        .map(|_| {
+            let get = get.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let conn = get().await;
+                let waited = t.elapsed();
+                tokio::time::sleep(SPIKE_HOLD).await;
+                drop(black_box(conn));
+                waited
+            })
+        })
+        .collect();
+    let mut longest_wait = Duration::ZERO;
+    for h in handles {
+        longest_wait = longest_wait.max(h.await.unwrap());
+    }
+    Spike {
+        took: start.elapsed(),
+        longest_wait,
+        connects: manager.creates.load(Ordering::SeqCst) - before,
+    }
+}
+
+/// A fresh pool of each kind with `SPIKE_WARM` warm connections, then a spike.
+async fn spike_on(pool: &str) -> Spike {
+    let m = SlowConnect::default();
+    match pool {
+        "torque" => {
+            let p = Pool::builder(m.clone())
+                .max_size(SPIKE_MAX)
+                .min_idle(SPIKE_WARM)
+                .build()
+                .unwrap();
+            while p.status().idle < SPIKE_WARM || p.status().connecting > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            spike(&m, move || {
+                let p = p.clone();
+                async move { p.get().await.unwrap() }
+            })
+            .await
+        }
+        "deadpool" => {
+            let p: deadpool::managed::Pool<SlowConnect> =
+                deadpool::managed::Pool::builder(m.clone())
+                    .max_size(SPIKE_MAX)
+                    .build()
+                    .unwrap();
+            let mut warm = Vec::new();
+            for _ in 0..SPIKE_WARM {
+                warm.push(p.get().await.unwrap());
+            }
+            drop(warm);
+            spike(&m, move || {
+                let p = p.clone();
+                async move { p.get().await.unwrap() }
+            })
+            .await
+        }
+        "bb8" => {
+            let p = bb8::Pool::builder()
+                .max_size(SPIKE_MAX as u32)
+                .min_idle(Some(SPIKE_WARM as u32))
+                .build(m.clone())
+                .await
+                .unwrap();
+            while (p.state().idle_connections as usize) < SPIKE_WARM {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            spike(&m, move || {
+                let p = p.clone();
+                async move { p.get_owned().await.unwrap() }
+            })
+            .await
+        }
+        other => unreachable!("no pool {other}"),
+    }
+}
+
+const SPIKE_POOLS: [&str; 3] = ["torque", "deadpool", "bb8"];
+
+fn spike_group(c: &mut Criterion) {
+    let rt = runtime();
+    const ROUNDS: usize = 5;
+    println!(
+        "\npool spike: {SPIKE_REQUESTS} requests at once, {SPIKE_WARM} warm, max {SPIKE_MAX}, \
+         connect {SPIKE_CONNECT:?}, each holds {SPIKE_HOLD:?}; {ROUNDS} interleaved rounds"
+    );
+    println!("| pool | all served (median) | longest wait (median) | connects started (min–max) |");
+    println!("|---|---|---|---|");
+    let mut rounds: Vec<Vec<Spike>> = vec![Vec::new(); SPIKE_POOLS.len()];
+    for _ in 0..ROUNDS {
+        for (i, pool) in SPIKE_POOLS.iter().enumerate() {
+            rounds[i].push(rt.block_on(spike_on(pool)));
+        }
+    }
+    for (pool, mut r) in SPIKE_POOLS.iter().zip(rounds) {
+        r.sort_by_key(|s| s.took);
+        let took = r[r.len() / 2].took;
+        r.sort_by_key(|s| s.longest_wait);
+        let wait = r[r.len() / 2].longest_wait;
+        let min = r.iter().map(|s| s.connects).min().unwrap();
+        let max = r.iter().map(|s| s.connects).max().unwrap();
+        println!("| {pool} | {took:?} | {wait:?} | {min}–{max} |");
+    }
+    println!();
+
+    let mut group = c.benchmark_group("pool_spike");
+    group.sample_size(10);
+    for pool in SPIKE_POOLS {
+        group.bench_function(BenchmarkId::new(pool, SPIKE_REQUESTS), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(spike_on(pool)).took).sum())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, get_return, select1, spike_group);
 criterion_main!(benches);

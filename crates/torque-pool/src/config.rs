@@ -302,11 +302,17 @@ impl<M: Manager> PoolBuilder<M> {
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let seed = self.seed.unwrap_or_else(random_seed);
-        Ok(Pool::start(self.manager, self.config, seed, runtime))
+        Ok(Pool::start(
+            self.manager,
+            self.config,
+            seed,
+            runtime,
+            crate::telemetry::Labels::default(),
+        ))
     }
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::Role;
+
 /// Which of the pool's timeouts fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -57,6 +59,14 @@ pub enum PoolError<E> {
     /// Connecting failed and nothing in the pool could serve the caller, so it
     /// fails now with the backend's error instead of waiting out its timeout.
     Backend(Arc<E>),
+    /// A [`Cluster`](crate::Cluster) has no healthy host for the request and
+    /// no backend error to say why: no primary for a write (`role` is
+    /// `Primary`), or neither a replica nor the primary for a read (`role` is
+    /// `Replica`). When a host failed, its error is returned instead.
+    NoHost {
+        /// The role the request wanted.
+        role: Role,
+    },
     /// The pool was closed.
     Closed,
 }
@@ -67,7 +77,7 @@ impl<E> PoolError<E> {
         match self {
             PoolError::Timeout { last_error, .. } => last_error.as_deref(),
             PoolError::Backend(e) => Some(e),
-            PoolError::Closed => None,
+            PoolError::Closed | PoolError::NoHost { .. } => None,
         }
     }
 
@@ -99,6 +109,12 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
                 f.write_str("cannot connect: ")?;
                 write_chain(f, &**e)
             }
+            PoolError::NoHost {
+                role: Role::Primary,
+            } => f.write_str("no healthy primary host for a write"),
+            PoolError::NoHost {
+                role: Role::Replica,
+            } => f.write_str("no healthy replica or primary host for a read"),
             PoolError::Closed => f.write_str("the pool is closed"),
         }
     }

@@ -10,8 +10,12 @@
 //! timeout, and replaced with exponential backoff when the server goes away,
 //! one connect at a time, with callers failing fast with the server's real
 //! error. Every wait has a timeout, on by default. [`Pool::status`] is a
-//! snapshot of sizes and counters. The `postgres` feature adds `PgManager` on
-//! tokio-postgres, with a per-connection statement cache. A guide is in `docs/pool.md`.
+//! snapshot of sizes and counters. [`Cluster`] runs a pool per host for a
+//! primary and its replicas: writes to the primary, reads balanced across
+//! healthy replicas ([`Balance`]), roles re-checked on a timer and on
+//! read-only errors, down hosts skipped with backoff. The `postgres` feature
+//! adds `PgManager` on tokio-postgres, with a per-connection statement cache,
+//! and `PgCluster`. A guide is in `docs/pool.md`.
 //!
 //! # Example
 //! A pool of in-memory "connections"; a real manager opens sockets instead.
@@ -65,12 +69,15 @@
 //! # Feature flags
 //! - `postgres`: `PgManager`, a PostgreSQL manager on tokio-postgres with a
 //!   per-connection statement cache, discarding connections that saw a
-//!   connection-class error or a cancelled query.
+//!   connection-class error or a cancelled query; `PgCluster`, a primary and
+//!   replicas whose roles are checked with `pg_is_in_recovery()` and
+//!   SQLSTATE 25006.
 //! - `metrics`: publish sizes, counters and the acquire-wait histogram through
 //!   the [`metrics`](https://docs.rs/metrics) facade (no recorder is installed;
 //!   that is the application's job).
 //! - `serde`: `Serialize`/`Deserialize` for [`PoolConfig`].
 
+mod cluster;
 mod config;
 mod core;
 mod error;
@@ -81,10 +88,18 @@ mod postgres;
 mod status;
 mod telemetry;
 
+pub use cluster::{
+    Balance, Cluster, ClusterBuilder, ClusterConfig, ClusterConn, HostStatus, Role, RoleProbe,
+};
 pub use config::{PoolBuilder, PoolConfig};
 pub use error::{BuildError, PoolError, TimeoutKind};
 pub use manager::Manager;
 pub use pool::{Pool, Pooled};
 #[cfg(feature = "postgres")]
-pub use postgres::{PgConnection, PgManager, PgPool};
+pub use postgres::{PgCluster, PgConnection, PgManager, PgPool};
+
+// The guide's code blocks are compiled as doctests, so that they stay true.
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../../../docs/pool.md")]
+struct Guide;
 pub use status::{Closed, Status, Timeouts};

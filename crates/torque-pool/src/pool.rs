@@ -74,6 +74,7 @@ struct Inner<M: Manager> {
     acquired: AtomicU64,
     timeouts: [AtomicU64; 3],
     leaks_reported: AtomicU64,
+    labels: telemetry::Labels,
 }
 
 /// A health-checked async pool of connections made by a [`Manager`].
@@ -112,6 +113,7 @@ impl<M: Manager> Pool<M> {
         config: PoolConfig,
         seed: u64,
         runtime: tokio::runtime::Handle,
+        labels: telemetry::Labels,
     ) -> Pool<M> {
         let core = Core::new(config.core(seed));
         let inner = Arc::new(Inner {
@@ -128,6 +130,7 @@ impl<M: Manager> Pool<M> {
             acquired: AtomicU64::new(0),
             timeouts: Default::default(),
             leaks_reported: AtomicU64::new(0),
+            labels,
         });
         inner
             .runtime
@@ -161,7 +164,7 @@ impl<M: Manager> Pool<M> {
         self.acquire(caller)
     }
 
-    async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, PoolError<BackendError<M>>> {
@@ -225,7 +228,7 @@ impl<M: Manager> Pool<M> {
             if let Some(entry) = inner.validate(entry, needs_check, deadline).await {
                 let waited = start.elapsed();
                 inner.acquired.fetch_add(1, Ordering::Relaxed);
-                telemetry::acquired(waited);
+                telemetry::acquired(&inner.labels, waited);
                 if inner.config.leak_threshold.is_some() {
                     inner.state.lock().leases.insert(
                         entry.meta.id,
@@ -387,7 +390,7 @@ impl<M: Manager> Inner<M> {
             TimeoutKind::Check => 2,
         };
         self.timeouts[i].fetch_add(1, Ordering::Relaxed);
-        telemetry::timeout(kind);
+        telemetry::timeout(&self.labels, kind);
     }
 
     /// `is_broken`, then a real check if the connection idled past the bypass
@@ -583,7 +586,7 @@ impl<M: Manager> Inner<M> {
             self.runtime.spawn(keepalive(guard));
         }
         let status = self.status();
-        telemetry::publish(published, &status);
+        telemetry::publish(&self.labels, published, &status);
         *published = status;
 
         Instant::from_std(next)

@@ -12,11 +12,32 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Error, NoTls, Row, SimpleQueryMessage, Socket, Statement};
 
+use crate::cluster::{Cluster, Role, RoleProbe};
 use crate::manager::Manager;
 use crate::pool::Pool;
 
 /// A pool of PostgreSQL connections.
 pub type PgPool<T = NoTls> = Pool<PgManager<T>>;
+
+/// A primary and its replicas, a pool each: writes to the primary, reads
+/// balanced across replicas (see [`Cluster`]).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use torque_pool::{Balance, PgCluster, PgManager};
+///
+/// let cluster = PgCluster::builder(PgManager::new("host=db-1 user=app".parse()?))
+///     .replica(PgManager::new("host=db-2 user=app".parse()?))
+///     .replica(PgManager::new("host=db-3 user=app".parse()?))
+///     .balance(Balance::PeakEwma)
+///     .build()?;
+/// cluster.get().await?.execute("UPDATE t SET n = n + 1", &[]).await?;
+/// let row = cluster.get_read().await?.query_one("SELECT count(*) FROM t", &[]).await?;
+/// # let _ = row; Ok(()) }
+/// ```
+pub type PgCluster<T = NoTls> = Cluster<PgManager<T>>;
+
+const ROLE_QUERY: &str = "SELECT pg_is_in_recovery()";
 
 /// Makes, checks and vets PostgreSQL connections for a [`Pool`].
 ///
@@ -45,6 +66,7 @@ pub struct PgManager<T = NoTls> {
     config: Config,
     tls: T,
     statement_cache_capacity: usize,
+    role_query: String,
 }
 
 impl<T> fmt::Debug for PgManager<T> {
@@ -55,6 +77,7 @@ impl<T> fmt::Debug for PgManager<T> {
             .field("dbname", &self.config.get_dbname())
             .field("user", &self.config.get_user())
             .field("statement_cache_capacity", &self.statement_cache_capacity)
+            .field("role_query", &self.role_query)
             .finish_non_exhaustive()
     }
 }
@@ -73,6 +96,7 @@ impl<T> PgManager<T> {
             config,
             tls,
             statement_cache_capacity: 256,
+            role_query: ROLE_QUERY.to_owned(),
         }
     }
 
@@ -81,6 +105,16 @@ impl<T> PgManager<T> {
     /// Default 256; 0 turns caching off.
     pub fn statement_cache_capacity(mut self, capacity: usize) -> Self {
         self.statement_cache_capacity = capacity;
+        self
+    }
+
+    /// The query a [`Cluster`] runs to learn the server's role: one row, one
+    /// boolean column, true for a read-only replica. Default
+    /// `SELECT pg_is_in_recovery()`. Replace it where "in recovery" is not
+    /// the right test (a proxy in front of the servers, or a test that plays
+    /// a failover out through a table).
+    pub fn role_query(mut self, sql: impl Into<String>) -> Self {
+        self.role_query = sql.into();
         self
     }
 
@@ -112,6 +146,7 @@ where
             statements: Mutex::new(HashMap::new()),
             capacity: self.statement_cache_capacity,
             poisoned: AtomicBool::new(false),
+            read_only_error: AtomicBool::new(false),
         })
     }
 
@@ -121,6 +156,36 @@ where
 
     fn is_broken(&self, conn: &PgConnection) -> bool {
         conn.is_broken()
+    }
+}
+
+/// `role` runs the role query (`SELECT pg_is_in_recovery()` by default):
+/// `t` is [`Role::Replica`], `f` is [`Role::Primary`]; any other answer is
+/// taken as a replica, so that writes never go to a server that did not say
+/// it takes them. `take_read_only_error` reports SQLSTATE 25006
+/// (`read_only_sql_transaction`) seen by [`PgConnection`]'s watched methods
+/// or [`PgConnection::note_error`].
+impl<T> RoleProbe for PgManager<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    async fn role(&self, conn: &mut PgConnection) -> Result<Role, Error> {
+        let messages = conn.simple_query(&self.role_query).await?;
+        let takes_writes = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0) == Some("f")),
+            _ => None,
+        });
+        Ok(match takes_writes {
+            Some(true) => Role::Primary,
+            _ => Role::Replica,
+        })
+    }
+
+    fn take_read_only_error(&self, conn: &PgConnection) -> bool {
+        conn.read_only_error.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -139,6 +204,8 @@ pub struct PgConnection {
     statements: Mutex<HashMap<String, Statement>>,
     capacity: usize,
     poisoned: AtomicBool,
+    /// Saw SQLSTATE 25006: its server may have become a replica.
+    read_only_error: AtomicBool,
 }
 
 impl fmt::Debug for PgConnection {
@@ -205,10 +272,15 @@ impl PgConnection {
     }
 
     /// Reports an error seen on this connection through a method not watched
-    /// here; a fatal one (see [`PgManager`]) marks the connection broken.
+    /// here; a fatal one (see [`PgManager`]) marks the connection broken, and
+    /// a read-only one (SQLSTATE 25006) makes a [`Cluster`] re-check the
+    /// role of the connection's server when it comes back.
     pub fn note_error(&self, err: &Error) {
         if is_fatal(err) {
             self.poisoned.store(true, Ordering::Relaxed);
+        }
+        if err.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+            self.read_only_error.store(true, Ordering::Relaxed);
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use torque_pool::{Manager, Pool, PoolBuilder};
+use torque_pool::{Manager, Pool, PoolBuilder, Role, RoleProbe};
 
 /// The fake backend's error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,8 @@ impl std::error::Error for FakeError {}
 #[derive(Debug)]
 pub struct FakeConn {
     pub id: u32,
+    /// Set by a test to play a "read-only" error (SQLSTATE 25006) seen on it.
+    pub read_only_error: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,11 @@ pub struct Knobs {
     pub checks: AtomicU32,
     pub dropped: AtomicU32,
     pub panic_in_create: AtomicBool,
+    /// For clusters: the server answers role probes as a replica.
+    pub replica: AtomicBool,
+    /// The server is gone: connects and checks fail, connections are broken.
+    pub down: AtomicBool,
+    pub role_probes: AtomicU32,
 }
 
 /// The fake manager; clones share their knobs.
@@ -73,6 +80,15 @@ impl Fake {
     }
     pub fn checks(&self) -> u32 {
         self.knobs.checks.load(Ordering::SeqCst)
+    }
+    pub fn set_replica(&self, on: bool) {
+        self.knobs.replica.store(on, Ordering::SeqCst);
+    }
+    pub fn set_down(&self, on: bool) {
+        self.knobs.down.store(on, Ordering::SeqCst);
+    }
+    pub fn role_probes(&self) -> u32 {
+        self.knobs.role_probes.load(Ordering::SeqCst)
     }
     pub fn max_in_flight(&self) -> u32 {
         self.knobs.max_creates_in_flight.load(Ordering::SeqCst)
@@ -106,8 +122,12 @@ impl Manager for Fake {
         if let Some(msg) = k.create_error.lock().clone() {
             return Err(FakeError(msg));
         }
+        if k.down.load(Ordering::SeqCst) {
+            return Err(FakeError("connection refused".into()));
+        }
         Ok(FakeConn {
             id: k.next_id.fetch_add(1, Ordering::SeqCst),
+            read_only_error: AtomicBool::new(false),
         })
     }
 
@@ -118,6 +138,9 @@ impl Manager for Fake {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        if k.down.load(Ordering::SeqCst) {
+            return Err(FakeError("connection reset".into()));
+        }
         match k.check_error.lock().clone() {
             Some(msg) => Err(FakeError(msg)),
             None => Ok(()),
@@ -125,7 +148,26 @@ impl Manager for Fake {
     }
 
     fn is_broken(&self, conn: &FakeConn) -> bool {
-        self.knobs.broken.lock().contains(&conn.id)
+        self.knobs.down.load(Ordering::SeqCst) || self.knobs.broken.lock().contains(&conn.id)
+    }
+}
+
+impl RoleProbe for Fake {
+    async fn role(&self, _conn: &mut FakeConn) -> Result<Role, FakeError> {
+        let k = &*self.knobs;
+        k.role_probes.fetch_add(1, Ordering::SeqCst);
+        if k.down.load(Ordering::SeqCst) {
+            return Err(FakeError("connection reset".into()));
+        }
+        Ok(if k.replica.load(Ordering::SeqCst) {
+            Role::Replica
+        } else {
+            Role::Primary
+        })
+    }
+
+    fn take_read_only_error(&self, conn: &FakeConn) -> bool {
+        conn.read_only_error.swap(false, Ordering::SeqCst)
     }
 }
 

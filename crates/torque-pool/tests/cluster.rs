@@ -1,0 +1,341 @@
+//! A primary and replicas (`Cluster`) with fake managers on tokio's paused
+//! clock: read balancing policies, fallback to the primary, a down host
+//! skipped with backoff and coming back, role flips seen on the timer and on a
+//! read-only error, and writes that never go to a replica.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{Fake, wait_until};
+use tokio::time::Instant;
+use torque_pool::{Balance, Cluster, ClusterConfig, PoolConfig, PoolError, Role};
+
+fn config(balance: Balance) -> ClusterConfig {
+    let mut pool = PoolConfig::default();
+    pool.min_idle = 0;
+    pool.keepalive_interval = None;
+    pool.max_lifetime = None;
+    pool.idle_timeout = None;
+    let mut config = ClusterConfig::default();
+    config.balance = balance;
+    config.pool = pool;
+    config
+}
+
+/// Host 0 is `hosts[0]`, a primary; the rest are replicas.
+fn fakes(n: usize) -> Vec<Fake> {
+    let hosts: Vec<Fake> = (0..n).map(|_| Fake::default()).collect();
+    for h in &hosts[1..] {
+        h.set_replica(true);
+    }
+    hosts
+}
+
+async fn start(hosts: &[Fake], config: ClusterConfig) -> Cluster<Fake> {
+    let mut builder = Cluster::builder(hosts[0].clone());
+    for h in &hosts[1..] {
+        builder = builder.replica(h.clone());
+    }
+    let cluster = builder.config(config).seed(3).build().unwrap();
+    // Every host's role is probed at start.
+    wait_until(Duration::from_secs(1), || {
+        hosts.iter().all(|h| h.role_probes() > 0)
+    })
+    .await;
+    cluster
+}
+
+async fn reads(cluster: &Cluster<Fake>, n: usize) -> Vec<usize> {
+    let mut counts = vec![0; cluster.hosts().len()];
+    for _ in 0..n {
+        let conn = cluster.get_read().await.unwrap();
+        counts[conn.host()] += 1;
+    }
+    counts
+}
+
+#[tokio::test(start_paused = true)]
+async fn round_robin_spreads_reads_evenly_and_writes_go_to_the_primary() {
+    let hosts = fakes(4);
+    let cluster = start(&hosts, config(Balance::RoundRobin)).await;
+    assert_eq!(reads(&cluster, 30).await, [0, 10, 10, 10]);
+    for _ in 0..3 {
+        assert_eq!(cluster.get().await.unwrap().host(), 0);
+    }
+    assert!(cluster.hosts().iter().all(|h| h.in_flight == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn least_busy_sends_a_read_to_the_replica_with_fewest_in_flight() {
+    let hosts = fakes(4);
+    let cluster = start(&hosts, config(Balance::LeastBusy)).await;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(cluster.get_read().await.unwrap());
+    }
+    let in_flight: Vec<usize> = cluster.hosts().iter().map(|h| h.in_flight).collect();
+    assert_eq!(in_flight, [0, 2, 2, 2]);
+    // Free both of host 2's: the next two reads go there.
+    held.retain(|c| c.host() != 2);
+    assert_eq!(cluster.get_read().await.unwrap().host(), 2);
+    let a = cluster.get_read().await.unwrap();
+    let b = cluster.get_read().await.unwrap();
+    assert_eq!((a.host(), b.host()), (2, 2), "host 2 stays least busy");
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_sends_most_reads_to_the_faster_replica() {
+    let hosts = fakes(3);
+    let cluster = start(&hosts, config(Balance::PeakEwma)).await;
+    let mut counts = [0usize; 3];
+    for _ in 0..400 {
+        let conn = cluster.get_read().await.unwrap();
+        counts[conn.host()] += 1;
+        // Host 1 answers ten times slower than host 2.
+        let ms = if conn.host() == 1 { 50 } else { 5 };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    assert_eq!(counts[0], 0, "not the primary: {counts:?}");
+    assert!(counts[2] > 4 * counts[1], "{counts:?}");
+    let h = cluster.hosts();
+    assert!(h[1].latency > h[2].latency, "{h:?}");
+    println!(
+        "peak-EWMA: reads per host {counts:?}; latency estimates {:?} / {:?}",
+        h[1].latency, h[2].latency
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_spills_onto_the_slower_replica_when_the_faster_is_busy() {
+    let hosts = fakes(3);
+    let cluster = start(&hosts, config(Balance::PeakEwma)).await;
+    // Teach the estimates: host 1 takes 20 ms a request, host 2 takes 5 ms.
+    let hold = |host: usize| Duration::from_millis(if host == 1 { 20 } else { 5 });
+    for _ in 0..20 {
+        let conn = cluster.get_read().await.unwrap();
+        tokio::time::sleep(hold(conn.host())).await;
+    }
+    // Then 16 requests at a time: piling them all on the fast host would
+    // make its cost (latency x (in flight + 1)) exceed the slow one's.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let cluster = cluster.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut counts = [0usize; 3];
+            for _ in 0..20 {
+                let conn = cluster.get_read().await.unwrap();
+                counts[conn.host()] += 1;
+                tokio::time::sleep(hold(conn.host())).await;
+            }
+            counts
+        }));
+    }
+    let mut counts = [0usize; 3];
+    for t in tasks {
+        for (c, n) in counts.iter_mut().zip(t.await.unwrap()) {
+            *c += n;
+        }
+    }
+    assert_eq!(counts[0], 0, "{counts:?}");
+    assert!(
+        counts[1] > 0,
+        "the slow replica takes the overflow: {counts:?}"
+    );
+    assert!(
+        counts[2] > counts[1],
+        "the fast one still takes more: {counts:?}"
+    );
+    println!("peak-EWMA under load: reads per host {counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reads_fall_back_to_the_primary_when_no_replica_is_up() {
+    let hosts = fakes(3);
+    let cluster = start(&hosts, config(Balance::RoundRobin)).await;
+    hosts[1].set_down(true);
+    hosts[2].set_down(true);
+    // The first read finds both replicas down, one after the other, and is
+    // served by the primary; the caller sees no error.
+    assert_eq!(cluster.get_read().await.unwrap().host(), 0);
+    let status = cluster.hosts();
+    assert!(!status[1].up && !status[2].up, "{status:?}");
+    assert_eq!(reads(&cluster, 10).await, [10, 0, 0]);
+    // One replica back: reads leave the primary once a probe has seen it.
+    hosts[2].set_down(false);
+    let backoff_max = cluster.config().host_backoff_max;
+    wait_until(backoff_max * 2, || cluster.hosts()[2].up).await;
+    assert_eq!(reads(&cluster, 10).await, [0, 0, 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_down_replica_is_skipped_with_backoff_and_comes_back() {
+    let hosts = fakes(3);
+    let config = config(Balance::RoundRobin);
+    let cluster = start(&hosts, config.clone()).await;
+    hosts[1].set_down(true);
+    let creates_before = hosts[1].creates();
+    let t0 = Instant::now();
+
+    // Ten seconds of reads: none fails, and only the first one that picked
+    // host 1 paid for finding it down.
+    let run_for = Duration::from_secs(10);
+    let mut served_by = [0usize; 3];
+    while t0.elapsed() < run_for {
+        let conn = cluster.get_read().await.unwrap();
+        served_by[conn.host()] += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(served_by[1], 0, "{served_by:?}");
+    assert_eq!(served_by[0], 0, "replica 2 serves, not the primary");
+
+    // Connects to the down host come from the probes alone, spaced by a
+    // doubling backoff: at most as many as the shortest possible delays
+    // (half of min·2^k, capped) fit in the run, plus the caller's one.
+    let mut bound = 1u32;
+    let mut elapsed = Duration::ZERO;
+    for k in 0.. {
+        let exp = (config.host_backoff_min * (1 << k.min(16))).min(config.host_backoff_max);
+        elapsed += exp / 2;
+        if elapsed > run_for {
+            break;
+        }
+        bound += 1;
+    }
+    let attempts = hosts[1].creates() - creates_before;
+    assert!(attempts >= 3, "probes kept trying: {attempts}");
+    assert!(
+        attempts <= bound,
+        "{attempts} attempts, at most {bound} with backoff"
+    );
+    assert!(!cluster.hosts()[1].up);
+    println!("down host: {attempts} connect attempts in {run_for:?} (bound {bound})");
+
+    // Back: after the next probe, reads reach it again.
+    hosts[1].set_down(false);
+    wait_until(config.host_backoff_max * 2, || cluster.hosts()[1].up).await;
+    let counts = reads(&cluster, 10).await;
+    assert_eq!(counts, [0, 5, 5]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_role_flip_is_seen_on_the_timer_and_moves_writes() {
+    let hosts = fakes(2);
+    let config = config(Balance::RoundRobin);
+    let cluster = start(&hosts, config.clone()).await;
+    assert_eq!(cluster.get().await.unwrap().host(), 0);
+
+    // Failover: host 0 demoted, host 1 promoted. Until the next role check
+    // the cluster still believes the old roles.
+    hosts[0].set_replica(true);
+    hosts[1].set_replica(false);
+    let flipped_at = Instant::now();
+    assert_eq!(cluster.hosts()[0].role, Role::Primary);
+    wait_until(config.role_check_interval * 2, || {
+        let h = cluster.hosts();
+        h[0].role == Role::Replica && h[1].role == Role::Primary
+    })
+    .await;
+    let seen_after = flipped_at.elapsed();
+    assert!(seen_after <= config.role_check_interval, "{seen_after:?}");
+    assert_eq!(cluster.get().await.unwrap().host(), 1);
+    assert_eq!(cluster.get_read().await.unwrap().host(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_error_rechecks_the_role_at_once() {
+    let hosts = fakes(2);
+    let config = config(Balance::RoundRobin);
+    let cluster = start(&hosts, config.clone()).await;
+    let probes_before = hosts[0].role_probes();
+
+    let conn = cluster.get().await.unwrap();
+    assert_eq!(conn.host(), 0);
+    // The primary was demoted under us, and a write on it failed with 25006.
+    hosts[0].set_replica(true);
+    hosts[1].set_replica(false);
+    conn.read_only_error.store(true, Ordering::SeqCst);
+    let t = Instant::now();
+    drop(conn);
+    wait_until(config.role_check_interval / 10, || {
+        cluster.hosts()[0].role == Role::Replica
+    })
+    .await;
+    assert!(hosts[0].role_probes() > probes_before);
+    assert!(
+        t.elapsed() < config.role_check_interval / 10,
+        "before the timer"
+    );
+    // A demotion re-checks the other hosts at once, so the promoted replica
+    // takes writes long before the timer would have found it.
+    wait_until(config.role_check_interval / 10, || {
+        cluster.hosts()[1].role == Role::Primary
+    })
+    .await;
+    assert_eq!(cluster.get().await.unwrap().host(), 1);
+    assert!(t.elapsed() < config.role_check_interval / 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_fail_fast_with_the_primarys_error_and_never_go_to_a_replica() {
+    let hosts = fakes(2);
+    let config = config(Balance::RoundRobin);
+    let cluster = start(&hosts, config.clone()).await;
+    hosts[0].set_down(true);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let err = cluster.get().await.unwrap_err();
+        assert!(
+            matches!(&err, PoolError::Backend(e) if e.0 == "connection refused"),
+            "{err}"
+        );
+        assert!(t.elapsed() < config.pool.acquire_timeout);
+    }
+    // Reads carry on at the replica.
+    assert_eq!(cluster.get_read().await.unwrap().host(), 1);
+    hosts[0].set_down(false);
+    wait_until(config.host_backoff_max * 2, || cluster.hosts()[0].up).await;
+    assert_eq!(cluster.get().await.unwrap().host(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_primary_means_no_write_but_reads_still_work() {
+    let hosts = fakes(2);
+    hosts[0].set_replica(true);
+    let cluster = start(&hosts, config(Balance::RoundRobin)).await;
+    wait_until(Duration::from_secs(1), || {
+        cluster.hosts()[0].role == Role::Replica
+    })
+    .await;
+    let err = cluster.get().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PoolError::NoHost {
+                role: Role::Primary
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "no healthy primary host for a write");
+    let counts = reads(&cluster, 4).await;
+    assert_eq!(counts, [2, 2], "both replicas take reads");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_read_is_not_counted_in_flight() {
+    let hosts = fakes(2);
+    let mut config = config(Balance::LeastBusy);
+    config.pool.max_size = 1;
+    let cluster = start(&hosts, config).await;
+    let held = cluster.get_read().await.unwrap();
+    // The replica's only connection is out: this read waits, then is dropped.
+    let waited = tokio::time::timeout(Duration::from_millis(50), cluster.get_read()).await;
+    assert!(waited.is_err());
+    assert_eq!(cluster.hosts()[1].in_flight, 1, "only the held connection");
+    drop(held);
+    assert!(cluster.hosts().iter().all(|h| h.in_flight == 0));
+    cluster.close();
+    assert!(matches!(cluster.get_read().await, Err(PoolError::Closed)));
+}
