@@ -32,6 +32,9 @@ pub struct ThrowawayServer {
     dir: PathBuf,
     /// Shell command that stops the server (run by drop and by the watchdog).
     stop: String,
+    /// For PostgreSQL: `[runuser -u U --] pg_ctl -D DATA`, to which a
+    /// subcommand is appended (`promote`).
+    pg_ctl: Option<String>,
     watchdog: Option<std::process::Child>,
 }
 
@@ -90,10 +93,57 @@ impl ThrowawayServer {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        Self::start_postgres_data(&bin, dir, run_as.as_deref())
+    }
+
+    /// Starts a streaming replica of `primary` (a throwaway PostgreSQL from
+    /// [`start_postgres`](Self::start_postgres)): `pg_basebackup -R -X stream`
+    /// into a temporary directory, then `postgres` in hot standby on a free
+    /// port. Its `pg_is_in_recovery()` is true until
+    /// [`promote`](Self::promote).
+    ///
+    /// # Errors
+    /// A message saying what is missing or what failed, with the server's log.
+    pub fn start_postgres_replica(primary: &ThrowawayServer) -> Result<Self, String> {
+        if primary.kind != ServerKind::Postgres {
+            return Err("a replica needs a PostgreSQL primary".to_string());
+        }
+        let bin = find_postgres_bin().ok_or("no PostgreSQL binaries found")?;
+        let basebackup = bin.join("pg_basebackup");
+        if !basebackup.is_file() {
+            return Err(format!("no {}", basebackup.display()));
+        }
+        let dir = make_temp_dir("pg-replica")?;
+        let data = dir.join("data");
+        let run_as = unprivileged_user();
+        if let Some(user) = &run_as {
+            chown_to(&dir, user)?;
+        }
+        let out = as_user(run_as.as_deref(), &basebackup)
+            .args(["-h", "127.0.0.1", "-p"])
+            .arg(primary.addr.port().to_string())
+            .args(["-U", "postgres", "-R", "-X", "stream", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", basebackup.display()))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!(
+                "pg_basebackup failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Self::start_postgres_data(&bin, dir, run_as.as_deref())
+    }
+
+    /// Starts `postgres` on `dir/data` on a free port of 127.0.0.1.
+    fn start_postgres_data(bin: &Path, dir: PathBuf, run_as: Option<&str>) -> Result<Self, String> {
+        let data = dir.join("data");
         let port = free_port()?;
         let pg_ctl = bin.join("pg_ctl");
         let runuser = run_as
-            .as_deref()
             .map(|u| format!("runuser -u {u} -- "))
             .unwrap_or_default();
         let opts = format!(
@@ -101,19 +151,45 @@ impl ThrowawayServer {
              -c full_page_writes=off -c synchronous_commit=off -c max_connections=200",
             data = data.display()
         );
+        let ctl = format!(
+            "{runuser}{pg_ctl} -D {data}",
+            pg_ctl = pg_ctl.display(),
+            data = data.display()
+        );
         let start = format!(
-            "{runuser}{pg_ctl} -D {data} -l {data}/server.log -s -o '{opts}' start",
-            pg_ctl = pg_ctl.display(),
+            "{ctl} -l {data}/server.log -s -o '{opts}' start",
             data = data.display()
         );
-        let stop = format!(
-            "{runuser}{pg_ctl} -D {data} -s -m immediate stop",
-            pg_ctl = pg_ctl.display(),
-            data = data.display()
-        );
-        let server = Self::launch(ServerKind::Postgres, port, dir, &start, stop)?;
+        let stop = format!("{ctl} -s -m immediate stop");
+        let mut server = Self::launch(ServerKind::Postgres, port, dir, &start, stop)?;
+        server.pg_ctl = Some(ctl);
         server.wait_ready(&data.join("server.log"))?;
         Ok(server)
+    }
+
+    /// Promotes a replica started by
+    /// [`start_postgres_replica`](Self::start_postgres_replica) to primary
+    /// (`pg_ctl promote`, waiting until it takes writes).
+    ///
+    /// # Errors
+    /// When this is not a PostgreSQL server or `pg_ctl promote` fails.
+    pub fn promote(&self) -> Result<(), String> {
+        let ctl = self.pg_ctl.as_ref().ok_or("not a PostgreSQL server")?;
+        let out = Command::new("sh")
+            .args(["-c", &format!("{ctl} -w -s promote")])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run sh: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl promote failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// Starts a throwaway `redis-server` on a free port of 127.0.0.1 that keeps
@@ -192,6 +268,7 @@ impl ThrowawayServer {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             dir,
             stop,
+            pg_ctl: None,
             watchdog: Some(watchdog),
         })
     }
