@@ -44,11 +44,17 @@ struct Meta {
     /// [`MAX_HITS`]; halved with the sketch.
     resident: u8,
     /// The sketch's estimate of the key's popularity right after its
-    /// insert counted it, halved with the sketch: the entry's frequency
-    /// for the admission contest while it is the window's candidate (its
-    /// own hits meanwhile are in `resident`, so only other keys' collisions
-    /// could have raised the sketch's figure), without a second look-up.
+    /// insert counted it ([`FrequencySketch::frequency`]), aged with the
+    /// sketch. While the entry is resident its own hits go to `resident`,
+    /// not to the sketch, so the sketch's figure for its hash moves only
+    /// by the halving (applied here too) and by other keys' collisions
+    /// (count-min noise): the admission contest reads this instead of the
+    /// sketch, whose block for a long-resident victim is rarely still in
+    /// the CPU's caches.
     estimate: u8,
+    /// Whether `estimate` includes the doorkeeper's one (cleared with the
+    /// doorkeeper at the halving).
+    door: bool,
     weight: u32,
 }
 
@@ -259,21 +265,17 @@ impl Adaptive {
         hits.halve_all();
         self.links.for_each_meta_mut(|m| {
             m.resident >>= 1;
-            m.estimate >>= 1;
+            let counters = m.estimate - u8::from(m.door);
+            m.estimate = counters >> 1;
+            m.door = false;
         });
     }
 
     /// The popularity of `id` for the admission contest: the sketch's
-    /// estimate plus the hits not folded into it yet, capped where the
-    /// sketch saturates (15 and the doorkeeper's one).
-    fn frequency(&self, id: u32, hits: &impl Hits) -> u8 {
-        let resident = self.meta(id).resident;
-        (self.sketch.frequency(hits.hash(id)) + resident).min(MAX_HITS + 1)
-    }
-
-    /// [`Self::frequency`] of the window's candidate, from the estimate
-    /// taken when it was inserted.
-    fn candidate_frequency(&self, id: u32) -> u8 {
+    /// estimate (as of its insert, aged since) plus the hits not folded into
+    /// the sketch yet, capped where the sketch saturates (15 and the
+    /// doorkeeper's one).
+    fn frequency(&self, id: u32) -> u8 {
         let Meta {
             resident, estimate, ..
         } = self.meta(id);
@@ -317,6 +319,7 @@ impl Adaptive {
                 segment: Segment::Window,
                 resident: 0,
                 estimate: 0,
+                door: false,
                 weight,
             },
         );
@@ -325,13 +328,20 @@ impl Adaptive {
         if self.entries > self.sketch.sized_for() && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
             // A fresh sketch knows nothing yet.
-            self.links.for_each_meta_mut(|m| m.estimate = 0);
+            self.links.for_each_meta_mut(|m| {
+                m.estimate = 0;
+                m.door = false;
+            });
         }
         let (estimate, halved) = self.sketch.record(hash);
         if halved {
             self.age(hits);
         }
-        self.links.meta_mut(id).estimate = estimate;
+        let meta = self.links.meta_mut(id);
+        meta.estimate = estimate;
+        // After a halving the estimate was read from the aged sketch, whose
+        // doorkeeper is empty.
+        meta.door = !halved;
     }
 
     /// Whether the hill climber runs (then every read must reach
@@ -378,9 +388,9 @@ impl Adaptive {
         self.entries -= 1;
     }
 
-    fn admit(&mut self, candidate: u32, victim: u32, hits: &impl Hits) -> bool {
-        let c = self.candidate_frequency(candidate);
-        let v = self.frequency(victim, hits);
+    fn admit(&mut self, candidate: u32, victim: u32) -> bool {
+        let c = self.frequency(candidate);
+        let v = self.frequency(victim);
         if c > v {
             return true;
         }
@@ -421,7 +431,7 @@ impl Adaptive {
         if let (Some(candidate), Some(victim)) = (candidate, self.probation.back())
             && candidate != victim
         {
-            let loser = if self.admit(candidate, victim, hits) {
+            let loser = if self.admit(candidate, victim) {
                 victim
             } else {
                 candidate
@@ -640,6 +650,38 @@ mod tests {
             assert!(id < 1_000_000, "the sketch never reset");
         }
         assert_eq!(p.meta(0).resident, 6);
+    }
+
+    #[test]
+    fn resident_estimates_follow_the_sketch_through_halvings() {
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(64, false, false);
+        let hash = 0x1234_5678_9abc_def1;
+        // Seen twice before (doorkeeper, then a counter), then inserted.
+        p.sketch.record(hash);
+        p.sketch.record(hash);
+        hits.insert(&mut p, 0, hash, 1);
+        assert_eq!(p.frequency(0), p.sketch.frequency(hash));
+        let mut id = 1;
+        for halvings in 1..=2 {
+            let before = p.meta(0).estimate;
+            while p.meta(0).estimate == before {
+                hits.insert(
+                    &mut p,
+                    id,
+                    u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    1,
+                );
+                p.on_remove(id, &mut hits);
+                id += 1;
+                assert!(id < 1_000_000, "the sketch never reset");
+            }
+            assert_eq!(
+                p.frequency(0),
+                p.sketch.frequency(hash),
+                "after halving {halvings}"
+            );
+        }
     }
 
     #[test]
