@@ -28,6 +28,9 @@ pub(crate) trait Hits {
     fn take(&mut self, id: u32) -> u8;
     /// Halves every entry's hits: ages them together with the sketch.
     fn halve_all(&mut self);
+    /// The key hash of the entry in slot `id` (kept in the slot, beside the
+    /// hits, so the policy need not store a copy).
+    fn hash(&self, id: u32) -> u64;
 }
 
 /// The eviction policy of a [`LocalCache`](crate::LocalCache), chosen at build

@@ -18,12 +18,17 @@ use hashbrown::HashTable;
 use crate::RemovalCause;
 use crate::policy::{Hits, MAX_HITS, NEVER, PolicyState};
 
-/// A cached value and what the shard needs to know about it.
+/// A cached key and value.
 #[derive(Debug)]
 struct Entry<K, V> {
     key: K,
     value: V,
-    weight: u32,
+}
+
+/// The expiry times of the entry in a slot, kept apart from the slots so
+/// that a cache without expiry carries none (and its reads check none).
+#[derive(Debug)]
+struct Times {
     /// Hard deadline from a time-to-live (cache-wide or per entry), in ticks.
     expires: u64,
     /// Last read or write, in ticks; only kept current with a time-to-idle.
@@ -31,7 +36,7 @@ struct Entry<K, V> {
     accessed: AtomicU64,
 }
 
-impl<K, V> Entry<K, V> {
+impl Times {
     #[inline]
     fn deadline(&self, tti: u64) -> u64 {
         self.expires
@@ -49,17 +54,21 @@ impl<K, V> Entry<K, V> {
     }
 }
 
+/// One slot of the arena: what a read touches, in as few bytes as possible
+/// (48 for `u64` keys and values), so more of the cache fits in the CPU's
+/// caches.
 #[derive(Debug)]
 struct Cell<K, V> {
+    hash: u64,
     /// Bumped whenever a timer is armed for this cell or its entry leaves, so
     /// that a stale heap record is recognised and dropped.
     generation: u32,
+    weight: u32,
     /// Reads and rewrites since the policy last took them, saturating at
     /// [`MAX_HITS`]; bumped under the shared lock (lossy when two readers
     /// race, as in quick_cache and S3-FIFO: it is a hint, not a count that
     /// anything must add up to). Only policies that ask for it use it.
     hits: AtomicU8,
-    hash: u64,
     entry: Option<Entry<K, V>>,
 }
 
@@ -88,6 +97,11 @@ impl<K, V> Hits for CellHits<'_, K, V> {
         for cell in self.0.iter_mut() {
             *cell.hits.get_mut() >>= 1;
         }
+    }
+
+    #[inline]
+    fn hash(&self, id: u32) -> u64 {
+        self.0[id as usize].hash
     }
 }
 
@@ -176,6 +190,11 @@ pub(crate) struct Timing {
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     cells: Vec<Cell<K, V>>,
+    /// Expiry times by slot id. Slots at or past its end hold entries that
+    /// never expire: it stays empty until an entry with a deadline arrives
+    /// (always, with a time-to-idle), and from then on every write of a
+    /// slot it covers sets its times.
+    times: Vec<Times>,
     free: Vec<u32>,
     policy: PolicyState,
     /// Min-heap of `(deadline, id, generation)`, one live record per expiring
@@ -197,6 +216,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Self {
             table: HashTable::new(),
             cells: Vec::new(),
+            times: Vec::new(),
             free: Vec::new(),
             count_hits: policy.counts_hits(),
             policy,
@@ -222,6 +242,38 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         self.weight
     }
 
+    /// The deadline of the entry in slot `id` ([`NEVER`] without times).
+    #[inline]
+    fn deadline(&self, id: u32, tti: u64) -> u64 {
+        self.times
+            .get(id as usize)
+            .map_or(NEVER, |t| t.deadline(tti))
+    }
+
+    /// Whether the entry in slot `id` has expired.
+    #[inline]
+    fn expired(&self, id: u32, timing: Timing) -> bool {
+        !self.times.is_empty() && self.deadline(id, timing.tti) <= timing.now
+    }
+
+    /// Sets the times of slot `id` for a write at `timing.now`; covers the
+    /// slot only if the entry can expire or the slot is covered already.
+    fn set_times(times: &mut Vec<Times>, id: u32, expires: u64, timing: Timing) {
+        let i = id as usize;
+        if i >= times.len() {
+            if expires == NEVER && timing.tti == NEVER {
+                return;
+            }
+            times.resize_with(i + 1, || Times {
+                expires: NEVER,
+                accessed: AtomicU64::new(0),
+            });
+        }
+        let t = &mut times[i];
+        t.expires = expires;
+        *t.accessed.get_mut() = timing.now;
+    }
+
     #[inline]
     fn find<Q>(&self, hash: u64, key: &Q) -> Option<u32>
     where
@@ -239,23 +291,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             .copied()
     }
 
-    #[inline]
-    fn find_cell<Q>(&self, hash: u64, key: &Q) -> Option<&Cell<K, V>>
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        let cells = &self.cells;
-        self.table
-            .find(hash, |&id| {
-                cells[id as usize]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| e.key.borrow() == key)
-            })
-            .map(|&id| &cells[id as usize])
-    }
-
     /// Looks `key` up for a read under the shared lock, for policies whose
     /// hits need no exclusive access ([`PolicyState::shared_hits`]): counts
     /// a hit or a miss and bumps the entry's hit count. An expired entry is
@@ -266,18 +301,21 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(cell) = self.find_cell(hash, key) else {
+        let Some(id) = self.find(hash, key) else {
             self.reads.misses.fetch_add(1, Ordering::Relaxed);
             return Lookup::Miss;
         };
+        let cell = &self.cells[id as usize];
         let Some(entry) = cell.entry.as_ref() else {
             return Lookup::Expired;
         };
-        if entry.deadline(timing.tti) <= timing.now {
-            return Lookup::Expired;
-        }
-        if timing.tti != NEVER {
-            entry.touch(timing.now);
+        if let Some(times) = self.times.get(id as usize) {
+            if times.deadline(timing.tti) <= timing.now {
+                return Lookup::Expired;
+            }
+            if timing.tti != NEVER {
+                times.touch(timing.now);
+            }
         }
         if self.count_hits {
             cell.bump();
@@ -300,17 +338,20 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.policy.on_miss(hash);
             return Lookup::Miss;
         };
-        let cell = &mut self.cells[id as usize];
-        let Some(entry) = cell.entry.as_mut() else {
-            return Lookup::Expired;
-        };
-        let mut deadline = entry.deadline(timing.tti);
-        if deadline <= timing.now {
-            return Lookup::Expired;
+        let mut deadline = NEVER;
+        if let Some(times) = self.times.get_mut(id as usize) {
+            deadline = times.deadline(timing.tti);
+            if deadline <= timing.now {
+                return Lookup::Expired;
+            }
+            if timing.tti != NEVER {
+                *times.accessed.get_mut() = timing.now;
+                deadline = times.deadline(timing.tti);
+            }
         }
-        if timing.tti != NEVER {
-            *entry.accessed.get_mut() = timing.now;
-            deadline = entry.deadline(timing.tti);
+        let cell = &self.cells[id as usize];
+        if cell.entry.is_none() {
+            return Lookup::Expired;
         }
         if self.count_hits {
             cell.bump();
@@ -337,10 +378,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         if let Some(id) = self.find(hash, key)
-            && self.cells[id as usize]
-                .entry
-                .as_ref()
-                .is_some_and(|e| e.deadline(timing.tti) <= timing.now)
+            && self.expired(id, timing)
         {
             self.remove_id(id, RemovalCause::Expired, removed);
         }
@@ -358,8 +396,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.find(hash, key)
-            .and_then(|id| self.cells[id as usize].entry.as_ref())
-            .is_some_and(|e| e.deadline(timing.tti) > timing.now)
+            .is_some_and(|id| !self.expired(id, timing))
     }
 
     fn arm_timer(&mut self, id: u32, deadline: u64) {
@@ -399,18 +436,17 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let vacant = match slot {
             hashbrown::hash_table::Entry::Occupied(found) => {
                 let id = *found.get();
-                let Some(entry) = self.cells[id as usize].entry.as_mut() else {
+                let cell = &mut self.cells[id as usize];
+                let Some(entry) = cell.entry.as_mut() else {
                     return 0;
                 };
                 let old_value = std::mem::replace(&mut entry.value, value);
-                let old_weight = entry.weight;
-                entry.weight = weight;
-                entry.expires = expires;
-                *entry.accessed.get_mut() = timing.now;
-                let deadline = entry.deadline(timing.tti);
+                let old_weight = std::mem::replace(&mut cell.weight, weight);
                 if self.count_hits {
-                    self.cells[id as usize].bump();
+                    cell.bump();
                 }
+                Self::set_times(&mut self.times, id, expires, timing);
+                let deadline = self.deadline(id, timing.tti);
                 self.policy.on_update(id, weight, deadline);
                 self.arm_timer(id, deadline);
                 self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
@@ -420,18 +456,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
         };
-        let entry = Entry {
-            key,
-            value,
-            weight,
-            expires,
-            accessed: AtomicU64::new(timing.now),
-        };
-        let deadline = entry.deadline(timing.tti);
+        let entry = Entry { key, value };
         let id = match self.free.pop() {
             Some(id) => {
                 let cell = &mut self.cells[id as usize];
                 cell.hash = hash;
+                cell.weight = weight;
                 *cell.hits.get_mut() = 0;
                 cell.entry = Some(entry);
                 id
@@ -444,12 +474,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                     generation: 0,
                     hits: AtomicU8::new(0),
                     hash,
+                    weight,
                     entry: Some(entry),
                 });
                 id
             }
         };
         vacant.insert(id);
+        Self::set_times(&mut self.times, id, expires, timing);
+        let deadline = self.deadline(id, timing.tti);
         self.policy
             .on_insert(id, hash, weight, deadline, &mut CellHits(&mut self.cells));
         self.arm_timer(id, deadline);
@@ -467,7 +500,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             found.remove();
         }
         self.free.push(id);
-        let weight = u64::from(entry.weight);
+        let weight = u64::from(cell.weight);
         self.weight -= weight;
         self.counters.count(cause);
         Some((entry.key, entry.value, weight))
@@ -501,10 +534,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let id = self.find(hash, key)?;
-        let expired = self.cells[id as usize]
-            .entry
-            .as_ref()
-            .is_some_and(|e| e.deadline(timing.tti) <= timing.now);
+        let expired = self.expired(id, timing);
         let cause = if expired {
             RemovalCause::Expired
         } else {
@@ -522,8 +552,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.find(hash, key)
+            .filter(|&id| !self.expired(id, timing))
             .and_then(|id| self.cells[id as usize].entry.as_ref())
-            .filter(|e| e.deadline(timing.tti) > timing.now)
             .map(|e| &e.value)
     }
 
@@ -573,10 +603,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             if cell.generation != generation {
                 continue;
             }
-            let Some(entry) = cell.entry.as_ref() else {
+            if cell.entry.is_none() {
                 continue;
-            };
-            let deadline = entry.deadline(timing.tti);
+            }
+            let deadline = self.deadline(id, timing.tti);
             if deadline <= timing.now {
                 freed += self.remove_id(id, RemovalCause::Expired, removed);
             } else {
@@ -605,6 +635,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
         }
         self.cells.clear();
+        self.times.clear();
         self.free.clear();
         self.table.clear();
         self.timers.clear();

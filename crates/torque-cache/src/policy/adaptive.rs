@@ -43,8 +43,19 @@ struct Meta {
     /// leaves, and count in the admission contest meanwhile. Saturates at
     /// [`MAX_HITS`]; halved with the sketch.
     resident: u8,
+    /// The sketch's estimate of the key's popularity right after its
+    /// insert counted it ([`FrequencySketch::frequency`]), aged with the
+    /// sketch. While the entry is resident its own hits go to `resident`,
+    /// not to the sketch, so the sketch's figure for its hash moves only
+    /// by the halving (applied here too) and by other keys' collisions
+    /// (count-min noise): the admission contest reads this instead of the
+    /// sketch, whose block for a long-resident victim is rarely still in
+    /// the CPU's caches.
+    estimate: u8,
+    /// Whether `estimate` includes the doorkeeper's one (cleared with the
+    /// doorkeeper at the halving).
+    door: bool,
     weight: u32,
-    hash: u64,
 }
 
 /// Whether the window is resized by the hill climber. Off: on our traces
@@ -80,8 +91,9 @@ const RANDOM_ADMIT_FREQUENCY: u8 = 6;
 /// W-TinyLFU state of one shard.
 #[derive(Debug)]
 pub(crate) struct Adaptive {
-    /// List links and [`Meta`] of every id, side by side: a hit reads one
-    /// slot for its hash, segment and neighbours.
+    /// List links and [`Meta`] of every id, side by side (16 bytes a node;
+    /// an entry's hash is read from the shard's slot, through [`Hits`],
+    /// which the policy touches anyway when it looks at an entry).
     links: Links<Meta>,
     window: List,
     probation: List,
@@ -240,9 +252,9 @@ impl Adaptive {
     /// the sketch, so the key's popularity is known if it comes back.
     fn depart(&mut self, id: u32, hits: &mut impl Hits) {
         let n = hits.take(id);
-        let Meta { resident, hash, .. } = self.meta(id);
+        let resident = self.meta(id).resident;
         let total = resident.saturating_add(n).min(MAX_HITS);
-        if total > 0 && self.sketch.fold(hash, total, resident) {
+        if total > 0 && self.sketch.fold(hits.hash(id), total, resident) {
             self.age(hits);
         }
     }
@@ -251,15 +263,23 @@ impl Adaptive {
     #[cold]
     fn age(&mut self, hits: &mut impl Hits) {
         hits.halve_all();
-        self.links.for_each_meta_mut(|m| m.resident >>= 1);
+        self.links.for_each_meta_mut(|m| {
+            m.resident >>= 1;
+            let counters = m.estimate - u8::from(m.door);
+            m.estimate = counters >> 1;
+            m.door = false;
+        });
     }
 
     /// The popularity of `id` for the admission contest: the sketch's
-    /// estimate plus the hits not folded into it yet, capped where the
-    /// sketch saturates (15 and the doorkeeper's one).
+    /// estimate (as of its insert, aged since) plus the hits not folded into
+    /// the sketch yet, capped where the sketch saturates (15 and the
+    /// doorkeeper's one).
     fn frequency(&self, id: u32) -> u8 {
-        let Meta { resident, hash, .. } = self.meta(id);
-        (self.sketch.frequency(hash) + resident).min(MAX_HITS + 1)
+        let Meta {
+            resident, estimate, ..
+        } = self.meta(id);
+        (estimate + resident).min(MAX_HITS + 1)
     }
 
     /// Demotes protected's overflow to probation, giving entries read since
@@ -298,18 +318,30 @@ impl Adaptive {
             Meta {
                 segment: Segment::Window,
                 resident: 0,
+                estimate: 0,
+                door: false,
                 weight,
-                hash,
             },
         );
         self.push(id, Segment::Window);
         self.entries += 1;
         if self.entries > self.sketch.sized_for() && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
+            // A fresh sketch knows nothing yet.
+            self.links.for_each_meta_mut(|m| {
+                m.estimate = 0;
+                m.door = false;
+            });
         }
-        if self.sketch.increment(hash) {
+        let (estimate, halved) = self.sketch.record(hash);
+        if halved {
             self.age(hits);
         }
+        let meta = self.links.meta_mut(id);
+        meta.estimate = estimate;
+        // After a halving the estimate was read from the aged sketch, whose
+        // doorkeeper is empty.
+        meta.door = !halved;
     }
 
     /// Whether the hill climber runs (then every read must reach
@@ -472,11 +504,21 @@ impl Adaptive {
 mod tests {
     use super::*;
 
-    /// The shard's per-entry hit counts, as a plain vector.
+    /// The shard's per-entry hit counts and hashes, as plain vectors.
     #[derive(Default)]
-    struct TestHits(Vec<u8>);
+    struct TestHits(Vec<u8>, Vec<u64>);
 
     impl TestHits {
+        /// Records `id`'s hash (as the shard's slot would) and inserts it.
+        fn insert(&mut self, p: &mut Adaptive, id: u32, hash: u64, weight: u32) {
+            let i = id as usize;
+            if self.1.len() <= i {
+                self.1.resize(i + 1, 0);
+            }
+            self.1[i] = hash;
+            p.on_insert(id, hash, weight, self);
+        }
+
         fn bump(&mut self, id: u32) {
             let i = id as usize;
             if self.0.len() <= i {
@@ -495,6 +537,9 @@ mod tests {
                 *h >>= 1;
             }
         }
+        fn hash(&self, id: u32) -> u64 {
+            self.1[id as usize]
+        }
     }
 
     #[test]
@@ -502,9 +547,9 @@ mod tests {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(10, false, false);
         for id in 0..10 {
-            p.on_insert(id, u64::from(id) * 7919, 1, &mut hits);
+            hits.insert(&mut p, id, u64::from(id) * 7919, 1);
         }
-        p.on_insert(10, 10 * 7919, 1, &mut hits);
+        hits.insert(&mut p, 10, 10 * 7919, 1);
         // Over capacity by one: the oldest window entries move into main
         // until it is full, then the newest candidate competes and, being no
         // more popular than the victim, is the one evicted.
@@ -522,7 +567,7 @@ mod tests {
         let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // A hot set of 50 ids, each read many times.
         for id in 0..50 {
-            p.on_insert(id, hash(id), 1, &mut hits);
+            hits.insert(&mut p, id, hash(id), 1);
             resident.insert(id);
         }
         for _ in 0..10 {
@@ -534,7 +579,7 @@ mod tests {
         // A scan of 1000 one-off ids.
         for id in 1000..2000 {
             p.on_miss(hash(id));
-            p.on_insert(id, hash(id), 1, &mut hits);
+            hits.insert(&mut p, id, hash(id), 1);
             resident.insert(id);
             while resident.len() > cap as usize {
                 let v = p.evict(&mut hits).unwrap();
@@ -549,7 +594,7 @@ mod tests {
     fn hits_are_folded_into_the_sketch_when_taken() {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(100, false, false);
-        p.on_insert(0, 42, 1, &mut hits);
+        hits.insert(&mut p, 0, 42, 1);
         let before = p.sketch.frequency(42);
         for _ in 0..5 {
             hits.bump(0);
@@ -568,7 +613,7 @@ mod tests {
     fn regression_resident_hits_age_with_the_sketch() {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(64, false, false);
-        p.on_insert(0, 1, 1, &mut hits);
+        hits.insert(&mut p, 0, 1, 1);
         for _ in 0..12 {
             hits.bump(0);
         }
@@ -576,11 +621,11 @@ mod tests {
         // count must halve with it, not keep its pre-reset weight.
         let mut id = 1;
         while hits.0[0] == 12 {
-            p.on_insert(
+            hits.insert(
+                &mut p,
                 id,
                 u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 1,
-                &mut hits,
             );
             p.on_remove(id, &mut hits);
             id += 1;
@@ -589,16 +634,16 @@ mod tests {
         assert_eq!(hits.0[0], 6);
         // Taken hits (not yet in the sketch) age too.
         let mut p = Adaptive::new(64, false, false);
-        p.on_insert(0, 1, 1, &mut hits);
+        hits.insert(&mut p, 0, 1, 1);
         hits.0[0] = 12;
         assert!(p.take_hits(0, &mut hits));
         let mut id = 1;
         while p.meta(0).resident == 12 {
-            p.on_insert(
+            hits.insert(
+                &mut p,
                 id,
                 u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                 1,
-                &mut hits,
             );
             p.on_remove(id, &mut hits);
             id += 1;
@@ -608,18 +653,50 @@ mod tests {
     }
 
     #[test]
+    fn resident_estimates_follow_the_sketch_through_halvings() {
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(64, false, false);
+        let hash = 0x1234_5678_9abc_def1;
+        // Seen twice before (doorkeeper, then a counter), then inserted.
+        p.sketch.record(hash);
+        p.sketch.record(hash);
+        hits.insert(&mut p, 0, hash, 1);
+        assert_eq!(p.frequency(0), p.sketch.frequency(hash));
+        let mut id = 1;
+        for halvings in 1..=2 {
+            let before = p.meta(0).estimate;
+            while p.meta(0).estimate == before {
+                hits.insert(
+                    &mut p,
+                    id,
+                    u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    1,
+                );
+                p.on_remove(id, &mut hits);
+                id += 1;
+                assert!(id < 1_000_000, "the sketch never reset");
+            }
+            assert_eq!(
+                p.frequency(0),
+                p.sketch.frequency(hash),
+                "after halving {halvings}"
+            );
+        }
+    }
+
+    #[test]
     fn read_entries_get_a_second_chance_and_probation_hits_promote() {
         let mut hits = TestHits::default();
         // A read entry at probation's tail is promoted rather than evicted.
         let mut p = Adaptive::new(10, false, false);
         for id in 0..10 {
-            p.on_insert(id, u64::from(id) * 0x9e37_79b9, 1, &mut hits);
+            hits.insert(&mut p, id, u64::from(id) * 0x9e37_79b9, 1);
         }
-        p.on_insert(10, 10 * 0x9e37_79b9, 1, &mut hits);
+        hits.insert(&mut p, 10, 10 * 0x9e37_79b9, 1);
         p.evict(&mut hits);
         let oldest = p.probation.back().unwrap();
         hits.bump(oldest);
-        p.on_insert(11, 11 * 0x9e37_79b9, 1, &mut hits);
+        hits.insert(&mut p, 11, 11 * 0x9e37_79b9, 1);
         let evicted = p.evict(&mut hits).unwrap();
         assert_ne!(evicted, oldest);
         assert_eq!(p.meta(oldest).segment, Segment::Protected);
@@ -629,8 +706,8 @@ mod tests {
     fn removal_and_update_keep_weights_consistent() {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(10, true, false);
-        p.on_insert(0, 1, 3, &mut hits);
-        p.on_insert(1, 2, 4, &mut hits);
+        hits.insert(&mut p, 0, 1, 3);
+        hits.insert(&mut p, 1, 2, 4);
         p.on_update(0, 5);
         assert_eq!(p.window_weight + p.main_weight(), 9);
         p.on_remove(1, &mut hits);

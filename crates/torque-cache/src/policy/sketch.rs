@@ -108,14 +108,45 @@ impl FrequencySketch {
 
     /// Records one access of `hash`; returns whether that triggered the
     /// periodic halving (so the caller ages its own counts too).
-    #[inline(always)]
+    #[cfg(test)]
     pub(crate) fn increment(&mut self, hash: u64) -> bool {
-        self.add(hash, 1)
+        self.record(hash).1
+    }
+
+    /// Records one access of `hash` (as [`Self::increment`]) and returns,
+    /// besides whether it triggered the halving, the estimate after it (as
+    /// [`Self::frequency`] would), read off the counters it has just
+    /// touched: the admission contest can then use it without a second
+    /// look-up.
+    #[inline]
+    pub(crate) fn record(&mut self, hash: u64) -> (u8, bool) {
+        let c = self.counters(hash);
+        let (word, bits) = Self::door(hash);
+        let block = &mut self.table[c.block];
+        // A first sighting only sets the doorkeeper; later ones raise the
+        // counters below 15.
+        let seen = block.door[word] & bits == bits;
+        block.door[word] |= bits;
+        let mut raised = !seen;
+        let mut min = 15;
+        for i in 0..4 {
+            let (w, shift) = c.row(i);
+            let old = (block.counters[w] >> shift) & 0xf;
+            let inc = u64::from(seen && old < 15);
+            block.counters[w] += inc << shift;
+            raised |= inc != 0;
+            min = min.min(old + inc);
+        }
+        if raised && self.count(1) {
+            return (self.frequency(hash), true);
+        }
+        (min as u8 + 1, false)
     }
 
     /// Records `n` accesses of `hash` at once: the same counts as `n` calls
     /// of [`Self::increment`], for the price of one. Returns whether that
     /// triggered the periodic halving.
+    #[cfg(test)]
     pub(crate) fn add(&mut self, hash: u64, n: u8) -> bool {
         let raised = self.raise(hash, n);
         self.count(raised)
@@ -237,6 +268,17 @@ mod tests {
             assert_eq!(one.frequency(hash), batch.frequency(hash), "n = {n}");
         }
         assert_eq!(one.additions, batch.additions);
+    }
+
+    #[test]
+    fn record_returns_the_frequency_after_the_access() {
+        let mut s = FrequencySketch::new(64);
+        for i in 0..40u64 {
+            let hash = (i % 7).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let (estimate, halved) = s.record(hash);
+            assert!(!halved);
+            assert_eq!(estimate, s.frequency(hash), "access {i}");
+        }
     }
 
     #[test]
