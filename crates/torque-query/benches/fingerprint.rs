@@ -29,6 +29,12 @@ fn fingerprint_cost(c: &mut Criterion) {
         BenchmarkId::new("typical", format!("{}B", typical.len())),
         |b| b.iter(|| black_box(fingerprint(black_box(typical)))),
     );
+    // The yardstick is a typical ~200-byte statement: the join.
+    let join = STATEMENTS[1];
+    group.throughput(Throughput::Bytes(join.len() as u64));
+    group.bench_function(BenchmarkId::new("join", format!("{}B", join.len())), |b| {
+        b.iter(|| black_box(fingerprint(black_box(join))))
+    });
     let total: usize = STATEMENTS.iter().map(|s| s.len()).sum();
     group.throughput(Throughput::Elements(STATEMENTS.len() as u64));
     group.bench_function(
