@@ -124,7 +124,7 @@ pub(crate) struct Analysis {
 /// Never panics, whatever the input: text it cannot make sense of is kept as
 /// it is, lower-cased.
 pub fn fingerprint(sql: &str) -> Fingerprint {
-    analyze(sql).fingerprint
+    with_scratch(sql, analyze_with::<false>).fingerprint
 }
 
 /// One normalized output token: a slice of the input (or of a static string)
@@ -314,20 +314,28 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
+/// The fingerprint and what the detector needs to know about the values.
 pub(crate) fn analyze(sql: &str) -> Analysis {
+    with_scratch(sql, analyze_with::<true>)
+}
+
+fn with_scratch(sql: &str, f: fn(&str, &mut Scratch) -> Analysis) -> Analysis {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
-            let a = analyze_with(sql, &mut scratch);
+            let a = f(sql, &mut scratch);
             if scratch.tokens.capacity() > SCRATCH_KEEP {
                 *scratch = Scratch::default();
             }
             a
         }
-        Err(_) => analyze_with(sql, &mut Scratch::default()),
+        Err(_) => f(sql, &mut Scratch::default()),
     })
 }
 
-fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
+/// `VALUES`: with `VALUES` false, only the fingerprint is computed (the
+/// value hashes, slot kinds, paging and row counts stay at their defaults),
+/// which is all [`fingerprint`] returns.
+fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysis {
     let Scratch {
         tokens,
         drop_token,
@@ -531,7 +539,8 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                         has_offset = true;
                     } else if w == kw!("between") {
                         between_pending = true;
-                    } else if w == kw!("values")
+                    } else if VALUES
+                        && w == kw!("values")
                         && frames.is_empty()
                         && kind == StatementKind::Insert
                     {
@@ -559,14 +568,16 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                     continue;
                 }
                 if w == kw!("true") || w == kw!("false") {
-                    let slot = classify(
-                        &out,
-                        frames,
-                        clause,
-                        between_pending,
-                        next_is_eq(tokens, i, sql),
-                    );
-                    st.note(slot, t.text(sql), false, &out);
+                    if VALUES {
+                        let slot = classify(
+                            &out,
+                            frames,
+                            clause,
+                            between_pending,
+                            next_is_eq(tokens, i, sql),
+                        );
+                        st.note(slot, t.text(sql), false, &out);
+                    }
                     push(&mut out, frames, Out::SLOT);
                     i += 1;
                     continue;
@@ -618,23 +629,25 @@ fn analyze_with(sql: &str, scratch: &mut Scratch) -> Analysis {
                 {
                     out.pop();
                 }
-                let slot = classify(
-                    &out,
-                    frames,
-                    clause,
-                    between_pending,
-                    next_is_eq(tokens, i, sql),
-                );
-                if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
-                    between_pending = false;
+                if VALUES {
+                    let slot = classify(
+                        &out,
+                        frames,
+                        clause,
+                        between_pending,
+                        next_is_eq(tokens, i, sql),
+                    );
+                    if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
+                        between_pending = false;
+                    }
+                    let is_param = t.kind == Kind::Param;
+                    st.note(
+                        slot,
+                        if is_param { "$" } else { t.text(sql) },
+                        is_param,
+                        &out,
+                    );
                 }
-                let is_param = t.kind == Kind::Param;
-                st.note(
-                    slot,
-                    if is_param { "$" } else { t.text(sql) },
-                    is_param,
-                    &out,
-                );
                 push(&mut out, frames, Out::SLOT);
             }
             Kind::Open | Kind::OpenBracket => {
@@ -969,6 +982,33 @@ fn render(out: &[Out<'_>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// `fingerprint` skips the detector's value bookkeeping; the
+        /// fingerprint must not depend on it.
+        #[test]
+        fn fingerprint_alone_equals_the_detectors_fingerprint(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("SELECT"), Just("FROM"), Just("WHERE"), Just("IN"), Just("("), Just(")"),
+                    Just("'x'"), Just("\"Q\""), Just("\"q\""), Just("$1"), Just("::"), Just("."),
+                    Just(","), Just(";"), Just("ANY"), Just("ARRAY"), Just("["), Just("]"), Just("-"),
+                    Just("5"), Just("t"), Just("u"), Just("s"), Just("AS"), Just("JOIN"), Just("="),
+                    Just(">"), Just("?"), Just("SAVEPOINT"), Just("VALUES"), Just("INSERT"),
+                    Just("INTO"), Just("LIMIT"), Just("OFFSET"), Just("BETWEEN"), Just("AND"),
+                    Just("ORDER"), Just("BY"), Just("true"), Just("UPDATE"), Just("SET"),
+                ],
+                0..40,
+            ),
+            sep in prop_oneof![Just(""), Just(" ")],
+        ) {
+            let sql = parts.join(sep);
+            prop_assert_eq!(fingerprint(&sql), analyze(&sql).fingerprint);
+        }
+    }
 
     #[test]
     fn identifiers_fold_to_lower_case_at_any_length() {

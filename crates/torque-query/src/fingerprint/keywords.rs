@@ -318,6 +318,19 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
     if len == 0 || len > 16 {
         return (0, len > 16);
     }
+    if len <= 8 {
+        // Most words: one little-endian word is enough.
+        let lo = match bytes.get(start..start + 8) {
+            Some(b) => le_u64(b),
+            None => {
+                let mut buf = [0u8; 8];
+                buf[..len].copy_from_slice(&bytes[start..end]);
+                u64::from_le_bytes(buf)
+            }
+        } & low_bytes(len);
+        let l = lower8(lo);
+        return (id_of_key(u128::from(l)), l != lo);
+    }
     // Two little-endian words straight from the input when 16 bytes are
     // there to read, else from a zero-padded copy (the input's last word).
     let (lo, hi) = match bytes.get(start..start + 16) {
