@@ -155,6 +155,11 @@ const OBVIOUS_QUEUE: f64 = 1.5;
 /// a queue: a false alarm costs a cut of the limit, so be sure.
 const SIGNIFICANCE: f64 = 2.0;
 
+/// Samples a slow-start window (and the start-up probe) needs: enough for
+/// a standard error of about 12 % of the mean, which sees a doubling past
+/// the capacity (a mean latency up to twice the baseline).
+const SLOW_START_SAMPLES: usize = 32;
+
 /// How long a closed window waits for its cohort's stragglers, in mean
 /// latencies: with an exponential-like tail, what arrives later is negligible.
 const DRAIN: f64 = 4.0;
@@ -247,7 +252,14 @@ impl Adaptive {
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
         let noise = SIGNIFICANCE * relative_error;
         let target = 1.0 + self.config.headroom;
-        if ratio > target + noise {
+        // Slow start's short windows and young baseline only see a gross
+        // queue: the doubling that crossed the capacity.
+        let queued = if self.slow_start {
+            ratio > (target + noise).max(OBVIOUS_QUEUE)
+        } else {
+            ratio > target + noise
+        };
+        if queued {
             // Little's law: limit / ratio requests are being served; allow
             // the headroom's worth of queue on top.
             let served = self.limit as f64 / ratio;
@@ -270,7 +282,22 @@ impl Adaptive {
             .capacity
             .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
         let variance = variance.max(BASELINE_FLOOR * mean * mean);
-        if self.slow_start || below_capacity {
+        // Which windows measured the no-load latency and sharpen the
+        // baseline: in slow start, one within a standard error of the
+        // target (a short window may hide a queue in its noise band); in
+        // steady state, one below the capacity the last queue revealed, or
+        // one within its own standard error of the baseline — the bottom of
+        // the limit's oscillation, where the queue has drained. Without the
+        // latter the baseline keeps the precision of slow start's short
+        // windows, and its error alone makes a noise band of several per
+        // cent that lets the queue grow.
+        let window_error = (variance / (mean * mean)).sqrt();
+        let clean = if self.slow_start {
+            ratio <= target + relative_error
+        } else {
+            below_capacity || ratio <= 1.0 + window_error
+        };
+        if clean {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
             self.baseline = Some(merge(baseline, mean, variance));
@@ -486,20 +513,23 @@ impl Algorithm for Adaptive {
             return self.limit;
         }
         self.window.add(sample);
+        let slow_start = self.slow_start;
         let window = &mut self.window;
-        if window.count < self.config.min_samples {
+        // Slow start only looks for a gross queue (the decision's noise
+        // band accounts for the small window), and every window spent
+        // below the capacity is throughput lost: a short window suffices.
+        let min_samples = if slow_start {
+            self.config.min_samples.min(SLOW_START_SAMPLES)
+        } else {
+            self.config.min_samples
+        };
+        if window.count < min_samples {
             return self.limit;
         }
         let mean = window.mean();
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let needed = 1.0 / (RESOLUTION * self.limit as f64);
-        // Slow start only looks for a gross queue.
-        let needed = if self.slow_start {
-            needed.max(0.03)
-        } else {
-            needed
-        };
-        let precise = relative_error <= needed;
+        let precise = slow_start || relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
             && self.baseline.is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
