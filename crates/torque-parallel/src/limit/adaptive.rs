@@ -63,6 +63,9 @@ pub struct Adaptive {
     capacity: Option<f64>,
     /// In slow start, the last limit whose window showed no queue.
     last_clear: Option<usize>,
+    /// The steady-state window that made the last cut: its limit, mean and
+    /// variance of the mean.
+    cut_by: Option<(usize, f64, f64)>,
 
     window: Window,
     baseline: Option<Baseline>,
@@ -247,6 +250,27 @@ impl Adaptive {
                 Baseline { mean, variance }
             }
         };
+        let mut baseline = baseline;
+        if let Some((cut_limit, cut_mean, cut_variance)) = self.cut_by.take() {
+            // A modest queue made the last cut. If the lower limit did not
+            // shorten the latency (not even by one standard error), there
+            // was no queue to drain: both windows measured the no-load
+            // latency, and the baseline (too low) is re-measured from them.
+            // Without this a low baseline keeps cutting far below the
+            // capacity until the next probe.
+            if self.limit < cut_limit && mean >= cut_mean {
+                let floor = |m: f64, v: f64| v.max(BASELINE_FLOOR * m * m);
+                baseline = merge(
+                    Baseline {
+                        mean: cut_mean,
+                        variance: floor(cut_mean, cut_variance),
+                    },
+                    mean,
+                    floor(mean, variance),
+                );
+                self.baseline = Some(baseline);
+            }
+        }
         let ratio = mean / baseline.mean;
         let relative_error =
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
@@ -270,6 +294,11 @@ impl Adaptive {
                 // thrashing makes Little's law undershoot, so do not go
                 // below what is known to work.
                 new = new.max(clear as f64).min(self.limit as f64 - 1.0);
+            }
+            // A gross queue is never a baseline error (and a capacity drop
+            // leaves one that the next window still sees).
+            if !self.slow_start && ratio < OBVIOUS_QUEUE {
+                self.cut_by = Some((self.limit, mean, variance));
             }
             self.set_limit(new);
             self.slow_start = false;
@@ -459,6 +488,7 @@ impl AdaptiveBuilder {
             held: false,
             capacity: None,
             last_clear: None,
+            cut_by: None,
 
             window: Window::default(),
             baseline: None,
