@@ -25,14 +25,21 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   per window until the first queue (slow start, never cutting below its
 ///   last queue-free limit), then by 1, 1, 1, 2, 3, … per window while no
 ///   queue shows (so it also finds a capacity that rose). In between, it
-///   holds for one window.
+///   holds for one window. Slow start's windows are short (32 samples, so
+///   the limit leaves the low start-up values within a second) and only a
+///   gross queue (1.5 × the baseline, and significant) ends it.
 /// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
 ///   to `probe_limit` (4) for one window to sample the no-load latency
 ///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
 ///   backend whose no-load latency rose (a slower dependency, a capacity drop
 ///   that lengthens service) does not leave the limit stuck low. A probe
 ///   consistent with the current baseline is merged into it (inverse-variance
-///   weighting); an inconsistent one replaces it.
+///   weighting); an inconsistent one replaces it. Between probes, windows
+///   that measured no queue sharpen it: in steady state, those within their
+///   own standard error of it (the bottom of the limit's oscillation). And
+///   when the window after a modest cut is no faster than the one that made
+///   it, there was no queue to drain: the baseline was too low, and both
+///   windows re-measure it.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
@@ -633,6 +640,28 @@ mod tests {
         model.run(&mut adaptive, 0.060, 16.0, 60.0);
         let baseline = adaptive.baseline().unwrap().as_secs_f64();
         assert!((0.050..0.070).contains(&baseline), "{baseline}");
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+    }
+
+    #[test]
+    fn regression_a_low_baseline_does_not_collapse_the_limit() {
+        let mut adaptive = Adaptive::builder().build().unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 16.0, 15.0);
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+        // A no-load estimate 25 % too low (a lucky short window): every
+        // window now looks queued, and cuts alone would take the limit far
+        // below the capacity until the next probe, 60 s away.
+        adaptive.baseline = Some(Baseline {
+            mean: 0.015,
+            variance: (0.015f64 * 0.01).powi(2),
+        });
+        model.run(&mut adaptive, 0.020, 16.0, 10.0);
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!((0.018..0.023).contains(&baseline), "{baseline}");
         assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
     }
 
