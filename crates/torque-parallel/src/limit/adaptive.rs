@@ -38,8 +38,8 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   that measured no queue sharpen it: in steady state, those within their
 ///   own standard error of it (the bottom of the limit's oscillation). And
 ///   when the window after a modest cut is no faster than the one that made
-///   it, there was no queue to drain: the baseline was too low, and both
-///   windows re-measure it.
+///   it (nor much slower: a capacity drop), there was no queue to drain: the
+///   baseline was too low, and both windows re-measure it.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
@@ -219,6 +219,8 @@ impl Adaptive {
         let restore = self.limit;
         self.set_limit(restore.min(self.config.probe_limit) as f64);
         self.probe = Probe::Running { restore };
+        // The window after the probe is not comparable with the one before.
+        self.cut_by = None;
         self.window.reset(now);
     }
 
@@ -260,12 +262,16 @@ impl Adaptive {
         let mut baseline = baseline;
         if let Some((cut_limit, cut_mean, cut_variance)) = self.cut_by.take() {
             // A modest queue made the last cut. If the lower limit did not
-            // shorten the latency (not even by one standard error), there
-            // was no queue to drain: both windows measured the no-load
-            // latency, and the baseline (too low) is re-measured from them.
-            // Without this a low baseline keeps cutting far below the
-            // capacity until the next probe.
-            if self.limit < cut_limit && mean >= cut_mean {
+            // shorten the latency, there was no queue to drain: both
+            // windows measured the no-load latency, and the baseline (too
+            // low) is re-measured from them. Without this a low baseline
+            // keeps cutting far below the capacity until the next probe.
+            // A window much slower than the one before the cut (beyond two
+            // standard errors), or grossly queued, is a queue that grew (a
+            // capacity drop), not a wrong baseline.
+            let spread = SIGNIFICANCE * (variance + cut_variance).sqrt();
+            let steady = mean >= cut_mean && mean <= cut_mean + spread;
+            if self.limit < cut_limit && steady && mean < OBVIOUS_QUEUE * baseline.mean {
                 let floor = |m: f64, v: f64| v.max(BASELINE_FLOOR * m * m);
                 baseline = merge(
                     Baseline {
@@ -518,6 +524,7 @@ impl Algorithm for Adaptive {
             if self.last_backoff.is_none_or(|at| sample.started() >= at) {
                 self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
                 self.last_backoff = Some(now);
+                self.cut_by = None;
                 self.slow_start = false;
                 self.growth_streak = 0;
                 if let Probe::Running { .. } = self.probe {
