@@ -1,10 +1,16 @@
 //! Adaptive limiters against the best static limit, on a simulated backend
 //! that runs on tokio's paused clock (deterministic: same seed, same table).
 //!
-//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--scale N]`
+//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--scale N] [--limiter NAME] [--trace]`
 //!
 //! `--scale N` multiplies every run's duration (and the step's instant) by N,
-//! to separate start-up cost from steady state.
+//! to separate start-up cost from steady state. `--limiter NAME` runs only
+//! the limiters whose name starts with NAME (e.g. `Adaptive`).
+//! `--oracle-cache PATH` keeps the static sweeps' results in a file, to
+//! re-run a limiter without sweeping again (delete it after changing the
+//! backend). `--trace`
+//! prints, after each row, the limit over time (every 100 ms sample, run
+//! length encoded as `limit×count`), to see what the controller does.
 //!
 //! For each scenario and seed it sweeps static limits 1..=256 for the best
 //! (the oracle), then runs each limiter, which knows nothing of the
@@ -83,6 +89,9 @@ fn main() {
     let mut seeds = vec![1u64, 2, 3];
     let mut only = "all".to_string();
     let mut scale = 1u32;
+    let mut only_limiter = String::new();
+    let mut trace = false;
+    let mut cache: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -96,6 +105,9 @@ fn main() {
             }
             "--only" => only = args.next().expect("--only thrash|step|open"),
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
+            "--limiter" => only_limiter = args.next().expect("--limiter NAME"),
+            "--trace" => trace = true,
+            "--oracle-cache" => cache = Some(args.next().expect("--oracle-cache PATH")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -105,8 +117,15 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for seed in seeds {
         for (name, scenario) in scenarios(&only, seed, scale) {
-            let (best, base) = oracle(&scenario);
+            let (best, base) = cached_oracle(
+                cache.as_deref(),
+                &format!("{name} {seed} {scale}"),
+                &scenario,
+            );
             for (limiter, algorithm) in limiters() {
+                if !limiter.starts_with(only_limiter.as_str()) {
+                    continue;
+                }
                 let report = run(&scenario, algorithm);
                 let goal = if limiter == "Adaptive" {
                     goal(&name, &report, &base)
@@ -123,9 +142,62 @@ fn main() {
                     report.mean_limit(0.0, 0.5),
                     report.mean_limit(0.5, 1.0),
                 );
+                if trace {
+                    println!("{}", run_length(&report.limits));
+                }
             }
         }
     }
+}
+
+/// The oracle, read from or added to the cache file `path` under `key`.
+fn cached_oracle(path: Option<&str>, key: &str, scenario: &Scenario) -> (usize, Report) {
+    let Some(path) = path else {
+        return oracle(scenario);
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(key).and_then(|r| r.strip_prefix('\t')) {
+            let f: Vec<f64> = rest
+                .split('\t')
+                .map(|x| x.parse().expect("cache"))
+                .collect();
+            let base = Report {
+                throughput: f[1],
+                p99: Duration::from_secs_f64(f[2]),
+                ..Report::default()
+            };
+            return (f[0] as usize, base);
+        }
+    }
+    let (best, base) = oracle(scenario);
+    let line = format!(
+        "{key}\t{best}\t{}\t{}\n",
+        base.throughput,
+        base.p99.as_secs_f64()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("oracle cache");
+    std::io::Write::write_all(&mut file, line.as_bytes()).expect("oracle cache");
+    (best, base)
+}
+
+/// `limits` as `limit×count` runs, 10 samples a second.
+fn run_length(limits: &[usize]) -> String {
+    let mut out = String::from("    limit every 100 ms:");
+    let mut i = 0;
+    while i < limits.len() {
+        let j = limits[i..]
+            .iter()
+            .position(|&l| l != limits[i])
+            .map_or(limits.len(), |k| i + k);
+        out.push_str(&format!(" {}×{}", limits[i], j - i));
+        i = j;
+    }
+    out
 }
 
 fn goal(name: &str, report: &Report, base: &Report) -> String {

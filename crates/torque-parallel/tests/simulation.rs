@@ -107,6 +107,22 @@ fn adaptive_recovers_after_a_step_down() {
     );
 }
 
+/// The no-load latency used to be "re-measured" from the window after a
+/// modest cut whenever that window was no faster, including when it was
+/// much slower because the capacity had just dropped (here 9 → 3 servers,
+/// on the seed where a cut was pending at the step): the baseline became a
+/// queued latency and held the limit at 5–7 on 3 servers.
+#[test]
+fn regression_a_capacity_drop_is_not_taken_for_a_low_baseline() {
+    let mut scenario = Scenario::closed(9, 2);
+    scenario.thrash = true;
+    scenario.duration = Duration::from_secs(120);
+    scenario.step = Some((Duration::from_secs(60), 3));
+    let report = run(&scenario, Adaptive::default());
+    let after = report.mean_limit(0.75, 1.0);
+    assert!((2.0..=4.5).contains(&after), "after the step to 3: {after}");
+}
+
 #[test]
 fn adaptive_recovers_after_a_step_up() {
     let mut scenario = Scenario::closed(8, 5);

@@ -25,14 +25,21 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   per window until the first queue (slow start, never cutting below its
 ///   last queue-free limit), then by 1, 1, 1, 2, 3, … per window while no
 ///   queue shows (so it also finds a capacity that rose). In between, it
-///   holds for one window.
+///   holds for one window. Slow start's windows are short (32 samples, so
+///   the limit leaves the low start-up values within a second) and only a
+///   gross queue (1.5 × the baseline, and significant) ends it.
 /// - **Re-measured no-load latency.** Every `probe_interval` the limit drops
 ///   to `probe_limit` (4) for one window to sample the no-load latency
 ///   again, as Envoy's adaptive concurrency filter re-measures its minRTT, so a
 ///   backend whose no-load latency rose (a slower dependency, a capacity drop
 ///   that lengthens service) does not leave the limit stuck low. A probe
 ///   consistent with the current baseline is merged into it (inverse-variance
-///   weighting); an inconsistent one replaces it.
+///   weighting); an inconsistent one replaces it. Between probes, windows
+///   that measured no queue sharpen it: in steady state, those within their
+///   own standard error of it (the bottom of the limit's oscillation). And
+///   when the window after a modest cut is no faster than the one that made
+///   it (nor much slower: a capacity drop), there was no queue to drain: the
+///   baseline was too low, and both windows re-measure it.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
@@ -63,6 +70,9 @@ pub struct Adaptive {
     capacity: Option<f64>,
     /// In slow start, the last limit whose window showed no queue.
     last_clear: Option<usize>,
+    /// The steady-state window that made the last cut: its limit, mean and
+    /// variance of the mean.
+    cut_by: Option<(usize, f64, f64)>,
 
     window: Window,
     baseline: Option<Baseline>,
@@ -155,6 +165,11 @@ const OBVIOUS_QUEUE: f64 = 1.5;
 /// a queue: a false alarm costs a cut of the limit, so be sure.
 const SIGNIFICANCE: f64 = 2.0;
 
+/// Samples a slow-start window (and the start-up probe) needs: enough for
+/// a standard error of about 12 % of the mean, which sees a doubling past
+/// the capacity (a mean latency up to twice the baseline).
+const SLOW_START_SAMPLES: usize = 32;
+
 /// How long a closed window waits for its cohort's stragglers, in mean
 /// latencies: with an exponential-like tail, what arrives later is negligible.
 const DRAIN: f64 = 4.0;
@@ -204,6 +219,8 @@ impl Adaptive {
         let restore = self.limit;
         self.set_limit(restore.min(self.config.probe_limit) as f64);
         self.probe = Probe::Running { restore };
+        // The window after the probe is not comparable with the one before.
+        self.cut_by = None;
         self.window.reset(now);
     }
 
@@ -242,12 +259,44 @@ impl Adaptive {
                 Baseline { mean, variance }
             }
         };
+        let mut baseline = baseline;
+        if let Some((cut_limit, cut_mean, cut_variance)) = self.cut_by.take() {
+            // A modest queue made the last cut. If the lower limit did not
+            // shorten the latency, there was no queue to drain: both
+            // windows measured the no-load latency, and the baseline (too
+            // low) is re-measured from them. Without this a low baseline
+            // keeps cutting far below the capacity until the next probe.
+            // A window much slower than the one before the cut (beyond two
+            // standard errors), or grossly queued, is a queue that grew (a
+            // capacity drop), not a wrong baseline.
+            let spread = SIGNIFICANCE * (variance + cut_variance).sqrt();
+            let steady = mean >= cut_mean && mean <= cut_mean + spread;
+            if self.limit < cut_limit && steady && mean < OBVIOUS_QUEUE * baseline.mean {
+                let floor = |m: f64, v: f64| v.max(BASELINE_FLOOR * m * m);
+                baseline = merge(
+                    Baseline {
+                        mean: cut_mean,
+                        variance: floor(cut_mean, cut_variance),
+                    },
+                    mean,
+                    floor(mean, variance),
+                );
+                self.baseline = Some(baseline);
+            }
+        }
         let ratio = mean / baseline.mean;
         let relative_error =
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
         let noise = SIGNIFICANCE * relative_error;
         let target = 1.0 + self.config.headroom;
-        if ratio > target + noise {
+        // Slow start's short windows and young baseline only see a gross
+        // queue: the doubling that crossed the capacity.
+        let queued = if self.slow_start {
+            ratio > (target + noise).max(OBVIOUS_QUEUE)
+        } else {
+            ratio > target + noise
+        };
+        if queued {
             // Little's law: limit / ratio requests are being served; allow
             // the headroom's worth of queue on top.
             let served = self.limit as f64 / ratio;
@@ -258,6 +307,11 @@ impl Adaptive {
                 // thrashing makes Little's law undershoot, so do not go
                 // below what is known to work.
                 new = new.max(clear as f64).min(self.limit as f64 - 1.0);
+            }
+            // A gross queue is never a baseline error (and a capacity drop
+            // leaves one that the next window still sees).
+            if !self.slow_start && ratio < OBVIOUS_QUEUE {
+                self.cut_by = Some((self.limit, mean, variance));
             }
             self.set_limit(new);
             self.slow_start = false;
@@ -270,7 +324,22 @@ impl Adaptive {
             .capacity
             .is_none_or(|capacity| self.limit as f64 <= capacity.floor());
         let variance = variance.max(BASELINE_FLOOR * mean * mean);
-        if self.slow_start || below_capacity {
+        // Which windows measured the no-load latency and sharpen the
+        // baseline: in slow start, one within a standard error of the
+        // target (a short window may hide a queue in its noise band); in
+        // steady state, one below the capacity the last queue revealed, or
+        // one within its own standard error of the baseline — the bottom of
+        // the limit's oscillation, where the queue has drained. Without the
+        // latter the baseline keeps the precision of slow start's short
+        // windows, and its error alone makes a noise band of several per
+        // cent that lets the queue grow.
+        let window_error = (variance / (mean * mean)).sqrt();
+        let clean = if self.slow_start {
+            ratio <= target + relative_error
+        } else {
+            below_capacity || ratio <= 1.0 + window_error
+        };
+        if clean {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
             self.baseline = Some(merge(baseline, mean, variance));
@@ -432,6 +501,7 @@ impl AdaptiveBuilder {
             held: false,
             capacity: None,
             last_clear: None,
+            cut_by: None,
 
             window: Window::default(),
             baseline: None,
@@ -454,6 +524,7 @@ impl Algorithm for Adaptive {
             if self.last_backoff.is_none_or(|at| sample.started() >= at) {
                 self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
                 self.last_backoff = Some(now);
+                self.cut_by = None;
                 self.slow_start = false;
                 self.growth_streak = 0;
                 if let Probe::Running { .. } = self.probe {
@@ -486,20 +557,23 @@ impl Algorithm for Adaptive {
             return self.limit;
         }
         self.window.add(sample);
+        let slow_start = self.slow_start;
         let window = &mut self.window;
-        if window.count < self.config.min_samples {
+        // Slow start only looks for a gross queue (the decision's noise
+        // band accounts for the small window), and every window spent
+        // below the capacity is throughput lost: a short window suffices.
+        let min_samples = if slow_start {
+            self.config.min_samples.min(SLOW_START_SAMPLES)
+        } else {
+            self.config.min_samples
+        };
+        if window.count < min_samples {
             return self.limit;
         }
         let mean = window.mean();
         let relative_error = window.variance_of_mean().sqrt() / mean;
         let needed = 1.0 / (RESOLUTION * self.limit as f64);
-        // Slow start only looks for a gross queue.
-        let needed = if self.slow_start {
-            needed.max(0.03)
-        } else {
-            needed
-        };
-        let precise = relative_error <= needed;
+        let precise = slow_start || relative_error <= needed;
         let long = now.saturating_duration_since(start) >= self.config.max_window;
         let obvious = !matches!(self.probe, Probe::Running { .. })
             && self.baseline.is_some_and(|b| mean > OBVIOUS_QUEUE * b.mean);
@@ -573,6 +647,28 @@ mod tests {
         model.run(&mut adaptive, 0.060, 16.0, 60.0);
         let baseline = adaptive.baseline().unwrap().as_secs_f64();
         assert!((0.050..0.070).contains(&baseline), "{baseline}");
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+    }
+
+    #[test]
+    fn regression_a_low_baseline_does_not_collapse_the_limit() {
+        let mut adaptive = Adaptive::builder().build().unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 16.0, 15.0);
+        assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+        // A no-load estimate 25 % too low (a lucky short window): every
+        // window now looks queued, and cuts alone would take the limit far
+        // below the capacity until the next probe, 60 s away.
+        adaptive.baseline = Some(Baseline {
+            mean: 0.015,
+            variance: (0.015f64 * 0.01).powi(2),
+        });
+        model.run(&mut adaptive, 0.020, 16.0, 10.0);
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!((0.018..0.023).contains(&baseline), "{baseline}");
         assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
     }
 
