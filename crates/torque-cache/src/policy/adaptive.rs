@@ -103,11 +103,17 @@ pub(crate) struct Adaptive {
     protected_weight: u64,
     capacity: u64,
     window_max: u64,
+    /// [`PROTECTED_PERCENT`] of main space, kept with `window_max` (it is
+    /// checked on every eviction).
+    protected_max: u64,
     /// Sized for the entries actually held, not the capacity (which may be
     /// a weight in bytes, or a generous bound never reached); grown by
     /// doubling as the shard fills, which restarts its counts.
     sketch: FrequencySketch,
     entries: u64,
+    /// The entry count past which the sketch is regrown
+    /// ([`FrequencySketch::sized_for`], kept here: checked on every insert).
+    grow_at: u64,
     rng: u64,
     climber: Option<HillClimber>,
 }
@@ -140,6 +146,7 @@ impl Adaptive {
             capacity.clamp(MIN_ENTRIES, INITIAL_SKETCH_ENTRIES)
         };
         let window = (capacity as f64 * INITIAL_WINDOW_PERCENT / 100.0).max(1.0);
+        let sketch = FrequencySketch::new(sketch_entries);
         Self {
             links: Links::default(),
             window: List::new(),
@@ -150,7 +157,9 @@ impl Adaptive {
             protected_weight: 0,
             capacity,
             window_max: window as u64,
-            sketch: FrequencySketch::new(sketch_entries),
+            protected_max: Self::protected_share(capacity, window as u64),
+            grow_at: sketch.sized_for(),
+            sketch,
             entries: 0,
             rng: 0x853c_49e6_748f_ea9b,
             climber: climb.then(|| HillClimber {
@@ -164,12 +173,8 @@ impl Adaptive {
         }
     }
 
-    fn main_max(&self) -> u64 {
-        self.capacity.saturating_sub(self.window_max)
-    }
-
-    fn protected_max(&self) -> u64 {
-        self.main_max() * PROTECTED_PERCENT / 100
+    fn protected_share(capacity: u64, window_max: u64) -> u64 {
+        capacity.saturating_sub(window_max) * PROTECTED_PERCENT / 100
     }
 
     #[cfg(test)]
@@ -193,15 +198,15 @@ impl Adaptive {
         let weight = u64::from(meta.weight);
         match segment {
             Segment::Window => {
-                self.links.push_front(&mut self.window, id);
+                self.links.push_front_ensured(&mut self.window, id);
                 self.window_weight += weight;
             }
             Segment::Probation => {
-                self.links.push_front(&mut self.probation, id);
+                self.links.push_front_ensured(&mut self.probation, id);
                 self.probation_weight += weight;
             }
             Segment::Protected => {
-                self.links.push_front(&mut self.protected, id);
+                self.links.push_front_ensured(&mut self.protected, id);
                 self.protected_weight += weight;
             }
         }
@@ -285,7 +290,7 @@ impl Adaptive {
     /// Demotes protected's overflow to probation, giving entries read since
     /// they were last looked at a second chance at protected's front.
     fn demote_protected_overflow(&mut self, hits: &mut impl Hits) {
-        while self.protected_weight > self.protected_max() {
+        while self.protected_weight > self.protected_max {
             let Some(id) = self.protected.back() else {
                 break;
             };
@@ -325,8 +330,9 @@ impl Adaptive {
         );
         self.push(id, Segment::Window);
         self.entries += 1;
-        if self.entries > self.sketch.sized_for() && self.entries <= MAX_ENTRIES {
+        if self.entries > self.grow_at && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
+            self.grow_at = self.sketch.sized_for();
             // A fresh sketch knows nothing yet.
             self.links.for_each_meta_mut(|m| {
                 m.estimate = 0;
@@ -413,6 +419,10 @@ impl Adaptive {
     /// Hits are settled first (second chances, promotions), so both
     /// contestants' hits count when the sketch judges.
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
+        // The newest of the window's overflow (the candidate) is held on no
+        // list while the contest is prepared: most candidates lose, and one
+        // that loses then costs no push onto probation and no unlink from
+        // it. One that wins enters probation's front afterwards.
         let mut candidate = None;
         while self.window_weight > self.window_max {
             let Some(id) = self.window.back() else {
@@ -422,22 +432,23 @@ impl Adaptive {
                 self.links.move_to_front(&mut self.window, id);
                 continue;
             }
+            if let Some(previous) = candidate.replace(id) {
+                self.push(previous, Segment::Probation);
+            }
             self.unlink(id);
-            self.push(id, Segment::Probation);
-            candidate = Some(id);
         }
         self.demote_protected_overflow(hits);
         self.promote_probation_tail(hits);
-        if let (Some(candidate), Some(victim)) = (candidate, self.probation.back())
-            && candidate != victim
-        {
-            let loser = if self.admit(candidate, victim) {
-                victim
-            } else {
-                candidate
+        if let Some(candidate) = candidate {
+            let loser = match self.probation.back() {
+                Some(victim) if self.admit(candidate, victim) => {
+                    self.unlink(victim);
+                    self.push(candidate, Segment::Probation);
+                    victim
+                }
+                _ => candidate,
             };
             self.depart(loser, hits);
-            self.unlink(loser);
             self.entries -= 1;
             return Some(loser);
         }
@@ -489,6 +500,7 @@ impl Adaptive {
         // Protected's overflow, if the main space shrank, is demoted at the
         // next eviction.
         self.window_max = c.window as u64;
+        self.protected_max = Self::protected_share(self.capacity, self.window_max);
     }
 
     /// Forgets every id; the popularity history is kept.
@@ -496,6 +508,7 @@ impl Adaptive {
         let sketch = std::mem::replace(&mut self.sketch, FrequencySketch::new(MIN_ENTRIES));
         let (capacity, climb) = (self.capacity, self.climber.is_some());
         *self = Self::new(capacity, climb, true);
+        self.grow_at = sketch.sized_for();
         self.sketch = sketch;
     }
 }
