@@ -221,19 +221,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
-    /// Publishes a signed change of weight.
-    fn add_net_weight(&self, net: i128) {
-        if net > 0 {
-            self.inner
-                .weight
-                .fetch_add(net.unsigned_abs() as u64, Ordering::AcqRel);
-        } else if net < 0 {
-            self.inner
-                .weight
-                .fetch_sub(net.unsigned_abs() as u64, Ordering::AcqRel);
-        }
-    }
-
     fn removed(&self) -> Removed<K, V> {
         Removed::new(self.inner.listener.is_some())
     }
@@ -410,23 +397,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shard.sweep(timing, &mut removed);
             }
             shard.insert(hash, key, value, weight, expires, timing, &mut removed);
-            // Evict for this write before publishing its weight: when the
-            // cache is full (the steady state) the eviction frees what the
-            // write adds, and the shared counter is not written at all
-            // (one atomic read-modify-write on a line every writer shares,
-            // instead of two). The total it is judged against is the
-            // published one plus this write's change, as if added first.
-            let total = i128::from(self.inner.weight.load(Ordering::Acquire));
-            let capacity = i128::from(self.inner.capacity);
-            let mut net = i128::from(shard.weight()) - i128::from(before);
-            while total + net > capacity && shard.len() > 1 {
-                match shard.evict_one(&mut removed) {
-                    Some(freed) => net -= i128::from(freed),
-                    None => break,
-                }
-            }
-            self.add_net_weight(net);
-            // Other writers may have added weight meanwhile.
+            let after = shard.weight();
+            self.add_weight(before, after);
             while self.over_capacity() && shard.len() > 1 {
                 match shard.evict_one(&mut removed) {
                     Some(freed) => {

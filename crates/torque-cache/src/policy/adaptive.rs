@@ -198,15 +198,15 @@ impl Adaptive {
         let weight = u64::from(meta.weight);
         match segment {
             Segment::Window => {
-                self.links.push_front_ensured(&mut self.window, id);
+                self.links.push_front(&mut self.window, id);
                 self.window_weight += weight;
             }
             Segment::Probation => {
-                self.links.push_front_ensured(&mut self.probation, id);
+                self.links.push_front(&mut self.probation, id);
                 self.probation_weight += weight;
             }
             Segment::Protected => {
-                self.links.push_front_ensured(&mut self.protected, id);
+                self.links.push_front(&mut self.protected, id);
                 self.protected_weight += weight;
             }
         }

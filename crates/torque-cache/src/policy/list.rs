@@ -108,13 +108,6 @@ impl<M: Copy + Default> Links<M> {
     #[inline]
     pub(crate) fn push_front(&mut self, list: &mut List, id: u32) {
         self.ensure(id);
-        self.push_front_ensured(list, id);
-    }
-
-    /// [`Self::push_front`] for an id already [`ensure`](Self::ensure)d
-    /// (no arena growth check).
-    #[inline]
-    pub(crate) fn push_front_ensured(&mut self, list: &mut List, id: u32) {
         let node = &mut self.nodes[id as usize];
         node.prev = NIL;
         node.next = list.head;
