@@ -182,11 +182,6 @@ impl Adaptive {
         self.probation_weight + self.protected_weight
     }
 
-    fn set_meta(&mut self, id: u32, meta: Meta) {
-        self.links.ensure(id);
-        *self.links.meta_mut(id) = meta;
-    }
-
     fn meta(&self, id: u32) -> Meta {
         *self.links.meta(id)
     }
@@ -318,17 +313,6 @@ impl Adaptive {
     }
 
     pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32, hits: &mut impl Hits) {
-        self.set_meta(
-            id,
-            Meta {
-                segment: Segment::Window,
-                resident: 0,
-                estimate: 0,
-                door: false,
-                weight,
-            },
-        );
-        self.push(id, Segment::Window);
         self.entries += 1;
         if self.entries > self.grow_at && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
@@ -343,11 +327,22 @@ impl Adaptive {
         if halved {
             self.age(hits);
         }
-        let meta = self.links.meta_mut(id);
-        meta.estimate = estimate;
-        // After a halving the estimate was read from the aged sketch, whose
-        // doorkeeper is empty.
-        meta.door = !halved;
+        // The node is written once, after the sketch (whose halving ages
+        // every other node's data).
+        self.links.push_front_with(
+            &mut self.window,
+            id,
+            Meta {
+                segment: Segment::Window,
+                resident: 0,
+                estimate,
+                // After a halving the estimate was read from the aged
+                // sketch, whose doorkeeper is empty.
+                door: !halved,
+                weight,
+            },
+        );
+        self.window_weight += u64::from(weight);
     }
 
     /// Whether the hill climber runs (then every read must reach

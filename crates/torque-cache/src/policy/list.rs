@@ -120,6 +120,25 @@ impl<M: Copy + Default> Links<M> {
         list.len += 1;
     }
 
+    /// Pushes a new `id` with its data: [`Self::push_front`] and a write of
+    /// the data in one pass over the node.
+    #[inline]
+    pub(crate) fn push_front_with(&mut self, list: &mut List, id: u32, meta: M) {
+        self.ensure(id);
+        self.nodes[id as usize] = Node {
+            prev: NIL,
+            next: list.head,
+            meta,
+        };
+        if list.head != NIL {
+            self.nodes[list.head as usize].prev = id;
+        } else {
+            list.tail = id;
+        }
+        list.head = id;
+        list.len += 1;
+    }
+
     #[inline]
     pub(crate) fn unlink(&mut self, list: &mut List, id: u32) {
         let Node { prev, next, .. } = self.nodes[id as usize];
@@ -233,5 +252,30 @@ mod tests {
         assert_eq!(links.pop_back(&mut list), None);
         assert!(list.is_empty());
         assert_eq!(list.len(), 0);
+    }
+
+    #[test]
+    fn push_front_with_writes_links_and_data() {
+        let mut links = Links::<u8>::default();
+        let mut list = List::new();
+        links.push_front_with(&mut list, 2, 20);
+        links.push_front_with(&mut list, 0, 10);
+        links.push_front(&mut list, 5);
+        *links.meta_mut(5) = 50;
+        assert_eq!(list.back(), Some(2));
+        assert_eq!(list.front(), Some(5));
+        assert_eq!(links.prev(2), Some(0));
+        assert_eq!(links.prev(0), Some(5));
+        assert_eq!(
+            (*links.meta(2), *links.meta(0), *links.meta(5)),
+            (20, 10, 50)
+        );
+        links.unlink(&mut list, 0);
+        // A reused id gets fresh links and data.
+        links.push_front_with(&mut list, 0, 11);
+        assert_eq!(list.front(), Some(0));
+        assert_eq!(links.prev(5), Some(0));
+        assert_eq!(*links.meta(0), 11);
+        assert_eq!(list.len(), 3);
     }
 }
