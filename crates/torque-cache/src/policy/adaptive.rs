@@ -209,10 +209,15 @@ impl Adaptive {
 
     #[inline]
     fn unlink(&mut self, id: u32) {
-        let Meta {
-            segment, weight, ..
-        } = self.meta(id);
-        let weight = u64::from(weight);
+        let segment = self.links.meta(id).segment;
+        self.unlink_from(segment, id);
+    }
+
+    /// [`Self::unlink`] for an id known to be on `segment`: with a constant
+    /// segment (the eviction paths) the dispatch on it compiles away.
+    #[inline]
+    fn unlink_from(&mut self, segment: Segment, id: u32) {
+        let weight = u64::from(self.links.meta(id).weight);
         match segment {
             Segment::Window => {
                 self.links.unlink(&mut self.window, id);
@@ -293,7 +298,7 @@ impl Adaptive {
                 self.links.move_to_front(&mut self.protected, id);
                 continue;
             }
-            self.unlink(id);
+            self.unlink_from(Segment::Protected, id);
             self.push(id, Segment::Probation);
         }
     }
@@ -306,7 +311,7 @@ impl Adaptive {
             if !self.take_hits(id, hits) {
                 break;
             }
-            self.unlink(id);
+            self.unlink_from(Segment::Probation, id);
             self.push(id, Segment::Protected);
             self.demote_protected_overflow(hits);
         }
@@ -430,14 +435,14 @@ impl Adaptive {
             if let Some(previous) = candidate.replace(id) {
                 self.push(previous, Segment::Probation);
             }
-            self.unlink(id);
+            self.unlink_from(Segment::Window, id);
         }
         self.demote_protected_overflow(hits);
         self.promote_probation_tail(hits);
         if let Some(candidate) = candidate {
             let loser = match self.probation.back() {
                 Some(victim) if self.admit(candidate, victim) => {
-                    self.unlink(victim);
+                    self.unlink_from(Segment::Probation, victim);
                     self.push(candidate, Segment::Probation);
                     victim
                 }
