@@ -264,6 +264,15 @@ impl Adaptive {
         }
     }
 
+    /// [`Self::depart`] for an entry whose hits have just been taken (so
+    /// only its resident count is left to fold).
+    fn depart_taken(&mut self, id: u32, hits: &mut impl Hits) {
+        let resident = self.meta(id).resident;
+        if resident > 0 && self.sketch.fold(hits.hash(id), resident, resident) {
+            self.age(hits);
+        }
+    }
+
     /// The sketch was halved: halve the counts that are not in it yet.
     #[cold]
     fn age(&mut self, hits: &mut impl Hits) {
@@ -448,7 +457,9 @@ impl Adaptive {
                 }
                 _ => candidate,
             };
-            self.depart(loser, hits);
+            // Both contestants' hits were just taken (the window's tail
+            // and probation's tail are only left once they have none).
+            self.depart_taken(loser, hits);
             self.entries -= 1;
             return Some(loser);
         }
