@@ -111,6 +111,11 @@ pub(crate) struct Adaptive {
     /// doubling as the shard fills, which restarts its counts.
     sketch: FrequencySketch,
     entries: u64,
+    /// Entries demoted from protected to probation during the current
+    /// [`Self::evict`], and the first of them: the admission candidate
+    /// belongs right behind it (see there).
+    demoted_now: usize,
+    first_demoted: u32,
     /// The entry count past which the sketch is regrown
     /// ([`FrequencySketch::sized_for`], kept here: checked on every insert).
     grow_at: u64,
@@ -161,6 +166,8 @@ impl Adaptive {
             grow_at: sketch.sized_for(),
             sketch,
             entries: 0,
+            demoted_now: 0,
+            first_demoted: 0,
             rng: 0x853c_49e6_748f_ea9b,
             climber: climb.then(|| HillClimber {
                 hits: 0,
@@ -309,6 +316,10 @@ impl Adaptive {
             }
             self.unlink_from(Segment::Protected, id);
             self.push(id, Segment::Probation);
+            if self.demoted_now == 0 {
+                self.first_demoted = id;
+            }
+            self.demoted_now += 1;
         }
     }
 
@@ -431,7 +442,13 @@ impl Adaptive {
         // The newest of the window's overflow (the candidate) is held on no
         // list while the contest is prepared: most candidates lose, and one
         // that loses then costs no push onto probation and no unlink from
-        // it. One that wins enters probation's front afterwards.
+        // it. The decisions are those of the textbook order, in which the
+        // candidate enters probation's front first and the entries demoted
+        // from protected meanwhile go in front of it: it meets probation's
+        // tail only if older entries are left there (otherwise it would be
+        // that tail itself, and is evicted unopposed), and a winner is put
+        // back right behind the first entry demoted meanwhile.
+        self.demoted_now = 0;
         let mut candidate = None;
         while self.window_weight > self.window_max {
             let Some(id) = self.window.back() else {
@@ -449,10 +466,25 @@ impl Adaptive {
         self.demote_protected_overflow(hits);
         self.promote_probation_tail(hits);
         if let Some(candidate) = candidate {
+            // Demoted entries have no hits, so the promotions stop at them
+            // and they are all still in probation.
+            let older = self.probation.len().saturating_sub(self.demoted_now);
             let loser = match self.probation.back() {
-                Some(victim) if self.admit(candidate, victim) => {
+                Some(victim) if older > 0 && self.admit(candidate, victim) => {
                     self.unlink_from(Segment::Probation, victim);
-                    self.push(candidate, Segment::Probation);
+                    if self.demoted_now == 0 {
+                        self.push(candidate, Segment::Probation);
+                    } else {
+                        let meta = self.links.meta_mut(candidate);
+                        meta.segment = Segment::Probation;
+                        let weight = u64::from(meta.weight);
+                        self.links.insert_behind(
+                            &mut self.probation,
+                            self.first_demoted,
+                            candidate,
+                        );
+                        self.probation_weight += weight;
+                    }
                     victim
                 }
                 _ => candidate,

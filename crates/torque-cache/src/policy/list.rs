@@ -36,7 +36,6 @@ impl List {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -136,6 +135,24 @@ impl<M: Copy + Default> Links<M> {
             list.tail = id;
         }
         list.head = id;
+        list.len += 1;
+    }
+
+    /// Puts `id` on `list` right behind `anchor` (one step towards the
+    /// back from it).
+    #[inline]
+    pub(crate) fn insert_behind(&mut self, list: &mut List, anchor: u32, id: u32) {
+        self.ensure(id);
+        let next = self.nodes[anchor as usize].next;
+        let node = &mut self.nodes[id as usize];
+        node.prev = anchor;
+        node.next = next;
+        if next != NIL {
+            self.nodes[next as usize].prev = id;
+        } else {
+            list.tail = id;
+        }
+        self.nodes[anchor as usize].next = id;
         list.len += 1;
     }
 
@@ -277,5 +294,19 @@ mod tests {
         assert_eq!(links.prev(5), Some(0));
         assert_eq!(*links.meta(0), 11);
         assert_eq!(list.len(), 3);
+        links.insert_behind(&mut list, 0, 7);
+        links.insert_behind(&mut list, 2, 8);
+        assert_eq!(collect_u8(&links, &list), vec![8, 2, 5, 7, 0]);
+        assert_eq!(list.len(), 5);
+    }
+
+    fn collect_u8(links: &Links<u8>, list: &List) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = list.back();
+        while let Some(id) = cur {
+            out.push(id);
+            cur = links.prev(id);
+        }
+        out
     }
 }
