@@ -243,27 +243,61 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         V: Clone,
     {
         let hash = self.hash(key);
-        let timing = self.timing();
         let lock = &self.inner.shards[self.shard_index(hash)];
-        // The common cases touch no listener, weight or timer: a hit or a
-        // miss with nothing due to expire in the shard.
-        let found = if self.inner.shared_reads {
-            let shard = lock.read();
-            if shard.sweep_due(timing.now) {
-                Lookup::Expired
-            } else {
-                match shard.get_shared(hash, key, timing) {
-                    Lookup::Hit(v) => Lookup::Hit(v.clone()),
-                    Lookup::Miss => Lookup::Miss,
-                    Lookup::Expired => Lookup::Expired,
-                }
+        if self.inner.shared_reads {
+            // Until an entry can expire there is no clock, deadline or
+            // timer to look at: a hit or a miss under the shared lock.
+            if !self.inner.expiry_in_use.load(Ordering::Relaxed) {
+                let value = lock.read().get_shared_unexpiring(hash, key).cloned();
+                #[cfg(feature = "metrics")]
+                crate::metrics::record_read(value.is_some());
+                return value;
             }
-        } else {
+            return self.get_shared_expiring(hash, key);
+        }
+        // Policies that reorder on a hit (Lru, Lfu; Ttl with a
+        // time-to-idle) take the exclusive lock.
+        let timing = self.timing();
+        let found = {
             let mut shard = lock.write();
             if shard.sweep_due(timing.now) {
                 Lookup::Expired
             } else {
                 match shard.get_exclusive(hash, key, timing) {
+                    Lookup::Hit(v) => Lookup::Hit(v.clone()),
+                    Lookup::Miss => Lookup::Miss,
+                    Lookup::Expired => Lookup::Expired,
+                }
+            }
+        };
+        let value = match found {
+            Lookup::Hit(v) => Some(v),
+            Lookup::Miss => None,
+            Lookup::Expired => self.get_expiring(hash, key, timing),
+        };
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_read(value.is_some());
+        value
+    }
+
+    /// [`get`](Self::get) under the shared lock once entries can expire;
+    /// kept out of line so that the path without expiry stays small.
+    #[inline(never)]
+    fn get_shared_expiring<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let timing = self.timing();
+        // The common cases touch no listener, weight or timer: a hit or a
+        // miss with nothing due to expire in the shard.
+        let found = {
+            let shard = self.inner.shards[self.shard_index(hash)].read();
+            if shard.sweep_due(timing.now) {
+                Lookup::Expired
+            } else {
+                match shard.get_shared(hash, key, timing) {
                     Lookup::Hit(v) => Lookup::Hit(v.clone()),
                     Lookup::Miss => Lookup::Miss,
                     Lookup::Expired => Lookup::Expired,

@@ -324,6 +324,30 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Lookup::Hit(&entry.value)
     }
 
+    /// [`Self::get_shared`] for a cache in which no entry can expire (no
+    /// expiry times, no timers): a hit or a miss, counted, and the entry's
+    /// hit count bumped, with nothing else to check.
+    #[inline]
+    pub(crate) fn get_shared_unexpiring<Q>(&self, hash: u64, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let found = self.find(hash, key).and_then(|id| {
+            let cell = &self.cells[id as usize];
+            cell.entry.as_ref().map(|entry| (cell, entry))
+        });
+        let Some((cell, entry)) = found else {
+            self.reads.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if self.count_hits {
+            cell.bump();
+        }
+        self.reads.hits.fetch_add(1, Ordering::Relaxed);
+        Some(&entry.value)
+    }
+
     /// Looks `key` up for a read under the exclusive lock: counts a hit or a
     /// miss and tells the policy. An expired entry is left for
     /// [`Self::get`] to free.

@@ -220,3 +220,29 @@ fn regression_expired_entries_never_returned_by_shared_reads() {
         }
     }
 }
+
+#[test]
+fn reads_check_deadlines_from_the_first_per_entry_ttl_on() {
+    // Until an entry can expire, reads take a path without any expiry
+    // checks; the first `insert_with_ttl` must switch every later read over.
+    for policy in [Policy::Adaptive, Policy::Fifo, Policy::Lru] {
+        let clock = MockClock::new();
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .policy(policy)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        cache.insert(1, 1);
+        assert_eq!(cache.get(&1), Some(1));
+        assert_eq!(cache.get(&3), None);
+        cache.insert_with_ttl(2, 2, secs(1));
+        assert_eq!(cache.get(&2), Some(2));
+        clock.advance(secs(1));
+        assert_eq!(cache.get(&2), None, "{policy:?}");
+        assert_eq!(cache.get(&1), Some(1), "{policy:?}");
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (3, 2), "{policy:?}");
+        assert_eq!(stats.evictions.expired, 1, "{policy:?}");
+    }
+}

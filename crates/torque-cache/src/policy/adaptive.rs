@@ -103,11 +103,22 @@ pub(crate) struct Adaptive {
     protected_weight: u64,
     capacity: u64,
     window_max: u64,
+    /// [`PROTECTED_PERCENT`] of main space, kept with `window_max` (it is
+    /// checked on every eviction).
+    protected_max: u64,
     /// Sized for the entries actually held, not the capacity (which may be
     /// a weight in bytes, or a generous bound never reached); grown by
     /// doubling as the shard fills, which restarts its counts.
     sketch: FrequencySketch,
     entries: u64,
+    /// Entries demoted from protected to probation during the current
+    /// [`Self::evict`], and the first of them: the admission candidate
+    /// belongs right behind it (see there).
+    demoted_now: usize,
+    first_demoted: u32,
+    /// The entry count past which the sketch is regrown
+    /// ([`FrequencySketch::sized_for`], kept here: checked on every insert).
+    grow_at: u64,
     rng: u64,
     climber: Option<HillClimber>,
 }
@@ -140,6 +151,7 @@ impl Adaptive {
             capacity.clamp(MIN_ENTRIES, INITIAL_SKETCH_ENTRIES)
         };
         let window = (capacity as f64 * INITIAL_WINDOW_PERCENT / 100.0).max(1.0);
+        let sketch = FrequencySketch::new(sketch_entries);
         Self {
             links: Links::default(),
             window: List::new(),
@@ -150,8 +162,12 @@ impl Adaptive {
             protected_weight: 0,
             capacity,
             window_max: window as u64,
-            sketch: FrequencySketch::new(sketch_entries),
+            protected_max: Self::protected_share(capacity, window as u64),
+            grow_at: sketch.sized_for(),
+            sketch,
             entries: 0,
+            demoted_now: 0,
+            first_demoted: 0,
             rng: 0x853c_49e6_748f_ea9b,
             climber: climb.then(|| HillClimber {
                 hits: 0,
@@ -164,22 +180,13 @@ impl Adaptive {
         }
     }
 
-    fn main_max(&self) -> u64 {
-        self.capacity.saturating_sub(self.window_max)
-    }
-
-    fn protected_max(&self) -> u64 {
-        self.main_max() * PROTECTED_PERCENT / 100
+    fn protected_share(capacity: u64, window_max: u64) -> u64 {
+        capacity.saturating_sub(window_max) * PROTECTED_PERCENT / 100
     }
 
     #[cfg(test)]
     fn main_weight(&self) -> u64 {
         self.probation_weight + self.protected_weight
-    }
-
-    fn set_meta(&mut self, id: u32, meta: Meta) {
-        self.links.ensure(id);
-        *self.links.meta_mut(id) = meta;
     }
 
     fn meta(&self, id: u32) -> Meta {
@@ -209,10 +216,15 @@ impl Adaptive {
 
     #[inline]
     fn unlink(&mut self, id: u32) {
-        let Meta {
-            segment, weight, ..
-        } = self.meta(id);
-        let weight = u64::from(weight);
+        let segment = self.links.meta(id).segment;
+        self.unlink_from(segment, id);
+    }
+
+    /// [`Self::unlink`] for an id known to be on `segment`: with a constant
+    /// segment (the eviction paths) the dispatch on it compiles away.
+    #[inline]
+    fn unlink_from(&mut self, segment: Segment, id: u32) {
+        let weight = u64::from(self.links.meta(id).weight);
         match segment {
             Segment::Window => {
                 self.links.unlink(&mut self.window, id);
@@ -259,6 +271,15 @@ impl Adaptive {
         }
     }
 
+    /// [`Self::depart`] for an entry whose hits have just been taken (so
+    /// only its resident count is left to fold).
+    fn depart_taken(&mut self, id: u32, hits: &mut impl Hits) {
+        let resident = self.meta(id).resident;
+        if resident > 0 && self.sketch.fold(hits.hash(id), resident, resident) {
+            self.age(hits);
+        }
+    }
+
     /// The sketch was halved: halve the counts that are not in it yet.
     #[cold]
     fn age(&mut self, hits: &mut impl Hits) {
@@ -285,7 +306,7 @@ impl Adaptive {
     /// Demotes protected's overflow to probation, giving entries read since
     /// they were last looked at a second chance at protected's front.
     fn demote_protected_overflow(&mut self, hits: &mut impl Hits) {
-        while self.protected_weight > self.protected_max() {
+        while self.protected_weight > self.protected_max {
             let Some(id) = self.protected.back() else {
                 break;
             };
@@ -293,8 +314,12 @@ impl Adaptive {
                 self.links.move_to_front(&mut self.protected, id);
                 continue;
             }
-            self.unlink(id);
+            self.unlink_from(Segment::Protected, id);
             self.push(id, Segment::Probation);
+            if self.demoted_now == 0 {
+                self.first_demoted = id;
+            }
+            self.demoted_now += 1;
         }
     }
 
@@ -306,27 +331,17 @@ impl Adaptive {
             if !self.take_hits(id, hits) {
                 break;
             }
-            self.unlink(id);
+            self.unlink_from(Segment::Probation, id);
             self.push(id, Segment::Protected);
             self.demote_protected_overflow(hits);
         }
     }
 
     pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32, hits: &mut impl Hits) {
-        self.set_meta(
-            id,
-            Meta {
-                segment: Segment::Window,
-                resident: 0,
-                estimate: 0,
-                door: false,
-                weight,
-            },
-        );
-        self.push(id, Segment::Window);
         self.entries += 1;
-        if self.entries > self.sketch.sized_for() && self.entries <= MAX_ENTRIES {
+        if self.entries > self.grow_at && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
+            self.grow_at = self.sketch.sized_for();
             // A fresh sketch knows nothing yet.
             self.links.for_each_meta_mut(|m| {
                 m.estimate = 0;
@@ -337,11 +352,22 @@ impl Adaptive {
         if halved {
             self.age(hits);
         }
-        let meta = self.links.meta_mut(id);
-        meta.estimate = estimate;
-        // After a halving the estimate was read from the aged sketch, whose
-        // doorkeeper is empty.
-        meta.door = !halved;
+        // The node is written once, after the sketch (whose halving ages
+        // every other node's data).
+        self.links.push_front_with(
+            &mut self.window,
+            id,
+            Meta {
+                segment: Segment::Window,
+                resident: 0,
+                estimate,
+                // After a halving the estimate was read from the aged
+                // sketch, whose doorkeeper is empty.
+                door: !halved,
+                weight,
+            },
+        );
+        self.window_weight += u64::from(weight);
     }
 
     /// Whether the hill climber runs (then every read must reach
@@ -413,6 +439,16 @@ impl Adaptive {
     /// Hits are settled first (second chances, promotions), so both
     /// contestants' hits count when the sketch judges.
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
+        // The newest of the window's overflow (the candidate) is held on no
+        // list while the contest is prepared: most candidates lose, and one
+        // that loses then costs no push onto probation and no unlink from
+        // it. The decisions are those of the textbook order, in which the
+        // candidate enters probation's front first and the entries demoted
+        // from protected meanwhile go in front of it: it meets probation's
+        // tail only if older entries are left there (otherwise it would be
+        // that tail itself, and is evicted unopposed), and a winner is put
+        // back right behind the first entry demoted meanwhile.
+        self.demoted_now = 0;
         let mut candidate = None;
         while self.window_weight > self.window_max {
             let Some(id) = self.window.back() else {
@@ -422,22 +458,40 @@ impl Adaptive {
                 self.links.move_to_front(&mut self.window, id);
                 continue;
             }
-            self.unlink(id);
-            self.push(id, Segment::Probation);
-            candidate = Some(id);
+            if let Some(previous) = candidate.replace(id) {
+                self.push(previous, Segment::Probation);
+            }
+            self.unlink_from(Segment::Window, id);
         }
         self.demote_protected_overflow(hits);
         self.promote_probation_tail(hits);
-        if let (Some(candidate), Some(victim)) = (candidate, self.probation.back())
-            && candidate != victim
-        {
-            let loser = if self.admit(candidate, victim) {
-                victim
-            } else {
-                candidate
+        if let Some(candidate) = candidate {
+            // Demoted entries have no hits, so the promotions stop at them
+            // and they are all still in probation.
+            let older = self.probation.len().saturating_sub(self.demoted_now);
+            let loser = match self.probation.back() {
+                Some(victim) if older > 0 && self.admit(candidate, victim) => {
+                    self.unlink_from(Segment::Probation, victim);
+                    if self.demoted_now == 0 {
+                        self.push(candidate, Segment::Probation);
+                    } else {
+                        let meta = self.links.meta_mut(candidate);
+                        meta.segment = Segment::Probation;
+                        let weight = u64::from(meta.weight);
+                        self.links.insert_behind(
+                            &mut self.probation,
+                            self.first_demoted,
+                            candidate,
+                        );
+                        self.probation_weight += weight;
+                    }
+                    victim
+                }
+                _ => candidate,
             };
-            self.depart(loser, hits);
-            self.unlink(loser);
+            // Both contestants' hits were just taken (the window's tail
+            // and probation's tail are only left once they have none).
+            self.depart_taken(loser, hits);
             self.entries -= 1;
             return Some(loser);
         }
@@ -489,6 +543,7 @@ impl Adaptive {
         // Protected's overflow, if the main space shrank, is demoted at the
         // next eviction.
         self.window_max = c.window as u64;
+        self.protected_max = Self::protected_share(self.capacity, self.window_max);
     }
 
     /// Forgets every id; the popularity history is kept.
@@ -496,6 +551,7 @@ impl Adaptive {
         let sketch = std::mem::replace(&mut self.sketch, FrequencySketch::new(MIN_ENTRIES));
         let (capacity, climb) = (self.capacity, self.climber.is_some());
         *self = Self::new(capacity, climb, true);
+        self.grow_at = sketch.sized_for();
         self.sketch = sketch;
     }
 }

@@ -36,7 +36,6 @@ impl List {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -117,6 +116,43 @@ impl<M: Copy + Default> Links<M> {
             list.tail = id;
         }
         list.head = id;
+        list.len += 1;
+    }
+
+    /// Pushes a new `id` with its data: [`Self::push_front`] and a write of
+    /// the data in one pass over the node.
+    #[inline]
+    pub(crate) fn push_front_with(&mut self, list: &mut List, id: u32, meta: M) {
+        self.ensure(id);
+        self.nodes[id as usize] = Node {
+            prev: NIL,
+            next: list.head,
+            meta,
+        };
+        if list.head != NIL {
+            self.nodes[list.head as usize].prev = id;
+        } else {
+            list.tail = id;
+        }
+        list.head = id;
+        list.len += 1;
+    }
+
+    /// Puts `id` on `list` right behind `anchor` (one step towards the
+    /// back from it).
+    #[inline]
+    pub(crate) fn insert_behind(&mut self, list: &mut List, anchor: u32, id: u32) {
+        self.ensure(id);
+        let next = self.nodes[anchor as usize].next;
+        let node = &mut self.nodes[id as usize];
+        node.prev = anchor;
+        node.next = next;
+        if next != NIL {
+            self.nodes[next as usize].prev = id;
+        } else {
+            list.tail = id;
+        }
+        self.nodes[anchor as usize].next = id;
         list.len += 1;
     }
 
@@ -233,5 +269,44 @@ mod tests {
         assert_eq!(links.pop_back(&mut list), None);
         assert!(list.is_empty());
         assert_eq!(list.len(), 0);
+    }
+
+    #[test]
+    fn push_front_with_writes_links_and_data() {
+        let mut links = Links::<u8>::default();
+        let mut list = List::new();
+        links.push_front_with(&mut list, 2, 20);
+        links.push_front_with(&mut list, 0, 10);
+        links.push_front(&mut list, 5);
+        *links.meta_mut(5) = 50;
+        assert_eq!(list.back(), Some(2));
+        assert_eq!(list.front(), Some(5));
+        assert_eq!(links.prev(2), Some(0));
+        assert_eq!(links.prev(0), Some(5));
+        assert_eq!(
+            (*links.meta(2), *links.meta(0), *links.meta(5)),
+            (20, 10, 50)
+        );
+        links.unlink(&mut list, 0);
+        // A reused id gets fresh links and data.
+        links.push_front_with(&mut list, 0, 11);
+        assert_eq!(list.front(), Some(0));
+        assert_eq!(links.prev(5), Some(0));
+        assert_eq!(*links.meta(0), 11);
+        assert_eq!(list.len(), 3);
+        links.insert_behind(&mut list, 0, 7);
+        links.insert_behind(&mut list, 2, 8);
+        assert_eq!(collect_u8(&links, &list), vec![8, 2, 5, 7, 0]);
+        assert_eq!(list.len(), 5);
+    }
+
+    fn collect_u8(links: &Links<u8>, list: &List) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut cur = list.back();
+        while let Some(id) = cur {
+            out.push(id);
+            cur = links.prev(id);
+        }
+        out
     }
 }
