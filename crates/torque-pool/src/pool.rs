@@ -190,7 +190,11 @@ impl<M: Manager> Pool<M> {
                         // Waiters have no timer each (registering one per wait
                         // costs more than the rest of the wait path): the
                         // background task expires them, so it must wake in time.
-                        wake = st.next_wake.is_none_or(|w| deadline < w);
+                        // A waiter may also bring the next reconnect attempt
+                        // forward (the lower backoff cap while someone waits).
+                        let retry = st.core.retry_at().filter(|&r| r > now);
+                        let due = retry.map_or(deadline, |r| r.min(deadline));
+                        wake = st.next_wake.is_none_or(|w| due < w);
                         Step::Wait(id, rx)
                     }
                 };
