@@ -551,7 +551,14 @@ impl<M: Manager> Inner<M> {
                 st.free_slots.push(slot);
             }
             let close = st.core.release(entry, how, now, hand_off::<M>(&mut woken));
-            (close, st.core.plan_creates(now))
+            // A connection kept (idle or handed on) frees no slot and adds no
+            // demand: only a closed one can call for a create.
+            let creates = if close.is_some() {
+                st.core.plan_creates(now)
+            } else {
+                0
+            };
+            (close, creates)
         };
         if let Some(waker) = woken {
             waker.wake();
