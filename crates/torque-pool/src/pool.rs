@@ -865,3 +865,97 @@ impl<M: Manager> Drop for Pooled<M> {
         self.pool.release(entry, how, self.slot.take());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Numbers;
+
+    impl Manager for Numbers {
+        type Connection = u32;
+        type Error = std::io::Error;
+        async fn create(&self) -> Result<u32, std::io::Error> {
+            Ok(0)
+        }
+        async fn check(&self, _: &mut u32) -> Result<(), std::io::Error> {
+            Ok(())
+        }
+        fn is_broken(&self, _: &u32) -> bool {
+            false
+        }
+    }
+
+    fn free_slots(pool: &Pool<Numbers>) -> Vec<Waiter<Numbers>> {
+        pool.inner.state.lock().free_slots.clone()
+    }
+
+    /// A waiter's slot goes back to the free list with the connection it
+    /// brought, and the next wait takes it again instead of allocating.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_slot_is_reused_once_its_connection_returns() {
+        let pool = Pool::builder(Numbers)
+            .max_size(1)
+            .min_idle(0)
+            .build()
+            .unwrap();
+        // The first get waits for the first connect, in a slot.
+        drop(pool.get().await.unwrap());
+        assert_eq!(free_slots(&pool).len(), 1);
+        for round in 0..3 {
+            let held = pool.get().await.unwrap();
+            assert!(held.slot.is_none(), "taken from idle, no wait");
+            let waiter = tokio::spawn({
+                let pool = pool.clone();
+                async move { pool.get().await.unwrap() }
+            });
+            while pool.status().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            assert!(free_slots(&pool).is_empty(), "round {round}: slot in use");
+            drop(held);
+            let served = waiter.await.unwrap();
+            let slot = served.slot.as_ref().map(Arc::as_ptr);
+            assert!(slot.is_some(), "handed over in a slot");
+            drop(served);
+            let free = free_slots(&pool);
+            assert_eq!(free.len(), 1, "round {round}: the same slot came back");
+            assert_eq!(Some(Arc::as_ptr(&free[0])), slot);
+        }
+    }
+
+    /// A waiter that gives up after being served hands the connection on
+    /// (it was put in its slot under the lock), and nothing is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_served_waiter_passes_the_connection_on() {
+        let pool = Pool::builder(Numbers)
+            .max_size(1)
+            .min_idle(0)
+            .build()
+            .unwrap();
+        let held = pool.get().await.unwrap();
+        let mut first = Box::pin(pool.get());
+        assert!(futures_poll(&mut first).is_pending());
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.get().await.map(|c| *c) }
+        });
+        while pool.status().waiting < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The connection goes into the first waiter's slot, which is then
+        // dropped without being polled again.
+        drop(held);
+        drop(first);
+        assert_eq!(second.await.unwrap().unwrap(), 0);
+        let s = pool.status();
+        assert_eq!((s.size, s.idle, s.in_use, s.waiting), (1, 1, 0, 0));
+    }
+
+    fn futures_poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        std::pin::Pin::new(f).poll(&mut cx)
+    }
+}
