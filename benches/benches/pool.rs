@@ -226,6 +226,42 @@ macro_rules! each_pool {
     }};
 }
 
+/// Like [`run_trimmed`], but for each steady-state get returns how many other
+/// gets were served while it waited: the order the pool served them in,
+/// which the machine's scheduling cannot blur the way it blurs time. In a
+/// strict FIFO it is about tasks - connections for every get.
+async fn run_order<G, F, Fut>(tasks: usize, per_task: usize, trim: usize, get: F) -> Vec<u64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = G> + Send,
+    G: Send + 'static,
+{
+    let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handles = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let get = get.clone();
+        let served = served.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ahead = Vec::with_capacity(per_task);
+            for _ in 0..per_task {
+                let before = served.load(Ordering::SeqCst);
+                let conn = get().await;
+                ahead.push(served.fetch_add(1, Ordering::SeqCst) - before);
+                tokio::task::yield_now().await;
+                drop(black_box(conn));
+            }
+            ahead.truncate(per_task.saturating_sub(trim));
+            ahead.drain(..trim.min(ahead.len()));
+            ahead
+        }));
+    }
+    let mut all = Vec::with_capacity(tasks * per_task);
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
 /// The reference for the tails: tokio's `Semaphore` with `CONNECTIONS`
 /// permits, which is strictly FIFO and does nothing else (no connection, no
 /// clock, no health check). What it reaches is what a perfectly fair pool
@@ -260,6 +296,7 @@ fn tails(rt: &tokio::runtime::Runtime, pools: &Pools) {
     );
     println!("| pool | tasks | gets per round | p50 | p99 | p99/p50 |");
     println!("|---|---|---|---|---|---|");
+    let mut orders = Vec::new();
     for tasks in [64, 512] {
         let per_task = 40_000 / tasks;
         let mut results: Vec<(&str, Vec<(Duration, Duration)>)> = Vec::new();
@@ -280,6 +317,16 @@ fn tails(rt: &tokio::runtime::Runtime, pools: &Pools) {
                 rt.block_on(run_trimmed(tasks, per_task, TRIM, fifo_bound())),
             );
         }
+        // One more round per pool for the serving order.
+        let mut order: Vec<(&str, Vec<u64>)> = Vec::new();
+        each_pool!(pools, |name, get| {
+            order.push((name, rt.block_on(run_order(tasks, per_task, TRIM, get))));
+        });
+        order.push((
+            "fifo_bound",
+            rt.block_on(run_order(tasks, per_task, TRIM, fifo_bound())),
+        ));
+        orders.push((tasks, order));
         for (name, mut rounds) in results {
             rounds.sort_by_key(|&(_, p99)| p99);
             let (p50, p99) = rounds[rounds.len() / 2];
@@ -287,6 +334,25 @@ fn tails(rt: &tokio::runtime::Runtime, pools: &Pools) {
                 "| {name} | {tasks} | {} | {p50:?} | {p99:?} | {:.2} |",
                 (per_task - 2 * TRIM) * tasks,
                 p99.as_secs_f64() / p50.as_secs_f64().max(1e-9),
+            );
+        }
+    }
+    println!();
+    println!(
+        "gets served while one waited (steady state, one more round): a strict FIFO serves about tasks - connections"
+    );
+    println!("| pool | tasks | p1 | p50 | p99 | p99/p50 |");
+    println!("|---|---|---|---|---|---|");
+    for (tasks, order) in orders {
+        for (name, mut ahead) in order {
+            ahead.sort();
+            let at = |p: f64| ahead[((ahead.len() - 1) as f64 * p).round() as usize];
+            println!(
+                "| {name} | {tasks} | {} | {} | {} | {:.2} |",
+                at(0.01),
+                at(0.5),
+                at(0.99),
+                at(0.99) as f64 / (at(0.5) as f64).max(1.0)
             );
         }
     }
