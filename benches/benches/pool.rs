@@ -9,7 +9,11 @@
 //! - Before criterion runs, a table of per-`get` latency p50/p99 at 64 and
 //!   512 tasks in the steady state (each task's first and last get left
 //!   out; FIFO tails: the goal is p99 <= 1.3x p50 at 512), with a
-//!   reference row `fifo_bound`: tokio's FIFO `Semaphore` with 16 permits.
+//!   reference row `fifo_bound`: tokio's FIFO `Semaphore` with 16 permits;
+//!   then, from one more round per pool, the serving order: for each get,
+//!   how many other gets were served while it waited (a strict FIFO serves
+//!   about tasks - connections every time), which the machine's scheduling
+//!   does not blur the way it blurs latency.
 //! - `pool_select1/<how>`: `SELECT 1` at 64 tasks through our pool of 16
 //!   connections (health checks on) against 16 tasks with a dedicated
 //!   connection each (real PostgreSQL from the testkit).
