@@ -71,6 +71,13 @@ pub struct PoolConfig {
     /// Longest delay between connect attempts while the backend is down.
     /// Default 250 ms.
     pub reconnect_backoff_max: Duration,
+    /// Longest delay between connect attempts while callers are waiting for
+    /// a connection (it replaces `reconnect_backoff_max` when lower). A
+    /// waiting caller fails with the next attempt's error or is served by it,
+    /// so this bounds both how long a `get()` waits during an outage and how
+    /// soon the pool sees the server back; still one attempt in flight at a
+    /// time, with jitter. Default 50 ms.
+    pub reconnect_backoff_max_waiting: Duration,
     /// How often the background task looks after idle connections (refill,
     /// keepalive, lifetime, idle timeout, leaks). Default 500 ms.
     pub maintenance_interval: Duration,
@@ -92,6 +99,7 @@ impl Default for PoolConfig {
             max_connecting: 2,
             reconnect_backoff_min: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_millis(250),
+            reconnect_backoff_max_waiting: Duration::from_millis(50),
             maintenance_interval: Duration::from_millis(500),
         }
     }
@@ -151,6 +159,15 @@ impl PoolConfig {
                 ),
             );
         }
+        if self.reconnect_backoff_max_waiting < self.reconnect_backoff_min {
+            return invalid(
+                "reconnect_backoff_max_waiting",
+                format!(
+                    "{:?} is below reconnect_backoff_min {:?}: raise it or lower reconnect_backoff_min",
+                    self.reconnect_backoff_max_waiting, self.reconnect_backoff_min
+                ),
+            );
+        }
         if self.max_connecting == 0 {
             return invalid("max_connecting", "must be at least 1".into());
         }
@@ -168,6 +185,9 @@ impl PoolConfig {
             max_connecting: self.max_connecting,
             backoff_min: self.reconnect_backoff_min,
             backoff_max: self.reconnect_backoff_max,
+            backoff_max_waiting: self
+                .reconnect_backoff_max_waiting
+                .min(self.reconnect_backoff_max),
             seed,
         }
     }
@@ -279,6 +299,10 @@ impl<M: Manager> PoolBuilder<M> {
     setter!(
         /// See [`PoolConfig::reconnect_backoff_max`].
         reconnect_backoff_max: Duration
+    );
+    setter!(
+        /// See [`PoolConfig::reconnect_backoff_max_waiting`].
+        reconnect_backoff_max_waiting: Duration
     );
     setter!(
         /// See [`PoolConfig::maintenance_interval`].

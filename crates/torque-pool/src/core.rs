@@ -23,6 +23,8 @@ pub(crate) struct CoreConfig {
     pub(crate) max_connecting: usize,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    /// The backoff's cap while callers wait (at most `backoff_max`).
+    pub(crate) backoff_max_waiting: Duration,
     pub(crate) seed: u64,
 }
 
@@ -112,7 +114,13 @@ pub(crate) struct Core<C, W> {
     rng: u64,
     /// Consecutive failed creates; non-zero means "the backend looks down".
     failures: u32,
-    retry_at: Option<Instant>,
+    /// When the next create may start after failures: the first while
+    /// nobody waits, the second (sooner, capped lower) while someone does.
+    retry_at: Option<(Instant, Instant)>,
+    /// The first connect after failures succeeded: open connections for the
+    /// whole backlog at once (up to `max_size`) instead of `max_connecting`
+    /// at a time, until the waiters are covered.
+    surge: bool,
     closed: bool,
     pub(crate) counters: Counters,
 }
@@ -132,6 +140,7 @@ impl<C, W> Core<C, W> {
             rng,
             failures: 0,
             retry_at: None,
+            surge: false,
             closed: false,
             counters: Counters::default(),
         }
@@ -155,9 +164,15 @@ impl<C, W> Core<C, W> {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed
     }
-    /// When the next create may be attempted after failures, if it is held back.
+    /// When the next create may be attempted after failures, if it is held
+    /// back: sooner while someone waits (the lower `backoff_max_waiting` cap).
     pub(crate) fn retry_at(&self) -> Option<Instant> {
-        self.retry_at
+        let (idle, waiting) = self.retry_at?;
+        Some(if self.waiters.is_empty() {
+            idle
+        } else {
+            waiting
+        })
     }
     #[cfg(test)]
     pub(crate) fn consecutive_failures(&self) -> u32 {
@@ -173,9 +188,14 @@ impl<C, W> Core<C, W> {
         z ^ (z >> 31)
     }
 
+    /// A random number in `[0, 1)`.
+    fn random_fraction(&mut self) -> f64 {
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
     /// A random fraction of `d` in `[0, d]`.
     fn random_part(&mut self, d: Duration) -> Duration {
-        let fraction = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        let fraction = self.random_fraction();
         d.mul_f64(fraction)
     }
 
@@ -256,20 +276,24 @@ impl<C, W> Core<C, W> {
         if self.closed || self.size() >= self.cfg.max_size {
             return false;
         }
+        let waiting = self.waiters.len() > self.connecting;
+        let demand = waiting || self.idle.len() + self.connecting < self.cfg.min_idle;
+        if !waiting {
+            // The backlog the surge was for is covered.
+            self.surge = false;
+        }
         let limit = if self.failures > 0 {
             1
+        } else if self.surge {
+            self.cfg.max_size
         } else {
             self.cfg.max_connecting
         };
-        if self.connecting >= limit || self.retry_at.is_some_and(|t| now < t) {
+        if !demand || self.connecting >= limit || self.retry_at().is_some_and(|t| now < t) {
             return false;
         }
-        let demand = self.waiters.len() > self.connecting
-            || self.idle.len() + self.connecting < self.cfg.min_idle;
-        if demand {
-            self.connecting += 1;
-        }
-        demand
+        self.connecting += 1;
+        true
     }
 
     /// Every create [`plan_create`](Self::plan_create) allows now.
@@ -290,6 +314,9 @@ impl<C, W> Core<C, W> {
         send: impl FnMut(W, Entry<C>) -> Result<(), Entry<C>>,
     ) -> Option<C> {
         self.connecting -= 1;
+        // The server answers again: whoever queued up meanwhile is served by
+        // a burst of connects rather than `max_connecting` at a time.
+        self.surge = self.failures > 0;
         self.failures = 0;
         self.retry_at = None;
         self.counters.created += 1;
@@ -324,14 +351,22 @@ impl<C, W> Core<C, W> {
         self.connecting -= 1;
         self.counters.create_failures += 1;
         self.failures = self.failures.saturating_add(1);
-        // Exponential backoff with "equal jitter": half fixed, half random.
+        self.surge = false;
+        // Exponential backoff with "equal jitter" (half fixed, half random),
+        // one random draw for both caps.
         let exp = self
             .cfg
             .backoff_min
             .saturating_mul(1u32 << (self.failures - 1).min(20));
-        let delay = exp.min(self.cfg.backoff_max);
-        let delay = delay / 2 + self.random_part(delay / 2);
-        self.retry_at = Some(now + delay);
+        let fraction = self.random_fraction();
+        let jittered = |cap: Duration| {
+            let delay = exp.min(cap);
+            delay / 2 + (delay / 2).mul_f64(fraction)
+        };
+        self.retry_at = Some((
+            now + jittered(self.cfg.backoff_max),
+            now + jittered(self.cfg.backoff_max_waiting),
+        ));
         if self.idle.is_empty() && self.in_use == 0 && self.maintaining == 0 && self.connecting == 0
         {
             self.waiters.drain(..).map(|(_, _, w)| w).collect()
@@ -484,6 +519,7 @@ mod tests {
             max_connecting: 2,
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_millis(250),
+            backoff_max_waiting: Duration::from_millis(50),
             seed: 7,
         }
     }
@@ -802,19 +838,106 @@ mod tests {
         core.push_waiter("c", far(), false);
         assert_eq!(core.plan_creates(retry - Duration::from_nanos(1)), 0);
         assert_eq!(core.plan_creates(retry), 1, "one attempt while down");
-        // Backoff grows, capped at backoff_max.
+        // Backoff grows, capped at backoff_max_waiting while "c" waits...
         let mut now = retry;
+        let mut longest = Duration::ZERO;
+        for _ in 0..20 {
+            // The failure fails the caller waiting for it; another comes.
+            assert_eq!(core.create_failed(now), ["c"]);
+            core.push_waiter("c", far(), false);
+            let next = core.retry_at().unwrap();
+            longest = longest.max(next - now);
+            now = next;
+            assert_eq!(core.plan_creates(now), 1);
+            assert_eq!(core.plan_creates(now), 0, "one attempt in flight");
+        }
+        assert!(longest <= Duration::from_millis(50), "{longest:?}");
+        assert!(longest >= Duration::from_millis(25), "{longest:?}");
+        // ...and at backoff_max once nobody waits.
+        let mut longest = Duration::ZERO;
         for _ in 0..20 {
             core.create_failed(now);
             let next = core.retry_at().unwrap();
-            assert!(next - now <= Duration::from_millis(250));
+            longest = longest.max(next - now);
             now = next;
-            assert_eq!(core.plan_creates(now), 1);
+            assert_eq!(core.plan_creates(now), 1, "min_idle refill");
         }
-        assert!(core.retry_at().unwrap() - t > Duration::from_secs(2));
+        assert!(longest <= Duration::from_millis(250), "{longest:?}");
+        assert!(longest > Duration::from_millis(125), "{longest:?}");
         core.create_succeeded(9, now, |_, e| Err(e));
         assert_eq!(core.consecutive_failures(), 0);
         assert_eq!(core.plan_creates(now), 2, "back to full speed");
+    }
+
+    #[test]
+    fn a_waiter_brings_the_next_attempt_forward() {
+        let mut core = TestCore::new(CoreConfig {
+            min_idle: 1,
+            ..cfg()
+        });
+        let t = Instant::now();
+        let mut now = t;
+        // Ten failures with nobody waiting: the backoff reaches its cap.
+        for _ in 0..10 {
+            assert_eq!(core.plan_creates(now), 1);
+            core.create_failed(now);
+            now = core.retry_at().unwrap();
+        }
+        core.plan_creates(now);
+        core.create_failed(now);
+        let idle_retry = core.retry_at().unwrap();
+        assert!(idle_retry - now > Duration::from_millis(125));
+        core.push_waiter("w", far(), false);
+        let waiting_retry = core.retry_at().unwrap();
+        assert!(waiting_retry - now <= Duration::from_millis(50));
+        assert_eq!(core.plan_creates(waiting_retry), 1);
+    }
+
+    #[test]
+    fn the_first_connect_after_failures_opens_connections_for_the_backlog() {
+        let mut core = TestCore::new(CoreConfig {
+            min_idle: 0,
+            max_size: 8,
+            ..cfg()
+        });
+        let t = Instant::now();
+        core.push_waiter("first", far(), false);
+        assert_eq!(core.plan_creates(t), 1);
+        assert_eq!(core.create_failed(t), ["first"]);
+        for _ in 0..12 {
+            core.push_waiter("w", far(), false);
+        }
+        let retry = core.retry_at().unwrap();
+        assert_eq!(core.plan_creates(retry), 1, "one attempt while down");
+        let mut log = Vec::new();
+        core.create_succeeded(1, retry, record(&mut log));
+        assert_eq!(log.len(), 1);
+        // 11 still wait: a burst up to max_size (7 more), not max_connecting.
+        assert_eq!(core.plan_creates(retry), 7);
+        for i in 0..7 {
+            core.create_succeeded(2 + i, retry, record(&mut log));
+        }
+        assert_eq!((core.in_use(), core.waiting()), (8, 4));
+        // The burst is over once the backlog is covered: back to max_connecting.
+        let mut core = TestCore::new(CoreConfig {
+            min_idle: 0,
+            max_size: 8,
+            ..cfg()
+        });
+        core.push_waiter("first", far(), false);
+        core.plan_creates(t);
+        core.create_failed(t);
+        core.push_waiter("a", far(), false);
+        core.push_waiter("b", far(), false);
+        let retry = core.retry_at().unwrap();
+        core.plan_creates(retry);
+        core.create_succeeded(1, retry, record(&mut log));
+        assert_eq!(core.plan_creates(retry), 1, "one waiter left");
+        core.create_succeeded(2, retry, record(&mut log));
+        for _ in 0..5 {
+            core.push_waiter("later", far(), false);
+        }
+        assert_eq!(core.plan_creates(retry), 2, "max_connecting again");
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::ops::{Deref, DerefMut};
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tokio::time::{Instant, timeout_at};
 
 use crate::config::{PoolBuilder, PoolConfig};
@@ -29,22 +30,95 @@ enum Handoff<M: Manager> {
     Fail(PoolError<BackendError<M>>),
 }
 
-type Waiter<M> = oneshot::Sender<Handoff<M>>;
+/// Where one waiting `get()` receives its hand-off. Slots are reused (a free
+/// list in [`State`]), so a wait allocates nothing once the pool is warm.
+/// The pool fills a slot under its own lock (lock order: pool, then slot),
+/// so a waiter that leaves the line can always tell whether it was served;
+/// the waker is woken after the pool lock is released, so the wake-up (which
+/// may unpark another worker thread) does not lengthen the critical section.
+struct Slot<M: Manager> {
+    inner: Mutex<SlotInner<M>>,
+}
+
+struct SlotInner<M: Manager> {
+    value: Option<Handoff<M>>,
+    waker: Option<Waker>,
+}
+
+impl<M: Manager> Slot<M> {
+    fn new() -> Self {
+        Slot {
+            inner: Mutex::new(SlotInner {
+                value: None,
+                waker: None,
+            }),
+        }
+    }
+
+    /// Puts the hand-off in; returns the waker to wake once the pool lock is
+    /// released.
+    fn fill(&self, handoff: Handoff<M>) -> Option<Waker> {
+        let mut slot = self.inner.lock();
+        slot.value = Some(handoff);
+        slot.waker.take()
+    }
+
+    /// Takes the hand-off if it is there.
+    fn take(&self) -> Option<Handoff<M>> {
+        let mut slot = self.inner.lock();
+        slot.waker = None;
+        slot.value.take()
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Handoff<M>> {
+        let mut slot = self.inner.lock();
+        if let Some(value) = slot.value.take() {
+            slot.waker = None;
+            return Poll::Ready(value);
+        }
+        match &mut slot.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+type Waiter<M> = Arc<Slot<M>>;
+
+/// What the state machine's `send` returns: the entry back if not taken.
+type Sent<M> = Result<(), Entry<Conn<M>>>;
+
+/// Free slots kept for reuse: enough for a large burst of waiters; beyond
+/// it, slots are freed.
+const FREE_SLOTS: usize = 1024;
 
 /// The state machine's clock is the runtime's (so tests can pause it).
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-/// Hands a connection to a waiter; gives it back if the waiter has gone.
-fn send_conn<M: Manager>(waiter: Waiter<M>, entry: Entry<Conn<M>>) -> Result<(), Entry<Conn<M>>> {
-    waiter
-        .send(Handoff::Conn(entry))
-        .map_err(|back| match back {
-            Handoff::Conn(entry) => entry,
-            // We sent a connection, so a connection comes back.
-            Handoff::Fail(_) => unreachable!("a returned hand-off is the one sent"),
-        })
+/// Hands a connection to a waiter, keeping the waker to wake after the lock.
+/// A waiter in the line is always there to take it (one that gives up
+/// leaves the line first, under the pool lock), so this never fails.
+fn hand_off<M: Manager>(
+    woken: &mut Option<Waker>,
+) -> impl FnMut(Waiter<M>, Entry<Conn<M>>) -> Sent<M> + '_ {
+    move |waiter, entry| {
+        *woken = waiter.fill(Handoff::Conn(entry));
+        Ok(())
+    }
+}
+
+/// Fails waiters; the wakers go into `woken`, to wake after the lock.
+fn fail_all<M: Manager>(
+    waiters: impl IntoIterator<Item = Waiter<M>>,
+    mut error: impl FnMut() -> PoolError<BackendError<M>>,
+    woken: &mut Vec<Waker>,
+) {
+    for w in waiters {
+        woken.extend(w.fill(Handoff::Fail(error())));
+    }
 }
 
 /// Who checked a connection out and when, for leak reports.
@@ -63,6 +137,8 @@ struct State<M: Manager> {
     /// When the background task will next run; a waiter whose deadline comes
     /// sooner wakes it.
     next_wake: Option<std::time::Instant>,
+    /// Waiter slots to reuse.
+    free_slots: Vec<Waiter<M>>,
 }
 
 struct Inner<M: Manager> {
@@ -124,6 +200,7 @@ impl<M: Manager> Pool<M> {
                 last_error: None,
                 leases: HashMap::new(),
                 next_wake: None,
+                free_slots: Vec::new(),
             }),
             wake: Arc::new(Notify::new()),
             runtime,
@@ -169,8 +246,11 @@ impl<M: Manager> Pool<M> {
         caller: &'static Location<'static>,
     ) -> Result<Pooled<M>, PoolError<BackendError<M>>> {
         let inner = &self.inner;
+        // One clock read serves the whole uncontended get, and it is taken
+        // before the lock so that the critical section stays short.
         let start = Instant::now();
         let deadline = start + inner.config.acquire_timeout;
+        let mut now = start.into_std();
         let mut front = false;
         loop {
             let mut close = Vec::new();
@@ -180,18 +260,21 @@ impl<M: Manager> Pool<M> {
                 if st.core.is_closed() {
                     return Err(PoolError::Closed);
                 }
-                let now = now();
                 let step = match st.core.take_idle(now, &mut close) {
                     Some((entry, needs_check)) => Step::Ready(entry, needs_check),
                     None => {
-                        let (tx, rx) = oneshot::channel();
+                        let slot = st.free_slots.pop().unwrap_or_else(|| Arc::new(Slot::new()));
                         let deadline = deadline.into_std();
-                        let id = st.core.push_waiter(tx, deadline, front);
+                        let id = st.core.push_waiter(slot.clone(), deadline, front);
                         // Waiters have no timer each (registering one per wait
                         // costs more than the rest of the wait path): the
                         // background task expires them, so it must wake in time.
-                        wake = st.next_wake.is_none_or(|w| deadline < w);
-                        Step::Wait(id, rx)
+                        // A waiter may also bring the next reconnect attempt
+                        // forward (the lower backoff cap while someone waits).
+                        let retry = st.core.retry_at().filter(|&r| r > now);
+                        let due = retry.map_or(deadline, |r| r.min(deadline));
+                        wake = st.next_wake.is_none_or(|w| due < w);
+                        Step::Wait(id, slot)
                     }
                 };
                 (step, st.core.plan_creates(now))
@@ -202,31 +285,37 @@ impl<M: Manager> Pool<M> {
             drop(close);
             inner.spawn_creates(creates);
 
-            let (entry, needs_check) = match step {
-                Step::Ready(entry, needs_check) => (entry, needs_check),
-                Step::Wait(id, rx) => {
+            let (entry, needs_check, slot) = match step {
+                Step::Ready(entry, needs_check) => (entry, needs_check, None),
+                Step::Wait(id, slot) => {
                     let mut wait = WaitGuard {
                         inner,
                         id,
-                        rx,
+                        slot,
                         armed: true,
                     };
-                    let outcome = (&mut wait.rx).await;
+                    let outcome = std::future::poll_fn(|cx| wait.slot.poll_take(cx)).await;
                     wait.armed = false;
                     match outcome {
-                        Ok(Handoff::Conn(entry)) => (entry, false),
-                        Ok(Handoff::Fail(mut err)) => {
+                        Handoff::Conn(entry) => (entry, false, Some(wait.slot.clone())),
+                        Handoff::Fail(mut err) => {
                             if let PoolError::Timeout { waited, .. } = &mut err {
                                 *waited = start.elapsed();
                             }
                             return Err(err);
                         }
-                        Err(_) => return Err(PoolError::Closed),
                     }
                 }
             };
+            let waited = needs_check || slot.is_some();
             if let Some(entry) = inner.validate(entry, needs_check, deadline).await {
-                let waited = start.elapsed();
+                // An idle connection taken at once (no wait, no check) has
+                // waited only for the lock: no second clock read for that.
+                let waited = if waited || front {
+                    start.elapsed()
+                } else {
+                    Duration::ZERO
+                };
                 inner.acquired.fetch_add(1, Ordering::Relaxed);
                 telemetry::acquired(&inner.labels, waited);
                 if inner.config.leak_threshold.is_some() {
@@ -241,6 +330,7 @@ impl<M: Manager> Pool<M> {
                 }
                 return Ok(Pooled {
                     entry: Some(entry),
+                    slot,
                     pool: inner.clone(),
                 });
             }
@@ -249,6 +339,7 @@ impl<M: Manager> Pool<M> {
             }
             // The connection failed its check: keep our place in line.
             front = true;
+            now = self::now();
         }
     }
 
@@ -271,14 +362,14 @@ impl<M: Manager> Pool<M> {
     /// they come back, waiters and later `get()`s fail with
     /// [`PoolError::Closed`], and the background task stops.
     pub fn close(&self) {
+        let mut woken = Vec::new();
         let idle = {
             let mut st = self.inner.state.lock();
             let (idle, waiters) = st.core.close();
-            for w in waiters {
-                let _ = w.send(Handoff::Fail(PoolError::Closed));
-            }
+            fail_all::<M>(waiters, || PoolError::Closed, &mut woken);
             idle
         };
+        woken.into_iter().for_each(Waker::wake);
         drop(idle);
         self.inner.wake.notify_one();
     }
@@ -291,7 +382,7 @@ impl<M: Manager> Pool<M> {
 
 enum Step<M: Manager> {
     Ready(Entry<Conn<M>>, bool),
-    Wait(u64, oneshot::Receiver<Handoff<M>>),
+    Wait(u64, Waiter<M>),
 }
 
 /// Leaves the line if the `get()` future is dropped while waiting; a
@@ -299,7 +390,7 @@ enum Step<M: Manager> {
 struct WaitGuard<'a, M: Manager> {
     inner: &'a Arc<Inner<M>>,
     id: u64,
-    rx: oneshot::Receiver<Handoff<M>>,
+    slot: Waiter<M>,
     armed: bool,
 }
 
@@ -318,11 +409,10 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
         {
             return;
         }
-        // Already served: hand-offs are sent under the lock, so whatever was
-        // sent is in the channel now.
-        self.rx.close();
-        if let Ok(Handoff::Conn(entry)) = self.rx.try_recv() {
-            self.inner.release(entry, Return::Reuse);
+        // Already served: hand-offs are made under the lock, so whatever was
+        // handed over is in the slot now.
+        if let Some(Handoff::Conn(entry)) = self.slot.take() {
+            self.inner.release(entry, Return::Reuse, None);
         }
     }
 }
@@ -338,7 +428,7 @@ impl<M: Manager> Drop for CheckGuard<'_, M> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
             self.inner
-                .release(entry, Return::Close(CloseReason::Cancelled));
+                .release(entry, Return::Close(CloseReason::Cancelled), None);
         }
     }
 }
@@ -352,9 +442,11 @@ struct CreateGuard<M: Manager> {
 impl<M: Manager> Drop for CreateGuard<M> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
+            let mut woken = Vec::new();
             let waiters = inner.state.lock().core.create_failed(now());
-            // Dropped senders read as "closed" to the waiters.
-            drop(waiters);
+            // The connect died with no error to report.
+            fail_all::<M>(waiters, || PoolError::Closed, &mut woken);
+            woken.into_iter().for_each(Waker::wake);
         }
     }
 }
@@ -402,7 +494,7 @@ impl<M: Manager> Inner<M> {
         deadline: Instant,
     ) -> Option<Entry<Conn<M>>> {
         if self.manager.is_broken(&entry.conn) {
-            self.release(entry, Return::Close(CloseReason::Broken));
+            self.release(entry, Return::Close(CloseReason::Broken), None);
             return None;
         }
         if !needs_check {
@@ -426,7 +518,7 @@ impl<M: Manager> Inner<M> {
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "connection failed its check; closing it");
                 self.state.lock().last_error = Some(Arc::new(e));
-                self.release(entry, Return::Close(CloseReason::CheckFailed));
+                self.release(entry, Return::Close(CloseReason::CheckFailed), None);
                 None
             }
             Err(_) => {
@@ -434,34 +526,60 @@ impl<M: Manager> Inner<M> {
                     self.count_timeout(TimeoutKind::Check);
                 }
                 tracing::debug!("connection check timed out; closing it");
-                self.release(entry, Return::Close(CloseReason::CheckFailed));
+                self.release(entry, Return::Close(CloseReason::CheckFailed), None);
                 None
             }
         }
     }
 
-    /// A checked-out connection comes back (to a waiter, to idle, or closed).
-    fn release(self: &Arc<Self>, entry: Entry<Conn<M>>, how: Return) {
+    /// A checked-out connection comes back (to a waiter, to idle, or
+    /// closed); `slot` is the waiter slot it was handed over in, to reuse.
+    fn release(self: &Arc<Self>, entry: Entry<Conn<M>>, how: Return, slot: Option<Waiter<M>>) {
+        // Read the clock before taking the lock: a short critical section.
+        let now = now();
+        let mut woken = None;
         let (close, creates) = {
             let mut st = self.state.lock();
             if self.config.leak_threshold.is_some() {
                 st.leases.remove(&entry.meta.id);
             }
-            let now = now();
-            let close = st.core.release(entry, how, now, send_conn::<M>);
-            (close, st.core.plan_creates(now))
+            if let Some(slot) = slot
+                && st.free_slots.len() < FREE_SLOTS
+            {
+                // The line let go of it when it was served (under this lock).
+                debug_assert_eq!(Arc::strong_count(&slot), 1);
+                st.free_slots.push(slot);
+            }
+            let close = st.core.release(entry, how, now, hand_off::<M>(&mut woken));
+            // A connection kept (idle or handed on) frees no slot and adds no
+            // demand: only a closed one can call for a create.
+            let creates = if close.is_some() {
+                st.core.plan_creates(now)
+            } else {
+                0
+            };
+            (close, creates)
         };
+        if let Some(waker) = woken {
+            waker.wake();
+        }
         drop(close);
         self.spawn_creates(creates);
     }
 
     fn keepalive_done(self: &Arc<Self>, entry: Entry<Conn<M>>, ok: bool) {
+        let now = now();
+        let mut woken = None;
         let (close, creates) = {
             let mut st = self.state.lock();
-            let now = now();
-            let close = st.core.keepalive_done(entry, ok, now, send_conn::<M>);
+            let close = st
+                .core
+                .keepalive_done(entry, ok, now, hand_off::<M>(&mut woken));
             (close, st.core.plan_creates(now))
         };
+        if let Some(waker) = woken {
+            waker.wake();
+        }
         drop(close);
         self.spawn_creates(creates);
     }
@@ -481,21 +599,27 @@ impl<M: Manager> Inner<M> {
         let result = tokio::time::timeout(self.config.create_timeout, self.manager.create()).await;
         guard.inner = None;
         let failed = result.as_ref().map_or(true, |r| r.is_err());
+        let now = now();
+        let mut woken = None;
+        let mut failed_waiters = Vec::new();
         let (close, creates) = {
             let mut st = self.state.lock();
-            let now = now();
             let close = match result {
                 Ok(Ok(conn)) => {
                     st.last_error = None;
-                    st.core.create_succeeded(conn, now, send_conn::<M>)
+                    st.core
+                        .create_succeeded(conn, now, hand_off::<M>(&mut woken))
                 }
                 Ok(Err(e)) => {
                     let e = Arc::new(e);
                     tracing::warn!(error = %e, "cannot connect");
                     st.last_error = Some(e.clone());
-                    for w in st.core.create_failed(now) {
-                        let _ = w.send(Handoff::Fail(PoolError::Backend(e.clone())));
-                    }
+                    let waiters = st.core.create_failed(now);
+                    fail_all::<M>(
+                        waiters,
+                        || PoolError::Backend(e.clone()),
+                        &mut failed_waiters,
+                    );
                     None
                 }
                 Err(_) => {
@@ -505,18 +629,23 @@ impl<M: Manager> Inner<M> {
                         "connect timed out"
                     );
                     let last_error = st.last_error.clone();
-                    for w in st.core.create_failed(now) {
-                        let _ = w.send(Handoff::Fail(PoolError::Timeout {
+                    let waiters = st.core.create_failed(now);
+                    fail_all::<M>(
+                        waiters,
+                        || PoolError::Timeout {
                             kind: TimeoutKind::Create,
                             waited: Duration::ZERO,
                             last_error: last_error.clone(),
-                        }));
-                    }
+                        },
+                        &mut failed_waiters,
+                    );
                     None
                 }
             };
             (close, st.core.plan_creates(now))
         };
+        woken.into_iter().for_each(Waker::wake);
+        failed_waiters.into_iter().for_each(Waker::wake);
         drop(close);
         self.spawn_creates(creates);
         if failed {
@@ -529,6 +658,7 @@ impl<M: Manager> Inner<M> {
     fn maintain_once(self: &Arc<Self>, published: &mut Status) -> Instant {
         let tokio_now = Instant::now();
         let mut close = Vec::new();
+        let mut woken = Vec::new();
         let (due, creates, next) = {
             let mut st = self.state.lock();
             if st.core.is_closed() {
@@ -538,14 +668,18 @@ impl<M: Manager> Inner<M> {
             let expired = st.core.expire_waiters(now);
             if !expired.is_empty() {
                 let last_error = st.last_error.clone();
-                for w in expired {
-                    self.count_timeout(TimeoutKind::Acquire);
-                    let _ = w.send(Handoff::Fail(PoolError::Timeout {
-                        kind: TimeoutKind::Acquire,
-                        waited: Duration::ZERO,
-                        last_error: last_error.clone(),
-                    }));
-                }
+                fail_all::<M>(
+                    expired,
+                    || {
+                        self.count_timeout(TimeoutKind::Acquire);
+                        PoolError::Timeout {
+                            kind: TimeoutKind::Acquire,
+                            waited: Duration::ZERO,
+                            last_error: last_error.clone(),
+                        }
+                    },
+                    &mut woken,
+                );
             }
             let due = st.core.maintain(now, &mut close);
             if let Some(threshold) = self.config.leak_threshold {
@@ -576,6 +710,7 @@ impl<M: Manager> Inner<M> {
             st.next_wake = Some(next);
             (due, creates, next)
         };
+        woken.into_iter().for_each(Waker::wake);
         drop(close);
         self.spawn_creates(creates);
         for entry in due {
@@ -678,6 +813,8 @@ async fn maintain<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
 pub struct Pooled<M: Manager> {
     /// `Some` until dropped.
     entry: Option<Entry<Conn<M>>>,
+    /// The waiter slot the connection came in, given back to the pool with it.
+    slot: Option<Waiter<M>>,
     pool: Arc<Inner<M>>,
 }
 
@@ -725,6 +862,100 @@ impl<M: Manager> Drop for Pooled<M> {
         } else {
             Return::Reuse
         };
-        self.pool.release(entry, how);
+        self.pool.release(entry, how, self.slot.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Numbers;
+
+    impl Manager for Numbers {
+        type Connection = u32;
+        type Error = std::io::Error;
+        async fn create(&self) -> Result<u32, std::io::Error> {
+            Ok(0)
+        }
+        async fn check(&self, _: &mut u32) -> Result<(), std::io::Error> {
+            Ok(())
+        }
+        fn is_broken(&self, _: &u32) -> bool {
+            false
+        }
+    }
+
+    fn free_slots(pool: &Pool<Numbers>) -> Vec<Waiter<Numbers>> {
+        pool.inner.state.lock().free_slots.clone()
+    }
+
+    /// A waiter's slot goes back to the free list with the connection it
+    /// brought, and the next wait takes it again instead of allocating.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_slot_is_reused_once_its_connection_returns() {
+        let pool = Pool::builder(Numbers)
+            .max_size(1)
+            .min_idle(0)
+            .build()
+            .unwrap();
+        // The first get waits for the first connect, in a slot.
+        drop(pool.get().await.unwrap());
+        assert_eq!(free_slots(&pool).len(), 1);
+        for round in 0..3 {
+            let held = pool.get().await.unwrap();
+            assert!(held.slot.is_none(), "taken from idle, no wait");
+            let waiter = tokio::spawn({
+                let pool = pool.clone();
+                async move { pool.get().await.unwrap() }
+            });
+            while pool.status().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            assert!(free_slots(&pool).is_empty(), "round {round}: slot in use");
+            drop(held);
+            let served = waiter.await.unwrap();
+            let slot = served.slot.as_ref().map(Arc::as_ptr);
+            assert!(slot.is_some(), "handed over in a slot");
+            drop(served);
+            let free = free_slots(&pool);
+            assert_eq!(free.len(), 1, "round {round}: the same slot came back");
+            assert_eq!(Some(Arc::as_ptr(&free[0])), slot);
+        }
+    }
+
+    /// A waiter that gives up after being served hands the connection on
+    /// (it was put in its slot under the lock), and nothing is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_served_waiter_passes_the_connection_on() {
+        let pool = Pool::builder(Numbers)
+            .max_size(1)
+            .min_idle(0)
+            .build()
+            .unwrap();
+        let held = pool.get().await.unwrap();
+        let mut first = Box::pin(pool.get());
+        assert!(futures_poll(&mut first).is_pending());
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.get().await.map(|c| *c) }
+        });
+        while pool.status().waiting < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The connection goes into the first waiter's slot, which is then
+        // dropped without being polled again.
+        drop(held);
+        drop(first);
+        assert_eq!(second.await.unwrap().unwrap(), 0);
+        let s = pool.status();
+        assert_eq!((s.size, s.idle, s.in_use, s.waiting), (1, 1, 0, 0));
+    }
+
+    fn futures_poll<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        std::pin::Pin::new(f).poll(&mut cx)
     }
 }

@@ -92,19 +92,28 @@ pub fn rate(calls: &[Call], from: Duration, to: Duration, bucket: Duration) -> V
     out
 }
 
-/// How long after `back` the success rate per 100 ms first reached 80% of
-/// `baseline` (successes per 100 ms), if it did before `end`.
-pub fn recovery(calls: &[Call], back: Duration, end: Duration, baseline: f64) -> Option<Duration> {
-    let step = Duration::from_millis(10);
-    let window = Duration::from_millis(100);
+/// How long after `back` the pool was serving at 80% of `baseline`
+/// (successes per 100 ms) again: the end of the first `window` starting at
+/// or after `back` in which successful calls completed at that rate, if
+/// one did before `end`. A short window (20 ms) resolves the recovery
+/// better than a 100 ms one, at the price of noise.
+pub fn recovery(
+    calls: &[Call],
+    back: Duration,
+    end: Duration,
+    baseline: f64,
+    window: Duration,
+) -> Option<Duration> {
+    let step = Duration::from_millis(1);
+    let wanted = 0.8 * baseline * window.as_secs_f64() / 0.1;
     let mut t = back;
     while t + window <= end {
         let n = calls
             .iter()
-            .filter(|c| c.error.is_none() && c.at >= t && c.at < t + window)
+            .filter(|c| c.error.is_none() && c.at + c.total >= t && c.at + c.total < t + window)
             .count();
-        if n as f64 >= 0.8 * baseline {
-            return Some(t - back);
+        if n as f64 >= wanted {
+            return Some(t + window - back);
         }
         t += step;
     }
