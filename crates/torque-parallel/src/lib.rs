@@ -157,6 +157,7 @@ pub mod balance;
 pub mod batch;
 mod blocking;
 mod cancel;
+mod collect;
 mod cpu;
 mod error;
 #[cfg(feature = "tokio")]
@@ -180,5 +181,5 @@ pub use error::BuildError;
 pub use hybrid::Hybrid;
 #[cfg(feature = "tokio")]
 pub use io::{AsyncIo, IoLimiter, IoStats, TokioClock};
-pub use outcome::{ItemError, PanicError, Summary};
+pub use outcome::{CollectError, ItemError, PanicError, Summary};
 pub use processor::{Blocking, Processor, ProcessorBuilder, ProcessorConfig, Stats};
