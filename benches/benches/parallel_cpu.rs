@@ -80,7 +80,24 @@ fn cheap_items(c: &mut Criterion) {
         });
         group.finish();
 
+        // `collect` (all-or-nothing, a plain `Vec<u64>`) is the like-for-like
+        // peer of rayon's and the loop's `collect`; `map`'s per-item results
+        // are in `cheap_map_results`.
         let mut group = c.benchmark_group("cheap_collect");
+        group.bench_with_input(BenchmarkId::new("torque", n), &items, |b, items| {
+            b.iter(|| p.collect(black_box(items), cheap))
+        });
+        group.bench_with_input(BenchmarkId::new("rayon", n), &items, |b, items| {
+            b.iter(|| black_box(items).par_iter().map(cheap).collect::<Vec<u64>>())
+        });
+        group.bench_with_input(BenchmarkId::new("sequential", n), &items, |b, items| {
+            b.iter(|| black_box(items).iter().map(cheap).collect::<Vec<u64>>())
+        });
+        group.finish();
+
+        // `map`: one `Result<u64, ItemError>` per item, against the same
+        // peers (what isolating each item's outcome costs).
+        let mut group = c.benchmark_group("cheap_map_results");
         group.bench_with_input(BenchmarkId::new("torque", n), &items, |b, items| {
             b.iter(|| p.map(black_box(items), cheap))
         });

@@ -10,8 +10,9 @@
 //! MODE: `torque` (learned cost, `map_reduce`), `prefix` (the alternative
 //! design: every call runs a sequential prefix that reads the clock at
 //! 1, 2, 4, ... items, no memory between calls), `sequential` (the plain
-//! loop); `torque-collect` / `sequential-collect` for `map` against
-//! `collect::<Vec<u64>>()`. Divide the difference in instructions by CALLS.
+//! loop); `torque-map` / `torque-collect` / `sequential-collect` for `map`
+//! and `collect` against `collect::<Vec<u64>>()`. Divide the difference in
+//! instructions by CALLS.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -54,7 +55,8 @@ fn main() {
             "torque" => p.map_reduce(items, cheap, || 0, u64::wrapping_add).value,
             "prefix" => prefix_sum(items),
             "sequential" => items.iter().map(cheap).fold(0, u64::wrapping_add),
-            "torque-collect" => black_box(p.map(items, cheap)).len() as u64,
+            "torque-map" => black_box(p.map(items, cheap)).len() as u64,
+            "torque-collect" => black_box(p.collect(items, cheap).unwrap_or_default()).len() as u64,
             "sequential-collect" => {
                 black_box(items.iter().map(cheap).collect::<Vec<u64>>()).len() as u64
             }

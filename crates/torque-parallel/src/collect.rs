@@ -161,6 +161,50 @@ pub(crate) struct CollectWork<'a, B> {
 }
 
 impl<B> CollectWork<'_, B> {
+    /// The whole batch as one plain loop into a `Vec` with its capacity
+    /// (no token: the caller checked), for a batch the learned cost says is
+    /// tiny ([`Cpu::untimed`](crate::cpu::Cpu::untimed)). The happy path is
+    /// exactly `iter().map(f).collect()` plus one `catch_unwind`; the
+    /// accumulator of the general path is only built after a failure.
+    #[inline(always)]
+    pub(crate) fn run_untimed<T>(&self, items: &[T]) -> Result<Vec<B::Out>, CollectError<B::Err>>
+    where
+        T: Sync,
+        B: Body<T>,
+    {
+        let mut out = Vec::with_capacity(items.len());
+        let (k, error) = match catch_unwind(AssertUnwindSafe(|| self.body.extend(items, &mut out)))
+        {
+            Ok(None) => return Ok(out),
+            Ok(Some((k, e))) => (k, ItemError::Failed(e)),
+            Err(payload) => (
+                out.len(),
+                ItemError::Panicked(PanicError::from_payload(&*payload)),
+            ),
+        };
+        self.resume_after(items, k, error)
+    }
+
+    /// The rest of `run_untimed` after item `k` failed: the other items
+    /// run, once each, for their failures only.
+    #[cold]
+    #[inline(never)]
+    fn resume_after<T>(
+        &self,
+        items: &[T],
+        k: usize,
+        error: ItemError<B::Err>,
+    ) -> Result<Vec<B::Out>, CollectError<B::Err>>
+    where
+        B: Body<T>,
+    {
+        let mut acc = Collected::with_capacity(0);
+        acc.next = items.len();
+        acc.fail(k, error);
+        self.tally(&items[k + 1..], k + 1, &mut acc);
+        acc.finish()
+    }
+
     /// Runs `items` (input indices from `base`) one by one, each isolated,
     /// keeping only their failures: the path after a first failure.
     #[cold]

@@ -100,10 +100,15 @@ impl CostTable {
         }
     }
 
+    /// Fibonacci hashing: the top bits of key × 2^64/φ.
+    #[inline(always)]
+    fn home(key: usize) -> usize {
+        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
+    }
+
     #[inline]
     fn slot(&self, key: usize) -> &Slot {
-        // Fibonacci hashing: the top bits of key × 2^64/φ.
-        let home = ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+        let home = Self::home(key);
         for probe in 0..PROBES {
             let slot = &self.slots[(home + probe) % SLOTS];
             let k = slot.key.load(Relaxed);
@@ -228,6 +233,35 @@ impl Cpu {
             0 => None,
             c => Some(Duration::from_nanos(c.div_ceil(1000))),
         }
+    }
+
+    /// Whether a batch of `n` items of the closure `key` is warm, predicted
+    /// under [`UNTIMED_BELOW`] and not due for a sample: the case the caller
+    /// may run as a plain loop with no clock read. Counts the call when it
+    /// says yes; when it says no, [`run`](Cpu::run) decides as usual.
+    ///
+    /// It is `run`'s first branch without the rest of `run` around it: one
+    /// load of the closure's home slot (no probing: a closure displaced
+    /// from it takes `run`), a multiply and a compare, so that callers whose
+    /// sequential path is cheaper outside `Work` (`collect`) pay a dozen
+    /// instructions for the decision.
+    #[inline(always)]
+    pub(crate) fn untimed(&self, key: usize, n: usize) -> bool {
+        let slot = &self.table.slots[CostTable::home(key)];
+        if slot.key.load(Relaxed) != key || n == 0 {
+            return false;
+        }
+        let cost = slot.cost_ps.load(Relaxed);
+        if cost == 0 || cost.saturating_mul(n as u64) >= ps(UNTIMED_BELOW) {
+            return false;
+        }
+        let calls = slot.calls.load(Relaxed);
+        if calls.is_multiple_of(SAMPLE_EVERY) {
+            return false;
+        }
+        slot.calls.store(calls.wrapping_add(1), Relaxed);
+        bump(&self.counters.sequential);
+        true
     }
 
     /// Runs `items` through `work`, sequentially or on rayon as the learned

@@ -440,10 +440,12 @@ impl Processor {
             body: Plain(&f),
             cancel: self.cancel.as_ref(),
         };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, R, F>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items);
+        }
         let mut acc = Collected::with_capacity(items.len());
-        self.inner
-            .cpu
-            .run(key_of::<T, R, F>(), items, &work, &mut acc);
+        cpu.run(key, items, &work, &mut acc);
         acc.finish()
     }
 
@@ -479,10 +481,12 @@ impl Processor {
             body: Fallible(&f),
             cancel: self.cancel.as_ref(),
         };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, Result<R, E>, F>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items);
+        }
         let mut acc = Collected::with_capacity(items.len());
-        self.inner
-            .cpu
-            .run(key_of::<T, Result<R, E>, F>(), items, &work, &mut acc);
+        cpu.run(key, items, &work, &mut acc);
         acc.finish()
     }
 

@@ -326,3 +326,33 @@ fn a_non_string_panic_payload_has_a_message() {
         [(0, "panic with a non-string payload".to_owned())]
     );
 }
+
+/// A tiny batch of a closure whose cost is known runs as one plain loop
+/// under one `catch_unwind`; after a panic it resumes after the panicking
+/// item, so nothing before it runs twice and nothing after it is skipped.
+#[test]
+fn a_panic_in_a_tiny_warm_batch_resumes_after_it() {
+    let p = processor();
+    let items: Vec<usize> = (0..10).collect();
+    let runs = counters(items.len());
+    let armed = AtomicBool::new(false);
+    let work = |&i: &usize| {
+        runs[i].fetch_add(1, Relaxed);
+        if armed.load(Relaxed) && (i == 3 || i == 4 || i == 9) {
+            panic!("item {i}");
+        }
+        i
+    };
+    for _ in 0..3 {
+        assert_eq!(p.collect(&items, work).unwrap(), items);
+    }
+    armed.store(true, Relaxed);
+    // At most one call in 64 is timed (the general path); the others take
+    // the plain loop.
+    for _ in 0..4 {
+        runs.iter().for_each(|r| r.store(0, Relaxed));
+        let err = p.collect(&items, work).unwrap_err();
+        assert_each_ran_once(&runs);
+        assert_eq!(err.indices().collect::<Vec<_>>(), [3, 4, 9]);
+    }
+}
