@@ -90,13 +90,15 @@ struct Slot {
 
 #[derive(Debug)]
 struct CostTable {
-    slots: Box<[Slot]>,
+    /// Inline (the `Cpu` lives behind the processor's `Arc`): a probe is one
+    /// load from the processor, with no pointer to chase and no bounds check.
+    slots: [Slot; SLOTS],
 }
 
 impl CostTable {
     fn new() -> Self {
         CostTable {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            slots: std::array::from_fn(|_| Slot::default()),
         }
     }
 
