@@ -30,7 +30,9 @@ use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
 use parking_lot::Mutex;
-use rayon::iter::plumbing::{Consumer, Producer, ProducerCallback, UnindexedConsumer, bridge};
+use rayon::iter::plumbing::{
+    Consumer, Folder, Producer, ProducerCallback, UnindexedConsumer, bridge,
+};
 use rayon::prelude::*;
 
 use crate::cancel::CancelToken;
@@ -445,6 +447,44 @@ impl<'a, T: Sync, B: Body<T>> Producer for Isolated<'a, T, B> {
         self.shared.grain
     }
 
+    /// rayon drives a leaf through this, from the front. The loop is
+    /// rayon's own `map` plus an index; the probe and the token are checked
+    /// only when present (a separate loop, so the common one carries no
+    /// per-item branch for them). The `Leaf` iterator form would keep its
+    /// position in memory for its cold path, several instructions per item.
+    fn fold_with<G: Folder<B::Out>>(self, folder: G) -> G {
+        let shared = self.shared;
+        let (offset, end) = (self.offset, self.offset + self.items.len());
+        let run =
+            move |at: usize, x: &T| match catch_unwind(AssertUnwindSafe(|| shared.body.call(x))) {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => stop(shared, at, end, ItemError::Failed(e)),
+                Err(payload) => stop(
+                    shared,
+                    at,
+                    end,
+                    ItemError::Panicked(PanicError::from_payload(&*payload)),
+                ),
+            };
+        let items = self.items.iter().enumerate();
+        if shared.probe.is_none() && shared.cancel.is_none() {
+            return folder.consume_iter(items.map(move |(k, x)| run(offset + k, x)));
+        }
+        let mut clock = LeafClock::default();
+        folder.consume_iter(items.map(move |(k, x)| {
+            let at = offset + k;
+            if let Some(probe) = shared.probe {
+                probe.tick(&mut clock, at);
+            }
+            if let Some(token) = shared.cancel
+                && token.is_cancelled()
+            {
+                stop(shared, at, end, ItemError::Cancelled);
+            }
+            run(at, x)
+        }))
+    }
+
     fn split_at(self, index: usize) -> (Self, Self) {
         let (left, right) = self.items.split_at(index);
         (
@@ -460,6 +500,19 @@ impl<'a, T: Sync, B: Body<T>> Producer for Isolated<'a, T, B> {
             },
         )
     }
+}
+
+/// Records that item `at` of a leaf run from the front up to `end` stopped
+/// it, then unwinds out of rayon's leaf.
+#[cold]
+#[inline(never)]
+fn stop<B, E>(shared: &Shared<'_, B, E>, at: usize, end: usize, error: ItemError<E>) -> ! {
+    shared.stops.lock().push(Stop {
+        at,
+        rest: at + 1..end,
+        error,
+    });
+    resume_unwind(Box::new(LeafStopped))
 }
 
 /// One rayon leaf: runs its items, each isolated.
