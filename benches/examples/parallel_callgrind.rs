@@ -57,6 +57,10 @@ fn main() {
             "sequential" => items.iter().map(cheap).fold(0, u64::wrapping_add),
             "torque-map" => black_box(p.map(items, cheap)).len() as u64,
             "torque-collect" => black_box(p.collect(items, cheap).unwrap_or_default()).len() as u64,
+            "rayon" => {
+                use rayon::prelude::*;
+                items.par_iter().map(cheap).reduce(|| 0, u64::wrapping_add)
+            }
             "rayon-collect" => {
                 use rayon::prelude::*;
                 black_box(items.par_iter().map(cheap).collect::<Vec<u64>>()).len() as u64
