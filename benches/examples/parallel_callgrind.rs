@@ -41,6 +41,46 @@ fn prefix_sum(items: &[u64]) -> u64 {
     acc
 }
 
+/// `race-collect N CALLS`: alternating rounds of CALLS calls of ours,
+/// rayon's and the sequential collect in one process (same allocator
+/// state, same load), the median per-call time of each over 15 rounds.
+fn race(p: &Processor, items: &[u64], calls: usize) {
+    use rayon::prelude::*;
+    let time = |f: &dyn Fn() -> usize| {
+        let start = Instant::now();
+        for _ in 0..calls {
+            black_box(f());
+        }
+        start.elapsed() / calls as u32
+    };
+    let (mut ours, mut theirs, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..15 {
+        // Each result goes through `black_box`, or the compiler drops the
+        // sequential one's allocation and loop altogether.
+        ours.push(time(&|| {
+            black_box(p.collect(black_box(items), cheap)).map_or(0, |v| v.len())
+        }));
+        theirs.push(time(&|| {
+            black_box(black_box(items).par_iter().map(cheap).collect::<Vec<u64>>()).len()
+        }));
+        seq.push(time(&|| {
+            black_box(black_box(items).iter().map(cheap).collect::<Vec<u64>>()).len()
+        }));
+    }
+    ours.sort();
+    theirs.sort();
+    seq.sort();
+    println!(
+        "n={} median per call: ours {:?}, rayon {:?}, sequential {:?}; ours/rayon {:.3}, ours/sequential {:.3}",
+        items.len(),
+        ours[7],
+        theirs[7],
+        seq[7],
+        ours[7].as_secs_f64() / theirs[7].as_secs_f64(),
+        ours[7].as_secs_f64() / seq[7].as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("torque", String::as_str);
@@ -48,6 +88,10 @@ fn main() {
     let calls: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let items: Vec<u64> = (0..n).collect();
     let p = Processor::builder().build().expect("processor");
+    if mode == "race-collect" {
+        race(&p, &items, calls);
+        return;
+    }
     let mut sink = 0u64;
     for _ in 0..calls {
         let items = black_box(&items[..]);

@@ -15,8 +15,9 @@
 //!   reads on *every* call (~170 ns for 100 items, more than the work);
 //! - a learned per-item cost per closure (a small fixed table, relaxed
 //!   atomics): a warm call costs one table probe (~2–4 ns) and no clock read
-//!   when its predicted time is under [`UNTIMED_BELOW`]; every
-//!   [`SAMPLE_EVERY`]-th such call is timed to follow drift.
+//!   when its predicted time is under [`UNTIMED_BELOW`]; such calls are
+//!   timed once per [`SAMPLE_AFTER`] of their predicted work, to follow
+//!   drift.
 //!
 //! We use both: the learned cost decides warm calls, and the growing prefix
 //! is what a cold call (or a warm call predicted to take between
@@ -25,8 +26,9 @@
 //! rayon after one expensive item (10 items of 100 ms run in parallel).
 //! The residual risk: two closures with identical code share one entry (which
 //! is right), but a closure whose per-item cost changes by orders of
-//! magnitude between calls is mispredicted for up to [`SAMPLE_EVERY`] small
-//! calls, and then only when those calls are under [`UNTIMED_BELOW`].
+//! magnitude between calls is mispredicted until the next sample (calls
+//! predicted to total [`SAMPLE_AFTER`]), and then only when those calls are
+//! under [`UNTIMED_BELOW`].
 //!
 //! A parallel run learns too, from the items' own time (whole chunks in a
 //! reduction, a clock read about once per 2 µs of work in each rayon leaf of
@@ -56,10 +58,16 @@ const SLOTS: usize = 64;
 /// Linear probes before taking over the home slot.
 const PROBES: usize = 4;
 /// A warm call predicted to take less than this is not timed (the clock read
-/// would be more than 1 % of it), except every [`SAMPLE_EVERY`]-th call.
+/// would be more than 1 % of it), except for samples ([`SAMPLE_AFTER`]).
 pub(crate) const UNTIMED_BELOW: Duration = Duration::from_micros(4);
-/// How often an untimed call is timed anyway, to follow a drifting cost.
-pub(crate) const SAMPLE_EVERY: u64 = 64;
+/// An untimed call is timed anyway once the untimed calls since the last
+/// sample are predicted to have taken this long, to follow a drifting cost.
+/// Counting predicted work rather than calls bounds the work between
+/// samples the same way for every batch size (64 calls of just under 4 µs;
+/// 5,000 calls of 100 cheap items), while a tiny batch stops paying for a
+/// clock pair every few calls (one pair per 64 calls of 100 cheap items was
+/// ~1 ns a call, 2 % of the batch).
+pub(crate) const SAMPLE_AFTER: Duration = Duration::from_micros(256);
 /// A warm call that is timed first checks the clock after this much work.
 const FIRST_CHECK: Duration = Duration::from_micros(2);
 
@@ -83,9 +91,9 @@ struct Slot {
     key: AtomicUsize,
     /// Per-item cost in picoseconds; 0 = unknown.
     cost_ps: AtomicU64,
-    /// Untimed calls so far, for sampling. Load + store, not an RMW: a lost
-    /// update only shifts the next sample.
-    calls: AtomicU64,
+    /// Predicted work (ps) of the untimed calls since the last sample.
+    /// Load + store, not an RMW: a lost update only shifts the next sample.
+    untimed_ps: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -254,14 +262,15 @@ impl Cpu {
             return false;
         }
         let cost = slot.cost_ps.load(Relaxed);
-        if cost == 0 || cost.saturating_mul(n as u64) >= ps(UNTIMED_BELOW) {
+        let predicted = cost.saturating_mul(n as u64);
+        if cost == 0 || predicted >= ps(UNTIMED_BELOW) {
             return false;
         }
-        let calls = slot.calls.load(Relaxed);
-        if calls.is_multiple_of(SAMPLE_EVERY) {
+        let since = slot.untimed_ps.load(Relaxed);
+        if since >= ps(SAMPLE_AFTER) {
             return false;
         }
-        slot.calls.store(calls.wrapping_add(1), Relaxed);
+        slot.untimed_ps.store(since + predicted, Relaxed);
         bump(&self.counters.sequential);
         true
     }
@@ -285,11 +294,12 @@ impl Cpu {
             let predicted = cost.saturating_mul(n as u64);
             if predicted < ps(UNTIMED_BELOW) {
                 bump(&self.counters.sequential);
-                let calls = slot.calls.load(Relaxed);
-                slot.calls.store(calls.wrapping_add(1), Relaxed);
-                if !calls.is_multiple_of(SAMPLE_EVERY) {
+                let since = slot.untimed_ps.load(Relaxed);
+                if since < ps(SAMPLE_AFTER) {
+                    slot.untimed_ps.store(since + predicted, Relaxed);
                     work.seq(items, acc);
                 } else {
+                    slot.untimed_ps.store(0, Relaxed);
                     let start = Instant::now();
                     work.seq(items, acc);
                     record(slot, start.elapsed().saturating_sub(self.clock), n);

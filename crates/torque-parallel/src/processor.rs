@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::blocking::{BlockingMap, BlockingPool};
 use crate::cancel::CancelToken;
-use crate::collect::{CollectWork, Collected, Fallible, Plain};
+use crate::collect::{Body, CollectWork, Collected, Fallible, Plain};
 use crate::cpu::{Cpu, MapWork, ReduceWork, key_of};
 use crate::error::BuildError;
 use crate::outcome::{CollectError, ItemError, Summary};
@@ -430,6 +430,7 @@ impl Processor {
     /// assert!(matches!(&err.failures[0].1, ItemError::Panicked(p) if p.message() == "even 2"));
     /// # Ok::<(), torque_parallel::BuildError>(())
     /// ```
+    #[inline]
     pub fn collect<T, R, F>(&self, items: &[T], f: F) -> Result<Vec<R>, CollectError>
     where
         T: Sync,
@@ -444,9 +445,7 @@ impl Processor {
         if self.cancel.is_none() && cpu.untimed(key, items.len()) {
             return work.run_untimed(items);
         }
-        let mut acc = Collected::with_capacity(items.len());
-        cpu.run(key, items, &work, &mut acc);
-        acc.finish()
+        self.collect_general(key, items, &work)
     }
 
     /// Like [`collect`](Processor::collect) for a fallible `f`: the values
@@ -470,6 +469,7 @@ impl Processor {
     /// assert!(matches!(err.failures[..], [(1, ItemError::Failed(_))]));
     /// # Ok::<(), torque_parallel::BuildError>(())
     /// ```
+    #[inline]
     pub fn try_collect<T, R, E, F>(&self, items: &[T], f: F) -> Result<Vec<R>, CollectError<E>>
     where
         T: Sync,
@@ -485,8 +485,24 @@ impl Processor {
         if self.cancel.is_none() && cpu.untimed(key, items.len()) {
             return work.run_untimed(items);
         }
+        self.collect_general(key, items, &work)
+    }
+
+    /// `collect` and `try_collect` past their inlined fast path: the
+    /// general cutoff (timed prefix, rayon, sampling, a token).
+    #[inline(never)]
+    fn collect_general<T, B>(
+        &self,
+        key: usize,
+        items: &[T],
+        work: &CollectWork<'_, B>,
+    ) -> Result<Vec<B::Out>, CollectError<B::Err>>
+    where
+        T: Sync,
+        B: Body<T>,
+    {
         let mut acc = Collected::with_capacity(items.len());
-        cpu.run(key, items, &work, &mut acc);
+        self.inner.cpu.run(key, items, work, &mut acc);
         acc.finish()
     }
 
