@@ -1,7 +1,9 @@
 //! torque-parallel's `Cpu` strategy against rayon and a plain sequential loop,
 //! side by side in one group per case (issue #5's goals):
-//! - `cheap_sum/N`, `cheap_collect/N` for N = 10², 10³, 10⁴: goal ours ≤ 0.5×
-//!   rayon and ≤ 1.1× sequential; N = 10⁶: goal ours ≤ 1.05× rayon;
+//! - `cheap_sum/N` (`map_reduce`), `cheap_collect/N` (`collect`) for
+//!   N = 10², 10³, 10⁴: goal ours ≤ 0.5× rayon and ≤ 1.1× sequential;
+//!   N = 10⁶: goal ours ≤ 1.05× rayon; `cheap_map_results/N` (`map`, one
+//!   `Result` per item) against the same peers, for reference;
 //! - `ms_items/uniform`, `ms_items/skewed`: 10³ items of ~1 ms of calibrated
 //!   spinning (skewed: the first tenth costs 5.5×, the rest 0.5×, mean 1 ms):
 //!   goal ours ≤ 1.05× rayon.

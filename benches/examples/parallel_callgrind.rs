@@ -13,6 +13,13 @@
 //! loop); `torque-map` / `torque-collect` / `sequential-collect` for `map`
 //! and `collect` against `collect::<Vec<u64>>()`. Divide the difference in
 //! instructions by CALLS.
+//!
+//! Wall-clock modes, not for callgrind (under valgrind a parallel run's
+//! learned cost, hence its probing, is not the native one): `rayon` and
+//! `rayon-collect` (rayon's reduce and collect, to time against `torque` and
+//! `torque-collect` with `time`), and `race-collect N CALLS`: alternating
+//! rounds of CALLS calls of ours, rayon's and the sequential collect in one
+//! process, printing the median per-call times and their ratios.
 
 use std::hint::black_box;
 use std::time::Instant;
