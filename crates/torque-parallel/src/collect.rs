@@ -588,3 +588,82 @@ impl<T, B: Body<T>> DoubleEndedIterator for Leaf<'_, T, B> {
 }
 
 impl<T, B: Body<T>> ExactSizeIterator for Leaf<'_, T, B> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<'a, B: Body<u32>>(
+        body: &'a B,
+        stops: &'a Mutex<Vec<Stop<B::Err>>>,
+        grain: usize,
+    ) -> Shared<'a, B, B::Err> {
+        Shared {
+            body,
+            cancel: None,
+            probe: None,
+            grain,
+            stops,
+        }
+    }
+
+    /// rayon drives our leaves through `fold_with`; adapters such as `rev`
+    /// go through the `Leaf` iterator instead, from either end.
+    #[test]
+    fn the_leaf_iterator_records_the_unrun_rest_from_either_end() {
+        let items: Vec<u32> = (0..10).collect();
+        let body = Plain(|&x: &u32| if x == 6 { panic!("six") } else { x });
+        let stops = Mutex::new(Vec::new());
+        let shared = shared(&body, &stops, items.len());
+        let one_leaf = || Isolated {
+            items: &items,
+            offset: 0,
+            shared: &shared,
+        };
+
+        // From the back: 9, 8, 7 ran, 6 panicked, 0..6 did not run.
+        let run = catch_unwind(AssertUnwindSafe(|| one_leaf().rev().collect::<Vec<u32>>()));
+        assert!(run.unwrap_err().is::<LeafStopped>());
+        let stop = stops.lock().pop().expect("a stop");
+        assert_eq!((stop.at, stop.rest), (6, 0..6));
+
+        // From the front, through the iterator: 7..10 did not run.
+        let mut leaf = one_leaf().into_iter();
+        assert_eq!(
+            leaf.by_ref().take(6).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
+        let run = catch_unwind(AssertUnwindSafe(|| leaf.next()));
+        assert!(run.unwrap_err().is::<LeafStopped>());
+        let stop = stops.lock().pop().expect("a stop");
+        assert_eq!((stop.at, stop.rest), (6, 7..10));
+        assert!(matches!(stop.error, ItemError::Panicked(p) if p.message() == "six"));
+    }
+
+    #[test]
+    fn split_leaves_know_their_offsets() {
+        let items: Vec<u32> = (0..100).collect();
+        let body = Fallible(|&x: &u32| if x % 40 == 39 { Err(x) } else { Ok(x) });
+        let stops = Mutex::new(Vec::new());
+        let shared = shared(&body, &stops, 10);
+        let mut out = Vec::new();
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            out.par_extend(Isolated {
+                items: &items,
+                offset: 0,
+                shared: &shared,
+            });
+        }));
+        assert!(run.unwrap_err().is::<LeafStopped>());
+        let mut stops = stops.into_inner();
+        stops.sort_by_key(|s| s.at);
+        let seen: Vec<usize> = stops.iter().map(|s| s.at).collect();
+        assert_eq!(seen, [39, 79]);
+        for s in &stops {
+            assert!(matches!(s.error, ItemError::Failed(x) if x as usize == s.at));
+            // The rest is the tail of the leaf that held the failing item.
+            assert_eq!(s.rest.start, s.at + 1);
+            assert!(s.rest.end <= items.len());
+        }
+    }
+}
