@@ -43,7 +43,7 @@
 //! decide how far to split (so skewed costs balance), the grain only stops it
 //! from splitting below the point where a split costs more than it saves.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -603,6 +603,72 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
             Err(_) => part.cancelled += 1,
         }
         part
+    }
+
+    /// The whole batch as one fold under one `catch_unwind` (no token: the
+    /// caller checked), for a batch the learned cost says is tiny
+    /// ([`Cpu::untimed`]): the loop of `iter().map().fold()`. The running
+    /// value and the count of items done live outside the `catch_unwind`,
+    /// so after an item panics the fold resumes after it with the value so
+    /// far (through `seq`, item by item); nothing runs twice. `op` and
+    /// `identity` are not isolated, as in the general path: a panic in them
+    /// (the running value is then gone) propagates.
+    #[inline(always)]
+    pub(crate) fn run_untimed<T, R>(&self, items: &[T]) -> Part<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> Result<R, std::convert::Infallible> + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        let mut value = Some((self.identity)());
+        let mut done = 0;
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            for x in items {
+                let Ok(v) = (self.map)(x);
+                if let Some(a) = value.take() {
+                    value = Some((self.op)(a, v));
+                }
+                done += 1;
+            }
+        }));
+        match (run, value) {
+            (Ok(()), Some(value)) => Part {
+                value,
+                panics: Vec::new(),
+                cancelled: 0,
+            },
+            (Err(payload), Some(value)) => self.resume_after(items, done, value, &*payload),
+            (Err(payload), None) => resume_unwind(payload),
+            (Ok(()), None) => unreachable!("the running value is put back after every item"),
+        }
+    }
+
+    /// The rest of `run_untimed` after item `at` panicked.
+    #[cold]
+    #[inline(never)]
+    fn resume_after<T, R>(
+        &self,
+        items: &[T],
+        at: usize,
+        value: R,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Part<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> Result<R, std::convert::Infallible> + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        let mut acc = Some(Part {
+            value,
+            panics: vec![PanicError::from_payload(payload)],
+            cancelled: 0,
+        });
+        Work::seq(self, &items[at + 1..], &mut acc);
+        acc.unwrap_or_else(|| self.empty())
     }
 
     pub(crate) fn empty<R>(&self) -> Part<R>

@@ -532,10 +532,12 @@ impl Processor {
             op,
             cancel: self.cancel.as_ref(),
         };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, R, M>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items).into_summary();
+        }
         let mut acc = None;
-        self.inner
-            .cpu
-            .run(key_of::<T, R, M>(), items, &work, &mut acc);
+        cpu.run(key, items, &work, &mut acc);
         acc.unwrap_or_else(|| work.empty()).into_summary()
     }
 
