@@ -30,11 +30,11 @@
 //! predicted to total [`SAMPLE_AFTER`]), and then only when those calls are
 //! under [`UNTIMED_BELOW`].
 //!
-//! A parallel run learns too, from the items' own time (whole chunks in a
-//! reduction, a clock read about once per 2 µs of work in each rayon leaf of
-//! a `map` of items of 125 ns or more; cheaper items predicted parallel are
-//! re-measured by the timed prefix): the cost must not include rayon's
-//! dispatch, or a small batch would look expensive for ever.
+//! A parallel run learns too, from the items' own time (for items of 125 ns
+//! or more: whole chunks in a reduction, a clock read about once per 2 µs of
+//! work in each rayon leaf of a `map` or `collect`; cheaper items predicted
+//! parallel are re-measured by the timed prefix): the cost must not include
+//! rayon's dispatch, or a small batch would look expensive for ever.
 //!
 //! # Splitting
 //! Once parallel, the batch is a rayon indexed iterator with
