@@ -1,7 +1,9 @@
 //! torque-parallel's `Cpu` strategy against rayon and a plain sequential loop,
 //! side by side in one group per case (issue #5's goals):
-//! - `cheap_sum/N`, `cheap_collect/N` for N = 10², 10³, 10⁴: goal ours ≤ 0.5×
-//!   rayon and ≤ 1.1× sequential; N = 10⁶: goal ours ≤ 1.05× rayon;
+//! - `cheap_sum/N` (`map_reduce`), `cheap_collect/N` (`collect`) for
+//!   N = 10², 10³, 10⁴: goal ours ≤ 0.5× rayon and ≤ 1.1× sequential;
+//!   N = 10⁶: goal ours ≤ 1.05× rayon; `cheap_map_results/N` (`map`, one
+//!   `Result` per item) against the same peers, for reference;
 //! - `ms_items/uniform`, `ms_items/skewed`: 10³ items of ~1 ms of calibrated
 //!   spinning (skewed: the first tenth costs 5.5×, the rest 0.5×, mean 1 ms):
 //!   goal ours ≤ 1.05× rayon.
@@ -80,7 +82,24 @@ fn cheap_items(c: &mut Criterion) {
         });
         group.finish();
 
+        // `collect` (all-or-nothing, a plain `Vec<u64>`) is the like-for-like
+        // peer of rayon's and the loop's `collect`; `map`'s per-item results
+        // are in `cheap_map_results`.
         let mut group = c.benchmark_group("cheap_collect");
+        group.bench_with_input(BenchmarkId::new("torque", n), &items, |b, items| {
+            b.iter(|| p.collect(black_box(items), cheap))
+        });
+        group.bench_with_input(BenchmarkId::new("rayon", n), &items, |b, items| {
+            b.iter(|| black_box(items).par_iter().map(cheap).collect::<Vec<u64>>())
+        });
+        group.bench_with_input(BenchmarkId::new("sequential", n), &items, |b, items| {
+            b.iter(|| black_box(items).iter().map(cheap).collect::<Vec<u64>>())
+        });
+        group.finish();
+
+        // `map`: one `Result<u64, ItemError>` per item, against the same
+        // peers (what isolating each item's outcome costs).
+        let mut group = c.benchmark_group("cheap_map_results");
         group.bench_with_input(BenchmarkId::new("torque", n), &items, |b, items| {
             b.iter(|| p.map(black_box(items), cheap))
         });

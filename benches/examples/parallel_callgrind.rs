@@ -10,8 +10,16 @@
 //! MODE: `torque` (learned cost, `map_reduce`), `prefix` (the alternative
 //! design: every call runs a sequential prefix that reads the clock at
 //! 1, 2, 4, ... items, no memory between calls), `sequential` (the plain
-//! loop); `torque-collect` / `sequential-collect` for `map` against
-//! `collect::<Vec<u64>>()`. Divide the difference in instructions by CALLS.
+//! loop); `torque-map` / `torque-collect` / `sequential-collect` for `map`
+//! and `collect` against `collect::<Vec<u64>>()`. Divide the difference in
+//! instructions by CALLS.
+//!
+//! Wall-clock modes, not for callgrind (under valgrind a parallel run's
+//! learned cost, hence its probing, is not the native one): `rayon` and
+//! `rayon-collect` (rayon's reduce and collect, to time against `torque` and
+//! `torque-collect` with `time`), and `race-collect N CALLS` / `race-sum N CALLS`:
+//! alternating rounds of CALLS calls of ours, rayon's and the sequential
+//! collect (sum) in one process, printing the median per-call times and their ratios.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -40,6 +48,63 @@ fn prefix_sum(items: &[u64]) -> u64 {
     acc
 }
 
+/// `race-collect N CALLS` / `race-sum N CALLS`: alternating rounds of CALLS
+/// calls of ours, rayon's and the sequential collect (or sum) in one
+/// process (same allocator state, same load), the median per-call time of
+/// each over 15 rounds.
+fn race(p: &Processor, items: &[u64], calls: usize, sum: bool) {
+    use rayon::prelude::*;
+    let time = |f: &dyn Fn() -> u64| {
+        let start = Instant::now();
+        for _ in 0..calls {
+            black_box(f());
+        }
+        start.elapsed() / calls as u32
+    };
+    // Each result goes through `black_box`, or the compiler drops the
+    // sequential collect's allocation and loop altogether.
+    let ours = |items: &[u64]| -> u64 {
+        if sum {
+            p.map_reduce(items, cheap, || 0, u64::wrapping_add).value
+        } else {
+            black_box(p.collect(items, cheap)).map_or(0, |v| v.len() as u64)
+        }
+    };
+    let rayon = |items: &[u64]| -> u64 {
+        if sum {
+            items.par_iter().map(cheap).reduce(|| 0, u64::wrapping_add)
+        } else {
+            black_box(items.par_iter().map(cheap).collect::<Vec<u64>>()).len() as u64
+        }
+    };
+    let sequential = |items: &[u64]| -> u64 {
+        if sum {
+            items.iter().map(cheap).fold(0, u64::wrapping_add)
+        } else {
+            black_box(items.iter().map(cheap).collect::<Vec<u64>>()).len() as u64
+        }
+    };
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..15 {
+        a.push(time(&|| ours(black_box(items))));
+        b.push(time(&|| rayon(black_box(items))));
+        c.push(time(&|| sequential(black_box(items))));
+    }
+    for v in [&mut a, &mut b, &mut c] {
+        v.sort();
+    }
+    println!(
+        "{} n={} median per call: ours {:?}, rayon {:?}, sequential {:?}; ours/rayon {:.3}, ours/sequential {:.3}",
+        if sum { "sum" } else { "collect" },
+        items.len(),
+        a[7],
+        b[7],
+        c[7],
+        a[7].as_secs_f64() / b[7].as_secs_f64(),
+        a[7].as_secs_f64() / c[7].as_secs_f64()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("torque", String::as_str);
@@ -47,6 +112,10 @@ fn main() {
     let calls: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let items: Vec<u64> = (0..n).collect();
     let p = Processor::builder().build().expect("processor");
+    if mode == "race-collect" || mode == "race-sum" {
+        race(&p, &items, calls, mode == "race-sum");
+        return;
+    }
     let mut sink = 0u64;
     for _ in 0..calls {
         let items = black_box(&items[..]);
@@ -54,7 +123,16 @@ fn main() {
             "torque" => p.map_reduce(items, cheap, || 0, u64::wrapping_add).value,
             "prefix" => prefix_sum(items),
             "sequential" => items.iter().map(cheap).fold(0, u64::wrapping_add),
-            "torque-collect" => black_box(p.map(items, cheap)).len() as u64,
+            "torque-map" => black_box(p.map(items, cheap)).len() as u64,
+            "torque-collect" => black_box(p.collect(items, cheap).unwrap_or_default()).len() as u64,
+            "rayon" => {
+                use rayon::prelude::*;
+                items.par_iter().map(cheap).reduce(|| 0, u64::wrapping_add)
+            }
+            "rayon-collect" => {
+                use rayon::prelude::*;
+                black_box(items.par_iter().map(cheap).collect::<Vec<u64>>()).len() as u64
+            }
             "sequential-collect" => {
                 black_box(items.iter().map(cheap).collect::<Vec<u64>>()).len() as u64
             }

@@ -15,8 +15,9 @@
 //!   reads on *every* call (~170 ns for 100 items, more than the work);
 //! - a learned per-item cost per closure (a small fixed table, relaxed
 //!   atomics): a warm call costs one table probe (~2–4 ns) and no clock read
-//!   when its predicted time is under [`UNTIMED_BELOW`]; every
-//!   [`SAMPLE_EVERY`]-th such call is timed to follow drift.
+//!   when its predicted time is under [`UNTIMED_BELOW`]; such calls are
+//!   timed once per [`SAMPLE_AFTER`] of their predicted work, to follow
+//!   drift.
 //!
 //! We use both: the learned cost decides warm calls, and the growing prefix
 //! is what a cold call (or a warm call predicted to take between
@@ -25,14 +26,15 @@
 //! rayon after one expensive item (10 items of 100 ms run in parallel).
 //! The residual risk: two closures with identical code share one entry (which
 //! is right), but a closure whose per-item cost changes by orders of
-//! magnitude between calls is mispredicted for up to [`SAMPLE_EVERY`] small
-//! calls, and then only when those calls are under [`UNTIMED_BELOW`].
+//! magnitude between calls is mispredicted until the next sample (calls
+//! predicted to total [`SAMPLE_AFTER`]), and then only when those calls are
+//! under [`UNTIMED_BELOW`].
 //!
-//! A parallel run learns too, from the items' own time (whole chunks in a
-//! reduction, a clock read about once per 2 µs of work in each rayon leaf of
-//! a `map` of items of 125 ns or more; cheaper items predicted parallel are
-//! re-measured by the timed prefix): the cost must not include rayon's
-//! dispatch, or a small batch would look expensive for ever.
+//! A parallel run learns too, from the items' own time (for items of 125 ns
+//! or more: whole chunks in a reduction, a clock read about once per 2 µs of
+//! work in each rayon leaf of a `map` or `collect`; cheaper items predicted
+//! parallel are re-measured by the timed prefix): the cost must not include
+//! rayon's dispatch, or a small batch would look expensive for ever.
 //!
 //! # Splitting
 //! Once parallel, the batch is a rayon indexed iterator with
@@ -41,7 +43,7 @@
 //! decide how far to split (so skewed costs balance), the grain only stops it
 //! from splitting below the point where a split costs more than it saves.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
@@ -56,10 +58,16 @@ const SLOTS: usize = 64;
 /// Linear probes before taking over the home slot.
 const PROBES: usize = 4;
 /// A warm call predicted to take less than this is not timed (the clock read
-/// would be more than 1 % of it), except every [`SAMPLE_EVERY`]-th call.
+/// would be more than 1 % of it), except for samples ([`SAMPLE_AFTER`]).
 pub(crate) const UNTIMED_BELOW: Duration = Duration::from_micros(4);
-/// How often an untimed call is timed anyway, to follow a drifting cost.
-pub(crate) const SAMPLE_EVERY: u64 = 64;
+/// An untimed call is timed anyway once the untimed calls since the last
+/// sample are predicted to have taken this long, to follow a drifting cost.
+/// Counting predicted work rather than calls bounds the work between
+/// samples the same way for every batch size (64 calls of just under 4 µs;
+/// 5,000 calls of 100 cheap items), while a tiny batch stops paying for a
+/// clock pair every few calls (one pair per 64 calls of 100 cheap items was
+/// ~1 ns a call, 2 % of the batch).
+pub(crate) const SAMPLE_AFTER: Duration = Duration::from_micros(256);
 /// A warm call that is timed first checks the clock after this much work.
 const FIRST_CHECK: Duration = Duration::from_micros(2);
 
@@ -83,27 +91,34 @@ struct Slot {
     key: AtomicUsize,
     /// Per-item cost in picoseconds; 0 = unknown.
     cost_ps: AtomicU64,
-    /// Untimed calls so far, for sampling. Load + store, not an RMW: a lost
-    /// update only shifts the next sample.
-    calls: AtomicU64,
+    /// Predicted work (ps) of the untimed calls since the last sample.
+    /// Load + store, not an RMW: a lost update only shifts the next sample.
+    untimed_ps: AtomicU64,
 }
 
 #[derive(Debug)]
 struct CostTable {
-    slots: Box<[Slot]>,
+    /// Inline (the `Cpu` lives behind the processor's `Arc`): a probe is one
+    /// load from the processor, with no pointer to chase and no bounds check.
+    slots: [Slot; SLOTS],
 }
 
 impl CostTable {
     fn new() -> Self {
         CostTable {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            slots: std::array::from_fn(|_| Slot::default()),
         }
+    }
+
+    /// Fibonacci hashing: the top bits of key × 2^64/φ.
+    #[inline(always)]
+    fn home(key: usize) -> usize {
+        ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
     }
 
     #[inline]
     fn slot(&self, key: usize) -> &Slot {
-        // Fibonacci hashing: the top bits of key × 2^64/φ.
-        let home = ((key as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize;
+        let home = Self::home(key);
         for probe in 0..PROBES {
             let slot = &self.slots[(home + probe) % SLOTS];
             let k = slot.key.load(Relaxed);
@@ -230,6 +245,36 @@ impl Cpu {
         }
     }
 
+    /// Whether a batch of `n` items of the closure `key` is warm, predicted
+    /// under [`UNTIMED_BELOW`] and not due for a sample: the case the caller
+    /// may run as a plain loop with no clock read. Counts the call when it
+    /// says yes; when it says no, [`run`](Cpu::run) decides as usual.
+    ///
+    /// It is `run`'s first branch without the rest of `run` around it: one
+    /// load of the closure's home slot (no probing: a closure displaced
+    /// from it takes `run`), a multiply and a compare, so that callers whose
+    /// sequential path is cheaper outside `Work` (`collect`) pay a dozen
+    /// instructions for the decision.
+    #[inline(always)]
+    pub(crate) fn untimed(&self, key: usize, n: usize) -> bool {
+        let slot = &self.table.slots[CostTable::home(key)];
+        if slot.key.load(Relaxed) != key || n == 0 {
+            return false;
+        }
+        let cost = slot.cost_ps.load(Relaxed);
+        let predicted = cost.saturating_mul(n as u64);
+        if cost == 0 || predicted >= ps(UNTIMED_BELOW) {
+            return false;
+        }
+        let since = slot.untimed_ps.load(Relaxed);
+        if since >= ps(SAMPLE_AFTER) {
+            return false;
+        }
+        slot.untimed_ps.store(since + predicted, Relaxed);
+        bump(&self.counters.sequential);
+        true
+    }
+
     /// Runs `items` through `work`, sequentially or on rayon as the learned
     /// cost says.
     pub(crate) fn run<T: Sync, W: Work<T>>(
@@ -249,11 +294,12 @@ impl Cpu {
             let predicted = cost.saturating_mul(n as u64);
             if predicted < ps(UNTIMED_BELOW) {
                 bump(&self.counters.sequential);
-                let calls = slot.calls.load(Relaxed);
-                slot.calls.store(calls.wrapping_add(1), Relaxed);
-                if !calls.is_multiple_of(SAMPLE_EVERY) {
+                let since = slot.untimed_ps.load(Relaxed);
+                if since < ps(SAMPLE_AFTER) {
+                    slot.untimed_ps.store(since + predicted, Relaxed);
                     work.seq(items, acc);
                 } else {
+                    slot.untimed_ps.store(0, Relaxed);
                     let start = Instant::now();
                     work.seq(items, acc);
                     record(slot, start.elapsed().saturating_sub(self.clock), n);
@@ -559,6 +605,72 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         part
     }
 
+    /// The whole batch as one fold under one `catch_unwind` (no token: the
+    /// caller checked), for a batch the learned cost says is tiny
+    /// ([`Cpu::untimed`]): the loop of `iter().map().fold()`. The running
+    /// value and the count of items done live outside the `catch_unwind`,
+    /// so after an item panics the fold resumes after it with the value so
+    /// far (through `seq`, item by item); nothing runs twice. `op` and
+    /// `identity` are not isolated, as in the general path: a panic in them
+    /// (the running value is then gone) propagates.
+    #[inline(always)]
+    pub(crate) fn run_untimed<T, R>(&self, items: &[T]) -> Part<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> Result<R, std::convert::Infallible> + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        let mut value = Some((self.identity)());
+        let mut done = 0;
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            for x in items {
+                let Ok(v) = (self.map)(x);
+                if let Some(a) = value.take() {
+                    value = Some((self.op)(a, v));
+                }
+                done += 1;
+            }
+        }));
+        match (run, value) {
+            (Ok(()), Some(value)) => Part {
+                value,
+                panics: Vec::new(),
+                cancelled: 0,
+            },
+            (Err(payload), Some(value)) => self.resume_after(items, done, value, &*payload),
+            (Err(payload), None) => resume_unwind(payload),
+            (Ok(()), None) => unreachable!("the running value is put back after every item"),
+        }
+    }
+
+    /// The rest of `run_untimed` after item `at` panicked.
+    #[cold]
+    #[inline(never)]
+    fn resume_after<T, R>(
+        &self,
+        items: &[T],
+        at: usize,
+        value: R,
+        payload: &(dyn std::any::Any + Send),
+    ) -> Part<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> Result<R, std::convert::Infallible> + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        let mut acc = Some(Part {
+            value,
+            panics: vec![PanicError::from_payload(payload)],
+            cancelled: 0,
+        });
+        Work::seq(self, &items[at + 1..], &mut acc);
+        acc.unwrap_or_else(|| self.empty())
+    }
+
     pub(crate) fn empty<R>(&self) -> Part<R>
     where
         I: Fn() -> R,
@@ -592,15 +704,29 @@ where
         // whole (one clock pair per >= 10 µs of work). A per-item probe in a
         // rayon `fold` (enumerate + map_init) kept the fold state in memory
         // and ran 10x slower per item.
-        let part = items
-            .par_chunks(grain)
-            .map(|chunk| {
-                let start = Instant::now();
-                let part = chunk.iter().fold(self.empty(), |p, x| self.fold(p, x));
-                probe.add(start.elapsed(), chunk.len());
-                part
-            })
-            .reduce(|| self.empty(), |a, b| a.merge(b, &self.op));
+        //
+        // Items under 125 ns (`probe.sparse()`) reach here only through the
+        // timed prefix, which has just measured them: they run as rayon's
+        // own `fold`, as `par_iter().map().reduce()` would, without chunk
+        // timing (race-sum at 10⁶ cheap items, load 6: ours ÷ rayon median
+        // 1.09 with timed chunks, 1.02 without).
+        let part = if probe.sparse() {
+            items
+                .par_iter()
+                .with_min_len(grain)
+                .fold(|| self.empty(), |p, x| self.fold(p, x))
+                .reduce(|| self.empty(), |a, b| a.merge(b, &self.op))
+        } else {
+            items
+                .par_chunks(grain)
+                .map(|chunk| {
+                    let start = Instant::now();
+                    let part = chunk.iter().fold(self.empty(), |p, x| self.fold(p, x));
+                    probe.add(start.elapsed(), chunk.len());
+                    part
+                })
+                .reduce(|| self.empty(), |a, b| a.merge(b, &self.op))
+        };
         *acc = Some(match acc.take() {
             Some(prefix) => prefix.merge(part, &self.op),
             None => part,

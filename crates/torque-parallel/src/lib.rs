@@ -9,9 +9,10 @@
 //! feature it runs I/O-bound work as tokio tasks under an adaptive
 //! concurrency limit (`Processor::async_io`), and pipelines of a CPU stage
 //! feeding an I/O stage (`Processor::hybrid`). Every item's panic
-//! is caught and becomes that item's [`ItemError`]; a [`CancelToken`] stops a
-//! batch between items; a memory budget bounds the weight of the items in
-//! flight. Nothing buffers without bound.
+//! is caught and becomes that item's [`ItemError`] (or, from the
+//! all-or-nothing [`Processor::collect`], an entry of a [`CollectError`]);
+//! a [`CancelToken`] stops a batch between items; a memory budget bounds
+//! the weight of the items in flight. Nothing buffers without bound.
 //!
 //! [`limit`] holds limiters that decide how many requests may be in flight to
 //! a backend from the latencies they observe, usable alone: a
@@ -38,6 +39,13 @@
 //! });
 //! assert_eq!(*out[3].as_ref().unwrap(), 6);
 //! assert!(matches!(&out[7], Err(ItemError::Panicked(p)) if p.message() == "seven"));
+//!
+//! // All or nothing, into a plain `Vec` (as fast as `iter().map().collect()`
+//! // or rayon's `collect`): the values, or every failed item by index.
+//! let doubled: Vec<u64> = processor.collect(&items, |&x| x * 2).expect("no panic");
+//! assert_eq!(doubled[3], 6);
+//! let err = processor.collect(&items, |&x| if x == 7 { panic!("seven") } else { x });
+//! assert_eq!(err.unwrap_err().indices().collect::<Vec<_>>(), [7]);
 //!
 //! // Reductions without collecting.
 //! let sum = processor.map_reduce(&items, |&x| x, || 0, |a, b| a + b);
@@ -120,8 +128,8 @@
 //! ```
 //!
 //! # What is here and what is not
-//! Built: the `Cpu` strategy (`map`, `try_map`, `map_reduce`, `for_each`,
-//! `map_weighted` over slices), the `Blocking` strategy
+//! Built: the `Cpu` strategy (`map`, `try_map`, `collect`, `try_collect`,
+//! `map_reduce`, `for_each`, `map_weighted` over slices), the `Blocking` strategy
 //! ([`Processor::blocking`]: sync and async `map`/`try_map`, weighted
 //! variants), the `Async` strategy (`async_io()`: `map`, `try_map`,
 //! `for_each`, `as_completed` over an iterator or a stream) and the `Hybrid`
@@ -157,6 +165,7 @@ pub mod balance;
 pub mod batch;
 mod blocking;
 mod cancel;
+mod collect;
 mod cpu;
 mod error;
 #[cfg(feature = "tokio")]
@@ -180,5 +189,5 @@ pub use error::BuildError;
 pub use hybrid::Hybrid;
 #[cfg(feature = "tokio")]
 pub use io::{AsyncIo, IoLimiter, IoStats, TokioClock};
-pub use outcome::{ItemError, PanicError, Summary};
+pub use outcome::{CollectError, ItemError, PanicError, Summary};
 pub use processor::{Blocking, Processor, ProcessorBuilder, ProcessorConfig, Stats};

@@ -127,3 +127,62 @@ impl<R> Summary<R> {
         self.panics.is_empty() && self.cancelled == 0 && self.timed_out == 0
     }
 }
+
+/// Why [`Processor::collect`](crate::Processor::collect) or
+/// [`try_collect`](crate::Processor::try_collect) returned no vector: some
+/// items failed, panicked or were cancelled. The batch went on past each
+/// failure, so every item that could run ran exactly once and every failure
+/// is listed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct CollectError<E = Infallible> {
+    /// The items that failed ([`ItemError::Failed`], only from
+    /// `try_collect`) or panicked ([`ItemError::Panicked`]), as (input
+    /// index, error), in input order.
+    pub failures: Vec<(usize, ItemError<E>)>,
+    /// How many items did not run because the batch was cancelled.
+    pub cancelled: usize,
+}
+
+impl<E> CollectError<E> {
+    /// Whether the batch was cancelled before some of its items ran.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled > 0
+    }
+
+    /// The input indices of the failed and panicked items, in input order.
+    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.failures.iter().map(|(i, _)| *i)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CollectError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.failures.first() {
+            Some((i, e)) => {
+                write!(
+                    f,
+                    "{} item(s) failed, the first is item {i}: {e}",
+                    self.failures.len()
+                )?;
+                if self.cancelled > 0 {
+                    write!(f, "; {} not run: the batch was cancelled", self.cancelled)?;
+                }
+                Ok(())
+            }
+            None => write!(
+                f,
+                "{} item(s) not run: the batch was cancelled",
+                self.cancelled
+            ),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for CollectError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.failures
+            .first()
+            .map(|(_, e)| e as &(dyn StdError + 'static))
+    }
+}

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use crate::blocking::{BlockingMap, BlockingPool};
 use crate::cancel::CancelToken;
+use crate::collect::{Body, CollectWork, Collected, Fallible, Plain};
 use crate::cpu::{Cpu, MapWork, ReduceWork, key_of};
 use crate::error::BuildError;
-use crate::outcome::{ItemError, Summary};
+use crate::outcome::{CollectError, ItemError, Summary};
 
 /// Runs batches of work: CPU-bound work on rayon with a learned sequential
 /// cutoff ([`map`](Processor::map), [`try_map`](Processor::try_map),
@@ -400,6 +401,111 @@ impl Processor {
         out
     }
 
+    /// `f` applied to every item, the values in input order in a plain
+    /// `Vec<R>`, or an error if any item panicked or the batch was cancelled
+    /// (`Cpu` strategy).
+    ///
+    /// The all-or-nothing form of [`map`](Processor::map), for when one
+    /// failed item fails the batch: with no per-item `Result` in the output
+    /// it runs as fast as `iter().map(f).collect()` or rayon's `collect`.
+    /// Panics are still isolated per item: the batch goes on past a
+    /// panicking item, every other item runs exactly once (side effects
+    /// are never repeated), and [`CollectError::failures`] lists every
+    /// panicking item by input index. With a cancelled token, the items not
+    /// run are counted in [`CollectError::cancelled`].
+    ///
+    /// # Errors
+    /// [`CollectError`] when at least one item panicked or did not run.
+    ///
+    /// ```
+    /// use torque_parallel::ItemError;
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let squares: Vec<u64> = processor.collect(&[1u64, 2, 3], |x| x * x).unwrap();
+    /// assert_eq!(squares, [1, 4, 9]);
+    ///
+    /// let err = processor
+    ///     .collect(&[1u64, 2, 3, 4], |&x| if x % 2 == 0 { panic!("even {x}") } else { x })
+    ///     .unwrap_err();
+    /// assert_eq!(err.indices().collect::<Vec<_>>(), [1, 3]);
+    /// assert!(matches!(&err.failures[0].1, ItemError::Panicked(p) if p.message() == "even 2"));
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    #[inline]
+    pub fn collect<T, R, F>(&self, items: &[T], f: F) -> Result<Vec<R>, CollectError>
+    where
+        T: Sync,
+        R: Send,
+        F: Fn(&T) -> R + Sync,
+    {
+        let work = CollectWork {
+            body: Plain(&f),
+            cancel: self.cancel.as_ref(),
+        };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, R, F>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items);
+        }
+        self.collect_general(key, items, &work)
+    }
+
+    /// Like [`collect`](Processor::collect) for a fallible `f`: the values
+    /// if every item returned `Ok`, otherwise every `Err(e)` as that item's
+    /// `ItemError::Failed(e)` (and every panic) in
+    /// [`CollectError::failures`]. The batch does not stop at the first
+    /// error; cancel it through [`with_cancel`](Processor::with_cancel) to
+    /// stop early.
+    ///
+    /// # Errors
+    /// [`CollectError`] when at least one item returned `Err`, panicked or
+    /// did not run.
+    ///
+    /// ```
+    /// use torque_parallel::ItemError;
+    /// # let processor = torque_parallel::Processor::builder().build()?;
+    /// let ok = processor.try_collect(&["1", "2"], |s| s.parse::<u32>());
+    /// assert_eq!(ok.unwrap(), [1, 2]);
+    ///
+    /// let err = processor.try_collect(&["1", "x", "3"], |s| s.parse::<u32>()).unwrap_err();
+    /// assert!(matches!(err.failures[..], [(1, ItemError::Failed(_))]));
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    #[inline]
+    pub fn try_collect<T, R, E, F>(&self, items: &[T], f: F) -> Result<Vec<R>, CollectError<E>>
+    where
+        T: Sync,
+        R: Send,
+        E: Send,
+        F: Fn(&T) -> Result<R, E> + Sync,
+    {
+        let work = CollectWork {
+            body: Fallible(&f),
+            cancel: self.cancel.as_ref(),
+        };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, Result<R, E>, F>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items);
+        }
+        self.collect_general(key, items, &work)
+    }
+
+    /// `collect` and `try_collect` past their inlined fast path: the
+    /// general cutoff (timed prefix, rayon, sampling, a token).
+    #[inline(never)]
+    fn collect_general<T, B>(
+        &self,
+        key: usize,
+        items: &[T],
+        work: &CollectWork<'_, B>,
+    ) -> Result<Vec<B::Out>, CollectError<B::Err>>
+    where
+        T: Sync,
+        B: Body<T>,
+    {
+        let mut acc = Collected::with_capacity(items.len());
+        self.inner.cpu.run(key, items, work, &mut acc);
+        acc.finish()
+    }
+
     /// Maps every item and reduces the results with an associative `op`
     /// whose neutral element `identity` returns, without collecting them:
     /// the form for sums, minima and histograms.
@@ -426,10 +532,12 @@ impl Processor {
             op,
             cancel: self.cancel.as_ref(),
         };
+        let (cpu, key) = (&self.inner.cpu, key_of::<T, R, M>());
+        if self.cancel.is_none() && cpu.untimed(key, items.len()) {
+            return work.run_untimed(items).into_summary();
+        }
         let mut acc = None;
-        self.inner
-            .cpu
-            .run(key_of::<T, R, M>(), items, &work, &mut acc);
+        cpu.run(key, items, &work, &mut acc);
         acc.unwrap_or_else(|| work.empty()).into_summary()
     }
 

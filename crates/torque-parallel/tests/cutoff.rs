@@ -38,8 +38,8 @@ fn tiny_cheap_batches_run_sequentially_once_the_cost_is_known() {
         }
     }
     let after = p.stats();
-    // Every 64th warm call is timed; on a loaded machine a preempted timing
-    // can inflate the estimate (by at most 8x per sample) and send one call
+    // Warm calls are timed now and then (samples); on a loaded machine a
+    // preempted timing can inflate the estimate (by at most 8x per sample) and send one call
     // back through the timed prefix, so one parallel run among the 40 is
     // tolerated. A broken cutoff sends all or most of them to rayon.
     let parallel = after.parallel_runs - before.parallel_runs;

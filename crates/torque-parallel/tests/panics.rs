@@ -124,3 +124,55 @@ fn blocking_panic_is_that_items_error_and_the_worker_survives() {
     let again = p.blocking().map(vec![1, 2], |x| x + 1);
     assert_eq!(*again[1].as_ref().unwrap(), 3);
 }
+
+/// A tiny reduction of a closure whose cost is known runs as one fold under
+/// one `catch_unwind`; after a panic it resumes after the panicking item
+/// with the value so far: every item runs once, the others are reduced.
+#[test]
+fn a_panic_in_a_tiny_warm_reduction_resumes_after_it() {
+    let p = processor();
+    let items: Vec<u64> = (0..10).collect();
+    let runs: Vec<AtomicUsize> = items.iter().map(|_| AtomicUsize::new(0)).collect();
+    let armed = std::sync::atomic::AtomicBool::new(false);
+    let work = |&x: &u64| {
+        runs[x as usize].fetch_add(1, Ordering::Relaxed);
+        if armed.load(Ordering::Relaxed) && (x == 2 || x == 7) {
+            panic!("item {x}");
+        }
+        x
+    };
+    for _ in 0..3 {
+        assert_eq!(p.map_reduce(&items, work, || 0, |a, b| a + b).value, 45);
+    }
+    armed.store(true, Ordering::Relaxed);
+    for _ in 0..4 {
+        runs.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+        let sum = p.map_reduce(&items, work, || 0, |a, b| a + b);
+        assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        assert_eq!(sum.value, 45 - 2 - 7);
+        let mut messages: Vec<&str> = sum.panics.iter().map(|p| p.message()).collect();
+        messages.sort_unstable();
+        assert_eq!(messages, ["item 2", "item 7"]);
+    }
+}
+
+/// `op` is not isolated (the running value would be lost): its panic
+/// propagates, on the tiny warm path as on the general one.
+#[test]
+fn a_panic_in_the_reduction_op_propagates() {
+    let p = processor();
+    let items: Vec<u64> = (0..10).collect();
+    let explode = std::sync::atomic::AtomicBool::new(false);
+    let op = |a: u64, b: u64| {
+        assert!(!explode.load(Ordering::Relaxed), "op");
+        a + b
+    };
+    for _ in 0..3 {
+        assert_eq!(p.map_reduce(&items, |&x| x, || 0, op).value, 45);
+    }
+    explode.store(true, Ordering::Relaxed);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        p.map_reduce(&items, |&x| x, || 0, op)
+    }));
+    assert!(run.is_err());
+}
