@@ -197,8 +197,8 @@ impl BatchSizerBuilder {
         self
     }
 
-    /// Every this many batches, one is half-sized so the fit keeps seeing two
-    /// sizes (default 16, at least 2).
+    /// After this many full batches in a row, one is half-sized so the fit
+    /// keeps seeing two sizes (default 16, at least 2).
     ///
     /// ```
     /// # use std::time::Duration;
