@@ -5,6 +5,11 @@
 //! (discrete-event model in `tests/batch_sim/mod.rs`, seeded).
 //!
 //! `cargo run --release -p torque-parallel --example batch_sim -- --seeds 1,2,3 --items 100000`
+//!
+//! `--held-out` runs cells the sizer was not designed on instead — sinks of
+//! overhead 1 ms, 10 µs, 100 µs, 300 µs and 2 µs (per item 10, 10, 5, 2 and
+//! 10 µs) at loads 0.2 / 0.5 / 0.7 / 0.9 — and prints one line of p99 ratios
+//! per cell, one per seed.
 
 #[path = "../tests/batch_sim/mod.rs"]
 mod batch_sim;
@@ -15,6 +20,7 @@ use torque_parallel::batch::BatchSizer;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seeds = vec![1u64, 2, 3];
     let mut items = 100_000usize;
+    let mut held_out = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -27,11 +33,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect::<Result<_, _>>()?;
             }
             "--items" => items = args.next().ok_or("--items needs a number")?.parse()?,
+            "--held-out" => held_out = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let grid_sizes = sizes(1_000, 1.25);
     let lingers = [0.0, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3];
+    if held_out {
+        return run_held_out(&seeds, items, &grid_sizes, &lingers);
+    }
     println!(
         "| overhead | load | seed | best static size / linger µs | best items/s | best p99 µs | adaptive items/s × | adaptive p99 × | adaptive mean batch |"
     );
@@ -66,5 +76,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    Ok(())
+}
+
+/// One line per (sink, load): the adaptive p99 ÷ the best grid point's, per
+/// seed; the lowest throughput ratio; how many runs miss a goal.
+fn run_held_out(
+    seeds: &[u64],
+    items: usize,
+    grid_sizes: &[usize],
+    lingers: &[f64],
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!(
+        "| overhead | per item | load | adaptive p99 × (per seed) | lowest throughput × | runs missing a goal |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let (mut runs, mut misses, mut worst) = (0, 0, 0.0f64);
+    for (overhead, per_item) in [
+        (1e-3, 10e-6),
+        (10e-6, 10e-6),
+        (100e-6, 5e-6),
+        (300e-6, 2e-6),
+        (2e-6, 10e-6),
+    ] {
+        let sink = SinkModel { overhead, per_item };
+        for load in [0.2, 0.5, 0.7, 0.9] {
+            let (mut p99s, mut lowest, mut missed) = (Vec::new(), f64::INFINITY, 0);
+            for &seed in seeds {
+                let adaptive = Policy::Adaptive {
+                    sizer: BatchSizer::builder().max_size(1_000).build()?,
+                    linger: 0.0,
+                };
+                let grid = Grid {
+                    sizes: grid_sizes,
+                    lingers,
+                };
+                let c = cell(sink, load, 1_000, grid, adaptive, items, seed);
+                let (t, p) = (
+                    c.adaptive.throughput / c.best.throughput,
+                    c.adaptive.p99 / c.best.p99,
+                );
+                if t < 0.95 || p > 1.2 {
+                    missed += 1;
+                }
+                lowest = lowest.min(t);
+                worst = worst.max(p);
+                p99s.push(format!("{p:.2}"));
+            }
+            runs += seeds.len();
+            misses += missed;
+            println!(
+                "| {:.0} µs | {:.0} µs | {load} | {} | {lowest:.3} | {missed} |",
+                overhead * 1e6,
+                per_item * 1e6,
+                p99s.join(" · "),
+            );
+        }
+    }
+    println!("\n{misses} of {runs} runs miss a goal; worst p99 ratio {worst:.2}");
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! pipelined Redis write, a bulk HTTP call — moves far more items per second
 //! in batches, at the price of latency. [`BatchSizer`] (sans-IO, no runtime)
 //! learns `overhead` and `per_item` from the batches it sees and picks the
-//! biggest batch that stays within a latency target. With the `tokio`
+//! biggest batch that stays within a latency target — capped, when items
+//! arrive at their own pace, at about twice the keep-up size so that one
+//! big write does not hold up everything queued behind it. With the `tokio`
 //! feature, `Batcher` puts a bounded queue in front of a sink and writes a
 //! batch when it is full or its first item has waited `max_linger`; its
 //! size is fixed or chosen by a `BatchSizer`.

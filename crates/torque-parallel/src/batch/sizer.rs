@@ -44,9 +44,20 @@ impl CostModel {
 /// clamped to `[min_size, max_size]` and to at most four times the previous size
 /// (so one noisy fit cannot jump to the maximum). A line needs two distinct
 /// sizes, so until it has them the sizer alternates `initial_size` and its
-/// double, and afterwards every `probe_every`-th batch is half the chosen
-/// size — without those probes a sink that is always fed full batches would
-/// leave `per_item` unidentifiable.
+/// double, and afterwards, after `probe_every` full batches in a row, one
+/// batch is half the chosen size — without those probes a sink that is always
+/// fed full batches would leave `per_item` unidentifiable.
+///
+/// Under an open loop the latency target is not the whole story: one big
+/// write delays every item queued behind it. The sizer also tracks the
+/// keep-up size `k` — the mean batch size over about the last 100 batches,
+/// which is the size at which the sink just keeps up with arrivals — and caps
+/// the batch at `k·(1 + √(1 + overhead / (k·per_item)))`, the size that
+/// minimises a write's time times the queueing factor `1 / (1 − ρ)`: about
+/// 2 × `k` when items dominate, more when the overhead does. A batch that
+/// fills to the cap raises `k` to at least half its size at once, and six
+/// in a row to its full size, so the cap never holds the sink below what the
+/// arrivals need.
 ///
 /// # Example
 /// ```
@@ -78,7 +89,22 @@ pub struct BatchSizer {
     size: usize,
     initial: usize,
     calls: u64,
+    /// Smoothed batch size: in an open loop whose sink is busy, the mean
+    /// batch is the keep-up size `k` (`λ·(overhead + k·per_item) = k`).
+    keep_up: f64,
+    /// The last size handed out, to tell full batches from partial ones.
+    proposed: usize,
+    /// Full batches in a row.
+    full_streak: u64,
+    /// The queue cap from `keep_up` ([`queue_cap`]), `max` until known.
+    cap: usize,
 }
+
+/// Weight of one batch in the keep-up average (about the last 100 batches:
+/// a 32-batch mean follows each burst, and the cap with it).
+const KEEP_UP_WEIGHT: f64 = 0.01;
+/// Full batches in a row that mean the cap is below the keep-up size.
+const SUSTAINED_FULL: u64 = 6;
 
 /// Builds a [`BatchSizer`]; every setting has a default.
 #[derive(Debug, Clone)]
@@ -171,8 +197,8 @@ impl BatchSizerBuilder {
         self
     }
 
-    /// Every this many batches, one is half-sized so the fit keeps seeing two
-    /// sizes (default 16, at least 2).
+    /// After this many full batches in a row, one is half-sized so the fit
+    /// keeps seeing two sizes (default 16, at least 2).
     ///
     /// ```
     /// # use std::time::Duration;
@@ -236,6 +262,10 @@ impl BatchSizerBuilder {
             size: initial,
             initial,
             calls: 0,
+            keep_up: 0.0,
+            proposed: initial,
+            full_streak: 0,
+            cap: self.max,
         })
     }
 }
@@ -268,6 +298,12 @@ impl BatchSizer {
     /// probe (see the type's docs).
     pub fn next_size(&mut self) -> usize {
         self.calls += 1;
+        let n = self.pick();
+        self.proposed = n;
+        n
+    }
+
+    fn pick(&mut self) -> usize {
         if self.min == self.max {
             return self.min;
         }
@@ -285,7 +321,10 @@ impl BatchSizer {
                 self.initial
             };
         }
-        if self.calls.is_multiple_of(self.probe_every) {
+        // Partial batches already vary the sizes the fit sees; only a run
+        // of full ones (a saturated producer) needs a probe.
+        if self.full_streak >= self.probe_every {
+            self.full_streak = 0;
             let half = (self.size / 2).max(self.min);
             // At the minimum, probe above it instead.
             return if half == self.size {
@@ -303,10 +342,35 @@ impl BatchSizer {
         if n == 0 {
             return;
         }
+        let full = n >= self.proposed;
+        if full {
+            self.full_streak += 1;
+        } else {
+            self.full_streak = 0;
+        }
+        let x = n as f64;
+        if self.keep_up <= 0.0 {
+            self.keep_up = x;
+        } else {
+            self.keep_up += KEEP_UP_WEIGHT * (x - self.keep_up);
+            if full && n >= self.cap {
+                // The batch filled to the queue cap, so the queue held at
+                // least `n`: raise the estimate at once (never wait for the
+                // slow average), a little for one full batch — a burst —
+                // and to `n` itself for a run of them — the cap is below
+                // the keep-up size and the queue is growing.
+                let floor = if self.full_streak >= SUSTAINED_FULL {
+                    x
+                } else {
+                    x / 2.0
+                };
+                self.keep_up = self.keep_up.max(floor);
+            }
+        }
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
-        self.samples.push_back((n as f64, latency.as_secs_f64()));
+        self.samples.push_back((x, latency.as_secs_f64()));
         self.refit();
     }
 
@@ -352,8 +416,28 @@ impl BatchSizer {
                 self.min
             }
         };
-        self.size = ideal.min(cap).clamp(self.min, self.max);
+        let bound = ideal.min(cap).clamp(self.min, self.max);
+        self.cap = queue_cap(self.keep_up, overhead, per_item)
+            .map_or(self.max, |m| m.clamp(self.min, self.max));
+        self.size = bound.min(self.cap);
     }
+}
+
+/// The batch size that minimises a full batch's write time times the
+/// queueing factor `1 / (1 − ρ)`, for a sink fed at the rate that makes `k`
+/// the keep-up size (`λ·(overhead + k·per_item) = k`). With
+/// `ρ(m) = λ·(overhead + m·per_item) / m`, `1 − ρ(m) = (1 − λ·per_item)·(1 − k/m)`
+/// and `d/dm [m·(overhead + m·per_item) / (m − k)] = 0` gives
+/// `m = k·(1 + √(1 + overhead / (k·per_item)))` — at least twice `k`, more
+/// when the overhead dominates. (The M/G/1 mean wait scales with
+/// `1 / (1 − ρ)`: Pollaczek–Khinchine; Kleinrock, Queueing Systems I, §5.6.)
+fn queue_cap(k: f64, overhead: f64, per_item: f64) -> Option<usize> {
+    if k <= 0.0 || per_item <= 0.0 {
+        return None;
+    }
+    let m = k * (1.0 + (1.0 + overhead.max(0.0) / (k * per_item)).sqrt());
+    // `as` saturates; NaN was ruled out above (k and per_item positive).
+    m.is_finite().then(|| m.ceil() as usize)
 }
 
 #[cfg(test)]
@@ -443,6 +527,65 @@ mod tests {
         // 100 µs + 100 µs per item: 9 items fit in 1 ms.
         feed(&mut sizer, 100, 100, 100);
         assert_eq!(sizer.size(), 9);
+    }
+
+    #[test]
+    fn an_open_loop_caps_the_size_at_about_twice_the_keep_up_size() {
+        let mut sizer = BatchSizer::builder()
+            .max_size(1_000)
+            .latency_target(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        // Arrivals fill batches of 8 or 12 (mean 10) before the sink is free
+        // again: partial batches, never the proposed size.
+        for i in 0..400u64 {
+            let _ = sizer.next_size();
+            let n = if i % 2 == 0 { 8 } else { 12 };
+            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        }
+        // k = 10, overhead / (k × per_item) = 0.1: 10 × (1 + √1.1) ≈ 21,
+        // not the ~1000 the 10 ms target alone allows.
+        assert_eq!(sizer.size(), 21);
+        assert!(sizer.next_size() <= 21);
+    }
+
+    #[test]
+    fn a_run_of_full_batches_lifts_the_cap_to_the_latency_target() {
+        let mut sizer = BatchSizer::builder()
+            .max_size(1_000)
+            .latency_target(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        for i in 0..400u64 {
+            let _ = sizer.next_size();
+            let n = if i % 2 == 0 { 8 } else { 12 };
+            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        }
+        assert_eq!(sizer.size(), 21);
+        // The load rises: every batch now fills to its proposed size. The
+        // slow average alone would take hundreds of batches; the cap
+        // follows within a few dozen.
+        let mut batches = 0;
+        while sizer.size() < 999 {
+            let n = sizer.next_size();
+            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+            batches += 1;
+            assert!(
+                batches < 40,
+                "still capped at {} after {batches}",
+                sizer.size()
+            );
+        }
+        // One full batch in a burst raises it only a little.
+        let mut sizer = BatchSizer::builder().max_size(1_000).build().unwrap();
+        for i in 0..400u64 {
+            let _ = sizer.next_size();
+            let n = if i % 2 == 0 { 8 } else { 12 };
+            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        }
+        let n = sizer.next_size();
+        sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        assert!((21..=25).contains(&sizer.size()), "{}", sizer.size());
     }
 
     proptest::proptest! {
