@@ -64,6 +64,15 @@ pub struct PoolConfig {
     pub leak_threshold: Option<Duration>,
     /// Most connects in flight at once while the backend is healthy (one at a
     /// time once a connect has failed). Default 2.
+    ///
+    /// One exception: when the first connect succeeds after failures (the
+    /// server is back from an outage) while callers are waiting, the pool
+    /// opens a connection for every waiting caller at once, up to
+    /// `max_size`, and returns to this limit once they are covered. That
+    /// serves the backlog in one connect time instead of
+    /// `waiting / max_connecting` of them (deadpool and bb8 likewise connect
+    /// per waiting caller); it also means a restarted server sees up to
+    /// `max_size` connects from each pool with callers waiting.
     pub max_connecting: usize,
     /// First delay before retrying after a failed connect; doubles per
     /// failure, with jitter. Default 10 ms.

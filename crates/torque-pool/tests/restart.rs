@@ -12,7 +12,7 @@
 mod load;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -46,17 +46,31 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
 
     // Watch the connects in flight while the server is down: once the first
     // connect has failed (up to `max_connecting` may have started before any
-    // failed), never more than one at a time.
-    let down = Arc::new(AtomicBool::new(true));
+    // failed), never more than one at a time. The watch ends when the proxy
+    // accepts a connection again (it accepts none while refusing), and a
+    // sample taken while it may have accepted one is discarded, so the
+    // recovery burst is never counted, however late this task runs.
+    let proxy = Arc::new(proxy);
+    let accepted_when_down = Arc::new(AtomicU64::new(u64::MAX));
     let watcher = {
         let pool = pool.clone();
-        let down = down.clone();
+        let proxy = proxy.clone();
+        let accepted_when_down = accepted_when_down.clone();
         tokio::spawn(async move {
             let failures_at_start = pool.status().create_failures;
             let mut settled = false;
             let mut most = 0;
-            while down.load(Ordering::SeqCst) {
+            let give_up = Instant::now() + Duration::from_secs(30);
+            let back = |base: u64| base != u64::MAX && proxy.stats().accepted > base;
+            while Instant::now() < give_up {
+                let base = accepted_when_down.load(Ordering::SeqCst);
+                if back(base) {
+                    break;
+                }
                 let s = pool.status();
+                if back(base) {
+                    break;
+                }
                 if settled {
                     most = most.max(s.connecting);
                 } else if s.create_failures > failures_at_start && s.connecting <= 1 {
@@ -70,11 +84,10 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
     let down_at = t0.elapsed();
     let failures_before = pool.status().create_failures;
     proxy.restart(Duration::from_secs(2)).await;
-    // The proxy accepts again at most 2 s after the call returned; stop
-    // watching a little before (the watcher must not see the recovery burst).
+    // The proxy refuses from before `restart` returns: nothing is accepted
+    // until the window ends, at most 2 s from now.
+    accepted_when_down.store(proxy.stats().accepted, Ordering::SeqCst);
     let back_at = t0.elapsed() + Duration::from_secs(2);
-    tokio::time::sleep_until(t0 + down_at + Duration::from_millis(1_950)).await;
-    down.store(false, Ordering::SeqCst);
     let (settled, most_in_flight) = watcher.await.unwrap();
     let refused = pool.status().create_failures - failures_before;
 
