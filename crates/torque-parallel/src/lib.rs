@@ -40,8 +40,9 @@
 //! assert_eq!(*out[3].as_ref().unwrap(), 6);
 //! assert!(matches!(&out[7], Err(ItemError::Panicked(p)) if p.message() == "seven"));
 //!
-//! // All or nothing, into a plain `Vec` (as fast as `iter().map().collect()`
-//! // or rayon's `collect`): the values, or every failed item by index.
+//! // All or nothing, into a plain `Vec` (close to `iter().map().collect()`
+//! // and rayon's `collect`; docs/benchmarks.md has the figures): the
+//! // values, or every failed item by index.
 //! let doubled: Vec<u64> = processor.collect(&items, |&x| x * 2).expect("no panic");
 //! assert_eq!(doubled[3], 6);
 //! let err = processor.collect(&items, |&x| if x == 7 { panic!("seven") } else { x });

@@ -407,7 +407,8 @@ impl Processor {
     ///
     /// The all-or-nothing form of [`map`](Processor::map), for when one
     /// failed item fails the batch: with no per-item `Result` in the output
-    /// it runs as fast as `iter().map(f).collect()` or rayon's `collect`.
+    /// it runs close to `iter().map(f).collect()` and rayon's `collect`
+    /// (within about 10 % in our runs; docs/benchmarks.md has the figures).
     /// Panics are still isolated per item: the batch goes on past a
     /// panicking item, every other item runs exactly once (side effects
     /// are never repeated), and [`CollectError::failures`] lists every

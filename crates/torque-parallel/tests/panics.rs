@@ -147,7 +147,12 @@ fn a_panic_in_a_tiny_warm_reduction_resumes_after_it() {
     armed.store(true, Ordering::Relaxed);
     for _ in 0..4 {
         runs.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+        let before = p.stats();
         let sum = p.map_reduce(&items, work, || 0, |a, b| a + b);
+        let after = p.stats();
+        // The warm tiny batch ran as one sequential run, not on rayon.
+        assert_eq!(after.sequential_runs, before.sequential_runs + 1);
+        assert_eq!(after.parallel_runs, before.parallel_runs);
         assert!(runs.iter().all(|r| r.load(Ordering::Relaxed) == 1));
         assert_eq!(sum.value, 45 - 2 - 7);
         let mut messages: Vec<&str> = sum.panics.iter().map(|p| p.message()).collect();

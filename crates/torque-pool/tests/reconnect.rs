@@ -90,7 +90,10 @@ async fn with_nobody_waiting_the_backoff_grows_to_its_full_cap() {
     let attempts = fake.creates() - before;
     // Delays of at least 5, 10, 20, 40, 80 ms, then 125 ms (half of the
     // 250 ms cap): about 20 in 2 s.
-    assert!(attempts <= 22, "{attempts} attempts in 2 s");
+    assert!(
+        (8..=22).contains(&attempts),
+        "{attempts} attempts in 2 s: the backoff must keep retrying, no faster than its delays"
+    );
     assert!(fake.max_in_flight() <= 1);
     fake.set_down(false);
     wait_until(Duration::from_millis(300), || pool.status().idle == 5).await;

@@ -413,7 +413,10 @@ impl AdaptiveBuilder {
         self
     }
 
-    /// Samples a window needs before it may close (at least 2).
+    /// Samples a steady-state window needs before it may close (at least
+    /// 2). Slow start, while the limit is still growing from its initial
+    /// value, closes its windows after 32 samples (or this, if smaller), to
+    /// reach the backend's capacity quickly.
     pub fn min_samples(mut self, samples: usize) -> Self {
         self.min_samples = samples;
         self

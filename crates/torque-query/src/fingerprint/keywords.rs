@@ -341,12 +341,8 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
             (le_u64(&buf[..8]), le_u64(&buf[8..]))
         }
     };
-    // Keep the word's own bytes, zero the rest.
-    let (lo, hi) = if len <= 8 {
-        (lo & low_bytes(len), 0)
-    } else {
-        (lo, hi & low_bytes(len - 8))
-    };
+    // Keep the word's own bytes (9 to 16 of them), zero the rest.
+    let hi = hi & low_bytes(len - 8);
     let (llo, lhi) = (lower8(lo), lower8(hi));
     let upper = (llo ^ lo) | (lhi ^ hi) != 0;
     let key = (u128::from(lhi) << 64) | u128::from(llo);
