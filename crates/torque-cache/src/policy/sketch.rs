@@ -58,7 +58,7 @@ impl Counters {
     #[inline(always)]
     fn row(self, i: usize) -> (usize, u32) {
         let h = self.rows >> (i * 8);
-        let word = ((h & 1) as usize + (i << 1)) & 7;
+        let word = (h & 1) as usize + (i << 1);
         (word, (((h >> 1) & 15) as u32) << 2)
     }
 }
@@ -123,21 +123,33 @@ impl FrequencySketch {
         let c = self.counters(hash);
         let (word, bits) = Self::door(hash);
         let block = &mut self.table[c.block];
-        // A first sighting only sets the doorkeeper; later ones raise the
-        // counters below 15.
-        let seen = block.door[word] & bits == bits;
-        block.door[word] |= bits;
-        let mut raised = !seen;
+        // A first sighting only sets the doorkeeper (which counts towards
+        // the sample); later ones raise the counters below 15.
+        let door = block.door[word];
+        if door & bits != bits {
+            block.door[word] = door | bits;
+            let min = (0..4).fold(15, |min, i| {
+                let (w, shift) = c.row(i);
+                min.min((block.counters[w] >> shift) & 0xf)
+            });
+            if self.count(1) {
+                return (self.frequency(hash), true);
+            }
+            return (min as u8 + 1, false);
+        }
+        // Written out per row, with no saturation branch: a counter at 15
+        // takes an add of zero.
         let mut min = 15;
+        let mut raised = 0;
         for i in 0..4 {
             let (w, shift) = c.row(i);
             let old = (block.counters[w] >> shift) & 0xf;
-            let inc = u64::from(seen && old < 15);
+            let inc = u64::from(old < 15);
             block.counters[w] += inc << shift;
-            raised |= inc != 0;
+            raised |= inc;
             min = min.min(old + inc);
         }
-        if raised && self.count(1) {
+        if raised != 0 && self.count(1) {
             return (self.frequency(hash), true);
         }
         (min as u8 + 1, false)
