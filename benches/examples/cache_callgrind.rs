@@ -11,10 +11,17 @@
 //! Arguments: policy (`adaptive`, `lru`, `fifo`, `lfu`, `ttl`; default
 //! `adaptive`) or a peer (`quick_cache`, `mutex_lru`), and the number of
 //! requests after a warm-up pass (default 2^20).
+//!
+//! Our caches' default hasher is randomly seeded, which moves the count by up
+//! to about 3 instructions per request between two runs of one binary. With
+//! `SEED=n` in the environment they hash with foldhash at the fixed seed `n`
+//! instead (the same hash function), so that two builds of the policy can be
+//! compared to the instruction.
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
 
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 
 use cache_traces::{Rng, zipf_trace};
@@ -27,7 +34,7 @@ trait Contender {
     fn insert(&self, k: u64, v: u64);
 }
 
-impl Contender for LocalCache<u64, u64> {
+impl<S: BuildHasher> Contender for LocalCache<u64, u64, S> {
     fn get(&self, k: u64) -> Option<u64> {
         LocalCache::get(self, &k)
     }
@@ -55,13 +62,18 @@ impl Contender for Mutex<lru::LruCache<u64, u64>> {
 }
 
 fn ours(policy: Policy) -> Box<dyn Contender> {
-    Box::new(
-        LocalCache::<u64, u64>::builder()
-            .max_capacity(10_000)
-            .policy(policy)
-            .build()
-            .expect("valid config"),
-    )
+    let builder = LocalCache::<u64, u64>::builder()
+        .max_capacity(10_000)
+        .policy(policy);
+    match std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
+        Some(seed) => Box::new(
+            builder
+                .hasher(foldhash::fast::FixedState::with_seed(seed))
+                .build()
+                .expect("valid config"),
+        ),
+        None => Box::new(builder.build().expect("valid config")),
+    }
 }
 
 fn main() {

@@ -174,12 +174,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// The shard of a hash. The table inside the shard uses the hash's low
-    /// bits (bucket) and top 7 bits (tag), so the shard index is taken from a
-    /// remix of the hash to stay independent of both.
+    /// bits (bucket) and top 7 bits (tag), so the shard index is taken from
+    /// a remix of the hash to stay independent of both: Fibonacci hashing
+    /// (Knuth, TAOCP vol. 3, 6.4), whose middle bits depend on all the low
+    /// ones, so even a weak user hasher (the identity on small integers)
+    /// spreads over the shards.
     #[inline]
     fn shard_index(&self, hash: u64) -> usize {
-        let mixed = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        (mixed >> 40) as usize & self.inner.shard_mask
+        (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize & self.inner.shard_mask
     }
 
     /// Ticks (nanoseconds since the cache was built) by the cache's clock.
@@ -620,6 +622,48 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             loads,
             load_failures,
             total_load_time: Duration::from_nanos(load_nanos),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{BuildHasherDefault, Hasher};
+
+    use super::*;
+
+    /// A hasher that returns the key itself: the weakest a user can plug in.
+    #[derive(Default)]
+    struct Identity(u64);
+
+    impl Hasher for Identity {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                self.0 = (self.0 << 8) | u64::from(b);
+            }
+        }
+        fn write_u64(&mut self, n: u64) {
+            self.0 = n;
+        }
+    }
+
+    #[test]
+    fn small_integer_hashes_spread_over_every_shard() {
+        let cache = LocalCache::<u64, u64>::builder()
+            .max_capacity(100_000)
+            .shards(16)
+            .hasher(BuildHasherDefault::<Identity>::default())
+            .build()
+            .expect("valid config");
+        for k in 0..1_600 {
+            cache.insert(k, k);
+        }
+        for shard in cache.inner.shards.iter() {
+            let len = shard.read().len();
+            assert!((50..=150).contains(&len), "a shard holds {len} of 1,600");
         }
     }
 }
