@@ -2,7 +2,11 @@
 //! `Semaphore` (the bench's `fifo_bound`), interleaved rounds at one task
 //! count, each round's p50 / p99 printed.
 //!
-//! `cargo run --release -p torque-benches --example pool_tails -- TASKS ROUNDS`
+//! `cargo run --release -p torque-benches --example pool_tails -- TASKS ROUNDS [MODE]`
+//!
+//! Each round also prints the process's context switches, the workers'
+//! parks and busy time (tokio's stable runtime metrics), and the share of
+//! gets slower than twice the median. Findings: docs/benchmarks.md.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -98,7 +102,9 @@ fn main() {
         .collect();
     let tasks = args.first().copied().unwrap_or(64);
     let rounds = args.get(1).copied().unwrap_or(5);
-    // 0: both, 1: ours only, 2: the semaphore only.
+    // 0: both at TASKS; 1: the semaphore at 17 tasks only (barely
+    // contended), to profile ours; 2: ours at 17 tasks, to profile the
+    // semaphore.
     let only = args.get(2).copied().unwrap_or(0);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
