@@ -308,7 +308,17 @@ impl<M: Manager> Pool<M> {
                 }
             };
             let waited = needs_check || slot.is_some() || front;
-            if let Some(entry) = inner.validate(entry, needs_check, deadline).await {
+            // `is_broken`, then a real check if the connection idled past
+            // the bypass window. Only the check is a future, and it is boxed:
+            // it is the rare path, and held inline (the manager's future, its
+            // timer, the entry) it made every `get()` future 608 bytes
+            // (tokio's semaphore acquire: 88), moved into the caller's task
+            // on every call.
+            let entry = match inner.not_broken(entry) {
+                Some(entry) if needs_check => Box::pin(inner.check(entry, deadline)).await,
+                entry => entry,
+            };
+            if let Some(entry) = entry {
                 inner.acquired.fetch_add(1, Ordering::Relaxed);
                 // The wait is read from the clock only for the histogram (a
                 // clock read is about 40 ns, a tenth of a contended get), and
@@ -488,26 +498,13 @@ impl<M: Manager> Inner<M> {
         telemetry::timeout(&self.labels, kind);
     }
 
-    /// `is_broken`, then a real check if the connection idled past the bypass
-    /// window. `None`: it failed and was closed.
-    async fn validate(
-        self: &Arc<Self>,
-        entry: Entry<Conn<M>>,
-        needs_check: bool,
-        deadline: Instant,
-    ) -> Option<Entry<Conn<M>>> {
+    /// The manager's `is_broken`; a broken connection is closed (`None`).
+    fn not_broken(self: &Arc<Self>, entry: Entry<Conn<M>>) -> Option<Entry<Conn<M>>> {
         if self.manager.is_broken(&entry.conn) {
             self.release(entry, Return::Close(CloseReason::Broken), None);
             return None;
         }
-        if !needs_check {
-            return Some(entry);
-        }
-        // Boxed: the check (the manager's future and its timer) is the rare
-        // path, and inline it would make every `get()` future several times
-        // larger (608 bytes against 88 for tokio's semaphore acquire), to be
-        // moved into the caller's task on every call.
-        Box::pin(self.check(entry, deadline)).await
+        Some(entry)
     }
 
     /// The manager's `check`, bounded by `check_timeout` and the caller's
