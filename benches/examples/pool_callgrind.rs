@@ -8,7 +8,8 @@
 //!     target/release/examples/pool_callgrind MODE TASKS OPS
 //! ```
 //!
-//! MODE: `torque`, `deadpool` or `bb8`. TASKS tasks on a current-thread
+//! MODE: `torque`, `deadpool`, `bb8`, or `fifo_bound` (tokio's FIFO
+//! `Semaphore` with 16 permits, the bench's reference). TASKS tasks on a current-thread
 //! runtime share a pool of 16 connections, each doing OPS / TASKS rounds of
 //! get, hold across one `yield_now`, return (the loop of
 //! `benches/pool.rs`). The cost per get + return is the difference in
@@ -93,7 +94,7 @@ where
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: pool_callgrind torque|deadpool|bb8 TASKS OPS";
+    let usage = "usage: pool_callgrind torque|deadpool|bb8|fifo_bound TASKS OPS";
     let (Some(mode), Some(tasks), Some(ops)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -153,6 +154,15 @@ fn main() {
                 drive(tasks, per_task, move || {
                     let p = pool.clone();
                     async move { p.get_owned().await.expect("get") }
+                })
+                .await;
+            }
+            "fifo_bound" => {
+                // The bench's reference: tokio's FIFO semaphore, no pool.
+                let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+                drive(tasks, per_task, move || {
+                    let s = sem.clone();
+                    async move { s.acquire_owned().await.expect("acquire") }
                 })
                 .await;
             }

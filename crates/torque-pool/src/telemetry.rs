@@ -38,11 +38,12 @@ impl Labels {
     }
 }
 
-/// A `get()` succeeded after waiting `wait`.
-pub(crate) fn acquired(labels: &Labels, wait: Duration) {
+/// A `get()` succeeded after waiting `wait()`, which is called (it reads the
+/// clock) only when the histogram is published.
+pub(crate) fn acquired(labels: &Labels, wait: impl FnOnce() -> Duration) {
     #[cfg(feature = "metrics")]
     ::metrics::histogram!("torque_pool_acquire_wait_seconds", labels.labels.iter())
-        .record(wait.as_secs_f64());
+        .record(wait().as_secs_f64());
     #[cfg(not(feature = "metrics"))]
     let _ = (labels, wait);
 }
@@ -134,7 +135,7 @@ mod tests {
     fn record_all(labels: &Labels) -> Vec<Key> {
         let keys = Keys::default();
         ::metrics::with_local_recorder(&keys, || {
-            acquired(labels, Duration::from_millis(1));
+            acquired(labels, || Duration::from_millis(1));
             timeout(labels, TimeoutKind::Acquire);
             publish(labels, &Status::default(), &Status::default());
         });
