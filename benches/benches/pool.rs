@@ -37,52 +37,9 @@ use torque_pool::{PgManager, Pool};
 const CONNECTIONS: usize = 16;
 const TASKS: [usize; 4] = [1, 8, 64, 512];
 
-/// A manager whose connections are numbers: measures the pool alone.
-#[derive(Debug, Clone, Copy)]
-struct Noop;
-
-impl torque_pool::Manager for Noop {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn create(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn check(&self, _: &mut u64) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn is_broken(&self, _: &u64) -> bool {
-        false
-    }
-}
-
-impl deadpool::managed::Manager for Noop {
-    type Type = u64;
-    type Error = std::io::Error;
-    async fn create(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn recycle(
-        &self,
-        _: &mut u64,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<std::io::Error> {
-        Ok(())
-    }
-}
-
-impl bb8::ManageConnection for Noop {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn connect(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn is_valid(&self, _: &mut u64) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn has_broken(&self, _: &mut u64) -> bool {
-        false
-    }
-}
+#[path = "common/noop_pool.rs"]
+mod noop_pool;
+use noop_pool::Noop;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

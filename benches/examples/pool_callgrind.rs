@@ -19,52 +19,9 @@
 
 use std::time::Duration;
 
-/// A manager whose connections are numbers.
-#[derive(Debug, Clone, Copy)]
-struct Noop;
-
-impl torque_pool::Manager for Noop {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn create(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn check(&self, _: &mut u64) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn is_broken(&self, _: &u64) -> bool {
-        false
-    }
-}
-
-impl deadpool::managed::Manager for Noop {
-    type Type = u64;
-    type Error = std::io::Error;
-    async fn create(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn recycle(
-        &self,
-        _: &mut u64,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<std::io::Error> {
-        Ok(())
-    }
-}
-
-impl bb8::ManageConnection for Noop {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn connect(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn is_valid(&self, _: &mut u64) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn has_broken(&self, _: &mut u64) -> bool {
-        false
-    }
-}
+#[path = "../benches/common/noop_pool.rs"]
+mod noop_pool;
+use noop_pool::Noop;
 
 const CONNECTIONS: usize = 16;
 

@@ -14,22 +14,9 @@ use std::time::{Duration, Instant};
 
 use torque_pool::Pool;
 
-#[derive(Debug, Clone, Copy)]
-struct Noop;
-
-impl torque_pool::Manager for Noop {
-    type Connection = u64;
-    type Error = std::io::Error;
-    async fn create(&self) -> Result<u64, std::io::Error> {
-        Ok(0)
-    }
-    async fn check(&self, _: &mut u64) -> Result<(), std::io::Error> {
-        Ok(())
-    }
-    fn is_broken(&self, _: &u64) -> bool {
-        false
-    }
-}
+#[path = "../benches/common/noop_pool.rs"]
+mod noop_pool;
+use noop_pool::Noop;
 
 async fn round<G: Send + 'static, Fut: Future<Output = G> + Send>(
     tasks: usize,
