@@ -11,13 +11,88 @@
 
 mod load;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use torque_pool::{PgManager, Pool};
+use torque_pool::{Manager, PgConnection, PgManager, Pool};
 use torque_testkit::{FaultProxy, pg_database};
+
+/// What the connects did, counted by the manager at each start and end:
+/// exact, where sampling `status()` could miss a moment.
+#[derive(Debug, Default)]
+struct Connects {
+    in_flight: usize,
+    /// A connect has failed (the server is down).
+    failed: bool,
+    /// Since a failure, in-flight has been down to one: from here on the
+    /// pool must keep it there (up to `max_connecting` may have started
+    /// before the first one failed).
+    settled: bool,
+    /// A connect succeeded after a failure: the server is back, and the
+    /// recovery burst that follows is allowed.
+    back: bool,
+    /// The most in flight at once between settling and the server's return.
+    most_while_down: usize,
+}
+
+/// `PgManager`, with its connects counted.
+struct Counted {
+    inner: PgManager,
+    connects: Arc<Mutex<Connects>>,
+}
+
+/// Counts a connect out when it ends, also when the pool drops it (timeout).
+struct Ending(Arc<Mutex<Connects>>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        let mut c = self.0.lock().unwrap();
+        c.in_flight -= 1;
+        if c.failed && c.in_flight <= 1 {
+            c.settled = true;
+        }
+    }
+}
+
+impl Manager for Counted {
+    type Connection = PgConnection;
+    type Error = <PgManager as Manager>::Error;
+
+    async fn create(&self) -> Result<PgConnection, Self::Error> {
+        {
+            let mut c = self.connects.lock().unwrap();
+            c.in_flight += 1;
+            if c.settled && !c.back {
+                c.most_while_down = c.most_while_down.max(c.in_flight);
+            }
+        }
+        let ending = Ending(self.connects.clone());
+        let result = self.inner.create().await;
+        {
+            let mut c = self.connects.lock().unwrap();
+            match &result {
+                Err(_) => c.failed = true,
+                Ok(_) if c.failed => c.back = true,
+                Ok(_) => {}
+            }
+        }
+        drop(ending);
+        result
+    }
+
+    async fn check(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        self.inner.check(conn).await
+    }
+
+    fn is_broken(&self, conn: &PgConnection) -> bool {
+        self.inner.is_broken(conn)
+    }
+
+    fn reset(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        self.inner.reset(conn)
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_fails_fast_then_recovers_without_errors() {
@@ -25,7 +100,12 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
     let proxy = FaultProxy::start(db.tcp_addr()).await.unwrap();
     let acquire_timeout = Duration::from_secs(1);
     let max_size = 8;
-    let pool = Pool::builder(PgManager::new(db.config_via(proxy.addr())))
+    let connects = Arc::new(Mutex::new(Connects::default()));
+    let manager = Counted {
+        inner: PgManager::new(db.config_via(proxy.addr())),
+        connects: connects.clone(),
+    };
+    let pool = Pool::builder(manager)
         .max_size(max_size)
         .min_idle(4)
         .acquire_timeout(acquire_timeout)
@@ -44,54 +124,17 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
     tokio::time::sleep_until(t0 + Duration::from_secs(1)).await;
     let connections_before = pool.status().size;
 
-    // Watch the connects in flight while the server is down: once the first
-    // connect has failed (up to `max_connecting` may have started before any
-    // failed), never more than one at a time. The watch ends when the proxy
-    // accepts a connection again (it accepts none while refusing), and a
-    // sample taken while it may have accepted one is discarded, so the
-    // recovery burst is never counted, however late this task runs.
-    let proxy = Arc::new(proxy);
-    let accepted_when_down = Arc::new(AtomicU64::new(u64::MAX));
-    let watcher = {
-        let pool = pool.clone();
-        let proxy = proxy.clone();
-        let accepted_when_down = accepted_when_down.clone();
-        tokio::spawn(async move {
-            let failures_at_start = pool.status().create_failures;
-            let mut settled = false;
-            let mut most = 0;
-            let give_up = Instant::now() + Duration::from_secs(30);
-            let back = |base: u64| base != u64::MAX && proxy.stats().accepted > base;
-            while Instant::now() < give_up {
-                let base = accepted_when_down.load(Ordering::SeqCst);
-                if back(base) {
-                    break;
-                }
-                let s = pool.status();
-                if back(base) {
-                    break;
-                }
-                if settled {
-                    most = most.max(s.connecting);
-                } else if s.create_failures > failures_at_start && s.connecting <= 1 {
-                    settled = true;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            (settled, most)
-        })
-    };
     let down_at = t0.elapsed();
     let failures_before = pool.status().create_failures;
     proxy.restart(Duration::from_secs(2)).await;
-    // The proxy refuses from before `restart` returns: nothing is accepted
-    // until the window ends, at most 2 s from now.
-    accepted_when_down.store(proxy.stats().accepted, Ordering::SeqCst);
+    // The proxy accepts again at most 2 s after the call returned.
     let back_at = t0.elapsed() + Duration::from_secs(2);
-    let (settled, most_in_flight) = watcher.await.unwrap();
-    let refused = pool.status().create_failures - failures_before;
-
     let calls = load.await.unwrap();
+    let refused = pool.status().create_failures - failures_before;
+    let (settled, most_in_flight) = {
+        let c = connects.lock().unwrap();
+        (c.settled, c.most_while_down)
+    };
     let status = pool.status();
 
     assert!(settled, "a connect failed while the server was down");

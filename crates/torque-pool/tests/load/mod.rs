@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use torque_pool::PgPool;
+use torque_pool::{Manager, PgConnection, Pool};
 
 /// One `get()` and its query.
 #[derive(Debug, Clone)]
@@ -22,8 +22,8 @@ pub struct Call {
 
 /// Runs `tasks` loops of `get()` + `SELECT 1` (bounded by `query_timeout`)
 /// until `run_for` has passed since `t0`.
-pub async fn run(
-    pool: &PgPool,
+pub async fn run<M: Manager<Connection = PgConnection>>(
+    pool: &Pool<M>,
     tasks: usize,
     t0: Instant,
     run_for: Duration,
