@@ -37,9 +37,9 @@ use torque_pool::{PgManager, Pool};
 const CONNECTIONS: usize = 16;
 const TASKS: [usize; 4] = [1, 8, 64, 512];
 
-#[path = "common/noop_pool.rs"]
-mod noop_pool;
-use noop_pool::Noop;
+#[path = "common/pool_common.rs"]
+mod pool_common;
+use pool_common::{Noop, run_trimmed};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -110,40 +110,6 @@ where
     G: Send + 'static,
 {
     run_trimmed(tasks, per_task, 0, get).await
-}
-
-/// [`run`], keeping only the steady state: each task's first and last `trim`
-/// gets are left out of the latencies returned (the first ones queue behind
-/// the start-up burst of all tasks spawned at once, the last ones see the
-/// line thin out as other tasks finish).
-async fn run_trimmed<G, F, Fut>(tasks: usize, per_task: usize, trim: usize, get: F) -> Vec<Duration>
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = G> + Send,
-    G: Send + 'static,
-{
-    let mut handles = Vec::with_capacity(tasks);
-    for _ in 0..tasks {
-        let get = get.clone();
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_task);
-            for _ in 0..per_task {
-                let t = Instant::now();
-                let conn = get().await;
-                lat.push(t.elapsed());
-                tokio::task::yield_now().await;
-                drop(black_box(conn));
-            }
-            lat.truncate(per_task.saturating_sub(trim));
-            lat.drain(..trim.min(lat.len()));
-            lat
-        }));
-    }
-    let mut all = Vec::with_capacity(tasks * per_task);
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
-    all
 }
 
 macro_rules! each_pool {

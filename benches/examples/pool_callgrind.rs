@@ -19,9 +19,10 @@
 
 use std::time::Duration;
 
-#[path = "../benches/common/noop_pool.rs"]
-mod noop_pool;
-use noop_pool::Noop;
+#[allow(dead_code, reason = "this example drives its own loop")]
+#[path = "../benches/common/pool_common.rs"]
+mod pool_common;
+use pool_common::Noop;
 
 const CONNECTIONS: usize = 16;
 

@@ -8,42 +8,22 @@
 //! parks and busy time (tokio's stable runtime metrics), and the share of
 //! gets slower than twice the median. Findings: docs/benchmarks.md.
 
-use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use torque_pool::Pool;
 
-#[path = "../benches/common/noop_pool.rs"]
-mod noop_pool;
-use noop_pool::Noop;
+#[path = "../benches/common/pool_common.rs"]
+mod pool_common;
+use pool_common::{Noop, run_trimmed};
 
+/// Each task's latencies but its first and last get, sorted.
 async fn round<G: Send + 'static, Fut: Future<Output = G> + Send>(
     tasks: usize,
     per_task: usize,
     get: impl Fn() -> Fut + Clone + Send + 'static,
 ) -> Vec<Duration> {
-    let mut handles = Vec::new();
-    for _ in 0..tasks {
-        let get = get.clone();
-        handles.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per_task);
-            for _ in 0..per_task {
-                let t = Instant::now();
-                let conn = get().await;
-                lat.push(t.elapsed());
-                tokio::task::yield_now().await;
-                drop(black_box(conn));
-            }
-            lat.truncate(per_task - 1);
-            lat.remove(0);
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
+    let mut all = run_trimmed(tasks, per_task, 1, get).await;
     all.sort();
     all
 }
