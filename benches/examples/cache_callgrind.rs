@@ -10,7 +10,8 @@
 //!
 //! Arguments: policy (`adaptive`, `lru`, `fifo`, `lfu`, `ttl`; default
 //! `adaptive`) or a peer (`quick_cache`, `mutex_lru`), and the number of
-//! requests after a warm-up pass (default 2^20).
+//! requests after a warm-up pass (default 2^20), and the number of threads
+//! (default 1), each replaying its own seeded trace, for wall-clock runs.
 //!
 //! Our caches' default hasher is randomly seeded, which moves the count by up
 //! to about 3 instructions per request between two runs of one binary. With
@@ -29,12 +30,12 @@ use parking_lot::Mutex;
 use torque_cache::{LocalCache, Policy};
 
 /// The two operations of the workload, for ours and the peers.
-trait Contender {
+trait Contender: Sync {
     fn get(&self, k: u64) -> Option<u64>;
     fn insert(&self, k: u64, v: u64);
 }
 
-impl<S: BuildHasher> Contender for LocalCache<u64, u64, S> {
+impl<S: BuildHasher + Send + Sync> Contender for LocalCache<u64, u64, S> {
     fn get(&self, k: u64) -> Option<u64> {
         LocalCache::get(self, &k)
     }
@@ -91,13 +92,19 @@ fn main() {
         _ => ours(Policy::Adaptive),
     };
     let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
-    let keys = zipf_trace(100_000, 1.0, 1 << 16, 0xc0ffee);
-    let mut rng = Rng::new(0xfeed);
-    let work: Vec<(u64, bool)> = keys
-        .into_iter()
-        .map(|k| (k, rng.next_u64().is_multiple_of(10)))
+    let threads: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    // Per thread: its own seeded trace (thread 0's is the one-thread trace).
+    let works: Vec<Vec<(u64, bool)>> = (0..threads)
+        .map(|t| {
+            let keys = zipf_trace(100_000, 1.0, 1 << 16, 0xc0ffee + t);
+            let mut rng = Rng::new(0xfeed + t);
+            keys.into_iter()
+                .map(|k| (k, rng.next_u64().is_multiple_of(10)))
+                .collect()
+        })
         .collect();
-    let run = |n: usize| {
+    let cache = cache.as_ref();
+    let run = |work: &[(u64, bool)], n: usize| {
         let mut hits = 0u64;
         for i in 0..n {
             let (k, write) = work[i & (work.len() - 1)];
@@ -111,9 +118,24 @@ fn main() {
         }
         hits
     };
-    run(work.len());
+    for work in &works {
+        run(work, work.len());
+    }
     let start = std::time::Instant::now();
-    let hits = run(requests);
-    let nanos = start.elapsed().as_nanos() as f64 / requests as f64;
-    println!("{name}: {requests} requests, {hits} read hits, {nanos:.1} ns per request");
+    let hits: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = works
+            .iter()
+            .map(|work| s.spawn(move || run(work, requests)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker panicked"))
+            .sum()
+    });
+    let total = requests as f64 * threads as f64;
+    let nanos = start.elapsed().as_nanos() as f64 / total;
+    println!(
+        "{name}: {threads} thread(s) x {requests} requests, {hits} read hits, \
+         {nanos:.1} ns wall per request"
+    );
 }

@@ -66,7 +66,45 @@ pub struct LocalCache<K, V, S = DefaultHasher> {
 /// One shard behind its own lock, on its own cache line. A read-write lock:
 /// reads whose policy needs nothing exclusive on a hit (Adaptive, Fifo, Ttl
 /// without time-to-idle) share it.
-type ShardCell<K, V> = CachePadded<RwLock<Shard<K, V>>>;
+type ShardCell<K, V> = CachePadded<ShardSlot<K, V>>;
+
+/// A shard's lock and the count of the reads made under its shared lock, in
+/// one cache line: every read writes the lock word anyway, so counting there
+/// costs no second line moving between the cores of concurrent readers (as a
+/// counter on a line of its own did). Reads under the exclusive lock are
+/// counted in the shard. `repr(C)` keeps the counters first; the lock's word
+/// comes right after them because `lock_api::RwLock` keeps its data last
+/// (checked by a test below).
+#[repr(C)]
+pub(crate) struct ShardSlot<K, V> {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    lock: RwLock<Shard<K, V>>,
+}
+
+impl<K, V> ShardSlot<K, V> {
+    fn new(shard: Shard<K, V>) -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            lock: RwLock::new(shard),
+        }
+    }
+
+    #[inline]
+    fn count_read(&self, hit: bool) {
+        let n = if hit { &self.hits } else { &self.misses };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<K, V> std::ops::Deref for ShardSlot<K, V> {
+    type Target = RwLock<Shard<K, V>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.lock
+    }
+}
 
 pub(crate) struct Inner<K, V, S> {
     shards: Box<[ShardCell<K, V>]>,
@@ -140,7 +178,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let origin = b.clock.now();
         let shards: Box<[ShardCell<K, V>]> = (0..shards)
             .map(|_| {
-                CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
+                CachePadded::new(ShardSlot::new(Shard::new(PolicyState::new(
                     b.policy, per_shard, weighted,
                 ))))
             })
@@ -251,6 +289,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // timer to look at: a hit or a miss under the shared lock.
             if !self.inner.expiry_in_use.load(Ordering::Relaxed) {
                 let value = lock.read().get_shared_unexpiring(hash, key).cloned();
+                lock.count_read(value.is_some());
                 #[cfg(feature = "metrics")]
                 crate::metrics::record_read(value.is_some());
                 return value;
@@ -294,8 +333,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let timing = self.timing();
         // The common cases touch no listener, weight or timer: a hit or a
         // miss with nothing due to expire in the shard.
+        let lock = &self.inner.shards[self.shard_index(hash)];
         let found = {
-            let shard = self.inner.shards[self.shard_index(hash)].read();
+            let shard = lock.read();
             if shard.sweep_due(timing.now) {
                 Lookup::Expired
             } else {
@@ -307,8 +347,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             }
         };
         let value = match found {
-            Lookup::Hit(v) => Some(v),
-            Lookup::Miss => None,
+            Lookup::Hit(v) => {
+                lock.count_read(true);
+                Some(v)
+            }
+            Lookup::Miss => {
+                lock.count_read(false);
+                None
+            }
             Lookup::Expired => self.get_expiring(hash, key, timing),
         };
         #[cfg(feature = "metrics")]
@@ -433,8 +479,31 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shard.sweep(timing, &mut removed);
             }
             shard.insert(hash, key, value, weight, expires, timing, &mut removed);
-            let after = shard.weight();
+            // The write's net change goes to the shared total once, after
+            // the evictions it causes: in a full cache an insert and its
+            // victim cancel out and the shared counter is only read, not
+            // written (a locked read-modify-write costs as much as the rest
+            // of a read hit on some CPUs, and its cache line would bounce
+            // between the cores of every writer). The net change is
+            // `after - before`, evictions counted into `before`.
+            let (after, mut before) = (shard.weight(), before);
+            while shard.len() > 1
+                && self
+                    .inner
+                    .weight
+                    .load(Ordering::Acquire)
+                    .saturating_add(after)
+                    > self.inner.capacity.saturating_add(before)
+            {
+                match shard.evict_one(&mut removed) {
+                    Some(freed) => before += freed,
+                    None => break,
+                }
+            }
+            // Published before the shard is unlocked, so whoever evicts one
+            // of this shard's entries later finds its weight counted.
             self.add_weight(before, after);
+            // Writers to other shards may have published in the meantime.
             while self.over_capacity() && shard.len() > 1 {
                 match shard.evict_one(&mut removed) {
                     Some(freed) => {
@@ -597,10 +666,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn stats(&self) -> CacheStats {
         let mut c = Counters::default();
         let (mut hits, mut misses) = (0, 0);
-        for shard in self.inner.shards.iter() {
-            let shard = shard.read();
-            hits += shard.reads.hits.load(Ordering::Relaxed);
-            misses += shard.reads.misses.load(Ordering::Relaxed);
+        for slot in self.inner.shards.iter() {
+            hits += slot.hits.load(Ordering::Relaxed);
+            misses += slot.misses.load(Ordering::Relaxed);
+            let shard = slot.read();
+            hits += shard.counters.hits;
+            misses += shard.counters.misses;
             let s = shard.counters;
             c.inserts += s.inserts;
             c.expired += s.expired;
@@ -648,6 +719,16 @@ mod tests {
         fn write_u64(&mut self, n: u64) {
             self.0 = n;
         }
+    }
+
+    #[test]
+    fn read_counters_share_the_lock_words_cache_line() {
+        let cache = LocalCache::<u64, u64>::new(1_000);
+        let slot: &ShardSlot<u64, u64> = &cache.inner.shards[0];
+        let start = std::ptr::from_ref(slot) as usize;
+        // The lock's word lies between the counters and the shard it guards.
+        let data = slot.lock.data_ptr() as usize;
+        assert!(data - start <= 64, "shard data at offset {}", data - start);
     }
 
     #[test]

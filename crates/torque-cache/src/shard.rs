@@ -1,10 +1,10 @@
 //! One shard: a hash table of slot ids, the slot arena holding the entries,
 //! the policy's view of those ids, and a deadline heap for proactive expiry.
 //! Everything here runs under the shard's lock: reads that the policy lets
-//! run under the shared lock ([`Shard::get_shared`]) touch only atomics (the
-//! read counters, an entry's hit count and last-access time); everything else
-//! takes the exclusive lock. The cache layer owns the global weight counter
-//! and calls the listener after unlocking.
+//! run under the shared lock ([`Shard::get_shared`]) touch only atomics (an
+//! entry's hit count and last-access time); everything else takes the
+//! exclusive lock. The cache layer owns the global weight counter, counts the
+//! reads made under the shared lock, and calls the listener after unlocking.
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
@@ -12,7 +12,6 @@ use std::collections::BinaryHeap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use crossbeam_utils::CachePadded;
 use hashbrown::HashTable;
 
 use crate::RemovalCause;
@@ -147,16 +146,13 @@ impl<K, V> Removed<K, V> {
     }
 }
 
-/// Read counters: atomic, because reads under the shared lock count too.
-#[derive(Debug, Default)]
-pub(crate) struct ReadCounters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-}
-
 /// Plain counters, summed across shards by `stats()`.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
+    /// Reads under the exclusive lock; reads under the shared lock are
+    /// counted by the cache, per thread.
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
     pub(crate) inserts: u64,
     pub(crate) expired: u64,
     pub(crate) capacity: u64,
@@ -201,9 +197,6 @@ pub(crate) struct Shard<K, V> {
     /// entry; time-to-idle records are re-armed lazily when they come due.
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     weight: u64,
-    /// On a cache line of its own: readers under the shared lock bump these
-    /// while other readers read the table and arena pointers beside them.
-    pub(crate) reads: CachePadded<ReadCounters>,
     pub(crate) counters: Counters,
     /// Whether the policy uses the per-entry hit counts (set once).
     count_hits: bool,
@@ -222,7 +215,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             policy,
             timers: BinaryHeap::new(),
             weight: 0,
-            reads: CachePadded::default(),
             counters: Counters::default(),
             writes_since_help: 0,
         }
@@ -292,9 +284,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     /// Looks `key` up for a read under the shared lock, for policies whose
-    /// hits need no exclusive access ([`PolicyState::shared_hits`]): counts
-    /// a hit or a miss and bumps the entry's hit count. An expired entry is
-    /// not returned: the caller frees it under the exclusive lock.
+    /// hits need no exclusive access ([`PolicyState::shared_hits`]): bumps
+    /// the entry's hit count (the caller counts the hit or miss). An expired
+    /// entry is not returned: the caller frees it under the exclusive lock.
     #[inline]
     pub(crate) fn get_shared<Q>(&self, hash: u64, key: &Q, timing: Timing) -> Lookup<&V>
     where
@@ -302,7 +294,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let Some(id) = self.find(hash, key) else {
-            self.reads.misses.fetch_add(1, Ordering::Relaxed);
             return Lookup::Miss;
         };
         let cell = &self.cells[id as usize];
@@ -320,13 +311,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         if self.count_hits {
             cell.bump();
         }
-        self.reads.hits.fetch_add(1, Ordering::Relaxed);
         Lookup::Hit(&entry.value)
     }
 
     /// [`Self::get_shared`] for a cache in which no entry can expire (no
-    /// expiry times, no timers): a hit or a miss, counted, and the entry's
-    /// hit count bumped, with nothing else to check.
+    /// expiry times, no timers): a hit, with the entry's hit count bumped,
+    /// or a miss, with nothing else to check.
     #[inline]
     pub(crate) fn get_shared_unexpiring<Q>(&self, hash: u64, key: &Q) -> Option<&V>
     where
@@ -337,14 +327,10 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             let cell = &self.cells[id as usize];
             cell.entry.as_ref().map(|entry| (cell, entry))
         });
-        let Some((cell, entry)) = found else {
-            self.reads.misses.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+        let (cell, entry) = found?;
         if self.count_hits {
             cell.bump();
         }
-        self.reads.hits.fetch_add(1, Ordering::Relaxed);
         Some(&entry.value)
     }
 
@@ -358,7 +344,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let Some(id) = self.find(hash, key) else {
-            *self.reads.misses.get_mut() += 1;
+            self.counters.misses += 1;
             self.policy.on_miss(hash);
             return Lookup::Miss;
         };
@@ -380,7 +366,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         if self.count_hits {
             cell.bump();
         }
-        *self.reads.hits.get_mut() += 1;
+        self.counters.hits += 1;
         self.policy.on_access(id, deadline);
         match self.cells[id as usize].entry.as_ref() {
             Some(e) => Lookup::Hit(&e.value),
