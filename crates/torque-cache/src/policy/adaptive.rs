@@ -567,6 +567,11 @@ impl Adaptive {
     }
 }
 
+/// One list from its eviction end: id, segment, resident hits, estimate,
+/// weight.
+#[cfg(test)]
+type ListSnapshot = Vec<(u32, Segment, u8, u8, u32)>;
+
 /// The textbook order of [`Adaptive::evict`], for the differential test:
 /// every entry leaving the window enters probation's front, the entries
 /// demoted from protected meanwhile go in front of them, and the newest of
@@ -614,7 +619,7 @@ impl Adaptive {
 
     /// The three lists, each from its eviction end, with every entry's
     /// segment, counts and estimate.
-    fn snapshot(&self) -> Vec<Vec<(u32, Segment, u8, u8, u32)>> {
+    fn snapshot(&self) -> Vec<ListSnapshot> {
         [&self.window, &self.probation, &self.protected]
             .into_iter()
             .map(|list| {
