@@ -296,8 +296,21 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             }
             return self.get_shared_expiring(hash, key);
         }
-        // Policies that reorder on a hit (Lru, Lfu; Ttl with a
-        // time-to-idle) take the exclusive lock.
+        self.get_exclusive(hash, key)
+    }
+
+    /// [`get`](Self::get) for policies that reorder on a hit (Lru, Lfu; Ttl
+    /// with a time-to-idle): under the exclusive lock. Out of line, so that
+    /// the shared-lock path inlined into callers stays small (no large
+    /// stack frame, few saved registers).
+    #[inline(never)]
+    fn get_exclusive<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let lock = &self.inner.shards[self.shard_index(hash)];
         let timing = self.timing();
         let found = {
             let mut shard = lock.write();
