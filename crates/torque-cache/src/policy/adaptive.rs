@@ -296,6 +296,7 @@ impl Adaptive {
     /// estimate (as of its insert, aged since) plus the hits not folded into
     /// the sketch yet, capped where the sketch saturates (15 and the
     /// doorkeeper's one).
+    #[inline]
     fn frequency(&self, id: u32) -> u8 {
         let Meta {
             resident, estimate, ..
