@@ -296,7 +296,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             }
             return self.get_shared_expiring(hash, key);
         }
-        self.get_exclusive(hash, key)
+        self.get_exclusive(lock, hash, key)
     }
 
     /// [`get`](Self::get) for policies that reorder on a hit (Lru, Lfu; Ttl
@@ -304,13 +304,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// the shared-lock path inlined into callers stays small (no large
     /// stack frame, few saved registers).
     #[inline(never)]
-    fn get_exclusive<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    fn get_exclusive<Q>(&self, lock: &ShardSlot<K, V>, hash: u64, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
-        let lock = &self.inner.shards[self.shard_index(hash)];
         let timing = self.timing();
         let found = {
             let mut shard = lock.write();
