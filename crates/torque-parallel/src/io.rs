@@ -869,6 +869,33 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Running::Tasks { .. } = this.running {
+            // Reaping a task already spends tokio's cooperative budget.
+            return this.poll_item(cx);
+        }
+        // Inline items that are ready at once would otherwise let the batch
+        // run to its end without ever yielding to the runtime.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let item = this.poll_item(cx);
+        if let Poll::Ready(Some(_)) = item {
+            coop.made_progress();
+        }
+        item
+    }
+}
+
+impl<S, X, F, Fut, L, R, E> Completions<S, X, F, L, R, E>
+where
+    S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+    F: FnMut(X) -> Fut,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    L: Limiter + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+{
+    /// The next result, or `Pending` with every wake-up registered.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<R, E>>> {
+        let this = self;
         if !this.cancelled && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.cancel_all();
         }

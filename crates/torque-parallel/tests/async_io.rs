@@ -482,3 +482,29 @@ async fn on_a_multi_thread_runtime_map_runs_a_task_per_item() {
     assert_eq!(out.len(), 50);
     assert!(least.load(SeqCst) >= 1, "each item is a task");
 }
+
+/// Polled inline, a batch of futures that are ready at once must still
+/// yield to the runtime now and then (tokio's cooperative budget), as a
+/// task per item did: another task on a current-thread runtime gets to run
+/// before the batch ends.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_batch_of_ready_items_lets_other_tasks_run() {
+    let p = Processor::builder().async_limit(64).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    tokio::spawn(async move {
+        r.store(1, SeqCst);
+    });
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let r = Arc::clone(&ran);
+    let out = p
+        .async_io()
+        .map(0..10_000u32, move |x| {
+            s.fetch_max(r.load(SeqCst), SeqCst);
+            async move { x }
+        })
+        .await;
+    assert_eq!(out.len(), 10_000);
+    assert_eq!(seen.load(SeqCst), 1, "the other task ran during the batch");
+}
