@@ -10,6 +10,10 @@
 //! overhead 1 ms, 10 µs, 100 µs, 300 µs and 2 µs (per item 10, 10, 5, 2 and
 //! 10 µs) at loads 0.2 / 0.5 / 0.7 / 0.9 — and prints one line of p99 ratios
 //! per cell, one per seed.
+//!
+//! `--adaptive-linger-us N` gives the adaptive batcher a `max_linger` of N
+//! µs (default 0, the adaptive `Batcher`'s default; 5000 was its default
+//! before 2026-12-05, when it inherited the fixed-size 5 ms).
 
 #[path = "../tests/batch_sim/mod.rs"]
 mod batch_sim;
@@ -21,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seeds = vec![1u64, 2, 3];
     let mut items = 100_000usize;
     let mut held_out = false;
+    let mut adaptive_linger = 0.0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,13 +39,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--items" => items = args.next().ok_or("--items needs a number")?.parse()?,
             "--held-out" => held_out = true,
+            "--adaptive-linger-us" => {
+                let us: f64 = args
+                    .next()
+                    .ok_or("--adaptive-linger-us needs a number")?
+                    .parse()?;
+                adaptive_linger = us * 1e-6;
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let grid_sizes = sizes(1_000, 1.25);
     let lingers = [0.0, 20e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3];
     if held_out {
-        return run_held_out(&seeds, items, &grid_sizes, &lingers);
+        return run_held_out(&seeds, items, adaptive_linger, &grid_sizes, &lingers);
     }
     println!(
         "| overhead | load | seed | best static size / linger µs | best items/s | best p99 µs | adaptive items/s × | adaptive p99 × | adaptive mean batch |"
@@ -55,7 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for &seed in &seeds {
                 let adaptive = Policy::Adaptive {
                     sizer: BatchSizer::builder().max_size(1_000).build()?,
-                    linger: 0.0,
+                    linger: adaptive_linger,
                 };
                 let grid = Grid {
                     sizes: &grid_sizes,
@@ -84,6 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn run_held_out(
     seeds: &[u64],
     items: usize,
+    adaptive_linger: f64,
     grid_sizes: &[usize],
     lingers: &[f64],
 ) -> Result<(), Box<dyn std::error::Error>> {
@@ -105,7 +118,7 @@ fn run_held_out(
             for &seed in seeds {
                 let adaptive = Policy::Adaptive {
                     sizer: BatchSizer::builder().max_size(1_000).build()?,
-                    linger: 0.0,
+                    linger: adaptive_linger,
                 };
                 let grid = Grid {
                     sizes: grid_sizes,

@@ -10,7 +10,8 @@
 //! big write does not hold up everything queued behind it. With the `tokio`
 //! feature, `Batcher` puts a bounded queue in front of a sink and writes a
 //! batch when it is full or its first item has waited `max_linger`; its
-//! size is fixed or chosen by a `BatchSizer`.
+//! size is fixed or chosen by a `BatchSizer` (then, by default, a partial
+//! batch is written as soon as the sink is free).
 
 #[cfg(feature = "tokio")]
 mod batcher;

@@ -3,11 +3,14 @@
 //!
 //! One driver ([`Completions`]) runs in the caller's task. It takes an item
 //! from the input only when it can start it soon (at most one item waits for
-//! a permit), takes a permit from the limiter, and spawns the item's future
-//! into a [`JoinSet`] it owns. Each task times its item, completes the
-//! limiter token with the outcome (success, overload on timeout, ignore on
-//! error or panic) and hands back `(index, result)`. Dropping the driver
-//! drops the `JoinSet`, which aborts every task: nothing outlives the batch.
+//! a permit), takes a permit from the limiter, and starts the item's future:
+//! spawned into a [`JoinSet`] it owns, or — for `map` and `for_each` on a
+//! current-thread runtime, where a task buys no parallelism — pushed into a
+//! [`FuturesUnordered`] it polls itself ([`Polling`]). Each item times
+//! itself, completes the limiter token with the outcome (success, overload
+//! on timeout, ignore on error or panic) and hands back `(index, result)`.
+//! Dropping the driver drops the `JoinSet` (aborting every task) or the
+//! inline futures: nothing outlives the batch.
 
 mod stats;
 
@@ -20,7 +23,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::{Id, JoinSet};
 
 pub use self::stats::IoStats;
@@ -114,8 +119,11 @@ impl ProcessorBuilder {
 }
 
 /// The `Async` strategy of a [`Processor`], from [`Processor::async_io`]:
-/// every item is a future run as a tokio task, with at most as many running
-/// as the limiter allows.
+/// every item is a future, with at most as many running as the limiter
+/// allows. Each runs as a tokio task — except under `map`, `try_map` and
+/// `for_each` on a current-thread runtime, where a task would buy no
+/// parallelism and the batch polls the items itself, at about half the
+/// cost (isolation, cancellation and the limiter work the same).
 ///
 /// Methods consume the handle (it is a cheap clone of the processor) and
 /// return futures and streams that own everything they need, so they can be
@@ -241,13 +249,13 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         &self.limiter
     }
 
-    /// `f(item)` for every item, each future a task under the limit; the
+    /// `f(item)` for every item, each future run under the limit; the
     /// results in input order. A panicking future is that item's
     /// [`ItemError::Panicked`]; the batch goes on.
     ///
-    /// Dropping the returned future cancels the batch and aborts its tasks.
-    /// With the processor's [`CancelToken`] cancelled, the batch stops at
-    /// once: running items are aborted and come back
+    /// Dropping the returned future cancels the batch and drops (aborts) its
+    /// running items. With the processor's [`CancelToken`] cancelled, the
+    /// batch stops at once: running items are aborted and come back
     /// [`ItemError::Cancelled`], no further item is taken from the input, and
     /// the vector ends at the last item taken.
     ///
@@ -351,7 +359,8 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        collect_in_order(self.as_completed_stream(items, f))
+        let input = items.enumerate().map(|(i, x)| (i, Ok(x)));
+        collect_in_order(self.run_as(input, f, Polling::InlineIfOneThread))
     }
 
     /// Runs `f(item)` for every item for its effect.
@@ -384,7 +393,10 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         F: FnMut(I::Item) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let completions = self.as_completed(items, move |x| ok(f(x)));
+        let input = futures_util::stream::iter(items)
+            .enumerate()
+            .map(|(i, x)| (i, Ok(x)));
+        let completions = self.run_as(input, move |x| ok(f(x)), Polling::InlineIfOneThread);
         async move {
             let mut summary = Summary {
                 value: (),
@@ -477,6 +489,23 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
+        self.run_as(input, f, Polling::Tasks)
+    }
+
+    /// [`run`](Self::run), choosing how the items' futures are polled.
+    fn run_as<S, X, F, Fut, R, E>(
+        self,
+        input: S,
+        f: F,
+        polling: Polling,
+    ) -> Completions<S, X, F, L, R, E>
+    where
+        S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+        F: FnMut(X) -> Fut,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Send + 'static,
+        E: Send + 'static,
+    {
         let cancel = self.processor.cancel_token().cloned();
         Completions {
             input: Some(Box::pin(input)),
@@ -484,8 +513,10 @@ impl<L: Limiter + 'static> AsyncIo<L> {
             limiter: self.limiter,
             acquiring: None,
             next: None,
-            tasks: JoinSet::new(),
-            running: HashMap::new(),
+            running: match polling {
+                Polling::Tasks => Running::tasks(),
+                Polling::InlineIfOneThread => Running::Undecided,
+            },
             ready: VecDeque::new(),
             cancel,
             registered: None,
@@ -521,6 +552,189 @@ pub(crate) async fn collect_in_order<R, E>(
 
 type Acquiring = Pin<Box<dyn Future<Output = Token> + Send>>;
 
+/// How a batch polls its items' futures.
+#[derive(Debug, Clone, Copy)]
+enum Polling {
+    /// A tokio task per item: on a multi-thread runtime the items run on
+    /// several workers, and they go on while the stream is not polled.
+    Tasks,
+    /// Inside the batch's own future when the runtime is current-thread
+    /// (no parallelism to lose there, and no spawn to pay: a task per item
+    /// cost 3–4 × `buffer_unordered`'s instructions), tasks on any other.
+    /// Only for batches whose consumer polls them until they end (`map`,
+    /// `for_each`): the items of a stream left unpolled would stall, and
+    /// their latencies would mislead the limiter.
+    InlineIfOneThread,
+}
+
+/// One item's outcome, with its input index.
+type Done<R, E> = (usize, Result<R, ItemError<E>>);
+
+/// The items of a batch that have started and not been handed out.
+enum Running<R, E> {
+    /// `InlineIfOneThread`, before the first item reads the runtime.
+    Undecided,
+    Tasks {
+        set: JoinSet<Done<R, E>>,
+        /// Input index of every task, to place an aborted or panicked one.
+        ids: HashMap<Id, usize>,
+    },
+    Inline(FuturesUnordered<Caught<R, E>>),
+}
+
+impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
+    fn tasks() -> Self {
+        Running::Tasks {
+            set: JoinSet::new(),
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Runs `item` (whose future is `fut`) as a task or inline.
+    fn push<Fut>(&mut self, index: usize, fut: Fut)
+    where
+        Fut: Future<Output = Done<R, E>> + Send + 'static,
+    {
+        if let Running::Undecided = self {
+            // Inside a poll, so inside the runtime (or `Handle::current`
+            // panics as `tokio::spawn` would: the documented panic).
+            *self = match Handle::current().runtime_flavor() {
+                RuntimeFlavor::CurrentThread => Running::Inline(FuturesUnordered::new()),
+                _ => Running::tasks(),
+            };
+        }
+        match self {
+            Running::Tasks { set, ids } => {
+                let handle = set.spawn(fut);
+                ids.insert(handle.id(), index);
+            }
+            Running::Inline(set) => set.push(Caught {
+                index,
+                fut: Box::pin(fut),
+            }),
+            Running::Undecided => unreachable!("decided above"),
+        }
+    }
+
+    /// Stops every running item. Inline items are dropped at once and come
+    /// back through `cancelled`; tasks are aborted and come back `Cancelled`
+    /// as they are reaped.
+    fn cancel(&mut self, cancelled: &mut VecDeque<Done<R, E>>, counters: &Counters) {
+        match self {
+            Running::Tasks { set, .. } => set.abort_all(),
+            Running::Inline(set) => {
+                for item in set.iter() {
+                    counters.cancelled();
+                    cancelled.push_back((item.index, Err(ItemError::Cancelled)));
+                }
+                // Dropping the futures drops their tokens and in-flight guards.
+                *set = FuturesUnordered::new();
+            }
+            Running::Undecided => {}
+        }
+    }
+
+    /// The next finished item; `Ready(None)` when none is running.
+    fn poll_done(&mut self, cx: &mut Context<'_>, counters: &Counters) -> Poll<Option<Done<R, E>>> {
+        match self {
+            Running::Undecided => Poll::Ready(None),
+            Running::Tasks { set, ids } => loop {
+                match set.poll_join_next_with_id(cx) {
+                    Poll::Ready(Some(Ok((id, item)))) => {
+                        ids.remove(&id);
+                        return Poll::Ready(Some(item));
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        let Some(index) = ids.remove(&e.id()) else {
+                            continue;
+                        };
+                        let error = if e.is_panic() {
+                            counters.panicked();
+                            ItemError::Panicked(PanicError::from_payload(&*e.into_panic()))
+                        } else {
+                            counters.cancelled();
+                            ItemError::Cancelled
+                        };
+                        return Poll::Ready(Some((index, Err(error))));
+                    }
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
+            },
+            Running::Inline(set) => set.poll_next_unpin(cx).map(|done| {
+                if let Some((_, Err(ItemError::Panicked(_)))) = &done {
+                    counters.panicked();
+                }
+                done
+            }),
+        }
+    }
+}
+
+/// An inline item: a panic while polling it becomes its
+/// `ItemError::Panicked`, as a task's would.
+struct Caught<R, E> {
+    index: usize,
+    fut: Pin<Box<dyn Future<Output = Done<R, E>> + Send>>,
+}
+
+impl<R, E> Future for Caught<R, E> {
+    type Output = Done<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done<R, E>> {
+        let this = self.get_mut();
+        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => Poll::Ready((
+                this.index,
+                Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+            )),
+        }
+    }
+}
+
+/// One item, from its permit to its result: times it, completes the
+/// limiter token with the outcome and counts it. `in_flight` leaves
+/// in-flight when the future ends, panics or is dropped (even unpolled:
+/// it is moved in, not made inside).
+async fn run_item<Fut, R, E>(
+    index: usize,
+    fut: Fut,
+    token: Token,
+    timeout: Option<Duration>,
+    counters: Arc<Counters>,
+    in_flight: InFlight,
+) -> Done<R, E>
+where
+    Fut: Future<Output = Result<R, E>>,
+{
+    let _in_flight = in_flight;
+    let started = tokio::time::Instant::now();
+    let result = match timeout {
+        Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
+        None => Some(fut.await),
+    };
+    let now = tokio::time::Instant::now();
+    let latency = now - started;
+    let (ended, result) = match result {
+        Some(Ok(v)) => {
+            token.success();
+            (Ended::Ok, Ok(v))
+        }
+        Some(Err(e)) => {
+            token.ignore();
+            (Ended::Failed, Err(ItemError::Failed(e)))
+        }
+        None => {
+            token.overload();
+            let after = timeout.unwrap_or(latency);
+            (Ended::TimedOut, Err(ItemError::TimedOut(after)))
+        }
+    };
+    counters.ended(ended, latency, now.into_std());
+    (index, result)
+}
+
 /// The driver of an async batch: a stream of `(index, result)` in completion
 /// order. See the module docs.
 pub(crate) struct Completions<S, X, F, L, R, E> {
@@ -532,9 +746,7 @@ pub(crate) struct Completions<S, X, F, L, R, E> {
     acquiring: Option<Acquiring>,
     /// The one item taken from the input and waiting for a permit.
     next: Option<(usize, X)>,
-    tasks: JoinSet<(usize, Result<R, ItemError<E>>)>,
-    /// Input index of every running task, to place an aborted or panicked one.
-    running: HashMap<Id, usize>,
+    running: Running<R, E>,
     /// Results that need no task: early errors, cancelled items.
     ready: VecDeque<(usize, Result<R, ItemError<E>>)>,
     cancel: Option<CancelToken>,
@@ -567,7 +779,7 @@ where
             self.counters.cancelled();
             self.ready.push_back((index, Err(ItemError::Cancelled)));
         }
-        self.tasks.abort_all();
+        self.running.cancel(&mut self.ready, &self.counters);
     }
 
     /// Starts items while the input has some and the limiter has permits.
@@ -613,8 +825,8 @@ where
         }
     }
 
-    /// Spawns item `index`'s task; returns its result instead when making
-    /// its future panicked.
+    /// Starts item `index`; returns its result instead when making its
+    /// future panicked.
     fn start(&mut self, index: usize, x: X, token: Token) -> Option<Result<R, ItemError<E>>> {
         let fut = match catch_unwind(AssertUnwindSafe(|| (self.f)(x))) {
             Ok(fut) => fut,
@@ -626,40 +838,11 @@ where
                 ))));
             }
         };
-        let timeout = self.timeout;
         let counters = Arc::clone(&self.counters);
         counters.started(TokioClock.now());
-        // Leaves in-flight when the task ends, panics or is aborted (even
-        // before its first poll: the guard is moved in, not made inside).
         let in_flight = InFlight(Arc::clone(&counters));
-        let handle = self.tasks.spawn(async move {
-            let _in_flight = in_flight;
-            let started = tokio::time::Instant::now();
-            let result = match timeout {
-                Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
-                None => Some(fut.await),
-            };
-            let now = tokio::time::Instant::now();
-            let latency = now - started;
-            let (ended, result) = match result {
-                Some(Ok(v)) => {
-                    token.success();
-                    (Ended::Ok, Ok(v))
-                }
-                Some(Err(e)) => {
-                    token.ignore();
-                    (Ended::Failed, Err(ItemError::Failed(e)))
-                }
-                None => {
-                    token.overload();
-                    let after = timeout.unwrap_or(latency);
-                    (Ended::TimedOut, Err(ItemError::TimedOut(after)))
-                }
-            };
-            counters.ended(ended, latency, now.into_std());
-            (index, result)
-        });
-        self.running.insert(handle.id(), index);
+        let item = run_item(index, fut, token, self.timeout, counters, in_flight);
+        self.running.push(index, item);
         None
     }
 }
@@ -686,6 +869,33 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Running::Tasks { .. } = this.running {
+            // Reaping a task already spends tokio's cooperative budget.
+            return this.poll_item(cx);
+        }
+        // Inline items that are ready at once would otherwise let the batch
+        // run to its end without ever yielding to the runtime.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let item = this.poll_item(cx);
+        if let Poll::Ready(Some(_)) = item {
+            coop.made_progress();
+        }
+        item
+    }
+}
+
+impl<S, X, F, Fut, L, R, E> Completions<S, X, F, L, R, E>
+where
+    S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
+    F: FnMut(X) -> Fut,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    L: Limiter + 'static,
+    R: Send + 'static,
+    E: Send + 'static,
+{
+    /// The next result, or `Pending` with every wake-up registered.
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<R, E>>> {
+        let this = self;
         if !this.cancelled && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.cancel_all();
         }
@@ -695,31 +905,13 @@ where
         if let Some(result) = this.ready.pop_front() {
             return Poll::Ready(Some(result));
         }
-        loop {
-            match this.tasks.poll_join_next_with_id(cx) {
-                Poll::Ready(Some(Ok((id, item)))) => {
-                    this.running.remove(&id);
-                    return Poll::Ready(Some(item));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    let Some(index) = this.running.remove(&e.id()) else {
-                        continue;
-                    };
-                    let error = if e.is_panic() {
-                        this.counters.panicked();
-                        ItemError::Panicked(PanicError::from_payload(&*e.into_panic()))
-                    } else {
-                        this.counters.cancelled();
-                        ItemError::Cancelled
-                    };
-                    return Poll::Ready(Some((index, Err(error))));
-                }
-                Poll::Ready(None) if this.input.is_none() && this.next.is_none() => {
-                    return Poll::Ready(None);
-                }
-                // Woken by the input, the limiter or a task.
-                Poll::Ready(None) | Poll::Pending => break,
+        match this.running.poll_done(cx, &this.counters) {
+            Poll::Ready(Some(done)) => return Poll::Ready(Some(done)),
+            Poll::Ready(None) if this.input.is_none() && this.next.is_none() => {
+                return Poll::Ready(None);
             }
+            // Woken by the input, the limiter or an item.
+            Poll::Ready(None) | Poll::Pending => {}
         }
         if let Some(token) = &this.cancel
             && !this.cancelled
@@ -747,6 +939,7 @@ impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
         if let (Some(token), Some(waker)) = (&self.cancel, &self.registered) {
             token.unregister(waker);
         }
-        // Dropping `tasks` aborts every task still running.
+        // Dropping `running` aborts every task still running, or drops
+        // every inline item.
     }
 }

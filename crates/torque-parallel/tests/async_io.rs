@@ -413,3 +413,98 @@ async fn batches_can_be_spawned_on_a_multi_thread_runtime() {
     let s = p.stats().io;
     assert_eq!((s.succeeded, s.in_flight, s.queued), (2_500, 0, 0));
 }
+
+/// Tasks alive on the current runtime, seen from inside an item.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// On a current-thread runtime there is no parallelism for a task per item
+/// to buy, so `map` and `for_each` poll the items inside the batch's own
+/// future (no spawn); `as_completed`, whose consumer may leave the stream
+/// unpolled, still runs a task per item so that its items go on meanwhile.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn on_a_current_thread_runtime_map_polls_items_inline_and_as_completed_spawns() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let most = Arc::new(AtomicUsize::new(0));
+    let m = Arc::clone(&most);
+    let out = p
+        .async_io()
+        .map(0..50u32, move |x| {
+            let m = Arc::clone(&m);
+            async move {
+                sleep(MS).await;
+                m.fetch_max(alive_tasks(), SeqCst);
+                x
+            }
+        })
+        .await;
+    assert_eq!(out.len(), 50);
+    assert_eq!(most.load(SeqCst), 0, "no task per item");
+
+    let m = Arc::clone(&most);
+    let done = p
+        .async_io()
+        .as_completed(0..50u32, move |x| {
+            let m = Arc::clone(&m);
+            async move {
+                sleep(MS).await;
+                m.fetch_max(alive_tasks(), SeqCst);
+                Ok::<_, std::convert::Infallible>(x)
+            }
+        })
+        .count()
+        .await;
+    assert_eq!(done, 50);
+    assert!(most.load(SeqCst) >= 1, "a task per item");
+}
+
+/// On a multi-thread runtime `map` keeps a task per item, so the items run
+/// on several workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_multi_thread_runtime_map_runs_a_task_per_item() {
+    let p = Processor::builder().async_limit(8).build().unwrap();
+    let least = Arc::new(AtomicUsize::new(usize::MAX));
+    let l = Arc::clone(&least);
+    let out = p
+        .async_io()
+        .map(0..50u32, move |x| {
+            let l = Arc::clone(&l);
+            async move {
+                tokio::task::yield_now().await;
+                l.fetch_min(alive_tasks(), SeqCst);
+                x
+            }
+        })
+        .await;
+    assert_eq!(out.len(), 50);
+    assert!(least.load(SeqCst) >= 1, "each item is a task");
+}
+
+/// Polled inline, a batch of futures that are ready at once must still
+/// yield to the runtime now and then (tokio's cooperative budget), as a
+/// task per item did: another task on a current-thread runtime gets to run
+/// before the batch ends.
+#[tokio::test(flavor = "current_thread")]
+async fn an_inline_batch_of_ready_items_lets_other_tasks_run() {
+    let p = Processor::builder().async_limit(64).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    tokio::spawn(async move {
+        r.store(1, SeqCst);
+    });
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s = Arc::clone(&seen);
+    let r = Arc::clone(&ran);
+    let out = p
+        .async_io()
+        .map(0..10_000u32, move |x| {
+            s.fetch_max(r.load(SeqCst), SeqCst);
+            async move { x }
+        })
+        .await;
+    assert_eq!(out.len(), 10_000);
+    assert_eq!(seen.load(SeqCst), 1, "the other task ran during the batch");
+}

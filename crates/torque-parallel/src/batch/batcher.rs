@@ -177,7 +177,8 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Batcher<T, E> {
 
 impl Batcher<(), ()> {
     /// A builder with the defaults: batches of 100, 5 ms linger, a queue of
-    /// twice the batch size. The item and error types come from the sink
+    /// twice the batch size (with an adaptive size: no linger, a queue of
+    /// twice the sizer's maximum). The item and error types come from the sink
     /// given to [`build`](BatcherBuilder::build).
     pub fn builder() -> BatcherBuilder {
         BatcherBuilder::default()
@@ -361,15 +362,21 @@ enum Sizing {
 #[must_use]
 pub struct BatcherBuilder {
     sizing: Sizing,
-    linger: Duration,
+    /// `None`: the default for the sizing (`DEFAULT_LINGER` for a fixed
+    /// size, zero for an adaptive one).
+    linger: Option<Duration>,
     queue_capacity: Option<usize>,
 }
+
+/// How long a partial batch of a fixed size waits for more items, unless
+/// `max_linger` says otherwise.
+const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 
 impl Default for BatcherBuilder {
     fn default() -> Self {
         BatcherBuilder {
             sizing: Sizing::Fixed(100),
-            linger: Duration::from_millis(5),
+            linger: None,
             queue_capacity: None,
         }
     }
@@ -389,6 +396,12 @@ impl BatcherBuilder {
     /// Let `sizer` choose each batch's size from the latencies the sink
     /// shows, instead of a fixed `max_size`.
     ///
+    /// The sizer's size is a cap, not a quota: unless
+    /// [`max_linger`](Self::max_linger) is set, a partial batch is written
+    /// as soon as the sink is free (the items that arrive during a write
+    /// make the next batch), because holding it for a fixed linger costs
+    /// far more latency than the writes it saves when the load is light.
+    ///
     /// ```
     /// use torque_parallel::batch::{BatchSizer, Batcher};
     /// let builder = Batcher::builder().adaptive(BatchSizer::builder().max_size(2_000).build()?);
@@ -400,14 +413,16 @@ impl BatcherBuilder {
     }
 
     /// Write a batch at the latest this long after its first item was sent
-    /// (default 5 ms). Zero writes whatever is queued right away.
+    /// (default 5 ms with a fixed size, zero with
+    /// [`adaptive`](Self::adaptive)). Zero writes whatever is queued right
+    /// away.
     ///
     /// ```
     /// use std::time::Duration;
     /// let builder = torque_parallel::batch::Batcher::builder().max_linger(Duration::from_millis(1));
     /// ```
     pub fn max_linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
+        self.linger = Some(linger);
         self
     }
 
@@ -459,8 +474,11 @@ impl BatcherBuilder {
             BatchDriver {
                 rx,
                 sink,
+                linger: self.linger.unwrap_or(match self.sizing {
+                    Sizing::Fixed(_) => DEFAULT_LINGER,
+                    Sizing::Adaptive(_) => Duration::ZERO,
+                }),
                 sizing: self.sizing,
-                linger: self.linger,
                 counters,
             },
         ))
