@@ -16,7 +16,10 @@
 //!   does not blur the way it blurs latency.
 //! - `pool_select1/<how>`: `SELECT 1` at 64 tasks through our pool of 16
 //!   connections (health checks on) against 16 tasks with a dedicated
-//!   connection each (real PostgreSQL from the testkit).
+//!   connection each (real PostgreSQL from the testkit), and through
+//!   deadpool-postgres and bb8-postgres at 64 tasks on 16 connections with
+//!   their defaults (deadpool: `is_closed` on recycle; bb8: a round trip
+//!   before every checkout, and once more without it).
 //! - `pool_spike/<pool>/50`: the issue's spike. A fresh pool (max 20) with 5
 //!   warm connections, connects that take 150 ms (a manager that sleeps, so
 //!   that only the pools' decisions differ), and 50 requests at once, each
@@ -311,80 +314,211 @@ fn get_return(c: &mut Criterion) {
     group.finish();
 }
 
+/// One `get` + `SELECT 1` + return through some pool (boxed alike for every
+/// pool: an allocation per query, against tens of µs for the round trip).
+type Select1 = Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// `SELECT 1` through a pool whose `get` yields anything that derefs to a
+/// tokio-postgres client.
+fn select1_via<G, F, Fut>(get: F) -> Select1
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = G> + Send + 'static,
+    G: std::ops::Deref<Target = tokio_postgres::Client> + Send + 'static,
+{
+    Arc::new(move || {
+        let conn = get();
+        Box::pin(async move {
+            conn.await.simple_query("SELECT 1").await.unwrap();
+        })
+    })
+}
+
+/// A deadpool-postgres connection, as a tokio-postgres client (it derefs to
+/// deadpool's `ClientWrapper`, which derefs to the client).
+struct DeadpoolClient(deadpool_postgres::Object);
+
+impl std::ops::Deref for DeadpoolClient {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        &self.0
+    }
+}
+
+/// `tasks` tasks running `per_task` of `op` each; returns the time taken.
+async fn select1_round(tasks: usize, per_task: usize, op: &Select1) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    op().await;
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    start.elapsed()
+}
+
+/// The baseline: 16 tasks, each with a connection of its own, running
+/// `per_task` queries each (16 in flight, as through a pool of 16).
+async fn dedicated_round(dedicated: &[Arc<tokio_postgres::Client>], per_task: usize) -> Duration {
+    let start = Instant::now();
+    let handles: Vec<_> = dedicated
+        .iter()
+        .map(|client| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    client.simple_query("SELECT 1").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    start.elapsed()
+}
+
 fn select1(c: &mut Criterion) {
     let rt = runtime();
     let tasks = 64;
-    let (db, pool, dedicated) = rt.block_on(async {
+    let (db, pools, dedicated) = rt.block_on(async {
         let db = torque_testkit::pg_database().await;
         let pool = Pool::builder(PgManager::new(db.config()))
             .max_size(CONNECTIONS)
             .min_idle(CONNECTIONS)
             .build()
             .unwrap();
+        // The peers with their defaults: deadpool-postgres recycles with
+        // `RecyclingMethod::Fast` (`is_closed` only); bb8 tests every
+        // checkout with a round trip (`test_on_check_out`, an empty query),
+        // so it runs once more without that test.
+        let deadpool_pg = deadpool_postgres::Pool::builder(deadpool_postgres::Manager::new(
+            db.config(),
+            tokio_postgres::NoTls,
+        ))
+        .max_size(CONNECTIONS)
+        .build()
+        .unwrap();
+        let bb8_pg = |test_on_check_out| {
+            bb8::Pool::builder()
+                .max_size(CONNECTIONS as u32)
+                .min_idle(Some(CONNECTIONS as u32))
+                .test_on_check_out(test_on_check_out)
+                .build(bb8_postgres::PostgresConnectionManager::new(
+                    db.config(),
+                    tokio_postgres::NoTls,
+                ))
+        };
+        let bb8_pg_unchecked = bb8_pg(false).await.unwrap();
+        let bb8_pg = bb8_pg(true).await.unwrap();
+        // Warm every pool to its full size.
         let mut held = Vec::new();
         for _ in 0..CONNECTIONS {
-            held.push(pool.get().await.unwrap());
+            held.push((
+                pool.get().await.unwrap(),
+                deadpool_pg.get().await.unwrap(),
+                bb8_pg.get_owned().await.unwrap(),
+                bb8_pg_unchecked.get_owned().await.unwrap(),
+            ));
         }
         drop(held);
         let mut dedicated = Vec::new();
         for _ in 0..CONNECTIONS {
-            dedicated.push(std::sync::Arc::new(db.connect().await));
+            dedicated.push(Arc::new(db.connect().await));
         }
-        (db, pool, dedicated)
+        let bb8_get =
+            |p: bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>| {
+                move || {
+                    let p = p.clone();
+                    async move { p.get_owned().await.unwrap() }
+                }
+            };
+        let ours: Select1 = Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let conn = pool.get().await.unwrap();
+                conn.simple_query("SELECT 1").await.unwrap();
+            })
+        });
+        let pools: Vec<(&str, Select1)> = vec![
+            ("torque_pool", ours),
+            (
+                "deadpool_postgres",
+                select1_via(move || {
+                    let p = deadpool_pg.clone();
+                    async move { DeadpoolClient(p.get().await.unwrap()) }
+                }),
+            ),
+            ("bb8_postgres", select1_via(bb8_get(bb8_pg))),
+            (
+                "bb8_postgres_unchecked",
+                select1_via(bb8_get(bb8_pg_unchecked)),
+            ),
+        ];
+        (db, pools, dedicated)
     });
+
+    // Before criterion: interleaved rounds, so that load from elsewhere on
+    // the machine lands on every contender alike; each round's throughput
+    // against the dedicated connections' in the same round.
+    const ROUNDS: usize = 5;
+    const QUERIES: usize = 8192;
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); pools.len()];
+    let mut dedicated_rates = Vec::new();
+    for _ in 0..ROUNDS {
+        let base = rt.block_on(dedicated_round(&dedicated, QUERIES / CONNECTIONS));
+        dedicated_rates.push(QUERIES as f64 / base.as_secs_f64());
+        for (i, (_, op)) in pools.iter().enumerate() {
+            let took = rt.block_on(select1_round(tasks, QUERIES / tasks, op));
+            ratios[i].push(base.as_secs_f64() / took.as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\npool SELECT 1: {tasks} tasks on {CONNECTIONS} connections against {CONNECTIONS} dedicated \
+         connections; {ROUNDS} interleaved rounds of {QUERIES} queries each; dedicated median {:.0} queries/s",
+        median(&mut dedicated_rates)
+    );
+    println!("| pool | throughput / dedicated (median of the rounds) | min–max |");
+    println!("|---|---|---|");
+    for ((name, _), mut r) in pools.iter().zip(ratios) {
+        let mid = median(&mut r);
+        println!("| {name} | {mid:.3} | {:.3}–{:.3} |", r[0], r[r.len() - 1]);
+    }
+    println!();
+
     let mut group = c.benchmark_group("pool_select1");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(BenchmarkId::new("torque_pool", tasks), |b| {
-        b.iter_custom(|iters| {
-            let per_task = (iters as usize).div_ceil(tasks);
-            let start = Instant::now();
-            rt.block_on(async {
-                let mut handles = Vec::new();
-                for _ in 0..tasks {
-                    let pool = pool.clone();
-                    handles.push(tokio::spawn(async move {
-                        for _ in 0..per_task {
-                            let conn = pool.get().await.unwrap();
-                            conn.simple_query("SELECT 1").await.unwrap();
-                        }
-                    }));
-                }
-                for h in handles {
-                    h.await.unwrap();
-                }
+    for (name, op) in &pools {
+        group.bench_function(BenchmarkId::new(*name, tasks), |b| {
+            b.iter_custom(|iters| {
+                let per_task = (iters as usize).div_ceil(tasks);
+                rt.block_on(select1_round(tasks, per_task, op))
+                    .mul_f64(iters as f64 / (per_task * tasks) as f64)
+            })
+        });
+        if *name == "torque_pool" {
+            group.bench_function(BenchmarkId::new("dedicated_16", CONNECTIONS), |b| {
+                b.iter_custom(|iters| {
+                    let per_task = (iters as usize).div_ceil(CONNECTIONS);
+                    rt.block_on(dedicated_round(&dedicated, per_task))
+                        .mul_f64(iters as f64 / (per_task * CONNECTIONS) as f64)
+                })
             });
-            start
-                .elapsed()
-                .mul_f64(iters as f64 / (per_task * tasks) as f64)
-        })
-    });
-    // The baseline: 16 tasks, each with a connection of its own, running the
-    // same number of queries (16 in flight, as through the pool of 16).
-    group.bench_function(BenchmarkId::new("dedicated_16", CONNECTIONS), |b| {
-        b.iter_custom(|iters| {
-            let per_task = (iters as usize).div_ceil(CONNECTIONS);
-            let start = Instant::now();
-            rt.block_on(async {
-                let mut handles = Vec::new();
-                for client in &dedicated {
-                    let client = client.clone();
-                    handles.push(tokio::spawn(async move {
-                        for _ in 0..per_task {
-                            client.simple_query("SELECT 1").await.unwrap();
-                        }
-                    }));
-                }
-                for h in handles {
-                    h.await.unwrap();
-                }
-            });
-            start
-                .elapsed()
-                .mul_f64(iters as f64 / (per_task * CONNECTIONS) as f64)
-        })
-    });
+        }
+    }
     group.finish();
-    drop((pool, dedicated));
+    drop((pools, dedicated));
     drop(db);
 }
 

@@ -36,10 +36,12 @@ struct Connects {
     most_while_down: usize,
 }
 
-/// `PgManager`, with its connects counted.
+/// `PgManager`, with its connects counted and timed.
 struct Counted {
     inner: PgManager,
     connects: Arc<Mutex<Connects>>,
+    /// Every connect: (start, end, ok), for the recovery timeline.
+    log: Arc<Mutex<Vec<(Instant, Instant, bool)>>>,
 }
 
 /// Counts a connect out when it ends, also when the pool drops it (timeout).
@@ -68,7 +70,12 @@ impl Manager for Counted {
             }
         }
         let ending = Ending(self.connects.clone());
+        let start = Instant::now();
         let result = self.inner.create().await;
+        self.log
+            .lock()
+            .unwrap()
+            .push((start, Instant::now(), result.is_ok()));
         {
             let mut c = self.connects.lock().unwrap();
             match &result {
@@ -101,9 +108,11 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
     let acquire_timeout = Duration::from_secs(1);
     let max_size = 8;
     let connects = Arc::new(Mutex::new(Connects::default()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let manager = Counted {
         inner: PgManager::new(db.config_via(proxy.addr())),
         connects: connects.clone(),
+        log: log.clone(),
     };
     let pool = Pool::builder(manager)
         .max_size(max_size)
@@ -177,6 +186,13 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
         .count();
     assert!(ok_after > 0, "calls served after the server was back");
 
+    // The server is back when the proxy's port opens again. `back_at` (used
+    // above, for "no error after") is usually later, by the length of the
+    // reset of every connection: timing from it would flatter the pool by
+    // that much, and charge it for a proxy that reopens late on a busy
+    // machine.
+    let back = proxy.accepting_since().expect("the proxy accepts again") - t0;
+    assert!(back >= down_at + Duration::from_secs(2), "refused for 2 s");
     let baseline = {
         let buckets = load::rate(
             &calls,
@@ -186,22 +202,77 @@ async fn restart_under_load_fails_fast_then_recovers_without_errors() {
         );
         buckets.iter().sum::<usize>() as f64 / buckets.len() as f64
     };
-    let recovered = load::recovery(
-        &calls,
-        back_at,
-        run_for,
-        baseline,
-        Duration::from_millis(20),
-    );
+    let recovered = load::recovery(&calls, back, run_for, baseline, Duration::from_millis(20));
     assert!(
         recovered.is_some(),
         "throughput came back to 80% before the end"
     );
     let first_ok = calls
         .iter()
-        .filter(|c| c.at + c.total >= back_at && c.error.is_none())
-        .map(|c| (c.at + c.total).saturating_sub(back_at))
+        .filter(|c| c.at + c.total >= back && c.error.is_none())
+        .map(|c| (c.at + c.total).saturating_sub(back))
         .min();
+
+    // The recovery's timeline, to tell the pool's part (the wait for the next
+    // attempt, the connects) from the machine's (the rate those connections
+    // then reach, against a baseline taken a second earlier).
+    let since_back = |t: Instant| (t - t0).as_secs_f64() * 1e3 - back.as_secs_f64() * 1e3;
+    let connects_after: Vec<_> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(_, end, _)| end - t0 + Duration::from_millis(100) >= back)
+        .map(|&(start, end, ok)| {
+            format!(
+                "{:+.1}..{:+.1}{}",
+                since_back(start),
+                since_back(end),
+                if ok { "" } else { " refused" }
+            )
+        })
+        .collect();
+    let per_5ms: Vec<usize> = (0..40)
+        .map(|i| {
+            let from = back + Duration::from_millis(5 * i);
+            let to = from + Duration::from_millis(5);
+            calls
+                .iter()
+                .filter(|c| c.error.is_none() && c.at + c.total >= from && c.at + c.total < to)
+                .count()
+        })
+        .collect();
+    let per_100ms = load::rate(&calls, Duration::ZERO, run_for, Duration::from_millis(100));
+    let after = &per_100ms[(back.as_millis() as usize + 1000) / 100..];
+    let steady_after = after.iter().sum::<usize>() as f64 / after.len() as f64;
+    // The same 80% test against the rate the machine gave a second later:
+    // not the issue's figure, but one that a change of the machine's speed
+    // between the baseline and the recovery (other processes on a shared
+    // 2-core box) does not move.
+    let recovered_vs_after = load::recovery(
+        &calls,
+        back,
+        run_for,
+        steady_after,
+        Duration::from_millis(20),
+    );
+    // The pool's own part: when its last connection was open again.
+    let all_open = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(start, _, ok)| ok && start - t0 + Duration::from_millis(100) >= back)
+        .map(|&(_, end, _)| end - t0)
+        .max()
+        .map(|end| end.saturating_sub(back));
+    println!(
+        "restart timeline (ms from the server's return, which was {:+.1} ms from the restart call's return + 2 s): \
+         connects {connects_after:?}; ok per 5 ms {per_5ms:?}; ok per 100 ms over the run \
+         {per_100ms:?}; all {max_size} connections open again {all_open:?} after the return; \
+         steady rate from 1 s after the return {:.2} x the baseline, 80% of it back (20 ms \
+         window) {recovered_vs_after:?} after the return",
+        back.as_secs_f64() * 1e3 - back_at.as_secs_f64() * 1e3,
+        steady_after / baseline,
+    );
     println!(
         "restart: {} calls, {errors} errors (e.g. {sample}); slowest get {slowest:?} \
          (timeout {acquire_timeout:?}); {refused} refused connects during the 2 s outage, \

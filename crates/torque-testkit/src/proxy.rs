@@ -81,6 +81,8 @@ struct Shared {
     next_id: AtomicU64,
     cut_epoch: AtomicU64,
     rng: Mutex<u64>,
+    /// When the port last opened: at start, or when a refusal ended.
+    accepting_since: Mutex<Option<Instant>>,
 }
 
 struct ConnHandle {
@@ -144,6 +146,7 @@ impl FaultProxy {
             next_id: AtomicU64::new(0),
             cut_epoch: AtomicU64::new(0),
             rng: Mutex::new(0x5eed_1234_abcd_0001),
+            accepting_since: Mutex::new(Some(Instant::now())),
         });
         let (commands, rx) = mpsc::unbounded_channel();
         let accept_task = tokio::spawn(accept_loop(listener, addr, Arc::clone(&shared), rx));
@@ -175,6 +178,15 @@ impl FaultProxy {
             bytes_to_server: c.bytes_to_server.load(Ordering::Relaxed),
             bytes_to_client: c.bytes_to_client.load(Ordering::Relaxed),
         }
+    }
+
+    /// When the proxy last began accepting connections: when it started, or
+    /// when its port was bound again at the end of a refusal (which, on a busy
+    /// machine, can be a little after the refusal was due to end). `None`
+    /// while it refuses. A test that times a recovery from the server's
+    /// return measures from this instant.
+    pub fn accepting_since(&self) -> Option<Instant> {
+        *lock(&self.shared.accepting_since)
     }
 
     /// Clears every fault: no latency, no blackhole, no cut, no bandwidth limit,
@@ -299,7 +311,10 @@ async fn accept_loop(
         }
         if refuse_until.is_none() && listener.is_none() {
             match bind(addr) {
-                Ok(l) => listener = Some(l),
+                Ok(l) => {
+                    listener = Some(l);
+                    *lock(&shared.accepting_since) = Some(Instant::now());
+                }
                 Err(e) => {
                     // Someone took the port during the refusal window: nothing
                     // can be done but try again; tests will see refusals go on.
@@ -317,10 +332,14 @@ async fn accept_loop(
                         // Closing the listener also resets connections still in
                         // its backlog, never accepted.
                         listener = None;
+                        *lock(&shared.accepting_since) = None;
                     } else if listener.is_none() {
                         // Accepting again before the ack, so a caller that
                         // connects right after `pass_through` gets in.
                         listener = bind(addr).ok();
+                        if listener.is_some() {
+                            *lock(&shared.accepting_since) = Some(Instant::now());
+                        }
                     }
                     let _ = ack.send(());
                 }

@@ -191,6 +191,7 @@ async fn refuse_for_closes_the_port_for_that_long_and_spares_open_connections() 
         .await
         .expect_err("new connections are refused");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(proxy.accepting_since(), None, "refusing");
     let _: String = redis::cmd("PING")
         .query_async(&mut open)
         .await
@@ -208,6 +209,12 @@ async fn refuse_for_closes_the_port_for_that_long_and_spares_open_connections() 
         started.elapsed() >= window,
         "reopened after {:?}, before the window of {window:?}",
         started.elapsed()
+    );
+    let reopened = proxy.accepting_since().expect("accepting again");
+    assert!(
+        reopened >= started + window && reopened <= Instant::now(),
+        "the port reopened {:?} after the refusal began",
+        reopened - started
     );
     let mut again = redis_via(&ns, &proxy).await;
     let _: String = redis::cmd("PING").query_async(&mut again).await.unwrap();
