@@ -14,7 +14,7 @@
 pub(crate) mod keywords;
 
 use crate::lexer::{KIND_COUNT, Kind, Token, tokenize};
-use keywords::{Clause, clause_of, flags_of, kw, tag, text_of};
+use keywords::{Clause, clause_of, flags_of, folded_key, kw, tag, text_of};
 
 /// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
 ///
@@ -277,6 +277,32 @@ fn same_ident(sql: &str, a: &Token, b: &Token) -> bool {
     }
 }
 
+/// An alias found in pass 1 and the relation it stands for.
+#[derive(Debug, Clone, Copy)]
+struct Alias<'a> {
+    /// The alias token.
+    token: usize,
+    /// The alias's canonical text folded into one word (see [`folded_key`]),
+    /// when it has at most eight bytes: most aliases (`o`, `u`, `li`) are
+    /// then found by one comparison.
+    key: Option<u64>,
+    /// The relation as it is written out, in place of the alias.
+    out: Out<'a>,
+}
+
+/// The canonical text of an identifier token (lower-cased word, or a plain
+/// quoted identifier unquoted), folded by [`folded_key`] when it is short.
+fn ident_key(sql: &str, t: &Token) -> Option<u64> {
+    let (start, end) = match t.kind {
+        Kind::Quoted => {
+            let inner = unquote_if_plain(t.text(sql))?;
+            (t.start as usize + 1, t.start as usize + 1 + inner.len())
+        }
+        _ => (t.start as usize, t.end as usize),
+    };
+    folded_key(sql.as_bytes(), start, end)
+}
+
 fn is_ident(t: &Token) -> bool {
     matches!(t.kind, Kind::Word | Kind::Quoted)
 }
@@ -288,7 +314,8 @@ struct Scratch {
     tokens: Vec<Token>,
     drop_token: Vec<bool>,
     frames: Vec<Frame>,
-    aliases: Vec<(usize, usize)>,
+    /// Kept empty between calls, like `out`.
+    aliases: Vec<Alias<'static>>,
     /// The output tokens' buffer, kept empty between calls (its items borrow
     /// each call's input, so only the allocation is kept: see [`recycle`]).
     out: Vec<Out<'static>>,
@@ -302,6 +329,16 @@ struct Scratch {
     reason = "the closure changes the item's lifetime; it never yields"
 )]
 fn recycle<'b>(mut v: Vec<Out<'_>>) -> Vec<Out<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// [`recycle`] for the alias buffer.
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "the closure changes the item's lifetime; it never yields"
+)]
+fn recycle_aliases<'b>(mut v: Vec<Alias<'_>>) -> Vec<Alias<'b>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()
 }
@@ -340,7 +377,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         tokens,
         drop_token,
         frames,
-        aliases,
+        aliases: alias_buffer,
         out: out_buffer,
     } = scratch;
     tokens.clear();
@@ -359,8 +396,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     drop_token.clear();
     drop_token.resize(n, false);
     let mut tables: Vec<String> = Vec::new();
-    // (alias token, relation token)
-    aliases.clear();
+    let mut aliases: Vec<Alias<'_>> = recycle_aliases(std::mem::take(alias_buffer));
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
@@ -476,7 +512,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     && !(a.kind == Kind::Word && flags(j) & tag::CLAUSE != 0)
                     && !(a.kind == Kind::Word && !has_as && flags(j) & tag::RESERVED_AFTER_REL != 0)
                 {
-                    aliases.push((j, last));
+                    aliases.push(Alias {
+                        token: j,
+                        key: ident_key(sql, a),
+                        out: ident_out(sql, &tokens[last]),
+                    });
                     if has_as {
                         drop_token[after] = true;
                     }
@@ -583,12 +623,19 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     continue;
                 }
                 // Qualified reference `alias.col` → `relation.col`.
-                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(&(_, rel)) = aliases
-                        .iter()
-                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
+                if !aliases.is_empty()
+                    && tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
+                    && let Some(alias) =
+                        match folded_key(sql.as_bytes(), t.start as usize, t.end as usize) {
+                            // Equal keys: the same length and the same bytes up to
+                            // ASCII case, which is what `same_ident` checks.
+                            Some(key) => aliases.iter().find(|a| a.key == Some(key)),
+                            None => aliases
+                                .iter()
+                                .find(|a| same_ident(sql, &tokens[a.token], &t)),
+                        }
                 {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
+                    push(&mut out, frames, alias.out);
                     i += 1;
                     continue;
                 }
@@ -606,11 +653,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     continue;
                 }
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(&(_, rel)) = aliases
+                    && let Some(alias) = aliases
                         .iter()
-                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
+                        .find(|a| same_ident(sql, &tokens[a.token], &t))
                 {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
+                    push(&mut out, frames, alias.out);
                     i += 1;
                     continue;
                 }
@@ -707,6 +754,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
 
     let normalized = render(&out);
     *out_buffer = recycle(out);
+    *alias_buffer = recycle_aliases(aliases);
     let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
     let paginated = has_offset || (has_order && has_limit && st.has_range);
     Analysis {
@@ -968,6 +1016,16 @@ fn render(out: &[Out<'_>]) -> String {
         };
         if space {
             s.push(' ');
+        }
+        // Punctuation, operators and placeholders are one byte: a push, not
+        // a call to `memcpy`.
+        if let &[b] = o.text.as_bytes()
+            && b.is_ascii()
+            && o.lower
+        {
+            s.push(char::from(b));
+            prev = o;
+            continue;
         }
         let start = s.len();
         s.push_str(o.text);

@@ -349,6 +349,27 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
     (id_of_key(key), upper)
 }
 
+/// The word `bytes[start..end]`, of one to eight bytes, ASCII lower-cased
+/// and packed little-endian into one integer, zero-padded (`None` when
+/// longer or empty). Identifier bytes are never zero, so two words have the
+/// same key exactly when they are equal up to ASCII case.
+#[inline]
+pub(crate) fn folded_key(bytes: &[u8], start: usize, end: usize) -> Option<u64> {
+    let len = end.checked_sub(start)?;
+    if len == 0 || len > 8 {
+        return None;
+    }
+    let packed = match bytes.get(start..start + 8) {
+        Some(b) => le_u64(b),
+        None => {
+            let mut buf = [0u8; 8];
+            buf[..len].copy_from_slice(bytes.get(start..end)?);
+            u64::from_le_bytes(buf)
+        }
+    } & low_bytes(len);
+    Some(lower8(packed))
+}
+
 /// A mask of the low `n` bytes, `n` in 1..=8.
 #[inline]
 fn low_bytes(n: usize) -> u64 {
