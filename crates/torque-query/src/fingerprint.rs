@@ -312,7 +312,9 @@ fn is_ident(t: &Token) -> bool {
 #[derive(Default)]
 struct Scratch {
     tokens: Vec<Token>,
-    drop_token: Vec<bool>,
+    /// Indices of the tokens pass 2 skips (schema qualifiers, `AS`,
+    /// aliases), in increasing order: pass 1 finds them left to right.
+    drops: Vec<u32>,
     frames: Vec<Frame>,
     /// Kept empty between calls, like `out`.
     aliases: Vec<Alias<'static>>,
@@ -375,7 +377,7 @@ fn with_scratch(sql: &str, f: fn(&str, &mut Scratch) -> Analysis) -> Analysis {
 fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysis {
     let Scratch {
         tokens,
-        drop_token,
+        drops,
         frames,
         aliases: alias_buffer,
         out: out_buffer,
@@ -393,8 +395,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
 
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
-    drop_token.clear();
-    drop_token.resize(n, false);
+    drops.clear();
     let mut tables: Vec<String> = Vec::new();
     let mut aliases: Vec<Alias<'_>> = recycle_aliases(std::mem::take(alias_buffer));
     let mut kind = StatementKind::Utility;
@@ -494,8 +495,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i = after;
                     continue;
                 }
-                for d in drop_token.iter_mut().take(last).skip(i) {
-                    *d = true; // schema (and catalog) qualifiers
+                // Schema (and catalog) qualifiers.
+                for d in i..last {
+                    drops.push(d as u32);
                 }
                 let relation = ident_string(sql, &tokens[last]);
                 if !tables.contains(&relation) {
@@ -518,9 +520,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         out: ident_out(sql, &tokens[last]),
                     });
                     if has_as {
-                        drop_token[after] = true;
+                        drops.push(after as u32);
                     }
-                    drop_token[j] = true;
+                    drops.push(j as u32);
                     i = j + 1;
                     continue;
                 }
@@ -560,13 +562,25 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     let savepoint_stmt = (word(0) == kw!("savepoint") || word(0) == kw!("release"))
         || (word(0) == kw!("rollback") && (word(1) == kw!("to") || word(2) == kw!("to")));
 
+    // The next dropped token (`usize::MAX`: none): `drops` is sorted, so
+    // one comparison per token decides.
+    let mut drops_left = drops.iter();
+    let mut next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+
     let mut i = 0;
     while i < n {
-        let t = tokens[i];
-        if drop_token[i] {
-            i += 1;
-            continue;
+        if i >= next_drop {
+            // `is_three_part` jumps: skip the drops it jumped over.
+            while next_drop < i {
+                next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+            }
+            if next_drop == i {
+                next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+                i += 1;
+                continue;
+            }
         }
+        let t = tokens[i];
         match t.kind {
             Kind::Word => {
                 let w = t.kw;
@@ -607,7 +621,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                if w == kw!("true") || w == kw!("false") {
+                if w != 0 && (w == kw!("true") || w == kw!("false")) {
                     if VALUES {
                         let slot = classify(
                             &out,
@@ -745,9 +759,12 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     None => push(&mut out, frames, Out::text(closer, t.kind)),
                 }
             }
-            Kind::Op | Kind::Comma | Kind::Cast | Kind::Dot | Kind::Semicolon => {
-                push(&mut out, frames, Out::text(t.text(sql), t.kind));
-            }
+            Kind::Op => push(&mut out, frames, Out::text(t.text(sql), t.kind)),
+            // Punctuation has one spelling: no need to slice the input.
+            Kind::Comma => push(&mut out, frames, Out::text(",", t.kind)),
+            Kind::Dot => push(&mut out, frames, Out::text(".", t.kind)),
+            Kind::Cast => push(&mut out, frames, Out::text("::", t.kind)),
+            Kind::Semicolon => push(&mut out, frames, Out::text(";", t.kind)),
         }
         i += 1;
     }

@@ -183,7 +183,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                     continue;
                 }
             }
-            let kw = keywords::keyword_of_word(bytes, start, i);
+            let kw = keywords::keyword_of_word(bytes, b, start, i);
             push(out, Kind::Word, kw, seen & UPPER != 0, start, i);
             continue;
         }

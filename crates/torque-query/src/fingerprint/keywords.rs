@@ -195,6 +195,14 @@ const KEYWORD_KEYS: [u128; KEYWORD_COUNT] = {
     let mut keys = [0u128; KEYWORD_COUNT];
     let mut i = 0;
     while i < KEYWORD_COUNT {
+        // `keyword_of_word` folds case by setting bit 5, which is exact
+        // only for lower-case letters.
+        let k = KEYWORDS[i].0.as_bytes();
+        let mut b = 0;
+        while b < k.len() {
+            assert!(k[b].is_ascii_lowercase(), "keywords are lower-case letters");
+            b += 1;
+        }
         keys[i] = pack(KEYWORDS[i].0.as_bytes());
         i += 1;
     }
@@ -399,16 +407,42 @@ const CANDIDATES: [u32; 32] = {
     t
 };
 
-/// The keyword id of the word `bytes[start..end]` (0 for an identifier),
-/// with a cheap test first that rules most identifiers out.
+/// The keyword id of the word `bytes[start..end]`, whose first byte is
+/// `first` (0 for an identifier), with a cheap test first that rules most
+/// identifiers out.
 #[inline]
-pub(crate) fn keyword_of_word(bytes: &[u8], start: usize, end: usize) -> u8 {
+pub(crate) fn keyword_of_word(bytes: &[u8], first: u8, start: usize, end: usize) -> u8 {
     let len = end - start;
-    let first = bytes.get(start).copied().unwrap_or(0);
     if len > 16 || CANDIDATES[usize::from((first | 0x20) & 31)] & (1 << len) == 0 {
         return 0;
     }
-    id_of_word(bytes, start, end).0
+    // Setting bit 5 of every byte folds ASCII upper case onto lower case.
+    // Against keywords, which are lower-case letters only, that is exact: a
+    // byte folds onto such a letter only if it is that letter in either
+    // case (`_`, `$`, digits and bytes >= 0x80 fold onto no letter), so it
+    // saves `lower8` here. The case flag comes from the lexer instead.
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if len <= 8 {
+        let lo = match bytes.get(start..start + 8) {
+            Some(b) => le_u64(b),
+            None => {
+                let mut buf = [0u8; 8];
+                buf[..len].copy_from_slice(&bytes[start..end]);
+                u64::from_le_bytes(buf)
+            }
+        };
+        return id_of_key(u128::from((lo | FOLD) & low_bytes(len)));
+    }
+    let (lo, hi) = match bytes.get(start..start + 16) {
+        Some(b) => (le_u64(&b[..8]), le_u64(&b[8..])),
+        None => {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(&bytes[start..end]);
+            (le_u64(&buf[..8]), le_u64(&buf[8..]))
+        }
+    };
+    let hi = (hi | FOLD) & low_bytes(len - 8);
+    id_of_key((u128::from(hi) << 64) | u128::from(lo | FOLD))
 }
 
 /// The keyword id of a word given as text.
@@ -450,7 +484,7 @@ mod tests {
         for k in KEYWORDS.iter().map(|k| k.0) {
             let upper = k.to_ascii_uppercase();
             assert_eq!(
-                keyword_of_word(upper.as_bytes(), 0, k.len()),
+                keyword_of_word(upper.as_bytes(), upper.as_bytes()[0], 0, k.len()),
                 id_of(k),
                 "{k}"
             );
@@ -464,7 +498,11 @@ mod tests {
             "select_",
             "a_very_long_identifier",
         ] {
-            assert_eq!(keyword_of_word(w.as_bytes(), 0, w.len()), 0, "{w}");
+            assert_eq!(
+                keyword_of_word(w.as_bytes(), w.as_bytes()[0], 0, w.len()),
+                0,
+                "{w}"
+            );
         }
         // `@[`{` are the bytes just outside 'A'..='Z': never folded.
         assert_eq!(
