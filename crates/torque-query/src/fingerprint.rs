@@ -406,7 +406,23 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         let mut from_depth: Option<usize> = None;
         let mut i = 0;
         while i < n {
-            let t = tokens[i];
+            if !expect_relation && i > 0 {
+                // Outside a relation reference only keywords, parentheses
+                // and commas of a FROM list change anything: skip the rest
+                // in a tight loop.
+                let from_list = from_depth == Some(depth);
+                while let Some(t) = tokens.get(i)
+                    && t.kw == 0
+                    && !matches!(t.kind, Kind::Open | Kind::Close)
+                    && !(from_list && t.kind == Kind::Comma)
+                {
+                    i += 1;
+                }
+                if i >= n {
+                    break;
+                }
+            }
+            let t = &tokens[i];
             match t.kind {
                 Kind::Open => depth += 1,
                 Kind::Close => {
@@ -580,7 +596,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 continue;
             }
         }
-        let t = tokens[i];
+        let t = &tokens[i];
         match t.kind {
             Kind::Word => {
                 let w = t.kw;
