@@ -995,11 +995,16 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     None
 }
 
+/// A bit no keyword tag uses: or-ed into the first token's tags, it selects
+/// the "always" entries of [`SPACE`].
+const ALWAYS: u16 = 1 << 15;
+
 /// Whether a space separates two output tokens, by their kinds (`Kind as
-/// usize`): 0 never, 1 always, 2 when the first is a keyword that keeps its
-/// space before `(` (`in (`, `values (`; but `count(`).
-const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
-    let mut t = [[1u8; KIND_COUNT]; KIND_COUNT];
+/// usize`), as a mask of the first token's tags (or-ed with [`ALWAYS`]): 0
+/// never, `ALWAYS` always, `SPACED` when the first is a keyword that keeps
+/// its space before `(` (`in (`, `values (`; but `count(`).
+const SPACE: [[u16; KIND_COUNT]; KIND_COUNT] = {
+    let mut t = [[ALWAYS; KIND_COUNT]; KIND_COUNT];
     let mut p = 0;
     while p < KIND_COUNT {
         let mut k = 0;
@@ -1018,11 +1023,11 @@ const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
             t[p][k] = if glued_after || glued_before {
                 0
             } else if opens && p == Kind::Word as usize {
-                2
+                tag::SPACED
             } else if opens && p == Kind::Quoted as usize {
                 0
             } else {
-                1
+                ALWAYS
             };
             k += 1;
         }
@@ -1042,12 +1047,7 @@ fn render(out: &[Out<'_>]) -> String {
     }
     let mut prev = first;
     for o in rest {
-        let space = match SPACE[prev.kind as usize][o.kind as usize] {
-            0 => false,
-            1 => true,
-            _ => prev.tags & tag::SPACED != 0,
-        };
-        if space {
+        if (prev.tags | ALWAYS) & SPACE[prev.kind as usize][o.kind as usize] != 0 {
             s.push(' ');
         }
         // Punctuation, operators and placeholders are one byte: a push, not

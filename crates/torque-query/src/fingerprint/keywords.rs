@@ -231,8 +231,10 @@ macro_rules! kw {
 pub(crate) use kw;
 
 /// Per id (index 0: not a keyword): properties and the clause it opens.
-const PROPS: [(u16, Option<Clause>); KEYWORD_COUNT + 1] = {
-    let mut t = [(0, None); KEYWORD_COUNT + 1];
+/// 256 entries, one per `u8`, so that indexing by an id needs no bounds
+/// check (ids above the keyword count read an empty entry).
+const PROPS: [(u16, Option<Clause>); 256] = {
+    let mut t = [(0, None); 256];
     let mut i = 0;
     while i < KEYWORD_COUNT {
         t[i + 1] = (KEYWORDS[i].1, KEYWORDS[i].2);
@@ -241,25 +243,33 @@ const PROPS: [(u16, Option<Clause>); KEYWORD_COUNT + 1] = {
     t
 };
 
+/// Per id, the keyword's text (`""` for 0 and unused ids), like [`PROPS`].
+const TEXTS: [&str; 256] = {
+    let mut t = [""; 256];
+    let mut i = 0;
+    while i < KEYWORD_COUNT {
+        t[i + 1] = KEYWORDS[i].0;
+        i += 1;
+    }
+    t
+};
+
 /// A keyword id's properties (0 for an identifier).
 #[inline]
 pub(crate) fn flags_of(id: u8) -> u16 {
-    PROPS.get(usize::from(id)).map_or(0, |p| p.0)
+    PROPS[usize::from(id)].0
 }
 
 /// The clause a keyword id opens, if any.
 #[inline]
 pub(crate) fn clause_of(id: u8) -> Option<Clause> {
-    PROPS.get(usize::from(id)).and_then(|p| p.1)
+    PROPS[usize::from(id)].1
 }
 
 /// A keyword id's text, lower case ("" for an identifier).
 #[inline]
 pub(crate) fn text_of(id: u8) -> &'static str {
-    match usize::from(id).checked_sub(1) {
-        Some(i) if i < KEYWORD_COUNT => KEYWORDS[i].0,
-        _ => "",
-    }
+    TEXTS[usize::from(id)]
 }
 
 const EMPTY: u8 = u8::MAX;
