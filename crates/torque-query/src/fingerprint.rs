@@ -1061,13 +1061,38 @@ fn render(out: &[Out<'_>]) -> String {
             continue;
         }
         let start = s.len();
-        s.push_str(o.text);
+        push_short(&mut s, o.text);
         if !o.lower {
             s[start..].make_ascii_lowercase();
         }
         prev = o;
     }
     s
+}
+
+/// `push_str` with the common short lengths spelled out: each arm's copy
+/// has a constant length, which the compiler does inline, where a variable
+/// length is a call to `memcpy`.
+#[inline(always)]
+fn push_short(s: &mut String, text: &str) {
+    match text.len() {
+        2 => s.push_str(text),
+        3 => s.push_str(text),
+        4 => s.push_str(text),
+        5 => s.push_str(text),
+        6 => s.push_str(text),
+        7 => s.push_str(text),
+        8 => s.push_str(text),
+        9 => s.push_str(text),
+        10 => s.push_str(text),
+        11 => s.push_str(text),
+        12 => s.push_str(text),
+        13 => s.push_str(text),
+        14 => s.push_str(text),
+        15 => s.push_str(text),
+        16 => s.push_str(text),
+        _ => s.push_str(text),
+    }
 }
 
 #[cfg(test)]
