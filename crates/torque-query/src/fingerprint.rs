@@ -244,7 +244,9 @@ fn ident_string(sql: &str, t: &Token) -> String {
     let text = t.text(sql);
     match t.kind {
         Kind::Quoted => unquote_if_plain(text).unwrap_or(text).to_string(),
-        _ => text.to_ascii_lowercase(),
+        // The lexer knows whether there is anything to lower-case.
+        _ if t.upper => text.to_ascii_lowercase(),
+        _ => text.to_string(),
     }
 }
 
