@@ -314,6 +314,8 @@ fn is_ident(t: &Token) -> bool {
 #[derive(Default)]
 struct Scratch {
     tokens: Vec<Token>,
+    /// The lexer's marks (see [`tokenize`]).
+    marks: Vec<u32>,
     /// Indices of the tokens pass 2 skips (schema qualifiers, `AS`,
     /// aliases), in increasing order: pass 1 finds them left to right.
     drops: Vec<u32>,
@@ -379,13 +381,15 @@ fn with_scratch(sql: &str, f: fn(&str, &mut Scratch) -> Analysis) -> Analysis {
 fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysis {
     let Scratch {
         tokens,
+        marks,
         drops,
         frames,
         aliases: alias_buffer,
         out: out_buffer,
     } = scratch;
     tokens.clear();
-    tokenize(sql, tokens);
+    marks.clear();
+    tokenize(sql, tokens, marks);
     // A trailing `;` (or several) does not matter.
     while tokens.last().is_some_and(|t| t.kind == Kind::Semicolon) {
         tokens.pop();
@@ -406,20 +410,27 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         let mut depth = 0usize;
         let mut expect_relation = false;
         let mut from_depth: Option<usize> = None;
+        let mut next_mark = 0;
         let mut i = 0;
         while i < n {
             if !expect_relation && i > 0 {
                 // Outside a relation reference only keywords, parentheses
-                // and commas of a FROM list change anything: skip the rest
-                // in a tight loop.
+                // and the commas of a FROM list change anything: jump to the
+                // next of those among the tokens the lexer marked.
                 let from_list = from_depth == Some(depth);
-                while let Some(t) = tokens.get(i)
-                    && t.kw == 0
-                    && !matches!(t.kind, Kind::Open | Kind::Close)
-                    && !(from_list && t.kind == Kind::Comma)
-                {
-                    i += 1;
-                }
+                i = loop {
+                    let Some(&m) = marks.get(next_mark) else {
+                        break n;
+                    };
+                    let m = m as usize;
+                    if m < i
+                        || (!from_list && tokens.get(m).is_some_and(|t| t.kind == Kind::Comma))
+                    {
+                        next_mark += 1;
+                        continue;
+                    }
+                    break m;
+                };
                 if i >= n {
                     break;
                 }

@@ -144,7 +144,11 @@ fn is_op_char(b: u8) -> bool {
 /// else: white space (skipped in a tight loop) and words (scanned, then
 /// checked for a one-letter string prefix such as `E'`); every other byte
 /// goes through the `match`.
-pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
+///
+/// `marks` receives, in order, the indices of the tokens that can matter to
+/// the fingerprint's relation finder outside a relation reference: keywords,
+/// parentheses and commas. It skips the others by jumping from mark to mark.
+pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
     let bytes = sql.as_bytes();
     let len = bytes.len().min(u32::MAX as usize);
     let bytes = &bytes[..len];
@@ -184,6 +188,9 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 }
             }
             let kw = keywords::keyword_of_word(bytes, b, start, i);
+            if kw != 0 {
+                marks.push(out.len() as u32);
+            }
             push(out, Kind::Word, kw, seen & UPPER != 0, start, i);
             continue;
         }
@@ -275,10 +282,12 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 }
             }
             b'(' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Open
             }
             b')' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Close
             }
@@ -291,6 +300,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 Kind::CloseBracket
             }
             b',' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Comma
             }
@@ -444,7 +454,7 @@ mod tests {
 
     fn kinds(sql: &str) -> Vec<(Kind, &str)> {
         let mut out = Vec::new();
-        tokenize(sql, &mut out);
+        tokenize(sql, &mut out, &mut Vec::new());
         out.iter().map(|t| (t.kind, t.text(sql))).collect()
     }
 
@@ -499,7 +509,7 @@ mod tests {
             "x::",
         ] {
             let mut out = Vec::new();
-            tokenize(sql, &mut out);
+            tokenize(sql, &mut out, &mut Vec::new());
             for t in &out {
                 let _ = t.text(sql);
             }
