@@ -423,8 +423,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         break n;
                     };
                     let m = m as usize;
-                    if m < i
-                        || (!from_list && tokens.get(m).is_some_and(|t| t.kind == Kind::Comma))
+                    if m < i || (!from_list && tokens.get(m).is_some_and(|t| t.kind == Kind::Comma))
                     {
                         next_mark += 1;
                         continue;
@@ -613,7 +612,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         match t.kind {
             Kind::Word => {
                 let w = t.kw;
+                let mut is_bool = false;
                 if w != 0 {
+                    is_bool = w == kw!("true") || w == kw!("false");
                     if w == kw!("order") {
                         has_order = true;
                     } else if w == kw!("limit") || w == kw!("fetch") {
@@ -650,7 +651,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                if w != 0 && (w == kw!("true") || w == kw!("false")) {
+                if is_bool {
                     if VALUES {
                         let slot = classify(
                             &out,
@@ -1016,8 +1017,11 @@ const ALWAYS: u16 = 1 << 15;
 /// usize`), as a mask of the first token's tags (or-ed with [`ALWAYS`]): 0
 /// never, `ALWAYS` always, `SPACED` when the first is a keyword that keeps
 /// its space before `(` (`in (`, `values (`; but `count(`).
-const SPACE: [[u16; KIND_COUNT]; KIND_COUNT] = {
-    let mut t = [[ALWAYS; KIND_COUNT]; KIND_COUNT];
+///
+/// Flat, indexed by `first << 4 | second`: a shift, not a multiplication.
+const SPACE: [u16; 256] = {
+    assert!(KIND_COUNT <= 16);
+    let mut t = [ALWAYS; 256];
     let mut p = 0;
     while p < KIND_COUNT {
         let mut k = 0;
@@ -1033,7 +1037,7 @@ const SPACE: [[u16; KIND_COUNT]; KIND_COUNT] = {
                 || k == Kind::Cast as usize
                 || k == Kind::Semicolon as usize;
             let opens = k == Kind::Open as usize || k == Kind::OpenBracket as usize;
-            t[p][k] = if glued_after || glued_before {
+            t[p << 4 | k] = if glued_after || glued_before {
                 0
             } else if opens && p == Kind::Word as usize {
                 tag::SPACED
@@ -1060,7 +1064,7 @@ fn render(out: &[Out<'_>]) -> String {
     }
     let mut prev = first;
     for o in rest {
-        if (prev.tags | ALWAYS) & SPACE[prev.kind as usize][o.kind as usize] != 0 {
+        if (prev.tags | ALWAYS) & SPACE[(prev.kind as usize) << 4 | o.kind as usize] != 0 {
             s.push(' ');
         }
         // Punctuation, operators and placeholders are one byte: a push, not
