@@ -11,7 +11,11 @@
 //! The same pass records what the N+1 detector needs: the statement's kind, the
 //! tables it touches, and the values in its equality, IN/ANY and VALUES slots.
 
+#[cfg(test)]
+mod differential;
 pub(crate) mod keywords;
+#[cfg(test)]
+mod oracle;
 
 use crate::lexer::{KIND_COUNT, Kind, Token, tokenize};
 use keywords::{Clause, clause_of, flags_of, folded_key, kw, tag, text_of};
