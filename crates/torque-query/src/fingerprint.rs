@@ -509,7 +509,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 continue;
             }
             if expect_relation
-                && is_ident(&t)
+                && is_ident(t)
                 && !(t.kind == Kind::Word && flags(i) & tag::CLAUSE != 0)
             {
                 expect_relation = false;
@@ -680,7 +680,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                             Some(key) => aliases.iter().find(|a| a.key == Some(key)),
                             None => aliases
                                 .iter()
-                                .find(|a| same_ident(sql, &tokens[a.token], &t)),
+                                .find(|a| same_ident(sql, &tokens[a.token], t)),
                         }
                 {
                     push(&mut out, frames, alias.out);
@@ -692,7 +692,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 2;
                     continue;
                 }
-                push(&mut out, frames, Out::word(sql, &t));
+                push(&mut out, frames, Out::word(sql, t));
             }
             Kind::Quoted => {
                 if savepoint_stmt {
@@ -703,7 +703,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
                     && let Some(alias) = aliases
                         .iter()
-                        .find(|a| same_ident(sql, &tokens[a.token], &t))
+                        .find(|a| same_ident(sql, &tokens[a.token], t))
                 {
                     push(&mut out, frames, alias.out);
                     i += 1;
@@ -713,7 +713,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 2;
                     continue;
                 }
-                push(&mut out, frames, ident_out(sql, &t));
+                push(&mut out, frames, ident_out(sql, t));
             }
             Kind::Literal | Kind::Param => {
                 // Fold a unary minus into the number: `= -5` is `= ?`.

@@ -290,7 +290,7 @@ impl Gen {
         }
     }
 
-    fn from_clause(&mut self, depth: u32) -> (String, Vec<String>) {
+    fn relations(&mut self, depth: u32) -> (String, Vec<String>) {
         let mut aliases = Vec::new();
         let mut s = String::new();
         for k in 0..1 + self.rng.below(3) {
@@ -345,7 +345,7 @@ impl Gen {
     }
 
     fn select(&mut self, depth: u32) -> String {
-        let (from, aliases) = self.from_clause(depth);
+        let (from, aliases) = self.relations(depth);
         let n = 1 + self.rng.below(4);
         let cols: Vec<String> = (0..n)
             .map(|_| match self.rng.below(6) {
@@ -604,7 +604,7 @@ impl Gen {
     }
 
     /// Cuts, deletions and insertions at character boundaries.
-    fn mutate(&mut self, s: String) -> String {
+    fn mutate(&mut self, s: &str) -> String {
         let mut chars: Vec<char> = s.chars().collect();
         for _ in 0..1 + self.rng.below(3) {
             let at = self.rng.below(chars.len() + 1);
@@ -631,7 +631,7 @@ impl Gen {
             14..=16 => self.soup(),
             _ => {
                 let s = self.statement();
-                self.mutate(s)
+                self.mutate(&s)
             }
         }
     }
