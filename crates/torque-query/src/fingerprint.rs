@@ -299,14 +299,19 @@ struct Alias<'a> {
 /// The canonical text of an identifier token (lower-cased word, or a plain
 /// quoted identifier unquoted), folded by [`folded_key`] when it is short.
 fn ident_key(sql: &str, t: &Token) -> Option<u64> {
-    let (start, end) = match t.kind {
+    let (start, end, upper) = match t.kind {
         Kind::Quoted => {
+            // Plain means lower case already.
             let inner = unquote_if_plain(t.text(sql))?;
-            (t.start as usize + 1, t.start as usize + 1 + inner.len())
+            (
+                t.start as usize + 1,
+                t.start as usize + 1 + inner.len(),
+                false,
+            )
         }
-        _ => (t.start as usize, t.end as usize),
+        _ => (t.start as usize, t.end as usize, t.upper),
     };
-    folded_key(sql.as_bytes(), start, end)
+    folded_key(sql.as_bytes(), start, end, upper)
 }
 
 fn is_ident(t: &Token) -> bool {
@@ -674,7 +679,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 if !aliases.is_empty()
                     && tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
                     && let Some(alias) =
-                        match folded_key(sql.as_bytes(), t.start as usize, t.end as usize) {
+                        match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper)
+                        {
                             // Equal keys: the same length and the same bytes up to
                             // ASCII case, which is what `same_ident` checks.
                             Some(key) => aliases.iter().find(|a| a.key == Some(key)),

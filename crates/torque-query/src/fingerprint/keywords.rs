@@ -370,9 +370,10 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
 /// The word `bytes[start..end]`, of one to eight bytes, ASCII lower-cased
 /// and packed little-endian into one integer, zero-padded (`None` when
 /// longer or empty). Identifier bytes are never zero, so two words have the
-/// same key exactly when they are equal up to ASCII case.
+/// same key exactly when they are equal up to ASCII case. `upper` false
+/// says the word has no ASCII upper case (the lexer knows): nothing to fold.
 #[inline]
-pub(crate) fn folded_key(bytes: &[u8], start: usize, end: usize) -> Option<u64> {
+pub(crate) fn folded_key(bytes: &[u8], start: usize, end: usize, upper: bool) -> Option<u64> {
     let len = end.checked_sub(start)?;
     if len == 0 || len > 8 {
         return None;
@@ -385,7 +386,7 @@ pub(crate) fn folded_key(bytes: &[u8], start: usize, end: usize) -> Option<u64> 
             u64::from_le_bytes(buf)
         }
     } & low_bytes(len);
-    Some(lower8(packed))
+    Some(if upper { lower8(packed) } else { packed })
 }
 
 /// A mask of the low `n` bytes, `n` in 1..=8.
