@@ -675,12 +675,16 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                // Qualified reference `alias.col` → `relation.col`.
-                if !aliases.is_empty()
-                    && tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(alias) =
-                        match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper)
-                        {
+                // Both rewrites below need a `.` next: test it once.
+                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot) {
+                    // Qualified reference `alias.col` → `relation.col`.
+                    if !aliases.is_empty()
+                        && let Some(alias) = match folded_key(
+                            sql.as_bytes(),
+                            t.start as usize,
+                            t.end as usize,
+                            t.upper,
+                        ) {
                             // Equal keys: the same length and the same bytes up to
                             // ASCII case, which is what `same_ident` checks.
                             Some(key) => aliases.iter().find(|a| a.key == Some(key)),
@@ -688,15 +692,16 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                                 .iter()
                                 .find(|a| same_ident(sql, &tokens[a.token], t)),
                         }
-                {
-                    push(&mut out, frames, alias.out);
-                    i += 1;
-                    continue;
-                }
-                // `schema.table.col` → `table.col`.
-                if is_three_part(tokens, i) {
-                    i += 2;
-                    continue;
+                    {
+                        push(&mut out, frames, alias.out);
+                        i += 1;
+                        continue;
+                    }
+                    // `schema.table.col` → `table.col`.
+                    if is_three_part(tokens, i) {
+                        i += 2;
+                        continue;
+                    }
                 }
                 push(&mut out, frames, Out::word(sql, t));
             }
