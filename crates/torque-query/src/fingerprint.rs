@@ -623,21 +623,18 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 let w = t.kw;
                 let mut is_bool = false;
                 if w != 0 {
-                    is_bool = w == kw!("true") || w == kw!("false");
-                    if w == kw!("order") {
-                        has_order = true;
-                    } else if w == kw!("limit") || w == kw!("fetch") {
-                        has_limit = true;
-                    } else if w == kw!("offset") {
-                        has_offset = true;
-                    } else if w == kw!("between") {
-                        between_pending = true;
-                    } else if VALUES
-                        && w == kw!("values")
-                        && frames.is_empty()
-                        && kind == StatementKind::Insert
-                    {
-                        insert_rows = count_values_rows(tokens, i + 1);
+                    match ACTIONS[usize::from(w)] {
+                        Action::None => {}
+                        Action::Bool => is_bool = true,
+                        Action::Order => has_order = true,
+                        Action::Limit => has_limit = true,
+                        Action::Offset => has_offset = true,
+                        Action::Between => between_pending = true,
+                        Action::Values => {
+                            if VALUES && frames.is_empty() && kind == StatementKind::Insert {
+                                insert_rows = count_values_rows(tokens, i + 1);
+                            }
+                        }
                     }
                     if let Some(c) = clause_of(w)
                         && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
@@ -836,6 +833,35 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         key_column: st.key_column,
     }
 }
+
+/// What pass 2 notes about a keyword, beyond its clause.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    None,
+    /// `true`, `false`: a value.
+    Bool,
+    Order,
+    /// `LIMIT`, `FETCH`.
+    Limit,
+    Offset,
+    Between,
+    Values,
+}
+
+/// Per keyword id (256 entries: no bounds check), its [`Action`]: one
+/// look-up instead of a chain of comparisons for every keyword.
+const ACTIONS: [Action; 256] = {
+    let mut t = [Action::None; 256];
+    t[kw!("true") as usize] = Action::Bool;
+    t[kw!("false") as usize] = Action::Bool;
+    t[kw!("order") as usize] = Action::Order;
+    t[kw!("limit") as usize] = Action::Limit;
+    t[kw!("fetch") as usize] = Action::Limit;
+    t[kw!("offset") as usize] = Action::Offset;
+    t[kw!("between") as usize] = Action::Between;
+    t[kw!("values") as usize] = Action::Values;
+    t
+};
 
 /// Pushes an output token, keeping the innermost frame's "only constants"
 /// flag up to date.
