@@ -595,6 +595,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     let mut has_offset = false;
     let mut insert_rows = 0usize;
     let mut between_pending = false;
+    // Bytes of relation names written in place of aliases.
+    let mut alias_bytes = 0usize;
 
     let savepoint_stmt = (word(0) == kw!("savepoint") || word(0) == kw!("release"))
         || (word(0) == kw!("rollback") && (word(1) == kw!("to") || word(2) == kw!("to")));
@@ -690,6 +692,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                                 .find(|a| same_ident(sql, &tokens[a.token], t)),
                         }
                     {
+                        alias_bytes += alias.out.text.len();
                         push(&mut out, frames, alias.out);
                         i += 1;
                         continue;
@@ -713,6 +716,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         .iter()
                         .find(|a| same_ident(sql, &tokens[a.token], t))
                 {
+                    alias_bytes += alias.out.text.len();
                     push(&mut out, frames, alias.out);
                     i += 1;
                     continue;
@@ -811,7 +815,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         i += 1;
     }
 
-    let normalized = render(&out);
+    // An upper bound of the text's length, without a pass over `out`: every
+    // output token stands for an input token at most as long (a keyword,
+    // the same word; `?`, one value or a whole list), except relations
+    // written in place of their alias; plus a space per token.
+    let normalized = render(&out, sql.len() + alias_bytes + out.len());
     *out_buffer = recycle(out);
     *alias_buffer = recycle_aliases(aliases);
     let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
@@ -1094,8 +1102,8 @@ const SPACE: [u16; 256] = {
     t
 };
 
-fn render(out: &[Out<'_>]) -> String {
-    let mut s = String::with_capacity(out.iter().map(|o| o.text.len() + 1).sum());
+fn render(out: &[Out<'_>], capacity: usize) -> String {
+    let mut s = String::with_capacity(capacity);
     let Some((first, rest)) = out.split_first() else {
         return s;
     };
