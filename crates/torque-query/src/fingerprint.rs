@@ -11,10 +11,14 @@
 //! The same pass records what the N+1 detector needs: the statement's kind, the
 //! tables it touches, and the values in its equality, IN/ANY and VALUES slots.
 
+#[cfg(test)]
+mod differential;
 pub(crate) mod keywords;
+#[cfg(test)]
+mod oracle;
 
 use crate::lexer::{KIND_COUNT, Kind, Token, tokenize};
-use keywords::{Clause, clause_of, flags_of, kw, tag, text_of};
+use keywords::{Clause, clause_of, flags_of, folded_key, kw, tag, text_of};
 
 /// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
 ///
@@ -244,7 +248,9 @@ fn ident_string(sql: &str, t: &Token) -> String {
     let text = t.text(sql);
     match t.kind {
         Kind::Quoted => unquote_if_plain(text).unwrap_or(text).to_string(),
-        _ => text.to_ascii_lowercase(),
+        // The lexer knows whether there is anything to lower-case.
+        _ if t.upper => text.to_ascii_lowercase(),
+        _ => text.to_string(),
     }
 }
 
@@ -277,6 +283,37 @@ fn same_ident(sql: &str, a: &Token, b: &Token) -> bool {
     }
 }
 
+/// An alias found in pass 1 and the relation it stands for.
+#[derive(Debug, Clone, Copy)]
+struct Alias<'a> {
+    /// The alias token.
+    token: usize,
+    /// The alias's canonical text folded into one word (see [`folded_key`]),
+    /// when it has at most eight bytes: most aliases (`o`, `u`, `li`) are
+    /// then found by one comparison.
+    key: Option<u64>,
+    /// The relation as it is written out, in place of the alias.
+    out: Out<'a>,
+}
+
+/// The canonical text of an identifier token (lower-cased word, or a plain
+/// quoted identifier unquoted), folded by [`folded_key`] when it is short.
+fn ident_key(sql: &str, t: &Token) -> Option<u64> {
+    let (start, end, upper) = match t.kind {
+        Kind::Quoted => {
+            // Plain means lower case already.
+            let inner = unquote_if_plain(t.text(sql))?;
+            (
+                t.start as usize + 1,
+                t.start as usize + 1 + inner.len(),
+                false,
+            )
+        }
+        _ => (t.start as usize, t.end as usize, t.upper),
+    };
+    folded_key(sql.as_bytes(), start, end, upper)
+}
+
 fn is_ident(t: &Token) -> bool {
     matches!(t.kind, Kind::Word | Kind::Quoted)
 }
@@ -286,9 +323,14 @@ fn is_ident(t: &Token) -> bool {
 #[derive(Default)]
 struct Scratch {
     tokens: Vec<Token>,
-    drop_token: Vec<bool>,
+    /// The lexer's marks (see [`tokenize`]).
+    marks: Vec<u32>,
+    /// Indices of the tokens pass 2 skips (schema qualifiers, `AS`,
+    /// aliases), in increasing order: pass 1 finds them left to right.
+    drops: Vec<u32>,
     frames: Vec<Frame>,
-    aliases: Vec<(usize, usize)>,
+    /// Kept empty between calls, like `out`.
+    aliases: Vec<Alias<'static>>,
     /// The output tokens' buffer, kept empty between calls (its items borrow
     /// each call's input, so only the allocation is kept: see [`recycle`]).
     out: Vec<Out<'static>>,
@@ -302,6 +344,16 @@ struct Scratch {
     reason = "the closure changes the item's lifetime; it never yields"
 )]
 fn recycle<'b>(mut v: Vec<Out<'_>>) -> Vec<Out<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// [`recycle`] for the alias buffer.
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "the closure changes the item's lifetime; it never yields"
+)]
+fn recycle_aliases<'b>(mut v: Vec<Alias<'_>>) -> Vec<Alias<'b>> {
     v.clear();
     v.into_iter().filter_map(|_| None).collect()
 }
@@ -338,13 +390,15 @@ fn with_scratch(sql: &str, f: fn(&str, &mut Scratch) -> Analysis) -> Analysis {
 fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysis {
     let Scratch {
         tokens,
-        drop_token,
+        marks,
+        drops,
         frames,
-        aliases,
+        aliases: alias_buffer,
         out: out_buffer,
     } = scratch;
     tokens.clear();
-    tokenize(sql, tokens);
+    marks.clear();
+    tokenize(sql, tokens, marks);
     // A trailing `;` (or several) does not matter.
     while tokens.last().is_some_and(|t| t.kind == Kind::Semicolon) {
         tokens.pop();
@@ -356,20 +410,40 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
 
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
-    drop_token.clear();
-    drop_token.resize(n, false);
+    drops.clear();
     let mut tables: Vec<String> = Vec::new();
-    // (alias token, relation token)
-    aliases.clear();
+    let mut aliases: Vec<Alias<'_>> = recycle_aliases(std::mem::take(alias_buffer));
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
         let mut depth = 0usize;
         let mut expect_relation = false;
         let mut from_depth: Option<usize> = None;
+        let mut next_mark = 0;
         let mut i = 0;
         while i < n {
-            let t = tokens[i];
+            if !expect_relation && i > 0 {
+                // Outside a relation reference only keywords, parentheses
+                // and the commas of a FROM list change anything: jump to the
+                // next of those among the tokens the lexer marked.
+                let from_list = from_depth == Some(depth);
+                i = loop {
+                    let Some(&m) = marks.get(next_mark) else {
+                        break n;
+                    };
+                    let m = m as usize;
+                    if m < i || (!from_list && tokens.get(m).is_some_and(|t| t.kind == Kind::Comma))
+                    {
+                        next_mark += 1;
+                        continue;
+                    }
+                    break m;
+                };
+                if i >= n {
+                    break;
+                }
+            }
+            let t = &tokens[i];
             match t.kind {
                 Kind::Open => depth += 1,
                 Kind::Close => {
@@ -440,7 +514,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 continue;
             }
             if expect_relation
-                && is_ident(&t)
+                && is_ident(t)
                 && !(t.kind == Kind::Word && flags(i) & tag::CLAUSE != 0)
             {
                 expect_relation = false;
@@ -458,8 +532,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i = after;
                     continue;
                 }
-                for d in drop_token.iter_mut().take(last).skip(i) {
-                    *d = true; // schema (and catalog) qualifiers
+                // Schema (and catalog) qualifiers.
+                for d in i..last {
+                    drops.push(d as u32);
                 }
                 let relation = ident_string(sql, &tokens[last]);
                 if !tables.contains(&relation) {
@@ -476,11 +551,15 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     && !(a.kind == Kind::Word && flags(j) & tag::CLAUSE != 0)
                     && !(a.kind == Kind::Word && !has_as && flags(j) & tag::RESERVED_AFTER_REL != 0)
                 {
-                    aliases.push((j, last));
+                    aliases.push(Alias {
+                        token: j,
+                        key: ident_key(sql, a),
+                        out: ident_out(sql, &tokens[last]),
+                    });
                     if has_as {
-                        drop_token[after] = true;
+                        drops.push(after as u32);
                     }
-                    drop_token[j] = true;
+                    drops.push(j as u32);
                     i = j + 1;
                     continue;
                 }
@@ -516,35 +595,48 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     let mut has_offset = false;
     let mut insert_rows = 0usize;
     let mut between_pending = false;
+    // Bytes of relation names written in place of aliases.
+    let mut alias_bytes = 0usize;
 
     let savepoint_stmt = (word(0) == kw!("savepoint") || word(0) == kw!("release"))
         || (word(0) == kw!("rollback") && (word(1) == kw!("to") || word(2) == kw!("to")));
 
+    // The next dropped token (`usize::MAX`: none): `drops` is sorted, so
+    // one comparison per token decides.
+    let mut drops_left = drops.iter();
+    let mut next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+
     let mut i = 0;
     while i < n {
-        let t = tokens[i];
-        if drop_token[i] {
-            i += 1;
-            continue;
+        if i >= next_drop {
+            // `is_three_part` jumps: skip the drops it jumped over.
+            while next_drop < i {
+                next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+            }
+            if next_drop == i {
+                next_drop = drops_left.next().map_or(usize::MAX, |&d| d as usize);
+                i += 1;
+                continue;
+            }
         }
+        let t = &tokens[i];
         match t.kind {
             Kind::Word => {
                 let w = t.kw;
+                let mut is_bool = false;
                 if w != 0 {
-                    if w == kw!("order") {
-                        has_order = true;
-                    } else if w == kw!("limit") || w == kw!("fetch") {
-                        has_limit = true;
-                    } else if w == kw!("offset") {
-                        has_offset = true;
-                    } else if w == kw!("between") {
-                        between_pending = true;
-                    } else if VALUES
-                        && w == kw!("values")
-                        && frames.is_empty()
-                        && kind == StatementKind::Insert
-                    {
-                        insert_rows = count_values_rows(tokens, i + 1);
+                    match ACTIONS[usize::from(w)] {
+                        Action::None => {}
+                        Action::Bool => is_bool = true,
+                        Action::Order => has_order = true,
+                        Action::Limit => has_limit = true,
+                        Action::Offset => has_offset = true,
+                        Action::Between => between_pending = true,
+                        Action::Values => {
+                            if VALUES && frames.is_empty() && kind == StatementKind::Insert {
+                                insert_rows = count_values_rows(tokens, i + 1);
+                            }
+                        }
                     }
                     if let Some(c) = clause_of(w)
                         && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
@@ -567,7 +659,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                if w == kw!("true") || w == kw!("false") {
+                if is_bool {
                     if VALUES {
                         let slot = classify(
                             &out,
@@ -582,22 +674,36 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                // Qualified reference `alias.col` → `relation.col`.
-                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(&(_, rel)) = aliases
-                        .iter()
-                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
-                {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
-                    i += 1;
-                    continue;
+                // Both rewrites below need a `.` next: test it once.
+                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot) {
+                    // Qualified reference `alias.col` → `relation.col`.
+                    if !aliases.is_empty()
+                        && let Some(alias) = match folded_key(
+                            sql.as_bytes(),
+                            t.start as usize,
+                            t.end as usize,
+                            t.upper,
+                        ) {
+                            // Equal keys: the same length and the same bytes up to
+                            // ASCII case, which is what `same_ident` checks.
+                            Some(key) => aliases.iter().find(|a| a.key == Some(key)),
+                            None => aliases
+                                .iter()
+                                .find(|a| same_ident(sql, &tokens[a.token], t)),
+                        }
+                    {
+                        alias_bytes += alias.out.text.len();
+                        push(&mut out, frames, alias.out);
+                        i += 1;
+                        continue;
+                    }
+                    // `schema.table.col` → `table.col`.
+                    if is_three_part(tokens, i) {
+                        i += 2;
+                        continue;
+                    }
                 }
-                // `schema.table.col` → `table.col`.
-                if is_three_part(tokens, i) {
-                    i += 2;
-                    continue;
-                }
-                push(&mut out, frames, Out::word(sql, &t));
+                push(&mut out, frames, Out::word(sql, t));
             }
             Kind::Quoted => {
                 if savepoint_stmt {
@@ -606,11 +712,12 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     continue;
                 }
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(&(_, rel)) = aliases
+                    && let Some(alias) = aliases
                         .iter()
-                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
+                        .find(|a| same_ident(sql, &tokens[a.token], t))
                 {
-                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
+                    alias_bytes += alias.out.text.len();
+                    push(&mut out, frames, alias.out);
                     i += 1;
                     continue;
                 }
@@ -618,7 +725,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 2;
                     continue;
                 }
-                push(&mut out, frames, ident_out(sql, &t));
+                push(&mut out, frames, ident_out(sql, t));
             }
             Kind::Literal | Kind::Param => {
                 // Fold a unary minus into the number: `= -5` is `= ?`.
@@ -698,15 +805,23 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     None => push(&mut out, frames, Out::text(closer, t.kind)),
                 }
             }
-            Kind::Op | Kind::Comma | Kind::Cast | Kind::Dot | Kind::Semicolon => {
-                push(&mut out, frames, Out::text(t.text(sql), t.kind));
-            }
+            Kind::Op => push(&mut out, frames, Out::text(t.text(sql), t.kind)),
+            // Punctuation has one spelling: no need to slice the input.
+            Kind::Comma => push(&mut out, frames, Out::text(",", t.kind)),
+            Kind::Dot => push(&mut out, frames, Out::text(".", t.kind)),
+            Kind::Cast => push(&mut out, frames, Out::text("::", t.kind)),
+            Kind::Semicolon => push(&mut out, frames, Out::text(";", t.kind)),
         }
         i += 1;
     }
 
-    let normalized = render(&out);
+    // An upper bound of the text's length, without a pass over `out`: every
+    // output token stands for an input token at most as long (a keyword,
+    // the same word; `?`, one value or a whole list), except relations
+    // written in place of their alias; plus a space per token.
+    let normalized = render(&out, sql.len() + alias_bytes + out.len());
     *out_buffer = recycle(out);
+    *alias_buffer = recycle_aliases(aliases);
     let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
     let paginated = has_offset || (has_order && has_limit && st.has_range);
     Analysis {
@@ -726,6 +841,35 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         key_column: st.key_column,
     }
 }
+
+/// What pass 2 notes about a keyword, beyond its clause.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    None,
+    /// `true`, `false`: a value.
+    Bool,
+    Order,
+    /// `LIMIT`, `FETCH`.
+    Limit,
+    Offset,
+    Between,
+    Values,
+}
+
+/// Per keyword id (256 entries: no bounds check), its [`Action`]: one
+/// look-up instead of a chain of comparisons for every keyword.
+const ACTIONS: [Action; 256] = {
+    let mut t = [Action::None; 256];
+    t[kw!("true") as usize] = Action::Bool;
+    t[kw!("false") as usize] = Action::Bool;
+    t[kw!("order") as usize] = Action::Order;
+    t[kw!("limit") as usize] = Action::Limit;
+    t[kw!("fetch") as usize] = Action::Limit;
+    t[kw!("offset") as usize] = Action::Offset;
+    t[kw!("between") as usize] = Action::Between;
+    t[kw!("values") as usize] = Action::Values;
+    t
+};
 
 /// Pushes an output token, keeping the innermost frame's "only constants"
 /// flag up to date.
@@ -914,11 +1058,19 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     None
 }
 
+/// A bit no keyword tag uses: or-ed into the first token's tags, it selects
+/// the "always" entries of [`SPACE`].
+const ALWAYS: u16 = 1 << 15;
+
 /// Whether a space separates two output tokens, by their kinds (`Kind as
-/// usize`): 0 never, 1 always, 2 when the first is a keyword that keeps its
-/// space before `(` (`in (`, `values (`; but `count(`).
-const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
-    let mut t = [[1u8; KIND_COUNT]; KIND_COUNT];
+/// usize`), as a mask of the first token's tags (or-ed with [`ALWAYS`]): 0
+/// never, `ALWAYS` always, `SPACED` when the first is a keyword that keeps
+/// its space before `(` (`in (`, `values (`; but `count(`).
+///
+/// Flat, indexed by `first << 4 | second`: a shift, not a multiplication.
+const SPACE: [u16; 256] = {
+    assert!(KIND_COUNT <= 16);
+    let mut t = [ALWAYS; 256];
     let mut p = 0;
     while p < KIND_COUNT {
         let mut k = 0;
@@ -934,14 +1086,14 @@ const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
                 || k == Kind::Cast as usize
                 || k == Kind::Semicolon as usize;
             let opens = k == Kind::Open as usize || k == Kind::OpenBracket as usize;
-            t[p][k] = if glued_after || glued_before {
+            t[p << 4 | k] = if glued_after || glued_before {
                 0
             } else if opens && p == Kind::Word as usize {
-                2
+                tag::SPACED
             } else if opens && p == Kind::Quoted as usize {
                 0
             } else {
-                1
+                ALWAYS
             };
             k += 1;
         }
@@ -950,8 +1102,8 @@ const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
     t
 };
 
-fn render(out: &[Out<'_>]) -> String {
-    let mut s = String::with_capacity(out.iter().map(|o| o.text.len() + 1).sum());
+fn render(out: &[Out<'_>], capacity: usize) -> String {
+    let mut s = String::with_capacity(capacity);
     let Some((first, rest)) = out.split_first() else {
         return s;
     };
@@ -961,22 +1113,52 @@ fn render(out: &[Out<'_>]) -> String {
     }
     let mut prev = first;
     for o in rest {
-        let space = match SPACE[prev.kind as usize][o.kind as usize] {
-            0 => false,
-            1 => true,
-            _ => prev.tags & tag::SPACED != 0,
-        };
-        if space {
+        if (prev.tags | ALWAYS) & SPACE[(prev.kind as usize) << 4 | o.kind as usize] != 0 {
             s.push(' ');
         }
+        // Punctuation, operators and placeholders are one byte: a push, not
+        // a call to `memcpy`.
+        if let &[b] = o.text.as_bytes()
+            && b.is_ascii()
+            && o.lower
+        {
+            s.push(char::from(b));
+            prev = o;
+            continue;
+        }
         let start = s.len();
-        s.push_str(o.text);
+        push_short(&mut s, o.text);
         if !o.lower {
             s[start..].make_ascii_lowercase();
         }
         prev = o;
     }
     s
+}
+
+/// `push_str` with the common short lengths spelled out: each arm's copy
+/// has a constant length, which the compiler does inline, where a variable
+/// length is a call to `memcpy`.
+#[inline(always)]
+fn push_short(s: &mut String, text: &str) {
+    match text.len() {
+        2 => s.push_str(text),
+        3 => s.push_str(text),
+        4 => s.push_str(text),
+        5 => s.push_str(text),
+        6 => s.push_str(text),
+        7 => s.push_str(text),
+        8 => s.push_str(text),
+        9 => s.push_str(text),
+        10 => s.push_str(text),
+        11 => s.push_str(text),
+        12 => s.push_str(text),
+        13 => s.push_str(text),
+        14 => s.push_str(text),
+        15 => s.push_str(text),
+        16 => s.push_str(text),
+        _ => s.push_str(text),
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,11 @@ const START: u8 = 1;
 const IDENT: u8 = 2;
 const OP: u8 = 4;
 const UPPER: u8 = 8;
+const SPACE: u8 = 16;
+/// A byte after leading digits that `skip_number` must look at: a radix
+/// letter, `_`, `.` or an exponent.
+const NUMBER_TAIL: u8 = 32;
+const SLASH_STAR: u8 = 64;
 
 /// Byte classes, looked up instead of compared in the lexer's inner loops.
 const CLASS: [u8; 256] = {
@@ -78,6 +83,18 @@ const CLASS: [u8; 256] = {
         }
         if c.is_ascii_uppercase() {
             t[b] |= UPPER;
+        }
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            t[b] |= SPACE;
+        }
+        if matches!(
+            c,
+            b'x' | b'X' | b'o' | b'O' | b'b' | b'B' | b'_' | b'.' | b'e' | b'E'
+        ) {
+            t[b] |= NUMBER_TAIL;
+        }
+        if c == b'/' || c == b'*' {
+            t[b] |= SLASH_STAR;
         }
         if c.is_ascii_digit() || c == b'$' {
             t[b] |= IDENT;
@@ -122,20 +139,62 @@ fn is_op_char(b: u8) -> bool {
 
 /// Splits `sql` into tokens, dropping white space and comments, into `out`.
 /// Inputs longer than 4 GiB are truncated at that length (offsets are `u32`).
-pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
+///
+/// The byte-class table decides the two commonest cases before anything
+/// else: white space (skipped in a tight loop) and words (scanned, then
+/// checked for a one-letter string prefix such as `E'`); every other byte
+/// goes through the `match`.
+///
+/// `marks` receives, in order, the indices of the tokens that can matter to
+/// the fingerprint's relation finder outside a relation reference: keywords,
+/// parentheses and commas. It skips the others by jumping from mark to mark.
+pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
     let bytes = sql.as_bytes();
     let len = bytes.len().min(u32::MAX as usize);
+    let bytes = &bytes[..len];
     let mut i = 0usize;
-    while i < len {
-        let b = bytes[i];
+    while let Some(&b) = bytes.get(i) {
+        let class = CLASS[b as usize];
+        if class & SPACE != 0 {
+            i += 1;
+            continue;
+        }
         let start = i;
-        let mut kw = 0;
-        let mut upper = false;
-        let kind = match b {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => {
+        if class & START != 0 {
+            // The classes seen say whether the word holds upper case.
+            let mut seen = class;
+            i += 1;
+            while let Some(&c) = bytes.get(i) {
+                let class = CLASS[c as usize];
+                if class & IDENT == 0 {
+                    break;
+                }
+                seen |= class;
                 i += 1;
-                continue;
             }
+            // Prefixed strings: E'..', B'..', X'..', N'..', U&'..' (the
+            // quote and `&` end a word, so the prefix is a one-byte word).
+            if i == start + 1 && i < len {
+                let next = bytes[i];
+                if next == b'\'' && matches!(b | 0x20, b'e' | b'b' | b'x' | b'n') {
+                    i = skip_string(bytes, i + 1, len, b | 0x20 == b'e');
+                    push(out, Kind::Literal, 0, false, start, i);
+                    continue;
+                }
+                if next == b'&' && (b | 0x20) == b'u' && bytes.get(i + 1) == Some(&b'\'') {
+                    i = skip_string(bytes, i + 2, len, false);
+                    push(out, Kind::Literal, 0, false, start, i);
+                    continue;
+                }
+            }
+            let kw = keywords::keyword_of_word(bytes, b, start, i);
+            if kw != 0 {
+                marks.push(out.len() as u32);
+            }
+            push(out, Kind::Word, kw, seen & UPPER != 0, start, i);
+            continue;
+        }
+        let kind = match b {
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < len && bytes[i] != b'\n' {
                     i += 1;
@@ -146,6 +205,11 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 // Block comments nest in PostgreSQL.
                 let mut depth = 0usize;
                 while i < len {
+                    // Only `/` and `*` can open or close one.
+                    if CLASS[bytes[i] as usize] & SLASH_STAR == 0 {
+                        i += 1;
+                        continue;
+                    }
                     if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
                         depth += 1;
                         i += 2;
@@ -181,7 +245,21 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 Kind::Quoted
             }
             b'0'..=b'9' => {
-                i = skip_number(bytes, i, len);
+                // Most numbers are plain digits: scan those here, and leave
+                // anything with a radix prefix, `_`, fraction or exponent
+                // to `skip_number`, which rescans from the start.
+                i += 1;
+                while let Some(c) = bytes.get(i)
+                    && c.is_ascii_digit()
+                {
+                    i += 1;
+                }
+                if bytes
+                    .get(i)
+                    .is_some_and(|&c| CLASS[c as usize] & NUMBER_TAIL != 0)
+                {
+                    i = skip_number(bytes, start, len);
+                }
                 Kind::Literal
             }
             b'.' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
@@ -204,10 +282,12 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 }
             }
             b'(' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Open
             }
             b')' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Close
             }
@@ -220,6 +300,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 Kind::CloseBracket
             }
             b',' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::Comma
             }
@@ -249,35 +330,6 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 i += 1;
                 Kind::Param
             }
-            _ if is_ident_start(b) => {
-                // Prefixed strings: E'..', B'..', X'..', N'..', U&'..'.
-                let next = bytes.get(i + 1).copied();
-                if next == Some(b'\'') && matches!(b | 0x20, b'e' | b'b' | b'x' | b'n') {
-                    i = skip_string(bytes, i + 2, len, b | 0x20 == b'e');
-                    Kind::Literal
-                } else if (b | 0x20) == b'u'
-                    && next == Some(b'&')
-                    && bytes.get(i + 2) == Some(&b'\'')
-                {
-                    i = skip_string(bytes, i + 3, len, false);
-                    Kind::Literal
-                } else {
-                    // The classes seen say whether the word holds upper case.
-                    let mut seen = CLASS[b as usize];
-                    i += 1;
-                    while i < len {
-                        let class = CLASS[bytes[i] as usize];
-                        if class & IDENT == 0 {
-                            break;
-                        }
-                        seen |= class;
-                        i += 1;
-                    }
-                    upper = seen & UPPER != 0;
-                    kw = keywords::keyword_of_word(bytes, start, i);
-                    Kind::Word
-                }
-            }
             _ if is_op_char(b) => {
                 i += 1;
                 while i < len && is_op_char(bytes[i]) {
@@ -300,14 +352,19 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>) {
                 Kind::Op
             }
         };
-        out.push(Token {
-            kind,
-            kw,
-            upper,
-            start: start as u32,
-            end: i.min(len) as u32,
-        });
+        push(out, kind, 0, false, start, i);
     }
+}
+
+#[inline(always)]
+fn push(out: &mut Vec<Token>, kind: Kind, kw: u8, upper: bool, start: usize, end: usize) {
+    out.push(Token {
+        kind,
+        kw,
+        upper,
+        start: start as u32,
+        end: end as u32,
+    });
 }
 
 /// Skips a single-quoted string body starting after the opening quote; returns
@@ -397,7 +454,7 @@ mod tests {
 
     fn kinds(sql: &str) -> Vec<(Kind, &str)> {
         let mut out = Vec::new();
-        tokenize(sql, &mut out);
+        tokenize(sql, &mut out, &mut Vec::new());
         out.iter().map(|t| (t.kind, t.text(sql))).collect()
     }
 
@@ -452,7 +509,7 @@ mod tests {
             "x::",
         ] {
             let mut out = Vec::new();
-            tokenize(sql, &mut out);
+            tokenize(sql, &mut out, &mut Vec::new());
             for t in &out {
                 let _ = t.text(sql);
             }

@@ -195,6 +195,14 @@ const KEYWORD_KEYS: [u128; KEYWORD_COUNT] = {
     let mut keys = [0u128; KEYWORD_COUNT];
     let mut i = 0;
     while i < KEYWORD_COUNT {
+        // `keyword_of_word` folds case by setting bit 5, which is exact
+        // only for lower-case letters.
+        let k = KEYWORDS[i].0.as_bytes();
+        let mut b = 0;
+        while b < k.len() {
+            assert!(k[b].is_ascii_lowercase(), "keywords are lower-case letters");
+            b += 1;
+        }
         keys[i] = pack(KEYWORDS[i].0.as_bytes());
         i += 1;
     }
@@ -223,8 +231,10 @@ macro_rules! kw {
 pub(crate) use kw;
 
 /// Per id (index 0: not a keyword): properties and the clause it opens.
-const PROPS: [(u16, Option<Clause>); KEYWORD_COUNT + 1] = {
-    let mut t = [(0, None); KEYWORD_COUNT + 1];
+/// 256 entries, one per `u8`, so that indexing by an id needs no bounds
+/// check (ids above the keyword count read an empty entry).
+const PROPS: [(u16, Option<Clause>); 256] = {
+    let mut t = [(0, None); 256];
     let mut i = 0;
     while i < KEYWORD_COUNT {
         t[i + 1] = (KEYWORDS[i].1, KEYWORDS[i].2);
@@ -233,25 +243,33 @@ const PROPS: [(u16, Option<Clause>); KEYWORD_COUNT + 1] = {
     t
 };
 
+/// Per id, the keyword's text (`""` for 0 and unused ids), like [`PROPS`].
+const TEXTS: [&str; 256] = {
+    let mut t = [""; 256];
+    let mut i = 0;
+    while i < KEYWORD_COUNT {
+        t[i + 1] = KEYWORDS[i].0;
+        i += 1;
+    }
+    t
+};
+
 /// A keyword id's properties (0 for an identifier).
 #[inline]
 pub(crate) fn flags_of(id: u8) -> u16 {
-    PROPS.get(usize::from(id)).map_or(0, |p| p.0)
+    PROPS[usize::from(id)].0
 }
 
 /// The clause a keyword id opens, if any.
 #[inline]
 pub(crate) fn clause_of(id: u8) -> Option<Clause> {
-    PROPS.get(usize::from(id)).and_then(|p| p.1)
+    PROPS[usize::from(id)].1
 }
 
 /// A keyword id's text, lower case ("" for an identifier).
 #[inline]
 pub(crate) fn text_of(id: u8) -> &'static str {
-    match usize::from(id).checked_sub(1) {
-        Some(i) if i < KEYWORD_COUNT => KEYWORDS[i].0,
-        _ => "",
-    }
+    TEXTS[usize::from(id)]
 }
 
 const EMPTY: u8 = u8::MAX;
@@ -349,6 +367,28 @@ pub(crate) fn id_of_word(bytes: &[u8], start: usize, end: usize) -> (u8, bool) {
     (id_of_key(key), upper)
 }
 
+/// The word `bytes[start..end]`, of one to eight bytes, ASCII lower-cased
+/// and packed little-endian into one integer, zero-padded (`None` when
+/// longer or empty). Identifier bytes are never zero, so two words have the
+/// same key exactly when they are equal up to ASCII case. `upper` false
+/// says the word has no ASCII upper case (the lexer knows): nothing to fold.
+#[inline]
+pub(crate) fn folded_key(bytes: &[u8], start: usize, end: usize, upper: bool) -> Option<u64> {
+    let len = end.checked_sub(start)?;
+    if len == 0 || len > 8 {
+        return None;
+    }
+    let packed = match bytes.get(start..start + 8) {
+        Some(b) => le_u64(b),
+        None => {
+            let mut buf = [0u8; 8];
+            buf[..len].copy_from_slice(bytes.get(start..end)?);
+            u64::from_le_bytes(buf)
+        }
+    } & low_bytes(len);
+    Some(if upper { lower8(packed) } else { packed })
+}
+
 /// A mask of the low `n` bytes, `n` in 1..=8.
 #[inline]
 fn low_bytes(n: usize) -> u64 {
@@ -378,16 +418,42 @@ const CANDIDATES: [u32; 32] = {
     t
 };
 
-/// The keyword id of the word `bytes[start..end]` (0 for an identifier),
-/// with a cheap test first that rules most identifiers out.
+/// The keyword id of the word `bytes[start..end]`, whose first byte is
+/// `first` (0 for an identifier), with a cheap test first that rules most
+/// identifiers out.
 #[inline]
-pub(crate) fn keyword_of_word(bytes: &[u8], start: usize, end: usize) -> u8 {
+pub(crate) fn keyword_of_word(bytes: &[u8], first: u8, start: usize, end: usize) -> u8 {
     let len = end - start;
-    let first = bytes.get(start).copied().unwrap_or(0);
     if len > 16 || CANDIDATES[usize::from((first | 0x20) & 31)] & (1 << len) == 0 {
         return 0;
     }
-    id_of_word(bytes, start, end).0
+    // Setting bit 5 of every byte folds ASCII upper case onto lower case.
+    // Against keywords, which are lower-case letters only, that is exact: a
+    // byte folds onto such a letter only if it is that letter in either
+    // case (`_`, `$`, digits and bytes >= 0x80 fold onto no letter), so it
+    // saves `lower8` here. The case flag comes from the lexer instead.
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    if len <= 8 {
+        let lo = match bytes.get(start..start + 8) {
+            Some(b) => le_u64(b),
+            None => {
+                let mut buf = [0u8; 8];
+                buf[..len].copy_from_slice(&bytes[start..end]);
+                u64::from_le_bytes(buf)
+            }
+        };
+        return id_of_key(u128::from((lo | FOLD) & low_bytes(len)));
+    }
+    let (lo, hi) = match bytes.get(start..start + 16) {
+        Some(b) => (le_u64(&b[..8]), le_u64(&b[8..])),
+        None => {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(&bytes[start..end]);
+            (le_u64(&buf[..8]), le_u64(&buf[8..]))
+        }
+    };
+    let hi = (hi | FOLD) & low_bytes(len - 8);
+    id_of_key((u128::from(hi) << 64) | u128::from(lo | FOLD))
 }
 
 /// The keyword id of a word given as text.
@@ -429,7 +495,7 @@ mod tests {
         for k in KEYWORDS.iter().map(|k| k.0) {
             let upper = k.to_ascii_uppercase();
             assert_eq!(
-                keyword_of_word(upper.as_bytes(), 0, k.len()),
+                keyword_of_word(upper.as_bytes(), upper.as_bytes()[0], 0, k.len()),
                 id_of(k),
                 "{k}"
             );
@@ -443,7 +509,11 @@ mod tests {
             "select_",
             "a_very_long_identifier",
         ] {
-            assert_eq!(keyword_of_word(w.as_bytes(), 0, w.len()), 0, "{w}");
+            assert_eq!(
+                keyword_of_word(w.as_bytes(), w.as_bytes()[0], 0, w.len()),
+                0,
+                "{w}"
+            );
         }
         // `@[`{` are the bytes just outside 'A'..='Z': never folded.
         assert_eq!(

@@ -1,0 +1,732 @@
+//! Differential test: the fingerprint and the detector's analysis agree
+//! byte for byte with [`super::oracle`], the implementation before the
+//! lexer's fast paths, on generated SQL and on the fuzz seeds.
+//!
+//! The generator is seeded and covers what the fast paths special-case:
+//! keyword case, white space and nested comments, every literal form
+//! (prefixed and dollar-quoted strings, radix and exponent numbers), quoted
+//! and unicode identifiers, aliases with and without `AS`, schema and
+//! three-part names, IN lists, `ANY(ARRAY[...])`, casts, placeholders
+//! (`$1`, `?`, `:name`), VALUES rows, utility statements, token soups and
+//! random cuts and splices of all of these.
+//!
+//! `TORQUE_FP_DIFF_CASES=200000 cargo test -p torque-query --release --lib
+//! differential` runs a longer pass (default 10,000 statements for each of three seeds).
+
+use super::oracle;
+
+/// xorshift64*: small, seeded, good enough to pick grammar branches.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with probability `p` percent.
+    fn pct(&mut self, p: u64) -> bool {
+        self.next() % 100 < p
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+const IDENTS: &[&str] = &[
+    "id",
+    "name",
+    "email",
+    "user_id",
+    "account_id",
+    "created_at",
+    "status",
+    "total",
+    "x",
+    "a",
+    "t",
+    "u",
+    "o",
+    "li",
+    "amount",
+    "Price",
+    "CamelCase",
+    "ÜnÏcode_col",
+    "naïve",
+    "日本",
+    "_under",
+    "col1",
+    "abcdefghijklmnopq",
+    "very_long_identifier_name_over_sixteen",
+    "selectx",
+    "fromage",
+    "in_stock",
+    "a$b",
+];
+const TABLES: &[&str] = &[
+    "users",
+    "orders",
+    "customers",
+    "line_items",
+    "accounts",
+    "Users",
+    "Ürün",
+    "t1",
+    "big_table_with_long_name",
+    "\"users\"",
+    "\"Users\"",
+    "\"line items\"",
+];
+const SCHEMAS: &[&str] = &["public", "app", "\"Public\"", "cat.public"];
+const ALIASES: &[&str] = &[
+    "o", "c", "u", "t", "b", "x1", "usr", "\"Q\"", "\"q\"", "\"A b\"", "OO",
+];
+const NUMBERS: &[&str] = &[
+    "0",
+    "7",
+    "42",
+    "123456789012",
+    "-5",
+    "3.25",
+    ".5",
+    "1e5",
+    "1.5e-3",
+    "2E+10",
+    "0x1F",
+    "0o17",
+    "0b101",
+    "1_000",
+    "3.",
+    "1..2",
+];
+const STRINGS: &[&str] = &[
+    "'open'",
+    "'it''s'",
+    "''",
+    "'7 days'",
+    "E'a\\'b'",
+    "e'\\\\'",
+    "B'0101'",
+    "X'FF'",
+    "N'nat'",
+    "U&'\\0041'",
+    "u&'x'",
+    "$$dollar ' quoted$$",
+    "$tag$ x $ y $tag$",
+    "$a$$a$",
+    "'ünï'",
+    "'a\nb'",
+    "'--not a comment'",
+    "'/* not */'",
+    "'{1,2,3}'",
+];
+const PARAMS: &[&str] = &["$1", "$2", "$12", "?", ":name", ":id"];
+const SPACES: &[&str] = &[
+    "  ",
+    "\n",
+    "\t",
+    "\r\n",
+    " /* c */ ",
+    "/**/",
+    " -- x\n",
+    " /* a /* nested */ b */ ",
+    "\u{b}",
+];
+
+struct Gen {
+    rng: Rng,
+}
+
+impl Gen {
+    /// Keywords in any case.
+    fn kw(&mut self, s: &str) -> String {
+        match self.rng.below(5) {
+            0 | 1 => s.to_ascii_uppercase(),
+            2 | 3 => s.to_string(),
+            _ => s
+                .chars()
+                .map(|c| {
+                    if self.rng.pct(50) {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// One of `options`, in any case.
+    fn kw_of(&mut self, options: &[&str]) -> String {
+        let w = self.rng.pick(options);
+        self.kw(w)
+    }
+
+    fn ws(&mut self) -> String {
+        if self.rng.pct(15) {
+            self.rng.pick(SPACES).to_string()
+        } else {
+            " ".to_string()
+        }
+    }
+
+    fn ident(&mut self) -> String {
+        let i = self.rng.pick(IDENTS);
+        match self.rng.below(10) {
+            0 => format!("\"{i}\""),
+            1 => i.to_ascii_uppercase(),
+            _ => i.to_string(),
+        }
+    }
+
+    fn table(&mut self) -> String {
+        let t = self.rng.pick(TABLES);
+        if self.rng.pct(25) {
+            format!("{}.{t}", self.rng.pick(SCHEMAS))
+        } else {
+            t.to_string()
+        }
+    }
+
+    fn value(&mut self, depth: u32) -> String {
+        match self.rng.below(20) {
+            0..=5 => self.rng.pick(NUMBERS).to_string(),
+            6..=10 => self.rng.pick(STRINGS).to_string(),
+            11..=14 => self.rng.pick(PARAMS).to_string(),
+            15 => self.kw_of(&["true", "false", "null"]),
+            16 if depth < 2 => {
+                let ty = self
+                    .rng
+                    .pick(&["int", "text", "int[]", "\"Type\"", "numeric(10,2)"]);
+                format!("{}::{ty}", self.value(depth + 1))
+            }
+            17 if depth < 2 => {
+                let n = self.rng.below(4);
+                let items: Vec<String> = (0..n).map(|_| self.value(depth + 1)).collect();
+                format!("{}[{}]", self.kw("array"), items.join(", "))
+            }
+            18 => format!("{}({})", self.kw("now"), ""),
+            19 => format!("{} {}", self.kw("interval"), self.rng.pick(STRINGS)),
+            _ => self.rng.pick(NUMBERS).to_string(),
+        }
+    }
+
+    fn column(&mut self, aliases: &[String]) -> String {
+        if !aliases.is_empty() && self.rng.pct(60) {
+            let a = aliases[self.rng.below(aliases.len())].clone();
+            let a = if self.rng.pct(10) {
+                a.to_ascii_uppercase()
+            } else {
+                a
+            };
+            format!("{a}.{}", self.ident())
+        } else if self.rng.pct(5) {
+            format!(
+                "{}.{}.{}",
+                self.rng.pick(SCHEMAS),
+                self.rng.pick(TABLES),
+                self.ident()
+            )
+        } else {
+            self.ident()
+        }
+    }
+
+    fn predicate(&mut self, aliases: &[String], depth: u32) -> String {
+        let c = self.column(aliases);
+        match self.rng.below(16) {
+            0..=3 => {
+                let op = self.rng.pick(&["=", "=", "<>", "!=", "<", ">", "<=", ">="]);
+                format!("{c} {op} {}", self.value(0))
+            }
+            4 | 5 => {
+                let n = 1 + self.rng.below(10);
+                let items: Vec<String> = (0..n).map(|_| self.value(1)).collect();
+                let sp = if self.rng.pct(50) { " " } else { "" };
+                format!("{c} {}{sp}({})", self.kw("in"), items.join(", "))
+            }
+            6 => {
+                let n = 1 + self.rng.below(5);
+                let items: Vec<String> = (0..n).map(|_| self.value(1)).collect();
+                format!(
+                    "{c} = {}({}[{}])",
+                    self.kw("any"),
+                    self.kw("array"),
+                    items.join(", ")
+                )
+            }
+            7 => format!(
+                "{c} = {}({})",
+                self.kw_of(&["any", "some"]),
+                self.rng.pick(PARAMS)
+            ),
+            8 => format!(
+                "{c} {} {} {} {}",
+                self.kw("between"),
+                self.value(0),
+                self.kw("and"),
+                self.value(0)
+            ),
+            9 => format!("{c} {} {}", self.kw("is"), self.kw("not null")),
+            10 => format!("{c} {} {}", self.kw("like"), self.value(0)),
+            11 => format!("{} = {c}", self.value(0)),
+            12 => format!("{c} {} {}", self.kw("is distinct from"), self.value(0)),
+            13 if depth < 2 => format!("{} ({})", self.kw("exists"), self.select(depth + 1)),
+            14 => format!("{c}=-{}", self.rng.pick(NUMBERS)),
+            _ if depth < 3 => format!(
+                "({} {} {})",
+                self.predicate(aliases, depth + 1),
+                self.kw("or"),
+                self.predicate(aliases, depth + 1)
+            ),
+            _ => format!("{c} = 1"),
+        }
+    }
+
+    fn relations(&mut self, depth: u32) -> (String, Vec<String>) {
+        let mut aliases = Vec::new();
+        let mut s = String::new();
+        for k in 0..1 + self.rng.below(3) {
+            let t = self.table();
+            let item = match self.rng.below(10) {
+                0 if depth < 2 => {
+                    let a = self.rng.pick(ALIASES).to_string();
+                    aliases.push(a.clone());
+                    format!("({}) {} {a}", self.select(depth + 1), self.kw("as"))
+                }
+                1 => format!("{}(1, 10) g", self.kw("generate_series")),
+                2..=5 => {
+                    let a = self.rng.pick(ALIASES).to_string();
+                    aliases.push(a.clone());
+                    format!("{t} {a}")
+                }
+                6 | 7 => {
+                    let a = self.rng.pick(ALIASES).to_string();
+                    aliases.push(a.clone());
+                    format!("{t} {} {a}", self.kw("as"))
+                }
+                _ => {
+                    aliases.push(t.rsplit('.').next().unwrap_or("").to_string());
+                    if self.rng.pct(10) {
+                        format!("{} {t}", self.kw_of(&["only", "lateral"]))
+                    } else {
+                        t
+                    }
+                }
+            };
+            if k == 0 {
+                s.push_str(&item);
+            } else if self.rng.pct(40) {
+                s.push_str(&format!(", {item}"));
+            } else {
+                let join = self.kw_of(&[
+                    "join",
+                    "left join",
+                    "inner join",
+                    "left outer join",
+                    "cross join",
+                ]);
+                let on = if join.eq_ignore_ascii_case("cross join") {
+                    String::new()
+                } else {
+                    format!(" {} {}", self.kw("on"), self.predicate(&aliases, depth))
+                };
+                s.push_str(&format!(" {join} {item}{on}"));
+            }
+        }
+        (s, aliases)
+    }
+
+    fn select(&mut self, depth: u32) -> String {
+        let (from, aliases) = self.relations(depth);
+        let n = 1 + self.rng.below(4);
+        let cols: Vec<String> = (0..n)
+            .map(|_| match self.rng.below(6) {
+                0 => "*".to_string(),
+                1 => format!("{}(*)", self.kw("count")),
+                2 => self.value(0),
+                3 => format!(
+                    "{} {} {}",
+                    self.column(&aliases),
+                    self.kw("as"),
+                    self.ident()
+                ),
+                _ => self.column(&aliases),
+            })
+            .collect();
+        let mut s = format!(
+            "{} {}{}{} {from}",
+            self.kw("select"),
+            cols.join(", "),
+            self.ws(),
+            self.kw("from")
+        );
+        if self.rng.pct(80) {
+            let n = 1 + self.rng.below(3);
+            let preds: Vec<String> = (0..n).map(|_| self.predicate(&aliases, depth)).collect();
+            let and = format!(" {} ", self.kw("and"));
+            s.push_str(&format!(
+                "{}{} {}",
+                self.ws(),
+                self.kw("where"),
+                preds.join(&and)
+            ));
+        }
+        if self.rng.pct(15) {
+            s.push_str(&format!(
+                " {} {}",
+                self.kw("group by"),
+                self.column(&aliases)
+            ));
+        }
+        if self.rng.pct(35) {
+            let c = self.column(&aliases);
+            s.push_str(&format!(" {} {c} {}", self.kw("order by"), self.kw("desc")));
+        }
+        if self.rng.pct(30) {
+            let v = self.value(0);
+            s.push_str(&format!(" {} {v}", self.kw("limit")));
+        }
+        if self.rng.pct(15) {
+            let v = self.value(0);
+            s.push_str(&format!(" {} {v}", self.kw("offset")));
+        }
+        if self.rng.pct(5) {
+            s.push_str(&format!(" {}", self.kw("for update")));
+        }
+        s
+    }
+
+    fn insert(&mut self) -> String {
+        let n = 1 + self.rng.below(4);
+        let cols: Vec<String> = (0..n).map(|_| self.ident()).collect();
+        let mut s = format!(
+            "{} {} ({}) ",
+            self.kw("insert into"),
+            self.table(),
+            cols.join(", ")
+        );
+        if self.rng.pct(15) {
+            s.push_str(&self.select(1));
+        } else {
+            let rows = [1, 1, 1, 2, 3][self.rng.below(5)];
+            let rows: Vec<String> = (0..rows)
+                .map(|_| {
+                    let v: Vec<String> = (0..n).map(|_| self.value(0)).collect();
+                    format!("({})", v.join(", "))
+                })
+                .collect();
+            s.push_str(&format!("{} {}", self.kw("values"), rows.join(", ")));
+        }
+        if self.rng.pct(30) {
+            s.push_str(&format!(
+                " {} ({}) {} {c} = {}.{c}",
+                self.kw("on conflict"),
+                cols[0],
+                self.kw("do update set"),
+                self.kw("excluded"),
+                c = cols[n - 1]
+            ));
+        }
+        if self.rng.pct(30) {
+            s.push_str(&format!(" {} id", self.kw("returning")));
+        }
+        s
+    }
+
+    fn update(&mut self) -> String {
+        let alias = ["", " u", " AS u"][self.rng.below(3)];
+        let aliases = if alias.is_empty() {
+            Vec::new()
+        } else {
+            vec!["u".to_string()]
+        };
+        let set = format!("{} = {}", self.ident(), self.value(0));
+        format!(
+            "{} {}{alias} {} {set} {} {}",
+            self.kw("update"),
+            self.table(),
+            self.kw("set"),
+            self.kw("where"),
+            self.predicate(&aliases, 0)
+        )
+    }
+
+    fn utility(&mut self) -> String {
+        match self.rng.below(12) {
+            0 => self.kw("begin"),
+            1 => self.kw("commit"),
+            2 => format!("{} {} = {}", self.kw("set"), self.ident(), self.value(0)),
+            3 => format!("{} sp_{}", self.kw("savepoint"), self.rng.below(99)),
+            4 => format!("{} \"Sp\"", self.kw("savepoint")),
+            5 => format!("{} sp_{}", self.kw("release savepoint"), self.rng.below(9)),
+            6 => format!(
+                "{} sp_{}",
+                self.kw("rollback to savepoint"),
+                self.rng.below(9)
+            ),
+            7 => format!("{} s1", self.kw("rollback to")),
+            8 => format!(
+                "{} {} (id int8 primary key)",
+                self.kw("create table"),
+                self.table()
+            ),
+            9 => format!(
+                "{} {} {}",
+                self.kw("copy"),
+                self.table(),
+                self.kw("from stdin")
+            ),
+            10 => format!("{} {}", self.kw("delete from"), self.table()),
+            _ => format!(
+                "{} r {} ({}) {}",
+                self.kw("with"),
+                self.kw("as"),
+                self.select(1),
+                self.select(0)
+            ),
+        }
+    }
+
+    fn statement(&mut self) -> String {
+        let mut s = match self.rng.below(20) {
+            0..=8 => self.select(0),
+            9..=11 => self.insert(),
+            12 | 13 => self.update(),
+            14..=16 => self.utility(),
+            17 => format!(
+                "{} {} {}",
+                self.select(0),
+                self.kw("union all"),
+                self.select(0)
+            ),
+            _ => {
+                let v = format!("({}, {})", self.value(0), self.value(0));
+                format!("{} {v}", self.kw("values"))
+            }
+        };
+        if self.rng.pct(10) {
+            s.push_str(" /*controller='x',action='y',traceparent='00-4bf92f3577b34da6-01'*/");
+        }
+        if self.rng.pct(10) {
+            s.push_str(self.rng.pick(&[";", " ;", ";;", " -- trailing"]));
+        }
+        s
+    }
+
+    fn soup(&mut self) -> String {
+        const PARTS: &[&str] = &[
+            "SELECT",
+            "FROM",
+            "WHERE",
+            "IN",
+            "(",
+            ")",
+            "'",
+            "\"",
+            "$",
+            "$$",
+            "$1",
+            "--",
+            "/*",
+            "*/",
+            "::",
+            ":",
+            ".",
+            ",",
+            ";",
+            "ANY",
+            "ARRAY",
+            "[",
+            "]",
+            "-",
+            "+",
+            "1e",
+            "E'\\",
+            "é",
+            "t",
+            "u",
+            "AS",
+            "JOIN",
+            "=",
+            "?",
+            "\n",
+            "SAVEPOINT",
+            "VALUES",
+            "LIMIT",
+            "BETWEEN",
+            "'x'",
+            "\"Q\"",
+            "\"q\"",
+            "5",
+            "INSERT",
+            "INTO",
+            "OFFSET",
+            "AND",
+            "ORDER",
+            "BY",
+            "true",
+            "UPDATE",
+            "SET",
+            "ON",
+            "DISTINCT",
+            "DO",
+            "FOR",
+            "ROLLBACK",
+            "TO",
+            "?|",
+            "@>",
+            "<>",
+            "0x",
+            "U&'",
+            "B'",
+            "$a$",
+            "日",
+            "\\",
+            "/",
+            "*",
+            "ONLY",
+            "WITH",
+            ":name",
+            "||",
+        ];
+        let sep = if self.rng.pct(50) { " " } else { "" };
+        let n = self.rng.below(40);
+        let parts: Vec<&str> = (0..n).map(|_| self.rng.pick(PARTS)).collect();
+        parts.join(sep)
+    }
+
+    /// Cuts, deletions and insertions at character boundaries.
+    fn mutate(&mut self, s: &str) -> String {
+        let mut chars: Vec<char> = s.chars().collect();
+        for _ in 0..1 + self.rng.below(3) {
+            let at = self.rng.below(chars.len() + 1);
+            match self.rng.below(3) {
+                0 => chars.truncate(at),
+                1 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                _ => {
+                    const INSERTS: &[char] = &[
+                        '\'', '"', '$', ';', ':', '.', ',', '(', ')', '[', '-', '/', '*', '?',
+                        '\n', ' ', 'é', '\0', '日',
+                    ];
+                    chars.insert(at, INSERTS[self.rng.below(INSERTS.len())]);
+                }
+            }
+        }
+        chars.into_iter().collect()
+    }
+
+    fn any(&mut self) -> String {
+        match self.rng.below(20) {
+            0..=13 => self.statement(),
+            14..=16 => self.soup(),
+            _ => {
+                let s = self.statement();
+                self.mutate(&s)
+            }
+        }
+    }
+}
+
+/// A fingerprint's parts, comparable across the two implementations.
+fn parts(normalized: &str, hash: u64, tables: &[String], kind: impl std::fmt::Debug) -> String {
+    format!("{normalized:?} {hash:016x} {tables:?} {kind:?}")
+}
+
+fn assert_same(sql: &str) {
+    let (new, old) = (super::analyze(sql), oracle::analyze(sql));
+    let (nf, of) = (&new.fingerprint, &old.fingerprint);
+    let expected = parts(of.normalized(), of.hash(), of.tables(), of.kind());
+    assert_eq!(
+        parts(nf.normalized(), nf.hash(), nf.tables(), nf.kind()),
+        expected,
+        "analyze: {sql:?}"
+    );
+    // `fingerprint` alone takes the other path through the passes.
+    let (f, o) = (super::fingerprint(sql), oracle::fingerprint(sql));
+    assert_eq!(
+        parts(f.normalized(), f.hash(), f.tables(), f.kind()),
+        parts(o.normalized(), o.hash(), o.tables(), o.kind()),
+        "fingerprint: {sql:?}"
+    );
+    assert_eq!(
+        parts(f.normalized(), f.hash(), f.tables(), f.kind()),
+        expected,
+        "fingerprint against analyze: {sql:?}"
+    );
+    assert_eq!(
+        (
+            new.key_values,
+            new.key_params,
+            new.has_key_slot,
+            new.all_values,
+            new.any_params,
+            new.paginated,
+            new.insert_rows,
+            &new.key_column,
+        ),
+        (
+            old.key_values,
+            old.key_params,
+            old.has_key_slot,
+            old.all_values,
+            old.any_params,
+            old.paginated,
+            old.insert_rows,
+            &old.key_column,
+        ),
+        "analysis: {sql:?}"
+    );
+}
+
+fn cases() -> usize {
+    std::env::var("TORQUE_FP_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+#[test]
+fn generated_statements_fingerprint_as_before() {
+    for seed in [1u64, 0x5eed, 0xdead_beef] {
+        let mut g = Gen {
+            rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
+        };
+        for _ in 0..cases() {
+            assert_same(&g.any());
+        }
+    }
+}
+
+#[test]
+fn fuzz_seeds_and_bench_statements_fingerprint_as_before() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/fingerprint");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("the fuzz seed corpus is in the workspace") {
+        let bytes = std::fs::read(entry.expect("seed entry").path()).expect("read seed");
+        let sql = String::from_utf8_lossy(&bytes);
+        assert_same(&sql);
+        // Every prefix: cuts inside strings, comments and names.
+        for (i, _) in sql.char_indices() {
+            assert_same(&sql[..i]);
+        }
+        seen += 1;
+    }
+    assert!(seen > 0, "no seeds in {}", dir.display());
+    for sql in include_str!("../../benches/fingerprint.rs")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
+    {
+        assert_same(&sql.replace("\\\"", "\""));
+    }
+}

@@ -1,0 +1,973 @@
+//! The fingerprint as it was before the single-pass lexer and its fast paths
+//! (commit 0127f14), kept verbatim as a test oracle: the differential test in
+//! `super::differential` requires the current code to agree with it byte for
+//! byte. Change both together when the contract changes.
+
+pub(crate) mod keywords;
+pub(crate) mod lexer;
+
+use keywords::{Clause, clause_of, flags_of, kw, tag, text_of};
+use lexer::{KIND_COUNT, Kind, Token, tokenize};
+
+/// The shape of a SQL statement: its normalized text and a 64-bit hash of it.
+///
+/// Two statements that differ only in literal values, bind parameters, the
+/// length of an `IN` list, keyword case, white space, comments, schema
+/// qualifiers or alias names have the same fingerprint.
+///
+/// # Example
+/// ```
+/// use torque_query::fingerprint;
+///
+/// let a = fingerprint("SELECT * FROM users WHERE id IN (1, 2, 3)");
+/// let b = fingerprint("select *\n  from public.users\n where id in ($1) -- by id");
+/// assert_eq!(a.hash(), b.hash());
+/// assert_eq!(a.normalized(), "select * from users where id in (?)");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Fingerprint {
+    hash: u64,
+    normalized: String,
+    kind: StatementKind,
+    tables: Vec<String>,
+}
+
+impl Fingerprint {
+    /// A stable 64-bit hash of [`normalized`](Self::normalized) (XXH3-64,
+    /// seed 0): the same across processes, machines and runs.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The normalized statement: placeholders for values, lower-case keywords
+    /// and identifiers, single spaces, no comments.
+    pub(crate) fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    /// What kind of statement this is.
+    pub(crate) fn kind(&self) -> StatementKind {
+        self.kind
+    }
+
+    /// The tables the statement names (after `FROM`, `JOIN`, `INTO`, `UPDATE`,
+    /// `USING`), without schema, in order of first mention.
+    pub(crate) fn tables(&self) -> &[String] {
+        &self.tables
+    }
+}
+
+/// The kind of a statement, from its leading verb (after any `WITH` clause).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub(crate) enum StatementKind {
+    /// `SELECT`, `VALUES`, `TABLE`.
+    Select,
+    /// `INSERT`.
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `MERGE`.
+    Merge,
+    /// Anything else: `BEGIN`, `SET`, `CREATE`, `COPY`, ...
+    Utility,
+}
+
+/// What a placeholder stands for, by where it sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// `col = ?`, `col IN (...)`, `col = ANY(...)` in a predicate.
+    Key,
+    /// A value of a single-row `INSERT ... VALUES`.
+    Value,
+    /// `LIMIT ?`, `OFFSET ?`.
+    Page,
+    /// `col > ?`, `BETWEEN ? AND ?`.
+    Range,
+    /// Anything else (`SET col = ?`, a projection, `LIKE ?`, ...).
+    Other,
+}
+
+/// The fingerprint plus what the detector needs to know about the values.
+#[derive(Debug, Clone)]
+pub(crate) struct Analysis {
+    pub(crate) fingerprint: Fingerprint,
+    /// Hash of the literal values in key and insert-value slots, in order.
+    pub(crate) key_values: u64,
+    /// A bind parameter sits in a key or insert-value slot (its value is unknown).
+    pub(crate) key_params: bool,
+    /// At least one key or insert-value slot exists.
+    pub(crate) has_key_slot: bool,
+    /// Hash of every literal value, in order (identical repeats share it).
+    pub(crate) all_values: u64,
+    /// Some slot is a bind parameter.
+    pub(crate) any_params: bool,
+    /// `LIMIT`/`OFFSET` paging or a range predicate under `ORDER BY ... LIMIT`.
+    pub(crate) paginated: bool,
+    /// Rows in a top-level `INSERT ... VALUES` (0 when not such an insert).
+    pub(crate) insert_rows: usize,
+    /// The column compared in the first key slot, for the suggested fix.
+    pub(crate) key_column: Option<String>,
+}
+
+/// Fingerprints one SQL statement (or a `;`-separated batch as a whole).
+///
+/// Never panics, whatever the input: text it cannot make sense of is kept as
+/// it is, lower-cased.
+pub(crate) fn fingerprint(sql: &str) -> Fingerprint {
+    with_scratch(sql, analyze_with::<false>).fingerprint
+}
+
+/// One normalized output token: a slice of the input (or of a static string)
+/// rendered by kind, or a placeholder.
+#[derive(Debug, Clone, Copy)]
+struct Out<'a> {
+    text: &'a str,
+    kind: Kind,
+    tags: u16,
+    slot: bool,
+    /// A word whose text holds no ASCII upper case: rendered as it is.
+    lower: bool,
+}
+
+impl<'a> Out<'a> {
+    fn text(text: &'a str, kind: Kind) -> Self {
+        Self {
+            text,
+            kind,
+            tags: 0,
+            slot: false,
+            lower: true,
+        }
+    }
+
+    /// A word token: a keyword as its lower-case text, an identifier as
+    /// written (lower-cased when rendered).
+    fn word(sql: &'a str, t: &Token) -> Self {
+        let (text, lower) = match t.kw {
+            0 => (t.text(sql), !t.upper),
+            kw => (text_of(kw), true),
+        };
+        Self {
+            text,
+            kind: Kind::Word,
+            tags: flags_of(t.kw),
+            slot: false,
+            lower,
+        }
+    }
+
+    /// A word known to be lower case (a plain quoted identifier, unquoted).
+    fn lower_word(text: &'a str) -> Self {
+        Self {
+            text,
+            kind: Kind::Word,
+            tags: flags_of(keywords::id_of(text)),
+            slot: false,
+            lower: true,
+        }
+    }
+
+    const SLOT: Out<'static> = Out {
+        text: "?",
+        kind: Kind::Literal,
+        tags: 0,
+        slot: true,
+        lower: true,
+    };
+}
+
+/// An open `(` or `[` in the output.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    clause: Clause,
+    /// Index of the opener in the output.
+    open: usize,
+    /// The group is `IN (`, `ANY(`, `SOME(` or `ANY(ARRAY[`: its elements are keys.
+    key_list: bool,
+    /// The word before the opener allows collapsing (`in`, `any`, `some`, `array`).
+    collapsible: bool,
+    /// The word before the opener is `array`.
+    after_array: bool,
+    /// Only placeholders, commas and casts so far.
+    only_slots: bool,
+    slots: u32,
+}
+
+/// The seed of the value hashes.
+const VALUES_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Folds one value's hash into a running hash of a sequence: the order
+/// matters, and no value can stand in for two.
+fn fold(acc: u64, value: u64) -> u64 {
+    (acc ^ value)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(29)
+}
+
+/// `"users"` is the same identifier as `users`; `"Users"` is not.
+fn unquote_if_plain(quoted: &str) -> Option<&str> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut bytes = inner.bytes();
+    let first = bytes.next()?;
+    let plain = (first.is_ascii_lowercase() || first == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    plain.then_some(inner)
+}
+
+/// An identifier token as emitted: a word (lower-cased when rendered) or a
+/// quoted identifier whose quotes change nothing, unquoted.
+fn ident_out<'a>(sql: &'a str, t: &Token) -> Out<'a> {
+    match t.kind {
+        Kind::Quoted => {
+            let text = t.text(sql);
+            match unquote_if_plain(text) {
+                Some(inner) => Out::lower_word(inner),
+                None => Out::text(text, Kind::Quoted),
+            }
+        }
+        _ => Out::word(sql, t),
+    }
+}
+
+/// The identifier's canonical text, owned (for table names).
+fn ident_string(sql: &str, t: &Token) -> String {
+    let text = t.text(sql);
+    match t.kind {
+        Kind::Quoted => unquote_if_plain(text).unwrap_or(text).to_string(),
+        _ => text.to_ascii_lowercase(),
+    }
+}
+
+/// Two identifier tokens name the same thing.
+fn same_ident(sql: &str, a: &Token, b: &Token) -> bool {
+    if a.kind == Kind::Word && b.kind == Kind::Word {
+        // The common case, `u.id` against the alias `u`: bytes, no unquoting.
+        let bytes = sql.as_bytes();
+        let range = |t: &Token| t.start as usize..t.end as usize;
+        return match (bytes.get(range(a)), bytes.get(range(b))) {
+            (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
+            _ => false,
+        };
+    }
+    let canon = |t: &Token| -> (bool, &str) {
+        let text = t.text(sql);
+        match t.kind {
+            Kind::Quoted => match unquote_if_plain(text) {
+                Some(inner) => (false, inner),
+                None => (true, text),
+            },
+            _ => (false, text),
+        }
+    };
+    let ((qa, ta), (qb, tb)) = (canon(a), canon(b));
+    if qa || qb {
+        qa == qb && ta == tb
+    } else {
+        ta.eq_ignore_ascii_case(tb)
+    }
+}
+
+fn is_ident(t: &Token) -> bool {
+    matches!(t.kind, Kind::Word | Kind::Quoted)
+}
+
+/// Buffers reused from one call to the next on a thread, so a fingerprint
+/// allocates only what it returns.
+#[derive(Default)]
+struct Scratch {
+    tokens: Vec<Token>,
+    drop_token: Vec<bool>,
+    frames: Vec<Frame>,
+    aliases: Vec<(usize, usize)>,
+    /// The output tokens' buffer, kept empty between calls (its items borrow
+    /// each call's input, so only the allocation is kept: see [`recycle`]).
+    out: Vec<Out<'static>>,
+}
+
+/// An empty vector of another lifetime on the same allocation (the standard
+/// library collects a `Vec`'s `into_iter` back into its own buffer when the
+/// item layouts match; were it not to, this would merely allocate).
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "the closure changes the item's lifetime; it never yields"
+)]
+fn recycle<'b>(mut v: Vec<Out<'_>>) -> Vec<Out<'b>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// Above this many tokens the buffers are released after use, so one huge
+/// statement does not pin its memory to the thread.
+const SCRATCH_KEEP: usize = 1 << 14;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The fingerprint and what the detector needs to know about the values.
+pub(crate) fn analyze(sql: &str) -> Analysis {
+    with_scratch(sql, analyze_with::<true>)
+}
+
+fn with_scratch(sql: &str, f: fn(&str, &mut Scratch) -> Analysis) -> Analysis {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            let a = f(sql, &mut scratch);
+            if scratch.tokens.capacity() > SCRATCH_KEEP {
+                *scratch = Scratch::default();
+            }
+            a
+        }
+        Err(_) => f(sql, &mut Scratch::default()),
+    })
+}
+
+/// `VALUES`: with `VALUES` false, only the fingerprint is computed (the
+/// value hashes, slot kinds, paging and row counts stay at their defaults),
+/// which is all [`fingerprint`] returns.
+fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysis {
+    let Scratch {
+        tokens,
+        drop_token,
+        frames,
+        aliases,
+        out: out_buffer,
+    } = scratch;
+    tokens.clear();
+    tokenize(sql, tokens);
+    // A trailing `;` (or several) does not matter.
+    while tokens.last().is_some_and(|t| t.kind == Kind::Semicolon) {
+        tokens.pop();
+    }
+    let tokens: &[Token] = tokens;
+    // Keyword ids come from the lexer: keyword tests compare bytes.
+    let word = |i: usize| -> u8 { tokens.get(i).map_or(0, |t| t.kw) };
+    let flags = |i: usize| -> u16 { flags_of(word(i)) };
+
+    // Pass 1: relation references, their schema qualifiers and aliases.
+    let n = tokens.len();
+    drop_token.clear();
+    drop_token.resize(n, false);
+    let mut tables: Vec<String> = Vec::new();
+    // (alias token, relation token)
+    aliases.clear();
+    let mut kind = StatementKind::Utility;
+    let mut kind_found = false;
+    {
+        let mut depth = 0usize;
+        let mut expect_relation = false;
+        let mut from_depth: Option<usize> = None;
+        let mut i = 0;
+        while i < n {
+            let t = tokens[i];
+            match t.kind {
+                Kind::Open => depth += 1,
+                Kind::Close => {
+                    depth = depth.saturating_sub(1);
+                    if from_depth.is_some_and(|d| d > depth) {
+                        from_depth = None;
+                    }
+                }
+                _ => {}
+            }
+            // Identifiers (keyword id 0) skip the keyword tests: most words are.
+            if t.kind == Kind::Word && (t.kw != 0 || i == 0) {
+                let w = t.kw;
+                if !kind_found && depth == 0 {
+                    let k = if w == kw!("select") || w == kw!("values") || w == kw!("table") {
+                        Some(StatementKind::Select)
+                    } else if w == kw!("insert") {
+                        Some(StatementKind::Insert)
+                    } else if w == kw!("update") {
+                        Some(StatementKind::Update)
+                    } else if w == kw!("delete") {
+                        Some(StatementKind::Delete)
+                    } else if w == kw!("merge") {
+                        Some(StatementKind::Merge)
+                    } else if w == kw!("with") || w == kw!("recursive") {
+                        None
+                    } else if i == 0 {
+                        Some(StatementKind::Utility)
+                    } else {
+                        None
+                    };
+                    if let Some(k) = k {
+                        kind = k;
+                        kind_found = true;
+                    }
+                }
+                let opens_relation = w == kw!("from")
+                    || w == kw!("join")
+                    || w == kw!("into")
+                    || w == kw!("update")
+                    || w == kw!("using");
+                if opens_relation {
+                    {
+                        // `IS [NOT] DISTINCT FROM` compares values.
+                        let distinct = w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct");
+                        // `ON CONFLICT ... DO UPDATE SET` updates no new relation.
+                        let do_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("do");
+                        // `FOR UPDATE` locks rows.
+                        let for_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("for");
+                        if !distinct && !do_update && !for_update {
+                            expect_relation = true;
+                            if w == kw!("from") {
+                                from_depth = Some(depth);
+                            }
+                        }
+                        i += 1;
+                        continue;
+                    }
+                }
+                if expect_relation && (w == kw!("only") || w == kw!("lateral")) {
+                    i += 1;
+                    continue;
+                }
+            }
+            if t.kind == Kind::Comma && from_depth == Some(depth) {
+                expect_relation = true;
+                i += 1;
+                continue;
+            }
+            if expect_relation
+                && is_ident(&t)
+                && !(t.kind == Kind::Word && flags(i) & tag::CLAUSE != 0)
+            {
+                expect_relation = false;
+                // Qualified name: ident (. ident)*
+                let mut last = i;
+                while tokens.get(last + 1).is_some_and(|d| d.kind == Kind::Dot)
+                    && tokens.get(last + 2).is_some_and(is_ident)
+                {
+                    last += 2;
+                }
+                let after = last + 1;
+                let into_columns = i > 0 && word(i - 1) == kw!("into");
+                if tokens.get(after).is_some_and(|t| t.kind == Kind::Open) && !into_columns {
+                    // A function in FROM (`generate_series(...)`): not a relation.
+                    i = after;
+                    continue;
+                }
+                for d in drop_token.iter_mut().take(last).skip(i) {
+                    *d = true; // schema (and catalog) qualifiers
+                }
+                let relation = ident_string(sql, &tokens[last]);
+                if !tables.contains(&relation) {
+                    tables.push(relation);
+                }
+                // Alias: `AS a` or a bare non-clause word.
+                let mut j = after;
+                let has_as = word(j) == kw!("as");
+                if has_as {
+                    j += 1;
+                }
+                if let Some(a) = tokens.get(j)
+                    && is_ident(a)
+                    && !(a.kind == Kind::Word && flags(j) & tag::CLAUSE != 0)
+                    && !(a.kind == Kind::Word && !has_as && flags(j) & tag::RESERVED_AFTER_REL != 0)
+                {
+                    aliases.push((j, last));
+                    if has_as {
+                        drop_token[after] = true;
+                    }
+                    drop_token[j] = true;
+                    i = j + 1;
+                    continue;
+                }
+                i = after;
+                continue;
+            }
+            if expect_relation
+                && !(t.kind == Kind::Word && (word(i) == kw!("only") || word(i) == kw!("lateral")))
+            {
+                // A subquery or something else: no relation here.
+                expect_relation = false;
+            }
+            i += 1;
+        }
+    }
+
+    // Pass 2: emit normalized tokens, classify slots, collapse lists.
+    let mut out: Vec<Out<'_>> = recycle(std::mem::take(out_buffer));
+    out.reserve(n);
+    frames.clear();
+    let mut st = SlotState {
+        key_values: VALUES_SEED,
+        all_values: VALUES_SEED,
+        key_params: false,
+        has_key_slot: false,
+        any_params: false,
+        has_range: false,
+        key_column: None,
+    };
+    let mut clause = Clause::None;
+    let mut has_order = false;
+    let mut has_limit = false;
+    let mut has_offset = false;
+    let mut insert_rows = 0usize;
+    let mut between_pending = false;
+
+    let savepoint_stmt = (word(0) == kw!("savepoint") || word(0) == kw!("release"))
+        || (word(0) == kw!("rollback") && (word(1) == kw!("to") || word(2) == kw!("to")));
+
+    let mut i = 0;
+    while i < n {
+        let t = tokens[i];
+        if drop_token[i] {
+            i += 1;
+            continue;
+        }
+        match t.kind {
+            Kind::Word => {
+                let w = t.kw;
+                if w != 0 {
+                    if w == kw!("order") {
+                        has_order = true;
+                    } else if w == kw!("limit") || w == kw!("fetch") {
+                        has_limit = true;
+                    } else if w == kw!("offset") {
+                        has_offset = true;
+                    } else if w == kw!("between") {
+                        between_pending = true;
+                    } else if VALUES
+                        && w == kw!("values")
+                        && frames.is_empty()
+                        && kind == StatementKind::Insert
+                    {
+                        insert_rows = count_values_rows(tokens, i + 1);
+                    }
+                    if let Some(c) = clause_of(w)
+                        && !(w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct"))
+                    {
+                        clause = c;
+                    }
+                }
+                if savepoint_stmt
+                    && ![
+                        kw!("savepoint"),
+                        kw!("release"),
+                        kw!("rollback"),
+                        kw!("to"),
+                        kw!("transaction"),
+                        kw!("work"),
+                    ]
+                    .contains(&w)
+                {
+                    push(&mut out, frames, Out::SLOT);
+                    i += 1;
+                    continue;
+                }
+                if w == kw!("true") || w == kw!("false") {
+                    if VALUES {
+                        let slot = classify(
+                            &out,
+                            frames,
+                            clause,
+                            between_pending,
+                            next_is_eq(tokens, i, sql),
+                        );
+                        st.note(slot, t.text(sql), false, &out);
+                    }
+                    push(&mut out, frames, Out::SLOT);
+                    i += 1;
+                    continue;
+                }
+                // Qualified reference `alias.col` → `relation.col`.
+                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
+                    && let Some(&(_, rel)) = aliases
+                        .iter()
+                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
+                {
+                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
+                    i += 1;
+                    continue;
+                }
+                // `schema.table.col` → `table.col`.
+                if is_three_part(tokens, i) {
+                    i += 2;
+                    continue;
+                }
+                push(&mut out, frames, Out::word(sql, &t));
+            }
+            Kind::Quoted => {
+                if savepoint_stmt {
+                    push(&mut out, frames, Out::SLOT);
+                    i += 1;
+                    continue;
+                }
+                if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
+                    && let Some(&(_, rel)) = aliases
+                        .iter()
+                        .find(|(a, _)| same_ident(sql, &tokens[*a], &t))
+                {
+                    push(&mut out, frames, ident_out(sql, &tokens[rel]));
+                    i += 1;
+                    continue;
+                }
+                if is_three_part(tokens, i) {
+                    i += 2;
+                    continue;
+                }
+                push(&mut out, frames, ident_out(sql, &t));
+            }
+            Kind::Literal | Kind::Param => {
+                // Fold a unary minus into the number: `= -5` is `= ?`.
+                if out
+                    .last()
+                    .is_some_and(|o| o.kind == Kind::Op && o.text == "-")
+                    && unary_minus_position(&out)
+                {
+                    out.pop();
+                }
+                if VALUES {
+                    let slot = classify(
+                        &out,
+                        frames,
+                        clause,
+                        between_pending,
+                        next_is_eq(tokens, i, sql),
+                    );
+                    if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
+                        between_pending = false;
+                    }
+                    let is_param = t.kind == Kind::Param;
+                    st.note(
+                        slot,
+                        if is_param { "$" } else { t.text(sql) },
+                        is_param,
+                        &out,
+                    );
+                }
+                push(&mut out, frames, Out::SLOT);
+            }
+            Kind::Open | Kind::OpenBracket => {
+                let before = out.last().copied();
+                let before_tags = before
+                    .filter(|o| o.kind == Kind::Word)
+                    .map_or(0, |o| o.tags);
+                let after_array = before_tags & tag::ARRAY != 0;
+                // `ANY(ARRAY[`: the bracket's elements are keys too.
+                let array_in_any = after_array
+                    && out.len() >= 3
+                    && out[out.len() - 2].kind == Kind::Open
+                    && out[out.len() - 3].tags & tag::ANY != 0;
+                let key_list = before_tags & (tag::IN | tag::ANY) != 0 || array_in_any;
+                let collapsible = before_tags & (tag::IN | tag::ANY | tag::ARRAY) != 0;
+                let opener = if t.kind == Kind::Open { "(" } else { "[" };
+                push(&mut out, frames, Out::text(opener, t.kind));
+                frames.push(Frame {
+                    clause,
+                    open: out.len() - 1,
+                    key_list,
+                    collapsible,
+                    after_array,
+                    only_slots: true,
+                    slots: 0,
+                });
+                clause = clause_inside(clause);
+            }
+            Kind::Close | Kind::CloseBracket => {
+                let closer = if t.kind == Kind::Close { ")" } else { "]" };
+                match frames.pop() {
+                    Some(frame) => {
+                        clause = frame.clause;
+                        if frame.collapsible && frame.only_slots && frame.slots > 0 {
+                            // A list of constants: one placeholder, whatever its length.
+                            out.truncate(frame.open + 1);
+                            if frame.after_array && t.kind == Kind::CloseBracket {
+                                // `ARRAY[?]` → `?`: one array of keys either way.
+                                out.truncate(frame.open - 1);
+                                push(&mut out, frames, Out::SLOT);
+                                i += 1;
+                                continue;
+                            }
+                            out.push(Out::SLOT);
+                        }
+                        push(&mut out, frames, Out::text(closer, t.kind));
+                    }
+                    None => push(&mut out, frames, Out::text(closer, t.kind)),
+                }
+            }
+            Kind::Op | Kind::Comma | Kind::Cast | Kind::Dot | Kind::Semicolon => {
+                push(&mut out, frames, Out::text(t.text(sql), t.kind));
+            }
+        }
+        i += 1;
+    }
+
+    let normalized = render(&out);
+    *out_buffer = recycle(out);
+    let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
+    let paginated = has_offset || (has_order && has_limit && st.has_range);
+    Analysis {
+        fingerprint: Fingerprint {
+            hash,
+            normalized,
+            kind,
+            tables,
+        },
+        key_values: st.key_values,
+        key_params: st.key_params,
+        has_key_slot: st.has_key_slot,
+        all_values: st.all_values,
+        any_params: st.any_params,
+        paginated,
+        insert_rows,
+        key_column: st.key_column,
+    }
+}
+
+/// Pushes an output token, keeping the innermost frame's "only constants"
+/// flag up to date.
+fn push<'a>(out: &mut Vec<Out<'a>>, frames: &mut [Frame], o: Out<'a>) {
+    if let Some(f) = frames.last_mut() {
+        if o.slot {
+            f.slots += 1;
+        } else {
+            let prev_cast = out.last().is_some_and(|p| p.kind == Kind::Cast);
+            let ok = matches!(o.kind, Kind::Comma | Kind::Cast)
+                // the type of a `?::int` cast
+                || (o.kind == Kind::Word && prev_cast)
+                // a sign, folded into the number that follows
+                || (o.kind == Kind::Op && matches!(o.text, "-" | "+"));
+            if !ok {
+                f.only_slots = false;
+            }
+        }
+    }
+    out.push(o);
+}
+
+/// What the slots of a statement told us so far.
+struct SlotState {
+    key_values: u64,
+    all_values: u64,
+    key_params: bool,
+    has_key_slot: bool,
+    any_params: bool,
+    has_range: bool,
+    key_column: Option<String>,
+}
+
+impl SlotState {
+    fn note(&mut self, slot: Slot, value: &str, is_param: bool, out: &[Out<'_>]) {
+        let h = xxhash_rust::xxh3::xxh3_64(value.as_bytes());
+        self.all_values = fold(self.all_values, h);
+        if is_param {
+            self.any_params = true;
+        }
+        match slot {
+            Slot::Key | Slot::Value => {
+                self.has_key_slot = true;
+                self.key_values = fold(self.key_values, h);
+                if is_param {
+                    self.key_params = true;
+                }
+                if slot == Slot::Key && self.key_column.is_none() {
+                    self.key_column = key_column(out);
+                }
+            }
+            Slot::Range => self.has_range = true,
+            Slot::Page | Slot::Other => {}
+        }
+    }
+}
+
+fn is_three_part(tokens: &[Token], i: usize) -> bool {
+    tokens.get(i + 1).is_some_and(|t| t.kind == Kind::Dot)
+        && tokens.get(i + 2).is_some_and(is_ident)
+        && tokens.get(i + 3).is_some_and(|t| t.kind == Kind::Dot)
+        && tokens
+            .get(i + 4)
+            .is_some_and(|t| is_ident(t) || t.kind == Kind::Op)
+        && !(i > 0 && tokens[i - 1].kind == Kind::Dot)
+}
+
+/// Rows in `VALUES (..), (..)` starting at token `i`.
+fn count_values_rows(tokens: &[Token], mut i: usize) -> usize {
+    let mut rows = 0;
+    let mut depth = 0usize;
+    while i < tokens.len() {
+        match tokens[i].kind {
+            Kind::Open => {
+                if depth == 0 {
+                    rows += 1;
+                }
+                depth += 1;
+            }
+            Kind::Close => {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+            }
+            Kind::Comma if depth == 0 => {}
+            _ if depth == 0 => break,
+            _ => {}
+        }
+        i += 1;
+    }
+    rows
+}
+
+/// The clause a parenthesised group inherits from its surroundings.
+fn clause_inside(outer: Clause) -> Clause {
+    match outer {
+        Clause::Values => Clause::Values,
+        Clause::Predicate => Clause::Predicate,
+        Clause::Set => Clause::Set,
+        Clause::From => Clause::From,
+        _ => Clause::Other,
+    }
+}
+
+/// Whether a `-` just emitted (the last output token) is a sign, not a minus.
+fn unary_minus_position(out: &[Out<'_>]) -> bool {
+    match out.len().checked_sub(2).map(|i| out[i]) {
+        None => true,
+        Some(o) if o.slot => false,
+        Some(o) => match o.kind {
+            Kind::Op | Kind::Open | Kind::Comma | Kind::OpenBracket => true,
+            Kind::Word => o.tags & tag::OPERAND_POS != 0,
+            _ => false,
+        },
+    }
+}
+
+/// Decides what the placeholder about to be pushed stands for.
+fn classify(
+    out: &[Out<'_>],
+    frames: &[Frame],
+    clause: Clause,
+    between: bool,
+    next_is_eq: bool,
+) -> Slot {
+    match clause {
+        Clause::Page => return Slot::Page,
+        Clause::Values => return Slot::Value,
+        Clause::Set => return Slot::Other,
+        _ => {}
+    }
+    let prev = out.last().copied();
+    if prev.is_some_and(|p| p.kind == Kind::Word && p.tags & tag::PAGE != 0) {
+        return Slot::Page;
+    }
+    if clause != Clause::Predicate {
+        return Slot::Other;
+    }
+    if between {
+        return Slot::Range;
+    }
+    if let Some(p) = prev
+        && !p.slot
+    {
+        match (p.kind, p.text) {
+            (Kind::Op, "=") => return Slot::Key,
+            (Kind::Op, "<" | ">" | "<=" | ">=") => return Slot::Range,
+            // Elements of `IN (`, `ANY(`, `ANY(ARRAY[` are keys.
+            (Kind::Open | Kind::Comma | Kind::OpenBracket, _)
+                if frames.last().is_some_and(|f| f.key_list) =>
+            {
+                return Slot::Key;
+            }
+            _ => {}
+        }
+    }
+    // `? = col`: a key compared the other way round.
+    if next_is_eq {
+        return Slot::Key;
+    }
+    Slot::Other
+}
+
+fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
+    tokens
+        .get(i + 1)
+        .is_some_and(|t| t.kind == Kind::Op && t.text(sql) == "=")
+}
+
+/// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`.
+fn key_column(out: &[Out<'_>]) -> Option<String> {
+    for o in out.iter().rev().take(6) {
+        if o.slot {
+            return None;
+        }
+        match o.kind {
+            Kind::Word if o.tags & (tag::IN | tag::ANY | tag::ARRAY | tag::NOT) == 0 => {
+                return Some(o.text.to_ascii_lowercase());
+            }
+            Kind::Quoted => return Some(o.text.to_string()),
+            Kind::Close | Kind::Literal | Kind::Param => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether a space separates two output tokens, by their kinds (`Kind as
+/// usize`): 0 never, 1 always, 2 when the first is a keyword that keeps its
+/// space before `(` (`in (`, `values (`; but `count(`).
+const SPACE: [[u8; KIND_COUNT]; KIND_COUNT] = {
+    let mut t = [[1u8; KIND_COUNT]; KIND_COUNT];
+    let mut p = 0;
+    while p < KIND_COUNT {
+        let mut k = 0;
+        while k < KIND_COUNT {
+            let glued_after = p == Kind::Open as usize
+                || p == Kind::OpenBracket as usize
+                || p == Kind::Dot as usize
+                || p == Kind::Cast as usize;
+            let glued_before = k == Kind::Close as usize
+                || k == Kind::CloseBracket as usize
+                || k == Kind::Comma as usize
+                || k == Kind::Dot as usize
+                || k == Kind::Cast as usize
+                || k == Kind::Semicolon as usize;
+            let opens = k == Kind::Open as usize || k == Kind::OpenBracket as usize;
+            t[p][k] = if glued_after || glued_before {
+                0
+            } else if opens && p == Kind::Word as usize {
+                2
+            } else if opens && p == Kind::Quoted as usize {
+                0
+            } else {
+                1
+            };
+            k += 1;
+        }
+        p += 1;
+    }
+    t
+};
+
+fn render(out: &[Out<'_>]) -> String {
+    let mut s = String::with_capacity(out.iter().map(|o| o.text.len() + 1).sum());
+    let Some((first, rest)) = out.split_first() else {
+        return s;
+    };
+    s.push_str(first.text);
+    if !first.lower {
+        s.make_ascii_lowercase();
+    }
+    let mut prev = first;
+    for o in rest {
+        let space = match SPACE[prev.kind as usize][o.kind as usize] {
+            0 => false,
+            1 => true,
+            _ => prev.tags & tag::SPACED != 0,
+        };
+        if space {
+            s.push(' ');
+        }
+        let start = s.len();
+        s.push_str(o.text);
+        if !o.lower {
+            s[start..].make_ascii_lowercase();
+        }
+        prev = o;
+    }
+    s
+}
