@@ -14,8 +14,6 @@
 #[cfg(test)]
 mod differential;
 pub(crate) mod keywords;
-#[cfg(test)]
-mod oracle;
 
 use crate::lexer::{KIND_COUNT, Kind, Token, tokenize};
 use keywords::{Clause, clause_of, flags_of, folded_key, kw, tag, text_of};

@@ -1,6 +1,15 @@
-//! Differential test: the fingerprint and the detector's analysis agree
-//! byte for byte with [`super::oracle`], the implementation before the
-//! lexer's fast paths, on generated SQL and on the fuzz seeds.
+//! Differential test: the fingerprint and the detector's analysis of
+//! 30,000 generated statements, of every prefix of the fuzz seeds and of the
+//! bench's statements agree byte for byte with what the implementation
+//! before the lexer's fast paths (2026-12-05, 0127f14) gave. Its output is
+//! kept as digests, one per block of statements, in `differential.golden`
+//! (written by that implementation, run as a test-only oracle beside the
+//! new one before the oracle was removed): a change of output fails here,
+//! with the block's statements and their new fingerprints printed.
+//!
+//! A deliberate change of the fingerprint rules rewrites the file:
+//! `TORQUE_FP_GOLDEN=write cargo test -p torque-query --lib differential`,
+//! and the diff of the golden file shows which blocks moved.
 //!
 //! The generator is seeded and covers what the fast paths special-case:
 //! keyword case, white space and nested comments, every literal form
@@ -9,11 +18,8 @@
 //! three-part names, IN lists, `ANY(ARRAY[...])`, casts, placeholders
 //! (`$1`, `?`, `:name`), VALUES rows, utility statements, token soups and
 //! random cuts and splices of all of these.
-//!
-//! `TORQUE_FP_DIFF_CASES=200000 cargo test -p torque-query --release --lib
-//! differential` runs a longer pass (default 10,000 statements for each of three seeds).
 
-use super::oracle;
+use std::fmt::Write as _;
 
 /// xorshift64*: small, seeded, good enough to pick grammar branches.
 struct Rng(u64);
@@ -637,96 +643,140 @@ impl Gen {
     }
 }
 
-/// A fingerprint's parts, comparable across the two implementations.
-fn parts(normalized: &str, hash: u64, tables: &[String], kind: impl std::fmt::Debug) -> String {
-    format!("{normalized:?} {hash:016x} {tables:?} {kind:?}")
-}
-
-fn assert_same(sql: &str) {
-    let (new, old) = (super::analyze(sql), oracle::analyze(sql));
-    let (nf, of) = (&new.fingerprint, &old.fingerprint);
-    let expected = parts(of.normalized(), of.hash(), of.tables(), of.kind());
-    assert_eq!(
-        parts(nf.normalized(), nf.hash(), nf.tables(), nf.kind()),
-        expected,
-        "analyze: {sql:?}"
+/// Everything the fingerprint and the detector make of `sql`, as one line;
+/// also checks that `fingerprint` alone (the other path through the
+/// passes) agrees with `analyze`.
+fn record(sql: &str) -> String {
+    let a = super::analyze(sql);
+    let f = super::fingerprint(sql);
+    let (af, line) = (
+        &a.fingerprint,
+        |n: &str, h: u64, t: &[String], k: &dyn std::fmt::Debug| {
+            format!("{n:?} {h:016x} {t:?} {k:?}")
+        },
     );
-    // `fingerprint` alone takes the other path through the passes.
-    let (f, o) = (super::fingerprint(sql), oracle::fingerprint(sql));
+    let expected = line(af.normalized(), af.hash(), af.tables(), &af.kind());
     assert_eq!(
-        parts(f.normalized(), f.hash(), f.tables(), f.kind()),
-        parts(o.normalized(), o.hash(), o.tables(), o.kind()),
-        "fingerprint: {sql:?}"
-    );
-    assert_eq!(
-        parts(f.normalized(), f.hash(), f.tables(), f.kind()),
+        line(f.normalized(), f.hash(), f.tables(), &f.kind()),
         expected,
         "fingerprint against analyze: {sql:?}"
     );
-    assert_eq!(
+    format!(
+        "{expected} {:?}",
         (
-            new.key_values,
-            new.key_params,
-            new.has_key_slot,
-            new.all_values,
-            new.any_params,
-            new.paginated,
-            new.insert_rows,
-            &new.key_column,
-        ),
-        (
-            old.key_values,
-            old.key_params,
-            old.has_key_slot,
-            old.all_values,
-            old.any_params,
-            old.paginated,
-            old.insert_rows,
-            &old.key_column,
-        ),
-        "analysis: {sql:?}"
-    );
+            a.key_values,
+            a.key_params,
+            a.has_key_slot,
+            a.all_values,
+            a.any_params,
+            a.paginated,
+            a.insert_rows,
+            &a.key_column,
+        )
+    )
 }
 
-fn cases() -> usize {
-    std::env::var("TORQUE_FP_DIFF_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+/// FNV-1a, 64 bits: the same on every platform and Rust version (std's
+/// hasher promises neither).
+fn fnv(records: &[(String, String)]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    for (_, record) in records {
+        for &b in record.as_bytes().iter().chain(b"\n") {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
-#[test]
-fn generated_statements_fingerprint_as_before() {
+/// Statements per digest: small enough to print a failing block whole.
+const BLOCK: usize = 200;
+const CASES_PER_SEED: usize = 10_000;
+
+/// Named groups of `(statement, record)`.
+fn groups() -> Vec<(String, Vec<(String, String)>)> {
+    let mut groups = Vec::new();
     for seed in [1u64, 0x5eed, 0xdead_beef] {
         let mut g = Gen {
             rng: Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1),
         };
-        for _ in 0..cases() {
-            assert_same(&g.any());
+        let all: Vec<_> = (0..CASES_PER_SEED)
+            .map(|_| {
+                let sql = g.any();
+                let r = record(&sql);
+                (sql, r)
+            })
+            .collect();
+        for (i, block) in all.chunks(BLOCK).enumerate() {
+            groups.push((format!("generated seed {seed:x} block {i}"), block.to_vec()));
         }
     }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/fingerprint");
+    let mut seeds: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the fuzz seed corpus is in the workspace")
+        .map(|e| e.expect("seed entry").path())
+        .collect();
+    seeds.sort();
+    assert!(!seeds.is_empty(), "no seeds in {}", dir.display());
+    for path in seeds {
+        let bytes = std::fs::read(&path).expect("read seed");
+        let sql = String::from_utf8_lossy(&bytes);
+        // Every prefix: cuts inside strings, comments and names.
+        let mut all: Vec<_> = sql
+            .char_indices()
+            .map(|(i, _)| sql[..i].to_owned())
+            .chain([sql.to_string()])
+            .map(|s| {
+                let r = record(&s);
+                (s, r)
+            })
+            .collect();
+        let name = path.file_name().expect("file name").to_string_lossy();
+        for (i, block) in all.chunks_mut(BLOCK).enumerate() {
+            groups.push((format!("fuzz seed {name} block {i}"), block.to_vec()));
+        }
+    }
+    let bench: Vec<_> = include_str!("../../benches/fingerprint.rs")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
+        .map(|sql| {
+            let sql = sql.replace("\\\"", "\"");
+            let r = record(&sql);
+            (sql, r)
+        })
+        .collect();
+    assert!(!bench.is_empty(), "no statements found in the bench");
+    groups.push(("bench statements".to_owned(), bench));
+    groups
 }
 
 #[test]
-fn fuzz_seeds_and_bench_statements_fingerprint_as_before() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/fingerprint");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).expect("the fuzz seed corpus is in the workspace") {
-        let bytes = std::fs::read(entry.expect("seed entry").path()).expect("read seed");
-        let sql = String::from_utf8_lossy(&bytes);
-        assert_same(&sql);
-        // Every prefix: cuts inside strings, comments and names.
-        for (i, _) in sql.char_indices() {
-            assert_same(&sql[..i]);
+fn fingerprints_and_analyses_match_the_golden_digests() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/fingerprint/differential.golden");
+    let groups = groups();
+    let mut got = String::new();
+    for (name, records) in &groups {
+        writeln!(got, "{name}: {:016x}", fnv(records)).expect("write to a String");
+    }
+    if std::env::var("TORQUE_FP_GOLDEN").as_deref() == Ok("write") {
+        std::fs::write(&path, &got).expect("write the golden file");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).expect("the golden file is in the crate");
+    let (got_lines, want_lines): (Vec<_>, Vec<_>) = (got.lines().collect(), want.lines().collect());
+    for (i, (g, w)) in got_lines.iter().zip(&want_lines).enumerate() {
+        if g != w {
+            let mut report = format!("{w}\nnow {g}\nthe block's statements and records now:\n");
+            for (sql, record) in &groups[i].1 {
+                writeln!(report, "{sql:?}\n    => {record}").expect("write to a String");
+            }
+            panic!("fingerprint output changed in {report}");
         }
-        seen += 1;
     }
-    assert!(seen > 0, "no seeds in {}", dir.display());
-    for sql in include_str!("../../benches/fingerprint.rs")
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix('"')?.strip_suffix("\","))
-    {
-        assert_same(&sql.replace("\\\"", "\""));
-    }
+    assert_eq!(
+        got_lines.len(),
+        want_lines.len(),
+        "a different number of blocks"
+    );
 }
