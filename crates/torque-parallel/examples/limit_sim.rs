@@ -1,7 +1,10 @@
 //! Adaptive limiters against the best static limit, on a simulated backend
 //! that runs on tokio's paused clock (deterministic: same seed, same table).
 //!
-//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--scale N] [--limiter NAME] [--trace]`
+//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--servers 12,40,100] [--scale N] [--limiter NAME] [--trace]`
+//!
+//! `--servers LIST` replaces the capacities (8, 24, 64; steps
+//! 24 → 8, 9 → 3, 64 → 21) with held-out ones (steps drop each to a third).
 //!
 //! `--scale N` multiplies every run's duration (and the step's instant) by N,
 //! to separate start-up cost from steady state. `--limiter NAME` runs only
@@ -44,10 +47,22 @@ fn limiters() -> Vec<(&'static str, Box<dyn Algorithm>)> {
     ]
 }
 
-fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
+fn scenarios(kind: &str, seed: u64, scale: u32, servers: &[usize]) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
+    // The capacities, or held-out ones from `--servers` (steps then
+    // drop each to a third).
+    let steps: Vec<(usize, usize)> = if servers.is_empty() {
+        vec![(24, 8), (9, 3), (64, 21)]
+    } else {
+        servers.iter().map(|&c| (c, (c / 3).max(1))).collect()
+    };
+    let servers = if servers.is_empty() {
+        &[8, 24, 64][..]
+    } else {
+        servers
+    };
     if kind == "thrash" || kind == "all" {
-        for c in [8, 24, 64] {
+        for &c in servers {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
             s.duration = Duration::from_secs(60);
@@ -55,7 +70,7 @@ fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
         }
     }
     if kind == "step" || kind == "all" {
-        for (from, to) in [(24, 8), (9, 3), (64, 21)] {
+        for &(from, to) in &steps {
             let mut s = Scenario::closed(from, seed);
             s.thrash = true;
             s.duration = Duration::from_secs(120);
@@ -64,7 +79,7 @@ fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
         }
     }
     if kind == "open" || kind == "all" {
-        for c in [8, 24, 64] {
+        for &c in servers {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
             s.open_loop = Some(1.3);
@@ -92,6 +107,7 @@ fn main() {
     let mut only_limiter = String::new();
     let mut trace = false;
     let mut cache: Option<String> = None;
+    let mut servers: Vec<usize> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -107,6 +123,14 @@ fn main() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
             "--limiter" => only_limiter = args.next().expect("--limiter NAME"),
             "--trace" => trace = true,
+            "--servers" => {
+                servers = args
+                    .next()
+                    .expect("--servers 12,40,100")
+                    .split(',')
+                    .map(|s| s.parse().expect("a server count is a number"))
+                    .collect();
+            }
             "--oracle-cache" => cache = Some(args.next().expect("--oracle-cache PATH")),
             other => panic!("unknown argument {other}"),
         }
@@ -116,7 +140,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for seed in seeds {
-        for (name, scenario) in scenarios(&only, seed, scale) {
+        for (name, scenario) in scenarios(&only, seed, scale, &servers) {
             let (best, base) = cached_oracle(
                 cache.as_deref(),
                 &format!("{name} {seed} {scale}"),
