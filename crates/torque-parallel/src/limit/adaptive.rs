@@ -39,7 +39,10 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   own standard error of it (the bottom of the limit's oscillation). And
 ///   when the window after a modest cut is no faster than the one that made
 ///   it (nor much slower: a capacity drop), there was no queue to drain: the
-///   baseline was too low, and both windows re-measure it.
+///   baseline was too low, and both windows re-measure it. Between probes
+///   the baseline never rises above the last probe's mean plus two standard
+///   errors: beyond that, a window slow after a cut is another client's
+///   queue on a shared backend, which this limiter cannot drain.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
@@ -76,6 +79,9 @@ pub struct Adaptive {
 
     window: Window,
     baseline: Option<Baseline>,
+    /// The highest no-load latency the last probe allows (its mean plus
+    /// two standard errors).
+    ceiling: Option<f64>,
     probe: Probe,
     last_backoff: Option<Instant>,
 }
@@ -228,6 +234,7 @@ impl Adaptive {
 
     fn end_probe(&mut self, now: Instant, restore: usize, mean: f64, variance: f64) {
         let variance = variance.max(BASELINE_FLOOR * mean * mean);
+        self.ceiling = Some(mean + SIGNIFICANCE * variance.sqrt());
         self.baseline = Some(match self.baseline {
             Some(old) if (mean - old.mean).abs() <= 3.0 * (variance + old.variance).sqrt() => {
                 merge(old, mean, variance)
@@ -272,6 +279,22 @@ impl Adaptive {
         let served = window.count as f64 / span * baseline;
         let offered = ((window.count + window.refused) as f64 / span * baseline).min(2.0 * served);
         Some(served * (1.0 + self.config.headroom) + offered.sqrt())
+    }
+
+    /// Between probes, windows may correct the no-load estimate only within
+    /// the last probe's own error. A window that stays slower than that
+    /// after a cut is a queue this limiter cannot drain — other clients of
+    /// a shared backend keep it full — and taking it for the no-load
+    /// latency raised the estimate 30–50 % with two or three clients
+    /// (`limit_sim -- --only shared`), each then allowing a larger queue.
+    fn capped(&self, baseline: Baseline) -> Baseline {
+        match self.ceiling {
+            Some(ceiling) if baseline.mean > ceiling => Baseline {
+                mean: ceiling,
+                ..baseline
+            },
+            _ => baseline,
+        }
     }
 
     fn decide(&mut self, now: Instant) {
@@ -332,6 +355,7 @@ impl Adaptive {
                     mean,
                     floor(mean, variance),
                 );
+                baseline = self.capped(baseline);
                 self.baseline = Some(baseline);
             }
         }
@@ -398,7 +422,7 @@ impl Adaptive {
         if clean {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
-            self.baseline = Some(merge(baseline, mean, variance));
+            self.baseline = Some(self.capped(merge(baseline, mean, variance)));
         }
         let band = if self.slow_start {
             target + noise
@@ -564,6 +588,7 @@ impl AdaptiveBuilder {
 
             window: Window::default(),
             baseline: None,
+            ceiling: None,
             probe: Probe::Running { restore: initial },
             last_backoff: None,
         })
@@ -669,10 +694,23 @@ mod tests {
 
     impl Model {
         fn run(&mut self, adaptive: &mut Adaptive, no_load: f64, c: f64, seconds: f64) {
+            self.run_beside(adaptive, no_load, c, 0.0, seconds);
+        }
+
+        /// The same, while another client keeps `other` requests in the
+        /// same servers.
+        fn run_beside(
+            &mut self,
+            adaptive: &mut Adaptive,
+            no_load: f64,
+            c: f64,
+            other: f64,
+            seconds: f64,
+        ) {
             let end = self.now + Duration::from_secs_f64(seconds);
             while self.now < end {
                 let limit = adaptive.limit as f64;
-                let mean = no_load * (limit / c).max(1.0);
+                let mean = no_load * ((limit + other) / c).max(1.0);
                 // xorshift64*: a deterministic uniform in [0, 1).
                 self.rng ^= self.rng >> 12;
                 self.rng ^= self.rng << 25;
@@ -771,6 +809,25 @@ mod tests {
         // Without refusals the same backend keeps the latency target's limit.
         model.run(&mut adaptive, 0.020, 16.0, 15.0);
         assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
+    }
+
+    #[test]
+    fn regression_another_clients_queue_is_not_taken_for_the_no_load_latency() {
+        let mut adaptive = Adaptive::builder().build().unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 16.0, 15.0);
+        // A second client now keeps 12 requests in the same 16 servers. A
+        // cut of this client's limit no longer shortens its latency, which
+        // the check for a low no-load estimate took as proof that the
+        // estimate was low: it re-measured it from the queued windows, again
+        // and again.
+        model.run_beside(&mut adaptive, 0.020, 16.0, 12.0, 30.0);
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!(baseline <= 0.020 * 1.2, "{baseline}");
+        assert!(adaptive.limit >= 1);
     }
 
     #[test]
