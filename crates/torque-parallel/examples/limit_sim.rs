@@ -1,7 +1,13 @@
 //! Adaptive limiters against the best static limit, on a simulated backend
 //! that runs on tokio's paused clock (deterministic: same seed, same table).
 //!
-//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--scale N] [--limiter NAME] [--trace]`
+//! `cargo run --release -p torque-parallel --example limit_sim -- [--seeds 1,2,3] [--only thrash|step|open] [--servers 12,40,100] [--load 1.3] [--scale N] [--limiter NAME] [--trace]`
+//!
+//! `--load X` sets the open loop's arrival rate to X × the capacity (1.3).
+//! `--only shared` runs instead two or three clients, each with its own
+//! `Adaptive`, against one backend (see `shared` below).
+//! `--servers LIST` replaces the capacities (8, 24, 64; steps
+//! 24 → 8, 9 → 3, 64 → 21) with held-out ones (steps drop each to a third).
 //!
 //! `--scale N` multiplies every run's duration (and the step's instant) by N,
 //! to separate start-up cost from steady state. `--limiter NAME` runs only
@@ -21,7 +27,7 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::{Report, Scenario, oracle, run};
+use sim::{Report, Scenario, oracle, run, run_shared, shared_oracle};
 use torque_parallel::limit::{Adaptive, Aimd, Algorithm, Gradient2, Vegas, Windowed};
 
 fn limiters() -> Vec<(&'static str, Box<dyn Algorithm>)> {
@@ -44,10 +50,28 @@ fn limiters() -> Vec<(&'static str, Box<dyn Algorithm>)> {
     ]
 }
 
-fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
+fn scenarios(
+    kind: &str,
+    seed: u64,
+    scale: u32,
+    servers: &[usize],
+    load: f64,
+) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
+    // The capacities, or held-out ones from `--servers` (steps then
+    // drop each to a third).
+    let steps: Vec<(usize, usize)> = if servers.is_empty() {
+        vec![(24, 8), (9, 3), (64, 21)]
+    } else {
+        servers.iter().map(|&c| (c, (c / 3).max(1))).collect()
+    };
+    let servers = if servers.is_empty() {
+        &[8, 24, 64][..]
+    } else {
+        servers
+    };
     if kind == "thrash" || kind == "all" {
-        for c in [8, 24, 64] {
+        for &c in servers {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
             s.duration = Duration::from_secs(60);
@@ -55,7 +79,7 @@ fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
         }
     }
     if kind == "step" || kind == "all" {
-        for (from, to) in [(24, 8), (9, 3), (64, 21)] {
+        for &(from, to) in &steps {
             let mut s = Scenario::closed(from, seed);
             s.thrash = true;
             s.duration = Duration::from_secs(120);
@@ -64,12 +88,12 @@ fn scenarios(kind: &str, seed: u64, scale: u32) -> Vec<(String, Scenario)> {
         }
     }
     if kind == "open" || kind == "all" {
-        for c in [8, 24, 64] {
+        for &c in servers {
             let mut s = Scenario::closed(c, seed);
             s.thrash = true;
-            s.open_loop = Some(1.3);
+            s.open_loop = Some(load);
             s.duration = Duration::from_secs(60);
-            out.push((format!("open 1.3× C={c}"), s));
+            out.push((format!("open {load}× C={c}"), s));
         }
     }
     for (_, s) in &mut out {
@@ -92,6 +116,8 @@ fn main() {
     let mut only_limiter = String::new();
     let mut trace = false;
     let mut cache: Option<String> = None;
+    let mut servers: Vec<usize> = Vec::new();
+    let mut load = 1.3;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -107,16 +133,34 @@ fn main() {
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
             "--limiter" => only_limiter = args.next().expect("--limiter NAME"),
             "--trace" => trace = true,
+            "--load" => {
+                load = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--load 1.3")
+            }
+            "--servers" => {
+                servers = args
+                    .next()
+                    .expect("--servers 12,40,100")
+                    .split(',')
+                    .map(|s| s.parse().expect("a server count is a number"))
+                    .collect();
+            }
             "--oracle-cache" => cache = Some(args.next().expect("--oracle-cache PATH")),
             other => panic!("unknown argument {other}"),
         }
+    }
+    if only == "shared" {
+        shared(&seeds, scale);
+        return;
     }
     println!(
         "| scenario | seed | oracle limit | oracle req/s | oracle p99 ms | limiter | req/s × oracle | p99 × oracle | mean limit (1st/2nd half) | goal |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for seed in seeds {
-        for (name, scenario) in scenarios(&only, seed, scale) {
+        for (name, scenario) in scenarios(&only, seed, scale, &servers, load) {
             let (best, base) = cached_oracle(
                 cache.as_deref(),
                 &format!("{name} {seed} {scale}"),
@@ -146,6 +190,64 @@ fn main() {
                     println!("{}", run_length(&report.limits));
                 }
             }
+        }
+    }
+}
+
+/// Several clients, each with its own `Adaptive`, share one backend (thrash,
+/// closed loops): does each one's no-load estimate stay the backend's, or
+/// does the others' queue raise it? The oracle is the best static limit per
+/// client, the same for all.
+fn shared(seeds: &[u64], scale: u32) {
+    println!(
+        "| scenario | seed | oracle limit per client | oracle req/s | oracle p99 ms | Adaptive req/s × oracle | p99 × oracle | mean limits, last quarter (sum) | no-load estimates ms (true ≈ 20.4) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let s = |n: u64| Duration::from_secs(n) * scale;
+    let cases: [(usize, Vec<Duration>); 4] = [
+        (24, vec![s(0), s(0)]),
+        (24, vec![s(0), s(30)]),
+        (64, vec![s(0), s(0), s(0)]),
+        (64, vec![s(0), s(20), s(40)]),
+    ];
+    for &seed in seeds {
+        for (servers, starts) in &cases {
+            let mut scenario = Scenario::closed(*servers, seed);
+            scenario.thrash = true;
+            scenario.duration = s(60);
+            let name = format!(
+                "shared C={servers}, {} clients from {:?}",
+                starts.len(),
+                starts.iter().map(|d| d.as_secs()).collect::<Vec<_>>()
+            );
+            let (best, base) = shared_oracle(&scenario, starts);
+            let adaptive = vec![Adaptive::default(); starts.len()];
+            let (total, clients) = run_shared(&scenario, adaptive, starts, |a| {
+                a.baseline().map_or("-".into(), |b| format!("{:.1}", ms(b)))
+            });
+            let late = |limits: &[usize]| {
+                let tail = &limits[limits.len() * 3 / 4..];
+                tail.iter().sum::<usize>() as f64 / tail.len().max(1) as f64
+            };
+            let limits: Vec<f64> = clients.iter().map(|c| late(&c.limits)).collect();
+            println!(
+                "| {name} | {seed} | {best} | {:.0} | {:.1} | {:.3} | {:.2} | {} ({:.1}) | {} |",
+                base.throughput,
+                ms(base.p99),
+                total.throughput / base.throughput,
+                total.p99.as_secs_f64() / base.p99.as_secs_f64(),
+                limits
+                    .iter()
+                    .map(|l| format!("{l:.1}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                limits.iter().sum::<f64>(),
+                clients
+                    .iter()
+                    .map(|c| c.note.clone())
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            );
         }
     }
 }

@@ -93,6 +93,11 @@ pub trait Algorithm: Send + std::fmt::Debug + 'static {
 
     /// Takes one completed request into account and returns the new limit.
     fn update(&mut self, sample: &Sample) -> usize;
+
+    /// A [`Limiter::try_acquire`] was refused at the limit: demand exceeds
+    /// the limit and the refused requests are lost, not queued. The default
+    /// ignores it.
+    fn rejected(&mut self) {}
 }
 
 impl Algorithm for Box<dyn Algorithm> {
@@ -102,6 +107,10 @@ impl Algorithm for Box<dyn Algorithm> {
 
     fn update(&mut self, sample: &Sample) -> usize {
         (**self).update(sample)
+    }
+
+    fn rejected(&mut self) {
+        (**self).rejected();
     }
 }
 

@@ -36,6 +36,36 @@ fn try_acquire_rejects_at_the_limit_and_counts_it() {
     assert!(limiter.try_acquire().is_ok());
 }
 
+/// Counts what the limiter tells its algorithm.
+#[derive(Debug, Default)]
+struct Refusals(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Algorithm for Refusals {
+    fn initial_limit(&self) -> usize {
+        1
+    }
+    fn update(&mut self, _: &torque_parallel::limit::Sample) -> usize {
+        1
+    }
+    fn rejected(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn the_algorithm_hears_of_each_refusal() {
+    let count = std::sync::Arc::default();
+    let limiter = ConcurrencyLimiter::new(Refusals(std::sync::Arc::clone(&count)));
+    let token = limiter.try_acquire().unwrap();
+    for _ in 0..3 {
+        assert!(limiter.try_acquire().is_err());
+    }
+    token.success();
+    let _token = limiter.try_acquire().unwrap();
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(limiter.stats().rejected, 3);
+}
+
 #[test]
 fn tokens_dropped_without_an_outcome_return_their_permit() {
     for algorithm in algorithms() {

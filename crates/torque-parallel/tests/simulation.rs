@@ -163,3 +163,59 @@ fn open_loop_sheds_load_instead_of_queueing() {
         report.p99
     );
 }
+
+/// Slow start used to end only on a gross queue (1.5 × the no-load
+/// latency). At C = 24 the doubling to 32 gives a queue of a third, which is
+/// significant but not gross: it doubled again to 64 and thrashed the
+/// backend, then went back to 32 (taken as queue-free) for a whole window.
+/// Two significant windows in a row now end slow start.
+#[test]
+fn regression_slow_start_doubled_past_a_significant_queue() {
+    for seed in [1, 4, 13] {
+        let mut scenario = Scenario::closed(24, seed);
+        scenario.thrash = true;
+        scenario.duration = Duration::from_secs(5);
+        let report = run(&scenario, Adaptive::default());
+        let highest = report.limits.iter().copied().max().unwrap_or(0);
+        assert!(
+            highest <= 40,
+            "seed {seed}: limit reached {highest} on 24 servers"
+        );
+        let late = report.mean_limit(0.6, 1.0);
+        assert!((22.0..=30.0).contains(&late), "seed {seed}: limit {late}");
+    }
+}
+
+/// With fail-fast refusals, a limit of about the capacity refuses the
+/// bursts of the arrivals and leaves servers idle in the lulls after them:
+/// the limit keeps a burst allowance above the requests being served, and
+/// serves more than a limit that only allows the latency target's queue.
+#[test]
+fn open_loop_keeps_a_burst_allowance_above_the_capacity() {
+    for servers in [16usize, 48] {
+        let mut scenario = Scenario::closed(servers, 17);
+        scenario.thrash = true;
+        scenario.open_loop = Some(1.3);
+        scenario.duration = Duration::from_secs(30);
+        let report = run(&scenario, Adaptive::default());
+        let c = servers as f64;
+        let late = report.mean_limit(0.5, 1.0);
+        // √(offered requests) above the capacity: 4.6 at C = 16, 7.9 at 48.
+        let allowance = (1.3 * c).sqrt();
+        assert!(
+            (c + 0.75 * allowance..=c + 2.0 * allowance).contains(&late),
+            "C = {servers}: limit {late}"
+        );
+        // A limit that keeps only the latency target's 3 % queue.
+        let tight = run(
+            &scenario,
+            torque_parallel::limit::Fixed::new((c * 1.03).round() as usize),
+        );
+        assert!(
+            report.throughput > 1.01 * tight.throughput,
+            "C = {servers}: {} req/s against {} at the latency target",
+            report.throughput,
+            tight.throughput
+        );
+    }
+}

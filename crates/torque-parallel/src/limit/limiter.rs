@@ -180,6 +180,7 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
                 limit: state.limit,
                 in_flight: state.in_flight,
             };
+            state.algorithm.rejected();
             drop(state);
             self.shared.rejected.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]

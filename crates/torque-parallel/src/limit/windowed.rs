@@ -150,4 +150,8 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
         }
         self.limit
     }
+
+    fn rejected(&mut self) {
+        self.inner.rejected();
+    }
 }

@@ -319,3 +319,186 @@ pub fn oracle(scenario: &Scenario) -> (usize, Report) {
         .find(|(l, _)| *l == b)
         .expect("best is in results")
 }
+
+/// One client of a shared backend: its own limiter and closed loop.
+#[derive(Debug, Clone, Default)]
+pub struct ClientReport {
+    /// Completions per second over the whole run.
+    pub throughput: f64,
+    /// The limit sampled every 100 ms (0 before the client starts).
+    pub limits: Vec<usize>,
+    /// What `inspect` said of the algorithm at the end.
+    pub note: String,
+}
+
+/// Runs one closed loop per algorithm, each behind its own limiter, against
+/// one backend of `scenario.servers` servers (thrash as the scenario says;
+/// steps and open loop are not supported). Client `i` starts at
+/// `starts[i]`. Returns the report over all requests and one per client.
+pub fn run_shared<A: Algorithm>(
+    scenario: &Scenario,
+    algorithms: Vec<A>,
+    starts: &[Duration],
+    inspect: impl Fn(&A) -> String,
+) -> (Report, Vec<ClientReport>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    runtime.block_on(simulate_shared(
+        scenario.clone(),
+        algorithms,
+        starts,
+        inspect,
+    ))
+}
+
+async fn simulate_shared<A: Algorithm>(
+    scenario: Scenario,
+    algorithms: Vec<A>,
+    starts: &[Duration],
+    inspect: impl Fn(&A) -> String,
+) -> (Report, Vec<ClientReport>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let start = Instant::now();
+    let end = start + scenario.duration;
+    let backend = Arc::new(Mutex::new(Backend {
+        capacity: scenario.servers,
+        free_at: vec![start; scenario.servers],
+        in_system: 0,
+        thrash: scenario.thrash,
+        seed: scenario.seed,
+    }));
+    let next_id = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for (i, algorithm) in algorithms.into_iter().enumerate() {
+        let limiter = ConcurrencyLimiter::with_clock(algorithm, TokioClock);
+        let record = Arc::new(Mutex::new(Record::default()));
+        let offset = starts.get(i).copied().unwrap_or_default();
+        let sampler = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let mut limits = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    let now = Instant::now();
+                    if now >= end {
+                        return limits;
+                    }
+                    limits.push(if now < start + offset {
+                        0
+                    } else {
+                        limiter.stats().limit
+                    });
+                }
+            })
+        };
+        let client = {
+            let (limiter, backend, record, next_id) = (
+                limiter.clone(),
+                backend.clone(),
+                record.clone(),
+                next_id.clone(),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep_until(start + offset).await;
+                loop {
+                    let token = limiter.acquire().await;
+                    let now = Instant::now();
+                    if now >= end {
+                        return;
+                    }
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let done = backend.lock().unwrap().arrive(id, now);
+                    let (backend, record) = (backend.clone(), record.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(done).await;
+                        let finished = Instant::now();
+                        backend.lock().unwrap().in_system -= 1;
+                        token.success();
+                        if finished <= end {
+                            let mut r = record.lock().unwrap();
+                            r.completed += 1;
+                            let us = (finished - now).as_micros().min(u32::MAX as u128) as u32;
+                            r.latencies_us.push((finished, us));
+                        }
+                    });
+                }
+            })
+        };
+        clients.push((limiter, record, sampler, client));
+    }
+    tokio::time::sleep_until(end).await;
+    let mut all: Vec<u32> = Vec::new();
+    let mut completed = 0;
+    let mut reports = Vec::new();
+    for (limiter, record, sampler, client) in clients {
+        let limits = sampler.await.expect("sampler");
+        client.abort();
+        let record = record.lock().unwrap();
+        completed += record.completed;
+        all.extend(record.latencies_us.iter().map(|&(_, us)| us));
+        reports.push(ClientReport {
+            throughput: record.completed as f64 / scenario.duration.as_secs_f64(),
+            limits,
+            note: limiter.with_algorithm(&inspect),
+        });
+    }
+    all.sort_unstable();
+    let p = |q: f64| -> Duration {
+        if all.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((all.len() as f64 * q).ceil() as usize).clamp(1, all.len()) - 1;
+        Duration::from_micros(u64::from(all[i]))
+    };
+    let total = Report {
+        completed,
+        throughput: completed as f64 / scenario.duration.as_secs_f64(),
+        p50: p(0.50),
+        p99: p(0.99),
+        ..Report::default()
+    };
+    (total, reports)
+}
+
+/// The best static limit per client (the same for every client) for
+/// `clients` closed loops sharing the backend, by total throughput: the
+/// sweep of [`oracle`].
+pub fn shared_oracle(scenario: &Scenario, starts: &[Duration]) -> (usize, Report) {
+    use torque_parallel::limit::Fixed;
+    const COARSE: [usize; 17] = [
+        1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256,
+    ];
+    let eval = |limit: usize| {
+        let fixed = vec![Fixed::new(limit); starts.len()];
+        run_shared(scenario, fixed, starts, |_| String::new()).0
+    };
+    let mut results: Vec<(usize, Report)> = Vec::new();
+    for limit in COARSE {
+        results.push((limit, eval(limit)));
+    }
+    let best = |results: &Vec<(usize, Report)>| {
+        results
+            .iter()
+            .max_by(|a, b| a.1.throughput.total_cmp(&b.1.throughput))
+            .map(|(l, _)| *l)
+            .expect("non-empty")
+    };
+    let b = best(&results);
+    let i = COARSE.iter().position(|&l| l == b).expect("coarse");
+    let lo = COARSE[i.saturating_sub(1)];
+    let hi = COARSE[(i + 1).min(COARSE.len() - 1)];
+    for limit in lo..=hi {
+        if !results.iter().any(|(l, _)| *l == limit) {
+            results.push((limit, eval(limit)));
+        }
+    }
+    let b = best(&results);
+    results
+        .into_iter()
+        .find(|(l, _)| *l == b)
+        .expect("best is in results")
+}
