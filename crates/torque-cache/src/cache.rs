@@ -294,7 +294,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 crate::metrics::record_read(value.is_some());
                 return value;
             }
-            return self.get_shared_expiring(hash, key);
+            return self.get_shared_expiring(lock, hash, key);
         }
         self.get_exclusive(lock, hash, key)
     }
@@ -336,7 +336,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// [`get`](Self::get) under the shared lock once entries can expire;
     /// kept out of line so that the path without expiry stays small.
     #[inline(never)]
-    fn get_shared_expiring<Q>(&self, hash: u64, key: &Q) -> Option<V>
+    fn get_shared_expiring<Q>(&self, lock: &ShardSlot<K, V>, hash: u64, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -345,7 +345,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let timing = self.timing();
         // The common cases touch no listener, weight or timer: a hit or a
         // miss with nothing due to expire in the shard.
-        let lock = &self.inner.shards[self.shard_index(hash)];
         let found = {
             let shard = lock.read();
             if shard.sweep_due(timing.now) {

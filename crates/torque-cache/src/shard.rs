@@ -150,7 +150,7 @@ impl<K, V> Removed<K, V> {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
     /// Reads under the exclusive lock; reads under the shared lock are
-    /// counted by the cache, per thread.
+    /// counted beside the shard's lock word (`cache::ShardSlot`).
     pub(crate) hits: u64,
     pub(crate) misses: u64,
     pub(crate) inserts: u64,

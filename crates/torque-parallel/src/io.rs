@@ -4,8 +4,8 @@
 //! One driver ([`Completions`]) runs in the caller's task. It takes an item
 //! from the input only when it can start it soon (at most one item waits for
 //! a permit), takes a permit from the limiter, and starts the item's future:
-//! spawned into a [`JoinSet`] it owns, or — for `map` and `for_each` on a
-//! current-thread runtime, where a task buys no parallelism — pushed into a
+//! spawned into a [`JoinSet`] it owns, or — for `map`, `try_map`, their
+//! `_stream` forms and `for_each` on a current-thread runtime, where a task buys no parallelism — pushed into a
 //! [`FuturesUnordered`] it polls itself ([`Polling`]). Each item times
 //! itself, completes the limiter token with the outcome (success, overload
 //! on timeout, ignore on error or panic) and hands back `(index, result)`.
@@ -120,10 +120,15 @@ impl ProcessorBuilder {
 
 /// The `Async` strategy of a [`Processor`], from [`Processor::async_io`]:
 /// every item is a future, with at most as many running as the limiter
-/// allows. Each runs as a tokio task — except under `map`, `try_map` and
-/// `for_each` on a current-thread runtime, where a task would buy no
-/// parallelism and the batch polls the items itself, at about half the
-/// cost (isolation, cancellation and the limiter work the same).
+/// allows. Each runs as a tokio task — except under `map`, `try_map`, their
+/// `_stream` forms and `for_each` on a current-thread runtime, where a task
+/// would buy no parallelism and the batch polls the items itself, at about
+/// half the cost (panic isolation, cancellation and the limiter work the
+/// same). Two differences an item can see when polled inline: it runs in
+/// the batch's task, so it sees that task's task-locals, `task::id()` and
+/// tracing span (a spawned item sees none of them); and a panic in the
+/// item future's `Drop`, when a cancelled batch drops it, reaches the
+/// caller (a task's would be caught by tokio).
 ///
 /// Methods consume the handle (it is a cheap clone of the processor) and
 /// return futures and streams that own everything they need, so they can be

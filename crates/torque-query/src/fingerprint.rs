@@ -1059,6 +1059,18 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
 /// A bit no keyword tag uses: or-ed into the first token's tags, it selects
 /// the "always" entries of [`SPACE`].
 const ALWAYS: u16 = 1 << 15;
+const _: () = {
+    let all_tags = tag::OPERAND_POS
+        | tag::SPACED
+        | tag::IN
+        | tag::ANY
+        | tag::ARRAY
+        | tag::PAGE
+        | tag::NOT
+        | tag::CLAUSE
+        | tag::RESERVED_AFTER_REL;
+    assert!(all_tags & ALWAYS == 0, "a keyword tag uses the ALWAYS bit");
+};
 
 /// Whether a space separates two output tokens, by their kinds (`Kind as
 /// usize`), as a mask of the first token's tags (or-ed with [`ALWAYS`]): 0
@@ -1130,6 +1142,12 @@ fn render(out: &[Out<'_>], capacity: usize) -> String {
             s[start..].make_ascii_lowercase();
         }
         prev = o;
+    }
+    // The capacity was an upper bound, to write with no reallocation; a
+    // long statement that shrank (a 100 KB IN list becomes `in (?)`) must
+    // not keep its input's size in every fingerprint that outlives it.
+    if s.capacity() > 2 * s.len() + 64 {
+        s.shrink_to_fit();
     }
     s
 }
