@@ -507,6 +507,12 @@ impl Adaptive {
             self.entries -= 1;
             return Some(loser);
         }
+        self.evict_without_candidate(hits)
+    }
+
+    /// An eviction with no window overflow to contest: the oldest entry of
+    /// probation, else of protected, else of the window, leaves unopposed.
+    fn evict_without_candidate(&mut self, hits: &mut impl Hits) -> Option<u32> {
         let victim = self
             .probation
             .back()
@@ -607,15 +613,7 @@ impl Adaptive {
             self.entries -= 1;
             return Some(loser);
         }
-        let victim = self
-            .probation
-            .back()
-            .or(self.protected.back())
-            .or(self.window.back())?;
-        self.depart(victim, hits);
-        self.unlink(victim);
-        self.entries -= 1;
-        Some(victim)
+        self.evict_without_candidate(hits)
     }
 
     /// The three lists, each from its eviction end, with every entry's

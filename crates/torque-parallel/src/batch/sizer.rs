@@ -529,6 +529,17 @@ mod tests {
         assert_eq!(sizer.size(), 9);
     }
 
+    /// An open loop whose arrivals fill batches of 8 or 12 (mean 10) before
+    /// the sink (10 µs + 10 µs per item) is free again: partial batches,
+    /// never the proposed size.
+    fn fill_partial_batches(sizer: &mut BatchSizer) {
+        for i in 0..400u64 {
+            let _ = sizer.next_size();
+            let n = if i % 2 == 0 { 8 } else { 12 };
+            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        }
+    }
+
     #[test]
     fn an_open_loop_caps_the_size_at_about_twice_the_keep_up_size() {
         let mut sizer = BatchSizer::builder()
@@ -536,13 +547,7 @@ mod tests {
             .latency_target(Duration::from_millis(10))
             .build()
             .unwrap();
-        // Arrivals fill batches of 8 or 12 (mean 10) before the sink is free
-        // again: partial batches, never the proposed size.
-        for i in 0..400u64 {
-            let _ = sizer.next_size();
-            let n = if i % 2 == 0 { 8 } else { 12 };
-            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
-        }
+        fill_partial_batches(&mut sizer);
         // k = 10, overhead / (k × per_item) = 0.1: 10 × (1 + √1.1) ≈ 21,
         // not the ~1000 the 10 ms target alone allows.
         assert_eq!(sizer.size(), 21);
@@ -556,11 +561,7 @@ mod tests {
             .latency_target(Duration::from_millis(10))
             .build()
             .unwrap();
-        for i in 0..400u64 {
-            let _ = sizer.next_size();
-            let n = if i % 2 == 0 { 8 } else { 12 };
-            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
-        }
+        fill_partial_batches(&mut sizer);
         assert_eq!(sizer.size(), 21);
         // The load rises: every batch now fills to its proposed size. The
         // slow average alone would take hundreds of batches; the cap
@@ -578,11 +579,7 @@ mod tests {
         }
         // One full batch in a burst raises it only a little.
         let mut sizer = BatchSizer::builder().max_size(1_000).build().unwrap();
-        for i in 0..400u64 {
-            let _ = sizer.next_size();
-            let n = if i % 2 == 0 { 8 } else { 12 };
-            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
-        }
+        fill_partial_batches(&mut sizer);
         let n = sizer.next_size();
         sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
         assert!((21..=25).contains(&sizer.size()), "{}", sizer.size());
