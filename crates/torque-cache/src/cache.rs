@@ -28,6 +28,7 @@ use crate::builder::{Listener, LocalCacheBuilder, Weigher};
 use crate::clock::{Clock, to_nanos};
 use crate::load::Loads;
 use crate::policy::{NEVER, Policy, PolicyState};
+use crate::reads::ReadCounters;
 use crate::shard::{Counters, Lookup, Removed, Shard, Timing};
 use crate::stats::{CacheStats, Evictions};
 
@@ -65,46 +66,9 @@ pub struct LocalCache<K, V, S = DefaultHasher> {
 
 /// One shard behind its own lock, on its own cache line. A read-write lock:
 /// reads whose policy needs nothing exclusive on a hit (Adaptive, Fifo, Ttl
-/// without time-to-idle) share it.
-type ShardCell<K, V> = CachePadded<ShardSlot<K, V>>;
-
-/// A shard's lock and the count of the reads made under its shared lock, in
-/// one cache line: every read writes the lock word anyway, so counting there
-/// costs no second line moving between the cores of concurrent readers (as a
-/// counter on a line of its own did). Reads under the exclusive lock are
-/// counted in the shard. `repr(C)` keeps the counters first; the lock's word
-/// comes right after them because `lock_api::RwLock` keeps its data last
-/// (checked by a test below).
-#[repr(C)]
-pub(crate) struct ShardSlot<K, V> {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    lock: RwLock<Shard<K, V>>,
-}
-
-impl<K, V> ShardSlot<K, V> {
-    fn new(shard: Shard<K, V>) -> Self {
-        Self {
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-            lock: RwLock::new(shard),
-        }
-    }
-
-    #[inline]
-    fn count_read(&self, hit: bool) {
-        let n = if hit { &self.hits } else { &self.misses };
-        n.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl<K, V> std::ops::Deref for ShardSlot<K, V> {
-    type Target = RwLock<Shard<K, V>>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.lock
-    }
-}
+/// without time-to-idle) share it, and are counted in [`ReadCounters`];
+/// reads under the exclusive lock are counted in the shard.
+type ShardCell<K, V> = CachePadded<RwLock<Shard<K, V>>>;
 
 pub(crate) struct Inner<K, V, S> {
     shards: Box<[ShardCell<K, V>]>,
@@ -124,6 +88,8 @@ pub(crate) struct Inner<K, V, S> {
     /// Whether reads take the shard's shared lock
     /// ([`PolicyState::shared_hits`]).
     shared_reads: bool,
+    /// Reads made under the shared lock.
+    reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
 }
 
@@ -178,7 +144,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let origin = b.clock.now();
         let shards: Box<[ShardCell<K, V>]> = (0..shards)
             .map(|_| {
-                CachePadded::new(ShardSlot::new(Shard::new(PolicyState::new(
+                CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
                     b.policy, per_shard, weighted,
                 ))))
             })
@@ -201,6 +167,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 tti,
                 expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER),
                 shared_reads,
+                reads: ReadCounters::new(crate::reads::default_stripes()),
                 loads: Loads::new(),
             }),
         }
@@ -289,7 +256,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // timer to look at: a hit or a miss under the shared lock.
             if !self.inner.expiry_in_use.load(Ordering::Relaxed) {
                 let value = lock.read().get_shared_unexpiring(hash, key).cloned();
-                lock.count_read(value.is_some());
+                self.inner.reads.count(value.is_some());
                 #[cfg(feature = "metrics")]
                 crate::metrics::record_read(value.is_some());
                 return value;
@@ -304,7 +271,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// the shared-lock path inlined into callers stays small (no large
     /// stack frame, few saved registers).
     #[inline(never)]
-    fn get_exclusive<Q>(&self, lock: &ShardSlot<K, V>, hash: u64, key: &Q) -> Option<V>
+    fn get_exclusive<Q>(&self, lock: &RwLock<Shard<K, V>>, hash: u64, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -336,7 +303,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// [`get`](Self::get) under the shared lock once entries can expire;
     /// kept out of line so that the path without expiry stays small.
     #[inline(never)]
-    fn get_shared_expiring<Q>(&self, lock: &ShardSlot<K, V>, hash: u64, key: &Q) -> Option<V>
+    fn get_shared_expiring<Q>(&self, lock: &RwLock<Shard<K, V>>, hash: u64, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -359,11 +326,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         };
         let value = match found {
             Lookup::Hit(v) => {
-                lock.count_read(true);
+                self.inner.reads.count(true);
                 Some(v)
             }
             Lookup::Miss => {
-                lock.count_read(false);
+                self.inner.reads.count(false);
                 None
             }
             Lookup::Expired => self.get_expiring(hash, key, timing),
@@ -676,10 +643,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// A snapshot of the counters; see [`CacheStats`].
     pub fn stats(&self) -> CacheStats {
         let mut c = Counters::default();
-        let (mut hits, mut misses) = (0, 0);
+        let (mut hits, mut misses) = self.inner.reads.sum();
         for slot in self.inner.shards.iter() {
-            hits += slot.hits.load(Ordering::Relaxed);
-            misses += slot.misses.load(Ordering::Relaxed);
             let shard = slot.read();
             hits += shard.counters.hits;
             misses += shard.counters.misses;
@@ -730,16 +695,6 @@ mod tests {
         fn write_u64(&mut self, n: u64) {
             self.0 = n;
         }
-    }
-
-    #[test]
-    fn read_counters_share_the_lock_words_cache_line() {
-        let cache = LocalCache::<u64, u64>::new(1_000);
-        let slot: &ShardSlot<u64, u64> = &cache.inner.shards[0];
-        let start = std::ptr::from_ref(slot) as usize;
-        // The lock's word lies between the counters and the shard it guards.
-        let data = slot.lock.data_ptr() as usize;
-        assert!(data - start <= 64, "shard data at offset {}", data - start);
     }
 
     #[test]

@@ -56,6 +56,7 @@ mod load;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod policy;
+mod reads;
 mod shard;
 mod stats;
 
