@@ -344,6 +344,27 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some(&entry.value)
     }
 
+    /// [`Self::get_exclusive`] for a cache in which no entry can expire: a
+    /// hit or a miss, counted and told to the policy, with no times to check.
+    #[inline]
+    pub(crate) fn get_exclusive_unexpiring<Q>(&mut self, hash: u64, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            self.counters.misses += 1;
+            self.policy.on_miss(hash);
+            return None;
+        };
+        if self.count_hits {
+            self.cells[id as usize].bump();
+        }
+        self.counters.hits += 1;
+        self.policy.on_access(id, NEVER);
+        self.cells[id as usize].entry.as_ref().map(|e| &e.value)
+    }
+
     /// Looks `key` up for a read under the exclusive lock: counts a hit or a
     /// miss and tells the policy. An expired entry is left for
     /// [`Self::get`] to free.
