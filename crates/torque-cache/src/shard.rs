@@ -160,7 +160,7 @@ impl<K, V> Removed<K, V> {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Counters {
     /// Reads under the exclusive lock; reads under the shared lock are
-    /// counted beside the shard's lock word (`cache::ShardSlot`).
+    /// counted per thread by the cache (`reads::ReadCounters`).
     pub(crate) hits: u64,
     pub(crate) misses: u64,
     pub(crate) inserts: u64,
