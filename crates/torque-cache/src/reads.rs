@@ -202,4 +202,44 @@ mod tests {
         }
         assert_eq!(counters.sum(), (23, 0));
     }
+
+    #[test]
+    fn a_read_from_a_thread_local_destructor_is_counted() {
+        use std::sync::Arc;
+
+        struct CountsOnDrop(Arc<ReadCounters>);
+        impl Drop for CountsOnDrop {
+            fn drop(&mut self) {
+                // Runs while the thread's locals are torn down, possibly
+                // after this module's own: must neither panic nor lose it.
+                self.0.count(true);
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<CountsOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+
+        // Destructors run in the reverse order of first use (on Linux):
+        // set up before the first read, `LATE` is dropped after this
+        // module's index (the read finds it gone and counts on the shared
+        // counter); after it, before.
+        let counters = Arc::new(ReadCounters::new(64));
+        for late_first in [true, false] {
+            let for_thread = Arc::clone(&counters);
+            std::thread::spawn(move || {
+                if late_first {
+                    let keep = Arc::clone(&for_thread);
+                    LATE.with(|l| *l.borrow_mut() = Some(CountsOnDrop(keep)));
+                }
+                for_thread.count(false);
+                if !late_first {
+                    LATE.with(|l| *l.borrow_mut() = Some(CountsOnDrop(for_thread)));
+                }
+            })
+            .join()
+            .expect("no panic in the thread or its destructors");
+        }
+        assert_eq!(counters.sum(), (2, 2));
+    }
 }
