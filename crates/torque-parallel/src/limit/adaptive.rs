@@ -54,7 +54,10 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   baseline was too low, and both windows re-measure it. Between probes
 ///   the baseline never rises above the last probe's mean plus two standard
 ///   errors: beyond that, a window slow after a cut is another client's
-///   queue on a shared backend, which this limiter cannot drain.
+///   queue on a shared backend, which this limiter cannot drain. Two windows
+///   in a row significantly faster than the baseline start a probe at once:
+///   the baseline was measured under a queue that has since drained (a
+///   client that joined a shared backend late) or the backend got faster.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
