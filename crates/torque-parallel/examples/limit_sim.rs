@@ -152,7 +152,7 @@ fn main() {
         }
     }
     if only == "shared" {
-        shared(&seeds, scale);
+        shared(&seeds, scale, trace);
         return;
     }
     println!(
@@ -198,11 +198,11 @@ fn main() {
 /// closed loops): does each one's no-load estimate stay the backend's, or
 /// does the others' queue raise it? The oracle is the best static limit per
 /// client, the same for all.
-fn shared(seeds: &[u64], scale: u32) {
+fn shared(seeds: &[u64], scale: u32, trace: bool) {
     println!(
-        "| scenario | seed | oracle limit per client | oracle req/s | oracle p99 ms | Adaptive req/s × oracle | p99 × oracle | mean limits, last quarter (sum) | no-load estimates ms (true ≈ 20.4) |"
+        "| scenario | seed | oracle limit per client | oracle req/s | oracle p99 ms | Adaptive req/s × oracle | p99 × oracle | mean limits, last quarter (sum) | req/s per client, last quarter | no-load estimates ms (true ≈ 20.4) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let s = |n: u64| Duration::from_secs(n) * scale;
     let cases: [(usize, Vec<Duration>); 4] = [
         (24, vec![s(0), s(0)]),
@@ -230,8 +230,12 @@ fn shared(seeds: &[u64], scale: u32) {
                 tail.iter().sum::<usize>() as f64 / tail.len().max(1) as f64
             };
             let limits: Vec<f64> = clients.iter().map(|c| late(&c.limits)).collect();
+            let rates: Vec<String> = clients
+                .iter()
+                .map(|c| format!("{:.0}", c.late_throughput))
+                .collect();
             println!(
-                "| {name} | {seed} | {best} | {:.0} | {:.1} | {:.3} | {:.2} | {} ({:.1}) | {} |",
+                "| {name} | {seed} | {best} | {:.0} | {:.1} | {:.3} | {:.2} | {} ({:.1}) | {} | {} |",
                 base.throughput,
                 ms(base.p99),
                 total.throughput / base.throughput,
@@ -242,12 +246,18 @@ fn shared(seeds: &[u64], scale: u32) {
                     .collect::<Vec<_>>()
                     .join(" / "),
                 limits.iter().sum::<f64>(),
+                rates.join(" / "),
                 clients
                     .iter()
                     .map(|c| c.note.clone())
                     .collect::<Vec<_>>()
                     .join(" / "),
             );
+            if trace {
+                for (i, c) in clients.iter().enumerate() {
+                    println!("    client {i}: {}", run_length(&c.limits));
+                }
+            }
         }
     }
 }

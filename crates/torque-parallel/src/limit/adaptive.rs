@@ -54,7 +54,10 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   baseline was too low, and both windows re-measure it. Between probes
 ///   the baseline never rises above the last probe's mean plus two standard
 ///   errors: beyond that, a window slow after a cut is another client's
-///   queue on a shared backend, which this limiter cannot drain.
+///   queue on a shared backend, which this limiter cannot drain. Two windows
+///   in a row significantly faster than the baseline start a probe at once:
+///   the baseline was measured under a queue that has since drained (a
+///   client that joined a shared backend late) or the backend got faster.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
 ///   rule), whatever the latency says.
@@ -88,6 +91,8 @@ pub struct Adaptive {
     /// The steady-state window that made the last cut: its limit, mean and
     /// variance of the mean.
     cut_by: Option<(usize, f64, f64)>,
+    /// The last window was significantly faster than the no-load estimate.
+    faster: bool,
 
     window: Window,
     baseline: Option<Baseline>,
@@ -241,6 +246,7 @@ impl Adaptive {
         self.probe = Probe::Running { restore };
         // The window after the probe is not comparable with the one before.
         self.cut_by = None;
+        self.faster = false;
         self.window.reset(now);
     }
 
@@ -376,6 +382,25 @@ impl Adaptive {
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
         let noise = SIGNIFICANCE * relative_error;
         let target = 1.0 + self.config.headroom;
+        // Two windows in a row significantly faster than the no-load
+        // estimate: it was measured under a queue that has since drained —
+        // typically another client's, on a shared backend this client joined
+        // late — or the backend got faster. Re-measure now instead of at the
+        // next `probe_interval`: a late joiner's high estimate lets it keep a
+        // queue that the clients with a true estimate back away from, until
+        // they starve (TCP Vegas' unfairness between flows with different
+        // base-RTT estimates; Hengartner, Bolliger & Gross 2000, "TCP Vegas
+        // revisited"). One such window alone is a false alarm about 2 % of
+        // the time (a two-standard-error test); two in a row almost never.
+        if ratio < 1.0 - noise {
+            if self.faster {
+                self.start_probe(now);
+                return;
+            }
+            self.faster = true;
+        } else {
+            self.faster = false;
+        }
         // Slow start's short windows and young baseline only see a gross
         // queue: the doubling that crossed the capacity.
         let queued = if self.slow_start {
@@ -597,6 +622,7 @@ impl AdaptiveBuilder {
             capacity: None,
             last_clear: None,
             cut_by: None,
+            faster: false,
 
             window: Window::default(),
             baseline: None,

@@ -325,6 +325,8 @@ pub fn oracle(scenario: &Scenario) -> (usize, Report) {
 pub struct ClientReport {
     /// Completions per second over the whole run.
     pub throughput: f64,
+    /// Completions per second over the run's last quarter.
+    pub late_throughput: f64,
     /// The limit sampled every 100 ms (0 before the client starts).
     pub limits: Vec<usize>,
     /// What `inspect` said of the algorithm at the end.
@@ -440,8 +442,15 @@ async fn simulate_shared<A: Algorithm>(
         let record = record.lock().unwrap();
         completed += record.completed;
         all.extend(record.latencies_us.iter().map(|&(_, us)| us));
+        let quarter = scenario.duration / 4;
+        let late = record
+            .latencies_us
+            .iter()
+            .filter(|&&(at, _)| at > end - quarter)
+            .count();
         reports.push(ClientReport {
             throughput: record.completed as f64 / scenario.duration.as_secs_f64(),
+            late_throughput: late as f64 / quarter.as_secs_f64(),
             limits,
             note: limiter.with_algorithm(&inspect),
         });
