@@ -169,20 +169,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_from_more_threads_than_stripes_add_up() {
-        // Two stripes, six threads: some count in a stripe of their own,
-        // the others on the shared counter; none may lose a count.
-        let counters = ReadCounters::new(2);
-        std::thread::scope(|s| {
-            for _ in 0..6 {
-                s.spawn(|| {
-                    for i in 0..30_000 {
-                        counters.count(i % 3 != 0);
-                    }
-                });
-            }
-        });
-        assert_eq!(counters.sum(), (6 * 20_000, 6 * 10_000));
+    fn concurrent_counts_add_up_in_stripes_and_on_the_shared_counter() {
+        // Thread indices are process-wide, so which threads get a stripe
+        // depends on the other tests' threads: no stripes (all on the
+        // shared counter), two (usually some of each) and 64 (all on their
+        // own stripes here); none may lose a count.
+        for stripes in [0, 2, 64] {
+            let counters = ReadCounters::new(stripes);
+            std::thread::scope(|s| {
+                for _ in 0..6 {
+                    s.spawn(|| {
+                        for i in 0..30_000 {
+                            counters.count(i % 3 != 0);
+                        }
+                    });
+                }
+            });
+            assert_eq!(
+                counters.sum(),
+                (6 * 20_000, 6 * 10_000),
+                "{stripes} stripes"
+            );
+        }
     }
 
     #[test]
