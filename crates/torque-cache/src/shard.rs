@@ -344,6 +344,22 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some(&entry.value)
     }
 
+    /// The slot of `key` for a read under the exclusive lock; a miss is
+    /// counted and told to the policy.
+    #[inline]
+    fn find_for_read<Q>(&mut self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let found = self.find(hash, key);
+        if found.is_none() {
+            self.counters.misses += 1;
+            self.policy.on_miss(hash);
+        }
+        found
+    }
+
     /// [`Self::get_exclusive`] for a cache in which no entry can expire: a
     /// hit or a miss, counted and told to the policy, with no times to check.
     #[inline]
@@ -352,11 +368,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(id) = self.find(hash, key) else {
-            self.counters.misses += 1;
-            self.policy.on_miss(hash);
-            return None;
-        };
+        let id = self.find_for_read(hash, key)?;
         if self.count_hits {
             self.cells[id as usize].bump();
         }
@@ -374,9 +386,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(id) = self.find(hash, key) else {
-            self.counters.misses += 1;
-            self.policy.on_miss(hash);
+        let Some(id) = self.find_for_read(hash, key) else {
             return Lookup::Miss;
         };
         let mut deadline = NEVER;
