@@ -3,59 +3,167 @@
 //!
 //! Counts live only while the entry is cached (in-cache LFU, no aging), which
 //! is the textbook policy the property tests model.
+//!
+//! Every operation is O(1), after Shah, Mitra & Matani, "An O(1) algorithm
+//! for implementing the LFU cache eviction scheme" (2010): the entries with
+//! the same count share a *bucket*, a list in order of last use (front: most
+//! recent), and the buckets form a list in increasing count. A use moves an
+//! entry to the front of the next bucket (created right behind its own if
+//! that count has no bucket yet); the victim is the back of the first
+//! bucket. Order within a bucket is the order of arrival in it, which is
+//! the order of last use, so this evicts exactly the minimum of `(count,
+//! last use)` — what a sorted set of those pairs did until 2026-12-05, at
+//! O(log n) and about five times the cost per request of the other
+//! policies.
 
-use std::collections::BTreeSet;
+use super::list::{Links, List, NIL};
 
-const ABSENT: (u64, u64) = (u64::MAX, u64::MAX);
+/// The entries with one access count, least recently used at the back.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    count: u64,
+    entries: List,
+    /// The neighbouring buckets: lower and higher counts.
+    prev: u32,
+    next: u32,
+}
 
-/// Frequency order of the ids in one shard: `(count, last use, id)`.
-#[derive(Debug, Default)]
+/// Frequency order of the ids in one shard.
+#[derive(Debug)]
 pub(crate) struct Lfu {
-    order: BTreeSet<(u64, u64, u32)>,
-    keys: Vec<(u64, u64)>,
-    tick: u64,
+    /// Each id's links within its bucket, and its bucket's index.
+    links: Links<u32>,
+    buckets: Vec<Bucket>,
+    /// Indices of `buckets` free for reuse.
+    spare: Vec<u32>,
+    /// The bucket of the lowest count, or [`NIL`].
+    first: u32,
+}
+
+impl Default for Lfu {
+    fn default() -> Self {
+        Self {
+            links: Links::default(),
+            buckets: Vec::new(),
+            spare: Vec::new(),
+            first: NIL,
+        }
+    }
 }
 
 impl Lfu {
-    fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
-        self.tick
+    /// A new, empty bucket for `count` between `prev` and `next` (either may
+    /// be [`NIL`]).
+    fn add_bucket(&mut self, count: u64, prev: u32, next: u32) -> u32 {
+        let bucket = Bucket {
+            count,
+            entries: List::new(),
+            prev,
+            next,
+        };
+        let index = match self.spare.pop() {
+            Some(index) => {
+                self.buckets[index as usize] = bucket;
+                index
+            }
+            None => {
+                // Never more buckets than entries, and ids are u32.
+                let index = u32::try_from(self.buckets.len()).unwrap_or(NIL - 1);
+                self.buckets.push(bucket);
+                index
+            }
+        };
+        if prev == NIL {
+            self.first = index;
+        } else {
+            self.buckets[prev as usize].next = index;
+        }
+        if next != NIL {
+            self.buckets[next as usize].prev = index;
+        }
+        index
+    }
+
+    /// Takes `id` out of its bucket, and the bucket out of the list if that
+    /// left it empty.
+    fn leave(&mut self, id: u32) {
+        let b = *self.links.meta(id);
+        let bucket = &mut self.buckets[b as usize];
+        self.links.unlink(&mut bucket.entries, id);
+        if !bucket.entries.is_empty() {
+            return;
+        }
+        let Bucket { prev, next, .. } = *bucket;
+        if prev == NIL {
+            self.first = next;
+        } else {
+            self.buckets[prev as usize].next = next;
+        }
+        if next != NIL {
+            self.buckets[next as usize].prev = prev;
+        }
+        self.spare.push(b);
     }
 
     pub(crate) fn on_insert(&mut self, id: u32) {
-        let tick = self.next_tick();
-        let idx = id as usize;
-        if self.keys.len() <= idx {
-            self.keys.resize(idx + 1, ABSENT);
-        }
-        self.keys[idx] = (1, tick);
-        self.order.insert((1, tick, id));
+        let first = self.first;
+        let b = if first != NIL && self.buckets[first as usize].count == 1 {
+            first
+        } else {
+            self.add_bucket(1, NIL, first)
+        };
+        self.links
+            .push_front_with(&mut self.buckets[b as usize].entries, id, b);
     }
 
     pub(crate) fn on_access(&mut self, id: u32) {
-        let tick = self.next_tick();
-        let (count, last) = self.keys[id as usize];
-        self.order.remove(&(count, last, id));
-        let count = count.saturating_add(1);
-        self.keys[id as usize] = (count, tick);
-        self.order.insert((count, tick, id));
+        let b = *self.links.meta(id);
+        let Bucket {
+            count,
+            entries,
+            next,
+            ..
+        } = self.buckets[b as usize];
+        let Some(count) = count.checked_add(1) else {
+            // Saturated: only the recency changes.
+            self.links
+                .move_to_front(&mut self.buckets[b as usize].entries, id);
+            return;
+        };
+        if entries.len() == 1 && (next == NIL || self.buckets[next as usize].count != count) {
+            // Alone in its bucket, and no bucket for the new count: the
+            // bucket itself takes the new count.
+            self.buckets[b as usize].count = count;
+            return;
+        }
+        let target = if next != NIL && self.buckets[next as usize].count == count {
+            next
+        } else {
+            self.add_bucket(count, b, next)
+        };
+        self.leave(id);
+        self.links
+            .push_front_with(&mut self.buckets[target as usize].entries, id, target);
     }
 
     pub(crate) fn on_remove(&mut self, id: u32) {
-        let (count, last) = self.keys[id as usize];
-        self.order.remove(&(count, last, id));
-        self.keys[id as usize] = ABSENT;
+        self.leave(id);
     }
 
     pub(crate) fn evict(&mut self) -> Option<u32> {
-        let (_, _, id) = self.order.pop_first()?;
-        self.keys[id as usize] = ABSENT;
+        if self.first == NIL {
+            return None;
+        }
+        let id = self.buckets[self.first as usize].entries.back()?;
+        self.leave(id);
         Some(id)
     }
 
     pub(crate) fn clear(&mut self) {
-        self.order.clear();
-        self.keys.clear();
+        self.links.clear();
+        self.buckets.clear();
+        self.spare.clear();
+        self.first = NIL;
     }
 }
 
@@ -76,6 +184,68 @@ mod tests {
         // 1 and 2 have two uses each; 1 was used before 2.
         assert_eq!(p.evict(), Some(1));
         assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), None);
+    }
+
+    #[test]
+    fn matches_a_sorted_set_of_count_and_last_use() {
+        use std::collections::BTreeMap;
+
+        // Random inserts, uses, removals and evictions against the obvious
+        // O(log n) reference: the minimum of (count, last use).
+        let mut p = Lfu::default();
+        let mut reference: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut tick = 0;
+        for _ in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let id = (rng % 64) as u32;
+            tick += 1;
+            match (rng >> 32) % 8 {
+                0 => {
+                    let want = reference
+                        .iter()
+                        .min_by_key(|&(_, &key)| key)
+                        .map(|(&id, _)| id);
+                    assert_eq!(p.evict(), want);
+                    if let Some(id) = want {
+                        reference.remove(&id);
+                    }
+                }
+                1 => {
+                    if reference.remove(&id).is_some() {
+                        p.on_remove(id);
+                    }
+                }
+                _ => match reference.get_mut(&id) {
+                    Some((count, last)) => {
+                        *count += 1;
+                        *last = tick;
+                        p.on_access(id);
+                    }
+                    None => {
+                        reference.insert(id, (1, tick));
+                        p.on_insert(id);
+                    }
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn a_saturated_count_still_orders_by_recency() {
+        let mut p = Lfu::default();
+        p.on_insert(0);
+        p.on_insert(1);
+        // Both share the one bucket; put it at the top count.
+        for b in &mut p.buckets {
+            b.count = u64::MAX;
+        }
+        p.on_access(0);
+        assert_eq!(p.evict(), Some(1));
         assert_eq!(p.evict(), Some(0));
         assert_eq!(p.evict(), None);
     }
