@@ -50,7 +50,6 @@ impl List {
     }
 
     /// The id at the most recent end.
-    #[cfg(test)]
     pub(crate) fn front(&self) -> Option<u32> {
         (self.head != NIL).then_some(self.head)
     }

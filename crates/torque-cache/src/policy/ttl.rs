@@ -1,53 +1,124 @@
 //! Nearest expiry first: evict the entry that would expire soonest; entries
 //! that never expire go last, oldest insert first.
+//!
+//! The order is `(deadline, insert order)`. Most caches write deadlines in
+//! that order already — a cache-wide time-to-live gives every insert a later
+//! deadline than the one before, and without expiry every deadline is
+//! "never" — so entries that arrive in order go on a list, in O(1), and only
+//! those that arrive out of order (a shorter per-entry time-to-live, a
+//! time-to-idle refresh that lands between two others) go into a sorted
+//! set. The victim is the smaller of the list's oldest end and the set's
+//! first. Until 2026-12-05 every entry went into the set: an insert cost
+//! about 100 ns in the crate's bench against 30–50 for the other policies.
 
 use std::collections::BTreeSet;
 
-/// Expiry order of the ids in one shard: `(deadline, insert order, id)`.
+use super::list::{Links, List};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Meta {
+    deadline: u64,
+    /// Insert order: ties of deadline go to the older insert.
+    tick: u64,
+    /// On the in-order list (else in the set).
+    listed: bool,
+    present: bool,
+}
+
+impl Meta {
+    fn key(self) -> (u64, u64) {
+        (self.deadline, self.tick)
+    }
+}
+
+/// Expiry order of the ids in one shard.
 #[derive(Debug, Default)]
 pub(crate) struct NearestExpiry {
-    order: BTreeSet<(u64, u64, u32)>,
-    keys: Vec<Option<(u64, u64)>>,
+    links: Links<Meta>,
+    /// Ids in increasing `(deadline, insert order)` from back to front.
+    listed: List,
+    /// The others, as `(deadline, insert order, id)`.
+    sorted: BTreeSet<(u64, u64, u32)>,
     tick: u64,
 }
 
 impl NearestExpiry {
+    /// Files `id` (not on either) under `(deadline, tick)`: on the list if
+    /// it goes after the list's newest entry, else in the set.
+    fn file(&mut self, id: u32, deadline: u64, tick: u64) {
+        let in_order = self
+            .listed
+            .front()
+            .is_none_or(|newest| self.links.meta(newest).key() <= (deadline, tick));
+        let meta = Meta {
+            deadline,
+            tick,
+            listed: in_order,
+            present: true,
+        };
+        if in_order {
+            self.links.push_front_with(&mut self.listed, id, meta);
+        } else {
+            self.links.ensure(id);
+            *self.links.meta_mut(id) = meta;
+            self.sorted.insert((deadline, tick, id));
+        }
+    }
+
+    /// Takes `id` off the list or out of the set; returns its key.
+    fn unfile(&mut self, id: u32) -> Option<(u64, u64)> {
+        let meta = *self.links.meta(id);
+        if !meta.present {
+            return None;
+        }
+        if meta.listed {
+            self.links.unlink(&mut self.listed, id);
+        } else {
+            self.sorted.remove(&(meta.deadline, meta.tick, id));
+        }
+        self.links.meta_mut(id).present = false;
+        Some(meta.key())
+    }
+
     pub(crate) fn on_insert(&mut self, id: u32, deadline: u64) {
         self.tick += 1;
-        let idx = id as usize;
-        if self.keys.len() <= idx {
-            self.keys.resize(idx + 1, None);
-        }
-        self.keys[idx] = Some((deadline, self.tick));
-        self.order.insert((deadline, self.tick, id));
+        self.file(id, deadline, self.tick);
     }
 
     /// A read or a replacement that may have moved the deadline.
     pub(crate) fn on_deadline(&mut self, id: u32, deadline: u64) {
-        if let Some((old, tick)) = self.keys[id as usize]
-            && old != deadline
-        {
-            self.order.remove(&(old, tick, id));
-            self.keys[id as usize] = Some((deadline, tick));
-            self.order.insert((deadline, tick, id));
+        let meta = *self.links.meta(id);
+        if meta.present && meta.deadline != deadline {
+            self.unfile(id);
+            self.file(id, deadline, meta.tick);
         }
     }
 
     pub(crate) fn on_remove(&mut self, id: u32) {
-        if let Some((deadline, tick)) = self.keys[id as usize].take() {
-            self.order.remove(&(deadline, tick, id));
-        }
+        self.unfile(id);
     }
 
     pub(crate) fn evict(&mut self) -> Option<u32> {
-        let (_, _, id) = self.order.pop_first()?;
-        self.keys[id as usize] = None;
+        let listed = self.listed.back();
+        let sorted = self.sorted.first().map(|&(_, _, id)| id);
+        let id = match (listed, sorted) {
+            (Some(l), Some(s)) => {
+                if self.links.meta(l).key() <= self.links.meta(s).key() {
+                    l
+                } else {
+                    s
+                }
+            }
+            (l, s) => l.or(s)?,
+        };
+        self.unfile(id);
         Some(id)
     }
 
     pub(crate) fn clear(&mut self) {
-        self.order.clear();
-        self.keys.clear();
+        self.links.clear();
+        self.listed = List::new();
+        self.sorted.clear();
     }
 }
 
@@ -69,5 +140,61 @@ mod tests {
         assert_eq!(p.evict(), Some(0));
         p.on_remove(3);
         assert_eq!(p.evict(), None);
+    }
+
+    #[test]
+    fn matches_a_sorted_set_of_deadline_and_insert_order() {
+        // Random inserts (deadlines mostly rising, as with a cache-wide
+        // time-to-live, sometimes not), deadline moves, removals and
+        // evictions against the obvious reference: the minimum of
+        // (deadline, insert order).
+        use std::collections::BTreeMap;
+
+        let mut p = NearestExpiry::default();
+        let mut reference: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let (mut tick, mut now) = (0, 1_000);
+        for _ in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let id = (rng % 64) as u32;
+            now += rng >> 60;
+            let deadline = match (rng >> 40) % 10 {
+                0 => NEVER,
+                1 | 2 => now + (rng >> 20) % 500,
+                _ => now + 1_000,
+            };
+            match (rng >> 32) % 8 {
+                0 => {
+                    let want = reference
+                        .iter()
+                        .min_by_key(|&(_, &key)| key)
+                        .map(|(&id, _)| id);
+                    assert_eq!(p.evict(), want);
+                    if let Some(id) = want {
+                        reference.remove(&id);
+                    }
+                }
+                1 => {
+                    if reference.remove(&id).is_some() {
+                        p.on_remove(id);
+                    }
+                }
+                2 | 3 => {
+                    if let Some(key) = reference.get_mut(&id) {
+                        key.0 = deadline;
+                        p.on_deadline(id, deadline);
+                    }
+                }
+                _ => {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = reference.entry(id) {
+                        tick += 1;
+                        slot.insert((deadline, tick));
+                        p.on_insert(id, deadline);
+                    }
+                }
+            }
+        }
     }
 }
