@@ -31,7 +31,8 @@ struct Bucket {
 /// Frequency order of the ids in one shard.
 #[derive(Debug)]
 pub(crate) struct Lfu {
-    /// Each id's links within its bucket, and its bucket's index.
+    /// Each id's links within its bucket, and its bucket's index ([`NIL`]
+    /// once it left).
     links: Links<u32>,
     buckets: Vec<Bucket>,
     /// Indices of `buckets` free for reuse.
@@ -85,9 +86,12 @@ impl Lfu {
     }
 
     /// Takes `id` out of its bucket, and the bucket out of the list if that
-    /// left it empty.
+    /// left it empty. An id on no bucket ([`NIL`]) is left alone.
     fn leave(&mut self, id: u32) {
-        let b = *self.links.meta(id);
+        let b = std::mem::replace(self.links.meta_mut(id), NIL);
+        if b == NIL {
+            return;
+        }
         let bucket = &mut self.buckets[b as usize];
         self.links.unlink(&mut bucket.entries, id);
         if !bucket.entries.is_empty() {
@@ -233,6 +237,17 @@ mod tests {
                 },
             }
         }
+    }
+
+    #[test]
+    fn removing_an_id_twice_changes_nothing() {
+        let mut p = Lfu::default();
+        p.on_insert(0);
+        p.on_insert(1);
+        p.on_remove(0);
+        p.on_remove(0);
+        assert_eq!(p.evict(), Some(1));
+        assert_eq!(p.evict(), None);
     }
 
     #[test]
