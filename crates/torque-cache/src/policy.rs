@@ -13,6 +13,31 @@ mod lru;
 mod sketch;
 mod ttl;
 
+/// Helpers for the policies' tests against a sorted reference.
+#[cfg(test)]
+pub(crate) mod reference {
+    use std::collections::BTreeMap;
+
+    /// xorshift64: the tests' deterministic random numbers.
+    pub(crate) fn next(rng: &mut u64) -> u64 {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    }
+
+    /// Takes the id with the smallest key out of `reference`: the victim a
+    /// policy ordered by that key must choose.
+    pub(crate) fn pop_min<K: Ord + Copy>(reference: &mut BTreeMap<u32, K>) -> Option<u32> {
+        let id = reference
+            .iter()
+            .min_by_key(|&(_, &key)| key)
+            .map(|(&id, _)| id)?;
+        reference.remove(&id);
+        Some(id)
+    }
+}
+
 /// Deadline of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
 

@@ -174,6 +174,7 @@ impl Lfu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::reference;
 
     #[test]
     fn evicts_least_frequent_then_least_recent() {
@@ -199,39 +200,28 @@ mod tests {
         // Random inserts, uses, removals and evictions against the obvious
         // O(log n) reference: the minimum of (count, last use).
         let mut p = Lfu::default();
-        let mut reference: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut model: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         let mut tick = 0;
         for _ in 0..200_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = reference::next(&mut rng);
             let id = (rng % 64) as u32;
             tick += 1;
             match (rng >> 32) % 8 {
-                0 => {
-                    let want = reference
-                        .iter()
-                        .min_by_key(|&(_, &key)| key)
-                        .map(|(&id, _)| id);
-                    assert_eq!(p.evict(), want);
-                    if let Some(id) = want {
-                        reference.remove(&id);
-                    }
-                }
+                0 => assert_eq!(p.evict(), reference::pop_min(&mut model)),
                 1 => {
-                    if reference.remove(&id).is_some() {
+                    if model.remove(&id).is_some() {
                         p.on_remove(id);
                     }
                 }
-                _ => match reference.get_mut(&id) {
+                _ => match model.get_mut(&id) {
                     Some((count, last)) => {
                         *count += 1;
                         *last = tick;
                         p.on_access(id);
                     }
                     None => {
-                        reference.insert(id, (1, tick));
+                        model.insert(id, (1, tick));
                         p.on_insert(id);
                     }
                 },

@@ -126,6 +126,7 @@ impl NearestExpiry {
 mod tests {
     use super::*;
     use crate::policy::NEVER;
+    use crate::policy::reference;
 
     #[test]
     fn evicts_nearest_deadline_and_never_expiring_last() {
@@ -151,13 +152,11 @@ mod tests {
         use std::collections::BTreeMap;
 
         let mut p = NearestExpiry::default();
-        let mut reference: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut model: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
         let mut rng = 0x2545_f491_4f6c_dd1d_u64;
         let (mut tick, mut now) = (0, 1_000);
         for _ in 0..200_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
+            let rng = reference::next(&mut rng);
             let id = (rng % 64) as u32;
             now += rng >> 60;
             let deadline = match (rng >> 40) % 10 {
@@ -166,29 +165,20 @@ mod tests {
                 _ => now + 1_000,
             };
             match (rng >> 32) % 8 {
-                0 => {
-                    let want = reference
-                        .iter()
-                        .min_by_key(|&(_, &key)| key)
-                        .map(|(&id, _)| id);
-                    assert_eq!(p.evict(), want);
-                    if let Some(id) = want {
-                        reference.remove(&id);
-                    }
-                }
+                0 => assert_eq!(p.evict(), reference::pop_min(&mut model)),
                 1 => {
-                    if reference.remove(&id).is_some() {
+                    if model.remove(&id).is_some() {
                         p.on_remove(id);
                     }
                 }
                 2 | 3 => {
-                    if let Some(key) = reference.get_mut(&id) {
+                    if let Some(key) = model.get_mut(&id) {
                         key.0 = deadline;
                         p.on_deadline(id, deadline);
                     }
                 }
                 _ => {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = reference.entry(id) {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = model.entry(id) {
                         tick += 1;
                         slot.insert((deadline, tick));
                         p.on_insert(id, deadline);
