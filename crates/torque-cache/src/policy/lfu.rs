@@ -28,12 +28,22 @@ struct Bucket {
     next: u32,
 }
 
+/// The bucket an id is in: [`NIL`] for none (never inserted, or left), which
+/// is also what a node the arena grew for a higher id starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BucketOf(u32);
+
+impl Default for BucketOf {
+    fn default() -> Self {
+        Self(NIL)
+    }
+}
+
 /// Frequency order of the ids in one shard.
 #[derive(Debug)]
 pub(crate) struct Lfu {
-    /// Each id's links within its bucket, and its bucket's index ([`NIL`]
-    /// once it left).
-    links: Links<u32>,
+    /// Each id's links within its bucket, and its bucket.
+    links: Links<BucketOf>,
     buckets: Vec<Bucket>,
     /// Indices of `buckets` free for reuse.
     spare: Vec<u32>,
@@ -88,7 +98,7 @@ impl Lfu {
     /// Takes `id` out of its bucket, and the bucket out of the list if that
     /// left it empty. An id on no bucket ([`NIL`]) is left alone.
     fn leave(&mut self, id: u32) {
-        let b = std::mem::replace(self.links.meta_mut(id), NIL);
+        let BucketOf(b) = std::mem::take(self.links.meta_mut(id));
         if b == NIL {
             return;
         }
@@ -117,11 +127,12 @@ impl Lfu {
             self.add_bucket(1, NIL, first)
         };
         self.links
-            .push_front_with(&mut self.buckets[b as usize].entries, id, b);
+            .push_front_with(&mut self.buckets[b as usize].entries, id, BucketOf(b));
     }
 
     pub(crate) fn on_access(&mut self, id: u32) {
-        let b = *self.links.meta(id);
+        let BucketOf(b) = *self.links.meta(id);
+        debug_assert_ne!(b, NIL, "a use of an id the policy does not hold");
         let Bucket {
             count,
             entries,
@@ -146,8 +157,11 @@ impl Lfu {
             self.add_bucket(count, b, next)
         };
         self.leave(id);
-        self.links
-            .push_front_with(&mut self.buckets[target as usize].entries, id, target);
+        self.links.push_front_with(
+            &mut self.buckets[target as usize].entries,
+            id,
+            BucketOf(target),
+        );
     }
 
     pub(crate) fn on_remove(&mut self, id: u32) {
@@ -230,13 +244,18 @@ mod tests {
     }
 
     #[test]
-    fn removing_an_id_twice_changes_nothing() {
+    fn removing_an_id_it_does_not_hold_changes_nothing() {
         let mut p = Lfu::default();
         p.on_insert(0);
         p.on_insert(1);
         p.on_remove(0);
         p.on_remove(0);
         assert_eq!(p.evict(), Some(1));
+        assert_eq!(p.evict(), None);
+        // An id below one inserted, never inserted itself.
+        p.on_insert(5);
+        p.on_remove(3);
+        assert_eq!(p.evict(), Some(5));
         assert_eq!(p.evict(), None);
     }
 
