@@ -283,21 +283,16 @@ pub async fn simulate_with<A: Algorithm>(
     }
 }
 
-/// The best static limit for `scenario` by throughput: a coarse sweep of
-/// 1..=256, then every integer between the best coarse point's neighbours.
-pub fn oracle(scenario: &Scenario) -> (usize, Report) {
-    use torque_parallel::limit::Fixed;
+/// The best static limit by throughput, `eval` giving a limit's report: a
+/// coarse sweep of 1..=256, then every integer between the best coarse
+/// point's neighbours.
+fn sweep(mut eval: impl FnMut(usize) -> Report) -> (usize, Report) {
     const COARSE: [usize; 17] = [
         1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256,
     ];
     let mut results: Vec<(usize, Report)> = Vec::new();
-    let eval = |limit: usize, results: &mut Vec<(usize, Report)>| {
-        if !results.iter().any(|(l, _)| *l == limit) {
-            results.push((limit, run(scenario, Fixed::new(limit))));
-        }
-    };
     for limit in COARSE {
-        eval(limit, &mut results);
+        results.push((limit, eval(limit)));
     }
     let best = |results: &Vec<(usize, Report)>| {
         results
@@ -311,13 +306,21 @@ pub fn oracle(scenario: &Scenario) -> (usize, Report) {
     let lo = COARSE[i.saturating_sub(1)];
     let hi = COARSE[(i + 1).min(COARSE.len() - 1)];
     for limit in lo..=hi {
-        eval(limit, &mut results);
+        if !results.iter().any(|(l, _)| *l == limit) {
+            results.push((limit, eval(limit)));
+        }
     }
     let b = best(&results);
     results
         .into_iter()
         .find(|(l, _)| *l == b)
         .expect("best is in results")
+}
+
+/// The best static limit for `scenario` by throughput ([`sweep`]).
+pub fn oracle(scenario: &Scenario) -> (usize, Report) {
+    use torque_parallel::limit::Fixed;
+    sweep(|limit| run(scenario, Fixed::new(limit)))
 }
 
 /// One client of a shared backend: its own limiter and closed loop.
@@ -474,40 +477,12 @@ async fn simulate_shared<A: Algorithm>(
 }
 
 /// The best static limit per client (the same for every client) for
-/// `clients` closed loops sharing the backend, by total throughput: the
-/// sweep of [`oracle`].
+/// `clients` closed loops sharing the backend, by total throughput
+/// ([`sweep`]).
 pub fn shared_oracle(scenario: &Scenario, starts: &[Duration]) -> (usize, Report) {
     use torque_parallel::limit::Fixed;
-    const COARSE: [usize; 17] = [
-        1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256,
-    ];
-    let eval = |limit: usize| {
+    sweep(|limit| {
         let fixed = vec![Fixed::new(limit); starts.len()];
         run_shared(scenario, fixed, starts, |_| String::new()).0
-    };
-    let mut results: Vec<(usize, Report)> = Vec::new();
-    for limit in COARSE {
-        results.push((limit, eval(limit)));
-    }
-    let best = |results: &Vec<(usize, Report)>| {
-        results
-            .iter()
-            .max_by(|a, b| a.1.throughput.total_cmp(&b.1.throughput))
-            .map(|(l, _)| *l)
-            .expect("non-empty")
-    };
-    let b = best(&results);
-    let i = COARSE.iter().position(|&l| l == b).expect("coarse");
-    let lo = COARSE[i.saturating_sub(1)];
-    let hi = COARSE[(i + 1).min(COARSE.len() - 1)];
-    for limit in lo..=hi {
-        if !results.iter().any(|(l, _)| *l == limit) {
-            results.push((limit, eval(limit)));
-        }
-    }
-    let b = best(&results);
-    results
-        .into_iter()
-        .find(|(l, _)| *l == b)
-        .expect("best is in results")
+    })
 }
