@@ -48,6 +48,19 @@ async fn a_batch_is_written_when_full_and_the_rest_on_close() {
     assert_eq!(all, (0..25).collect::<Vec<_>>(), "in order, nothing lost");
 }
 
+/// Sends two items 4 ms apart through a batcher that lingers 10 ms: one
+/// batch of both, written 10 ms after the first arrived.
+async fn assert_two_items_linger_10ms(batcher: &Batcher<u32, String>, log: &Log) {
+    let started = Instant::now();
+    let first = batcher.send(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4)).await;
+    let second = batcher.send(2).await.unwrap();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_millis(10));
+    assert_eq!(*log.lock(), [vec![1, 2]]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_partial_batch_is_written_when_its_first_item_has_lingered() {
     let (log, sink) = recording();
@@ -57,14 +70,7 @@ async fn a_partial_batch_is_written_when_its_first_item_has_lingered() {
         .build(sink)
         .unwrap();
     tokio::spawn(driver.run());
-    let started = Instant::now();
-    let first = batcher.send(1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(4)).await;
-    let second = batcher.send(2).await.unwrap();
-    first.await.unwrap();
-    second.await.unwrap();
-    assert_eq!(started.elapsed(), Duration::from_millis(10));
-    assert_eq!(*log.lock(), [vec![1, 2]]);
+    assert_two_items_linger_10ms(&batcher, &log).await;
 }
 
 /// With an adaptive size the default linger is zero: the sizer's size is a
@@ -102,14 +108,7 @@ async fn an_explicit_linger_holds_an_adaptive_batch() {
         .build(sink)
         .unwrap();
     tokio::spawn(driver.run());
-    let started = Instant::now();
-    let first = batcher.send(1).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(4)).await;
-    let second = batcher.send(2).await.unwrap();
-    first.await.unwrap();
-    second.await.unwrap();
-    assert_eq!(started.elapsed(), Duration::from_millis(10));
-    assert_eq!(*log.lock(), [vec![1, 2]]);
+    assert_two_items_linger_10ms(&batcher, &log).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -141,6 +141,33 @@ struct Record {
 }
 
 /// Runs `scenario` with `algorithm` on a fresh paused-clock runtime.
+/// Request `id` arrives at the backend now, holding `token`; a task waits
+/// out its service time, then completes the token and, if the run has not
+/// ended, records its latency.
+fn serve(
+    backend: &Arc<Mutex<Backend>>,
+    record: &Arc<Mutex<Record>>,
+    id: u64,
+    token: torque_parallel::limit::Token,
+    end: Instant,
+) {
+    let now = Instant::now();
+    let done = backend.lock().unwrap().arrive(id, now);
+    let (backend, record) = (backend.clone(), record.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep_until(done).await;
+        let finished = Instant::now();
+        backend.lock().unwrap().in_system -= 1;
+        token.success();
+        if finished <= end {
+            let mut r = record.lock().unwrap();
+            r.completed += 1;
+            let us = (finished - now).as_micros().min(u32::MAX as u128) as u32;
+            r.latencies_us.push((finished, us));
+        }
+    });
+}
+
 pub fn run<A: Algorithm>(scenario: &Scenario, algorithm: A) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -195,22 +222,7 @@ pub async fn simulate_with<A: Algorithm>(
 
     let mut stepped = scenario.step.is_none();
     let admit = |id: u64, token: torque_parallel::limit::Token| {
-        let now = Instant::now();
-        let done = backend.lock().unwrap().arrive(id, now);
-        let backend = backend.clone();
-        let record = record.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(done).await;
-            let finished = Instant::now();
-            backend.lock().unwrap().in_system -= 1;
-            token.success();
-            if finished <= end {
-                let mut r = record.lock().unwrap();
-                r.completed += 1;
-                let us = (finished - now).as_micros().min(u32::MAX as u128) as u32;
-                r.latencies_us.push((finished, us));
-            }
-        });
+        serve(&backend, &record, id, token, end);
     };
     let mut rejected = 0u64;
     match scenario.open_loop {
@@ -416,20 +428,7 @@ async fn simulate_shared<A: Algorithm>(
                         return;
                     }
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
-                    let done = backend.lock().unwrap().arrive(id, now);
-                    let (backend, record) = (backend.clone(), record.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(done).await;
-                        let finished = Instant::now();
-                        backend.lock().unwrap().in_system -= 1;
-                        token.success();
-                        if finished <= end {
-                            let mut r = record.lock().unwrap();
-                            r.completed += 1;
-                            let us = (finished - now).as_micros().min(u32::MAX as u128) as u32;
-                            r.latencies_us.push((finished, us));
-                        }
-                    });
+                    serve(&backend, &record, id, token, end);
                 }
             })
         };
