@@ -1,7 +1,10 @@
 //! Miss ratios of torque-cache's policies and of peer caches on the same
 //! seeded traces: Zipf(0.8) and Zipf(1.0), 1M requests over 100k keys, and a
-//! scan/loop mix, at 1k and 10k entries. The table (printed to stderr) is the
-//! result; the criterion group only times a trace replay.
+//! scan/loop mix, at 1k and 10k entries (the cells). A second table
+//! adds traces beyond those cells, where popularity does not last: recency
+//! (an LRU stack-distance model) and a Zipf ranking that shifts. The tables
+//! (printed to stderr) are the result; the criterion group only times a
+//! trace replay.
 //!
 //! Each request is a read; a miss is followed by an insert (demand fill).
 
@@ -14,7 +17,7 @@ use std::num::NonZeroUsize;
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use torque_cache::{LocalCache, Policy};
 
-use cache_traces::{scan_loop_trace, zipf_trace};
+use cache_traces::{recency_trace, scan_loop_trace, shifting_zipf_trace, zipf_trace};
 
 const REQUESTS: usize = 1_000_000;
 const KEYS: usize = 100_000;
@@ -135,11 +138,25 @@ fn traces() -> Vec<(&'static str, Vec<u64>)> {
     ]
 }
 
-fn print_table() {
-    let traces = traces();
+/// Beyond the cells: no goal is set on these, they show where a
+/// frequency filter is weakest.
+fn recency_traces() -> Vec<(&'static str, Vec<u64>)> {
+    vec![
+        (
+            "recency",
+            recency_trace(REQUESTS, 0.8, 50_000, 2.0, 0x0bad_5eed),
+        ),
+        (
+            "shifting Zipf 0.9",
+            shifting_zipf_trace(KEYS, 0.9, REQUESTS, 100_000, 0x5eed_0001),
+        ),
+    ]
+}
+
+fn print_table(title: &str, traces: &[(&'static str, Vec<u64>)]) {
     let mut header = String::from("| cache |");
     let mut rule = String::from("|---|");
-    for (name, _) in &traces {
+    for (name, _) in traces {
         for cap in CAPACITIES {
             header.push_str(&format!(" {name} @{}k |", cap / 1000));
             rule.push_str("---:|");
@@ -149,7 +166,7 @@ fn print_table() {
     let mut rows: Vec<String> = names.iter().map(|n| format!("| {n} |")).collect();
     let mut optimum = String::from("| Belady (offline optimum) |");
     let mut best: Vec<(f64, f64)> = Vec::new();
-    for (_, trace) in &traces {
+    for (_, trace) in traces {
         for cap in CAPACITIES {
             let mut peer_best = f64::MAX;
             let mut adaptive = 0.0;
@@ -167,7 +184,7 @@ fn print_table() {
         }
     }
     rows.push(optimum);
-    eprintln!("\nmiss ratio (lower is better), {REQUESTS} requests per trace\n");
+    eprintln!("\n{title}: miss ratio (lower is better), {REQUESTS} requests per trace\n");
     eprintln!("{header}");
     eprintln!("{rule}");
     for row in rows {
@@ -200,7 +217,8 @@ criterion_group!(benches, replay);
 
 fn main() {
     if !std::env::args().any(|a| a == "--list") {
-        print_table();
+        print_table("The issue's cells", &traces());
+        print_table("Beyond the issue's cells", &recency_traces());
     }
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -86,3 +86,50 @@ pub(crate) fn scan_loop_trace(len: usize, seed: u64) -> Vec<u64> {
         })
         .collect()
 }
+
+/// Recency without lasting popularity (an LRU stack-distance model): each
+/// request is, with probability `reuse`, a repeat of the request
+/// `d` places back, `d` drawn as `window × u^power` for `u` uniform in
+/// [0, 1) (a larger `power` favours recent requests), and otherwise a key
+/// never seen before. Frequency filters that remember popularity over many
+/// times the cache's size struggle here; LRU is near its best.
+pub(crate) fn recency_trace(
+    len: usize,
+    reuse: f64,
+    window: usize,
+    power: f64,
+    seed: u64,
+) -> Vec<u64> {
+    let mut rng = Rng::new(seed);
+    let mut trace: Vec<u64> = Vec::with_capacity(len);
+    let mut fresh = 0u64;
+    for _ in 0..len {
+        let key = if !trace.is_empty() && rng.next_f64() < reuse {
+            let span = trace.len().min(window);
+            let back = ((span as f64) * rng.next_f64().powf(power)) as usize;
+            trace[trace.len() - 1 - back.min(span - 1)]
+        } else {
+            fresh += 1;
+            key_of(10_000_000 + fresh)
+        };
+        trace.push(key);
+    }
+    trace
+}
+
+/// Zipf(`s`) over `keys` keys whose ranking moves to other keys every
+/// `every` requests: yesterday's hot keys go cold at once, so a policy must
+/// forget as well as remember.
+pub(crate) fn shifting_zipf_trace(
+    keys: usize,
+    s: f64,
+    len: usize,
+    every: usize,
+    seed: u64,
+) -> Vec<u64> {
+    let zipf = Zipf::new(keys, s);
+    let mut rng = Rng::new(seed);
+    (0..len)
+        .map(|i| key_of(zipf.sample(&mut rng) + (i / every) as u64 * 7_919))
+        .collect()
+}

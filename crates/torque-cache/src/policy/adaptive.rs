@@ -22,6 +22,16 @@
 //! them into the sketch in one batch, so the sketch still sees every access
 //! (only later) and the admission contest compares the same frequencies as
 //! textbook W-TinyLFU; the counts are halved with the sketch's periodic reset.
+//!
+//! One departure from textbook W-TinyLFU: a *ghost* ([`Ghost`]) remembers the
+//! keys the admission filter recently turned away, and one that comes back
+//! while still remembered is admitted without a contest (the ghost queue of
+//! S3-FIFO, Yang et al., SOSP 2023, and the non-resident pages of CLOCK-Pro).
+//! A key asked for again soon after it was refused is evidence of recency that
+//! the sketch, which remembers popularity over many times the cache's size,
+//! is slow to give: on recency-heavy traces the filter alone turned away most
+//! newcomers and missed up to twice as often as LRU (docs/benchmarks.md,
+//! "ghost admission").
 
 use super::list::{Links, List};
 use super::sketch::{FrequencySketch, MAX_ENTRIES, MIN_ENTRIES};
@@ -121,6 +131,61 @@ pub(crate) struct Adaptive {
     grow_at: u64,
     rng: u64,
     climber: Option<HillClimber>,
+    /// Candidates recently refused admission.
+    ghost: Ghost,
+}
+
+/// Fingerprints of the keys the admission filter refused lately, one per
+/// slot of a direct-mapped table with a quarter as many slots as the shard
+/// holds entries: a refusal overwrites whatever its slot held, so a key is
+/// remembered for about as many refusals as there are slots. A returning key
+/// is found with one load and compare; a fingerprint collision (one in 2^32
+/// per look-up) admits a key that was not refused, which costs nothing but a
+/// contest skipped. A quarter measured best of 1/4, 1/2 and 1 of the entries
+/// (docs/benchmarks.md, "ghost admission").
+#[derive(Debug)]
+struct Ghost {
+    /// 0 is an empty slot (fingerprints are never 0).
+    slots: Vec<u32>,
+}
+
+impl Ghost {
+    /// A ghost for a shard of about `entries` entries.
+    fn for_entries(entries: u64) -> Self {
+        let len = usize::try_from((entries / 8).max(1)).unwrap_or(usize::MAX);
+        Self {
+            slots: vec![0; len],
+        }
+    }
+
+    /// The slot and fingerprint of `hash` (mixed, so neither depends on the
+    /// bits that chose the shard or the table bucket).
+    #[inline]
+    fn place(&self, hash: u64) -> (usize, u32) {
+        let m = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let m = m ^ (m >> 32);
+        // Lemire's multiply-shift range reduction: no power-of-two size.
+        let slot = ((u128::from(m) * self.slots.len() as u128) >> 64) as usize;
+        (slot, (m as u32).max(1))
+    }
+
+    /// Remembers a refused key.
+    #[inline]
+    fn remember(&mut self, hash: u64) {
+        let (slot, print) = self.place(hash);
+        self.slots[slot] = print;
+    }
+
+    /// Whether `hash` was refused lately; forgets it if so.
+    #[inline]
+    fn recall(&mut self, hash: u64) -> bool {
+        let (slot, print) = self.place(hash);
+        let found = self.slots[slot] == print;
+        if found {
+            self.slots[slot] = 0;
+        }
+        found
+    }
 }
 
 /// Moves the window size in the direction that last improved the hit rate
@@ -152,6 +217,7 @@ impl Adaptive {
         };
         let window = (capacity as f64 * INITIAL_WINDOW_PERCENT / 100.0).max(1.0);
         let sketch = FrequencySketch::new(sketch_entries);
+        let ghost = Ghost::for_entries(capacity.min(sketch.sized_for()));
         Self {
             links: Links::default(),
             window: List::new(),
@@ -169,6 +235,7 @@ impl Adaptive {
             demoted_now: 0,
             first_demoted: 0,
             rng: 0x853c_49e6_748f_ea9b,
+            ghost,
             climber: climb.then(|| HillClimber {
                 hits: 0,
                 misses: 0,
@@ -353,6 +420,7 @@ impl Adaptive {
         if self.entries > self.grow_at && self.entries <= MAX_ENTRIES {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
             self.grow_at = self.sketch.sized_for();
+            self.ghost = Ghost::for_entries(self.capacity.min(self.grow_at));
             // A fresh sketch knows nothing yet.
             self.links.for_each_meta_mut(|m| {
                 m.estimate = 0;
@@ -425,6 +493,13 @@ impl Adaptive {
         self.entries -= 1;
     }
 
+    /// Whether `candidate` takes `victim`'s place: at once if it was
+    /// refused lately ([`Ghost`]), else by the sketch's contest.
+    #[inline]
+    fn admit_or_recall(&mut self, candidate: u32, victim: u32, hits: &impl Hits) -> bool {
+        self.ghost.recall(hits.hash(candidate)) || self.admit(candidate, victim)
+    }
+
     #[inline]
     fn admit(&mut self, candidate: u32, victim: u32) -> bool {
         let c = self.frequency(candidate);
@@ -482,7 +557,7 @@ impl Adaptive {
             // and they are all still in probation.
             let older = self.probation.len().saturating_sub(self.demoted_now);
             let loser = match self.probation.back() {
-                Some(victim) if older > 0 && self.admit(candidate, victim) => {
+                Some(victim) if older > 0 && self.admit_or_recall(candidate, victim, hits) => {
                     self.unlink_from(Segment::Probation, victim);
                     if self.demoted_now == 0 {
                         self.push(candidate, Segment::Probation);
@@ -499,7 +574,10 @@ impl Adaptive {
                     }
                     victim
                 }
-                _ => candidate,
+                _ => {
+                    self.ghost.remember(hits.hash(candidate));
+                    candidate
+                }
             };
             // Both contestants' hits were just taken (the window's tail
             // and probation's tail are only left once they have none).
@@ -564,13 +642,15 @@ impl Adaptive {
         self.protected_max = Self::protected_share(self.capacity, self.window_max);
     }
 
-    /// Forgets every id; the popularity history is kept.
+    /// Forgets every id; the popularity history (sketch and ghost) is kept.
     pub(crate) fn clear(&mut self) {
         let sketch = std::mem::replace(&mut self.sketch, FrequencySketch::new(MIN_ENTRIES));
+        let ghost = std::mem::replace(&mut self.ghost, Ghost::for_entries(1));
         let (capacity, climb) = (self.capacity, self.climber.is_some());
         *self = Self::new(capacity, climb, true);
         self.grow_at = sketch.sized_for();
         self.sketch = sketch;
+        self.ghost = ghost;
     }
 }
 
@@ -603,9 +683,10 @@ impl Adaptive {
         self.promote_probation_tail(hits);
         if let Some(candidate) = candidate {
             let victim = self.probation.back()?;
-            let loser = if victim != candidate && self.admit(candidate, victim) {
+            let loser = if victim != candidate && self.admit_or_recall(candidate, victim, hits) {
                 victim
             } else {
+                self.ghost.remember(hits.hash(candidate));
                 candidate
             };
             self.unlink_from(Segment::Probation, loser);
@@ -691,6 +772,36 @@ mod tests {
         let evicted = p.evict(&mut hits).unwrap();
         assert_eq!(p.window_weight + p.main_weight(), 10);
         assert!(evicted <= 10);
+    }
+
+    #[test]
+    fn a_refused_key_that_returns_soon_is_admitted_without_a_contest() {
+        let cap = 100u32;
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(u64::from(cap), false, false);
+        // No window: each eviction's candidate is the newest insert.
+        p.window_max = 0;
+        // Residents the sketch has seen several times each.
+        for id in 0..cap {
+            for _ in 0..5 {
+                p.sketch.record(hash(id));
+            }
+            hits.insert(&mut p, id, hash(id), 1);
+        }
+        let newcomer = hash(1_000);
+        // First arrival: less popular than any victim, so refused.
+        hits.insert(&mut p, cap, newcomer, 1);
+        assert_eq!(p.evict(&mut hits), Some(cap));
+        // It comes back at once (the slot id is reused, as the shard does):
+        // still less popular than the victim by the sketch, but remembered.
+        hits.insert(&mut p, cap, newcomer, 1);
+        assert!(p.frequency(cap) < 6, "the contest alone would refuse it");
+        let evicted = p.evict(&mut hits).unwrap();
+        assert_ne!(evicted, cap, "a key refused lately is admitted");
+        assert_eq!(p.meta(cap).segment, Segment::Probation);
+        // Remembered once: refused again later, it must win on its own.
+        assert!(!p.ghost.recall(newcomer));
     }
 
     #[test]
