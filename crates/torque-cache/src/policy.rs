@@ -81,8 +81,11 @@ pub enum Policy {
     Ttl,
     /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
     /// frequency sketch that admits a newcomer only if it is more popular
-    /// than the entry it would replace. Scan resistant and frequency aware;
-    /// the best hit ratio on most workloads (docs/benchmarks.md). A read hit
+    /// than the entry it would replace, or was turned away lately and came
+    /// back (a ghost of recent refusals). Scan resistant and frequency
+    /// aware; the best hit ratio on skewed workloads (docs/benchmarks.md).
+    /// Where keys are hot for a while and then never asked for again,
+    /// [`Policy::Lru`] misses less (docs/cache.md). A read hit
     /// only bumps a counter in the entry, under a shared lock; the segments
     /// act on the counters when evicting (CLOCK-style second chances).
     #[default]

@@ -31,7 +31,7 @@
 //! the sketch, which remembers popularity over many times the cache's size,
 //! is slow to give: on recency-heavy traces the filter alone turned away most
 //! newcomers and missed up to twice as often as LRU (docs/benchmarks.md,
-//! "ghost admission").
+//! "fifth pass").
 
 use super::list::{Links, List};
 use super::sketch::{FrequencySketch, MAX_ENTRIES, MIN_ENTRIES};
@@ -136,13 +136,16 @@ pub(crate) struct Adaptive {
 }
 
 /// Fingerprints of the keys the admission filter refused lately, one per
-/// slot of a direct-mapped table with a quarter as many slots as the shard
-/// holds entries: a refusal overwrites whatever its slot held, so a key is
-/// remembered for about as many refusals as there are slots. A returning key
-/// is found with one load and compare; a fingerprint collision (one in 2^32
-/// per look-up) admits a key that was not refused, which costs nothing but a
-/// contest skipped. A quarter measured best of 1/4, 1/2 and 1 of the entries
-/// (docs/benchmarks.md, "ghost admission").
+/// slot of a direct-mapped table with an eighth as many slots as the shard
+/// holds entries (sized from the sketch's entry count, so a weighted cache's
+/// ghost grows with it): a refusal overwrites whatever its slot held, so a
+/// key is remembered for about as many refusals as there are slots. A
+/// returning key is found with one load and compare; a fingerprint
+/// collision (one in 2^32 per look-up) admits a key that was not refused,
+/// which costs a contest skipped. Of 1/16, 1/8 and 1/4 of the entries, 1/4
+/// helped recency most but lost the issue's closest cell (scan/loop at 1k
+/// entries) in half the seeds; 1/8 lost none (docs/benchmarks.md, "fifth
+/// pass").
 #[derive(Debug)]
 struct Ghost {
     /// 0 is an empty slot (fingerprints are never 0).
