@@ -595,6 +595,16 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 fn suggest_batch(a: &Analysis) -> String {
     let sql = a.fingerprint.normalized();
     let col = a.key_column.as_deref().unwrap_or("id");
+    // A row of key columns (`(a, b) IN ((1, 2), ...)`) is matched against
+    // one array per column.
+    let (all, keys) = if col.starts_with('(') {
+        (
+            format!("{col} IN (SELECT * FROM UNNEST($1::type[], $2::type[], ...))"),
+            "one array per key column",
+        )
+    } else {
+        (format!("{col} = ANY($1)"), "the keys as an array")
+    };
     match a.fingerprint.kind() {
         StatementKind::Insert => format!(
             "insert all rows in one statement: INSERT ... SELECT * FROM UNNEST($1::type[], ...) \
@@ -602,13 +612,13 @@ fn suggest_batch(a: &Analysis) -> String {
         ),
         StatementKind::Update => format!(
             "update all rows in one statement: UPDATE ... FROM UNNEST(...) matched on {col} \
-             (torque_query::BatchUpdate), or `... WHERE {col} = ANY($1)` when the new values are equal"
+             (torque_query::BatchUpdate), or `... WHERE {all}` when the new values are equal"
         ),
         StatementKind::Delete => {
-            format!("delete in one statement: `... WHERE {col} = ANY($1)` with all the keys")
+            format!("delete in one statement: `... WHERE {all}` with all the keys")
         }
         _ => format!(
-            "load all keys in one round trip: `... WHERE {col} = ANY($1)` with the keys as an array \
+            "load all keys in one round trip: `... WHERE {all}` with {keys} \
              (torque_query::Loader batches lookups made in the same tick), or JOIN it into the query \
              that produced the keys"
         ),

@@ -786,7 +786,28 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 match frames.pop() {
                     Some(frame) => {
                         clause = frame.clause;
-                        if frame.collapsible && frame.only_slots && frame.slots > 0 {
+                        let row_list = frame.key_list && !frame.only_slots;
+                        if row_list && let Some(arity) = row_list_arity(&out[frame.open + 1..]) {
+                            // `(a, b) IN ((1, 2), (3, 4))`: a list of rows
+                            // of constants is one row, whatever its length,
+                            // as a list of constants is one constant.
+                            out.truncate(frame.open + 1);
+                            if frame.after_array && t.kind == Kind::CloseBracket {
+                                // `ANY(ARRAY[(1, 2), ...])` → `ANY(?)`, as below.
+                                out.truncate(frame.open - 1);
+                                push(&mut out, frames, Out::SLOT);
+                                i += 1;
+                                continue;
+                            }
+                            out.push(Out::text("(", Kind::Open));
+                            for n in 0..arity {
+                                if n > 0 {
+                                    out.push(Out::text(",", Kind::Comma));
+                                }
+                                out.push(Out::SLOT);
+                            }
+                            out.push(Out::text(")", Kind::Close));
+                        } else if frame.collapsible && frame.only_slots && frame.slots > 0 {
                             // A list of constants: one placeholder, whatever its length.
                             out.truncate(frame.open + 1);
                             if frame.after_array && t.kind == Kind::CloseBracket {
@@ -888,6 +909,48 @@ fn push<'a>(out: &mut Vec<Out<'a>>, frames: &mut [Frame], o: Out<'a>) {
         }
     }
     out.push(o);
+}
+
+/// If `items` (the normalized inside of an `IN (...)` list) is one or more
+/// parenthesized rows of constants (placeholders, signs and casts only),
+/// all of the same arity, that arity; `None` otherwise.
+fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
+    let mut arity = None;
+    let mut at = 0;
+    while at < items.len() {
+        if arity.is_some() {
+            // Rows are separated by commas.
+            if items[at].kind != Kind::Comma {
+                return None;
+            }
+            at += 1;
+        }
+        if items.get(at)?.kind != Kind::Open {
+            return None;
+        }
+        let mut slots = 0;
+        at += 1;
+        loop {
+            let o = items.get(at)?;
+            match o.kind {
+                Kind::Close => break,
+                _ if o.slot => slots += 1,
+                Kind::Comma | Kind::Cast => {}
+                // a sign, folded into the number that follows
+                Kind::Op if matches!(o.text, "-" | "+") => {}
+                // the type of a `?::int` cast
+                Kind::Word if items[at - 1].kind == Kind::Cast => {}
+                _ => return None,
+            }
+            at += 1;
+        }
+        at += 1;
+        if slots == 0 || arity.is_some_and(|a| a != slots) {
+            return None;
+        }
+        arity = Some(slots);
+    }
+    arity
 }
 
 /// What the slots of a statement told us so far.
@@ -1022,6 +1085,10 @@ fn classify(
             {
                 return Slot::Key;
             }
+            // Elements of a row in such a list: `IN ((1, 2), (3, 4))`.
+            (Kind::Open | Kind::Comma, _) if in_row_of_key_list(out, frames) => {
+                return Slot::Key;
+            }
             _ => {}
         }
     }
@@ -1032,15 +1099,35 @@ fn classify(
     Slot::Other
 }
 
+/// Whether the innermost group is a row that is an element of a key list
+/// (`IN ((`, `IN (..., (`, `ANY(ARRAY[(`).
+fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
+    match frames {
+        [.., list, row] => {
+            list.key_list
+                && !row.key_list
+                && row.open > 0
+                && out[row.open].kind == Kind::Open
+                && matches!(
+                    out[row.open - 1].kind,
+                    Kind::Open | Kind::OpenBracket | Kind::Comma
+                )
+        }
+        _ => false,
+    }
+}
+
 fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
     tokens
         .get(i + 1)
         .is_some_and(|t| t.kind == Kind::Op && t.text(sql) == "=")
 }
 
-/// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`.
+/// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`; for
+/// a row of keys (`(a, b) IN ((`), the row of columns, as `(a, b)`.
 fn key_column(out: &[Out<'_>]) -> Option<String> {
-    for o in out.iter().rev().take(6) {
+    let mut after_in = false;
+    for (back, o) in out.iter().rev().take(6).enumerate() {
         if o.slot {
             return None;
         }
@@ -1048,12 +1135,31 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
             Kind::Word if o.tags & (tag::IN | tag::ANY | tag::ARRAY | tag::NOT) == 0 => {
                 return Some(o.text.to_ascii_lowercase());
             }
+            Kind::Word if o.tags & tag::IN != 0 => after_in = true,
             Kind::Quoted => return Some(o.text.to_string()),
+            Kind::Close if after_in => return column_row(&out[..out.len() - back]),
             Kind::Close | Kind::Literal | Kind::Param => return None,
             _ => {}
         }
     }
     None
+}
+
+/// `(a, b)` if `out` ends with a parenthesized list of column names.
+fn column_row(out: &[Out<'_>]) -> Option<String> {
+    let open = out.iter().rposition(|o| o.kind == Kind::Open)?;
+    let mut row = String::from("(");
+    for o in &out[open + 1..out.len() - 1] {
+        match o.kind {
+            Kind::Word if !o.slot => row.push_str(&o.text.to_ascii_lowercase()),
+            Kind::Quoted => row.push_str(o.text),
+            Kind::Dot => row.push('.'),
+            Kind::Comma => row.push_str(", "),
+            _ => return None,
+        }
+    }
+    row.push(')');
+    (row.len() > 2).then_some(row)
 }
 
 /// A bit no keyword tag uses: or-ed into the first token's tags, it selects

@@ -363,3 +363,30 @@ fn fail_mode_errors_and_panics() {
     clean.record("SELECT 1");
     assert!(clean.finish().is_empty());
 }
+
+#[test]
+fn varying_lookups_by_a_row_of_keys_are_an_n_plus_one() {
+    // Composite keys: the rows' elements are IN slots, like a scalar list's.
+    let f = run((1..=5).map(|i| {
+        format!(
+            "SELECT * FROM memberships WHERE (team_id, user_id) IN (({i}, 2), (3, {}))",
+            i + 10
+        )
+    }));
+    assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
+    assert_eq!(
+        f[0].normalized,
+        "select * from memberships where (team_id, user_id) in ((?, ?))"
+    );
+    assert!(
+        f[0].suggestion
+            .contains("(team_id, user_id) IN (SELECT * FROM UNNEST($1::type[], $2::type[], ...))"),
+        "{}",
+        f[0].suggestion
+    );
+    // The same rows every time: a redundant query, not an N+1.
+    let f = run((1..=5).map(|_| {
+        "SELECT * FROM memberships WHERE (team_id, user_id) IN ((1, 2), (3, 4))".to_string()
+    }));
+    assert_eq!(kinds(&f), [FindingKind::Redundant]);
+}

@@ -90,6 +90,42 @@ fn in_lists_of_any_length_collapse_to_one_slot() {
 }
 
 #[test]
+fn in_lists_of_rows_collapse_to_one_row() {
+    // Composite keys: a list of rows of constants is one row, whatever its
+    // length, as a list of constants is one constant.
+    same(
+        "SELECT * FROM memberships WHERE (team_id, user_id) IN ((1, 2))",
+        "SELECT * FROM memberships WHERE (team_id, user_id) IN ((3, -4), ($1, '5'::int), (6, 7))",
+    );
+    assert_eq!(
+        fingerprint("SELECT * FROM m WHERE (a, b) IN ((1, 2), (3, 4))").normalized(),
+        "select * from m where (a, b) in ((?, ?))"
+    );
+    same(
+        "SELECT * FROM m WHERE (a, b) = ANY(ARRAY[(1, 2), (3, 4)])",
+        "SELECT * FROM m WHERE (a, b) = ANY(ARRAY[(5, 6)])",
+    );
+    // Rows of another arity, or rows that are not all constants, are
+    // another shape.
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2), (3, 4))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2, 3))",
+    );
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2), (3, 4, 5))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2))",
+    );
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1, x), (3, y))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, x))",
+    );
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2), (SELECT 3, 4))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2))",
+    );
+}
+
+#[test]
 fn any_array_of_constants_collapses_and_any_param_differs_from_eq_param() {
     same(
         "SELECT * FROM users WHERE id = ANY(ARRAY[1, 2, 3])",
