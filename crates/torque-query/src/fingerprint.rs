@@ -642,6 +642,24 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         clause = c;
                     }
                 }
+                // `RELEASE [SAVEPOINT] x`, `ROLLBACK [WORK | TRANSACTION] TO
+                // [SAVEPOINT] x`: the optional words do not change the
+                // statement.
+                if savepoint_stmt
+                    && i > 0
+                    && match w {
+                        w if w == kw!("savepoint") => {
+                            [kw!("release"), kw!("to")].contains(&word(i - 1))
+                        }
+                        w if w == kw!("transaction") || w == kw!("work") => {
+                            word(i - 1) == kw!("rollback")
+                        }
+                        _ => false,
+                    }
+                {
+                    i += 1;
+                    continue;
+                }
                 if savepoint_stmt
                     && ![
                         kw!("savepoint"),

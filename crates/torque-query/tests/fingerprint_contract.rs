@@ -219,7 +219,12 @@ fn savepoint_names_do_not_matter() {
     same("RELEASE SAVEPOINT sp_1", "RELEASE SAVEPOINT sp_2");
     same("RELEASE sp_1", "RELEASE sp_2");
     same("ROLLBACK TO SAVEPOINT a", "ROLLBACK TO SAVEPOINT b");
+    // SAVEPOINT, WORK and TRANSACTION are optional there: the same statement.
+    same("RELEASE SAVEPOINT sp_1", "release sp_2");
+    same("ROLLBACK TO SAVEPOINT a", "ROLLBACK TRANSACTION TO b");
+    same("ROLLBACK WORK TO SAVEPOINT a", "rollback to b");
     differ("SAVEPOINT a", "RELEASE SAVEPOINT a");
+    differ("RELEASE SAVEPOINT a", "ROLLBACK TO SAVEPOINT a");
 }
 
 #[test]
