@@ -1107,6 +1107,11 @@ fn classify(
             (Kind::Open | Kind::Comma, _) if in_row_of_key_list(out, frames) => {
                 return Slot::Key;
             }
+            // Elements of a row compared by order: keyset pagination's
+            // `(created_at, id) > (?, ?)`.
+            (Kind::Open | Kind::Comma, _) if in_row_after_range_op(out, frames) => {
+                return Slot::Range;
+            }
             _ => {}
         }
     }
@@ -1133,6 +1138,16 @@ fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the innermost group is a row right after `<`, `>`, `<=` or `>=`.
+fn in_row_after_range_op(out: &[Out<'_>], frames: &[Frame]) -> bool {
+    frames.last().is_some_and(|row| {
+        row.open > 0
+            && out[row.open].kind == Kind::Open
+            && out[row.open - 1].kind == Kind::Op
+            && matches!(out[row.open - 1].text, "<" | ">" | "<=" | ">=")
+    })
 }
 
 fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {

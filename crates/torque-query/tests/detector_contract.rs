@@ -390,3 +390,21 @@ fn varying_lookups_by_a_row_of_keys_are_an_n_plus_one() {
     }));
     assert_eq!(kinds(&f), [FindingKind::Redundant]);
 }
+
+#[test]
+fn keyset_pagination_by_a_row_comparison_is_not_an_n_plus_one() {
+    // The row form of keyset pagination, with bind parameters (which count
+    // as varying): the row's elements are range slots, as in `id > $2`.
+    let f = run((1..=6).map(|page| {
+        format!(
+            "SELECT * FROM events WHERE tenant_id = $1 AND (created_at, id) > ($2, $3) \
+             ORDER BY created_at, id LIMIT 50 /* page {page} */"
+        )
+    }));
+    assert!(f.is_empty(), "{f:?}");
+    // Without ORDER BY ... LIMIT it is no pagination, and the tenant key varies.
+    let f = run((1..=6).map(|i| {
+        format!("SELECT * FROM events WHERE tenant_id = {i} AND (created_at, id) > ($2, $3)")
+    }));
+    assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
+}
