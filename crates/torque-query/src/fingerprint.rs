@@ -1107,6 +1107,9 @@ fn classify(
             (Kind::Open | Kind::Comma, _) if in_row_of_key_list(out, frames) => {
                 return Slot::Key;
             }
+            // The argument of a function compared for equality:
+            // `lower(email) = lower(?)`.
+            (Kind::Open, _) if in_call_after_eq(out, frames) => return Slot::Key,
             // Elements of a row compared by order: keyset pagination's
             // `(created_at, id) > (?, ?)`.
             (Kind::Open | Kind::Comma, _) if in_row_after_range_op(out, frames) => {
@@ -1140,6 +1143,20 @@ fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
     }
 }
 
+/// Whether the innermost group is a function call right after `=`
+/// (`= lower(`).
+fn in_call_after_eq(out: &[Out<'_>], frames: &[Frame]) -> bool {
+    frames.last().is_some_and(|call| {
+        call.open > 1
+            && out[call.open].kind == Kind::Open
+            && out[call.open - 1].kind == Kind::Word
+            && !out[call.open - 1].slot
+            && out[call.open - 1].tags & (tag::IN | tag::ANY | tag::ARRAY) == 0
+            && out[call.open - 2].kind == Kind::Op
+            && out[call.open - 2].text == "="
+    })
+}
+
 /// Whether the innermost group is a row right after `<`, `>`, `<=` or `>=`.
 fn in_row_after_range_op(out: &[Out<'_>], frames: &[Frame]) -> bool {
     frames.last().is_some_and(|row| {
@@ -1159,6 +1176,17 @@ fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
 /// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`; for
 /// a row of keys (`(a, b) IN ((`), the row of columns, as `(a, b)`.
 fn key_column(out: &[Out<'_>]) -> Option<String> {
+    // `lower(email) = lower(?`: the column is on the other side of `=`.
+    if let [.., eq, f, open] = out
+        && eq.kind == Kind::Op
+        && eq.text == "="
+        && f.kind == Kind::Word
+        && !f.slot
+        && f.tags & (tag::IN | tag::ANY | tag::ARRAY) == 0
+        && open.kind == Kind::Open
+    {
+        return key_column(&out[..out.len() - 2]);
+    }
     let mut after_in = false;
     for (back, o) in out.iter().rev().take(6).enumerate() {
         if o.slot {
@@ -1171,11 +1199,34 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
             Kind::Word if o.tags & tag::IN != 0 => after_in = true,
             Kind::Quoted => return Some(o.text.to_string()),
             Kind::Close if after_in => return column_row(&out[..out.len() - back]),
-            Kind::Close | Kind::Literal | Kind::Param => return None,
+            Kind::Close => return column_call(&out[..out.len() - back]),
+            Kind::Literal | Kind::Param => return None,
             _ => {}
         }
     }
     None
+}
+
+/// `lower(email)` if `out` ends with a call of one function on one column.
+fn column_call(out: &[Out<'_>]) -> Option<String> {
+    match out {
+        [.., f, open, col, close]
+            if f.kind == Kind::Word
+                && !f.slot
+                && open.kind == Kind::Open
+                && matches!(col.kind, Kind::Word | Kind::Quoted)
+                && !col.slot
+                && close.kind == Kind::Close =>
+        {
+            let col = if col.kind == Kind::Word {
+                col.text.to_ascii_lowercase()
+            } else {
+                col.text.to_string()
+            };
+            Some(format!("{}({col})", f.text.to_ascii_lowercase()))
+        }
+        _ => None,
+    }
 }
 
 /// `(a, b)` if `out` ends with a parenthesized list of column names.

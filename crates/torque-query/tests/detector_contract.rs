@@ -408,3 +408,20 @@ fn keyset_pagination_by_a_row_comparison_is_not_an_n_plus_one() {
     }));
     assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
 }
+
+#[test]
+fn a_function_of_a_varying_key_is_an_n_plus_one() {
+    // Case-insensitive look-ups in a loop: the key is the call's argument.
+    let f = run((1..=5)
+        .map(|i| format!("SELECT * FROM users WHERE lower(email) = lower('user{i}@example.com')")));
+    assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
+    assert!(
+        f[0].suggestion.contains("lower(email) = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
+    // The same key every time: redundant, not an N+1.
+    let f = run((1..=5)
+        .map(|_| "SELECT * FROM users WHERE lower(email) = lower('a@example.com')".to_string()));
+    assert_eq!(kinds(&f), [FindingKind::Redundant]);
+}
