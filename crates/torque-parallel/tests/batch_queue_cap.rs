@@ -97,3 +97,64 @@ async fn open_loop_batches_are_capped_near_the_keep_up_size_and_keep_up() {
         "mean batch {mean:.1}, expected near the keep-up size"
     );
 }
+
+/// A load step: Poisson arrivals at 0.1 of the capacity, then at 0.9. The
+/// cap learnt at the low rate (a few items) cannot carry the new rate, and
+/// the ~1000-batch arrival average would take a long time to see it; the
+/// first items' waits must lift the cap at once, so the backlog never grows
+/// past a few latency targets (worst item 443 ms with the lift, 1.71 s without,
+/// for a 200 ms target).
+#[tokio::test(start_paused = true)]
+async fn a_load_step_lifts_the_cap_through_the_queue_age() {
+    let (overhead, per_item) = (Duration::from_millis(1), Duration::from_millis(1));
+    let noise = Arc::new(Mutex::new(SplitMix(5)));
+    let write = move |batch: Vec<Instant>| {
+        let n = u32::try_from(batch.len()).expect("small batch");
+        let cost = (overhead + per_item * n).mul_f64(0.8 + 0.4 * noise.lock().next_f64());
+        async move {
+            tokio::time::sleep(cost).await;
+            Ok::<(), String>(())
+        }
+    };
+    let target = Duration::from_millis(200);
+    let sizer = BatchSizer::builder()
+        .max_size(1_000)
+        .latency_target(target)
+        .build()
+        .expect("valid");
+    let (batcher, driver) = Batcher::builder()
+        .adaptive(sizer)
+        .queue_capacity(100_000)
+        .build(write)
+        .expect("valid");
+    let driver = tokio::spawn(driver.run());
+
+    let capacity_per_ms = 1_000.0 / 1_001.0;
+    let mut arrivals = SplitMix(17);
+    let started = Instant::now();
+    let mut at = 0.0f64;
+    let mut receipts = Vec::new();
+    for (load, items) in [(0.1, 1_500u32), (0.9, 6_000)] {
+        for _ in 0..items {
+            at += -(1.0 - arrivals.next_f64()).ln() / (load * capacity_per_ms);
+            tokio::time::sleep_until(started + Duration::from_secs_f64(at / 1e3)).await;
+            let sent = Instant::now();
+            let receipt = batcher.send(sent).await.expect("open");
+            receipts.push(tokio::spawn(async move {
+                receipt.await.expect("written");
+                sent.elapsed()
+            }));
+        }
+    }
+    drop(batcher);
+    let stats = driver.await.expect("driver");
+    let mut worst = Duration::ZERO;
+    for receipt in receipts {
+        worst = worst.max(receipt.await.expect("receipt task"));
+    }
+    assert_eq!(stats.items, 7_500);
+    assert!(
+        worst < target * 3,
+        "an item took {worst:?} after the load step (target {target:?})"
+    );
+}

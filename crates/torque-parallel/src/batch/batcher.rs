@@ -480,6 +480,7 @@ impl BatcherBuilder {
                 }),
                 sizing: self.sizing,
                 counters,
+                last_sent: None,
             },
         ))
     }
@@ -493,6 +494,9 @@ pub struct BatchDriver<T, S: Sink<T>> {
     sizing: Sizing,
     linger: Duration,
     counters: Arc<Counters>,
+    /// When the previous batch's last item was sent: the sizer is told how
+    /// fast items arrive.
+    last_sent: Option<Instant>,
 }
 
 impl<T, S: Sink<T>> fmt::Debug for BatchDriver<T, S> {
@@ -511,14 +515,16 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
     pub async fn run(mut self) -> BatchStats {
         let mut buf: Vec<Envelope<T, S::Error>> = Vec::new();
         loop {
-            let target = match &mut self.sizing {
-                Sizing::Fixed(n) => *n,
-                Sizing::Adaptive(sizer) => sizer.next_size(),
-            };
             match self.rx.recv().await {
                 Some(first) => buf.push(first),
                 None => break,
             }
+            // Sized once the first item is in hand: how long it waited
+            // tells a backlog from an open loop's ordinary queue.
+            let target = match &mut self.sizing {
+                Sizing::Fixed(n) => *n,
+                Sizing::Adaptive(sizer) => sizer.next_size_after(buf[0].sent_at.elapsed()),
+            };
             // The linger counts from when the first item was sent: it may
             // have waited in the queue while the previous batch was written.
             let deadline = buf[0].sent_at.checked_add(self.linger);
@@ -565,6 +571,13 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
 
     async fn flush(&mut self, buf: &mut Vec<Envelope<T, S::Error>>) {
         let n = buf.len();
+        if let (Sizing::Adaptive(sizer), Some(last)) = (&mut self.sizing, buf.last()) {
+            // Arrivals count whether or not the write succeeds.
+            if let Some(previous) = self.last_sent {
+                sizer.observe_arrivals(n, last.sent_at.saturating_duration_since(previous));
+            }
+            self.last_sent = Some(last.sent_at);
+        }
         let mut items = Vec::with_capacity(n);
         let mut receipts = Vec::with_capacity(n);
         for envelope in buf.drain(..) {

@@ -49,15 +49,18 @@ impl CostModel {
 /// fed full batches would leave `per_item` unidentifiable.
 ///
 /// Under an open loop the latency target is not the whole story: one big
-/// write delays every item queued behind it. The sizer also tracks the
-/// keep-up size `k` — the mean batch size over about the last 100 batches,
-/// which is the size at which the sink just keeps up with arrivals — and caps
-/// the batch at `k·(1 + √(1 + overhead / (k·per_item)))`, the size that
-/// minimises a write's time times the queueing factor `1 / (1 − ρ)`: about
-/// 2 × `k` when items dominate, more when the overhead does. A batch that
-/// fills to the cap raises `k` to at least half its size at once, and six
-/// in a row to its full size, so the cap never holds the sink below what the
-/// arrivals need.
+/// write delays every item queued behind it. Told when items arrive
+/// ([`observe_arrivals`](BatchSizer::observe_arrivals)), the sizer caps the
+/// batch at the size `m` that minimises a tail-latency estimate: the 99th
+/// percentile of the backlog, which drains at `μ(m) − λ` items per second
+/// (`μ(m) = m / (overhead + m·per_item)`, `λ` the arrival rate), plus one
+/// write of `m` items. The rate and the cost model it uses are averaged over
+/// about the last 1000 batches, because near saturation `μ(m) − λ` is a
+/// small difference of two large numbers. When the oldest queued item has
+/// already waited longer than a write at the latency target would take
+/// ([`next_size_after`](BatchSizer::next_size_after)), the queue is
+/// backlogged beyond what that estimate covers — a closed loop, or a load
+/// step — and the batch is sized by the latency target alone.
 ///
 /// # Example
 /// ```
@@ -89,22 +92,29 @@ pub struct BatchSizer {
     size: usize,
     initial: usize,
     calls: u64,
-    /// Smoothed batch size: in an open loop whose sink is busy, the mean
-    /// batch is the keep-up size `k` (`λ·(overhead + k·per_item) = k`).
-    keep_up: f64,
     /// The last size handed out, to tell full batches from partial ones.
     proposed: usize,
     /// Full batches in a row.
     full_streak: u64,
-    /// The queue cap from `keep_up` ([`queue_cap`]), `max` until known.
-    cap: usize,
+    /// The size the latency target allows (`size` before the open-loop cap).
+    bound: usize,
+    /// Exponentially weighted sums `[1, n, latency, n², n·latency]` over
+    /// about the last 1000 batches: the long-run fit the cap uses.
+    long: [f64; 5],
+    /// Exponentially weighted items sent and time they took to send, over
+    /// the same horizon: their ratio is the arrival rate `λ`.
+    sent_items: f64,
+    sent_secs: f64,
 }
 
-/// Weight of one batch in the keep-up average (about the last 100 batches:
-/// a 32-batch mean follows each burst, and the cap with it).
-const KEEP_UP_WEIGHT: f64 = 0.01;
-/// Full batches in a row that mean the cap is below the keep-up size.
-const SUSTAINED_FULL: u64 = 6;
+/// Weight of one batch in the long-run fit and arrival rate (about the
+/// last 1000 batches). The open-loop cap needs `μ(m) − λ`, a difference of
+/// two large numbers near saturation (0.1 × either at 0.9 load): the
+/// 32-batch fit's per-item cost moves it by ±100 %.
+const LONG_WEIGHT: f64 = 1e-3;
+/// `ln(100)`: the exponential backlog exceeds `ln(100)` × its mean 1 % of
+/// the time — the cap aims at the 99th percentile.
+const TAIL_LN: f64 = std::f64::consts::LN_10 * 2.0;
 
 /// Builds a [`BatchSizer`]; every setting has a default.
 #[derive(Debug, Clone)]
@@ -262,10 +272,12 @@ impl BatchSizerBuilder {
             size: initial,
             initial,
             calls: 0,
-            keep_up: 0.0,
             proposed: initial,
             full_streak: 0,
-            cap: self.max,
+            bound: initial,
+            long: [0.0; 5],
+            sent_items: 0.0,
+            sent_secs: 0.0,
         })
     }
 }
@@ -295,15 +307,55 @@ impl BatchSizer {
     }
 
     /// The size of the next batch: the recommended size, or now and then a
-    /// probe (see the type's docs).
+    /// probe (see the type's docs). The same as
+    /// [`next_size_after`](Self::next_size_after) with no wait.
     pub fn next_size(&mut self) -> usize {
+        self.next_size_after(Duration::ZERO)
+    }
+
+    /// The size of the next batch, given how long its oldest item has
+    /// already waited in the queue. A wait longer than a write at the
+    /// latency target means a backlog the open-loop cap is not meant for (a
+    /// saturated producer, a load step): the batch may then grow to what the
+    /// latency target allows.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use torque_parallel::batch::BatchSizer;
+    ///
+    /// let mut sizer = BatchSizer::builder().build()?;
+    /// // 10 µs + 10 µs per item, and batches of 8 or 10: the items of each
+    /// // arrived while the previous one was written (an open loop).
+    /// for i in 0..2_000u64 {
+    ///     let n = if i % 2 == 0 { 8 } else { 10 };
+    ///     let write = Duration::from_micros(10 + 10 * n);
+    ///     sizer.observe_arrivals(n as usize, write);
+    ///     sizer.observe(n as usize, write);
+    /// }
+    /// let capped = sizer.next_size_after(Duration::ZERO);
+    /// assert!(capped < 50, "{capped}");
+    /// // The oldest item waited 1 s: a backlog, sized by the 10 ms target.
+    /// assert!(sizer.next_size_after(Duration::from_secs(1)) > 4 * capped);
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn next_size_after(&mut self, oldest_waited: Duration) -> usize {
         self.calls += 1;
-        let n = self.pick();
+        let n = self.pick(oldest_waited.as_secs_f64());
         self.proposed = n;
         n
     }
 
-    fn pick(&mut self) -> usize {
+    /// Records that `items` items were sent over `elapsed` (for a batcher:
+    /// the batch's items, and the time from the previous batch's last send
+    /// to this one's). The arrival rate over about the last 1000 batches sets
+    /// the open-loop cap (see the type's docs); without these calls the size
+    /// is bound by the latency target alone.
+    pub fn observe_arrivals(&mut self, items: usize, elapsed: Duration) {
+        self.sent_items += LONG_WEIGHT * (items as f64 - self.sent_items);
+        self.sent_secs += LONG_WEIGHT * (elapsed.as_secs_f64() - self.sent_secs);
+    }
+
+    fn pick(&mut self, waited: f64) -> usize {
         if self.min == self.max {
             return self.min;
         }
@@ -321,19 +373,28 @@ impl BatchSizer {
                 self.initial
             };
         }
+        let size = match self.model {
+            // Waited longer than a whole write at the target: a backlog.
+            Some((overhead, per_item))
+                if waited > overhead.max(0.0) + per_item.max(0.0) * self.bound as f64 =>
+            {
+                self.bound
+            }
+            _ => self.size,
+        };
         // Partial batches already vary the sizes the fit sees; only a run
         // of full ones (a saturated producer) needs a probe.
         if self.full_streak >= self.probe_every {
             self.full_streak = 0;
-            let half = (self.size / 2).max(self.min);
+            let half = (size / 2).max(self.min);
             // At the minimum, probe above it instead.
-            return if half == self.size {
-                (self.size + 1).min(self.max)
+            return if half == size {
+                (size + 1).min(self.max)
             } else {
                 half
             };
         }
-        self.size
+        size
     }
 
     /// Records that a batch of `n` items took `latency`, refits the model
@@ -348,30 +409,49 @@ impl BatchSizer {
         } else {
             self.full_streak = 0;
         }
-        let x = n as f64;
-        if self.keep_up <= 0.0 {
-            self.keep_up = x;
-        } else {
-            self.keep_up += KEEP_UP_WEIGHT * (x - self.keep_up);
-            if full && n >= self.cap {
-                // The batch filled to the queue cap, so the queue held at
-                // least `n`: raise the estimate at once (never wait for the
-                // slow average), a little for one full batch — a burst —
-                // and to `n` itself for a run of them — the cap is below
-                // the keep-up size and the queue is growing.
-                let floor = if self.full_streak >= SUSTAINED_FULL {
-                    x
-                } else {
-                    x / 2.0
-                };
-                self.keep_up = self.keep_up.max(floor);
-            }
+        let (x, y) = (n as f64, latency.as_secs_f64());
+        for (sum, v) in self.long.iter_mut().zip([1.0, x, y, x * x, x * y]) {
+            *sum += LONG_WEIGHT * (v - *sum);
         }
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
-        self.samples.push_back((x, latency.as_secs_f64()));
+        self.samples.push_back((x, y));
         self.refit();
+    }
+
+    /// The long-run fit `(overhead, per_item)`, from the weighted sums.
+    fn long_model(&self) -> Option<(f64, f64)> {
+        let [w, sx, sy, sxx, sxy] = self.long;
+        if w <= 0.0 {
+            return None;
+        }
+        let (mx, my) = (sx / w, sy / w);
+        let vxx = sxx / w - mx * mx;
+        if vxx <= 1e-12 * (1.0 + mx * mx) {
+            return None;
+        }
+        let per_item = (sxy / w - mx * my) / vxx;
+        let overhead = my - per_item * mx;
+        (per_item.is_finite() && overhead.is_finite()).then_some((overhead, per_item))
+    }
+
+    /// The open-loop cap (see [`tail_cap`]), `None` until arrivals and
+    /// a model are known.
+    fn cap(&self, overhead: f64, per_item: f64) -> Option<usize> {
+        if self.sent_secs <= 0.0 {
+            return None;
+        }
+        let rate = self.sent_items / self.sent_secs;
+        // The write times' squared coefficient of variation, from the
+        // recent fit's residuals.
+        let (r2, p2) = self.samples.iter().fold((0.0, 0.0), |(r2, p2), &(x, y)| {
+            let p = overhead + per_item * x;
+            (r2 + (y - p) * (y - p), p2 + p * p)
+        });
+        let cv2 = if p2 > 0.0 { r2 / p2 } else { 0.0 };
+        let (o, c) = self.long_model().unwrap_or((overhead, per_item));
+        tail_cap(rate, o, c, cv2, self.max)
     }
 
     fn refit(&mut self) {
@@ -400,7 +480,9 @@ impl BatchSizer {
             return;
         }
         self.model = Some((overhead, per_item));
-        let cap = self.size.saturating_mul(4).max(self.min);
+        // The step bound guards against a noisy fit, so it follows the
+        // latency-target size, not the open-loop cap below it.
+        let cap = self.bound.saturating_mul(4).max(self.min);
         let ideal = if per_item <= 0.0 {
             // Items look free: grow as far as the step bound allows.
             cap
@@ -417,27 +499,62 @@ impl BatchSizer {
             }
         };
         let bound = ideal.min(cap).clamp(self.min, self.max);
-        self.cap = queue_cap(self.keep_up, overhead, per_item)
+        self.bound = bound;
+        let queue_cap = self
+            .cap(overhead, per_item)
             .map_or(self.max, |m| m.clamp(self.min, self.max));
-        self.size = bound.min(self.cap);
+        self.size = bound.min(queue_cap);
     }
 }
 
-/// The batch size that minimises a full batch's write time times the
-/// queueing factor `1 / (1 − ρ)`, for a sink fed at the rate that makes `k`
-/// the keep-up size (`λ·(overhead + k·per_item) = k`). With
-/// `ρ(m) = λ·(overhead + m·per_item) / m`, `1 − ρ(m) = (1 − λ·per_item)·(1 − k/m)`
-/// and `d/dm [m·(overhead + m·per_item) / (m − k)] = 0` gives
-/// `m = k·(1 + √(1 + overhead / (k·per_item)))` — at least twice `k`, more
-/// when the overhead dominates. (The M/G/1 mean wait scales with
-/// `1 / (1 − ρ)`: Pollaczek–Khinchine; Kleinrock, Queueing Systems I, §5.6.)
-fn queue_cap(k: f64, overhead: f64, per_item: f64) -> Option<usize> {
-    if k <= 0.0 || per_item <= 0.0 {
+/// The batch size `m` that minimises an estimate of the 99th-percentile
+/// latency in an open loop: items arrive at `rate` (Poisson, variance `rate`
+/// per second) and a backlog drains in batches of `m` at
+/// `μ(m) = m / (overhead + m·per_item)`, whose write times vary with squared
+/// coefficient of variation `cv2` (variance `m·μ·cv2` items² per second).
+/// In heavy traffic the backlog is about exponential with mean
+/// `σ² / (2(μ − λ))` (Kingman 1962; the diffusion approximation, Harrison,
+/// Brownian Motion and Stochastic Flow Systems, ch. 5), so its 99th
+/// percentile is `ln 100` times that, which takes `/ μ` to drain; add the
+/// item's own write. Small `m` drains slowly (more overheads), large `m`
+/// writes long: about 2.5 × the keep-up size when items dominate the cost,
+/// about the keep-up size plus a few write-noise margins when the overhead
+/// does. `None` when no size keeps up with `rate` (no cap then: the biggest
+/// batches drain fastest) or `per_item` is not positive.
+fn tail_cap(rate: f64, overhead: f64, per_item: f64, cv2: f64, max: usize) -> Option<usize> {
+    if per_item <= 0.0 || !(rate.is_finite() && rate >= 0.0) {
         return None;
     }
-    let m = k * (1.0 + (1.0 + overhead.max(0.0) / (k * per_item)).sqrt());
-    // `as` saturates; NaN was ruled out above (k and per_item positive).
-    m.is_finite().then(|| m.ceil() as usize)
+    let overhead = overhead.max(0.0);
+    let latency = |m: usize| {
+        let m = m as f64;
+        let write = overhead + m * per_item;
+        let mu = m / write;
+        TAIL_LN * (rate + m * mu * cv2) / (2.0 * mu * (mu - rate)) + write
+    };
+    // μ(m) > rate ⟺ m·(1 − rate·per_item) > rate·overhead.
+    let slack = 1.0 - rate * per_item;
+    if slack <= 0.0 {
+        return None;
+    }
+    let keep_up = rate * overhead / slack;
+    // `as` saturates; the next size above the keep-up size.
+    let mut lo = (keep_up.floor() as usize).saturating_add(1).max(1);
+    if lo > max {
+        return None;
+    }
+    // The estimate falls then rises in m: ternary search on the integers.
+    let mut hi = max;
+    while hi - lo > 2 {
+        let a = lo + (hi - lo) / 3;
+        let b = hi - (hi - lo) / 3;
+        if latency(a) <= latency(b) {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    (lo..=hi).min_by(|&a, &b| latency(a).total_cmp(&latency(b)))
 }
 
 #[cfg(test)]
@@ -531,61 +648,101 @@ mod tests {
 
     /// An open loop whose arrivals fill batches of 8 or 12 (mean 10) before
     /// the sink (10 µs + 10 µs per item) is free again: partial batches,
-    /// never the proposed size.
+    /// never the proposed size, each batch's items sent during the previous
+    /// write.
     fn fill_partial_batches(sizer: &mut BatchSizer) {
-        for i in 0..400u64 {
+        for i in 0..2_000u64 {
             let _ = sizer.next_size();
             let n = if i % 2 == 0 { 8 } else { 12 };
-            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
+            let write = Duration::from_micros(10 + 10 * n as u64);
+            sizer.observe_arrivals(n, write);
+            sizer.observe(n, write);
         }
     }
 
     #[test]
-    fn an_open_loop_caps_the_size_at_about_twice_the_keep_up_size() {
+    fn an_open_loop_caps_the_size_near_the_tail_optimum() {
         let mut sizer = BatchSizer::builder()
             .max_size(1_000)
             .latency_target(Duration::from_millis(10))
             .build()
             .unwrap();
         fill_partial_batches(&mut sizer);
-        // k = 10, overhead / (k × per_item) = 0.1: 10 × (1 + √1.1) ≈ 21,
-        // not the ~1000 the 10 ms target alone allows.
-        assert_eq!(sizer.size(), 21);
-        assert!(sizer.next_size() <= 21);
+        // λ = 10 items per 110 µs, so the keep-up size is 10. Minimising
+        // ln(100)·λ / (2μ(μ − λ)) + 10 µs + m × 10 µs over m gives 27 (no
+        // write noise here), not the ~1000 the 10 ms target alone allows.
+        assert_eq!(sizer.size(), 27);
+        assert!(sizer.next_size() <= 27);
+        // Without arrivals there is nothing to cap for.
+        let mut closed = BatchSizer::builder().max_size(1_000).build().unwrap();
+        for _ in 0..200 {
+            let n = closed.next_size();
+            closed.observe(n, Duration::from_micros(10 + 10 * n as u64));
+        }
+        assert_eq!(closed.size(), 999);
     }
 
     #[test]
-    fn a_run_of_full_batches_lifts_the_cap_to_the_latency_target() {
+    fn a_backlog_lifts_the_cap_to_the_latency_target() {
         let mut sizer = BatchSizer::builder()
             .max_size(1_000)
             .latency_target(Duration::from_millis(10))
             .build()
             .unwrap();
         fill_partial_batches(&mut sizer);
-        assert_eq!(sizer.size(), 21);
-        // The load rises: every batch now fills to its proposed size. The
-        // slow average alone would take hundreds of batches; the cap
-        // follows within a few dozen.
-        let mut batches = 0;
-        while sizer.size() < 999 {
-            let n = sizer.next_size();
-            sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
-            batches += 1;
-            assert!(
-                batches < 40,
-                "still capped at {} after {batches}",
-                sizer.size()
-            );
-        }
-        // One full batch in a burst raises it only a little.
+        assert_eq!(sizer.size(), 27);
+        // An oldest item that waited less than a 10 ms write: still capped.
+        assert_eq!(sizer.next_size_after(Duration::from_millis(5)), 27);
+        // One that waited longer: a backlog (a saturated producer, a load
+        // step), sized by the latency target: (10 ms − 10 µs) / 10 µs.
+        assert_eq!(sizer.next_size_after(Duration::from_millis(11)), 999);
+    }
+
+    #[test]
+    fn arrivals_faster_than_any_batch_drains_lift_the_cap() {
         let mut sizer = BatchSizer::builder().max_size(1_000).build().unwrap();
         fill_partial_batches(&mut sizer);
-        let n = sizer.next_size();
-        sizer.observe(n, Duration::from_micros(10 + 10 * n as u64));
-        assert!((21..=25).contains(&sizer.size()), "{}", sizer.size());
+        // 12 items every 100 µs: more than 10 µs per item can carry.
+        for _ in 0..5_000 {
+            let _ = sizer.next_size();
+            sizer.observe_arrivals(12, Duration::from_micros(100));
+            sizer.observe(12, Duration::from_micros(130));
+            sizer.observe(8, Duration::from_micros(90));
+        }
+        assert_eq!(sizer.size(), 999);
     }
 
     proptest::proptest! {
+        /// The ternary search finds the same size as a scan of every size.
+        #[test]
+        fn tail_cap_matches_a_full_scan(
+            overhead_us in 0.0f64..5_000.0,
+            per_item_us in 0.1f64..100.0,
+            load in 0.01f64..0.99,
+            cv2 in 0.0f64..0.1,
+            max in 1usize..3_000,
+        ) {
+            let (o, c) = (overhead_us * 1e-6, per_item_us * 1e-6);
+            let rate = load * max as f64 / (o + max as f64 * c);
+            let latency = |m: usize| {
+                let m = m as f64;
+                let write = o + m * c;
+                let mu = m / write;
+                TAIL_LN * (rate + m * mu * cv2) / (2.0 * mu * (mu - rate)) + write
+            };
+            let scan = (1..=max)
+                .filter(|&m| m as f64 / (o + m as f64 * c) > rate)
+                .min_by(|&a, &b| latency(a).total_cmp(&latency(b)));
+            let found = tail_cap(rate, o, c, cv2, max);
+            match (found, scan) {
+                (Some(f), Some(s)) => proptest::prop_assert!(
+                    latency(f) <= latency(s) * (1.0 + 1e-9),
+                    "{f} vs {s}"
+                ),
+                (f, s) => proptest::prop_assert_eq!(f, s),
+            }
+        }
+
         /// Whatever the sink reports, sizes stay within the bounds and the
         /// sizer never panics.
         #[test]

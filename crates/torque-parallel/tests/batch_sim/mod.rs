@@ -4,7 +4,8 @@
 //! It replays the batcher's policy exactly — one write at a time; a batch
 //! closes when it has its target size or its first item was sent `linger`
 //! ago, and never before the previous write ends; an item that waited behind
-//! a write is taken at once if its linger has passed — in `f64` seconds, so
+//! a write is taken at once if its linger has passed; the sizer is told each
+//! batch's sends and its oldest item's wait — in `f64` seconds, so
 //! microsecond costs are not rounded to tokio's millisecond timer. The
 //! `BatchSizer` in it is the real one. Shared by `tests/batch_sizing.rs` and
 //! `examples/batch_sim.rs`.
@@ -71,14 +72,19 @@ pub fn run(sink: SinkModel, policy: &mut Policy, rate: f64, items: usize, seed: 
     let mut noise = SplitMix(seed ^ 0x5EED);
     let mut latencies = Vec::with_capacity(items);
     let (mut next, mut sink_free, mut batches) = (0, 0.0f64, 0usize);
+    let mut last_send: Option<f64> = None;
     while next < items {
-        let (target, linger) = match policy {
-            Policy::Static { size, linger } => (*size, *linger),
-            Policy::Adaptive { sizer, linger } => (sizer.next_size(), *linger),
-        };
-        let target = target.max(1);
         let first = arrivals[next];
         let taken_at = sink_free.max(first);
+        // The batcher asks for a size once it holds the first item.
+        let (target, linger) = match policy {
+            Policy::Static { size, linger } => (*size, *linger),
+            Policy::Adaptive { sizer, linger } => (
+                sizer.next_size_after(Duration::from_secs_f64(taken_at - first)),
+                *linger,
+            ),
+        };
+        let target = target.max(1);
         let full_at = arrivals
             .get(next + target - 1)
             .copied()
@@ -93,6 +99,12 @@ pub fn run(sink: SinkModel, policy: &mut Policy, rate: f64, items: usize, seed: 
         sink_free = close + write;
         latencies.extend(arrivals[next..end].iter().map(|a| sink_free - a));
         if let Policy::Adaptive { sizer, .. } = policy {
+            // The batch's sends, since the previous batch's last one.
+            let last = arrivals[end - 1];
+            if let Some(previous) = last_send {
+                sizer.observe_arrivals(n, Duration::from_secs_f64(last - previous));
+            }
+            last_send = Some(last);
             sizer.observe(n, Duration::from_secs_f64(write));
         }
         next = end;
