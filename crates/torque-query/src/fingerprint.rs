@@ -642,36 +642,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         clause = c;
                     }
                 }
-                // `RELEASE [SAVEPOINT] x`, `ROLLBACK [WORK | TRANSACTION] TO
-                // [SAVEPOINT] x`: the optional words do not change the
-                // statement.
-                if savepoint_stmt
-                    && i > 0
-                    && match w {
-                        w if w == kw!("savepoint") => {
-                            [kw!("release"), kw!("to")].contains(&word(i - 1))
-                        }
-                        w if w == kw!("transaction") || w == kw!("work") => {
-                            word(i - 1) == kw!("rollback")
-                        }
-                        _ => false,
-                    }
-                {
-                    i += 1;
-                    continue;
-                }
-                if savepoint_stmt
-                    && ![
-                        kw!("savepoint"),
-                        kw!("release"),
-                        kw!("rollback"),
-                        kw!("to"),
-                        kw!("transaction"),
-                        kw!("work"),
-                    ]
-                    .contains(&w)
-                {
-                    push(&mut out, frames, Out::SLOT);
+                if savepoint_stmt && savepoint_word(&mut out, frames, w, i, tokens) {
                     i += 1;
                     continue;
                 }
@@ -804,28 +775,14 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 match frames.pop() {
                     Some(frame) => {
                         clause = frame.clause;
-                        let row_list = frame.key_list && !frame.only_slots;
-                        if row_list && let Some(arity) = row_list_arity(&out[frame.open + 1..]) {
-                            // `(a, b) IN ((1, 2), (3, 4))`: a list of rows
-                            // of constants is one row, whatever its length,
-                            // as a list of constants is one constant.
-                            out.truncate(frame.open + 1);
-                            if frame.after_array && t.kind == Kind::CloseBracket {
-                                // `ANY(ARRAY[(1, 2), ...])` → `ANY(?)`, as below.
-                                out.truncate(frame.open - 1);
-                                push(&mut out, frames, Out::SLOT);
-                                i += 1;
-                                continue;
-                            }
-                            out.push(Out::text("(", Kind::Open));
-                            for n in 0..arity {
-                                if n > 0 {
-                                    out.push(Out::text(",", Kind::Comma));
-                                }
-                                out.push(Out::SLOT);
-                            }
-                            out.push(Out::text(")", Kind::Close));
-                        } else if frame.collapsible && frame.only_slots && frame.slots > 0 {
+                        if frame.key_list
+                            && !frame.only_slots
+                            && collapse_rows(&mut out, frames, &frame, t.kind) == Some(true)
+                        {
+                            i += 1;
+                            continue;
+                        }
+                        if frame.collapsible && frame.only_slots && frame.slots > 0 {
                             // A list of constants: one placeholder, whatever its length.
                             out.truncate(frame.open + 1);
                             if frame.after_array && t.kind == Kind::CloseBracket {
@@ -927,6 +884,80 @@ fn push<'a>(out: &mut Vec<Out<'a>>, frames: &mut [Frame], o: Out<'a>) {
         }
     }
     out.push(o);
+}
+
+/// A word of a savepoint statement (`SAVEPOINT`, `RELEASE`, `ROLLBACK ...
+/// TO`); returns whether it was written (or dropped) here. The name becomes
+/// a placeholder; the optional words of `RELEASE [SAVEPOINT] x` and
+/// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] x` are dropped (the same
+/// statement either way); the other keywords are left to the caller. Out of
+/// line: only savepoint statements get here.
+#[cold]
+#[inline(never)]
+fn savepoint_word(
+    out: &mut Vec<Out<'_>>,
+    frames: &mut [Frame],
+    w: u8,
+    i: usize,
+    tokens: &[Token],
+) -> bool {
+    let before = if i > 0 { tokens[i - 1].kw } else { 0 };
+    let optional = if w == kw!("savepoint") {
+        before == kw!("release") || before == kw!("to")
+    } else if w == kw!("transaction") || w == kw!("work") {
+        before == kw!("rollback")
+    } else {
+        false
+    };
+    if optional {
+        return true;
+    }
+    let keyword = [
+        kw!("savepoint"),
+        kw!("release"),
+        kw!("rollback"),
+        kw!("to"),
+        kw!("transaction"),
+        kw!("work"),
+    ]
+    .contains(&w);
+    if !keyword {
+        push(out, frames, Out::SLOT);
+    }
+    !keyword
+}
+
+/// `(a, b) IN ((1, 2), (3, 4))`: a list of rows of constants is one row,
+/// whatever its length, as a list of constants is one constant. Called when
+/// a key list that is not all placeholders closes; rewrites `out` if it is
+/// such a list: `Some(true)` if `ANY(ARRAY[(1, 2), ...])` became `ANY(?)`
+/// (the closer is consumed, as for a list of constants), `Some(false)` if
+/// the list became one row, `None` if it is no list of rows. Out of line:
+/// the common statement never gets here.
+#[cold]
+#[inline(never)]
+fn collapse_rows<'a>(
+    out: &mut Vec<Out<'a>>,
+    frames: &mut [Frame],
+    frame: &Frame,
+    closer: Kind,
+) -> Option<bool> {
+    let arity = row_list_arity(&out[frame.open + 1..])?;
+    out.truncate(frame.open + 1);
+    if frame.after_array && closer == Kind::CloseBracket {
+        out.truncate(frame.open - 1);
+        push(out, frames, Out::SLOT);
+        return Some(true);
+    }
+    out.push(Out::text("(", Kind::Open));
+    for n in 0..arity {
+        if n > 0 {
+            out.push(Out::text(",", Kind::Comma));
+        }
+        out.push(Out::SLOT);
+    }
+    out.push(Out::text(")", Kind::Close));
+    Some(false)
 }
 
 /// If `items` (the normalized inside of an `IN (...)` list) is one or more
