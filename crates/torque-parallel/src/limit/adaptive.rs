@@ -53,7 +53,8 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   it (nor much slower: a capacity drop), there was no queue to drain: the
 ///   baseline was too low, and both windows re-measure it. Between probes
 ///   the baseline never rises above the last probe's mean plus two standard
-///   errors: beyond that, a window slow after a cut is another client's
+///   errors (for the start-up probe, of it and slow start's queue-free
+///   windows together): beyond that, a window slow after a cut is another client's
 ///   queue on a shared backend, which this limiter cannot drain. Two windows
 ///   in a row significantly faster than the baseline start a probe at once:
 ///   the baseline was measured under a queue that has since drained (a
@@ -459,7 +460,21 @@ impl Adaptive {
         if clean {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
-            self.baseline = Some(self.capped(merge(baseline, mean, variance)));
+            let merged = merge(baseline, mean, variance);
+            if self.slow_start {
+                // Slow start's queue-free windows measure the no-load
+                // latency as the start-up probe does: the ceiling rests on
+                // all of them, not on the probe's 32 samples alone. On one
+                // seed the probe read 18 % low (its requests' service times
+                // happened to be short, and so was their spread, which set
+                // its standard error): the ceiling held the estimate below
+                // the truth, every later window looked queued, and the
+                // limit fell to 12 on 64 servers (`limit_sim -- --seeds 19
+                // --only thrash`: 0.43 × the oracle).
+                let ceiling = merged.mean + SIGNIFICANCE * merged.variance.sqrt();
+                self.ceiling = Some(self.ceiling.map_or(ceiling, |c| c.max(ceiling)));
+            }
+            self.baseline = Some(self.capped(merged));
         }
         let band = if self.slow_start {
             target + noise
