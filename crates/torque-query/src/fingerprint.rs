@@ -654,6 +654,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                             clause,
                             between_pending,
                             next_is_eq(tokens, i, sql),
+                            next_closes(tokens, i),
                         );
                         st.note(slot, t.text(sql), false, &out);
                     }
@@ -730,6 +731,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         clause,
                         between_pending,
                         next_is_eq(tokens, i, sql),
+                        next_closes(tokens, i),
                     );
                     if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
                         between_pending = false;
@@ -949,6 +951,11 @@ fn collapse_rows<'a>(
         push(out, frames, Out::SLOT);
         return Some(true);
     }
+    if arity == 1 {
+        // `IN ((1), (2))` is `IN (1, 2)`.
+        out.push(Out::SLOT);
+        return Some(false);
+    }
     out.push(Out::text("(", Kind::Open));
     for n in 0..arity {
         if n > 0 {
@@ -961,8 +968,10 @@ fn collapse_rows<'a>(
 }
 
 /// If `items` (the normalized inside of an `IN (...)` list) is one or more
-/// parenthesized rows of constants (placeholders, signs and casts only),
-/// all of the same arity, that arity; `None` otherwise.
+/// parenthesized rows of constants, all of the same arity, that arity; `None`
+/// otherwise. An element is one placeholder, with an optional sign before it
+/// (folded into the number) and optional `::type` casts after it: `(1 + 2)`
+/// is an expression, not a row of two.
 fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
     let mut arity = None;
     let mut at = 0;
@@ -977,27 +986,37 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
         if items.get(at)?.kind != Kind::Open {
             return None;
         }
-        let mut slots = 0;
         at += 1;
+        let mut elements = 0;
         loop {
-            let o = items.get(at)?;
-            match o.kind {
-                Kind::Close => break,
-                _ if o.slot => slots += 1,
-                Kind::Comma | Kind::Cast => {}
-                // a sign, folded into the number that follows
-                Kind::Op if matches!(o.text, "-" | "+") => {}
-                // the type of a `?::int` cast
-                Kind::Word if items[at - 1].kind == Kind::Cast => {}
-                _ => return None,
+            // One element: [sign] placeholder (:: type)*
+            let mut o = items.get(at)?;
+            if o.kind == Kind::Op && matches!(o.text, "-" | "+") {
+                at += 1;
+                o = items.get(at)?;
+            }
+            if !o.slot {
+                return None;
             }
             at += 1;
+            while items.get(at)?.kind == Kind::Cast {
+                if items.get(at + 1)?.kind != Kind::Word {
+                    return None;
+                }
+                at += 2;
+            }
+            elements += 1;
+            match items.get(at)?.kind {
+                Kind::Comma => at += 1,
+                Kind::Close => break,
+                _ => return None,
+            }
         }
         at += 1;
-        if slots == 0 || arity.is_some_and(|a| a != slots) {
+        if arity.is_some_and(|a| a != elements) {
             return None;
         }
-        arity = Some(slots);
+        arity = Some(elements);
     }
     arity
 }
@@ -1105,6 +1124,7 @@ fn classify(
     clause: Clause,
     between: bool,
     next_is_eq: bool,
+    next_closes: bool,
 ) -> Slot {
     match clause {
         Clause::Page => return Slot::Page,
@@ -1140,7 +1160,7 @@ fn classify(
             }
             // The argument of a function compared for equality:
             // `lower(email) = lower(?)`.
-            (Kind::Open, _) if in_call_after_eq(out, frames) => return Slot::Key,
+            (Kind::Open, _) if next_closes && in_call_after_eq(out, frames) => return Slot::Key,
             // Elements of a row compared by order: keyset pagination's
             // `(created_at, id) > (?, ?)`.
             (Kind::Open | Kind::Comma, _) if in_row_after_range_op(out, frames) => {
@@ -1174,15 +1194,28 @@ fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
     }
 }
 
-/// Whether the innermost group is a function call right after `=`
-/// (`= lower(`).
+/// Whether the token after `i` closes a group, a `::type` cast between
+/// them allowed (`lower(?)`, `lower(?::text)`).
+fn next_closes(tokens: &[Token], i: usize) -> bool {
+    match tokens.get(i + 1).map(|t| t.kind) {
+        Some(Kind::Close) => true,
+        Some(Kind::Cast) => {
+            tokens.get(i + 2).is_some_and(|t| t.kind == Kind::Word)
+                && tokens.get(i + 3).is_some_and(|t| t.kind == Kind::Close)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the innermost group is a call of a function (not `ALL(`,
+/// `ANY(`, `IN (`) right after `=` (`= lower(`).
 fn in_call_after_eq(out: &[Out<'_>], frames: &[Frame]) -> bool {
     frames.last().is_some_and(|call| {
         call.open > 1
             && out[call.open].kind == Kind::Open
             && out[call.open - 1].kind == Kind::Word
             && !out[call.open - 1].slot
-            && out[call.open - 1].tags & (tag::IN | tag::ANY | tag::ARRAY) == 0
+            && out[call.open - 1].tags & (tag::IN | tag::ANY | tag::ARRAY | tag::SPACED) == 0
             && out[call.open - 2].kind == Kind::Op
             && out[call.open - 2].text == "="
     })
@@ -1213,7 +1246,7 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
         && eq.text == "="
         && f.kind == Kind::Word
         && !f.slot
-        && f.tags & (tag::IN | tag::ANY | tag::ARRAY) == 0
+        && f.tags & (tag::IN | tag::ANY | tag::ARRAY | tag::SPACED) == 0
         && open.kind == Kind::Open
     {
         return key_column(&out[..out.len() - 2]);
@@ -1238,31 +1271,38 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     None
 }
 
-/// `lower(email)` if `out` ends with a call of one function on one column.
+/// `lower(email)` (or `lower(t.email)`) if `out` ends with a call of one
+/// function on one column.
 fn column_call(out: &[Out<'_>]) -> Option<String> {
-    match out {
-        [.., f, open, col, close]
-            if f.kind == Kind::Word
-                && !f.slot
-                && open.kind == Kind::Open
-                && matches!(col.kind, Kind::Word | Kind::Quoted)
-                && !col.slot
-                && close.kind == Kind::Close =>
-        {
-            let col = if col.kind == Kind::Word {
-                col.text.to_ascii_lowercase()
-            } else {
-                col.text.to_string()
-            };
-            Some(format!("{}({col})", f.text.to_ascii_lowercase()))
-        }
+    let name = |o: &Out<'_>| match o.kind {
+        Kind::Word if !o.slot => Some(o.text.to_ascii_lowercase()),
+        Kind::Quoted => Some(o.text.to_string()),
         _ => None,
-    }
+    };
+    let (f, col) = match out {
+        [.., f, open, q, dot, col, close]
+            if open.kind == Kind::Open && dot.kind == Kind::Dot && close.kind == Kind::Close =>
+        {
+            (f, format!("{}.{}", name(q)?, name(col)?))
+        }
+        [.., f, open, col, close] if open.kind == Kind::Open && close.kind == Kind::Close => {
+            (f, name(col)?)
+        }
+        _ => return None,
+    };
+    (f.kind == Kind::Word && !f.slot && f.tags & tag::SPACED == 0)
+        .then(|| format!("{}({col})", f.text.to_ascii_lowercase()))
 }
 
-/// `(a, b)` if `out` ends with a parenthesized list of column names.
+/// `(a, b)` if `out` ends with a parenthesized list of two or more column
+/// names (not a call: `coalesce(a, b) IN` has no row of key columns).
 fn column_row(out: &[Out<'_>]) -> Option<String> {
     let open = out.iter().rposition(|o| o.kind == Kind::Open)?;
+    let call =
+        open > 0 && out[open - 1].kind == Kind::Word && out[open - 1].tags & tag::SPACED == 0;
+    if call || !out[open..].iter().any(|o| o.kind == Kind::Comma) {
+        return None;
+    }
     let mut row = String::from("(");
     for o in &out[open + 1..out.len() - 1] {
         match o.kind {

@@ -424,4 +424,41 @@ fn a_function_of_a_varying_key_is_an_n_plus_one() {
     let f = run((1..=5)
         .map(|_| "SELECT * FROM users WHERE lower(email) = lower('a@example.com')".to_string()));
     assert_eq!(kinds(&f), [FindingKind::Redundant]);
+    // A qualified column is named as written.
+    let f = run((1..=5).map(|i| {
+        format!("SELECT * FROM users u WHERE lower(u.email) = lower('user{i}@example.com')")
+    }));
+    assert!(
+        f[0].suggestion.contains("lower(users.email) = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
+}
+
+#[test]
+fn only_a_one_argument_call_after_equals_is_a_key() {
+    // `date_trunc('day', now())` is a computed constant, not a key: the key
+    // is `id`.
+    let f = run((1..=5).map(|i| {
+        format!("SELECT * FROM events WHERE day = date_trunc('day', now()) AND id = {i}")
+    }));
+    assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
+    assert!(
+        f[0].suggestion.contains("id = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
+    // `= ALL($1)` is no equality look-up.
+    let f = run((1..=5).map(|_| "SELECT * FROM t WHERE x = ALL($1)".to_string()));
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn a_function_of_a_column_in_an_in_list_is_not_a_row_of_key_columns() {
+    let f =
+        run((1..=5).map(|i| format!("SELECT * FROM users WHERE lower(email) IN ('a{i}', 'b')")));
+    assert_eq!(kinds(&f), [FindingKind::NPlusOne]);
+    assert!(!f[0].suggestion.contains("UNNEST"), "{}", f[0].suggestion);
+    let f = run((1..=5).map(|i| format!("SELECT * FROM t WHERE coalesce(a, b) IN ({i}, 9)")));
+    assert!(!f[0].suggestion.contains("UNNEST"), "{}", f[0].suggestion);
 }

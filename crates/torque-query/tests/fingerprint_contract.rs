@@ -123,6 +123,20 @@ fn in_lists_of_rows_collapse_to_one_row() {
         "SELECT * FROM m WHERE (a, b) IN ((1, 2), (SELECT 3, 4))",
         "SELECT * FROM m WHERE (a, b) IN ((1, 2))",
     );
+    // An expression in parentheses is no row: `(1 + 2)` is one value.
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1 + 2))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2))",
+    );
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN ((1 + 2))",
+        "SELECT * FROM m WHERE (a, b) IN ((1 - 2))",
+    );
+    // Rows of one are plain values.
+    same(
+        "SELECT * FROM m WHERE x IN ((1), (2))",
+        "SELECT * FROM m WHERE x IN (3, 4, 5)",
+    );
 }
 
 #[test]
