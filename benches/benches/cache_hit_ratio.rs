@@ -2,7 +2,8 @@
 //! seeded traces: Zipf(0.8) and Zipf(1.0), 1M requests over 100k keys, and a
 //! scan/loop mix, at 1k and 10k entries (the cells). A second table
 //! adds traces beyond those cells, where popularity does not last: recency
-//! (an LRU stack-distance model) and a Zipf ranking that shifts. The tables
+//! (an LRU stack-distance model) and a Zipf ranking that shifts; and one
+//! where a scan looks recent (each scan key asked for twice). The tables
 //! (printed to stderr) are the result; the criterion group only times a
 //! trace replay.
 //!
@@ -17,7 +18,9 @@ use std::num::NonZeroUsize;
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use torque_cache::{LocalCache, Policy};
 
-use cache_traces::{recency_trace, scan_loop_trace, shifting_zipf_trace, zipf_trace};
+use cache_traces::{
+    double_touch_scan_trace, recency_trace, scan_loop_trace, shifting_zipf_trace, zipf_trace,
+};
 
 const REQUESTS: usize = 1_000_000;
 const KEYS: usize = 100_000;
@@ -149,6 +152,10 @@ fn recency_traces() -> Vec<(&'static str, Vec<u64>)> {
         (
             "shifting Zipf 0.9",
             shifting_zipf_trace(KEYS, 0.9, REQUESTS, 100_000, 0x5eed_0001),
+        ),
+        (
+            "Zipf + twice-touched scan",
+            double_touch_scan_trace(REQUESTS, 500, 0x5eed_0002),
         ),
     ]
 }

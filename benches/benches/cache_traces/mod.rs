@@ -133,3 +133,25 @@ pub(crate) fn shifting_zipf_trace(
         .map(|i| key_of(zipf.sample(&mut rng) + (i / every) as u64 * 7_919))
         .collect()
 }
+
+/// Half Zipf(1.0) requests over 100k keys, half a scan in which every key
+/// is asked for twice, the second time `gap` scan keys later: a scan that
+/// looks recent. A filter that admits a key asked for again soon after it
+/// was refused lets the scan's keys in, at the popular keys' expense.
+pub(crate) fn double_touch_scan_trace(len: usize, gap: u64, seed: u64) -> Vec<u64> {
+    let zipf = Zipf::new(100_000, 1.0);
+    let mut rng = Rng::new(seed);
+    let mut scan = 0u64;
+    (0..len)
+        .map(|i| {
+            if i % 2 == 0 {
+                key_of(zipf.sample(&mut rng))
+            } else if (i / 2) % 2 == 0 {
+                scan += 1;
+                key_of(50_000_000 + scan)
+            } else {
+                key_of(50_000_000 + scan.saturating_sub(gap))
+            }
+        })
+        .collect()
+}

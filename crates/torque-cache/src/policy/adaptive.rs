@@ -135,7 +135,9 @@ pub(crate) struct Adaptive {
     ghost: Ghost,
 }
 
-/// Fingerprints of the keys the admission filter refused lately, one per
+/// Fingerprints of the keys the admission filter refused lately (or that
+/// left the window with no victim to contest, which is a refusal too: they
+/// were not admitted), one per
 /// slot of a direct-mapped table with an eighth as many slots as the shard
 /// holds entries (sized from the sketch's entry count, so a weighted cache's
 /// ghost grows with it): a refusal overwrites whatever its slot held, so a
@@ -155,7 +157,9 @@ struct Ghost {
 impl Ghost {
     /// A ghost for a shard of about `entries` entries.
     fn for_entries(entries: u64) -> Self {
-        let len = usize::try_from((entries / 8).max(1)).unwrap_or(usize::MAX);
+        // At most MAX_ENTRIES / 8 slots: a shard's sketch (and so `entries`)
+        // is never sized for more.
+        let len = usize::try_from((entries.min(MAX_ENTRIES) / 8).max(1)).unwrap_or(1);
         Self {
             slots: vec![0; len],
         }
@@ -805,6 +809,22 @@ mod tests {
         assert_eq!(p.meta(cap).segment, Segment::Probation);
         // Remembered once: refused again later, it must win on its own.
         assert!(!p.ghost.recall(newcomer));
+    }
+
+    #[test]
+    fn the_ghost_survives_clear_and_grows_with_the_sketch() {
+        // Weighted: the sketch (and the ghost) start small and grow.
+        let mut p = Adaptive::new(1 << 20, false, true);
+        let small = p.ghost.slots.len();
+        p.ghost.remember(42);
+        p.clear();
+        assert!(p.ghost.recall(42), "invalidate_all keeps the history");
+        let mut hits = TestHits::default();
+        let grow_at = u32::try_from(p.grow_at).unwrap();
+        for id in 0..=grow_at {
+            hits.insert(&mut p, id, u64::from(id).wrapping_mul(7919) | 1, 1);
+        }
+        assert!(p.ghost.slots.len() > small, "{} slots", p.ghost.slots.len());
     }
 
     #[test]
