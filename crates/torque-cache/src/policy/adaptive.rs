@@ -30,7 +30,7 @@
 //! A key asked for again soon after it was refused is evidence of recency that
 //! the sketch, which remembers popularity over many times the cache's size,
 //! is slow to give: on recency-heavy traces the filter alone turned away most
-//! newcomers and missed up to twice as often as LRU (docs/benchmarks.md,
+//! newcomers and missed more than twice as often as LRU (docs/benchmarks.md,
 //! "fifth pass").
 
 use super::list::{Links, List};
