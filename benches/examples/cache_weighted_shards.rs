@@ -1,7 +1,9 @@
 //! Miss ratios of a weighted cache (a weigher, entries of 1 to 190 weight
 //! units, 95 on average) at 1, 2, 4 and 8 shards, `Adaptive` and `Lru`, on
 //! a Zipf(0.9) trace and the scan/loop mix: how much a weighted cache loses
-//! to sharding when its capacity holds few entries per shard.
+//! to sharding when its capacity holds few entries per shard. Then `Adaptive`
+//! with the default shard count against quick_cache and moka, each with the
+//! same weights.
 //!
 //! ```text
 //! cargo run --release -p torque-benches --example cache_weighted_shards
@@ -16,6 +18,22 @@ mod cache_traces;
 
 use cache_traces::{scan_loop_trace, zipf_trace};
 use torque_cache::{LocalCache, Policy};
+
+/// quick_cache's weighter: the same weights.
+#[derive(Clone)]
+struct Weights;
+
+impl quick_cache::Weighter<u64, u64> for Weights {
+    fn weight(&self, key: &u64, _: &u64) -> u64 {
+        u64::from(weight(*key))
+    }
+}
+
+/// Miss ratio of `trace` through `get`, inserting on a miss.
+fn misses(trace: &[u64], mut get_or_insert: impl FnMut(u64) -> bool) -> f64 {
+    let missed = trace.iter().filter(|&&k| !get_or_insert(k)).count();
+    missed as f64 / trace.len() as f64
+}
 
 /// A fixed weight per key, 1 to 190.
 fn weight(key: u64) -> u32 {
@@ -53,6 +71,56 @@ fn main() {
                 }
                 println!("{row}");
             }
+        }
+    }
+    println!();
+    println!(
+        "| trace | capacity (about entries) | Adaptive, default shards | quick_cache | moka |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    for capacity in [20_000u64, 200_000, 2_000_000] {
+        for (name, trace) in &traces {
+            let ours: LocalCache<u64, u64> = LocalCache::builder()
+                .max_capacity(capacity)
+                .weigher(|k: &u64, _v: &u64| weight(*k))
+                .build()
+                .expect("valid config");
+            let a = misses(trace, |k| {
+                let hit = ours.get(&k).is_some();
+                if !hit {
+                    ours.insert(k, k);
+                }
+                hit
+            });
+            // quick_cache asks for an estimate of the entry count.
+            let quick = quick_cache::sync::Cache::<u64, u64, Weights>::with_weighter(
+                (capacity / 95) as usize,
+                capacity,
+                Weights,
+            );
+            let q = misses(trace, |k| {
+                let hit = quick.get(&k).is_some();
+                if !hit {
+                    quick.insert(k, k);
+                }
+                hit
+            });
+            let moka = moka::sync::Cache::<u64, u64>::builder()
+                .max_capacity(capacity)
+                .weigher(|k: &u64, _v: &u64| weight(*k))
+                .build();
+            let m = misses(trace, |k| {
+                let hit = moka.get(&k).is_some();
+                if !hit {
+                    moka.insert(k, k);
+                    moka.run_pending_tasks();
+                }
+                hit
+            });
+            println!(
+                "| {name} | {capacity} ({}) | {a:.3} | {q:.3} | {m:.3} |",
+                capacity / 95
+            );
         }
     }
 }
