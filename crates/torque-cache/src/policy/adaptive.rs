@@ -97,6 +97,9 @@ const RESTART_THRESHOLD: f64 = 0.05;
 /// when not more popular than the victim, so an attacker cannot pin the victim
 /// by flooding its hash (Caffeine's HashDoS defence).
 const RANDOM_ADMIT_FREQUENCY: u8 = 6;
+/// The most probation entries a heavy candidate is weighed against
+/// ([`Adaptive::aggregate_victims`]), which bounds the cost of one contest.
+const MAX_AGGREGATED_VICTIMS: usize = 64;
 
 /// W-TinyLFU state of one shard.
 #[derive(Debug)]
@@ -502,16 +505,38 @@ impl Adaptive {
 
     /// Whether `candidate` takes `victim`'s place: at once if it was
     /// refused lately ([`Ghost`]), else by the sketch's contest.
+    /// `older` is how many entries at probation's eviction end may be
+    /// displaced (those not demoted during this eviction), `victim` the
+    /// last of them.
     #[inline]
-    fn admit_or_recall(&mut self, candidate: u32, victim: u32, hits: &impl Hits) -> bool {
-        self.ghost.recall(hits.hash(candidate)) || self.admit(candidate, victim)
+    fn admit_or_recall(
+        &mut self,
+        candidate: u32,
+        victim: u32,
+        older: usize,
+        hits: &impl Hits,
+    ) -> bool {
+        self.ghost.recall(hits.hash(candidate)) || self.admit(candidate, victim, older)
     }
 
+    /// The sketch's contest. A candidate heavier than the victim would
+    /// displace more than that one entry to make room, so it is weighed
+    /// against all the entries its weight displaces from probation's end
+    /// ([`Self::aggregate_victims`]): the size-aware admission of Einziger,
+    /// Eytan, Friedman & Manes, "Lightweight Robust Size Aware Cache
+    /// Management", ACM Transactions on Storage 18(3), 2022 (their
+    /// "aggregated victims", as in moka). With entries of one weight it is
+    /// textbook W-TinyLFU's one-to-one contest.
     #[inline]
-    fn admit(&mut self, candidate: u32, victim: u32) -> bool {
+    fn admit(&mut self, candidate: u32, victim: u32, older: usize) -> bool {
         let c = self.frequency(candidate);
         let v = self.frequency(victim);
-        if c > v {
+        // Most candidates lose to the first victim alone, and then the
+        // weights need no look.
+        if c > v
+            && (self.links.meta(victim).weight >= self.links.meta(candidate).weight
+                || u32::from(c) > self.aggregate_victims(candidate, victim, older))
+        {
             return true;
         }
         if c >= RANDOM_ADMIT_FREQUENCY {
@@ -522,6 +547,33 @@ impl Adaptive {
             return self.rng & 127 == 0;
         }
         false
+    }
+
+    /// The summed popularity of the entries at probation's eviction end,
+    /// from `victim` on, that `candidate` would displace: as many as it
+    /// takes to match the candidate's weight, at most `older` of them and
+    /// at most [`MAX_AGGREGATED_VICTIMS`]; the walk stops as soon as the sum
+    /// reaches the candidate's popularity, which has then lost. If probation
+    /// holds too little weight, the candidate is weighed against what it
+    /// holds (the rest of the room then comes unopposed from probation's
+    /// newer entries or protected, as for any winner).
+    #[cold]
+    #[inline(never)]
+    fn aggregate_victims(&self, candidate: u32, victim: u32, older: usize) -> u32 {
+        let needed = u64::from(self.links.meta(candidate).weight);
+        let c = u32::from(self.frequency(candidate));
+        let (mut weight, mut sum) = (0u64, 0u32);
+        let mut next = Some(victim);
+        for _ in 0..older.min(MAX_AGGREGATED_VICTIMS) {
+            let Some(id) = next else { break };
+            weight += u64::from(self.links.meta(id).weight);
+            sum += u32::from(self.frequency(id));
+            if weight >= needed || sum >= c {
+                break;
+            }
+            next = self.links.prev(id);
+        }
+        sum
     }
 
     /// Chooses, detaches and returns the id to evict. Called only when the
@@ -564,7 +616,9 @@ impl Adaptive {
             // and they are all still in probation.
             let older = self.probation.len().saturating_sub(self.demoted_now);
             let loser = match self.probation.back() {
-                Some(victim) if older > 0 && self.admit_or_recall(candidate, victim, hits) => {
+                Some(victim)
+                    if older > 0 && self.admit_or_recall(candidate, victim, older, hits) =>
+                {
                     self.unlink_from(Segment::Probation, victim);
                     if self.demoted_now == 0 {
                         self.push(candidate, Segment::Probation);
@@ -690,12 +744,20 @@ impl Adaptive {
         self.promote_probation_tail(hits);
         if let Some(candidate) = candidate {
             let victim = self.probation.back()?;
-            let loser = if victim != candidate && self.admit_or_recall(candidate, victim, hits) {
-                victim
-            } else {
-                self.ghost.remember(hits.hash(candidate));
-                candidate
-            };
+            // The entries behind the candidate, which it may displace.
+            let mut older = 0;
+            let mut at = Some(victim);
+            while let Some(id) = at.filter(|&id| id != candidate) {
+                older += 1;
+                at = self.links.prev(id);
+            }
+            let loser =
+                if victim != candidate && self.admit_or_recall(candidate, victim, older, hits) {
+                    victim
+                } else {
+                    self.ghost.remember(hits.hash(candidate));
+                    candidate
+                };
             self.unlink_from(Segment::Probation, loser);
             self.depart_taken(loser, hits);
             self.entries -= 1;
@@ -809,6 +871,40 @@ mod tests {
         assert_eq!(p.meta(cap).segment, Segment::Probation);
         // Remembered once: refused again later, it must win on its own.
         assert!(!p.ghost.recall(newcomer));
+    }
+
+    #[test]
+    fn a_heavy_candidate_must_outweigh_every_victim_it_displaces() {
+        // Residents of weight 1 seen once each (popularity 1); a newcomer
+        // seen 7 times is more popular than any one of them. Weighing 4 it
+        // displaces 4 of them (summed popularity 4): admitted. Weighing 10
+        // it would displace 10 (summed popularity 10 > 7): refused, where a
+        // one-to-one contest would have let it in and then freed the other
+        // nine unopposed.
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for (weight, admitted) in [(1, true), (4, true), (10, false)] {
+            let mut hits = TestHits::default();
+            // Sized up front (as unweighted), so the sketch has room
+            // enough for every key to count alone.
+            let mut p = Adaptive::new(100, false, false);
+            p.window_max = 0;
+            for id in 0..100 {
+                hits.insert(&mut p, id, hash(id), 1);
+            }
+            // Moves them all to probation; one leaves.
+            let free = p.evict(&mut hits).unwrap();
+            for id in (0..100).filter(|&id| id != free) {
+                assert_eq!(p.frequency(id), 1, "resident {id}");
+            }
+            let newcomer = hash(1_000);
+            for _ in 0..6 {
+                p.sketch.record(newcomer);
+            }
+            hits.insert(&mut p, free, newcomer, weight);
+            assert_eq!(p.frequency(free), 7, "weight {weight}");
+            let evicted = p.evict(&mut hits).unwrap();
+            assert_eq!(evicted != free, admitted, "weight {weight}");
+        }
     }
 
     #[test]

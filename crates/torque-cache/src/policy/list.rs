@@ -204,7 +204,6 @@ impl<M: Copy + Default> Links<M> {
     }
 
     /// The id one step towards the front from `id`.
-    #[cfg(test)]
     pub(crate) fn prev(&self, id: u32) -> Option<u32> {
         let p = self.nodes[id as usize].prev;
         (p != NIL).then_some(p)
