@@ -354,7 +354,8 @@ pub type Built<T, S> = (Batcher<T, <S as Sink<T>>::Error>, BatchDriver<T, S>);
 #[derive(Debug, Clone)]
 enum Sizing {
     Fixed(usize),
-    Adaptive(BatchSizer),
+    /// Boxed: the sizer's sums and window outweigh a `usize` many times.
+    Adaptive(Box<BatchSizer>),
 }
 
 /// Builds a [`Batcher`] and its [`BatchDriver`].
@@ -408,7 +409,7 @@ impl BatcherBuilder {
     /// # Ok::<(), torque_parallel::BuildError>(())
     /// ```
     pub fn adaptive(mut self, sizer: BatchSizer) -> Self {
-        self.sizing = Sizing::Adaptive(sizer);
+        self.sizing = Sizing::Adaptive(Box::new(sizer));
         self
     }
 

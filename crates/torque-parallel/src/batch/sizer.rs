@@ -98,9 +98,14 @@ pub struct BatchSizer {
     full_streak: u64,
     /// The size the latency target allows (`size` before the open-loop cap).
     bound: usize,
-    /// Exponentially weighted sums `[1, n, latency, n², n·latency]` over
-    /// about the last 1000 batches: the long-run fit the cap uses.
-    long: [f64; 5],
+    /// Exponentially weighted sums `[1, n, latency, n², n·latency,
+    /// latency²]` over about the last 1000 batches: the long-run fit the
+    /// cap uses, and its residual variance.
+    long: [f64; 6],
+    /// The sum of the squared weights behind `long`: with `long[0]` it
+    /// gives the fit's effective number of batches (Kish's
+    /// `(Σw)² / Σw²`), so the cap knows how sure the fit is.
+    long_weight_sq: f64,
     /// Exponentially weighted items sent and time they took to send, over
     /// the same horizon: their ratio is the arrival rate `λ`.
     sent_items: f64,
@@ -275,7 +280,8 @@ impl BatchSizerBuilder {
             proposed: initial,
             full_streak: 0,
             bound: initial,
-            long: [0.0; 5],
+            long: [0.0; 6],
+            long_weight_sq: 0.0,
             sent_items: 0.0,
             sent_secs: 0.0,
         })
@@ -410,9 +416,11 @@ impl BatchSizer {
             self.full_streak = 0;
         }
         let (x, y) = (n as f64, latency.as_secs_f64());
-        for (sum, v) in self.long.iter_mut().zip([1.0, x, y, x * x, x * y]) {
+        for (sum, v) in self.long.iter_mut().zip([1.0, x, y, x * x, x * y, y * y]) {
             *sum += LONG_WEIGHT * (v - *sum);
         }
+        self.long_weight_sq = (1.0 - LONG_WEIGHT) * (1.0 - LONG_WEIGHT) * self.long_weight_sq
+            + LONG_WEIGHT * LONG_WEIGHT;
         if self.samples.len() == self.capacity {
             self.samples.pop_front();
         }
@@ -420,10 +428,10 @@ impl BatchSizer {
         self.refit();
     }
 
-    /// The long-run fit `(overhead, per_item)`, from the weighted sums.
-    fn long_model(&self) -> Option<(f64, f64)> {
-        let [w, sx, sy, sxx, sxy] = self.long;
-        if w <= 0.0 {
+    /// The long-run fit, from the weighted sums, with its uncertainty.
+    fn long_model(&self) -> Option<WriteBound> {
+        let [w, sx, sy, sxx, sxy, syy] = self.long;
+        if w <= 0.0 || self.long_weight_sq <= 0.0 {
             return None;
         }
         let (mx, my) = (sx / w, sy / w);
@@ -431,9 +439,21 @@ impl BatchSizer {
         if vxx <= 1e-12 * (1.0 + mx * mx) {
             return None;
         }
-        let per_item = (sxy / w - mx * my) / vxx;
+        let cxy = sxy / w - mx * my;
+        let per_item = cxy / vxx;
         let overhead = my - per_item * mx;
-        (per_item.is_finite() && overhead.is_finite()).then_some((overhead, per_item))
+        // The residuals' mean square, `var(y) − slope·cov(x, y)`.
+        let residual = (syy / w - my * my - per_item * cxy).max(0.0);
+        let batches = w * w / self.long_weight_sq;
+        let bound = WriteBound {
+            overhead,
+            per_item,
+            mean_n: mx,
+            var_n: vxx,
+            mean_var: residual / batches,
+        };
+        (per_item.is_finite() && overhead.is_finite() && bound.mean_var.is_finite())
+            .then_some(bound)
     }
 
     /// The open-loop cap (see [`tail_cap`]), `None` until arrivals and
@@ -450,8 +470,14 @@ impl BatchSizer {
             (r2 + (y - p) * (y - p), p2 + p * p)
         });
         let cv2 = if p2 > 0.0 { r2 / p2 } else { 0.0 };
-        let (o, c) = self.long_model().unwrap_or((overhead, per_item));
-        tail_cap(rate, o, c, cv2, self.max)
+        let write = self.long_model().unwrap_or(WriteBound {
+            overhead,
+            per_item,
+            mean_n: 0.0,
+            var_n: 1.0,
+            mean_var: 0.0,
+        });
+        tail_cap(rate, write, cv2, self.max)
     }
 
     fn refit(&mut self) {
@@ -507,11 +533,46 @@ impl BatchSizer {
     }
 }
 
+/// How many standard errors of the fitted line the cap adds to a predicted
+/// write: it plans against a one-sided 84 % upper bound of the write time.
+/// The tail estimate is lopsided — a write underestimated by a few percent
+/// near saturation can halve `μ(m) − λ`, one overestimated costs a slightly
+/// longer write — and while the long-run fit has seen few batches (the
+/// first ~100) its per-item cost is off by up to 15 %.
+const WRITE_BOUND_Z: f64 = 1.0;
+
+/// A fitted `overhead + m·per_item` with the uncertainty of the fit: the
+/// batch sizes' mean and variance and the residuals' mean square over the
+/// effective number of batches, which give the standard error of the line
+/// at `m`, `√(s²/n · (1 + (m − n̄)²/var(n)))` (ordinary least squares;
+/// Wasserman, All of Statistics, §13.3).
+#[derive(Debug, Clone, Copy)]
+struct WriteBound {
+    overhead: f64,
+    per_item: f64,
+    mean_n: f64,
+    var_n: f64,
+    /// `s² / n`: the residual variance over the effective batch count.
+    mean_var: f64,
+}
+
+impl WriteBound {
+    /// The write time of `m` items the cap plans for: the fit plus
+    /// `WRITE_BOUND_Z` standard errors.
+    fn at(&self, m: f64) -> f64 {
+        let dev = m - self.mean_n;
+        let se = (self.mean_var * (1.0 + dev * dev / self.var_n)).sqrt();
+        self.overhead.max(0.0) + m * self.per_item + WRITE_BOUND_Z * se
+    }
+}
+
 /// The batch size `m` that minimises an estimate of the 99th-percentile
 /// latency in an open loop: items arrive at `rate` (Poisson, variance `rate`
 /// per second) and a backlog drains in batches of `m` at
-/// `μ(m) = m / (overhead + m·per_item)`, whose write times vary with squared
-/// coefficient of variation `cv2` (variance `m·μ·cv2` items² per second).
+/// `μ(m) = m / write(m)`, whose write times vary with squared coefficient of
+/// variation `cv2` (variance `m·μ·cv2` items² per second); `write(m)` is
+/// the fitted `overhead + m·per_item` plus a margin for the fit's error
+/// (see [`WriteBound`]).
 /// In heavy traffic the backlog is about exponential with mean
 /// `σ² / (2(μ − λ))` (Kingman 1962; the diffusion approximation, Harrison,
 /// Brownian Motion and Stochastic Flow Systems, ch. 5), so its 99th
@@ -521,18 +582,23 @@ impl BatchSizer {
 /// about the keep-up size plus a few write-noise margins when the overhead
 /// does. `None` when no size keeps up with `rate` (no cap then: the biggest
 /// batches drain fastest) or `per_item` is not positive.
-fn tail_cap(rate: f64, overhead: f64, per_item: f64, cv2: f64, max: usize) -> Option<usize> {
+fn tail_cap(rate: f64, write: WriteBound, cv2: f64, max: usize) -> Option<usize> {
+    let (overhead, per_item) = (write.overhead.max(0.0), write.per_item);
     if per_item <= 0.0 || !(rate.is_finite() && rate >= 0.0) {
         return None;
     }
-    let overhead = overhead.max(0.0);
+    // Infinite where `m` does not keep up.
     let latency = |m: usize| {
         let m = m as f64;
-        let write = overhead + m * per_item;
-        let mu = m / write;
-        TAIL_LN * (rate + m * mu * cv2) / (2.0 * mu * (mu - rate)) + write
+        let w = write.at(m);
+        let mu = m / w;
+        if mu <= rate {
+            return f64::INFINITY;
+        }
+        TAIL_LN * (rate + m * mu * cv2) / (2.0 * mu * (mu - rate)) + w
     };
-    // μ(m) > rate ⟺ m·(1 − rate·per_item) > rate·overhead.
+    // μ(m) > rate ⟺ m·(1 − rate·per_item) > rate·overhead, before the
+    // margin, which only raises the write: a lower bound.
     let slack = 1.0 - rate * per_item;
     if slack <= 0.0 {
         return None;
@@ -540,8 +606,21 @@ fn tail_cap(rate: f64, overhead: f64, per_item: f64, cv2: f64, max: usize) -> Op
     let keep_up = rate * overhead / slack;
     // `as` saturates; the next size above the keep-up size.
     let mut lo = (keep_up.floor() as usize).saturating_add(1).max(1);
-    if lo > max {
+    if lo > max || latency(max).is_infinite() {
         return None;
+    }
+    if latency(lo).is_infinite() {
+        // The margin moved the keep-up size up: bisect for it.
+        let mut hi = max;
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if latency(mid).is_infinite() {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo = hi;
     }
     // The estimate falls then rises in m: ternary search on the integers.
     let mut hi = max;
@@ -712,8 +791,43 @@ mod tests {
         assert_eq!(sizer.size(), 999);
     }
 
+    #[test]
+    fn a_fit_with_few_noisy_batches_plans_for_a_longer_write() {
+        // 1 ms + 10 µs per item at 0.9 of the capacity at 1000 items.
+        let rate = 0.9 * 1_000.0 / 11e-3;
+        let exact = WriteBound {
+            overhead: 1e-3,
+            per_item: 10e-6,
+            mean_n: 450.0,
+            var_n: 100.0 * 100.0,
+            mean_var: 0.0,
+        };
+        let cv2 = 0.4 * 0.4 / 12.0;
+        // 654 with the costs known exactly (docs/parallel.md).
+        let sure = tail_cap(rate, exact, cv2, 1_000).unwrap();
+        // Writes of ~5 ms with ±20 % noise (s ≈ 0.6 ms): after 60 batches
+        // the line is known to ±0.08 ms at the mean size, and less well
+        // away from it.
+        let young = WriteBound {
+            mean_var: 0.6e-3 * 0.6e-3 / 60.0,
+            ..exact
+        };
+        // 710: bigger batches drain faster if the writes are slower.
+        let unsure = tail_cap(rate, young, cv2, 1_000).unwrap();
+        assert!(unsure > sure + 20, "{unsure} vs {sure}");
+        // After ~2000 effective batches (the long-run fit's horizon) the
+        // margin is small: 662.
+        let old = WriteBound {
+            mean_var: 0.6e-3 * 0.6e-3 / 2_000.0,
+            ..exact
+        };
+        let settled = tail_cap(rate, old, cv2, 1_000).unwrap();
+        assert!(settled.abs_diff(sure) <= sure / 50, "{settled} vs {sure}");
+    }
+
     proptest::proptest! {
-        /// The ternary search finds the same size as a scan of every size.
+        /// The ternary search finds the same size as a scan of every size,
+        /// with or without a margin for the fit's error.
         #[test]
         fn tail_cap_matches_a_full_scan(
             overhead_us in 0.0f64..5_000.0,
@@ -721,19 +835,29 @@ mod tests {
             load in 0.01f64..0.99,
             cv2 in 0.0f64..0.1,
             max in 1usize..3_000,
+            error in proptest::prop_oneof![proptest::strategy::Just(0.0), 0.0f64..0.05],
+            mean_n in 0.0f64..1.0,
         ) {
             let (o, c) = (overhead_us * 1e-6, per_item_us * 1e-6);
             let rate = load * max as f64 / (o + max as f64 * c);
+            // A residual of `error` × the write at the maximum, from 100
+            // batches spread around `mean_n` × the maximum.
+            let write = WriteBound {
+                overhead: o,
+                per_item: c,
+                mean_n: mean_n * max as f64,
+                var_n: (0.2 * max as f64).powi(2).max(1.0),
+                mean_var: (error * (o + max as f64 * c)).powi(2) / 100.0,
+            };
             let latency = |m: usize| {
-                let m = m as f64;
-                let write = o + m * c;
-                let mu = m / write;
-                TAIL_LN * (rate + m * mu * cv2) / (2.0 * mu * (mu - rate)) + write
+                let w = write.at(m as f64);
+                let mu = m as f64 / w;
+                TAIL_LN * (rate + m as f64 * mu * cv2) / (2.0 * mu * (mu - rate)) + w
             };
             let scan = (1..=max)
-                .filter(|&m| m as f64 / (o + m as f64 * c) > rate)
+                .filter(|&m| m as f64 / write.at(m as f64) > rate)
                 .min_by(|&a, &b| latency(a).total_cmp(&latency(b)));
-            let found = tail_cap(rate, o, c, cv2, max);
+            let found = tail_cap(rate, write, cv2, max);
             match (found, scan) {
                 (Some(f), Some(s)) => proptest::prop_assert!(
                     latency(f) <= latency(s) * (1.0 + 1e-9),

@@ -45,6 +45,8 @@ impl SinkModel {
 
 /// How batches are sized.
 #[derive(Debug, Clone)]
+// One per simulated run: the sizer's size does not matter here.
+#[allow(clippy::large_enum_variant)]
 pub enum Policy {
     Static { size: usize, linger: f64 },
     Adaptive { sizer: BatchSizer, linger: f64 },
