@@ -56,7 +56,10 @@ impl CostModel {
 /// (`μ(m) = m / (overhead + m·per_item)`, `λ` the arrival rate), plus one
 /// write of `m` items. The rate and the cost model it uses are averaged over
 /// about the last 1000 batches, because near saturation `μ(m) − λ` is a
-/// small difference of two large numbers. When the oldest queued item has
+/// small difference of two large numbers; each predicted write includes one
+/// standard error of that fit, since a write underestimated near saturation
+/// costs far more than one overestimated, and a fit of few batches can be
+/// off by 15 %. When the oldest queued item has
 /// already waited longer than a write at the latency target would take
 /// ([`next_size_after`](BatchSizer::next_size_after)), the queue is
 /// backlogged beyond what that estimate covers — a closed loop, or a load
