@@ -102,7 +102,7 @@ async fn open_loop_batches_are_capped_near_the_keep_up_size_and_keep_up() {
 /// cap learnt at the low rate (a few items) cannot carry the new rate, and
 /// the ~1000-batch arrival average would take a long time to see it; the
 /// first items' waits must lift the cap at once, so the backlog never grows
-/// past a few latency targets (worst item 443 ms with the lift, 1.71 s without,
+/// past a few latency targets (worst item 434 ms with the lift, 1.71 s without,
 /// for a 200 ms target).
 #[tokio::test(start_paused = true)]
 async fn a_load_step_lifts_the_cap_through_the_queue_age() {
