@@ -1379,4 +1379,410 @@ mod tests {
         }
         assert!(evictions > 100_000, "only {evictions} evictions exercised");
     }
+
+    // ---- Review tests (h-rev) ----
+
+    /// Walks every list, checking links, segments and weights against the
+    /// policy's counters; returns the linked ids.
+    fn check_lists(p: &Adaptive, ctx: &str) -> std::collections::HashSet<u32> {
+        let mut seen = std::collections::HashSet::new();
+        for (list, segment, weight) in [
+            (&p.window, Segment::Window, p.window_weight),
+            (&p.probation, Segment::Probation, p.probation_weight),
+            (&p.protected, Segment::Protected, p.protected_weight),
+        ] {
+            let (mut n, mut w) = (0usize, 0u64);
+            let mut at = list.back();
+            while let Some(id) = at {
+                assert!(seen.insert(id), "{ctx}: {id} linked twice");
+                assert_eq!(p.meta(id).segment, segment, "{ctx}: {id}");
+                n += 1;
+                w += u64::from(p.meta(id).weight);
+                at = p.links.prev(id);
+                assert!(n <= 1_000_000, "{ctx}: cycle");
+            }
+            assert_eq!(n, list.len(), "{ctx}: {segment:?} len");
+            assert_eq!(w, weight, "{ctx}: {segment:?} weight");
+        }
+        assert_eq!(seen.len() as u64, p.entries, "{ctx}: entries");
+        seen
+    }
+
+    /// Randomized: inserts, reads, weight updates, removals, the evictions
+    /// an insert needs, and stray evictions with no insert (as
+    /// `evict_elsewhere` and racing writers make), with weights of 0 to
+    /// many times the capacity, capacities from 0, no window, and the hill
+    /// climber. Every evicted id was resident and is evicted once, the
+    /// lists hold exactly the resident ids with the right weights, and
+    /// `evict` agrees with `evict_textbook` throughout.
+    #[test]
+    fn review_random_invariants_and_textbook_agreement() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        };
+        let mut evictions = 0u64;
+        for round in 0..400 {
+            let capacity = match round % 5 {
+                0 => next(3),
+                1 => 1 + next(10),
+                _ => 1 + next(400),
+            };
+            let weighted = round % 4 != 0;
+            let climb = round % 7 == 3;
+            let mut fast = Adaptive::new(capacity, climb, weighted);
+            let mut slow = Adaptive::new(capacity, climb, weighted);
+            if round % 6 == 5 {
+                fast.window_max = 0;
+                slow.window_max = 0;
+            }
+            let (mut fh, mut sh) = (TestHits::default(), TestHits::default());
+            let mut resident: std::collections::HashMap<u32, u32> = Default::default();
+            let mut weight = 0u64;
+            let (mut fresh, mut free) = (0u32, Vec::new());
+            let weigh = |next: &mut dyn FnMut(u64) -> u64| -> u32 {
+                if !weighted {
+                    return 1;
+                }
+                match next(20) {
+                    0 => 0,
+                    1 => 1 + next(capacity.max(1) * 2) as u32,
+                    2 => 1 + next(capacity.max(1) / 2 + 1) as u32,
+                    _ => 1 + next(6) as u32,
+                }
+            };
+            for step in 0..2_000 {
+                let ctx = format!("round {round} step {step} cap {capacity}");
+                let mut stray = false;
+                match next(12) {
+                    0..=3 => {
+                        let w = weigh(&mut next);
+                        let id = free.pop().unwrap_or_else(|| {
+                            fresh += 1;
+                            fresh - 1
+                        });
+                        let hash = (1 + next(capacity * 3 + 3)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        fh.insert(&mut fast, id, hash, w);
+                        sh.insert(&mut slow, id, hash, w);
+                        assert!(resident.insert(id, w).is_none());
+                        weight += u64::from(w);
+                    }
+                    4..=6 if !resident.is_empty() => {
+                        let ids: Vec<u32> = resident.keys().copied().collect();
+                        let id = ids[next(ids.len() as u64) as usize];
+                        fh.bump(id);
+                        sh.bump(id);
+                        fast.on_access();
+                        slow.on_access();
+                    }
+                    7 if !resident.is_empty() => {
+                        let mut ids: Vec<u32> = resident.keys().copied().collect();
+                        ids.sort_unstable();
+                        let id = ids[next(ids.len() as u64) as usize];
+                        let w = weigh(&mut next);
+                        weight = weight - u64::from(resident[&id]) + u64::from(w);
+                        resident.insert(id, w);
+                        fh.bump(id);
+                        sh.bump(id);
+                        fast.on_update(id, w);
+                        slow.on_update(id, w);
+                    }
+                    8 if !resident.is_empty() => {
+                        let mut ids: Vec<u32> = resident.keys().copied().collect();
+                        ids.sort_unstable();
+                        let id = ids[next(ids.len() as u64) as usize];
+                        weight -= u64::from(resident.remove(&id).unwrap());
+                        free.push(id);
+                        fast.on_remove(id, &mut fh);
+                        slow.on_remove(id, &mut sh);
+                    }
+                    9 => stray = true,
+                    _ => {}
+                }
+                let evict_one = |fast: &mut Adaptive,
+                                 slow: &mut Adaptive,
+                                 fh: &mut TestHits,
+                                 sh: &mut TestHits,
+                                 resident: &mut std::collections::HashMap<u32, u32>,
+                                 weight: &mut u64,
+                                 free: &mut Vec<u32>|
+                 -> bool {
+                    let a = fast.evict(fh);
+                    let b = slow.evict_textbook(sh);
+                    assert_eq!(a, b, "{ctx}: different victims");
+                    let Some(id) = a else {
+                        assert!(resident.is_empty(), "{ctx}: None with entries left");
+                        return false;
+                    };
+                    let w = resident
+                        .remove(&id)
+                        .unwrap_or_else(|| panic!("{ctx}: evicted {id} not resident"));
+                    *weight -= u64::from(w);
+                    free.push(id);
+                    assert!(
+                        fast.protected_weight <= fast.protected_cap || fast.protected.len() <= 1,
+                        "{ctx}: protected {} over its cap {}",
+                        fast.protected_weight,
+                        fast.protected_cap
+                    );
+                    true
+                };
+                while weight > capacity {
+                    if !evict_one(
+                        &mut fast,
+                        &mut slow,
+                        &mut fh,
+                        &mut sh,
+                        &mut resident,
+                        &mut weight,
+                        &mut free,
+                    ) {
+                        break;
+                    }
+                    evictions += 1;
+                }
+                if stray {
+                    evict_one(
+                        &mut fast,
+                        &mut slow,
+                        &mut fh,
+                        &mut sh,
+                        &mut resident,
+                        &mut weight,
+                        &mut free,
+                    );
+                }
+                let linked = check_lists(&fast, &ctx);
+                check_lists(&slow, &ctx);
+                assert_eq!(
+                    linked,
+                    resident.keys().copied().collect(),
+                    "{ctx}: lists hold other ids than the resident ones"
+                );
+                let sum: u64 = resident.values().map(|&w| u64::from(w)).sum();
+                assert_eq!(sum, weight);
+                assert_eq!(fast.snapshot(), slow.snapshot(), "{ctx}: lists differ");
+                assert_eq!(fh.0, sh.0, "{ctx}: hits differ");
+            }
+        }
+        assert!(evictions > 50_000, "only {evictions} evictions exercised");
+    }
+
+    /// Unweighted, a stray eviction (no insert: `evict_elsewhere`, or two
+    /// writers racing) now takes the window's oldest through
+    /// `contest_more`, leaving the window one short; the insert that
+    /// follows needs no eviction and refills it, so the window is back at
+    /// its share (guard: unweighted caches keep their window).
+    #[test]
+    fn review_a_stray_eviction_does_not_leave_the_window_short() {
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(100, false, false);
+        assert_eq!(p.window_max, 1);
+        let mut resident = std::collections::HashSet::new();
+        let mut id = 0;
+        let mut insert = |p: &mut Adaptive,
+                          hits: &mut TestHits,
+                          resident: &mut std::collections::HashSet<u32>| {
+            hits.insert(p, id, hash(id), 1);
+            resident.insert(id);
+            id += 1;
+            while resident.len() > 100 {
+                let v = p.evict(hits).unwrap();
+                assert!(resident.remove(&v));
+            }
+        };
+        for _ in 0..300 {
+            insert(&mut p, &mut hits, &mut resident);
+        }
+        assert_eq!(
+            p.window_weight, 1,
+            "steady state: the window holds its share"
+        );
+        // One stray eviction.
+        let v = p.evict(&mut hits).unwrap();
+        assert!(resident.remove(&v));
+        // Refill by one (no eviction needed), then steady state again.
+        insert(&mut p, &mut hits, &mut resident);
+        let mut short = 0;
+        for _ in 0..1_000 {
+            insert(&mut p, &mut hits, &mut resident);
+            short += usize::from(p.window_weight < p.window_max);
+        }
+        assert_eq!(
+            short, 0,
+            "window short of its share after {short} of 1000 inserts"
+        );
+    }
+
+    /// The hill climber (kept, tested, for a later global climber) can no
+    /// longer grow the window of a full shard: with the window under its
+    /// new share no insert overflows it, so every eviction takes the
+    /// window's oldest through `contest_more` and the window stays put.
+    #[test]
+    #[ignore = "review finding: latent (HILL_CLIMBING is false)"]
+    fn review_a_raised_window_share_is_never_filled() {
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1_000, false, false);
+        let mut resident = std::collections::HashSet::new();
+        for id in 0..3_000u32 {
+            if id == 2_000 {
+                // What a climber step up does.
+                p.window_max = 100;
+                p.protected_max = Adaptive::protected_share(p.capacity, p.window_max);
+            }
+            hits.insert(&mut p, id, hash(id), 1);
+            resident.insert(id);
+            while resident.len() > 1_000 {
+                let v = p.evict(&mut hits).unwrap();
+                assert!(resident.remove(&v));
+            }
+        }
+        assert!(
+            p.window_weight > 50,
+            "1000 inserts after the share rose to 100, the window holds {}",
+            p.window_weight
+        );
+    }
+
+    /// `PROBATION_OF_HELD_DIVISOR` says probation "never runs dry", but
+    /// `held - held / 20` is all of `held` below 20 units: a shard holding
+    /// under 20 units of main space (of a larger nominal share) still lets
+    /// protected take all of it, and then (as in the regression test above,
+    /// at 500) a popular newcomer is refused unopposed.
+    #[test]
+    #[ignore = "review finding: fails on 8e3379f"]
+    fn review_probation_runs_dry_in_a_shard_holding_under_20() {
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        // Nominal 1,000 (window 10); the global bound leaves it 25 entries.
+        let mut p = Adaptive::new(1_000, false, false);
+        for id in 0..25 {
+            hits.insert(&mut p, id, hash(id), 1);
+        }
+        hits.insert(&mut p, 25, hash(25), 1);
+        let free = p.evict(&mut hits).unwrap();
+        for id in (0..=25).filter(|&id| id != free) {
+            hits.bump(id);
+        }
+        hits.insert(&mut p, free, hash(20_000), 1);
+        let free = p.evict(&mut hits).unwrap();
+        let newcomer = hash(10_000);
+        for _ in 0..10 {
+            p.sketch.record(newcomer);
+        }
+        hits.insert(&mut p, free, newcomer, 1);
+        let evicted = p.evict(&mut hits).unwrap();
+        assert!(
+            !p.probation.is_empty(),
+            "probation ran dry: protected {} of {} held (cap {}); {evicted} refused unopposed",
+            p.protected_weight,
+            p.window_weight + p.probation_weight + p.protected_weight,
+            p.protected_cap,
+        );
+    }
+
+    /// Measures how full the window is in a full weighted shard (weights
+    /// 1-190, as the benches' weighted traces), sampled after each insert's
+    /// evictions.
+    #[test]
+    #[ignore = "review measurement: run with --nocapture"]
+    fn review_weighted_window_occupancy() {
+        let hash = |id: u64| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for capacity in [2_000u64, 20_000, 200_000] {
+            let mut hits = TestHits::default();
+            let mut p = Adaptive::new(capacity, false, true);
+            let mut resident = std::collections::HashMap::new();
+            let (mut weight, mut fresh, mut free) = (0u64, 0u32, Vec::new());
+            let (mut sum, mut samples, mut empty) = (0u64, 0u64, 0u64);
+            for step in 0..60_000 {
+                let w = 1 + next(190) as u32;
+                let id = free.pop().unwrap_or_else(|| {
+                    fresh += 1;
+                    fresh - 1
+                });
+                hits.insert(&mut p, id, hash(next(capacity)), w);
+                resident.insert(id, w);
+                weight += u64::from(w);
+                while weight > capacity {
+                    let v = p.evict(&mut hits).unwrap();
+                    weight -= u64::from(resident.remove(&v).unwrap());
+                    free.push(v);
+                }
+                if step > 20_000 {
+                    sum += p.window_weight;
+                    samples += 1;
+                    empty += u64::from(p.window.is_empty());
+                }
+            }
+            eprintln!(
+                "capacity {capacity}: window_max {}, mean window weight {:.1}, empty after {:.1} % of inserts",
+                p.window_max,
+                sum as f64 / samples as f64,
+                100.0 * empty as f64 / samples as f64
+            );
+        }
+    }
+
+    /// `pending` is cleared only by inserts, removals and weight updates,
+    /// so it outlives the insert's round: a later eviction with no insert
+    /// (`evict_elsewhere` from another shard's writer, after reads under the
+    /// shared lock) pops it. A pending entry read meanwhile is skipped with
+    /// `take_hits`, which consumes the read: it is neither promoted nor left
+    /// with the hit that `promote_probation_tail` would promote it for at
+    /// the tail ("a hit in probation promotes" is lost).
+    #[test]
+    #[ignore = "review finding: fails on 8e3379f"]
+    fn review_a_stale_pending_entry_loses_its_read() {
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(100, false, true);
+        let mut resident = std::collections::HashSet::new();
+        for id in 0..150 {
+            hits.insert(&mut p, id, hash(id), 1);
+            resident.insert(id);
+            while resident.len() > 100 {
+                assert!(resident.remove(&p.evict(&mut hits).unwrap()));
+            }
+        }
+        // Three removals from probation make room: three inserts need no
+        // eviction and the window grows to 4 entries.
+        for _ in 0..3 {
+            let id = p.probation.back().unwrap();
+            p.on_remove(id, &mut hits);
+            resident.remove(&id);
+        }
+        for id in 150..153 {
+            hits.insert(&mut p, id, hash(id), 1);
+            resident.insert(id);
+        }
+        // One more insert: one eviction, whose window overflow moves 4
+        // entries to probation; the newest contests, 3 stay pending.
+        hits.insert(&mut p, 153, hash(153), 1);
+        resident.insert(153);
+        assert!(resident.remove(&p.evict(&mut hits).unwrap()));
+        assert_eq!(p.pending.len(), 3, "pending after the round");
+        let read = *p.pending.last().unwrap();
+        // Read under the shared lock after the round.
+        hits.bump(read);
+        // Another shard's writer evicts one entry here.
+        let evicted = p.evict(&mut hits).unwrap();
+        assert_ne!(evicted, read);
+        assert!(
+            p.meta(read).segment == Segment::Protected || hits.0[read as usize] > 0,
+            "the read of {read} was consumed and it stays in {:?} unpromoted",
+            p.meta(read).segment
+        );
+    }
 }
