@@ -72,7 +72,12 @@ struct Meta {
 /// (docs/benchmarks.md, 2026-11-23) a fixed 1 % window had a lower miss ratio
 /// in every cell than the climber run per shard, which sees only its shard's
 /// share of the samples and steps too coarsely for shards of a few hundred
-/// entries. Kept, tested, for a later global climber.
+/// entries. Kept, tested, for a later global climber. Before switching it
+/// on: since every eviction of a round is a contest
+/// ([`Adaptive::contest_more`]), inserts into a full cache no longer
+/// overflow a window whose share was just raised, so the window would
+/// stay at its old size; a step up must move entries from probation into
+/// the window itself, as Caffeine's `increaseWindow` does.
 pub(crate) const HILL_CLIMBING: bool = false;
 /// The most entries a shard's sketch is sized for before any entry arrives
 /// (16,384 entries: 512 KiB of counters).
