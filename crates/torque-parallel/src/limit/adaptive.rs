@@ -51,7 +51,10 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   own standard error of it (the bottom of the limit's oscillation). And
 ///   when the window after a modest cut is no faster than the one that made
 ///   it (nor much slower: a capacity drop), there was no queue to drain: the
-///   baseline was too low, and both windows re-measure it. Between probes
+///   baseline was too low, and both windows re-measure it. A window also
+///   re-measures it when a run of cuts (no queue-free window between them)
+///   has taken the limit below the requests the run's first cut found
+///   served, less four standard errors: no queue can remain there. Between probes
 ///   the baseline never rises above the last probe's mean plus two standard
 ///   errors (for the start-up probe, of it and slow start's queue-free
 ///   windows together): beyond that, a window slow after a cut is another client's
@@ -87,6 +90,8 @@ pub struct Adaptive {
     held: bool,
     /// Requests the backend served at the last queue (limit / ratio).
     capacity: Option<f64>,
+    /// The cuts since the last window without a queue.
+    descent: Option<Descent>,
     /// In slow start, the last limit whose window showed no queue.
     last_clear: Option<usize>,
     /// The steady-state window that made the last cut: its limit, mean and
@@ -118,6 +123,16 @@ pub struct AdaptiveBuilder {
     backoff_ratio: f64,
 }
 
+/// A run of cuts with no queue-free window between them, as its first cut
+/// saw it.
+#[derive(Debug, Clone, Copy)]
+struct Descent {
+    /// A limit at or below which no queue can remain: the requests the first
+    /// cut found served (Little's law on the window's mean concurrency),
+    /// less four of its standard errors.
+    drained_below: f64,
+}
+
 /// The no-load latency estimate: a mean and its variance (seconds²).
 #[derive(Debug, Clone, Copy)]
 struct Baseline {
@@ -144,6 +159,8 @@ struct Window {
     sum: f64,
     sum_squares: f64,
     max_in_flight: usize,
+    /// Sum of the requests in flight as each was admitted.
+    sum_in_flight: f64,
     /// `try_acquire` refusals before the cut-off.
     refused: usize,
 }
@@ -157,6 +174,7 @@ impl Window {
         self.sum += latency;
         self.sum_squares += latency * latency;
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
+        self.sum_in_flight += sample.in_flight as f64;
     }
 
     fn reset(&mut self, now: Instant) {
@@ -247,6 +265,7 @@ impl Adaptive {
         self.probe = Probe::Running { restore };
         // The window after the probe is not comparable with the one before.
         self.cut_by = None;
+        self.descent = None;
         self.faster = false;
         self.window.reset(now);
     }
@@ -378,6 +397,34 @@ impl Adaptive {
                 self.baseline = Some(baseline);
             }
         }
+        // Cut after cut without the latency falling, to below the requests
+        // the descent's first cut found served: no queue can remain there,
+        // so this window measured the no-load latency, and the estimate it
+        // reads high against was low. The check above misses this when each
+        // window after a cut is a little faster than the one that made it —
+        // which it usually is, as that one was cut for being slow — and a
+        // few per cent low estimate then ratchets the limit down for good
+        // (`limit_sim -- --seeds 17 --only thrash`, 64 servers: from 64 to
+        // 33 in 40 s, 0.74 × the oracle; now 64 to 51 in 8 s, then back to
+        // 65–68, 0.95 ×). Also undoing the cuts since the first (back to
+        // the limit it set) recovered seed 17 to 0.97 ×, but on a shared
+        // backend it let a late joiner, whose own cuts cannot drain the
+        // other client's queue, jump back up and starve it (`--only
+        // shared`, 24 servers, second client at 30 s, seed 1: limits 18.0 /
+        // 7.8 became 1.2 / 30.6).
+        let drained = !self.slow_start
+            && mean < OBVIOUS_QUEUE * baseline.mean
+            && self
+                .descent
+                .is_some_and(|d| self.limit as f64 <= d.drained_below.floor());
+        if drained {
+            baseline = self.capped(merge(
+                baseline,
+                mean,
+                variance.max(BASELINE_FLOOR * mean * mean),
+            ));
+            self.baseline = Some(baseline);
+        }
         let ratio = mean / baseline.mean;
         let relative_error =
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
@@ -416,6 +463,16 @@ impl Adaptive {
             // the headroom's worth of queue on top.
             let served = self.limit as f64 / ratio;
             self.capacity = Some(served);
+            // A descent starts at a cut after a queue-free window, or at a
+            // gross queue (a capacity drop, the end of slow start).
+            let fresh = self.descent.is_none() || ratio >= OBVIOUS_QUEUE;
+            // Concurrency, not the limit: an open loop does not always fill
+            // it (with the limit, windows queued above 24 servers passed for
+            // drained). Less four standard errors (twice `noise`), not two:
+            // with two, a small limit's noisy windows set it off on a
+            // correct estimate (thrash C = 8 seed 5: 0.990 → 0.987).
+            let busy = (window.sum_in_flight / window.count as f64).min(self.limit as f64);
+            let drained_below = busy / ratio / (1.0 + 2.0 * noise);
             let mut new = (served * target).round().min(self.limit as f64 - 1.0);
             if let Some(clear) = self.last_clear.take() {
                 // The previous slow-start window showed no queue at `clear`:
@@ -429,6 +486,9 @@ impl Adaptive {
                 self.cut_by = Some((self.limit, mean, variance));
             }
             self.set_limit(new);
+            if fresh {
+                self.descent = Some(Descent { drained_below });
+            }
             self.slow_start = false;
             self.growth_streak = 0;
             self.held = false;
@@ -457,7 +517,10 @@ impl Adaptive {
         } else {
             below_capacity || ratio <= 1.0 + window_error
         };
-        if clean {
+        if ratio <= target {
+            self.descent = None;
+        }
+        if clean && !drained {
             // Windows before the first queue, or below the capacity the last
             // queue revealed, are no-load samples: they sharpen the baseline.
             let merged = merge(baseline, mean, variance);
@@ -635,6 +698,7 @@ impl AdaptiveBuilder {
             growth_streak: 0,
             held: false,
             capacity: None,
+            descent: None,
             last_clear: None,
             cut_by: None,
             faster: false,
@@ -668,6 +732,7 @@ impl Algorithm for Adaptive {
                 self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
                 self.last_backoff = Some(now);
                 self.cut_by = None;
+                self.descent = None;
                 self.slow_start = false;
                 self.growth_streak = 0;
                 if let Probe::Running { .. } = self.probe {
