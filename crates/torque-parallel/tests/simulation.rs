@@ -187,7 +187,7 @@ fn regression_an_unlucky_start_up_probe_does_not_cap_the_estimate_low() {
 /// cut the limit fell from 64 to 41 within 30 s (to 33 by 40 s; 0.74 × the
 /// oracle over 60 s). A window whose limit is below the requests the first
 /// cut found served, less its error, cannot be queued: it now re-measures
-/// the estimate.
+/// the estimate, and the cuts after the first are undone.
 #[test]
 fn regression_a_few_percent_low_estimate_ratchets_the_limit_down() {
     let mut scenario = Scenario::closed(64, 17);

@@ -54,7 +54,9 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   baseline was too low, and both windows re-measure it. A window also
 ///   re-measures it when a run of cuts (no queue-free window between them)
 ///   has taken the limit below the requests the run's first cut found
-///   served, less four standard errors: no queue can remain there. Between probes
+///   served, less four standard errors: no queue can remain there. The cuts
+///   after the first are then undone, unless the next window is queued.
+///   Between probes
 ///   the baseline never rises above the last probe's mean plus two standard
 ///   errors (for the start-up probe, of it and slow start's queue-free
 ///   windows together): beyond that, a window slow after a cut is another client's
@@ -92,6 +94,9 @@ pub struct Adaptive {
     capacity: Option<f64>,
     /// The cuts since the last window without a queue.
     descent: Option<Descent>,
+    /// The limit before a descent's cuts were undone, until the next window
+    /// confirms the undoing.
+    restored: Option<usize>,
     /// In slow start, the last limit whose window showed no queue.
     last_clear: Option<usize>,
     /// The steady-state window that made the last cut: its limit, mean and
@@ -131,6 +136,8 @@ struct Descent {
     /// cut found served (Little's law on the window's mean concurrency),
     /// less four of its standard errors.
     drained_below: f64,
+    /// The limit the first cut set.
+    restore: usize,
 }
 
 /// The no-load latency estimate: a mean and its variance (seconds²).
@@ -266,6 +273,7 @@ impl Adaptive {
         // The window after the probe is not comparable with the one before.
         self.cut_by = None;
         self.descent = None;
+        self.restored = None;
         self.faster = false;
         self.window.reset(now);
     }
@@ -405,11 +413,12 @@ impl Adaptive {
         // which it usually is, as that one was cut for being slow — and a
         // few per cent low estimate then ratchets the limit down for good
         // (`limit_sim -- --seeds 17 --only thrash`, 64 servers: from 64 to
-        // 33 in 40 s, 0.74 × the oracle; now 64 to 51 in 8 s, then back to
-        // 65–68, 0.95 ×). Also undoing the cuts since the first (back to
-        // the limit it set) recovered seed 17 to 0.97 ×, but on a shared
-        // backend it let a late joiner, whose own cuts cannot drain the
-        // other client's queue, jump back up and starve it (`--only
+        // 33 in 40 s, 0.74 × the oracle). The cuts since the first were
+        // made against the low estimate: undo them, back to the limit the
+        // first set, for one window that must confirm it (below). Now 64 to
+        // 51 in 8 s, back to 64, 0.97 ×; only re-measuring, and growing
+        // back from 51 one step a window, gave 0.95 ×. Undoing without the
+        // confirming window starved clients on a shared backend (`--only
         // shared`, 24 servers, second client at 30 s, seed 1: limits 18.0 /
         // 7.8 became 1.2 / 30.6).
         let drained = !self.slow_start
@@ -424,12 +433,35 @@ impl Adaptive {
                 variance.max(BASELINE_FLOOR * mean * mean),
             ));
             self.baseline = Some(baseline);
+            if let Some(descent) = self.descent.filter(|d| d.restore > self.limit) {
+                self.restored = Some(self.limit);
+                self.limit = descent.restore;
+                self.descent = None;
+                self.held = false;
+                self.growth_streak = 0;
+                self.window.reset(now);
+                return;
+            }
         }
         let ratio = mean / baseline.mean;
         let relative_error =
             (variance / (mean * mean) + baseline.variance / baseline.mean.powi(2)).sqrt();
         let noise = SIGNIFICANCE * relative_error;
         let target = 1.0 + self.config.headroom;
+        // The window after undoing a descent: queued against the corrected
+        // estimate, the cuts were right after all — another client's queue
+        // on a shared backend, which this client's cuts cannot drain, looks
+        // the same as a low estimate until its limit rises. Go back.
+        if let Some(previous) = self.restored.take()
+            && ratio > target + noise
+        {
+            self.limit = previous;
+            self.descent = None;
+            self.held = false;
+            self.growth_streak = 0;
+            self.window.reset(now);
+            return;
+        }
         // Two windows in a row significantly faster than the no-load
         // estimate: it was measured under a queue that has since drained —
         // typically another client's, on a shared backend this client joined
@@ -487,7 +519,10 @@ impl Adaptive {
             }
             self.set_limit(new);
             if fresh {
-                self.descent = Some(Descent { drained_below });
+                self.descent = Some(Descent {
+                    drained_below,
+                    restore: self.limit,
+                });
             }
             self.slow_start = false;
             self.growth_streak = 0;
@@ -699,6 +734,7 @@ impl AdaptiveBuilder {
             held: false,
             capacity: None,
             descent: None,
+            restored: None,
             last_clear: None,
             cut_by: None,
             faster: false,
@@ -733,6 +769,7 @@ impl Algorithm for Adaptive {
                 self.last_backoff = Some(now);
                 self.cut_by = None;
                 self.descent = None;
+                self.restored = None;
                 self.slow_start = false;
                 self.growth_streak = 0;
                 if let Probe::Running { .. } = self.probe {
