@@ -419,8 +419,9 @@ impl Adaptive {
 
     /// Protected's limit: [`PROTECTED_PERCENT`] of the nominal main space,
     /// and at most 19/20 of the main space this shard actually holds
-    /// ([`PROBATION_OF_HELD_DIVISOR`]). A shard holds what the global bound leaves it,
-    /// which can be less than its nominal share (shards fill unevenly, and
+    /// ([`PROBATION_OF_HELD_DIVISOR`]; probation keeps at least 2 units).
+    /// A shard holds what the global bound leaves it, which can be less
+    /// than its nominal share (shards fill unevenly, and
     /// each insert then evicts in its own shard, so the sizes stay as they
     /// filled); with the nominal limit alone, protected could take all of
     /// a smaller shard's main space, probation ran dry, every newcomer was
@@ -720,8 +721,9 @@ impl Adaptive {
     /// entries that left the window in this round without a contest (only
     /// the newest of one [`Self::evict`]'s leavers contests at once), newest
     /// first; then the window's entries from its oldest
-    /// ([`Self::contest_window`]), though the window is not over its share. `None` when there is no candidate or nothing older to
-    /// meet: the caller then evicts unopposed.
+    /// ([`Self::contest_window`]), though the window is not over its
+    /// share. `None` when there is no candidate or nothing older to meet:
+    /// the caller then evicts unopposed.
     ///
     /// Before, the rest of the room came from probation's tail unopposed,
     /// whatever its popularity: with weights 1–190 on the scan/loop trace
