@@ -991,6 +991,18 @@ mod tests {
         }
     }
 
+    /// Seeded xorshift64 draws in `0..n` (0 when `n` is 0): deterministic
+    /// workloads for the randomized tests.
+    fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut rng = seed;
+        move |n| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        }
+    }
+
     impl Hits for TestHits {
         fn take(&mut self, id: u32) -> u8 {
             self.0.get_mut(id as usize).map_or(0, std::mem::take)
@@ -1337,13 +1349,7 @@ mod tests {
     /// the textbook sequence of moves.
     #[test]
     fn evict_matches_the_textbook_order() {
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = draws(0x2545_f491_4f6c_dd1d_u64);
         let mut evictions = 0u64;
         for round in 0..300 {
             let capacity = 1 + next(if round % 3 == 0 { 8 } else { 300 });
@@ -1462,13 +1468,7 @@ mod tests {
     /// `evict` agrees with `evict_textbook` throughout.
     #[test]
     fn random_operations_keep_the_lists_consistent_and_match_the_textbook() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n.max(1)
-        };
+        let mut next = draws(0x9e37_79b9_7f4a_7c15_u64);
         let mut evictions = 0u64;
         for round in 0..120 {
             let capacity = match round % 5 {
@@ -1670,13 +1670,7 @@ mod tests {
     #[test]
     fn the_window_of_a_weighted_shard_stays_near_its_share() {
         let hash = |id: u64| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
+        let mut next = draws(0x2545_f491_4f6c_dd1d_u64);
         for capacity in [2_000u64, 20_000, 200_000] {
             let mut hits = TestHits::default();
             let mut p = Adaptive::new(capacity, false, true);
