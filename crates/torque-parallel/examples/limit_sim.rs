@@ -17,6 +17,9 @@
 //! backend). `--trace`
 //! prints, after each row, the limit over time (every 100 ms sample, run
 //! length encoded as `limit×count`), to see what the controller does.
+//! `--curve K` prints instead, for each scenario and seed, the static limits
+//! from K below the oracle's to K above it, each with its throughput and
+//! p99 relative to the oracle's: how much a limit off by a few costs.
 //!
 //! For each scenario and seed it sweeps static limits 1..=256 for the best
 //! (the oracle), then runs each limiter, which knows nothing of the
@@ -118,6 +121,7 @@ fn main() {
     let mut cache: Option<String> = None;
     let mut servers: Vec<usize> = Vec::new();
     let mut load = 1.3;
+    let mut curve: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -147,12 +151,17 @@ fn main() {
                     .map(|s| s.parse().expect("a server count is a number"))
                     .collect();
             }
+            "--curve" => curve = Some(args.next().and_then(|s| s.parse().ok()).expect("--curve K")),
             "--oracle-cache" => cache = Some(args.next().expect("--oracle-cache PATH")),
             other => panic!("unknown argument {other}"),
         }
     }
     if only == "shared" {
         shared(&seeds, scale, trace);
+        return;
+    }
+    if let Some(k) = curve {
+        static_curve(&seeds, &only, scale, &servers, load, k);
         return;
     }
     println!(
@@ -189,6 +198,26 @@ fn main() {
                 if trace {
                     println!("{}", run_length(&report.limits));
                 }
+            }
+        }
+    }
+}
+
+/// Static limits around the oracle's: throughput and p99 relative to it.
+fn static_curve(seeds: &[u64], only: &str, scale: u32, servers: &[usize], load: f64, k: usize) {
+    use torque_parallel::limit::Fixed;
+    println!("| scenario | seed | static limit | req/s × oracle | p99 × oracle |");
+    println!("|---|---|---|---|---|");
+    for &seed in seeds {
+        for (name, scenario) in scenarios(only, seed, scale, servers, load) {
+            let (best, base) = oracle(&scenario);
+            for limit in best.saturating_sub(k).max(1)..=best + k {
+                let report = run(&scenario, Fixed::new(limit));
+                println!(
+                    "| {name} | {seed} | {limit} | {:.4} | {:.3} |",
+                    report.throughput / base.throughput,
+                    report.p99.as_secs_f64() / base.p99.as_secs_f64(),
+                );
             }
         }
     }
