@@ -173,32 +173,54 @@ pub(crate) struct Adaptive {
 
 /// Fingerprints of the keys the admission filter refused lately (or that
 /// left the window with no victim to contest, which is a refusal too: they
-/// were not admitted), one per
-/// slot of a direct-mapped table with an eighth as many slots as the shard
-/// holds entries (sized from the sketch's entry count, so a weighted cache's
-/// ghost grows with it): a refusal overwrites whatever its slot held, so a
-/// key is remembered for about as many refusals as there are slots. A
-/// returning key is found with one load and compare; a fingerprint
-/// collision (one in 2^32 per look-up) admits a key that was not refused,
-/// which costs a contest skipped. Of 1/16, 1/8 and 1/4 of the entries, 1/4
-/// helped recency most but lost the issue's closest cell (scan/loop at 1k
-/// entries) in half the seeds; 1/8 lost none (docs/benchmarks.md, "fifth
-/// pass").
+/// were not admitted), one per slot of a direct-mapped table (sized from
+/// the sketch's entry count, so a weighted cache's ghost grows with it): a
+/// refusal overwrites whatever its slot held, so a key is remembered for
+/// about as many refusals as there are slots in use. A returning key is
+/// found with one load and compare; a fingerprint collision (one in 2^32
+/// per look-up) admits a key that was not refused, which costs a contest
+/// skipped.
+///
+/// Its width follows [`RecallTrials`]: an eighth as many slots as the shard
+/// holds entries while the keys it recalls fail their trials in protected,
+/// a quarter while they pass. A fixed quarter helped recency most but lost
+/// the issue's closest cell (scan/loop at 1k entries) in half the seeds,
+/// and an eighth lost none (docs/benchmarks.md, "fifth pass"); gated by
+/// the trials, the quarter leaves that cell as it was (2 of 24 hasher
+/// seeds lost, before and after) and takes the recency trace at 10k
+/// entries from 0.401 to 0.367. A half took it to 0.344 but lost 4 of the
+/// 24 seeds (docs/benchmarks.md, 2026-12-06, ninth session).
 #[derive(Debug)]
 struct Ghost {
     /// 0 is an empty slot (fingerprints are never 0).
     slots: Vec<u32>,
+    /// The slots in use: all of them while keys recalled from here pass
+    /// their trials in protected ([`RecallTrials`]), `narrow` otherwise.
+    active: usize,
+    /// An eighth as many slots as entries.
+    narrow: usize,
 }
 
 impl Ghost {
     /// A ghost for a shard of about `entries` entries.
     fn for_entries(entries: u64) -> Self {
-        // At most MAX_ENTRIES / 8 slots: a shard's sketch (and so `entries`)
+        // At most MAX_ENTRIES / 4 slots: a shard's sketch (and so `entries`)
         // is never sized for more.
-        let len = usize::try_from((entries.min(MAX_ENTRIES) / 8).max(1)).unwrap_or(1);
+        let entries = entries.min(MAX_ENTRIES);
+        let wide = usize::try_from((entries / 4).max(1)).unwrap_or(1);
+        let narrow = usize::try_from((entries / 8).max(1)).unwrap_or(1);
         Self {
-            slots: vec![0; len],
+            slots: vec![0; wide],
+            active: narrow,
+            narrow,
         }
+    }
+
+    /// Uses every slot (`wide`) or an eighth of the entries' worth. The keys
+    /// remembered in the other width are mostly lost (they sit in other
+    /// slots); the width changes only when the trials' verdict does.
+    fn widen(&mut self, wide: bool) {
+        self.active = if wide { self.slots.len() } else { self.narrow };
     }
 
     /// The slot and fingerprint of `hash` (mixed, so neither depends on the
@@ -208,7 +230,7 @@ impl Ghost {
         let m = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         let m = m ^ (m >> 32);
         // Lemire's multiply-shift range reduction: no power-of-two size.
-        let slot = ((u128::from(m) * self.slots.len() as u128) >> 64) as usize;
+        let slot = ((u128::from(m) * self.active as u128) >> 64) as usize;
         (slot, (m as u32).max(1))
     }
 
@@ -276,16 +298,24 @@ impl RecallTrials {
     /// come far more often.
     const TRIAL_MEMORY: u32 = 256;
     const OTHER_MEMORY: u32 = 4096;
+    /// Trials needed before they can pass: a first few read by chance must
+    /// not switch the placement (and widen the ghost).
+    const MIN_TRIALS: u32 = 16;
 
-    /// Whether the next recalled key goes to protected, on trial.
-    fn protect(&mut self) -> bool {
+    /// Whether trials are read at least as often as protected's other
+    /// entries.
+    fn passing(&self) -> bool {
         let (read, unread) = self.trial;
         let (other_read, other_unread) = self.other;
         // read / (read + unread) >= other_read / (other_read + other_unread)
-        let passing = read + unread > 0
+        read + unread >= Self::MIN_TRIALS
             && u64::from(read) * u64::from(other_read + other_unread)
-                >= u64::from(other_read) * u64::from(read + unread);
-        if passing || self.skipped == 0 {
+                >= u64::from(other_read) * u64::from(read + unread)
+    }
+
+    /// Whether the next recalled key goes to protected, on trial.
+    fn protect(&mut self) -> bool {
+        if self.passing() || self.skipped == 0 {
             self.skipped = Self::EXPLORE - 1;
             return true;
         }
@@ -293,20 +323,23 @@ impl RecallTrials {
         false
     }
 
-    /// An entry at protected's eviction end, found read since it was last
-    /// looked at (or placed) or not.
-    #[inline]
-    fn record(&mut self, trial: bool, read: bool) {
-        let (counts, memory) = if trial {
-            (&mut self.trial, Self::TRIAL_MEMORY)
-        } else {
-            (&mut self.other, Self::OTHER_MEMORY)
-        };
-        if read {
-            counts.0 += 1;
-        } else {
-            counts.1 += 1;
-        }
+    /// A trial at protected's eviction end, found read since it was placed
+    /// or not.
+    fn record_trial(&mut self, read: bool) {
+        Self::count(&mut self.trial, read, Self::TRIAL_MEMORY);
+    }
+
+    /// Another entry at protected's eviction end, found read since it was
+    /// last looked at or not.
+    #[inline(always)]
+    fn record_other(&mut self, read: bool) {
+        Self::count(&mut self.other, read, Self::OTHER_MEMORY);
+    }
+
+    #[inline(always)]
+    fn count(counts: &mut (u32, u32), read: bool, memory: u32) {
+        counts.0 += u32::from(read);
+        counts.1 += u32::from(!read);
         if counts.0 + counts.1 >= memory {
             *counts = (counts.0 / 2, counts.1 / 2);
         }
@@ -549,11 +582,13 @@ impl Adaptive {
             let Some(id) = self.protected.back() else {
                 break;
             };
-            let meta = self.links.meta_mut(id);
-            let trial = meta.flags & TRIAL != 0;
-            meta.flags &= !TRIAL;
+            let trial = self.links.meta(id).flags & TRIAL != 0;
             let read = self.take_hits(id, hits);
-            self.trials.record(trial, read);
+            if trial {
+                self.judge_trial(id, read);
+            } else {
+                self.trials.record_other(read);
+            }
             if read {
                 self.links.move_to_front(&mut self.protected, id);
                 continue;
@@ -565,6 +600,15 @@ impl Adaptive {
             }
             self.demoted_now += 1;
         }
+    }
+
+    /// A recalled key on trial reached protected's eviction end: `read`
+    /// since it was placed or not ([`RecallTrials`]).
+    #[cold]
+    fn judge_trial(&mut self, id: u32, read: bool) {
+        self.links.meta_mut(id).flags &= !TRIAL;
+        self.trials.record_trial(read);
+        self.ghost.widen(self.trials.passing());
     }
 
     /// Places a key admitted through the ghost in protected, on trial
@@ -1181,6 +1225,99 @@ mod tests {
         assert_ne!(p.meta(cap).flags & TRIAL, 0);
         // Remembered once: refused again later, it must win on its own.
         assert!(!p.ghost.recall(newcomer));
+    }
+
+    #[test]
+    fn a_recalled_key_on_trial_is_judged_at_protecteds_eviction_end() {
+        let cap = 100u32;
+        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(u64::from(cap), false, false);
+        p.window_max = 0;
+        for id in 0..cap {
+            for _ in 0..5 {
+                p.sketch.record(hash(id));
+            }
+            hits.insert(&mut p, id, hash(id), 1);
+        }
+        let newcomer = hash(1_000);
+        hits.insert(&mut p, cap, newcomer, 1);
+        assert_eq!(p.evict(&mut hits), Some(cap));
+        hits.insert(&mut p, cap, newcomer, 1);
+        p.evict(&mut hits).unwrap();
+        assert_eq!(p.meta(cap).segment, Segment::Protected);
+        assert_eq!(p.trials.trial, (0, 0));
+        // Read once while in protected; then every protected entry is
+        // looked at from the eviction end.
+        hits.bump(cap);
+        p.protected_cap = 0;
+        p.demote_protected_overflow(&mut hits);
+        assert_eq!(
+            p.trials.trial,
+            (1, 0),
+            "a trial read since its placement passes"
+        );
+        assert_eq!(p.meta(cap).flags & TRIAL, 0, "judged once");
+        assert_eq!(p.meta(cap).segment, Segment::Probation);
+    }
+
+    #[test]
+    fn recalled_keys_go_to_protected_only_while_their_trials_pass() {
+        let mut t = RecallTrials::default();
+        // No evidence yet: one recalled key in EXPLORE goes on trial.
+        let placed = (0..80).filter(|_| t.protect()).count();
+        assert_eq!(placed, 80 / RecallTrials::EXPLORE as usize);
+        // Protected's other entries are found read 9 times in 10.
+        for i in 0..1_000 {
+            t.record_other(i % 10 != 0);
+        }
+        // Trials read every time, but too few of them to judge.
+        for _ in 0..RecallTrials::MIN_TRIALS - 1 {
+            t.record_trial(true);
+        }
+        assert!(!t.passing());
+        // Enough trials, read 15 times in 16: passing (15/16 >= 9/10).
+        t.record_trial(false);
+        assert!(t.passing());
+        assert!(
+            (0..20).all(|_| t.protect()),
+            "every recalled key goes on trial"
+        );
+        // Trials that are mostly not read (a scan touching each key twice):
+        // back to one in EXPLORE.
+        for _ in 0..40 {
+            t.record_trial(false);
+        }
+        assert!(!t.passing());
+        let placed = (0..80).filter(|_| t.protect()).count();
+        assert_eq!(placed, 80 / RecallTrials::EXPLORE as usize);
+        // The counts stay recent: halved at their memory, so trials read
+        // again pass again after a few memories' worth.
+        for _ in 0..2 * RecallTrials::TRIAL_MEMORY {
+            t.record_trial(true);
+        }
+        assert!(t.trial.0 + t.trial.1 < RecallTrials::TRIAL_MEMORY);
+        assert!(t.passing(), "recent trials outweigh old ones");
+    }
+
+    #[test]
+    fn the_ghost_widens_while_its_recalls_pass() {
+        let mut g = Ghost::for_entries(800);
+        assert_eq!((g.slots.len(), g.active), (200, 100));
+        g.remember(7);
+        assert!(g.recall(7));
+        g.widen(true);
+        assert_eq!(g.active, 200);
+        g.remember(7);
+        assert!(g.recall(7), "remembered and recalled in the wide ghost");
+        assert!(!g.recall(7), "forgotten once recalled");
+        g.widen(false);
+        assert_eq!(g.active, 100);
+        // The smallest ghost still has a slot in either width.
+        let mut tiny = Ghost::for_entries(1);
+        tiny.widen(true);
+        tiny.remember(9);
+        assert!(tiny.recall(9));
     }
 
     #[test]
