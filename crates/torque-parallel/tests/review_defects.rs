@@ -1,0 +1,132 @@
+//! Reproducers for defects found in review: each failed before its fix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use torque_parallel::limit::{Algorithm, Sample};
+
+/// An algorithm with a fixed limit that records the latencies it is fed.
+#[derive(Debug, Clone, Default)]
+#[allow(dead_code)]
+struct Recording(Arc<Mutex<Vec<Duration>>>);
+
+impl Algorithm for Recording {
+    fn initial_limit(&self) -> usize {
+        4
+    }
+
+    fn update(&mut self, sample: &Sample) -> usize {
+        self.0.lock().push(sample.latency);
+        4
+    }
+}
+
+/// The tower layer stamps the token when `poll_ready` succeeds, so a
+/// service that is kept ready (as `Buffer` and `Balance` do) and called later
+/// reports the idle wait as backend latency.
+#[cfg(feature = "tower")]
+#[test]
+fn tower_latency_is_measured_from_call_not_from_poll_ready() {
+    use std::future::{Future, Ready, ready};
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use torque_parallel::limit::{ConcurrencyLimiter, LimitLayer, MockClock};
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    struct Instant;
+    impl Service<()> for Instant {
+        type Response = ();
+        type Error = ();
+        type Future = Ready<Result<(), ()>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, (): ()) -> Self::Future {
+            ready(Ok(()))
+        }
+    }
+
+    let recorded = Recording::default();
+    let clock = MockClock::new();
+    let limiter = ConcurrencyLimiter::with_clock(recorded.clone(), clock.clone());
+    let mut service = LimitLayer::new(limiter).layer(Instant);
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(service.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    // Ready, then idle for a second before the request comes.
+    clock.advance(Duration::from_secs(1));
+    let response = pin!(service.call(()));
+    assert!(matches!(response.poll(&mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(*recorded.0.lock(), [Duration::ZERO], "the backend answered at once");
+}
+
+/// An async blocking batch waiting for room in the memory budget is not
+/// woken by its cancel token: it returns only when the job that holds the
+/// budget (another batch's) finishes, however long that takes.
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_map_async_waiting_for_room_stops_on_cancel() {
+    use torque_parallel::{CancelToken, Processor};
+
+    let processor = Processor::builder()
+        .blocking_threads(1)
+        .memory_budget(1)
+        .build()
+        .unwrap();
+    // Another batch's job holds the whole budget until released.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let other = processor.clone();
+    let holder = std::thread::spawn(move || {
+        other.blocking().map(vec![()], move |()| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv();
+        })
+    });
+    started_rx.recv().unwrap();
+
+    let token = CancelToken::new();
+    let batch = processor
+        .with_cancel(token.clone())
+        .blocking()
+        .map_async(vec![1, 2, 3], |x| x);
+    let batch = tokio::spawn(batch);
+    tokio::task::yield_now().await; // the batch is now waiting for room
+    token.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(2), batch).await;
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let out = out.expect("a cancelled batch returns within the cancel bound").unwrap();
+    assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.is_cancelled())));
+}
+
+/// `hybrid_buffer` accepts any non-zero count, but a count above tokio's
+/// channel limit panics when the pipeline is built.
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_huge_hybrid_buffer_does_not_panic() {
+    let processor = torque_parallel::Processor::builder()
+        .hybrid_buffer(usize::MAX)
+        .build()
+        .unwrap();
+    let out = processor
+        .hybrid()
+        .map(vec![1u32, 2], |x| x * 2, |x| async move { x + 1 })
+        .await;
+    assert_eq!(*out[1].as_ref().unwrap(), 5);
+}
+
+/// `BatchSizer::window` has no documented upper bound, but a huge window
+/// panics in `build` (it preallocates the whole window).
+#[test]
+fn a_huge_sizer_window_does_not_panic() {
+    let built = std::panic::catch_unwind(|| {
+        torque_parallel::batch::BatchSizer::builder()
+            .window(usize::MAX)
+            .build()
+    });
+    assert!(built.is_ok(), "build panicked instead of returning");
+}
