@@ -275,7 +275,9 @@ impl BatchSizerBuilder {
             target: self.target.as_secs_f64(),
             capacity: self.window,
             probe_every: self.probe_every,
-            samples: VecDeque::with_capacity(self.window),
+            // Grows to the window as batches come: a huge window must not
+            // be allocated (or overflow) up front.
+            samples: VecDeque::with_capacity(self.window.min(1024)),
             model: None,
             size: initial,
             initial,
