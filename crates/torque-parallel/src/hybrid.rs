@@ -76,7 +76,8 @@ impl Processor {
             .config()
             .hybrid_buffer
             .unwrap_or_else(|| 2 * self.cpu().threads())
-            .max(1);
+            // tokio's channel refuses capacities above `usize::MAX >> 3`.
+            .clamp(1, usize::MAX >> 3);
         Hybrid {
             io: self.async_io(),
             processor: self.clone(),
