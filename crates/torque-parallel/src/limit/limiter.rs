@@ -300,9 +300,16 @@ impl<A, C> fmt::Debug for Acquire<A, C> {
 /// Type-erased way back from a token to its limiter.
 trait Release: Send + Sync {
     fn release(&self, started: Instant, in_flight: usize, outcome: Outcome);
+
+    /// The limiter's clock.
+    fn now(&self) -> Instant;
 }
 
 impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     fn release(&self, started: Instant, in_flight: usize, outcome: Outcome) {
         let now = self.clock.now();
         let latency = now.saturating_duration_since(started);
@@ -368,6 +375,15 @@ impl Token {
     /// Requests in flight when this one was admitted, itself included.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Restarts the latency measurement now: for a permit taken ahead of
+    /// the request (a tower service polled ready before it is called).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn restart(&mut self) {
+        if let Some(release) = &self.release {
+            self.started = release.now();
+        }
     }
 
     fn finish(&mut self, outcome: Outcome) {

@@ -116,10 +116,13 @@ where
     /// If `poll_ready` did not return `Ready(Ok(()))` first (the tower
     /// contract).
     fn call(&mut self, request: Request) -> Self::Future {
-        let token = self
+        let mut token = self
             .permit
             .take()
             .expect("LimitService::call without poll_ready returning Ready");
+        // The permit may have been held since `poll_ready` (a service kept
+        // ready by `Buffer` or `Balance`): the latency is the request's.
+        token.restart();
         ResponseFuture {
             inner: self.inner.call(request),
             token: Some(token),
