@@ -400,6 +400,8 @@ pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     f: Arc<F>,
     weigh: W,
     cancel: Option<CancelToken>,
+    /// The waker registered with `cancel` while an item waits for room.
+    registered: Option<Waker>,
     finished: bool,
 }
 
@@ -432,6 +434,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             f: Arc::new(f),
             weigh,
             cancel,
+            registered: None,
             finished: false,
         }
     }
@@ -459,6 +462,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             f: Arc::new(f),
             weigh,
             cancel: None,
+            registered: None,
             finished: false,
         }
     }
@@ -504,15 +508,47 @@ where
         let mut st = lock(&batch.state);
         if this.waiting.is_none() && this.items.len() == 0 && st.pending == 0 {
             this.finished = true;
-            return Poll::Ready(Batch::take_results(&mut st));
+            let results = Batch::take_results(&mut st);
+            drop(st);
+            this.unregister();
+            return Poll::Ready(results);
         }
         st.waker = Some(cx.waker().clone());
+        drop(st);
+        // An item waiting for room is woken by a worker freeing room, which
+        // may take as long as someone else's job: the cancel must wake it.
+        if this.waiting.is_some()
+            && let Some(token) = &this.cancel
+            && this
+                .registered
+                .as_ref()
+                .is_none_or(|w| !w.will_wake(cx.waker()))
+        {
+            if let Some(old) = this.registered.take() {
+                token.unregister(&old);
+            }
+            if token.register(cx.waker()) {
+                this.registered = Some(cx.waker().clone());
+            } else {
+                // Cancelled since the items were looked at: go round again.
+                cx.waker().wake_by_ref();
+            }
+        }
         Poll::Pending
+    }
+}
+
+impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
+    fn unregister(&mut self) {
+        if let (Some(token), Some(waker)) = (&self.cancel, self.registered.take()) {
+            token.unregister(&waker);
+        }
     }
 }
 
 impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
     fn drop(&mut self) {
+        self.unregister();
         if !self.finished {
             self.batch.abandoned.store(true, Ordering::Relaxed);
         }
