@@ -130,3 +130,25 @@ fn a_huge_sizer_window_does_not_panic() {
     });
     assert!(built.is_ok(), "build panicked instead of returning");
 }
+
+/// `blocking_threads` has no documented upper bound; a huge count overflows
+/// the default queue capacity (`2 × threads`) in `build` and the pool's
+/// handle vector on first use. It must be refused (or the batch come back
+/// cancelled, as documented for threads that cannot start), not panic.
+#[test]
+fn a_huge_blocking_thread_count_does_not_panic() {
+    let outcome = std::panic::catch_unwind(|| {
+        match torque_parallel::Processor::builder()
+            .blocking_threads(usize::MAX)
+            .build()
+        {
+            Err(_) => true,
+            Ok(p) => p
+                .blocking()
+                .map(vec![1u8], |x| x)
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled())),
+        }
+    });
+    assert!(matches!(outcome, Ok(true)), "panicked or ran on threads that cannot exist");
+}
