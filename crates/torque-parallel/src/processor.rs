@@ -104,6 +104,11 @@ impl Default for ProcessorConfig {
     }
 }
 
+/// The most `Blocking` threads a processor may be built with: far beyond
+/// any useful count, and well below the point where the pool's bookkeeping
+/// (or the operating system) gives out.
+const MAX_BLOCKING_THREADS: usize = 1 << 16;
+
 /// Builds a [`Processor`]; every setting has a default.
 #[derive(Debug, Clone, Default)]
 #[must_use]
@@ -148,7 +153,7 @@ impl ProcessorBuilder {
     }
 
     /// Number of dedicated threads of the `Blocking` strategy (default
-    /// `available_parallelism`). They start on first use.
+    /// `available_parallelism`, at most 65 536). They start on first use.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder().blocking_threads(8).build()?;
@@ -222,7 +227,8 @@ impl ProcessorBuilder {
     ///
     /// # Errors
     /// [`BuildError::Zero`] for a zero count or budget, [`BuildError::Duration`]
-    /// for a threshold or grain outside 1 ns..=1 s, [`BuildError::CpuPool`]
+    /// for a threshold or grain outside 1 ns..=1 s, [`BuildError::OutOfRange`]
+    /// for more than 65 536 blocking threads, [`BuildError::CpuPool`]
     /// when a dedicated rayon pool cannot start.
     pub fn build(self) -> Result<Processor, BuildError> {
         let c = self.config;
@@ -237,6 +243,15 @@ impl ProcessorBuilder {
             if v == Some(0) {
                 return Err(BuildError::Zero(name));
             }
+        }
+        if let Some(n) = c.blocking_threads
+            && n > MAX_BLOCKING_THREADS
+        {
+            return Err(BuildError::OutOfRange {
+                name: "blocking_threads",
+                value: n as f64,
+                expected: "at most 65536",
+            });
         }
         if c.memory_budget == Some(0) {
             return Err(BuildError::Zero("memory_budget"));
@@ -263,7 +278,9 @@ impl ProcessorBuilder {
             None => None,
         };
         let blocking_threads = c.blocking_threads.unwrap_or(parallelism);
-        let queue_capacity = c.queue_capacity.unwrap_or(2 * blocking_threads);
+        let queue_capacity = c
+            .queue_capacity
+            .unwrap_or(blocking_threads.saturating_mul(2));
         Ok(Processor {
             inner: Arc::new(Inner {
                 cpu: Cpu::new(pool, c.parallel_threshold, c.grain_target),
