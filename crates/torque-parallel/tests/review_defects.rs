@@ -152,3 +152,28 @@ fn a_huge_blocking_thread_count_does_not_panic() {
     });
     assert!(matches!(outcome, Ok(true)), "panicked or ran on threads that cannot exist");
 }
+
+/// Weights whose sum overflows `u64` are admitted together (the sum
+/// saturates to the budget, `u64::MAX` when none is set), then given back in
+/// full: the in-flight weight underflows, the worker dies in `release` and
+/// the batch never completes.
+#[test]
+fn weights_that_overflow_u64_do_not_kill_a_worker() {
+    let processor = torque_parallel::Processor::builder()
+        .blocking_threads(2)
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = processor.clone();
+    std::thread::spawn(move || {
+        let out = p
+            .blocking()
+            .map_weighted(vec![1u8, 2, 3], |_| u64::MAX / 2 + 1, |x| x);
+        let _ = tx.send(out);
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the batch completes");
+    assert!(out.iter().all(Result::is_ok));
+    assert_eq!(processor.stats().blocking_in_flight_weight, 0);
+}
