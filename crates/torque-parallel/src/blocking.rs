@@ -67,9 +67,15 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn admits(&self, st: &State, weight: u64) -> bool {
+        // Checked, not saturating: a sum past `u64::MAX` would pass a
+        // budget of `u64::MAX` (no budget) and then lose weight, which
+        // `release` gives back in full.
         st.queue.len() < self.queue_capacity
             && (st.in_flight_weight == 0
-                || st.in_flight_weight.saturating_add(weight) <= self.memory_budget)
+                || st
+                    .in_flight_weight
+                    .checked_add(weight)
+                    .is_some_and(|w| w <= self.memory_budget))
     }
 
     fn push(&self, st: &mut State, job: Job) {
