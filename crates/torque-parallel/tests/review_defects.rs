@@ -59,7 +59,11 @@ fn tower_latency_is_measured_from_call_not_from_poll_ready() {
     clock.advance(Duration::from_secs(1));
     let response = pin!(service.call(()));
     assert!(matches!(response.poll(&mut cx), Poll::Ready(Ok(()))));
-    assert_eq!(*recorded.0.lock(), [Duration::ZERO], "the backend answered at once");
+    assert_eq!(
+        *recorded.0.lock(),
+        [Duration::ZERO],
+        "the backend answered at once"
+    );
 }
 
 /// An async blocking batch waiting for room in the memory budget is not
@@ -99,8 +103,13 @@ async fn blocking_map_async_waiting_for_room_stops_on_cancel() {
     let out = tokio::time::timeout(Duration::from_secs(2), batch).await;
     release_tx.send(()).unwrap();
     holder.join().unwrap();
-    let out = out.expect("a cancelled batch returns within the cancel bound").unwrap();
-    assert!(out.iter().all(|r| r.as_ref().is_err_and(|e| e.is_cancelled())));
+    let out = out
+        .expect("a cancelled batch returns within the cancel bound")
+        .unwrap();
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
+    );
 }
 
 /// `hybrid_buffer` accepts any non-zero count, but a count above tokio's
@@ -150,7 +159,10 @@ fn a_huge_blocking_thread_count_does_not_panic() {
                 .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled())),
         }
     });
-    assert!(matches!(outcome, Ok(true)), "panicked or ran on threads that cannot exist");
+    assert!(
+        matches!(outcome, Ok(true)),
+        "panicked or ran on threads that cannot exist"
+    );
 }
 
 /// Weights whose sum overflows `u64` are admitted together (the sum
