@@ -189,3 +189,101 @@ fn weights_that_overflow_u64_do_not_kill_a_worker() {
     assert!(out.iter().all(Result::is_ok));
     assert_eq!(processor.stats().blocking_in_flight_weight, 0);
 }
+
+/// Holds the only blocking thread of `processor` with another batch's job
+/// until the returned sender is used (or dropped).
+fn hold_the_only_worker(
+    processor: &torque_parallel::Processor,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let other = processor.clone();
+    let holder = std::thread::spawn(move || {
+        other.blocking().map(vec![()], move |()| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv();
+        });
+    });
+    started_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A cancelled synchronous blocking batch whose items are queued behind
+/// another batch's long job waits for that job: its own queued items are
+/// only skipped once a worker pops them.
+#[test]
+fn blocking_map_cancelled_with_items_queued_behind_another_batch_returns() {
+    use torque_parallel::{CancelToken, Processor};
+
+    let processor = Processor::builder()
+        .blocking_threads(1)
+        .queue_capacity(4)
+        .build()
+        .unwrap();
+    let (release, holder) = hold_the_only_worker(&processor);
+    let token = CancelToken::new();
+    let cancellable = processor.with_cancel(token.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(cancellable.blocking().map(vec![1, 2], |x| x));
+    });
+    wait_until(Duration::from_secs(5), || {
+        processor.stats().blocking_queued == 2
+    });
+    token.cancel();
+    let out = rx.recv_timeout(Duration::from_secs(2));
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let out = out.expect("a cancelled batch returns within the cancel bound");
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
+    );
+    assert_eq!(processor.stats().blocking_in_flight_weight, 0);
+}
+
+/// The async form of the above.
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_map_async_cancelled_with_items_queued_behind_another_batch_returns() {
+    use torque_parallel::{CancelToken, Processor};
+
+    let processor = Processor::builder()
+        .blocking_threads(1)
+        .queue_capacity(4)
+        .build()
+        .unwrap();
+    let (release, holder) = hold_the_only_worker(&processor);
+    let token = CancelToken::new();
+    let batch = processor
+        .with_cancel(token.clone())
+        .blocking()
+        .map_async(vec![1, 2], |x| x);
+    let batch = tokio::spawn(batch);
+    tokio::task::yield_now().await; // both items are now queued
+    assert_eq!(processor.stats().blocking_queued, 2);
+    token.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(2), batch).await;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let out = out
+        .expect("a cancelled batch returns within the cancel bound")
+        .unwrap();
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
+    );
+    assert_eq!(processor.stats().blocking_in_flight_weight, 0);
+}
