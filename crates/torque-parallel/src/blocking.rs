@@ -43,6 +43,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Job {
     /// Counted into `in_flight_weight` when queued; the job gives it back.
     weight: u64,
+    /// The batch the job belongs to ([`owner_of`]).
+    owner: usize,
     run: Box<dyn FnOnce() + Send>,
 }
 
@@ -104,6 +106,24 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
+            (job.run)();
+        }
+    }
+
+    /// Takes the queued jobs of batch `owner` (cancelled) out of the queue
+    /// and runs them here: each sees the cancel, so it only drops its item,
+    /// gives back its weight and reports `Cancelled`. Otherwise they would
+    /// wait for a worker, which may be busy with another batch's long job.
+    fn skip_queued(&self, owner: usize) {
+        let mine: VecDeque<Job> = {
+            let mut st = lock(&self.state);
+            let (mine, rest) = std::mem::take(&mut st.queue)
+                .into_iter()
+                .partition(|job| job.owner == owner);
+            st.queue = rest;
+            mine
+        };
+        for job in mine {
             (job.run)();
         }
     }
@@ -265,7 +285,18 @@ impl BlockingPool {
                 job(shared, &batch, &f, i, item, weight, cancel.cloned()),
             );
         }
-        batch.wait()
+        match cancel {
+            None => batch.wait(),
+            Some(token) => {
+                let mut skipped = false;
+                batch.wait_polling(|| {
+                    if !skipped && token.is_cancelled() {
+                        skipped = true;
+                        shared.skip_queued(owner_of(&batch));
+                    }
+                })
+            }
+        }
     }
 }
 
@@ -281,6 +312,12 @@ fn run_owned<T, R, E, F: Fn(T) -> Result<R, E>>(f: &F, x: T) -> Result<R, ItemEr
         Ok(Err(e)) => Err(ItemError::Failed(e)),
         Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
     }
+}
+
+/// The identity of a batch, for its jobs: the address of its shared state,
+/// which every job keeps alive.
+fn owner_of<R, E>(batch: &Arc<Batch<R, E>>) -> usize {
+    Arc::as_ptr(batch).cast::<()>() as usize
 }
 
 fn job<T, R, E, F>(
@@ -303,6 +340,7 @@ where
     let f = Arc::clone(f);
     Job {
         weight,
+        owner: owner_of(&batch),
         run: Box::new(move || {
             let skip = batch.abandoned.load(Ordering::Relaxed)
                 || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
@@ -387,6 +425,26 @@ impl<R, E> Batch<R, E> {
         }
         Self::take_results(&mut st)
     }
+
+    /// [`wait`](Self::wait), calling `poll` (without the lock) before the
+    /// first wait and every [`CANCEL_POLL`] after.
+    fn wait_polling(&self, mut poll: impl FnMut()) -> Vec<Result<R, ItemError<E>>> {
+        loop {
+            poll();
+            let st = lock(&self.state);
+            let mut st = if st.pending > 0 {
+                self.done
+                    .wait_timeout(st, CANCEL_POLL)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            } else {
+                st
+            };
+            if st.pending == 0 {
+                return Self::take_results(&mut st);
+            }
+        }
+    }
 }
 
 /// The future returned by [`Blocking::map_async`](crate::Blocking::map_async)
@@ -406,8 +464,10 @@ pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     f: Arc<F>,
     weigh: W,
     cancel: Option<CancelToken>,
-    /// The waker registered with `cancel` while an item waits for room.
+    /// The waker registered with `cancel` while the batch is not done.
     registered: Option<Waker>,
+    /// The batch's queued jobs were taken back after a cancel.
+    skipped: bool,
     finished: bool,
 }
 
@@ -441,6 +501,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             weigh,
             cancel,
             registered: None,
+            skipped: false,
             finished: false,
         }
     }
@@ -469,6 +530,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             weigh,
             cancel: None,
             registered: None,
+            skipped: false,
             finished: false,
         }
     }
@@ -511,6 +573,10 @@ where
             let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
             shared.push(&mut st, job);
         }
+        if !this.skipped && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            this.skipped = true;
+            shared.skip_queued(owner_of(batch));
+        }
         let mut st = lock(&batch.state);
         if this.waiting.is_none() && this.items.len() == 0 && st.pending == 0 {
             this.finished = true;
@@ -521,9 +587,9 @@ where
         }
         st.waker = Some(cx.waker().clone());
         drop(st);
-        // An item waiting for room is woken by a worker freeing room, which
-        // may take as long as someone else's job: the cancel must wake it.
-        if this.waiting.is_some()
+        // Room and results come from workers, which may be busy with
+        // someone else's long job: the cancel must wake the batch.
+        if !this.skipped
             && let Some(token) = &this.cancel
             && this
                 .registered
