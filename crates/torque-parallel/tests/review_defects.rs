@@ -287,3 +287,54 @@ async fn blocking_map_async_cancelled_with_items_queued_behind_another_batch_ret
     );
     assert_eq!(processor.stats().blocking_in_flight_weight, 0);
 }
+
+/// Dropping a `Hybrid` batch should skip the CPU work not yet started (as
+/// documented); the items already handed to rayon ran anyway.
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn dropping_a_hybrid_batch_skips_cpu_work_not_started() {
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Waker};
+
+    let processor = torque_parallel::Processor::builder()
+        .cpu_threads(1)
+        .hybrid_buffer(4)
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let counted = Arc::clone(&ran);
+    let batch = processor.hybrid().map(
+        vec![0u32, 1, 2, 3],
+        move |x| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if x == 0 {
+                started_tx.lock().unwrap().send(()).unwrap();
+                let _ = release_rx.lock().unwrap().recv();
+            }
+            x
+        },
+        |x| async move { x },
+    );
+    let mut batch = Box::pin(batch);
+    // One poll hands the four items to the one rayon thread.
+    assert!(
+        batch
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+    );
+    started_rx.recv().unwrap();
+    drop(batch);
+    release_tx.send(()).unwrap();
+    // rayon's queue is FIFO: this batch's CPU stage runs after the others.
+    processor
+        .hybrid()
+        .map(vec![()], |()| (), |()| async {})
+        .await;
+    assert_eq!(ran.load(Ordering::SeqCst), 1, "only the running item ran");
+}
