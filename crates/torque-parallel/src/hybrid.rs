@@ -272,6 +272,10 @@ where
         let cpu = Arc::clone(&self.cpu);
         let cancel = self.cancel.clone();
         self.processor.cpu().spawn(move || {
+            // The receiver is gone with the batch: nobody wants the result.
+            if tx.is_closed() {
+                return;
+            }
             let result = if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 Err(ItemError::Cancelled)
             } else {
