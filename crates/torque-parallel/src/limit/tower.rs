@@ -12,7 +12,9 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Token};
 
 /// Applies a [`ConcurrencyLimiter`] to a tower service: `poll_ready` waits
 /// for a permit (tower's backpressure), the response completes the token —
-/// `Ok` as a success with its latency, `Err` as ignored (an error may be the
+/// `Ok` as a success with its latency (measured from `call`, not from
+/// `poll_ready`: a service may be kept ready long before a request), `Err`
+/// as ignored (an error may be the
 /// caller's fault; put a timeout layer inside this one and map timeouts to
 /// overloads with [`Token::overload`] if you need that signal).
 ///
