@@ -119,3 +119,45 @@ fn huge_durations_saturate_instead_of_overflowing() {
     cache.insert_with_ttl(2, 2, Duration::MAX);
     assert_eq!(cache.get(&2), Some(2));
 }
+
+#[test]
+fn regression_max_capacity_u64_max_builds_and_works_for_every_policy() {
+    // "The most the cache may hold" given as u64::MAX (no bound): the
+    // adaptive policy's protected share multiplied the shard's capacity by
+    // 90 and overflowed (a panic in debug builds, a garbage share in
+    // release).
+    for policy in [
+        Policy::Lru,
+        Policy::Lfu,
+        Policy::Fifo,
+        Policy::Ttl,
+        Policy::Adaptive,
+    ] {
+        for shards in [1, 8] {
+            let cache: LocalCache<u32, u32> = LocalCache::builder()
+                .max_capacity(u64::MAX)
+                .policy(policy)
+                .shards(shards)
+                .build()
+                .unwrap();
+            for k in 0..100 {
+                cache.insert(k, k);
+            }
+            assert_eq!(cache.len(), 100, "{policy:?}");
+            let weighted: LocalCache<u32, u32> = LocalCache::builder()
+                .max_capacity(u64::MAX)
+                .policy(policy)
+                .shards(shards)
+                .weigher(|_, _| u32::MAX)
+                .build()
+                .unwrap();
+            for k in 0..100 {
+                weighted.insert(k, k);
+            }
+            assert_eq!(weighted.weighted_size(), 100 * u64::from(u32::MAX));
+        }
+    }
+    let cache: LocalCache<u32, u32> = LocalCache::new(u64::MAX);
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+}

@@ -206,3 +206,30 @@ fn config_struct_sets_the_plain_settings() {
         BuildError::InvalidShards { shards: 6 }
     );
 }
+
+#[test]
+fn regression_a_panicking_retain_predicate_leaves_weight_and_listener_exact() {
+    // A panic in the predicate (caught by the caller, e.g. a tokio task)
+    // used to skip the global weight update and the listener for the
+    // entries already removed: weighted_size stayed too high for good (the
+    // cache then evicts early) and those departures were never reported.
+    let (cache, log) = logged(Policy::Lru, 100, 1);
+    for k in 0..10 {
+        cache.insert(k, k);
+    }
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut calls = 0;
+        cache.retain(|_, _| {
+            calls += 1;
+            assert!(calls < 5, "predicate bug");
+            false
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!(cache.len(), 6);
+    assert_eq!(cache.weighted_size(), 6, "global weight drifted");
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 4, "removals not reported: {log:?}");
+    assert!(log.iter().all(|e| e.2 == RemovalCause::Removed));
+    assert_eq!(cache.stats().evictions.removed, 4);
+}

@@ -246,3 +246,86 @@ fn reads_check_deadlines_from_the_first_per_entry_ttl_on() {
         assert_eq!(stats.evictions.expired, 1, "{policy:?}");
     }
 }
+
+#[test]
+fn regression_retain_never_shows_an_expired_entry_to_its_predicate() {
+    // An expired entry is never returned: not by `retain`'s predicate
+    // either, and it leaves as `Expired` (as `remove` reports it), not as
+    // `Removed`.
+    for policy in [
+        Policy::Lru,
+        Policy::Lfu,
+        Policy::Fifo,
+        Policy::Ttl,
+        Policy::Adaptive,
+    ] {
+        let clock = MockClock::new();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(100)
+            .policy(policy)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &u32, v: &u32, c| sink.lock().unwrap().push((*k, *v, c)))
+            .build()
+            .unwrap();
+        cache.insert_with_ttl(1, 10, secs(1));
+        cache.insert_with_ttl(2, 20, secs(1));
+        cache.insert(3, 30);
+        clock.advance(secs(2));
+        let mut seen = Vec::new();
+        cache.retain(|k, _| {
+            seen.push(*k);
+            *k == 2
+        });
+        assert_eq!(
+            seen,
+            vec![3],
+            "{policy:?}: the predicate saw expired entries"
+        );
+        let mut log = std::mem::take(&mut *log.lock().unwrap());
+        log.sort_unstable_by_key(|e| e.0);
+        assert_eq!(
+            log,
+            vec![
+                (1, 10, RemovalCause::Expired),
+                (2, 20, RemovalCause::Expired),
+                (3, 30, RemovalCause::Removed),
+            ],
+            "{policy:?}"
+        );
+        assert_eq!(cache.len(), 0);
+    }
+}
+
+#[test]
+fn regression_invalidate_all_reports_expired_entries_as_expired() {
+    let clock = MockClock::new();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_idle(secs(5))
+        .clock(clock.clone())
+        .eviction_listener(move |k: &u32, v: &u32, c| sink.lock().unwrap().push((*k, *v, c)))
+        .build()
+        .unwrap();
+    cache.insert(1, 10);
+    cache.insert(2, 20);
+    clock.advance(secs(4));
+    assert_eq!(cache.get(&2), Some(20));
+    clock.advance(secs(2));
+    cache.invalidate_all();
+    let mut log = std::mem::take(&mut *log.lock().unwrap());
+    log.sort_unstable_by_key(|e| e.0);
+    assert_eq!(
+        log,
+        vec![
+            (1, 10, RemovalCause::Expired),
+            (2, 20, RemovalCause::Removed)
+        ]
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.evictions.expired, stats.evictions.removed), (1, 1));
+}

@@ -285,3 +285,37 @@ async fn random_cancellations_never_wedge_or_double_load() {
 async fn stress_random_cancellations() {
     cancellation_rounds(2_000, 200).await;
 }
+
+#[test]
+fn regression_listener_may_load_the_key_whose_load_just_finished() {
+    // The docs let the listener use the cache. The leader's insert told the
+    // listener of departures (here its own value, refused by a capacity of
+    // 0) before it left the in-flight map, so a listener that loads that
+    // key waited on the leader's own load: on itself, for ever.
+    use std::sync::OnceLock;
+    let cell: Arc<OnceLock<LocalCache<u32, u64>>> = Arc::default();
+    let for_listener = Arc::clone(&cell);
+    let reloads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&reloads);
+    let cache: LocalCache<u32, u64> = LocalCache::builder()
+        .max_capacity(0)
+        .eviction_listener(move |k: &u32, _: &u64, _| {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                let cache = for_listener.get().expect("set");
+                assert_eq!(cache.get_or_load(*k, || Ok::<_, ()>(2)), Ok(2));
+            }
+        })
+        .build()
+        .unwrap();
+    cell.set(cache.clone()).expect("once");
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let v = cache.get_or_load(1, || Ok::<_, ()>(1));
+        done.send(v).expect("receiver alive");
+    });
+    let v = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("get_or_load hung: the listener waited on its own thread's load");
+    assert_eq!(v, Ok(1));
+    assert_eq!(reloads.load(Ordering::SeqCst), 2);
+}
