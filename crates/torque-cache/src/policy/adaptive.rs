@@ -410,7 +410,10 @@ impl Adaptive {
     }
 
     fn protected_share(capacity: u64, window_max: u64) -> u64 {
-        capacity.saturating_sub(window_max) * PROTECTED_PERCENT / 100
+        // In u128: a capacity near u64::MAX (no bound) times the percentage
+        // overflows u64; the result is at most the main space, so it fits.
+        let main = u128::from(capacity.saturating_sub(window_max));
+        u64::try_from(main * u128::from(PROTECTED_PERCENT) / 100).unwrap_or(u64::MAX)
     }
 
     #[cfg(test)]
