@@ -248,7 +248,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         Removed::new(self.inner.listener.is_some())
     }
 
-    fn notify(&self, removed: Removed<K, V>) {
+    pub(crate) fn notify(&self, removed: Removed<K, V>) {
         if let Some(listener) = &self.inner.listener {
             for (key, value, cause) in removed.into_items() {
                 listener(&key, &value, cause);
@@ -427,6 +427,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         self.insert_expiring(key, value, self.inner.ttl);
     }
 
+    /// The cache-wide time-to-live in ticks ([`NEVER`] without one).
+    pub(crate) fn default_ttl(&self) -> u64 {
+        self.inner.ttl
+    }
+
     /// Like [`insert`](Self::insert), with a time-to-live for this entry that
     /// replaces the cache-wide one (a time-to-idle still applies).
     /// `Duration::ZERO` means the entry expires on arrival and is never
@@ -437,6 +442,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     fn insert_expiring(&self, key: K, value: V, ttl: u64) {
+        let removed = self.store(key, value, ttl);
+        if !removed.is_empty() {
+            self.notify(removed);
+        }
+    }
+
+    /// The write of [`insert`](Self::insert) with a time-to-live in ticks;
+    /// returns what left the cache, for the caller to tell the listener
+    /// once it holds nothing the listener could wait on (a load's leader
+    /// first leaves the in-flight map).
+    pub(crate) fn store(&self, key: K, value: V, ttl: u64) -> Removed<K, V> {
         #[cfg(feature = "metrics")]
         crate::metrics::record_insert();
         let weight = self
@@ -469,8 +485,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
-            self.notify(removed);
-            return;
+            return removed;
         }
         let mut help = None;
         {
@@ -535,9 +550,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             drop(shard);
             self.add_weight(before, after);
         }
-        if !removed.is_empty() {
-            self.notify(removed);
-        }
+        removed
     }
 
     /// How light a writer's own shard may get by its own evictions: three
@@ -609,13 +622,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Removes every entry (the listener sees each as
-    /// [`RemovalCause::Removed`]). Shards are cleared one at a time, so a
-    /// concurrent write may survive.
+    /// [`RemovalCause::Removed`], or [`RemovalCause::Expired`] if it had
+    /// already expired). Shards are cleared one at a time, so a concurrent
+    /// write may survive.
     pub fn invalidate_all(&self) {
+        let timing = self.timing();
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();
             let mut shard = shard.write();
             let before = shard.weight();
+            // Expired entries leave as expired, as with `remove`.
+            shard.sweep(timing, &mut removed);
             shard.clear(&mut removed);
             drop(shard);
             self.add_weight(before, 0);
@@ -624,22 +641,34 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Keeps only the entries for which `keep` returns true; the others leave
-    /// with [`RemovalCause::Removed`].
+    /// with [`RemovalCause::Removed`]. Expired entries are never shown to
+    /// `keep`: they leave first, with [`RemovalCause::Expired`].
     ///
-    /// `keep` runs while a shard is locked: it must not use this cache.
+    /// `keep` runs while a shard is locked: it must not use this cache. If it
+    /// panics, the entries removed so far are still accounted for and
+    /// reported, and the panic then resumes.
     pub fn retain<F>(&self, mut keep: F)
     where
         F: FnMut(&K, &V) -> bool,
     {
+        let timing = self.timing();
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();
             let mut shard = shard.write();
             let before = shard.weight();
-            shard.retain(&mut keep, &mut removed);
+            shard.sweep(timing, &mut removed);
+            // A panicking `keep` must not skip the weight update and the
+            // listener for what this shard already removed.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shard.retain(&mut keep, &mut removed);
+            }));
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
             self.notify(removed);
+            if let Err(panic) = outcome {
+                std::panic::resume_unwind(panic);
+            }
         }
     }
 

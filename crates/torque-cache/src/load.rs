@@ -216,9 +216,14 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
             Ok(value) => {
                 loads.loads.fetch_add(1, Ordering::Relaxed);
                 // Into the cache first, then out of the in-flight map: see
-                // the module docs.
-                self.cache.insert(self.key.clone(), value.clone());
+                // the module docs. The listener hears of what the write
+                // displaced only after that, so that it may load this key
+                // again instead of waiting on this very load.
+                let removed =
+                    self.cache
+                        .store(self.key.clone(), value.clone(), self.cache.default_ttl());
                 self.release(SlotState::Loaded(value.clone()));
+                self.cache.notify(removed);
                 Ok(value)
             }
             Err(error) => {

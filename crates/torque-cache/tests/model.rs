@@ -257,6 +257,19 @@ fn run(policy: Policy, capacity: usize, shards: usize, ops: &[Op]) -> Result<(),
             }
             Op::Retain(m) => {
                 cache.retain(|k, _| k % 3 != m);
+                // Expired entries leave first, as expired, in every shard;
+                // the predicate never sees them.
+                let now = model.now;
+                let expired: Vec<u8> = model
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| e.deadline <= now)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in expired {
+                    let e = model.entries.remove(&k).unwrap();
+                    expected.push((k, e.value, RemovalCause::Expired));
+                }
                 let gone: Vec<u8> = model
                     .entries
                     .keys()
