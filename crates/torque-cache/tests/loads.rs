@@ -319,3 +319,45 @@ fn regression_listener_may_load_the_key_whose_load_just_finished() {
     assert_eq!(v, Ok(1));
     assert_eq!(reloads.load(Ordering::SeqCst), 2);
 }
+
+#[test]
+fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
+    // Write-through: a writer updates the source, then the cache, while a
+    // reader's load (begun before the update) is still running. The load
+    // finished last and stored its older value over the newer one, which
+    // then stayed until evicted or expired. Likewise a remove or
+    // invalidate_all issued during a load was undone by it.
+    for invalidation in ["insert", "remove", "invalidate_all"] {
+        let cache: LocalCache<u32, u64> = LocalCache::new(100);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, || {
+                    // Read the source: the old value.
+                    started_tx.send(()).expect("test alive");
+                    go_rx.recv().expect("test alive");
+                    Ok::<_, ()>(1)
+                })
+            })
+        };
+        started.recv().expect("loader started");
+        match invalidation {
+            "insert" => cache.insert(1, 2),
+            "remove" => {
+                cache.remove(&1);
+            }
+            _ => cache.invalidate_all(),
+        }
+        go.send(()).expect("loader waiting");
+        // The reader itself may see the value it loaded.
+        assert_eq!(reader.join().expect("no panic"), Ok(1));
+        let expected = (invalidation == "insert").then_some(2);
+        assert_eq!(
+            cache.get(&1),
+            expected,
+            "after {invalidation} during the load"
+        );
+    }
+}
