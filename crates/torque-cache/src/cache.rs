@@ -442,6 +442,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     fn insert_expiring(&self, key: K, value: V, ttl: u64) {
+        self.inner.loads.supersede(Some(&key));
         let removed = self.store(key, value, ttl);
         if !removed.is_empty() {
             self.notify(removed);
@@ -606,6 +607,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        self.inner.loads.supersede(Some(key));
         let hash = self.hash(key);
         let timing = self.timing();
         let mut shard = self.inner.shards[self.shard_index(hash)].write();
@@ -626,6 +628,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// already expired). Shards are cleared one at a time, so a concurrent
     /// write may survive.
     pub fn invalidate_all(&self) {
+        self.inner.loads.supersede::<K>(None);
         let timing = self.timing();
         for shard in self.inner.shards.iter() {
             let mut removed = self.removed();

@@ -10,15 +10,21 @@
 //! (cancelled future, panicking loader) marks its slot abandoned from a drop
 //! guard; waiters then start over and one of them leads — nobody waits on a
 //! load that no one is running (moka #240).
+//!
+//! A write, `remove` or `invalidate_all` of a key while its load runs
+//! supersedes that load: the loader may have read its source before the
+//! change, so its value goes to the callers that waited for it but is not
+//! stored over the change.
 
 use std::any::Any;
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -32,6 +38,9 @@ type AnyError = Arc<dyn Any + Send + Sync>;
 /// In-flight loads and their counters.
 pub(crate) struct Loads<K, V> {
     pending: Mutex<HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>>,
+    /// `pending.len()`, read without the lock by writers (see
+    /// [`Loads::supersede`]).
+    in_flight: AtomicUsize,
     loads: AtomicU64,
     failures: AtomicU64,
     nanos: AtomicU64,
@@ -41,9 +50,40 @@ impl<K, V> Loads<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             pending: Mutex::new(HashMap::default()),
+            in_flight: AtomicUsize::new(0),
             loads: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Called by a write, remove or invalidation of `key` (all keys with
+    /// `None`) *before* it changes the cache: a load of that key now in
+    /// flight may have read its source before the change, so its value
+    /// must not be stored over the change (it still goes to its callers).
+    /// A load that starts after this call finds the change in the cache, or
+    /// reads its source after the caller changed it. Costs one atomic load
+    /// while no load is in flight.
+    pub(crate) fn supersede<Q>(&self, key: Option<&Q>)
+    where
+        K: Borrow<Q> + Hash + Eq,
+        Q: Hash + Eq + ?Sized,
+    {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let pending = self.pending.lock();
+        match key {
+            Some(key) => {
+                if let Some(slot) = pending.get(key) {
+                    slot.superseded.store(true, Ordering::Relaxed);
+                }
+            }
+            None => {
+                for slot in pending.values() {
+                    slot.superseded.store(true, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -86,6 +126,9 @@ fn settle<V, E: Send + Sync + 'static>(outcome: Outcome<V>) -> Option<Result<V, 
 struct LoadSlot<V> {
     state: Mutex<SlotState<V>>,
     ready: Condvar,
+    /// The key was written, removed or invalidated while this load ran;
+    /// set and read under the in-flight map's lock.
+    superseded: AtomicBool,
 }
 
 impl<V: Clone> LoadSlot<V> {
@@ -93,6 +136,7 @@ impl<V: Clone> LoadSlot<V> {
         Self {
             state: Mutex::new(SlotState::Running(Vec::new())),
             ready: Condvar::new(),
+            superseded: AtomicBool::new(false),
         }
     }
 
@@ -186,16 +230,25 @@ struct LeaderGuard<'a, K: Hash + Eq, V: Clone, S: BuildHasher> {
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
     fn release(&mut self, state: SlotState<V>) {
         self.done = true;
-        {
-            let mut pending = self.cache.inner.loads.pending.lock();
-            if pending
-                .get(&self.key)
-                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
-            {
-                pending.remove(&self.key);
-            }
-        }
+        let mut pending = self.cache.inner.loads.pending.lock();
+        self.leave(&mut pending);
+        drop(pending);
         self.slot.complete(state);
+    }
+
+    /// Takes this load out of the in-flight map.
+    fn leave(&self, pending: &mut HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>) {
+        if pending
+            .get(&self.key)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            pending.remove(&self.key);
+            self.cache
+                .inner
+                .loads
+                .in_flight
+                .store(pending.len(), Ordering::SeqCst);
+        }
     }
 
     fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
@@ -216,14 +269,26 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
             Ok(value) => {
                 loads.loads.fetch_add(1, Ordering::Relaxed);
                 // Into the cache first, then out of the in-flight map: see
-                // the module docs. The listener hears of what the write
-                // displaced only after that, so that it may load this key
-                // again instead of waiting on this very load.
-                let removed =
+                // the module docs. Both under the map's lock, so that a
+                // write of this key that superseded the load (see
+                // `Loads::supersede`) either is seen here or comes after.
+                // The listener hears of what the write displaced only after
+                // that, so that it may load this key again instead of
+                // waiting on this very load.
+                let mut pending = loads.pending.lock();
+                let removed = (!self.slot.superseded.load(Ordering::Relaxed)).then(|| {
                     self.cache
-                        .store(self.key.clone(), value.clone(), self.cache.default_ttl());
-                self.release(SlotState::Loaded(value.clone()));
-                self.cache.notify(removed);
+                        .store(self.key.clone(), value.clone(), self.cache.default_ttl())
+                });
+                // Only now: should the write panic (a weigher's bug), the
+                // guard's drop abandons the load so that waiters retry.
+                self.done = true;
+                self.leave(&mut pending);
+                drop(pending);
+                self.slot.complete(SlotState::Loaded(value.clone()));
+                if let Some(removed) = removed {
+                    self.cache.notify(removed);
+                }
                 Ok(value)
             }
             Err(error) => {
@@ -262,6 +327,10 @@ where
         }
         let slot = Arc::new(LoadSlot::new());
         pending.insert(key.clone(), Arc::clone(&slot));
+        self.inner
+            .loads
+            .in_flight
+            .store(pending.len(), Ordering::SeqCst);
         Join::Leader(slot)
     }
 
@@ -279,6 +348,8 @@ where
     /// threads miss the same key at once, one of them runs its loader and
     /// the others block until it finishes and share its value or its error.
     /// A value is cached; an error is not, so the next call loads again.
+    /// A value whose key was written, removed or invalidated while it loaded
+    /// is returned but not cached (it may predate that change).
     ///
     /// If the loading thread panics, its panic propagates to it alone and one
     /// of the waiting threads runs its own loader instead.
@@ -323,7 +394,9 @@ where
     /// The value for `key`, loading it with the future `load` returns on a
     /// miss. However many tasks miss the same key at once, one of them
     /// awaits its loader and the others wait (without blocking a thread) and
-    /// share its value or its error. A value is cached; an error is not.
+    /// share its value or its error. A value is cached; an error is not; a
+    /// value superseded by a write, remove or invalidation of its key while
+    /// it loaded is returned but not cached.
     ///
     /// Cancellation is safe: a waiting task that is dropped just stops
     /// waiting; if the loading task is dropped, its load is abandoned and one
