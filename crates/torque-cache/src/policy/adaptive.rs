@@ -186,10 +186,11 @@ pub(crate) struct Adaptive {
 /// a quarter while they pass. A fixed quarter helped recency most but lost
 /// the closest cell (scan/loop at 1k entries) in half the seeds,
 /// and an eighth lost none (docs/benchmarks.md, "fifth pass"); gated by
-/// the trials, the quarter leaves that cell as it was (2 of 24 hasher
+/// the trials, the quarter leaves that cell as it was (1–2 of 24 hasher
 /// seeds lost, before and after) and takes the recency trace at 10k
-/// entries from 0.401 to 0.367. A half took it to 0.344 but lost 4 of the
-/// 24 seeds (docs/benchmarks.md, 2026-12-06, ninth session).
+/// entries from 0.401 to 0.370. A half took it to 0.344 but lost 4–5 of
+/// the 24 seeds (measured with one trial in 8 while trials fail;
+/// docs/benchmarks.md, 2026-12-06, ninth session).
 #[derive(Debug)]
 struct Ghost {
     /// 0 is an empty slot (fingerprints are never 0).
