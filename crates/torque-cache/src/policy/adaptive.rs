@@ -1309,6 +1309,13 @@ mod tests {
     }
 
     #[test]
+    fn a_node_meta_stays_eight_bytes() {
+        // With two u32 links, a policy node is 16 bytes: four to a cache
+        // line. The trial flag shares the doorkeeper's byte for this.
+        assert_eq!(std::mem::size_of::<Meta>(), 8);
+    }
+
+    #[test]
     fn the_ghost_widens_while_its_recalls_pass() {
         let mut g = Ghost::for_entries(800);
         assert_eq!((g.slots.len(), g.active), (200, 100));
