@@ -26,6 +26,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::thread::ThreadId;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -129,14 +130,18 @@ struct LoadSlot<V> {
     /// The key was written, removed or invalidated while this load ran;
     /// set and read under the in-flight map's lock.
     superseded: AtomicBool,
+    /// The thread running a blocking loader ([`LocalCache::get_or_load`]),
+    /// which must not wait for its own load.
+    leader: Option<ThreadId>,
 }
 
 impl<V: Clone> LoadSlot<V> {
-    fn new() -> Self {
+    fn new(leader: Option<ThreadId>) -> Self {
         Self {
             state: Mutex::new(SlotState::Running(Vec::new())),
             ready: Condvar::new(),
             superseded: AtomicBool::new(false),
+            leader,
         }
     }
 
@@ -315,7 +320,9 @@ where
     V: Clone,
     S: BuildHasher,
 {
-    fn join(&self, key: &K) -> Join<V> {
+    /// `leader`: the calling thread, if it would block on a follower's
+    /// wait (the blocking `get_or_load`).
+    fn join(&self, key: &K, leader: Option<ThreadId>) -> Join<V> {
         let mut pending = self.inner.loads.pending.lock();
         if let Some(slot) = pending.get(key) {
             return Join::Follower(Arc::clone(slot));
@@ -325,7 +332,7 @@ where
         if let Some(value) = self.peek(key) {
             return Join::Hit(value);
         }
-        let slot = Arc::new(LoadSlot::new());
+        let slot = Arc::new(LoadSlot::new(leader));
         pending.insert(key.clone(), Arc::clone(&slot));
         self.inner
             .loads
@@ -354,6 +361,13 @@ where
     /// If the loading thread panics, its panic propagates to it alone and one
     /// of the waiting threads runs its own loader instead.
     ///
+    /// # Panics
+    /// If the loader calls `get_or_load` for its own key on its own thread,
+    /// that inner call panics (as `RefCell` does on a second borrow) instead
+    /// of waiting forever for the load it is part of; the load is then
+    /// abandoned, and the panic reaches the outer call unless the loader
+    /// catches it.
+    ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
     /// waited for that load.
@@ -375,11 +389,18 @@ where
         if let Some(value) = self.get(&key) {
             return Ok(value);
         }
+        let me = std::thread::current().id();
         let slot = loop {
-            match self.join(&key) {
+            match self.join(&key, Some(me)) {
                 Join::Hit(value) => return Ok(value),
                 Join::Leader(slot) => break slot,
                 Join::Follower(slot) => {
+                    // Waiting here would wait for this very thread.
+                    assert!(
+                        slot.leader != Some(me),
+                        "get_or_load: the loader of a key called get_or_load for the same key \
+                         on its own thread, which would wait for itself forever"
+                    );
                     if let Some(result) = settle(slot.wait()) {
                         return result;
                     }
@@ -428,7 +449,7 @@ where
             return Ok(value);
         }
         let slot = loop {
-            match self.join(&key) {
+            match self.join(&key, None) {
                 Join::Hit(value) => return Ok(value),
                 Join::Leader(slot) => break slot,
                 Join::Follower(slot) => {

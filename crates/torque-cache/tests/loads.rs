@@ -361,3 +361,28 @@ fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
         );
     }
 }
+
+#[test]
+fn a_loader_that_loads_its_own_key_panics_instead_of_waiting_forever() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cache.get_or_load(1, || {
+                    // Re-entrant: this thread already leads the load of 1.
+                    cache.get_or_load(1, || Ok::<_, ()>(2)).map_err(|_| ())
+                })
+            }));
+            done_tx.send(outcome.is_err()).expect("test alive");
+        });
+    }
+    // A liveness check: the old behaviour never returns at all.
+    let panicked = done
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the re-entrant load returned instead of waiting for itself");
+    assert!(panicked, "the inner call panics with a clear message");
+    // The abandoned load wedges nobody: the key loads normally afterwards.
+    assert_eq!(cache.get_or_load(1, || Ok::<_, ()>(3)), Ok(3));
+}
