@@ -224,7 +224,10 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     /// Gives every item at most `timeout` (default: the processor's
     /// [`item_timeout`](crate::ProcessorBuilder::item_timeout), none unless
     /// set). An item past it is dropped, comes back
-    /// [`ItemError::TimedOut`] and counts as overload for the limiter.
+    /// [`ItemError::TimedOut`] and counts as overload for the limiter. A
+    /// zero `timeout` times every item out at once, each an overload that
+    /// cuts the limit; [`item_timeout`](crate::ProcessorBuilder::item_timeout)
+    /// refuses zero for that reason.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]

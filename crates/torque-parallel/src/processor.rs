@@ -176,10 +176,11 @@ impl ProcessorBuilder {
         self
     }
 
-    /// The most weight (bytes, rows — the unit of your weigher) a weighted
-    /// batch may have in flight at once; see
-    /// [`Processor::map_weighted`] and [`Blocking::map_weighted`]. An item
-    /// heavier than the whole budget runs alone.
+    /// The most weight (bytes, rows — the unit of your weigher) in flight at
+    /// once: per batch for [`Processor::map_weighted`]; for
+    /// [`Blocking::map_weighted`], across the whole `Blocking` pool, so
+    /// concurrent weighted batches on it share one budget. An item heavier
+    /// than the whole budget runs alone.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder()
