@@ -589,22 +589,11 @@ where
         drop(st);
         // Room and results come from workers, which may be busy with
         // someone else's long job: the cancel must wake the batch.
+        // Cancelled since the items were looked at: woken to go round again.
         if !this.skipped
             && let Some(token) = &this.cancel
-            && this
-                .registered
-                .as_ref()
-                .is_none_or(|w| !w.will_wake(cx.waker()))
         {
-            if let Some(old) = this.registered.take() {
-                token.unregister(&old);
-            }
-            if token.register(cx.waker()) {
-                this.registered = Some(cx.waker().clone());
-            } else {
-                // Cancelled since the items were looked at: go round again.
-                cx.waker().wake_by_ref();
-            }
+            token.keep_registered(&mut this.registered, cx.waker());
         }
         Poll::Pending
     }

@@ -73,6 +73,26 @@ impl CancelToken {
         true
     }
 
+    /// Keeps `waker` registered in place of `registered` (the waker this
+    /// future registered before, if any): a poll with a new waker swaps the
+    /// registration. If the token was cancelled meanwhile, nothing is
+    /// registered and `waker` is woken at once, so that the caller polls
+    /// again and sees the cancel.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn keep_registered(&self, registered: &mut Option<Waker>, waker: &Waker) {
+        if registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            return;
+        }
+        if let Some(old) = registered.take() {
+            self.unregister(&old);
+        }
+        if self.register(waker) {
+            *registered = Some(waker.clone());
+        } else {
+            waker.wake_by_ref();
+        }
+    }
+
     /// Forgets a waker given to [`register`](CancelToken::register).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn unregister(&self, waker: &Waker) {

@@ -921,22 +921,11 @@ where
             // Woken by the input, the limiter or an item.
             Poll::Ready(None) | Poll::Pending => {}
         }
+        // Cancelled since the check above: woken to go round again.
         if let Some(token) = &this.cancel
             && !this.cancelled
-            && this
-                .registered
-                .as_ref()
-                .is_none_or(|w| !w.will_wake(cx.waker()))
         {
-            if let Some(old) = this.registered.take() {
-                token.unregister(&old);
-            }
-            if token.register(cx.waker()) {
-                this.registered = Some(cx.waker().clone());
-            } else {
-                // Cancelled since the check above: go round again.
-                cx.waker().wake_by_ref();
-            }
+            token.keep_registered(&mut this.registered, cx.waker());
         }
         Poll::Pending
     }
