@@ -1203,7 +1203,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_key_that_returns_soon_is_admitted_without_a_contest() {
+    fn a_refused_key_that_returns_soon_is_admitted_and_put_on_trial() {
         let cap = 100u32;
         let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut hits = TestHits::default();
@@ -1233,30 +1233,9 @@ mod tests {
         assert_ne!(p.meta(cap).flags & TRIAL, 0);
         // Remembered once: refused again later, it must win on its own.
         assert!(!p.ghost.recall(newcomer));
-    }
-
-    #[test]
-    fn a_recalled_key_on_trial_is_judged_at_protecteds_eviction_end() {
-        let cap = 100u32;
-        let hash = |id: u32| u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut hits = TestHits::default();
-        let mut p = Adaptive::new(u64::from(cap), false, false);
-        p.window_max = 0;
-        for id in 0..cap {
-            for _ in 0..5 {
-                p.sketch.record(hash(id));
-            }
-            hits.insert(&mut p, id, hash(id), 1);
-        }
-        let newcomer = hash(1_000);
-        hits.insert(&mut p, cap, newcomer, 1);
-        assert_eq!(p.evict(&mut hits), Some(cap));
-        hits.insert(&mut p, cap, newcomer, 1);
-        p.evict(&mut hits).unwrap();
-        assert_eq!(p.meta(cap).segment, Segment::Protected);
-        assert_eq!(p.trials.trial, (0, 0));
         // Read once while in protected; then every protected entry is
-        // looked at from the eviction end.
+        // looked at from the eviction end, where the trial is judged.
+        assert_eq!(p.trials.trial, (0, 0));
         hits.bump(cap);
         p.protected_cap = 0;
         p.demote_protected_overflow(&mut hits);
