@@ -1433,6 +1433,48 @@ mod tests {
         assert!(p.ghost.slots.len() > small, "{} slots", p.ghost.slots.len());
     }
 
+    /// Trials that pass, and the ghost widened to match.
+    fn passing_trials(p: &mut Adaptive) {
+        p.trials.trial = (RecallTrials::MIN_TRIALS, 0);
+        p.trials.other = (1, 1);
+        assert!(p.trials.passing());
+        p.ghost.widen(true);
+    }
+
+    #[test]
+    fn regression_the_ghost_stays_wide_when_the_sketch_regrows_while_trials_pass() {
+        let mut p = Adaptive::new(1 << 20, false, true);
+        passing_trials(&mut p);
+        let mut hits = TestHits::default();
+        let grow_at = u32::try_from(p.grow_at).unwrap();
+        for id in 0..=grow_at {
+            hits.insert(&mut p, id, u64::from(id).wrapping_mul(7919) | 1, 1);
+        }
+        assert!(p.trials.passing());
+        assert_eq!(
+            p.ghost.active,
+            p.ghost.slots.len(),
+            "the regrown ghost must be as wide as the trials say"
+        );
+    }
+
+    #[test]
+    fn regression_clear_keeps_the_ghost_width_and_the_trials_consistent() {
+        let mut p = Adaptive::new(1 << 20, false, true);
+        passing_trials(&mut p);
+        p.clear();
+        // Either both kept (history) or both reset; not a wide ghost with
+        // trials that no longer pass.
+        assert_eq!(
+            p.ghost.active == p.ghost.slots.len(),
+            p.trials.passing(),
+            "ghost width {} of {} slots, trials passing: {}",
+            p.ghost.active,
+            p.ghost.slots.len(),
+            p.trials.passing()
+        );
+    }
+
     #[test]
     fn frequent_keys_survive_a_scan() {
         let cap = 100u32;
