@@ -650,6 +650,7 @@ impl Adaptive {
             self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
             self.grow_at = self.sketch.sized_for();
             self.ghost = Ghost::for_entries(self.capacity.min(self.grow_at));
+            self.ghost.widen(self.trials.passing());
             // A fresh sketch knows nothing yet.
             self.links.for_each_meta_mut(|m| {
                 m.estimate = 0;
@@ -1039,15 +1040,19 @@ impl Adaptive {
         self.protected_max = Self::protected_share(self.capacity, self.window_max);
     }
 
-    /// Forgets every id; the popularity history (sketch and ghost) is kept.
+    /// Forgets every id; the popularity history (sketch, ghost and recall
+    /// trials) is kept.
     pub(crate) fn clear(&mut self) {
         let sketch = std::mem::replace(&mut self.sketch, FrequencySketch::new(MIN_ENTRIES));
         let ghost = std::mem::replace(&mut self.ghost, Ghost::for_entries(1));
+        // The trials are history too, and set the ghost's width.
+        let trials = std::mem::take(&mut self.trials);
         let (capacity, climb) = (self.capacity, self.climber.is_some());
         *self = Self::new(capacity, climb, true);
         self.grow_at = sketch.sized_for();
         self.sketch = sketch;
         self.ghost = ghost;
+        self.trials = trials;
     }
 }
 
