@@ -314,6 +314,7 @@ impl RecallTrials {
         let (other_read, other_unread) = self.other;
         // read / (read + unread) >= other_read / (other_read + other_unread)
         read + unread >= Self::MIN_TRIALS
+            && other_read + other_unread > 0
             && u64::from(read) * u64::from(other_read + other_unread)
                 >= u64::from(other_read) * u64::from(read + unread)
     }
