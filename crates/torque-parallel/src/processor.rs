@@ -605,12 +605,16 @@ impl Processor {
         };
         let mut out = Vec::with_capacity(items.len());
         let mut start = 0;
+        // The weight of the item that ended the last wave and starts the
+        // next: each item is weighed once.
+        let mut carried = None;
         while start < items.len() {
             let mut end = start;
             let mut weight = 0u64;
             while end < items.len() {
-                let w = weigh(&items[end]);
+                let w = carried.take().unwrap_or_else(|| weigh(&items[end]));
                 if end > start && weight.saturating_add(w) > budget {
+                    carried = Some(w);
                     break;
                 }
                 weight = weight.saturating_add(w);

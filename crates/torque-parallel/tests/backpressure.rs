@@ -65,7 +65,11 @@ proptest! {
     ) {
         let p = Processor::builder().memory_budget(budget).build().unwrap();
         let gauge = Gauge::default();
-        let out = p.map_weighted(&weights, |&w| w, |&w| {
+        let weighed = AtomicU64::new(0);
+        let out = p.map_weighted(&weights, |&w| {
+            weighed.fetch_add(1, Ordering::SeqCst);
+            w
+        }, |&w| {
             gauge.enter(w);
             std::thread::sleep(Duration::from_micros(50));
             gauge.leave(w);
@@ -75,6 +79,8 @@ proptest! {
         prop_assert_eq!(&values, &weights);
         let bound = budget.max(*weights.iter().max().unwrap());
         prop_assert!(gauge.peak.load(Ordering::SeqCst) <= bound);
+        // Each item is weighed once, also the one that starts a new wave.
+        prop_assert_eq!(weighed.load(Ordering::SeqCst), weights.len() as u64);
     }
 }
 
