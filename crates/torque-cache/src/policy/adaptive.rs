@@ -272,6 +272,9 @@ impl Ghost {
 /// entries are found read there; otherwise to probation, with one in
 /// [`RecallTrials::EXPLORE`] still placed on trial so that a change of
 /// traffic is seen. Both rates are kept recent by halving their counts.
+/// This is the placement of [`Adaptive::evict`]'s contest, which is every
+/// contest of an unweighted cache; the further contests of a weighted
+/// round ([`Adaptive::contest_more`]) leave a recalled winner in probation.
 ///
 /// Measured per trace (`cache_hit_ratio`'s traces, default shards, every
 /// recalled key placed on trial; 2026-12-06): trials passed 0.44–0.58 of
