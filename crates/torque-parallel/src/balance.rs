@@ -388,8 +388,11 @@ impl<B, C: Clock> Balancer<B, C> {
         let pending = backend.in_flight.load(Ordering::Acquire);
         // Reading decays the estimate towards zero, so a backend that has
         // not answered for a while is tried again (tower's `decay`).
+        // Floored at 1 ns: an estimate decayed to zero (e^(−t/τ) underflows
+        // after a long idle spell) would make every cost 0 and the choice
+        // blind to load.
         let rtt = backend.rtt.lock().update(0.0, s.clock.now(), s.decay_ns);
-        rtt * (pending + 1) as f64
+        rtt.max(1.0) * (pending + 1) as f64
     }
 
     fn random(&self) -> u64 {

@@ -196,7 +196,8 @@ impl<L: Limiter + 'static> Hybrid<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        crate::io::collect_in_order(self.as_completed_stream(items, cpu, io))
+        let counters = Arc::clone(&self.processor.io().counters);
+        crate::io::collect_in_order(self.as_completed_stream(items, cpu, io), counters)
     }
 
     /// The results of [`try_map_stream`](Hybrid::try_map_stream) as they

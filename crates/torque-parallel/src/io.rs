@@ -368,7 +368,8 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         E: Send + 'static,
     {
         let input = items.enumerate().map(|(i, x)| (i, Ok(x)));
-        collect_in_order(self.run_as(input, f, Polling::InlineIfOneThread))
+        let counters = Arc::clone(&self.processor.io().counters);
+        collect_in_order(self.run_as(input, f, Polling::InlineIfOneThread), counters)
     }
 
     /// Runs `f(item)` for every item for its effect.
@@ -540,9 +541,11 @@ async fn ok<R>(fut: impl Future<Output = R>) -> Result<R, std::convert::Infallib
     Ok(fut.await)
 }
 
-/// Collects completions into input order.
+/// Collects completions into input order; a gap comes back `Cancelled`
+/// and is counted so in `counters`.
 pub(crate) async fn collect_in_order<R, E>(
     completions: impl Stream<Item = (usize, Result<R, ItemError<E>>)>,
+    counters: Arc<Counters>,
 ) -> Vec<Result<R, ItemError<E>>> {
     let mut completions = std::pin::pin!(completions);
     let mut out: Vec<Option<Result<R, ItemError<E>>>> = Vec::new();
@@ -554,7 +557,12 @@ pub(crate) async fn collect_in_order<R, E>(
     }
     // A gap is an item lost to a cancel between the stages of `Hybrid`.
     out.into_iter()
-        .map(|r| r.unwrap_or(Err(ItemError::Cancelled)))
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                counters.cancelled();
+                Err(ItemError::Cancelled)
+            })
+        })
         .collect()
 }
 
