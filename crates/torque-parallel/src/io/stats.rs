@@ -68,21 +68,24 @@ impl Counters {
     /// An item's task was spawned at `now`.
     pub(crate) fn started(&self, now: Instant) {
         self.started.fetch_add(1, Relaxed);
-        let _in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
         let mut span = self.span.lock();
+        // With the gauge set under the lock, concurrent updates set it in
+        // the order they happened.
+        let _in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
         if span.is_none() {
             *span = Some((now, now));
         }
         drop(span);
         #[cfg(feature = "metrics")]
-        {
-            metrics::counter!("torque_parallel_io_started_total").increment(1);
-            metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
-        }
+        metrics::counter!("torque_parallel_io_started_total").increment(1);
     }
 
     /// An item's task ended (or was dropped): it is no longer in flight.
     pub(crate) fn left(&self) {
+        #[cfg(feature = "metrics")]
+        let _order = self.span.lock();
         let _in_flight = self.in_flight.fetch_sub(1, Relaxed) - 1;
         #[cfg(feature = "metrics")]
         metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
@@ -127,6 +130,8 @@ impl Counters {
     /// `entered` items entered and `left` items left the `Hybrid` stage
     /// buffer.
     pub(crate) fn queue(&self, entered: usize, left: usize) {
+        #[cfg(feature = "metrics")]
+        let _order = self.span.lock();
         let mut queued = 0;
         if entered > 0 {
             queued = self.queued.fetch_add(entered, Relaxed) + entered;

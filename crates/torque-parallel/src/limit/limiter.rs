@@ -171,9 +171,11 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
         if state.in_flight + state.waiters.len() < state.limit {
             state.in_flight += 1;
             let in_flight = state.in_flight;
-            drop(state);
+            // Under the lock, so that concurrent updates set the gauge in
+            // the order they happened.
             #[cfg(feature = "metrics")]
             super::metrics::record_acquired(in_flight);
+            drop(state);
             Ok(self.token(in_flight))
         } else {
             let rejected = Rejected {
@@ -250,9 +252,9 @@ impl<A: Algorithm, C: Clock> Future for Acquire<A, C> {
             this.waiter = None;
             state.in_flight += 1;
             let in_flight = state.in_flight;
-            drop(state);
             #[cfg(feature = "metrics")]
             super::metrics::record_acquired(in_flight);
+            drop(state);
             return Poll::Ready(this.limiter.token(in_flight));
         }
         match position {
@@ -325,12 +327,10 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
             state.limit = state.algorithm.update(&sample).max(1);
         }
         state.wake_admissible();
+        // Under the lock: a gauge set after it could land after a later
+        // update's and leave a stale value.
         #[cfg(feature = "metrics")]
-        {
-            let (limit, in_flight) = (state.limit, state.in_flight);
-            drop(state);
-            super::metrics::record_completed(outcome, latency, limit, in_flight);
-        }
+        super::metrics::record_completed(outcome, latency, state.limit, state.in_flight);
     }
 }
 
