@@ -83,3 +83,27 @@ async fn hybrid_cancel_counts_every_cancelled_result() {
     );
     assert_eq!(stats.queued, 0);
 }
+
+/// A stream of `as_completed` that its consumer holds without polling (while
+/// it awaits another batch of the same processor, the obvious way to follow
+/// each result up) keeps a place at the head of the limiter's queue: with
+/// limit 1 the other batch never gets the free permit.
+#[tokio::test(flavor = "current_thread")]
+async fn a_held_as_completed_stream_does_not_block_other_batches() {
+    use futures_util::StreamExt;
+    let p = Processor::builder().async_limit(1).build().unwrap();
+    let mut first = Box::pin(
+        p.async_io()
+            .as_completed(0..3u32, |x| async move { Ok::<_, std::convert::Infallible>(x) }),
+    );
+    let (index, _) = first.next().await.expect("a first result");
+    assert_eq!(index, 0);
+    // Follow the result up with another batch while holding the stream.
+    let follow_up = p.async_io().map(0..2u32, |x| async move { x });
+    let out = tokio::time::timeout(Duration::from_secs(5), follow_up)
+        .await
+        .expect("the follow-up batch gets the free permit");
+    assert_eq!(out.len(), 2);
+    let rest: Vec<_> = first.collect().await;
+    assert_eq!(rest.len(), 2);
+}
