@@ -909,6 +909,15 @@ where
     R: Send + 'static,
     E: Send + 'static,
 {
+    /// Gives up the place in the limiter's queue before handing out a
+    /// result: the consumer may hold the stream unpolled for a while (to
+    /// await another batch under the same limiter, say), and a waiter
+    /// nobody polls would keep a free permit from everyone behind it. The
+    /// next poll queues again.
+    fn leave_queue(&mut self) {
+        self.acquiring = None;
+    }
+
     /// The next result, or `Pending` with every wake-up registered.
     fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Done<R, E>>> {
         let this = self;
@@ -919,10 +928,14 @@ where
             this.fill(cx);
         }
         if let Some(result) = this.ready.pop_front() {
+            this.leave_queue();
             return Poll::Ready(Some(result));
         }
         match this.running.poll_done(cx, &this.counters) {
-            Poll::Ready(Some(done)) => return Poll::Ready(Some(done)),
+            Poll::Ready(Some(done)) => {
+                this.leave_queue();
+                return Poll::Ready(Some(done));
+            }
             Poll::Ready(None) if this.input.is_none() && this.next.is_none() => {
                 return Poll::Ready(None);
             }
