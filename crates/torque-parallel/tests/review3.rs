@@ -92,10 +92,9 @@ async fn hybrid_cancel_counts_every_cancelled_result() {
 async fn a_held_as_completed_stream_does_not_block_other_batches() {
     use futures_util::StreamExt;
     let p = Processor::builder().async_limit(1).build().unwrap();
-    let mut first = Box::pin(
-        p.async_io()
-            .as_completed(0..3u32, |x| async move { Ok::<_, std::convert::Infallible>(x) }),
-    );
+    let mut first = Box::pin(p.async_io().as_completed(0..3u32, |x| async move {
+        Ok::<_, std::convert::Infallible>(x)
+    }));
     let (index, _) = first.next().await.expect("a first result");
     assert_eq!(index, 0);
     // Follow the result up with another batch while holding the stream.
