@@ -386,3 +386,45 @@ fn a_loader_that_loads_its_own_key_panics_instead_of_waiting_forever() {
     // The abandoned load wedges nobody: the key loads normally afterwards.
     assert_eq!(cache.get_or_load(1, || Ok::<_, ()>(3)), Ok(3));
 }
+
+#[test]
+fn a_weigher_that_writes_to_the_cache_does_not_deadlock_a_load() {
+    // A plain insert runs the weigher outside every lock, so a weigher may
+    // use the cache; a loaded value's weigher ran under the in-flight map's
+    // lock, and a write from it (which supersedes in-flight loads under
+    // that lock) waited for the lock its own thread held, forever.
+    let slot: Arc<std::sync::OnceLock<LocalCache<u32, u32>>> = Arc::default();
+    let cache = {
+        let slot = Arc::clone(&slot);
+        LocalCache::<u32, u32>::builder()
+            .max_capacity(100)
+            .weigher(move |k: &u32, _: &u32| {
+                if *k == 1
+                    && let Some(cache) = slot.get()
+                {
+                    cache.insert(2, 2);
+                }
+                1
+            })
+            .build()
+            .expect("valid config")
+    };
+    slot.set(cache.clone()).expect("set once");
+    cache.insert(1, 0);
+    cache.remove(&1);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            done_tx
+                .send(cache.get_or_load(1, || Ok::<_, ()>(1)))
+                .expect("test alive");
+        });
+    }
+    // A liveness bound: the deadlocked load never returns.
+    let loaded = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the load deadlocked on the weigher's write");
+    assert_eq!(loaded, Ok(1));
+    assert_eq!(cache.get(&2), Some(2));
+}
