@@ -454,14 +454,25 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// once it holds nothing the listener could wait on (a load's leader
     /// first leaves the in-flight map).
     pub(crate) fn store(&self, key: K, value: V, ttl: u64) -> Removed<K, V> {
-        #[cfg(feature = "metrics")]
-        crate::metrics::record_insert();
-        let weight = self
-            .inner
+        let weight = self.weigh(&key, &value);
+        self.store_weighed(key, value, weight, ttl)
+    }
+
+    /// The weight of an entry (at least 1).
+    pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
+        self.inner
             .weigher
             .as_ref()
-            .map_or(1, |w| w(&key, &value))
-            .max(1);
+            .map_or(1, |w| w(key, value))
+            .max(1)
+    }
+
+    /// [`store`](Self::store) with the weight already taken, so that a
+    /// caller holding a lock can run the weigher (user code, which may use
+    /// this cache) before taking it.
+    pub(crate) fn store_weighed(&self, key: K, value: V, weight: u32, ttl: u64) -> Removed<K, V> {
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_insert();
         let hash = self.hash(&key);
         let timing = self.timing();
         let expires = if ttl == NEVER {

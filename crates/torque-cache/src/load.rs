@@ -280,13 +280,21 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // The listener hears of what the write displaced only after
                 // that, so that it may load this key again instead of
                 // waiting on this very load.
+                // The weigher is user code that may use this cache (a
+                // write from it takes the map's lock), so it runs first;
+                // should it panic, the guard's drop abandons the load.
+                let weight = self.cache.weigh(&self.key, &value);
                 let mut pending = loads.pending.lock();
                 let removed = (!self.slot.superseded.load(Ordering::Relaxed)).then(|| {
-                    self.cache
-                        .store(self.key.clone(), value.clone(), self.cache.default_ttl())
+                    self.cache.store_weighed(
+                        self.key.clone(),
+                        value.clone(),
+                        weight,
+                        self.cache.default_ttl(),
+                    )
                 });
-                // Only now: should the write panic (a weigher's bug), the
-                // guard's drop abandons the load so that waiters retry.
+                // Only now: should the write panic, the guard's drop
+                // abandons the load so that waiters retry.
                 self.done = true;
                 self.leave(&mut pending);
                 drop(pending);
