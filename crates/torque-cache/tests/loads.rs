@@ -436,3 +436,154 @@ fn a_weigher_that_writes_to_the_cache_does_not_deadlock_a_load() {
     assert_eq!(loaded, Ok(1));
     assert_eq!(cache.get(&2), Some(2));
 }
+
+/// Runs `f` on its own thread and returns whether it panicked, or fails the
+/// test if it neither panics nor returns within 10 s (it waits for itself).
+fn panics_instead_of_hanging(f: impl FnOnce() + Send + 'static) -> bool {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        done_tx.send(outcome.is_err()).expect("test alive");
+    });
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("the re-entrant load returned instead of waiting for itself")
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn an_async_loader_awaiting_its_own_key_panics_instead_of_waiting_forever() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let inner = cache.clone();
+    let panicked = panics_instead_of_hanging(move || {
+        current_thread_runtime().block_on(async {
+            let _ = inner
+                .get_or_load_async(1, || async {
+                    inner
+                        .get_or_load_async(1, || async { Ok::<_, ()>(2) })
+                        .await
+                        .map_err(|_| ())
+                })
+                .await;
+        });
+    });
+    assert!(panicked, "the inner call panics with a clear message");
+    // The abandoned load wedges nobody.
+    let v =
+        current_thread_runtime().block_on(cache.get_or_load_async(1, || async { Ok::<_, ()>(3) }));
+    assert_eq!(v, Ok(3));
+}
+
+#[test]
+fn a_load_cycle_through_another_key_panics_instead_of_waiting_forever() {
+    // 1's loader loads 2, whose loader awaits 1: each waits for the other.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let inner = cache.clone();
+    let panicked = panics_instead_of_hanging(move || {
+        current_thread_runtime().block_on(async {
+            let _ = inner
+                .get_or_load_async(1, || async {
+                    inner
+                        .get_or_load_async(2, || async {
+                            inner
+                                .get_or_load_async(1, || async { Ok::<_, ()>(9) })
+                                .await
+                                .map_err(|_| ())
+                        })
+                        .await
+                        .map_err(|_| ())
+                })
+                .await;
+        });
+    });
+    assert!(panicked);
+    assert_eq!(cache.get_or_load(1, || Ok::<_, ()>(3)), Ok(3));
+    assert_eq!(cache.get_or_load(2, || Ok::<_, ()>(4)), Ok(4));
+}
+
+#[test]
+fn an_async_loader_calling_the_blocking_load_of_its_own_key_panics() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let inner = cache.clone();
+    let panicked = panics_instead_of_hanging(move || {
+        current_thread_runtime().block_on(async {
+            let _ = inner
+                .get_or_load_async(1, || async {
+                    inner.get_or_load(1, || Ok::<_, ()>(2)).map_err(|_| ())
+                })
+                .await;
+        });
+    });
+    assert!(panicked);
+}
+
+#[test]
+fn a_blocking_loader_blocking_on_the_async_load_of_its_own_key_panics() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let inner = cache.clone();
+    let panicked = panics_instead_of_hanging(move || {
+        let _ = inner.get_or_load(1, || {
+            current_thread_runtime()
+                .block_on(inner.get_or_load_async(1, || async { Ok::<_, ()>(2) }))
+                .map_err(|_| ())
+        });
+    });
+    assert!(panicked);
+}
+
+#[test]
+fn a_task_waiting_beside_an_async_loader_on_the_same_thread_still_waits() {
+    // Not re-entrant: the follower runs on the loader's thread, but between
+    // the loader's polls, not inside one. It must wait and share the value.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let gate = Arc::new(Notify::new());
+    let started = Arc::new(Notify::new());
+    let rt = current_thread_runtime();
+    let (led, followed) = rt.block_on(async {
+        let leader = {
+            let (cache, gate, started) = (cache.clone(), Arc::clone(&gate), Arc::clone(&started));
+            tokio::spawn(async move {
+                cache
+                    .get_or_load_async(1, || async move {
+                        started.notify_one();
+                        gate.notified().await;
+                        Ok::<_, ()>(5)
+                    })
+                    .await
+            })
+        };
+        started.notified().await;
+        let follower = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_load_async(1, || async { Ok::<_, ()>(6) })
+                    .await
+            })
+        };
+        until_joined(&cache).await;
+        gate.notify_one();
+        (
+            leader.await.expect("no panic"),
+            follower.await.expect("no panic"),
+        )
+    });
+    assert_eq!((led, followed), (Ok(5), Ok(5)));
+}
+
+/// Yields until a second caller has missed key 1 (the leader's miss and the
+/// follower's), bounded so that a bug fails instead of hanging.
+async fn until_joined(cache: &LocalCache<u32, u32>) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while cache.stats().misses < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the follower did not arrive");
+}
