@@ -18,6 +18,7 @@
 
 use std::any::Any;
 use std::borrow::Borrow;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -35,6 +36,39 @@ use crate::LocalCache;
 use crate::clock::to_nanos;
 
 type AnyError = Arc<dyn Any + Send + Sync>;
+
+thread_local! {
+    /// The loads whose async loader this thread is polling right now,
+    /// innermost last (by their slot's address; the leader holds the slot,
+    /// so an address here is never reused while it is listed). A caller
+    /// that would wait on one of them runs inside that loader's poll: the
+    /// loader waits for itself.
+    static POLLING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Lists a load in [`POLLING`] for one poll of its loader; unlisted on drop,
+/// so also when the loader panics.
+struct PollingLoad(usize);
+
+impl PollingLoad {
+    fn enter(slot: usize) -> Self {
+        POLLING.with(|p| p.borrow_mut().push(slot));
+        Self(slot)
+    }
+}
+
+impl Drop for PollingLoad {
+    fn drop(&mut self) {
+        // `try_with`: a loader polled from a thread-local destructor after
+        // this one's must not panic here.
+        let _ = POLLING.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if let Some(i) = p.iter().rposition(|&s| s == self.0) {
+                p.remove(i);
+            }
+        });
+    }
+}
 
 /// In-flight loads and their counters.
 pub(crate) struct Loads<K, V> {
@@ -143,6 +177,18 @@ impl<V: Clone> LoadSlot<V> {
             superseded: AtomicBool::new(false),
             leader,
         }
+    }
+
+    /// Whether waiting for this load from the calling thread would wait for
+    /// itself: the thread is running its blocking loader, or is inside a
+    /// poll of its async loader. Either way the caller is (part of) the
+    /// loader, which cannot finish while the caller waits.
+    fn waits_for_itself(self: &Arc<Self>) -> bool {
+        let me = Arc::as_ptr(self) as usize;
+        self.leader == Some(std::thread::current().id())
+            || POLLING
+                .try_with(|p| p.borrow().contains(&me))
+                .unwrap_or(false)
     }
 
     fn outcome(state: &SlotState<V>) -> Option<Outcome<V>> {
@@ -370,11 +416,14 @@ where
     /// of the waiting threads runs its own loader instead.
     ///
     /// # Panics
-    /// If the loader calls `get_or_load` for its own key on its own thread,
-    /// that inner call panics (as `RefCell` does on a second borrow) instead
-    /// of waiting forever for the load it is part of; the load is then
-    /// abandoned, and the panic reaches the outer call unless the loader
-    /// catches it.
+    /// If the loader calls `get_or_load` for its own key on its own thread
+    /// (directly, or from a loader it runs for another key, or inside an
+    /// async loader of that key that this thread is polling), that inner
+    /// call panics (as `RefCell` does on a second borrow) instead of waiting
+    /// forever for the load it is part of; the load is then abandoned, and
+    /// the panic reaches the outer call unless the loader catches it. A wait
+    /// from another thread or task that the loader itself waits for cannot
+    /// be told from an ordinary waiter, and still waits forever.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
@@ -405,7 +454,7 @@ where
                 Join::Follower(slot) => {
                     // Waiting here would wait for this very thread.
                     assert!(
-                        slot.leader != Some(me),
+                        !slot.waits_for_itself(),
                         "get_or_load: the loader of a key called get_or_load for the same key \
                          on its own thread, which would wait for itself forever"
                     );
@@ -430,6 +479,15 @@ where
     /// Cancellation is safe: a waiting task that is dropped just stops
     /// waiting; if the loading task is dropped, its load is abandoned and one
     /// of the waiting tasks starts its own.
+    ///
+    /// # Panics
+    /// If the loader awaits `get_or_load_async` for its own key from inside
+    /// itself (directly, or through a loader of another key that it awaits),
+    /// or a blocking loader of the key blocks on it on its own thread, the
+    /// inner call panics instead of waiting forever for the load it is part
+    /// of, as [`get_or_load`](Self::get_or_load) does; the load is then
+    /// abandoned. A wait from a task the loader spawns and awaits cannot be
+    /// told from an ordinary waiter, and still waits forever.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
@@ -461,6 +519,12 @@ where
                 Join::Hit(value) => return Ok(value),
                 Join::Leader(slot) => break slot,
                 Join::Follower(slot) => {
+                    // Waiting here would wait for this very loader.
+                    assert!(
+                        !slot.waits_for_itself(),
+                        "get_or_load_async: the loader of a key waited for the load of the same \
+                         key from inside itself, which would wait for itself forever"
+                    );
                     let wait = Wait {
                         slot,
                         waker_index: None,
@@ -471,8 +535,16 @@ where
                 }
             }
         };
+        let me = Arc::as_ptr(&slot) as usize;
         let guard = self.lead(key, slot);
-        let result = load().await;
+        // Each poll of the loader is listed in `POLLING`, so that a wait for
+        // this load from inside it is caught instead of hanging.
+        let mut loading = std::pin::pin!(load());
+        let result = std::future::poll_fn(|cx| {
+            let _polling = PollingLoad::enter(me);
+            loading.as_mut().poll(cx)
+        })
+        .await;
         guard.finish(result)
     }
 }

@@ -508,8 +508,8 @@ fn a_load_cycle_through_another_key_panics_instead_of_waiting_forever() {
 
 #[test]
 fn an_async_loader_calling_the_blocking_load_of_its_own_key_panics() {
-    let cache: LocalCache<u32, u32> = LocalCache::new(10);
-    let inner = cache.clone();
+    let inner: LocalCache<u32, u32> = LocalCache::new(10);
+
     let panicked = panics_instead_of_hanging(move || {
         current_thread_runtime().block_on(async {
             let _ = inner
@@ -524,8 +524,8 @@ fn an_async_loader_calling_the_blocking_load_of_its_own_key_panics() {
 
 #[test]
 fn a_blocking_loader_blocking_on_the_async_load_of_its_own_key_panics() {
-    let cache: LocalCache<u32, u32> = LocalCache::new(10);
-    let inner = cache.clone();
+    let inner: LocalCache<u32, u32> = LocalCache::new(10);
+
     let panicked = panics_instead_of_hanging(move || {
         let _ = inner.get_or_load(1, || {
             current_thread_runtime()
