@@ -294,3 +294,66 @@ fn hash_is_stable_across_runs() {
     // Pinned: a change here breaks every stored fingerprint.
     assert_eq!(f.hash(), 0x61a0_463a_1c92_eb55);
 }
+
+#[test]
+fn placeholders_glued_to_an_operator_are_placeholders() {
+    // Hibernate 6 and other JDBC-style clients print `u1_0.id=?`.
+    same(
+        "select u1_0.id,u1_0.name from users u1_0 where u1_0.id=?",
+        "SELECT u.id, u.name FROM users u WHERE u.id = 7",
+    );
+    same(
+        "SELECT * FROM t WHERE a<>? AND b>=? AND c<? AND d!=?",
+        "SELECT * FROM t WHERE a <> 1 AND b >= 2 AND c < 3 AND d != 4",
+    );
+    same(
+        "UPDATE t SET n=n+? WHERE id=?",
+        "UPDATE t SET n = n + 1 WHERE id = 2",
+    );
+    // Numbered JDBC/JPA placeholders.
+    same(
+        "SELECT * FROM t WHERE a = ?1",
+        "SELECT * FROM t WHERE a = $1",
+    );
+    // jsonb operators that contain `?` stay operators.
+    differ(
+        "SELECT * FROM t WHERE doc ?| ARRAY['a']",
+        "SELECT * FROM t WHERE doc | ARRAY['a']",
+    );
+    differ(
+        "SELECT * FROM t WHERE doc @? '$.a'",
+        "SELECT * FROM t WHERE doc @ '$.a'",
+    );
+    differ(
+        "SELECT * FROM t WHERE doc ?& ARRAY['a']",
+        "SELECT * FROM t WHERE doc ?| ARRAY['a']",
+    );
+}
+
+#[test]
+fn a_unary_plus_is_folded_like_a_unary_minus() {
+    same(
+        "SELECT * FROM t WHERE a = +1",
+        "SELECT * FROM t WHERE a = 1",
+    );
+    same(
+        "SELECT * FROM t WHERE a IN (+1, -2)",
+        "SELECT * FROM t WHERE a IN (3)",
+    );
+    // A binary plus stays.
+    differ("SELECT a + 1 FROM t", "SELECT a 1 FROM t");
+}
+
+#[test]
+fn string_constants_continued_across_a_newline_are_one_literal() {
+    // PostgreSQL concatenates string constants separated by white space
+    // that holds a newline (SQL standard continuation).
+    same(
+        "SELECT * FROM t WHERE a = 'x'\n  'y'",
+        "SELECT * FROM t WHERE a = 'z'",
+    );
+    same(
+        "SELECT * FROM t WHERE a = E'x'\n'y' AND b = 1",
+        "SELECT * FROM t WHERE a = $1 AND b = $2",
+    );
+}
