@@ -716,10 +716,10 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 push(&mut out, frames, ident_out(sql, t));
             }
             Kind::Literal | Kind::Param => {
-                // Fold a unary minus into the number: `= -5` is `= ?`.
+                // Fold a sign into the number: `= -5` and `= +5` are `= ?`.
                 if out
                     .last()
-                    .is_some_and(|o| o.kind == Kind::Op && o.text == "-")
+                    .is_some_and(|o| o.kind == Kind::Op && matches!(o.text, "-" | "+"))
                     && unary_minus_position(&out)
                 {
                     out.pop();

@@ -177,12 +177,15 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
             if i == start + 1 && i < len {
                 let next = bytes[i];
                 if next == b'\'' && matches!(b | 0x20, b'e' | b'b' | b'x' | b'n') {
-                    i = skip_string(bytes, i + 1, len, b | 0x20 == b'e');
+                    let escapes = b | 0x20 == b'e';
+                    i = skip_string(bytes, i + 1, len, escapes);
+                    i = skip_continuations(bytes, i, len, escapes);
                     push(out, Kind::Literal, 0, false, start, i);
                     continue;
                 }
                 if next == b'&' && (b | 0x20) == b'u' && bytes.get(i + 1) == Some(&b'\'') {
                     i = skip_string(bytes, i + 2, len, false);
+                    i = skip_continuations(bytes, i, len, false);
                     push(out, Kind::Literal, 0, false, start, i);
                     continue;
                 }
@@ -227,6 +230,7 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
             }
             b'\'' => {
                 i = skip_string(bytes, i + 1, len, false);
+                i = skip_continuations(bytes, i, len, false);
                 Kind::Literal
             }
             b'"' => {
@@ -326,8 +330,9 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
             b'?' if !(bytes.get(i + 1).copied().is_some_and(is_op_char)
                 || (i > 0 && is_op_char(bytes[i - 1]))) =>
             {
-                // A lone `?` is a JDBC-style placeholder; `?|`, `?&` are operators.
-                i += 1;
+                // A lone `?` is a JDBC-style placeholder (`?1`: numbered, as
+                // in JPA); `?|`, `?&` are operators.
+                i = skip_digits(bytes, i + 1, len);
                 Kind::Param
             }
             _ if is_op_char(b) => {
@@ -340,6 +345,34 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
                         break;
                     }
                     i += 1;
+                }
+                // `id=?` (as Hibernate prints it): a placeholder glued to a
+                // comparison or arithmetic operator, which with the `?` is no
+                // operator PostgreSQL has (its `?` operators are `?`, `?|`,
+                // `?&`, `@?` and the geometric ones, which start with `?`).
+                if bytes[i - 1] == b'?'
+                    && !bytes.get(i).copied().is_some_and(is_op_char)
+                    && matches!(
+                        &bytes[start..i - 1],
+                        b"=" | b"<>"
+                            | b"!="
+                            | b"<"
+                            | b">"
+                            | b"<="
+                            | b">="
+                            | b"+"
+                            | b"-"
+                            | b"*"
+                            | b"/"
+                            | b"%"
+                            | b"||"
+                    )
+                {
+                    push(out, Kind::Op, 0, false, start, i - 1);
+                    let end = skip_digits(bytes, i, len);
+                    push(out, Kind::Param, 0, false, i - 1, end);
+                    i = end;
+                    continue;
                 }
                 Kind::Op
             }
@@ -365,6 +398,32 @@ fn push(out: &mut Vec<Token>, kind: Kind, kw: u8, upper: bool, start: usize, end
         start: start as u32,
         end: end as u32,
     });
+}
+
+fn skip_digits(bytes: &[u8], mut i: usize, len: usize) -> usize {
+    while i < len && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    i
+}
+
+/// Skips the continuations of a string constant that ended at `i`: string
+/// constants separated only by white space holding a newline are one
+/// constant in PostgreSQL (`'foo'` newline `'bar'` is `'foobar'`). Returns
+/// the end of the last one, or `i`.
+fn skip_continuations(bytes: &[u8], mut i: usize, len: usize, backslash_escapes: bool) -> usize {
+    loop {
+        let mut j = i;
+        let mut newline = false;
+        while j < len && CLASS[bytes[j] as usize] & SPACE != 0 {
+            newline |= bytes[j] == b'\n' || bytes[j] == b'\r';
+            j += 1;
+        }
+        if !newline || bytes.get(j) != Some(&b'\'') {
+            return i;
+        }
+        i = skip_string(bytes, j + 1, len, backslash_escapes);
+    }
 }
 
 /// Skips a single-quoted string body starting after the opening quote; returns
