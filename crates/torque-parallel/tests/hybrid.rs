@@ -145,3 +145,69 @@ async fn a_cancelled_hybrid_batch_stops_within_100ms() {
     );
     assert_eq!(p.stats().io.in_flight, 0);
 }
+
+/// Regression: `as_completed_stream` lost the items a cancel caught between
+/// the stages (CPU part done, I/O part never started): they came out
+/// neither as results nor as `Cancelled`, so a consumer of the stream never
+/// heard of them (`map` papered over the gaps, but not over a trailing one).
+#[tokio::test(flavor = "current_thread")]
+async fn regression_as_completed_stream_yields_every_item_a_cancel_catches_between_stages() {
+    use futures_util::StreamExt;
+
+    const BUFFER: usize = 4;
+    // With one permit the I/O stage runs one item and holds one more
+    // waiting for the permit; the CPU stage fills its buffer again after
+    // the first hand-over only: BUFFER + 1 items leave the input, all of
+    // them before the cancel below.
+    const N: usize = BUFFER + 1;
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .cpu_threads(2)
+        .hybrid_buffer(BUFFER)
+        .async_limit(1)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let (cpu_done_tx, cpu_done) = tokio::sync::watch::channel(0usize);
+    let t = token.clone();
+    let stream = p.hybrid().as_completed_stream(
+        futures_util::stream::iter(0..N),
+        move |x| {
+            cpu_done_tx.send_modify(|n| *n += 1);
+            Ok::<_, std::convert::Infallible>(x)
+        },
+        move |x| {
+            let t = t.clone();
+            let mut cpu_done = cpu_done.clone();
+            async move {
+                // The first item to reach the I/O stage holds the only
+                // permit until every CPU part is done, then cancels: the
+                // other items sit between the stages (or wait for the
+                // permit) when the batch stops.
+                cpu_done.wait_for(|&n| n == N).await.unwrap();
+                t.cancel();
+                std::future::pending::<()>().await;
+                Ok(x)
+            }
+        },
+    );
+    let out: Vec<_> = tokio::time::timeout(Duration::from_secs(10), stream.collect())
+        .await
+        .expect("the cancelled stream ends");
+    let mut indices: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
+    indices.sort_unstable();
+    assert_eq!(
+        indices,
+        (0..N).collect::<Vec<_>>(),
+        "each item once: {out:?}"
+    );
+    let cancelled = out
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_err_and(ItemError::is_cancelled))
+        .count();
+    let succeeded = out.iter().filter(|(_, r)| r.is_ok()).count();
+    assert_eq!(cancelled + succeeded, N, "results or Cancelled: {out:?}");
+    let stats = p.stats().io;
+    assert_eq!(stats.cancelled as usize, cancelled, "{stats:?}");
+    assert_eq!(stats.queued, 0, "{stats:?}");
+}
