@@ -8,6 +8,7 @@
 //! asking, so the CPU stage stops taking input: backpressure, with at most
 //! `hybrid_buffer` + limit + 1 items taken from the input at any time.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -18,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::cancel::CancelToken;
@@ -35,7 +37,12 @@ use crate::processor::Processor;
 /// that fails its CPU stage never reaches the I/O stage. Results come back
 /// in input order. Dropping the future cancels the batch: the I/O tasks are
 /// aborted, CPU work not yet started is skipped (work already running on
-/// rayon finishes and is discarded).
+/// rayon finishes and is discarded). With the processor's [`CancelToken`]
+/// cancelled, the batch stops taking input and every item it has taken
+/// comes back once, as its result or [`ItemError::Cancelled`] — including
+/// items caught between the stages (CPU part done or running, I/O part not
+/// started) — in `map` and in [`as_completed_stream`](Hybrid::as_completed_stream)
+/// alike.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -201,7 +208,11 @@ impl<L: Limiter + 'static> Hybrid<L> {
     }
 
     /// The results of [`try_map_stream`](Hybrid::try_map_stream) as they
-    /// complete: a [`Stream`] of `(input index, result)`.
+    /// complete: a [`Stream`] of `(input index, result)`. Every item taken
+    /// from the input comes out exactly once; after a cancel (the
+    /// processor's [`CancelToken`]) the items the batch had taken and not
+    /// finished come out as [`ItemError::Cancelled`], those caught between
+    /// the stages last, just before the stream ends.
     ///
     /// # Panics
     /// When polled outside a tokio runtime.
@@ -222,19 +233,69 @@ impl<L: Limiter + 'static> Hybrid<L> {
         E: Send + 'static,
     {
         let (tx, rx) = mpsc::channel(self.buffer);
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let counters = Arc::clone(&self.processor.io().counters);
         let stage = CpuStage {
             input: Some(Box::pin(items)),
             next_index: 0,
             cpu: Arc::new(cpu),
             cancel: self.processor.cancel_token().cloned(),
-            counters: Arc::clone(&self.processor.io().counters),
+            counters: Arc::clone(&counters),
             processor: self.processor,
             tx,
             rx,
-            outstanding: 0,
+            held: HashSet::new(),
+            lost: Arc::clone(&lost),
             buffer: self.buffer,
         };
-        self.io.run(stage, io)
+        WithLost {
+            completions: self.io.run(stage, io),
+            lost,
+            tail: None,
+            counters,
+        }
+    }
+}
+
+/// The input indices of the items the CPU stage held when it was dropped:
+/// a cancel caught them between the stages.
+type Lost = Arc<Mutex<Vec<usize>>>;
+
+/// The I/O stage's completions, then a `Cancelled` for every item lost
+/// between the stages: the I/O stage drops the CPU stage (its input) when
+/// the batch is cancelled, so these are known only once it has ended.
+struct WithLost<S> {
+    completions: S,
+    lost: Lost,
+    /// The lost items, once the completions have ended.
+    tail: Option<std::vec::IntoIter<usize>>,
+    counters: Arc<Counters>,
+}
+
+impl<S, R, E> Stream for WithLost<S>
+where
+    S: Stream<Item = (usize, Result<R, ItemError<E>>)> + Unpin,
+{
+    type Item = (usize, Result<R, ItemError<E>>);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Unpin: the completions are (the driver boxes its input).
+        let this = self.get_mut();
+        if this.tail.is_none() {
+            match Pin::new(&mut this.completions).poll_next(cx) {
+                Poll::Ready(None) => {
+                    let mut lost = std::mem::take(&mut *this.lost.lock());
+                    lost.sort_unstable();
+                    this.tail = Some(lost.into_iter());
+                }
+                other => return other,
+            }
+        }
+        let next = this.tail.as_mut().and_then(Iterator::next);
+        Poll::Ready(next.map(|index| {
+            this.counters.cancelled();
+            (index, Err(ItemError::Cancelled))
+        }))
     }
 }
 
@@ -251,8 +312,10 @@ struct CpuStage<S, C, U, E> {
     processor: Processor,
     tx: mpsc::Sender<Staged<U, E>>,
     rx: mpsc::Receiver<Staged<U, E>>,
-    /// Items dispatched to rayon and not yet handed over.
-    outstanding: usize,
+    /// Input indices of the items dispatched to rayon and not yet handed
+    /// over (at most `buffer`): reported lost if the stage is dropped.
+    held: HashSet<usize>,
+    lost: Lost,
     buffer: usize,
 }
 
@@ -267,7 +330,7 @@ where
     fn dispatch(&mut self, x: S::Item) {
         let index = self.next_index;
         self.next_index += 1;
-        self.outstanding += 1;
+        self.held.insert(index);
         self.counters.queue(1, 0);
         let tx = self.tx.clone();
         let cpu = Arc::clone(&self.cpu);
@@ -306,7 +369,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Unpin: the input is boxed and nothing else is pinned.
         let this = self.get_mut();
-        while this.outstanding < this.buffer {
+        while this.held.len() < this.buffer {
             let Some(input) = this.input.as_mut() else {
                 break;
             };
@@ -318,12 +381,12 @@ where
         }
         match this.rx.poll_recv(cx) {
             Poll::Ready(Some(item)) => {
-                this.outstanding -= 1;
+                this.held.remove(&item.0);
                 this.counters.queue(0, 1);
                 Poll::Ready(Some(item))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if this.input.is_none() && this.outstanding == 0 => Poll::Ready(None),
+            Poll::Pending if this.input.is_none() && this.held.is_empty() => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -333,6 +396,12 @@ impl<S, C, U, E> Unpin for CpuStage<S, C, U, E> {}
 
 impl<S, C, U, E> Drop for CpuStage<S, C, U, E> {
     fn drop(&mut self) {
-        self.counters.queue(0, self.outstanding);
+        self.counters.queue(0, self.held.len());
+        // Items done or running on rayon whose results nobody will receive
+        // now (a running one's send fails): the batch still owes them a
+        // `Cancelled` each.
+        if !self.held.is_empty() {
+            self.lost.lock().extend(self.held.drain());
+        }
     }
 }

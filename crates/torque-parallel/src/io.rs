@@ -542,8 +542,11 @@ async fn ok<R>(fut: impl Future<Output = R>) -> Result<R, std::convert::Infallib
     Ok(fut.await)
 }
 
-/// Collects completions into input order; a gap comes back `Cancelled`
-/// and is counted so in `counters`.
+/// Collects completions into input order. Every strategy's stream yields
+/// each item it took exactly once (`Hybrid` included, since it reports the
+/// items a cancel catches between its stages), so no gap is expected; were
+/// one left, it would come back `Cancelled` and be counted so in `counters`
+/// rather than panic.
 pub(crate) async fn collect_in_order<R, E>(
     completions: impl Stream<Item = (usize, Result<R, ItemError<E>>)>,
     counters: Arc<Counters>,
@@ -556,7 +559,6 @@ pub(crate) async fn collect_in_order<R, E>(
         }
         out[index] = Some(result);
     }
-    // A gap is an item lost to a cancel between the stages of `Hybrid`.
     out.into_iter()
         .map(|r| {
             r.unwrap_or_else(|| {
