@@ -1,0 +1,116 @@
+//! Fairness of the `Blocking` strategy's admission under a memory budget:
+//! once an item waits for room, later arrivals do not pass it.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use torque_parallel::{ItemError, Processor};
+
+const BUDGET: u64 = 10;
+/// Two light items fit together; a light one and the heavy one do not.
+const LIGHT: u64 = 4;
+const HEAVY: u64 = BUDGET;
+/// Fires only when something hangs.
+const LIVENESS: Duration = Duration::from_secs(10);
+
+/// Polls `fut` once, as a runtime would when it first spawns it.
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    Pin::new(fut).poll(&mut Context::from_waker(Waker::noop()))
+}
+
+type Light = Pin<Box<dyn Future<Output = Vec<Result<(), ItemError<Infallible>>>> + Send>>;
+
+/// One light item in a batch of its own, holding `LIGHT` of the budget until
+/// its gate opens (or its opener is dropped).
+fn light(p: &Processor) -> (mpsc::Sender<()>, Light) {
+    let (open, gate) = mpsc::channel::<()>();
+    let batch = p.blocking().map_weighted_async(
+        vec![gate],
+        |_| LIGHT,
+        |gate: mpsc::Receiver<()>| {
+            let _ = gate.recv();
+            Ok::<(), Infallible>(())
+        },
+    );
+    (open, Box::pin(batch))
+}
+
+/// Regression: a heavy item waited behind a stream of light items from
+/// other batches for as long as the stream went on, because each light
+/// arrival was admitted while the heavy one waited for the budget to drain
+/// (barging). Here a new light item arrives every round and the oldest one
+/// finishes, so some light item is always in flight: only a fair (first
+/// come, first served) admission lets the heavy item in.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_heavy_item_is_not_starved_by_a_stream_of_light_items() {
+    const ROUNDS: usize = 50;
+    let p = Processor::builder()
+        .blocking_threads(4)
+        .queue_capacity(16)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    let mut lights = VecDeque::new();
+    let mut first = light(&p);
+    assert!(poll_once(&mut first.1).is_pending(), "held by its gate");
+    lights.push_back(first);
+
+    let heavy_ran = Arc::new(AtomicBool::new(false));
+    let ran = Arc::clone(&heavy_ran);
+    let mut heavy = p.blocking().map_weighted_async(
+        vec![()],
+        |_| HEAVY,
+        move |()| {
+            ran.store(true, SeqCst);
+            Ok::<(), Infallible>(())
+        },
+    );
+    let mut rounds = 0;
+    while rounds < ROUNDS && !heavy_ran.load(SeqCst) {
+        // Light traffic keeps coming...
+        let mut next = light(&p);
+        assert!(poll_once(&mut next.1).is_pending(), "held by its gate");
+        lights.push_back(next);
+        if rounds == 0 {
+            // ... the heavy item arrives while two light ones are in flight ...
+            assert!(poll_once(&mut heavy).is_pending(), "no room for it yet");
+        }
+        // ... and the oldest light item finishes, giving its weight back.
+        let (open, oldest) = lights.pop_front().unwrap();
+        open.send(()).unwrap();
+        let out = tokio::time::timeout(LIVENESS, oldest)
+            .await
+            .expect("a light item finishes");
+        assert!(out[0].is_ok(), "{out:?}");
+        // The heavy batch gets its turn to submit.
+        let _ = poll_once(&mut heavy);
+        rounds += 1;
+    }
+    assert!(
+        heavy_ran.load(SeqCst),
+        "the heavy item did not run in {rounds} rounds of light traffic (stats {:?})",
+        p.stats()
+    );
+    let out = tokio::time::timeout(LIVENESS, heavy)
+        .await
+        .expect("the heavy batch ends");
+    assert!(out[0].is_ok(), "{out:?}");
+    // The light stream goes on after it.
+    for (open, batch) in lights {
+        open.send(()).unwrap();
+        let out = tokio::time::timeout(LIVENESS, batch)
+            .await
+            .expect("a light item finishes");
+        assert!(out[0].is_ok(), "{out:?}");
+    }
+    let stats = p.stats();
+    assert_eq!(stats.blocking_in_flight_weight, 0, "{stats:?}");
+    assert!(stats.blocking_peak_in_flight_weight <= BUDGET, "{stats:?}");
+}
