@@ -14,6 +14,14 @@
 //! and `collect` against `collect::<Vec<u64>>()`. Divide the difference in
 //! instructions by CALLS.
 //!
+//! The `Blocking` strategy's per-item path (2 blocking threads):
+//! `blocking` (`blocking().map` of N items, no budget: the feeder waits
+//! only for queue room) and `blocking-weighted`
+//! (`map_weighted`, weight 1 each, under a memory budget of 4, so the
+//! feeder waits for room on most items). Divide the difference in
+//! instructions between CALLS and 0 calls by CALLS × N; thread wake-ups
+//! make these counts vary by a few per cent from run to run.
+//!
 //! Wall-clock modes, not for callgrind (under valgrind a parallel run's
 //! learned cost, hence its probing, is not the native one): `rayon` and
 //! `rayon-collect` (rayon's reduce and collect, to time against `torque` and
@@ -111,7 +119,15 @@ fn main() {
     let n: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     let calls: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let items: Vec<u64> = (0..n).collect();
-    let p = Processor::builder().build().expect("processor");
+    let p = match mode {
+        "blocking" => Processor::builder().blocking_threads(2).build(),
+        "blocking-weighted" => Processor::builder()
+            .blocking_threads(2)
+            .memory_budget(4)
+            .build(),
+        _ => Processor::builder().build(),
+    }
+    .expect("processor");
     if mode == "race-collect" || mode == "race-sum" {
         race(&p, &items, calls, mode == "race-sum");
         return;
@@ -133,6 +149,13 @@ fn main() {
                 use rayon::prelude::*;
                 black_box(items.par_iter().map(cheap).collect::<Vec<u64>>()).len() as u64
             }
+            "blocking" => black_box(p.blocking().map(items.to_vec(), |x| cheap(&x))).len() as u64,
+            "blocking-weighted" => black_box(p.blocking().map_weighted(
+                items.to_vec(),
+                |_| 1,
+                |x| cheap(&x),
+            ))
+            .len() as u64,
             "sequential-collect" => {
                 black_box(items.iter().map(cheap).collect::<Vec<u64>>()).len() as u64
             }
