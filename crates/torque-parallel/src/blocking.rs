@@ -8,6 +8,13 @@
 //! never exceeds the memory budget (an item heavier than the whole budget
 //! runs alone). A synchronous caller blocks while it waits; an async caller
 //! (`map_async`) returns `Pending` and is woken when a worker frees room.
+//!
+//! Admission is first come, first served, as in tokio's `Semaphore`: a job
+//! that finds no room joins a wait line, and once anyone waits, later
+//! arrivals queue behind it even if they would fit, so a heavy item is not
+//! starved by a stream of light ones slipping past it. Whoever frees room
+//! (a finishing job) moves the jobs at the head of the line into the queue
+//! itself, so a waiting feeder need not be polled for its job to get in.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -45,7 +52,41 @@ struct Job {
     weight: u64,
     /// The batch the job belongs to ([`owner_of`]).
     owner: usize,
-    run: Box<dyn FnOnce() + Send>,
+    /// Runs the item with `true` once admitted (its weight counted in
+    /// flight, given back when it ends); with `false` it was taken back out
+    /// of the wait line before admission: it drops the item and reports
+    /// `Cancelled`, with no weight to give back.
+    run: Box<dyn FnOnce(bool) + Send>,
+}
+
+/// A job in the wait line for room.
+struct Waiting {
+    /// Handed out in arrival order: the line is sorted by ticket.
+    ticket: u64,
+    job: Job,
+    /// The async feeder to wake once the job is admitted; `None` for a
+    /// synchronous one, which waits on `space_ready`.
+    waker: Option<Waker>,
+}
+
+/// The feeders to wake after a change to the wait line, outside the lock.
+#[derive(Default)]
+#[must_use]
+struct Wake {
+    wakers: Vec<Waker>,
+    /// A synchronous feeder is among them.
+    sync: bool,
+}
+
+impl Wake {
+    fn run(self, shared: &Shared) {
+        if self.sync {
+            shared.space_ready.notify_all();
+        }
+        for w in self.wakers {
+            w.wake();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -55,8 +96,10 @@ struct State {
     peak_in_flight_weight: u64,
     shutdown: bool,
     live_workers: usize,
-    /// Async feeders waiting for room; at most one entry per waiting future.
-    space_waiters: Vec<Waker>,
+    /// Jobs that found no room, first come first served; at most one per
+    /// feeder (a feeder takes its next item once this one is admitted).
+    waiting: VecDeque<Waiting>,
+    next_ticket: u64,
 }
 
 pub(crate) struct Shared {
@@ -87,6 +130,88 @@ impl Shared {
         self.work_ready.notify_one();
     }
 
+    /// Queues `job` when nobody waits for room and it fits; otherwise puts
+    /// it at the end of the wait line and returns its ticket. Not for a
+    /// shut-down pool.
+    fn submit(&self, st: &mut State, job: Job, waker: Option<&Waker>) -> Option<u64> {
+        // The only check the uncontended path adds: the line is empty.
+        if st.waiting.is_empty() && self.admits(st, job.weight) {
+            self.push(st, job);
+            return None;
+        }
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiting.push_back(Waiting {
+            ticket,
+            job,
+            waker: waker.cloned(),
+        });
+        Some(ticket)
+    }
+
+    /// Whether the job with `ticket` has left the wait line by admission.
+    /// Only its own feeder takes a job out otherwise ([`withdraw`](Self::withdraw)),
+    /// and admission takes the head, so a ticket no longer in the line is
+    /// one below the head's.
+    fn is_admitted(st: &State, ticket: u64) -> bool {
+        st.waiting.front().is_none_or(|w| w.ticket > ticket)
+    }
+
+    /// The feeder of `ticket` was polled again: wake that task when
+    /// admitted. Returns the waker replaced, to drop outside the lock.
+    #[must_use]
+    fn set_waker(st: &mut State, ticket: u64, waker: &Waker) -> Option<Waker> {
+        let w = st.waiting.iter_mut().find(|w| w.ticket == ticket)?;
+        if w.waker.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            return None;
+        }
+        w.waker.replace(waker.clone())
+    }
+
+    /// Moves jobs from the head of the wait line into the queue while they
+    /// fit, in order: one that does not fit holds back those behind it.
+    /// After shutdown it admits none and wakes every feeder instead, to
+    /// give up.
+    fn admit_waiting(&self, st: &mut State) -> Wake {
+        let mut wake = Wake::default();
+        if st.shutdown {
+            wake.sync = !st.waiting.is_empty();
+            wake.wakers = st
+                .waiting
+                .iter_mut()
+                .filter_map(|w| w.waker.take())
+                .collect();
+            return wake;
+        }
+        while let Some(head) = st.waiting.front() {
+            if !self.admits(st, head.job.weight) {
+                break;
+            }
+            let Some(w) = st.waiting.pop_front() else {
+                break;
+            };
+            match w.waker {
+                Some(waker) => wake.wakers.push(waker),
+                None => wake.sync = true,
+            }
+            self.push(st, w.job);
+        }
+        wake
+    }
+
+    /// Takes the job of `ticket` back out of the wait line (its feeder gives
+    /// up: cancelled or shut down), letting in whoever fits behind it now.
+    /// Run the job with `false`, outside the lock.
+    fn withdraw(&self, st: &mut State, ticket: u64) -> (Option<Job>, Wake) {
+        let job = st
+            .waiting
+            .iter()
+            .position(|w| w.ticket == ticket)
+            .and_then(|i| st.waiting.remove(i))
+            .map(|w| w.job);
+        (job, self.admit_waiting(st))
+    }
+
     fn worker(self: Arc<Self>) {
         ON_WORKER.with(|w| w.set(true));
         loop {
@@ -106,7 +231,7 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
-            (job.run)();
+            (job.run)(true);
         }
     }
 
@@ -124,21 +249,22 @@ impl Shared {
             mine
         };
         for job in mine {
-            (job.run)();
+            (job.run)(true);
         }
     }
 
-    /// Gives back a finished job's weight and wakes whoever waits for room.
+    /// Gives back a finished job's weight, admits the jobs at the head of
+    /// the wait line that fit now, and wakes their feeders.
     fn release(&self, weight: u64) {
-        let waiters = {
+        let wake = {
             let mut st = lock(&self.state);
             st.in_flight_weight -= weight;
-            std::mem::take(&mut st.space_waiters)
+            if st.waiting.is_empty() {
+                return;
+            }
+            self.admit_waiting(&mut st)
         };
-        self.space_ready.notify_all();
-        for w in waiters {
-            w.wake();
-        }
+        wake.run(self);
     }
 }
 
@@ -211,9 +337,14 @@ impl BlockingPool {
     }
 
     fn shutdown(&mut self) {
-        lock(&self.shared.state).shutdown = true;
+        let wake = {
+            let mut st = lock(&self.shared.state);
+            st.shutdown = true;
+            self.shared.admit_waiting(&mut st)
+        };
         self.shared.work_ready.notify_all();
         self.shared.space_ready.notify_all();
+        wake.run(&self.shared);
         let me = thread::current().id();
         for h in self.handles.drain(..) {
             // A job that drops the last handle to the processor runs on a
@@ -262,10 +393,25 @@ impl BlockingPool {
             }
             let weight = weigh(&item);
             let mut st = lock(&shared.state);
-            while !shared.admits(&st, weight) {
+            if st.shutdown {
+                drop(st);
+                batch.complete(i, Err(ItemError::Cancelled), false);
+                continue;
+            }
+            batch.add_pending();
+            let job = job(shared, &batch, &f, i, item, weight, cancel.cloned());
+            let Some(ticket) = shared.submit(&mut st, job, None) else {
+                continue;
+            };
+            // In the wait line: whoever frees room admits the job.
+            while !Shared::is_admitted(&st, ticket) {
                 if st.shutdown || is_cancelled() {
+                    let (job, wake) = shared.withdraw(&mut st, ticket);
                     drop(st);
-                    batch.complete(i, Err(ItemError::Cancelled), false);
+                    wake.run(shared);
+                    if let Some(job) = job {
+                        (job.run)(false);
+                    }
                     continue 'items;
                 }
                 st = shared
@@ -274,16 +420,6 @@ impl BlockingPool {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            if st.shutdown {
-                drop(st);
-                batch.complete(i, Err(ItemError::Cancelled), false);
-                continue;
-            }
-            batch.add_pending();
-            shared.push(
-                &mut st,
-                job(shared, &batch, &f, i, item, weight, cancel.cloned()),
-            );
         }
         match cancel {
             None => batch.wait(),
@@ -341,8 +477,9 @@ where
     Job {
         weight,
         owner: owner_of(&batch),
-        run: Box::new(move || {
-            let skip = batch.abandoned.load(Ordering::Relaxed)
+        run: Box::new(move |admitted: bool| {
+            let skip = !admitted
+                || batch.abandoned.load(Ordering::Relaxed)
                 || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
             let result = if skip {
                 drop(item);
@@ -355,7 +492,9 @@ where
             // the caller's and its weight is no longer in flight.
             drop(f);
             drop(cancel);
-            shared.release(weight);
+            if admitted {
+                shared.release(weight);
+            }
             batch.complete(index, result, true);
         }),
     }
@@ -450,7 +589,8 @@ impl<R, E> Batch<R, E> {
 /// The future returned by [`Blocking::map_async`](crate::Blocking::map_async)
 /// and [`Blocking::try_map_async`](crate::Blocking::try_map_async).
 ///
-/// It submits items as the queue and the memory budget allow and resolves to
+/// It submits items as the queue and the memory budget allow, in turn with
+/// other batches on the pool (first come, first served), and resolves to
 /// the results in input order. Dropping it cancels the batch: items not yet
 /// submitted are dropped at once, queued ones are skipped by the workers, and
 /// only items already running finish.
@@ -459,8 +599,8 @@ pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
     batch: Arc<Batch<R, E>>,
     items: std::iter::Enumerate<std::vec::IntoIter<T>>,
-    /// An item that found no room on the last poll.
-    waiting: Option<(usize, T)>,
+    /// The ticket of the batch's job in the pool's wait line, if any.
+    waiting: Option<u64>,
     f: Arc<F>,
     weigh: W,
     cancel: Option<CancelToken>,
@@ -550,7 +690,27 @@ where
         let this = self.get_mut();
         let shared = &this.shared;
         let batch = &this.batch;
-        while let Some((i, item)) = this.waiting.take().or_else(|| this.items.next()) {
+        if let Some(ticket) = this.waiting {
+            let mut st = lock(&shared.state);
+            if Shared::is_admitted(&st, ticket) {
+                this.waiting = None;
+            } else if st.shutdown || this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                let (job, wake) = shared.withdraw(&mut st, ticket);
+                drop(st);
+                this.waiting = None;
+                wake.run(shared);
+                if let Some(job) = job {
+                    (job.run)(false);
+                }
+            } else {
+                let replaced = Shared::set_waker(&mut st, ticket, cx.waker());
+                drop(st);
+                drop(replaced);
+            }
+        }
+        while this.waiting.is_none()
+            && let Some((i, item)) = this.items.next()
+        {
             if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                 batch.complete(i, Err(ItemError::Cancelled), false);
                 continue;
@@ -562,16 +722,9 @@ where
                 batch.complete(i, Err(ItemError::Cancelled), false);
                 continue;
             }
-            if !shared.admits(&st, weight) {
-                if !st.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.space_waiters.push(cx.waker().clone());
-                }
-                this.waiting = Some((i, item));
-                break;
-            }
             batch.add_pending();
             let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
-            shared.push(&mut st, job);
+            this.waiting = shared.submit(&mut st, job, Some(cx.waker()));
         }
         if !this.skipped && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.skipped = true;
@@ -612,6 +765,18 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         self.unregister();
         if !self.finished {
             self.batch.abandoned.store(true, Ordering::Relaxed);
+        }
+        // A job left in the wait line would hold back everyone behind it
+        // until admitted, only to be skipped.
+        if let Some(ticket) = self.waiting.take() {
+            let (job, wake) = {
+                let mut st = lock(&self.shared.state);
+                self.shared.withdraw(&mut st, ticket)
+            };
+            wake.run(&self.shared);
+            if let Some(job) = job {
+                (job.run)(false);
+            }
         }
     }
 }

@@ -179,8 +179,10 @@ impl ProcessorBuilder {
     /// The most weight (bytes, rows — the unit of your weigher) in flight at
     /// once: per batch for [`Processor::map_weighted`]; for
     /// [`Blocking::map_weighted`], across the whole `Blocking` pool, so
-    /// concurrent weighted batches on it share one budget. An item heavier
-    /// than the whole budget runs alone.
+    /// concurrent weighted batches on it share one budget, first come, first
+    /// served: once an item waits for room, later items (of any batch) wait
+    /// behind it, so a heavy item is not starved by light ones. An item
+    /// heavier than the whole budget runs alone.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder()
@@ -750,7 +752,9 @@ impl Blocking<'_> {
 
     /// [`map`](Blocking::map) with a weight per item: the items queued or
     /// running never weigh more than the memory budget together (an item
-    /// heavier than the budget runs alone).
+    /// heavier than the budget runs alone). Items are admitted in arrival
+    /// order across all batches on the pool: an item that finds no room
+    /// holds back later arrivals, even ones that would fit, until it is in.
     pub fn map_weighted<T, R, W, F>(
         &self,
         items: Vec<T>,

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use torque_parallel::{ItemError, Processor};
+use torque_parallel::{CancelToken, ItemError, Processor};
 
 const BUDGET: u64 = 10;
 /// Two light items fit together; a light one and the heavy one do not.
@@ -121,4 +121,64 @@ async fn regression_a_heavy_item_is_not_starved_by_a_stream_of_light_items() {
     let stats = p.stats();
     assert_eq!(stats.blocking_in_flight_weight, 0, "{stats:?}");
     assert!(stats.blocking_peak_in_flight_weight <= BUDGET, "{stats:?}");
+}
+
+/// A feeder that gives up its place at the head of the line (its batch
+/// cancelled, or dropped) lets in at once the items behind it that fit,
+/// rather than leaving them to wait for the next job to end.
+async fn giving_up_the_head_of_the_line_lets_the_next_in(
+    give_up: impl FnOnce(&mut Heavy, &CancelToken),
+) {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    // One light item holds its weight for the whole test.
+    let (hold, mut held) = light(&p);
+    assert!(poll_once(&mut held).is_pending());
+    let mut heavy: Heavy = Box::pin(p.with_cancel(token.clone()).blocking().map_weighted_async(
+        vec![()],
+        |_| HEAVY,
+        |()| Ok::<(), Infallible>(()),
+    ));
+    assert!(poll_once(&mut heavy).is_pending(), "no room for it");
+    // This one would fit, but waits behind the heavy item.
+    let (open, next) = light(&p);
+    open.send(()).unwrap();
+    let mut next = next;
+    assert!(poll_once(&mut next).is_pending());
+    give_up(&mut heavy, &token);
+    let out = tokio::time::timeout(LIVENESS, next)
+        .await
+        .expect("the item behind the heavy one gets in while the first light one holds");
+    assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    hold.send(()).unwrap();
+    let out = tokio::time::timeout(LIVENESS, held).await.unwrap();
+    assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    assert_eq!(p.stats().blocking_in_flight_weight, 0);
+}
+
+type Heavy = Pin<Box<dyn Future<Output = Vec<Result<(), ItemError<Infallible>>>> + Send>>;
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_batch_at_the_head_of_the_line_lets_the_next_in() {
+    giving_up_the_head_of_the_line_lets_the_next_in(|heavy, token| {
+        token.cancel();
+        // Polled after the cancel (the token would wake its task).
+        match poll_once(heavy) {
+            Poll::Ready(out) => assert!(matches!(out[..], [Err(ItemError::Cancelled)]), "{out:?}"),
+            Poll::Pending => panic!("a cancelled batch waiting for room ends at once"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_dropped_batch_at_the_head_of_the_line_lets_the_next_in() {
+    giving_up_the_head_of_the_line_lets_the_next_in(|heavy, _| {
+        *heavy = Box::pin(std::future::pending());
+    })
+    .await;
 }
