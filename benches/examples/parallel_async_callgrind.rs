@@ -9,8 +9,10 @@
 //! ```
 //!
 //! MODE: `torque` (`async_io()` under `Fixed(N)`), `torque-adaptive` (the
-//! processor's default limiter; N unused) or `buffer_unordered` (the
-//! hand-written peer). The cost per item is the difference in instructions
+//! processor's default limiter; N unused), `buffer_unordered` (the
+//! hand-written peer) or `hybrid` (`hybrid()` under `Fixed(N)`, an identity
+//! CPU stage on rayon before the same I/O; rayon's threads make its count
+//! vary by a few per cent from run to run). The cost per item is the difference in instructions
 //! between ITEMS and 0 items, divided by ITEMS. The sleeps run on tokio's
 //! paused clock, so they add timer work but no waiting.
 
@@ -27,7 +29,8 @@ async fn request(i: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: parallel_async_callgrind torque|torque-adaptive|buffer_unordered N ITEMS";
+    let usage =
+        "usage: parallel_async_callgrind torque|torque-adaptive|buffer_unordered|hybrid N ITEMS";
     let (Some(mode), Some(n), Some(items)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -51,6 +54,12 @@ fn main() {
                 .await
                 .len(),
             "torque-adaptive" => p.async_io().map(0..items, request).await.len(),
+            "hybrid" => p
+                .hybrid()
+                .with_limiter(ConcurrencyLimiter::new(Fixed::new(n)))
+                .map(0..items, |i| i, request)
+                .await
+                .len(),
             "buffer_unordered" => {
                 let mut out: Vec<Option<u64>> = vec![None; items as usize];
                 let mut done = futures_util::stream::iter(0..items)
