@@ -8,7 +8,6 @@
 //! asking, so the CPU stage stops taking input: backpressure, with at most
 //! `hybrid_buffer` + limit + 1 items taken from the input at any time.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
@@ -244,7 +243,9 @@ impl<L: Limiter + 'static> Hybrid<L> {
             processor: self.processor,
             tx,
             rx,
-            held: HashSet::new(),
+            held: Vec::new(),
+            free: Vec::new(),
+            outstanding: 0,
             lost: Arc::clone(&lost),
             buffer: self.buffer,
         };
@@ -301,6 +302,10 @@ where
 
 type Staged<U, E> = (usize, Result<U, ItemError<E>>);
 
+/// A result of the CPU stage in the channel, with the slot of `held` its
+/// item occupied.
+type Slotted<U, E> = (usize, Staged<U, E>);
+
 /// The CPU stage: a stream of items whose CPU part is done, in completion
 /// order, with at most `buffer` items taken and not yet handed over.
 struct CpuStage<S, C, U, E> {
@@ -310,11 +315,20 @@ struct CpuStage<S, C, U, E> {
     cancel: Option<CancelToken>,
     counters: Arc<Counters>,
     processor: Processor,
-    tx: mpsc::Sender<Staged<U, E>>,
-    rx: mpsc::Receiver<Staged<U, E>>,
+    tx: mpsc::Sender<Slotted<U, E>>,
+    rx: mpsc::Receiver<Slotted<U, E>>,
     /// Input indices of the items dispatched to rayon and not yet handed
-    /// over (at most `buffer`): reported lost if the stage is dropped.
-    held: HashSet<usize>,
+    /// over, by slot: reported lost if the stage is dropped. A slot travels
+    /// with its item, so taking it back costs no search (a `HashSet` of
+    /// indices cost about 3 % more instructions per item, median of 5 runs
+    /// of `parallel_async_callgrind hybrid 16 2000`; the slots, none
+    /// measurable).
+    held: Vec<Option<usize>>,
+    /// Slots of `held` not in use.
+    free: Vec<usize>,
+    /// Slots in use: items dispatched and not yet handed over (at most
+    /// `buffer`).
+    outstanding: usize,
     lost: Lost,
     buffer: usize,
 }
@@ -330,7 +344,12 @@ where
     fn dispatch(&mut self, x: S::Item) {
         let index = self.next_index;
         self.next_index += 1;
-        self.held.insert(index);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.held.push(None);
+            self.held.len() - 1
+        });
+        self.held[slot] = Some(index);
+        self.outstanding += 1;
         self.counters.queue(1, 0);
         let tx = self.tx.clone();
         let cpu = Arc::clone(&self.cpu);
@@ -351,7 +370,7 @@ where
             };
             // Never full: at most `buffer` items are outstanding. Fails only
             // when the batch is gone, and then the result is not wanted.
-            let _ = tx.try_send((index, result));
+            let _ = tx.try_send((slot, (index, result)));
         });
     }
 }
@@ -369,7 +388,7 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Unpin: the input is boxed and nothing else is pinned.
         let this = self.get_mut();
-        while this.held.len() < this.buffer {
+        while this.outstanding < this.buffer {
             let Some(input) = this.input.as_mut() else {
                 break;
             };
@@ -380,13 +399,15 @@ where
             }
         }
         match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(item)) => {
-                this.held.remove(&item.0);
+            Poll::Ready(Some((slot, item))) => {
+                this.held[slot] = None;
+                this.free.push(slot);
+                this.outstanding -= 1;
                 this.counters.queue(0, 1);
                 Poll::Ready(Some(item))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if this.input.is_none() && this.held.is_empty() => Poll::Ready(None),
+            Poll::Pending if this.input.is_none() && this.outstanding == 0 => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     }
@@ -396,12 +417,12 @@ impl<S, C, U, E> Unpin for CpuStage<S, C, U, E> {}
 
 impl<S, C, U, E> Drop for CpuStage<S, C, U, E> {
     fn drop(&mut self) {
-        self.counters.queue(0, self.held.len());
+        self.counters.queue(0, self.outstanding);
         // Items done or running on rayon whose results nobody will receive
         // now (a running one's send fails): the batch still owes them a
         // `Cancelled` each.
-        if !self.held.is_empty() {
-            self.lost.lock().extend(self.held.drain());
+        if self.outstanding > 0 {
+            self.lost.lock().extend(self.held.iter().flatten());
         }
     }
 }
