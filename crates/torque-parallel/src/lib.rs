@@ -11,8 +11,10 @@
 //! feeding an I/O stage (`Processor::hybrid`). Every item's panic
 //! is caught and becomes that item's [`ItemError`] (or, from the
 //! all-or-nothing [`Processor::collect`], an entry of a [`CollectError`]);
-//! a [`CancelToken`] stops a batch between items; a memory budget bounds
-//! the weight of the items in flight. Nothing buffers without bound.
+//! a [`CancelToken`] stops a batch between items, and every item it had
+//! taken still comes back once (its result or `Cancelled`); a memory budget
+//! bounds the weight of the items in flight, admitted first come, first
+//! served. Nothing buffers without bound.
 //!
 //! [`limit`] holds limiters that decide how many requests may be in flight to
 //! a backend from the latencies they observe, usable alone: a
