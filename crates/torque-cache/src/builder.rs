@@ -186,6 +186,8 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// [`RemovalCause::Capacity`] (and any older value of its key with
     /// [`RemovalCause::Replaced`]), and counts in
     /// [`Evictions::capacity`](crate::Evictions::capacity).
+    ///
+    /// It runs before the write takes any lock, so it may use the cache.
     pub fn weigher<F>(mut self, weigher: F) -> Self
     where
         F: Fn(&K, &V) -> u32 + Send + Sync + 'static,
@@ -198,8 +200,9 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     ///
     /// It runs on the thread that caused the removal, after the shard lock is
     /// released, so it may use the cache; keep it short, as that thread
-    /// waits for it. Entries still cached when the cache is dropped are not
-    /// reported.
+    /// waits for it. The entry is dropped after the listener returns, also
+    /// with no lock held. Entries still cached when the cache is dropped are
+    /// not reported.
     pub fn eviction_listener<F>(mut self, listener: F) -> Self
     where
         F: Fn(&K, &V, RemovalCause) + Send + Sync + 'static,
@@ -229,7 +232,9 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     }
 
     /// The time source for expiry and load timing; [`SystemClock`] unless
-    /// set. Tests pass a [`MockClock`](crate::MockClock).
+    /// set. Tests pass a [`MockClock`](crate::MockClock). The cache reads
+    /// it with no lock held, so a clock may use the cache (see
+    /// [`Clock`]).
     pub fn clock<C: Clock + 'static>(mut self, clock: C) -> Self {
         self.clock = Arc::new(clock);
         self

@@ -52,6 +52,14 @@ pub enum RemovalCause {
     Removed,
 }
 
+/// What [`LocalCache::prepare`] took from user code for one write.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Prepared {
+    weight: u32,
+    hash: u64,
+    timing: Timing,
+}
+
 /// A write stores nothing of its own and sweeps a neighbouring shard for
 /// expired entries every this many writes, so shards that see no traffic still
 /// free their expired entries.
@@ -64,6 +72,20 @@ const HELP_SWEEP_EVERY: u32 = 64;
 ///
 /// Values are returned by clone: store `Arc<T>` to share large values instead
 /// of copying them on every hit.
+///
+/// # User code and the cache's locks
+/// The cache's locks are not reentrant, so code of yours that runs while
+/// one is held must not use this cache. That is only: the keys' `Hash`,
+/// `Eq` and `Borrow` and the hasher (the tables are searched under the
+/// locks), the values' `Clone` on a read, the
+/// [`retain`](Self::retain) predicate, and with the `metrics` feature the
+/// installed recorder. Everything else runs with no lock held and may use
+/// the cache: the keys' and values' `Drop` (entries that leave are dropped
+/// after the lock is released, so dropping a large value does not hold up
+/// other threads either), the [weigher](LocalCacheBuilder::weigher), the
+/// [listener](LocalCacheBuilder::eviction_listener), the
+/// [clock](LocalCacheBuilder::clock) and the loaders of
+/// [`get_or_load`](Self::get_or_load).
 pub struct LocalCache<K, V, S = DefaultHasher> {
     pub(crate) inner: Arc<Inner<K, V, S>>,
 }
@@ -217,7 +239,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     #[inline]
-    fn timing(&self) -> Timing {
+    pub(crate) fn timing(&self) -> Timing {
         if self.inner.expiry_in_use.load(Ordering::Relaxed) {
             Timing {
                 now: self.now_ticks(),
@@ -244,15 +266,31 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
-    fn removed(&self) -> Removed<K, V> {
-        Removed::new(self.inner.listener.is_some())
+    pub(crate) fn removed(&self) -> Removed<K, V> {
+        Removed::new()
     }
 
-    pub(crate) fn notify(&self, removed: Removed<K, V>) {
-        if let Some(listener) = &self.inner.listener {
-            for (key, value, cause) in removed.into_items() {
-                listener(&key, &value, cause);
-            }
+    /// Tells the listener, if any, of what left the cache, and drops it.
+    /// Called with no lock held: the listener and the keys' and values'
+    /// `Drop` are user code, which may use this cache. Without a listener
+    /// this is the drop alone, inlined (nothing at all for keys and values
+    /// without drop glue), so that a write that evicts pays no call.
+    ///
+    /// Takes `removed` by reference: moved in by value, it was copied (48
+    /// bytes for `u64` keys and values) on every write, listener or not.
+    #[inline]
+    pub(crate) fn notify(&self, removed: &mut Removed<K, V>) {
+        if let Some(listener) = &self.inner.listener
+            && !removed.is_empty()
+        {
+            Self::tell(listener, removed.take());
+        }
+    }
+
+    #[inline(never)]
+    fn tell(listener: &Listener<K, V>, removed: Removed<K, V>) {
+        for (key, value, cause) in removed {
+            listener(&key, &value, cause);
         }
     }
 
@@ -383,21 +421,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let after = shard.weight();
         drop(shard);
         self.add_weight(before, after);
-        if !removed.is_empty() {
-            self.notify(removed);
-        }
+        self.notify(&mut removed);
         value
     }
 
-    /// The value for `key` without counting a read or telling the policy.
-    pub(crate) fn peek<Q>(&self, key: &Q) -> Option<V>
+    /// The value for `key` without counting a read or telling the policy,
+    /// as of `timing` (from [`Self::timing`]; taken by the caller before
+    /// it locks anything, as it reads the clock).
+    pub(crate) fn peek_at<Q>(&self, key: &Q, timing: Timing) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
         V: Clone,
     {
         let hash = self.hash(key);
-        let timing = self.timing();
         self.inner.shards[self.shard_index(hash)]
             .read()
             .peek(hash, key, timing)
@@ -443,45 +480,66 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
 
     fn insert_expiring(&self, key: K, value: V, ttl: u64) {
         self.inner.loads.supersede(Some(&key));
-        let removed = self.store(key, value, ttl);
-        if !removed.is_empty() {
-            self.notify(removed);
-        }
+        // Filled in place: returned by value, it was copied (48 bytes for
+        // `u64` keys and values) on every write.
+        let mut removed = self.removed();
+        self.store(key, value, ttl, &mut removed);
+        self.notify(&mut removed);
     }
 
     /// The write of [`insert`](Self::insert) with a time-to-live in ticks;
-    /// returns what left the cache, for the caller to tell the listener
-    /// once it holds nothing the listener could wait on (a load's leader
-    /// first leaves the in-flight map).
-    pub(crate) fn store(&self, key: K, value: V, ttl: u64) -> Removed<K, V> {
-        let weight = self.weigh(&key, &value);
-        self.store_weighed(key, value, weight, ttl)
+    /// adds what left the cache to `removed`, for the caller to tell the
+    /// listener of and drop once it holds nothing that the listener or a
+    /// `Drop` could wait on (a load's leader first leaves the in-flight
+    /// map).
+    #[inline]
+    pub(crate) fn store(&self, key: K, value: V, ttl: u64, removed: &mut Removed<K, V>) {
+        let write = self.prepare(&key, &value);
+        self.store_prepared(key, value, write, ttl, removed);
     }
 
-    /// The weight of an entry (at least 1).
-    pub(crate) fn weigh(&self, key: &K, value: &V) -> u32 {
-        self.inner
+    /// Runs what a write of `key` and `value` needs from user code (the
+    /// weigher, the hasher, the clock), so that a caller that must write
+    /// under a lock of its own (a finishing load) can run it before taking
+    /// that lock: such code may use this cache.
+    #[inline]
+    pub(crate) fn prepare(&self, key: &K, value: &V) -> Prepared {
+        let weight = self
+            .inner
             .weigher
             .as_ref()
             .map_or(1, |w| w(key, value))
-            .max(1)
+            .max(1);
+        Prepared {
+            weight,
+            hash: self.hash(key),
+            timing: self.timing(),
+        }
     }
 
-    /// [`store`](Self::store) with the weight already taken, so that a
-    /// caller holding a lock can run the weigher (user code, which may use
-    /// this cache) before taking it.
-    pub(crate) fn store_weighed(&self, key: K, value: V, weight: u32, ttl: u64) -> Removed<K, V> {
+    /// [`store`](Self::store) with the user code already run (see
+    /// [`Self::prepare`]).
+    pub(crate) fn store_prepared(
+        &self,
+        key: K,
+        value: V,
+        write: Prepared,
+        ttl: u64,
+        removed: &mut Removed<K, V>,
+    ) {
         #[cfg(feature = "metrics")]
         crate::metrics::record_insert();
-        let hash = self.hash(&key);
-        let timing = self.timing();
+        let Prepared {
+            weight,
+            hash,
+            timing,
+        } = write;
         let expires = if ttl == NEVER {
             NEVER
         } else {
             timing.now.saturating_add(ttl)
         };
         let index = self.shard_index(hash);
-        let mut removed = self.removed();
         if u64::from(weight) > self.inner.capacity || expires <= timing.now {
             let cause = if expires <= timing.now {
                 RemovalCause::Expired
@@ -491,22 +549,22 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let mut shard = self.inner.shards[index].write();
             let before = shard.weight();
             if shard.sweep_due(timing.now) {
-                shard.sweep(timing, &mut removed);
+                shard.sweep(timing, removed);
             }
-            shard.reject(hash, key, value, cause, &mut removed);
+            shard.reject(hash, key, value, cause, removed);
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
-            return removed;
+            return;
         }
         let mut help = None;
         {
             let mut shard = self.inner.shards[index].write();
             let before = shard.weight();
             if shard.sweep_due(timing.now) {
-                shard.sweep(timing, &mut removed);
+                shard.sweep(timing, removed);
             }
-            shard.insert(hash, key, value, weight, expires, timing, &mut removed);
+            shard.insert(hash, key, value, weight, expires, timing, removed);
             // The write's net change goes to the shared total once, after
             // the evictions it causes: in a full cache an insert and its
             // victim cancel out and the shared counter is only read, not
@@ -525,7 +583,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                     .saturating_add(after)
                     > self.inner.capacity.saturating_add(before)
             {
-                match shard.evict_one(&mut removed) {
+                match shard.evict_one(removed) {
                     Some(freed) => before += freed,
                     None => break,
                 }
@@ -535,7 +593,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             self.add_weight(before, after);
             // Writers to other shards may have published in the meantime.
             while self.over_capacity() && shard.len() > 1 && shard.weight() > floor {
-                match shard.evict_one(&mut removed) {
+                match shard.evict_one(removed) {
                     Some(freed) => {
                         self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
                     }
@@ -550,19 +608,18 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             }
         }
         if self.over_capacity() {
-            self.evict_elsewhere(index, &mut removed);
+            self.evict_elsewhere(index, removed);
         }
         if let Some(neighbour) = help
             && neighbour != index
             && let Some(mut shard) = self.inner.shards[neighbour].try_write()
         {
             let before = shard.weight();
-            shard.sweep(timing, &mut removed);
+            shard.sweep(timing, removed);
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
         }
-        removed
     }
 
     /// How light a writer's own shard may get by its own evictions: three
@@ -650,7 +707,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             shard.clear(&mut removed);
             drop(shard);
             self.add_weight(before, 0);
-            self.notify(removed);
+            self.notify(&mut removed);
         }
     }
 
@@ -679,7 +736,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
-            self.notify(removed);
+            self.notify(&mut removed);
             if let Err(panic) = outcome {
                 std::panic::resume_unwind(panic);
             }
@@ -700,7 +757,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
-            self.notify(removed);
+            self.notify(&mut removed);
         }
     }
 

@@ -22,6 +22,12 @@ use std::time::{Duration, Instant};
 /// clock.advance(Duration::from_secs(5));
 /// assert_eq!(clock.now() - t0, Duration::from_secs(5));
 /// ```
+///
+/// The cache never reads the clock while it holds a lock of its own, so a
+/// clock may use the cache it serves; but that use reads the clock again
+/// (any operation of a cache with expiry does), so such a clock must not
+/// recurse without end, e.g. by skipping the cache when re-entered on the
+/// same thread.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// The current instant. Must never go backwards.
     fn now(&self) -> Instant;

@@ -282,24 +282,33 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
     fn release(&mut self, state: SlotState<V>) {
         self.done = true;
         let mut pending = self.cache.inner.loads.pending.lock();
-        self.leave(&mut pending);
+        let left = self.leave(&mut pending);
         drop(pending);
+        drop(left);
         self.slot.complete(state);
     }
 
-    /// Takes this load out of the in-flight map.
-    fn leave(&self, pending: &mut HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>) {
-        if pending
+    /// Takes this load out of the in-flight map; returns the map's entry,
+    /// for the caller to drop once it has released the map's lock (the
+    /// key's `Drop` is user code, which may use this cache).
+    #[must_use]
+    fn leave(
+        &self,
+        pending: &mut HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>,
+    ) -> Option<(K, Arc<LoadSlot<V>>)> {
+        if !pending
             .get(&self.key)
             .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
         {
-            pending.remove(&self.key);
-            self.cache
-                .inner
-                .loads
-                .in_flight
-                .store(pending.len(), Ordering::SeqCst);
+            return None;
         }
+        let left = pending.remove_entry(&self.key);
+        self.cache
+            .inner
+            .loads
+            .in_flight
+            .store(pending.len(), Ordering::SeqCst);
+        left
     }
 
     fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
@@ -326,28 +335,36 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // The listener hears of what the write displaced only after
                 // that, so that it may load this key again instead of
                 // waiting on this very load.
-                // The weigher is user code that may use this cache (a
-                // write from it takes the map's lock), so it runs first;
-                // should it panic, the guard's drop abandons the load.
-                let weight = self.cache.weigh(&self.key, &value);
+                // User code that may use this cache (a write from it takes
+                // the map's lock) runs first, with no lock held: the
+                // weigher, the hasher, the clock (so the entry's time is
+                // taken just before the lock, not under it) and the clones
+                // to store. Should any of it panic, the guard's drop
+                // abandons the load. Whatever the write displaces, and the
+                // clones if the load was superseded, are dropped only after
+                // the lock is released: a `Drop` is user code too.
+                let write = self.cache.prepare(&self.key, &value);
+                let (key, copy) = (self.key.clone(), value.clone());
+                // Declared before the lock's guard, so that it drops after
+                // the guard even when a panic unwinds this frame.
+                let mut removed = self.cache.removed();
                 let mut pending = loads.pending.lock();
-                let removed = (!self.slot.superseded.load(Ordering::Relaxed)).then(|| {
-                    self.cache.store_weighed(
-                        self.key.clone(),
-                        value.clone(),
-                        weight,
-                        self.cache.default_ttl(),
-                    )
-                });
+                let unstored = if self.slot.superseded.load(Ordering::Relaxed) {
+                    Some((key, copy))
+                } else {
+                    let ttl = self.cache.default_ttl();
+                    self.cache
+                        .store_prepared(key, copy, write, ttl, &mut removed);
+                    None
+                };
                 // Only now: should the write panic, the guard's drop
                 // abandons the load so that waiters retry.
                 self.done = true;
-                self.leave(&mut pending);
+                let left = self.leave(&mut pending);
                 drop(pending);
+                drop((left, unstored));
                 self.slot.complete(SlotState::Loaded(value.clone()));
-                if let Some(removed) = removed {
-                    self.cache.notify(removed);
-                }
+                self.cache.notify(&mut removed);
                 Ok(value)
             }
             Err(error) => {
@@ -377,22 +394,30 @@ where
     /// `leader`: the calling thread, if it would block on a follower's
     /// wait (the blocking `get_or_load`).
     fn join(&self, key: &K, leader: Option<ThreadId>) -> Join<V> {
+        // The clock and the key's clone are user code that may use this
+        // cache: run before the map's lock. The clone, unless the map keeps
+        // it, is dropped after the lock is released.
+        let timing = self.timing();
+        let spare = key.clone();
         let mut pending = self.inner.loads.pending.lock();
-        if let Some(slot) = pending.get(key) {
-            return Join::Follower(Arc::clone(slot));
-        }
-        // A leader that just finished stored its value before leaving the
-        // map, so this re-read under the map's lock cannot miss it.
-        if let Some(value) = self.peek(key) {
-            return Join::Hit(value);
-        }
-        let slot = Arc::new(LoadSlot::new(leader));
-        pending.insert(key.clone(), Arc::clone(&slot));
-        self.inner
-            .loads
-            .in_flight
-            .store(pending.len(), Ordering::SeqCst);
-        Join::Leader(slot)
+        let (join, spare) = if let Some(slot) = pending.get(key) {
+            (Join::Follower(Arc::clone(slot)), Some(spare))
+        } else if let Some(value) = self.peek_at(key, timing) {
+            // A leader that just finished stored its value before leaving
+            // the map, so this re-read under the map's lock cannot miss it.
+            (Join::Hit(value), Some(spare))
+        } else {
+            let slot = Arc::new(LoadSlot::new(leader));
+            pending.insert(spare, Arc::clone(&slot));
+            self.inner
+                .loads
+                .in_flight
+                .store(pending.len(), Ordering::SeqCst);
+            (Join::Leader(slot), None)
+        };
+        drop(pending);
+        drop(spare);
+        join
     }
 
     fn lead(&self, key: K, slot: Arc<LoadSlot<V>>) -> LeaderGuard<'_, K, V, S> {

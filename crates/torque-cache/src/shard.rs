@@ -4,7 +4,8 @@
 //! run under the shared lock ([`Shard::get_shared`]) touch only atomics (an
 //! entry's hit count and last-access time); everything else takes the
 //! exclusive lock. The cache layer owns the global weight counter, counts the
-//! reads made under the shared lock, and calls the listener after unlocking.
+//! reads made under the shared lock, and tells the listener of departed
+//! entries and drops them after unlocking (see [`Removed`]).
 
 use std::borrow::Borrow;
 use std::cmp::Reverse;
@@ -126,35 +127,68 @@ pub(crate) enum Lookup<T> {
     Expired,
 }
 
-/// Entries that left a shard, kept for the listener to see after the lock is
-/// released; without a listener they are dropped on the spot, so the hot
-/// path never allocates for them.
+/// Entries that left a shard, held until its lock is released: the caller
+/// then tells the listener (if any) and drops them there, so that no key's
+/// or value's `Drop` runs under a lock (it may use the cache; the locks are
+/// not reentrant) and dropping a large value does not lengthen the critical
+/// section. The first entry is kept inline, so a write that displaces one
+/// (a replacement, or the one eviction of a write to a full cache) allocates
+/// nothing; only a second one spills to the heap.
 #[derive(Debug)]
 pub(crate) struct Removed<K, V> {
-    keep: bool,
-    items: Vec<(K, V, RemovalCause)>,
+    first: Option<(K, V, RemovalCause)>,
+    /// Empty while `first` is `None`.
+    rest: Vec<(K, V, RemovalCause)>,
 }
 
 impl<K, V> Removed<K, V> {
-    pub(crate) fn new(keep: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            keep,
-            items: Vec::new(),
+            first: None,
+            rest: Vec::new(),
         }
     }
 
+    #[inline]
     fn push(&mut self, item: (K, V, RemovalCause)) {
-        if self.keep {
-            self.items.push(item);
+        if self.first.is_none() {
+            self.first = Some(item);
+        } else {
+            self.spill(item);
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+    #[cold]
+    #[inline(never)]
+    fn spill(&mut self, item: (K, V, RemovalCause)) {
+        self.rest.push(item);
     }
 
-    pub(crate) fn into_items(self) -> Vec<(K, V, RemovalCause)> {
-        self.items
+    /// Room for `n` more, for a removal of many at once.
+    fn reserve(&mut self, n: usize) {
+        self.rest
+            .reserve(n.saturating_sub(usize::from(self.first.is_none())));
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    /// Everything held so far, leaving `self` empty.
+    pub(crate) fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::new())
+    }
+}
+
+impl<K, V> IntoIterator for Removed<K, V> {
+    type Item = (K, V, RemovalCause);
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<Self::Item>, std::vec::IntoIter<Self::Item>>;
+
+    /// In the order they left.
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
     }
 }
 
@@ -681,6 +715,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     /// weight.
     pub(crate) fn clear(&mut self, removed: &mut Removed<K, V>) -> u64 {
         let freed = self.weight;
+        removed.reserve(self.table.len());
         for cell in &mut self.cells {
             if let Some(entry) = cell.entry.take() {
                 self.counters.count(RemovalCause::Removed);
