@@ -752,3 +752,24 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         freed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_keeps_one_entry_inline_and_the_rest_in_order() {
+        let mut removed = Removed::<u32, u32>::new();
+        assert!(removed.is_empty());
+        removed.push((1, 10, RemovalCause::Replaced));
+        assert!(!removed.is_empty());
+        // The hot path's one displaced entry allocates nothing.
+        assert_eq!(removed.rest.capacity(), 0);
+        removed.push((2, 20, RemovalCause::Capacity));
+        removed.push((3, 30, RemovalCause::Expired));
+        let taken = removed.take();
+        assert!(removed.is_empty());
+        let keys: Vec<u32> = taken.into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(keys, [1, 2, 3]);
+    }
+}

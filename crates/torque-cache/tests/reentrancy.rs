@@ -108,6 +108,41 @@ fn regression_a_value_dropped_by_a_replacing_insert_may_use_the_cache() {
 }
 
 #[test]
+fn with_a_listener_a_value_is_dropped_after_the_listener_saw_it() {
+    // The listener sees the value alive, then it is dropped, both with no
+    // lock held (this passed before the fix too: with a listener the
+    // departed entries were already kept until after the unlock).
+    let seen_alive = Arc::new(AtomicUsize::new(0));
+    let home_slot: Arc<OnceLock<Arc<Home<ValueCache>>>> = Arc::default();
+    let (cache, home) = {
+        let seen_alive = Arc::clone(&seen_alive);
+        let home_slot = Arc::clone(&home_slot);
+        value_cache(100, move |b| {
+            b.eviction_listener(move |_, v: &Value, _| {
+                // The scratch key's unarmed values leave too.
+                let home = home_slot.get().expect("home set");
+                if v.0.is_some() && home.drops() == 0 {
+                    seen_alive.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+    };
+    home_slot.set(Arc::clone(&home)).expect("set once");
+    cache.insert(1, Value::armed(&home));
+    let c = cache.clone();
+    let h = Arc::clone(&home);
+    bounded("a replacing insert with a listener", move || {
+        c.insert(1, Value::armed(&h));
+    });
+    assert_eq!(seen_alive.load(Ordering::SeqCst), 1);
+    assert_eq!(home.drops(), 1);
+    bounded("invalidate_all with a listener", move || {
+        cache.invalidate_all()
+    });
+    assert_eq!(home.drops(), 2);
+}
+
+#[test]
 fn regression_a_value_evicted_for_capacity_may_use_the_cache() {
     let (cache, home) = value_cache(2, |b| b);
     let c = cache.clone();
