@@ -1,0 +1,165 @@
+//! A manager whose sync hooks (`is_broken`, `reset`) or role probe panic:
+//! the panic may reach the caller, but the pool must not lose count of the
+//! connection (a slot leaked for good shrinks the pool until it serves no
+//! one), and a cluster must keep checking the host's role.
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Fake, FakeConn, FakeError, quiet, wait_until};
+use torque_pool::{Cluster, ClusterConfig, Manager, Pool, PoolConfig, Role, RoleProbe};
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The fake manager, with hooks that panic once when told to.
+#[derive(Debug, Clone, Default)]
+struct Panicky {
+    fake: Fake,
+    panic_in_is_broken: Arc<AtomicBool>,
+    panic_in_reset: Arc<AtomicBool>,
+    panic_in_role: Arc<AtomicBool>,
+}
+
+fn once(flag: &AtomicBool, what: &str) {
+    if flag.swap(false, Ordering::SeqCst) {
+        panic!("the test manager panics in {what}");
+    }
+}
+
+impl Manager for Panicky {
+    type Connection = FakeConn;
+    type Error = FakeError;
+
+    async fn create(&self) -> Result<FakeConn, FakeError> {
+        self.fake.create().await
+    }
+    async fn check(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
+        self.fake.check(conn).await
+    }
+    fn is_broken(&self, conn: &FakeConn) -> bool {
+        once(&self.panic_in_is_broken, "is_broken");
+        self.fake.is_broken(conn)
+    }
+    fn reset(&self, _conn: &mut FakeConn) -> Result<(), FakeError> {
+        once(&self.panic_in_reset, "reset");
+        Ok(())
+    }
+}
+
+impl RoleProbe for Panicky {
+    async fn role(&self, conn: &mut FakeConn) -> Result<Role, FakeError> {
+        once(&self.panic_in_role, "role");
+        self.fake.role(conn).await
+    }
+}
+
+fn pool(m: &Panicky) -> Pool<Panicky> {
+    Pool::builder(m.clone())
+        .max_size(1)
+        .min_idle(0)
+        .keepalive_interval(None)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(1))
+        .seed(1)
+        .build()
+        .unwrap()
+}
+
+/// The pool serves again and counts no connection it does not have.
+async fn assert_recovers(pool: &Pool<Panicky>) {
+    let s = pool.status();
+    assert_eq!(
+        (s.in_use, s.waiting),
+        (0, 0),
+        "nothing left checked out: {s:?}"
+    );
+    let conn = tokio::time::timeout(BOUND, pool.get())
+        .await
+        .expect("no hang")
+        .expect("the pool serves again (max_size 1: its only slot came back)");
+    drop(conn);
+    let s = pool.status();
+    assert_eq!((s.size, s.idle, s.in_use), (1, 1, 0), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_that_panics_on_return_does_not_leak_the_slot() {
+    let m = Panicky::default();
+    let pool = pool(&m);
+    let conn = pool.get().await.unwrap();
+    m.panic_in_reset.store(true, Ordering::SeqCst);
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(conn)));
+    assert!(dropped.is_err(), "the manager's panic reaches the caller");
+    assert_recovers(&pool).await;
+    assert_eq!(pool.status().closed.broken, 1, "closed as broken");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_is_broken_that_panics_on_return_does_not_leak_the_slot() {
+    let m = Panicky::default();
+    let pool = pool(&m);
+    let conn = pool.get().await.unwrap();
+    m.panic_in_is_broken.store(true, Ordering::SeqCst);
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(conn)));
+    assert!(dropped.is_err(), "the manager's panic reaches the caller");
+    assert_recovers(&pool).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_is_broken_that_panics_at_checkout_does_not_leak_the_slot() {
+    let m = Panicky::default();
+    let pool = pool(&m);
+    drop(pool.get().await.unwrap());
+    m.panic_in_is_broken.store(true, Ordering::SeqCst);
+    let get = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    let joined = tokio::time::timeout(BOUND, get).await.expect("no hang");
+    assert!(
+        joined.unwrap_err().is_panic(),
+        "the manager's panic reaches the caller"
+    );
+    assert_recovers(&pool).await;
+}
+
+/// A role probe that panics once: the host is probed again (as after a
+/// failed probe), so a role change is still seen.
+#[tokio::test(start_paused = true)]
+async fn a_role_probe_that_panics_does_not_stop_role_checks() {
+    let primary = Panicky::default();
+    let replica = Panicky::default();
+    replica.fake.set_replica(true);
+    primary.panic_in_role.store(true, Ordering::SeqCst);
+    let mut pool = PoolConfig::default();
+    pool.min_idle = 0;
+    let mut config = ClusterConfig::default();
+    config.role_check_interval = Duration::from_millis(100);
+    config.pool = pool;
+    let cluster = Cluster::builder(primary.clone())
+        .replica(replica.clone())
+        .config(config)
+        .seed(1)
+        .build()
+        .unwrap();
+    // The first probe of the primary panicked; the primary is then demoted
+    // and the replica promoted. The role checks must see it.
+    wait_until(BOUND, || !primary.panic_in_role.load(Ordering::SeqCst)).await;
+    primary.fake.set_replica(true);
+    replica.fake.set_replica(false);
+    wait_until(BOUND, || {
+        let hosts = cluster.hosts();
+        hosts[0].role == Role::Replica && hosts[1].role == Role::Primary
+    })
+    .await;
+    let write = tokio::time::timeout(BOUND, cluster.get())
+        .await
+        .expect("no hang")
+        .expect("served by the promoted host");
+    assert_eq!(write.host(), 1);
+}
