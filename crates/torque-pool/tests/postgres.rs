@@ -198,3 +198,34 @@ async fn the_check_is_a_real_round_trip() {
     let s = pool.status();
     assert_eq!(s.closed.check_failed + s.closed.broken, 1, "{s:?}");
 }
+
+/// An error the client raises itself, before or after a complete round trip
+/// (`query_one` finding no row, `query_opt` finding two, a parameter count
+/// or type mismatch), says nothing about the connection: the guide lists
+/// what discards one (class 08, 57P01–57P03, 57014, a query dropped
+/// halfway), and these are not among them. Discarding a healthy connection
+/// on every "no such row" churns the pool.
+#[tokio::test]
+async fn a_client_side_error_keeps_the_connection() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    let err = conn
+        .query_one("SELECT 1 WHERE false", &[])
+        .await
+        .unwrap_err();
+    assert!(!conn.is_broken(), "no row: {err}");
+    let err = conn
+        .query_opt("SELECT generate_series(1, 2)", &[])
+        .await
+        .unwrap_err();
+    assert!(!conn.is_broken(), "two rows: {err}");
+    let err = conn.query("SELECT $1::int", &[]).await.unwrap_err();
+    assert!(!conn.is_broken(), "parameter count: {err}");
+    let err = conn.query("SELECT $1::int", &[&"one"]).await.unwrap_err();
+    assert!(!conn.is_broken(), "parameter type: {err}");
+    // The connection still answers, and goes back to the pool, not closed.
+    assert_eq!(pid(&conn).await, pid(&conn).await);
+    drop(conn);
+    assert_eq!(pool.status().closed.broken, 0);
+}
