@@ -279,7 +279,7 @@ impl<M: RoleProbe> Cluster<M> {
     ) -> Result<ClusterConn<M>, PoolError<BackendError<M>>> {
         let inner = &self.inner;
         let start = Instant::now();
-        let deadline = start + inner.config.pool.acquire_timeout;
+        let deadline = crate::pool::later(start, inner.config.pool.acquire_timeout);
         let mut tried: Vec<usize> = Vec::new();
         let mut last: Option<PoolError<BackendError<M>>> = None;
         loop {

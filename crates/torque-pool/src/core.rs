@@ -11,6 +11,17 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// About 30 years (tokio's own "far future"): where `later` puts an instant
+/// that would not fit in the clock.
+const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `t + d`, or a far-off instant when that overflows the clock. Settings
+/// accept any duration, and a caller who means "as long as it takes" may
+/// write `Duration::MAX`: that must mean "never", not a panic.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t + FAR)
+}
+
 /// The state machine's settings, taken from [`PoolConfig`](crate::PoolConfig).
 #[derive(Debug, Clone)]
 pub(crate) struct CoreConfig {
@@ -325,7 +336,8 @@ impl<C, W> Core<C, W> {
         let expires = self.cfg.max_lifetime.map(|lifetime| {
             // Up to 2.5% earlier, per connection, so that connections created
             // together do not all retire together (HikariCP's variance).
-            now + lifetime - self.random_part(lifetime / 40)
+            let jitter = self.random_part(lifetime / 40);
+            later(now, lifetime - jitter)
         });
         let entry = Entry {
             conn,
@@ -364,8 +376,8 @@ impl<C, W> Core<C, W> {
             delay / 2 + (delay / 2).mul_f64(fraction)
         };
         self.retry_at = Some((
-            now + jittered(self.cfg.backoff_max),
-            now + jittered(self.cfg.backoff_max_waiting),
+            later(now, jittered(self.cfg.backoff_max)),
+            later(now, jittered(self.cfg.backoff_max_waiting)),
         ));
         if self.idle.is_empty() && self.in_use == 0 && self.maintaining == 0 && self.connecting == 0
         {

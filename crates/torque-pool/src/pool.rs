@@ -98,6 +98,12 @@ fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
 
+/// `t + d` on the runtime's clock, far off instead of overflowing (see
+/// [`later`](crate::core::later)).
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    Instant::from_std(crate::core::later(t.into_std(), d))
+}
+
 /// Hands a connection to a waiter, keeping the waker to wake after the lock.
 /// A waiter in the line is always there to take it (one that gives up
 /// leaves the line first, under the pool lock), so this never fails.
@@ -249,7 +255,7 @@ impl<M: Manager> Pool<M> {
         // One clock read serves the whole uncontended get, and it is taken
         // before the lock so that the critical section stays short.
         let start = Instant::now();
-        let deadline = start + inner.config.acquire_timeout;
+        let deadline = later(start, inner.config.acquire_timeout);
         let mut now = start.into_std();
         let mut front = false;
         loop {
@@ -518,7 +524,7 @@ impl<M: Manager> Inner<M> {
             inner: self,
             entry: Some(entry),
         };
-        let check_deadline = (Instant::now() + self.config.check_timeout).min(deadline);
+        let check_deadline = later(Instant::now(), self.config.check_timeout).min(deadline);
         let outcome = match guard.entry.as_mut() {
             Some(entry) => timeout_at(check_deadline, self.manager.check(&mut entry.conn)).await,
             None => return None,
@@ -676,7 +682,7 @@ impl<M: Manager> Inner<M> {
         let (due, creates, next) = {
             let mut st = self.state.lock();
             if st.core.is_closed() {
-                return tokio_now + self.config.maintenance_interval;
+                return later(tokio_now, self.config.maintenance_interval);
             }
             let now = now();
             let expired = st.core.expire_waiters(now);
@@ -712,7 +718,7 @@ impl<M: Manager> Inner<M> {
                 }
             }
             let creates = st.core.plan_creates(now);
-            let mut next = now + self.config.maintenance_interval;
+            let mut next = crate::core::later(now, self.config.maintenance_interval);
             for t in [st.core.retry_at(), st.core.next_waiter_deadline()]
                 .into_iter()
                 .flatten()

@@ -266,7 +266,7 @@ impl Hosts {
         let delay = half + half.mul_f64(fraction);
         let h = &mut self.hosts[i];
         h.failures = Some(failures);
-        h.next_check = now + delay;
+        h.next_check = crate::core::later(now, delay);
     }
 
     /// A caller's connection to host `i` saw a "read-only" error (PostgreSQL's
@@ -315,7 +315,7 @@ impl Hosts {
         h.probing = false;
         h.failures = None;
         h.latency.observe(rtt, now, decay);
-        h.next_check = now + self.cfg.role_check_interval;
+        h.next_check = crate::core::later(now, self.cfg.role_check_interval);
         let old = std::mem::replace(&mut h.role, role);
         if old != role {
             // A demotion or a promotion means a failover: learn the other
