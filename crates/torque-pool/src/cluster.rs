@@ -511,6 +511,11 @@ async fn watch<M: RoleProbe>(cluster: Weak<Inner<M>>, wake: Arc<Notify>) {
 /// One role probe of `host`: a connection from its pool, then
 /// [`RoleProbe::role`].
 async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
+    let mut unfinished = Unfinished {
+        inner: &inner,
+        host,
+        armed: true,
+    };
     let pool = &inner.pools[host];
     let start = Instant::now();
     let outcome: Result<Role, Option<Arc<BackendError<M>>>> = async {
@@ -525,6 +530,7 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
     }
     .await;
     let rtt = start.elapsed();
+    unfinished.armed = false;
     {
         let mut st = inner.state.lock();
         let now = now();
@@ -552,6 +558,25 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
         }
     }
     inner.wake.notify_one();
+}
+
+/// Counts a probe that did not finish (the manager's `role` or `check`
+/// panicked, or the runtime is shutting down) as failed. Left marked as
+/// being probed, the host would never be probed again: its role frozen, and
+/// if it was down, down for good.
+struct Unfinished<'a, M: RoleProbe> {
+    inner: &'a Arc<Inner<M>>,
+    host: usize,
+    armed: bool,
+}
+
+impl<M: RoleProbe> Drop for Unfinished<'_, M> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.state.lock().hosts.probe_failed(self.host, now());
+            self.inner.wake.notify_one();
+        }
+    }
 }
 
 /// A connection checked out of a [`Cluster`]: derefs to the connection (like

@@ -436,18 +436,22 @@ impl<M: Manager> Drop for WaitGuard<'_, M> {
     }
 }
 
-/// Closes the connection if the `get()` future is dropped mid-check: the
-/// check's round trip may be half done, so its state is unknown.
-struct CheckGuard<'a, M: Manager> {
+/// Closes a connection that is out of the pool's hands, for `reason`, unless
+/// it is taken back out first: if the `get()` future is dropped mid-check
+/// (the check's round trip may be half done, so its state is unknown), or if
+/// the manager's `is_broken` or `reset` panics (the panic goes on to the
+/// caller, but the pool does not lose count of the connection: a slot
+/// counted in use for ever shrinks the pool until it serves no one).
+struct CloseGuard<'a, M: Manager> {
     inner: &'a Arc<Inner<M>>,
     entry: Option<Entry<Conn<M>>>,
+    reason: CloseReason,
 }
 
-impl<M: Manager> Drop for CheckGuard<'_, M> {
+impl<M: Manager> Drop for CloseGuard<'_, M> {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            self.inner
-                .release(entry, Return::Close(CloseReason::Cancelled), None);
+            self.inner.release(entry, Return::Close(self.reason), None);
         }
     }
 }
@@ -506,11 +510,16 @@ impl<M: Manager> Inner<M> {
 
     /// The manager's `is_broken`; a broken connection is closed (`None`).
     fn not_broken(self: &Arc<Self>, entry: Entry<Conn<M>>) -> Option<Entry<Conn<M>>> {
-        if self.manager.is_broken(&entry.conn) {
-            self.release(entry, Return::Close(CloseReason::Broken), None);
+        // Closed as broken when it is, or when `is_broken` panics.
+        let mut guard = CloseGuard {
+            inner: self,
+            entry: Some(entry),
+            reason: CloseReason::Broken,
+        };
+        if self.manager.is_broken(&guard.entry.as_ref()?.conn) {
             return None;
         }
-        Some(entry)
+        guard.entry.take()
     }
 
     /// The manager's `check`, bounded by `check_timeout` and the caller's
@@ -520,9 +529,10 @@ impl<M: Manager> Inner<M> {
         entry: Entry<Conn<M>>,
         deadline: Instant,
     ) -> Option<Entry<Conn<M>>> {
-        let mut guard = CheckGuard {
+        let mut guard = CloseGuard {
             inner: self,
             entry: Some(entry),
+            reason: CloseReason::Cancelled,
         };
         let check_deadline = later(Instant::now(), self.config.check_timeout).min(deadline);
         let outcome = match guard.entry.as_mut() {
@@ -873,7 +883,13 @@ impl<M: Manager> DerefMut for Pooled<M> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
-        let Some(mut entry) = self.entry.take() else {
+        // Closed as broken if `is_broken` or `reset` panics.
+        let mut guard = CloseGuard {
+            inner: &self.pool,
+            entry: self.entry.take(),
+            reason: CloseReason::Broken,
+        };
+        let Some(entry) = guard.entry.as_mut() else {
             return;
         };
         let manager = &self.pool.manager;
@@ -882,7 +898,9 @@ impl<M: Manager> Drop for Pooled<M> {
         } else {
             Return::Reuse
         };
-        self.pool.release(entry, how, self.slot.take());
+        if let Some(entry) = guard.entry.take() {
+            self.pool.release(entry, how, self.slot.take());
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Fake, FakeConn, FakeError, quiet, wait_until};
+use common::{Fake, FakeConn, FakeError, wait_until};
 use torque_pool::{Cluster, ClusterConfig, Manager, Pool, PoolConfig, Role, RoleProbe};
 
 const BOUND: Duration = Duration::from_secs(10);
