@@ -260,9 +260,30 @@ pub(crate) fn is_fatal(err: &Error) -> bool {
                 || *code == SqlState::CANNOT_CONNECT_NOW
                 || *code == SqlState::QUERY_CANCELED
         }
-        // No SQLSTATE: an I/O or protocol error, not a query the server rejected.
-        None => err.as_db_error().is_none(),
+        // No SQLSTATE: an I/O or protocol error, not a query the server
+        // rejected, unless the client raised it itself.
+        None => err.as_db_error().is_none() && !is_client_side(err),
     }
+}
+
+/// Whether tokio-postgres raised `err` itself, about the caller's request
+/// or its result rather than the connection: a parameter it could not
+/// serialize or a parameter count that does not match (found before
+/// anything is sent), a row count, column or value that does not fit what
+/// the caller asked for (found once the reply was read in full). The
+/// connection is as good as before. Its error kind is private, so this goes
+/// by the messages it prints; an error not recognized here stays fatal.
+fn is_client_side(err: &Error) -> bool {
+    let message = err.to_string();
+    [
+        "error serializing parameter ",
+        "error deserializing column ",
+        "invalid column ",
+        "query returned an unexpected number of ",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
+        || (message.starts_with("expected ") && message.contains(" parameters but got "))
 }
 
 impl PgConnection {
