@@ -339,3 +339,38 @@ async fn a_cancelled_read_is_not_counted_in_flight() {
     cluster.close();
     assert!(matches!(cluster.get_read().await, Err(PoolError::Closed)));
 }
+
+/// Callers that were on their way to a replica when it went down all fail
+/// on it at once; that is one outage, not one failure each. The backoff
+/// doubles per failed probe (docs/pool.md, "Down hosts"): if every such
+/// caller doubled it too, 8 concurrent reads would push the first probe
+/// from `host_backoff_min` (100 ms) to `host_backoff_max` (5 s), and the
+/// replica, back at once, would stay skipped for seconds.
+#[tokio::test(start_paused = true)]
+async fn concurrent_callers_failing_on_a_down_host_do_not_grow_its_backoff() {
+    let hosts = fakes(2);
+    let config = config(Balance::RoundRobin);
+    let cluster = start(&hosts, config.clone()).await;
+    hosts[1].set_down(true);
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let cluster = cluster.clone();
+            tokio::spawn(async move { cluster.get_read().await.map(|c| c.host()) })
+        })
+        .collect();
+    for r in readers {
+        // Each found the replica down and was served by the primary.
+        assert_eq!(r.await.unwrap().unwrap(), 0);
+    }
+    assert!(!cluster.hosts()[1].up);
+    // The replica is back: the first probe, at most host_backoff_min after
+    // the failure, brings it back.
+    hosts[1].set_down(false);
+    let t0 = Instant::now();
+    wait_until(config.host_backoff_max * 2, || cluster.hosts()[1].up).await;
+    let back_after = t0.elapsed();
+    assert!(
+        back_after <= config.host_backoff_min * 2,
+        "back after {back_after:?}: the backoff grew per caller, not per probe"
+    );
+}
