@@ -444,12 +444,15 @@ impl<M: RoleProbe> Inner<M> {
         {
             let mut st = self.state.lock();
             let was_up = st.hosts.host(host, now()).up;
-            st.hosts.failed(host, now());
+            // Callers that were on their way when it went down fail on it
+            // together: one outage, marked once. Only probes grow the
+            // backoff of a host already down.
+            if was_up {
+                st.hosts.failed(host, now());
+                tracing::warn!(host, "host failed; skipping it until a probe succeeds");
+            }
             if err.is_some() {
                 st.last_error[host] = err;
-            }
-            if was_up {
-                tracing::warn!(host, "host failed; skipping it until a probe succeeds");
             }
         }
         self.wake.notify_one();
