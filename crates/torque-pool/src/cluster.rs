@@ -92,7 +92,8 @@ struct Inner<M: RoleProbe> {
 ///   and probed again with exponential backoff; a `get` that hit it moves on
 ///   to another host within its acquire timeout.
 ///
-/// Cloning is cheap and shares the cluster. With the `postgres` feature,
+/// Cloning is cheap and shares the cluster; dropping the last clone closes
+/// it (see [`close`](Self::close)). With the `postgres` feature,
 /// `PgCluster` is `Cluster<PgManager>`; docs/pool.md has a guide.
 ///
 /// # Example
@@ -139,12 +140,31 @@ struct Inner<M: RoleProbe> {
 /// ```
 pub struct Cluster<M: RoleProbe> {
     inner: Arc<Inner<M>>,
+    /// Shared by the cluster's handles alone, not by checked-out
+    /// connections or the probes, which also hold `inner`.
+    handle: Arc<Handle<M>>,
 }
 
 impl<M: RoleProbe> Clone for Cluster<M> {
     fn clone(&self) -> Self {
         Cluster {
             inner: self.inner.clone(),
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// Closes the cluster when the last [`Cluster`] handle goes (a
+/// [`ClusterConn`] still out keeps its state alive, but must not keep role
+/// probes and its pools' refills going for nobody).
+struct Handle<M: RoleProbe> {
+    inner: Weak<Inner<M>>,
+}
+
+impl<M: RoleProbe> Drop for Handle<M> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.close();
         }
     }
 }
@@ -237,7 +257,12 @@ impl<M: RoleProbe> Cluster<M> {
         inner
             .runtime
             .spawn(watch(Arc::downgrade(&inner), inner.wake.clone()));
-        Cluster { inner }
+        Cluster {
+            handle: Arc::new(Handle {
+                inner: Arc::downgrade(&inner),
+            }),
+            inner,
+        }
     }
 
     /// A connection to the primary, for writes (and reads that must see them).
@@ -379,11 +404,7 @@ impl<M: RoleProbe> Cluster<M> {
 
     /// Closes every host's pool (see [`Pool::close`]) and stops role checks.
     pub fn close(&self) {
-        self.inner.state.lock().closed = true;
-        for pool in &self.inner.pools {
-            pool.close();
-        }
-        self.inner.wake.notify_one();
+        self.inner.close();
     }
 }
 
@@ -440,6 +461,14 @@ fn no_host<E>(st: &State<E>, want: Role) -> PoolError<E> {
 }
 
 impl<M: RoleProbe> Inner<M> {
+    fn close(&self) {
+        self.state.lock().closed = true;
+        for pool in &self.pools {
+            pool.close();
+        }
+        self.wake.notify_one();
+    }
+
     fn host_failed(&self, host: usize, err: Option<Arc<BackendError<M>>>) {
         {
             let mut st = self.state.lock();

@@ -161,16 +161,39 @@ struct Inner<M: Manager> {
 
 /// A health-checked async pool of connections made by a [`Manager`].
 ///
-/// Cloning is cheap and shares the pool. See the [crate documentation](crate)
-/// for an example and what the pool does.
+/// Cloning is cheap and shares the pool. Dropping the last clone closes the
+/// pool (see [`close`](Self::close)): nobody can get a connection from it any
+/// more, so its idle connections are closed and no new ones are opened; a
+/// connection still checked out works until it is dropped, and is closed
+/// then. See the [crate documentation](crate) for an example and what the
+/// pool does.
 pub struct Pool<M: Manager> {
     inner: Arc<Inner<M>>,
+    /// Shared by the pool's handles alone, not by checked-out connections or
+    /// the pool's tasks, which also hold `inner`.
+    handle: Arc<Handle<M>>,
 }
 
 impl<M: Manager> Clone for Pool<M> {
     fn clone(&self) -> Self {
         Pool {
             inner: self.inner.clone(),
+            handle: self.handle.clone(),
+        }
+    }
+}
+
+/// Closes the pool when the last [`Pool`] handle goes: a connection still
+/// checked out keeps the pool's state alive, but must not keep it refilling
+/// `min_idle` and checking idle connections for nobody.
+struct Handle<M: Manager> {
+    inner: Weak<Inner<M>>,
+}
+
+impl<M: Manager> Drop for Handle<M> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            inner.close();
         }
     }
 }
@@ -218,7 +241,12 @@ impl<M: Manager> Pool<M> {
         inner
             .runtime
             .spawn(maintain(Arc::downgrade(&inner), inner.wake.clone()));
-        Pool { inner }
+        Pool {
+            handle: Arc::new(Handle {
+                inner: Arc::downgrade(&inner),
+            }),
+            inner,
+        }
     }
 
     /// Checks out a healthy connection, waiting in line (first come, first
@@ -381,16 +409,7 @@ impl<M: Manager> Pool<M> {
     /// they come back, waiters and later `get()`s fail with
     /// [`PoolError::Closed`], and the background task stops.
     pub fn close(&self) {
-        let mut woken = Vec::new();
-        let idle = {
-            let mut st = self.inner.state.lock();
-            let (idle, waiters) = st.core.close();
-            fail_all::<M>(waiters, || PoolError::Closed, &mut woken);
-            idle
-        };
-        woken.into_iter().for_each(Waker::wake);
-        drop(idle);
-        self.inner.wake.notify_one();
+        self.inner.close();
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -489,6 +508,19 @@ impl<M: Manager> Drop for KeepaliveGuard<M> {
 }
 
 impl<M: Manager> Inner<M> {
+    fn close(&self) {
+        let mut woken = Vec::new();
+        let idle = {
+            let mut st = self.state.lock();
+            let (idle, waiters) = st.core.close();
+            fail_all::<M>(waiters, || PoolError::Closed, &mut woken);
+            idle
+        };
+        woken.into_iter().for_each(Waker::wake);
+        drop(idle);
+        self.wake.notify_one();
+    }
+
     fn acquire_timed_out(&self, start: Instant) -> PoolError<BackendError<M>> {
         self.count_timeout(TimeoutKind::Acquire);
         PoolError::Timeout {
