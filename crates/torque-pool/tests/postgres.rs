@@ -229,3 +229,30 @@ async fn a_client_side_error_keeps_the_connection() {
     drop(conn);
     assert_eq!(pool.status().closed.broken, 0);
 }
+
+/// A cached statement the server no longer accepts (a table it reads was
+/// altered: SQLSTATE 0A000, "cached plan must not change result type") is
+/// dropped from the cache, so the next call prepares it again and works;
+/// kept, it would fail on that connection until the connection retires
+/// (30 min by default), for every caller that gets it, after any migration.
+#[tokio::test]
+async fn a_cached_statement_invalidated_by_a_schema_change_is_prepared_again() {
+    let db = pg_database().await;
+    let pool = pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE m (a int); INSERT INTO m VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(conn.query("SELECT * FROM m", &[]).await.unwrap().len(), 1);
+    conn.batch_execute("ALTER TABLE m ADD COLUMN b int")
+        .await
+        .unwrap();
+    // The server may refuse the stale statement once...
+    if let Err(e) = conn.query("SELECT * FROM m", &[]).await {
+        assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED), "{e}");
+    }
+    // ...but not for ever.
+    let rows = conn.query("SELECT * FROM m", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2, "both columns, as the table is now");
+    assert!(!conn.is_broken());
+}
