@@ -337,6 +337,22 @@ impl PgConnection {
         Ok(stmt)
     }
 
+    /// Drops `sql`'s cached statement when the server no longer accepts it:
+    /// a table it reads was altered (0A000, "cached plan must not change
+    /// result type") or the server forgot it (26000, after `DISCARD ALL` or
+    /// `DEALLOCATE`). Kept, it would fail on this connection until the
+    /// connection retires; dropped, the next call prepares it again.
+    fn forget_if_stale<R>(&self, sql: &str, result: &Result<R, Error>) {
+        if let Err(e) = result
+            && matches!(
+                e.code(),
+                Some(&SqlState::FEATURE_NOT_SUPPORTED | &SqlState::INVALID_SQL_STATEMENT_NAME)
+            )
+        {
+            self.statements.lock().remove(sql);
+        }
+    }
+
     /// Statements in the cache.
     pub fn cached_statements(&self) -> usize {
         self.statements.lock().len()
@@ -352,7 +368,9 @@ impl PgConnection {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.watch(self.client.query(&stmt, params)).await
+        let result = self.watch(self.client.query(&stmt, params)).await;
+        self.forget_if_stale(sql, &result);
+        result
     }
 
     /// [`Client::query_one`] through the statement cache, watched.
@@ -361,7 +379,9 @@ impl PgConnection {
     /// The server's or the connection's error, or not exactly one row.
     pub async fn query_one(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.watch(self.client.query_one(&stmt, params)).await
+        let result = self.watch(self.client.query_one(&stmt, params)).await;
+        self.forget_if_stale(sql, &result);
+        result
     }
 
     /// [`Client::query_opt`] through the statement cache, watched.
@@ -374,7 +394,9 @@ impl PgConnection {
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.watch(self.client.query_opt(&stmt, params)).await
+        let result = self.watch(self.client.query_opt(&stmt, params)).await;
+        self.forget_if_stale(sql, &result);
+        result
     }
 
     /// [`Client::execute`] through the statement cache, watched.
@@ -383,7 +405,9 @@ impl PgConnection {
     /// The server's or the connection's error.
     pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
         let stmt = self.prepare_cached(sql).await?;
-        self.watch(self.client.execute(&stmt, params)).await
+        let result = self.watch(self.client.execute(&stmt, params)).await;
+        self.forget_if_stale(sql, &result);
+        result
     }
 
     /// [`Client::simple_query`], watched.
