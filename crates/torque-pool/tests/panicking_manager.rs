@@ -163,3 +163,46 @@ async fn a_role_probe_that_panics_does_not_stop_role_checks() {
         .expect("served by the promoted host");
     assert_eq!(write.host(), 1);
 }
+
+/// A connect that panics is a failed connect: the next attempt comes after
+/// the reconnect backoff (10 ms, at most 50 ms while someone waits), not
+/// whenever the background task next happens to wake (its 500 ms
+/// maintenance interval, or the waiter's acquire timeout).
+#[tokio::test(start_paused = true)]
+async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() {
+    let fake = Fake::default();
+    let pool = Pool::builder(fake.clone())
+        .max_size(2)
+        .min_idle(0)
+        .keepalive_interval(None)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .seed(1)
+        .build()
+        .unwrap();
+    // One connection out: it could serve the waiter, so the waiter is not
+    // failed when the connect panics; it waits for the next attempt.
+    let _held = pool.get().await.unwrap();
+    fake.knobs.panic_in_create.store(true, Ordering::SeqCst);
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    wait_until(BOUND, || {
+        fake.creates() == 2 && pool.status().connecting == 0
+    })
+    .await;
+    fake.knobs.panic_in_create.store(false, Ordering::SeqCst);
+    let panicked_at = tokio::time::Instant::now();
+    let got = tokio::time::timeout(BOUND, waiter)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(got.unwrap(), 1);
+    let waited = panicked_at.elapsed();
+    assert!(
+        waited <= Duration::from_millis(100),
+        "served {waited:?} after the panic; the backoff is at most 50 ms"
+    );
+}
