@@ -489,6 +489,9 @@ impl<M: Manager> Drop for CreateGuard<M> {
             // The connect died with no error to report.
             fail_all::<M>(waiters, || PoolError::Closed, &mut woken);
             woken.into_iter().for_each(Waker::wake);
+            // As after any failed connect: the background task retries once
+            // the backoff has passed (it may be asleep until much later).
+            inner.wake.notify_one();
         }
     }
 }
