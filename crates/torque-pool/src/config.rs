@@ -11,7 +11,8 @@ use crate::pool::Pool;
 /// people who load settings from a file (`serde` feature). Pass it to
 /// [`PoolBuilder::config`], or set knobs one by one on the builder.
 ///
-/// Every timeout is on by default; none can be turned off, only lengthened.
+/// Every timeout is on by default; none can be turned off, only lengthened
+/// (any length is accepted: `Duration::MAX` waits as long as it takes).
 /// The struct is `#[non_exhaustive]` so that settings can be added: start from
 /// `PoolConfig::default()` and assign fields.
 ///
