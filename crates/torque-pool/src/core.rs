@@ -19,7 +19,7 @@ const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// accept any duration, and a caller who means "as long as it takes" may
 /// write `Duration::MAX`: that must mean "never", not a panic.
 pub(crate) fn later(t: Instant, d: Duration) -> Instant {
-    t.checked_add(d).unwrap_or(t + FAR)
+    t.checked_add(d).unwrap_or_else(|| t + FAR)
 }
 
 /// The state machine's settings, taken from [`PoolConfig`](crate::PoolConfig).
