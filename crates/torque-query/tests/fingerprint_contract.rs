@@ -357,3 +357,28 @@ fn string_constants_continued_across_a_newline_are_one_literal() {
         "SELECT * FROM t WHERE a = $1 AND b = $2",
     );
 }
+
+#[test]
+fn python_db_api_placeholders_are_placeholders() {
+    // psycopg's `%s` and `%(name)s`, as Django and SQLAlchemy print them.
+    same(
+        "SELECT \"app_user\".\"id\" FROM \"app_user\" WHERE \"app_user\".\"id\" = %s",
+        "SELECT app_user.id FROM app_user WHERE app_user.id = $1",
+    );
+    same(
+        "SELECT users.id FROM users WHERE users.id = %(id_1)s::INTEGER",
+        "SELECT users.id FROM users WHERE users.id = $1::integer",
+    );
+    same(
+        "SELECT * FROM t WHERE a IN (%s, %s, %s)",
+        "SELECT * FROM t WHERE a IN ($1)",
+    );
+    same(
+        "INSERT INTO t (a, b) VALUES (%s, %(b)s)",
+        "INSERT INTO t (a, b) VALUES ($1, $2)",
+    );
+    // The modulo operator stays an operator.
+    same("SELECT a % 2 FROM t", "SELECT a % 3 FROM t");
+    differ("SELECT a % 2 FROM t", "SELECT a 2 FROM t");
+    differ("SELECT a % s FROM t", "SELECT a ? FROM t");
+}
