@@ -16,7 +16,7 @@ pub(crate) enum Kind {
     Quoted,
     /// A string, number, bit/hex/escape/dollar-quoted string.
     Literal,
-    /// A bind parameter: `$1`, `?`, `:name`.
+    /// A bind parameter: `$1`, `?`, `:name`, `%s`, `%(name)s`.
     Param,
     /// An operator: `=`, `<>`, `>=`, `||`, `-`, ...
     Op,
@@ -327,6 +327,10 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
                 }
                 Kind::Param
             }
+            b'%' if pyformat_end(bytes, i, len).is_some() => {
+                i = pyformat_end(bytes, i, len).unwrap_or(i + 1);
+                Kind::Param
+            }
             b'?' if !(bytes.get(i + 1).copied().is_some_and(is_op_char)
                 || (i > 0 && is_op_char(bytes[i - 1]))) =>
             {
@@ -339,8 +343,10 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
                 i += 1;
                 while i < len && is_op_char(bytes[i]) {
                     // `a=-1`: stop before a comment start inside an operator.
+                    // `id=%s`: nor inside a placeholder.
                     if (bytes[i] == b'-' && bytes.get(i + 1) == Some(&b'-'))
                         || (bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*'))
+                        || (bytes[i] == b'%' && pyformat_end(bytes, i, len).is_some())
                     {
                         break;
                     }
@@ -398,6 +404,30 @@ fn push(out: &mut Vec<Token>, kind: Kind, kw: u8, upper: bool, start: usize, end
         start: start as u32,
         end: end as u32,
     });
+}
+
+/// The end of a Python DB-API placeholder at `i` (psycopg's `%s` and
+/// `%(name)s`, as Django and SQLAlchemy print statements), if one starts
+/// there: a `%` directly followed by `s` or a parenthesised name and `s`,
+/// and then no identifier character. The modulo operator is written with an
+/// operand after it; only `a%s` on a column named `s` reads otherwise.
+fn pyformat_end(bytes: &[u8], i: usize, len: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if bytes.get(j) == Some(&b'(') {
+        j += 1;
+        let name = j;
+        while j < len && is_ident_char(bytes[j]) && bytes[j] != b'$' {
+            j += 1;
+        }
+        if j == name || bytes.get(j) != Some(&b')') {
+            return None;
+        }
+        j += 1;
+    }
+    if bytes.get(j) != Some(&b's') || bytes.get(j + 1).copied().is_some_and(is_ident_char) {
+        return None;
+    }
+    Some(j + 1)
 }
 
 fn skip_digits(bytes: &[u8], mut i: usize, len: usize) -> usize {

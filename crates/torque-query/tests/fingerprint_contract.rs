@@ -377,6 +377,10 @@ fn python_db_api_placeholders_are_placeholders() {
         "INSERT INTO t (a, b) VALUES (%s, %(b)s)",
         "INSERT INTO t (a, b) VALUES ($1, $2)",
     );
+    same(
+        "UPDATE t SET a=%s WHERE id<>%s",
+        "UPDATE t SET a = $1 WHERE id <> $2",
+    );
     // The modulo operator stays an operator.
     same("SELECT a % 2 FROM t", "SELECT a % 3 FROM t");
     differ("SELECT a % 2 FROM t", "SELECT a 2 FROM t");
