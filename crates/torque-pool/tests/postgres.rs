@@ -256,3 +256,90 @@ async fn a_cached_statement_invalidated_by_a_schema_change_is_prepared_again() {
     assert_eq!(rows[0].len(), 2, "both columns, as the table is now");
     assert!(!conn.is_broken());
 }
+
+fn one_connection_pool(db: &TestDatabase) -> PgPool {
+    Pool::builder(PgManager::new(db.config()))
+        .max_size(1)
+        .min_idle(0)
+        .build()
+        .unwrap()
+}
+
+/// A connection handed back inside a transaction block (a `?` returned
+/// early between `BEGIN` and `COMMIT`) must not reach the next caller: in a
+/// failed block every statement fails with 25P02 until a `ROLLBACK`, and in
+/// a healthy one the next caller's writes would join someone else's
+/// transaction. The pool discards it instead.
+#[tokio::test]
+async fn a_connection_returned_inside_a_failed_transaction_is_not_reused() {
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn.simple_query("SELECT 1/0").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+}
+
+#[tokio::test]
+async fn a_connection_returned_inside_an_open_transaction_is_not_reused() {
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE tx (a int)").await.unwrap();
+    conn.execute("BEGIN", &[]).await.unwrap();
+    conn.execute("INSERT INTO tx VALUES (1)", &[])
+        .await
+        .unwrap();
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+    assert_eq!(
+        conn.query_one("SELECT count(*) FROM tx", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "the uncommitted insert was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_whose_transactions_ended_is_reused() {
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let mut conn = pool.get().await.unwrap();
+    let first = pid(&conn).await;
+    conn.batch_execute("CREATE TABLE ty (a int)").await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    conn.execute("INSERT INTO ty VALUES (1)", &[])
+        .await
+        .unwrap();
+    conn.batch_execute("COMMIT").await.unwrap();
+    conn.batch_execute("BEGIN; INSERT INTO ty VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    conn.simple_query("start transaction").await.unwrap();
+    conn.simple_query("SELECT 1/0").await.unwrap_err();
+    conn.simple_query("rollback").await.unwrap();
+    // tokio-postgres's own transactions roll back or commit themselves.
+    let tx = conn.transaction().await.unwrap();
+    tx.execute("INSERT INTO ty VALUES (3)", &[]).await.unwrap();
+    drop(tx);
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    assert_eq!(pid(&conn).await, first, "the same connection, reused");
+    assert_eq!(pool.status().closed.broken, 0);
+}
