@@ -147,6 +147,7 @@ where
             capacity: self.statement_cache_capacity,
             poisoned: AtomicBool::new(false),
             read_only_error: AtomicBool::new(false),
+            in_transaction: AtomicBool::new(false),
         })
     }
 
@@ -154,8 +155,12 @@ where
         conn.simple_query("SELECT 1").await.map(|_| ())
     }
 
+    /// Broken, or still inside a transaction block as far as its watched
+    /// methods saw ([`PgConnection::in_transaction`]): the next caller would
+    /// get someone else's transaction, or a failed one in which every
+    /// statement fails with 25P02 until a `ROLLBACK`.
     fn is_broken(&self, conn: &PgConnection) -> bool {
-        conn.is_broken()
+        conn.is_broken() || conn.in_transaction()
     }
 }
 
@@ -206,6 +211,8 @@ pub struct PgConnection {
     poisoned: AtomicBool,
     /// Saw SQLSTATE 25006: its server may have become a replica.
     read_only_error: AtomicBool,
+    /// Inside a transaction block, as far as the watched methods saw.
+    in_transaction: AtomicBool,
 }
 
 impl fmt::Debug for PgConnection {
@@ -286,6 +293,107 @@ fn is_client_side(err: &Error) -> bool {
         || (message.starts_with("expected ") && message.contains(" parameters but got "))
 }
 
+/// How a statement text leaves the transaction block, by the first words
+/// of each statement in it: `Some(true)` if its last `BEGIN` / `START`
+/// (or `COMMIT AND CHAIN`) is not followed by an end, `Some(false)` if it
+/// ends one (`COMMIT`, `END`, `ROLLBACK` but not `ROLLBACK TO`, `ABORT`,
+/// `PREPARE TRANSACTION`), `None` if it does neither.
+fn transaction_effect(sql: &str) -> Option<bool> {
+    let mut effect = None;
+    for statement in statements(sql) {
+        let mut words = statement
+            .split(|c: char| c.is_ascii_whitespace() || c == '(')
+            .filter(|w| !w.is_empty());
+        let Some(first) = words.next() else {
+            continue;
+        };
+        let rest: Vec<&str> = words.take(4).collect();
+        let is = |w: &str, kw: &str| w.eq_ignore_ascii_case(kw);
+        let has = |kw: &str| rest.iter().any(|w| is(w, kw));
+        if is(first, "begin") || is(first, "start") {
+            effect = Some(true);
+        } else if is(first, "commit")
+            || is(first, "end")
+            || is(first, "abort")
+            || (is(first, "rollback") && !has("to"))
+        {
+            // `AND CHAIN` starts the next transaction at once.
+            effect = Some(has("chain") && !has("no"));
+        } else if is(first, "prepare") && rest.first().is_some_and(|w| is(w, "transaction")) {
+            effect = Some(false);
+        }
+    }
+    effect
+}
+
+/// Whether any statement of `sql` opens a transaction block.
+fn sql_opens_block(sql: &str) -> bool {
+    statements(sql).any(|statement| transaction_effect(statement) == Some(true))
+}
+
+/// The statements of a text: split at each `;` outside quotes, dollar
+/// quotes and comments, with the comments left in (a statement's first
+/// words are read after white space only, so one that starts with a
+/// comment is not recognised, which errs towards keeping the connection
+/// as it is).
+fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    let bytes = sql.as_bytes();
+    let mut cuts = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => cuts.push(i),
+            b'\'' | b'"' => {
+                let quote = bytes[i];
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'$' => {
+                // `$tag$ ... $tag$` (a function or DO body); `$1` is no quote.
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                    .map(|n| i + 1 + n);
+                if let Some(t) = tag_end
+                    && bytes[t] == b'$'
+                    && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    let tag = &bytes[i..=t];
+                    let body = t + 1;
+                    i = bytes[body..]
+                        .windows(tag.len())
+                        .position(|w| w == tag)
+                        .map_or(bytes.len(), |n| body + n + tag.len() - 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut start = 0;
+    cuts.push(bytes.len());
+    cuts.into_iter().map(move |cut| {
+        // Cuts fall on ASCII `;` or the end: char boundaries.
+        let statement = sql.get(start..cut).unwrap_or("");
+        start = cut + 1;
+        statement
+    })
+}
+
 impl PgConnection {
     /// Whether this connection must not be reused.
     pub fn is_broken(&self) -> bool {
@@ -303,6 +411,35 @@ impl PgConnection {
         if err.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
             self.read_only_error.store(true, Ordering::Relaxed);
         }
+        if err.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) {
+            self.in_transaction.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this connection is inside a transaction block, as far as the
+    /// methods defined here saw: a `BEGIN` (or `START TRANSACTION`) run
+    /// through them and not yet ended through them, or a statement refused
+    /// with SQLSTATE 25P02 (the block failed). The pool discards a
+    /// connection handed back in that state. Transactions made with
+    /// tokio-postgres's own `transaction()` (through `Deref`) end
+    /// themselves, committed or rolled back on drop, and are not tracked.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Relaxed)
+    }
+
+    /// Follows the transaction block through a statement text that ran
+    /// (`ok`) or failed.
+    fn track(&self, sql: &str, ok: bool) {
+        let effect = transaction_effect(sql);
+        let now = match (effect, ok) {
+            (Some(state), true) => state,
+            // A failed text that opened a block may have failed inside it,
+            // which leaves the block open (and failed); a failed end
+            // (`COMMIT` of a deferred violation) still ends it.
+            (Some(state), false) => state || sql_opens_block(sql),
+            (None, _) => return,
+        };
+        self.in_transaction.store(now, Ordering::Relaxed);
     }
 
     async fn watch<R>(&self, fut: impl Future<Output = Result<R, Error>>) -> Result<R, Error> {
@@ -370,6 +507,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
+        self.track(sql, result.is_ok());
         result
     }
 
@@ -381,6 +519,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query_one(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
+        self.track(sql, result.is_ok());
         result
     }
 
@@ -396,6 +535,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query_opt(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
+        self.track(sql, result.is_ok());
         result
     }
 
@@ -407,6 +547,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.execute(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
+        self.track(sql, result.is_ok());
         result
     }
 
@@ -415,7 +556,9 @@ impl PgConnection {
     /// # Errors
     /// The server's or the connection's error.
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
-        self.watch(self.client.simple_query(sql)).await
+        let result = self.watch(self.client.simple_query(sql)).await;
+        self.track(sql, result.is_ok());
+        result
     }
 
     /// [`Client::batch_execute`], watched.
@@ -423,6 +566,55 @@ impl PgConnection {
     /// # Errors
     /// The server's or the connection's error.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
-        self.watch(self.client.batch_execute(sql)).await
+        let result = self.watch(self.client.batch_execute(sql)).await;
+        self.track(sql, result.is_ok());
+        result
+    }
+}
+
+#[cfg(test)]
+mod transaction_tests {
+    use super::transaction_effect;
+
+    #[test]
+    fn statements_that_open_and_end_transaction_blocks() {
+        for (sql, want) in [
+            ("BEGIN", Some(true)),
+            ("begin isolation level serializable", Some(true)),
+            ("START TRANSACTION READ ONLY", Some(true)),
+            ("COMMIT", Some(false)),
+            ("end", Some(false)),
+            ("ROLLBACK", Some(false)),
+            ("rollback work", Some(false)),
+            ("ABORT", Some(false)),
+            ("ROLLBACK TO SAVEPOINT a", None),
+            ("rollback to a", None),
+            ("ROLLBACK TRANSACTION TO SAVEPOINT a", None),
+            ("COMMIT AND CHAIN", Some(true)),
+            ("COMMIT AND NO CHAIN", Some(false)),
+            ("PREPARE TRANSACTION 'x'", Some(false)),
+            ("BEGIN; INSERT INTO t VALUES (1); COMMIT;", Some(false)),
+            ("INSERT INTO t VALUES ('a;begin')", None),
+            ("SELECT 1; BEGIN", Some(true)),
+            ("SELECT 1", None),
+            ("SAVEPOINT a", None),
+            // Bodies in dollar quotes are not statements of the text.
+            ("DO $$ BEGIN PERFORM 1; END $$", None),
+            (
+                "CREATE FUNCTION f() RETURNS int AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$ LANGUAGE plpgsql",
+                None,
+            ),
+            ("BEGIN; DO $$ BEGIN PERFORM 1; END $$", Some(true)),
+            ("SELECT $1::int", None),
+            ("-- c; begin\nSELECT 1", None),
+            ("/* ; begin */ SELECT 1", None),
+            ("SELECT '$a$'; COMMIT", Some(false)),
+            ("", None),
+            (";;", None),
+            ("$", None),
+            ("SELECT $a", None),
+        ] {
+            assert_eq!(transaction_effect(sql), want, "{sql:?}");
+        }
     }
 }
