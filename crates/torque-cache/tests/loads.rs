@@ -523,6 +523,26 @@ fn an_async_loader_calling_the_blocking_load_of_its_own_key_panics() {
 }
 
 #[test]
+fn an_async_loader_closure_calling_the_blocking_load_of_its_own_key_panics() {
+    // The closure runs (to make its future) after this call leads the load
+    // and on its thread, so it is part of the loader as much as the future
+    // is: a blocking load of the key from it waits for itself.
+    let inner: LocalCache<u32, u32> = LocalCache::new(10);
+
+    let panicked = panics_instead_of_hanging(move || {
+        current_thread_runtime().block_on(async {
+            let _ = inner
+                .get_or_load_async(1, || {
+                    let v = inner.get_or_load(1, || Ok::<_, ()>(2)).map_err(|_| ());
+                    async move { v }
+                })
+                .await;
+        });
+    });
+    assert!(panicked);
+}
+
+#[test]
 fn a_blocking_loader_blocking_on_the_async_load_of_its_own_key_panics() {
     let inner: LocalCache<u32, u32> = LocalCache::new(10);
 
