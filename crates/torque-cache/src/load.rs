@@ -562,9 +562,14 @@ where
         };
         let me = Arc::as_ptr(&slot) as usize;
         let guard = self.lead(key, slot);
-        // Each poll of the loader is listed in `POLLING`, so that a wait for
-        // this load from inside it is caught instead of hanging.
-        let mut loading = std::pin::pin!(load());
+        // The call that makes the loader's future and each poll of it are
+        // listed in `POLLING`, so that a wait for this load from inside
+        // either is caught instead of hanging.
+        let loading = {
+            let _polling = PollingLoad::enter(me);
+            load()
+        };
+        let mut loading = std::pin::pin!(loading);
         let result = std::future::poll_fn(|cx| {
             let _polling = PollingLoad::enter(me);
             loading.as_mut().poll(cx)
