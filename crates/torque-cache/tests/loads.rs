@@ -607,3 +607,88 @@ async fn until_joined(cache: &LocalCache<u32, u32>) {
     .await
     .expect("the follower did not arrive");
 }
+
+/// A key whose next drop panics once `bomb` is set (clones share it).
+#[derive(Debug, Clone)]
+struct Bomb(u32, Arc<std::sync::atomic::AtomicBool>);
+
+impl PartialEq for Bomb {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Bomb {}
+
+impl std::hash::Hash for Bomb {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.1.swap(false, Ordering::SeqCst) {
+            panic!("a key's drop panics");
+        }
+    }
+}
+
+#[test]
+fn a_key_drop_that_panics_as_a_load_ends_still_gives_its_waiters_the_outcome() {
+    // The first key dropped after the loader returns is the in-flight map's
+    // copy, as the leader leaves the map. Its panic reaches the leader's
+    // caller; the waiters must still get the value (or retry), not wait for
+    // a slot that nobody will complete. Likewise when the loader fails.
+    for fails in [false, true] {
+        let cache: LocalCache<Bomb, u32> = LocalCache::new(10);
+        let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = Arc::new(Notify::new());
+        let started = Arc::new(Notify::new());
+        let rt = current_thread_runtime();
+        let (led, followed) = rt.block_on(async {
+            let leader = {
+                let (cache, bomb, gate, started) =
+                    (cache.clone(), bomb.clone(), gate.clone(), started.clone());
+                tokio::spawn(async move {
+                    let key = Bomb(1, Arc::clone(&bomb));
+                    cache
+                        .get_or_load_async(key, || async move {
+                            started.notify_one();
+                            gate.notified().await;
+                            bomb.store(true, Ordering::SeqCst);
+                            if fails { Err(()) } else { Ok(5) }
+                        })
+                        .await
+                })
+            };
+            started.notified().await;
+            let follower = {
+                let (cache, bomb) = (cache.clone(), bomb.clone());
+                tokio::spawn(async move {
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        cache.get_or_load_async(Bomb(1, bomb), || async { Ok::<_, ()>(6) }),
+                    )
+                    .await
+                })
+            };
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while cache.stats().misses < 2 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the follower did not arrive");
+            gate.notify_one();
+            (leader.await, follower.await.expect("the follower does not panic"))
+        });
+        assert!(led.is_err(), "the leader's key drop panicked");
+        let followed = followed.expect("the follower got the outcome instead of waiting forever");
+        // A failure is shared with the waiters, like a value.
+        assert_eq!(
+            followed.map_err(|e| *e),
+            if fails { Err(()) } else { Ok(5) }
+        );
+    }
+}
