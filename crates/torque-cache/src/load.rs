@@ -284,8 +284,10 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
         let mut pending = self.cache.inner.loads.pending.lock();
         let left = self.leave(&mut pending);
         drop(pending);
-        drop(left);
+        // Waiters first: the key's `Drop` may panic, and the slot must not
+        // be left running with nobody to complete it.
         self.slot.complete(state);
+        drop(left);
     }
 
     /// Takes this load out of the in-flight map; returns the map's entry,
@@ -362,8 +364,11 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 self.done = true;
                 let left = self.leave(&mut pending);
                 drop(pending);
-                drop((left, unstored));
+                // Waiters before any drop: a key's or value's `Drop` may
+                // panic, and the slot must not be left running with nobody
+                // to complete it.
                 self.slot.complete(SlotState::Loaded(value.clone()));
+                drop((left, unstored));
                 self.cache.notify(&mut removed);
                 Ok(value)
             }
