@@ -288,7 +288,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     #[inline(never)]
-    fn tell(listener: &Listener<K, V>, removed: Removed<K, V>) {
+    fn tell(listener: &Listener<K, V>, removed: impl IntoIterator<Item = (K, V, RemovalCause)>) {
         for (key, value, cause) in removed {
             listener(&key, &value, cause);
         }
@@ -704,10 +704,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let before = shard.weight();
             // Expired entries leave as expired, as with `remove`.
             shard.sweep(timing, &mut removed);
-            shard.clear(&mut removed);
+            let cleared = shard.clear();
             drop(shard);
             self.add_weight(before, 0);
             self.notify(&mut removed);
+            if let Some(listener) = &self.inner.listener {
+                Self::tell(listener, cleared);
+            }
         }
     }
 

@@ -58,7 +58,7 @@ impl Times {
 /// (48 for `u64` keys and values), so more of the cache fits in the CPU's
 /// caches.
 #[derive(Debug)]
-struct Cell<K, V> {
+pub(crate) struct Cell<K, V> {
     hash: u64,
     /// Bumped whenever a timer is armed for this cell or its entry leaves, so
     /// that a stale heap record is recognised and dropped.
@@ -164,12 +164,6 @@ impl<K, V> Removed<K, V> {
         self.rest.push(item);
     }
 
-    /// Room for `n` more, for a removal of many at once.
-    fn reserve(&mut self, n: usize) {
-        self.rest
-            .reserve(n.saturating_sub(usize::from(self.first.is_none())));
-    }
-
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.first.is_none()
@@ -189,6 +183,28 @@ impl<K, V> IntoIterator for Removed<K, V> {
     /// In the order they left.
     fn into_iter(self) -> Self::IntoIter {
         self.first.into_iter().chain(self.rest)
+    }
+}
+
+/// The entries a [`Shard::clear`] took: the shard's whole arena, handed out
+/// as it was, so that clearing a shard moves and allocates nothing under
+/// its lock (a list of the entries, like [`Removed`], would hold a second
+/// copy of every key and value at once), and they are told to the
+/// listener and dropped after the lock is released.
+#[derive(Debug)]
+pub(crate) struct Cleared<K, V>(Vec<Cell<K, V>>);
+
+impl<K, V> IntoIterator for Cleared<K, V> {
+    type Item = (K, V, RemovalCause);
+    type IntoIter =
+        std::iter::FilterMap<std::vec::IntoIter<Cell<K, V>>, fn(Cell<K, V>) -> Option<Self::Item>>;
+
+    /// In slot order; the entries not yet taken are dropped with the
+    /// iterator.
+    fn into_iter(self) -> Self::IntoIter {
+        let entry: fn(Cell<K, V>) -> Option<Self::Item> =
+            |cell| cell.entry.map(|e| (e.key, e.value, RemovalCause::Removed));
+        self.0.into_iter().filter_map(entry)
     }
 }
 
@@ -711,25 +727,23 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         freed
     }
 
-    /// Removes every entry with [`RemovalCause::Removed`]; returns the freed
-    /// weight.
-    pub(crate) fn clear(&mut self, removed: &mut Removed<K, V>) -> u64 {
-        let freed = self.weight;
-        removed.reserve(self.table.len());
-        for cell in &mut self.cells {
-            if let Some(entry) = cell.entry.take() {
+    /// Removes every entry with [`RemovalCause::Removed`] and returns them,
+    /// for the caller to tell the listener of and drop after unlocking.
+    pub(crate) fn clear(&mut self) -> Cleared<K, V> {
+        for cell in &self.cells {
+            if cell.entry.is_some() {
                 self.counters.count(RemovalCause::Removed);
-                removed.push((entry.key, entry.value, RemovalCause::Removed));
             }
         }
-        self.cells.clear();
+        // The arena goes with its entries (and its memory with them).
+        let cells = std::mem::take(&mut self.cells);
         self.times.clear();
         self.free.clear();
         self.table.clear();
         self.timers.clear();
         self.policy.clear();
         self.weight = 0;
-        freed
+        Cleared(cells)
     }
 
     /// Removes the entries for which `keep` says false; returns the freed
