@@ -681,7 +681,10 @@ fn a_key_drop_that_panics_as_a_load_ends_still_gives_its_waiters_the_outcome() {
             .await
             .expect("the follower did not arrive");
             gate.notify_one();
-            (leader.await, follower.await.expect("the follower does not panic"))
+            (
+                leader.await,
+                follower.await.expect("the follower does not panic"),
+            )
         });
         assert!(led.is_err(), "the leader's key drop panicked");
         let followed = followed.expect("the follower got the outcome instead of waiting forever");
@@ -691,4 +694,54 @@ fn a_key_drop_that_panics_as_a_load_ends_still_gives_its_waiters_the_outcome() {
             if fails { Err(()) } else { Ok(5) }
         );
     }
+}
+
+/// Polls `fut` once, with a waker that does nothing.
+fn poll_once<F: std::future::Future>(fut: F) -> std::task::Poll<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::pin!(fut).as_mut().poll(&mut cx)
+}
+
+/// Loads a key asynchronously when dropped, and reports whether it got it.
+struct LoadsOnDrop {
+    cache: LocalCache<u32, u32>,
+    done: std::sync::mpsc::Sender<bool>,
+}
+
+impl Drop for LoadsOnDrop {
+    fn drop(&mut self) {
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_once(self.cache.get_or_load_async(1, || async { Ok::<_, ()>(2) }))
+        }));
+        let _ = self
+            .done
+            .send(matches!(loaded, Ok(std::task::Poll::Ready(Ok(2)))));
+    }
+}
+
+thread_local! {
+    static LATE: std::cell::RefCell<Option<LoadsOnDrop>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn an_async_load_from_a_thread_local_destructor_loads() {
+    // Thread-locals are destroyed in the reverse order of their first use:
+    // `LATE`, used first, is dropped after the cache's own thread-locals,
+    // which the load in between used. Its load must still work.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        LATE.with(|late| {
+            *late.borrow_mut() = Some(LoadsOnDrop {
+                cache: cache.clone(),
+                done: done_tx,
+            });
+        });
+        let first = poll_once(cache.get_or_load_async(0, || async { Ok::<_, ()>(0) }));
+        assert!(matches!(first, std::task::Poll::Ready(Ok(0))));
+    });
+    let loaded = done
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the destructor ran");
+    assert!(loaded, "the load from a thread-local destructor panicked");
 }
