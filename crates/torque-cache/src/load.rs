@@ -52,15 +52,17 @@ struct PollingLoad(usize);
 
 impl PollingLoad {
     fn enter(slot: usize) -> Self {
-        POLLING.with(|p| p.borrow_mut().push(slot));
+        // `try_with`: from a thread-local destructor that runs after
+        // `POLLING`'s, the load goes unlisted (and a wait for itself from
+        // inside it is not caught) rather than panicking.
+        let _ = POLLING.try_with(|p| p.borrow_mut().push(slot));
         Self(slot)
     }
 }
 
 impl Drop for PollingLoad {
     fn drop(&mut self) {
-        // `try_with`: a loader polled from a thread-local destructor after
-        // this one's must not panic here.
+        // `try_with`: see `enter`.
         let _ = POLLING.try_with(|p| {
             let mut p = p.borrow_mut();
             if let Some(i) = p.iter().rposition(|&s| s == self.0) {
