@@ -745,3 +745,41 @@ fn an_async_load_from_a_thread_local_destructor_loads() {
         .expect("the destructor ran");
     assert!(loaded, "the load from a thread-local destructor panicked");
 }
+
+#[test]
+fn a_key_drop_that_panics_as_a_load_ends_still_lets_the_listener_hear_of_its_evictions() {
+    // The loaded value's write evicts key 2; the map's copy of key 1 then
+    // panics as it is dropped. The eviction is counted, so the listener
+    // must hear of it too.
+    let told = Arc::new(AtomicUsize::new(0));
+    let cache: LocalCache<Bomb, u32> = {
+        let told = Arc::clone(&told);
+        LocalCache::builder()
+            .max_capacity(1)
+            .shards(1)
+            .policy(torque_cache::Policy::Lru)
+            .eviction_listener(move |k: &Bomb, _, _| {
+                if k.0 == 2 {
+                    told.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build()
+            .expect("valid config")
+    };
+    cache.insert(Bomb(2, Arc::default()), 2);
+    let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let key = Bomb(1, Arc::clone(&bomb));
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_load(key, || {
+            bomb.store(true, Ordering::SeqCst);
+            Ok::<_, ()>(1)
+        })
+    }));
+    assert!(loaded.is_err(), "the key's drop panicked");
+    assert_eq!(cache.stats().evictions.capacity, 1);
+    assert_eq!(
+        told.load(Ordering::SeqCst),
+        1,
+        "the listener heard of the eviction"
+    );
+}
