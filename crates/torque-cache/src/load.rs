@@ -366,12 +366,13 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 self.done = true;
                 let left = self.leave(&mut pending);
                 drop(pending);
-                // Waiters before any drop: a key's or value's `Drop` may
-                // panic, and the slot must not be left running with nobody
-                // to complete it.
+                // Waiters and listener before any drop: a key's or value's
+                // `Drop` may panic, and the slot must not be left running
+                // with nobody to complete it, nor a counted departure go
+                // untold.
                 self.slot.complete(SlotState::Loaded(value.clone()));
-                drop((left, unstored));
                 self.cache.notify(&mut removed);
+                drop((left, unstored));
                 Ok(value)
             }
             Err(error) => {
