@@ -520,7 +520,12 @@ where
     /// inner call panics instead of waiting forever for the load it is part
     /// of, as [`get_or_load`](Self::get_or_load) does; the load is then
     /// abandoned. A wait from a task the loader spawns and awaits cannot be
-    /// told from an ordinary waiter, and still waits forever.
+    /// told from an ordinary waiter, and still waits forever. The other way
+    /// round, a task that merely waits for the key is taken for part of the
+    /// loader, and panics, when the loader's own thread polls it from inside
+    /// the loader: a task of a current-thread runtime or `LocalSet` that a
+    /// loader drives (`block_on`, `run_until`), even one the loader does not
+    /// wait for.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
