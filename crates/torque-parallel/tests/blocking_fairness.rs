@@ -182,3 +182,66 @@ async fn a_dropped_batch_at_the_head_of_the_line_lets_the_next_in() {
     })
     .await;
 }
+
+/// Records its wake-ups, to tell whether a future asks to be polled again
+/// (a runtime's timer would poll it anyway, hiding a lost wake-up).
+struct Notify(std::sync::Mutex<mpsc::Sender<()>>);
+
+impl std::task::Wake for Notify {
+    fn wake(self: Arc<Self>) {
+        let _ = self.0.lock().unwrap().send(());
+    }
+}
+
+/// Regression: a cancel that landed during a batch's first poll, after its
+/// item had joined the wait line, left the batch pending and never woken
+/// until room freed up (here: until another batch's job ended), not within
+/// the cancel bound. The poll saw the cancel only after the wait line, took
+/// the batch's queued jobs back and stopped listening to the token, but left
+/// its own job in the line, where only an admission would wake it. The
+/// weigher cancels, to land a cancel from elsewhere in that window
+/// deterministically.
+#[test]
+fn regression_a_cancel_during_the_first_poll_ends_a_batch_waiting_for_room() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    // Another batch holds part of the budget until the end of the test.
+    let (hold, mut held) = light(&p);
+    assert!(poll_once(&mut held).is_pending(), "held by its gate");
+    let cancel = token.clone();
+    let mut batch = p.with_cancel(token).blocking().map_weighted_async(
+        vec![()],
+        move |_| {
+            cancel.cancel();
+            HEAVY
+        },
+        |()| Ok::<(), Infallible>(()),
+    );
+    let (woken_tx, woken) = mpsc::channel();
+    let waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(woken_tx))));
+    let out = loop {
+        if let Poll::Ready(out) = Pin::new(&mut batch).poll(&mut Context::from_waker(&waker)) {
+            break out;
+        }
+        woken
+            .recv_timeout(LIVENESS)
+            .expect("a cancelled batch is woken while another batch holds the room it waits for");
+    };
+    assert!(matches!(out[..], [Err(ItemError::Cancelled)]), "{out:?}");
+    hold.send(()).unwrap();
+    let (done_tx, done) = mpsc::channel();
+    let waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(done_tx))));
+    let out = loop {
+        if let Poll::Ready(out) = held.as_mut().poll(&mut Context::from_waker(&waker)) {
+            break out;
+        }
+        done.recv_timeout(LIVENESS)
+            .expect("the light item finishes");
+    };
+    assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    assert_eq!(p.stats().blocking_in_flight_weight, 0);
+}
