@@ -728,6 +728,25 @@ where
         }
         if !this.skipped && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.skipped = true;
+            // A cancel since the wait line was looked at above: the job
+            // left there would hold the batch (no longer listening to the
+            // token) until admitted, which may take another batch's long
+            // job; and the items behind it would wait for that poll.
+            if let Some(ticket) = this.waiting.take() {
+                let (job, wake) = {
+                    let mut st = lock(&shared.state);
+                    shared.withdraw(&mut st, ticket)
+                };
+                wake.run(shared);
+                if let Some(job) = job {
+                    (job.run)(false);
+                }
+            }
+            for (i, item) in this.items.by_ref() {
+                drop(item);
+                batch.complete(i, Err(ItemError::Cancelled), false);
+            }
+            // After the withdrawal: a job admitted meanwhile is queued.
             shared.skip_queued(owner_of(batch));
         }
         let mut st = lock(&batch.state);
