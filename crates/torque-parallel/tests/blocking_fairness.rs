@@ -245,3 +245,109 @@ fn regression_a_cancel_during_the_first_poll_ends_a_batch_waiting_for_room() {
     assert!(matches!(out[..], [Ok(())]), "{out:?}");
     assert_eq!(p.stats().blocking_in_flight_weight, 0);
 }
+
+/// A waker that, on its first wake-up, reports it and holds the waking
+/// thread until told to go: it parks a worker between finishing a job and
+/// taking the next one from the queue.
+struct Stall {
+    entered: std::sync::Mutex<mpsc::Sender<()>>,
+    go: std::sync::Mutex<mpsc::Receiver<()>>,
+    once: AtomicBool,
+}
+
+impl std::task::Wake for Stall {
+    fn wake(self: Arc<Self>) {
+        if !self.once.swap(true, SeqCst) {
+            let _ = self.entered.lock().unwrap().send(());
+            let _ = self.go.lock().unwrap().recv_timeout(LIVENESS);
+        }
+    }
+}
+
+/// One item in a batch of its own that reports when it starts (`started`)
+/// and then holds its worker until its gate opens (or its opener is
+/// dropped).
+fn gated(p: &Processor, started: &mpsc::Sender<()>) -> (mpsc::Sender<()>, Light) {
+    let (open, gate) = mpsc::channel::<()>();
+    let started = std::sync::Mutex::new(started.clone());
+    let batch = p
+        .blocking()
+        .try_map_async(vec![gate], move |gate: mpsc::Receiver<()>| {
+            let _ = started.lock().unwrap().send(());
+            let _ = gate.recv();
+            Ok::<(), Infallible>(())
+        });
+    (open, Box::pin(batch))
+}
+
+/// Regression: a job waiting in line for room in the queue was admitted
+/// only when some job ended, not when a worker took a job out of the queue.
+/// Two workers that ended their jobs while the queue was full (no room for
+/// the waiting one) then shared out the one queued job: one of them took
+/// it, the other found the queue empty and went idle, while the waiting job
+/// stayed in line until some job ended — here, never before the job running
+/// alongside ends, so the second worker sat idle with work waiting.
+#[test]
+fn regression_a_job_waiting_for_queue_room_gets_in_when_a_worker_takes_the_queued_one() {
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let wait_start = |what: &str| {
+        started
+            .recv_timeout(LIVENESS)
+            .unwrap_or_else(|_| panic!("{what} starts"));
+    };
+    // Both workers busy; the worker that ends the first job will stall in
+    // that batch's wake-up, before it looks at the queue again.
+    let (entered_tx, entered) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
+    let stall = Waker::from(Arc::new(Stall {
+        entered: std::sync::Mutex::new(entered_tx),
+        go: std::sync::Mutex::new(go_rx),
+        once: AtomicBool::new(false),
+    }));
+    let (open_a, mut a) = gated(&p, &started_tx);
+    assert!(
+        a.as_mut()
+            .poll(&mut Context::from_waker(&stall))
+            .is_pending()
+    );
+    wait_start("the first job");
+    let (open_b, mut b) = gated(&p, &started_tx);
+    assert!(poll_once(&mut b).is_pending());
+    wait_start("the second job");
+    // The queue holds one job; the next waits in line for room.
+    let (open_queued, mut queued) = gated(&p, &started_tx);
+    assert!(poll_once(&mut queued).is_pending());
+    assert_eq!(p.stats().blocking_queued, 1);
+    let (open_waiting, mut waiting) = gated(&p, &started_tx);
+    assert!(poll_once(&mut waiting).is_pending());
+    // The first job ends; its worker stalls with the queue still full.
+    open_a.send(()).unwrap();
+    entered.recv_timeout(LIVENESS).expect("the first job ends");
+    // The second job ends; its worker takes the queued job.
+    open_b.send(()).unwrap();
+    wait_start("the queued job");
+    // The stalled worker goes on and finds the queue empty: the waiting job
+    // must have got in when the queued one left the queue, to run now.
+    go.send(()).unwrap();
+    wait_start("the job that waited for queue room, beside the one that was queued");
+    for open in [open_queued, open_waiting] {
+        open.send(()).unwrap();
+    }
+    let (done_tx, done) = mpsc::channel();
+    let waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(done_tx))));
+    for batch in [&mut a, &mut b, &mut queued, &mut waiting] {
+        let out = loop {
+            if let Poll::Ready(out) = batch.as_mut().poll(&mut Context::from_waker(&waker)) {
+                break out;
+            }
+            done.recv_timeout(LIVENESS).expect("the batch ends");
+        };
+        assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    }
+    assert_eq!(p.stats().blocking_queued, 0);
+}
