@@ -215,11 +215,15 @@ impl Shared {
     fn worker(self: Arc<Self>) {
         ON_WORKER.with(|w| w.set(true));
         loop {
-            let job = {
+            let (job, wake) = {
                 let mut st = lock(&self.state);
                 loop {
                     if let Some(job) = st.queue.pop_front() {
-                        break job;
+                        // The queue has room now: a job waiting for it gets
+                        // in (a job that ends admits too, but it may have
+                        // found the queue still full before this pop).
+                        let wake = (!st.waiting.is_empty()).then(|| self.admit_waiting(&mut st));
+                        break (job, wake);
                     }
                     if st.shutdown {
                         st.live_workers -= 1;
@@ -231,6 +235,9 @@ impl Shared {
                         .unwrap_or_else(PoisonError::into_inner);
                 }
             };
+            if let Some(wake) = wake {
+                wake.run(&self);
+            }
             (job.run)(true);
         }
     }
