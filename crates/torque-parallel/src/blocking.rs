@@ -219,10 +219,14 @@ impl Shared {
                 let mut st = lock(&self.state);
                 loop {
                     if let Some(job) = st.queue.pop_front() {
-                        // The queue has room now: a job waiting for it gets
-                        // in (a job that ends admits too, but it may have
-                        // found the queue still full before this pop).
-                        let wake = (!st.waiting.is_empty()).then(|| self.admit_waiting(&mut st));
+                        // The queue was full and has room now: a job waiting
+                        // for it gets in (a job that ends admits too, but it
+                        // may have found the queue still full before this
+                        // pop). A pop from a queue with room frees nothing a
+                        // waiting job lacks.
+                        let made_room = st.queue.len() + 1 >= self.queue_capacity;
+                        let wake = (made_room && !st.waiting.is_empty())
+                            .then(|| self.admit_waiting(&mut st));
                         break (job, wake);
                     }
                     if st.shutdown {
