@@ -13,7 +13,8 @@
 //! that finds no room joins a wait line, and once anyone waits, later
 //! arrivals queue behind it even if they would fit, so a heavy item is not
 //! starved by a stream of light ones slipping past it. Whoever frees room
-//! (a finishing job) moves the jobs at the head of the line into the queue
+//! (a finishing job, a worker taking a job out of a full queue, a feeder
+//! leaving the line) moves the jobs at the head of the line into the queue
 //! itself, so a waiting feeder need not be polled for its job to get in.
 
 use std::cell::Cell;
