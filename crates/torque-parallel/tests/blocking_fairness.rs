@@ -351,3 +351,64 @@ fn regression_a_job_waiting_for_queue_room_gets_in_when_a_worker_takes_the_queue
     }
     assert_eq!(p.stats().blocking_queued, 0);
 }
+
+/// Polls `fut` on this thread until it is ready, or gives up (`None`) when
+/// it is not woken within `limit`.
+fn block_on_for<F: Future + Unpin>(mut fut: F, limit: Duration) -> Option<F::Output> {
+    let (woken_tx, woken) = mpsc::channel();
+    let waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(woken_tx))));
+    loop {
+        if let Poll::Ready(out) = Pin::new(&mut fut).poll(&mut Context::from_waker(&waker)) {
+            return Some(out);
+        }
+        woken.recv_timeout(limit).ok()?;
+    }
+}
+
+/// Regression: a `map_async` batch awaited inside a blocking job queued its
+/// items like any other batch, so once admission became first come, first
+/// served they waited behind a heavy item that itself waited for the job's
+/// weight: a deadlock (before, the nested item slipped past when it fit). A
+/// batch started from inside a blocking job runs inline on that job's
+/// thread, as the synchronous `map` already did.
+#[test]
+fn regression_a_map_async_awaited_inside_a_blocking_job_runs_inline() {
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    let (started_tx, started) = mpsc::channel();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let (started_tx, go) = (std::sync::Mutex::new(started_tx), std::sync::Mutex::new(go));
+    let inner = p.clone();
+    let mut outer = p.blocking().map_weighted_async(
+        vec![()],
+        |_| LIGHT,
+        move |()| {
+            started_tx.lock().unwrap().send(()).unwrap();
+            let _ = go.lock().unwrap().recv();
+            let nested = inner.blocking().map_async(vec![1u32, 2], |x| x + 1);
+            Ok::<_, Infallible>(block_on_for(nested, LIVENESS))
+        },
+    );
+    assert!(poll_once(&mut outer).is_pending());
+    started
+        .recv_timeout(LIVENESS)
+        .expect("the outer job starts");
+    // A heavy item waits for the outer job's weight.
+    let mut heavy =
+        p.blocking()
+            .map_weighted_async(vec![()], |_| HEAVY, |()| Ok::<(), Infallible>(()));
+    assert!(poll_once(&mut heavy).is_pending(), "no room for it yet");
+    go_tx.send(()).unwrap();
+    let out = block_on_for(outer, LIVENESS).expect("the outer batch ends");
+    let nested = match &out[..] {
+        [Ok(nested)] => nested.as_ref().expect("the nested batch ends"),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(nested[..], [Ok(2), Ok(3)]), "{nested:?}");
+    let out = block_on_for(heavy, LIVENESS).expect("the heavy batch ends");
+    assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    assert_eq!(p.stats().blocking_in_flight_weight, 0);
+}
