@@ -720,6 +720,21 @@ where
                 drop(replaced);
             }
         }
+        if this.waiting.is_none() && this.items.len() > 0 && ON_WORKER.with(Cell::get) {
+            // Polled on a pool thread (a job awaiting a nested batch): as in
+            // `run`, the items run here, for waiting for room from a worker
+            // could wait for this very job (queued behind an item that
+            // waits for its weight).
+            for (i, item) in this.items.by_ref() {
+                let result = if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                    drop(item);
+                    Err(ItemError::Cancelled)
+                } else {
+                    run_owned(&*this.f, item)
+                };
+                batch.complete(i, result, false);
+            }
+        }
         while this.waiting.is_none()
             && let Some((i, item)) = this.items.next()
         {
