@@ -43,6 +43,7 @@
 //! decide how far to split (so skewed costs balance), the grain only stops it
 //! from splitting below the point where a split costs more than it saves.
 
+use crate::outcome::caught_panics;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -300,9 +301,13 @@ impl Cpu {
                     work.seq(items, acc);
                 } else {
                     slot.untimed_ps.store(0, Relaxed);
+                    let panics = caught_panics();
                     let start = Instant::now();
                     work.seq(items, acc);
-                    record(slot, start.elapsed().saturating_sub(self.clock), n);
+                    // A panic's cost (hook, backtrace) is not the items'.
+                    if caught_panics() == panics {
+                        record(slot, start.elapsed().saturating_sub(self.clock), n);
+                    }
                 }
                 return;
             }
@@ -323,7 +328,13 @@ impl Cpu {
         };
         // Timed sequential prefix, growing ×2, escaping to rayon when the
         // rest is predicted to be worth a dispatch.
-        let start = Instant::now();
+        // The timing restarts after a stretch in which an item panicked: a
+        // panic's cost (the hook's message, a backtrace: milliseconds in a
+        // debug build) is not the items', and must neither send the rest of
+        // the batch to rayon nor be learned.
+        let mut start = Instant::now();
+        let mut timed_from = 0;
+        let mut panics = caught_panics();
         let mut done = 0;
         let mut next = first_check.min(n);
         let mut reads = 0u32;
@@ -331,17 +342,32 @@ impl Cpu {
             work.seq(&items[done..next], acc);
             done = next;
             reads += 1;
+            if caught_panics() != panics {
+                panics = caught_panics();
+                if done == n {
+                    bump(&self.counters.sequential);
+                    return;
+                }
+                start = Instant::now();
+                timed_from = done;
+                reads = 0;
+                next = done.saturating_mul(2).min(n);
+                continue;
+            }
             let elapsed = start.elapsed().saturating_sub(self.clock * reads);
+            let timed = done - timed_from;
             if done == n {
                 bump(&self.counters.sequential);
-                record(slot, elapsed, n);
+                if timed > 0 {
+                    record(slot, elapsed, timed);
+                }
                 return;
             }
-            let per_item = (elapsed.as_nanos() as u64 * 1000 / done as u64).max(1);
+            let per_item = (elapsed.as_nanos() as u64 * 1000 / timed.max(1) as u64).max(1);
             let rest = n - done;
             if rest >= 2 && per_item.saturating_mul(rest as u64) >= self.parallel_threshold_ps {
                 bump(&self.counters.parallel);
-                record(slot, elapsed, done);
+                record(slot, elapsed, timed);
                 self.par(slot, &items[done..], per_item, work, acc);
                 return;
             }
