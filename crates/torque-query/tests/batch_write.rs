@@ -268,3 +268,126 @@ async fn server_errors_name_the_failing_chunk_and_a_transaction_keeps_it_all_or_
         .get(0);
     assert_eq!(total, 0);
 }
+
+/// Reserved words and mixed case as table and column names: every send method
+/// and every clause (conflict target, update list, UPDATE ... FROM) must quote them.
+#[tokio::test]
+async fn reserved_words_and_mixed_case_identifiers_are_quoted() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(
+            r#"CREATE TABLE "order" ("user" int8 PRIMARY KEY, "select" text, "Group" int4)"#,
+        )
+        .await
+        .unwrap();
+    let cols = [
+        ("user", Type::INT8),
+        ("select", Type::TEXT),
+        ("Group", Type::INT4),
+    ];
+    let mut insert = BatchInsert::new("order", &cols);
+    insert.push(&[&1i64, &"a", &1i32]).unwrap();
+    assert_eq!(insert.execute(&client).await.unwrap(), 1);
+
+    let mut values = BatchInsert::new("order", &cols);
+    values.push(&[&2i64, &"b", &2i32]).unwrap();
+    assert_eq!(values.execute_values(&client).await.unwrap(), 1);
+
+    let mut copy = BatchInsert::new("order", &cols);
+    copy.push(&[&3i64, &"c", &3i32]).unwrap();
+    assert_eq!(copy.copy_in(&client).await.unwrap(), 1);
+
+    let mut upsert = BatchInsert::new("order", &cols).upsert(&["user"], &["select", "Group"]);
+    upsert.push(&[&1i64, &"A", &10i32]).unwrap();
+    assert_eq!(upsert.execute(&client).await.unwrap(), 1);
+    assert_eq!(upsert.execute_values(&client).await.unwrap(), 1);
+
+    let mut update = BatchUpdate::new(
+        "order",
+        &[("user", Type::INT8)],
+        &[("select", Type::TEXT), ("Group", Type::INT4)],
+    );
+    update.push(&[&2i64, &"B", &20i32]).unwrap();
+    assert_eq!(update.execute(&client).await.unwrap(), 1);
+    assert_eq!(update.execute_values(&client).await.unwrap(), 1);
+
+    let rows: Vec<(i64, String, i32)> = client
+        .query(
+            r#"SELECT "user", "select", "Group" FROM "order" ORDER BY 1"#,
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [(1, "A".into(), 10), (2, "B".into(), 20), (3, "c".into(), 3)]
+    );
+}
+
+/// A `bit(n)` value in PostgreSQL's binary format: bit length, then the bits.
+#[derive(Debug)]
+struct Bits(u8);
+
+impl tokio_postgres::types::ToSql for Bits {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i32(8);
+        out.put_u8(self.0);
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::BIT
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// `bit` and `"char"` are type names whose unquoted SQL spelling means
+/// something else (`bit(1)`, `character(1)`): the casts must not use it.
+#[tokio::test]
+async fn bit_and_char_columns_round_trip() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(r#"CREATE TABLE flags (id int4 PRIMARY KEY, bits bit(8), c "char")"#)
+        .await
+        .unwrap();
+    let cols = [("id", Type::INT4), ("bits", Type::BIT), ("c", Type::CHAR)];
+    let mut unnest = BatchInsert::new("flags", &cols);
+    unnest
+        .push(&[&1i32, &Bits(0b1010_0101), &(b'x' as i8)])
+        .unwrap();
+    assert_eq!(unnest.execute(&client).await.unwrap(), 1);
+    let mut values = BatchInsert::new("flags", &cols);
+    values
+        .push(&[&2i32, &Bits(0b1100_0011), &(b'y' as i8)])
+        .unwrap();
+    assert_eq!(values.execute_values(&client).await.unwrap(), 1);
+    let mut update = BatchUpdate::new("flags", &[("id", Type::INT4)], &[("bits", Type::BIT)]);
+    update.push(&[&2i32, &Bits(0b1111_0000)]).unwrap();
+    assert_eq!(update.execute(&client).await.unwrap(), 1);
+
+    let rows: Vec<(i32, String, i8)> = client
+        .query("SELECT id, bits::text, c FROM flags ORDER BY id", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (1, "10100101".into(), b'x' as i8),
+            (2, "11110000".into(), b'y' as i8)
+        ]
+    );
+}
