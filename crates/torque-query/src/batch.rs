@@ -90,23 +90,13 @@ pub enum Conflict {
     },
 }
 
-/// Quotes an identifier when it needs it; a dotted name is quoted per part.
+/// Quotes an identifier; a dotted name is quoted per part.
+///
+/// Always quoted: a lower-case name means the same quoted or not, and only
+/// quoting keeps reserved words (`user`, `order`, `select`) usable as names.
 fn quote_ident(name: &str) -> String {
     name.split('.')
-        .map(|part| {
-            let plain = part
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if plain {
-                part.to_string()
-            } else {
-                format!("\"{}\"", part.replace('"', "\"\""))
-            }
-        })
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -114,7 +104,12 @@ fn quote_ident(name: &str) -> String {
 /// The SQL name of a type, for a cast.
 fn type_sql(ty: &Type) -> String {
     if ty.schema() == "pg_catalog" {
-        ty.name().to_string()
+        match ty.name() {
+            // Unquoted, SQL reads these as `character(1)` and `bit(1)`: the
+            // cast would truncate, or (for arrays) name the wrong element type.
+            "char" | "bit" => format!("\"{}\"", ty.name()),
+            name => name.to_string(),
+        }
     } else {
         format!("{}.{}", quote_ident(ty.schema()), quote_ident(ty.name()))
     }
@@ -772,9 +767,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotes_only_what_needs_it() {
-        assert_eq!(quote_ident("accounts"), "accounts");
-        assert_eq!(quote_ident("public.accounts"), "public.accounts");
+    fn quotes_every_identifier() {
+        assert_eq!(quote_ident("accounts"), "\"accounts\"");
+        assert_eq!(quote_ident("user"), "\"user\"");
+        assert_eq!(quote_ident("public.accounts"), "\"public\".\"accounts\"");
         assert_eq!(quote_ident("Accounts"), "\"Accounts\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
         assert_eq!(quote_ident("2fast"), "\"2fast\"");
@@ -812,14 +808,14 @@ mod tests {
         .upsert(&["id"], &["owner"]);
         assert_eq!(
             b.unnest_sql(),
-            "INSERT INTO public.\"Accounts\" (id, owner) SELECT * FROM UNNEST($1::int8[], $2::text[]) \
-             ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner"
+            "INSERT INTO \"public\".\"Accounts\" (\"id\", \"owner\") SELECT * FROM UNNEST($1::int8[], $2::text[]) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"owner\" = EXCLUDED.\"owner\""
         );
         let u = BatchUpdate::new("t", &[("id", Type::INT4)], &[("v", Type::TEXT)]);
         assert_eq!(
             u.statement("UNNEST($1::int4[], $2::text[])").unwrap(),
-            "UPDATE t AS torque_target SET v = torque_batch.v FROM UNNEST($1::int4[], $2::text[]) \
-             AS torque_batch (id, v) WHERE torque_target.id = torque_batch.id"
+            "UPDATE \"t\" AS torque_target SET \"v\" = torque_batch.\"v\" FROM UNNEST($1::int4[], $2::text[]) \
+             AS torque_batch (\"id\", \"v\") WHERE torque_target.\"id\" = torque_batch.\"id\""
         );
     }
 
