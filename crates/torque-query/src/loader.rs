@@ -581,6 +581,42 @@ mod tests {
         assert_eq!(follower.await.unwrap(), Some(16));
     }
 
+    #[tokio::test]
+    async fn clear_cache_forgets_values_of_a_batch_in_flight() {
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let version = Arc::new(AtomicUsize::new(1));
+        let (g, v) = (Arc::clone(&gate), Arc::clone(&version));
+        let loader: Loader<u32, usize, String> = Loader::builder(move |keys: Vec<u32>| {
+            let (g, v, started) = (Arc::clone(&g), Arc::clone(&v), started_tx.clone());
+            async move {
+                // The batch reads the rows, then its answer is delayed.
+                let read = v.load(Ordering::SeqCst);
+                started.send(()).unwrap();
+                g.notified().await;
+                Ok(keys.into_iter().map(|k| (k, read)).collect())
+            }
+        })
+        .cache(true)
+        .build();
+        let control = async {
+            started_rx.recv().await.unwrap();
+            // The row changes and the caller forgets what it had cached...
+            version.store(2, Ordering::SeqCst);
+            loader.clear_cache();
+            gate.notify_one();
+        };
+        let (first, ()) = tokio::join!(loader.load(1), control);
+        assert_eq!(first.unwrap(), Some(1));
+        // ...so the value read before clear_cache must not answer this load.
+        gate.notify_one();
+        assert_eq!(
+            loader.load(1).await.unwrap(),
+            Some(2),
+            "a batch that started before clear_cache filled the cache after it"
+        );
+    }
+
     async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
         std::future::poll_fn(|cx| {
             std::task::Poll::Ready(match Pin::new(&mut f).poll(cx) {
