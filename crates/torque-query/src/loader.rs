@@ -97,6 +97,9 @@ struct Inner<K, V, E> {
     batch_fn: BoxBatch<K, V, E>,
     max_batch: usize,
     cache: Option<Mutex<HashMap<K, Option<V>>>>,
+    /// Bumped (under the cache's lock) by `clear_cache`: a batch that started
+    /// before a clear does not store what it read.
+    cache_epoch: AtomicU64,
     pending: Mutex<Option<Arc<Batch<K, V, E>>>>,
     batches: AtomicU64,
     keys: AtomicU64,
@@ -173,6 +176,7 @@ where
                 batch_fn: self.batch_fn,
                 max_batch: self.max_batch,
                 cache: self.cache.then(|| Mutex::new(HashMap::new())),
+                cache_epoch: AtomicU64::new(0),
                 pending: Mutex::new(None),
                 batches: AtomicU64::new(0),
                 keys: AtomicU64::new(0),
@@ -225,10 +229,13 @@ where
         }
     }
 
-    /// Forgets cached values (when caching is on).
+    /// Forgets cached values (when caching is on), including those of batches
+    /// still running: their callers get them, the cache does not.
     pub fn clear_cache(&self) {
         if let Some(cache) = &self.inner.cache {
-            lock(cache).clear();
+            let mut cache = lock(cache);
+            cache.clear();
+            self.inner.cache_epoch.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -402,11 +409,18 @@ where
         self.inner
             .keys
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let epoch = self.inner.cache_epoch.load(Ordering::SeqCst);
         // If this future is dropped while the batch runs, `waiters` is dropped
         // with it and every receiver sees a closed channel and retries.
         match (self.inner.batch_fn)(keys).await {
             Ok(mut values) => {
-                let mut cache = self.inner.cache.as_ref().map(lock);
+                // Values read before a `clear_cache` are answered, not kept.
+                let mut cache = self
+                    .inner
+                    .cache
+                    .as_ref()
+                    .map(lock)
+                    .filter(|_| self.inner.cache_epoch.load(Ordering::SeqCst) == epoch);
                 for (key, senders) in waiters {
                     let value = values.remove(&key);
                     if let Some(cache) = cache.as_mut() {
