@@ -391,3 +391,66 @@ async fn bit_and_char_columns_round_trip() {
         ]
     );
 }
+
+/// A column name may contain a dot (`"e.mail"`): only a table name is split
+/// into schema and table.
+#[tokio::test]
+async fn column_names_with_dots_are_one_identifier() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(r#"CREATE TABLE people (id int4 PRIMARY KEY, "e.mail" text)"#)
+        .await
+        .unwrap();
+    let cols = [("id", Type::INT4), ("e.mail", Type::TEXT)];
+    let mut insert = BatchInsert::new("public.people", &cols).upsert(&["id"], &["e.mail"]);
+    insert.push(&[&1i32, &"a@x"]).unwrap();
+    assert_eq!(insert.execute(&client).await.unwrap(), 1);
+    assert_eq!(insert.execute_values(&client).await.unwrap(), 1);
+    let mut update = BatchUpdate::new("people", &[("id", Type::INT4)], &[("e.mail", Type::TEXT)]);
+    update.push(&[&1i32, &"b@x"]).unwrap();
+    assert_eq!(update.execute(&client).await.unwrap(), 1);
+    let mail: String = client
+        .query_one(r#"SELECT "e.mail" FROM people WHERE id = 1"#, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mail, "b@x");
+}
+
+/// A key pushed twice is updated to the values pushed last, as if the rows
+/// were applied in order — not to whichever row the join plan meets first.
+#[tokio::test]
+async fn batch_update_with_a_key_pushed_twice_keeps_the_last_values() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE u (id int4 PRIMARY KEY, v text NOT NULL)")
+        .await
+        .unwrap();
+    client
+        .execute("INSERT INTO u VALUES (1, 'orig'), (2, 'orig')", &[])
+        .await
+        .unwrap();
+    let mut update = BatchUpdate::new("u", &[("id", Type::INT4)], &[("v", Type::TEXT)]);
+    update.push(&[&1i32, &"first"]).unwrap();
+    update.push(&[&2i32, &"only"]).unwrap();
+    update.push(&[&1i32, &"second"]).unwrap();
+    let read = || async {
+        client
+            .query("SELECT v FROM u ORDER BY id", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(update.execute(&client).await.unwrap(), 2);
+    assert_eq!(read().await, ["second", "only"], "execute");
+    client
+        .execute("UPDATE u SET v = 'orig'", &[])
+        .await
+        .unwrap();
+    assert_eq!(update.execute_values(&client).await.unwrap(), 2);
+    assert_eq!(read().await, ["second", "only"], "execute_values");
+}
