@@ -14,6 +14,7 @@
 //! - [`BatchInsert::copy_in`]: binary `COPY ... FROM STDIN`, the fastest for
 //!   bulk loads (no `ON CONFLICT`).
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::ops::Range;
@@ -101,6 +102,11 @@ fn quote_ident(name: &str) -> String {
         .join(".")
 }
 
+/// Quotes a column name: one identifier, dots included (`"e.mail"`).
+fn quote_column(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
 /// The SQL name of a type, for a cast.
 fn type_sql(ty: &Type) -> String {
     if ty.schema() == "pg_catalog" {
@@ -140,7 +146,7 @@ impl Rows {
                 .iter()
                 .map(|(name, ty)| Column {
                     name: (*name).to_string(),
-                    quoted: quote_ident(name),
+                    quoted: quote_column(name),
                     ty: ty.clone(),
                 })
                 .collect(),
@@ -183,6 +189,42 @@ impl Rows {
         }
         self.len += 1;
         Ok(())
+    }
+
+    /// When some rows repeat the values of the first `key` columns: a copy
+    /// keeping only the last row of each key, and each kept row's index here.
+    fn last_per_key(&self, key: usize) -> Option<(Rows, Vec<usize>)> {
+        let cell = |c: usize, r: usize| self.cells[c][r].clone().map(|x| &self.data[c][x]);
+        let mut last = HashMap::with_capacity(self.len);
+        for r in 0..self.len {
+            last.insert((0..key).map(|c| cell(c, r)).collect::<Vec<_>>(), r);
+        }
+        if last.len() == self.len {
+            return None;
+        }
+        let mut kept: Vec<usize> = last.into_values().collect();
+        kept.sort_unstable();
+        let mut out = Rows {
+            columns: self.columns.clone(),
+            data: self.columns.iter().map(|_| BytesMut::new()).collect(),
+            cells: self
+                .columns
+                .iter()
+                .map(|_| Vec::with_capacity(kept.len()))
+                .collect(),
+            len: kept.len(),
+        };
+        for &r in &kept {
+            for c in 0..self.columns.len() {
+                let range = cell(c, r).map(|bytes| {
+                    let start = out.data[c].len();
+                    out.data[c].extend_from_slice(bytes);
+                    start..out.data[c].len()
+                });
+                out.cells[c].push(range);
+            }
+        }
+        Some((out, kept))
     }
 
     fn column_list(&self) -> String {
@@ -464,7 +506,7 @@ impl BatchInsert {
     fn conflict_clause(&self) -> String {
         let list = |cols: &[String]| {
             cols.iter()
-                .map(|c| quote_ident(c))
+                .map(|c| quote_column(c))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -475,7 +517,7 @@ impl BatchInsert {
             Conflict::Update { target, update } => {
                 let set: Vec<String> = update
                     .iter()
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_column(c)))
                     .collect();
                 format!(
                     " ON CONFLICT ({}) DO UPDATE SET {}",
@@ -681,7 +723,8 @@ impl BatchUpdate {
         self
     }
 
-    /// Adds a row: key values, then new values.
+    /// Adds a row: key values, then new values. A key pushed again replaces
+    /// the values pushed for it before (the last push wins).
     ///
     /// # Errors
     /// [`BatchError::ColumnCount`] or [`BatchError::Type`]; the row is not added.
@@ -732,7 +775,14 @@ impl BatchUpdate {
     /// before anything is sent; [`BatchError::Postgres`].
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let sql = self.statement(&self.rows.unnest_call())?;
-        self.rows.send_unnest(client, &sql, self.chunk_rows).await
+        self.rows.check_unnest()?;
+        match self.rows.last_per_key(self.keys) {
+            None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
+            Some((rows, kept)) => rows
+                .send_unnest(client, &sql, self.chunk_rows)
+                .await
+                .map_err(|e| e.renumber(&kept)),
+        }
     }
 
     /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
@@ -743,13 +793,27 @@ impl BatchUpdate {
     /// sent; [`BatchError::Postgres`].
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.statement("")?;
-        let chunk = self.rows.values_chunk(self.chunk_rows);
+        match self.rows.last_per_key(self.keys) {
+            None => self.send_values(&self.rows, client).await,
+            Some((rows, kept)) => self
+                .send_values(&rows, client)
+                .await
+                .map_err(|e| e.renumber(&kept)),
+        }
+    }
+
+    async fn send_values<C: GenericClient>(
+        &self,
+        rows: &Rows,
+        client: &C,
+    ) -> Result<u64, BatchError> {
+        let chunk = rows.values_chunk(self.chunk_rows);
         let mut total = 0;
-        for start in (0..self.rows.len).step_by(chunk) {
-            let end = (start + chunk).min(self.rows.len);
-            let source = format!("(VALUES {})", self.rows.values_tuples(end - start));
+        for start in (0..rows.len).step_by(chunk) {
+            let end = (start + chunk).min(rows.len);
+            let source = format!("(VALUES {})", rows.values_tuples(end - start));
             let sql = self.statement(&source)?;
-            let params = self.rows.values_params(start..end);
+            let params = rows.values_params(start..end);
             total += client
                 .execute(sql.as_str(), &as_params(&params))
                 .await
@@ -759,6 +823,19 @@ impl BatchUpdate {
                 })?;
         }
         Ok(total)
+    }
+}
+
+impl BatchError {
+    /// Names rows by their push index when a subset of the rows was sent.
+    fn renumber(self, kept: &[usize]) -> Self {
+        match self {
+            BatchError::Postgres { first_row, source } => BatchError::Postgres {
+                first_row: kept.get(first_row).copied().unwrap_or(first_row),
+                source,
+            },
+            other => other,
+        }
     }
 }
 
