@@ -454,3 +454,46 @@ async fn batch_update_with_a_key_pushed_twice_keeps_the_last_values() {
     assert_eq!(update.execute_values(&client).await.unwrap(), 2);
     assert_eq!(read().await, ["second", "only"], "execute_values");
 }
+
+/// Binary COPY does not check types: a value declared with another type of the
+/// same width is read as the column's type (an int8 as a float8). A batch
+/// whose declared types do not match the table must be refused, not stored.
+#[tokio::test]
+async fn copy_refuses_declared_types_the_table_would_misread() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE m (id int4, price float8, name varchar(20), at timestamp)")
+        .await
+        .unwrap();
+    let mut wrong = BatchInsert::new("m", &[("id", Type::INT4), ("price", Type::INT8)]);
+    wrong.push(&[&1i32, &42i64]).unwrap();
+    let err = wrong.copy_in(&client).await.unwrap_err();
+    assert!(err.to_string().contains("price"), "{err}");
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM m", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "nothing stored");
+
+    // Text for varchar has the same binary form: accepted.
+    let mut ok = BatchInsert::new(
+        "m",
+        &[
+            ("id", Type::INT4),
+            ("price", Type::FLOAT8),
+            ("name", Type::TEXT),
+        ],
+    );
+    ok.push(&[&2i32, &1.5f64, &"two"]).unwrap();
+    assert_eq!(ok.copy_in(&client).await.unwrap(), 1);
+    let r = client
+        .query_one("SELECT price, name FROM m WHERE id = 2", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, f64>(0), r.get::<_, String>(1)),
+        (1.5, "two".into())
+    );
+}
