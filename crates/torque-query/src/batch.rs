@@ -600,8 +600,13 @@ impl BatchInsert {
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] when a conflict rule is set (COPY has no
-    /// `ON CONFLICT`), before anything is sent; [`BatchError::Postgres`].
-    pub async fn copy_in<C: CopyTarget>(&self, client: &C) -> Result<u64, BatchError> {
+    /// `ON CONFLICT`), or when a declared type is not the table column's
+    /// (binary COPY would misread it), before any row is sent;
+    /// [`BatchError::Postgres`].
+    pub async fn copy_in<C: CopyTarget + GenericClient>(
+        &self,
+        client: &C,
+    ) -> Result<u64, BatchError> {
         use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
         if self.conflict != Conflict::Error {
@@ -613,6 +618,7 @@ impl BatchInsert {
             first_row: 0,
             source,
         };
+        self.check_copy_types(client).await?;
         let sql = format!(
             "COPY {} ({}) FROM STDIN (FORMAT binary)",
             self.table,
@@ -643,6 +649,41 @@ impl BatchInsert {
                 })?;
         }
         writer.finish().await.map_err(err)
+    }
+}
+
+impl BatchInsert {
+    /// Binary COPY reads each value with the *table's* column type and checks
+    /// nothing else: an int8 declared for a float8 column would be stored as
+    /// the float with the same bits. Refuse declared types whose binary form
+    /// differs from the column's.
+    async fn check_copy_types<C: GenericClient>(&self, client: &C) -> Result<(), BatchError> {
+        // A domain column is described by its base type.
+        let probe = format!(
+            "SELECT {} FROM {} LIMIT 0",
+            self.rows.column_list(),
+            self.table
+        );
+        let statement = client
+            .prepare(&probe)
+            .await
+            .map_err(|source| BatchError::Postgres {
+                first_row: 0,
+                source,
+            })?;
+        let text_like =
+            |ty: &Type| [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty);
+        for (column, actual) in self.rows.columns.iter().zip(statement.columns()) {
+            let (declared, actual) = (&column.ty, actual.type_());
+            if declared.oid() != actual.oid() && !(text_like(declared) && text_like(actual)) {
+                return Err(BatchError::Unsupported(format!(
+                    "column {:?} is {actual} in the table but the batch declares {declared}: \
+                     binary COPY would read the values as {actual}; declare {actual} or use execute()",
+                    column.name
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
