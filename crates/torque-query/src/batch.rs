@@ -675,7 +675,15 @@ impl BatchInsert {
             |ty: &Type| [Type::TEXT, Type::VARCHAR, Type::BPCHAR, Type::NAME].contains(ty);
         for (column, actual) in self.rows.columns.iter().zip(statement.columns()) {
             let (declared, actual) = (&column.ty, actual.type_());
-            if declared.oid() != actual.oid() && !(text_like(declared) && text_like(actual)) {
+            let enum_ = matches!(actual.kind(), Kind::Enum(_));
+            let readable = declared.oid() == actual.oid()
+                // Text is the binary form of these too.
+                || (text_like(declared)
+                    && (text_like(actual) || enum_ || [Type::JSON, Type::XML].contains(actual)))
+                // An extension's type (citext, geometry, ...) has its own
+                // format, which this crate cannot judge.
+                || (actual.schema() != "pg_catalog" && !enum_);
+            if !readable {
                 return Err(BatchError::Unsupported(format!(
                     "column {:?} is {actual} in the table but the batch declares {declared}: \
                      binary COPY would read the values as {actual}; declare {actual} or use execute()",

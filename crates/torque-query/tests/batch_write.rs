@@ -496,4 +496,20 @@ async fn copy_refuses_declared_types_the_table_would_misread() {
         (r.get::<_, f64>(0), r.get::<_, String>(1)),
         (1.5, "two".into())
     );
+
+    // Text is also the binary form of json and of enum labels: accepted.
+    client
+        .batch_execute("CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE TABLE j (doc json, m mood)")
+        .await
+        .unwrap();
+    let mut as_text = BatchInsert::new("j", &[("doc", Type::TEXT), ("m", Type::TEXT)]);
+    as_text.push(&[&r#"{"a": 1}"#, &"sad"]).unwrap();
+    assert_eq!(as_text.copy_in(&client).await.unwrap(), 1);
+    // But a timestamptz is not a timestamp, though both are 8 bytes.
+    let mut tz = BatchInsert::new("m", &[("at", Type::TIMESTAMPTZ)]);
+    tz.push(&[&std::time::SystemTime::UNIX_EPOCH]).unwrap();
+    assert!(matches!(
+        tz.copy_in(&client).await,
+        Err(BatchError::Unsupported(_))
+    ));
 }
