@@ -513,3 +513,35 @@ async fn copy_refuses_declared_types_the_table_would_misread() {
         Err(BatchError::Unsupported(_))
     ));
 }
+
+/// An upsert whose rows repeat a key is applied as if row by row: the last
+/// pushed values win (PostgreSQL refuses one statement that updates a row twice).
+#[tokio::test]
+async fn upsert_with_a_key_pushed_twice_keeps_the_last_values() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute("CREATE TABLE kv (k int4 PRIMARY KEY, v text NOT NULL)")
+        .await
+        .unwrap();
+    let mut upsert =
+        BatchInsert::new("kv", &[("k", Type::INT4), ("v", Type::TEXT)]).upsert(&["k"], &["v"]);
+    upsert.push(&[&1i32, &"first"]).unwrap();
+    upsert.push(&[&2i32, &"only"]).unwrap();
+    upsert.push(&[&1i32, &"second"]).unwrap();
+    let read = || async {
+        client
+            .query("SELECT k, v FROM kv ORDER BY k", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get::<_, i32>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    let want = [(1, "second".to_string()), (2, "only".to_string())];
+    upsert.execute(&client).await.unwrap();
+    assert_eq!(read().await, want, "execute");
+    client.execute("DELETE FROM kv", &[]).await.unwrap();
+    upsert.execute_values(&client).await.unwrap();
+    assert_eq!(read().await, want, "execute_values");
+}
