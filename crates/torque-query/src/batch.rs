@@ -191,18 +191,25 @@ impl Rows {
         Ok(())
     }
 
-    /// When some rows repeat the values of the first `key` columns: a copy
-    /// keeping only the last row of each key, and each kept row's index here.
-    fn last_per_key(&self, key: usize) -> Option<(Rows, Vec<usize>)> {
+    /// When some rows repeat the values of the `key` columns: a copy keeping
+    /// only the last row of each key, and each kept row's index here.
+    fn last_per_key(&self, key: &[usize]) -> Option<(Rows, Vec<usize>)> {
         let cell = |c: usize, r: usize| self.cells[c][r].clone().map(|x| &self.data[c][x]);
         let mut last = HashMap::with_capacity(self.len);
+        // A key with a NULL equals no other key: such rows are all kept.
+        let mut null_keys = Vec::new();
         for r in 0..self.len {
-            last.insert((0..key).map(|c| cell(c, r)).collect::<Vec<_>>(), r);
+            match key.iter().map(|&c| cell(c, r)).collect::<Option<Vec<_>>>() {
+                Some(k) => {
+                    last.insert(k, r);
+                }
+                None => null_keys.push(r),
+            }
         }
-        if last.len() == self.len {
+        if last.len() + null_keys.len() == self.len {
             return None;
         }
-        let mut kept: Vec<usize> = last.into_values().collect();
+        let mut kept: Vec<usize> = last.into_values().chain(null_keys).collect();
         kept.sort_unstable();
         let mut out = Rows {
             columns: self.columns.clone(),
@@ -470,7 +477,8 @@ impl BatchInsert {
     }
 
     /// An upsert: on a conflict on `target`, overwrite the `update` columns
-    /// with the new row's values.
+    /// with the new row's values. Rows repeating a `target` key are applied
+    /// as if one by one: the last pushed values win.
     pub fn upsert(self, target: &[&str], update: &[&str]) -> Self {
         self.on_conflict(Conflict::Update {
             target: target.iter().map(|s| (*s).to_string()).collect(),
@@ -547,9 +555,32 @@ impl BatchInsert {
     /// [`execute_values`](Self::execute_values)), before anything is sent;
     /// [`BatchError::Postgres`] when the server rejects a chunk.
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
-        self.rows
-            .send_unnest(client, &self.unnest_sql(), self.chunk_rows)
-            .await
+        let sql = self.unnest_sql();
+        self.rows.check_unnest()?;
+        match self.upsert_rows() {
+            None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
+            Some((rows, kept)) => rows
+                .send_unnest(client, &sql, self.chunk_rows)
+                .await
+                .map_err(|e| e.renumber(&kept)),
+        }
+    }
+
+    /// For an upsert whose rows repeat a conflict key: the rows to send, the
+    /// last of each key (PostgreSQL refuses to update one row twice in one
+    /// statement; row by row, the last values would win).
+    fn upsert_rows(&self) -> Option<(Rows, Vec<usize>)> {
+        let Conflict::Update { target, .. } = &self.conflict else {
+            return None;
+        };
+        let key = target
+            .iter()
+            .map(|t| self.rows.columns.iter().position(|c| c.name == *t))
+            .collect::<Option<Vec<usize>>>()?;
+        if key.is_empty() {
+            return None;
+        }
+        self.rows.last_per_key(&key)
     }
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
@@ -558,16 +589,30 @@ impl BatchInsert {
     /// # Errors
     /// [`BatchError::Postgres`] when the server rejects a chunk.
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
-        let chunk = self.rows.values_chunk(self.chunk_rows);
+        match self.upsert_rows() {
+            None => self.send_values(&self.rows, client).await,
+            Some((rows, kept)) => self
+                .send_values(&rows, client)
+                .await
+                .map_err(|e| e.renumber(&kept)),
+        }
+    }
+
+    async fn send_values<C: GenericClient>(
+        &self,
+        rows: &Rows,
+        client: &C,
+    ) -> Result<u64, BatchError> {
+        let chunk = rows.values_chunk(self.chunk_rows);
         let mut total = 0;
         let mut full_statement = None;
-        for start in (0..self.rows.len).step_by(chunk) {
-            let end = (start + chunk).min(self.rows.len);
+        for start in (0..rows.len).step_by(chunk) {
+            let end = (start + chunk).min(rows.len);
             let sql = format!(
                 "INSERT INTO {} ({}) VALUES {}{}",
                 self.table,
-                self.rows.column_list(),
-                self.rows.values_tuples(end - start),
+                rows.column_list(),
+                rows.values_tuples(end - start),
                 self.conflict_clause()
             );
             let err = |source| BatchError::Postgres {
@@ -583,7 +628,7 @@ impl BatchInsert {
             } else {
                 &client.prepare(&sql).await.map_err(err)?
             };
-            let params = self.rows.values_params(start..end);
+            let params = rows.values_params(start..end);
             total += client
                 .execute(statement, &as_params(&params))
                 .await
@@ -825,7 +870,7 @@ impl BatchUpdate {
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let sql = self.statement(&self.rows.unnest_call())?;
         self.rows.check_unnest()?;
-        match self.rows.last_per_key(self.keys) {
+        match self.rows.last_per_key(&(0..self.keys).collect::<Vec<_>>()) {
             None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
             Some((rows, kept)) => rows
                 .send_unnest(client, &sql, self.chunk_rows)
@@ -842,7 +887,7 @@ impl BatchUpdate {
     /// sent; [`BatchError::Postgres`].
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.statement("")?;
-        match self.rows.last_per_key(self.keys) {
+        match self.rows.last_per_key(&(0..self.keys).collect::<Vec<_>>()) {
             None => self.send_values(&self.rows, client).await,
             Some((rows, kept)) => self
                 .send_values(&rows, client)

@@ -544,4 +544,23 @@ async fn upsert_with_a_key_pushed_twice_keeps_the_last_values() {
     client.execute("DELETE FROM kv", &[]).await.unwrap();
     upsert.execute_values(&client).await.unwrap();
     assert_eq!(read().await, want, "execute_values");
+
+    // NULL keys never conflict: rows with them are all inserted.
+    client
+        .batch_execute("CREATE TABLE nk (k int4 UNIQUE, v text)")
+        .await
+        .unwrap();
+    let mut nulls =
+        BatchInsert::new("nk", &[("k", Type::INT4), ("v", Type::TEXT)]).upsert(&["k"], &["v"]);
+    nulls.push(&[&None::<i32>, &"x"]).unwrap();
+    nulls.push(&[&None::<i32>, &"y"]).unwrap();
+    nulls.push(&[&3i32, &"a"]).unwrap();
+    nulls.push(&[&3i32, &"b"]).unwrap();
+    assert_eq!(nulls.execute(&client).await.unwrap(), 3);
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM nk", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 3);
 }
