@@ -991,6 +991,23 @@ mod tests {
     }
 
     #[test]
+    fn type_names_are_quoted_unless_plain() {
+        let hostile = Type::new(
+            "int4[]); DROP TABLE t; --".into(),
+            23,
+            Kind::Simple,
+            "pg_catalog".into(),
+        );
+        let dotted = Type::new("my.type".into(), 99_999, Kind::Simple, "public".into());
+        let b = BatchInsert::new("t", &[("a", hostile), ("b", dotted)]);
+        assert_eq!(
+            b.unnest_sql(),
+            "INSERT INTO \"t\" (\"a\", \"b\") SELECT * FROM \
+             UNNEST($1::\"int4[]); DROP TABLE t; --\"[], $2::\"public\".\"my.type\"[])"
+        );
+    }
+
+    #[test]
     fn values_chunks_respect_the_parameter_limit() {
         let cols: Vec<(&str, Type)> = (0..7).map(|_| ("c", Type::INT4)).collect();
         let rows = Rows::new(&cols);
