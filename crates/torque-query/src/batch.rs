@@ -113,11 +113,17 @@ fn type_sql(ty: &Type) -> String {
         match ty.name() {
             // Unquoted, SQL reads these as `character(1)` and `bit(1)`: the
             // cast would truncate, or (for arrays) name the wrong element type.
-            "char" | "bit" => format!("\"{}\"", ty.name()),
-            name => name.to_string(),
+            "char" | "bit" => quote_column(ty.name()),
+            name if name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                name.to_string()
+            }
+            name => quote_column(name),
         }
     } else {
-        format!("{}.{}", quote_ident(ty.schema()), quote_ident(ty.name()))
+        format!("{}.{}", quote_column(ty.schema()), quote_column(ty.name()))
     }
 }
 
