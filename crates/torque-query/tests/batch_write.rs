@@ -564,3 +564,26 @@ async fn upsert_with_a_key_pushed_twice_keeps_the_last_values() {
         .get(0);
     assert_eq!(rows, 3);
 }
+
+/// The error's text carries the server's message, not only "db error": a log
+/// line with `{err}` must say what went wrong.
+#[tokio::test]
+async fn server_error_text_says_what_the_server_said() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client.batch_execute(TABLE).await.unwrap();
+    let mut batch = BatchInsert::new("items", &columns()).chunk_rows(2);
+    fill(&mut batch, 0..3);
+    fill(&mut batch, 1..2);
+    for values in [false, true] {
+        client.execute("DELETE FROM items", &[]).await.unwrap();
+        let err = if values {
+            batch.execute_values(&client).await.unwrap_err()
+        } else {
+            batch.execute(&client).await.unwrap_err()
+        };
+        let text = err.to_string();
+        assert!(text.contains("row 2"), "{text}");
+        assert!(text.contains("duplicate key value"), "{text}");
+    }
+}
