@@ -60,7 +60,7 @@ pub enum BatchError {
     Unsupported(String),
     /// The server rejected a chunk; earlier chunks were sent (use a transaction
     /// for all-or-nothing).
-    #[error("chunk starting at row {first_row} failed: {source}")]
+    #[error("chunk starting at row {first_row} failed: {}", server_message(source))]
     Postgres {
         /// The first row of the failed chunk.
         first_row: usize,
@@ -68,6 +68,15 @@ pub enum BatchError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+/// The server's own words (`ERROR: duplicate key value ...`) when there are
+/// some: tokio-postgres displays a server error as just "db error".
+fn server_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
+    }
 }
 
 /// What an insert does when a row conflicts with an existing one.
