@@ -587,3 +587,32 @@ async fn server_error_text_says_what_the_server_said() {
         assert!(text.contains("duplicate key value"), "{text}");
     }
 }
+
+/// An upsert with nothing to overwrite, or with no conflict target, cannot be
+/// written as SQL: it is refused before anything is sent, saying why.
+#[tokio::test]
+async fn upserts_without_target_or_columns_are_refused_before_sending() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client.batch_execute(TABLE).await.unwrap();
+    let cols = [
+        ("id", Type::INT8),
+        ("qty", Type::INT4),
+        ("active", Type::BOOL),
+    ];
+    for (target, update) in [(&["id"][..], &[][..]), (&[][..], &["qty"][..])] {
+        let mut upsert = BatchInsert::new("items", &cols).upsert(target, update);
+        upsert.push(&[&1i64, &1i32, &true]).unwrap();
+        assert!(
+            matches!(
+                upsert.execute(&client).await,
+                Err(BatchError::Unsupported(_))
+            ),
+            "{target:?} {update:?}"
+        );
+        assert!(matches!(
+            upsert.execute_values(&client).await,
+            Err(BatchError::Unsupported(_))
+        ));
+    }
+}
