@@ -567,17 +567,33 @@ impl BatchInsert {
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for array columns (use
-    /// [`execute_values`](Self::execute_values)), before anything is sent;
+    /// [`execute_values`](Self::execute_values)) or an upsert without a
+    /// target or a column to update, before anything is sent;
     /// [`BatchError::Postgres`] when the server rejects a chunk.
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let sql = self.unnest_sql();
         self.rows.check_unnest()?;
+        self.check_conflict()?;
         match self.upsert_rows() {
             None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
             Some((rows, kept)) => rows
                 .send_unnest(client, &sql, self.chunk_rows)
                 .await
                 .map_err(|e| e.renumber(&kept)),
+        }
+    }
+
+    /// An upsert needs a conflict target and at least one column to overwrite.
+    fn check_conflict(&self) -> Result<(), BatchError> {
+        match &self.conflict {
+            Conflict::Update { target, .. } if target.is_empty() => Err(BatchError::Unsupported(
+                "an upsert needs a conflict target (ON CONFLICT (...) DO UPDATE)".into(),
+            )),
+            Conflict::Update { update, .. } if update.is_empty() => Err(BatchError::Unsupported(
+                "an upsert needs a column to update; use Conflict::DoNothing to skip conflicts"
+                    .into(),
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -602,8 +618,11 @@ impl BatchInsert {
     /// statement exceeds 65,535 parameters; returns the rows inserted.
     ///
     /// # Errors
-    /// [`BatchError::Postgres`] when the server rejects a chunk.
+    /// [`BatchError::Unsupported`] for an upsert without a target or a column
+    /// to update, before anything is sent; [`BatchError::Postgres`] when the
+    /// server rejects a chunk.
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
+        self.check_conflict()?;
         match self.upsert_rows() {
             None => self.send_values(&self.rows, client).await,
             Some((rows, kept)) => self
