@@ -616,3 +616,61 @@ async fn upserts_without_target_or_columns_are_refused_before_sending() {
         ));
     }
 }
+
+/// A composite value in PostgreSQL's binary format: its fields, each with
+/// type, length and bytes.
+#[derive(Debug)]
+struct Pair(i32, i32);
+
+impl tokio_postgres::types::ToSql for Pair {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_i32(2);
+        for v in [self.0, self.1] {
+            out.put_u32(Type::INT4.oid());
+            out.put_i32(4);
+            out.put_i32(v);
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), tokio_postgres::types::Kind::Composite(_))
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// UNNEST expands a composite element into its fields: a composite column is
+/// refused by `execute` before sending, and goes through `execute_values`.
+#[tokio::test]
+async fn composite_columns_are_refused_by_unnest_and_sent_by_values() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute("CREATE TYPE pair AS (a int4, b int4); CREATE TABLE pt (id int4, p pair)")
+        .await
+        .unwrap();
+    let pair = client.prepare("SELECT $1::pair").await.unwrap().params()[0].clone();
+    let mut batch = BatchInsert::new("pt", &[("id", Type::INT4), ("p", pair.clone())]);
+    batch.push(&[&1i32, &Pair(2, 3)]).unwrap();
+    let err = batch.execute(&client).await.unwrap_err();
+    assert!(matches!(err, BatchError::Unsupported(_)), "{err}");
+    assert_eq!(batch.execute_values(&client).await.unwrap(), 1);
+    let mut update = BatchUpdate::new("pt", &[("id", Type::INT4)], &[("p", pair)]);
+    update.push(&[&1i32, &Pair(4, 5)]).unwrap();
+    assert!(matches!(
+        update.execute(&client).await,
+        Err(BatchError::Unsupported(_))
+    ));
+    assert_eq!(update.execute_values(&client).await.unwrap(), 1);
+    let r = client
+        .query_one("SELECT (p).a, (p).b FROM pt", &[])
+        .await
+        .unwrap();
+    assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (4, 5));
+}
