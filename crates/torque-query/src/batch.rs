@@ -258,13 +258,20 @@ impl Rows {
     }
 
     fn check_unnest(&self) -> Result<(), BatchError> {
-        if let Some(c) = self
-            .columns
-            .iter()
-            .find(|c| matches!(c.ty.kind(), Kind::Array(_)))
-        {
+        fn base(ty: &Type) -> &Type {
+            match ty.kind() {
+                Kind::Domain(inner) => base(inner),
+                _ => ty,
+            }
+        }
+        for c in &self.columns {
+            let what = match base(&c.ty).kind() {
+                Kind::Array(_) => "an array",
+                Kind::Composite(_) => "a composite",
+                _ => continue,
+            };
             return Err(BatchError::Unsupported(format!(
-                "column {:?} is an array ({}): UNNEST would flatten it; use execute_values or copy_in",
+                "column {:?} is {what} ({}): UNNEST would take it apart; use execute_values or copy_in",
                 c.name, c.ty
             )));
         }
