@@ -265,9 +265,10 @@ impl Rows {
             }
         }
         for c in &self.columns {
-            let what = match base(&c.ty).kind() {
-                Kind::Array(_) => "an array",
-                Kind::Composite(_) => "a composite",
+            // (An array of a domain over an array is not flattened.)
+            let what = match (c.ty.kind(), base(&c.ty).kind()) {
+                (Kind::Array(_), _) => "an array",
+                (_, Kind::Composite(_)) => "a composite",
                 _ => continue,
             };
             return Err(BatchError::Unsupported(format!(
