@@ -631,6 +631,43 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn cache_fetches_a_key_once_even_while_its_batch_is_in_flight() {
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (g, c) = (Arc::clone(&gate), Arc::clone(&calls));
+        let loader: Loader<u32, u32, String> = Loader::builder(move |keys: Vec<u32>| {
+            let (g, c, started) = (Arc::clone(&g), Arc::clone(&c), started_tx.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                started.send(()).unwrap();
+                drop(g.acquire().await.unwrap());
+                Ok(keys.into_iter().map(|k| (k, k + 100)).collect())
+            }
+        })
+        .cache(true)
+        .build();
+        let late = async {
+            // Asked for again while the first batch is still waiting on the server.
+            started_rx.recv().await.unwrap();
+            let again = loader.load(1);
+            let mut again = Box::pin(again);
+            assert!(futures_poll_once(again.as_mut()).await.is_none());
+            // Open the gate for good (for a second batch too, should one start).
+            gate.add_permits(1);
+            tokio::time::timeout(std::time::Duration::from_secs(5), again).await
+        };
+        let (first, second) = tokio::join!(loader.load(1), late);
+        assert_eq!(first.unwrap(), Some(101));
+        assert_eq!(second.expect("the late load hangs").unwrap(), Some(101));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "cache(true) promises a key is fetched at most once"
+        );
+    }
+
     async fn futures_poll_once<F: Future + Unpin>(mut f: F) -> Option<F::Output> {
         std::future::poll_fn(|cx| {
             std::task::Poll::Ready(match Pin::new(&mut f).poll(cx) {
