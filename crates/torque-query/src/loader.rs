@@ -39,6 +39,9 @@ where
 
 type Outcome<V, E> = Result<Option<V>, Arc<E>>;
 type Waiters<K, V, E> = HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>;
+/// With caching: keys whose batch is running, by batch id, with the callers
+/// who asked for them meanwhile.
+type InFlight<K, V, E> = HashMap<K, (u64, Vec<oneshot::Sender<Outcome<V, E>>>)>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BoxBatch<K, V, E> = Arc<dyn Fn(Vec<K>) -> BoxFuture<Result<HashMap<K, V>, E>> + Send + Sync>;
 
@@ -100,6 +103,9 @@ struct Inner<K, V, E> {
     /// Bumped (under the cache's lock) by `clear_cache`: a batch that started
     /// before a clear does not store what it read.
     cache_epoch: AtomicU64,
+    /// Lock order: `in_flight`, then `cache`.
+    in_flight: Mutex<InFlight<K, V, E>>,
+    batch_ids: AtomicU64,
     pending: Mutex<Option<Arc<Batch<K, V, E>>>>,
     batches: AtomicU64,
     keys: AtomicU64,
@@ -163,7 +169,8 @@ where
     }
 
     /// Remember loaded values (found or not) for the loader's lifetime, so a
-    /// key is fetched at most once. Errors are never cached. Off by default.
+    /// key is fetched at most once: a load of a key whose batch is still
+    /// running waits for that batch. Errors are never cached. Off by default.
     pub fn cache(mut self, on: bool) -> Self {
         self.cache = on;
         self
@@ -177,6 +184,8 @@ where
                 max_batch: self.max_batch,
                 cache: self.cache.then(|| Mutex::new(HashMap::new())),
                 cache_epoch: AtomicU64::new(0),
+                in_flight: Mutex::new(HashMap::new()),
+                batch_ids: AtomicU64::new(0),
                 pending: Mutex::new(None),
                 batches: AtomicU64::new(0),
                 keys: AtomicU64::new(0),
@@ -233,9 +242,12 @@ where
     /// still running: their callers get them, the cache does not.
     pub fn clear_cache(&self) {
         if let Some(cache) = &self.inner.cache {
+            let mut in_flight = lock(&self.inner.in_flight);
             let mut cache = lock(cache);
             cache.clear();
             self.inner.cache_epoch.fetch_add(1, Ordering::SeqCst);
+            // Later loads fetch again; those who joined a running batch retry.
+            in_flight.clear();
         }
     }
 
@@ -244,14 +256,12 @@ where
     /// # Errors
     /// The batch function's error, shared by every key of the failed batch.
     pub async fn load(&self, key: K) -> Result<Option<V>, Arc<E>> {
-        if let Some(cache) = &self.inner.cache
-            && let Some(v) = lock(cache).get(&key)
-        {
-            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(v.clone());
-        }
         loop {
-            let (rx, leader) = self.enqueue(&key);
+            let (rx, leader) = match self.cached(&key) {
+                Cached::Hit(v) => return Ok(v),
+                Cached::Running(rx) => (rx, None),
+                Cached::Miss => self.enqueue(&key),
+            };
             if let Some(batch) = leader {
                 let mut guard = LeaderGuard {
                     inner: &self.inner,
@@ -290,14 +300,14 @@ where
         let mut slots = Vec::new();
         let mut guards = Vec::new();
         for key in keys {
-            if let Some(cache) = &self.inner.cache
-                && let Some(v) = lock(cache).get(&key)
-            {
-                self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
-                slots.push(Slot::Ready(v.clone()));
-                continue;
-            }
-            let (rx, leader) = self.enqueue(&key);
+            let (rx, leader) = match self.cached(&key) {
+                Cached::Hit(v) => {
+                    slots.push(Slot::Ready(v));
+                    continue;
+                }
+                Cached::Running(rx) => (rx, None),
+                Cached::Miss => self.enqueue(&key),
+            };
             if let Some(batch) = leader {
                 guards.push(LeaderGuard {
                     inner: &self.inner,
@@ -325,6 +335,29 @@ where
             });
         }
         Ok(out)
+    }
+
+    /// With caching: the cached value, or a receiver for the outcome of the
+    /// running batch that loads `key`.
+    fn cached(&self, key: &K) -> Cached<V, E> {
+        let Some(cache) = &self.inner.cache else {
+            return Cached::Miss;
+        };
+        // Under `in_flight`'s lock, a batch either still runs (and will answer
+        // us) or has stored its values (before leaving `in_flight`).
+        let mut in_flight = lock(&self.inner.in_flight);
+        if let Some(v) = lock(cache).get(key) {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Cached::Hit(v.clone());
+        }
+        match in_flight.get_mut(key) {
+            Some((_, callers)) => {
+                let (tx, rx) = oneshot::channel();
+                callers.push(tx);
+                Cached::Running(rx)
+            }
+            None => Cached::Miss,
+        }
     }
 
     /// Adds `key` to the open batch (opening one if needed); returns the
@@ -372,6 +405,43 @@ where
     }
 }
 
+enum Cached<V, E> {
+    Hit(Option<V>),
+    Running(oneshot::Receiver<Outcome<V, E>>),
+    Miss,
+}
+
+/// With caching, marks a running batch's keys in `in_flight`; when dropped
+/// (the batch finished, or its runner was cancelled) unmarks them, dropping
+/// the senders of callers not yet answered so that they retry.
+struct InFlightGuard<'a, K: Eq + Hash, V, E> {
+    inner: &'a Inner<K, V, E>,
+    id: u64,
+    keys: Vec<K>,
+}
+
+impl<K: Eq + Hash, V, E> InFlightGuard<'_, K, V, E> {
+    /// Unmarks the keys; returns the callers who joined, by key.
+    fn finish(&mut self) -> Vec<(K, Vec<oneshot::Sender<Outcome<V, E>>>)> {
+        let mut in_flight = lock(&self.inner.in_flight);
+        let mut joined = Vec::new();
+        for key in self.keys.drain(..) {
+            if in_flight.get(&key).is_some_and(|(id, _)| *id == self.id)
+                && let Some((_, callers)) = in_flight.remove(&key)
+            {
+                joined.push((key, callers));
+            }
+        }
+        joined
+    }
+}
+
+impl<K: Eq + Hash, V, E> Drop for InFlightGuard<'_, K, V, E> {
+    fn drop(&mut self) {
+        drop(self.finish());
+    }
+}
+
 /// Runs the batch; if dropped first (the leader was cancelled), releases the
 /// batch so its waiters retry instead of waiting forever.
 struct LeaderGuard<'a, K, V, E> {
@@ -410,30 +480,49 @@ where
             .keys
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let epoch = self.inner.cache_epoch.load(Ordering::SeqCst);
-        // If this future is dropped while the batch runs, `waiters` is dropped
-        // with it and every receiver sees a closed channel and retries.
-        match (self.inner.batch_fn)(keys).await {
-            Ok(mut values) => {
-                // Values read before a `clear_cache` are answered, not kept.
-                let mut cache = self
-                    .inner
-                    .cache
-                    .as_ref()
-                    .map(lock)
-                    .filter(|_| self.inner.cache_epoch.load(Ordering::SeqCst) == epoch);
+        let mut in_flight = InFlightGuard {
+            inner: self.inner,
+            id: self.inner.batch_ids.fetch_add(1, Ordering::Relaxed),
+            keys: Vec::new(),
+        };
+        if self.inner.cache.is_some() {
+            let mut marked = lock(&self.inner.in_flight);
+            for key in &keys {
+                // A key another running batch already loads stays its.
+                if !marked.contains_key(key) {
+                    marked.insert(key.clone(), (in_flight.id, Vec::new()));
+                    in_flight.keys.push(key.clone());
+                }
+            }
+        }
+        // If this future is dropped while the batch runs, `waiters` and
+        // `in_flight` are dropped with it and every receiver sees a closed
+        // channel and retries.
+        let outcome = (self.inner.batch_fn)(keys).await;
+        if let (Ok(values), Some(cache)) = (&outcome, &self.inner.cache) {
+            // Values read before a `clear_cache` are answered, not kept.
+            let mut cache = lock(cache);
+            if self.inner.cache_epoch.load(Ordering::SeqCst) == epoch {
+                for key in waiters.keys() {
+                    cache.insert(key.clone(), values.get(key).cloned());
+                }
+            }
+        }
+        // Stored first: a caller who misses `in_flight` now finds the cache.
+        let joined = in_flight.finish();
+        let waiters = waiters.into_iter().chain(joined);
+        match outcome {
+            Ok(values) => {
                 for (key, senders) in waiters {
-                    let value = values.remove(&key);
-                    if let Some(cache) = cache.as_mut() {
-                        cache.insert(key, value.clone());
-                    }
+                    let value = values.get(&key);
                     for tx in senders {
-                        let _ = tx.send(Ok(value.clone()));
+                        let _ = tx.send(Ok(value.cloned()));
                     }
                 }
             }
             Err(e) => {
                 let e = Arc::new(e);
-                for tx in waiters.into_values().flatten() {
+                for tx in waiters.flat_map(|(_, senders)| senders) {
                     let _ = tx.send(Err(Arc::clone(&e)));
                 }
             }
@@ -665,6 +754,42 @@ mod tests {
             calls.load(Ordering::SeqCst),
             1,
             "cache(true) promises a key is fetched at most once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_joining_a_running_batch_retries_when_its_runner_is_cancelled() {
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (g, c) = (Arc::clone(&gate), Arc::clone(&calls));
+        let loader: Loader<u32, u32, String> = Loader::builder(move |keys: Vec<u32>| {
+            let (g, c, started) = (Arc::clone(&g), Arc::clone(&c), started_tx.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                started.send(()).unwrap();
+                drop(g.acquire().await.unwrap());
+                Ok(keys.into_iter().map(|k| (k, k + 100)).collect())
+            }
+        })
+        .cache(true)
+        .build();
+        let mut runner = Box::pin(loader.load(1));
+        assert!(futures_poll_once(runner.as_mut()).await.is_none()); // queued, yielded
+        assert!(futures_poll_once(runner.as_mut()).await.is_none()); // batch running
+        started_rx.recv().await.unwrap();
+        let mut late = Box::pin(loader.load(1));
+        assert!(futures_poll_once(late.as_mut()).await.is_none()); // joined the running batch
+        drop(runner);
+        gate.add_permits(1);
+        let v = tokio::time::timeout(std::time::Duration::from_secs(5), late)
+            .await
+            .expect("the caller who joined a cancelled batch hangs");
+        assert_eq!(v.unwrap(), Some(101));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "fetched again by the late caller"
         );
     }
 
