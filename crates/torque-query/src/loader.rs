@@ -38,10 +38,11 @@ where
 }
 
 type Outcome<V, E> = Result<Option<V>, Arc<E>>;
-type Waiters<K, V, E> = HashMap<K, Vec<oneshot::Sender<Outcome<V, E>>>>;
+type Senders<V, E> = Vec<oneshot::Sender<Outcome<V, E>>>;
+type Waiters<K, V, E> = HashMap<K, Senders<V, E>>;
 /// With caching: keys whose batch is running, by batch id, with the callers
 /// who asked for them meanwhile.
-type InFlight<K, V, E> = HashMap<K, (u64, Vec<oneshot::Sender<Outcome<V, E>>>)>;
+type InFlight<K, V, E> = HashMap<K, (u64, Senders<V, E>)>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type BoxBatch<K, V, E> = Arc<dyn Fn(Vec<K>) -> BoxFuture<Result<HashMap<K, V>, E>> + Send + Sync>;
 
@@ -422,7 +423,7 @@ struct InFlightGuard<'a, K: Eq + Hash, V, E> {
 
 impl<K: Eq + Hash, V, E> InFlightGuard<'_, K, V, E> {
     /// Unmarks the keys; returns the callers who joined, by key.
-    fn finish(&mut self) -> Vec<(K, Vec<oneshot::Sender<Outcome<V, E>>>)> {
+    fn finish(&mut self) -> Vec<(K, Senders<V, E>)> {
         let mut in_flight = lock(&self.inner.in_flight);
         let mut joined = Vec::new();
         for key in self.keys.drain(..) {
