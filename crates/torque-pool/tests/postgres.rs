@@ -317,6 +317,23 @@ async fn a_connection_returned_inside_an_open_transaction_is_not_reused() {
 }
 
 #[tokio::test]
+async fn a_connection_returned_after_a_failed_text_ending_in_commit_is_not_reused() {
+    // BEGIN in one call, then a text whose last statement is COMMIT fails
+    // before it: the COMMIT never ran, the block is open and failed.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn.batch_execute("SELECT 1/0; COMMIT").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::DIVISION_BY_ZERO));
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+}
+
+#[tokio::test]
 async fn a_connection_whose_transactions_ended_is_reused() {
     let db = pg_database().await;
     let pool = one_connection_pool(&db);
