@@ -331,6 +331,14 @@ fn sql_opens_block(sql: &str) -> bool {
     statements(sql).any(|statement| transaction_effect(statement) == Some(true))
 }
 
+/// Whether `sql` holds more than one statement (empty ones not counted).
+fn more_than_one_statement(sql: &str) -> bool {
+    statements(sql)
+        .filter(|statement| !statement.trim().is_empty())
+        .nth(1)
+        .is_some()
+}
+
 /// The statements of a text: split at each `;` outside quotes, dollar
 /// quotes and comments, with the comments left in (a statement's first
 /// words are read after white space only, so one that starts with a
@@ -435,8 +443,15 @@ impl PgConnection {
             (Some(state), true) => state,
             // A failed text that opened a block may have failed inside it,
             // which leaves the block open (and failed); a failed end
-            // (`COMMIT` of a deferred violation) still ends it.
-            (Some(state), false) => state || sql_opens_block(sql),
+            // (`COMMIT` of a deferred violation) still ends it, but only
+            // when it is the text's one statement: in `UPDATE ...; COMMIT`
+            // the failure may have come before the `COMMIT`, which then
+            // never ran, and a block open before stays open (and failed).
+            (Some(state), false) => {
+                state
+                    || sql_opens_block(sql)
+                    || (self.in_transaction() && more_than_one_statement(sql))
+            }
             (None, _) => return,
         };
         self.in_transaction.store(now, Ordering::Relaxed);
