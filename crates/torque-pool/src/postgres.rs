@@ -628,6 +628,19 @@ mod transaction_tests {
             (";;", None),
             ("$", None),
             ("SELECT $a", None),
+            // A SQL-standard body's `;` and `END` are the body's.
+            (
+                "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+                None,
+            ),
+            (
+                "create or replace procedure p() language sql begin atomic\n  select case when true then 1 end;\n  select 2;\nend; COMMIT",
+                Some(false),
+            ),
+            (
+                "BEGIN; CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
+                Some(true),
+            ),
         ] {
             assert_eq!(transaction_effect(sql), want, "{sql:?}");
         }

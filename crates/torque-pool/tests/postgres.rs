@@ -334,6 +334,32 @@ async fn a_connection_returned_after_a_failed_text_ending_in_commit_is_not_reuse
 }
 
 #[tokio::test]
+async fn a_begin_atomic_body_inside_a_transaction_does_not_end_it() {
+    // The `END` of a SQL-standard function body (PostgreSQL 14+) follows a
+    // `;` outside quotes, but ends the body, not the transaction block.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    conn.batch_execute(
+        "CREATE FUNCTION atomic_one() RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT 1;\nEND",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+}
+
+#[tokio::test]
 async fn a_connection_whose_transactions_ended_is_reused() {
     let db = pg_database().await;
     let pool = one_connection_pool(&db);
