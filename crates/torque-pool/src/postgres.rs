@@ -339,6 +339,17 @@ fn more_than_one_statement(sql: &str) -> bool {
         .is_some()
 }
 
+/// The identifier-like word starting at `i` (empty if none): letters,
+/// digits, `_`, `$` and non-ASCII bytes, so it ends on a char boundary.
+fn word_at(bytes: &[u8], i: usize) -> &[u8] {
+    let rest = bytes.get(i..).unwrap_or(&[]);
+    let len = rest
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80))
+        .unwrap_or(rest.len());
+    &rest[..len]
+}
+
 /// The statements of a text: split at each `;` outside quotes, dollar
 /// quotes and comments, with the comments left in (a statement's first
 /// words are read after white space only, so one that starts with a
@@ -347,10 +358,36 @@ fn more_than_one_statement(sql: &str) -> bool {
 fn statements(sql: &str) -> impl Iterator<Item = &str> {
     let bytes = sql.as_bytes();
     let mut cuts = Vec::new();
+    // Inside a SQL-standard function body (`BEGIN ATOMIC ... END`, whose
+    // statements end in `;`): its `CASE ... END` nesting, as psql counts it.
+    let mut atomic_depth = 0u32;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b';' => cuts.push(i),
+            b';' if atomic_depth == 0 => cuts.push(i),
+            b if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 => {
+                // A word, read whole (an identifier's `$` opens no quote).
+                let word = word_at(bytes, i);
+                let mut end = i + word.len();
+                if atomic_depth > 0 {
+                    if word.eq_ignore_ascii_case(b"case") {
+                        atomic_depth += 1;
+                    } else if word.eq_ignore_ascii_case(b"end") {
+                        atomic_depth -= 1;
+                    }
+                } else if word.eq_ignore_ascii_case(b"begin") {
+                    let mut next = end;
+                    while next < bytes.len() && bytes[next].is_ascii_whitespace() {
+                        next += 1;
+                    }
+                    let following = word_at(bytes, next);
+                    if following.eq_ignore_ascii_case(b"atomic") {
+                        atomic_depth = 1;
+                        end = next + following.len();
+                    }
+                }
+                i = end - 1;
+            }
             b'\'' | b'"' => {
                 let quote = bytes[i];
                 i += 1;
@@ -628,6 +665,9 @@ mod transaction_tests {
             (";;", None),
             ("$", None),
             ("SELECT $a", None),
+            // `$` inside an identifier opens no dollar quote.
+            ("SELECT a$b$c FROM t; COMMIT", Some(false)),
+            ("BEGIN; SELECT é$x$ FROM t", Some(true)),
             // A SQL-standard body's `;` and `END` are the body's.
             (
                 "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
