@@ -665,6 +665,10 @@ mod transaction_tests {
             (";;", None),
             ("$", None),
             ("SELECT $a", None),
+            // A statement's first word comes after its leading comments.
+            ("/* app:web */ BEGIN", Some(true)),
+            ("-- tagged\n  COMMIT", Some(false)),
+            ("BEGIN; /* a */ /* b */ ROLLBACK", Some(false)),
             // `$` inside an identifier opens no dollar quote.
             ("SELECT a$b$c FROM t; COMMIT", Some(false)),
             ("BEGIN; SELECT é$x$ FROM t", Some(true)),
