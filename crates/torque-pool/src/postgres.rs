@@ -301,7 +301,7 @@ fn is_client_side(err: &Error) -> bool {
 fn transaction_effect(sql: &str) -> Option<bool> {
     let mut effect = None;
     for statement in statements(sql) {
-        let mut words = statement
+        let mut words = skip_leading_comments(statement)
             .split(|c: char| c.is_ascii_whitespace() || c == '(')
             .filter(|w| !w.is_empty());
         let Some(first) = words.next() else {
@@ -324,6 +324,38 @@ fn transaction_effect(sql: &str) -> Option<bool> {
         }
     }
     effect
+}
+
+/// `statement` after its leading white space and comments (`-- ...` lines,
+/// `/* ... */` blocks, nested as PostgreSQL nests them).
+fn skip_leading_comments(mut statement: &str) -> &str {
+    loop {
+        statement = statement.trim_start();
+        if let Some(rest) = statement.strip_prefix("--") {
+            statement = rest.find('\n').map_or("", |n| &rest[n..]);
+        } else if statement.starts_with("/*") {
+            let bytes = statement.as_bytes();
+            let (mut depth, mut i) = (0u32, 0);
+            while i < bytes.len() {
+                if bytes[i..].starts_with(b"/*") {
+                    depth += 1;
+                    i += 2;
+                } else if bytes[i..].starts_with(b"*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            // `i` is past an ASCII `*/` or at the end: a char boundary.
+            statement = statement.get(i..).unwrap_or("");
+        } else {
+            return statement;
+        }
+    }
 }
 
 /// Whether any statement of `sql` opens a transaction block.
@@ -352,9 +384,7 @@ fn word_at(bytes: &[u8], i: usize) -> &[u8] {
 
 /// The statements of a text: split at each `;` outside quotes, dollar
 /// quotes and comments, with the comments left in (a statement's first
-/// words are read after white space only, so one that starts with a
-/// comment is not recognised, which errs towards keeping the connection
-/// as it is).
+/// words are read after its leading comments).
 fn statements(sql: &str) -> impl Iterator<Item = &str> {
     let bytes = sql.as_bytes();
     let mut cuts = Vec::new();
