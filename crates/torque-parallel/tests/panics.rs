@@ -232,3 +232,30 @@ fn a_slow_panic_does_not_send_a_tiny_batch_to_rayon() {
         "tiny batches with a slow panic stayed sequential {sequential} times in 10"
     );
 }
+
+/// A timed stretch that saw a panic is not timed, but the timing must start
+/// again on a short stretch: restarted on one as long as all the items done
+/// so far, it meets a panic again whenever they come about as often as the
+/// stretches double, and a batch of slow items never reaches rayon. Here the
+/// panics are at 0 and the powers of two (9 of 256 items); every other item
+/// takes ~200 µs, 4 000 times the 50 µs threshold for the rest of the batch.
+#[test]
+fn a_slow_batch_with_panics_in_each_doubling_stretch_still_goes_parallel() {
+    let p = processor();
+    let items: Vec<u32> = (0..256).collect();
+    let before = p.stats();
+    let out = p.map(&items, |&x| {
+        if x == 0 || x.is_power_of_two() {
+            panic!("item {x}");
+        }
+        std::thread::sleep(Duration::from_micros(200));
+        x
+    });
+    let after = p.stats();
+    assert_eq!(out.iter().filter(|r| r.is_err()).count(), 9);
+    assert_eq!(
+        after.parallel_runs,
+        before.parallel_runs + 1,
+        "the batch escaped to rayon once a stretch without a panic was timed"
+    );
+}
