@@ -386,3 +386,19 @@ fn python_db_api_placeholders_are_placeholders() {
     differ("SELECT a % 2 FROM t", "SELECT a 2 FROM t");
     differ("SELECT a % s FROM t", "SELECT a ? FROM t");
 }
+
+/// PostgreSQL ends no multi-character operator in `+` or `-` unless it
+/// holds one of `~ ! @ # % ^ & | ` ?`: `a=-5` is `a = -5` to the server
+/// (and `a*-1` is `a * -1`), so the spacing must not change the fingerprint.
+#[test]
+fn a_sign_glued_to_a_comparison_is_the_literals() {
+    same("SELECT * FROM t WHERE a=-5", "SELECT * FROM t WHERE a = -5");
+    same("SELECT * FROM t WHERE a=+5", "SELECT * FROM t WHERE a = 5");
+    same(
+        "SELECT * FROM t WHERE a<>-1",
+        "SELECT * FROM t WHERE a <> 7",
+    );
+    same("UPDATE t SET a=a*-1", "UPDATE t SET a = a * -2");
+    // Operators that may end in a sign keep it.
+    differ("SELECT a @- b FROM t", "SELECT a @ - b FROM t");
+}
