@@ -352,6 +352,23 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
                     }
                     i += 1;
                 }
+                // PostgreSQL's rule: a multi-character operator ends in
+                // `+` or `-` only if it holds one of ~ ! @ # % ^ & | ` ?;
+                // otherwise those trailing signs are the next token's
+                // (`a=-5` is `a = -5`, `a*-1` is `a * -1`).
+                if i - start > 1
+                    && matches!(bytes[i - 1], b'+' | b'-')
+                    && !bytes[start..i - 1].iter().any(|c| {
+                        matches!(
+                            c,
+                            b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
+                        )
+                    })
+                {
+                    while i - start > 1 && matches!(bytes[i - 1], b'+' | b'-') {
+                        i -= 1;
+                    }
+                }
                 // `id=?` (as Hibernate prints it): a placeholder glued to a
                 // comparison or arithmetic operator, which with the `?` is no
                 // operator PostgreSQL has (its `?` operators are `?`, `?|`,
