@@ -171,7 +171,10 @@ where
 
     /// Remember loaded values (found or not) for the loader's lifetime, so a
     /// key is fetched at most once: a load of a key whose batch is still
-    /// running waits for that batch. Errors are never cached. Off by default.
+    /// running waits for that batch. A batch's error is never cached; a
+    /// per-key `Err` (a batch returning `HashMap<K, Result<T, E2>>`) is that
+    /// key's value to the loader and is cached like any other (call
+    /// [`clear_cache`](Loader::clear_cache) to retry it). Off by default.
     pub fn cache(mut self, on: bool) -> Self {
         self.cache = on;
         self
