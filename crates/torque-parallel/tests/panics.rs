@@ -193,12 +193,6 @@ fn a_panic_in_the_reduction_op_propagates() {
 /// `RUST_BACKTRACE=1`, 15 times in 30.
 #[test]
 fn a_slow_panic_does_not_send_a_tiny_batch_to_rayon() {
-    fn spin(d: std::time::Duration) {
-        let start = std::time::Instant::now();
-        while start.elapsed() < d {
-            std::hint::spin_loop();
-        }
-    }
     let p = processor();
     let items: Vec<u64> = (0..10).collect();
     let armed = std::sync::atomic::AtomicBool::new(false);
@@ -248,7 +242,7 @@ fn a_slow_batch_with_panics_in_each_doubling_stretch_still_goes_parallel() {
         if x == 0 || x.is_power_of_two() {
             panic!("item {x}");
         }
-        std::thread::sleep(Duration::from_micros(200));
+        spin(Duration::from_micros(200));
         x
     });
     let after = p.stats();
@@ -258,4 +252,13 @@ fn a_slow_batch_with_panics_in_each_doubling_stretch_still_goes_parallel() {
         before.parallel_runs + 1,
         "the batch escaped to rayon once a stretch without a panic was timed"
     );
+}
+
+/// Keeps the CPU busy for `d`: an item's work, as the Cpu strategy expects
+/// it (a sleeping item would give its core away and measure nothing).
+fn spin(d: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
 }
