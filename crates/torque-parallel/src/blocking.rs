@@ -388,7 +388,7 @@ impl BlockingPool {
                 .into_iter()
                 .map(|x| {
                     if is_cancelled() {
-                        Err(ItemError::Cancelled)
+                        not_run(x)
                     } else {
                         run_owned(&f, x)
                     }
@@ -400,14 +400,14 @@ impl BlockingPool {
         let shared = &self.shared;
         'items: for (i, item) in items.into_iter().enumerate() {
             if is_cancelled() {
-                batch.complete(i, Err(ItemError::Cancelled), false);
+                batch.complete(i, not_run(item), false);
                 continue;
             }
             let weight = weigh(&item);
             let mut st = lock(&shared.state);
             if st.shutdown {
                 drop(st);
-                batch.complete(i, Err(ItemError::Cancelled), false);
+                batch.complete(i, not_run(item), false);
                 continue;
             }
             batch.add_pending();
@@ -458,7 +458,33 @@ fn run_owned<T, R, E, F: Fn(T) -> Result<R, E>>(f: &F, x: T) -> Result<R, ItemEr
     match catch_unwind(AssertUnwindSafe(|| f(x))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ItemError::Failed(e)),
-        Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+        Err(payload) => Err(ItemError::Panicked(panic_error(payload))),
+    }
+}
+
+/// The error for a caught panic; drops its payload, whose own `Drop` may
+/// panic too (a `panic_any` of a type that does): that second payload is
+/// leaked, not dropped, for dropping it could panic again.
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PanicError {
+    let error = PanicError::from_payload(&*payload);
+    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+        std::mem::forget(again);
+    }
+    error
+}
+
+/// Drops `x`, user data whose `Drop` may panic, on a path that must go on
+/// (a worker, a feeder, a future's `drop`): a panic is caught and returned.
+fn drop_caught<X>(x: X) -> Result<(), PanicError> {
+    catch_unwind(AssertUnwindSafe(|| drop(x))).map_err(panic_error)
+}
+
+/// The result of an item that was not run (the batch was cancelled or the
+/// pool shut down): `Cancelled`, or the panic of the item's `Drop`.
+fn not_run<X, R, E>(item: X) -> Result<R, ItemError<E>> {
+    match drop_caught(item) {
+        Ok(()) => Err(ItemError::Cancelled),
+        Err(panic) => Err(ItemError::Panicked(panic)),
     }
 }
 
@@ -494,15 +520,18 @@ where
                 || batch.abandoned.load(Ordering::Relaxed)
                 || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
             let result = if skip {
-                drop(item);
-                Err(ItemError::Cancelled)
+                not_run(item)
             } else {
                 run_owned(&*f, item)
             };
             // Release what the job holds (and its weight) before reporting
             // it done, so that a batch that has returned holds nothing of
-            // the caller's and its weight is no longer in flight.
-            drop(f);
+            // the caller's and its weight is no longer in flight. The last
+            // handle to the closure may be this one (the batch's future was
+            // dropped): a panic of its `Drop` belongs to no item, and must
+            // neither kill the worker nor keep the weight, so it is caught
+            // and dropped (the panic hook has reported it).
+            let _ = drop_caught(f);
             drop(cancel);
             if admitted {
                 shared.release(weight);
@@ -727,8 +756,7 @@ where
             // waits for its weight).
             for (i, item) in this.items.by_ref() {
                 let result = if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                    drop(item);
-                    Err(ItemError::Cancelled)
+                    not_run(item)
                 } else {
                     run_owned(&*this.f, item)
                 };
@@ -739,14 +767,14 @@ where
             && let Some((i, item)) = this.items.next()
         {
             if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                batch.complete(i, Err(ItemError::Cancelled), false);
+                batch.complete(i, not_run(item), false);
                 continue;
             }
             let weight = (this.weigh)(&item);
             let mut st = lock(&shared.state);
             if st.shutdown {
                 drop(st);
-                batch.complete(i, Err(ItemError::Cancelled), false);
+                batch.complete(i, not_run(item), false);
                 continue;
             }
             batch.add_pending();
@@ -770,8 +798,7 @@ where
                 }
             }
             for (i, item) in this.items.by_ref() {
-                drop(item);
-                batch.complete(i, Err(ItemError::Cancelled), false);
+                batch.complete(i, not_run(item), false);
             }
             // After the withdrawal: a job admitted meanwhile is queued.
             shared.skip_queued(owner_of(batch));

@@ -722,6 +722,13 @@ impl Processor {
 /// A batch submitted from inside a blocking job runs inline on that job's
 /// thread (waiting for room from a worker could wait forever). If the
 /// threads cannot be started, every item comes back `ItemError::Cancelled`.
+///
+/// A panic is caught wherever user code runs on the pool's behalf: an
+/// item's (its result is `ItemError::Panicked`), the `Drop` of an item that
+/// was not run because the batch was cancelled (that item's result is the
+/// drop's panic instead of `Cancelled`), and the `Drop` of the closure when
+/// a worker holds its last handle (a dropped `map_async` future's): the
+/// worker lives on and the item's weight is given back either way.
 #[derive(Debug, Clone, Copy)]
 pub struct Blocking<'a> {
     processor: &'a Processor,
