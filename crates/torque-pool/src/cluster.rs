@@ -412,7 +412,7 @@ impl<M: RoleProbe> Cluster<M> {
 /// opposed to the pool being busy or closed).
 fn is_host_failure<E>(e: &PoolError<E>) -> bool {
     match e {
-        PoolError::Backend(_) => true,
+        PoolError::Backend(_) | PoolError::ConnectPanicked { .. } => true,
         PoolError::Timeout {
             kind, last_error, ..
         } => *kind == TimeoutKind::Create || last_error.is_some(),
@@ -550,14 +550,20 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
     };
     let pool = &inner.pools[host];
     let start = Instant::now();
-    let outcome: Result<Role, Option<Arc<BackendError<M>>>> = async {
-        let mut conn = pool.get().await.map_err(|e| backend_error(&e))?;
+    let outcome: Result<Role, Probed<M>> = async {
+        let mut conn = pool.get().await.map_err(|e| {
+            if busy(&e, &pool.status()) {
+                Probed::Busy
+            } else {
+                Probed::Failed(backend_error(&e))
+            }
+        })?;
         // A mark left by a caller is answered by this very probe.
         pool.manager().take_read_only_error(&conn);
         match timeout(pool.config().check_timeout, pool.manager().role(&mut conn)).await {
             Ok(Ok(role)) => Ok(role),
-            Ok(Err(e)) => Err(Some(Arc::new(e))),
-            Err(_) => Err(None),
+            Ok(Err(e)) => Err(Probed::Failed(Some(Arc::new(e)))),
+            Err(_) => Err(Probed::Failed(None)),
         }
     }
     .await;
@@ -577,7 +583,14 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
                     tracing::info!(host, %role, "host is back");
                 }
             }
-            Err(e) => {
+            Err(Probed::Busy) => {
+                st.hosts.probe_postponed(host, now);
+                tracing::debug!(
+                    host,
+                    "role probe found every connection in use; the host keeps its state"
+                );
+            }
+            Err(Probed::Failed(e)) => {
                 st.hosts.probe_failed(host, now);
                 match &e {
                     Some(e) => tracing::debug!(host, error = %e, "role probe failed"),
@@ -590,6 +603,33 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
         }
     }
     inner.wake.notify_one();
+}
+
+/// Why a role probe did not learn the host's role.
+enum Probed<M: Manager> {
+    /// The host failed: its backend error, or `None` for a timeout.
+    Failed(Option<Arc<BackendError<M>>>),
+    /// Every connection of the host's pool stayed checked out by callers
+    /// for the whole acquire timeout: see [`busy`].
+    Busy,
+}
+
+/// Whether a probe's failed `get` only says that the host's pool is busy:
+/// it timed out waiting for a connection while callers held every one and
+/// no connect was in flight or had failed. That is a host serving requests,
+/// not a down host; marking it down would turn its callers away (reads to
+/// other hosts, writes failing) for no fault of its own. A connect that
+/// hangs or fails, or a check that fails, still counts as a failure.
+fn busy<E>(e: &PoolError<E>, status: &Status) -> bool {
+    matches!(
+        e,
+        PoolError::Timeout {
+            kind: TimeoutKind::Acquire,
+            last_error: None,
+            ..
+        }
+    ) && status.in_use > 0
+        && status.connecting == 0
 }
 
 /// Counts a probe that did not finish (the manager's `role` or `check`

@@ -67,6 +67,14 @@ pub enum PoolError<E> {
         /// The role the request wanted.
         role: Role,
     },
+    /// The manager's `create` panicked, and nothing in the pool could serve
+    /// the caller: like [`Backend`](Self::Backend), a failed connect (the
+    /// pool retries after its backoff), with the panic's message for an
+    /// error. A bug in the manager.
+    ConnectPanicked {
+        /// The panic's message.
+        message: Arc<str>,
+    },
     /// The pool was closed.
     Closed,
 }
@@ -77,7 +85,9 @@ impl<E> PoolError<E> {
         match self {
             PoolError::Timeout { last_error, .. } => last_error.as_deref(),
             PoolError::Backend(e) => Some(e),
-            PoolError::Closed | PoolError::NoHost { .. } => None,
+            PoolError::Closed | PoolError::NoHost { .. } | PoolError::ConnectPanicked { .. } => {
+                None
+            }
         }
     }
 
@@ -115,6 +125,12 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
             PoolError::NoHost {
                 role: Role::Replica,
             } => f.write_str("no healthy replica or primary host for a read"),
+            PoolError::ConnectPanicked { message } => {
+                write!(
+                    f,
+                    "cannot connect: the manager's create panicked: {message}"
+                )
+            }
             PoolError::Closed => f.write_str("the pool is closed"),
         }
     }

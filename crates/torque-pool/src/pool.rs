@@ -475,8 +475,38 @@ impl<M: Manager> Drop for CloseGuard<'_, M> {
     }
 }
 
-/// Gives the slot back if a create task dies without finishing (a panic in
-/// the manager, or a runtime shutting down).
+/// Runs `fut`, catching a panic in any of its polls (the future's
+/// `catch_unwind`): `Err` with the panic's message. The panic hook has
+/// reported it already.
+async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, Arc<str>> {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                let message: Arc<str> = if let Some(s) = payload.downcast_ref::<&'static str>() {
+                    Arc::from(*s)
+                } else if let Some(s) = payload.downcast_ref::<String>() {
+                    Arc::from(s.as_str())
+                } else {
+                    Arc::from("a panic with a non-string payload")
+                };
+                // The payload's own drop may panic too; leak it rather.
+                if let Err(again) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)))
+                {
+                    std::mem::forget(again);
+                }
+                Poll::Ready(Err(message))
+            }
+        }
+    })
+    .await
+}
+
+/// Gives the slot back if a create task dies without finishing (a runtime
+/// shutting down; a panic of the manager's `create` is caught before).
 struct CreateGuard<M: Manager> {
     inner: Option<Arc<Inner<M>>>,
 }
@@ -661,21 +691,25 @@ impl<M: Manager> Inner<M> {
         let mut guard = CreateGuard {
             inner: Some(self.clone()),
         };
-        let result = tokio::time::timeout(self.config.create_timeout, self.manager.create()).await;
+        let result = tokio::time::timeout(
+            self.config.create_timeout,
+            catch_panic(self.manager.create()),
+        )
+        .await;
         guard.inner = None;
-        let failed = result.as_ref().map_or(true, |r| r.is_err());
+        let failed = !matches!(result, Ok(Ok(Ok(_))));
         let now = now();
         let mut woken = None;
         let mut failed_waiters = Vec::new();
         let (close, creates) = {
             let mut st = self.state.lock();
             let close = match result {
-                Ok(Ok(conn)) => {
+                Ok(Ok(Ok(conn))) => {
                     st.last_error = None;
                     st.core
                         .create_succeeded(conn, now, hand_off::<M>(&mut woken))
                 }
-                Ok(Err(e)) => {
+                Ok(Ok(Err(e))) => {
                     let e = Arc::new(e);
                     tracing::warn!(error = %e, "cannot connect");
                     st.last_error = Some(e.clone());
@@ -683,6 +717,21 @@ impl<M: Manager> Inner<M> {
                     fail_all::<M>(
                         waiters,
                         || PoolError::Backend(e.clone()),
+                        &mut failed_waiters,
+                    );
+                    None
+                }
+                Ok(Err(message)) => {
+                    // A bug in the manager, but to the waiters a connect
+                    // that failed: they are told so (with the panic's
+                    // message), and the pool retries after the backoff.
+                    tracing::error!(panic = %message, "the manager's connect panicked");
+                    let waiters = st.core.create_failed(now);
+                    fail_all::<M>(
+                        waiters,
+                        || PoolError::ConnectPanicked {
+                            message: message.clone(),
+                        },
                         &mut failed_waiters,
                     );
                     None

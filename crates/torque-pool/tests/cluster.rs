@@ -374,3 +374,52 @@ async fn concurrent_callers_failing_on_a_down_host_do_not_grow_its_backoff() {
         "back after {back_after:?}: the backoff grew per caller, not per probe"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_host_whose_probe_finds_no_free_connection_stays_up() {
+    // Every connection of the replica is checked out for longer than the
+    // probe's acquire timeout: the probe gets no connection, which says the
+    // host is busy serving, not that it is down.
+    let hosts = fakes(2);
+    let mut cfg = config(Balance::RoundRobin);
+    cfg.pool.max_size = 1;
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    cfg.role_check_interval = Duration::from_secs(2);
+    let cluster = start(&hosts, cfg).await;
+    let held = cluster.get_read().await.unwrap();
+    assert_eq!(held.host(), 1);
+    let probes = hosts[1].role_probes();
+    // Several role checks come due while the connection is held.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        cluster.hosts()[1].up,
+        "a busy replica was marked down: {:?}",
+        cluster.hosts()[1]
+    );
+    drop(held);
+    // And its role is checked again once a connection is free.
+    wait_until(Duration::from_secs(5), || hosts[1].role_probes() > probes).await;
+    assert!(cluster.hosts()[1].up);
+    assert_eq!(cluster.get_read().await.unwrap().host(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_connects_hang_is_marked_down_even_while_a_connection_is_out() {
+    // One connection held by a caller, room for another, and every new
+    // connect hangs: the probe's wait is a connect in flight, not a busy
+    // pool, so the host is down.
+    let hosts = fakes(2);
+    let mut cfg = config(Balance::RoundRobin);
+    cfg.pool.max_size = 2;
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    cfg.pool.create_timeout = Duration::from_secs(30);
+    cfg.role_check_interval = Duration::from_secs(2);
+    let cluster = start(&hosts, cfg).await;
+    // The probe's connection is the only one; a caller takes it.
+    let held = cluster.get_read().await.unwrap();
+    assert_eq!(held.host(), 1);
+    assert_eq!(cluster.hosts()[1].pool.size, 1);
+    hosts[1].set_create_delay(Duration::from_secs(3600));
+    wait_until(Duration::from_secs(10), || !cluster.hosts()[1].up).await;
+    drop(held);
+}

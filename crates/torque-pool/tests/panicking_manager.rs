@@ -206,3 +206,42 @@ async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() 
         "served {waited:?} after the panic; the backoff is at most 50 ms"
     );
 }
+
+/// A connect that panics with nothing in the pool that could serve the
+/// waiters fails them at once, as a connect error does, with an error that
+/// says the connect panicked and why: not `Closed`, which said the pool was
+/// closed when it was not (and still serves after the backoff).
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_panics_fails_its_waiters_with_the_panic_not_closed() {
+    let fake = Fake::default();
+    let pool = Pool::builder(fake.clone())
+        .max_size(1)
+        .min_idle(0)
+        .keepalive_interval(None)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .seed(1)
+        .build()
+        .unwrap();
+    fake.knobs.panic_in_create.store(true, Ordering::SeqCst);
+    let err = tokio::time::timeout(BOUND, pool.get())
+        .await
+        .expect("no hang")
+        .expect_err("the only connect panicked");
+    let text = err.to_string();
+    assert!(
+        !matches!(err, torque_pool::PoolError::Closed),
+        "a panicked connect reported as a closed pool: {err:?}"
+    );
+    assert!(
+        text.contains("the fake manager was told to panic"),
+        "the panic's message is missing: {text}"
+    );
+    fake.knobs.panic_in_create.store(false, Ordering::SeqCst);
+    let conn = tokio::time::timeout(BOUND, pool.get())
+        .await
+        .expect("no hang")
+        .expect("the pool serves once connects work");
+    drop(conn);
+}

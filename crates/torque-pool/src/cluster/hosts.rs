@@ -331,6 +331,16 @@ impl Hosts {
         (old != role).then_some(old)
     }
 
+    /// A probe of host `i` got no connection because callers held them
+    /// all: nothing was learnt, so the host keeps its role and its up or
+    /// down state (and its backoff), and is probed again after the
+    /// shortest backoff.
+    pub(crate) fn probe_postponed(&mut self, i: usize, now: Instant) {
+        let h = &mut self.hosts[i];
+        h.probing = false;
+        h.next_check = crate::core::later(now, self.cfg.backoff_min);
+    }
+
     /// A probe of host `i` failed: it is down, retried after a backoff.
     pub(crate) fn probe_failed(&mut self, i: usize, now: Instant) {
         self.hosts[i].probing = false;
