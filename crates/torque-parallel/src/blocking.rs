@@ -30,7 +30,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
-use crate::outcome::{ItemError, PanicError};
+use crate::outcome::{ItemError, PanicError, drop_caught, not_run};
 
 thread_local! {
     /// Set on the pool's own threads: a batch submitted from inside a job runs
@@ -458,33 +458,7 @@ fn run_owned<T, R, E, F: Fn(T) -> Result<R, E>>(f: &F, x: T) -> Result<R, ItemEr
     match catch_unwind(AssertUnwindSafe(|| f(x))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ItemError::Failed(e)),
-        Err(payload) => Err(ItemError::Panicked(panic_error(payload))),
-    }
-}
-
-/// The error for a caught panic; drops its payload, whose own `Drop` may
-/// panic too (a `panic_any` of a type that does): that second payload is
-/// leaked, not dropped, for dropping it could panic again.
-fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PanicError {
-    let error = PanicError::from_payload(&*payload);
-    if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
-        std::mem::forget(again);
-    }
-    error
-}
-
-/// Drops `x`, user data whose `Drop` may panic, on a path that must go on
-/// (a worker, a feeder, a future's `drop`): a panic is caught and returned.
-fn drop_caught<X>(x: X) -> Result<(), PanicError> {
-    catch_unwind(AssertUnwindSafe(|| drop(x))).map_err(panic_error)
-}
-
-/// The result of an item that was not run (the batch was cancelled or the
-/// pool shut down): `Cancelled`, or the panic of the item's `Drop`.
-fn not_run<X, R, E>(item: X) -> Result<R, ItemError<E>> {
-    match drop_caught(item) {
-        Ok(()) => Err(ItemError::Cancelled),
-        Err(panic) => Err(ItemError::Panicked(panic)),
+        Err(payload) => Err(ItemError::Panicked(PanicError::from_box(payload))),
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use crate::cancel::CancelToken;
 use crate::io::{AsyncIo, Counters, IoLimiter};
 use crate::limit::Limiter;
-use crate::outcome::{ItemError, PanicError};
+use crate::outcome::{ItemError, PanicError, drop_caught, not_run};
 use crate::processor::Processor;
 
 /// The `Hybrid` strategy of a [`Processor`], from [`Processor::hybrid`]:
@@ -355,22 +355,31 @@ where
         let cpu = Arc::clone(&self.cpu);
         let cancel = self.cancel.clone();
         self.processor.cpu().spawn(move || {
+            // No panic may leave this job: out of a rayon job it aborts the
+            // process. So user data is dropped under `catch_unwind` here:
+            // the item when it is not run, the closure's last handle, and
+            // a result nobody wants.
             // The receiver is gone with the batch: nobody wants the result.
             if tx.is_closed() {
+                let _ = drop_caught(x);
+                let _ = drop_caught(cpu);
                 return;
             }
             let result = if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
-                Err(ItemError::Cancelled)
+                not_run(x)
             } else {
                 match catch_unwind(AssertUnwindSafe(|| cpu(x))) {
                     Ok(Ok(u)) => Ok(u),
                     Ok(Err(e)) => Err(ItemError::Failed(e)),
-                    Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+                    Err(payload) => Err(ItemError::Panicked(PanicError::from_box(payload))),
                 }
             };
+            let _ = drop_caught(cpu);
             // Never full: at most `buffer` items are outstanding. Fails only
             // when the batch is gone, and then the result is not wanted.
-            let _ = tx.try_send((slot, (index, result)));
+            if let Err(unsent) = tx.try_send((slot, (index, result))) {
+                let _ = drop_caught(unsent);
+            }
         });
     }
 }

@@ -5,6 +5,7 @@ use std::any::Any;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 /// Why one item of a batch has no value. The rest of the batch is unaffected.
@@ -90,7 +91,34 @@ pub(crate) fn caught_panics() -> u64 {
     CAUGHT.try_with(std::cell::Cell::get).unwrap_or(0)
 }
 
+/// Drops `x`, user data whose `Drop` may panic, on a path that must go on
+/// (a pool thread, a feeder, a future's `drop`; a panic out of a rayon job
+/// aborts the process): a panic is caught and returned.
+pub(crate) fn drop_caught<X>(x: X) -> Result<(), PanicError> {
+    catch_unwind(AssertUnwindSafe(|| drop(x))).map_err(PanicError::from_box)
+}
+
+/// The result of an item that was not run (its batch was cancelled, or is
+/// gone): `Cancelled`, or the panic of the item's `Drop`.
+pub(crate) fn not_run<X, R, E>(item: X) -> Result<R, ItemError<E>> {
+    match drop_caught(item) {
+        Ok(()) => Err(ItemError::Cancelled),
+        Err(panic) => Err(ItemError::Panicked(panic)),
+    }
+}
+
 impl PanicError {
+    /// The error for a caught panic; drops its payload, whose own `Drop`
+    /// may panic too (a `panic_any` of a type that does): that second
+    /// payload is leaked, not dropped, for dropping it could panic again.
+    pub(crate) fn from_box(payload: Box<dyn Any + Send>) -> Self {
+        let error = Self::from_payload(&*payload);
+        if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(payload))) {
+            std::mem::forget(again);
+        }
+        error
+    }
+
     pub(crate) fn from_payload(payload: &(dyn Any + Send)) -> Self {
         let _ = CAUGHT.try_with(|c| c.set(c.get() + 1));
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {

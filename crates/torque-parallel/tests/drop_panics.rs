@@ -1,7 +1,7 @@
-//! A panicking `Drop` of user data inside a blocking job (an item skipped
-//! after a cancel, the last handle to the closure) is isolated like a
-//! panicking item: the worker survives, the job's weight is given back and
-//! the batch completes.
+//! A panicking `Drop` of user data on a pool thread (an item skipped after a
+//! cancel, the last handle to the closure) is isolated like a panicking
+//! item: the thread survives (a panic out of a rayon job would abort the
+//! process), the job's weight is given back and the batch completes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -136,4 +136,90 @@ async fn a_closure_whose_drop_panics_on_a_worker_does_not_kill_it() {
     let next = p.blocking().map_async(vec![1, 2], |x| x + 1).await;
     assert_eq!(*next[1].as_ref().unwrap(), 3, "the pool still runs batches");
     armed.store(false, Ordering::Relaxed);
+}
+
+/// An item whose drop panics only if it is the armed one.
+struct Fuse {
+    n: u32,
+    armed: bool,
+}
+
+impl Drop for Fuse {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            panic!("fuse {} dropped", self.n);
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_hybrid_item_whose_drop_panics_after_a_cancel_does_not_abort() {
+    use futures_util::StreamExt;
+
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .cpu_threads(1)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let (pulled_tx, pulled_rx) = mpsc::sync_channel::<()>(1);
+    let pulled_rx = std::sync::Mutex::new(pulled_rx);
+    let t = token.clone();
+    // Item 0's CPU stage cancels the batch and waits until item 1 has been
+    // taken from the input (and so queued behind it on the one CPU
+    // thread): item 1 is then skipped by its job on rayon, which drops it
+    // there, and its drop panics.
+    let items =
+        futures_util::stream::iter((0..4).map(|n| Fuse { n, armed: n == 1 })).inspect(move |f| {
+            if f.n == 1 {
+                let _ = pulled_tx.try_send(());
+            }
+        });
+    let out = p
+        .hybrid()
+        .try_map_stream(
+            items,
+            move |mut f: Fuse| {
+                f.armed = false;
+                if f.n == 0 {
+                    t.cancel();
+                    pulled_rx
+                        .lock()
+                        .unwrap()
+                        .recv_timeout(Duration::from_secs(10))
+                        .expect("item 1 taken from the input");
+                }
+                Ok::<u32, ()>(f.n)
+            },
+            |n| async move { Ok(n) },
+        )
+        .await;
+    // Item 0 ran its CPU stage; its I/O stage sees the cancel.
+    assert!(
+        matches!(out[0], Ok(0) | Err(ItemError::Cancelled)),
+        "item 0: {:?}",
+        out[0]
+    );
+    // The cancel has dropped the CPU stage's output, so item 1 is owed a
+    // `Cancelled` (its job's result, the drop's panic, had nowhere to go);
+    // before, the panic left the rayon job and aborted the process.
+    match &out[1] {
+        Err(ItemError::Cancelled) => {}
+        Err(ItemError::Panicked(p)) => assert_eq!(p.message(), "fuse 1 dropped"),
+        other => panic!("item 1: {other:?}"),
+    }
+    for (i, r) in out.iter().enumerate().skip(2) {
+        assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
+    }
+    let again = p
+        .with_cancel(CancelToken::new())
+        .hybrid()
+        .map(vec![1u32, 2], |x| x + 1, |y| async move { y })
+        .await;
+    assert_eq!(
+        *again[1].as_ref().unwrap(),
+        3,
+        "the pool still runs batches"
+    );
 }
