@@ -164,15 +164,11 @@ async fn a_role_probe_that_panics_does_not_stop_role_checks() {
     assert_eq!(write.host(), 1);
 }
 
-/// A connect that panics is a failed connect: the next attempt comes after
-/// the reconnect backoff (10 ms, at most 50 ms while someone waits), not
-/// whenever the background task next happens to wake (its 500 ms
-/// maintenance interval, or the waiter's acquire timeout).
-#[tokio::test(start_paused = true)]
-async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() {
-    let fake = Fake::default();
-    let pool = Pool::builder(fake.clone())
-        .max_size(2)
+/// A pool of the plain fake manager (whose connect can be told to panic),
+/// with no background work but the reconnects.
+fn fake_pool(fake: &Fake, max_size: usize) -> Pool<Fake> {
+    Pool::builder(fake.clone())
+        .max_size(max_size)
         .min_idle(0)
         .keepalive_interval(None)
         .max_lifetime(None)
@@ -180,7 +176,17 @@ async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() 
         .acquire_timeout(Duration::from_secs(5))
         .seed(1)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// A connect that panics is a failed connect: the next attempt comes after
+/// the reconnect backoff (10 ms, at most 50 ms while someone waits), not
+/// whenever the background task next happens to wake (its 500 ms
+/// maintenance interval, or the waiter's acquire timeout).
+#[tokio::test(start_paused = true)]
+async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() {
+    let fake = Fake::default();
+    let pool = fake_pool(&fake, 2);
     // One connection out: it could serve the waiter, so the waiter is not
     // failed when the connect panics; it waits for the next attempt.
     let _held = pool.get().await.unwrap();
@@ -214,16 +220,7 @@ async fn after_a_connect_that_panics_the_next_attempt_comes_after_the_backoff() 
 #[tokio::test(start_paused = true)]
 async fn a_connect_that_panics_fails_its_waiters_with_the_panic_not_closed() {
     let fake = Fake::default();
-    let pool = Pool::builder(fake.clone())
-        .max_size(1)
-        .min_idle(0)
-        .keepalive_interval(None)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .acquire_timeout(Duration::from_secs(5))
-        .seed(1)
-        .build()
-        .unwrap();
+    let pool = fake_pool(&fake, 1);
     fake.knobs.panic_in_create.store(true, Ordering::SeqCst);
     let err = tokio::time::timeout(BOUND, pool.get())
         .await
