@@ -110,7 +110,7 @@ pub(crate) struct Inner<K, V, S> {
     weigher: Option<Weigher<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) clock: Arc<dyn Clock>,
-    origin: Instant,
+    pub(crate) origin: Instant,
     ttl: u64,
     tti: u64,
     /// Set once any entry can expire; until then reads skip the clock.

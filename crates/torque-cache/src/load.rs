@@ -38,16 +38,18 @@ use crate::clock::to_nanos;
 type AnyError = Arc<dyn Any + Send + Sync>;
 
 thread_local! {
-    /// The loads whose async loader this thread is polling right now,
+    /// The loads that this thread is running user code of right now,
     /// innermost last (by their slot's address; the leader holds the slot,
-    /// so an address here is never reused while it is listed). A caller
-    /// that would wait on one of them runs inside that loader's poll: the
-    /// loader waits for itself.
+    /// so an address here is never reused while it is listed): a poll of an
+    /// async loader (or the call that makes its future), and for every
+    /// leader the clock read as it starts and the weigher, clock and clones
+    /// as it finishes. A caller that would wait on one of them runs inside
+    /// that code: the load waits for itself.
     static POLLING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Lists a load in [`POLLING`] for one poll of its loader; unlisted on drop,
-/// so also when the loader panics.
+/// Lists a load in [`POLLING`] while this thread runs user code that is
+/// part of it; unlisted on drop, so also when that code panics.
 struct PollingLoad(usize);
 
 impl PollingLoad {
@@ -315,17 +317,25 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
         left
     }
 
+    /// This load's entry in [`POLLING`].
+    fn part_of_load(&self) -> PollingLoad {
+        PollingLoad::enter(Arc::as_ptr(&self.slot) as usize)
+    }
+
     fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
     where
         K: Clone,
     {
         let loads = &self.cache.inner.loads;
-        let elapsed = self
-            .cache
-            .inner
-            .clock
-            .now()
-            .saturating_duration_since(self.started);
+        // The clock, and below the weigher and the clones, are user code
+        // run while this load is still in flight: a wait for it from there
+        // waits for itself, and must panic as one from the loader does (an
+        // async leader's thread is not the slot's `leader`).
+        let elapsed = {
+            let _part = self.part_of_load();
+            self.cache.inner.clock.now()
+        }
+        .saturating_duration_since(self.started);
         loads.nanos.fetch_add(to_nanos(elapsed), Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         crate::metrics::record_load(result.is_ok(), elapsed);
@@ -347,8 +357,11 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // abandons the load. Whatever the write displaces, and the
                 // clones if the load was superseded, are dropped only after
                 // the lock is released: a `Drop` is user code too.
-                let write = self.cache.prepare(&self.key, &value);
-                let (key, copy) = (self.key.clone(), value.clone());
+                let (write, key, copy) = {
+                    let _part = self.part_of_load();
+                    let write = self.cache.prepare(&self.key, &value);
+                    (write, self.key.clone(), value.clone())
+                };
                 // Declared before the lock's guard, so that it drops after
                 // the guard even when a panic unwinds this frame.
                 let mut removed = self.cache.removed();
@@ -429,13 +442,23 @@ where
     }
 
     fn lead(&self, key: K, slot: Arc<LoadSlot<V>>) -> LeaderGuard<'_, K, V, S> {
-        LeaderGuard {
+        // The guard exists before the clock (user code) is read: should
+        // the read panic, the guard abandons the load instead of leaving
+        // its slot running with nobody to complete it, which wedged every
+        // later load of the key. A wait for this load from the clock waits
+        // for itself, and panics (see `POLLING`).
+        let mut guard = LeaderGuard {
             cache: self,
             key,
             slot,
-            started: self.inner.clock.now(),
+            started: self.inner.origin,
             done: false,
-        }
+        };
+        guard.started = {
+            let _part = guard.part_of_load();
+            self.inner.clock.now()
+        };
+        guard
     }
 
     /// The value for `key`, loading it with `load` on a miss. However many
@@ -451,7 +474,8 @@ where
     /// # Panics
     /// If the loader calls `get_or_load` for its own key on its own thread
     /// (directly, or from a loader it runs for another key, or inside an
-    /// async loader of that key that this thread is polling), that inner
+    /// async loader of that key that this thread is polling; likewise the
+    /// weigher or the clock while they run for this load), that inner
     /// call panics (as `RefCell` does on a second borrow) instead of waiting
     /// forever for the load it is part of; the load is then abandoned, and
     /// the panic reaches the outer call unless the loader catches it. A wait
@@ -516,8 +540,9 @@ where
     /// # Panics
     /// If the loader awaits `get_or_load_async` for its own key from inside
     /// itself (directly, or through a loader of another key that it awaits),
-    /// or a blocking loader of the key blocks on it on its own thread, the
-    /// inner call panics instead of waiting forever for the load it is part
+    /// or a blocking loader of the key, or the weigher or the clock while
+    /// they run for this load, blocks on it on its own thread, the inner
+    /// call panics instead of waiting forever for the load it is part
     /// of, as [`get_or_load`](Self::get_or_load) does; the load is then
     /// abandoned. A wait from a task the loader spawns and awaits cannot be
     /// told from an ordinary waiter, and still waits forever. The other way

@@ -783,3 +783,141 @@ fn a_key_drop_that_panics_as_a_load_ends_still_lets_the_listener_hear_of_its_evi
         "the listener heard of the eviction"
     );
 }
+
+/// A weigher or clock that, on its `nth` call, loads key 1 of the cache it
+/// serves (blocking), as if the value's weight or the time depended on it.
+#[derive(Debug)]
+struct LoadsKeyOne {
+    cache: std::sync::OnceLock<LocalCache<u32, u32>>,
+    /// Calls left before the one that loads; 0 once it has.
+    countdown: AtomicUsize,
+}
+
+impl LoadsKeyOne {
+    fn on_call(nth: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cache: std::sync::OnceLock::new(),
+            countdown: AtomicUsize::new(nth),
+        })
+    }
+
+    fn call(&self) {
+        let fire = self
+            .countdown
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            == Ok(1);
+        if fire && let Some(cache) = self.cache.get() {
+            let _ = cache.get_or_load(1, || Ok::<_, ()>(7));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LoadingClock {
+    time: torque_cache::MockClock,
+    hook: Arc<LoadsKeyOne>,
+}
+
+impl torque_cache::Clock for LoadingClock {
+    fn now(&self) -> std::time::Instant {
+        self.hook.call();
+        self.time.now()
+    }
+}
+
+/// Runs `f` on its own thread and returns its result or its panic's
+/// message; fails the test if it does not finish within 10 s (a hang).
+fn bounded<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_default()
+        });
+        done_tx.send(outcome).expect("test alive");
+    });
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("hung: did not finish within 10 s")
+}
+
+/// Loads key 1 on a thread of its own, blocking or async, within 10 s.
+fn load_key_one(cache: &LocalCache<u32, u32>, async_load: bool) -> Result<Result<u32, ()>, String> {
+    let cache = cache.clone();
+    bounded(move || {
+        let loaded = if async_load {
+            current_thread_runtime()
+                .block_on(cache.get_or_load_async(1, || async { Ok::<_, ()>(1) }))
+        } else {
+            cache.get_or_load(1, || Ok::<_, ()>(1))
+        };
+        loaded.map_err(|_| ())
+    })
+}
+
+/// The weigher or clock of a load runs as part of that load: waiting from
+/// it for the key being loaded waits for itself. It must panic there with
+/// the message of every other such wait, abandon the load, and leave the
+/// key loadable.
+fn assert_self_wait_panics_and_key_stays_loadable(
+    cache: &LocalCache<u32, u32>,
+    async_load: bool,
+    what: &str,
+) {
+    let outcome = load_key_one(cache, async_load);
+    let message = outcome.expect_err(what);
+    assert!(
+        message.contains("wait for itself forever"),
+        "{what}: unexpected panic: {message:?}"
+    );
+    assert_eq!(
+        load_key_one(cache, async_load),
+        Ok(Ok(1)),
+        "{what}: the key loads afterwards"
+    );
+}
+
+#[test]
+fn regression_a_weigher_that_loads_the_key_being_loaded_panics_instead_of_hanging() {
+    for async_load in [false, true] {
+        let hook = LoadsKeyOne::on_call(1);
+        let cache = {
+            let hook = Arc::clone(&hook);
+            LocalCache::<u32, u32>::builder()
+                .max_capacity(100)
+                .weigher(move |_: &u32, _: &u32| {
+                    hook.call();
+                    1
+                })
+                .build()
+                .expect("valid config")
+        };
+        hook.cache.set(cache.clone()).expect("set once");
+        let what = format!("weigher, async load: {async_load}");
+        assert_self_wait_panics_and_key_stays_loadable(&cache, async_load, &what);
+    }
+}
+
+#[test]
+fn regression_a_clock_that_loads_the_key_being_loaded_panics_instead_of_hanging() {
+    // Without expiry the load reads the clock twice: as it starts, and as
+    // it finishes (to time it).
+    for nth in [1, 2] {
+        for async_load in [false, true] {
+            let hook = LoadsKeyOne::on_call(usize::MAX);
+            let cache = LocalCache::<u32, u32>::builder()
+                .max_capacity(100)
+                .clock(LoadingClock {
+                    time: torque_cache::MockClock::new(),
+                    hook: Arc::clone(&hook),
+                })
+                .build()
+                .expect("valid config");
+            hook.cache.set(cache.clone()).expect("set once");
+            hook.countdown.store(nth, Ordering::SeqCst);
+            let what = format!("clock read {nth}, async load: {async_load}");
+            assert_self_wait_panics_and_key_stays_loadable(&cache, async_load, &what);
+        }
+    }
+}
