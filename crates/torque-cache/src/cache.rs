@@ -608,7 +608,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             }
         }
         if self.over_capacity() {
-            self.evict_elsewhere(index, removed);
+            self.evict_elsewhere(index, timing, removed);
         }
         if let Some(neighbour) = help
             && neighbour != index
@@ -644,8 +644,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
 
     /// Evicts from the other shards (wrapping round to `start` itself) until
     /// the cache fits: first only from shards holding more than their share,
-    /// and only down to it, then from any.
-    fn evict_elsewhere(&self, start: usize, removed: &mut Removed<K, V>) {
+    /// and only down to it, then from any. Each shard first frees what has
+    /// expired in it (as a write does in its own shard): an expired entry
+    /// leaves as expired, not for capacity, and no live entry is evicted
+    /// while the shard holds expired ones.
+    fn evict_elsewhere(&self, start: usize, timing: Timing, removed: &mut Removed<K, V>) {
         let n = self.inner.shards.len();
         for above_share in [true, false] {
             for step in 1..=n {
@@ -654,6 +657,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 }
                 let index = (start + step) & self.inner.shard_mask;
                 let mut shard = self.inner.shards[index].write();
+                if shard.sweep_due(timing.now) {
+                    let freed = shard.sweep(timing, removed);
+                    self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+                }
                 while self.over_capacity() && (!above_share || shard.weight() > self.inner.share) {
                     match shard.evict_one(removed) {
                         Some(freed) => {
