@@ -417,12 +417,35 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         if shard.sweep_due(timing.now) {
             shard.sweep(timing, &mut removed);
         }
-        let value = shard.get(hash, key, timing, &mut removed).cloned();
+        // The lookup runs the key's `Eq` and the value's `Clone`, user code:
+        // should either panic (and the caller catch it), what was freed
+        // must still be accounted for and reported; then the panic resumes.
+        let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.get(hash, key, timing, &mut removed).cloned()
+        }));
         let after = shard.weight();
         drop(shard);
         self.add_weight(before, after);
         self.notify(&mut removed);
-        value
+        value.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Frees what is due in `shard`, which a write holds locked, and
+    /// publishes the freed weight at once: the write then looks its key up
+    /// (the key's `Eq`, user code), and should that panic, the global
+    /// weight must not go on counting entries that are gone. Only a sweep
+    /// pays the extra update.
+    #[inline]
+    fn sweep_for_write(
+        &self,
+        shard: &mut Shard<K, V>,
+        timing: Timing,
+        removed: &mut Removed<K, V>,
+    ) {
+        if shard.sweep_due(timing.now) {
+            let freed = shard.sweep(timing, removed);
+            self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+        }
     }
 
     /// The value for `key` without counting a read or telling the policy,
@@ -547,10 +570,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 RemovalCause::Capacity
             };
             let mut shard = self.inner.shards[index].write();
+            self.sweep_for_write(&mut shard, timing, removed);
             let before = shard.weight();
-            if shard.sweep_due(timing.now) {
-                shard.sweep(timing, removed);
-            }
             shard.reject(hash, key, value, cause, removed);
             let after = shard.weight();
             drop(shard);
@@ -560,10 +581,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let mut help = None;
         {
             let mut shard = self.inner.shards[index].write();
+            self.sweep_for_write(&mut shard, timing, removed);
             let before = shard.weight();
-            if shard.sweep_due(timing.now) {
-                shard.sweep(timing, removed);
-            }
             shard.insert(hash, key, value, weight, expires, timing, removed);
             // The write's net change goes to the shared total once, after
             // the evictions it causes: in a full cache an insert and its

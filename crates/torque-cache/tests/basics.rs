@@ -1,6 +1,7 @@
 //! Reads, writes, removal, capacity and the listener of `LocalCache`.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use torque_cache::{BuildError, LocalCache, Policy, RemovalCause};
 
@@ -232,4 +233,119 @@ fn regression_a_panicking_retain_predicate_leaves_weight_and_listener_exact() {
     assert_eq!(log.len(), 4, "removals not reported: {log:?}");
     assert!(log.iter().all(|e| e.2 == RemovalCause::Removed));
     assert_eq!(cache.stats().evictions.removed, 4);
+}
+
+/// A value whose `Clone` panics while its shared switch is on.
+#[derive(Debug)]
+struct CloneBomb(u32, Arc<std::sync::atomic::AtomicBool>);
+
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        assert!(
+            !self.1.load(std::sync::atomic::Ordering::SeqCst),
+            "value clone bug"
+        );
+        Self(self.0, Arc::clone(&self.1))
+    }
+}
+
+#[test]
+fn regression_a_value_clone_panicking_on_a_read_that_frees_expired_entries_leaves_weight_and_listener_exact()
+ {
+    // A read that finds something due frees it under the shard's lock and
+    // then clones the value it returns: a panic in that clone (caught by
+    // the caller) skipped the global weight update and the listener for
+    // what it had freed, so weighted_size stayed too high for good.
+    for policy in POLICIES {
+        let log: Arc<Mutex<Vec<(u32, RemovalCause)>>> = Arc::default();
+        let sink = Arc::clone(&log);
+        let clock = torque_cache::MockClock::new();
+        let cache: LocalCache<u32, CloneBomb> = LocalCache::builder()
+            .max_capacity(100)
+            .policy(policy)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &u32, _: &CloneBomb, cause| {
+                sink.lock().unwrap().push((*k, cause))
+            })
+            .build()
+            .unwrap();
+        let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        cache.insert_with_ttl(1, CloneBomb(1, Arc::clone(&bomb)), Duration::from_secs(5));
+        cache.insert(2, CloneBomb(2, Arc::clone(&bomb)));
+        clock.advance(Duration::from_secs(6));
+        bomb.store(true, std::sync::atomic::Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.get(&2)));
+        bomb.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(caught.is_err(), "{policy:?}");
+        assert_eq!(
+            cache.weighted_size(),
+            1,
+            "{policy:?}: global weight drifted"
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, RemovalCause::Expired)],
+            "{policy:?}: the expired entry's departure was not reported"
+        );
+        assert_eq!(cache.stats().evictions.expired, 1, "{policy:?}");
+        assert_eq!(cache.get(&2).map(|v| v.0), Some(2), "{policy:?}");
+    }
+}
+
+/// A key whose `Eq` panics while its shared switch is on; hashed by number.
+#[derive(Debug, Clone)]
+struct EqBomb(u32, Arc<std::sync::atomic::AtomicBool>);
+
+impl PartialEq for EqBomb {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(
+            !self.1.load(std::sync::atomic::Ordering::SeqCst),
+            "key eq bug"
+        );
+        self.0 == other.0
+    }
+}
+
+impl Eq for EqBomb {}
+
+impl std::hash::Hash for EqBomb {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+#[test]
+fn regression_a_key_eq_panicking_on_a_write_that_frees_expired_entries_leaves_weight_exact() {
+    // A write first frees what is due in its shard, then looks its key up
+    // (the key's `Eq`, user code): a panic there (caught by the caller)
+    // skipped the global weight update for what the sweep had freed.
+    for policy in POLICIES {
+        let clock = torque_cache::MockClock::new();
+        let cache: LocalCache<EqBomb, u32> = LocalCache::builder()
+            .max_capacity(100)
+            .policy(policy)
+            .shards(1)
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let key = |k| EqBomb(k, Arc::clone(&bomb));
+        cache.insert_with_ttl(key(1), 1, Duration::from_secs(5));
+        cache.insert(key(2), 2);
+        clock.advance(Duration::from_secs(6));
+        bomb.store(true, std::sync::atomic::Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.insert(key(2), 20);
+        }));
+        bomb.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(caught.is_err(), "{policy:?}");
+        assert_eq!(
+            cache.weighted_size(),
+            1,
+            "{policy:?}: global weight drifted"
+        );
+        assert_eq!(cache.stats().evictions.expired, 1, "{policy:?}");
+        assert_eq!(cache.len(), 1, "{policy:?}");
+    }
 }
