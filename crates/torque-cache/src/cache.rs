@@ -7,10 +7,11 @@
 //! victim (so the hot path touches one lock), never evicting the entry it just
 //! wrote while the shard holds nothing else, and not below three quarters of
 //! the shard's share of the capacity; past that it walks the other shards, one
-//! lock at a time, evicting first from those above their share, until the
-//! total fits. (With entries of one weight every shard stays at its share by
-//! itself; with varied weights the floor keeps a heavy insert from draining a
-//! small shard while others hold stale entries.) So no shard evicts
+//! lock at a time, freeing what has expired in each and evicting first from
+//! those above their share, until the total fits. (With entries of one
+//! weight every shard stays at its share by itself; with varied weights the
+//! floor keeps a heavy insert from draining a small shard while others hold
+//! stale entries.) So no shard evicts
 //! while the cache as a whole has room (unlike a fixed per-shard capacity,
 //! quick_cache #55), and the bound holds whenever no write is in flight. During
 //! concurrent writes the total can exceed the bound by at most the weight of
