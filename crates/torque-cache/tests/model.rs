@@ -173,6 +173,12 @@ impl Model {
                         continue;
                     }
                     let e = self.entries.remove(&k);
+                    // An expired entry leaves as expired, never for capacity.
+                    prop_assert!(
+                        !e.as_ref().is_some_and(|e| self.expired(e)),
+                        "{} evicted for capacity after it expired",
+                        k
+                    );
                     prop_assert_eq!(e.map(|e| e.value), Some(v), "evicted {} not resident", k);
                 }
                 RemovalCause::Expired => {
