@@ -173,6 +173,8 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
 
     /// Every entry expires once it has gone this long without a read or a
     /// write (combined with a time-to-live, whichever comes first).
+    /// `Duration::ZERO` means entries expire on arrival, as with a zero
+    /// [`time_to_live`](Self::time_to_live).
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
         self.time_to_idle = Some(tti);
         self

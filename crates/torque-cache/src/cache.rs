@@ -171,8 +171,16 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let per_shard = capacity.div_ceil(shards as u64);
         let shard_count = shards;
         let weighted = b.weigher.is_some();
-        let ttl = b.time_to_live.map_or(NEVER, to_nanos);
         let tti = b.time_to_idle.map_or(NEVER, to_nanos);
+        // A zero time-to-idle makes every entry idle too long the moment it
+        // is written: as with a zero time-to-live, it expires on arrival and
+        // is never stored (stored, it lingered until the next operation,
+        // counted in the weight and told to the listener late).
+        let ttl = if tti == 0 {
+            0
+        } else {
+            b.time_to_live.map_or(NEVER, to_nanos)
+        };
         let origin = b.clock.now();
         let shards: Box<[ShardCell<K, V>]> = (0..shards)
             .map(|_| {
@@ -499,7 +507,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// stored.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         self.inner.expiry_in_use.store(true, Ordering::Relaxed);
-        self.insert_expiring(key, value, to_nanos(ttl));
+        // A zero time-to-idle expires every entry on arrival (see
+        // `from_builder`), whatever its time-to-live.
+        let ttl = if self.inner.tti == 0 {
+            0
+        } else {
+            to_nanos(ttl)
+        };
+        self.insert_expiring(key, value, ttl);
     }
 
     fn insert_expiring(&self, key: K, value: V, ttl: u64) {

@@ -104,6 +104,29 @@ fn zero_ttl_expires_on_arrival() {
 }
 
 #[test]
+fn zero_tti_expires_on_arrival_and_evicts_nothing() {
+    // A zero time-to-idle means an entry is idle too long the moment it is
+    // written, as a zero time-to-live means it is too old.
+    let log = Log::default();
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(2)
+        .shards(1)
+        .policy(Policy::Lru)
+        .time_to_idle(Duration::ZERO)
+        .clock(clock)
+        .eviction_listener(listener(&log))
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    // As with a zero time-to-live: refused on arrival, and said so at once.
+    assert_eq!(cache.weighted_size(), 0, "nothing is stored");
+    assert_eq!(*log.lock().unwrap(), vec![(1, 1, RemovalCause::Expired)]);
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.stats().evictions.capacity, 0);
+}
+
+#[test]
 fn huge_durations_saturate_instead_of_overflowing() {
     let clock = MockClock::new();
     let cache = LocalCache::builder()
