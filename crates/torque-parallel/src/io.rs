@@ -637,16 +637,17 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
 
     /// Stops every running item. Inline items are dropped at once and come
     /// back through `cancelled`; tasks are aborted and come back `Cancelled`
-    /// as they are reaped.
-    fn cancel(&mut self, cancelled: &mut VecDeque<Done<R, E>>, counters: &Counters) {
+    /// as they are reaped. Either way each item's [`InFlight`] guard counts
+    /// it cancelled.
+    fn cancel(&mut self, cancelled: &mut VecDeque<Done<R, E>>) {
         match self {
             Running::Tasks { set, .. } => set.abort_all(),
             Running::Inline(set) => {
                 for item in set.iter() {
-                    counters.cancelled();
                     cancelled.push_back((item.index, Err(ItemError::Cancelled)));
                 }
-                // Dropping the futures drops their tokens and in-flight guards.
+                // Dropping the futures drops their tokens and in-flight
+                // guards, which count them cancelled.
                 *set = FuturesUnordered::new();
             }
             Running::Undecided => {}
@@ -671,7 +672,8 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                             counters.panicked();
                             ItemError::Panicked(PanicError::from_payload(&*e.into_panic()))
                         } else {
-                            counters.cancelled();
+                            // Counted by its `InFlight` guard when the
+                            // abort dropped it.
                             ItemError::Cancelled
                         };
                         return Poll::Ready(Some((index, Err(error))));
@@ -715,7 +717,8 @@ impl<R, E> Future for Caught<R, E> {
 /// One item, from its permit to its result: times it, completes the
 /// limiter token with the outcome and counts it. `in_flight` leaves
 /// in-flight when the future ends, panics or is dropped (even unpolled:
-/// it is moved in, not made inside).
+/// it is moved in, not made inside), and counts it cancelled if dropped
+/// before its end.
 async fn run_item<Fut, R, E>(
     index: usize,
     fut: Fut,
@@ -727,7 +730,7 @@ async fn run_item<Fut, R, E>(
 where
     Fut: Future<Output = Result<R, E>>,
 {
-    let _in_flight = in_flight;
+    let mut in_flight = in_flight;
     let started = tokio::time::Instant::now();
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
@@ -751,6 +754,7 @@ where
         }
     };
     counters.ended(ended, latency, now.into_std());
+    in_flight.ended = true;
     (index, result)
 }
 
@@ -802,7 +806,7 @@ where
             self.counters.cancelled();
             self.ready.push_back((index, Err(ItemError::Cancelled)));
         }
-        self.running.cancel(&mut self.ready, &self.counters);
+        self.running.cancel(&mut self.ready);
     }
 
     /// Starts items while the input has some and the limiter has permits.
@@ -863,19 +867,38 @@ where
         };
         let counters = Arc::clone(&self.counters);
         counters.started(TokioClock.now());
-        let in_flight = InFlight(Arc::clone(&counters));
+        let in_flight = InFlight::new(Arc::clone(&counters));
         let item = run_item(index, fut, token, self.timeout, counters, in_flight);
         self.running.push(index, item);
         None
     }
 }
 
-/// Counts an item task out of in-flight when dropped.
-struct InFlight(Arc<Counters>);
+/// Counts an item out of in-flight when dropped, and as cancelled when it
+/// is dropped before it ended: aborted by a cancel, or dropped with its
+/// batch (a dropped `map` future, `as_completed` stream or `JoinSet`),
+/// which no result reports. A panic is counted where it is caught, so an
+/// item dropped while its own panic unwinds is not counted here.
+struct InFlight {
+    counters: Arc<Counters>,
+    ended: bool,
+}
+
+impl InFlight {
+    fn new(counters: Arc<Counters>) -> Self {
+        InFlight {
+            counters,
+            ended: false,
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.left();
+        if !self.ended && !std::thread::panicking() {
+            self.counters.cancelled();
+        }
+        self.counters.left();
     }
 }
 

@@ -508,3 +508,103 @@ async fn an_inline_batch_of_ready_items_lets_other_tasks_run() {
     assert_eq!(out.len(), 10_000);
     assert_eq!(seen.load(SeqCst), 1, "the other task ran during the batch");
 }
+
+/// Every item a batch started is accounted for in `stats().io` once it is
+/// no longer in flight: ended (value, error, timeout), panicked or
+/// cancelled.
+fn assert_every_started_item_is_accounted_for(p: &Processor) {
+    let s = p.stats().io;
+    assert_eq!(s.in_flight, 0, "{s:?}");
+    assert_eq!(s.started, s.completed() + s.panicked + s.cancelled, "{s:?}");
+}
+
+/// Items 1 and 2 panic and fail at 5 ms; item `x` of the others takes
+/// `10 × (x + 1)` ms. At a limit of 4, items 3–6 are running at 35 ms.
+fn items(x: u32) -> impl Future<Output = Result<u32, ()>> + Send + 'static {
+    async move {
+        if x == 1 || x == 2 {
+            sleep(5 * MS).await;
+            assert!(x != 1, "item 1");
+            return Err(());
+        }
+        sleep(10 * MS * (x + 1)).await;
+        Ok(x)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_items_running_when_an_inline_batch_is_dropped_count_as_cancelled() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let batch = p.async_io().try_map(0..10u32, items);
+    assert!(tokio::time::timeout(35 * MS, batch).await.is_err());
+    let s = p.stats().io;
+    assert_eq!(
+        (s.started, s.succeeded, s.failed, s.panicked),
+        (7, 1, 1, 1),
+        "{s:?}"
+    );
+    // Before the fix the four items dropped with the batch were counted
+    // nowhere (cancelled 0).
+    assert_eq!(s.cancelled, 4, "{s:?}");
+    assert_every_started_item_is_accounted_for(&p);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_items_running_when_a_task_batch_is_dropped_count_as_cancelled() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let mut stream = Box::pin(p.async_io().as_completed(0..10u32, items));
+    let mut seen = 0;
+    let _ = tokio::time::timeout(35 * MS, async {
+        while stream.next().await.is_some() {
+            seen += 1;
+        }
+    })
+    .await;
+    assert_eq!(seen, 3);
+    drop(stream); // aborts the running tasks
+    settle(|| p.stats().io.in_flight == 0).await;
+    let s = p.stats().io;
+    assert_eq!(
+        (s.started, s.succeeded, s.failed, s.panicked),
+        (7, 1, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.cancelled, 4, "{s:?}");
+    assert_every_started_item_is_accounted_for(&p);
+}
+
+/// Cancelling with the token counts each cancelled item once, as many as
+/// come back `Cancelled`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn items_stopped_by_the_cancel_token_count_once() {
+    for inline in [true, false] {
+        let token = CancelToken::new();
+        let p = Processor::builder().async_limit(4).build().unwrap();
+        let handle = p.with_cancel(token.clone());
+        let cancel = {
+            let token = token.clone();
+            tokio::spawn(async move {
+                sleep(35 * MS).await;
+                token.cancel();
+            })
+        };
+        let io = handle.async_io();
+        let out: Vec<Result<u32, ItemError<()>>> = if inline {
+            io.try_map(0..10u32, items).await
+        } else {
+            let mut done: Vec<_> = io.as_completed(0..10u32, items).collect().await;
+            done.sort_by_key(|(i, _)| *i);
+            done.into_iter().map(|(_, r)| r).collect()
+        };
+        cancel.await.unwrap();
+        let cancelled = out
+            .iter()
+            .filter(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+            .count();
+        // Items 3–6 running, item 7 waiting for a permit.
+        assert_eq!((out.len(), cancelled), (8, 5), "inline {inline}");
+        let s = p.stats().io;
+        assert_eq!((s.started, s.cancelled), (7, 5), "inline {inline}: {s:?}");
+        assert_eq!(s.in_flight, 0, "inline {inline}: {s:?}");
+    }
+}

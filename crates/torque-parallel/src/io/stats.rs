@@ -202,7 +202,10 @@ pub struct IoStats {
     pub timed_out: u64,
     /// Items that panicked (in either `Hybrid` stage).
     pub panicked: u64,
-    /// Items cancelled (not started, or aborted while running).
+    /// Items cancelled: not started, aborted while running, or running
+    /// when their batch was dropped (a dropped `map` future or
+    /// `as_completed` stream), so that every started item is, once out of
+    /// flight, completed, panicked or cancelled.
     pub cancelled: u64,
     /// Item tasks running now.
     pub in_flight: usize,
