@@ -311,9 +311,13 @@ impl BatchSizer {
 
     /// The fitted cost model, once two distinct batch sizes were observed.
     pub fn model(&self) -> Option<CostModel> {
+        // Saturating: a sink timed at `Duration::MAX` fits 2^64 s, one
+        // more than a `Duration` holds.
+        let duration =
+            |secs: f64| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX);
         self.model.map(|(overhead, per_item)| CostModel {
-            overhead: Duration::from_secs_f64(overhead.max(0.0)),
-            per_item: Duration::from_secs_f64(per_item.max(0.0)),
+            overhead: duration(overhead),
+            per_item: duration(per_item),
         })
     }
 

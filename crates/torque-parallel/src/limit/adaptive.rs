@@ -249,7 +249,8 @@ impl Adaptive {
 
     /// The no-load latency estimate, once measured.
     pub fn baseline(&self) -> Option<Duration> {
-        self.baseline.map(|b| Duration::from_secs_f64(b.mean))
+        self.baseline
+            .map(|b| Duration::try_from_secs_f64(b.mean).unwrap_or(Duration::MAX))
     }
 
     /// Whether a no-load probe is under way.
@@ -829,8 +830,13 @@ impl Algorithm for Adaptive {
             // the cohort and drop its slow ones (a survivorship bias of
             // several per cent): stop admitting to the window and wait for
             // the stragglers.
-            let drain = Duration::from_secs_f64(DRAIN * mean);
-            window.cut = Some((now, now + drain));
+            // Saturating, and capped like the probe interval: a sample of
+            // centuries (one built by hand) must not overflow the
+            // conversion or the `Instant`.
+            let drain = Duration::try_from_secs_f64(DRAIN * mean)
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(1 << 32));
+            window.cut = Some((now, now.checked_add(drain).unwrap_or(now)));
         }
         self.limit
     }

@@ -133,7 +133,10 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
         if full || elapsed >= self.max_window {
             let window = Sample {
                 now: sample.now,
-                latency: Duration::from_secs_f64(self.latency_sum / self.count as f64),
+                // Saturating: a mean of `Duration::MAX` latencies rounds
+                // to 2^64 s, one more than a `Duration` holds.
+                latency: Duration::try_from_secs_f64(self.latency_sum / self.count as f64)
+                    .unwrap_or(Duration::MAX),
                 in_flight: self.max_in_flight,
                 outcome: if self.overload {
                     Outcome::Overload
