@@ -270,3 +270,39 @@ fn regression_zero_latencies_and_a_never_probe_interval_do_not_panic() {
     }
     assert!(limiter.stats().limit >= 1);
 }
+
+/// An algorithm that panics on every sample (a bug in user code).
+#[derive(Debug)]
+struct Panicking;
+
+impl Algorithm for Panicking {
+    fn initial_limit(&self) -> usize {
+        1
+    }
+    fn update(&mut self, _: &torque_parallel::limit::Sample) -> usize {
+        panic!("the algorithm's bug");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn regression_a_panicking_algorithm_does_not_strand_the_waiters() {
+    let limiter = ConcurrencyLimiter::new(Panicking);
+    let held = limiter.try_acquire().unwrap();
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move { limiter.acquire().await })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(limiter.stats().waiting, 1);
+    // The panic reaches the caller that completed the token...
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| held.success()));
+    assert!(panicked.is_err());
+    // ...and the permit it returned still reaches the waiter.
+    let token = tokio::time::timeout(Duration::from_secs(1), waiter)
+        .await
+        .expect("the waiter was woken")
+        .unwrap();
+    assert_eq!(limiter.stats().in_flight, 1);
+    token.ignore();
+    assert_eq!(limiter.stats().in_flight, 0);
+}

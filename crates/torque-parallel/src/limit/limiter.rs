@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -324,7 +325,24 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
                 in_flight,
                 outcome,
             };
-            state.limit = state.algorithm.update(&sample).max(1);
+            // The algorithm may be the user's: if it panics, the permit is
+            // back all the same, and the waiters it admits must still be
+            // woken, or they wait for a release that may never come.
+            match catch_unwind(AssertUnwindSafe(|| state.algorithm.update(&sample))) {
+                Ok(limit) => state.limit = limit.max(1),
+                Err(payload) => {
+                    state.wake_admissible();
+                    #[cfg(feature = "metrics")]
+                    super::metrics::record_completed(
+                        outcome,
+                        latency,
+                        state.limit,
+                        state.in_flight,
+                    );
+                    drop(state);
+                    resume_unwind(payload);
+                }
+            }
         }
         state.wake_admissible();
         // Under the lock: a gauge set after it could land after a later
