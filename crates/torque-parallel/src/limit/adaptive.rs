@@ -668,7 +668,9 @@ impl AdaptiveBuilder {
         self
     }
 
-    /// How often the no-load latency is re-measured.
+    /// How often the no-load latency is re-measured (more than zero). Each
+    /// probe holds the limit at `probe_limit` for a window, so an interval
+    /// of a window or two keeps it there.
     pub fn probe_interval(mut self, interval: Duration) -> Self {
         self.probe_interval = interval;
         self
@@ -705,6 +707,14 @@ impl AdaptiveBuilder {
             self.max_window.as_secs_f64(),
             !self.max_window.is_zero(),
             "more than zero",
+        )?;
+        // Every probe holds the limit at `probe_limit` for a window: an
+        // interval of zero probes at every sample and never lets it go.
+        check_range(
+            "probe_interval",
+            self.probe_interval.as_secs_f64(),
+            !self.probe_interval.is_zero(),
+            "more than zero (Duration::MAX: never re-measure)",
         )?;
         check_range(
             "headroom",

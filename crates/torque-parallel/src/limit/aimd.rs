@@ -96,7 +96,7 @@ impl AimdBuilder {
         self
     }
 
-    /// A success slower than this counts as an overload.
+    /// A success slower than this counts as an overload (more than zero).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -105,7 +105,8 @@ impl AimdBuilder {
     /// Validates the settings.
     ///
     /// # Errors
-    /// [`BuildError`] when the bounds are empty or the ratio is not in (0, 1).
+    /// [`BuildError`] when the bounds are empty, the ratio is not in (0, 1)
+    /// or the timeout is zero.
     pub fn build(self) -> Result<Aimd, BuildError> {
         check_bounds(self.min, self.max)?;
         check_range(
@@ -113,6 +114,14 @@ impl AimdBuilder {
             self.backoff_ratio,
             self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0,
             "between 0 and 1, exclusive (0.9 is usual)",
+        )?;
+        // Zero would make every success an overload: the limit would sit at
+        // `min_limit` whatever the backend does.
+        check_range(
+            "timeout",
+            self.timeout.as_secs_f64(),
+            !self.timeout.is_zero(),
+            "more than zero",
         )?;
         Ok(Aimd {
             limit: self.initial.clamp(self.min, self.max) as f64,

@@ -365,4 +365,41 @@ mod tests {
         config.initial_limit = Some(12);
         assert_eq!(config.build_algorithm().unwrap().initial_limit(), 12);
     }
+
+    /// A zero probe interval re-measured the no-load latency at every
+    /// sample, which held the limit at the probe limit (4) for good on a
+    /// backend of 16 servers; a zero Aimd timeout made every success an
+    /// overload, which held it at the minimum. Both built without a word.
+    #[test]
+    fn regression_zero_durations_that_pin_the_limit_are_build_errors() {
+        for (algorithm, config) in [
+            (
+                "probe_interval",
+                LimiterConfig {
+                    probe_interval: Some(Duration::ZERO),
+                    ..LimiterConfig::default()
+                },
+            ),
+            (
+                "timeout",
+                LimiterConfig {
+                    algorithm: AlgorithmKind::Aimd,
+                    timeout: Some(Duration::ZERO),
+                    ..LimiterConfig::default()
+                },
+            ),
+        ] {
+            let err = config.build_algorithm().map(|_| ()).unwrap_err();
+            assert!(
+                matches!(err, BuildError::OutOfRange { name, .. } if name == algorithm),
+                "{err}"
+            );
+        }
+        // "Never" stays allowed.
+        let config = LimiterConfig {
+            probe_interval: Some(Duration::MAX),
+            ..LimiterConfig::default()
+        };
+        assert!(config.build_algorithm().is_ok());
+    }
 }
