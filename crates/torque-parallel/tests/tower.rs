@@ -78,3 +78,38 @@ async fn a_dropped_response_future_returns_its_permit() {
     assert_eq!(limiter.stats().in_flight, 0);
     assert!(limiter.try_acquire().is_ok());
 }
+
+/// `LimiterConfig::build` gives a `ConcurrencyLimiter<Box<dyn Algorithm>>`,
+/// whose algorithm is not `Clone`. Layers must be (axum's `Router::layer`
+/// asks for `Clone`), and `LimitLayer` derived `Clone`, which required the
+/// algorithm and clock to be `Clone` although a clone only shares the
+/// limiter: a layer over a limiter from a configuration file did not
+/// compile there.
+#[tokio::test(start_paused = true)]
+async fn regression_a_layer_over_a_config_built_limiter_is_clone() {
+    fn assert_clone<T: Clone>(t: &T) -> T {
+        t.clone()
+    }
+    let mut config = torque_parallel::limit::LimiterConfig::default();
+    config.algorithm = torque_parallel::limit::AlgorithmKind::Fixed;
+    config.initial_limit = Some(1);
+    let limiter = config.build().unwrap();
+    let layer = LimitLayer::new(limiter.clone());
+    let copy = assert_clone(&layer);
+    let slow = Slow {
+        delay: Duration::from_millis(10),
+    };
+    let mut first = layer.layer(slow.clone());
+    let mut second = copy.layer(slow);
+    poll_fn(|cx| first.poll_ready(cx)).await.unwrap();
+    // The copy shares the limit.
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(5),
+        poll_fn(|cx| second.poll_ready(cx)),
+    )
+    .await;
+    assert!(blocked.is_err());
+    assert_eq!(first.call(2).await, Ok(2));
+    poll_fn(|cx| second.poll_ready(cx)).await.unwrap();
+    assert_eq!(limiter.stats().in_flight, 1);
+}

@@ -30,9 +30,20 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Token};
 /// let service = layer.layer(Backend);
 /// # let _ = service;
 /// ```
-#[derive(Clone)]
 pub struct LimitLayer<A, C> {
     limiter: ConcurrencyLimiter<A, C>,
+}
+
+/// A clone shares the limiter, so it needs neither the algorithm nor the
+/// clock to be `Clone` (a `LimiterConfig` builds a
+/// `ConcurrencyLimiter<Box<dyn Algorithm>>`, and layers must be `Clone` for
+/// axum's `Router::layer`).
+impl<A, C> Clone for LimitLayer<A, C> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+        }
+    }
 }
 
 impl<A: Algorithm, C: Clock> LimitLayer<A, C> {
