@@ -58,11 +58,21 @@ use crate::processor::Processor;
 /// assert_eq!(*out[2].as_ref().unwrap(), 300);
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct Hybrid<L = IoLimiter> {
     io: AsyncIo<L>,
     processor: Processor,
     buffer: usize,
+}
+
+/// Clones share the limiter, as [`AsyncIo`]'s do.
+impl<L> Clone for Hybrid<L> {
+    fn clone(&self) -> Self {
+        Hybrid {
+            io: self.io.clone(),
+            processor: self.processor.clone(),
+            buffer: self.buffer,
+        }
+    }
 }
 
 impl<L> fmt::Debug for Hybrid<L> {

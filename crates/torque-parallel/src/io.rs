@@ -149,11 +149,22 @@ impl ProcessorBuilder {
 /// assert_eq!(*out[2].as_ref().unwrap(), 30);
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct AsyncIo<L = IoLimiter> {
     processor: Processor,
     limiter: Arc<L>,
     timeout: Option<Duration>,
+}
+
+/// Clones share the limiter (it is behind an `Arc`), so it need not be
+/// `Clone` itself.
+impl<L> Clone for AsyncIo<L> {
+    fn clone(&self) -> Self {
+        AsyncIo {
+            processor: self.processor.clone(),
+            limiter: Arc::clone(&self.limiter),
+            timeout: self.timeout,
+        }
+    }
 }
 
 impl<L> fmt::Debug for AsyncIo<L> {

@@ -608,3 +608,52 @@ async fn items_stopped_by_the_cancel_token_count_once() {
         assert_eq!(s.in_flight, 0, "inline {inline}: {s:?}");
     }
 }
+
+/// A `Limiter` of the user's that is not `Clone` (say it owns a metrics
+/// handle).
+struct Owned(ConcurrencyLimiter<Fixed>);
+
+impl Limiter for Owned {
+    fn try_acquire(
+        &self,
+    ) -> Result<torque_parallel::limit::Token, torque_parallel::limit::Rejected> {
+        self.0.try_acquire()
+    }
+    fn acquire(&self) -> impl Future<Output = torque_parallel::limit::Token> + Send + '_ {
+        self.0.acquire()
+    }
+    fn stats(&self) -> torque_parallel::limit::Stats {
+        self.0.stats()
+    }
+}
+
+/// `AsyncIo` holds its limiter in an `Arc`, and its methods consume the
+/// handle, so running two batches under one limiter means cloning the
+/// handle; derive(Clone) asked the limiter itself to be `Clone`.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_an_async_io_under_a_limiter_that_is_not_clone_is_clone() {
+    let p = Processor::builder().build().unwrap();
+    let io = p
+        .async_io()
+        .with_limiter(Owned(ConcurrencyLimiter::new(Fixed::new(2))));
+    let again = io.clone();
+    let (a, b) = tokio::join!(
+        io.map(0..4u32, |x| async move {
+            sleep(10 * MS).await;
+            x
+        }),
+        again.map(0..4u32, |x| async move {
+            sleep(10 * MS).await;
+            x
+        }),
+    );
+    assert_eq!((a.len(), b.len()), (4, 4));
+    let hybrid = p
+        .hybrid()
+        .with_limiter(Owned(ConcurrencyLimiter::new(Fixed::new(2))));
+    let out = hybrid
+        .clone()
+        .map(0..3u32, |x| x + 1, |x| async move { x })
+        .await;
+    assert_eq!(out.len(), 3);
+}
