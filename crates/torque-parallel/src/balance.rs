@@ -6,7 +6,11 @@
 //! on its backend until it is dropped; dropping it also records the latency
 //! since the pick (by the balancer's [`Clock`]), which feeds the peak-EWMA
 //! estimate. [`Pick::discard`] gives the slot back without a latency, for a
-//! request that never reached the backend.
+//! request that never reached the backend; [`Pick::fail`] reports that the
+//! backend failed it (refused, reset, a server error): every strategy then
+//! leaves the backend out for the `failure_penalty` (1 s), unless all are
+//! out, and tries it again after. A failure is not a latency: a backend that
+//! refuses at once would otherwise look the fastest and draw most requests.
 //!
 //! Strategies ([`Strategy`]):
 //! - `RoundRobin`: each backend in turn; even, blind to load.
@@ -100,13 +104,34 @@ struct Shared<B, C> {
     rng: AtomicU64,
     clock: C,
     decay_ns: f64,
+    /// The balancer's time zero, for the ejection deadlines.
+    base: Instant,
+    penalty_ns: u64,
 }
 
 struct Backend<B> {
     handle: B,
     in_flight: AtomicUsize,
     picks: AtomicU64,
+    failures: AtomicU64,
+    /// Left out until this many nanoseconds after `base` (0: not left out).
+    out_until_ns: AtomicU64,
     rtt: Mutex<Rtt>,
+}
+
+impl<B, C> Shared<B, C> {
+    /// Nanoseconds from the balancer's time zero to `now`.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl<B> Backend<B> {
+    /// Whether the backend may be picked at `now_ns` (after `base`).
+    fn available(&self, now_ns: u64) -> bool {
+        let until = self.out_until_ns.load(Ordering::Acquire);
+        until == 0 || now_ns >= until
+    }
 }
 
 /// A peak-EWMA latency estimate: it jumps up to any slower sample at once
@@ -144,6 +169,7 @@ pub struct BalancerBuilder {
     seed: Option<u64>,
     decay: Duration,
     default_rtt: Duration,
+    failure_penalty: Duration,
 }
 
 impl Default for BalancerBuilder {
@@ -155,6 +181,7 @@ impl Default for BalancerBuilder {
             seed: None,
             decay: Duration::from_secs(10),
             default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(1),
         }
     }
 }
@@ -214,11 +241,27 @@ impl BalancerBuilder {
         self
     }
 
+    /// How long a backend is left out after a request it failed
+    /// ([`Pick::fail`]; default 1 s, at most an hour). Then the next pick
+    /// may try it again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let balancer = torque_parallel::balance::Balancer::builder()
+    ///     .failure_penalty(Duration::from_secs(5))
+    ///     .build(vec![1, 2])?;
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.failure_penalty = penalty;
+        self
+    }
+
     /// A balancer over `backends` on the system clock.
     ///
     /// # Errors
     /// [`BuildError::Zero`] with no backend; [`BuildError::OutOfRange`] for
-    /// a zero or over-an-hour `decay` or `default_rtt`.
+    /// a zero or over-an-hour `decay`, `default_rtt` or `failure_penalty`.
     pub fn build<B>(self, backends: Vec<B>) -> Result<Balancer<B>, BuildError> {
         self.build_with_clock(backends, SystemClock)
     }
@@ -236,7 +279,11 @@ impl BalancerBuilder {
         if backends.is_empty() {
             return Err(BuildError::Zero("backends"));
         }
-        for (name, value) in [("decay", self.decay), ("default_rtt", self.default_rtt)] {
+        for (name, value) in [
+            ("decay", self.decay),
+            ("default_rtt", self.default_rtt),
+            ("failure_penalty", self.failure_penalty),
+        ] {
             if value.is_zero() || value > Duration::from_secs(3600) {
                 return Err(BuildError::OutOfRange {
                     name,
@@ -258,6 +305,8 @@ impl BalancerBuilder {
                         handle,
                         in_flight: AtomicUsize::new(0),
                         picks: AtomicU64::new(0),
+                        failures: AtomicU64::new(0),
+                        out_until_ns: AtomicU64::new(0),
                         rtt: Mutex::new(Rtt {
                             ns: default_ns,
                             at: now,
@@ -269,6 +318,8 @@ impl BalancerBuilder {
                 rng: AtomicU64::new(seed),
                 clock,
                 decay_ns: self.decay.as_nanos() as f64,
+                base: now,
+                penalty_ns: self.failure_penalty.as_nanos() as u64,
             }),
         })
     }
@@ -282,6 +333,10 @@ pub struct BackendStats {
     pub in_flight: usize,
     /// Picks since the balancer was built.
     pub picks: u64,
+    /// Picks reported failed ([`Pick::fail`]) since the balancer was built.
+    pub failures: u64,
+    /// Left out after a failure, as of the snapshot.
+    pub out: bool,
     /// The peak-EWMA latency estimate as of the last update.
     pub latency: Duration,
 }
@@ -299,15 +354,30 @@ impl<B, C: Clock> Balancer<B, C> {
     /// in-flight slot on it until dropped.
     pub fn pick(&self) -> Pick<B, C> {
         let s = &*self.shared;
+        let now = s.clock.now();
+        let now_ns = s.nanos(now);
         let index = match s.strategy {
             Strategy::RoundRobin => {
-                let i = s.next.fetch_add(1, Ordering::Relaxed) % s.backends.len();
+                let n = s.backends.len();
+                let turn = || s.next.fetch_add(1, Ordering::Relaxed) % n;
+                let first = turn();
+                // A backend left out passes its turn on, so the others
+                // share its requests evenly; when all are out, the one in
+                // turn.
+                let i = if s.backends[first].available(now_ns) {
+                    first
+                } else {
+                    (1..n)
+                        .map(|_| turn())
+                        .find(|&i| s.backends[i].available(now_ns))
+                        .unwrap_or(first)
+                };
                 s.backends[i].in_flight.fetch_add(1, Ordering::AcqRel);
                 i
             }
-            Strategy::LeastBusy => self.least_busy(),
+            Strategy::LeastBusy => self.least_busy(now_ns),
             Strategy::PeakEwma => {
-                let i = self.two_choices();
+                let i = self.two_choices(now, now_ns);
                 s.backends[i].in_flight.fetch_add(1, Ordering::AcqRel);
                 i
             }
@@ -316,8 +386,9 @@ impl<B, C: Clock> Balancer<B, C> {
         Pick {
             shared: Arc::clone(&self.shared),
             index,
-            started: s.clock.now(),
+            started: now,
             record: true,
+            failed: false,
         }
     }
 
@@ -328,26 +399,35 @@ impl<B, C: Clock> Balancer<B, C> {
 
     /// One snapshot per backend, in the order given to `build`.
     pub fn stats(&self) -> Vec<BackendStats> {
-        self.shared
-            .backends
+        let s = &*self.shared;
+        let now_ns = s.nanos(s.clock.now());
+        s.backends
             .iter()
             .map(|b| BackendStats {
                 in_flight: b.in_flight.load(Ordering::Acquire),
                 picks: b.picks.load(Ordering::Relaxed),
+                failures: b.failures.load(Ordering::Relaxed),
+                out: !b.available(now_ns),
                 latency: Duration::from_nanos(b.rtt.lock().ns as u64),
             })
             .collect()
     }
 
-    fn least_busy(&self) -> usize {
+    fn least_busy(&self, now_ns: u64) -> usize {
         let s = &*self.shared;
         let n = s.backends.len();
         // Start the scan at a rotating offset so ties go round-robin.
         let start = s.next.fetch_add(1, Ordering::Relaxed);
+        // A backend left out after a failure is never busy: without this it
+        // would draw every request. Unless all are out.
+        let all_out = s.backends.iter().all(|b| !b.available(now_ns));
         loop {
             let (mut best, mut least) = (0, usize::MAX);
             for k in 0..n {
-                let i = (start + k) % n;
+                let i = start.wrapping_add(k) % n;
+                if !all_out && !s.backends[i].available(now_ns) {
+                    continue;
+                }
                 let load = s.backends[i].in_flight.load(Ordering::Acquire);
                 if load < least {
                     (best, least) = (i, load);
@@ -365,7 +445,7 @@ impl<B, C: Clock> Balancer<B, C> {
         }
     }
 
-    fn two_choices(&self) -> usize {
+    fn two_choices(&self, now: Instant, now_ns: u64) -> usize {
         let s = &*self.shared;
         let n = s.backends.len();
         if n == 1 {
@@ -379,10 +459,31 @@ impl<B, C: Clock> Balancer<B, C> {
         if b >= a {
             b += 1;
         }
-        if self.cost(b) < self.cost(a) { b } else { a }
+        let (a_in, b_in) = (
+            s.backends[a].available(now_ns),
+            s.backends[b].available(now_ns),
+        );
+        if a_in != b_in {
+            return if a_in { a } else { b };
+        }
+        if !a_in {
+            // Both left out after failures: the cheapest of those still in,
+            // if any (a full scan, only while backends fail).
+            if let Some(i) = (0..n)
+                .filter(|&i| s.backends[i].available(now_ns))
+                .min_by(|&i, &j| self.cost(i, now).total_cmp(&self.cost(j, now)))
+            {
+                return i;
+            }
+        }
+        if self.cost(b, now) < self.cost(a, now) {
+            b
+        } else {
+            a
+        }
     }
 
-    fn cost(&self, i: usize) -> f64 {
+    fn cost(&self, i: usize, now: Instant) -> f64 {
         let s = &*self.shared;
         let backend = &s.backends[i];
         let pending = backend.in_flight.load(Ordering::Acquire);
@@ -391,7 +492,7 @@ impl<B, C: Clock> Balancer<B, C> {
         // Floored at 1 ns: an estimate decayed to zero (e^(−t/τ) underflows
         // after a long idle spell) would make every cost 0 and the choice
         // blind to load.
-        let rtt = backend.rtt.lock().update(0.0, s.clock.now(), s.decay_ns);
+        let rtt = backend.rtt.lock().update(0.0, now, s.decay_ns);
         rtt.max(1.0) * (pending + 1) as f64
     }
 
@@ -418,6 +519,7 @@ pub struct Pick<B, C: Clock = SystemClock> {
     index: usize,
     started: Instant,
     record: bool,
+    failed: bool,
 }
 
 impl<B, C: Clock> Pick<B, C> {
@@ -435,6 +537,34 @@ impl<B, C: Clock> Pick<B, C> {
     /// never reached the backend (cancelled, refused locally).
     pub fn discard(mut self) {
         self.record = false;
+    }
+
+    /// Gives the slot back and reports that the backend failed the request
+    /// (refused the connection, reset it, answered with a server error):
+    /// no latency is recorded, and every strategy leaves the backend out
+    /// for the balancer's `failure_penalty` (unless every backend is out),
+    /// then tries it again. Dropped instead, a request that failed at once
+    /// would count as a fast answer, and a dead backend would draw most of
+    /// the requests (peak-EWMA: it looks fastest; least-busy: it is never
+    /// busy).
+    ///
+    /// ```
+    /// use torque_parallel::balance::{Balancer, Strategy};
+    ///
+    /// let balancer = Balancer::builder()
+    ///     .strategy(Strategy::RoundRobin)
+    ///     .build(vec!["db-a", "db-b"])?;
+    /// let pick = balancer.pick();
+    /// assert_eq!(*pick, "db-a");
+    /// pick.fail(); // db-a refused the connection
+    /// assert_eq!(*balancer.pick(), "db-b");
+    /// assert_eq!(*balancer.pick(), "db-b", "db-a is left out for a second");
+    /// assert_eq!(balancer.stats()[0].failures, 1);
+    /// # Ok::<(), torque_parallel::BuildError>(())
+    /// ```
+    pub fn fail(mut self) {
+        self.record = false;
+        self.failed = true;
     }
 }
 
@@ -463,6 +593,12 @@ impl<B, C: Clock> Drop for Pick<B, C> {
             let now = s.clock.now();
             let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
             backend.rtt.lock().update(rtt, now, s.decay_ns);
+        }
+        if self.failed {
+            backend.failures.fetch_add(1, Ordering::Relaxed);
+            // At least 1: 0 means "not left out".
+            let until = s.nanos(s.clock.now()).saturating_add(s.penalty_ns).max(1);
+            backend.out_until_ns.fetch_max(until, Ordering::AcqRel);
         }
         backend.in_flight.fetch_sub(1, Ordering::AcqRel);
     }

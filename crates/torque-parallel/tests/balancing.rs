@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use torque_parallel::BuildError;
-use torque_parallel::balance::{Balancer, Pick, Strategy};
+use torque_parallel::balance::{BackendStats, Balancer, Pick, Strategy};
 use torque_parallel::limit::MockClock;
 
 /// SplitMix64, for the test's own draws.
@@ -175,6 +175,72 @@ fn a_discarded_pick_frees_its_slot_without_a_latency() {
     );
 }
 
+/// Two backends answer in 10 ms; a third refuses every request at once,
+/// which `report` tells the balancer. Returns each backend's stats after
+/// 30 000 picks (7.5 s), and the third one's picks in the next 30 000,
+/// once it answers in 10 ms too.
+fn with_a_dead_backend(
+    strategy: Strategy,
+    report: fn(Pick<&'static str, MockClock>),
+) -> (Vec<BackendStats>, u64) {
+    let clock = MockClock::new();
+    let balancer = Balancer::builder()
+        .strategy(strategy)
+        .seed(1)
+        .build_with_clock(vec!["ok-a", "ok-b", "dead"], clock.clone())
+        .unwrap();
+    let mut held: Vec<(u64, Pick<&'static str, MockClock>)> = Vec::new();
+    let mut run = |from: u64, dead: bool| {
+        for i in from..from + 30_000 {
+            let pick = balancer.pick();
+            if dead && *pick == "dead" {
+                clock.advance(Duration::from_micros(200)); // connection refused
+                report(pick);
+            } else {
+                held.push((i + 40, pick)); // answers 40 picks (10 ms) later
+            }
+            clock.advance(Duration::from_micros(250));
+            held.retain(|(due, _)| *due > i);
+        }
+    };
+    run(0, true);
+    let before = balancer.stats();
+    run(30_000, false);
+    let after = balancer.stats()[2].picks - before[2].picks;
+    (before, after)
+}
+
+#[test]
+fn regression_a_failing_backend_is_left_out_for_the_failure_penalty() {
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::LeastBusy,
+        Strategy::PeakEwma,
+    ] {
+        // Each reported failure leaves the dead backend out for a second:
+        // 8 picks in 7.5 s, all failed, the others share the rest evenly.
+        let (stats, recovered) = with_a_dead_backend(strategy, Pick::fail);
+        let picks: Vec<u64> = stats.iter().map(|s| s.picks).collect();
+        assert!(picks[2] <= 10, "{strategy:?}: {picks:?}");
+        assert_eq!(stats[2].failures, picks[2], "{strategy:?}");
+        assert!(stats[2].out, "{strategy:?}");
+        assert!(
+            picks[0].abs_diff(picks[1]) <= 300,
+            "{strategy:?}: {picks:?}"
+        );
+        // Back in service, it gets its share again.
+        assert!(recovered > 30_000 / 4, "{strategy:?}: {recovered}");
+    }
+    // Before `fail`, a pick could only be dropped (a fast answer) or
+    // discarded, and the dead backend drew 10 000 of the 30 000 picks under
+    // round robin, 28 570 under least-busy (never busy) and 19 924 under
+    // peak-EWMA (it looks fastest). Discarding still does that: it says
+    // the request never reached the backend.
+    let (stats, _) = with_a_dead_backend(Strategy::LeastBusy, Pick::discard);
+    assert!(stats[2].picks > 25_000, "{stats:?}");
+    assert_eq!(stats[2].failures, 0);
+}
+
 #[test]
 fn one_backend_is_always_picked() {
     for strategy in [
@@ -205,6 +271,20 @@ fn bad_settings_are_build_errors() {
         "{err}"
     );
     let err = Balancer::builder()
+        .failure_penalty(Duration::ZERO)
+        .build(vec![1])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BuildError::OutOfRange {
+                name: "failure_penalty",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Balancer::builder()
         .default_rtt(Duration::MAX)
         .build(vec![1])
         .unwrap_err();
@@ -222,8 +302,9 @@ fn bad_settings_are_build_errors() {
 
 proptest::proptest! {
     /// Against a model of per-backend counts: every strategy's in-flight
-    /// counts match picks minus drops, and least-busy always picks a
-    /// backend that had the fewest in flight.
+    /// counts match picks minus drops, no strategy picks a backend left out
+    /// after a failure while another is in, and least-busy always picks a
+    /// backend that had the fewest in flight among those.
     #[test]
     fn in_flight_counts_follow_a_simple_model(
         backends in 1usize..6,
@@ -237,18 +318,33 @@ proptest::proptest! {
             .build_with_clock((0..backends).collect(), clock.clone())
             .unwrap();
         let mut model = vec![0usize; backends];
+        // Left out until this many ms (the default failure penalty: 1 s).
+        let mut out_until = vec![0u64; backends];
         let mut held = Vec::new();
-        for op in ops {
+        for (now, op) in (1u64..).zip(ops) {
             clock.advance(Duration::from_millis(1));
             match op {
                 Some(k) if !held.is_empty() => {
                     let pick: Pick<usize, MockClock> = held.swap_remove(k % held.len());
                     model[pick.index()] -= 1;
-                    drop(pick);
+                    if k % 4 == 0 {
+                        out_until[pick.index()] = now + 1_000;
+                        pick.fail();
+                    } else {
+                        drop(pick);
+                    }
                 }
                 _ => {
-                    let least = *model.iter().min().unwrap();
+                    let available: Vec<usize> =
+                        (0..backends).filter(|&i| now >= out_until[i]).collect();
+                    let candidates = if available.is_empty() {
+                        (0..backends).collect()
+                    } else {
+                        available
+                    };
+                    let least = candidates.iter().map(|&i| model[i]).min().unwrap();
                     let pick = balancer.pick();
+                    proptest::prop_assert!(candidates.contains(&pick.index()));
                     if strategy == Strategy::LeastBusy {
                         proptest::prop_assert_eq!(model[pick.index()], least);
                     }
