@@ -520,16 +520,14 @@ fn assert_every_started_item_is_accounted_for(p: &Processor) {
 
 /// Items 1 and 2 panic and fail at 5 ms; item `x` of the others takes
 /// `10 × (x + 1)` ms. At a limit of 4, items 3–6 are running at 35 ms.
-fn items(x: u32) -> impl Future<Output = Result<u32, ()>> + Send + 'static {
-    async move {
-        if x == 1 || x == 2 {
-            sleep(5 * MS).await;
-            assert!(x != 1, "item 1");
-            return Err(());
-        }
-        sleep(10 * MS * (x + 1)).await;
-        Ok(x)
+async fn items(x: u32) -> Result<u32, ()> {
+    if x == 1 || x == 2 {
+        sleep(5 * MS).await;
+        assert!(x != 1, "item 1");
+        return Err(());
     }
+    sleep(10 * MS * (x + 1)).await;
+    Ok(x)
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

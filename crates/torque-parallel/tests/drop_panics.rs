@@ -47,7 +47,7 @@ fn a_skipped_item_whose_drop_panics_neither_kills_the_worker_nor_the_batch() {
         .build()
         .unwrap()
         .with_cancel(token.clone());
-    let t = token.clone();
+    let t = token;
     // Item 0 cancels the batch while items 1.. wait in the queue: they are
     // skipped, and skipping drops them.
     let out = p.blocking().map_weighted(
