@@ -66,7 +66,8 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   client that joined a shared backend late) or the backend got faster.
 /// - **Overload backstop.** An [`Outcome::Overload`] (a timeout) multiplies
 ///   the limit by `backoff_ratio`, at most once per round trip (TCP Reno's
-///   rule), whatever the latency says.
+///   rule), whatever the latency says. During a probe, the overload of a
+///   request admitted before it backs off the limit the probe returns to.
 ///
 /// # Example
 /// ```
@@ -776,6 +777,28 @@ impl Algorithm for Adaptive {
             // AIMD backstop, once per round trip: only a request admitted
             // after the last cut may cut again.
             if self.last_backoff.is_none_or(|at| sample.started() >= at) {
+                let admitted_before_probe = self
+                    .window
+                    .start
+                    .is_some_and(|start| sample.started() < start);
+                if let Probe::Running { restore } = self.probe
+                    && admitted_before_probe
+                {
+                    // The request was admitted under the limit before the
+                    // probe, and those requests drain during it (a timeout
+                    // among them is likely): back off the limit the probe
+                    // returns to, and let the probe finish. Cutting the
+                    // probe's limit and cancelling the probe forgot that
+                    // limit: 64 servers ran at 3–51 requests for the next
+                    // 7 s.
+                    let restore = (restore as f64 * self.config.backoff_ratio).floor();
+                    let restore = clamp_limit(restore, self.config.min, self.config.max);
+                    self.probe = Probe::Running { restore };
+                    self.last_backoff = Some(now);
+                    self.slow_start = false;
+                    self.growth_streak = 0;
+                    return self.limit;
+                }
                 self.set_limit((self.limit as f64 * self.config.backoff_ratio).floor());
                 self.last_backoff = Some(now);
                 self.cut_by = None;
@@ -1001,6 +1024,42 @@ mod tests {
         // Nor does it grow past the servers the other client leaves it
         // (plus the latency target's queue).
         assert!(adaptive.limit <= 8, "{}", adaptive.limit);
+    }
+
+    /// A probe drops the limit to 4 while the requests admitted before it
+    /// drain; one of them timing out is an overload about the limit before
+    /// the probe. It used to cut the probe's limit (4 → 3) and cancel the
+    /// probe, forgetting the limit to go back to: 64 servers ran at 3–51
+    /// requests for 7 s, instead of 0.9 × the limit after a short probe.
+    /// (A request admitted during the probe that times out still cuts the
+    /// probe's limit and ends the probe.)
+    #[test]
+    fn regression_an_overload_during_a_probe_backs_off_the_limit_it_restores() {
+        let mut adaptive = Adaptive::builder().build().unwrap();
+        let mut model = Model {
+            now: Instant::now(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        };
+        model.run(&mut adaptive, 0.020, 64.0, 59.0);
+        let before = adaptive.limit;
+        assert!((60..=72).contains(&before), "{before}");
+        while !adaptive.probing() {
+            model.run(&mut adaptive, 0.020, 64.0, 0.001);
+        }
+        // A request admitted a second ago, before the probe, times out.
+        adaptive.update(&Sample {
+            now: model.now,
+            latency: Duration::from_secs(1),
+            in_flight: before,
+            outcome: Outcome::Overload,
+        });
+        let probing = adaptive.probing();
+        model.run(&mut adaptive, 0.020, 64.0, 2.0);
+        let after = adaptive.limit;
+        assert!(after as f64 >= 0.85 * before as f64, "{before} → {after}");
+        assert!(probing, "the probe went on");
+        let baseline = adaptive.baseline().unwrap().as_secs_f64();
+        assert!((0.018..0.023).contains(&baseline), "{baseline}");
     }
 
     #[test]
