@@ -113,7 +113,8 @@ pub(crate) struct Analysis {
     pub(crate) all_values: u64,
     /// Some slot is a bind parameter.
     pub(crate) any_params: bool,
-    /// `LIMIT`/`OFFSET` paging or a range predicate under `ORDER BY ... LIMIT`.
+    /// `ORDER BY ... OFFSET` paging or a range predicate under `ORDER BY ...
+    /// LIMIT`.
     pub(crate) paginated: bool,
     /// Rows in a top-level `INSERT ... VALUES` (0 when not such an insert).
     pub(crate) insert_rows: usize,
@@ -819,7 +820,10 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     *out_buffer = recycle(out);
     *alias_buffer = recycle_aliases(aliases);
     let hash = xxhash_rust::xxh3::xxh3_64(normalized.as_bytes());
-    let paginated = has_offset || (has_order && has_limit && st.has_range);
+    // Pages have an order: `LIMIT $2 OFFSET $3` on an unordered look-up is
+    // an ORM's boilerplate on every single-row fetch (Prisma's findUnique),
+    // not a page.
+    let paginated = has_order && (has_offset || (has_limit && st.has_range));
     Analysis {
         fingerprint: Fingerprint {
             hash,
