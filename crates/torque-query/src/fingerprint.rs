@@ -415,6 +415,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
+        // `(SELECT ...) UNION (SELECT ...)`: the verb is the first word, at
+        // the depth of the opening parentheses.
+        let lead = tokens.iter().take_while(|t| t.kind == Kind::Open).count();
         let mut depth = 0usize;
         let mut expect_relation = false;
         let mut from_depth: Option<usize> = None;
@@ -454,9 +457,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 _ => {}
             }
             // Identifiers (keyword id 0) skip the keyword tests: most words are.
-            if t.kind == Kind::Word && (t.kw != 0 || i == 0) {
+            if t.kind == Kind::Word && (t.kw != 0 || i == lead) {
                 let w = t.kw;
-                if !kind_found && depth == 0 {
+                if !kind_found && depth == lead {
                     let k = if w == kw!("select") || w == kw!("values") || w == kw!("table") {
                         Some(StatementKind::Select)
                     } else if w == kw!("insert") {
@@ -469,7 +472,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         Some(StatementKind::Merge)
                     } else if w == kw!("with") || w == kw!("recursive") {
                         None
-                    } else if i == 0 {
+                    } else if i == lead {
                         Some(StatementKind::Utility)
                     } else {
                         None
