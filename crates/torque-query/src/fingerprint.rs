@@ -740,6 +740,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
                         between_pending = false;
                     }
+                    if slot == Slot::Key && st.key_column.is_none() && next_is_eq(tokens, i, sql)
+                    {
+                        // `? = col`: the column is on the right of the `=`.
+                        st.key_column = column_after_eq(sql, tokens, i + 2);
+                    }
                     let is_param = t.kind == Kind::Param;
                     st.note(
                         slot,
@@ -1238,6 +1243,21 @@ fn in_row_after_range_op(out: &[Out<'_>], frames: &[Frame]) -> bool {
     })
 }
 
+/// The column named by a (possibly qualified) identifier starting at token
+/// `i`: the last part of `a.b.col`, as [`key_column`] names it.
+fn column_after_eq(sql: &str, tokens: &[Token], mut i: usize) -> Option<String> {
+    if !tokens.get(i).is_some_and(is_ident) {
+        return None;
+    }
+    while tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
+        && tokens.get(i + 2).is_some_and(is_ident)
+    {
+        i += 2;
+    }
+    let t = &tokens[i];
+    (t.kw == 0 || t.kind == Kind::Quoted).then(|| ident_string(sql, t))
+}
+
 fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
     tokens
         .get(i + 1)
@@ -1265,6 +1285,10 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
         }
         match o.kind {
             Kind::Word if o.tags & (tag::IN | tag::ANY | tag::ARRAY | tag::NOT) == 0 => {
+                // `WHERE ?`, `AND ?`: no column before the slot.
+                if o.tags & tag::CLAUSE != 0 {
+                    return None;
+                }
                 return Some(o.text.to_ascii_lowercase());
             }
             Kind::Word if o.tags & tag::IN != 0 => after_in = true,
