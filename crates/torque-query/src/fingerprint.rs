@@ -735,13 +735,12 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         clause,
                         between_pending,
                         next_is_eq(tokens, i, sql),
-                        next_closes(tokens, i),
+                        next_closes(tokens, i) || ends_cast_operand(&out, word(i + 1)),
                     );
                     if slot == Slot::Range && between_pending && word(i + 1) != kw!("and") {
                         between_pending = false;
                     }
-                    if slot == Slot::Key && st.key_column.is_none() && next_is_eq(tokens, i, sql)
-                    {
+                    if slot == Slot::Key && st.key_column.is_none() && next_is_eq(tokens, i, sql) {
                         // `? = col`: the column is on the right of the `=`.
                         st.key_column = column_after_eq(sql, tokens, i + 2);
                     }
@@ -1171,8 +1170,10 @@ fn classify(
                 return Slot::Key;
             }
             // The argument of a function compared for equality:
-            // `lower(email) = lower(?)`.
+            // `lower(email) = lower(?)`, `id = cast(? as uuid)`.
             (Kind::Open, _) if next_closes && in_call_after_eq(out, frames) => return Slot::Key,
+            // A typed literal compared for equality: `day = date '2024-01-01'`.
+            (Kind::Word, _) if typed_literal_after_eq(out) => return Slot::Key,
             // Elements of a row compared by order: keyset pagination's
             // `(created_at, id) > (?, ?)`.
             (Kind::Open | Kind::Comma, _) if in_row_after_range_op(out, frames) => {
@@ -1233,6 +1234,29 @@ fn in_call_after_eq(out: &[Out<'_>], frames: &[Frame]) -> bool {
     })
 }
 
+/// Whether the slot about to be pushed is the operand of `cast(? as type)`:
+/// `out` ends with `cast (` and the next word is `as`.
+fn ends_cast_operand(out: &[Out<'_>], next_word: u8) -> bool {
+    next_word == kw!("as")
+        && matches!(out, [.., f, open]
+            if open.kind == Kind::Open
+                && f.kind == Kind::Word
+                && !f.slot
+                && f.text.eq_ignore_ascii_case("cast"))
+}
+
+/// Whether `out` ends with `= type`, the type of a typed literal
+/// (`date '2024-01-01'`): an identifier, not a keyword.
+fn typed_literal_after_eq(out: &[Out<'_>]) -> bool {
+    matches!(out, [.., eq, ty]
+        if eq.kind == Kind::Op
+            && eq.text == "="
+            && !eq.slot
+            && ty.kind == Kind::Word
+            && !ty.slot
+            && ty.tags == 0)
+}
+
 /// Whether the innermost group is a row right after `<`, `>`, `<=` or `>=`.
 fn in_row_after_range_op(out: &[Out<'_>], frames: &[Frame]) -> bool {
     frames.last().is_some_and(|row| {
@@ -1267,6 +1291,10 @@ fn next_is_eq(tokens: &[Token], i: usize, sql: &str) -> bool {
 /// The column a key slot compares: walks back over `=`, `IN (`, `ANY(`; for
 /// a row of keys (`(a, b) IN ((`), the row of columns, as `(a, b)`.
 fn key_column(out: &[Out<'_>]) -> Option<String> {
+    // `col = date ?`: the type of a typed literal is no column.
+    if typed_literal_after_eq(out) {
+        return key_column(&out[..out.len() - 1]);
+    }
     // `lower(email) = lower(?`: the column is on the other side of `=`.
     if let [.., eq, f, open] = out
         && eq.kind == Kind::Op

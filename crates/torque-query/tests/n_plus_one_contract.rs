@@ -715,6 +715,16 @@ fn regression_a_key_compared_to_a_cast_is_a_key() {
         |i: usize| format!("SELECT * FROM users WHERE id = CAST('{i}' AS uuid)"),
         |_: usize| "select u.id from users u where u.id = cast(? as uuid)".to_string(),
         |_: usize| "DELETE FROM sessions WHERE user_id = CAST($1 AS int8)".to_string(),
+        // A typed literal (jOOQ's inlined dates): `= date '...'` is `= ?::date`.
+        |i: usize| {
+            format!(
+                "SELECT * FROM visits WHERE visit_id = DATE '2024-01-{:02}'",
+                i + 1
+            )
+        },
+        |i: usize| {
+            format!("UPDATE visits SET seen = true WHERE visit_id = timestamp '2024-01-01 0{i}:00'")
+        },
     ] {
         let f = run(times(5, sql));
         assert_n_plus_one(&sql(0), &f, 5);
