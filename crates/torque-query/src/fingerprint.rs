@@ -333,6 +333,10 @@ struct Scratch {
     /// The output tokens' buffer, kept empty between calls (its items borrow
     /// each call's input, so only the allocation is kept: see [`recycle`]).
     out: Vec<Out<'static>>,
+    /// [`SlotState::keys`], kept empty between calls.
+    keys: Vec<KeySlot>,
+    /// [`SlotState::range_columns`], kept empty between calls.
+    range_columns: Vec<u64>,
 }
 
 /// An empty vector of another lifetime on the same allocation (the standard
@@ -394,6 +398,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         frames,
         aliases: alias_buffer,
         out: out_buffer,
+        keys: keys_buffer,
+        range_columns: range_buffer,
     } = scratch;
     tokens.clear();
     marks.clear();
@@ -590,6 +596,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         any_params: false,
         has_range: false,
         key_column: None,
+        keys: std::mem::take(keys_buffer),
+        range_columns: std::mem::take(range_buffer),
     };
     let mut clause = Clause::None;
     let mut has_order = false;
@@ -831,6 +839,13 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     // an ORM's boilerplate on every single-row fetch (Prisma's findUnique),
     // not a page.
     let paginated = has_order && (has_offset || (has_limit && st.has_range));
+    if VALUES && has_order && has_limit {
+        st.drop_keyset_equalities();
+    }
+    st.keys.clear();
+    st.range_columns.clear();
+    *keys_buffer = std::mem::take(&mut st.keys);
+    *range_buffer = std::mem::take(&mut st.range_columns);
     Analysis {
         fingerprint: Fingerprint {
             hash,
@@ -1032,6 +1047,16 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
     arity
 }
 
+/// A key or insert-value slot: the column it is compared with (a hash of
+/// its name, see [`compared_column`]), its value's hash, and whether it is a
+/// bind parameter.
+#[derive(Debug, Clone, Copy)]
+struct KeySlot {
+    column: Option<u64>,
+    value: u64,
+    param: bool,
+}
+
 /// What the slots of a statement told us so far.
 struct SlotState {
     key_values: u64,
@@ -1041,6 +1066,10 @@ struct SlotState {
     any_params: bool,
     has_range: bool,
     key_column: Option<String>,
+    /// Every key and insert-value slot, in order.
+    keys: Vec<KeySlot>,
+    /// The columns range slots compare (`col > ?`, `col BETWEEN ?`).
+    range_columns: Vec<u64>,
 }
 
 impl SlotState {
@@ -1060,11 +1089,76 @@ impl SlotState {
                 if slot == Slot::Key && self.key_column.is_none() {
                     self.key_column = key_column(out);
                 }
+                self.keys.push(KeySlot {
+                    column: if slot == Slot::Key {
+                        compared_column(out)
+                    } else {
+                        None
+                    },
+                    value: h,
+                    param: is_param,
+                });
             }
-            Slot::Range => self.has_range = true,
+            Slot::Range => {
+                self.has_range = true;
+                if let Some(c) = compared_column(out)
+                    && !self.range_columns.contains(&c)
+                {
+                    self.range_columns.push(c);
+                }
+            }
             Slot::Page | Slot::Other => {}
         }
     }
+}
+
+impl SlotState {
+    /// Keyset pagination spelled out, `a > x OR (a = x AND id > y)` (jOOQ's
+    /// `seek()`, hand-written cursors): the equality on a column the
+    /// statement also compares by range is the keyset's, not a key, so it
+    /// leaves the key values. Called for statements under `ORDER BY ...
+    /// LIMIT`.
+    fn drop_keyset_equalities(&mut self) {
+        let in_keyset = |k: &KeySlot| k.column.is_some_and(|c| self.range_columns.contains(&c));
+        if self.range_columns.is_empty() || !self.keys.iter().any(in_keyset) {
+            return;
+        }
+        let (mut values, mut params) = (VALUES_SEED, false);
+        for k in self.keys.iter().filter(|k| !in_keyset(k)) {
+            values = fold(values, k.value);
+            params |= k.param;
+        }
+        self.key_values = values;
+        self.key_params = params;
+    }
+}
+
+/// A hash of the column the slot about to be pushed is compared with, when
+/// `out` ends with `col =`, `col >` (`<`, `<=`, `>=`) or `col between`
+/// (`t.col`, `"Col"` alike): which keys and ranges share a column.
+fn compared_column(out: &[Out<'_>]) -> Option<u64> {
+    let [.., col, op] = out else {
+        return None;
+    };
+    let compares = match op.kind {
+        Kind::Op => matches!(op.text, "=" | "<" | ">" | "<=" | ">="),
+        Kind::Word => op.text == "between",
+        _ => false,
+    };
+    let named = match col.kind {
+        Kind::Word => !col.slot && col.tags & tag::CLAUSE == 0,
+        Kind::Quoted => true,
+        _ => false,
+    };
+    if !(compares && !op.slot && named) {
+        return None;
+    }
+    // FNV-1a over the name as rendered (ASCII lower case for a word).
+    let fold_case = col.kind == Kind::Word && !col.lower;
+    Some(col.text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        let b = if fold_case { b.to_ascii_lowercase() } else { b };
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }))
 }
 
 fn is_three_part(tokens: &[Token], i: usize) -> bool {
