@@ -755,3 +755,44 @@ fn non_batchable_predicates_are_not_an_n_plus_one() {
         assert_no_n_plus_one(&sql(0), &run(times(8, sql)));
     }
 }
+
+#[test]
+fn regression_psycopg2_in_with_one_tuple_parameter_is_a_key() {
+    // psycopg2 adapts a Python tuple to a list: `WHERE id IN %s` (one
+    // placeholder, no parentheses) is `IN (...)`.
+    for sql in [
+        "SELECT * FROM users WHERE id IN %s",
+        "SELECT * FROM users WHERE id IN %(ids)s",
+        "DELETE FROM sessions WHERE user_id IN %s",
+    ] {
+        let f = run(times(5, |_| sql.to_string()));
+        assert_n_plus_one(sql, &f, 5);
+        assert!(
+            f[0].suggestion.contains("id = ANY($1)"),
+            "{}",
+            f[0].suggestion
+        );
+    }
+}
+
+#[test]
+fn regression_a_row_compared_for_equality_is_a_composite_key() {
+    // `(a, b) = (?, ?)`: jOOQ's row(...).eq(...), and composite primary keys.
+    let f = run(times(5, |i| {
+        format!("SELECT * FROM memberships WHERE (team_id, user_id) = ({i}, 7)")
+    }));
+    assert_n_plus_one("row equality", &f, 5);
+    assert!(
+        f[0].suggestion
+            .contains("(team_id, user_id) IN (SELECT * FROM UNNEST("),
+        "{}",
+        f[0].suggestion
+    );
+    let sql = "select * from memberships m where (m.team_id, m.user_id) = (?, ?)";
+    assert_n_plus_one(sql, &run(times(5, |_| sql.to_string())), 5);
+    // The same row every time is redundant, not an N+1.
+    let f = run(times(5, |_| {
+        "SELECT * FROM memberships WHERE (team_id, user_id) = (1, 7)".to_string()
+    }));
+    assert_eq!(kinds(&f), [FindingKind::Redundant], "{f:#?}");
+}
