@@ -1268,9 +1268,17 @@ fn classify(
             (Kind::Open, _) if next_closes && in_call_after_eq(out, frames) => return Slot::Key,
             // A typed literal compared for equality: `day = date '2024-01-01'`.
             (Kind::Word, _) if typed_literal_after_eq(out) => return Slot::Key,
+            // psycopg2's `IN %s`: one parameter, a tuple of keys.
+            (Kind::Word, _) if p.tags & tag::IN != 0 => return Slot::Key,
+            // Elements of a row compared for equality: `(a, b) = (?, ?)`.
+            (Kind::Open | Kind::Comma, _) if in_row_after_op(out, frames, &["="]) => {
+                return Slot::Key;
+            }
             // Elements of a row compared by order: keyset pagination's
             // `(created_at, id) > (?, ?)`.
-            (Kind::Open | Kind::Comma, _) if in_row_after_range_op(out, frames) => {
+            (Kind::Open | Kind::Comma, _)
+                if in_row_after_op(out, frames, &["<", ">", "<=", ">="]) =>
+            {
                 return Slot::Range;
             }
             _ => {}
@@ -1351,13 +1359,13 @@ fn typed_literal_after_eq(out: &[Out<'_>]) -> bool {
             && ty.tags == 0)
 }
 
-/// Whether the innermost group is a row right after `<`, `>`, `<=` or `>=`.
-fn in_row_after_range_op(out: &[Out<'_>], frames: &[Frame]) -> bool {
+/// Whether the innermost group is a row right after one of `ops`.
+fn in_row_after_op(out: &[Out<'_>], frames: &[Frame], ops: &[&str]) -> bool {
     frames.last().is_some_and(|row| {
         row.open > 0
             && out[row.open].kind == Kind::Open
             && out[row.open - 1].kind == Kind::Op
-            && matches!(out[row.open - 1].text, "<" | ">" | "<=" | ">=")
+            && ops.contains(&out[row.open - 1].text)
     })
 }
 
@@ -1416,7 +1424,11 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
             Kind::Word if o.tags & tag::IN != 0 => after_in = true,
             Kind::Quoted => return Some(o.text.to_string()),
             Kind::Close if after_in => return column_row(&out[..out.len() - back]),
-            Kind::Close => return column_call(&out[..out.len() - back]),
+            // `lower(email) = ?`, or a row of columns: `(a, b) = (?, ?)`.
+            Kind::Close => {
+                let before = &out[..out.len() - back];
+                return column_call(before).or_else(|| column_row(before));
+            }
             Kind::Literal | Kind::Param => return None,
             _ => {}
         }
