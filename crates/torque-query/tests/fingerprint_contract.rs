@@ -402,3 +402,57 @@ fn a_sign_glued_to_a_comparison_is_the_literals() {
     // Operators that may end in a sign keep it.
     differ("SELECT a @- b FROM t", "SELECT a @ - b FROM t");
 }
+
+#[test]
+fn regression_a_list_after_the_from_list_is_no_relation_list() {
+    // A comma in ORDER BY / GROUP BY / RETURNING after a FROM list at the same
+    // depth was read as the FROM list's: the next word became a table, the
+    // word after it its alias (dropped), a qualifier a schema (dropped).
+    differ(
+        "SELECT * FROM t WHERE a = 1 ORDER BY a, id DESC",
+        "SELECT * FROM t WHERE a = 1 ORDER BY a, id ASC",
+    );
+    differ(
+        "SELECT p.* FROM posts p JOIN users u ON u.id = p.user_id ORDER BY p.created_at, u.id",
+        "SELECT p.* FROM posts p JOIN users u ON u.id = p.user_id ORDER BY p.created_at, p.id",
+    );
+    let f = fingerprint("SELECT a, count(*) FROM t WHERE x = 1 GROUP BY a, b ORDER BY a, b DESC");
+    assert_eq!(f.tables(), ["t"]);
+    assert_eq!(
+        f.normalized(),
+        "select a, count(*) from t where x = ? group by a, b order by a, b desc"
+    );
+    let f = fingerprint("DELETE FROM t WHERE id = 1 RETURNING id, created_at AS c");
+    assert_eq!(f.tables(), ["t"]);
+    assert_eq!(
+        f.normalized(),
+        "delete from t where id = ? returning id, created_at as c"
+    );
+    // The FROM list itself, and one after a subquery in it, still are.
+    let f = fingerprint("SELECT * FROM a x, (SELECT * FROM c) s, b y WHERE x.id = y.id");
+    assert_eq!(f.tables(), ["a", "c", "b"]);
+    assert_eq!(
+        f.normalized(),
+        "select * from a, (select * from c) s, b where a.id = b.id"
+    );
+}
+
+#[test]
+fn regression_for_no_key_update_locks_no_relation() {
+    // `FOR NO KEY UPDATE SKIP LOCKED` (Rails' lock("FOR NO KEY UPDATE"),
+    // Diesel's for_no_key_update) named a table `skip` aliased `locked`.
+    let f = fingerprint("SELECT * FROM jobs WHERE id = 1 FOR NO KEY UPDATE SKIP LOCKED");
+    assert_eq!(f.tables(), ["jobs"]);
+    assert_eq!(
+        f.normalized(),
+        "select * from jobs where id = ? for no key update skip locked"
+    );
+    differ(
+        "SELECT * FROM jobs WHERE id = 1 FOR NO KEY UPDATE SKIP LOCKED",
+        "SELECT * FROM jobs WHERE id = 1 FOR NO KEY UPDATE SKIP",
+    );
+    assert_eq!(
+        fingerprint("SELECT * FROM jobs j WHERE j.id = 1 FOR NO KEY UPDATE OF j NOWAIT").tables(),
+        ["jobs"]
+    );
+}
