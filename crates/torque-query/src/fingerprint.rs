@@ -426,7 +426,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         let lead = tokens.iter().take_while(|t| t.kind == Kind::Open).count();
         let mut depth = 0usize;
         let mut expect_relation = false;
-        let mut from_depth: Option<usize> = None;
+        // Bit `d`: a FROM list is open at parenthesis depth `d` (its commas
+        // separate relations). A subquery in it has its own, and the outer
+        // list goes on after it: `FROM a, (SELECT ... FROM c) s, b`.
+        let mut from_lists: u64 = 0;
+        let in_from_list = |lists: u64, depth: usize| depth < 64 && lists & (1 << depth) != 0;
         let mut next_mark = 0;
         let mut i = 0;
         while i < n {
@@ -434,7 +438,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 // Outside a relation reference only keywords, parentheses
                 // and the commas of a FROM list change anything: jump to the
                 // next of those among the tokens the lexer marked.
-                let from_list = from_depth == Some(depth);
+                let from_list = in_from_list(from_lists, depth);
                 i = loop {
                     let Some(&m) = marks.get(next_mark) else {
                         break n;
@@ -453,11 +457,14 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
             }
             let t = &tokens[i];
             match t.kind {
-                Kind::Open => depth += 1,
-                Kind::Close => {
+                // A bracket nests like a parenthesis: the commas of
+                // `ON x = ARRAY[1, 2]` separate no relations.
+                Kind::Open | Kind::OpenBracket => depth += 1,
+                Kind::Close | Kind::CloseBracket => {
                     depth = depth.saturating_sub(1);
-                    if from_depth.is_some_and(|d| d > depth) {
-                        from_depth = None;
+                    // The lists opened inside the group end with it.
+                    if depth < 63 {
+                        from_lists &= (2 << depth) - 1;
                     }
                 }
                 _ => {}
@@ -488,6 +495,26 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         kind_found = true;
                     }
                 }
+                // The clauses after a FROM list end it: their commas
+                // (`ORDER BY a, b`, `RETURNING id, x`) separate no relations.
+                if w == kw!("where")
+                    || w == kw!("group")
+                    || w == kw!("having")
+                    || w == kw!("window")
+                    || w == kw!("order")
+                    || w == kw!("limit")
+                    || w == kw!("offset")
+                    || w == kw!("fetch")
+                    || w == kw!("for")
+                    || w == kw!("returning")
+                    || w == kw!("union")
+                    || w == kw!("intersect")
+                    || w == kw!("except")
+                {
+                    if depth < 64 {
+                        from_lists &= !(1 << depth);
+                    }
+                }
                 let opens_relation = w == kw!("from")
                     || w == kw!("join")
                     || w == kw!("into")
@@ -500,11 +527,15 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         // `ON CONFLICT ... DO UPDATE SET` updates no new relation.
                         let do_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("do");
                         // `FOR UPDATE` locks rows.
-                        let for_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("for");
+                        let for_update = w == kw!("update")
+                            && i > 0
+                            && (word(i - 1) == kw!("for") || for_no_key(sql, tokens, i));
                         if !distinct && !do_update && !for_update {
                             expect_relation = true;
                             if w == kw!("from") {
-                                from_depth = Some(depth);
+                                if depth < 64 {
+                                    from_lists |= 1 << depth;
+                                }
                             }
                         }
                         i += 1;
@@ -516,7 +547,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     continue;
                 }
             }
-            if t.kind == Kind::Comma && from_depth == Some(depth) {
+            if t.kind == Kind::Comma && in_from_list(from_lists, depth) {
                 expect_relation = true;
                 i += 1;
                 continue;
@@ -1159,6 +1190,14 @@ fn compared_column(out: &[Out<'_>]) -> Option<u64> {
         let b = if fold_case { b.to_ascii_lowercase() } else { b };
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     }))
+}
+
+/// Whether `update` at token `i` is the one of `FOR NO KEY UPDATE`.
+fn for_no_key(sql: &str, tokens: &[Token], i: usize) -> bool {
+    i >= 3
+        && tokens[i - 1].text(sql).eq_ignore_ascii_case("key")
+        && tokens[i - 2].text(sql).eq_ignore_ascii_case("no")
+        && tokens[i - 3].kw == kw!("for")
 }
 
 fn is_three_part(tokens: &[Token], i: usize) -> bool {

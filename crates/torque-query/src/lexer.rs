@@ -147,7 +147,7 @@ fn is_op_char(b: u8) -> bool {
 ///
 /// `marks` receives, in order, the indices of the tokens that can matter to
 /// the fingerprint's relation finder outside a relation reference: keywords,
-/// parentheses and commas. It skips the others by jumping from mark to mark.
+/// parentheses, brackets and commas. It skips the others by jumping from mark to mark.
 pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
     let bytes = sql.as_bytes();
     let len = bytes.len().min(u32::MAX as usize);
@@ -296,10 +296,12 @@ pub(crate) fn tokenize(sql: &str, out: &mut Vec<Token>, marks: &mut Vec<u32>) {
                 Kind::Close
             }
             b'[' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::OpenBracket
             }
             b']' => {
+                marks.push(out.len() as u32);
                 i += 1;
                 Kind::CloseBracket
             }
