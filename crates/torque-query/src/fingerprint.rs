@@ -497,23 +497,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 }
                 // The clauses after a FROM list end it: their commas
                 // (`ORDER BY a, b`, `RETURNING id, x`) separate no relations.
-                if w == kw!("where")
-                    || w == kw!("group")
-                    || w == kw!("having")
-                    || w == kw!("window")
-                    || w == kw!("order")
-                    || w == kw!("limit")
-                    || w == kw!("offset")
-                    || w == kw!("fetch")
-                    || w == kw!("for")
-                    || w == kw!("returning")
-                    || w == kw!("union")
-                    || w == kw!("intersect")
-                    || w == kw!("except")
-                {
-                    if depth < 64 {
-                        from_lists &= !(1 << depth);
-                    }
+                if ENDS_FROM_LIST[usize::from(w)] && depth < 64 {
+                    from_lists &= !(1 << depth);
                 }
                 let opens_relation = w == kw!("from")
                     || w == kw!("join")
@@ -921,6 +906,27 @@ const ACTIONS: [Action; 256] = {
     t[kw!("offset") as usize] = Action::Offset;
     t[kw!("between") as usize] = Action::Between;
     t[kw!("values") as usize] = Action::Values;
+    t
+};
+
+/// Per keyword id, whether it starts a clause that ends a FROM list at its
+/// depth: the commas after it (`ORDER BY a, b`, `RETURNING id, x`) separate
+/// no relations. One look-up per keyword, as for [`ACTIONS`].
+const ENDS_FROM_LIST: [bool; 256] = {
+    let mut t = [false; 256];
+    t[kw!("where") as usize] = true;
+    t[kw!("group") as usize] = true;
+    t[kw!("having") as usize] = true;
+    t[kw!("window") as usize] = true;
+    t[kw!("order") as usize] = true;
+    t[kw!("limit") as usize] = true;
+    t[kw!("offset") as usize] = true;
+    t[kw!("fetch") as usize] = true;
+    t[kw!("for") as usize] = true;
+    t[kw!("returning") as usize] = true;
+    t[kw!("union") as usize] = true;
+    t[kw!("intersect") as usize] = true;
+    t[kw!("except") as usize] = true;
     t
 };
 
