@@ -796,3 +796,33 @@ fn regression_a_row_compared_for_equality_is_a_composite_key() {
     }));
     assert_eq!(kinds(&f), [FindingKind::Redundant], "{f:#?}");
 }
+
+#[test]
+fn regression_from_inside_a_function_call_names_no_table() {
+    // `EXTRACT(field FROM source)`, `SUBSTRING(s FROM n)`, `TRIM(BOTH FROM s)`:
+    // the FROM is an argument's, not a relation list's. `current_date` was
+    // taken for a table, so `SELECT extract(...)` touched one and its repeats
+    // were a redundant-query finding.
+    for sql in [
+        "SELECT EXTRACT(EPOCH FROM CURRENT_TIMESTAMP)",
+        "SELECT extract(year from current_date)",
+        "SELECT substring(current_user FROM 1 FOR 3)",
+        "SELECT trim(both from session_user)",
+    ] {
+        assert!(
+            torque_query::fingerprint(sql).tables().is_empty(),
+            "{sql}: {:?}",
+            torque_query::fingerprint(sql).tables()
+        );
+        assert_nothing(sql, &run(times(6, |_| sql.to_string())));
+    }
+    // The relations of a statement around such a call are still found.
+    let f = torque_query::fingerprint(
+        "SELECT extract(epoch FROM o.created_at) FROM orders o WHERE o.id IN (SELECT order_id FROM items WHERE sku = $1)",
+    );
+    assert_eq!(f.tables(), ["orders", "items"]);
+    let f = torque_query::fingerprint(
+        "WITH d AS (DELETE FROM jobs WHERE id = $1 RETURNING *), u AS (UPDATE runs r SET n = 1 FROM d WHERE r.job = d.id) SELECT * FROM d",
+    );
+    assert_eq!(f.tables(), ["jobs", "runs", "d"]);
+}
