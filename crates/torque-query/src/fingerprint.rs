@@ -430,6 +430,10 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         // separate relations). A subquery in it has its own, and the outer
         // list goes on after it: `FROM a, (SELECT ... FROM c) s, b`.
         let mut from_lists: u64 = 0;
+        // Bit `d`: the group at depth `d` holds a SELECT, UPDATE or DELETE,
+        // whose FROM lists relations; the FROM of `EXTRACT(EPOCH FROM x)`
+        // or `SUBSTRING(s FROM 2)` is an argument's.
+        let mut verbs: u64 = 0;
         let in_from_list = |lists: u64, depth: usize| depth < 64 && lists & (1 << depth) != 0;
         let mut next_mark = 0;
         let mut i = 0;
@@ -459,7 +463,12 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
             match t.kind {
                 // A bracket nests like a parenthesis: the commas of
                 // `ON x = ARRAY[1, 2]` separate no relations.
-                Kind::Open | Kind::OpenBracket => depth += 1,
+                Kind::Open | Kind::OpenBracket => {
+                    depth += 1;
+                    if depth < 64 {
+                        verbs &= !(1 << depth);
+                    }
+                }
                 Kind::Close | Kind::CloseBracket => {
                     depth = depth.saturating_sub(1);
                     // The lists opened inside the group end with it.
@@ -500,6 +509,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 if ENDS_FROM_LIST[usize::from(w)] && depth < 64 {
                     from_lists &= !(1 << depth);
                 }
+                if (w == kw!("select") || w == kw!("update") || w == kw!("delete")) && depth < 64 {
+                    verbs |= 1 << depth;
+                }
                 let opens_relation = w == kw!("from")
                     || w == kw!("join")
                     || w == kw!("into")
@@ -511,11 +523,13 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         let distinct = w == kw!("from") && i > 0 && word(i - 1) == kw!("distinct");
                         // `ON CONFLICT ... DO UPDATE SET` updates no new relation.
                         let do_update = w == kw!("update") && i > 0 && word(i - 1) == kw!("do");
+                        // `EXTRACT(EPOCH FROM x)`: no statement's FROM.
+                        let argument = w == kw!("from") && depth < 64 && verbs & (1 << depth) == 0;
                         // `FOR UPDATE` locks rows.
                         let for_update = w == kw!("update")
                             && i > 0
                             && (word(i - 1) == kw!("for") || for_no_key(sql, tokens, i));
-                        if !distinct && !do_update && !for_update {
+                        if !distinct && !do_update && !for_update && !argument {
                             expect_relation = true;
                             if w == kw!("from") {
                                 if depth < 64 {
