@@ -320,6 +320,10 @@ fn keyset_pagination_is_not_an_n_plus_one_with_or_without_a_tenant_in_any_parame
         "SELECT * FROM events WHERE tenant_id = %s AND id > %s ORDER BY id LIMIT %s",
         "SELECT * FROM events WHERE tenant_id = %(t)s AND id > %(after)s ORDER BY id LIMIT 100",
         "SELECT * FROM events WHERE tenant_id = :tenant AND id > :after ORDER BY id LIMIT :n",
+        // Django REST framework's CursorPagination.
+        r#"SELECT "app_event"."id" FROM "app_event" WHERE "app_event"."created" < %s ORDER BY "app_event"."created" DESC LIMIT 11"#,
+        // Prisma's cursor pagination.
+        r#"SELECT "public"."Post"."id" FROM "public"."Post" WHERE "public"."Post"."id" >= (SELECT "public"."Post"."id" FROM "public"."Post" WHERE ("public"."Post"."id") = ($1)) ORDER BY "public"."Post"."id" ASC LIMIT $2 OFFSET $3"#,
         // Rails' in_batches / find_each.
         r#"SELECT "users"."id" FROM "users" WHERE "users"."id" > $1 ORDER BY "users"."id" ASC LIMIT $2"#,
     ] {
@@ -591,6 +595,14 @@ fn orm_statement_shapes_are_n_plus_ones() {
         }),
         ("asyncpg", |_| {
             "SELECT * FROM accounts WHERE id = $1::uuid".into()
+        }),
+        // SQLAlchemy's lazy loader puts the parameter first.
+        ("sqlalchemy lazy load", |_| {
+            "SELECT addresses.id AS addresses_id, addresses.email AS addresses_email \nFROM addresses \nWHERE %(param_1)s = addresses.user_id".into()
+        }),
+        // Prisma's findFirst (no orderBy) adds LIMIT and OFFSET.
+        ("prisma findFirst", |_| {
+            r#"SELECT "public"."Post"."id" FROM "public"."Post" WHERE "public"."Post"."authorId" = $1 LIMIT $2 OFFSET $3"#.into()
         }),
         ("cte", |i| {
             format!(
