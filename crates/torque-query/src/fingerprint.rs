@@ -531,10 +531,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                             && (word(i - 1) == kw!("for") || for_no_key(sql, tokens, i));
                         if !distinct && !do_update && !for_update && !argument {
                             expect_relation = true;
-                            if w == kw!("from") {
-                                if depth < 64 {
-                                    from_lists |= 1 << depth;
-                                }
+                            if w == kw!("from") && depth < 64 {
+                                from_lists |= 1 << depth;
                             }
                         }
                         i += 1;
