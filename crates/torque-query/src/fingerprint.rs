@@ -421,9 +421,6 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
     {
-        // `(SELECT ...) UNION (SELECT ...)`: the verb is the first word, at
-        // the depth of the opening parentheses.
-        let lead = tokens.iter().take_while(|t| t.kind == Kind::Open).count();
         let mut depth = 0usize;
         let mut expect_relation = false;
         // Bit `d`: a FROM list is open at parenthesis depth `d` (its commas
@@ -436,7 +433,10 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         let mut verbs: u64 = 0;
         let in_from_list = |lists: u64, depth: usize| depth < 64 && lists & (1 << depth) != 0;
         let mut next_mark = 0;
-        let mut i = 0;
+        // `(SELECT ...) UNION (SELECT ...)`: the statement starts inside
+        // its opening parentheses (their closers leave the depth at 0), so
+        // its verb is the first word at depth 0.
+        let mut i = tokens.iter().take_while(|t| t.kind == Kind::Open).count();
         while i < n {
             if !expect_relation && i > 0 {
                 // Outside a relation reference only keywords, parentheses
@@ -479,9 +479,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 _ => {}
             }
             // Identifiers (keyword id 0) skip the keyword tests: most words are.
-            if t.kind == Kind::Word && (t.kw != 0 || i == lead) {
+            if t.kind == Kind::Word && (t.kw != 0 || i == 0) {
                 let w = t.kw;
-                if !kind_found && depth == lead {
+                if !kind_found && depth == 0 {
                     let k = if w == kw!("select") || w == kw!("values") || w == kw!("table") {
                         Some(StatementKind::Select)
                     } else if w == kw!("insert") {
@@ -494,7 +494,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         Some(StatementKind::Merge)
                     } else if w == kw!("with") || w == kw!("recursive") {
                         None
-                    } else if i == lead {
+                    } else if i == 0 {
                         Some(StatementKind::Utility)
                     } else {
                         None
@@ -506,7 +506,21 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 }
                 // The clauses after a FROM list end it: their commas
                 // (`ORDER BY a, b`, `RETURNING id, x`) separate no relations.
-                if ENDS_FROM_LIST[usize::from(w)] && depth < 64 {
+                if (w == kw!("where")
+                    || w == kw!("group")
+                    || w == kw!("having")
+                    || w == kw!("window")
+                    || w == kw!("order")
+                    || w == kw!("limit")
+                    || w == kw!("offset")
+                    || w == kw!("fetch")
+                    || w == kw!("for")
+                    || w == kw!("returning")
+                    || w == kw!("union")
+                    || w == kw!("intersect")
+                    || w == kw!("except"))
+                    && depth < 64
+                {
                     from_lists &= !(1 << depth);
                 }
                 if (w == kw!("select") || w == kw!("update") || w == kw!("delete")) && depth < 64 {
@@ -624,8 +638,17 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         any_params: false,
         has_range: false,
         key_column: None,
-        keys: std::mem::take(keys_buffer),
-        range_columns: std::mem::take(range_buffer),
+        // Only the detector's analysis uses them.
+        keys: if VALUES {
+            std::mem::take(keys_buffer)
+        } else {
+            Vec::new()
+        },
+        range_columns: if VALUES {
+            std::mem::take(range_buffer)
+        } else {
+            Vec::new()
+        },
     };
     let mut clause = Clause::None;
     let mut has_order = false;
@@ -867,13 +890,15 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     // an ORM's boilerplate on every single-row fetch (Prisma's findUnique),
     // not a page.
     let paginated = has_order && (has_offset || (has_limit && st.has_range));
-    if VALUES && has_order && has_limit {
-        st.drop_keyset_equalities();
+    if VALUES {
+        if has_order && has_limit {
+            st.drop_keyset_equalities();
+        }
+        st.keys.clear();
+        st.range_columns.clear();
+        *keys_buffer = std::mem::take(&mut st.keys);
+        *range_buffer = std::mem::take(&mut st.range_columns);
     }
-    st.keys.clear();
-    st.range_columns.clear();
-    *keys_buffer = std::mem::take(&mut st.keys);
-    *range_buffer = std::mem::take(&mut st.range_columns);
     Analysis {
         fingerprint: Fingerprint {
             hash,
@@ -918,27 +943,6 @@ const ACTIONS: [Action; 256] = {
     t[kw!("offset") as usize] = Action::Offset;
     t[kw!("between") as usize] = Action::Between;
     t[kw!("values") as usize] = Action::Values;
-    t
-};
-
-/// Per keyword id, whether it starts a clause that ends a FROM list at its
-/// depth: the commas after it (`ORDER BY a, b`, `RETURNING id, x`) separate
-/// no relations. One look-up per keyword, as for [`ACTIONS`].
-const ENDS_FROM_LIST: [bool; 256] = {
-    let mut t = [false; 256];
-    t[kw!("where") as usize] = true;
-    t[kw!("group") as usize] = true;
-    t[kw!("having") as usize] = true;
-    t[kw!("window") as usize] = true;
-    t[kw!("order") as usize] = true;
-    t[kw!("limit") as usize] = true;
-    t[kw!("offset") as usize] = true;
-    t[kw!("fetch") as usize] = true;
-    t[kw!("for") as usize] = true;
-    t[kw!("returning") as usize] = true;
-    t[kw!("union") as usize] = true;
-    t[kw!("intersect") as usize] = true;
-    t[kw!("except") as usize] = true;
     t
 };
 
