@@ -838,3 +838,25 @@ fn regression_from_inside_a_function_call_names_no_table() {
     );
     assert_eq!(f.tables(), ["jobs", "runs", "d"]);
 }
+
+#[test]
+fn regression_is_not_distinct_from_is_an_equality() {
+    // The null-safe equality (SQLAlchemy's is_not_distinct_from, jOOQ's
+    // isNotDistinctFrom) is a key; `IS DISTINCT FROM` (not equal) is not.
+    let sql = "SELECT * FROM profiles WHERE profiles.user_id IS NOT DISTINCT FROM $1";
+    let f = run(times(5, |_| sql.to_string()));
+    assert_n_plus_one(sql, &f, 5);
+    assert!(
+        f[0].suggestion.contains("user_id = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
+    let f = run(times(5, |i| {
+        format!("DELETE FROM profiles WHERE user_id IS NOT DISTINCT FROM {i}")
+    }));
+    assert_n_plus_one("literal", &f, 5);
+    let f = run(times(8, |i| {
+        format!("SELECT * FROM profiles WHERE user_id IS DISTINCT FROM {i}")
+    }));
+    assert_no_n_plus_one("IS DISTINCT FROM", &f);
+}
