@@ -1329,6 +1329,8 @@ fn classify(
             (Kind::Open, _) if next_closes && in_call_after_eq(out, frames) => return Slot::Key,
             // A typed literal compared for equality: `day = date '2024-01-01'`.
             (Kind::Word, _) if typed_literal_after_eq(out) => return Slot::Key,
+            // The null-safe equality: `col IS NOT DISTINCT FROM ?`.
+            (Kind::Word, "from") if ends_not_distinct_from(out) => return Slot::Key,
             // psycopg2's `IN %s`: one parameter, a tuple of keys.
             (Kind::Word, _) if p.tags & tag::IN != 0 => return Slot::Key,
             // Elements of a row compared for equality: `(a, b) = (?, ?)`.
@@ -1408,6 +1410,15 @@ fn ends_cast_operand(out: &[Out<'_>], next_word: u8) -> bool {
                 && f.text.eq_ignore_ascii_case("cast"))
 }
 
+/// Whether `out` ends with `IS NOT DISTINCT FROM`.
+fn ends_not_distinct_from(out: &[Out<'_>]) -> bool {
+    matches!(out, [.., is, not, distinct, from]
+        if [is, not, distinct, from]
+            .iter()
+            .all(|o| o.kind == Kind::Word && !o.slot)
+            && (is.text, not.text, distinct.text, from.text) == ("is", "not", "distinct", "from"))
+}
+
 /// Whether `out` ends with `= type`, the type of a typed literal
 /// (`date '2024-01-01'`): an identifier, not a keyword.
 fn typed_literal_after_eq(out: &[Out<'_>]) -> bool {
@@ -1457,6 +1468,10 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     // `col = date ?`: the type of a typed literal is no column.
     if typed_literal_after_eq(out) {
         return key_column(&out[..out.len() - 1]);
+    }
+    // `col IS NOT DISTINCT FROM ?`: the column is before the four words.
+    if ends_not_distinct_from(out) {
+        return key_column(&out[..out.len() - 4]);
     }
     // `lower(email) = lower(?`: the column is on the other side of `=`.
     if let [.., eq, f, open] = out
