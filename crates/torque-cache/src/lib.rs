@@ -60,6 +60,12 @@ mod reads;
 mod shard;
 mod stats;
 
+// The guide's code blocks run as doctests, so that what users copy compiles
+// against the current API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/cache.md")]
+struct GuideDoctests;
+
 pub use builder::{BuildError, LocalCacheBuilder, LocalCacheConfig, MAX_SHARDS};
 pub use cache::{LocalCache, RemovalCause};
 pub use clock::{Clock, MockClock, SystemClock};
