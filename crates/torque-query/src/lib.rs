@@ -46,6 +46,13 @@ mod instrument;
 mod lexer;
 mod loader;
 
+// The guide's code blocks run as doctests, so that what users copy compiles
+// against the current API (its batch-write and instrumentation blocks need
+// the `postgres` feature; CI tests with all features).
+#[cfg(all(doctest, feature = "postgres"))]
+#[doc = include_str!("../../../docs/query.md")]
+struct GuideDoctests;
+
 #[cfg(feature = "postgres")]
 pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict, CopyTarget};
 pub use fingerprint::{Fingerprint, StatementKind, fingerprint};
