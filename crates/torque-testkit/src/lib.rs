@@ -53,6 +53,11 @@ mod proxy;
 mod redis;
 mod throwaway;
 
+// The testing guide's code blocks run as doctests, like the other guides'.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/testing.md")]
+struct GuideDoctests;
+
 pub use postgres::{Origin, PgServer, TestDatabase, pg_database};
 pub use proxy::{FaultProxy, ProxyStats};
 pub use redis::{RedisNamespace, RedisOrigin, RedisServer, redis_namespace};
