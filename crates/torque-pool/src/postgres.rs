@@ -301,9 +301,7 @@ fn is_client_side(err: &Error) -> bool {
 fn transaction_effect(sql: &str) -> Option<bool> {
     let mut effect = None;
     for statement in statements(sql) {
-        let mut words = skip_leading_comments(statement)
-            .split(|c: char| c.is_ascii_whitespace() || c == '(')
-            .filter(|w| !w.is_empty());
+        let mut words = first_words(statement);
         let Some(first) = words.next() else {
             continue;
         };
@@ -324,6 +322,36 @@ fn transaction_effect(sql: &str) -> Option<bool> {
         }
     }
     effect
+}
+
+/// The words a statement starts with: split at white space and `(`, with
+/// comments anywhere between them skipped (`ROLLBACK /* to */` is a
+/// `ROLLBACK`, not a `ROLLBACK TO`).
+fn first_words(statement: &str) -> impl Iterator<Item = &str> {
+    let mut rest = statement;
+    std::iter::from_fn(move || {
+        loop {
+            let trimmed = skip_leading_comments(rest);
+            let opened = trimmed.trim_start_matches('(');
+            rest = opened;
+            if opened.len() == trimmed.len() {
+                break;
+            }
+        }
+        let bytes = rest.as_bytes();
+        let len = (0..bytes.len())
+            .find(|&i| {
+                bytes[i].is_ascii_whitespace()
+                    || bytes[i] == b'('
+                    || bytes[i..].starts_with(b"--")
+                    || bytes[i..].starts_with(b"/*")
+            })
+            .unwrap_or(bytes.len());
+        // `len` is at an ASCII byte or the end: a char boundary.
+        let (word, after) = rest.split_at(len);
+        rest = after;
+        (!word.is_empty()).then_some(word)
+    })
 }
 
 /// `statement` after its leading white space and comments (`-- ...` lines,
@@ -399,7 +427,21 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
                 // A word, read whole (an identifier's `$` opens no quote).
                 let word = word_at(bytes, i);
                 let mut end = i + word.len();
-                if atomic_depth > 0 {
+                if word.eq_ignore_ascii_case(b"e") && bytes.get(end) == Some(&b'\'') {
+                    // An escape string, `E'it\'s'`: a backslash escapes the
+                    // byte after it, a quote too, so the string goes on.
+                    end += 1;
+                    while end < bytes.len() {
+                        match bytes[end] {
+                            b'\\' => end += 2,
+                            b'\'' if bytes.get(end + 1) == Some(&b'\'') => end += 2,
+                            b'\'' => break,
+                            _ => end += 1,
+                        }
+                    }
+                    // Past the closing quote (or the end of the text).
+                    end = (end + 1).min(bytes.len());
+                } else if atomic_depth > 0 {
                     if word.eq_ignore_ascii_case(b"case") {
                         atomic_depth += 1;
                     } else if word.eq_ignore_ascii_case(b"end") {
@@ -431,11 +473,24 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
-                    i += 1;
+                // Block comments nest, as PostgreSQL nests them.
+                let mut depth = 0u32;
+                while i < bytes.len() {
+                    if bytes[i..].starts_with(b"/*") {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes[i..].starts_with(b"*/") {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
                 }
-                i += 1;
+                // At the byte after `*/`, which the loop's step would skip.
+                i -= 1;
             }
             b'$' => {
                 // `$tag$ ... $tag$` (a function or DO body); `$1` is no quote.
@@ -715,6 +770,22 @@ mod transaction_tests {
                 "BEGIN; CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END",
                 Some(true),
             ),
+            // In an escape string a backslash escapes the quote after it:
+            // the string goes on, and the statements after it count.
+            ("INSERT INTO t VALUES (E'it\\'s'); BEGIN", Some(true)),
+            ("select e'a\\'b'; commit", Some(false)),
+            ("SELECT E'\\\\'; BEGIN", Some(true)),
+            ("SELECT E'a''b\\'c'; BEGIN", Some(true)),
+            ("SELECT E'it\\'s; BEGIN'", None),
+            // Comments between or after a statement's words are not words.
+            ("ROLLBACK /* to */", Some(false)),
+            ("ROLLBACK -- back to the start", Some(false)),
+            ("COMMIT -- and chain", Some(false)),
+            ("COMMIT /* app */ AND /* x */ CHAIN", Some(true)),
+            ("BEGIN/* app */", Some(true)),
+            ("ROLLBACK/**/TO s", None),
+            // Block comments nest, as in PostgreSQL.
+            ("SELECT 1 /* /* */ ; BEGIN */", None),
         ] {
             assert_eq!(transaction_effect(sql), want, "{sql:?}");
         }

@@ -386,3 +386,63 @@ async fn a_connection_whose_transactions_ended_is_reused() {
     assert_eq!(pid(&conn).await, first, "the same connection, reused");
     assert_eq!(pool.status().closed.broken, 0);
 }
+
+#[tokio::test]
+async fn a_begin_after_an_escape_string_holding_a_quote_is_seen() {
+    // In `E'it\'s'` the backslash escapes the quote: the string goes on to
+    // the next one. Taken for the string's end, the next quote looked like
+    // an opening one that ran to the end of the text, hiding the `BEGIN`:
+    // the connection came back inside a transaction and was reused.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE te (a text)")
+        .await
+        .unwrap();
+    conn.batch_execute("SELECT E'it\\'s'; BEGIN; INSERT INTO te VALUES ('uncommitted')")
+        .await
+        .unwrap();
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+    assert_eq!(
+        conn.query_one("SELECT count(*) FROM te", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0,
+        "the uncommitted insert was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_or_commit_with_a_comment_ends_the_transaction() {
+    // A comment after `ROLLBACK` holding the word "to", or after `COMMIT`
+    // holding "and chain", was read as `ROLLBACK TO` (the block goes on) or
+    // `COMMIT AND CHAIN` (a new one opens): the connection, outside any
+    // transaction, was closed instead of reused.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    let first = pid(&conn).await;
+    conn.batch_execute("BEGIN").await.unwrap();
+    conn.batch_execute("ROLLBACK /* back to where we were */")
+        .await
+        .unwrap();
+    conn.simple_query("BEGIN").await.unwrap();
+    conn.simple_query("COMMIT -- and chain nothing")
+        .await
+        .unwrap();
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    assert_eq!(pid(&conn).await, first, "the same connection, reused");
+    assert_eq!(pool.status().closed.broken, 0);
+}
