@@ -288,7 +288,12 @@ impl<C, W> Core<C, W> {
             return false;
         }
         let waiting = self.waiters.len() > self.connecting;
-        let demand = waiting || self.idle.len() + self.connecting < self.cfg.min_idle;
+        // Idle connections out for a keepalive check count as idle: they come
+        // back (a failed one is closed, and that calls for a refill then).
+        // Replaced while out, they idled beside their replacements, and each
+        // keepalive round grew a quiet pool toward `max_size`.
+        let demand =
+            waiting || self.idle.len() + self.maintaining + self.connecting < self.cfg.min_idle;
         if !waiting {
             // The backlog the surge was for is covered.
             self.surge = false;
@@ -813,8 +818,9 @@ mod tests {
         let due = core.maintain(t + Duration::from_secs(30), &mut close);
         assert_eq!(due.len(), 1);
         assert_eq!((core.size(), core.idle()), (1, 0));
-        // While it is out no refill starts (it still counts toward min_idle? no:
-        // it counts toward size only), and it comes back healthy.
+        // While it is out it still counts toward min_idle: no refill starts
+        // for it, and it comes back healthy.
+        assert_eq!(core.plan_creates(t + Duration::from_secs(30)), 0);
         let e = due.into_iter().next().unwrap();
         assert_eq!(
             core.keepalive_done(e, true, t + Duration::from_secs(31), |_, e| Err(e)),

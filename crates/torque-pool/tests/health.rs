@@ -172,3 +172,37 @@ async fn close_fails_waiters_and_later_gets() {
     let s = pool.status();
     assert_eq!((s.size, s.closed.pool_closed), (0, 1));
 }
+
+/// A quiet pool keeps `min_idle` connections, and keepalive checks them in
+/// place. The connections out for their check used not to count toward
+/// `min_idle`: each keepalive round opened replacements for them (up to
+/// `max_connecting` at once), which idled beside them once they were back,
+/// so an idle pool grew by two connections a round toward `max_size`, and
+/// churned them through `idle_timeout` for ever.
+#[tokio::test(start_paused = true)]
+async fn keepalive_does_not_open_connections_for_the_ones_it_is_checking() {
+    let fake = Fake::default();
+    fake.set_create_delay(Duration::from_millis(5));
+    fake.set_check_delay(Duration::from_millis(5));
+    let pool = quiet(&fake)
+        .max_size(20)
+        .min_idle(5)
+        .keepalive_interval(Some(Duration::from_secs(60)))
+        .idle_timeout(Some(Duration::from_secs(600)))
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(1), || pool.status().idle == 5).await;
+    // Fifteen quiet minutes: fifteen keepalive rounds.
+    tokio::time::sleep(Duration::from_secs(15 * 60)).await;
+    let s = pool.status();
+    assert!(
+        fake.checks() >= 5 * 14,
+        "keepalive ran: {} checks",
+        fake.checks()
+    );
+    assert_eq!(
+        (s.size, fake.creates()),
+        (5, 5),
+        "a quiet pool opened connections beyond min_idle: {s:?}"
+    );
+}
