@@ -238,9 +238,10 @@ impl<M: Manager> Pool<M> {
             leaks_reported: AtomicU64::new(0),
             labels,
         });
-        inner
-            .runtime
-            .spawn(maintain(Arc::downgrade(&inner), inner.wake.clone()));
+        let orphaned = Orphaned {
+            pool: Arc::downgrade(&inner),
+        };
+        inner.runtime.spawn(maintain(orphaned, inner.wake.clone()));
         Pool {
             handle: Arc::new(Handle {
                 inner: Arc::downgrade(&inner),
@@ -506,7 +507,8 @@ async fn catch_panic<F: Future>(fut: F) -> Result<F::Output, Arc<str>> {
 }
 
 /// Gives the slot back if a create task dies without finishing (a runtime
-/// shutting down; a panic of the manager's `create` is caught before).
+/// shutting down, even before the task first ran; a panic of the manager's
+/// `create` is caught before).
 struct CreateGuard<M: Manager> {
     inner: Option<Arc<Inner<M>>>,
 }
@@ -681,16 +683,17 @@ impl<M: Manager> Inner<M> {
 
     fn spawn_creates(self: &Arc<Self>, n: usize) {
         for _ in 0..n {
-            let inner = self.clone();
-            self.runtime.spawn(inner.create_one());
+            // Armed before the spawn: a task dropped unrun (its runtime is
+            // shutting down, or gone) still gives its slot back.
+            let guard = CreateGuard {
+                inner: Some(self.clone()),
+            };
+            self.runtime.spawn(self.clone().create_one(guard));
         }
     }
 
     /// One connect, whose slot [`Core::plan_create`] has reserved.
-    async fn create_one(self: Arc<Self>) {
-        let mut guard = CreateGuard {
-            inner: Some(self.clone()),
-        };
+    async fn create_one(self: Arc<Self>, mut guard: CreateGuard<M>) {
         let result = tokio::time::timeout(
             self.config.create_timeout,
             catch_panic(self.manager.create()),
@@ -904,10 +907,31 @@ async fn keepalive<M: Manager>(mut guard: KeepaliveGuard<M>) {
     }
 }
 
+/// Closes the pool when its background task ends for good: the pool was
+/// closed or dropped (nothing left to do), or the task was dropped, run or
+/// not, by a runtime shutting down. Without the task no waiter times out
+/// and no connect is retried, so a `get()` from another runtime would wait
+/// for ever; closed, it fails at once.
+struct Orphaned<M: Manager> {
+    pool: Weak<Inner<M>>,
+}
+
+impl<M: Manager> Drop for Orphaned<M> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.pool.upgrade()
+            && !inner.state.lock().core.is_closed()
+        {
+            tracing::warn!("the pool's runtime shut down; closing the pool");
+            inner.close();
+        }
+    }
+}
+
 /// The background task: refill, keepalive, lifetime and idle retirement,
 /// leak reports, reconnect after backoff. Holds the pool only weakly, so it
 /// ends when the pool is dropped (or closed).
-async fn maintain<M: Manager>(pool: Weak<Inner<M>>, wake: Arc<Notify>) {
+async fn maintain<M: Manager>(orphaned: Orphaned<M>, wake: Arc<Notify>) {
+    let pool = orphaned.pool.clone();
     let mut published = Status::default();
     loop {
         let next = {
