@@ -293,6 +293,19 @@ fn is_client_side(err: &Error) -> bool {
         || (message.starts_with("expected ") && message.contains(" parameters but got "))
 }
 
+/// Whether a statement that failed with `err` never ran: the server did
+/// not know its prepared statement (SQLSTATE 26000, after `DEALLOCATE`), or
+/// the client refused its parameters before sending anything.
+fn never_ran(err: &Error) -> bool {
+    if err.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+        return true;
+    }
+    let message = err.to_string();
+    err.as_db_error().is_none()
+        && (message.starts_with("error serializing parameter ")
+            || (message.starts_with("expected ") && message.contains(" parameters but got ")))
+}
+
 /// How a statement text leaves the transaction block, by the first words
 /// of each statement in it: `Some(true)` if its last `BEGIN` / `START`
 /// (or `COMMIT AND CHAIN`) is not followed by an end, `Some(false)` if it
@@ -558,21 +571,23 @@ impl PgConnection {
     }
 
     /// Follows the transaction block through a statement text that ran
-    /// (`ok`) or failed.
-    fn track(&self, sql: &str, ok: bool) {
+    /// (`Ok`) or failed.
+    fn track<R>(&self, sql: &str, result: &Result<R, Error>) {
         let effect = transaction_effect(sql);
-        let now = match (effect, ok) {
-            (Some(state), true) => state,
+        let now = match (effect, result) {
+            (Some(state), Ok(_)) => state,
             // A failed text that opened a block may have failed inside it,
             // which leaves the block open (and failed); a failed end
             // (`COMMIT` of a deferred violation) still ends it, but only
-            // when it is the text's one statement: in `UPDATE ...; COMMIT`
-            // the failure may have come before the `COMMIT`, which then
-            // never ran, and a block open before stays open (and failed).
-            (Some(state), false) => {
+            // when it is the text's one statement and it ran: in
+            // `UPDATE ...; COMMIT` the failure may have come before the
+            // `COMMIT`, and a `COMMIT` whose cached statement the server
+            // forgot, or whose parameters the client refused, never ran; a
+            // block open before stays open (and failed).
+            (Some(state), Err(e)) => {
                 state
                     || sql_opens_block(sql)
-                    || (self.in_transaction() && more_than_one_statement(sql))
+                    || (self.in_transaction() && (more_than_one_statement(sql) || never_ran(e)))
             }
             (None, _) => return,
         };
@@ -644,7 +659,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 
@@ -656,7 +671,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query_one(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 
@@ -672,7 +687,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.query_opt(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 
@@ -684,7 +699,7 @@ impl PgConnection {
         let stmt = self.prepare_cached(sql).await?;
         let result = self.watch(self.client.execute(&stmt, params)).await;
         self.forget_if_stale(sql, &result);
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 
@@ -694,7 +709,7 @@ impl PgConnection {
     /// The server's or the connection's error.
     pub async fn simple_query(&self, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
         let result = self.watch(self.client.simple_query(sql)).await;
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 
@@ -704,7 +719,7 @@ impl PgConnection {
     /// The server's or the connection's error.
     pub async fn batch_execute(&self, sql: &str) -> Result<(), Error> {
         let result = self.watch(self.client.batch_execute(sql)).await;
-        self.track(sql, result.is_ok());
+        self.track(sql, &result);
         result
     }
 }

@@ -446,3 +446,49 @@ async fn a_rollback_or_commit_with_a_comment_ends_the_transaction() {
     assert_eq!(pid(&conn).await, first, "the same connection, reused");
     assert_eq!(pool.status().closed.broken, 0);
 }
+
+#[tokio::test]
+async fn a_commit_that_never_ran_does_not_end_the_transaction() {
+    // A `COMMIT` through `execute` that fails before it runs (its cached
+    // statement was deallocated, SQLSTATE 26000; or the client refused its
+    // parameters) ends nothing: the block is still open (and, after the
+    // 26000, failed). Taken for an end, the connection was reused, and the
+    // next caller's statements failed with 25P02 or joined the open block.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE tc (a int)").await.unwrap();
+    // Outside a block `COMMIT` only warns; this caches its statement.
+    conn.execute("COMMIT", &[]).await.unwrap();
+    conn.execute("BEGIN", &[]).await.unwrap();
+    conn.execute("INSERT INTO tc VALUES (1)", &[])
+        .await
+        .unwrap();
+    conn.batch_execute("DEALLOCATE ALL").await.unwrap();
+    let err = conn.execute("COMMIT", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::INVALID_SQL_STATEMENT_NAME));
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+
+    conn.execute("BEGIN", &[]).await.unwrap();
+    conn.execute("INSERT INTO tc VALUES (2)", &[])
+        .await
+        .unwrap();
+    conn.execute("COMMIT", &[&1i32])
+        .await
+        .expect_err("COMMIT takes no parameters");
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+}
