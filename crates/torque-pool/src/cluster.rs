@@ -550,9 +550,10 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
     };
     let pool = &inner.pools[host];
     let start = Instant::now();
+    let before = pool.status();
     let outcome: Result<Role, Probed<M>> = async {
         let mut conn = pool.get().await.map_err(|e| {
-            if busy(&e, &pool.status()) {
+            if busy(&e, &before, &pool.status()) {
                 Probed::Busy
             } else {
                 Probed::Failed(backend_error(&e))
@@ -616,11 +617,14 @@ enum Probed<M: Manager> {
 
 /// Whether a probe's failed `get` only says that the host's pool is busy:
 /// it timed out waiting for a connection while callers held every one and
-/// no connect was in flight or had failed. That is a host serving requests,
-/// not a down host; marking it down would turn its callers away (reads to
-/// other hosts, writes failing) for no fault of its own. A connect that
-/// hangs or fails, or a check that fails, still counts as a failure.
-fn busy<E>(e: &PoolError<E>, status: &Status) -> bool {
+/// no connect was in flight or had failed (`before` and `after` are the
+/// pool's status when the probe began waiting and when it gave up). That
+/// is a host serving requests, not a down host; marking it down would turn
+/// its callers away (reads to other hosts, writes failing) for no fault of
+/// its own. A connect that hangs or fails, or a check that fails, still
+/// counts as a failure, even when the wait ends in the backoff between two
+/// connects that timed out (no connect in flight at that instant).
+fn busy<E>(e: &PoolError<E>, before: &Status, after: &Status) -> bool {
     matches!(
         e,
         PoolError::Timeout {
@@ -628,8 +632,10 @@ fn busy<E>(e: &PoolError<E>, status: &Status) -> bool {
             last_error: None,
             ..
         }
-    ) && status.in_use > 0
-        && status.connecting == 0
+    ) && after.in_use > 0
+        && after.connecting == 0
+        && after.create_failures == before.create_failures
+        && after.closed.check_failed == before.closed.check_failed
 }
 
 /// Counts a probe that did not finish (the manager's `role` or `check`

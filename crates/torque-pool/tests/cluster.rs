@@ -423,3 +423,38 @@ async fn a_host_whose_connects_hang_is_marked_down_even_while_a_connection_is_ou
     wait_until(Duration::from_secs(10), || !cluster.hosts()[1].up).await;
     drop(held);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_host_whose_connects_time_out_is_marked_down_even_between_two_attempts() {
+    // As above, but each connect times out before the probe's wait does,
+    // and the probe's deadline falls in the backoff before the next
+    // attempt: no connect is in flight at that instant, yet none worked.
+    // That is a failing host, not a busy one.
+    let hosts = fakes(2);
+    let mut cfg = config(Balance::RoundRobin);
+    cfg.pool.max_size = 2;
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    cfg.pool.create_timeout = Duration::from_millis(900);
+    cfg.pool.reconnect_backoff_min = Duration::from_millis(300);
+    cfg.pool.reconnect_backoff_max = Duration::from_millis(300);
+    cfg.pool.reconnect_backoff_max_waiting = Duration::from_millis(300);
+    cfg.role_check_interval = Duration::from_secs(2);
+    let cluster = start(&hosts, cfg).await;
+    let held = cluster.get_read().await.unwrap();
+    assert_eq!(held.host(), 1);
+    hosts[1].set_create_delay(Duration::from_secs(3600));
+    // Within the bound docs/pool.md gives a host that hangs: the next
+    // probe, plus its acquire and check timeouts.
+    let bound = Duration::from_secs(2 + 1 + 1);
+    let t0 = Instant::now();
+    while cluster.hosts()[1].up && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = t0.elapsed();
+    assert!(
+        took <= bound,
+        "every connect timed out, yet the host was up for {took:?}: {:?}",
+        cluster.hosts()[1]
+    );
+    drop(held);
+}
