@@ -797,6 +797,7 @@ mod transaction_tests {
             ("ROLLBACK -- back to the start", Some(false)),
             ("COMMIT -- and chain", Some(false)),
             ("COMMIT /* app */ AND /* x */ CHAIN", Some(true)),
+            ("COMMIT AND CHAIN -- no more", Some(true)),
             ("BEGIN/* app */", Some(true)),
             ("ROLLBACK/**/TO s", None),
             // Block comments nest, as in PostgreSQL.
