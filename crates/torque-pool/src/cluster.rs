@@ -616,14 +616,17 @@ enum Probed<M: Manager> {
 }
 
 /// Whether a probe's failed `get` only says that the host's pool is busy:
-/// it timed out waiting for a connection while callers held every one and
-/// no connect was in flight or had failed (`before` and `after` are the
-/// pool's status when the probe began waiting and when it gave up). That
-/// is a host serving requests, not a down host; marking it down would turn
-/// its callers away (reads to other hosts, writes failing) for no fault of
-/// its own. A connect that hangs or fails, or a check that fails, still
-/// counts as a failure, even when the wait ends in the backoff between two
-/// connects that timed out (no connect in flight at that instant).
+/// it timed out waiting for a connection while callers held every one, no
+/// connect was in flight or had failed, and the pool handed connections
+/// out to other callers meanwhile (`before` and `after` are the pool's
+/// status when the probe began waiting and when it gave up). That is a host
+/// seen serving requests, not a down host; marking it down would turn its
+/// callers away (reads to other hosts, writes failing) for no fault of its
+/// own. A connect that hangs or fails, or a check that fails, still counts
+/// as a failure, even when the wait ends in the backoff between two
+/// connects that timed out (no connect in flight at that instant); and so
+/// does a whole wait in which no connection came back to be handed out (a
+/// query that hangs on a half-open host looks just like that).
 fn busy<E>(e: &PoolError<E>, before: &Status, after: &Status) -> bool {
     matches!(
         e,
@@ -634,6 +637,7 @@ fn busy<E>(e: &PoolError<E>, before: &Status, after: &Status) -> bool {
         }
     ) && after.in_use > 0
         && after.connecting == 0
+        && after.acquired > before.acquired
         && after.create_failures == before.create_failures
         && after.closed.check_failed == before.closed.check_failed
 }

@@ -377,9 +377,57 @@ async fn concurrent_callers_failing_on_a_down_host_do_not_grow_its_backoff() {
 
 #[tokio::test(start_paused = true)]
 async fn a_busy_host_whose_probe_finds_no_free_connection_stays_up() {
-    // Every connection of the replica is checked out for longer than the
-    // probe's acquire timeout: the probe gets no connection, which says the
-    // host is busy serving, not that it is down.
+    // Callers queue for the replica's one connection, each holding it for
+    // a while: the probe waits behind them past its acquire timeout. The
+    // host is busy serving (it hands connections out all along), not down.
+    let hosts = fakes(2);
+    let mut cfg = config(Balance::RoundRobin);
+    cfg.pool.max_size = 1;
+    cfg.pool.acquire_timeout = Duration::from_secs(1);
+    cfg.role_check_interval = Duration::from_secs(2);
+    let cluster = std::sync::Arc::new(start(&hosts, cfg).await);
+    let end = Instant::now() + Duration::from_secs(10);
+    let callers: Vec<_> = (0..12)
+        .map(|_| {
+            let cluster = std::sync::Arc::clone(&cluster);
+            tokio::spawn(async move {
+                while Instant::now() < end {
+                    // A caller that waited too long tries again.
+                    if let Ok(conn) = cluster.get_read().await {
+                        tokio::time::sleep(Duration::from_millis(150)).await;
+                        drop(conn);
+                    }
+                }
+            })
+        })
+        .collect();
+    let acquired = cluster.hosts()[1].pool.acquired;
+    let probes = hosts[1].role_probes();
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            cluster.hosts()[1].up,
+            "a busy replica was marked down: {:?}",
+            cluster.hosts()[1]
+        );
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    let h = &cluster.hosts()[1];
+    assert!(h.pool.acquired > acquired + 20, "it kept serving: {h:?}");
+    assert!(h.pool.timeouts.acquire > 0, "the probe had to wait: {h:?}");
+    // And its role is checked again once a connection is free.
+    wait_until(Duration::from_secs(5), || hosts[1].role_probes() > probes).await;
+    assert!(cluster.hosts()[1].up);
+    assert_eq!(cluster.get_read().await.unwrap().host(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_hands_out_no_connection_for_a_whole_probe_is_marked_down() {
+    // The replica's one connection stays checked out (a query that hangs,
+    // say) and nothing else is handed out while the probe waits: that is
+    // not a host seen serving, and it is skipped until a probe gets through.
     let hosts = fakes(2);
     let mut cfg = config(Balance::RoundRobin);
     cfg.pool.max_size = 1;
@@ -388,19 +436,12 @@ async fn a_busy_host_whose_probe_finds_no_free_connection_stays_up() {
     let cluster = start(&hosts, cfg).await;
     let held = cluster.get_read().await.unwrap();
     assert_eq!(held.host(), 1);
-    let probes = hosts[1].role_probes();
-    // Several role checks come due while the connection is held.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(
-        cluster.hosts()[1].up,
-        "a busy replica was marked down: {:?}",
-        cluster.hosts()[1]
-    );
+    wait_until(Duration::from_secs(10), || !cluster.hosts()[1].up).await;
+    // Reads go to the primary meanwhile.
+    assert_eq!(cluster.get_read().await.unwrap().host(), 0);
     drop(held);
-    // And its role is checked again once a connection is free.
-    wait_until(Duration::from_secs(5), || hosts[1].role_probes() > probes).await;
-    assert!(cluster.hosts()[1].up);
-    assert_eq!(cluster.get_read().await.unwrap().host(), 1);
+    // Back once a probe gets a connection.
+    wait_until(Duration::from_secs(10), || cluster.hosts()[1].up).await;
 }
 
 #[tokio::test(start_paused = true)]
