@@ -359,18 +359,25 @@ impl<B, C: Clock> Balancer<B, C> {
         let index = match s.strategy {
             Strategy::RoundRobin => {
                 let n = s.backends.len();
-                let turn = || s.next.fetch_add(1, Ordering::Relaxed) % n;
-                let first = turn();
-                // A backend left out passes its turn on, so the others
-                // share its requests evenly; when all are out, the one in
-                // turn.
+                let first = s.next.fetch_add(1, Ordering::Relaxed) % n;
+                // A backend left out passes its turn on to the next one in,
+                // whose turn is then taken too, so the others share its
+                // requests evenly; when all are out, the one in turn (the
+                // turns are not skipped then: skipping the whole ring
+                // landed every pick on the same backend).
                 let i = if s.backends[first].available(now_ns) {
                     first
                 } else {
-                    (1..n)
-                        .map(|_| turn())
+                    match (1..n)
+                        .map(|k| (first + k) % n)
                         .find(|&i| s.backends[i].available(now_ns))
-                        .unwrap_or(first)
+                    {
+                        Some(i) => {
+                            s.next.fetch_add((i + n - first) % n, Ordering::Relaxed);
+                            i
+                        }
+                        None => first,
+                    }
                 };
                 s.backends[i].in_flight.fetch_add(1, Ordering::AcqRel);
                 i

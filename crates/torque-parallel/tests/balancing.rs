@@ -241,6 +241,38 @@ fn regression_a_failing_backend_is_left_out_for_the_failure_penalty() {
     assert_eq!(stats[2].failures, 0);
 }
 
+/// Every backend has failed and is left out: round robin then tried them
+/// all the same in turn, as its docs say ("when all are out, the one in
+/// turn"). It skipped over the whole ring on every pick and so landed on
+/// the same backend each time, which took every request of the penalty.
+#[test]
+fn regression_round_robin_goes_on_in_turn_when_every_backend_is_out() {
+    let clock = MockClock::new();
+    let balancer = Balancer::builder()
+        .strategy(Strategy::RoundRobin)
+        .build_with_clock(vec!["a", "b", "c"], clock)
+        .unwrap();
+    for _ in 0..3 {
+        balancer.pick().fail();
+    }
+    assert!(balancer.stats().iter().all(|s| s.out && s.failures == 1));
+    let picked: Vec<&str> = (0..6)
+        .map(|_| {
+            let pick = balancer.pick();
+            let backend = *pick;
+            pick.discard();
+            backend
+        })
+        .collect();
+    for backend in ["a", "b", "c"] {
+        assert_eq!(
+            picked.iter().filter(|&&b| b == backend).count(),
+            2,
+            "{picked:?}"
+        );
+    }
+}
+
 #[test]
 fn one_backend_is_always_picked() {
     for strategy in [
