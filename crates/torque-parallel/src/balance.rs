@@ -422,24 +422,37 @@ impl<B, C: Clock> Balancer<B, C> {
 
     fn least_busy(&self, now_ns: u64) -> usize {
         let s = &*self.shared;
-        let n = s.backends.len();
-        // Start the scan at a rotating offset so ties go round-robin.
-        let start = s.next.fetch_add(1, Ordering::Relaxed);
         // A backend left out after a failure is never busy: without this it
         // would draw every request. Unless all are out.
         let all_out = s.backends.iter().all(|b| !b.available(now_ns));
+        self.least_busy_from(now_ns, all_out)
+    }
+
+    /// `least_busy` once it has found whether `all_out`; another thread's
+    /// [`Pick::fail`] may have made that stale since.
+    fn least_busy_from(&self, now_ns: u64, mut all_out: bool) -> usize {
+        let s = &*self.shared;
+        let n = s.backends.len();
+        // Start the scan at a rotating offset so ties go round-robin.
+        let start = s.next.fetch_add(1, Ordering::Relaxed);
         loop {
-            let (mut best, mut least) = (0, usize::MAX);
+            let mut found: Option<(usize, usize)> = None;
             for k in 0..n {
                 let i = start.wrapping_add(k) % n;
                 if !all_out && !s.backends[i].available(now_ns) {
                     continue;
                 }
                 let load = s.backends[i].in_flight.load(Ordering::Acquire);
-                if load < least {
-                    (best, least) = (i, load);
+                if found.is_none_or(|(_, least)| load < least) {
+                    found = Some((i, load));
                 }
             }
+            let Some((best, least)) = found else {
+                // The last backend in went out after `all_out` was read
+                // (another thread's `Pick::fail`): all are out now.
+                all_out = true;
+                continue;
+            };
             // Claim only if nobody moved it meanwhile, so that concurrent
             // pickers cannot pile onto the same backend.
             if s.backends[best]
@@ -608,5 +621,33 @@ impl<B, C: Clock> Drop for Pick<B, C> {
             backend.out_until_ns.fetch_max(until, Ordering::AcqRel);
         }
         backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limit::MockClock;
+
+    /// A least-busy pick found a backend still in, then another thread's
+    /// failure left the last one out before the scan: the scan skipped
+    /// every backend and tried to claim "none" (index 0 at `usize::MAX`
+    /// in flight), which overflowed (a panic in debug builds, a spin
+    /// forever in release ones).
+    #[test]
+    fn regression_least_busy_survives_the_last_backend_going_out_mid_pick() {
+        let balancer = Balancer::builder()
+            .strategy(Strategy::LeastBusy)
+            .build_with_clock(vec!["a", "b"], MockClock::new())
+            .unwrap();
+        balancer.pick().fail();
+        balancer.pick().fail();
+        let s = &*balancer.shared;
+        let now_ns = s.nanos(s.clock.now());
+        assert!(s.backends.iter().all(|b| !b.available(now_ns)));
+        // As the pick that read "not all out" before the second failure.
+        let i = balancer.least_busy_from(now_ns, false);
+        assert_eq!(s.backends[i].in_flight.load(Ordering::Acquire), 1);
+        assert_eq!(s.backends[1 - i].in_flight.load(Ordering::Acquire), 0);
     }
 }
