@@ -336,7 +336,7 @@ struct Scratch {
     /// [`SlotState::keys`], kept empty between calls.
     keys: Vec<KeySlot>,
     /// [`SlotState::range_columns`], kept empty between calls.
-    range_columns: Vec<u64>,
+    range_columns: Vec<Column>,
 }
 
 /// An empty vector of another lifetime on the same allocation (the standard
@@ -1100,12 +1100,12 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
     arity
 }
 
-/// A key or insert-value slot: the column it is compared with (a hash of
-/// its name, see [`compared_column`]), its value's hash, and whether it is a
-/// bind parameter.
+/// A key or insert-value slot: the column it is compared with (see
+/// [`compared_column`]), its value's hash, and whether it is a bind
+/// parameter.
 #[derive(Debug, Clone, Copy)]
 struct KeySlot {
-    column: Option<u64>,
+    column: Option<Column>,
     value: u64,
     param: bool,
 }
@@ -1122,7 +1122,7 @@ struct SlotState {
     /// Every key and insert-value slot, in order.
     keys: Vec<KeySlot>,
     /// The columns range slots compare (`col > ?`, `col BETWEEN ?`).
-    range_columns: Vec<u64>,
+    range_columns: Vec<Column>,
 }
 
 impl SlotState {
@@ -1172,7 +1172,10 @@ impl SlotState {
     /// leaves the key values. Called for statements under `ORDER BY ...
     /// LIMIT`.
     fn drop_keyset_equalities(&mut self) {
-        let in_keyset = |k: &KeySlot| k.column.is_some_and(|c| self.range_columns.contains(&c));
+        let in_keyset = |k: &KeySlot| {
+            k.column
+                .is_some_and(|c| self.range_columns.iter().any(|r| r.may_be(c)))
+        };
         if self.range_columns.is_empty() || !self.keys.iter().any(in_keyset) {
             return;
         }
@@ -1186,10 +1189,28 @@ impl SlotState {
     }
 }
 
-/// A hash of the column the slot about to be pushed is compared with, when
-/// `out` ends with `col =`, `col >` (`<`, `<=`, `>=`) or `col between`
-/// (`t.col`, `"Col"` alike): which keys and ranges share a column.
-fn compared_column(out: &[Out<'_>]) -> Option<u64> {
+/// A column as a statement names it: hashes of its name and of its
+/// qualifier (0 when none is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Column {
+    qualifier: u64,
+    name: u64,
+}
+
+impl Column {
+    /// Whether the two may be one column: the same name, and the same
+    /// qualifier unless one is left out (`created_at` may be
+    /// `events.created_at`; `posts.id` is not `comments.id`).
+    fn may_be(self, other: Column) -> bool {
+        self.name == other.name
+            && (self.qualifier == other.qualifier || self.qualifier == 0 || other.qualifier == 0)
+    }
+}
+
+/// The column the slot about to be pushed is compared with, when `out`
+/// ends with `col =`, `col >` (`<`, `<=`, `>=`) or `col between` (`t.col`,
+/// `"Col"` alike): which keys and ranges share a column.
+fn compared_column(out: &[Out<'_>]) -> Option<Column> {
     let [.., col, op] = out else {
         return None;
     };
@@ -1206,12 +1227,35 @@ fn compared_column(out: &[Out<'_>]) -> Option<u64> {
     if !(compares && !op.slot && named) {
         return None;
     }
-    // FNV-1a over the name as rendered (ASCII lower case for a word).
-    let fold_case = col.kind == Kind::Word && !col.lower;
-    Some(col.text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        let b = if fold_case { b.to_ascii_lowercase() } else { b };
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    }))
+    // The qualifier as written: `t.col`, `s.t.col`.
+    let name = &out[..out.len() - 1];
+    let mut first = name.len() - 1;
+    while first >= 2
+        && name[first - 1].kind == Kind::Dot
+        && matches!(name[first - 2].kind, Kind::Word | Kind::Quoted)
+        && !name[first - 2].slot
+    {
+        first -= 2;
+    }
+    let qualifier = match &name[first..name.len() - 1] {
+        [] => 0,
+        parts => name_hash(parts).max(1),
+    };
+    Some(Column {
+        qualifier,
+        name: name_hash(std::slice::from_ref(col)),
+    })
+}
+
+/// FNV-1a over `parts` as rendered (ASCII lower case for a word).
+fn name_hash(parts: &[Out<'_>]) -> u64 {
+    parts.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, part| {
+        let fold_case = part.kind == Kind::Word && !part.lower;
+        part.text.bytes().fold(h, |h, b| {
+            let b = if fold_case { b.to_ascii_lowercase() } else { b };
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    })
 }
 
 /// Whether `update` at token `i` is the one of `FOR NO KEY UPDATE`.

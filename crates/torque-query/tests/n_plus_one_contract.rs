@@ -360,6 +360,29 @@ fn regression_keyset_pagination_spelled_out_with_or_is_not_an_n_plus_one() {
 }
 
 #[test]
+fn regression_a_key_named_like_another_tables_keyset_column_is_still_a_key() {
+    // One page of comments per post, the post joined: `posts.id = k` is the
+    // loop's key, and `comments.id > 100` the page's range. The keyset rule
+    // took `posts.id` for part of a keyset on `comments.id` (it compared
+    // the columns' last names only) and the N+1 went unreported.
+    let f = run(times(5, |k| {
+        format!(
+            "SELECT c.* FROM comments c JOIN posts p ON p.id = c.post_id \
+             WHERE p.id = {k} AND c.id > 100 ORDER BY c.id LIMIT 20"
+        )
+    }));
+    assert_n_plus_one("a key on posts.id, a page on comments.id", &f, 5);
+    // The keyset's own equality, qualified the same way, is still no key.
+    let f = run(times(8, |k| {
+        format!(
+            "SELECT * FROM events e WHERE e.tenant_id = 42 AND (e.created_at > '2024-01-0{k}' \
+             OR (e.created_at = '2024-01-0{k}' AND e.id > {k})) ORDER BY e.created_at, e.id LIMIT 50"
+        )
+    }));
+    assert_nothing("qualified keyset with OR", &f);
+}
+
+#[test]
 fn identical_repeats_are_one_redundant_finding_not_an_n_plus_one() {
     for sql in [
         "SELECT * FROM settings WHERE key = 'theme'",
