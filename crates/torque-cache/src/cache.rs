@@ -522,8 +522,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         // Filled in place: returned by value, it was copied (48 bytes for
         // `u64` keys and values) on every write.
         let mut removed = self.removed();
-        self.store(key, value, ttl, &mut removed);
+        // The write runs the key's `Eq` (user code) after its sweep may
+        // have freed expired entries: should it panic (and the caller catch
+        // it), the listener must still hear of those; then the panic
+        // resumes.
+        let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.store(key, value, ttl, &mut removed);
+        }));
         self.notify(&mut removed);
+        if let Err(panic) = stored {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// The write of [`insert`](Self::insert) with a time-to-live in ticks;

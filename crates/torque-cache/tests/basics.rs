@@ -349,3 +349,44 @@ fn regression_a_key_eq_panicking_on_a_write_that_frees_expired_entries_leaves_we
         assert_eq!(cache.len(), 1, "{policy:?}");
     }
 }
+
+#[test]
+fn regression_a_key_eq_panicking_on_a_write_that_frees_expired_entries_reports_them() {
+    // The write's sweep frees the expired entry under the shard's lock, for
+    // the listener once the lock is released; a panic in the key's `Eq`
+    // after it (caught by the caller) dropped what the sweep had freed
+    // untold, though the listener is "called once for every entry that
+    // leaves the cache" and a read in the same spot tells it.
+    for policy in POLICIES {
+        let log: Arc<Mutex<Vec<(u32, RemovalCause)>>> = Arc::default();
+        let sink = Arc::clone(&log);
+        let clock = torque_cache::MockClock::new();
+        let cache: LocalCache<EqBomb, u32> = LocalCache::builder()
+            .max_capacity(100)
+            .policy(policy)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &EqBomb, _: &u32, cause| {
+                sink.lock().unwrap().push((k.0, cause))
+            })
+            .build()
+            .unwrap();
+        let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let key = |k| EqBomb(k, Arc::clone(&bomb));
+        cache.insert_with_ttl(key(1), 1, Duration::from_secs(5));
+        cache.insert(key(2), 2);
+        clock.advance(Duration::from_secs(6));
+        bomb.store(true, std::sync::atomic::Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.insert(key(2), 20);
+        }));
+        bomb.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(caught.is_err(), "{policy:?}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, RemovalCause::Expired)],
+            "{policy:?}: the expired entry's departure was not reported"
+        );
+        assert_eq!(cache.get(&key(2)), Some(2), "{policy:?}");
+    }
+}
