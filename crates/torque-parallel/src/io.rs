@@ -729,7 +729,8 @@ impl<R, E> Future for Caught<R, E> {
 /// limiter token with the outcome and counts it. `in_flight` leaves
 /// in-flight when the future ends, panics or is dropped (even unpolled:
 /// it is moved in, not made inside), and counts it cancelled if dropped
-/// before its end.
+/// before its end, unless a panic of its own ended it (counted where it is
+/// caught).
 async fn run_item<Fut, R, E>(
     index: usize,
     fut: Fut,
@@ -742,6 +743,34 @@ where
     Fut: Future<Output = Result<R, E>>,
 {
     let mut in_flight = in_flight;
+    let mut item = std::pin::pin!(item_body(index, fut, token, timeout, counters));
+    // A poll of the item that does not return is a panic of its own (the
+    // future's, or the limit algorithm's): `in_flight` must then not count
+    // it cancelled too. `std::thread::panicking` cannot tell that panic from
+    // another one that drops the batch.
+    let polling = &mut in_flight.polling;
+    let done = std::future::poll_fn(|cx| {
+        *polling = true;
+        let poll = item.as_mut().poll(cx);
+        *polling = false;
+        poll
+    })
+    .await;
+    in_flight.ended = true;
+    done
+}
+
+/// [`run_item`]'s item, without its in-flight guard.
+async fn item_body<Fut, R, E>(
+    index: usize,
+    fut: Fut,
+    token: Token,
+    timeout: Option<Duration>,
+    counters: Arc<Counters>,
+) -> Done<R, E>
+where
+    Fut: Future<Output = Result<R, E>>,
+{
     let started = tokio::time::Instant::now();
     let result = match timeout {
         Some(limit) => tokio::time::timeout(limit, fut).await.ok(),
@@ -765,7 +794,6 @@ where
         }
     };
     counters.ended(ended, latency, now.into_std());
-    in_flight.ended = true;
     (index, result)
 }
 
@@ -887,12 +915,16 @@ where
 
 /// Counts an item out of in-flight when dropped, and as cancelled when it
 /// is dropped before it ended: aborted by a cancel, or dropped with its
-/// batch (a dropped `map` future, `as_completed` stream or `JoinSet`),
-/// which no result reports. A panic is counted where it is caught, so an
-/// item dropped while its own panic unwinds is not counted here.
+/// batch (a dropped `map` future, `as_completed` stream or `JoinSet`, also
+/// while a panic of the caller's unwinds), which no result reports. A
+/// panic of the item's is counted where it is caught, so an item whose
+/// poll panicked is not counted here.
 struct InFlight {
     counters: Arc<Counters>,
     ended: bool,
+    /// Set while the item is polled: still set at the drop, its poll
+    /// panicked.
+    polling: bool,
 }
 
 impl InFlight {
@@ -900,13 +932,14 @@ impl InFlight {
         InFlight {
             counters,
             ended: false,
+            polling: false,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if !self.ended && !std::thread::panicking() {
+        if !self.ended && !self.polling {
             self.counters.cancelled();
         }
         self.counters.left();

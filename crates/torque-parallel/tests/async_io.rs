@@ -571,6 +571,31 @@ async fn regression_items_running_when_a_task_batch_is_dropped_count_as_cancelle
     assert_every_started_item_is_accounted_for(&p);
 }
 
+/// The batch is dropped while a panic of the caller's unwinds (a task
+/// that awaits it and then panics, a `join!` branch that panics): its
+/// running items are cancelled all the same. They were counted nowhere,
+/// for `InFlight` took any panic under way for the item's own.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_items_running_when_a_panic_drops_their_batch_count_as_cancelled() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let io = p.async_io();
+    let task = tokio::spawn(async move {
+        let batch = io.try_map(0..10u32, items);
+        tokio::pin!(batch);
+        assert!(tokio::time::timeout(35 * MS, &mut batch).await.is_err());
+        panic!("the caller's own bug, with the batch still alive");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    let s = p.stats().io;
+    assert_eq!(
+        (s.started, s.succeeded, s.failed, s.panicked),
+        (7, 1, 1, 1),
+        "{s:?}"
+    );
+    assert_eq!(s.cancelled, 4, "{s:?}");
+    assert_every_started_item_is_accounted_for(&p);
+}
+
 /// Cancelling with the token counts each cancelled item once, as many as
 /// come back `Cancelled`.
 #[tokio::test(flavor = "current_thread", start_paused = true)]
