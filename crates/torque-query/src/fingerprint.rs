@@ -505,7 +505,11 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     }
                 }
                 // The clauses after a FROM list end it: their commas
-                // (`ORDER BY a, b`, `RETURNING id, x`) separate no relations.
+                // (`ORDER BY a, b`, `RETURNING id, x`, an upsert's `ON
+                // CONFLICT ... DO UPDATE SET a = .., b = ..` after an
+                // `INSERT ... SELECT ... FROM s`) separate no relations.
+                // (Not `ON`: a join's condition goes on to the list's next
+                // relation.)
                 if (w == kw!("where")
                     || w == kw!("group")
                     || w == kw!("having")
@@ -518,7 +522,8 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     || w == kw!("returning")
                     || w == kw!("union")
                     || w == kw!("intersect")
-                    || w == kw!("except"))
+                    || w == kw!("except")
+                    || w == kw!("do"))
                     && depth < 64
                 {
                     from_lists &= !(1 << depth);

@@ -456,3 +456,27 @@ fn regression_for_no_key_update_locks_no_relation() {
         ["jobs"]
     );
 }
+
+#[test]
+fn regression_an_upserts_set_list_after_an_insert_select_is_no_relation_list() {
+    // INSERT ... SELECT ... FROM s ON CONFLICT ... DO UPDATE SET a = .., b = ..
+    // (an upsert from a staging table): the FROM list went on into the SET
+    // list, so `b` was read as a table.
+    let sql = "INSERT INTO t (a, x, y) SELECT a, x, y FROM s \
+               ON CONFLICT (a) DO UPDATE SET x = excluded.x, y = excluded.y";
+    let f = fingerprint(sql);
+    assert_eq!(f.tables(), ["t", "s"]);
+    assert_eq!(
+        f.normalized(),
+        "insert into t(a, x, y) select a, x, y from s \
+         on conflict (a) do update set x = excluded.x, y = excluded.y"
+    );
+    differ(
+        sql,
+        "INSERT INTO t (a, x, y) SELECT a, x, y FROM s \
+         ON CONFLICT (a) DO UPDATE SET x = excluded.x, y = excluded.x",
+    );
+    // A join's condition still goes on to the next relation of the list.
+    let f = fingerprint("SELECT * FROM a JOIN b ON a.id = b.id, c WHERE c.x = 1");
+    assert_eq!(f.tables(), ["a", "b", "c"]);
+}
