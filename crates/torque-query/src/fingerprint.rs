@@ -1544,6 +1544,14 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
                 if o.tags & tag::CLAUSE != 0 {
                     return None;
                 }
+                // `id::text = ?`: a type; the column is before the cast.
+                if out
+                    .len()
+                    .checked_sub(back + 2)
+                    .is_some_and(|i| out[i].kind == Kind::Cast)
+                {
+                    continue;
+                }
                 return Some(o.text.to_ascii_lowercase());
             }
             Kind::Word if o.tags & tag::IN != 0 => after_in = true,

@@ -533,6 +533,28 @@ fn regression_a_key_written_before_the_equals_sign_is_named_in_the_suggestion() 
 }
 
 #[test]
+fn regression_a_key_cast_on_the_column_side_is_named_for_its_column() {
+    // `id::text = ?` (Rails' and Django's lookups on a uuid or citext
+    // column cast to text): the suggestion named the type, "WHERE text =
+    // ANY($1)". Its column is before the cast.
+    // Each case: the column the suggestion must name, and the statement.
+    let cases: [Form; 2] = [
+        ("id", |i| {
+            format!("SELECT * FROM users WHERE id::text = '{i}'")
+        }),
+        ("email", |_| {
+            "SELECT * FROM users u WHERE u.email::citext = $1".to_string()
+        }),
+    ];
+    for (column, sql) in cases {
+        let f = run(times(5, sql));
+        assert_n_plus_one(&sql(0), &f, 5);
+        let s = &f[0].suggestion;
+        assert!(s.contains(&format!("WHERE {column} = ANY($1)")), "{s}");
+    }
+}
+
+#[test]
 fn regression_a_limit_offset_on_an_unordered_lookup_does_not_hide_the_n_plus_one() {
     // Prisma's findUnique / findFirst and findMany of a relation add
     // `LIMIT $2 OFFSET $3` (or `OFFSET $2`) to every lookup: a loop of them is
