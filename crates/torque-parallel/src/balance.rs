@@ -335,8 +335,9 @@ pub struct BackendStats {
     pub picks: u64,
     /// Picks reported failed ([`Pick::fail`]) since the balancer was built.
     pub failures: u64,
-    /// Left out after a failure, as of the snapshot.
-    pub out: bool,
+    /// Left out (ejected) after a failure ([`Pick::fail`]), as of the
+    /// snapshot.
+    pub ejected: bool,
     /// The peak-EWMA latency estimate as of the last update.
     pub latency: Duration,
 }
@@ -414,7 +415,7 @@ impl<B, C: Clock> Balancer<B, C> {
                 in_flight: b.in_flight.load(Ordering::Acquire),
                 picks: b.picks.load(Ordering::Relaxed),
                 failures: b.failures.load(Ordering::Relaxed),
-                out: !b.available(now_ns),
+                ejected: !b.available(now_ns),
                 latency: Duration::from_nanos(b.rtt.lock().ns as u64),
             })
             .collect()

@@ -390,6 +390,9 @@ where
             if let Err(unsent) = tx.try_send((slot, (index, result))) {
                 let _ = drop_caught(unsent);
             }
+            // The last sender, if the batch closed and emptied the channel
+            // meanwhile, drops a result queued in it.
+            let _ = drop_caught(tx);
         });
     }
 }
