@@ -204,6 +204,11 @@ struct Frame {
     /// Only placeholders, commas and casts so far.
     only_slots: bool,
     slots: u32,
+    /// The statement's own parentheses (around it, or around a set
+    /// operation's operand), inside no other kind: its ORDER BY, LIMIT and
+    /// OFFSET are the statement's, not a window's, an aggregate's or a
+    /// subquery's.
+    top: bool,
 }
 
 /// The seed of the value hashes.
@@ -694,9 +699,12 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     match ACTIONS[usize::from(w)] {
                         Action::None => {}
                         Action::Bool => is_bool = true,
-                        Action::Order => has_order = true,
-                        Action::Limit => has_limit = true,
-                        Action::Offset => has_offset = true,
+                        // Only the statement's own: an ORDER BY in a
+                        // window (`OVER (ORDER BY ...)`), an aggregate or
+                        // a subquery orders no page.
+                        Action::Order => has_order |= frames.iter().all(|f| f.top),
+                        Action::Limit => has_limit |= frames.iter().all(|f| f.top),
+                        Action::Offset => has_offset |= frames.iter().all(|f| f.top),
                         Action::Between => between_pending = true,
                         Action::Values => {
                             if VALUES && frames.is_empty() && kind == StatementKind::Insert {
@@ -832,6 +840,18 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 let key_list = before_tags & (tag::IN | tag::ANY) != 0 || array_in_any;
                 let collapsible = before_tags & (tag::IN | tag::ANY | tag::ARRAY) != 0;
                 let opener = if t.kind == Kind::Open { "(" } else { "[" };
+                // At the statement's start, after another of its own
+                // parentheses, or after a set operator (`UNION [ALL] (`).
+                let set_op =
+                    |w: u8| w == kw!("union") || w == kw!("intersect") || w == kw!("except");
+                let top = t.kind == Kind::Open
+                    && frames.iter().all(|f| f.top)
+                    && (i == 0
+                        || tokens[i - 1].kind == Kind::Open
+                        || set_op(word(i - 1))
+                        || ((word(i - 1) == kw!("all") || word(i - 1) == kw!("distinct"))
+                            && i >= 2
+                            && set_op(word(i - 2))));
                 push(&mut out, frames, Out::text(opener, t.kind));
                 frames.push(Frame {
                     clause,
@@ -841,6 +861,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     after_array,
                     only_slots: true,
                     slots: 0,
+                    top,
                 });
                 clause = clause_inside(clause);
             }

@@ -569,6 +569,29 @@ fn regression_a_limit_offset_on_an_unordered_lookup_does_not_hide_the_n_plus_one
 }
 
 #[test]
+fn regression_an_order_by_inside_a_call_or_subquery_makes_no_page() {
+    // Only the statement's own ORDER BY orders its pages: one inside a
+    // window, an aggregate or a subquery does not, and a loop of these
+    // lookups is an N+1 like the unordered ones above.
+    for sql in [
+        "SELECT id, row_number() OVER (ORDER BY created_at) FROM posts WHERE user_id = $1 LIMIT $2 OFFSET $3",
+        "SELECT string_agg(name, ',' ORDER BY name) FROM tags WHERE post_id = $1 LIMIT $2 OFFSET $3",
+        "SELECT * FROM posts WHERE user_id = $1 AND id IN (SELECT post_id FROM likes ORDER BY created_at LIMIT 10) LIMIT $2 OFFSET $3",
+    ] {
+        assert_n_plus_one(sql, &run(times(5, |_| sql.to_string())), 5);
+    }
+    // The statement's own ORDER BY still makes pages, also when the whole
+    // statement or a set operation's result is ordered.
+    for sql in [
+        "(SELECT * FROM posts WHERE user_id = $1 ORDER BY id LIMIT $2 OFFSET $3)",
+        "SELECT id FROM posts WHERE user_id = $1 UNION ALL (SELECT id FROM drafts WHERE user_id = $1) ORDER BY id LIMIT $2 OFFSET $3",
+        "SELECT id, row_number() OVER (ORDER BY created_at) FROM posts WHERE user_id = $1 ORDER BY id LIMIT $2 OFFSET $3",
+    ] {
+        assert_no_n_plus_one(sql, &run(times(8, |_| sql.to_string())));
+    }
+}
+
+#[test]
 fn orm_lookups_with_a_constant_limit_are_an_n_plus_one() {
     // The LIMIT an ORM adds to `find` is the same on every call; the key varies.
     let forms: &[Form] = &[
