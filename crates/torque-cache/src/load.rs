@@ -370,8 +370,21 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                     Some((key, copy))
                 } else {
                     let ttl = self.cache.default_ttl();
-                    self.cache
-                        .store_prepared(key, copy, write, ttl, &mut removed);
+                    // The write runs the key's `Eq` (user code) after its
+                    // sweep may have freed expired entries: should it panic,
+                    // the listener must still hear of those (as after
+                    // `insert`'s), once the load is abandoned and out of
+                    // the map; then the panic resumes.
+                    let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.cache
+                            .store_prepared(key, copy, write, ttl, &mut removed);
+                    }));
+                    if let Err(panic) = stored {
+                        drop(pending);
+                        self.release(SlotState::Abandoned);
+                        self.cache.notify(&mut removed);
+                        std::panic::resume_unwind(panic);
+                    }
                     None
                 };
                 // Only now: should the write panic, the guard's drop

@@ -390,3 +390,86 @@ fn regression_a_key_eq_panicking_on_a_write_that_frees_expired_entries_reports_t
         assert_eq!(cache.get(&key(2)), Some(2), "{policy:?}");
     }
 }
+
+/// A key whose hashes all collide (so a write of one compares it with the
+/// others) and whose `Eq` panics once when armed.
+#[derive(Clone)]
+struct CollidingBomb(u32, Arc<std::sync::atomic::AtomicBool>);
+
+impl PartialEq for CollidingBomb {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(
+            !self.1.swap(false, std::sync::atomic::Ordering::SeqCst),
+            "key eq bug"
+        );
+        self.0 == other.0
+    }
+}
+
+impl Eq for CollidingBomb {}
+
+impl std::hash::Hash for CollidingBomb {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+#[test]
+fn regression_a_key_eq_panicking_on_a_loads_write_that_frees_expired_entries_reports_them() {
+    // a171f02 made `insert` tell the listener what its sweep freed when the
+    // key's `Eq` panics after it; a load's write (`get_or_load` storing the
+    // loaded value) runs the same sweep and lookup, and dropped what the
+    // sweep had freed untold.
+    for policy in POLICIES {
+        let log: Arc<Mutex<Vec<(u32, RemovalCause)>>> = Arc::default();
+        let sink = Arc::clone(&log);
+        let clock = torque_cache::MockClock::new();
+        let cache: LocalCache<CollidingBomb, u32> = LocalCache::builder()
+            .max_capacity(100)
+            .policy(policy)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &CollidingBomb, _: &u32, cause| {
+                sink.lock().unwrap().push((k.0, cause))
+            })
+            .build()
+            .unwrap();
+        let bomb = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let key = |k| CollidingBomb(k, Arc::clone(&bomb));
+        cache.insert_with_ttl(key(1), 1, Duration::from_secs(5));
+        cache.insert(key(2), 2);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_or_load(key(3), || {
+                // Once the look-up has missed (a read that finds an entry
+                // expired frees and reports it itself): the entry expires,
+                // and the write's own look-up, after its sweep, panics.
+                clock.advance(Duration::from_secs(6));
+                bomb.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::io::Error>(3)
+            })
+        }));
+        let panic = caught.expect_err("the panic must reach the caller");
+        assert_eq!(
+            panic.downcast_ref::<&str>().copied(),
+            Some("key eq bug"),
+            "{policy:?}"
+        );
+        assert!(
+            !bomb.load(std::sync::atomic::Ordering::SeqCst),
+            "{policy:?}"
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![(1, RemovalCause::Expired)],
+            "{policy:?}: the expired entry's departure was not reported"
+        );
+        assert_eq!(cache.len(), 1, "{policy:?}");
+        assert_eq!(cache.weighted_size(), 1, "{policy:?}");
+        // The load was abandoned, not left in flight: the key loads again.
+        assert_eq!(
+            cache
+                .get_or_load(key(3), || Ok::<_, std::io::Error>(30))
+                .unwrap(),
+            30,
+            "{policy:?}"
+        );
+    }
+}
