@@ -310,7 +310,8 @@ fn never_ran(err: &Error) -> bool {
 /// of each statement in it: `Some(true)` if its last `BEGIN` / `START`
 /// (or `COMMIT AND CHAIN`) is not followed by an end, `Some(false)` if it
 /// ends one (`COMMIT`, `END`, `ROLLBACK` but not `ROLLBACK TO`, `ABORT`,
-/// `PREPARE TRANSACTION`), `None` if it does neither.
+/// `PREPARE TRANSACTION`), `None` if it does neither (`COMMIT PREPARED` and
+/// `ROLLBACK PREPARED` included).
 fn transaction_effect(sql: &str) -> Option<bool> {
     let mut effect = None;
     for statement in statements(sql) {
@@ -323,6 +324,12 @@ fn transaction_effect(sql: &str) -> Option<bool> {
         let has = |kw: &str| rest.iter().any(|w| is(w, kw));
         if is(first, "begin") || is(first, "start") {
             effect = Some(true);
+        } else if (is(first, "commit") || is(first, "rollback"))
+            && rest.first().is_some_and(|w| is(w, "prepared"))
+        {
+            // `COMMIT PREPARED 'x'` / `ROLLBACK PREPARED 'x'` end a prepared
+            // transaction, not this session's block: they cannot run inside
+            // one, and failing there they leave it open (and failed).
         } else if is(first, "commit")
             || is(first, "end")
             || is(first, "abort")
@@ -802,6 +809,14 @@ mod transaction_tests {
             ("ROLLBACK/**/TO s", None),
             // Block comments nest, as in PostgreSQL.
             ("SELECT 1 /* /* */ ; BEGIN */", None),
+            // Two-phase commit's second phase ends another session's
+            // prepared transaction, not this one's block: it cannot run
+            // inside a block, and failing there it leaves the block open
+            // (and failed), not ended.
+            ("COMMIT PREPARED 'x'", None),
+            ("rollback prepared 'x'", None),
+            ("COMMIT /* c */ PREPARED 'x'", None),
+            ("BEGIN; COMMIT PREPARED 'x'", Some(true)),
         ] {
             assert_eq!(transaction_effect(sql), want, "{sql:?}");
         }

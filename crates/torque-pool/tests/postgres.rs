@@ -492,3 +492,26 @@ async fn a_commit_that_never_ran_does_not_end_the_transaction() {
         "the next caller is not inside the previous caller's transaction"
     );
 }
+
+#[tokio::test]
+async fn a_commit_prepared_inside_a_block_does_not_end_it() {
+    // `COMMIT PREPARED 'x'` (two-phase commit's second phase) cannot run
+    // inside a transaction block: it fails there and leaves the block open
+    // and failed. Read as a `COMMIT`, it was taken to end the block, and the
+    // connection went back for reuse: the next caller got 25P02.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn
+        .batch_execute("COMMIT PREPARED 'torque_none'")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::ACTIVE_SQL_TRANSACTION));
+    assert!(conn.in_transaction());
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+}
