@@ -514,9 +514,10 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
             }
             b'$' => {
                 // `$tag$ ... $tag$` (a function or DO body); `$1` is no quote.
+                // A tag is spelled as an identifier: non-ASCII letters too.
                 let tag_end = bytes[i + 1..]
                     .iter()
-                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_'))
+                    .position(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80))
                     .map(|n| i + 1 + n);
                 if let Some(t) = tag_end
                     && bytes[t] == b'$'
@@ -817,6 +818,10 @@ mod transaction_tests {
             ("rollback prepared 'x'", None),
             ("COMMIT /* c */ PREPARED 'x'", None),
             ("BEGIN; COMMIT PREPARED 'x'", Some(true)),
+            // A dollar quote's tag may hold non-ASCII letters, as an
+            // identifier may.
+            ("BEGIN; DO $é$ BEGIN PERFORM 1; END $é$", Some(true)),
+            ("DO $_é1$ BEGIN PERFORM 1; END $_é1$; COMMIT", Some(false)),
         ] {
             assert_eq!(transaction_effect(sql), want, "{sql:?}");
         }

@@ -515,3 +515,28 @@ async fn a_commit_prepared_inside_a_block_does_not_end_it() {
         .await
         .expect("the next caller gets a usable connection, not an aborted transaction");
 }
+
+#[tokio::test]
+async fn a_do_body_in_a_dollar_quote_with_a_non_ascii_tag_is_not_read_for_an_end() {
+    // `$é$` is a dollar quote, as in PostgreSQL (its tags are spelled as
+    // identifiers). Not seen as one, the body's `END` read as the end of
+    // the block opened before, and the connection went back inside it.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN; CREATE TABLE td (a int); DO $é$ BEGIN PERFORM 1; END $é$")
+        .await
+        .unwrap();
+    assert!(conn.in_transaction());
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+}
