@@ -1555,7 +1555,13 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
         return key_column(&out[..out.len() - 2]);
     }
     let mut after_in = false;
-    for (back, o) in out.iter().rev().take(6).enumerate() {
+    // Up to six tokens back, a cast's type (of any length) counting as one.
+    let (mut end, mut steps) = (out.len(), 0);
+    while steps < 6 && end > 0 {
+        let back = out.len() - end;
+        end -= 1;
+        steps += 1;
+        let o = &out[end];
         if o.slot {
             return None;
         }
@@ -1565,12 +1571,11 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
                 if o.tags & tag::CLAUSE != 0 {
                     return None;
                 }
-                // `id::text = ?`: a type; the column is before the cast.
-                if out
-                    .len()
-                    .checked_sub(back + 2)
-                    .is_some_and(|i| out[i].kind == Kind::Cast)
-                {
+                // `id::text = ?`, `id::character varying = ?`: a type; the
+                // column is before the cast.
+                if let Some(cast) = cast_before_type(&out[..=end]) {
+                    end = cast;
+                    steps += 1;
                     continue;
                 }
                 return Some(o.text.to_ascii_lowercase());
@@ -1588,6 +1593,29 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
         }
     }
     None
+}
+
+/// The index of the cast (`::`) whose type `out` ends with: `::text`,
+/// `::pg_catalog.text`, and the types of several words (`::character
+/// varying`, `::double precision`, `::timestamp with time zone`).
+fn cast_before_type(out: &[Out<'_>]) -> Option<usize> {
+    /// The words a type of several words goes on with.
+    const TAILS: [&str; 6] = ["varying", "precision", "with", "without", "time", "zone"];
+    let mut i = out.len().checked_sub(1)?;
+    loop {
+        let o = &out[i];
+        if o.kind != Kind::Word || o.slot {
+            return None;
+        }
+        let before = i.checked_sub(1)?;
+        match out[before].kind {
+            Kind::Cast => return Some(before),
+            // A schema-qualified type: `pg_catalog.text`.
+            Kind::Dot => i = before.checked_sub(1)?,
+            Kind::Word if TAILS.iter().any(|t| o.text.eq_ignore_ascii_case(t)) => i = before,
+            _ => return None,
+        }
+    }
 }
 
 /// `lower(email)` (or `lower(t.email)`) if `out` ends with a call of one

@@ -555,6 +555,48 @@ fn regression_a_key_cast_on_the_column_side_is_named_for_its_column() {
 }
 
 #[test]
+fn regression_a_key_cast_to_a_type_of_several_words_is_named_for_its_column() {
+    // ca9e1c1 stepped over a one-word type only: `id::character varying = ?`
+    // (PostgreSQL's own spelling of varchar, as it deparses casts) named
+    // "varying", `double precision` "precision", `timestamp with time zone`
+    // "zone", a schema-qualified type its last part.
+    // Each case: the column the suggestion must name, and the statement.
+    let cases: [Form; 5] = [
+        ("id", |_| {
+            "SELECT * FROM users WHERE id::character varying = $1".to_string()
+        }),
+        ("score", |_| {
+            "SELECT * FROM users WHERE score::double precision = $1".to_string()
+        }),
+        ("created_at", |_| {
+            "SELECT * FROM events WHERE created_at::timestamp with time zone = $1".to_string()
+        }),
+        ("created_at", |_| {
+            "SELECT * FROM events WHERE created_at::timestamp without time zone = $1".to_string()
+        }),
+        ("id", |_| {
+            "SELECT * FROM users u WHERE u.id::pg_catalog.text = $1".to_string()
+        }),
+    ];
+    for (column, sql) in cases {
+        let f = run(times(5, sql));
+        assert_n_plus_one(&sql(0), &f, 5);
+        let s = &f[0].suggestion;
+        assert!(s.contains(&format!("WHERE {column} = ANY($1)")), "{s}");
+    }
+    // A column named like a type's tail, after another cast, is a column.
+    let f = run(times(5, |_| {
+        "SELECT * FROM t WHERE a::int > 0 AND zone = $1".to_string()
+    }));
+    assert_n_plus_one("zone", &f, 5);
+    assert!(
+        f[0].suggestion.contains("WHERE zone = ANY($1)"),
+        "{}",
+        f[0].suggestion
+    );
+}
+
+#[test]
 fn regression_a_limit_offset_on_an_unordered_lookup_does_not_hide_the_n_plus_one() {
     // Prisma's findUnique / findFirst and findMany of a relation add
     // `LIMIT $2 OFFSET $3` (or `OFFSET $2`) to every lookup: a loop of them is
