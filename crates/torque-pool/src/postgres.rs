@@ -294,10 +294,14 @@ fn is_client_side(err: &Error) -> bool {
 }
 
 /// Whether a statement that failed with `err` never ran: the server did
-/// not know its prepared statement (SQLSTATE 26000, after `DEALLOCATE`), or
-/// the client refused its parameters before sending anything.
+/// not know its prepared statement (SQLSTATE 26000, after `DEALLOCATE`),
+/// could not parse the text (42601: the server parses a whole text before
+/// it runs any of it), or the client refused its parameters before sending
+/// anything.
 fn never_ran(err: &Error) -> bool {
-    if err.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+    if err.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        || err.code() == Some(&SqlState::SYNTAX_ERROR)
+    {
         return true;
     }
     let message = err.to_string();
@@ -590,8 +594,9 @@ impl PgConnection {
             // when it is the text's one statement and it ran: in
             // `UPDATE ...; COMMIT` the failure may have come before the
             // `COMMIT`, and a `COMMIT` whose cached statement the server
-            // forgot, or whose parameters the client refused, never ran; a
-            // block open before stays open (and failed).
+            // forgot, that it could not parse, or whose parameters the
+            // client refused, never ran; a block open before stays open
+            // (and failed).
             (Some(state), Err(e)) => {
                 state
                     || sql_opens_block(sql)

@@ -540,3 +540,26 @@ async fn a_do_body_in_a_dollar_quote_with_a_non_ascii_tag_is_not_read_for_an_end
         "the next caller is not inside the previous caller's transaction"
     );
 }
+
+#[tokio::test]
+async fn a_commit_the_server_could_not_parse_does_not_end_the_transaction() {
+    // `COMMIT /* ...` with its comment unterminated (or any text the server
+    // rejects as a syntax error, 42601) is refused before anything runs:
+    // the block stays open, and failed. Read as a COMMIT that failed while
+    // running, it was taken to end the block, and the next caller got 25P02.
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn
+        .batch_execute("COMMIT /* done, unterminated")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR));
+    assert!(conn.in_transaction());
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+}
