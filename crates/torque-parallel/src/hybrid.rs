@@ -373,6 +373,9 @@ where
             if tx.is_closed() {
                 let _ = drop_caught(x);
                 let _ = drop_caught(cpu);
+                // Possibly the channel's last sender: it drops the results
+                // still queued in it.
+                let _ = drop_caught(tx);
                 return;
             }
             let result = if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
