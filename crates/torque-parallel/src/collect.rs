@@ -289,6 +289,10 @@ where
         self.tally(&items[k + 1..], base + k + 1, acc);
     }
 
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(CancelToken::is_cancelled)
+    }
+
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
         let base = acc.next;
         acc.next += items.len();

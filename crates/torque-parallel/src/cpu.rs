@@ -193,6 +193,9 @@ pub(crate) trait Work<T>: Sync {
     type Acc: Send;
     fn seq(&self, items: &[T], acc: &mut Self::Acc);
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc);
+    /// Whether the batch's token is cancelled: its items need no rayon
+    /// worker, only a `Cancelled` each.
+    fn cancelled(&self) -> bool;
 }
 
 #[derive(Debug)]
@@ -318,7 +321,6 @@ impl Cpu {
             if predicted >= self.parallel_threshold_ps
                 && cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK)
             {
-                bump(&self.counters.parallel);
                 self.par(slot, items, cost, work, acc);
                 return;
             }
@@ -369,7 +371,6 @@ impl Cpu {
             let per_item = (elapsed.as_nanos() as u64 * 1000 / timed.max(1) as u64).max(1);
             let rest = n - done;
             if rest >= 2 && per_item.saturating_mul(rest as u64) >= self.parallel_threshold_ps {
-                bump(&self.counters.parallel);
                 record(slot, elapsed, timed);
                 self.par(slot, &items[done..], per_item, work, acc);
                 return;
@@ -393,6 +394,15 @@ impl Cpu {
         work: &W,
         acc: &mut W::Acc,
     ) {
+        // A cancelled batch only marks its items: handing them to a pool
+        // saturated by other batches would wait for a worker (rayon takes
+        // injected jobs last), however long those batches run.
+        if work.cancelled() {
+            bump(&self.counters.sequential);
+            work.seq(items, acc);
+            return;
+        }
+        bump(&self.counters.parallel);
         let cost_ps = cost_ps.max(1);
         let grain = ((self.grain_target_ps / cost_ps) as usize).clamp(1, items.len());
         let probe = Probe::new(cost_ps, self.clock);
@@ -584,6 +594,10 @@ where
             },
         ));
     }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(CancelToken::is_cancelled)
+    }
 }
 
 /// `map_reduce` / `for_each`: an associative reduction.
@@ -761,5 +775,9 @@ where
             Some(prefix) => prefix.merge(part, &self.op),
             None => part,
         });
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(CancelToken::is_cancelled)
     }
 }

@@ -144,3 +144,98 @@ async fn async_batch_with_a_cancelled_token_resolves_as_cancelled() {
     let out = p.blocking().map_async(vec![1, 2, 3], |x| x).await;
     assert!(out.iter().all(|r| matches!(r, Err(ItemError::Cancelled))));
 }
+
+/// Keeps the CPU busy for `d` (an item's work as the Cpu strategy sees it).
+fn spin(d: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// An item the processor learns is worth rayon (~200 µs each).
+fn slow_item(x: &u64) -> u64 {
+    spin(Duration::from_micros(200));
+    *x
+}
+
+/// Occupies the only thread of `p`'s dedicated pool with another batch's
+/// item until `release` is set; returns once that item is running.
+fn saturate(
+    p: &Processor,
+    release: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+) -> std::thread::JoinHandle<()> {
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(2);
+    let p = p.clone();
+    let holder = std::thread::spawn(move || {
+        // Item 0 runs in the timed prefix on this thread; its cost sends
+        // the rest to the pool, where item 1 holds the only worker.
+        p.map(&[0u64, 1, 2], |&x| {
+            if x == 0 {
+                spin(Duration::from_millis(2));
+                return;
+            }
+            let _ = started_tx.try_send(());
+            let (lock, cvar) = &*release;
+            let mut go = lock.lock().unwrap();
+            while !*go {
+                go = cvar.wait(go).unwrap();
+            }
+        });
+    });
+    started_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the holding batch never reached the pool");
+    holder
+}
+
+/// Regression: a batch whose token was already cancelled (or was cancelled
+/// during its timed prefix) still handed its items to rayon, and waited for
+/// a worker of a pool saturated by another batch before every item came
+/// back `Cancelled`: as long as the other batch ran, however long.
+#[test]
+fn regression_a_cancelled_batch_does_not_wait_for_a_saturated_pool() {
+    let p = Processor::builder().cpu_threads(1).build().unwrap();
+    let items = [0u64; 8];
+    // Learn that these items are worth a parallel run.
+    p.map(&items, slow_item);
+    assert!(
+        p.learned_cost(&slow_item)
+            .is_some_and(|c| c * 8 >= Duration::from_micros(100)),
+        "learned {:?}",
+        p.learned_cost(&slow_item)
+    );
+    let release = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let holder = saturate(&p, Arc::clone(&release));
+
+    let token = CancelToken::new();
+    token.cancel();
+    let cancelled = p.with_cancel(token);
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Warm and cancelled before the call.
+        let warm = cancelled.map(&items, slow_item);
+        // Cold (a closure of its own), cancelled by its first item, in the
+        // timed prefix, before the rest would go to rayon.
+        let token = CancelToken::new();
+        let cold = cancelled.with_cancel(token.clone()).map(&items, |&x| {
+            spin(Duration::from_millis(1));
+            token.cancel();
+            x
+        });
+        let _ = done_tx.send((warm, cold));
+    });
+    let outcome = done_rx.recv_timeout(Duration::from_secs(20));
+    // Free the pool whatever happened, so the test ends either way.
+    *release.0.lock().unwrap() = true;
+    release.1.notify_all();
+    holder.join().unwrap();
+    let (warm, cold) = outcome.expect("the cancelled batch waited for the saturated pool");
+    assert!(warm.iter().all(|r| matches!(r, Err(ItemError::Cancelled))));
+    assert!(cold[0].is_ok());
+    assert!(
+        cold[1..]
+            .iter()
+            .all(|r| matches!(r, Err(ItemError::Cancelled)))
+    );
+}
