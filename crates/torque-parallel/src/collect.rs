@@ -181,7 +181,7 @@ impl<B> CollectWork<'_, B> {
             Ok(Some((k, e))) => (k, ItemError::Failed(e)),
             Err(payload) => (
                 out.len(),
-                ItemError::Panicked(PanicError::from_payload(&*payload)),
+                ItemError::Panicked(PanicError::from_box(payload)),
             ),
         };
         self.resume_after(items, k, error)
@@ -276,7 +276,7 @@ where
             Ok(Some(stop)) => stop,
             Err(payload) => (
                 acc.out.len() - start,
-                ItemError::Panicked(PanicError::from_payload(&*payload)),
+                ItemError::Panicked(PanicError::from_box(payload)),
             ),
         };
         if matches!(error, ItemError::Cancelled) {
@@ -467,7 +467,7 @@ impl<'a, T: Sync, B: Body<T>> Producer for Isolated<'a, T, B> {
                     shared,
                     at,
                     end,
-                    ItemError::Panicked(PanicError::from_payload(&*payload)),
+                    ItemError::Panicked(PanicError::from_box(payload)),
                 ),
             };
         let items = self.items.iter().enumerate();
@@ -544,7 +544,7 @@ impl<T, B: Body<T>> Leaf<'_, T, B> {
         match catch_unwind(AssertUnwindSafe(|| shared.body.call(x))) {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => self.stop(at, ItemError::Failed(e)),
-            Err(payload) => self.stop(at, ItemError::Panicked(PanicError::from_payload(&*payload))),
+            Err(payload) => self.stop(at, ItemError::Panicked(PanicError::from_box(payload))),
         }
     }
 

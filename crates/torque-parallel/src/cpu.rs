@@ -548,7 +548,7 @@ where
     match catch_unwind(AssertUnwindSafe(|| f(x))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ItemError::Failed(e)),
-        Err(payload) => Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+        Err(payload) => Err(ItemError::Panicked(PanicError::from_box(payload))),
     }
 }
 
@@ -683,7 +683,7 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
                 panics: Vec::new(),
                 cancelled: 0,
             },
-            (Err(payload), Some(value)) => self.resume_after(items, done, value, &*payload),
+            (Err(payload), Some(value)) => self.resume_after(items, done, value, payload),
             (Err(payload), None) => resume_unwind(payload),
             (Ok(()), None) => unreachable!("the running value is put back after every item"),
         }
@@ -697,7 +697,7 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         items: &[T],
         at: usize,
         value: R,
-        payload: &(dyn std::any::Any + Send),
+        payload: Box<dyn std::any::Any + Send>,
     ) -> Part<R>
     where
         T: Sync,
@@ -708,7 +708,7 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
     {
         let mut acc = Some(Part {
             value,
-            panics: vec![PanicError::from_payload(payload)],
+            panics: vec![PanicError::from_box(payload)],
             cancelled: 0,
         });
         Work::seq(self, &items[at + 1..], &mut acc);

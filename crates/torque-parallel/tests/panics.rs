@@ -1,5 +1,6 @@
 //! A panicking item becomes that item's error; the batch goes on.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -261,4 +262,64 @@ fn spin(d: Duration) {
     while start.elapsed() < d {
         std::hint::spin_loop();
     }
+}
+
+/// A panic payload whose own `Drop` panics (`panic_any` of such a type).
+struct PayloadBomb;
+
+impl Drop for PayloadBomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the payload's drop");
+        }
+    }
+}
+
+/// Regression: a caught item panic's payload was dropped outside any
+/// `catch_unwind`, so a payload whose `Drop` panics escaped the batch (the
+/// other items' results lost with it) on every Cpu path: `map`, `collect`
+/// and `map_reduce`, sequential and warm.
+#[test]
+fn regression_a_panic_payload_whose_drop_panics_stays_the_items_error() {
+    let p = processor();
+    let f = |&x: &u32| {
+        if x == 1 {
+            std::panic::panic_any(PayloadBomb);
+        }
+        x
+    };
+    for _ in 0..3 {
+        let out = std::panic::catch_unwind(AssertUnwindSafe(|| p.map(&[0u32, 1, 2], f)))
+            .expect("map let the payload's drop panic escape");
+        assert_eq!(*out[0].as_ref().unwrap(), 0);
+        assert!(out[1].as_ref().is_err_and(ItemError::is_panic));
+        assert_eq!(*out[2].as_ref().unwrap(), 2);
+
+        let err = std::panic::catch_unwind(AssertUnwindSafe(|| p.collect(&[0u32, 1, 2], f)))
+            .expect("collect let the payload's drop panic escape")
+            .unwrap_err();
+        assert_eq!(err.indices().collect::<Vec<_>>(), [1]);
+
+        let sum = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            p.map_reduce(&[0u32, 1, 2], f, || 0, |a, b| a + b)
+        }))
+        .expect("map_reduce let the payload's drop panic escape");
+        assert_eq!((sum.value, sum.panics.len()), (2, 1));
+    }
+    // On rayon: items slow enough for a parallel run.
+    let items: Vec<u32> = (0..16).collect();
+    let before = p.stats().parallel_runs;
+    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        p.map(&items, |&x| {
+            std::thread::sleep(Duration::from_millis(2));
+            if x == 9 {
+                std::panic::panic_any(PayloadBomb);
+            }
+            x
+        })
+    }))
+    .expect("a parallel map let the payload's drop panic escape");
+    assert!(p.stats().parallel_runs > before);
+    assert!(out[9].as_ref().is_err_and(ItemError::is_panic));
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 15);
 }
