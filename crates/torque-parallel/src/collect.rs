@@ -37,7 +37,7 @@ use rayon::prelude::*;
 
 use crate::cancel::CancelToken;
 use crate::cpu::{LeafClock, Probe, Work, run_item};
-use crate::outcome::{CollectError, ItemError, PanicError};
+use crate::outcome::{CollectError, ItemError, PanicError, drop_caught};
 
 /// The item closure of a collection: plain (`collect`) or fallible
 /// (`try_collect`).
@@ -134,8 +134,22 @@ impl<R, E> Collected<R, E> {
     /// Records the first failure: from here on the batch is an `Err`.
     #[cold]
     fn fail(&mut self, at: usize, error: ItemError<E>) {
-        self.out = Vec::new();
+        self.discard();
         self.record(at, error);
+    }
+
+    /// Drops the values kept so far (the batch can only fail now), each
+    /// under `catch_unwind`: a value's panicking `Drop` must not escape the
+    /// batch (its remaining items still run); it becomes that item's
+    /// failure. `out[i]` is item `i`'s value: values are only kept while
+    /// nothing has failed, from the first item on.
+    #[cold]
+    fn discard(&mut self) {
+        for (i, value) in std::mem::take(&mut self.out).into_iter().enumerate() {
+            if let Err(panic) = drop_caught(value) {
+                self.failures.push((i, ItemError::Panicked(panic)));
+            }
+        }
     }
 
     fn record(&mut self, at: usize, error: ItemError<E>) {
@@ -184,16 +198,18 @@ impl<B> CollectWork<'_, B> {
                 ItemError::Panicked(PanicError::from_box(payload)),
             ),
         };
-        self.resume_after(items, k, error)
+        self.resume_after(items, out, k, error)
     }
 
-    /// The rest of `run_untimed` after item `k` failed: the other items
-    /// run, once each, for their failures only.
+    /// The rest of `run_untimed` after item `k` failed: the values made
+    /// before it (`out`) are dropped, the other items run, once each, for
+    /// their failures only.
     #[cold]
     #[inline(never)]
     fn resume_after<T>(
         &self,
         items: &[T],
+        out: Vec<B::Out>,
         k: usize,
         error: ItemError<B::Err>,
     ) -> Result<Vec<B::Out>, CollectError<B::Err>>
@@ -201,6 +217,7 @@ impl<B> CollectWork<'_, B> {
         B: Body<T>,
     {
         let mut acc = Collected::with_capacity(0);
+        acc.out = out;
         acc.next = items.len();
         acc.fail(k, error);
         self.tally(&items[k + 1..], k + 1, &mut acc);
@@ -216,7 +233,7 @@ impl<B> CollectWork<'_, B> {
     {
         let f = |x: &T| self.body.call(x);
         for (k, x) in items.iter().enumerate() {
-            if let Err(e) = run_item(&f, x, self.cancel) {
+            if let Err(e) = run_item(&f, x, self.cancel).and_then(drop_value) {
                 acc.record(base + k, e);
             }
         }
@@ -281,7 +298,7 @@ where
         };
         if matches!(error, ItemError::Cancelled) {
             // The token stays cancelled: nothing after it runs either.
-            acc.out = Vec::new();
+            acc.discard();
             acc.cancelled += items.len() - k;
             return;
         }
@@ -324,7 +341,7 @@ where
         if stops.is_empty() {
             return;
         }
-        acc.out = Vec::new();
+        acc.discard();
         for stop in stops {
             match stop.error {
                 ItemError::Cancelled => acc.cancelled += 1 + stop.rest.len(),
@@ -358,8 +375,8 @@ impl<B> CollectWork<'_, B> {
             .fold(
                 || (Vec::new(), 0usize),
                 |(mut failures, mut cancelled), (k, x)| {
-                    match run_item(&f, x, self.cancel) {
-                        Ok(_) => {}
+                    match run_item(&f, x, self.cancel).and_then(drop_value) {
+                        Ok(()) => {}
                         Err(ItemError::Cancelled) => cancelled += 1,
                         Err(e) => failures.push((base + k, e)),
                     }
@@ -376,6 +393,13 @@ impl<B> CollectWork<'_, B> {
         acc.failures.extend(failures);
         acc.cancelled += cancelled;
     }
+}
+
+/// Drops the value of an item of a failed batch; its `Drop`'s panic is
+/// that item's failure.
+#[cold]
+fn drop_value<R, E>(value: R) -> Result<(), ItemError<E>> {
+    drop_caught(value).map_err(ItemError::Panicked)
 }
 
 /// The unwinding payload that takes a leaf out of rayon after one of its

@@ -356,3 +356,59 @@ fn a_panic_in_a_tiny_warm_batch_resumes_after_it() {
         assert_eq!(err.indices().collect::<Vec<_>>(), [3, 4, 9]);
     }
 }
+
+/// A value whose `Drop` panics (the batch drops the values of a failed
+/// batch: it can only return `Err`).
+#[derive(Debug)]
+struct DropBomb(usize);
+
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("drop of {}", self.0);
+        }
+    }
+}
+
+/// Regression: when an item of a sequential `collect` failed, the values
+/// made so far were dropped outside any `catch_unwind` (and so were the
+/// values of the items run after it): a panicking `Drop` escaped the batch
+/// and the items after the failure never ran. Now each such drop's panic is
+/// its item's failure, and every item runs once.
+/// On rayon such a `Drop` still aborts the process (not fixed).
+#[test]
+fn regression_a_panicking_drop_of_a_failed_batchs_value_is_that_items_failure() {
+    // Sequential only: on rayon the values of a failed batch are dropped by
+    // rayon while a leaf unwinds, where a panicking `Drop` aborts.
+    let p = Processor::builder()
+        .parallel_threshold(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let items: Vec<usize> = (0..6).collect();
+    let runs = counters(items.len());
+    let work = |&i: &usize| {
+        runs[i].fetch_add(1, Relaxed);
+        match i {
+            2 => panic!("item 2"),
+            0 | 4 => Some(DropBomb(i)),
+            _ => None,
+        }
+    };
+    // Cold (the timed prefix) and warm (the one-loop fast path).
+    for _ in 0..3 {
+        runs.iter().for_each(|r| r.store(0, Relaxed));
+        let err =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.collect(&items, work)))
+                .expect("a value's drop panic escaped collect")
+                .unwrap_err();
+        assert_each_ran_once(&runs);
+        assert_eq!(
+            panic_messages(&err),
+            [
+                (0, "drop of 0".to_owned()),
+                (2, "item 2".to_owned()),
+                (4, "drop of 4".to_owned())
+            ]
+        );
+    }
+}
