@@ -172,6 +172,14 @@ fn record(slot: &Slot, elapsed: Duration, items: usize) {
     slot.cost_ps.store(new.max(1), Relaxed);
 }
 
+/// How a call ran, for the stats: entirely on the calling thread, or (at
+/// least partly) on rayon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    Sequential,
+    Parallel,
+}
+
 /// How the last call was run; exposed through `Stats` for tests and tuning.
 #[derive(Debug, Default)]
 pub(crate) struct CpuCounters {
@@ -280,7 +288,8 @@ impl Cpu {
     }
 
     /// Runs `items` through `work`, sequentially or on rayon as the learned
-    /// cost says.
+    /// cost says, and counts the call in the stats.
+    #[inline]
     pub(crate) fn run<T: Sync, W: Work<T>>(
         &self,
         key: usize,
@@ -288,16 +297,37 @@ impl Cpu {
         work: &W,
         acc: &mut W::Acc,
     ) {
+        let ran = self.run_uncounted(key, items, work, acc);
+        self.count(ran);
+    }
+
+    /// Counts one call that ran as `ran` says.
+    #[inline]
+    pub(crate) fn count(&self, ran: Ran) {
+        bump(match ran {
+            Ran::Sequential => &self.counters.sequential,
+            Ran::Parallel => &self.counters.parallel,
+        });
+    }
+
+    /// [`run`](Cpu::run) without counting the call: for a call made of
+    /// several runs (`map_weighted`'s waves), counted once by its caller.
+    pub(crate) fn run_uncounted<T: Sync, W: Work<T>>(
+        &self,
+        key: usize,
+        items: &[T],
+        work: &W,
+        acc: &mut W::Acc,
+    ) -> Ran {
         let n = items.len();
         if n == 0 {
-            return;
+            return Ran::Sequential;
         }
         let slot = self.table.slot(key);
         let cost = slot.cost_ps.load(Relaxed);
         let first_check = if cost != 0 {
             let predicted = cost.saturating_mul(n as u64);
             if predicted < ps(UNTIMED_BELOW) {
-                bump(&self.counters.sequential);
                 let since = slot.untimed_ps.load(Relaxed);
                 if since < ps(SAMPLE_AFTER) {
                     slot.untimed_ps.store(since + predicted, Relaxed);
@@ -312,7 +342,7 @@ impl Cpu {
                         record(slot, start.elapsed().saturating_sub(self.clock), n);
                     }
                 }
-                return;
+                return Ran::Sequential;
             }
             // Cheap items (16 or more per 2 µs) predicted parallel still go
             // through the timed prefix: it re-measures them in ~2 µs and
@@ -321,8 +351,7 @@ impl Cpu {
             if predicted >= self.parallel_threshold_ps
                 && cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK)
             {
-                self.par(slot, items, cost, work, acc);
-                return;
+                return self.par(slot, items, cost, work, acc);
             }
             (ps(FIRST_CHECK) / cost).max(1) as usize
         } else {
@@ -347,8 +376,7 @@ impl Cpu {
             if caught_panics() != panics {
                 panics = caught_panics();
                 if done == n {
-                    bump(&self.counters.sequential);
-                    return;
+                    return Ran::Sequential;
                 }
                 start = Instant::now();
                 timed_from = done;
@@ -362,18 +390,16 @@ impl Cpu {
             let elapsed = start.elapsed().saturating_sub(self.clock * reads);
             let timed = done - timed_from;
             if done == n {
-                bump(&self.counters.sequential);
                 if timed > 0 {
                     record(slot, elapsed, timed);
                 }
-                return;
+                return Ran::Sequential;
             }
             let per_item = (elapsed.as_nanos() as u64 * 1000 / timed.max(1) as u64).max(1);
             let rest = n - done;
             if rest >= 2 && per_item.saturating_mul(rest as u64) >= self.parallel_threshold_ps {
                 record(slot, elapsed, timed);
-                self.par(slot, &items[done..], per_item, work, acc);
-                return;
+                return self.par(slot, &items[done..], per_item, work, acc);
             }
             // Growing ×2 from where the timing (re)started.
             next = done.saturating_add(timed.max(first_check)).min(n);
@@ -393,16 +419,14 @@ impl Cpu {
         cost_ps: u64,
         work: &W,
         acc: &mut W::Acc,
-    ) {
+    ) -> Ran {
         // A cancelled batch only marks its items: handing them to a pool
         // saturated by other batches would wait for a worker (rayon takes
         // injected jobs last), however long those batches run.
         if work.cancelled() {
-            bump(&self.counters.sequential);
             work.seq(items, acc);
-            return;
+            return Ran::Sequential;
         }
-        bump(&self.counters.parallel);
         let cost_ps = cost_ps.max(1);
         let grain = ((self.grain_target_ps / cost_ps) as usize).clamp(1, items.len());
         let probe = Probe::new(cost_ps, self.clock);
@@ -417,6 +441,7 @@ impl Cpu {
             // to the timed prefix after a few calls, which re-measures it.
             None => slot.cost_ps.store((cost_ps / 2).max(1), Relaxed),
         }
+        Ran::Parallel
     }
 }
 

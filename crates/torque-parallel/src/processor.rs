@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::blocking::{BlockingMap, BlockingPool};
 use crate::cancel::CancelToken;
 use crate::collect::{Body, CollectWork, Collected, Fallible, Plain};
-use crate::cpu::{Cpu, MapWork, ReduceWork, key_of};
+use crate::cpu::{Cpu, MapWork, Ran, ReduceWork, key_of};
 use crate::error::BuildError;
 use crate::outcome::{CollectError, ItemError, Summary};
 
@@ -308,7 +308,9 @@ impl ProcessorBuilder {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// `Cpu` calls run entirely on the calling thread.
+    /// `Cpu` calls run entirely on the calling thread (an empty batch
+    /// among them). Each call counts once here or in `parallel_runs`
+    /// (`map_weighted` too, whatever its number of waves).
     pub sequential_runs: u64,
     /// `Cpu` calls run (at least partly) on rayon.
     pub parallel_runs: u64,
@@ -607,6 +609,8 @@ impl Processor {
         };
         let mut out = Vec::with_capacity(items.len());
         let mut start = 0;
+        // One call in the stats, parallel if any wave was.
+        let mut ran = Ran::Sequential;
         // The weight of the item that ended the last wave and starts the
         // next: each item is weighed once.
         let mut carried = None;
@@ -626,11 +630,18 @@ impl Processor {
                 f: |x: &T| Ok::<R, Infallible>(f(x)),
                 cancel: self.cancel.as_ref(),
             };
-            self.inner
-                .cpu
-                .run(key_of::<T, R, F>(), &items[start..end], &work, &mut out);
+            let wave = self.inner.cpu.run_uncounted(
+                key_of::<T, R, F>(),
+                &items[start..end],
+                &work,
+                &mut out,
+            );
+            if wave == Ran::Parallel {
+                ran = Ran::Parallel;
+            }
             start = end;
         }
+        self.inner.cpu.count(ran);
         out
     }
 

@@ -132,3 +132,29 @@ fn regression_small_batch_returns_to_sequential_after_looking_expensive() {
     assert_eq!(after.parallel_runs, before.parallel_runs);
     assert_eq!(after.sequential_runs, before.sequential_runs + 5);
 }
+
+/// Regression: `sequential_runs + parallel_runs` did not add up to the
+/// `Cpu` calls made: an empty batch was not counted, and `map_weighted`
+/// counted each of its waves as a call.
+#[test]
+fn regression_every_cpu_call_counts_once_in_the_stats() {
+    let p = Processor::builder().memory_budget(2).build().unwrap();
+    let runs = |p: &Processor| {
+        let s = p.stats();
+        s.sequential_runs + s.parallel_runs
+    };
+    let before = runs(&p);
+    let empty: [u64; 0] = [];
+    assert!(p.map(&empty, cheap).is_empty());
+    assert!(p.try_map(&empty, |&x| Ok::<u64, ()>(x)).is_empty());
+    assert!(p.collect(&empty, cheap).unwrap().is_empty());
+    assert_eq!(p.map_reduce(&empty, cheap, || 7, |a, b| a + b).value, 7);
+    assert!(p.for_each(&empty, |_| ()).is_complete());
+    assert_eq!(runs(&p) - before, 5, "empty batches");
+
+    let before = runs(&p);
+    // Three waves of weight 2 under a budget of 2.
+    let out = p.map_weighted(&[1u64, 2, 3, 4, 5, 6], |_| 1, cheap);
+    assert_eq!(out.len(), 6);
+    assert_eq!(runs(&p) - before, 1, "one map_weighted call");
+}
