@@ -499,10 +499,11 @@ impl<'a, T: Sync, B: Body<T>> Producer for Isolated<'a, T, B> {
             return folder.consume_iter(items.map(move |(k, x)| run(offset + k, x)));
         }
         let mut clock = LeafClock::default();
-        folder.consume_iter(items.map(move |(k, x)| {
+        let clock_ref = &mut clock;
+        let folder = folder.consume_iter(items.map(move |(k, x)| {
             let at = offset + k;
             if let Some(probe) = shared.probe {
-                probe.tick(&mut clock, at);
+                probe.tick(clock_ref, at);
             }
             if let Some(token) = shared.cancel
                 && token.is_cancelled()
@@ -510,7 +511,14 @@ impl<'a, T: Sync, B: Body<T>> Producer for Isolated<'a, T, B> {
                 stop(shared, at, end, ItemError::Cancelled);
             }
             run(at, x)
-        }))
+        }));
+        // Every item ran (a stop unwinds past this): time the last stretch.
+        if let Some(probe) = shared.probe
+            && end > offset
+        {
+            probe.finish(&clock, end - 1);
+        }
+        folder
     }
 
     fn split_at(self, index: usize) -> (Self, Self) {

@@ -348,7 +348,10 @@ impl Cpu {
             // through the timed prefix: it re-measures them in ~2 µs and
             // escapes to rayon at its first check, so the parallel `map`
             // needs no per-item probe (which slowed cheap items several-fold).
-            if predicted >= self.parallel_threshold_ps
+            // One item cannot run in parallel (and, timed by the prefix,
+            // corrects an estimate a slow batch left behind).
+            if n >= 2
+                && predicted >= self.parallel_threshold_ps
                 && cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK)
             {
                 return self.par(slot, items, cost, work, acc);
@@ -470,6 +473,30 @@ const PROBED_PER_CHECK: u64 = 16;
 #[derive(Default)]
 pub(crate) struct LeafClock(Option<(usize, Instant)>);
 
+/// A [`LeafClock`] that times its leaf's last stretch (from the last
+/// reading to the end of the leaf) when the leaf is done: `map_init`'s
+/// per-leaf state, dropped when rayon completes the leaf.
+pub(crate) struct LeafTimer<'a> {
+    probe: &'a Probe,
+    clock: LeafClock,
+    /// Index of the last item the leaf ran.
+    last: usize,
+}
+
+impl LeafTimer<'_> {
+    #[inline(always)]
+    fn tick(&mut self, index: usize) {
+        self.probe.tick(&mut self.clock, index);
+        self.last = index;
+    }
+}
+
+impl Drop for LeafTimer<'_> {
+    fn drop(&mut self) {
+        self.probe.finish(&self.clock, self.last);
+    }
+}
+
 impl Probe {
     fn new(cost_ps: u64, clock: Duration) -> Self {
         // Rounded up, and at least 2 unless an item costs 16 clock reads:
@@ -514,6 +541,19 @@ impl Probe {
             items.fetch_add((index - prev) as u64, Relaxed);
         }
         clock.0 = Some((index, now));
+    }
+
+    /// Called when a leaf is done, `last` the index of its last item: adds
+    /// the stretch from the leaf's last reading to now. Without it a leaf
+    /// of one item (rayon makes such leaves for a batch of as many items as
+    /// threads) measures nothing, and an estimate left high by one slow
+    /// batch would only be halved, call after parallel call.
+    pub(crate) fn finish(&self, clock: &LeafClock, last: usize) {
+        if let Some((prev, then)) = clock.0
+            && last >= prev
+        {
+            self.add(then.elapsed(), last - prev + 1);
+        }
     }
 
     /// Whether items are cheap enough that per-item probing would cost
@@ -612,9 +652,13 @@ where
             return;
         }
         acc.par_extend(items.par_iter().enumerate().with_min_len(grain).map_init(
-            LeafClock::default,
-            |clock, (i, x)| {
-                probe.tick(clock, i);
+            || LeafTimer {
+                probe,
+                clock: LeafClock::default(),
+                last: 0,
+            },
+            |timer, (i, x)| {
+                timer.tick(i);
                 run_item(&self.f, x, c)
             },
         ));

@@ -158,3 +158,40 @@ fn regression_every_cpu_call_counts_once_in_the_stats() {
     assert_eq!(out.len(), 6);
     assert_eq!(runs(&p) - before, 1, "one map_weighted call");
 }
+
+/// Regression: after one batch with a slow item, a tiny batch of the same
+/// closure (as many items as rayon has threads, or one) is predicted
+/// parallel; rayon runs each of its items as a leaf of its own, where the
+/// probe (which times the interval between two items of a leaf) measured
+/// nothing, so each call only halved the estimate: a dozen or more tiny
+/// batches in a row went to rayon after a 300 ms item. And a one-item
+/// batch was sent to rayon at all, where it cannot run in parallel.
+#[test]
+fn regression_one_slow_item_does_not_send_many_later_tiny_batches_to_rayon() {
+    let work = |x: &u64| {
+        if *x == 999 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        x.wrapping_mul(3)
+    };
+    for tiny in [1usize, 2, 4] {
+        let p = Processor::builder().cpu_threads(4).build().unwrap();
+        p.map(&[999u64], work);
+        assert!(p.learned_cost(&work).unwrap() >= Duration::from_millis(10));
+        let items: Vec<u64> = (0..tiny as u64).collect();
+        let before = p.stats().parallel_runs;
+        for _ in 0..6 {
+            p.map(&items, work);
+        }
+        let parallel = p.stats().parallel_runs - before;
+        // One parallel call measures the items; one more is tolerated (a
+        // preempted measurement on a loaded machine).
+        assert!(
+            parallel <= 2,
+            "{tiny} items: {parallel} of 6 calls ran on rayon"
+        );
+        if tiny == 1 {
+            assert_eq!(parallel, 0, "a one-item batch went to rayon");
+        }
+    }
+}
