@@ -19,7 +19,7 @@
 //!   that panics or fails records (index, error, the leaf's unrun rest) and
 //!   unwinds out of its leaf with a private marker. rayon runs both halves
 //!   of every `join` even when one panics, so every other leaf completes;
-//!   the unrun rests are then run sequentially, again without repeating
+//!   the unrun rests are then run (on rayon too), again without repeating
 //!   anything.
 //!
 //! Once an item has failed the batch can only return `Err`, so the values
@@ -342,15 +342,26 @@ where
             return;
         }
         acc.discard();
+        let mut rests = Vec::new();
         for stop in stops {
             match stop.error {
                 ItemError::Cancelled => acc.cancelled += 1 + stop.rest.len(),
                 error => {
                     acc.record(base + stop.at, error);
-                    self.tally(&items[stop.rest.clone()], base + stop.rest.start, acc);
+                    rests.push(stop.rest);
                 }
             }
         }
+        // The stopped leaves' unrun rests, on rayon like the batch: a leaf
+        // of a big batch holds about n / (2 × threads) items, so running
+        // them one after another would make a batch with an early failure
+        // in each leaf nearly sequential.
+        let (failures, cancelled) = rests
+            .par_iter()
+            .map(|rest| self.tally_on_rayon(&items[rest.clone()], base + rest.start, grain))
+            .reduce(|| (Vec::new(), 0), merge_tallies);
+        acc.failures.extend(failures);
+        acc.cancelled += cancelled;
     }
 }
 
@@ -367,8 +378,24 @@ impl<B> CollectWork<'_, B> {
     ) where
         B: Body<T>,
     {
+        let (failures, cancelled) = self.tally_on_rayon(items, base, grain);
+        acc.failures.extend(failures);
+        acc.cancelled += cancelled;
+    }
+
+    /// `tally` on rayon: the failures (by input index, from `base`) and
+    /// the number of items cancelled.
+    fn tally_on_rayon<T: Sync>(
+        &self,
+        items: &[T],
+        base: usize,
+        grain: usize,
+    ) -> (Vec<(usize, ItemError<B::Err>)>, usize)
+    where
+        B: Body<T>,
+    {
         let f = |x: &T| self.body.call(x);
-        let (failures, cancelled) = items
+        items
             .par_iter()
             .enumerate()
             .with_min_len(grain)
@@ -383,16 +410,17 @@ impl<B> CollectWork<'_, B> {
                     (failures, cancelled)
                 },
             )
-            .reduce(
-                || (Vec::new(), 0),
-                |(mut a, m), (b, n)| {
-                    a.extend(b);
-                    (a, m + n)
-                },
-            );
-        acc.failures.extend(failures);
-        acc.cancelled += cancelled;
+            .reduce(|| (Vec::new(), 0), merge_tallies)
     }
+}
+
+/// Adds two (failures, cancelled) tallies.
+fn merge_tallies<E>(
+    (mut a, m): (Vec<(usize, ItemError<E>)>, usize),
+    (b, n): (Vec<(usize, ItemError<E>)>, usize),
+) -> (Vec<(usize, ItemError<E>)>, usize) {
+    a.extend(b);
+    (a, m + n)
 }
 
 /// Drops the value of an item of a failed batch; its `Drop`'s panic is

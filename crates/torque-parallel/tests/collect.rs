@@ -412,3 +412,62 @@ fn regression_a_panicking_drop_of_a_failed_batchs_value_is_that_items_failure() 
         );
     }
 }
+
+/// Regression: when an item of a parallel `collect` fails, its rayon leaf
+/// stops and the leaf's unrun rest was run afterwards on one thread, item
+/// after item. rayon's leaves of a big batch hold about n / (2 × threads)
+/// items, so one early failure per leaf made nearly the whole batch
+/// sequential. Here item 0 fails and item 1 (in the same leaf, so in its
+/// unrun rest) waits for an item to start on another thread after it: with
+/// the rest run sequentially, none ever does.
+#[test]
+fn regression_the_unrun_rest_of_a_failed_leaf_runs_in_parallel() {
+    use std::sync::{Condvar, Mutex};
+    let p = Processor::builder().cpu_threads(2).build().unwrap();
+    let armed = AtomicBool::new(false);
+    // (thread of item 1 once it started, another thread started since).
+    let state = Mutex::new((None::<std::thread::ThreadId>, false));
+    let changed = Condvar::new();
+    let gave_up = AtomicBool::new(false);
+    let work = |&i: &usize| {
+        if !armed.load(Relaxed) {
+            // Teach the processor these items are worth rayon.
+            std::thread::sleep(Duration::from_millis(1));
+            return i;
+        }
+        if i == 0 {
+            panic!("item 0");
+        }
+        let me = std::thread::current().id();
+        let mut st = state.lock().unwrap();
+        match i {
+            1 => {
+                st.0 = Some(me);
+                let (st, timeout) = changed
+                    .wait_timeout_while(st, Duration::from_secs(20), |st| !st.1)
+                    .unwrap();
+                if timeout.timed_out() && !st.1 {
+                    gave_up.store(true, Relaxed);
+                }
+            }
+            _ => {
+                if st.0.is_some_and(|t| t != me) {
+                    st.1 = true;
+                    changed.notify_all();
+                }
+            }
+        }
+        i
+    };
+    p.collect(&(0..16).collect::<Vec<usize>>(), work).unwrap();
+    armed.store(true, Relaxed);
+    let items: Vec<usize> = (0..4096).collect();
+    let before = p.stats().parallel_runs;
+    let err = p.collect(&items, work).unwrap_err();
+    assert_eq!(p.stats().parallel_runs, before + 1);
+    assert_eq!(err.indices().collect::<Vec<_>>(), [0]);
+    assert!(
+        !gave_up.load(Relaxed),
+        "the failed leaf's rest ran on one thread, alone"
+    );
+}
