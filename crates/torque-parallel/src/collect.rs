@@ -385,12 +385,7 @@ impl<B> CollectWork<'_, B> {
 
     /// `tally` on rayon: the failures (by input index, from `base`) and
     /// the number of items cancelled.
-    fn tally_on_rayon<T: Sync>(
-        &self,
-        items: &[T],
-        base: usize,
-        grain: usize,
-    ) -> (Vec<(usize, ItemError<B::Err>)>, usize)
+    fn tally_on_rayon<T: Sync>(&self, items: &[T], base: usize, grain: usize) -> Tally<B::Err>
     where
         B: Body<T>,
     {
@@ -414,11 +409,12 @@ impl<B> CollectWork<'_, B> {
     }
 }
 
-/// Adds two (failures, cancelled) tallies.
-fn merge_tallies<E>(
-    (mut a, m): (Vec<(usize, ItemError<E>)>, usize),
-    (b, n): (Vec<(usize, ItemError<E>)>, usize),
-) -> (Vec<(usize, ItemError<E>)>, usize) {
+/// The failures (input index, error) and the number of items cancelled of
+/// a stretch run after a failure.
+type Tally<E> = (Vec<(usize, ItemError<E>)>, usize);
+
+/// Adds two tallies.
+fn merge_tallies<E>((mut a, m): Tally<E>, (b, n): Tally<E>) -> Tally<E> {
     a.extend(b);
     (a, m + n)
 }
