@@ -337,8 +337,9 @@ impl Cpu {
                     let panics = caught_panics();
                     let start = Instant::now();
                     work.seq(items, acc);
-                    // A panic's cost (hook, backtrace) is not the items'.
-                    if caught_panics() == panics {
+                    // A panic's cost (hook, backtrace) is not the items',
+                    // and skipped (cancelled) items cost nothing.
+                    if caught_panics() == panics && !work.cancelled() {
                         record(slot, start.elapsed().saturating_sub(self.clock), n);
                     }
                 }
@@ -376,6 +377,13 @@ impl Cpu {
             work.seq(&items[done..next], acc);
             done = next;
             reads += 1;
+            if work.cancelled() {
+                // The rest is only marked `Cancelled`, on this thread; a
+                // skipped item costs nanoseconds, so nothing is learned
+                // (one cancelled batch would replace a 1 ms estimate).
+                work.seq(&items[done..], acc);
+                return Ran::Sequential;
+            }
             if caught_panics() != panics {
                 panics = caught_panics();
                 if done == n {
@@ -436,6 +444,10 @@ impl Cpu {
         match &self.pool {
             Some(pool) => pool.install(|| work.par(items, grain, &probe, acc)),
             None => work.par(items, grain, &probe, acc),
+        }
+        if work.cancelled() {
+            // Items skipped after the cancel were timed as nearly free.
+            return Ran::Parallel;
         }
         match probe.sample() {
             Some((elapsed, n)) => record(slot, elapsed, n),

@@ -195,3 +195,42 @@ fn regression_one_slow_item_does_not_send_many_later_tiny_batches_to_rayon() {
         }
     }
 }
+
+/// Regression: a cancelled batch was timed like any other, and its skipped
+/// items cost nanoseconds: a sample 8x under the estimate replaces it, so
+/// one cancelled request (`with_cancel` handles share what the processor
+/// learned) reset a closure's 1 ms per item to a few ns, and its next
+/// batches of hundreds of items ran untimed on the calling thread.
+#[test]
+fn regression_a_cancelled_batch_does_not_teach_that_items_are_free() {
+    let p = Processor::builder().build().unwrap();
+    let work = |x: &u64| {
+        std::thread::sleep(Duration::from_millis(1));
+        *x
+    };
+    p.map(&[1u64; 8], work);
+    let learned = p.learned_cost(&work).unwrap();
+    assert!(learned >= Duration::from_micros(500), "learned {learned:?}");
+    let token = torque_parallel::CancelToken::new();
+    token.cancel();
+    let cancelled = p.with_cancel(token.clone());
+    // Big batches (straight to rayon) and one-item batches (the timed prefix).
+    for n in [200, 1] {
+        let items = vec![1u64; n];
+        for _ in 0..3 {
+            assert!(cancelled.map(&items, work).iter().all(Result::is_err));
+            assert!(cancelled.collect(&items, work).unwrap_err().is_cancelled());
+            let sum = cancelled.map_reduce(&items, work, || 0, |a, b| a + b);
+            assert_eq!(sum.cancelled, n);
+        }
+        let after = p.learned_cost(&work).unwrap();
+        assert!(
+            after >= Duration::from_micros(500),
+            "learned {after:?} from cancelled batches of {n}"
+        );
+    }
+    // A closure whose first calls are cancelled learns nothing from them.
+    let fresh = Processor::builder().build().unwrap();
+    fresh.with_cancel(token).map(&[1u64; 200], work);
+    assert_eq!(fresh.learned_cost(&work), None);
+}
