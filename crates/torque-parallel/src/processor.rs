@@ -143,6 +143,9 @@ impl ProcessorBuilder {
     /// the process, so nothing oversubscribes the cores; a dedicated pool
     /// isolates this processor's work from theirs.
     ///
+    /// At most `rayon::max_num_threads()` (65,535 on 64-bit targets); more
+    /// is a [`BuildError::OutOfRange`], as 0 is [`BuildError::Zero`].
+    ///
     /// ```
     /// let processor = torque_parallel::Processor::builder().cpu_threads(2).build()?;
     /// # Ok::<(), torque_parallel::BuildError>(())
@@ -246,6 +249,16 @@ impl ProcessorBuilder {
             if v == Some(0) {
                 return Err(BuildError::Zero(name));
             }
+        }
+        if let Some(n) = c.cpu_threads
+            && n > rayon::max_num_threads()
+        {
+            // rayon would cap it silently, after spawning that many threads.
+            return Err(BuildError::OutOfRange {
+                name: "cpu_threads",
+                value: n as f64,
+                expected: "at most rayon::max_num_threads() (65535)",
+            });
         }
         if let Some(n) = c.blocking_threads
             && n > MAX_BLOCKING_THREADS

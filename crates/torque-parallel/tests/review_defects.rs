@@ -338,3 +338,27 @@ async fn dropping_a_hybrid_batch_skips_cpu_work_not_started() {
         .await;
     assert_eq!(ran.load(Ordering::SeqCst), 1, "only the running item ran");
 }
+
+/// rayon caps a thread count above its maximum silently, after spawning that
+/// many threads; the builder refuses it instead, before any thread starts.
+/// (Not run against the old code: it would have spawned 65,535 threads on a
+/// shared machine.)
+#[test]
+fn a_cpu_thread_count_above_rayons_maximum_is_refused() {
+    for n in [rayon::max_num_threads() + 1, usize::MAX] {
+        let err = torque_parallel::Processor::builder()
+            .cpu_threads(n)
+            .build()
+            .expect_err("refused");
+        assert!(
+            matches!(
+                err,
+                torque_parallel::BuildError::OutOfRange {
+                    name: "cpu_threads",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
