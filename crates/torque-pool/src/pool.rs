@@ -937,9 +937,20 @@ async fn maintain<M: Manager>(orphaned: Orphaned<M>, wake: Arc<Notify>) {
         let next = {
             let Some(inner) = pool.upgrade() else { return };
             if inner.state.lock().core.is_closed() {
-                return;
+                // Closed: no more work, but the gauges must come down to
+                // what the pool still holds (connections checked out when it
+                // closed are closed as they come back, which wakes this
+                // task), or they would show the last values for ever.
+                let status = inner.status();
+                telemetry::publish(&inner.labels, &published, &status);
+                published = status;
+                if status.size == 0 {
+                    return;
+                }
+                later(Instant::now(), inner.config.maintenance_interval)
+            } else {
+                inner.maintain_once(&mut published)
             }
-            inner.maintain_once(&mut published)
         };
         let _ = timeout_at(next, wake.notified()).await;
     }
