@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use torque_pool::{PgManager, PgPool, Pool};
+use torque_pool::{PgManager, PgPool, Pool, Pooled};
 use torque_testkit::{TestDatabase, pg_database};
 
 fn pool(db: &TestDatabase) -> PgPool {
@@ -265,6 +265,22 @@ fn one_connection_pool(db: &TestDatabase) -> PgPool {
         .unwrap()
 }
 
+/// The pool's next connection, checked to be in no transaction block: the
+/// previous caller's block did not follow the connection back.
+async fn next_caller_outside_any_transaction(pool: &PgPool) -> Pooled<PgManager> {
+    let conn = pool.get().await.unwrap();
+    let row = conn
+        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<String>>(0),
+        None,
+        "the next caller is not inside the previous caller's transaction"
+    );
+    conn
+}
+
 /// A connection handed back inside a transaction block (a `?` returned
 /// early between `BEGIN` and `COMMIT`) must not reach the next caller: in a
 /// failed block every statement fails with 25P02 until a `ROLLBACK`, and in
@@ -296,16 +312,7 @@ async fn a_connection_returned_inside_an_open_transaction_is_not_reused() {
         .await
         .unwrap();
     drop(conn);
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0),
-        None,
-        "the next caller is not inside the previous caller's transaction"
-    );
+    let conn = next_caller_outside_any_transaction(&pool).await;
     assert_eq!(
         conn.query_one("SELECT count(*) FROM tx", &[])
             .await
@@ -347,16 +354,7 @@ async fn a_begin_atomic_body_inside_a_transaction_does_not_end_it() {
     .await
     .unwrap();
     drop(conn);
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0),
-        None,
-        "the next caller is not inside the previous caller's transaction"
-    );
+    next_caller_outside_any_transaction(&pool).await;
 }
 
 #[tokio::test]
@@ -403,16 +401,7 @@ async fn a_begin_after_an_escape_string_holding_a_quote_is_seen() {
         .await
         .unwrap();
     drop(conn);
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0),
-        None,
-        "the next caller is not inside the previous caller's transaction"
-    );
+    let conn = next_caller_outside_any_transaction(&pool).await;
     assert_eq!(
         conn.query_one("SELECT count(*) FROM te", &[])
             .await
@@ -481,16 +470,7 @@ async fn a_commit_that_never_ran_does_not_end_the_transaction() {
         .await
         .expect_err("COMMIT takes no parameters");
     drop(conn);
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0),
-        None,
-        "the next caller is not inside the previous caller's transaction"
-    );
+    next_caller_outside_any_transaction(&pool).await;
 }
 
 #[tokio::test]
@@ -529,16 +509,7 @@ async fn a_do_body_in_a_dollar_quote_with_a_non_ascii_tag_is_not_read_for_an_end
         .unwrap();
     assert!(conn.in_transaction());
     drop(conn);
-    let conn = pool.get().await.unwrap();
-    let row = conn
-        .query_one("SELECT pg_current_xact_id_if_assigned()::text", &[])
-        .await
-        .unwrap();
-    assert_eq!(
-        row.get::<_, Option<String>>(0),
-        None,
-        "the next caller is not inside the previous caller's transaction"
-    );
+    next_caller_outside_any_transaction(&pool).await;
 }
 
 #[tokio::test]
