@@ -234,3 +234,46 @@ fn regression_a_cancelled_batch_does_not_teach_that_items_are_free() {
     fresh.with_cancel(token).map(&[1u64; 200], work);
     assert_eq!(fresh.learned_cost(&work), None);
 }
+
+/// Regression: a batch cancelled while it ran on rayon was timed like any
+/// other: the items each leaf skipped after the cancel cost nanoseconds, and
+/// the sample they made (8x under the estimate) replaced it, so a request
+/// cancelled mid-batch reset a 1 ms closure to microseconds. The token here
+/// is not cancelled when the batch starts (that case never reaches rayon):
+/// the first items to run cancel it.
+#[test]
+fn regression_a_batch_cancelled_on_rayon_does_not_teach_that_items_are_free() {
+    let p = Processor::builder().cpu_threads(2).build().unwrap();
+    // The token of the batch running: one closure for every call, so
+    // they share one learned cost.
+    let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
+    let work = |x: &u64| {
+        std::thread::sleep(Duration::from_millis(1));
+        if *x == 7 {
+            current.lock().unwrap().cancel();
+        }
+        *x
+    };
+    p.map(&[1u64; 8], work);
+    let learned = p.learned_cost(&work).unwrap();
+    assert!(learned >= Duration::from_micros(500), "learned {learned:?}");
+    let items = vec![7u64; 200];
+    for api in ["map", "collect", "map_reduce"] {
+        // A fresh token each time: the first item to run cancels it.
+        let token = torque_parallel::CancelToken::new();
+        *current.lock().unwrap() = token.clone();
+        let before = p.stats().parallel_runs;
+        let q = p.with_cancel(token.clone());
+        match api {
+            "map" => assert!(q.map(&items, work).iter().any(Result::is_err)),
+            "collect" => assert!(q.collect(&items, work).unwrap_err().is_cancelled()),
+            _ => assert!(q.map_reduce(&items, work, || 0, |a, b| a + b).cancelled > 0),
+        }
+        assert_eq!(p.stats().parallel_runs, before + 1, "{api} ran on rayon");
+        let after = p.learned_cost(&work).unwrap();
+        assert!(
+            after >= Duration::from_micros(500),
+            "learned {after:?} from a {api} cancelled on rayon"
+        );
+    }
+}
