@@ -681,7 +681,7 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                         };
                         let error = if e.is_panic() {
                             counters.panicked();
-                            ItemError::Panicked(PanicError::from_payload(&*e.into_panic()))
+                            ItemError::Panicked(PanicError::from_box(e.into_panic()))
                         } else {
                             // Counted by its `InFlight` guard when the
                             // abort dropped it.
@@ -719,7 +719,7 @@ impl<R, E> Future for Caught<R, E> {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready((
                 this.index,
-                Err(ItemError::Panicked(PanicError::from_payload(&*payload))),
+                Err(ItemError::Panicked(PanicError::from_box(payload))),
             )),
         }
     }
@@ -899,9 +899,7 @@ where
             Err(payload) => {
                 drop(token);
                 self.counters.panicked();
-                return Some(Err(ItemError::Panicked(PanicError::from_payload(
-                    &*payload,
-                ))));
+                return Some(Err(ItemError::Panicked(PanicError::from_box(payload))));
             }
         };
         let counters = Arc::clone(&self.counters);

@@ -119,7 +119,7 @@ impl PanicError {
         error
     }
 
-    pub(crate) fn from_payload(payload: &(dyn Any + Send)) -> Self {
+    fn from_payload(payload: &(dyn Any + Send)) -> Self {
         let _ = CAUGHT.try_with(|c| c.set(c.get() + 1));
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
             (*s).to_owned()

@@ -680,3 +680,42 @@ async fn regression_an_async_io_under_a_limiter_that_is_not_clone_is_clone() {
         .await;
     assert_eq!(out.len(), 3);
 }
+
+/// A panic payload whose own `Drop` panics (`panic_any` of such a type).
+struct PayloadBomb;
+
+impl Drop for PayloadBomb {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("the payload's drop");
+        }
+    }
+}
+
+/// Regression: the `Async` strategy dropped a caught panic's payload
+/// outside any `catch_unwind` (66258d5 fixed it on the `Cpu` paths only),
+/// so a payload whose `Drop` panics escaped the batch, its other items'
+/// results lost with it: a panic while making an item's future, or inside
+/// it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_a_panic_payload_whose_drop_panics_stays_the_items_error() {
+    let p = Processor::builder().async_limit(3).build().unwrap();
+    let batch = p.async_io().map(0..6u32, |x| {
+        if x == 1 {
+            std::panic::panic_any(PayloadBomb);
+        }
+        async move {
+            sleep(MS).await;
+            if x == 4 {
+                std::panic::panic_any(PayloadBomb);
+            }
+            x
+        }
+    });
+    let out = tokio::spawn(batch)
+        .await
+        .expect("the payload's drop panic escaped the batch");
+    assert!(out[1].as_ref().is_err_and(ItemError::is_panic));
+    assert!(out[4].as_ref().is_err_and(ItemError::is_panic));
+    assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 4);
+}
