@@ -373,14 +373,22 @@ impl Cpu {
         let mut done = 0;
         let mut next = first_check.min(n);
         let mut reads = 0u32;
+        // The last check's (time, items): all of them ran, none skipped.
+        let mut ran = None;
         loop {
             work.seq(&items[done..next], acc);
             done = next;
             reads += 1;
             if work.cancelled() {
-                // The rest is only marked `Cancelled`, on this thread; a
-                // skipped item costs nanoseconds, so nothing is learned
-                // (one cancelled batch would replace a 1 ms estimate).
+                // The rest is only marked `Cancelled`, on this thread. A
+                // skipped item costs nanoseconds (one cancelled batch would
+                // replace a 1 ms estimate), so only the items timed up to
+                // the last check, before the cancel, are learned: a closure
+                // whose batches are cancelled part-way as a rule (a search)
+                // still follows its cost.
+                if let Some((elapsed, timed)) = ran {
+                    record(slot, elapsed, timed);
+                }
                 work.seq(&items[done..], acc);
                 return Ran::Sequential;
             }
@@ -392,6 +400,7 @@ impl Cpu {
                 start = Instant::now();
                 timed_from = done;
                 reads = 0;
+                ran = None;
                 // Again from a short stretch: one as long as all the items
                 // done meets the next panic whenever they come about as
                 // often as the stretches double, and then never escapes.
@@ -412,6 +421,7 @@ impl Cpu {
                 record(slot, elapsed, timed);
                 return self.par(slot, &items[done..], per_item, work, acc);
             }
+            ran = Some((elapsed, timed));
             // Growing ×2 from where the timing (re)started.
             next = done.saturating_add(timed.max(first_check)).min(n);
         }
@@ -445,12 +455,13 @@ impl Cpu {
             Some(pool) => pool.install(|| work.par(items, grain, &probe, acc)),
             None => work.par(items, grain, &probe, acc),
         }
-        if work.cancelled() {
-            // Items skipped after the cancel were timed as nearly free.
-            return Ran::Parallel;
-        }
+        // After a cancel the probe holds only items that ran: a leaf stops
+        // timing at its first skipped item (a `map`), stops altogether (a
+        // `collect`), a chunk with one is not timed (a reduction).
         match probe.sample() {
             Some((elapsed, n)) => record(slot, elapsed, n),
+            // Skipped items are no evidence of tiny leaves.
+            None if work.cancelled() => {}
             // No leaf ran two sample points (tiny leaves): no evidence, so
             // halve the estimate. A batch that is really expensive is back
             // to the timed prefix after a few calls, which re-measures it.
@@ -493,19 +504,35 @@ pub(crate) struct LeafTimer<'a> {
     clock: LeafClock,
     /// Index of the last item the leaf ran.
     last: usize,
+    /// An item was skipped (the batch is cancelled): the leaf times no
+    /// more, its stretch in progress included (a skipped item costs
+    /// nanoseconds, and would pass for a cheap one).
+    skipped: bool,
 }
 
 impl LeafTimer<'_> {
     #[inline(always)]
     fn tick(&mut self, index: usize) {
-        self.probe.tick(&mut self.clock, index);
-        self.last = index;
+        if !self.skipped {
+            self.probe.tick(&mut self.clock, index);
+            self.last = index;
+        }
+    }
+
+    /// Called after each item with its result.
+    #[inline(always)]
+    fn ran<R, E>(&mut self, result: &Result<R, ItemError<E>>) {
+        if matches!(result, Err(ItemError::Cancelled)) {
+            self.skipped = true;
+        }
     }
 }
 
 impl Drop for LeafTimer<'_> {
     fn drop(&mut self) {
-        self.probe.finish(&self.clock, self.last);
+        if !self.skipped {
+            self.probe.finish(&self.clock, self.last);
+        }
     }
 }
 
@@ -668,10 +695,13 @@ where
                 probe,
                 clock: LeafClock::default(),
                 last: 0,
+                skipped: false,
             },
             |timer, (i, x)| {
                 timer.tick(i);
-                run_item(&self.f, x, c)
+                let result = run_item(&self.f, x, c);
+                timer.ran(&result);
+                result
             },
         ));
     }
@@ -847,7 +877,10 @@ where
                 .map(|chunk| {
                     let start = Instant::now();
                     let part = chunk.iter().fold(self.empty(), |p, x| self.fold(p, x));
-                    probe.add(start.elapsed(), chunk.len());
+                    // A chunk with skipped (cancelled) items is not timed.
+                    if part.cancelled == 0 {
+                        probe.add(start.elapsed(), chunk.len());
+                    }
                     part
                 })
                 .reduce(|| self.empty(), |a, b| a.merge(b, &self.op))

@@ -277,3 +277,50 @@ fn regression_a_batch_cancelled_on_rayon_does_not_teach_that_items_are_free() {
         );
     }
 }
+
+/// Regression: since a cancelled batch taught nothing at all, a closure
+/// whose batches are cancelled part-way as a rule (a search that cancels
+/// the rest once an item matches) never learned again: when its items
+/// became cheaper, every call still went to rayon with the old estimate.
+/// The items that ran before the cancel are measured; only the skipped
+/// ones are not.
+#[test]
+fn regression_batches_cancelled_part_way_still_learn_that_items_became_cheaper() {
+    for api in ["map", "collect", "map_reduce"] {
+        let p = Processor::builder().cpu_threads(2).build().unwrap();
+        let slow = std::sync::atomic::AtomicBool::new(true);
+        // The token of the batch running (one closure, one learned cost).
+        let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
+        let work = |x: &u64| {
+            if slow.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if *x == 7 {
+                current.lock().unwrap().cancel();
+            }
+            *x
+        };
+        p.map(&[1u64; 8], work);
+        let learned = p.learned_cost(&work).unwrap();
+        assert!(learned >= Duration::from_micros(500), "learned {learned:?}");
+        slow.store(false, std::sync::atomic::Ordering::Relaxed);
+        // The match (item 7) halfway through: every batch is cancelled.
+        let mut items = vec![1u64; 400];
+        items[200] = 7;
+        for _ in 0..5 {
+            let token = torque_parallel::CancelToken::new();
+            *current.lock().unwrap() = token.clone();
+            let q = p.with_cancel(token);
+            match api {
+                "map" => assert!(q.map(&items, work).iter().any(Result::is_ok)),
+                "collect" => assert!(q.collect(&items, work).is_err()),
+                _ => assert!(q.map_reduce(&items, work, || 0, |a, b| a + b).value > 0),
+            }
+        }
+        let after = p.learned_cost(&work).unwrap();
+        assert!(
+            after < Duration::from_micros(50),
+            "{api}: still {after:?} a cheap item after 5 batches cancelled part-way"
+        );
+    }
+}
