@@ -286,8 +286,17 @@ fn regression_a_batch_cancelled_on_rayon_does_not_teach_that_items_are_free() {
 /// ones are not.
 #[test]
 fn regression_batches_cancelled_part_way_still_learn_that_items_became_cheaper() {
-    for api in ["map", "collect", "map_reduce"] {
-        let p = Processor::builder().cpu_threads(2).build().unwrap();
+    // On rayon, and in the timed prefix (a threshold no batch here reaches).
+    for api in ["map", "collect", "map_reduce", "map in the prefix"] {
+        let threshold = match api {
+            "map in the prefix" => Duration::from_secs(1),
+            _ => Duration::from_micros(50),
+        };
+        let p = Processor::builder()
+            .cpu_threads(2)
+            .parallel_threshold(threshold)
+            .build()
+            .unwrap();
         let slow = std::sync::atomic::AtomicBool::new(true);
         // The token of the batch running (one closure, one learned cost).
         let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
@@ -312,10 +321,15 @@ fn regression_batches_cancelled_part_way_still_learn_that_items_became_cheaper()
             *current.lock().unwrap() = token.clone();
             let q = p.with_cancel(token);
             match api {
-                "map" => assert!(q.map(&items, work).iter().any(Result::is_ok)),
+                "map" | "map in the prefix" => {
+                    assert!(q.map(&items, work).iter().any(Result::is_ok));
+                }
                 "collect" => assert!(q.collect(&items, work).is_err()),
                 _ => assert!(q.map_reduce(&items, work, || 0, |a, b| a + b).value > 0),
             }
+        }
+        if api == "map in the prefix" {
+            assert_eq!(p.stats().parallel_runs, 0);
         }
         let after = p.learned_cost(&work).unwrap();
         assert!(
