@@ -196,6 +196,35 @@ fn regression_one_slow_item_does_not_send_many_later_tiny_batches_to_rayon() {
     }
 }
 
+/// The same for `collect`, whose rayon leaves are its own producer's: each
+/// times its last stretch too (189ef4d's test only ran `map`).
+#[test]
+fn regression_one_slow_item_does_not_send_many_later_tiny_collects_to_rayon() {
+    let work = |x: &u64| {
+        if *x == 999 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        x.wrapping_mul(3)
+    };
+    for tiny in [2usize, 4] {
+        let p = Processor::builder().cpu_threads(4).build().unwrap();
+        p.collect(&[999u64], work).unwrap();
+        assert!(p.learned_cost(&work).unwrap() >= Duration::from_millis(10));
+        let items: Vec<u64> = (0..tiny as u64).collect();
+        let before = p.stats().parallel_runs;
+        for _ in 0..6 {
+            p.collect(&items, work).unwrap();
+        }
+        let parallel = p.stats().parallel_runs - before;
+        // One parallel call measures the items; one more is tolerated (a
+        // preempted measurement on a loaded machine).
+        assert!(
+            parallel <= 2,
+            "{tiny} items: {parallel} of 6 collects ran on rayon"
+        );
+    }
+}
+
 /// Regression: a cancelled batch was timed like any other, and its skipped
 /// items cost nanoseconds: a sample 8x under the estimate replaces it, so
 /// one cancelled request (`with_cancel` handles share what the processor
