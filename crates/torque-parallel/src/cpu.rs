@@ -337,10 +337,18 @@ impl Cpu {
                     let panics = caught_panics();
                     let start = Instant::now();
                     work.seq(items, acc);
-                    // A panic's cost (hook, backtrace) is not the items',
-                    // and skipped (cancelled) items cost nothing.
-                    if caught_panics() == panics && !work.cancelled() {
-                        record(slot, start.elapsed().saturating_sub(self.clock), n);
+                    // A panic's cost (hook, backtrace) is not the items'.
+                    if caught_panics() == panics {
+                        let elapsed = start.elapsed().saturating_sub(self.clock);
+                        // Skipped (cancelled) items cost nothing: the time
+                        // per item of a cancelled batch is a lower bound,
+                        // learned only when it says the items became
+                        // slower. Ignored, a closure whose tiny batches are
+                        // cancelled part-way as a rule (a search) was never
+                        // sampled again, however slow its items became.
+                        if !work.cancelled() || ps(elapsed) > predicted {
+                            record(slot, elapsed, n);
+                        }
                     }
                 }
                 return Ran::Sequential;

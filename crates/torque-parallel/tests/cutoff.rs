@@ -367,3 +367,62 @@ fn regression_batches_cancelled_part_way_still_learn_that_items_became_cheaper()
         );
     }
 }
+
+/// Regression: a sample of a warm untimed closure (one call per 256 µs of
+/// predicted work) taught nothing when its batch was cancelled, so a
+/// closure whose tiny batches are cancelled part-way as a rule (a search)
+/// was never sampled again: when its items became slow, every batch still
+/// ran on the calling thread, untimed, with the old estimate.
+#[test]
+fn regression_untimed_batches_cancelled_part_way_still_learn_that_items_became_slower() {
+    let p = Processor::builder().build().unwrap();
+    let slow = std::sync::atomic::AtomicBool::new(false);
+    // The token of the batch running (one closure, one learned cost).
+    let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
+    let work = |x: &u64| {
+        if slow.load(std::sync::atomic::Ordering::Relaxed) {
+            spin(Duration::from_micros(50));
+        }
+        if *x == 7 {
+            current.lock().unwrap().cancel();
+        }
+        x.wrapping_mul(3)
+    };
+    // Warm and cheap: 64 items predicted well under the untimed bound.
+    let plain = vec![1u64; 64];
+    let cheap_enough = |p: &Processor| {
+        p.learned_cost(&work)
+            .is_some_and(|c| c * 64 < Duration::from_micros(2))
+    };
+    for _ in 0..1_000 {
+        p.map(&plain, work);
+        if cheap_enough(&p) {
+            break;
+        }
+    }
+    assert!(cheap_enough(&p), "learned {:?}", p.learned_cost(&work));
+    slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    // The match (item 7) three quarters in: every batch is cancelled.
+    let mut items = plain;
+    items[48] = 7;
+    for _ in 0..2_000 {
+        let token = torque_parallel::CancelToken::new();
+        *current.lock().unwrap() = token.clone();
+        let out = p.with_cancel(token).map(&items, work);
+        assert!(out[49..].iter().all(Result::is_err));
+        if p.learned_cost(&work).unwrap() >= Duration::from_micros(10) {
+            return;
+        }
+    }
+    panic!(
+        "still {:?} an item of 50 µs after 2,000 batches cancelled part-way",
+        p.learned_cost(&work)
+    );
+}
+
+fn spin(d: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
