@@ -408,8 +408,11 @@ fn regression_untimed_batches_cancelled_part_way_still_learn_that_items_became_s
     for _ in 0..2_000 {
         let token = torque_parallel::CancelToken::new();
         *current.lock().unwrap() = token.clone();
+        // Which items after the match still ran depends on where the batch
+        // ran (once the estimate rises it may go to rayon, whose other
+        // threads run on until they see the cancel): not asserted here.
         let out = p.with_cancel(token).map(&items, work);
-        assert!(out[49..].iter().all(Result::is_err));
+        assert_eq!(out.len(), items.len());
         if p.learned_cost(&work).unwrap() >= Duration::from_micros(10) {
             return;
         }
