@@ -6,17 +6,8 @@ use std::time::Duration;
 
 use torque_parallel::{CancelToken, ItemError, Processor};
 
-/// Waits for `cond`, failing the test after `limit` rather than hanging.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached in {limit:?}"
-        );
-        std::thread::yield_now();
-    }
-}
+mod common;
+use common::{spin, wait_until};
 
 #[test]
 fn cpu_cancel_from_an_item_skips_the_rest() {
@@ -143,14 +134,6 @@ async fn async_batch_with_a_cancelled_token_resolves_as_cancelled() {
         .with_cancel(token);
     let out = p.blocking().map_async(vec![1, 2, 3], |x| x).await;
     assert!(out.iter().all(|r| matches!(r, Err(ItemError::Cancelled))));
-}
-
-/// Keeps the CPU busy for `d` (an item's work as the Cpu strategy sees it).
-fn spin(d: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
 }
 
 /// An item the processor learns is worth rayon (~200 µs each).

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use torque_parallel::{CancelToken, CollectError, ItemError, Processor};
 
+mod common;
+use common::spin;
+
 fn processor() -> Processor {
     Processor::builder().build().unwrap()
 }
@@ -139,7 +142,7 @@ fn a_failure_before_the_batch_goes_parallel() {
             if i == 0 || i == 17 {
                 panic!("item {i}");
             }
-            std::thread::sleep(Duration::from_millis(2));
+            spin(Duration::from_millis(2));
         })
         .unwrap_err();
     assert_each_ran_once(&runs);
@@ -270,7 +273,7 @@ fn a_panic_in_a_nested_collect_stays_in_the_inner_batch() {
     let outer: Vec<u32> = (0..8).collect();
     let out = p
         .collect(&outer, |&o| {
-            std::thread::sleep(Duration::from_millis(1));
+            spin(Duration::from_millis(1));
             let inner: Vec<u32> = (0..4).collect();
             p.collect(&inner, |&i| {
                 if o == 3 && i == 2 {
@@ -432,7 +435,7 @@ fn regression_the_unrun_rest_of_a_failed_leaf_runs_in_parallel() {
     let work = |&i: &usize| {
         if !armed.load(Relaxed) {
             // Teach the processor these items are worth rayon.
-            std::thread::sleep(Duration::from_millis(1));
+            spin(Duration::from_millis(1));
             return i;
         }
         if i == 0 {

@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use torque_parallel::Processor;
 
+mod common;
+use common::spin;
+
 fn cheap(x: &u64) -> u64 {
     x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
 }
@@ -53,7 +56,7 @@ fn ten_expensive_items_run_in_parallel_on_the_first_call() {
     let p = Processor::builder().build().unwrap();
     let items: Vec<u64> = (0..10).collect();
     let slow = |x: &u64| {
-        std::thread::sleep(Duration::from_millis(20));
+        spin(Duration::from_millis(20));
         *x
     };
     let before = p.stats();
@@ -86,7 +89,7 @@ fn different_closures_learn_different_costs() {
     let items: Vec<u64> = (0..4).collect();
     let fast = |x: &u64| *x;
     let slow = |x: &u64| {
-        std::thread::sleep(Duration::from_millis(2));
+        spin(Duration::from_millis(2));
         *x
     };
     p.map(&items, fast);
@@ -102,7 +105,7 @@ fn regression_small_batch_returns_to_sequential_after_looking_expensive() {
     let p = Processor::builder().build().unwrap();
     let work = |x: &u64| {
         if *x >= 1_000 {
-            std::thread::sleep(Duration::from_millis(5));
+            spin(Duration::from_millis(5));
         }
         x.wrapping_mul(3)
     };
@@ -170,7 +173,7 @@ fn regression_every_cpu_call_counts_once_in_the_stats() {
 fn regression_one_slow_item_does_not_send_many_later_tiny_batches_to_rayon() {
     let work = |x: &u64| {
         if *x == 999 {
-            std::thread::sleep(Duration::from_millis(300));
+            spin(Duration::from_millis(300));
         }
         x.wrapping_mul(3)
     };
@@ -202,7 +205,7 @@ fn regression_one_slow_item_does_not_send_many_later_tiny_batches_to_rayon() {
 fn regression_one_slow_item_does_not_send_many_later_tiny_collects_to_rayon() {
     let work = |x: &u64| {
         if *x == 999 {
-            std::thread::sleep(Duration::from_millis(300));
+            spin(Duration::from_millis(300));
         }
         x.wrapping_mul(3)
     };
@@ -234,7 +237,7 @@ fn regression_one_slow_item_does_not_send_many_later_tiny_collects_to_rayon() {
 fn regression_a_cancelled_batch_does_not_teach_that_items_are_free() {
     let p = Processor::builder().build().unwrap();
     let work = |x: &u64| {
-        std::thread::sleep(Duration::from_millis(1));
+        spin(Duration::from_millis(1));
         *x
     };
     p.map(&[1u64; 8], work);
@@ -277,7 +280,7 @@ fn regression_a_batch_cancelled_on_rayon_does_not_teach_that_items_are_free() {
     // they share one learned cost.
     let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
     let work = |x: &u64| {
-        std::thread::sleep(Duration::from_millis(1));
+        spin(Duration::from_millis(1));
         if *x == 7 {
             current.lock().unwrap().cancel();
         }
@@ -331,7 +334,7 @@ fn regression_batches_cancelled_part_way_still_learn_that_items_became_cheaper()
         let current = std::sync::Mutex::new(torque_parallel::CancelToken::new());
         let work = |x: &u64| {
             if slow.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(1));
+                spin(Duration::from_millis(1));
             }
             if *x == 7 {
                 current.lock().unwrap().cancel();
@@ -421,11 +424,4 @@ fn regression_untimed_batches_cancelled_part_way_still_learn_that_items_became_s
         "still {:?} an item of 50 µs after 2,000 batches cancelled part-way",
         p.learned_cost(&work)
     );
-}
-
-fn spin(d: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
 }

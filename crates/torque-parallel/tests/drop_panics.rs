@@ -9,17 +9,8 @@ use std::time::Duration;
 
 use torque_parallel::{CancelToken, ItemError, Processor};
 
-/// Waits for `cond`, failing the test after `limit` rather than hanging.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached in {limit:?}"
-        );
-        std::thread::yield_now();
-    }
-}
+mod common;
+use common::wait_until;
 
 /// An item whose drop panics unless the closure defuses it.
 struct Bomb(u32);

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use torque_parallel::{ItemError, Processor};
 
+mod common;
+use common::spin;
+
 fn processor() -> Processor {
     Processor::builder().blocking_threads(2).build().unwrap()
 }
@@ -58,7 +61,7 @@ fn panic_in_a_nested_map_stays_in_the_inner_item() {
     let p = processor();
     let outer: Vec<u32> = (0..8).collect();
     let out = p.map(&outer, |&o| {
-        std::thread::sleep(Duration::from_millis(1));
+        spin(Duration::from_millis(1));
         let inner: Vec<u32> = (0..100).collect();
         let r = p.map(&inner, |&i| if i == 50 { panic!("inner {o}") } else { i });
         assert_eq!(panic_message(&r[50]), Some(format!("inner {o}").as_str()));
@@ -255,15 +258,6 @@ fn a_slow_batch_with_panics_in_each_doubling_stretch_still_goes_parallel() {
     );
 }
 
-/// Keeps the CPU busy for `d`: an item's work, as the Cpu strategy expects
-/// it (a sleeping item would give its core away and measure nothing).
-fn spin(d: Duration) {
-    let start = std::time::Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
-}
-
 /// A panic payload whose own `Drop` panics (`panic_any` of such a type).
 struct PayloadBomb;
 
@@ -311,7 +305,7 @@ fn regression_a_panic_payload_whose_drop_panics_stays_the_items_error() {
     let before = p.stats().parallel_runs;
     let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
         p.map(&items, |&x| {
-            std::thread::sleep(Duration::from_millis(2));
+            spin(Duration::from_millis(2));
             if x == 9 {
                 std::panic::panic_any(PayloadBomb);
             }

@@ -6,6 +6,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use torque_parallel::limit::{Algorithm, Sample};
 
+mod common;
+use common::wait_until;
+
 /// An algorithm with a fixed limit that records the latencies it is fed.
 #[derive(Debug, Clone, Default)]
 #[allow(dead_code)]
@@ -207,17 +210,6 @@ fn hold_the_only_worker(
     });
     started_rx.recv().unwrap();
     (release_tx, holder)
-}
-
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached in {limit:?}"
-        );
-        std::thread::yield_now();
-    }
 }
 
 /// A cancelled synchronous blocking batch whose items are queued behind

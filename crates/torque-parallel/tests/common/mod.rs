@@ -1,0 +1,26 @@
+//! Helpers shared by the integration tests (each test binary uses some).
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+/// Waits for `cond`, failing the test after `limit` rather than hanging.
+pub(crate) fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// Keeps this thread busy for `d`: an item of a known cost. (A sleeping item
+/// gives its core away, so other work runs meanwhile and a parallel run's
+/// timing measures the sleep, not the work.)
+pub(crate) fn spin(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
