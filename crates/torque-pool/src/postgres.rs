@@ -378,6 +378,28 @@ fn first_words(statement: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The index just past the block comment that opens at `start` (`/*`), or
+/// the end of `bytes` if it is unterminated. Block comments nest, as
+/// PostgreSQL nests them.
+fn block_comment_end(bytes: &[u8], start: usize) -> usize {
+    let (mut depth, mut i) = (0u32, start);
+    while i < bytes.len() {
+        if bytes[i..].starts_with(b"/*") {
+            depth += 1;
+            i += 2;
+        } else if bytes[i..].starts_with(b"*/") {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
+}
+
 /// `statement` after its leading white space and comments (`-- ...` lines,
 /// `/* ... */` blocks, nested as PostgreSQL nests them).
 fn skip_leading_comments(mut statement: &str) -> &str {
@@ -386,22 +408,7 @@ fn skip_leading_comments(mut statement: &str) -> &str {
         if let Some(rest) = statement.strip_prefix("--") {
             statement = rest.find('\n').map_or("", |n| &rest[n..]);
         } else if statement.starts_with("/*") {
-            let bytes = statement.as_bytes();
-            let (mut depth, mut i) = (0u32, 0);
-            while i < bytes.len() {
-                if bytes[i..].starts_with(b"/*") {
-                    depth += 1;
-                    i += 2;
-                } else if bytes[i..].starts_with(b"*/") {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
+            let i = block_comment_end(statement.as_bytes(), 0);
             // `i` is past an ASCII `*/` or at the end: a char boundary.
             statement = statement.get(i..).unwrap_or("");
         } else {
@@ -497,24 +504,8 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Block comments nest, as PostgreSQL nests them.
-                let mut depth = 0u32;
-                while i < bytes.len() {
-                    if bytes[i..].starts_with(b"/*") {
-                        depth += 1;
-                        i += 2;
-                    } else if bytes[i..].starts_with(b"*/") {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
                 // At the byte after `*/`, which the loop's step would skip.
-                i -= 1;
+                i = block_comment_end(bytes, i) - 1;
             }
             b'$' => {
                 // `$tag$ ... $tag$` (a function or DO body); `$1` is no quote.

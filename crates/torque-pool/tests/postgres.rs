@@ -265,6 +265,24 @@ fn one_connection_pool(db: &TestDatabase) -> PgPool {
         .unwrap()
 }
 
+/// After `BEGIN`, `sql` fails with `code` without ending the block: the
+/// connection knows it is still inside one, and the pool does not hand it
+/// to the next caller (who gets a usable connection, not 25P02).
+async fn a_failed_text_inside_a_block_leaves_it_open(sql: &str, code: &SqlState) {
+    let db = pg_database().await;
+    let pool = one_connection_pool(&db);
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let err = conn.batch_execute(sql).await.unwrap_err();
+    assert_eq!(err.code(), Some(code), "{sql}");
+    assert!(conn.in_transaction(), "{sql}");
+    drop(conn);
+    let conn = pool.get().await.unwrap();
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("the next caller gets a usable connection, not an aborted transaction");
+}
+
 /// The pool's next connection, checked to be in no transaction block: the
 /// previous caller's block did not follow the connection back.
 async fn next_caller_outside_any_transaction(pool: &PgPool) -> Pooled<PgManager> {
@@ -479,21 +497,11 @@ async fn a_commit_prepared_inside_a_block_does_not_end_it() {
     // inside a transaction block: it fails there and leaves the block open
     // and failed. Read as a `COMMIT`, it was taken to end the block, and the
     // connection went back for reuse: the next caller got 25P02.
-    let db = pg_database().await;
-    let pool = one_connection_pool(&db);
-    let conn = pool.get().await.unwrap();
-    conn.batch_execute("BEGIN").await.unwrap();
-    let err = conn
-        .batch_execute("COMMIT PREPARED 'torque_none'")
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::ACTIVE_SQL_TRANSACTION));
-    assert!(conn.in_transaction());
-    drop(conn);
-    let conn = pool.get().await.unwrap();
-    conn.simple_query("SELECT 1")
-        .await
-        .expect("the next caller gets a usable connection, not an aborted transaction");
+    a_failed_text_inside_a_block_leaves_it_open(
+        "COMMIT PREPARED 'torque_none'",
+        &SqlState::ACTIVE_SQL_TRANSACTION,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -518,19 +526,9 @@ async fn a_commit_the_server_could_not_parse_does_not_end_the_transaction() {
     // rejects as a syntax error, 42601) is refused before anything runs:
     // the block stays open, and failed. Read as a COMMIT that failed while
     // running, it was taken to end the block, and the next caller got 25P02.
-    let db = pg_database().await;
-    let pool = one_connection_pool(&db);
-    let conn = pool.get().await.unwrap();
-    conn.batch_execute("BEGIN").await.unwrap();
-    let err = conn
-        .batch_execute("COMMIT /* done, unterminated")
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR));
-    assert!(conn.in_transaction());
-    drop(conn);
-    let conn = pool.get().await.unwrap();
-    conn.simple_query("SELECT 1")
-        .await
-        .expect("the next caller gets a usable connection, not an aborted transaction");
+    a_failed_text_inside_a_block_leaves_it_open(
+        "COMMIT /* done, unterminated",
+        &SqlState::SYNTAX_ERROR,
+    )
+    .await;
 }
