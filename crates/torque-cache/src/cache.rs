@@ -106,6 +106,11 @@ pub(crate) struct Inner<K, V, S> {
     /// See [`LocalCache::own_eviction_floor`].
     floor: u64,
     weight: CachePadded<AtomicU64>,
+    /// Each shard's earliest timer ([`NEVER`] without one), written under
+    /// the shard's write lock: a lower bound on when anything in it
+    /// expires, read without the lock by a write to a full cache
+    /// ([`LocalCache::sweep_elsewhere`]).
+    due: Box<[AtomicU64]>,
     hasher: S,
     policy: Policy,
     weigher: Option<Weigher<K, V>>,
@@ -191,6 +196,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             .collect();
         // Every shard runs the same policy with the same settings.
         let shared_reads = shards[0].read().shared_hits(tti != NEVER);
+        let due = shards.iter().map(|_| AtomicU64::new(NEVER)).collect();
         Self {
             inner: Arc::new(Inner {
                 shard_mask: shards.len() - 1,
@@ -204,6 +210,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                     per_shard - per_shard / 4
                 },
                 weight: CachePadded::new(AtomicU64::new(0)),
+                due,
                 hasher: b.hasher,
                 policy: b.policy,
                 weigher: b.weigher,
@@ -261,6 +268,37 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
 
     fn over_capacity(&self) -> bool {
         self.inner.weight.load(Ordering::Acquire) > self.inner.capacity
+    }
+
+    /// Publishes shard `index`'s earliest timer (see `Inner::due`); called
+    /// with the shard write-locked, after anything that may have armed or
+    /// fired a timer.
+    #[inline]
+    fn publish_due(&self, index: usize, shard: &Shard<K, V>) {
+        let due = &self.inner.due[index];
+        let next = shard.next_timer();
+        if due.load(Ordering::Relaxed) != next {
+            due.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees what has expired in the shards other than `own` (which the
+    /// write sweeps itself), before a write that would overflow the cache
+    /// evicts a live entry for it: only shards whose earliest timer is due
+    /// are locked, one at a time.
+    #[cold]
+    #[inline(never)]
+    fn sweep_elsewhere(&self, own: usize, timing: Timing, removed: &mut Removed<K, V>) {
+        for (index, due) in self.inner.due.iter().enumerate() {
+            if index == own || due.load(Ordering::Relaxed) > timing.now {
+                continue;
+            }
+            let mut shard = self.inner.shards[index].write();
+            let freed = shard.sweep(timing, removed);
+            self.publish_due(index, &shard);
+            drop(shard);
+            self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+        }
     }
 
     fn add_weight(&self, before: u64, after: u64) {
@@ -421,10 +459,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         V: Clone,
     {
         let mut removed = self.removed();
-        let mut shard = self.inner.shards[self.shard_index(hash)].write();
+        let index = self.shard_index(hash);
+        let mut shard = self.inner.shards[index].write();
         let before = shard.weight();
         if shard.sweep_due(timing.now) {
             shard.sweep(timing, &mut removed);
+            self.publish_due(index, &shard);
         }
         // The lookup runs the key's `Eq` and the value's `Clone`, user code:
         // should either panic (and the caller catch it), what was freed
@@ -596,6 +636,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             };
             let mut shard = self.inner.shards[index].write();
             self.sweep_for_write(&mut shard, timing, removed);
+            self.publish_due(index, &shard);
             let before = shard.weight();
             shard.reject(hash, key, value, cause, removed);
             let after = shard.weight();
@@ -604,11 +645,28 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             return;
         }
         let mut help = None;
+        let expiring = self.inner.expiry_in_use.load(Ordering::Relaxed);
+        // A write that would overflow the cache first frees what has
+        // expired in the other shards: otherwise it evicts a live entry of
+        // its own shard while the cache holds dead ones.
+        if expiring
+            && self
+                .inner
+                .weight
+                .load(Ordering::Relaxed)
+                .saturating_add(u64::from(weight))
+                > self.inner.capacity
+        {
+            self.sweep_elsewhere(index, timing, removed);
+        }
         {
             let mut shard = self.inner.shards[index].write();
             self.sweep_for_write(&mut shard, timing, removed);
             let before = shard.weight();
             shard.insert(hash, key, value, weight, expires, timing, removed);
+            if expiring {
+                self.publish_due(index, &shard);
+            }
             // The write's net change goes to the shared total once, after
             // the evictions it causes: in a full cache an insert and its
             // victim cancel out and the shared counter is only read, not
@@ -660,6 +718,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         {
             let before = shard.weight();
             shard.sweep(timing, removed);
+            self.publish_due(neighbour, &shard);
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);
@@ -703,6 +762,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 let mut shard = self.inner.shards[index].write();
                 if shard.sweep_due(timing.now) {
                     let freed = shard.sweep(timing, removed);
+                    self.publish_due(index, &shard);
                     self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
                 }
                 while self.over_capacity() && (!above_share || shard.weight() > self.inner.share) {
@@ -749,13 +809,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn invalidate_all(&self) {
         self.inner.loads.supersede::<K>(None);
         let timing = self.timing();
-        for shard in self.inner.shards.iter() {
+        for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
             let before = shard.weight();
             // Expired entries leave as expired, as with `remove`.
             shard.sweep(timing, &mut removed);
             let cleared = shard.clear();
+            self.publish_due(index, &shard);
             drop(shard);
             self.add_weight(before, 0);
             self.notify(&mut removed);
@@ -777,11 +838,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         F: FnMut(&K, &V) -> bool,
     {
         let timing = self.timing();
-        for shard in self.inner.shards.iter() {
+        for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
             let before = shard.weight();
             shard.sweep(timing, &mut removed);
+            self.publish_due(index, &shard);
             // A panicking `keep` must not skip the weight update and the
             // listener for what this shard already removed.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -803,11 +865,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// cache can sit idle with expensive expired values.
     pub fn run_pending_tasks(&self) {
         let timing = self.timing();
-        for shard in self.inner.shards.iter() {
+        for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
             let before = shard.weight();
             shard.sweep(timing, &mut removed);
+            self.publish_due(index, &shard);
             let after = shard.weight();
             drop(shard);
             self.add_weight(before, after);

@@ -688,6 +688,12 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Whether some entry may have expired by `now`.
     #[inline]
+    /// The earliest timer's deadline ([`NEVER`] without one): no entry of
+    /// this shard expires before it.
+    pub(crate) fn next_timer(&self) -> u64 {
+        self.timers.peek().map_or(NEVER, |Reverse((d, _, _))| *d)
+    }
+
     pub(crate) fn sweep_due(&self, now: u64) -> bool {
         self.timers
             .peek()

@@ -369,3 +369,64 @@ fn regression_an_expired_entry_in_another_shard_leaves_as_expired_not_for_capaci
         }
     }
 }
+
+#[test]
+fn regression_a_full_cache_frees_expired_entries_of_other_shards_before_evicting_live_ones() {
+    // A write to a full cache swept its own shard and, with nothing
+    // expired there, evicted one of that shard's live entries for
+    // capacity, while other shards it never visited still held entries
+    // past their time-to-live: the cache was full only of the dead.
+    // Which shards the keys land in depends on the hasher's random seed:
+    // several fresh caches per policy.
+    for policy in [
+        Policy::Lru,
+        Policy::Fifo,
+        Policy::Lfu,
+        Policy::Ttl,
+        Policy::Adaptive,
+    ] {
+        for _ in 0..16 {
+            let clock = MockClock::new();
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = Arc::clone(&log);
+            let cache: LocalCache<u32, u32> = LocalCache::builder()
+                .max_capacity(64)
+                .shards(8)
+                .policy(policy)
+                .clock(clock.clone())
+                .eviction_listener(move |k: &u32, _: &u32, c| sink.lock().unwrap().push((*k, c)))
+                .build()
+                .unwrap();
+            for k in 0..32 {
+                cache.insert_with_ttl(k, k, secs(5));
+            }
+            for k in 100..132 {
+                cache.insert_with_ttl(k, k, secs(1000));
+            }
+            assert_eq!(
+                cache.weighted_size(),
+                64,
+                "{policy:?}: full, nothing evicted yet"
+            );
+            clock.advance(secs(6));
+            for k in 200..232 {
+                cache.insert_with_ttl(k, k, secs(1000));
+            }
+            let log = std::mem::take(&mut *log.lock().unwrap());
+            let capacity: Vec<u32> = log
+                .iter()
+                .filter(|(_, c)| *c == RemovalCause::Capacity)
+                .map(|(k, _)| *k)
+                .collect();
+            assert_eq!(
+                capacity,
+                Vec::<u32>::new(),
+                "{policy:?}: live entries evicted while 32 expired ones were held"
+            );
+            for k in (100..132).chain(200..232) {
+                assert!(cache.contains_key(&k), "{policy:?}: {k} lost");
+            }
+            assert_eq!(cache.stats().evictions.capacity, 0, "{policy:?}");
+        }
+    }
+}
