@@ -327,6 +327,16 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// bytes for `u64` keys and values) on every write, listener or not.
     #[inline]
     pub(crate) fn notify(&self, removed: &mut Removed<K, V>) {
+        // Recorded here, not where the shard counts them, so that the
+        // recorder (user code) never runs under a shard lock; taken, so
+        // that nothing is recorded twice.
+        #[cfg(feature = "metrics")]
+        if !removed.is_empty() {
+            removed.causes().for_each(crate::metrics::record_removal);
+            if self.inner.listener.is_none() {
+                drop(removed.take());
+            }
+        }
         if let Some(listener) = &self.inner.listener
             && !removed.is_empty()
         {
@@ -796,6 +806,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         drop(shard);
         self.add_weight(before, after);
         let (key, value, cause) = taken?;
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_removal(cause);
         if let Some(listener) = &self.inner.listener {
             listener(&key, &value, cause);
         }
@@ -820,6 +832,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             drop(shard);
             self.add_weight(before, 0);
             self.notify(&mut removed);
+            #[cfg(feature = "metrics")]
+            crate::metrics::record_removals(RemovalCause::Removed, cleared.entries());
             if let Some(listener) = &self.inner.listener {
                 Self::tell(listener, cleared);
             }

@@ -20,13 +20,20 @@ pub(crate) fn record_insert() {
 }
 
 pub(crate) fn record_removal(cause: RemovalCause) {
+    record_removals(cause, 1);
+}
+
+pub(crate) fn record_removals(cause: RemovalCause, n: u64) {
+    if n == 0 {
+        return;
+    }
     let cause = match cause {
         RemovalCause::Expired => "expired",
         RemovalCause::Capacity => "capacity",
         RemovalCause::Replaced => "replaced",
         RemovalCause::Removed => "removed",
     };
-    metrics::counter!("torque_cache_evictions_total", "cause" => cause).increment(1);
+    metrics::counter!("torque_cache_evictions_total", "cause" => cause).increment(n);
 }
 
 pub(crate) fn record_load(ok: bool, elapsed: Duration) {

@@ -169,6 +169,15 @@ impl<K, V> Removed<K, V> {
         self.first.is_none()
     }
 
+    /// The causes of what is held, in the order it left.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn causes(&self) -> impl Iterator<Item = RemovalCause> + '_ {
+        self.first
+            .iter()
+            .chain(&self.rest)
+            .map(|(_, _, cause)| *cause)
+    }
+
     /// Everything held so far, leaving `self` empty.
     pub(crate) fn take(&mut self) -> Self {
         std::mem::replace(self, Self::new())
@@ -193,6 +202,14 @@ impl<K, V> IntoIterator for Removed<K, V> {
 /// listener and dropped after the lock is released.
 #[derive(Debug)]
 pub(crate) struct Cleared<K, V>(Vec<Cell<K, V>>);
+
+impl<K, V> Cleared<K, V> {
+    /// How many entries were taken.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn entries(&self) -> u64 {
+        self.0.iter().filter(|cell| cell.entry.is_some()).count() as u64
+    }
+}
 
 impl<K, V> IntoIterator for Cleared<K, V> {
     type Item = (K, V, RemovalCause);
@@ -223,9 +240,10 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Counts one departure. The `metrics` feature records it later, once
+    /// the shard is unlocked (`LocalCache::notify`): a recorder is user
+    /// code, which may use this cache.
     fn count(&mut self, cause: RemovalCause) {
-        #[cfg(feature = "metrics")]
-        crate::metrics::record_removal(cause);
         match cause {
             RemovalCause::Expired => self.expired += 1,
             RemovalCause::Capacity => self.capacity += 1,
@@ -686,14 +704,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some(self.detach(id, RemovalCause::Capacity, removed))
     }
 
-    /// Whether some entry may have expired by `now`.
-    #[inline]
     /// The earliest timer's deadline ([`NEVER`] without one): no entry of
     /// this shard expires before it.
+    #[inline]
     pub(crate) fn next_timer(&self) -> u64 {
         self.timers.peek().map_or(NEVER, |Reverse((d, _, _))| *d)
     }
 
+    /// Whether some entry may have expired by `now`.
+    #[inline]
     pub(crate) fn sweep_due(&self, now: u64) -> bool {
         self.timers
             .peek()

@@ -78,6 +78,8 @@ fn facade_sees_what_stats_sees() {
         cache.remove(&3);
         let _ = cache.get_or_load(7, || Ok::<_, ()>(7));
         let _ = cache.get_or_load(8, || Err::<u32, _>(()));
+        cache.insert(9, 9);
+        cache.invalidate_all(); // `Removed`, counted from what was cleared
 
         let s = cache.stats();
         assert_eq!(recorder.get("torque_cache_hits_total"), s.hits);
@@ -103,4 +105,65 @@ fn facade_sees_what_stats_sees() {
         assert_eq!((s.hits, s.loads, s.load_failures), (1, 1, 1));
         assert!(s.evictions.capacity >= 1);
     });
+}
+
+/// A recorder that reads the cache whenever a counter is registered (as a
+/// recorder that caches its own lookups in a `LocalCache` would).
+struct ReadsTheCache {
+    cache: std::sync::OnceLock<LocalCache<u32, u32>>,
+}
+
+impl Recorder for ReadsTheCache {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        if let Some(cache) = self.cache.get() {
+            let _ = cache.contains_key(&1);
+        }
+        Counter::noop()
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[test]
+fn regression_the_recorder_is_not_called_under_a_shard_lock() {
+    // Removals were recorded while the shard was write-locked: a recorder
+    // that uses the cache deadlocked (parking_lot's lock is not
+    // reentrant), and every recorder lengthened the critical section.
+    // Run on a thread of its own, so that a deadlock fails the test
+    // instead of hanging it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let recorder = ReadsTheCache {
+            cache: std::sync::OnceLock::new(),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let cache = recorder.cache.get_or_init(|| {
+                LocalCache::builder()
+                    .max_capacity(1)
+                    .shards(1)
+                    .build()
+                    .unwrap()
+            });
+            cache.insert(1, 1);
+            cache.insert(1, 2); // replaced
+            cache.insert(2, 2); // evicts one for capacity
+            cache.remove(&2);
+            cache.insert(3, 3);
+            cache.invalidate_all();
+        });
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the cache deadlocked inside its metrics recorder");
 }
