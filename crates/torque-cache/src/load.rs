@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +37,9 @@ use crate::LocalCache;
 use crate::clock::to_nanos;
 
 type AnyError = Arc<dyn Any + Send + Sync>;
+
+/// A caught panic's payload, to resume later.
+type Panic = Box<dyn Any + Send>;
 
 thread_local! {
     /// The loads that this thread is running user code of right now,
@@ -204,12 +208,25 @@ impl<V: Clone> LoadSlot<V> {
         }
     }
 
-    fn complete(&self, result: SlotState<V>) {
+    /// Ends the load with `result` and wakes every waiter. A waker is
+    /// user code (the waiting task's executor's) and may panic: the wakers
+    /// after it are woken all the same (a panic that dropped them unwoken
+    /// left their tasks asleep on a finished load, for ever), and the first
+    /// panic is returned, for the leader to resume once its own work is
+    /// done.
+    #[must_use]
+    fn complete(&self, result: SlotState<V>) -> Option<Panic> {
         let old = std::mem::replace(&mut *self.state.lock(), result);
         self.ready.notify_all();
+        let mut first = None;
         if let SlotState::Running(wakers) = old {
-            wakers.into_iter().flatten().for_each(Waker::wake);
+            for waker in wakers.into_iter().flatten() {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                    first.get_or_insert(panic);
+                }
+            }
         }
+        first
     }
 
     fn wait(&self) -> Outcome<V> {
@@ -283,15 +300,19 @@ struct LeaderGuard<'a, K: Hash + Eq, V: Clone, S: BuildHasher> {
 }
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
-    fn release(&mut self, state: SlotState<V>) {
+    /// Ends the load with `state`; returns a waker's panic (see
+    /// [`LoadSlot::complete`]).
+    #[must_use]
+    fn release(&mut self, state: SlotState<V>) -> Option<Panic> {
         self.done = true;
         let mut pending = self.cache.inner.loads.pending.lock();
         let left = self.leave(&mut pending);
         drop(pending);
         // Waiters first: the key's `Drop` may panic, and the slot must not
         // be left running with nobody to complete it.
-        self.slot.complete(state);
+        let woke = self.slot.complete(state);
         drop(left);
+        woke
     }
 
     /// Takes this load out of the in-flight map; returns the map's entry,
@@ -375,15 +396,16 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                     // the listener must still hear of those (as after
                     // `insert`'s), once the load is abandoned and out of
                     // the map; then the panic resumes.
-                    let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let stored = catch_unwind(AssertUnwindSafe(|| {
                         self.cache
                             .store_prepared(key, copy, write, ttl, &mut removed);
                     }));
                     if let Err(panic) = stored {
                         drop(pending);
-                        self.release(SlotState::Abandoned);
+                        // This panic is resumed, not a waker's.
+                        let _ = self.release(SlotState::Abandoned);
                         self.cache.notify(&mut removed);
-                        std::panic::resume_unwind(panic);
+                        resume_unwind(panic);
                     }
                     None
                 };
@@ -396,15 +418,21 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // `Drop` may panic, and the slot must not be left running
                 // with nobody to complete it, nor a counted departure go
                 // untold.
-                self.slot.complete(SlotState::Loaded(value.clone()));
+                let woke = self.slot.complete(SlotState::Loaded(value.clone()));
                 self.cache.notify(&mut removed);
                 drop((left, unstored));
+                if let Some(panic) = woke {
+                    resume_unwind(panic);
+                }
                 Ok(value)
             }
             Err(error) => {
                 loads.failures.fetch_add(1, Ordering::Relaxed);
                 let error = Arc::new(error);
-                self.release(SlotState::Failed(Arc::clone(&error) as AnyError));
+                if let Some(panic) = self.release(SlotState::Failed(Arc::clone(&error) as AnyError))
+                {
+                    resume_unwind(panic);
+                }
                 Err(error)
             }
         }
@@ -413,8 +441,14 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> Drop for LeaderGuard<'_, K, V, S> {
     fn drop(&mut self) {
-        if !self.done {
-            self.release(SlotState::Abandoned);
+        // A waker's panic resumes here too (a cancelled leader's drop),
+        // unless this thread is already unwinding (a panicking loader):
+        // a second panic would abort the process.
+        if !self.done
+            && let Some(panic) = self.release(SlotState::Abandoned)
+            && !std::thread::panicking()
+        {
+            resume_unwind(panic);
         }
     }
 }
@@ -564,6 +598,13 @@ where
     /// the loader: a task of a current-thread runtime or `LocalSet` that a
     /// loader drives (`block_on`, `run_until`), even one the loader does not
     /// wait for.
+    ///
+    /// A waiting task's [`Waker`] that panics when the load ends does not
+    /// keep the other waiters from being woken: all of them are woken and
+    /// get the outcome (a value is stored as usual), and then the first such
+    /// panic resumes in the loading task's call (or in the drop of its
+    /// future, if it was cancelled; it is dropped if that task is already
+    /// panicking).
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that

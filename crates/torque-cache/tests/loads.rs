@@ -2,7 +2,7 @@
 //! are shared but not cached; cancelled or panicking callers never wedge the
 //! others (moka #240).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -919,5 +919,104 @@ fn regression_a_clock_that_loads_the_key_being_loaded_panics_instead_of_hanging(
             let what = format!("clock read {nth}, async load: {async_load}");
             assert_self_wait_panics_and_key_stays_loadable(&cache, async_load, &what);
         }
+    }
+}
+
+/// Pending until `open` is set. Registers no waker: the tests below poll
+/// their futures by hand, so that each decides when every caller runs.
+async fn opened(open: Arc<AtomicBool>) {
+    std::future::poll_fn(|_| {
+        if open.load(Ordering::SeqCst) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}
+
+/// Polls a pinned future once with `waker`.
+fn poll_with<F: std::future::Future + ?Sized>(
+    fut: std::pin::Pin<&mut F>,
+    waker: &std::task::Waker,
+) -> std::task::Poll<F::Output> {
+    fut.poll(&mut std::task::Context::from_waker(waker))
+}
+
+/// A waker that counts its wakes and, if told to, then panics.
+#[derive(Default)]
+struct CountingWaker {
+    woken: AtomicUsize,
+    panics: bool,
+}
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.fetch_add(1, Ordering::SeqCst);
+        assert!(!self.panics, "a waker that panics");
+    }
+}
+
+#[test]
+fn regression_a_panicking_waker_does_not_leave_the_other_waiters_asleep() {
+    // The leader woke its waiting tasks one after another; when one task's
+    // waker panicked, the wakers after it were dropped unwoken and their
+    // tasks slept for ever on a load that had finished. Likewise when the
+    // loader failed.
+    for fails in [false, true] {
+        let cache: LocalCache<u32, u32> = LocalCache::new(10);
+        let open = Arc::new(AtomicBool::new(false));
+        let noop = std::task::Waker::noop();
+        let mut leader = std::pin::pin!(cache.get_or_load_async(1, {
+            let open = Arc::clone(&open);
+            || async move {
+                opened(open).await;
+                if fails { Err(()) } else { Ok(5) }
+            }
+        }));
+        assert!(poll_with(leader.as_mut(), noop).is_pending());
+        let bad = Arc::new(CountingWaker {
+            panics: true,
+            ..CountingWaker::default()
+        });
+        let good = Arc::new(CountingWaker::default());
+        let waiter = |v: u32| cache.get_or_load_async(1, move || async move { Ok::<_, ()>(v) });
+        let mut first = std::pin::pin!(waiter(6));
+        let mut second = std::pin::pin!(waiter(7));
+        assert!(poll_with(first.as_mut(), &Arc::clone(&bad).into()).is_pending());
+        assert!(poll_with(second.as_mut(), &Arc::clone(&good).into()).is_pending());
+        open.store(true, Ordering::SeqCst);
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_with(leader.as_mut(), noop)
+        }));
+        assert_eq!(bad.woken.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            good.woken.load(Ordering::SeqCst),
+            1,
+            "fails: {fails}: the waiter after the panicking waker was woken"
+        );
+        // The waker's panic reaches the leader's call once all are woken.
+        assert!(led.is_err(), "the leader's call resumes the waker's panic");
+        let expected = if fails { Err(()) } else { Ok(5) };
+        for waiter in [second.as_mut(), first.as_mut()] {
+            match poll_with(waiter, noop) {
+                std::task::Poll::Ready(got) => assert_eq!(got.map_err(|e| *e), expected),
+                std::task::Poll::Pending => panic!("fails: {fails}: a waiter still waits"),
+            }
+        }
+        assert_eq!(
+            cache.get(&1),
+            expected.ok(),
+            "a value is stored, an error not"
+        );
+        let s = cache.stats();
+        assert_eq!(
+            (s.loads, s.load_failures),
+            if fails { (0, 1) } else { (1, 0) }
+        );
     }
 }
