@@ -523,6 +523,26 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             .cloned()
     }
 
+    /// Records a use of `key` as a [`get`](Self::get) hit does (its
+    /// time-to-idle, and the policy's view of it) without counting a read:
+    /// for a `get_or_load` caller that got the value another way than by
+    /// its own read, whose call already counted its miss. Nothing if the
+    /// key is absent or expired. Reads the clock: call with no lock held.
+    pub(crate) fn touch<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let hash = self.hash(key);
+        let timing = self.timing();
+        let lock = &self.inner.shards[self.shard_index(hash)];
+        if self.inner.shared_reads {
+            lock.read().touch_shared(hash, key, timing);
+        } else {
+            lock.write().touch_exclusive(hash, key, timing);
+        }
+    }
+
     /// Whether `key` is cached and unexpired. Not a read: no hit or miss is
     /// counted and the policy is not told.
     pub fn contains_key<Q>(&self, key: &Q) -> bool

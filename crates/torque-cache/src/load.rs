@@ -488,6 +488,17 @@ where
         join
     }
 
+    /// What a waiter returns: a value it got from the load is a read of
+    /// the key as much as a [`get`](Self::get) hit, so it refreshes the
+    /// entry's time-to-idle and tells the policy (as the re-read of a
+    /// [`Join::Hit`] does); the waiter's call counted its miss already.
+    fn waited<E>(&self, key: &K, result: Result<V, Arc<E>>) -> Result<V, Arc<E>> {
+        if result.is_ok() {
+            self.touch(key);
+        }
+        result
+    }
+
     fn lead(&self, key: K, slot: Arc<LoadSlot<V>>) -> LeaderGuard<'_, K, V, S> {
         // The guard exists before the clock (user code) is read: should
         // the read panic, the guard abandons the load instead of leaving
@@ -513,7 +524,12 @@ where
     /// the others block until it finishes and share its value or its error.
     /// A value is cached; an error is not, so the next call loads again.
     /// A value whose key was written, removed or invalidated while it loaded
-    /// is returned but not cached (it may predate that change).
+    /// is returned but not cached (it may predate that change). A caller
+    /// that gets the value without running its loader (it waited, or found
+    /// the value just stored) uses the key as a [`get`](Self::get) hit does:
+    /// the entry's time-to-idle restarts and the policy sees the use. Each
+    /// call counts one read in [`stats`](Self::stats): the miss that sent it
+    /// to load.
     ///
     /// If the loading thread panics, its panic propagates to it alone and one
     /// of the waiting threads runs its own loader instead.
@@ -553,7 +569,10 @@ where
         let me = std::thread::current().id();
         let slot = loop {
             match self.join(&key, Some(me)) {
-                Join::Hit(value) => return Ok(value),
+                Join::Hit(value) => {
+                    self.touch(&key);
+                    return Ok(value);
+                }
                 Join::Leader(slot) => break slot,
                 Join::Follower(slot) => {
                     // Waiting here would wait for this very thread.
@@ -563,7 +582,7 @@ where
                          on its own thread, which would wait for itself forever"
                     );
                     if let Some(result) = settle(slot.wait()) {
-                        return result;
+                        return self.waited(&key, result);
                     }
                 }
             }
@@ -578,7 +597,8 @@ where
     /// awaits its loader and the others wait (without blocking a thread) and
     /// share its value or its error. A value is cached; an error is not; a
     /// value superseded by a write, remove or invalidation of its key while
-    /// it loaded is returned but not cached.
+    /// it loaded is returned but not cached. A waiter's read uses the key
+    /// as in [`get_or_load`](Self::get_or_load).
     ///
     /// Cancellation is safe: a waiting task that is dropped just stops
     /// waiting; if the loading task is dropped, its load is abandoned and one
@@ -633,7 +653,10 @@ where
         }
         let slot = loop {
             match self.join(&key, None) {
-                Join::Hit(value) => return Ok(value),
+                Join::Hit(value) => {
+                    self.touch(&key);
+                    return Ok(value);
+                }
                 Join::Leader(slot) => break slot,
                 Join::Follower(slot) => {
                     // Waiting here would wait for this very loader.
@@ -647,7 +670,7 @@ where
                         waker_index: None,
                     };
                     if let Some(result) = settle(wait.await) {
-                        return result;
+                        return self.waited(&key, result);
                     }
                 }
             }

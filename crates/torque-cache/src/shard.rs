@@ -485,6 +485,63 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
     }
 
+    /// Records a use of `key` as [`Self::get_shared`] does on a hit (its
+    /// time-to-idle, its hit count) but counts no read: for a caller that
+    /// got the key's value from a load it waited for. Nothing if the key
+    /// is absent or expired.
+    pub(crate) fn touch_shared<Q>(&self, hash: u64, key: &Q, timing: Timing)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            return;
+        };
+        if let Some(times) = self.times.get(id as usize) {
+            if times.deadline(timing.tti) <= timing.now {
+                return;
+            }
+            if timing.tti != NEVER {
+                times.touch(timing.now);
+            }
+        }
+        if self.count_hits {
+            self.cells[id as usize].bump();
+        }
+    }
+
+    /// Records a use of `key` as [`Self::get_exclusive`] does on a hit
+    /// (its time-to-idle, its hit count, the policy) but counts no read:
+    /// see [`Self::touch_shared`].
+    pub(crate) fn touch_exclusive<Q>(&mut self, hash: u64, key: &Q, timing: Timing)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(id) = self.find(hash, key) else {
+            return;
+        };
+        let mut deadline = NEVER;
+        if let Some(times) = self.times.get_mut(id as usize) {
+            deadline = times.deadline(timing.tti);
+            if deadline <= timing.now {
+                return;
+            }
+            if timing.tti != NEVER {
+                *times.accessed.get_mut() = timing.now;
+                deadline = times.deadline(timing.tti);
+            }
+        }
+        let cell = &self.cells[id as usize];
+        if cell.entry.is_none() {
+            return;
+        }
+        if self.count_hits {
+            cell.bump();
+        }
+        self.policy.on_access(id, deadline);
+    }
+
     /// Looks `key` up for a read: counts a hit or a miss, tells the policy,
     /// and frees the entry if it has expired.
     pub(crate) fn get<Q>(

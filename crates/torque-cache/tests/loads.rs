@@ -4,10 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use torque_cache::LocalCache;
+use torque_cache::{LocalCache, MockClock, Policy};
 
 const WAITERS: usize = 1000;
 
@@ -1018,5 +1019,160 @@ fn regression_a_panicking_waker_does_not_leave_the_other_waiters_asleep() {
             (s.loads, s.load_failures),
             if fails { (0, 1) } else { (1, 0) }
         );
+    }
+}
+
+#[test]
+fn regression_a_waiter_that_gets_the_loaded_value_refreshes_its_time_to_idle() {
+    // A waiter's read of the key is an access like a `get` hit: it must
+    // restart the entry's time-to-idle. Waiters got the value from the
+    // load and never touched the entry, so it expired one time-to-idle
+    // after the load however often it was asked for.
+    for policy in [Policy::Adaptive, Policy::Lru, Policy::Fifo, Policy::Ttl] {
+        let clock = MockClock::new();
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .policy(policy)
+            .time_to_idle(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build()
+            .expect("valid config");
+        let open = Arc::new(AtomicBool::new(false));
+        let noop = std::task::Waker::noop();
+        let mut leader = std::pin::pin!(cache.get_or_load_async(1, {
+            let open = Arc::clone(&open);
+            || async move {
+                opened(open).await;
+                Ok::<_, ()>(5)
+            }
+        }));
+        assert!(poll_with(leader.as_mut(), noop).is_pending());
+        let mut waiter = std::pin::pin!(cache.get_or_load_async(1, || async { Ok::<_, ()>(6) }));
+        assert!(poll_with(waiter.as_mut(), noop).is_pending());
+        open.store(true, Ordering::SeqCst);
+        // Stored at 0 s, idle until 10 s.
+        assert_eq!(poll_with(leader.as_mut(), noop), Poll::Ready(Ok(5)));
+        clock.advance(Duration::from_secs(8));
+        // The waiter reads it at 8 s: idle until 18 s.
+        assert_eq!(poll_with(waiter.as_mut(), noop), Poll::Ready(Ok(5)));
+        clock.advance(Duration::from_secs(4));
+        assert_eq!(
+            cache.get(&1),
+            Some(5),
+            "{policy:?}: the waiter's read at 8 s refreshed the time-to-idle"
+        );
+    }
+}
+
+#[test]
+fn regression_a_waiter_that_gets_the_loaded_value_counts_as_a_use_for_lru() {
+    // Like a `get` hit, a waiter's read makes the key the most recently
+    // used; it did not, so the key was evicted first though just read.
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(2)
+        .shards(1)
+        .policy(Policy::Lru)
+        .build()
+        .expect("valid config");
+    let open = Arc::new(AtomicBool::new(false));
+    let noop = std::task::Waker::noop();
+    let mut leader = std::pin::pin!(cache.get_or_load_async(1, {
+        let open = Arc::clone(&open);
+        || async move {
+            opened(open).await;
+            Ok::<_, ()>(1)
+        }
+    }));
+    assert!(poll_with(leader.as_mut(), noop).is_pending());
+    let mut waiter = std::pin::pin!(cache.get_or_load_async(1, || async { Ok::<_, ()>(6) }));
+    assert!(poll_with(waiter.as_mut(), noop).is_pending());
+    open.store(true, Ordering::SeqCst);
+    assert_eq!(poll_with(leader.as_mut(), noop), Poll::Ready(Ok(1)));
+    cache.insert(2, 2);
+    // Key 1 is read after key 2 was written ...
+    assert_eq!(poll_with(waiter.as_mut(), noop), Poll::Ready(Ok(1)));
+    // ... so key 2 is the least recently used.
+    cache.insert(3, 3);
+    assert_eq!((cache.get(&1), cache.get(&2)), (Some(1), None));
+    // A waiter's read is counted in no statistic: its call missed once.
+    let s = cache.stats();
+    assert_eq!((s.hits, s.misses, s.loads), (1, 3, 1));
+}
+
+/// A clock that, on its `nth` read from when it is armed, writes key 1 to
+/// the cache it serves and then moves on by `then`: as if another caller's
+/// load of the key finished just then.
+#[derive(Debug)]
+struct WritingClock {
+    time: MockClock,
+    cache: std::sync::OnceLock<LocalCache<u32, u32>>,
+    countdown: AtomicUsize,
+    then: Duration,
+}
+
+impl torque_cache::Clock for WritingClock {
+    fn now(&self) -> std::time::Instant {
+        let fire = self
+            .countdown
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            == Ok(1);
+        if fire && let Some(cache) = self.cache.get() {
+            cache.insert(1, 5);
+            self.time.advance(self.then);
+        }
+        self.time.now()
+    }
+}
+
+#[test]
+fn regression_a_caller_that_finds_the_value_on_its_re_read_refreshes_its_time_to_idle() {
+    // A caller whose `get` missed and whose re-read (under the in-flight
+    // map's lock) found the value that a load had just stored returned it
+    // without touching the entry: the time-to-idle ran from the store.
+    for async_load in [false, true] {
+        let time = MockClock::new();
+        let clock = Arc::new(WritingClock {
+            time: time.clone(),
+            cache: std::sync::OnceLock::new(),
+            countdown: AtomicUsize::new(0),
+            then: Duration::from_secs(8),
+        });
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .time_to_idle(Duration::from_secs(10))
+            .clock(SharedClock(Arc::clone(&clock)))
+            .build()
+            .expect("valid config");
+        clock.cache.set(cache.clone()).expect("set once");
+        // The `get` reads the clock first; the re-read second: the value
+        // is written at 0 s between the two, and read at 8 s.
+        clock.countdown.store(2, Ordering::SeqCst);
+        let got = if async_load {
+            match poll_once(cache.get_or_load_async(1, || async { Ok::<_, ()>(6) })) {
+                Poll::Ready(got) => got,
+                Poll::Pending => panic!("nothing to wait for"),
+            }
+        } else {
+            cache.get_or_load(1, || Ok::<_, ()>(6))
+        };
+        assert_eq!(got, Ok(5), "the re-read found the written value");
+        time.advance(Duration::from_secs(4));
+        assert_eq!(
+            cache.get(&1),
+            Some(5),
+            "async: {async_load}: the read at 8 s refreshed the time-to-idle"
+        );
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.loads), (1, 1, 0));
+    }
+}
+
+/// A clock shared with the test.
+#[derive(Debug)]
+struct SharedClock<C>(Arc<C>);
+
+impl<C: torque_cache::Clock> torque_cache::Clock for SharedClock<C> {
+    fn now(&self) -> std::time::Instant {
+        self.0.now()
     }
 }
