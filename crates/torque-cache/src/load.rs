@@ -378,10 +378,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // abandons the load. Whatever the write displaces, and the
                 // clones if the load was superseded, are dropped only after
                 // the lock is released: a `Drop` is user code too.
-                let (write, key, copy) = {
+                // The waiters' clone too: made once the load has left the
+                // map, a panic there left the slot running for ever.
+                let (write, key, copy, shared) = {
                     let _part = self.part_of_load();
                     let write = self.cache.prepare(&self.key, &value);
-                    (write, self.key.clone(), value.clone())
+                    (write, self.key.clone(), value.clone(), value.clone())
                 };
                 // Declared before the lock's guard, so that it drops after
                 // the guard even when a panic unwinds this frame.
@@ -418,7 +420,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // `Drop` may panic, and the slot must not be left running
                 // with nobody to complete it, nor a counted departure go
                 // untold.
-                let woke = self.slot.complete(SlotState::Loaded(value.clone()));
+                let woke = self.slot.complete(SlotState::Loaded(shared));
                 self.cache.notify(&mut removed);
                 drop((left, unstored));
                 if let Some(panic) = woke {

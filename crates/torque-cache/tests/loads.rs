@@ -1176,3 +1176,65 @@ impl<C: torque_cache::Clock> torque_cache::Clock for SharedClock<C> {
         self.0.now()
     }
 }
+
+/// A value whose clone panics once, on the `nth` clone from when it is
+/// armed (clones share the countdown).
+#[derive(Debug)]
+struct CloneBomb(u32, Arc<AtomicUsize>);
+
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        let fire = self
+            .1
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            == Ok(1);
+        assert!(!fire, "a value's clone panics");
+        Self(self.0, Arc::clone(&self.1))
+    }
+}
+
+#[test]
+fn regression_a_value_clone_that_panics_as_a_load_ends_does_not_wedge_its_waiters() {
+    // A finishing load clones its value to store it and again to hand it
+    // to its waiters. The second clone ran after the load had left the
+    // in-flight map and no longer counted as abandoned on a panic, so a
+    // panic there left the slot running for ever: every waiter waited on
+    // a load that nobody would complete.
+    for nth in [1, 2] {
+        let cache: LocalCache<u32, CloneBomb> = LocalCache::new(10);
+        let countdown = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicBool::new(false));
+        let noop = std::task::Waker::noop();
+        let mut leader = std::pin::pin!(cache.get_or_load_async(1, {
+            let (open, countdown) = (Arc::clone(&open), Arc::clone(&countdown));
+            move || async move {
+                opened(open).await;
+                countdown.store(nth, Ordering::SeqCst);
+                Ok::<_, ()>(CloneBomb(5, countdown))
+            }
+        }));
+        assert!(poll_with(leader.as_mut(), noop).is_pending());
+        let woken = Arc::new(CountingWaker::default());
+        let mut waiter = std::pin::pin!(cache.get_or_load_async(1, {
+            let countdown = Arc::clone(&countdown);
+            || async move { Ok::<_, ()>(CloneBomb(6, countdown)) }
+        }));
+        assert!(poll_with(waiter.as_mut(), &Arc::clone(&woken).into()).is_pending());
+        open.store(true, Ordering::SeqCst);
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_with(leader.as_mut(), noop)
+        }));
+        assert!(led.is_err(), "clone {nth}: the leader's clone panicked");
+        assert_eq!(
+            woken.woken.load(Ordering::SeqCst),
+            1,
+            "clone {nth}: the waiter was woken"
+        );
+        // The load was abandoned: the waiter runs its own.
+        match poll_with(waiter.as_mut(), noop) {
+            Poll::Ready(got) => assert_eq!(got.map(|v| v.0), Ok(6), "clone {nth}"),
+            Poll::Pending => panic!("clone {nth}: the waiter waits for ever"),
+        }
+        assert_eq!(cache.get(&1).map(|v| v.0), Some(6));
+    }
+}
