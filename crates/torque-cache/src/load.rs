@@ -41,6 +41,12 @@ type AnyError = Arc<dyn Any + Send + Sync>;
 /// A caught panic's payload, to resume later.
 type Panic = Box<dyn Any + Send>;
 
+/// The in-flight map: the slot of each key being loaded.
+type Pending<K, V> = HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>;
+
+/// One entry of the in-flight map, taken out.
+type PendingEntry<K, V> = (K, Arc<LoadSlot<V>>);
+
 thread_local! {
     /// The loads that this thread is running user code of right now,
     /// innermost last (by their slot's address; the leader holds the slot,
@@ -80,7 +86,7 @@ impl Drop for PollingLoad {
 
 /// In-flight loads and their counters.
 pub(crate) struct Loads<K, V> {
-    pending: Mutex<HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>>,
+    pending: Mutex<Pending<K, V>>,
     /// `pending.len()`, read without the lock by writers (see
     /// [`Loads::supersede`]).
     in_flight: AtomicUsize,
@@ -300,42 +306,55 @@ struct LeaderGuard<'a, K: Hash + Eq, V: Clone, S: BuildHasher> {
 }
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
-    /// Ends the load with `state`; returns a waker's panic (see
-    /// [`LoadSlot::complete`]).
+    /// Ends the load with `state`; returns a panic for the caller to
+    /// resume: the key's, from leaving the map (see [`Self::leave`]), else
+    /// a waker's (see [`LoadSlot::complete`]).
     #[must_use]
     fn release(&mut self, state: SlotState<V>) -> Option<Panic> {
         self.done = true;
         let mut pending = self.cache.inner.loads.pending.lock();
-        let left = self.leave(&mut pending);
+        let (left, lookup) = self.leave(&mut pending);
         drop(pending);
         // Waiters first: the key's `Drop` may panic, and the slot must not
         // be left running with nobody to complete it.
         let woke = self.slot.complete(state);
         drop(left);
-        woke
+        lookup.or(woke)
     }
 
     /// Takes this load out of the in-flight map; returns the map's entry,
     /// for the caller to drop once it has released the map's lock (the
-    /// key's `Drop` is user code, which may use this cache).
+    /// key's `Drop` is user code, which may use this cache), and the panic
+    /// of the key's `Hash` or `Eq` (user code too) if the lookup panicked,
+    /// for the caller to resume once the waiters have the outcome. The
+    /// entry leaves even then, found by its slot without the key's help:
+    /// left in the map once done, it made the load's waiters and every
+    /// later caller of the key wait for ever.
     #[must_use]
-    fn leave(
-        &self,
-        pending: &mut HashMap<K, Arc<LoadSlot<V>>, foldhash::fast::RandomState>,
-    ) -> Option<(K, Arc<LoadSlot<V>>)> {
-        if !pending
-            .get(&self.key)
-            .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
-        {
-            return None;
-        }
-        let left = pending.remove_entry(&self.key);
+    fn leave(&self, pending: &mut Pending<K, V>) -> (Option<PendingEntry<K, V>>, Option<Panic>) {
+        let looked_up = catch_unwind(AssertUnwindSafe(|| {
+            if pending
+                .get(&self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+            {
+                pending.remove_entry(&self.key)
+            } else {
+                None
+            }
+        }));
+        let (left, lookup) = match looked_up {
+            Ok(left) => (left, None),
+            Err(panic) => (
+                pending.extract_if(|_, s| Arc::ptr_eq(s, &self.slot)).next(),
+                Some(panic),
+            ),
+        };
         self.cache
             .inner
             .loads
             .in_flight
             .store(pending.len(), Ordering::SeqCst);
-        left
+        (left, lookup)
     }
 
     /// This load's entry in [`POLLING`].
@@ -404,7 +423,8 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                     }));
                     if let Err(panic) = stored {
                         drop(pending);
-                        // This panic is resumed, not a waker's.
+                        // This panic is resumed, not any that `release`
+                        // caught.
                         let _ = self.release(SlotState::Abandoned);
                         self.cache.notify(&mut removed);
                         resume_unwind(panic);
@@ -414,7 +434,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // Only now: should the write panic, the guard's drop
                 // abandons the load so that waiters retry.
                 self.done = true;
-                let left = self.leave(&mut pending);
+                let (left, lookup) = self.leave(&mut pending);
                 drop(pending);
                 // Waiters and listener before any drop: a key's or value's
                 // `Drop` may panic, and the slot must not be left running
@@ -423,7 +443,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 let woke = self.slot.complete(SlotState::Loaded(shared));
                 self.cache.notify(&mut removed);
                 drop((left, unstored));
-                if let Some(panic) = woke {
+                if let Some(panic) = lookup.or(woke) {
                     resume_unwind(panic);
                 }
                 Ok(value)
@@ -443,9 +463,9 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> Drop for LeaderGuard<'_, K, V, S> {
     fn drop(&mut self) {
-        // A waker's panic resumes here too (a cancelled leader's drop),
-        // unless this thread is already unwinding (a panicking loader):
-        // a second panic would abort the process.
+        // A panic `release` caught resumes here too (a cancelled leader's
+        // drop), unless this thread is already unwinding (a panicking
+        // loader): a second panic would abort the process.
         if !self.done
             && let Some(panic) = self.release(SlotState::Abandoned)
             && !std::thread::panicking()

@@ -1238,3 +1238,76 @@ fn regression_a_value_clone_that_panics_as_a_load_ends_does_not_wedge_its_waiter
         assert_eq!(cache.get(&1).map(|v| v.0), Some(6));
     }
 }
+
+/// A key whose `Eq` panics once, on its next call after `bomb` is set
+/// (clones share it).
+#[derive(Debug, Clone)]
+struct EqBomb(u32, Arc<AtomicBool>);
+
+impl PartialEq for EqBomb {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!self.1.swap(false, Ordering::SeqCst), "a key's eq panics");
+        self.0 == other.0
+    }
+}
+
+impl Eq for EqBomb {}
+
+impl std::hash::Hash for EqBomb {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+#[test]
+fn regression_a_key_eq_that_panics_as_a_load_leaves_the_map_does_not_wedge_the_key() {
+    // A finishing load looks its key up in the in-flight map to leave it
+    // (the key's `Eq`, user code). A panic there left the slot in the map
+    // and running, after the load had been marked done: its waiters and
+    // every later caller of the key waited for ever.
+    for fails in [false, true] {
+        let cache: LocalCache<EqBomb, u32> = LocalCache::new(10);
+        let bomb = Arc::new(AtomicBool::new(false));
+        let key = || EqBomb(1, Arc::clone(&bomb));
+        let open = Arc::new(AtomicBool::new(false));
+        let noop = std::task::Waker::noop();
+        let mut leader = std::pin::pin!(cache.get_or_load_async(key(), {
+            let (open, bomb) = (Arc::clone(&open), Arc::clone(&bomb));
+            move || async move {
+                opened(open).await;
+                bomb.store(true, Ordering::SeqCst);
+                if fails { Err(()) } else { Ok(5) }
+            }
+        }));
+        assert!(poll_with(leader.as_mut(), noop).is_pending());
+        let woken = Arc::new(CountingWaker::default());
+        let mut waiter =
+            std::pin::pin!(cache.get_or_load_async(key(), || async { Ok::<_, ()>(6) }));
+        assert!(poll_with(waiter.as_mut(), &Arc::clone(&woken).into()).is_pending());
+        open.store(true, Ordering::SeqCst);
+        let led = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_with(leader.as_mut(), noop)
+        }));
+        assert!(led.is_err(), "fails: {fails}: the key's eq panicked");
+        assert!(
+            !bomb.load(Ordering::SeqCst),
+            "the eq that panicked was the map's"
+        );
+        assert_eq!(
+            woken.woken.load(Ordering::SeqCst),
+            1,
+            "fails: {fails}: woken"
+        );
+        let expected = if fails { Err(()) } else { Ok(5) };
+        match poll_with(waiter.as_mut(), noop) {
+            Poll::Ready(got) => assert_eq!(got.map_err(|e| *e), expected, "fails: {fails}"),
+            Poll::Pending => panic!("fails: {fails}: the waiter waits for ever"),
+        }
+        // The key is not wedged: it loads again once removed.
+        cache.remove(&key());
+        match poll_once(cache.get_or_load_async(key(), || async { Ok::<_, ()>(7) })) {
+            Poll::Ready(got) => assert_eq!(got.map_err(|e| *e), Ok(7), "fails: {fails}"),
+            Poll::Pending => panic!("fails: {fails}: a later load waits for ever"),
+        }
+    }
+}
