@@ -19,11 +19,15 @@ pub struct CacheStats {
     pub inserts: u64,
     /// Entries that left the cache, by cause.
     pub evictions: Evictions,
-    /// Loads (`get_or_load*`) that returned a value.
+    /// Loads (`get_or_load*`) that returned a value: one per loader run,
+    /// however many callers shared it.
     pub loads: u64,
     /// Loads that returned an error (errors are not cached).
     pub load_failures: u64,
-    /// Time spent in loads, successful or not, by the cache's clock.
+    /// Time spent in the loads counted in `loads` and `load_failures`, by
+    /// the cache's clock. A load that never returned (its loader panicked,
+    /// or its leader's future was dropped) is counted in none of the three;
+    /// the load a waiter then runs instead is.
     pub total_load_time: Duration,
 }
 
