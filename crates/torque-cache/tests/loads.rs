@@ -1023,6 +1023,44 @@ fn regression_a_panicking_waker_does_not_leave_the_other_waiters_asleep() {
 }
 
 #[test]
+fn regression_a_panicking_waker_does_not_leave_the_other_waiters_asleep_when_the_leader_is_dropped()
+{
+    // A cancelled leader wakes its waiters to start over; a waker that
+    // panicked there left the waiters after it asleep, and nobody loaded.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let noop = std::task::Waker::noop();
+    let mut leader = Box::pin(cache.get_or_load_async(1, || async {
+        std::future::pending::<()>().await;
+        Ok::<_, ()>(5)
+    }));
+    assert!(poll_with(leader.as_mut(), noop).is_pending());
+    let bad = Arc::new(CountingWaker {
+        panics: true,
+        ..CountingWaker::default()
+    });
+    let good = Arc::new(CountingWaker::default());
+    let waiter = |v: u32| cache.get_or_load_async(1, move || async move { Ok::<_, ()>(v) });
+    let mut first = std::pin::pin!(waiter(6));
+    let mut second = std::pin::pin!(waiter(7));
+    assert!(poll_with(first.as_mut(), &Arc::clone(&bad).into()).is_pending());
+    assert!(poll_with(second.as_mut(), &Arc::clone(&good).into()).is_pending());
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leader)));
+    assert_eq!(
+        good.woken.load(Ordering::SeqCst),
+        1,
+        "the waiter after the panicking waker was woken"
+    );
+    assert!(
+        dropped.is_err(),
+        "the drop of the leader resumes the waker's panic"
+    );
+    // The first waiter polled leads a load of its own; the other shares it.
+    assert_eq!(poll_with(second.as_mut(), noop), Poll::Ready(Ok(7)));
+    assert_eq!(poll_with(first.as_mut(), noop), Poll::Ready(Ok(7)));
+    assert_eq!(cache.stats().loads, 1);
+}
+
+#[test]
 fn regression_a_waiter_that_gets_the_loaded_value_refreshes_its_time_to_idle() {
     // A waiter's read of the key is an access like a `get` hit: it must
     // restart the entry's time-to-idle. Waiters got the value from the
