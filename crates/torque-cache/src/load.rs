@@ -543,7 +543,9 @@ where
 
     /// The value for `key`, loading it with `load` on a miss. However many
     /// threads miss the same key at once, one of them runs its loader and
-    /// the others block until it finishes and share its value or its error.
+    /// the others block until it finishes and share its value or its error
+    /// (a waiter whose error type is not the failed loader's cannot share
+    /// its error: it runs its own loader instead).
     /// A value is cached; an error is not, so the next call loads again.
     /// A value whose key was written, removed or invalidated while it loaded
     /// is returned but not cached (it may predate that change). A caller

@@ -1349,3 +1349,30 @@ fn regression_a_key_eq_that_panics_as_a_load_leaves_the_map_does_not_wedge_the_k
         }
     }
 }
+
+#[test]
+fn a_waiter_with_another_error_type_runs_its_own_loader_when_the_load_fails() {
+    // The failed load's error is a `String`; the waiter's loader returns
+    // `()` errors, so it cannot be handed that error and loads itself.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let open = Arc::new(AtomicBool::new(false));
+    let noop = std::task::Waker::noop();
+    let mut leader = std::pin::pin!(cache.get_or_load_async(1, {
+        let open = Arc::clone(&open);
+        || async move {
+            opened(open).await;
+            Err::<u32, _>("db down".to_string())
+        }
+    }));
+    assert!(poll_with(leader.as_mut(), noop).is_pending());
+    let mut waiter = std::pin::pin!(cache.get_or_load_async(1, || async { Ok::<_, ()>(6) }));
+    assert!(poll_with(waiter.as_mut(), noop).is_pending());
+    open.store(true, Ordering::SeqCst);
+    match poll_with(leader.as_mut(), noop) {
+        Poll::Ready(Err(e)) => assert_eq!(*e, "db down"),
+        other => panic!("the leader's load failed: {other:?}"),
+    }
+    assert_eq!(poll_with(waiter.as_mut(), noop), Poll::Ready(Ok(6)));
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 1));
+}
