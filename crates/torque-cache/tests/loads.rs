@@ -1376,3 +1376,28 @@ fn a_waiter_with_another_error_type_runs_its_own_loader_when_the_load_fails() {
     let s = cache.stats();
     assert_eq!((s.loads, s.load_failures), (1, 1));
 }
+
+#[test]
+fn regression_a_key_eq_that_panics_as_a_panicking_loader_is_abandoned_does_not_abort() {
+    // The loader panics; the load's guard, dropped while that panic
+    // unwinds, leaves the in-flight map, which runs the key's `Eq`. Its
+    // panic there was a panic in a drop during unwinding: the process
+    // aborted. Now it is caught, the load is abandoned, and the key loads.
+    let cache: LocalCache<EqBomb, u32> = LocalCache::new(10);
+    let bomb = Arc::new(AtomicBool::new(false));
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_load(EqBomb(1, Arc::clone(&bomb)), || -> Result<u32, ()> {
+            bomb.store(true, Ordering::SeqCst);
+            panic!("a loader bug")
+        })
+    }));
+    assert!(loaded.is_err(), "the loader's panic reaches its caller");
+    assert!(
+        !bomb.load(Ordering::SeqCst),
+        "the key's eq panicked as the load left"
+    );
+    match poll_once(cache.get_or_load_async(EqBomb(1, bomb), || async { Ok::<_, ()>(7) })) {
+        Poll::Ready(got) => assert_eq!(got.map_err(|e| *e), Ok(7)),
+        Poll::Pending => panic!("a later load waits for ever"),
+    }
+}
