@@ -626,7 +626,9 @@ where
     ///
     /// Cancellation is safe: a waiting task that is dropped just stops
     /// waiting; if the loading task is dropped, its load is abandoned and one
-    /// of the waiting tasks starts its own.
+    /// of the waiting tasks starts its own. The load is abandoned before the
+    /// loader's future is dropped, so code in that drop may load the key
+    /// (as a new load).
     ///
     /// # Panics
     /// If the loader awaits `get_or_load_async` for its own key from inside
@@ -700,18 +702,26 @@ where
             }
         };
         let me = Arc::as_ptr(&slot) as usize;
+        // Declared before the guard, so that if this future is dropped
+        // (cancelled) the guard abandons the load before the loader's
+        // future is dropped: that drop runs the loader's own cleanup, and
+        // a cleanup that loads this key waited for ever on the load it
+        // belonged to; now it starts a new one.
+        let mut loading = std::pin::pin!(None);
         let guard = self.lead(key, slot);
         // The call that makes the loader's future and each poll of it are
         // listed in `POLLING`, so that a wait for this load from inside
         // either is caught instead of hanging.
-        let loading = {
+        {
             let _polling = PollingLoad::enter(me);
-            load()
-        };
-        let mut loading = std::pin::pin!(loading);
+            loading.set(Some(load()));
+        }
         let result = std::future::poll_fn(|cx| {
             let _polling = PollingLoad::enter(me);
-            loading.as_mut().poll(cx)
+            match loading.as_mut().as_pin_mut() {
+                Some(loading) => loading.poll(cx),
+                None => unreachable!("the loader's future is set before it is polled"),
+            }
         })
         .await;
         guard.finish(result)

@@ -1401,3 +1401,40 @@ fn regression_a_key_eq_that_panics_as_a_panicking_loader_is_abandoned_does_not_a
         Poll::Pending => panic!("a later load waits for ever"),
     }
 }
+
+/// Loads key 1 (blocking) when dropped, as a loader's cleanup might.
+struct LoadsKeyOneOnDrop(LocalCache<u32, u32>);
+
+impl Drop for LoadsKeyOneOnDrop {
+    fn drop(&mut self) {
+        assert_eq!(self.0.get_or_load(1, || Ok::<_, ()>(9)), Ok(9));
+    }
+}
+
+#[test]
+fn regression_a_cancelled_loader_whose_drop_loads_its_key_does_not_hang() {
+    // Dropping a leader's future dropped its loader's future first, with
+    // the load still in flight: a loader whose drop loads its own key (a
+    // cleanup that refills the cache) waited for the load it was part of,
+    // for ever. The load is now abandoned first, so that load is a new one.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let outcome = bounded({
+        let cache = cache.clone();
+        move || {
+            let inner = cache.clone();
+            let mut leader = Box::pin(cache.get_or_load_async(1, move || async move {
+                let _cleanup = LoadsKeyOneOnDrop(inner);
+                std::future::pending::<()>().await;
+                Ok::<_, ()>(5)
+            }));
+            assert!(poll_with(leader.as_mut(), std::task::Waker::noop()).is_pending());
+            drop(leader);
+        }
+    });
+    assert_eq!(
+        outcome,
+        Ok(()),
+        "the cancelled loader's drop loaded the key"
+    );
+    assert_eq!(cache.get(&1), Some(9));
+}
