@@ -1438,3 +1438,75 @@ fn regression_a_cancelled_loader_whose_drop_loads_its_key_does_not_hang() {
     );
     assert_eq!(cache.get(&1), Some(9));
 }
+
+/// A clock that runs `ahead` of the shared time on one thread: that
+/// thread's reads are later than every other thread's, however the
+/// threads interleave.
+#[derive(Debug)]
+struct AheadOnOneThread {
+    time: MockClock,
+    thread: std::sync::OnceLock<std::thread::ThreadId>,
+    ahead: Duration,
+}
+
+impl torque_cache::Clock for AheadOnOneThread {
+    fn now(&self) -> std::time::Instant {
+        let now = self.time.now();
+        if self.thread.get() == Some(&std::thread::current().id()) {
+            now + self.ahead
+        } else {
+            now
+        }
+    }
+}
+
+#[test]
+fn regression_a_blocking_waiter_that_gets_the_loaded_value_refreshes_its_time_to_idle() {
+    // The blocking counterpart of the async test above: the waiting thread
+    // reads at 8 s a value stored at 0 s (whether it waited for the load,
+    // or came as it ended and found the value on its re-read).
+    let clock = Arc::new(AheadOnOneThread {
+        time: MockClock::new(),
+        thread: std::sync::OnceLock::new(),
+        ahead: Duration::from_secs(8),
+    });
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .policy(Policy::Lru)
+        .time_to_idle(Duration::from_secs(10))
+        .clock(SharedClock(Arc::clone(&clock)))
+        .build()
+        .expect("valid config");
+    let started = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| {
+            cache.get_or_load(1, || {
+                started.store(true, Ordering::SeqCst);
+                // Until the waiter has missed.
+                while cache.stats().misses < 2 {
+                    std::thread::yield_now();
+                }
+                Ok::<_, ()>(5)
+            })
+        });
+        let waiter = s.spawn(|| {
+            clock
+                .thread
+                .set(std::thread::current().id())
+                .expect("set once");
+            // Until the leader is loading.
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            cache.get_or_load(1, || Ok::<_, ()>(6))
+        });
+        assert_eq!(leader.join().expect("no panic"), Ok(5));
+        assert_eq!(waiter.join().expect("no panic"), Ok(5));
+    });
+    clock.time.advance(Duration::from_secs(12));
+    assert_eq!(
+        cache.get(&1),
+        Some(5),
+        "the waiter's read at 8 s refreshed the time-to-idle"
+    );
+}
