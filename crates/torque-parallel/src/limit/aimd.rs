@@ -141,10 +141,51 @@ impl Algorithm for Aimd {
     fn update(&mut self, sample: &Sample) -> usize {
         if sample.outcome == Outcome::Overload || sample.latency > self.timeout {
             self.limit = (self.limit * self.backoff_ratio).floor();
-        } else if sample.in_flight * 2 >= self.limit as usize {
+        } else if sample.in_flight.saturating_mul(2) >= self.limit as usize {
             self.limit += 1.0;
         }
         self.limit = self.limit.clamp(self.min as f64, self.max as f64);
         clamp_limit(self.limit, self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn sample(in_flight: usize, outcome: Outcome) -> Sample {
+        Sample {
+            now: Instant::now(),
+            latency: Duration::from_millis(1),
+            in_flight,
+            outcome,
+        }
+    }
+
+    /// `Sample` is public and `Aimd` usable alone: an in-flight count above
+    /// `usize::MAX / 2` overflowed `in_flight * 2` (a panic in debug
+    /// builds, a wrapped count that refused to grow in release ones).
+    #[test]
+    fn regression_a_huge_in_flight_count_does_not_overflow() {
+        let mut aimd = Aimd::builder().initial_limit(10).build().unwrap();
+        assert_eq!(aimd.update(&sample(usize::MAX, Outcome::Success)), 11);
+        assert_eq!(
+            aimd.update(&sample(usize::MAX / 2 + 1, Outcome::Success)),
+            12
+        );
+    }
+
+    #[test]
+    fn grows_by_one_only_when_half_used_and_backs_off_by_the_ratio() {
+        let mut aimd = Aimd::builder()
+            .initial_limit(10)
+            .backoff_ratio(0.5)
+            .build()
+            .unwrap();
+        assert_eq!(aimd.update(&sample(4, Outcome::Success)), 10, "app limited");
+        assert_eq!(aimd.update(&sample(5, Outcome::Success)), 11);
+        assert_eq!(aimd.update(&sample(1, Outcome::Overload)), 5);
     }
 }
