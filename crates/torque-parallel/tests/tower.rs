@@ -113,3 +113,40 @@ async fn regression_a_layer_over_a_config_built_limiter_is_clone() {
     poll_fn(|cx| second.poll_ready(cx)).await.unwrap();
     assert_eq!(limiter.stats().in_flight, 1);
 }
+
+/// Counts the samples the limiter feeds its algorithm, by outcome.
+#[derive(Debug, Clone, Default)]
+struct Outcomes(std::sync::Arc<std::sync::Mutex<Vec<torque_parallel::limit::Outcome>>>);
+
+impl torque_parallel::limit::Algorithm for Outcomes {
+    fn initial_limit(&self) -> usize {
+        1
+    }
+    fn update(&mut self, sample: &torque_parallel::limit::Sample) -> usize {
+        self.0.lock().unwrap().push(sample.outcome);
+        1
+    }
+}
+
+/// What the docs promise of the response: `Ok` is a success sample, `Err`
+/// (a timeout layer inside answers one) and a dropped response future (a
+/// timeout layer outside drops it) return the permit without a sample —
+/// never a success.
+#[tokio::test(start_paused = true)]
+async fn errors_and_dropped_responses_are_ignored_not_successes() {
+    use torque_parallel::limit::Outcome;
+    let seen = Outcomes::default();
+    let limiter = ConcurrencyLimiter::new(seen.clone());
+    let mut service = LimitLayer::new(limiter.clone()).layer(Slow {
+        delay: Duration::from_millis(10),
+    });
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    assert_eq!(service.call(3).await, Err("odd"));
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let outer_timeout = tokio::time::timeout(Duration::from_millis(5), service.call(2)).await;
+    assert!(outer_timeout.is_err());
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    assert_eq!(service.call(2).await, Ok(2));
+    assert_eq!(*seen.0.lock().unwrap(), [Outcome::Success]);
+    assert_eq!(limiter.stats().in_flight, 0);
+}

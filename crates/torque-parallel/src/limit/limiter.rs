@@ -18,7 +18,9 @@ use super::{Algorithm, Clock, Outcome, Sample, SystemClock};
 /// Something that hands out permits to call a backend.
 ///
 /// [`ConcurrencyLimiter`] is the implementation; the trait lets code that
-/// runs work under a limit (a processor, a tower layer) be generic over it.
+/// runs work under a limit (the processor's `Async` and `Hybrid`
+/// strategies) be generic over it. The tower layer takes a
+/// [`ConcurrencyLimiter`] itself: it needs its owned acquire future.
 pub trait Limiter: Send + Sync {
     /// Takes a permit now, or fails with [`Rejected`] at the limit (for
     /// callers that shed load rather than queue it).

@@ -14,9 +14,12 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Token};
 /// for a permit (tower's backpressure), the response completes the token —
 /// `Ok` as a success with its latency (measured from `call`, not from
 /// `poll_ready`: a service may be kept ready long before a request), `Err`
-/// as ignored (an error may be the
-/// caller's fault; put a timeout layer inside this one and map timeouts to
-/// overloads with [`Token::overload`] if you need that signal).
+/// as ignored (an error may be the caller's fault). A timeout is ignored
+/// too, whether a timeout layer inside this one answers `Err` or one
+/// outside drops the response future: the layer never reports an overload.
+/// Where timeouts must back the limit off, call the limiter directly
+/// ([`Limiter::acquire`](super::Limiter::acquire), then
+/// [`Token::overload`] on a timeout).
 ///
 /// Every service built from one layer shares its limiter.
 ///
