@@ -160,3 +160,19 @@ fn async_batches_publish_io_metrics() {
         });
     });
 }
+
+/// The limit gauge was set only when a token completed: a limiter whose
+/// permits were all still held (or that had only refused) published no
+/// limit, while `stats()` showed it.
+#[test]
+fn regression_the_limit_gauge_is_published_before_the_first_completion() {
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || {
+        let limiter = ConcurrencyLimiter::new(Fixed::new(3));
+        let _held = limiter.try_acquire().unwrap();
+        assert_eq!(
+            recorder.get("torque_parallel_limiter_limit"),
+            limiter.stats().limit as u64
+        );
+    });
+}

@@ -124,6 +124,10 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
     /// paused clock in tests).
     pub fn with_clock(algorithm: A, clock: C) -> Self {
         let limit = algorithm.initial_limit().max(1);
+        // The limit gauge is otherwise set when a token completes: until
+        // then, a limiter would publish no limit at all.
+        #[cfg(feature = "metrics")]
+        super::metrics::record_limit(limit);
         Self {
             shared: Arc::new(Shared {
                 clock,

@@ -14,6 +14,10 @@ pub(super) fn record_acquired(in_flight: usize) {
     metrics::gauge!("torque_parallel_limiter_in_flight").set(in_flight as f64);
 }
 
+pub(super) fn record_limit(limit: usize) {
+    metrics::gauge!("torque_parallel_limiter_limit").set(limit as f64);
+}
+
 pub(super) fn record_rejected() {
     metrics::counter!("torque_parallel_limiter_rejected_total").increment(1);
 }
