@@ -8,8 +8,10 @@ use super::{Algorithm, BuildError, Sample, check_bounds, check_range, clamp_limi
 /// smoothing) + new × smoothing`. `short_rtt` is the sample's latency,
 /// `long_rtt` an exponential average over `long_window` samples (a plain
 /// average over the first 10), cut by 5 % whenever it is more than twice the
-/// short one so that it forgets a past overload. It does not grow while less
-/// than half the limit is in use. Like the original, it ignores overloads.
+/// short one so that it forgets a past overload (during the first 10, the
+/// next sample's plain average replaces the cut, as in the original). While
+/// less than half the limit is in use, the limit does not move. Like the
+/// original, it ignores overloads.
 ///
 /// # Example
 /// ```
@@ -30,6 +32,8 @@ pub struct Gradient2 {
     long_factor: f64,
     long_rtt: f64,
     long_count: usize,
+    /// Sum of the warm-up samples: the long average is their plain mean.
+    long_sum: f64,
 }
 
 /// Builder of [`Gradient2`].
@@ -152,6 +156,7 @@ impl Gradient2Builder {
             long_factor: 2.0 / (self.long_window as f64 + 1.0),
             long_rtt: 0.0,
             long_count: 0,
+            long_sum: 0.0,
         })
     }
 }
@@ -163,10 +168,12 @@ impl Algorithm for Gradient2 {
 
     fn update(&mut self, sample: &Sample) -> usize {
         let short = sample.latency.as_secs_f64().max(1e-9);
-        // Netflix's `ExpAvgMeasurement`: a plain mean while warming up.
+        // Netflix's `ExpAvgMeasurement`: a plain mean while warming up, of
+        // a sum that the cut below does not touch.
         if self.long_count < WARMUP_SAMPLES {
             self.long_count += 1;
-            self.long_rtt += (short - self.long_rtt) / self.long_count as f64;
+            self.long_sum += short;
+            self.long_rtt = self.long_sum / self.long_count as f64;
         } else {
             self.long_rtt = self.long_rtt * (1.0 - self.long_factor) + short * self.long_factor;
         }
@@ -182,5 +189,65 @@ impl Algorithm for Gradient2 {
         let new = self.limit * (1.0 - self.smoothing) + new * self.smoothing;
         self.limit = new.clamp(self.min as f64, self.max as f64);
         clamp_limit(self.limit, self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::limit::Outcome;
+
+    fn sample(latency_ms: u64, in_flight: usize) -> Sample {
+        Sample {
+            now: Instant::now(),
+            latency: Duration::from_millis(latency_ms),
+            in_flight,
+            outcome: Outcome::Success,
+        }
+    }
+
+    #[test]
+    fn gradient_is_tolerance_times_long_over_short_smoothed() {
+        let mut g = Gradient2::builder()
+            .initial_limit(100)
+            .rtt_tolerance(2.0)
+            .smoothing(0.5)
+            .queue_size(4.0)
+            .build()
+            .unwrap();
+        // long = short: gradient clamps to 1, new = 100 + 4, smoothed 102.
+        assert_eq!(g.update(&sample(10, 100)), 102);
+        // long = (10 + 50) / 2 = 30, gradient = 2 × 30 / 50 = 1.2 → 1.
+        assert_eq!(g.update(&sample(50, 100)), 104);
+        // long = 130 / 3 ≈ 43.3, gradient = 2 × 43.3 / 70 ≈ 1.24 → 1.
+        assert_eq!(g.update(&sample(70, 100)), 106);
+        // long = 500 / 4 = 125, gradient = 2 × 125 / 370 ≈ 0.676:
+        // new = 106 × 0.676 + 4 ≈ 75.6, smoothed (106 + 75.6) / 2 ≈ 90.8.
+        assert_eq!(g.update(&sample(370, 100)), 90);
+        // Less than half in use: the limit holds.
+        assert_eq!(g.update(&sample(1000, 40)), 90);
+    }
+
+    /// Netflix's `ExpAvgMeasurement` (the long average) is a plain mean of
+    /// the first 10 samples, kept as a sum: cutting the long average (when
+    /// it is more than twice the short one) during warm-up lasts until the
+    /// next sample only. The running mean here carried the cut into every
+    /// later average.
+    #[test]
+    fn regression_the_warm_up_average_is_the_plain_mean() {
+        let mut g = Gradient2::builder()
+            .initial_limit(1000)
+            .rtt_tolerance(1.0)
+            .smoothing(1.0)
+            .queue_size(0.0)
+            .build()
+            .unwrap();
+        assert_eq!(g.update(&sample(100, 1000)), 1000);
+        // long = 55 > 2 × 10: the long average is cut (to 52.25).
+        assert_eq!(g.update(&sample(10, 1000)), 1000);
+        // long = (100 + 10 + 200) / 3: gradient 0.5167, not 101.5 / 200.
+        assert_eq!(g.update(&sample(200, 1000)), 516);
     }
 }
