@@ -5,10 +5,13 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 /// Delay-based control after TCP Vegas (Brakmo & Peterson, 1995), as Netflix
 /// concurrency-limits' `VegasLimit` applies it to concurrency.
 ///
-/// It estimates the queue as `limit × (1 − rtt_noload / rtt)` and keeps it
-/// between `alpha = 3·log10(limit)` and `beta = 6·log10(limit)`: below
-/// `log10(limit)` the limit grows by `beta`, below alpha by `log10(limit)`,
-/// above beta it shrinks by `log10(limit)`; an overload also shrinks it.
+/// It estimates the queue as `limit × (1 − rtt_noload / rtt)` (rounded up)
+/// and keeps it between `alpha = 3·log10(limit)` and `beta =
+/// 6·log10(limit)`, with `log10` rounded down and at least 1 (Netflix's
+/// `Log10RootFunction`): up to `log10(limit)` the limit grows by `beta`,
+/// below alpha by `log10(limit)`, above beta it shrinks by `log10(limit)`;
+/// an overload also shrinks it. While less than half the limit is in use,
+/// a success leaves it alone.
 /// `rtt_noload` is the lowest latency seen, reset every
 /// `probe_multiplier × limit` samples so that it can rise again. Per-sample
 /// latencies are noisy: wrap it in [`Windowed`](super::Windowed) to feed it
@@ -128,8 +131,10 @@ impl Algorithm for Vegas {
         let current = self.limit;
         let rtt = sample.latency.max(Duration::from_nanos(1));
         self.probe_count += 1;
+        // Netflix's `shouldProbe` (without its random jitter):
+        // `probeMultiplier × limit <= probeCount`.
         if self.probe_multiplier > 0
-            && self.probe_count as f64 > self.probe_multiplier as f64 * current
+            && self.probe_count as f64 >= self.probe_multiplier as f64 * current
         {
             self.probe_count = 0;
             self.rtt_noload = Some(rtt);
@@ -165,5 +170,57 @@ impl Algorithm for Vegas {
         let new = new.clamp(self.min as f64, self.max as f64);
         self.limit = (1.0 - self.smoothing) * current + self.smoothing * new;
         clamp_limit(self.limit, self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn sample(latency_ms: u64, in_flight: usize) -> Sample {
+        Sample {
+            now: Instant::now(),
+            latency: Duration::from_millis(latency_ms),
+            in_flight,
+            outcome: Outcome::Success,
+        }
+    }
+
+    #[test]
+    fn keeps_the_queue_between_alpha_and_beta_of_log10_limit() {
+        // limit 100: log10 = 2, alpha = 6, beta = 12.
+        let mut vegas = Vegas::builder().initial_limit(100).build().unwrap();
+        assert_eq!(vegas.update(&sample(100, 100)), 100, "sets rtt_noload");
+        // queue = ceil(100 × (1 − 100/101)) = 1 ≤ log10: grow by beta.
+        assert_eq!(vegas.update(&sample(101, 100)), 112);
+        // queue = ceil(112 × (1 − 100/105)) = 6: not below alpha, not above beta.
+        assert_eq!(vegas.update(&sample(105, 100)), 112);
+        // queue = ceil(112 × (1 − 100/110)) = 11: not above beta either.
+        assert_eq!(vegas.update(&sample(110, 100)), 112);
+        // queue = ceil(112 × (1 − 100/113)) = 13 > beta: shrink by log10.
+        assert_eq!(vegas.update(&sample(113, 100)), 110);
+        // Less than half in use: the latency says nothing.
+        assert_eq!(vegas.update(&sample(200, 54)), 110);
+    }
+
+    /// The doc (and Netflix's `shouldProbe`, `probeMultiplier × limit <=
+    /// probeCount`) re-measures rtt_noload every `probe_multiplier × limit`
+    /// samples; the test was `>`, one sample late each time.
+    #[test]
+    fn regression_probes_every_multiplier_times_limit_samples() {
+        let mut vegas = Vegas::builder()
+            .initial_limit(10)
+            .probe_multiplier(1)
+            .build()
+            .unwrap();
+        assert_eq!(vegas.update(&sample(10, 10)), 10, "sets rtt_noload");
+        // queue = ceil(10 × (1 − 10/20)) = 5, between alpha (3) and beta (6).
+        for _ in 2..=10 {
+            assert_eq!(vegas.update(&sample(20, 10)), 10);
+        }
+        // The 10th sample re-measured rtt_noload at 20 ms: no queue now.
+        assert_eq!(vegas.update(&sample(20, 10)), 16);
     }
 }
