@@ -299,3 +299,80 @@ fn zero_sizes_are_build_errors() {
         .unwrap_err();
     assert!(matches!(err, BuildError::Zero("queue_capacity")), "{err}");
 }
+
+/// Items the driver has taken from the queue are in no counter until their
+/// batch is written: `stats()` showed a batcher holding 3 items in a
+/// lingering batch, then 5 in a write the sink had not finished, as empty
+/// (`queued` 0, `items` 0).
+#[tokio::test(start_paused = true)]
+async fn regression_items_held_in_a_lingering_or_writing_batch_show_in_stats() {
+    let gate = Arc::new(Semaphore::new(0));
+    let sink_gate = Arc::clone(&gate);
+    let (batcher, driver) = Batcher::builder()
+        .max_size(5)
+        .max_linger(Duration::from_secs(3600))
+        .build(move |_batch: Vec<u32>| {
+            let gate = Arc::clone(&sink_gate);
+            async move {
+                gate.acquire().await.expect("open").forget();
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let mut receipts = Vec::new();
+    for i in 0..3 {
+        receipts.push(batcher.send(i).await.unwrap());
+    }
+    // Let the driver take the items into its batch (it lingers for more).
+    while batcher.queued() > 0 {
+        tokio::task::yield_now().await;
+    }
+    let s = batcher.stats();
+    assert_eq!((s.queued, s.pending, s.items), (0, 3, 0), "lingering");
+
+    // Two more fill the batch: the sink holds all five until the gate opens.
+    for i in 3..5 {
+        receipts.push(batcher.send(i).await.unwrap());
+    }
+    while batcher.queued() > 0 {
+        tokio::task::yield_now().await;
+    }
+    tokio::task::yield_now().await;
+    let s = batcher.stats();
+    assert_eq!((s.queued, s.pending, s.items), (0, 5, 0), "being written");
+
+    gate.add_permits(1);
+    for receipt in receipts {
+        receipt.await.unwrap();
+    }
+    let s = batcher.stats();
+    assert_eq!((s.queued, s.pending, s.items, s.batches), (0, 0, 5, 1));
+    drop(batcher);
+    assert_eq!(driver.await.unwrap().pending, 0);
+}
+
+/// The items of a sink that panicked are lost (their receipts say
+/// `Dropped`): the stats must not show them pending for ever.
+#[tokio::test(start_paused = true)]
+async fn the_items_of_a_sink_that_panicked_are_not_left_pending() {
+    let (batcher, driver) = Batcher::builder()
+        .max_size(2)
+        .build(|_batch: Vec<u32>| async move {
+            panic!("sink bug");
+            #[allow(unreachable_code)]
+            Ok::<(), String>(())
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let receipts = [
+        batcher.send(1).await.unwrap(),
+        batcher.send(2).await.unwrap(),
+    ];
+    assert!(driver.await.unwrap_err().is_panic());
+    for receipt in receipts {
+        assert!(matches!(receipt.await, Err(FlushError::Dropped)));
+    }
+    let s = batcher.stats();
+    assert_eq!((s.queued, s.pending, s.items), (0, 0, 0));
+}

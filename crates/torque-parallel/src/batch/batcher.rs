@@ -99,6 +99,8 @@ struct Counters {
     failed_items: AtomicU64,
     full_batches: AtomicU64,
     size: AtomicUsize,
+    /// Items in the driver's hands: taken from the queue, not yet written.
+    pending: AtomicUsize,
 }
 
 impl Counters {
@@ -111,6 +113,7 @@ impl Counters {
             full_batches: self.full_batches.load(Relaxed),
             size: self.size.load(Relaxed),
             queued,
+            pending: self.pending.load(Relaxed),
         }
     }
 }
@@ -344,6 +347,11 @@ pub struct BatchStats {
     /// Items queued and not yet taken into a batch (0 in the stats `run`
     /// returns).
     pub queued: usize,
+    /// Items taken from the queue into the batch being collected (while it
+    /// lingers) or written, not yet counted in `items` (0 in the stats
+    /// `run` returns). Every item sent is in `queued`, `pending` or
+    /// `items`.
+    pub pending: usize,
 }
 
 /// What [`BatcherBuilder::build`] returns: the handle to send with, and the
@@ -500,6 +508,15 @@ pub struct BatchDriver<T, S: Sink<T>> {
     last_sent: Option<Instant>,
 }
 
+/// A driver dropped part-way (or whose sink panicked) writes none of the
+/// items it held: their receipts say [`FlushError::Dropped`], and the
+/// stats no longer show them pending.
+impl<T, S: Sink<T>> Drop for BatchDriver<T, S> {
+    fn drop(&mut self) {
+        self.counters.pending.store(0, Relaxed);
+    }
+}
+
 impl<T, S: Sink<T>> fmt::Debug for BatchDriver<T, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchDriver")
@@ -520,6 +537,7 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
                 Some(first) => buf.push(first),
                 None => break,
             }
+            self.counters.pending.store(buf.len(), Relaxed);
             // Sized once the first item is in hand: how long it waited
             // tells a backlog from an open loop's ordinary queue.
             let target = match &mut self.sizing {
@@ -554,11 +572,14 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
                     }
                     None => self.rx.recv_many(&mut buf, want).await,
                 };
+                self.counters.pending.store(buf.len(), Relaxed);
                 if got == 0 {
                     closed = true;
                     break;
                 }
             }
+            // The linger's end may have taken more without a `got`.
+            self.counters.pending.store(buf.len(), Relaxed);
             if buf.len() >= target {
                 self.counters.full_batches.fetch_add(1, Relaxed);
             }
@@ -589,6 +610,9 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
         let result = self.sink.write(items).await;
         self.counters.batches.fetch_add(1, Relaxed);
         self.counters.items.fetch_add(n as u64, Relaxed);
+        // After `items` has them: a snapshot between may count them twice,
+        // never not at all.
+        self.counters.pending.store(0, Relaxed);
         match result {
             Ok(()) => {
                 if let Sizing::Adaptive(sizer) = &mut self.sizing {
