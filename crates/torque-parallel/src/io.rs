@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::task::{Id, JoinSet};
+use tokio::task::{AbortHandle, Id, JoinSet};
 
 pub use self::stats::IoStats;
 pub(crate) use self::stats::{Counters, Ended};
@@ -541,6 +541,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
             ready: VecDeque::new(),
             cancel,
             registered: None,
+            aborter: None,
             cancelled: false,
             timeout: self.timeout,
             counters: Arc::clone(&self.processor.io().counters),
@@ -620,8 +621,9 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
         }
     }
 
-    /// Runs `item` (whose future is `fut`) as a task or inline.
-    fn push<Fut>(&mut self, index: usize, fut: Fut)
+    /// Runs `item` (whose future is `fut`) as a task or inline; returns
+    /// the task's abort handle.
+    fn push<Fut>(&mut self, index: usize, fut: Fut) -> Option<AbortHandle>
     where
         Fut: Future<Output = Done<R, E>> + Send + 'static,
     {
@@ -637,11 +639,15 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
             Running::Tasks { set, ids } => {
                 let handle = set.spawn(fut);
                 ids.insert(handle.id(), index);
+                Some(handle)
             }
-            Running::Inline(set) => set.push(Caught {
-                index,
-                fut: Box::pin(fut),
-            }),
+            Running::Inline(set) => {
+                set.push(Caught {
+                    index,
+                    fut: Box::pin(fut),
+                });
+                None
+            }
             Running::Undecided => unreachable!("decided above"),
         }
     }
@@ -665,17 +671,30 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
         }
     }
 
-    /// The next finished item; `Ready(None)` when none is running.
-    fn poll_done(&mut self, cx: &mut Context<'_>, counters: &Counters) -> Poll<Option<Done<R, E>>> {
+    /// The next finished item; `Ready(None)` when none is running. A
+    /// reaped task leaves `aborter`.
+    fn poll_done(
+        &mut self,
+        cx: &mut Context<'_>,
+        counters: &Counters,
+        aborter: Option<&Aborter>,
+    ) -> Poll<Option<Done<R, E>>> {
         match self {
             Running::Undecided => Poll::Ready(None),
             Running::Tasks { set, ids } => loop {
+                let forget = |id: &Id| {
+                    if let Some(aborter) = aborter {
+                        aborter.tasks.lock().remove(id);
+                    }
+                };
                 match set.poll_join_next_with_id(cx) {
                     Poll::Ready(Some(Ok((id, item)))) => {
                         ids.remove(&id);
+                        forget(&id);
                         return Poll::Ready(Some(item));
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        forget(&e.id());
                         let Some(index) = ids.remove(&e.id()) else {
                             continue;
                         };
@@ -699,6 +718,28 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                 }
                 done
             }),
+        }
+    }
+}
+
+/// Aborts a batch's tasks when its cancel token fires, registered with the
+/// token as a waker: the batch itself only sees the cancel when polled, and
+/// an `as_completed` stream its consumer holds unpolled would run its items
+/// on until then.
+#[derive(Default)]
+struct Aborter {
+    /// The batch's running tasks; a task leaves when reaped.
+    tasks: parking_lot::Mutex<HashMap<Id, AbortHandle>>,
+}
+
+impl std::task::Wake for Aborter {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        for task in self.tasks.lock().values() {
+            task.abort();
         }
     }
 }
@@ -818,6 +859,9 @@ pub(crate) struct Completions<S, X, F, L, R, E> {
     cancel: Option<CancelToken>,
     /// The waker registered with `cancel`, to unregister on drop.
     registered: Option<Waker>,
+    /// With `cancel` and tasks: aborts them when the token fires, and the
+    /// waker it is registered as (unregistered on drop).
+    aborter: Option<(Arc<Aborter>, Waker)>,
     cancelled: bool,
     timeout: Option<Duration>,
     counters: Arc<Counters>,
@@ -906,7 +950,22 @@ where
         counters.started(TokioClock.now());
         let in_flight = InFlight::new(Arc::clone(&counters));
         let item = run_item(index, fut, token, self.timeout, counters, in_flight);
-        self.running.push(index, item);
+        if let (Some(task), Some(cancel)) = (self.running.push(index, item), &self.cancel) {
+            let (aborter, _) = self.aborter.get_or_insert_with(|| {
+                let aborter = Arc::new(Aborter::default());
+                let waker = Waker::from(Arc::clone(&aborter));
+                // Already cancelled: nothing registered, each task is
+                // aborted below.
+                cancel.register(&waker);
+                (aborter, waker)
+            });
+            aborter.tasks.lock().insert(task.id(), task.clone());
+            // Checked after the insert: a cancel whose wake took the lock
+            // before it has set the flag by now.
+            if cancel.is_cancelled() {
+                task.abort();
+            }
+        }
         None
     }
 }
@@ -1008,7 +1067,8 @@ where
             this.leave_queue();
             return Poll::Ready(Some(result));
         }
-        match this.running.poll_done(cx, &this.counters) {
+        let aborter = this.aborter.as_ref().map(|(a, _)| &**a);
+        match this.running.poll_done(cx, &this.counters, aborter) {
             Poll::Ready(Some(done)) => {
                 this.leave_queue();
                 return Poll::Ready(Some(done));
@@ -1032,6 +1092,9 @@ where
 impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
     fn drop(&mut self) {
         if let (Some(token), Some(waker)) = (&self.cancel, &self.registered) {
+            token.unregister(waker);
+        }
+        if let (Some(token), Some((_, waker))) = (&self.cancel, &self.aborter) {
             token.unregister(waker);
         }
         // Dropping `running` aborts every task still running, or drops

@@ -719,3 +719,37 @@ async fn regression_a_panic_payload_whose_drop_panics_stays_the_items_error() {
     assert!(out[4].as_ref().is_err_and(ItemError::is_panic));
     assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 4);
 }
+
+/// The cancel token woke the batch, but a batch only acts when polled: an
+/// `as_completed` stream the consumer held (after taking its first result)
+/// ran its four other items on for as long as it was not polled again,
+/// though a cancelled async batch aborts its running items at once.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_a_held_as_completed_stream_aborts_its_items_on_cancel() {
+    let token = CancelToken::new();
+    let p = Processor::builder().async_limit(5).build().unwrap();
+    let live = Live::default();
+    let io = p.with_cancel(token.clone()).async_io();
+    let items = io.as_completed(0..5u64, |x| {
+        let guard = live.guard();
+        async move {
+            let _guard = guard;
+            sleep(if x == 0 { MS } else { 10 * MS * 1000 }).await;
+            Ok::<_, ()>(x)
+        }
+    });
+    let mut items = std::pin::pin!(items);
+    assert_eq!(items.next().await.unwrap().0, 0);
+    assert_eq!(live.count(), 4);
+    token.cancel();
+    // The stream is not polled: the cancel alone must stop the items.
+    settle(|| live.count() == 0).await;
+    assert_eq!(p.stats().io.in_flight, 0);
+    let rest: Vec<_> = items.collect().await;
+    assert_eq!(rest.len(), 4);
+    assert!(
+        rest.iter()
+            .all(|(_, r)| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+    assert_every_started_item_is_accounted_for(&p);
+}
