@@ -403,7 +403,13 @@ impl BlockingPool {
                 batch.complete(i, not_run(item), false);
                 continue;
             }
-            let weight = weigh(&item);
+            let (weight, item) = match weigh_caught(&weigh, item) {
+                Ok(weighed) => weighed,
+                Err(panicked) => {
+                    batch.complete(i, panicked, false);
+                    continue;
+                }
+            };
             let mut st = lock(&shared.state);
             if st.shutdown {
                 drop(st);
@@ -451,6 +457,23 @@ impl BlockingPool {
 impl Drop for BlockingPool {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The item with its weight, or, when `weigh` panicked, that item's result:
+/// the panic (the item is dropped, not run; a panic of its `Drop` is
+/// caught too). The weigher is the caller's code run item by item, like
+/// the closure: its panic is the item's, not the batch's.
+fn weigh_caught<T, R, E>(
+    weigh: &impl Fn(&T) -> u64,
+    item: T,
+) -> Result<(u64, T), Result<R, ItemError<E>>> {
+    match catch_unwind(AssertUnwindSafe(|| weigh(&item))) {
+        Ok(weight) => Ok((weight, item)),
+        Err(payload) => {
+            let _ = drop_caught(item);
+            Err(Err(ItemError::Panicked(PanicError::from_box(payload))))
+        }
     }
 }
 
@@ -744,7 +767,13 @@ where
                 batch.complete(i, not_run(item), false);
                 continue;
             }
-            let weight = (this.weigh)(&item);
+            let (weight, item) = match weigh_caught(&this.weigh, item) {
+                Ok(weighed) => weighed,
+                Err(panicked) => {
+                    batch.complete(i, panicked, false);
+                    continue;
+                }
+            };
             let mut st = lock(&shared.state);
             if st.shutdown {
                 drop(st);

@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::num::NonZeroUsize;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use crate::cancel::CancelToken;
 use crate::collect::{Body, CollectWork, Collected, Fallible, Plain};
 use crate::cpu::{Cpu, MapWork, Ran, ReduceWork, key_of};
 use crate::error::BuildError;
-use crate::outcome::{CollectError, ItemError, Summary};
+use crate::outcome::{CollectError, ItemError, PanicError, Summary};
 
 /// Runs batches of work: CPU-bound work on rayon with a learned sequential
 /// cutoff ([`map`](Processor::map), [`try_map`](Processor::try_map),
@@ -601,7 +602,9 @@ impl Processor {
     /// [`map`](Processor::map) under the memory budget: the batch runs in
     /// consecutive waves whose items weigh at most the budget together (an
     /// item heavier than the budget is a wave of its own), so the memory the
-    /// items need while they run stays bounded. Without a budget it is `map`.
+    /// items need while they run stays bounded. Without a budget it is `map`
+    /// (and `weigh` is not called). A panic of `weigh` is that item's
+    /// `ItemError::Panicked`; the item is not run.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder().memory_budget(100).build()?;
@@ -630,8 +633,20 @@ impl Processor {
         while start < items.len() {
             let mut end = start;
             let mut weight = 0u64;
+            // The weigher's panic on `items[end]`, which ends the wave: it
+            // is that item's result (the item is not run), after the wave's.
+            let mut panicked = None;
             while end < items.len() {
-                let w = carried.take().unwrap_or_else(|| weigh(&items[end]));
+                let w = match carried.take() {
+                    Some(w) => w,
+                    None => match catch_unwind(AssertUnwindSafe(|| weigh(&items[end]))) {
+                        Ok(w) => w,
+                        Err(payload) => {
+                            panicked = Some(PanicError::from_box(payload));
+                            break;
+                        }
+                    },
+                };
                 if end > start && weight.saturating_add(w) > budget {
                     carried = Some(w);
                     break;
@@ -639,18 +654,24 @@ impl Processor {
                 weight = weight.saturating_add(w);
                 end += 1;
             }
-            let work = MapWork {
-                f: |x: &T| Ok::<R, Infallible>(f(x)),
-                cancel: self.cancel.as_ref(),
-            };
-            let wave = self.inner.cpu.run_uncounted(
-                key_of::<T, R, F>(),
-                &items[start..end],
-                &work,
-                &mut out,
-            );
-            if wave == Ran::Parallel {
-                ran = Ran::Parallel;
+            if end > start {
+                let work = MapWork {
+                    f: |x: &T| Ok::<R, Infallible>(f(x)),
+                    cancel: self.cancel.as_ref(),
+                };
+                let wave = self.inner.cpu.run_uncounted(
+                    key_of::<T, R, F>(),
+                    &items[start..end],
+                    &work,
+                    &mut out,
+                );
+                if wave == Ran::Parallel {
+                    ran = Ran::Parallel;
+                }
+            }
+            if let Some(panic) = panicked {
+                out.push(Err(ItemError::Panicked(panic)));
+                end += 1;
             }
             start = end;
         }
@@ -786,6 +807,8 @@ impl Blocking<'_> {
     /// heavier than the budget runs alone). Items are admitted in arrival
     /// order across all batches on the pool: an item that finds no room
     /// holds back later arrivals, even ones that would fit, until it is in.
+    /// A panic of `weigh` is that item's `ItemError::Panicked`; the item is
+    /// dropped, not run.
     pub fn map_weighted<T, R, W, F>(
         &self,
         items: Vec<T>,

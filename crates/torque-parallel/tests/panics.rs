@@ -317,3 +317,42 @@ fn regression_a_panic_payload_whose_drop_panics_stays_the_items_error() {
     assert!(out[9].as_ref().is_err_and(ItemError::is_panic));
     assert_eq!(out.iter().filter(|r| r.is_ok()).count(), 15);
 }
+
+/// The weigher is the caller's code run on the caller's behalf, item by
+/// item, like `f`: its panic on item 2 unwound out of `map_weighted` (Cpu,
+/// Blocking and its async form), losing the results of every other item,
+/// including those already running on the blocking threads.
+#[test]
+fn regression_a_panicking_weigher_is_that_items_error() {
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(3)
+        .build()
+        .unwrap();
+    let weigh = |x: &u64| if *x == 2 { panic!("weigh {x}") } else { 1 };
+    let check = |out: &[Result<u64, ItemError>], strategy: &str| {
+        assert_eq!(out.len(), 6, "{strategy}");
+        for (i, r) in out.iter().enumerate() {
+            if i == 2 {
+                assert_eq!(panic_message(r), Some("weigh 2"), "{strategy}");
+            } else {
+                assert_eq!(*r.as_ref().unwrap(), i as u64 * 10, "{strategy}");
+            }
+        }
+    };
+    let items: Vec<u64> = (0..6).collect();
+    check(&p.map_weighted(&items, weigh, |x| x * 10), "cpu");
+    check(
+        &p.blocking().map_weighted(items.clone(), weigh, |x| x * 10),
+        "blocking",
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let out = rt.block_on(
+        p.blocking()
+            .map_weighted_async(items, weigh, |x| Ok::<_, std::convert::Infallible>(x * 10)),
+    );
+    check(&out, "blocking async");
+    assert_eq!(p.stats().blocking_in_flight_weight, 0);
+}
