@@ -350,7 +350,8 @@ pub struct BatchStats {
     /// Items taken from the queue into the batch being collected (while it
     /// lingers) or written, not yet counted in `items` (0 in the stats
     /// `run` returns). Every item sent is in `queued`, `pending` or
-    /// `items`.
+    /// `items` (a snapshot taken while the driver moves items from one to
+    /// the next may be off by those items).
     pub pending: usize,
 }
 
