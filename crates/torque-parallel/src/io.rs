@@ -270,7 +270,10 @@ impl<L: Limiter + 'static> AsyncIo<L> {
 
     /// `f(item)` for every item, each future run under the limit; the
     /// results in input order. A panicking future is that item's
-    /// [`ItemError::Panicked`]; the batch goes on.
+    /// [`ItemError::Panicked`]; the batch goes on. A panic of the input
+    /// itself (the iterator's `next`, the stream's `poll_next`) is the
+    /// `Panicked` of the item it was making, the last one taken: the input
+    /// is not resumed, and the vector ends there.
     ///
     /// Dropping the returned future cancels the batch and drops (aborts) its
     /// running items. With the processor's [`CancelToken`] cancelled, the
@@ -378,7 +381,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        let input = items.enumerate().map(|(i, x)| (i, Ok(x)));
+        let input = Indexed::new(items);
         let counters = Arc::clone(&self.processor.io().counters);
         collect_in_order(self.run_as(input, f, Polling::InlineIfOneThread), counters)
     }
@@ -413,9 +416,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         F: FnMut(I::Item) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let input = futures_util::stream::iter(items)
-            .enumerate()
-            .map(|(i, x)| (i, Ok(x)));
+        let input = Indexed::new(futures_util::stream::iter(items));
         let completions = self.run_as(input, move |x| ok(f(x)), Polling::InlineIfOneThread);
         async move {
             let mut summary = Summary {
@@ -495,8 +496,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        let input = items.enumerate().map(|(i, x)| (i, Ok(x)));
-        self.run(input, f)
+        self.run(Indexed::new(items), f)
     }
 
     /// Runs a stream of `(index, item or early error)` through `f`: the
@@ -546,6 +546,52 @@ impl<L: Limiter + 'static> AsyncIo<L> {
             timeout: self.timeout,
             counters: Arc::clone(&self.processor.io().counters),
         }
+    }
+}
+
+/// The input of an async batch: each item with its index, and a panic of
+/// the caller's iterator or stream as the error of the item it was making,
+/// the last: an input that panicked is not polled again (dropped, a panic
+/// of its `Drop` caught).
+struct Indexed<S, E> {
+    /// Boxed: the batch never pins `S` in place; `None` once ended.
+    input: Option<Pin<Box<S>>>,
+    next: usize,
+    _error: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<S, E> Indexed<S, E> {
+    fn new(input: S) -> Self {
+        Indexed {
+            input: Some(Box::pin(input)),
+            next: 0,
+            _error: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S: Stream, E> Stream for Indexed<S, E> {
+    type Item = (usize, Result<S::Item, ItemError<E>>);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(input) = self.input.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (index, item) = match catch_unwind(AssertUnwindSafe(|| input.as_mut().poll_next(cx))) {
+            Ok(Poll::Ready(Some(x))) => (self.next, Ok(x)),
+            Ok(Poll::Ready(None)) => {
+                self.input = None;
+                return Poll::Ready(None);
+            }
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(payload) => {
+                let _ = crate::outcome::drop_caught(self.input.take());
+                let panic = PanicError::from_box(payload);
+                (self.next, Err(ItemError::Panicked(panic)))
+            }
+        };
+        self.next += 1;
+        Poll::Ready(Some((index, item)))
     }
 }
 

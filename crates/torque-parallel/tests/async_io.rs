@@ -753,3 +753,42 @@ async fn regression_a_held_as_completed_stream_aborts_its_items_on_cancel() {
     );
     assert_every_started_item_is_accounted_for(&p);
 }
+
+/// The input iterator is the caller's code run item by item, like the
+/// closure, but its panic in `next()` unwound out of the batch: every
+/// result was lost, those of the items that had run included. It is now
+/// the error of the item it was making, and the input ends there (an
+/// iterator that panicked is not resumed).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_a_panicking_input_iterator_is_the_error_of_the_item_it_was_making() {
+    let input = || (0..10u32).inspect(|&x| assert!(x != 3, "input bug"));
+    let item = |x: u32| async move {
+        sleep(MS).await;
+        Ok::<_, ()>(x)
+    };
+    for inline in [true, false] {
+        let p = Processor::builder().async_limit(2).build().unwrap();
+        let io = p.async_io();
+        let out: Vec<Result<u32, ItemError<()>>> = if inline {
+            io.try_map(input(), item).await
+        } else {
+            let mut done: Vec<_> = io.as_completed(input(), item).collect().await;
+            done.sort_by_key(|(i, _)| *i);
+            done.into_iter().map(|(_, r)| r).collect()
+        };
+        assert_eq!(out.len(), 4, "inline {inline}");
+        for (i, r) in out[..3].iter().enumerate() {
+            assert_eq!(*r.as_ref().unwrap(), i as u32, "inline {inline}");
+        }
+        assert!(
+            matches!(&out[3], Err(ItemError::Panicked(e)) if e.message() == "input bug"),
+            "inline {inline}: {:?}",
+            out[3]
+        );
+        let s = p.stats().io;
+        assert_eq!((s.panicked, s.in_flight), (1, 0), "inline {inline}");
+    }
+    let p = Processor::builder().build().unwrap();
+    let summary = p.async_io().for_each(input(), |_| async {}).await;
+    assert_eq!(summary.panics.len(), 1);
+}
