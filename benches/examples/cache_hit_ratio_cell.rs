@@ -7,7 +7,8 @@
 //! cargo run --release -p torque-benches --example cache_hit_ratio_cell -- scan 1000 5
 //! ```
 //!
-//! Arguments: trace (`zipf0.8`, `zipf1.0`, `scan`), capacity, runs, and
+//! Arguments: trace (`zipf0.8`, `zipf1.0`, `scan`, or beyond the issue's
+//! cells `recency`, `shifting`, `twice`), capacity, runs, and
 //! optionally `lru` to compare our `Lru` (default shards) with
 //! `lru::LruCache` instead.
 
@@ -16,7 +17,9 @@ mod cache_traces;
 
 use std::num::NonZeroUsize;
 
-use cache_traces::{scan_loop_trace, zipf_trace};
+use cache_traces::{
+    double_touch_scan_trace, recency_trace, scan_loop_trace, shifting_zipf_trace, zipf_trace,
+};
 use torque_cache::{LocalCache, Policy};
 
 fn main() {
@@ -24,6 +27,9 @@ fn main() {
     let trace = match args.get(1).map_or("scan", String::as_str) {
         "zipf0.8" => zipf_trace(100_000, 0.8, 1_000_000, 0x7f4a_7c15),
         "zipf1.0" => zipf_trace(100_000, 1.0, 1_000_000, 0x9e37_79b9),
+        "recency" => recency_trace(1_000_000, 0.8, 50_000, 2.0, 0x0bad_5eed),
+        "shifting" => shifting_zipf_trace(100_000, 0.9, 1_000_000, 100_000, 0x5eed_0001),
+        "twice" => double_touch_scan_trace(1_000_000, 500, 0x5eed_0002),
         _ => scan_loop_trace(1_000_000, 0x1234_5678),
     };
     let capacity: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000);
