@@ -43,7 +43,7 @@ pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
 #[cfg(feature = "tower")]
-pub use tower::{LimitLayer, LimitService, ResponseFuture};
+pub use tower::{Classify, IgnoreErrors, LimitLayer, LimitService, ResponseFuture};
 pub use vegas::{Vegas, VegasBuilder};
 pub use windowed::{Windowed, WindowedBuilder};
 

@@ -150,3 +150,155 @@ async fn errors_and_dropped_responses_are_ignored_not_successes() {
     assert_eq!(*seen.0.lock().unwrap(), [Outcome::Success]);
     assert_eq!(limiter.stats().in_flight, 0);
 }
+
+/// Reads tokio's (paused) clock, so latencies follow the simulated time.
+#[derive(Debug, Clone, Copy)]
+struct TokioClock;
+
+impl torque_parallel::limit::Clock for TokioClock {
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error of tower's `Timeout`, stood in for without the dependency.
+#[derive(Debug)]
+struct Elapsed;
+
+impl std::fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request timed out")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+/// tower's `Timeout` over `Slow`: `Elapsed` (boxed, as tower boxes it) when
+/// the backend takes longer than `after`.
+#[derive(Clone)]
+struct Timeout {
+    inner: Slow,
+    after: Duration,
+}
+
+impl Service<u32> for Timeout {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        let response = self.inner.call(request);
+        let after = self.after;
+        Box::pin(async move {
+            match tokio::time::timeout(after, response).await {
+                Ok(answer) => answer.map_err(BoxError::from),
+                Err(_) => Err(Elapsed.into()),
+            }
+        })
+    }
+}
+
+/// The classifier of a typical stack: a timeout is an overload, another
+/// error says nothing, a response is a success.
+fn timeouts_overload(result: &Result<u32, BoxError>) -> torque_parallel::limit::Outcome {
+    use torque_parallel::limit::Outcome;
+    match result {
+        Ok(_) => Outcome::Success,
+        Err(error) if error.is::<Elapsed>() => Outcome::Overload,
+        Err(_) => Outcome::Ignored,
+    }
+}
+
+/// The default `Adaptive` limiter, on tokio's clock. It starts at the
+/// limit of its no-load probe, 4.
+fn default_adaptive() -> ConcurrencyLimiter<torque_parallel::limit::Adaptive, TokioClock> {
+    ConcurrencyLimiter::with_clock(torque_parallel::limit::Adaptive::default(), TokioClock)
+}
+
+/// A timeout layer inside the limit answered `Elapsed`, which the layer
+/// ignored like any error: the default `Adaptive` limiter never backed off
+/// on timeouts behind the layer, whatever the backend did. A classifier
+/// makes them overloads.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_classified_as_overload_backs_the_adaptive_limit_off() {
+    let limiter = default_adaptive();
+    assert_eq!(limiter.limit(), 4);
+    let layer = LimitLayer::new(limiter.clone()).classify(timeouts_overload);
+    let mut service = layer.layer(Timeout {
+        inner: Slow {
+            delay: Duration::from_secs(1),
+        },
+        after: Duration::from_millis(100),
+    });
+    // Still a layer and a service axum's `Router::layer` takes.
+    fn assert_shareable<T: Clone + Send + Sync + 'static>(_: &T) {}
+    assert_shareable(&layer);
+    assert_shareable(&service);
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let error = service.call(2).await.unwrap_err();
+    assert!(error.is::<Elapsed>());
+    assert_eq!(limiter.stats().in_flight, 0);
+    assert_eq!(
+        limiter.limit(),
+        3,
+        "4 × the default backoff 0.9, rounded down"
+    );
+}
+
+/// Without `classify`, errors stay ignored: existing layers see no change.
+#[tokio::test(start_paused = true)]
+async fn without_a_classifier_a_timeout_leaves_the_limit_alone() {
+    let limiter = default_adaptive();
+    assert_eq!(limiter.limit(), 4);
+    let mut service = LimitLayer::new(limiter.clone()).layer(Timeout {
+        inner: Slow {
+            delay: Duration::from_secs(1),
+        },
+        after: Duration::from_millis(100),
+    });
+    for _ in 0..3 {
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        let error = service.call(2).await.unwrap_err();
+        assert!(error.is::<Elapsed>());
+    }
+    assert_eq!(limiter.stats().in_flight, 0);
+    assert_eq!(limiter.limit(), 4);
+}
+
+/// Each outcome the classifier gives reaches the algorithm as such, an
+/// `Ok` included (say a 503 answered as a response), and `Ignored` feeds it
+/// nothing. A dropped response future is still ignored: the classifier
+/// has no result to look at.
+#[tokio::test(start_paused = true)]
+async fn the_classifier_decides_each_responses_outcome() {
+    use torque_parallel::limit::Outcome;
+    let seen = Outcomes::default();
+    let limiter = ConcurrencyLimiter::with_clock(seen.clone(), TokioClock);
+    let mut service = LimitLayer::new(limiter.clone())
+        .classify(|result: &Result<u32, &'static str>| match result {
+            Ok(100) => Outcome::Overload,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Ignored,
+        })
+        .layer(Slow {
+            delay: Duration::from_millis(10),
+        });
+    for (request, answer) in [(2, Ok(2)), (100, Ok(100)), (3, Err("odd"))] {
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        assert_eq!(service.call(request).await, answer);
+    }
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let outer_timeout = tokio::time::timeout(Duration::from_millis(5), service.call(100)).await;
+    assert!(outer_timeout.is_err());
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        [Outcome::Success, Outcome::Overload]
+    );
+    assert_eq!(limiter.stats().in_flight, 0);
+}

@@ -8,18 +8,24 @@ use std::task::{Context, Poll, ready};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Token};
+use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Outcome, Token};
 
 /// Applies a [`ConcurrencyLimiter`] to a tower service: `poll_ready` waits
-/// for a permit (tower's backpressure), the response completes the token —
-/// `Ok` as a success with its latency (measured from `call`, not from
-/// `poll_ready`: a service may be kept ready long before a request), `Err`
-/// as ignored (an error may be the caller's fault). A timeout is ignored
-/// too, whether a timeout layer inside this one answers `Err` or one
-/// outside drops the response future: the layer never reports an overload.
-/// Where timeouts must back the limit off, call the limiter directly
-/// ([`Limiter::acquire`](super::Limiter::acquire), then
-/// [`Token::overload`] on a timeout).
+/// for a permit (tower's backpressure), the response completes the token.
+/// The latency is measured from `call`, not from `poll_ready`: a service
+/// may be kept ready long before a request.
+///
+/// How a response completes its token is up to the layer's classifier
+/// ([`Classify`]). By default ([`IgnoreErrors`]) `Ok` is a success with its latency and `Err`
+/// is ignored (an error may be the caller's fault), so the layer never
+/// reports an overload. Where a timeout or an overload answer must back the
+/// limit off, as the default [`Adaptive`](super::Adaptive) algorithm does
+/// on an [`Outcome::Overload`], say so with
+/// [`classify`](LimitLayer::classify); put the timeout layer inside this
+/// one, so that its `Err` is a result this layer sees. A response
+/// future dropped before it completes (by a timeout layer outside this one,
+/// or a caller that gave up) has no result to classify: its permit is
+/// returned without a sample.
 ///
 /// Every service built from one layer shares its limiter.
 ///
@@ -33,71 +39,197 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Token};
 /// let service = layer.layer(Backend);
 /// # let _ = service;
 /// ```
-pub struct LimitLayer<A, C> {
+pub struct LimitLayer<A, C, K = IgnoreErrors> {
     limiter: ConcurrencyLimiter<A, C>,
+    classifier: K,
 }
 
 /// A clone shares the limiter, so it needs neither the algorithm nor the
 /// clock to be `Clone` (a `LimiterConfig` builds a
 /// `ConcurrencyLimiter<Box<dyn Algorithm>>`, and layers must be `Clone` for
-/// axum's `Router::layer`).
-impl<A, C> Clone for LimitLayer<A, C> {
+/// axum's `Router::layer`). The classifier is cloned: the default and a
+/// closure over `Clone` captures are.
+impl<A, C, K: Clone> Clone for LimitLayer<A, C, K> {
     fn clone(&self) -> Self {
         Self {
             limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
         }
     }
 }
 
 impl<A: Algorithm, C: Clock> LimitLayer<A, C> {
-    /// A layer that limits with `limiter`.
+    /// A layer that limits with `limiter`; `Ok` is a success and `Err` is
+    /// ignored until [`classify`](Self::classify) says otherwise.
     pub fn new(limiter: ConcurrencyLimiter<A, C>) -> Self {
-        Self { limiter }
+        Self {
+            limiter,
+            classifier: IgnoreErrors,
+        }
     }
 }
 
-impl<S, A: Algorithm, C: Clock> Layer<S> for LimitLayer<A, C> {
-    type Service = LimitService<S, A, C>;
+impl<A, C, K> LimitLayer<A, C, K> {
+    /// Completes each response's token with the [`Outcome`] `classifier`
+    /// gives its result, instead of the default's success for `Ok` and
+    /// ignore for `Err`: [`Outcome::Success`] feeds the algorithm the
+    /// latency, [`Outcome::Overload`] tells it to back off (a timeout, a
+    /// "too busy" answer, even one that arrives as an `Ok` response), and
+    /// [`Outcome::Ignored`] returns the permit without a sample.
+    ///
+    /// `classifier` is a closure `Fn(&Result<Response, Error>) -> Outcome`
+    /// (annotate its argument: the layer does not know the service's types
+    /// until it wraps one) or any [`Classify`] implementation. A response
+    /// future dropped before it completes is still ignored.
+    ///
+    /// # Example
+    /// A timeout layer inside the limit answers `Elapsed` errors; making
+    /// them overloads backs the default [`Adaptive`](super::Adaptive)
+    /// limit off.
+    /// ```
+    /// use std::future::{Ready, poll_fn, ready};
+    /// use std::task::{Context, Poll};
+    /// use torque_parallel::limit::{Adaptive, ConcurrencyLimiter, LimitLayer, Outcome};
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// # #[derive(Debug)] struct Elapsed;
+    /// # impl std::fmt::Display for Elapsed {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    /// #         f.write_str("request timed out")
+    /// #     }
+    /// # }
+    /// # impl std::error::Error for Elapsed {}
+    /// /// Stands for a backend behind tower's `Timeout`, which timed out.
+    /// #[derive(Clone)]
+    /// struct TimedOut;
+    ///
+    /// impl Service<&'static str> for TimedOut {
+    ///     type Response = &'static str;
+    ///     type Error = BoxError;
+    ///     type Future = Ready<Result<&'static str, BoxError>>;
+    ///
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///
+    ///     fn call(&mut self, _: &'static str) -> Self::Future {
+    ///         // tower's `tower::timeout::error::Elapsed`, boxed as tower does.
+    ///         ready(Err(Elapsed.into()))
+    ///     }
+    /// }
+    ///
+    /// # fn main() {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let limiter = ConcurrencyLimiter::new(Adaptive::default());
+    /// let layer = LimitLayer::new(limiter.clone()).classify(
+    ///     |result: &Result<&'static str, BoxError>| match result {
+    ///         Ok(_) => Outcome::Success,
+    ///         Err(error) if error.is::<Elapsed>() => Outcome::Overload,
+    ///         Err(_) => Outcome::Ignored,
+    ///     },
+    /// );
+    /// let mut service = layer.layer(TimedOut);
+    ///
+    /// let before = limiter.limit();
+    /// poll_fn(|cx| service.poll_ready(cx)).await?;
+    /// assert!(service.call("GET /").await.is_err());
+    /// assert!(limiter.limit() < before, "the timeout backed the limit off");
+    /// # Ok::<(), BoxError>(())
+    /// # }).unwrap();
+    /// # }
+    /// ```
+    pub fn classify<F>(self, classifier: F) -> LimitLayer<A, C, F> {
+        LimitLayer {
+            limiter: self.limiter,
+            classifier,
+        }
+    }
+}
+
+impl<S, A: Algorithm, C: Clock, K: Clone> Layer<S> for LimitLayer<A, C, K> {
+    type Service = LimitService<S, A, C, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         LimitService {
             inner,
             limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
             acquiring: None,
             permit: None,
         }
     }
 }
 
-impl<A: fmt::Debug, C: fmt::Debug> fmt::Debug for LimitLayer<A, C> {
+impl<A: fmt::Debug, C: fmt::Debug, K> fmt::Debug for LimitLayer<A, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LimitLayer")
             .field("limiter", &self.limiter)
+            .field("classifier", &std::any::type_name::<K>())
             .finish()
     }
 }
 
+/// How a [`LimitLayer`] completes a response's token: the [`Outcome`] of the
+/// service's result.
+///
+/// Implemented by every `Fn(&Result<T, E>) -> Outcome` closure, and by
+/// [`IgnoreErrors`], the default. Implement it on a type of your own where
+/// the classifier must be named (a struct field of the layer's type).
+pub trait Classify<T, E> {
+    /// The outcome of a request that ended with `result`.
+    fn classify(&self, result: &Result<T, E>) -> Outcome;
+}
+
+impl<T, E, F> Classify<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Outcome,
+{
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default [`Classify`]: `Ok` is a success, `Err` is ignored (an error
+/// may be the caller's fault, and says nothing of the backend's load).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreErrors;
+
+impl<T, E> Classify<T, E> for IgnoreErrors {
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        match result {
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Ignored,
+        }
+    }
+}
+
 /// The service [`LimitLayer`] wraps around `S`.
-pub struct LimitService<S, A, C> {
+pub struct LimitService<S, A, C, K = IgnoreErrors> {
     inner: S,
     limiter: ConcurrencyLimiter<A, C>,
+    classifier: K,
     acquiring: Option<Acquire<A, C>>,
     permit: Option<Token>,
 }
 
-impl<S: Clone, A, C> Clone for LimitService<S, A, C> {
+impl<S: Clone, A, C, K: Clone> Clone for LimitService<S, A, C, K> {
     /// A clone has its own readiness: it holds no permit until polled ready.
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
             acquiring: None,
             permit: None,
         }
     }
 }
 
-impl<S, A, C> fmt::Debug for LimitService<S, A, C> {
+impl<S, A, C, K> fmt::Debug for LimitService<S, A, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LimitService")
             .field("ready", &self.permit.is_some())
@@ -105,15 +237,16 @@ impl<S, A, C> fmt::Debug for LimitService<S, A, C> {
     }
 }
 
-impl<S, Request, A, C> Service<Request> for LimitService<S, A, C>
+impl<S, Request, A, C, K> Service<Request> for LimitService<S, A, C, K>
 where
     S: Service<Request>,
     A: Algorithm,
     C: Clock,
+    K: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         if self.permit.is_none() {
@@ -141,22 +274,25 @@ where
         token.restart();
         ResponseFuture {
             inner: self.inner.call(request),
+            classifier: self.classifier.clone(),
             token: Some(token),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`LimitService`]: completes the token when the
-    /// inner future resolves (or is dropped: then the token is ignored).
-    pub struct ResponseFuture<F> {
+    /// The response future of [`LimitService`]: completes the token with
+    /// the classifier's outcome when the inner future resolves (or is
+    /// dropped: then the token is ignored).
+    pub struct ResponseFuture<F, K = IgnoreErrors> {
         #[pin]
         inner: F,
+        classifier: K,
         token: Option<Token>,
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F, K> fmt::Debug for ResponseFuture<F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("token", &self.token)
@@ -164,9 +300,10 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, K, T, E> Future for ResponseFuture<F, K>
 where
     F: Future<Output = Result<T, E>>,
+    K: Classify<T, E>,
 {
     type Output = Result<T, E>;
 
@@ -174,10 +311,9 @@ where
         let this = self.project();
         let output = ready!(this.inner.poll(cx));
         if let Some(token) = this.token.take() {
-            match &output {
-                Ok(_) => token.success(),
-                Err(_) => token.ignore(),
-            }
+            // A classifier that panics drops the token: ignored, the permit
+            // returned.
+            token.complete(this.classifier.classify(&output));
         }
         Poll::Ready(output)
     }
