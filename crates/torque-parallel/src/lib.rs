@@ -143,7 +143,8 @@
 //!
 //! # Feature flags
 //! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
-//!   waits for a permit; the response completes the token). Pulls in
+//!   waits for a permit; the response completes the token, as a classifier
+//!   says: a timeout can be an overload). Pulls in
 //!   `tower-layer`, `tower-service` and `pin-project-lite`.
 //! - `metrics`: publish limiter events through the
 //!   [`metrics`](https://docs.rs/metrics) facade: counters
@@ -180,8 +181,8 @@ mod outcome;
 mod processor;
 
 // The guide's `rust` blocks run as doctests (its batching example needs the
-// `tokio` feature; CI tests with all features).
-#[cfg(all(doctest, feature = "tokio"))]
+// `tokio` feature, its tower example `tower`; CI tests with all features).
+#[cfg(all(doctest, feature = "tokio", feature = "tower"))]
 #[doc = include_str!("../../../docs/parallel.md")]
 struct GuideDoctests;
 
