@@ -243,13 +243,12 @@ impl<L: Limiter + 'static> Hybrid<L> {
     {
         let (tx, rx) = mpsc::channel(self.buffer);
         let lost = Arc::new(Mutex::new(Vec::new()));
-        let counters = Arc::clone(&self.processor.io().counters);
         let stage = CpuStage {
             input: Some(Box::pin(items)),
             next_index: 0,
             cpu: Arc::new(cpu),
             cancel: self.processor.cancel_token().cloned(),
-            counters: Arc::clone(&counters),
+            counters: Arc::clone(&self.processor.io().counters),
             processor: self.processor,
             tx,
             rx,
@@ -263,7 +262,6 @@ impl<L: Limiter + 'static> Hybrid<L> {
             completions: self.io.run(stage, io),
             lost,
             tail: None,
-            counters,
         }
     }
 }
@@ -280,7 +278,6 @@ struct WithLost<S> {
     lost: Lost,
     /// The lost items, once the completions have ended.
     tail: Option<std::vec::IntoIter<usize>>,
-    counters: Arc<Counters>,
 }
 
 impl<S, R, E> Stream for WithLost<S>
@@ -302,11 +299,9 @@ where
                 other => return other,
             }
         }
+        // Counted cancelled when the CPU stage lost them.
         let next = this.tail.as_mut().and_then(Iterator::next);
-        Poll::Ready(next.map(|index| {
-            this.counters.cancelled();
-            (index, Err(ItemError::Cancelled))
-        }))
+        Poll::Ready(next.map(|index| (index, Err(ItemError::Cancelled))))
     }
 }
 
@@ -445,7 +440,11 @@ impl<S, C, U, E> Drop for CpuStage<S, C, U, E> {
         self.counters.queue(0, self.outstanding);
         // Items done or running on rayon whose results nobody will receive
         // now (a running one's send fails): the batch still owes them a
-        // `Cancelled` each.
+        // `Cancelled` each. They are counted now, not when the stream hands
+        // them out: a dropped batch never does.
+        for _ in 0..self.outstanding {
+            self.counters.cancelled();
+        }
         if self.outstanding > 0 {
             self.lost.lock().extend(self.held.iter().flatten());
         }

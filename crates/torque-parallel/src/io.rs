@@ -722,7 +722,6 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
     fn poll_done(
         &mut self,
         cx: &mut Context<'_>,
-        counters: &Counters,
         aborter: Option<&Aborter>,
     ) -> Poll<Option<Done<R, E>>> {
         match self {
@@ -744,12 +743,11 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                         let Some(index) = ids.remove(&e.id()) else {
                             continue;
                         };
+                        // Either way counted by its `InFlight` guard when
+                        // the panic or the abort dropped it.
                         let error = if e.is_panic() {
-                            counters.panicked();
                             ItemError::Panicked(PanicError::from_box(e.into_panic()))
                         } else {
-                            // Counted by its `InFlight` guard when the
-                            // abort dropped it.
                             ItemError::Cancelled
                         };
                         return Poll::Ready(Some((index, Err(error))));
@@ -758,12 +756,9 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                     Poll::Pending => return Poll::Pending,
                 }
             },
-            Running::Inline(set) => set.poll_next_unpin(cx).map(|done| {
-                if let Some((_, Err(ItemError::Panicked(_)))) = &done {
-                    counters.panicked();
-                }
-                done
-            }),
+            // A panicked item was counted by its `InFlight` guard when
+            // `FuturesUnordered` dropped it.
+            Running::Inline(set) => set.poll_next_unpin(cx),
         }
     }
 }
@@ -815,9 +810,8 @@ impl<R, E> Future for Caught<R, E> {
 /// One item, from its permit to its result: times it, completes the
 /// limiter token with the outcome and counts it. `in_flight` leaves
 /// in-flight when the future ends, panics or is dropped (even unpolled:
-/// it is moved in, not made inside), and counts it cancelled if dropped
-/// before its end, unless a panic of its own ended it (counted where it is
-/// caught).
+/// it is moved in, not made inside), and counts it panicked if a panic of
+/// its own ended it, cancelled if it was dropped before its end.
 async fn run_item<Fut, R, E>(
     index: usize,
     fut: Fut,
@@ -832,8 +826,8 @@ where
     let mut in_flight = in_flight;
     let mut item = std::pin::pin!(item_body(index, fut, token, timeout, counters));
     // A poll of the item that does not return is a panic of its own (the
-    // future's, or the limit algorithm's): `in_flight` must then not count
-    // it cancelled too. `std::thread::panicking` cannot tell that panic from
+    // future's, or the limit algorithm's): `in_flight` counts it panicked,
+    // not cancelled. `std::thread::panicking` cannot tell that panic from
     // another one that drops the batch.
     let polling = &mut in_flight.polling;
     let done = std::future::poll_fn(|cx| {
@@ -949,10 +943,12 @@ where
                 match input.as_mut().poll_next(cx) {
                     Poll::Ready(Some((index, Ok(x)))) => self.next = Some((index, x)),
                     Poll::Ready(Some((index, Err(e)))) => {
+                        // An item the `Hybrid` CPU stage ended.
                         match &e {
                             ItemError::Panicked(_) => self.counters.panicked(),
                             ItemError::Cancelled => self.counters.cancelled(),
-                            _ => {}
+                            ItemError::Failed(_) => self.counters.failed_before_start(),
+                            ItemError::TimedOut(_) => {}
                         }
                         self.ready.push_back((index, Err(e)));
                         return;
@@ -1016,12 +1012,13 @@ where
     }
 }
 
-/// Counts an item out of in-flight when dropped, and as cancelled when it
-/// is dropped before it ended: aborted by a cancel, or dropped with its
-/// batch (a dropped `map` future, `as_completed` stream or `JoinSet`, also
-/// while a panic of the caller's unwinds), which no result reports. A
-/// panic of the item's is counted where it is caught, so an item whose
-/// poll panicked is not counted here.
+/// Counts an item out of in-flight when dropped; as panicked when its poll
+/// panicked, and as cancelled when it is dropped otherwise before it
+/// ended: aborted by a cancel, or dropped with its batch (a dropped `map`
+/// future, `as_completed` stream or `JoinSet`, also while a panic of the
+/// caller's unwinds), which no result reports. The panic is counted here,
+/// where the item is dropped, rather than where it is caught: a panicked
+/// task a dropped batch never reaped was counted nowhere.
 struct InFlight {
     counters: Arc<Counters>,
     ended: bool,
@@ -1042,7 +1039,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if !self.ended && !self.polling {
+        if self.polling {
+            self.counters.panicked();
+        } else if !self.ended {
             self.counters.cancelled();
         }
         self.counters.left();
@@ -1114,7 +1113,7 @@ where
             return Poll::Ready(Some(result));
         }
         let aborter = this.aborter.as_ref().map(|(a, _)| &**a);
-        match this.running.poll_done(cx, &this.counters, aborter) {
+        match this.running.poll_done(cx, aborter) {
             Poll::Ready(Some(done)) => {
                 this.leave_queue();
                 return Poll::Ready(Some(done));
@@ -1142,6 +1141,11 @@ impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
         }
         if let (Some(token), Some((_, waker))) = (&self.cancel, &self.aborter) {
             token.unregister(waker);
+        }
+        // The item taken for the next permit is cancelled with the batch,
+        // as the running ones are.
+        if self.next.is_some() {
+            self.counters.cancelled();
         }
         // Dropping `running` aborts every task still running, or drops
         // every inline item.

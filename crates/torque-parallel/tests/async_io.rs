@@ -509,13 +509,14 @@ async fn an_inline_batch_of_ready_items_lets_other_tasks_run() {
     assert_eq!(seen.load(SeqCst), 1, "the other task ran during the batch");
 }
 
-/// Every item a batch started is accounted for in `stats().io` once it is
-/// no longer in flight: ended (value, error, timeout), panicked or
-/// cancelled.
-fn assert_every_started_item_is_accounted_for(p: &Processor) {
+/// Every item a batch took from its input (`taken`, started or not) is
+/// accounted for in `stats().io` once it is no longer in flight: ended
+/// (value, error, timeout), panicked or cancelled.
+#[track_caller]
+fn assert_every_item_taken_is_accounted_for(p: &Processor, taken: u64) {
     let s = p.stats().io;
     assert_eq!(s.in_flight, 0, "{s:?}");
-    assert_eq!(s.started, s.completed() + s.panicked + s.cancelled, "{s:?}");
+    assert_eq!(taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
 }
 
 /// Items 1 and 2 panic and fail at 5 ms; item `x` of the others takes
@@ -542,9 +543,10 @@ async fn regression_items_running_when_an_inline_batch_is_dropped_count_as_cance
         "{s:?}"
     );
     // Before the fix the four items dropped with the batch were counted
-    // nowhere (cancelled 0).
-    assert_eq!(s.cancelled, 4, "{s:?}");
-    assert_every_started_item_is_accounted_for(&p);
+    // nowhere (cancelled 0); the fifth, item 7 waiting for a permit, until
+    // the stats were made to add up.
+    assert_eq!(s.cancelled, 5, "{s:?}");
+    assert_every_item_taken_is_accounted_for(&p, 8);
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -567,8 +569,9 @@ async fn regression_items_running_when_a_task_batch_is_dropped_count_as_cancelle
         (7, 1, 1, 1),
         "{s:?}"
     );
-    assert_eq!(s.cancelled, 4, "{s:?}");
-    assert_every_started_item_is_accounted_for(&p);
+    // Items 3–6 running, item 7 waiting for a permit.
+    assert_eq!(s.cancelled, 5, "{s:?}");
+    assert_every_item_taken_is_accounted_for(&p, 8);
 }
 
 /// The batch is dropped while a panic of the caller's unwinds (a task
@@ -592,8 +595,9 @@ async fn regression_items_running_when_a_panic_drops_their_batch_count_as_cancel
         (7, 1, 1, 1),
         "{s:?}"
     );
-    assert_eq!(s.cancelled, 4, "{s:?}");
-    assert_every_started_item_is_accounted_for(&p);
+    // Items 3–6 running, item 7 waiting for a permit.
+    assert_eq!(s.cancelled, 5, "{s:?}");
+    assert_every_item_taken_is_accounted_for(&p, 8);
 }
 
 /// Cancelling with the token counts each cancelled item once, as many as
@@ -751,7 +755,7 @@ async fn regression_a_held_as_completed_stream_aborts_its_items_on_cancel() {
         rest.iter()
             .all(|(_, r)| r.as_ref().is_err_and(ItemError::is_cancelled))
     );
-    assert_every_started_item_is_accounted_for(&p);
+    assert_every_item_taken_is_accounted_for(&p, 5);
 }
 
 /// The input iterator is the caller's code run item by item, like the

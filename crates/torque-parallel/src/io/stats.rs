@@ -115,6 +115,14 @@ impl Counters {
         }
     }
 
+    /// An item ended with an error before its future started: the
+    /// `Hybrid` CPU stage's.
+    pub(crate) fn failed_before_start(&self) {
+        self.failed.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("torque_parallel_io_failed_total").increment(1);
+    }
+
     pub(crate) fn panicked(&self) {
         self.panicked.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -196,7 +204,8 @@ pub struct IoStats {
     pub started: u64,
     /// Items that completed with a value.
     pub succeeded: u64,
-    /// Items whose future returned an error (`try_map`).
+    /// Items whose future returned an error (`try_map`), or whose `Hybrid`
+    /// CPU stage did.
     pub failed: u64,
     /// Items that ran past the per-item timeout.
     pub timed_out: u64,
