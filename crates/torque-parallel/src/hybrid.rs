@@ -355,6 +355,7 @@ where
         });
         self.held[slot] = Some(index);
         self.outstanding += 1;
+        self.counters.taken();
         self.counters.queue(1, 0);
         let tx = self.tx.clone();
         let cpu = Arc::clone(&self.cpu);

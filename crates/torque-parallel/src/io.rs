@@ -381,8 +381,8 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        let input = Indexed::new(items);
         let counters = Arc::clone(&self.processor.io().counters);
+        let input = Indexed::new(items, Arc::clone(&counters));
         collect_in_order(self.run_as(input, f, Polling::InlineIfOneThread), counters)
     }
 
@@ -416,7 +416,8 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         F: FnMut(I::Item) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let input = Indexed::new(futures_util::stream::iter(items));
+        let counters = Arc::clone(&self.processor.io().counters);
+        let input = Indexed::new(futures_util::stream::iter(items), counters);
         let completions = self.run_as(input, move |x| ok(f(x)), Polling::InlineIfOneThread);
         async move {
             let mut summary = Summary {
@@ -496,7 +497,8 @@ impl<L: Limiter + 'static> AsyncIo<L> {
         R: Send + 'static,
         E: Send + 'static,
     {
-        self.run(Indexed::new(items), f)
+        let counters = Arc::clone(&self.processor.io().counters);
+        self.run(Indexed::new(items, counters), f)
     }
 
     /// Runs a stream of `(index, item or early error)` through `f`: the
@@ -552,19 +554,21 @@ impl<L: Limiter + 'static> AsyncIo<L> {
 /// The input of an async batch: each item with its index, and a panic of
 /// the caller's iterator or stream as the error of the item it was making,
 /// the last: an input that panicked is not polled again (dropped, a panic
-/// of its `Drop` caught).
+/// of its `Drop` caught). Counts each item it yields `taken`.
 struct Indexed<S, E> {
     /// Boxed: the batch never pins `S` in place; `None` once ended.
     input: Option<Pin<Box<S>>>,
     next: usize,
+    counters: Arc<Counters>,
     _error: std::marker::PhantomData<fn() -> E>,
 }
 
 impl<S, E> Indexed<S, E> {
-    fn new(input: S) -> Self {
+    fn new(input: S, counters: Arc<Counters>) -> Self {
         Indexed {
             input: Some(Box::pin(input)),
             next: 0,
+            counters,
             _error: std::marker::PhantomData,
         }
     }
@@ -591,6 +595,7 @@ impl<S: Stream, E> Stream for Indexed<S, E> {
             }
         };
         self.next += 1;
+        self.counters.taken();
         Poll::Ready(Some((index, item)))
     }
 }
@@ -891,7 +896,9 @@ pub(crate) struct Completions<S, X, F, L, R, E> {
     /// then the batch may keep its place in the limiter's queue while it
     /// hands out a result ([`Self::leave_queue`]).
     polled_to_the_end: bool,
-    /// The one item taken from the input and waiting for a permit.
+    /// The one item taken from the input and waiting for a permit (set and
+    /// taken through [`Self::hold`] and [`Self::unhold`], which keep the
+    /// `awaiting_permit` gauge).
     next: Option<(usize, X)>,
     running: Running<R, E>,
     /// Results that need no task: early errors, cancelled items.
@@ -910,6 +917,17 @@ pub(crate) struct Completions<S, X, F, L, R, E> {
 // The driver never pins `f` or the items; the input is boxed.
 impl<S, X, F, L, R, E> Unpin for Completions<S, X, F, L, R, E> {}
 
+impl<S, X, F, L, R, E> Completions<S, X, F, L, R, E> {
+    /// The item held for the next permit, no longer held.
+    fn unhold(&mut self) -> Option<(usize, X)> {
+        let next = self.next.take();
+        if next.is_some() {
+            self.counters.awaiting_permit(0, 1);
+        }
+        next
+    }
+}
+
 impl<S, X, F, Fut, L, R, E> Completions<S, X, F, L, R, E>
 where
     S: Stream<Item = (usize, Result<X, ItemError<E>>)>,
@@ -925,7 +943,7 @@ where
         self.cancelled = true;
         self.input = None;
         self.acquiring = None;
-        if let Some((index, _)) = self.next.take() {
+        if let Some((index, _)) = self.unhold() {
             self.counters.cancelled();
             self.ready.push_back((index, Err(ItemError::Cancelled)));
         }
@@ -941,7 +959,7 @@ where
                     return;
                 };
                 match input.as_mut().poll_next(cx) {
-                    Poll::Ready(Some((index, Ok(x)))) => self.next = Some((index, x)),
+                    Poll::Ready(Some((index, Ok(x)))) => self.hold(index, x),
                     Poll::Ready(Some((index, Err(e)))) => {
                         // An item the `Hybrid` CPU stage ended.
                         match &e {
@@ -968,13 +986,19 @@ where
                 return;
             };
             self.acquiring = None;
-            if let Some((index, x)) = self.next.take()
+            if let Some((index, x)) = self.unhold()
                 && let Some(result) = self.start(index, x, token)
             {
                 self.ready.push_back((index, result));
                 return;
             }
         }
+    }
+
+    /// Holds item `index` until a permit comes.
+    fn hold(&mut self, index: usize, x: X) {
+        self.counters.awaiting_permit(1, 0);
+        self.next = Some((index, x));
     }
 
     /// Starts item `index`; returns its result instead when making its
@@ -1144,7 +1168,7 @@ impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
         }
         // The item taken for the next permit is cancelled with the batch,
         // as the running ones are.
-        if self.next.is_some() {
+        if self.unhold().is_some() {
             self.counters.cancelled();
         }
         // Dropping `running` aborts every task still running, or drops

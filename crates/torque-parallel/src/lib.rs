@@ -152,9 +152,10 @@
 //!   histogram `torque_parallel_limiter_latency_seconds`, gauges
 //!   `torque_parallel_limiter_{limit,in_flight}` (no recorder is installed;
 //!   that is the application's job). With `tokio` too, the async strategies'
-//!   counters `torque_parallel_io_{started,succeeded,failed,timed_out,panicked,cancelled}_total`,
+//!   counters `torque_parallel_io_{taken,started,succeeded,failed,timed_out,panicked,cancelled}_total`,
 //!   histogram `torque_parallel_io_latency_seconds` and gauges
-//!   `torque_parallel_io_{in_flight,queued}`.
+//!   `torque_parallel_io_{in_flight,queued,awaiting_permit}` (they add up
+//!   as `IoStats`' fields do).
 //! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
 //!   plain configuration that builds any limit algorithm.
 //! - `tokio`: the `Async` and `Hybrid` strategies (`Processor::async_io`,

@@ -338,8 +338,9 @@ pub struct Stats {
     pub blocking_in_flight_weight: u64,
     /// The highest `blocking_in_flight_weight` seen.
     pub blocking_peak_in_flight_weight: u64,
-    /// The `Async` and `Hybrid` strategies: throughput, in flight, limit,
-    /// queue depth, latency percentiles, rejections.
+    /// The `Async` and `Hybrid` strategies: items taken and how they
+    /// ended (these add up, see [`IoStats`](crate::IoStats)), throughput,
+    /// in flight, limit, queue depth, latency percentiles, rejections.
     #[cfg(feature = "tokio")]
     pub io: crate::io::IoStats,
 }

@@ -42,17 +42,36 @@ impl<I: Iterator> Iterator for Counted<I> {
     }
 }
 
-/// Once every batch of `p` has ended: each of the `taken` items is counted
-/// once, by its outcome.
+/// Once every batch of `p` has ended: `stats().io.taken` counts the
+/// `taken` items, and each is counted once by its outcome.
 #[track_caller]
 fn assert_adds_up(p: &Processor, taken: &AtomicU64, what: &str) {
     let s = p.stats().io;
     let taken = taken.load(SeqCst);
-    assert_eq!((s.in_flight, s.queued), (0, 0), "{what}: {s:?}");
+    assert_eq!(
+        (s.in_flight, s.queued, s.awaiting_permit),
+        (0, 0, 0),
+        "{what}: {s:?}"
+    );
+    assert_eq!(s.taken, taken, "{what}: {s:?}");
+    assert!(s.started <= s.taken, "{what}: {s:?}");
     assert_eq!(
         taken,
         s.completed() + s.panicked + s.cancelled,
         "{what}: {taken} taken, {s:?}"
+    );
+}
+
+/// While batches run: the items taken are counted by their outcome or
+/// where they are.
+#[track_caller]
+fn assert_adds_up_live(p: &Processor, what: &str) {
+    let s = p.stats().io;
+    let on_their_way = (s.in_flight + s.queued + s.awaiting_permit) as u64;
+    assert_eq!(
+        s.taken,
+        s.completed() + s.panicked + s.cancelled + on_their_way,
+        "{what}: {s:?}"
     );
 }
 
@@ -95,14 +114,26 @@ async fn a_cancel_counts_the_item_waiting_for_a_permit_once() {
             token.cancel();
         });
         let (input, taken) = counted(0..10u32);
-        let out: Vec<Result<u32, ItemError<()>>> = if inline {
-            io.try_map(input, items).await
-        } else {
-            io.as_completed(input, items)
-                .map(|(_, r)| r)
-                .collect()
-                .await
-        };
+        let batch = tokio::spawn(async move {
+            let out: Vec<Result<u32, ItemError<()>>> = if inline {
+                io.try_map(input, items).await
+            } else {
+                io.as_completed(input, items)
+                    .map(|(_, r)| r)
+                    .collect()
+                    .await
+            };
+            out
+        });
+        sleep(20 * MS).await;
+        let s = p.stats().io;
+        assert_eq!(
+            (s.taken, s.started, s.in_flight, s.awaiting_permit),
+            (8, 7, 4, 1),
+            "inline {inline}: items 3–6 running, 7 waiting: {s:?}"
+        );
+        assert_adds_up_live(&p, &format!("inline {inline}"));
+        let out = batch.await.unwrap();
         cancel.await.unwrap();
         let cancelled = out
             .iter()
@@ -252,6 +283,9 @@ async fn regression_a_dropped_hybrid_batch_counts_every_item_it_took() {
             _ = async {
                 cpu_done.wait_for(|&n| n == N).await.unwrap();
                 io_started.wait_for(|&n| n == 1).await.unwrap();
+                // Item 0 running, the others between the stages or
+                // waiting for the permit.
+                assert_adds_up_live(&p, "hybrid batch at its limit");
             } => {}
         }
     })

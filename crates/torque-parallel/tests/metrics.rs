@@ -135,6 +135,7 @@ fn async_batches_publish_io_metrics() {
                 .await;
             assert_eq!(out.len(), 10);
             let s = p.stats().io;
+            assert_eq!(recorder.get("torque_parallel_io_taken_total"), s.taken);
             assert_eq!(recorder.get("torque_parallel_io_started_total"), s.started);
             assert_eq!(
                 recorder.get("torque_parallel_io_succeeded_total"),
@@ -154,6 +155,7 @@ fn async_batches_publish_io_metrics() {
                 (4, 1, 4, 1)
             );
             assert_eq!(recorder.get("torque_parallel_io_in_flight"), 0);
+            assert_eq!(recorder.get("torque_parallel_io_awaiting_permit"), 0);
             assert!(recorder.get("torque_parallel_io_latency_seconds") > 0);
             // The limiter's own metrics see the same permits.
             assert_eq!(recorder.get("torque_parallel_limiter_acquired_total"), 10);

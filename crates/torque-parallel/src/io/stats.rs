@@ -22,6 +22,7 @@ pub(crate) enum Ended {
 /// atomics (one increment or two per item, next to a task spawn).
 #[derive(Debug)]
 pub(crate) struct Counters {
+    taken: AtomicU64,
     started: AtomicU64,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -30,6 +31,7 @@ pub(crate) struct Counters {
     cancelled: AtomicU64,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
+    awaiting_permit: AtomicUsize,
     latency: [AtomicU64; BUCKETS],
     /// First start and last end of an item: the span throughput is over.
     span: Mutex<Option<(Instant, Instant)>>,
@@ -38,6 +40,7 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
+            taken: AtomicU64::new(0),
             started: AtomicU64::new(0),
             succeeded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -46,6 +49,7 @@ impl Default for Counters {
             cancelled: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            awaiting_permit: AtomicUsize::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
             span: Mutex::new(None),
         }
@@ -65,6 +69,13 @@ fn bucket_bound(i: usize) -> Duration {
 }
 
 impl Counters {
+    /// A batch took an item from its input.
+    pub(crate) fn taken(&self) {
+        self.taken.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("torque_parallel_io_taken_total").increment(1);
+    }
+
     /// An item's task was spawned at `now`.
     pub(crate) fn started(&self, now: Instant) {
         self.started.fetch_add(1, Relaxed);
@@ -152,6 +163,23 @@ impl Counters {
         let _ = queued;
     }
 
+    /// `entered` items began and `left` items stopped waiting for a
+    /// permit.
+    pub(crate) fn awaiting_permit(&self, entered: usize, left: usize) {
+        #[cfg(feature = "metrics")]
+        let _order = self.span.lock();
+        let mut awaiting = 0;
+        if entered > 0 {
+            awaiting = self.awaiting_permit.fetch_add(entered, Relaxed) + entered;
+        }
+        if left > 0 {
+            awaiting = self.awaiting_permit.fetch_sub(left, Relaxed) - left;
+        }
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("torque_parallel_io_awaiting_permit").set(awaiting as f64);
+        let _ = awaiting;
+    }
+
     pub(crate) fn snapshot(&self, limiter: crate::limit::Stats) -> IoStats {
         let counts: [u64; BUCKETS] = std::array::from_fn(|i| self.latency[i].load(Relaxed));
         let total: u64 = counts.iter().sum();
@@ -169,6 +197,7 @@ impl Counters {
         };
         let span = *self.span.lock();
         IoStats {
+            taken: self.taken.load(Relaxed),
             started: self.started.load(Relaxed),
             succeeded: self.succeeded.load(Relaxed),
             failed: self.failed.load(Relaxed),
@@ -177,6 +206,7 @@ impl Counters {
             cancelled: self.cancelled.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             queued: self.queued.load(Relaxed),
+            awaiting_permit: self.awaiting_permit.load(Relaxed),
             limit: limiter.limit,
             waiting: limiter.waiting,
             rejected: limiter.rejected,
@@ -191,6 +221,26 @@ impl Counters {
 /// What the `Async` and `Hybrid` strategies of a processor have done, in
 /// [`Stats::io`](crate::Stats::io).
 ///
+/// Every item a batch takes from its input is counted once in
+/// [`taken`](IoStats::taken), and, once it is over, once by how it ended:
+/// [`succeeded`](IoStats::succeeded), [`failed`](IoStats::failed),
+/// [`timed_out`](IoStats::timed_out), [`panicked`](IoStats::panicked) or
+/// [`cancelled`](IoStats::cancelled) — whether its future started or not.
+/// So the counters add up:
+///
+/// ```text
+/// taken == completed() + panicked + cancelled + in_flight + queued + awaiting_permit
+/// ```
+///
+/// exactly once no batch is running (the three gauges are then 0); a
+/// snapshot taken while batches run may be off by the few items moving
+/// from one state to the next as it reads them. An item can end without
+/// starting (cancelled while it waits for a permit, its closure or input
+/// panicking as it is made, its `Hybrid` CPU stage failing), so
+/// [`started`](IoStats::started) may be below `taken`, and
+/// `started == completed() + panicked + cancelled + in_flight` does not
+/// hold in general.
+///
 /// Latency percentiles come from a histogram with power-of-two buckets in
 /// microseconds: each is the upper bound of its bucket, so at most twice the
 /// true value. `limit`, `waiting` and `rejected` are those of the
@@ -200,7 +250,12 @@ impl Counters {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IoStats {
-    /// Items whose task was started.
+    /// Items taken from the input (for `Hybrid`, by its CPU stage), started
+    /// or not: each ends up counted once more by its outcome (see above).
+    pub taken: u64,
+    /// Items whose future was started (a task spawned, or polled inline):
+    /// those that got a permit and whose future was made. Items that ended
+    /// before (see above) are not counted here, only by their outcome.
     pub started: u64,
     /// Items that completed with a value.
     pub succeeded: u64,
@@ -209,18 +264,23 @@ pub struct IoStats {
     pub failed: u64,
     /// Items that ran past the per-item timeout.
     pub timed_out: u64,
-    /// Items that panicked (in either `Hybrid` stage).
+    /// Items that panicked: their future, the closure making it, the input
+    /// as it made the item, or either `Hybrid` stage. Started or not.
     pub panicked: u64,
-    /// Items cancelled: not started, aborted while running, or running
-    /// when their batch was dropped (a dropped `map` future or
-    /// `as_completed` stream), so that every started item is, once out of
-    /// flight, completed, panicked or cancelled.
+    /// Items cancelled, started or not: waiting for a permit or between
+    /// the `Hybrid` stages when their batch was cancelled or dropped,
+    /// aborted while running, or running when their batch was dropped (a
+    /// dropped `map` future or `as_completed` stream).
     pub cancelled: u64,
     /// Item tasks running now.
     pub in_flight: usize,
     /// Items in the `Hybrid` strategy's CPU stage or its channel, waiting
     /// for the I/O stage.
     pub queued: usize,
+    /// Items taken from the input and waiting for a permit to start (at
+    /// most one per running batch: a batch takes an item only when it can
+    /// start it soon).
+    pub awaiting_permit: usize,
     /// The current concurrency limit.
     pub limit: usize,
     /// Batches waiting for a permit of the limiter.
