@@ -33,7 +33,9 @@ use crate::processor::Processor;
 /// pipeline with a bounded buffer between the stages.
 ///
 /// An error or panic in either stage is that item's [`ItemError`]; an item
-/// that fails its CPU stage never reaches the I/O stage. Results come back
+/// that fails its CPU stage never reaches the I/O stage. A panic of the
+/// input is the [`ItemError::Panicked`] of the item it was making, and ends
+/// the input, as for [`AsyncIo`]. Results come back
 /// in input order. Dropping the future cancels the batch: the I/O tasks are
 /// aborted, CPU work not yet started is skipped (work already running on
 /// rayon finishes and is discarded). With the processor's [`CancelToken`]
@@ -119,7 +121,10 @@ impl<L: Limiter + 'static> Hybrid<L> {
         self
     }
 
-    /// `io(cpu(item))` for every item; results in input order.
+    /// `io(cpu(item))` for every item; results in input order. A panic of
+    /// the input itself (the iterator's `next`, the stream's `poll_next`)
+    /// is the `Panicked` of the item it was making, the last one taken: the
+    /// input is not resumed, and the vector ends there.
     ///
     /// # Panics
     /// When polled outside a tokio runtime.
@@ -413,10 +418,20 @@ where
             let Some(input) = this.input.as_mut() else {
                 break;
             };
-            match input.as_mut().poll_next(cx) {
-                Poll::Ready(Some(x)) => this.dispatch(x),
-                Poll::Ready(None) => this.input = None,
-                Poll::Pending => break,
+            // The input is the caller's code: its panic is the error of the
+            // item it was making, and it is not polled again (as `Async`'s).
+            match catch_unwind(AssertUnwindSafe(|| input.as_mut().poll_next(cx))) {
+                Ok(Poll::Ready(Some(x))) => this.dispatch(x),
+                Ok(Poll::Ready(None)) => this.input = None,
+                Ok(Poll::Pending) => break,
+                Err(payload) => {
+                    let _ = drop_caught(this.input.take());
+                    let index = this.next_index;
+                    this.next_index += 1;
+                    this.counters.taken();
+                    let panic = PanicError::from_box(payload);
+                    return Poll::Ready(Some((index, Err(ItemError::Panicked(panic)))));
+                }
             }
         }
         match this.rx.poll_recv(cx) {

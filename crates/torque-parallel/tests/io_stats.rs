@@ -296,3 +296,29 @@ async fn regression_a_dropped_hybrid_batch_counts_every_item_it_took() {
     assert_eq!(s.started, 1, "{s:?}");
     assert_adds_up(&p, &taken, "dropped hybrid batch");
 }
+
+/// A panic of a `Hybrid` batch's input is the `Panicked` of the item it
+/// was making, as for `Async` (e4e15d3); it unwound out of the batch.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_a_panicking_hybrid_input_is_the_error_of_the_item_it_was_making() {
+    let p = Processor::builder()
+        .cpu_threads(2)
+        .async_limit(2)
+        .build()
+        .unwrap();
+    let (input, taken) = counted((0..10u32).inspect(|&x| assert!(x != 3, "input bug")));
+    let batch = p.hybrid().map(input, |x| x, |x| async move { x });
+    let out = tokio::spawn(batch)
+        .await
+        .expect("the input's panic escaped the batch");
+    assert_eq!(out.len(), 4);
+    for (i, r) in out[..3].iter().enumerate() {
+        assert_eq!(*r.as_ref().unwrap(), i as u32);
+    }
+    assert!(
+        matches!(&out[3], Err(ItemError::Panicked(e)) if e.message() == "input bug"),
+        "{:?}",
+        out[3]
+    );
+    assert_adds_up(&p, &taken, "hybrid input panic");
+}
