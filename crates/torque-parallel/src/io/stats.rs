@@ -241,6 +241,25 @@ impl Counters {
 /// `started == completed() + panicked + cancelled + in_flight` does not
 /// hold in general.
 ///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), torque_parallel::BuildError> {
+/// let processor = torque_parallel::Processor::builder().build()?;
+/// let out = processor
+///     .async_io()
+///     .try_map(0..5u32, |x| {
+///         assert!(x != 3, "item 3 cannot be made"); // never starts
+///         async move { if x == 4 { Err("four") } else { Ok(x) } }
+///     })
+///     .await;
+/// assert!(out[3].as_ref().is_err_and(|e| e.is_panic()));
+/// let s = processor.stats().io;
+/// assert_eq!((s.taken, s.started), (5, 4));
+/// assert_eq!((s.succeeded, s.failed, s.panicked), (3, 1, 1));
+/// assert_eq!(s.completed() + s.panicked + s.cancelled, s.taken);
+/// # Ok(()) }
+/// ```
+///
 /// Latency percentiles come from a histogram with power-of-two buckets in
 /// microseconds: each is the upper bound of its bucket, so at most twice the
 /// true value. `limit`, `waiting` and `rejected` are those of the
