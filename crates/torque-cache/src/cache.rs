@@ -592,28 +592,25 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         // Filled in place: returned by value, it was copied (48 bytes for
         // `u64` keys and values) on every write.
         let mut removed = self.removed();
+        // User code that runs before anything can leave the cache (the
+        // weigher, the hasher, the clock): a panic there has nothing to
+        // report.
+        let write = self.prepare(&key, &value);
         // The write runs the key's `Eq` (user code) after its sweep may
         // have freed expired entries: should it panic (and the caller catch
         // it), the listener must still hear of those; then the panic
         // resumes.
         let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.store(key, value, ttl, &mut removed);
+            self.store_prepared(key, value, write, ttl, &mut removed);
         }));
+        // The shard counted the insert even if the key's `Eq` panicked;
+        // recorded before the listener, which may panic too.
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_insert();
         self.notify(&mut removed);
         if let Err(panic) = stored {
             std::panic::resume_unwind(panic);
         }
-    }
-
-    /// The write of [`insert`](Self::insert) with a time-to-live in ticks;
-    /// adds what left the cache to `removed`, for the caller to tell the
-    /// listener of and drop once it holds nothing that the listener or a
-    /// `Drop` could wait on (a load's leader first leaves the in-flight
-    /// map).
-    #[inline]
-    pub(crate) fn store(&self, key: K, value: V, ttl: u64, removed: &mut Removed<K, V>) {
-        let write = self.prepare(&key, &value);
-        self.store_prepared(key, value, write, ttl, removed);
     }
 
     /// Runs what a write of `key` and `value` needs from user code (the
@@ -635,8 +632,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
-    /// [`store`](Self::store) with the user code already run (see
-    /// [`Self::prepare`]).
+    /// The write of [`insert`](Self::insert) with a time-to-live in ticks,
+    /// with the user code already run (see [`Self::prepare`]); adds what
+    /// left the cache to `removed`, for the caller to tell the listener of
+    /// and drop once it holds nothing that the listener or a `Drop` could
+    /// wait on (a load's leader first leaves the in-flight map). The caller
+    /// records the insert with the `metrics` feature, then too: a recorder
+    /// is user code, which may use this cache (a write takes the in-flight
+    /// map's lock, which a finishing load holds here).
     pub(crate) fn store_prepared(
         &self,
         key: K,
@@ -645,8 +648,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         ttl: u64,
         removed: &mut Removed<K, V>,
     ) {
-        #[cfg(feature = "metrics")]
-        crate::metrics::record_insert();
         let Prepared {
             weight,
             hash,
@@ -851,9 +852,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             self.publish_due(index, &shard);
             drop(shard);
             self.add_weight(before, 0);
-            self.notify(&mut removed);
+            // Recorded before the listener hears of anything: should it
+            // panic, what the shard cleared is still recorded.
             #[cfg(feature = "metrics")]
             crate::metrics::record_removals(RemovalCause::Removed, cleared.entries());
+            self.notify(&mut removed);
             if let Some(listener) = &self.inner.listener {
                 Self::tell(listener, cleared);
             }

@@ -423,6 +423,9 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                     }));
                     if let Err(panic) = stored {
                         drop(pending);
+                        // Counted by the shard; recorded with no lock held.
+                        #[cfg(feature = "metrics")]
+                        crate::metrics::record_insert();
                         // This panic is resumed, not any that `release`
                         // caught.
                         let _ = self.release(SlotState::Abandoned);
@@ -436,6 +439,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 self.done = true;
                 let (left, lookup) = self.leave(&mut pending);
                 drop(pending);
+                // The recorder is user code, which may write to this cache
+                // (and so take the map's lock): only now.
+                #[cfg(feature = "metrics")]
+                if unstored.is_none() {
+                    crate::metrics::record_insert();
+                }
                 // Waiters and listener before any drop: a key's or value's
                 // `Drop` may panic, and the slot must not be left running
                 // with nobody to complete it, nor a counted departure go

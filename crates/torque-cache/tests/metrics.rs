@@ -167,3 +167,104 @@ fn regression_the_recorder_is_not_called_under_a_shard_lock() {
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the cache deadlocked inside its metrics recorder");
 }
+
+#[test]
+fn regression_invalidate_all_records_the_cleared_entries_when_the_listener_panics() {
+    // `invalidate_all` recorded what it cleared only after telling the
+    // listener of what had expired: a listener that panicked there left
+    // every cleared entry of the shard counted by `stats()` as removed
+    // but never recorded.
+    let recorder = Counting::default();
+    metrics::with_local_recorder(&recorder, || {
+        let clock = torque_cache::MockClock::new();
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .shards(1)
+            .clock(clock.clone())
+            .eviction_listener(|_: &u32, _: &u32, cause| {
+                assert_ne!(cause, torque_cache::RemovalCause::Expired, "listener fails");
+            })
+            .build()
+            .unwrap();
+        cache.insert_with_ttl(1, 1, std::time::Duration::from_secs(5));
+        cache.insert(2, 2);
+        cache.insert(3, 3);
+        clock.advance(std::time::Duration::from_secs(6));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.invalidate_all();
+        }));
+        assert!(outcome.is_err(), "the listener panicked");
+        let s = cache.stats();
+        assert_eq!(s.evictions.removed, 2, "2 and 3 were cleared");
+        assert_eq!(
+            recorder.get("torque_cache_evictions_total{cause=expired}"),
+            s.evictions.expired
+        );
+        assert_eq!(
+            recorder.get("torque_cache_evictions_total{cause=removed}"),
+            s.evictions.removed
+        );
+    });
+}
+
+/// A recorder that, the first time an insert is recorded, removes a key
+/// of the cache (as a recorder that keeps its own bookkeeping in a cache
+/// might).
+struct WritesTheCache {
+    cache: std::sync::OnceLock<LocalCache<u32, u32>>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Recorder for WritesTheCache {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        if key.name() == "torque_cache_inserts_total"
+            && self.armed.swap(false, Ordering::SeqCst)
+            && let Some(cache) = self.cache.get()
+        {
+            cache.remove(&100);
+        }
+        Counter::noop()
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[test]
+fn regression_a_load_records_its_insert_outside_the_in_flight_map_lock() {
+    // A finishing load recorded its insert while it held the in-flight
+    // map's lock: a recorder that wrote to the cache (a write takes that
+    // lock while a load is in flight; parking_lot's lock is not
+    // reentrant) deadlocked. On a thread of its own, so that a deadlock
+    // fails the test instead of hanging it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let recorder = WritesTheCache {
+            cache: std::sync::OnceLock::new(),
+            armed: std::sync::atomic::AtomicBool::new(false),
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let cache = recorder
+                .cache
+                .get_or_init(|| LocalCache::builder().max_capacity(10).build().unwrap());
+            cache.insert(100, 100);
+            recorder.armed.store(true, Ordering::SeqCst);
+            assert_eq!(cache.get_or_load(1, || Ok::<_, ()>(1)), Ok(1));
+            assert!(!recorder.armed.load(Ordering::SeqCst), "the recorder ran");
+            assert!(!cache.contains_key(&100), "its write took effect");
+        });
+        done.send(()).unwrap();
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the load deadlocked inside its metrics recorder");
+}
