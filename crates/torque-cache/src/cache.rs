@@ -296,8 +296,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let mut shard = self.inner.shards[index].write();
             let freed = shard.sweep(timing, removed);
             self.publish_due(index, &shard);
-            drop(shard);
+            // Published before the shard is unlocked, as every sweep does:
+            // a writer that sees the shard without the freed entries must
+            // not see the cache still over capacity and evict for them.
             self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+            drop(shard);
         }
     }
 

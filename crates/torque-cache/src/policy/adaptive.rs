@@ -111,9 +111,11 @@ const PROBATION_OF_HELD_DIVISOR: u64 = 20;
 /// Whether an unweighted shard's window follows the returns of departed
 /// keys ([`Adaptive::adapt`]).
 const ADAPTIVE_WINDOW: bool = true;
-/// The most of a shard the window may grow to (Caffeine's climber stops
-/// at the same share).
-const MAX_WINDOW_SHARE: f64 = 0.8;
+/// The most of a shard the window may grow to: all but a fifth (rounded
+/// up), 80 % (Caffeine's climber stops at the same share).
+const fn max_window(weight: u64) -> u64 {
+    weight - weight.div_ceil(5)
+}
 /// Initial window share of the capacity, in percent (Caffeine's default).
 const INITIAL_WINDOW_PERCENT: f64 = 1.0;
 /// Hill climber: first step, and after a large change in hit rate, as a share
@@ -172,6 +174,9 @@ pub(crate) struct Adaptive {
     /// The window's initial (and least) size, and its most.
     window_min: u64,
     window_cap: u64,
+    /// The window's size for the current [`Self::evict`]
+    /// ([`Self::window_size_now`]), set when it starts.
+    window_now: u64,
     /// Whether the last [`Self::admit_or_recall`] admitted through the
     /// ghost.
     recalled: bool,
@@ -432,7 +437,8 @@ impl Adaptive {
             victims,
             adapts: ADAPTIVE_WINDOW && !weighted && !climb,
             window_min,
-            window_cap: ((capacity as f64 * MAX_WINDOW_SHARE) as u64).max(window_min),
+            window_cap: max_window(capacity).max(window_min),
+            window_now: window_min,
             pending: Vec::new(),
             protected_cap: 0,
             recalled: false,
@@ -583,12 +589,29 @@ impl Adaptive {
         (estimate + resident).min(MAX_HITS + 1)
     }
 
+    /// The window's size for the eviction starting: its learned size, and
+    /// with the adaptation at most [`max_window`] of what the shard
+    /// holds. A shard holds what the global bound leaves it, which can be
+    /// well below its nominal capacity: a window grown towards 80 % of that
+    /// capacity then never reached its size, main space gave up every
+    /// eviction unopposed until it was empty, and no admission filter was
+    /// left (`regression_a_grown_window_in_a_shard_below_its_share_...`).
+    #[inline]
+    fn window_size_now(&self) -> u64 {
+        if !self.adapts {
+            return self.window_max;
+        }
+        let held = self.window_weight + self.probation_weight + self.protected_weight;
+        let most = max_window(held).max(self.window_min);
+        self.window_max.min(most)
+    }
+
     /// Sets protected's limit for an eviction from the main space held as
     /// it starts (see [`Self::protected_limit`]).
     #[inline]
     fn hold_main(&mut self) {
         let held = (self.window_weight + self.probation_weight + self.protected_weight)
-            .saturating_sub(self.window_weight.min(self.window_max));
+            .saturating_sub(self.window_weight.min(self.window_now));
         // At least two units: `held` counts the window's overflow, whose
         // newest (the candidate) needs one older entry to meet.
         self.protected_cap = self
@@ -733,7 +756,7 @@ impl Adaptive {
     /// been a hit with a larger window, so the window grows; one evicted
     /// from main space lately ([`Self::victims`]) would have been a hit
     /// with a larger main space, so the window shrinks. Between its initial
-    /// 1 % and [`MAX_WINDOW_SHARE`]. A window below its size grows as new
+    /// 1 % and [`max_window`]. A window below its size grows as new
     /// keys arrive, main space giving the room ([`Self::contest_more`]);
     /// one above it shrinks at the next evictions, its overflow contesting.
     ///
@@ -916,9 +939,10 @@ impl Adaptive {
         // that tail itself, and is evicted unopposed), and a winner is put
         // back right behind the first entry demoted meanwhile.
         self.demoted_now = 0;
+        self.window_now = self.window_size_now();
         self.hold_main();
         let mut candidate = None;
-        while self.window_weight > self.window_max {
+        while self.window_weight > self.window_now {
             let Some(id) = self.window.back() else {
                 break;
             };
@@ -1036,7 +1060,7 @@ impl Adaptive {
             self.entries -= 1;
             return Some(loser);
         }
-        if self.adapts && self.window_weight < self.window_max {
+        if self.adapts && self.window_weight < self.window_now {
             // The window is below its size, which has grown
             // ([`Self::adapt`]): main space gives the room, unopposed. (At
             // its size, the window's oldest still contests, as without
@@ -1191,9 +1215,10 @@ type ListSnapshot = Vec<(u32, Segment, u8, u8, u32)>;
 impl Adaptive {
     fn evict_textbook(&mut self, hits: &mut impl Hits) -> Option<u32> {
         self.demoted_now = 0;
+        self.window_now = self.window_size_now();
         self.hold_main();
         let mut candidate = None;
-        while self.window_weight > self.window_max {
+        while self.window_weight > self.window_now {
             let Some(id) = self.window.back() else {
                 break;
             };
@@ -1486,6 +1511,37 @@ mod tests {
         p.evict(&mut hits).unwrap();
         assert_eq!(p.window_weight, 1);
         check_lists(&p, "after the shrink");
+    }
+
+    #[test]
+    fn regression_a_grown_window_in_a_shard_below_its_share_leaves_main_space_a_fifth() {
+        // A shard holds what the global bound leaves it, which can be well
+        // below its nominal capacity. A window grown towards 80 % of that
+        // capacity then never reached its size, and main space gave up
+        // every eviction unopposed until it was empty: no admission filter
+        // was left.
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(100, false, false);
+        p.window_max = 80;
+        p.protected_max = Adaptive::protected_share(100, 80);
+        let h = |i: u32| u64::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The shard holds 50 entries at most: every insert past that evicts.
+        let mut free = Vec::new();
+        for i in 0..1_000u32 {
+            let id = free.pop().unwrap_or(i);
+            hits.insert(&mut p, id, h(i), 1);
+            if p.window_weight + p.main_weight() > 50 {
+                free.push(p.evict(&mut hits).unwrap());
+            }
+        }
+        assert_eq!(p.window_weight + p.main_weight(), 50);
+        assert!(
+            p.main_weight() >= 10,
+            "main space holds {} of 50, window {}",
+            p.main_weight(),
+            p.window_weight
+        );
+        check_lists(&p, "under-filled shard");
     }
 
     #[test]
