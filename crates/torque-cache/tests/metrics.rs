@@ -139,10 +139,7 @@ fn regression_the_recorder_is_not_called_under_a_shard_lock() {
     // Removals were recorded while the shard was write-locked: a recorder
     // that uses the cache deadlocked (parking_lot's lock is not
     // reentrant), and every recorder lengthened the critical section.
-    // Run on a thread of its own, so that a deadlock fails the test
-    // instead of hanging it.
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    without_deadlock("the cache", || {
         let recorder = ReadsTheCache {
             cache: std::sync::OnceLock::new(),
         };
@@ -161,11 +158,26 @@ fn regression_the_recorder_is_not_called_under_a_shard_lock() {
             cache.insert(3, 3);
             cache.invalidate_all();
         });
+    });
+}
+
+/// Runs `f` on a thread of its own and waits for it at most 30 s, so that
+/// a deadlock fails the test instead of hanging it.
+fn without_deadlock(what: &str, f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
         done.send(()).unwrap();
     });
-    finished
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the cache deadlocked inside its metrics recorder");
+    match finished.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} deadlocked inside its metrics recorder")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("{what} panicked (its message is above)")
+        }
+    }
 }
 
 #[test]
@@ -244,10 +256,8 @@ fn regression_a_load_records_its_insert_outside_the_in_flight_map_lock() {
     // A finishing load recorded its insert while it held the in-flight
     // map's lock: a recorder that wrote to the cache (a write takes that
     // lock while a load is in flight; parking_lot's lock is not
-    // reentrant) deadlocked. On a thread of its own, so that a deadlock
-    // fails the test instead of hanging it.
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    // reentrant) deadlocked.
+    without_deadlock("the load", || {
         let recorder = WritesTheCache {
             cache: std::sync::OnceLock::new(),
             armed: std::sync::atomic::AtomicBool::new(false),
@@ -262,9 +272,5 @@ fn regression_a_load_records_its_insert_outside_the_in_flight_map_lock() {
             assert!(!recorder.armed.load(Ordering::SeqCst), "the recorder ran");
             assert!(!cache.contains_key(&100), "its write took effect");
         });
-        done.send(()).unwrap();
     });
-    finished
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the load deadlocked inside its metrics recorder");
 }
