@@ -8,7 +8,9 @@
 //!     target/release/examples/parallel_async_callgrind MODE N ITEMS
 //! ```
 //!
-//! MODE: `torque` (`async_io()` under `Fixed(N)`), `torque-adaptive` (the
+//! MODE: `torque` (`async_io()` under `Fixed(N)`), `torque-cancel` (the
+//! same with a cancel token that is never cancelled: what the token's
+//! bookkeeping costs), `torque-adaptive` (the
 //! processor's default limiter; N unused), `buffer_unordered` (the
 //! hand-written peer) or `hybrid` (`hybrid()` under `Fixed(N)`, an identity
 //! CPU stage on rayon before the same I/O; rayon's threads make its count
@@ -29,8 +31,7 @@ async fn request(i: u64) -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage =
-        "usage: parallel_async_callgrind torque|torque-adaptive|buffer_unordered|hybrid N ITEMS";
+    let usage = "usage: parallel_async_callgrind torque|torque-cancel|torque-adaptive|buffer_unordered|hybrid N ITEMS";
     let (Some(mode), Some(n), Some(items)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -54,6 +55,13 @@ fn main() {
                 .await
                 .len(),
             "torque-adaptive" => p.async_io().map(0..items, request).await.len(),
+            "torque-cancel" => p
+                .with_cancel(torque_parallel::CancelToken::new())
+                .async_io()
+                .with_limiter(ConcurrencyLimiter::new(Fixed::new(n)))
+                .map(0..items, request)
+                .await
+                .len(),
             "hybrid" => p
                 .hybrid()
                 .with_limiter(ConcurrencyLimiter::new(Fixed::new(n)))
