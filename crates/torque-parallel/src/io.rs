@@ -695,7 +695,7 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
             Running::Inline(set) => {
                 set.push(Caught {
                     index,
-                    fut: Box::pin(fut),
+                    fut: Some(Box::pin(fut)),
                 });
                 None
             }
@@ -791,24 +791,43 @@ impl std::task::Wake for Aborter {
 }
 
 /// An inline item: a panic while polling it becomes its
-/// `ItemError::Panicked`, as a task's would.
+/// `ItemError::Panicked`, as a task's would, and a panic while dropping it
+/// (a cancel or a dropped batch drops a running item's future) is caught,
+/// as tokio catches an aborted task's: out of `FuturesUnordered`'s drop it
+/// would unwind out of the batch and leak the items after it, whose
+/// in-flight guards would then never run.
 struct Caught<R, E> {
     index: usize,
-    fut: Pin<Box<dyn Future<Output = Done<R, E>> + Send>>,
+    /// `None` only in `drop`.
+    fut: Option<InlineItem<R, E>>,
 }
+
+/// The future of an item run inline.
+type InlineItem<R, E> = Pin<Box<dyn Future<Output = Done<R, E>> + Send>>;
 
 impl<R, E> Future for Caught<R, E> {
     type Output = Done<R, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done<R, E>> {
         let this = self.get_mut();
-        match catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx))) {
+        let Some(fut) = this.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
             Ok(poll) => poll,
             Err(payload) => Poll::Ready((
                 this.index,
                 Err(ItemError::Panicked(PanicError::from_box(payload))),
             )),
         }
+    }
+}
+
+impl<R, E> Drop for Caught<R, E> {
+    fn drop(&mut self) {
+        // The item's in-flight guard counts it (cancelled, unless it had
+        // ended) while the panic unwinds; its result is already decided.
+        let _ = crate::outcome::drop_caught(self.fut.take());
     }
 }
 

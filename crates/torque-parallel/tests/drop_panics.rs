@@ -214,3 +214,65 @@ async fn a_hybrid_item_whose_drop_panics_after_a_cancel_does_not_abort() {
         "the pool still runs batches"
     );
 }
+
+/// Panics when dropped: held by an item's future across its await.
+struct PanicOnDrop(u32);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("future {} dropped", self.0);
+    }
+}
+
+/// A cancel drops the futures of the items running inline (a `map` on a
+/// current-thread runtime): a future whose `Drop` panics is that item's
+/// problem. Before, the panic unwound out of the batch (losing every
+/// result) and `FuturesUnordered`, panicking mid-drop, leaked the items
+/// after it: their in-flight guards never ran, so `stats().io.in_flight`
+/// stayed above 0 for good and the counters no longer added up.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_an_inline_item_whose_drop_panics_on_cancel_is_isolated() {
+    let token = CancelToken::new();
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let io = p.with_cancel(token.clone()).async_io();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        token.cancel();
+    });
+    // A task on this current-thread runtime: its items run inline.
+    let batch = tokio::spawn(io.map(0..4u32, |x| async move {
+        let guard = (x == 1).then(|| PanicOnDrop(x));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        std::mem::forget(guard);
+        x
+    }));
+    let out = batch.await.expect("the batch returns its results");
+    cancel.await.unwrap();
+    for (i, r) in out.iter().enumerate() {
+        assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
+    }
+    let s = p.stats().io;
+    assert_eq!((s.in_flight, s.awaiting_permit), (0, 0), "{s:?}");
+    assert_eq!(s.taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
+}
+
+/// The same for a `map` future dropped while its items run inline: the
+/// items after the one whose drop panics are dropped too (counted
+/// cancelled), not leaked in flight.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_a_dropped_inline_batch_whose_item_drop_panics_leaks_no_item() {
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let batch = tokio::spawn(p.async_io().map(0..4u32, |x| async move {
+        let guard = (x == 1).then(|| PanicOnDrop(x));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        std::mem::forget(guard);
+        x
+    }));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(p.stats().io.in_flight, 4);
+    batch.abort();
+    let _ = batch.await;
+    let s = p.stats().io;
+    assert_eq!((s.in_flight, s.cancelled), (0, 4), "{s:?}");
+    assert_eq!(s.taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
+}
