@@ -178,3 +178,64 @@ fn regression_the_limit_gauge_is_published_before_the_first_completion() {
         );
     });
 }
+
+/// A `Hybrid` batch that ends with nothing between its stages (here an
+/// empty one) set the `queued` gauge to 0 as it ended, though another
+/// batch of the processor still had items there: `queue(0, 0)` published
+/// the 0 it started from instead of the count.
+#[cfg(feature = "tokio")]
+#[test]
+fn regression_a_hybrid_batch_ending_empty_leaves_the_queued_gauge_true() {
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let p = torque_parallel::Processor::builder()
+                .async_limit(1)
+                .cpu_threads(2)
+                .hybrid_buffer(4)
+                .build()
+                .unwrap();
+            // The busy batch's items wait on the gate: one in flight (the
+            // limit), the next waiting for its permit, the rest queued.
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let g = Arc::clone(&gate);
+            let busy = tokio::spawn(p.hybrid().map(
+                0..8u32,
+                |x| x,
+                move |x| {
+                    let g = Arc::clone(&g);
+                    async move {
+                        let _ = g.acquire().await;
+                        x
+                    }
+                },
+            ));
+            let mut turns = 0;
+            while p.stats().io.queued < 2 {
+                turns += 1;
+                assert!(turns < 10_000, "items never queued: {:?}", p.stats().io);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let queued = p.stats().io.queued as u64;
+            assert_eq!(recorder.get("torque_parallel_io_queued"), queued);
+            let none = p
+                .hybrid()
+                .map(Vec::<u32>::new(), |x| x, |x| async move { x })
+                .await;
+            assert!(none.is_empty());
+            assert_eq!(p.stats().io.queued as u64, queued);
+            assert_eq!(
+                recorder.get("torque_parallel_io_queued"),
+                queued,
+                "the other batch's items are still queued"
+            );
+            gate.close();
+            assert_eq!(busy.await.unwrap().len(), 8);
+            assert_eq!(recorder.get("torque_parallel_io_queued"), 0);
+        });
+    });
+}

@@ -149,6 +149,11 @@ impl Counters {
     /// `entered` items entered and `left` items left the `Hybrid` stage
     /// buffer.
     pub(crate) fn queue(&self, entered: usize, left: usize) {
+        // Nothing moved: nothing to publish (the gauge would be set to the
+        // 0 below, not to the items other batches hold there).
+        if entered == 0 && left == 0 {
+            return;
+        }
         #[cfg(feature = "metrics")]
         let _order = self.span.lock();
         let mut queued = 0;
@@ -166,6 +171,9 @@ impl Counters {
     /// `entered` items began and `left` items stopped waiting for a
     /// permit.
     pub(crate) fn awaiting_permit(&self, entered: usize, left: usize) {
+        if entered == 0 && left == 0 {
+            return;
+        }
         #[cfg(feature = "metrics")]
         let _order = self.span.lock();
         let mut awaiting = 0;
