@@ -464,5 +464,13 @@ impl<S, C, U, E> Drop for CpuStage<S, C, U, E> {
         if self.outstanding > 0 {
             self.lost.lock().extend(self.held.iter().flatten());
         }
+        // The results waiting in the channel are user data: a panic of
+        // their `Drop` must not unwind out of the batch (a cancel drops
+        // the stage inside the batch's poll). Closed first, so that a job
+        // still running fails its send and drops its result itself.
+        self.rx.close();
+        while let Ok(result) = self.rx.try_recv() {
+            let _ = drop_caught(result);
+        }
     }
 }
