@@ -962,9 +962,15 @@ where
         self.cancelled = true;
         self.input = None;
         self.acquiring = None;
-        if let Some((index, _)) = self.unhold() {
-            self.counters.cancelled();
-            self.ready.push_back((index, Err(ItemError::Cancelled)));
+        if let Some((index, x)) = self.unhold() {
+            // The caller's data: a panic of its `Drop` is this item's.
+            let result = crate::outcome::not_run(x);
+            if let Err(ItemError::Panicked(_)) = &result {
+                self.counters.panicked();
+            } else {
+                self.counters.cancelled();
+            }
+            self.ready.push_back((index, result));
         }
         self.running.cancel(&mut self.ready);
     }
@@ -1186,9 +1192,11 @@ impl<S, X, F, L, R, E> Drop for Completions<S, X, F, L, R, E> {
             token.unregister(waker);
         }
         // The item taken for the next permit is cancelled with the batch,
-        // as the running ones are.
-        if self.unhold().is_some() {
+        // as the running ones are (a panic of its `Drop` caught: it would
+        // unwind out of a drop).
+        if let Some(next) = self.unhold() {
             self.counters.cancelled();
+            let _ = crate::outcome::drop_caught(next);
         }
         // Dropping `running` aborts every task still running, or drops
         // every inline item.

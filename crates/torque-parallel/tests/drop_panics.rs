@@ -329,3 +329,61 @@ async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_i
     }
     gate.close();
 }
+
+/// The same for the item a batch holds for its next permit, which a
+/// cancel drops: its `Drop`'s panic is that item's `Panicked` (as for an
+/// item the CPU stage skips), not the batch's.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_the_item_waiting_for_a_permit_whose_drop_panics_on_cancel_is_isolated() {
+    use std::sync::atomic::AtomicUsize;
+
+    let token = CancelToken::new();
+    // One CPU thread runs the jobs in order: once item 4's has begun,
+    // item 3's has sent its result.
+    let p = Processor::builder()
+        .async_limit(1)
+        .cpu_threads(1)
+        .hybrid_buffer(4)
+        .build()
+        .unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let (g, r) = (Arc::clone(&gate), Arc::clone(&ran));
+    // Item 0 holds the one permit until the cancel; item 1 waits for a
+    // permit; items 2–4 are done and wait in the channel (the CPU stage
+    // takes no more until the I/O stage asks).
+    let batch = tokio::spawn(p.with_cancel(token.clone()).hybrid().try_map(
+        0..8u32,
+        move |n| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(Fuse { n, armed: n == 1 })
+        },
+        move |mut f: Fuse| {
+            f.armed = false;
+            let g = Arc::clone(&g);
+            async move {
+                let _ = g.acquire().await;
+                Ok(f.n)
+            }
+        },
+    ));
+    let mut turns = 0;
+    while ran.load(Ordering::SeqCst) < 5 || p.stats().io.in_flight < 1 {
+        turns += 1;
+        assert!(turns < 10_000, "items never ran: {:?}", p.stats().io);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    token.cancel();
+    let out = batch.await.expect("the batch returns its results");
+    assert_eq!(out.len(), 5, "{out:?}");
+    match &out[1] {
+        Err(ItemError::Panicked(p)) => assert_eq!(p.message(), "fuse 1 dropped"),
+        other => panic!("item 1: {other:?}"),
+    }
+    for (i, r) in out.iter().enumerate().filter(|&(i, _)| i != 1) {
+        assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
+    }
+    let s = p.stats().io;
+    assert_eq!((s.panicked, s.awaiting_permit), (1, 0), "{s:?}");
+    gate.close();
+}

@@ -292,7 +292,8 @@ pub struct IoStats {
     /// Items that ran past the per-item timeout.
     pub timed_out: u64,
     /// Items that panicked: their future, the closure making it, the input
-    /// as it made the item, or either `Hybrid` stage. Started or not.
+    /// as it made the item, either `Hybrid` stage, or the item's `Drop`
+    /// when a cancel dropped it unstarted. Started or not.
     pub panicked: u64,
     /// Items cancelled, started or not: waiting for a permit or between
     /// the `Hybrid` stages when their batch was cancelled or dropped,
