@@ -303,6 +303,9 @@ struct LeaderGuard<'a, K: Hash + Eq, V: Clone, S: BuildHasher> {
     slot: Arc<LoadSlot<V>>,
     started: Instant,
     done: bool,
+    /// The load's outcome is in the statistics ([`Self::finish`] counted
+    /// a load or a failure).
+    counted: bool,
 }
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
@@ -379,6 +382,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
         loads.nanos.fetch_add(to_nanos(elapsed), Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         crate::metrics::record_load(result.is_ok(), elapsed);
+        self.counted = true;
         match result {
             Ok(value) => {
                 loads.loads.fetch_add(1, Ordering::Relaxed);
@@ -472,6 +476,22 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
 
 impl<K: Hash + Eq, V: Clone, S: BuildHasher> Drop for LeaderGuard<'_, K, V, S> {
     fn drop(&mut self) {
+        // A load that ends in a panic before it returned (its loader, or
+        // the clock read around it) failed: counted as a load failure, as
+        // Guava counts a loader's exception. Its time is not counted: the
+        // clock is user code, and a panic from it now, while this thread
+        // unwinds, would abort the process. A leader cancelled (dropped
+        // without a panic) did not fail and is not counted.
+        if !self.done && !self.counted && std::thread::panicking() {
+            self.counted = true;
+            self.cache
+                .inner
+                .loads
+                .failures
+                .fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::metrics::record_load_failure();
+        }
         // A panic `release` caught resumes here too (a cancelled leader's
         // drop), unless this thread is already unwinding (a panicking
         // loader): a second panic would abort the process.
@@ -542,6 +562,7 @@ where
             slot,
             started: self.inner.origin,
             done: false,
+            counted: false,
         };
         guard.started = {
             let _part = guard.part_of_load();

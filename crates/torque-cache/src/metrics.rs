@@ -36,6 +36,11 @@ pub(crate) fn record_removals(cause: RemovalCause, n: u64) {
     metrics::counter!("torque_cache_evictions_total", "cause" => cause).increment(n);
 }
 
+/// A load that panicked: a failure, with no time (see `LeaderGuard`).
+pub(crate) fn record_load_failure() {
+    metrics::counter!("torque_cache_load_failures_total").increment(1);
+}
+
 pub(crate) fn record_load(ok: bool, elapsed: Duration) {
     if ok {
         metrics::counter!("torque_cache_loads_total").increment(1);

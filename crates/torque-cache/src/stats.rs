@@ -22,12 +22,14 @@ pub struct CacheStats {
     /// Loads (`get_or_load*`) that returned a value: one per loader run,
     /// however many callers shared it.
     pub loads: u64,
-    /// Loads that returned an error (errors are not cached).
+    /// Loads that returned an error (errors are not cached), or whose
+    /// loader panicked.
     pub load_failures: u64,
-    /// Time spent in the loads counted in `loads` and `load_failures`, by
-    /// the cache's clock. A load that never returned (its loader panicked,
-    /// or its leader's future was dropped) is counted in none of the three;
-    /// the load a waiter then runs instead is.
+    /// Time spent in the loads that returned (a value or an error), by the
+    /// cache's clock. A loader that panicked counts as a failure with no
+    /// time (the clock is not read while the thread unwinds); a load whose
+    /// leader's future was dropped counts nowhere. The load a waiter then
+    /// runs instead is counted as any other.
     pub total_load_time: Duration,
 }
 

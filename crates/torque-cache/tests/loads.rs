@@ -1510,3 +1510,51 @@ fn regression_a_blocking_waiter_that_gets_the_loaded_value_refreshes_its_time_to
         "the waiter's read at 8 s refreshed the time-to-idle"
     );
 }
+
+#[test]
+fn regression_a_loader_that_panics_counts_as_a_load_failure() {
+    // A panicking loader was counted in no load statistic: a service whose
+    // loader crashed on every call showed no failed loads at all.
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_load(1, || -> Result<u32, ()> { panic!("loader bug") })
+    }));
+    assert!(outcome.is_err());
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (0, 1), "{s:?}");
+    // An async loader that panics, likewise; one whose leader is cancelled
+    // (dropped) is no failure: it did not fail, nobody waited for it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(cache.get_or_load_async(2, || async {
+            if true {
+                panic!("async loader bug");
+            }
+            Ok::<u32, ()>(2)
+        }))
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(cache.stats().load_failures, 2);
+    let noop = std::task::Waker::noop();
+    let mut cancelled =
+        Box::pin(cache.get_or_load_async(3, std::future::pending::<Result<u32, ()>>));
+    assert!(poll_with(cancelled.as_mut(), noop).is_pending());
+    drop(cancelled);
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (0, 2), "{s:?}");
+    // A loader that returned a value is one load, even if storing it then
+    // panics (a weigher bug): not a failure too.
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .weigher(|_: &u32, v: &u32| if *v == 9 { panic!("weigher bug") } else { 1 })
+        .build()
+        .unwrap();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_load(1, || Ok::<_, ()>(9))
+    }));
+    assert!(outcome.is_err());
+    let s = cache.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 0), "{s:?}");
+}

@@ -80,6 +80,11 @@ fn facade_sees_what_stats_sees() {
         let _ = cache.get_or_load(8, || Err::<u32, _>(()));
         cache.insert(9, 9);
         cache.invalidate_all(); // `Removed`, counted from what was cleared
+        // A loader that panics: a failure (the guard records it).
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_or_load(10, || -> Result<u32, ()> { panic!("loader bug") })
+        }));
+        assert!(panicked.is_err());
 
         let s = cache.stats();
         assert_eq!(recorder.get("torque_cache_hits_total"), s.hits);
@@ -102,7 +107,7 @@ fn facade_sees_what_stats_sees() {
             recorder.get("torque_cache_load_failures_total"),
             s.load_failures
         );
-        assert_eq!((s.hits, s.loads, s.load_failures), (1, 1, 1));
+        assert_eq!((s.hits, s.loads, s.load_failures), (1, 1, 2));
         assert!(s.evictions.capacity >= 1);
     });
 }
