@@ -82,10 +82,13 @@ pub enum Policy {
     /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
     /// frequency sketch that admits a newcomer only if it is more popular
     /// than the entry it would replace, or was turned away lately and came
-    /// back (a ghost of recent refusals). Scan resistant and frequency
-    /// aware; the best hit ratio on skewed workloads (docs/benchmarks.md).
-    /// Where keys are hot for a while and then never asked for again,
-    /// [`Policy::Lru`] misses less (docs/cache.md). A read hit
+    /// back (a ghost of recent refusals). Without a weigher the window's
+    /// size adapts, from 1 % up to 80 % of a shard, as refused keys or
+    /// evicted ones come back (ARC's adaptation), so recency-driven
+    /// traffic gets a larger window. Scan resistant and frequency aware;
+    /// the best hit ratio on skewed workloads (docs/benchmarks.md). Where
+    /// keys are hot for a while and then never asked for again,
+    /// [`Policy::Lru`] still misses less (docs/cache.md). A read hit
     /// only bumps a counter in the entry, under a shared lock; the segments
     /// act on the counters when evicting (CLOCK-style second chances).
     #[default]
