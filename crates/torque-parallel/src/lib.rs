@@ -155,7 +155,7 @@
 //!   counters `torque_parallel_io_{taken,started,succeeded,failed,timed_out,panicked,cancelled}_total`,
 //!   histogram `torque_parallel_io_latency_seconds` and gauges
 //!   `torque_parallel_io_{in_flight,queued,awaiting_permit}` (they add up
-//!   as `IoStats`' fields do).
+//!   as `IoStats`' fields do; process-wide sums over processors).
 //! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
 //!   plain configuration that builds any limit algorithm.
 //! - `tokio`: the `Async` and `Hybrid` strategies (`Processor::async_io`,

@@ -29,8 +29,12 @@ impl CounterFn for Cell {
 }
 
 impl GaugeFn for Cell {
-    fn increment(&self, _: f64) {}
-    fn decrement(&self, _: f64) {}
+    fn increment(&self, value: f64) {
+        self.0.fetch_add(value as u64, Ordering::Relaxed);
+    }
+    fn decrement(&self, value: f64) {
+        self.0.fetch_sub(value as u64, Ordering::Relaxed);
+    }
     fn set(&self, value: f64) {
         self.0.store(value as u64, Ordering::Relaxed);
     }
@@ -236,6 +240,53 @@ fn regression_a_hybrid_batch_ending_empty_leaves_the_queued_gauge_true() {
             gate.close();
             assert_eq!(busy.await.unwrap().len(), 8);
             assert_eq!(recorder.get("torque_parallel_io_queued"), 0);
+        });
+    });
+}
+
+/// The async gauges were set to the value of the processor that changed
+/// last: with two processors busy, `torque_parallel_io_in_flight` showed
+/// one processor's items (or 0 when the other went idle) instead of the
+/// process's. Like the counters, they are process-wide sums now.
+#[cfg(feature = "tokio")]
+#[test]
+fn regression_the_io_gauges_add_up_over_processors() {
+    let recorder = Last::default();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let busy = torque_parallel::Processor::builder()
+                .async_limit(8)
+                .build()
+                .unwrap();
+            let brief = torque_parallel::Processor::builder()
+                .async_limit(8)
+                .build()
+                .unwrap();
+            let long = busy.async_io().map(0..3u64, |x| async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                x
+            });
+            let short = brief.async_io().map(0..2u64, |x| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                x
+            });
+            let observer = async {
+                // Both running: 3 + 2 in flight.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                assert_eq!(recorder.get("torque_parallel_io_in_flight"), 5);
+                // The brief batch is done; the busy one still runs 3.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                assert_eq!(recorder.get("torque_parallel_io_in_flight"), 3);
+            };
+            let (long, short, ()) = tokio::join!(long, short, observer);
+            assert_eq!(long.len(), 3);
+            assert_eq!(recorder.get("torque_parallel_io_in_flight"), 0);
+            assert_eq!(short.len(), 2);
         });
     });
 }

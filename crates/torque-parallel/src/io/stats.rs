@@ -80,11 +80,12 @@ impl Counters {
     pub(crate) fn started(&self, now: Instant) {
         self.started.fetch_add(1, Relaxed);
         let mut span = self.span.lock();
-        // With the gauge set under the lock, concurrent updates set it in
-        // the order they happened.
-        let _in_flight = self.in_flight.fetch_add(1, Relaxed) + 1;
+        self.in_flight.fetch_add(1, Relaxed);
+        // The gauges move by deltas, so that they add up over processors
+        // (process-wide, like the counters); set to this processor's value,
+        // they showed whichever processor changed last.
         #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
+        metrics::gauge!("torque_parallel_io_in_flight").increment(1.0);
         if span.is_none() {
             *span = Some((now, now));
         }
@@ -95,11 +96,9 @@ impl Counters {
 
     /// An item's task ended (or was dropped): it is no longer in flight.
     pub(crate) fn left(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
         #[cfg(feature = "metrics")]
-        let _order = self.span.lock();
-        let _in_flight = self.in_flight.fetch_sub(1, Relaxed) - 1;
-        #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_in_flight").set(_in_flight as f64);
+        metrics::gauge!("torque_parallel_io_in_flight").decrement(1.0);
     }
 
     /// An item ran to an end at `now` after `latency`.
@@ -149,23 +148,20 @@ impl Counters {
     /// `entered` items entered and `left` items left the `Hybrid` stage
     /// buffer.
     pub(crate) fn queue(&self, entered: usize, left: usize) {
-        // Nothing moved: nothing to publish (the gauge would be set to the
-        // 0 below, not to the items other batches hold there).
+        // Nothing moved: nothing to count or publish.
         if entered == 0 && left == 0 {
             return;
         }
-        #[cfg(feature = "metrics")]
-        let _order = self.span.lock();
-        let mut queued = 0;
         if entered > 0 {
-            queued = self.queued.fetch_add(entered, Relaxed) + entered;
+            self.queued.fetch_add(entered, Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("torque_parallel_io_queued").increment(entered as f64);
         }
         if left > 0 {
-            queued = self.queued.fetch_sub(left, Relaxed) - left;
+            self.queued.fetch_sub(left, Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("torque_parallel_io_queued").decrement(left as f64);
         }
-        #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_queued").set(queued as f64);
-        let _ = queued;
     }
 
     /// `entered` items began and `left` items stopped waiting for a
@@ -174,18 +170,16 @@ impl Counters {
         if entered == 0 && left == 0 {
             return;
         }
-        #[cfg(feature = "metrics")]
-        let _order = self.span.lock();
-        let mut awaiting = 0;
         if entered > 0 {
-            awaiting = self.awaiting_permit.fetch_add(entered, Relaxed) + entered;
+            self.awaiting_permit.fetch_add(entered, Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("torque_parallel_io_awaiting_permit").increment(entered as f64);
         }
         if left > 0 {
-            awaiting = self.awaiting_permit.fetch_sub(left, Relaxed) - left;
+            self.awaiting_permit.fetch_sub(left, Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::gauge!("torque_parallel_io_awaiting_permit").decrement(left as f64);
         }
-        #[cfg(feature = "metrics")]
-        metrics::gauge!("torque_parallel_io_awaiting_permit").set(awaiting as f64);
-        let _ = awaiting;
     }
 
     pub(crate) fn snapshot(&self, limiter: crate::limit::Stats) -> IoStats {
