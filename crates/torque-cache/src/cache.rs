@@ -304,6 +304,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
+    /// Publishes a shard's change of weight to the cache's total. Called
+    /// before the shard is unlocked, everywhere: a writer that sees the
+    /// shard without the freed entries must not see the total still
+    /// counting them (it would evict a live entry for room that exists).
     fn add_weight(&self, before: u64, after: u64) {
         if after > before {
             self.inner
@@ -486,8 +490,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             shard.get(hash, key, timing, &mut removed).cloned()
         }));
         let after = shard.weight();
-        drop(shard);
         self.add_weight(before, after);
+        drop(shard);
         self.notify(&mut removed);
         value.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
@@ -674,8 +678,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let before = shard.weight();
             shard.reject(hash, key, value, cause, removed);
             let after = shard.weight();
-            drop(shard);
             self.add_weight(before, after);
+            drop(shard);
             return;
         }
         let mut help = None;
@@ -754,8 +758,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             shard.sweep(timing, removed);
             self.publish_due(neighbour, &shard);
             let after = shard.weight();
-            drop(shard);
             self.add_weight(before, after);
+            drop(shard);
         }
     }
 
@@ -827,8 +831,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let before = shard.weight();
         let taken = shard.remove(hash, key, timing);
         let after = shard.weight();
-        drop(shard);
         self.add_weight(before, after);
+        drop(shard);
         let (key, value, cause) = taken?;
         #[cfg(feature = "metrics")]
         crate::metrics::record_removal(cause);
@@ -853,8 +857,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             shard.sweep(timing, &mut removed);
             let cleared = shard.clear();
             self.publish_due(index, &shard);
-            drop(shard);
             self.add_weight(before, 0);
+            drop(shard);
             // Recorded before the listener hears of anything: should it
             // panic, what the shard cleared is still recorded.
             #[cfg(feature = "metrics")]
@@ -890,8 +894,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shard.retain(&mut keep, &mut removed);
             }));
             let after = shard.weight();
-            drop(shard);
             self.add_weight(before, after);
+            drop(shard);
             self.notify(&mut removed);
             if let Err(panic) = outcome {
                 std::panic::resume_unwind(panic);
@@ -912,8 +916,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             shard.sweep(timing, &mut removed);
             self.publish_due(index, &shard);
             let after = shard.weight();
-            drop(shard);
             self.add_weight(before, after);
+            drop(shard);
             self.notify(&mut removed);
         }
     }
