@@ -277,12 +277,14 @@ async fn regression_a_dropped_inline_batch_whose_item_drop_panics_leaks_no_item(
     assert_eq!(s.taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
 }
 
-/// A cancel drops a `Hybrid` batch's CPU stage, and with it the results
-/// done on rayon and waiting in the channel for the I/O stage: one whose
-/// `Drop` panics is that item's problem. Before, the panic unwound out of
-/// the batch: the caller's `try_map` panicked and every result was lost.
-#[tokio::test(flavor = "current_thread")]
-async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_is_isolated() {
+/// A `Hybrid` batch of 8 items at one permit, with item `armed`'s value a
+/// `Fuse` whose `Drop` panics until its I/O stage takes it, cancelled once
+/// item 0 holds the permit, item 1 waits for one and items 2–4 are done
+/// and wait in the channel (the CPU stage takes no more until the I/O
+/// stage asks): the batch's results, and the processor's stats after.
+async fn cancel_a_hybrid_batch_with_a_fuse_on(
+    armed: u32,
+) -> (Vec<Result<u32, ItemError<()>>>, torque_parallel::IoStats) {
     use std::sync::atomic::AtomicUsize;
 
     let token = CancelToken::new();
@@ -297,14 +299,14 @@ async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_i
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let ran = Arc::new(AtomicUsize::new(0));
     let (g, r) = (Arc::clone(&gate), Arc::clone(&ran));
-    // Item 0 holds the one permit until the cancel; item 1 waits for a
-    // permit; items 2–4 are done and wait in the channel (the CPU stage
-    // takes no more until the I/O stage asks).
     let batch = tokio::spawn(p.with_cancel(token.clone()).hybrid().try_map(
         0..8u32,
         move |n| {
             r.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Fuse { n, armed: n == 3 })
+            Ok::<_, ()>(Fuse {
+                n,
+                armed: n == armed,
+            })
         },
         move |mut f: Fuse| {
             f.armed = false;
@@ -324,10 +326,21 @@ async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_i
     token.cancel();
     let out = batch.await.expect("the batch returns its results");
     assert_eq!(out.len(), 5, "{out:?}");
+    let stats = p.stats().io;
+    gate.close();
+    (out, stats)
+}
+
+/// A cancel drops a `Hybrid` batch's CPU stage, and with it the results
+/// done on rayon and waiting in the channel for the I/O stage: one whose
+/// `Drop` panics is that item's problem. Before, the panic unwound out of
+/// the batch: the caller's `try_map` panicked and every result was lost.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_is_isolated() {
+    let (out, _) = cancel_a_hybrid_batch_with_a_fuse_on(3).await;
     for (i, r) in out.iter().enumerate() {
         assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
     }
-    gate.close();
 }
 
 /// The same for the item a batch holds for its next permit, which a
@@ -335,47 +348,7 @@ async fn regression_a_hybrid_result_whose_drop_panics_in_the_channel_on_cancel_i
 /// item the CPU stage skips), not the batch's.
 #[tokio::test(flavor = "current_thread")]
 async fn regression_the_item_waiting_for_a_permit_whose_drop_panics_on_cancel_is_isolated() {
-    use std::sync::atomic::AtomicUsize;
-
-    let token = CancelToken::new();
-    // One CPU thread runs the jobs in order: once item 4's has begun,
-    // item 3's has sent its result.
-    let p = Processor::builder()
-        .async_limit(1)
-        .cpu_threads(1)
-        .hybrid_buffer(4)
-        .build()
-        .unwrap();
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let ran = Arc::new(AtomicUsize::new(0));
-    let (g, r) = (Arc::clone(&gate), Arc::clone(&ran));
-    // Item 0 holds the one permit until the cancel; item 1 waits for a
-    // permit; items 2–4 are done and wait in the channel (the CPU stage
-    // takes no more until the I/O stage asks).
-    let batch = tokio::spawn(p.with_cancel(token.clone()).hybrid().try_map(
-        0..8u32,
-        move |n| {
-            r.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, ()>(Fuse { n, armed: n == 1 })
-        },
-        move |mut f: Fuse| {
-            f.armed = false;
-            let g = Arc::clone(&g);
-            async move {
-                let _ = g.acquire().await;
-                Ok(f.n)
-            }
-        },
-    ));
-    let mut turns = 0;
-    while ran.load(Ordering::SeqCst) < 5 || p.stats().io.in_flight < 1 {
-        turns += 1;
-        assert!(turns < 10_000, "items never ran: {:?}", p.stats().io);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    token.cancel();
-    let out = batch.await.expect("the batch returns its results");
-    assert_eq!(out.len(), 5, "{out:?}");
+    let (out, s) = cancel_a_hybrid_batch_with_a_fuse_on(1).await;
     match &out[1] {
         Err(ItemError::Panicked(p)) => assert_eq!(p.message(), "fuse 1 dropped"),
         other => panic!("item 1: {other:?}"),
@@ -383,7 +356,5 @@ async fn regression_the_item_waiting_for_a_permit_whose_drop_panics_on_cancel_is
     for (i, r) in out.iter().enumerate().filter(|&(i, _)| i != 1) {
         assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
     }
-    let s = p.stats().io;
     assert_eq!((s.panicked, s.awaiting_permit), (1, 0), "{s:?}");
-    gate.close();
 }
