@@ -317,12 +317,10 @@ async fn cancel_a_hybrid_batch_with_a_fuse_on(
             }
         },
     ));
-    let mut turns = 0;
-    while ran.load(Ordering::SeqCst) < 5 || p.stats().io.in_flight < 1 {
-        turns += 1;
-        assert!(turns < 10_000, "items never ran: {:?}", p.stats().io);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    common::wait_until_async(Duration::from_secs(10), || {
+        ran.load(Ordering::SeqCst) >= 5 && p.stats().io.in_flight >= 1
+    })
+    .await;
     token.cancel();
     let out = batch.await.expect("the batch returns its results");
     assert_eq!(out.len(), 5, "{out:?}");

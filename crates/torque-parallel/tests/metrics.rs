@@ -1,5 +1,7 @@
 //! The `metrics` feature: limiter events through the facade.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -218,12 +220,7 @@ fn regression_a_hybrid_batch_ending_empty_leaves_the_queued_gauge_true() {
                     }
                 },
             ));
-            let mut turns = 0;
-            while p.stats().io.queued < 2 {
-                turns += 1;
-                assert!(turns < 10_000, "items never queued: {:?}", p.stats().io);
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            common::wait_until_async(Duration::from_secs(10), || p.stats().io.queued >= 2).await;
             let queued = p.stats().io.queued as u64;
             assert_eq!(recorder.get("torque_parallel_io_queued"), queued);
             let none = p

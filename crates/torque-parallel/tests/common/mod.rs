@@ -15,6 +15,20 @@ pub(crate) fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// [`wait_until`] from a task: yields to the runtime between looks (so
+/// the batch under test makes progress on the same thread) instead of
+/// sleeping, and fails the test after `limit` of real time.
+pub(crate) async fn wait_until_async(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached in {limit:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Keeps this thread busy for `d`: an item of a known cost. (A sleeping item
 /// gives its core away, so other work runs meanwhile and a parallel run's
 /// timing measures the sleep, not the work.)
