@@ -8,6 +8,30 @@ use torque_parallel::Processor;
 mod common;
 use common::spin;
 
+/// Runs `items` through `f` until the learned cost of a whole batch is
+/// under `bound` (at most `tries` calls: a cold call preempted by the
+/// scheduler can record a huge cost, which later calls correct), and
+/// fails the test if it never is.
+fn warm_until_batch_below<T: Sync, R: Send, F: Fn(&T) -> R + Sync + Copy>(
+    p: &Processor,
+    items: &[T],
+    f: F,
+    bound: Duration,
+    tries: usize,
+) {
+    let below = |p: &Processor| {
+        p.learned_cost(&f)
+            .is_some_and(|c| c * u32::try_from(items.len()).unwrap_or(u32::MAX) < bound)
+    };
+    for _ in 0..tries {
+        p.map(items, f);
+        if below(p) {
+            return;
+        }
+    }
+    assert!(below(p), "learned {:?} an item", p.learned_cost(&f));
+}
+
 fn cheap(x: &u64) -> u64 {
     x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
 }
@@ -20,17 +44,7 @@ fn tiny_cheap_batches_run_sequentially_once_the_cost_is_known() {
     // 50 µs parallel threshold (an unoptimized build measures tens of ns per
     // item): a cold call preempted by the scheduler can record a huge cost,
     // which later calls correct.
-    let tiny = |p: &Processor| {
-        p.learned_cost(&cheap)
-            .is_some_and(|c| c * 100 < Duration::from_micros(10))
-    };
-    for _ in 0..1_000 {
-        p.map(&items, cheap);
-        if tiny(&p) {
-            break;
-        }
-    }
-    assert!(tiny(&p), "learned {:?}", p.learned_cost(&cheap));
+    warm_until_batch_below(&p, &items, cheap, Duration::from_micros(10), 1_000);
     let before = p.stats();
     let mut calls = 0;
     for n in [1usize, 10, 50, 100] {
@@ -402,17 +416,7 @@ fn regression_untimed_batches_cancelled_part_way_still_learn_that_items_became_s
     // samples), and a 2 µs bound failed there every time. More tries than
     // a quiet machine needs, for the same reason.
     let plain = vec![1u64; 64];
-    let cheap_enough = |p: &Processor| {
-        p.learned_cost(&work)
-            .is_some_and(|c| c * 64 < Duration::from_micros(4))
-    };
-    for _ in 0..10_000 {
-        p.map(&plain, work);
-        if cheap_enough(&p) {
-            break;
-        }
-    }
-    assert!(cheap_enough(&p), "learned {:?}", p.learned_cost(&work));
+    warm_until_batch_below(&p, &plain, work, Duration::from_micros(4), 10_000);
     slow.store(true, std::sync::atomic::Ordering::Relaxed);
     // The match (item 7) three quarters in: every batch is cancelled.
     let mut items = plain;
