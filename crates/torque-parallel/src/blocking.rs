@@ -630,8 +630,8 @@ impl<R, E> Batch<R, E> {
 /// It submits items as the queue and the memory budget allow, in turn with
 /// other batches on the pool (first come, first served), and resolves to
 /// the results in input order. Dropping it cancels the batch: items not yet
-/// submitted are dropped at once, queued ones are skipped by the workers, and
-/// only items already running finish.
+/// running (unsubmitted, waiting for room or queued) are dropped at once,
+/// and only items already running finish.
 #[must_use = "futures do nothing unless polled"]
 pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
@@ -853,6 +853,13 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
             if let Some(job) = job {
                 (job.run)(false);
             }
+        }
+        // Its queued jobs would wait for a worker (maybe busy with another
+        // batch's long job), holding the items, the closure and their
+        // weight meanwhile: run here, each sees `abandoned` and only drops
+        // its item and gives back its weight.
+        if !self.finished {
+            self.shared.skip_queued(owner_of(&self.batch));
         }
     }
 }

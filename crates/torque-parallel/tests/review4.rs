@@ -1,0 +1,69 @@
+//! Defects found by the fourth review (batching, balancing, the memory
+//! budget and the `Blocking` strategy), each pinned by a test named for it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use torque_parallel::Processor;
+
+/// Holds the only blocking thread of `processor` with another batch's job
+/// (weight 1) until the returned sender is used (or dropped).
+fn hold_the_only_worker(
+    processor: &Processor,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+    let other = processor.clone();
+    let holder = std::thread::spawn(move || {
+        other.blocking().map(vec![()], move |()| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv();
+        });
+    });
+    started_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+/// A dropped `map_async` future left its queued items in the pool's queue
+/// until a worker popped them: behind another batch's long job they stayed
+/// alive (the caller's data, the closure) and kept their weight in flight,
+/// holding back every other batch's admission, though the docs promise
+/// that nothing of a dropped batch stays alive once its running items end
+/// (here none runs). A cancel token already took them out at once.
+#[test]
+fn regression_a_dropped_map_async_frees_its_queued_items_at_once() {
+    let processor = Processor::builder()
+        .blocking_threads(1)
+        .queue_capacity(4)
+        .memory_budget(100)
+        .build()
+        .unwrap();
+    let (release, holder) = hold_the_only_worker(&processor);
+    let marker = Arc::new(());
+    let items: Vec<Arc<()>> = (0..3).map(|_| Arc::clone(&marker)).collect();
+    let mut fut = processor.blocking().map_weighted_async(
+        items,
+        |_| 10,
+        |x: Arc<()>| Ok::<usize, ()>(Arc::strong_count(&x)),
+    );
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(Pin::new(&mut fut).poll(&mut cx).is_pending());
+    let before = processor.stats();
+    drop(fut);
+    let after = processor.stats();
+    let held = Arc::strong_count(&marker) - 1;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    assert_eq!(
+        (before.blocking_queued, before.blocking_in_flight_weight),
+        (3, 31)
+    );
+    assert_eq!(
+        (after.blocking_queued, after.blocking_in_flight_weight, held),
+        (0, 1, 0),
+        "the dropped batch's queued items are gone while the other job runs"
+    );
+}
