@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Waker};
+use std::time::Duration;
 
 use torque_parallel::Processor;
+use torque_parallel::batch::BatchSizer;
 
 /// Holds the only blocking thread of `processor` with another batch's job
 /// (weight 1) until the returned sender is used (or dropped).
@@ -66,4 +68,25 @@ fn regression_a_dropped_map_async_frees_its_queued_items_at_once() {
         (0, 1, 0),
         "the dropped batch's queued items are gone while the other job runs"
     );
+}
+
+/// With `initial_size` at `min_size` and its double above `max_size` (say
+/// sizes 16..=20), the sizer "alternated" 16 and `max(16 / 2, 16)` = 16:
+/// one size only, so it never drew a line and stayed at 16 for good,
+/// whatever the sink.
+#[test]
+fn regression_a_sizer_whose_double_and_half_are_out_of_bounds_still_learns() {
+    let mut sizer = BatchSizer::builder()
+        .min_size(16)
+        .max_size(20)
+        .latency_target(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    // 100 µs + 10 µs per item: 990 items fit in 10 ms, so the maximum.
+    for _ in 0..50 {
+        let n = sizer.next_size();
+        sizer.observe(n, Duration::from_micros(100 + 10 * n as u64));
+    }
+    assert!(sizer.model().is_some(), "no cost model after 50 batches");
+    assert_eq!(sizer.size(), 20);
 }

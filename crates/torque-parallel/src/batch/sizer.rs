@@ -44,7 +44,7 @@ impl CostModel {
 /// clamped to `[min_size, max_size]` and to at most four times the previous size
 /// (so one noisy fit cannot jump to the maximum). A line needs two distinct
 /// sizes, so until it has them the sizer alternates `initial_size` and its
-/// double, and afterwards, after `probe_every` full batches in a row, one
+/// double (within the bounds: else its half, else `max_size`), and afterwards, after `probe_every` full batches in a row, one
 /// batch is half the chosen size — without those probes a sink that is always
 /// fed full batches would leave `per_item` unidentifiable.
 ///
@@ -376,13 +376,19 @@ impl BatchSizer {
         }
         if self.model.is_none() {
             // No line yet: alternate two sizes so one can be drawn (the
-            // double, or the half when the double is over the maximum).
+            // double, or the half when the double is over the maximum, or
+            // the maximum when the half is under the minimum too: with
+            // sizes 16..=20 the half is the initial 16 again, and one
+            // size draws no line).
             return if self.calls.is_multiple_of(2) {
-                let other = self.initial.saturating_mul(2);
-                if other <= self.max {
-                    other
+                let double = self.initial.saturating_mul(2);
+                let half = (self.initial / 2).max(self.min);
+                if double <= self.max {
+                    double
+                } else if half != self.initial {
+                    half
                 } else {
-                    (self.initial / 2).max(self.min)
+                    self.max
                 }
             } else {
                 self.initial
