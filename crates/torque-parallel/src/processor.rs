@@ -648,11 +648,14 @@ impl Processor {
                         }
                     },
                 };
-                if end > start && weight.saturating_add(w) > budget {
+                // Checked, not saturating: a sum past `u64::MAX` is past
+                // any budget, `u64::MAX` included.
+                let sum = weight.checked_add(w);
+                if end > start && sum.is_none_or(|sum| sum > budget) {
                     carried = Some(w);
                     break;
                 }
-                weight = weight.saturating_add(w);
+                weight = sum.unwrap_or(u64::MAX);
                 end += 1;
             }
             if end > start {

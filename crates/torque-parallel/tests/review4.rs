@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use torque_parallel::Processor;
 use torque_parallel::batch::BatchSizer;
 
@@ -89,4 +90,36 @@ fn regression_a_sizer_whose_double_and_half_are_out_of_bounds_still_learns() {
     }
     assert!(sizer.model().is_some(), "no cost model after 50 batches");
     assert_eq!(sizer.size(), 20);
+}
+
+/// `Processor::map_weighted` summed a wave's weights with saturation: with
+/// a budget of `u64::MAX`, items of `u64::MAX` each all fitted in one wave
+/// (the sum stuck at `u64::MAX`), so the weight in flight went past the
+/// budget — the `Blocking` pool refuses such sums (checked, not
+/// saturating).
+#[test]
+fn regression_map_weighted_waves_do_not_saturate_past_the_budget() {
+    let processor = Processor::builder()
+        .memory_budget(u64::MAX)
+        .build()
+        .unwrap();
+    let log = Mutex::new(Vec::new());
+    let weights = [u64::MAX, u64::MAX, 0];
+    let out = processor.map_weighted(
+        &[0usize, 1, 2],
+        |&i| {
+            log.lock().push(format!("weigh {i}"));
+            weights[i]
+        },
+        |&i| {
+            log.lock().push(format!("run {i}"));
+            i
+        },
+    );
+    assert!(out.iter().all(Result::is_ok));
+    let log = log.into_inner();
+    let at = |e: &str| log.iter().position(|x| x == e).unwrap();
+    // Item 1 does not fit beside item 0: it starts the next wave, so item
+    // 2 is weighed only after item 0's wave ran.
+    assert!(at("run 0") < at("weigh 2"), "{log:?}");
 }
