@@ -247,8 +247,9 @@ impl Shared {
         }
     }
 
-    /// Takes the queued jobs of batch `owner` (cancelled) out of the queue
-    /// and runs them here: each sees the cancel, so it only drops its item,
+    /// Takes the queued jobs of batch `owner` (cancelled or dropped) out of
+    /// the queue and runs them here: each sees the cancel (or `abandoned`),
+    /// so it only drops its item,
     /// gives back its weight and reports `Cancelled`. Otherwise they would
     /// wait for a worker, which may be busy with another batch's long job.
     fn skip_queued(&self, owner: usize) {
@@ -858,7 +859,7 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         // batch's long job), holding the items, the closure and their
         // weight meanwhile: run here, each sees `abandoned` and only drops
         // its item and gives back its weight.
-        if !self.finished {
+        if !self.finished && lock(&self.batch.state).pending > 0 {
             self.shared.skip_queued(owner_of(&self.batch));
         }
     }
