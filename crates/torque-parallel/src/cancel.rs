@@ -67,9 +67,12 @@ impl CancelToken {
         if self.0.cancelled.load(Ordering::Acquire) {
             return false;
         }
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
-            wakers.push(waker.clone());
-        }
+        // One entry per registration, even for equal wakers: batches polled
+        // by one task (a `join!`) share its waker, and the first to finish
+        // unregisters only its own entry, not the others'. Each batch keeps
+        // at most one registration (`keep_registered`), so this stays as
+        // small as the number of waiting batches.
+        wakers.push(waker.clone());
         true
     }
 
@@ -93,9 +96,14 @@ impl CancelToken {
         }
     }
 
-    /// Forgets a waker given to [`register`](CancelToken::register).
+    /// Forgets a waker given to [`register`](CancelToken::register): one
+    /// entry of it, the others registered by other batches of the same task
+    /// stay.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn unregister(&self, waker: &Waker) {
-        self.0.wakers.lock().retain(|w| !w.will_wake(waker));
+        let mut wakers = self.0.wakers.lock();
+        if let Some(i) = wakers.iter().position(|w| w.will_wake(waker)) {
+            wakers.swap_remove(i);
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::task::{Context, Waker};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+
+mod common;
 use torque_parallel::Processor;
 use torque_parallel::batch::BatchSizer;
 
@@ -122,4 +124,68 @@ fn regression_map_weighted_waves_do_not_saturate_past_the_budget() {
     // Item 1 does not fit beside item 0: it starts the next wave, so item
     // 2 is weighed only after item 0's wave ran.
     assert!(at("run 0") < at("weigh 2"), "{log:?}");
+}
+
+/// Two `map_async` batches with one cancel token, polled by one task (a
+/// `join!`), register the same waker with the token. The token kept one
+/// copy of equal wakers, so when the first batch finished and unregistered
+/// its waker, the second was left unregistered while it believed itself
+/// registered: a cancel woke nobody, and the second batch, waiting for room
+/// behind another batch's long job, did not stop until that job ended.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_cancel_wakes_a_batch_whose_task_waker_another_batch_unregistered() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use torque_parallel::CancelToken;
+
+    let processor = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(2)
+        .build()
+        .unwrap();
+    // Weight 1 held on one worker until released.
+    let (release, holder) = hold_the_only_worker(&processor);
+    let token = CancelToken::new();
+    let cancellable = processor.with_cancel(token.clone());
+    let (a_started_tx, a_started) = std::sync::mpsc::channel::<()>();
+    let (a_release, a_release_rx) = std::sync::mpsc::channel::<()>();
+    let a_release_rx = Arc::new(std::sync::Mutex::new(a_release_rx));
+    // Weight 1 on the other worker, until released.
+    let mut a = cancellable.blocking().map_weighted_async(
+        vec![()],
+        |_| 1,
+        move |()| {
+            a_started_tx.send(()).unwrap();
+            let _ = a_release_rx.lock().unwrap().recv();
+            Ok::<(), ()>(())
+        },
+    );
+    // Weight 2: waits for the holder's weight to drain.
+    let mut b = cancellable
+        .blocking()
+        .map_weighted_async(vec![()], |_| 2, |()| Ok::<(), ()>(()));
+    let a_done = Arc::new(AtomicBool::new(false));
+    let a_flag = Arc::clone(&a_done);
+    let mut a_out = None;
+    let joined = tokio::spawn(std::future::poll_fn(move |cx| {
+        if a_out.is_none()
+            && let std::task::Poll::Ready(out) = Pin::new(&mut a).poll(cx)
+        {
+            a_out = Some(out);
+            a_flag.store(true, Ordering::Release);
+        }
+        Pin::new(&mut b).poll(cx)
+    }));
+    tokio::task::yield_now().await;
+    a_started.recv().unwrap();
+    a_release.send(()).unwrap();
+    common::wait_until_async(Duration::from_secs(5), || a_done.load(Ordering::Acquire)).await;
+    token.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(2), joined).await;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let out = out.expect("the cancel stops the waiting batch").unwrap();
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
+    );
 }
