@@ -189,3 +189,21 @@ async fn regression_a_cancel_wakes_a_batch_whose_task_waker_another_batch_unregi
             .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
     );
 }
+
+/// `CostModel::predict` multiplied `per_item` by `n` capped at `u32::MAX`,
+/// so a batch of more than 4 295 million items was predicted to take as
+/// long as one of `u32::MAX` items: twice the items, the same time.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn regression_a_cost_model_predicts_batches_beyond_u32_items() {
+    let mut sizer = BatchSizer::builder().build().unwrap();
+    for _ in 0..50 {
+        let n = sizer.next_size();
+        sizer.observe(n, Duration::from_micros(100 + 10 * n as u64));
+    }
+    let model = sizer.model().expect("fitted");
+    let n = u32::MAX as usize;
+    let (one, two) = (model.predict(n), model.predict(2 * n));
+    assert!(two > one + one / 2, "{one:?} then {two:?}");
+    assert!(model.predict(usize::MAX) > two);
+}

@@ -19,12 +19,19 @@ pub struct CostModel {
 }
 
 impl CostModel {
-    /// The predicted latency of a batch of `n` items.
+    /// The predicted latency of a batch of `n` items, `overhead + n ×
+    /// per_item` (at most `Duration::MAX`).
     pub fn predict(&self, n: usize) -> Duration {
-        self.overhead.saturating_add(
-            self.per_item
-                .saturating_mul(u32::try_from(n).unwrap_or(u32::MAX)),
-        )
+        // In nanoseconds as u128: `Duration` multiplies by a `u32` only,
+        // and capping `n` there made a batch of 2^33 items as fast as one
+        // of 2^32.
+        const NANOS_PER_SEC: u128 = 1_000_000_000;
+        let nanos = self.per_item.as_nanos().saturating_mul(n as u128);
+        let items = u64::try_from(nanos / NANOS_PER_SEC).map_or(Duration::MAX, |secs| {
+            // Below a second's nanoseconds: fits a u32.
+            Duration::new(secs, (nanos % NANOS_PER_SEC) as u32)
+        });
+        self.overhead.saturating_add(items)
     }
 }
 
