@@ -111,6 +111,31 @@ async fn an_explicit_linger_holds_an_adaptive_batch() {
     assert_two_items_linger_10ms(&batcher, &log).await;
 }
 
+/// tokio's timer ticks in whole milliseconds and rounds a deadline up to
+/// the next tick: a batch lingering 1.5 ms was written after 2 ms, and one
+/// lingering 200 µs after 1 ms — past the `max_linger` that bounds it.
+#[tokio::test(start_paused = true)]
+async fn regression_a_batch_is_never_written_later_than_its_linger() {
+    for micros in [200, 1_500, 2_999] {
+        let linger = Duration::from_micros(micros);
+        let (log, sink) = recording();
+        let (batcher, driver) = Batcher::builder()
+            .max_size(100)
+            .max_linger(linger)
+            .build(sink)
+            .unwrap();
+        tokio::spawn(driver.run());
+        let started = Instant::now();
+        batcher.send(7).await.unwrap().await.unwrap();
+        assert!(
+            started.elapsed() <= linger,
+            "written after {:?}, linger {linger:?}",
+            started.elapsed()
+        );
+        assert_eq!(*log.lock(), [vec![7]]);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn zero_linger_writes_what_is_queued_right_away() {
     let (log, sink) = recording();

@@ -425,7 +425,8 @@ impl BatcherBuilder {
     /// Write a batch at the latest this long after its first item was sent
     /// (default 5 ms with a fixed size, zero with
     /// [`adaptive`](Self::adaptive)). Zero writes whatever is queued right
-    /// away.
+    /// away. tokio's timer ticks in milliseconds: a linger that ends between
+    /// two ticks ends at the earlier one (up to 1 ms short), never later.
     ///
     /// ```
     /// use std::time::Duration;
@@ -496,6 +497,17 @@ impl BatcherBuilder {
     }
 }
 
+/// The instant to give tokio's timer for `deadline` so that it fires at
+/// the last tick at or before it: the timer ticks in whole milliseconds and
+/// rounds a deadline up to the next tick, which held a batch up to 1 ms
+/// past its linger (a 200 µs linger for 1 ms). Aimed 1 ms − 1 ns earlier,
+/// it rounds up to at most `deadline`: up to 1 ms early, never late.
+fn not_late(deadline: Instant) -> Instant {
+    deadline
+        .checked_sub(Duration::from_nanos(999_999))
+        .unwrap_or(deadline)
+}
+
 /// The task behind a [`Batcher`]: collects batches and writes them to the
 /// sink, one at a time. Spawn [`run`](BatchDriver::run).
 pub struct BatchDriver<T, S: Sink<T>> {
@@ -547,7 +559,7 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
             };
             // The linger counts from when the first item was sent: it may
             // have waited in the queue while the previous batch was written.
-            let deadline = buf[0].sent_at.checked_add(self.linger);
+            let deadline = buf[0].sent_at.checked_add(self.linger).map(not_late);
             let mut closed = false;
             while buf.len() < target {
                 let want = target - buf.len();
