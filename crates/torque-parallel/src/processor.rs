@@ -72,7 +72,8 @@ pub struct ProcessorConfig {
     /// the blocking threads.
     pub queue_capacity: Option<usize>,
     /// Maximum total weight of items in flight (queued or running) in a
-    /// weighted batch; default unlimited.
+    /// weighted batch (on the `Blocking` pool, where unweighted items
+    /// weigh 1, in all its batches); default unlimited.
     pub memory_budget: Option<u64>,
     /// A batch predicted to take at least this long runs in parallel;
     /// default 50 µs.
@@ -185,8 +186,10 @@ impl ProcessorBuilder {
     /// [`Blocking::map_weighted`], across the whole `Blocking` pool, so
     /// concurrent weighted batches on it share one budget, first come, first
     /// served: once an item waits for room, later items (of any batch) wait
-    /// behind it, so a heavy item is not starved by light ones. An item
-    /// heavier than the whole budget runs alone.
+    /// behind it, so a heavy item is not starved by light ones. The items of
+    /// the unweighted `Blocking` methods ([`Blocking::map`] and the like)
+    /// weigh 1 each against it. An item heavier than the whole budget runs
+    /// alone.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder()
@@ -786,6 +789,7 @@ pub struct Blocking<'a> {
 impl Blocking<'_> {
     /// `f` applied to every item on the blocking threads, results in input
     /// order; the calling thread blocks while it waits for room and results.
+    /// Under a memory budget each item weighs 1.
     pub fn map<T, R, F>(&self, items: Vec<T>, f: F) -> Vec<Result<R, ItemError>>
     where
         T: Send + 'static,
