@@ -249,9 +249,9 @@ impl Shared {
 
     /// Takes the queued jobs of batch `owner` (cancelled or dropped) out of
     /// the queue and runs them here: each sees the cancel (or `abandoned`),
-    /// so it only drops its item,
-    /// gives back its weight and reports `Cancelled`. Otherwise they would
-    /// wait for a worker, which may be busy with another batch's long job.
+    /// so it only drops its item, gives back its weight and reports
+    /// `Cancelled`. Otherwise they would wait for a worker, which may be
+    /// busy with another batch's long job.
     fn skip_queued(&self, owner: usize) {
         let mine: VecDeque<Job> = {
             let mut st = lock(&self.state);

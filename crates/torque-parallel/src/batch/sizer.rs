@@ -51,9 +51,10 @@ impl CostModel {
 /// clamped to `[min_size, max_size]` and to at most four times the previous size
 /// (so one noisy fit cannot jump to the maximum). A line needs two distinct
 /// sizes, so until it has them the sizer alternates `initial_size` and its
-/// double (within the bounds: else its half, else `max_size`), and afterwards, after `probe_every` full batches in a row, one
-/// batch is half the chosen size — without those probes a sink that is always
-/// fed full batches would leave `per_item` unidentifiable.
+/// double (within the bounds: else its half, else `max_size`), and
+/// afterwards, after `probe_every` full batches in a row, one batch is half
+/// the chosen size — without those probes a sink that is always fed full
+/// batches would leave `per_item` unidentifiable.
 ///
 /// Under an open loop the latency target is not the whole story: one big
 /// write delays every item queued behind it. Told when items arrive
