@@ -6,7 +6,8 @@
 //! in batches, at the price of latency. [`BatchSizer`] (sans-IO, no runtime)
 //! learns `overhead` and `per_item` from the batches it sees and picks the
 //! biggest batch that stays within a latency target — capped, when items
-//! arrive at their own pace, at about twice the keep-up size so that one
+//! arrive at their own pace, at a few times the keep-up size (about 2.5 ×
+//! when the items dominate the cost; see [`BatchSizer`]) so that one
 //! big write does not hold up everything queued behind it. With the `tokio`
 //! feature, `Batcher` puts a bounded queue in front of a sink and writes a
 //! batch when it is full or its first item has waited `max_linger`; its

@@ -48,8 +48,9 @@ impl CostModel {
 ///
 /// How: ordinary least squares over the last `window` observations gives
 /// `overhead` and `per_item`; the size is `(target − overhead) / per_item`,
-/// clamped to `[min_size, max_size]` and to at most four times the previous size
-/// (so one noisy fit cannot jump to the maximum). A line needs two distinct
+/// clamped to `[min_size, max_size]` and to at most four times the previous
+/// size the latency target allowed, before the open-loop cap below (so one
+/// noisy fit cannot jump to the maximum). A line needs two distinct
 /// sizes, so until it has them the sizer alternates `initial_size` and its
 /// double (within the bounds: else its half, else `max_size`), and
 /// afterwards, after `probe_every` full batches in a row, one batch is half
