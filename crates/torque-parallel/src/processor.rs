@@ -608,7 +608,9 @@ impl Processor {
     /// item heavier than the budget is a wave of its own), so the memory the
     /// items need while they run stays bounded. Without a budget it is `map`
     /// (and `weigh` is not called). A panic of `weigh` is that item's
-    /// `ItemError::Panicked`; the item is not run.
+    /// `ItemError::Panicked`; the item is not run. Once the batch is
+    /// cancelled, the items not yet weighed are not weighed: they are
+    /// `ItemError::Cancelled`.
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder().memory_budget(100).build()?;
@@ -641,6 +643,14 @@ impl Processor {
             // is that item's result (the item is not run), after the wave's.
             let mut panicked = None;
             while end < items.len() {
+                if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                    // Nothing more will run: the rest is one wave that
+                    // only marks its items cancelled, with no weigher call
+                    // (user code, for nothing; its panic would have been
+                    // the item's result instead of `Cancelled`).
+                    end = items.len();
+                    break;
+                }
                 let w = match carried.take() {
                     Some(w) => w,
                     None => match catch_unwind(AssertUnwindSafe(|| weigh(&items[end]))) {

@@ -222,3 +222,42 @@ fn regression_a_cancelled_batch_does_not_wait_for_a_saturated_pool() {
             .all(|r| matches!(r, Err(ItemError::Cancelled)))
     );
 }
+
+/// A cancelled `map_weighted` weighed every item it would never run: the
+/// weigher (user code) ran for nothing, and where it panicked the item came
+/// back `Panicked` instead of `Cancelled`.
+#[test]
+fn regression_a_cancelled_map_weighted_weighs_no_item_it_skips() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .memory_budget(2)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let items: Vec<u64> = (0..10).collect();
+    let weighed = AtomicUsize::new(0);
+    let out = p.map_weighted(
+        &items,
+        |&x| {
+            weighed.fetch_add(1, Ordering::Relaxed);
+            // Item 3 is the first of the third wave (budget 2, weight 1
+            // each): by then the token is cancelled.
+            assert!(x < 3, "weighed item {x} after the cancel");
+            1
+        },
+        |&x| {
+            if x == 1 {
+                token.cancel();
+            }
+            x
+        },
+    );
+    assert_eq!(out.len(), 10);
+    assert_eq!(*out[1].as_ref().unwrap(), 1);
+    for (i, r) in out.iter().enumerate().skip(2) {
+        assert!(matches!(r, Err(ItemError::Cancelled)), "item {i}: {r:?}");
+    }
+    // The first wave (items 0 and 1) and item 2, which ended it and was
+    // weighed before the cancel.
+    assert_eq!(weighed.load(Ordering::Relaxed), 3);
+}
