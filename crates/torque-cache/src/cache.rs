@@ -789,6 +789,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// expired in it (as a write does in its own shard): an expired entry
     /// leaves as expired, not for capacity, and no live entry is evicted
     /// while the shard holds expired ones.
+    ///
+    /// The first pass skips `start`: the writer has evicted from it already,
+    /// down to its floor or to the one entry it just wrote, and a shard that
+    /// holds a heavy new entry alone is above its share because of that
+    /// entry. Evicting it there threw away the write after live entries of
+    /// other shards had left to make room for it (an entry of the whole
+    /// capacity's weight fitted with one shard, never with eight). The
+    /// second pass comes back to `start` last, once every other shard is
+    /// empty, as a one-shard cache would evict the new entry last.
     fn evict_elsewhere(&self, start: usize, timing: Timing, removed: &mut Removed<K, V>) {
         let n = self.inner.shards.len();
         for above_share in [true, false] {
@@ -797,6 +806,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                     return;
                 }
                 let index = (start + step) & self.inner.shard_mask;
+                if above_share && index == start {
+                    continue;
+                }
                 let mut shard = self.inner.shards[index].write();
                 if shard.sweep_due(timing.now) {
                     let freed = shard.sweep(timing, removed);
