@@ -29,7 +29,11 @@ use std::time::{Duration, Instant};
 /// recurse without end, e.g. by skipping the cache when re-entered on the
 /// same thread.
 pub trait Clock: Send + Sync + fmt::Debug {
-    /// The current instant. Must never go backwards.
+    /// The current instant. Must never go backwards. If it does, nothing
+    /// panics or overflows and a read never moves an entry's last use back
+    /// (its time-to-idle is not shortened); a write sets the entry's times
+    /// from the instant it reads, as always, and a load's time counts as
+    /// zero.
     fn now(&self) -> Instant;
 }
 

@@ -52,6 +52,21 @@ impl Times {
             self.accessed.store(now, Ordering::Relaxed);
         }
     }
+
+    /// [`Self::touch`] under the exclusive lock. Never moves the last use
+    /// back either: a clock that steps back (against the [`Clock`] docs,
+    /// but a user's clock may) made an exclusive read set an earlier last
+    /// use than the one the entry's timer was armed for, so the entry was
+    /// expired for `get` and `contains_key` while sweeps, `len()` and
+    /// `retain` kept it until the timer came due; reads under the shared
+    /// lock kept it alive until then, so policies disagreed too.
+    ///
+    /// [`Clock`]: crate::Clock
+    #[inline]
+    fn touch_exclusive(&mut self, now: u64) {
+        let accessed = self.accessed.get_mut();
+        *accessed = (*accessed).max(now);
+    }
 }
 
 /// One slot of the arena: what a read touches, in as few bytes as possible
@@ -466,7 +481,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 return Lookup::Expired;
             }
             if timing.tti != NEVER {
-                *times.accessed.get_mut() = timing.now;
+                times.touch_exclusive(timing.now);
                 deadline = times.deadline(timing.tti);
             }
         }
@@ -528,7 +543,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 return;
             }
             if timing.tti != NEVER {
-                *times.accessed.get_mut() = timing.now;
+                times.touch_exclusive(timing.now);
                 deadline = times.deadline(timing.tti);
             }
         }

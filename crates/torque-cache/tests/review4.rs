@@ -2,9 +2,11 @@
 //! misbehaves, and the other paths of that review, each test named for the
 //! defect it pins.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use torque_cache::{LocalCache, Policy, RemovalCause};
+use torque_cache::{Clock, LocalCache, Policy, RemovalCause};
 
 type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
 
@@ -54,5 +56,84 @@ fn regression_a_heavy_entry_alone_in_its_shard_is_not_evicted_for_being_above_it
                 );
             }
         }
+    }
+}
+
+/// A clock set to a number of seconds, which a test may also set back: the
+/// misbehaving clock the [`Clock`] docs forbid but a user may still plug in.
+#[derive(Debug, Clone)]
+struct SteppingClock {
+    base: Instant,
+    secs: Arc<AtomicU64>,
+}
+
+impl SteppingClock {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            secs: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn set(&self, secs: u64) {
+        self.secs.store(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for SteppingClock {
+    fn now(&self) -> Instant {
+        self.base + Duration::from_secs(self.secs.load(Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn regression_a_clock_stepping_back_does_not_let_a_read_shorten_the_time_to_idle() {
+    // Written at 100 with a 10 s time-to-idle, read at 50 by a clock that
+    // stepped back. Reads under the exclusive lock (Lru, Lfu, and Ttl with
+    // a time-to-idle) set the last use to 50, so the entry was idle from
+    // 60 on for get and contains_key, while its timer still said 110: at
+    // 65 len() counted it and retain showed it to its predicate, both
+    // documented never to happen. Reads under the shared lock (Adaptive,
+    // Fifo) never move the last use back and kept it until 110: now every
+    // policy does.
+    for policy in [
+        Policy::Lru,
+        Policy::Lfu,
+        Policy::Fifo,
+        Policy::Ttl,
+        Policy::Adaptive,
+    ] {
+        let clock = SteppingClock::new();
+        let log = Log::default();
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .policy(policy)
+            .time_to_idle(Duration::from_secs(10))
+            .clock(clock.clone())
+            .eviction_listener(listener(&log))
+            .build()
+            .unwrap();
+        clock.set(100);
+        cache.insert(1, 1);
+        clock.set(50);
+        assert_eq!(cache.get(&1), Some(1), "{policy:?}");
+        clock.set(65);
+        let mut shown = Vec::new();
+        cache.retain(|k, _| {
+            shown.push(*k);
+            true
+        });
+        assert_eq!(shown, [1], "{policy:?}: alive until 110");
+        assert!(cache.contains_key(&1), "{policy:?}");
+        assert_eq!(cache.len(), 1, "{policy:?}");
+        clock.set(110);
+        cache.retain(|_, _| panic!("{policy:?}: an expired entry was shown to retain"));
+        assert_eq!(cache.len(), 0, "{policy:?}");
+        assert!(!cache.contains_key(&1), "{policy:?}");
+        assert_eq!(
+            *log.lock().unwrap(),
+            [(1, 1, RemovalCause::Expired)],
+            "{policy:?}"
+        );
     }
 }
