@@ -29,13 +29,28 @@ pub enum BuildError {
     /// The shard count is not a power of two in `1..=MAX_SHARDS`.
     #[error(
         "shards must be a power of two from 1 to {MAX_SHARDS}, got {shards}: \
-         pick the next power of two, or leave it unset for a default sized to \
-         the machine and the capacity"
+         {advice}, or leave it unset for a default sized to the machine and \
+         the capacity",
+        advice = shards_advice(*shards)
     )]
     InvalidShards {
         /// The rejected shard count.
         shards: usize,
     },
+}
+
+/// What [`BuildError::InvalidShards`] tells the caller to pick instead:
+/// the valid counts nearest to `shards` (the next power of two alone sent
+/// a caller above [`MAX_SHARDS`] to a count refused too).
+fn shards_advice(shards: usize) -> String {
+    if shards == 0 {
+        "use 1 or more".to_string()
+    } else if shards > MAX_SHARDS {
+        format!("use {MAX_SHARDS} at most")
+    } else {
+        let above = shards.next_power_of_two();
+        format!("use {} or {above}", above / 2)
+    }
 }
 
 /// The plain-data part of a [`LocalCache`]'s configuration, for settings

@@ -137,3 +137,24 @@ fn regression_a_clock_stepping_back_does_not_let_a_read_shorten_the_time_to_idle
         );
     }
 }
+
+#[test]
+fn regression_the_shard_count_error_names_a_valid_count() {
+    // "pick the next power of two" sent a caller who asked for 5,000
+    // shards to 8,192, which is refused too; and it named no number.
+    let err = |shards| {
+        LocalCache::<u32, u32>::builder()
+            .max_capacity(1)
+            .shards(shards)
+            .build()
+            .unwrap_err()
+            .to_string()
+    };
+    let too_many = err(5_000);
+    assert!(too_many.contains("4096"), "{too_many}");
+    assert!(!too_many.contains("next power of two"), "{too_many}");
+    let between = err(3);
+    assert!(between.contains("2 or 4"), "{between}");
+    let zero = err(0);
+    assert!(zero.contains("use 1"), "{zero}");
+}
