@@ -61,9 +61,9 @@ pub(crate) struct Prepared {
     timing: Timing,
 }
 
-/// A write stores nothing of its own and sweeps a neighbouring shard for
-/// expired entries every this many writes, so shards that see no traffic still
-/// free their expired entries.
+/// A shard's writes sweep another shard for expired entries every this many
+/// writes, each of the other shards in turn, so shards that see no traffic
+/// still free their expired entries.
 const HELP_SWEEP_EVERY: u32 = 64;
 
 /// A concurrent, bounded, in-process cache. See the [crate docs](crate) for an
@@ -743,20 +743,25 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             if shard.writes_since_help >= HELP_SWEEP_EVERY {
                 shard.writes_since_help = 0;
                 if self.inner.expiry_in_use.load(Ordering::Relaxed) {
-                    help = Some((index + 1) & self.inner.shard_mask);
+                    // The other shards in turn: always the next one left
+                    // the expired entries of all the others held for as
+                    // long as the traffic stayed on a few hot keys.
+                    let others = self.inner.shard_mask.max(1);
+                    shard.helped = (shard.helped + 1) % others;
+                    help = Some((index + 1 + shard.helped) & self.inner.shard_mask);
                 }
             }
         }
         if self.over_capacity() {
             self.evict_elsewhere(index, timing, removed);
         }
-        if let Some(neighbour) = help
-            && neighbour != index
-            && let Some(mut shard) = self.inner.shards[neighbour].try_write()
+        if let Some(other) = help
+            && other != index
+            && let Some(mut shard) = self.inner.shards[other].try_write()
         {
             let before = shard.weight();
             shard.sweep(timing, removed);
-            self.publish_due(neighbour, &shard);
+            self.publish_due(other, &shard);
             let after = shard.weight();
             self.add_weight(before, after);
             drop(shard);

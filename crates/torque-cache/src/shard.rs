@@ -295,8 +295,10 @@ pub(crate) struct Shard<K, V> {
     pub(crate) counters: Counters,
     /// Whether the policy uses the per-entry hit counts (set once).
     count_hits: bool,
-    /// Writes since the last time this shard helped sweep a neighbour.
+    /// Writes since the last time this shard helped sweep another.
     pub(crate) writes_since_help: u32,
+    /// Which of the other shards it helped last (0: the next one).
+    pub(crate) helped: usize,
 }
 
 impl<K: Hash + Eq, V> Shard<K, V> {
@@ -312,6 +314,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             weight: 0,
             counters: Counters::default(),
             writes_since_help: 0,
+            helped: 0,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use torque_cache::{Clock, LocalCache, Policy, RemovalCause};
+use torque_cache::{Clock, LocalCache, MockClock, Policy, RemovalCause};
 
 type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
 
@@ -157,4 +157,44 @@ fn regression_the_shard_count_error_names_a_valid_count() {
     assert!(between.contains("2 or 4"), "{between}");
     let zero = err(0);
     assert!(zero.contains("use 1"), "{zero}");
+}
+
+#[test]
+fn regression_writes_to_one_shard_free_what_has_expired_in_every_other_shard() {
+    // Traffic on a few hot keys: every 64th write to a shard swept the
+    // next shard only, so the expired entries of the other 14 of 16
+    // shards were held (and their values' memory with them) however many
+    // writes came, until the cache filled up: 863 of 1,000 after 100,000
+    // writes. The help now goes round the other shards in turn.
+    let clock = MockClock::new();
+    let log = Log::default();
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100_000)
+        .shards(16)
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .eviction_listener(listener(&log))
+        .build()
+        .unwrap();
+    for k in 0..1_000 {
+        cache.insert(k, k);
+    }
+    clock.advance(Duration::from_secs(11));
+    // Enough writes of one key for its shard to help each of the other 15
+    // once: 15 helps of 64 writes.
+    for v in 0..15 * 64 {
+        cache.insert(1_000, v);
+    }
+    assert_eq!(
+        cache.weighted_size(),
+        1,
+        "only the key being written is left"
+    );
+    let expired = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&(k, _, c)| k < 1_000 && c == RemovalCause::Expired)
+        .count();
+    assert_eq!(expired, 1_000);
 }
