@@ -379,7 +379,15 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
             self.cache.inner.clock.now()
         }
         .saturating_duration_since(self.started);
-        loads.nanos.fetch_add(to_nanos(elapsed), Ordering::Relaxed);
+        // Saturating: loads that overlap each count a jump of the clock,
+        // and a plain add wrapped round past 584 years to a total smaller
+        // than one load's time.
+        let nanos = to_nanos(elapsed);
+        let _ = loads
+            .nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                Some(total.saturating_add(nanos))
+            });
         #[cfg(feature = "metrics")]
         crate::metrics::record_load(result.is_ok(), elapsed);
         self.counted = true;

@@ -29,7 +29,8 @@ pub struct CacheStats {
     /// cache's clock. A loader that panicked counts as a failure with no
     /// time (the clock is not read while the thread unwinds); a load whose
     /// leader's future was dropped counts nowhere. The load a waiter then
-    /// runs instead is counted as any other.
+    /// runs instead is counted as any other. Saturates at `u64::MAX`
+    /// nanoseconds (about 584 years), should a clock jump that far.
     pub total_load_time: Duration,
 }
 

@@ -198,3 +198,29 @@ fn regression_writes_to_one_shard_free_what_has_expired_in_every_other_shard() {
         .count();
     assert_eq!(expired, 1_000);
 }
+
+#[test]
+fn regression_the_total_load_time_saturates_when_the_clock_jumps() {
+    // Two loads that overlap (one loader loads another key) both count a
+    // jump of the clock: 400 years each, more than the 584 years of
+    // nanoseconds the total holds, and the sum wrapped round to about 215
+    // years, less than either load took.
+    let clock = MockClock::new();
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let jump = Duration::from_secs(400 * 365 * 24 * 3600);
+    let outer = cache.get_or_load(1, || {
+        let inner = cache.get_or_load(2, || {
+            clock.advance(jump);
+            Ok::<_, ()>(2)
+        });
+        Ok::<_, ()>(inner.unwrap() - 1)
+    });
+    assert_eq!(outer, Ok(1));
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 2);
+    assert_eq!(stats.total_load_time, Duration::from_nanos(u64::MAX));
+}
