@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
-use crate::{DefaultHasher, LocalCache, Policy, RemovalCause};
+use crate::{DefaultHasher, Expiry, LocalCache, Policy, RemovalCause};
 
 pub(crate) type Weigher<K, V> = Arc<dyn Fn(&K, &V) -> u32 + Send + Sync>;
 pub(crate) type Listener<K, V> = Arc<dyn Fn(&K, &V, RemovalCause) + Send + Sync>;
+pub(crate) type ExpiryFn<K, V> = Arc<dyn Expiry<K, V>>;
 
 /// The largest number of shards [`LocalCacheBuilder::shards`] accepts.
 pub const MAX_SHARDS: usize = 4096;
@@ -123,6 +124,7 @@ pub struct LocalCacheBuilder<K, V, S = DefaultHasher> {
     pub(crate) time_to_live: Option<Duration>,
     pub(crate) time_to_idle: Option<Duration>,
     pub(crate) weigher: Option<Weigher<K, V>>,
+    pub(crate) expiry: Option<ExpiryFn<K, V>>,
     pub(crate) listener: Option<Listener<K, V>>,
     pub(crate) hasher: S,
     pub(crate) clock: Arc<dyn Clock>,
@@ -138,6 +140,7 @@ impl<K, V> LocalCacheBuilder<K, V, DefaultHasher> {
             time_to_live: None,
             time_to_idle: None,
             weigher: None,
+            expiry: None,
             listener: None,
             hasher: DefaultHasher::default(),
             clock: Arc::new(SystemClock),
@@ -178,7 +181,8 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     }
 
     /// Every entry expires this long after it was written.
-    /// [`LocalCache::insert_with_ttl`] overrides it per entry.
+    /// [`LocalCache::insert_with_ttl`] and an [`expiry`](Self::expiry)
+    /// override it per entry.
     /// `Duration::ZERO` means entries expire on arrival: they are never
     /// stored and the listener sees them with [`RemovalCause::Expired`].
     pub fn time_to_live(mut self, ttl: Duration) -> Self {
@@ -192,6 +196,18 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// [`time_to_live`](Self::time_to_live).
     pub fn time_to_idle(mut self, tti: Duration) -> Self {
         self.time_to_idle = Some(tti);
+        self
+    }
+
+    /// Decides each written entry's time-to-live from its key and value
+    /// (see [`Expiry`]): for `insert` and for the values loaders store,
+    /// which have no per-call time-to-live. [`LocalCache::insert_with_ttl`]
+    /// still sets its own.
+    pub fn expiry<E>(mut self, expiry: E) -> Self
+    where
+        E: Expiry<K, V> + 'static,
+    {
+        self.expiry = Some(Arc::new(expiry));
         self
     }
 
@@ -240,6 +256,7 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
             time_to_live: self.time_to_live,
             time_to_idle: self.time_to_idle,
             weigher: self.weigher,
+            expiry: self.expiry,
             listener: self.listener,
             hasher,
             clock: self.clock,
@@ -307,6 +324,7 @@ impl<K, V, S: fmt::Debug> fmt::Debug for LocalCacheBuilder<K, V, S> {
             .field("time_to_live", &self.time_to_live)
             .field("time_to_idle", &self.time_to_idle)
             .field("weigher", &self.weigher.is_some())
+            .field("expiry", &self.expiry.is_some())
             .field("listener", &self.listener.is_some())
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)

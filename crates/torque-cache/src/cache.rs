@@ -29,7 +29,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::RwLock;
 
 use crate::DefaultHasher;
-use crate::builder::{Listener, LocalCacheBuilder, Weigher};
+use crate::builder::{ExpiryFn, Listener, LocalCacheBuilder, Weigher};
 use crate::clock::{Clock, to_nanos};
 use crate::load::Loads;
 use crate::policy::{NEVER, Policy, PolicyState};
@@ -59,6 +59,8 @@ pub(crate) struct Prepared {
     weight: u32,
     hash: u64,
     timing: Timing,
+    /// The entry's time-to-live in ticks ([`NEVER`] without one).
+    ttl: u64,
 }
 
 /// A shard's writes sweep another shard for expired entries every this many
@@ -114,6 +116,7 @@ pub(crate) struct Inner<K, V, S> {
     hasher: S,
     policy: Policy,
     weigher: Option<Weigher<K, V>>,
+    expiry: Option<ExpiryFn<K, V>>,
     listener: Option<Listener<K, V>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) origin: Instant,
@@ -213,13 +216,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 due,
                 hasher: b.hasher,
                 policy: b.policy,
+                expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER || b.expiry.is_some()),
                 weigher: b.weigher,
+                expiry: b.expiry,
                 listener: b.listener,
                 clock: b.clock,
                 origin,
                 ttl,
                 tti,
-                expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER),
                 shared_reads,
                 reads: ReadCounters::new(crate::reads::default_stripes()),
                 loads: Loads::new(),
@@ -565,17 +569,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Stores `value` under `key`, replacing any older value (which the
-    /// listener sees as [`RemovalCause::Replaced`]). Evicts as needed to stay
+    /// listener sees as [`RemovalCause::Replaced`]), with the time-to-live
+    /// the [`Expiry`](crate::Expiry) gives it if one is set, else the
+    /// cache-wide one. Evicts as needed to stay
     /// within capacity; see [`LocalCacheBuilder::weigher`] for entries heavier
     /// than the whole capacity and
     /// [`LocalCacheBuilder::max_capacity`] for a capacity of zero.
     pub fn insert(&self, key: K, value: V) {
-        self.insert_expiring(key, value, self.inner.ttl);
-    }
-
-    /// The cache-wide time-to-live in ticks ([`NEVER`] without one).
-    pub(crate) fn default_ttl(&self) -> u64 {
-        self.inner.ttl
+        self.insert_expiring(key, value, None);
     }
 
     /// Like [`insert`](Self::insert), with a time-to-live for this entry that
@@ -591,24 +592,26 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         } else {
             to_nanos(ttl)
         };
-        self.insert_expiring(key, value, ttl);
+        self.insert_expiring(key, value, Some(ttl));
     }
 
-    fn insert_expiring(&self, key: K, value: V, ttl: u64) {
+    /// [`insert`](Self::insert) with a time-to-live in ticks, or `None` for
+    /// the cache's own rules ([`Self::prepare`]).
+    fn insert_expiring(&self, key: K, value: V, ttl: Option<u64>) {
         self.inner.loads.supersede(Some(&key));
         // Filled in place: returned by value, it was copied (48 bytes for
         // `u64` keys and values) on every write.
         let mut removed = self.removed();
         // User code that runs before anything can leave the cache (the
-        // weigher, the hasher, the clock): a panic there has nothing to
-        // report.
-        let write = self.prepare(&key, &value);
+        // weigher, the expiry, the hasher, the clock): a panic there has
+        // nothing to report.
+        let write = self.prepare(&key, &value, ttl);
         // The write runs the key's `Eq` (user code) after its sweep may
         // have freed expired entries: should it panic (and the caller catch
         // it), the listener must still hear of those; then the panic
         // resumes.
         let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.store_prepared(key, value, write, ttl, &mut removed);
+            self.store_prepared(key, value, write, &mut removed);
         }));
         // The shard counted the insert even if the key's `Eq` panicked;
         // recorded before the listener, which may panic too.
@@ -621,22 +624,44 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Runs what a write of `key` and `value` needs from user code (the
-    /// weigher, the hasher, the clock), so that a caller that must write
-    /// under a lock of its own (a finishing load) can run it before taking
-    /// that lock: such code may use this cache.
+    /// weigher, the expiry, the hasher, the clock), so that a caller that
+    /// must write under a lock of its own (a finishing load) can run it
+    /// before taking that lock: such code may use this cache. The entry's
+    /// time-to-live is `ttl` (ticks) if given, else the
+    /// [`Expiry`](crate::Expiry)'s, else the cache-wide one.
     #[inline]
-    pub(crate) fn prepare(&self, key: &K, value: &V) -> Prepared {
+    pub(crate) fn prepare(&self, key: &K, value: &V, ttl: Option<u64>) -> Prepared {
         let weight = self
             .inner
             .weigher
             .as_ref()
             .map_or(1, |w| w(key, value))
             .max(1);
+        let ttl = match (ttl, &self.inner.expiry) {
+            (Some(ttl), _) => ttl,
+            (None, None) => self.inner.ttl,
+            (None, Some(expiry)) => self.expiring_ttl(expiry.as_ref(), key, value),
+        };
         Prepared {
             weight,
             hash: self.hash(key),
             timing: self.timing(),
+            ttl,
         }
+    }
+
+    /// The time-to-live in ticks that `expiry` gives `key` and `value`.
+    #[cold]
+    #[inline(never)]
+    fn expiring_ttl(&self, expiry: &dyn crate::Expiry<K, V>, key: &K, value: &V) -> u64 {
+        // A zero time-to-idle expires every entry on arrival (see
+        // `from_builder`), whatever its time-to-live.
+        if self.inner.tti == 0 {
+            return 0;
+        }
+        expiry
+            .expire_after_write(key, value)
+            .map_or(self.inner.ttl, to_nanos)
     }
 
     /// The write of [`insert`](Self::insert) with a time-to-live in ticks,
@@ -652,13 +677,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         key: K,
         value: V,
         write: Prepared,
-        ttl: u64,
         removed: &mut Removed<K, V>,
     ) {
         let Prepared {
             weight,
             hash,
             timing,
+            ttl,
         } = write;
         let expires = if ttl == NEVER {
             NEVER

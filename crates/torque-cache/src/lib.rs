@@ -6,7 +6,8 @@
 //! [`Policy`] chosen at build time: `Lru`, `Lfu`, `Fifo`, `Ttl` (nearest expiry
 //! first) or the default `Adaptive` (W-TinyLFU: scan resistant and frequency
 //! aware). Entries can expire by time-to-live, time-to-idle or a per-entry
-//! time-to-live, and expired entries are freed as the cache is used, not only
+//! time-to-live (given on insert, or decided by an [`Expiry`] for inserts and
+//! loads alike), and expired entries are freed as the cache is used, not only
 //! when read. [`get_or_load`](LocalCache::get_or_load) and
 //! [`get_or_load_async`](LocalCache::get_or_load_async) run one load per key
 //! however many callers miss it at once. An eviction listener hears of every
@@ -52,6 +53,7 @@
 mod builder;
 mod cache;
 mod clock;
+mod expiry;
 mod load;
 #[cfg(feature = "metrics")]
 mod metrics;
@@ -69,6 +71,7 @@ struct GuideDoctests;
 pub use builder::{BuildError, LocalCacheBuilder, LocalCacheConfig, MAX_SHARDS};
 pub use cache::{LocalCache, RemovalCause};
 pub use clock::{Clock, MockClock, SystemClock};
+pub use expiry::Expiry;
 pub use policy::Policy;
 pub use stats::{CacheStats, Evictions};
 

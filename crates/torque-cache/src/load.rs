@@ -403,7 +403,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // waiting on this very load.
                 // User code that may use this cache (a write from it takes
                 // the map's lock) runs first, with no lock held: the
-                // weigher, the hasher, the clock (so the entry's time is
+                // weigher, the expiry, the hasher, the clock (so the entry's time is
                 // taken just before the lock, not under it) and the clones
                 // to store. Should any of it panic, the guard's drop
                 // abandons the load. Whatever the write displaces, and the
@@ -413,7 +413,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 // map, a panic there left the slot running for ever.
                 let (write, key, copy, shared) = {
                     let _part = self.part_of_load();
-                    let write = self.cache.prepare(&self.key, &value);
+                    let write = self.cache.prepare(&self.key, &value, None);
                     (write, self.key.clone(), value.clone(), value.clone())
                 };
                 // Declared before the lock's guard, so that it drops after
@@ -423,15 +423,13 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
                 let unstored = if self.slot.superseded.load(Ordering::Relaxed) {
                     Some((key, copy))
                 } else {
-                    let ttl = self.cache.default_ttl();
                     // The write runs the key's `Eq` (user code) after its
                     // sweep may have freed expired entries: should it panic,
                     // the listener must still hear of those (as after
                     // `insert`'s), once the load is abandoned and out of
                     // the map; then the panic resumes.
                     let stored = catch_unwind(AssertUnwindSafe(|| {
-                        self.cache
-                            .store_prepared(key, copy, write, ttl, &mut removed);
+                        self.cache.store_prepared(key, copy, write, &mut removed);
                     }));
                     if let Err(panic) = stored {
                         drop(pending);

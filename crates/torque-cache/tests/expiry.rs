@@ -430,3 +430,156 @@ fn regression_a_full_cache_frees_expired_entries_of_other_shards_before_evicting
         }
     }
 }
+
+/// A cache whose [`torque_cache::Expiry`] gives odd values 5 s, even ones
+/// the cache-wide time-to-live (100 s), and 0 a zero time-to-live.
+fn with_expiry(clock: &MockClock) -> (LocalCache<u32, u32>, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let cache = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_live(secs(100))
+        .expiry(move |_: &u32, v: &u32| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            match v {
+                0 => Some(Duration::ZERO),
+                v if v % 2 == 1 => Some(secs(5)),
+                _ => None,
+            }
+        })
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    (cache, calls)
+}
+
+#[test]
+fn an_expiry_sets_each_inserted_entrys_time_to_live() {
+    let clock = MockClock::new();
+    let (cache, calls) = with_expiry(&clock);
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    // An explicit time-to-live wins, and the expiry is not asked.
+    cache.insert_with_ttl(3, 3, secs(50));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    clock.advance(secs(5));
+    assert_eq!(cache.get(&1), None, "the expiry's 5 s");
+    assert_eq!(cache.get(&2), Some(2), "None: the cache-wide 100 s");
+    assert_eq!(cache.get(&3), Some(3), "insert_with_ttl's 50 s");
+    // A rewrite asks again: 2 becomes odd, so 5 s from now.
+    cache.insert(2, 5);
+    clock.advance(secs(5));
+    assert_eq!(cache.get(&2), None);
+    assert_eq!(cache.get(&3), Some(3));
+    clock.advance(secs(40));
+    assert_eq!(cache.get(&3), None);
+}
+
+#[test]
+fn an_expiry_of_zero_expires_on_arrival() {
+    let clock = MockClock::new();
+    let removed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&removed);
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .expiry(|_: &u32, v: &u32| (*v == 0).then_some(Duration::ZERO))
+        .eviction_listener(move |k: &u32, _: &u32, cause| seen.lock().unwrap().push((*k, cause)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    cache.insert(1, 0);
+    assert_eq!(cache.get(&1), None);
+    assert_eq!(cache.len(), 0);
+    assert_eq!(
+        *removed.lock().unwrap(),
+        [(1, RemovalCause::Replaced), (1, RemovalCause::Expired)]
+    );
+    // Without a cache-wide time-to-live, `None` never expires.
+    cache.insert(2, 2);
+    clock.advance(secs(1_000_000));
+    assert_eq!(cache.get(&2), Some(2));
+}
+
+#[test]
+fn an_expiry_sets_the_time_to_live_of_loaded_values() {
+    let clock = MockClock::new();
+    let (cache, calls) = with_expiry(&clock);
+    let one = cache.get_or_load(1, || Ok::<_, std::io::Error>(1)).unwrap();
+    let two = cache.get_or_load(2, || Ok::<_, std::io::Error>(2)).unwrap();
+    assert_eq!((one, two), (1, 2));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    clock.advance(secs(5));
+    assert!(!cache.contains_key(&1), "the loaded odd value lived 5 s");
+    assert!(cache.contains_key(&2));
+    // A zero time-to-live: the caller gets the value, nothing is stored.
+    let zero = cache.get_or_load(3, || Ok::<_, std::io::Error>(0)).unwrap();
+    assert_eq!(zero, 0);
+    assert!(!cache.contains_key(&3));
+}
+
+#[tokio::test]
+async fn an_expiry_sets_the_time_to_live_of_values_loaded_async() {
+    let clock = MockClock::new();
+    let (cache, _) = with_expiry(&clock);
+    let v = cache
+        .get_or_load_async(1, || async { Ok::<_, std::io::Error>(7) })
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    clock.advance(secs(4));
+    assert_eq!(cache.get(&1), Some(7));
+    clock.advance(secs(1));
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn an_expiry_and_a_time_to_idle_whichever_comes_first() {
+    let clock = MockClock::new();
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_idle(secs(10))
+        .expiry(|_: &u32, _: &u32| Some(secs(25)))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    cache.insert(2, 2);
+    for _ in 0..2 {
+        clock.advance(secs(9));
+        assert_eq!(cache.get(&1), Some(1));
+    }
+    // 18 s: 2 idled out at 10 s; 1 was read at 9 and 18.
+    assert_eq!(cache.get(&2), None);
+    clock.advance(secs(7));
+    // 25 s: the expiry's time-to-live, though read 7 s ago.
+    assert_eq!(cache.get(&1), None);
+}
+
+#[test]
+fn a_panicking_expiry_stores_nothing_and_leaves_the_cache_usable() {
+    let cache = LocalCache::builder()
+        .max_capacity(10)
+        .expiry(|_: &u32, v: &u32| {
+            assert_ne!(*v, 13, "unlucky");
+            None
+        })
+        .build()
+        .unwrap();
+    let insert = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(1, 13)));
+    assert!(insert.is_err());
+    assert_eq!(cache.get(&1), None);
+    let load = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cache.get_or_load(2, || Ok::<_, std::io::Error>(13))
+    }));
+    assert!(load.is_err());
+    assert_eq!(cache.get(&2), None);
+    // The key is not wedged: the next load runs and stores.
+    assert_eq!(
+        cache.get_or_load(2, || Ok::<_, std::io::Error>(2)).unwrap(),
+        2
+    );
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.len(), 2);
+}

@@ -393,3 +393,39 @@ fn regression_a_clock_that_reads_the_cache_does_not_deadlock_a_load() {
     assert_eq!(v, Ok(1));
     assert_eq!(cache.get(&1), Some(1));
 }
+
+#[test]
+fn an_expiry_that_uses_the_cache_deadlocks_neither_a_write_nor_a_load() {
+    // The expiry runs with no lock held, as the weigher does: here it
+    // reads and writes the cache it decides for.
+    let slot: Arc<OnceLock<LocalCache<u32, u32>>> = Arc::default();
+    let home = Arc::clone(&slot);
+    let cache = LocalCache::builder()
+        .max_capacity(100)
+        .expiry(move |k: &u32, _: &u32| {
+            if let Some(cache) = home.get()
+                && *k != SCRATCH
+            {
+                let seen = cache.get(&SCRATCH).unwrap_or(0);
+                cache.insert(SCRATCH, seen + 1);
+            }
+            Some(Duration::from_secs(60))
+        })
+        .build()
+        .expect("valid config");
+    slot.set(cache.clone()).expect("set once");
+    let c = cache.clone();
+    let v = bounded(
+        "a write and a load whose expiry uses the cache",
+        move || {
+            c.insert(1, 1);
+            c.get_or_load(2, || Ok::<_, ()>(2))
+        },
+    );
+    assert_eq!(v, Ok(2));
+    assert_eq!(
+        cache.get(&SCRATCH),
+        Some(2),
+        "the expiry ran once per write"
+    );
+}
