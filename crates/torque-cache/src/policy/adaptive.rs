@@ -108,8 +108,8 @@ const PROTECTED_PERCENT: u64 = 90;
 /// 12`; 0.6943 without the bound), and 2 % let the shifting trace below
 /// reach 0.619.
 const PROBATION_OF_HELD_DIVISOR: u64 = 20;
-/// Whether an unweighted shard's window follows the returns of departed
-/// keys ([`Adaptive::adapt`]).
+/// Whether a shard's window follows the returns of departed keys
+/// ([`Adaptive::adapt`]).
 const ADAPTIVE_WINDOW: bool = true;
 /// The most of a shard the window may grow to: all but a fifth (rounded
 /// up), 80 % (Caffeine's climber stops at the same share).
@@ -171,6 +171,9 @@ pub(crate) struct Adaptive {
     victims: Ghost,
     /// Whether the window's size follows the two ghosts ([`Self::adapt`]).
     adapts: bool,
+    /// Whether entries have weights (a weigher): the window then adapts
+    /// under two more rules ([`Self::adapt`], [`Self::contest_more`]).
+    weighted: bool,
     /// The window's initial (and least) size, and its most.
     window_min: u64,
     window_cap: u64,
@@ -435,7 +438,8 @@ impl Adaptive {
             rng: 0x853c_49e6_748f_ea9b,
             ghost,
             victims,
-            adapts: ADAPTIVE_WINDOW && !weighted && !climb,
+            adapts: ADAPTIVE_WINDOW && !climb,
+            weighted,
             window_min,
             window_cap: max_window(capacity).max(window_min),
             window_now: window_min,
@@ -749,7 +753,7 @@ impl Adaptive {
         self.window_weight += u64::from(weight);
     }
 
-    /// Moves the window by one entry on the evidence of a missed key's
+    /// Moves the window by one (average) entry on the evidence of a missed key's
     /// return, as ARC moves its target (Megiddo & Modha, "ARC: A
     /// Self-Tuning, Low Overhead Replacement Cache", USENIX FAST 2003): a
     /// key refused at the window's end lately ([`Self::ghost`]) would have
@@ -773,22 +777,57 @@ impl Adaptive {
     /// worse at every fixed size, yet refused keys return more often than
     /// evicted ones).
     ///
-    /// Weighted shards keep the fixed window: their ghosts count keys, not
-    /// weight, and their window is already held near its share by the
-    /// contests of a heavy insert's round.
+    /// With weights the ghosts still count keys, so a step is the shard's
+    /// average entry weight (what it held over its entries before this
+    /// one; exactly 1 without weights), not the returning key's: refused
+    /// keys are heavier than evicted ones (a heavy candidate must outweigh
+    /// every victim it would displace), and steps of their weight pushed
+    /// the window up on Zipf traffic. And a weighted window's size grows
+    /// only while it is at most one step ahead of the window itself: a
+    /// return says a larger window than the one the shard holds would
+    /// have kept the key, not one larger than a size it never reached.
+    /// Without that brake small weighted shards grew their windows on Zipf
+    /// and scan/loop traffic (about 1,000 average entries of 1–100 units:
+    /// Zipf 0.9 0.533 → 0.545, scan/loop 0.666 → 0.691).
+    /// Measured with weights of 1–100 (`cache_weighted_traces`,
+    /// docs/benchmarks.md, 2026-12-06, thirteenth session): recency at about
+    /// 20,000 entries 0.364 → 0.275, twice-touched scan 0.614 → 0.373;
+    /// Zipf and scan/loop within 0.002, but Zipf 0.9 with popular keys
+    /// heavy at 20,000 units 0.548 → 0.557 (`cache_more_traces`).
     #[inline]
     fn adapt(&mut self, hash: u64) {
-        let max = if self.ghost.contains(hash) {
-            (self.window_max + 1).min(self.window_cap)
+        let grow = if self.ghost.contains(hash) {
+            true
         } else if self.victims.recall(hash) {
-            self.window_max.saturating_sub(1).max(self.window_min)
+            false
         } else {
             return;
+        };
+        let step = self.step();
+        let max = if grow {
+            if self.weighted && self.window_max > self.window_weight + step {
+                return;
+            }
+            (self.window_max + step).min(self.window_cap)
+        } else {
+            self.window_max.saturating_sub(step).max(self.window_min)
         };
         if max != self.window_max {
             self.window_max = max;
             self.protected_max = Self::protected_share(self.capacity, max);
         }
+    }
+
+    /// One step of [`Self::adapt`]: an entry, of the shard's average
+    /// weight (what it held before the entry being inserted, which
+    /// `entries` already counts).
+    #[inline]
+    fn step(&self) -> u64 {
+        if !self.weighted {
+            return 1;
+        }
+        let held = self.window_weight + self.probation_weight + self.protected_weight;
+        (held / self.entries.saturating_sub(1).max(1)).max(1)
     }
 
     /// A main-space entry leaves for capacity.
@@ -1060,13 +1099,21 @@ impl Adaptive {
             self.entries -= 1;
             return Some(loser);
         }
-        if self.adapts && self.window_weight < self.window_now {
+        if self.adapts
+            && self.window_weight < self.window_now
+            && (!self.weighted || self.window_max > self.window_min)
+        {
             // The window is below its size, which has grown
             // ([`Self::adapt`]): main space gives the room, unopposed. (At
             // its size, the window's oldest still contests, as without
             // adaptation: taking main's tail there too lost the issue's
             // scan/loop cell at 1k entries in 4 of 8 hasher seeds, against
-            // none of 8; `cache_hit_ratio_cell -- scan 1000 8`.)
+            // none of 8; `cache_hit_ratio_cell -- scan 1000 8`.) A
+            // weighted window is below its size after most contests (an
+            // entry leaves whole), so at its least size it keeps the fixed
+            // window's contests: taking main's tail there turned the filter
+            // off for much of the traffic (scan/loop at about 1,000 average
+            // entries 0.666 → 0.707, `cache_weighted_traces`).
             return None;
         }
         self.contest_window(hits)
@@ -1187,10 +1234,11 @@ impl Adaptive {
         let victims = std::mem::replace(&mut self.victims, Ghost::for_entries(1));
         // The window's size is learned history too; `new` with `weighted`
         // (for the sketch's sizing) would switch the adaptation off.
-        let (adapts, window_max) = (self.adapts, self.window_max);
+        let (adapts, weighted, window_max) = (self.adapts, self.weighted, self.window_max);
         *self = Self::new(capacity, climb, true);
         self.victims = victims;
         self.adapts = adapts;
+        self.weighted = weighted;
         if adapts {
             self.window_max = window_max;
             self.protected_max = Self::protected_share(capacity, window_max);
@@ -1545,14 +1593,62 @@ mod tests {
     }
 
     #[test]
-    fn weighted_shards_keep_a_fixed_window_and_clear_keeps_the_learned_one() {
-        assert!(!Adaptive::new(100, false, true).adapts);
-        let mut p = Adaptive::new(100, false, false);
-        p.window_max = 30;
-        p.clear();
-        assert!(p.adapts, "clear must not switch the adaptation off");
-        assert_eq!(p.window_max, 30);
-        assert_eq!(p.protected_max, Adaptive::protected_share(100, 30));
+    fn clear_keeps_the_learned_window() {
+        for weighted in [false, true] {
+            let mut p = Adaptive::new(100, false, weighted);
+            assert!(p.adapts);
+            p.window_max = 30;
+            p.clear();
+            assert!(p.adapts, "clear must not switch the adaptation off");
+            assert_eq!(p.weighted, weighted);
+            assert_eq!(p.window_max, 30);
+            assert_eq!(p.protected_max, Adaptive::protected_share(100, 30));
+        }
+    }
+
+    #[test]
+    fn a_weighted_window_steps_by_the_average_weight_within_a_step_of_itself() {
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1_000, false, true);
+        let min = p.window_min;
+        assert_eq!(min, 10);
+        let h = |i: u32| u64::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Five entries of 20 units (the shard is not full: all in the
+        // window, 100 units).
+        for i in 0..5 {
+            hits.insert(&mut p, i, h(i), 20);
+        }
+        // A heavy refused key comes back: the window grows by the average
+        // weight, 20, not by the key's own 300.
+        p.ghost.remember(h(5));
+        hits.insert(&mut p, 5, h(5), 300);
+        assert_eq!(p.window_max, min + 20);
+        // An evicted one comes back: it shrinks by the average, now 400 / 6.
+        p.victims.remember(h(6));
+        hits.insert(&mut p, 6, h(6), 20);
+        assert_eq!(p.window_max, min);
+        // A window of 420 units lets its size grow up to a step beyond it,
+        // and no further, however many refused keys come back.
+        for i in 7..200 {
+            p.ghost.remember(h(i));
+            hits.insert(&mut p, i, h(i), 1);
+        }
+        // (No evictions: the shard holds 613 of its 1,000 units, all in
+        // the window. Its size grew by the average, about 3, per return,
+        // the window by 1: it caught up, then was held.)
+        let window = p.window_weight;
+        let step = (window + p.main_weight()) / p.entries;
+        assert_eq!(window, 613);
+        assert!(
+            p.window_max <= window + 2 * step,
+            "size {} ahead of a window of {window}",
+            p.window_max
+        );
+        assert!(
+            p.window_max >= window,
+            "grew up to the window: {}",
+            p.window_max
+        );
     }
 
     #[test]
