@@ -53,15 +53,21 @@ pub struct Stats {
     pub rejected: u64,
 }
 
-/// `try_acquire` found the limiter full.
+/// `try_acquire` found the limiter full: the requests in flight and the
+/// async callers waiting (each promised the next free permit) reach the
+/// limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("concurrency limit reached: {in_flight} in flight, limit {limit}")]
+#[error("concurrency limit reached: {in_flight} in flight and {waiting} waiting, limit {limit}")]
 #[non_exhaustive]
 pub struct Rejected {
     /// The limit at the time of the refusal.
     pub limit: usize,
     /// Requests in flight at the time of the refusal.
     pub in_flight: usize,
+    /// Async callers queued for a permit at the time of the refusal: a
+    /// `try_acquire` does not jump their queue, so it is refused below the
+    /// limit while they wait.
+    pub waiting: usize,
 }
 
 /// A limiter driven by an [`Algorithm`], measuring latencies with a
@@ -188,6 +194,7 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
             let rejected = Rejected {
                 limit: state.limit,
                 in_flight: state.in_flight,
+                waiting: state.waiters.len(),
             };
             state.algorithm.rejected();
             drop(state);
