@@ -132,14 +132,16 @@ fn check_range(
     expected: &'static str,
 ) -> Result<(), BuildError> {
     if ok && value.is_finite() {
-        Ok(())
-    } else {
-        Err(BuildError::OutOfRange {
-            name,
-            value,
-            expected,
-        })
+        return Ok(());
     }
+    // An infinity may pass `ok` (say "at least 1.0"): the range would then
+    // read as if the value were in it.
+    let expected = if ok { "a finite number" } else { expected };
+    Err(BuildError::OutOfRange {
+        name,
+        value,
+        expected,
+    })
 }
 
 /// Rounds a fractional limit and clamps it into `[min, max]` (and at least 1).

@@ -33,3 +33,24 @@ async fn regression_a_refusal_behind_waiters_says_they_are_waiting() {
     waiter.await.unwrap().success();
     assert_eq!(limiter.stats().in_flight, 0);
 }
+
+/// `Gradient2`'s `rtt_tolerance` and `queue_size` are refused when
+/// infinite, but the error read "rtt_tolerance = inf is out of range: at
+/// least 1.0" (and "queue_size = inf ...: 0 or more"): infinity is both,
+/// so the message contradicted itself instead of saying what to change.
+#[test]
+fn regression_an_infinite_knob_is_refused_as_not_finite() {
+    use torque_parallel::limit::{BuildError, Gradient2};
+    for error in [
+        Gradient2::builder().rtt_tolerance(f64::INFINITY).build(),
+        Gradient2::builder().queue_size(f64::INFINITY).build(),
+    ]
+    .map(Result::unwrap_err)
+    {
+        assert!(
+            matches!(error, BuildError::OutOfRange { value, .. } if value.is_infinite()),
+            "{error}"
+        );
+        assert!(error.to_string().contains("finite"), "{error}");
+    }
+}
