@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::wait_until_async;
@@ -53,4 +54,76 @@ fn regression_an_infinite_knob_is_refused_as_not_finite() {
         );
         assert!(error.to_string().contains("finite"), "{error}");
     }
+}
+
+/// A clock that panics while `failing` is set: a user's clock with a bug
+/// (or tokio's, read while its thread's locals are being destroyed).
+#[derive(Debug, Clone, Default)]
+struct FailingClock {
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FailingClock {
+    fn fail(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl torque_parallel::limit::Clock for FailingClock {
+    fn now(&self) -> std::time::Instant {
+        assert!(
+            !self.failing.load(std::sync::atomic::Ordering::Relaxed),
+            "the clock's bug"
+        );
+        std::time::Instant::now()
+    }
+}
+
+/// The limiter survives a panicking algorithm with its permits intact, but
+/// not a panicking clock: read when a token was stamped (after its permit
+/// was counted) or completed (before the permit was given back), the
+/// panic lost the permit for good, and a `Fixed(1)` limiter admitted
+/// nothing ever again. A token dropped without a verdict read the clock
+/// too, though an ignored request feeds no latency anywhere.
+#[test]
+fn regression_a_panicking_clock_does_not_leak_permits() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    let clock = FailingClock::default();
+    let limiter = ConcurrencyLimiter::with_clock(Fixed::new(1), clock.clone());
+
+    // Completing a token measures its latency.
+    let token = limiter.try_acquire().unwrap();
+    clock.fail(true);
+    assert!(catch_unwind(AssertUnwindSafe(|| token.success())).is_err());
+    assert_eq!(limiter.stats().in_flight, 0, "success leaked its permit");
+
+    // Handing a token out stamps it.
+    assert!(catch_unwind(AssertUnwindSafe(|| limiter.try_acquire())).is_err());
+    assert_eq!(limiter.stats().in_flight, 0, "try_acquire leaked a permit");
+    let acquire = catch_unwind(AssertUnwindSafe(|| {
+        let waker = std::task::Waker::noop();
+        let mut acquire = std::pin::pin!(limiter.acquire());
+        let _ = acquire
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+    }));
+    assert!(acquire.is_err());
+    assert_eq!(limiter.stats().in_flight, 0, "acquire leaked a permit");
+
+    // An ignored token has no latency to measure.
+    clock.fail(false);
+    let token = limiter.try_acquire().unwrap();
+    clock.fail(true);
+    token.ignore();
+    assert_eq!(limiter.stats().in_flight, 0);
+    clock.fail(false);
+    let token = limiter.try_acquire().unwrap();
+    clock.fail(true);
+    drop(token);
+    assert_eq!(limiter.stats().in_flight, 0);
+
+    clock.fail(false);
+    limiter.try_acquire().unwrap().success();
+    assert_eq!(limiter.stats().in_flight, 0);
 }

@@ -169,11 +169,19 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
         f(&self.shared.state.lock().algorithm)
     }
 
+    /// Stamps a permit already counted in flight.
     fn token(&self, in_flight: usize) -> Token {
-        Token {
-            release: Some(self.shared.clone()),
-            started: self.shared.clock.now(),
-            in_flight,
+        // The clock may be the user's: if it panics, the permit goes back.
+        match catch_unwind(AssertUnwindSafe(|| self.shared.clock.now())) {
+            Ok(started) => Token {
+                release: Some(self.shared.clone()),
+                started,
+                in_flight,
+            },
+            Err(payload) => {
+                self.shared.return_ignored();
+                resume_unwind(payload)
+            }
         }
     }
 }
@@ -313,6 +321,24 @@ impl<A, C> fmt::Debug for Acquire<A, C> {
     }
 }
 
+impl<A, C> Shared<A, C> {
+    /// Gives back a permit whose request feeds the algorithm no sample, and
+    /// wakes the waiters it admits.
+    fn return_ignored(&self) {
+        let mut state = self.state.lock();
+        state.in_flight -= 1;
+        state.wake_admissible();
+        // Under the lock, as in `release`.
+        #[cfg(feature = "metrics")]
+        super::metrics::record_completed(
+            Outcome::Ignored,
+            std::time::Duration::ZERO,
+            state.limit,
+            state.in_flight,
+        );
+    }
+}
+
 /// Type-erased way back from a token to its limiter.
 trait Release: Send + Sync {
     fn release(&self, started: Instant, in_flight: usize, outcome: Outcome);
@@ -327,34 +353,41 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
     }
 
     fn release(&self, started: Instant, in_flight: usize, outcome: Outcome) {
-        let now = self.clock.now();
+        // No sample, so no latency to measure: a token dropped while its
+        // thread unwinds reads no clock (whose panic would abort).
+        if outcome == Outcome::Ignored {
+            self.return_ignored();
+            return;
+        }
+        // The clock may be the user's, like the algorithm: if it panics,
+        // the permit is back all the same.
+        let now = match catch_unwind(AssertUnwindSafe(|| self.clock.now())) {
+            Ok(now) => now,
+            Err(payload) => {
+                self.return_ignored();
+                resume_unwind(payload)
+            }
+        };
         let latency = now.saturating_duration_since(started);
         let mut state = self.state.lock();
         state.in_flight -= 1;
-        if outcome != Outcome::Ignored {
-            let sample = Sample {
-                now,
-                latency,
-                in_flight,
-                outcome,
-            };
-            // The algorithm may be the user's: if it panics, the permit is
-            // back all the same, and the waiters it admits must still be
-            // woken, or they wait for a release that may never come.
-            match catch_unwind(AssertUnwindSafe(|| state.algorithm.update(&sample))) {
-                Ok(limit) => state.limit = limit.max(1),
-                Err(payload) => {
-                    state.wake_admissible();
-                    #[cfg(feature = "metrics")]
-                    super::metrics::record_completed(
-                        outcome,
-                        latency,
-                        state.limit,
-                        state.in_flight,
-                    );
-                    drop(state);
-                    resume_unwind(payload);
-                }
+        let sample = Sample {
+            now,
+            latency,
+            in_flight,
+            outcome,
+        };
+        // The algorithm may be the user's: if it panics, the permit is
+        // back all the same, and the waiters it admits must still be
+        // woken, or they wait for a release that may never come.
+        match catch_unwind(AssertUnwindSafe(|| state.algorithm.update(&sample))) {
+            Ok(limit) => state.limit = limit.max(1),
+            Err(payload) => {
+                state.wake_admissible();
+                #[cfg(feature = "metrics")]
+                super::metrics::record_completed(outcome, latency, state.limit, state.in_flight);
+                drop(state);
+                resume_unwind(payload);
             }
         }
         state.wake_admissible();
