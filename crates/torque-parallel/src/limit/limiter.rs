@@ -165,6 +165,10 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
     }
 
     /// Runs `f` on the algorithm (to read its own statistics).
+    ///
+    /// `f` runs under the limiter's lock, which is not reentrant: it must
+    /// not use this limiter (`stats`, `limit`, its `Debug`, acquiring a
+    /// permit, completing or dropping one of its tokens), or it deadlocks.
     pub fn with_algorithm<R>(&self, f: impl FnOnce(&A) -> R) -> R {
         f(&self.shared.state.lock().algorithm)
     }
