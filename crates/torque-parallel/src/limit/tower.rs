@@ -29,6 +29,13 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Outcome, Token};
 ///
 /// Every service built from one layer shares its limiter.
 ///
+/// The layer queues; it never refuses. Shedding with tower's `LoadShed`
+/// outside it works, but the limiter hears nothing of the refusals (its
+/// `rejected` count and [`Algorithm::rejected`] only see
+/// [`try_acquire`](super::Limiter::try_acquire)), and a shed service keeps
+/// its place in the queue until it is polled again or dropped: shed with a
+/// service cloned for each request. docs/parallel.md has the details.
+///
 /// # Example
 /// ```
 /// use torque_parallel::limit::{Adaptive, ConcurrencyLimiter, LimitLayer};
