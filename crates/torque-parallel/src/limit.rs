@@ -43,7 +43,10 @@ pub use fixed::Fixed;
 pub use gradient2::{Gradient2, Gradient2Builder};
 pub use limiter::{Acquire, ConcurrencyLimiter, Limiter, Rejected, Stats, Token};
 #[cfg(feature = "tower")]
-pub use tower::{Classify, IgnoreErrors, LimitLayer, LimitService, ResponseFuture};
+pub use tower::{
+    Classify, IgnoreErrors, LimitLayer, LimitService, ResponseFuture, ShedFuture, ShedLayer,
+    ShedService,
+};
 pub use vegas::{Vegas, VegasBuilder};
 pub use windowed::{Windowed, WindowedBuilder};
 

@@ -302,3 +302,66 @@ async fn the_classifier_decides_each_responses_outcome() {
     );
     assert_eq!(limiter.stats().in_flight, 0);
 }
+
+/// Counts the requests that reach it; answers after 10 ms, as `Slow`.
+#[derive(Clone)]
+struct Counted {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    inner: Slow,
+}
+
+impl Service<u32> for Counted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: u32) -> Self::Future {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let response = self.inner.call(request);
+        Box::pin(async move { response.await.map_err(BoxError::from) })
+    }
+}
+
+/// `LimitLayer` only queued: an open loop that sheds at the limit had to
+/// put tower's `LoadShed` outside it, and the limiter never heard of the
+/// refusals (the default `Adaptive` sizes its burst allowance from them).
+#[tokio::test(start_paused = true)]
+async fn a_shedding_layer_refuses_at_the_limit_and_the_limiter_counts_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use torque_parallel::limit::Rejected;
+    let limiter = ConcurrencyLimiter::new(Fixed::new(2));
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut service = LimitLayer::new(limiter.clone()).shed().layer(Counted {
+        calls: calls.clone(),
+        inner: Slow {
+            delay: Duration::from_millis(10),
+        },
+    });
+    let mut running = Vec::new();
+    for request in [2, 4] {
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        running.push(service.call(request));
+    }
+    assert_eq!(limiter.stats().in_flight, 2);
+    // At the limit: refused at once, the backend not called.
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    let refused = service.call(6).await.unwrap_err();
+    let rejected = refused.downcast_ref::<Rejected>().expect("a Rejected");
+    assert_eq!((rejected.limit, rejected.in_flight), (2, 2));
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    let stats = limiter.stats();
+    assert_eq!((stats.rejected, stats.in_flight, stats.waiting), (1, 2, 0));
+    // The admitted requests answer and give their permits back.
+    for response in running {
+        assert!(response.await.is_ok());
+    }
+    assert_eq!(limiter.stats().in_flight, 0);
+    poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+    assert_eq!(service.call(8).await.unwrap(), 8);
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+}

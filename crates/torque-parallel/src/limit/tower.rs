@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Outcome, Token};
+use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Limiter, Outcome, Rejected, Token};
 
 /// Applies a [`ConcurrencyLimiter`] to a tower service: `poll_ready` waits
 /// for a permit (tower's backpressure), the response completes the token.
@@ -29,12 +29,14 @@ use super::{Acquire, Algorithm, Clock, ConcurrencyLimiter, Outcome, Token};
 ///
 /// Every service built from one layer shares its limiter.
 ///
-/// The layer queues; it never refuses. Shedding with tower's `LoadShed`
-/// outside it works, but the limiter hears nothing of the refusals (its
-/// `rejected` count and [`Algorithm::rejected`] only see
-/// [`try_acquire`](super::Limiter::try_acquire)), and a shed service keeps
-/// its place in the queue until it is polled again or dropped: shed with a
-/// service cloned for each request. docs/parallel.md has the details.
+/// The layer queues; it never refuses. To refuse at the limit instead (an
+/// open loop that sheds what it cannot serve), use
+/// [`shed`](LimitLayer::shed): the limiter then sees each refusal, which
+/// the default [`Adaptive`](super::Adaptive) algorithm needs to size its
+/// burst allowance. Tower's `LoadShed` outside this layer sheds too, but
+/// the limiter hears nothing of its refusals, and a shed service keeps its
+/// place in the queue until it is polled again or dropped.
+/// docs/parallel.md has the details.
 ///
 /// # Example
 /// ```
@@ -153,6 +155,68 @@ impl<A, C, K> LimitLayer<A, C, K> {
         LimitLayer {
             limiter: self.limiter,
             classifier,
+        }
+    }
+
+    /// Refuses requests at the limit instead of queueing them: the service
+    /// is ready whenever the inner one is, and `call` takes a permit with
+    /// [`try_acquire`](Limiter::try_acquire) or answers at once with the
+    /// [`Rejected`] error, converted into the service's error type (a
+    /// `BoxError` takes it as is). The inner service is not called for a
+    /// refused request. Every refusal reaches the limiter (its `rejected`
+    /// count and [`Algorithm::rejected`]), so the default
+    /// [`Adaptive`](super::Adaptive) algorithm can allow for bursts as it
+    /// does for any caller of `try_acquire`. The classifier applies to the
+    /// requests admitted.
+    ///
+    /// # Example
+    /// ```
+    /// use std::future::{Pending, pending, poll_fn};
+    /// use std::task::{Context, Poll};
+    /// use torque_parallel::limit::{ConcurrencyLimiter, Fixed, LimitLayer, Limiter, Rejected};
+    /// use tower_layer::Layer;
+    /// use tower_service::Service;
+    ///
+    /// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    ///
+    /// /// A backend that never answers: its requests hold their permits.
+    /// #[derive(Clone)]
+    /// struct Stuck;
+    ///
+    /// impl Service<()> for Stuck {
+    ///     type Response = ();
+    ///     type Error = BoxError;
+    ///     type Future = Pending<Result<(), BoxError>>;
+    ///
+    ///     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    ///         Poll::Ready(Ok(()))
+    ///     }
+    ///
+    ///     fn call(&mut self, _: ()) -> Self::Future {
+    ///         pending()
+    ///     }
+    /// }
+    ///
+    /// # fn main() {
+    /// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # runtime.block_on(async {
+    /// let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    /// let mut service = LimitLayer::new(limiter.clone()).shed().layer(Stuck);
+    ///
+    /// poll_fn(|cx| service.poll_ready(cx)).await?;
+    /// let _running = service.call(()); // takes the one permit
+    /// poll_fn(|cx| service.poll_ready(cx)).await?;
+    /// let refused = service.call(()).await.unwrap_err();
+    /// assert!(refused.is::<Rejected>());
+    /// assert_eq!(limiter.stats().rejected, 1);
+    /// # Ok::<(), BoxError>(())
+    /// # }).unwrap();
+    /// # }
+    /// ```
+    pub fn shed(self) -> ShedLayer<A, C, K> {
+        ShedLayer {
+            limiter: self.limiter,
+            classifier: self.classifier,
         }
     }
 }
@@ -323,5 +387,142 @@ where
             token.complete(this.classifier.classify(&output));
         }
         Poll::Ready(output)
+    }
+}
+
+/// A [`LimitLayer`] that refuses at the limit instead of queueing; made by
+/// [`LimitLayer::shed`].
+pub struct ShedLayer<A, C, K = IgnoreErrors> {
+    limiter: ConcurrencyLimiter<A, C>,
+    classifier: K,
+}
+
+/// A clone shares the limiter, as [`LimitLayer`]'s does.
+impl<A, C, K: Clone> Clone for ShedLayer<A, C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<A: fmt::Debug, C: fmt::Debug, K> fmt::Debug for ShedLayer<A, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedLayer")
+            .field("limiter", &self.limiter)
+            .field("classifier", &std::any::type_name::<K>())
+            .finish()
+    }
+}
+
+impl<S, A: Algorithm, C: Clock, K: Clone> Layer<S> for ShedLayer<A, C, K> {
+    type Service = ShedService<S, A, C, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ShedService {
+            inner,
+            limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// The service [`ShedLayer`] wraps around `S`.
+pub struct ShedService<S, A, C, K = IgnoreErrors> {
+    inner: S,
+    limiter: ConcurrencyLimiter<A, C>,
+    classifier: K,
+}
+
+impl<S: Clone, A, C, K: Clone> Clone for ShedService<S, A, C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limiter: self.limiter.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S, A, C, K> fmt::Debug for ShedService<S, A, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedService").finish_non_exhaustive()
+    }
+}
+
+impl<S, Request, A, C, K> Service<Request> for ShedService<S, A, C, K>
+where
+    S: Service<Request>,
+    S::Error: From<Rejected>,
+    A: Algorithm,
+    C: Clock,
+    K: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ShedFuture<S::Future, K>;
+
+    /// Ready when the inner service is: the limit is checked in `call`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.limiter.try_acquire() {
+            Ok(token) => ShedFuture {
+                admitted: Some(ResponseFuture {
+                    inner: self.inner.call(request),
+                    classifier: self.classifier.clone(),
+                    token: Some(token),
+                }),
+                refused: None,
+            },
+            Err(rejected) => ShedFuture {
+                admitted: None,
+                refused: Some(rejected),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ShedService`]: the inner response of an
+    /// admitted request (its token completed as [`ResponseFuture`]'s), or
+    /// the [`Rejected`] error of a refused one, at once.
+    pub struct ShedFuture<F, K = IgnoreErrors> {
+        #[pin]
+        admitted: Option<ResponseFuture<F, K>>,
+        refused: Option<Rejected>,
+    }
+}
+
+impl<F, K> fmt::Debug for ShedFuture<F, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShedFuture")
+            .field("admitted", &self.admitted)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}
+
+impl<F, K, T, E> Future for ShedFuture<F, K>
+where
+    F: Future<Output = Result<T, E>>,
+    K: Classify<T, E>,
+    E: From<Rejected>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(rejected) = this.refused.take() {
+            return Poll::Ready(Err(rejected.into()));
+        }
+        match this.admitted.as_pin_mut() {
+            Some(admitted) => admitted.poll(cx),
+            // Polled again after it answered a refusal.
+            None => panic!("ShedFuture polled after completion"),
+        }
     }
 }
