@@ -143,7 +143,8 @@
 //!
 //! # Feature flags
 //! - `tower`: `limit::LimitLayer`, the limiter as a tower `Layer` (`poll_ready`
-//!   waits for a permit; the response completes the token, as a classifier
+//!   waits for a permit, or with `shed()` a request over the limit is
+//!   refused at once; the response completes the token, as a classifier
 //!   says: a timeout can be an overload). Pulls in
 //!   `tower-layer`, `tower-service` and `pin-project-lite`.
 //! - `metrics`: publish limiter events through the
