@@ -753,8 +753,8 @@ impl Adaptive {
         self.window_weight += u64::from(weight);
     }
 
-    /// Moves the window by one (average) entry on the evidence of a missed key's
-    /// return, as ARC moves its target (Megiddo & Modha, "ARC: A
+    /// Moves the window by one (average) entry on the evidence of a missed
+    /// key's return, as ARC moves its target (Megiddo & Modha, "ARC: A
     /// Self-Tuning, Low Overhead Replacement Cache", USENIX FAST 2003): a
     /// key refused at the window's end lately ([`Self::ghost`]) would have
     /// been a hit with a larger window, so the window grows; one evicted
@@ -791,9 +791,9 @@ impl Adaptive {
     /// Zipf 0.9 0.533 → 0.545, scan/loop 0.666 → 0.691).
     /// Measured with weights of 1–100 (`cache_weighted_traces`,
     /// docs/benchmarks.md, 2026-12-06, thirteenth session): recency at about
-    /// 20,000 entries 0.364 → 0.275, twice-touched scan 0.614 → 0.373;
-    /// Zipf and scan/loop within 0.002, but Zipf 0.9 with popular keys
-    /// heavy at 20,000 units 0.548 → 0.557 (`cache_more_traces`).
+    /// 20,000 entries 0.362 → 0.270–0.284, twice-touched scan 0.614 →
+    /// 0.373; Zipf and scan/loop within 0.003, but Zipf 0.9 with popular
+    /// keys heavy at 20,000 units 0.548 → 0.556 (`cache_more_traces`).
     #[inline]
     fn adapt(&mut self, hash: u64) {
         let grow = if self.ghost.contains(hash) {
