@@ -139,6 +139,16 @@ impl CostTable {
         slot.cost_ps.store(0, Relaxed);
         slot
     }
+
+    /// The slot of `key` if it has one; unlike [`slot`](CostTable::slot)
+    /// it claims none and evicts nobody (a query must not make the table
+    /// forget another closure's cost).
+    fn find(&self, key: usize) -> Option<&Slot> {
+        let home = Self::home(key);
+        (0..PROBES)
+            .map(|probe| &self.slots[(home + probe) % SLOTS])
+            .find(|slot| slot.key.load(Relaxed) == key)
+    }
 }
 
 /// What one `Instant::now()` costs here (the fastest of a few back-to-back
@@ -250,8 +260,7 @@ impl Cpu {
     }
 
     pub(crate) fn learned_cost(&self, key: usize) -> Option<Duration> {
-        let slot = self.table.slot(key);
-        match slot.cost_ps.load(Relaxed) {
+        match self.table.find(key)?.cost_ps.load(Relaxed) {
             0 => None,
             c => Some(Duration::from_nanos(c.div_ceil(1000))),
         }

@@ -1,0 +1,41 @@
+//! Defects found by the sixth review (the `Cpu` strategy: `cpu.rs`,
+//! `collect.rs`, the `Cpu` methods of `Processor`), each pinned by a test
+//! named for it.
+
+use torque_parallel::Processor;
+
+/// A closure distinct per `N`: its own monomorphization, so its own key in
+/// the cost table.
+fn closure<const N: u64>() -> impl Fn(&u64) -> u64 + Sync + Copy {
+    |x| x.wrapping_mul(N | 1).rotate_left(7)
+}
+
+/// Runs `$p.map` once with each of the closures, and records for each
+/// whether its cost is known.
+macro_rules! each_closure {
+    ($f:ident => $body:expr; $($n:literal)*) => {
+        vec![$({ let $f = closure::<$n>(); $body }),*]
+    };
+}
+
+/// `learned_cost` is a query, but it looked the closure up the way a call
+/// does: it claimed a slot for a closure that never ran, and when the
+/// closure's probes were all taken it evicted the closure in its home
+/// slot, so asking about 160 closures that never ran made the processor
+/// forget what it had learned of the ones that had.
+#[test]
+fn regression_learned_cost_of_an_unknown_closure_forgets_no_other() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..8).collect();
+    // 160 closures for 64 slots: the table is full.
+    let _ = each_closure!(f => p.map(&items, f); 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159);
+    let known = |p: &Processor| each_closure!(f => p.learned_cost(&f).is_some(); 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159);
+    let before = known(&p);
+    assert!(before.contains(&true), "{before:?}");
+    // Other closures of the same shape, never run: nothing is known of them.
+    let asked = each_closure!(f => p.learned_cost(&|x: &u64| f(x) ^ 1).is_none(); 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159);
+    assert!(asked.iter().all(|&none| none));
+    let asked = each_closure!(f => p.learned_cost(&move |x: &u64| f(x) ^ 2).is_none(); 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159);
+    assert!(asked.iter().all(|&none| none));
+    assert_eq!(known(&p), before, "asking forgot what was learned");
+}
