@@ -233,8 +233,16 @@ impl<B> CollectWork<'_, B> {
     {
         let f = |x: &T| self.body.call(x);
         for (k, x) in items.iter().enumerate() {
-            if let Err(e) = run_item(&f, x, self.cancel).and_then(drop_value) {
-                acc.record(base + k, e);
+            match run_item(&f, x, self.cancel).and_then(drop_value) {
+                Ok(()) => {}
+                // The token stays cancelled: the rest are counted without
+                // a look each (over a huge input, a look per item took
+                // minutes after the cancel).
+                Err(ItemError::Cancelled) => {
+                    acc.cancelled += items.len() - k;
+                    return;
+                }
+                Err(e) => acc.record(base + k, e),
             }
         }
     }

@@ -2,7 +2,14 @@
 //! `collect.rs`, the `Cpu` methods of `Processor`), each pinned by a test
 //! named for it.
 
-use torque_parallel::Processor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use torque_parallel::{CancelToken, Processor};
+
+mod common;
+use common::wait_until;
 
 /// A closure distinct per `N`: its own monomorphization, so its own key in
 /// the cost table.
@@ -38,4 +45,77 @@ fn regression_learned_cost_of_an_unknown_closure_forgets_no_other() {
     let asked = each_closure!(f => p.learned_cost(&move |x: &u64| f(x) ^ 2).is_none(); 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159);
     assert!(asked.iter().all(|&none| none));
     assert_eq!(known(&p), before, "asking forgot what was learned");
+}
+
+/// Runs `batch` on another thread and waits (at most `limit`) for it to
+/// return its result; a batch that does not is left running, and the test
+/// fails.
+fn within<R: Send + 'static>(limit: Duration, batch: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(batch());
+    });
+    let mut out = None;
+    wait_until(limit, || {
+        out = rx.try_recv().ok();
+        out.is_some()
+    });
+    out.expect("the batch returned")
+}
+
+/// Zero-sized items: a slice of 2^40 of them costs no memory.
+const HUGE: usize = 1 << 40;
+
+/// A cancelled reduction went on visiting every remaining item to count it
+/// `Cancelled`, one token check each: over 2^40 zero-sized items, cancelled
+/// by the first, `for_each` ran for many minutes instead of stopping within
+/// 100 ms. The items not run are counted without visiting them.
+#[test]
+fn regression_a_cancelled_reduction_over_a_huge_input_stops_at_once() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let summary = within(Duration::from_secs(10), move || {
+        p.for_each(&[(); HUGE], |()| token.cancel())
+    });
+    assert!(summary.panics.is_empty());
+    assert_eq!(summary.cancelled, HUGE - 1);
+}
+
+/// The same through `map_reduce` with a token cancelled before the call.
+#[test]
+fn regression_a_reduction_with_a_cancelled_token_over_a_huge_input_returns_at_once() {
+    let token = CancelToken::new();
+    token.cancel();
+    let p = Processor::builder().build().unwrap().with_cancel(token);
+    let summary = within(Duration::from_secs(10), move || {
+        p.map_reduce(&[(); HUGE], |()| 1u64, || 0, |a, b| a + b)
+    });
+    assert_eq!((summary.value, summary.cancelled), (0, HUGE));
+}
+
+/// `collect` after a failure runs the rest for their failures only, and
+/// after a cancel went on checking the token item by item to count the
+/// rest: 2^40 zero-sized items, the first panicking and cancelling.
+#[test]
+fn regression_a_cancelled_collect_over_a_huge_input_stops_at_once() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let first = AtomicBool::new(true);
+    let err = within(Duration::from_secs(10), move || {
+        p.collect(&[(); HUGE], |()| {
+            if first.swap(false, Ordering::Relaxed) {
+                token.cancel();
+                panic!("first");
+            }
+        })
+        .unwrap_err()
+    });
+    assert_eq!(err.indices().collect::<Vec<_>>(), [0]);
+    assert_eq!(err.cancelled, HUGE - 1);
 }
