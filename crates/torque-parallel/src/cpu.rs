@@ -28,7 +28,9 @@
 //! is right), but a closure whose per-item cost changes by orders of
 //! magnitude between calls is mispredicted until the next sample (calls
 //! predicted to total [`SAMPLE_AFTER`]), and then only when those calls are
-//! under [`UNTIMED_BELOW`].
+//! under [`UNTIMED_BELOW`]; a sample may raise the estimate ×8 at most, so
+//! one that was capped makes the next call a sample too, until it catches
+//! up.
 //!
 //! A parallel run learns too, from the items' own time (for items of 125 ns
 //! or more: whole chunks in a reduction, a clock read about once per 2 µs of
@@ -171,10 +173,15 @@ fn record(slot: &Slot, elapsed: Duration, items: usize) {
     // a new regime (other data, or a first estimate spoiled by preemption)
     // and replaces it. Upward, a sample can only multiply the estimate by 8:
     // preemption inflates samples, never shrinks them, and one preempted
-    // call must not send 100-item batches to rayon.
+    // call must not send 100-item batches to rayon. A capped sample makes
+    // the next untimed call a sample too: a cost that really grew climbs
+    // ×8 a call instead of once per `SAMPLE_AFTER` of predictions still
+    // far too low (hundreds of calls), and a preempted sample costs one
+    // more timed call.
     let new = if old == 0 || old > sample.saturating_mul(8) {
         sample
     } else if sample > old.saturating_mul(8) {
+        slot.untimed_ps.store(ps(SAMPLE_AFTER), Relaxed);
         old.saturating_mul(8)
     } else {
         old / 2 + sample / 2

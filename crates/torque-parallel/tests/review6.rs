@@ -119,3 +119,65 @@ fn regression_a_cancelled_collect_over_a_huge_input_stops_at_once() {
     assert_eq!(err.indices().collect::<Vec<_>>(), [0]);
     assert_eq!(err.cancelled, HUGE - 1);
 }
+
+/// Whether [`grows`]'s items are slow.
+static SLOW: AtomicBool = AtomicBool::new(false);
+
+/// A closure whose cost changes: cheap, then 5 µs an item once `SLOW`.
+fn grows(x: &u64) -> u64 {
+    if SLOW.load(Ordering::Relaxed) {
+        common::spin(Duration::from_micros(5));
+    }
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Tiny batches predicted under 4 µs run untimed, sampled once per 256 µs
+/// of predicted work; the docs promise a closure whose cost grew by
+/// orders of magnitude is mispredicted "until the next sample". But a
+/// sample may only multiply the estimate by 8 (a preempted one looks
+/// slower), and the next sample was again 256 µs of the new, still tiny,
+/// predictions away: ~160 more calls here, and thousands for a bigger
+/// change, each running untimed at the new cost. A sample that was capped
+/// now makes the next call a sample too, so a lasting change climbs ×8 a
+/// call and one preempted sample costs one more timed call.
+#[test]
+fn regression_a_closure_whose_items_became_slow_is_relearned_after_the_next_sample() {
+    let p = Processor::builder().build().unwrap();
+    let items: Vec<u64> = (0..4).collect();
+    // Cheap and warm: 4 items predicted under 4 µs / 8.
+    let small = |p: &Processor| {
+        p.learned_cost(&grows)
+            .is_some_and(|c| c * 4 < Duration::from_nanos(500))
+    };
+    for _ in 0..1000 {
+        p.map(&items, grows);
+        if small(&p) {
+            break;
+        }
+    }
+    assert!(small(&p), "learned {:?}", p.learned_cost(&grows));
+    let cheap = p.learned_cost(&grows);
+    SLOW.store(true, Ordering::Relaxed);
+    // Untimed calls until a sample sees the change (256 µs / 500 ns = 512
+    // calls at least).
+    let mut calls = 0;
+    while p.learned_cost(&grows) == cheap {
+        p.map(&items, grows);
+        calls += 1;
+        assert!(calls < 100_000, "never sampled");
+    }
+    // Then the estimate catches up within a few calls.
+    let mut after = 0;
+    while p
+        .learned_cost(&grows)
+        .is_none_or(|c| c < Duration::from_micros(1))
+    {
+        p.map(&items, grows);
+        after += 1;
+        assert!(
+            after <= 8,
+            "still {:?} an item {after} calls after the first sample",
+            p.learned_cost(&grows)
+        );
+    }
+}
