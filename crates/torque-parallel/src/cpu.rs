@@ -257,9 +257,17 @@ impl Cpu {
     }
 
     /// Runs `job` on this strategy's rayon pool, detached (the `Hybrid`
-    /// strategy's CPU stage).
+    /// strategy's CPU stage); on the calling thread when it is a rayon
+    /// worker itself. That is a `Hybrid` batch awaited inside an item (a
+    /// `block_on` in a `Cpu` item): its worker blocks until the batch is
+    /// done, and with every worker so blocked no job spawned would ever
+    /// run. (rayon does not tell whose worker a thread is; a worker of
+    /// another pool runs the job inline too.)
     #[cfg(feature = "tokio")]
     pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
+        if rayon::current_thread_index().is_some() {
+            return job();
+        }
         match &self.pool {
             Some(p) => p.spawn(job),
             None => rayon::spawn(job),

@@ -32,6 +32,10 @@ use crate::processor::Processor;
 /// then an I/O stage as a tokio task under the limiter (send, store), in one
 /// pipeline with a bounded buffer between the stages.
 ///
+/// Awaited on a rayon worker (a `block_on` inside a `Cpu` item), the CPU
+/// stage runs on that thread as the batch is polled: the worker is blocked
+/// until the batch is done, so a job spawned for it might never run.
+///
 /// An error or panic in either stage is that item's [`ItemError`]; an item
 /// that fails its CPU stage never reaches the I/O stage. A panic of the
 /// input is the [`ItemError::Panicked`] of the item it was making, and ends

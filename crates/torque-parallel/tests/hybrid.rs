@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 use torque_parallel::{CancelToken, ItemError, Processor};
 
+mod common;
+
 const MS: Duration = Duration::from_millis(1);
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -210,4 +212,41 @@ async fn regression_as_completed_stream_yields_every_item_a_cancel_catches_betwe
     let stats = p.stats().io;
     assert_eq!(stats.cancelled as usize, cancelled, "{stats:?}");
     assert_eq!(stats.queued, 0, "{stats:?}");
+}
+
+/// A `Hybrid` batch awaited inside a `Cpu` item (a `block_on` on the
+/// item's thread) spawned its CPU stage onto the pool whose worker was
+/// blocked waiting for it: with one CPU thread, and whenever every worker
+/// was so blocked, no CPU job ever ran and the batches deadlocked. From a
+/// rayon worker the CPU stage now runs on that thread.
+#[test]
+fn regression_a_hybrid_batch_awaited_inside_a_cpu_item_does_not_deadlock() {
+    let p = Processor::builder().cpu_threads(1).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let q = p.clone();
+    std::thread::spawn(move || {
+        // 4 items of a whole batch each: parallel after the first.
+        let items: Vec<u64> = (0..4).collect();
+        let out = q.map(&items, |&x| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let out = rt.block_on(q.hybrid().map(
+                vec![x, x + 1],
+                |v| v * 2,
+                |u| async move { u + 1 },
+            ));
+            out.into_iter().map(Result::unwrap).sum::<u64>()
+        });
+        let _ = tx.send(out);
+    });
+    let mut out = None;
+    common::wait_until(Duration::from_secs(10), || {
+        out = rx.try_recv().ok();
+        out.is_some()
+    });
+    let sums: Vec<u64> = out.unwrap().into_iter().map(Result::unwrap).collect();
+    assert_eq!(sums, [4, 8, 12, 16]);
+    assert_eq!(p.stats().parallel_runs, 1, "the items ran on the worker");
 }
