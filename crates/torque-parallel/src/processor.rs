@@ -551,6 +551,10 @@ impl Processor {
     /// whose neutral element `identity` returns, without collecting them:
     /// the form for sums, minima and histograms.
     ///
+    /// # Panics
+    /// A panic of `identity` or `op` propagates to the caller (the running
+    /// value is gone with it); only `map`'s panics are isolated per item.
+    ///
     /// ```
     /// # let processor = torque_parallel::Processor::builder().build()?;
     /// let items: Vec<u64> = (1..=100).collect();
