@@ -178,9 +178,87 @@ struct LoadSlot<V> {
     /// The key was written, removed or invalidated while this load ran;
     /// set and read under the in-flight map's lock.
     superseded: AtomicBool,
-    /// The thread running a blocking loader ([`LocalCache::get_or_load`]),
-    /// which must not wait for its own load.
+    /// Who runs this load and whether it still runs, for the threads that
+    /// block on it ([`BLOCKED`]).
+    link: Arc<LoadLink>,
+}
+
+/// What a thread blocked on a load waits for, in [`BLOCKED`]: the load's
+/// leader, if it is a thread running a blocking loader
+/// ([`LocalCache::get_or_load`]), and whether the load has ended. Not
+/// generic, so that loads of every cache's types meet in one graph.
+#[derive(Debug)]
+struct LoadLink {
     leader: Option<ThreadId>,
+    /// Set as the load ends, before its waiters are woken.
+    done: AtomicBool,
+}
+
+/// The threads blocked in [`LocalCache::get_or_load`] waiting for a load,
+/// and the load each waits for: a wait-for graph, so that blocking loaders
+/// on different threads that wait for each other's keys (1's loader loads
+/// 2 while 2's loader, on another thread, loads 1) are caught instead of
+/// waiting forever, as a cycle on one thread is. Process-wide: a cycle may
+/// run through several caches. Taken only by a caller about to block (and
+/// as it stops), never on a hit or by the leader.
+static BLOCKED: Mutex<Vec<(ThreadId, Arc<LoadLink>)>> = Mutex::new(Vec::new());
+
+/// Whether `me`, blocking on the load of `target`, would wait for itself
+/// through other threads: `target`'s leader waits for a load whose leader
+/// waits ... for a load whose leader is `me`, every one of them still
+/// running. Such a cycle never ends by itself: each of its loads waits for
+/// the next. A link whose load has ended breaks the chain (its leader's
+/// entry may still be listed, about to leave).
+fn waits_in_a_cycle(
+    me: ThreadId,
+    target: &Arc<LoadLink>,
+    blocked: &[(ThreadId, Arc<LoadLink>)],
+) -> bool {
+    let mut link = target;
+    // A cycle visits each blocked thread at most once.
+    for _ in 0..=blocked.len() {
+        if link.done.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(leader) = link.leader else {
+            // An async leader: its task may be waited for by anything.
+            return false;
+        };
+        if leader == me {
+            return true;
+        }
+        match blocked.iter().find(|(thread, _)| *thread == leader) {
+            Some((_, next)) => link = next,
+            None => return false,
+        }
+    }
+    false
+}
+
+/// This thread's entry in [`BLOCKED`], removed on drop.
+struct Blocked(ThreadId);
+
+impl Blocked {
+    /// Lists `me` as blocked on `target`, or returns `None` if that closes
+    /// a cycle of blocked loaders (checked and listed under one lock, so of
+    /// two threads closing a cycle at once the second sees the first).
+    fn enter(me: ThreadId, target: &Arc<LoadLink>) -> Option<Self> {
+        let mut blocked = BLOCKED.lock();
+        if waits_in_a_cycle(me, target, &blocked) {
+            return None;
+        }
+        blocked.push((me, Arc::clone(target)));
+        Some(Self(me))
+    }
+}
+
+impl Drop for Blocked {
+    fn drop(&mut self) {
+        let mut blocked = BLOCKED.lock();
+        if let Some(i) = blocked.iter().position(|(thread, _)| *thread == self.0) {
+            blocked.swap_remove(i);
+        }
+    }
 }
 
 impl<V: Clone> LoadSlot<V> {
@@ -189,7 +267,10 @@ impl<V: Clone> LoadSlot<V> {
             state: Mutex::new(SlotState::Running(Vec::new())),
             ready: Condvar::new(),
             superseded: AtomicBool::new(false),
-            leader,
+            link: Arc::new(LoadLink {
+                leader,
+                done: AtomicBool::new(false),
+            }),
         }
     }
 
@@ -199,7 +280,7 @@ impl<V: Clone> LoadSlot<V> {
     /// loader, which cannot finish while the caller waits.
     fn waits_for_itself(self: &Arc<Self>) -> bool {
         let me = Arc::as_ptr(self) as usize;
-        self.leader == Some(std::thread::current().id())
+        self.link.leader == Some(std::thread::current().id())
             || POLLING
                 .try_with(|p| p.borrow().contains(&me))
                 .unwrap_or(false)
@@ -222,6 +303,9 @@ impl<V: Clone> LoadSlot<V> {
     /// done.
     #[must_use]
     fn complete(&self, result: SlotState<V>) -> Option<Panic> {
+        // Before anyone wakes: a waiter that has woken no longer waits on
+        // this load, whatever its entry in `BLOCKED` still says.
+        self.link.done.store(true, Ordering::SeqCst);
         let old = std::mem::replace(&mut *self.state.lock(), result);
         self.ready.notify_all();
         let mut first = None;
@@ -235,7 +319,19 @@ impl<V: Clone> LoadSlot<V> {
         first
     }
 
-    fn wait(&self) -> Outcome<V> {
+    /// Blocks the calling thread `me` until the load ends.
+    ///
+    /// # Panics
+    /// If the wait would close a cycle of blocking loaders on different
+    /// threads (see [`BLOCKED`]).
+    fn wait(&self, me: ThreadId) -> Outcome<V> {
+        let Some(_blocked) = Blocked::enter(me, &self.link) else {
+            panic!(
+                "get_or_load: the loader of a key waits, through loaders running on other \
+                 threads, for the load of a key that this thread's loader is running: a \
+                 cycle of loads that would wait for each other forever"
+            );
+        };
         let mut state = self.state.lock();
         loop {
             if let Some(outcome) = Self::outcome(&state) {
@@ -601,9 +697,14 @@ where
     /// weigher or the clock while they run for this load), that inner
     /// call panics (as `RefCell` does on a second borrow) instead of waiting
     /// forever for the load it is part of; the load is then abandoned, and
-    /// the panic reaches the outer call unless the loader catches it. A wait
-    /// from another thread or task that the loader itself waits for cannot
-    /// be told from an ordinary waiter, and still waits forever.
+    /// the panic reaches the outer call unless the loader catches it.
+    /// Likewise for blocking loaders on different threads that wait for
+    /// each other's keys (1's loader loads 2 while 2's loader, on another
+    /// thread, loads 1): the call that closes the cycle panics, its load is
+    /// abandoned, and the others finish. A wait from another thread or task
+    /// that the loader itself waits for (a thread it joins, a task it
+    /// awaits), or a cycle through an async loader, cannot be told from an
+    /// ordinary waiter, and still waits forever.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
@@ -641,7 +742,7 @@ where
                         "get_or_load: the loader of a key called get_or_load for the same key \
                          on its own thread, which would wait for itself forever"
                     );
-                    if let Some(result) = settle(slot.wait()) {
+                    if let Some(result) = settle(slot.wait(me)) {
                         return self.waited(&key, result);
                     }
                 }
