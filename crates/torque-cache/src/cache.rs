@@ -919,6 +919,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// `keep` runs while a shard is locked: it must not use this cache. If it
     /// panics, the entries removed so far are still accounted for and
     /// reported, and the panic then resumes.
+    ///
+    /// A load in flight is not an entry yet (there is no value to show
+    /// `keep`): unlike [`remove`](Self::remove) and
+    /// [`invalidate_all`](Self::invalidate_all), `retain` does not
+    /// supersede it, and the value it stores once `retain` has returned is
+    /// kept whatever `keep` would have said. To drop a key that may be
+    /// loading, `remove` it.
     pub fn retain<F>(&self, mut keep: F)
     where
         F: FnMut(&K, &V) -> bool,
