@@ -2125,7 +2125,7 @@ mod tests {
     /// `evict` agrees with `evict_textbook` throughout.
     #[test]
     fn random_operations_keep_the_lists_consistent_and_match_the_textbook() {
-        random_operations(false);
+        random_operations(false, false);
     }
 
     /// The same operations with the window following the ghosts
@@ -2134,26 +2134,37 @@ mod tests {
     /// bounds.
     #[test]
     fn random_operations_keep_the_lists_consistent_with_an_adaptive_window() {
-        random_operations(true);
+        random_operations(true, false);
     }
 
-    fn random_operations(adapt: bool) {
+    /// The adaptive window of weighted shards at the extremes: weights up
+    /// to `u32::MAX` and capacities up to `u64::MAX` (no overflow, the
+    /// window within its bounds, the lists consistent).
+    #[test]
+    fn random_operations_keep_an_adaptive_weighted_window_in_bounds_at_extreme_weights() {
+        random_operations(true, true);
+    }
+
+    fn random_operations(adapt: bool, extreme: bool) {
         let mut next = draws(0x9e37_79b9_7f4a_7c15_u64);
         let mut evictions = 0u64;
         for round in 0..120 {
-            let capacity = match round % 5 {
-                0 => next(3),
-                1 => 1 + next(10),
-                _ => 1 + next(400),
+            let capacity = match (extreme, round % 5) {
+                (true, 0) => u64::MAX - next(3),
+                (true, 1) => u64::from(u32::MAX) * (1 + next(50)),
+                (true, _) => u64::from(u32::MAX) / (1 + next(400)),
+                (false, 0) => next(3),
+                (false, 1) => 1 + next(10),
+                (false, _) => 1 + next(400),
             };
-            let weighted = round % 4 != 0;
+            let weighted = extreme || round % 4 != 0;
             let climb = round % 7 == 3;
             let mut fast = Adaptive::new(capacity, climb, weighted);
             let mut slow = Adaptive::new(capacity, climb, weighted);
             if !adapt {
                 (fast, slow) = (fast.fixed_window(), slow.fixed_window());
             }
-            if round % 6 == 5 {
+            if round % 6 == 5 && !extreme {
                 fast.window_max = 0;
                 slow.window_max = 0;
             }
@@ -2164,6 +2175,14 @@ mod tests {
             let weigh = |next: &mut dyn FnMut(u64) -> u64| -> u32 {
                 if !weighted {
                     return 1;
+                }
+                if extreme {
+                    return match next(4) {
+                        0 => u32::MAX - next(3) as u32,
+                        1 => 1 + next(u64::from(u32::MAX)) as u32,
+                        2 => 0,
+                        _ => 1 + next(u64::from(u32::MAX) / 400) as u32,
+                    };
                 }
                 match next(20) {
                     0 => 0,
@@ -2182,7 +2201,8 @@ mod tests {
                             fresh += 1;
                             fresh - 1
                         });
-                        let hash = (1 + next(capacity * 3 + 3)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let hash = (1 + next(capacity.min(1_000) * 3 + 3))
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
                         fh.insert(&mut fast, id, hash, w);
                         sh.insert(&mut slow, id, hash, w);
                         assert!(resident.insert(id, w).is_none());
@@ -2238,6 +2258,12 @@ mod tests {
                         slow.evict_textbook(sh)
                     };
                     assert_eq!(a, b, "{ctx}: different victims");
+                    assert!(
+                        !extreme || fast.window_max >= fast.window_min,
+                        "{ctx}: window {} under its least {}",
+                        fast.window_max,
+                        fast.window_min
+                    );
                     assert!(
                         fast.window_max <= fast.window_cap.max(fast.window_min),
                         "{ctx}: window {} over its cap {}",
@@ -2299,7 +2325,10 @@ mod tests {
                 assert_eq!(fh.0, sh.0, "{ctx}: hits differ");
             }
         }
-        assert!(evictions > 15_000, "only {evictions} evictions exercised");
+        assert!(
+            evictions > if extreme { 1_000 } else { 15_000 },
+            "only {evictions} evictions exercised"
+        );
     }
 
     /// Unweighted, a stray eviction (no insert: `evict_elsewhere`, or two
