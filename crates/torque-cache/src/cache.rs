@@ -598,14 +598,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// [`insert`](Self::insert) with a time-to-live in ticks, or `None` for
     /// the cache's own rules ([`Self::prepare`]).
     fn insert_expiring(&self, key: K, value: V, ttl: Option<u64>) {
-        self.inner.loads.supersede(Some(&key));
         // Filled in place: returned by value, it was copied (48 bytes for
         // `u64` keys and values) on every write.
         let mut removed = self.removed();
         // User code that runs before anything can leave the cache (the
         // weigher, the expiry, the hasher, the clock): a panic there has
-        // nothing to report.
+        // nothing to report, and writes nothing.
         let write = self.prepare(&key, &value, ttl);
+        // Only now, before the store: a load of the key in flight must not
+        // store its older value over this one. Marked before `prepare`, a
+        // panic there left the load unstored for a write that never came.
+        self.inner.loads.supersede(Some(&key));
         // The write runs the key's `Eq` (user code) after its sweep may
         // have freed expired entries: should it panic (and the caller catch
         // it), the listener must still hear of those; then the panic

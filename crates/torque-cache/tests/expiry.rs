@@ -583,3 +583,38 @@ fn a_panicking_expiry_stores_nothing_and_leaves_the_cache_usable() {
     assert_eq!(cache.get(&1), Some(1));
     assert_eq!(cache.len(), 2);
 }
+
+/// A write marked an in-flight load of its key superseded before running
+/// the expiry (and the weigher): when that panicked, nothing was written,
+/// yet the load's value was not stored either.
+#[test]
+fn regression_a_write_whose_expiry_panics_does_not_supersede_a_load() {
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .expiry(|_: &u32, v: &u32| {
+            assert_ne!(*v, 13, "unlucky");
+            None
+        })
+        .build()
+        .unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let loader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            cache.get_or_load(1, move || {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                Ok::<_, ()>(7)
+            })
+        })
+    };
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the load started");
+    let write = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(1, 13)));
+    assert!(write.is_err(), "the expiry panicked");
+    release.send(()).unwrap();
+    assert_eq!(loader.join().unwrap(), Ok(7));
+    assert_eq!(cache.get(&1), Some(7), "the load was stored");
+}
