@@ -10,27 +10,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 mod common;
+use common::hold_the_only_worker;
 use torque_parallel::Processor;
 use torque_parallel::batch::BatchSizer;
-
-/// Holds the only blocking thread of `processor` with another batch's job
-/// (weight 1) until the returned sender is used (or dropped).
-fn hold_the_only_worker(
-    processor: &Processor,
-) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
-    let other = processor.clone();
-    let holder = std::thread::spawn(move || {
-        other.blocking().map(vec![()], move |()| {
-            started_tx.send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv();
-        });
-    });
-    started_rx.recv().unwrap();
-    (release_tx, holder)
-}
 
 /// A dropped `map_async` future left its queued items in the pool's queue
 /// until a worker popped them: behind another batch's long job they stayed

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use torque_parallel::limit::{Algorithm, Sample};
 
 mod common;
-use common::wait_until;
+use common::{hold_the_only_worker, wait_until};
 
 /// An algorithm with a fixed limit that records the latencies it is fed.
 #[derive(Debug, Clone, Default)]
@@ -191,25 +191,6 @@ fn weights_that_overflow_u64_do_not_kill_a_worker() {
         .expect("the batch completes");
     assert!(out.iter().all(Result::is_ok));
     assert_eq!(processor.stats().blocking_in_flight_weight, 0);
-}
-
-/// Holds the only blocking thread of `processor` with another batch's job
-/// until the returned sender is used (or dropped).
-fn hold_the_only_worker(
-    processor: &torque_parallel::Processor,
-) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
-    let other = processor.clone();
-    let holder = std::thread::spawn(move || {
-        other.blocking().map(vec![()], move |()| {
-            started_tx.send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv();
-        });
-    });
-    started_rx.recv().unwrap();
-    (release_tx, holder)
 }
 
 /// A cancelled synchronous blocking batch whose items are queued behind

@@ -38,3 +38,22 @@ pub(crate) fn spin(d: Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// Holds the only blocking thread of `processor` with another batch's job
+/// (weight 1) until the returned sender is used (or dropped).
+pub(crate) fn hold_the_only_worker(
+    processor: &torque_parallel::Processor,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Arc::new(std::sync::Mutex::new(release_rx));
+    let other = processor.clone();
+    let holder = std::thread::spawn(move || {
+        other.blocking().map(vec![()], move |()| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.lock().unwrap().recv();
+        });
+    });
+    started_rx.recv().unwrap();
+    (release_tx, holder)
+}
