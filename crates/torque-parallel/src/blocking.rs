@@ -42,6 +42,20 @@ thread_local! {
 /// How often a blocked feeder looks at its cancel token.
 const CANCEL_POLL: Duration = Duration::from_millis(10);
 
+/// On a rayon worker thread, runs the pool's pending rayon jobs until none
+/// is left; elsewhere nothing. A rayon thread that waits for a `Blocking`
+/// batch must not hold up rayon work that the batch's jobs wait for: a
+/// `Cpu` item running a `Blocking` batch whose jobs run `Cpu` batches
+/// deadlocked a pool of one rayon thread (the thread waited for the jobs,
+/// the jobs for a rayon thread). So such a waiter looks for rayon work
+/// every [`CANCEL_POLL`], as rayon's own `join` steals work while it waits.
+fn help_rayon() {
+    if rayon::current_thread_index().is_none() {
+        return;
+    }
+    while let Some(rayon::Yield::Executed) = rayon::yield_now() {}
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Jobs never panic while holding a lock (panics are caught inside the
     // job, outside any lock), so a poisoned lock still holds consistent data.
@@ -399,6 +413,7 @@ impl BlockingPool {
         let batch = Arc::new(Batch::new(items.len()));
         let f = Arc::new(f);
         let shared = &self.shared;
+        let on_rayon = rayon::current_thread_index().is_some();
         'items: for (i, item) in items.into_iter().enumerate() {
             if is_cancelled() {
                 batch.complete(i, not_run(item), false);
@@ -438,13 +453,21 @@ impl BlockingPool {
                     .wait_timeout(st, CANCEL_POLL)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
+                if on_rayon {
+                    // Without the pool's lock: a rayon job may use it.
+                    drop(st);
+                    help_rayon();
+                    st = lock(&shared.state);
+                }
             }
         }
         match cancel {
-            None => batch.wait(),
+            None if !on_rayon => batch.wait(),
+            None => batch.wait_polling(help_rayon),
             Some(token) => {
                 let mut skipped = false;
                 batch.wait_polling(|| {
+                    help_rayon();
                     if !skipped && token.is_cancelled() {
                         skipped = true;
                         shared.skip_queued(owner_of(&batch));

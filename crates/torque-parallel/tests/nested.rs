@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use torque_parallel::Processor;
 
+mod common;
+
 fn slow_sum(p: &Processor, n: u64) -> u64 {
     let items: Vec<u64> = (0..n).collect();
     p.map_reduce(
@@ -74,4 +76,44 @@ fn cpu_map_inside_a_blocking_job() {
         .map(vec![5u64, 6], move |n| slow_sum(&cpu, n * 10));
     assert_eq!(*out[0].as_ref().unwrap(), 1225);
     assert_eq!(*out[1].as_ref().unwrap(), 1770);
+}
+
+/// A `Cpu` item that runs a `Blocking` batch whose jobs run `Cpu` batches,
+/// on a rayon pool of one thread: the only rayon thread waited for the
+/// blocking jobs, which waited for a rayon thread. A rayon thread that waits
+/// for a `Blocking` batch now runs the pool's pending jobs meanwhile.
+#[test]
+fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
+    let p = Processor::builder()
+        .cpu_threads(1)
+        .blocking_threads(1)
+        .build()
+        .unwrap();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let outer: Vec<u64> = (0..16).collect();
+        let out = p.map(&outer, |&o| {
+            common::spin(Duration::from_micros(200));
+            if o % 4 != 3 {
+                return o;
+            }
+            let cpu = p.clone();
+            p.blocking()
+                .map(vec![o], move |n| slow_sum(&cpu, 40) + n)
+                .into_iter()
+                .map(Result::unwrap)
+                .sum::<u64>()
+        });
+        assert!(p.stats().parallel_runs >= 1, "the outer batch ran on rayon");
+        done_tx.send(()).unwrap();
+        out
+    });
+    done.recv_timeout(Duration::from_secs(10))
+        .expect("deadlocked: the rayon thread waited for blocking jobs that waited for it");
+    let out = worker.join().unwrap();
+    for (o, r) in out.iter().enumerate() {
+        let o = o as u64;
+        let want = if o % 4 == 3 { o + 780 } else { o };
+        assert_eq!(*r.as_ref().unwrap(), want);
+    }
 }
