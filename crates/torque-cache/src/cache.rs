@@ -654,7 +654,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// The time-to-live in ticks that `expiry` gives `key` and `value`.
-    #[cold]
+    /// Out of line (not cold: with an `Expiry` every write calls it), so
+    /// that writes without one stay small.
     #[inline(never)]
     fn expiring_ttl(&self, expiry: &dyn crate::Expiry<K, V>, key: &K, value: &V) -> u64 {
         // A zero time-to-idle expires every entry on arrival (see
