@@ -672,20 +672,26 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
         }
     }
 
+    /// Whether items run as tasks (deciding, on the first item, from the
+    /// runtime's flavour: inside a poll, so inside the runtime, or
+    /// `Handle::current` panics as `tokio::spawn` would).
+    fn runs_tasks(&mut self) -> bool {
+        if let Running::Undecided = self {
+            *self = match Handle::current().runtime_flavor() {
+                RuntimeFlavor::CurrentThread => Running::Inline(FuturesUnordered::new()),
+                _ => Running::tasks(),
+            };
+        }
+        matches!(self, Running::Tasks { .. })
+    }
+
     /// Runs `item` (whose future is `fut`) as a task or inline; returns
     /// the task's abort handle.
     fn push<Fut>(&mut self, index: usize, fut: Fut) -> Option<AbortHandle>
     where
         Fut: Future<Output = Done<R, E>> + Send + 'static,
     {
-        if let Running::Undecided = self {
-            // Inside a poll, so inside the runtime (or `Handle::current`
-            // panics as `tokio::spawn` would: the documented panic).
-            *self = match Handle::current().runtime_flavor() {
-                RuntimeFlavor::CurrentThread => Running::Inline(FuturesUnordered::new()),
-                _ => Running::tasks(),
-            };
-        }
+        self.runs_tasks();
         match self {
             Running::Tasks { set, ids } => {
                 let handle = set.spawn(fut);
@@ -1039,7 +1045,7 @@ where
         };
         let counters = Arc::clone(&self.counters);
         counters.started(TokioClock.now());
-        let in_flight = InFlight::new(Arc::clone(&counters));
+        let in_flight = InFlight::new(Arc::clone(&counters), self.running.runs_tasks());
         let item = run_item(index, fut, token, self.timeout, counters, in_flight);
         if let (Some(task), Some(cancel)) = (self.running.push(index, item), &self.cancel) {
             let (aborter, _) = self.aborter.get_or_insert_with(|| {
@@ -1074,21 +1080,29 @@ struct InFlight {
     /// Set while the item is polled: still set at the drop, its poll
     /// panicked.
     polling: bool,
+    /// The item is a task. An aborted task is dropped by the runtime, where
+    /// nothing else unwinds: a panic under way as the guard drops is the
+    /// item's own `Drop` (the guard drops after the item's future), and the
+    /// task comes back `Panicked`, so it counts as panicked. Inline items
+    /// may be dropped while the caller's own panic unwinds, and a panic of
+    /// their `Drop` is caught as `Cancelled`: they count as cancelled.
+    task: bool,
 }
 
 impl InFlight {
-    fn new(counters: Arc<Counters>) -> Self {
+    fn new(counters: Arc<Counters>, task: bool) -> Self {
         InFlight {
             counters,
             ended: false,
             polling: false,
+            task,
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.polling {
+        if self.polling || (self.task && !self.ended && std::thread::panicking()) {
             self.counters.panicked();
         } else if !self.ended {
             self.counters.cancelled();

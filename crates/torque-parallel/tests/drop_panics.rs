@@ -356,3 +356,42 @@ async fn regression_the_item_waiting_for_a_permit_whose_drop_panics_on_cancel_is
     }
     assert_eq!((s.panicked, s.awaiting_permit), (1, 0), "{s:?}");
 }
+
+/// On a multi-thread runtime items are tasks: a cancel aborts them, and a
+/// task whose future panics in its `Drop` comes back `Panicked` (tokio's
+/// `JoinError`). Its in-flight guard, dropped while that panic unwound,
+/// counted it cancelled, so `stats().io.panicked` missed an item that
+/// came back `Panicked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_an_aborted_task_whose_drop_panics_is_counted_panicked() {
+    let token = CancelToken::new();
+    let p = Processor::builder().async_limit(4).build().unwrap();
+    let io = p.with_cancel(token.clone()).async_io();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let batch = tokio::spawn(io.map(0..4u32, move |x| {
+        let started_tx = started_tx.clone();
+        async move {
+            let guard = (x == 1).then(|| PanicOnDrop(x));
+            started_tx.send(()).unwrap();
+            std::future::pending::<()>().await;
+            std::mem::forget(guard);
+            x
+        }
+    }));
+    for _ in 0..4 {
+        started.recv().await.unwrap();
+    }
+    token.cancel();
+    let out = tokio::time::timeout(Duration::from_secs(10), batch)
+        .await
+        .expect("the cancel ends the batch")
+        .expect("the batch returns its results");
+    let panicked = out
+        .iter()
+        .filter(|r| matches!(r, Err(ItemError::Panicked(_))))
+        .count();
+    assert_eq!(panicked, 1, "{out:?}");
+    let s = p.stats().io;
+    assert_eq!((s.panicked, s.cancelled), (1, 3), "{s:?}");
+    assert_eq!(s.taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
+}
