@@ -78,6 +78,21 @@ fn cpu_map_inside_a_blocking_job() {
     assert_eq!(*out[1].as_ref().unwrap(), 1770);
 }
 
+/// [`slow_sum`] with items that spin for their cost instead of sleeping.
+fn spun_sum(p: &Processor, n: u64) -> u64 {
+    let items: Vec<u64> = (0..n).collect();
+    p.map_reduce(
+        &items,
+        |&x| {
+            common::spin(Duration::from_micros(200));
+            x
+        },
+        || 0,
+        |a, b| a + b,
+    )
+    .value
+}
+
 /// A `Cpu` item that runs a `Blocking` batch whose jobs run `Cpu` batches,
 /// on a rayon pool of one thread: the only rayon thread waited for the
 /// blocking jobs, which waited for a rayon thread. A rayon thread that waits
@@ -99,7 +114,7 @@ fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
             }
             let cpu = p.clone();
             p.blocking()
-                .map(vec![o], move |n| slow_sum(&cpu, 40) + n)
+                .map(vec![o], move |n| spun_sum(&cpu, 40) + n)
                 .into_iter()
                 .map(Result::unwrap)
                 .sum::<u64>()
