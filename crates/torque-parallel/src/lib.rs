@@ -178,6 +178,7 @@ mod error;
 mod hybrid;
 #[cfg(feature = "tokio")]
 mod io;
+mod latency;
 pub mod limit;
 mod outcome;
 mod processor;

@@ -129,15 +129,65 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// What the model expects of `stats()`: the outcomes counted, the span of
+/// the timed requests and the successful latencies.
+#[derive(Default)]
+struct Reported {
+    succeeded: u64,
+    overloaded: u64,
+    ignored: u64,
+    /// Earliest start and latest end (ms on the mock clock) of the requests
+    /// completed with success or overload.
+    span: Option<(u64, u64)>,
+    latencies: Vec<u64>,
+}
+
+impl Reported {
+    fn check(&self, stats: &torque_parallel::limit::Stats) -> Result<(), TestCaseError> {
+        prop_assert_eq!(
+            (stats.succeeded, stats.overloaded, stats.ignored),
+            (self.succeeded, self.overloaded, self.ignored)
+        );
+        let busy = self.span.map_or(0, |(first, last)| last - first);
+        prop_assert_eq!(stats.busy, Duration::from_millis(busy));
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let reported = [stats.latency_p50, stats.latency_p90, stats.latency_p99];
+        for (p, got) in [50u64, 90, 99].into_iter().zip(reported) {
+            if sorted.is_empty() {
+                prop_assert_eq!(got, None);
+                continue;
+            }
+            // The ceil(p% × n)-th smallest latency.
+            let rank = (sorted.len() as u64 * p).div_ceil(100).max(1) as usize;
+            let exact = Duration::from_millis(sorted[rank - 1]);
+            let got = got.expect("a percentile once something succeeded");
+            // Never below the true percentile, at most an eighth above.
+            prop_assert!(
+                got >= exact && got * 8 <= exact * 9,
+                "p{}: {:?} for {:?}",
+                p,
+                got,
+                exact
+            );
+        }
+        Ok(())
+    }
+}
+
 proptest! {
-    /// Model: the number of live tokens. In flight always equals it, and no
-    /// permit is handed out at or above the limit.
+    /// Model: the live tokens and when each started. In flight always
+    /// equals their number, no permit is handed out at or above the limit,
+    /// and `stats()` reports every outcome, the busy span and the
+    /// successful latencies' percentiles.
     #[test]
     fn in_flight_never_exceeds_the_limit(which in 0usize..6, ops in proptest::collection::vec(op(), 1..400)) {
         let clock = MockClock::new();
         let algorithm = algorithms().swap_remove(which);
         let limiter = ConcurrencyLimiter::with_clock(algorithm, clock.clone());
         let mut live = Vec::new();
+        let mut now_ms = 0u64;
+        let mut model = Reported::default();
         for op in ops {
             match op {
                 Op::Acquire => {
@@ -145,19 +195,38 @@ proptest! {
                     match limiter.try_acquire() {
                         Ok(token) => {
                             prop_assert!(before.in_flight < before.limit);
-                            live.push(token);
+                            live.push((token, now_ms));
                         }
                         Err(rejected) => prop_assert!(rejected.in_flight >= rejected.limit),
                     }
                 }
                 Op::Complete { index, outcome, after_ms } if !live.is_empty() => {
                     clock.advance(Duration::from_millis(u64::from(after_ms)));
-                    let token = live.swap_remove(index % live.len());
+                    now_ms += u64::from(after_ms);
+                    let (token, started) = live.swap_remove(index % live.len());
+                    if outcome < 2 {
+                        model.span = Some(model.span.map_or((started, now_ms), |(first, last)| {
+                            (first.min(started), last.max(now_ms))
+                        }));
+                    }
                     match outcome {
-                        0 => token.success(),
-                        1 => token.overload(),
-                        2 => token.complete(Outcome::Ignored),
-                        _ => drop(token),
+                        0 => {
+                            token.success();
+                            model.succeeded += 1;
+                            model.latencies.push(now_ms - started);
+                        }
+                        1 => {
+                            token.overload();
+                            model.overloaded += 1;
+                        }
+                        2 => {
+                            token.complete(Outcome::Ignored);
+                            model.ignored += 1;
+                        }
+                        _ => {
+                            drop(token);
+                            model.ignored += 1;
+                        }
                     }
                 }
                 Op::Complete { .. } => {}
@@ -165,9 +234,14 @@ proptest! {
             let stats = limiter.stats();
             prop_assert_eq!(stats.in_flight, live.len());
             prop_assert!(stats.limit >= 1);
+            model.check(&stats)?;
         }
+        model.ignored += live.len() as u64;
         live.clear();
-        prop_assert_eq!(limiter.stats().in_flight, 0);
+        let stats = limiter.stats();
+        prop_assert_eq!(stats.in_flight, 0);
+        model.check(&stats)?;
+        prop_assert_eq!(stats.completed(), model.succeeded + model.overloaded + model.ignored);
     }
 }
 

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Latency buckets: bucket `i` holds latencies below 2^i µs (the last one
-/// everything above), so 1 µs .. 2^38 µs (~76 h) in 40 words.
-const BUCKETS: usize = 40;
+use crate::latency::AtomicHistogram;
 
 /// How one item of an async batch ended, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +30,7 @@ pub(crate) struct Counters {
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     awaiting_permit: AtomicUsize,
-    latency: [AtomicU64; BUCKETS],
+    latency: AtomicHistogram,
     /// First start and last end of an item: the span throughput is over.
     span: Mutex<Option<(Instant, Instant)>>,
 }
@@ -50,22 +48,10 @@ impl Default for Counters {
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             awaiting_permit: AtomicUsize::new(0),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency: AtomicHistogram::new(),
             span: Mutex::new(None),
         }
     }
-}
-
-fn bucket(latency: Duration) -> usize {
-    let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-    // Bucket i holds [2^(i-1), 2^i) µs; bucket 0 is under 1 µs.
-    let i = (u64::BITS - micros.leading_zeros()) as usize;
-    i.min(BUCKETS - 1)
-}
-
-/// The upper bound of bucket `i`.
-fn bucket_bound(i: usize) -> Duration {
-    Duration::from_micros(1u64 << i.min(63))
 }
 
 impl Counters {
@@ -109,7 +95,7 @@ impl Counters {
             Ended::TimedOut => &self.timed_out,
         };
         counter.fetch_add(1, Relaxed);
-        self.latency[bucket(latency)].fetch_add(1, Relaxed);
+        self.latency.record(latency);
         if let Some((_, end)) = self.span.lock().as_mut() {
             *end = (*end).max(now);
         }
@@ -183,20 +169,7 @@ impl Counters {
     }
 
     pub(crate) fn snapshot(&self, limiter: crate::limit::Stats) -> IoStats {
-        let counts: [u64; BUCKETS] = std::array::from_fn(|i| self.latency[i].load(Relaxed));
-        let total: u64 = counts.iter().sum();
-        let percentile = |p: u64| {
-            if total == 0 {
-                return None;
-            }
-            // The smallest bucket holding the ceil(p% × total)-th latency.
-            let rank = (total * p).div_ceil(100).max(1);
-            let mut seen = 0;
-            counts.iter().enumerate().find_map(|(i, &c)| {
-                seen += c;
-                (seen >= rank).then(|| bucket_bound(i))
-            })
-        };
+        let [latency_p50, latency_p90, latency_p99] = self.latency.percentiles();
         let span = *self.span.lock();
         IoStats {
             taken: self.taken.load(Relaxed),
@@ -213,9 +186,9 @@ impl Counters {
             waiting: limiter.waiting,
             rejected: limiter.rejected,
             busy: span.map_or(Duration::ZERO, |(start, end)| end - start),
-            latency_p50: percentile(50),
-            latency_p90: percentile(90),
-            latency_p99: percentile(99),
+            latency_p50,
+            latency_p90,
+            latency_p99,
         }
     }
 }
@@ -262,9 +235,10 @@ impl Counters {
 /// # Ok(()) }
 /// ```
 ///
-/// Latency percentiles come from a histogram with power-of-two buckets in
-/// microseconds: each is the upper bound of its bucket, so at most twice the
-/// true value. `limit`, `waiting` and `rejected` are those of the
+/// Latency percentiles come from a histogram of every item that ran to an
+/// end since the processor was built, with buckets an eighth of a power of
+/// two wide: each is the largest latency of its bucket, so never below the
+/// true percentile and at most 12.5 % above it. `limit`, `waiting` and `rejected` are those of the
 /// processor's own limiter (a batch run with
 /// [`AsyncIo::with_limiter`](crate::AsyncIo::with_limiter) reports into its
 /// own limiter's `stats()`).
@@ -312,7 +286,8 @@ pub struct IoStats {
     /// From the first item's start to the last item's end: the span
     /// [`throughput`](IoStats::throughput) is measured over.
     pub busy: Duration,
-    /// Median item latency (upper bound of its histogram bucket).
+    /// Median item latency (the largest latency of its histogram bucket,
+    /// at most 12.5 % above the true median).
     pub latency_p50: Option<Duration>,
     /// 90th percentile item latency.
     pub latency_p90: Option<Duration>,
@@ -343,21 +318,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_powers_of_two_of_micros() {
-        assert_eq!(bucket(Duration::ZERO), 0);
-        assert_eq!(bucket(Duration::from_nanos(999)), 0);
-        assert_eq!(bucket(Duration::from_micros(1)), 1);
-        assert_eq!(bucket(Duration::from_micros(3)), 2);
-        assert_eq!(bucket(Duration::from_micros(4)), 3);
-        assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
-        for us in [1u64, 7, 100, 1_000, 65_000] {
-            let d = Duration::from_micros(us);
-            assert!(bucket_bound(bucket(d)) > d);
-            assert!(bucket_bound(bucket(d)) <= 2 * d);
-        }
-    }
-
-    #[test]
     fn percentiles_follow_the_histogram() {
         let c = Counters::default();
         let now = Instant::now();
@@ -366,6 +326,13 @@ mod tests {
             in_flight: 0,
             waiting: 0,
             rejected: 0,
+            succeeded: 0,
+            overloaded: 0,
+            ignored: 0,
+            busy: Duration::ZERO,
+            latency_p50: None,
+            latency_p90: None,
+            latency_p99: None,
         };
         assert_eq!(c.snapshot(limiter).latency_p50, None);
         for _ in 0..98 {
@@ -375,9 +342,11 @@ mod tests {
         c.ended(Ended::Failed, Duration::from_millis(100), now);
         let s = c.snapshot(limiter);
         let ms = Duration::from_millis;
-        assert!(s.latency_p50.unwrap() >= ms(1) && s.latency_p50.unwrap() <= ms(2));
-        assert!(s.latency_p90.unwrap() <= ms(2));
-        assert!(s.latency_p99.unwrap() >= ms(100) && s.latency_p99.unwrap() <= ms(200));
+        // Each within an eighth above the true percentile.
+        let within = |p: Option<Duration>, d: Duration| p.is_some_and(|p| p >= d && p * 8 <= d * 9);
+        assert!(within(s.latency_p50, ms(1)), "{:?}", s.latency_p50);
+        assert!(within(s.latency_p90, ms(1)), "{:?}", s.latency_p90);
+        assert!(within(s.latency_p99, ms(100)), "{:?}", s.latency_p99);
         assert_eq!((s.succeeded, s.failed, s.completed()), (99, 1, 100));
     }
 }

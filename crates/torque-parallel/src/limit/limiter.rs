@@ -9,9 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+
+use crate::latency::Histogram;
 
 use super::{Algorithm, Clock, Outcome, Sample, SystemClock};
 
@@ -39,7 +41,27 @@ pub trait Limiter: Send + Sync {
     fn stats(&self) -> Stats;
 }
 
-/// A snapshot of a limiter's state.
+/// A snapshot of a limiter's state, and what its tokens reported since it
+/// was built.
+///
+/// Every token handed out is either still [`in_flight`](Stats::in_flight)
+/// or counted once by how it ended, so once no request is running,
+/// `succeeded + overloaded + ignored` is the number of permits ever given.
+///
+/// ```
+/// use std::time::Duration;
+/// use torque_parallel::limit::{ConcurrencyLimiter, Fixed, Limiter};
+///
+/// let limiter = ConcurrencyLimiter::new(Fixed::new(4));
+/// limiter.try_acquire().expect("below the limit").success();
+/// limiter.try_acquire().expect("below the limit").overload();
+/// drop(limiter.try_acquire().expect("below the limit"));
+/// let s = limiter.stats();
+/// assert_eq!((s.succeeded, s.overloaded, s.ignored, s.in_flight), (1, 1, 1, 0));
+/// assert_eq!(s.completed(), 3);
+/// // The successful request's latency, within 12.5 % above.
+/// assert!(s.latency_p99.is_some_and(|p| p < Duration::from_secs(1)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -51,6 +73,48 @@ pub struct Stats {
     pub waiting: usize,
     /// `try_acquire` calls refused since the limiter was built.
     pub rejected: u64,
+    /// Tokens completed with [`Token::success`].
+    pub succeeded: u64,
+    /// Tokens completed with [`Token::overload`] (timeouts, overload
+    /// errors).
+    pub overloaded: u64,
+    /// Tokens completed with [`Token::ignore`] or dropped without a
+    /// verdict.
+    pub ignored: u64,
+    /// From the earliest start to the latest end of the requests that
+    /// completed with `success` or `overload` (the limiter's clock; ignored
+    /// requests are not timed): the span
+    /// [`throughput`](Stats::throughput) is measured over.
+    pub busy: Duration,
+    /// Median latency of the successful requests, from a histogram of all
+    /// of them since the limiter was built: the largest latency of the
+    /// histogram bucket that holds it, never below the true median and at
+    /// most 12.5 % above it. `None` before the first success.
+    pub latency_p50: Option<Duration>,
+    /// 90th percentile latency of the successful requests (as
+    /// [`latency_p50`](Stats::latency_p50)).
+    pub latency_p90: Option<Duration>,
+    /// 99th percentile latency of the successful requests (as
+    /// [`latency_p50`](Stats::latency_p50)).
+    pub latency_p99: Option<Duration>,
+}
+
+impl Stats {
+    /// Tokens that ended, whatever their outcome.
+    pub fn completed(&self) -> u64 {
+        self.succeeded + self.overloaded + self.ignored
+    }
+
+    /// Requests completed with `success` or `overload` per second over
+    /// [`busy`](Stats::busy) (0 before two of them have been timed apart).
+    pub fn throughput(&self) -> f64 {
+        let secs = self.busy.as_secs_f64();
+        if secs > 0.0 {
+            (self.succeeded + self.overloaded) as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// `try_acquire` found the limiter full: the requests in flight and the
@@ -99,6 +163,47 @@ struct State<A> {
     in_flight: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
+    /// What the tokens reported, for [`Stats`].
+    report: Report,
+}
+
+/// The outcomes and latencies of a limiter's tokens, kept under its lock.
+#[derive(Debug)]
+struct Report {
+    succeeded: u64,
+    overloaded: u64,
+    ignored: u64,
+    /// Earliest start and latest end of a timed request.
+    span: Option<(Instant, Instant)>,
+    /// Latencies of the successful requests.
+    latency: Histogram,
+}
+
+impl Report {
+    fn new() -> Self {
+        Self {
+            succeeded: 0,
+            overloaded: 0,
+            ignored: 0,
+            span: None,
+            latency: Histogram::new(),
+        }
+    }
+
+    /// A request timed from `started` to `now` ended with `outcome`
+    /// (`Success` or `Overload`).
+    fn timed(&mut self, outcome: Outcome, started: Instant, now: Instant, latency: Duration) {
+        if outcome == Outcome::Success {
+            self.succeeded += 1;
+            self.latency.record(latency);
+        } else {
+            self.overloaded += 1;
+        }
+        self.span = Some(match self.span {
+            Some((first, last)) => (first.min(started), last.max(now)),
+            None => (started, now.max(started)),
+        });
+    }
 }
 
 struct Waiter {
@@ -143,6 +248,7 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
                     in_flight: 0,
                     waiters: VecDeque::new(),
                     next_waiter: 0,
+                    report: Report::new(),
                 }),
                 rejected: AtomicU64::new(0),
             }),
@@ -223,11 +329,22 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
 
     fn stats(&self) -> Stats {
         let state = self.shared.state.lock();
+        let report = &state.report;
+        let [latency_p50, latency_p90, latency_p99] = report.latency.percentiles();
         Stats {
             limit: state.limit,
             in_flight: state.in_flight,
             waiting: state.waiters.len(),
             rejected: self.shared.rejected.load(Ordering::Relaxed),
+            succeeded: report.succeeded,
+            overloaded: report.overloaded,
+            ignored: report.ignored,
+            busy: report
+                .span
+                .map_or(Duration::ZERO, |(first, last)| last - first),
+            latency_p50,
+            latency_p90,
+            latency_p99,
         }
     }
 }
@@ -331,6 +448,7 @@ impl<A, C> Shared<A, C> {
     fn return_ignored(&self) {
         let mut state = self.state.lock();
         state.in_flight -= 1;
+        state.report.ignored += 1;
         state.wake_admissible();
         // Under the lock, as in `release`.
         #[cfg(feature = "metrics")]
@@ -375,6 +493,7 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
         let latency = now.saturating_duration_since(started);
         let mut state = self.state.lock();
         state.in_flight -= 1;
+        state.report.timed(outcome, started, now, latency);
         let sample = Sample {
             now,
             latency,

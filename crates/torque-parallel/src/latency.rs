@@ -1,0 +1,217 @@
+//! Latency histograms for `stats()`: the limiter's own and the `Async` and
+//! `Hybrid` strategies'.
+//!
+//! Log-linear buckets in nanoseconds, the layout of HdrHistogram (Tene,
+//! <https://github.com/HdrHistogram/HdrHistogram>) with three bits of
+//! precision: below 8 ns one bucket per nanosecond, then every power of two
+//! split into 8 equal buckets, up to 2^48 ns (about 78 hours; anything longer
+//! counts there). A percentile is reported as the largest latency of its
+//! bucket, so it is never below the true value and at most 12.5 % above it
+//! (a bucket spans at most an eighth of its lower bound). 368 buckets: a few
+//! KiB per histogram, and recording a latency is a count and a few shifts.
+
+#[cfg(feature = "tokio")]
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Bits of precision: 2^3 = 8 buckets per power of two.
+const SUB_BITS: u32 = 3;
+const SUB: u64 = 1 << SUB_BITS;
+/// Latencies from 2^48 ns up share the last bucket.
+const MAX_NANOS: u64 = (1 << 48) - 1;
+/// Number of buckets: 8 exact ones, then 8 for each power of two from 2^3
+/// to 2^47.
+pub(crate) const BUCKETS: usize = (SUB + (48 - SUB_BITS as u64) * SUB) as usize;
+
+/// The bucket that counts `latency`.
+#[inline]
+pub(crate) fn bucket(latency: Duration) -> usize {
+    let nanos = u64::try_from(latency.as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(MAX_NANOS);
+    if nanos < SUB {
+        return nanos as usize;
+    }
+    // nanos in [2^k, 2^(k+1)), k >= 3: the top four bits say which eighth.
+    let k = u64::from(u64::BITS - 1 - nanos.leading_zeros());
+    let eighth = (nanos >> (k - u64::from(SUB_BITS))) - SUB;
+    (SUB + (k - u64::from(SUB_BITS)) * SUB + eighth) as usize
+}
+
+/// The largest latency bucket `i` counts.
+pub(crate) fn bucket_max(i: usize) -> Duration {
+    let i = i.min(BUCKETS - 1) as u64;
+    if i < SUB {
+        return Duration::from_nanos(i);
+    }
+    let shift = (i - SUB) / SUB;
+    let eighth = (i - SUB) % SUB;
+    Duration::from_nanos(((SUB + eighth + 1) << shift) - 1)
+}
+
+/// The 50th, 90th and 99th percentiles of the latencies counted in
+/// `counts` (one per bucket), each the largest latency of the bucket that
+/// holds it; `None` when nothing was counted.
+pub(crate) fn percentiles(counts: &[u64]) -> [Option<Duration>; 3] {
+    let total: u64 = counts.iter().sum();
+    [50, 90, 99].map(|p| {
+        if total == 0 {
+            return None;
+        }
+        // The smallest bucket holding the ceil(p% × total)-th latency.
+        let rank = total.saturating_mul(p).div_ceil(100).max(1);
+        let mut seen = 0u64;
+        counts.iter().enumerate().find_map(|(i, &c)| {
+            seen += c;
+            (seen >= rank).then(|| bucket_max(i))
+        })
+    })
+}
+
+/// A histogram written under a lock of its own.
+#[derive(Clone)]
+pub(crate) struct Histogram {
+    counts: Box<[u64; BUCKETS]>,
+}
+
+impl Histogram {
+    pub(crate) fn new() -> Self {
+        Self {
+            counts: Box::new([0; BUCKETS]),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&mut self, latency: Duration) {
+        let count = &mut self.counts[bucket(latency)];
+        *count = count.saturating_add(1);
+    }
+
+    pub(crate) fn percentiles(&self) -> [Option<Duration>; 3] {
+        percentiles(&self.counts[..])
+    }
+}
+
+impl std::fmt::Debug for Histogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [p50, p90, p99] = self.percentiles();
+        f.debug_struct("Histogram")
+            .field("count", &self.counts.iter().sum::<u64>())
+            .field("p50", &p50)
+            .field("p90", &p90)
+            .field("p99", &p99)
+            .finish()
+    }
+}
+
+/// A histogram written by many threads at once, with relaxed atomics.
+#[cfg(feature = "tokio")]
+pub(crate) struct AtomicHistogram {
+    counts: Box<[AtomicU64; BUCKETS]>,
+}
+
+#[cfg(feature = "tokio")]
+impl AtomicHistogram {
+    pub(crate) fn new() -> Self {
+        Self {
+            counts: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record(&self, latency: Duration) {
+        self.counts[bucket(latency)].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn percentiles(&self) -> [Option<Duration>; 3] {
+        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Relaxed)).collect();
+        percentiles(&counts)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl std::fmt::Debug for AtomicHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [p50, p90, p99] = self.percentiles();
+        f.debug_struct("AtomicHistogram")
+            .field("p50", &p50)
+            .field("p90", &p90)
+            .field("p99", &p99)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_latency_is_within_its_bucket_and_an_eighth_of_it() {
+        let mut previous = 0;
+        let mut samples: Vec<u64> = (0..5_000).collect();
+        samples.extend((3..64).flat_map(|k| {
+            let p = 1u64 << k;
+            [p - 1, p, p + 1, p + p / 3, p + p / 2 + 7]
+        }));
+        samples.extend([MAX_NANOS - 1, MAX_NANOS]);
+        samples.sort_unstable();
+        for nanos in samples {
+            let d = Duration::from_nanos(nanos);
+            let i = bucket(d);
+            assert!(i < BUCKETS, "{nanos} ns: bucket {i}");
+            assert!(i >= previous, "{nanos} ns: buckets must not go down");
+            previous = i;
+            let max = bucket_max(i);
+            if nanos <= MAX_NANOS {
+                assert!(max >= d, "{nanos} ns: bucket {i} ends at {max:?}");
+                // At most 12.5 % above the true value.
+                assert!(
+                    max.as_nanos() * 8 <= u128::from(nanos) * 9,
+                    "{nanos} ns: bucket {i} ends at {max:?}"
+                );
+                if i > 0 {
+                    assert!(bucket_max(i - 1) < d, "{nanos} ns: belongs lower");
+                }
+            } else {
+                assert_eq!(i, BUCKETS - 1);
+            }
+        }
+        assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
+        assert_eq!(bucket(Duration::from_nanos(MAX_NANOS)), BUCKETS - 1);
+        assert_eq!(bucket_max(BUCKETS - 1), Duration::from_nanos(MAX_NANOS));
+    }
+
+    #[test]
+    fn percentiles_follow_the_counts() {
+        let mut h = Histogram::new();
+        assert_eq!(h.percentiles(), [None, None, None]);
+        for _ in 0..98 {
+            h.record(Duration::from_millis(1));
+        }
+        h.record(Duration::from_millis(30));
+        h.record(Duration::from_millis(100));
+        let [p50, p90, p99] = h.percentiles();
+        let ms = Duration::from_millis;
+        let within = |p: Option<Duration>, d: Duration| {
+            let p = p.expect("counted");
+            p >= d && p.as_nanos() * 8 <= d.as_nanos() * 9
+        };
+        assert!(within(p50, ms(1)), "{p50:?}");
+        assert!(within(p90, ms(1)), "{p90:?}");
+        // The 99th of 100 is the 30 ms one.
+        assert!(within(p99, ms(30)), "{p99:?}");
+    }
+
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn the_atomic_histogram_reports_the_same_way() {
+        let a = AtomicHistogram::new();
+        assert_eq!(a.percentiles(), [None, None, None]);
+        a.record(Duration::from_micros(250));
+        let [p50, _, p99] = a.percentiles();
+        let p50 = p50.expect("counted");
+        let d = Duration::from_micros(250);
+        assert!(p50 >= d && p50 * 8 <= d * 9, "{p50:?}");
+        assert_eq!(Some(p50), p99);
+    }
+}
