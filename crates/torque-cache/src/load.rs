@@ -49,8 +49,9 @@ type PendingEntry<K, V> = (K, Arc<LoadSlot<V>>);
 
 thread_local! {
     /// The loads that this thread is running user code of right now,
-    /// innermost last (by their slot's address; the leader holds the slot,
-    /// so an address here is never reused while it is listed): a poll of an
+    /// innermost last (by their link's address, [`LoadSlot::id`]; the
+    /// leader holds the slot and so the link, so an address here is never
+    /// reused while it is listed): a poll of an
     /// async loader (or the call that makes its future), and for every
     /// leader the clock read as it starts and the weigher, clock and clones
     /// as it finishes. A caller that would wait on one of them runs inside
@@ -183,80 +184,131 @@ struct LoadSlot<V> {
     link: Arc<LoadLink>,
 }
 
-/// What a thread blocked on a load waits for, in [`BLOCKED`]: the load's
-/// leader, if it is a thread running a blocking loader
-/// ([`LocalCache::get_or_load`]), and whether the load has ended. Not
-/// generic, so that loads of every cache's types meet in one graph.
+/// What a waiter of a load waits for, in [`BLOCKED`]: the load's leader
+/// and whether the load has ended. Not generic, so that loads of every
+/// cache's types meet in one graph.
 #[derive(Debug)]
 struct LoadLink {
-    leader: Option<ThreadId>,
+    /// The thread running the load's blocking loader
+    /// ([`LocalCache::get_or_load`]), or `None` for an async loader, which
+    /// is named by this link's address instead ([`Self::leader`]).
+    thread: Option<ThreadId>,
     /// Set as the load ends, before its waiters are woken.
     done: AtomicBool,
 }
 
-/// The threads blocked in [`LocalCache::get_or_load`] waiting for a load,
-/// and the load each waits for: a wait-for graph, so that blocking loaders
-/// on different threads that wait for each other's keys (1's loader loads
-/// 2 while 2's loader, on another thread, loads 1) are caught instead of
-/// waiting forever, as a cycle on one thread is. Process-wide: a cycle may
-/// run through several caches. Taken only by a caller about to block (and
-/// as it stops), never on a hit or by the leader.
-static BLOCKED: Mutex<Vec<(ThreadId, Arc<LoadLink>)>> = Mutex::new(Vec::new());
-
-/// Whether `me`, blocking on the load of `target`, would wait for itself
-/// through other threads: `target`'s leader waits for a load whose leader
-/// waits ... for a load whose leader is `me`, every one of them still
-/// running. Such a cycle never ends by itself: each of its loads waits for
-/// the next. A link whose load has ended breaks the chain (its leader's
-/// entry may still be listed, about to leave).
-fn waits_in_a_cycle(
-    me: ThreadId,
-    target: &Arc<LoadLink>,
-    blocked: &[(ThreadId, Arc<LoadLink>)],
-) -> bool {
-    let mut link = target;
-    // A cycle visits each blocked thread at most once.
-    for _ in 0..=blocked.len() {
-        if link.done.load(Ordering::SeqCst) {
-            return false;
+impl LoadLink {
+    /// Who runs this load: a thread, or (async) the load itself, which
+    /// waits for whatever its loader's future waits for.
+    fn leader(self: &Arc<Self>) -> Waiter {
+        match self.thread {
+            Some(thread) => Waiter::Thread(thread),
+            None => Waiter::Load(Arc::as_ptr(self) as usize),
         }
-        let Some(leader) = link.leader else {
-            // An async leader: its task may be waited for by anything.
-            return false;
-        };
-        if leader == me {
+    }
+}
+
+/// A node of the wait-for graph: a thread blocked in
+/// [`LocalCache::get_or_load`], or an async load whose loader's future
+/// waits (named by its [`LoadLink`]'s address, listed in [`POLLING`] while
+/// its loader runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiter {
+    Thread(ThreadId),
+    Load(usize),
+}
+
+/// Who waits for which load: a wait-for graph, so that loaders that wait
+/// for each other's keys (1's loader loads 2 while 2's loader, on another
+/// thread or in another task, loads 1) are caught instead of waiting
+/// forever, as a cycle on one thread is. An edge is a thread blocked on a
+/// load, or an async load whose loader awaits another load (every load
+/// whose loader is being polled around that wait waits too). Process-wide:
+/// a cycle may run through several caches. Taken only by a caller about
+/// to wait from inside a loader, or blocking (and as it stops), never on a
+/// hit, by a leader, or by an async waiter that is not inside a loader.
+static BLOCKED: Mutex<Vec<(Waiter, Arc<LoadLink>)>> = Mutex::new(Vec::new());
+
+/// Whether waiters `mine`, about to wait for the load of `target`, would
+/// wait for themselves: `target`'s leader waits for a load whose leader
+/// waits ... for a load whose leader is one of `mine`, every one of them
+/// still running. Such a cycle never ends by itself: each of its loads
+/// waits for the next. A link whose load has ended breaks the chain (its
+/// leader's entry may still be listed, about to leave). An async load may
+/// wait for several loads at once (a loader that joins two), so this is a
+/// search of the graph, each link visited once.
+fn waits_in_a_cycle(
+    mine: &[Waiter],
+    target: &Arc<LoadLink>,
+    blocked: &[(Waiter, Arc<LoadLink>)],
+) -> bool {
+    let mut visited: Vec<*const LoadLink> = Vec::new();
+    let mut next = vec![target];
+    while let Some(link) = next.pop() {
+        if visited.contains(&Arc::as_ptr(link)) {
+            continue;
+        }
+        visited.push(Arc::as_ptr(link));
+        if link.done.load(Ordering::SeqCst) {
+            continue;
+        }
+        let leader = link.leader();
+        if mine.contains(&leader) {
             return true;
         }
-        match blocked.iter().find(|(thread, _)| *thread == leader) {
-            Some((_, next)) => link = next,
-            None => return false,
-        }
+        next.extend(
+            blocked
+                .iter()
+                .filter(|(waiter, _)| *waiter == leader)
+                .map(|(_, link)| link),
+        );
     }
     false
 }
 
-/// This thread's entry in [`BLOCKED`], removed on drop.
-struct Blocked(ThreadId);
+/// The async loads whose loaders this thread is running now ([`POLLING`]),
+/// as waiters.
+fn polling_loads() -> Vec<Waiter> {
+    POLLING
+        .try_with(|p| p.borrow().iter().map(|&l| Waiter::Load(l)).collect())
+        .unwrap_or_default()
+}
+
+/// Entries of [`BLOCKED`]: `waiters`, each waiting for `target`; removed on
+/// drop.
+struct Blocked {
+    waiters: Vec<Waiter>,
+    target: Arc<LoadLink>,
+}
 
 impl Blocked {
-    /// Lists `me` as blocked on `target`, or returns `None` if that closes
-    /// a cycle of blocked loaders (checked and listed under one lock, so of
-    /// two threads closing a cycle at once the second sees the first).
-    fn enter(me: ThreadId, target: &Arc<LoadLink>) -> Option<Self> {
+    /// Lists `waiters` as waiting for `target`, or returns `None` if that
+    /// closes a cycle of loads (checked and listed under one lock, so of
+    /// two waits closing a cycle at once the second sees the first).
+    fn enter(waiters: Vec<Waiter>, target: &Arc<LoadLink>) -> Option<Self> {
         let mut blocked = BLOCKED.lock();
-        if waits_in_a_cycle(me, target, &blocked) {
+        if waits_in_a_cycle(&waiters, target, &blocked) {
             return None;
         }
-        blocked.push((me, Arc::clone(target)));
-        Some(Self(me))
+        blocked.extend(waiters.iter().map(|&w| (w, Arc::clone(target))));
+        drop(blocked);
+        Some(Self {
+            waiters,
+            target: Arc::clone(target),
+        })
     }
 }
 
 impl Drop for Blocked {
     fn drop(&mut self) {
         let mut blocked = BLOCKED.lock();
-        if let Some(i) = blocked.iter().position(|(thread, _)| *thread == self.0) {
-            blocked.swap_remove(i);
+        for waiter in &self.waiters {
+            if let Some(i) = blocked
+                .iter()
+                .position(|(w, link)| w == waiter && Arc::ptr_eq(link, &self.target))
+            {
+                blocked.swap_remove(i);
+            }
         }
     }
 }
@@ -268,7 +320,7 @@ impl<V: Clone> LoadSlot<V> {
             ready: Condvar::new(),
             superseded: AtomicBool::new(false),
             link: Arc::new(LoadLink {
-                leader,
+                thread: leader,
                 done: AtomicBool::new(false),
             }),
         }
@@ -278,12 +330,18 @@ impl<V: Clone> LoadSlot<V> {
     /// itself: the thread is running its blocking loader, or is inside a
     /// poll of its async loader. Either way the caller is (part of) the
     /// loader, which cannot finish while the caller waits.
-    fn waits_for_itself(self: &Arc<Self>) -> bool {
-        let me = Arc::as_ptr(self) as usize;
-        self.link.leader == Some(std::thread::current().id())
+    fn waits_for_itself(&self) -> bool {
+        let me = self.id();
+        self.link.thread == Some(std::thread::current().id())
             || POLLING
                 .try_with(|p| p.borrow().contains(&me))
                 .unwrap_or(false)
+    }
+
+    /// This load's name in [`POLLING`] and [`BLOCKED`]: its link's
+    /// address (the link lives as long as anyone can list it).
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.link) as usize
     }
 
     fn outcome(state: &SlotState<V>) -> Option<Outcome<V>> {
@@ -322,14 +380,18 @@ impl<V: Clone> LoadSlot<V> {
     /// Blocks the calling thread `me` until the load ends.
     ///
     /// # Panics
-    /// If the wait would close a cycle of blocking loaders on different
-    /// threads (see [`BLOCKED`]).
+    /// If the wait would close a cycle of loaders that wait for each other
+    /// (see [`BLOCKED`]).
     fn wait(&self, me: ThreadId) -> Outcome<V> {
-        let Some(_blocked) = Blocked::enter(me, &self.link) else {
+        // The thread, and every async load whose loader it is polling
+        // (they cannot go on while it blocks).
+        let mut waiters = polling_loads();
+        waiters.push(Waiter::Thread(me));
+        let Some(_blocked) = Blocked::enter(waiters, &self.link) else {
             panic!(
                 "get_or_load: the loader of a key waits, through loaders running on other \
-                 threads, for the load of a key that this thread's loader is running: a \
-                 cycle of loads that would wait for each other forever"
+                 threads or tasks, for the load of a key that this thread's loader is \
+                 running: a cycle of loads that would wait for each other forever"
             );
         };
         let mut state = self.state.lock();
@@ -347,15 +409,39 @@ impl<V: Clone> LoadSlot<V> {
 struct Wait<V> {
     slot: Arc<LoadSlot<V>>,
     waker_index: Option<usize>,
+    /// While it waits from inside async loaders: their entries in
+    /// [`BLOCKED`], listed at the first poll.
+    blocked: Option<Blocked>,
 }
 
 impl<V: Clone> Future for Wait<V> {
     type Output = Outcome<V>;
 
+    /// # Panics
+    /// At its first poll, if the loaders it is polled from would wait for
+    /// themselves through other tasks or threads (see [`BLOCKED`]).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
         let this = &mut *self;
+        if this.waker_index.is_none() && this.blocked.is_none() {
+            // Only a wait from inside a loader can close a cycle: a plain
+            // task's wait costs nothing more.
+            let loads = polling_loads();
+            if !loads.is_empty() {
+                match Blocked::enter(loads, &this.slot.link) {
+                    Some(blocked) => this.blocked = Some(blocked),
+                    None => panic!(
+                        "get_or_load_async: the loader of a key waits, through loaders \
+                         running in other tasks or threads, for the load of a key that this \
+                         loader's load is waiting for: a cycle of loads that would wait for \
+                         each other forever"
+                    ),
+                }
+            }
+        }
         let mut state = this.slot.state.lock();
         if let Some(outcome) = LoadSlot::outcome(&state) {
+            drop(state);
+            this.blocked = None;
             return Poll::Ready(outcome);
         }
         if let SlotState::Running(wakers) = &mut *state {
@@ -458,7 +544,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
 
     /// This load's entry in [`POLLING`].
     fn part_of_load(&self) -> PollingLoad {
-        PollingLoad::enter(Arc::as_ptr(&self.slot) as usize)
+        PollingLoad::enter(self.slot.id())
     }
 
     fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
@@ -698,13 +784,13 @@ where
     /// call panics (as `RefCell` does on a second borrow) instead of waiting
     /// forever for the load it is part of; the load is then abandoned, and
     /// the panic reaches the outer call unless the loader catches it.
-    /// Likewise for blocking loaders on different threads that wait for
-    /// each other's keys (1's loader loads 2 while 2's loader, on another
-    /// thread, loads 1): the call that closes the cycle panics, its load is
-    /// abandoned, and the others finish. A wait from another thread or task
-    /// that the loader itself waits for (a thread it joins, a task it
-    /// awaits), or a cycle through an async loader, cannot be told from an
-    /// ordinary waiter, and still waits forever.
+    /// Likewise for loaders on different threads or tasks, blocking or
+    /// async, that wait for each other's keys (1's loader loads 2 while 2's
+    /// loader, on another thread or in another task, loads 1): the call
+    /// that closes the cycle panics, its load is abandoned, and the others
+    /// finish. A wait from another thread or task that the loader itself
+    /// waits for (a thread it joins, a task it spawns and awaits) cannot be
+    /// told from an ordinary waiter, and still waits forever.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
@@ -774,8 +860,12 @@ where
     /// they run for this load, blocks on it on its own thread, the inner
     /// call panics instead of waiting forever for the load it is part
     /// of, as [`get_or_load`](Self::get_or_load) does; the load is then
-    /// abandoned. A wait from a task the loader spawns and awaits cannot be
-    /// told from an ordinary waiter, and still waits forever. The other way
+    /// abandoned. So does the wait that closes a cycle of loaders in
+    /// different tasks or threads that wait for each other's keys (1's
+    /// loader awaits 2 while 2's loader, in another task, awaits 1): its
+    /// load is abandoned and the others finish. A wait from a task the
+    /// loader spawns and awaits cannot be told from an ordinary waiter,
+    /// and still waits forever. The other way
     /// round, a task that merely waits for the key is taken for part of the
     /// loader, and panics, when the loader's own thread polls it from inside
     /// the loader: a task of a current-thread runtime or `LocalSet` that a
@@ -831,6 +921,7 @@ where
                     let wait = Wait {
                         slot,
                         waker_index: None,
+                        blocked: None,
                     };
                     if let Some(result) = settle(wait.await) {
                         return self.waited(&key, result);
@@ -838,7 +929,7 @@ where
                 }
             }
         };
-        let me = Arc::as_ptr(&slot) as usize;
+        let me = slot.id();
         // Declared before the guard, so that if this future is dropped
         // (cancelled) the guard abandons the load before the loader's
         // future is dropped: that drop runs the loader's own cleanup, and

@@ -73,3 +73,134 @@ fn regression_blocking_loads_on_two_threads_waiting_for_each_others_keys_do_not_
         }
     }
 }
+
+/// The async form of the cycle above: key 1's async loader awaits the load
+/// of key 2, whose async loader (another task) awaits the load of key 1.
+/// Each task waited for the other forever (and so did every later caller of
+/// either key). Now the wait that closes the cycle panics in its task, its
+/// load is abandoned, and the other task's load finishes; every key loads
+/// afterwards. Tasks on a multi-thread runtime and on a current-thread one
+/// (where both loaders are polled by one thread, one after the other).
+#[test]
+fn regression_async_loaders_waiting_for_each_others_keys_do_not_hang() {
+    for multi_thread in [false, true] {
+        for tasks in [2u64, 3] {
+            for round in 0..10 {
+                let cache: LocalCache<u64, u64> = LocalCache::new(100);
+                let c = cache.clone();
+                let outcomes = bounded(move || {
+                    let runtime = if multi_thread {
+                        tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(2)
+                            .build()
+                    } else {
+                        tokio::runtime::Builder::new_current_thread().build()
+                    }
+                    .expect("runtime");
+                    runtime.block_on(async move {
+                        let barrier = Arc::new(tokio::sync::Barrier::new(tasks as usize));
+                        let handles: Vec<_> = (1..=tasks)
+                            .map(|mine| {
+                                let other = mine % tasks + 1;
+                                let (cache, barrier) = (c.clone(), Arc::clone(&barrier));
+                                tokio::spawn(async move {
+                                    let inner = cache.clone();
+                                    cache
+                                        .get_or_load_async(mine, || async move {
+                                            // Every load is running before
+                                            // any waits for the next.
+                                            barrier.wait().await;
+                                            inner
+                                                .get_or_load_async(other, || async move {
+                                                    Ok::<_, ()>(other * 10)
+                                                })
+                                                .await
+                                                .map(|v| v + mine)
+                                                .map_err(|_| ())
+                                        })
+                                        .await
+                                })
+                            })
+                            .collect();
+                        let mut outcomes = Vec::new();
+                        for handle in handles {
+                            // A panicked task is an `Err` of its handle.
+                            outcomes.push(matches!(handle.await, Ok(Ok(_))));
+                        }
+                        outcomes
+                    })
+                });
+                assert!(
+                    outcomes.iter().any(|ok| *ok),
+                    "multi-thread {multi_thread}, {tasks} tasks, round {round}: a load \
+                     finishes: {outcomes:?}"
+                );
+                let c = cache.clone();
+                let after = bounded(move || {
+                    (1..=tasks).all(|k| c.get_or_load(k, || Ok::<_, ()>(k * 10)).is_ok())
+                });
+                assert!(
+                    after,
+                    "multi-thread {multi_thread}, {tasks} tasks, round {round}"
+                );
+            }
+        }
+    }
+}
+
+/// A cycle through a blocking loader and an async one: key 1's blocking
+/// loader (a thread) waits for key 2, whose async loader (a task) awaits
+/// key 1. Either wait may come second; the one that closes the cycle
+/// panics, and the other load finishes.
+#[test]
+fn regression_a_cycle_through_a_blocking_and_an_async_loader_does_not_hang() {
+    for round in 0..20 {
+        let cache: LocalCache<u64, u64> = LocalCache::new(100);
+        let c = cache.clone();
+        let outcomes = bounded(move || {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let (cache, b) = (c.clone(), Arc::clone(&barrier));
+            let thread = std::thread::spawn(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cache.get_or_load(1, || {
+                        b.wait();
+                        cache
+                            .get_or_load(2, || Ok::<_, ()>(20))
+                            .map(|v| v + 1)
+                            .map_err(|_| ())
+                    })
+                }))
+                .is_ok_and(|r| r.is_ok())
+            });
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let task = runtime.block_on(async move {
+                let inner = c.clone();
+                tokio::spawn(async move {
+                    c.get_or_load_async(2, || async move {
+                        // Blocks this runtime's only thread until the
+                        // other load runs too: nothing else runs here.
+                        barrier.wait();
+                        inner
+                            .get_or_load_async(1, || async { Ok::<_, ()>(10) })
+                            .await
+                            .map(|v| v + 2)
+                            .map_err(|_| ())
+                    })
+                    .await
+                })
+                .await
+                .is_ok_and(|r| r.is_ok())
+            });
+            [thread.join().expect("caught"), task]
+        });
+        assert!(
+            outcomes.iter().any(|ok| *ok),
+            "round {round}: a load finishes: {outcomes:?}"
+        );
+        let c = cache.clone();
+        let after = bounded(move || (1..=2).all(|k| c.get_or_load(k, || Ok::<_, ()>(k)).is_ok()));
+        assert!(after, "round {round}");
+    }
+}
