@@ -410,7 +410,7 @@ struct Wait<V> {
     slot: Arc<LoadSlot<V>>,
     waker_index: Option<usize>,
     /// While it waits from inside async loaders: their entries in
-    /// [`BLOCKED`], listed at the first poll.
+    /// [`BLOCKED`], those of the loaders it was last polled from.
     blocked: Option<Blocked>,
 }
 
@@ -418,14 +418,20 @@ impl<V: Clone> Future for Wait<V> {
     type Output = Outcome<V>;
 
     /// # Panics
-    /// At its first poll, if the loaders it is polled from would wait for
-    /// themselves through other tasks or threads (see [`BLOCKED`]).
+    /// If the loaders it is polled from would wait for themselves through
+    /// other tasks or threads (see [`BLOCKED`]).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome<V>> {
         let this = &mut *self;
-        if this.waker_index.is_none() && this.blocked.is_none() {
-            // Only a wait from inside a loader can close a cycle: a plain
-            // task's wait costs nothing more.
-            let loads = polling_loads();
+        // Only a wait from inside a loader can close a cycle: a plain
+        // task's wait costs nothing more. The loaders that wait are those
+        // polling it now, not at its first poll: a wait a loader polled
+        // and then handed to another task (or that another loader took
+        // over) no longer holds up the first one, whose edges, left in the
+        // graph, made a later wait for its key look like a cycle.
+        let loads = polling_loads();
+        let listed = this.blocked.as_ref().map_or(&[][..], |b| &b.waiters[..]);
+        if loads != listed {
+            this.blocked = None;
             if !loads.is_empty() {
                 match Blocked::enter(loads, &this.slot.link) {
                     Some(blocked) => this.blocked = Some(blocked),

@@ -204,3 +204,97 @@ fn regression_a_cycle_through_a_blocking_and_an_async_loader_does_not_hang() {
         assert!(after, "round {round}");
     }
 }
+
+/// A loader that polls a wait for another key once and then hands it to a
+/// plain task (a prefetch it no longer waits for) is not left listed as
+/// waiting for that key. The wait's edges in the wait-for graph were taken
+/// at its first poll and kept until it ended, so key 1's load still
+/// counted as waiting for key 2 after it had handed that wait away; key
+/// 2's loader awaiting key 1 then "closed a cycle" and panicked, although
+/// key 1's loader was about to finish without key 2. Now a wait's edges
+/// follow the loaders it is polled from at each poll.
+#[test]
+fn regression_a_wait_handed_from_a_loader_to_a_plain_task_is_not_taken_for_a_cycle() {
+    use std::future::Future;
+    use std::task::Poll;
+    use tokio::sync::oneshot;
+
+    for multi_thread in [false, true] {
+        for round in 0..10 {
+            let cache: LocalCache<u64, u64> = LocalCache::new(100);
+            let c = cache.clone();
+            let (one, two) = bounded(move || {
+                let runtime = if multi_thread {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .build()
+                } else {
+                    tokio::runtime::Builder::new_current_thread().build()
+                }
+                .expect("runtime");
+                runtime.block_on(async move {
+                    let (started2_tx, started2) = oneshot::channel::<()>();
+                    let (go2_tx, go2) = oneshot::channel::<()>();
+                    let (waiting1_tx, waiting1) = oneshot::channel::<()>();
+                    // Key 2's loader, in a task of its own: once told, it
+                    // needs key 1.
+                    let c2 = c.clone();
+                    let two = tokio::spawn(async move {
+                        let inner = c2.clone();
+                        c2.get_or_load_async(2, || async move {
+                            started2_tx.send(()).expect("test alive");
+                            go2.await.expect("told");
+                            let one = inner.get_or_load_async(1, || async { Ok::<_, ()>(1) });
+                            // The wait below is polled in this same poll.
+                            let _ = waiting1_tx.send(());
+                            one.await.map(|v| v + 20).map_err(|_| ())
+                        })
+                        .await
+                    });
+                    started2.await.expect("key 2 loading");
+                    // Key 1's loader polls a wait for key 2 once, hands it
+                    // to a plain task, and finishes without it.
+                    let c1 = c.clone();
+                    let one = tokio::spawn(async move {
+                        let inner = c1.clone();
+                        c1.get_or_load_async(1, || async move {
+                            let prefetch = inner.clone();
+                            let mut wait2 = Box::pin(async move {
+                                prefetch
+                                    .get_or_load_async(2, || async { Ok::<_, ()>(99) })
+                                    .await
+                            });
+                            let first = std::future::poll_fn(|cx| {
+                                Poll::Ready(wait2.as_mut().poll(cx).is_pending())
+                            })
+                            .await;
+                            assert!(first, "key 2 is still loading");
+                            let (polled_tx, polled) = oneshot::channel::<()>();
+                            tokio::spawn(async move {
+                                let again = std::future::poll_fn(|cx| {
+                                    Poll::Ready(wait2.as_mut().poll(cx).is_pending())
+                                })
+                                .await;
+                                let _ = polled_tx.send(());
+                                if again {
+                                    let _ = wait2.await;
+                                }
+                            });
+                            polled.await.expect("handed over");
+                            go2_tx.send(()).expect("key 2 loading");
+                            waiting1.await.expect("key 2 waits for key 1");
+                            Ok::<_, ()>(10)
+                        })
+                        .await
+                    });
+                    let one = one.await.map(|r| r.map_err(|_| ()));
+                    let two = two.await.map(|r| r.map_err(|_| ()));
+                    (one.ok(), two.ok())
+                })
+            });
+            let context = format!("multi-thread {multi_thread}, round {round}");
+            assert_eq!(one, Some(Ok(10)), "{context}");
+            assert_eq!(two, Some(Ok(30)), "{context}: key 2's loader panicked");
+        }
+    }
+}
