@@ -4,11 +4,14 @@
 //! Log-linear buckets in nanoseconds, the layout of HdrHistogram (Tene,
 //! <https://github.com/HdrHistogram/HdrHistogram>) with three bits of
 //! precision: below 8 ns one bucket per nanosecond, then every power of two
-//! split into 8 equal buckets, up to 2^48 ns (about 78 hours; anything longer
-//! counts there). A percentile is reported as the largest latency of its
-//! bucket, so it is never below the true value and at most 12.5 % above it
-//! (a bucket spans at most an eighth of its lower bound). 368 buckets: a few
-//! KiB per histogram, and recording a latency is a count and a few shifts.
+//! split into 8 equal buckets, up to 2^64 ns (about 584 years, the most a
+//! `u64` of nanoseconds holds: a request holding its permit for days, a
+//! stream or a connection, is still within its bucket; only a `Duration`
+//! beyond that counts in the last one). A percentile is reported as the
+//! largest latency of its bucket, so it is never below the true value and
+//! at most 12.5 % above it (a bucket spans at most an eighth of its lower
+//! bound). 496 buckets: about 4 KiB per histogram, and recording a latency
+//! is a count and a few shifts.
 
 #[cfg(feature = "tokio")]
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,18 +20,17 @@ use std::time::Duration;
 /// Bits of precision: 2^3 = 8 buckets per power of two.
 const SUB_BITS: u32 = 3;
 const SUB: u64 = 1 << SUB_BITS;
-/// Latencies from 2^48 ns up share the last bucket.
-const MAX_NANOS: u64 = (1 << 48) - 1;
+/// The longest latency a bucket tells apart: longer `Duration`s count as
+/// this.
+const MAX_NANOS: u64 = u64::MAX;
 /// Number of buckets: 8 exact ones, then 8 for each power of two from 2^3
-/// to 2^47.
-pub(crate) const BUCKETS: usize = (SUB + (48 - SUB_BITS as u64) * SUB) as usize;
+/// to 2^63.
+pub(crate) const BUCKETS: usize = (SUB + (u64::BITS - SUB_BITS) as u64 * SUB) as usize;
 
 /// The bucket that counts `latency`.
 #[inline]
 pub(crate) fn bucket(latency: Duration) -> usize {
-    let nanos = u64::try_from(latency.as_nanos())
-        .unwrap_or(u64::MAX)
-        .min(MAX_NANOS);
+    let nanos = u64::try_from(latency.as_nanos()).unwrap_or(MAX_NANOS);
     if nanos < SUB {
         return nanos as usize;
     }
@@ -46,7 +48,9 @@ pub(crate) fn bucket_max(i: usize) -> Duration {
     }
     let shift = (i - SUB) / SUB;
     let eighth = (i - SUB) % SUB;
-    Duration::from_nanos(((SUB + eighth + 1) << shift) - 1)
+    // In u128: the last bucket ends at 2^64 - 1, whose `+ 1` a u64 lacks.
+    let end = (u128::from(SUB + eighth + 1) << shift) - 1;
+    Duration::from_nanos(u64::try_from(end).unwrap_or(u64::MAX))
 }
 
 /// The 50th, 90th and 99th percentiles of the latencies counted in
@@ -162,18 +166,14 @@ mod tests {
             assert!(i >= previous, "{nanos} ns: buckets must not go down");
             previous = i;
             let max = bucket_max(i);
-            if nanos <= MAX_NANOS {
-                assert!(max >= d, "{nanos} ns: bucket {i} ends at {max:?}");
-                // At most 12.5 % above the true value.
-                assert!(
-                    max.as_nanos() * 8 <= u128::from(nanos) * 9,
-                    "{nanos} ns: bucket {i} ends at {max:?}"
-                );
-                if i > 0 {
-                    assert!(bucket_max(i - 1) < d, "{nanos} ns: belongs lower");
-                }
-            } else {
-                assert_eq!(i, BUCKETS - 1);
+            assert!(max >= d, "{nanos} ns: bucket {i} ends at {max:?}");
+            // At most 12.5 % above the true value.
+            assert!(
+                max.as_nanos() * 8 <= u128::from(nanos) * 9,
+                "{nanos} ns: bucket {i} ends at {max:?}"
+            );
+            if i > 0 {
+                assert!(bucket_max(i - 1) < d, "{nanos} ns: belongs lower");
             }
         }
         assert_eq!(bucket(Duration::MAX), BUCKETS - 1);
