@@ -57,16 +57,18 @@ pub(crate) fn bucket_max(i: usize) -> Duration {
 /// `counts` (one per bucket), each the largest latency of the bucket that
 /// holds it; `None` when nothing was counted.
 pub(crate) fn percentiles(counts: &[u64]) -> [Option<Duration>; 3] {
-    let total: u64 = counts.iter().sum();
-    [50, 90, 99].map(|p| {
+    // In u128: a u64 of counts times 99 overflows from u64::MAX / 99 (and
+    // several buckets' sum from u64::MAX).
+    let total: u128 = counts.iter().map(|&c| u128::from(c)).sum();
+    [50u128, 90, 99].map(|p| {
         if total == 0 {
             return None;
         }
         // The smallest bucket holding the ceil(p% × total)-th latency.
-        let rank = total.saturating_mul(p).div_ceil(100).max(1);
-        let mut seen = 0u64;
+        let rank = (total * p).div_ceil(100).max(1);
+        let mut seen = 0u128;
         counts.iter().enumerate().find_map(|(i, &c)| {
-            seen += c;
+            seen += u128::from(c);
             (seen >= rank).then(|| bucket_max(i))
         })
     })
@@ -100,7 +102,10 @@ impl std::fmt::Debug for Histogram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let [p50, p90, p99] = self.percentiles();
         f.debug_struct("Histogram")
-            .field("count", &self.counts.iter().sum::<u64>())
+            .field(
+                "count",
+                &self.counts.iter().map(|&c| u128::from(c)).sum::<u128>(),
+            )
             .field("p50", &p50)
             .field("p90", &p90)
             .field("p99", &p99)
@@ -200,6 +205,24 @@ mod tests {
         assert!(within(p90, ms(1)), "{p90:?}");
         // The 99th of 100 is the 30 ms one.
         assert!(within(p99, ms(30)), "{p99:?}");
+    }
+
+    /// Counts past u64::MAX / 100 in all (the saturating `total * p`
+    /// took the rank for a much smaller one and reported a bucket far
+    /// below the percentile), or past u64::MAX (the sum overflowed: a
+    /// panic in a debug build), are ranked exactly.
+    #[test]
+    fn regression_percentiles_of_huge_counts_do_not_overflow() {
+        let mut counts = [0u64; BUCKETS];
+        counts[0] = 1 << 60;
+        counts[100] = 1 << 62;
+        let at_100 = Some(bucket_max(100));
+        assert_eq!(percentiles(&counts), [at_100; 3]);
+        counts[0] = u64::MAX;
+        counts[100] = u64::MAX;
+        counts[200] = u64::MAX;
+        let at_200 = Some(bucket_max(200));
+        assert_eq!(percentiles(&counts), [at_100, at_200, at_200]);
     }
 
     #[cfg(feature = "tokio")]
