@@ -49,14 +49,13 @@ type PendingEntry<K, V> = (K, Arc<LoadSlot<V>>);
 
 thread_local! {
     /// The loads that this thread is running user code of right now,
-    /// innermost last (by their link's address, [`LoadSlot::id`]; the
-    /// leader holds the slot and so the link, so an address here is never
-    /// reused while it is listed): a poll of an
+    /// innermost last (by their link, held while listed: its address
+    /// names the load in [`BLOCKED`]): a poll of an
     /// async loader (or the call that makes its future), and for every
     /// leader the clock read as it starts and the weigher, clock and clones
     /// as it finishes. A caller that would wait on one of them runs inside
     /// that code: the load waits for itself.
-    static POLLING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    static POLLING: RefCell<Vec<Arc<LoadLink>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Lists a load in [`POLLING`] while this thread runs user code that is
@@ -64,12 +63,12 @@ thread_local! {
 struct PollingLoad(usize);
 
 impl PollingLoad {
-    fn enter(slot: usize) -> Self {
+    fn enter(link: &Arc<LoadLink>) -> Self {
         // `try_with`: from a thread-local destructor that runs after
         // `POLLING`'s, the load goes unlisted (and a wait for itself from
         // inside it is not caught) rather than panicking.
-        let _ = POLLING.try_with(|p| p.borrow_mut().push(slot));
-        Self(slot)
+        let _ = POLLING.try_with(|p| p.borrow_mut().push(Arc::clone(link)));
+        Self(Arc::as_ptr(link) as usize)
     }
 }
 
@@ -78,7 +77,7 @@ impl Drop for PollingLoad {
         // `try_with`: see `enter`.
         let _ = POLLING.try_with(|p| {
             let mut p = p.borrow_mut();
-            if let Some(i) = p.iter().rposition(|&s| s == self.0) {
+            if let Some(i) = p.iter().rposition(|l| Arc::as_ptr(l) as usize == self.0) {
                 p.remove(i);
             }
         });
@@ -266,12 +265,22 @@ fn waits_in_a_cycle(
     false
 }
 
-/// The async loads whose loaders this thread is running now ([`POLLING`]),
-/// as waiters.
-fn polling_loads() -> Vec<Waiter> {
+/// The loads whose loaders this thread is running now ([`POLLING`]).
+fn polling_loads() -> Vec<Arc<LoadLink>> {
+    POLLING.try_with(|p| p.borrow().clone()).unwrap_or_default()
+}
+
+/// Whether [`POLLING`] lists exactly the loads of `waiters`, in order.
+fn polling_is(waiters: &[Waiter]) -> bool {
     POLLING
-        .try_with(|p| p.borrow().iter().map(|&l| Waiter::Load(l)).collect())
-        .unwrap_or_default()
+        .try_with(|p| {
+            let p = p.borrow();
+            p.len() == waiters.len()
+                && p.iter()
+                    .zip(waiters)
+                    .all(|(l, w)| *w == Waiter::Load(Arc::as_ptr(l) as usize))
+        })
+        .unwrap_or(waiters.is_empty())
 }
 
 /// Entries of [`BLOCKED`]: `waiters`, each waiting for `target`; removed on
@@ -279,13 +288,29 @@ fn polling_loads() -> Vec<Waiter> {
 struct Blocked {
     waiters: Vec<Waiter>,
     target: Arc<LoadLink>,
+    /// The links of the loads among `waiters`, held while they are listed:
+    /// a load is named by its link's address, which a new load must not
+    /// take while an edge of this one is in the graph (the wait may
+    /// outlive the load it was polled from; its edges, inherited by the new
+    /// load, made it look part of a cycle).
+    _loads: Vec<Arc<LoadLink>>,
 }
 
 impl Blocked {
-    /// Lists `waiters` as waiting for `target`, or returns `None` if that
-    /// closes a cycle of loads (checked and listed under one lock, so of
-    /// two waits closing a cycle at once the second sees the first).
-    fn enter(waiters: Vec<Waiter>, target: &Arc<LoadLink>) -> Option<Self> {
+    /// Lists `loads` (and `thread`, if given) as waiting for `target`, or
+    /// returns `None` if that closes a cycle of loads (checked and listed
+    /// under one lock, so of two waits closing a cycle at once the second
+    /// sees the first).
+    fn enter(
+        loads: Vec<Arc<LoadLink>>,
+        thread: Option<ThreadId>,
+        target: &Arc<LoadLink>,
+    ) -> Option<Self> {
+        let waiters: Vec<Waiter> = loads
+            .iter()
+            .map(|l| Waiter::Load(Arc::as_ptr(l) as usize))
+            .chain(thread.map(Waiter::Thread))
+            .collect();
         let mut blocked = BLOCKED.lock();
         if waits_in_a_cycle(&waiters, target, &blocked) {
             return None;
@@ -295,6 +320,7 @@ impl Blocked {
         Some(Self {
             waiters,
             target: Arc::clone(target),
+            _loads: loads,
         })
     }
 }
@@ -331,17 +357,10 @@ impl<V: Clone> LoadSlot<V> {
     /// poll of its async loader. Either way the caller is (part of) the
     /// loader, which cannot finish while the caller waits.
     fn waits_for_itself(&self) -> bool {
-        let me = self.id();
         self.link.thread == Some(std::thread::current().id())
             || POLLING
-                .try_with(|p| p.borrow().contains(&me))
+                .try_with(|p| p.borrow().iter().any(|l| Arc::ptr_eq(l, &self.link)))
                 .unwrap_or(false)
-    }
-
-    /// This load's name in [`POLLING`] and [`BLOCKED`]: its link's
-    /// address (the link lives as long as anyone can list it).
-    fn id(&self) -> usize {
-        Arc::as_ptr(&self.link) as usize
     }
 
     fn outcome(state: &SlotState<V>) -> Option<Outcome<V>> {
@@ -385,9 +404,7 @@ impl<V: Clone> LoadSlot<V> {
     fn wait(&self, me: ThreadId) -> Outcome<V> {
         // The thread, and every async load whose loader it is polling
         // (they cannot go on while it blocks).
-        let mut waiters = polling_loads();
-        waiters.push(Waiter::Thread(me));
-        let Some(_blocked) = Blocked::enter(waiters, &self.link) else {
+        let Some(_blocked) = Blocked::enter(polling_loads(), Some(me), &self.link) else {
             panic!(
                 "get_or_load: the loader of a key waits, through loaders running on other \
                  threads or tasks, for the load of a key that this thread's loader is \
@@ -428,12 +445,12 @@ impl<V: Clone> Future for Wait<V> {
         // and then handed to another task (or that another loader took
         // over) no longer holds up the first one, whose edges, left in the
         // graph, made a later wait for its key look like a cycle.
-        let loads = polling_loads();
         let listed = this.blocked.as_ref().map_or(&[][..], |b| &b.waiters[..]);
-        if loads != listed {
+        if !polling_is(listed) {
             this.blocked = None;
+            let loads = polling_loads();
             if !loads.is_empty() {
-                match Blocked::enter(loads, &this.slot.link) {
+                match Blocked::enter(loads, None, &this.slot.link) {
                     Some(blocked) => this.blocked = Some(blocked),
                     None => panic!(
                         "get_or_load_async: the loader of a key waits, through loaders \
@@ -550,7 +567,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher> LeaderGuard<'_, K, V, S> {
 
     /// This load's entry in [`POLLING`].
     fn part_of_load(&self) -> PollingLoad {
-        PollingLoad::enter(self.slot.id())
+        PollingLoad::enter(&self.slot.link)
     }
 
     fn finish<E: Send + Sync + 'static>(mut self, result: Result<V, E>) -> Result<V, Arc<E>>
@@ -935,7 +952,7 @@ where
                 }
             }
         };
-        let me = slot.id();
+        let me = Arc::clone(&slot.link);
         // Declared before the guard, so that if this future is dropped
         // (cancelled) the guard abandons the load before the loader's
         // future is dropped: that drop runs the loader's own cleanup, and
@@ -947,11 +964,11 @@ where
         // listed in `POLLING`, so that a wait for this load from inside
         // either is caught instead of hanging.
         {
-            let _polling = PollingLoad::enter(me);
+            let _polling = PollingLoad::enter(&me);
             loading.set(Some(load()));
         }
         let result = std::future::poll_fn(|cx| {
-            let _polling = PollingLoad::enter(me);
+            let _polling = PollingLoad::enter(&me);
             match loading.as_mut().as_pin_mut() {
                 Some(loading) => loading.poll(cx),
                 None => unreachable!("the loader's future is set before it is polled"),

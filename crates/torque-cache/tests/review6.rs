@@ -298,3 +298,97 @@ fn regression_a_wait_handed_from_a_loader_to_a_plain_task_is_not_taken_for_a_cyc
         }
     }
 }
+
+/// A wait's edges in the wait-for graph named its loaders by their link's
+/// address, without holding the link: a wait that outlived the load it
+/// was polled from (key 1's loader polled a wait for key 2 once and kept
+/// it aside, then finished) left an edge "the load at this address waits
+/// for key 2", and the next load whose link took the freed address (key
+/// 3, on the same thread: the allocator reuses it most of the time)
+/// inherited it. Key 2's loader awaiting key 3 then "closed a cycle" and
+/// panicked, although key 3's loader waits for nothing. Now the graph
+/// holds the links it names, so no address is reused while it is listed.
+/// (Before the fix the allocator reused the address in most rounds, so
+/// twenty rounds found it.)
+#[test]
+fn regression_a_new_load_does_not_inherit_a_finished_loads_edges_by_its_address() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::sync::oneshot;
+
+    type Kept = Arc<std::sync::Mutex<Vec<Pin<Box<dyn Future<Output = ()> + Send>>>>>;
+    for round in 0..20 {
+        let cache: LocalCache<u64, u64> = LocalCache::new(100);
+        let c = cache.clone();
+        let outcome = bounded(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let kept: Kept = Arc::default();
+                let (started2_tx, started2) = oneshot::channel::<()>();
+                let (go2_tx, go2) = oneshot::channel::<()>();
+                // Key 2's loader: once told, it needs key 3.
+                let c2 = c.clone();
+                let two = tokio::spawn(async move {
+                    let inner = c2.clone();
+                    c2.get_or_load_async(2, || async move {
+                        started2_tx.send(()).expect("test alive");
+                        go2.await.expect("told");
+                        inner
+                            .get_or_load_async(3, || async { Ok::<_, ()>(0) })
+                            .await
+                            .map(|v| v + 20)
+                            .map_err(|_| ())
+                    })
+                    .await
+                });
+                started2.await.expect("key 2 loading");
+                // Key 1's loader polls a wait for key 2 once, keeps it
+                // aside and finishes.
+                let (c1, keep) = (c.clone(), Arc::clone(&kept));
+                let one = tokio::spawn(async move {
+                    let inner = c1.clone();
+                    c1.get_or_load_async(1, || async move {
+                        let mut wait2: Pin<Box<dyn Future<Output = ()> + Send>> =
+                            Box::pin(async move {
+                                let _ = inner
+                                    .get_or_load_async(2, || async { Ok::<_, ()>(99) })
+                                    .await;
+                            });
+                        let pending = std::future::poll_fn(|cx| {
+                            Poll::Ready(wait2.as_mut().poll(cx).is_pending())
+                        })
+                        .await;
+                        assert!(pending, "key 2 is still loading");
+                        keep.lock().expect("not poisoned").push(wait2);
+                        Ok::<_, ()>(1)
+                    })
+                    .await
+                });
+                assert_eq!(one.await.expect("no panic"), Ok(1));
+                // Key 3's load, in a new link, waits for nothing but a
+                // signal.
+                let (go3_tx, go3) = oneshot::channel::<()>();
+                let c3 = c.clone();
+                let three = tokio::spawn(async move {
+                    c3.get_or_load_async(3, || async move {
+                        go3.await.expect("told");
+                        Ok::<_, ()>(3)
+                    })
+                    .await
+                });
+                tokio::task::yield_now().await;
+                go2_tx.send(()).expect("key 2 loading");
+                tokio::task::yield_now().await;
+                go3_tx.send(()).expect("key 3 loading");
+                let three = three.await.map(|r| r.map_err(|_| ()));
+                let two = two.await.map(|r| r.map_err(|_| ()));
+                kept.lock().expect("not poisoned").clear();
+                (three.ok(), two.ok())
+            })
+        });
+        assert_eq!(outcome, (Some(Ok(3)), Some(Ok(23))), "round {round}");
+    }
+}
