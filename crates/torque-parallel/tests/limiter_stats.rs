@@ -31,3 +31,55 @@ fn regression_latencies_over_78_hours_are_not_reported_below_their_value() {
         assert_eq!((s.succeeded, s.busy), (1, held));
     }
 }
+
+/// A clock that panics on demand, for the permits it cannot time.
+#[derive(Debug, Clone, Default)]
+struct FailingClock {
+    inner: MockClock,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl torque_parallel::limit::Clock for FailingClock {
+    fn now(&self) -> std::time::Instant {
+        assert!(
+            !self.fail.load(std::sync::atomic::Ordering::SeqCst),
+            "the clock failed"
+        );
+        self.inner.now()
+    }
+}
+
+/// What the docs of `Stats::ignored` and `Stats::throughput` say: a
+/// permit the clock panicked on comes back as ignored, every permit is
+/// counted once, and one timed request is enough for a throughput.
+#[test]
+fn permits_the_clock_panicked_on_count_as_ignored_and_one_request_has_a_throughput() {
+    let clock = FailingClock::default();
+    let limiter = ConcurrencyLimiter::with_clock(Fixed::new(4), clock.clone());
+    let timed = limiter.try_acquire().expect("below the limit");
+    clock.inner.advance(Duration::from_millis(100));
+    timed.success();
+    let s = limiter.stats();
+    assert_eq!((s.succeeded, s.busy), (1, Duration::from_millis(100)));
+    assert!((s.throughput() - 10.0).abs() < 1e-9, "{}", s.throughput());
+
+    let ended_badly = limiter.try_acquire().expect("below the limit");
+    clock.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let at_end = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ended_badly.overload()));
+    assert!(at_end.is_err());
+    let at_start = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = limiter.try_acquire();
+    }));
+    assert!(at_start.is_err());
+    let s = limiter.stats();
+    assert_eq!(
+        (
+            s.succeeded,
+            s.overloaded,
+            s.ignored,
+            s.in_flight,
+            s.completed()
+        ),
+        (1, 0, 2, 0, 3)
+    );
+}

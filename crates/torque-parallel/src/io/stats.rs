@@ -301,8 +301,8 @@ impl IoStats {
         self.succeeded + self.failed + self.timed_out
     }
 
-    /// Completed items per second over [`busy`](IoStats::busy) (0 before
-    /// two items have been timed apart).
+    /// Completed items per second over [`busy`](IoStats::busy) (0 while
+    /// `busy` is zero: before an item has taken any time).
     pub fn throughput(&self) -> f64 {
         let secs = self.busy.as_secs_f64();
         if secs > 0.0 {

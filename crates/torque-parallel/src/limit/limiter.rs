@@ -79,7 +79,9 @@ pub struct Stats {
     /// errors).
     pub overloaded: u64,
     /// Tokens completed with [`Token::ignore`] or dropped without a
-    /// verdict.
+    /// verdict, and permits the limiter's clock panicked on (as the token
+    /// was stamped, or as `success` or `overload` read the end): with no
+    /// latency there is no sample, and the permit comes back as ignored.
     pub ignored: u64,
     /// From the earliest start to the latest end of the requests that
     /// completed with `success` or `overload` (the limiter's clock; ignored
@@ -106,7 +108,8 @@ impl Stats {
     }
 
     /// Requests completed with `success` or `overload` per second over
-    /// [`busy`](Stats::busy) (0 before two of them have been timed apart).
+    /// [`busy`](Stats::busy) (0 while `busy` is zero: before a timed
+    /// request has taken any time by the limiter's clock).
     pub fn throughput(&self) -> f64 {
         let secs = self.busy.as_secs_f64();
         if secs > 0.0 {
