@@ -813,7 +813,10 @@ where
     /// that closes the cycle panics, its load is abandoned, and the others
     /// finish. A wait from another thread or task that the loader itself
     /// waits for (a thread it joins, a task it spawns and awaits) cannot be
-    /// told from an ordinary waiter, and still waits forever.
+    /// told from an ordinary waiter, and still waits forever; so does a
+    /// cycle through a blocking loader that waits by driving an async call
+    /// itself (`block_on(cache.get_or_load_async(..))`): that wait is not
+    /// inside an async loader, so it is not in the graph.
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
