@@ -113,14 +113,27 @@ impl<K, V> Loads<K, V> {
     /// A load that starts after this call finds the change in the cache, or
     /// reads its source after the caller changed it. Costs one atomic load
     /// while no load is in flight.
+    ///
+    /// Inlined, so that a write pays that load and no call; the rest is
+    /// out of line ([`Self::supersede_pending`]).
+    #[inline]
     pub(crate) fn supersede<Q>(&self, key: Option<&Q>)
     where
         K: Borrow<Q> + Hash + Eq,
         Q: Hash + Eq + ?Sized,
     {
-        if self.in_flight.load(Ordering::SeqCst) == 0 {
-            return;
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            self.supersede_pending(key);
         }
+    }
+
+    /// [`Self::supersede`] while some load is in flight.
+    #[inline(never)]
+    fn supersede_pending<Q>(&self, key: Option<&Q>)
+    where
+        K: Borrow<Q> + Hash + Eq,
+        Q: Hash + Eq + ?Sized,
+    {
         let pending = self.pending.lock();
         match key {
             Some(key) => {

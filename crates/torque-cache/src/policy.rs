@@ -142,6 +142,7 @@ impl PolicyState {
     }
 
     /// A new entry `id` was stored.
+    #[inline]
     pub(crate) fn on_insert(
         &mut self,
         id: u32,
@@ -181,6 +182,7 @@ impl PolicyState {
     }
 
     /// Entry `id` got a new value (weight, deadline).
+    #[inline]
     pub(crate) fn on_update(&mut self, id: u32, weight: u32, deadline: u64) {
         match self {
             Self::Lru(p) => p.on_access(id),
@@ -192,6 +194,7 @@ impl PolicyState {
     }
 
     /// Entry `id` left the shard other than through [`Self::evict`].
+    #[inline]
     pub(crate) fn on_remove(&mut self, id: u32, hits: &mut impl Hits) {
         match self {
             Self::Lru(p) => p.on_remove(id),
@@ -203,6 +206,7 @@ impl PolicyState {
     }
 
     /// Chooses and detaches the next victim.
+    #[inline]
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
         match self {
             Self::Lru(p) => p.evict(),
