@@ -127,6 +127,10 @@ pub(crate) struct Inner<K, V, S> {
     /// Whether reads take the shard's shared lock
     /// ([`PolicyState::shared_hits`]).
     shared_reads: bool,
+    /// `shared_reads` while no entry can expire (`expiry_in_use` unset):
+    /// the one flag a read checks for the plain hit-or-miss path; cleared
+    /// with `expiry_in_use` set.
+    unexpiring_shared_reads: AtomicBool,
     /// Reads made under the shared lock.
     reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
@@ -200,6 +204,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         // Every shard runs the same policy with the same settings.
         let shared_reads = shards[0].read().shared_hits(tti != NEVER);
         let due = shards.iter().map(|_| AtomicU64::new(NEVER)).collect();
+        let expiry_in_use = ttl != NEVER || tti != NEVER || b.expiry.is_some();
         Self {
             inner: Arc::new(Inner {
                 shard_mask: shards.len() - 1,
@@ -216,7 +221,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 due,
                 hasher: b.hasher,
                 policy: b.policy,
-                expiry_in_use: AtomicBool::new(ttl != NEVER || tti != NEVER || b.expiry.is_some()),
+                expiry_in_use: AtomicBool::new(expiry_in_use),
+                unexpiring_shared_reads: AtomicBool::new(shared_reads && !expiry_in_use),
                 weigher: b.weigher,
                 expiry: b.expiry,
                 listener: b.listener,
@@ -373,16 +379,16 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let lock = &self.inner.shards[self.shard_index(hash)];
+        // Until an entry can expire there is no clock, deadline or timer to
+        // look at: a hit or a miss under the shared lock.
+        if self.inner.unexpiring_shared_reads.load(Ordering::Relaxed) {
+            let value = lock.read().get_shared_unexpiring(hash, key).cloned();
+            self.inner.reads.count(value.is_some());
+            #[cfg(feature = "metrics")]
+            crate::metrics::record_read(value.is_some());
+            return value;
+        }
         if self.inner.shared_reads {
-            // Until an entry can expire there is no clock, deadline or
-            // timer to look at: a hit or a miss under the shared lock.
-            if !self.inner.expiry_in_use.load(Ordering::Relaxed) {
-                let value = lock.read().get_shared_unexpiring(hash, key).cloned();
-                self.inner.reads.count(value.is_some());
-                #[cfg(feature = "metrics")]
-                crate::metrics::record_read(value.is_some());
-                return value;
-            }
             return self.get_shared_expiring(lock, hash, key);
         }
         self.get_exclusive(lock, hash, key)
@@ -585,6 +591,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// stored.
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         self.inner.expiry_in_use.store(true, Ordering::Relaxed);
+        self.inner
+            .unexpiring_shared_reads
+            .store(false, Ordering::Relaxed);
         // A zero time-to-idle expires every entry on arrival (see
         // `from_builder`), whatever its time-to-live.
         let ttl = if self.inner.tti == 0 {

@@ -87,6 +87,15 @@ fn thread_index() -> usize {
     first_thread_index()
 }
 
+/// This thread's index as stored, [`UNSET`] before its first read:
+/// [`ReadCounters::count`] checks it against the stripes anyway, and
+/// [`UNSET`] is past every stripe, so the first read takes the slow path
+/// with no check of its own on the hot one.
+#[inline]
+fn thread_index_or_unset() -> usize {
+    FAST.with(Cell::get)
+}
+
 #[cold]
 #[inline(never)]
 fn first_thread_index() -> usize {
@@ -128,22 +137,34 @@ impl ReadCounters {
     /// Counts one read by the calling thread.
     #[inline]
     pub(crate) fn count(&self, hit: bool) {
-        match self.stripes.get(thread_index()) {
+        match self.stripes.get(thread_index_or_unset()) {
             Some(stripe) => {
                 // Only this thread writes this stripe: load and store, no
                 // locked instruction, nothing lost.
                 let n = if hit { &stripe.hits } else { &stripe.misses };
                 n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
-            None => {
-                let n = if hit {
-                    &self.shared.hits
-                } else {
-                    &self.shared.misses
-                };
-                n.fetch_add(1, Ordering::Relaxed);
-            }
+            None => self.count_elsewhere(hit),
         }
+    }
+
+    /// [`Self::count`] for a thread without a stripe of its own yet (its
+    /// first read: it gets its index, and counts in its stripe if that
+    /// index has one) or beyond the stripes (on the shared counter).
+    #[cold]
+    #[inline(never)]
+    fn count_elsewhere(&self, hit: bool) {
+        if let Some(stripe) = self.stripes.get(thread_index()) {
+            let n = if hit { &stripe.hits } else { &stripe.misses };
+            n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            return;
+        }
+        let n = if hit {
+            &self.shared.hits
+        } else {
+            &self.shared.misses
+        };
+        n.fetch_add(1, Ordering::Relaxed);
     }
 
     /// `(hits, misses)` counted so far.
