@@ -111,11 +111,13 @@ fn first_thread_index() -> usize {
     }
 }
 
-/// One thread's counts in one cache.
+/// One thread's counts in one cache. Misses first: a read picks its counter
+/// at `hit as usize * 8` bytes, with no flip of the flag.
 #[derive(Debug, Default)]
+#[repr(C)]
 struct Stripe {
-    hits: AtomicU64,
     misses: AtomicU64,
+    hits: AtomicU64,
 }
 
 /// The read counters of one cache.

@@ -702,7 +702,6 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some((entry.key, entry.value, weight))
     }
 
-    #[inline]
     fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
         match self.take(id, cause) {
             Some((key, value, weight)) => {
