@@ -641,10 +641,15 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 if self.count_hits {
                     cell.bump();
                 }
+                // `arm_timer`, with the cell at hand.
+                cell.generation = cell.generation.wrapping_add(1);
+                let generation = cell.generation;
                 Self::set_times(&mut self.times, id, expires, timing);
                 let deadline = self.deadline(id, timing.tti);
                 self.policy.on_update(id, weight, deadline);
-                self.arm_timer(id, deadline);
+                if deadline != NEVER {
+                    self.timers.push(Reverse((deadline, id, generation)));
+                }
                 self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
                 self.counters.count(RemovalCause::Replaced);
                 removed.push((key, old_value, RemovalCause::Replaced));
@@ -653,27 +658,30 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
         };
         let entry = Entry { key, value };
-        let id = match self.free.pop() {
+        // `arm_timer`'s bump of the generation is done as the cell is
+        // written, with the cell at hand.
+        let (id, generation) = match self.free.pop() {
             Some(id) => {
                 let cell = &mut self.cells[id as usize];
                 cell.hash = hash;
                 cell.weight = weight;
                 *cell.hits.get_mut() = 0;
                 cell.entry = Some(entry);
-                id
+                cell.generation = cell.generation.wrapping_add(1);
+                (id, cell.generation)
             }
             None => {
                 // Ids are u32; a shard never holds 4 billion entries because
                 // each weighs at least 1 and capacity is split across shards.
                 let id = u32::try_from(self.cells.len()).unwrap_or(u32::MAX - 1);
                 self.cells.push(Cell {
-                    generation: 0,
+                    generation: 1,
                     hits: AtomicU8::new(0),
                     hash,
                     weight,
                     entry: Some(entry),
                 });
-                id
+                (id, 1)
             }
         };
         vacant.insert(id);
@@ -681,7 +689,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         let deadline = self.deadline(id, timing.tti);
         self.policy
             .on_insert(id, hash, weight, deadline, &mut CellHits(&mut self.cells));
-        self.arm_timer(id, deadline);
+        if deadline != NEVER {
+            self.timers.push(Reverse((deadline, id, generation)));
+        }
         self.weight += u64::from(weight);
         i64::from(weight)
     }

@@ -138,21 +138,20 @@ impl FrequencySketch {
             return (min as u8 + 1, false);
         }
         // Written out per row, with no saturation branch: a counter at 15
-        // takes an add of zero.
+        // takes an add of zero. Each row raises its counter below 15, so
+        // something was raised iff the least old count is below 15, and
+        // the least new count is that one plus one, at most 15.
         let mut min = 15;
-        let mut raised = 0;
         for i in 0..4 {
             let (w, shift) = c.row(i);
             let old = (block.counters[w] >> shift) & 0xf;
-            let inc = u64::from(old < 15);
-            block.counters[w] += inc << shift;
-            raised |= inc;
-            min = min.min(old + inc);
+            block.counters[w] += u64::from(old < 15) << shift;
+            min = min.min(old);
         }
-        if raised != 0 && self.count(1) {
+        if min < 15 && self.count(1) {
             return (self.frequency(hash), true);
         }
-        (min as u8 + 1, false)
+        ((min + 1).min(15) as u8 + 1, false)
     }
 
     /// Records `n` accesses of `hash` at once: the same counts as `n` calls
