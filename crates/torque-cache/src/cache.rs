@@ -770,33 +770,70 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // of this shard's entries later finds its weight counted.
             self.add_weight(before, after);
             // Writers to other shards may have published in the meantime.
-            while self.over_capacity() && shard.len() > 1 && shard.weight() > floor {
-                match shard.evict_one(removed) {
-                    Some(freed) => {
-                        self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
-                    }
-                    None => break,
-                }
+            if self.over_capacity() {
+                self.evict_own_after_publish(&mut shard, floor, removed);
             }
             if shard.writes_since_help >= HELP_SWEEP_EVERY {
-                shard.writes_since_help = 0;
-                if self.inner.expiry_in_use.load(Ordering::Relaxed) {
-                    // The other shards in turn: always the next one left
-                    // the expired entries of all the others held for as
-                    // long as the traffic stayed on a few hot keys.
-                    let others = self.inner.shard_mask.max(1);
-                    shard.helped = (shard.helped + 1) % others;
-                    help = Some((index + 1 + shard.helped) & self.inner.shard_mask);
-                }
+                help = self.help_target(&mut shard, index);
             }
         }
         if self.over_capacity() {
             self.evict_elsewhere(index, timing, removed);
         }
-        if let Some(other) = help
-            && other != index
-            && let Some(mut shard) = self.inner.shards[other].try_write()
-        {
+        if let Some(other) = help {
+            self.help_sweep(other, timing, removed);
+        }
+    }
+
+    /// The eviction a write makes from its own shard (write-locked, as
+    /// `shard`) after publishing its change, when writers to other shards
+    /// have taken the cache over capacity in the meantime; each eviction
+    /// is published at once. Out of line: rare, and kept in the write path
+    /// it cost every write registers and stack.
+    #[cold]
+    #[inline(never)]
+    fn evict_own_after_publish(
+        &self,
+        shard: &mut Shard<K, V>,
+        floor: u64,
+        removed: &mut Removed<K, V>,
+    ) {
+        while self.over_capacity() && shard.len() > 1 && shard.weight() > floor {
+            match shard.evict_one(removed) {
+                Some(freed) => {
+                    self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Which other shard a write to shard `index` (write-locked, as
+    /// `shard`) that reached [`HELP_SWEEP_EVERY`] writes sweeps, if any.
+    /// Out of line, with [`Self::help_sweep`]: one write in 64 gets here,
+    /// and kept in the write path they cost it registers and stack.
+    #[cold]
+    #[inline(never)]
+    fn help_target(&self, shard: &mut Shard<K, V>, index: usize) -> Option<usize> {
+        shard.writes_since_help = 0;
+        if !self.inner.expiry_in_use.load(Ordering::Relaxed) {
+            return None;
+        }
+        // The other shards in turn: always the next one left the expired
+        // entries of all the others held for as long as the traffic stayed
+        // on a few hot keys.
+        let others = self.inner.shard_mask.max(1);
+        shard.helped = (shard.helped + 1) % others;
+        let other = (index + 1 + shard.helped) & self.inner.shard_mask;
+        (other != index).then_some(other)
+    }
+
+    /// Frees what has expired in shard `other` for a write to another
+    /// shard (see [`Self::help_target`]), unless that shard is locked.
+    #[cold]
+    #[inline(never)]
+    fn help_sweep(&self, other: usize, timing: Timing, removed: &mut Removed<K, V>) {
+        if let Some(mut shard) = self.inner.shards[other].try_write() {
             let before = shard.weight();
             shard.sweep(timing, removed);
             self.publish_due(other, &shard);
