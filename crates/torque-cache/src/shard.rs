@@ -698,6 +698,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// Takes entry `id` out of the table and arena (not the policy) and
     /// counts its departure; returns it with its weight.
+    #[inline(always)]
     fn take(&mut self, id: u32, cause: RemovalCause) -> Option<(K, V, u64)> {
         let cell = &mut self.cells[id as usize];
         let entry = cell.entry.take()?;
@@ -712,6 +713,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some((entry.key, entry.value, weight))
     }
 
+    #[inline(always)]
     fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
         match self.take(id, cause) {
             Some((key, value, weight)) => {
