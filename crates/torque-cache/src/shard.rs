@@ -107,6 +107,14 @@ impl<K, V> Cell<K, V> {
         // turns the select back into a branch).
         std::hint::black_box(&scratch);
     }
+
+    /// [`Self::bump`] under the exclusive lock, by a write of the entry
+    /// (which writes its line anyway): a plain add of zero or one.
+    #[inline]
+    fn bump_exclusive(&mut self) {
+        let h = self.hits.get_mut();
+        *h += u8::from(*h < MAX_HITS);
+    }
 }
 
 /// The per-entry hit counts of a shard, lent to its policy under the
@@ -639,7 +647,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let old_value = std::mem::replace(&mut entry.value, value);
                 let old_weight = std::mem::replace(&mut cell.weight, weight);
                 if self.count_hits {
-                    cell.bump();
+                    cell.bump_exclusive();
                 }
                 // `arm_timer`, with the cell at hand.
                 cell.generation = cell.generation.wrapping_add(1);
