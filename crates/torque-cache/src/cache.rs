@@ -319,14 +319,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// shard without the freed entries must not see the total still
     /// counting them (it would evict a live entry for room that exists).
     fn add_weight(&self, before: u64, after: u64) {
-        if after > before {
+        // One compare: a fall is added in two's complement (the atomic add
+        // wraps), which is the same as subtracting it.
+        if after != before {
             self.inner
                 .weight
-                .fetch_add(after - before, Ordering::AcqRel);
-        } else if before > after {
-            self.inner
-                .weight
-                .fetch_sub(before - after, Ordering::AcqRel);
+                .fetch_add(after.wrapping_sub(before), Ordering::AcqRel);
         }
     }
 
