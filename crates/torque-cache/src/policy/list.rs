@@ -76,18 +76,26 @@ impl<M> Default for Links<M> {
 
 impl<M: Copy + Default> Links<M> {
     /// Makes room for `id` (its data starts as `M::default()`).
+    #[inline]
     pub(crate) fn ensure(&mut self, id: u32) {
-        let needed = id as usize + 1;
-        if self.nodes.len() < needed {
-            self.nodes.resize(
-                needed,
-                Node {
-                    prev: NIL,
-                    next: NIL,
-                    meta: M::default(),
-                },
-            );
+        if self.nodes.len() <= id as usize {
+            self.grow(id);
         }
+    }
+
+    /// [`Self::ensure`] when the arena is too short: out of line, so that
+    /// the pushes inlined into a policy carry one compare and no resize.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, id: u32) {
+        self.nodes.resize(
+            id as usize + 1,
+            Node {
+                prev: NIL,
+                next: NIL,
+                meta: M::default(),
+            },
+        );
     }
 
     /// The data of `id`, which must have been [`ensure`](Self::ensure)d.
