@@ -217,7 +217,11 @@ impl FrequencySketch {
         added
     }
 
-    /// The estimated number of recent accesses of `hash`.
+    /// The estimated number of recent accesses of `hash`. Out of line: the
+    /// policy keeps its own estimates, and [`Self::record`] calls this only
+    /// after a halving.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
         let c = self.counters(hash);
         let block = &self.table[c.block];
