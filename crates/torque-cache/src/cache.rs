@@ -22,7 +22,7 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -62,6 +62,15 @@ pub(crate) struct Prepared {
     /// The entry's time-to-live in ticks ([`NEVER`] without one).
     ttl: u64,
 }
+
+/// `Inner::unexpiring_reads`: entries can expire, or reads take the
+/// exclusive lock.
+const NOT_UNEXPIRING: u8 = 0;
+/// `Inner::unexpiring_reads`: the shared-lock read with nothing to expire,
+/// for a policy that counts hits per entry.
+const UNEXPIRING_COUNTED: u8 = 1;
+/// `Inner::unexpiring_reads`: the same, for a policy that does not.
+const UNEXPIRING_UNCOUNTED: u8 = 2;
 
 /// A shard's writes sweep another shard for expired entries every this many
 /// writes, each of the other shards in turn, so shards that see no traffic
@@ -127,10 +136,12 @@ pub(crate) struct Inner<K, V, S> {
     /// Whether reads take the shard's shared lock
     /// ([`PolicyState::shared_hits`]).
     shared_reads: bool,
-    /// `shared_reads` while no entry can expire (`expiry_in_use` unset):
-    /// the one flag a read checks for the plain hit-or-miss path; cleared
-    /// with `expiry_in_use` set.
-    unexpiring_shared_reads: AtomicBool,
+    /// While no entry can expire (`expiry_in_use` unset) and reads take
+    /// the shared lock: [`UNEXPIRING_COUNTED`] or [`UNEXPIRING_UNCOUNTED`]
+    /// (whether the policy counts hits per entry), the one value a read
+    /// checks for the plain hit-or-miss path; [`NOT_UNEXPIRING`] otherwise,
+    /// and once `expiry_in_use` is set.
+    unexpiring_reads: AtomicU8,
     /// Reads made under the shared lock.
     reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
@@ -203,6 +214,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             .collect();
         // Every shard runs the same policy with the same settings.
         let shared_reads = shards[0].read().shared_hits(tti != NEVER);
+        let counts_hits = shards[0].read().counts_hits();
         let due = shards.iter().map(|_| AtomicU64::new(NEVER)).collect();
         let expiry_in_use = ttl != NEVER || tti != NEVER || b.expiry.is_some();
         Self {
@@ -222,7 +234,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 hasher: b.hasher,
                 policy: b.policy,
                 expiry_in_use: AtomicBool::new(expiry_in_use),
-                unexpiring_shared_reads: AtomicBool::new(shared_reads && !expiry_in_use),
+                unexpiring_reads: AtomicU8::new(if !shared_reads || expiry_in_use {
+                    NOT_UNEXPIRING
+                } else if counts_hits {
+                    UNEXPIRING_COUNTED
+                } else {
+                    UNEXPIRING_UNCOUNTED
+                }),
                 weigher: b.weigher,
                 expiry: b.expiry,
                 listener: b.listener,
@@ -379,8 +397,25 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let lock = &self.inner.shards[self.shard_index(hash)];
         // Until an entry can expire there is no clock, deadline or timer to
         // look at: a hit or a miss under the shared lock.
-        if self.inner.unexpiring_shared_reads.load(Ordering::Relaxed) {
-            let value = lock.read().get_shared_unexpiring(hash, key).cloned();
+        let unexpiring = self.inner.unexpiring_reads.load(Ordering::Relaxed);
+        // The default policy's path first, on one compare. (Checked as
+        // `!= NOT_UNEXPIRING` first and then split, the default policy's
+        // read took 2.3 instructions more per request.)
+        if unexpiring == UNEXPIRING_COUNTED {
+            let value = lock
+                .read()
+                .get_shared_unexpiring::<true, _>(hash, key)
+                .cloned();
+            self.inner.reads.count(value.is_some());
+            #[cfg(feature = "metrics")]
+            crate::metrics::record_read(value.is_some());
+            return value;
+        }
+        if unexpiring == UNEXPIRING_UNCOUNTED {
+            let value = lock
+                .read()
+                .get_shared_unexpiring::<false, _>(hash, key)
+                .cloned();
             self.inner.reads.count(value.is_some());
             #[cfg(feature = "metrics")]
             crate::metrics::record_read(value.is_some());
@@ -590,8 +625,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) {
         self.inner.expiry_in_use.store(true, Ordering::Relaxed);
         self.inner
-            .unexpiring_shared_reads
-            .store(false, Ordering::Relaxed);
+            .unexpiring_reads
+            .store(NOT_UNEXPIRING, Ordering::Relaxed);
         // A zero time-to-idle expires every entry on arrival (see
         // `from_builder`), whatever its time-to-live.
         let ttl = if self.inner.tti == 0 {

@@ -421,23 +421,36 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     /// [`Self::get_shared`] for a cache in which no entry can expire (no
-    /// expiry times, no timers): a hit, with the entry's hit count bumped,
-    /// or a miss, with nothing else to check.
+    /// expiry times, no timers): a hit, with the entry's hit count bumped
+    /// if `COUNT_HITS`, or a miss, with nothing else to check.
+    /// `COUNT_HITS` must be the shard's `count_hits`
+    /// ([`PolicyState::counts_hits`]): the caller has it at hand in the
+    /// flag that picked this path, which spares the read a check.
     #[inline]
-    pub(crate) fn get_shared_unexpiring<Q>(&self, hash: u64, key: &Q) -> Option<&V>
+    pub(crate) fn get_shared_unexpiring<const COUNT_HITS: bool, Q>(
+        &self,
+        hash: u64,
+        key: &Q,
+    ) -> Option<&V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
+        debug_assert_eq!(COUNT_HITS, self.count_hits);
         let found = self.find(hash, key).and_then(|id| {
             let cell = &self.cells[id as usize];
             cell.entry.as_ref().map(|entry| (cell, entry))
         });
         let (cell, entry) = found?;
-        if self.count_hits {
+        if COUNT_HITS {
             cell.bump();
         }
         Some(&entry.value)
+    }
+
+    /// Whether the shard keeps per-entry hit counts for its policy.
+    pub(crate) fn counts_hits(&self) -> bool {
+        self.count_hits
     }
 
     /// The slot of `key` for a read under the exclusive lock; a miss is
