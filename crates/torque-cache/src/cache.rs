@@ -785,14 +785,16 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // `after - before`, evictions counted into `before`.
             let (after, mut before) = (shard.weight(), before);
             let floor = self.own_eviction_floor();
-            while shard.len() > 1
+            // The cache-wide test first: it is the one that ends the loop
+            // in a full cache, after the write's one eviction.
+            while self
+                .inner
+                .weight
+                .load(Ordering::Acquire)
+                .saturating_add(after)
+                > self.inner.capacity.saturating_add(before)
+                && shard.len() > 1
                 && shard.weight() > floor
-                && self
-                    .inner
-                    .weight
-                    .load(Ordering::Acquire)
-                    .saturating_add(after)
-                    > self.inner.capacity.saturating_add(before)
             {
                 match shard.evict_one(removed) {
                     Some(freed) => before += freed,
