@@ -128,6 +128,8 @@ impl<K, V> Hits for CellHits<'_, K, V> {
         std::mem::take(self.0[id as usize].hits.get_mut())
     }
 
+    #[cold]
+    #[inline(never)]
     fn halve_all(&mut self) {
         for cell in self.0.iter_mut() {
             *cell.hits.get_mut() >>= 1;

@@ -221,7 +221,10 @@ impl<M: Copy + Default> Links<M> {
         self.nodes.clear();
     }
 
-    /// Applies `f` to the data of every id (listed or not).
+    /// Applies `f` to the data of every id (listed or not). A pass over
+    /// the whole arena (the policies age their data with it), so cold.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn for_each_meta_mut(&mut self, mut f: impl FnMut(&mut M)) {
         for node in &mut self.nodes {
             f(&mut node.meta);

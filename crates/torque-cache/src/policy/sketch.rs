@@ -237,6 +237,9 @@ impl FrequencySketch {
     }
 
     /// Ages all counts: halves every counter and clears the doorkeeper.
+    /// Once per sample (twenty increments per counter word), so cold.
+    #[cold]
+    #[inline(never)]
     fn halve(&mut self) {
         for block in &mut self.table {
             for w in &mut block.counters {
