@@ -77,6 +77,18 @@ const UNEXPIRING_UNCOUNTED: u8 = 2;
 /// still free their expired entries.
 const HELP_SWEEP_EVERY: u32 = 64;
 
+/// Likewise every this many reads (`get`, `contains_key`) on a thread, of a
+/// cache whose entries can expire: one shard, each in turn, so a cache that
+/// is only read still frees the expired entries of shards nobody reads.
+const HELP_SWEEP_EVERY_READS: u32 = 64;
+
+thread_local! {
+    /// Reads on this thread of caches whose entries can expire (see
+    /// [`HELP_SWEEP_EVERY_READS`]): per thread, so counting adds no shared
+    /// write to the read path.
+    static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// A concurrent, bounded, in-process cache. See the [crate docs](crate) for an
 /// example and docs/cache.md for a guide.
 ///
@@ -332,6 +344,35 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
+    /// Counts a read of a cache whose entries can expire and, every
+    /// [`HELP_SWEEP_EVERY_READS`]th on this thread, frees what is due in
+    /// one shard, each in turn. Call with no lock held.
+    #[inline]
+    fn help_after_read(&self, timing: Timing) {
+        let reads = READS.with(|r| {
+            let n = r.get().wrapping_add(1);
+            r.set(n);
+            n
+        });
+        if reads.is_multiple_of(HELP_SWEEP_EVERY_READS) {
+            let turn = (reads / HELP_SWEEP_EVERY_READS) as usize;
+            self.read_help(turn & self.inner.shard_mask, timing);
+        }
+    }
+
+    /// Frees what is due in shard `index` for a read, if anything is and
+    /// its lock is free (see [`Self::help_sweep`]), and tells the listener.
+    #[cold]
+    #[inline(never)]
+    fn read_help(&self, index: usize, timing: Timing) {
+        if self.inner.due[index].load(Ordering::Relaxed) > timing.now {
+            return;
+        }
+        let mut removed = self.removed();
+        self.help_sweep(index, timing, &mut removed);
+        self.notify(&mut removed);
+    }
+
     /// Publishes a shard's change of weight to the cache's total. Called
     /// before the shard is unlocked, everywhere: a writer that sees the
     /// shard without the freed entries must not see the total still
@@ -465,6 +506,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         };
         #[cfg(feature = "metrics")]
         crate::metrics::record_read(value.is_some());
+        self.help_after_read(timing);
         value
     }
 
@@ -505,6 +547,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         };
         #[cfg(feature = "metrics")]
         crate::metrics::record_read(value.is_some());
+        self.help_after_read(timing);
         value
     }
 
@@ -594,7 +637,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Whether `key` is cached and unexpired. Not a read: no hit or miss is
-    /// counted and the policy is not told.
+    /// counted and the policy is not told. Like a read, it may free expired
+    /// entries (and tell the listener of them): see docs/cache.md, Expiry.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -602,9 +646,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         let hash = self.hash(key);
         let timing = self.timing();
-        self.inner.shards[self.shard_index(hash)]
+        let found = self.inner.shards[self.shard_index(hash)]
             .read()
-            .contains(hash, key, timing)
+            .contains(hash, key, timing);
+        if self.inner.expiry_in_use.load(Ordering::Relaxed) {
+            self.help_after_read(timing);
+        }
+        found
     }
 
     /// Stores `value` under `key`, replacing any older value (which the
@@ -864,7 +912,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     }
 
     /// Frees what has expired in shard `other` for a write to another
-    /// shard (see [`Self::help_target`]), unless that shard is locked.
+    /// shard (see [`Self::help_target`]) or for a read, unless that shard
+    /// is locked.
     #[cold]
     #[inline(never)]
     fn help_sweep(&self, other: usize, timing: Timing, removed: &mut Removed<K, V>) {

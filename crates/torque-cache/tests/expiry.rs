@@ -618,3 +618,51 @@ fn regression_a_write_whose_expiry_panics_does_not_supersede_a_load() {
     assert_eq!(loader.join().unwrap(), Ok(7));
     assert_eq!(cache.get(&1), Some(7), "the load was stored");
 }
+
+#[test]
+fn regression_reads_alone_free_what_has_expired_in_every_shard() {
+    // A cache that is only read (a warmed-up lookup table, say): a read
+    // freed what was due in its own shard only, so with the reads on a
+    // few keys the expired entries of the other shards were held, and
+    // their values' memory with them, however many reads came: 939 of
+    // 1,000 after 100,000 reads of one key in 16 shards. Only writes
+    // helped sweep the other shards.
+    type Read = fn(&LocalCache<u32, u32>) -> bool;
+    let reads: [(&str, Read); 3] = [
+        ("a hit", |c| c.get(&5_000).is_some()),
+        ("a miss", |c| c.get(&6_000).is_none()),
+        ("contains_key", |c| c.contains_key(&5_000)),
+    ];
+    for policy in [Policy::Adaptive, Policy::Lru, Policy::Fifo, Policy::Ttl] {
+        for (what, read) in reads {
+            let at = format!("{policy:?}, reads of {what}");
+            let clock = MockClock::new();
+            let expired = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&expired);
+            let cache: LocalCache<u32, u32> = LocalCache::builder()
+                .max_capacity(100_000)
+                .shards(16)
+                .policy(policy)
+                .time_to_live(secs(10))
+                .clock(clock.clone())
+                .eviction_listener(move |_: &u32, _: &u32, cause| {
+                    assert_eq!(cause, RemovalCause::Expired);
+                    counted.fetch_add(1, Ordering::Relaxed);
+                })
+                .build()
+                .unwrap();
+            for k in 0..1_000 {
+                cache.insert(k, k);
+            }
+            cache.insert_with_ttl(5_000, 5_000, Duration::MAX);
+            clock.advance(secs(11));
+            // Every 64th read of a thread sweeps one shard, each in turn.
+            for _ in 0..16 * 64 {
+                assert!(read(&cache), "{at}");
+            }
+            assert_eq!(cache.weighted_size(), 1, "{at}: only the live key is left");
+            assert_eq!(expired.load(Ordering::Relaxed), 1_000, "{at}");
+            assert_eq!(cache.stats().evictions.expired, 1_000, "{at}");
+        }
+    }
+}
