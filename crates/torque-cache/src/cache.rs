@@ -89,6 +89,15 @@ thread_local! {
     static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// How far before the instant it was built a cache's ticks start, if the
+/// platform's `Instant` reaches back that far (else the most of 2^50 and
+/// 2^40 ns that it does, else none): about 146 years, so that instants
+/// before the build (a clock that steps back, against the [`Clock`] docs)
+/// have ticks of their own. Read as the build's instant, they made a write
+/// after such a step take its times from the build, and its entry outlived
+/// its time-to-live by the step. About 438 years of ticks are left ahead.
+const TICKS_BEFORE_BUILD: [u64; 3] = [1 << 62, 1 << 50, 1 << 40];
+
 /// A concurrent, bounded, in-process cache. See the [crate docs](crate) for an
 /// example and docs/cache.md for a guide.
 ///
@@ -216,7 +225,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         } else {
             b.time_to_live.map_or(NEVER, to_nanos)
         };
-        let origin = b.clock.now();
+        let built = b.clock.now();
+        let origin = TICKS_BEFORE_BUILD
+            .iter()
+            .find_map(|&nanos| built.checked_sub(Duration::from_nanos(nanos)))
+            .unwrap_or(built);
         let shards: Box<[ShardCell<K, V>]> = (0..shards)
             .map(|_| {
                 CachePadded::new(RwLock::new(Shard::new(PolicyState::new(
@@ -283,7 +296,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize & self.inner.shard_mask
     }
 
-    /// Ticks (nanoseconds since the cache was built) by the cache's clock.
+    /// Ticks (nanoseconds since the cache's origin, a while before it was
+    /// built: see [`TICKS_BEFORE_BUILD`]) by the cache's clock.
     pub(crate) fn now_ticks(&self) -> u64 {
         let since = self
             .inner

@@ -666,3 +666,79 @@ fn regression_reads_alone_free_what_has_expired_in_every_shard() {
         }
     }
 }
+
+/// A clock set to a number of seconds from a fixed instant, which a test
+/// may set back: the misbehaving clock the `Clock` docs forbid but a user
+/// may still plug in.
+#[derive(Debug, Clone)]
+struct SetClock {
+    base: std::time::Instant,
+    secs: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SetClock {
+    fn at(secs: u64) -> Self {
+        Self {
+            base: std::time::Instant::now(),
+            secs: Arc::new(std::sync::atomic::AtomicU64::new(secs)),
+        }
+    }
+
+    fn set(&self, secs: u64) {
+        self.secs.store(secs, Ordering::SeqCst);
+    }
+}
+
+impl torque_cache::Clock for SetClock {
+    fn now(&self) -> std::time::Instant {
+        self.base + secs(self.secs.load(Ordering::SeqCst))
+    }
+}
+
+#[test]
+fn regression_a_clock_stepping_back_before_the_cache_was_built_does_not_extend_lifetimes() {
+    // Built at 1,000 s by a clock that then steps back to 900. The cache
+    // counted time from the instant it was built and read every earlier
+    // instant as that one, so an entry written at 900 was taken as
+    // written at 1,000: with a 5 s time-to-live `get` returned it until
+    // 1,005, 105 s after it was written, by the clock that wrote it (the
+    // `Clock` docs promise a write sets its times from the instant it
+    // reads, as after a step back that stays after the build).
+    type Write = fn(&LocalCache<u32, u32>);
+    let writes: [(&str, Write, Option<Duration>, Option<Duration>); 3] = [
+        (
+            "insert_with_ttl",
+            |c| c.insert_with_ttl(1, 1, secs(5)),
+            None,
+            None,
+        ),
+        ("time_to_live", |c| c.insert(1, 1), Some(secs(5)), None),
+        ("time_to_idle", |c| c.insert(1, 1), None, Some(secs(5))),
+    ];
+    for policy in [Policy::Adaptive, Policy::Lru, Policy::Ttl] {
+        for (what, write, ttl, tti) in writes {
+            let at = format!("{policy:?}, {what}");
+            let clock = SetClock::at(1_000);
+            let mut builder = LocalCache::builder()
+                .max_capacity(10)
+                .policy(policy)
+                .clock(clock.clone());
+            if let Some(ttl) = ttl {
+                builder = builder.time_to_live(ttl);
+            }
+            if let Some(tti) = tti {
+                builder = builder.time_to_idle(tti);
+            }
+            let cache: LocalCache<u32, u32> = builder.build().unwrap();
+            clock.set(900);
+            write(&cache);
+            clock.set(904);
+            assert!(cache.contains_key(&1), "{at}: alive 4 s after the write");
+            clock.set(906);
+            assert_eq!(cache.get(&1), None, "{at}: expired 6 s after the write");
+            assert!(!cache.contains_key(&1), "{at}");
+            assert_eq!(cache.len(), 0, "{at}");
+            assert_eq!(cache.stats().evictions.expired, 1, "{at}");
+        }
+    }
+}
