@@ -77,16 +77,21 @@ const UNEXPIRING_UNCOUNTED: u8 = 2;
 /// still free their expired entries.
 const HELP_SWEEP_EVERY: u32 = 64;
 
-/// Likewise every this many reads (`get`, `contains_key`) on a thread, of a
-/// cache whose entries can expire: one shard, each in turn, so a cache that
+/// Likewise about one read (`get`, `contains_key`) in this many, of a cache
+/// whose entries can expire: one shard, picked at random, so a cache that
 /// is only read still frees the expired entries of shards nobody reads.
+/// The gaps between a thread's helps vary at random (from 1 to twice
+/// this): with every 64th read, a thread that read two caches in turn made
+/// all its helping reads on one of them.
 const HELP_SWEEP_EVERY_READS: u32 = 64;
 
 thread_local! {
-    /// Reads on this thread of caches whose entries can expire (see
-    /// [`HELP_SWEEP_EVERY_READS`]): per thread, so counting adds no shared
-    /// write to the read path.
-    static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Reads this thread makes before it next helps (see
+    /// [`HELP_SWEEP_EVERY_READS`]): per thread, so the read path writes
+    /// nothing shared.
+    static READS_TO_HELP: std::cell::Cell<u32> = const { std::cell::Cell::new(HELP_SWEEP_EVERY_READS) };
+    /// This thread's xorshift state, for the gaps and the shards helped.
+    static HELP_RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x2545_f491_4f6c_dd1d) };
 }
 
 /// How far before the instant it was built a cache's ticks start, if the
@@ -358,27 +363,39 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
-    /// Counts a read of a cache whose entries can expire and, every
-    /// [`HELP_SWEEP_EVERY_READS`]th on this thread, frees what is due in
-    /// one shard, each in turn. Call with no lock held.
+    /// After a read of a cache whose entries can expire: about once in
+    /// [`HELP_SWEEP_EVERY_READS`], frees what is due in a shard picked at
+    /// random. Call with no lock held.
     #[inline]
     fn help_after_read(&self, timing: Timing) {
-        let reads = READS.with(|r| {
-            let n = r.get().wrapping_add(1);
-            r.set(n);
-            n
+        let left = READS_TO_HELP.with(|n| {
+            let left = n.get().wrapping_sub(1);
+            n.set(left);
+            left
         });
-        if reads.is_multiple_of(HELP_SWEEP_EVERY_READS) {
-            let turn = (reads / HELP_SWEEP_EVERY_READS) as usize;
-            self.read_help(turn & self.inner.shard_mask, timing);
+        if left == 0 {
+            self.read_help(timing);
         }
     }
 
-    /// Frees what is due in shard `index` for a read, if anything is and
-    /// its lock is free (see [`Self::help_sweep`]), and tells the listener.
+    /// Draws this thread's next gap and the shard to help, and frees what
+    /// is due in that shard for a read, if anything is and its lock is free
+    /// (see [`Self::help_sweep`]), and tells the listener.
     #[cold]
     #[inline(never)]
-    fn read_help(&self, index: usize, timing: Timing) {
+    fn read_help(&self, timing: Timing) {
+        // xorshift64 (Marsaglia, "Xorshift RNGs", 2003).
+        let r = HELP_RNG.with(|state| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            state.set(x);
+            x
+        });
+        let gap = 1 + (r >> 32) as u32 % (2 * HELP_SWEEP_EVERY_READS - 1);
+        READS_TO_HELP.with(|n| n.set(gap));
+        let index = r as usize & self.inner.shard_mask;
         if self.inner.due[index].load(Ordering::Relaxed) > timing.now {
             return;
         }

@@ -241,8 +241,8 @@ fn run(policy: Policy, capacity: usize, shards: usize, ops: &[Op]) -> Result<(),
                     .get(&k)
                     .is_some_and(|e| e.deadline > model.now);
                 prop_assert_eq!(cache.contains_key(&k), want);
-                // Every 64th read of a thread sweeps a shard (here the
-                // only one): whatever has expired then leaves.
+                // About one read in 64 sweeps a shard (here the only
+                // one): whatever has expired then leaves.
                 if exact && !log.lock().unwrap().is_empty() {
                     model.sweep(&mut expected);
                 }
