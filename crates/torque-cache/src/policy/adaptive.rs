@@ -116,6 +116,32 @@ const ADAPTIVE_WINDOW: bool = true;
 const fn max_window(weight: u64) -> u64 {
     weight - weight.div_ceil(5)
 }
+/// Protected's limit from `held` units of main space before
+/// [`Adaptive::protected_max`] applies ([`Adaptive::hold_main`]):
+/// nondecreasing in `held`.
+#[inline]
+const fn protected_of_held(held: u64) -> u64 {
+    let probation = held / PROBATION_OF_HELD_DIVISOR;
+    held.saturating_sub(if probation > 2 { probation } else { 2 })
+}
+
+/// The least `held` whose [`protected_of_held`] is at least `max`
+/// (`u64::MAX` if none is: no shard holds that much).
+fn protected_full_at(max: u64) -> u64 {
+    // protected_of_held(h) is about 19 h / 20: start there and step.
+    let mut h = max.saturating_add(max / (PROBATION_OF_HELD_DIVISOR - 1));
+    while protected_of_held(h) < max {
+        if h == u64::MAX {
+            return u64::MAX;
+        }
+        h += 1;
+    }
+    while h > 0 && protected_of_held(h - 1) >= max {
+        h -= 1;
+    }
+    h
+}
+
 /// Initial window share of the capacity, in percent (Caffeine's default).
 const INITIAL_WINDOW_PERCENT: f64 = 1.0;
 /// Hill climber: first step, and after a large change in hit rate, as a share
@@ -149,6 +175,13 @@ pub(crate) struct Adaptive {
     /// [`PROTECTED_PERCENT`] of main space, kept with `window_max` (it is
     /// checked on every eviction).
     protected_max: u64,
+    /// The least weight held from which [`Self::window_size_now`] is
+    /// `window_max`, and the least main space held from which
+    /// [`Self::hold_main`] sets protected's limit to `protected_max`: the
+    /// common case of a full shard then costs one compare each, not the
+    /// divisions (kept with the two by [`Self::limits_changed`]).
+    window_full_at: u64,
+    protected_full_at: u64,
     /// Sized for the entries actually held, not the capacity (which may be
     /// a weight in bytes, or a generous bound never reached); grown by
     /// doubling as the shard fills, which restarts its counts.
@@ -419,7 +452,7 @@ impl Adaptive {
         let mut victims = Ghost::for_entries(capacity.min(sketch.sized_for()));
         victims.widen(true);
         let window_min = window as u64;
-        Self {
+        let mut policy = Self {
             links: Links::default(),
             window: List::new(),
             probation: List::new(),
@@ -430,6 +463,8 @@ impl Adaptive {
             capacity,
             window_max: window as u64,
             protected_max: Self::protected_share(capacity, window as u64),
+            window_full_at: 0,
+            protected_full_at: 0,
             grow_at: sketch.sized_for(),
             sketch,
             entries: 0,
@@ -455,7 +490,22 @@ impl Adaptive {
                 step: -(capacity as f64) * STEP_PERCENT / 100.0,
                 window,
             }),
-        }
+        };
+        policy.limits_changed();
+        policy
+    }
+
+    /// Recomputes [`Self::window_full_at`] and [`Self::protected_full_at`]
+    /// after `window_max`, `window_min` or `protected_max` changed.
+    fn limits_changed(&mut self) {
+        // max_window(held) = floor(4 held / 5) reaches `window_max` from
+        // held = ceil(5 window_max / 4).
+        self.window_full_at = if self.window_max <= self.window_min {
+            0
+        } else {
+            self.window_max.saturating_add(self.window_max.div_ceil(4))
+        };
+        self.protected_full_at = protected_full_at(self.protected_max);
     }
 
     fn protected_share(capacity: u64, window_max: u64) -> u64 {
@@ -606,6 +656,9 @@ impl Adaptive {
             return self.window_max;
         }
         let held = self.window_weight + self.probation_weight + self.protected_weight;
+        if held >= self.window_full_at {
+            return self.window_max;
+        }
         let most = max_window(held).max(self.window_min);
         self.window_max.min(most)
     }
@@ -618,9 +671,11 @@ impl Adaptive {
             .saturating_sub(self.window_weight.min(self.window_now));
         // At least two units: `held` counts the window's overflow, whose
         // newest (the candidate) needs one older entry to meet.
-        self.protected_cap = self
-            .protected_max
-            .min(held.saturating_sub((held / PROBATION_OF_HELD_DIVISOR).max(2)));
+        self.protected_cap = if held >= self.protected_full_at {
+            self.protected_max
+        } else {
+            self.protected_max.min(protected_of_held(held))
+        };
     }
 
     /// Protected's limit: [`PROTECTED_PERCENT`] of the nominal main space,
@@ -815,6 +870,7 @@ impl Adaptive {
         if max != self.window_max {
             self.window_max = max;
             self.protected_max = Self::protected_share(self.capacity, max);
+            self.limits_changed();
         }
     }
 
@@ -1221,6 +1277,7 @@ impl Adaptive {
         // next eviction.
         self.window_max = c.window as u64;
         self.protected_max = Self::protected_share(self.capacity, self.window_max);
+        self.limits_changed();
     }
 
     /// Forgets every id; the popularity history (sketch, ghost and recall
@@ -1242,6 +1299,7 @@ impl Adaptive {
         if adapts {
             self.window_max = window_max;
             self.protected_max = Self::protected_share(capacity, window_max);
+            self.limits_changed();
         }
         self.grow_at = sketch.sized_for();
         self.sketch = sketch;
@@ -1336,6 +1394,36 @@ impl Adaptive {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_limits_thresholds_match_the_limits_they_shortcut() {
+        // protected_full_at: the least held at which the limit is `max`.
+        let maxes = (0..3000).chain([u64::MAX / 2, u64::MAX / 20 * 19, u64::MAX - 1, u64::MAX]);
+        for max in maxes {
+            let at = protected_full_at(max);
+            if at == u64::MAX {
+                assert!(protected_of_held(u64::MAX - 1) < max, "{max}");
+                continue;
+            }
+            assert!(protected_of_held(at) >= max, "{max}");
+            assert!(at == 0 || protected_of_held(at - 1) < max, "{max}");
+        }
+        // window_full_at: the least held from which the window's size is
+        // `window_max`.
+        for (capacity, window_max) in [(100, 1), (100, 0), (100, 40), (1000, 7), (5, 3)] {
+            let mut p = Adaptive::new(capacity, false, false);
+            p.window_max = window_max;
+            p.limits_changed();
+            for held in 0..3 * capacity {
+                let slow = p.window_max.min(max_window(held).max(p.window_min));
+                assert_eq!(
+                    held >= p.window_full_at,
+                    slow == p.window_max,
+                    "{capacity} {window_max} {held}"
+                );
+            }
+        }
+    }
+
     /// The shard's per-entry hit counts and hashes, as plain vectors.
     #[derive(Default)]
     struct TestHits(Vec<u8>, Vec<u64>);
@@ -1410,6 +1498,7 @@ mod tests {
         let mut p = Adaptive::new(u64::from(cap), false, false).fixed_window();
         // No window: each eviction's candidate is the newest insert.
         p.window_max = 0;
+        p.limits_changed();
         // Residents the sketch has seen several times each.
         for id in 0..cap {
             for _ in 0..5 {
@@ -1540,6 +1629,7 @@ mod tests {
         let cap = 2 * cap;
         p.window_max = 40;
         p.protected_max = Adaptive::protected_share(100, 40);
+        p.limits_changed();
         let mut from_window = 0;
         let mut new_ids: Vec<u32> = Vec::new();
         for i in cap..cap + 38 {
@@ -1555,6 +1645,7 @@ mod tests {
         // Shrunk, the window's overflow contests at the next evictions.
         p.window_max = 1;
         p.protected_max = Adaptive::protected_share(100, 1);
+        p.limits_changed();
         hits.insert(&mut p, free.pop().unwrap(), h(1_000), 1);
         p.evict(&mut hits).unwrap();
         assert_eq!(p.window_weight, 1);
@@ -1572,6 +1663,7 @@ mod tests {
         let mut p = Adaptive::new(100, false, false);
         p.window_max = 80;
         p.protected_max = Adaptive::protected_share(100, 80);
+        p.limits_changed();
         let h = |i: u32| u64::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         // The shard holds 50 entries at most: every insert past that evicts.
         let mut free = Vec::new();
@@ -1598,6 +1690,7 @@ mod tests {
             let mut p = Adaptive::new(100, false, weighted);
             assert!(p.adapts);
             p.window_max = 30;
+            p.limits_changed();
             p.clear();
             assert!(p.adapts, "clear must not switch the adaptation off");
             assert_eq!(p.weighted, weighted);
@@ -1693,6 +1786,7 @@ mod tests {
             // enough for every key to count alone.
             let mut p = Adaptive::new(100, false, false);
             p.window_max = 0;
+            p.limits_changed();
             for id in 0..100 {
                 hits.insert(&mut p, id, hash(id), 1);
             }
@@ -1723,6 +1817,7 @@ mod tests {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(100, false, false);
         p.window_max = 20;
+        p.limits_changed();
         let mut weights = std::collections::HashMap::new();
         for id in 0..100 {
             if id < 80 {
@@ -2167,6 +2262,8 @@ mod tests {
             if round % 6 == 5 && !extreme {
                 fast.window_max = 0;
                 slow.window_max = 0;
+                fast.limits_changed();
+                slow.limits_changed();
             }
             let (mut fh, mut sh) = (TestHits::default(), TestHits::default());
             let mut resident: std::collections::HashMap<u32, u32> = Default::default();
