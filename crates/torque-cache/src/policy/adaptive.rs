@@ -309,12 +309,24 @@ impl Ghost {
     /// Whether `hash` was refused lately; forgets it if so.
     #[inline]
     fn recall(&mut self, hash: u64) -> bool {
-        let (slot, print) = self.place(hash);
+        self.recall_at(self.place(hash))
+    }
+
+    /// [`Self::recall`] of a hash's [`Self::place`].
+    #[inline]
+    fn recall_at(&mut self, (slot, print): (usize, u32)) -> bool {
         let found = self.slots[slot] == print;
         if found {
             self.slots[slot] = 0;
         }
         found
+    }
+
+    /// [`Self::remember`] of a hash's [`Self::place`] (taken at the
+    /// ghost's current width).
+    #[inline]
+    fn remember_at(&mut self, (slot, print): (usize, u32)) {
+        self.slots[slot] = print;
     }
 }
 
@@ -722,7 +734,7 @@ impl Adaptive {
                 self.trials.record_other(read);
             }
             if read {
-                self.links.move_to_front(&mut self.protected, id);
+                self.links.move_back_to_front(&mut self.protected);
                 continue;
             }
             self.unlink_from(Segment::Protected, id);
@@ -945,15 +957,17 @@ impl Adaptive {
     /// `older` is how many entries at probation's eviction end may be
     /// displaced (those not demoted during this eviction), `victim` the
     /// last of them.
+    /// `place` is the candidate's [`Ghost::place`], which a refused
+    /// candidate's caller then remembers ([`Ghost::remember_at`]).
     #[inline]
     fn admit_or_recall(
         &mut self,
         candidate: u32,
         victim: u32,
         older: usize,
-        hits: &impl Hits,
+        place: (usize, u32),
     ) -> bool {
-        self.recalled = self.ghost.recall(hits.hash(candidate));
+        self.recalled = self.ghost.recall_at(place);
         self.recalled || self.admit(candidate, victim, older)
     }
 
@@ -1042,7 +1056,7 @@ impl Adaptive {
                 break;
             };
             if self.take_hits(id, hits) {
-                self.links.move_to_front(&mut self.window, id);
+                self.links.move_back_to_front(&mut self.window);
                 continue;
             }
             if let Some(previous) = candidate.replace(id) {
@@ -1057,9 +1071,12 @@ impl Adaptive {
             // Demoted entries have no hits, so the promotions stop at them
             // and they are all still in probation.
             let older = self.probation.len().saturating_sub(self.demoted_now);
+            // Where the ghost recalls or remembers the candidate: mixed
+            // once for both.
+            let place = self.ghost.place(hits.hash(candidate));
             let loser = match self.probation.back() {
                 Some(victim)
-                    if older > 0 && self.admit_or_recall(candidate, victim, older, hits) =>
+                    if older > 0 && self.admit_or_recall(candidate, victim, older, place) =>
                 {
                     self.unlink_from(Segment::Probation, victim);
                     self.evicted_from_main(hits.hash(victim));
@@ -1081,7 +1098,7 @@ impl Adaptive {
                     victim
                 }
                 _ => {
-                    self.ghost.remember(hits.hash(candidate));
+                    self.ghost.remember_at(place);
                     candidate
                 }
             };
@@ -1143,11 +1160,12 @@ impl Adaptive {
                 self.ghost.remember(hits.hash(candidate));
                 return None;
             }
-            let loser = if self.admit_or_recall(candidate, victim, MAX_AGGREGATED_VICTIMS, hits) {
+            let place = self.ghost.place(hits.hash(candidate));
+            let loser = if self.admit_or_recall(candidate, victim, MAX_AGGREGATED_VICTIMS, place) {
                 self.evicted_from_main(hits.hash(victim));
                 victim
             } else {
-                self.ghost.remember(hits.hash(candidate));
+                self.ghost.remember_at(place);
                 candidate
             };
             self.unlink_from(Segment::Probation, loser);
@@ -1205,16 +1223,17 @@ impl Adaptive {
             if !self.take_hits(id, hits) {
                 break id;
             }
-            self.links.move_to_front(&mut self.window, id);
+            self.links.move_back_to_front(&mut self.window);
         };
         self.unlink_from(Segment::Window, candidate);
-        let loser = if self.admit_or_recall(candidate, victim, older, hits) {
+        let place = self.ghost.place(hits.hash(candidate));
+        let loser = if self.admit_or_recall(candidate, victim, older, place) {
             self.unlink_from(Segment::Probation, victim);
             self.evicted_from_main(hits.hash(victim));
             self.push(candidate, Segment::Probation);
             victim
         } else {
-            self.ghost.remember(hits.hash(candidate));
+            self.ghost.remember_at(place);
             candidate
         };
         self.depart_taken(loser, hits);
@@ -1349,11 +1368,12 @@ impl Adaptive {
                 older += 1;
                 at = self.links.prev(id);
             }
-            let won = victim != candidate && self.admit_or_recall(candidate, victim, older, hits);
+            let place = self.ghost.place(hits.hash(candidate));
+            let won = victim != candidate && self.admit_or_recall(candidate, victim, older, place);
             let loser = if won {
                 victim
             } else {
-                self.ghost.remember(hits.hash(candidate));
+                self.ghost.remember_at(place);
                 candidate
             };
             self.unlink(loser);

@@ -205,6 +205,25 @@ impl<M: Copy + Default> Links<M> {
         list.head = id;
     }
 
+    /// [`Self::move_to_front`] of the back of a non-empty `list`: the
+    /// moved id has no successor, so one fewer link to mend.
+    #[inline]
+    pub(crate) fn move_back_to_front(&mut self, list: &mut List) {
+        let id = list.tail;
+        let old_head = list.head;
+        if old_head == id {
+            return;
+        }
+        let prev = self.nodes[id as usize].prev;
+        self.nodes[prev as usize].next = NIL;
+        list.tail = prev;
+        self.nodes[old_head as usize].prev = id;
+        let node = &mut self.nodes[id as usize];
+        node.prev = NIL;
+        node.next = old_head;
+        list.head = id;
+    }
+
     pub(crate) fn pop_back(&mut self, list: &mut List) -> Option<u32> {
         let id = list.back()?;
         self.unlink(list, id);
@@ -235,6 +254,35 @@ impl<M: Copy + Default> Links<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_back_moves_as_the_general_form_does() {
+        for n in 1..6u32 {
+            let (mut fast, mut slow) = (Links::<()>::default(), Links::<()>::default());
+            let (mut f, mut s) = (List::new(), List::new());
+            for id in 0..n {
+                fast.push_front(&mut f, id);
+                slow.push_front(&mut s, id);
+            }
+            fast.move_back_to_front(&mut f);
+            let back = s.back().unwrap();
+            slow.move_to_front(&mut s, back);
+            assert_eq!(collect(&fast, &f), collect(&slow, &s));
+            assert_eq!(
+                (f.len(), f.front(), f.back()),
+                (s.len(), s.front(), s.back())
+            );
+            // The old back's links are whole: it unlinks as in the other.
+            let front = f.front().unwrap();
+            fast.unlink(&mut f, front);
+            slow.unlink(&mut s, front);
+            assert_eq!(collect(&fast, &f), collect(&slow, &s));
+            assert_eq!(
+                (f.len(), f.front(), f.back()),
+                (s.len(), s.front(), s.back())
+            );
+        }
+    }
 
     fn collect(links: &Links<()>, list: &List) -> Vec<u32> {
         let mut out = Vec::new();
