@@ -415,10 +415,22 @@ impl RecallTrials {
     }
 
     /// Another entry at protected's eviction end, found read since it was
-    /// last looked at or not.
+    /// last looked at ([`Self::count`] with the outcome known).
     #[inline(always)]
-    fn record_other(&mut self, read: bool) {
-        Self::count(&mut self.other, read, Self::OTHER_MEMORY);
+    fn record_other_read(&mut self) {
+        self.other.0 += 1;
+        if self.other.0 + self.other.1 >= Self::OTHER_MEMORY {
+            self.other = (self.other.0 / 2, self.other.1 / 2);
+        }
+    }
+
+    /// Another entry at protected's eviction end, found unread.
+    #[inline(always)]
+    fn record_other_unread(&mut self) {
+        self.other.1 += 1;
+        if self.other.0 + self.other.1 >= Self::OTHER_MEMORY {
+            self.other = (self.other.0 / 2, self.other.1 / 2);
+        }
     }
 
     #[inline(always)]
@@ -730,12 +742,16 @@ impl Adaptive {
             let read = self.take_hits(id, hits);
             if trial {
                 self.judge_trial(id, read);
-            } else {
-                self.trials.record_other(read);
             }
             if read {
+                if !trial {
+                    self.trials.record_other_read();
+                }
                 self.links.move_back_to_front(&mut self.protected);
                 continue;
+            }
+            if !trial {
+                self.trials.record_other_unread();
             }
             self.unlink_from(Segment::Protected, id);
             self.push(id, Segment::Probation);
@@ -1558,6 +1574,26 @@ mod tests {
     }
 
     #[test]
+    fn other_entries_are_counted_and_halved_as_trials_are() {
+        let mut t = RecallTrials::default();
+        let mut counts = (0, 0);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..3 * RecallTrials::OTHER_MEMORY {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let read = !rng.is_multiple_of(7);
+            if read {
+                t.record_other_read();
+            } else {
+                t.record_other_unread();
+            }
+            RecallTrials::count(&mut counts, read, RecallTrials::OTHER_MEMORY);
+            assert_eq!(t.other, counts);
+        }
+    }
+
+    #[test]
     fn recalled_keys_go_to_protected_only_while_their_trials_pass() {
         let mut t = RecallTrials::default();
         // No evidence yet: one recalled key in EXPLORE goes on trial.
@@ -1565,7 +1601,11 @@ mod tests {
         assert_eq!(placed, 160 / RecallTrials::EXPLORE as usize);
         // Protected's other entries are found read 9 times in 10.
         for i in 0..1_000 {
-            t.record_other(i % 10 != 0);
+            if i % 10 != 0 {
+                t.record_other_read();
+            } else {
+                t.record_other_unread();
+            }
         }
         // Trials read every time, but too few of them to judge.
         for _ in 0..RecallTrials::MIN_TRIALS - 1 {
