@@ -112,8 +112,14 @@ impl<M: Copy + Default> Links<M> {
 
     #[inline]
     pub(crate) fn push_front(&mut self, list: &mut List, id: u32) {
-        self.ensure(id);
-        let node = &mut self.nodes[id as usize];
+        // One bounds check for the growth test and the index both.
+        let node = match self.nodes.get_mut(id as usize) {
+            Some(node) => node,
+            None => {
+                self.grow(id);
+                &mut self.nodes[id as usize]
+            }
+        };
         node.prev = NIL;
         node.next = list.head;
         if list.head != NIL {
@@ -129,12 +135,19 @@ impl<M: Copy + Default> Links<M> {
     /// the data in one pass over the node.
     #[inline]
     pub(crate) fn push_front_with(&mut self, list: &mut List, id: u32, meta: M) {
-        self.ensure(id);
-        self.nodes[id as usize] = Node {
+        let new = Node {
             prev: NIL,
             next: list.head,
             meta,
         };
+        // One bounds check for the growth test and the store both.
+        match self.nodes.get_mut(id as usize) {
+            Some(node) => *node = new,
+            None => {
+                self.grow(id);
+                self.nodes[id as usize] = new;
+            }
+        }
         if list.head != NIL {
             self.nodes[list.head as usize].prev = id;
         } else {
