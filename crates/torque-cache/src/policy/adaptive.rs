@@ -735,24 +735,29 @@ impl Adaptive {
     #[inline(never)]
     fn demote_protected_overflow_now(&mut self, hits: &mut impl Hits) {
         while self.protected_weight > self.protected_limit() {
-            let Some(id) = self.protected.back() else {
-                break;
-            };
-            let trial = self.links.meta(id).flags & TRIAL != 0;
-            let read = self.take_hits(id, hits);
-            if trial {
-                self.judge_trial(id, read);
-            }
-            if read {
+            // Second chances until the back is an entry not read since it
+            // was last looked at (they move no weight: the loop's test
+            // need not be repeated meanwhile).
+            let id = loop {
+                let Some(id) = self.protected.back() else {
+                    return;
+                };
+                let trial = self.links.meta(id).flags & TRIAL != 0;
+                let read = self.take_hits(id, hits);
+                if trial {
+                    self.judge_trial(id, read);
+                }
+                if !read {
+                    if !trial {
+                        self.trials.record_other_unread();
+                    }
+                    break id;
+                }
                 if !trial {
                     self.trials.record_other_read();
                 }
                 self.links.move_back_to_front(&mut self.protected);
-                continue;
-            }
-            if !trial {
-                self.trials.record_other_unread();
-            }
+            };
             self.unlink_from(Segment::Protected, id);
             self.push(id, Segment::Probation);
             if self.demoted_now == 0 {
