@@ -69,6 +69,11 @@ impl Times {
     }
 }
 
+thread_local! {
+    /// Where [`Cell::bump`] stores a saturated count's unchanged increment.
+    static BUMP_SCRATCH: AtomicU8 = const { AtomicU8::new(0) };
+}
+
 /// One slot of the arena: what a read touches, in as few bytes as possible
 /// (48 for `u64` keys and values), so more of the cache fits in the CPU's
 /// caches.
@@ -92,7 +97,7 @@ impl<K, V> Cell<K, V> {
     /// key read, which no branch predictor can learn (in callgrind's model
     /// the branch missed on about half of all read hits of the throughput
     /// bench), so the store goes either to the count or, once saturated, to a
-    /// scratch byte on the stack, picked without a branch: a saturated count
+    /// scratch byte of the thread's, picked without a branch: a saturated count
     /// (a hot key's) is still never written, so its cache line is not taken
     /// from the other cores reading it. (`select_unpredictable` is a hint;
     /// on x86-64 with Rust 1.95 it compiles to a conditional move, checked
@@ -100,12 +105,14 @@ impl<K, V> Cell<K, V> {
     #[inline]
     fn bump(&self) {
         let h = self.hits.load(Ordering::Relaxed);
-        let scratch = AtomicU8::new(0);
-        let target = std::hint::select_unpredictable(h < MAX_HITS, &self.hits, &scratch);
-        target.store(h.wrapping_add(1), Ordering::Relaxed);
-        // Keeps the scratch store (else the compiler drops it as dead and
-        // turns the select back into a branch).
-        std::hint::black_box(&scratch);
+        // The scratch byte is the thread's own, so no other core ever wants
+        // its line; and being static, its store is never dead, so the
+        // compiler keeps the select (a scratch byte on the stack needed a
+        // `black_box` of its address to stay, two instructions more).
+        BUMP_SCRATCH.with(|scratch| {
+            let target = std::hint::select_unpredictable(h < MAX_HITS, &self.hits, scratch);
+            target.store(h.wrapping_add(1), Ordering::Relaxed);
+        });
     }
 
     /// [`Self::bump`] under the exclusive lock, by a write of the entry
