@@ -1236,6 +1236,49 @@ mod tests {
     }
 
     #[test]
+    fn a_hit_from_a_thread_local_destructor_is_served_and_counted() {
+        // A hit under the shared lock stores its hit count through a
+        // thread-local scratch byte; a read from another thread-local's
+        // destructor, set up before or after the first read, must still
+        // be served, counted, and not panic.
+        struct ReadsOnDrop(LocalCache<u64, u64>, Arc<AtomicBool>);
+        impl Drop for ReadsOnDrop {
+            fn drop(&mut self) {
+                let hit = (0..64).all(|_| self.0.get(&1) == Some(10));
+                self.1.store(hit, Ordering::Relaxed);
+            }
+        }
+        thread_local! {
+            static LATE: std::cell::RefCell<Option<ReadsOnDrop>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        for late_first in [true, false] {
+            let cache = LocalCache::<u64, u64>::builder()
+                .max_capacity(100)
+                .policy(crate::Policy::Adaptive)
+                .build()
+                .expect("valid config");
+            cache.insert(1, 10);
+            let served = Arc::new(AtomicBool::new(false));
+            let (for_thread, flag) = (cache.clone(), Arc::clone(&served));
+            std::thread::spawn(move || {
+                let late = ReadsOnDrop(for_thread.clone(), flag);
+                if late_first {
+                    LATE.with(|l| *l.borrow_mut() = Some(late));
+                    assert_eq!(for_thread.get(&1), Some(10));
+                } else {
+                    assert_eq!(for_thread.get(&1), Some(10));
+                    LATE.with(|l| *l.borrow_mut() = Some(late));
+                }
+            })
+            .join()
+            .expect("no panic in the thread or its destructors");
+            assert!(served.load(Ordering::Relaxed), "late_first: {late_first}");
+            assert_eq!(cache.stats().hits, 65, "late_first: {late_first}");
+        }
+    }
+
+    #[test]
     fn small_integer_hashes_spread_over_every_shard() {
         let cache = LocalCache::<u64, u64>::builder()
             .max_capacity(100_000)
