@@ -83,17 +83,7 @@ async fn blocking_map_async_waiting_for_room_stops_on_cancel() {
         .build()
         .unwrap();
     // Another batch's job holds the whole budget until released.
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
-    let other = processor.clone();
-    let holder = std::thread::spawn(move || {
-        other.blocking().map(vec![()], move |()| {
-            started_tx.send(()).unwrap();
-            let _ = release_rx.lock().unwrap().recv();
-        })
-    });
-    started_rx.recv().unwrap();
+    let (release_tx, holder) = hold_the_only_worker(&processor);
 
     let token = CancelToken::new();
     let batch = processor
