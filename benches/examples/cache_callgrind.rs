@@ -17,7 +17,9 @@
 //! to about 3 instructions per request between two runs of one binary. With
 //! `SEED=n` in the environment they hash with foldhash at the fixed seed `n`
 //! instead (the same hash function), so that two builds of the policy can be
-//! compared to the instruction.
+//! compared to the instruction. With `TTL=secs` our caches have that
+//! cache-wide time-to-live (long enough that nothing expires in a run), for
+//! what expiry costs the read and write paths.
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
@@ -63,9 +65,15 @@ impl Contender for Mutex<lru::LruCache<u64, u64>> {
 }
 
 fn ours(policy: Policy) -> Box<dyn Contender> {
-    let builder = LocalCache::<u64, u64>::builder()
+    let mut builder = LocalCache::<u64, u64>::builder()
         .max_capacity(10_000)
         .policy(policy);
+    // `TTL=secs`: a cache-wide time-to-live, long enough that nothing
+    // expires during the run, to measure what expiry costs the read and
+    // write paths.
+    if let Some(secs) = std::env::var("TTL").ok().and_then(|s| s.parse().ok()) {
+        builder = builder.time_to_live(std::time::Duration::from_secs(secs));
+    }
     match std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => Box::new(
             builder
