@@ -1,5 +1,7 @@
 //! Latency of the basic operations of `LocalCache` (single thread): a read
-//! that hits, a read that misses, and an insert into a full cache.
+//! that hits, a read that misses, and an insert into a full cache; and what
+//! a cache with expiry pays per clock read, `Instant` against the
+//! time-stamp counter it reads instead (`clock` group).
 
 use std::hint::black_box;
 
@@ -59,5 +61,32 @@ fn latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, latency);
+/// Nanoseconds since an origin, as a cache with expiry reads them on every
+/// `get` and `insert`: through `Instant` (as with a custom [`Clock`]) and
+/// through the time-stamp counter (the default [`SystemClock`]).
+///
+/// [`Clock`]: torque_cache::Clock
+/// [`SystemClock`]: torque_cache::SystemClock
+fn clock(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock");
+    let origin = std::time::Instant::now();
+    group.bench_function("instant_since_origin", |b| {
+        b.iter(|| {
+            u64::try_from(
+                std::time::Instant::now()
+                    .saturating_duration_since(black_box(origin))
+                    .as_nanos(),
+            )
+            .unwrap_or(u64::MAX)
+        })
+    });
+    let counter = quanta::Clock::new();
+    let start = counter.raw();
+    group.bench_function("quanta_counter_since_origin", |b| {
+        b.iter(|| counter.delta_as_nanos(black_box(start), counter.raw()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, latency, clock);
 criterion_main!(benches);

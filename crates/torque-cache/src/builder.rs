@@ -128,6 +128,9 @@ pub struct LocalCacheBuilder<K, V, S = DefaultHasher> {
     pub(crate) listener: Option<Listener<K, V>>,
     pub(crate) hasher: S,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Whether `clock` is the [`SystemClock`], which the cache reads
+    /// through the time-stamp counter instead (see its docs).
+    pub(crate) system_clock: bool,
     pub(crate) shards: Option<usize>,
     _types: PhantomData<fn(K, V)>,
 }
@@ -144,6 +147,7 @@ impl<K, V> LocalCacheBuilder<K, V, DefaultHasher> {
             listener: None,
             hasher: DefaultHasher::default(),
             clock: Arc::new(SystemClock),
+            system_clock: true,
             shards: None,
             _types: PhantomData,
         }
@@ -260,6 +264,7 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
             listener: self.listener,
             hasher,
             clock: self.clock,
+            system_clock: self.system_clock,
             shards: self.shards,
             _types: PhantomData,
         }
@@ -270,6 +275,7 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// it with no lock held, so a clock may use the cache (see
     /// [`Clock`]).
     pub fn clock<C: Clock + 'static>(mut self, clock: C) -> Self {
+        self.system_clock = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
         self.clock = Arc::new(clock);
         self
     }

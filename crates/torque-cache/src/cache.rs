@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 
 use crate::DefaultHasher;
 use crate::builder::{ExpiryFn, Listener, LocalCacheBuilder, Weigher};
-use crate::clock::{Clock, to_nanos};
+use crate::clock::{Clock, Counter, to_nanos};
 use crate::load::Loads;
 use crate::policy::{NEVER, Policy, PolicyState};
 use crate::reads::ReadCounters;
@@ -170,6 +170,10 @@ pub(crate) struct Inner<K, V, S> {
     listener: Option<Listener<K, V>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) origin: Instant,
+    /// With the [`SystemClock`](crate::SystemClock), the time-stamp
+    /// counter that stands in for it in [`LocalCache::now_ticks`], with its
+    /// origin at the build.
+    counter: Option<Counter>,
     ttl: u64,
     tti: u64,
     /// Set once any entry can expire; until then reads skip the clock.
@@ -291,6 +295,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 listener: b.listener,
                 clock: b.clock,
                 origin,
+                counter: b.system_clock.then(Counter::new),
                 ttl,
                 tti,
                 shared_reads,
@@ -319,6 +324,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// Ticks (nanoseconds since the cache's origin, a while before it was
     /// built: see [`TICKS_BEFORE_BUILD`]) by the cache's clock.
     pub(crate) fn now_ticks(&self) -> u64 {
+        if let Some(counter) = &self.inner.counter {
+            // The counter never reads before its origin, the build.
+            return counter
+                .nanos()
+                .saturating_add(TICKS_BEFORE_BUILD[0])
+                .min(NEVER - 1);
+        }
         let since = self
             .inner
             .clock
@@ -1233,6 +1245,35 @@ mod tests {
         fn write_u64(&mut self, n: u64) {
             self.0 = n;
         }
+    }
+
+    #[test]
+    fn the_system_clock_is_read_through_the_counter_and_a_mock_one_is_not() {
+        let default = LocalCache::<u64, u64>::builder()
+            .max_capacity(10)
+            .build()
+            .unwrap();
+        assert!(default.inner.counter.is_some());
+        let explicit = LocalCache::<u64, u64>::builder()
+            .max_capacity(10)
+            .clock(crate::SystemClock)
+            .build()
+            .unwrap();
+        assert!(explicit.inner.counter.is_some());
+        let mock = LocalCache::<u64, u64>::builder()
+            .max_capacity(10)
+            .clock(crate::MockClock::new())
+            .build()
+            .unwrap();
+        assert!(mock.inner.counter.is_none());
+        // Set back to the system clock after a mock one.
+        let back = LocalCache::<u64, u64>::builder()
+            .max_capacity(10)
+            .clock(crate::MockClock::new())
+            .clock(crate::SystemClock)
+            .build()
+            .unwrap();
+        assert!(back.inner.counter.is_some());
     }
 
     #[test]
