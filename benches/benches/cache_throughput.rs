@@ -3,6 +3,10 @@
 //! without eviction (the upper bound of a sharded map). 90 % reads, 10 %
 //! writes, Zipf(1.0) keys over 100k, capacity 10k, 1 and 2 threads; each
 //! thread replays its own seeded trace. Every cache uses its default hasher.
+//!
+//! A second group runs the same workload with a one-hour time-to-live on
+//! every entry (nothing expires during a run: it measures what keeping
+//! deadlines costs), for the caches that have one: torque-cache and moka.
 
 mod cache_traces;
 
@@ -81,7 +85,37 @@ fn ours(policy: Policy) -> Box<dyn Contender> {
     )
 }
 
-fn contenders() -> Vec<(&'static str, Box<dyn Contender>)> {
+/// The time-to-live of the second group: longer than any run.
+const TTL: Duration = Duration::from_secs(3600);
+
+fn contenders_with_ttl() -> Contenders {
+    vec![
+        (
+            "torque_adaptive",
+            Box::new(
+                LocalCache::<u64, u64>::builder()
+                    .max_capacity(CAPACITY as u64)
+                    .time_to_live(TTL)
+                    .build()
+                    .expect("valid config"),
+            ),
+        ),
+        (
+            "moka_sync",
+            Box::new(
+                moka::sync::Cache::<u64, u64>::builder()
+                    .max_capacity(CAPACITY as u64)
+                    .time_to_live(TTL)
+                    .build(),
+            ),
+        ),
+    ]
+}
+
+/// Named caches of one benchmark group.
+type Contenders = Vec<(&'static str, Box<dyn Contender>)>;
+
+fn contenders() -> Contenders {
     vec![
         ("torque_adaptive", ours(Policy::Adaptive)),
         ("torque_lru", ours(Policy::Lru)),
@@ -126,7 +160,16 @@ fn run(cache: &dyn Contender, work: &[(u64, bool)], ops: u64) {
 }
 
 fn throughput(c: &mut Criterion) {
-    let mut group = c.benchmark_group("cache_throughput_90r10w_zipf1.0");
+    group(c, "cache_throughput_90r10w_zipf1.0", contenders);
+    group(
+        c,
+        "cache_throughput_90r10w_zipf1.0_ttl1h",
+        contenders_with_ttl,
+    );
+}
+
+fn group(c: &mut Criterion, group_name: &str, contenders: fn() -> Contenders) {
+    let mut group = c.benchmark_group(group_name);
     let works: Vec<Vec<(u64, bool)>> = (0..2).map(workload).collect();
     for threads in [1usize, 2] {
         group.throughput(Throughput::Elements(threads as u64));
