@@ -288,10 +288,7 @@ fn polling_is(waiters: &[Waiter]) -> bool {
     POLLING
         .try_with(|p| {
             let p = p.borrow();
-            p.len() == waiters.len()
-                && p.iter()
-                    .zip(waiters)
-                    .all(|(l, w)| *w == Waiter::Load(Arc::as_ptr(l) as usize))
+            p.len() == waiters.len() && p.iter().zip(waiters).all(|(l, w)| *w == l.leader())
         })
         .unwrap_or(waiters.is_empty())
 }
@@ -319,11 +316,15 @@ impl Blocked {
         thread: Option<ThreadId>,
         target: &Arc<LoadLink>,
     ) -> Option<Self> {
-        let waiters: Vec<Waiter> = loads
-            .iter()
-            .map(|l| Waiter::Load(Arc::as_ptr(l) as usize))
-            .chain(thread.map(Waiter::Thread))
-            .collect();
+        // A blocking load listed in `POLLING` (its loader runs on this
+        // thread) waits as its thread: the graph names a blocking load's
+        // leader by its thread ([`LoadLink::leader`]).
+        let mut waiters: Vec<Waiter> = loads.iter().map(LoadLink::leader).collect();
+        if let Some(thread) = thread.map(Waiter::Thread)
+            && !waiters.contains(&thread)
+        {
+            waiters.push(thread);
+        }
         let mut blocked = BLOCKED.lock();
         if waits_in_a_cycle(&waiters, target, &blocked) {
             return None;
@@ -826,10 +827,13 @@ where
     /// that closes the cycle panics, its load is abandoned, and the others
     /// finish. A wait from another thread or task that the loader itself
     /// waits for (a thread it joins, a task it spawns and awaits) cannot be
-    /// told from an ordinary waiter, and still waits forever; so does a
-    /// cycle through a blocking loader that waits by driving an async call
-    /// itself (`block_on(cache.get_or_load_async(..))`): that wait is not
-    /// inside an async loader, so it is not in the graph.
+    /// told from an ordinary waiter, and still waits forever. A loader that
+    /// waits by driving an async call itself
+    /// (`block_on(cache.get_or_load_async(..))`) waits as its thread, and
+    /// is caught; the other way round, a task that merely waits for a key
+    /// and that the loader's thread polls from inside the loader (a task
+    /// of a current-thread runtime the loader drives) is taken for part of
+    /// the loader, as with [`get_or_load_async`](Self::get_or_load_async).
     ///
     /// # Errors
     /// The loader's error, shared in an `Arc` among all the callers that
@@ -873,8 +877,16 @@ where
                 }
             }
         };
+        let link = Arc::clone(&slot.link);
         let guard = self.lead(key, slot);
-        let result = load();
+        // Listed in `POLLING` while the loader runs, so that an async wait
+        // the loader drives on this thread (`block_on` of
+        // `get_or_load_async`) counts as this thread's: else a cycle
+        // through it went unseen and hung.
+        let result = {
+            let _polling = PollingLoad::enter(&link);
+            load()
+        };
         guard.finish(result)
     }
 

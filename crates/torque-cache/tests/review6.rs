@@ -392,3 +392,66 @@ fn regression_a_new_load_does_not_inherit_a_finished_loads_edges_by_its_address(
         assert_eq!(outcome, (Some(Ok(3)), Some(Ok(23))), "round {round}");
     }
 }
+
+/// A blocking loader that waits for another key through the async call,
+/// driving it with `block_on` on its own thread (a sync loader reusing
+/// async code): key 1's blocking loader block_on's the load of key 2,
+/// whose blocking loader (another thread) waits for key 1. The async wait
+/// was not counted as the thread's (only async loaders' polls were), so
+/// both threads waited for each other forever. Now the wait that closes
+/// the cycle panics, its load is abandoned and the other finishes.
+#[test]
+fn regression_a_blocking_loader_that_block_ons_an_async_wait_is_part_of_a_cycle() {
+    for round in 0..20 {
+        let cache: LocalCache<u64, u64> = LocalCache::new(100);
+        let c = cache.clone();
+        let outcomes = bounded(move || {
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let handles: Vec<_> = [(1u64, 2u64, true), (2, 1, false)]
+                .into_iter()
+                .map(|(mine, other, via_async)| {
+                    let (cache, barrier) = (c.clone(), Arc::clone(&barrier));
+                    std::thread::spawn(move || {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            cache.get_or_load(mine, || {
+                                // Both loads run before either waits.
+                                barrier.wait();
+                                let inner = if via_async {
+                                    futures_executor_block_on(
+                                        cache.get_or_load_async(other, || async move {
+                                            Ok::<_, ()>(other * 10)
+                                        }),
+                                    )
+                                } else {
+                                    cache.get_or_load(other, || Ok::<_, ()>(other * 10))
+                                };
+                                inner.map(|v| v + mine).map_err(|_| ())
+                            })
+                        }))
+                        .is_ok_and(|r| r.is_ok())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|t| t.join().expect("caught"))
+                .collect::<Vec<bool>>()
+        });
+        assert!(
+            outcomes.iter().any(|ok| *ok),
+            "round {round}: a load finishes: {outcomes:?}"
+        );
+        let c = cache.clone();
+        let after = bounded(move || (1..=2).all(|k| c.get_or_load(k, || Ok::<_, ()>(k)).is_ok()));
+        assert!(after, "round {round}");
+    }
+}
+
+/// `block_on` on the calling thread, as a sync loader would drive async
+/// code (a current-thread tokio runtime, made for the call).
+fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
