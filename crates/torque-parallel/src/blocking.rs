@@ -67,11 +67,20 @@ struct Job {
     weight: u64,
     /// The batch the job belongs to ([`owner_of`]).
     owner: usize,
-    /// Runs the item with `true` once admitted (its weight counted in
-    /// flight, given back when it ends); with `false` it was taken back out
-    /// of the wait line before admission: it drops the item and reports
-    /// `Cancelled`, with no weight to give back.
-    run: Box<dyn FnOnce(bool) + Send>,
+    /// Runs the item, or only drops it ([`Run`]), and completes it in its
+    /// batch.
+    run: Box<dyn FnOnce(Run) + Send>,
+}
+
+/// How a [`Job`] ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Admitted: its weight is counted in flight, given back when it ends.
+    Admitted,
+    /// Taken back out of the wait line before admission by a feeder that
+    /// gives up: it drops the item and reports `Cancelled`, with no weight
+    /// to give back.
+    Withdrawn,
 }
 
 /// A job in the wait line for room.
@@ -216,7 +225,7 @@ impl Shared {
 
     /// Takes the job of `ticket` back out of the wait line (its feeder gives
     /// up: cancelled or shut down), letting in whoever fits behind it now.
-    /// Run the job with `false`, outside the lock.
+    /// Run the job with [`Run::Withdrawn`], outside the lock.
     fn withdraw(&self, st: &mut State, ticket: u64) -> (Option<Job>, Wake) {
         let job = st
             .waiting
@@ -257,7 +266,7 @@ impl Shared {
             if let Some(wake) = wake {
                 wake.run(&self);
             }
-            (job.run)(true);
+            (job.run)(Run::Admitted);
         }
     }
 
@@ -276,7 +285,7 @@ impl Shared {
             mine
         };
         for job in mine {
-            (job.run)(true);
+            (job.run)(Run::Admitted);
         }
     }
 
@@ -444,7 +453,7 @@ impl BlockingPool {
                     drop(st);
                     wake.run(shared);
                     if let Some(job) = job {
-                        (job.run)(false);
+                        (job.run)(Run::Withdrawn);
                     }
                     continue 'items;
                 }
@@ -536,8 +545,8 @@ where
     Job {
         weight,
         owner: owner_of(&batch),
-        run: Box::new(move |admitted: bool| {
-            let skip = !admitted
+        run: Box::new(move |run: Run| {
+            let skip = run == Run::Withdrawn
                 || batch.abandoned.load(Ordering::Relaxed)
                 || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
             let result = if skip {
@@ -554,7 +563,7 @@ where
             // and dropped (the panic hook has reported it).
             let _ = drop_caught(f);
             drop(cancel);
-            if admitted {
+            if run == Run::Admitted {
                 shared.release(weight);
             }
             batch.complete(index, result, true);
@@ -762,7 +771,7 @@ where
                 this.waiting = None;
                 wake.run(shared);
                 if let Some(job) = job {
-                    (job.run)(false);
+                    (job.run)(Run::Withdrawn);
                 }
             } else {
                 let replaced = Shared::set_waker(&mut st, ticket, cx.waker());
@@ -821,7 +830,7 @@ where
                 };
                 wake.run(shared);
                 if let Some(job) = job {
-                    (job.run)(false);
+                    (job.run)(Run::Withdrawn);
                 }
             }
             for (i, item) in this.items.by_ref() {
@@ -875,7 +884,7 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
             };
             wake.run(&self.shared);
             if let Some(job) = job {
-                (job.run)(false);
+                (job.run)(Run::Withdrawn);
             }
         }
         // Its queued jobs would wait for a worker (maybe busy with another
