@@ -81,6 +81,10 @@ enum Run {
     /// gives up: it drops the item and reports `Cancelled`, with no weight
     /// to give back.
     Withdrawn,
+    /// Taken back out of the wait line before admission by a feeder polled
+    /// on a worker, which runs it there (see `BlockingMap::poll`): it runs
+    /// the item, with no weight to give back.
+    Inline,
 }
 
 /// A job in the wait line for room.
@@ -227,13 +231,45 @@ impl Shared {
     /// up: cancelled or shut down), letting in whoever fits behind it now.
     /// Run the job with [`Run::Withdrawn`], outside the lock.
     fn withdraw(&self, st: &mut State, ticket: u64) -> (Option<Job>, Wake) {
-        let job = st
-            .waiting
+        let job = Self::remove_waiting(st, ticket);
+        (job, self.admit_waiting(st))
+    }
+
+    /// The job of `ticket`, out of the wait line; `None` once admitted.
+    fn remove_waiting(st: &mut State, ticket: u64) -> Option<Job> {
+        st.waiting
             .iter()
             .position(|w| w.ticket == ticket)
             .and_then(|i| st.waiting.remove(i))
-            .map(|w| w.job);
-        (job, self.admit_waiting(st))
+            .map(|w| w.job)
+    }
+
+    /// The queued jobs of batch `owner`, out of the queue (their weight is
+    /// still in flight: run them with [`Run::Admitted`]).
+    fn take_queued(st: &mut State, owner: usize) -> VecDeque<Job> {
+        let (mine, rest) = std::mem::take(&mut st.queue)
+            .into_iter()
+            .partition(|job| job.owner == owner);
+        st.queue = rest;
+        mine
+    }
+
+    /// For a feeder polled on a worker, which runs what is left of its
+    /// batch there: takes batch `owner`'s job `ticket` back out of the wait
+    /// line if it is still there, and its queued jobs out of the queue, in
+    /// one go (a job admitted meanwhile is among the queued ones, unless a
+    /// worker has it already), letting in whoever fits now. Outside the
+    /// lock, run the queued jobs with [`Run::Admitted`], then the job taken
+    /// out of the line with [`Run::Inline`].
+    fn take_back(
+        &self,
+        st: &mut State,
+        owner: usize,
+        ticket: Option<u64>,
+    ) -> (VecDeque<Job>, Option<Job>, Wake) {
+        let withdrawn = ticket.and_then(|ticket| Self::remove_waiting(st, ticket));
+        let queued = Self::take_queued(st, owner);
+        (queued, withdrawn, self.admit_waiting(st))
     }
 
     fn worker(self: Arc<Self>) {
@@ -276,14 +312,7 @@ impl Shared {
     /// `Cancelled`. Otherwise they would wait for a worker, which may be
     /// busy with another batch's long job.
     fn skip_queued(&self, owner: usize) {
-        let mine: VecDeque<Job> = {
-            let mut st = lock(&self.state);
-            let (mine, rest) = std::mem::take(&mut st.queue)
-                .into_iter()
-                .partition(|job| job.owner == owner);
-            st.queue = rest;
-            mine
-        };
+        let mine = Self::take_queued(&mut lock(&self.state), owner);
         for job in mine {
             (job.run)(Run::Admitted);
         }
@@ -665,6 +694,11 @@ impl<R, E> Batch<R, E> {
 /// the results in input order. Dropping it cancels the batch: items not yet
 /// running (unsubmitted, waiting for room or queued) are dropped at once,
 /// and only items already running finish.
+///
+/// Polled on a blocking worker (awaited inside a job, whether or not it was
+/// polled elsewhere before), it runs what is left of the batch on that
+/// thread, its items waiting for room and its queued ones included: waiting
+/// there for a worker could wait for itself.
 #[must_use = "futures do nothing unless polled"]
 pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
@@ -679,6 +713,9 @@ pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     registered: Option<Waker>,
     /// The batch's queued jobs were taken back after a cancel.
     skipped: bool,
+    /// Polled on a blocking worker: what was left of the batch ran there
+    /// (nothing is queued or in the wait line any more).
+    inline: bool,
     finished: bool,
 }
 
@@ -713,6 +750,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             cancel,
             registered: None,
             skipped: false,
+            inline: false,
             finished: false,
         }
     }
@@ -742,6 +780,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             cancel: None,
             registered: None,
             skipped: false,
+            inline: false,
             finished: false,
         }
     }
@@ -761,6 +800,7 @@ where
         let this = self.get_mut();
         let shared = &this.shared;
         let batch = &this.batch;
+        let on_worker = ON_WORKER.with(Cell::get);
         if let Some(ticket) = this.waiting {
             let mut st = lock(&shared.state);
             if Shared::is_admitted(&st, ticket) {
@@ -773,17 +813,36 @@ where
                 if let Some(job) = job {
                     (job.run)(Run::Withdrawn);
                 }
-            } else {
+            } else if !on_worker {
                 let replaced = Shared::set_waker(&mut st, ticket, cx.waker());
                 drop(st);
                 drop(replaced);
             }
+            // On a worker the job is taken back below, to run here.
         }
-        if this.waiting.is_none() && this.items.len() > 0 && ON_WORKER.with(Cell::get) {
+        if on_worker && !this.inline {
             // Polled on a pool thread (a job awaiting a nested batch): as in
             // `run`, the items run here, for waiting for room from a worker
             // could wait for this very job (queued behind an item that
-            // waits for its weight).
+            // waits for its weight, or the only worker). So could waiting
+            // for a worker to take the batch's queued jobs, or for room for
+            // its job in the wait line: a future first polled elsewhere
+            // (on a runtime) and then awaited inside a job takes them back
+            // and runs them here too. In one look at the pool: a job
+            // admitted since the check above is queued, or a worker runs it.
+            this.inline = true;
+            let ticket = this.waiting.take();
+            if ticket.is_some() || lock(&batch.state).pending > 0 {
+                let (queued, withdrawn, wake) =
+                    shared.take_back(&mut lock(&shared.state), owner_of(batch), ticket);
+                wake.run(shared);
+                for job in queued {
+                    (job.run)(Run::Admitted);
+                }
+                if let Some(job) = withdrawn {
+                    (job.run)(Run::Inline);
+                }
+            }
             for (i, item) in this.items.by_ref() {
                 let result = if this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
                     not_run(item)

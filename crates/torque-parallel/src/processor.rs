@@ -786,8 +786,10 @@ impl Processor {
 ///
 /// Items are owned and `'static` because they cross to long-lived threads.
 /// A batch submitted from inside a blocking job runs inline on that job's
-/// thread (waiting for room from a worker could wait forever). If the
-/// threads cannot be started, every item comes back `ItemError::Cancelled`.
+/// thread (waiting for room from a worker could wait forever), and so does
+/// what is left of a `map_async` future awaited there, even one first
+/// polled elsewhere. If the threads cannot be started, every item comes
+/// back `ItemError::Cancelled`.
 ///
 /// A panic is caught wherever user code runs on the pool's behalf: an
 /// item's (its result is `ItemError::Panicked`), the `Drop` of an item that

@@ -412,3 +412,175 @@ fn regression_a_map_async_awaited_inside_a_blocking_job_runs_inline() {
     assert!(matches!(out[..], [Ok(())]), "{out:?}");
     assert_eq!(p.stats().blocking_in_flight_weight, 0);
 }
+
+type NestedOut = Vec<Result<u32, ItemError<Infallible>>>;
+type Nested = Pin<Box<dyn Future<Output = NestedOut> + Send>>;
+/// The awaited future's results (`None`: not woken within `LIVENESS`) and
+/// the pool's stats at the end of the job that awaited it.
+type Awaited = (Option<NestedOut>, torque_parallel::Stats);
+type Awaiting = Pin<Box<dyn Future<Output = Vec<Result<Awaited, ItemError<Infallible>>>> + Send>>;
+
+/// A job on `p` that awaits there (`block_on`) the future it is handed,
+/// then reports the pool's stats. Returns, once the job has started, the
+/// sender to hand the future over and the job's batch.
+fn awaiting_job(p: &Processor) -> (mpsc::Sender<Nested>, Awaiting) {
+    let (started_tx, started) = mpsc::channel();
+    let (hand_over, handed) = mpsc::channel::<Nested>();
+    let started_tx = std::sync::Mutex::new(started_tx);
+    let inner = p.clone();
+    let mut job =
+        p.blocking()
+            .try_map_async(vec![handed], move |handed: mpsc::Receiver<Nested>| {
+                started_tx.lock().unwrap().send(()).unwrap();
+                let nested = handed.recv().expect("a future is handed over");
+                let out = block_on_for(nested, LIVENESS);
+                Ok::<_, Infallible>((out, inner.stats()))
+            });
+    assert!(poll_once(&mut job).is_pending());
+    started
+        .recv_timeout(LIVENESS)
+        .expect("the awaiting job starts");
+    (hand_over, Box::pin(job))
+}
+
+/// `map_async` of three items weighing `weight` each on `p` (one blocking
+/// thread), polled off the pool until its second item waits for room, then
+/// handed to a job on the only worker that awaits it there; another batch
+/// waits in line behind it.
+fn a_future_moved_onto_the_only_worker_while_waiting_for_room(p: &Processor, weight: u64) {
+    let (hand_over, outer) = awaiting_job(p);
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let mut nested: Nested = Box::pin(p.blocking().map_weighted_async(
+        vec![1u32, 2, 3],
+        move |_| weight,
+        move |x| {
+            counted.fetch_add(1, SeqCst);
+            Ok::<_, Infallible>(x + 1)
+        },
+    ));
+    // Polled off the pool: its first item is queued, the second waits for
+    // room (the third is not submitted yet).
+    assert!(poll_once(&mut nested).is_pending());
+    assert_eq!(p.stats().blocking_queued, 1);
+    // Another batch arrives behind it in the line.
+    let mut behind = p
+        .blocking()
+        .try_map_async(vec![()], |()| Ok::<(), Infallible>(()));
+    assert!(poll_once(&mut behind).is_pending());
+    hand_over.send(nested).unwrap();
+    let out = block_on_for(outer, 2 * LIVENESS).expect("the outer batch ends");
+    let (nested, stats_in_job) = match &out[..] {
+        [Ok((nested, stats))] => (
+            nested
+                .as_ref()
+                .expect("the future handed to the only worker ends there"),
+            stats,
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(nested[..], [Ok(2), Ok(3), Ok(4)]), "{nested:?}");
+    assert_eq!(runs.load(SeqCst), 3, "each item runs once");
+    // The batch behind got in once the future left the line (and its item
+    // the queue), while the awaiting job still ran.
+    assert_eq!(stats_in_job.blocking_queued, 1, "{stats_in_job:?}");
+    let out = block_on_for(behind, LIVENESS).expect("the batch behind ends");
+    assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    let stats = p.stats();
+    assert_eq!(stats.blocking_in_flight_weight, 0, "{stats:?}");
+    assert_eq!(stats.blocking_queued, 0, "{stats:?}");
+    if let Some(budget) = p.config().memory_budget {
+        assert!(stats.blocking_peak_in_flight_weight <= budget, "{stats:?}");
+    }
+}
+
+/// Regression: a `map_async` future first polled off the pool (on a
+/// runtime), where its next item joined the wait line for queue room, and
+/// then awaited inside a blocking job (handed to it and `block_on`ed there)
+/// skipped the inline path, which was only for a future not in the line: it
+/// waited on the worker for room that only a worker frees, and for its own
+/// item queued before it. With the pool's only worker the one waiting, that
+/// was for ever. Polled on a worker, the future now takes its job back out
+/// of the line and its queued job out of the queue, and runs them and the
+/// rest of its items there.
+#[test]
+fn regression_a_map_async_future_moved_onto_a_worker_while_waiting_for_room_runs_inline() {
+    let p = Processor::builder()
+        .blocking_threads(1)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    a_future_moved_onto_the_only_worker_while_waiting_for_room(&p, 1);
+}
+
+/// The same, with the item waiting for the memory budget rather than for
+/// queue room: it runs on the worker too, and the weight of the queued item
+/// taken back is given back once it has run there.
+#[test]
+fn regression_a_map_async_future_moved_onto_a_worker_while_waiting_for_weight_runs_inline() {
+    let p = Processor::builder()
+        .blocking_threads(1)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    // The awaiting job weighs 1: with it, one item fits and two do not.
+    a_future_moved_onto_the_only_worker_while_waiting_for_room(&p, BUDGET / 2);
+}
+
+/// A future handed to a worker while room frees elsewhere (another worker
+/// ends its job and takes the future's queued item, letting its waiting one
+/// in): whichever comes first, admission or the worker taking the job back,
+/// each item runs once, the batch ends, and all weight is given back.
+#[test]
+fn a_future_moved_onto_a_worker_as_room_frees_runs_each_item_once() {
+    const ROUNDS: usize = 50;
+    for round in 0..ROUNDS {
+        let p = Processor::builder()
+            .blocking_threads(2)
+            .queue_capacity(1)
+            .build()
+            .unwrap();
+        let (hand_over, outer) = awaiting_job(&p);
+        // The other worker is busy until `open`.
+        let (started_tx, started) = mpsc::channel();
+        let (open, mut other) = gated(&p, &started_tx);
+        assert!(poll_once(&mut other).is_pending());
+        started
+            .recv_timeout(LIVENESS)
+            .expect("the other job starts");
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let mut nested: Nested = Box::pin(p.blocking().map_async(vec![1u32, 2, 3], move |x| {
+            counted.fetch_add(1, SeqCst);
+            x + 1
+        }));
+        assert!(poll_once(&mut nested).is_pending());
+        // Room frees on the other worker as this one takes the future (in
+        // turn one or the other told first, to vary who wins).
+        if round % 2 == 0 {
+            open.send(()).unwrap();
+            hand_over.send(nested).unwrap();
+        } else {
+            hand_over.send(nested).unwrap();
+            open.send(()).unwrap();
+        }
+        let out = block_on_for(outer, 2 * LIVENESS).expect("the outer batch ends");
+        let nested = match &out[..] {
+            [Ok((Some(nested), _))] => nested,
+            other => panic!("round {round}: {other:?}"),
+        };
+        assert!(
+            matches!(nested[..], [Ok(2), Ok(3), Ok(4)]),
+            "round {round}: {nested:?}"
+        );
+        assert_eq!(runs.load(SeqCst), 3, "round {round}: each item runs once");
+        let out = block_on_for(other, LIVENESS).expect("the other batch ends");
+        assert!(matches!(out[..], [Ok(())]), "{out:?}");
+        let stats = p.stats();
+        assert_eq!(
+            stats.blocking_in_flight_weight, 0,
+            "round {round}: {stats:?}"
+        );
+        assert_eq!(stats.blocking_queued, 0, "round {round}: {stats:?}");
+    }
+}
