@@ -19,7 +19,8 @@
 //! instead (the same hash function), so that two builds of the policy can be
 //! compared to the instruction. With `TTL=secs` our caches have that
 //! cache-wide time-to-live (long enough that nothing expires in a run), for
-//! what expiry costs the read and write paths.
+//! what expiry costs the read and write paths; `TTI=secs` likewise sets a
+//! time-to-idle.
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
@@ -73,6 +74,10 @@ fn ours(policy: Policy) -> Box<dyn Contender> {
     // write paths.
     if let Some(secs) = std::env::var("TTL").ok().and_then(|s| s.parse().ok()) {
         builder = builder.time_to_live(std::time::Duration::from_secs(secs));
+    }
+    // `TTI=secs`: likewise a time-to-idle, which a read also refreshes.
+    if let Some(secs) = std::env::var("TTI").ok().and_then(|s| s.parse().ok()) {
+        builder = builder.time_to_idle(std::time::Duration::from_secs(secs));
     }
     match std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => Box::new(
