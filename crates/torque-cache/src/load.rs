@@ -210,18 +210,26 @@ struct LoadLink {
 }
 
 impl LoadLink {
-    /// Who runs this load: a thread, or (async) the load itself, which
-    /// waits for whatever its loader's future waits for.
-    fn leader(self: &Arc<Self>) -> Waiter {
-        match self.thread {
-            Some(thread) => Waiter::Thread(thread),
-            None => Waiter::Load(Arc::as_ptr(self) as usize),
-        }
+    /// This load as a node of the graph: named by its link's address,
+    /// under which the waits its loader makes (polled while it is listed
+    /// in [`POLLING`]) are listed.
+    fn node(self: &Arc<Self>) -> Waiter {
+        Waiter::Load(Arc::as_ptr(self) as usize)
+    }
+
+    /// Whether `waiter` holds this load up: the load itself, or the thread
+    /// running its blocking loader, which only blocks from inside it. Not
+    /// the thread for waits merely polled there: a wait polled inside a
+    /// blocking loader is listed as that load's, for a thread-wide edge
+    /// outlived the loader (a wait kept aside) and made every later load
+    /// on the thread look like a waiter.
+    fn is_led_by(self: &Arc<Self>, waiter: &Waiter) -> bool {
+        *waiter == self.node() || self.thread.is_some_and(|t| *waiter == Waiter::Thread(t))
     }
 }
 
 /// A node of the wait-for graph: a thread blocked in
-/// [`LocalCache::get_or_load`], or an async load whose loader's future
+/// [`LocalCache::get_or_load`], or a load (blocking or async) whose loader
 /// waits (named by its [`LoadLink`]'s address, listed in [`POLLING`] while
 /// its loader runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,8 +242,8 @@ enum Waiter {
 /// for each other's keys (1's loader loads 2 while 2's loader, on another
 /// thread or in another task, loads 1) are caught instead of waiting
 /// forever, as a cycle on one thread is. An edge is a thread blocked on a
-/// load, or an async load whose loader awaits another load (every load
-/// whose loader is being polled around that wait waits too). Process-wide:
+/// load, or a load whose loader awaits another load (every load whose
+/// loader is running around that wait waits too). Process-wide:
 /// a cycle may run through several caches. Taken only by a caller about
 /// to wait from inside a loader, or blocking (and as it stops), never on a
 /// hit, by a leader, or by an async waiter that is not inside a loader.
@@ -264,14 +272,13 @@ fn waits_in_a_cycle(
         if link.done.load(Ordering::SeqCst) {
             continue;
         }
-        let leader = link.leader();
-        if mine.contains(&leader) {
+        if mine.iter().any(|waiter| link.is_led_by(waiter)) {
             return true;
         }
         next.extend(
             blocked
                 .iter()
-                .filter(|(waiter, _)| *waiter == leader)
+                .filter(|(waiter, _)| link.is_led_by(waiter))
                 .map(|(_, link)| link),
         );
     }
@@ -288,7 +295,7 @@ fn polling_is(waiters: &[Waiter]) -> bool {
     POLLING
         .try_with(|p| {
             let p = p.borrow();
-            p.len() == waiters.len() && p.iter().zip(waiters).all(|(l, w)| *w == l.leader())
+            p.len() == waiters.len() && p.iter().zip(waiters).all(|(l, w)| *w == l.node())
         })
         .unwrap_or(waiters.is_empty())
 }
@@ -316,15 +323,13 @@ impl Blocked {
         thread: Option<ThreadId>,
         target: &Arc<LoadLink>,
     ) -> Option<Self> {
-        // A blocking load listed in `POLLING` (its loader runs on this
-        // thread) waits as its thread: the graph names a blocking load's
-        // leader by its thread ([`LoadLink::leader`]).
-        let mut waiters: Vec<Waiter> = loads.iter().map(LoadLink::leader).collect();
-        if let Some(thread) = thread.map(Waiter::Thread)
-            && !waiters.contains(&thread)
-        {
-            waiters.push(thread);
-        }
+        // Every load listed in `POLLING`, blocking or async, waits as
+        // itself ([`LoadLink::is_led_by`]).
+        let waiters: Vec<Waiter> = loads
+            .iter()
+            .map(LoadLink::node)
+            .chain(thread.map(Waiter::Thread))
+            .collect();
         let mut blocked = BLOCKED.lock();
         if waits_in_a_cycle(&waiters, target, &blocked) {
             return None;
@@ -829,7 +834,7 @@ where
     /// waits for (a thread it joins, a task it spawns and awaits) cannot be
     /// told from an ordinary waiter, and still waits forever. A loader that
     /// waits by driving an async call itself
-    /// (`block_on(cache.get_or_load_async(..))`) waits as its thread, and
+    /// (`block_on(cache.get_or_load_async(..))`) waits as its load, and
     /// is caught; the other way round, a task that merely waits for a key
     /// and that the loader's thread polls from inside the loader (a task
     /// of a current-thread runtime the loader drives) is taken for part of

@@ -455,3 +455,83 @@ fn futures_executor_block_on<F: std::future::Future>(f: F) -> F::Output {
         .expect("runtime")
         .block_on(f)
 }
+
+/// A blocking load is named in the wait-for graph by its thread, and a
+/// wait polled inside its loader was listed as that thread's: a wait that
+/// outlived the loader (key 1's blocking loader polled a wait for key 2
+/// once and kept it aside, then finished) left an edge "this thread waits
+/// for key 2" that every later load on the thread inherited. Key 3's
+/// blocking load on the same thread, which waits for nothing, then looked
+/// like a waiter for key 2, and key 2's loader waiting for key 3 "closed a
+/// cycle" and panicked. The blocking analogue of the test above: a kept
+/// wait holds up the load it was polled from, not its thread's later ones.
+#[test]
+fn regression_a_wait_kept_from_a_finished_blocking_loader_is_not_taken_for_the_threads() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::mpsc;
+    use std::task::{Context, Waker};
+
+    type Kept = Pin<Box<dyn Future<Output = ()> + Send>>;
+    let c: LocalCache<u64, u64> = LocalCache::new(100);
+    let (two, three) = bounded(move || {
+        let (started2_tx, started2) = mpsc::channel::<()>();
+        let (go2_tx, go2) = mpsc::channel::<()>();
+        let (polled_tx, polled) = mpsc::channel::<bool>();
+        // Key 2's blocking loader, on a thread of its own: once told, it
+        // polls a wait for key 3 once (the cycle check runs in that poll)
+        // and says whether the poll panicked.
+        let c2 = c.clone();
+        let two = std::thread::spawn(move || {
+            c2.get_or_load(2, || {
+                started2_tx.send(()).expect("test alive");
+                go2.recv().expect("told");
+                let mut wait3 = Box::pin(c2.get_or_load_async(3, || async { Ok::<_, ()>(0) }));
+                let poll = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    wait3
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()))
+                        .is_pending()
+                }));
+                polled_tx.send(poll.is_ok()).expect("test alive");
+                drop(wait3);
+                poll.map(|_| 20).map_err(|_| ())
+            })
+        });
+        started2.recv().expect("key 2 loading");
+        // Key 1's blocking loader, on this thread, polls a wait for key 2
+        // once, keeps it aside and finishes.
+        let mut kept: Option<Kept> = None;
+        let one = c.get_or_load(1, || {
+            let inner = c.clone();
+            let mut wait2: Kept = Box::pin(async move {
+                let _ = inner
+                    .get_or_load_async(2, || async { Ok::<_, ()>(99) })
+                    .await;
+            });
+            let pending = wait2
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_pending();
+            assert!(pending, "key 2 is still loading");
+            kept = Some(wait2);
+            Ok::<_, ()>(1)
+        });
+        assert_eq!(one, Ok(1));
+        // Key 3's blocking load, on this same thread, waits for nothing but
+        // key 2's loader's poll of a wait for it.
+        let three = c.get_or_load(3, || {
+            go2_tx.send(()).expect("key 2 loading");
+            Ok::<_, ()>(if polled.recv().expect("key 2 polled") {
+                3
+            } else {
+                0
+            })
+        });
+        let two = two.join().map(|r| r.map_err(|_| ()));
+        drop(kept);
+        (two.ok(), three)
+    });
+    assert_eq!(three, Ok(3), "key 2's poll of a wait for key 3 panicked");
+    assert_eq!(two, Some(Ok(20)));
+}
