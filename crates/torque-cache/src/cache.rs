@@ -21,8 +21,8 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
@@ -170,10 +170,14 @@ pub(crate) struct Inner<K, V, S> {
     listener: Option<Listener<K, V>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) origin: Instant,
-    /// With the [`SystemClock`](crate::SystemClock), the time-stamp
-    /// counter that stands in for it in [`LocalCache::now_ticks`], with its
-    /// origin at the build.
-    counter: Option<Counter>,
+    /// Whether the clock is the [`SystemClock`](crate::SystemClock), for
+    /// which [`LocalCache::now_ticks`] reads `counter` instead.
+    system_clock: bool,
+    /// The time-stamp counter that stands in for the system clock, set up
+    /// on the first read (which calibrates it, once per process: a cache
+    /// that never expires anything does not pay for it), with its origin
+    /// there; `None` inside if it is not to be trusted on this machine.
+    counter: OnceLock<Option<Counter>>,
     ttl: u64,
     tti: u64,
     /// Set once any entry can expire; until then reads skip the clock.
@@ -295,7 +299,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 listener: b.listener,
                 clock: b.clock,
                 origin,
-                counter: b.system_clock.then(Counter::new),
+                system_clock: b.system_clock,
+                counter: OnceLock::new(),
                 ttl,
                 tti,
                 shared_reads,
@@ -323,9 +328,30 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
 
     /// Ticks (nanoseconds since the cache's origin, a while before it was
     /// built: see [`TICKS_BEFORE_BUILD`]) by the cache's clock.
+    #[inline]
     pub(crate) fn now_ticks(&self) -> u64 {
-        if let Some(counter) = &self.inner.counter {
-            // The counter never reads before its origin, the build.
+        if self.inner.system_clock
+            && let Some(Some(counter)) = self.inner.counter.get()
+        {
+            // The counter never reads before its origin.
+            return counter
+                .nanos()
+                .saturating_add(TICKS_BEFORE_BUILD[0])
+                .min(NEVER - 1);
+        }
+        self.now_ticks_slow()
+    }
+
+    /// [`Self::now_ticks`] by the [`Clock`] itself: a custom clock, or the
+    /// system clock where the counter is not to be trusted, or before the
+    /// counter is set up (by this call). Out of line, so that the
+    /// counter's read stays small.
+    #[cold]
+    #[inline(never)]
+    fn now_ticks_slow(&self) -> u64 {
+        if self.inner.system_clock
+            && let Some(counter) = self.inner.counter.get_or_init(Counter::new)
+        {
             return counter
                 .nanos()
                 .saturating_add(TICKS_BEFORE_BUILD[0])
@@ -1249,23 +1275,30 @@ mod tests {
 
     #[test]
     fn the_system_clock_is_read_through_the_counter_and_a_mock_one_is_not() {
+        let trusted = Counter::new().is_some();
+        let counted = |cache: &LocalCache<u64, u64>| {
+            // Set up by the first read of the clock, not by the build.
+            assert!(cache.inner.counter.get().is_none());
+            cache.insert_with_ttl(1, 1, Duration::from_secs(60));
+            cache.inner.counter.get().is_some_and(Option::is_some)
+        };
         let default = LocalCache::<u64, u64>::builder()
             .max_capacity(10)
             .build()
             .unwrap();
-        assert!(default.inner.counter.is_some());
+        assert_eq!(counted(&default), trusted);
         let explicit = LocalCache::<u64, u64>::builder()
             .max_capacity(10)
             .clock(crate::SystemClock)
             .build()
             .unwrap();
-        assert!(explicit.inner.counter.is_some());
+        assert_eq!(counted(&explicit), trusted);
         let mock = LocalCache::<u64, u64>::builder()
             .max_capacity(10)
             .clock(crate::MockClock::new())
             .build()
             .unwrap();
-        assert!(mock.inner.counter.is_none());
+        assert!(!counted(&mock));
         // Set back to the system clock after a mock one.
         let back = LocalCache::<u64, u64>::builder()
             .max_capacity(10)
@@ -1273,7 +1306,7 @@ mod tests {
             .clock(crate::SystemClock)
             .build()
             .unwrap();
-        assert!(back.inner.counter.is_some());
+        assert_eq!(counted(&back), trusted);
     }
 
     #[test]

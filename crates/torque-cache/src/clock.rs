@@ -40,17 +40,24 @@ pub trait Clock: Send + Sync + fmt::Debug {
 /// The real clock: [`Instant::now`].
 ///
 /// A cache with this clock (the default) reads the time for expiry from
-/// the CPU's time-stamp counter instead, through [`quanta`], where the CPU
-/// has one that ticks at a constant rate (else `quanta` reads the OS's
-/// monotonic clock, as `Instant::now` does). Scaled to nanoseconds by a
-/// calibration against the monotonic clock, once per process (under a
-/// millisecond), it agreed with `Instant` to about one part in a million
-/// here, and a read costs about a third of `Instant::now` and the
+/// the CPU's time-stamp counter instead, through [`quanta`], on Linux when
+/// the kernel keeps its own time by that counter (its clocksource is
+/// `tsc`: it found the counter stable and in step across cores) and the
+/// CPU's counter ticks at a constant rate; elsewhere it reads
+/// `Instant::now`. A read costs about a third of `Instant::now` and the
 /// subtraction that turns it into nanoseconds since an origin (`clock`
-/// group of the crate's `local_cache` bench; docs/benchmarks.md). A cache
-/// with a time-to-live reads the clock on every `get` and `insert`.
-/// Load times in [`CacheStats`](crate::CacheStats) still come from
-/// `Instant::now`.
+/// group of the crate's `local_cache` bench; docs/benchmarks.md), and a
+/// cache with a time-to-live reads the clock on every `get` and `insert`.
+///
+/// The counter is scaled to nanoseconds by a calibration against the
+/// monotonic clock, once per process, on the first read of a cache with
+/// expiry (about 0.6 ms here; `quanta` gives up refining after 200 ms on
+/// a machine too busy to settle). It then runs a few parts per million
+/// apart from `Instant` (1–4 ppm here: a one-hour time-to-live ends within
+/// about 15 ms of the hour by `Instant`), and it does not follow the
+/// slewing of the monotonic clock by NTP. Set a custom [`Clock`] if
+/// expiry must follow `Instant` exactly. Load times in
+/// [`CacheStats`](crate::CacheStats) always come from `Instant::now`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -112,12 +119,19 @@ pub(crate) struct Counter {
 }
 
 impl Counter {
-    /// A counter whose origin is now. The first in a process calibrates
-    /// the time-stamp counter (under a millisecond); the others copy that
-    /// clock (a fresh `quanta::Clock` probes the CPU again, about 30 µs).
-    pub(crate) fn new() -> Self {
-        static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
-        let clock = CLOCK.get_or_init(quanta::Clock::new).clone();
+    /// A counter whose origin is now, or `None` where the time-stamp
+    /// counter is not to be trusted (see [`SystemClock`]). The first in a
+    /// process calibrates the counter; the others copy that clock (a fresh
+    /// `quanta::Clock` probes the CPU again, about 30 µs).
+    pub(crate) fn new() -> Option<Self> {
+        static CLOCK: OnceLock<Option<quanta::Clock>> = OnceLock::new();
+        CLOCK
+            .get_or_init(|| kernel_keeps_time_by_the_counter().then(quanta::Clock::new))
+            .clone()
+            .map(Self::with_clock)
+    }
+
+    pub(crate) fn with_clock(clock: quanta::Clock) -> Self {
         Self {
             origin: clock.raw(),
             clock,
@@ -132,6 +146,20 @@ impl Counter {
     }
 }
 
+/// Whether the kernel keeps time by the CPU's time-stamp counter (Linux's
+/// current clocksource is `tsc`): it checked that the counter is stable
+/// and in step across cores, which `quanta` (CPUID flags only) does not.
+/// Under a hypervisor whose counter it does not trust, or after its
+/// watchdog found the counter unstable, it uses another source, and so do
+/// we.
+fn kernel_keeps_time_by_the_counter() -> bool {
+    cfg!(target_os = "linux")
+        && std::fs::read_to_string(
+            "/sys/devices/system/clocksource/clocksource0/current_clocksource",
+        )
+        .is_ok_and(|source| source.trim() == "tsc")
+}
+
 /// Converts a duration to the cache's internal nanosecond ticks, saturating.
 pub(crate) fn to_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -144,11 +172,11 @@ mod tests {
     /// The counter's nanoseconds agree with `Instant`'s: its reading lies
     /// between the `Instant` readings taken around it (a preempted thread
     /// widens the bracket, it does not break it), to within the
-    /// calibration's error (about one part in a million here; allowed:
-    /// one in a thousand).
+    /// calibration's error (a few parts per million here; allowed: one in
+    /// a thousand).
     #[test]
     fn the_counter_keeps_time_with_instant() {
-        let counter = Counter::new();
+        let counter = Counter::with_clock(quanta::Clock::new());
         let before = Instant::now();
         let start = counter.nanos();
         let after_start = Instant::now();
