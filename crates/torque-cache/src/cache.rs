@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::DefaultHasher;
 use crate::builder::{ExpiryFn, Listener, LocalCacheBuilder, Weigher};
@@ -163,6 +163,13 @@ pub(crate) struct Inner<K, V, S> {
     /// expires, read without the lock by a write to a full cache
     /// ([`LocalCache::sweep_elsewhere`]).
     due: Box<[AtomicU64]>,
+    /// A lower bound on every shard's `due` (never above any of them), so
+    /// that a write to a full cache learns that nothing is due anywhere
+    /// from one load instead of one per shard
+    /// ([`LocalCache::sweep_elsewhere`]). A shard's `due` that rises (a
+    /// sweep fired its earliest timer) leaves it low, which only costs a
+    /// scan; one that falls lowers it at once. See [`Earliest`].
+    earliest: Earliest,
     hasher: S,
     policy: Policy,
     weigher: Option<Weigher<K, V>>,
@@ -194,6 +201,67 @@ pub(crate) struct Inner<K, V, S> {
     /// Reads made under the shared lock.
     reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
+}
+
+/// `Inner::earliest`: a lower bound on the shards' `due`, exact under races.
+///
+/// Every fall of a shard's `due` happens under `moves` (with the shard's
+/// write lock held, as every store to its `due`), and lowers the bound in
+/// the same critical section; a rise needs neither, as the bound stays
+/// below it. The bound is raised only under `moves` too, to the least
+/// `due` read there: no shard's `due` can fall meanwhile, and each value
+/// read is at most the shard's `due` at the time of the store (a fall
+/// released `moves` before, so it is seen; a rise only makes the value
+/// read low). So the bound is never above any shard's `due`, and never
+/// transiently either (a bound recomputed without the lock can miss a fall
+/// published between the reads and the store, and would hide a due shard
+/// until the next fall).
+#[derive(Debug)]
+struct Earliest {
+    bound: AtomicU64,
+    moves: Mutex<()>,
+}
+
+impl Default for Earliest {
+    fn default() -> Self {
+        Self {
+            bound: AtomicU64::new(NEVER),
+            moves: Mutex::new(()),
+        }
+    }
+}
+
+impl Earliest {
+    /// No shard's `due` is below this.
+    #[inline]
+    fn bound(&self) -> u64 {
+        self.bound.load(Ordering::Relaxed)
+    }
+
+    /// Stores `next` in a shard's `due`, below its current value; called
+    /// with that shard write-locked.
+    #[cold]
+    #[inline(never)]
+    fn lower(&self, due: &AtomicU64, next: u64) {
+        let _moves = self.moves.lock();
+        due.store(next, Ordering::Relaxed);
+        if next < self.bound.load(Ordering::Relaxed) {
+            self.bound.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// Raises the bound to the least of `dues`, unless another thread is
+    /// moving it (then it stays low, which is safe).
+    fn raise(&self, dues: &[AtomicU64]) {
+        if let Some(_moves) = self.moves.try_lock() {
+            let least = dues
+                .iter()
+                .map(|due| due.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(NEVER);
+            self.bound.store(least, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<K, V, S> Clone for LocalCache<K, V, S> {
@@ -284,6 +352,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 },
                 weight: CachePadded::new(AtomicU64::new(0)),
                 due,
+                earliest: Earliest::default(),
                 hasher: b.hasher,
                 policy: b.policy,
                 expiry_in_use: AtomicBool::new(expiry_in_use),
@@ -389,8 +458,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     fn publish_due(&self, index: usize, shard: &Shard<K, V>) {
         let due = &self.inner.due[index];
         let next = shard.next_timer();
-        if due.load(Ordering::Relaxed) != next {
+        let old = due.load(Ordering::Relaxed);
+        if next > old {
+            // A rise keeps `earliest` below it.
             due.store(next, Ordering::Relaxed);
+        } else if next < old {
+            self.inner.earliest.lower(due, next);
         }
     }
 
@@ -398,9 +471,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// write sweeps itself), before a write that would overflow the cache
     /// evicts a live entry for it: only shards whose earliest timer is due
     /// are locked, one at a time.
+    #[inline]
+    fn sweep_elsewhere(&self, own: usize, timing: Timing, removed: &mut Removed<K, V>) {
+        // Nothing due in any shard: the common case, on one load.
+        if self.inner.earliest.bound() > timing.now {
+            return;
+        }
+        self.sweep_due_shards(own, timing, removed);
+    }
+
+    /// [`Self::sweep_elsewhere`] once some shard may be due: sweeps those
+    /// that are, then raises `earliest` to the shards' earliest timer.
     #[cold]
     #[inline(never)]
-    fn sweep_elsewhere(&self, own: usize, timing: Timing, removed: &mut Removed<K, V>) {
+    fn sweep_due_shards(&self, own: usize, timing: Timing, removed: &mut Removed<K, V>) {
         for (index, due) in self.inner.due.iter().enumerate() {
             if index == own || due.load(Ordering::Relaxed) > timing.now {
                 continue;
@@ -414,6 +498,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
             drop(shard);
         }
+        // `own` too: the writer sweeps it under its lock next, but its
+        // `due` is what bounds it until then.
+        self.inner.earliest.raise(&self.inner.due);
     }
 
     /// After a read of a cache whose entries can expire: about once in

@@ -431,6 +431,47 @@ fn regression_a_full_cache_frees_expired_entries_of_other_shards_before_evicting
     }
 }
 
+#[test]
+fn a_full_cache_frees_expired_entries_of_other_shards_round_after_round() {
+    // A write to a full cache learns from one cache-wide lower bound on
+    // the shards' earliest timers that nothing is due elsewhere. Each
+    // round's sweeps raise that bound past the timers they fired, and the
+    // next round's writes, with earlier timers than the long-lived
+    // entries' in their shards, must lower it again: otherwise their
+    // expired entries stay hidden and live ones are evicted for them.
+    for policy in [Policy::Lru, Policy::Adaptive] {
+        for _ in 0..8 {
+            let clock = MockClock::new();
+            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = Arc::clone(&log);
+            let cache: LocalCache<u32, u32> = LocalCache::builder()
+                .max_capacity(64)
+                .shards(8)
+                .policy(policy)
+                .clock(clock.clone())
+                .eviction_listener(move |k: &u32, _: &u32, c| sink.lock().unwrap().push((*k, c)))
+                .build()
+                .unwrap();
+            for k in 1000..1032 {
+                cache.insert_with_ttl(k, k, secs(100_000));
+            }
+            for round in 0..6 {
+                for k in 0..32 {
+                    cache.insert_with_ttl(round * 100 + k, k, secs(5 + u64::from(round)));
+                }
+                assert_eq!(cache.weighted_size(), 64, "{policy:?}, round {round}");
+                clock.advance(secs(6 + u64::from(round)));
+            }
+            let log = std::mem::take(&mut *log.lock().unwrap());
+            assert_eq!(log.len(), 5 * 32, "{policy:?}: {log:?}");
+            assert!(
+                log.iter().all(|(_, c)| *c == RemovalCause::Expired),
+                "{policy:?}: live entries evicted while expired ones were held: {log:?}"
+            );
+        }
+    }
+}
+
 /// A cache whose [`torque_cache::Expiry`] gives odd values 5 s, even ones
 /// the cache-wide time-to-live (100 s), and 0 a zero time-to-live.
 fn with_expiry(clock: &MockClock) -> (LocalCache<u32, u32>, Arc<AtomicUsize>) {
