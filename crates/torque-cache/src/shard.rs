@@ -37,6 +37,21 @@ struct Times {
 }
 
 impl Times {
+    /// The times of a slot with no timer (see [`Shard::arm_for_write`]):
+    /// a deadline of [`NEVER`] whatever the time-to-idle.
+    fn disarmed() -> Self {
+        Self {
+            expires: NEVER,
+            accessed: AtomicU64::new(NEVER),
+        }
+    }
+
+    /// Marks the slot as having no timer, once its timer has fired.
+    #[inline]
+    fn disarm(&mut self) {
+        *self = Self::disarmed();
+    }
+
     #[inline]
     fn deadline(&self, tti: u64) -> u64 {
         self.expires
@@ -80,8 +95,10 @@ thread_local! {
 #[derive(Debug)]
 pub(crate) struct Cell<K, V> {
     hash: u64,
-    /// Bumped whenever a timer is armed for this cell or its entry leaves, so
-    /// that a stale heap record is recognised and dropped.
+    /// Bumped whenever a new timer is armed for this slot, so that the
+    /// record of the one it replaces is recognised as stale and dropped.
+    /// (An entry that leaves does not bump it: the slot keeps its timer
+    /// for the next entry, see [`Shard::arm_for_write`].)
     generation: u32,
     weight: u32,
     /// Reads and rewrites since the policy last took them, saturating at
@@ -305,8 +322,10 @@ pub(crate) struct Shard<K, V> {
     times: Vec<Times>,
     free: Vec<u32>,
     policy: PolicyState,
-    /// Min-heap of `(deadline, id, generation)`, one live record per expiring
-    /// entry; time-to-idle records are re-armed lazily when they come due.
+    /// Min-heap of `(deadline, id, generation)`, at most one live record
+    /// per slot, due no later than the slot's entry; records are re-armed
+    /// lazily when they come due (after a time-to-idle read, or a rewrite
+    /// with a later deadline).
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     weight: u64,
     pub(crate) counters: Counters,
@@ -363,22 +382,57 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         !self.times.is_empty() && self.deadline(id, timing.tti) <= timing.now
     }
 
-    /// Sets the times of slot `id` for a write at `timing.now`; covers the
-    /// slot only if the entry can expire or the slot is covered already.
-    fn set_times(times: &mut Vec<Times>, id: u32, expires: u64, timing: Timing) {
+    /// Sets the times of slot `id` for a write at `timing.now` (covering
+    /// the slot only if the entry can expire or the slot is covered
+    /// already), and returns the entry's deadline, making sure that a
+    /// timer fires no later.
+    ///
+    /// A slot keeps its timer when its entry leaves or is overwritten:
+    /// whenever a covered slot's deadline (by its times, [`NEVER`] once
+    /// [disarmed](Times::disarm)) is not [`NEVER`], the heap holds a live
+    /// record for it (its generation the cell's) due no later. So a write
+    /// whose deadline is no earlier than the slot's (every write with a
+    /// cache-wide time-to-live) keeps that record: when it fires, the
+    /// sweep re-arms it for the entry's deadline, as it does for a
+    /// time-to-idle. Arming a new record on every write pushed to the heap
+    /// each time and left the old record stale, so that the heap had to be
+    /// compacted every few thousand writes.
+    ///
+    /// Inlined whole (it has two callers): a call cost a write without
+    /// expiry 26 instructions more.
+    #[inline(always)]
+    fn arm_for_write(&mut self, id: u32, expires: u64, timing: Timing) -> u64 {
         let i = id as usize;
-        if i >= times.len() {
+        let Some(t) = self.times.get_mut(i) else {
             if expires == NEVER && timing.tti == NEVER {
-                return;
+                return NEVER;
             }
-            times.resize_with(i + 1, || Times {
-                expires: NEVER,
-                accessed: AtomicU64::new(0),
-            });
-        }
-        let t = &mut times[i];
+            return self.cover(id, expires, timing);
+        };
+        let armed = t.deadline(timing.tti);
         t.expires = expires;
         *t.accessed.get_mut() = timing.now;
+        let deadline = t.deadline(timing.tti);
+        if armed != NEVER && armed <= deadline {
+            return deadline;
+        }
+        self.arm_timer(id, deadline);
+        deadline
+    }
+
+    /// [`Self::arm_for_write`] for a slot not covered yet (so with no
+    /// timer): covers it and arms one.
+    #[cold]
+    #[inline(never)]
+    fn cover(&mut self, id: u32, expires: u64, timing: Timing) -> u64 {
+        let i = id as usize;
+        self.times.resize_with(i + 1, Times::disarmed);
+        let t = &mut self.times[i];
+        t.expires = expires;
+        *t.accessed.get_mut() = timing.now;
+        let deadline = t.deadline(timing.tti);
+        self.arm_timer(id, deadline);
+        deadline
     }
 
     #[inline]
@@ -671,15 +725,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 if self.count_hits {
                     cell.bump_exclusive();
                 }
-                // `arm_timer`, with the cell at hand.
-                cell.generation = cell.generation.wrapping_add(1);
-                let generation = cell.generation;
-                Self::set_times(&mut self.times, id, expires, timing);
-                let deadline = self.deadline(id, timing.tti);
+                let deadline = self.arm_for_write(id, expires, timing);
                 self.policy.on_update(id, weight, deadline);
-                if deadline != NEVER {
-                    self.timers.push(Reverse((deadline, id, generation)));
-                }
                 self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
                 self.counters.count(RemovalCause::Replaced);
                 removed.push((key, old_value, RemovalCause::Replaced));
@@ -688,17 +735,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
         };
         let entry = Entry { key, value };
-        // `arm_timer`'s bump of the generation is done as the cell is
-        // written, with the cell at hand.
-        let (id, generation) = match self.free.pop() {
+        let id = match self.free.pop() {
             Some(id) => {
                 let cell = &mut self.cells[id as usize];
                 cell.hash = hash;
                 cell.weight = weight;
                 *cell.hits.get_mut() = 0;
                 cell.entry = Some(entry);
-                cell.generation = cell.generation.wrapping_add(1);
-                (id, cell.generation)
+                id
             }
             None => {
                 // Ids are u32; a shard never holds 4 billion entries because
@@ -711,17 +755,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                     weight,
                     entry: Some(entry),
                 });
-                (id, 1)
+                id
             }
         };
         vacant.insert(id);
-        Self::set_times(&mut self.times, id, expires, timing);
-        let deadline = self.deadline(id, timing.tti);
+        let deadline = self.arm_for_write(id, expires, timing);
         self.policy
             .on_insert(id, hash, weight, deadline, &mut CellHits(&mut self.cells));
-        if deadline != NEVER {
-            self.timers.push(Reverse((deadline, id, generation)));
-        }
         self.weight += u64::from(weight);
         i64::from(weight)
     }
@@ -731,8 +771,8 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     #[inline(always)]
     fn take(&mut self, id: u32, cause: RemovalCause) -> Option<(K, V, u64)> {
         let cell = &mut self.cells[id as usize];
+        // The slot keeps its timer (see `arm_for_write`).
         let entry = cell.entry.take()?;
-        cell.generation = cell.generation.wrapping_add(1);
         if let Ok(found) = self.table.find_entry(cell.hash, |&i| i == id) {
             found.remove();
         }
@@ -849,11 +889,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 continue;
             }
             if cell.entry.is_none() {
+                // The timer of an empty slot: it has none now.
+                self.times[id as usize].disarm();
                 continue;
             }
             let deadline = self.deadline(id, timing.tti);
             if deadline <= timing.now {
                 freed += self.remove_id(id, RemovalCause::Expired, removed);
+                self.times[id as usize].disarm();
             } else {
                 // Read since the timer was armed (time-to-idle): re-arm.
                 self.arm_timer(id, deadline);
@@ -862,9 +905,19 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         // Replacements leave stale records behind; keep the heap in
         // proportion to the live entries.
         if self.timers.len() > 2 * self.table.len() + 64 {
-            let cells = &self.cells;
-            self.timers
-                .retain(|Reverse((_, id, g))| cells[*id as usize].generation == *g);
+            let (cells, times) = (&self.cells, &mut self.times);
+            self.timers.retain(|&Reverse((_, id, g))| {
+                let cell = &cells[id as usize];
+                if cell.generation != g {
+                    return false;
+                }
+                if cell.entry.is_none() {
+                    // An empty slot's live timer: dropped, so it has none.
+                    times[id as usize].disarm();
+                    return false;
+                }
+                true
+            });
         }
         freed
     }

@@ -472,6 +472,77 @@ fn a_full_cache_frees_expired_entries_of_other_shards_round_after_round() {
     }
 }
 
+#[test]
+fn a_reused_slot_frees_its_new_entry_at_the_new_entrys_deadline() {
+    // A slot keeps its timer when its entry leaves, for the next entry of
+    // the slot to reuse if that one expires no earlier; the timer re-arms
+    // when it fires. Whatever the slot's history, the new entry must be
+    // freed, proactively, at its own deadline: not before (the old
+    // timer), not never (a timer that fired while the slot was empty, or
+    // that freed the slot's expired entry, is gone).
+    type History = fn(&LocalCache<u32, u32>, &MockClock);
+    let histories: [(&str, History); 4] = [
+        ("removed before its timer fired", |cache, _| {
+            cache.insert_with_ttl(1, 1, secs(5));
+            cache.remove(&1);
+        }),
+        ("removed, its timer fired while empty", |cache, clock| {
+            cache.insert_with_ttl(1, 1, secs(5));
+            cache.remove(&1);
+            clock.advance(secs(6));
+            cache.run_pending_tasks();
+        }),
+        ("expired and freed by a sweep", |cache, clock| {
+            cache.insert_with_ttl(1, 1, secs(5));
+            clock.advance(secs(6));
+            cache.run_pending_tasks();
+        }),
+        (
+            "removed, with a later deadline than the new entry",
+            |cache, _| {
+                cache.insert_with_ttl(1, 1, secs(1000));
+                cache.remove(&1);
+            },
+        ),
+    ];
+    for policy in [Policy::Lru, Policy::Fifo, Policy::Ttl, Policy::Adaptive] {
+        for (history, make) in histories {
+            for ttl in [3, 8] {
+                let clock = MockClock::new();
+                let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+                let sink = Arc::clone(&log);
+                let cache: LocalCache<u32, u32> = LocalCache::builder()
+                    .max_capacity(10)
+                    .shards(1)
+                    .policy(policy)
+                    .clock(clock.clone())
+                    .eviction_listener(move |k: &u32, _: &u32, c| {
+                        sink.lock().unwrap().push((*k, c));
+                    })
+                    .build()
+                    .unwrap();
+                make(&cache, &clock);
+                log.lock().unwrap().clear();
+                // One slot: the new entry reuses the one the history used.
+                cache.insert_with_ttl(2, 2, secs(ttl));
+                let case = format!("{policy:?}, {history}, ttl {ttl}");
+                clock.advance(secs(ttl - 1));
+                cache.run_pending_tasks();
+                assert_eq!(cache.get(&2), Some(2), "{case}: expired early");
+                assert!(log.lock().unwrap().is_empty(), "{case}");
+                clock.advance(secs(1));
+                cache.run_pending_tasks();
+                assert_eq!(
+                    *log.lock().unwrap(),
+                    [(2, RemovalCause::Expired)],
+                    "{case}: not freed at its deadline"
+                );
+                assert_eq!(cache.weighted_size(), 0, "{case}");
+            }
+        }
+    }
+}
+
 /// A cache whose [`torque_cache::Expiry`] gives odd values 5 s, even ones
 /// the cache-wide time-to-live (100 s), and 0 a zero time-to-live.
 fn with_expiry(clock: &MockClock) -> (LocalCache<u32, u32>, Arc<AtomicUsize>) {
