@@ -470,10 +470,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return Lookup::Expired;
         };
         if let Some(times) = self.times.get(id as usize) {
-            if times.deadline(timing.tti) <= timing.now {
-                return Lookup::Expired;
-            }
-            if timing.tti != NEVER {
+            // Without a time-to-idle the deadline is `expires`: checked
+            // alone, it spares a read the load of the last use, the
+            // saturating add of the time-to-idle and the `min` of
+            // `Times::deadline` (2 instructions per read in all).
+            if timing.tti == NEVER {
+                if times.expires <= timing.now {
+                    return Lookup::Expired;
+                }
+            } else {
+                if times.deadline(timing.tti) <= timing.now {
+                    return Lookup::Expired;
+                }
                 times.touch(timing.now);
             }
         }
