@@ -1450,6 +1450,62 @@ mod tests {
     }
 
     #[test]
+    fn the_earliest_bound_stays_below_every_shards_due_under_concurrent_writes() {
+        // Writers with short and long time-to-lives on a clock that moves
+        // on: shards' `due` fall (a shorter timer) and rise (a sweep)
+        // concurrently with the scans that raise the bound. Once they are
+        // done, the bound must be below every shard's `due` (a bound above
+        // one hides that shard from full-cache writes), and each `due`
+        // must be its shard's earliest timer.
+        for round in 0..20_u64 {
+            let clock = crate::MockClock::new();
+            let cache = LocalCache::<u64, u64>::builder()
+                .max_capacity(64)
+                .shards(8)
+                .clock(clock.clone())
+                .build()
+                .expect("valid config");
+            std::thread::scope(|s| {
+                for t in 0..3_u64 {
+                    let (cache, clock) = (&cache, &clock);
+                    s.spawn(move || {
+                        let mut rng = 0x2545_f491_4f6c_dd1d_u64 ^ (round << 8 | t);
+                        for i in 0..3_000 {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            let ttl = Duration::from_millis(1 + rng % 50);
+                            cache.insert_with_ttl(rng % 500, i, ttl);
+                            if t == 0 && i % 16 == 0 {
+                                clock.advance(Duration::from_millis(3));
+                            }
+                        }
+                    });
+                }
+            });
+            let inner = &cache.inner;
+            let dues: Vec<u64> = inner
+                .due
+                .iter()
+                .map(|d| d.load(Ordering::Relaxed))
+                .collect();
+            for (index, shard) in inner.shards.iter().enumerate() {
+                assert_eq!(
+                    dues[index],
+                    shard.read().next_timer(),
+                    "round {round}: {dues:?}"
+                );
+            }
+            let least = dues.iter().copied().min().unwrap_or(NEVER);
+            assert!(
+                inner.earliest.bound() <= least,
+                "round {round}: bound {} above a shard's due {least}",
+                inner.earliest.bound()
+            );
+        }
+    }
+
+    #[test]
     fn small_integer_hashes_spread_over_every_shard() {
         let cache = LocalCache::<u64, u64>::builder()
             .max_capacity(100_000)
