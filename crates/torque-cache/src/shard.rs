@@ -579,11 +579,18 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         };
         let mut deadline = NEVER;
         if let Some(times) = self.times.get_mut(id as usize) {
-            deadline = times.deadline(timing.tti);
-            if deadline <= timing.now {
-                return Lookup::Expired;
-            }
-            if timing.tti != NEVER {
+            // Without a time-to-idle the deadline is `expires`, as in
+            // `get_shared`.
+            if timing.tti == NEVER {
+                deadline = times.expires;
+                if deadline <= timing.now {
+                    return Lookup::Expired;
+                }
+            } else {
+                deadline = times.deadline(timing.tti);
+                if deadline <= timing.now {
+                    return Lookup::Expired;
+                }
                 times.touch_exclusive(timing.now);
                 deadline = times.deadline(timing.tti);
             }
