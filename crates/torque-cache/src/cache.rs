@@ -658,22 +658,23 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             return value;
         }
         let timing = self.timing();
+        // As in `get_shared_expiring`: None when something in the shard
+        // has expired.
         let found = {
             let mut shard = lock.write();
             if shard.sweep_due(timing.now) {
-                Lookup::Expired
+                None
             } else {
                 match shard.get_exclusive(hash, key, timing) {
-                    Lookup::Hit(v) => Lookup::Hit(v.clone()),
-                    Lookup::Miss => Lookup::Miss,
-                    Lookup::Expired => Lookup::Expired,
+                    Lookup::Hit(v) => Some(Some(v.clone())),
+                    Lookup::Miss => Some(None),
+                    Lookup::Expired => None,
                 }
             }
         };
         let value = match found {
-            Lookup::Hit(v) => Some(v),
-            Lookup::Miss => None,
-            Lookup::Expired => self.get_expiring(hash, key, timing),
+            Some(value) => value,
+            None => self.get_expiring(hash, key, timing),
         };
         #[cfg(feature = "metrics")]
         crate::metrics::record_read(value.is_some());
