@@ -57,7 +57,8 @@ pub trait Clock: Send + Sync + fmt::Debug {
 /// about 15 ms of the hour by `Instant`), and it does not follow the
 /// slewing of the monotonic clock by NTP. Set a custom [`Clock`] if
 /// expiry must follow `Instant` exactly. Load times in
-/// [`CacheStats`](crate::CacheStats) always come from `Instant::now`.
+/// [`CacheStats`](crate::CacheStats) come from [`Clock::now`] (here
+/// `Instant::now`), not from the counter.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
