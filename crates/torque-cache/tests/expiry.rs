@@ -387,16 +387,7 @@ fn regression_a_full_cache_frees_expired_entries_of_other_shards_before_evicting
     ] {
         for _ in 0..16 {
             let clock = MockClock::new();
-            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let sink = Arc::clone(&log);
-            let cache: LocalCache<u32, u32> = LocalCache::builder()
-                .max_capacity(64)
-                .shards(8)
-                .policy(policy)
-                .clock(clock.clone())
-                .eviction_listener(move |k: &u32, _: &u32, c| sink.lock().unwrap().push((*k, c)))
-                .build()
-                .unwrap();
+            let (cache, log) = full_cache_of_eight_shards(policy, &clock);
             for k in 0..32 {
                 cache.insert_with_ttl(k, k, secs(5));
             }
@@ -431,6 +422,24 @@ fn regression_a_full_cache_frees_expired_entries_of_other_shards_before_evicting
     }
 }
 
+/// What a cache's listener heard: key and cause, in order.
+type Log = Arc<std::sync::Mutex<Vec<(u32, RemovalCause)>>>;
+
+/// A cache of 64 entries in 8 shards on `clock`, and its listener's log.
+fn full_cache_of_eight_shards(policy: Policy, clock: &MockClock) -> (LocalCache<u32, u32>, Log) {
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let cache = LocalCache::builder()
+        .max_capacity(64)
+        .shards(8)
+        .policy(policy)
+        .clock(clock.clone())
+        .eviction_listener(move |k: &u32, _: &u32, c| sink.lock().unwrap().push((*k, c)))
+        .build()
+        .unwrap();
+    (cache, log)
+}
+
 #[test]
 fn a_full_cache_frees_expired_entries_of_other_shards_round_after_round() {
     // A write to a full cache learns from one cache-wide lower bound on
@@ -442,16 +451,7 @@ fn a_full_cache_frees_expired_entries_of_other_shards_round_after_round() {
     for policy in [Policy::Lru, Policy::Adaptive] {
         for _ in 0..8 {
             let clock = MockClock::new();
-            let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-            let sink = Arc::clone(&log);
-            let cache: LocalCache<u32, u32> = LocalCache::builder()
-                .max_capacity(64)
-                .shards(8)
-                .policy(policy)
-                .clock(clock.clone())
-                .eviction_listener(move |k: &u32, _: &u32, c| sink.lock().unwrap().push((*k, c)))
-                .build()
-                .unwrap();
+            let (cache, log) = full_cache_of_eight_shards(policy, &clock);
             for k in 1000..1032 {
                 cache.insert_with_ttl(k, k, secs(100_000));
             }
