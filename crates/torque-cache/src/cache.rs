@@ -1507,6 +1507,35 @@ mod tests {
     }
 
     #[test]
+    fn rewrites_with_ever_earlier_deadlines_keep_the_timer_heap_in_proportion() {
+        // Each rewrite of these keys has an earlier deadline than the
+        // slot's timer, so it arms a new record and leaves the old one
+        // stale. None comes due (the deadlines are days away) and with one
+        // shard no other shard's writes help sweep this one: the heap
+        // must still be kept in proportion to the entries, not grow with
+        // every write until a timer fires (with a per-entry time-to-live
+        // jittered around an hour, by about half the writes for an hour).
+        let clock = crate::MockClock::new();
+        let cache = LocalCache::<u64, u64>::builder()
+            .max_capacity(64)
+            .shards(1)
+            .clock(clock)
+            .build()
+            .expect("valid config");
+        let base = Duration::from_secs(1_000_000);
+        for i in 0..20_000_u64 {
+            cache.insert_with_ttl(i % 8, i, base - Duration::from_millis(i));
+            let shard = cache.inner.shards[0].read();
+            assert!(
+                !shard.timers_oversized(),
+                "write {i}: {} timer records for {} entries",
+                shard.timer_records(),
+                shard.len()
+            );
+        }
+    }
+
+    #[test]
     fn small_integer_hashes_spread_over_every_shard() {
         let cache = LocalCache::<u64, u64>::builder()
             .max_capacity(100_000)

@@ -425,6 +425,14 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return deadline;
         }
         self.arm_timer(id, deadline);
+        // The record this one replaces is stale now. Compacted only by a
+        // sweep, the heap grew with every such write until a timer came
+        // due: with per-entry deadlines that fall from one write to the
+        // next (a jittered time-to-live), for up to a time-to-live, in a
+        // shard that no other shard's writes help.
+        if self.timers_oversized() {
+            self.compact_timers();
+        }
         deadline
     }
 
@@ -927,22 +935,43 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         // Replacements leave stale records behind; keep the heap in
         // proportion to the live entries.
-        if self.timers.len() > 2 * self.table.len() + 64 {
-            let (cells, times) = (&self.cells, &mut self.times);
-            self.timers.retain(|&Reverse((_, id, g))| {
-                let cell = &cells[id as usize];
-                if cell.generation != g {
-                    return false;
-                }
-                if cell.entry.is_none() {
-                    // An empty slot's live timer: dropped, so it has none.
-                    times[id as usize].disarm();
-                    return false;
-                }
-                true
-            });
+        if self.timers_oversized() {
+            self.compact_timers();
         }
         freed
+    }
+
+    /// Whether the timer heap holds more records than the live entries
+    /// call for (stale ones, left by writes that armed a new timer).
+    #[inline]
+    pub(crate) fn timers_oversized(&self) -> bool {
+        self.timers.len() > 2 * self.table.len() + 64
+    }
+
+    /// The number of records in the timer heap, stale ones included.
+    #[cfg(test)]
+    pub(crate) fn timer_records(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// Drops the heap's stale records, and the live ones of empty slots
+    /// (which then have no timer).
+    #[cold]
+    #[inline(never)]
+    fn compact_timers(&mut self) {
+        let (cells, times) = (&self.cells, &mut self.times);
+        self.timers.retain(|&Reverse((_, id, g))| {
+            let cell = &cells[id as usize];
+            if cell.generation != g {
+                return false;
+            }
+            if cell.entry.is_none() {
+                // An empty slot's live timer: dropped, so it has none.
+                times[id as usize].disarm();
+                return false;
+            }
+            true
+        });
     }
 
     /// Removes every entry with [`RemovalCause::Removed`] and returns them,
