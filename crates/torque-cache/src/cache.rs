@@ -235,7 +235,9 @@ impl Earliest {
     /// No shard's `due` is below this.
     #[inline]
     fn bound(&self) -> u64 {
-        self.bound.load(Ordering::Relaxed)
+        // Acquire: pairs with `raise`'s release, which read the `due`s
+        // with acquire (see `LocalCache::publish_due`).
+        self.bound.load(Ordering::Acquire)
     }
 
     /// Stores `next` in a shard's `due`, below its current value; called
@@ -244,7 +246,7 @@ impl Earliest {
     #[inline(never)]
     fn lower(&self, due: &AtomicU64, next: u64) {
         let _moves = self.moves.lock();
-        due.store(next, Ordering::Relaxed);
+        due.store(next, Ordering::Release);
         if next < self.bound.load(Ordering::Relaxed) {
             self.bound.store(next, Ordering::Relaxed);
         }
@@ -256,10 +258,10 @@ impl Earliest {
         if let Some(_moves) = self.moves.try_lock() {
             let least = dues
                 .iter()
-                .map(|due| due.load(Ordering::Relaxed))
+                .map(|due| due.load(Ordering::Acquire))
                 .min()
                 .unwrap_or(NEVER);
-            self.bound.store(least, Ordering::Relaxed);
+            self.bound.store(least, Ordering::Release);
         }
     }
 }
@@ -455,13 +457,21 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// with the shard write-locked, after anything that may have armed or
     /// fired a timer.
     #[inline]
+    ///
+    /// Call it after the shard's freed weight is taken off the cache's
+    /// total, never before: a full cache's write reads the `due`s (and the
+    /// `earliest` bound raised from them) without locking, and skips a
+    /// shard whose `due` has risen; seeing that rise with the freed weight
+    /// still counted, it evicted a live entry for room that existed. The
+    /// store is a release (and the lock-free loads acquire) so that whoever
+    /// sees the rise sees the weight too.
     fn publish_due(&self, index: usize, shard: &Shard<K, V>) {
         let due = &self.inner.due[index];
         let next = shard.next_timer();
         let old = due.load(Ordering::Relaxed);
         if next > old {
             // A rise keeps `earliest` below it.
-            due.store(next, Ordering::Relaxed);
+            due.store(next, Ordering::Release);
         } else if next < old {
             self.inner.earliest.lower(due, next);
         }
@@ -486,16 +496,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     #[inline(never)]
     fn sweep_due_shards(&self, own: usize, timing: Timing, removed: &mut Removed<K, V>) {
         for (index, due) in self.inner.due.iter().enumerate() {
-            if index == own || due.load(Ordering::Relaxed) > timing.now {
+            if index == own || due.load(Ordering::Acquire) > timing.now {
                 continue;
             }
             let mut shard = self.inner.shards[index].write();
             let freed = shard.sweep(timing, removed);
-            self.publish_due(index, &shard);
             // Published before the shard is unlocked, as every sweep does:
             // a writer that sees the shard without the freed entries must
             // not see the cache still over capacity and evict for them.
+            // Then the `due` (see `publish_due`).
             self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+            self.publish_due(index, &shard);
             drop(shard);
         }
         // `own` too: the writer sweeps it under its lock next, but its
@@ -536,7 +547,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let gap = 1 + (r >> 32) as u32 % (2 * HELP_SWEEP_EVERY_READS - 1);
         READS_TO_HELP.with(|n| n.set(gap));
         let index = r as usize & self.inner.shard_mask;
-        if self.inner.due[index].load(Ordering::Relaxed) > timing.now {
+        if self.inner.due[index].load(Ordering::Acquire) > timing.now {
             return;
         }
         let mut removed = self.removed();
@@ -735,11 +746,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let mut removed = self.removed();
         let index = self.shard_index(hash);
         let mut shard = self.inner.shards[index].write();
-        let before = shard.weight();
         if shard.sweep_due(timing.now) {
-            shard.sweep(timing, &mut removed);
+            let freed = shard.sweep(timing, &mut removed);
+            // The freed weight before the `due` (see `publish_due`): the
+            // lookup below runs user code, and may take its time.
+            self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
             self.publish_due(index, &shard);
         }
+        let before = shard.weight();
         // The lookup runs the key's `Eq` and the value's `Clone`, user code:
         // should either panic (and the caller catch it), what was freed
         // must still be accounted for and reported; then the panic resumes.
@@ -1091,9 +1105,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         if let Some(mut shard) = self.inner.shards[other].try_write() {
             let before = shard.weight();
             shard.sweep(timing, removed);
-            self.publish_due(other, &shard);
             let after = shard.weight();
             self.add_weight(before, after);
+            self.publish_due(other, &shard);
             drop(shard);
         }
     }
@@ -1147,8 +1161,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 let mut shard = self.inner.shards[index].write();
                 if shard.sweep_due(timing.now) {
                     let freed = shard.sweep(timing, removed);
-                    self.publish_due(index, &shard);
                     self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+                    self.publish_due(index, &shard);
                 }
                 while self.over_capacity() && (!above_share || shard.weight() > self.inner.share) {
                     match shard.evict_one(removed) {
@@ -1203,8 +1217,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // Expired entries leave as expired, as with `remove`.
             shard.sweep(timing, &mut removed);
             let cleared = shard.clear();
-            self.publish_due(index, &shard);
             self.add_weight(before, 0);
+            self.publish_due(index, &shard);
             drop(shard);
             // Recorded before the listener hears of anything: should it
             // panic, what the shard cleared is still recorded.
@@ -1239,8 +1253,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
-            let before = shard.weight();
+            let swept = shard.weight();
             shard.sweep(timing, &mut removed);
+            let before = shard.weight();
+            self.add_weight(swept, before);
             self.publish_due(index, &shard);
             // A panicking `keep` must not skip the weight update and the
             // listener for what this shard already removed.
@@ -1268,9 +1284,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let mut shard = shard.write();
             let before = shard.weight();
             shard.sweep(timing, &mut removed);
-            self.publish_due(index, &shard);
             let after = shard.weight();
             self.add_weight(before, after);
+            self.publish_due(index, &shard);
             drop(shard);
             self.notify(&mut removed);
         }
@@ -1533,6 +1549,95 @@ mod tests {
                 shard.len()
             );
         }
+    }
+
+    #[test]
+    fn a_full_cache_write_never_sees_a_freed_shard_with_its_weight_still_counted() {
+        // A read that sweeps a shard publishes that shard's `due` as it
+        // leaves it; a full cache's write reads the `due`s (and the
+        // `earliest` bound raised from them) without locking, and skips
+        // the shards that have nothing due. Should it see the sweep's
+        // `due` before the sweep's freed weight, it evicts a live entry of
+        // its own shard for room that exists. Here the read is held
+        // between the two by its key's `Eq` (user code, run under the
+        // shard's lock after the sweep) while the write runs.
+        use std::sync::atomic::AtomicBool;
+        static ARMED: AtomicBool = AtomicBool::new(false);
+        static ENTERED: AtomicBool = AtomicBool::new(false);
+        static OPEN: AtomicBool = AtomicBool::new(false);
+        const GATED: u64 = u64::MAX;
+        #[derive(Debug, Clone)]
+        struct Key(u64);
+        impl std::hash::Hash for Key {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state);
+            }
+        }
+        impl PartialEq for Key {
+            fn eq(&self, other: &Self) -> bool {
+                if self.0 == GATED && ARMED.swap(false, Ordering::SeqCst) {
+                    ENTERED.store(true, Ordering::SeqCst);
+                    while !OPEN.load(Ordering::SeqCst) {
+                        std::thread::yield_now();
+                    }
+                }
+                self.0 == other.0
+            }
+        }
+        impl Eq for Key {}
+
+        let clock = crate::MockClock::new();
+        let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let cache = LocalCache::<Key, u64>::builder()
+            .max_capacity(8)
+            .shards(2)
+            .policy(Policy::Lru)
+            .clock(clock.clone())
+            .eviction_listener(move |k: &Key, _: &u64, c| sink.lock().push((k.0, c)))
+            .build()
+            .expect("valid config");
+        let shard_of = |k: u64| cache.shard_index(cache.hash(&Key(k)));
+        let gated_shard = shard_of(GATED);
+        let (mut same, mut other) = (Vec::new(), Vec::new());
+        for k in 0..1_000 {
+            if shard_of(k) == gated_shard {
+                same.push(k);
+            } else {
+                other.push(k);
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        // The gated key's shard: it and three entries about to expire.
+        cache.insert_with_ttl(Key(GATED), 0, hour);
+        for &k in &same[..3] {
+            cache.insert_with_ttl(Key(k), k, Duration::from_secs(1));
+        }
+        // The writer's shard: four live entries, and the cache is full.
+        for &k in &other[..4] {
+            cache.insert_with_ttl(Key(k), k, hour);
+        }
+        assert_eq!(cache.weighted_size(), 8);
+        clock.advance(Duration::from_secs(2));
+        events.lock().clear();
+        ARMED.store(true, Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| cache.get(&Key(GATED)));
+            while !ENTERED.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            // The reader has swept its shard and is inside its lookup.
+            cache.insert_with_ttl(Key(other[4]), 0, hour);
+            OPEN.store(true, Ordering::SeqCst);
+            assert_eq!(reader.join().expect("no panic"), Some(0));
+        });
+        let events = events.lock().clone();
+        assert!(
+            events.iter().all(|(_, c)| *c == RemovalCause::Expired),
+            "a live entry evicted while the expired ones had left: {events:?}"
+        );
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(cache.weighted_size(), 6);
     }
 
     #[test]
