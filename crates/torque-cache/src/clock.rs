@@ -208,7 +208,11 @@ impl Tsc {
         let before = self.clock.raw();
         let now = Instant::now();
         let after = self.clock.raw();
-        if self.scaled(after).saturating_sub(self.scaled(before)) <= self.within_nanos {
+        // `after` below `before`: the thread moved to a core whose counter
+        // is a little behind; no anchor from that.
+        if after >= before
+            && self.scaled(after).saturating_sub(self.scaled(before)) <= self.within_nanos
+        {
             let middle = before + (after - before) / 2;
             let truth = to_nanos(now.saturating_duration_since(self.origin));
             let scaled = self.scaled(middle);
