@@ -208,6 +208,20 @@ impl Model {
         self.entries.get(&key).filter(|e| !self.is_expired(e, now))
     }
 
+    /// A read of `key` at `now`, as the cache counts it: a hit refreshes
+    /// the entry's last use.
+    fn read(&mut self, key: u8, now: u64) -> Option<u16> {
+        let want = self.live(key, now).map(|e| e.value);
+        if want.is_some() {
+            self.hits += 1;
+            let e = self.entries.get_mut(&key).unwrap();
+            e.accessed = e.accessed.max(now);
+        } else {
+            self.misses += 1;
+        }
+        want
+    }
+
     fn expired_keys(&self, now: u64) -> Vec<u8> {
         self.entries
             .iter()
@@ -288,25 +302,13 @@ fn run(cfg: &Config, ops: &[Op]) -> Result<(), TestCaseError> {
                 }
             }
             Op::Get(k) => {
-                let want = m.live(k, now).map(|e| e.value);
-                if want.is_some() {
-                    m.hits += 1;
-                    let e = m.entries.get_mut(&k).unwrap();
-                    e.accessed = e.accessed.max(now);
-                } else {
-                    m.misses += 1;
-                }
+                let want = m.read(k, now);
                 expect_get = Some(want);
                 returned = Some(cache.get(&k));
             }
             Op::GetOrLoad(k, v) => {
-                let want = m.live(k, now).map(|e| e.value);
-                if want.is_some() {
-                    m.hits += 1;
-                    let e = m.entries.get_mut(&k).unwrap();
-                    e.accessed = e.accessed.max(now);
-                } else {
-                    m.misses += 1;
+                let want = m.read(k, now);
+                if want.is_none() {
                     let ttl = if cfg.expiry { expiry_of(k) } else { None };
                     let ttl =
                         ttl.map_or(cache_ttl, |d| u64::try_from(d.as_nanos()).unwrap_or(NEVER));
