@@ -2,7 +2,7 @@
 //! sleeping.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -145,7 +145,6 @@ struct Tsc {
     /// [`ANCHOR_EVERY`] and [`ANCHOR_WITHIN`] in raw counter units.
     every_raw: u64,
     within_nanos: u64,
-    anchoring: AtomicBool,
 }
 
 impl Tsc {
@@ -167,7 +166,6 @@ impl Tsc {
             anchored_raw: AtomicU64::new(origin_raw),
             every_raw,
             within_nanos: to_nanos(ANCHOR_WITHIN),
-            anchoring: AtomicBool::new(false),
         }
     }
 
@@ -197,14 +195,15 @@ impl Tsc {
         u64::try_from((delta * u128::from(self.scale)) >> 32).unwrap_or(u64::MAX)
     }
 
-    /// Re-anchors the counter to `Instant`, unless another thread is
-    /// doing so or this one was preempted around its `Instant` read.
+    /// Re-anchors the counter to `Instant`, unless this thread was
+    /// preempted around its `Instant` read. Threads that find the anchor
+    /// due at once each take one (every one is a true reading, and the
+    /// first to store `anchored_raw` stops the others): a flag that let
+    /// only one thread anchor stopped all anchoring for as long as its
+    /// holder was preempted, and the counter drifted meanwhile.
     #[cold]
     #[inline(never)]
     fn anchor(&self) {
-        if self.anchoring.swap(true, Ordering::Acquire) {
-            return;
-        }
         let before = self.clock.raw();
         let now = Instant::now();
         let after = self.clock.raw();
@@ -222,7 +221,6 @@ impl Tsc {
         // Also after a preempted try: the next comes an interval later,
         // not from every read until one succeeds.
         self.anchored_raw.store(after, Ordering::Relaxed);
-        self.anchoring.store(false, Ordering::Release);
     }
 }
 
