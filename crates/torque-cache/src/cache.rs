@@ -625,29 +625,40 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         // `!= NOT_UNEXPIRING` first and then split, the default policy's
         // read took 2.3 instructions more per request.)
         if unexpiring == UNEXPIRING_COUNTED {
-            let value = lock
-                .read()
-                .get_shared_unexpiring::<true, _>(hash, key)
-                .cloned();
-            self.inner.reads.count(value.is_some());
-            #[cfg(feature = "metrics")]
-            crate::metrics::record_read(value.is_some());
-            return value;
+            return self.get_unexpiring::<true, _>(lock, hash, key);
         }
         if unexpiring == UNEXPIRING_UNCOUNTED {
-            let value = lock
-                .read()
-                .get_shared_unexpiring::<false, _>(hash, key)
-                .cloned();
-            self.inner.reads.count(value.is_some());
-            #[cfg(feature = "metrics")]
-            crate::metrics::record_read(value.is_some());
-            return value;
+            return self.get_unexpiring::<false, _>(lock, hash, key);
         }
         if self.inner.shared_reads {
             return self.get_shared_expiring(lock, hash, key);
         }
         self.get_exclusive(lock, hash, key)
+    }
+
+    /// [`get`](Self::get) while no entry can expire and hits take the
+    /// shared lock, with the entry's hit count bumped if `COUNT_HITS` (the
+    /// shard's `counts_hits`, known from the flag that picked this path).
+    #[inline(always)]
+    fn get_unexpiring<const COUNT_HITS: bool, Q>(
+        &self,
+        lock: &RwLock<Shard<K, V>>,
+        hash: u64,
+        key: &Q,
+    ) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone,
+    {
+        let value = lock
+            .read()
+            .get_shared_unexpiring::<COUNT_HITS, _>(hash, key)
+            .cloned();
+        self.inner.reads.count(value.is_some());
+        #[cfg(feature = "metrics")]
+        crate::metrics::record_read(value.is_some());
+        value
     }
 
     /// [`get`](Self::get) for policies that reorder on a hit (Lru, Lfu; Ttl
