@@ -173,7 +173,10 @@ impl Tsc {
     #[inline]
     fn nanos(&self) -> u64 {
         let raw = self.clock.raw();
-        if raw.wrapping_sub(self.anchored_raw.load(Ordering::Relaxed)) > self.every_raw {
+        // Saturating: a core whose counter is a little behind the one that
+        // anchored last reads below `anchored_raw`, which is not a due
+        // anchor (wrapping, it re-anchored on every such read).
+        if raw.saturating_sub(self.anchored_raw.load(Ordering::Relaxed)) > self.every_raw {
             self.anchor();
         }
         self.at(raw)
