@@ -456,7 +456,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// Publishes shard `index`'s earliest timer (see `Inner::due`); called
     /// with the shard write-locked, after anything that may have armed or
     /// fired a timer.
-    #[inline]
     ///
     /// Call it after the shard's freed weight is taken off the cache's
     /// total, never before: a full cache's write reads the `due`s (and the
@@ -465,6 +464,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// still counted, it evicted a live entry for room that existed. The
     /// store is a release (and the lock-free loads acquire) so that whoever
     /// sees the rise sees the weight too.
+    #[inline]
     fn publish_due(&self, index: usize, shard: &Shard<K, V>) {
         let due = &self.inner.due[index];
         let next = shard.next_timer();
