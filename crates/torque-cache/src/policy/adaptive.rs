@@ -8,7 +8,7 @@
 //! window's oldest entry (the candidate) competes with the main space's victim
 //! (the tail of the *probation* segment of a segmented LRU): a count-min sketch
 //! of recent popularity ([`FrequencySketch`]) decides which one stays. Main
-//! space is an SLRU: a hit in probation promotes to *protected* (90 % of main),
+//! space is an SLRU: a hit in probation promotes to *protected* (80 % of main),
 //! whose overflow is demoted back to probation. The window absorbs bursts of new
 //! keys (recency); the admission filter keeps scans and one-hit wonders out of
 //! main space (frequency).
@@ -89,17 +89,23 @@ const TRIAL: u8 = 2;
 /// the window itself, as Caffeine's `increaseWindow` does.
 pub(crate) const HILL_CLIMBING: bool = false;
 /// The most entries a shard's sketch is sized for before any entry arrives
-/// (16,384 entries: 512 KiB of counters).
+/// (16,384 entries: a table of 32,768 blocks, 1 MiB of counters and as
+/// much of doorkeeper).
 const INITIAL_SKETCH_ENTRIES: u64 = 1 << 14;
-/// Share of main space kept as the protected segment, in percent. 90, not
-/// Caffeine's 80: with hits settled lazily (CLOCK) an entry read in
-/// probation is promoted only when it reaches the tail, and a larger
-/// protected segment makes up for that. Measured with the
-/// `cache_hit_ratio_cell` example (2026-11-23, two to four runs per cell):
-/// scan/loop @1k 0.6951 at 80 (losing to quick_cache's 0.6952 in half the
-/// runs), 0.6945 at 85, 0.6935 at 90, 0.6925 at 95; the Zipf cells moved by
-/// at most +0.001 at 90 and up to +0.007 at 95.
-const PROTECTED_PERCENT: u64 = 90;
+/// Share of main space kept as the protected segment, in percent: 80, as
+/// Caffeine. From 2026-11-23 to 2026-12-06 it was 90, because 80 lost the
+/// issue's scan/loop @1k cell to quick_cache (0.6951 against 0.6952 in
+/// half the runs); that loss came from a sketch table with as few as one
+/// block per entry ([`FrequencySketch::new`]), and with one and a half
+/// the cell holds at 80 (0.6943 against 0.6953 over 24 hasher seeds, as
+/// at 90 before). A smaller protected segment lets popularity that has
+/// moved on leave sooner: over 12 hasher seeds each, against 90 with the
+/// narrow table, shifting Zipf @10k 0.4530 → 0.4409 and @1k 0.6166 →
+/// 0.6107, recency @10k 0.3168 → 0.3100 and @1k 0.7506 → 0.7393, the
+/// issue's Zipf cells within +0.0012; 70 reached 0.4369 on the shifting Zipf (below quick_cache's
+/// 0.4391) but left scan/loop @1k a margin of 0.0005 (docs/benchmarks.md,
+/// 2026-12-06, sixteenth session).
+const PROTECTED_PERCENT: u64 = 80;
 /// Probation keeps at least this fraction (1/20, 5 %) of the main space a
 /// shard actually holds ([`Adaptive::protected_limit`]), so it never runs
 /// dry. 5 %, not the nominal 10 %: with 10 % the scan/loop @1k
@@ -2592,12 +2598,14 @@ mod tests {
             // Entries of up to 190 units overflow a share of 20 alone; at
             // 20,000 units the window holds about 39 of 200 on average
             // (empty after half the inserts: see `contest_window`), at
-            // 200,000 about 1,815 of 2,000. The guard is against a window
-            // drained for good.
+            // 200,000 about 1,640 of 2,000 (1,815 before the sketch's table
+            // got half a block more per entry, which also sizes the ghosts
+            // that move the window). The guard is against a window drained
+            // for good.
             let floor = match capacity {
                 2_000 => 0.0,
                 20_000 => 0.1 * share,
-                _ => 0.85 * share,
+                _ => 0.75 * share,
             };
             assert!(
                 mean >= floor,

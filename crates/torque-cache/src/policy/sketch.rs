@@ -35,7 +35,7 @@ struct Block {
 
 /// Entries the smallest sketch is sized for.
 pub(crate) const MIN_ENTRIES: u64 = 64;
-/// Entries the largest sketch is sized for (a 128 MiB table per shard).
+/// Entries the largest sketch is sized for (a 256 MiB table per shard).
 pub(crate) const MAX_ENTRIES: u64 = 1 << 22;
 
 #[inline]
@@ -67,18 +67,30 @@ impl FrequencySketch {
     /// A sketch sized for a shard of about `entries` entries.
     ///
     /// Sizing, measured on the hit-ratio bench (docs/benchmarks.md,
-    /// 2026-11-23): four 16-counter words per entry and a sample period of
-    /// twenty increments per word (80 per entry; the paper suggests 10) keep
-    /// enough history to rank the tail of a Zipf distribution; 40 and 160 per
-    /// entry both measured worse. Memory: 32–64 bytes of counters per entry
-    /// and as much again of doorkeeper (2 bits per sampled increment, rounded
-    /// up to one word per counter word).
+    /// 2026-11-23): a sample period of twenty increments per counter word of
+    /// `entries` rounded up to a power of two (80 per entry; the paper
+    /// suggests 10) keeps enough history to rank the tail of a Zipf
+    /// distribution; 40 and 160 per entry both measured worse.
+    ///
+    /// The table has at least one and a half blocks (four 16-counter words
+    /// and four doorkeeper words) per entry, rounded up to a power of two.
+    /// With one block per entry rounded up, a shard whose entry count sat
+    /// just below a power of two got about half the blocks per entry of one
+    /// just above it, and on the scan/loop trace at 1k entries (125
+    /// per shard, 128 blocks) the noise cost the admission contest about
+    /// 0.001–0.002 of miss ratio, where the keys at the margin are seen
+    /// about once per sample and a doorkeeper false positive or a counter
+    /// collision decides the contest (docs/benchmarks.md, 2026-12-06,
+    /// sixteenth session). The sample period is unchanged. Memory: 48–96
+    /// bytes of counters per entry and as much again of doorkeeper.
     pub(crate) fn new(entries: u64) -> Self {
-        let words = (entries.clamp(MIN_ENTRIES, MAX_ENTRIES) * 4).next_power_of_two();
+        let entries = entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
+        let words = (entries * 4).next_power_of_two();
         let sample_size = words * 20;
+        let blocks = (entries + entries / 2).next_power_of_two().min(MAX_ENTRIES);
         Self {
-            table: vec![Block::default(); (words / 4) as usize],
-            block_mask: words / 4 - 1,
+            table: vec![Block::default(); blocks as usize],
+            block_mask: blocks - 1,
             additions: 0,
             sample_size,
         }
