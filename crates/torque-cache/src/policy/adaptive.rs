@@ -819,17 +819,7 @@ impl Adaptive {
         self.pending.clear();
         self.entries += 1;
         if self.entries > self.grow_at && self.entries <= MAX_ENTRIES {
-            self.sketch = FrequencySketch::new(self.entries.next_power_of_two());
-            self.grow_at = self.sketch.sized_for();
-            self.ghost = Ghost::for_entries(self.capacity.min(self.grow_at));
-            self.ghost.widen(self.trials.passing());
-            self.victims = Ghost::for_entries(self.capacity.min(self.grow_at));
-            self.victims.widen(true);
-            // A fresh sketch knows nothing yet.
-            self.links.for_each_meta_mut(|m| {
-                m.estimate = 0;
-                m.flags &= !DOOR;
-            });
+            self.regrow(hits);
         }
         let (estimate, halved) = self.sketch.record(hash);
         if halved {
@@ -854,6 +844,44 @@ impl Adaptive {
             },
         );
         self.window_weight += u64::from(weight);
+    }
+
+    /// The shard holds more entries than its sketch is sized for (a
+    /// weighted shard's sketch starts small; an unweighted one is sized for
+    /// the shard's share, which the global bound lets it pass): a larger
+    /// sketch, into which every resident's estimate is carried, so that the
+    /// residents keep the popularity they have earned. (Until 2026-12-06
+    /// the new sketch started empty and every resident's estimate was
+    /// zeroed, so right after a regrowth any newcomer seen twice outranked
+    /// the shard's most popular entries.) The ghosts start afresh: their
+    /// fingerprints' places depend on their size.
+    #[cold]
+    #[inline(never)]
+    fn regrow(&mut self, hits: &mut impl Hits) {
+        let mut sketch = FrequencySketch::new(self.entries.next_power_of_two());
+        for list in [&self.window, &self.probation, &self.protected] {
+            let mut next = list.back();
+            while let Some(id) = next {
+                let meta = self.links.meta(id);
+                if meta.estimate > 0 {
+                    sketch.carry(hits.hash(id), meta.estimate);
+                }
+                next = self.links.prev(id);
+            }
+        }
+        self.sketch = sketch;
+        // The doorkeeper's one is in each carried estimate now (the carry
+        // sets the doorkeeper first), whether or not it was before.
+        self.links.for_each_meta_mut(|m| {
+            if m.estimate > 0 {
+                m.flags |= DOOR;
+            }
+        });
+        self.grow_at = self.sketch.sized_for();
+        self.ghost = Ghost::for_entries(self.capacity.min(self.grow_at));
+        self.ghost.widen(self.trials.passing());
+        self.victims = Ghost::for_entries(self.capacity.min(self.grow_at));
+        self.victims.widen(true);
     }
 
     /// Moves the window by one (average) entry on the evidence of a missed
@@ -2113,6 +2141,47 @@ mod tests {
     }
 
     #[test]
+    fn a_regrown_sketch_keeps_the_residents_popularity() {
+        // A weighted shard's sketch starts small and is rebuilt larger as
+        // entries arrive. A popular resident must keep its estimate, in its
+        // node and in the new sketch (where it is looked up if it leaves
+        // and comes back), or any newcomer seen twice outranks it.
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1 << 20, false, true);
+        let hash = 0x1234_5678_9abc_def1;
+        for _ in 0..10 {
+            p.sketch.record(hash);
+        }
+        hits.insert(&mut p, 0, hash, 1);
+        let popular = p.frequency(0);
+        assert!(popular >= 10, "estimate {popular}");
+        let grow_at = p.grow_at;
+        let mut id = 1;
+        while p.grow_at == grow_at {
+            hits.insert(
+                &mut p,
+                id,
+                u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                1,
+            );
+            id += 1;
+            assert!(id < 1_000_000, "the sketch never grew");
+        }
+        assert_eq!(p.frequency(0), popular, "the resident's estimate");
+        assert!(
+            p.sketch.frequency(hash) >= popular,
+            "the new sketch's estimate {} < {popular}",
+            p.sketch.frequency(hash)
+        );
+        // A newcomer seen twice does not outrank it.
+        let newcomer = 0x0fed_cba9_8765_4321;
+        p.sketch.record(newcomer);
+        hits.insert(&mut p, id, newcomer, 1);
+        assert!(p.frequency(id) < popular);
+        check_lists(&p, "after the regrowth");
+    }
+
+    #[test]
     fn resident_estimates_follow_the_sketch_through_halvings() {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(64, false, false);
@@ -2598,14 +2667,17 @@ mod tests {
             // Entries of up to 190 units overflow a share of 20 alone; at
             // 20,000 units the window holds about 39 of 200 on average
             // (empty after half the inserts: see `contest_window`), at
-            // 200,000 about 1,640 of 2,000 (1,815 before the sketch's table
-            // got half a block more per entry, which also sizes the ghosts
-            // that move the window). The guard is against a window drained
-            // for good.
+            // 200,000 about 990 of 2,000, empty after 5 % of the inserts.
+            // (1,815 before the sketch's table got half a block more per
+            // entry, which also sizes the ghosts that move the window, and
+            // 1,640 before a regrown sketch kept the residents' estimates:
+            // on this stream, where no key is more popular than another,
+            // the residents' carried estimates win more of the window's
+            // contests.) The guard is against a window drained for good.
             let floor = match capacity {
                 2_000 => 0.0,
                 20_000 => 0.1 * share,
-                _ => 0.75 * share,
+                _ => 0.4 * share,
             };
             assert!(
                 mean >= floor,

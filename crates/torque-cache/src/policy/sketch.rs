@@ -197,6 +197,13 @@ impl FrequencySketch {
         false
     }
 
+    /// Adds `n` accesses of `hash` that an older sketch counted (see
+    /// [`Self::raise`]), without counting them towards this one's sample:
+    /// they are not new.
+    pub(crate) fn carry(&mut self, hash: u64, n: u8) {
+        self.raise(hash, n);
+    }
+
     /// Adds `n` to the hash's counters (doorkeeper first), saturating;
     /// returns how many of the `n` single increments would have raised
     /// something.
