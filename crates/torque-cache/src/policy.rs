@@ -83,7 +83,7 @@ pub enum Policy {
     /// frequency sketch that admits a newcomer only if it is more popular
     /// than the entry it would replace, or was turned away lately and came
     /// back (a ghost of recent refusals). Without a weigher the window's
-    /// size adapts, from 1 % up to 80 % of a shard, as refused keys or
+    /// size adapts, from 1 % up to 95 % of a shard, as refused keys or
     /// evicted ones come back (ARC's adaptation), so recency-driven
     /// traffic gets a larger window. Scan resistant and frequency aware;
     /// the best hit ratio on skewed workloads (docs/benchmarks.md). Where

@@ -211,8 +211,10 @@ pub(crate) struct Adaptive {
     window_full_at: u64,
     protected_full_at: u64,
     /// Sized for the entries actually held, not the capacity (which may be
-    /// a weight in bytes, or a generous bound never reached); grown by
-    /// doubling as the shard fills, which restarts its counts.
+    /// a weight in bytes, or a generous bound never reached); regrown when
+    /// the shard holds more entries than its table has blocks
+    /// ([`Self::grow_at`]), to four times the table, carrying the
+    /// residents' estimates ([`Self::regrow`]; other keys' counts are lost).
     sketch: FrequencySketch,
     entries: u64,
     /// Entries demoted from protected to probation during the current

@@ -82,7 +82,9 @@ impl FrequencySketch {
     /// about once per sample and a doorkeeper false positive or a counter
     /// collision decides the contest (docs/benchmarks.md, 2026-12-06,
     /// sixteenth session). The sample period is unchanged. Memory: 48–96
-    /// bytes of counters per entry and as much again of doorkeeper.
+    /// bytes of counters per entry and as much again of doorkeeper (the
+    /// table stops at [`MAX_ENTRIES`] blocks, so past about 2.8M entries
+    /// it has fewer than 1.5 blocks per entry, and one at [`MAX_ENTRIES`]).
     pub(crate) fn new(entries: u64) -> Self {
         let entries = entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
         let words = (entries * 4).next_power_of_two();
@@ -96,7 +98,13 @@ impl FrequencySketch {
         }
     }
 
-    /// The number of entries this sketch was sized for.
+    /// The most entries this sketch serves before the policy regrows it:
+    /// its table's length in blocks, which is 1.5–3 times the entries it
+    /// was sized for (twice for a power of two), not that count itself.
+    /// Between a regrowth and the next a shard therefore holds up to the
+    /// table's length, down to one block and 40 sampled increments per
+    /// entry (docs/benchmarks.md, 2026-12-06, sixteenth session: the
+    /// later regrowth is part of the weighted traces' gain).
     pub(crate) fn sized_for(&self) -> u64 {
         (self.table.len() as u64).max(MIN_ENTRIES)
     }
