@@ -2258,6 +2258,60 @@ mod tests {
     }
 
     #[test]
+    fn carried_estimates_age_in_the_node_as_in_the_new_sketch() {
+        // A node's estimate counts the doorkeeper's one while `DOOR` is
+        // set, and the halving takes that one off before halving the rest,
+        // as the sketch does. A regrowth carries the estimate into the new
+        // sketch doorkeeper first, so the node's estimate counts the
+        // doorkeeper's one afterwards even if it did not before (the key's
+        // doorkeeper bit was cleared by an earlier halving): the next
+        // halving must still agree with the sketch.
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1 << 20, false, true);
+        let aged = 0x1234_5678_9abc_def1;
+        for _ in 0..8 {
+            p.sketch.record(aged);
+        }
+        hits.insert(&mut p, 0, aged, 1);
+        // A halving: the node's estimate is counters only (4), no `DOOR`.
+        while !p.sketch.count(1) {}
+        p.age(&mut hits);
+        assert_eq!(p.meta(0).estimate, 4);
+        assert_eq!(p.meta(0).flags & DOOR, 0);
+        let fresh = 0x0fed_cba9_8765_4321;
+        for _ in 0..8 {
+            p.sketch.record(fresh);
+        }
+        hits.insert(&mut p, 1, fresh, 1);
+        assert_ne!(p.meta(1).flags & DOOR, 0);
+        let grow_at = p.grow_at;
+        let mut id = 2;
+        while p.grow_at == grow_at {
+            hits.insert(
+                &mut p,
+                id,
+                u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                1,
+            );
+            id += 1;
+            assert!(id < 1_000_000, "the sketch never grew");
+        }
+        for (id, hash) in [(0, aged), (1, fresh)] {
+            assert_eq!(p.frequency(id), p.sketch.frequency(hash), "id {id} carried");
+        }
+        while !p.sketch.count(1) {}
+        p.age(&mut hits);
+        for (id, hash) in [(0, aged), (1, fresh)] {
+            assert_eq!(
+                p.frequency(id),
+                p.sketch.frequency(hash),
+                "id {id} after the halving"
+            );
+        }
+        check_lists(&p, "after the regrowth");
+    }
+
+    #[test]
     fn resident_estimates_follow_the_sketch_through_halvings() {
         let mut hits = TestHits::default();
         let mut p = Adaptive::new(64, false, false);
