@@ -129,7 +129,11 @@ const ADAPTIVE_WINDOW: bool = true;
 /// 0.2977 and 0.4208 (quick_cache 0.3065 and 0.4391), the cells
 /// within 0.0002, but the twice-touched scan @10k 0.3794 → 0.391 and the
 /// shifting Zipf @1k 0.6116 → 0.6167 (docs/benchmarks.md, 2026-12-06,
-/// sixteenth session).
+/// sixteenth session). With weights (steps of the average entry weight,
+/// the size still at most two entries ahead of the window itself) the
+/// same doubling took recency at 20,000 entries of 1–190 units from
+/// 0.232 to 0.224 (three runs each), the other weighted cells within the
+/// hashers' noise.
 const MOMENTUM_RUN: u32 = 4;
 /// The most of a shard the window may grow to: all but a twentieth
 /// (rounded up), 95 %. Where popularity does not last, the ghosts grow the
@@ -960,12 +964,21 @@ impl Adaptive {
             (false, run) if run < 0 => run.saturating_sub(1),
             (false, _) => -1,
         };
-        let step = self.step();
+        let entry = self.entry_step();
+        let step = self.step(entry);
         let max = if grow {
-            if self.weighted && self.window_max > self.window_weight + step {
-                return;
+            if self.weighted {
+                // At most two entries ahead of the window itself, however
+                // long the run.
+                if self.window_max > self.window_weight + entry {
+                    return;
+                }
+                (self.window_max + step)
+                    .min(self.window_weight + 2 * entry)
+                    .min(self.window_cap)
+            } else {
+                (self.window_max + step).min(self.window_cap)
             }
-            (self.window_max + step).min(self.window_cap)
         } else {
             self.window_max.saturating_sub(step).max(self.window_min)
         };
@@ -976,21 +989,30 @@ impl Adaptive {
         }
     }
 
-    /// One step of [`Self::adapt`]. Without weights: one entry, doubled
-    /// every [`MOMENTUM_RUN`] moves of one kind in a row and reset by a
-    /// move the other way, at most an eighth of the window. With weights:
-    /// an entry of the shard's average weight (what it held before the
-    /// entry being inserted, which `entries` already counts).
+    /// One entry, for [`Self::adapt`]: with weights, of the shard's
+    /// average weight (what it held before the entry being inserted,
+    /// which `entries` already counts).
     #[inline]
-    fn step(&self) -> u64 {
+    fn entry_step(&self) -> u64 {
         if !self.weighted {
-            // Doubled every MOMENTUM_RUN moves of one kind in a row (the
-            // run counts this move), at most an eighth of the window.
-            let doublings = (self.run.unsigned_abs() / MOMENTUM_RUN).min(32);
-            return (1u64 << doublings).min((self.window_max / 8).max(1));
+            return 1;
         }
         let held = self.window_weight + self.probation_weight + self.protected_weight;
         (held / self.entries.saturating_sub(1).max(1)).max(1)
+    }
+
+    /// One step of [`Self::adapt`]: one `entry` ([`Self::entry_step`]),
+    /// doubled every [`MOMENTUM_RUN`] moves of one kind in a row and reset
+    /// by a move the other way, at most an eighth of the window.
+    #[inline]
+    fn step(&self, entry: u64) -> u64 {
+        // Doubled every MOMENTUM_RUN moves of one kind in a row (the run
+        // counts this move), at most an eighth of the window (and at least
+        // one entry).
+        let doublings = (self.run.unsigned_abs() / MOMENTUM_RUN).min(32);
+        entry
+            .saturating_mul(1 << doublings)
+            .min((self.window_max / 8).max(entry))
     }
 
     /// A main-space entry leaves for capacity.
@@ -1792,6 +1814,33 @@ mod tests {
         assert!(capped > 0, "the run never reached the cap");
         assert!(p.window_max < p.window_cap);
         check_lists(&p, "after the runs");
+    }
+
+    #[test]
+    fn a_weighted_window_steps_by_the_average_weight_doubled_in_runs() {
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1_000_000, false, true);
+        // 101 entries of 10 units: 100 held before the newest, so the
+        // average entry (one step) is 10 units.
+        for id in 0..101u32 {
+            hits.insert(
+                &mut p,
+                id,
+                u64::from(id + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                10,
+            );
+        }
+        p.window_max = 10_000;
+        assert_eq!(p.entry_step(), 10);
+        for (run, step) in [(1, 10), (3, 10), (4, 20), (-4, 20), (8, 40), (-12, 80)] {
+            p.run = run;
+            assert_eq!(p.step(p.entry_step()), step, "run {run}");
+        }
+        // At most an eighth of the window, and never below one entry.
+        p.run = 40;
+        assert_eq!(p.step(p.entry_step()), 10_000 / 8);
+        p.window_max = 16;
+        assert_eq!(p.step(p.entry_step()), 10);
     }
 
     #[test]
