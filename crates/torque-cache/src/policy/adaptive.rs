@@ -1843,6 +1843,174 @@ mod tests {
         assert_eq!(p.step(p.entry_step()), 10);
     }
 
+    /// Randomized (seeded): long runs of refused keys' and evicted keys'
+    /// returns, alternations and quiet spells, with the evictions each
+    /// insert needs, removals and `clear`, in unweighted and weighted
+    /// shards (weights up to `u32::MAX`): the window stays between its
+    /// least size and its cap, every move is at most an eighth of the
+    /// window (or one entry), a weighted window's size at most two entries
+    /// ahead of the window, the limits derived from the size agree with
+    /// it, and the lists stay consistent.
+    #[test]
+    fn long_runs_of_like_returns_keep_the_window_in_bounds() {
+        let mut next = draws(0x2545_f491_4f6c_dd1d);
+        let mut longest = 0u32;
+        let mut largest_move = 0u64;
+        for round in 0..24 {
+            let weighted = round % 2 == 1;
+            let extreme = round % 6 == 5;
+            let capacity = match (weighted, extreme) {
+                (false, _) => 1 + next(3_000),
+                (true, false) => 1 + next(200_000),
+                (true, true) => u64::from(u32::MAX) * (1 + next(200)),
+            };
+            let mut p = Adaptive::new(capacity, false, weighted);
+            let mut hits = TestHits::default();
+            let mut resident: std::collections::HashMap<u32, u32> = Default::default();
+            let (mut fresh, mut free) = (0u32, Vec::new());
+            let mut weight = 0u64;
+            let mut key = 0u64;
+            for phase in 0..60 {
+                // 0: grows in a row, 1: shrinks in a row, 2: alternating,
+                // 3: no returns.
+                let kind = next(4);
+                let len = 1 + next(400);
+                if phase % 20 == 19 {
+                    p.clear();
+                    resident.clear();
+                    free.clear();
+                    fresh = 0;
+                    weight = 0;
+                    hits = TestHits::default();
+                }
+                for i in 0..len {
+                    let ctx = format!("round {round} phase {phase} move {i} cap {capacity}");
+                    let w: u32 = if !weighted {
+                        1
+                    } else if extreme {
+                        match next(3) {
+                            0 => u32::MAX - next(3) as u32,
+                            _ => 1 + next(u64::from(u32::MAX)) as u32,
+                        }
+                    } else {
+                        1 + next(200) as u32
+                    };
+                    key += 1;
+                    let hash = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                    match (kind, i % 2) {
+                        (0, _) | (2, 0) => p.ghost.remember(hash),
+                        (1, _) | (2, _) => p.victims.remember(hash),
+                        _ => {}
+                    }
+                    let before = p.window_max;
+                    let held = p.window_weight + p.main_weight();
+                    let entry = (held / p.entries.max(1)).max(1);
+                    let ahead = p.window_weight + 2 * entry;
+                    let id = free.pop().unwrap_or_else(|| {
+                        fresh += 1;
+                        fresh - 1
+                    });
+                    hits.insert(&mut p, id, hash, w);
+                    resident.insert(id, w);
+                    weight += u64::from(w);
+                    let moved = p.window_max.abs_diff(before);
+                    largest_move = largest_move.max(moved);
+                    longest = longest.max(p.run.unsigned_abs());
+                    assert!(
+                        moved <= (before / 8).max(entry),
+                        "{ctx}: moved {moved} from {before} (entry {entry})"
+                    );
+                    if weighted && p.window_max > before {
+                        assert!(p.window_max <= ahead, "{ctx}: {} > {ahead}", p.window_max);
+                    }
+                    assert!(p.window_min <= p.window_max, "{ctx}: under its least");
+                    assert!(p.window_max <= p.window_cap, "{ctx}: over its cap");
+                    assert_eq!(
+                        p.protected_max,
+                        Adaptive::protected_share(capacity, p.window_max),
+                        "{ctx}"
+                    );
+                    let (window_full_at, protected_full_at) =
+                        (p.window_full_at, p.protected_full_at);
+                    p.limits_changed();
+                    assert_eq!(
+                        (window_full_at, protected_full_at),
+                        (p.window_full_at, p.protected_full_at),
+                        "{ctx}"
+                    );
+                    if next(8) == 0 {
+                        hits.bump(id);
+                    }
+                    if next(50) == 0 {
+                        let mut ids: Vec<u32> = resident.keys().copied().collect();
+                        ids.sort_unstable();
+                        let gone = ids[next(ids.len() as u64) as usize];
+                        weight -= u64::from(resident.remove(&gone).unwrap());
+                        free.push(gone);
+                        p.on_remove(gone, &mut hits);
+                    }
+                    while weight > capacity {
+                        let Some(gone) = p.evict(&mut hits) else {
+                            panic!("{ctx}: None with {weight} held");
+                        };
+                        let w = resident
+                            .remove(&gone)
+                            .unwrap_or_else(|| panic!("{ctx}: evicted {gone} not resident"));
+                        weight -= u64::from(w);
+                        free.push(gone);
+                    }
+                    if i % 61 == 0 || i + 1 == len {
+                        let linked = check_lists(&p, &ctx);
+                        assert_eq!(linked.len(), resident.len(), "{ctx}");
+                    }
+                }
+            }
+        }
+        assert!(longest >= 200, "the longest run was {longest}");
+        assert!(largest_move >= 64, "the largest move was {largest_move}");
+    }
+
+    #[test]
+    fn a_weighted_window_moves_in_doubling_steps_of_the_average_weight() {
+        let doubling = [1, 1, 1, 2, 2, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8, 16].map(|d| 10 * d);
+        let h = |i: u32| u64::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let moves = |p: &mut Adaptive, hits: &mut TestHits, from: u32, grow: bool| {
+            (from..from + 16)
+                .map(|id| {
+                    let before = p.window_max;
+                    if grow {
+                        p.ghost.remember(h(id));
+                    } else {
+                        p.victims.remember(h(id));
+                    }
+                    hits.insert(p, id, h(id), 10);
+                    p.window_max.abs_diff(before)
+                })
+                .collect::<Vec<u64>>()
+        };
+        // Shrinks: a shard of 1,000,000 units holding 2,000 entries of 10
+        // (all in the window, nothing evicted), its size set to 100,000.
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1_000_000, false, true);
+        for id in 0..2_000 {
+            hits.insert(&mut p, id, h(id), 10);
+        }
+        p.window_max = 100_000;
+        p.protected_max = Adaptive::protected_share(1_000_000, 100_000);
+        p.limits_changed();
+        assert_eq!(moves(&mut p, &mut hits, 2_000, false), doubling);
+        // Grows: the window (20,000 units) far ahead of its size (10,000),
+        // so the brake does not hold it yet.
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1_000_000, false, true);
+        for id in 0..2_000 {
+            hits.insert(&mut p, id, h(id), 10);
+        }
+        assert_eq!(p.window_max, 10_000);
+        assert_eq!(moves(&mut p, &mut hits, 2_000, true), doubling);
+        check_lists(&p, "after the grows");
+    }
+
     #[test]
     fn a_growing_window_takes_its_room_from_main_space_and_a_shrinking_one_gives_it_back() {
         let cap = 100u32;
