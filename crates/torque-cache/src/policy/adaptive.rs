@@ -119,19 +119,21 @@ const PROBATION_OF_HELD_DIVISOR: u64 = 20;
 const ADAPTIVE_WINDOW: bool = true;
 /// Moves of the window in one direction in a row per doubling of its
 /// step: the fourth move of a run takes two entries, the eighth four
-/// (unweighted shards; [`Adaptive::step`]). On popularity that
-/// lasts, returns of the two kinds alternate and the window moves by one
-/// entry; after a shift, or where popularity decays (recency), they come
+/// (entries of the average weight with weights; [`Adaptive::step`]). A
+/// return counts towards the run whether or not the window moves (at its
+/// least size or its cap, or held by a weighted window's brake). On
+/// popularity that lasts, returns of the two kinds alternate and the
+/// window moves by one entry; after a shift, or where popularity decays (recency), they come
 /// in runs, and the window crosses the shard in tens of moves instead of
 /// thousands (the way a hill climber's step restarts large, Caffeine's
 /// included). One entry per move, at 10k entries over 12 hasher seeds:
 /// recency 0.3101, shifting Zipf 0.4413; with doubling every four moves
-/// 0.2977 and 0.4208 (quick_cache 0.3065 and 0.4391), the issue's cells
-/// within 0.0002, but the twice-touched scan @10k 0.3794 → 0.391 and the
-/// shifting Zipf @1k 0.6116 → 0.6167 (docs/benchmarks.md, 2026-12-06,
+/// 0.2975 and 0.4211 (quick_cache 0.3065 and 0.4391), the issue's cells
+/// within 0.0002, but the twice-touched scan @10k 0.3794 → 0.3917 and the
+/// shifting Zipf @1k 0.6116 → 0.6163 (docs/benchmarks.md, 2026-12-06,
 /// sixteenth session). With weights (steps of the average entry weight,
 /// the size still at most two entries ahead of the window itself) the
-/// same doubling took recency at 20,000 entries of 1–190 units from
+/// same doubling took recency at 20,000 units (entries of 1–190) from
 /// 0.232 to 0.224 (three runs each), the other weighted cells within the
 /// hashers' noise.
 const MOMENTUM_RUN: u32 = 4;
@@ -908,16 +910,17 @@ impl Adaptive {
         self.victims.widen(true);
     }
 
-    /// Moves the window by one (average) entry on the evidence of a missed
-    /// key's return, as ARC moves its target (Megiddo & Modha, "ARC: A
-    /// Self-Tuning, Low Overhead Replacement Cache", USENIX FAST 2003): a
+    /// Moves the window by one (average) entry, doubled in runs of like
+    /// returns ([`MOMENTUM_RUN`], [`Self::step`]), on the evidence of a
+    /// missed key's return, as ARC moves its target (Megiddo & Modha, "ARC:
+    /// A Self-Tuning, Low Overhead Replacement Cache", USENIX FAST 2003): a
     /// key refused at the window's end lately ([`Self::ghost`]) would have
     /// been a hit with a larger window, so the window grows; one evicted
     /// from main space lately ([`Self::victims`]) would have been a hit
     /// with a larger main space, so the window shrinks. Between its initial
-    /// 1 % and [`max_window`]. A window below its size grows as new
-    /// keys arrive, main space giving the room ([`Self::contest_more`]);
-    /// one above it shrinks at the next evictions, its overflow contesting.
+    /// 1 % and [`max_window`]. A window below its size grows as new keys
+    /// arrive, main space giving the room ([`Self::contest_more`]); one
+    /// above it shrinks at the next evictions, its overflow contesting.
     ///
     /// Caffeine's hill climber, which samples the hit rate instead, moved
     /// the window too slowly at its sample period and too noisily at
@@ -932,18 +935,19 @@ impl Adaptive {
     /// worse at every fixed size, yet refused keys return more often than
     /// evicted ones).
     ///
-    /// With weights the ghosts still count keys, so a step is the shard's
-    /// average entry weight (what it held over its entries before this
-    /// one; exactly 1 without weights), not the returning key's: refused
-    /// keys are heavier than evicted ones (a heavy candidate must outweigh
-    /// every victim it would displace), and steps of their weight pushed
-    /// the window up on Zipf traffic. And a weighted window's size grows
-    /// only while it is at most one step ahead of the window itself: a
-    /// return says a larger window than the one the shard holds would
-    /// have kept the key, not one larger than a size it never reached.
-    /// Without that brake small weighted shards grew their windows on Zipf
-    /// and scan/loop traffic (about 1,000 average entries of 1–100 units:
-    /// Zipf 0.9 0.533 → 0.545, scan/loop 0.666 → 0.691).
+    /// With weights the ghosts still count keys, so a step is of the
+    /// shard's average entry weight (what it held over its entries before
+    /// this one; exactly 1 without weights), not the returning key's:
+    /// refused keys are heavier than evicted ones (a heavy candidate must
+    /// outweigh every victim it would displace), and steps of their weight
+    /// pushed the window up on Zipf traffic. And a weighted window's size
+    /// grows only while it is at most one (average) entry ahead of the
+    /// window itself, and then to at most two entries ahead, however long
+    /// the run: a return says a larger window than the one the shard holds
+    /// would have kept the key, not one larger than a size it never
+    /// reached. Without that brake small weighted shards grew their windows
+    /// on Zipf and scan/loop traffic (about 1,000 average entries of 1–100
+    /// units: Zipf 0.9 0.533 → 0.545, scan/loop 0.666 → 0.691).
     /// Measured with weights of 1–100 (`cache_weighted_traces`,
     /// docs/benchmarks.md, 2026-12-06, thirteenth session): recency at about
     /// 20,000 entries 0.362 → 0.270–0.284, twice-touched scan 0.614 →
