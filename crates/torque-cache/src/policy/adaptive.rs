@@ -2458,6 +2458,19 @@ mod tests {
         assert_eq!(p.meta(0).resident, 6);
     }
 
+    /// Inserts new keys of one unit, ids from `first`, until the shard's
+    /// sketch is regrown; returns the next unused id.
+    fn insert_until_the_sketch_grows(p: &mut Adaptive, hits: &mut TestHits, first: u32) -> u32 {
+        let grow_at = p.grow_at;
+        let mut id = first;
+        while p.grow_at == grow_at {
+            hits.insert(p, id, u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15), 1);
+            id += 1;
+            assert!(id < 1_000_000, "the sketch never grew");
+        }
+        id
+    }
+
     #[test]
     fn a_regrown_sketch_keeps_the_residents_popularity() {
         // A weighted shard's sketch starts small and is rebuilt larger as
@@ -2473,18 +2486,7 @@ mod tests {
         hits.insert(&mut p, 0, hash, 1);
         let popular = p.frequency(0);
         assert!(popular >= 10, "estimate {popular}");
-        let grow_at = p.grow_at;
-        let mut id = 1;
-        while p.grow_at == grow_at {
-            hits.insert(
-                &mut p,
-                id,
-                u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                1,
-            );
-            id += 1;
-            assert!(id < 1_000_000, "the sketch never grew");
-        }
+        let id = insert_until_the_sketch_grows(&mut p, &mut hits, 1);
         assert_eq!(p.frequency(0), popular, "the resident's estimate");
         assert!(
             p.sketch.frequency(hash) >= popular,
@@ -2526,18 +2528,7 @@ mod tests {
         }
         hits.insert(&mut p, 1, fresh, 1);
         assert_ne!(p.meta(1).flags & DOOR, 0);
-        let grow_at = p.grow_at;
-        let mut id = 2;
-        while p.grow_at == grow_at {
-            hits.insert(
-                &mut p,
-                id,
-                u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                1,
-            );
-            id += 1;
-            assert!(id < 1_000_000, "the sketch never grew");
-        }
+        insert_until_the_sketch_grows(&mut p, &mut hits, 2);
         for (id, hash) in [(0, aged), (1, fresh)] {
             assert_eq!(p.frequency(id), p.sketch.frequency(hash), "id {id} carried");
         }
