@@ -102,9 +102,9 @@ const INITIAL_SKETCH_ENTRIES: u64 = 1 << 14;
 /// moved on leave sooner: over 12 hasher seeds each, against 90 with the
 /// narrow table, shifting Zipf @10k 0.4530 → 0.4409 and @1k 0.6166 →
 /// 0.6107, recency @10k 0.3168 → 0.3100 and @1k 0.7506 → 0.7393, the
-/// issue's Zipf cells within +0.0012; 70 reached 0.4369 on the shifting Zipf (below quick_cache's
-/// 0.4391) but left scan/loop @1k a margin of 0.0005 (docs/benchmarks.md,
-/// 2026-12-06, sixteenth session).
+/// issue's Zipf cells within +0.0012; 70 reached 0.4369 on the shifting
+/// Zipf (below quick_cache's 0.4391) but left scan/loop @1k a margin of
+/// 0.0005 (docs/benchmarks.md, 2026-12-06, sixteenth session).
 const PROTECTED_PERCENT: u64 = 80;
 /// Probation keeps at least this fraction (1/20, 5 %) of the main space a
 /// shard actually holds ([`Adaptive::protected_limit`]), so it never runs
@@ -123,9 +123,9 @@ const ADAPTIVE_WINDOW: bool = true;
 /// return counts towards the run whether or not the window moves (at its
 /// least size or its cap, or held by a weighted window's brake). On
 /// popularity that lasts, returns of the two kinds alternate and the
-/// window moves by one entry; after a shift, or where popularity decays (recency), they come
-/// in runs, and the window crosses the shard in tens of moves instead of
-/// thousands (the way a hill climber's step restarts large, Caffeine's
+/// window moves by one entry; after a shift, or where popularity decays
+/// (recency), they come in runs, and the window crosses a shard of a few
+/// thousand entries in tens of moves instead of thousands (the way a hill climber's step restarts large, Caffeine's
 /// included). One entry per move, at 10k entries over 12 hasher seeds:
 /// recency 0.3101, shifting Zipf 0.4413; with doubling every four moves
 /// 0.2975 and 0.4211 (quick_cache 0.3065 and 0.4391), the cells
@@ -1017,12 +1017,13 @@ impl Adaptive {
 
     /// One step of [`Self::adapt`]: one `entry` ([`Self::entry_step`]),
     /// doubled every [`MOMENTUM_RUN`] moves of one kind in a row and reset
-    /// by a move the other way, at most an eighth of the window.
+    /// by a move the other way, at most an eighth of the window and
+    /// [`MAX_STEP_ENTRIES`] entries.
     #[inline]
     fn step(&self, entry: u64) -> u64 {
         // Doubled every MOMENTUM_RUN moves of one kind in a row (the run
         // counts this move), at most an eighth of the window (and at least
-        // one entry).
+        // one entry) and MAX_STEP_ENTRIES entries.
         let doublings = (self.run.unsigned_abs() / MOMENTUM_RUN).min(32);
         entry
             .saturating_mul(1 << doublings)
