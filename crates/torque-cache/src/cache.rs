@@ -1250,16 +1250,18 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// panics, the entries removed so far are still accounted for and
     /// reported, and the panic then resumes.
     ///
-    /// A load in flight is not an entry yet (there is no value to show
-    /// `keep`): unlike [`remove`](Self::remove) and
-    /// [`invalidate_all`](Self::invalidate_all), `retain` does not
-    /// supersede it, and the value it stores once `retain` has returned is
-    /// kept whatever `keep` would have said. To drop a key that may be
-    /// loading, `remove` it.
+    /// A load in flight is not an entry yet, and there is no value to show
+    /// `keep`, so `retain` supersedes every load in flight, as
+    /// [`invalidate_all`](Self::invalidate_all) does: each still gives its
+    /// value to its callers, but does not store it. A loader may have read
+    /// its source before the change that this `retain` is there to clear
+    /// out; stored after `retain` returned, its value would stay whatever
+    /// `keep` would have said. The cost is a miss on those keys later.
     pub fn retain<F>(&self, mut keep: F)
     where
         F: FnMut(&K, &V) -> bool,
     {
+        self.inner.loads.supersede::<K>(None);
         let timing = self.timing();
         for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();

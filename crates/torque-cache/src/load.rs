@@ -12,9 +12,9 @@
 //! load that no one is running (moka #240).
 //!
 //! A write, `remove` or `invalidate_all` of a key while its load runs
-//! supersedes that load: the loader may have read its source before the
-//! change, so its value goes to the callers that waited for it but is not
-//! stored over the change.
+//! supersedes that load (and a `retain` every load then in flight): the
+//! loader may have read its source before the change, so its value goes to
+//! the callers that waited for it but is not stored over the change.
 
 use std::any::Any;
 use std::borrow::Borrow;

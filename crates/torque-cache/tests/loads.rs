@@ -335,8 +335,9 @@ fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
     // reader's load (begun before the update) is still running. The load
     // finished last and stored its older value over the newer one, which
     // then stayed until evicted or expired. Likewise a remove or
-    // invalidate_all issued during a load was undone by it.
-    for invalidation in ["insert", "remove", "invalidate_all"] {
+    // invalidate_all issued during a load was undone by it, and so was a
+    // retain that would have dropped the key.
+    for invalidation in ["insert", "remove", "invalidate_all", "retain"] {
         let cache: LocalCache<u32, u64> = LocalCache::new(100);
         let (started_tx, started) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel::<()>();
@@ -357,6 +358,7 @@ fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
             "remove" => {
                 cache.remove(&1);
             }
+            "retain" => cache.retain(|k, _| *k != 1),
             _ => cache.invalidate_all(),
         }
         go.send(()).expect("loader waiting");
