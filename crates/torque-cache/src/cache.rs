@@ -201,6 +201,8 @@ pub(crate) struct Inner<K, V, S> {
     /// Reads made under the shared lock.
     reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
+    /// Whether a sweeper thread was started ([`LocalCache::sweep_every`]).
+    sweeping: AtomicBool,
 }
 
 /// `Inner::earliest`: a lower bound on the shards' `due`, exact under races.
@@ -283,6 +285,86 @@ impl<K, V, S> fmt::Debug for LocalCache<K, V, S> {
             .field("weighted_size", &i.weight.load(Ordering::Relaxed))
             .field("shards", &i.shards.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl<K, V, S> LocalCache<K, V, S>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+    S: BuildHasher + Send + Sync + 'static,
+{
+    /// Starts a thread (named `torque-cache-sweep`) that frees what has
+    /// expired every `every`, as [`run_pending_tasks`](Self::run_pending_tasks)
+    /// does, also while nothing reads or writes the cache. Without it an
+    /// idle cache keeps its expired entries, and their values' memory, until
+    /// its next use: reads and writes free what is due a little at a time,
+    /// but an idle cache makes none.
+    ///
+    /// The thread holds the cache weakly: it ends at its first tick after
+    /// the last handle to the cache is dropped (dropping never waits for
+    /// it). The listener hears the entries it frees on that thread; a
+    /// listener that panics there does not stop it. The interval is real
+    /// time; what has expired is decided by the cache's clock.
+    ///
+    /// # Errors
+    /// [`std::io::ErrorKind::InvalidInput`] for a zero interval,
+    /// [`std::io::ErrorKind::AlreadyExists`] if this cache already has a
+    /// sweeper, and the operating system's error if the thread cannot
+    /// start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use torque_cache::LocalCache;
+    ///
+    /// let sessions: LocalCache<u64, String> = LocalCache::builder()
+    ///     .max_capacity(10_000)
+    ///     .time_to_live(Duration::from_secs(30 * 60))
+    ///     .build()?;
+    /// // Expired sessions are freed within a second even if traffic stops.
+    /// sessions.sweep_every(Duration::from_secs(1))?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn sweep_every(&self, every: Duration) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind};
+        if every.is_zero() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "sweep_every needs an interval above zero",
+            ));
+        }
+        if self.inner.sweeping.swap(true, Ordering::AcqRel) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "this cache already has a sweeper thread",
+            ));
+        }
+        let cache = Arc::downgrade(&self.inner);
+        let started = std::thread::Builder::new()
+            .name("torque-cache-sweep".to_string())
+            .spawn(move || {
+                loop {
+                    std::thread::park_timeout(every);
+                    let Some(inner) = cache.upgrade() else {
+                        return;
+                    };
+                    let cache = LocalCache { inner };
+                    // A panicking listener (or `Drop` of a freed value) is
+                    // the caller's bug, reported by the panic hook; the
+                    // entries it was told of are accounted for, and the
+                    // next tick sweeps again.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        cache.run_pending_tasks();
+                    }));
+                }
+            });
+        match started {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.inner.sweeping.store(false, Ordering::Release);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -377,6 +459,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shared_reads,
                 reads: ReadCounters::new(crate::reads::default_stripes()),
                 loads: Loads::new(),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }

@@ -1,0 +1,93 @@
+//! `LocalCache::sweep_every`: an idle cache frees what has expired.
+
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use torque_cache::{LocalCache, MockClock, RemovalCause};
+
+/// Spins (yielding) until `done` holds, for at most 10 s of real time.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not within 10 s: {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn an_idle_cache_with_a_sweeper_frees_what_has_expired() {
+    let clock = MockClock::new();
+    let expired = Arc::new(AtomicUsize::new(0));
+    let heard = Arc::clone(&expired);
+    let cache: LocalCache<u32, Vec<u8>> = LocalCache::builder()
+        .max_capacity(1_000)
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .eviction_listener(move |_, _, cause| {
+            assert_eq!(cause, RemovalCause::Expired);
+            heard.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    for k in 0..100 {
+        cache.insert(k, vec![0; 1024]);
+    }
+    cache.sweep_every(Duration::from_millis(1)).unwrap();
+    clock.advance(Duration::from_secs(11));
+    // No read or write from here on: only the sweeper can free them.
+    eventually("the sweeper freed the 100 expired entries", || {
+        expired.load(Ordering::SeqCst) == 100
+    });
+    assert_eq!(cache.stats().evictions.expired, 100);
+    assert_eq!(cache.weighted_size(), 0);
+}
+
+#[test]
+fn a_sweeper_keeps_sweeping_after_a_listener_panics() {
+    let clock = MockClock::new();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&heard);
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .eviction_listener(move |k, _, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+            assert_ne!(
+                *k, 0,
+                "the listener panics on key 0 (expected in this test)"
+            );
+        })
+        .build()
+        .unwrap();
+    cache.insert(0, 0);
+    cache.sweep_every(Duration::from_millis(1)).unwrap();
+    clock.advance(Duration::from_secs(11));
+    eventually("the first sweep told the listener of key 0", || {
+        heard.load(Ordering::SeqCst) >= 1
+    });
+    // Inserted after the panic, with the time-to-live from now.
+    cache.insert(1, 1);
+    clock.advance(Duration::from_secs(11));
+    eventually("a later sweep freed key 1", || {
+        heard.load(Ordering::SeqCst) >= 2
+    });
+}
+
+#[test]
+fn a_zero_interval_or_a_second_sweeper_is_an_error() {
+    let cache: LocalCache<u32, u32> = LocalCache::new(10);
+    let zero = cache.sweep_every(Duration::ZERO).unwrap_err();
+    assert_eq!(zero.kind(), ErrorKind::InvalidInput);
+    cache.sweep_every(Duration::from_secs(60)).unwrap();
+    // Through another handle to the same cache, too.
+    let other = cache.clone();
+    let twice = other.sweep_every(Duration::from_secs(1)).unwrap_err();
+    assert_eq!(twice.kind(), ErrorKind::AlreadyExists);
+    drop(cache);
+}

@@ -1,0 +1,51 @@
+//! A sweeper thread ends once the cache is dropped. (Alone in its file: it
+//! counts the process's threads by name.)
+
+use std::time::{Duration, Instant};
+
+use torque_cache::LocalCache;
+
+fn sweepers_alive() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("torque-cache-sw"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_sweeper_ends_after_the_cache_is_dropped() {
+    if !std::path::Path::new("/proc/self/task").exists() {
+        eprintln!("no /proc: nothing to count");
+        return;
+    }
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .time_to_live(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    assert_eq!(sweepers_alive(), 0);
+    cache.sweep_every(Duration::from_millis(5)).unwrap();
+    let start = Instant::now();
+    while sweepers_alive() < 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "never started");
+        std::thread::yield_now();
+    }
+    let clone = cache.clone();
+    drop(cache);
+    assert_eq!(sweepers_alive(), 1, "a clone keeps it");
+    drop(clone);
+    let start = Instant::now();
+    while sweepers_alive() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the sweeper outlived its cache"
+        );
+        std::thread::yield_now();
+    }
+}
