@@ -201,8 +201,27 @@ pub(crate) struct Inner<K, V, S> {
     /// Reads made under the shared lock.
     reads: ReadCounters,
     pub(crate) loads: Loads<K, V>,
-    /// Whether a sweeper thread was started ([`LocalCache::sweep_every`]).
-    sweeping: AtomicBool,
+    /// The sweeper thread, if one was started ([`LocalCache::sweep_every`]).
+    sweeper: Sweeper,
+}
+
+/// `Inner::sweeper`: whether a sweeper thread was started, and the thread,
+/// which the cache's drop wakes so that it ends at once (it holds the cache
+/// weakly, and waited for its next tick: an hour's idle thread after the
+/// cache was gone, for an hour's interval). Not generic, so that its `Drop`
+/// adds no drop-check constraint on the keys' and values' types.
+#[derive(Debug, Default)]
+struct Sweeper {
+    started: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
 }
 
 /// `Inner::earliest`: a lower bound on the shards' `due`, exact under races.
@@ -301,9 +320,11 @@ where
     /// its next use: reads and writes free what is due a little at a time,
     /// but an idle cache makes none.
     ///
-    /// The thread holds the cache weakly: it ends at its first tick after
-    /// the last handle to the cache is dropped (dropping never waits for
-    /// it). The listener hears the entries it frees on that thread; a
+    /// The thread holds the cache weakly: once the last handle to the cache
+    /// is dropped it wakes and ends (dropping never waits for it). A sweep
+    /// holds the cache while it runs, so if the last handle is dropped
+    /// meanwhile, the cache, with its keys, values and listener, is dropped
+    /// on the sweeper thread as that sweep ends. The listener hears the entries it frees on that thread; a
     /// listener that panics there does not stop it. The interval is real
     /// time; what has expired is decided by the cache's clock.
     ///
@@ -333,7 +354,7 @@ where
                 "sweep_every needs an interval above zero",
             ));
         }
-        if self.inner.sweeping.swap(true, Ordering::AcqRel) {
+        if self.inner.sweeper.started.swap(true, Ordering::AcqRel) {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
                 "this cache already has a sweeper thread",
@@ -359,9 +380,14 @@ where
                 }
             });
         match started {
-            Ok(_) => Ok(()),
+            Ok(handle) => {
+                // Set while this handle keeps the cache alive, so before
+                // the drop that reads it.
+                let _ = self.inner.sweeper.thread.set(handle.thread().clone());
+                Ok(())
+            }
             Err(e) => {
-                self.inner.sweeping.store(false, Ordering::Release);
+                self.inner.sweeper.started.store(false, Ordering::Release);
                 Err(e)
             }
         }
@@ -459,7 +485,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 shared_reads,
                 reads: ReadCounters::new(crate::reads::default_stripes()),
                 loads: Loads::new(),
-                sweeping: AtomicBool::new(false),
+                sweeper: Sweeper::default(),
             }),
         }
     }

@@ -24,28 +24,40 @@ fn the_sweeper_ends_after_the_cache_is_dropped() {
         eprintln!("no /proc: nothing to count");
         return;
     }
-    let cache: LocalCache<u32, u32> = LocalCache::builder()
-        .max_capacity(10)
-        .time_to_live(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    assert_eq!(sweepers_alive(), 0);
-    cache.sweep_every(Duration::from_millis(5)).unwrap();
-    let start = Instant::now();
-    while sweepers_alive() < 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "never started");
-        std::thread::yield_now();
-    }
-    let clone = cache.clone();
-    drop(cache);
-    assert_eq!(sweepers_alive(), 1, "a clone keeps it");
-    drop(clone);
-    let start = Instant::now();
-    while sweepers_alive() > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the sweeper outlived its cache"
-        );
-        std::thread::yield_now();
+    // A long interval too: the last handle's drop wakes the sweeper, which
+    // then ends at once. (It waited for its next tick: an hour's thread
+    // for an hour's interval, and for ever with `Duration::MAX`.)
+    for every in [
+        Duration::from_millis(5),
+        Duration::from_secs(3600),
+        Duration::MAX,
+    ] {
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .time_to_live(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(sweepers_alive(), 0, "{every:?}");
+        cache.sweep_every(every).unwrap();
+        let start = Instant::now();
+        while sweepers_alive() < 1 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "never started ({every:?})"
+            );
+            std::thread::yield_now();
+        }
+        let clone = cache.clone();
+        drop(cache);
+        assert_eq!(sweepers_alive(), 1, "a clone keeps it ({every:?})");
+        drop(clone);
+        let start = Instant::now();
+        while sweepers_alive() > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the sweeper outlived its cache ({every:?})"
+            );
+            std::thread::yield_now();
+        }
     }
 }
