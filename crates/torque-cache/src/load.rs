@@ -14,7 +14,9 @@
 //! A write, `remove` or `invalidate_all` of a key while its load runs
 //! supersedes that load (and a `retain` every load then in flight): the
 //! loader may have read its source before the change, so its value goes to
-//! the callers that waited for it but is not stored over the change.
+//! the callers that waited for it but is not stored over the change. It
+//! also leaves the in-flight map then, so that a call made after the change
+//! loads afresh instead of waiting for that value.
 
 use std::any::Any;
 use std::borrow::Borrow;
@@ -127,26 +129,31 @@ impl<K, V> Loads<K, V> {
         }
     }
 
-    /// [`Self::supersede`] while some load is in flight.
+    /// [`Self::supersede`] while some load is in flight. A superseded
+    /// load also leaves the in-flight map: a call that comes after the
+    /// change must not wait for a value that may predate it (it found the
+    /// load there and got its value, even from the writer's own thread
+    /// after its `remove` returned), so it starts a load of its own. The
+    /// superseded leader then finds its key gone, or another load's slot
+    /// there, and leaves that alone ([`LeaderGuard::leave`]).
     #[inline(never)]
     fn supersede_pending<Q>(&self, key: Option<&Q>)
     where
         K: Borrow<Q> + Hash + Eq,
         Q: Hash + Eq + ?Sized,
     {
-        let pending = self.pending.lock();
-        match key {
-            Some(key) => {
-                if let Some(slot) = pending.get(key) {
-                    slot.superseded.store(true, Ordering::Relaxed);
-                }
-            }
-            None => {
-                for slot in pending.values() {
-                    slot.superseded.store(true, Ordering::Relaxed);
-                }
-            }
+        let mut pending = self.pending.lock();
+        let left: Vec<PendingEntry<K, V>> = match key {
+            Some(key) => pending.remove_entry(key).into_iter().collect(),
+            None => pending.drain().collect(),
+        };
+        for (_, slot) in &left {
+            slot.superseded.store(true, Ordering::Relaxed);
         }
+        self.in_flight.store(pending.len(), Ordering::SeqCst);
+        drop(pending);
+        // The map's copies of the keys: user code, with no lock held.
+        drop(left);
     }
 
     /// `(loads, failures, nanoseconds spent loading)`.
@@ -807,8 +814,10 @@ where
     /// (a waiter whose error type is not the failed loader's cannot share
     /// its error: it runs its own loader instead).
     /// A value is cached; an error is not, so the next call loads again.
-    /// A value whose key was written, removed or invalidated while it loaded
-    /// is returned but not cached (it may predate that change). A caller
+    /// A value whose key was written, removed or invalidated (or that a
+    /// [`retain`](Self::retain) superseded) while it loaded is returned to
+    /// the callers already waiting for it but not cached (it may predate
+    /// that change); a call made after that change loads afresh. A caller
     /// that gets the value without running its loader (it waited, or found
     /// the value just stored) uses the key as a [`get`](Self::get) hit does:
     /// the entry's time-to-idle restarts and the policy sees the use. Each
@@ -899,8 +908,10 @@ where
     /// miss. However many tasks miss the same key at once, one of them
     /// awaits its loader and the others wait (without blocking a thread) and
     /// share its value or its error. A value is cached; an error is not; a
-    /// value superseded by a write, remove or invalidation of its key while
-    /// it loaded is returned but not cached. A waiter's read uses the key
+    /// value superseded by a write, remove or invalidation of its key (or by
+    /// a [`retain`](Self::retain)) while it loaded is returned to the tasks
+    /// already waiting for it but not cached, and a call made after that
+    /// change loads afresh. A waiter's read uses the key
     /// as in [`get_or_load`](Self::get_or_load).
     ///
     /// Cancellation is safe: a waiting task that is dropped just stops

@@ -374,6 +374,60 @@ fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
 }
 
 #[test]
+fn regression_a_call_after_an_invalidation_does_not_wait_for_the_load_it_superseded() {
+    // The writer updates the source, then removes the key (or invalidates
+    // every key, or retains others), while a reader's load begun before the
+    // update still runs; then it loads the key itself. Its call found the
+    // superseded load still in the in-flight map and waited for it, and so
+    // got the value read before its own update, from a call made after its
+    // `remove` returned. Now it loads afresh; the first load's callers
+    // still get the first load's value.
+    for invalidation in ["remove", "invalidate_all", "retain"] {
+        let cache: LocalCache<u32, u64> = LocalCache::new(100);
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, || {
+                    // Read the source: the old value.
+                    started_tx.send(()).expect("test alive");
+                    go_rx.recv().expect("test alive");
+                    Ok::<_, ()>(1)
+                })
+            })
+        };
+        started.recv().expect("loader started");
+        match invalidation {
+            "remove" => {
+                cache.remove(&1);
+            }
+            "retain" => cache.retain(|k, _| *k != 1),
+            _ => cache.invalidate_all(),
+        }
+        let (late_tx, late) = std::sync::mpsc::channel();
+        let writer = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, || {
+                    late_tx.send(()).expect("test alive");
+                    Ok::<_, ()>(2)
+                })
+            })
+        };
+        let loaded = late.recv_timeout(Duration::from_secs(10));
+        go.send(()).expect("loader waiting");
+        assert!(
+            loaded.is_ok(),
+            "after {invalidation}: the later call waited for the superseded load"
+        );
+        assert_eq!(writer.join().expect("no panic"), Ok(2), "{invalidation}");
+        assert_eq!(reader.join().expect("no panic"), Ok(1), "{invalidation}");
+        assert_eq!(cache.get(&1), Some(2), "after {invalidation}");
+    }
+}
+
+#[test]
 fn a_loader_that_loads_its_own_key_panics_instead_of_waiting_forever() {
     let cache: LocalCache<u32, u32> = LocalCache::new(10);
     let (done_tx, done) = std::sync::mpsc::channel();
