@@ -1362,7 +1362,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// A load in flight is not an entry yet, and there is no value to show
     /// `keep`, so `retain` supersedes every load in flight, as
     /// [`invalidate_all`](Self::invalidate_all) does: each still gives its
-    /// value to its callers, but does not store it. A loader may have read
+    /// value to the callers already waiting for it, but does not store it
+    /// (a call made after `retain` began loads afresh). A loader may have read
     /// its source before the change that this `retain` is there to clear
     /// out; stored after `retain` returned, its value would stay whatever
     /// `keep` would have said. The cost is a miss on those keys later.

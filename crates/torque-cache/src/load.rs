@@ -111,7 +111,8 @@ impl<K, V> Loads<K, V> {
     /// Called by a write, remove or invalidation of `key` (all keys with
     /// `None`) *before* it changes the cache: a load of that key now in
     /// flight may have read its source before the change, so its value
-    /// must not be stored over the change (it still goes to its callers).
+    /// must not be stored over the change (it still goes to the callers
+    /// already waiting for it; later ones start a load of their own).
     /// A load that starts after this call finds the change in the cache, or
     /// reads its source after the caller changed it. Costs one atomic load
     /// while no load is in flight.
