@@ -91,3 +91,43 @@ fn a_zero_interval_or_a_second_sweeper_is_an_error() {
     assert_eq!(twice.kind(), ErrorKind::AlreadyExists);
     drop(cache);
 }
+
+#[test]
+fn a_listener_on_the_sweeper_thread_may_use_the_cache() {
+    // The sweeper tells the listener with no lock held, as every other
+    // path does (docs/cache.md, "User code and locks").
+    let clock = MockClock::new();
+    let slot: Arc<std::sync::Mutex<Option<LocalCache<u32, u32>>>> = Arc::default();
+    let from_listener = Arc::clone(&slot);
+    let done = Arc::new(AtomicUsize::new(0));
+    let heard = Arc::clone(&done);
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .eviction_listener(move |k, v, cause| {
+            let cache = from_listener.lock().unwrap().clone();
+            if let (Some(cache), RemovalCause::Expired) = (cache, cause) {
+                // Reads, loads and writes back under another key.
+                assert_eq!(cache.get(k), None);
+                let again = cache.get_or_load(*k + 100, || Ok::<_, ()>(*v));
+                assert_eq!(again, Ok(*v));
+                let sweeper = std::thread::current().name() == Some("torque-cache-sweep");
+                heard.store(if sweeper { 1 } else { 2 }, Ordering::SeqCst);
+            }
+        })
+        .build()
+        .unwrap();
+    *slot.lock().unwrap() = Some(cache.clone());
+    cache.insert(1, 7);
+    cache.sweep_every(Duration::from_millis(1)).unwrap();
+    clock.advance(Duration::from_secs(11));
+    // No read or write until the listener is done: only the sweeper frees.
+    eventually("the listener reloaded key 1 as 101", || {
+        done.load(Ordering::SeqCst) != 0
+    });
+    assert_eq!(done.load(Ordering::SeqCst), 1, "told on the sweeper thread");
+    assert_eq!(cache.get(&101), Some(7));
+    // Breaks the cycle through the listener, so that the cache is dropped.
+    slot.lock().unwrap().take();
+}
