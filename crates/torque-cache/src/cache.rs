@@ -370,6 +370,14 @@ where
                         return;
                     };
                     let cache = LocalCache { inner };
+                    // Nothing due in any shard (or nothing can expire): no
+                    // shard's lock is taken, so a short interval costs a
+                    // busy cache nothing but this check.
+                    if !cache.inner.expiry_in_use.load(Ordering::Relaxed)
+                        || cache.inner.earliest.bound() > cache.timing().now
+                    {
+                        continue;
+                    }
                     // A panicking listener (or `Drop` of a freed value) is
                     // the caller's bug, reported by the panic hook; the
                     // entries it was told of are accounted for, and the
