@@ -329,6 +329,45 @@ fn regression_listener_may_load_the_key_whose_load_just_finished() {
     assert_eq!(reloads.load(Ordering::SeqCst), 2);
 }
 
+/// A reader thread whose load of key 1 reads the source (the old value:
+/// one) and then waits, once it has started; it finishes when the
+/// returned sender sends.
+fn a_load_of_key_1_held_open(
+    cache: &LocalCache<u32, u64>,
+) -> (
+    std::thread::JoinHandle<Result<u64, Arc<()>>>,
+    std::sync::mpsc::Sender<()>,
+) {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            cache.get_or_load(1, || {
+                started_tx.send(()).expect("test alive");
+                go_rx.recv().expect("test alive");
+                Ok::<_, ()>(1)
+            })
+        })
+    };
+    started.recv().expect("loader started");
+    (reader, go)
+}
+
+/// Changes key 1 by `how`: "insert" (writes 2), "remove", "retain" (of
+/// the other keys) or "invalidate_all".
+fn invalidate_key_1(cache: &LocalCache<u32, u64>, how: &str) {
+    match how {
+        "insert" => cache.insert(1, 2),
+        "remove" => {
+            cache.remove(&1);
+        }
+        "retain" => cache.retain(|k, _| *k != 1),
+        "invalidate_all" => cache.invalidate_all(),
+        other => panic!("no invalidation named {other}"),
+    }
+}
+
 #[test]
 fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
     // Write-through: a writer updates the source, then the cache, while a
@@ -339,28 +378,8 @@ fn regression_a_write_during_a_load_is_not_overwritten_by_the_loaded_value() {
     // retain that would have dropped the key.
     for invalidation in ["insert", "remove", "invalidate_all", "retain"] {
         let cache: LocalCache<u32, u64> = LocalCache::new(100);
-        let (started_tx, started) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let reader = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                cache.get_or_load(1, || {
-                    // Read the source: the old value.
-                    started_tx.send(()).expect("test alive");
-                    go_rx.recv().expect("test alive");
-                    Ok::<_, ()>(1)
-                })
-            })
-        };
-        started.recv().expect("loader started");
-        match invalidation {
-            "insert" => cache.insert(1, 2),
-            "remove" => {
-                cache.remove(&1);
-            }
-            "retain" => cache.retain(|k, _| *k != 1),
-            _ => cache.invalidate_all(),
-        }
+        let (reader, go) = a_load_of_key_1_held_open(&cache);
+        invalidate_key_1(&cache, invalidation);
         go.send(()).expect("loader waiting");
         // The reader itself may see the value it loaded.
         assert_eq!(reader.join().expect("no panic"), Ok(1));
@@ -384,27 +403,8 @@ fn regression_a_call_after_an_invalidation_does_not_wait_for_the_load_it_superse
     // still get the first load's value.
     for invalidation in ["remove", "invalidate_all", "retain"] {
         let cache: LocalCache<u32, u64> = LocalCache::new(100);
-        let (started_tx, started) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel::<()>();
-        let reader = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                cache.get_or_load(1, || {
-                    // Read the source: the old value.
-                    started_tx.send(()).expect("test alive");
-                    go_rx.recv().expect("test alive");
-                    Ok::<_, ()>(1)
-                })
-            })
-        };
-        started.recv().expect("loader started");
-        match invalidation {
-            "remove" => {
-                cache.remove(&1);
-            }
-            "retain" => cache.retain(|k, _| *k != 1),
-            _ => cache.invalidate_all(),
-        }
+        let (reader, go) = a_load_of_key_1_held_open(&cache);
+        invalidate_key_1(&cache, invalidation);
         let (late_tx, late) = std::sync::mpsc::channel();
         let writer = {
             let cache = cache.clone();
