@@ -324,9 +324,10 @@ where
     /// is dropped it wakes and ends (dropping never waits for it). A sweep
     /// holds the cache while it runs, so if the last handle is dropped
     /// meanwhile, the cache, with its keys, values and listener, is dropped
-    /// on the sweeper thread as that sweep ends. The listener hears the entries it frees on that thread; a
-    /// listener that panics there does not stop it. The interval is real
-    /// time; what has expired is decided by the cache's clock.
+    /// on the sweeper thread as that sweep ends. The listener hears the
+    /// entries it frees on that thread; a listener (or clock) that panics
+    /// there does not stop it. The interval is real time; what has expired
+    /// is decided by the cache's clock.
     ///
     /// # Errors
     /// [`std::io::ErrorKind::InvalidInput`] for a zero interval,
@@ -370,20 +371,19 @@ where
                         return;
                     };
                     let cache = LocalCache { inner };
-                    // Nothing due in any shard (or nothing can expire): no
-                    // shard's lock is taken, so a short interval costs a
-                    // busy cache nothing but this check.
-                    if !cache.inner.expiry_in_use.load(Ordering::Relaxed)
-                        || cache.inner.earliest.bound() > cache.timing().now
-                    {
-                        continue;
-                    }
-                    // A panicking listener (or `Drop` of a freed value) is
-                    // the caller's bug, reported by the panic hook; the
-                    // entries it was told of are accounted for, and the
-                    // next tick sweeps again.
+                    // A panicking listener, `Drop` of a freed value or
+                    // clock is the caller's bug, reported by the panic
+                    // hook; the entries the listener was told of are
+                    // accounted for, and the next tick sweeps again.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        cache.run_pending_tasks();
+                        // Nothing due in any shard (or nothing can expire):
+                        // no shard's lock is taken, so a short interval
+                        // costs a busy cache nothing but this check.
+                        if cache.inner.expiry_in_use.load(Ordering::Relaxed)
+                            && cache.inner.earliest.bound() <= cache.timing().now
+                        {
+                            cache.run_pending_tasks();
+                        }
                     }));
                 }
             });
