@@ -140,3 +140,57 @@ fn a_listener_on_the_sweeper_thread_may_use_the_cache() {
     // Breaks the cycle through the listener, so that the cache is dropped.
     slot.lock().unwrap().take();
 }
+
+/// A clock that panics while `broken` is set (a user's clock with a bug),
+/// counting the reads it panicked on.
+#[derive(Debug, Clone)]
+struct FlakyClock {
+    inner: MockClock,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    panicked: Arc<AtomicUsize>,
+}
+
+impl torque_cache::Clock for FlakyClock {
+    fn now(&self) -> Instant {
+        if self.broken.load(Ordering::SeqCst) {
+            self.panicked.fetch_add(1, Ordering::SeqCst);
+            panic!("the clock is broken (expected in this test)");
+        }
+        self.inner.now()
+    }
+}
+
+#[test]
+fn a_sweeper_keeps_sweeping_after_its_clock_panics() {
+    let mock = MockClock::new();
+    let clock = FlakyClock {
+        inner: mock.clone(),
+        broken: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        panicked: Arc::new(AtomicUsize::new(0)),
+    };
+    let expired = Arc::new(AtomicUsize::new(0));
+    let heard = Arc::clone(&expired);
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100)
+        .time_to_live(Duration::from_secs(10))
+        .clock(clock.clone())
+        .eviction_listener(move |_, _, _| {
+            heard.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .unwrap();
+    cache.insert(1, 1);
+    // Broken before the first tick: only the sweeper reads the clock now.
+    clock.broken.store(true, Ordering::SeqCst);
+    cache.sweep_every(Duration::from_millis(1)).unwrap();
+    // A second panicking read means the first panic did not end the thread.
+    eventually("the sweeper read the broken clock twice", || {
+        clock.panicked.load(Ordering::SeqCst) >= 2
+    });
+    // Mended: the thread frees the expired entry.
+    clock.broken.store(false, Ordering::SeqCst);
+    mock.advance(Duration::from_secs(11));
+    eventually("the sweeper freed the entry after the clock mended", || {
+        expired.load(Ordering::SeqCst) == 1
+    });
+}
