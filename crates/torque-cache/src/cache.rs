@@ -1421,6 +1421,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             drop(shard);
             self.notify(&mut removed);
         }
+        // Every shard was swept: the bound may rise to their earliest
+        // timer (else it stays at the deadlines just swept, and the
+        // sweeper thread, which sweeps while it is due, sweeps every
+        // shard on every tick).
+        self.inner.earliest.raise(&self.inner.due);
     }
 
     /// The number of entries, after freeing the expired ones.
@@ -1651,6 +1656,32 @@ mod tests {
                 inner.earliest.bound()
             );
         }
+    }
+
+    #[test]
+    fn run_pending_tasks_raises_the_earliest_bound_past_what_it_swept() {
+        // The sweeper thread (`sweep_every`) sweeps only while the bound is
+        // due. Left at the swept timer's deadline, it stayed due for good
+        // in a cache that is never full (only a full cache's write raised
+        // it), and every tick write-locked every shard for nothing.
+        let clock = crate::MockClock::new();
+        let cache = LocalCache::<u64, u64>::builder()
+            .max_capacity(64)
+            .shards(4)
+            .clock(clock.clone())
+            .build()
+            .expect("valid config");
+        cache.insert_with_ttl(1, 1, Duration::from_secs(1));
+        cache.insert_with_ttl(2, 2, Duration::from_secs(3_600));
+        clock.advance(Duration::from_secs(2));
+        cache.run_pending_tasks();
+        assert!(!cache.contains_key(&1));
+        let now = cache.timing().now;
+        assert!(
+            cache.inner.earliest.bound() > now,
+            "bound {} still due at {now} after a full sweep",
+            cache.inner.earliest.bound()
+        );
     }
 
     #[test]
