@@ -7,17 +7,8 @@ use std::time::{Duration, Instant};
 
 use torque_cache::{LocalCache, MockClock, RemovalCause};
 
-/// Spins (yielding) until `done` holds, for at most 10 s of real time.
-fn eventually(what: &str, done: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "not within 10 s: {what}"
-        );
-        std::thread::yield_now();
-    }
-}
+mod common;
+use common::eventually;
 
 #[test]
 fn an_idle_cache_with_a_sweeper_frees_what_has_expired() {
