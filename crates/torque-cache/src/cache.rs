@@ -376,13 +376,19 @@ where
                     // hook; the entries the listener was told of are
                     // accounted for, and the next tick sweeps again.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        // Nothing due in any shard (or nothing can expire):
-                        // no shard's lock is taken, so a short interval
-                        // costs a busy cache nothing but this check.
-                        if cache.inner.expiry_in_use.load(Ordering::Relaxed)
-                            && cache.inner.earliest.bound() <= cache.timing().now
-                        {
-                            cache.run_pending_tasks();
+                        // Only the shards with something due are locked
+                        // (as a write to a full cache sweeps them), and none
+                        // when nothing is due anywhere or nothing can
+                        // expire: a short interval costs a busy cache little
+                        // more than this check.
+                        if !cache.inner.expiry_in_use.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let timing = cache.timing();
+                        if cache.inner.earliest.bound() <= timing.now {
+                            let mut removed = cache.removed();
+                            cache.sweep_due_shards(usize::MAX, timing, &mut removed);
+                            cache.notify(&mut removed);
                         }
                     }));
                 }
