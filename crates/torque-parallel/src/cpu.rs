@@ -221,6 +221,10 @@ pub(crate) trait Work<T>: Sync {
     /// Whether the batch's token is cancelled: its items need no rayon
     /// worker, only a `Cancelled` each.
     fn cancelled(&self) -> bool;
+    /// Whether [`Self::par`] times every item it runs, cheap or not (in
+    /// chunks of `grain`): a warm call predicted parallel then goes to
+    /// rayon at once, with no timed prefix to re-measure its items.
+    const TIMES_ALL: bool = false;
 }
 
 #[derive(Debug)]
@@ -383,9 +387,14 @@ impl Cpu {
             // needs no per-item probe (which slowed cheap items several-fold).
             // One item cannot run in parallel (and, timed by the prefix,
             // corrects an estimate a slow batch left behind).
+            // A reduction times its chunks, cheap items too
+            // ([`Work::TIMES_ALL`]): the prefix ran on the calling thread
+            // while rayon's workers, back from the last call, spun for new
+            // work on the same cores, and on 10⁵ items of about 1 ns it made
+            // `map_reduce` 1.65 × rayon's time.
             if n >= 2
                 && predicted >= self.parallel_threshold_ps
-                && cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK)
+                && (W::TIMES_ALL || cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK))
             {
                 return self.par(slot, items, cost, work, acc);
             }
@@ -778,55 +787,27 @@ impl<R> Part<R> {
 }
 
 impl<M, I, O> ReduceWork<'_, M, I, O> {
+    /// `items` folded from the identity, as the loop of
+    /// `iter().map().fold()` under one `catch_unwind` for the whole slice:
+    /// the running value and the count of items done live outside it, so
+    /// after an item panics the fold resumes after that item with the value
+    /// so far ([`Self::resume_after`]); nothing runs twice. With a token, an
+    /// item skipped for a cancel ends the loop and the rest are counted
+    /// `cancelled` without a look each (the token stays cancelled; over a
+    /// huge input, a look per item took minutes after the cancel). `op` and
+    /// `identity` are not isolated: a panic in them (the running value is
+    /// then gone) propagates.
+    ///
+    /// Every path folds through here, the sequential ones and each rayon
+    /// leaf. Until 2026-12-06 a leaf folded item by item through a
+    /// `catch_unwind` per item, passing the whole `Part` (value, panic list,
+    /// count) along: where the compiler could not keep it in registers (a
+    /// closure with an opaque call, `black_box` in the example) that cost
+    /// about 6 ns an item, and a parallel `map_reduce` of 10⁵ items of about
+    /// 1 ns took 8 × the sequential loop's time
+    /// (`cargo run --release -p torque-benches --example parallel_cpu_sweep`).
     #[inline(always)]
-    fn fold<T, R>(&self, mut part: Part<R>, x: &T) -> Part<R>
-    where
-        M: Fn(&T) -> Result<R, std::convert::Infallible>,
-        O: Fn(R, R) -> R,
-    {
-        match run_item(&self.map, x, self.cancel) {
-            Ok(v) => part.value = (self.op)(part.value, v),
-            Err(ItemError::Panicked(p)) => part.panics.push(p),
-            Err(_) => part.cancelled += 1,
-        }
-        part
-    }
-
-    /// `items` folded into `part`, stopping at the first item skipped for
-    /// a cancel: the token stays cancelled, so the rest are counted
-    /// `cancelled` without a look each (over a huge input, a look per item
-    /// took minutes after the cancel).
-    #[inline(always)]
-    fn fold_all<T, R>(&self, part: Part<R>, items: &[T]) -> Part<R>
-    where
-        M: Fn(&T) -> Result<R, std::convert::Infallible>,
-        O: Fn(R, R) -> R,
-    {
-        if self.cancel.is_none() {
-            return items.iter().fold(part, |p, x| self.fold(p, x));
-        }
-        let mut part = part;
-        for (k, x) in items.iter().enumerate() {
-            let cancelled = part.cancelled;
-            part = self.fold(part, x);
-            if part.cancelled != cancelled {
-                part.cancelled += items.len() - k - 1;
-                break;
-            }
-        }
-        part
-    }
-
-    /// The whole batch as one fold under one `catch_unwind` (no token: the
-    /// caller checked), for a batch the learned cost says is tiny
-    /// ([`Cpu::untimed`]): the loop of `iter().map().fold()`. The running
-    /// value and the count of items done live outside the `catch_unwind`,
-    /// so after an item panics the fold resumes after it with the value so
-    /// far (through `seq`, item by item); nothing runs twice. `op` and
-    /// `identity` are not isolated, as in the general path: a panic in them
-    /// (the running value is then gone) propagates.
-    #[inline(always)]
-    pub(crate) fn run_untimed<T, R>(&self, items: &[T]) -> Part<R>
+    pub(crate) fn fold_chunk<T, R>(&self, items: &[T]) -> Part<R>
     where
         T: Sync,
         R: Send,
@@ -836,8 +817,14 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
     {
         let mut value = Some((self.identity)());
         let mut done = 0;
+        let cancel = self.cancel;
         let run = catch_unwind(AssertUnwindSafe(|| {
             for x in items {
+                if let Some(c) = cancel
+                    && c.is_cancelled()
+                {
+                    return;
+                }
                 let Ok(v) = (self.map)(x);
                 if let Some(a) = value.take() {
                     value = Some((self.op)(a, v));
@@ -849,7 +836,7 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
             (Ok(()), Some(value)) => Part {
                 value,
                 panics: Vec::new(),
-                cancelled: 0,
+                cancelled: items.len() - done,
             },
             (Err(payload), Some(value)) => self.resume_after(items, done, value, payload),
             (Err(payload), None) => resume_unwind(payload),
@@ -857,7 +844,21 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         }
     }
 
-    /// The rest of `run_untimed` after item `at` panicked.
+    /// [`Self::fold_chunk`] for a batch the learned cost says is tiny
+    /// ([`Cpu::untimed`]; no token, the caller checked).
+    #[inline(always)]
+    pub(crate) fn run_untimed<T, R>(&self, items: &[T]) -> Part<R>
+    where
+        T: Sync,
+        R: Send,
+        M: Fn(&T) -> Result<R, std::convert::Infallible> + Sync,
+        I: Fn() -> R + Sync,
+        O: Fn(R, R) -> R + Sync,
+    {
+        self.fold_chunk(items)
+    }
+
+    /// The rest of [`Self::fold_chunk`] after item `at` panicked.
     #[cold]
     #[inline(never)]
     fn resume_after<T, R>(
@@ -907,41 +908,37 @@ where
 
     #[inline]
     fn seq(&self, items: &[T], acc: &mut Self::Acc) {
-        let part = acc.take().unwrap_or_else(|| self.empty());
-        *acc = Some(self.fold_all(part, items));
+        let part = self.fold_chunk(items);
+        *acc = Some(match acc.take() {
+            Some(prefix) => prefix.merge(part, &self.op),
+            None => part,
+        });
     }
 
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
-        // Chunks of `grain` items, each folded by a plain loop and timed as a
-        // whole (one clock pair per >= 10 µs of work). A per-item probe in a
-        // rayon `fold` (enumerate + map_init) kept the fold state in memory
-        // and ran 10x slower per item.
+        // Chunks of `grain` items, each folded by a plain loop
+        // ([`Self::fold_chunk`]) and timed as a whole (one clock pair per
+        // >= 10 µs of work). A per-item probe in a rayon `fold` (enumerate +
+        // map_init) kept the fold state in memory and ran 10x slower per
+        // item.
         //
-        // Items under 125 ns (`probe.sparse()`) reach here only through the
-        // timed prefix, which has just measured them: they run as rayon's
-        // own `fold`, as `par_iter().map().reduce()` would, without chunk
-        // timing (race-sum at 10⁶ cheap items, load 6: ours ÷ rayon median
-        // 1.09 with timed chunks, 1.02 without).
-        let part = if probe.sparse() {
-            items
-                .par_iter()
-                .with_min_len(grain)
-                .fold(|| self.empty(), |p, x| self.fold(p, x))
-                .reduce(|| self.empty(), |a, b| a.merge(b, &self.op))
-        } else {
-            items
-                .par_chunks(grain)
-                .map(|chunk| {
-                    let start = Instant::now();
-                    let part = self.fold_all(self.empty(), chunk);
-                    // A chunk with skipped (cancelled) items is not timed.
-                    if part.cancelled == 0 {
-                        probe.add(start.elapsed(), chunk.len());
-                    }
-                    part
-                })
-                .reduce(|| self.empty(), |a, b| a.merge(b, &self.op))
-        };
+        // Cheap items too: a chunk is `grain` items, at least
+        // `grain_target` (10 µs) of work, so its clock pair is under 1 % of
+        // it. (Before the chunks folded in one loop, items under 125 ns were
+        // not timed here: with a `catch_unwind` and the fold state per item,
+        // timed chunks cost 7 % more on 10⁶ items of about 1 ns.)
+        let part = items
+            .par_chunks(grain)
+            .map(|chunk| {
+                let start = Instant::now();
+                let part = self.fold_chunk(chunk);
+                // A chunk with skipped (cancelled) items is not timed.
+                if part.cancelled == 0 {
+                    probe.add(start.elapsed(), chunk.len());
+                }
+                part
+            })
+            .reduce(|| self.empty(), |a, b| a.merge(b, &self.op));
         *acc = Some(match acc.take() {
             Some(prefix) => prefix.merge(part, &self.op),
             None => part,
@@ -951,4 +948,6 @@ where
     fn cancelled(&self) -> bool {
         self.cancel.is_some_and(CancelToken::is_cancelled)
     }
+
+    const TIMES_ALL: bool = true;
 }

@@ -165,6 +165,47 @@ fn a_panic_in_a_tiny_warm_reduction_resumes_after_it() {
     }
 }
 
+/// Each rayon leaf of a parallel reduction folds its chunk under one
+/// `catch_unwind` and, after a panicking item, resumes after it with the
+/// value so far: with panics spread through every chunk, each item runs
+/// exactly once, every panic is reported, and the rest is reduced.
+#[test]
+fn a_parallel_reduction_with_panics_in_every_chunk_runs_each_item_once() {
+    let p = Processor::builder()
+        .parallel_threshold(Duration::from_nanos(1))
+        .grain_target(Duration::from_nanos(1))
+        .build()
+        .unwrap();
+    let items: Vec<u64> = (0..20_000).collect();
+    let runs: Vec<AtomicUsize> = items.iter().map(|_| AtomicUsize::new(0)).collect();
+    let panics_at = |x: u64| x % 997 == 5;
+    let work = |&x: &u64| {
+        runs[x as usize].fetch_add(1, Ordering::Relaxed);
+        if panics_at(x) {
+            panic!("item {x}");
+        }
+        x
+    };
+    let expected: u64 = items.iter().filter(|&&x| !panics_at(x)).sum();
+    let panicking = items.iter().filter(|&&x| panics_at(x)).count();
+    for round in 0..4 {
+        runs.iter().for_each(|r| r.store(0, Ordering::Relaxed));
+        let before = p.stats();
+        let sum = p.map_reduce(&items, work, || 0, |a, b| a + b);
+        assert!(
+            p.stats().parallel_runs > before.parallel_runs,
+            "round {round} ran on rayon"
+        );
+        assert!(
+            runs.iter().all(|r| r.load(Ordering::Relaxed) == 1),
+            "round {round}: every item ran exactly once"
+        );
+        assert_eq!(sum.value, expected, "round {round}");
+        assert_eq!(sum.panics.len(), panicking, "round {round}");
+        assert_eq!(sum.cancelled, 0);
+    }
+}
+
 /// `op` is not isolated (the running value would be lost): its panic
 /// propagates, on the tiny warm path as on the general one.
 #[test]
