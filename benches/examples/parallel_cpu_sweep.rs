@@ -8,10 +8,10 @@
 //! cargo run --release -p torque-benches --example parallel_cpu_sweep
 //! ```
 //!
-//! Each cell times the three contenders in turn, `ROUNDS` times, and prints
-//! the median times and the medians of the per-round ratios (ours ÷ peer,
-//! lower is faster), so that a slow stretch of a shared machine falls on
-//! all three alike. One `Processor` serves every call, as in a service: it
+//! Each cell times the three contenders in turn, `ROUNDS` times (each round
+//! starting with the next contender), and prints the median times and the
+//! medians of the per-round ratios (ours ÷ peer, lower is faster), so that
+//! a slow stretch of a shared machine falls on all three alike. One `Processor` serves every call, as in a service: it
 //! runs on the costs it has learned.
 
 use std::hint::black_box;
@@ -21,6 +21,8 @@ use rayon::prelude::*;
 use torque_parallel::Processor;
 
 const ROUNDS: usize = 15;
+/// Each contender's calls in a round, at least this long.
+const AT_LEAST: Duration = Duration::from_millis(20);
 /// Calls of ours before a cell is timed, at least this long.
 const WARM_UP: Duration = Duration::from_millis(50);
 
@@ -91,28 +93,24 @@ fn main() {
             }
             let items: Vec<u64> = (0..n as u64).collect();
             let f = |x: &u64| work(iters, *x);
-            let at_least = Duration::from_millis(20);
             // Warm-up: the processor learns the cost (the closure's cost
             // from the cell before is a few calls out of date).
             time_per_call(WARM_UP, || {
                 p.map_reduce(&items, f, || 0, u64::wrapping_add).value
             });
-            let (mut ours, mut ray, mut seq) = (vec![], vec![], vec![]);
-            for _ in 0..ROUNDS {
-                ours.push(time_per_call(at_least, || {
+            let [ours, ray, seq] = rounds(&mut [
+                &mut || {
                     p.map_reduce(black_box(&items), f, || 0, u64::wrapping_add)
                         .value
-                }));
-                ray.push(time_per_call(at_least, || {
+                },
+                &mut || {
                     black_box(&items)
                         .par_iter()
                         .map(f)
                         .reduce(|| 0, u64::wrapping_add)
-                }));
-                seq.push(time_per_call(at_least, || {
-                    black_box(&items).iter().map(f).fold(0, u64::wrapping_add)
-                }));
-            }
+                },
+                &mut || black_box(&items).iter().map(f).fold(0, u64::wrapping_add),
+            ]);
             row("map_reduce", n, label, ours, ray, seq);
             // `collect`, with a closure of its own (a closure's cost is
             // learned per closure).
@@ -120,24 +118,38 @@ fn main() {
             time_per_call(WARM_UP, || {
                 black_box(p.collect(&items, g)).map_or(0, |v| v.len() as u64)
             });
-            let (mut ours, mut ray, mut seq) = (vec![], vec![], vec![]);
-            for _ in 0..ROUNDS {
-                ours.push(time_per_call(at_least, || {
-                    // The vectors are kept from the optimizer: the loops
-                    // would otherwise be dropped, only their lengths used.
-                    black_box(p.collect(black_box(&items), g)).map_or(0, |v| v.len() as u64)
-                }));
-                ray.push(time_per_call(at_least, || {
-                    black_box(black_box(&items).par_iter().map(g).collect::<Vec<u64>>()).len()
-                        as u64
-                }));
-                seq.push(time_per_call(at_least, || {
-                    black_box(black_box(&items).iter().map(g).collect::<Vec<u64>>()).len() as u64
-                }));
-            }
+            // The vectors are kept from the optimizer: the loops would
+            // otherwise be dropped, only their lengths used.
+            let [ours, ray, seq] = rounds(&mut [
+                &mut || black_box(p.collect(black_box(&items), g)).map_or(0, |v| v.len() as u64),
+                &mut || {
+                    let v: Vec<u64> = black_box(&items).par_iter().map(g).collect();
+                    black_box(v).len() as u64
+                },
+                &mut || {
+                    let v: Vec<u64> = black_box(&items).iter().map(g).collect();
+                    black_box(v).len() as u64
+                },
+            ]);
             row("collect", n, label, ours, ray, seq);
         }
     }
+}
+
+/// `ROUNDS` rounds of the three contenders (ours, rayon, sequential), each
+/// timed for [`AT_LEAST`]; each round starts with the next one in turn.
+/// Whichever runs right after the sequential loop finds rayon's workers
+/// asleep: in a fixed order, that one lost 20–40 % on batches of about
+/// 100 µs (ours, first measured so, or rayon, when put there instead).
+fn rounds(contenders: &mut [&mut dyn FnMut() -> u64; 3]) -> [Vec<f64>; 3] {
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            times[i].push(time_per_call(AT_LEAST, &mut *contenders[i]));
+        }
+    }
+    times
 }
 
 /// Prints one cell: the median times and the medians of the per-round
