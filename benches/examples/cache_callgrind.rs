@@ -20,7 +20,7 @@
 //! compared to the instruction. With `TTL=secs` our caches have that
 //! cache-wide time-to-live (long enough that nothing expires in a run), for
 //! what expiry costs the read and write paths; `TTI=secs` likewise sets a
-//! time-to-idle.
+//! time-to-idle. `WRITES=percent` sets the share of writes (default 10).
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
@@ -106,13 +106,20 @@ fn main() {
     };
     let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
     let threads: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    // `WRITES=percent`: the share of requests that are writes (default 10,
+    // the workload), for other mixes.
+    let writes: u64 = std::env::var("WRITES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .min(100);
     // Per thread: its own seeded trace (thread 0's is the one-thread trace).
     let works: Vec<Vec<(u64, bool)>> = (0..threads)
         .map(|t| {
             let keys = zipf_trace(100_000, 1.0, 1 << 16, 0xc0ffee + t);
             let mut rng = Rng::new(0xfeed + t);
             keys.into_iter()
-                .map(|k| (k, rng.next_u64().is_multiple_of(10)))
+                .map(|k| (k, rng.next_u64() % 100 < writes))
                 .collect()
         })
         .collect();
