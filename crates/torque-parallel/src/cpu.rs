@@ -818,6 +818,9 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         let mut value = Some((self.identity)());
         let mut done = 0;
         let cancel = self.cancel;
+        // The loop of `fold_from`, written out: called from here,
+        // `fold_from` cost 0.25 instructions more per item on tiny batches
+        // (`parallel_callgrind torque 1000`: 7,912 → 8,164 per call).
         let run = catch_unwind(AssertUnwindSafe(|| {
             for x in items {
                 if let Some(c) = cancel
@@ -844,6 +847,43 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         }
     }
 
+    /// The loop of [`Self::fold_chunk`], for [`Self::resume_after`]: folds
+    /// `items[start..]` into `value` under one `catch_unwind`; stops at an
+    /// item skipped for a cancel. Returns the outcome, the index of the
+    /// first item not done and the running value. An `Err` is a panic of
+    /// the item at that index (with the value still there) or of `op` (with
+    /// the value gone).
+    #[inline(always)]
+    fn fold_from<T, R>(
+        &self,
+        items: &[T],
+        start: usize,
+        value: R,
+    ) -> (std::thread::Result<()>, usize, Option<R>)
+    where
+        M: Fn(&T) -> Result<R, std::convert::Infallible>,
+        O: Fn(R, R) -> R,
+    {
+        let mut value = Some(value);
+        let mut done = start;
+        let cancel = self.cancel;
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            for x in &items[start..] {
+                if let Some(c) = cancel
+                    && c.is_cancelled()
+                {
+                    return;
+                }
+                let Ok(v) = (self.map)(x);
+                if let Some(a) = value.take() {
+                    value = Some((self.op)(a, v));
+                }
+                done += 1;
+            }
+        }));
+        (run, done, value)
+    }
+
     /// [`Self::fold_chunk`] for a batch the learned cost says is tiny
     /// ([`Cpu::untimed`]; no token, the caller checked).
     #[inline(always)]
@@ -858,7 +898,11 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         self.fold_chunk(items)
     }
 
-    /// The rest of [`Self::fold_chunk`] after item `at` panicked.
+    /// The rest of [`Self::fold_chunk`] after item `at` panicked: the same
+    /// loop from the next item, again after each later panic. A loop, not a
+    /// call of `fold_chunk` on the rest: that recursed once per panic, and
+    /// a stretch of a few thousand panicking items overflowed the thread's
+    /// stack (`tests/panic_storm.rs`).
     #[cold]
     #[inline(never)]
     fn resume_after<T, R>(
@@ -875,13 +919,28 @@ impl<M, I, O> ReduceWork<'_, M, I, O> {
         I: Fn() -> R + Sync,
         O: Fn(R, R) -> R + Sync,
     {
-        let mut acc = Some(Part {
-            value,
-            panics: vec![PanicError::from_box(payload)],
-            cancelled: 0,
-        });
-        Work::seq(self, &items[at + 1..], &mut acc);
-        acc.unwrap_or_else(|| self.empty())
+        let mut panics = vec![PanicError::from_box(payload)];
+        let (mut start, mut value) = (at + 1, value);
+        loop {
+            match self.fold_from(items, start, value) {
+                (Ok(()), done, Some(value)) => {
+                    return Part {
+                        value,
+                        panics,
+                        cancelled: items.len() - done,
+                    };
+                }
+                (Err(payload), done, Some(v)) => {
+                    panics.push(PanicError::from_box(payload));
+                    (start, value) = (done + 1, v);
+                }
+                // `op` panicked: the running value is gone.
+                (Err(payload), _, None) => resume_unwind(payload),
+                (Ok(()), _, None) => {
+                    unreachable!("the running value is put back after every item")
+                }
+            }
+        }
     }
 
     pub(crate) fn empty<R>(&self) -> Part<R>
