@@ -1,4 +1,5 @@
-//! A batch whose items all panic: each panic is that item's error, and the
+//! A batch whose items all panic (a reduction, `collect`, `map`): each
+//! panic is that item's error, and the
 //! fold goes on after it without growing the stack. (A reduction that
 //! resumed after a panicking item by calling itself on the rest overflowed
 //! its thread's stack after some thousands of panics in one stretch.) In a
@@ -72,6 +73,19 @@ fn a_reduction_whose_every_item_panics_reports_each_and_does_not_overflow() {
                 "processor {i}, round {round}"
             );
             assert_eq!(sum.cancelled, 0);
+            // The other calls, on the same warm processor.
+            let collected = p.collect(&items, work).unwrap_err();
+            assert_eq!(
+                collected.failures.len(),
+                items.len(),
+                "processor {i}, round {round}"
+            );
+            let mapped = p.map(&items, work);
+            assert!(
+                mapped
+                    .iter()
+                    .all(|r| r.as_ref().is_err_and(|e| e.is_panic()))
+            );
         }
     }
 }
