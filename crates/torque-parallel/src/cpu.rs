@@ -231,16 +231,64 @@ pub(crate) trait Work<T>: Sync {
 pub(crate) struct Cpu {
     table: CostTable,
     pool: Option<rayon::ThreadPool>,
+    /// The configured threshold: the least predicted time that goes to
+    /// rayon ([`Cpu::threshold`] may ask for more).
     parallel_threshold_ps: u64,
     grain_target_ps: u64,
     clock: Duration,
+    /// Whether [`Cpu::threshold`] raises the configured threshold to what
+    /// the dispatch is measured to cost.
+    learn_dispatch: bool,
+    /// What handing a batch to rayon from a thread outside the pool has
+    /// cost lately (ps; 0 until measured): the parallel runs' wall time
+    /// beyond their items' work shared by the threads, an EWMA
+    /// ([`next_dispatch`]).
+    dispatch_ps: AtomicU64,
+    /// Calls that chose a threshold since the start ([`Cpu::threshold`]).
+    explore: AtomicU64,
     pub(crate) counters: CpuCounters,
+}
+
+/// One call in this many that the learned dispatch cost would keep on the
+/// calling thread goes to rayon anyway, to measure the dispatch again: the
+/// cost falls when calls come closer together, and is only seen by a
+/// parallel run.
+const EXPLORE_EVERY: u64 = 16;
+/// The most a dispatch is taken to cost (a preempted run is not a
+/// dispatch).
+const DISPATCH_CAP: Duration = Duration::from_millis(1);
+
+/// The dispatch cost after a parallel run that took `wall_ps` for items
+/// whose work was `work_ps` on one thread, on `threads` threads: the wall
+/// time beyond an even share of the work, capped at [`DISPATCH_CAP`],
+/// folded into `old` with weight 1/4 (the first sample replaces the
+/// unmeasured 0).
+fn next_dispatch(old: u64, wall_ps: u64, work_ps: u64, threads: u64) -> u64 {
+    let sample = wall_ps
+        .saturating_sub(work_ps / threads.max(1))
+        .min(ps(DISPATCH_CAP));
+    let new = if old == 0 {
+        sample
+    } else {
+        old - old / 4 + sample / 4
+    };
+    new.max(1)
+}
+
+/// The predicted time from which a batch is worth handing to rayon when
+/// that costs `dispatch_ps`: with the work shared by `threads` threads, it
+/// takes `work / threads + dispatch`, under `work` once `work` is at least
+/// `dispatch × threads / (threads − 1)`. Never under `floor`.
+fn learned_threshold(dispatch_ps: u64, threads: u64, floor: u64) -> u64 {
+    let threads = threads.max(2);
+    (dispatch_ps.saturating_mul(threads) / (threads - 1)).max(floor)
 }
 
 impl Cpu {
     pub(crate) fn new(
         pool: Option<rayon::ThreadPool>,
         parallel_threshold: Duration,
+        learn_dispatch: bool,
         grain_target: Duration,
     ) -> Self {
         Cpu {
@@ -249,7 +297,41 @@ impl Cpu {
             parallel_threshold_ps: ps(parallel_threshold).max(1),
             grain_target_ps: ps(grain_target).max(1),
             clock: clock_cost(),
+            learn_dispatch,
+            dispatch_ps: AtomicU64::new(0),
+            explore: AtomicU64::new(0),
             counters: CpuCounters::default(),
+        }
+    }
+
+    /// The predicted time from which this call's batch goes to rayon: the
+    /// configured threshold, unless it is to be learned from, raised to what the measured dispatch cost
+    /// makes worth it ([`learned_threshold`]) for a call from outside the
+    /// pool, except one call in [`EXPLORE_EVERY`], which re-measures the
+    /// dispatch. Waking rayon's sleeping workers is most of a dispatch's
+    /// cost: on this project's 2-core VM about 200 µs for a call after a
+    /// 1 ms pause against about 15 µs in a tight loop, so a batch of 60 µs
+    /// called now and then took twice the sequential loop's time on rayon
+    /// (`cargo run --release -p torque-benches --example
+    /// parallel_cpu_gaps`). From a pool thread (a nested batch) the
+    /// configured threshold decides: a split there is a `join`.
+    fn threshold(&self) -> u64 {
+        let floor = self.parallel_threshold_ps;
+        let dispatch = self.dispatch_ps.load(Relaxed);
+        if dispatch == 0 || !self.learn_dispatch || rayon::current_thread_index().is_some() {
+            return floor;
+        }
+        let learned = learned_threshold(dispatch, self.threads() as u64, floor);
+        if learned == floor {
+            return floor;
+        }
+        // Load + store: a lost update only shifts the next exploration.
+        let k = self.explore.load(Relaxed).wrapping_add(1);
+        self.explore.store(k, Relaxed);
+        if k.is_multiple_of(EXPLORE_EVERY) {
+            floor
+        } else {
+            learned
         }
     }
 
@@ -353,6 +435,8 @@ impl Cpu {
         }
         let slot = self.table.slot(key);
         let cost = slot.cost_ps.load(Relaxed);
+        // Chosen once per call that may go to rayon ([`Cpu::threshold`]).
+        let threshold;
         let first_check = if cost != 0 {
             let predicted = cost.saturating_mul(n as u64);
             if predicted < ps(UNTIMED_BELOW) {
@@ -392,14 +476,16 @@ impl Cpu {
             // while rayon's workers, back from the last call, spun for new
             // work on the same cores, and on 10⁵ items of about 1 ns it made
             // `map_reduce` 1.65 × rayon's time.
+            threshold = self.threshold();
             if n >= 2
-                && predicted >= self.parallel_threshold_ps
+                && predicted >= threshold
                 && (W::TIMES_ALL || cost.saturating_mul(PROBED_PER_CHECK) > ps(FIRST_CHECK))
             {
                 return self.par(slot, items, cost, work, acc);
             }
             (ps(FIRST_CHECK) / cost).max(1) as usize
         } else {
+            threshold = self.threshold();
             1
         };
         // Timed sequential prefix, growing ×2, escaping to rayon when the
@@ -458,7 +544,7 @@ impl Cpu {
             }
             let per_item = (elapsed.as_nanos() as u64 * 1000 / timed.max(1) as u64).max(1);
             let rest = n - done;
-            if rest >= 2 && per_item.saturating_mul(rest as u64) >= self.parallel_threshold_ps {
+            if rest >= 2 && per_item.saturating_mul(rest as u64) >= threshold {
                 record(slot, elapsed, timed);
                 return self.par(slot, &items[done..], per_item, work, acc);
             }
@@ -492,15 +578,30 @@ impl Cpu {
         let cost_ps = cost_ps.max(1);
         let grain = ((self.grain_target_ps / cost_ps) as usize).clamp(1, items.len());
         let probe = Probe::new(cost_ps, self.clock);
+        let outside = self.learn_dispatch && rayon::current_thread_index().is_none();
+        let start = Instant::now();
         match &self.pool {
             Some(pool) => pool.install(|| work.par(items, grain, &probe, acc)),
             None => work.par(items, grain, &probe, acc),
         }
+        let wall = start.elapsed();
         // After a cancel the probe holds only items that ran: a leaf stops
         // timing at its first skipped item (a `map`), stops altogether (a
         // `collect`), a chunk with one is not timed (a reduction).
         match probe.sample() {
-            Some((elapsed, n)) => record(slot, elapsed, n),
+            Some((elapsed, n)) => {
+                record(slot, elapsed, n);
+                // The dispatch, from the run's wall time and its items'
+                // measured work (a cancelled run's items did not all run).
+                if outside && !work.cancelled() {
+                    let work_ps =
+                        (ps(elapsed) / n.max(1) as u64).saturating_mul(items.len() as u64);
+                    let old = self.dispatch_ps.load(Relaxed);
+                    let threads = self.threads() as u64;
+                    self.dispatch_ps
+                        .store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
+                }
+            }
             // Skipped items are no evidence of tiny leaves.
             None if work.cancelled() => {}
             // No leaf ran two sample points (tiny leaves): no evidence, so
@@ -1009,4 +1110,84 @@ where
     }
 
     const TIMES_ALL: bool = true;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000_000;
+
+    #[test]
+    fn the_dispatch_is_the_wall_time_beyond_an_even_share_of_the_work() {
+        // 300 µs of work on 2 threads in 350 µs: 200 µs beyond 150.
+        assert_eq!(next_dispatch(0, 350 * US, 300 * US, 2), 200 * US);
+        // Later samples move it by a quarter of the difference.
+        // (160 − 150 = 10 µs: 200 − 50 + 2.5.)
+        assert_eq!(next_dispatch(200 * US, 160 * US, 300 * US, 2), 152_500_000);
+        // A run faster than an even share is a dispatch of (almost) nothing,
+        // still "measured".
+        assert_eq!(next_dispatch(0, 100 * US, 300 * US, 2), 1);
+        // A preempted run is not a dispatch of seconds.
+        assert_eq!(
+            next_dispatch(0, 5_000_000 * US, 300 * US, 2),
+            ps(DISPATCH_CAP)
+        );
+    }
+
+    #[test]
+    fn a_batch_goes_to_rayon_once_its_work_outweighs_the_dispatch() {
+        // On 2 threads, `work / 2 + dispatch < work` from `2 × dispatch`.
+        assert_eq!(learned_threshold(200 * US, 2, 50 * US), 400 * US);
+        // On 4, from `4/3 × dispatch`.
+        assert_eq!(learned_threshold(150 * US, 4, 50 * US), 200 * US);
+        // Never under the configured floor; one thread counts as two.
+        assert_eq!(learned_threshold(10 * US, 2, 50 * US), 50 * US);
+        assert_eq!(learned_threshold(100 * US, 1, 50 * US), 200 * US);
+    }
+
+    fn cpu(learn_dispatch: bool) -> Cpu {
+        Cpu::new(
+            None,
+            Duration::from_micros(50),
+            learn_dispatch,
+            Duration::from_micros(10),
+        )
+    }
+
+    #[test]
+    fn the_threshold_is_the_floor_until_a_dispatch_is_measured_or_when_set_by_hand() {
+        let learning = cpu(true);
+        assert_eq!(learning.threshold(), 50 * US, "nothing measured yet");
+        let fixed = cpu(false);
+        fixed.dispatch_ps.store(200 * US, Relaxed);
+        assert_eq!(fixed.threshold(), 50 * US, "set by hand: kept as set");
+    }
+
+    #[test]
+    fn one_call_in_sixteen_that_the_dispatch_keeps_sequential_measures_it_again() {
+        let c = cpu(true);
+        c.dispatch_ps.store(1_000 * US, Relaxed);
+        let learned = learned_threshold(1_000 * US, c.threads() as u64, 50 * US);
+        assert!(learned > 50 * US);
+        let thresholds: Vec<u64> = (0..64).map(|_| c.threshold()).collect();
+        let floors = thresholds.iter().filter(|&&t| t == 50 * US).count();
+        assert_eq!(floors, 64 / EXPLORE_EVERY as usize);
+        assert!(thresholds.iter().all(|&t| t == 50 * US || t == learned));
+        // A dispatch measured under the floor's worth leaves the floor, with
+        // nothing to explore.
+        c.dispatch_ps.store(1, Relaxed);
+        assert!((0..64).all(|_| c.threshold() == 50 * US));
+    }
+
+    #[test]
+    fn on_a_pool_thread_the_floor_decides() {
+        let c = cpu(true);
+        c.dispatch_ps.store(1_000 * US, Relaxed);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| c.threshold()), 50 * US);
+    }
 }

@@ -76,8 +76,15 @@ pub struct ProcessorConfig {
     /// weigh 1, in all its batches); default unlimited.
     pub memory_budget: Option<u64>,
     /// A batch predicted to take at least this long runs in parallel;
-    /// default 50 µs.
+    /// default 50 µs (see `learn_dispatch`).
     pub parallel_threshold: Duration,
+    /// Whether `parallel_threshold` is a floor that the `Cpu` strategy
+    /// raises to what handing a batch to rayon is measured to cost (waking
+    /// rayon's sleeping threads: tens to hundreds of microseconds for a
+    /// call that comes after a pause, a few in a tight loop); default
+    /// `true`. [`ProcessorBuilder::parallel_threshold`] sets it `false`: a
+    /// threshold set by hand is kept as set.
+    pub learn_dispatch: bool,
     /// Target work per rayon leaf; default 10 µs.
     pub grain_target: Duration,
     /// A fixed concurrency limit for the `Async` strategy; `None` (the
@@ -98,6 +105,7 @@ impl Default for ProcessorConfig {
             queue_capacity: None,
             memory_budget: None,
             parallel_threshold: Duration::from_micros(50),
+            learn_dispatch: true,
             grain_target: Duration::from_micros(10),
             async_limit: None,
             item_timeout: None,
@@ -203,8 +211,13 @@ impl ProcessorBuilder {
     }
 
     /// A batch whose predicted run time is at least this runs in parallel;
-    /// shorter ones run on the calling thread (default 50 µs, a few times
-    /// the cost of waking rayon's threads).
+    /// shorter ones run on the calling thread. Set here, the threshold is
+    /// kept as set. By default it is 50 µs raised to what handing a batch
+    /// to rayon is measured to cost ([`ProcessorConfig::learn_dispatch`]):
+    /// waking rayon's sleeping threads for a call that comes after a pause
+    /// took about 200 µs on a 2-core VM, so there a batch of 60 µs runs
+    /// faster on the calling thread (one call in 16 that the measured cost
+    /// keeps there goes to rayon anyway, to measure it again).
     ///
     /// ```
     /// use std::time::Duration;
@@ -215,6 +228,7 @@ impl ProcessorBuilder {
     /// ```
     pub fn parallel_threshold(mut self, threshold: Duration) -> Self {
         self.config.parallel_threshold = threshold;
+        self.config.learn_dispatch = false;
         self
     }
 
@@ -303,7 +317,7 @@ impl ProcessorBuilder {
             .unwrap_or(blocking_threads.saturating_mul(2));
         Ok(Processor {
             inner: Arc::new(Inner {
-                cpu: Cpu::new(pool, c.parallel_threshold, c.grain_target),
+                cpu: Cpu::new(pool, c.parallel_threshold, c.learn_dispatch, c.grain_target),
                 blocking: OnceLock::new(),
                 blocking_threads,
                 queue_capacity,
