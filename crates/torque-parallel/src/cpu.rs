@@ -32,11 +32,13 @@
 //! one that was capped makes the next call a sample too, until it catches
 //! up.
 //!
-//! A parallel run learns too, from the items' own time (for items of 125 ns
-//! or more: whole chunks in a reduction, a clock read about once per 2 µs of
-//! work in each rayon leaf of a `map` or `collect`; cheaper items predicted
-//! parallel are re-measured by the timed prefix): the cost must not include
-//! rayon's dispatch, or a small batch would look expensive for ever.
+//! A parallel run learns too, from the items' own time (whole chunks in a
+//! reduction, whatever the items cost, a chunk with a panic or a skipped
+//! item set aside; for items of 125 ns or more, a clock read about once per
+//! 2 µs of work in each rayon leaf of a `map` or `collect`, whose cheaper
+//! items predicted parallel are re-measured by the timed prefix): the cost
+//! must not include rayon's dispatch, or a small batch would look expensive
+//! for ever.
 //!
 //! # Splitting
 //! Once parallel, the batch is a rayon indexed iterator with
@@ -47,7 +49,7 @@
 
 use crate::outcome::caught_panics;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -592,8 +594,9 @@ impl Cpu {
             Some((elapsed, n)) => {
                 record(slot, elapsed, n);
                 // The dispatch, from the run's wall time and its items'
-                // measured work (a cancelled run's items did not all run).
-                if outside && !work.cancelled() {
+                // measured work (a cancelled run's items did not all run;
+                // a panic's cost is not a dispatch's).
+                if outside && !work.cancelled() && !probe.any_set_aside() {
                     let work_ps =
                         (ps(elapsed) / n.max(1) as u64).saturating_mul(items.len() as u64);
                     let old = self.dispatch_ps.load(Relaxed);
@@ -602,8 +605,9 @@ impl Cpu {
                         .store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
                 }
             }
-            // Skipped items are no evidence of tiny leaves.
-            None if work.cancelled() => {}
+            // Skipped items are no evidence of tiny leaves, nor are
+            // stretches set aside for a panic.
+            None if work.cancelled() || probe.any_set_aside() => {}
             // No leaf ran two sample points (tiny leaves): no evidence, so
             // halve the estimate. A batch that is really expensive is back
             // to the timed prefix after a few calls, which re-measures it.
@@ -626,6 +630,9 @@ pub(crate) struct Probe {
     limit_ns: u64,
     kept: (AtomicU64, AtomicU64),
     outliers: (AtomicU64, AtomicU64),
+    /// A stretch that ran was not timed, for a panic in it
+    /// ([`Probe::set_aside`]).
+    set_aside: AtomicBool,
 }
 
 /// See [`Probe`].
@@ -697,6 +704,7 @@ impl Probe {
             limit_ns: (cost_ps.saturating_mul(stride as u64) / 1000).saturating_mul(OUTLIER),
             kept: (AtomicU64::new(0), AtomicU64::new(0)),
             outliers: (AtomicU64::new(0), AtomicU64::new(0)),
+            set_aside: AtomicBool::new(false),
         }
     }
 
@@ -756,6 +764,16 @@ impl Probe {
         };
         sum.fetch_add(ns, Relaxed);
         n.fetch_add(items as u64, Relaxed);
+    }
+
+    /// Notes a stretch that ran but is not timed, for an item in it
+    /// panicked: a probe with no sample is then no evidence of tiny leaves.
+    pub(crate) fn set_aside(&self) {
+        self.set_aside.store(true, Relaxed);
+    }
+
+    fn any_set_aside(&self) -> bool {
+        self.set_aside.load(Relaxed)
     }
 
     fn stride(&self) -> usize {
@@ -1092,8 +1110,14 @@ where
             .map(|chunk| {
                 let start = Instant::now();
                 let part = self.fold_chunk(chunk);
-                // A chunk with skipped (cancelled) items is not timed.
-                if part.cancelled == 0 {
+                // A chunk with skipped (cancelled) items is not timed, nor
+                // one in which an item panicked: a panic's cost (the hook,
+                // a backtrace) is not the items', and with one in every
+                // chunk each chunk was an outlier, all of them counted and
+                // one call raised the estimate ×8 (the cap).
+                if !part.panics.is_empty() {
+                    probe.set_aside();
+                } else if part.cancelled == 0 {
                     probe.add(start.elapsed(), chunk.len());
                 }
                 part
