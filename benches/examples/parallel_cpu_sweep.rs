@@ -17,7 +17,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+#[path = "../benches/common/spin.rs"]
+mod spin;
+
 use rayon::prelude::*;
+use spin::{iters_for, work};
 use torque_parallel::Processor;
 
 const ROUNDS: usize = 15;
@@ -25,33 +29,6 @@ const ROUNDS: usize = 15;
 const AT_LEAST: Duration = Duration::from_millis(20);
 /// Calls of ours before a cell is timed, at least this long.
 const WARM_UP: Duration = Duration::from_millis(50);
-
-/// `iters` dependent multiply-adds (about 0.3–1 ns each), never folded.
-#[inline]
-fn work(iters: u64, x: u64) -> u64 {
-    let mut x = black_box(x);
-    for _ in 0..iters {
-        x = x
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-    }
-    x
-}
-
-/// The spin iterations that take about `nanos`, measured (fastest of
-/// several tries).
-fn iters_for(nanos: u64) -> u64 {
-    let probe = 4_000_000u64;
-    let best = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(work(probe, 1));
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or(Duration::from_millis(1));
-    ((probe as f64 * nanos as f64 / best.as_nanos() as f64) as u64).max(1)
-}
 
 /// Times one call of `f`, after enough calls that the total took at least
 /// `at_least` (so that tiny batches are timed over many calls).
