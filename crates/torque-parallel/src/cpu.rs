@@ -307,10 +307,10 @@ impl Cpu {
     }
 
     /// The predicted time from which this call's batch goes to rayon: the
-    /// configured threshold, unless it is to be learned from, raised to what the measured dispatch cost
-    /// makes worth it ([`learned_threshold`]) for a call from outside the
-    /// pool, except one call in [`EXPLORE_EVERY`], which re-measures the
-    /// dispatch. Waking rayon's sleeping workers is most of a dispatch's
+    /// configured threshold, raised (unless it was set by hand) to what the
+    /// measured dispatch cost makes worth it ([`learned_threshold`]) for a
+    /// call from outside the pool, except one call in [`EXPLORE_EVERY`],
+    /// which re-measures the dispatch. Waking rayon's sleeping workers is most of a dispatch's
     /// cost: on this project's 2-core VM about 200 µs for a call after a
     /// 1 ms pause against about 15 µs in a tight loop, so a batch of 60 µs
     /// called now and then took twice the sequential loop's time on rayon
