@@ -251,28 +251,37 @@ pub(crate) struct Cpu {
     pub(crate) counters: CpuCounters,
 }
 
-/// One call in this many that the learned dispatch cost would keep on the
-/// calling thread goes to rayon anyway, to measure the dispatch again: the
-/// cost falls when calls come closer together, and is only seen by a
-/// parallel run.
-const EXPLORE_EVERY: u64 = 16;
+/// Of every this many calls that the learned dispatch cost would keep on
+/// the calling thread, [`EXPLORE_BURST`] in a row go to rayon anyway, to
+/// measure the dispatch again: the cost falls when calls come closer
+/// together, and only a parallel run shows it.
+const EXPLORE_EVERY: u64 = 64;
+/// Consecutive calls of an exploration. The first finds rayon's workers
+/// asleep after the calls kept on the calling thread, whatever the calls'
+/// pace; the second finds them awake if the calls come back to back. With
+/// one call per exploration, a tight loop of 10⁵ cheap items measured a
+/// cold dispatch every time and stayed on the calling thread at 1.3 × its
+/// parallel time (`collect`, 95 against 68–75 µs).
+const EXPLORE_BURST: u64 = 2;
 /// The most a dispatch is taken to cost (a preempted run is not a
 /// dispatch).
 const DISPATCH_CAP: Duration = Duration::from_millis(1);
 
 /// The dispatch cost after a parallel run that took `wall_ps` for items
 /// whose work was `work_ps` on one thread, on `threads` threads: the wall
-/// time beyond an even share of the work, capped at [`DISPATCH_CAP`],
-/// folded into `old` with weight 1/4 (the first sample replaces the
-/// unmeasured 0).
+/// time beyond an even share of the work, capped at [`DISPATCH_CAP`]. A
+/// sample under the estimate replaces it (workers found awake: what the
+/// calls cost at their pace if they keep going to rayon, see
+/// [`EXPLORE_BURST`]); one above moves it by a quarter of the difference
+/// (the first sample replaces the unmeasured 0).
 fn next_dispatch(old: u64, wall_ps: u64, work_ps: u64, threads: u64) -> u64 {
     let sample = wall_ps
         .saturating_sub(work_ps / threads.max(1))
         .min(ps(DISPATCH_CAP));
-    let new = if old == 0 {
+    let new = if old == 0 || sample <= old {
         sample
     } else {
-        old - old / 4 + sample / 4
+        old + (sample - old) / 4
     };
     new.max(1)
 }
@@ -309,8 +318,8 @@ impl Cpu {
     /// The predicted time from which this call's batch goes to rayon: the
     /// configured threshold, raised (unless it was set by hand) to what the
     /// measured dispatch cost makes worth it ([`learned_threshold`]) for a
-    /// call from outside the pool, except one call in [`EXPLORE_EVERY`],
-    /// which re-measures the dispatch. Waking rayon's sleeping workers is most of a dispatch's
+    /// call from outside the pool, except [`EXPLORE_BURST`] calls in a row
+    /// of every [`EXPLORE_EVERY`], which re-measure the dispatch. Waking rayon's sleeping workers is most of a dispatch's
     /// cost: on this project's 2-core VM about 200 µs for a call after a
     /// 1 ms pause against about 15 µs in a tight loop, so a batch of 60 µs
     /// called now and then took twice the sequential loop's time on rayon
@@ -330,7 +339,7 @@ impl Cpu {
         // Load + store: a lost update only shifts the next exploration.
         let k = self.explore.load(Relaxed).wrapping_add(1);
         self.explore.store(k, Relaxed);
-        if k.is_multiple_of(EXPLORE_EVERY) {
+        if k % EXPLORE_EVERY < EXPLORE_BURST {
             floor
         } else {
             learned
@@ -590,21 +599,33 @@ impl Cpu {
         // After a cancel the probe holds only items that ran: a leaf stops
         // timing at its first skipped item (a `map`), stops altogether (a
         // `collect`), a chunk with one is not timed (a reduction).
-        match probe.sample() {
-            Some((elapsed, n)) => {
-                record(slot, elapsed, n);
-                // The dispatch, from the run's wall time and its items'
-                // measured work (a cancelled run's items did not all run;
-                // a panic's cost is not a dispatch's).
-                if outside && !work.cancelled() && !probe.any_set_aside() {
-                    let work_ps =
-                        (ps(elapsed) / n.max(1) as u64).saturating_mul(items.len() as u64);
-                    let old = self.dispatch_ps.load(Relaxed);
-                    let threads = self.threads() as u64;
-                    self.dispatch_ps
-                        .store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
-                }
-            }
+        let sample = probe.sample();
+        // The dispatch, from the run's wall time and its items' work: as
+        // the run measured it, or for cheap items of a `map` or `collect`
+        // (not timed in their leaves) as the timed prefix has just
+        // measured it. (Learned from sampled runs only, a `collect` of 10⁵
+        // cheap items kept the cold dispatch of its first call for ever:
+        // its explorations measured nothing.) Not from a cancelled run,
+        // whose items did not all run, nor one with a panic, whose cost is
+        // not a dispatch's.
+        let per_item = match sample {
+            Some((elapsed, n)) => Some(ps(elapsed) / n.max(1) as u64),
+            None if probe.sparse() => Some(cost_ps),
+            None => None,
+        };
+        if let Some(per_item) = per_item
+            && outside
+            && !work.cancelled()
+            && !probe.any_set_aside()
+        {
+            let work_ps = per_item.saturating_mul(items.len() as u64);
+            let old = self.dispatch_ps.load(Relaxed);
+            let threads = self.threads() as u64;
+            self.dispatch_ps
+                .store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
+        }
+        match sample {
+            Some((elapsed, n)) => record(slot, elapsed, n),
             // Skipped items are no evidence of tiny leaves, nor are
             // stretches set aside for a panic.
             None if work.cancelled() || probe.any_set_aside() => {}
@@ -1146,9 +1167,11 @@ mod tests {
     fn the_dispatch_is_the_wall_time_beyond_an_even_share_of_the_work() {
         // 300 µs of work on 2 threads in 350 µs: 200 µs beyond 150.
         assert_eq!(next_dispatch(0, 350 * US, 300 * US, 2), 200 * US);
-        // Later samples move it by a quarter of the difference.
-        // (160 − 150 = 10 µs: 200 − 50 + 2.5.)
-        assert_eq!(next_dispatch(200 * US, 160 * US, 300 * US, 2), 152_500_000);
+        // A lower sample replaces it (160 − 150 = 10 µs); a higher one
+        // moves it by a quarter of the difference.
+        assert_eq!(next_dispatch(200 * US, 160 * US, 300 * US, 2), 10 * US);
+        // (250 − 150 = 100 µs: 10 + 90 / 4.)
+        assert_eq!(next_dispatch(10 * US, 250 * US, 300 * US, 2), 32_500_000);
         // A run faster than an even share is a dispatch of (almost) nothing,
         // still "measured".
         assert_eq!(next_dispatch(0, 100 * US, 300 * US, 2), 1);
@@ -1189,14 +1212,16 @@ mod tests {
     }
 
     #[test]
-    fn one_call_in_sixteen_that_the_dispatch_keeps_sequential_measures_it_again() {
+    fn two_calls_in_a_row_of_sixty_four_that_the_dispatch_keeps_sequential_measure_it_again() {
         let c = cpu(true);
         c.dispatch_ps.store(1_000 * US, Relaxed);
         let learned = learned_threshold(1_000 * US, c.threads() as u64, 50 * US);
         assert!(learned > 50 * US);
-        let thresholds: Vec<u64> = (0..64).map(|_| c.threshold()).collect();
-        let floors = thresholds.iter().filter(|&&t| t == 50 * US).count();
-        assert_eq!(floors, 64 / EXPLORE_EVERY as usize);
+        let thresholds: Vec<u64> = (0..128).map(|_| c.threshold()).collect();
+        let floors: Vec<usize> = (0..128).filter(|&i| thresholds[i] == 50 * US).collect();
+        // The counter's 64k and 64k + 1 (it starts at 1 for the first call:
+        // the second half of a burst comes first, then whole bursts).
+        assert_eq!(floors, [0, 63, 64, 127]);
         assert!(thresholds.iter().all(|&t| t == 50 * US || t == learned));
         // A dispatch measured under the floor's worth leaves the floor, with
         // nothing to explore.
