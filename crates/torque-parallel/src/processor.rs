@@ -216,8 +216,9 @@ impl ProcessorBuilder {
     /// to rayon is measured to cost ([`ProcessorConfig::learn_dispatch`]):
     /// waking rayon's sleeping threads for a call that comes after a pause
     /// took about 200 µs on a 2-core VM, so there a batch of 60 µs runs
-    /// faster on the calling thread (one call in 16 that the measured cost
-    /// keeps there goes to rayon anyway, to measure it again).
+    /// faster on the calling thread (of every 64 calls that the measured
+    /// cost keeps there, two in a row go to rayon anyway, to measure it
+    /// again).
     ///
     /// ```
     /// use std::time::Duration;
