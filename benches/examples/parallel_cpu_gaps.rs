@@ -45,6 +45,9 @@ fn main() {
             let f = |x: &u64| work(iters, *x);
             let pause = Duration::from_micros(pause_us);
             let timed = |g: &mut dyn FnMut() -> u64| {
+                // The pause is the workload (a service's gap between
+                // requests, in which rayon's workers fall asleep), not a
+                // wait for anything: it is outside the timed call.
                 std::thread::sleep(pause);
                 let t = Instant::now();
                 black_box(g());

@@ -261,7 +261,8 @@ const EXPLORE_EVERY: u64 = 64;
 /// pace; the second finds them awake if the calls come back to back. With
 /// one call per exploration, a tight loop of 10⁵ cheap items measured a
 /// cold dispatch every time and stayed on the calling thread at 1.3 × its
-/// parallel time (`collect`, 95 against 68–75 µs).
+/// parallel time (`collect`, 95 against 68–75 µs; `cargo run --release -p
+/// torque-benches --example parallel_cpu_alone -- ours-collect 100000 0`).
 const EXPLORE_BURST: u64 = 2;
 /// The most a dispatch is taken to cost (a preempted run is not a
 /// dispatch).
@@ -319,8 +320,9 @@ impl Cpu {
     /// configured threshold, raised (unless it was set by hand) to what the
     /// measured dispatch cost makes worth it ([`learned_threshold`]) for a
     /// call from outside the pool, except [`EXPLORE_BURST`] calls in a row
-    /// of every [`EXPLORE_EVERY`], which re-measure the dispatch. Waking rayon's sleeping workers is most of a dispatch's
-    /// cost: on this project's 2-core VM about 200 µs for a call after a
+    /// of every [`EXPLORE_EVERY`], which re-measure the dispatch. Waking
+    /// rayon's sleeping workers is most of a dispatch's cost: on this
+    /// project's 2-core VM about 200 µs for a call after a
     /// 1 ms pause against about 15 µs in a tight loop, so a batch of 60 µs
     /// called now and then took twice the sequential loop's time on rayon
     /// (`cargo run --release -p torque-benches --example
