@@ -85,13 +85,13 @@ impl Times {
 }
 
 thread_local! {
-    /// Where [`Cell::bump`] stores a saturated count's unchanged increment.
+    /// Where [`bump`] stores a saturated count's unchanged increment.
     static BUMP_SCRATCH: AtomicU8 = const { AtomicU8::new(0) };
 }
 
 /// One slot of the arena: what a read touches, in as few bytes as possible
-/// (48 for `u64` keys and values), so more of the cache fits in the CPU's
-/// caches.
+/// (40 for `u64` keys and values), so more of the cache fits in the CPU's
+/// caches. The slot's hit count is not here but in [`Shard::hits`].
 #[derive(Debug)]
 pub(crate) struct Cell<K, V> {
     hash: u64,
@@ -101,68 +101,66 @@ pub(crate) struct Cell<K, V> {
     /// for the next entry, see [`Shard::arm_for_write`].)
     generation: u32,
     weight: u32,
-    /// Reads and rewrites since the policy last took them, saturating at
-    /// [`MAX_HITS`]; bumped under the shared lock (lossy when two readers
-    /// race, as in quick_cache and S3-FIFO: it is a hint, not a count that
-    /// anything must add up to). Only policies that ask for it use it.
-    hits: AtomicU8,
     entry: Option<Entry<K, V>>,
 }
 
-impl<K, V> Cell<K, V> {
-    /// Counts a hit, saturating. Whether a count is saturated depends on the
-    /// key read, which no branch predictor can learn (in callgrind's model
-    /// the branch missed on about half of all read hits of the throughput
-    /// bench), so the store goes either to the count or, once saturated, to a
-    /// scratch byte of the thread's, picked without a branch: a saturated count
-    /// (a hot key's) is still never written, so its cache line is not taken
-    /// from the other cores reading it. (`select_unpredictable` is a hint;
-    /// on x86-64 with Rust 1.95 it compiles to a conditional move, checked
-    /// in the disassembly and by callgrind's branch model, 2026-12-05.)
-    #[inline]
-    fn bump(&self) {
-        let h = self.hits.load(Ordering::Relaxed);
-        // The scratch byte is the thread's own, so no other core ever wants
-        // its line; and being static, its store is never dead, so the
-        // compiler keeps the select (a scratch byte on the stack needed a
-        // `black_box` of its address to stay, two instructions more).
-        BUMP_SCRATCH.with(|scratch| {
-            let target = std::hint::select_unpredictable(h < MAX_HITS, &self.hits, scratch);
-            target.store(h.wrapping_add(1), Ordering::Relaxed);
-        });
-    }
+/// Counts a hit in `hits` (a slot's count in [`Shard::hits`]), saturating.
+/// Whether a count is saturated depends on the key read, which no branch
+/// predictor can learn (in callgrind's model the branch missed on about
+/// half of all read hits of the throughput bench, and a branch measured
+/// 0.90 × the throughput of this on it, 2026-12-07), so the store goes
+/// either to the count or, once saturated, to a scratch byte of the
+/// thread's, picked without a branch: a saturated count (a hot key's) is
+/// still never written, so its cache line is not taken from the other
+/// cores reading it. (`select_unpredictable` is a hint; on x86-64 with
+/// Rust 1.95 it compiles to a conditional move, checked in the disassembly
+/// and by callgrind's branch model, 2026-12-05.)
+#[inline]
+fn bump(hits: &AtomicU8) {
+    let h = hits.load(Ordering::Relaxed);
+    // The scratch byte is the thread's own, so no other core ever wants
+    // its line; and being static, its store is never dead, so the
+    // compiler keeps the select (a scratch byte on the stack needed a
+    // `black_box` of its address to stay, two instructions more).
+    BUMP_SCRATCH.with(|scratch| {
+        let target = std::hint::select_unpredictable(h < MAX_HITS, hits, scratch);
+        target.store(h.wrapping_add(1), Ordering::Relaxed);
+    });
+}
 
-    /// [`Self::bump`] under the exclusive lock, by a write of the entry
-    /// (which writes its line anyway): a plain add of zero or one.
-    #[inline]
-    fn bump_exclusive(&mut self) {
-        let h = self.hits.get_mut();
-        *h += u8::from(*h < MAX_HITS);
-    }
+/// [`bump`] under the exclusive lock, by a write of the entry: a plain add
+/// of zero or one.
+#[inline]
+fn bump_exclusive(hits: &mut AtomicU8) {
+    let h = hits.get_mut();
+    *h += u8::from(*h < MAX_HITS);
 }
 
 /// The per-entry hit counts of a shard, lent to its policy under the
 /// exclusive lock (so plain loads and stores, no atomic read-modify-write).
 #[derive(Debug)]
-pub(crate) struct CellHits<'a, K, V>(&'a mut [Cell<K, V>]);
+pub(crate) struct CellHits<'a, K, V> {
+    cells: &'a [Cell<K, V>],
+    hits: &'a mut [AtomicU8],
+}
 
 impl<K, V> Hits for CellHits<'_, K, V> {
     #[inline]
     fn take(&mut self, id: u32) -> u8 {
-        std::mem::take(self.0[id as usize].hits.get_mut())
+        std::mem::take(self.hits[id as usize].get_mut())
     }
 
     #[cold]
     #[inline(never)]
     fn halve_all(&mut self) {
-        for cell in self.0.iter_mut() {
-            *cell.hits.get_mut() >>= 1;
+        for h in self.hits.iter_mut() {
+            *h.get_mut() >>= 1;
         }
     }
 
     #[inline]
     fn hash(&self, id: u32) -> u64 {
-        self.0[id as usize].hash
+        self.cells[id as usize].hash
     }
 }
 
@@ -185,7 +183,14 @@ pub(crate) enum Lookup<T> {
 /// nothing; only a second one spills to the heap.
 #[derive(Debug)]
 pub(crate) struct Removed<K, V> {
-    first: Option<(K, V, RemovalCause)>,
+    first: Option<(K, V)>,
+    /// The cause of `first`'s departure (meaningless while it is `None`).
+    /// Beside it rather than in one tuple: a push built the tuple on the
+    /// stack and copied it, loading the cause's byte as part of a word
+    /// right after storing it alone, a load the CPU cannot forward from
+    /// the store and must wait for (about a quarter of all samples of
+    /// `evict_one` on the throughput workload, 2026-12-07).
+    first_cause: RemovalCause,
     /// Empty while `first` is `None`.
     rest: Vec<(K, V, RemovalCause)>,
 }
@@ -194,16 +199,18 @@ impl<K, V> Removed<K, V> {
     pub(crate) fn new() -> Self {
         Self {
             first: None,
+            first_cause: RemovalCause::Removed,
             rest: Vec::new(),
         }
     }
 
     #[inline]
-    fn push(&mut self, item: (K, V, RemovalCause)) {
+    fn push(&mut self, key: K, value: V, cause: RemovalCause) {
         if self.first.is_none() {
-            self.first = Some(item);
+            self.first = Some((key, value));
+            self.first_cause = cause;
         } else {
-            self.spill(item);
+            self.spill((key, value, cause));
         }
     }
 
@@ -223,8 +230,8 @@ impl<K, V> Removed<K, V> {
     pub(crate) fn causes(&self) -> impl Iterator<Item = RemovalCause> + '_ {
         self.first
             .iter()
-            .chain(&self.rest)
-            .map(|(_, _, cause)| *cause)
+            .map(|_| self.first_cause)
+            .chain(self.rest.iter().map(|(_, _, cause)| *cause))
     }
 
     /// Everything held so far, leaving `self` empty.
@@ -240,7 +247,11 @@ impl<K, V> IntoIterator for Removed<K, V> {
 
     /// In the order they left.
     fn into_iter(self) -> Self::IntoIter {
-        self.first.into_iter().chain(self.rest)
+        let cause = self.first_cause;
+        self.first
+            .map(|(key, value)| (key, value, cause))
+            .into_iter()
+            .chain(self.rest)
     }
 }
 
@@ -315,6 +326,23 @@ pub(crate) struct Timing {
 pub(crate) struct Shard<K, V> {
     table: HashTable<u32>,
     cells: Vec<Cell<K, V>>,
+    /// Reads and rewrites of each slot's entry since the policy last took
+    /// them, saturating at [`MAX_HITS`]; bumped under the shared lock
+    /// (lossy when two readers race, as in quick_cache and S3-FIFO: it is
+    /// a hint, not a count that anything must add up to). Only policies
+    /// that ask for it use it.
+    ///
+    /// A dense array beside `cells` rather than a field of [`Cell`]: a
+    /// read's store to the count comes before the shard's unlock, a locked
+    /// instruction that waits for it, and the count's address then
+    /// depended on the entry's own cache line, the read's last and slowest
+    /// load; here (a byte per slot, mostly in the CPU's nearest cache) it
+    /// depends only on the slot's id. On a 10k-entry cache holding every
+    /// key (`cache_throughput_sweep 10000 10000 1.0 0`), reads went from
+    /// 1.31–1.46 to 1.14–1.25 × quick_cache's time, with the same
+    /// instructions; a read without any count ran at 0.94–0.97 ×
+    /// (docs/benchmarks.md, 2026-12-07).
+    hits: Vec<AtomicU8>,
     /// Expiry times by slot id. Slots at or past its end hold entries that
     /// never expire: it stays empty until an entry with a deadline arrives
     /// (always, with a time-to-idle), and from then on every write of a
@@ -342,6 +370,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Self {
             table: HashTable::new(),
             cells: Vec::new(),
+            hits: Vec::new(),
             times: Vec::new(),
             free: Vec::new(),
             count_hits: policy.counts_hits(),
@@ -502,7 +531,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
         }
         if self.count_hits {
-            cell.bump();
+            bump(&self.hits[id as usize]);
         }
         Lookup::Hit(&entry.value)
     }
@@ -526,11 +555,11 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         debug_assert_eq!(COUNT_HITS, self.count_hits);
         let found = self.find(hash, key).and_then(|id| {
             let cell = &self.cells[id as usize];
-            cell.entry.as_ref().map(|entry| (cell, entry))
+            cell.entry.as_ref().map(|entry| (id, entry))
         });
-        let (cell, entry) = found?;
+        let (id, entry) = found?;
         if COUNT_HITS {
-            cell.bump();
+            bump(&self.hits[id as usize]);
         }
         Some(&entry.value)
     }
@@ -566,7 +595,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     {
         let id = self.find_for_read(hash, key)?;
         if self.count_hits {
-            self.cells[id as usize].bump();
+            bump(&self.hits[id as usize]);
         }
         self.counters.hits += 1;
         self.policy.on_access(id, NEVER);
@@ -608,7 +637,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return Lookup::Expired;
         }
         if self.count_hits {
-            cell.bump();
+            bump(&self.hits[id as usize]);
         }
         self.counters.hits += 1;
         self.policy.on_access(id, deadline);
@@ -639,7 +668,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             }
         }
         if self.count_hits {
-            self.cells[id as usize].bump();
+            bump(&self.hits[id as usize]);
         }
     }
 
@@ -670,7 +699,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             return;
         }
         if self.count_hits {
-            cell.bump();
+            bump(&self.hits[id as usize]);
         }
         self.policy.on_access(id, deadline);
     }
@@ -754,13 +783,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let old_value = std::mem::replace(&mut entry.value, value);
                 let old_weight = std::mem::replace(&mut cell.weight, weight);
                 if self.count_hits {
-                    cell.bump_exclusive();
+                    bump_exclusive(&mut self.hits[id as usize]);
                 }
                 let deadline = self.arm_for_write(id, expires, timing);
                 self.policy.on_update(id, weight, deadline);
                 self.weight = self.weight - u64::from(old_weight) + u64::from(weight);
                 self.counters.count(RemovalCause::Replaced);
-                removed.push((key, old_value, RemovalCause::Replaced));
+                removed.push(key, old_value, RemovalCause::Replaced);
                 return i64::from(weight) - i64::from(old_weight);
             }
             hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
@@ -771,7 +800,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let cell = &mut self.cells[id as usize];
                 cell.hash = hash;
                 cell.weight = weight;
-                *cell.hits.get_mut() = 0;
+                *self.hits[id as usize].get_mut() = 0;
                 cell.entry = Some(entry);
                 id
             }
@@ -781,18 +810,26 @@ impl<K: Hash + Eq, V> Shard<K, V> {
                 let id = u32::try_from(self.cells.len()).unwrap_or(u32::MAX - 1);
                 self.cells.push(Cell {
                     generation: 1,
-                    hits: AtomicU8::new(0),
                     hash,
                     weight,
                     entry: Some(entry),
                 });
+                self.hits.push(AtomicU8::new(0));
                 id
             }
         };
         vacant.insert(id);
         let deadline = self.arm_for_write(id, expires, timing);
-        self.policy
-            .on_insert(id, hash, weight, deadline, &mut CellHits(&mut self.cells));
+        self.policy.on_insert(
+            id,
+            hash,
+            weight,
+            deadline,
+            &mut CellHits {
+                cells: &self.cells,
+                hits: &mut self.hits,
+            },
+        );
         self.weight += u64::from(weight);
         i64::from(weight)
     }
@@ -818,7 +855,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     fn detach(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
         match self.take(id, cause) {
             Some((key, value, weight)) => {
-                removed.push((key, value, cause));
+                removed.push(key, value, cause);
                 weight
             }
             None => 0,
@@ -826,7 +863,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     }
 
     fn remove_id(&mut self, id: u32, cause: RemovalCause, removed: &mut Removed<K, V>) -> u64 {
-        self.policy.on_remove(id, &mut CellHits(&mut self.cells));
+        self.policy.on_remove(
+            id,
+            &mut CellHits {
+                cells: &self.cells,
+                hits: &mut self.hits,
+            },
+        );
         self.detach(id, cause, removed)
     }
 
@@ -849,7 +892,13 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         } else {
             RemovalCause::Removed
         };
-        self.policy.on_remove(id, &mut CellHits(&mut self.cells));
+        self.policy.on_remove(
+            id,
+            &mut CellHits {
+                cells: &self.cells,
+                hits: &mut self.hits,
+            },
+        );
         self.take(id, cause).map(|(k, v, _)| (k, v, cause))
     }
 
@@ -882,13 +931,16 @@ impl<K: Hash + Eq, V> Shard<K, V> {
             self.remove_id(id, RemovalCause::Replaced, removed);
         }
         self.counters.count(cause);
-        removed.push((key, value, cause));
+        removed.push(key, value, cause);
     }
 
     /// Evicts the policy's victim; returns the freed weight, or `None` when
     /// the shard is empty.
     pub(crate) fn evict_one(&mut self, removed: &mut Removed<K, V>) -> Option<u64> {
-        let id = self.policy.evict(&mut CellHits(&mut self.cells))?;
+        let id = self.policy.evict(&mut CellHits {
+            cells: &self.cells,
+            hits: &mut self.hits,
+        })?;
         Some(self.detach(id, RemovalCause::Capacity, removed))
     }
 
@@ -984,6 +1036,7 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         }
         // The arena goes with its entries (and its memory with them).
         let cells = std::mem::take(&mut self.cells);
+        self.hits = Vec::new();
         self.times.clear();
         self.free.clear();
         self.table.clear();
@@ -1022,12 +1075,12 @@ mod tests {
     fn removed_keeps_one_entry_inline_and_the_rest_in_order() {
         let mut removed = Removed::<u32, u32>::new();
         assert!(removed.is_empty());
-        removed.push((1, 10, RemovalCause::Replaced));
+        removed.push(1, 10, RemovalCause::Replaced);
         assert!(!removed.is_empty());
         // The hot path's one displaced entry allocates nothing.
         assert_eq!(removed.rest.capacity(), 0);
-        removed.push((2, 20, RemovalCause::Capacity));
-        removed.push((3, 30, RemovalCause::Expired));
+        removed.push(2, 20, RemovalCause::Capacity);
+        removed.push(3, 30, RemovalCause::Expired);
         let taken = removed.take();
         assert!(removed.is_empty());
         let keys: Vec<u32> = taken.into_iter().map(|(k, _, _)| k).collect();
