@@ -6,7 +6,7 @@ after the other, and the ratio is taken within the round.
     python3 benches/scripts/paired.py ROUNDS REQUESTS ENV BIN...
 
 ENV is `-` or comma-separated `NAME=VALUE` pairs (e.g. `TTL=3600`) added to
-`SEED=7`. A BIN is a path to a built `cache_callgrind`, optionally prefixed
+`SEED=7`; `THREADS=n` among them is passed as the thread count instead. A BIN is a path to a built `cache_callgrind`, optionally prefixed
 with the policy or peer to run (`quick_cache:PATH`; default `adaptive`).
 Prints each round's "ns wall per request", then per binary the median and
 the median of its per-round throughput ratios against the first binary.
@@ -23,11 +23,12 @@ def main():
     env = dict(os.environ, SEED="7")
     if envspec != "-":
         env.update(kv.split("=", 1) for kv in envspec.split(","))
+    threads = env.pop("THREADS", "1")
     times = {b: [] for b in bins}
     for r in range(rounds):
         for b in bins:
             name, path = b.split(":", 1) if ":" in b else ("adaptive", b)
-            out = subprocess.run([path, name, requests], env=env, capture_output=True,
+            out = subprocess.run([path, name, requests, threads], env=env, capture_output=True,
                                  text=True, check=True).stdout
             times[b].append(float(re.search(r"([\d.]+) ns wall", out).group(1)))
         print(r, {b: times[b][-1] for b in bins}, flush=True)
