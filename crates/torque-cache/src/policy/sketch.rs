@@ -18,6 +18,9 @@ pub(crate) struct FrequencySketch {
     block_mask: u64,
     additions: u64,
     sample_size: u64,
+    /// What [`Self::sized_for`] returns: the table's length had it been
+    /// dense.
+    serves: u64,
 }
 
 /// Four words of sixteen 4-bit counters (one word per count-min row), and
@@ -32,6 +35,11 @@ struct Block {
     counters: [u64; 4],
     door: [u64; 4],
 }
+
+/// Entries from which a sketch's table is sparse ([`FrequencySketch::new`]).
+const SPARSE_FROM: u64 = 1024;
+/// How much smaller a sparse table is than a dense one.
+const SPARSE_DIVISOR: u64 = 4;
 
 /// Entries the smallest sketch is sized for.
 pub(crate) const MIN_ENTRIES: u64 = 64;
@@ -85,28 +93,49 @@ impl FrequencySketch {
     /// bytes of counters per entry and as much again of doorkeeper (the
     /// table stops at [`MAX_ENTRIES`] blocks, so past about 2.8M entries
     /// it has fewer than 1.5 blocks per entry, and one at [`MAX_ENTRIES`]).
+    ///
+    /// From [`SPARSE_FROM`] entries the table is a quarter of that
+    /// ([`SPARSE_DIVISOR`]): 12–24 bytes of counters per entry (Caffeine's
+    /// sketch has 8), and as much of doorkeeper. Every new entry updates a
+    /// block at random, and a dense table is larger than a core's L2 cache
+    /// from about 10k entries (1 MiB at 10k): recording the new key's
+    /// sketch block was the slowest load of an insert, and the throughput
+    /// workload ran 1.084 × faster with the quarter table (1.070 × with
+    /// half, 1.165 × with an eighth; paired, 61 rounds), while no hit-ratio
+    /// figure moved by more than the hashers' noise (the cells, the
+    /// twelve of `cells.sh`, the capacity sweep, the held-out and weighted
+    /// traces; an eighth cost up to 0.0065 of miss ratio at 10k entries:
+    /// docs/benchmarks.md, 2026-12-07). Shards below [`SPARSE_FROM`] keep
+    /// the dense table, which the 1k-entry cells need (above).
     pub(crate) fn new(entries: u64) -> Self {
         let entries = entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
         let words = (entries * 4).next_power_of_two();
         let sample_size = words * 20;
-        let blocks = (entries + entries / 2).next_power_of_two().min(MAX_ENTRIES);
+        let dense = (entries + entries / 2).next_power_of_two().min(MAX_ENTRIES);
+        let blocks = if entries >= SPARSE_FROM {
+            dense / SPARSE_DIVISOR
+        } else {
+            dense
+        };
         Self {
             table: vec![Block::default(); blocks as usize],
             block_mask: blocks - 1,
             additions: 0,
             sample_size,
+            serves: dense,
         }
     }
 
     /// The most entries this sketch serves before the policy regrows it:
-    /// its table's length in blocks, which is 1.5–3 times the entries it
-    /// was sized for (twice for a power of two), not that count itself.
+    /// its dense table's length in blocks (see [`Self::new`]), which is
+    /// 1.5–3 times the entries it was sized for (twice for a power of
+    /// two), not that count itself.
     /// Between a regrowth and the next a shard therefore holds up to the
     /// table's length, down to one block and 40 sampled increments per
     /// entry (docs/benchmarks.md, 2026-12-06, sixteenth session: the
     /// later regrowth is part of the weighted traces' gain).
     pub(crate) fn sized_for(&self) -> u64 {
-        (self.table.len() as u64).max(MIN_ENTRIES)
+        self.serves.max(MIN_ENTRIES)
     }
 
     #[inline]
