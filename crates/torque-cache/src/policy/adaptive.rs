@@ -228,8 +228,8 @@ pub(crate) struct Adaptive {
     protected_full_at: u64,
     /// Sized for the entries actually held, not the capacity (which may be
     /// a weight in bytes, or a generous bound never reached); regrown when
-    /// the shard holds more entries than its table has blocks
-    /// ([`Self::grow_at`]), to four times the table, carrying the
+    /// the shard holds more entries than its table would have blocks were
+    /// it dense ([`Self::grow_at`]), to four times that, carrying the
     /// residents' estimates ([`Self::regrow`]; other keys' counts are lost).
     sketch: FrequencySketch,
     entries: u64,
@@ -894,7 +894,8 @@ impl Adaptive {
     #[cold]
     #[inline(never)]
     fn regrow(&mut self, hits: &mut impl Hits) {
-        let mut sketch = FrequencySketch::new(self.entries.next_power_of_two());
+        let mut sketch =
+            FrequencySketch::for_shard_holding(self.entries.next_power_of_two(), self.entries);
         for list in [&self.window, &self.probation, &self.protected] {
             let mut next = list.back();
             while let Some(id) = next {
@@ -2321,6 +2322,39 @@ mod tests {
             hits.insert(&mut p, id, u64::from(id).wrapping_mul(7919) | 1, 1);
         }
         assert!(p.ghost.slots.len() > small, "{} slots", p.ghost.slots.len());
+    }
+
+    /// A shard of fewer than [`SPARSE_FROM`] entries keeps the dense
+    /// sketch table ([`FrequencySketch::new`]), also when it got there by a
+    /// regrowth (a weighted shard's sketch starts small): the regrowth at
+    /// 513 entries sized the sketch for 1,024 and so made it sparse, a
+    /// table of 512 blocks, no larger than the one it replaced.
+    #[test]
+    fn regression_a_sketch_regrown_below_sparse_from_is_dense() {
+        use super::super::sketch::SPARSE_FROM;
+        let mut p = Adaptive::new(1 << 20, false, true);
+        let mut hits = TestHits::default();
+        let mut id = 0u32;
+        while p.entries < SPARSE_FROM - 1 {
+            let before = (p.sketch.blocks(), p.grow_at);
+            hits.insert(&mut p, id, u64::from(id).wrapping_mul(7919) | 1, 1);
+            id += 1;
+            if p.grow_at != before.1 {
+                assert!(
+                    p.sketch.blocks() > before.0,
+                    "regrown at {} entries: {} blocks, {} before",
+                    p.entries,
+                    p.sketch.blocks(),
+                    before.0
+                );
+            }
+            assert_eq!(
+                p.sketch.blocks(),
+                p.sketch.sized_for(),
+                "{} entries",
+                p.entries
+            );
+        }
     }
 
     /// Trials that pass, and the ghost widened to match.

@@ -37,7 +37,7 @@ struct Block {
 }
 
 /// Entries from which a sketch's table is sparse ([`FrequencySketch::new`]).
-const SPARSE_FROM: u64 = 1024;
+pub(crate) const SPARSE_FROM: u64 = 1024;
 /// How much smaller a sparse table is than a dense one.
 const SPARSE_DIVISOR: u64 = 4;
 
@@ -108,11 +108,21 @@ impl FrequencySketch {
     /// docs/benchmarks.md, 2026-12-07). Shards below [`SPARSE_FROM`] keep
     /// the dense table, which the 1k-entry cells need (above).
     pub(crate) fn new(entries: u64) -> Self {
+        Self::for_shard_holding(entries, entries)
+    }
+
+    /// [`Self::new`] for a shard that holds `held` entries now (a
+    /// regrowth sizes the sketch for more, the next power of two): the
+    /// table is sparse only if the shard holds [`SPARSE_FROM`] entries.
+    /// Sized for the next power of two, a weighted shard regrown at 513
+    /// entries got a sparse table no larger than the one it replaced,
+    /// below [`SPARSE_FROM`] entries.
+    pub(crate) fn for_shard_holding(entries: u64, held: u64) -> Self {
         let entries = entries.clamp(MIN_ENTRIES, MAX_ENTRIES);
         let words = (entries * 4).next_power_of_two();
         let sample_size = words * 20;
         let dense = (entries + entries / 2).next_power_of_two().min(MAX_ENTRIES);
-        let blocks = if entries >= SPARSE_FROM {
+        let blocks = if entries.min(held) >= SPARSE_FROM {
             dense / SPARSE_DIVISOR
         } else {
             dense
@@ -136,6 +146,12 @@ impl FrequencySketch {
     /// later regrowth is part of the weighted traces' gain).
     pub(crate) fn sized_for(&self) -> u64 {
         self.serves.max(MIN_ENTRIES)
+    }
+
+    /// The table's length in blocks.
+    #[cfg(test)]
+    pub(crate) fn blocks(&self) -> u64 {
+        self.table.len() as u64
     }
 
     #[inline]
