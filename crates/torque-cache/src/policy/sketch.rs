@@ -43,7 +43,8 @@ const SPARSE_DIVISOR: u64 = 4;
 
 /// Entries the smallest sketch is sized for.
 pub(crate) const MIN_ENTRIES: u64 = 64;
-/// Entries the largest sketch is sized for (a 256 MiB table per shard).
+/// Entries the largest sketch is sized for (a 64 MiB table per shard: a
+/// shard that large has a sparse table, [`FrequencySketch::new`]).
 pub(crate) const MAX_ENTRIES: u64 = 1 << 22;
 
 #[inline]
@@ -90,13 +91,14 @@ impl FrequencySketch {
     /// about once per sample and a doorkeeper false positive or a counter
     /// collision decides the contest (docs/benchmarks.md, 2026-12-06,
     /// sixteenth session). The sample period is unchanged. Memory: 48–96
-    /// bytes of counters per entry and as much again of doorkeeper (the
-    /// table stops at [`MAX_ENTRIES`] blocks, so past about 2.8M entries
-    /// it has fewer than 1.5 blocks per entry, and one at [`MAX_ENTRIES`]).
+    /// bytes of counters per entry and as much again of doorkeeper, in
+    /// shards of under [`SPARSE_FROM`] entries.
     ///
     /// From [`SPARSE_FROM`] entries the table is a quarter of that
     /// ([`SPARSE_DIVISOR`]): 12–24 bytes of counters per entry (Caffeine's
-    /// sketch has 8), and as much of doorkeeper. Every new entry updates a
+    /// sketch has 8), and as much of doorkeeper (the dense length stops at
+    /// [`MAX_ENTRIES`] blocks, so past about 2.8M entries there are fewer,
+    /// down to a quarter block per entry at [`MAX_ENTRIES`]). Every new entry updates a
     /// block at random, and a dense table is larger than a core's L2 cache
     /// from about 10k entries (1 MiB at 10k): recording the new key's
     /// sketch block was the slowest load of an insert, and the throughput
