@@ -348,6 +348,12 @@ impl Cpu {
         }
     }
 
+    /// The measured dispatch cost (see [`Self::threshold`]), zero until
+    /// measured.
+    pub(crate) fn dispatch(&self) -> Duration {
+        Duration::from_nanos(self.dispatch_ps.load(Relaxed) / 1000)
+    }
+
     pub(crate) fn threads(&self) -> usize {
         match &self.pool {
             Some(p) => p.current_num_threads(),
@@ -825,6 +831,21 @@ pub(crate) fn run_item<T, R, E, F>(
 where
     F: Fn(&T) -> Result<R, E>,
 {
+    run_item_noting(f, x, cancel, || {})
+}
+
+/// [`run_item`], calling `panicked` when the item panics (on the unwinding
+/// path only, so a clean item pays nothing for it).
+#[inline(always)]
+pub(crate) fn run_item_noting<T, R, E, F>(
+    f: &F,
+    x: &T,
+    cancel: Option<&CancelToken>,
+    panicked: impl FnOnce(),
+) -> Result<R, ItemError<E>>
+where
+    F: Fn(&T) -> Result<R, E>,
+{
     if let Some(c) = cancel
         && c.is_cancelled()
     {
@@ -835,7 +856,10 @@ where
     match catch_unwind(AssertUnwindSafe(|| f(x))) {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(ItemError::Failed(e)),
-        Err(payload) => Err(ItemError::Panicked(PanicError::from_box(payload))),
+        Err(payload) => {
+            panicked();
+            Err(ItemError::Panicked(PanicError::from_box(payload)))
+        }
     }
 }
 
@@ -865,11 +889,15 @@ where
     fn par(&self, items: &[T], grain: usize, probe: &Probe, acc: &mut Self::Acc) {
         let c = self.cancel;
         if probe.sparse() {
+            // Items too cheap to time in the leaves: the run's wall time
+            // then teaches the dispatch from the prefix's cost, which a
+            // panic's unwinding (microseconds) would inflate; so a panic
+            // marks the run as not timed.
             acc.par_extend(
                 items
                     .par_iter()
                     .with_min_len(grain)
-                    .map(|x| run_item(&self.f, x, c)),
+                    .map(|x| run_item_noting(&self.f, x, c, || probe.set_aside())),
             );
             return;
         }

@@ -348,6 +348,13 @@ pub struct Stats {
     pub parallel_runs: u64,
     /// Threads of the `Cpu` strategy's pool.
     pub cpu_threads: usize,
+    /// What a parallel run started from outside the pool has been measured
+    /// to cost beyond its items' work (waking the workers, splitting,
+    /// joining): zero until measured, or when the threshold was set with
+    /// [`ProcessorBuilder::parallel_threshold`]. A `Cpu` call goes to rayon
+    /// from about this times `cpu_threads / (cpu_threads - 1)` of predicted
+    /// work, never under the configured threshold.
+    pub cpu_dispatch: std::time::Duration,
     /// Live threads of the `Blocking` strategy (0 until first used).
     pub blocking_threads: usize,
     /// Jobs waiting in the `Blocking` queue.
@@ -756,6 +763,7 @@ impl Processor {
             sequential_runs: cpu.counters.sequential.load(Relaxed),
             parallel_runs: cpu.counters.parallel.load(Relaxed),
             cpu_threads: cpu.threads(),
+            cpu_dispatch: cpu.dispatch(),
             blocking_threads: pool.threads,
             blocking_queued: pool.queued,
             blocking_in_flight_weight: pool.in_flight_weight,
