@@ -9,6 +9,8 @@
 //! deadlines costs), for the caches that have one: torque-cache and moka.
 
 mod cache_traces;
+#[path = "common/contenders.rs"]
+mod contenders;
 
 use std::num::NonZeroUsize;
 use std::sync::Barrier;
@@ -20,60 +22,11 @@ use parking_lot::Mutex;
 use torque_cache::{LocalCache, Policy};
 
 use cache_traces::{Rng, zipf_trace};
+use contenders::Contender;
 
 const KEYS: usize = 100_000;
 const CAPACITY: usize = 10_000;
 const TRACE: usize = 1 << 16;
-
-trait Contender: Send + Sync {
-    fn get(&self, k: u64) -> Option<u64>;
-    fn insert(&self, k: u64, v: u64);
-}
-
-impl Contender for LocalCache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        LocalCache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        LocalCache::insert(self, k, v)
-    }
-}
-
-impl Contender for quick_cache::sync::Cache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        quick_cache::sync::Cache::insert(self, k, v)
-    }
-}
-
-impl Contender for moka::sync::Cache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        moka::sync::Cache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        moka::sync::Cache::insert(self, k, v)
-    }
-}
-
-impl Contender for Mutex<lru::LruCache<u64, u64>> {
-    fn get(&self, k: u64) -> Option<u64> {
-        self.lock().get(&k).copied()
-    }
-    fn insert(&self, k: u64, v: u64) {
-        self.lock().put(k, v);
-    }
-}
-
-impl Contender for DashMap<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        DashMap::get(self, &k).map(|v| *v)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        DashMap::insert(self, k, v);
-    }
-}
 
 fn ours(policy: Policy) -> Box<dyn Contender> {
     Box::new(

@@ -24,46 +24,15 @@
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
+#[path = "../benches/common/contenders.rs"]
+mod contenders;
 
-use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 
 use cache_traces::{Rng, zipf_trace};
+use contenders::Contender;
 use parking_lot::Mutex;
 use torque_cache::{LocalCache, Policy};
-
-/// The two operations of the workload, for ours and the peers.
-trait Contender: Sync {
-    fn get(&self, k: u64) -> Option<u64>;
-    fn insert(&self, k: u64, v: u64);
-}
-
-impl<S: BuildHasher + Send + Sync> Contender for LocalCache<u64, u64, S> {
-    fn get(&self, k: u64) -> Option<u64> {
-        LocalCache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        LocalCache::insert(self, k, v)
-    }
-}
-
-impl Contender for quick_cache::sync::Cache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        quick_cache::sync::Cache::insert(self, k, v)
-    }
-}
-
-impl Contender for Mutex<lru::LruCache<u64, u64>> {
-    fn get(&self, k: u64) -> Option<u64> {
-        self.lock().get(&k).copied()
-    }
-    fn insert(&self, k: u64, v: u64) {
-        self.lock().put(k, v);
-    }
-}
 
 fn ours(policy: Policy) -> Box<dyn Contender> {
     let mut builder = LocalCache::<u64, u64>::builder()

@@ -25,50 +25,21 @@
 
 #[path = "../benches/cache_traces/mod.rs"]
 mod cache_traces;
+#[path = "../benches/common/contenders.rs"]
+mod contenders;
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
 use cache_traces::{Rng, zipf_trace};
+use contenders::Contender;
 use parking_lot::Mutex;
 use torque_cache::{LocalCache, Policy};
 
 const ROUNDS: usize = 7;
 /// Requests of one timed run (the trace is replayed as often as needed).
 const REQUESTS: usize = 1 << 21;
-
-trait Contender {
-    fn get(&self, k: u64) -> Option<u64>;
-    fn insert(&self, k: u64, v: u64);
-}
-
-impl Contender for LocalCache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        LocalCache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        LocalCache::insert(self, k, v)
-    }
-}
-
-impl Contender for quick_cache::sync::Cache<u64, u64> {
-    fn get(&self, k: u64) -> Option<u64> {
-        quick_cache::sync::Cache::get(self, &k)
-    }
-    fn insert(&self, k: u64, v: u64) {
-        quick_cache::sync::Cache::insert(self, k, v)
-    }
-}
-
-impl Contender for Mutex<lru::LruCache<u64, u64>> {
-    fn get(&self, k: u64) -> Option<u64> {
-        self.lock().get(&k).copied()
-    }
-    fn insert(&self, k: u64, v: u64) {
-        self.lock().put(k, v);
-    }
-}
 
 const NAMES: [&str; 4] = ["Adaptive", "Lru", "quick_cache", "Mutex<LruCache>"];
 
