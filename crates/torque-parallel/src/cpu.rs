@@ -831,26 +831,11 @@ pub(crate) fn run_item<T, R, E, F>(
 where
     F: Fn(&T) -> Result<R, E>,
 {
-    if let Some(c) = cancel
-        && c.is_cancelled()
-    {
-        return Err(ItemError::Cancelled);
-    }
-    // `catch_unwind` costs nothing on the happy path: the closure is inlined
-    // behind an `invoke`, only the landing pad is extra code.
-    match catch_unwind(AssertUnwindSafe(|| f(x))) {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ItemError::Failed(e)),
-        Err(payload) => Err(ItemError::Panicked(PanicError::from_box(payload))),
-    }
+    run_item_noting(f, x, cancel, || {})
 }
 
 /// [`run_item`], calling `panicked` when the item panics (on the unwinding
-/// path only, so a clean item pays nothing for it). Written out apart from
-/// [`run_item`] rather than under it: in an unoptimized build the extra call
-/// on every item of every path raised a cheap item's learned cost to about
-/// 72 ns, and `tests/cutoff.rs` failed in 2 of 8 runs to warm its 64-item
-/// batches under 4 µs.
+/// path only, so a clean item pays nothing for it).
 #[inline(always)]
 pub(crate) fn run_item_noting<T, R, E, F>(
     f: &F,
