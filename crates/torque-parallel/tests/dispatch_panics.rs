@@ -5,30 +5,14 @@
 //! calling thread. (`map_reduce` and `for_each` had this fixed before:
 //! tests/review_reduce_fold.rs.)
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use torque_parallel::Processor;
 
 mod common;
-use common::spin;
-
-/// The message of every panic these tests provoke on purpose.
-const BAD: &str = "bad item";
-
-/// Keeps the panic hook quiet for this file's own panics.
-fn quiet_bad_items() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload_as_str() != Some(BAD) {
-                default(info);
-            }
-        }));
-    });
-}
+use common::{BAD, quiet_bad_items, spin};
 
 /// Items past the first fifth (beyond any timed prefix), one in 50,
 /// panic once armed.

@@ -2,35 +2,16 @@
 //! (`ReduceWork::fold_chunk` in `cpu.rs`: `map_reduce` and `for_each`),
 //! each pinned by a test named for it.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use torque_parallel::{CancelToken, Processor};
 
 mod common;
-use common::spin;
-
-/// The message of every panic these tests provoke on purpose.
-const BAD: &str = "bad item";
+use common::{BAD, quiet_bad_items, spin};
 
 /// Items from this value on panic.
 const FIRST_BAD: u64 = 1 << 40;
-
-/// Keeps the panic hook quiet for this file's own panics (thousands of
-/// them, each a backtrace under `RUST_BACKTRACE`); any other panic is
-/// reported as usual.
-fn quiet_bad_items() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if info.payload_as_str() != Some(BAD) {
-                default(info);
-            }
-        }));
-    });
-}
 
 /// Per-item run counters for `items`, indexed by `x % FIRST_BAD`.
 fn counters(n: usize) -> Vec<AtomicUsize> {

@@ -57,3 +57,22 @@ pub(crate) fn hold_the_only_worker(
     started_rx.recv().unwrap();
     (release_tx, holder)
 }
+
+/// The message of every panic a test provokes on purpose with
+/// [`quiet_bad_items`] in place.
+pub(crate) const BAD: &str = "bad item";
+
+/// Keeps the panic hook quiet for panics with the message [`BAD`]
+/// (thousands of them in some tests, each a backtrace under
+/// `RUST_BACKTRACE`); any other panic is reported as usual.
+pub(crate) fn quiet_bad_items() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload_as_str() != Some(BAD) {
+                default(info);
+            }
+        }));
+    });
+}
