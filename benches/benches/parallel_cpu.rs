@@ -3,7 +3,9 @@
 //! - `cheap_sum/N` (`map_reduce`), `cheap_collect/N` (`collect`) for
 //!   N = 10², 10³, 10⁴: goal ours ≤ 0.5× rayon and ≤ 1.1× sequential;
 //!   N = 10⁶: goal ours ≤ 1.05× rayon; `cheap_map_results/N` (`map`, one
-//!   `Result` per item) against the same peers, for reference;
+//!   `Result` per item) against the same peers and against their
+//!   like-for-like forms (`*_results`: a `catch_unwind` and a
+//!   `std::thread::Result` per item), for reference;
 //! - `ms_items/uniform`, `ms_items/skewed`: 10³ items of ~1 ms of calibrated
 //!   spinning (skewed: the first tenth costs 5.5×, the rest 0.5×, mean 1 ms):
 //!   goal ours ≤ 1.05× rayon.
@@ -12,6 +14,7 @@
 //! runs on its learned costs, as it would in a service.
 
 use std::hint::black_box;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -109,6 +112,29 @@ fn cheap_items(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("sequential", n), &items, |b, items| {
             b.iter(|| black_box(items).iter().map(cheap).collect::<Vec<u64>>())
         });
+        // The like-for-like peers: each item's outcome isolated the way a
+        // rayon or loop user would write it, a `catch_unwind` per item and
+        // a 16-byte `std::thread::Result<u64>` (with drop glue) per item.
+        group.bench_with_input(BenchmarkId::new("rayon_results", n), &items, |b, items| {
+            b.iter(|| {
+                black_box(items)
+                    .par_iter()
+                    .map(|x| catch_unwind(AssertUnwindSafe(|| cheap(x))))
+                    .collect::<Vec<std::thread::Result<u64>>>()
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("sequential_results", n),
+            &items,
+            |b, items| {
+                b.iter(|| {
+                    black_box(items)
+                        .iter()
+                        .map(|x| catch_unwind(AssertUnwindSafe(|| cheap(x))))
+                        .collect::<Vec<std::thread::Result<u64>>>()
+                })
+            },
+        );
         group.finish();
     }
 }
