@@ -127,8 +127,9 @@ impl ProcessorBuilder {
 /// same). Two differences an item can see when polled inline: it runs in
 /// the batch's task, so it sees that task's task-locals, `task::id()` and
 /// tracing span (a spawned item sees none of them); and a panic in the
-/// item future's `Drop`, when a cancelled batch drops it, reaches the
-/// caller (a task's would be caught by tokio).
+/// item future's `Drop`, when a cancelled or dropped batch drops it, is
+/// caught and the item comes back `Cancelled` (a task's comes back
+/// `Panicked`, as tokio reports it).
 ///
 /// Methods consume the handle (it is a cheap clone of the processor) and
 /// return futures and streams that own everything they need, so they can be
@@ -235,10 +236,13 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     /// Gives every item at most `timeout` (default: the processor's
     /// [`item_timeout`](crate::ProcessorBuilder::item_timeout), none unless
     /// set). An item past it is dropped, comes back
-    /// [`ItemError::TimedOut`] and counts as overload for the limiter. A
-    /// zero `timeout` times every item out at once, each an overload that
-    /// cuts the limit; [`item_timeout`](crate::ProcessorBuilder::item_timeout)
-    /// refuses zero for that reason.
+    /// [`ItemError::TimedOut`] and counts as overload for the limiter. As
+    /// with tokio's `timeout`, an item is polled once before its deadline
+    /// is looked at: one that completes on its first poll is never timed
+    /// out. A zero `timeout` times out every other item at once, each an
+    /// overload that cuts the limit;
+    /// [`item_timeout`](crate::ProcessorBuilder::item_timeout) refuses zero
+    /// for that reason.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
