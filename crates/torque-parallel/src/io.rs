@@ -447,6 +447,15 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     /// result)`. Nothing buffers: an item is taken from the input only when
     /// it can start, and a result waits only until the stream is polled.
     ///
+    /// A stream that has just handed out a result holds no place in the
+    /// limiter's queue, so it can be left unpolled while the caller awaits
+    /// another batch under the same limiter. One whose last poll returned
+    /// `Pending` (a `timeout` or `select!` around `next()` that gave up)
+    /// still waits in that queue for a permit, as a pending
+    /// `tokio::sync::Semaphore::acquire` does, and a batch queued behind it
+    /// waits for it: poll it again, or drop it, before awaiting another
+    /// batch under that limiter.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), torque_parallel::BuildError> {
