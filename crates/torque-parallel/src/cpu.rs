@@ -244,8 +244,24 @@ pub(crate) struct Cpu {
     /// What handing a batch to rayon from a thread outside the pool has
     /// cost lately (ps; 0 until measured): the parallel runs' wall time
     /// beyond their items' work shared by the threads, an EWMA
-    /// ([`next_dispatch`]).
+    /// ([`next_dispatch`]), of the runs that started more than
+    /// [`WARM_GAP`] after the last one ended (rayon's workers likely
+    /// asleep).
     dispatch_ps: AtomicU64,
+    /// The same of the runs that started within [`WARM_GAP`] of the last
+    /// one's end (its workers still awake). Kept apart, because the two
+    /// differ several-fold (about 15 against 100–200 µs on this project's
+    /// 2-core VM), and one estimate fed by both swung between them: a
+    /// batch whose work sat between the two costs went back and forth
+    /// between rayon and the calling thread, and paid at each switch (a
+    /// run on rayon after calls on the calling thread wakes the workers;
+    /// a call on the calling thread right after a run shares the cores
+    /// with workers still spinning).
+    warm_dispatch_ps: AtomicU64,
+    /// When the last parallel run from outside the pool ended, in
+    /// nanoseconds since `epoch` (0: none yet).
+    last_parallel_end_ns: AtomicU64,
+    epoch: Instant,
     /// Calls that chose a threshold since the start ([`Cpu::threshold`]).
     explore: AtomicU64,
     pub(crate) counters: CpuCounters,
@@ -258,12 +274,18 @@ pub(crate) struct Cpu {
 const EXPLORE_EVERY: u64 = 64;
 /// Consecutive calls of an exploration. The first finds rayon's workers
 /// asleep after the calls kept on the calling thread, whatever the calls'
-/// pace; the second finds them awake if the calls come back to back. With
+/// pace; the second finds them awake if the calls come back to back (and
+/// teaches [`Cpu::warm_dispatch_ps`], which then judges the calls that
+/// follow it as closely). With
 /// one call per exploration, a tight loop of 10⁵ cheap items measured a
 /// cold dispatch every time and stayed on the calling thread at 1.3 × its
 /// parallel time (`collect`, 95 against 68–75 µs; `cargo run --release -p
 /// torque-benches --example parallel_cpu_alone -- ours-collect 100000 0`).
 const EXPLORE_BURST: u64 = 2;
+/// How long after a parallel run rayon's workers are taken to be still
+/// awake: an idle worker yields about 32 times before it sleeps
+/// (rayon-core's `sleep` module), tens of microseconds on an idle core.
+const WARM_GAP: Duration = Duration::from_micros(50);
 /// The most a dispatch is taken to cost (a preempted run is not a
 /// dispatch).
 const DISPATCH_CAP: Duration = Duration::from_millis(1);
@@ -311,6 +333,9 @@ impl Cpu {
             clock: clock_cost(),
             learn_dispatch,
             dispatch_ps: AtomicU64::new(0),
+            warm_dispatch_ps: AtomicU64::new(0),
+            last_parallel_end_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
             explore: AtomicU64::new(0),
             counters: CpuCounters::default(),
         }
@@ -326,12 +351,27 @@ impl Cpu {
     /// 1 ms pause against about 15 µs in a tight loop, so a batch of 60 µs
     /// called now and then took twice the sequential loop's time on rayon
     /// (`cargo run --release -p torque-benches --example
-    /// parallel_cpu_gaps`). From a pool thread (a nested batch) the
-    /// configured threshold decides: a split there is a `join`.
+    /// parallel_cpu_gaps`). So a call within [`WARM_GAP`] of the last
+    /// parallel run's end is judged on what such calls have cost
+    /// ([`Cpu::warm_dispatch_ps`]), any other on what a run after a pause
+    /// costs. From a pool thread (a nested batch) the configured threshold
+    /// decides: a split there is a `join`.
     fn threshold(&self) -> u64 {
         let floor = self.parallel_threshold_ps;
-        let dispatch = self.dispatch_ps.load(Relaxed);
-        if dispatch == 0 || !self.learn_dispatch || rayon::current_thread_index().is_some() {
+        if !self.learn_dispatch || rayon::current_thread_index().is_some() {
+            return floor;
+        }
+        // Right after a parallel run (its workers still awake) the lower of
+        // the two estimates applies; the clock is read only when that can
+        // change the answer.
+        let cold = self.dispatch_ps.load(Relaxed);
+        let warm = self.warm_dispatch_ps.load(Relaxed);
+        let dispatch = if warm != 0 && warm < cold && self.workers_awake() {
+            warm
+        } else {
+            cold
+        };
+        if dispatch == 0 {
             return floor;
         }
         let learned = learned_threshold(dispatch, self.threads() as u64, floor);
@@ -348,10 +388,27 @@ impl Cpu {
         }
     }
 
-    /// The measured dispatch cost (see [`Self::threshold`]), zero until
-    /// measured.
+    /// Whether a parallel run from outside the pool ended less than
+    /// [`WARM_GAP`] ago, so that rayon's workers are likely still awake.
+    fn workers_awake(&self) -> bool {
+        let end = self.last_parallel_end_ns.load(Relaxed);
+        end != 0 && self.now_ns().saturating_sub(end) <= WARM_GAP.as_nanos() as u64
+    }
+
+    fn now_ns(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
+    /// The measured dispatch cost of a run that finds rayon's workers
+    /// asleep (see [`Self::threshold`]), zero until measured.
     pub(crate) fn dispatch(&self) -> Duration {
         Duration::from_nanos(self.dispatch_ps.load(Relaxed) / 1000)
+    }
+
+    /// The same for a run that comes right after another
+    /// ([`WARM_GAP`]), zero until measured.
+    pub(crate) fn warm_dispatch(&self) -> Duration {
+        Duration::from_nanos(self.warm_dispatch_ps.load(Relaxed) / 1000)
     }
 
     pub(crate) fn threads(&self) -> usize {
@@ -598,6 +655,7 @@ impl Cpu {
         let grain = ((self.grain_target_ps / cost_ps) as usize).clamp(1, items.len());
         let probe = Probe::new(cost_ps, self.clock);
         let outside = self.learn_dispatch && rayon::current_thread_index().is_none();
+        let warm = outside && self.workers_awake();
         let start = Instant::now();
         match &self.pool {
             Some(pool) => pool.install(|| work.par(items, grain, &probe, acc)),
@@ -627,10 +685,17 @@ impl Cpu {
             && !probe.any_set_aside()
         {
             let work_ps = per_item.saturating_mul(items.len() as u64);
-            let old = self.dispatch_ps.load(Relaxed);
+            let estimate = if warm {
+                &self.warm_dispatch_ps
+            } else {
+                &self.dispatch_ps
+            };
+            let old = estimate.load(Relaxed);
             let threads = self.threads() as u64;
-            self.dispatch_ps
-                .store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
+            estimate.store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
+        }
+        if outside {
+            self.last_parallel_end_ns.store(self.now_ns(), Relaxed);
         }
         match sample {
             Some((elapsed, n)) => record(slot, elapsed, n),
@@ -1257,6 +1322,69 @@ mod tests {
         // nothing to explore.
         c.dispatch_ps.store(1, Relaxed);
         assert!((0..64).all(|_| c.threshold() == 50 * US));
+    }
+
+    /// The thresholds of 64 calls in a row (an exploration burst among
+    /// them returns the floor).
+    fn thresholds(c: &Cpu) -> std::collections::BTreeSet<u64> {
+        (0..EXPLORE_EVERY).map(|_| c.threshold()).collect()
+    }
+
+    #[test]
+    fn a_call_right_after_a_parallel_run_is_judged_on_the_warm_dispatch() {
+        let c = cpu(true);
+        let threads = c.threads() as u64;
+        c.dispatch_ps.store(1_000 * US, Relaxed);
+        c.warm_dispatch_ps.store(40 * US, Relaxed);
+        let cold = learned_threshold(1_000 * US, threads, 50 * US);
+        let warm = learned_threshold(40 * US, threads, 50 * US);
+        assert!(warm > 50 * US && warm < cold);
+        // No parallel run yet: the workers are asleep.
+        assert_eq!(thresholds(&c), [50 * US, cold].into());
+        // A run that ends "now" (later than any clock read of the test, so
+        // that a preempted test thread cannot make it stale).
+        c.last_parallel_end_ns
+            .store(c.now_ns() + 3_600_000_000_000, Relaxed);
+        assert_eq!(thresholds(&c), [50 * US, warm].into());
+        // A warm estimate above the cold one is not used.
+        c.warm_dispatch_ps.store(2_000 * US, Relaxed);
+        assert_eq!(thresholds(&c), [50 * US, cold].into());
+    }
+
+    #[test]
+    fn a_run_right_after_another_teaches_the_warm_dispatch_and_one_after_a_pause_the_other() {
+        let c = cpu(true);
+        // 64 items of about 20 µs: parallel from the first call's prefix.
+        let items: Vec<u64> = (0..64).collect();
+        let work = MapWork {
+            f: |_: &u64| {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_micros(20) {
+                    std::hint::spin_loop();
+                }
+                Ok::<(), std::convert::Infallible>(())
+            },
+            cancel: None,
+        };
+        let run = |c: &Cpu| {
+            let mut out = Vec::new();
+            assert_eq!(c.run_uncounted(7, &items, &work, &mut out), Ran::Parallel);
+            assert!(out.iter().all(Result::is_ok));
+        };
+        // A run "right after" another (its end set in the future, see above).
+        c.last_parallel_end_ns
+            .store(c.now_ns() + 3_600_000_000_000, Relaxed);
+        run(&c);
+        assert_ne!(c.warm_dispatch_ps.load(Relaxed), 0, "warm run measured");
+        assert_eq!(c.dispatch_ps.load(Relaxed), 0, "not as a cold one");
+        // After a pause (no parallel run on record).
+        c.last_parallel_end_ns.store(0, Relaxed);
+        let warm = c.warm_dispatch_ps.load(Relaxed);
+        run(&c);
+        assert_ne!(c.dispatch_ps.load(Relaxed), 0, "cold run measured");
+        assert_eq!(c.warm_dispatch_ps.load(Relaxed), warm, "not as a warm one");
+        // Each run records its end.
+        assert_ne!(c.last_parallel_end_ns.load(Relaxed), 0);
     }
 
     #[test]

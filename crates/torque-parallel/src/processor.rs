@@ -350,11 +350,18 @@ pub struct Stats {
     pub cpu_threads: usize,
     /// What a parallel run started from outside the pool has been measured
     /// to cost beyond its items' work (waking the workers, splitting,
-    /// joining): zero until measured, or when the threshold was set with
-    /// [`ProcessorBuilder::parallel_threshold`]. A `Cpu` call goes to rayon
-    /// from about this times `cpu_threads / (cpu_threads - 1)` of predicted
-    /// work, never under the configured threshold.
+    /// joining) when it came more than 50 µs after the last parallel run
+    /// (rayon's workers asleep): zero until measured, or when the
+    /// threshold was set with [`ProcessorBuilder::parallel_threshold`]. A
+    /// `Cpu` call goes to rayon from about this times
+    /// `cpu_threads / (cpu_threads - 1)` of predicted work, never under the
+    /// configured threshold; a call right after a parallel run, from
+    /// `cpu_warm_dispatch` times that when it is lower.
     pub cpu_dispatch: std::time::Duration,
+    /// The same for parallel runs that came within 50 µs of the last one's
+    /// end, while rayon's workers were still awake (in a tight loop, most
+    /// of them): usually several times less than `cpu_dispatch`.
+    pub cpu_warm_dispatch: std::time::Duration,
     /// Live threads of the `Blocking` strategy (0 until first used).
     pub blocking_threads: usize,
     /// Jobs waiting in the `Blocking` queue.
@@ -764,6 +771,7 @@ impl Processor {
             parallel_runs: cpu.counters.parallel.load(Relaxed),
             cpu_threads: cpu.threads(),
             cpu_dispatch: cpu.dispatch(),
+            cpu_warm_dispatch: cpu.warm_dispatch(),
             blocking_threads: pool.threads,
             blocking_queued: pool.queued,
             blocking_in_flight_weight: pool.in_flight_weight,
