@@ -193,6 +193,14 @@ pub(crate) struct Removed<K, V> {
     first_cause: RemovalCause,
     /// Empty while `first` is `None`.
     rest: Vec<(K, V, RemovalCause)>,
+    /// The key and value of a write whose look-up of its key panicked (the
+    /// key's `Eq`, user code): never stored, so nothing to tell the
+    /// listener, but dropped like the rest once the lock is released.
+    /// Dropped where the panic unwound, under the shard's lock (and a
+    /// load's in-flight map lock), a value whose `Drop` uses the cache
+    /// deadlocked its own thread. Boxed, so that the hot path's `Removed`
+    /// grows by one pointer only.
+    unstored: Option<Box<(K, V)>>,
 }
 
 impl<K, V> Removed<K, V> {
@@ -201,7 +209,16 @@ impl<K, V> Removed<K, V> {
             first: None,
             first_cause: RemovalCause::Removed,
             rest: Vec::new(),
+            unstored: None,
         }
+    }
+
+    /// Keeps the key and value of a write that panicked before storing
+    /// them, to be dropped with the rest (see `unstored`).
+    #[cold]
+    #[inline(never)]
+    fn keep_unstored(&mut self, key: K, value: V) {
+        self.unstored = Some(Box::new((key, value)));
     }
 
     #[inline]
@@ -762,17 +779,34 @@ impl<K: Hash + Eq, V> Shard<K, V> {
     ) -> i64 {
         self.counters.inserts += 1;
         self.writes_since_help = self.writes_since_help.wrapping_add(1);
-        let cells = &self.cells;
-        let slot = self.table.entry(
-            hash,
-            |&i| {
-                cells[i as usize]
-                    .entry
-                    .as_ref()
-                    .is_some_and(|e| e.key == key)
-            },
-            |&i| cells[i as usize].hash,
-        );
+        let (cells, table, probe) = (&self.cells, &mut self.table, &key);
+        // The look-up runs the key's `Eq` (user code) under the shard's
+        // lock: should it panic, the key and value must not be dropped
+        // here, while the unwinding write still holds the lock, but with
+        // what leaves the cache, after it is released (see
+        // `Removed::unstored`).
+        let looked_up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            // Moved in, so that the entry may borrow the table past the
+            // closure.
+            let table = table;
+            table.entry(
+                hash,
+                move |&i| {
+                    cells[i as usize]
+                        .entry
+                        .as_ref()
+                        .is_some_and(|e| e.key == *probe)
+                },
+                move |&i| cells[i as usize].hash,
+            )
+        }));
+        let slot = match looked_up {
+            Ok(slot) => slot,
+            Err(panic) => {
+                removed.keep_unstored(key, value);
+                std::panic::resume_unwind(panic);
+            }
+        };
         let vacant = match slot {
             hashbrown::hash_table::Entry::Occupied(found) => {
                 let id = *found.get();
@@ -927,8 +961,19 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         removed: &mut Removed<K, V>,
     ) {
         self.counters.inserts += 1;
-        if let Some(id) = self.find(hash, &key) {
-            self.remove_id(id, RemovalCause::Replaced, removed);
+        // As in `insert`: a panic of the key's `Eq` must not drop the key
+        // and value under the lock.
+        let found =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.find(hash, &key)));
+        match found {
+            Ok(Some(id)) => {
+                self.remove_id(id, RemovalCause::Replaced, removed);
+            }
+            Ok(None) => {}
+            Err(panic) => {
+                removed.keep_unstored(key, value);
+                std::panic::resume_unwind(panic);
+            }
         }
         self.counters.count(cause);
         removed.push(key, value, cause);

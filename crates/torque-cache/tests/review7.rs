@@ -1,0 +1,151 @@
+//! Seventh review: user code that panics in combination with user code
+//! that uses the cache. Each test is named for the defect it pins.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
+use std::time::Duration;
+
+use torque_cache::LocalCache;
+
+/// Runs `op` on a thread of its own and returns its result; fails the test
+/// if it does not finish within 10 s (a deadlock), and passes on its panic.
+fn bounded<T: Send + 'static>(what: &str, op: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let out = op();
+        done_tx.send(()).expect("test alive");
+        out
+    });
+    match done.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => worker.join().expect("finished"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} deadlocked: a value was dropped under a cache lock")
+        }
+    }
+}
+
+/// A key whose hashes all collide (so a write of one compares it with the
+/// others under the shard's lock) and whose `Eq` panics once when armed.
+#[derive(Debug, Clone)]
+struct Bomb(u32, Arc<AtomicBool>);
+
+impl PartialEq for Bomb {
+    fn eq(&self, other: &Self) -> bool {
+        assert!(!self.1.swap(false, Ordering::SeqCst), "key eq bug");
+        self.0 == other.0
+    }
+}
+
+impl Eq for Bomb {}
+
+impl std::hash::Hash for Bomb {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+type BombCache = LocalCache<Bomb, Value>;
+
+/// Where a value finds its cache, and how many armed values were dropped.
+#[derive(Debug, Default)]
+struct Home {
+    cache: OnceLock<BombCache>,
+    drops: AtomicUsize,
+}
+
+/// A value whose `Drop`, when armed, reads and writes the cache it was
+/// written to (which the docs allow: "`Drop` of keys and values ... run
+/// with no cache lock held and may use the cache", entries "refused on
+/// arrival" included). Clones stay armed.
+#[derive(Debug, Clone)]
+struct Value(u32, Option<Arc<Home>>);
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        if let Some(home) = self.1.take() {
+            let cache = home.cache.get().expect("cache set");
+            let unarmed = Arc::new(AtomicBool::new(false));
+            let _ = cache.get(&Bomb(u32::MAX, Arc::clone(&unarmed)));
+            cache.insert(Bomb(u32::MAX, unarmed), Value(0, None));
+            home.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A one-shard cache of capacity 10 weighted by the values' numbers, with
+/// key 1 in it, and the switch of the keys' `Eq` bomb.
+fn bomb_cache() -> (BombCache, Arc<Home>, Arc<AtomicBool>) {
+    let cache: BombCache = LocalCache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .weigher(|_: &Bomb, v: &Value| v.0)
+        .build()
+        .expect("valid config");
+    let home = Arc::new(Home::default());
+    home.cache.set(cache.clone()).expect("set once");
+    let bomb = Arc::new(AtomicBool::new(false));
+    cache.insert(Bomb(1, Arc::clone(&bomb)), Value(1, None));
+    (cache, home, bomb)
+}
+
+/// Runs `write` (which arms the keys' `Eq` bomb and writes) under the
+/// liveness bound, then checks that the panic reached the caller, that the
+/// `drops` armed values were dropped, and that the cache is still usable.
+fn assert_panics_and_drops_after_unlocking(
+    what: &'static str,
+    drops: usize,
+    write: impl FnOnce(&BombCache, &Arc<Home>, &Arc<AtomicBool>) + Send + 'static,
+) {
+    let (cache, home, bomb) = bomb_cache();
+    let (c, h, b) = (cache.clone(), Arc::clone(&home), Arc::clone(&bomb));
+    let caught = bounded(what, move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            write(&c, &h, &b);
+        }))
+        .map_err(|panic| panic.downcast_ref::<&str>().copied())
+    });
+    assert_eq!(caught.err(), Some(Some("key eq bug")), "{what}");
+    assert_eq!(home.drops.load(Ordering::SeqCst), drops, "{what}");
+    assert_eq!(cache.get(&Bomb(1, bomb)).map(|v| v.0), Some(1), "{what}");
+}
+
+#[test]
+fn regression_an_insert_whose_key_eq_panics_drops_its_value_after_unlocking() {
+    // The write looks its key up under the shard's lock (the key's `Eq`,
+    // user code that may panic, the caller catching it). The key and value
+    // it was to store were dropped right there, while the unwinding write
+    // still held the lock: a value whose `Drop` uses the cache (allowed, as
+    // for every value that leaves or is refused) deadlocked its thread.
+    assert_panics_and_drops_after_unlocking("an insert", 1, |cache, home, bomb| {
+        bomb.store(true, Ordering::SeqCst);
+        cache.insert(Bomb(2, Arc::clone(bomb)), Value(2, Some(Arc::clone(home))));
+    });
+}
+
+#[test]
+fn regression_a_refused_insert_whose_key_eq_panics_drops_its_value_after_unlocking() {
+    // Heavier than the whole capacity: refused on arrival, after a look-up
+    // of the key under the lock for an older value to remove.
+    assert_panics_and_drops_after_unlocking("a refused insert", 1, |cache, home, bomb| {
+        bomb.store(true, Ordering::SeqCst);
+        cache.insert(Bomb(2, Arc::clone(bomb)), Value(11, Some(Arc::clone(home))));
+    });
+}
+
+#[test]
+fn regression_a_load_whose_key_eq_panics_as_it_stores_drops_its_value_after_unlocking() {
+    // A finishing load stores its value under the in-flight map's lock and
+    // the shard's; the stored copy was dropped under both. Three armed
+    // values in all: the loaded one, the copy to store and the waiters'.
+    assert_panics_and_drops_after_unlocking("a load's write", 3, |cache, home, bomb| {
+        let (home, bomb) = (Arc::clone(home), Arc::clone(bomb));
+        let _ = cache.get_or_load(Bomb(2, Arc::clone(&bomb)), move || {
+            // Armed once the load's look-ups have missed: the write's own
+            // look-up panics.
+            bomb.store(true, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Value(2, Some(home)))
+        });
+    });
+}
