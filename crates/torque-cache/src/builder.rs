@@ -239,7 +239,10 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// released, so it may use the cache; keep it short, as that thread
     /// waits for it. The entry is dropped after the listener returns, also
     /// with no lock held. Entries still cached when the cache is dropped are
-    /// not reported.
+    /// not reported. If it panics, it is still told of the other entries
+    /// that the same call removed (and `invalidate_all`, `retain` and
+    /// `run_pending_tasks` still go through every shard); then the first
+    /// panic resumes in that call.
     pub fn eviction_listener<F>(mut self, listener: F) -> Self
     where
         F: Fn(&K, &V, RemovalCause) + Send + Sync + 'static,

@@ -723,10 +723,25 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         }
     }
 
+    /// Tells the listener of each departure in turn. A listener that
+    /// panics (a bug of its own, which the caller may catch) is still told
+    /// of the departures after that one, and the first panic resumes once
+    /// all were told: unwinding at once dropped the rest untold, though
+    /// they had left and `stats()` counted them (a listener that frees a
+    /// resource per entry leaked theirs).
     #[inline(never)]
     fn tell(listener: &Listener<K, V>, removed: impl IntoIterator<Item = (K, V, RemovalCause)>) {
+        let mut panicked = None;
         for (key, value, cause) in removed {
-            listener(&key, &value, cause);
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener(&key, &value, cause);
+            }));
+            if let Err(panic) = told {
+                panicked.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
     }
 
@@ -1344,6 +1359,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     pub fn invalidate_all(&self) {
         self.inner.loads.supersede::<K>(None);
         let timing = self.timing();
+        // A listener that panics on one shard's entries must not leave the
+        // later shards uncleared (they kept serving invalidated values):
+        // every shard is cleared and told of, then the first panic resumes.
+        let mut panicked = None;
         for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
@@ -1358,10 +1377,18 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // panic, what the shard cleared is still recorded.
             #[cfg(feature = "metrics")]
             crate::metrics::record_removals(RemovalCause::Removed, cleared.entries());
-            self.notify(&mut removed);
-            if let Some(listener) = &self.inner.listener {
-                Self::tell(listener, cleared);
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.notify(&mut removed);
+                if let Some(listener) = &self.inner.listener {
+                    Self::tell(listener, cleared);
+                }
+            }));
+            if let Err(panic) = told {
+                panicked.get_or_insert(panic);
             }
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
     }
 
@@ -1387,6 +1414,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     {
         self.inner.loads.supersede::<K>(None);
         let timing = self.timing();
+        // As in `invalidate_all`: a panicking listener does not stop it
+        // half way (a panicking `keep` does, as documented).
+        let mut panicked = None;
         for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
@@ -1403,10 +1433,18 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             let after = shard.weight();
             self.add_weight(before, after);
             drop(shard);
-            self.notify(&mut removed);
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.notify(&mut removed);
+            }));
             if let Err(panic) = outcome {
                 std::panic::resume_unwind(panic);
             }
+            if let Err(panic) = told {
+                panicked.get_or_insert(panic);
+            }
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
         }
     }
 
@@ -1416,6 +1454,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// cache can sit idle with expensive expired values.
     pub fn run_pending_tasks(&self) {
         let timing = self.timing();
+        // As in `invalidate_all`: a panicking listener does not stop it
+        // half way.
+        let mut panicked = None;
         for (index, shard) in self.inner.shards.iter().enumerate() {
             let mut removed = self.removed();
             let mut shard = shard.write();
@@ -1425,13 +1466,21 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             self.add_weight(before, after);
             self.publish_due(index, &shard);
             drop(shard);
-            self.notify(&mut removed);
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.notify(&mut removed);
+            }));
+            if let Err(panic) = told {
+                panicked.get_or_insert(panic);
+            }
         }
         // Every shard was swept: the bound may rise to their earliest
         // timer (else it stays at the deadlines just swept, and the
         // sweeper thread, which sweeps while it is due, sweeps every
         // shard on every tick).
         self.inner.earliest.raise(&self.inner.due);
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// The number of entries, after freeing the expired ones.

@@ -1,5 +1,6 @@
-//! Seventh review: user code that panics in combination with user code
-//! that uses the cache. Each test is named for the defect it pins.
+//! Seventh review: user code that panics (a key's `Eq`, the eviction
+//! listener), alone or with user code that uses the cache. Each test is
+//! named for the defect it pins.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
@@ -148,4 +149,80 @@ fn regression_a_load_whose_key_eq_panics_as_it_stores_drops_its_value_after_unlo
             Ok::<_, std::io::Error>(Value(2, Some(home)))
         });
     });
+}
+
+type Heard = Arc<std::sync::Mutex<Vec<(u32, torque_cache::RemovalCause)>>>;
+
+/// A listener that records what it hears and panics on the first
+/// departure it hears of (a bug of its own, such as an `unwrap` on a
+/// channel closed at shutdown).
+fn failing_listener(
+    heard: &Heard,
+) -> impl Fn(&u32, &u32, torque_cache::RemovalCause) + Send + Sync + 'static {
+    let heard = Arc::clone(heard);
+    move |k, _, cause| {
+        let mut heard = heard.lock().unwrap();
+        heard.push((*k, cause));
+        let first = heard.len() == 1;
+        drop(heard);
+        assert!(!first, "listener bug");
+    }
+}
+
+#[test]
+fn regression_a_panicking_listener_does_not_keep_the_other_departures_of_a_write_untold() {
+    // One write that evicts several entries tells the listener of each in
+    // turn, after the lock is released. When the listener panicked on one,
+    // the departures after it were dropped untold ("called once for every
+    // entry that leaves the cache"), though `stats()` counted them: a
+    // listener that frees a resource per entry leaked theirs.
+    let heard = Heard::default();
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(3)
+        .shards(1)
+        .policy(torque_cache::Policy::Fifo)
+        .weigher(|_: &u32, v: &u32| *v)
+        .eviction_listener(failing_listener(&heard))
+        .build()
+        .expect("valid config");
+    for k in 1..=3 {
+        cache.insert(k, 1);
+    }
+    // Weighs the whole capacity: the three others leave, oldest first.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(4, 3)));
+    assert!(caught.is_err(), "the listener's panic reaches the writer");
+    let cap = torque_cache::RemovalCause::Capacity;
+    assert_eq!(*heard.lock().unwrap(), vec![(1, cap), (2, cap), (3, cap)]);
+    assert_eq!(cache.stats().evictions.capacity, 3);
+    assert_eq!(cache.get(&4), Some(3));
+}
+
+#[test]
+fn regression_a_panicking_listener_does_not_stop_invalidate_all_half_way() {
+    // `invalidate_all` clears the shards one at a time and tells the
+    // listener after each. A listener that panicked on one entry left every
+    // later shard uncleared (and the rest of that shard's entries untold):
+    // the cache kept serving values the caller had invalidated.
+    let heard = Heard::default();
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(1_000)
+        .shards(8)
+        .eviction_listener(failing_listener(&heard))
+        .build()
+        .expect("valid config");
+    for k in 0..200 {
+        cache.insert(k, k);
+    }
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.invalidate_all()));
+    assert!(caught.is_err(), "the listener's panic reaches the caller");
+    assert_eq!(cache.len(), 0, "entries survived invalidate_all");
+    assert_eq!(cache.weighted_size(), 0);
+    let mut keys: Vec<u32> = heard.lock().unwrap().iter().map(|&(k, _)| k).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        (0..200).collect::<Vec<_>>(),
+        "each departure told once"
+    );
+    assert_eq!(cache.stats().evictions.removed, 200);
 }
