@@ -7,35 +7,16 @@
 use std::cell::Cell;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use torque_cache::{Clock, LocalCache, MockClock};
 
+mod common;
+use common::bounded;
+
 /// The key that drops write to and read from.
 const SCRATCH: u32 = u32::MAX;
-
-/// Runs `op` on a thread of its own and returns its result; fails the test
-/// if it does not finish within 10 s (a deadlock), and passes on its panic.
-fn bounded<T: Send + 'static>(what: &str, op: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done_tx, done) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let out = op();
-        done_tx.send(()).expect("test alive");
-        out
-    });
-    match done.recv_timeout(Duration::from_secs(10)) {
-        Ok(()) => worker.join().expect("finished"),
-        // The sender went without sending: the operation panicked.
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Ok(out) => out,
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what} deadlocked: a drop or a clock read ran under a cache lock")
-        }
-    }
-}
 
 /// Where a probe finds its cache, and how many armed probes were dropped.
 #[derive(Debug)]

@@ -3,31 +3,12 @@
 //! named for the defect it pins.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, mpsc};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
 use torque_cache::LocalCache;
 
-/// Runs `op` on a thread of its own and returns its result; fails the test
-/// if it does not finish within 10 s (a deadlock), and passes on its panic.
-fn bounded<T: Send + 'static>(what: &str, op: impl FnOnce() -> T + Send + 'static) -> T {
-    let (done_tx, done) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let out = op();
-        done_tx.send(()).expect("test alive");
-        out
-    });
-    match done.recv_timeout(Duration::from_secs(10)) {
-        Ok(()) => worker.join().expect("finished"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Ok(out) => out,
-            Err(panic) => std::panic::resume_unwind(panic),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("{what} deadlocked: a value was dropped under a cache lock")
-        }
-    }
-}
+mod common;
+use common::bounded;
 
 /// A key whose hashes all collide (so a write of one compares it with the
 /// others under the shard's lock) and whose `Eq` panics once when armed.

@@ -1,5 +1,8 @@
 //! Helpers shared by the test files that `mod common;` them.
+// Each test file compiles its own copy and uses only some of it.
+#![allow(dead_code)]
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Spins (yielding) until `done` holds, for at most 10 s of real time: a
@@ -12,5 +15,28 @@ pub(crate) fn eventually(what: &str, done: impl Fn() -> bool) {
             "not within 10 s: {what}"
         );
         std::thread::yield_now();
+    }
+}
+
+/// Runs `op` on a thread of its own and returns its result; fails the test
+/// if it does not finish within 10 s (a deadlock: user code, a drop or a
+/// clock read, ran under a cache lock), and passes on its panic.
+pub(crate) fn bounded<T: Send + 'static>(what: &str, op: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done_tx, done) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let out = op();
+        done_tx.send(()).expect("test alive");
+        out
+    });
+    match done.recv_timeout(Duration::from_secs(10)) {
+        Ok(()) => worker.join().expect("finished"),
+        // The sender went without sending: the operation panicked.
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} deadlocked: user code ran under a cache lock")
+        }
     }
 }
