@@ -724,8 +724,8 @@ pub(crate) struct Probe {
     limit_ns: u64,
     kept: (AtomicU64, AtomicU64),
     outliers: (AtomicU64, AtomicU64),
-    /// A stretch that ran was not timed, for a panic in it
-    /// ([`Probe::set_aside`]).
+    /// An item panicked: its stretch was not timed (or was an outlier),
+    /// and the run's wall time holds the unwinding ([`Probe::set_aside`]).
     set_aside: AtomicBool,
 }
 
@@ -860,8 +860,10 @@ impl Probe {
         n.fetch_add(items as u64, Relaxed);
     }
 
-    /// Notes a stretch that ran but is not timed, for an item in it
-    /// panicked: a probe with no sample is then no evidence of tiny leaves.
+    /// Notes that an item panicked, its stretch not timed (or set apart as
+    /// an outlier): the run's wall time holds the unwinding, so it teaches
+    /// no dispatch, and a probe with no sample is no evidence of tiny
+    /// leaves.
     pub(crate) fn set_aside(&self) {
         self.set_aside.store(true, Relaxed);
     }
@@ -975,7 +977,10 @@ where
             },
             |timer, (i, x)| {
                 timer.tick(i);
-                let result = run_item(&self.f, x, c);
+                // The leaves' timing leaves a stretch with a panic out of
+                // the per-item cost (an outlier), but the run's wall time
+                // holds the unwinding: no dispatch is learned from it.
+                let result = run_item_noting(&self.f, x, c, || probe.set_aside());
                 timer.ran(&result);
                 result
             },

@@ -152,3 +152,40 @@ fn a_map_whose_timed_leaves_hold_panics_does_not_learn_their_cost() {
         "learned {after:?} an item after a batch with panics, {before:?} before"
     );
 }
+
+/// Items timed inside the leaves (about 2 µs each, so the run's per-item
+/// cost comes from the leaves' clean stretches): the run's wall time still
+/// holds the panics' cost (modelled by items that spin 1 ms before they
+/// panic), and a processor whose first parallel run it is learns no
+/// dispatch from it. (The leaves' timing took the stretches with a panic
+/// for outliers, but the run taught the dispatch.)
+#[test]
+fn regression_a_map_whose_timed_leaves_hold_panics_does_not_teach_the_dispatch() {
+    let _alone = ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    quiet_bad_items();
+    let p = Processor::builder().build().unwrap();
+    let n = 2_000u64;
+    let f = |&x: &u64| {
+        if bad(x, n) {
+            spin(Duration::from_millis(1));
+            panic!("{BAD}");
+        }
+        spin(Duration::from_micros(2));
+        cheap(x)
+    };
+    let items: Vec<u64> = (0..n).collect();
+    let out = p.map(&items, f);
+    assert_eq!(
+        out.iter().filter(|r| r.is_err()).count(),
+        items.iter().filter(|&&x| bad(x, n)).count()
+    );
+    let stats = p.stats();
+    assert_eq!(stats.parallel_runs, 1, "ran on rayon");
+    assert_eq!(
+        (stats.cpu_dispatch, stats.cpu_warm_dispatch),
+        (Duration::ZERO, Duration::ZERO),
+        "a run with panics taught the dispatch"
+    );
+}
