@@ -20,10 +20,22 @@ fn bad(x: u64, n: u64) -> bool {
     x >= n / 5 && x.is_multiple_of(50)
 }
 
-/// Held by each test: run alone, a test's wall times are its own (a
-/// warm dispatch measured under another test's load can reach the cap a
-/// panicking run's sample is cut to, and then the two compare equal).
+/// Held by each test: run alone, a test's wall times are its own.
 static ALONE: Mutex<()> = Mutex::new(());
+
+/// Batches of two items that teach a processor a cheap closure's cost
+/// before the armed run, which is then its first parallel run. A batch of
+/// two goes to rayon only if an item is predicted to take half the parallel
+/// threshold; a batch of a closure not yet timed escapes after its first
+/// item, whose time (first use, cold caches: microseconds) would send the
+/// armed `map`'s items to the leaves' timing rather than to the untimed
+/// path under test. Clean parallel runs would teach the dispatch instead,
+/// and in a debug build both estimates then sit at their 1 ms cap, where a
+/// panicking run's sample is cut to the same figure and the two compare
+/// equal with or without the fix. Two-item calls are timed once per
+/// `SAMPLE_AFTER` of predicted work: this many bring the estimate near the
+/// items' cost.
+const TEACHING_CALLS: usize = 10_000;
 
 fn cheap(x: u64) -> u64 {
     x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
@@ -45,11 +57,11 @@ fn regression_a_map_of_cheap_items_that_panic_on_rayon_does_not_teach_the_dispat
         cheap(x)
     };
     let items: Vec<u64> = (0..n).collect();
-    for _ in 0..5 {
-        assert!(p.map(&items, f).iter().all(Result::is_ok));
+    for _ in 0..TEACHING_CALLS {
+        assert!(p.map(&items[..2], f).iter().all(Result::is_ok));
     }
-    // (The dispatch learned so far may be zero: a run whose wall time is
-    // within its items' predicted work shows no dispatch cost.)
+    // No parallel run yet: both estimates are zero, and any dispatch the
+    // armed run taught would show.
     let before = p.stats();
     armed.store(true, Ordering::Relaxed);
     let out = p.map(&items, f);
@@ -84,11 +96,10 @@ fn regression_a_failed_collect_on_rayon_does_not_teach_the_dispatch() {
         cheap(x)
     };
     let items: Vec<u64> = (0..n).collect();
-    for _ in 0..5 {
-        assert!(p.collect(&items, f).is_ok());
+    for _ in 0..TEACHING_CALLS {
+        assert!(p.collect(&items[..2], f).is_ok());
     }
-    // (The dispatch learned so far may be zero: a run whose wall time is
-    // within its items' predicted work shows no dispatch cost.)
+    // No parallel run yet (see above).
     let before = p.stats();
     armed.store(true, Ordering::Relaxed);
     assert!(p.collect(&items, f).is_err());
