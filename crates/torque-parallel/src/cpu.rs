@@ -1357,6 +1357,25 @@ mod tests {
     }
 
     #[test]
+    fn a_call_longer_than_the_gap_after_the_last_parallel_run_is_judged_on_the_cold_dispatch() {
+        let mut c = cpu(true);
+        // Made a millisecond ago (its epoch moved back rather than waited
+        // for), so that an end two gaps ago is on its clock.
+        c.epoch = Instant::now()
+            .checked_sub(Duration::from_millis(1))
+            .unwrap();
+        let threads = c.threads() as u64;
+        c.dispatch_ps.store(1_000 * US, Relaxed);
+        c.warm_dispatch_ps.store(40 * US, Relaxed);
+        let cold = learned_threshold(1_000 * US, threads, 50 * US);
+        // Only further in the past by the time it is read.
+        let gap = WARM_GAP.as_nanos() as u64;
+        c.last_parallel_end_ns.store(c.now_ns() - 2 * gap, Relaxed);
+        assert!(!c.workers_awake());
+        assert_eq!(thresholds(&c), [50 * US, cold].into());
+    }
+
+    #[test]
     fn a_run_right_after_another_teaches_the_warm_dispatch_and_one_after_a_pause_the_other() {
         let c = cpu(true);
         // 64 items of about 20 µs: parallel from the first call's prefix.
