@@ -293,10 +293,12 @@ const DISPATCH_CAP: Duration = Duration::from_millis(1);
 /// The dispatch cost after a parallel run that took `wall_ps` for items
 /// whose work was `work_ps` on one thread, on `threads` threads: the wall
 /// time beyond an even share of the work, capped at [`DISPATCH_CAP`]. A
-/// sample under the estimate replaces it (workers found awake: what the
-/// calls cost at their pace if they keep going to rayon, see
-/// [`EXPLORE_BURST`]); one above moves it by a quarter of the difference
-/// (the first sample replaces the unmeasured 0).
+/// sample under the estimate replaces it (a run that found more of the
+/// workers awake than the estimate assumed: what the calls cost at their
+/// pace; a run started more than [`WARM_GAP`] after the last can still
+/// find them awake); one above moves it by a quarter of the difference
+/// (the first sample replaces the unmeasured 0). Each of the two
+/// estimates, warm and cold, is updated this way by its own runs.
 fn next_dispatch(old: u64, wall_ps: u64, work_ps: u64, threads: u64) -> u64 {
     let sample = wall_ps
         .saturating_sub(work_ps / threads.max(1))
@@ -366,7 +368,10 @@ impl Cpu {
         // change the answer.
         let cold = self.dispatch_ps.load(Relaxed);
         let warm = self.warm_dispatch_ps.load(Relaxed);
-        let dispatch = if warm != 0 && warm < cold && self.workers_awake() {
+        // (A cold estimate never measured, when the first parallel run
+        // panicked or was cancelled and every later one came right after
+        // another, is no bound: the warm one applies.)
+        let dispatch = if warm != 0 && (cold == 0 || warm < cold) && self.workers_awake() {
             warm
         } else {
             cold
@@ -695,7 +700,10 @@ impl Cpu {
             estimate.store(next_dispatch(old, ps(wall), work_ps, threads), Relaxed);
         }
         if outside {
-            self.last_parallel_end_ns.store(self.now_ns(), Relaxed);
+            // The run's end, from the clock reads already made.
+            let end = (start + wall).saturating_duration_since(self.epoch);
+            self.last_parallel_end_ns
+                .store((end.as_nanos() as u64).max(1), Relaxed);
         }
         match sample {
             Some((elapsed, n)) => record(slot, elapsed, n),
@@ -1354,6 +1362,10 @@ mod tests {
         // A warm estimate above the cold one is not used.
         c.warm_dispatch_ps.store(2_000 * US, Relaxed);
         assert_eq!(thresholds(&c), [50 * US, cold].into());
+        // A cold one never measured is no bound.
+        c.warm_dispatch_ps.store(40 * US, Relaxed);
+        c.dispatch_ps.store(0, Relaxed);
+        assert_eq!(thresholds(&c), [50 * US, warm].into());
     }
 
     #[test]
