@@ -1377,14 +1377,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
             // panic, what the shard cleared is still recorded.
             #[cfg(feature = "metrics")]
             crate::metrics::record_removals(RemovalCause::Removed, cleared.entries());
-            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The expired and the cleared entries told apart: told in one
+            // go, a panic on an expired one dropped the cleared ones untold.
+            let expired = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.notify(&mut removed);
+            }));
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 if let Some(listener) = &self.inner.listener {
                     Self::tell(listener, cleared);
                 }
             }));
-            if let Err(panic) = told {
-                panicked.get_or_insert(panic);
+            for outcome in [expired, told] {
+                if let Err(panic) = outcome {
+                    panicked.get_or_insert(panic);
+                }
             }
         }
         if let Some(panic) = panicked {

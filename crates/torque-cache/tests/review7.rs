@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use torque_cache::LocalCache;
 
@@ -206,4 +207,40 @@ fn regression_a_panicking_listener_does_not_stop_invalidate_all_half_way() {
         "each departure told once"
     );
     assert_eq!(cache.stats().evictions.removed, 200);
+}
+
+#[test]
+fn regression_a_listener_panicking_on_an_expired_entry_still_hears_of_the_cleared_ones() {
+    // `invalidate_all` first frees a shard's expired entries, then clears
+    // the rest; the listener hears of the two lots in turn. Told in one
+    // go, a panic on an expired entry dropped the cleared ones untold.
+    let heard = Heard::default();
+    let clock = torque_cache::MockClock::new();
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(100)
+        .shards(1)
+        .clock(clock.clone())
+        .eviction_listener(failing_listener(&heard))
+        .build()
+        .expect("valid config");
+    cache.insert_with_ttl(0, 0, Duration::from_secs(1));
+    for k in 1..10 {
+        cache.insert(k, k);
+    }
+    clock.advance(Duration::from_secs(2));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.invalidate_all()));
+    assert!(caught.is_err(), "the listener's panic reaches the caller");
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(
+        heard.first(),
+        Some(&(0, torque_cache::RemovalCause::Expired)),
+        "the expired entry is told first, and the listener panics on it"
+    );
+    let mut keys: Vec<u32> = heard.iter().map(|&(k, _)| k).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        (0..10).collect::<Vec<_>>(),
+        "each departure told once"
+    );
 }
