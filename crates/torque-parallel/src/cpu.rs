@@ -405,15 +405,17 @@ impl Cpu {
     }
 
     /// The measured dispatch cost of a run that finds rayon's workers
-    /// asleep (see [`Self::threshold`]), zero until measured.
+    /// asleep (see [`Self::threshold`]), zero until measured. Rounded up
+    /// to whole nanoseconds: a measured dispatch of (almost) nothing, kept
+    /// as 1 ps, reads as 1 ns, not as "unmeasured".
     pub(crate) fn dispatch(&self) -> Duration {
-        Duration::from_nanos(self.dispatch_ps.load(Relaxed) / 1000)
+        Duration::from_nanos(self.dispatch_ps.load(Relaxed).div_ceil(1000))
     }
 
     /// The same for a run that comes right after another
     /// ([`WARM_GAP`]), zero until measured.
     pub(crate) fn warm_dispatch(&self) -> Duration {
-        Duration::from_nanos(self.warm_dispatch_ps.load(Relaxed) / 1000)
+        Duration::from_nanos(self.warm_dispatch_ps.load(Relaxed).div_ceil(1000))
     }
 
     pub(crate) fn threads(&self) -> usize {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use torque_parallel::Processor;
+use torque_parallel::{Processor, Stats};
 
 mod common;
 use common::{BAD, quiet_bad_items, spin};
@@ -41,74 +41,70 @@ fn cheap(x: u64) -> u64 {
     x.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)
 }
 
-#[test]
-fn regression_a_map_of_cheap_items_that_panic_on_rayon_does_not_teach_the_dispatch() {
+/// Items of the two regression tests below.
+const N: u64 = 1_000_000;
+
+/// A cheap closure taught to a new processor by two-item calls of `run`
+/// (see [`TEACHING_CALLS`]), then run once over [`N`] items with one in 50
+/// past the first fifth panicking: the stats before and after that run,
+/// which must be the processor's first parallel one.
+fn around_an_armed_run(
+    run: impl Fn(&Processor, &[u64], &(dyn Fn(&u64) -> u64 + Sync)),
+) -> (Stats, Stats) {
     let _alone = ALONE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     quiet_bad_items();
     let p = Processor::builder().build().unwrap();
-    let n = 1_000_000u64;
     let armed = AtomicBool::new(false);
     let f = |&x: &u64| {
-        if armed.load(Ordering::Relaxed) && bad(x, n) {
+        if armed.load(Ordering::Relaxed) && bad(x, N) {
             panic!("{BAD}");
         }
         cheap(x)
     };
-    let items: Vec<u64> = (0..n).collect();
+    let items: Vec<u64> = (0..N).collect();
     for _ in 0..TEACHING_CALLS {
-        assert!(p.map(&items[..2], f).iter().all(Result::is_ok));
+        run(&p, &items[..2], &f);
     }
     // No parallel run yet: both estimates are zero, and any dispatch the
     // armed run taught would show.
     let before = p.stats();
     armed.store(true, Ordering::Relaxed);
-    let out = p.map(&items, f);
-    let panics = out.iter().filter(|r| r.is_err()).count();
-    assert_eq!(panics, items.iter().filter(|&&x| bad(x, n)).count());
+    run(&p, &items, &f);
     let after = p.stats();
     assert_eq!(
         after.parallel_runs,
         before.parallel_runs + 1,
         "ran on rayon"
     );
+    (before, after)
+}
+
+/// How many of `items` panic once armed.
+fn bad_among(items: &[u64]) -> usize {
+    items.iter().filter(|&&x| bad(x, N)).count()
+}
+
+#[test]
+fn regression_a_map_of_cheap_items_that_panic_on_rayon_does_not_teach_the_dispatch() {
+    let (before, after) = around_an_armed_run(|p, items, f| {
+        let out = p.map(items, f);
+        assert_eq!(out.iter().filter(|r| r.is_err()).count(), bad_among(items));
+    });
     assert_eq!(
         (after.cpu_dispatch, after.cpu_warm_dispatch),
         (before.cpu_dispatch, before.cpu_warm_dispatch),
-        "a run with {panics} panics taught the dispatch"
+        "a run with panics taught the dispatch"
     );
 }
 
 #[test]
 fn regression_a_failed_collect_on_rayon_does_not_teach_the_dispatch() {
-    let _alone = ALONE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    quiet_bad_items();
-    let p = Processor::builder().build().unwrap();
-    let n = 1_000_000u64;
-    let armed = AtomicBool::new(false);
-    let f = |&x: &u64| {
-        if armed.load(Ordering::Relaxed) && bad(x, n) {
-            panic!("{BAD}");
-        }
-        cheap(x)
-    };
-    let items: Vec<u64> = (0..n).collect();
-    for _ in 0..TEACHING_CALLS {
-        assert!(p.collect(&items[..2], f).is_ok());
-    }
-    // No parallel run yet (see above).
-    let before = p.stats();
-    armed.store(true, Ordering::Relaxed);
-    assert!(p.collect(&items, f).is_err());
-    let after = p.stats();
-    assert_eq!(
-        after.parallel_runs,
-        before.parallel_runs + 1,
-        "ran on rayon"
-    );
+    let (before, after) = around_an_armed_run(|p, items, f| {
+        let out = p.collect(items, f);
+        assert_eq!(out.is_err(), bad_among(items) > 0);
+    });
     assert_eq!(
         (after.cpu_dispatch, after.cpu_warm_dispatch),
         (before.cpu_dispatch, before.cpu_warm_dispatch),
