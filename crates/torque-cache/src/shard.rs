@@ -604,7 +604,9 @@ impl<K: Hash + Eq, V> Shard<K, V> {
 
     /// [`Self::get_exclusive`] for a cache in which no entry can expire: a
     /// hit or a miss, counted and told to the policy, with no times to check.
-    #[inline]
+    /// Always inlined into its one caller (out of line, its own frame and
+    /// call cost `Lru` reads about 11 instructions).
+    #[inline(always)]
     pub(crate) fn get_exclusive_unexpiring<Q>(&mut self, hash: u64, key: &Q) -> Option<&V>
     where
         K: Borrow<Q>,
