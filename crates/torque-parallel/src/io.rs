@@ -280,7 +280,9 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     /// is not resumed, and the vector ends there.
     ///
     /// Dropping the returned future cancels the batch and drops (aborts) its
-    /// running items. With the processor's [`CancelToken`] cancelled, the
+    /// running items: inline ones at once, tasks when the runtime next gets
+    /// to them (tokio's `abort`), which is when their limiter permits come
+    /// back. With the processor's [`CancelToken`] cancelled, the
     /// batch stops at once: running items are aborted and come back
     /// [`ItemError::Cancelled`], no further item is taken from the input, and
     /// the vector ends at the last item taken.
@@ -446,6 +448,11 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     /// The results as they complete: a [`Stream`] of `(input index,
     /// result)`. Nothing buffers: an item is taken from the input only when
     /// it can start, and a result waits only until the stream is polled.
+    ///
+    /// Dropping the stream aborts its tasks: the runtime drops them at its
+    /// next turn, and only then do they give back their limiter permits
+    /// (right after the drop, before the caller yields, a `try_acquire` on
+    /// the same limiter may still be refused).
     ///
     /// A stream that has just handed out a result holds no place in the
     /// limiter's queue, so it can be left unpolled while the caller awaits

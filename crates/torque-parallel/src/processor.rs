@@ -58,7 +58,9 @@ impl fmt::Debug for Processor {
 }
 
 /// The plain configuration behind [`ProcessorBuilder`], for settings loaded
-/// from files. `None` means "derive from `available_parallelism`".
+/// from files. `None` means the default each field names (derived from
+/// `available_parallelism` for the thread counts, queue and buffer; rayon's
+/// global pool, no budget, an adaptive limit and no timeout for the rest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProcessorConfig {

@@ -232,8 +232,9 @@ const BASELINE_FLOOR: f64 = 0.005 * 0.005;
 
 impl Adaptive {
     /// A builder with the defaults: initial limit 4, bounds 1..=1000, at
-    /// least 16 samples and at most 1 s per window, minimum tolerance 2 %, a
-    /// no-load probe at a limit of 4 at start-up and every 60 s, backoff 0.9 on overload.
+    /// least 64 samples (32 in slow start) and at most 1 s per window,
+    /// headroom 3 % (the queueing aimed at), a no-load probe at a limit of 4
+    /// at start-up and every 60 s, backoff 0.9 on overload.
     pub fn builder() -> AdaptiveBuilder {
         AdaptiveBuilder {
             initial: 4,
