@@ -867,3 +867,247 @@ async fn a_dropped_as_completed_stream_gives_its_permits_back_at_the_next_turn()
         "{io:?}"
     );
 }
+
+// ---------------------------------------------------------------- batch 3
+
+fn drive<A: torque_parallel::limit::Algorithm>(name: &str, algorithm: A, min: usize, max: usize) {
+    let clock = MockClock::new();
+    let limiter = ConcurrencyLimiter::with_clock(algorithm, clock.clone());
+    for round in 0..3_000u64 {
+        let n = limiter.stats().limit.min(64);
+        let tokens: Vec<_> = (0..n).filter_map(|_| limiter.try_acquire().ok()).collect();
+        let step = match round % 5 {
+            0 => Duration::ZERO,
+            1 => Duration::from_nanos(1),
+            2 => Duration::from_secs(3_600 * 24 * 365),
+            3 => Duration::from_millis(10),
+            _ => Duration::from_micros(round),
+        };
+        clock.advance(step);
+        for (i, t) in tokens.into_iter().enumerate() {
+            if (i as u64 + round).is_multiple_of(7) {
+                t.overload();
+            } else {
+                t.success();
+            }
+        }
+        let limit = limiter.stats().limit;
+        assert!(
+            (min..=max).contains(&limit),
+            "{name}: round {round}: limit {limit}"
+        );
+    }
+}
+
+#[test]
+fn every_algorithm_stays_in_bounds_under_zero_and_huge_latencies() {
+    drive("fixed", Fixed::new(7), 7, 7);
+    drive(
+        "aimd",
+        Aimd::builder().min_limit(2).max_limit(50).build().unwrap(),
+        2,
+        50,
+    );
+    drive(
+        "vegas",
+        Vegas::builder().min_limit(2).max_limit(50).build().unwrap(),
+        2,
+        50,
+    );
+    drive(
+        "gradient2",
+        Gradient2::builder()
+            .min_limit(2)
+            .max_limit(50)
+            .build()
+            .unwrap(),
+        2,
+        50,
+    );
+    drive(
+        "adaptive",
+        Adaptive::builder()
+            .min_limit(2)
+            .max_limit(50)
+            .build()
+            .unwrap(),
+        2,
+        50,
+    );
+    drive(
+        "windowed vegas",
+        torque_parallel::limit::Windowed::builder(
+            Vegas::builder().min_limit(2).max_limit(50).build().unwrap(),
+        )
+        .build()
+        .unwrap(),
+        2,
+        50,
+    );
+    drive("default adaptive", Adaptive::default(), 1, 1000);
+}
+
+#[test]
+fn limiter_config_builds_every_kind() {
+    for kind in [
+        AlgorithmKind::Fixed,
+        AlgorithmKind::Aimd,
+        AlgorithmKind::Vegas,
+        AlgorithmKind::Gradient2,
+        AlgorithmKind::Adaptive,
+    ] {
+        let mut c = LimiterConfig::default();
+        c.algorithm = kind;
+        c.initial_limit = Some(5);
+        if kind != AlgorithmKind::Fixed {
+            c.min_limit = Some(2);
+            c.max_limit = Some(9);
+        }
+        let l = c.build().unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        // Adaptive starts at its probe limit (4) when that is lower: its
+        // first window measures the no-load latency.
+        let expected = if kind == AlgorithmKind::Adaptive {
+            4
+        } else {
+            5
+        };
+        assert_eq!(l.stats().limit, expected, "{kind:?}");
+    }
+    let mut c = LimiterConfig::default();
+    c.algorithm = AlgorithmKind::Fixed;
+    assert!(matches!(c.build(), Err(BuildError::Missing { .. })));
+    let mut c = LimiterConfig::default();
+    c.headroom = Some(f64::NAN);
+    assert!(c.build().is_err());
+    let mut c = LimiterConfig::default();
+    c.min_limit = Some(10);
+    c.max_limit = Some(5);
+    assert!(matches!(c.build(), Err(BuildError::Bounds { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_cancel_returns_every_taken_item_once() {
+    let token = CancelToken::new();
+    let p = Processor::builder()
+        .async_limit(2)
+        .hybrid_buffer(3)
+        .build()
+        .unwrap()
+        .with_cancel(token.clone());
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(55)).await;
+        t.cancel();
+    });
+    let out = p
+        .hybrid()
+        .map(
+            0u64..,
+            |x| x,
+            |x| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                x
+            },
+        )
+        .await;
+    assert!(!out.is_empty());
+    for (i, r) in out.iter().enumerate() {
+        if let Ok(v) = r {
+            assert_eq!(*v, i as u64);
+        } else {
+            assert!(r.as_ref().is_err_and(ItemError::is_cancelled), "{i}: {r:?}");
+        }
+    }
+    let io = p.stats().io;
+    assert_eq!(io.taken as usize, out.len(), "{io:?}");
+    assert_eq!(
+        io.taken,
+        io.completed() + io.panicked + io.cancelled,
+        "{io:?}"
+    );
+    assert_eq!((io.in_flight, io.queued, io.awaiting_permit), (0, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn hybrid_cpu_panic_is_the_items_error_and_counted() {
+    let p = Processor::builder().async_limit(2).build().unwrap();
+    let out = p
+        .hybrid()
+        .map(
+            0..6u64,
+            |x| if x == 2 { panic!("cpu {x}") } else { x },
+            |x| async move {
+                if x == 4 {
+                    panic!("io {x}")
+                }
+                x
+            },
+        )
+        .await;
+    assert!(matches!(&out[2], Err(ItemError::Panicked(p)) if p.message() == "cpu 2"));
+    assert!(matches!(&out[4], Err(ItemError::Panicked(p)) if p.message() == "io 4"));
+    let io = p.stats().io;
+    assert_eq!((io.taken, io.succeeded, io.panicked), (6, 4, 2), "{io:?}");
+}
+
+#[tokio::test]
+async fn blocking_map_async_with_a_cancelled_token_cancels_every_item() {
+    let token = CancelToken::new();
+    token.cancel();
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .build()
+        .unwrap()
+        .with_cancel(token);
+    let out = p.blocking().map_async((0..50u32).collect(), |x| x).await;
+    assert_eq!(out.len(), 50);
+    assert!(
+        out.iter()
+            .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+}
+
+#[tokio::test]
+async fn blocking_weighted_async_stays_under_the_budget() {
+    let p = Processor::builder()
+        .blocking_threads(4)
+        .memory_budget(10)
+        .build()
+        .unwrap();
+    let items: Vec<u64> = (0..40).map(|i| i % 7).collect();
+    let out = p
+        .blocking()
+        .map_weighted_async(items.clone(), |&w| w, Ok::<_, ()>)
+        .await;
+    let got: Vec<u64> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got, items);
+    let s = p.stats();
+    assert!(s.blocking_peak_in_flight_weight <= 10, "{s:?}");
+    assert_eq!(s.blocking_in_flight_weight, 0);
+}
+
+/// `AdaptiveBuilder::initial_limit` said "the limit before any sample"; the
+/// limit before any sample is the start-up probe's (`probe_limit`, 4) when
+/// that is lower, and the initial limit once the probe's window is done.
+#[test]
+fn adaptive_initial_limit_is_where_it_goes_after_the_start_up_probe() {
+    let adaptive = Adaptive::builder().initial_limit(100).build().unwrap();
+    assert_eq!(
+        torque_parallel::limit::Algorithm::initial_limit(&adaptive),
+        4,
+        "the start-up probe's limit"
+    );
+    let clock = MockClock::new();
+    let limiter = ConcurrencyLimiter::with_clock(adaptive, clock.clone());
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        let n = limiter.stats().limit;
+        seen.push(n);
+        let tokens: Vec<_> = (0..n).filter_map(|_| limiter.try_acquire().ok()).collect();
+        clock.advance(Duration::from_millis(10));
+        tokens
+            .into_iter()
+            .for_each(torque_parallel::limit::Token::success);
+    }
+    assert!(seen.iter().any(|&l| l >= 100), "{seen:?}");
+}

@@ -626,9 +626,12 @@ impl Default for Adaptive {
 }
 
 impl AdaptiveBuilder {
-    /// The limit before any sample (clamped into the bounds). Starting low is
-    /// cheap (slow start doubles it per window) and gives a clean first
-    /// no-load measurement.
+    /// The limit slow start begins from (clamped into the bounds), once the
+    /// start-up probe has measured the no-load latency: until then the
+    /// limit is [`probe_limit`](Self::probe_limit) when that is lower (so
+    /// `initial_limit(100)` admits 4 requests at first, and 100 once the
+    /// probe's window has closed). Starting low is cheap (slow start
+    /// doubles it per window) and gives a clean first no-load measurement.
     pub fn initial_limit(mut self, limit: usize) -> Self {
         self.initial = limit;
         self

@@ -69,7 +69,9 @@ impl AlgorithmKind {
 pub struct LimiterConfig {
     /// Which algorithm (default `adaptive`).
     pub algorithm: AlgorithmKind,
-    /// The limit before any sample; for `fixed`, the limit (required).
+    /// The limit before any sample; for `fixed`, the limit (required); for
+    /// `adaptive`, the limit after its start-up probe, which runs at
+    /// `probe_limit` when that is lower.
     pub initial_limit: Option<usize>,
     /// The lowest limit (all but `fixed`).
     pub min_limit: Option<usize>,
