@@ -1111,3 +1111,242 @@ fn adaptive_initial_limit_is_where_it_goes_after_the_start_up_probe() {
     }
     assert!(seen.iter().any(|&l| l >= 100), "{seen:?}");
 }
+
+// ---------------------------------------------------------------- batch 4
+
+#[test]
+fn a_failed_backend_is_left_out_for_the_penalty_then_tried_again() {
+    for strategy in [
+        Strategy::RoundRobin,
+        Strategy::LeastBusy,
+        Strategy::PeakEwma,
+    ] {
+        let clock = MockClock::new();
+        let b = Balancer::builder()
+            .strategy(strategy)
+            .seed(11)
+            .failure_penalty(Duration::from_millis(500))
+            .build_with_clock(vec!["a", "b", "c"], clock.clone())
+            .unwrap();
+        let mut first = b.pick();
+        while first.index() != 0 {
+            drop(first);
+            first = b.pick();
+        }
+        first.fail();
+        assert!(b.stats()[0].ejected, "{strategy:?}");
+        for _ in 0..100 {
+            let p = b.pick();
+            assert_ne!(p.index(), 0, "{strategy:?}: picked during its penalty");
+            clock.advance(Duration::from_millis(1));
+        }
+        clock.advance(Duration::from_millis(400));
+        assert!(!b.stats()[0].ejected, "{strategy:?}");
+        let picked_again = (0..300).any(|_| {
+            let p = b.pick();
+            clock.advance(Duration::from_micros(10));
+            p.index() == 0
+        });
+        assert!(picked_again, "{strategy:?}: never tried again");
+    }
+}
+
+#[test]
+fn when_every_backend_is_out_they_are_still_picked() {
+    let clock = MockClock::new();
+    let b = Balancer::builder()
+        .strategy(Strategy::LeastBusy)
+        .build_with_clock(vec![1, 2], clock)
+        .unwrap();
+    b.pick().fail();
+    b.pick().fail();
+    assert!(b.stats().iter().all(|s| s.ejected));
+    let p = b.pick();
+    assert!(p.index() < 2);
+    let s = b.stats();
+    assert_eq!(s.iter().map(|s| s.picks).sum::<u64>(), 3);
+    assert_eq!(s.iter().map(|s| s.in_flight).sum::<usize>(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn io_latency_percentiles_and_throughput_follow_the_paused_clock() {
+    let p = Processor::builder().async_limit(10).build().unwrap();
+    let out = p
+        .async_io()
+        .map(0..10u64, |_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        })
+        .await;
+    assert!(out.iter().all(Result::is_ok));
+    let io = p.stats().io;
+    let p50 = io.latency_p50.unwrap();
+    assert!(p50 >= Duration::from_millis(100), "{io:?}");
+    assert!(p50 <= Duration::from_micros(112_500), "{io:?}");
+    assert!(
+        io.busy >= Duration::from_millis(100) && io.busy <= Duration::from_millis(102),
+        "{io:?}"
+    );
+    assert!(io.throughput() > 90.0 && io.throughput() <= 100.0, "{io:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_sink_fails_its_receipts_as_dropped_and_closes_the_batcher() {
+    let (batcher, driver) = Batcher::builder()
+        .max_size(2)
+        .max_linger(Duration::ZERO)
+        .build(|rows: Vec<u32>| async move {
+            if rows.contains(&3) {
+                panic!("sink bug");
+            }
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let a = batcher.send(1).await.unwrap();
+    assert!(a.await.is_ok());
+    let b = batcher.send(3).await.unwrap();
+    assert!(matches!(b.await, Err(FlushError::Dropped)));
+    assert!(driver.await.unwrap_err().is_panic());
+    assert!(batcher.send(4).await.is_err(), "the queue is closed");
+    assert_eq!(batcher.stats().pending, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adaptive_batcher_writes_everything_and_sizes_within_bounds() {
+    let sizer = BatchSizer::builder()
+        .min_size(2)
+        .max_size(300)
+        .latency_target(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let sizes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&sizes);
+    let (batcher, driver) = Batcher::builder()
+        .adaptive(sizer)
+        .build(move |rows: Vec<u32>| {
+            s2.lock().push(rows.len());
+            let cost = Duration::from_millis(2) + Duration::from_micros(100) * rows.len() as u32;
+            async move {
+                tokio::time::sleep(cost).await;
+                Ok::<(), ()>(())
+            }
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let producer = {
+        let batcher = batcher.clone();
+        tokio::spawn(async move {
+            let mut receipts = Vec::new();
+            for i in 0..5_000u32 {
+                receipts.push(batcher.send(i).await.unwrap());
+            }
+            receipts
+        })
+    };
+    let receipts = producer.await.unwrap();
+    drop(batcher);
+    for r in receipts {
+        r.await.unwrap();
+    }
+    let stats = driver.await.unwrap();
+    assert_eq!(stats.items, 5_000);
+    let sizes = sizes.lock();
+    assert_eq!(sizes.iter().sum::<usize>(), 5_000);
+    assert!(sizes.iter().all(|&n| (1..=300).contains(&n)), "{sizes:?}");
+    assert!((2..=300).contains(&stats.size), "{stats:?}");
+}
+
+#[test]
+fn a_threshold_set_by_hand_learns_no_dispatch() {
+    let p = Processor::builder()
+        .parallel_threshold(Duration::from_micros(1))
+        .build()
+        .unwrap();
+    let items: Vec<u64> = (0..20_000).collect();
+    for _ in 0..20 {
+        let s = p.map_reduce(
+            &items,
+            |&x| (0..50).fold(x, |a, i| a.wrapping_mul(31).wrapping_add(i)),
+            || 0u64,
+            u64::wrapping_add,
+        );
+        assert!(s.is_complete());
+    }
+    let s = p.stats();
+    assert_eq!(
+        (s.cpu_dispatch, s.cpu_warm_dispatch),
+        (Duration::ZERO, Duration::ZERO),
+        "{s:?}"
+    );
+    assert!(!p.config().learn_dispatch);
+}
+
+#[test]
+fn a_blocking_item_heavier_than_the_budget_runs_alone() {
+    let p = Processor::builder()
+        .blocking_threads(4)
+        .memory_budget(10)
+        .build()
+        .unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let heavy_with_company = Arc::new(AtomicUsize::new(0));
+    let (r, h) = (Arc::clone(&running), Arc::clone(&heavy_with_company));
+    let items: Vec<u64> = vec![1, 1, 50, 1, 1, 50, 1];
+    let out = p.blocking().map_weighted(
+        items.clone(),
+        |&w| w,
+        move |w| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            if w == 50 {
+                for _ in 0..200 {
+                    if r.load(Ordering::SeqCst) > 1 || now > 1 {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            }
+            r.fetch_sub(1, Ordering::SeqCst);
+            w
+        },
+    );
+    assert_eq!(
+        out.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        items
+    );
+    assert_eq!(heavy_with_company.load(Ordering::SeqCst), 0);
+    assert_eq!(p.stats().blocking_peak_in_flight_weight, 50);
+}
+
+#[test]
+fn batcher_default_queue_is_twice_the_largest_batch() {
+    let sink = |_rows: Vec<u32>| async { Ok::<(), ()>(()) };
+    let (batcher, _driver) = Batcher::builder().max_size(3).build(sink).unwrap();
+    let receipts: Vec<_> = (0..6).map(|i| batcher.try_send(i).unwrap()).collect();
+    assert!(batcher.try_send(6).is_err(), "the queue holds 2 × 3");
+    assert_eq!(batcher.stats().queued, 6);
+    drop(receipts);
+    let sizer = BatchSizer::builder().max_size(5).build().unwrap();
+    let (batcher, _driver) = Batcher::builder().adaptive(sizer).build(sink).unwrap();
+    let receipts: Vec<_> = (0..10).map(|i| batcher.try_send(i).unwrap()).collect();
+    assert!(batcher.try_send(10).is_err(), "the queue holds 2 × 5");
+    drop(receipts);
+    let (batcher, _driver) = Batcher::builder().build(sink).unwrap();
+    assert_eq!(batcher.stats().size, 100, "default max_size");
+    let _r: Vec<_> = (0..200).map(|i| batcher.try_send(i).unwrap()).collect();
+    assert!(batcher.try_send(200).is_err(), "the queue holds 2 × 100");
+}
+
+#[test]
+fn the_default_failure_penalty_is_one_second() {
+    let clock = MockClock::new();
+    let b = Balancer::builder()
+        .strategy(Strategy::RoundRobin)
+        .build_with_clock(vec![0, 1], clock.clone())
+        .unwrap();
+    b.pick().fail();
+    clock.advance(Duration::from_millis(999));
+    assert!(b.stats()[0].ejected);
+    clock.advance(Duration::from_millis(1));
+    assert!(!b.stats()[0].ejected);
+}
