@@ -416,14 +416,41 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     ///
     /// # Panics
     /// When polled outside a tokio runtime.
-    pub fn for_each<I, F, Fut>(self, items: I, mut f: F) -> impl Future<Output = Summary<()>>
+    pub fn for_each<I, F, Fut>(self, items: I, f: F) -> impl Future<Output = Summary<()>>
     where
         I: IntoIterator,
         F: FnMut(I::Item) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.for_each_stream(futures_util::stream::iter(items), f)
+    }
+
+    /// Like [`for_each`](AsyncIo::for_each) for items from a [`Stream`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), torque_parallel::BuildError> {
+    /// use futures_util::stream;
+    ///
+    /// let processor = torque_parallel::Processor::builder().build()?;
+    /// let summary = processor
+    ///     .async_io()
+    ///     .for_each_stream(stream::iter(0..4u32), |_| async {})
+    ///     .await;
+    /// assert!(summary.is_complete());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When polled outside a tokio runtime.
+    pub fn for_each_stream<S, F, Fut>(self, items: S, mut f: F) -> impl Future<Output = Summary<()>>
+    where
+        S: Stream,
+        F: FnMut(S::Item) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let counters = Arc::clone(&self.processor.io().counters);
-        let input = Indexed::new(futures_util::stream::iter(items), counters);
+        let input = Indexed::new(items, counters);
         let completions = self.run_as(input, move |x| ok(f(x)), Polling::InlineIfOneThread);
         async move {
             let mut summary = Summary {

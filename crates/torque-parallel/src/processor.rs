@@ -388,7 +388,9 @@ impl Processor {
 
     /// This processor with a cancel token: batches run through the returned
     /// handle stop when the token is cancelled. Shares pools and learned
-    /// costs with `self`.
+    /// costs with `self`. The token replaces any token `self` had (handles
+    /// hold one token, they do not combine): to stop on either of two
+    /// tokens, cancel one from the other's owner.
     ///
     /// ```
     /// use torque_parallel::{CancelToken, Processor};

@@ -1350,3 +1350,119 @@ fn the_default_failure_penalty_is_one_second() {
     clock.advance(Duration::from_millis(1));
     assert!(!b.stats()[0].ejected);
 }
+
+/// The guide: the futures need the runtime's time driver only when a
+/// timeout is set.
+#[test]
+fn async_and_hybrid_batches_run_on_a_runtime_without_a_time_driver() {
+    let p = Processor::builder().build().unwrap();
+    for rt in [
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap(),
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap(),
+    ] {
+        rt.block_on(async {
+            let out = p
+                .async_io()
+                .map(0..500u32, |x| async move {
+                    tokio::task::yield_now().await;
+                    x
+                })
+                .await;
+            assert!(
+                out.iter()
+                    .enumerate()
+                    .all(|(i, r)| *r.as_ref().unwrap() == i as u32)
+            );
+            let out = p
+                .hybrid()
+                .map(0..50u32, |x| x + 1, |x| async move { x * 2 })
+                .await;
+            assert!(
+                out.iter()
+                    .enumerate()
+                    .all(|(i, r)| *r.as_ref().unwrap() == (i as u32 + 1) * 2)
+            );
+            let n = p
+                .async_io()
+                .as_completed(0..20u32, |x| async move { Ok::<_, ()>(x) })
+                .count()
+                .await;
+            assert_eq!(n, 20);
+        });
+    }
+}
+
+#[test]
+fn aimd_grows_when_half_used_and_backs_off_past_its_timeout() {
+    use torque_parallel::limit::{Algorithm, Outcome, Sample};
+    let mut aimd = Aimd::builder()
+        .initial_limit(10)
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let sample = |in_flight, latency, outcome| Sample {
+        now: std::time::Instant::now(),
+        latency,
+        in_flight,
+        outcome,
+    };
+    let ms = Duration::from_millis;
+    assert_eq!(aimd.update(&sample(4, ms(1), Outcome::Success)), 10);
+    assert_eq!(aimd.update(&sample(5, ms(1), Outcome::Success)), 11);
+    assert_eq!(aimd.update(&sample(5, ms(101), Outcome::Success)), 9);
+    assert_eq!(aimd.update(&sample(5, ms(1), Outcome::Overload)), 8);
+}
+
+/// `AsyncIo`'s doc: "Every method comes in two forms: items from an
+/// iterator (`map`) or from a `Stream` (`map_stream`)". `for_each` had no
+/// `_stream` form (this did not compile).
+#[tokio::test(start_paused = true)]
+async fn async_for_each_has_a_stream_form() {
+    let p = Processor::builder().async_limit(3).build().unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    let summary = p
+        .async_io()
+        .timeout(Duration::from_millis(50))
+        .for_each_stream(futures_util::stream::iter(0..12u64), move |x| {
+            let r = Arc::clone(&r);
+            async move {
+                r.fetch_add(1, Ordering::Relaxed);
+                match x % 4 {
+                    0 => tokio::time::sleep(Duration::from_secs(1)).await,
+                    1 => panic!("item {x}"),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+    assert_eq!(ran.load(Ordering::Relaxed), 12);
+    assert_eq!((summary.timed_out, summary.panics.len()), (3, 3));
+    let io = p.stats().io;
+    assert_eq!((io.taken, io.succeeded), (12, 6), "{io:?}");
+}
+
+/// `with_cancel` on a handle that already has a token replaces it (now
+/// documented): the first token no longer stops the new handle's batches.
+#[test]
+fn with_cancel_replaces_the_handles_token() {
+    let (outer, inner) = (CancelToken::new(), CancelToken::new());
+    let p = Processor::builder()
+        .build()
+        .unwrap()
+        .with_cancel(outer.clone())
+        .with_cancel(inner.clone());
+    outer.cancel();
+    assert!(p.map(&[1, 2, 3], |&x| x).iter().all(Result::is_ok));
+    inner.cancel();
+    assert!(
+        p.map(&[1, 2, 3], |&x| x)
+            .iter()
+            .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+}
