@@ -1466,3 +1466,135 @@ fn with_cancel_replaces_the_handles_token() {
             .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
     );
 }
+
+#[cfg(feature = "tower")]
+mod tower_layer_checks {
+    use std::future::{Ready, poll_fn, ready};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use torque_parallel::limit::{ConcurrencyLimiter, Fixed, LimitLayer, Limiter, MockClock};
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Service<u32> for Echo {
+        type Response = u32;
+        type Error = &'static str;
+        type Future = Ready<Result<u32, &'static str>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, x: u32) -> Self::Future {
+            ready(if x == 0 { Err("zero") } else { Ok(x) })
+        }
+    }
+
+    /// The guide: latency from `call`, not from `poll_ready`; `Ok` a
+    /// success, `Err` ignored by default.
+    #[tokio::test]
+    async fn the_layer_times_from_call_and_ignores_errors_by_default() {
+        let clock = MockClock::new();
+        let limiter = ConcurrencyLimiter::with_clock(Fixed::new(2), clock.clone());
+        let mut service = LimitLayer::new(limiter.clone()).layer(Echo);
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        assert_eq!(limiter.stats().in_flight, 1, "poll_ready holds the permit");
+        clock.advance(Duration::from_secs(5));
+        let response = service.call(7);
+        clock.advance(Duration::from_millis(3));
+        assert_eq!(response.await, Ok(7));
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        assert!(service.call(0).await.is_err());
+        let s = limiter.stats();
+        assert_eq!(
+            (s.succeeded, s.ignored, s.overloaded, s.in_flight),
+            (1, 1, 0, 0)
+        );
+        let p99 = s.latency_p99.unwrap();
+        assert!(
+            p99 >= Duration::from_millis(3) && p99 < Duration::from_millis(4),
+            "{p99:?}"
+        );
+        // A ready service dropped without a call gives its permit back.
+        poll_fn(|cx| service.poll_ready(cx)).await.unwrap();
+        drop(service);
+        assert_eq!(limiter.stats().in_flight, 0);
+    }
+}
+
+/// The guide: "the linger counts from the send, so an item that waited
+/// behind a slow write is not held again".
+#[tokio::test(start_paused = true)]
+async fn the_linger_counts_from_the_send() {
+    let t0 = tokio::time::Instant::now();
+    let writes = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let w = Arc::clone(&writes);
+    let (batcher, driver) = Batcher::builder()
+        .max_size(10)
+        .max_linger(Duration::from_millis(50))
+        .build(move |rows: Vec<u32>| {
+            w.lock().push((t0.elapsed(), rows.len()));
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<(), ()>(())
+            }
+        })
+        .unwrap();
+    let driver = tokio::spawn(driver.run());
+    let a = batcher.send(1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let b = batcher.send(2).await.unwrap();
+    a.await.unwrap();
+    b.await.unwrap();
+    drop(batcher);
+    driver.await.unwrap();
+    let writes = writes.lock();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    // First write at the linger's end (tokio's timer may end it up to 1 ms
+    // early), the second as soon as the sink is free: its linger ran out
+    // while it waited.
+    assert!(writes[0].0 >= Duration::from_millis(49) && writes[0].0 <= Duration::from_millis(50));
+    assert!(
+        writes[1].0 <= writes[0].0 + Duration::from_millis(101),
+        "{writes:?}"
+    );
+}
+
+#[test]
+fn batch_sizer_start_up_sizes_are_as_documented() {
+    let first_two = |b: torque_parallel::batch::BatchSizerBuilder| {
+        let mut s = b.build().unwrap();
+        (s.next_size(), s.next_size())
+    };
+    assert_eq!(first_two(BatchSizer::builder()), (16, 32));
+    assert_eq!(
+        first_two(BatchSizer::builder().max_size(10)),
+        (10, 5),
+        "min(16, max)"
+    );
+    assert_eq!(
+        first_two(BatchSizer::builder().min_size(20)),
+        (20, 40),
+        "at least min"
+    );
+    assert_eq!(
+        first_two(BatchSizer::builder().min_size(16).max_size(20)),
+        (16, 20),
+        "no double, the half is the initial again: max_size"
+    );
+    assert_eq!(
+        first_two(BatchSizer::builder().initial_size(600)),
+        (600, 300),
+        "the double is out of bounds: the half"
+    );
+    let (a, b) = first_two(BatchSizer::builder().initial_size(5_000));
+    assert!(a <= 1000 && b <= 1000, "{a} {b}");
+    assert_eq!(
+        first_two(BatchSizer::builder().min_size(7).max_size(7)),
+        (7, 7)
+    );
+}
