@@ -91,6 +91,10 @@ impl MockClock {
     }
 
     /// Moves the clock forward by `by` (saturating at about 584 years).
+    ///
+    /// A cache counts time in nanoseconds from about 146 years before it
+    /// was built, so its time stops about 438 years after it was built:
+    /// advanced that far, nothing written to it expires any more.
     pub fn advance(&self, by: Duration) {
         let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let _ = self

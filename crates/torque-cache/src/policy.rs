@@ -69,15 +69,25 @@ pub(crate) trait Hits {
 pub enum Policy {
     /// Least recently used: evicts the entry read or written longest ago.
     Lru,
-    /// Least frequently used: evicts the entry with the fewest reads since it
-    /// was inserted (ties: least recently used). Counts do not age, so a
-    /// once-popular entry can linger; prefer [`Policy::Adaptive`].
+    /// Least frequently used: evicts the entry with the fewest uses since
+    /// it was inserted, the insert, reads and rewrites each counting one
+    /// (ties: least recently used). Counts do not age, so a once-popular
+    /// entry can linger. A new entry starts at one use, and the newcomer
+    /// takes part in the choice: once every entry of a full shard has been
+    /// read or rewritten, each new key is itself the one evicted on arrival
+    /// (as [`RemovalCause::Capacity`](crate::RemovalCause::Capacity); a
+    /// [`get_or_load`](crate::LocalCache::get_or_load) of it loads on every
+    /// call), until an entry leaves some other way (expiry, `remove`).
+    /// Prefer [`Policy::Adaptive`].
     Lfu,
     /// First in, first out: evicts the entry inserted longest ago; reads and
     /// replacing an existing key's value do not change its place.
     Fifo,
     /// Evicts the entry nearest its expiry; entries without expiry go last,
-    /// oldest insert first.
+    /// oldest insert first. The newcomer takes part in the choice: in a
+    /// full shard, a new entry nearer its expiry than every entry there
+    /// is itself evicted on arrival (as
+    /// [`RemovalCause::Capacity`](crate::RemovalCause::Capacity)).
     Ttl,
     /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
     /// frequency sketch that admits a newcomer only if it is more popular
