@@ -51,8 +51,10 @@ pub trait Expiry<K, V>: Send + Sync {
     /// durations too long to count (centuries) mean no expiry.
     ///
     /// It runs before the write takes any lock, so it may use the cache; a
-    /// panic here reaches the writer (for a load: the load fails for its
-    /// caller and its waiters retry), and nothing is stored.
+    /// panic here reaches the writer (for a load: the leader's call
+    /// panics and its waiters retry, while [`stats`](crate::LocalCache::stats)
+    /// count the loader's run in `loads`, not `load_failures`, since the
+    /// loader returned a value), and nothing is stored.
     fn expire_after_write(&self, key: &K, value: &V) -> Option<Duration>;
 }
 
