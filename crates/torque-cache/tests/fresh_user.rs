@@ -1597,3 +1597,125 @@ fn multi_thread_runtime_one_load() {
         assert_eq!(s.loads, 1);
     });
 }
+
+#[test]
+fn user_code_panics_leave_the_cache_usable() {
+    for policy in ALL {
+        let (log, l) = log::<u32, u32>();
+        let c: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(3)
+            .policy(policy)
+            .shards(1)
+            .weigher(|_, v: &u32| {
+                assert!(*v != 666, "weigher bug");
+                1
+            })
+            .expiry(|_: &u32, v: &u32| -> Option<Duration> {
+                assert!(*v != 777, "expiry bug");
+                None
+            })
+            .eviction_listener(l)
+            .build()
+            .unwrap();
+        for k in 0..3 {
+            c.insert(k, k);
+        }
+        for bad in [666, 777] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.insert(1, bad)));
+            assert!(r.is_err());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                c.get_or_load(9, || Ok::<_, ()>(bad))
+            }));
+            assert!(r.is_err());
+        }
+        assert_eq!(
+            c.get(&1),
+            Some(1),
+            "{policy:?}: nothing stored by a panicking write"
+        );
+        assert_eq!(c.len(), 3);
+        c.insert(3, 3);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get_or_load(9, || Ok::<_, ()>(9)), Ok(9));
+        let s = c.stats();
+        assert_eq!(stat_counts(&s), counts(&log), "{policy:?}");
+        assert_eq!(
+            s.inserts - s.evictions.total(),
+            c.len() as u64,
+            "{policy:?}: {s:?}"
+        );
+        // The loaders returned values (the weigher and the Expiry panicked
+        // after): counted as loads, as documented on `Expiry`.
+        assert_eq!((s.loads, s.load_failures), (3, 0), "{policy:?}");
+    }
+}
+
+#[test]
+fn adaptive_is_scan_resistant() {
+    for shards in [1, 4] {
+        // A fixed hasher, so that the outcome does not depend on a seed.
+        type Fixed = std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
+        let c: LocalCache<u64, u64, Fixed> = LocalCache::builder()
+            .max_capacity(400)
+            .shards(shards)
+            .hasher(Fixed::default())
+            .build()
+            .unwrap();
+        for round in 0..5 {
+            for k in 0..200 {
+                if c.get(&k).is_none() {
+                    c.insert(k, round);
+                }
+            }
+        }
+        for k in 1_000..21_000 {
+            if c.get(&k).is_none() {
+                c.insert(k, k);
+            }
+        }
+        let kept = (0..200).filter(|k| c.contains_key(k)).count();
+        assert!(
+            kept >= 180,
+            "{shards} shards: {kept} of 200 hot keys survived a scan"
+        );
+    }
+}
+
+#[test]
+fn a_waiter_that_gets_the_value_restarts_its_idle_time() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    for policy in ALL {
+        let clock = MockClock::new();
+        let c: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .policy(policy)
+            .time_to_idle(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut leader = Box::pin(c.get_or_load_async(1, || async move {
+            let _ = rx.await;
+            Ok::<_, ()>(1)
+        }));
+        assert!(leader.as_mut().poll(&mut cx).is_pending());
+        let mut waiter = Box::pin(c.get_or_load_async(1, || async {
+            unreachable!("the waiter's loader runs") as Result<u32, ()>
+        }));
+        assert!(waiter.as_mut().poll(&mut cx).is_pending());
+        tx.send(()).unwrap();
+        assert_eq!(leader.as_mut().poll(&mut cx), Poll::Ready(Ok(1)));
+        clock.advance(Duration::from_secs(8));
+        assert_eq!(waiter.as_mut().poll(&mut cx), Poll::Ready(Ok(1)));
+        clock.advance(Duration::from_secs(8));
+        assert_eq!(
+            c.get(&1),
+            Some(1),
+            "{policy:?}: the waiter's read restarted the idle time"
+        );
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.loads), (1, 2, 1));
+    }
+}
