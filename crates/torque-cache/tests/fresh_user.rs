@@ -1719,3 +1719,52 @@ fn a_waiter_that_gets_the_value_restarts_its_idle_time() {
         assert_eq!((s.hits, s.misses, s.loads), (1, 2, 1));
     }
 }
+
+#[test]
+fn invalidate_all_reports_expired_and_live_apart() {
+    for policy in ALL {
+        let clock = MockClock::new();
+        let (c, log) = ttl_cache(&clock, policy, None, None);
+        for k in 0..10 {
+            if k % 2 == 0 {
+                c.insert_with_ttl(k, k, Duration::from_secs(1));
+            } else {
+                c.insert(k, k);
+            }
+        }
+        clock.advance(Duration::from_secs(1));
+        c.invalidate_all();
+        assert_eq!(counts(&log), [5, 0, 0, 5], "{policy:?}");
+        assert_eq!(stat_counts(&c.stats()), [5, 0, 0, 5]);
+        assert!(c.is_empty());
+    }
+}
+
+#[test]
+fn more_shards_than_capacity() {
+    for policy in ALL {
+        for weighted in [false, true] {
+            let (log, l) = log::<u32, u32>();
+            let mut b = LocalCache::builder()
+                .max_capacity(3)
+                .policy(policy)
+                .shards(4096)
+                .eviction_listener(l);
+            if weighted {
+                b = b.weigher(|_, v: &u32| *v % 3 + 1);
+            }
+            let c: LocalCache<u32, u32> = b.build().unwrap();
+            for k in 0..3 {
+                c.insert(k, 0);
+            }
+            assert_eq!(c.len(), 3, "{policy:?} {weighted}: room for three");
+            for k in 3..300 {
+                c.insert(k, k);
+                let _ = c.get(&(k - 1));
+                assert!(c.weighted_size() <= 3, "{policy:?} {weighted}");
+            }
+            assert!(!c.is_empty(), "{policy:?} {weighted}");
+            assert_eq!(stat_counts(&c.stats()), counts(&log));
+        }
+    }
+}
