@@ -1768,3 +1768,39 @@ fn more_shards_than_capacity() {
         }
     }
 }
+
+#[test]
+fn loaders_may_use_the_cache_and_self_waits_panic() {
+    let c: LocalCache<u32, u32> = LocalCache::new(100);
+    let v = c.get_or_load(1, || {
+        let two = c.get_or_load(2, || Ok::<_, ()>(2))?;
+        c.insert(3, 3);
+        Ok::<_, Arc<()>>(two * 10)
+    });
+    assert_eq!(v, Ok(20));
+    assert_eq!(
+        (c.get(&1), c.get(&2), c.get(&3)),
+        (Some(20), Some(2), Some(3))
+    );
+
+    let inner = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        c.get_or_load(4, || {
+            let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                c.get_or_load(4, || Ok::<_, ()>(0))
+            }));
+            let msg = again.unwrap_err();
+            let msg = msg
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| msg.downcast_ref::<&str>().copied())
+                .unwrap_or_default()
+                .to_string();
+            assert!(msg.contains("same key"), "{msg}");
+            Ok::<_, ()>(4)
+        })
+    }));
+    // The inner call panicked and was caught by the loader, which then
+    // returned a value: the outer call gets it.
+    assert_eq!(inner.unwrap(), Ok(4));
+    assert_eq!(c.get_or_load(4, || Ok::<_, ()>(5)), Ok(4));
+}
