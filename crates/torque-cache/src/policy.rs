@@ -71,14 +71,12 @@ pub enum Policy {
     Lru,
     /// Least frequently used: evicts the entry with the fewest uses since
     /// it was inserted, the insert, reads and rewrites each counting one
-    /// (ties: least recently used). Counts do not age, so a once-popular
-    /// entry can linger. A new entry starts at one use, and the newcomer
-    /// takes part in the choice: once every entry of a full shard has been
-    /// read or rewritten, each new key is itself the one evicted on arrival
-    /// (as [`RemovalCause::Capacity`](crate::RemovalCause::Capacity); a
-    /// [`get_or_load`](crate::LocalCache::get_or_load) of it loads on every
-    /// call), until an entry leaves some other way (expiry, `remove`).
-    /// Prefer [`Policy::Adaptive`].
+    /// (ties: least recently used). As textbook LFU, which makes room before
+    /// it inserts, the entry being written is never its own write's victim
+    /// (unless it is alone): a new key always gets in, with one use, and is
+    /// the likely victim of the next new key unless it is read meanwhile.
+    /// Counts do not age, so a once-popular entry can linger; prefer
+    /// [`Policy::Adaptive`].
     Lfu,
     /// First in, first out: evicts the entry inserted longest ago; reads and
     /// replacing an existing key's value do not change its place.
@@ -200,7 +198,7 @@ impl PolicyState {
     pub(crate) fn on_update(&mut self, id: u32, weight: u32, deadline: u64) {
         match self {
             Self::Lru(p) => p.on_access(id),
-            Self::Lfu(p) => p.on_access(id),
+            Self::Lfu(p) => p.on_update(id),
             Self::Fifo(_) => {}
             Self::Ttl(p) => p.on_deadline(id, deadline),
             Self::Adaptive(p) => p.on_update(id, weight),

@@ -357,14 +357,15 @@ fn lfu_order() {
     // tie, and 2 is the least recently used.
     c.insert(4, 4);
     assert_eq!(evicted(&log), vec![2]);
-    c.insert(5, 5); // 4 and 5 tie at one use: 4 goes
+    c.insert(5, 5); // 4 has one use, 5 is the one being written: 4 goes
     assert_eq!(evicted(&log), vec![2, 4]);
     c.get(&5);
-    // Every entry now has two uses: the newcomer is evicted on arrival
-    // (documented on `Policy::Lfu`).
+    // Every resident now has two uses; the newcomer is not its own
+    // insert's victim (textbook LFU makes room first): 1, the least
+    // recently used of two uses, goes.
     c.insert(6, 6);
-    assert_eq!(evicted(&log), vec![2, 4, 6]);
-    assert_eq!(c.get(&6), None);
+    assert_eq!(evicted(&log), vec![2, 4, 1]);
+    assert_eq!(c.get(&6), Some(6));
 }
 
 #[test]
@@ -1016,11 +1017,12 @@ fn sweeper_errors() {
 
 // ---------------------------------------------------------------- batch 2
 
-/// Documented on `Policy::Lfu`: once every entry of a full shard has
-/// been read, each new key is evicted on arrival and a `get_or_load` of it
-/// loads on every call (textbook LFU would evict a resident to make room).
+/// `Lfu` makes room for a new key as textbook LFU does, by evicting the
+/// least used resident, however popular the residents are.
 #[test]
-fn lfu_newcomers_are_evicted_once_residents_were_read() {
+fn regression_lfu_admits_new_keys_once_every_resident_was_read() {
+    // Before the fix: a newcomer's one use lost to every resident read
+    // since, so it was evicted on arrival and loaded on every call.
     let (c, log) = one_shard(Policy::Lfu, 3);
     for k in 0..3 {
         c.insert(k, k);
@@ -1034,14 +1036,11 @@ fn lfu_newcomers_are_evicted_once_residents_were_read() {
         });
         assert_eq!(v, Ok(10));
     }
-    assert_eq!(loads, 5);
-    assert_eq!(evicted(&log), vec![10; 5]);
-    // Room made another way lets it in.
-    c.remove(&0);
-    c.insert(10, 10);
-    assert_eq!(c.get(&10), Some(10));
+    assert_eq!(loads, 1);
+    // The least recently used of the residents made room.
+    assert_eq!(evicted(&log), vec![0]);
 
-    // With the default shards too: none of 1,000 new keys gets in.
+    // With the default shards too: the last new key of each shard stays.
     let cache: LocalCache<u64, u64> = LocalCache::builder()
         .max_capacity(1000)
         .policy(Policy::Lfu)
@@ -1054,7 +1053,9 @@ fn lfu_newcomers_are_evicted_once_residents_were_read() {
     for k in 1000..2000 {
         cache.insert(k, k);
     }
-    assert_eq!((1000..2000).filter(|k| cache.contains_key(k)).count(), 0);
+    assert!(cache.contains_key(&1999));
+    assert!((1000..2000).filter(|k| cache.contains_key(k)).count() > 0);
+    assert!(cache.len() <= 1000);
 }
 
 #[test]
@@ -1244,10 +1245,10 @@ fn capacity_one_stores_for_each_policy() {
 fn debug_shows_documented_default_shards() {
     let c: LocalCache<u32, u32> = LocalCache::new(1000);
     let d = format!("{c:?}");
-    // docs/cache.md: "a 1,000-entry cache on 2 CPUs gets 4 shards".
-    if std::thread::available_parallelism().unwrap().get() == 2 {
-        assert!(d.contains("shards: 4"), "{d}");
-    }
+    // docs/cache.md: "a 1,000-entry cache on 2 CPUs gets 4 shards". On
+    // any machine: at least ~128 entries a shard caps it at 4, and four
+    // shards a CPU gives at least 4.
+    assert!(d.contains("shards: 4"), "{d}");
 }
 
 #[test]

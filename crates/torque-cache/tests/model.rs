@@ -84,7 +84,12 @@ impl Model {
         }
     }
 
-    fn victim(&self) -> u8 {
+    /// The entry to evict for the write of `written`: textbook LFU makes
+    /// room before it inserts, so the entry written is never its own
+    /// write's victim while another is left (for `Lru` and `Fifo` it never
+    /// is anyway; `Ttl` evicts whatever is nearest its expiry, the newcomer
+    /// too).
+    fn victim(&self, written: u8) -> u8 {
         let by = |e: &Entry| match self.policy {
             Policy::Lru => (e.used, 0),
             Policy::Fifo => (e.inserted, 0),
@@ -92,7 +97,14 @@ impl Model {
             Policy::Ttl => (e.deadline, e.inserted),
             _ => unreachable!("no exact model"),
         };
-        *self.entries.iter().min_by_key(|(_, e)| by(e)).unwrap().0
+        let spared = |k: &u8| self.policy == Policy::Lfu && *k == written && self.entries.len() > 1;
+        *self
+            .entries
+            .iter()
+            .filter(|(k, _)| !spared(k))
+            .min_by_key(|(_, e)| by(e))
+            .unwrap()
+            .0
     }
 
     fn insert(&mut self, k: u8, v: u16, ttl: Option<u64>, out: &mut Vec<Event>) {
@@ -140,7 +152,7 @@ impl Model {
         }
         if self.exact {
             while self.entries.len() > self.capacity {
-                let k = self.victim();
+                let k = self.victim(k);
                 let e = self.entries.remove(&k).unwrap();
                 out.push((k, e.value, RemovalCause::Capacity));
             }

@@ -2,7 +2,12 @@
 //! was inserted; ties go to the least recently used.
 //!
 //! Counts live only while the entry is cached (in-cache LFU, no aging), which
-//! is the textbook policy the property tests model.
+//! is the textbook policy the property tests model. As in the textbook, which
+//! makes room before it inserts, the entry being written is never its own
+//! write's victim while another entry is left: the shard inserts first and
+//! then evicts, and before 2026-12-07 a newcomer's one use lost to every
+//! entry read since it arrived, so once all of them had been read each new
+//! key left on arrival and a full cache admitted nothing new.
 //!
 //! Every operation is O(1), after Shah, Mitra & Matani, "An O(1) algorithm
 //! for implementing the LFU cache eviction scheme" (2010): the entries with
@@ -49,6 +54,9 @@ pub(crate) struct Lfu {
     spare: Vec<u32>,
     /// The bucket of the lowest count, or [`NIL`].
     first: u32,
+    /// The entry of the latest write (insert or rewrite), or [`NIL`]: not a
+    /// victim while any other entry is left.
+    written: u32,
 }
 
 impl Default for Lfu {
@@ -58,6 +66,7 @@ impl Default for Lfu {
             buckets: Vec::new(),
             spare: Vec::new(),
             first: NIL,
+            written: NIL,
         }
     }
 }
@@ -128,6 +137,13 @@ impl Lfu {
         };
         self.links
             .push_front_with(&mut self.buckets[b as usize].entries, id, BucketOf(b));
+        self.written = id;
+    }
+
+    /// A rewrite of `id`: a use, and the entry its write's evictions spare.
+    pub(crate) fn on_update(&mut self, id: u32) {
+        self.on_access(id);
+        self.written = id;
     }
 
     pub(crate) fn on_access(&mut self, id: u32) {
@@ -166,13 +182,33 @@ impl Lfu {
 
     pub(crate) fn on_remove(&mut self, id: u32) {
         self.leave(id);
+        if id == self.written {
+            self.written = NIL;
+        }
     }
 
+    /// The least used entry, least recently used first, other than the one
+    /// just written unless it is the only one.
     pub(crate) fn evict(&mut self) -> Option<u32> {
         if self.first == NIL {
             return None;
         }
-        let id = self.buckets[self.first as usize].entries.back()?;
+        let first = self.buckets[self.first as usize];
+        let mut id = first.entries.back()?;
+        if id == self.written {
+            // The next least recent of its count, else the least recent of
+            // the next count (a written entry is at the front of the lowest
+            // count only when that count's bucket holds nothing older).
+            let other = match self.links.prev(id) {
+                Some(other) => Some(other),
+                None if first.next != NIL => self.buckets[first.next as usize].entries.back(),
+                None => None,
+            };
+            match other {
+                Some(other) => id = other,
+                None => self.written = NIL,
+            }
+        }
         self.leave(id);
         Some(id)
     }
@@ -182,6 +218,7 @@ impl Lfu {
         self.buckets.clear();
         self.spare.clear();
         self.first = NIL;
+        self.written = NIL;
     }
 }
 
@@ -200,10 +237,40 @@ mod tests {
         p.on_access(0);
         p.on_access(1);
         p.on_access(2);
-        // 1 and 2 have two uses each; 1 was used before 2.
+        // 1 and 2 have two uses each; 1 was used before 2. But 2 was the
+        // last written: spared while another entry is left.
         assert_eq!(p.evict(), Some(1));
-        assert_eq!(p.evict(), Some(2));
         assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), None);
+    }
+
+    #[test]
+    fn the_entry_just_written_is_not_its_own_victim() {
+        // Every resident read once (two uses); a newcomer has one.
+        let mut p = Lfu::default();
+        for id in 0..3 {
+            p.on_insert(id);
+            p.on_access(id);
+        }
+        p.on_insert(3);
+        // Textbook LFU makes room first: the least used resident goes.
+        assert_eq!(p.evict(), Some(0));
+        // The next newcomer displaces the unread one before it.
+        p.on_insert(4);
+        assert_eq!(p.evict(), Some(3));
+        // Read since it arrived, the newcomer holds its own against the
+        // residents, least recent first.
+        p.on_access(4);
+        p.on_insert(5);
+        assert_eq!(p.evict(), Some(1));
+        // A rewrite spares its entry in the same way: rewritten, 5 has two
+        // uses and is the most recent; the least recent of two uses goes.
+        p.on_update(5);
+        assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), Some(4));
+        // Alone, the written entry goes too.
+        assert_eq!(p.evict(), Some(5));
         assert_eq!(p.evict(), None);
     }
 
@@ -211,10 +278,12 @@ mod tests {
     fn matches_a_sorted_set_of_count_and_last_use() {
         use std::collections::BTreeMap;
 
-        // Random inserts, uses, removals and evictions against the obvious
-        // O(log n) reference: the minimum of (count, last use).
+        // Random inserts, reads, rewrites, removals and evictions against the
+        // obvious O(log n) reference: the minimum of (count, last use) over
+        // the entries other than the one last written, unless it is alone.
         let mut p = Lfu::default();
         let mut model: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        let mut written = None;
         let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
         let mut tick = 0;
         for _ in 0..200_000 {
@@ -222,21 +291,43 @@ mod tests {
             let id = (rng % 64) as u32;
             tick += 1;
             match (rng >> 32) % 8 {
-                0 => assert_eq!(p.evict(), reference::pop_min(&mut model)),
+                0 => {
+                    let spared = written.and_then(|w| model.remove_entry(&w));
+                    let victim = match reference::pop_min(&mut model) {
+                        Some(victim) => {
+                            model.extend(spared);
+                            Some(victim)
+                        }
+                        None => {
+                            written = None;
+                            spared.map(|(w, _)| w)
+                        }
+                    };
+                    assert_eq!(p.evict(), victim);
+                }
                 1 => {
                     if model.remove(&id).is_some() {
                         p.on_remove(id);
+                        if written == Some(id) {
+                            written = None;
+                        }
                     }
                 }
-                _ => match model.get_mut(&id) {
+                kind => match model.get_mut(&id) {
                     Some((count, last)) => {
                         *count += 1;
                         *last = tick;
-                        p.on_access(id);
+                        if kind == 2 {
+                            p.on_update(id);
+                            written = Some(id);
+                        } else {
+                            p.on_access(id);
+                        }
                     }
                     None => {
                         model.insert(id, (1, tick));
                         p.on_insert(id);
+                        written = Some(id);
                     }
                 },
             }
@@ -264,13 +355,16 @@ mod tests {
         let mut p = Lfu::default();
         p.on_insert(0);
         p.on_insert(1);
-        // Both share the one bucket; put it at the top count.
+        // The last written, spared by every eviction but the last.
+        p.on_insert(2);
+        // All share the one bucket; put it at the top count.
         for b in &mut p.buckets {
             b.count = u64::MAX;
         }
         p.on_access(0);
         assert_eq!(p.evict(), Some(1));
         assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), Some(2));
         assert_eq!(p.evict(), None);
     }
 }
