@@ -36,6 +36,25 @@ pub(crate) mod reference {
         reference.remove(&id);
         Some(id)
     }
+
+    /// [`pop_min`] for a policy that spares the entry of the latest write
+    /// (`written`) while any other is left; clears `written` when it goes.
+    pub(crate) fn pop_min_sparing<K: Ord + Copy>(
+        reference: &mut BTreeMap<u32, K>,
+        written: &mut Option<u32>,
+    ) -> Option<u32> {
+        let spared = written.and_then(|w| reference.remove_entry(&w));
+        match pop_min(reference) {
+            Some(victim) => {
+                reference.extend(spared);
+                Some(victim)
+            }
+            None => {
+                *written = None;
+                spared.map(|(w, _)| w)
+            }
+        }
+    }
 }
 
 /// Deadline of an entry that never expires.
@@ -82,10 +101,11 @@ pub enum Policy {
     /// replacing an existing key's value do not change its place.
     Fifo,
     /// Evicts the entry nearest its expiry; entries without expiry go last,
-    /// oldest insert first. The newcomer takes part in the choice: in a
-    /// full shard, a new entry nearer its expiry than every entry there
-    /// is itself evicted on arrival (as
-    /// [`RemovalCause::Capacity`](crate::RemovalCause::Capacity)).
+    /// oldest insert first. As a cache that makes room before it writes
+    /// (Redis's `volatile-ttl`), the entry being written is never its own
+    /// write's victim (unless it is alone): a new entry nearer its expiry
+    /// than every resident still gets in, and is the next write's likely
+    /// victim.
     Ttl,
     /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
     /// frequency sketch that admits a newcomer only if it is more popular
@@ -200,7 +220,7 @@ impl PolicyState {
             Self::Lru(p) => p.on_access(id),
             Self::Lfu(p) => p.on_update(id),
             Self::Fifo(_) => {}
-            Self::Ttl(p) => p.on_deadline(id, deadline),
+            Self::Ttl(p) => p.on_update(id, deadline),
             Self::Adaptive(p) => p.on_update(id, weight),
         }
     }

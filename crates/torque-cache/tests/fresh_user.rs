@@ -1417,7 +1417,7 @@ fn idle_refreshed_entries_are_not_reported_expired() {
 }
 
 #[test]
-fn ttl_policy_short_per_entry_ttl_into_full_cache() {
+fn regression_ttl_policy_admits_a_short_per_entry_ttl_into_a_full_cache() {
     let (log, l) = log::<u32, u32>();
     let c: LocalCache<u32, u32> = LocalCache::builder()
         .max_capacity(3)
@@ -1431,11 +1431,21 @@ fn ttl_policy_short_per_entry_ttl_into_full_cache() {
     for k in 0..3 {
         c.insert(k, k);
     }
-    // Documented on `Policy::Ttl`: the newcomer, nearest its expiry, is
-    // the one evicted.
+    // Before the fix the newcomer, nearest its expiry, was evicted on
+    // arrival. As a cache that makes room before it writes, the resident
+    // nearest its expiry goes instead (the oldest of the hour-long ones).
     c.insert_with_ttl(9, 9, Duration::from_secs(60));
-    assert_eq!(*log.lock().unwrap(), vec![(9, 9, RemovalCause::Capacity)]);
-    assert_eq!(c.get(&9), None);
+    assert_eq!(*log.lock().unwrap(), vec![(0, 0, RemovalCause::Capacity)]);
+    assert_eq!(c.get(&9), Some(9));
+    // And it is the next write's victim unless that one is nearer still.
+    c.insert(10, 10);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            (0, 0, RemovalCause::Capacity),
+            (9, 9, RemovalCause::Capacity)
+        ]
+    );
 }
 
 #[test]

@@ -84,11 +84,11 @@ impl Model {
         }
     }
 
-    /// The entry to evict for the write of `written`: textbook LFU makes
-    /// room before it inserts, so the entry written is never its own
-    /// write's victim while another is left (for `Lru` and `Fifo` it never
-    /// is anyway; `Ttl` evicts whatever is nearest its expiry, the newcomer
-    /// too).
+    /// The entry to evict for the write of `written`: the textbook
+    /// policies make room before they insert, so the entry written is never
+    /// its own write's victim while another is left (for `Lru` and `Fifo`
+    /// it never is anyway; for `Lfu` its one use, for `Ttl` a deadline
+    /// nearer than every resident's would make it one).
     fn victim(&self, written: u8) -> u8 {
         let by = |e: &Entry| match self.policy {
             Policy::Lru => (e.used, 0),
@@ -97,7 +97,7 @@ impl Model {
             Policy::Ttl => (e.deadline, e.inserted),
             _ => unreachable!("no exact model"),
         };
-        let spared = |k: &u8| self.policy == Policy::Lfu && *k == written && self.entries.len() > 1;
+        let spared = |k: &u8| *k == written && self.entries.len() > 1;
         *self
             .entries
             .iter()

@@ -291,20 +291,10 @@ mod tests {
             let id = (rng % 64) as u32;
             tick += 1;
             match (rng >> 32) % 8 {
-                0 => {
-                    let spared = written.and_then(|w| model.remove_entry(&w));
-                    let victim = match reference::pop_min(&mut model) {
-                        Some(victim) => {
-                            model.extend(spared);
-                            Some(victim)
-                        }
-                        None => {
-                            written = None;
-                            spared.map(|(w, _)| w)
-                        }
-                    };
-                    assert_eq!(p.evict(), victim);
-                }
+                0 => assert_eq!(
+                    p.evict(),
+                    reference::pop_min_sparing(&mut model, &mut written)
+                ),
                 1 => {
                     if model.remove(&id).is_some() {
                         p.on_remove(id);
