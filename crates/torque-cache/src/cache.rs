@@ -996,6 +996,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// within capacity; see [`LocalCacheBuilder::weigher`] for entries heavier
     /// than the whole capacity and
     /// [`LocalCacheBuilder::max_capacity`] for a capacity of zero.
+    ///
+    /// Under [`Policy::Lru`], [`Policy::Lfu`], [`Policy::Fifo`] and
+    /// [`Policy::Ttl`] the entry written is never the victim of its own
+    /// write's evictions (unless nothing else is left to evict). Under the
+    /// default [`Policy::Adaptive`] a new key enters a small window and must
+    /// win the admission contest when it leaves it (an entry heavier than
+    /// the window meets it at once), so a key written once and not read
+    /// again may be refused; the listener hears it as
+    /// [`RemovalCause::Capacity`].
     pub fn insert(&self, key: K, value: V) {
         self.insert_expiring(key, value, None);
     }
