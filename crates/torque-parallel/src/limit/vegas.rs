@@ -10,8 +10,10 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 /// 6·log10(limit)`, with `log10` rounded down and at least 1 (Netflix's
 /// `Log10RootFunction`): up to `log10(limit)` the limit grows by `beta`,
 /// below alpha by `log10(limit)`, above beta it shrinks by `log10(limit)`;
-/// an overload also shrinks it. While less than half the limit is in use,
-/// a success leaves it alone.
+/// an overload also shrinks it by `log10(limit)`. While less than half the
+/// limit is in use, a success leaves it alone. As in Netflix's, a sample
+/// that sets `rtt_noload` (the first, one faster than the lowest so far, or
+/// a re-measurement, below) changes nothing else, overload or not.
 /// `rtt_noload` is the lowest latency seen, reset every
 /// `probe_multiplier × limit` samples so that it can rise again. Per-sample
 /// latencies are noisy: wrap it in [`Windowed`](super::Windowed) to feed it
@@ -222,5 +224,28 @@ mod tests {
         }
         // The 10th sample re-measured rtt_noload at 20 ms: no queue now.
         assert_eq!(vegas.update(&sample(20, 10)), 16);
+    }
+
+    #[test]
+    fn an_overload_shrinks_by_log10_unless_it_sets_the_no_load_latency() {
+        let overload = |latency_ms| Sample {
+            outcome: Outcome::Overload,
+            ..sample(latency_ms, 100)
+        };
+        let mut vegas = Vegas::builder().initial_limit(100).build().unwrap();
+        assert_eq!(
+            vegas.update(&overload(100)),
+            100,
+            "the first sets rtt_noload"
+        );
+        assert_eq!(
+            vegas.update(&overload(90)),
+            100,
+            "a faster one sets it again"
+        );
+        // At or above rtt_noload: shrink by ⌊log10(limit)⌋, 2 at 100 and 1
+        // at 98.
+        assert_eq!(vegas.update(&overload(90)), 98);
+        assert_eq!(vegas.update(&overload(500)), 97);
     }
 }
