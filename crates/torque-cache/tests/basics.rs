@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use torque_cache::{BuildError, LocalCache, Policy, RemovalCause};
 
+mod common;
+use common::POLICIES;
+
 type Log = Arc<Mutex<Vec<(u32, u32, RemovalCause)>>>;
 
 fn logged(policy: Policy, capacity: u64, shards: usize) -> (LocalCache<u32, u32>, Log) {
@@ -21,14 +24,6 @@ fn logged(policy: Policy, capacity: u64, shards: usize) -> (LocalCache<u32, u32>
         .unwrap();
     (cache, log)
 }
-
-const POLICIES: [Policy; 5] = [
-    Policy::Lru,
-    Policy::Lfu,
-    Policy::Fifo,
-    Policy::Ttl,
-    Policy::Adaptive,
-];
 
 #[test]
 fn insert_get_remove_contains() {

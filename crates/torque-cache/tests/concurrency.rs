@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use torque_cache::{LocalCache, Policy, RemovalCause};
 
+mod common;
+use common::POLICIES;
+
 type Log = Arc<Mutex<Vec<(u64, RemovalCause)>>>;
 
 fn cache(policy: Policy, capacity: u64, log: &Log) -> LocalCache<u64, u64> {
@@ -86,14 +89,6 @@ fn check(policy: Policy, capacity: u64, writes: u64) {
     assert_eq!(stats.evictions.capacity, evicted.len() as u64, "{policy:?}");
     assert_eq!(stats.evictions.total(), log.len() as u64, "{policy:?}");
 }
-
-const POLICIES: [Policy; 5] = [
-    Policy::Lru,
-    Policy::Lfu,
-    Policy::Fifo,
-    Policy::Ttl,
-    Policy::Adaptive,
-];
 
 #[test]
 fn two_threads_no_lost_inserts_when_everything_fits() {

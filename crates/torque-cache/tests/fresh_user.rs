@@ -10,6 +10,9 @@ use torque_cache::{
     BuildError, CacheStats, Clock, LocalCache, LocalCacheConfig, MockClock, Policy, RemovalCause,
 };
 
+mod common;
+use common::POLICIES as ALL;
+
 type Log<K, V> = Arc<Mutex<Vec<(K, V, RemovalCause)>>>;
 
 fn log<K: Clone + Send + 'static, V: Clone + Send + 'static>() -> (
@@ -45,14 +48,6 @@ fn stat_counts(s: &CacheStats) -> [u64; 4] {
         s.evictions.removed,
     ]
 }
-
-const ALL: [Policy; 5] = [
-    Policy::Lru,
-    Policy::Lfu,
-    Policy::Fifo,
-    Policy::Ttl,
-    Policy::Adaptive,
-];
 
 // ---------------------------------------------------------------- builder
 

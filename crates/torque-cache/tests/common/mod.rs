@@ -40,3 +40,12 @@ pub(crate) fn bounded<T: Send + 'static>(what: &str, op: impl FnOnce() -> T + Se
         }
     }
 }
+
+/// Every policy, for tests that hold for all of them.
+pub(crate) const POLICIES: [torque_cache::Policy; 5] = [
+    torque_cache::Policy::Lru,
+    torque_cache::Policy::Lfu,
+    torque_cache::Policy::Fifo,
+    torque_cache::Policy::Ttl,
+    torque_cache::Policy::Adaptive,
+];
