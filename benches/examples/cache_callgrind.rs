@@ -71,7 +71,10 @@ fn main() {
         "mutex_lru" => Box::new(Mutex::new(lru::LruCache::<u64, u64>::new(
             NonZeroUsize::new(10_000).expect("non-zero"),
         ))),
-        _ => ours(Policy::Adaptive),
+        "adaptive" => ours(Policy::Adaptive),
+        other => panic!(
+            "unknown cache {other:?}: adaptive, lru, fifo, lfu, ttl, quick_cache or mutex_lru"
+        ),
     };
     let requests: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1 << 20);
     let threads: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1).max(1);

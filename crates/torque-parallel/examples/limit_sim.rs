@@ -133,7 +133,13 @@ fn main() {
                     .map(|s| s.parse().expect("a seed is a number"))
                     .collect();
             }
-            "--only" => only = args.next().expect("--only thrash|step|open"),
+            "--only" => {
+                only = args.next().expect("--only thrash|step|open|shared");
+                assert!(
+                    ["thrash", "step", "open", "shared", "all"].contains(&only.as_str()),
+                    "--only thrash|step|open|shared, not {only:?}"
+                );
+            }
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
             "--limiter" => only_limiter = args.next().expect("--limiter NAME"),
             "--trace" => trace = true,
