@@ -82,11 +82,17 @@ pub(crate) trait Hits {
 ///
 /// See docs/cache.md for how to choose; in short, keep the default unless you
 /// know the access pattern.
+///
+/// With the `serde` feature a policy is written in snake case (`"lru"`,
+/// `"adaptive"`), as torque-parallel's limiter kinds are; the variant
+/// names (`"Lru"`, `"Adaptive"`) are read too.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum Policy {
     /// Least recently used: evicts the entry read or written longest ago.
+    #[cfg_attr(feature = "serde", serde(alias = "Lru"))]
     Lru,
     /// Least frequently used: evicts the entry with the fewest uses since
     /// it was inserted, the insert, reads and rewrites each counting one
@@ -96,9 +102,11 @@ pub enum Policy {
     /// the likely victim of the next new key unless it is read meanwhile.
     /// Counts do not age, so a once-popular entry can linger; prefer
     /// [`Policy::Adaptive`].
+    #[cfg_attr(feature = "serde", serde(alias = "Lfu"))]
     Lfu,
     /// First in, first out: evicts the entry inserted longest ago; reads and
     /// replacing an existing key's value do not change its place.
+    #[cfg_attr(feature = "serde", serde(alias = "Fifo"))]
     Fifo,
     /// Evicts the entry nearest its expiry; entries without expiry go last,
     /// oldest insert first. As a cache that makes room before it writes
@@ -106,6 +114,7 @@ pub enum Policy {
     /// write's victim (unless it is alone): a new entry nearer its expiry
     /// than every resident still gets in, and is the next write's likely
     /// victim.
+    #[cfg_attr(feature = "serde", serde(alias = "Ttl"))]
     Ttl,
     /// W-TinyLFU: a small window in front of a segmented LRU, guarded by a
     /// frequency sketch that admits a newcomer only if it is more popular
@@ -120,6 +129,7 @@ pub enum Policy {
     /// only bumps a counter in the entry, under a shared lock; the segments
     /// act on the counters when evicting (CLOCK-style second chances).
     #[default]
+    #[cfg_attr(feature = "serde", serde(alias = "Adaptive"))]
     Adaptive,
 }
 
