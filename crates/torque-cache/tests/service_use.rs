@@ -127,6 +127,8 @@ async fn a_timed_out_leader_hands_the_load_over() {
     let stats = cache.stats();
     // The cancelled load counts nowhere; the waiter's load counts once.
     assert_eq!((stats.loads, stats.load_failures), (1, 0));
+    // Two calls and one `get`: three reads.
+    assert_eq!(stats.hits + stats.misses, 3);
 }
 
 /// A waiting request that times out leaves the load alone: the leader
@@ -207,14 +209,14 @@ async fn a_load_error_reaches_every_waiter_and_is_not_cached() {
     const TASKS: usize = 16;
     let cache: LocalCache<u64, u64> = LocalCache::new(100);
     let runs = Arc::new(AtomicUsize::new(0));
-    let release = Arc::new(Notify::new());
+    let (release, released) = tokio::sync::watch::channel(false);
     let started = Arc::new(Barrier::new(TASKS + 1));
     let mut tasks = Vec::new();
     for _ in 0..TASKS {
-        let (cache, runs, release, started) = (
+        let (cache, runs, mut released, started) = (
             cache.clone(),
             Arc::clone(&runs),
-            Arc::clone(&release),
+            released.clone(),
             Arc::clone(&started),
         );
         tasks.push(tokio::spawn(async move {
@@ -222,14 +224,16 @@ async fn a_load_error_reaches_every_waiter_and_is_not_cached() {
             cache
                 .get_or_load_async(3, || async move {
                     runs.fetch_add(1, Ordering::SeqCst);
-                    release.notified().await;
+                    released.wait_for(|r| *r).await.unwrap();
                     Err::<u64, _>(DbDown)
                 })
                 .await
         }));
     }
     started.wait().await;
-    release.notify_one();
+    // Every loader run is released, also those of tasks that arrive after
+    // a failure and run their own.
+    release.send(true).unwrap();
     let mut errors = 0;
     for t in tasks {
         match t.await.unwrap() {
@@ -375,7 +379,10 @@ async fn many_keys_some_cancelled_none_lost() {
             .unwrap();
         assert_eq!(v, key + 1);
     }
-    assert_eq!(cache.stats().loads, KEYS);
+    let stats = cache.stats();
+    assert_eq!(stats.loads, KEYS);
+    // KEYS timed calls, KEYS gets, KEYS / 2 reloads: each one read.
+    assert_eq!(stats.hits + stats.misses, KEYS * 2 + KEYS / 2);
 }
 
 /// A loader that holds no cache lock across its await: while one load
