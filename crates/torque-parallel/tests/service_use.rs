@@ -24,6 +24,23 @@ fn adds_up(io: &IoStats) -> bool {
             + io.awaiting_permit as u64
 }
 
+/// Waits until all `limit` permits of `limiter` are free, by taking them
+/// (woken as each comes back, not polled): tasks aborted on a multi-thread
+/// runtime are dropped by its workers, on other threads. Fails after 10 s
+/// of real time (a leaked permit) instead of hanging.
+async fn all_permits_back(limiter: &ConcurrencyLimiter<Fixed>, limit: usize) {
+    let all = async {
+        let mut tokens = Vec::new();
+        for _ in 0..limit {
+            tokens.push(limiter.acquire().await);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), all)
+        .await
+        .expect("a permit was never given back");
+    assert_eq!(limiter.stats().in_flight, 0);
+}
+
 /// Every batch future of the public API, built inside a handler from a
 /// cloned processor, can be handed to `tokio::spawn`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,14 +201,8 @@ async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
     let _four = started.acquire_many(4).await.unwrap();
     batch.abort();
     assert!(batch.await.unwrap_err().is_cancelled());
-    // The aborted tasks are dropped by the runtime at its next turns.
-    for _ in 0..1_000 {
-        if limiter.stats().in_flight == 0 && processor.stats().io.in_flight == 0 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(limiter.stats().in_flight, 0);
+    // The aborted tasks are dropped by the workers at their next turns.
+    all_permits_back(&limiter, 4).await;
     let io = processor.stats().io;
     assert_eq!(io.in_flight, 0);
     assert!(adds_up(&io), "{io:?}");
@@ -684,4 +695,46 @@ async fn a_shared_batcher_under_request_timeouts() {
     assert_eq!(stats.items, 40);
     assert_eq!((stats.queued, stats.pending), (0, 0));
     assert!(stats.failed_batches >= 1 && stats.failed_items >= failed);
+}
+
+/// Hedged requests: the same query to three replicas, the first answer
+/// wins and the stream is dropped. The losers are aborted and their
+/// permits come back; on a multi-thread runtime, at the runtime's next
+/// turns (the docs' "when the runtime next gets to them").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_request_keeps_the_first_answer_and_frees_the_rest() {
+    use futures_util::StreamExt;
+
+    let processor = Processor::builder().build().unwrap();
+    let limiter = ConcurrencyLimiter::new(Fixed::new(8));
+    for round in 0..20u64 {
+        let (fast_tx, fast_rx) = tokio::sync::oneshot::channel::<u64>();
+        let fast_rx = Arc::new(std::sync::Mutex::new(Some(fast_rx)));
+        let mut answers = processor
+            .async_io()
+            .with_limiter(limiter.clone())
+            .as_completed([0u64, 1, 2], move |replica| {
+                let fast_rx = Arc::clone(&fast_rx);
+                async move {
+                    // Replica 1 answers; the others never do.
+                    if replica == 1 {
+                        let rx = fast_rx.lock().unwrap().take().unwrap();
+                        Ok::<_, std::io::Error>(rx.await.unwrap())
+                    } else {
+                        std::future::pending().await
+                    }
+                }
+            });
+        fast_tx.send(round).unwrap();
+        let (index, answer) = answers.next().await.unwrap();
+        assert_eq!((index, answer.unwrap()), (1, round));
+        drop(answers);
+        // The losers' tasks are dropped by the workers, on other threads:
+        // wait for their permits by taking all 8 (bounded, to fail
+        // loudly on a leak).
+        all_permits_back(&limiter, 8).await;
+    }
+    let io = processor.stats().io;
+    assert_eq!((io.succeeded, io.cancelled, io.in_flight), (20, 40, 0));
+    assert!(adds_up(&io), "{io:?}");
 }
