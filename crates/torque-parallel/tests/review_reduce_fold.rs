@@ -221,8 +221,13 @@ fn regression_panics_in_every_chunk_of_a_parallel_reduction_are_not_learned_as_t
         "ran on rayon"
     );
     let after = p.learned_cost(&f).unwrap();
+    // Learned from a chunk with a panic, the cost would hold the panic's
+    // 300 µs over at most 100 items: 3 µs an item or more, against at most
+    // 10 × 100 ns here. Within that, the clean items' timing may move with
+    // the machine's load (13 → 31 ns once in a review helper's full run,
+    // against a bound of 2 × before, so a factor that tight flaked).
     assert!(
-        after <= before * 2,
+        after <= before * 10,
         "learned {after:?} an item after a batch with panics, {before:?} before"
     );
 }
