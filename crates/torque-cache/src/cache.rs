@@ -1323,7 +1323,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                     self.publish_due(index, &shard);
                 }
                 while self.over_capacity() && (!above_share || shard.weight() > self.inner.share) {
-                    match shard.evict_one(removed) {
+                    // Only the writer's own shard spares the entry of its
+                    // latest write (`Lfu`, `Ttl`): the entry being written.
+                    // Another shard's latest write is over, and sparing its
+                    // entry kept an unread (or the soonest-expiring) entry
+                    // while entries read since left in its place.
+                    let evicted = if index == start {
+                        shard.evict_one(removed)
+                    } else {
+                        shard.evict_one_for_another_shard(removed)
+                    };
+                    match evicted {
                         Some(freed) => {
                             self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
                         }
@@ -1870,6 +1880,75 @@ mod tests {
         );
         assert_eq!(events.len(), 3, "{events:?}");
         assert_eq!(cache.weighted_size(), 6);
+    }
+
+    /// A two-shard cache of `policy` (capacity 8, one unit an entry) with
+    /// the identity hasher and a mock clock, its listener's log, and eight
+    /// keys of its second shard (`b`) and one of its first (`a`).
+    #[allow(clippy::type_complexity)]
+    fn two_shards(
+        policy: Policy,
+    ) -> (
+        LocalCache<u64, u64, BuildHasherDefault<Identity>>,
+        Arc<Mutex<Vec<(u64, RemovalCause)>>>,
+        Vec<u64>,
+        u64,
+    ) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        let cache = LocalCache::<u64, u64>::builder()
+            .max_capacity(8)
+            .shards(2)
+            .policy(policy)
+            .clock(crate::MockClock::new())
+            .hasher(BuildHasherDefault::<Identity>::default())
+            .eviction_listener(move |k: &u64, _: &u64, cause| {
+                sink.lock().push((*k, cause));
+            })
+            .build()
+            .expect("valid config");
+        let shard = |k: &u64| cache.shard_index(cache.hash(k));
+        let b: Vec<u64> = (0..).filter(|k| shard(k) == 1).take(8).collect();
+        let a = (0..).find(|k| shard(k) == 0).unwrap();
+        (cache, log, b, a)
+    }
+
+    #[test]
+    fn lfu_spares_only_the_entry_being_written_not_another_shards_last_write() {
+        // Shard B holds the whole capacity: seven entries read once (two
+        // uses), then one written and never read (one use). A new key of
+        // the empty shard A cannot evict in its own shard (it is alone
+        // there), so it evicts from B: B's least used entry is the unread
+        // one. It is B's latest write, but that write finished long ago;
+        // only the entry being written (in A) is spared.
+        let (cache, log, b, a) = two_shards(Policy::Lfu);
+        for &k in &b[..7] {
+            cache.insert(k, k);
+            assert_eq!(cache.get(&k), Some(k));
+        }
+        cache.insert(b[7], b[7]);
+        assert!(log.lock().is_empty());
+        cache.insert(a, a);
+        assert_eq!(*log.lock(), [(b[7], RemovalCause::Capacity)]);
+        assert_eq!(cache.get(&b[0]), Some(b[0]));
+        assert_eq!(cache.get(&a), Some(a));
+    }
+
+    #[test]
+    fn ttl_spares_only_the_entry_being_written_not_another_shards_last_write() {
+        // As for Lfu: B's latest write, the entry of B nearest its expiry,
+        // is the one a write to A evicts from B.
+        let (cache, log, b, a) = two_shards(Policy::Ttl);
+        let long = Duration::from_secs(100);
+        for &k in &b[..7] {
+            cache.insert_with_ttl(k, k, long);
+        }
+        cache.insert_with_ttl(b[7], b[7], Duration::from_secs(10));
+        assert!(log.lock().is_empty());
+        cache.insert_with_ttl(a, a, long);
+        assert_eq!(*log.lock(), [(b[7], RemovalCause::Capacity)]);
+        assert_eq!(cache.get(&b[0]), Some(b[0]));
+        assert_eq!(cache.get(&a), Some(a));
     }
 
     #[test]

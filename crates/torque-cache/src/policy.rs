@@ -259,6 +259,18 @@ impl PolicyState {
         }
     }
 
+    /// Chooses and detaches the next victim for a write to another shard:
+    /// `Lfu` and `Ttl` spare the entry of this shard's latest write only
+    /// for that write's own evictions.
+    #[inline]
+    pub(crate) fn evict_for_another_shard(&mut self, hits: &mut impl Hits) -> Option<u32> {
+        match self {
+            Self::Lfu(p) => p.evict_any(),
+            Self::Ttl(p) => p.evict_any(),
+            _ => self.evict(hits),
+        }
+    }
+
     /// Forgets every id.
     pub(crate) fn clear(&mut self) {
         match self {

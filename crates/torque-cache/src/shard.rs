@@ -991,6 +991,20 @@ impl<K: Hash + Eq, V> Shard<K, V> {
         Some(self.detach(id, RemovalCause::Capacity, removed))
     }
 
+    /// Evicts the policy's victim for a write to another shard (see
+    /// [`PolicyState::evict_for_another_shard`]); returns the freed weight,
+    /// or `None` when the shard is empty.
+    pub(crate) fn evict_one_for_another_shard(
+        &mut self,
+        removed: &mut Removed<K, V>,
+    ) -> Option<u64> {
+        let id = self.policy.evict_for_another_shard(&mut CellHits {
+            cells: &self.cells,
+            hits: &mut self.hits,
+        })?;
+        Some(self.detach(id, RemovalCause::Capacity, removed))
+    }
+
     /// The earliest timer's deadline ([`NEVER`] without one): no entry of
     /// this shard expires before it.
     #[inline]

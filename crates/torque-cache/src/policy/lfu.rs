@@ -213,6 +213,18 @@ impl Lfu {
         Some(id)
     }
 
+    /// The victim of another shard's write: the least used entry, sparing
+    /// none (this shard's latest write is over; its entry is spared again,
+    /// should it stay, only by this shard's own evictions).
+    pub(crate) fn evict_any(&mut self) -> Option<u32> {
+        let written = std::mem::replace(&mut self.written, NIL);
+        let id = self.evict();
+        if id != Some(written) {
+            self.written = written;
+        }
+        id
+    }
+
     pub(crate) fn clear(&mut self) {
         self.links.clear();
         self.buckets.clear();
@@ -271,6 +283,31 @@ mod tests {
         assert_eq!(p.evict(), Some(4));
         // Alone, the written entry goes too.
         assert_eq!(p.evict(), Some(5));
+        assert_eq!(p.evict(), None);
+    }
+
+    #[test]
+    fn another_shards_write_spares_nothing_and_leaves_the_spare_in_place() {
+        let mut p = Lfu::default();
+        // 2 has five uses; 0 and 1 one each, 1 written last.
+        p.on_insert(2);
+        for _ in 0..4 {
+            p.on_access(2);
+        }
+        p.on_insert(0);
+        p.on_insert(1);
+        // For another shard's write, the least used and least recent goes.
+        assert_eq!(p.evict_any(), Some(0));
+        // The latest write is the least used now: not spared either.
+        let mut q = Lfu::default();
+        q.on_insert(0);
+        q.on_access(0);
+        q.on_insert(1);
+        assert_eq!(q.evict_any(), Some(1));
+        assert_eq!(q.evict(), Some(0));
+        // Where it stayed, this shard's own evictions still spare it.
+        assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), Some(1));
         assert_eq!(p.evict(), None);
     }
 

@@ -173,6 +173,18 @@ impl NearestExpiry {
         Some(id)
     }
 
+    /// The victim of another shard's write: the entry nearest its expiry,
+    /// sparing none (this shard's latest write is over; its entry is
+    /// spared again, should it stay, only by this shard's own evictions).
+    pub(crate) fn evict_any(&mut self) -> Option<u32> {
+        let written = std::mem::replace(&mut self.written, NIL);
+        let id = self.evict();
+        if id != Some(written) {
+            self.written = written;
+        }
+        id
+    }
+
     pub(crate) fn clear(&mut self) {
         self.links.clear();
         self.listed = List::new();
@@ -218,6 +230,26 @@ mod tests {
         // Alone, the written entry goes.
         assert_eq!(p.evict(), Some(1));
         assert_eq!(p.evict(), None);
+    }
+
+    #[test]
+    fn another_shards_write_spares_nothing_and_leaves_the_spare_in_place() {
+        let mut p = NearestExpiry::default();
+        p.on_insert(0, 100);
+        p.on_insert(1, 10);
+        p.on_insert(2, 20);
+        // For another shard's write, the nearest expiry goes.
+        assert_eq!(p.evict_any(), Some(1));
+        // Where it stayed, this shard's own evictions still spare 2.
+        assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), None);
+        // The latest write nearest its expiry: not spared either.
+        p.on_insert(3, 100);
+        p.on_insert(4, 10);
+        assert_eq!(p.evict_any(), Some(4));
+        assert_eq!(p.evict_any(), Some(3));
+        assert_eq!(p.evict_any(), None);
     }
 
     #[test]
