@@ -1053,6 +1053,44 @@ fn regression_lfu_admits_new_keys_once_every_resident_was_read() {
     assert!(cache.len() <= 1000);
 }
 
+/// A rewrite that grows its entry makes room like an insert: the entry
+/// rewritten is not its own write's victim, however little it was used
+/// (`Lfu`) or however soon it now expires (`Ttl`). Only the random expiry
+/// shadow model rewrites with a heavier value in a full one-shard cache,
+/// so dispatching a rewrite as a read (the spare not set) went unseen by
+/// the deterministic tests (and by that model in some runs).
+#[test]
+fn lfu_and_ttl_rewrite_that_grows_evicts_a_resident_not_itself() {
+    for policy in [Policy::Lfu, Policy::Ttl] {
+        let (log, l) = log::<u32, u32>();
+        let c = LocalCache::builder()
+            .max_capacity(3)
+            .policy(policy)
+            .shards(1)
+            .clock(MockClock::new())
+            .weigher(|_: &u32, v: &u32| *v)
+            .eviction_listener(l)
+            .build()
+            .unwrap();
+        let long = Duration::from_secs(100);
+        // 3: one use; then 1 and 2, four uses each; all far from expiry.
+        // 3 is not the latest write: only its rewrite can spare it.
+        c.insert_with_ttl(3, 1, long);
+        for k in 1..=2 {
+            c.insert_with_ttl(k, 1, long);
+            for _ in 0..3 {
+                assert_eq!(c.get(&k), Some(1));
+            }
+        }
+        // Rewritten twice as heavy: two uses (fewer than every resident's)
+        // and nearer its expiry than every resident.
+        c.insert_with_ttl(3, 2, Duration::from_secs(10));
+        assert_eq!(evicted(&log), vec![1], "{policy:?}");
+        assert_eq!(c.get(&3), Some(2), "{policy:?}");
+        assert_eq!(c.get(&2), Some(1), "{policy:?}");
+    }
+}
+
 #[test]
 fn concurrent_writers_stay_within_bound_once_done() {
     for policy in ALL {
