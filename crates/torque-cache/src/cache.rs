@@ -1324,7 +1324,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
                 }
                 while self.over_capacity() && (!above_share || shard.weight() > self.inner.share) {
                     // Only the writer's own shard spares the entry of its
-                    // latest write (`Lfu`, `Ttl`): the entry being written.
+                    // latest write (`Lfu`, `Fifo`, `Ttl`): the entry being written.
                     // Another shard's latest write is over, and sparing its
                     // entry kept an unread (or the soonest-expiring) entry
                     // while entries read since left in its place.

@@ -105,7 +105,9 @@ pub enum Policy {
     #[cfg_attr(feature = "serde", serde(alias = "Lfu"))]
     Lfu,
     /// First in, first out: evicts the entry inserted longest ago; reads and
-    /// replacing an existing key's value do not change its place.
+    /// replacing an existing key's value do not change its place (with a
+    /// weigher, a rewrite that makes the oldest entry heavier evicts the
+    /// next oldest, not the entry being written).
     #[cfg_attr(feature = "serde", serde(alias = "Fifo"))]
     Fifo,
     /// Evicts the entry nearest its expiry; entries without expiry go last,
@@ -229,7 +231,7 @@ impl PolicyState {
         match self {
             Self::Lru(p) => p.on_access(id),
             Self::Lfu(p) => p.on_update(id),
-            Self::Fifo(_) => {}
+            Self::Fifo(p) => p.on_update(id),
             Self::Ttl(p) => p.on_update(id, deadline),
             Self::Adaptive(p) => p.on_update(id, weight),
         }
@@ -260,12 +262,13 @@ impl PolicyState {
     }
 
     /// Chooses and detaches the next victim for a write to another shard:
-    /// `Lfu` and `Ttl` spare the entry of this shard's latest write only
-    /// for that write's own evictions.
+    /// `Lfu`, `Fifo` and `Ttl` spare the entry of this shard's latest write
+    /// only for that write's own evictions.
     #[inline]
     pub(crate) fn evict_for_another_shard(&mut self, hits: &mut impl Hits) -> Option<u32> {
         match self {
             Self::Lfu(p) => p.evict_any(),
+            Self::Fifo(p) => p.evict_any(),
             Self::Ttl(p) => p.evict_any(),
             _ => self.evict(hits),
         }

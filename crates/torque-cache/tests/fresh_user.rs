@@ -1060,8 +1060,9 @@ fn regression_lfu_admits_new_keys_once_every_resident_was_read() {
 /// so dispatching a rewrite as a read (the spare not set) went unseen by
 /// the deterministic tests (and by that model in some runs).
 #[test]
-fn lfu_and_ttl_rewrite_that_grows_evicts_a_resident_not_itself() {
-    for policy in [Policy::Lfu, Policy::Ttl] {
+fn lfu_fifo_and_ttl_rewrite_that_grows_evicts_a_resident_not_itself() {
+    // Fifo: 3 is the oldest entry, and a rewrite does not move it.
+    for policy in [Policy::Lfu, Policy::Fifo, Policy::Ttl] {
         let (log, l) = log::<u32, u32>();
         let c = LocalCache::builder()
             .max_capacity(3)

@@ -86,9 +86,10 @@ impl Model {
 
     /// The entry to evict for the write of `written`: the textbook
     /// policies make room before they insert, so the entry written is never
-    /// its own write's victim while another is left (for `Lru` and `Fifo`
-    /// it never is anyway; for `Lfu` its one use, for `Ttl` a deadline
-    /// nearer than every resident's would make it one).
+    /// its own write's victim while another is left (for `Lru` it never is
+    /// anyway; for `Lfu` its one use, for `Ttl` a deadline nearer than every
+    /// resident's, and for `Fifo` a rewrite of the oldest entry with a
+    /// weigher would make it one).
     fn victim(&self, written: u8) -> u8 {
         let by = |e: &Entry| match self.policy {
             Policy::Lru => (e.used, 0),
