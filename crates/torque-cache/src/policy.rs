@@ -57,6 +57,23 @@ pub(crate) mod reference {
     }
 }
 
+/// The victim of another shard's write, for a policy (`Lfu`, `Fifo`, `Ttl`)
+/// whose `evict` spares the entry of its own shard's latest write, kept in
+/// the field `written` returns: `evict` with nothing spared, the spare left
+/// in place for this shard's own evictions unless it was the victim.
+fn evict_sparing_none<P>(
+    policy: &mut P,
+    written: fn(&mut P) -> &mut u32,
+    evict: fn(&mut P) -> Option<u32>,
+) -> Option<u32> {
+    let spare = std::mem::replace(written(policy), list::NIL);
+    let id = evict(policy);
+    if id != Some(spare) {
+        *written(policy) = spare;
+    }
+    id
+}
+
 /// Deadline of an entry that never expires.
 pub(crate) const NEVER: u64 = u64::MAX;
 

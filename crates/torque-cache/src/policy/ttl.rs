@@ -177,12 +177,7 @@ impl NearestExpiry {
     /// sparing none (this shard's latest write is over; its entry is
     /// spared again, should it stay, only by this shard's own evictions).
     pub(crate) fn evict_any(&mut self) -> Option<u32> {
-        let written = std::mem::replace(&mut self.written, NIL);
-        let id = self.evict();
-        if id != Some(written) {
-            self.written = written;
-        }
-        id
+        super::evict_sparing_none(self, |p| &mut p.written, Self::evict)
     }
 
     pub(crate) fn clear(&mut self) {
