@@ -158,7 +158,8 @@
 //!   `torque_parallel_io_{in_flight,queued,awaiting_permit}` (they add up
 //!   as `IoStats`' fields do; process-wide sums over processors).
 //! - `serde`: `Serialize`/`Deserialize` for [`limit::LimiterConfig`], the
-//!   plain configuration that builds any limit algorithm.
+//!   plain configuration that builds any limit algorithm, and for
+//!   [`ProcessorConfig`].
 //! - `tokio`: the `Async` and `Hybrid` strategies (`Processor::async_io`,
 //!   `Processor::hybrid`, `Stats::io`) and `batch::Batcher` (the driver is a
 //!   future you spawn). Pulls in `tokio` (`rt`, `time`, `sync`) and

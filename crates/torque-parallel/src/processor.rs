@@ -61,7 +61,13 @@ impl fmt::Debug for Processor {
 /// from files. `None` means the default each field names (derived from
 /// `available_parallelism` for the thread counts, queue and buffer; rayon's
 /// global pool, no budget, an adaptive limit and no timeout for the rest).
+/// With the `serde` feature it is `Serialize`/`Deserialize` as
+/// [`LimiterConfig`](crate::limit::LimiterConfig) is: field names as below,
+/// missing fields take their defaults, unknown fields are refused, and
+/// durations use serde's `{ secs, nanos }` form.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[non_exhaustive]
 pub struct ProcessorConfig {
     /// Threads of a dedicated rayon pool for the `Cpu` strategy; `None` (the

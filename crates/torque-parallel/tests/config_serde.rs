@@ -1,0 +1,72 @@
+//! `LimiterConfig` and `ProcessorConfig` read from and written to a config
+//! file's format (JSON here) with the `serde` feature, as their docs say:
+//! field names as in the struct, snake-case algorithm names, missing fields
+//! defaulted, unknown fields refused, durations as `{ secs, nanos }`.
+#![cfg(feature = "serde")]
+
+use std::time::Duration;
+
+use torque_parallel::limit::{AlgorithmKind, Limiter, LimiterConfig};
+use torque_parallel::{ProcessorBuilder, ProcessorConfig};
+
+#[test]
+fn a_limiter_config_file_builds_the_limiter_it_describes() {
+    let config: LimiterConfig =
+        serde_json::from_str(r#"{ "algorithm": "fixed", "initial_limit": 8 }"#).unwrap();
+    assert_eq!(config.algorithm, AlgorithmKind::Fixed);
+    assert_eq!(config.build().unwrap().stats().limit, 8);
+
+    let adaptive: LimiterConfig = serde_json::from_str(
+        r#"{ "max_limit": 64, "probe_interval": { "secs": 30, "nanos": 0 } }"#,
+    )
+    .unwrap();
+    assert_eq!(adaptive.algorithm, AlgorithmKind::Adaptive);
+    assert_eq!(adaptive.probe_interval, Some(Duration::from_secs(30)));
+    assert!(adaptive.build().unwrap().stats().limit <= 64);
+
+    for (kind, name) in [
+        (AlgorithmKind::Fixed, "fixed"),
+        (AlgorithmKind::Aimd, "aimd"),
+        (AlgorithmKind::Vegas, "vegas"),
+        (AlgorithmKind::Gradient2, "gradient2"),
+        (AlgorithmKind::Adaptive, "adaptive"),
+    ] {
+        assert_eq!(serde_json::to_string(&kind).unwrap(), format!("\"{name}\""));
+    }
+    let written = serde_json::to_string(&adaptive).unwrap();
+    assert_eq!(
+        serde_json::from_str::<LimiterConfig>(&written).unwrap(),
+        adaptive
+    );
+    let unknown = serde_json::from_str::<LimiterConfig>(r#"{ "max_limt": 64 }"#).unwrap_err();
+    assert!(unknown.to_string().contains("unknown field"), "{unknown}");
+}
+
+#[test]
+fn a_processor_config_file_builds_the_processor_it_describes() {
+    let config: ProcessorConfig = serde_json::from_str(
+        r#"{ "blocking_threads": 2, "item_timeout": { "secs": 5, "nanos": 0 } }"#,
+    )
+    .unwrap();
+    let mut expected = ProcessorConfig::default();
+    expected.blocking_threads = Some(2);
+    expected.item_timeout = Some(Duration::from_secs(5));
+    assert_eq!(config, expected);
+    let processor = ProcessorBuilder::from_config(config.clone())
+        .build()
+        .unwrap();
+    assert_eq!(processor.config(), &config);
+
+    assert_eq!(
+        serde_json::from_str::<ProcessorConfig>("{}").unwrap(),
+        ProcessorConfig::default()
+    );
+    let written = serde_json::to_string(&config).unwrap();
+    assert_eq!(
+        serde_json::from_str::<ProcessorConfig>(&written).unwrap(),
+        config
+    );
+    let unknown =
+        serde_json::from_str::<ProcessorConfig>(r#"{ "blocking_thread": 2 }"#).unwrap_err();
+    assert!(unknown.to_string().contains("unknown field"), "{unknown}");
+}
