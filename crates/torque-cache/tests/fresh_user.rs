@@ -826,77 +826,68 @@ fn panicking_loader_counts_as_failure_and_next_call_loads() {
     assert_eq!((s.loads, s.load_failures), (1, 1));
 }
 
-#[test]
-fn concurrent_async_callers_share_one_load_and_error() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c: LocalCache<u32, u32> = LocalCache::new(10);
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
-        let mut futs = Vec::new();
-        for _ in 0..10 {
-            let c = c.clone();
-            let runs = Arc::clone(&runs);
-            let rx = Arc::clone(&rx);
-            futs.push(tokio::spawn(async move {
-                c.get_or_load_async(1, || async move {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    let rx = rx.lock().await.take().unwrap();
-                    let _ = rx.await;
-                    Err::<u32, String>("down".into())
-                })
-                .await
-            }));
-        }
-        // Let every task reach its wait.
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        tx.send(()).unwrap();
-        let mut errs = Vec::new();
-        for f in futs {
-            errs.push(f.await.unwrap().unwrap_err());
-        }
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert!(errs.iter().all(|e| Arc::ptr_eq(e, &errs[0])));
-        let s = c.stats();
-        assert_eq!((s.hits, s.misses), (0, 10));
-        assert_eq!((s.loads, s.load_failures), (0, 1));
-        // Not cached.
-        let v = c
-            .get_or_load_async(1, || async { Ok::<_, String>(7) })
-            .await;
-        assert_eq!(v, Ok(7));
-    });
+#[tokio::test]
+async fn concurrent_async_callers_share_one_load_and_error() {
+    let c: LocalCache<u32, u32> = LocalCache::new(10);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rx = Arc::new(tokio::sync::Mutex::new(Some(rx)));
+    let mut futs = Vec::new();
+    for _ in 0..10 {
+        let c = c.clone();
+        let runs = Arc::clone(&runs);
+        let rx = Arc::clone(&rx);
+        futs.push(tokio::spawn(async move {
+            c.get_or_load_async(1, || async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let rx = rx.lock().await.take().unwrap();
+                let _ = rx.await;
+                Err::<u32, String>("down".into())
+            })
+            .await
+        }));
+    }
+    // Every task has made its call (and joined the load) once all ten
+    // misses are counted: waited on, not a fixed number of turns.
+    while c.stats().misses < 10 {
+        tokio::task::yield_now().await;
+    }
+    tx.send(()).unwrap();
+    let mut errs = Vec::new();
+    for f in futs {
+        errs.push(f.await.unwrap().unwrap_err());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(errs.iter().all(|e| Arc::ptr_eq(e, &errs[0])));
+    let s = c.stats();
+    assert_eq!((s.hits, s.misses), (0, 10));
+    assert_eq!((s.loads, s.load_failures), (0, 1));
+    // Not cached.
+    let v = c
+        .get_or_load_async(1, || async { Ok::<_, String>(7) })
+        .await;
+    assert_eq!(v, Ok(7));
 }
 
-#[test]
-fn cancelled_leader_hands_over() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c: LocalCache<u32, u32> = LocalCache::new(10);
-        let c1 = c.clone();
-        let leader = tokio::spawn(async move {
-            c1.get_or_load_async(1, std::future::pending::<Result<u32, ()>>)
-                .await
-        });
-        tokio::task::yield_now().await;
-        let c2 = c.clone();
-        let waiter =
-            tokio::spawn(async move { c2.get_or_load_async(1, || async { Ok::<_, ()>(2) }).await });
-        tokio::task::yield_now().await;
-        leader.abort();
-        assert_eq!(waiter.await.unwrap(), Ok(2));
-        assert_eq!(c.get(&1), Some(2));
-        let s = c.stats();
-        assert_eq!((s.loads, s.load_failures), (1, 0));
-        assert_eq!(s.hits + s.misses, 3);
+#[tokio::test]
+async fn cancelled_leader_hands_over() {
+    let c: LocalCache<u32, u32> = LocalCache::new(10);
+    let c1 = c.clone();
+    let leader = tokio::spawn(async move {
+        c1.get_or_load_async(1, std::future::pending::<Result<u32, ()>>)
+            .await
     });
+    tokio::task::yield_now().await;
+    let c2 = c.clone();
+    let waiter =
+        tokio::spawn(async move { c2.get_or_load_async(1, || async { Ok::<_, ()>(2) }).await });
+    tokio::task::yield_now().await;
+    leader.abort();
+    assert_eq!(waiter.await.unwrap(), Ok(2));
+    assert_eq!(c.get(&1), Some(2));
+    let s = c.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 0));
+    assert_eq!(s.hits + s.misses, 3);
 }
 
 #[test]
@@ -911,28 +902,23 @@ fn async_load_future_is_send() {
     assert_sync::<LocalCache<String, Arc<String>>>();
 }
 
-#[test]
-fn waiter_from_load_is_touched_and_write_supersedes() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c: LocalCache<u32, u32> = LocalCache::new(10);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c1 = c.clone();
-        let leader = tokio::spawn(async move {
-            c1.get_or_load_async(1, || async move {
-                let _ = rx.await;
-                Ok::<_, ()>(1)
-            })
-            .await
-        });
-        tokio::task::yield_now().await;
-        c.insert(1, 100);
-        tx.send(()).unwrap();
-        assert_eq!(leader.await.unwrap(), Ok(1));
-        assert_eq!(c.get(&1), Some(100), "the write wins");
+#[tokio::test]
+async fn waiter_from_load_is_touched_and_write_supersedes() {
+    let c: LocalCache<u32, u32> = LocalCache::new(10);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let c1 = c.clone();
+    let leader = tokio::spawn(async move {
+        c1.get_or_load_async(1, || async move {
+            let _ = rx.await;
+            Ok::<_, ()>(1)
+        })
+        .await
     });
+    tokio::task::yield_now().await;
+    c.insert(1, 100);
+    tx.send(()).unwrap();
+    assert_eq!(leader.await.unwrap(), Ok(1));
+    assert_eq!(c.get(&1), Some(100), "the write wins");
 }
 
 // ---------------------------------------------------------------- hasher
@@ -1162,36 +1148,31 @@ fn remove_invalidate_retain_supersede_loads() {
     }
 }
 
-#[test]
-fn waiter_with_other_error_type_runs_own_loader() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let c: LocalCache<u32, u32> = LocalCache::new(10);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c1 = c.clone();
-        let leader = tokio::spawn(async move {
-            c1.get_or_load_async(1, || async move {
-                let _ = rx.await;
-                Err::<u32, _>("str error")
-            })
-            .await
-        });
-        tokio::task::yield_now().await;
-        let c2 = c.clone();
-        let waiter = tokio::spawn(async move {
-            c2.get_or_load_async(1, || async { Ok::<_, std::io::Error>(5) })
-                .await
-        });
-        tokio::task::yield_now().await;
-        tx.send(()).unwrap();
-        assert!(leader.await.unwrap().is_err());
-        assert_eq!(waiter.await.unwrap().unwrap(), 5);
-        let s = c.stats();
-        assert_eq!((s.loads, s.load_failures), (1, 1));
-        assert_eq!(s.hits + s.misses, 2);
+#[tokio::test]
+async fn waiter_with_other_error_type_runs_own_loader() {
+    let c: LocalCache<u32, u32> = LocalCache::new(10);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let c1 = c.clone();
+    let leader = tokio::spawn(async move {
+        c1.get_or_load_async(1, || async move {
+            let _ = rx.await;
+            Err::<u32, _>("str error")
+        })
+        .await
     });
+    tokio::task::yield_now().await;
+    let c2 = c.clone();
+    let waiter = tokio::spawn(async move {
+        c2.get_or_load_async(1, || async { Ok::<_, std::io::Error>(5) })
+            .await
+    });
+    tokio::task::yield_now().await;
+    tx.send(()).unwrap();
+    assert!(leader.await.unwrap().is_err());
+    assert_eq!(waiter.await.unwrap().unwrap(), 5);
+    let s = c.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 1));
+    assert_eq!(s.hits + s.misses, 2);
 }
 
 #[test]
@@ -1565,50 +1546,43 @@ fn many_threads_get_or_load_stats_add_up() {
     assert_eq!(s.inserts, 50);
 }
 
-#[test]
-fn async_leader_panics_waiters_retry_and_dropped_waiter() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+#[tokio::test]
+async fn async_leader_panics_waiters_retry_and_dropped_waiter() {
+    let clock = MockClock::new();
+    let c: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .clock(clock.clone())
         .build()
         .unwrap();
-    rt.block_on(async {
-        let clock = MockClock::new();
-        let c: LocalCache<u32, u32> = LocalCache::builder()
-            .max_capacity(10)
-            .clock(clock.clone())
-            .build()
-            .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let c1 = c.clone();
-        let leader = tokio::spawn(async move {
-            c1.get_or_load_async(1, || async move {
-                let _ = rx.await;
-                if true {
-                    panic!("loader bug");
-                }
-                Ok::<u32, ()>(0)
-            })
-            .await
-        });
-        tokio::task::yield_now().await;
-        let c2 = c.clone();
-        let dropped =
-            tokio::spawn(
-                async move { c2.get_or_load_async(1, || async { Ok::<_, ()>(99) }).await },
-            );
-        let c3 = c.clone();
-        let waiter =
-            tokio::spawn(async move { c3.get_or_load_async(1, || async { Ok::<_, ()>(2) }).await });
-        tokio::task::yield_now().await;
-        dropped.abort();
-        tx.send(()).unwrap();
-        assert!(leader.await.unwrap_err().is_panic());
-        assert_eq!(waiter.await.unwrap(), Ok(2));
-        assert!(dropped.await.unwrap_err().is_cancelled());
-        let s = c.stats();
-        assert_eq!((s.loads, s.load_failures), (1, 1));
-        assert_eq!(s.hits + s.misses, 3);
-        assert_eq!(c.get(&1), Some(2));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let c1 = c.clone();
+    let leader = tokio::spawn(async move {
+        c1.get_or_load_async(1, || async move {
+            let _ = rx.await;
+            if true {
+                panic!("loader bug");
+            }
+            Ok::<u32, ()>(0)
+        })
+        .await
     });
+    tokio::task::yield_now().await;
+    let c2 = c.clone();
+    let dropped =
+        tokio::spawn(async move { c2.get_or_load_async(1, || async { Ok::<_, ()>(99) }).await });
+    let c3 = c.clone();
+    let waiter =
+        tokio::spawn(async move { c3.get_or_load_async(1, || async { Ok::<_, ()>(2) }).await });
+    tokio::task::yield_now().await;
+    dropped.abort();
+    tx.send(()).unwrap();
+    assert!(leader.await.unwrap_err().is_panic());
+    assert_eq!(waiter.await.unwrap(), Ok(2));
+    assert!(dropped.await.unwrap_err().is_cancelled());
+    let s = c.stats();
+    assert_eq!((s.loads, s.load_failures), (1, 1));
+    assert_eq!(s.hits + s.misses, 3);
+    assert_eq!(c.get(&1), Some(2));
 }
 
 #[test]

@@ -215,13 +215,21 @@ async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
 async fn a_request_cancel_token_stops_only_that_request() {
     let processor = Processor::builder().async_limit(8).build().unwrap();
     let token = CancelToken::new();
+    // Told by the doomed batch's first item, so the cancel comes while the
+    // batch runs (waited on, not slept for).
+    let started = Arc::new(tokio::sync::Notify::new());
     let doomed = {
         let p = processor.with_cancel(token.clone());
+        let started = Arc::clone(&started);
         tokio::spawn(async move {
             p.async_io()
-                .map(0..5u64, |x| async move {
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                    x
+                .map(0..5u64, move |x| {
+                    let started = Arc::clone(&started);
+                    async move {
+                        started.notify_one();
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                        x
+                    }
                 })
                 .await
         })
@@ -237,7 +245,10 @@ async fn a_request_cancel_token_stops_only_that_request() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // On the paused clock an item that never starts lets time run out here.
+    tokio::time::timeout(Duration::from_secs(1), started.notified())
+        .await
+        .expect("the doomed batch started");
     token.cancel();
     let doomed = doomed.await.unwrap();
     assert!(!doomed.is_empty());
