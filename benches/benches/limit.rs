@@ -4,6 +4,12 @@
 //! sharing one limiter. Peer in the same run: tokio's `Semaphore`
 //! (`try_acquire` + drop), a plain permit count with no latency feedback.
 //!
+//!
+//! `limit/queue` measures the wait line: 10,000 `acquire`s queued behind a
+//! full limiter, each polled once more (as a `select!` or `timeout` re-polls
+//! on any wake-up), then all cancelled newest first; tokio's `Semaphore`
+//! (`acquire`, an intrusive list) in the same run.
+//!
 //! `cargo bench -p torque-benches --bench limit -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
@@ -109,5 +115,58 @@ fn acquire_complete(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, acquire_complete);
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: std::future::Future + ?Sized>(future: std::pin::Pin<&mut F>) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    future.poll(&mut cx).is_ready()
+}
+
+/// Queues `n` waiters made by `acquire` behind a limiter held full, polls
+/// each once more, then drops them newest first; returns the wall time
+/// of the re-polls and the drops.
+fn queue_round<F: std::future::Future>(n: usize, acquire: impl Fn() -> F) -> Duration {
+    let mut waiters: Vec<_> = (0..n).map(|_| Box::pin(acquire())).collect();
+    for waiter in &mut waiters {
+        assert!(!poll_once(waiter.as_mut()), "the limiter is full");
+    }
+    let start = Instant::now();
+    for waiter in &mut waiters {
+        assert!(!poll_once(waiter.as_mut()));
+    }
+    while let Some(waiter) = waiters.pop() {
+        drop(waiter);
+    }
+    start.elapsed()
+}
+
+fn queue(c: &mut Criterion) {
+    const WAITERS: usize = 10_000;
+    let mut group = c.benchmark_group("limit/queue");
+    group.sample_size(10);
+    let limiter = ConcurrencyLimiter::new(Fixed::new(1));
+    let held = limiter.try_acquire().expect("an empty limiter admits one");
+    group.bench_function(BenchmarkId::new("ConcurrencyLimiter", WAITERS), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| queue_round(WAITERS, || limiter.acquire_owned()))
+                .sum()
+        });
+    });
+    drop(held);
+    let semaphore = tokio::sync::Semaphore::new(1);
+    let held = semaphore
+        .try_acquire()
+        .expect("an empty semaphore admits one");
+    group.bench_function(BenchmarkId::new("tokio_Semaphore", WAITERS), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| queue_round(WAITERS, || semaphore.acquire()))
+                .sum()
+        });
+    });
+    drop(held);
+    group.finish();
+}
+
+criterion_group!(benches, acquire_complete, queue);
 criterion_main!(benches);

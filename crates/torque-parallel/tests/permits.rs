@@ -380,3 +380,103 @@ async fn regression_a_panicking_algorithm_does_not_strand_the_waiters() {
     token.ignore();
     assert_eq!(limiter.stats().in_flight, 0);
 }
+
+/// What a step of [`the_wait_line_keeps_arrival_order_through_cancels_and_polls`] does.
+#[derive(Debug, Clone)]
+enum LineOp {
+    /// A new `acquire`, polled once.
+    Arrive,
+    /// The queued waiter at this index (modulo the line's length) gives up.
+    Cancel(usize),
+    /// A held token at this index (modulo their number) completes.
+    Release(usize),
+    /// Every queued waiter is polled once more, newest first or oldest
+    /// first (a `select!` or `timeout` re-polls on any wake-up).
+    PollAll { newest_first: bool },
+}
+
+fn line_op() -> impl Strategy<Value = LineOp> {
+    prop_oneof![
+        3 => Just(LineOp::Arrive),
+        2 => any::<usize>().prop_map(LineOp::Cancel),
+        2 => any::<usize>().prop_map(LineOp::Release),
+        2 => any::<bool>().prop_map(|newest_first| LineOp::PollAll { newest_first }),
+    ]
+}
+
+proptest! {
+    /// The wait line against a model: a waiter is admitted when polled iff
+    /// the permits in flight plus the live waiters that arrived before it
+    /// are under the limit, whatever order waiters left the line in and
+    /// were polled in; the limiter's counts match the model's.
+    #[test]
+    fn the_wait_line_keeps_arrival_order_through_cancels_and_polls(
+        limit in 1usize..4,
+        ops in proptest::collection::vec(line_op(), 1..120),
+    ) {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+
+        let limiter = ConcurrencyLimiter::new(Fixed::new(limit));
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut tokens = Vec::new();
+        // Queued waiters, oldest first.
+        let mut line: Vec<std::pin::Pin<Box<_>>> = Vec::new();
+        for op in ops {
+            match op {
+                LineOp::Arrive => {
+                    let mut waiter = Box::pin(limiter.acquire_owned());
+                    let admit = tokens.len() + line.len() < limit;
+                    match waiter.as_mut().poll(&mut cx) {
+                        Poll::Ready(token) => {
+                            prop_assert!(admit, "admitted past {} in flight and {} waiting", tokens.len(), line.len());
+                            tokens.push(token);
+                        }
+                        Poll::Pending => {
+                            prop_assert!(!admit, "refused with room");
+                            line.push(waiter);
+                        }
+                    }
+                }
+                LineOp::Cancel(i) if !line.is_empty() => {
+                    let i = i % line.len();
+                    drop(line.remove(i));
+                }
+                LineOp::Release(i) if !tokens.is_empty() => {
+                    let i = i % tokens.len();
+                    tokens.swap_remove(i).success();
+                }
+                LineOp::PollAll { newest_first } => {
+                    let order: Vec<usize> = if newest_first {
+                        (0..line.len()).rev().collect()
+                    } else {
+                        (0..line.len()).collect()
+                    };
+                    let mut admitted = Vec::new();
+                    for i in order {
+                        // Live waiters ahead of this one.
+                        let ahead = i - admitted.iter().filter(|&&j| j < i).count();
+                        let admit = tokens.len() + ahead < limit;
+                        match line[i].as_mut().poll(&mut cx) {
+                            Poll::Ready(token) => {
+                                prop_assert!(admit, "waiter {i} admitted with {ahead} ahead");
+                                tokens.push(token);
+                                admitted.push(i);
+                            }
+                            Poll::Pending => prop_assert!(!admit, "waiter {i} refused with {ahead} ahead"),
+                        }
+                    }
+                    admitted.sort_unstable();
+                    for i in admitted.into_iter().rev() {
+                        // An admitted waiter's future is done; dropping it
+                        // gives nothing back.
+                        drop(line.remove(i));
+                    }
+                }
+                _ => {}
+            }
+            let stats = limiter.stats();
+            prop_assert_eq!((stats.in_flight, stats.waiting), (tokens.len(), line.len()));
+        }
+    }
+}
