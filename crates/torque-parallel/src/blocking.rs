@@ -6,8 +6,10 @@
 //! here waits for room before it submits the next item: the queue holds at
 //! most `queue_capacity` jobs, and the weight of the items queued or running
 //! never exceeds the memory budget (an item heavier than the whole budget
-//! runs alone). A synchronous caller blocks while it waits; an async caller
-//! (`map_async`) returns `Pending` and is woken when a worker frees room.
+//! runs alone). A synchronous caller blocks while it waits (except on a
+//! rayon thread, which runs its own jobs instead: see `BlockingPool::run`);
+//! an async caller (`map_async`) returns `Pending` and is woken when a
+//! worker frees room.
 //!
 //! Admission is first come, first served, as in tokio's `Semaphore`: a job
 //! that finds no room joins a wait line, and once anyone waits, later
@@ -30,6 +32,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::cancel::CancelToken;
+use crate::cpu::kept_on_this_thread;
 use crate::outcome::{ItemError, PanicError, drop_caught, not_run};
 
 thread_local! {
@@ -41,20 +44,6 @@ thread_local! {
 
 /// How often a blocked feeder looks at its cancel token.
 const CANCEL_POLL: Duration = Duration::from_millis(10);
-
-/// On a rayon worker thread, runs the pool's pending rayon jobs until none
-/// is left; elsewhere nothing. A rayon thread that waits for a `Blocking`
-/// batch must not hold up rayon work that the batch's jobs wait for: a
-/// `Cpu` item running a `Blocking` batch whose jobs run `Cpu` batches
-/// deadlocked a pool of one rayon thread (the thread waited for the jobs,
-/// the jobs for a rayon thread). So such a waiter looks for rayon work
-/// every [`CANCEL_POLL`], as rayon's own `join` steals work while it waits.
-fn help_rayon() {
-    if rayon::current_thread_index().is_none() {
-        return;
-    }
-    while let Some(rayon::Yield::Executed) = rayon::yield_now() {}
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Jobs never panic while holding a lock (panics are caught inside the
@@ -81,9 +70,11 @@ enum Run {
     /// gives up: it drops the item and reports `Cancelled`, with no weight
     /// to give back.
     Withdrawn,
-    /// Taken back out of the wait line before admission by a feeder polled
-    /// on a worker, which runs it there (see `BlockingMap::poll`): it runs
-    /// the item, with no weight to give back.
+    /// Never admitted, run by its own feeder: taken back out of the wait
+    /// line by a feeder polled on a worker, which runs it there (see
+    /// `BlockingMap::poll`), or found no room for by a feeder on a rayon
+    /// thread (see `BlockingPool::run`). It runs the item, with no weight
+    /// to give back.
     Inline,
 }
 
@@ -158,15 +149,24 @@ impl Shared {
         self.work_ready.notify_one();
     }
 
+    /// Queues `job` when nobody waits for room and it fits; otherwise
+    /// gives it back. Not for a shut-down pool.
+    fn try_push(&self, st: &mut State, job: Job) -> Result<(), Job> {
+        // The only check the uncontended path adds: the line is empty.
+        if st.waiting.is_empty() && self.admits(st, job.weight) {
+            self.push(st, job);
+            return Ok(());
+        }
+        Err(job)
+    }
+
     /// Queues `job` when nobody waits for room and it fits; otherwise puts
     /// it at the end of the wait line and returns its ticket. Not for a
     /// shut-down pool.
     fn submit(&self, st: &mut State, job: Job, waker: Option<&Waker>) -> Option<u64> {
-        // The only check the uncontended path adds: the line is empty.
-        if st.waiting.is_empty() && self.admits(st, job.weight) {
-            self.push(st, job);
+        let Err(job) = self.try_push(st, job) else {
             return None;
-        }
+        };
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         st.waiting.push_back(Waiting {
@@ -270,6 +270,25 @@ impl Shared {
         let withdrawn = ticket.and_then(|ticket| Self::remove_waiting(st, ticket));
         let queued = Self::take_queued(st, owner);
         (queued, withdrawn, self.admit_waiting(st))
+    }
+
+    /// The first queued job of batch `owner`, out of the queue (its weight
+    /// is still in flight: run it with [`Run::Admitted`]), for its feeder
+    /// to run itself. The room it leaves in a full queue lets in whoever
+    /// waits for it, as a worker's pop does.
+    fn take_first_queued(&self, owner: usize) -> Option<Job> {
+        let (job, wake) = {
+            let mut st = lock(&self.state);
+            let i = st.queue.iter().position(|job| job.owner == owner)?;
+            let made_room = st.queue.len() >= self.queue_capacity;
+            let job = st.queue.remove(i)?;
+            let wake = (made_room && !st.waiting.is_empty()).then(|| self.admit_waiting(&mut st));
+            (job, wake)
+        };
+        if let Some(wake) = wake {
+            wake.run(self);
+        }
+        Some(job)
     }
 
     fn worker(self: Arc<Self>) {
@@ -421,6 +440,19 @@ impl BlockingPool {
     }
 
     /// Runs a batch synchronously; blocks for room and for the results.
+    ///
+    /// Called on a rayon thread (a `Cpu` item's batch), it never waits for
+    /// room, nor for a worker to take a job: it runs a job that finds no
+    /// room itself (uncounted, as an inline item), and once every item is
+    /// in, takes its queued jobs back and runs them itself too, so that it
+    /// waits only for its jobs that workers have started. It never runs
+    /// other rayon work while it waits (which would most often be the
+    /// other items of the waiting item's own batch, nested inside it), so
+    /// nothing it waits for may need a rayon thread: the jobs of such a
+    /// batch run their `Cpu` batches on their own thread
+    /// ([`kept_on_this_thread`]), and the workers they are queued behind
+    /// may wait for rayon themselves (a job from a plain thread running a
+    /// `Cpu` batch), which is why it does not wait behind them.
     pub(crate) fn run<T, R, E, W, F>(
         &self,
         items: Vec<T>,
@@ -452,6 +484,7 @@ impl BlockingPool {
         let f = Arc::new(f);
         let shared = &self.shared;
         let on_rayon = rayon::current_thread_index().is_some();
+        let owner = owner_of(&batch);
         'items: for (i, item) in items.into_iter().enumerate() {
             if is_cancelled() {
                 batch.complete(i, not_run(item), false);
@@ -472,6 +505,13 @@ impl BlockingPool {
             }
             batch.add_pending();
             let job = job(shared, &batch, &f, i, item, weight, cancel.cloned());
+            if on_rayon {
+                if let Err(job) = shared.try_push(&mut st, job) {
+                    drop(st);
+                    (job.run)(Run::Inline);
+                }
+                continue;
+            }
             let Some(ticket) = shared.submit(&mut st, job, None) else {
                 continue;
             };
@@ -491,24 +531,26 @@ impl BlockingPool {
                     .wait_timeout(st, CANCEL_POLL)
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
-                if on_rayon {
-                    // Without the pool's lock: a rayon job may use it.
-                    drop(st);
-                    help_rayon();
-                    st = lock(&shared.state);
-                }
             }
         }
+        if on_rayon {
+            // Front first, as the workers take them. After a cancel each
+            // only drops its item, gives back its weight and reports
+            // `Cancelled`. Nothing of the batch is in the wait line, so
+            // what is left runs on workers.
+            while let Some(job) = shared.take_first_queued(owner) {
+                (job.run)(Run::Admitted);
+            }
+            return batch.wait();
+        }
         match cancel {
-            None if !on_rayon => batch.wait(),
-            None => batch.wait_polling(help_rayon),
+            None => batch.wait(),
             Some(token) => {
                 let mut skipped = false;
                 batch.wait_polling(|| {
-                    help_rayon();
                     if !skipped && token.is_cancelled() {
                         skipped = true;
-                        shared.skip_queued(owner_of(&batch));
+                        shared.skip_queued(owner);
                     }
                 })
             }
@@ -571,6 +613,11 @@ where
     let shared = Arc::clone(shared);
     let batch = Arc::clone(batch);
     let f = Arc::clone(f);
+    // Submitted from a rayon thread (a `Cpu` item's batch, or a future
+    // polled there by a `block_on` in one), which waits for the job
+    // without running other rayon work: the job's `Cpu` batches must not
+    // wait for a rayon thread (see `BlockingPool::run`).
+    let keep_cpu_here = rayon::current_thread_index().is_some();
     Job {
         weight,
         owner: owner_of(&batch),
@@ -580,6 +627,8 @@ where
                 || cancel.as_ref().is_some_and(CancelToken::is_cancelled);
             let result = if skip {
                 not_run(item)
+            } else if keep_cpu_here {
+                kept_on_this_thread(|| run_owned(&*f, item))
             } else {
                 run_owned(&*f, item)
             };

@@ -48,6 +48,7 @@
 //! from splitting below the point where a split costs more than it saves.
 
 use crate::outcome::caught_panics;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -56,6 +57,39 @@ use rayon::prelude::*;
 
 use crate::cancel::CancelToken;
 use crate::outcome::{ItemError, PanicError, Summary};
+
+thread_local! {
+    /// Set while this thread runs a job of a `Blocking` batch that a rayon
+    /// thread waits for ([`kept_on_this_thread`]).
+    static KEPT_ON_THIS_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every `Cpu` batch it starts on this thread run on this
+/// thread, not on rayon (the `Hybrid` strategy's CPU stage too), and
+/// restores the previous setting after, even when `f` panics.
+///
+/// For a job of a `Blocking` batch submitted from a rayon thread, which
+/// that thread waits for. rayon's threads may all be waiting so: a `Cpu`
+/// batch handed to rayon from a blocking thread would wait for one of
+/// them, and they for it. And where the waiting rayon thread runs the job
+/// itself, rayon's `join` would run the jobs it waits beside, the other
+/// items of the waiting item's batch, nested inside the job.
+pub(crate) fn kept_on_this_thread<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KEPT_ON_THIS_THREAD.with(|k| k.set(self.0));
+        }
+    }
+    let _restore = Restore(KEPT_ON_THIS_THREAD.with(|k| k.replace(true)));
+    f()
+}
+
+/// Whether `Cpu` batches started here stay on this thread
+/// ([`kept_on_this_thread`]).
+pub(crate) fn is_kept_on_this_thread() -> bool {
+    KEPT_ON_THIS_THREAD.with(Cell::get)
+}
 
 /// Number of closures whose cost is remembered; a colliding closure takes
 /// over a slot, which costs it one cold (timed) call.
@@ -431,10 +465,11 @@ impl Cpu {
     /// `block_on` in a `Cpu` item): its worker blocks until the batch is
     /// done, and with every worker so blocked no job spawned would ever
     /// run. (rayon does not tell whose worker a thread is; a worker of
-    /// another pool runs the job inline too.)
+    /// another pool runs the job inline too.) Likewise in a blocking job
+    /// that a rayon thread waits for ([`kept_on_this_thread`]).
     #[cfg(feature = "tokio")]
     pub(crate) fn spawn(&self, job: impl FnOnce() + Send + 'static) {
-        if rayon::current_thread_index().is_some() {
+        if rayon::current_thread_index().is_some() || is_kept_on_this_thread() {
             return job();
         }
         match &self.pool {
@@ -653,8 +688,10 @@ impl Cpu {
     ) -> Ran {
         // A cancelled batch only marks its items: handing them to a pool
         // saturated by other batches would wait for a worker (rayon takes
-        // injected jobs last), however long those batches run.
-        if work.cancelled() {
+        // injected jobs last), however long those batches run. A batch
+        // started in a blocking job that a rayon thread waits for stays on
+        // its thread ([`kept_on_this_thread`]).
+        if work.cancelled() || is_kept_on_this_thread() {
             work.seq(items, acc);
             return Ran::Sequential;
         }

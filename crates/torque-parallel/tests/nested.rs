@@ -1,8 +1,10 @@
 //! A batch run from inside an item of another batch does not deadlock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use torque_parallel::Processor;
+use torque_parallel::{CancelToken, ItemError, Processor};
 
 mod common;
 
@@ -95,8 +97,10 @@ fn spun_sum(p: &Processor, n: u64) -> u64 {
 
 /// A `Cpu` item that runs a `Blocking` batch whose jobs run `Cpu` batches,
 /// on a rayon pool of one thread: the only rayon thread waited for the
-/// blocking jobs, which waited for a rayon thread. A rayon thread that waits
-/// for a `Blocking` batch now runs the pool's pending jobs meanwhile.
+/// blocking jobs, which waited for a rayon thread. The `Cpu` batches of a
+/// job of a batch submitted from a rayon thread now run on the job's own
+/// thread (at first the waiting rayon thread ran the pool's pending jobs
+/// meanwhile, which nested the item's siblings inside it).
 #[test]
 fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
     let p = Processor::builder()
@@ -104,7 +108,7 @@ fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
         .blocking_threads(1)
         .build()
         .unwrap();
-    let (done_tx, done) = std::sync::mpsc::channel();
+    let (done_tx, done) = mpsc::channel();
     let worker = std::thread::spawn(move || {
         let outer: Vec<u64> = (0..16).collect();
         let out = p.map(&outer, |&o| {
@@ -130,5 +134,302 @@ fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
         let o = o as u64;
         let want = if o % 4 == 3 { o + 780 } else { o };
         assert_eq!(*r.as_ref().unwrap(), want);
+    }
+}
+
+/// How long a scenario that could deadlock may take before the test says
+/// so: a liveness bound, not a timing assertion (each finishes in
+/// milliseconds).
+const LIVENESS: Duration = Duration::from_secs(60);
+
+/// Runs `scenario` on a thread of its own and returns its result, failing
+/// with `deadlock` if it has not finished within [`LIVENESS`] (the thread
+/// is left behind; the test binary exits without it).
+fn live<T: Send + 'static>(deadlock: &str, scenario: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(scenario());
+    });
+    match rx.recv_timeout(LIVENESS) {
+        Ok(out) => {
+            worker.join().unwrap();
+            out
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("deadlocked (no result in {LIVENESS:?}): {deadlock}")
+        }
+    }
+}
+
+/// Whether this is a thread of a processor's own rayon pool.
+fn on_rayon() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("torque-cpu-"))
+}
+
+/// A processor whose `Cpu` batches go to rayon after their first item.
+fn eager(cpu_threads: usize, blocking_threads: usize) -> Processor {
+    Processor::builder()
+        .cpu_threads(cpu_threads)
+        .blocking_threads(blocking_threads)
+        .parallel_threshold(Duration::from_nanos(1))
+        .grain_target(Duration::from_nanos(1))
+        .build()
+        .unwrap()
+}
+
+/// A `Cpu` item that holds a `std::sync::Mutex` across a `Blocking`
+/// batch, in a batch whose other items take the same mutex. The waiting
+/// rayon thread used to run its pending rayon jobs, the item's siblings,
+/// nested on its own stack: the nested sibling locked the mutex its own
+/// thread held, and waited for itself for ever (std's `Mutex` may also
+/// panic there). Now a waiting rayon thread runs only its own batch's
+/// blocking jobs: the siblings wait for the lock on other threads, or in
+/// the deque, and every item finishes.
+#[test]
+fn regression_a_lock_held_across_a_blocking_wait_in_a_cpu_item_is_not_taken_by_a_nested_sibling() {
+    for cpu_threads in [1, 2] {
+        let (out, total, parallel_runs) =
+            live("a sibling nested under the lock holder", move || {
+                let p = eager(cpu_threads, 1);
+                let total = std::sync::Mutex::new(0u64);
+                let items: Vec<u64> = (0..64).collect();
+                let out = p.map(&items, |&x| {
+                    common::spin(Duration::from_micros(20));
+                    let mut held = total.lock().unwrap();
+                    let doubled = p.blocking().map(vec![x], |y| y * 2);
+                    *held += *doubled[0].as_ref().unwrap();
+                    x
+                });
+                (out, total.into_inner().unwrap(), p.stats().parallel_runs)
+            });
+        assert!(
+            parallel_runs >= 1,
+            "{cpu_threads} rayon threads: the batch ran on rayon"
+        );
+        for (i, r) in out.iter().enumerate() {
+            assert_eq!(
+                *r.as_ref().unwrap(),
+                i as u64,
+                "{cpu_threads} rayon threads"
+            );
+        }
+        assert_eq!(total, 2 * (0..64).sum::<u64>());
+    }
+}
+
+/// One rayon thread and one blocking thread. The blocking thread runs an
+/// unrelated job, submitted from a plain thread, that runs a `Cpu` batch:
+/// that batch needs the rayon thread. Meanwhile the rayon thread's item
+/// waits for its own `Blocking` batch, queued behind that job. Had the
+/// rayon thread only waited, each would have waited for the other for
+/// ever; it takes its own job back out of the queue, runs it, and is then
+/// free for the other batch's rayon work.
+#[test]
+fn a_cpu_item_whose_blocking_batch_is_queued_behind_a_job_that_needs_rayon_runs_it_itself() {
+    let (out, unrelated) = live(
+        "the rayon thread waited for its job, queued behind one that waited for rayon",
+        || {
+            let p = eager(1, 1);
+            let item_done = Arc::new(AtomicBool::new(false));
+            let (started_tx, started) = mpsc::channel();
+            let unrelated = {
+                let (p, item_done) = (p.clone(), Arc::clone(&item_done));
+                std::thread::spawn(move || {
+                    let cpu = p.clone();
+                    p.blocking().map(vec![()], move |()| {
+                        started_tx.send(()).unwrap();
+                        // Until the item's job is queued behind this one
+                        // (or already done, taken back before this looked).
+                        while cpu.stats().blocking_queued == 0 && !item_done.load(Ordering::SeqCst)
+                        {
+                            std::thread::yield_now();
+                        }
+                        let items: Vec<u64> = (0..16).collect();
+                        cpu.map(&items, |&x| {
+                            common::spin(Duration::from_micros(50));
+                            (x, on_rayon())
+                        })
+                    })
+                })
+            };
+            started.recv().unwrap();
+            let items: Vec<u64> = (0..3).collect();
+            let out = p.map(&items, |&o| {
+                common::spin(Duration::from_micros(20));
+                if o != 1 {
+                    return Ok(o);
+                }
+                if !on_rayon() {
+                    return Err("item 1 did not run on rayon");
+                }
+                // The only blocking thread is busy until the unrelated
+                // batch is done, which needs this thread: the job can only
+                // have run here.
+                let r = p.blocking().map(vec![o], |x| {
+                    if on_rayon() {
+                        Ok(x * 10)
+                    } else {
+                        Err("the job ran on a blocking thread")
+                    }
+                });
+                item_done.store(true, Ordering::SeqCst);
+                r.into_iter().next().unwrap().unwrap()
+            });
+            let unrelated = unrelated.join().unwrap().pop().unwrap().unwrap();
+            (out, unrelated)
+        },
+    );
+    let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(out, [Ok(0), Ok(10), Ok(2)]);
+    assert!(
+        unrelated.iter().any(|r| r.as_ref().unwrap().1),
+        "the unrelated job's batch went to rayon, as a batch from a plain thread's job does"
+    );
+    for (i, r) in unrelated.iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap().0, i as u64);
+    }
+}
+
+/// `Blocking` in `Cpu` in `Blocking` in `Cpu`, on small pools: the inner
+/// `Cpu` batches, started by jobs of a batch submitted from a rayon
+/// thread, run on the job's own thread, whether a blocking thread runs the
+/// job or the waiting rayon thread runs it itself.
+#[test]
+fn blocking_in_cpu_in_blocking_in_cpu_on_small_pools() {
+    fn expected(a: u64) -> u64 {
+        let mut sum = 0;
+        for b in [a, a + 1] {
+            for c in [b, b + 1] {
+                sum += c + c + 1;
+            }
+        }
+        sum
+    }
+    for (cpu_threads, blocking_threads) in [(1, 1), (2, 1), (1, 2)] {
+        let out = live("Blocking in Cpu in Blocking in Cpu", move || {
+            let p = eager(cpu_threads, blocking_threads);
+            let items: Vec<u64> = (0..8).collect();
+            p.map(&items, |&a| {
+                common::spin(Duration::from_micros(20));
+                // Item 0 runs on the calling thread (the timed prefix): its
+                // jobs' batches may go to rayon, as from any plain thread.
+                let from_rayon = on_rayon();
+                let cpu = p.clone();
+                p.blocking()
+                    .map(vec![a, a + 1], move |b| {
+                        let job_thread = std::thread::current().id();
+                        let inner = cpu.clone();
+                        let items = vec![b, b + 1];
+                        cpu.map(&items, |&c| {
+                            common::spin(Duration::from_micros(20));
+                            if from_rayon {
+                                assert_eq!(std::thread::current().id(), job_thread);
+                            }
+                            let innermost = inner.clone();
+                            inner
+                                .blocking()
+                                .map(vec![c, c + 1], move |d| {
+                                    innermost.map(&[d], |&e| e)[0].as_ref().map_or(0, |e| *e)
+                                })
+                                .into_iter()
+                                .map(Result::unwrap)
+                                .sum::<u64>()
+                        })
+                        .into_iter()
+                        .map(Result::unwrap)
+                        .sum::<u64>()
+                    })
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            })
+        });
+        for (a, r) in out.iter().enumerate() {
+            let got = *r.as_ref().unwrap();
+            assert_eq!(
+                got,
+                expected(a as u64),
+                "{cpu_threads} rayon, {blocking_threads} blocking"
+            );
+        }
+    }
+}
+
+/// A rayon thread runs its own jobs itself (the only blocking thread is
+/// busy), and the first to run cancels the batch: the jobs not run yet are
+/// `Cancelled`, and the pool holds nothing of the batch after. With a
+/// queue of one, the job that finds no room is the first to run; with a
+/// queue of eight, all four are queued and taken back, front first.
+#[test]
+fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
+    for (queue, ran) in [(1, 1), (8, 0)] {
+        let (jobs, status) = live(
+            "the rayon thread waited behind a held blocking thread",
+            move || {
+                let p = Processor::builder()
+                    .cpu_threads(1)
+                    .blocking_threads(1)
+                    .queue_capacity(queue)
+                    .parallel_threshold(Duration::from_nanos(1))
+                    .grain_target(Duration::from_nanos(1))
+                    .build()
+                    .unwrap();
+                let (held_tx, held) = mpsc::channel();
+                let (release, gate) = mpsc::channel::<()>();
+                let gate = std::sync::Mutex::new(gate);
+                let holder = {
+                    let p = p.clone();
+                    std::thread::spawn(move || {
+                        p.blocking().map(vec![()], move |()| {
+                            held_tx.send(()).unwrap();
+                            gate.lock().unwrap().recv().unwrap();
+                        })
+                    })
+                };
+                held.recv().unwrap();
+                let token = CancelToken::new();
+                let cancellable = p.with_cancel(token.clone());
+                let items: Vec<u64> = (0..3).collect();
+                let mut out = p.map(&items, |&o| {
+                    common::spin(Duration::from_micros(20));
+                    if o != 1 {
+                        return Vec::new();
+                    }
+                    let first = Arc::new(AtomicBool::new(false));
+                    let token = token.clone();
+                    cancellable.blocking().map(vec![0u64, 1, 2, 3], move |x| {
+                        if !first.swap(true, Ordering::SeqCst) {
+                            token.cancel();
+                        }
+                        (x, on_rayon())
+                    })
+                });
+                release.send(()).unwrap();
+                holder.join().unwrap();
+                (out.swap_remove(1).unwrap(), p.stats())
+            },
+        );
+        for (i, r) in jobs.iter().enumerate() {
+            if i == ran {
+                let want = (ran as u64, true);
+                assert_eq!(
+                    *r.as_ref().unwrap(),
+                    want,
+                    "queue {queue}: ran on the rayon thread"
+                );
+            } else {
+                assert!(
+                    matches!(r, Err(ItemError::Cancelled)),
+                    "queue {queue}, job {i}: {r:?}"
+                );
+            }
+        }
+        assert_eq!(status.blocking_queued, 0);
+        assert_eq!(status.blocking_in_flight_weight, 0);
     }
 }
