@@ -832,6 +832,14 @@ impl Processor {
 /// polled elsewhere. If the threads cannot be started, every item comes
 /// back `ItemError::Cancelled`.
 ///
+/// Called on a rayon thread (in a `Cpu` item), `map` and its siblings run
+/// a job that finds no room on that thread, and take the batch's queued
+/// jobs back to run them there too, so that the thread waits only for
+/// jobs that blocking threads have started; it runs no other rayon work
+/// meanwhile (not the item's siblings). `Cpu` batches started in the
+/// jobs of such a batch run on the job's own thread, not on rayon, whose
+/// threads may all be waiting so.
+///
 /// A panic is caught wherever user code runs on the pool's behalf: an
 /// item's (its result is `ItemError::Panicked`), the `Drop` of an item that
 /// was not run because the batch was cancelled (that item's result is the
