@@ -442,10 +442,11 @@ impl BlockingPool {
     /// Runs a batch synchronously; blocks for room and for the results.
     ///
     /// Called on a rayon thread (a `Cpu` item's batch), it never waits for
-    /// room, nor for a worker to take a job: it runs a job that finds no
-    /// room itself (uncounted, as an inline item), and once every item is
-    /// in, takes its queued jobs back and runs them itself too, so that it
-    /// waits only for its jobs that workers have started. It never runs
+    /// room, nor for a worker to take a job: when a job finds no room, it
+    /// takes the batch's first queued job back and runs it, and with none
+    /// left runs the job itself (uncounted, as an inline item); once every
+    /// item is in, it takes its queued jobs back and runs them too, so
+    /// that it waits only for its jobs that workers have started. It never runs
     /// other rayon work while it waits (which would most often be the
     /// other items of the waiting item's own batch, nested inside it), so
     /// nothing it waits for may need a rayon thread: the jobs of such a
@@ -506,9 +507,19 @@ impl BlockingPool {
             batch.add_pending();
             let job = job(shared, &batch, &f, i, item, weight, cancel.cloned());
             if on_rayon {
-                if let Err(job) = shared.try_push(&mut st, job) {
+                // No room: the batch's own queued jobs hold room that this
+                // thread frees by running them (counted, in order); only
+                // when none is left does the job run here uncounted.
+                let mut job = job;
+                while let Err(back) = shared.try_push(&mut st, job) {
                     drop(st);
-                    (job.run)(Run::Inline);
+                    let Some(mine) = shared.take_first_queued(owner) else {
+                        (back.run)(Run::Inline);
+                        continue 'items;
+                    };
+                    (mine.run)(Run::Admitted);
+                    job = back;
+                    st = lock(&shared.state);
                 }
                 continue;
             }

@@ -832,13 +832,14 @@ impl Processor {
 /// polled elsewhere. If the threads cannot be started, every item comes
 /// back `ItemError::Cancelled`.
 ///
-/// Called on a rayon thread (in a `Cpu` item), `map` and its siblings run
-/// a job that finds no room on that thread, and take the batch's queued
-/// jobs back to run them there too, so that the thread waits only for
-/// jobs that blocking threads have started; it runs no other rayon work
-/// meanwhile (not the item's siblings). `Cpu` batches started in the
-/// jobs of such a batch run on the job's own thread, not on rayon, whose
-/// threads may all be waiting so.
+/// Called on a rayon thread (in a `Cpu` item), `map` and its siblings
+/// never wait for room nor for a blocking thread to take a job: the
+/// calling thread runs the batch's queued jobs, and a job that finds no
+/// room, itself, so that it waits only for jobs that blocking threads
+/// have started; it runs no other rayon work meanwhile (not the item's
+/// siblings). `Cpu` batches started in the jobs of such a batch run on
+/// the job's own thread, not on rayon, whose threads may all be waiting
+/// so.
 ///
 /// A panic is caught wherever user code runs on the pool's behalf: an
 /// item's (its result is `ItemError::Panicked`), the `Drop` of an item that

@@ -363,11 +363,12 @@ fn blocking_in_cpu_in_blocking_in_cpu_on_small_pools() {
 /// A rayon thread runs its own jobs itself (the only blocking thread is
 /// busy), and the first to run cancels the batch: the jobs not run yet are
 /// `Cancelled`, and the pool holds nothing of the batch after. With a
-/// queue of one, the job that finds no room is the first to run; with a
-/// queue of eight, all four are queued and taken back, front first.
+/// queue of one, the second job finds no room and the thread runs the
+/// first, queued, to make room; with a queue of eight, all four are
+/// queued and taken back, front first.
 #[test]
 fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
-    for (queue, ran) in [(1, 1), (8, 0)] {
+    for queue in [1, 8] {
         let (jobs, status) = live(
             "the rayon thread waited behind a held blocking thread",
             move || {
@@ -415,8 +416,8 @@ fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
             },
         );
         for (i, r) in jobs.iter().enumerate() {
-            if i == ran {
-                let want = (ran as u64, true);
+            if i == 0 {
+                let want = (0, true);
                 assert_eq!(
                     *r.as_ref().unwrap(),
                     want,
@@ -432,4 +433,58 @@ fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
         assert_eq!(status.blocking_queued, 0);
         assert_eq!(status.blocking_in_flight_weight, 0);
     }
+}
+
+/// The memory budget is held by another batch's job, which only the test
+/// releases after the `Cpu` batch: a rayon thread whose jobs find no room
+/// and none of its own queued runs them itself, uncounted (the weight in
+/// flight never passes the budget), instead of waiting for room.
+#[test]
+fn a_rayon_feeder_runs_its_jobs_itself_while_another_batch_holds_the_budget() {
+    let (jobs, status) = live(
+        "the rayon thread waited for a budget held by a gated job",
+        || {
+            let p = Processor::builder()
+                .cpu_threads(1)
+                .blocking_threads(2)
+                .memory_budget(1)
+                .parallel_threshold(Duration::from_nanos(1))
+                .grain_target(Duration::from_nanos(1))
+                .build()
+                .unwrap();
+            let (held_tx, held) = mpsc::channel();
+            let (release, gate) = mpsc::channel::<()>();
+            let gate = std::sync::Mutex::new(gate);
+            let holder = {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    p.blocking().map(vec![()], move |()| {
+                        held_tx.send(()).unwrap();
+                        gate.lock().unwrap().recv().unwrap();
+                    })
+                })
+            };
+            held.recv().unwrap();
+            let items: Vec<u64> = (0..3).collect();
+            let mut out = p.map(&items, |&o| {
+                common::spin(Duration::from_micros(20));
+                if o != 1 {
+                    return Vec::new();
+                }
+                p.blocking().map(vec![0u64, 1, 2], |x| (x, on_rayon()))
+            });
+            let status = p.stats();
+            release.send(()).unwrap();
+            holder.join().unwrap();
+            (out.swap_remove(1).unwrap(), status)
+        },
+    );
+    let jobs: Vec<_> = jobs.into_iter().map(Result::unwrap).collect();
+    assert_eq!(jobs, [(0, true), (1, true), (2, true)]);
+    assert_eq!(
+        status.blocking_in_flight_weight, 1,
+        "only the holder's weight"
+    );
+    assert_eq!(status.blocking_peak_in_flight_weight, 1);
+    assert_eq!(status.blocking_queued, 0);
 }
