@@ -64,7 +64,8 @@ struct Meta {
     /// sketch, whose block for a long-resident victim is rarely still in
     /// the CPU's caches.
     estimate: u8,
-    /// [`DOOR`] and [`TRIAL`], in one byte so that a node stays 16 bytes.
+    /// [`DOOR`], [`TRIAL`] and [`RETURNED`], in one byte so that a node
+    /// stays 16 bytes.
     flags: u8,
     weight: u32,
 }
@@ -76,6 +77,26 @@ const DOOR: u8 = 1;
 /// look at protected's tail is a trial of that placement
 /// ([`RecallTrials`]).
 const TRIAL: u8 = 2;
+/// In [`Meta::flags`]: the key was refused lately and has come back
+/// ([`Adaptive::adapt`] recalled it from the ghost on its insert), so it
+/// is admitted when it leaves the window, as a key the ghost recalls there
+/// ([`Adaptive::admit_or_recall`]).
+///
+/// The ghost is checked when the key returns, not when it reaches the
+/// window's end: ARC acts on a ghost hit at once, moving the key to its
+/// frequency list (Megiddo & Modha, USENIX FAST 2003), as S3-FIFO
+/// (Yang et al., SOSP 2023) and quick_cache put a ghost hit in their main
+/// queue. Checked at the window's end only, the fingerprint had to last
+/// through the key's whole stay in the window as well, and a window grown
+/// past the ghost's length (a few tens of entries in a shard of a few
+/// hundred) let almost every one be overwritten on the way: on a Zipf whose
+/// hot keys change every 100k requests, at 1k entries, a shift grew the
+/// window, returning keys then grew it on, were refused again at its end
+/// by main's few and hottest entries, and no key came into main to be
+/// evicted and shrink it again; the window stayed at its cap (95 %) for
+/// whole phases, missing 0.63 where the same cache had missed 0.54 before
+/// the first shift (docs/benchmarks.md, 2026-12-07, twenty-first session).
+const RETURNED: u8 = 4;
 
 /// Whether the window is resized by the hill climber. Off: on our traces
 /// (docs/benchmarks.md, 2026-11-23) a fixed 1 % window had a lower miss ratio
@@ -346,13 +367,6 @@ impl Ghost {
     fn remember(&mut self, hash: u64) {
         let (slot, print) = self.place(hash);
         self.slots[slot] = print;
-    }
-
-    /// Whether `hash` was refused lately, without forgetting it.
-    #[inline]
-    fn contains(&self, hash: u64) -> bool {
-        let (slot, print) = self.place(hash);
-        self.slots[slot] == print
     }
 
     /// Whether `hash` was refused lately; forgets it if so.
@@ -861,9 +875,7 @@ impl Adaptive {
         if halved {
             self.age(hits);
         }
-        if self.adapts {
-            self.adapt(hash);
-        }
+        let returned = self.adapts && self.adapt(hash);
         // The node is written once, after the sketch (whose halving ages
         // every other node's data).
         self.links.push_front_with(
@@ -875,7 +887,7 @@ impl Adaptive {
                 estimate,
                 // After a halving the estimate was read from the aged
                 // sketch, whose doorkeeper is empty.
-                flags: if halved { 0 } else { DOOR },
+                flags: if halved { 0 } else { DOOR } | if returned { RETURNED } else { 0 },
                 weight,
             },
         );
@@ -964,15 +976,26 @@ impl Adaptive {
     /// 20,000 entries 0.362 → 0.270–0.284, twice-touched scan 0.614 →
     /// 0.373; Zipf and scan/loop within 0.003, but Zipf 0.9 with popular
     /// keys heavy at 20,000 units 0.548 → 0.556 (`cache_more_traces`).
+    ///
+    /// Returns whether the key was refused lately: its fingerprint is
+    /// forgotten here, and the entry carries [`RETURNED`] instead.
     #[inline]
-    fn adapt(&mut self, hash: u64) {
-        let grow = if self.ghost.contains(hash) {
+    fn adapt(&mut self, hash: u64) -> bool {
+        let grow = if self.ghost.recall(hash) {
             true
         } else if self.victims.recall(hash) {
             false
         } else {
-            return;
+            return false;
         };
+        self.move_window(grow);
+        grow
+    }
+
+    /// [`Self::adapt`]'s move of the window: grow after a refused key's
+    /// return, shrink after an evicted one's.
+    #[inline]
+    fn move_window(&mut self, grow: bool) {
         self.run = match (grow, self.run) {
             (true, run) if run > 0 => run.saturating_add(1),
             (true, _) => 1,
@@ -1101,7 +1124,8 @@ impl Adaptive {
         older: usize,
         place: (usize, u32),
     ) -> bool {
-        self.recalled = self.ghost.recall_at(place);
+        self.recalled =
+            self.links.meta(candidate).flags & RETURNED != 0 || self.ghost.recall_at(place);
         self.recalled || self.admit(candidate, victim, older)
     }
 
@@ -1752,6 +1776,76 @@ mod tests {
         }
         assert!(t.trial.0 + t.trial.1 < RecallTrials::TRIAL_MEMORY);
         assert!(t.passing(), "recent trials outweigh old ones");
+    }
+
+    #[test]
+    fn regression_a_refused_key_returning_to_a_window_longer_than_the_ghost_is_admitted() {
+        // A window grown past the ghost's length: a refused key that comes
+        // back is forgotten by the ghost (other refusals overwrite its slot)
+        // before it reaches the window's end again. It must be admitted
+        // there all the same: its return was seen on its insert.
+        let cap = 200u32;
+        let window = 60u64;
+        let hash = |i: u64| (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(u64::from(cap), false, false);
+        assert!(p.adapts);
+        // Residents the sketch has seen several times each, all in main.
+        p.window_max = 0;
+        p.limits_changed();
+        for id in 0..cap {
+            for _ in 0..5 {
+                p.sketch.record(hash(u64::from(id)));
+            }
+            hits.insert(&mut p, id, hash(u64::from(id)), 1);
+        }
+        p.window_max = window;
+        p.limits_changed();
+        let mut next = cap;
+        let mut insert = |p: &mut Adaptive, hits: &mut TestHits, key: u64| {
+            let id = next;
+            next += 1;
+            hits.insert(p, id, key, 1);
+            let evicted = p.evict(hits).unwrap();
+            (id, evicted)
+        };
+        // Fresh keys fill the window (main gives the room), then each one
+        // that reaches its end is refused.
+        let newcomer = hash(1_000_000);
+        let mut fresh = 10_000u64;
+        for _ in 0..window {
+            insert(&mut p, &mut hits, hash(fresh));
+            fresh += 1;
+        }
+        let (first, _) = insert(&mut p, &mut hits, newcomer);
+        let mut refused = false;
+        for _ in 0..=window {
+            let (_, evicted) = insert(&mut p, &mut hits, hash(fresh));
+            fresh += 1;
+            refused |= evicted == first;
+        }
+        assert!(refused, "a newcomer less popular than main's entries");
+        // It comes back: the window grows by one for it.
+        let before = p.window_max;
+        let (again, _) = insert(&mut p, &mut hits, newcomer);
+        assert_eq!(p.window_max, before + 1);
+        // As many other refusals as the window is long: the ghost's slot
+        // for the key holds another key's fingerprint by then.
+        let (slot, print) = p.ghost.place(newcomer);
+        let mut left = None;
+        for _ in 0..2 * window {
+            let (_, evicted) = insert(&mut p, &mut hits, hash(fresh));
+            fresh += 1;
+            if evicted == again {
+                left = Some(evicted);
+            }
+            if p.meta(again).segment != Segment::Window {
+                break;
+            }
+        }
+        assert_ne!(p.ghost.slots[slot], print, "the ghost has forgotten it");
+        assert_eq!(left, None, "a returning key is not refused again");
+        assert_ne!(p.meta(again).segment, Segment::Window, "admitted");
     }
 
     #[test]
