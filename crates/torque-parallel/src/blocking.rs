@@ -6,10 +6,10 @@
 //! here waits for room before it submits the next item: the queue holds at
 //! most `queue_capacity` jobs, and the weight of the items queued or running
 //! never exceeds the memory budget (an item heavier than the whole budget
-//! runs alone). A synchronous caller blocks while it waits (except on a
-//! rayon thread, which runs its own jobs instead: see `BlockingPool::run`);
-//! an async caller (`map_async`) returns `Pending` and is woken when a
-//! worker frees room.
+//! runs alone). A synchronous caller blocks while it waits; an async
+//! caller (`map_async`) returns `Pending` and is woken when a worker frees
+//! room. Neither waits on a rayon thread, which runs its own jobs instead
+//! (see `BlockingPool::run`).
 //!
 //! Admission is first come, first served, as in tokio's `Semaphore`: a job
 //! that finds no room joins a wait line, and once anyone waits, later
@@ -291,6 +291,40 @@ impl Shared {
         Some(job)
     }
 
+    /// For a feeder on a rayon thread, which never waits for room (see
+    /// [`BlockingPool::run`]): queues `job` when nobody waits and it fits;
+    /// otherwise runs batch `owner`'s first queued job here to make room
+    /// (counted, in order), and with none of its own queued runs `job`
+    /// here, uncounted.
+    fn feed_without_waiting<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        mut job: Job,
+        owner: usize,
+    ) {
+        while let Err(back) = self.try_push(&mut st, job) {
+            drop(st);
+            let Some(mine) = self.take_first_queued(owner) else {
+                kept_on_this_thread(|| (back.run)(Run::Inline));
+                return;
+            };
+            kept_on_this_thread(|| (mine.run)(Run::Admitted));
+            job = back;
+            st = lock(&self.state);
+        }
+    }
+
+    /// For a feeder on a rayon thread once every item is in: runs batch
+    /// `owner`'s queued jobs here, front first, as the workers take them,
+    /// so that it waits only for the jobs that workers have started. After
+    /// a cancel each only drops its item, gives back its weight and
+    /// reports `Cancelled`.
+    fn run_queued_here(&self, owner: usize) {
+        while let Some(job) = self.take_first_queued(owner) {
+            kept_on_this_thread(|| (job.run)(Run::Admitted));
+        }
+    }
+
     fn worker(self: Arc<Self>) {
         ON_WORKER.with(|w| w.set(true));
         loop {
@@ -510,17 +544,7 @@ impl BlockingPool {
                 // No room: the batch's own queued jobs hold room that this
                 // thread frees by running them (counted, in order); only
                 // when none is left does the job run here uncounted.
-                let mut job = job;
-                while let Err(back) = shared.try_push(&mut st, job) {
-                    drop(st);
-                    let Some(mine) = shared.take_first_queued(owner) else {
-                        (back.run)(Run::Inline);
-                        continue 'items;
-                    };
-                    (mine.run)(Run::Admitted);
-                    job = back;
-                    st = lock(&shared.state);
-                }
+                shared.feed_without_waiting(st, job, owner);
                 continue;
             }
             let Some(ticket) = shared.submit(&mut st, job, None) else {
@@ -545,13 +569,9 @@ impl BlockingPool {
             }
         }
         if on_rayon {
-            // Front first, as the workers take them. After a cancel each
-            // only drops its item, gives back its weight and reports
-            // `Cancelled`. Nothing of the batch is in the wait line, so
-            // what is left runs on workers.
-            while let Some(job) = shared.take_first_queued(owner) {
-                (job.run)(Run::Admitted);
-            }
+            // Nothing of the batch is in the wait line, so what is left
+            // runs on workers.
+            shared.run_queued_here(owner);
             return batch.wait();
         }
         match cancel {
@@ -758,7 +778,11 @@ impl<R, E> Batch<R, E> {
 /// Polled on a blocking worker (awaited inside a job, whether or not it was
 /// polled elsewhere before), it runs what is left of the batch on that
 /// thread, its items waiting for room and its queued ones included: waiting
-/// there for a worker could wait for itself.
+/// there for a worker could wait for itself. Polled on a rayon thread (a
+/// `block_on` in a `Cpu` item), it never waits for room nor for a worker
+/// to take a job, as the synchronous `map` there: it runs the jobs that
+/// find no room, and its queued ones, on that thread, and is pending only
+/// for the jobs that workers have started.
 #[must_use = "futures do nothing unless polled"]
 pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
@@ -861,6 +885,13 @@ where
         let shared = &this.shared;
         let batch = &this.batch;
         let on_worker = ON_WORKER.with(Cell::get);
+        // Polled on a rayon thread (a `block_on` in a `Cpu` item), it feeds
+        // as `BlockingPool::run` does there, never waiting for room nor for
+        // a worker to take a job: the thread is parked while the future is
+        // pending, and the workers it would wait behind may be waiting for
+        // a rayon thread themselves (a job from a plain thread running a
+        // `Cpu` batch).
+        let on_rayon = !on_worker && rayon::current_thread_index().is_some();
         if let Some(ticket) = this.waiting {
             let mut st = lock(&shared.state);
             if Shared::is_admitted(&st, ticket) {
@@ -872,6 +903,15 @@ where
                 wake.run(shared);
                 if let Some(job) = job {
                     (job.run)(Run::Withdrawn);
+                }
+            } else if on_rayon {
+                // First polled elsewhere: its job leaves the line to run here.
+                let (job, wake) = shared.withdraw(&mut st, ticket);
+                drop(st);
+                this.waiting = None;
+                wake.run(shared);
+                if let Some(job) = job {
+                    kept_on_this_thread(|| (job.run)(Run::Inline));
                 }
             } else if !on_worker {
                 let replaced = Shared::set_waker(&mut st, ticket, cx.waker());
@@ -934,7 +974,15 @@ where
             }
             batch.add_pending();
             let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
+            if on_rayon {
+                shared.feed_without_waiting(st, job, owner_of(batch));
+                continue;
+            }
             this.waiting = shared.submit(&mut st, job, Some(cx.waker()));
+        }
+        if on_rayon {
+            // Also the jobs queued by polls elsewhere.
+            shared.run_queued_here(owner_of(batch));
         }
         if !this.skipped && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.skipped = true;
