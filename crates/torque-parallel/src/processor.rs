@@ -837,9 +837,11 @@ impl Processor {
 /// calling thread runs the batch's queued jobs, and a job that finds no
 /// room, itself, so that it waits only for jobs that blocking threads
 /// have started; it runs no other rayon work meanwhile (not the item's
-/// siblings). `Cpu` batches started in the jobs of such a batch run on
-/// the job's own thread, not on rayon, whose threads may all be waiting
-/// so.
+/// siblings). So does a `map_async` future polled there (a `block_on` in
+/// a `Cpu` item), which is pending only for such jobs, and takes back the
+/// jobs that polls elsewhere left waiting. `Cpu` batches started in the
+/// jobs of such a batch run on the job's own thread, not on rayon, whose
+/// threads may all be waiting so.
 ///
 /// A panic is caught wherever user code runs on the pool's behalf: an
 /// item's (its result is `ItemError::Panicked`), the `Drop` of an item that
