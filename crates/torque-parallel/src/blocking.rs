@@ -71,10 +71,9 @@ enum Run {
     /// to give back.
     Withdrawn,
     /// Never admitted, run by its own feeder: taken back out of the wait
-    /// line by a feeder polled on a worker, which runs it there (see
-    /// `BlockingMap::poll`), or found no room for by a feeder on a rayon
-    /// thread (see `BlockingPool::run`). It runs the item, with no weight
-    /// to give back.
+    /// line by a feeder polled on a worker or fed on a rayon thread, which
+    /// runs it there (see `BlockingMap::poll`, `BlockingPool::run`). It
+    /// runs the item, with no weight to give back.
     Inline,
 }
 
@@ -116,7 +115,9 @@ struct State {
     shutdown: bool,
     live_workers: usize,
     /// Jobs that found no room, first come first served; at most one per
-    /// feeder (a feeder takes its next item once this one is admitted).
+    /// feeder (a feeder takes its next item once this one is admitted),
+    /// except a feeder on a rayon thread, which puts its jobs here without
+    /// waiting and takes back those still here to run them itself.
     waiting: VecDeque<Waiting>,
     next_ticket: u64,
 }
@@ -272,56 +273,43 @@ impl Shared {
         (queued, withdrawn, self.admit_waiting(st))
     }
 
-    /// The first queued job of batch `owner`, out of the queue (its weight
-    /// is still in flight: run it with [`Run::Admitted`]), for its feeder
-    /// to run itself. The room it leaves in a full queue lets in whoever
-    /// waits for it, as a worker's pop does.
-    fn take_first_queued(&self, owner: usize) -> Option<Job> {
-        let (job, wake) = {
+    /// For a feeder on a rayon thread (see [`BlockingPool::run`]), in one
+    /// look at the pool: batch `owner`'s first queued job, out of the queue
+    /// (its weight still in flight: run it with [`Run::Admitted`]), or with
+    /// none queued its first job in the wait line, out of the line (never
+    /// admitted: run it with [`Run::Inline`]). One look, so that a job
+    /// admitted meanwhile is not missed between the two. The room a job
+    /// leaves lets in whoever waits for it, as a worker's pop does.
+    fn take_own_job(&self, owner: usize) -> Option<(Job, Run)> {
+        let (taken, wake) = {
             let mut st = lock(&self.state);
-            let i = st.queue.iter().position(|job| job.owner == owner)?;
-            let made_room = st.queue.len() >= self.queue_capacity;
-            let job = st.queue.remove(i)?;
-            let wake = (made_room && !st.waiting.is_empty()).then(|| self.admit_waiting(&mut st));
-            (job, wake)
+            if let Some(i) = st.queue.iter().position(|job| job.owner == owner) {
+                let made_room = st.queue.len() >= self.queue_capacity;
+                let job = st.queue.remove(i)?;
+                let wake =
+                    (made_room && !st.waiting.is_empty()).then(|| self.admit_waiting(&mut st));
+                ((job, Run::Admitted), wake)
+            } else {
+                let i = st.waiting.iter().position(|w| w.job.owner == owner)?;
+                let job = st.waiting.remove(i)?.job;
+                ((job, Run::Inline), Some(self.admit_waiting(&mut st)))
+            }
         };
         if let Some(wake) = wake {
             wake.run(self);
         }
-        Some(job)
+        Some(taken)
     }
 
-    /// For a feeder on a rayon thread, which never waits for room (see
-    /// [`BlockingPool::run`]): queues `job` when nobody waits and it fits;
-    /// otherwise runs batch `owner`'s first queued job here to make room
-    /// (counted, in order), and with none of its own queued runs `job`
-    /// here, uncounted.
-    fn feed_without_waiting<'a>(
-        &'a self,
-        mut st: MutexGuard<'a, State>,
-        mut job: Job,
-        owner: usize,
-    ) {
-        while let Err(back) = self.try_push(&mut st, job) {
-            drop(st);
-            let Some(mine) = self.take_first_queued(owner) else {
-                kept_on_this_thread(|| (back.run)(Run::Inline));
-                return;
-            };
-            kept_on_this_thread(|| (mine.run)(Run::Admitted));
-            job = back;
-            st = lock(&self.state);
-        }
-    }
-
-    /// For a feeder on a rayon thread once every item is in: runs batch
-    /// `owner`'s queued jobs here, front first, as the workers take them,
-    /// so that it waits only for the jobs that workers have started. After
-    /// a cancel each only drops its item, gives back its weight and
-    /// reports `Cancelled`.
-    fn run_queued_here(&self, owner: usize) {
-        while let Some(job) = self.take_first_queued(owner) {
-            kept_on_this_thread(|| (job.run)(Run::Admitted));
+    /// For a feeder on a rayon thread once every item is in (queued or in
+    /// the wait line): runs batch `owner`'s jobs that no worker has
+    /// started here, front first (the queued ones, then those in the
+    /// line), so that it waits only for the jobs that workers have
+    /// started. After a cancel each only drops its item and reports
+    /// `Cancelled` (giving back its weight if it had any).
+    fn run_own_jobs_here(&self, owner: usize) {
+        while let Some((job, run)) = self.take_own_job(owner) {
+            kept_on_this_thread(|| (job.run)(run));
         }
     }
 
@@ -476,11 +464,15 @@ impl BlockingPool {
     /// Runs a batch synchronously; blocks for room and for the results.
     ///
     /// Called on a rayon thread (a `Cpu` item's batch), it never waits for
-    /// room, nor for a worker to take a job: when a job finds no room, it
-    /// takes the batch's first queued job back and runs it, and with none
-    /// left runs the job itself (uncounted, as an inline item); once every
-    /// item is in, it takes its queued jobs back and runs them too, so
-    /// that it waits only for its jobs that workers have started. It never runs
+    /// room, nor for a worker to take a job: it submits every item at once,
+    /// into the queue or, with no room, the wait line (in turn with other
+    /// feeders); then it takes back the batch's jobs that no worker has
+    /// started and runs them itself, front first, the queued ones (their
+    /// weight counted until they end) before those still in the line
+    /// (uncounted, as inline items), so that it waits only for its jobs
+    /// that workers have started. It submits every item before it runs
+    /// any: a job it ran could wait for a later one of the batch (a
+    /// producer for its consumer), which it would then never submit. It never runs
     /// other rayon work while it waits (which would most often be the
     /// other items of the waiting item's own batch, nested inside it), so
     /// nothing it waits for may need a rayon thread: the jobs of such a
@@ -541,10 +533,11 @@ impl BlockingPool {
             batch.add_pending();
             let job = job(shared, &batch, &f, i, item, weight, cancel.cloned());
             if on_rayon {
-                // No room: the batch's own queued jobs hold room that this
-                // thread frees by running them (counted, in order); only
-                // when none is left does the job run here uncounted.
-                shared.feed_without_waiting(st, job, owner);
+                // Queued or in the wait line, without waiting: a job that
+                // this thread ran now could wait for one of the batch's
+                // later jobs (a producer for its consumer) that it then
+                // would never submit.
+                let _ = shared.submit(&mut st, job, None);
                 continue;
             }
             let Some(ticket) = shared.submit(&mut st, job, None) else {
@@ -569,9 +562,7 @@ impl BlockingPool {
             }
         }
         if on_rayon {
-            // Nothing of the batch is in the wait line, so what is left
-            // runs on workers.
-            shared.run_queued_here(owner);
+            shared.run_own_jobs_here(owner);
             return batch.wait();
         }
         match cancel {
@@ -780,9 +771,9 @@ impl<R, E> Batch<R, E> {
 /// thread, its items waiting for room and its queued ones included: waiting
 /// there for a worker could wait for itself. Polled on a rayon thread (a
 /// `block_on` in a `Cpu` item), it never waits for room nor for a worker
-/// to take a job, as the synchronous `map` there: it runs the jobs that
-/// find no room, and its queued ones, on that thread, and is pending only
-/// for the jobs that workers have started.
+/// to take a job, as the synchronous `map` there: it submits every item
+/// at once, runs its jobs that no worker has started on that thread, and
+/// is pending only for the jobs that workers have started.
 #[must_use = "futures do nothing unless polled"]
 pub struct BlockingMap<T, R, E, F, W = fn(&T) -> u64> {
     shared: Arc<Shared>,
@@ -905,14 +896,10 @@ where
                     (job.run)(Run::Withdrawn);
                 }
             } else if on_rayon {
-                // First polled elsewhere: its job leaves the line to run here.
-                let (job, wake) = shared.withdraw(&mut st, ticket);
+                // First polled elsewhere: the job is taken back out of the
+                // line below, with the rest.
                 drop(st);
                 this.waiting = None;
-                wake.run(shared);
-                if let Some(job) = job {
-                    kept_on_this_thread(|| (job.run)(Run::Inline));
-                }
             } else if !on_worker {
                 let replaced = Shared::set_waker(&mut st, ticket, cx.waker());
                 drop(st);
@@ -975,14 +962,14 @@ where
             batch.add_pending();
             let job = job(shared, batch, &this.f, i, item, weight, this.cancel.clone());
             if on_rayon {
-                shared.feed_without_waiting(st, job, owner_of(batch));
+                let _ = shared.submit(&mut st, job, None);
                 continue;
             }
             this.waiting = shared.submit(&mut st, job, Some(cx.waker()));
         }
         if on_rayon {
-            // Also the jobs queued by polls elsewhere.
-            shared.run_queued_here(owner_of(batch));
+            // Also the jobs that polls elsewhere left queued or waiting.
+            shared.run_own_jobs_here(owner_of(batch));
         }
         if !this.skipped && this.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
             this.skipped = true;

@@ -833,9 +833,10 @@ impl Processor {
 /// back `ItemError::Cancelled`.
 ///
 /// Called on a rayon thread (in a `Cpu` item), `map` and its siblings
-/// never wait for room nor for a blocking thread to take a job: the
-/// calling thread runs the batch's queued jobs, and a job that finds no
-/// room, itself, so that it waits only for jobs that blocking threads
+/// never wait for room nor for a blocking thread to take a job: they
+/// submit every item at once (queued, or in the wait line), then the
+/// calling thread runs the batch's jobs that no blocking thread has
+/// started itself, so that it waits only for jobs that blocking threads
 /// have started; it runs no other rayon work meanwhile (not the item's
 /// siblings). So does a `map_async` future polled there (a `block_on` in
 /// a `Cpu` item), which is pending only for such jobs, and takes back the

@@ -205,6 +205,79 @@ fn a_map_async_future_moved_into_a_cpu_item_takes_its_jobs_back() {
     assert_eq!(awaited, [vec![10, 20, 30]]);
 }
 
+/// Two jobs of one batch that meet at a barrier (a producer and its
+/// consumer, say), fed from a rayon thread while the budget is held by
+/// another batch's job. Fed from a plain thread, both get in once the
+/// budget frees and run at once on two blocking threads. The rayon
+/// feeder ran the first one itself at once, before it had submitted the
+/// second, and the first waited at the barrier for a job that was never
+/// submitted: for ever, however soon the budget freed. (Here the other
+/// job ends once one of the two has started: the budget frees only after
+/// the feeder has chosen, so that the old code hangs every time.)
+#[test]
+fn regression_a_rayon_fed_job_that_waits_for_a_later_sibling_job_does_not_hang() {
+    let out = live(
+        "the rayon feeder ran a job that waits for a job it had not submitted",
+        || {
+            let p = Processor::builder()
+                .cpu_threads(1)
+                .blocking_threads(3)
+                .memory_budget(3)
+                .parallel_threshold(Duration::from_nanos(1))
+                .grain_target(Duration::from_nanos(1))
+                .build()
+                .unwrap();
+            let (held_tx, held) = mpsc::channel::<()>();
+            let (release, gate) = mpsc::channel::<()>();
+            let gate = Mutex::new(gate);
+            let holder = {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    p.blocking().map_weighted(
+                        vec![()],
+                        |_| 2,
+                        move |()| {
+                            held_tx.send(()).unwrap();
+                            gate.lock().unwrap().recv().unwrap();
+                        },
+                    )
+                })
+            };
+            held.recv().unwrap();
+            let release = Mutex::new(Some(release));
+            let items: Vec<u64> = (0..3).collect();
+            let out = p.map(&items, |&o| {
+                if o != 1 {
+                    return 0;
+                }
+                let barrier = Arc::new(std::sync::Barrier::new(2));
+                let started = Arc::new(Mutex::new(release.lock().unwrap().take()));
+                p.blocking()
+                    .map_weighted(
+                        vec![10u64, 20],
+                        |_| 2,
+                        move |x| {
+                            if let Some(release) = started.lock().unwrap().take() {
+                                release.send(()).unwrap();
+                            }
+                            barrier.wait();
+                            x
+                        },
+                    )
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .sum::<u64>()
+            });
+            holder.join().unwrap();
+            let s = p.stats();
+            assert_eq!((s.blocking_queued, s.blocking_in_flight_weight), (0, 0));
+            out
+        },
+    );
+    let out: Vec<u64> = out.into_iter().map(Result::unwrap).collect();
+    assert_eq!(out, [0, 30, 0]);
+}
+
 /// Performance sanity: a `Cpu` batch from a plain thread, and one inside a
 /// job of a `Blocking` batch from a plain thread, still go to rayon; only
 /// the jobs of a batch fed from a rayon thread keep theirs on their thread.
