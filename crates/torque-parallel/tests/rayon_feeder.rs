@@ -278,6 +278,43 @@ fn regression_a_rayon_fed_job_that_waits_for_a_later_sibling_job_does_not_hang()
     assert_eq!(out, [0, 30, 0]);
 }
 
+/// A `map_async` future that outlives its processor (the pool shut down)
+/// and is then blocked on in a `Cpu` item of another processor: every item
+/// comes back `Cancelled`, none runs, and nothing hangs.
+#[test]
+fn a_map_async_future_of_a_dropped_processor_blocked_on_in_a_cpu_item_cancels_its_items() {
+    let out = live("a future of a shut-down pool on a rayon thread", || {
+        let p = Processor::builder().blocking_threads(1).build().unwrap();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&ran);
+        let fut = p.blocking().map_async(vec![1u64, 2, 3], move |x| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            x
+        });
+        drop(p);
+        let q = eager(1, 1);
+        let fut = Mutex::new(Some(fut));
+        let items: Vec<u64> = (0..4).collect();
+        let out = q.map(&items, |_| {
+            let fut = on_rayon().then(|| fut.lock().unwrap().take()).flatten()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            Some(rt.block_on(fut))
+        });
+        (out, ran.load(Ordering::Relaxed))
+    });
+    let (out, ran) = out;
+    assert_eq!(ran, 0);
+    let awaited: Vec<_> = out.into_iter().filter_map(Result::unwrap).collect();
+    assert_eq!(awaited.len(), 1);
+    assert!(
+        awaited[0]
+            .iter()
+            .all(|r| r.as_ref().is_err_and(ItemError::is_cancelled))
+    );
+}
+
 /// Performance sanity: a `Cpu` batch from a plain thread, and one inside a
 /// job of a `Blocking` batch from a plain thread, still go to rayon; only
 /// the jobs of a batch fed from a rayon thread keep theirs on their thread.
