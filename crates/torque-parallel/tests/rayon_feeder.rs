@@ -602,3 +602,132 @@ fn a_hybrid_batch_blocked_on_in_cpu_items_on_one_rayon_thread() {
         assert_eq!(*r.as_ref().unwrap(), 2 * o + 1 + 2 * (o + 1) + 1);
     }
 }
+
+/// A seeded generator for [`mixed_feeders_on_tiny_pools`] (64-bit LCG,
+/// Knuth's MMIX constants).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// One seeded scenario: three feeders at once on pools of one or two
+/// threads, a queue of one to three and a small budget, each one of: a
+/// weighted batch from a plain thread; weighted batches from `Cpu` items;
+/// `map_async` batches blocked on in `Cpu` items; a plain thread's batch
+/// whose jobs run `Cpu` batches on rayon. Items panic, some batches cancel
+/// themselves. Every batch gets one result per item, in order, and the
+/// pool ends with nothing queued or in flight, its peak within the budget
+/// (or one item heavier than it).
+fn mixed_feeders(seed: u64) {
+    let mut rng = Lcg(seed);
+    let budget = 2 + rng.below(6);
+    let p = Processor::builder()
+        .cpu_threads(1 + rng.below(2) as usize)
+        .blocking_threads(1 + rng.below(2) as usize)
+        .queue_capacity(1 + rng.below(3) as usize)
+        .memory_budget(budget)
+        .parallel_threshold(Duration::from_nanos(1))
+        .grain_target(Duration::from_nanos(1))
+        .build()
+        .unwrap();
+    let feeders: Vec<_> = (0..3u64)
+        .map(|f| {
+            let p = p.clone();
+            let kind = rng.below(4);
+            let n = 1 + rng.below(6);
+            let cancel_at = (rng.below(3) == 0).then(|| rng.below(n));
+            std::thread::spawn(move || {
+                let token = CancelToken::new();
+                let h = p.with_cancel(token.clone());
+                let job = move |x: u64| {
+                    if Some(x % 100) == cancel_at {
+                        token.cancel();
+                    }
+                    if x % 7 == 3 {
+                        std::panic::panic_any(common::BAD);
+                    }
+                    x
+                };
+                let check = |out: &[Result<u64, ItemError>], base: u64| {
+                    assert_eq!(out.len() as u64, n, "seed {seed}");
+                    for (i, r) in out.iter().enumerate() {
+                        if let Ok(v) = r {
+                            assert_eq!(*v, base + i as u64, "seed {seed}");
+                        }
+                    }
+                };
+                let weigh = |x: &u64| 1 + x % 3;
+                let outer: Vec<u64> = (1..5).collect();
+                match kind {
+                    0 => {
+                        let items = (0..n).map(|i| f * 1000 + i).collect();
+                        check(&h.blocking().map_weighted(items, weigh, job), f * 1000);
+                    }
+                    1 => {
+                        let out = h.map(&outer, |&o| {
+                            let items = (0..n).map(|i| o * 100 + i).collect();
+                            check(
+                                &h.blocking().map_weighted(items, weigh, job.clone()),
+                                o * 100,
+                            );
+                        });
+                        assert_eq!(out.len(), 4);
+                    }
+                    2 => {
+                        let out = h.map(&outer, |&o| {
+                            let items = (0..n).map(|i| o * 100 + i).collect();
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .build()
+                                .unwrap();
+                            let job = job.clone();
+                            let fut = h.blocking().map_weighted_async(items, weigh, move |x| {
+                                Ok::<u64, std::convert::Infallible>(job(x))
+                            });
+                            check(&rt.block_on(fut), o * 100);
+                        });
+                        assert_eq!(out.len(), 4);
+                    }
+                    _ => {
+                        let items = (0..n).map(|i| f * 1000 + i).collect();
+                        let inner = h.clone();
+                        let out = h.blocking().map(items, move |x| {
+                            let v: Vec<u64> = (0..4).collect();
+                            let ran = inner.map(&v, |&z| z).len() as u64;
+                            job(x) + ran - 4
+                        });
+                        check(&out, f * 1000);
+                    }
+                }
+            })
+        })
+        .collect();
+    for feeder in feeders {
+        feeder.join().unwrap();
+    }
+    let s = p.stats();
+    assert_eq!(
+        (s.blocking_queued, s.blocking_in_flight_weight),
+        (0, 0),
+        "seed {seed}"
+    );
+    // An item heavier than the whole budget (3 over 2) runs alone.
+    assert!(
+        s.blocking_peak_in_flight_weight <= budget.max(3),
+        "seed {seed}: {s:?}"
+    );
+}
+
+#[test]
+fn mixed_feeders_on_tiny_pools() {
+    common::quiet_bad_items();
+    for seed in 0..300 {
+        live(&format!("seed {seed}"), move || mixed_feeders(seed));
+    }
+}
