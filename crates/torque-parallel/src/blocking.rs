@@ -190,7 +190,8 @@ impl Shared {
     /// admitted. Returns the waker replaced, to drop outside the lock.
     #[must_use]
     fn set_waker(st: &mut State, ticket: u64, waker: &Waker) -> Option<Waker> {
-        let w = st.waiting.iter_mut().find(|w| w.ticket == ticket)?;
+        let i = Self::place_in_line(st, ticket)?;
+        let w = &mut st.waiting[i];
         if w.waker.as_ref().is_some_and(|old| old.will_wake(waker)) {
             return None;
         }
@@ -238,11 +239,17 @@ impl Shared {
 
     /// The job of `ticket`, out of the wait line; `None` once admitted.
     fn remove_waiting(st: &mut State, ticket: u64) -> Option<Job> {
-        st.waiting
-            .iter()
-            .position(|w| w.ticket == ticket)
+        Self::place_in_line(st, ticket)
             .and_then(|i| st.waiting.remove(i))
             .map(|w| w.job)
+    }
+
+    /// Where the job of `ticket` stands in the wait line, if still there:
+    /// a binary search, as the line is sorted by ticket (a feeder on a
+    /// rayon thread puts a whole batch in it at once, and a scan from the
+    /// front cost every poll of the async feeders behind it that many).
+    fn place_in_line(st: &State, ticket: u64) -> Option<usize> {
+        st.waiting.binary_search_by_key(&ticket, |w| w.ticket).ok()
     }
 
     /// The queued jobs of batch `owner`, out of the queue (their weight is

@@ -584,3 +584,60 @@ fn a_future_moved_onto_a_worker_as_room_frees_runs_each_item_once() {
         assert_eq!(stats.blocking_queued, 0, "round {round}: {stats:?}");
     }
 }
+
+/// Feeders behind the head of the wait line are found by their own
+/// ticket: one that gives up its place takes only its own job out of the
+/// line, and one polled again with another waker replaces only its own.
+/// Here B, behind A, is polled with a new waker and then dropped; A must
+/// still be admitted, woken through its own waker, and run its item.
+#[test]
+fn a_feeder_behind_the_head_of_the_line_withdraws_and_rewakes_only_itself() {
+    let p = Processor::builder()
+        .blocking_threads(2)
+        .memory_budget(BUDGET)
+        .build()
+        .unwrap();
+    // Two light items hold 8 of the budget of 10 until their gates open.
+    let (hold_1, mut held_1) = light(&p);
+    let (hold_2, mut held_2) = light(&p);
+    assert!(poll_once(&mut held_1).is_pending());
+    assert!(poll_once(&mut held_2).is_pending());
+    // Two more wait in line for the budget, A ahead of B.
+    let (open_a, mut a) = light(&p);
+    open_a.send(()).unwrap();
+    let (a_woken_tx, a_woken) = mpsc::channel();
+    let a_waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(a_woken_tx))));
+    assert!(
+        a.as_mut()
+            .poll(&mut Context::from_waker(&a_waker))
+            .is_pending()
+    );
+    let (_open_b, mut b) = light(&p);
+    assert!(poll_once(&mut b).is_pending());
+    let (b_woken_tx, _b_woken) = mpsc::channel();
+    let b_waker = Waker::from(Arc::new(Notify(std::sync::Mutex::new(b_woken_tx))));
+    assert!(
+        b.as_mut()
+            .poll(&mut Context::from_waker(&b_waker))
+            .is_pending(),
+        "B, polled again with another waker, still waits"
+    );
+    drop(b);
+    // Room for one more: A gets in, and is told so through its own waker.
+    hold_1.send(()).unwrap();
+    a_woken
+        .recv_timeout(LIVENESS)
+        .expect("A is woken when it is admitted");
+    let out = block_on_for(a, LIVENESS).expect("A ends");
+    assert!(matches!(out[..], [Ok(())]), "A's item ran: {out:?}");
+    hold_2.send(()).unwrap();
+    for held in [held_1, held_2] {
+        let out = block_on_for(held, LIVENESS).expect("the holders end");
+        assert!(matches!(out[..], [Ok(())]), "{out:?}");
+    }
+    let stats = p.stats();
+    assert_eq!(
+        (stats.blocking_queued, stats.blocking_in_flight_weight),
+        (0, 0)
+    );
+}
