@@ -137,51 +137,6 @@ fn regression_a_blocking_batch_inside_a_cpu_item_may_run_cpu_batches() {
     }
 }
 
-/// How long a scenario that could deadlock may take before the test says
-/// so: a liveness bound, not a timing assertion (each finishes in
-/// milliseconds).
-const LIVENESS: Duration = Duration::from_secs(60);
-
-/// Runs `scenario` on a thread of its own and returns its result, failing
-/// with `deadlock` if it has not finished within [`LIVENESS`] (the thread
-/// is left behind; the test binary exits without it).
-fn live<T: Send + 'static>(deadlock: &str, scenario: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(scenario());
-    });
-    match rx.recv_timeout(LIVENESS) {
-        Ok(out) => {
-            worker.join().unwrap();
-            out
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("deadlocked (no result in {LIVENESS:?}): {deadlock}")
-        }
-    }
-}
-
-/// Whether this is a thread of a processor's own rayon pool.
-fn on_rayon() -> bool {
-    std::thread::current()
-        .name()
-        .is_some_and(|n| n.starts_with("torque-cpu-"))
-}
-
-/// A processor whose `Cpu` batches go to rayon after their first item.
-fn eager(cpu_threads: usize, blocking_threads: usize) -> Processor {
-    Processor::builder()
-        .cpu_threads(cpu_threads)
-        .blocking_threads(blocking_threads)
-        .parallel_threshold(Duration::from_nanos(1))
-        .grain_target(Duration::from_nanos(1))
-        .build()
-        .unwrap()
-}
-
 /// A `Cpu` item that holds a `std::sync::Mutex` across a `Blocking`
 /// batch, in a batch whose other items take the same mutex. The waiting
 /// rayon thread used to run its pending rayon jobs, the item's siblings,
@@ -194,8 +149,8 @@ fn eager(cpu_threads: usize, blocking_threads: usize) -> Processor {
 fn regression_a_lock_held_across_a_blocking_wait_in_a_cpu_item_is_not_taken_by_a_nested_sibling() {
     for cpu_threads in [1, 2] {
         let (out, total, parallel_runs) =
-            live("a sibling nested under the lock holder", move || {
-                let p = eager(cpu_threads, 1);
+            common::live("a sibling nested under the lock holder", move || {
+                let p = common::eager(cpu_threads, 1);
                 let total = std::sync::Mutex::new(0u64);
                 let items: Vec<u64> = (0..64).collect();
                 let out = p.map(&items, |&x| {
@@ -231,10 +186,10 @@ fn regression_a_lock_held_across_a_blocking_wait_in_a_cpu_item_is_not_taken_by_a
 /// free for the other batch's rayon work.
 #[test]
 fn a_cpu_item_whose_blocking_batch_is_queued_behind_a_job_that_needs_rayon_runs_it_itself() {
-    let (out, unrelated) = live(
+    let (out, unrelated) = common::live(
         "the rayon thread waited for its job, queued behind one that waited for rayon",
         || {
-            let p = eager(1, 1);
+            let p = common::eager(1, 1);
             let item_done = Arc::new(AtomicBool::new(false));
             let (started_tx, started) = mpsc::channel();
             let unrelated = {
@@ -252,7 +207,7 @@ fn a_cpu_item_whose_blocking_batch_is_queued_behind_a_job_that_needs_rayon_runs_
                         let items: Vec<u64> = (0..16).collect();
                         cpu.map(&items, |&x| {
                             common::spin(Duration::from_micros(50));
-                            (x, on_rayon())
+                            (x, common::on_rayon())
                         })
                     })
                 })
@@ -264,14 +219,14 @@ fn a_cpu_item_whose_blocking_batch_is_queued_behind_a_job_that_needs_rayon_runs_
                 if o != 1 {
                     return Ok(o);
                 }
-                if !on_rayon() {
+                if !common::on_rayon() {
                     return Err("item 1 did not run on rayon");
                 }
                 // The only blocking thread is busy until the unrelated
                 // batch is done, which needs this thread: the job can only
                 // have run here.
                 let r = p.blocking().map(vec![o], |x| {
-                    if on_rayon() {
+                    if common::on_rayon() {
                         Ok(x * 10)
                     } else {
                         Err("the job ran on a blocking thread")
@@ -311,14 +266,14 @@ fn blocking_in_cpu_in_blocking_in_cpu_on_small_pools() {
         sum
     }
     for (cpu_threads, blocking_threads) in [(1, 1), (2, 1), (1, 2)] {
-        let out = live("Blocking in Cpu in Blocking in Cpu", move || {
-            let p = eager(cpu_threads, blocking_threads);
+        let out = common::live("Blocking in Cpu in Blocking in Cpu", move || {
+            let p = common::eager(cpu_threads, blocking_threads);
             let items: Vec<u64> = (0..8).collect();
             p.map(&items, |&a| {
                 common::spin(Duration::from_micros(20));
                 // Item 0 runs on the calling thread (the timed prefix): its
                 // jobs' batches may go to rayon, as from any plain thread.
-                let from_rayon = on_rayon();
+                let from_rayon = common::on_rayon();
                 let cpu = p.clone();
                 p.blocking()
                     .map(vec![a, a + 1], move |b| {
@@ -369,30 +324,16 @@ fn blocking_in_cpu_in_blocking_in_cpu_on_small_pools() {
 #[test]
 fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
     for queue in [1, 8] {
-        let (jobs, status) = live(
+        let (jobs, status) = common::live(
             "the rayon thread waited behind a held blocking thread",
             move || {
-                let p = Processor::builder()
-                    .cpu_threads(1)
-                    .blocking_threads(1)
+                let p = common::eager_builder(1, 1)
                     .queue_capacity(queue)
-                    .parallel_threshold(Duration::from_nanos(1))
-                    .grain_target(Duration::from_nanos(1))
                     .build()
                     .unwrap();
-                let (held_tx, held) = mpsc::channel();
-                let (release, gate) = mpsc::channel::<()>();
-                let gate = std::sync::Mutex::new(gate);
-                let holder = {
-                    let p = p.clone();
-                    std::thread::spawn(move || {
-                        p.blocking().map(vec![()], move |()| {
-                            held_tx.send(()).unwrap();
-                            gate.lock().unwrap().recv().unwrap();
-                        })
-                    })
-                };
-                held.recv().unwrap();
+                // Another batch's job holds a blocking thread (and a weight of 1)
+                // until `release`.
+                let (release, holder) = common::hold_the_only_worker(&p);
                 let token = CancelToken::new();
                 let cancellable = p.with_cancel(token.clone());
                 let items: Vec<u64> = (0..3).collect();
@@ -407,7 +348,7 @@ fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
                         if !first.swap(true, Ordering::SeqCst) {
                             token.cancel();
                         }
-                        (x, on_rayon())
+                        (x, common::on_rayon())
                     })
                 });
                 release.send(()).unwrap();
@@ -441,37 +382,24 @@ fn a_cancel_while_the_waiting_rayon_thread_runs_its_own_job_skips_the_rest() {
 /// flight never passes the budget), instead of waiting for room.
 #[test]
 fn a_rayon_feeder_runs_its_jobs_itself_while_another_batch_holds_the_budget() {
-    let (jobs, status) = live(
+    let (jobs, status) = common::live(
         "the rayon thread waited for a budget held by a gated job",
         || {
-            let p = Processor::builder()
-                .cpu_threads(1)
-                .blocking_threads(2)
+            let p = common::eager_builder(1, 2)
                 .memory_budget(1)
-                .parallel_threshold(Duration::from_nanos(1))
-                .grain_target(Duration::from_nanos(1))
                 .build()
                 .unwrap();
-            let (held_tx, held) = mpsc::channel();
-            let (release, gate) = mpsc::channel::<()>();
-            let gate = std::sync::Mutex::new(gate);
-            let holder = {
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    p.blocking().map(vec![()], move |()| {
-                        held_tx.send(()).unwrap();
-                        gate.lock().unwrap().recv().unwrap();
-                    })
-                })
-            };
-            held.recv().unwrap();
+            // Another batch's job holds a blocking thread (and a weight of 1)
+            // until `release`.
+            let (release, holder) = common::hold_the_only_worker(&p);
             let items: Vec<u64> = (0..3).collect();
             let mut out = p.map(&items, |&o| {
                 common::spin(Duration::from_micros(20));
                 if o != 1 {
                     return Vec::new();
                 }
-                p.blocking().map(vec![0u64, 1, 2], |x| (x, on_rayon()))
+                p.blocking()
+                    .map(vec![0u64, 1, 2], |x| (x, common::on_rayon()))
             });
             let status = p.stats();
             release.send(()).unwrap();

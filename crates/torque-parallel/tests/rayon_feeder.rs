@@ -10,47 +10,28 @@ use torque_parallel::{CancelToken, ItemError, Processor};
 
 mod common;
 
-/// How long a scenario that could deadlock may take before the test says
-/// so: a liveness bound, not a timing assertion.
-const LIVENESS: Duration = Duration::from_secs(60);
+/// The results of [`plain_job_that_needs_rayon`]'s batch.
+type Plain = Vec<Result<bool, ItemError<std::convert::Infallible>>>;
 
-/// Runs `scenario` on a thread of its own and returns its result, failing
-/// with `deadlock` if it has not finished within [`LIVENESS`].
-fn live<T: Send + 'static>(deadlock: &str, scenario: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(scenario());
+/// A plain thread's `Blocking` batch of one job, running on a blocking
+/// thread when this returns, that waits for `go` and then runs a `Cpu`
+/// batch, which needs a rayon thread. Returns `go` and the plain thread,
+/// whose result says whether that batch went to rayon.
+fn plain_job_that_needs_rayon(p: &Processor) -> (mpsc::Sender<()>, std::thread::JoinHandle<Plain>) {
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let cpu = p.clone();
+    let other = p.clone();
+    let plain = std::thread::spawn(move || {
+        other.blocking().map(vec![()], move |()| {
+            started_tx.send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+            cpu_batch_went_to_rayon(&cpu, 8)
+        })
     });
-    match rx.recv_timeout(LIVENESS) {
-        Ok(out) => {
-            worker.join().unwrap();
-            out
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(worker.join().unwrap_err())
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("deadlocked (no result in {LIVENESS:?}): {deadlock}")
-        }
-    }
-}
-
-/// Whether this is a thread of a processor's own rayon pool.
-fn on_rayon() -> bool {
-    std::thread::current()
-        .name()
-        .is_some_and(|n| n.starts_with("torque-cpu-"))
-}
-
-/// A processor whose `Cpu` batches go to rayon after their first item.
-fn eager(cpu_threads: usize, blocking_threads: usize) -> Processor {
-    Processor::builder()
-        .cpu_threads(cpu_threads)
-        .blocking_threads(blocking_threads)
-        .parallel_threshold(Duration::from_nanos(1))
-        .grain_target(Duration::from_nanos(1))
-        .build()
-        .unwrap()
+    started_rx.recv().unwrap();
+    (go_tx, plain)
 }
 
 /// A `Cpu` batch of `n` spinning items; returns whether any ran on rayon.
@@ -59,7 +40,7 @@ fn cpu_batch_went_to_rayon(p: &Processor, n: u64) -> bool {
     let seen = AtomicBool::new(false);
     let out = p.map(&items, |&x| {
         common::spin(Duration::from_micros(20));
-        if on_rayon() {
+        if common::on_rayon() {
             seen.store(true, Ordering::Relaxed);
         }
         x
@@ -80,27 +61,18 @@ fn cpu_batch_went_to_rayon(p: &Processor, n: u64) -> bool {
 /// and the plain job's `Cpu` batch waited for that rayon thread: for ever.
 #[test]
 fn regression_a_map_async_blocked_on_in_a_cpu_item_does_not_wait_behind_a_job_that_needs_rayon() {
-    let (out, plain) = live(
+    let (out, plain) = common::live(
         "the rayon thread parked in block_on for a job queued behind a job waiting for rayon",
         || {
-            let p = eager(1, 1);
-            let (started_tx, started_rx) = mpsc::channel::<()>();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let go_rx = Mutex::new(go_rx);
-            let cpu = p.clone();
-            let other = p.clone();
-            let plain = std::thread::spawn(move || {
-                other.blocking().map(vec![()], move |()| {
-                    started_tx.send(()).unwrap();
-                    go_rx.lock().unwrap().recv().unwrap();
-                    cpu_batch_went_to_rayon(&cpu, 8)
-                })
-            });
-            started_rx.recv().unwrap();
+            let p = common::eager(1, 1);
+            let (go_tx, plain) = plain_job_that_needs_rayon(&p);
             let go = Mutex::new(Some(go_tx));
             let items: Vec<u64> = (0..4).collect();
             let out = p.map(&items, |&x| {
-                let Some(go) = on_rayon().then(|| go.lock().unwrap().take()).flatten() else {
+                let Some(go) = common::on_rayon()
+                    .then(|| go.lock().unwrap().take())
+                    .flatten()
+                else {
                     return x;
                 };
                 let fut = p.blocking().map_async(vec![x, x + 1], |y| y * 10);
@@ -141,30 +113,14 @@ fn regression_a_map_async_blocked_on_in_a_cpu_item_does_not_wait_behind_a_job_th
 /// the rest of its items, on the rayon thread.
 #[test]
 fn a_map_async_future_moved_into_a_cpu_item_takes_its_jobs_back() {
-    let (out, plain) = live(
+    let (out, plain) = common::live(
         "a moved future parked a rayon thread behind a job waiting for rayon",
         || {
-            let p = Processor::builder()
-                .cpu_threads(1)
-                .blocking_threads(1)
+            let p = common::eager_builder(1, 1)
                 .queue_capacity(1)
-                .parallel_threshold(Duration::from_nanos(1))
-                .grain_target(Duration::from_nanos(1))
                 .build()
                 .unwrap();
-            let (started_tx, started_rx) = mpsc::channel::<()>();
-            let (go_tx, go_rx) = mpsc::channel::<()>();
-            let go_rx = Mutex::new(go_rx);
-            let cpu = p.clone();
-            let other = p.clone();
-            let plain = std::thread::spawn(move || {
-                other.blocking().map(vec![()], move |()| {
-                    started_tx.send(()).unwrap();
-                    go_rx.lock().unwrap().recv().unwrap();
-                    cpu_batch_went_to_rayon(&cpu, 8)
-                })
-            });
-            started_rx.recv().unwrap();
+            let (go_tx, plain) = plain_job_that_needs_rayon(&p);
             let mut fut = Box::pin(p.blocking().map_async(vec![1u64, 2, 3], |y| y * 10));
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             assert!(fut.as_mut().poll(&mut cx).is_pending());
@@ -177,7 +133,10 @@ fn a_map_async_future_moved_into_a_cpu_item_takes_its_jobs_back() {
             let go = Mutex::new(Some(go_tx));
             let items: Vec<u64> = (0..4).collect();
             let out = p.map(&items, |&x| {
-                let Some(go) = on_rayon().then(|| go.lock().unwrap().take()).flatten() else {
+                let Some(go) = common::on_rayon()
+                    .then(|| go.lock().unwrap().take())
+                    .flatten()
+                else {
                     return vec![x];
                 };
                 let fut = fut.lock().unwrap().take().unwrap();
@@ -216,15 +175,11 @@ fn a_map_async_future_moved_into_a_cpu_item_takes_its_jobs_back() {
 /// the feeder has chosen, so that the old code hangs every time.)
 #[test]
 fn regression_a_rayon_fed_job_that_waits_for_a_later_sibling_job_does_not_hang() {
-    let out = live(
+    let out = common::live(
         "the rayon feeder ran a job that waits for a job it had not submitted",
         || {
-            let p = Processor::builder()
-                .cpu_threads(1)
-                .blocking_threads(3)
+            let p = common::eager_builder(1, 3)
                 .memory_budget(3)
-                .parallel_threshold(Duration::from_nanos(1))
-                .grain_target(Duration::from_nanos(1))
                 .build()
                 .unwrap();
             let (held_tx, held) = mpsc::channel::<()>();
@@ -283,7 +238,7 @@ fn regression_a_rayon_fed_job_that_waits_for_a_later_sibling_job_does_not_hang()
 /// comes back `Cancelled`, none runs, and nothing hangs.
 #[test]
 fn a_map_async_future_of_a_dropped_processor_blocked_on_in_a_cpu_item_cancels_its_items() {
-    let out = live("a future of a shut-down pool on a rayon thread", || {
+    let out = common::live("a future of a shut-down pool on a rayon thread", || {
         let p = Processor::builder().blocking_threads(1).build().unwrap();
         let ran = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&ran);
@@ -292,11 +247,13 @@ fn a_map_async_future_of_a_dropped_processor_blocked_on_in_a_cpu_item_cancels_it
             x
         });
         drop(p);
-        let q = eager(1, 1);
+        let q = common::eager(1, 1);
         let fut = Mutex::new(Some(fut));
         let items: Vec<u64> = (0..4).collect();
         let out = q.map(&items, |_| {
-            let fut = on_rayon().then(|| fut.lock().unwrap().take()).flatten()?;
+            let fut = common::on_rayon()
+                .then(|| fut.lock().unwrap().take())
+                .flatten()?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
@@ -320,7 +277,7 @@ fn a_map_async_future_of_a_dropped_processor_blocked_on_in_a_cpu_item_cancels_it
 /// the jobs of a batch fed from a rayon thread keep theirs on their thread.
 #[test]
 fn cpu_batches_outside_a_rayon_feeder_still_go_to_rayon() {
-    let p = eager(2, 1);
+    let p = common::eager(2, 1);
     let before = p.stats().parallel_runs;
     assert!(cpu_batch_went_to_rayon(&p, 16), "a plain thread's batch");
     assert!(p.stats().parallel_runs > before);
@@ -342,8 +299,8 @@ fn cpu_batches_outside_a_rayon_feeder_still_go_to_rayon() {
 #[test]
 fn the_keep_flag_does_not_outlive_a_panicking_job() {
     common::quiet_bad_items();
-    let p = eager(1, 1);
-    let threads = live("a panicking rayon-fed batch", {
+    let p = common::eager(1, 1);
+    let threads = common::live("a panicking rayon-fed batch", {
         let p = p.clone();
         move || {
             let barrier = Arc::new(std::sync::Barrier::new(2));
@@ -352,7 +309,7 @@ fn the_keep_flag_does_not_outlive_a_panicking_job() {
             let items: Vec<u64> = (0..4).collect();
             let done = AtomicBool::new(false);
             let nested_on_rayon = p.map(&items, |_| {
-                if !on_rayon() || done.swap(true, Ordering::Relaxed) {
+                if !common::on_rayon() || done.swap(true, Ordering::Relaxed) {
                     return None;
                 }
                 let barrier = Arc::clone(&barrier);
@@ -403,17 +360,13 @@ fn the_keep_flag_does_not_outlive_a_panicking_job() {
 #[test]
 fn weighted_rayon_fed_batches_keep_the_books() {
     common::quiet_bad_items();
-    let p = Processor::builder()
-        .cpu_threads(2)
-        .blocking_threads(2)
+    let p = common::eager_builder(2, 2)
         .queue_capacity(1)
         .memory_budget(4)
-        .parallel_threshold(Duration::from_nanos(1))
-        .grain_target(Duration::from_nanos(1))
         .build()
         .unwrap();
     let ran = Arc::new(AtomicUsize::new(0));
-    let out = live("weighted rayon-fed batches", {
+    let out = common::live("weighted rayon-fed batches", {
         let p = p.clone();
         let ran = Arc::clone(&ran);
         move || {
@@ -467,16 +420,12 @@ fn weighted_rayon_fed_batches_keep_the_books() {
 /// while rayon threads feed light items: it is admitted, and they finish.
 #[test]
 fn a_plain_feeders_heavy_item_is_not_starved_by_rayon_feeders() {
-    let p = Processor::builder()
-        .cpu_threads(2)
-        .blocking_threads(2)
+    let p = common::eager_builder(2, 2)
         .queue_capacity(2)
         .memory_budget(8)
-        .parallel_threshold(Duration::from_nanos(1))
-        .grain_target(Duration::from_nanos(1))
         .build()
         .unwrap();
-    live("a heavy item behind rayon feeders", move || {
+    common::live("a heavy item behind rayon feeders", move || {
         let stop = Arc::new(AtomicBool::new(false));
         let feeders = {
             let p = p.clone();
@@ -520,13 +469,9 @@ fn a_plain_feeders_heavy_item_is_not_starved_by_rayon_feeders() {
 #[test]
 fn two_rayon_feeders_with_nested_batches_on_the_smallest_pools() {
     for (cpu_threads, blocking_threads) in [(1, 1), (2, 1), (2, 2), (1, 2)] {
-        let out = live("two rayon feeders, nested", move || {
-            let p = Processor::builder()
-                .cpu_threads(cpu_threads)
-                .blocking_threads(blocking_threads)
+        let out = common::live("two rayon feeders, nested", move || {
+            let p = common::eager_builder(cpu_threads, blocking_threads)
                 .queue_capacity(1)
-                .parallel_threshold(Duration::from_nanos(1))
-                .grain_target(Duration::from_nanos(1))
                 .build()
                 .unwrap();
             let outer: Vec<u64> = (0..8).collect();
@@ -581,8 +526,8 @@ fn two_rayon_feeders_with_nested_batches_on_the_smallest_pools() {
 /// thread, with the only blocking thread busy running a `Cpu` batch.
 #[test]
 fn a_hybrid_batch_blocked_on_in_cpu_items_on_one_rayon_thread() {
-    let out = live("hybrid in a cpu item", || {
-        let p = eager(1, 1);
+    let out = common::live("hybrid in a cpu item", || {
+        let p = common::eager(1, 1);
         let outer: Vec<u64> = (0..4).collect();
         p.map(&outer, |&o| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -728,6 +673,6 @@ fn mixed_feeders(seed: u64) {
 fn mixed_feeders_on_tiny_pools() {
     common::quiet_bad_items();
     for seed in 0..300 {
-        live(&format!("seed {seed}"), move || mixed_feeders(seed));
+        common::live(&format!("seed {seed}"), move || mixed_feeders(seed));
     }
 }

@@ -76,3 +76,59 @@ pub(crate) fn quiet_bad_items() {
         }));
     });
 }
+
+/// How long a scenario that could deadlock may take before the test says
+/// so: a liveness bound, not a timing assertion (each finishes in
+/// milliseconds).
+pub(crate) const LIVENESS: Duration = Duration::from_secs(60);
+
+/// Runs `scenario` on a thread of its own and returns its result, failing
+/// with `deadlock` if it has not finished within [`LIVENESS`] (the thread
+/// is left behind; the test binary exits without it).
+pub(crate) fn live<T: Send + 'static>(
+    deadlock: &str,
+    scenario: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(scenario());
+    });
+    match rx.recv_timeout(LIVENESS) {
+        Ok(out) => {
+            worker.join().unwrap();
+            out
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(worker.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("deadlocked (no result in {LIVENESS:?}): {deadlock}")
+        }
+    }
+}
+
+/// Whether this is a thread of a processor's own rayon pool.
+pub(crate) fn on_rayon() -> bool {
+    std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with("torque-cpu-"))
+}
+
+/// A processor whose `Cpu` batches go to rayon after their first item.
+pub(crate) fn eager(cpu_threads: usize, blocking_threads: usize) -> torque_parallel::Processor {
+    eager_builder(cpu_threads, blocking_threads)
+        .build()
+        .unwrap()
+}
+
+/// [`eager`]'s builder, for more settings.
+pub(crate) fn eager_builder(
+    cpu_threads: usize,
+    blocking_threads: usize,
+) -> torque_parallel::ProcessorBuilder {
+    torque_parallel::Processor::builder()
+        .cpu_threads(cpu_threads)
+        .blocking_threads(blocking_threads)
+        .parallel_threshold(Duration::from_nanos(1))
+        .grain_target(Duration::from_nanos(1))
+}
