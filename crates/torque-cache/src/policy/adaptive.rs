@@ -168,6 +168,26 @@ const MOMENTUM_RUN: u32 = 4;
 /// `benches/scripts/cells.sh` within 0.0003, the twice-touched scan
 /// @10k 0.3917 → 0.3896; the sweeps' recency cells within 0.001).
 const MAX_STEP_ENTRIES: u64 = 64;
+/// While the window of an unweighted shard holds at least this fraction
+/// (a quarter) of the shard, both ghosts remember twice as many keys
+/// ([`Adaptive::lengthen_ghosts`]). A window grown that far says the
+/// traffic's popularity decays (recency), and there the ghosts, sized
+/// from the shard's entries (an eighth or a quarter; [`Ghost`]), are short
+/// of the distances at which departed keys come back: on the recency trace
+/// at 5k entries (shards of 625, window about 60 % of a shard) a third of
+/// all misses were keys refused at the window's end, returning mostly 256
+/// to 4,096 inserts after their refusal, where the ghost of refused keys
+/// (78 slots) reaches about 100 (docs/benchmarks.md, 2026-12-07,
+/// twenty-first session). Longer ghosts are nearer ARC's, whose two ghost
+/// lists together hold as many keys as the cache (Megiddo & Modha, USENIX
+/// FAST 2003), and quick_cache's (half the capacity). Both at once: the
+/// window's size is set where the two ghosts' returns balance, and
+/// lengthening one alone moved that balance (a longer ghost of refused
+/// keys alone: recency @5k 0.446 → 0.448; of victims alone, 0.450).
+/// Below the quarter (the Zipf and scan/loop cells keep windows of
+/// 1–2 %) nothing changes: a ghost of refused keys a quarter as long as
+/// the shard lost the scan/loop @1k cell ("fifth pass").
+const LONG_GHOSTS_DIVISOR: u64 = 4;
 /// The most of a shard the window may grow to: all but a twentieth
 /// (rounded up), 95 %. Where popularity does not last, the ghosts grow the
 /// window towards its cap and the cache then behaves as an LRU of the
@@ -286,6 +306,8 @@ pub(crate) struct Adaptive {
     /// Whether the last [`Self::admit_or_recall`] admitted through the
     /// ghost.
     recalled: bool,
+    /// Whether both ghosts use twice their width ([`LONG_GHOSTS_DIVISOR`]).
+    long_ghosts: bool,
     /// Where recalled keys go ([`RecallTrials`]).
     trials: RecallTrials,
     /// Protected's limit for the current eviction
@@ -318,15 +340,27 @@ pub(crate) struct Adaptive {
 /// entries from 0.401 to 0.370. A half took it to 0.344 but lost 4–5 of
 /// the 24 seeds (measured with one trial in 8 while trials fail;
 /// docs/benchmarks.md, 2026-12-06, ninth session).
+///
+/// Both ghosts (refused keys and [`Adaptive::victims`]) use twice their
+/// width while the window is at least [`LONG_GHOSTS_DIVISOR`]'th of the
+/// shard ([`Adaptive::lengthen_ghosts`]).
 #[derive(Debug)]
 struct Ghost {
-    /// 0 is an empty slot (fingerprints are never 0).
+    /// 0 is an empty slot (fingerprints are never 0): twice `wide`, for
+    /// the long ghosts.
     slots: Vec<u32>,
-    /// The slots in use: all of them while keys recalled from here pass
-    /// their trials in protected ([`RecallTrials`]), `narrow` otherwise.
+    /// The slots in use: `wide` while keys recalled from here pass their
+    /// trials in protected ([`RecallTrials`]), `narrow` otherwise, and
+    /// twice that while `long`.
     active: usize,
+    /// A quarter as many slots as entries.
+    wide: usize,
     /// An eighth as many slots as entries.
     narrow: usize,
+    /// Whether the width is doubled.
+    long: bool,
+    /// Whether the last [`Self::widen`] asked for `wide`.
+    is_wide: bool,
 }
 
 impl Ghost {
@@ -338,9 +372,12 @@ impl Ghost {
         let wide = usize::try_from((entries / 4).max(1)).unwrap_or(1);
         let narrow = usize::try_from((entries / 8).max(1)).unwrap_or(1);
         Self {
-            slots: vec![0; wide],
+            slots: vec![0; 2 * wide],
             active: narrow,
+            wide,
             narrow,
+            long: false,
+            is_wide: false,
         }
     }
 
@@ -348,7 +385,21 @@ impl Ghost {
     /// remembered in the other width are mostly lost (they sit in other
     /// slots); the width changes only when the trials' verdict does.
     fn widen(&mut self, wide: bool) {
-        self.active = if wide { self.slots.len() } else { self.narrow };
+        self.is_wide = wide;
+        self.resize();
+    }
+
+    /// Doubles the width in use (`long`) or not. The keys remembered in
+    /// the other width are mostly lost, as at [`Self::widen`]; the length
+    /// changes only when the window crosses [`LONG_GHOSTS_DIVISOR`].
+    fn lengthen(&mut self, long: bool) {
+        self.long = long;
+        self.resize();
+    }
+
+    fn resize(&mut self) {
+        let width = if self.is_wide { self.wide } else { self.narrow };
+        self.active = if self.long { 2 * width } else { width };
     }
 
     /// The slot and fingerprint of `hash` (mixed, so neither depends on the
@@ -569,6 +620,7 @@ impl Adaptive {
             pending: Vec::new(),
             protected_cap: 0,
             recalled: false,
+            long_ghosts: false,
             trials: RecallTrials::default(),
             climber: climb.then(|| HillClimber {
                 hits: 0,
@@ -931,6 +983,7 @@ impl Adaptive {
         self.ghost.widen(self.trials.passing());
         self.victims = Ghost::for_entries(self.capacity.min(self.grow_at));
         self.victims.widen(true);
+        self.lengthen_ghosts();
     }
 
     /// Moves the window by one (average) entry, doubled in runs of like
@@ -1024,7 +1077,29 @@ impl Adaptive {
             self.window_max = max;
             self.protected_max = Self::protected_share(self.capacity, max);
             self.limits_changed();
+            if self.long_ghosts != self.window_is_long() {
+                self.lengthen_ghosts();
+            }
         }
+    }
+
+    /// Whether the window holds at least [`LONG_GHOSTS_DIVISOR`]'th of
+    /// the shard, without weights: a weighted window moves under its own
+    /// brake ([`Self::move_window`]), and there the long ghosts cost the
+    /// twice-touched scan at 5,000 units 0.425 → 0.433
+    /// (`cache_weighted_traces`, two runs each).
+    #[inline]
+    fn window_is_long(&self) -> bool {
+        !self.weighted && self.window_max >= self.capacity / LONG_GHOSTS_DIVISOR
+    }
+
+    /// Sets both ghosts' length from the window's size
+    /// ([`LONG_GHOSTS_DIVISOR`]).
+    #[cold]
+    fn lengthen_ghosts(&mut self) {
+        self.long_ghosts = self.window_is_long();
+        self.ghost.lengthen(self.long_ghosts);
+        self.victims.lengthen(self.long_ghosts);
     }
 
     /// One entry, for [`Self::adapt`]: with weights, of the shard's
@@ -1482,6 +1557,7 @@ impl Adaptive {
         self.sketch = sketch;
         self.ghost = ghost;
         self.trials = trials;
+        self.lengthen_ghosts();
     }
 }
 
@@ -2280,7 +2356,7 @@ mod tests {
     #[test]
     fn the_ghost_widens_while_its_recalls_pass() {
         let mut g = Ghost::for_entries(800);
-        assert_eq!((g.slots.len(), g.active), (200, 100));
+        assert_eq!((g.wide, g.active), (200, 100));
         g.remember(7);
         assert!(g.recall(7));
         g.widen(true);
@@ -2295,6 +2371,42 @@ mod tests {
         tiny.widen(true);
         tiny.remember(9);
         assert!(tiny.recall(9));
+    }
+
+    #[test]
+    fn a_window_of_a_quarter_of_the_shard_or_more_doubles_both_ghosts() {
+        // Keys remembered, then recalled: a ghost holds at most as many as
+        // the slots it uses. A shard of 800: the ghost of refused keys uses
+        // 100 slots (trials not passing), the victims' 200.
+        fn recalled(g: &mut Ghost, keys: u64) -> u64 {
+            let hash = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
+            (0..keys).for_each(|k| g.remember(hash(k)));
+            (0..keys).filter(|&k| g.recall(hash(k))).count() as u64
+        }
+        let mut p = Adaptive::new(800, false, false);
+        assert!(recalled(&mut p.ghost, 1_000) <= 100);
+        assert!(recalled(&mut p.victims, 1_000) <= 200);
+        // Refused keys keep coming back: the window grows past a quarter.
+        while p.window_max < 200 {
+            p.move_window(true);
+        }
+        let refused = recalled(&mut p.ghost, 1_000);
+        let evicted = recalled(&mut p.victims, 1_000);
+        assert!(
+            refused > 100 && refused <= 200,
+            "{refused} refused keys recalled with the window at {}",
+            p.window_max
+        );
+        assert!(
+            evicted > 200 && evicted <= 400,
+            "{evicted} evicted keys recalled"
+        );
+        // Back below a quarter, the ghosts are short again.
+        while p.window_max >= 200 {
+            p.move_window(false);
+        }
+        assert!(recalled(&mut p.ghost, 1_000) <= 100);
+        assert!(recalled(&mut p.victims, 1_000) <= 200);
     }
 
     #[test]
@@ -2470,8 +2582,7 @@ mod tests {
         }
         assert!(p.trials.passing());
         assert_eq!(
-            p.ghost.active,
-            p.ghost.slots.len(),
+            p.ghost.active, p.ghost.wide,
             "the regrown ghost must be as wide as the trials say"
         );
     }
@@ -2484,11 +2595,11 @@ mod tests {
         // Either both kept (history) or both reset; not a wide ghost with
         // trials that no longer pass.
         assert_eq!(
-            p.ghost.active == p.ghost.slots.len(),
+            p.ghost.active == p.ghost.wide,
             p.trials.passing(),
             "ghost width {} of {} slots, trials passing: {}",
             p.ghost.active,
-            p.ghost.slots.len(),
+            p.ghost.wide,
             p.trials.passing()
         );
     }
