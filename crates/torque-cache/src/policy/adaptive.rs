@@ -169,25 +169,34 @@ const MOMENTUM_RUN: u32 = 4;
 /// @10k 0.3917 → 0.3896; the sweeps' recency cells within 0.001).
 const MAX_STEP_ENTRIES: u64 = 64;
 /// While the window of an unweighted shard holds at least this fraction
-/// (a quarter) of the shard, both ghosts remember twice as many keys
-/// ([`Adaptive::lengthen_ghosts`]). A window grown that far says the
-/// traffic's popularity decays (recency), and there the ghosts, sized
-/// from the shard's entries (an eighth or a quarter; [`Ghost`]), are short
-/// of the distances at which departed keys come back: on the recency trace
-/// at 5k entries (shards of 625, window about 60 % of a shard) a third of
-/// all misses were keys refused at the window's end, returning mostly 256
-/// to 4,096 inserts after their refusal, where the ghost of refused keys
-/// (78 slots) reaches about 100 (docs/benchmarks.md, 2026-12-07,
-/// twenty-first session). Longer ghosts are nearer ARC's, whose two ghost
-/// lists together hold as many keys as the cache (Megiddo & Modha, USENIX
-/// FAST 2003), and quick_cache's (half the capacity). Both at once: the
-/// window's size is set where the two ghosts' returns balance, and
-/// lengthening one alone moved that balance (a longer ghost of refused
-/// keys alone: recency @5k 0.446 → 0.448; of victims alone, 0.450).
-/// Below the quarter (the Zipf and scan/loop cells keep windows of
-/// 1–2 %) nothing changes: a ghost of refused keys a quarter as long as
-/// the shard lost the scan/loop @1k cell ("fifth pass").
-const LONG_GHOSTS_DIVISOR: u64 = 4;
+/// (an eighth) of the shard, both ghosts remember [`LONG_GHOSTS_FACTOR`]
+/// times as many keys ([`Adaptive::lengthen_ghosts`]). A window grown that
+/// far says the traffic's popularity decays (recency), and there the
+/// ghosts, sized from the shard's entries (an eighth or a quarter;
+/// [`Ghost`]), fall short of the distances at which departed keys come
+/// back: on the recency trace at 5k entries (shards of 625, the window at
+/// about 60 % of a shard) a third of all misses were keys refused at the
+/// window's end, three quarters of them returning 256 to 4,095 inserts
+/// after their refusal, where the ghost of refused keys (78 slots)
+/// recalled almost none (docs/benchmarks.md, 2026-12-07, twenty-first
+/// session). The long ghosts are nearer ARC's, whose two ghost lists
+/// together hold as many keys as the cache (Megiddo & Modha, USENIX FAST
+/// 2003), and quick_cache's (half the capacity). Both at once: the window's size is set where the
+/// two ghosts' returns balance, and lengthening one alone moved that
+/// balance (twice as long, the ghost of refused keys alone: recency @5k
+/// 0.446 → 0.448; the victims' alone, 0.450). Below an eighth (the issue's
+/// Zipf and scan/loop cells keep windows of 1–5 %) nothing changes: a
+/// ghost of refused keys a quarter as long as the shard there lost the
+/// issue's scan/loop @1k cell ("fifth pass"). An eighth and four times,
+/// over a quarter and twice (3 hasher seeds each): recency @5k 0.4414 →
+/// 0.4402, shifting Zipf @1k 0.5905 → 0.5829 and @10k 0.4200 → 0.4160,
+/// the twice-touched scan @10k 0.3812 → 0.3826; eight times took the
+/// shifting Zipf @1k to 0.5788 but the twice-touched scan to 0.3848.
+const LONG_GHOSTS_DIVISOR: u64 = 8;
+/// See [`LONG_GHOSTS_DIVISOR`]. The slots are allocated when a ghost is
+/// first long: 4 bytes per entry per ghost in a shard whose window has
+/// grown that far, none in the others.
+const LONG_GHOSTS_FACTOR: usize = 4;
 /// The most of a shard the window may grow to: all but a twentieth
 /// (rounded up), 95 %. Where popularity does not last, the ghosts grow the
 /// window towards its cap and the cache then behaves as an LRU of the
@@ -306,7 +315,8 @@ pub(crate) struct Adaptive {
     /// Whether the last [`Self::admit_or_recall`] admitted through the
     /// ghost.
     recalled: bool,
-    /// Whether both ghosts use twice their width ([`LONG_GHOSTS_DIVISOR`]).
+    /// Whether both ghosts use [`LONG_GHOSTS_FACTOR`] times their width
+    /// ([`LONG_GHOSTS_DIVISOR`]).
     long_ghosts: bool,
     /// Where recalled keys go ([`RecallTrials`]).
     trials: RecallTrials,
@@ -341,23 +351,23 @@ pub(crate) struct Adaptive {
 /// the 24 seeds (measured with one trial in 8 while trials fail;
 /// docs/benchmarks.md, 2026-12-06, ninth session).
 ///
-/// Both ghosts (refused keys and [`Adaptive::victims`]) use twice their
-/// width while the window is at least [`LONG_GHOSTS_DIVISOR`]'th of the
-/// shard ([`Adaptive::lengthen_ghosts`]).
+/// Both ghosts (refused keys and [`Adaptive::victims`]) use
+/// [`LONG_GHOSTS_FACTOR`] times their width while the window is at least
+/// [`LONG_GHOSTS_DIVISOR`]'th of the shard ([`Adaptive::lengthen_ghosts`]).
 #[derive(Debug)]
 struct Ghost {
-    /// 0 is an empty slot (fingerprints are never 0): twice `wide`, for
-    /// the long ghosts.
+    /// 0 is an empty slot (fingerprints are never 0): `wide` of them,
+    /// [`LONG_GHOSTS_FACTOR`] times that once the ghost has been long.
     slots: Vec<u32>,
     /// The slots in use: `wide` while keys recalled from here pass their
     /// trials in protected ([`RecallTrials`]), `narrow` otherwise, and
-    /// twice that while `long`.
+    /// [`LONG_GHOSTS_FACTOR`] times that while `long`.
     active: usize,
     /// A quarter as many slots as entries.
     wide: usize,
     /// An eighth as many slots as entries.
     narrow: usize,
-    /// Whether the width is doubled.
+    /// Whether the width is multiplied by [`LONG_GHOSTS_FACTOR`].
     long: bool,
     /// Whether the last [`Self::widen`] asked for `wide`.
     is_wide: bool,
@@ -372,7 +382,7 @@ impl Ghost {
         let wide = usize::try_from((entries / 4).max(1)).unwrap_or(1);
         let narrow = usize::try_from((entries / 8).max(1)).unwrap_or(1);
         Self {
-            slots: vec![0; 2 * wide],
+            slots: vec![0; wide],
             active: narrow,
             wide,
             narrow,
@@ -389,9 +399,11 @@ impl Ghost {
         self.resize();
     }
 
-    /// Doubles the width in use (`long`) or not. The keys remembered in
-    /// the other width are mostly lost, as at [`Self::widen`]; the length
-    /// changes only when the window crosses [`LONG_GHOSTS_DIVISOR`].
+    /// Multiplies the width in use by [`LONG_GHOSTS_FACTOR`] (`long`) or
+    /// not, allocating the slots the first time it is long. The keys
+    /// remembered in the other width are mostly lost, as at
+    /// [`Self::widen`]; the length changes only when the window crosses
+    /// [`LONG_GHOSTS_DIVISOR`].
     fn lengthen(&mut self, long: bool) {
         self.long = long;
         self.resize();
@@ -399,7 +411,14 @@ impl Ghost {
 
     fn resize(&mut self) {
         let width = if self.is_wide { self.wide } else { self.narrow };
-        self.active = if self.long { 2 * width } else { width };
+        self.active = if self.long {
+            LONG_GHOSTS_FACTOR * width
+        } else {
+            width
+        };
+        if self.active > self.slots.len() {
+            self.slots.resize(self.active, 0);
+        }
     }
 
     /// The slot and fingerprint of `hash` (mixed, so neither depends on the
@@ -2374,39 +2393,40 @@ mod tests {
     }
 
     #[test]
-    fn a_window_of_a_quarter_of_the_shard_or_more_doubles_both_ghosts() {
+    fn a_window_of_an_eighth_of_the_shard_or_more_lengthens_both_ghosts() {
         // Keys remembered, then recalled: a ghost holds at most as many as
         // the slots it uses. A shard of 800: the ghost of refused keys uses
-        // 100 slots (trials not passing), the victims' 200.
+        // 100 slots (trials not passing), the victims' 200; four times that
+        // with the window at an eighth of the shard or more.
         fn recalled(g: &mut Ghost, keys: u64) -> u64 {
             let hash = |k: u64| k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
             (0..keys).for_each(|k| g.remember(hash(k)));
             (0..keys).filter(|&k| g.recall(hash(k))).count() as u64
         }
         let mut p = Adaptive::new(800, false, false);
-        assert!(recalled(&mut p.ghost, 1_000) <= 100);
-        assert!(recalled(&mut p.victims, 1_000) <= 200);
-        // Refused keys keep coming back: the window grows past a quarter.
-        while p.window_max < 200 {
+        assert!(recalled(&mut p.ghost, 4_000) <= 100);
+        assert!(recalled(&mut p.victims, 4_000) <= 200);
+        // Refused keys keep coming back: the window grows past an eighth.
+        while p.window_max < 100 {
             p.move_window(true);
         }
-        let refused = recalled(&mut p.ghost, 1_000);
-        let evicted = recalled(&mut p.victims, 1_000);
+        let refused = recalled(&mut p.ghost, 4_000);
+        let evicted = recalled(&mut p.victims, 4_000);
         assert!(
-            refused > 100 && refused <= 200,
+            refused > 300 && refused <= 400,
             "{refused} refused keys recalled with the window at {}",
             p.window_max
         );
         assert!(
-            evicted > 200 && evicted <= 400,
+            evicted > 600 && evicted <= 800,
             "{evicted} evicted keys recalled"
         );
-        // Back below a quarter, the ghosts are short again.
-        while p.window_max >= 200 {
+        // Back below an eighth, the ghosts are short again.
+        while p.window_max >= 100 {
             p.move_window(false);
         }
-        assert!(recalled(&mut p.ghost, 1_000) <= 100);
-        assert!(recalled(&mut p.victims, 1_000) <= 200);
+        assert!(recalled(&mut p.ghost, 4_000) <= 100);
+        assert!(recalled(&mut p.victims, 4_000) <= 200);
     }
 
     #[test]
