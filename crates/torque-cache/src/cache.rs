@@ -1353,9 +1353,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.inner.loads.supersede(Some(key));
+        // User code first (the hasher, the clock), as in `insert`: should
+        // it panic, nothing is removed, and no load may be superseded.
         let hash = self.hash(key);
         let timing = self.timing();
+        self.inner.loads.supersede(Some(key));
         let mut shard = self.inner.shards[self.shard_index(hash)].write();
         let before = shard.weight();
         let taken = shard.remove(hash, key, timing);
@@ -1376,8 +1378,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// already expired). Shards are cleared one at a time, so a concurrent
     /// write may survive.
     pub fn invalidate_all(&self) {
-        self.inner.loads.supersede::<K>(None);
+        // The clock (user code) first: see `remove`.
         let timing = self.timing();
+        self.inner.loads.supersede::<K>(None);
         // A listener that panics on one shard's entries must not leave the
         // later shards uncleared (they kept serving invalidated values):
         // every shard is cleared and told of, then the first panic resumes.
@@ -1437,8 +1440,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     where
         F: FnMut(&K, &V) -> bool,
     {
-        self.inner.loads.supersede::<K>(None);
+        // The clock (user code) first: see `remove`.
         let timing = self.timing();
+        self.inner.loads.supersede::<K>(None);
         // As in `invalidate_all`: a panicking listener does not stop it
         // half way (a panicking `keep` does, as documented).
         let mut panicked = None;

@@ -1,0 +1,86 @@
+//! An adversarial review's regression tests (h2).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use torque_cache::{Clock, LocalCache, MockClock};
+
+/// A mock clock that panics while armed.
+#[derive(Debug, Clone)]
+struct ArmedClock {
+    inner: MockClock,
+    armed: Arc<AtomicBool>,
+}
+
+impl Clock for ArmedClock {
+    fn now(&self) -> Instant {
+        assert!(!self.armed.load(Ordering::SeqCst), "the clock failed");
+        self.inner.now()
+    }
+}
+
+#[test]
+fn regression_a_removal_whose_clock_panics_does_not_supersede_a_load() {
+    // `remove`, `invalidate_all` and `retain` supersede the loads in
+    // flight before they change the cache, then read the clock. A clock
+    // that panics there ended the call before it changed anything, yet
+    // the load was superseded all the same: its value was not stored, and
+    // it had left the in-flight map, so a caller arriving meanwhile ran a
+    // second loader for the key while the first still ran. (An `insert`
+    // whose `Expiry` panics supersedes nothing: its user code runs first.)
+    type Removal = fn(&LocalCache<u32, u32>);
+    let removals: [(&str, Removal); 3] = [
+        ("remove", |c| {
+            c.remove(&1);
+        }),
+        ("invalidate_all", LocalCache::invalidate_all),
+        ("retain", |c| c.retain(|_, _| false)),
+    ];
+    for (what, removal) in removals {
+        let armed = Arc::new(AtomicBool::new(false));
+        let cache: LocalCache<u32, u32> = LocalCache::builder()
+            .max_capacity(10)
+            .time_to_live(Duration::from_secs(60))
+            .clock(ArmedClock {
+                inner: MockClock::new(),
+                armed: Arc::clone(&armed),
+            })
+            .build()
+            .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let loader = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get_or_load(1, move || {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok::<_, ()>(7)
+                })
+            })
+        };
+        started
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the load started");
+        armed.store(true, Ordering::SeqCst);
+        let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| removal(&cache)));
+        armed.store(false, Ordering::SeqCst);
+        assert!(removed.is_err(), "{what}: the clock panicked");
+        // A caller arriving now waits for the load in flight (or, once it
+        // is stored, reads its value): its own loader must not run.
+        let waiter = {
+            let cache = cache.clone();
+            std::thread::spawn(move || cache.get_or_load(1, || Ok::<_, ()>(99)))
+        };
+        release.send(()).unwrap();
+        assert_eq!(loader.join().unwrap(), Ok(7), "{what}");
+        assert_eq!(
+            waiter.join().unwrap(),
+            Ok(7),
+            "{what}: a second loader ran for the key"
+        );
+        assert_eq!(cache.get(&1), Some(7), "{what}: the load was stored");
+        assert_eq!(cache.stats().loads, 1, "{what}");
+    }
+}
