@@ -1347,7 +1347,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
     /// Removes `key` and returns its value, if cached and unexpired. The
     /// listener sees it as [`RemovalCause::Removed`] (or
     /// [`RemovalCause::Expired`] if it had expired, in which case `None` is
-    /// returned).
+    /// returned). Like a write, it also frees what has expired in the key's
+    /// shard (the listener hears of those first, as expired).
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -1358,17 +1359,48 @@ impl<K: Hash + Eq, V, S: BuildHasher> LocalCache<K, V, S> {
         let hash = self.hash(key);
         let timing = self.timing();
         self.inner.loads.supersede(Some(key));
-        let mut shard = self.inner.shards[self.shard_index(hash)].write();
+        let index = self.shard_index(hash);
+        let mut removed = self.removed();
+        let mut shard = self.inner.shards[index].write();
+        // A write of the shard frees what is due in it, as `insert` does
+        // (an expired `key` among them, which then leaves as expired).
+        if shard.sweep_due(timing.now) {
+            let freed = shard.sweep(timing, &mut removed);
+            self.inner.weight.fetch_sub(freed, Ordering::AcqRel);
+            self.publish_due(index, &shard);
+        }
         let before = shard.weight();
-        let taken = shard.remove(hash, key, timing);
+        // The key's `Eq` is user code: should it panic, what the sweep
+        // freed is still told (as after `get`'s); then the panic resumes.
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shard.remove(hash, key, timing)
+        }));
         let after = shard.weight();
         self.add_weight(before, after);
         drop(shard);
-        let (key, value, cause) = taken?;
+        // What the sweep freed left first. A listener that panics on one
+        // of them is still told of the key removed; then the first panic
+        // resumes.
+        let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.notify(&mut removed);
+        }));
+        let taken = taken.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let Some((key, value, cause)) = taken else {
+            if let Err(panic) = swept {
+                std::panic::resume_unwind(panic);
+            }
+            return None;
+        };
         #[cfg(feature = "metrics")]
         crate::metrics::record_removal(cause);
-        if let Some(listener) = &self.inner.listener {
-            listener(&key, &value, cause);
+        let told = match &self.inner.listener {
+            Some(listener) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                listener(&key, &value, cause);
+            })),
+            None => Ok(()),
+        };
+        if let Err(panic) = swept.and(told) {
+            std::panic::resume_unwind(panic);
         }
         (cause == RemovalCause::Removed).then_some(value)
     }

@@ -262,6 +262,9 @@ fn run(policy: Policy, capacity: usize, shards: usize, ops: &[Op]) -> Result<(),
             }
             Op::Remove(k) => {
                 let got = cache.remove(&k);
+                // A remove write-locks the key's shard (here the only one)
+                // and frees what has expired in it first, the key too.
+                model.sweep(&mut expected);
                 let want = match model.entries.remove(&k) {
                     Some(e) if e.deadline <= model.now => {
                         expected.push((k, e.value, RemovalCause::Expired));

@@ -84,3 +84,44 @@ fn regression_a_removal_whose_clock_panics_does_not_supersede_a_load() {
         assert_eq!(cache.stats().loads, 1, "{what}");
     }
 }
+
+#[test]
+fn regression_a_remove_frees_what_has_expired_in_its_shard() {
+    // docs/cache.md (Expiry): "every read or write of a shard frees what
+    // is due in it". `remove` write-locks its key's shard but freed only
+    // that key: the shard's other expired entries (and their values'
+    // memory) stayed, counted in `weighted_size`, until some other call
+    // swept it. A workload of removals (a session store whose sessions
+    // are mostly ended explicitly) held them for as long as nothing else
+    // wrote to that shard.
+    use std::sync::Mutex;
+    use torque_cache::RemovalCause;
+    let clock = MockClock::new();
+    let log: Arc<Mutex<Vec<(u32, RemovalCause)>>> = Arc::default();
+    let sink = Arc::clone(&log);
+    let cache: LocalCache<u32, u32> = LocalCache::builder()
+        .max_capacity(10)
+        .shards(1)
+        .clock(clock.clone())
+        .eviction_listener(move |k: &u32, _: &u32, cause| sink.lock().unwrap().push((*k, cause)))
+        .build()
+        .unwrap();
+    cache.insert_with_ttl(1, 1, Duration::from_secs(1));
+    cache.insert_with_ttl(2, 2, Duration::from_secs(3_600));
+    cache.insert_with_ttl(3, 3, Duration::from_secs(3_600));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(cache.remove(&2), Some(2));
+    assert_eq!(
+        *log.lock().unwrap(),
+        [(1, RemovalCause::Expired), (2, RemovalCause::Removed)]
+    );
+    assert_eq!(cache.weighted_size(), 1, "only key 3 is left");
+    // An expired key removed: freed by the sweep, told once, as expired.
+    cache.insert_with_ttl(4, 4, Duration::from_secs(1));
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(cache.remove(&4), None);
+    assert_eq!(log.lock().unwrap()[2..], [(4, RemovalCause::Expired)]);
+    let stats = cache.stats();
+    assert_eq!((stats.evictions.expired, stats.evictions.removed), (2, 1));
+    assert_eq!(stats.inserts, cache.len() as u64 + stats.evictions.total());
+}
