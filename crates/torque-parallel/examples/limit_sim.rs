@@ -5,7 +5,9 @@
 //!
 //! `--load X` sets the open loop's arrival rate to X × the capacity (1.3).
 //! `--only shared` runs instead two or three clients, each with its own
-//! `Adaptive`, against one backend (see `shared` below).
+//! `Adaptive`, against one backend (see `shared` below); `--only
+//! shared-open` the same with each client an open loop (its share of
+//! `--load`, refused at its limit).
 //! `--servers LIST` replaces the capacities (8, 24, 64; steps
 //! 24 → 8, 9 → 3, 64 → 21) with held-out ones (steps drop each to a third).
 //!
@@ -136,7 +138,8 @@ fn main() {
             "--only" => {
                 only = args.next().expect("--only thrash|step|open|shared");
                 assert!(
-                    ["thrash", "step", "open", "shared", "all"].contains(&only.as_str()),
+                    ["thrash", "step", "open", "shared", "shared-open", "all"]
+                        .contains(&only.as_str()),
                     "--only thrash|step|open|shared, not {only:?}"
                 );
             }
@@ -162,8 +165,9 @@ fn main() {
             other => panic!("unknown argument {other}"),
         }
     }
-    if only == "shared" {
-        shared(&seeds, scale, trace);
+    if only == "shared" || only == "shared-open" {
+        let open_loop = (only == "shared-open").then_some(load);
+        shared(&seeds, scale, trace, open_loop);
         return;
     }
     if let Some(k) = curve {
@@ -233,7 +237,7 @@ fn static_curve(seeds: &[u64], only: &str, scale: u32, servers: &[usize], load: 
 /// closed loops): does each one's no-load estimate stay the backend's, or
 /// does the others' queue raise it? The oracle is the best static limit per
 /// client, the same for all.
-fn shared(seeds: &[u64], scale: u32, trace: bool) {
+fn shared(seeds: &[u64], scale: u32, trace: bool, open_loop: Option<f64>) {
     println!(
         "| scenario | seed | oracle limit per client | oracle req/s | oracle p99 ms | Adaptive req/s × oracle | p99 × oracle | mean limits, last quarter (sum) | req/s per client, last quarter | no-load estimates ms (true ≈ 20.4) |"
     );
@@ -250,8 +254,10 @@ fn shared(seeds: &[u64], scale: u32, trace: bool) {
             let mut scenario = Scenario::closed(*servers, seed);
             scenario.thrash = true;
             scenario.duration = s(60);
+            scenario.open_loop = open_loop;
             let name = format!(
-                "shared C={servers}, {} clients from {:?}",
+                "shared{} C={servers}, {} clients from {:?}",
+                open_loop.map_or(String::new(), |l| format!(" open {l}×")),
                 starts.len(),
                 starts.iter().map(|d| d.as_secs()).collect::<Vec<_>>()
             );

@@ -350,7 +350,9 @@ pub struct ClientReport {
 
 /// Runs one closed loop per algorithm, each behind its own limiter, against
 /// one backend of `scenario.servers` servers (thrash as the scenario says;
-/// steps and open loop are not supported). Client `i` starts at
+/// steps are not supported). With `scenario.open_loop`, each client is an
+/// open loop instead: Poisson arrivals at its share of the load, refused at
+/// its limit. Client `i` starts at
 /// `starts[i]`. Returns the report over all requests and one per client.
 pub fn run_shared<A: Algorithm>(
     scenario: &Scenario,
@@ -389,6 +391,7 @@ async fn simulate_shared<A: Algorithm>(
     }));
     let next_id = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
+    let count = algorithms.len().max(1) as f64;
     for (i, algorithm) in algorithms.into_iter().enumerate() {
         let limiter = ConcurrencyLimiter::with_clock(algorithm, TokioClock);
         let record = Arc::new(Mutex::new(Record::default()));
@@ -419,8 +422,24 @@ async fn simulate_shared<A: Algorithm>(
                 record.clone(),
                 next_id.clone(),
             );
+            let (open_loop, servers, seed) = (scenario.open_loop, scenario.servers, scenario.seed);
             tokio::spawn(async move {
                 tokio::time::sleep_until(start + offset).await;
+                if let Some(load) = open_loop {
+                    let rate = load * servers as f64 / (2.0 * BASE.as_secs_f64()) / count;
+                    let mut at = start + offset;
+                    for k in 0u64.. {
+                        at += Duration::from_secs_f64(exp1(seed, 10 + i as u64, k) / rate);
+                        if at >= end {
+                            return;
+                        }
+                        tokio::time::sleep_until(at).await;
+                        if let Ok(token) = limiter.try_acquire() {
+                            let id = next_id.fetch_add(1, Ordering::Relaxed);
+                            serve(&backend, &record, id, token, end);
+                        }
+                    }
+                }
                 loop {
                     let token = limiter.acquire().await;
                     let now = Instant::now();
