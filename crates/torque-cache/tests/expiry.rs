@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use torque_cache::{LocalCache, MockClock, Policy, RemovalCause};
 
+mod common;
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -709,21 +711,7 @@ fn regression_a_write_whose_expiry_panics_does_not_supersede_a_load() {
         })
         .build()
         .unwrap();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let loader = {
-        let cache = cache.clone();
-        std::thread::spawn(move || {
-            cache.get_or_load(1, move || {
-                started_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-                Ok::<_, ()>(7)
-            })
-        })
-    };
-    started
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the load started");
+    let (loader, release) = common::load_held_in_flight(&cache, 1, 7);
     let write = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.insert(1, 13)));
     assert!(write.is_err(), "the expiry panicked");
     release.send(()).unwrap();

@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 
 use torque_cache::{Clock, LocalCache, MockClock};
 
+mod common;
+use common::load_held_in_flight;
+
 /// A mock clock that panics while armed.
 #[derive(Debug, Clone)]
 struct ArmedClock {
@@ -48,21 +51,7 @@ fn regression_a_removal_whose_clock_panics_does_not_supersede_a_load() {
             })
             .build()
             .unwrap();
-        let (started_tx, started) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel::<()>();
-        let loader = {
-            let cache = cache.clone();
-            std::thread::spawn(move || {
-                cache.get_or_load(1, move || {
-                    started_tx.send(()).unwrap();
-                    release_rx.recv().unwrap();
-                    Ok::<_, ()>(7)
-                })
-            })
-        };
-        started
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the load started");
+        let (loader, release) = load_held_in_flight(&cache, 1, 7);
         armed.store(true, Ordering::SeqCst);
         let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| removal(&cache)));
         armed.store(false, Ordering::SeqCst);

@@ -49,3 +49,35 @@ pub(crate) const POLICIES: [torque_cache::Policy; 5] = [
     torque_cache::Policy::Ttl,
     torque_cache::Policy::Adaptive,
 ];
+
+/// Starts `get_or_load(key)` on a thread of its own, with a loader that
+/// returns `value` once the returned sender sends (or is dropped); returns
+/// when the loader has started, so that the load is in flight.
+pub(crate) fn load_held_in_flight<K, V, S>(
+    cache: &torque_cache::LocalCache<K, V, S>,
+    key: K,
+    value: V,
+) -> (
+    std::thread::JoinHandle<Result<V, std::sync::Arc<()>>>,
+    mpsc::Sender<()>,
+)
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
+{
+    let (started_tx, started) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let cache = cache.clone();
+    let loader = std::thread::spawn(move || {
+        cache.get_or_load(key, move || {
+            started_tx.send(()).expect("test alive");
+            let _ = release_rx.recv();
+            Ok::<_, ()>(value)
+        })
+    });
+    started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the load started");
+    (loader, release)
+}
