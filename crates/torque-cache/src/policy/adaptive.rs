@@ -64,8 +64,8 @@ struct Meta {
     /// sketch, whose block for a long-resident victim is rarely still in
     /// the CPU's caches.
     estimate: u8,
-    /// [`DOOR`], [`TRIAL`] and [`RETURNED`], in one byte so that a node
-    /// stays 16 bytes.
+    /// [`DOOR`], [`TRIAL`], [`RETURNED`] and [`DEMOTED`], in one byte so
+    /// that a node stays 16 bytes.
     flags: u8,
     weight: u32,
 }
@@ -97,6 +97,11 @@ const TRIAL: u8 = 2;
 /// whole phases, missing 0.63 where the same cache had missed 0.54 before
 /// the first shift (docs/benchmarks.md, 2026-12-07, twenty-first session).
 const RETURNED: u8 = 4;
+/// In [`Meta::flags`]: the entry came to probation by a demotion from
+/// protected (it was promoted once), not from the window. Main space's
+/// victims are remembered with it, and a victim's return then moves
+/// protected's share one way or the other ([`Adaptive::move_protected`]).
+const DEMOTED: u8 = 8;
 
 /// Whether the window is resized by the hill climber. Off: on our traces
 /// (docs/benchmarks.md, 2026-11-23) a fixed 1 % window had a lower miss ratio
@@ -126,6 +131,10 @@ const INITIAL_SKETCH_ENTRIES: u64 = 1 << 14;
 /// issue's Zipf cells within +0.0012; 70 reached 0.4369 on the shifting
 /// Zipf (below quick_cache's 0.4391) but left scan/loop @1k a margin of
 /// 0.0005 (docs/benchmarks.md, 2026-12-06, sixteenth session).
+///
+/// This is protected's most: while the window is long
+/// ([`LONG_GHOSTS_DIVISOR`]) the returns of main space's victims lower it to
+/// as little as half of it, and raise it back ([`Adaptive::move_protected`]).
 const PROTECTED_PERCENT: u64 = 80;
 /// Probation keeps at least this fraction (1/20, 5 %) of the main space a
 /// shard actually holds ([`Adaptive::protected_limit`]), so it never runs
@@ -193,7 +202,8 @@ const MAX_STEP_ENTRIES: u64 = 64;
 /// the twice-touched scan @10k 0.3812 → 0.3826; eight times took the
 /// shifting Zipf @1k to 0.5788 but the twice-touched scan to 0.3848.
 const LONG_GHOSTS_DIVISOR: u64 = 8;
-/// See [`LONG_GHOSTS_DIVISOR`]. The slots are allocated when a ghost is
+/// See [`LONG_GHOSTS_DIVISOR`], which also lets victims' returns move
+/// protected's share ([`Adaptive::move_protected`]). The slots are allocated when a ghost is
 /// first long: 4 bytes per entry per ghost in a shard whose window has
 /// grown that far, none in the others.
 const LONG_GHOSTS_FACTOR: usize = 4;
@@ -247,6 +257,10 @@ const RESTART_THRESHOLD: f64 = 0.05;
 /// when not more popular than the victim, so an attacker cannot pin the victim
 /// by flooding its hash (Caffeine's HashDoS defence).
 const RANDOM_ADMIT_FREQUENCY: u8 = 6;
+/// Main space's victims counted by kind before the counts are halved
+/// ([`Adaptive::main_evictions`]): a few thousand, as the victims' ghost is
+/// at most a few thousand slots in the shards where it matters.
+const MAIN_EVICTION_MEMORY: u32 = 4096;
 /// The most probation entries a heavy candidate is weighed against
 /// ([`Adaptive::aggregate_victims`]), which bounds the cost of one contest.
 const MAX_AGGREGATED_VICTIMS: usize = 64;
@@ -323,6 +337,19 @@ pub(crate) struct Adaptive {
     /// Protected's limit for the current eviction
     /// ([`Self::protected_limit`]), set when [`Self::evict`] starts.
     protected_cap: u64,
+    /// The weight protected's share ([`PROTECTED_PERCENT`] of main space)
+    /// gives to probation ([`Self::move_protected`]): at most half the share,
+    /// and counted only while the ghosts are long.
+    protected_give: u64,
+    /// Half of protected's share with the window at `window_max`, the most
+    /// `protected_give` may be (kept by [`Self::limits_changed`]).
+    protected_give_most: u64,
+    /// Main space's victims lately (the low 32 bits) and of them those that
+    /// had been demoted from protected ([`DEMOTED`], the high 32 bits), both
+    /// halved at [`MAIN_EVICTION_MEMORY`]: the two kinds' shares of the
+    /// victims' ghost, which scale [`Self::move_protected`]'s steps as
+    /// ARC's. One word, so that counting a victim is an add and a compare.
+    main_evictions: u64,
     /// Entries that left the window in this round of evictions (since the
     /// last insert) and entered probation without a contest, oldest first:
     /// only the newest of the leavers of one [`Self::evict`] contests at
@@ -429,7 +456,8 @@ impl Ghost {
         let m = m ^ (m >> 32);
         // Lemire's multiply-shift range reduction: no power-of-two size.
         let slot = ((u128::from(m) * self.active as u128) >> 64) as usize;
-        (slot, (m as u32).max(1))
+        // Bit 0 is left for [`Self::remember_tagged`]'s tag; never 0.
+        (slot, (m as u32 & !1).max(2))
     }
 
     /// Remembers a refused key.
@@ -453,6 +481,27 @@ impl Ghost {
             self.slots[slot] = 0;
         }
         found
+    }
+
+    /// Remembers a key with a one-bit tag ([`Adaptive::victims`]: whether
+    /// it had been demoted from protected).
+    #[inline]
+    fn remember_tagged(&mut self, hash: u64, tag: bool) {
+        let (slot, print) = self.place(hash);
+        self.slots[slot] = print | u32::from(tag);
+    }
+
+    /// Whether `hash` was remembered lately, and with which tag; forgets it
+    /// if so.
+    #[inline]
+    fn recall_tagged(&mut self, hash: u64) -> Option<bool> {
+        let (slot, print) = self.place(hash);
+        let found = self.slots[slot];
+        if found & !1 != print {
+            return None;
+        }
+        self.slots[slot] = 0;
+        Some(found & 1 != 0)
     }
 
     /// [`Self::remember`] of a hash's [`Self::place`] (taken at the
@@ -638,6 +687,9 @@ impl Adaptive {
             window_now: window_min,
             pending: Vec::new(),
             protected_cap: 0,
+            protected_give: 0,
+            protected_give_most: 0,
+            main_evictions: 0,
             recalled: false,
             long_ghosts: false,
             trials: RecallTrials::default(),
@@ -666,6 +718,7 @@ impl Adaptive {
                 .saturating_add(self.window_max.div_ceil(WINDOW_MAX_DIVISOR - 1))
         };
         self.protected_full_at = protected_full_at(self.protected_max);
+        self.protected_give_most = Self::protected_share(self.capacity, self.window_max) / 2;
     }
 
     fn protected_share(capacity: u64, window_max: u64) -> u64 {
@@ -894,8 +947,15 @@ impl Adaptive {
                 }
                 self.links.move_back_to_front(&mut self.protected);
             };
-            self.unlink_from(Segment::Protected, id);
-            self.push(id, Segment::Probation);
+            // `unlink_from` and `push` with one look at the node.
+            let meta = self.links.meta_mut(id);
+            meta.segment = Segment::Probation;
+            meta.flags |= DEMOTED;
+            let weight = u64::from(meta.weight);
+            self.links.unlink(&mut self.protected, id);
+            self.protected_weight -= weight;
+            self.links.push_front(&mut self.probation, id);
+            self.probation_weight += weight;
             if self.demoted_now == 0 {
                 self.first_demoted = id;
             }
@@ -1055,13 +1115,101 @@ impl Adaptive {
     fn adapt(&mut self, hash: u64) -> bool {
         let grow = if self.ghost.recall(hash) {
             true
-        } else if self.victims.recall(hash) {
+        } else if let Some(demoted) = self.victims.recall_tagged(hash) {
+            if self.long_ghosts {
+                self.move_protected(demoted);
+            }
             false
         } else {
             return false;
         };
         self.move_window(grow);
         grow
+    }
+
+    /// Moves protected's share of main space on a victim's return, as ARC
+    /// moves its target between its recency and frequency lists (Megiddo &
+    /// Modha, USENIX FAST 2003): a key evicted from probation before any
+    /// read promoted it would have been kept by a larger probation (ARC's
+    /// hit in B1), so protected gives probation one (average) entry; one
+    /// that had been demoted from protected ([`DEMOTED`]) would have been
+    /// kept by a larger protected (a hit in B2), so protected takes one
+    /// back. Each step is scaled as ARC's, by the other kind's share of
+    /// the victims lately over this kind's, at least one entry: the returns
+    /// are weighed per victim of the kind, not in total. Between half of
+    /// protected's share ([`PROTECTED_PERCENT`] of main space) and all of
+    /// it.
+    ///
+    /// Protected is where popularity that has moved on lingers: its unread
+    /// entries leave only as promotions push them out, and then meet
+    /// newcomers in probation with the estimates they earned before. On
+    /// the shifting Zipf with weights (docs/benchmarks.md, 2026-12-07,
+    /// twenty-second session; 8 shards of about 625 entries, the sketch
+    /// halving about once in the whole run) protected held 79 % of the
+    /// shard through every phase and the miss ratio took 80–100k requests
+    /// to settle after each shift, where moka (TinyLFU before one LRU list)
+    /// settled in 40–60k. Without the floor, the twice-touched scan at
+    /// about 1,000 weighted entries went 0.696 → 0.703 (quick_cache 0.702):
+    /// the Zipf keys its scan evicts from probation came back and took
+    /// protected's room from the popular ones.
+    ///
+    /// Only while the ghosts are long ([`LONG_GHOSTS_DIVISOR`]: an
+    /// unweighted shard whose window holds an eighth of it or more, the
+    /// adaptation's own verdict that popularity decays); otherwise
+    /// protected keeps its share and what it gave is set aside
+    /// ([`Self::protected_now`]). In every unweighted shard it measured as
+    /// well on hit ratio (12 hasher seeds: shifting Zipf @10k 0.4168 →
+    /// 0.4086, recency @3k in `cache_capacity_sweep` 0.547 → 0.542), but on
+    /// the throughput workload, whose windows stay small, protected gave
+    /// way with no gain and its extra demotions cost 2 instructions a
+    /// request (258.04 → 261.39; 259.20 gated). With weights it took the
+    /// shifting Zipf at 5,000 average entries from 0.484 to 0.461 (moka
+    /// 0.471), but on Zipf 0.9 with the popular keys heavy or light at
+    /// 20,000 units (shards of 30–200 entries, a step of the average weight
+    /// 3–8 % of the shard) protected's share walked on noise and missed
+    /// 0.559 → 0.562 and 0.653 → 0.656 (three runs each; `cache_more_traces`).
+    /// Gated, over 12 hasher seeds: shifting Zipf @1k 0.5825 → 0.5802 and
+    /// @10k 0.4168 → 0.4119, recency @10k 0.2891 → 0.2879, the cells
+    /// within 0.0002; recency @3k 0.547 → 0.543 and @5k 0.440 → 0.432
+    /// (`cache_capacity_sweep`).
+    #[cold]
+    fn move_protected(&mut self, demoted: bool) {
+        // A return that finds the share at its bound moves nothing.
+        if demoted && self.protected_give == 0
+            || !demoted && self.protected_give >= self.protected_give_most
+        {
+            return;
+        }
+        let entry = self.entry_step();
+        let total = self.main_evictions & u64::from(u32::MAX);
+        let once = self.main_evictions >> 32;
+        let (never, once) = (total.saturating_sub(once).max(1), once.max(1));
+        let share = Self::protected_share(self.capacity, self.window_max);
+        let give = if demoted {
+            self.protected_give
+                .saturating_sub(entry.saturating_mul((never / once).max(1)))
+        } else {
+            self.protected_give
+                .saturating_add(entry.saturating_mul((once / never).max(1)))
+                .min(share / 2)
+        };
+        if give != self.protected_give {
+            self.protected_give = give;
+            self.protected_max = share - give.min(share / 2);
+            self.limits_changed();
+        }
+    }
+
+    /// Protected's limit with the window at `window_max`: its share of
+    /// main space, less what it gives to probation
+    /// ([`Self::move_protected`]) while the ghosts are long.
+    fn protected_now(&self, window_max: u64) -> u64 {
+        let share = Self::protected_share(self.capacity, window_max);
+        if self.long_ghosts {
+            share - self.protected_give.min(share / 2)
+        } else {
+            share
+        }
     }
 
     /// [`Self::adapt`]'s move of the window: grow after a refused key's
@@ -1094,11 +1242,12 @@ impl Adaptive {
         };
         if max != self.window_max {
             self.window_max = max;
-            self.protected_max = Self::protected_share(self.capacity, max);
-            self.limits_changed();
+            // The ghosts' length first: it switches protected's give.
             if self.long_ghosts != self.window_is_long() {
                 self.lengthen_ghosts();
             }
+            self.protected_max = self.protected_now(max);
+            self.limits_changed();
         }
     }
 
@@ -1149,11 +1298,19 @@ impl Adaptive {
             .min(entry.saturating_mul(MAX_STEP_ENTRIES))
     }
 
-    /// A main-space entry leaves for capacity.
+    /// A main-space entry leaves for capacity: remembered with whether it
+    /// had been demoted from protected, and counted by that.
     #[inline]
-    fn evicted_from_main(&mut self, hash: u64) {
+    fn evicted_from_main(&mut self, id: u32, hash: u64) {
         if self.adapts {
-            self.victims.remember(hash);
+            let demoted = self.links.meta(id).flags & DEMOTED != 0;
+            self.victims.remember_tagged(hash, demoted);
+            self.main_evictions += 1 | u64::from(demoted) << 32;
+            if self.main_evictions as u32 >= MAIN_EVICTION_MEMORY {
+                // Both halves at once (the low half's bit 0 shifts out of
+                // the high half's reach: it is masked off first).
+                self.main_evictions = (self.main_evictions & !(1 | 1 << 32)) >> 1;
+            }
         }
     }
 
@@ -1331,7 +1488,7 @@ impl Adaptive {
                     if older > 0 && self.admit_or_recall(candidate, victim, older, place) =>
                 {
                     self.unlink_from(Segment::Probation, victim);
-                    self.evicted_from_main(hits.hash(victim));
+                    self.evicted_from_main(victim, hits.hash(victim));
                     if self.recalled && self.trials.protect() {
                         self.protect_recalled(candidate, hits);
                     } else if self.demoted_now == 0 {
@@ -1414,7 +1571,7 @@ impl Adaptive {
             }
             let place = self.ghost.place(hits.hash(candidate));
             let loser = if self.admit_or_recall(candidate, victim, MAX_AGGREGATED_VICTIMS, place) {
-                self.evicted_from_main(hits.hash(victim));
+                self.evicted_from_main(victim, hits.hash(victim));
                 victim
             } else {
                 self.ghost.remember_at(place);
@@ -1481,7 +1638,7 @@ impl Adaptive {
         let place = self.ghost.place(hits.hash(candidate));
         let loser = if self.admit_or_recall(candidate, victim, older, place) {
             self.unlink_from(Segment::Probation, victim);
-            self.evicted_from_main(hits.hash(victim));
+            self.evicted_from_main(victim, hits.hash(victim));
             self.push(candidate, Segment::Probation);
             victim
         } else {
@@ -1502,7 +1659,7 @@ impl Adaptive {
             .or(self.protected.back())
             .or(self.window.back())?;
         if self.links.meta(victim).segment != Segment::Window {
-            self.evicted_from_main(hits.hash(victim));
+            self.evicted_from_main(victim, hits.hash(victim));
         }
         self.depart(victim, hits);
         self.unlink(victim);
@@ -1547,7 +1704,7 @@ impl Adaptive {
         // Protected's overflow, if the main space shrank, is demoted at the
         // next eviction.
         self.window_max = c.window as u64;
-        self.protected_max = Self::protected_share(self.capacity, self.window_max);
+        self.protected_max = self.protected_now(self.window_max);
         self.limits_changed();
     }
 
@@ -1563,13 +1720,16 @@ impl Adaptive {
         // The window's size is learned history too; `new` with `weighted`
         // (for the sketch's sizing) would switch the adaptation off.
         let (adapts, weighted, window_max) = (self.adapts, self.weighted, self.window_max);
+        let (give, main_evictions) = (self.protected_give, self.main_evictions);
         *self = Self::new(capacity, climb, true);
         self.victims = victims;
         self.adapts = adapts;
         self.weighted = weighted;
         if adapts {
             self.window_max = window_max;
-            self.protected_max = Self::protected_share(capacity, window_max);
+            self.protected_give = give;
+            self.main_evictions = main_evictions;
+            self.protected_max = self.protected_now(window_max);
             self.limits_changed();
         }
         self.grow_at = sketch.sized_for();
@@ -1577,6 +1737,11 @@ impl Adaptive {
         self.ghost = ghost;
         self.trials = trials;
         self.lengthen_ghosts();
+        if adapts {
+            // Protected's give counts only while the ghosts are long.
+            self.protected_max = self.protected_now(window_max);
+            self.limits_changed();
+        }
     }
 }
 
@@ -1977,6 +2142,98 @@ mod tests {
         assert_eq!(p.window_max, cap);
     }
 
+    /// A policy of 1,000 entries whose window has grown to half the shard
+    /// (as refused keys' returns grow it where popularity decays), with
+    /// protected at its share; and a function that makes a victim return
+    /// (tagged as demoted or not) and then a refused key, so that the
+    /// window, which the first shrinks, stays where it is.
+    fn long_window() -> (
+        Adaptive,
+        TestHits,
+        impl FnMut(&mut Adaptive, &mut TestHits, u64, bool),
+    ) {
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(1000, false, false);
+        let h = |i: u64| (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for i in 20_000..20_200 {
+            p.ghost.remember(h(i));
+            hits.insert(&mut p, i as u32, h(i), 1);
+        }
+        assert!(p.long_ghosts, "window {}", p.window_max);
+        p.window_max = 500;
+        p.protected_max = Adaptive::protected_share(1000, 500);
+        p.limits_changed();
+        let returns = move |p: &mut Adaptive, hits: &mut TestHits, i: u64, demoted: bool| {
+            if demoted {
+                p.victims.remember_tagged(h(i), true);
+            } else {
+                p.victims.remember(h(i));
+            }
+            hits.insert(p, i as u32, h(i), 1);
+            p.ghost.remember(h(i + 10_000));
+            hits.insert(p, (i + 10_000) as u32, h(i + 10_000), 1);
+            assert_eq!(p.window_max, 500);
+        };
+        (p, hits, returns)
+    }
+
+    #[test]
+    fn returns_of_keys_evicted_from_probation_unpromoted_shrink_protected() {
+        let (mut p, mut hits, mut returns) = long_window();
+        let nominal = Adaptive::protected_share(1000, 500);
+        assert_eq!(p.protected_max, nominal);
+        // Keys evicted from probation before any read promoted them come
+        // back: a larger probation would have kept them (ARC's return to
+        // the ghost of its recency list), so protected gives room.
+        for i in 0..100 {
+            returns(&mut p, &mut hits, i, false);
+        }
+        assert!(
+            p.protected_max < nominal,
+            "protected keeps {} of {nominal} after 100 such returns",
+            p.protected_max
+        );
+        // Never below half its share.
+        for i in 100..300 {
+            returns(&mut p, &mut hits, i, false);
+        }
+        assert_eq!(p.protected_max, nominal - nominal / 2);
+    }
+
+    #[test]
+    fn returns_of_keys_demoted_from_protected_grow_it_back() {
+        let (mut p, mut hits, mut returns) = long_window();
+        let nominal = Adaptive::protected_share(1000, 500);
+        for i in 0..300 {
+            returns(&mut p, &mut hits, i, false);
+        }
+        // Keys evicted after a demotion from protected come back: a larger
+        // protected would have kept them, and it takes its room back.
+        for i in 300..350 {
+            returns(&mut p, &mut hits, i, true);
+        }
+        assert!(p.protected_max > nominal - nominal / 2);
+        for i in 350..600 {
+            returns(&mut p, &mut hits, i, true);
+        }
+        assert_eq!(p.protected_max, nominal);
+    }
+
+    #[test]
+    fn protected_keeps_its_share_while_the_window_is_short_or_weighted() {
+        let h = |i: u64| (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for weighted in [false, true] {
+            let mut hits = TestHits::default();
+            let mut p = Adaptive::new(if weighted { 100_000 } else { 1000 }, false, weighted);
+            let nominal = p.protected_max;
+            for i in 0..100 {
+                p.victims.remember(h(i));
+                hits.insert(&mut p, i as u32, h(i), if weighted { 100 } else { 1 });
+            }
+            assert_eq!(p.protected_max, nominal, "weighted {weighted}");
+        }
+    }
+
     #[test]
     fn runs_of_like_returns_move_the_window_in_growing_steps() {
         let mut hits = TestHits::default();
@@ -2141,10 +2398,14 @@ mod tests {
                     }
                     assert!(p.window_min <= p.window_max, "{ctx}: under its least");
                     assert!(p.window_max <= p.window_cap, "{ctx}: over its cap");
-                    assert_eq!(
-                        p.protected_max,
-                        Adaptive::protected_share(capacity, p.window_max),
-                        "{ctx}"
+                    // Protected's share, less at most half of it given to
+                    // probation by victims' returns (`move_protected`).
+                    let share = Adaptive::protected_share(capacity, p.window_max);
+                    assert_eq!(p.protected_max, p.protected_now(p.window_max), "{ctx}");
+                    assert!(
+                        share - share / 2 <= p.protected_max && p.protected_max <= share,
+                        "{ctx}: protected {} of {share}",
+                        p.protected_max
                     );
                     let (window_full_at, protected_full_at) =
                         (p.window_full_at, p.protected_full_at);
