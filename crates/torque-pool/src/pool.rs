@@ -694,9 +694,14 @@ impl<M: Manager> Inner<M> {
 
     /// One connect, whose slot [`Core::plan_create`] has reserved.
     async fn create_one(self: Arc<Self>, mut guard: CreateGuard<M>) {
+        // `create` is called inside `catch_panic`, not before it: a manager
+        // may panic in the call itself, before it returns its future (the
+        // trait's methods are `fn ... -> impl Future`), and that too is a
+        // connect that panicked, not a task that died (whose guard tells
+        // the waiters `Closed`).
         let result = tokio::time::timeout(
             self.config.create_timeout,
-            catch_panic(self.manager.create()),
+            catch_panic(async { self.manager.create().await }),
         )
         .await;
         guard.inner = None;

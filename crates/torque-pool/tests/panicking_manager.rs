@@ -5,13 +5,14 @@
 
 mod common;
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Fake, FakeConn, FakeError, wait_until};
-use torque_pool::{Cluster, ClusterConfig, Manager, Pool, PoolConfig, Role, RoleProbe};
+use torque_pool::{Cluster, ClusterConfig, Manager, Pool, PoolConfig, PoolError, Role, RoleProbe};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -236,6 +237,63 @@ async fn a_connect_that_panics_fails_its_waiters_with_the_panic_not_closed() {
         "the panic's message is missing: {text}"
     );
     fake.knobs.panic_in_create.store(false, Ordering::SeqCst);
+    let conn = tokio::time::timeout(BOUND, pool.get())
+        .await
+        .expect("no hang")
+        .expect("the pool serves once connects work");
+    drop(conn);
+}
+
+/// A manager whose `create` panics when called, before it returns its
+/// future (the trait's methods are `fn ... -> impl Future`, so a manager
+/// may do work, and panic, outside the future).
+#[derive(Debug, Clone, Default)]
+struct PanicsOnCall {
+    fake: Fake,
+    panic: Arc<AtomicBool>,
+}
+
+impl Manager for PanicsOnCall {
+    type Connection = FakeConn;
+    type Error = FakeError;
+
+    #[allow(clippy::manual_async_fn)]
+    fn create(&self) -> impl Future<Output = Result<FakeConn, FakeError>> + Send {
+        once(&self.panic, "create, before its future");
+        let fake = self.fake.clone();
+        async move { fake.create().await }
+    }
+    async fn check(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
+        self.fake.check(conn).await
+    }
+    fn is_broken(&self, conn: &FakeConn) -> bool {
+        self.fake.is_broken(conn)
+    }
+}
+
+/// A `create` that panics before it returns its future is a connect that
+/// panicked, like one whose future panics: its waiter is told so, with the
+/// message, not `Closed` (the pool is open, and serves once connects work).
+#[tokio::test(start_paused = true)]
+async fn a_create_that_panics_before_its_future_fails_its_waiter_with_the_panic_not_closed() {
+    let m = PanicsOnCall::default();
+    m.panic.store(true, Ordering::SeqCst);
+    let pool = Pool::builder(m.clone())
+        .max_size(1)
+        .min_idle(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .seed(1)
+        .build()
+        .unwrap();
+    let err = tokio::time::timeout(BOUND, pool.get())
+        .await
+        .expect("no hang")
+        .expect_err("the only connect panicked");
+    assert!(
+        matches!(&err, PoolError::ConnectPanicked { message } if message.contains("before its future")),
+        "a panicked connect reported as {err:?}"
+    );
+    assert!(!pool.is_closed());
     let conn = tokio::time::timeout(BOUND, pool.get())
         .await
         .expect("no hang")
