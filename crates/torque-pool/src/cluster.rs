@@ -715,15 +715,41 @@ impl<M: RoleProbe> Drop for ClusterConn<M> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        let inner = &self.cluster;
-        let read_only = inner.pools[self.host].manager().take_read_only_error(&conn);
+        // Declared after `conn`, so dropped before it if a hook panics: the
+        // checkout is counted finished even then (the manager's
+        // `take_read_only_error` here, its `is_broken` or `reset` in the
+        // `Pooled`'s drop). Left counted, the host would look busier than it
+        // is to the balancer for ever.
+        let mut finished = Finished {
+            inner: &self.cluster,
+            host: self.host,
+            since: self.since,
+            read_only: false,
+        };
+        finished.read_only = self.cluster.pools[self.host]
+            .manager()
+            .take_read_only_error(&conn);
         drop(conn);
+    }
+}
+
+/// Counts a [`ClusterConn`]'s checkout finished when it goes out of scope,
+/// and has its host's role re-checked after a read-only error.
+struct Finished<'a, M: RoleProbe> {
+    inner: &'a Arc<Inner<M>>,
+    host: usize,
+    since: Instant,
+    read_only: bool,
+}
+
+impl<M: RoleProbe> Drop for Finished<'_, M> {
+    fn drop(&mut self) {
         {
-            let mut st = inner.state.lock();
+            let mut st = self.inner.state.lock();
             let now = now();
             st.hosts
                 .finished(self.host, Some(self.since.elapsed()), now);
-            if read_only {
+            if self.read_only {
                 tracing::info!(
                     host = self.host,
                     "read-only error on a connection; re-checking the host's role"
@@ -731,8 +757,8 @@ impl<M: RoleProbe> Drop for ClusterConn<M> {
                 st.hosts.read_only_seen(self.host, now);
             }
         }
-        if read_only {
-            inner.wake.notify_one();
+        if self.read_only {
+            self.inner.wake.notify_one();
         }
     }
 }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Fake, FakeConn, FakeError, wait_until};
-use torque_pool::{Cluster, ClusterConfig, Manager, Pool, PoolConfig, PoolError, Role, RoleProbe};
+use torque_pool::{
+    Balance, Cluster, ClusterConfig, Manager, Pool, PoolConfig, PoolError, Role, RoleProbe,
+};
 
 const BOUND: Duration = Duration::from_secs(10);
 
@@ -299,4 +301,51 @@ async fn a_create_that_panics_before_its_future_fails_its_waiter_with_the_panic_
         .expect("no hang")
         .expect("the pool serves once connects work");
     drop(conn);
+}
+
+/// A cluster connection whose return panics in the manager's `reset` still
+/// counts its checkout as finished: a host left with a checkout "in flight"
+/// for ever looks busier than it is to the balancer (LeastBusy sends it no
+/// read while another replica has fewer; PeakEwma multiplies its cost).
+#[tokio::test(start_paused = true)]
+async fn a_reset_that_panics_on_a_cluster_return_does_not_leak_the_in_flight_count() {
+    let primary = Panicky::default();
+    let replicas = [Panicky::default(), Panicky::default()];
+    for r in &replicas {
+        r.fake.set_replica(true);
+    }
+    let mut pool = PoolConfig::default();
+    pool.min_idle = 0;
+    let mut config = ClusterConfig::default();
+    config.balance = Balance::LeastBusy;
+    config.pool = pool;
+    let cluster = Cluster::builder(primary.clone())
+        .replica(replicas[0].clone())
+        .replica(replicas[1].clone())
+        .config(config)
+        .seed(1)
+        .build()
+        .unwrap();
+    wait_until(BOUND, || {
+        cluster.hosts().iter().all(|h| h.pool.acquired > 0) && replicas[1].fake.role_probes() > 0
+    })
+    .await;
+    let conn = cluster.get_read().await.unwrap();
+    let host = conn.host();
+    replicas[host - 1]
+        .panic_in_reset
+        .store(true, Ordering::SeqCst);
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(conn)));
+    assert!(dropped.is_err(), "the manager's panic reaches the caller");
+    let in_flight: Vec<usize> = cluster.hosts().iter().map(|h| h.in_flight).collect();
+    assert_eq!(in_flight, [0, 0, 0], "nothing is checked out");
+    // And the balancer treats the two replicas alike again.
+    let mut counts = [0; 3];
+    for _ in 0..10 {
+        let a = cluster.get_read().await.unwrap();
+        let b = cluster.get_read().await.unwrap();
+        counts[a.host()] += 1;
+        counts[b.host()] += 1;
+    }
+    assert_eq!(counts, [0, 10, 10], "two reads at once go to both replicas");
 }
