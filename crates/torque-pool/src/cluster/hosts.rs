@@ -111,6 +111,26 @@ struct Host {
     latency: PeakEwma,
     next_check: Instant,
     probing: bool,
+    /// A change was reported while a probe was in flight, which may have
+    /// read the role before it: probe again once that probe is in.
+    recheck: bool,
+}
+
+impl Host {
+    /// Something says this up host's role may have changed: probe it now,
+    /// or, if a probe is in flight (it may have read the role before the
+    /// change), again as soon as that one is in. A down host is probed on
+    /// its backoff anyway.
+    fn recheck_now(&mut self, now: Instant) {
+        if self.failures.is_some() {
+            return;
+        }
+        if self.probing {
+            self.recheck = true;
+        } else if self.next_check > now {
+            self.next_check = now;
+        }
+    }
 }
 
 /// What the cluster knows about one host, from [`Hosts::host`].
@@ -143,6 +163,7 @@ impl Hosts {
                 latency: PeakEwma::default(),
                 next_check: now,
                 probing: false,
+                recheck: false,
             })
             .collect();
         Hosts {
@@ -272,10 +293,7 @@ impl Hosts {
     /// A caller's connection to host `i` saw a "read-only" error (PostgreSQL's
     /// SQLSTATE 25006): re-check its role now.
     pub(crate) fn read_only_seen(&mut self, i: usize, now: Instant) {
-        let h = &mut self.hosts[i];
-        if h.failures.is_none() && h.next_check > now {
-            h.next_check = now;
-        }
+        self.hosts[i].recheck_now(now);
     }
 
     /// Hosts whose role check (or retry, if down) is due; they are marked
@@ -315,16 +333,22 @@ impl Hosts {
         h.probing = false;
         h.failures = None;
         h.latency.observe(rtt, now, decay);
-        h.next_check = crate::core::later(now, self.cfg.role_check_interval);
         let old = std::mem::replace(&mut h.role, role);
+        // A change reported while this probe was in flight, and not seen by
+        // it: it may have read the role before the change; ask again now.
+        h.next_check = if std::mem::take(&mut h.recheck) && old == role {
+            now
+        } else {
+            crate::core::later(now, self.cfg.role_check_interval)
+        };
         if old != role {
             // A demotion or a promotion means a failover: learn the other
             // hosts' new roles now rather than at their next scheduled check
             // (until then, a promoted host and the old primary both look
             // writable, or neither does).
             for (j, other) in self.hosts.iter_mut().enumerate() {
-                if j != i && other.failures.is_none() && other.next_check > now {
-                    other.next_check = now;
+                if j != i {
+                    other.recheck_now(now);
                 }
             }
         }
@@ -338,12 +362,14 @@ impl Hosts {
     pub(crate) fn probe_postponed(&mut self, i: usize, now: Instant) {
         let h = &mut self.hosts[i];
         h.probing = false;
+        h.recheck = false;
         h.next_check = crate::core::later(now, self.cfg.backoff_min);
     }
 
     /// A probe of host `i` failed: it is down, retried after a backoff.
     pub(crate) fn probe_failed(&mut self, i: usize, now: Instant) {
         self.hosts[i].probing = false;
+        self.hosts[i].recheck = false;
         self.failed(i, now);
     }
 }
@@ -564,6 +590,41 @@ mod tests {
         assert_eq!(hosts.probe_succeeded(0, R, Duration::ZERO, later), Some(P));
         assert_eq!(hosts.probes_due(later), [1]);
         hosts.probe_succeeded(1, P, Duration::ZERO, later);
+        assert_eq!(hosts.pick_write(&[]), Some(1));
+    }
+
+    /// A probe in flight may have read the role before the change that a
+    /// read-only error (or another host's role change) reports: its answer
+    /// says nothing of the change, so the host is re-checked once it is in,
+    /// not a whole `role_check_interval` later (writes going on to the
+    /// demoted primary, or none to the promoted replica, meanwhile).
+    #[test]
+    fn a_change_reported_while_a_probe_is_in_flight_is_checked_after_it() {
+        let c = cfg(Balance::RoundRobin);
+        let now = Instant::now();
+        let ms = |n| now + Duration::from_millis(n);
+        let mut hosts = Hosts::new(c, &[P, R, R], now);
+        for i in hosts.probes_due(now) {
+            hosts.probe_succeeded(i, if i == 0 { P } else { R }, Duration::ZERO, now);
+        }
+        // A read-only error on host 0 while its probe is in flight; the
+        // probe answers from before the demotion.
+        hosts.read_only_seen(0, ms(10));
+        assert_eq!(hosts.probes_due(ms(10)), [0]);
+        hosts.read_only_seen(0, ms(11));
+        assert!(hosts.probes_due(ms(11)).is_empty(), "one probe at a time");
+        assert_eq!(hosts.probe_succeeded(0, P, Duration::ZERO, ms(12)), None);
+        assert_eq!(hosts.probes_due(ms(12)), [0], "re-checked at once");
+        // Host 0 is seen demoted while host 1's probe is in flight and
+        // answers from before host 1's promotion: host 1 is re-checked after
+        // it (host 2, not probing, at once).
+        hosts.read_only_seen(1, ms(12));
+        assert_eq!(hosts.probes_due(ms(12)), [1]);
+        assert_eq!(hosts.probe_succeeded(0, R, Duration::ZERO, ms(13)), Some(P));
+        assert_eq!(hosts.probes_due(ms(13)), [2]);
+        assert_eq!(hosts.probe_succeeded(1, R, Duration::ZERO, ms(14)), None);
+        assert_eq!(hosts.probes_due(ms(14)), [1], "re-checked at once");
+        assert_eq!(hosts.probe_succeeded(1, P, Duration::ZERO, ms(15)), Some(R));
         assert_eq!(hosts.pick_write(&[]), Some(1));
     }
 
