@@ -502,6 +502,11 @@ impl<C, W> Core<C, W> {
             self.count_close(CloseReason::PoolClosed);
             return Some(entry.conn);
         }
+        // Its lifetime may have run out during the check.
+        if entry.meta.expires.is_some_and(|t| now >= t) {
+            self.count_close(CloseReason::Lifetime);
+            return Some(entry.conn);
+        }
         entry.meta.last_alive = now;
         self.deliver(entry, true, send);
         None
@@ -836,6 +841,38 @@ mod tests {
             Some(1)
         );
         assert_eq!(core.size(), 0);
+    }
+
+    /// A connection whose lifetime runs out while keepalive checks it is
+    /// retired when the check comes back, not handed to a waiter (nor put
+    /// back idle): "retired after `max_lifetime`, never while in use" holds
+    /// for every way back into the pool.
+    #[test]
+    fn a_connection_whose_lifetime_ends_during_keepalive_is_retired_not_handed_over() {
+        let mut core = TestCore::new(CoreConfig {
+            idle_timeout: None,
+            ..cfg()
+        });
+        let t = Instant::now();
+        let s = |n| t + Duration::from_secs(n);
+        assert!(core.plan_create(t));
+        core.create_succeeded(1, t, |_, e| Err(e));
+        // Lifetime 100 s minus at most 2.5 s of jitter: alive at 97 s, when
+        // keepalive takes it out; gone by 101 s, when its check comes back.
+        let mut close = Vec::new();
+        let due = core.maintain(s(97), &mut close);
+        assert!(close.is_empty());
+        let e = due.into_iter().next().expect("due for keepalive");
+        core.push_waiter("w", far(), false);
+        let mut log = Vec::new();
+        assert_eq!(
+            core.keepalive_done(e, true, s(101), record(&mut log)),
+            Some(1)
+        );
+        assert!(log.is_empty(), "handed over past its lifetime: {log:?}");
+        assert_eq!(core.counters.closed[CloseReason::Lifetime.index()], 1);
+        assert_eq!((core.size(), core.waiting()), (0, 1));
+        assert_eq!(core.plan_creates(s(101)), 1, "a connect for the waiter");
     }
 
     #[test]
