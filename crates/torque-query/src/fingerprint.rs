@@ -223,12 +223,19 @@ fn fold(acc: u64, value: u64) -> u64 {
 }
 
 /// `"users"` is the same identifier as `users`; `"Users"` is not.
+///
+/// Plain is what an unquoted name folds to: PostgreSQL lower-cases only
+/// ASCII letters (in UTF-8), so non-ASCII characters and, after the first
+/// character, digits and `$` are plain too (`"café"` is `café`, `"a$b"`
+/// is `a$b`).
 fn unquote_if_plain(quoted: &str) -> Option<&str> {
     let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
     let mut bytes = inner.bytes();
     let first = bytes.next()?;
-    let plain = (first.is_ascii_lowercase() || first == b'_')
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let plain = (first.is_ascii_lowercase() || first == b'_' || first >= 0x80)
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'$' || b >= 0x80
+        });
     plain.then_some(inner)
 }
 

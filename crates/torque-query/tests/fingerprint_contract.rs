@@ -480,3 +480,23 @@ fn regression_an_upserts_set_list_after_an_insert_select_is_no_relation_list() {
     let f = fingerprint("SELECT * FROM a JOIN b ON a.id = b.id, c WHERE c.x = 1");
     assert_eq!(f.tables(), ["a", "b", "c"]);
 }
+
+#[test]
+fn regression_a_quoted_name_an_unquoted_one_could_spell_is_that_name() {
+    // PostgreSQL folds only ASCII letters (UTF-8 server encoding): `"café"`
+    // is `café`, `"a$b"` is `a$b`, `"t2"` is `t2`; `"CAFÉ"` stays distinct
+    // from `CAFÉ` (which folds to `cafÉ`), and `"cafÉ"` equals it.
+    same(
+        "SELECT * FROM \"café\" WHERE id = 1",
+        "SELECT * FROM café WHERE id = 2",
+    );
+    same(
+        "SELECT * FROM \"a$b\" WHERE id = 1",
+        "SELECT * FROM a$b WHERE id = 2",
+    );
+    same("SELECT \"straße\" FROM t", "SELECT STRAßE FROM t");
+    same("SELECT * FROM \"cafÉ\"", "SELECT * FROM CAFÉ");
+    differ("SELECT * FROM \"CAFÉ\"", "SELECT * FROM CAFÉ");
+    differ("SELECT * FROM \"$ab\"", "SELECT * FROM ab");
+    differ("SELECT * FROM \"1ab\"", "SELECT * FROM ab");
+}
