@@ -107,7 +107,8 @@ struct Inner<K, V, E> {
     /// Lock order: `in_flight`, then `cache`.
     in_flight: Mutex<InFlight<K, V, E>>,
     batch_ids: AtomicU64,
-    pending: Mutex<Option<Arc<Batch<K, V, E>>>>,
+    /// Batches not yet taken by their runner.
+    pending: Mutex<Pending<K, V, E>>,
     batches: AtomicU64,
     keys: AtomicU64,
     cache_hits: AtomicU64,
@@ -115,6 +116,30 @@ struct Inner<K, V, E> {
 
 struct Batch<K, V, E> {
     state: Mutex<BatchState<K, V, E>>,
+}
+
+/// The batches not yet taken by their runner: the open one, which takes new
+/// keys, and the full ones, which still take callers of a key they hold
+/// (keys are de-duplicated across them), indexed by key.
+struct Pending<K, V, E> {
+    open: Option<Arc<Batch<K, V, E>>>,
+    full: HashMap<K, Arc<Batch<K, V, E>>>,
+}
+
+impl<K: Eq + Hash, V, E> Pending<K, V, E> {
+    /// Unlists `batch` (whose state the caller has locked, as `state`): no
+    /// key joins it any more.
+    fn remove(&mut self, batch: &Arc<Batch<K, V, E>>, state: &BatchState<K, V, E>) {
+        if self.open.as_ref().is_some_and(|b| Arc::ptr_eq(b, batch)) {
+            self.open = None;
+        } else if !self.full.is_empty() {
+            for key in &state.keys {
+                if self.full.get(key).is_some_and(|b| Arc::ptr_eq(b, batch)) {
+                    self.full.remove(key);
+                }
+            }
+        }
+    }
 }
 
 struct BatchState<K, V, E> {
@@ -190,7 +215,10 @@ where
                 cache_epoch: AtomicU64::new(0),
                 in_flight: Mutex::new(HashMap::new()),
                 batch_ids: AtomicU64::new(0),
-                pending: Mutex::new(None),
+                pending: Mutex::new(Pending {
+                    open: None,
+                    full: HashMap::new(),
+                }),
                 batches: AtomicU64::new(0),
                 keys: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
@@ -377,35 +405,47 @@ where
     ) {
         let (tx, rx) = oneshot::channel();
         let mut pending = lock(&self.inner.pending);
-        let (batch, leader) = match pending.as_ref() {
-            Some(b) => (Arc::clone(b), false),
-            None => {
-                let b = Arc::new(Batch {
-                    state: Mutex::new(BatchState {
-                        waiters: HashMap::new(),
-                        keys: Vec::new(),
-                        taken: false,
-                    }),
-                });
-                *pending = Some(Arc::clone(&b));
-                (b, true)
-            }
-        };
-        let mut state = lock(&batch.state);
-        match state.waiters.get_mut(key) {
-            Some(senders) => senders.push(tx),
-            None => {
-                state.keys.push(key.clone());
-                state.waiters.insert(key.clone(), vec![tx]);
+        // A key already in a batch not yet sent joins it, full or not: keys
+        // are de-duplicated across them.
+        if let Some(batch) = pending.full.get(key) {
+            let mut state = lock(&batch.state);
+            if let Some(senders) = state.waiters.get_mut(key) {
+                senders.push(tx);
+                return (rx, None);
             }
         }
-        if state.keys.len() >= self.inner.max_batch {
-            // Full: later keys go into a new batch; the leader sends this one.
-            *pending = None;
+        if let Some(batch) = pending.open.clone() {
+            let mut state = lock(&batch.state);
+            match state.waiters.get_mut(key) {
+                Some(senders) => senders.push(tx),
+                None => {
+                    state.keys.push(key.clone());
+                    state.waiters.insert(key.clone(), vec![tx]);
+                    if state.keys.len() >= self.inner.max_batch {
+                        // Full: later keys start a new batch; its runner sends this one.
+                        pending.open = None;
+                        for k in &state.keys {
+                            pending.full.insert(k.clone(), Arc::clone(&batch));
+                        }
+                    }
+                }
+            }
+            return (rx, None);
         }
-        drop(state);
+        let batch = Arc::new(Batch {
+            state: Mutex::new(BatchState {
+                waiters: HashMap::from([(key.clone(), vec![tx])]),
+                keys: vec![key.clone()],
+                taken: false,
+            }),
+        });
+        if self.inner.max_batch <= 1 {
+            pending.full.insert(key.clone(), Arc::clone(&batch));
+        } else {
+            pending.open = Some(Arc::clone(&batch));
+        }
         drop(pending);
-        (rx, leader.then_some(batch))
+        (rx, Some(batch))
     }
 }
 
@@ -448,7 +488,7 @@ impl<K: Eq + Hash, V, E> Drop for InFlightGuard<'_, K, V, E> {
 
 /// Runs the batch; if dropped first (the leader was cancelled), releases the
 /// batch so its waiters retry instead of waiting forever.
-struct LeaderGuard<'a, K, V, E> {
+struct LeaderGuard<'a, K: Eq + Hash, V, E> {
     inner: &'a Inner<K, V, E>,
     batch: Option<Arc<Batch<K, V, E>>>,
 }
@@ -461,13 +501,10 @@ where
 {
     fn take(&mut self) -> Option<(Vec<K>, Waiters<K, V, E>)> {
         let batch = self.batch.take()?;
-        {
-            let mut pending = lock(&self.inner.pending);
-            if pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, &batch)) {
-                *pending = None;
-            }
-        }
+        let mut pending = lock(&self.inner.pending);
         let mut state = lock(&batch.state);
+        pending.remove(&batch, &state);
+        drop(pending);
         state.taken = true;
         Some((
             std::mem::take(&mut state.keys),
@@ -534,17 +571,15 @@ where
     }
 }
 
-impl<K, V, E> Drop for LeaderGuard<'_, K, V, E> {
+impl<K: Eq + Hash, V, E> Drop for LeaderGuard<'_, K, V, E> {
     fn drop(&mut self) {
         if let Some(batch) = self.batch.take() {
             // Cancelled before running: close the batch so no new key joins
             // it, and drop its senders so its waiters retry.
             let mut pending = lock(&self.inner.pending);
-            if pending.as_ref().is_some_and(|p| Arc::ptr_eq(p, &batch)) {
-                *pending = None;
-            }
-            drop(pending);
             let mut state = lock(&batch.state);
+            pending.remove(&batch, &state);
+            drop(pending);
             state.taken = true;
             state.waiters.clear();
         }
@@ -649,6 +684,41 @@ mod tests {
         let results = loader.load_many(0..95).await.unwrap();
         assert_eq!(results, (0..95).map(Some).collect::<Vec<_>>());
         assert_eq!(calls.load(Ordering::SeqCst), 10);
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_after_its_batch_filled_up_is_not_fetched_again() {
+        // Keys are de-duplicated within a tick, also when the batch holding
+        // a key filled up before the key came again.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let loader: Loader<u32, u32, String> = Loader::builder(move |keys: Vec<u32>| {
+            let s = Arc::clone(&s);
+            async move {
+                lock(&s).push(keys.clone());
+                Ok(keys.into_iter().map(|k| (k, k * 10)).collect())
+            }
+        })
+        .max_batch(2)
+        .build();
+        let results = loader.load_many([1, 2, 1, 3, 2, 4, 1]).await.unwrap();
+        assert_eq!(
+            results,
+            [10, 20, 10, 30, 20, 40, 10].map(Some).to_vec(),
+            "each caller gets its own key's value"
+        );
+        let joined = join_all(vec![loader.load(5), loader.load(6), loader.load(5)]).await;
+        assert_eq!(
+            joined.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            vec![Some(50), Some(60), Some(50)]
+        );
+        let batches = lock(&seen).clone();
+        assert_eq!(
+            batches,
+            vec![vec![1, 2], vec![3, 4], vec![5, 6]],
+            "a key was sent twice in one tick"
+        );
+        assert_eq!(loader.stats().keys, 6);
     }
 
     #[tokio::test]
