@@ -34,6 +34,16 @@ fn plain_job_that_needs_rayon(p: &Processor) -> (mpsc::Sender<()>, std::thread::
     (go_tx, plain)
 }
 
+/// [`cpu_batch_went_to_rayon`] inside a job of a `Blocking` batch fed from
+/// this (plain) thread.
+fn plain_jobs_cpu_batch_went_to_rayon(p: &Processor) -> bool {
+    let cpu = p.clone();
+    let out = p
+        .blocking()
+        .map(vec![()], move |()| cpu_batch_went_to_rayon(&cpu, 16));
+    *out[0].as_ref().unwrap()
+}
+
 /// A `Cpu` batch of `n` spinning items; returns whether any ran on rayon.
 fn cpu_batch_went_to_rayon(p: &Processor, n: u64) -> bool {
     let items: Vec<u64> = (0..n).collect();
@@ -69,18 +79,12 @@ fn regression_a_map_async_blocked_on_in_a_cpu_item_does_not_wait_behind_a_job_th
             let go = Mutex::new(Some(go_tx));
             let items: Vec<u64> = (0..4).collect();
             let out = p.map(&items, |&x| {
-                let Some(go) = common::on_rayon()
-                    .then(|| go.lock().unwrap().take())
-                    .flatten()
-                else {
+                let Some(go) = common::take_on_rayon(&go) else {
                     return x;
                 };
                 let fut = p.blocking().map_async(vec![x, x + 1], |y| y * 10);
                 go.send(()).unwrap();
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                rt.block_on(fut)
+                common::block_on(fut)
                     .into_iter()
                     .map(Result::unwrap)
                     .sum::<u64>()
@@ -133,18 +137,15 @@ fn a_map_async_future_moved_into_a_cpu_item_takes_its_jobs_back() {
             let go = Mutex::new(Some(go_tx));
             let items: Vec<u64> = (0..4).collect();
             let out = p.map(&items, |&x| {
-                let Some(go) = common::on_rayon()
-                    .then(|| go.lock().unwrap().take())
-                    .flatten()
-                else {
+                let Some(go) = common::take_on_rayon(&go) else {
                     return vec![x];
                 };
                 let fut = fut.lock().unwrap().take().unwrap();
                 go.send(()).unwrap();
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                rt.block_on(fut).into_iter().map(Result::unwrap).collect()
+                common::block_on(fut)
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect()
             });
             let plain = plain.join().unwrap();
             let s = p.stats();
@@ -251,13 +252,8 @@ fn a_map_async_future_of_a_dropped_processor_blocked_on_in_a_cpu_item_cancels_it
         let fut = Mutex::new(Some(fut));
         let items: Vec<u64> = (0..4).collect();
         let out = q.map(&items, |_| {
-            let fut = common::on_rayon()
-                .then(|| fut.lock().unwrap().take())
-                .flatten()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            Some(rt.block_on(fut))
+            let fut = common::take_on_rayon(&fut)?;
+            Some(common::block_on(fut))
         });
         (out, ran.load(Ordering::Relaxed))
     });
@@ -281,12 +277,8 @@ fn cpu_batches_outside_a_rayon_feeder_still_go_to_rayon() {
     let before = p.stats().parallel_runs;
     assert!(cpu_batch_went_to_rayon(&p, 16), "a plain thread's batch");
     assert!(p.stats().parallel_runs > before);
-    let cpu = p.clone();
-    let out = p
-        .blocking()
-        .map(vec![()], move |()| cpu_batch_went_to_rayon(&cpu, 16));
     assert!(
-        *out[0].as_ref().unwrap(),
+        plain_jobs_cpu_batch_went_to_rayon(&p),
         "a plain-thread blocking job's batch"
     );
 }
@@ -341,12 +333,8 @@ fn the_keep_flag_does_not_outlive_a_panicking_job() {
         })
         .count();
     assert_eq!(on_worker, 1, "{threads:?}");
-    let cpu = p.clone();
-    let out = p
-        .blocking()
-        .map(vec![()], move |()| cpu_batch_went_to_rayon(&cpu, 16));
     assert!(
-        *out[0].as_ref().unwrap(),
+        plain_jobs_cpu_batch_went_to_rayon(&p),
         "the worker kept Cpu batches to itself after a panicking kept job"
     );
     let s = p.stats();
@@ -530,10 +518,7 @@ fn a_hybrid_batch_blocked_on_in_cpu_items_on_one_rayon_thread() {
         let p = common::eager(1, 1);
         let outer: Vec<u64> = (0..4).collect();
         p.map(&outer, |&o| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(
+            common::block_on(
                 p.hybrid()
                     .map(vec![o, o + 1], |x| x * 2, |y| async move { y + 1 }),
             )
@@ -628,14 +613,11 @@ fn mixed_feeders(seed: u64) {
                     2 => {
                         let out = h.map(&outer, |&o| {
                             let items = (0..n).map(|i| o * 100 + i).collect();
-                            let rt = tokio::runtime::Builder::new_current_thread()
-                                .build()
-                                .unwrap();
                             let job = job.clone();
                             let fut = h.blocking().map_weighted_async(items, weigh, move |x| {
                                 Ok::<u64, std::convert::Infallible>(job(x))
                             });
-                            check(&rt.block_on(fut), o * 100);
+                            check(&common::block_on(fut), o * 100);
                         });
                         assert_eq!(out.len(), 4);
                     }

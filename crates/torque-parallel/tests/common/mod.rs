@@ -114,6 +114,21 @@ pub(crate) fn on_rayon() -> bool {
         .is_some_and(|n| n.starts_with("torque-cpu-"))
 }
 
+/// On a rayon thread, what `slot` holds, taken (so only the first such
+/// item gets it); `None` elsewhere.
+pub(crate) fn take_on_rayon<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    on_rayon().then(|| slot.lock().unwrap().take()).flatten()
+}
+
+/// Blocks this thread on `fut` with a current-thread runtime, as a caller
+/// inside a `Cpu` item or a blocking job would.
+pub(crate) fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(fut)
+}
+
 /// A processor whose `Cpu` batches go to rayon after their first item.
 pub(crate) fn eager(cpu_threads: usize, blocking_threads: usize) -> torque_parallel::Processor {
     eager_builder(cpu_threads, blocking_threads)
