@@ -46,8 +46,10 @@ impl fmt::Display for TimeoutKind {
 #[non_exhaustive]
 pub enum PoolError<E> {
     /// A timeout fired. `last_error` is the backend's most recent error, if
-    /// connecting or checking has failed since the last success: a timeout
-    /// while the server rejects every connect says why.
+    /// connecting or checking has failed since the last success (a connect,
+    /// or a check at checkout or keepalive, that succeeded clears it): a
+    /// timeout while the server rejects every connect says why, and one
+    /// after the backend has recovered carries no error from before.
     Timeout {
         /// Which timeout.
         kind: TimeoutKind,

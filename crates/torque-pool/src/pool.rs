@@ -136,7 +136,9 @@ struct Lease {
 
 struct State<M: Manager> {
     core: Core<Conn<M>, Waiter<M>>,
-    /// The backend's last error since the last successful connect or check.
+    /// The backend's last error (a failed connect or check) since the last
+    /// successful connect or check (at checkout or keepalive), which clears
+    /// it: what a timeout reports as the reason, so only a current one.
     last_error: Option<Arc<BackendError<M>>>,
     /// Checked-out connections by id, kept only when leak detection is on.
     leases: HashMap<u64, Lease>,
@@ -610,6 +612,9 @@ impl<M: Manager> Inner<M> {
         match outcome {
             Ok(Ok(())) => {
                 entry.meta.last_alive = now();
+                // The backend answered: an error from before is not current
+                // any more, and a timeout must not report it as the reason.
+                self.state.lock().last_error = None;
                 Some(entry)
             }
             Ok(Err(e)) => {
@@ -892,7 +897,11 @@ async fn keepalive<M: Manager>(mut guard: KeepaliveGuard<M>) {
             )
             .await
             {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => {
+                    // As after a check at checkout: the backend answered.
+                    inner.state.lock().last_error = None;
+                    true
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "idle connection failed keepalive; closing it");
                     inner.state.lock().last_error = Some(Arc::new(e));

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Fake, assert_sane, quiet, wait_until};
+use torque_pool::{Pool, PoolError, TimeoutKind};
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_connection_is_closed_on_return_and_at_checkout() {
@@ -204,5 +205,106 @@ async fn keepalive_does_not_open_connections_for_the_ones_it_is_checking() {
         (s.size, fake.creates()),
         (5, 5),
         "a quiet pool opened connections beyond min_idle: {s:?}"
+    );
+}
+
+/// The error a `get()` that times out now reports as the backend's last
+/// error, while the pool's one connection is held and a connect to replace
+/// the closed one hangs (so the timeout itself says nothing of the backend).
+async fn timeout_error_with_a_hung_connect(fake: &Fake, pool: &Pool<Fake>) -> Option<String> {
+    let _held = pool.get().await.unwrap();
+    fake.set_create_delay(Duration::from_secs(3600));
+    let err = pool.get().await.expect_err("nothing to serve it in time");
+    fake.set_create_delay(Duration::ZERO);
+    match err {
+        PoolError::Timeout {
+            kind: TimeoutKind::Acquire,
+            last_error,
+            ..
+        } => last_error.map(|e| e.0.clone()),
+        other => panic!("expected an acquire timeout, got {other:?}"),
+    }
+}
+
+/// Regression: a check that succeeded did not clear the error of one that
+/// failed before it, so a timeout long after the backend had recovered still
+/// carried that error as if the backend were failing (and a `Cluster` took
+/// the host, merely busy, for a failing one and marked it down).
+#[tokio::test(start_paused = true)]
+async fn a_check_that_succeeds_clears_the_error_of_a_failed_one() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop((a, b));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One connection was killed while idle; the other is fine.
+    fake.fail_next_check("terminating connection due to administrator command");
+    let conn = pool.get().await.unwrap();
+    assert_eq!(
+        (fake.checks(), pool.status().closed.check_failed),
+        (2, 1),
+        "one check failed, the next passed"
+    );
+    drop(conn);
+    assert_eq!(timeout_error_with_a_hung_connect(&fake, &pool).await, None);
+}
+
+/// The same through keepalive: a keepalive check that succeeds after one
+/// that failed clears its error.
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_check_that_succeeds_clears_the_error_of_a_failed_one() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(2)
+        .keepalive_interval(Some(Duration::from_secs(30)))
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop((a, b));
+    // Both are due in the same keepalive round: the first check fails, the
+    // second passes.
+    fake.fail_next_check("terminating connection due to administrator command");
+    wait_until(Duration::from_secs(40), || fake.checks() == 2).await;
+    wait_until(Duration::from_secs(1), || {
+        let s = pool.status();
+        (s.closed.check_failed, s.idle) == (1, 1)
+    })
+    .await;
+    assert_eq!(timeout_error_with_a_hung_connect(&fake, &pool).await, None);
+}
+
+/// The error stays while it is current: with no success since, the timeout
+/// carries the failed check's error.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_carries_the_error_of_a_failed_check_until_something_succeeds() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fake.fail_next_check("terminating connection due to administrator command");
+    // `a` fails its check; the caller waits for a connect, which hangs.
+    fake.set_create_delay(Duration::from_secs(3600));
+    let err = pool.get().await.expect_err("nothing to serve it in time");
+    drop(b);
+    assert!(
+        matches!(
+            &err,
+            PoolError::Timeout { kind: TimeoutKind::Acquire, last_error: Some(e), .. }
+                if e.0.contains("administrator command")
+        ),
+        "{err:?}"
     );
 }

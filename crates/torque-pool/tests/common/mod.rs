@@ -37,6 +37,8 @@ pub struct Knobs {
     pub check_delay: Mutex<Duration>,
     pub create_error: Mutex<Option<String>>,
     pub check_error: Mutex<Option<String>>,
+    /// The error of the next check alone (one that fails while others pass).
+    pub next_check_error: Mutex<Option<String>>,
     /// Connection ids `is_broken` reports as broken.
     pub broken: Mutex<HashSet<u32>>,
     pub next_id: AtomicU32,
@@ -71,6 +73,10 @@ impl Fake {
     }
     pub fn fail_checks(&self, msg: Option<&str>) {
         *self.knobs.check_error.lock() = msg.map(str::to_owned);
+    }
+    /// Fails the next check only, with `msg`.
+    pub fn fail_next_check(&self, msg: &str) {
+        *self.knobs.next_check_error.lock() = Some(msg.to_owned());
     }
     pub fn break_conn(&self, id: u32) {
         self.knobs.broken.lock().insert(id);
@@ -140,6 +146,9 @@ impl Manager for Fake {
         }
         if k.down.load(Ordering::SeqCst) {
             return Err(FakeError("connection reset".into()));
+        }
+        if let Some(msg) = k.next_check_error.lock().take() {
+            return Err(FakeError(msg));
         }
         match k.check_error.lock().clone() {
             Some(msg) => Err(FakeError(msg)),
