@@ -42,8 +42,9 @@ pub trait Manager: Send + Sync + 'static {
 
     /// A real liveness probe (a round trip), run at checkout when the
     /// connection has been idle longer than the check bypass window, and by
-    /// keepalive. Bounded by the pool's `check_timeout`. An error discards the
-    /// connection.
+    /// keepalive. Bounded by the pool's `check_timeout`. An error, or a
+    /// panic, discards the connection; at checkout the caller goes on to
+    /// another.
     fn check(
         &self,
         conn: &mut Self::Connection,

@@ -604,20 +604,34 @@ impl<M: Manager> Inner<M> {
             reason: CloseReason::Cancelled,
         };
         let check_deadline = later(Instant::now(), self.config.check_timeout).min(deadline);
+        // A check that panics is a check that failed (the connection is
+        // closed as `check_failed`, the caller goes on to another), not a
+        // caller that gave up: unwinding through `get()` killed the caller's
+        // task and counted the connection `cancelled`. Called inside
+        // `catch_panic`, as `create` is, for a manager that panics before it
+        // returns its future.
         let outcome = match guard.entry.as_mut() {
-            Some(entry) => timeout_at(check_deadline, self.manager.check(&mut entry.conn)).await,
+            Some(entry) => {
+                let check = catch_panic(async { self.manager.check(&mut entry.conn).await });
+                timeout_at(check_deadline, check).await
+            }
             None => return None,
         };
         let mut entry = guard.entry.take()?;
         match outcome {
-            Ok(Ok(())) => {
+            Ok(Err(message)) => {
+                tracing::error!(panic = %message, "the manager's check panicked; closing the connection");
+                self.release(entry, Return::Close(CloseReason::CheckFailed), None);
+                None
+            }
+            Ok(Ok(Ok(()))) => {
                 entry.meta.last_alive = now();
                 // The backend answered: an error from before is not current
                 // any more, and a timeout must not report it as the reason.
                 self.state.lock().last_error = None;
                 Some(entry)
             }
-            Ok(Err(e)) => {
+            Ok(Ok(Err(e))) => {
                 tracing::debug!(error = %e, "connection failed its check; closing it");
                 self.state.lock().last_error = Some(Arc::new(e));
                 self.release(entry, Return::Close(CloseReason::CheckFailed), None);

@@ -41,7 +41,8 @@ pub struct Closed {
     pub lifetime: u64,
     /// Idle past `idle_timeout` above `min_idle`.
     pub idle: u64,
-    /// A health check (at checkout or keepalive) failed or timed out.
+    /// A health check (at checkout or keepalive) failed, timed out or
+    /// panicked.
     pub check_failed: u64,
     /// The caller was cancelled while its connection was being checked, so the
     /// connection's state was unknown.

@@ -1,7 +1,8 @@
-//! A manager whose sync hooks (`is_broken`, `reset`) or role probe panic:
-//! the panic may reach the caller, but the pool must not lose count of the
-//! connection (a slot leaked for good shrinks the pool until it serves no
-//! one), and a cluster must keep checking the host's role.
+//! A manager whose hooks (`is_broken`, `reset`, `check`, `create`) or role
+//! probe panic: a sync hook's panic may reach the caller, but the pool must
+//! not lose count of the connection (a slot leaked for good shrinks the pool
+//! until it serves no one), waiters must not be left waiting, and a cluster
+//! must keep checking the host's role.
 
 mod common;
 
@@ -25,6 +26,7 @@ struct Panicky {
     panic_in_is_broken: Arc<AtomicBool>,
     panic_in_reset: Arc<AtomicBool>,
     panic_in_role: Arc<AtomicBool>,
+    panic_in_check: Arc<AtomicBool>,
 }
 
 fn once(flag: &AtomicBool, what: &str) {
@@ -41,6 +43,7 @@ impl Manager for Panicky {
         self.fake.create().await
     }
     async fn check(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
+        once(&self.panic_in_check, "check");
         self.fake.check(conn).await
     }
     fn is_broken(&self, conn: &FakeConn) -> bool {
@@ -253,6 +256,7 @@ async fn a_connect_that_panics_fails_its_waiters_with_the_panic_not_closed() {
 struct PanicsOnCall {
     fake: Fake,
     panic: Arc<AtomicBool>,
+    panic_check: Arc<AtomicBool>,
 }
 
 impl Manager for PanicsOnCall {
@@ -265,8 +269,10 @@ impl Manager for PanicsOnCall {
         let fake = self.fake.clone();
         async move { fake.create().await }
     }
-    async fn check(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
-        self.fake.check(conn).await
+    #[allow(clippy::manual_async_fn)]
+    fn check(&self, conn: &mut FakeConn) -> impl Future<Output = Result<(), FakeError>> + Send {
+        once(&self.panic_check, "check, before its future");
+        self.fake.check(conn)
     }
     fn is_broken(&self, conn: &FakeConn) -> bool {
         self.fake.is_broken(conn)
@@ -348,4 +354,65 @@ async fn a_reset_that_panics_on_a_cluster_return_does_not_leak_the_in_flight_cou
         counts[b.host()] += 1;
     }
     assert_eq!(counts, [0, 10, 10], "two reads at once go to both replicas");
+}
+
+/// Regression: a `check` at checkout that panicked unwound through the
+/// caller's `get()` (the caller's task died) and its connection was counted
+/// `cancelled`, as if the caller had given up. A check that panics is a check
+/// that failed: the connection is closed as `check_failed` and the caller
+/// goes on to another, as after a check that returned an error.
+#[tokio::test(start_paused = true)]
+async fn a_check_that_panics_at_checkout_is_a_failed_check_and_the_caller_is_served() {
+    let m = Panicky::default();
+    let pool = pool(&m);
+    let first = pool.get().await.unwrap().id;
+    tokio::time::sleep(Duration::from_secs(1)).await; // past the bypass window
+    m.panic_in_check.store(true, Ordering::SeqCst);
+    let get = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    let joined = tokio::time::timeout(BOUND, get).await.expect("no hang");
+    let closed = pool.status().closed;
+    assert_eq!(
+        (closed.check_failed, closed.cancelled),
+        (1, 0),
+        "counted as a failed check: {closed:?}"
+    );
+    let served = joined.expect("the check's panic does not reach the caller");
+    let id = served.expect("served by a new connection");
+    assert_ne!(id, first, "the connection whose check panicked is closed");
+    assert_recovers(&pool).await;
+}
+
+/// The same for a `check` that panics when called, before it returns its
+/// future.
+#[tokio::test(start_paused = true)]
+async fn a_check_that_panics_before_its_future_is_a_failed_check_and_the_caller_is_served() {
+    let m = PanicsOnCall::default();
+    let pool = Pool::builder(m.clone())
+        .max_size(1)
+        .min_idle(0)
+        .keepalive_interval(None)
+        .acquire_timeout(Duration::from_secs(1))
+        .seed(1)
+        .build()
+        .unwrap();
+    let first = pool.get().await.unwrap().id;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    m.panic_check.store(true, Ordering::SeqCst);
+    let get = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    let joined = tokio::time::timeout(BOUND, get).await.expect("no hang");
+    let s = pool.status();
+    assert_eq!(
+        (s.closed.check_failed, s.closed.cancelled),
+        (1, 0),
+        "counted as a failed check: {s:?}"
+    );
+    let served = joined.expect("the check's panic does not reach the caller");
+    assert_ne!(served.expect("served by a new connection"), first);
+    assert_eq!((s.size, s.idle, s.in_use, s.waiting), (1, 1, 0, 0), "{s:?}");
 }
