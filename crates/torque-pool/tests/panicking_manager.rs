@@ -416,3 +416,111 @@ async fn a_check_that_panics_before_its_future_is_a_failed_check_and_the_caller_
     assert_ne!(served.expect("served by a new connection"), first);
     assert_eq!((s.size, s.idle, s.in_use, s.waiting), (1, 1, 0, 0), "{s:?}");
 }
+
+/// A pool that runs keepalive, and nothing else in the background.
+fn keepalive_pool(m: &Panicky) -> Pool<Panicky> {
+    Pool::builder(m.clone())
+        .max_size(1)
+        .min_idle(0)
+        .keepalive_interval(Some(Duration::from_secs(30)))
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .acquire_timeout(Duration::from_secs(1))
+        .seed(1)
+        .build()
+        .unwrap()
+}
+
+/// A keepalive `check` that panics (in the pool's own task) closes the
+/// connection as a failed check, and its slot comes back.
+#[tokio::test(start_paused = true)]
+async fn a_keepalive_check_that_panics_closes_the_connection_as_check_failed() {
+    let m = Panicky::default();
+    let pool = keepalive_pool(&m);
+    drop(pool.get().await.unwrap());
+    m.panic_in_check.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(40), || {
+        let s = pool.status();
+        (s.closed.check_failed, s.size) == (1, 0)
+    })
+    .await;
+    assert!(!m.panic_in_check.load(Ordering::SeqCst), "the check ran");
+    assert_recovers(&pool).await;
+}
+
+/// The same for `is_broken` panicking in keepalive.
+#[tokio::test(start_paused = true)]
+async fn an_is_broken_that_panics_in_keepalive_does_not_leak_the_slot() {
+    let m = Panicky::default();
+    let pool = keepalive_pool(&m);
+    drop(pool.get().await.unwrap());
+    m.panic_in_is_broken.store(true, Ordering::SeqCst);
+    wait_until(Duration::from_secs(40), || pool.status().size == 0).await;
+    assert!(!m.panic_in_is_broken.load(Ordering::SeqCst), "it ran");
+    assert_recovers(&pool).await;
+}
+
+/// A `reset` that panics on return while a caller waits for that very
+/// connection: the connection is closed, and the waiter is served by a new
+/// one instead of waiting out its timeout.
+#[tokio::test(start_paused = true)]
+async fn a_reset_that_panics_with_a_waiter_in_line_still_serves_the_waiter() {
+    let m = Panicky::default();
+    let pool = pool(&m);
+    let held = pool.get().await.unwrap();
+    let first = held.id;
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    wait_until(BOUND, || pool.status().waiting == 1).await;
+    m.panic_in_reset.store(true, Ordering::SeqCst);
+    let dropped = std::panic::catch_unwind(AssertUnwindSafe(move || drop(held)));
+    assert!(dropped.is_err(), "the manager's panic reaches the caller");
+    let served = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("served before its 1 s acquire timeout")
+        .unwrap()
+        .expect("served by a new connection");
+    assert_ne!(served, first);
+    assert_eq!(pool.status().closed.broken, 1);
+    assert_recovers(&pool).await;
+}
+
+/// A role probe that panics gives its connection back: the host's pool can
+/// still hand out all of its `max_size` connections, and the cluster counts
+/// nothing in flight.
+#[tokio::test(start_paused = true)]
+async fn a_role_probe_that_panics_gives_its_connection_back() {
+    let primary = Panicky::default();
+    primary.panic_in_role.store(true, Ordering::SeqCst);
+    let mut pool = PoolConfig::default();
+    pool.min_idle = 0;
+    pool.max_size = 2;
+    pool.acquire_timeout = Duration::from_secs(1);
+    let mut config = ClusterConfig::default();
+    config.role_check_interval = Duration::from_millis(100);
+    config.pool = pool;
+    let cluster = Cluster::builder(primary.clone())
+        .config(config)
+        .seed(1)
+        .build()
+        .unwrap();
+    wait_until(BOUND, || !primary.panic_in_role.load(Ordering::SeqCst)).await;
+    // The next probe succeeds and finds the primary.
+    wait_until(BOUND, || primary.fake.role_probes() > 0).await;
+    let hosts = cluster.hosts();
+    assert_eq!(hosts[0].in_flight, 0, "{:?}", hosts[0]);
+    let a = tokio::time::timeout(BOUND, cluster.get())
+        .await
+        .expect("no hang");
+    let b = tokio::time::timeout(BOUND, cluster.get())
+        .await
+        .expect("no hang");
+    assert!(a.is_ok() && b.is_ok(), "both slots are there: {a:?} {b:?}");
+    drop((a, b));
+    let s = cluster.pool(0).status();
+    assert_eq!((s.in_use, s.waiting), (0, 0), "{s:?}");
+    assert!(s.size <= 2, "{s:?}");
+    assert_eq!(cluster.hosts()[0].in_flight, 0);
+}
