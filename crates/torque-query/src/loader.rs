@@ -104,7 +104,7 @@ struct Inner<K, V, E> {
     /// Bumped (under the cache's lock) by `clear_cache`: a batch that started
     /// before a clear does not store what it read.
     cache_epoch: AtomicU64,
-    /// Lock order: `in_flight`, then `cache`.
+    /// Lock order: `pending`, a batch's `state`, `in_flight`, then `cache`.
     in_flight: Mutex<InFlight<K, V, E>>,
     batch_ids: AtomicU64,
     /// Batches not yet taken by their runner.
@@ -292,7 +292,10 @@ where
             let (rx, leader) = match self.cached(&key) {
                 Cached::Hit(v) => return Ok(v),
                 Cached::Running(rx) => (rx, None),
-                Cached::Miss => self.enqueue(&key),
+                Cached::Miss => match self.enqueue(&key) {
+                    Queued::Hit(v) => return Ok(v),
+                    Queued::Wait(rx, leader) => (rx, leader),
+                },
             };
             if let Some(batch) = leader {
                 let mut guard = LeaderGuard {
@@ -338,7 +341,13 @@ where
                     continue;
                 }
                 Cached::Running(rx) => (rx, None),
-                Cached::Miss => self.enqueue(&key),
+                Cached::Miss => match self.enqueue(&key) {
+                    Queued::Hit(v) => {
+                        slots.push(Slot::Ready(v));
+                        continue;
+                    }
+                    Queued::Wait(rx, leader) => (rx, leader),
+                },
             };
             if let Some(batch) = leader {
                 guards.push(LeaderGuard {
@@ -394,15 +403,10 @@ where
 
     /// Adds `key` to the open batch (opening one if needed); returns the
     /// receiver for its outcome and, for the caller who opened the batch, the
-    /// batch to run.
-    #[allow(clippy::type_complexity)]
-    fn enqueue(
-        &self,
-        key: &K,
-    ) -> (
-        oneshot::Receiver<Outcome<V, E>>,
-        Option<Arc<Batch<K, V, E>>>,
-    ) {
+    /// batch to run. With caching, a key whose batch was taken to run since
+    /// [`cached`](Self::cached) looked joins that batch instead, or is
+    /// answered from the cache if that batch is done.
+    fn enqueue(&self, key: &K) -> Queued<K, V, E> {
         let (tx, rx) = oneshot::channel();
         let mut pending = lock(&self.inner.pending);
         // A key already in a batch not yet sent joins it, full or not: keys
@@ -411,7 +415,18 @@ where
             let mut state = lock(&batch.state);
             if let Some(senders) = state.waiters.get_mut(key) {
                 senders.push(tx);
-                return (rx, None);
+                return Queued::Wait(rx, None);
+            }
+        }
+        // Under `pending`'s lock a key is queued, or marked in flight (a
+        // batch is taken and marked under this lock), or cached (stored
+        // before it is unmarked), or nowhere: only then is it fetched. A key
+        // in the open batch is in neither, so this look-up misses for it.
+        if self.inner.cache.is_some() {
+            match self.cached(key) {
+                Cached::Hit(v) => return Queued::Hit(v),
+                Cached::Running(rx) => return Queued::Wait(rx, None),
+                Cached::Miss => {}
             }
         }
         if let Some(batch) = pending.open.clone() {
@@ -430,7 +445,7 @@ where
                     }
                 }
             }
-            return (rx, None);
+            return Queued::Wait(rx, None);
         }
         let batch = Arc::new(Batch {
             state: Mutex::new(BatchState {
@@ -445,7 +460,7 @@ where
             pending.open = Some(Arc::clone(&batch));
         }
         drop(pending);
-        (rx, Some(batch))
+        Queued::Wait(rx, Some(batch))
     }
 }
 
@@ -453,6 +468,17 @@ enum Cached<V, E> {
     Hit(Option<V>),
     Running(oneshot::Receiver<Outcome<V, E>>),
     Miss,
+}
+
+/// What [`Loader::enqueue`] did with a key.
+enum Queued<K, V, E> {
+    /// Cached by a batch that finished after [`Loader::cached`] looked.
+    Hit(Option<V>),
+    /// Waits for a batch; the caller who opened it gets it, to run.
+    Wait(
+        oneshot::Receiver<Outcome<V, E>>,
+        Option<Arc<Batch<K, V, E>>>,
+    ),
 }
 
 /// With caching, marks a running batch's keys in `in_flight`; when dropped
@@ -493,33 +519,25 @@ struct LeaderGuard<'a, K: Eq + Hash, V, E> {
     batch: Option<Arc<Batch<K, V, E>>>,
 }
 
-impl<K, V, E> LeaderGuard<'_, K, V, E>
+impl<'a, K, V, E> LeaderGuard<'a, K, V, E>
 where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
     E: Send + Sync + 'static,
 {
-    fn take(&mut self) -> Option<(Vec<K>, Waiters<K, V, E>)> {
+    /// Unlists the batch and, with caching, marks its keys in flight before
+    /// `pending`'s lock is released: a load of one of them on another thread
+    /// finds it queued or in flight, never neither (and fetched again).
+    #[allow(clippy::type_complexity)]
+    fn take(&mut self) -> Option<(Vec<K>, Waiters<K, V, E>, InFlightGuard<'a, K, V, E>, u64)> {
         let batch = self.batch.take()?;
         let mut pending = lock(&self.inner.pending);
         let mut state = lock(&batch.state);
         pending.remove(&batch, &state);
-        drop(pending);
         state.taken = true;
-        Some((
-            std::mem::take(&mut state.keys),
-            std::mem::take(&mut state.waiters),
-        ))
-    }
-
-    async fn run(&mut self) {
-        let Some((keys, waiters)) = self.take() else {
-            return;
-        };
-        self.inner.batches.fetch_add(1, Ordering::Relaxed);
-        self.inner
-            .keys
-            .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let keys = std::mem::take(&mut state.keys);
+        let waiters = std::mem::take(&mut state.waiters);
+        drop(state);
         let epoch = self.inner.cache_epoch.load(Ordering::SeqCst);
         let mut in_flight = InFlightGuard {
             inner: self.inner,
@@ -536,6 +554,18 @@ where
                 }
             }
         }
+        drop(pending);
+        Some((keys, waiters, in_flight, epoch))
+    }
+
+    async fn run(&mut self) {
+        let Some((keys, waiters, mut in_flight, epoch)) = self.take() else {
+            return;
+        };
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .keys
+            .fetch_add(keys.len() as u64, Ordering::Relaxed);
         // If this future is dropped while the batch runs, `waiters` and
         // `in_flight` are dropped with it and every receiver sees a closed
         // channel and retries.
@@ -864,6 +894,115 @@ mod tests {
             calls.load(Ordering::SeqCst),
             2,
             "fetched again by the late caller"
+        );
+    }
+
+    /// A key whose `Hash` runs a hook armed for the current thread (once):
+    /// the loader hashes keys under its locks, so a hook can hold one thread
+    /// at a known point while another goes on, with no sleep.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct HookedKey(u32);
+
+    thread_local! {
+        static HASH_HOOK: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            std::cell::RefCell::new(None);
+    }
+
+    fn arm_hash_hook(f: impl FnOnce() + 'static) {
+        HASH_HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    impl Hash for HookedKey {
+        fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+            if let Some(f) = HASH_HOOK.with(|h| h.borrow_mut().take()) {
+                f();
+            }
+            self.0.hash(state);
+        }
+    }
+
+    fn poll_once<F: Future + ?Sized>(f: Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    /// Two worker threads load one key with `cache(true)`: the second checks
+    /// the cache while the first's batch is queued, and queues its key just
+    /// after the first thread took that batch to run it. The key was in no
+    /// queue, not yet marked in flight and not cached: it went into a second
+    /// batch and was fetched twice.
+    #[test]
+    fn cache_does_not_fetch_a_key_twice_when_a_load_races_the_start_of_its_batch() {
+        const LIVENESS: std::time::Duration = std::time::Duration::from_secs(60);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let loader: Loader<HookedKey, u32, String> =
+            Loader::builder(move |keys: Vec<HookedKey>| {
+                let c = Arc::clone(&c);
+                async move {
+                    c.fetch_add(keys.iter().filter(|k| k.0 == 1).count(), Ordering::SeqCst);
+                    Ok(keys.into_iter().map(|k| (k.clone(), k.0)).collect())
+                }
+            })
+            // One key per batch: a queued batch is then found by key, and
+            // taking it to run hashes the key (the first thread's signal).
+            .max_batch(1)
+            .cache(true)
+            .build();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Something cached, so that the cache look-up hashes the key.
+        assert_eq!(rt.block_on(loader.load(HookedKey(0))).unwrap(), Some(0));
+
+        // This thread queues key 1 in a batch and yields before running it.
+        let mut first = Box::pin(loader.load(HookedKey(1)));
+        assert!(poll_once(first.as_mut()).is_pending());
+
+        // The other thread checks the cache (holding the loader's in-flight
+        // lock) and waits there until this thread is taking its batch.
+        let (checking_tx, checking_rx) = std::sync::mpsc::channel();
+        let (taking_tx, taking_rx) = std::sync::mpsc::channel::<()>();
+        let other = loader.clone();
+        let second = std::thread::spawn(move || {
+            arm_hash_hook(move || {
+                checking_tx.send(()).unwrap();
+                taking_rx.recv_timeout(LIVENESS).unwrap();
+            });
+            let mut second = Box::pin(async move { other.load(HookedKey(1)).await });
+            // Pending, or already answered from the cache.
+            match poll_once(second.as_mut()) {
+                std::task::Poll::Ready(v) => Err(v),
+                std::task::Poll::Pending => Ok(second),
+            }
+        });
+        checking_rx
+            .recv_timeout(LIVENESS)
+            .expect("the second load never checked the cache");
+        arm_hash_hook(move || taking_tx.send(()).unwrap());
+        // Runs the batch: takes it (letting the other thread go on), fetches.
+        let first = match poll_once(first.as_mut()) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => rt.block_on(async {
+                tokio::time::timeout(LIVENESS, first)
+                    .await
+                    .expect("first load hangs")
+            }),
+        };
+        assert_eq!(first.unwrap(), Some(1));
+        let second = match second.join().unwrap() {
+            Err(answered) => answered,
+            Ok(second) => rt.block_on(async {
+                tokio::time::timeout(LIVENESS, second)
+                    .await
+                    .expect("second load hangs")
+            }),
+        };
+        assert_eq!(second.unwrap(), Some(1));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "cache(true) promises a key is fetched at most once"
         );
     }
 
