@@ -2,7 +2,10 @@
 //!
 //! The rules are the project's query contract (docs/query.md): literals and bind
 //! parameters become one placeholder `?`; an `IN (...)` list of constants of any
-//! length, and `ANY(ARRAY[...])` of constants, collapse to one slot; keyword
+//! length, and `ANY(ARRAY[...])` of constants, collapse to one slot (a
+//! constant as PostgreSQL 18's pg_stat_statements squashes one: a literal,
+//! signed, typed or cast, `date '2024-01-01'`, `CAST(? AS date)`, `?::text`,
+//! or a sub-array of constants); keyword
 //! case, white space, comments and a trailing `;` do not matter; unquoted
 //! identifiers fold to lower case, quoted ones keep their case; schema
 //! qualifiers are dropped; aliases are replaced by the relation they stand for;
@@ -877,14 +880,30 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 match frames.pop() {
                     Some(frame) => {
                         clause = frame.clause;
-                        if frame.key_list
-                            && !frame.only_slots
-                            && collapse_rows(&mut out, frames, &frame, t.kind) == Some(true)
-                        {
-                            i += 1;
-                            continue;
+                        let mut rows = false;
+                        if frame.key_list && !frame.only_slots {
+                            match collapse_rows(&mut out, frames, &frame, t.kind) {
+                                Some(true) => {
+                                    i += 1;
+                                    continue;
+                                }
+                                Some(false) => rows = true,
+                                None => {}
+                            }
                         }
-                        if frame.collapsible && frame.only_slots && frame.slots > 0 {
+                        let constants = frame.collapsible
+                            && !rows
+                            && if frame.only_slots {
+                                frame.slots > 0
+                            } else {
+                                // Typed literals, casts with a type
+                                // modifier, sub-arrays: rarer, parsed here.
+                                constant_list(
+                                    &out[frame.open + 1..],
+                                    frame.after_array && t.kind == Kind::CloseBracket,
+                                )
+                            };
+                        if constants {
                             // A list of constants: one placeholder, whatever its length.
                             out.truncate(frame.open + 1);
                             if frame.after_array && t.kind == Kind::CloseBracket {
@@ -1080,10 +1099,9 @@ fn collapse_rows<'a>(
 }
 
 /// If `items` (the normalized inside of an `IN (...)` list) is one or more
-/// parenthesized rows of constants, all of the same arity, that arity; `None`
-/// otherwise. An element is one placeholder, with an optional sign before it
-/// (folded into the number) and optional `::type` casts after it: `(1 + 2)`
-/// is an expression, not a row of two.
+/// parenthesized rows of constants (see [`constant`]), all of the same arity,
+/// that arity; `None` otherwise: `(1 + 2)` is an expression, not a row of
+/// two.
 fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
     let mut arity = None;
     let mut at = 0;
@@ -1101,22 +1119,8 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
         at += 1;
         let mut elements = 0;
         loop {
-            // One element: [sign] placeholder (:: type)*
-            let mut o = items.get(at)?;
-            if o.kind == Kind::Op && matches!(o.text, "-" | "+") {
-                at += 1;
-                o = items.get(at)?;
-            }
-            if !o.slot {
-                return None;
-            }
-            at += 1;
-            while items.get(at)?.kind == Kind::Cast {
-                if items.get(at + 1)?.kind != Kind::Word {
-                    return None;
-                }
-                at += 2;
-            }
+            // One element: a constant (see `constant`).
+            at = constant(items, at, false, 0)?;
             elements += 1;
             match items.get(at)?.kind {
                 Kind::Comma => at += 1,
@@ -1131,6 +1135,170 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
         arity = Some(elements);
     }
     arity
+}
+
+/// Whether `items` (the normalized inside of an `IN (...)`, `ANY(...)` or
+/// `ARRAY[...]`) is a comma-separated list of one or more constants (see
+/// [`constant`]); `sub_arrays`: the list is an `ARRAY[...]`'s, whose
+/// elements may be sub-arrays, `[1, 2]`.
+///
+/// Called when a list that is not all placeholders closes: out of line, the
+/// common statement never gets here.
+#[cold]
+#[inline(never)]
+fn constant_list(items: &[Out<'_>], sub_arrays: bool) -> bool {
+    let mut at = 0;
+    loop {
+        let Some(end) = constant(items, at, sub_arrays, 0) else {
+            return false;
+        };
+        match items.get(end) {
+            None => return true,
+            Some(o) if o.kind == Kind::Comma => at = end + 1,
+            Some(_) => return false,
+        }
+    }
+}
+
+/// Nesting of parentheses and sub-arrays [`constant`] follows: deeper is
+/// taken as no constant (the parse is recursive).
+const CONSTANT_NESTING: u32 = 32;
+
+/// Where the constant starting at `items[at]` ends, if one does: what
+/// PostgreSQL 18's pg_stat_statements squashes in a list
+/// (`IsSquashableConstant`: a constant, possibly cast). That is a
+/// placeholder, possibly signed or parenthesized (`-1`, `(2)`), a typed
+/// literal (`date ?`, `pg_catalog.date ?`, `timestamp(3) with time zone ?`,
+/// `interval ? day to second`), `cast(constant as type)`, any of these with
+/// `::type` casts after it (`?::varchar(10)`, `?::int[]`), and, with
+/// `sub_arrays`, a sub-array of constants (`ARRAY[[1, 2], [3, 4]]`). A
+/// column, a call or an operator makes it no constant.
+fn constant(items: &[Out<'_>], mut at: usize, sub_arrays: bool, depth: u32) -> Option<usize> {
+    if depth > CONSTANT_NESTING {
+        return None;
+    }
+    let mut o = items.get(at)?;
+    if o.kind == Kind::Op && !o.slot && matches!(o.text, "-" | "+") {
+        at += 1;
+        o = items.get(at)?;
+    }
+    let mut end = if o.slot {
+        at + 1
+    } else if o.kind == Kind::Open {
+        let inner = constant(items, at + 1, false, depth + 1)?;
+        (items.get(inner)?.kind == Kind::Close).then_some(inner + 1)?
+    } else if o.kind == Kind::OpenBracket && sub_arrays {
+        let mut p = at + 1;
+        loop {
+            p = constant(items, p, true, depth + 1)?;
+            match items.get(p)?.kind {
+                Kind::Comma => p += 1,
+                Kind::CloseBracket => break p + 1,
+                _ => return None,
+            }
+        }
+    } else if o.kind == Kind::Word
+        && o.text.eq_ignore_ascii_case("cast")
+        && items.get(at + 1)?.kind == Kind::Open
+    {
+        let inner = constant(items, at + 2, false, depth + 1)?;
+        let as_ = items.get(inner)?;
+        if !(as_.kind == Kind::Word && !as_.slot && as_.text == "as") {
+            return None;
+        }
+        let ty = type_name(items, inner + 1)?;
+        (items.get(ty)?.kind == Kind::Close).then_some(ty + 1)?
+    } else {
+        // A typed literal: `date '2024-01-01'` (PostgreSQL takes only a
+        // string after the type, so a column is never followed by one).
+        let ty = type_name(items, at)?;
+        if !items.get(ty)?.slot {
+            return None;
+        }
+        let mut e = ty + 1;
+        if o.kind == Kind::Word && o.text.eq_ignore_ascii_case("interval") {
+            e = interval_fields(items, e);
+        }
+        e
+    };
+    while items.get(end).is_some_and(|c| c.kind == Kind::Cast) {
+        end = type_name(items, end + 1)?;
+    }
+    Some(end)
+}
+
+/// The words a type of several words goes on with (`character varying`,
+/// `double precision`, `timestamp with time zone`).
+const TYPE_TAILS: [&str; 6] = ["varying", "precision", "with", "without", "time", "zone"];
+
+/// Where the type name starting at `items[at]` ends, if one does: a name
+/// (schema-qualified, of several words), with an optional modifier of
+/// placeholders (`varchar(?)`, `numeric(?, ?)`) and array bounds (`int[]`).
+fn type_name(items: &[Out<'_>], at: usize) -> Option<usize> {
+    // An identifier or a keyword of no syntax (`select`, `and`, `array` are no type).
+    let name =
+        |o: &Out<'_>| (o.kind == Kind::Word && !o.slot && o.tags == 0) || o.kind == Kind::Quoted;
+    let tail = |o: &Out<'_>| {
+        o.kind == Kind::Word && !o.slot && TYPE_TAILS.iter().any(|t| o.text.eq_ignore_ascii_case(t))
+    };
+    if !name(items.get(at)?) {
+        return None;
+    }
+    let mut p = at + 1;
+    while items.get(p).is_some_and(|d| d.kind == Kind::Dot) && items.get(p + 1).is_some_and(name) {
+        p += 2;
+    }
+    while items.get(p).is_some_and(tail) {
+        p += 1;
+    }
+    if items.get(p).is_some_and(|o| o.kind == Kind::Open) {
+        p += 1;
+        loop {
+            if !items.get(p)?.slot {
+                return None;
+            }
+            match items.get(p + 1)?.kind {
+                Kind::Comma => p += 2,
+                Kind::Close => break p += 2,
+                _ => return None,
+            }
+        }
+        // `timestamp(3) with time zone`
+        while items.get(p).is_some_and(tail) {
+            p += 1;
+        }
+    }
+    while items.get(p).is_some_and(|o| o.kind == Kind::OpenBracket) {
+        p += 1;
+        if items.get(p)?.slot {
+            p += 1;
+        }
+        if items.get(p)?.kind != Kind::CloseBracket {
+            return None;
+        }
+        p += 1;
+    }
+    Some(p)
+}
+
+/// Past the fields of an interval literal starting at `items[at]`, if any:
+/// `interval ? day`, `? hour to minute`, `? second(?)`.
+fn interval_fields(items: &[Out<'_>], mut at: usize) -> usize {
+    const FIELDS: [&str; 7] = ["year", "month", "day", "hour", "minute", "second", "to"];
+    while let Some(o) = items.get(at) {
+        if o.kind == Kind::Word && !o.slot && FIELDS.iter().any(|f| o.text.eq_ignore_ascii_case(f))
+        {
+            at += 1;
+        } else if o.kind == Kind::Open
+            && items.get(at + 1).is_some_and(|o| o.slot)
+            && items.get(at + 2).is_some_and(|o| o.kind == Kind::Close)
+        {
+            at += 3;
+        } else {
+            break;
+        }
+    }
+    at
 }
 
 /// A key or insert-value slot: the column it is compared with (see
@@ -1606,8 +1774,6 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
 /// `::pg_catalog.text`, and the types of several words (`::character
 /// varying`, `::double precision`, `::timestamp with time zone`).
 fn cast_before_type(out: &[Out<'_>]) -> Option<usize> {
-    /// The words a type of several words goes on with.
-    const TAILS: [&str; 6] = ["varying", "precision", "with", "without", "time", "zone"];
     let mut i = out.len().checked_sub(1)?;
     loop {
         let o = &out[i];
@@ -1619,7 +1785,7 @@ fn cast_before_type(out: &[Out<'_>]) -> Option<usize> {
             Kind::Cast => return Some(before),
             // A schema-qualified type: `pg_catalog.text`.
             Kind::Dot => i = before.checked_sub(1)?,
-            Kind::Word if TAILS.iter().any(|t| o.text.eq_ignore_ascii_case(t)) => i = before,
+            Kind::Word if TYPE_TAILS.iter().any(|t| o.text.eq_ignore_ascii_case(t)) => i = before,
             _ => return None,
         }
     }
@@ -1821,6 +1987,28 @@ mod tests {
             let sql = parts.join(sep);
             prop_assert_eq!(fingerprint(&sql), analyze(&sql).fingerprint);
         }
+    }
+
+    #[test]
+    fn deeply_nested_list_elements_are_parsed_to_a_bound_not_a_stack_overflow() {
+        let depth = 200_000;
+        for (open, close) in [("(", ")"), ("[", "]")] {
+            let sql = format!(
+                "SELECT * FROM t WHERE a = ANY(ARRAY[{}1{}, DATE 'x'])",
+                open.repeat(depth),
+                close.repeat(depth)
+            );
+            let f = fingerprint(&sql);
+            assert!(
+                f.normalized()
+                    .starts_with("select * from t where a = any(array[")
+            );
+        }
+        let shallow = "SELECT * FROM t WHERE a = ANY(ARRAY[[[1]], ((2)), DATE 'x'])";
+        assert_eq!(
+            fingerprint(shallow).normalized(),
+            "select * from t where a = any(?)"
+        );
     }
 
     #[test]

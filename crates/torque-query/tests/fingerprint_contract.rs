@@ -90,6 +90,118 @@ fn in_lists_of_any_length_collapse_to_one_slot() {
 }
 
 #[test]
+fn in_lists_of_typed_literals_collapse_to_one_slot() {
+    // A typed literal, a cast or `CAST(... AS type)` of a constant is a
+    // constant (what PostgreSQL 18's pg_stat_statements squashes in a list):
+    // a list of them is one slot, whatever its length, like `IN (1, 2, 3)`.
+    let one = "SELECT * FROM t WHERE d IN ($1)";
+    for sql in [
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01', DATE '2024-02-01')",
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (date '2024-01-01', Date '2024-02-01', DATE '2024-03-01')",
+        "SELECT * FROM t WHERE d IN (pg_catalog.date '2024-01-01', pg_catalog.date '2024-02-01')",
+        "SELECT * FROM t WHERE d IN (TIMESTAMP WITH TIME ZONE '2024-01-01', timestamptz '2024-02-01')",
+        "SELECT * FROM t WHERE d IN (TIMESTAMP(3) '2024-01-01 00:00', TIMESTAMP(3) '2024-02-01')",
+        "SELECT * FROM t WHERE d IN (INTERVAL '1 day', INTERVAL '2 days')",
+        "SELECT * FROM t WHERE d IN (INTERVAL '1' DAY, INTERVAL '2' HOUR TO MINUTE)",
+        "SELECT * FROM t WHERE d IN (INTERVAL '1' SECOND(3), INTERVAL(3) '2 s')",
+        "SELECT * FROM t WHERE d IN ('a'::text, 'b'::text)",
+        "SELECT * FROM t WHERE d IN ('a'::varchar(10), 'b'::varchar(10), 'c'::varchar(10))",
+        "SELECT * FROM t WHERE d IN ('1.5'::numeric(10, 2), '2'::numeric(10, 2))",
+        "SELECT * FROM t WHERE d IN ('a'::character varying, 'b'::character varying)",
+        "SELECT * FROM t WHERE d IN ('2024-01-01'::timestamp with time zone, '2024-02-01'::timestamp with time zone)",
+        "SELECT * FROM t WHERE d IN ('{1}'::int[], '{2, 3}'::int[])",
+        "SELECT * FROM t WHERE d IN (CAST('a' AS text), CAST('b' AS text))",
+        "SELECT * FROM t WHERE d IN (CAST($1 AS date), CAST($2 AS date), CAST($3 AS date))",
+        "SELECT * FROM t WHERE d IN (CAST('1' AS numeric(10, 2)))",
+        "SELECT * FROM t WHERE d IN (\"MyType\" 'x', \"MyType\" 'y')",
+        "SELECT * FROM t WHERE d IN (-1, +2, (3), ((4)), -5::int)",
+        "SELECT * FROM t WHERE d IN ($1::uuid, $2::uuid, '8c1b'::uuid)",
+        "SELECT * FROM t WHERE d IN (1, DATE '2024-01-01', 'x'::text, CAST(2 AS int))",
+    ] {
+        same(one, sql);
+    }
+    assert_eq!(
+        fingerprint("SELECT * FROM t WHERE d IN (DATE '2024-01-01', DATE '2024-02-01')")
+            .normalized(),
+        "select * from t where d in (?)"
+    );
+    same(
+        "SELECT * FROM t WHERE d = ANY(ARRAY[DATE '2024-01-01', DATE '2024-02-01'])",
+        "SELECT * FROM t WHERE d = ANY(ARRAY[DATE '2024-03-01'])",
+    );
+    same(
+        "SELECT * FROM t WHERE d = ANY(ARRAY['a'::varchar(3), 'b'::varchar(3)])",
+        "SELECT * FROM t WHERE d = ANY(ARRAY[$1])",
+    );
+    // Rows of typed literals are rows of constants.
+    same(
+        "SELECT * FROM m WHERE (a, d) IN ((1, DATE '2024-01-01'), (2, DATE '2024-02-01'))",
+        "SELECT * FROM m WHERE (a, d) IN (($1, $2))",
+    );
+}
+
+#[test]
+fn lists_mixing_a_column_or_expression_with_literals_do_not_collapse() {
+    let constants = "SELECT * FROM t WHERE d IN (DATE '2024-01-01', DATE '2024-02-01')";
+    for sql in [
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01', x)",
+        "SELECT * FROM t WHERE d IN (x, DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (x::date, DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (CAST(x AS date), DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01' + x)",
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01' + INTERVAL '1 day')",
+        "SELECT * FROM t WHERE d IN (now(), DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (current_date, DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN (SELECT DATE '2024-01-01')",
+        "SELECT * FROM t WHERE d IN ('a' || x, 'b')",
+        "SELECT * FROM t WHERE d IN ((x), 'b')",
+        "SELECT * FROM t WHERE d IN (NOT true, false)",
+    ] {
+        differ(constants, sql);
+        let f = fingerprint(sql);
+        assert!(
+            !f.normalized().ends_with("in (?)"),
+            "collapsed a list that is not all constants:\n  {sql}\n  -> {}",
+            f.normalized()
+        );
+    }
+    same(
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01', x)",
+        "SELECT * FROM t WHERE d IN (DATE '2025-05-05', x)",
+    );
+    differ(
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01', x)",
+        "SELECT * FROM t WHERE d IN (DATE '2024-01-01', DATE '2024-01-02', x)",
+    );
+}
+
+#[test]
+fn nested_array_literals_collapse_like_flat_ones() {
+    let flat = "SELECT * FROM t WHERE v = ANY(ARRAY[1, 2, 3])";
+    for sql in [
+        "SELECT * FROM t WHERE v = ANY(ARRAY[[1, 2], [3, 4]])",
+        "SELECT * FROM t WHERE v = ANY(ARRAY[[1, 2], [3, 4], [5, 6]])",
+        "SELECT * FROM t WHERE v = ANY(ARRAY[[[1]], [[2]]])",
+        "SELECT * FROM t WHERE v = ANY(ARRAY[ARRAY[1, 2], ARRAY[3, 4]])",
+        "SELECT * FROM t WHERE v = ANY(ARRAY[[DATE '2024-01-01'], ['2024-02-01'::date]])",
+    ] {
+        same(flat, sql);
+    }
+    same("SELECT ARRAY[[1, 2], [3, 4]]", "SELECT ARRAY[1, 2, 3]");
+    assert_eq!(
+        fingerprint("SELECT ARRAY[[1, 2], [3, 4]] FROM t").normalized(),
+        "select ? from t"
+    );
+    // A column in a sub-array keeps the shape.
+    differ("SELECT ARRAY[[1, x], [3, 4]]", "SELECT ARRAY[1, 2, 3]");
+    differ(
+        "SELECT ARRAY[[1, 2], [3, x]]",
+        "SELECT ARRAY[[1, 2], [3, 4], [5, x]]",
+    );
+}
+
+#[test]
 fn in_lists_of_rows_collapse_to_one_row() {
     // Composite keys: a list of rows of constants is one row, whatever its
     // length, as a list of constants is one constant.
