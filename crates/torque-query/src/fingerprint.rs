@@ -1569,6 +1569,14 @@ fn classify(
             (Kind::Open | Kind::Comma, _) if in_row_of_key_list(out, frames) => {
                 return Slot::Key;
             }
+            // A typed literal or a cast as such an element: `IN (date ?`,
+            // `IN (cast(? as date)`.
+            (Kind::Word | Kind::Quoted | Kind::Close, _)
+                if typed_literal_in_key_list(out, frames) =>
+            {
+                return Slot::Key;
+            }
+            (Kind::Open, _) if next_closes && cast_in_key_list(out, frames) => return Slot::Key,
             // The argument of a function compared for equality:
             // `lower(email) = lower(?)`, `id = cast(? as uuid)`.
             (Kind::Open, _) if next_closes && in_call_after_eq(out, frames) => return Slot::Key,
@@ -1615,6 +1623,52 @@ fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Where the element being written of the group opened at `out[open]`
+/// starts: after the group's last comma at its own level.
+fn element_start(out: &[Out<'_>], open: usize) -> usize {
+    let mut depth = 0usize;
+    for i in (open + 1..out.len()).rev() {
+        match out[i].kind {
+            Kind::Close | Kind::CloseBracket => depth += 1,
+            Kind::Open | Kind::OpenBracket => depth = depth.saturating_sub(1),
+            Kind::Comma if depth == 0 => return i + 1,
+            _ => {}
+        }
+    }
+    open + 1
+}
+
+/// Whether `out` ends with the type of a typed literal that is an element
+/// of a key list, or of a row in one (`IN (date`, `IN ((1, date`).
+fn typed_literal_in_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
+    let Some(f) = frames.last() else {
+        return false;
+    };
+    if !(f.key_list || in_row_of_key_list(out, frames)) {
+        return false;
+    }
+    let start = element_start(out, f.open);
+    start < out.len() && type_name(out, start) == Some(out.len())
+}
+
+/// Whether the innermost group is `cast(` as an element of a key list, or
+/// of a row in one (`IN (cast(`).
+fn cast_in_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
+    let [.., list, call] = frames else {
+        return false;
+    };
+    (list.key_list || in_row_of_key_list(out, &frames[..frames.len() - 1]))
+        && call.open >= 2
+        && out[call.open].kind == Kind::Open
+        && out[call.open - 1].kind == Kind::Word
+        && !out[call.open - 1].slot
+        && out[call.open - 1].text.eq_ignore_ascii_case("cast")
+        && matches!(
+            out[call.open - 2].kind,
+            Kind::Open | Kind::OpenBracket | Kind::Comma
+        )
 }
 
 /// Whether the token after `i` closes a group, a `::type` cast between
@@ -1713,6 +1767,27 @@ fn key_column(out: &[Out<'_>]) -> Option<String> {
     // `col = date ?`: the type of a typed literal is no column.
     if typed_literal_after_eq(out) {
         return key_column(&out[..out.len() - 1]);
+    }
+    // `col IN (cast(?`: `cast` is no column.
+    if let [.., sep, f, open] = out
+        && matches!(sep.kind, Kind::Open | Kind::OpenBracket | Kind::Comma)
+        && f.kind == Kind::Word
+        && !f.slot
+        && f.text.eq_ignore_ascii_case("cast")
+        && open.kind == Kind::Open
+    {
+        return key_column(&out[..out.len() - 2]);
+    }
+    // `col IN (date ?`: the type of a typed literal is no column either.
+    if out
+        .last()
+        .is_some_and(|o| !o.slot && matches!(o.kind, Kind::Word | Kind::Quoted | Kind::Close))
+        && let Some(sep) = out
+            .iter()
+            .rposition(|o| matches!(o.kind, Kind::Open | Kind::OpenBracket | Kind::Comma))
+        && type_name(out, sep + 1) == Some(out.len())
+    {
+        return key_column(&out[..=sep]);
     }
     // `col IS NOT DISTINCT FROM ?`: the column is before the four words.
     if ends_not_distinct_from(out) {

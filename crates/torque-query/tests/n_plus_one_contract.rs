@@ -970,3 +970,62 @@ fn regression_is_not_distinct_from_is_an_equality() {
     }));
     assert_no_n_plus_one("IS DISTINCT FROM", &f);
 }
+
+#[test]
+fn regression_typed_literals_and_casts_in_an_in_list_are_keys() {
+    // `IN (DATE '...')` and `IN (CAST('...' AS date))` (and in `ANY(ARRAY[`,
+    // or in a row of composite keys) were not key slots: a loop over them was
+    // no N+1, where `IN ('...'::date)` was. The suggestion names the column,
+    // not the type or `cast`.
+    let cases: [Form; 7] = [
+        ("visit_day", |i| {
+            format!(
+                "SELECT * FROM visits WHERE visit_day IN (DATE '2024-01-{:02}')",
+                i + 1
+            )
+        }),
+        ("visit_day", |i| {
+            format!(
+                "SELECT * FROM visits WHERE visit_day IN (DATE '2024-01-{:02}', DATE '2024-02-01')",
+                i + 1
+            )
+        }),
+        ("visit_day", |i| {
+            format!(
+                "SELECT * FROM visits WHERE visit_day IN (pg_catalog.timestamp with time zone '2024-01-01 0{i}:00')"
+            )
+        }),
+        ("visit_day", |i| {
+            format!(
+                "SELECT * FROM visits WHERE visit_day IN (CAST('2024-01-0{}' AS date))",
+                i + 1
+            )
+        }),
+        ("visit_day", |_| {
+            "SELECT * FROM visits WHERE visit_day IN (CAST($1 AS date), CAST($2 AS date))"
+                .to_string()
+        }),
+        ("visit_day", |i| {
+            format!("SELECT * FROM visits WHERE visit_day = ANY(ARRAY[INTERVAL '{i}' DAY])")
+        }),
+        ("(site, visit_day)", |i| {
+            format!(
+                "SELECT * FROM visits WHERE (site, visit_day) IN ((1, DATE '2024-01-0{}'))",
+                i + 1
+            )
+        }),
+    ];
+    for (column, sql) in cases {
+        let f = run(times(5, sql));
+        assert_n_plus_one(&sql(0), &f, 5);
+        let s = &f[0].suggestion;
+        assert!(s.contains(column), "{}: {s}", sql(0));
+        assert!(
+            !s.contains("date = ANY") && !s.contains("cast = ANY") && !s.contains("interval = ANY"),
+            "{}: {s}",
+            sql(0)
+        );
+        // Below the threshold: nothing.
+        assert_no_n_plus_one(&sql(0), &run(times(4, sql)));
+    }
+}
