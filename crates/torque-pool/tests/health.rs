@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Fake, assert_sane, quiet, wait_until};
-use torque_pool::{Pool, PoolError, TimeoutKind};
+use torque_pool::{Pool, PoolBuilder, PoolError, TimeoutKind};
 
 #[tokio::test(start_paused = true)]
 async fn a_broken_connection_is_closed_on_return_and_at_checkout() {
@@ -208,6 +208,21 @@ async fn keepalive_does_not_open_connections_for_the_ones_it_is_checking() {
     );
 }
 
+/// A pool of at most two connections whose `get` gives up after a second:
+/// the setup of the tests of what a timeout reports.
+fn timing_out(fake: &Fake) -> PoolBuilder<Fake> {
+    quiet(fake)
+        .max_size(2)
+        .acquire_timeout(Duration::from_secs(1))
+}
+
+/// Opens both of `pool`'s connections and leaves them idle.
+async fn two_idle(pool: &Pool<Fake>) {
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop((a, b));
+}
+
 /// The error a `get()` that times out now reports as the backend's last
 /// error, while the pool's one connection is held and a connect to replace
 /// the closed one hangs (so the timeout itself says nothing of the backend).
@@ -233,14 +248,8 @@ async fn timeout_error_with_a_hung_connect(fake: &Fake, pool: &Pool<Fake>) -> Op
 #[tokio::test(start_paused = true)]
 async fn a_check_that_succeeds_clears_the_error_of_a_failed_one() {
     let fake = Fake::default();
-    let pool = quiet(&fake)
-        .max_size(2)
-        .acquire_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let a = pool.get().await.unwrap();
-    let b = pool.get().await.unwrap();
-    drop((a, b));
+    let pool = timing_out(&fake).build().unwrap();
+    two_idle(&pool).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // One connection was killed while idle; the other is fine.
     fake.fail_next_check("terminating connection due to administrator command");
@@ -259,15 +268,11 @@ async fn a_check_that_succeeds_clears_the_error_of_a_failed_one() {
 #[tokio::test(start_paused = true)]
 async fn a_keepalive_check_that_succeeds_clears_the_error_of_a_failed_one() {
     let fake = Fake::default();
-    let pool = quiet(&fake)
-        .max_size(2)
+    let pool = timing_out(&fake)
         .keepalive_interval(Some(Duration::from_secs(30)))
-        .acquire_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
-    let a = pool.get().await.unwrap();
-    let b = pool.get().await.unwrap();
-    drop((a, b));
+    two_idle(&pool).await;
     // Both are due in the same keepalive round: the first check fails, the
     // second passes.
     fake.fail_next_check("terminating connection due to administrator command");
@@ -285,11 +290,7 @@ async fn a_keepalive_check_that_succeeds_clears_the_error_of_a_failed_one() {
 #[tokio::test(start_paused = true)]
 async fn a_timeout_carries_the_error_of_a_failed_check_until_something_succeeds() {
     let fake = Fake::default();
-    let pool = quiet(&fake)
-        .max_size(2)
-        .acquire_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let pool = timing_out(&fake).build().unwrap();
     let a = pool.get().await.unwrap();
     let b = pool.get().await.unwrap();
     drop(a);
