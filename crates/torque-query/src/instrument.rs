@@ -2,14 +2,16 @@
 
 use std::future::Future;
 use std::panic::Location;
+use std::sync::Arc;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Error, GenericClient, Row, SimpleQueryMessage, Transaction};
+use tokio_postgres::{Client, Error, GenericClient, Row, SimpleQueryMessage, Transaction};
 
 use crate::detect::{CallSite, Scope};
 
-/// Wraps anything implementing [`GenericClient`] — a `Client`, a
-/// `Transaction`, a pooled connection — and records each statement, with the
+/// Wraps a client — a `Client`, a `Transaction`, a reference to either, an
+/// `Arc<Client>`, or a pooled connection as `&**conn` (anything implementing
+/// [`AsClient`]) — and records each statement, with the
 /// call site that issued it, into the current task's detection scope
 /// ([`detect::scoped`](crate::detect::scoped) or [`Scope::run`]), or into a
 /// scope of its own ([`with_scope`](Self::with_scope)). Outside any scope it
@@ -33,6 +35,12 @@ use crate::detect::{CallSite, Scope};
 /// .await?; // logs an N+1 finding naming the line above
 /// # Ok(()) }
 /// ```
+///
+/// A connection from a pool is wrapped by reference: with torque-pool,
+/// `Instrumented::new(&**conn)` (`Pooled<PgManager>` derefs to `PgConnection`,
+/// which derefs to the `Client`). Statements sent that way bypass
+/// `PgConnection`'s own methods, so report their errors with
+/// `PgConnection::note_error` if the pool should see them.
 #[derive(Debug)]
 pub struct Instrumented<C> {
     inner: C,
@@ -41,7 +49,55 @@ pub struct Instrumented<C> {
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-impl<C: GenericClient + Sync> Instrumented<C> {
+/// What [`Instrumented`] can wrap: something that lends a [`GenericClient`]
+/// to run statements on. Implemented for [`Client`] and [`Transaction`]
+/// (`GenericClient` is sealed, and implemented by those two only), and for
+/// references, `Box`es and `Arc`s of anything that implements it — so a
+/// pooled connection is wrapped as `&**conn`, a shared client as an
+/// `Arc<Client>`.
+pub trait AsClient: Sync {
+    /// The client statements run on.
+    type Client: GenericClient + Sync;
+    /// Lends the client.
+    fn as_client(&self) -> &Self::Client;
+}
+
+impl AsClient for Client {
+    type Client = Client;
+    fn as_client(&self) -> &Client {
+        self
+    }
+}
+
+impl<'t> AsClient for Transaction<'t> {
+    type Client = Transaction<'t>;
+    fn as_client(&self) -> &Transaction<'t> {
+        self
+    }
+}
+
+impl<T: AsClient + ?Sized> AsClient for &T {
+    type Client = T::Client;
+    fn as_client(&self) -> &T::Client {
+        (**self).as_client()
+    }
+}
+
+impl<T: AsClient + ?Sized + Send> AsClient for Box<T> {
+    type Client = T::Client;
+    fn as_client(&self) -> &T::Client {
+        (**self).as_client()
+    }
+}
+
+impl<T: AsClient + ?Sized + Send> AsClient for Arc<T> {
+    type Client = T::Client;
+    fn as_client(&self) -> &T::Client {
+        (**self).as_client()
+    }
+}
+
+impl<C: AsClient> Instrumented<C> {
     /// Wraps `client`; statements go to the current task's scope.
     pub fn new(client: C) -> Self {
         Self {
@@ -87,7 +143,7 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.query(sql, params)
+        self.inner.as_client().query(sql, params)
     }
 
     /// [`GenericClient::query_one`], recorded.
@@ -98,7 +154,7 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Row, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.query_one(sql, params)
+        self.inner.as_client().query_one(sql, params)
     }
 
     /// [`GenericClient::query_opt`], recorded.
@@ -109,7 +165,7 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.query_opt(sql, params)
+        self.inner.as_client().query_opt(sql, params)
     }
 
     /// [`GenericClient::execute`], recorded.
@@ -120,7 +176,7 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<u64, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.execute(sql, params)
+        self.inner.as_client().execute(sql, params)
     }
 
     /// [`GenericClient::batch_execute`], recorded (as one statement text).
@@ -130,7 +186,7 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         sql: &'a str,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.batch_execute(sql)
+        self.inner.as_client().batch_execute(sql)
     }
 
     /// [`GenericClient::simple_query`], recorded.
@@ -140,10 +196,14 @@ impl<C: GenericClient + Sync> Instrumented<C> {
         sql: &'a str,
     ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.simple_query(sql)
+        self.inner.as_client().simple_query(sql)
     }
+}
 
+impl<C: GenericClient + Sync> Instrumented<C> {
     /// Starts a transaction whose statements are recorded the same way.
+    /// (Only on an owned `Client` or `Transaction`: a borrowed client cannot
+    /// start one; call `transaction()` on the connection and wrap that.)
     ///
     /// # Errors
     /// The driver's error.

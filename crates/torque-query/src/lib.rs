@@ -57,5 +57,5 @@ struct GuideDoctests;
 pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict, CopyTarget};
 pub use fingerprint::{Fingerprint, StatementKind, fingerprint};
 #[cfg(feature = "postgres")]
-pub use instrument::Instrumented;
+pub use instrument::{AsClient, Instrumented};
 pub use loader::{BatchFn, Loader, LoaderBuilder, LoaderStats};

@@ -145,3 +145,42 @@ async fn transactions_are_recorded_too() {
     assert_eq!(f.len(), 1);
     assert!(f[0].suggestion.contains("UNNEST"));
 }
+
+/// Regression: the guide and `Instrumented`'s rustdoc say it wraps "a pooled
+/// connection", but it took only a `GenericClient` by value, a sealed trait
+/// that neither `&Client` nor any pool's connection implements: with a pool
+/// it did not compile except inside a transaction.
+#[tokio::test]
+async fn a_pooled_connection_can_be_instrumented() {
+    let db = pg_database().await;
+    let pool = torque_pool::Pool::builder(torque_pool::PgManager::new(db.config()))
+        .max_size(2)
+        .min_idle(0)
+        .build()
+        .unwrap();
+    let conn = pool.get().await.unwrap();
+    conn.batch_execute("CREATE TABLE comments (post_id int8, body text)")
+        .await
+        .unwrap();
+    let client = Instrumented::new(&**conn);
+    let scope = detector().scope();
+    scope
+        .run(async {
+            for id in 1..=6i64 {
+                client
+                    .query("SELECT body FROM comments WHERE post_id = $1", &[&id])
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    let findings = scope.finish();
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].kind, FindingKind::NPlusOne);
+    assert_eq!(findings[0].count, 6);
+
+    // An `Arc<Client>`, as the loader's batch function holds it, too.
+    let shared = Instrumented::new(std::sync::Arc::new(db.connect().await));
+    let one: i32 = shared.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
