@@ -39,8 +39,11 @@ use crate::detect::{CallSite, Scope};
 /// A connection from a pool is wrapped by reference: with torque-pool,
 /// `Instrumented::new(&**conn)` (`Pooled<PgManager>` derefs to `PgConnection`,
 /// which derefs to the `Client`). Statements sent that way bypass
-/// `PgConnection`'s own methods, so report their errors with
-/// `PgConnection::note_error` if the pool should see them.
+/// `PgConnection`'s own methods, which the pool watches: report their errors
+/// with `PgConnection::note_error` if the pool should see them, and open a
+/// transaction with `conn.transaction()` (rolled back if dropped) and wrap
+/// that, rather than sending `BEGIN` here — the pool would not see the block
+/// left open by an early return, and would hand it to the next caller.
 #[derive(Debug)]
 pub struct Instrumented<C> {
     inner: C,
