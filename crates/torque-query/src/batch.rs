@@ -571,7 +571,8 @@ impl BatchInsert {
     }
 
     /// Sends the rows as `INSERT ... SELECT * FROM UNNEST(...)`, one statement
-    /// per chunk; returns the rows inserted (or updated, for an upsert).
+    /// per chunk; returns the rows inserted (or updated, for an upsert; rows
+    /// that repeat a conflict key are sent once, so they count once).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for array columns (use
@@ -623,7 +624,8 @@ impl BatchInsert {
     }
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
-    /// statement exceeds 65,535 parameters; returns the rows inserted.
+    /// statement exceeds 65,535 parameters; returns the rows inserted (as
+    /// [`execute`](Self::execute) counts them).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for an upsert without a target or a column
@@ -904,7 +906,8 @@ impl BatchUpdate {
     }
 
     /// Sends the rows as `UPDATE ... FROM UNNEST(...)`, one statement per
-    /// chunk; returns the rows updated.
+    /// chunk; returns the rows updated (a key pushed twice is sent, and counted,
+    /// once).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column, array columns)
@@ -922,7 +925,8 @@ impl BatchUpdate {
     }
 
     /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
-    /// parameter limit; returns the rows updated.
+    /// parameter limit; returns the rows updated (a key pushed twice is
+    /// sent, and counted, once).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column) before anything is

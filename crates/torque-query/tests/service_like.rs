@@ -134,6 +134,7 @@ async fn a_loader_over_the_pool_answers_concurrent_requests_with_their_own_rows(
         }
     }
     let stats = loader.stats();
+    eprintln!("{stats:?}");
     assert!(stats.batches < 200, "{stats:?}: loads were not batched");
 
     let many = loader.load_many([3, 2, 1, 0, 3]).await.unwrap();
@@ -266,7 +267,10 @@ async fn an_upsert_of_accounts_applies_rows_as_if_one_by_one() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     assert_eq!(rows, vec![(1, "b".into(), 2), (11, "newer".into(), 12)]);
-    eprintln!("upsert of 4 pushed rows (2 keys) reports {affected} rows affected");
+    assert_eq!(
+        affected, 2,
+        "rows written: a repeated key counts once (docs/query.md)"
+    );
 }
 
 #[tokio::test]
