@@ -10,8 +10,8 @@ use tokio_postgres::{Client, Error, GenericClient, Row, SimpleQueryMessage, Tran
 use crate::detect::{CallSite, Scope};
 
 /// Wraps a client — a `Client`, a `Transaction`, a reference to either, an
-/// `Arc<Client>`, or a pooled connection as `&**conn` (anything implementing
-/// [`AsClient`]) — and records each statement, with the
+/// `Arc<Client>`, a pooled connection as `&**conn` (anything implementing
+/// [`QueryClient`]) — and records each statement, with the
 /// call site that issued it, into the current task's detection scope
 /// ([`detect::scoped`](crate::detect::scoped) or [`Scope::run`]), or into a
 /// scope of its own ([`with_scope`](Self::with_scope)). Outside any scope it
@@ -39,11 +39,12 @@ use crate::detect::{CallSite, Scope};
 /// A connection from a pool is wrapped by reference: with torque-pool,
 /// `Instrumented::new(&**conn)` (`Pooled<PgManager>` derefs to `PgConnection`,
 /// which derefs to the `Client`). Statements sent that way bypass
-/// `PgConnection`'s own methods, which the pool watches: report their errors
-/// with `PgConnection::note_error` if the pool should see them, and open a
-/// transaction with `conn.transaction()` (rolled back if dropped) and wrap
-/// that, rather than sending `BEGIN` here — the pool would not see the block
-/// left open by an early return, and would hand it to the next caller.
+/// `PgConnection`'s own methods: its statement cache, and the watching of
+/// errors and of `BEGIN` by which the pool keeps a broken connection or an
+/// open transaction block from the next caller. Open transactions with
+/// `conn.transaction()` (rolled back if dropped) rather than `BEGIN`, or
+/// implement [`QueryClient`] for a newtype whose methods call the
+/// connection's, and wrap that (`docs/query.md`).
 #[derive(Debug)]
 pub struct Instrumented<C> {
     inner: C,
@@ -52,55 +53,162 @@ pub struct Instrumented<C> {
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-/// What [`Instrumented`] can wrap: something that lends a [`GenericClient`]
-/// to run statements on. Implemented for [`Client`] and [`Transaction`]
-/// (`GenericClient` is sealed, and implemented by those two only), and for
-/// references, `Box`es and `Arc`s of anything that implements it — so a
-/// pooled connection is wrapped as `&**conn`, a shared client as an
-/// `Arc<Client>`.
-pub trait AsClient: Sync {
-    /// The client statements run on.
-    type Client: GenericClient + Sync;
-    /// Lends the client.
-    fn as_client(&self) -> &Self::Client;
+/// What [`Instrumented`] can wrap: a client that runs SQL text.
+///
+/// Implemented for [`Client`] and [`Transaction`] (through
+/// [`GenericClient`], which is sealed), and for references, `Box`es and
+/// `Arc`s of anything that implements it: a shared client is wrapped as an
+/// `Arc<Client>`, a pooled connection as `&**conn`. For a pool whose
+/// connection has methods of its own (torque-pool's `PgConnection` caches
+/// statements and watches errors and `BEGIN`), implement it for a newtype
+/// that forwards to them; see `docs/query.md`.
+pub trait QueryClient: Sync {
+    /// Like [`GenericClient::query`].
+    fn query<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a;
+    /// Like [`GenericClient::query_one`].
+    fn query_one<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Row, Error>> + Send + 'a;
+    /// Like [`GenericClient::query_opt`].
+    fn query_opt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'a;
+    /// Like [`GenericClient::execute`].
+    fn execute<'a>(
+        &'a self,
+        sql: &'a str,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + 'a;
+    /// Like [`GenericClient::batch_execute`].
+    fn batch_execute<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
+    /// Like [`GenericClient::simple_query`].
+    fn simple_query<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'a;
 }
 
-impl AsClient for Client {
-    type Client = Client;
-    fn as_client(&self) -> &Client {
+/// `QueryClient` for a type, by `$via` (`$via(self)` is the `QueryClient`
+/// or `GenericClient` to call).
+macro_rules! forward {
+    ($via:ident) => {
+        fn query<'a>(
+            &'a self,
+            sql: &'a str,
+            params: Params<'a>,
+        ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
+            $via::query(self.forward_to(), sql, params)
+        }
+        fn query_one<'a>(
+            &'a self,
+            sql: &'a str,
+            params: Params<'a>,
+        ) -> impl Future<Output = Result<Row, Error>> + Send + 'a {
+            $via::query_one(self.forward_to(), sql, params)
+        }
+        fn query_opt<'a>(
+            &'a self,
+            sql: &'a str,
+            params: Params<'a>,
+        ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'a {
+            $via::query_opt(self.forward_to(), sql, params)
+        }
+        fn execute<'a>(
+            &'a self,
+            sql: &'a str,
+            params: Params<'a>,
+        ) -> impl Future<Output = Result<u64, Error>> + Send + 'a {
+            $via::execute(self.forward_to(), sql, params)
+        }
+        fn batch_execute<'a>(
+            &'a self,
+            sql: &'a str,
+        ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+            $via::batch_execute(self.forward_to(), sql)
+        }
+        fn simple_query<'a>(
+            &'a self,
+            sql: &'a str,
+        ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'a {
+            $via::simple_query(self.forward_to(), sql)
+        }
+    };
+}
+
+/// What a forwarding impl calls: the value itself for a driver client, the
+/// pointee for a pointer.
+trait ForwardTo {
+    type Target: ?Sized;
+    fn forward_to(&self) -> &Self::Target;
+}
+
+impl ForwardTo for Client {
+    type Target = Client;
+    fn forward_to(&self) -> &Client {
         self
     }
 }
 
-impl<'t> AsClient for Transaction<'t> {
-    type Client = Transaction<'t>;
-    fn as_client(&self) -> &Transaction<'t> {
+impl<'t> ForwardTo for Transaction<'t> {
+    type Target = Transaction<'t>;
+    fn forward_to(&self) -> &Transaction<'t> {
         self
     }
 }
 
-impl<T: AsClient + ?Sized> AsClient for &T {
-    type Client = T::Client;
-    fn as_client(&self) -> &T::Client {
-        (**self).as_client()
+impl<T: ?Sized> ForwardTo for &T {
+    type Target = T;
+    fn forward_to(&self) -> &T {
+        self
     }
 }
 
-impl<T: AsClient + ?Sized + Send> AsClient for Box<T> {
-    type Client = T::Client;
-    fn as_client(&self) -> &T::Client {
-        (**self).as_client()
+impl<T: ?Sized> ForwardTo for Box<T> {
+    type Target = T;
+    fn forward_to(&self) -> &T {
+        self
     }
 }
 
-impl<T: AsClient + ?Sized + Send> AsClient for Arc<T> {
-    type Client = T::Client;
-    fn as_client(&self) -> &T::Client {
-        (**self).as_client()
+impl<T: ?Sized> ForwardTo for Arc<T> {
+    type Target = T;
+    fn forward_to(&self) -> &T {
+        self
     }
 }
 
-impl<C: AsClient> Instrumented<C> {
+impl QueryClient for Client {
+    forward!(GenericClient);
+}
+
+impl QueryClient for Transaction<'_> {
+    forward!(GenericClient);
+}
+
+impl<T: QueryClient + ?Sized> QueryClient for &T {
+    forward!(QueryClient);
+}
+
+impl<T: QueryClient + ?Sized + Send> QueryClient for Box<T> {
+    forward!(QueryClient);
+}
+
+impl<T: QueryClient + ?Sized + Send> QueryClient for Arc<T> {
+    forward!(QueryClient);
+}
+
+impl<C: QueryClient> Instrumented<C> {
     /// Wraps `client`; statements go to the current task's scope.
     pub fn new(client: C) -> Self {
         Self {
@@ -146,7 +254,7 @@ impl<C: AsClient> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().query(sql, params)
+        self.inner.query(sql, params)
     }
 
     /// [`GenericClient::query_one`], recorded.
@@ -157,7 +265,7 @@ impl<C: AsClient> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Row, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().query_one(sql, params)
+        self.inner.query_one(sql, params)
     }
 
     /// [`GenericClient::query_opt`], recorded.
@@ -168,7 +276,7 @@ impl<C: AsClient> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().query_opt(sql, params)
+        self.inner.query_opt(sql, params)
     }
 
     /// [`GenericClient::execute`], recorded.
@@ -179,7 +287,7 @@ impl<C: AsClient> Instrumented<C> {
         params: Params<'a>,
     ) -> impl Future<Output = Result<u64, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().execute(sql, params)
+        self.inner.execute(sql, params)
     }
 
     /// [`GenericClient::batch_execute`], recorded (as one statement text).
@@ -189,7 +297,7 @@ impl<C: AsClient> Instrumented<C> {
         sql: &'a str,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().batch_execute(sql)
+        self.inner.batch_execute(sql)
     }
 
     /// [`GenericClient::simple_query`], recorded.
@@ -199,7 +307,7 @@ impl<C: AsClient> Instrumented<C> {
         sql: &'a str,
     ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'a {
         self.note(sql, Location::caller());
-        self.inner.as_client().simple_query(sql)
+        self.inner.simple_query(sql)
     }
 }
 

@@ -57,5 +57,5 @@ struct GuideDoctests;
 pub use batch::{BatchError, BatchInsert, BatchUpdate, Conflict, CopyTarget};
 pub use fingerprint::{Fingerprint, StatementKind, fingerprint};
 #[cfg(feature = "postgres")]
-pub use instrument::{AsClient, Instrumented};
+pub use instrument::{Instrumented, QueryClient};
 pub use loader::{BatchFn, Loader, LoaderBuilder, LoaderStats};

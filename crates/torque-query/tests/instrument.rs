@@ -184,3 +184,92 @@ async fn a_pooled_connection_can_be_instrumented() {
     let one: i32 = shared.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+/// A newtype over a pooled connection that forwards to `PgConnection`'s own
+/// methods keeps the pool's statement cache and error watching under
+/// `Instrumented` (the recipe in docs/query.md).
+#[tokio::test]
+async fn a_newtype_over_a_pooled_connection_keeps_its_statement_cache() {
+    use std::future::Future;
+    use tokio_postgres::types::ToSql;
+    use tokio_postgres::{Error, Row, SimpleQueryMessage};
+    use torque_pool::{PgManager, Pooled};
+
+    struct Db(Pooled<PgManager>);
+
+    impl torque_query::QueryClient for Db {
+        fn query<'a>(
+            &'a self,
+            sql: &'a str,
+            params: &'a [&'a (dyn ToSql + Sync)],
+        ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'a {
+            self.0.query(sql, params)
+        }
+        fn query_one<'a>(
+            &'a self,
+            sql: &'a str,
+            params: &'a [&'a (dyn ToSql + Sync)],
+        ) -> impl Future<Output = Result<Row, Error>> + Send + 'a {
+            self.0.query_one(sql, params)
+        }
+        fn query_opt<'a>(
+            &'a self,
+            sql: &'a str,
+            params: &'a [&'a (dyn ToSql + Sync)],
+        ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'a {
+            self.0.query_opt(sql, params)
+        }
+        fn execute<'a>(
+            &'a self,
+            sql: &'a str,
+            params: &'a [&'a (dyn ToSql + Sync)],
+        ) -> impl Future<Output = Result<u64, Error>> + Send + 'a {
+            self.0.execute(sql, params)
+        }
+        fn batch_execute<'a>(
+            &'a self,
+            sql: &'a str,
+        ) -> impl Future<Output = Result<(), Error>> + Send + 'a {
+            self.0.batch_execute(sql)
+        }
+        fn simple_query<'a>(
+            &'a self,
+            sql: &'a str,
+        ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'a {
+            self.0.simple_query(sql)
+        }
+    }
+
+    let db = pg_database().await;
+    let pool = torque_pool::Pool::builder(PgManager::new(db.config()))
+        .max_size(1)
+        .min_idle(0)
+        .build()
+        .unwrap();
+    let client = Instrumented::new(Db(pool.get().await.unwrap()));
+    client
+        .batch_execute("CREATE TABLE comments (post_id int8, body text)")
+        .await
+        .unwrap();
+    let scope = detector().scope();
+    scope
+        .run(async {
+            for id in 1..=6i64 {
+                client
+                    .query("SELECT body FROM comments WHERE post_id = $1", &[&id])
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    assert_eq!(scope.finish()[0].count, 6);
+    assert_eq!(
+        client.inner().0.cached_statements(),
+        1,
+        "prepared once, through PgConnection's statement cache"
+    );
+    // A BEGIN left open is seen by the pool: the connection is not reused.
+    client.batch_execute("BEGIN").await.unwrap();
+    drop(client);
+    assert_eq!(pool.status().closed.broken, 1, "{:?}", pool.status());
+}
