@@ -76,6 +76,17 @@ async fn insert_accounts(pool: &PgPool, ids: impl Iterator<Item = i64>) -> u64 {
     insert.execute(&**conn).await.unwrap()
 }
 
+/// An error and its sources, on one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out = format!("{out}: {s}");
+        next = s.source();
+    }
+    out
+}
+
 /// The loader of the guide, over the pool instead of one `Arc<Client>`.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -495,4 +506,128 @@ async fn a_cached_loader_cleared_after_a_transfer_serves_the_new_balances() {
     let status = pool.status();
     eprintln!("{status:?}");
     assert_eq!(status.closed.broken, 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_conserve_money_with_failed_ones_rolled_back() {
+    let (_db, pool) = service().await;
+    {
+        let conn = pool.get().await.unwrap();
+        conn.batch_execute("ALTER TABLE accounts ADD CHECK (balance >= 0)")
+            .await
+            .unwrap();
+    }
+    let accounts = 50i64;
+    insert_accounts(&pool, 1..=accounts).await; // balances 100, 200, ...
+    let total_before: i64 = (1..=accounts).map(|id| id * 100).sum();
+
+    let mut tasks = Vec::new();
+    for worker in 0..16i64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut done, mut failed) = (Vec::new(), Vec::new());
+            for n in 0..25i64 {
+                let from = (worker * 7 + n * 3) % accounts + 1;
+                let to = (worker * 5 + n * 11 + 1) % accounts + 1;
+                if from == to {
+                    continue;
+                }
+                // Some transfers overdraw and fail the CHECK: rolled back.
+                let amount = (worker * 37 + n * 53) % 900 + 1;
+                let id = worker * 1000 + n;
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                let result: Result<(), BoxError> = async {
+                    let tx = conn.transaction().await?;
+                    // Lock both rows in id order: no deadlock between workers.
+                    tx.execute(
+                        "SELECT 1 FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                        &[&vec![from, to]],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - $2 WHERE id = $1",
+                        &[&from, &amount],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance + $2 WHERE id = $1",
+                        &[&to, &amount],
+                    )
+                    .await?;
+                    let mut transfer = BatchInsert::new(
+                        "transfers",
+                        &[
+                            ("id", Type::INT8),
+                            ("from_account", Type::INT8),
+                            ("to_account", Type::INT8),
+                            ("amount", Type::INT8),
+                        ],
+                    );
+                    transfer.push(&[&id, &from, &to, &amount])?;
+                    transfer.execute(&tx).await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+                .await;
+                match result {
+                    Ok(()) => done.push((id, amount)),
+                    // tokio-postgres displays a server error as "db error";
+                    // the server's words are its source.
+                    Err(e) => failed.push(chain(&*e)),
+                }
+            }
+            Ok::<_, String>((done, failed))
+        }));
+    }
+    let (mut committed, mut failed) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (done, errors) = task.await.unwrap().expect("a connection");
+        committed.extend(done);
+        failed.extend(errors);
+    }
+    assert!(
+        failed.iter().all(|e| e.contains("accounts_balance_check")),
+        "only overdrafts fail: {failed:?}"
+    );
+    let conn = pool.get().await.unwrap();
+    let total_after: i64 = conn
+        .query_one("SELECT sum(balance)::int8 FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total_after, total_before, "money is conserved");
+    let (count, moved): (i64, i64) = {
+        let row = conn
+            .query_one(
+                "SELECT count(*), coalesce(sum(amount), 0)::int8 FROM transfers",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(
+        count as usize,
+        committed.len(),
+        "one transfer row per commit"
+    );
+    assert_eq!(moved, committed.iter().map(|(_, a)| a).sum::<i64>());
+    assert!(
+        committed.len() > 50,
+        "{} transfers committed",
+        committed.len()
+    );
+    assert!(
+        committed.len() < 16 * 25,
+        "some transfers should have failed"
+    );
+    drop(conn);
+    let status = pool.status();
+    assert!(status.size <= 4 && status.in_use == 0, "{status:?}");
+    assert_eq!(status.timeouts.acquire, 0, "{status:?}");
+    eprintln!(
+        "{} transfers committed, {} rolled back; {status:?}",
+        committed.len(),
+        failed.len()
+    );
 }
