@@ -37,7 +37,10 @@ pub struct PoolConfig {
     /// Most connections open at once, in use or not. Default 20.
     pub max_size: usize,
     /// Idle connections kept ready: the background task refills to this, and
-    /// `idle_timeout` never retires below it. Default 5.
+    /// `idle_timeout` never retires below it. Default 5; with
+    /// [`PoolBuilder`], unless set there (or by [`PoolBuilder::config`]),
+    /// the default is lowered to `max_size` when that is smaller, so that
+    /// `.max_size(2)` alone builds. Set above `max_size`, it is an error.
     pub min_idle: usize,
     /// Longest a `get()` waits in all, checks included. Default 5 s.
     pub acquire_timeout: Duration,
@@ -231,6 +234,9 @@ pub struct PoolBuilder<M> {
     manager: M,
     config: PoolConfig,
     seed: Option<u64>,
+    /// Whether `min_idle` was given (by its setter or in a whole config);
+    /// if not, `build` lowers the default to `max_size`.
+    min_idle_given: bool,
 }
 
 macro_rules! setter {
@@ -249,12 +255,15 @@ impl<M: Manager> PoolBuilder<M> {
             manager,
             config: PoolConfig::default(),
             seed: None,
+            min_idle_given: false,
         }
     }
 
-    /// Replaces every setting at once (for example, loaded from a file).
+    /// Replaces every setting at once (for example, loaded from a file):
+    /// its `min_idle` is taken as given, even if it is the default.
     pub fn config(mut self, config: PoolConfig) -> Self {
         self.config = config;
+        self.min_idle_given = true;
         self
     }
 
@@ -262,10 +271,12 @@ impl<M: Manager> PoolBuilder<M> {
         /// See [`PoolConfig::max_size`].
         max_size: usize
     );
-    setter!(
-        /// See [`PoolConfig::min_idle`].
-        min_idle: usize
-    );
+    /// See [`PoolConfig::min_idle`].
+    pub fn min_idle(mut self, value: usize) -> Self {
+        self.config.min_idle = value;
+        self.min_idle_given = true;
+        self
+    }
     setter!(
         /// See [`PoolConfig::acquire_timeout`].
         acquire_timeout: Duration
@@ -332,7 +343,10 @@ impl<M: Manager> PoolBuilder<M> {
     /// # Errors
     /// [`BuildError::Invalid`] for a bad setting; [`BuildError::NoRuntime`]
     /// outside a tokio runtime.
-    pub fn build(self) -> Result<Pool<M>, BuildError> {
+    pub fn build(mut self) -> Result<Pool<M>, BuildError> {
+        if !self.min_idle_given {
+            self.config.min_idle = self.config.min_idle.min(self.config.max_size);
+        }
         self.config.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let seed = self.seed.unwrap_or_else(random_seed);

@@ -154,6 +154,33 @@ async fn a_timed_out_waiter_does_not_take_the_next_connection() {
     assert!(pool.get().await.is_ok());
 }
 
+/// Regression: `.max_size(2)` alone failed to build ("min_idle is 5 but
+/// max_size is 2"), for a setting the user never touched. Unless given, the
+/// default `min_idle` is lowered to `max_size`; given, it is still checked.
+#[tokio::test(start_paused = true)]
+async fn a_small_max_size_alone_builds_with_min_idle_lowered_to_it() {
+    let fake = Fake::default();
+    let pool = Pool::builder(fake.clone()).max_size(2).build().unwrap();
+    wait_until(Duration::from_secs(5), || pool.status().idle == 2).await;
+    assert_eq!(fake.creates(), 2, "refilled to min_idle = max_size = 2");
+    let err = Pool::builder(Fake::default())
+        .max_size(2)
+        .min_idle(5)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("min_idle"), "{err}");
+    let mut config = PoolConfig::default();
+    config.max_size = 2;
+    let err = Pool::builder(Fake::default())
+        .config(config)
+        .build()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("min_idle"),
+        "a config is taken as given: {err}"
+    );
+}
+
 #[tokio::test]
 async fn build_rejects_bad_settings_with_a_message_that_says_what_to_change() {
     let err = Pool::builder(Fake::default())
