@@ -249,6 +249,81 @@ impl Rows {
         Some((out, kept))
     }
 
+    /// Whether the encoded bytes of the `key` columns decide equality as the
+    /// server's `=` does for their types, so that [`last_per_key`](Self::last_per_key)
+    /// alone de-duplicates exactly. Not so for `float8` (`0` = `-0`, any NaN
+    /// = any NaN), `numeric` (`1.0` = `1.00`), `citext`, `bpchar` (trailing
+    /// blanks), `interval`, `jsonb`, ... — those keys are also de-duplicated
+    /// by the server ([`last_per_key_select`](Self::last_per_key_select)).
+    fn bytes_decide_equality(&self, key: &[usize]) -> bool {
+        fn exact(ty: &Type) -> bool {
+            match ty.kind() {
+                Kind::Domain(base) => exact(base),
+                // One label per value, compared by value.
+                Kind::Enum(_) => true,
+                // Text under the default collation, which is deterministic:
+                // equal strings are equal bytes. Datetimes are 64-bit counts.
+                _ => [
+                    Type::BOOL,
+                    Type::CHAR,
+                    Type::INT2,
+                    Type::INT4,
+                    Type::INT8,
+                    Type::OID,
+                    Type::TEXT,
+                    Type::VARCHAR,
+                    Type::NAME,
+                    Type::BYTEA,
+                    Type::UUID,
+                    Type::DATE,
+                    Type::TIME,
+                    Type::TIMESTAMP,
+                    Type::TIMESTAMPTZ,
+                ]
+                .contains(ty),
+            }
+        }
+        key.iter().all(|&c| exact(&self.columns[c].ty))
+    }
+
+    /// A query keeping, of the rows that are equal on the `key` columns by
+    /// their types' own equality (the server's, not the bytes'), only the
+    /// last; rows whose key has a NULL are all kept (a NULL equals no key).
+    /// `rows` is UNNEST `WITH ORDINALITY` or a VALUES list, whose last column
+    /// numbers the rows.
+    ///
+    /// Grouped, not `DISTINCT ON ... ORDER BY`: hashing a `citext` lowers it
+    /// once, sorting lowers it at every comparison (10,000 rows: +11 ms
+    /// grouped against +70 ms sorted), and unlike an anti-join it stays
+    /// linear when many rows share a key.
+    fn last_per_key_select(&self, rows: &str, key: &[usize]) -> String {
+        let key: Vec<&str> = key
+            .iter()
+            .map(|&c| self.columns[c].quoted.as_str())
+            .collect();
+        let any_null: Vec<String> = key.iter().map(|k| format!("{k} IS NULL")).collect();
+        let columns = self.column_list();
+        format!(
+            "WITH torque_rows AS (SELECT * FROM {rows} AS torque_batch ({columns}, torque_ord)) \
+             SELECT {columns} FROM torque_rows JOIN (SELECT max(torque_ord) AS torque_last \
+             FROM torque_rows GROUP BY {}, CASE WHEN {} THEN torque_ord END) AS torque_kept \
+             ON torque_kept.torque_last = torque_rows.torque_ord",
+            key.join(", "),
+            any_null.join(" OR ")
+        )
+    }
+
+    /// The rows as a FROM item named `torque_batch`: `rows` itself, or with
+    /// `key`, only the last row of each key (see
+    /// [`last_per_key_select`](Self::last_per_key_select); `rows` then ends
+    /// in an ordinal column).
+    fn batch_source(&self, rows: &str, key: Option<&[usize]>) -> String {
+        match key {
+            None => format!("{rows} AS torque_batch ({})", self.column_list()),
+            Some(key) => format!("({}) AS torque_batch", self.last_per_key_select(rows, key)),
+        }
+    }
+
     fn column_list(&self) -> String {
         self.columns
             .iter()
@@ -334,8 +409,9 @@ impl Rows {
             .collect()
     }
 
-    /// `($1::t1, $2::t2), ($3::t1, $4::t2), ...` for `n` rows.
-    fn values_tuples(&self, n: usize) -> String {
+    /// `($1::t1, $2::t2), ($3::t1, $4::t2), ...` for `n` rows; with
+    /// `ordinals`, each tuple ends in its row's number (from 1).
+    fn values_tuples(&self, n: usize, ordinals: bool) -> String {
         let cols = self.columns.len();
         let mut sql = String::with_capacity(n * cols * 12);
         for r in 0..n {
@@ -348,6 +424,9 @@ impl Rows {
                     sql.push_str(", ");
                 }
                 sql.push_str(&format!("${}::{}", r * cols + c + 1, type_sql(&column.ty)));
+            }
+            if ordinals {
+                sql.push_str(&format!(", {}", r + 1));
             }
             sql.push(')');
         }
@@ -501,7 +580,9 @@ impl BatchInsert {
 
     /// An upsert: on a conflict on `target`, overwrite the `update` columns
     /// with the new row's values. Rows repeating a `target` key are applied
-    /// as if one by one: the last pushed values win.
+    /// as if one by one: the last pushed values win. Keys are equal when the
+    /// server's `=` for the declared types says so (`citext` `Ann` and `ann`,
+    /// float8 `0` and `-0`), so declare a key column with its own type.
     pub fn upsert(self, target: &[&str], update: &[&str]) -> Self {
         self.on_conflict(Conflict::Update {
             target: target.iter().map(|s| (*s).to_string()).collect(),
@@ -561,11 +642,18 @@ impl BatchInsert {
 
     /// The UNNEST statement `execute` sends (one per chunk).
     pub fn unnest_sql(&self) -> String {
+        let source = match self.server_key() {
+            None => self.rows.unnest_call(),
+            Some(key) => self.rows.batch_source(
+                &format!("{} WITH ORDINALITY", self.rows.unnest_call()),
+                Some(&key),
+            ),
+        };
         format!(
             "INSERT INTO {} ({}) SELECT * FROM {}{}",
             self.table,
             self.rows.column_list(),
-            self.rows.unnest_call(),
+            source,
             self.conflict_clause()
         )
     }
@@ -606,10 +694,9 @@ impl BatchInsert {
         }
     }
 
-    /// For an upsert whose rows repeat a conflict key: the rows to send, the
-    /// last of each key (PostgreSQL refuses to update one row twice in one
-    /// statement; row by row, the last values would win).
-    fn upsert_rows(&self) -> Option<(Rows, Vec<usize>)> {
+    /// An upsert's conflict target, as column indexes (when all are columns
+    /// of the batch).
+    fn upsert_key(&self) -> Option<Vec<usize>> {
         let Conflict::Update { target, .. } = &self.conflict else {
             return None;
         };
@@ -617,10 +704,21 @@ impl BatchInsert {
             .iter()
             .map(|t| self.rows.columns.iter().position(|c| c.name == *t))
             .collect::<Option<Vec<usize>>>()?;
-        if key.is_empty() {
-            return None;
-        }
-        self.rows.last_per_key(&key)
+        (!key.is_empty()).then_some(key)
+    }
+
+    /// For an upsert whose rows repeat a conflict key byte for byte: the rows
+    /// to send, the last of each key (PostgreSQL refuses to update one row
+    /// twice in one statement; row by row, the last values would win).
+    fn upsert_rows(&self) -> Option<(Rows, Vec<usize>)> {
+        self.rows.last_per_key(&self.upsert_key()?)
+    }
+
+    /// The conflict target when the server must also de-duplicate the rows
+    /// sent: keys whose bytes differ can still be equal (`0` and `-0`).
+    fn server_key(&self) -> Option<Vec<usize>> {
+        self.upsert_key()
+            .filter(|key| !self.rows.bytes_decide_equality(key))
     }
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
@@ -648,15 +746,26 @@ impl BatchInsert {
         client: &C,
     ) -> Result<u64, BatchError> {
         let chunk = rows.values_chunk(self.chunk_rows);
+        let server_key = self.server_key();
         let mut total = 0;
         let mut full_statement = None;
         for start in (0..rows.len).step_by(chunk) {
             let end = (start + chunk).min(rows.len);
+            let source = match &server_key {
+                None => format!("VALUES {}", rows.values_tuples(end - start, false)),
+                Some(key) => format!(
+                    "SELECT * FROM {}",
+                    rows.batch_source(
+                        &format!("(VALUES {})", rows.values_tuples(end - start, true)),
+                        Some(key)
+                    )
+                ),
+            };
             let sql = format!(
-                "INSERT INTO {} ({}) VALUES {}{}",
+                "INSERT INTO {} ({}) {}{}",
                 self.table,
                 rows.column_list(),
-                rows.values_tuples(end - start),
+                source,
                 self.conflict_clause()
             );
             let err = |source| BatchError::Postgres {
@@ -862,7 +971,9 @@ impl BatchUpdate {
     }
 
     /// Adds a row: key values, then new values. A key pushed again replaces
-    /// the values pushed for it before (the last push wins).
+    /// the values pushed for it before (the last push wins); keys are equal
+    /// when the server's `=` for the declared key types says so (`citext`
+    /// `Ann` and `ann`, float8 `0` and `-0`), not only when their bytes are.
     ///
     /// # Errors
     /// [`BatchError::ColumnCount`] or [`BatchError::Type`]; the row is not added.
@@ -880,7 +991,9 @@ impl BatchUpdate {
         self.rows.len == 0
     }
 
-    fn statement(&self, source: &str) -> Result<String, BatchError> {
+    /// `UPDATE ... FROM from WHERE ...`, `from` being a FROM item named
+    /// `torque_batch` ([`Rows::batch_source`]).
+    fn statement(&self, from: &str) -> Result<String, BatchError> {
         if self.keys == 0 || self.keys == self.rows.columns.len() {
             return Err(BatchError::Unsupported(
                 "a batch update needs at least one key column and one column to set".into(),
@@ -896,13 +1009,20 @@ impl BatchUpdate {
             .map(|c| format!("torque_target.{0} = torque_batch.{0}", c.quoted))
             .collect();
         Ok(format!(
-            "UPDATE {} AS torque_target SET {} FROM {} AS torque_batch ({}) WHERE {}",
+            "UPDATE {} AS torque_target SET {} FROM {} WHERE {}",
             self.table,
             assignments.join(", "),
-            source,
-            self.rows.column_list(),
+            from,
             matches.join(" AND ")
         ))
+    }
+
+    /// The key when the server must also de-duplicate the rows sent: keys
+    /// whose bytes differ can still be equal (`0` and `-0`), and a target row
+    /// matched by two rows would be updated from either.
+    fn server_key(&self) -> Option<Vec<usize>> {
+        let key: Vec<usize> = (0..self.keys).collect();
+        (!self.rows.bytes_decide_equality(&key)).then_some(key)
     }
 
     /// Sends the rows as `UPDATE ... FROM UNNEST(...)`, one statement per
@@ -913,7 +1033,12 @@ impl BatchUpdate {
     /// [`BatchError::Unsupported`] (no key or no set column, array columns)
     /// before anything is sent; [`BatchError::Postgres`].
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
-        let sql = self.statement(&self.rows.unnest_call())?;
+        let server_key = self.server_key();
+        let rows = match server_key {
+            None => self.rows.unnest_call(),
+            Some(_) => format!("{} WITH ORDINALITY", self.rows.unnest_call()),
+        };
+        let sql = self.statement(&self.rows.batch_source(&rows, server_key.as_deref()))?;
         self.rows.check_unnest()?;
         match self.rows.last_per_key(&(0..self.keys).collect::<Vec<_>>()) {
             None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
@@ -948,11 +1073,15 @@ impl BatchUpdate {
         client: &C,
     ) -> Result<u64, BatchError> {
         let chunk = rows.values_chunk(self.chunk_rows);
+        let server_key = self.server_key();
         let mut total = 0;
         for start in (0..rows.len).step_by(chunk) {
             let end = (start + chunk).min(rows.len);
-            let source = format!("(VALUES {})", rows.values_tuples(end - start));
-            let sql = self.statement(&source)?;
+            let values = format!(
+                "(VALUES {})",
+                rows.values_tuples(end - start, server_key.is_some())
+            );
+            let sql = self.statement(&rows.batch_source(&values, server_key.as_deref()))?;
             let params = rows.values_params(start..end);
             total += client
                 .execute(sql.as_str(), &as_params(&params))
@@ -1030,10 +1159,51 @@ mod tests {
         );
         let u = BatchUpdate::new("t", &[("id", Type::INT4)], &[("v", Type::TEXT)]);
         assert_eq!(
-            u.statement("UNNEST($1::int4[], $2::text[])").unwrap(),
+            u.statement(&u.rows.batch_source("UNNEST($1::int4[], $2::text[])", None))
+                .unwrap(),
             "UPDATE \"t\" AS torque_target SET \"v\" = torque_batch.\"v\" FROM UNNEST($1::int4[], $2::text[]) \
              AS torque_batch (\"id\", \"v\") WHERE torque_target.\"id\" = torque_batch.\"id\""
         );
+    }
+
+    /// Keys whose bytes decide equality keep the plain statement; others
+    /// (float8: `0` = `-0`) are grouped by the server, for upserts and updates.
+    #[test]
+    fn keys_not_decided_by_their_bytes_are_grouped_by_the_server() {
+        let domain = Type::new(
+            "account_id".into(),
+            99_998,
+            Kind::Domain(Type::INT8),
+            "public".into(),
+        );
+        let rows = Rows::new(&[
+            ("a", Type::INT8),
+            ("b", Type::TEXT),
+            ("c", domain),
+            ("d", Type::FLOAT8),
+            ("e", Type::NUMERIC),
+            ("f", Type::BPCHAR),
+        ]);
+        assert!(rows.bytes_decide_equality(&[0, 1, 2]));
+        for inexact in [3, 4, 5] {
+            assert!(!rows.bytes_decide_equality(&[0, inexact]), "{inexact}");
+        }
+
+        let b =
+            BatchInsert::new("t", &[("k", Type::FLOAT8), ("v", Type::TEXT)]).upsert(&["k"], &["v"]);
+        assert_eq!(
+            b.unnest_sql(),
+            "INSERT INTO \"t\" (\"k\", \"v\") SELECT * FROM (WITH torque_rows AS (SELECT * FROM \
+             UNNEST($1::float8[], $2::text[]) WITH ORDINALITY AS torque_batch (\"k\", \"v\", torque_ord)) \
+             SELECT \"k\", \"v\" FROM torque_rows JOIN (SELECT max(torque_ord) AS torque_last \
+             FROM torque_rows GROUP BY \"k\", CASE WHEN \"k\" IS NULL THEN torque_ord END) AS torque_kept \
+             ON torque_kept.torque_last = torque_rows.torque_ord) AS torque_batch \
+             ON CONFLICT (\"k\") DO UPDATE SET \"v\" = EXCLUDED.\"v\""
+        );
+        let u = BatchUpdate::new("t", &[("k", Type::FLOAT8)], &[("v", Type::TEXT)]);
+        assert_eq!(u.server_key(), Some(vec![0]));
+        let u = BatchUpdate::new("t", &[("k", Type::INT4)], &[("v", Type::FLOAT8)]);
+        assert_eq!(u.server_key(), None, "only the key's type counts");
     }
 
     #[test]
