@@ -14,6 +14,7 @@
 //! - [`BatchInsert::copy_in`]: binary `COPY ... FROM STDIN`, the fastest for
 //!   bulk loads (no `ON CONFLICT`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
@@ -98,6 +99,37 @@ pub enum Conflict {
         /// The columns to overwrite from the new row.
         update: Vec<String>,
     },
+}
+
+/// A type's base type, through domains.
+fn base_type(ty: &Type) -> &Type {
+    match ty.kind() {
+        Kind::Domain(inner) => base_type(inner),
+        _ => ty,
+    }
+}
+
+/// The bytes of an encoded key value that decide its equality: the encoding,
+/// except that a float's two zeros and its many NaNs are made one each
+/// (PostgreSQL's `=` has `0 = -0` and `NaN = NaN`, unlike IEEE 754).
+fn equality_bytes<'a>(ty: &Type, bytes: &'a [u8]) -> Cow<'a, [u8]> {
+    let ty = base_type(ty);
+    let float = if *ty == Type::FLOAT8 {
+        <[u8; 8]>::try_from(bytes).ok().map(f64::from_be_bytes)
+    } else if *ty == Type::FLOAT4 {
+        <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|raw| f64::from(f32::from_be_bytes(raw)))
+    } else {
+        None
+    };
+    // Shorter than any float's encoding, so equal to none of them.
+    match float {
+        Some(x) if x.is_nan() => Cow::Borrowed(b"NaN"),
+        // Matches -0.0 too: a float pattern compares with `==`.
+        Some(0.0) => Cow::Borrowed(b"0"),
+        _ => Cow::Borrowed(bytes),
+    }
 }
 
 /// Quotes an identifier; a dotted name is quoted per part.
@@ -207,14 +239,20 @@ impl Rows {
     }
 
     /// When some rows repeat the values of the `key` columns: a copy keeping
-    /// only the last row of each key, and each kept row's index here.
+    /// only the last row of each key, and each kept row's index here. Keys
+    /// are compared by [`equality_bytes`]: exactly as the server would when
+    /// [`bytes_decide_equality`](Self::bytes_decide_equality), else some
+    /// equal keys remain.
     fn last_per_key(&self, key: &[usize]) -> Option<(Rows, Vec<usize>)> {
         let cell = |c: usize, r: usize| self.cells[c][r].clone().map(|x| &self.data[c][x]);
         let mut last = HashMap::with_capacity(self.len);
         // A key with a NULL equals no other key: such rows are all kept.
         let mut null_keys = Vec::new();
         for r in 0..self.len {
-            match key.iter().map(|&c| cell(c, r)).collect::<Option<Vec<_>>>() {
+            let values = key
+                .iter()
+                .map(|&c| cell(c, r).map(|bytes| equality_bytes(&self.columns[c].ty, bytes)));
+            match values.collect::<Option<Vec<_>>>() {
                 Some(k) => {
                     last.insert(k, r);
                 }
@@ -249,10 +287,10 @@ impl Rows {
         Some((out, kept))
     }
 
-    /// Whether the encoded bytes of the `key` columns decide equality as the
-    /// server's `=` does for their types, so that [`last_per_key`](Self::last_per_key)
-    /// alone de-duplicates exactly. Not so for `float8` (`0` = `-0`, any NaN
-    /// = any NaN), `numeric` (`1.0` = `1.00`), `citext`, `bpchar` (trailing
+    /// Whether the [`equality_bytes`] of the `key` columns decide equality
+    /// as the server's `=` does for their types, so that
+    /// [`last_per_key`](Self::last_per_key) alone de-duplicates exactly. Not
+    /// so for `numeric` (`1.0` = `1.00`), `citext`, `bpchar` (trailing
     /// blanks), `interval`, `jsonb`, ... — those keys are also de-duplicated
     /// by the server ([`last_per_key_select`](Self::last_per_key_select)).
     fn bytes_decide_equality(&self, key: &[usize]) -> bool {
@@ -262,8 +300,11 @@ impl Rows {
                 // One label per value, compared by value.
                 Kind::Enum(_) => true,
                 // Text under the default collation, which is deterministic:
-                // equal strings are equal bytes. Datetimes are 64-bit counts.
+                // equal strings are equal bytes. Datetimes are 64-bit counts;
+                // floats once their zeros and NaNs are made one.
                 _ => [
+                    Type::FLOAT4,
+                    Type::FLOAT8,
                     Type::BOOL,
                     Type::CHAR,
                     Type::INT2,
@@ -333,15 +374,9 @@ impl Rows {
     }
 
     fn check_unnest(&self) -> Result<(), BatchError> {
-        fn base(ty: &Type) -> &Type {
-            match ty.kind() {
-                Kind::Domain(inner) => base(inner),
-                _ => ty,
-            }
-        }
         for c in &self.columns {
             // (An array of a domain over an array is not flattened.)
-            let what = match (c.ty.kind(), base(&c.ty).kind()) {
+            let what = match (c.ty.kind(), base_type(&c.ty).kind()) {
                 (Kind::Array(_), _) => "an array",
                 (_, Kind::Composite(_)) => "a composite",
                 _ => continue,
@@ -1167,7 +1202,7 @@ mod tests {
     }
 
     /// Keys whose bytes decide equality keep the plain statement; others
-    /// (float8: `0` = `-0`) are grouped by the server, for upserts and updates.
+    /// (numeric: `1.0` = `1.00`) are grouped by the server, for upserts and updates.
     #[test]
     fn keys_not_decided_by_their_bytes_are_grouped_by_the_server() {
         let domain = Type::new(
@@ -1184,26 +1219,56 @@ mod tests {
             ("e", Type::NUMERIC),
             ("f", Type::BPCHAR),
         ]);
-        assert!(rows.bytes_decide_equality(&[0, 1, 2]));
-        for inexact in [3, 4, 5] {
+        assert!(rows.bytes_decide_equality(&[0, 1, 2, 3]));
+        for inexact in [4, 5] {
             assert!(!rows.bytes_decide_equality(&[0, inexact]), "{inexact}");
         }
 
-        let b =
-            BatchInsert::new("t", &[("k", Type::FLOAT8), ("v", Type::TEXT)]).upsert(&["k"], &["v"]);
+        let b = BatchInsert::new("t", &[("k", Type::NUMERIC), ("v", Type::TEXT)])
+            .upsert(&["k"], &["v"]);
         assert_eq!(
             b.unnest_sql(),
             "INSERT INTO \"t\" (\"k\", \"v\") SELECT * FROM (WITH torque_rows AS (SELECT * FROM \
-             UNNEST($1::float8[], $2::text[]) WITH ORDINALITY AS torque_batch (\"k\", \"v\", torque_ord)) \
+             UNNEST($1::numeric[], $2::text[]) WITH ORDINALITY AS torque_batch (\"k\", \"v\", torque_ord)) \
              SELECT \"k\", \"v\" FROM torque_rows JOIN (SELECT max(torque_ord) AS torque_last \
              FROM torque_rows GROUP BY \"k\", CASE WHEN \"k\" IS NULL THEN torque_ord END) AS torque_kept \
              ON torque_kept.torque_last = torque_rows.torque_ord) AS torque_batch \
              ON CONFLICT (\"k\") DO UPDATE SET \"v\" = EXCLUDED.\"v\""
         );
-        let u = BatchUpdate::new("t", &[("k", Type::FLOAT8)], &[("v", Type::TEXT)]);
+        let u = BatchUpdate::new("t", &[("k", Type::NUMERIC)], &[("v", Type::TEXT)]);
         assert_eq!(u.server_key(), Some(vec![0]));
-        let u = BatchUpdate::new("t", &[("k", Type::INT4)], &[("v", Type::FLOAT8)]);
+        let u = BatchUpdate::new("t", &[("k", Type::INT4)], &[("v", Type::NUMERIC)]);
         assert_eq!(u.server_key(), None, "only the key's type counts");
+    }
+
+    /// PostgreSQL's `=` on floats: `0 = -0` and `NaN = NaN` (any payload),
+    /// and nothing else beyond equal bits.
+    #[test]
+    fn float_keys_are_compared_as_the_server_compares_them() {
+        let eq = |ty: &Type, a: &[u8], b: &[u8]| equality_bytes(ty, a) == equality_bytes(ty, b);
+        let f8 = |x: f64| x.to_be_bytes();
+        let f4 = |x: f32| x.to_be_bytes();
+        let other_nan = f64::from_bits(f64::NAN.to_bits() ^ 1);
+        assert!(eq(&Type::FLOAT8, &f8(0.0), &f8(-0.0)));
+        assert!(eq(&Type::FLOAT8, &f8(f64::NAN), &f8(other_nan)));
+        assert!(eq(&Type::FLOAT8, &f8(f64::NAN), &f8(-f64::NAN)));
+        assert!(!eq(&Type::FLOAT8, &f8(1.0), &f8(1.000_000_000_000_000_2)));
+        assert!(!eq(&Type::FLOAT8, &f8(0.0), &f8(f64::MIN_POSITIVE)));
+        assert!(!eq(
+            &Type::FLOAT8,
+            &f8(f64::INFINITY),
+            &f8(f64::NEG_INFINITY)
+        ));
+        assert!(eq(&Type::FLOAT4, &f4(0.0), &f4(-0.0)));
+        assert!(eq(&Type::FLOAT4, &f4(f32::NAN), &f4(-f32::NAN)));
+        assert!(!eq(&Type::FLOAT4, &f4(1.0), &f4(-1.0)));
+        // Other types: the bytes as they are.
+        assert!(!eq(
+            &Type::INT8,
+            &0i64.to_be_bytes(),
+            &i64::MIN.to_be_bytes()
+        ));
+        assert!(!eq(&Type::BYTEA, &f8(0.0), &f8(-0.0)));
     }
 
     #[test]
