@@ -1,7 +1,8 @@
 //! Times a 10,000-row upsert per key type and send method: the median of 5
 //! runs into an empty table (inserts) and over the same rows (updates). The
 //! keys are distinct, the common case: what the server-side de-duplication
-//! of keys whose bytes do not decide equality (float8, citext) costs there.
+//! of keys whose bytes do not decide equality (citext) costs there, next to
+//! keys de-duplicated on the client alone (int8, float8).
 //!
 //! ```sh
 //! cargo run --release -p torque-query --features postgres --example batch_upsert_cost
