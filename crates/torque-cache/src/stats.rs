@@ -8,7 +8,11 @@ use std::time::Duration;
 /// Each read is exactly one hit or one miss (a read that finds an expired
 /// entry is a miss). Shards are read one after another, so under concurrent
 /// traffic the fields are each exact but not one atomic snapshot.
+///
+/// With the `serde` feature it is `Serialize` (fields by their names,
+/// durations as `{ secs, nanos }`), for a statistics endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Reads that returned a value.
@@ -48,6 +52,7 @@ impl CacheStats {
 
 /// Entries that left the cache, by [`RemovalCause`](crate::RemovalCause).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Evictions {
     /// Freed because their time-to-live or time-to-idle ran out, or rejected

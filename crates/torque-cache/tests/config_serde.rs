@@ -60,3 +60,20 @@ fn a_config_file_builds_the_cache_it_describes() {
         config
     );
 }
+
+/// `stats()` is written as a plain record (for a `/stats` endpoint), every
+/// counter by its field name.
+#[test]
+fn stats_are_written_with_their_field_names() {
+    let cache = LocalCache::<u64, u64>::new(10);
+    cache.insert(1, 1);
+    assert_eq!(cache.get(&1), Some(1));
+    assert_eq!(cache.get(&2), None);
+    let json = serde_json::to_value(cache.stats()).unwrap();
+    assert_eq!(
+        (json["hits"].as_u64(), json["misses"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(json["inserts"].as_u64(), Some(1));
+    assert!(json["evictions"].is_object(), "{json}");
+}

@@ -327,6 +327,7 @@ impl BalancerBuilder {
 
 /// A snapshot of one backend in a [`Balancer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct BackendStats {
     /// Picks not yet dropped.

@@ -345,7 +345,11 @@ impl ProcessorBuilder {
 /// A snapshot of what a [`Processor`] has done. The CPU counters are updated
 /// without read-modify-write atomics (they sit on the hot path of tiny
 /// batches), so under concurrent calls they may undercount slightly.
+///
+/// With the `serde` feature it is `Serialize` (fields by their names,
+/// durations as `{ secs, nanos }`), for a statistics endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// `Cpu` calls run entirely on the calling thread (an empty batch

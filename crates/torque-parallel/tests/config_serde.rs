@@ -70,3 +70,35 @@ fn a_processor_config_file_builds_the_processor_it_describes() {
         serde_json::from_str::<ProcessorConfig>(r#"{ "blocking_thread": 2 }"#).unwrap_err();
     assert!(unknown.to_string().contains("unknown field"), "{unknown}");
 }
+
+/// The statistics are written as plain records (for a `/stats` endpoint),
+/// every figure by its field name, durations as `{ secs, nanos }`.
+#[test]
+fn stats_are_written_with_their_field_names() {
+    let limiter =
+        serde_json::from_str::<LimiterConfig>(r#"{ "algorithm": "fixed", "initial_limit": 8 }"#)
+            .unwrap()
+            .build()
+            .unwrap();
+    let json = serde_json::to_value(limiter.stats()).unwrap();
+    assert_eq!(json["limit"].as_u64(), Some(8), "{json}");
+    assert!(json["busy"]["secs"].is_u64(), "{json}");
+
+    let processor = ProcessorBuilder::from_config(ProcessorConfig::default())
+        .build()
+        .unwrap();
+    let items: Vec<u64> = (0..10).collect();
+    let sum: u64 = processor
+        .map(&items, |&x| x)
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(sum, 45);
+    let json = serde_json::to_value(processor.stats()).unwrap();
+    assert_eq!(
+        json["sequential_runs"].as_u64().unwrap() + json["parallel_runs"].as_u64().unwrap(),
+        1,
+        "{json}"
+    );
+    assert!(json["io"]["limit"].is_u64(), "{json}");
+}

@@ -180,6 +180,7 @@ impl<M: RoleProbe + fmt::Debug> fmt::Debug for Cluster<M> {
 
 /// A snapshot of one host of a [`Cluster`], from [`Cluster::hosts`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct HostStatus {
     /// The host's number: 0 is the primary given to the builder, replicas

@@ -1,7 +1,11 @@
 //! [`Status`]: a snapshot of the pool.
 
 /// A snapshot of a pool's state and counters, from [`Pool::status`](crate::Pool::status).
+///
+/// With the `serde` feature it is `Serialize` (fields by their names,
+/// durations as `{ secs, nanos }`), for a statistics endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Status {
     /// `max_size` setting.
@@ -33,6 +37,7 @@ pub struct Status {
 
 /// Connections closed, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Closed {
     /// `is_broken` said so, or `reset` failed.
@@ -53,6 +58,7 @@ pub struct Closed {
 
 /// Timeouts, by kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Timeouts {
     /// `get()` calls that ran out of `acquire_timeout`.

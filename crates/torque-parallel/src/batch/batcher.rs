@@ -329,6 +329,7 @@ impl<T> std::error::Error for TrySendError<T> {}
 
 /// What a [`BatchDriver`] did, returned when it stops.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct BatchStats {
     /// Batches handed to the sink.

@@ -243,6 +243,7 @@ impl Counters {
 /// [`AsyncIo::with_limiter`](crate::AsyncIo::with_limiter) reports into its
 /// own limiter's `stats()`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct IoStats {
     /// Items taken from the input (for `Hybrid`, by its CPU stage), started

@@ -62,7 +62,11 @@ pub trait Limiter: Send + Sync {
 /// // The successful request's latency, within 12.5 % above.
 /// assert!(s.latency_p99.is_some_and(|p| p < Duration::from_secs(1)));
 /// ```
+///
+/// With the `serde` feature it is `Serialize` (fields by their names,
+/// durations as `{ secs, nanos }`), for a statistics endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// The current limit.
