@@ -283,6 +283,35 @@ where
         }
     }
 
+    /// Forgets `key`'s cached value (when caching is on), including the one
+    /// a batch still running would store: its callers get that value, the
+    /// cache does not, and the next load of `key` fetches it again. Call it
+    /// after writing `key`'s row; [`clear_cache`](Self::clear_cache)
+    /// forgets every key. (JavaScript DataLoader's `clear(key)`.)
+    pub fn forget(&self, key: &K) {
+        if let Some(cache) = &self.inner.cache {
+            let mut in_flight = lock(&self.inner.in_flight);
+            lock(cache).remove(key);
+            // A running batch stores only keys it still marks; those who
+            // joined it for this key retry.
+            in_flight.remove(key);
+        }
+    }
+
+    /// Caches `value` for `key` unless a value is cached for it already
+    /// (when caching is on; otherwise it does nothing), so that loads of
+    /// `key` are answered without a fetch: for rows the caller has just read
+    /// or written anyway. A batch running for `key` still stores what it
+    /// reads when it finishes. To replace a cached value, [`forget`] the key
+    /// first. (JavaScript DataLoader's `prime`.)
+    ///
+    /// [`forget`]: Self::forget
+    pub fn prime(&self, key: K, value: V) {
+        if let Some(cache) = &self.inner.cache {
+            lock(cache).entry(key).or_insert(Some(value));
+        }
+    }
+
     /// The value of `key`: `Ok(None)` when the batch did not return it.
     ///
     /// # Errors
@@ -571,11 +600,15 @@ where
         // channel and retries.
         let outcome = (self.inner.batch_fn)(keys).await;
         if let (Ok(values), Some(cache)) = (&outcome, &self.inner.cache) {
-            // Values read before a `clear_cache` are answered, not kept.
+            // Values read before a `clear_cache`, or a `forget` of their key
+            // (which unmarks it), are answered, not kept.
+            let marked = lock(&self.inner.in_flight);
             let mut cache = lock(cache);
             if self.inner.cache_epoch.load(Ordering::SeqCst) == epoch {
                 for key in waiters.keys() {
-                    cache.insert(key.clone(), values.get(key).cloned());
+                    if marked.get(key).is_some_and(|(id, _)| *id == in_flight.id) {
+                        cache.insert(key.clone(), values.get(key).cloned());
+                    }
                 }
             }
         }
@@ -821,6 +854,106 @@ mod tests {
             loader.load(1).await.unwrap(),
             Some(2),
             "a batch that started before clear_cache filled the cache after it"
+        );
+    }
+
+    /// A loader whose batch function answers each key with the current
+    /// `version`, counting its calls.
+    fn versioned(
+        version: &Arc<AtomicUsize>,
+        calls: &Arc<AtomicUsize>,
+    ) -> Loader<u32, usize, String> {
+        let (v, c) = (Arc::clone(version), Arc::clone(calls));
+        Loader::builder(move |keys: Vec<u32>| {
+            let read = v.load(Ordering::SeqCst);
+            c.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(keys.into_iter().map(|k| (k, read)).collect()) }
+        })
+        .cache(true)
+        .build()
+    }
+
+    #[tokio::test]
+    async fn forget_makes_the_next_load_of_that_key_alone_fetch_again() {
+        let (version, calls) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
+        let loader = versioned(&version, &calls);
+        assert_eq!(
+            loader.load_many([1, 2]).await.unwrap(),
+            vec![Some(1), Some(1)]
+        );
+        version.store(2, Ordering::SeqCst);
+        loader.forget(&1);
+        assert_eq!(loader.load(1).await.unwrap(), Some(2), "fetched again");
+        assert_eq!(loader.load(2).await.unwrap(), Some(1), "still cached");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn forget_drops_the_value_a_batch_in_flight_would_store() {
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let version = Arc::new(AtomicUsize::new(1));
+        let (g, v) = (Arc::clone(&gate), Arc::clone(&version));
+        let loader: Loader<u32, usize, String> = Loader::builder(move |keys: Vec<u32>| {
+            let (g, v, started) = (Arc::clone(&g), Arc::clone(&v), started_tx.clone());
+            async move {
+                // The batch reads the rows, then its answer is delayed.
+                let read = v.load(Ordering::SeqCst);
+                started.send(()).unwrap();
+                g.notified().await;
+                Ok(keys.into_iter().map(|k| (k, read)).collect())
+            }
+        })
+        .cache(true)
+        .build();
+        let control = async {
+            started_rx.recv().await.unwrap();
+            // Row 1 changes and the caller forgets it; row 2 does not.
+            version.store(2, Ordering::SeqCst);
+            loader.forget(&1);
+            gate.notify_one();
+        };
+        let (first, ()) = tokio::join!(loader.load_many([1, 2]), control);
+        assert_eq!(first.unwrap(), vec![Some(1), Some(1)]);
+        gate.notify_one();
+        assert_eq!(
+            loader.load(1).await.unwrap(),
+            Some(2),
+            "a batch that started before forget(1) cached 1's old value after it"
+        );
+        assert_eq!(loader.load(2).await.unwrap(), Some(1), "2 stayed cached");
+    }
+
+    #[tokio::test]
+    async fn prime_answers_loads_without_a_fetch_and_keeps_a_cached_value() {
+        let (version, calls) = (Arc::new(AtomicUsize::new(1)), Arc::new(AtomicUsize::new(0)));
+        let loader = versioned(&version, &calls);
+        loader.prime(7, 70);
+        assert_eq!(loader.load(7).await.unwrap(), Some(70));
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "no fetch for a primed key");
+        loader.prime(7, 71);
+        assert_eq!(
+            loader.load(7).await.unwrap(),
+            Some(70),
+            "prime keeps what is cached"
+        );
+        loader.forget(&7);
+        loader.prime(7, 72);
+        assert_eq!(
+            loader.load(7).await.unwrap(),
+            Some(72),
+            "forget, then prime, replaces"
+        );
+        let uncached: Loader<u32, usize, String> =
+            Loader::new(
+                |keys: Vec<u32>| async move { Ok(keys.into_iter().map(|k| (k, 0)).collect()) },
+            );
+        uncached.prime(7, 70);
+        uncached.forget(&7);
+        assert_eq!(
+            uncached.load(7).await.unwrap(),
+            Some(0),
+            "without a cache both do nothing"
         );
     }
 
