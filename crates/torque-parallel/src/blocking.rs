@@ -674,6 +674,11 @@ where
                 shared.release(weight);
             }
             batch.complete(index, result, true);
+            // The last handle to the batch is this one when its future was
+            // dropped: dropping it drops the results the batch still holds,
+            // user data whose `Drop` may panic, which must not kill the
+            // worker (the pool would be a thread short for good).
+            let _ = drop_caught(batch);
         }),
     }
 }

@@ -395,3 +395,54 @@ async fn regression_an_aborted_task_whose_drop_panics_is_counted_panicked() {
     assert_eq!((s.panicked, s.cancelled), (1, 3), "{s:?}");
     assert_eq!(s.taken, s.completed() + s.panicked + s.cancelled, "{s:?}");
 }
+
+/// A result whose drop panics.
+struct PanickyResult;
+
+impl Drop for PanickyResult {
+    fn drop(&mut self) {
+        panic!("result dropped");
+    }
+}
+
+/// A `map_async` future dropped while its item ran on a worker: the job
+/// completed the abandoned batch and held its last handle, whose drop
+/// dropped the item's result and unwound out of the worker loop. The pool
+/// was a thread short from then on; with one thread, every later batch
+/// hung.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_result_whose_drop_panics_in_an_abandoned_batch_does_not_kill_the_worker() {
+    let p = Processor::builder()
+        .blocking_threads(1)
+        .queue_capacity(1)
+        .build()
+        .unwrap();
+    let (started_tx, started_rx) = mpsc::sync_channel::<()>(1);
+    let (release_tx, release_rx) = mpsc::sync_channel::<()>(1);
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let fut = p.blocking().map_async(vec![0u32], move |_| {
+        started_tx.send(()).unwrap();
+        release_rx.lock().unwrap().recv().unwrap();
+        PanickyResult
+    });
+    let mut fut = Box::pin(fut);
+    let r = tokio::time::timeout(Duration::from_millis(1), &mut fut).await;
+    assert!(r.is_err());
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+    drop(fut);
+    release_tx.send(()).unwrap();
+    // From a plain thread, so that a hang fails the test instead.
+    let (tx, rx) = mpsc::channel();
+    let other = p.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(other.blocking().map(vec![1, 2], |x| x + 1));
+    });
+    let next = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the pool still runs batches");
+    assert_eq!(*next[1].as_ref().unwrap(), 3);
+    assert_eq!(p.stats().blocking_threads, 1, "the worker survived");
+}
