@@ -14,6 +14,7 @@
 
 mod stats;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -56,14 +57,16 @@ impl Clock for TokioClock {
 
 /// The state of the `Async` strategy a processor shares between its batches.
 pub(crate) struct Shared {
-    pub(crate) limiter: IoLimiter,
+    /// One `Arc` for every handle: a batch nested in an item of another
+    /// knows it runs under the same limiter by its address.
+    pub(crate) limiter: Arc<IoLimiter>,
     pub(crate) counters: Arc<Counters>,
 }
 
 impl Shared {
     pub(crate) fn new(algorithm: Box<dyn Algorithm>) -> Self {
         Shared {
-            limiter: ConcurrencyLimiter::with_clock(algorithm, TokioClock),
+            limiter: Arc::new(ConcurrencyLimiter::with_clock(algorithm, TokioClock)),
             counters: Arc::new(Counters::default()),
         }
     }
@@ -131,6 +134,13 @@ impl ProcessorBuilder {
 /// caught and the item comes back `Cancelled` (a task's comes back
 /// `Panicked`, as tokio reports it).
 ///
+/// A batch awaited inside an item of another batch under the same limiter
+/// (the processor's, or one `with_limiter` handle and its clones) runs on
+/// that item's permit, one item at a time, whenever none of its own comes:
+/// the item waits for it, and otherwise batches nested in every item at the
+/// limit would wait for each other's permits for ever. A nested batch
+/// under another limiter waits for that limiter as any batch does.
+///
 /// Methods consume the handle (it is a cheap clone of the processor) and
 /// return futures and streams that own everything they need, so they can be
 /// spawned. They must be polled inside a tokio runtime (with its time driver
@@ -197,7 +207,7 @@ impl Processor {
     pub fn async_io(&self) -> AsyncIo {
         AsyncIo {
             processor: self.clone(),
-            limiter: Arc::new(self.io().limiter.clone()),
+            limiter: Arc::clone(&self.io().limiter),
             timeout: self.config().item_timeout,
         }
     }
@@ -577,6 +587,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     {
         let cancel = self.processor.cancel_token().cloned();
         Completions {
+            limiter_id: limiter_id(&self.limiter),
             input: Some(Box::pin(input)),
             f,
             limiter: self.limiter,
@@ -644,6 +655,34 @@ impl<S: Stream, E> Stream for Indexed<S, E> {
         self.next += 1;
         self.counters.taken();
         Poll::Ready(Some((index, item)))
+    }
+}
+
+thread_local! {
+    /// The limiter (its [`limiter_id`]) whose permit the item being polled
+    /// on this thread runs on; 0 outside items.
+    static HOLDING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A limiter's identity: the address of the `Arc` its batches share.
+fn limiter_id<L>(limiter: &Arc<L>) -> usize {
+    Arc::as_ptr(limiter).cast::<()>() as usize
+}
+
+/// Marks this thread as polling an item on a permit of limiter `id` until
+/// dropped (also when the poll panics), restoring the mark of the item it
+/// is nested in.
+struct Holding(usize);
+
+impl Holding {
+    fn enter(id: usize) -> Self {
+        Holding(HOLDING.replace(id))
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        HOLDING.set(self.0);
     }
 }
 
@@ -753,6 +792,15 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
                 None
             }
             Running::Undecided => unreachable!("decided above"),
+        }
+    }
+
+    /// Whether no item of the batch is running (or waits to be reaped).
+    fn is_empty(&self) -> bool {
+        match self {
+            Running::Undecided => true,
+            Running::Tasks { set, .. } => set.is_empty(),
+            Running::Inline(set) => set.is_empty(),
         }
     }
 
@@ -896,6 +944,7 @@ async fn run_item<Fut, R, E>(
     timeout: Option<Duration>,
     counters: Arc<Counters>,
     in_flight: InFlight,
+    holding: usize,
 ) -> Done<R, E>
 where
     Fut: Future<Output = Result<R, E>>,
@@ -908,6 +957,7 @@ where
     // another one that drops the batch.
     let polling = &mut in_flight.polling;
     let done = std::future::poll_fn(|cx| {
+        let _holding = Holding::enter(holding);
         *polling = true;
         let poll = item.as_mut().poll(cx);
         *polling = false;
@@ -958,6 +1008,8 @@ where
 /// The driver of an async batch: a stream of `(index, result)` in completion
 /// order. See the module docs.
 pub(crate) struct Completions<S, X, F, L, R, E> {
+    /// The [`limiter_id`] of `limiter`.
+    limiter_id: usize,
     /// `None` once exhausted or cancelled.
     input: Option<Pin<Box<S>>>,
     f: F,
@@ -1060,10 +1112,23 @@ where
                 let limiter = Arc::clone(&self.limiter);
                 Box::pin(async move { limiter.acquire().await })
             });
-            let Poll::Ready(token) = acquiring.as_mut().poll(cx) else {
-                return;
+            let token = match acquiring.as_mut().poll(cx) {
+                Poll::Ready(token) => {
+                    self.acquiring = None;
+                    token
+                }
+                // Polled inside an item that runs on a permit of this very
+                // limiter (a batch awaited in an item of another): that
+                // item waits for this batch, so its permit serves this
+                // batch, one item at a time, while no permit of its own
+                // comes. Otherwise batches nested in every item at the
+                // limit wait for each other's permits for ever. The
+                // waiter stays queued; its permit serves a later item.
+                Poll::Pending if self.running.is_empty() && HOLDING.get() == self.limiter_id => {
+                    Token::detached(TokioClock.now())
+                }
+                Poll::Pending => return,
             };
-            self.acquiring = None;
             if let Some((index, x)) = self.unhold()
                 && let Some(result) = self.start(index, x, token)
             {
@@ -1093,7 +1158,15 @@ where
         let counters = Arc::clone(&self.counters);
         counters.started(TokioClock.now());
         let in_flight = InFlight::new(Arc::clone(&counters), self.running.runs_tasks());
-        let item = run_item(index, fut, token, self.timeout, counters, in_flight);
+        let item = run_item(
+            index,
+            fut,
+            token,
+            self.timeout,
+            counters,
+            in_flight,
+            self.limiter_id,
+        );
         if let (Some(task), Some(cancel)) = (self.running.push(index, item), &self.cancel) {
             let (aborter, _) = self.aborter.get_or_insert_with(|| {
                 let aborter = Arc::new(Aborter::default());

@@ -802,3 +802,98 @@ async fn regression_a_panicking_input_iterator_is_the_error_of_the_item_it_was_m
     let summary = p.async_io().for_each(input(), |_| async {}).await;
     assert_eq!(summary.panics.len(), 1);
 }
+
+/// An outer batch of `outer` items under `p`'s limiter, each awaiting an
+/// `Async` and a `Hybrid` batch of 4 items under the same limiter; the
+/// sum of every inner result, or `None` if it has not ended within 60 s.
+async fn nested_batches(p: &Processor, outer: u64) -> Option<u64> {
+    let inner = p.clone();
+    let batch = p.async_io().map(0..outer, move |x| {
+        let p = inner.clone();
+        async move {
+            let io = p
+                .async_io()
+                .map(0..4u64, move |y| async move {
+                    tokio::task::yield_now().await;
+                    x + y
+                })
+                .await;
+            let hybrid = p
+                .hybrid()
+                .map(0..4u64, move |y| x * y, |v| async move { v })
+                .await;
+            io.into_iter()
+                .chain(hybrid)
+                .map(Result::unwrap)
+                .sum::<u64>()
+        }
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), batch)
+        .await
+        .ok()?;
+    Some(out.into_iter().map(Result::unwrap).sum())
+}
+
+fn nested_sum(outer: u64) -> u64 {
+    (0..outer).map(|x| 4 * x + 6 + 6 * x).sum()
+}
+
+/// A batch awaited inside an item of another batch under the same limiter
+/// (the processor's, shared by all its async batches) waited for a permit
+/// while the items at the limit, each waiting for such a batch, held them
+/// all: with the default limit (4 at first), an outer batch of 16 items
+/// never ended. The item's permit now serves its nested batch, one item at
+/// a time while no permit of its own comes. (Not on the paused clock: it
+/// would run the 60 s out while the `Hybrid` stage is on rayon.)
+#[tokio::test(flavor = "current_thread")]
+async fn regression_a_batch_nested_in_an_item_under_the_same_limiter_does_not_deadlock() {
+    for p in [
+        Processor::builder().build().unwrap(),
+        Processor::builder().async_limit(1).build().unwrap(),
+    ] {
+        assert_eq!(nested_batches(&p, 16).await, Some(nested_sum(16)));
+        let io = p.stats().io;
+        assert_eq!((io.in_flight, io.queued, io.awaiting_permit), (0, 0, 0));
+        assert_eq!(io.taken, io.succeeded, "{io:?}");
+    }
+}
+
+/// The same on a multi-thread runtime, where the items are tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_a_batch_nested_in_a_task_item_under_the_same_limiter_does_not_deadlock() {
+    let p = Processor::builder().async_limit(2).build().unwrap();
+    assert_eq!(nested_batches(&p, 16).await, Some(nested_sum(16)));
+}
+
+/// A batch nested in an item under another limiter gets no permit of the
+/// item's: it waits for its own limiter.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_batch_nested_under_another_limiter_waits_for_that_limiter() {
+    let p = Processor::builder().async_limit(1).build().unwrap();
+    let other = ConcurrencyLimiter::new(Fixed::new(1));
+    let held = other.try_acquire().unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let (p2, other2, started2) = (p.clone(), other.clone(), Arc::clone(&started));
+    let outer = tokio::spawn(p.async_io().map([()], move |()| {
+        let (p, other, started) = (p2.clone(), other2.clone(), Arc::clone(&started2));
+        async move {
+            p.async_io()
+                .with_limiter(other)
+                .map(0..3, move |_| {
+                    started.fetch_add(1, SeqCst);
+                    async {}
+                })
+                .await
+                .len()
+        }
+    }));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        started.load(SeqCst),
+        0,
+        "no item ran past the other limiter"
+    );
+    drop(held);
+    let out = outer.await.unwrap();
+    assert_eq!(*out[0].as_ref().unwrap(), 3);
+}

@@ -588,6 +588,18 @@ impl Token {
         }
     }
 
+    /// A token of no limiter, whose completion reports nothing: for work
+    /// run on a permit its caller already holds (an async batch nested in
+    /// an item under the same limiter).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn detached(started: Instant) -> Token {
+        Token {
+            release: None,
+            started,
+            in_flight: 0,
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if let Some(release) = self.release.take() {
             release.release(self.started, self.in_flight, outcome);
