@@ -740,7 +740,7 @@ type Done<R, E> = (usize, Result<R, ItemError<E>>);
 
 /// The items of a batch that have started and not been handed out.
 enum Running<R, E> {
-    /// `InlineIfOneThread`, before the first item reads the runtime.
+    /// `InlineIfOneThread`, before the batch first looks for an item.
     Undecided,
     Tasks {
         set: JoinSet<Done<R, E>>,
@@ -758,9 +758,9 @@ impl<R: Send + 'static, E: Send + 'static> Running<R, E> {
         }
     }
 
-    /// Whether items run as tasks (deciding, on the first item, from the
-    /// runtime's flavour: inside a poll, so inside the runtime, or
-    /// `Handle::current` panics as `tokio::spawn` would).
+    /// Whether items run as tasks (deciding, before the first item is
+    /// taken, from the runtime's flavour: inside a poll, so inside the
+    /// runtime, or `Handle::current` panics as `tokio::spawn` would).
     fn runs_tasks(&mut self) -> bool {
         if let Running::Undecided = self {
             *self = match Handle::current().runtime_flavor() {
@@ -1083,6 +1083,10 @@ where
     /// Starts items while the input has some and the limiter has permits.
     /// Returns early when it has a ready result to hand out.
     fn fill(&mut self, cx: &mut Context<'_>) {
+        // Decided before an item is taken: outside a runtime `Handle::current`
+        // panics here with nothing taken, where on the first item's start it
+        // left that item counted taken and in flight for good.
+        self.running.runs_tasks();
         loop {
             if self.next.is_none() {
                 let Some(input) = self.input.as_mut() else {

@@ -322,3 +322,21 @@ async fn regression_a_panicking_hybrid_input_is_the_error_of_the_item_it_was_mak
     );
     assert_adds_up(&p, &taken, "hybrid input panic");
 }
+
+/// `map` polled outside a tokio runtime panics, as documented; it used to
+/// panic as its first item started (the runtime's flavour is read there),
+/// with that item counted taken and in flight for good: the processor's
+/// stats (and the process-wide gauges) never added up again. The flavour
+/// is now read before an item is taken.
+#[test]
+fn regression_a_map_polled_outside_a_runtime_leaves_no_item_in_flight() {
+    use futures_util::FutureExt;
+
+    let p = Processor::builder().build().unwrap();
+    let (input, taken) = counted(0..3u32);
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        p.async_io().map(input, items).now_or_never()
+    }));
+    assert!(polled.is_err(), "polled outside a runtime: a panic");
+    assert_adds_up(&p, &taken, "map outside a runtime");
+}
