@@ -57,16 +57,14 @@ impl Clock for TokioClock {
 
 /// The state of the `Async` strategy a processor shares between its batches.
 pub(crate) struct Shared {
-    /// One `Arc` for every handle: a batch nested in an item of another
-    /// knows it runs under the same limiter by its address.
-    pub(crate) limiter: Arc<IoLimiter>,
+    pub(crate) limiter: IoLimiter,
     pub(crate) counters: Arc<Counters>,
 }
 
 impl Shared {
     pub(crate) fn new(algorithm: Box<dyn Algorithm>) -> Self {
         Shared {
-            limiter: Arc::new(ConcurrencyLimiter::with_clock(algorithm, TokioClock)),
+            limiter: ConcurrencyLimiter::with_clock(algorithm, TokioClock),
             counters: Arc::new(Counters::default()),
         }
     }
@@ -135,7 +133,9 @@ impl ProcessorBuilder {
 /// `Panicked`, as tokio reports it).
 ///
 /// A batch awaited inside an item of another batch under the same limiter
-/// (the processor's, or one `with_limiter` handle and its clones) runs on
+/// (the processor's, or clones of one [`ConcurrencyLimiter`] given to
+/// [`with_limiter`](AsyncIo::with_limiter); see
+/// [`Limiter::permits_id`]) runs on
 /// that item's permit, one item at a time, whenever none of its own comes:
 /// the item waits for it, and otherwise batches nested in every item at the
 /// limit would wait for each other's permits for ever. A nested batch
@@ -207,7 +207,7 @@ impl Processor {
     pub fn async_io(&self) -> AsyncIo {
         AsyncIo {
             processor: self.clone(),
-            limiter: Arc::clone(&self.io().limiter),
+            limiter: Arc::new(self.io().limiter.clone()),
             timeout: self.config().item_timeout,
         }
     }
@@ -587,7 +587,7 @@ impl<L: Limiter + 'static> AsyncIo<L> {
     {
         let cancel = self.processor.cancel_token().cloned();
         Completions {
-            limiter_id: limiter_id(&self.limiter),
+            limiter_id: self.limiter.permits_id(),
             input: Some(Box::pin(input)),
             f,
             limiter: self.limiter,
@@ -659,14 +659,9 @@ impl<S: Stream, E> Stream for Indexed<S, E> {
 }
 
 thread_local! {
-    /// The limiter (its [`limiter_id`]) whose permit the item being polled
-    /// on this thread runs on; 0 outside items.
+    /// The limiter (its [`Limiter::permits_id`]) whose permit the item
+    /// being polled on this thread runs on; 0 outside items.
     static HOLDING: Cell<usize> = const { Cell::new(0) };
-}
-
-/// A limiter's identity: the address of the `Arc` its batches share.
-fn limiter_id<L>(limiter: &Arc<L>) -> usize {
-    Arc::as_ptr(limiter).cast::<()>() as usize
 }
 
 /// Marks this thread as polling an item on a permit of limiter `id` until
@@ -1008,7 +1003,7 @@ where
 /// The driver of an async batch: a stream of `(index, result)` in completion
 /// order. See the module docs.
 pub(crate) struct Completions<S, X, F, L, R, E> {
-    /// The [`limiter_id`] of `limiter`.
+    /// The [`Limiter::permits_id`] of `limiter`.
     limiter_id: usize,
     /// `None` once exhausted or cancelled.
     input: Option<Pin<Box<S>>>,

@@ -897,3 +897,32 @@ async fn a_batch_nested_under_another_limiter_waits_for_that_limiter() {
     let out = outer.await.unwrap();
     assert_eq!(*out[0].as_ref().unwrap(), 3);
 }
+
+/// Nested batches under clones of one limiter given to `with_limiter` are
+/// nested under the same limit too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_batch_nested_under_a_clone_of_the_items_limiter_does_not_deadlock() {
+    let p = Processor::builder().build().unwrap();
+    let limiter = ConcurrencyLimiter::new(Fixed::new(2));
+    let (inner, l) = (p.clone(), limiter.clone());
+    let batch = p
+        .async_io()
+        .with_limiter(limiter.clone())
+        .map(0..8u64, move |x| {
+            let (p, l) = (inner.clone(), l.clone());
+            async move {
+                let out = p
+                    .async_io()
+                    .with_limiter(l)
+                    .map(0..4u64, move |y| async move { x + y })
+                    .await;
+                out.into_iter().map(Result::unwrap).sum::<u64>()
+            }
+        });
+    let out = tokio::time::timeout(Duration::from_secs(60), batch)
+        .await
+        .expect("nested batches under one limiter ended");
+    let sum: u64 = out.into_iter().map(Result::unwrap).sum();
+    assert_eq!(sum, (0..8u64).map(|x| 4 * x + 6).sum::<u64>());
+    assert_eq!(limiter.stats().in_flight, 0);
+}

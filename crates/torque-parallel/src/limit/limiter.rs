@@ -39,6 +39,16 @@ pub trait Limiter: Send + Sync {
 
     /// A snapshot of the current limit and counters.
     fn stats(&self) -> Stats;
+
+    /// Identifies the permits this limiter hands out: equal for handles
+    /// that share them (the clones of one [`ConcurrencyLimiter`]), so that
+    /// an async batch awaited inside an item that runs on one of those
+    /// permits knows it is nested under the same limit (the processor's
+    /// `Async` strategy then lets the item's permit serve it). The default,
+    /// the limiter's address, suits a limiter that is not such a handle.
+    fn permits_id(&self) -> usize {
+        (self as *const Self).cast::<()>() as usize
+    }
 }
 
 /// A snapshot of a limiter's state, and what its tokens reported since it
@@ -342,6 +352,10 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
 
     fn acquire(&self) -> impl Future<Output = Token> + Send + '_ {
         self.acquire_owned()
+    }
+
+    fn permits_id(&self) -> usize {
+        Arc::as_ptr(&self.shared).cast::<()>() as usize
     }
 
     fn stats(&self) -> Stats {
