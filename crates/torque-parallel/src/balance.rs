@@ -611,6 +611,18 @@ impl<B, C: Clock> Drop for Pick<B, C> {
     fn drop(&mut self) {
         let s = &*self.shared;
         let backend = &s.backends[self.index];
+        // The slot is given back last (after a failure has left the
+        // backend out, so that no picker takes it as free meanwhile), and
+        // also when the clock, which may be the caller's, panics below:
+        // the slot would be kept for good (least-busy would then pass the
+        // backend over).
+        struct GiveBack<'a>(&'a AtomicUsize);
+        impl Drop for GiveBack<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _give_back = GiveBack(&backend.in_flight);
         if self.record {
             let now = s.clock.now();
             let rtt = now.saturating_duration_since(self.started).as_nanos() as f64;
@@ -622,7 +634,6 @@ impl<B, C: Clock> Drop for Pick<B, C> {
             let until = s.nanos(s.clock.now()).saturating_add(s.penalty_ns).max(1);
             backend.out_until_ns.fetch_max(until, Ordering::AcqRel);
         }
-        backend.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -394,3 +394,44 @@ proptest::proptest! {
         }
     }
 }
+
+/// A clock that panics once armed: the caller's, like the limiters'.
+#[derive(Debug, Clone, Default)]
+struct FailingClock(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl torque_parallel::limit::Clock for FailingClock {
+    fn now(&self) -> std::time::Instant {
+        assert!(
+            !self.0.load(std::sync::atomic::Ordering::Relaxed),
+            "clock failed"
+        );
+        std::time::Instant::now()
+    }
+}
+
+/// A pick whose drop found the clock panicking (reading the latency, or
+/// the end of a failure's penalty) kept its slot for good: least-busy
+/// never picked that backend again while another was free.
+#[test]
+fn regression_a_panicking_clock_does_not_leak_a_picks_slot() {
+    for fail in [false, true] {
+        let clock = FailingClock::default();
+        let balancer = Balancer::builder()
+            .strategy(Strategy::LeastBusy)
+            .build_with_clock(vec!["a", "b"], clock.clone())
+            .unwrap();
+        let pick = balancer.pick();
+        clock.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if fail { pick.fail() } else { drop(pick) }
+        }));
+        assert!(dropped.is_err(), "the clock's panic reaches the caller");
+        clock.0.store(false, std::sync::atomic::Ordering::Relaxed);
+        let stats = balancer.stats();
+        assert_eq!(
+            stats.iter().map(|s| s.in_flight).sum::<usize>(),
+            0,
+            "fail {fail}: {stats:?}"
+        );
+    }
+}
