@@ -434,6 +434,7 @@ fn acquire_timed_out<E>(start: Instant, last: &Option<PoolError<E>>) -> PoolErro
         kind: TimeoutKind::Acquire,
         waited: start.elapsed(),
         last_error: last.as_ref().and_then(backend_error),
+        occupancy: None,
     }
 }
 

@@ -36,6 +36,36 @@ impl fmt::Display for TimeoutKind {
     }
 }
 
+/// How full a pool was when a timeout fired (from
+/// [`PoolError::Timeout`]): whether callers hold every connection (raise
+/// `max_size`, or hold connections for less time) or connects do not come
+/// back (look at the backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Occupancy {
+    /// The pool's `max_size`.
+    pub max_size: usize,
+    /// Connections checked out.
+    pub in_use: usize,
+    /// Connections idle in the pool.
+    pub idle: usize,
+    /// Connects in flight.
+    pub connecting: usize,
+    /// Callers waiting for a connection (the one that timed out no longer
+    /// among them).
+    pub waiting: usize,
+}
+
+impl fmt::Display for Occupancy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "max_size {}: {} in use, {} idle, {} connecting, {} waiting",
+            self.max_size, self.in_use, self.idle, self.connecting, self.waiting
+        )
+    }
+}
+
 /// Why [`Pool::get`](crate::Pool::get) failed.
 ///
 /// The backend's error is shared (an [`Arc`]) because one failed connect can
@@ -50,6 +80,7 @@ pub enum PoolError<E> {
     /// or a check at checkout or keepalive, that succeeded clears it): a
     /// timeout while the server rejects every connect says why, and one
     /// after the backend has recovered carries no error from before.
+    #[non_exhaustive]
     Timeout {
         /// Which timeout.
         kind: TimeoutKind,
@@ -57,6 +88,10 @@ pub enum PoolError<E> {
         waited: Duration,
         /// The backend's most recent error, if any.
         last_error: Option<Arc<E>>,
+        /// How full the pool was when the timeout fired: callers holding
+        /// every connection, or connects not coming back. `None` for a
+        /// [`Cluster`](crate::Cluster)'s own timeout, which spans hosts.
+        occupancy: Option<Occupancy>,
     },
     /// Connecting failed and nothing in the pool could serve the caller, so it
     /// fails now with the backend's error instead of waiting out its timeout.
@@ -109,8 +144,12 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
                 kind,
                 waited,
                 last_error,
+                occupancy,
             } => {
                 write!(f, "{kind} timeout: no connection after {waited:?}")?;
+                if let Some(occupancy) = occupancy {
+                    write!(f, " ({occupancy})")?;
+                }
                 if let Some(e) = last_error {
                     f.write_str("; last backend error: ")?;
                     write_chain(f, &**e)?;

@@ -92,7 +92,7 @@ pub use cluster::{
     Balance, Cluster, ClusterBuilder, ClusterConfig, ClusterConn, HostStatus, Role, RoleProbe,
 };
 pub use config::{PoolBuilder, PoolConfig};
-pub use error::{BuildError, PoolError, TimeoutKind};
+pub use error::{BuildError, Occupancy, PoolError, TimeoutKind};
 pub use manager::Manager;
 pub use pool::{Pool, Pooled};
 #[cfg(feature = "postgres")]

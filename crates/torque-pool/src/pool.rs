@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::core::{CloseReason, Core, Entry, Return};
-use crate::error::{PoolError, TimeoutKind};
+use crate::error::{Occupancy, PoolError, TimeoutKind};
 use crate::manager::Manager;
 use crate::status::{Closed, Status, Timeouts};
 use crate::telemetry;
@@ -560,10 +560,23 @@ impl<M: Manager> Inner<M> {
 
     fn acquire_timed_out(&self, start: Instant) -> PoolError<BackendError<M>> {
         self.count_timeout(TimeoutKind::Acquire);
+        let st = self.state.lock();
         PoolError::Timeout {
             kind: TimeoutKind::Acquire,
             waited: start.elapsed(),
-            last_error: self.state.lock().last_error.clone(),
+            last_error: st.last_error.clone(),
+            occupancy: Some(self.occupancy(&st.core)),
+        }
+    }
+
+    /// How full the pool is, for a timeout's error.
+    fn occupancy(&self, core: &Core<Conn<M>, Waiter<M>>) -> Occupancy {
+        Occupancy {
+            max_size: self.config.max_size,
+            in_use: core.in_use(),
+            idle: core.idle(),
+            connecting: core.connecting(),
+            waiting: core.waiting(),
         }
     }
 
@@ -771,12 +784,14 @@ impl<M: Manager> Inner<M> {
                     );
                     let last_error = st.last_error.clone();
                     let waiters = st.core.create_failed(now);
+                    let occupancy = Some(self.occupancy(&st.core));
                     fail_all::<M>(
                         waiters,
                         || PoolError::Timeout {
                             kind: TimeoutKind::Create,
                             waited: Duration::ZERO,
                             last_error: last_error.clone(),
+                            occupancy,
                         },
                         &mut failed_waiters,
                     );
@@ -809,6 +824,7 @@ impl<M: Manager> Inner<M> {
             let expired = st.core.expire_waiters(now);
             if !expired.is_empty() {
                 let last_error = st.last_error.clone();
+                let occupancy = Some(self.occupancy(&st.core));
                 fail_all::<M>(
                     expired,
                     || {
@@ -817,6 +833,7 @@ impl<M: Manager> Inner<M> {
                             kind: TimeoutKind::Acquire,
                             waited: Duration::ZERO,
                             last_error: last_error.clone(),
+                            occupancy,
                         }
                     },
                     &mut woken,

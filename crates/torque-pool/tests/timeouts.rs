@@ -37,6 +37,53 @@ async fn acquire_timeout_is_typed_and_ends_the_wait() {
     assert_eq!((s.timeouts.acquire, s.waiting), (1, 0));
 }
 
+/// An acquire timeout says how full the pool was: here every connection
+/// held by callers (so: raise `max_size` or hold connections for less
+/// time), with another caller still waiting behind this one.
+#[tokio::test(start_paused = true)]
+async fn an_acquire_timeout_says_how_full_the_pool_was() {
+    let fake = Fake::default();
+    let pool = quiet(&fake)
+        .max_size(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let _held = pool.get().await.unwrap();
+    let later = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pool.get().await.map(|_| ())
+        }
+    });
+    let err = pool.get().await.unwrap_err();
+    let Some(occupancy) = (match &err {
+        PoolError::Timeout { occupancy, .. } => *occupancy,
+        other => panic!("expected a timeout, got {other:?}"),
+    }) else {
+        panic!("an acquire timeout of a pool carries its occupancy: {err:?}");
+    };
+    assert_eq!(
+        (
+            occupancy.max_size,
+            occupancy.in_use,
+            occupancy.idle,
+            occupancy.connecting,
+            occupancy.waiting
+        ),
+        (1, 1, 0, 0, 1)
+    );
+    assert_eq!(
+        err.to_string(),
+        "acquire timeout: no connection after 300ms \
+         (max_size 1: 1 in use, 0 idle, 0 connecting, 1 waiting)"
+    );
+    assert!(
+        later.await.unwrap().is_err(),
+        "the second caller timed out too"
+    );
+}
+
 /// Waiters have no timer of their own (the background task expires them):
 /// each still times out exactly at its own deadline.
 #[tokio::test(start_paused = true)]
