@@ -286,8 +286,13 @@ impl<K, V, S> LocalCacheBuilder<K, V, S> {
     /// The number of independently locked shards, a power of two up to
     /// [`MAX_SHARDS`]. Unset, it is four per CPU, fewer for small caches
     /// (each shard's policy sees only its own entries, so very small shards
-    /// make eviction choices coarser). One shard gives exact global LRU/LFU/
-    /// FIFO order at the cost of concurrency.
+    /// make eviction choices coarser; the default keeps at least about 128
+    /// weight units per shard). One shard gives exact global LRU/LFU/
+    /// FIFO order at the cost of concurrency. Many more shards than
+    /// entries gain no concurrency and cost writes: an insert into a full
+    /// cache whose own shard holds only the new entry locks the other
+    /// shards in turn until it finds one to evict from, about
+    /// `shards / entries` of them.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = Some(shards);
         self
