@@ -370,6 +370,10 @@ pub(crate) struct Adaptive {
     /// only the newest of the leavers of one [`Self::evict`] contests at
     /// once, the others when the round needs more room ([`Self::contest_more`]).
     pending: Vec<u32>,
+    /// The weight of the entry that last left the window at its end (for
+    /// a contest): a weighted window at its size is short of it by up to
+    /// that much after the leave ([`Self::brake_slack`]).
+    window_leaver: u64,
 }
 
 /// Fingerprints of the keys the admission filter refused lately (or that
@@ -701,6 +705,7 @@ impl Adaptive {
             run: 0,
             window_now: window_min,
             pending: Vec::new(),
+            window_leaver: 0,
             protected_cap: 0,
             protected_give: 0,
             protected_give_most: 0,
@@ -1111,12 +1116,14 @@ impl Adaptive {
     /// refused keys are heavier than evicted ones (a heavy candidate must
     /// outweigh every victim it would displace), and steps of their weight
     /// pushed the window up on Zipf traffic. And a weighted window's size
-    /// grows only while it is at most one (average) entry ahead of the
-    /// window itself, and then to at most two entries ahead, however long
-    /// the run: a return says a larger window than the one the shard holds
-    /// would have kept the key, not one larger than a size it never
-    /// reached. Without that brake small weighted shards grew their windows
-    /// on Zipf and scan/loop traffic (about 1,000 average entries of 1–100
+    /// grows only while it is at most [`Self::brake_slack`] ahead of the
+    /// window itself (one average entry, or in a shard of
+    /// [`PROTECTED_MOVE_ENTRIES`] entries or more the weight of the entry
+    /// that last left the window if that is more), and then to at most one
+    /// entry beyond that, however long the run: a return says a larger
+    /// window than the one the shard holds would have kept the key, not one
+    /// larger than a size it never reached. Without that brake small
+    /// weighted shards grew their windows on Zipf and scan/loop traffic (about 1,000 average entries of 1–100
     /// units: Zipf 0.9 0.533 → 0.545, scan/loop 0.666 → 0.691).
     /// Measured with weights of 1–100 (`cache_weighted_traces`,
     /// docs/benchmarks.md, 2026-12-06, thirteenth session): recency at about
@@ -1254,13 +1261,15 @@ impl Adaptive {
         let step = self.step(entry);
         let max = if grow {
             if self.weighted {
-                // At most two entries ahead of the window itself, however
-                // long the run.
-                if self.window_max > self.window_weight + entry {
+                // At most one entry beyond the slack ahead of the window
+                // itself, however long the run (two entries in a small
+                // shard).
+                let slack = self.brake_slack(entry);
+                if self.window_max > self.window_weight + slack {
                     return;
                 }
                 (self.window_max + step)
-                    .min(self.window_weight + 2 * entry)
+                    .min(self.window_weight + slack + entry)
                     .min(self.window_cap)
             } else {
                 (self.window_max + step).min(self.window_cap)
@@ -1276,6 +1285,32 @@ impl Adaptive {
             }
             self.protected_max = self.protected_now(max);
             self.limits_changed();
+        }
+    }
+
+    /// How far below its size a weighted window may be and still count as
+    /// at its size for [`Self::move_window`]'s brake: one average `entry`,
+    /// and in a shard of [`PROTECTED_MOVE_ENTRIES`] entries or more at
+    /// least the weight of the entry that last left the window. Entries
+    /// leave the window whole, so a window that holds its size is short of
+    /// it by anything up to the leaver's weight after each leave; with one
+    /// average entry only, the brake took a window at its size for one
+    /// that never reached it and dropped the grow. On weighted recency at
+    /// 5,000 average entries (entries of 1–100 units, shards of about 625)
+    /// it dropped about 4,000 of the 6,800 grows per 100k requests, against
+    /// about 5,300 shrinks, so the window stayed within 1–2 % of the shard
+    /// where the unweighted one settles near 60 % (docs/benchmarks.md,
+    /// 2026-12-07, twenty-third session). Below [`PROTECTED_MOVE_ENTRIES`]
+    /// one step of the average weight is a few percent of the shard and
+    /// its walk is noise (the argument there), and the wider slack there
+    /// cost the twice-touched scan at 1,000 average entries (shards of
+    /// about 125) 0.696 → 0.701 (`cache_weighted_traces`).
+    #[inline]
+    fn brake_slack(&self, entry: u64) -> u64 {
+        if self.entries >= PROTECTED_MOVE_ENTRIES {
+            entry.max(self.window_leaver)
+        } else {
+            entry
         }
     }
 
@@ -1510,6 +1545,7 @@ impl Adaptive {
                 self.push(previous, Segment::Probation);
                 self.pending.push(previous);
             }
+            self.window_leaver = u64::from(self.links.meta(id).weight);
             self.unlink_from(Segment::Window, id);
         }
         self.demote_protected_overflow(hits);
@@ -1672,6 +1708,7 @@ impl Adaptive {
             }
             self.links.move_back_to_front(&mut self.window);
         };
+        self.window_leaver = u64::from(self.links.meta(candidate).weight);
         self.unlink_from(Segment::Window, candidate);
         let place = self.ghost.place(hits.hash(candidate));
         let loser = if self.admit_or_recall(candidate, victim, older, place) {
@@ -1807,6 +1844,7 @@ impl Adaptive {
                 self.links.move_to_front(&mut self.window, id);
                 continue;
             }
+            self.window_leaver = u64::from(self.links.meta(id).weight);
             self.unlink_from(Segment::Window, id);
             self.push(id, Segment::Probation);
             if let Some(previous) = candidate.replace(id) {
@@ -2385,9 +2423,10 @@ mod tests {
     /// insert needs, removals and `clear`, in unweighted and weighted
     /// shards (weights up to `u32::MAX`): the window stays between its
     /// least size and its cap, every move is at most an eighth of the
-    /// window (or one entry), a weighted window's size at most two entries
-    /// ahead of the window, the limits derived from the size agree with
-    /// it, and the lists stay consistent.
+    /// window (or one entry), a weighted window's grown size at most an
+    /// entry beyond [`Adaptive::brake_slack`] ahead of the window, the
+    /// limits derived from the size agree with it, and the lists stay
+    /// consistent.
     #[test]
     fn long_runs_of_like_returns_keep_the_window_in_bounds() {
         let mut next = draws(0x2545_f491_4f6c_dd1d);
@@ -2442,7 +2481,15 @@ mod tests {
                     let before = p.window_max;
                     let held = p.window_weight + p.main_weight();
                     let entry = (held / p.entries.max(1)).max(1);
-                    let ahead = p.window_weight + 2 * entry;
+                    // A grow ends at most an entry beyond the brake's slack
+                    // ahead of the window (`brake_slack`, with the entry
+                    // count the insert is about to reach).
+                    let slack = if p.entries + 1 >= PROTECTED_MOVE_ENTRIES {
+                        entry.max(p.window_leaver)
+                    } else {
+                        entry
+                    };
+                    let ahead = p.window_weight + slack + entry;
                     let id = free.pop().unwrap_or_else(|| {
                         fresh += 1;
                         fresh - 1
@@ -2688,6 +2735,64 @@ mod tests {
             "grew up to the window: {}",
             p.window_max
         );
+    }
+
+    #[test]
+    fn a_weighted_window_short_of_its_size_by_a_heavy_leaver_still_grows() {
+        let h = |i: u32| u64::from(i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut hits = TestHits::default();
+        let mut p = Adaptive::new(6_000, false, true);
+        // As the shard does: insert, then evict while over capacity.
+        let mut held = 0u64;
+        let mut insert = |p: &mut Adaptive, hits: &mut TestHits, id: u32, weight: u32| {
+            hits.insert(p, id, h(id), weight);
+            held += u64::from(weight);
+            while held > 6_000 {
+                let gone = p.evict(hits).expect("an entry to evict");
+                held -= u64::from(p.links.meta(gone).weight);
+            }
+        };
+        // 600 entries of 10 units fill the shard (past
+        // PROTECTED_MOVE_ENTRIES); the window's size is then set to 1,000
+        // and the next 100 fill it, main space giving the room.
+        for id in 0..700 {
+            insert(&mut p, &mut hits, id, 10);
+        }
+        p.window_max = 1_000;
+        p.protected_max = p.protected_now(1_000);
+        p.limits_changed();
+        for id in 700..800 {
+            insert(&mut p, &mut hits, id, 10);
+        }
+        // At its size: the window's oldest contests once it is full, so
+        // it is short of its size by at most that entry.
+        assert!(p.window_max - p.window_weight <= 10, "{}", p.window_weight);
+        // An entry of 60 units goes through the window; when it leaves, the
+        // window, at its size, is short of it by up to 60 units: more than
+        // two average entries (10 units).
+        let heavy = 800;
+        insert(&mut p, &mut hits, heavy, 60);
+        let mut id = heavy + 1;
+        while p.window_max - p.window_weight <= 20 && id < 2_000 {
+            insert(&mut p, &mut hits, id, 10);
+            id += 1;
+        }
+        assert_eq!(p.window_max, 1_000);
+        assert!(
+            p.window_weight + 2 * p.entry_step() < p.window_max,
+            "window {} of {}",
+            p.window_weight,
+            p.window_max
+        );
+        // A refused key comes back: a larger window would have kept it.
+        p.ghost.remember(h(id));
+        insert(&mut p, &mut hits, id, 10);
+        assert!(
+            p.window_max > 1_000,
+            "a window at its size but for a leaver of 60 units did not grow: {}",
+            p.window_max
+        );
+        check_lists(&p, "after the grow");
     }
 
     #[test]
