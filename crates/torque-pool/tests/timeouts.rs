@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Fake, FakeError, assert_sane, quiet, wait_until};
 use tokio::time::Instant;
-use torque_pool::{Pool, PoolConfig, PoolError, TimeoutKind};
+use torque_pool::{Pool, PoolConfig, PoolError, Pooled, TimeoutKind};
 
 #[test]
 fn timeouts_are_on_by_default() {
@@ -19,15 +19,22 @@ fn timeouts_are_on_by_default() {
     assert_eq!((c.min_idle, c.max_size), (5, 20));
 }
 
-#[tokio::test(start_paused = true)]
-async fn acquire_timeout_is_typed_and_ends_the_wait() {
-    let fake = Fake::default();
-    let pool = quiet(&fake)
+/// A pool of one connection, held by the caller, whose `get` gives up
+/// after 300 ms: every other `get` waits and times out.
+async fn one_held(fake: &Fake) -> (Pool<Fake>, Pooled<Fake>) {
+    let pool = quiet(fake)
         .max_size(1)
         .acquire_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let _held = pool.get().await.unwrap();
+    let held = pool.get().await.unwrap();
+    (pool, held)
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquire_timeout_is_typed_and_ends_the_wait() {
+    let fake = Fake::default();
+    let (pool, _held) = one_held(&fake).await;
     let start = Instant::now();
     let err = pool.get().await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_millis(300));
@@ -43,12 +50,7 @@ async fn acquire_timeout_is_typed_and_ends_the_wait() {
 #[tokio::test(start_paused = true)]
 async fn an_acquire_timeout_says_how_full_the_pool_was() {
     let fake = Fake::default();
-    let pool = quiet(&fake)
-        .max_size(1)
-        .acquire_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let _held = pool.get().await.unwrap();
+    let (pool, _held) = one_held(&fake).await;
     let later = tokio::spawn({
         let pool = pool.clone();
         async move {
@@ -89,12 +91,7 @@ async fn an_acquire_timeout_says_how_full_the_pool_was() {
 #[tokio::test(start_paused = true)]
 async fn each_waiter_times_out_at_its_own_deadline() {
     let fake = Fake::default();
-    let pool = quiet(&fake)
-        .max_size(1)
-        .acquire_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let _held = pool.get().await.unwrap();
+    let (pool, _held) = one_held(&fake).await;
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..3u64 {

@@ -821,13 +821,22 @@ mod tests {
         assert_eq!(follower.await.unwrap(), Some(16));
     }
 
-    #[tokio::test]
-    async fn clear_cache_forgets_values_of_a_batch_in_flight() {
-        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
+    /// A caching loader whose batches read the current `version` for every
+    /// key, tell `started_rx`, and answer only once `gate` is notified: a
+    /// batch in flight whose rows change meanwhile.
+    struct Gated {
+        loader: Loader<u32, usize, String>,
+        started_rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+        gate: Arc<tokio::sync::Notify>,
+        version: Arc<AtomicUsize>,
+    }
+
+    fn gated() -> Gated {
+        let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel();
         let gate = Arc::new(tokio::sync::Notify::new());
         let version = Arc::new(AtomicUsize::new(1));
         let (g, v) = (Arc::clone(&gate), Arc::clone(&version));
-        let loader: Loader<u32, usize, String> = Loader::builder(move |keys: Vec<u32>| {
+        let loader = Loader::builder(move |keys: Vec<u32>| {
             let (g, v, started) = (Arc::clone(&g), Arc::clone(&v), started_tx.clone());
             async move {
                 // The batch reads the rows, then its answer is delayed.
@@ -839,6 +848,22 @@ mod tests {
         })
         .cache(true)
         .build();
+        Gated {
+            loader,
+            started_rx,
+            gate,
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn clear_cache_forgets_values_of_a_batch_in_flight() {
+        let Gated {
+            loader,
+            mut started_rx,
+            gate,
+            version,
+        } = gated();
         let control = async {
             started_rx.recv().await.unwrap();
             // The row changes and the caller forgets what it had cached...
@@ -890,22 +915,12 @@ mod tests {
 
     #[tokio::test]
     async fn forget_drops_the_value_a_batch_in_flight_would_store() {
-        let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel();
-        let gate = Arc::new(tokio::sync::Notify::new());
-        let version = Arc::new(AtomicUsize::new(1));
-        let (g, v) = (Arc::clone(&gate), Arc::clone(&version));
-        let loader: Loader<u32, usize, String> = Loader::builder(move |keys: Vec<u32>| {
-            let (g, v, started) = (Arc::clone(&g), Arc::clone(&v), started_tx.clone());
-            async move {
-                // The batch reads the rows, then its answer is delayed.
-                let read = v.load(Ordering::SeqCst);
-                started.send(()).unwrap();
-                g.notified().await;
-                Ok(keys.into_iter().map(|k| (k, read)).collect())
-            }
-        })
-        .cache(true)
-        .build();
+        let Gated {
+            loader,
+            mut started_rx,
+            gate,
+            version,
+        } = gated();
         let control = async {
             started_rx.recv().await.unwrap();
             // Row 1 changes and the caller forgets it; row 2 does not.

@@ -57,6 +57,37 @@ async fn upsert_both_ways(
     [unnest, rows(client, read).await]
 }
 
+/// An upsert into `pair (mail citext, n int4, v text)` on `(mail, n)`.
+fn pair_upsert(citext: &Type) -> BatchInsert {
+    BatchInsert::new(
+        "pair",
+        &[
+            ("mail", citext.clone()),
+            ("n", Type::INT4),
+            ("v", Type::TEXT),
+        ],
+    )
+    .upsert(&["mail", "n"], &["v"])
+}
+
+/// An upsert into `maybe (mail citext UNIQUE, v text)` on `mail`.
+fn maybe_upsert(citext: Type) -> BatchInsert {
+    BatchInsert::new("maybe", &[("mail", citext), ("v", Type::TEXT)]).upsert(&["mail"], &["v"])
+}
+
+/// [`upsert_both_ways`], asserting that each left `expected`.
+async fn assert_upserts(
+    client: &Client,
+    batch: &BatchInsert,
+    table: &str,
+    read: &str,
+    expected: &[(Option<String>, String)],
+) {
+    let [unnest, values] = upsert_both_ways(client, batch, table, read).await;
+    assert_eq!(unnest, expected, "execute");
+    assert_eq!(values, expected, "execute_values");
+}
+
 fn want(pairs: &[(&str, &str)]) -> Vec<(Option<String>, String)> {
     pairs
         .iter()
@@ -80,9 +111,7 @@ async fn upsert_of_citext_keys_differing_only_in_case_keeps_the_last_row() {
     upsert.push(&[&"ann@x.io", &"second"]).unwrap();
     let read = "SELECT email::text, name FROM users ORDER BY email";
     let expected = want(&[("ann@x.io", "second"), ("bob@x.io", "bob")]);
-    let [unnest, values] = upsert_both_ways(&client, &upsert, "users", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &upsert, "users", read, &expected).await;
 
     // Over existing rows: each is updated once, to the last values.
     client
@@ -121,9 +150,7 @@ async fn upsert_of_float8_zero_and_negative_zero_or_two_nans_keeps_the_last_row(
         ("1.0000000000000002", "next"),
         ("NaN", "other nan"),
     ]);
-    let [unnest, values] = upsert_both_ways(&client, &upsert, "f", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &upsert, "f", read, &expected).await;
 }
 
 /// A numeric in PostgreSQL's binary format: digits in base 10,000, the weight
@@ -179,9 +206,7 @@ async fn upsert_of_numeric_keys_differing_only_in_scale_keeps_the_last_row() {
     upsert.push(&[&number(1, 2), &"1.00"]).unwrap();
     let read = "SELECT k::text, v FROM n ORDER BY k";
     let expected = want(&[("1.00", "1.00"), ("2", "2")]);
-    let [unnest, values] = upsert_both_ways(&client, &upsert, "n", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &upsert, "n", read, &expected).await;
 }
 
 #[tokio::test]
@@ -252,29 +277,16 @@ async fn keys_the_server_tells_apart_are_never_merged() {
     text.push(&[&"ann", &"lower"]).unwrap();
     let expected = want(&[("Ann", "upper"), ("ann", "lower")]);
     let read = "SELECT k, v FROM t ORDER BY k COLLATE \"C\"";
-    let [unnest, values] = upsert_both_ways(&client, &text, "t", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &text, "t", read, &expected).await;
 
-    let mut pair = BatchInsert::new(
-        "pair",
-        &[
-            ("mail", citext.clone()),
-            ("n", Type::INT4),
-            ("v", Type::TEXT),
-        ],
-    )
-    .upsert(&["mail", "n"], &["v"]);
+    let mut pair = pair_upsert(&citext);
     pair.push(&[&"a@x", &1i32, &"a1"]).unwrap();
     pair.push(&[&"A@X", &2i32, &"A2"]).unwrap();
     let expected = want(&[("a@x 1", "a1"), ("A@X 2", "A2")]);
     let read = "SELECT mail::text || ' ' || n, v FROM pair ORDER BY n";
-    let [unnest, values] = upsert_both_ways(&client, &pair, "pair", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &pair, "pair", read, &expected).await;
 
-    let mut maybe =
-        BatchInsert::new("maybe", &[("mail", citext), ("v", Type::TEXT)]).upsert(&["mail"], &["v"]);
+    let mut maybe = maybe_upsert(citext);
     maybe.push(&[&None::<&str>, &"x"]).unwrap();
     maybe.push(&[&"b@x", &"b"]).unwrap();
     maybe.push(&[&None::<&str>, &"y"]).unwrap();
@@ -286,9 +298,7 @@ async fn keys_the_server_tells_apart_are_never_merged() {
         (None, "x".to_string()),
         (None, "y".to_string()),
     ];
-    let [unnest, values] = upsert_both_ways(&client, &maybe, "maybe", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &maybe, "maybe", read, &expected).await;
 }
 
 /// A composite key is one key when every part is equal to the server; rows
@@ -306,26 +316,15 @@ async fn upsert_merges_composite_and_nullable_citext_keys_only_when_equal() {
         .await
         .unwrap();
 
-    let mut pair = BatchInsert::new(
-        "pair",
-        &[
-            ("mail", citext.clone()),
-            ("n", Type::INT4),
-            ("v", Type::TEXT),
-        ],
-    )
-    .upsert(&["mail", "n"], &["v"]);
+    let mut pair = pair_upsert(&citext);
     pair.push(&[&"a@x", &1i32, &"a1"]).unwrap();
     pair.push(&[&"A@X", &2i32, &"A2"]).unwrap();
     pair.push(&[&"A@x", &1i32, &"A1"]).unwrap();
     let expected = want(&[("A@x 1", "A1"), ("A@X 2", "A2")]);
     let read = "SELECT mail::text || ' ' || n, v FROM pair ORDER BY n";
-    let [unnest, values] = upsert_both_ways(&client, &pair, "pair", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &pair, "pair", read, &expected).await;
 
-    let mut maybe =
-        BatchInsert::new("maybe", &[("mail", citext), ("v", Type::TEXT)]).upsert(&["mail"], &["v"]);
+    let mut maybe = maybe_upsert(citext);
     maybe.push(&[&None::<&str>, &"x"]).unwrap();
     maybe.push(&[&"b@x", &"b"]).unwrap();
     maybe.push(&[&None::<&str>, &"y"]).unwrap();
@@ -336,7 +335,5 @@ async fn upsert_merges_composite_and_nullable_citext_keys_only_when_equal() {
         (None, "x".to_string()),
         (None, "y".to_string()),
     ];
-    let [unnest, values] = upsert_both_ways(&client, &maybe, "maybe", read).await;
-    assert_eq!(unnest, expected, "execute");
-    assert_eq!(values, expected, "execute_values");
+    assert_upserts(&client, &maybe, "maybe", read, &expected).await;
 }
