@@ -25,7 +25,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, JoinHandle};
@@ -128,6 +128,10 @@ pub(crate) struct Shared {
     space_ready: Condvar,
     queue_capacity: usize,
     memory_budget: u64,
+    /// Jobs the workers are running: counted up under `state`'s lock as a
+    /// worker takes one, so that a shutdown, which looks under that lock,
+    /// never misses one; counted down without it.
+    running: AtomicUsize,
 }
 
 impl Shared {
@@ -335,6 +339,7 @@ impl Shared {
                         let made_room = st.queue.len() + 1 >= self.queue_capacity;
                         let wake = (made_room && !st.waiting.is_empty())
                             .then(|| self.admit_waiting(&mut st));
+                        self.running.fetch_add(1, Ordering::Relaxed);
                         break (job, wake);
                     }
                     if st.shutdown {
@@ -351,6 +356,7 @@ impl Shared {
                 wake.run(&self);
             }
             (job.run)(Run::Admitted);
+            self.running.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -390,7 +396,7 @@ pub(crate) struct PoolStatus {
     pub(crate) peak_in_flight_weight: u64,
 }
 
-/// The dedicated threads; joined when dropped.
+/// The dedicated threads; joined when dropped, unless they have work left.
 pub(crate) struct BlockingPool {
     shared: Arc<Shared>,
     handles: Vec<JoinHandle<()>>,
@@ -419,6 +425,7 @@ impl BlockingPool {
             space_ready: Condvar::new(),
             queue_capacity,
             memory_budget,
+            running: AtomicUsize::new(0),
         });
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
@@ -450,14 +457,23 @@ impl BlockingPool {
     }
 
     fn shutdown(&mut self) {
-        let wake = {
+        let (wake, work_left) = {
             let mut st = lock(&self.shared.state);
             st.shutdown = true;
-            self.shared.admit_waiting(&mut st)
+            // Jobs still running or queued (of batches whose futures were
+            // dropped) are user code that may wait for the very thread
+            // dropping the pool (a task of its runtime, a lock it holds):
+            // the workers finish them and exit on their own, unwaited.
+            let work_left = !st.queue.is_empty() || self.shared.running.load(Ordering::Relaxed) > 0;
+            (self.shared.admit_waiting(&mut st), work_left)
         };
         self.shared.work_ready.notify_all();
         self.shared.space_ready.notify_all();
         wake.run(&self.shared);
+        if work_left {
+            self.handles.clear();
+            return;
+        }
         let me = thread::current().id();
         for h in self.handles.drain(..) {
             // A job that drops the last handle to the processor runs on a
@@ -856,6 +872,7 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
             space_ready: Condvar::new(),
             queue_capacity: 1,
             memory_budget: u64::MAX,
+            running: AtomicUsize::new(0),
         });
         BlockingMap {
             shared,

@@ -175,6 +175,12 @@ impl ProcessorBuilder {
 
     /// Number of dedicated threads of the `Blocking` strategy (default
     /// `available_parallelism`, at most 65 536). They start on first use.
+    /// Dropping the last handle to the processor joins them when they are
+    /// idle. While a job runs or is queued (a `map_async` future dropped
+    /// while its job ran, or one that outlives the processor) they are not
+    /// waited for: they finish those jobs and exit. So the drop never waits
+    /// for user code, which may wait for the dropping thread (say, for a
+    /// task of the runtime that thread drives).
     ///
     /// ```
     /// let processor = torque_parallel::Processor::builder().blocking_threads(8).build()?;

@@ -417,6 +417,48 @@ async fn cpu_scores_and_a_blocking_batch_of_sync_calls() {
     assert_eq!(stats.blocking_in_flight_weight, 0);
 }
 
+/// A service shutting down drops its processor on a runtime thread while
+/// a timed-out request's blocking job still runs, waiting for an answer
+/// that a task of that same runtime sends. The drop joined the blocking
+/// threads, so it waited for the job, which waited for the runtime the
+/// drop was blocking: on a current-thread runtime, until the job gave up.
+#[tokio::test(flavor = "current_thread")]
+async fn regression_dropping_the_processor_on_a_runtime_does_not_wait_for_a_running_job() {
+    let processor = Processor::builder().blocking_threads(1).build().unwrap();
+    let (answer_tx, answer_rx) = std::sync::mpsc::channel::<u64>();
+    let answer_rx = Mutex::new(answer_rx);
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Mutex::new(Some(started_tx));
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    let batch = processor.blocking().map_async(vec![()], move |()| {
+        if let Some(tx) = started_tx.lock().take() {
+            let _ = tx.send(());
+        }
+        let got = answer_rx.lock().recv_timeout(Duration::from_secs(60));
+        let _ = result_tx.send(got.ok());
+    });
+    // The request gives up once its job runs: the future is dropped and
+    // the job runs on.
+    tokio::select! {
+        _ = batch => panic!("the job waits for its answer"),
+        _ = started_rx => {}
+    }
+    // The answer comes from a task of this runtime, which the service
+    // shuts down meanwhile, dropping its processor.
+    let answer = tokio::spawn(async move { answer_tx.send(7).is_ok() });
+    drop(processor);
+    answer.await.unwrap();
+    let got = tokio::task::spawn_blocking(move || result_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the job ends");
+    assert_eq!(
+        got,
+        Some(7),
+        "the drop held up the runtime until the job gave up"
+    );
+}
+
 /// "Never" spelled as a user would: `Duration::MAX` time-to-live, idle
 /// time and batch timeout, the heaviest weight, the largest capacity.
 #[tokio::test(start_paused = true)]
