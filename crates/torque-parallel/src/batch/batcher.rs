@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 
 use super::BatchSizer;
 use crate::BuildError;
+use crate::outcome::PanicError;
 
 /// Where a [`Batcher`] writes its batches: one call per batch.
 ///
@@ -241,9 +243,12 @@ pub enum FlushError<E> {
     /// The sink returned an error for the batch; every item of the batch
     /// shares it.
     Sink(Arc<E>),
-    /// The driver was dropped (or its sink panicked) before the item's batch
-    /// was written.
+    /// The driver was dropped before the item's batch was written.
     Dropped,
+    /// The sink panicked while writing the batch; every item of the batch
+    /// shares the panic. The driver goes on with the next batch, as a
+    /// [`Processor`](crate::Processor) goes on after a panicking item.
+    Panicked(PanicError),
 }
 
 impl<E> Clone for FlushError<E> {
@@ -251,6 +256,7 @@ impl<E> Clone for FlushError<E> {
         match self {
             FlushError::Sink(e) => FlushError::Sink(Arc::clone(e)),
             FlushError::Dropped => FlushError::Dropped,
+            FlushError::Panicked(p) => FlushError::Panicked(p.clone()),
         }
     }
 }
@@ -260,6 +266,7 @@ impl<E: fmt::Debug> fmt::Debug for FlushError<E> {
         match self {
             FlushError::Sink(e) => f.debug_tuple("Sink").field(e).finish(),
             FlushError::Dropped => f.write_str("Dropped"),
+            FlushError::Panicked(p) => f.debug_tuple("Panicked").field(p).finish(),
         }
     }
 }
@@ -269,6 +276,7 @@ impl<E: fmt::Display> fmt::Display for FlushError<E> {
         match self {
             FlushError::Sink(e) => write!(f, "the sink failed to write the batch: {e}"),
             FlushError::Dropped => f.write_str("the batch driver stopped before writing the item"),
+            FlushError::Panicked(p) => write!(f, "the sink panicked writing the batch: {p}"),
         }
     }
 }
@@ -277,7 +285,7 @@ impl<E: std::error::Error + 'static> std::error::Error for FlushError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             FlushError::Sink(e) => Some(&**e),
-            FlushError::Dropped => None,
+            FlushError::Dropped | FlushError::Panicked(_) => None,
         }
     }
 }
@@ -522,8 +530,7 @@ pub struct BatchDriver<T, S: Sink<T>> {
     last_sent: Option<Instant>,
 }
 
-/// A driver dropped part-way (or whose sink panicked) writes none of the
-/// items it held: their receipts say [`FlushError::Dropped`], and the
+/// A driver dropped part-way writes none of the items it held: their receipts say [`FlushError::Dropped`], and the
 /// stats no longer show them pending.
 impl<T, S: Sink<T>> Drop for BatchDriver<T, S> {
     fn drop(&mut self) {
@@ -621,14 +628,18 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
             receipts.push(envelope.done);
         }
         let started = Instant::now();
-        let result = self.sink.write(items).await;
+        // A sink that panics fails its batch alone, as a panicking item
+        // fails alone in a `Processor`: the driver goes on. (It used to
+        // unwind out of the driver, so one bad row stopped every later
+        // write: `send` said `Closed` until the service restarted.)
+        let result = caught(|| self.sink.write(items)).await;
         self.counters.batches.fetch_add(1, Relaxed);
         self.counters.items.fetch_add(n as u64, Relaxed);
         // After `items` has them: a snapshot between may count them twice,
         // never not at all.
         self.counters.pending.store(0, Relaxed);
         match result {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 if let Sizing::Adaptive(sizer) = &mut self.sizing {
                     sizer.observe(n, started.elapsed());
                     self.counters.size.store(sizer.size(), Relaxed);
@@ -637,7 +648,7 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
                     let _ = done.send(Ok(()));
                 }
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // A failed write's latency (often a timeout) says nothing
                 // about the cost model: not observed.
                 self.counters.failed_batches.fetch_add(1, Relaxed);
@@ -647,6 +658,27 @@ impl<T: Send + 'static, S: Sink<T>> BatchDriver<T, S> {
                     let _ = done.send(Err(FlushError::Sink(Arc::clone(&e))));
                 }
             }
+            Err(panic) => {
+                self.counters.failed_batches.fetch_add(1, Relaxed);
+                self.counters.failed_items.fetch_add(n as u64, Relaxed);
+                for done in receipts {
+                    let _ = done.send(Err(FlushError::Panicked(panic.clone())));
+                }
+            }
         }
     }
+}
+
+/// The future `make` returns, run to its end, with a panic of `make` or of
+/// any poll of the future caught as the batch's error.
+async fn caught<F: Future>(make: impl FnOnce() -> F) -> Result<F::Output, PanicError> {
+    let fut = catch_unwind(AssertUnwindSafe(make)).map_err(PanicError::from_box)?;
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(
+        |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => Poll::Ready(Err(PanicError::from_box(payload))),
+        },
+    )
+    .await
 }
