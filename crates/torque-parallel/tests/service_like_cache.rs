@@ -500,16 +500,6 @@ async fn huge_durations_and_weights_mean_never_and_do_not_panic() {
     assert_eq!(cache.weighted_size(), 3 * u64::from(u32::MAX));
 }
 
-/// The limiter's clock, following tokio's (paused) clock.
-#[derive(Debug, Clone, Copy)]
-struct TokioLimitClock;
-
-impl torque_parallel::limit::Clock for TokioLimitClock {
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-}
-
 /// Half the items of each batch are cache hits (1 ms), half go to a
 /// backend of 32 connections (20 ms). The processor's own limiter times
 /// whole items, and such a batch's fast half completes first: it took the
@@ -536,7 +526,7 @@ async fn a_limiter_around_the_backend_call_learns_its_capacity_behind_a_cache() 
         };
         cache.insert(id, Arc::new(s));
     }
-    let limiter = ConcurrencyLimiter::with_clock(Adaptive::default(), TokioLimitClock);
+    let limiter = ConcurrencyLimiter::with_clock(Adaptive::default(), torque_parallel::TokioClock);
     // The batch itself is not what needs limiting.
     let processor = Processor::builder().async_limit(1_000).build().unwrap();
 
