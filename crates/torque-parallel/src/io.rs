@@ -136,7 +136,8 @@ impl ProcessorBuilder {
 /// (the processor's, or clones of one [`ConcurrencyLimiter`] given to
 /// [`with_limiter`](AsyncIo::with_limiter); see
 /// [`Limiter::permits_id`]) runs on
-/// that item's permit, one item at a time, whenever none of its own comes:
+/// that item's permit, one item at a time (of all the batches the item
+/// awaits), whenever none of its own comes:
 /// the item waits for it, and otherwise batches nested in every item at the
 /// limit would wait for each other's permits for ever. A nested batch
 /// under another limiter waits for that limiter as any batch does.
@@ -659,25 +660,100 @@ impl<S: Stream, E> Stream for Indexed<S, E> {
 }
 
 thread_local! {
-    /// The limiter (its [`Limiter::permits_id`]) whose permit the item
-    /// being polled on this thread runs on; 0 outside items.
-    static HOLDING: Cell<usize> = const { Cell::new(0) };
+    /// The item being polled on this thread: the limiter (its
+    /// [`Limiter::permits_id`]) whose permit it runs on, 0 outside items,
+    /// and that permit's [`Loan`] to nested batches once one is made.
+    static HOLDING: Cell<Held> = const { Cell::new(Held { id: 0, loan: None }) };
+}
+
+#[derive(Default)]
+struct Held {
+    id: usize,
+    loan: Option<Arc<Loan>>,
 }
 
 /// Marks this thread as polling an item on a permit of limiter `id` until
 /// dropped (also when the poll panics), restoring the mark of the item it
-/// is nested in.
-struct Holding(usize);
+/// is nested in; the item's [`Loan`] goes back to `loan`, kept by the
+/// item between polls.
+struct Holding<'a> {
+    outer: Held,
+    loan: &'a mut Option<Arc<Loan>>,
+}
 
-impl Holding {
-    fn enter(id: usize) -> Self {
-        Holding(HOLDING.replace(id))
+impl<'a> Holding<'a> {
+    fn enter(id: usize, loan: &'a mut Option<Arc<Loan>>) -> Self {
+        let outer = HOLDING.replace(Held {
+            id,
+            loan: loan.take(),
+        });
+        Holding { outer, loan }
     }
 }
 
-impl Drop for Holding {
+impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        HOLDING.set(self.0);
+        let inner = HOLDING.replace(std::mem::take(&mut self.outer));
+        *self.loan = inner.loan;
+    }
+}
+
+/// An item's permit as lent to the items of batches nested in it: to one
+/// at a time, whichever batch it belongs to (two batches awaited together
+/// in an item must not both run on its one permit), with the batches that
+/// found it lent woken when it comes back.
+#[derive(Default)]
+struct Loan {
+    /// Whether it is lent, and who waits for it.
+    state: parking_lot::Mutex<(bool, Vec<Waker>)>,
+}
+
+/// The permit of the item being polled on this thread, lent to an item of
+/// a batch under limiter `id`, if that item runs on one of `id`'s permits
+/// and has not lent it already (then `waker` is woken when it comes back).
+fn borrow_holding(id: usize, waker: &Waker) -> Option<Lent> {
+    let mut held = HOLDING.take();
+    let lent = if held.id == id {
+        let loan = held.loan.get_or_insert_with(Default::default);
+        let mut state = loan.state.lock();
+        if state.0 {
+            if !state.1.iter().any(|w| w.will_wake(waker)) {
+                state.1.push(waker.clone());
+            }
+            None
+        } else {
+            state.0 = true;
+            drop(state);
+            Some(Lent(Arc::clone(loan)))
+        }
+    } else {
+        None
+    };
+    HOLDING.set(held);
+    lent
+}
+
+/// The permit an item runs on: of limiter `limiter_id` (its
+/// [`Limiter::permits_id`]), or, with `lent`, the item's it is nested in.
+struct OnPermit {
+    limiter_id: usize,
+    lent: Option<Lent>,
+}
+
+/// A lent permit, given back (and its waiters woken) when dropped, with the
+/// item that ran on it.
+struct Lent(Arc<Loan>);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut state = self.0.state.lock();
+            state.0 = false;
+            std::mem::take(&mut state.1)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
     }
 }
 
@@ -939,12 +1015,18 @@ async fn run_item<Fut, R, E>(
     timeout: Option<Duration>,
     counters: Arc<Counters>,
     in_flight: InFlight,
-    holding: usize,
+    permit: OnPermit,
 ) -> Done<R, E>
 where
     Fut: Future<Output = Result<R, E>>,
 {
     let mut in_flight = in_flight;
+    // A lent permit is given back when the item ends or is dropped.
+    let OnPermit {
+        limiter_id,
+        lent: _lent,
+    } = permit;
+    let mut loan = None;
     let mut item = std::pin::pin!(item_body(index, fut, token, timeout, counters));
     // A poll of the item that does not return is a panic of its own (the
     // future's, or the limit algorithm's): `in_flight` counts it panicked,
@@ -952,7 +1034,7 @@ where
     // another one that drops the batch.
     let polling = &mut in_flight.polling;
     let done = std::future::poll_fn(|cx| {
-        let _holding = Holding::enter(holding);
+        let _holding = Holding::enter(limiter_id, &mut loan);
         *polling = true;
         let poll = item.as_mut().poll(cx);
         *polling = false;
@@ -1111,10 +1193,10 @@ where
                 let limiter = Arc::clone(&self.limiter);
                 Box::pin(async move { limiter.acquire().await })
             });
-            let token = match acquiring.as_mut().poll(cx) {
+            let (token, lent) = match acquiring.as_mut().poll(cx) {
                 Poll::Ready(token) => {
                     self.acquiring = None;
-                    token
+                    (token, None)
                 }
                 // Polled inside an item that runs on a permit of this very
                 // limiter (a batch awaited in an item of another): that
@@ -1123,13 +1205,16 @@ where
                 // comes. Otherwise batches nested in every item at the
                 // limit wait for each other's permits for ever. The
                 // waiter stays queued; its permit serves a later item.
-                Poll::Pending if self.running.is_empty() && HOLDING.get() == self.limiter_id => {
-                    Token::detached(TokioClock.now())
+                Poll::Pending if self.running.is_empty() => {
+                    match borrow_holding(self.limiter_id, cx.waker()) {
+                        Some(lent) => (Token::detached(TokioClock.now()), Some(lent)),
+                        None => return,
+                    }
                 }
                 Poll::Pending => return,
             };
             if let Some((index, x)) = self.unhold()
-                && let Some(result) = self.start(index, x, token)
+                && let Some(result) = self.start(index, x, token, lent)
             {
                 self.ready.push_back((index, result));
                 return;
@@ -1145,7 +1230,13 @@ where
 
     /// Starts item `index`; returns its result instead when making its
     /// future panicked.
-    fn start(&mut self, index: usize, x: X, token: Token) -> Option<Result<R, ItemError<E>>> {
+    fn start(
+        &mut self,
+        index: usize,
+        x: X,
+        token: Token,
+        lent: Option<Lent>,
+    ) -> Option<Result<R, ItemError<E>>> {
         let fut = match catch_unwind(AssertUnwindSafe(|| (self.f)(x))) {
             Ok(fut) => fut,
             Err(payload) => {
@@ -1164,7 +1255,10 @@ where
             self.timeout,
             counters,
             in_flight,
-            self.limiter_id,
+            OnPermit {
+                limiter_id: self.limiter_id,
+                lent,
+            },
         );
         if let (Some(task), Some(cancel)) = (self.running.push(index, item), &self.cancel) {
             let (aborter, _) = self.aborter.get_or_insert_with(|| {

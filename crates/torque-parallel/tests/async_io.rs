@@ -926,3 +926,58 @@ async fn a_batch_nested_under_a_clone_of_the_items_limiter_does_not_deadlock() {
     assert_eq!(sum, (0..8u64).map(|x| 4 * x + 6).sum::<u64>());
     assert_eq!(limiter.stats().in_flight, 0);
 }
+
+/// Two batches awaited together (`join!`) inside one item, both under the
+/// item's limiter, each took the item's permit for one of its items: with
+/// `async_limit(1)` two nested items ran at once. An item's permit serves
+/// one nested item at a time, whichever batch it belongs to; the batch that
+/// waits for it is woken when it comes back, also when polled only on its
+/// own wake-ups (`FuturesUnordered`).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn regression_two_batches_joined_in_an_item_share_its_permit_one_item_at_a_time() {
+    for unordered in [false, true] {
+        let p = Processor::builder().async_limit(1).build().unwrap();
+        let (live, most) = (Live::default(), Arc::new(AtomicUsize::new(0)));
+        let (inner, l, m) = (p.clone(), live.clone(), Arc::clone(&most));
+        let outer = p.async_io().map([()], move |()| {
+            let (p, live, most) = (inner.clone(), l.clone(), Arc::clone(&m));
+            async move {
+                let nested = |p: &Processor| {
+                    let (live, most) = (live.clone(), Arc::clone(&most));
+                    p.clone().async_io().map(0..3, move |_| {
+                        let (live, most) = (live.clone(), Arc::clone(&most));
+                        async move {
+                            let _running = live.guard();
+                            most.fetch_max(live.count(), SeqCst);
+                            for _ in 0..3 {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    })
+                };
+                if unordered {
+                    let batches: futures_util::stream::FuturesUnordered<_> =
+                        [nested(&p), nested(&p)].into_iter().collect();
+                    batches
+                        .map(|out| out.len())
+                        .collect::<Vec<_>>()
+                        .await
+                        .iter()
+                        .sum()
+                } else {
+                    let (a, b) = tokio::join!(nested(&p), nested(&p));
+                    a.len() + b.len()
+                }
+            }
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), outer)
+            .await
+            .expect("nested batches ended");
+        assert_eq!(*out[0].as_ref().unwrap(), 6);
+        assert_eq!(
+            most.load(SeqCst),
+            1,
+            "items running at once under a limit of 1"
+        );
+    }
+}
