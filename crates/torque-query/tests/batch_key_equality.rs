@@ -337,3 +337,69 @@ async fn upsert_merges_composite_and_nullable_citext_keys_only_when_equal() {
     ];
     assert_upserts(&client, &maybe, "maybe", read, &expected).await;
 }
+
+/// A text value for a domain over `text` (as `#[derive(ToSql)]` makes one
+/// for a newtype).
+#[derive(Debug)]
+struct Domain(&'static str);
+
+impl ToSql for Domain {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.0.to_sql(&Type::TEXT, out)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), tokio_postgres::types::Kind::Domain(base) if *base == Type::TEXT)
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// A domain over `text` can carry a nondeterministic collation (PostgreSQL's
+/// replacement for `citext`), which the client cannot see: its keys were
+/// taken as decided by their bytes, `Ann` and `ann` were both sent, and the
+/// upsert failed with "ON CONFLICT DO UPDATE command cannot affect row a
+/// second time" (the update updated the row from either row).
+#[tokio::test]
+async fn regression_keys_of_a_domain_over_text_with_a_case_insensitive_collation_are_merged() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE COLLATION case_insensitive
+                 (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE DOMAIN ci_text AS text COLLATE case_insensitive;
+             CREATE TABLE users (email ci_text PRIMARY KEY, name text NOT NULL)",
+        )
+        .await
+        .expect("PostgreSQL built with ICU");
+    let ci_text = client.prepare("SELECT $1::ci_text").await.unwrap().params()[0].clone();
+
+    let mut upsert = BatchInsert::new("users", &[("email", ci_text.clone()), ("name", Type::TEXT)])
+        .upsert(&["email"], &["name"]);
+    upsert.push(&[&Domain("Ann@x.io"), &"first"]).unwrap();
+    upsert.push(&[&Domain("bob@x.io"), &"bob"]).unwrap();
+    upsert.push(&[&Domain("ann@x.io"), &"second"]).unwrap();
+    let read = "SELECT email::text, name FROM users ORDER BY email";
+    let expected = want(&[("ann@x.io", "second"), ("bob@x.io", "bob")]);
+    let [unnest, values] = upsert_both_ways(&client, &upsert, "users", read).await;
+    assert_eq!(unnest, expected, "execute");
+    assert_eq!(values, expected, "execute_values");
+
+    let mut update = BatchUpdate::new("users", &[("email", ci_text)], &[("name", Type::TEXT)]);
+    update.push(&[&Domain("ANN@X.IO"), &"third"]).unwrap();
+    update.push(&[&Domain("Ann@x.io"), &"fourth"]).unwrap();
+    assert_eq!(update.execute(&client).await.unwrap(), 1, "execute");
+    assert_eq!(rows(&client, read).await[0].1, "fourth");
+    update.push(&[&Domain("aNN@x.io"), &"fifth"]).unwrap();
+    assert_eq!(
+        update.execute_values(&client).await.unwrap(),
+        1,
+        "execute_values"
+    );
+    assert_eq!(rows(&client, read).await[0].1, "fifth");
+}
