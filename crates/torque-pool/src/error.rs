@@ -75,11 +75,13 @@ impl fmt::Display for Occupancy {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PoolError<E> {
-    /// A timeout fired. `last_error` is the backend's most recent error, if
-    /// connecting or checking has failed since the last success (a connect,
-    /// or a check at checkout or keepalive, that succeeded clears it): a
-    /// timeout while the server rejects every connect says why, and one
-    /// after the backend has recovered carries no error from before.
+    /// A timeout fired. `last_error` is the backend's most recent error
+    /// while it is current: a connect that succeeds clears it, and a check
+    /// (at checkout or keepalive) that succeeds clears a check's error but
+    /// not a connect's (a server refusing new connections still serves the
+    /// ones it has). A timeout while the server rejects every connect says
+    /// why, and one after the backend has recovered carries no error from
+    /// before.
     #[non_exhaustive]
     Timeout {
         /// Which timeout.

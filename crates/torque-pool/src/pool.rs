@@ -136,10 +136,13 @@ struct Lease {
 
 struct State<M: Manager> {
     core: Core<Conn<M>, Waiter<M>>,
-    /// The backend's last error (a failed connect or check) since the last
-    /// successful connect or check (at checkout or keepalive), which clears
-    /// it: what a timeout reports as the reason, so only a current one.
+    /// The backend's last error (a failed connect or check) while it is
+    /// current: what a timeout reports as the reason. A successful connect
+    /// clears it; a successful check (at checkout or keepalive) clears only
+    /// a check's error ([`Self::check_succeeded`]).
     last_error: Option<Arc<BackendError<M>>>,
+    /// Whether `last_error` came from a check, not a connect.
+    last_error_from_check: bool,
     /// Checked-out connections by id, kept only when leak detection is on.
     leases: HashMap<u64, Lease>,
     /// When the background task will next run; a waiter whose deadline comes
@@ -147,6 +150,25 @@ struct State<M: Manager> {
     next_wake: Option<std::time::Instant>,
     /// Waiter slots to reuse.
     free_slots: Vec<Waiter<M>>,
+}
+
+impl<M: Manager> State<M> {
+    /// A check (at checkout or keepalive) found its connection alive: a
+    /// check's error is not current any more, and a timeout must not report
+    /// it. A connect's error stays until a connect succeeds: a server that
+    /// refuses new connections ("too many clients") still serves the ones
+    /// it has, and a timeout waiting for a new one must still say why.
+    fn check_succeeded(&mut self) {
+        if self.last_error_from_check {
+            self.last_error = None;
+        }
+    }
+
+    /// A check failed with `e`.
+    fn check_failed(&mut self, e: BackendError<M>) {
+        self.last_error = Some(Arc::new(e));
+        self.last_error_from_check = true;
+    }
 }
 
 struct Inner<M: Manager> {
@@ -229,6 +251,7 @@ impl<M: Manager> Pool<M> {
             state: Mutex::new(State {
                 core,
                 last_error: None,
+                last_error_from_check: false,
                 leases: HashMap::new(),
                 next_wake: None,
                 free_slots: Vec::new(),
@@ -639,14 +662,12 @@ impl<M: Manager> Inner<M> {
             }
             Ok(Ok(Ok(()))) => {
                 entry.meta.last_alive = now();
-                // The backend answered: an error from before is not current
-                // any more, and a timeout must not report it as the reason.
-                self.state.lock().last_error = None;
+                self.state.lock().check_succeeded();
                 Some(entry)
             }
             Ok(Ok(Err(e))) => {
                 tracing::debug!(error = %e, "connection failed its check; closing it");
-                self.state.lock().last_error = Some(Arc::new(e));
+                self.state.lock().check_failed(e);
                 self.release(entry, Return::Close(CloseReason::CheckFailed), None);
                 None
             }
@@ -753,6 +774,7 @@ impl<M: Manager> Inner<M> {
                     let e = Arc::new(e);
                     tracing::warn!(error = %e, "cannot connect");
                     st.last_error = Some(e.clone());
+                    st.last_error_from_check = false;
                     let waiters = st.core.create_failed(now);
                     fail_all::<M>(
                         waiters,
@@ -929,13 +951,12 @@ async fn keepalive<M: Manager>(mut guard: KeepaliveGuard<M>) {
             .await
             {
                 Ok(Ok(())) => {
-                    // As after a check at checkout: the backend answered.
-                    inner.state.lock().last_error = None;
+                    inner.state.lock().check_succeeded();
                     true
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "idle connection failed keepalive; closing it");
-                    inner.state.lock().last_error = Some(Arc::new(e));
+                    inner.state.lock().check_failed(e);
                     false
                 }
                 Err(_) => {

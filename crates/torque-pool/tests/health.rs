@@ -285,6 +285,38 @@ async fn a_keepalive_check_that_succeeds_clears_the_error_of_a_failed_one() {
     assert_eq!(timeout_error_with_a_hung_connect(&fake, &pool).await, None);
 }
 
+/// A check that succeeds does not clear a connect's error: a server that
+/// refuses new connections ("too many clients") still serves the ones it
+/// has, and a timeout waiting for a new connection must still say why.
+#[tokio::test(start_paused = true)]
+async fn a_check_that_succeeds_keeps_the_error_of_a_failed_connect() {
+    let fake = Fake::default();
+    let pool = timing_out(&fake).build().unwrap();
+    drop(pool.get().await.unwrap());
+    fake.fail_creates(Some("sorry, too many clients already"));
+    let held = pool.get().await.unwrap();
+    let refused = pool.get().await.expect_err("no connection to be had");
+    assert!(
+        refused.backend_error().is_some(),
+        "the connect failed: {refused:?}"
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checked = fake.checks();
+    fake.fail_creates(None);
+    assert_eq!(
+        timeout_error_with_a_hung_connect(&fake, &pool)
+            .await
+            .as_deref(),
+        Some("sorry, too many clients already")
+    );
+    assert_eq!(
+        fake.checks(),
+        checked + 1,
+        "the held connection's check passed"
+    );
+}
+
 /// The error stays while it is current: with no success since, the timeout
 /// carries the failed check's error.
 #[tokio::test(start_paused = true)]
