@@ -661,15 +661,16 @@ impl<S: Stream, E> Stream for Indexed<S, E> {
 
 thread_local! {
     /// The item being polled on this thread: the limiter (its
-    /// [`Limiter::permits_id`]) whose permit it runs on, 0 outside items,
-    /// and that permit's [`Loan`] to nested batches once one is made.
-    static HOLDING: Cell<Held> = const { Cell::new(Held { id: 0, loan: None }) };
-}
-
-#[derive(Default)]
-struct Held {
-    id: usize,
-    loan: Option<Arc<Loan>>,
+    /// [`Limiter::permits_id`]) whose permit it runs on, 0 outside items.
+    /// Plain values, set and restored at every poll of every item: a
+    /// thread-local with drop glue checks its destructor's registration at
+    /// each access, which cost an async item about 160 instructions.
+    static HOLDING: Cell<usize> = const { Cell::new(0) };
+    /// Whether [`LOAN`] holds the polled item's [`Loan`].
+    static LOANED: Cell<bool> = const { Cell::new(false) };
+    /// The polled item's permit, as lent to nested batches, once one is
+    /// made (rare: only items that await batches of their own limiter).
+    static LOAN: Cell<Option<Arc<Loan>>> = const { Cell::new(None) };
 }
 
 /// Marks this thread as polling an item on a permit of limiter `id` until
@@ -677,24 +678,46 @@ struct Held {
 /// is nested in; the item's [`Loan`] goes back to `loan`, kept by the
 /// item between polls.
 struct Holding<'a> {
-    outer: Held,
+    outer_id: usize,
+    /// The outer item's loan, if it has one (taken out of [`LOAN`] while
+    /// this item is polled).
+    outer_loan: Option<Option<Arc<Loan>>>,
     loan: &'a mut Option<Arc<Loan>>,
 }
 
 impl<'a> Holding<'a> {
     fn enter(id: usize, loan: &'a mut Option<Arc<Loan>>) -> Self {
-        let outer = HOLDING.replace(Held {
-            id,
-            loan: loan.take(),
-        });
-        Holding { outer, loan }
+        let outer_id = HOLDING.replace(id);
+        let ours = loan.is_some();
+        let outer_loaned = LOANED.replace(ours);
+        // Only items with loans touch the slot (see `HOLDING`).
+        let outer_loan = if outer_loaned || ours {
+            let outer = LOAN.replace(loan.take());
+            outer_loaned.then_some(outer)
+        } else {
+            None
+        };
+        Holding {
+            outer_id,
+            outer_loan,
+            loan,
+        }
     }
 }
 
 impl Drop for Holding<'_> {
     fn drop(&mut self) {
-        let inner = HOLDING.replace(std::mem::take(&mut self.outer));
-        *self.loan = inner.loan;
+        HOLDING.set(self.outer_id);
+        if LOANED.get() {
+            *self.loan = LOAN.take();
+        }
+        match self.outer_loan.take() {
+            Some(outer) => {
+                LOAN.set(outer);
+                LOANED.set(true);
+            }
+            None => LOANED.set(false),
+        }
     }
 }
 
@@ -712,9 +735,15 @@ struct Loan {
 /// a batch under limiter `id`, if that item runs on one of `id`'s permits
 /// and has not lent it already (then `waker` is woken when it comes back).
 fn borrow_holding(id: usize, waker: &Waker) -> Option<Lent> {
-    let mut held = HOLDING.take();
-    let lent = if held.id == id {
-        let loan = held.loan.get_or_insert_with(Default::default);
+    if HOLDING.get() != id {
+        return None;
+    }
+    let loan = match LOAN.take() {
+        Some(loan) => loan,
+        None => Arc::new(Loan::default()),
+    };
+    LOANED.set(true);
+    let lent = {
         let mut state = loan.state.lock();
         if state.0 {
             if !state.1.iter().any(|w| w.will_wake(waker)) {
@@ -724,12 +753,10 @@ fn borrow_holding(id: usize, waker: &Waker) -> Option<Lent> {
         } else {
             state.0 = true;
             drop(state);
-            Some(Lent(Arc::clone(loan)))
+            Some(Lent(Arc::clone(&loan)))
         }
-    } else {
-        None
     };
-    HOLDING.set(held);
+    LOAN.set(Some(loan));
     lent
 }
 
