@@ -87,6 +87,25 @@ impl Drop for PanicsOnDrop {
     }
 }
 
+/// Starts the blocking batch `fut`, waits until its item 0 runs (it says
+/// so on `started`), drops the batch's future, and lets the item go on
+/// (`release`): the running job is then left holding what the abandoned
+/// batch owned.
+async fn abandon_while_item_0_runs<F: std::future::Future>(
+    fut: F,
+    started: mpsc::Receiver<()>,
+    release: mpsc::SyncSender<()>,
+) {
+    let mut fut = Box::pin(fut);
+    let r = tokio::time::timeout(Duration::from_millis(1), &mut fut).await;
+    assert!(r.is_err());
+    tokio::task::spawn_blocking(move || started.recv().unwrap())
+        .await
+        .unwrap();
+    drop(fut);
+    release.send(()).unwrap();
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_closure_whose_drop_panics_on_a_worker_does_not_kill_it() {
     let p = Processor::builder()
@@ -111,14 +130,7 @@ async fn a_closure_whose_drop_panics_on_a_worker_does_not_kill_it() {
     });
     // Start the batch, then abandon it while item 0 runs: the running job
     // then holds the closure's last handle and drops it on the worker.
-    let mut fut = Box::pin(fut);
-    let r = tokio::time::timeout(Duration::from_millis(1), &mut fut).await;
-    assert!(r.is_err());
-    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-        .await
-        .unwrap();
-    drop(fut);
-    release_tx.send(()).unwrap();
+    abandon_while_item_0_runs(fut, started_rx, release_tx).await;
     wait_until(Duration::from_secs(10), || {
         let s = p.stats();
         s.blocking_in_flight_weight == 0 && s.blocking_queued == 0
@@ -425,14 +437,7 @@ async fn regression_a_result_whose_drop_panics_in_an_abandoned_batch_does_not_ki
         release_rx.lock().unwrap().recv().unwrap();
         PanickyResult
     });
-    let mut fut = Box::pin(fut);
-    let r = tokio::time::timeout(Duration::from_millis(1), &mut fut).await;
-    assert!(r.is_err());
-    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-        .await
-        .unwrap();
-    drop(fut);
-    release_tx.send(()).unwrap();
+    abandon_while_item_0_runs(fut, started_rx, release_tx).await;
     // From a plain thread, so that a hang fails the test instead.
     let (tx, rx) = mpsc::channel();
     let other = p.clone();
