@@ -1,0 +1,61 @@
+//! The processor's default `Adaptive` limiter on items whose latency is
+//! bimodal: a share of them are cache hits (1 ms), the rest also call a
+//! backend of 32 connections (20 ms more). Batches of 500 items for 20 s on
+//! tokio's paused clock (deterministic); prints, per hit share, the limit
+//! the processor ends at and the items served per second.
+//!
+//! `cargo run --release -p torque-parallel --features tokio --example bimodal_limit`
+//!
+//! On 2026-12-07 (the commit that added this example) the limit collapsed
+//! to 1 at 50 % and 75 % hits (157 and 298 items/s against 1,487 with no
+//! hits; 95 %: limit 512, 23,746 items/s): a window
+//! that closes on its first, fast completions takes the hits' latency for
+//! the no-load latency (docs/parallel.md, "Items that are not all backend
+//! calls"). A fix must bring those rows up without losing `limit_sim`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use torque_parallel::Processor;
+
+async fn run(hit_percent: u64) -> (usize, f64) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(32));
+    let processor = Processor::builder().build().expect("default processor");
+    let start = tokio::time::Instant::now();
+    let (mut served, mut round) = (0usize, 0u64);
+    while start.elapsed() < Duration::from_secs(20) {
+        let items: Vec<u64> = (0..500).collect();
+        let connections = Arc::clone(&connections);
+        let out = processor
+            .async_io()
+            .map(items, move |i| {
+                let connections = Arc::clone(&connections);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // A deterministic mix: `hit_percent` of every 100 items hit.
+                    if (i * 37 + round) % 100 >= hit_percent {
+                        let _connection = connections.acquire().await.expect("open");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            })
+            .await;
+        served += out.len();
+        round += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    (processor.stats().io.limit, served as f64 / seconds)
+}
+
+fn main() {
+    println!("hits %   limit   items/s");
+    for hits in [0, 50, 75, 95] {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let (limit, rate) = runtime.block_on(run(hits));
+        println!("{hits:>6}   {limit:>5}   {rate:>7.0}");
+    }
+}
