@@ -5,7 +5,7 @@
 //! length, and `ANY(ARRAY[...])` of constants, collapse to one slot (a
 //! constant as PostgreSQL 18's pg_stat_statements squashes one: a literal,
 //! signed, typed or cast, `date '2024-01-01'`, `CAST(? AS date)`, `?::text`,
-//! or a sub-array of constants); keyword
+//! `NULL`, or a sub-array of constants); keyword
 //! case, white space, comments and a trailing `;` do not matter; unquoted
 //! identifiers fold to lower case, quoted ones keep their case; schema
 //! qualifiers are dropped; aliases are replaced by the relation they stand for;
@@ -743,6 +743,24 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                             next_closes(tokens, i),
                         );
                         st.note(slot, t.text(sql), false, &out);
+                    }
+                    push(&mut out, frames, Out::SLOT);
+                    i += 1;
+                    continue;
+                }
+                if w == 0 && null_list_element(sql, tokens, i, &out, frames) {
+                    // One more literal of the list (no sign, no range, no
+                    // `? = col` can be around it: it is a whole element).
+                    if VALUES {
+                        let slot = classify(
+                            &out,
+                            frames,
+                            clause,
+                            between_pending,
+                            false,
+                            next_closes(tokens, i) || ends_cast_operand(&out, word(i + 1)),
+                        );
+                        st.note(slot, "null", false, &out);
                     }
                     push(&mut out, frames, Out::SLOT);
                     i += 1;
@@ -1605,6 +1623,68 @@ fn classify(
         return Slot::Key;
     }
     Slot::Other
+}
+
+/// Whether the word `tokens[i]` is a `NULL` that is a whole element of a
+/// list whose constants collapse: of `IN (`, `ANY(`, `ARRAY[` (or of a
+/// sub-array, or a subscript), of a row in an `IN` list, or the operand of
+/// `CAST(NULL AS type)` as such an element; `NULL::type` included. There it
+/// is one more literal: PostgreSQL parses it to a constant, and
+/// pg_stat_statements squashes it in a list like any other. Not a null test
+/// (`x IS NULL`, `NULL IS NULL`: the element does not start, or end, with
+/// the `NULL`), and not the `NULL` of a `SET` or a `VALUES` row.
+fn null_list_element(
+    sql: &str,
+    tokens: &[Token],
+    i: usize,
+    out: &[Out<'_>],
+    frames: &[Frame],
+) -> bool {
+    // Cheap tests first: most words are no element of a list.
+    let Some(prev) = out.last() else {
+        return false;
+    };
+    if prev.slot || !matches!(prev.kind, Kind::Open | Kind::OpenBracket | Kind::Comma) {
+        return false;
+    }
+    let next = tokens.get(i + 1).map(|t| (t.kind, t.kw));
+    let ends_element = matches!(
+        next,
+        Some((
+            Kind::Comma | Kind::Close | Kind::CloseBracket | Kind::Cast,
+            _
+        ))
+    );
+    let cast_operand = next == Some((Kind::Word, kw!("as")));
+    if !(ends_element || cast_operand) || !tokens[i].text(sql).eq_ignore_ascii_case("null") {
+        return false;
+    }
+    // A list whose elements are constants when they are: `IN (`, `ANY(`,
+    // `ARRAY[`, a sub-array or a row of an `IN` list.
+    let list = |frames: &[Frame]| {
+        frames.last().is_some_and(|f| {
+            f.collapsible
+                || out[f.open].kind == Kind::OpenBracket
+                || in_row_of_key_list(out, frames)
+        })
+    };
+    if cast_operand {
+        // `IN (CAST(NULL AS int)`: the `cast(` is an element of such a list.
+        let [outer @ .., call] = frames else {
+            return false;
+        };
+        return call.open + 1 == out.len()
+            && call.open >= 2
+            && out[call.open - 1].kind == Kind::Word
+            && !out[call.open - 1].slot
+            && out[call.open - 1].text.eq_ignore_ascii_case("cast")
+            && matches!(
+                out[call.open - 2].kind,
+                Kind::Open | Kind::OpenBracket | Kind::Comma
+            )
+            && list(outer);
+    }
+    list(frames)
 }
 
 /// Whether the innermost group is a row that is an element of a key list

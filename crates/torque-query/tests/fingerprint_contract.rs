@@ -176,6 +176,85 @@ fn lists_mixing_a_column_or_expression_with_literals_do_not_collapse() {
     );
 }
 
+/// A fresh-user review found `IN (1, NULL, 3)`, `IN (1, 2)` and `IN (NULL)`
+/// were three shapes: `NULL` kept the list from collapsing. It is a literal
+/// (PostgreSQL parses it to a constant, which pg_stat_statements squashes in
+/// a list like any other), so it is one more element of a list of
+/// constants, in `IN`, `ANY(ARRAY[...])`, `ARRAY[...]` and rows alike.
+#[test]
+fn regression_null_in_a_list_is_one_more_constant() {
+    let one = "SELECT * FROM users WHERE id IN ($1)";
+    for sql in [
+        "SELECT * FROM users WHERE id IN (1, NULL, 3)",
+        "SELECT * FROM users WHERE id IN (1, 2)",
+        "SELECT * FROM users WHERE id IN (NULL)",
+        "SELECT * FROM users WHERE id IN (null, Null)",
+        "SELECT * FROM users WHERE id IN (NULL, $1)",
+        "SELECT * FROM users WHERE id IN (NULL::int, 2)",
+        "SELECT * FROM users WHERE id IN (CAST(NULL AS int), 2)",
+        "SELECT * FROM users WHERE id IN ((NULL), 2)",
+        "SELECT * FROM users WHERE id IN (DATE '2024-01-01', NULL)",
+    ] {
+        same(one, sql);
+    }
+    assert_eq!(
+        fingerprint("SELECT * FROM users WHERE id IN (1, NULL, 3)").normalized(),
+        "select * from users where id in (?)"
+    );
+    let any = "SELECT * FROM users WHERE id = ANY(ARRAY[1, 2])";
+    same(any, "SELECT * FROM users WHERE id = ANY(ARRAY[NULL])");
+    same(any, "SELECT * FROM users WHERE id = ANY(ARRAY[1, NULL, 3])");
+    same(
+        any,
+        "SELECT * FROM users WHERE id = ANY(ARRAY[[1, NULL], [NULL, 4]])",
+    );
+    same("SELECT ARRAY[1, 2]", "SELECT ARRAY[NULL, 2, 3]");
+    same(
+        "SELECT * FROM m WHERE (a, b) IN ((1, 2))",
+        "SELECT * FROM m WHERE (a, b) IN ((1, NULL), (NULL, 4))",
+    );
+}
+
+/// The other half: `NULL` outside a list's elements keeps its meaning. A
+/// null test is no literal (`x IS NULL` is not `x IS NOT NULL`, nor `x =
+/// ?`), in a list too, and the `NULL` of an assignment or a VALUES row is
+/// left as written.
+#[test]
+fn null_outside_a_lists_elements_keeps_its_meaning() {
+    let is_null = "SELECT * FROM users WHERE deleted_at IS NULL";
+    assert_eq!(
+        fingerprint(is_null).normalized(),
+        "select * from users where deleted_at is null"
+    );
+    differ(is_null, "SELECT * FROM users WHERE deleted_at IS NOT NULL");
+    differ(is_null, "SELECT * FROM users WHERE deleted_at = 1");
+    differ(
+        "SELECT * FROM users WHERE id IN (1, 2) AND deleted_at IS NULL",
+        "SELECT * FROM users WHERE id IN (1, 2) AND deleted_at IS NOT NULL",
+    );
+    // A null test as a list element is an expression: no collapse.
+    assert_eq!(
+        fingerprint("SELECT * FROM t WHERE b IN (x IS NULL, true)").normalized(),
+        "select * from t where b in (x is null, ?)"
+    );
+    differ(
+        "SELECT * FROM t WHERE b IN (NULL IS NULL)",
+        "SELECT * FROM t WHERE b IN (1)",
+    );
+    assert_eq!(
+        fingerprint("UPDATE t SET x = NULL WHERE id = 1").normalized(),
+        "update t set x = null where id = ?"
+    );
+    assert_eq!(
+        fingerprint("INSERT INTO t (a, b) VALUES (1, NULL)").normalized(),
+        "insert into t(a, b) values (?, null)"
+    );
+    assert_eq!(
+        fingerprint("SELECT coalesce(x, NULL) FROM t").normalized(),
+        "select coalesce(x, null) from t"
+    );
+}
+
 #[test]
 fn nested_array_literals_collapse_like_flat_ones() {
     let flat = "SELECT * FROM t WHERE v = ANY(ARRAY[1, 2, 3])";

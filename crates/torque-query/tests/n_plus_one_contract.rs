@@ -1029,3 +1029,28 @@ fn regression_typed_literals_and_casts_in_an_in_list_are_keys() {
         assert_no_n_plus_one(&sql(0), &run(times(4, sql)));
     }
 }
+
+#[test]
+fn regression_a_null_in_an_in_list_does_not_split_a_loop_into_two_shapes() {
+    // A loop looking up `IN (parent_id, NULL)` for some rows and
+    // `IN (parent_id)` for others (an optional second key left NULL) is one
+    // query shape: NULL is one more constant of the list. The two spellings
+    // were two fingerprints of 3 runs each, under the threshold: no finding.
+    let f = run(times(6, |i| {
+        if i % 2 == 0 {
+            format!("SELECT * FROM comments WHERE post_id IN ({i}, NULL)")
+        } else {
+            format!("SELECT * FROM comments WHERE post_id IN ({i})")
+        }
+    }));
+    assert_n_plus_one("IN (i, NULL) / IN (i)", &f, 6);
+    assert_eq!(
+        f[0].normalized,
+        "select * from comments where post_id in (?)"
+    );
+    // A list of NULL alone, repeated, is an identical repeat, not an N+1.
+    let f = run(times(6, |_| {
+        "SELECT * FROM comments WHERE post_id IN (NULL)".to_string()
+    }));
+    assert_eq!(kinds(&f), [FindingKind::Redundant], "{f:#?}");
+}

@@ -9,7 +9,11 @@
 //!
 //! A deliberate change of the fingerprint rules rewrites the file:
 //! `TORQUE_FP_GOLDEN=write cargo test -p torque-query --lib differential`,
-//! and the diff of the golden file shows which blocks moved.
+//! and the diff of the golden file shows which blocks moved. To see which
+//! statements moved, dump every record before and after the change with
+//! `TORQUE_FP_DUMP=/tmp/before.txt cargo test -p torque-query --lib
+//! differential` (one line a statement: block, statement, record) and diff
+//! the dumps.
 //!
 //! The generator is seeded and covers what the fast paths special-case:
 //! keyword case, white space and nested comments, every literal form
@@ -774,6 +778,15 @@ fn fingerprints_and_analyses_match_the_golden_digests() {
     let mut got = String::new();
     for (name, records) in &groups {
         writeln!(got, "{name}: {:016x}", fnv(records)).expect("write to a String");
+    }
+    if let Ok(dump) = std::env::var("TORQUE_FP_DUMP") {
+        let mut all = String::new();
+        for (name, records) in &groups {
+            for (sql, record) in records {
+                writeln!(all, "{name}\t{sql:?}\t{record}").expect("write to a String");
+            }
+        }
+        std::fs::write(dump, all).expect("write the dump");
     }
     if std::env::var("TORQUE_FP_GOLDEN").as_deref() == Ok("write") {
         std::fs::write(&path, &got).expect("write the golden file");
