@@ -264,6 +264,12 @@ impl Rows {
         }
         let mut kept: Vec<usize> = last.into_values().chain(null_keys).collect();
         kept.sort_unstable();
+        Some((self.subset(&kept), kept))
+    }
+
+    /// A copy holding only the rows `kept` (indexes here, increasing).
+    fn subset(&self, kept: &[usize]) -> Rows {
+        let cell = |c: usize, r: usize| self.cells[c][r].clone().map(|x| &self.data[c][x]);
         let mut out = Rows {
             columns: self.columns.clone(),
             data: self.columns.iter().map(|_| BytesMut::new()).collect(),
@@ -274,7 +280,7 @@ impl Rows {
                 .collect(),
             len: kept.len(),
         };
-        for &r in &kept {
+        for &r in kept {
             for c in 0..self.columns.len() {
                 let range = cell(c, r).map(|bytes| {
                     let start = out.data[c].len();
@@ -284,7 +290,79 @@ impl Rows {
                 out.cells[c].push(range);
             }
         }
-        Some((out, kept))
+        out
+    }
+
+    /// When rows are equal on the `key` columns by the types' own equality
+    /// (the server's, see [`last_per_key_select`](Self::last_per_key_select)):
+    /// a copy keeping only the last row of each key, and each kept row's
+    /// index here; the server decides, in one query over the key columns.
+    ///
+    /// Each statement of a batch de-duplicates its own rows this way; this
+    /// is for batches sent in several chunks, whose equal keys may fall into
+    /// different chunks: the later chunk would update the row the earlier
+    /// one wrote, and the rows affected would count that key twice. `None`
+    /// when no two rows are equal, or when a key column is an array or a
+    /// composite (UNNEST would take it apart): such keys are de-duplicated
+    /// only within each statement.
+    async fn last_per_server_key<C: GenericClient>(
+        &self,
+        client: &C,
+        key: &[usize],
+    ) -> Result<Option<(Rows, Vec<usize>)>, BatchError> {
+        let unnestable = key.iter().all(|&c| {
+            let ty = &self.columns[c].ty;
+            !matches!(ty.kind(), Kind::Array(_))
+                && !matches!(base_type(ty).kind(), Kind::Composite(_))
+        });
+        if !unnestable || self.len < 2 {
+            return Ok(None);
+        }
+        let names: Vec<&str> = key
+            .iter()
+            .map(|&c| self.columns[c].quoted.as_str())
+            .collect();
+        let arrays: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| format!("${}::{}[]", i + 1, type_sql(&self.columns[c].ty)))
+            .collect();
+        let any_null: Vec<String> = names.iter().map(|k| format!("{k} IS NULL")).collect();
+        let sql = format!(
+            "SELECT max(torque_ord) FROM UNNEST({}) WITH ORDINALITY AS torque_keys ({}, torque_ord) \
+             GROUP BY {}, CASE WHEN {} THEN torque_ord END",
+            arrays.join(", "),
+            names.join(", "),
+            names.join(", "),
+            any_null.join(" OR ")
+        );
+        let params: Vec<ColumnArray<'_>> = key
+            .iter()
+            .map(|&c| ColumnArray {
+                element: &self.columns[c].ty,
+                data: &self.data[c],
+                cells: &self.cells[c],
+            })
+            .collect();
+        let err = |source| BatchError::Postgres {
+            first_row: 0,
+            source,
+        };
+        let last = client
+            .query(sql.as_str(), &as_params(&params))
+            .await
+            .map_err(err)?;
+        if last.len() == self.len {
+            return Ok(None);
+        }
+        let mut kept = Vec::with_capacity(last.len());
+        for row in &last {
+            let ord: i64 = row.try_get(0).map_err(err)?;
+            // Ordinals count from 1.
+            kept.push(usize::try_from(ord - 1).unwrap_or(0));
+        }
+        kept.sort_unstable();
+        Ok(Some((self.subset(&kept), kept)))
     }
 
     /// Whether the [`equality_bytes`] of the `key` columns decide equality
@@ -490,6 +568,68 @@ impl Rows {
         (MAX_PARAMS / self.columns.len().max(1))
             .min(chunk_rows)
             .max(1)
+    }
+}
+
+/// The rows a batch sends: all that were pushed, or the last of each key,
+/// with each one's push index.
+struct Sent<'r> {
+    rows: Cow<'r, Rows>,
+    /// Per row sent, its push index (`None`: all rows are sent).
+    kept: Option<Vec<usize>>,
+}
+
+impl<'r> Sent<'r> {
+    /// `all`, or the `subset` of them that [`Rows::last_per_key`] kept.
+    fn new(all: &'r Rows, subset: Option<(Rows, Vec<usize>)>) -> Self {
+        match subset {
+            None => Sent {
+                rows: Cow::Borrowed(all),
+                kept: None,
+            },
+            Some((rows, kept)) => Sent {
+                rows: Cow::Owned(rows),
+                kept: Some(kept),
+            },
+        }
+    }
+
+    /// With a `server_key` and more than one chunk of `chunk` rows to send,
+    /// only the last row of each key by the server's equality
+    /// ([`Rows::last_per_server_key`]): equal keys in two chunks would be
+    /// written, and counted, twice.
+    async fn last_per_server_key<C: GenericClient>(
+        self,
+        client: &C,
+        server_key: Option<&[usize]>,
+        chunk: usize,
+    ) -> Result<Self, BatchError> {
+        let Some(key) = server_key else {
+            return Ok(self);
+        };
+        if self.rows.len <= chunk {
+            // One statement, which de-duplicates its rows itself.
+            return Ok(self);
+        }
+        let Some((rows, kept)) = self.rows.last_per_server_key(client, key).await? else {
+            return Ok(self);
+        };
+        let kept = match &self.kept {
+            Some(outer) => kept.iter().map(|&i| outer[i]).collect(),
+            None => kept,
+        };
+        Ok(Sent {
+            rows: Cow::Owned(rows),
+            kept: Some(kept),
+        })
+    }
+
+    /// Names rows in `e` by their push index.
+    fn renumber(&self, e: BatchError) -> BatchError {
+        match &self.kept {
+            Some(kept) => e.renumber(kept),
+            None => e,
+        }
     }
 }
 
@@ -701,7 +841,14 @@ impl BatchInsert {
 
     /// Sends the rows as `INSERT ... SELECT * FROM UNNEST(...)`, one statement
     /// per chunk; returns the rows inserted (or updated, for an upsert; rows
-    /// that repeat a conflict key are sent once, so they count once).
+    /// that repeat a conflict key are sent once, so they count once, whatever
+    /// chunks they fall into).
+    ///
+    /// An upsert whose key the server must compare (see
+    /// [`upsert`](Self::upsert): `citext`, `numeric`, ...) and whose rows
+    /// take more than one chunk first asks the server which rows are the last
+    /// of their key: one query over the key columns, before any row is
+    /// written.
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for array columns (use
@@ -712,13 +859,13 @@ impl BatchInsert {
         let sql = self.unnest_sql();
         self.rows.check_unnest()?;
         self.check_conflict()?;
-        match self.upsert_rows() {
-            None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
-            Some((rows, kept)) => rows
-                .send_unnest(client, &sql, self.chunk_rows)
-                .await
-                .map_err(|e| e.renumber(&kept)),
-        }
+        let sent = Sent::new(&self.rows, self.upsert_rows())
+            .last_per_server_key(client, self.server_key().as_deref(), self.chunk_rows)
+            .await?;
+        sent.rows
+            .send_unnest(client, &sql, self.chunk_rows)
+            .await
+            .map_err(|e| sent.renumber(e))
     }
 
     /// An upsert needs a conflict target and at least one column to overwrite.
@@ -764,7 +911,11 @@ impl BatchInsert {
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
     /// statement exceeds 65,535 parameters; returns the rows inserted (as
-    /// [`execute`](Self::execute) counts them).
+    /// [`execute`](Self::execute) counts them), with one exception: a
+    /// conflict key with an array or composite column, which only this
+    /// method takes, is compared within each chunk only, so when its equal
+    /// keys fall into two chunks the later chunk updates the row the earlier
+    /// one wrote (its values win, as they should) and both count it.
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for an upsert without a target or a column
@@ -772,13 +923,13 @@ impl BatchInsert {
     /// server rejects a chunk.
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.check_conflict()?;
-        match self.upsert_rows() {
-            None => self.send_values(&self.rows, client).await,
-            Some((rows, kept)) => self
-                .send_values(&rows, client)
-                .await
-                .map_err(|e| e.renumber(&kept)),
-        }
+        let chunk = self.rows.values_chunk(self.chunk_rows);
+        let sent = Sent::new(&self.rows, self.upsert_rows())
+            .last_per_server_key(client, self.server_key().as_deref(), chunk)
+            .await?;
+        self.send_values(&sent.rows, client)
+            .await
+            .map_err(|e| sent.renumber(e))
     }
 
     async fn send_values<C: GenericClient>(
@@ -1068,7 +1219,9 @@ impl BatchUpdate {
 
     /// Sends the rows as `UPDATE ... FROM UNNEST(...)`, one statement per
     /// chunk; returns the rows updated (a key pushed twice is sent, and counted,
-    /// once).
+    /// once, whatever chunks its rows fall into: as for
+    /// [`BatchInsert::execute`], keys the server must compare are first
+    /// grouped by one query when the rows take more than one chunk).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column, array columns)
@@ -1081,31 +1234,35 @@ impl BatchUpdate {
         };
         let sql = self.statement(&self.rows.batch_source(&rows, server_key.as_deref()))?;
         self.rows.check_unnest()?;
-        match self.rows.last_per_key(&(0..self.keys).collect::<Vec<_>>()) {
-            None => self.rows.send_unnest(client, &sql, self.chunk_rows).await,
-            Some((rows, kept)) => rows
-                .send_unnest(client, &sql, self.chunk_rows)
-                .await
-                .map_err(|e| e.renumber(&kept)),
-        }
+        let key: Vec<usize> = (0..self.keys).collect();
+        let sent = Sent::new(&self.rows, self.rows.last_per_key(&key))
+            .last_per_server_key(client, server_key.as_deref(), self.chunk_rows)
+            .await?;
+        sent.rows
+            .send_unnest(client, &sql, self.chunk_rows)
+            .await
+            .map_err(|e| sent.renumber(e))
     }
 
     /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
     /// parameter limit; returns the rows updated (a key pushed twice is
-    /// sent, and counted, once).
+    /// sent, and counted, once; a key with an array or composite column is
+    /// compared within each chunk only, as for
+    /// [`BatchInsert::execute_values`]).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column) before anything is
     /// sent; [`BatchError::Postgres`].
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.statement("")?;
-        match self.rows.last_per_key(&(0..self.keys).collect::<Vec<_>>()) {
-            None => self.send_values(&self.rows, client).await,
-            Some((rows, kept)) => self
-                .send_values(&rows, client)
-                .await
-                .map_err(|e| e.renumber(&kept)),
-        }
+        let key: Vec<usize> = (0..self.keys).collect();
+        let chunk = self.rows.values_chunk(self.chunk_rows);
+        let sent = Sent::new(&self.rows, self.rows.last_per_key(&key))
+            .last_per_server_key(client, self.server_key().as_deref(), chunk)
+            .await?;
+        self.send_values(&sent.rows, client)
+            .await
+            .map_err(|e| sent.renumber(e))
     }
 
     async fn send_values<C: GenericClient>(

@@ -403,3 +403,125 @@ async fn regression_keys_of_a_domain_over_text_with_a_case_insensitive_collation
     );
     assert_eq!(rows(&client, read).await[0].1, "fifth");
 }
+
+/// Equal keys (to the server) pushed into different chunks were merged by
+/// the second chunk's statement, which updated the row the first had
+/// written, but the count added both chunks' rows: 2 for one row written.
+/// A fresh-user review found it with `citext` keys; the count is the rows
+/// written, each key once, however the rows fall into chunks.
+#[tokio::test]
+async fn regression_equal_keys_split_across_chunks_are_counted_once() {
+    let db = pg_database().await;
+    let client = db.connect().await;
+    let citext = citext(&client).await;
+    client
+        .batch_execute("CREATE TABLE users (email citext PRIMARY KEY, name text NOT NULL)")
+        .await
+        .unwrap();
+    let read = "SELECT email::text, name FROM users ORDER BY email";
+    for chunk in [1, 2] {
+        let mut upsert =
+            BatchInsert::new("users", &[("email", citext.clone()), ("name", Type::TEXT)])
+                .upsert(&["email"], &["name"])
+                .chunk_rows(chunk);
+        upsert.push(&[&"Ann@x.io", &"first"]).unwrap();
+        upsert.push(&[&"bob@x.io", &"bob"]).unwrap();
+        upsert.push(&[&"ann@x.io", &"second"]).unwrap();
+        upsert.push(&[&"ANN@x.io", &"third"]).unwrap();
+        let expected = want(&[("ANN@x.io", "third"), ("bob@x.io", "bob")]);
+        for values in [false, true] {
+            let how = format!("chunk_rows {chunk}, execute_values: {values}");
+            client.batch_execute("DELETE FROM users").await.unwrap();
+            let written = if values {
+                upsert.execute_values(&client).await
+            } else {
+                upsert.execute(&client).await
+            };
+            assert_eq!(written.unwrap(), 2, "{how}");
+            assert_eq!(rows(&client, read).await, expected, "{how}");
+            // Over the existing rows: each is updated once.
+            let written = if values {
+                upsert.execute_values(&client).await
+            } else {
+                upsert.execute(&client).await
+            };
+            assert_eq!(written.unwrap(), 2, "{how}, over existing rows");
+        }
+
+        let mut update = BatchUpdate::new(
+            "users",
+            &[("email", citext.clone())],
+            &[("name", Type::TEXT)],
+        )
+        .chunk_rows(chunk);
+        update.push(&[&"ann@x.io", &"u1"]).unwrap();
+        update.push(&[&"BOB@x.io", &"u2"]).unwrap();
+        update.push(&[&"Ann@X.io", &"u3"]).unwrap();
+        update.push(&[&"nobody@x.io", &"u4"]).unwrap();
+        for values in [false, true] {
+            let how = format!("update, chunk_rows {chunk}, execute_values: {values}");
+            let updated = if values {
+                update.execute_values(&client).await
+            } else {
+                update.execute(&client).await
+            };
+            assert_eq!(updated.unwrap(), 2, "{how}");
+            let names: Vec<String> = rows(&client, read).await.into_iter().map(|r| r.1).collect();
+            assert_eq!(names, ["u3", "u2"], "{how}");
+        }
+    }
+    // Composite and nullable keys, one row a chunk: equal composite keys
+    // merge, NULL keys never do.
+    client
+        .batch_execute(
+            "CREATE TABLE pair (mail citext, n int4, v text NOT NULL, PRIMARY KEY (mail, n));
+             CREATE TABLE maybe (mail citext UNIQUE, v text NOT NULL)",
+        )
+        .await
+        .unwrap();
+    let mut pair = pair_upsert(&citext).chunk_rows(1);
+    pair.push(&[&"a@x", &1i32, &"a1"]).unwrap();
+    pair.push(&[&"A@X", &2i32, &"A2"]).unwrap();
+    pair.push(&[&"A@x", &1i32, &"A1"]).unwrap();
+    let mut maybe = maybe_upsert(citext).chunk_rows(1);
+    maybe.push(&[&None::<&str>, &"x"]).unwrap();
+    maybe.push(&[&"b@x", &"b"]).unwrap();
+    maybe.push(&[&None::<&str>, &"y"]).unwrap();
+    maybe.push(&[&"B@x", &"B"]).unwrap();
+    for values in [false, true] {
+        client
+            .batch_execute("DELETE FROM pair; DELETE FROM maybe")
+            .await
+            .unwrap();
+        let (pairs, maybes) = if values {
+            (
+                pair.execute_values(&client).await.unwrap(),
+                maybe.execute_values(&client).await.unwrap(),
+            )
+        } else {
+            (
+                pair.execute(&client).await.unwrap(),
+                maybe.execute(&client).await.unwrap(),
+            )
+        };
+        assert_eq!((pairs, maybes), (2, 3), "execute_values: {values}");
+        let read = "SELECT mail::text || ' ' || n, v FROM pair ORDER BY n";
+        let expected = want(&[("A@x 1", "A1"), ("A@X 2", "A2")]);
+        assert_eq!(
+            rows(&client, read).await,
+            expected,
+            "execute_values: {values}"
+        );
+        let read = "SELECT mail::text, v FROM maybe ORDER BY v";
+        let expected = vec![
+            (Some("B@x".to_string()), "B".to_string()),
+            (None, "x".to_string()),
+            (None, "y".to_string()),
+        ];
+        assert_eq!(
+            rows(&client, read).await,
+            expected,
+            "execute_values: {values}"
+        );
+    }
+}
