@@ -719,6 +719,12 @@ fn as_params<T: ToSql + Sync>(values: &[T]) -> Vec<&(dyn ToSql + Sync)> {
 
 /// Rows to insert into one table, sent in as few statements as possible.
 ///
+/// The send methods take the driver's client (a `Client` or a
+/// `Transaction`); with an [`Instrumented`](crate::Instrumented) one, pass
+/// its [`inner`](crate::Instrumented::inner) client, whose statements the
+/// N+1 detector does not record (record the batch by hand with
+/// [`detect::record`](crate::detect::record) to see it in the trace).
+///
 /// # Example
 /// ```no_run
 /// use tokio_postgres::types::Type;
@@ -1121,6 +1127,10 @@ impl CopyTarget for tokio_postgres::Transaction<'_> {
 
 /// New values for existing rows, matched on key columns, sent in as few
 /// statements as possible.
+///
+/// Like [`BatchInsert`], it is sent on the driver's client: with an
+/// [`Instrumented`](crate::Instrumented) one, its
+/// [`inner`](crate::Instrumented::inner) client, unrecorded.
 ///
 /// # Example
 /// ```no_run

@@ -45,6 +45,12 @@ use crate::detect::{CallSite, Scope};
 /// `conn.transaction()` (rolled back if dropped) rather than `BEGIN`, or
 /// implement [`QueryClient`] for a newtype whose methods call the
 /// connection's, and wrap that (`docs/query.md`).
+///
+/// Batch writes ([`BatchInsert`](crate::BatchInsert),
+/// [`BatchUpdate`](crate::BatchUpdate)) take the driver's client: pass
+/// [`inner`](Self::inner). Their statements are then not recorded; to put a
+/// batch in the trace, call [`detect::record`](crate::detect::record) with
+/// its statement (`insert.unnest_sql()`) before sending it.
 #[derive(Debug)]
 pub struct Instrumented<C> {
     inner: C,

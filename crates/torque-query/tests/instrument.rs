@@ -146,6 +146,42 @@ async fn transactions_are_recorded_too() {
     assert!(f[0].suggestion.contains("UNNEST"));
 }
 
+/// Batch writes take the driver's client, so through an `Instrumented` one
+/// they run on `inner()` and are not recorded (documented in
+/// `Instrumented`'s rustdoc and docs/query.md); recording the statement by
+/// hand puts the batch in the trace as one statement, at that line.
+#[tokio::test]
+async fn batch_writes_run_on_the_inner_client_and_are_recorded_only_by_hand() {
+    use tokio_postgres::types::Type;
+    use torque_query::BatchInsert;
+
+    let db = pg_database().await;
+    let client = Instrumented::new(db.connect().await);
+    client
+        .batch_execute("CREATE TABLE ledger (id int8, amount int8)")
+        .await
+        .unwrap();
+    let mut insert = BatchInsert::new("ledger", &[("id", Type::INT8), ("amount", Type::INT8)]);
+    for i in 0..100i64 {
+        insert.push(&[&i, &(i * 10)]).unwrap();
+    }
+    let scope = detector().scope();
+    scope
+        .run(async {
+            assert_eq!(insert.execute(client.inner()).await.unwrap(), 100);
+        })
+        .await;
+    assert_eq!(scope.len(), 0, "a batch run on inner() is not recorded");
+    scope
+        .run(async {
+            torque_query::detect::record(&insert.unnest_sql());
+            assert_eq!(insert.execute(client.inner()).await.unwrap(), 100);
+        })
+        .await;
+    assert_eq!(scope.len(), 1, "recorded by hand: one statement a batch");
+    assert!(scope.finish().is_empty());
+}
+
 /// Regression: the guide and `Instrumented`'s rustdoc say it wraps "a pooled
 /// connection", but it took only a `GenericClient` by value, a sealed trait
 /// that neither `&Client` nor any pool's connection implements: with a pool
