@@ -748,24 +748,6 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     i += 1;
                     continue;
                 }
-                if w == 0 && null_list_element(sql, tokens, i, &out, frames) {
-                    // One more literal of the list (no sign, no range, no
-                    // `? = col` can be around it: it is a whole element).
-                    if VALUES {
-                        let slot = classify(
-                            &out,
-                            frames,
-                            clause,
-                            between_pending,
-                            false,
-                            next_closes(tokens, i) || ends_cast_operand(&out, word(i + 1)),
-                        );
-                        st.note(slot, "null", false, &out);
-                    }
-                    push(&mut out, frames, Out::SLOT);
-                    i += 1;
-                    continue;
-                }
                 // Both rewrites below need a `.` next: test it once.
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot) {
                     // Qualified reference `alias.col` → `relation.col`.
@@ -795,7 +777,31 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         continue;
                     }
                 }
-                push(&mut out, frames, Out::word(sql, t));
+                // `null` has no keyword id (relations and aliases are
+                // parsed as before): its length, inside a group, is the
+                // cheap test before the out-of-line one.
+                if w == 0
+                    && t.end - t.start == 4
+                    && !frames.is_empty()
+                    && null_list_element(sql, tokens, i, &out, frames)
+                {
+                    // One more literal of the list (no sign, no range, no
+                    // `? = col` can be around it: it is a whole element).
+                    if VALUES {
+                        let slot = classify(
+                            &out,
+                            frames,
+                            clause,
+                            between_pending,
+                            false,
+                            next_closes(tokens, i) || ends_cast_operand(&out, word(i + 1)),
+                        );
+                        st.note(slot, "null", false, &out);
+                    }
+                    push(&mut out, frames, Out::SLOT);
+                } else {
+                    push(&mut out, frames, Out::word(sql, t));
+                }
             }
             Kind::Quoted => {
                 if savepoint_stmt {
@@ -1633,6 +1639,8 @@ fn classify(
 /// pg_stat_statements squashes it in a list like any other. Not a null test
 /// (`x IS NULL`, `NULL IS NULL`: the element does not start, or end, with
 /// the `NULL`), and not the `NULL` of a `SET` or a `VALUES` row.
+#[cold]
+#[inline(never)]
 fn null_list_element(
     sql: &str,
     tokens: &[Token],
