@@ -860,7 +860,9 @@ impl BatchInsert {
     /// [`BatchError::Unsupported`] for array columns (use
     /// [`execute_values`](Self::execute_values)) or an upsert without a
     /// target or a column to update, before anything is sent;
-    /// [`BatchError::Postgres`] when the server rejects a chunk.
+    /// [`BatchError::Postgres`] when the server rejects a chunk (or the
+    /// query grouping equal keys, named as the chunk at row 0: nothing was
+    /// written then).
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let sql = self.unnest_sql();
         self.rows.check_unnest()?;
@@ -917,16 +919,18 @@ impl BatchInsert {
 
     /// Sends the rows as multi-row `INSERT ... VALUES`, chunked so that no
     /// statement exceeds 65,535 parameters; returns the rows inserted (as
-    /// [`execute`](Self::execute) counts them), with one exception: a
-    /// conflict key with an array or composite column, which only this
-    /// method takes, is compared within each chunk only, so when its equal
-    /// keys fall into two chunks the later chunk updates the row the earlier
-    /// one wrote (its values win, as they should) and both count it.
+    /// [`execute`](Self::execute) counts them), with one exception: keys
+    /// with an array or composite column (which only this method takes)
+    /// that are equal to the server but not byte for byte are merged within
+    /// each chunk only, so when two such keys fall into two chunks the later
+    /// chunk updates the row the earlier one wrote (its values win, as they
+    /// should) and both count it.
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] for an upsert without a target or a column
     /// to update, before anything is sent; [`BatchError::Postgres`] when the
-    /// server rejects a chunk.
+    /// server rejects a chunk (or the query grouping equal keys, as for
+    /// [`execute`](Self::execute)).
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.check_conflict()?;
         let chunk = self.rows.values_chunk(self.chunk_rows);
@@ -1235,7 +1239,8 @@ impl BatchUpdate {
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column, array columns)
-    /// before anything is sent; [`BatchError::Postgres`].
+    /// before anything is sent; [`BatchError::Postgres`] (for the query
+    /// grouping equal keys, named as the chunk at row 0: nothing was written).
     pub async fn execute<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         let server_key = self.server_key();
         let rows = match server_key {
@@ -1256,13 +1261,14 @@ impl BatchUpdate {
 
     /// Sends the rows as `UPDATE ... FROM (VALUES ...)`, chunked under the
     /// parameter limit; returns the rows updated (a key pushed twice is
-    /// sent, and counted, once; a key with an array or composite column is
-    /// compared within each chunk only, as for
-    /// [`BatchInsert::execute_values`]).
+    /// sent, and counted, once; but keys with an array or composite column
+    /// that are equal only to the server are merged within each chunk only,
+    /// as for [`BatchInsert::execute_values`]).
     ///
     /// # Errors
     /// [`BatchError::Unsupported`] (no key or no set column) before anything is
-    /// sent; [`BatchError::Postgres`].
+    /// sent; [`BatchError::Postgres`] (the grouping query as for
+    /// [`execute`](Self::execute)).
     pub async fn execute_values<C: GenericClient>(&self, client: &C) -> Result<u64, BatchError> {
         self.statement("")?;
         let key: Vec<usize> = (0..self.keys).collect();
