@@ -266,8 +266,9 @@ impl PolicyState {
         }
     }
 
-    /// Chooses and detaches the next victim.
-    #[inline]
+    /// Chooses and detaches the next victim. Inlined into the shard's
+    /// eviction with [`adaptive::Adaptive::evict`] (see there).
+    #[inline(always)]
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
         match self {
             Self::Lru(p) => p.evict(),

@@ -1004,6 +1004,7 @@ impl Adaptive {
     /// Promotes the entries at probation's eviction end that were read since
     /// they got there (the lazy form of "a hit in probation promotes"), so
     /// that the tail is an entry nobody has read.
+    #[inline(always)]
     fn promote_probation_tail(&mut self, hits: &mut impl Hits) {
         while let Some(id) = self.probation.back() {
             if !self.take_hits(id, hits) {
@@ -1015,6 +1016,9 @@ impl Adaptive {
         }
     }
 
+    /// Inlined into the shard's insert, as [`Self::evict`] into its
+    /// eviction (see there).
+    #[inline(always)]
     pub(crate) fn on_insert(&mut self, id: u32, hash: u64, weight: u32, hits: &mut impl Hits) {
         // A new round of evictions; the ids of the last one may be reused.
         self.pending.clear();
@@ -1440,7 +1444,7 @@ impl Adaptive {
     /// last of them.
     /// `place` is the candidate's [`Ghost::place`], which a refused
     /// candidate's caller then remembers ([`Ghost::remember_at`]).
-    #[inline]
+    #[inline(always)]
     fn admit_or_recall(
         &mut self,
         candidate: u32,
@@ -1519,6 +1523,16 @@ impl Adaptive {
     /// switch the filter off in shards smaller than their nominal share).
     /// Hits are settled first (second chances, promotions), so both
     /// contestants' hits count when the sketch judges.
+    ///
+    /// Inlined (with [`Self::admit_or_recall`] and
+    /// [`Self::promote_probation_tail`], which the compiler otherwise
+    /// outlines once this is inlined) into the shard's eviction, as
+    /// [`Self::on_insert`] into its insert: each call of its own cost a
+    /// prologue and an epilogue of about 15 instructions and its
+    /// arguments' moves per write. On the throughput workload 259.5 →
+    /// 252.8 instructions a request, the same decisions
+    /// (docs/benchmarks.md, 2026-12-07, twenty-fourth session).
+    #[inline(always)]
     pub(crate) fn evict(&mut self, hits: &mut impl Hits) -> Option<u32> {
         // The newest of the window's overflow (the candidate) is held on no
         // list while the contest is prepared: most candidates lose, and one
