@@ -946,11 +946,16 @@ impl Adaptive {
         while self.protected_weight > self.protected_limit() {
             // Second chances until the back is an entry not read since it
             // was last looked at (they move no weight: the loop's test
-            // need not be repeated meanwhile).
-            let id = loop {
-                let Some(id) = self.protected.back() else {
-                    return;
-                };
+            // need not be repeated meanwhile). The entries read are passed
+            // over from the back and then moved to the front together, in
+            // the order that moving each in turn would give.
+            let Some(back) = self.protected.back() else {
+                return;
+            };
+            let mut id = back;
+            // The front-most of the entries read so far (the run's first).
+            let mut read_run = None;
+            loop {
                 let trial = self.links.meta(id).flags & TRIAL != 0;
                 let read = self.take_hits(id, hits);
                 if trial {
@@ -960,13 +965,27 @@ impl Adaptive {
                     if !trial {
                         self.trials.record_other_unread();
                     }
-                    break id;
+                    break;
                 }
                 if !trial {
                     self.trials.record_other_read();
                 }
-                self.links.move_back_to_front(&mut self.protected);
-            };
+                read_run = Some(id);
+                id = match self.links.prev(id) {
+                    Some(prev) => prev,
+                    None => {
+                        // Every entry was read: all of them moved to the
+                        // front in turn leave the order as it was, and the
+                        // back (its hits just taken) is looked at again.
+                        read_run = None;
+                        back
+                    }
+                };
+            }
+            if let Some(first) = read_run {
+                self.links
+                    .move_back_run_to_front(&mut self.protected, first);
+            }
             // `unlink_from` and `push` with one look at the node.
             let meta = self.links.meta_mut(id);
             meta.segment = Segment::Probation;

@@ -237,6 +237,28 @@ impl<M: Copy + Default> Links<M> {
         list.head = id;
     }
 
+    /// Moves the run of `list` from `first` to its back to the front, in
+    /// the same order: what [`Self::move_back_to_front`] does to each of
+    /// them in turn from the back, with four links mended in all instead
+    /// of four each (CLOCK's second chances of several entries in a row).
+    #[inline]
+    pub(crate) fn move_back_run_to_front(&mut self, list: &mut List, first: u32) {
+        let old_head = list.head;
+        if old_head == first {
+            // The run is the whole list: turned all the way round.
+            return;
+        }
+        let last = list.tail;
+        // Not the head, so it has a predecessor.
+        let before = self.nodes[first as usize].prev;
+        self.nodes[before as usize].next = NIL;
+        list.tail = before;
+        self.nodes[last as usize].next = old_head;
+        self.nodes[old_head as usize].prev = last;
+        self.nodes[first as usize].prev = NIL;
+        list.head = first;
+    }
+
     pub(crate) fn pop_back(&mut self, list: &mut List) -> Option<u32> {
         let id = list.back()?;
         self.unlink(list, id);
@@ -294,6 +316,42 @@ mod tests {
                 (f.len(), f.front(), f.back()),
                 (s.len(), s.front(), s.back())
             );
+        }
+    }
+
+    #[test]
+    fn a_run_from_the_back_moves_as_its_entries_one_by_one() {
+        for n in 1..7u32 {
+            for run in 1..=n {
+                let (mut fast, mut slow) = (Links::<()>::default(), Links::<()>::default());
+                let (mut f, mut s) = (List::new(), List::new());
+                for id in 0..n {
+                    fast.push_front(&mut f, id);
+                    slow.push_front(&mut s, id);
+                }
+                // The run's front-most entry: `run` steps from the back.
+                let first = run - 1;
+                fast.move_back_run_to_front(&mut f, first);
+                for _ in 0..run {
+                    slow.move_back_to_front(&mut s);
+                }
+                assert_eq!(collect(&fast, &f), collect(&slow, &s), "n {n} run {run}");
+                assert_eq!(
+                    (f.len(), f.front(), f.back()),
+                    (s.len(), s.front(), s.back())
+                );
+                // Every link is whole: each entry unlinks as in the other,
+                // from the front (following `next`) down to the back.
+                while let Some(front) = f.front() {
+                    fast.unlink(&mut f, front);
+                    slow.unlink(&mut s, front);
+                    assert_eq!(collect(&fast, &f), collect(&slow, &s), "n {n} run {run}");
+                    assert_eq!(
+                        (f.len(), f.front(), f.back()),
+                        (s.len(), s.front(), s.back())
+                    );
+                }
+            }
         }
     }
 
