@@ -74,6 +74,17 @@ pub struct Sample {
     pub latency: Duration,
     /// Requests in flight when this one was admitted, itself included.
     pub in_flight: usize,
+    /// This request's admission number: a limiter numbers the permits it
+    /// hands out 0, 1, 2, …
+    pub admission: u64,
+    /// Permits the limiter had handed out when this one came back (the
+    /// next one's number).
+    pub admissions: u64,
+    /// Requests still in flight once this one's permit was returned. With
+    /// `admissions` and `admission`, an algorithm can tell when every
+    /// request admitted before some point has reported (see
+    /// [`Algorithm::ignored`] for those that end without a sample).
+    pub remaining: usize,
     /// [`Outcome::Success`] or [`Outcome::Overload`]; ignored requests are not
     /// fed to algorithms.
     pub outcome: Outcome,
@@ -101,6 +112,15 @@ pub trait Algorithm: Send + std::fmt::Debug + 'static {
     /// the limit and the refused requests are lost, not queued. The default
     /// ignores it.
     fn rejected(&mut self) {}
+
+    /// The request with this [admission number](Sample::admission) ended
+    /// without a sample ([`Outcome::Ignored`]): only its permit came back.
+    /// Called under the limiter's lock, also while a thread unwinds (a
+    /// token dropped by a panic), so it must not panic. The default ignores
+    /// it.
+    fn ignored(&mut self, admission: u64) {
+        let _ = admission;
+    }
 }
 
 impl Algorithm for Box<dyn Algorithm> {
@@ -114,6 +134,10 @@ impl Algorithm for Box<dyn Algorithm> {
 
     fn rejected(&mut self) {
         (**self).rejected();
+    }
+
+    fn ignored(&mut self, admission: u64) {
+        (**self).ignored(admission);
     }
 }
 

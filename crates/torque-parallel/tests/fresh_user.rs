@@ -1420,6 +1420,9 @@ fn aimd_grows_when_half_used_and_backs_off_past_its_timeout() {
         now: std::time::Instant::now(),
         latency,
         in_flight,
+        admission: 0,
+        admissions: in_flight as u64,
+        remaining: in_flight - 1,
         outcome,
     };
     let ms = Duration::from_millis;

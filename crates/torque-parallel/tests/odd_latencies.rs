@@ -72,6 +72,9 @@ fn regression_huge_latencies_do_not_panic_an_algorithm() {
                     now: t0 + Duration::from_millis(i),
                     latency,
                     in_flight: 50,
+                    admission: i,
+                    admissions: i + 50,
+                    remaining: 49,
                     // An overload now and then resets the windows.
                     outcome: if i % 100 == 99 {
                         Outcome::Overload
@@ -101,6 +104,9 @@ fn regression_adaptive_reports_a_baseline_of_centuries_without_panicking() {
             now: t0 + Duration::from_secs(i << 32),
             latency: Duration::MAX,
             in_flight: 4,
+            admission: i,
+            admissions: i + 4,
+            remaining: 3,
             outcome: Outcome::Success,
         });
     }

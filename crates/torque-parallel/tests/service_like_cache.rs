@@ -577,3 +577,42 @@ async fn a_limiter_around_the_backend_call_learns_its_capacity_behind_a_cache() 
         limiter.limit()
     );
 }
+
+/// The processor's own default limiter on the same mix: half the items are
+/// cache hits (1 ms), the rest also wait 20 ms for one of 32 connections.
+/// A window closed on its first completions — all hits — took 1 ms for the
+/// no-load latency and held the batches at a limit of 1 (157 items/s
+/// against about 3,000 with the backend's 32 connections busy).
+#[tokio::test(start_paused = true)]
+async fn regression_the_default_limit_does_not_collapse_when_some_items_are_cache_hits() {
+    for hit_percent in [50u64, 75] {
+        let connections = Arc::new(tokio::sync::Semaphore::new(32));
+        let processor = Processor::builder().build().unwrap();
+        let start = tokio::time::Instant::now();
+        let mut rounds = 0u64;
+        while start.elapsed() < Duration::from_secs(20) {
+            let out = processor
+                .async_io()
+                .map(0..500u64, |i| {
+                    let connections = Arc::clone(&connections);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        if (i * 37 + rounds) % 100 >= hit_percent {
+                            let _connection = connections.acquire().await.unwrap();
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+                .await;
+            assert_eq!(out.len(), 500);
+            rounds += 1;
+        }
+        // 32 connections busy with the misses, plus the hits in flight
+        // beside them: a limit of about 34 at 50 % hits, more at 75 %.
+        let limit = processor.stats().io.limit;
+        assert!(
+            limit >= 24,
+            "{hit_percent} % hits: the limit fell to {limit} (32 connections)"
+        );
+    }
+}

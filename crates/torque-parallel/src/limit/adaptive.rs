@@ -13,9 +13,12 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   latency at the knee), or the window reaches `max_window`. Service-time
 ///   variance then averages out instead of being read as queueing, the flaw
 ///   of per-sample delay control (Vegas, Gradient2). A window then stops
-///   admitting and waits four mean latencies for its slow requests: closing
-///   on completions alone keeps a cohort's fast requests and drops its slow
-///   ones.
+///   admitting and waits four mean latencies, and until every request in
+///   flight at that moment has reported: closing on completions alone keeps
+///   a cohort's fast requests and drops its slow ones (with a latency that
+///   is sometimes a cache hit, all of them). A request that never reports
+///   holds a window at most `max_window` (or four mean latencies, if
+///   longer).
 /// - **Queueing test.** With `ratio = mean / baseline` (the no-load
 ///   latency), `target = 1 + headroom` and `noise` two combined standard
 ///   errors of window and baseline: above `target + noise` the limit becomes
@@ -156,13 +159,31 @@ enum Probe {
     Running { restore: usize },
 }
 
+/// A window's admission cut-off, and how long it waits for the requests
+/// admitted before it.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    at: Instant,
+    /// The admission number of the first request after the cut.
+    admission: u64,
+    /// Requests in flight at the cut that have not reported yet.
+    outstanding: usize,
+    /// Four mean latencies after the cut: the window closes at the first
+    /// completion after both this and the last of `outstanding`.
+    drained: Instant,
+    /// The window closes at the first completion after this, reported or
+    /// not: a request may never report (a token kept for ever, or one
+    /// restarted after the cut).
+    latest: Instant,
+}
+
 /// Sums over the latencies of one window.
 #[derive(Debug, Clone, Copy, Default)]
 struct Window {
     start: Option<Instant>,
     /// Admission cut-off: once set, the window is the cohort admitted before
-    /// it, and waits until `drained` for the cohort's slow requests.
-    cut: Option<(Instant, Instant)>,
+    /// it, and waits for the cohort's slow requests.
+    cut: Option<Cut>,
     count: usize,
     sum: f64,
     sum_squares: f64,
@@ -183,6 +204,15 @@ impl Window {
         self.sum_squares += latency * latency;
         self.max_in_flight = self.max_in_flight.max(sample.in_flight);
         self.sum_in_flight += sample.in_flight as f64;
+    }
+
+    /// The request with this admission number has reported.
+    fn reported(&mut self, admission: u64) {
+        if let Some(cut) = &mut self.cut
+            && admission < cut.admission
+        {
+            cut.outstanding = cut.outstanding.saturating_sub(1);
+        }
     }
 
     fn reset(&mut self, now: Instant) {
@@ -222,8 +252,9 @@ const SIGNIFICANCE: f64 = 2.0;
 /// the capacity (a mean latency up to twice the baseline).
 const SLOW_START_SAMPLES: usize = 32;
 
-/// How long a closed window waits for its cohort's stragglers, in mean
-/// latencies: with an exponential-like tail, what arrives later is negligible.
+/// How long a closed window waits for its cohort's stragglers at least, in
+/// mean latencies: with an exponential-like tail, what arrives later is
+/// negligible. It also waits for the last request in flight at its cut.
 const DRAIN: f64 = 4.0;
 
 /// The baseline variance never drops below this fraction of its mean squared,
@@ -320,7 +351,7 @@ impl Adaptive {
         }
         let baseline = self.baseline?.mean;
         let start = window.start?;
-        let end = window.cut.map_or(now, |(cut, _)| cut);
+        let end = window.cut.map_or(now, |cut| cut.at);
         let span = end.saturating_duration_since(start).as_secs_f64();
         if span <= 0.0 {
             return None;
@@ -775,8 +806,13 @@ impl Algorithm for Adaptive {
         }
     }
 
+    fn ignored(&mut self, admission: u64) {
+        self.window.reported(admission);
+    }
+
     fn update(&mut self, sample: &Sample) -> usize {
         let now = sample.now;
+        self.window.reported(sample.admission);
         if sample.outcome == Outcome::Overload {
             // AIMD backstop, once per round trip: only a request admitted
             // after the last cut may cut again.
@@ -826,17 +862,17 @@ impl Algorithm for Adaptive {
             _ => {}
         }
         let start = *self.window.start.get_or_insert(sample.started());
-        // A request admitted before the window began saw the old limit.
-        if sample.started() <= start {
-            return self.limit;
-        }
-        if let Some((cut, drained)) = self.window.cut {
-            if sample.started() < cut {
+        if let Some(cut) = self.window.cut {
+            // A request admitted before the window began saw the old limit.
+            if sample.started() > start && sample.started() < cut.at {
                 self.window.add(sample);
             }
-            if now >= drained {
+            if (cut.outstanding == 0 && now >= cut.drained) || now >= cut.latest {
                 self.decide(now);
             }
+            return self.limit;
+        }
+        if sample.started() <= start {
             return self.limit;
         }
         self.window.add(sample);
@@ -866,14 +902,35 @@ impl Algorithm for Adaptive {
             // Closing on completions alone would keep the fast requests of
             // the cohort and drop its slow ones (a survivorship bias of
             // several per cent): stop admitting to the window and wait for
-            // the stragglers.
-            // Saturating, and capped like the probe interval: a sample of
-            // centuries (one built by hand) must not overflow the
-            // conversion or the `Instant`.
-            let drain = Duration::try_from_secs_f64(DRAIN * mean)
-                .unwrap_or(Duration::MAX)
-                .min(Duration::from_secs(1 << 32));
-            window.cut = Some((now, now.checked_add(drain).unwrap_or(now)));
+            // the stragglers — four mean latencies, and every request in
+            // flight now. Four mean latencies alone lost them when
+            // latencies are bimodal: with half the items cache hits of
+            // 1 ms and half backend calls of 21 ms, a slow-start window
+            // closed on 34 hits, waited 4 ms, took 1 ms for the no-load
+            // latency and cut the limit to 1 for good (`cargo run
+            // --release -p torque-parallel --features tokio --example
+            // bimodal_limit`). Waiting only for the requests in flight
+            // (closing sooner when they are quick) made the step and thrash
+            // scenarios worse, and starved the first client of a shared
+            // backend (`regression_a_late_joiner_on_a_shared_backend_
+            // starves_the_first_client`).
+            let after = |seconds: f64| {
+                // Saturating, and capped like the probe interval: a sample
+                // of centuries (one built by hand) must not overflow the
+                // conversion or the `Instant`.
+                let wait = Duration::try_from_secs_f64(seconds)
+                    .unwrap_or(Duration::MAX)
+                    .min(Duration::from_secs(1 << 32));
+                now.checked_add(wait).unwrap_or(now)
+            };
+            let drain = DRAIN * mean;
+            window.cut = Some(Cut {
+                at: now,
+                admission: sample.admissions,
+                outstanding: sample.remaining,
+                drained: after(drain),
+                latest: after(drain.max(self.config.max_window.as_secs_f64())),
+            });
         }
         self.limit
     }
@@ -888,6 +945,9 @@ mod tests {
     struct Model {
         now: Instant,
         rng: u64,
+        /// Requests completed so far: in FIFO order, the next one's
+        /// admission number.
+        completed: u64,
     }
 
     impl Model {
@@ -920,8 +980,13 @@ mod tests {
                     now: self.now,
                     latency: Duration::from_secs_f64(mean * (0.5 + u)),
                     in_flight: adaptive.limit,
+                    // A closed loop: every completion admits the next.
+                    admission: self.completed,
+                    admissions: self.completed + adaptive.limit as u64,
+                    remaining: adaptive.limit.saturating_sub(1),
                     outcome: Outcome::Success,
                 });
+                self.completed += 1;
             }
         }
     }
@@ -935,6 +1000,7 @@ mod tests {
         let mut model = Model {
             now: Instant::now(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            completed: 0,
         };
         model.run(&mut adaptive, 0.020, 16.0, 15.0);
         assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
@@ -957,6 +1023,7 @@ mod tests {
         let mut model = Model {
             now: Instant::now(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            completed: 0,
         };
         model.run(&mut adaptive, 0.020, 16.0, 15.0);
         assert!((14..=20).contains(&adaptive.limit), "{}", adaptive.limit);
@@ -979,6 +1046,7 @@ mod tests {
         let mut model = Model {
             now: Instant::now(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            completed: 0,
         };
         model.run(&mut adaptive, 0.020, 16.0, 15.0);
         let closed = adaptive.limit;
@@ -1015,6 +1083,7 @@ mod tests {
         let mut model = Model {
             now: Instant::now(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            completed: 0,
         };
         model.run(&mut adaptive, 0.020, 16.0, 15.0);
         // A second client now keeps 12 requests in the same 16 servers. A
@@ -1043,6 +1112,7 @@ mod tests {
         let mut model = Model {
             now: Instant::now(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            completed: 0,
         };
         model.run(&mut adaptive, 0.020, 64.0, 59.0);
         let before = adaptive.limit;
@@ -1055,6 +1125,9 @@ mod tests {
             now: model.now,
             latency: Duration::from_secs(1),
             in_flight: before,
+            admission: 0,
+            admissions: before as u64,
+            remaining: before - 1,
             outcome: Outcome::Overload,
         });
         let probing = adaptive.probing();
@@ -1075,6 +1148,9 @@ mod tests {
             now,
             latency: Duration::from_millis(latency_ms),
             in_flight: 100,
+            admission: 0,
+            admissions: 100,
+            remaining: 99,
             outcome: Outcome::Overload,
         };
         let t1 = t0 + Duration::from_secs(1);

@@ -204,6 +204,9 @@ mod tests {
             now: Instant::now(),
             latency: Duration::from_millis(latency_ms),
             in_flight,
+            admission: 0,
+            admissions: in_flight as u64,
+            remaining: in_flight - 1,
             outcome: Outcome::Success,
         }
     }

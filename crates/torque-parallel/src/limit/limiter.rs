@@ -178,6 +178,8 @@ struct State<A> {
     algorithm: A,
     limit: usize,
     in_flight: usize,
+    /// Permits handed out so far: the next one's admission number.
+    admissions: u64,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
     /// What the tokens reported, for [`Stats`].
@@ -239,6 +241,13 @@ impl<A> State<A> {
         self.waiters.binary_search_by_key(&id, |w| w.id).ok()
     }
 
+    /// Counts one more request in flight; returns its admission number.
+    fn admit(&mut self) -> u64 {
+        self.in_flight += 1;
+        self.admissions += 1;
+        self.admissions - 1
+    }
+
     /// Wakes the waiters that fit under the limit; they take their permit
     /// when polled (a woken waiter that was dropped meanwhile hands over in
     /// [`Acquire::drop`]).
@@ -273,6 +282,7 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
                     algorithm,
                     limit,
                     in_flight: 0,
+                    admissions: 0,
                     waiters: VecDeque::new(),
                     next_waiter: 0,
                     report: Report::new(),
@@ -307,16 +317,17 @@ impl<A: Algorithm, C: Clock> ConcurrencyLimiter<A, C> {
     }
 
     /// Stamps a permit already counted in flight.
-    fn token(&self, in_flight: usize) -> Token {
+    fn token(&self, in_flight: usize, admission: u64) -> Token {
         // The clock may be the user's: if it panics, the permit goes back.
         match catch_unwind(AssertUnwindSafe(|| self.shared.clock.now())) {
             Ok(started) => Token {
                 release: Some(self.shared.clone()),
                 started,
                 in_flight,
+                admission,
             },
             Err(payload) => {
-                self.shared.return_ignored();
+                self.shared.return_ignored(admission);
                 resume_unwind(payload)
             }
         }
@@ -327,14 +338,14 @@ impl<A: Algorithm, C: Clock> Limiter for ConcurrencyLimiter<A, C> {
     fn try_acquire(&self) -> Result<Token, Rejected> {
         let mut state = self.shared.state.lock();
         if state.in_flight + state.waiters.len() < state.limit {
-            state.in_flight += 1;
+            let admission = state.admit();
             let in_flight = state.in_flight;
             // Under the lock, so that concurrent updates set the gauge in
             // the order they happened.
             #[cfg(feature = "metrics")]
             super::metrics::record_acquired(in_flight);
             drop(state);
-            Ok(self.token(in_flight))
+            Ok(self.token(in_flight, admission))
         } else {
             let rejected = Rejected {
                 limit: state.limit,
@@ -422,12 +433,12 @@ impl<A: Algorithm, C: Clock> Future for Acquire<A, C> {
                 state.waiters.remove(position);
             }
             this.waiter = None;
-            state.in_flight += 1;
+            let admission = state.admit();
             let in_flight = state.in_flight;
             #[cfg(feature = "metrics")]
             super::metrics::record_acquired(in_flight);
             drop(state);
-            return Poll::Ready(this.limiter.token(in_flight));
+            return Poll::Ready(this.limiter.token(in_flight, admission));
         }
         match position {
             Some(position) => {
@@ -471,13 +482,18 @@ impl<A, C> fmt::Debug for Acquire<A, C> {
     }
 }
 
-impl<A, C> Shared<A, C> {
+impl<A: Algorithm, C> Shared<A, C> {
     /// Gives back a permit whose request feeds the algorithm no sample, and
-    /// wakes the waiters it admits.
-    fn return_ignored(&self) {
+    /// wakes the waiters it admits; the algorithm hears that admission
+    /// `admission` ended.
+    fn return_ignored(&self, admission: u64) {
         let mut state = self.state.lock();
         state.in_flight -= 1;
         state.report.ignored += 1;
+        // The algorithm may be the user's and must not panic here (this
+        // may run while the thread unwinds); if it does all the same, the
+        // permit is back and the waiters are woken first.
+        let told = catch_unwind(AssertUnwindSafe(|| state.algorithm.ignored(admission)));
         state.wake_admissible();
         // Under the lock, as in `release`.
         #[cfg(feature = "metrics")]
@@ -487,12 +503,18 @@ impl<A, C> Shared<A, C> {
             state.limit,
             state.in_flight,
         );
+        drop(state);
+        if let Err(payload) = told
+            && !std::thread::panicking()
+        {
+            resume_unwind(payload);
+        }
     }
 }
 
 /// Type-erased way back from a token to its limiter.
 trait Release: Send + Sync {
-    fn release(&self, started: Instant, in_flight: usize, outcome: Outcome);
+    fn release(&self, token: &Token, outcome: Outcome);
 
     /// The limiter's clock.
     fn now(&self) -> Instant;
@@ -503,11 +525,12 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
         self.clock.now()
     }
 
-    fn release(&self, started: Instant, in_flight: usize, outcome: Outcome) {
+    fn release(&self, token: &Token, outcome: Outcome) {
+        let (started, in_flight, admission) = (token.started, token.in_flight, token.admission);
         // No sample, so no latency to measure: a token dropped while its
         // thread unwinds reads no clock (whose panic would abort).
         if outcome == Outcome::Ignored {
-            self.return_ignored();
+            self.return_ignored(admission);
             return;
         }
         // The clock may be the user's, like the algorithm: if it panics,
@@ -515,7 +538,7 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
         let now = match catch_unwind(AssertUnwindSafe(|| self.clock.now())) {
             Ok(now) => now,
             Err(payload) => {
-                self.return_ignored();
+                self.return_ignored(admission);
                 resume_unwind(payload)
             }
         };
@@ -527,6 +550,9 @@ impl<A: Algorithm, C: Clock> Release for Shared<A, C> {
             now,
             latency,
             in_flight,
+            admission,
+            admissions: state.admissions,
+            remaining: state.in_flight,
             outcome,
         };
         // The algorithm may be the user's: if it panics, the permit is
@@ -558,6 +584,7 @@ pub struct Token {
     release: Option<Arc<dyn Release>>,
     started: Instant,
     in_flight: usize,
+    admission: u64,
 }
 
 impl Token {
@@ -611,12 +638,13 @@ impl Token {
             release: None,
             started,
             in_flight: 0,
+            admission: 0,
         }
     }
 
     fn finish(&mut self, outcome: Outcome) {
         if let Some(release) = self.release.take() {
-            release.release(self.started, self.in_flight, outcome);
+            release.release(self, outcome);
         }
     }
 }

@@ -138,6 +138,9 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
                 latency: Duration::try_from_secs_f64(self.latency_sum / self.count as f64)
                     .unwrap_or(Duration::MAX),
                 in_flight: self.max_in_flight,
+                admission: sample.admission,
+                admissions: sample.admissions,
+                remaining: sample.remaining,
                 outcome: if self.overload {
                     Outcome::Overload
                 } else {
