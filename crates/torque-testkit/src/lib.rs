@@ -11,6 +11,9 @@
 //!   blackholes, resets, refuses connections, cuts after N bytes or limits
 //!   bandwidth, while traffic flows. Fault tests use it and never stop a shared
 //!   server.
+//! - [`assert_no_repeated_source_messages`] and [`display_chain`]: an error's
+//!   `source()` chain, checked for a level that prints its source itself (a
+//!   chain reporter would print that message twice), and printed on one line.
 //!
 //! # Finding servers
 //! PostgreSQL: `DATABASE_URL` if set; else a server on 127.0.0.1:5432 (user
@@ -48,6 +51,7 @@
 //! None: this crate is a dev-dependency and always has PostgreSQL and Redis
 //! support.
 
+mod error_chain;
 mod postgres;
 mod proxy;
 mod redis;
@@ -58,6 +62,7 @@ mod throwaway;
 #[doc = include_str!("../../../docs/testing.md")]
 struct GuideDoctests;
 
+pub use error_chain::{assert_no_repeated_source_messages, chain_messages, display_chain};
 pub use postgres::{Origin, PgServer, TestDatabase, pg_database};
 pub use proxy::{FaultProxy, ProxyStats};
 pub use redis::{RedisNamespace, RedisOrigin, RedisServer, redis_namespace};
