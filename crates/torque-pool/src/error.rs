@@ -72,6 +72,34 @@ impl fmt::Display for Occupancy {
 /// fail several waiting callers. [`source()`](StdError::source) returns the
 /// backend error itself, so `err.source()?.downcast_ref::<E>()` works;
 /// [`backend_error`](Self::backend_error) is the typed shortcut.
+///
+/// `Display` is the pool's own message only (which timeout, how long, how
+/// full the pool was; or `cannot connect`): the backend's error is not
+/// repeated there, as it is the `source()`. Log the whole chain — anyhow's
+/// `{:#}`, or walk `source()` — to see why: tokio-postgres's own message
+/// for anything the server refused is just `db error`, with the server's
+/// words one level further down
+/// (`cannot connect: db error: FATAL: password authentication failed for user "app"`).
+///
+/// ```
+/// # use std::error::Error;
+/// /// `outer: inner: innermost`, as anyhow's `{:#}` prints an error.
+/// fn chain(err: &(dyn Error + 'static)) -> String {
+///     let mut text = err.to_string();
+///     let mut next = err.source();
+///     while let Some(e) = next {
+///         text = format!("{text}: {e}");
+///         next = e.source();
+///     }
+///     text
+/// }
+/// let err = torque_pool::PoolError::Backend(std::sync::Arc::new(std::io::Error::new(
+///     std::io::ErrorKind::ConnectionRefused,
+///     "connection refused",
+/// )));
+/// assert_eq!(err.to_string(), "cannot connect");
+/// assert_eq!(chain(&err), "cannot connect: connection refused");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PoolError<E> {
@@ -140,28 +168,24 @@ impl<E> PoolError<E> {
 }
 
 impl<E: StdError + 'static> fmt::Display for PoolError<E> {
+    /// The pool's own message; the backend's error is [`source()`](StdError::source),
+    /// not repeated here, so a reporter that walks the chain (anyhow's `{:#}`)
+    /// prints each message once.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PoolError::Timeout {
                 kind,
                 waited,
-                last_error,
+                last_error: _,
                 occupancy,
             } => {
                 write!(f, "{kind} timeout: no connection after {waited:?}")?;
                 if let Some(occupancy) = occupancy {
                     write!(f, " ({occupancy})")?;
                 }
-                if let Some(e) = last_error {
-                    f.write_str("; last backend error: ")?;
-                    write_chain(f, &**e)?;
-                }
                 Ok(())
             }
-            PoolError::Backend(e) => {
-                f.write_str("cannot connect: ")?;
-                write_chain(f, &**e)
-            }
+            PoolError::Backend(_) => f.write_str("cannot connect"),
             PoolError::NoHost {
                 role: Role::Primary,
             } => f.write_str("no healthy primary host for a write"),
@@ -177,19 +201,6 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
             PoolError::Closed => f.write_str("the pool is closed"),
         }
     }
-}
-
-/// The error and its sources on one line: backends such as tokio-postgres say
-/// only "db error" at the top and keep the server's message (wrong password,
-/// no such database) below, and a pool error is often all that gets logged.
-fn write_chain(f: &mut fmt::Formatter<'_>, e: &dyn StdError) -> fmt::Result {
-    write!(f, "{e}")?;
-    let mut next = e.source();
-    while let Some(s) = next {
-        write!(f, ": {s}")?;
-        next = s.source();
-    }
-    Ok(())
 }
 
 impl<E: StdError + 'static> StdError for PoolError<E> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{Fake, FakeError, assert_sane, quiet, wait_until};
 use tokio::time::Instant;
 use torque_pool::{Pool, PoolConfig, PoolError, Pooled, TimeoutKind};
+use torque_testkit::display_chain;
 
 #[test]
 fn timeouts_are_on_by_default() {
@@ -162,7 +163,8 @@ async fn regression_bb8_141_auth_failure_surfaces_as_the_backend_error_not_a_tim
     let source = err.source().expect("the backend error is the source");
     let fake_err = source.downcast_ref::<FakeError>().expect("typed source");
     assert!(fake_err.0.contains("password authentication failed"));
-    assert!(err.to_string().contains("password authentication failed"));
+    // `{err}` is the pool's own message; the backend's is the next in the chain.
+    assert!(display_chain(&err).contains("password authentication failed"));
 }
 
 /// When connections are out (so the caller waits rather than fail fast) and
