@@ -56,12 +56,16 @@ impl<E: fmt::Display> fmt::Display for ItemError<E> {
     }
 }
 
+/// `source()` goes on *below* the closure's error: `Display` already prints
+/// it (the closure's error type need not implement `Error` — a `String`, an
+/// `anyhow::Error` — so leaving it to `source()` alone would hide it), and a
+/// reporter that walks the chain (anyhow's `{:#}`) would print it twice.
+/// Match on [`ItemError::Failed`] for the error itself.
 impl<E: StdError + 'static> StdError for ItemError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            ItemError::Failed(e) => Some(e),
-            ItemError::Panicked(p) => Some(p),
-            ItemError::Cancelled | ItemError::TimedOut(_) => None,
+            ItemError::Failed(e) => e.source(),
+            ItemError::Panicked(_) | ItemError::Cancelled | ItemError::TimedOut(_) => None,
         }
     }
 }
@@ -220,10 +224,11 @@ impl<E: fmt::Display> fmt::Display for CollectError<E> {
     }
 }
 
+/// `source()` goes on below the first failure, which `Display` already
+/// prints (see [`ItemError`]'s `source()`); every failure is in
+/// [`failures`](CollectError::failures).
 impl<E: StdError + 'static> StdError for CollectError<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.failures
-            .first()
-            .map(|(_, e)| e as &(dyn StdError + 'static))
+        self.failures.first().and_then(|(_, e)| e.source())
     }
 }

@@ -281,10 +281,15 @@ impl<E: fmt::Display> fmt::Display for FlushError<E> {
     }
 }
 
+/// `source()` goes on below the sink's error, which `Display` already prints
+/// (the sink's error type need not implement `Error`, so leaving it to
+/// `source()` alone would hide it; printing it in both would make a chain
+/// reporter print it twice). Match on [`FlushError::Sink`] for the error
+/// itself.
 impl<E: std::error::Error + 'static> std::error::Error for FlushError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            FlushError::Sink(e) => Some(&**e),
+            FlushError::Sink(e) => e.source(),
             FlushError::Dropped | FlushError::Panicked(_) => None,
         }
     }
