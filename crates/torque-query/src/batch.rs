@@ -30,6 +30,14 @@ pub(crate) const MAX_PARAMS: usize = 65_535;
 const DEFAULT_CHUNK_ROWS: usize = 10_000;
 
 /// Why a batch write failed.
+///
+/// `Display` is this error's own message (the row and column, or the first
+/// row of the failed chunk); the encoder's or the driver's error is
+/// [`source()`](StdError::source), not repeated in it. tokio-postgres's own
+/// message for anything the server refused is just `db error`, with the
+/// server's words (`ERROR: duplicate key value ...`) one level further down:
+/// log the whole chain — anyhow's `{:#}`, or walk `source()` — not `{err}`
+/// alone.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
@@ -44,7 +52,7 @@ pub enum BatchError {
         expected: usize,
     },
     /// A value cannot be sent as its column's type.
-    #[error("row {row}, column {column:?}: value cannot be sent as {ty}: {source}")]
+    #[error("row {row}, column {column:?}: value cannot be sent as {ty}")]
     Type {
         /// Index of the row (from 0).
         row: usize,
@@ -61,7 +69,7 @@ pub enum BatchError {
     Unsupported(String),
     /// The server rejected a chunk; earlier chunks were sent (use a transaction
     /// for all-or-nothing).
-    #[error("chunk starting at row {first_row} failed: {}", server_message(source))]
+    #[error("chunk starting at row {first_row} failed")]
     Postgres {
         /// The first row of the failed chunk.
         first_row: usize,
@@ -69,15 +77,6 @@ pub enum BatchError {
         #[source]
         source: tokio_postgres::Error,
     },
-}
-
-/// The server's own words (`ERROR: duplicate key value ...`) when there are
-/// some: tokio-postgres displays a server error as just "db error".
-fn server_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => db.to_string(),
-        None => e.to_string(),
-    }
 }
 
 /// What an insert does when a row conflicts with an existing one.

@@ -3,7 +3,7 @@
 
 use tokio_postgres::types::Type;
 use torque_query::{BatchError, BatchInsert, BatchUpdate, Conflict};
-use torque_testkit::pg_database;
+use torque_testkit::{display_chain, pg_database};
 
 const TABLE: &str = "CREATE TABLE items (
     id int8 PRIMARY KEY,
@@ -565,8 +565,9 @@ async fn upsert_with_a_key_pushed_twice_keeps_the_last_values() {
     assert_eq!(rows, 3);
 }
 
-/// The error's text carries the server's message, not only "db error": a log
-/// line with `{err}` must say what went wrong.
+/// The error's chain carries the server's message, not only "db error": a
+/// log line that prints the chain (`{:#}` of anyhow, or walking `source()`)
+/// says what went wrong; `{err}` alone says where (the chunk's first row).
 #[tokio::test]
 async fn server_error_text_says_what_the_server_said() {
     let db = pg_database().await;
@@ -584,7 +585,8 @@ async fn server_error_text_says_what_the_server_said() {
         };
         let text = err.to_string();
         assert!(text.contains("row 2"), "{text}");
-        assert!(text.contains("duplicate key value"), "{text}");
+        let chain = display_chain(&err);
+        assert!(chain.contains("duplicate key value"), "{chain}");
     }
 }
 

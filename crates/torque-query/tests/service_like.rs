@@ -284,6 +284,9 @@ async fn an_upsert_of_accounts_applies_rows_as_if_one_by_one() {
     );
 }
 
+/// What a log line that prints the error's chain (anyhow's `{:#}`, or a loop
+/// over `source()`, as `chain` does) shows: `{err}` alone is each error's own
+/// message, and tokio-postgres's is just "db error".
 #[tokio::test]
 async fn errors_say_what_went_wrong() {
     let (db, pool) = service().await;
@@ -295,18 +298,18 @@ async fn errors_say_what_went_wrong() {
     insert.push(&[&4i64, &"four"]).unwrap();
     insert.push(&[&2i64, &"two again"]).unwrap();
     let err = insert.execute(&**conn).await.unwrap_err();
-    eprintln!("unique violation: {err}");
-    assert!(err.to_string().contains("duplicate key"), "{err}");
+    eprintln!("unique violation: {}", chain(&err));
+    assert!(chain(&err).contains("duplicate key"), "{}", chain(&err));
     assert!(matches!(err, BatchError::Postgres { .. }));
 
     // A value of the wrong type, before sending.
     let err = insert.push(&[&"five", &"five"]).unwrap_err();
-    eprintln!("type mismatch at push: {err}");
+    eprintln!("type mismatch at push: {}", chain(&err));
     assert!(err.to_string().contains("\"id\""), "{err}");
 
     // Bad SQL through the pooled connection.
     let err = conn.query("SELEC 1", &[]).await.unwrap_err();
-    eprintln!("bad SQL: {err}");
+    eprintln!("bad SQL: {}", chain(&err));
     drop(conn);
 
     // A wrong database name.
@@ -317,10 +320,11 @@ async fn errors_say_what_went_wrong() {
         .build()
         .unwrap();
     let err = bad.get().await.unwrap_err();
-    eprintln!("wrong database: {err}");
+    eprintln!("wrong database: {}", chain(&err));
     assert!(
-        err.to_string().contains("no_such_database_for_torque"),
-        "{err}"
+        chain(&err).contains("no_such_database_for_torque"),
+        "{}",
+        chain(&err)
     );
 
     // A wrong user.
@@ -331,8 +335,12 @@ async fn errors_say_what_went_wrong() {
         .build()
         .unwrap();
     let err = bad.get().await.unwrap_err();
-    eprintln!("wrong user: {err}");
-    assert!(err.to_string().contains("no_such_role_for_torque"), "{err}");
+    eprintln!("wrong user: {}", chain(&err));
+    assert!(
+        chain(&err).contains("no_such_role_for_torque"),
+        "{}",
+        chain(&err)
+    );
 
     // A pool timeout: every connection held.
     let small = Pool::builder(PgManager::new(db.config()))
@@ -343,7 +351,7 @@ async fn errors_say_what_went_wrong() {
         .unwrap();
     let held = small.get().await.unwrap();
     let err = small.get().await.unwrap_err();
-    eprintln!("pool timeout: {err}");
+    eprintln!("pool timeout: {}", chain(&err));
     assert!(matches!(err, PoolError::Timeout { .. }), "{err}");
     drop(held);
     assert_eq!(small.status().timeouts.acquire, 1);
@@ -492,16 +500,21 @@ async fn a_cached_loader_cleared_after_a_transfer_serves_the_new_balances() {
     let mut bad = BatchInsert::new("transfers", &transfer_columns);
     bad.push(&[&2i64, &1i64, &99i64, &1i64]).unwrap();
     let err = bad.execute(&**conn).await.unwrap_err();
-    eprintln!("foreign key: {err}");
+    eprintln!("foreign key: {}", chain(&err));
     assert!(
-        err.to_string().contains("transfers_to_account_fkey"),
-        "{err}"
+        chain(&err).contains("transfers_to_account_fkey"),
+        "{}",
+        chain(&err)
     );
     let mut bad = BatchInsert::new("transfers", &transfer_columns);
     bad.push(&[&3i64, &1i64, &2i64, &-5i64]).unwrap();
     let err = bad.execute_values(&**conn).await.unwrap_err();
-    eprintln!("check: {err}");
-    assert!(err.to_string().contains("transfers_amount_check"), "{err}");
+    eprintln!("check: {}", chain(&err));
+    assert!(
+        chain(&err).contains("transfers_amount_check"),
+        "{}",
+        chain(&err)
+    );
     drop(conn);
     let status = pool.status();
     eprintln!("{status:?}");
