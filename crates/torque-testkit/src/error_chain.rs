@@ -45,3 +45,52 @@ pub fn assert_no_repeated_source_messages(error: &(dyn Error + 'static)) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt;
+
+    /// `outer` over an io error; `repeat` prints the io error in its own message too.
+    #[derive(Debug)]
+    struct Outer {
+        repeat: bool,
+        inner: std::io::Error,
+    }
+
+    impl fmt::Display for Outer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer")?;
+            if self.repeat {
+                write!(f, ": {}", self.inner)?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Error for Outer {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.inner)
+        }
+    }
+
+    fn outer(repeat: bool) -> Outer {
+        Outer {
+            repeat,
+            inner: std::io::Error::other("refused"),
+        }
+    }
+
+    #[test]
+    fn a_chain_that_prints_each_message_once_passes() {
+        let e = outer(false);
+        assert_no_repeated_source_messages(&e);
+        assert_eq!(display_chain(&e), "outer: refused");
+    }
+
+    #[test]
+    #[should_panic(expected = "repeats the message of its source")]
+    fn a_level_that_prints_its_source_too_fails() {
+        assert_no_repeated_source_messages(&outer(true));
+    }
+}
