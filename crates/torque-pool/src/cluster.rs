@@ -24,7 +24,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 pub use config::{ClusterBuilder, ClusterConfig};
 pub use hosts::{Balance, Role};
 
-use crate::error::{PoolError, TimeoutKind};
+use crate::error::{Chain, PoolError, TimeoutKind};
 use crate::manager::Manager;
 use crate::pool::{Pool, Pooled};
 use crate::status::Status;
@@ -596,7 +596,7 @@ async fn probe<M: RoleProbe>(inner: Arc<Inner<M>>, host: usize) {
             Err(Probed::Failed(e)) => {
                 st.hosts.probe_failed(host, now);
                 match &e {
-                    Some(e) => tracing::debug!(host, error = %e, "role probe failed"),
+                    Some(e) => tracing::debug!(host, error = %Chain(e), "role probe failed"),
                     None => tracing::debug!(host, "role probe timed out"),
                 }
                 if e.is_some() {

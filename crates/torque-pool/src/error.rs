@@ -228,3 +228,20 @@ pub enum BuildError {
     )]
     NoRuntime,
 }
+
+/// An error and its `source()` chain as one line (`a: b: c`), for the
+/// pool's own log fields: a subscriber that records only `Display` would
+/// otherwise log tokio-postgres's "db error" and never the server's words.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(error) = next {
+            write!(f, ": {error}")?;
+            next = error.source();
+        }
+        Ok(())
+    }
+}

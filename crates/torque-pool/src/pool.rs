@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::config::{PoolBuilder, PoolConfig};
 use crate::core::{CloseReason, Core, Entry, Return};
-use crate::error::{Occupancy, PoolError, TimeoutKind};
+use crate::error::{Chain, Occupancy, PoolError, TimeoutKind};
 use crate::manager::Manager;
 use crate::status::{Closed, Status, Timeouts};
 use crate::telemetry;
@@ -666,7 +666,7 @@ impl<M: Manager> Inner<M> {
                 Some(entry)
             }
             Ok(Ok(Err(e))) => {
-                tracing::debug!(error = %e, "connection failed its check; closing it");
+                tracing::debug!(error = %Chain(&e), "connection failed its check; closing it");
                 self.state.lock().check_failed(e);
                 self.release(entry, Return::Close(CloseReason::CheckFailed), None);
                 None
@@ -772,7 +772,7 @@ impl<M: Manager> Inner<M> {
                 }
                 Ok(Ok(Err(e))) => {
                     let e = Arc::new(e);
-                    tracing::warn!(error = %e, "cannot connect");
+                    tracing::warn!(error = %Chain(&*e), "cannot connect");
                     st.last_error = Some(e.clone());
                     st.last_error_from_check = false;
                     let waiters = st.core.create_failed(now);
@@ -955,7 +955,7 @@ async fn keepalive<M: Manager>(mut guard: KeepaliveGuard<M>) {
                     true
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "idle connection failed keepalive; closing it");
+                    tracing::debug!(error = %Chain(&e), "idle connection failed keepalive; closing it");
                     inner.state.lock().check_failed(e);
                     false
                 }

@@ -138,7 +138,10 @@ where
         let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "PostgreSQL connection ended with an error");
+                tracing::debug!(
+                    error = %crate::error::Chain(&e),
+                    "PostgreSQL connection ended with an error"
+                );
             }
         });
         Ok(PgConnection {
