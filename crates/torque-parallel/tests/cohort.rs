@@ -7,14 +7,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use torque_parallel::limit::{Adaptive, ConcurrencyLimiter, Limiter, MockClock, Token};
+use std::sync::{Arc, Mutex};
+
+use torque_parallel::limit::{
+    Adaptive, Algorithm, ConcurrencyLimiter, Limiter, MockClock, Sample, Token, Windowed,
+};
 
 /// Runs the start-up probe (limit 4) up to its cut-off: requests of 4 ms,
 /// one admitted every millisecond, until the window has its 32 samples.
 /// Returns the three requests still in flight at the cut, oldest first,
 /// and one admitted just after it.
-fn probe_to_its_cut(
-    limiter: &ConcurrencyLimiter<Adaptive, MockClock>,
+fn probe_to_its_cut<A: Algorithm>(
+    limiter: &ConcurrencyLimiter<A, MockClock>,
     clock: &MockClock,
 ) -> (Vec<Token>, Token) {
     let ms = Duration::from_millis;
@@ -96,4 +100,78 @@ fn a_dropped_token_of_the_cohort_counts_as_reported() {
         8,
         "the window still waits for a dropped token"
     );
+}
+
+/// `Windowed` forwarded `rejected` to its inner algorithm but not
+/// `ignored`: an `Adaptive` inside it never heard of a request of its
+/// cohort that was ignored or dropped, and held every such window until
+/// `max_window` (1 s) instead of closing it once the cohort had reported.
+#[test]
+fn regression_windowed_adaptive_hears_of_an_ignored_request_of_the_cohort() {
+    let clock = MockClock::new();
+    // A window of one sample: every sample goes straight through, so the
+    // inner algorithm must behave exactly as it does alone.
+    let windowed = Windowed::builder(Adaptive::default())
+        .min_samples(1)
+        .min_window(Duration::ZERO)
+        .build()
+        .unwrap();
+    let limiter = ConcurrencyLimiter::with_clock(windowed, clock.clone());
+    assert_eq!(limiter.limit(), 4, "the start-up probe runs at 4");
+    let (mut cohort, after_cut) = probe_to_its_cut(&limiter, &clock);
+    cohort.remove(0).success();
+    cohort.remove(0).success();
+    cohort.remove(0).ignore();
+    clock.advance(Duration::from_millis(20));
+    after_cut.success();
+    assert_eq!(
+        limiter.limit(),
+        8,
+        "the inner Adaptive still waits for an ignored request"
+    );
+}
+
+/// What an inner algorithm hears of each admission: the admission numbers
+/// of its samples, and of the requests it was told ended without one.
+#[derive(Debug, Default, Clone)]
+struct Heard(Arc<Mutex<Vec<u64>>>);
+
+impl Algorithm for Heard {
+    fn initial_limit(&self) -> usize {
+        16
+    }
+    fn update(&mut self, sample: &Sample) -> usize {
+        self.0.lock().unwrap().push(sample.admission);
+        16
+    }
+    fn ignored(&mut self, admission: u64) {
+        self.0.lock().unwrap().push(admission);
+    }
+}
+
+/// `Windowed` feeds its inner algorithm one sample per window, and the
+/// admissions it averaged into it were never reported to it at all: an
+/// inner `Adaptive` waiting for its cohort waited for requests that had
+/// long ended, and held every window until `max_window`. Each admission
+/// must end once for the inner algorithm, with a sample or without one.
+#[test]
+fn regression_windowed_reports_every_admission_to_its_inner_algorithm() {
+    let clock = MockClock::new();
+    let heard = Heard::default();
+    let windowed = Windowed::builder(heard.clone())
+        .min_samples(3)
+        .min_window(Duration::ZERO)
+        .build()
+        .unwrap();
+    let limiter = ConcurrencyLimiter::with_clock(windowed, clock.clone());
+    let mut tokens: Vec<Token> = (0..8).map(|_| limiter.try_acquire().unwrap()).collect();
+    clock.advance(Duration::from_millis(1));
+    tokens.remove(0).ignore();
+    drop(tokens.remove(0));
+    for token in tokens {
+        token.success();
+    }
+    let mut heard = heard.0.lock().unwrap().clone();
+    heard.sort_unstable();
+    assert_eq!(heard, (0..8).collect::<Vec<u64>>());
 }

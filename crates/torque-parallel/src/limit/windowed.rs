@@ -10,7 +10,9 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_range};
 /// then sees the window's average latency, its largest in-flight count, and
 /// an overload if any request in it was one. Averaging keeps service-time
 /// variance from being read as queueing, which per-sample delay controllers
-/// (Vegas) suffer from.
+/// (Vegas) suffer from. The other requests of the window reach the inner
+/// algorithm as [`ignored`](Algorithm::ignored), so that each admission ends
+/// once for it, as for an algorithm used alone.
 ///
 /// # Example
 /// ```
@@ -153,11 +155,22 @@ impl<A: Algorithm> Algorithm for Windowed<A> {
             self.latency_sum = 0.0;
             self.max_in_flight = 0;
             self.overload = false;
+        } else {
+            // Averaged into a later sample, this request reaches the inner
+            // algorithm with no sample of its own: to it, it ended without
+            // one. An inner `Adaptive` waits for every request in flight at
+            // its cut-off, and without this held each window until
+            // `max_window`.
+            self.inner.ignored(sample.admission);
         }
         self.limit
     }
 
     fn rejected(&mut self) {
         self.inner.rejected();
+    }
+
+    fn ignored(&mut self, admission: u64) {
+        self.inner.ignored(admission);
     }
 }
