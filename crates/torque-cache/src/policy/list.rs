@@ -436,4 +436,127 @@ mod tests {
         }
         out
     }
+
+    /// Both ways along `list`: front to back by `next` must be back to
+    /// front by `prev` reversed, with `len` ids and the ends' outer links
+    /// `NIL` (a splice that forgets one link shows here, not only later).
+    fn checked(links: &Links<()>, list: &List) -> Vec<u32> {
+        // Bounded: a broken splice can leave a cycle.
+        let mut by_prev = Vec::new();
+        let mut cur = list.tail;
+        while cur != NIL && by_prev.len() <= list.len() {
+            by_prev.push(cur);
+            cur = links.nodes[cur as usize].prev;
+        }
+        let mut by_next = Vec::new();
+        let mut cur = list.head;
+        while cur != NIL && by_next.len() <= list.len() {
+            by_next.push(cur);
+            cur = links.nodes[cur as usize].next;
+        }
+        by_next.reverse();
+        assert_eq!(by_prev, by_next, "prev and next links disagree");
+        assert_eq!(by_prev.len(), list.len(), "len");
+        if let (Some(front), Some(back)) = (list.front(), list.back()) {
+            assert_eq!(links.nodes[front as usize].prev, NIL);
+            assert_eq!(links.nodes[back as usize].next, NIL);
+        }
+        by_prev
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Pushes an id on no list to the front of list `0` or `1`.
+        Push(u32, usize),
+        /// Unlinks an id, if listed.
+        Unlink(u32),
+        /// Moves an id to the front of its list, if listed.
+        ToFront(u32),
+        /// The back of list `0` or `1` to its front.
+        BackToFront(usize),
+        /// The run of list `0` or `1` from its n-th entry from the back
+        /// (modulo its length, from 0) to the back, to its front.
+        RunToFront(usize, usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (0..12u32, 0..2usize).prop_map(|(id, l)| Op::Push(id, l)),
+            1 => (0..12u32).prop_map(Op::Unlink),
+            1 => (0..12u32).prop_map(Op::ToFront),
+            1 => (0..2usize).prop_map(Op::BackToFront),
+            3 => (0..2usize, 0..16usize).prop_map(|(l, n)| Op::RunToFront(l, n)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// `move_back_run_to_front` against `move_back_to_front` once per
+        /// entry of the run, and both against a model (two lists sharing
+        /// one arena, ids pushed in any order, after any other moves).
+        #[test]
+        fn a_run_moves_as_its_entries_one_by_one_after_any_history(
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
+            use std::collections::VecDeque;
+            let (mut fast, mut slow) = (Links::<()>::default(), Links::<()>::default());
+            let mut f = [List::new(), List::new()];
+            let mut s = [List::new(), List::new()];
+            // Front first, as the lists.
+            let mut model: [VecDeque<u32>; 2] = [VecDeque::new(), VecDeque::new()];
+            let on = |model: &[VecDeque<u32>; 2], id: u32| model.iter().position(|l| l.contains(&id));
+            for op in ops {
+                match op {
+                    Op::Push(id, l) => {
+                        if on(&model, id).is_none() {
+                            fast.push_front(&mut f[l], id);
+                            slow.push_front(&mut s[l], id);
+                            model[l].push_front(id);
+                        }
+                    }
+                    Op::Unlink(id) => {
+                        if let Some(l) = on(&model, id) {
+                            fast.unlink(&mut f[l], id);
+                            slow.unlink(&mut s[l], id);
+                            model[l].retain(|&x| x != id);
+                        }
+                    }
+                    Op::ToFront(id) => {
+                        if let Some(l) = on(&model, id) {
+                            fast.move_to_front(&mut f[l], id);
+                            slow.move_to_front(&mut s[l], id);
+                            model[l].retain(|&x| x != id);
+                            model[l].push_front(id);
+                        }
+                    }
+                    Op::BackToFront(l) => {
+                        if !model[l].is_empty() {
+                            fast.move_back_to_front(&mut f[l]);
+                            slow.move_back_to_front(&mut s[l]);
+                            let id = model[l].pop_back().unwrap();
+                            model[l].push_front(id);
+                        }
+                    }
+                    Op::RunToFront(l, n) => {
+                        if !model[l].is_empty() {
+                            let run = n % model[l].len() + 1;
+                            let first = model[l][model[l].len() - run];
+                            fast.move_back_run_to_front(&mut f[l], first);
+                            for _ in 0..run {
+                                slow.move_back_to_front(&mut s[l]);
+                            }
+                            model[l].rotate_right(run);
+                        }
+                    }
+                }
+                for l in 0..2 {
+                    let want: Vec<u32> = model[l].iter().rev().copied().collect();
+                    proptest::prop_assert_eq!(&checked(&fast, &f[l]), &want);
+                    proptest::prop_assert_eq!(&checked(&slow, &s[l]), &want);
+                    proptest::prop_assert_eq!(f[l].back(), model[l].back().copied());
+                    proptest::prop_assert_eq!(f[l].front(), model[l].front().copied());
+                }
+            }
+        }
+    }
 }
