@@ -117,7 +117,11 @@ pub trait Algorithm: Send + std::fmt::Debug + 'static {
     /// without a sample ([`Outcome::Ignored`]): only its permit came back.
     /// Called under the limiter's lock, also while a thread unwinds (a
     /// token dropped by a panic), so it must not panic. The default ignores
-    /// it.
+    /// it; an algorithm that feeds another one must pass it on, and report
+    /// as ignored every sample it absorbs without passing it on
+    /// ([`Windowed`] does both): [`Adaptive`] waits for every request in
+    /// flight when a window closes, and one never reported holds its windows
+    /// until `max_window`.
     fn ignored(&mut self, admission: u64) {
         let _ = admission;
     }

@@ -176,12 +176,18 @@ impl<E: StdError + 'static> fmt::Display for PoolError<E> {
             PoolError::Timeout {
                 kind,
                 waited,
-                last_error: _,
+                last_error,
                 occupancy,
             } => {
                 write!(f, "{kind} timeout: no connection after {waited:?}")?;
                 if let Some(occupancy) = occupancy {
                     write!(f, " ({occupancy})")?;
+                }
+                // Not the error itself (it is the source, and a reporter
+                // prints it next), but that there is one: `{err}` alone
+                // must not read as a pool merely held by its callers.
+                if last_error.is_some() {
+                    f.write_str("; the backend failed (the source says how)")?;
                 }
                 Ok(())
             }

@@ -45,6 +45,12 @@ async fn regression_a_timeout_does_not_print_the_last_backend_error_twice() {
         text.starts_with("acquire timeout: no connection after 500ms (max_size 2: 1 in use"),
         "{text}"
     );
+    // `{err}` alone still says the backend failed, not only how full the
+    // pool was.
+    assert!(
+        text.ends_with("; the backend failed (the source says how)"),
+        "{text}"
+    );
     assert_eq!(
         display_chain(&err),
         format!("{text}: too many clients already")
