@@ -55,8 +55,7 @@ fn a_window_waits_for_every_request_in_flight_at_its_cut() {
     cohort.remove(0).success();
     cohort.remove(0).success();
     // The last of the cohort is slow; requests admitted after the cut do
-    // not close the window without it (for up to four of the longest
-    // latencies seen, 136 ms).
+    // not close the window without it (for up to `max_window`, 1 s).
     clock.advance(Duration::from_millis(40));
     after_cut.success();
     for _ in 0..5 {
