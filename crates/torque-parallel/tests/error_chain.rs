@@ -13,6 +13,9 @@ use std::fmt;
 
 use torque_parallel::{ItemError, Processor};
 
+// The three helpers below are copies of torque-testkit's: torque-parallel's
+// tests do not depend on the testkit, which brings the database drivers.
+
 /// The `Display` of `error` and of each of its sources, outermost first.
 fn chain_messages(error: &(dyn Error + 'static)) -> Vec<String> {
     let mut messages = vec![error.to_string()];
