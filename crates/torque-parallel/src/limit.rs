@@ -66,7 +66,23 @@ pub enum Outcome {
 }
 
 /// One observation fed to an [`Algorithm`].
+///
+/// A [`ConcurrencyLimiter`] builds them; to feed an algorithm by hand (a
+/// limiter of your own, a test), use [`Sample::new`] and, if you number
+/// admissions, [`Sample::with_admission`]. Non-exhaustive, so that a field
+/// added later breaks no such code.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use torque_parallel::limit::{Adaptive, Algorithm, Outcome, Sample};
+///
+/// let mut adaptive = Adaptive::default();
+/// let sample = Sample::new(Instant::now(), Duration::from_millis(20), 1, Outcome::Success)
+///     .with_admission(0, 1, 0);
+/// assert!(adaptive.update(&sample) >= 1);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Sample {
     /// When the request finished (by the limiter's clock).
     pub now: Instant,
@@ -91,6 +107,36 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A request that ended at `now` after holding its permit for
+    /// `latency`, admitted with `in_flight` requests in flight (itself
+    /// included). It carries no admission numbers (all zero): an algorithm
+    /// learns nothing of the requests still in flight from it, and
+    /// [`Adaptive`]'s windows then wait four mean latencies for their
+    /// stragglers, no longer.
+    pub fn new(now: Instant, latency: Duration, in_flight: usize, outcome: Outcome) -> Self {
+        Sample {
+            now,
+            latency,
+            in_flight,
+            admission: 0,
+            admissions: 0,
+            remaining: 0,
+            outcome,
+        }
+    }
+
+    /// The same sample with the limiter's admission numbers: this
+    /// request's `admission`, the `admissions` handed out so far and the
+    /// requests `remaining` in flight (see the fields).
+    pub fn with_admission(self, admission: u64, admissions: u64, remaining: usize) -> Self {
+        Sample {
+            admission,
+            admissions,
+            remaining,
+            ..self
+        }
+    }
+
     /// When the request was admitted.
     pub fn started(&self) -> Instant {
         self.now.checked_sub(self.latency).unwrap_or(self.now)

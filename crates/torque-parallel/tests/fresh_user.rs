@@ -1416,14 +1416,8 @@ fn aimd_grows_when_half_used_and_backs_off_past_its_timeout() {
         .timeout(Duration::from_millis(100))
         .build()
         .unwrap();
-    let sample = |in_flight, latency, outcome| Sample {
-        now: std::time::Instant::now(),
-        latency,
-        in_flight,
-        admission: 0,
-        admissions: in_flight as u64,
-        remaining: in_flight - 1,
-        outcome,
+    let sample = |in_flight, latency, outcome| {
+        Sample::new(std::time::Instant::now(), latency, in_flight, outcome)
     };
     let ms = Duration::from_millis;
     assert_eq!(aimd.update(&sample(4, ms(1), Outcome::Success)), 10);

@@ -68,20 +68,14 @@ fn regression_huge_latencies_do_not_panic_an_algorithm() {
         for (name, mut algorithm) in algorithms() {
             let t0 = Instant::now();
             for i in 0..300u64 {
-                let sample = Sample {
-                    now: t0 + Duration::from_millis(i),
-                    latency,
-                    in_flight: 50,
-                    admission: i,
-                    admissions: i + 50,
-                    remaining: 49,
-                    // An overload now and then resets the windows.
-                    outcome: if i % 100 == 99 {
-                        Outcome::Overload
-                    } else {
-                        Outcome::Success
-                    },
+                // An overload now and then resets the windows.
+                let outcome = if i % 100 == 99 {
+                    Outcome::Overload
+                } else {
+                    Outcome::Success
                 };
+                let sample = Sample::new(t0 + Duration::from_millis(i), latency, 50, outcome)
+                    .with_admission(i, i + 50, 49);
                 let limit = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     algorithm.update(&sample)
                 }))
@@ -100,15 +94,15 @@ fn regression_adaptive_reports_a_baseline_of_centuries_without_panicking() {
     // The start-up probe's window: 32 samples, then its stragglers, for
     // as long as a window waits for them (at most 2^32 s).
     for i in 0..100u64 {
-        adaptive.update(&Sample {
-            now: t0 + Duration::from_secs(i << 32),
-            latency: Duration::MAX,
-            in_flight: 4,
-            admission: i,
-            admissions: i + 4,
-            remaining: 3,
-            outcome: Outcome::Success,
-        });
+        adaptive.update(
+            &Sample::new(
+                t0 + Duration::from_secs(i << 32),
+                Duration::MAX,
+                4,
+                Outcome::Success,
+            )
+            .with_admission(i, i + 4, 3),
+        );
     }
     assert_eq!(adaptive.baseline(), Some(Duration::MAX));
 }
