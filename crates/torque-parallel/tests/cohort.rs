@@ -5,9 +5,8 @@
 //! sample (`Token::ignore`, a dropped token) counts as reported.
 
 use std::collections::VecDeque;
-use std::time::Duration;
-
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use torque_parallel::limit::{
     Adaptive, Algorithm, ConcurrencyLimiter, Limiter, MockClock, Sample, Token, Windowed,
@@ -74,17 +73,27 @@ fn a_window_waits_for_every_request_in_flight_at_its_cut() {
     assert_eq!(limiter.limit(), 8);
 }
 
-#[test]
-fn an_ignored_request_of_the_cohort_counts_as_reported() {
-    let (limiter, clock) = limiter();
-    let (mut cohort, after_cut) = probe_to_its_cut(&limiter, &clock);
+/// Runs the probe to its cut; two of the cohort succeed, the last is
+/// ignored, and a request admitted after the cut completes past four mean
+/// latencies. Returns the limit then: 8 once the window has closed.
+fn limit_after_the_cohort_ends_with_an_ignore<A: Algorithm>(
+    limiter: &ConcurrencyLimiter<A, MockClock>,
+    clock: &MockClock,
+) -> usize {
+    let (mut cohort, after_cut) = probe_to_its_cut(limiter, clock);
     cohort.remove(0).success();
     cohort.remove(0).success();
     cohort.remove(0).ignore();
     clock.advance(Duration::from_millis(40));
     after_cut.success();
+    limiter.limit()
+}
+
+#[test]
+fn an_ignored_request_of_the_cohort_counts_as_reported() {
+    let (limiter, clock) = limiter();
     assert_eq!(
-        limiter.limit(),
+        limit_after_the_cohort_ends_with_an_ignore(&limiter, &clock),
         8,
         "the window still waits for an ignored request"
     );
@@ -120,14 +129,8 @@ fn regression_windowed_adaptive_hears_of_an_ignored_request_of_the_cohort() {
         .unwrap();
     let limiter = ConcurrencyLimiter::with_clock(windowed, clock.clone());
     assert_eq!(limiter.limit(), 4, "the start-up probe runs at 4");
-    let (mut cohort, after_cut) = probe_to_its_cut(&limiter, &clock);
-    cohort.remove(0).success();
-    cohort.remove(0).success();
-    cohort.remove(0).ignore();
-    clock.advance(Duration::from_millis(40));
-    after_cut.success();
     assert_eq!(
-        limiter.limit(),
+        limit_after_the_cohort_ends_with_an_ignore(&limiter, &clock),
         8,
         "the inner Adaptive still waits for an ignored request"
     );
