@@ -18,7 +18,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -1035,6 +1035,13 @@ impl<R, E> Drop for Caught<R, E> {
 /// in-flight when the future ends, panics or is dropped (even unpolled:
 /// it is moved in, not made inside), and counts it panicked if a panic of
 /// its own ended it, cancelled if it was dropped before its end.
+///
+/// The item's counts are final before its permit goes back (the token, or
+/// a permit lent by the item it is nested in): a caller woken by the
+/// permit, or an algorithm told of it, reads counts that no longer include
+/// the item as in flight. Hence the order of the locals below, which drop
+/// in reverse: the item's future, then the guard (after the future, see
+/// [`InFlight`]), then the permits.
 async fn run_item<Fut, R, E>(
     index: usize,
     fut: Fut,
@@ -1047,20 +1054,21 @@ async fn run_item<Fut, R, E>(
 where
     Fut: Future<Output = Result<R, E>>,
 {
-    let mut in_flight = in_flight;
+    let token = token;
     // A lent permit is given back when the item ends or is dropped.
     let OnPermit {
         limiter_id,
         lent: _lent,
     } = permit;
     let mut loan = None;
-    let mut item = std::pin::pin!(item_body(index, fut, token, timeout, counters));
+    let mut in_flight = in_flight;
+    let mut item = std::pin::pin!(item_body(index, fut, timeout, &counters));
     // A poll of the item that does not return is a panic of its own (the
     // future's, or the limit algorithm's): `in_flight` counts it panicked,
     // not cancelled. `std::thread::panicking` cannot tell that panic from
     // another one that drops the batch.
     let polling = &mut in_flight.polling;
-    let done = std::future::poll_fn(|cx| {
+    let (done, ended) = std::future::poll_fn(|cx| {
         let _holding = Holding::enter(limiter_id, &mut loan);
         *polling = true;
         let poll = item.as_mut().poll(cx);
@@ -1069,17 +1077,32 @@ where
     })
     .await;
     in_flight.ended = true;
+    drop(in_flight);
+    // The algorithm may be the user's and panic: the panic is then the
+    // item's result (it unwinds out of the item), and its count.
+    let completed = catch_unwind(AssertUnwindSafe(|| match ended {
+        Ended::Ok => token.success(),
+        Ended::Failed => token.ignore(),
+        Ended::TimedOut => token.overload(),
+    }));
+    match completed {
+        Ok(()) => counters.published(ended),
+        Err(payload) => {
+            counters.ended_in_a_panic(ended);
+            resume_unwind(payload);
+        }
+    }
     done
 }
 
-/// [`run_item`]'s item, without its in-flight guard.
+/// [`run_item`]'s item, without its in-flight guard and its token: how it
+/// ended tells the caller how to complete the token.
 async fn item_body<Fut, R, E>(
     index: usize,
     fut: Fut,
-    token: Token,
     timeout: Option<Duration>,
-    counters: Arc<Counters>,
-) -> Done<R, E>
+    counters: &Counters,
+) -> (Done<R, E>, Ended)
 where
     Fut: Future<Output = Result<R, E>>,
 {
@@ -1091,22 +1114,15 @@ where
     let now = tokio::time::Instant::now();
     let latency = now - started;
     let (ended, result) = match result {
-        Some(Ok(v)) => {
-            token.success();
-            (Ended::Ok, Ok(v))
-        }
-        Some(Err(e)) => {
-            token.ignore();
-            (Ended::Failed, Err(ItemError::Failed(e)))
-        }
+        Some(Ok(v)) => (Ended::Ok, Ok(v)),
+        Some(Err(e)) => (Ended::Failed, Err(ItemError::Failed(e))),
         None => {
-            token.overload();
             let after = timeout.unwrap_or(latency);
             (Ended::TimedOut, Err(ItemError::TimedOut(after)))
         }
     };
     counters.ended(ended, latency, now.into_std());
-    (index, result)
+    ((index, result), ended)
 }
 
 /// The driver of an async batch: a stream of `(index, result)` in completion
@@ -1267,8 +1283,9 @@ where
         let fut = match catch_unwind(AssertUnwindSafe(|| (self.f)(x))) {
             Ok(fut) => fut,
             Err(payload) => {
-                drop(token);
+                // Counted before the permit goes back (see `run_item`).
                 self.counters.panicked();
+                drop(token);
                 return Some(Err(ItemError::Panicked(PanicError::from_box(payload))));
             }
         };

@@ -340,3 +340,50 @@ fn regression_a_map_polled_outside_a_runtime_leaves_no_item_in_flight() {
     assert!(polled.is_err(), "polled outside a runtime: a panic");
     assert_adds_up(&p, &taken, "map outside a runtime");
 }
+
+/// A limit algorithm that panics on every sample (a bug in user code).
+#[derive(Debug)]
+struct PanicsOnUpdate;
+
+impl torque_parallel::limit::Algorithm for PanicsOnUpdate {
+    fn initial_limit(&self) -> usize {
+        2
+    }
+    fn update(&mut self, _: &torque_parallel::limit::Sample) -> usize {
+        panic!("the algorithm's bug");
+    }
+}
+
+/// An item whose future succeeded but whose limit algorithm panicked as
+/// its permit went back comes back `Panicked`, and counts as panicked, not
+/// as succeeded: the counts agree with the results. (The item leaves
+/// in-flight before its permit goes back, so its count is settled before
+/// the algorithm runs and corrected when it panics.)
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn an_item_whose_algorithm_panics_counts_as_panicked() {
+    use torque_parallel::limit::ConcurrencyLimiter;
+    for inline in [true, false] {
+        let p = Processor::builder().build().unwrap();
+        let io = p
+            .async_io()
+            .with_limiter(ConcurrencyLimiter::new(PanicsOnUpdate));
+        let (input, taken) = counted(0..6u32);
+        let item = |x: u32| async move {
+            sleep(MS).await;
+            Ok::<_, ()>(x)
+        };
+        let out: Vec<Result<u32, ItemError<()>>> = if inline {
+            io.try_map(input, item).await
+        } else {
+            io.as_completed(input, item).map(|(_, r)| r).collect().await
+        };
+        assert_eq!(out.len(), 6, "inline {inline}");
+        assert!(
+            out.iter().all(|r| matches!(r, Err(ItemError::Panicked(_)))),
+            "inline {inline}: {out:?}"
+        );
+        let s = p.stats().io;
+        assert_eq!((s.panicked, s.succeeded), (6, 0), "inline {inline}: {s:?}");
+        assert_adds_up(&p, &taken, &format!("inline {inline}"));
+    }
+}

@@ -209,6 +209,148 @@ async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
     assert_eq!(io.cancelled, io.taken);
 }
 
+/// A limit of `limit` that records, each time a permit comes back, how
+/// many items the processor still counts in flight and how many permits the
+/// limiter still has out: an item must leave the processor's in-flight
+/// count before its permit goes back, or a caller that waits for the permit
+/// (as `all_permits_back` does) reads a count that is not final yet.
+struct SeesTheProcessor {
+    limit: usize,
+    processor: Arc<std::sync::OnceLock<Processor>>,
+    /// (processor's in-flight items, limiter's permits still out) at each
+    /// return; for an ignored permit, the second is worked out from the
+    /// `limit` permits the test holds at once.
+    seen: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+    ignored: usize,
+}
+
+impl std::fmt::Debug for SeesTheProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeesTheProcessor").finish_non_exhaustive()
+    }
+}
+
+impl SeesTheProcessor {
+    fn in_flight(&self) -> usize {
+        self.processor
+            .get()
+            .expect("set before the batch")
+            .stats()
+            .io
+            .in_flight
+    }
+}
+
+impl torque_parallel::limit::Algorithm for SeesTheProcessor {
+    fn initial_limit(&self) -> usize {
+        self.limit
+    }
+
+    fn update(&mut self, sample: &torque_parallel::limit::Sample) -> usize {
+        let seen = (self.in_flight(), sample.remaining);
+        self.seen.lock().unwrap().push(seen);
+        self.limit
+    }
+
+    fn ignored(&mut self, _admission: u64) {
+        self.ignored += 1;
+        // Past `limit`, these are the test's own permits.
+        if let Some(out) = self.limit.checked_sub(self.ignored) {
+            let seen = (self.in_flight(), out);
+            self.seen.lock().unwrap().push(seen);
+        }
+    }
+}
+
+type Seen = Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
+
+fn seeing_processor(limit: usize) -> (Processor, ConcurrencyLimiter<SeesTheProcessor>, Seen) {
+    let processor = Processor::builder().build().unwrap();
+    let cell = Arc::new(std::sync::OnceLock::new());
+    cell.set(processor.clone()).unwrap();
+    let seen = Seen::default();
+    let limiter = ConcurrencyLimiter::new(SeesTheProcessor {
+        limit,
+        processor: cell,
+        seen: Arc::clone(&seen),
+        ignored: 0,
+    });
+    (processor, limiter, seen)
+}
+
+/// The race behind a CI failure of the test above: an aborted item gave
+/// its permit back before it left the processor's in-flight count, so the
+/// test, woken by the permit, could read `in_flight == 1`. Here the
+/// algorithm reads the count as each permit comes back, on the thread that
+/// drops the item, so the old order fails every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_item_leaves_in_flight_before_its_permit_goes_back() {
+    let (processor, limiter, seen) = seeing_processor(4);
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let batch = {
+        let (p, limiter, started) = (processor.clone(), limiter.clone(), Arc::clone(&started));
+        tokio::spawn(async move {
+            p.async_io()
+                .with_limiter(limiter)
+                .map(0..100u64, move |x| {
+                    let started = Arc::clone(&started);
+                    async move {
+                        started.add_permits(1);
+                        std::future::pending::<()>().await;
+                        x
+                    }
+                })
+                .await
+        })
+    };
+    let _four = started.acquire_many(4).await.unwrap();
+    batch.abort();
+    assert!(batch.await.unwrap_err().is_cancelled());
+    // Held until `seen` is read: dropped, they would be reported too.
+    let wait = async {
+        let mut tokens = Vec::new();
+        for _ in 0..4 {
+            tokens.push(limiter.acquire().await);
+        }
+        tokens
+    };
+    let _tokens = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("a permit was never given back");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    for (in_flight, permits_out) in seen {
+        assert!(
+            in_flight <= permits_out,
+            "{in_flight} items in flight on {permits_out} permits"
+        );
+    }
+}
+
+/// The same for items that end: each has left the in-flight count when the
+/// limiter learns its latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_ends_leaves_in_flight_before_its_permit_goes_back() {
+    let (processor, limiter, seen) = seeing_processor(4);
+    let out = processor
+        .async_io()
+        .with_limiter(limiter)
+        .map(0..20u64, |x| async move {
+            tokio::task::yield_now().await;
+            x
+        })
+        .await;
+    assert_eq!(out.len(), 20);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 20, "{seen:?}");
+    for (in_flight, permits_out) in seen {
+        assert!(
+            in_flight <= permits_out,
+            "{in_flight} items in flight on {permits_out} permits"
+        );
+    }
+}
+
 /// A cancel token tied to one request stops that request's batch only:
 /// another request on the same processor is untouched.
 #[tokio::test(start_paused = true)]

@@ -87,18 +87,31 @@ impl Counters {
         metrics::gauge!("torque_parallel_io_in_flight").decrement(1.0);
     }
 
-    /// An item ran to an end at `now` after `latency`.
-    pub(crate) fn ended(&self, ended: Ended, latency: Duration, now: Instant) {
-        let counter = match ended {
+    fn counter(&self, ended: Ended) -> &AtomicU64 {
+        match ended {
             Ended::Ok => &self.succeeded,
             Ended::Failed => &self.failed,
             Ended::TimedOut => &self.timed_out,
-        };
-        counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An item ran to an end at `now` after `latency`. The end's counter
+    /// for the `metrics` facade waits for [`Counters::published`]: the
+    /// limit algorithm told of the item's end may still panic, and a
+    /// published counter cannot be taken back.
+    pub(crate) fn ended(&self, ended: Ended, latency: Duration, now: Instant) {
+        self.counter(ended).fetch_add(1, Relaxed);
         self.latency.record(latency);
         if let Some((_, end)) = self.span.lock().as_mut() {
             *end = (*end).max(now);
         }
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("torque_parallel_io_latency_seconds").record(latency.as_secs_f64());
+    }
+
+    /// The item that ended as `ended` has given its permit back: its end
+    /// is final, and published.
+    pub(crate) fn published(&self, ended: Ended) {
         #[cfg(feature = "metrics")]
         {
             let name = match ended {
@@ -107,8 +120,17 @@ impl Counters {
                 Ended::TimedOut => "torque_parallel_io_timed_out_total",
             };
             metrics::counter!(name).increment(1);
-            metrics::histogram!("torque_parallel_io_latency_seconds").record(latency.as_secs_f64());
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = ended;
+    }
+
+    /// The limit algorithm panicked as the item that ended as `ended` gave
+    /// its permit back: the panic is the item's result, so it counts as
+    /// panicked instead.
+    pub(crate) fn ended_in_a_panic(&self, ended: Ended) {
+        self.counter(ended).fetch_sub(1, Relaxed);
+        self.panicked();
     }
 
     /// An item ended with an error before its future started: the
