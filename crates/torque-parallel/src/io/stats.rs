@@ -238,6 +238,13 @@ impl Counters {
 /// `started == completed() + panicked + cancelled + in_flight` does not
 /// hold in general.
 ///
+/// An item is counted by how it ended, and leaves `in_flight`, before its
+/// limiter permit goes back: once a caller holds every permit of the
+/// batch's limiter again (an aborted batch's tasks are dropped on other
+/// threads), the items that held them are counted, and `in_flight` no
+/// longer includes them. (A limit algorithm that panics as an item's
+/// permit goes back turns that item's count to `panicked` just after.)
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), torque_parallel::BuildError> {
