@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use torque_parallel::limit::{ConcurrencyLimiter, Fixed, Limiter};
+use torque_parallel::limit::{Algorithm, ConcurrencyLimiter, Fixed, Limiter};
 use torque_parallel::{CancelToken, IoStats, ItemError, Processor};
 
 fn assert_send_static<T: Send + 'static>(_: &T) {}
@@ -174,12 +174,12 @@ async fn a_request_timeout_drops_its_batch_cleanly() {
     drop((a, b));
 }
 
-/// The same on a multi-thread runtime, where items are tasks: the dropped
-/// batch's tasks are aborted and give their permits back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
-    let processor = Processor::builder().build().unwrap();
-    let limiter = ConcurrencyLimiter::new(Fixed::new(4));
+/// Spawns a batch of 100 items that never end on `limiter` (of limit 4),
+/// waits until four run, and aborts it, as a client that goes away.
+async fn abort_a_batch_with_four_items_running<A: Algorithm>(
+    processor: &Processor,
+    limiter: &ConcurrencyLimiter<A>,
+) {
     let started = Arc::new(tokio::sync::Semaphore::new(0));
     let batch = {
         let (p, limiter, started) = (processor.clone(), limiter.clone(), Arc::clone(&started));
@@ -197,10 +197,18 @@ async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
                 .await
         })
     };
-    // Four items run (the limit); the client then goes away.
     let _four = started.acquire_many(4).await.unwrap();
     batch.abort();
     assert!(batch.await.unwrap_err().is_cancelled());
+}
+
+/// The same on a multi-thread runtime, where items are tasks: the dropped
+/// batch's tasks are aborted and give their permits back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_batch_of_tasks_gives_back_every_permit() {
+    let processor = Processor::builder().build().unwrap();
+    let limiter = ConcurrencyLimiter::new(Fixed::new(4));
+    abort_a_batch_with_four_items_running(&processor, &limiter).await;
     // The aborted tasks are dropped by the workers at their next turns.
     all_permits_back(&limiter, 4).await;
     let io = processor.stats().io;
@@ -241,7 +249,7 @@ impl SeesTheProcessor {
     }
 }
 
-impl torque_parallel::limit::Algorithm for SeesTheProcessor {
+impl Algorithm for SeesTheProcessor {
     fn initial_limit(&self) -> usize {
         self.limit
     }
@@ -278,6 +286,20 @@ fn seeing_processor(limit: usize) -> (Processor, ConcurrencyLimiter<SeesTheProce
     (processor, limiter, seen)
 }
 
+/// `returns` permits came back, and as each did, the processor counted no
+/// more items in flight than the limiter had permits out.
+#[track_caller]
+fn assert_counted_before_each_return(seen: &Seen, returns: usize) {
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), returns, "{seen:?}");
+    for (in_flight, permits_out) in seen {
+        assert!(
+            in_flight <= permits_out,
+            "{in_flight} items in flight on {permits_out} permits"
+        );
+    }
+}
+
 /// The race behind a CI failure of the test above: an aborted item gave
 /// its permit back before it left the processor's in-flight count, so the
 /// test, woken by the permit, could read `in_flight == 1`. Here the
@@ -286,26 +308,7 @@ fn seeing_processor(limit: usize) -> (Processor, ConcurrencyLimiter<SeesTheProce
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aborted_item_leaves_in_flight_before_its_permit_goes_back() {
     let (processor, limiter, seen) = seeing_processor(4);
-    let started = Arc::new(tokio::sync::Semaphore::new(0));
-    let batch = {
-        let (p, limiter, started) = (processor.clone(), limiter.clone(), Arc::clone(&started));
-        tokio::spawn(async move {
-            p.async_io()
-                .with_limiter(limiter)
-                .map(0..100u64, move |x| {
-                    let started = Arc::clone(&started);
-                    async move {
-                        started.add_permits(1);
-                        std::future::pending::<()>().await;
-                        x
-                    }
-                })
-                .await
-        })
-    };
-    let _four = started.acquire_many(4).await.unwrap();
-    batch.abort();
-    assert!(batch.await.unwrap_err().is_cancelled());
+    abort_a_batch_with_four_items_running(&processor, &limiter).await;
     // Held until `seen` is read: dropped, they would be reported too.
     let wait = async {
         let mut tokens = Vec::new();
@@ -317,14 +320,7 @@ async fn an_aborted_item_leaves_in_flight_before_its_permit_goes_back() {
     let _tokens = tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .expect("a permit was never given back");
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 4, "{seen:?}");
-    for (in_flight, permits_out) in seen {
-        assert!(
-            in_flight <= permits_out,
-            "{in_flight} items in flight on {permits_out} permits"
-        );
-    }
+    assert_counted_before_each_return(&seen, 4);
 }
 
 /// The same for items that end: each has left the in-flight count when the
@@ -341,14 +337,7 @@ async fn an_item_that_ends_leaves_in_flight_before_its_permit_goes_back() {
         })
         .await;
     assert_eq!(out.len(), 20);
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 20, "{seen:?}");
-    for (in_flight, permits_out) in seen {
-        assert!(
-            in_flight <= permits_out,
-            "{in_flight} items in flight on {permits_out} permits"
-        );
-    }
+    assert_counted_before_each_return(&seen, 20);
 }
 
 /// A cancel token tied to one request stops that request's batch only:
