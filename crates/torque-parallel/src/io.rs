@@ -1063,9 +1063,8 @@ where
     let mut loan = None;
     let mut in_flight = in_flight;
     let mut item = std::pin::pin!(item_body(index, fut, timeout, &counters));
-    // A poll of the item that does not return is a panic of its own (the
-    // future's, or the limit algorithm's): `in_flight` counts it panicked,
-    // not cancelled. `std::thread::panicking` cannot tell that panic from
+    // A poll of the item that does not return is a panic of its own (its
+    // future's): `in_flight` counts it panicked, not cancelled. `std::thread::panicking` cannot tell that panic from
     // another one that drops the batch.
     let polling = &mut in_flight.polling;
     let (done, ended) = std::future::poll_fn(|cx| {
