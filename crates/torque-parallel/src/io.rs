@@ -1064,8 +1064,9 @@ where
     let mut in_flight = in_flight;
     let mut item = std::pin::pin!(item_body(index, fut, timeout, &counters));
     // A poll of the item that does not return is a panic of its own (its
-    // future's): `in_flight` counts it panicked, not cancelled. `std::thread::panicking` cannot tell that panic from
-    // another one that drops the batch.
+    // future's): `in_flight` counts it panicked, not cancelled.
+    // `std::thread::panicking` cannot tell that panic from another one
+    // that drops the batch.
     let polling = &mut in_flight.polling;
     let (done, ended) = std::future::poll_fn(|cx| {
         let _holding = Holding::enter(limiter_id, &mut loan);
