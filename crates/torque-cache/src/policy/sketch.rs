@@ -47,10 +47,15 @@ pub(crate) const MIN_ENTRIES: u64 = 64;
 /// shard that large has a sparse table, [`FrequencySketch::new`]).
 pub(crate) const MAX_ENTRIES: u64 = 1 << 22;
 
+/// One multiply and one xor-shift of the key's hash, whose bits place all
+/// of a hash's sketch state (the block, the four rows' counters, the
+/// doorkeeper word and its two bits; [`FrequencySketch::place`]). The
+/// multiplier is not the shard index's (Fibonacci hashing), so that within
+/// one shard the places spread over the whole table.
 #[inline]
-fn mix(hash: u64, seed: u64) -> u64 {
-    let h = (hash ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    h ^ (h >> 29)
+fn mix(hash: u64) -> u64 {
+    let h = (hash ^ 0xc3a5_c85c_97cb_3127).wrapping_mul(0xd6e8_feb8_6659_fd93);
+    h ^ (h >> 32)
 }
 
 /// The block of a hash and, per count-min row, the word within the block
@@ -58,17 +63,18 @@ fn mix(hash: u64, seed: u64) -> u64 {
 #[derive(Clone, Copy)]
 struct Counters {
     block: usize,
-    /// Four bytes, one per row: bits 1..5 pick the row's counter within
-    /// its word.
+    /// Four nibbles, one per row: the row's counter within its word.
     rows: u64,
+    /// The doorkeeper word within the block, and its two bits.
+    door_word: usize,
+    door_bits: u64,
 }
 
 impl Counters {
     /// `(word in block, shift)` of row `i`'s counter.
     #[inline(always)]
     fn row(self, i: usize) -> (usize, u32) {
-        let h = self.rows >> (i * 8);
-        (i & 3, (((h >> 1) & 15) as u32) << 2)
+        (i & 3, (((self.rows >> (i * 4)) & 15) as u32) << 2)
     }
 }
 
@@ -156,21 +162,20 @@ impl FrequencySketch {
         self.table.len() as u64
     }
 
+    /// Where `hash`'s state sits, all from one [`mix`] (until 2026-12-07
+    /// three: one for the block, one more for the rows, one for the
+    /// doorkeeper): the block from the low bits (at most 22 of them,
+    /// [`MAX_ENTRIES`]), the rows' counters from bits 22–37, the
+    /// doorkeeper's word from bits 38–39 and its two bits from 40–51.
     #[inline]
-    fn counters(&self, hash: u64) -> Counters {
-        let block_hash = mix(hash, 0xc3a5_c85c_97cb_3127);
+    fn place(&self, hash: u64) -> Counters {
+        let h = mix(hash);
         Counters {
-            block: (block_hash & self.block_mask) as usize,
-            rows: mix(block_hash, 0xb492_b66f_be98_f273),
+            block: (h & self.block_mask) as usize,
+            rows: h >> 22,
+            door_word: ((h >> 38) & 3) as usize,
+            door_bits: (1u64 << ((h >> 40) & 63)) | (1u64 << ((h >> 46) & 63)),
         }
-    }
-
-    /// The doorkeeper word (within the hash's block) and its two bits.
-    #[inline]
-    fn door(hash: u64) -> (usize, u64) {
-        let h = mix(hash, 0x2545_f491_4f6c_dd1d);
-        let bits = (1u64 << ((h >> 40) & 63)) | (1u64 << ((h >> 52) & 63));
-        ((h & 3) as usize, bits)
     }
 
     /// Records one access of `hash`; returns whether that triggered the
@@ -187,8 +192,8 @@ impl FrequencySketch {
     /// look-up.
     #[inline]
     pub(crate) fn record(&mut self, hash: u64) -> (u8, bool) {
-        let c = self.counters(hash);
-        let (word, bits) = Self::door(hash);
+        let c = self.place(hash);
+        let (word, bits) = (c.door_word, c.door_bits);
         let block = &mut self.table[c.block];
         // A first sighting only sets the doorkeeper (which counts towards
         // the sample); later ones raise the counters below 15.
@@ -263,8 +268,8 @@ impl FrequencySketch {
     /// returns how many of the `n` single increments would have raised
     /// something.
     fn raise(&mut self, hash: u64, mut n: u8) -> u64 {
-        let c = self.counters(hash);
-        let (word, bits) = Self::door(hash);
+        let c = self.place(hash);
+        let (word, bits) = (c.door_word, c.door_bits);
         let block = &mut self.table[c.block];
         let door = &mut block.door[word];
         let mut added = 0u64;
@@ -297,7 +302,7 @@ impl FrequencySketch {
     #[cold]
     #[inline(never)]
     pub(crate) fn frequency(&self, hash: u64) -> u8 {
-        let c = self.counters(hash);
+        let c = self.place(hash);
         let block = &self.table[c.block];
         let min = (0..4)
             .map(|i| {
@@ -306,8 +311,7 @@ impl FrequencySketch {
             })
             .min()
             .unwrap_or(0);
-        let (word, bits) = Self::door(hash);
-        min as u8 + u8::from(block.door[word] & bits == bits)
+        min as u8 + u8::from(block.door[c.door_word] & c.door_bits == c.door_bits)
     }
 
     /// Ages all counts: halves every counter and clears the doorkeeper.
@@ -370,6 +374,37 @@ mod tests {
             let (estimate, halved) = s.record(hash);
             assert!(!halved);
             assert_eq!(estimate, s.frequency(hash), "access {i}");
+        }
+    }
+
+    #[test]
+    fn one_shards_hashes_spread_over_the_whole_table() {
+        // The keys of one shard share the bits that the shard index takes
+        // from `hash * 0x9e37_79b9_7f4a_7c15` (cache.rs `shard_index`): the
+        // one mix that places a hash in the sketch must not depend on them.
+        let s = FrequencySketch::new(4096);
+        let blocks = s.blocks() as usize;
+        let (mut used, mut doors) = (vec![0u32; blocks], [0u32; 4]);
+        let mut hashes = 0;
+        for k in 0u64..400_000 {
+            let hash = (k ^ 0x51_7cc1_b727_220a).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            if (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) & 7 != 0 {
+                continue;
+            }
+            let c = s.place(hash);
+            used[c.block] += 1;
+            doors[c.door_word] += 1;
+            hashes += 1;
+        }
+        let mean = f64::from(hashes) / blocks as f64;
+        let empty = used.iter().filter(|&&n| n == 0).count();
+        // Uniform placement leaves e^-mean of the blocks empty.
+        assert!(
+            (empty as f64) < 2.0 * blocks as f64 * (-mean).exp() + 8.0,
+            "{empty} of {blocks} blocks unused by {hashes} hashes"
+        );
+        for n in doors {
+            assert!(f64::from(n) > 0.2 * f64::from(hashes), "{doors:?}");
         }
     }
 
