@@ -66,6 +66,12 @@ struct Job {
 enum Run {
     /// Admitted: its weight is counted in flight, given back when it ends.
     Admitted,
+    /// Admitted, and taken by a worker, which counted it in
+    /// [`Shared::running`]: the job counts itself out before its batch
+    /// learns that it ended. A caller that has its results and drops the
+    /// processor must find it no longer running, or the drop leaves the
+    /// threads to exit on their own, unjoined (they outlived the processor).
+    Worker,
     /// Taken back out of the wait line before admission by a feeder that
     /// gives up: it drops the item and reports `Cancelled`, with no weight
     /// to give back.
@@ -130,7 +136,8 @@ pub(crate) struct Shared {
     memory_budget: u64,
     /// Jobs the workers are running: counted up under `state`'s lock as a
     /// worker takes one, so that a shutdown, which looks under that lock,
-    /// never misses one; counted down without it.
+    /// never misses one; counted down without it, by the job itself before
+    /// its batch learns that it ended (see [`Run::Worker`]).
     running: AtomicUsize,
 }
 
@@ -339,6 +346,7 @@ impl Shared {
                         let made_room = st.queue.len() + 1 >= self.queue_capacity;
                         let wake = (made_room && !st.waiting.is_empty())
                             .then(|| self.admit_waiting(&mut st));
+                        // Counted out by the job ([`Run::Worker`]).
                         self.running.fetch_add(1, Ordering::Relaxed);
                         break (job, wake);
                     }
@@ -355,8 +363,7 @@ impl Shared {
             if let Some(wake) = wake {
                 wake.run(&self);
             }
-            (job.run)(Run::Admitted);
-            self.running.fetch_sub(1, Ordering::Relaxed);
+            (job.run)(Run::Worker);
         }
     }
 
@@ -686,8 +693,18 @@ where
             // and dropped (the panic hook has reported it).
             let _ = drop_caught(f);
             drop(cancel);
-            if run == Run::Admitted {
+            if matches!(run, Run::Admitted | Run::Worker) {
                 shared.release(weight);
+            }
+            // A worker's job is no longer running once its caller can have
+            // the results (see `BlockingPool::shutdown`), unless the batch's
+            // future was dropped: then the drop below may be the last
+            // handle's, which runs the results' `Drop` (user code), so the
+            // job counts until after it.
+            let counted = run == Run::Worker;
+            let abandoned = batch.abandoned.load(Ordering::Relaxed);
+            if counted && !abandoned {
+                shared.running.fetch_sub(1, Ordering::Relaxed);
             }
             batch.complete(index, result, true);
             // The last handle to the batch is this one when its future was
@@ -695,6 +712,9 @@ where
             // user data whose `Drop` may panic, which must not kill the
             // worker (the pool would be a thread short for good).
             let _ = drop_caught(batch);
+            if counted && abandoned {
+                shared.running.fetch_sub(1, Ordering::Relaxed);
+            }
         }),
     }
 }
@@ -1076,6 +1096,78 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         // its item and gives back its weight.
         if !self.finished && lock(&self.batch.state).pending > 0 {
             self.shared.skip_queued(owner_of(&self.batch));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// A batch's waker that records, each time it is woken, how many jobs
+    /// the pool still counts running.
+    struct SeesRunning {
+        shared: Arc<Shared>,
+        seen: Mutex<mpsc::Sender<usize>>,
+    }
+
+    impl Wake for SeesRunning {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let running = self.shared.running.load(Ordering::SeqCst);
+            let _ = lock(&self.seen).send(running);
+        }
+    }
+
+    /// A job no longer counts as running once its batch is told it ended:
+    /// a caller that has its results and drops the last handle to the
+    /// processor finds no job running, and joins the threads (a job still
+    /// counted running is user code the drop must not wait for, so the
+    /// threads were left to exit on their own, and outlived the processor
+    /// the caller dropped: `tests/threads.rs` failed now and then on a
+    /// loaded machine). The waker, run on the worker as the batch learns
+    /// that its last job ended, reads the count at that moment.
+    #[test]
+    fn a_job_no_longer_counts_as_running_once_its_batch_is_told_it_ended() {
+        let pool = BlockingPool::new(1, 4, u64::MAX).unwrap();
+        let (seen_tx, seen) = mpsc::channel();
+        let waker = Waker::from(Arc::new(SeesRunning {
+            shared: Arc::clone(&pool.shared),
+            seen: Mutex::new(seen_tx),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        // The item ends once the batch has been polled (and so has left
+        // its waker), for the waker to be the one that learns of the end.
+        let (go_tx, go) = mpsc::channel::<()>();
+        let go = Mutex::new(go);
+        let mut batch = BlockingMap::new(
+            &pool,
+            vec![7u32],
+            |_: &u32| 1,
+            move |x: u32| {
+                let _ = lock(&go).recv_timeout(Duration::from_secs(60));
+                Ok::<_, ()>(x)
+            },
+            None,
+        );
+        assert!(Pin::new(&mut batch).poll(&mut cx).is_pending());
+        go_tx.send(()).unwrap();
+        let running = seen
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the batch is woken as its job ends");
+        assert_eq!(
+            running, 0,
+            "jobs counted running as the batch learns it ended"
+        );
+        match Pin::new(&mut batch).poll(&mut cx) {
+            Poll::Ready(out) => assert!(matches!(out.as_slice(), [Ok(7)]), "{out:?}"),
+            Poll::Pending => panic!("woken, but not done"),
         }
     }
 }
