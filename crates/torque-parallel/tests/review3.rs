@@ -99,7 +99,7 @@ async fn a_held_as_completed_stream_does_not_block_other_batches() {
     assert_eq!(index, 0);
     // Follow the result up with another batch while holding the stream.
     let follow_up = p.async_io().map(0..2u32, |x| async move { x });
-    let out = tokio::time::timeout(Duration::from_secs(5), follow_up)
+    let out = tokio::time::timeout(Duration::from_secs(60), follow_up)
         .await
         .expect("the follow-up batch gets the free permit");
     assert_eq!(out.len(), 2);

@@ -160,9 +160,9 @@ async fn regression_a_cancel_wakes_a_batch_whose_task_waker_another_batch_unregi
     tokio::task::yield_now().await;
     a_started.recv().unwrap();
     a_release.send(()).unwrap();
-    common::wait_until_async(Duration::from_secs(5), || a_done.load(Ordering::Acquire)).await;
+    common::wait_until_async(Duration::from_secs(60), || a_done.load(Ordering::Acquire)).await;
     token.cancel();
-    let out = tokio::time::timeout(Duration::from_secs(2), joined).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), joined).await;
     release.send(()).unwrap();
     holder.join().unwrap();
     let out = out.expect("the cancel stops the waiting batch").unwrap();

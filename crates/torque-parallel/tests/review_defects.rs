@@ -93,11 +93,11 @@ async fn blocking_map_async_waiting_for_room_stops_on_cancel() {
     let batch = tokio::spawn(batch);
     tokio::task::yield_now().await; // the batch is now waiting for room
     token.cancel();
-    let out = tokio::time::timeout(Duration::from_secs(2), batch).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), batch).await;
     release_tx.send(()).unwrap();
     holder.join().unwrap();
     let out = out
-        .expect("a cancelled batch returns within the cancel bound")
+        .expect("a cancelled batch returns without waiting for the other batch's job")
         .unwrap();
     assert!(
         out.iter()
@@ -177,7 +177,7 @@ fn weights_that_overflow_u64_do_not_kill_a_worker() {
         let _ = tx.send(out);
     });
     let out = rx
-        .recv_timeout(Duration::from_secs(5))
+        .recv_timeout(Duration::from_secs(60))
         .expect("the batch completes");
     assert!(out.iter().all(Result::is_ok));
     assert_eq!(processor.stats().blocking_in_flight_weight, 0);
@@ -202,14 +202,14 @@ fn blocking_map_cancelled_with_items_queued_behind_another_batch_returns() {
     std::thread::spawn(move || {
         let _ = tx.send(cancellable.blocking().map(vec![1, 2], |x| x));
     });
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(60), || {
         processor.stats().blocking_queued == 2
     });
     token.cancel();
-    let out = rx.recv_timeout(Duration::from_secs(2));
+    let out = rx.recv_timeout(Duration::from_secs(60));
     release.send(()).unwrap();
     holder.join().unwrap();
-    let out = out.expect("a cancelled batch returns within the cancel bound");
+    let out = out.expect("a cancelled batch returns without waiting for the other batch's job");
     assert!(
         out.iter()
             .all(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
@@ -238,11 +238,11 @@ async fn blocking_map_async_cancelled_with_items_queued_behind_another_batch_ret
     tokio::task::yield_now().await; // both items are now queued
     assert_eq!(processor.stats().blocking_queued, 2);
     token.cancel();
-    let out = tokio::time::timeout(Duration::from_secs(2), batch).await;
+    let out = tokio::time::timeout(Duration::from_secs(60), batch).await;
     release.send(()).unwrap();
     holder.join().unwrap();
     let out = out
-        .expect("a cancelled batch returns within the cancel bound")
+        .expect("a cancelled batch returns without waiting for the other batch's job")
         .unwrap();
     assert!(
         out.iter()
