@@ -25,6 +25,25 @@ async fn until_misses(cache: &LocalCache<u32, u64>, n: u64) {
     .expect("callers did not arrive");
 }
 
+/// Yields until a loader has recorded its caller in `leader`: the leader's
+/// miss is counted before its loader first runs, so on a multi-thread
+/// runtime `until_misses` can return in between. Bounded like it.
+async fn until_led(leader: &AtomicUsize) -> usize {
+    let led = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let i = leader.load(Ordering::SeqCst);
+            if i != usize::MAX {
+                return i;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("no loader ran");
+    assert!(led < WAITERS);
+    led
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_async_misses_load_once_even_with_cancelled_waiters() {
     let cache: LocalCache<u32, u64> = LocalCache::new(100);
@@ -48,8 +67,7 @@ async fn thousand_async_misses_load_once_even_with_cancelled_waiters() {
     }
     until_misses(&cache, WAITERS as u64).await;
     // Cancel every tenth waiter (never the leader) while the load runs.
-    let leader = leader.load(Ordering::SeqCst);
-    assert!(leader < WAITERS);
+    let leader = until_led(&leader).await;
     let cancelled: Vec<usize> = (0..WAITERS)
         .filter(|i| i % 10 == 3 && *i != leader)
         .collect();
@@ -99,8 +117,7 @@ async fn a_cancelled_leader_hands_the_load_to_a_waiter() {
         }));
     }
     until_misses(&cache, WAITERS as u64).await;
-    let leader = leader.load(Ordering::SeqCst);
-    assert!(leader < WAITERS);
+    let leader = until_led(&leader).await;
     tasks[leader].abort();
     for (i, task) in tasks.into_iter().enumerate() {
         match tokio::time::timeout(Duration::from_secs(30), task).await {
