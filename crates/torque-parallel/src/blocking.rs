@@ -697,24 +697,27 @@ where
                 shared.release(weight);
             }
             // A worker's job is no longer running once its caller can have
-            // the results (see `BlockingPool::shutdown`), unless the batch's
-            // future was dropped: then the drop below may be the last
-            // handle's, which runs the results' `Drop` (user code), so the
-            // job counts until after it.
+            // the results (see `BlockingPool::shutdown`). A batch whose
+            // future was dropped takes no more results: the job drops its
+            // own (user code, whose `Drop` may panic, which must not kill
+            // the worker: the pool would be a thread short for good) and
+            // counts until after. Decided under the batch's lock, where
+            // the future's drop marks it abandoned and takes the results
+            // it holds: read outside, a drop just after the read left this
+            // handle the last, to drop those results uncounted.
             let counted = run == Run::Worker;
-            let abandoned = batch.abandoned.load(Ordering::Relaxed);
-            if counted && !abandoned {
-                shared.running.fetch_sub(1, Ordering::Relaxed);
+            let counted_out = || {
+                if counted {
+                    shared.running.fetch_sub(1, Ordering::Relaxed);
+                }
+            };
+            if let Some(result) = batch.complete_job(index, result, counted_out) {
+                let _ = drop_caught(result);
+                counted_out();
             }
-            batch.complete(index, result, true);
-            // The last handle to the batch is this one when its future was
-            // dropped: dropping it drops the results the batch still holds,
-            // user data whose `Drop` may panic, which must not kill the
-            // worker (the pool would be a thread short for good).
-            let _ = drop_caught(batch);
-            if counted && abandoned {
-                shared.running.fetch_sub(1, Ordering::Relaxed);
-            }
+            // The batch holds none of the caller's data now (the results
+            // are the caller's, or were taken by the future's drop).
+            drop(batch);
         }),
     }
 }
@@ -748,6 +751,36 @@ impl<R, E> Batch<R, E> {
 
     fn add_pending(&self) {
         lock(&self.state).pending += 1;
+    }
+
+    /// [`complete`](Self::complete) for a job: `counted_out` runs before
+    /// the batch learns of the result. A batch abandoned (its future
+    /// dropped) takes no result: it is handed back, for the job to drop.
+    fn complete_job(
+        &self,
+        index: usize,
+        result: Result<R, ItemError<E>>,
+        counted_out: impl FnOnce(),
+    ) -> Option<Result<R, ItemError<E>>> {
+        let waker = {
+            let mut st = lock(&self.state);
+            st.pending -= 1;
+            if self.abandoned.load(Ordering::Relaxed) {
+                return Some(result);
+            }
+            st.results[index] = Some(result);
+            counted_out();
+            if st.pending == 0 {
+                self.done.notify_all();
+                st.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        None
     }
 
     fn complete(&self, index: usize, result: Result<R, ItemError<E>>, was_pending: bool) {
@@ -1075,8 +1108,14 @@ impl<T, R, E, F, W> BlockingMap<T, R, E, F, W> {
 impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
     fn drop(&mut self) {
         self.unregister();
+        // The results in by now are dropped here, at the end (a panic of
+        // theirs is the caller's, as when this handle was the last); the
+        // jobs that end later drop their own (see `job`).
+        let mut results = Vec::new();
         if !self.finished {
+            let mut st = lock(&self.batch.state);
             self.batch.abandoned.store(true, Ordering::Relaxed);
+            results = std::mem::take(&mut st.results);
         }
         // A job left in the wait line would hold back everyone behind it
         // until admitted, only to be skipped.
@@ -1097,6 +1136,7 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         if !self.finished && lock(&self.batch.state).pending > 0 {
             self.shared.skip_queued(owner_of(&self.batch));
         }
+        drop(results);
     }
 }
 
@@ -1169,5 +1209,90 @@ mod tests {
             Poll::Ready(out) => assert!(matches!(out.as_slice(), [Ok(7)]), "{out:?}"),
             Poll::Pending => panic!("woken, but not done"),
         }
+    }
+
+    /// A result whose `Drop` reports the thread it runs on (a pool worker
+    /// or not) and how many jobs the pool counts running at that moment.
+    struct Reports {
+        shared: Arc<Shared>,
+        dropped: Mutex<mpsc::Sender<(bool, usize)>>,
+    }
+
+    impl Drop for Reports {
+        fn drop(&mut self) {
+            let on_worker = ON_WORKER.with(Cell::get);
+            let running = self.shared.running.load(Ordering::SeqCst);
+            let _ = lock(&self.dropped).send((on_worker, running));
+        }
+    }
+
+    /// The batch's waker, woken on the worker as the job completes the
+    /// batch: it holds the worker there until the test has dropped the
+    /// batch's future (a drop racing with the job's end, made certain).
+    struct Holds {
+        woken: Mutex<mpsc::Sender<()>>,
+        resume: Mutex<mpsc::Receiver<()>>,
+    }
+
+    impl Wake for Holds {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            let _ = lock(&self.woken).send(());
+            let _ = lock(&self.resume).recv_timeout(Duration::from_secs(60));
+        }
+    }
+
+    /// A job that read `abandoned` unset counted itself out of `running`,
+    /// and the batch's future was dropped just after: the job's handle to
+    /// the batch was then the last, and dropping it ran the result's `Drop`
+    /// (user code) on the worker while no job counted running. A processor
+    /// dropped then joins that worker, which waits for user code that may
+    /// wait for the very thread dropping it (what `BlockingPool::shutdown`
+    /// leaves the threads unjoined for).
+    #[test]
+    fn a_result_dropped_on_a_worker_drops_while_its_job_counts_running() {
+        let pool = BlockingPool::new(1, 4, u64::MAX).unwrap();
+        let (woken_tx, woken) = mpsc::channel();
+        let (resume, resume_rx) = mpsc::channel();
+        let waker = Waker::from(Arc::new(Holds {
+            woken: Mutex::new(woken_tx),
+            resume: Mutex::new(resume_rx),
+        }));
+        let mut cx = Context::from_waker(&waker);
+        let (dropped_tx, dropped) = mpsc::channel();
+        let shared = Arc::clone(&pool.shared);
+        let (go_tx, go) = mpsc::channel::<()>();
+        let go = Mutex::new(go);
+        let mut batch = BlockingMap::new(
+            &pool,
+            vec![7u32],
+            |_: &u32| 1,
+            move |_: u32| {
+                let _ = lock(&go).recv_timeout(Duration::from_secs(60));
+                Ok::<_, ()>(Reports {
+                    shared: Arc::clone(&shared),
+                    dropped: Mutex::new(dropped_tx.clone()),
+                })
+            },
+            None,
+        );
+        assert!(Pin::new(&mut batch).poll(&mut cx).is_pending());
+        go_tx.send(()).unwrap();
+        woken
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the batch is woken as its job ends");
+        drop(batch);
+        resume.send(()).unwrap();
+        let (on_worker, running) = dropped
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the result is dropped");
+        assert!(
+            !on_worker || running > 0,
+            "the result was dropped on a worker while {running} jobs counted running"
+        );
+        drop(pool);
     }
 }
