@@ -716,8 +716,9 @@ where
                 counted_out();
             }
             // The batch holds none of the caller's data now (the results
-            // are the caller's, or were taken by the future's drop).
-            drop(batch);
+            // are the caller's, or were taken by the future's drop, with
+            // its waker); caught all the same, as the worker must live on.
+            let _ = drop_caught(batch);
         }),
     }
 }
@@ -1111,11 +1112,11 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         // The results in by now are dropped here, at the end (a panic of
         // theirs is the caller's, as when this handle was the last); the
         // jobs that end later drop their own (see `job`).
-        let mut results = Vec::new();
+        let mut taken = (Vec::new(), None);
         if !self.finished {
             let mut st = lock(&self.batch.state);
             self.batch.abandoned.store(true, Ordering::Relaxed);
-            results = std::mem::take(&mut st.results);
+            taken = (std::mem::take(&mut st.results), st.waker.take());
         }
         // A job left in the wait line would hold back everyone behind it
         // until admitted, only to be skipped.
@@ -1136,7 +1137,7 @@ impl<T, R, E, F, W> Drop for BlockingMap<T, R, E, F, W> {
         if !self.finished && lock(&self.batch.state).pending > 0 {
             self.shared.skip_queued(owner_of(&self.batch));
         }
-        drop(results);
+        drop(taken);
     }
 }
 
