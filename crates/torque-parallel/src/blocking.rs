@@ -763,41 +763,41 @@ impl<R, E> Batch<R, E> {
         result: Result<R, ItemError<E>>,
         counted_out: impl FnOnce(),
     ) -> Option<Result<R, ItemError<E>>> {
-        let waker = {
-            let mut st = lock(&self.state);
-            st.pending -= 1;
-            if self.abandoned.load(Ordering::Relaxed) {
-                return Some(result);
-            }
-            st.results[index] = Some(result);
-            counted_out();
-            if st.pending == 0 {
-                self.done.notify_all();
-                st.waker.take()
-            } else {
-                None
-            }
-        };
-        if let Some(w) = waker {
-            w.wake();
+        let mut st = lock(&self.state);
+        st.pending -= 1;
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Some(result);
         }
+        self.store(st, index, result, counted_out);
         None
     }
 
     fn complete(&self, index: usize, result: Result<R, ItemError<E>>, was_pending: bool) {
-        let waker = {
-            let mut st = lock(&self.state);
-            st.results[index] = Some(result);
-            if was_pending {
-                st.pending -= 1;
-            }
-            if st.pending == 0 {
-                self.done.notify_all();
-                st.waker.take()
-            } else {
-                None
-            }
+        let mut st = lock(&self.state);
+        if was_pending {
+            st.pending -= 1;
+        }
+        self.store(st, index, result, || {});
+    }
+
+    /// Stores `result` under the lock `st`, runs `before_wake` there, and
+    /// wakes the caller (after unlocking) once no job is pending.
+    fn store(
+        &self,
+        mut st: MutexGuard<'_, BatchState<R, E>>,
+        index: usize,
+        result: Result<R, ItemError<E>>,
+        before_wake: impl FnOnce(),
+    ) {
+        st.results[index] = Some(result);
+        before_wake();
+        let waker = if st.pending == 0 {
+            self.done.notify_all();
+            st.waker.take()
+        } else {
+            None
         };
+        drop(st);
         if let Some(w) = waker {
             w.wake();
         }
