@@ -1,8 +1,11 @@
 //! Miss ratios on traces none of the tuning looked at, `Adaptive` (default
 //! shards) against quick_cache, moka and `lru::LruCache`: a pure loop a
 //! little larger than the cache, Zipf(1.0) mixed with a loop, Zipf(0.6) and
-//! Zipf(1.2); and, with a weigher, Zipf(0.9) where the popular keys are
-//! the heavy ones or the light ones.
+//! Zipf(1.2), and a Zipf(1.0) sample of 30,000 or 65,536 requests replayed
+//! (a periodic job's traffic: every key comes back after the same number of
+//! requests; the throughput bench replays its 65,536-request trace so);
+//! and, with a weigher, Zipf(0.9) where the popular keys are the heavy
+//! ones or the light ones.
 //!
 //! ```text
 //! cargo run --release -p torque-benches --example cache_more_traces
@@ -62,8 +65,14 @@ fn main() {
             }
         })
         .collect();
+    let periodic = |period: usize| -> Vec<u64> {
+        let sample = zipf_trace(100_000, 1.0, period, 0xc0ffee);
+        (0..len).map(|i| sample[i % period]).collect()
+    };
     let traces = [
         ("loop 1500", loop_trace),
+        ("zipf replayed 30000", periodic(30_000)),
+        ("zipf replayed 65536", periodic(65_536)),
         ("zipf+loop3000", loop_zipf),
         ("zipf 0.6", zipf_trace(100_000, 0.6, len, 3)),
         ("zipf 1.2", zipf_trace(100_000, 1.2, len, 4)),
