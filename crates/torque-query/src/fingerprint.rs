@@ -308,6 +308,146 @@ struct Alias<'a> {
     key: Option<u64>,
     /// The relation as it is written out, in place of the alias.
     out: Out<'a>,
+    /// The tokens the alias is visible in, `start..end`: the query that
+    /// declares it (a subquery's parentheses, one operand of a set
+    /// operation, or the whole statement), subqueries inside it included.
+    start: u32,
+    end: u32,
+    /// The parenthesis depth of that query, while its end is not known.
+    depth: u32,
+}
+
+/// The alias named `matches` that is visible at token `i`: of those whose
+/// query holds `i`, the innermost (scopes nest, so the one that starts last).
+///
+/// `scoped` false: no two aliases share a name, so the only one named so
+/// is the one (a reference out of its alias's query is no valid SQL).
+fn alias_at<'s, 'a>(
+    aliases: &'s [Alias<'a>],
+    scoped: bool,
+    i: usize,
+    matches: impl Fn(&Alias<'a>) -> bool,
+) -> Option<&'s Alias<'a>> {
+    if !scoped {
+        return aliases.iter().find(|a| matches(a));
+    }
+    let mut best: Option<&Alias<'a>> = None;
+    for a in aliases {
+        if (a.start as usize) <= i
+            && i < a.end as usize
+            && best.is_none_or(|b| a.start > b.start)
+            && matches(a)
+        {
+            best = Some(a);
+        }
+    }
+    best
+}
+
+/// Whether the identifier `tokens[i]` is where a bare alias can stand:
+/// an element of a list or of a call's arguments (after `(` or `,`), an
+/// operand after a keyword (`SELECT u`, `WHERE u IS NULL`) or the relation
+/// of a lock (`OF u`). The cheap test before [`bare_alias`]: not after a
+/// `.`, a relation's keyword (`FROM users`), an operator or another name.
+#[inline(always)]
+fn may_be_bare_alias(sql: &str, tokens: &[Token], i: usize) -> bool {
+    let Some(before) = i.checked_sub(1).and_then(|p| tokens.get(p)) else {
+        return false;
+    };
+    match before.kind {
+        Kind::Open | Kind::Comma => true,
+        // `IS NULL`: a null test's `NULL` (no keyword id) is no alias.
+        Kind::Word if before.kw != 0 => {
+            flags_of(before.kw) & tag::OPERAND_POS != 0 && before.kw != kw!("is")
+        }
+        Kind::Word => before.end - before.start == 2 && before.text(sql).eq_ignore_ascii_case("of"),
+        _ => false,
+    }
+}
+
+/// The alias that the identifier `tokens[i]`, standing alone, names: a
+/// whole-row reference (`row_to_json(u)`, `SELECT u`) or a locked relation
+/// (`FOR UPDATE OF u`). Not a qualified name's part (`x.u`, `u.x`), a
+/// call (`u(`), a type (`::u`), a column alias (`AS u`) or a CTE's name
+/// (`u AS (`); the caller leaves out `SET` and `VALUES`, whose names are
+/// columns (`UPDATE t a SET a = 1`). Out of line: only statements with
+/// aliases get here.
+#[cold]
+#[inline(never)]
+fn bare_alias<'s, 'a>(
+    sql: &str,
+    tokens: &[Token],
+    i: usize,
+    aliases: &'s [Alias<'a>],
+    scoped: bool,
+) -> Option<&'s Alias<'a>> {
+    let before = i.checked_sub(1).and_then(|p| tokens.get(p));
+    if before.is_some_and(|b| matches!(b.kind, Kind::Dot | Kind::Cast) || b.kw == kw!("as")) {
+        return None;
+    }
+    let after = tokens.get(i + 1);
+    if after.is_some_and(|a| matches!(a.kind, Kind::Dot | Kind::Open) || a.kw == kw!("as")) {
+        return None;
+    }
+    let t = &tokens[i];
+    match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper) {
+        Some(key) if t.kind == Kind::Word => alias_at(aliases, scoped, i, |a| a.key == Some(key)),
+        _ => alias_at(aliases, scoped, i, |a| same_ident(sql, &tokens[a.token], t)),
+    }
+}
+
+/// Where the query holding token `i` starts, `up` parentheses out of the
+/// group `i` is in: its `(`, or the set operator that begins its operand
+/// (`UNION SELECT ...`). Only aliases declared in a subquery get here.
+#[cold]
+#[inline(never)]
+fn query_start(tokens: &[Token], i: usize, up: usize) -> u32 {
+    let mut up = up;
+    let mut nested = 0usize;
+    for j in (0..i).rev() {
+        let t = &tokens[j];
+        match t.kind {
+            Kind::Close | Kind::CloseBracket => nested += 1,
+            Kind::Open | Kind::OpenBracket if nested > 0 => nested -= 1,
+            Kind::Open | Kind::OpenBracket if up == 0 => return j as u32,
+            Kind::Open | Kind::OpenBracket => up -= 1,
+            Kind::Word
+                if nested == 0
+                    && up == 0
+                    && (t.kw == kw!("union")
+                        || t.kw == kw!("intersect")
+                        || t.kw == kw!("except")) =>
+            {
+                return j as u32;
+            }
+            _ => {}
+        }
+    }
+    0
+}
+
+/// Whether two of `aliases` have the same name.
+#[cold]
+#[inline(never)]
+fn duplicate_alias(sql: &str, tokens: &[Token], aliases: &[Alias<'_>]) -> bool {
+    aliases.iter().enumerate().any(|(n, a)| {
+        aliases[..n].iter().any(|b| match (a.key, b.key) {
+            (Some(x), Some(y)) => x == y,
+            _ => same_ident(sql, &tokens[a.token], &tokens[b.token]),
+        })
+    })
+}
+
+/// Ends, at token `i`, the scope of the aliases of the query at `depth`.
+#[cold]
+#[inline(never)]
+fn end_scope(aliases: &mut [Alias<'_>], depth: usize, i: usize) {
+    for a in aliases.iter_mut().rev() {
+        if a.depth as usize == depth && a.end == u32::MAX {
+            a.end = i as u32;
+            a.depth = u32::MAX;
+        }
+    }
 }
 
 /// The canonical text of an identifier token (lower-cased word, or a plain
@@ -438,6 +578,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     {
         let mut depth = 0usize;
         let mut expect_relation = false;
+        // The relation expected is a FROM list's or a JOIN's, which may be
+        // a parenthesized join: `FROM (users u JOIN posts p ON ...)`.
+        let mut join_may_open = false;
         // Bit `d`: a FROM list is open at parenthesis depth `d` (its commas
         // separate relations). A subquery in it has its own, and the outer
         // list goes on after it: `FROM a, (SELECT ... FROM c) s, b`.
@@ -447,6 +590,16 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         // or `SUBSTRING(s FROM 2)` is an argument's.
         let mut verbs: u64 = 0;
         let in_from_list = |lists: u64, depth: usize| depth < 64 && lists & (1 << depth) != 0;
+        // Bit `d`: the group at depth `d` is a query (SELECT, INSERT,
+        // UPDATE, DELETE, MERGE), whose aliases are its own; a
+        // parenthesized join's are the enclosing query's.
+        let mut queries: u64 = 1;
+        // Where the statement's query (or the current operand of its set
+        // operation) starts; a subquery's start is looked up when one of
+        // its aliases is found (see `query_start`).
+        let mut top_start = 0u32;
+        // Bit `d`: an alias of the query at depth `d` has no end yet.
+        let mut open_scopes: u64 = 0;
         let mut next_mark = 0;
         // `(SELECT ...) UNION (SELECT ...)`: the statement starts inside
         // its opening parentheses (their closers leave the depth at 0), so
@@ -482,9 +635,14 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     depth += 1;
                     if depth < 64 {
                         verbs &= !(1 << depth);
+                        queries &= !(1 << depth);
                     }
                 }
                 Kind::Close | Kind::CloseBracket => {
+                    if depth < 64 && open_scopes & (1 << depth) != 0 {
+                        end_scope(&mut aliases, depth, i);
+                        open_scopes &= !(1 << depth);
+                    }
                     depth = depth.saturating_sub(1);
                     // The lists opened inside the group end with it.
                     if depth < 63 {
@@ -545,6 +703,21 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 }
                 if (w == kw!("select") || w == kw!("update") || w == kw!("delete")) && depth < 64 {
                     verbs |= 1 << depth;
+                    queries |= 1 << depth;
+                }
+                if (w == kw!("insert") || w == kw!("merge")) && depth < 64 {
+                    queries |= 1 << depth;
+                }
+                // Each operand of a set operation is a query of its own.
+                if (w == kw!("union") || w == kw!("intersect") || w == kw!("except")) && depth < 64
+                {
+                    if open_scopes & (1 << depth) != 0 {
+                        end_scope(&mut aliases, depth, i);
+                        open_scopes &= !(1 << depth);
+                    }
+                    if depth == 0 {
+                        top_start = i as u32;
+                    }
                 }
                 let opens_relation = w == kw!("from")
                     || w == kw!("join")
@@ -565,6 +738,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                             && (word(i - 1) == kw!("for") || for_no_key(sql, tokens, i));
                         if !distinct && !do_update && !for_update && !argument {
                             expect_relation = true;
+                            join_may_open = w == kw!("from") || w == kw!("join");
                             if w == kw!("from") && depth < 64 {
                                 from_lists |= 1 << depth;
                             }
@@ -580,6 +754,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
             }
             if t.kind == Kind::Comma && in_from_list(from_lists, depth) {
                 expect_relation = true;
+                join_may_open = true;
                 i += 1;
                 continue;
             }
@@ -621,10 +796,26 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     && !(a.kind == Kind::Word && flags(j) & tag::CLAUSE != 0)
                     && !(a.kind == Kind::Word && !has_as && flags(j) & tag::RESERVED_AFTER_REL != 0)
                 {
+                    // The innermost query around: its scope.
+                    let (start, end, scope_depth) = if depth < 64 {
+                        let d = 63 - (queries & (u64::MAX >> (63 - depth))).leading_zeros();
+                        open_scopes |= 1 << d;
+                        let start = if d == 0 {
+                            top_start
+                        } else {
+                            query_start(tokens, i, depth - d as usize)
+                        };
+                        (start, u32::MAX, d)
+                    } else {
+                        (0, u32::MAX, u32::MAX)
+                    };
                     aliases.push(Alias {
                         token: j,
                         key: ident_key(sql, a),
                         out: ident_out(sql, &tokens[last]),
+                        start,
+                        end,
+                        depth: scope_depth,
                     });
                     if has_as {
                         drops.push(after as u32);
@@ -637,6 +828,19 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 continue;
             }
             if expect_relation
+                && join_may_open
+                && t.kind == Kind::Open
+                && tokens.get(i + 1).is_some_and(|n| {
+                    // Not `(SELECT`, `(VALUES`, `(TABLE t)`: no keyword.
+                    matches!(n.kind, Kind::Open | Kind::Quoted)
+                        || (n.kind == Kind::Word && n.kw == 0)
+                })
+            {
+                // A parenthesized join: its first relation comes next.
+                i += 1;
+                continue;
+            }
+            if expect_relation
                 && !(t.kind == Kind::Word && (word(i) == kw!("only") || word(i) == kw!("lateral")))
             {
                 // A subquery or something else: no relation here.
@@ -645,6 +849,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
             i += 1;
         }
     }
+
+    // Aliases need their scopes only when two share a name.
+    let scoped = aliases.len() > 1 && duplicate_alias(sql, tokens, &aliases);
 
     // Pass 2: emit normalized tokens, classify slots, collapse lists.
     let mut out: Vec<Out<'_>> = recycle(std::mem::take(out_buffer));
@@ -760,10 +967,10 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         ) {
                             // Equal keys: the same length and the same bytes up to
                             // ASCII case, which is what `same_ident` checks.
-                            Some(key) => aliases.iter().find(|a| a.key == Some(key)),
-                            None => aliases
-                                .iter()
-                                .find(|a| same_ident(sql, &tokens[a.token], t)),
+                            Some(key) => alias_at(&aliases, scoped, i, |a| a.key == Some(key)),
+                            None => alias_at(&aliases, scoped, i, |a| {
+                                same_ident(sql, &tokens[a.token], t)
+                            }),
                         }
                     {
                         alias_bytes += alias.out.text.len();
@@ -776,6 +983,19 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                         i += 2;
                         continue;
                     }
+                }
+                // A bare alias: the relation's row (`row_to_json(u)`) or
+                // the relation to lock (`FOR UPDATE OF u`).
+                if w == 0
+                    && !aliases.is_empty()
+                    && may_be_bare_alias(sql, tokens, i)
+                    && !matches!(clause, Clause::Set | Clause::Values)
+                    && let Some(alias) = bare_alias(sql, tokens, i, &aliases, scoped)
+                {
+                    alias_bytes += alias.out.text.len();
+                    push(&mut out, frames, alias.out);
+                    i += 1;
+                    continue;
                 }
                 // `null` has no keyword id (relations and aliases are
                 // parsed as before): its length, inside a group, is the
@@ -810,9 +1030,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     continue;
                 }
                 if tokens.get(i + 1).is_some_and(|d| d.kind == Kind::Dot)
-                    && let Some(alias) = aliases
-                        .iter()
-                        .find(|a| same_ident(sql, &tokens[a.token], t))
+                    && let Some(alias) = alias_at(&aliases, scoped, i, |a| {
+                        same_ident(sql, &tokens[a.token], t)
+                    })
                 {
                     alias_bytes += alias.out.text.len();
                     push(&mut out, frames, alias.out);
@@ -821,6 +1041,16 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 }
                 if is_three_part(tokens, i) {
                     i += 2;
+                    continue;
+                }
+                if !aliases.is_empty()
+                    && may_be_bare_alias(sql, tokens, i)
+                    && !matches!(clause, Clause::Set | Clause::Values)
+                    && let Some(alias) = bare_alias(sql, tokens, i, &aliases, scoped)
+                {
+                    alias_bytes += alias.out.text.len();
+                    push(&mut out, frames, alias.out);
+                    i += 1;
                     continue;
                 }
                 push(&mut out, frames, ident_out(sql, t));
