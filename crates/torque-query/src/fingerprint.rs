@@ -1367,6 +1367,10 @@ fn row_list_arity(items: &[Out<'_>]) -> Option<usize> {
             }
             at += 1;
         }
+        // `ROW(1, 2)` is the row `(1, 2)`.
+        if items.get(at).is_some_and(is_row_word) {
+            at += 1;
+        }
         if items.get(at)?.kind != Kind::Open {
             return None;
         }
@@ -1932,15 +1936,28 @@ fn in_row_of_key_list(out: &[Out<'_>], frames: &[Frame]) -> bool {
         [.., list, row] => {
             list.key_list
                 && !row.key_list
-                && row.open > 0
                 && out[row.open].kind == Kind::Open
-                && matches!(
-                    out[row.open - 1].kind,
-                    Kind::Open | Kind::OpenBracket | Kind::Comma
-                )
+                && row_start(out, row.open).is_some_and(|start| {
+                    start > 0
+                        && matches!(
+                            out[start - 1].kind,
+                            Kind::Open | Kind::OpenBracket | Kind::Comma
+                        )
+                })
         }
         _ => false,
     }
+}
+
+/// Where the row whose `(` is `out[open]` starts: at the `(`, or at the
+/// `ROW` keyword of an explicit row constructor (`ROW(1, 2)` is `(1, 2)`).
+fn row_start(out: &[Out<'_>], open: usize) -> Option<usize> {
+    let before = out.get(open.checked_sub(1)?)?;
+    Some(if is_row_word(before) { open - 1 } else { open })
+}
+
+fn is_row_word(o: &Out<'_>) -> bool {
+    o.kind == Kind::Word && !o.slot && o.text.eq_ignore_ascii_case("row")
 }
 
 /// Most tokens of a type name the detector looks back over for a typed

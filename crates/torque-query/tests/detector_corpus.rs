@@ -62,6 +62,7 @@ fn batchable_loops_of_real_applications_are_n_plus_ones_at_five_not_four() {
         "SELECT * FROM users WHERE id = ANY(ARRAY[{i}])",
         "SELECT * FROM users WHERE id = ANY($1::int[])",
         "SELECT * FROM users WHERE (a, b) IN (({i}, 2))",
+        "SELECT * FROM users WHERE (a, b) IN (ROW({i}, 2))",
         // Keys inside CTEs, subqueries and set operations.
         "WITH u AS (SELECT * FROM users WHERE id = {i}) SELECT * FROM u",
         "SELECT * FROM (SELECT * FROM users WHERE id = {i}) s",

@@ -698,3 +698,27 @@ fn a_column_named_like_an_alias_in_an_assignment_stays_a_column() {
         "insert into logs(a, b) values (?, ?) on conflict (a) do update set l = logs.l + ?",
     );
 }
+
+/// `ROW(1, 2)` is the row `(1, 2)`: a list of explicit row constructors of
+/// constants is one row of slots, whatever its length, like a list of
+/// parenthesized rows ("an `IN (...)` list of any length collapses").
+#[test]
+fn regression_a_list_of_row_constructors_collapses_like_a_list_of_rows() {
+    let rows = "SELECT * FROM m WHERE (a, b) IN ((1, 2), (3, 4))";
+    for sql in [
+        "SELECT * FROM m WHERE (a, b) IN (ROW(1, 2), ROW(3, 4))",
+        "SELECT * FROM m WHERE (a, b) IN (ROW(1, 2))",
+        "SELECT * FROM m WHERE (a, b) IN (row($1, $2), (3, 4), ROW(5, 6))",
+    ] {
+        same(rows, sql);
+    }
+    same(
+        "SELECT * FROM m WHERE (a, b) = ANY(ARRAY[ROW(1, 2), ROW(3, 4)])",
+        "SELECT * FROM m WHERE (a, b) = ANY(ARRAY[ROW(5, 6)])",
+    );
+    // A row constructor holding a column keeps its shape.
+    differ(
+        "SELECT * FROM m WHERE (a, b) IN (ROW(1, x), ROW(3, 4))",
+        "SELECT * FROM m WHERE (a, b) IN (ROW(1, x))",
+    );
+}
