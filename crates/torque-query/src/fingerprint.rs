@@ -426,6 +426,89 @@ fn query_start(tokens: &[Token], i: usize, up: usize) -> u32 {
     0
 }
 
+/// Most relations of a statement [`number_instances`] compares (it is
+/// quadratic in them).
+const MAX_INSTANCES: usize = 64;
+
+/// For each alias of a relation used more than once where the alias is
+/// declared, its index and the name written in its place: `relation#k`,
+/// the alias's use being the k-th of those in view (the enclosing queries'
+/// uses first, then its own query's in order), for k >= 2. Out of line:
+/// only statements that name a relation twice get here.
+#[cold]
+#[inline(never)]
+fn number_instances(
+    sql: &str,
+    tokens: &[Token],
+    declarations: &[Declaration],
+) -> Vec<(usize, String)> {
+    let mut named = Vec::new();
+    if declarations.len() > MAX_INSTANCES {
+        return named;
+    }
+    // Each use's scope, `start..end`, as for aliases.
+    let scopes: Vec<(usize, usize)> = declarations
+        .iter()
+        .map(|d| {
+            let start = query_start(tokens, d.relation as usize, d.up as usize) as usize;
+            (start, query_end(tokens, start))
+        })
+        .collect();
+    for (a, (da, &(start_a, _))) in declarations.iter().zip(&scopes).enumerate() {
+        if da.alias == u32::MAX {
+            continue;
+        }
+        let rel_a = &tokens[da.relation as usize];
+        let before = declarations
+            .iter()
+            .zip(&scopes)
+            .enumerate()
+            .filter(|&(b, (db, &(start_b, end_b)))| {
+                let at = da.relation as usize;
+                b != a
+                    && start_b <= at
+                    && at < end_b
+                    && (start_b < start_a || (start_b == start_a && db.relation < da.relation))
+                    && same_ident(sql, &tokens[db.relation as usize], rel_a)
+            })
+            .count();
+        if before > 0 {
+            named.push((
+                da.alias as usize,
+                format!("{}#{}", ident_string(sql, rel_a), before + 1),
+            ));
+        }
+    }
+    named
+}
+
+/// Where the query starting at token `start` (see [`query_start`]) ends:
+/// at the `)` that closes its `(`, or at the next set operator or the
+/// enclosing group's `)` after an operand that starts with one, or at the
+/// statement's end.
+fn query_end(tokens: &[Token], start: usize) -> usize {
+    let opened = tokens.get(start).is_some_and(|t| t.kind == Kind::Open);
+    let mut nested = 0usize;
+    for (j, t) in tokens.iter().enumerate().skip(start + 1) {
+        match t.kind {
+            Kind::Open | Kind::OpenBracket => nested += 1,
+            Kind::Close | Kind::CloseBracket if nested > 0 => nested -= 1,
+            Kind::Close | Kind::CloseBracket => return j,
+            Kind::Word
+                if !opened
+                    && nested == 0
+                    && (t.kw == kw!("union")
+                        || t.kw == kw!("intersect")
+                        || t.kw == kw!("except")) =>
+            {
+                return j;
+            }
+            _ => {}
+        }
+    }
+    tokens.len()
+}
+
 /// Whether two of `aliases` have the same name.
 #[cold]
 #[inline(never)]
@@ -492,6 +575,20 @@ struct Scratch {
     keys: Vec<KeySlot>,
     /// [`SlotState::range_columns`], kept empty between calls.
     range_columns: Vec<Column>,
+    /// Every relation pass 1 found (see [`Declaration`]).
+    declarations: Vec<Declaration>,
+}
+
+/// A relation named in a statement, for telling apart two uses of one
+/// relation (a self-join).
+#[derive(Debug, Clone, Copy)]
+struct Declaration {
+    /// The relation's name token.
+    relation: u32,
+    /// Parentheses between it and the group of the query that declares it.
+    up: u32,
+    /// Its alias's index in the alias list, or `u32::MAX`.
+    alias: u32,
 }
 
 /// An empty vector of another lifetime on the same allocation (the standard
@@ -555,6 +652,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
         out: out_buffer,
         keys: keys_buffer,
         range_columns: range_buffer,
+        declarations,
     } = scratch;
     tokens.clear();
     marks.clear();
@@ -571,7 +669,13 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
     // Pass 1: relation references, their schema qualifiers and aliases.
     let n = tokens.len();
     drops.clear();
+    declarations.clear();
     let mut tables: Vec<String> = Vec::new();
+    // A relation named twice (a self-join) repeats.
+    let mut repeated = false;
+    // Names of relations written in place of aliases of a self-join
+    // (`employees#2`): the aliases below borrow them.
+    let mut instance_names: Vec<String> = Vec::new();
     let mut aliases: Vec<Alias<'_>> = recycle_aliases(std::mem::take(alias_buffer));
     let mut kind = StatementKind::Utility;
     let mut kind_found = false;
@@ -782,9 +886,23 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     drops.push(d as u32);
                 }
                 let relation = ident_string(sql, &tokens[last]);
-                if !tables.contains(&relation) {
+                if tables.contains(&relation) {
+                    repeated = true;
+                } else {
                     tables.push(relation);
                 }
+                // The innermost query around (a parenthesized join's
+                // relations are the enclosing query's).
+                let scope_depth = if depth < 64 {
+                    63 - (queries & (u64::MAX >> (63 - depth))).leading_zeros()
+                } else {
+                    0
+                };
+                declarations.push(Declaration {
+                    relation: last as u32,
+                    up: (depth - scope_depth as usize) as u32,
+                    alias: u32::MAX,
+                });
                 // Alias: `AS a` or a bare non-clause word.
                 let mut j = after;
                 let has_as = word(j) == kw!("as");
@@ -798,7 +916,7 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                 {
                     // The innermost query around: its scope.
                     let (start, end, scope_depth) = if depth < 64 {
-                        let d = 63 - (queries & (u64::MAX >> (63 - depth))).leading_zeros();
+                        let d = scope_depth;
                         open_scopes |= 1 << d;
                         let start = if d == 0 {
                             top_start
@@ -809,6 +927,9 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
                     } else {
                         (0, u32::MAX, u32::MAX)
                     };
+                    if let Some(d) = declarations.last_mut() {
+                        d.alias = aliases.len() as u32;
+                    }
                     aliases.push(Alias {
                         token: j,
                         key: ident_key(sql, a),
@@ -852,6 +973,24 @@ fn analyze_with<const VALUES: bool>(sql: &str, scratch: &mut Scratch) -> Analysi
 
     // Aliases need their scopes only when two share a name.
     let scoped = aliases.len() > 1 && duplicate_alias(sql, tokens, &aliases);
+    // A self-join: the aliases of the second and later uses of a relation
+    // in view stand for `relation#2`, ... (the order of the uses decides,
+    // never the aliases' names).
+    if repeated && !aliases.is_empty() {
+        let numbered = number_instances(sql, tokens, declarations);
+        instance_names.extend(numbered.iter().map(|(_, name)| name.clone()));
+        for ((alias, _), name) in numbered.iter().zip(&instance_names) {
+            if let Some(a) = aliases.get_mut(*alias) {
+                a.out = Out {
+                    text: name,
+                    kind: a.out.kind,
+                    tags: 0,
+                    slot: false,
+                    lower: true,
+                };
+            }
+        }
+    }
 
     // Pass 2: emit normalized tokens, classify slots, collapse lists.
     let mut out: Vec<Out<'_>> = recycle(std::mem::take(out_buffer));

@@ -676,6 +676,8 @@ fn every_prefix_of_the_corpus_has_a_fingerprint() {
         "MERGE INTO c USING (SELECT $1 AS id) s ON c.id = s.id WHEN MATCHED THEN UPDATE SET n = s.n",
         "INSERT INTO a AS x (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET n = x.n + 1 RETURNING x.id",
         "SELECT ünï.ç FROM ünï WHERE ç = 'é'",
+        "SELECT e.x FROM employees e JOIN (employees m JOIN employees) ON m.id = e.mid WHERE EXISTS (SELECT 1 FROM employees k WHERE k.id = m.id) UNION SELECT e.x FROM employees e",
+        "SELECT * FROM m WHERE (a, b) IN (ROW(1, 2), ROW($1, (3)))",
     ];
     for sql in corpus {
         for end in (0..=sql.len()).filter(|&e| sql.is_char_boundary(e)) {
@@ -720,5 +722,48 @@ fn regression_a_list_of_row_constructors_collapses_like_a_list_of_rows() {
     differ(
         "SELECT * FROM m WHERE (a, b) IN (ROW(1, x), ROW(3, 4))",
         "SELECT * FROM m WHERE (a, b) IN (ROW(1, x))",
+    );
+}
+
+/// A self-join names one relation twice: the relation alone cannot say
+/// which use a column belongs to, so `e.id = m.manager_id` (an employee's
+/// reports) and `m.id = e.manager_id` (an employee's manager) were one
+/// shape, and Django's `T3."name" = %s` (filter on the joined manager) was
+/// `"app_employee"."name" = %s` (filter on the employee). Only alias names
+/// may not matter: the second use of a relation in view is
+/// `relation#2`, whatever its alias is called.
+#[test]
+fn regression_the_two_uses_of_a_relation_in_a_self_join_stay_apart() {
+    let reports =
+        "SELECT e.name FROM employees e JOIN employees m ON e.id = m.manager_id WHERE e.id = 1";
+    let manager =
+        "SELECT e.name FROM employees e JOIN employees m ON m.id = e.manager_id WHERE e.id = 1";
+    differ(reports, manager);
+    same(
+        reports,
+        "SELECT a.name FROM employees a JOIN employees b ON a.id = b.manager_id WHERE a.id = 2",
+    );
+    normalized(
+        manager,
+        "select employees.name from employees join employees on employees#2.id = employees.manager_id where employees.id = ?",
+    );
+    // Django: the first use unaliased, the second `T3`.
+    differ(
+        "SELECT \"app_employee\".\"id\" FROM \"app_employee\" INNER JOIN \"app_employee\" T3 ON (\"app_employee\".\"manager_id\" = T3.\"id\") WHERE T3.\"name\" = %s",
+        "SELECT \"app_employee\".\"id\" FROM \"app_employee\" INNER JOIN \"app_employee\" T3 ON (\"app_employee\".\"manager_id\" = T3.\"id\") WHERE \"app_employee\".\"name\" = %s",
+    );
+    same(
+        "SELECT \"app_employee\".\"id\" FROM \"app_employee\" INNER JOIN \"app_employee\" T3 ON (\"app_employee\".\"manager_id\" = T3.\"id\") WHERE T3.\"name\" = %s",
+        "SELECT app_employee.id FROM app_employee INNER JOIN app_employee T4 ON (app_employee.manager_id = T4.id) WHERE T4.name = 'x'",
+    );
+    // A correlated subquery over the same relation.
+    differ(
+        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM users v WHERE v.manager_id = u.id)",
+        "SELECT * FROM users u WHERE EXISTS (SELECT 1 FROM users v WHERE v.id = u.manager_id)",
+    );
+    // Two CTEs over one relation see one use each: no numbering.
+    normalized(
+        "WITH a AS (SELECT t.x FROM orders t), b AS (SELECT t.y FROM orders t) SELECT * FROM a, b",
+        "with a as (select orders.x from orders), b as (select orders.y from orders) select * from a, b",
     );
 }
