@@ -370,8 +370,9 @@ fn may_be_bare_alias(sql: &str, tokens: &[Token], i: usize) -> bool {
 /// (`FOR UPDATE OF u`). Not a qualified name's part (`x.u`, `u.x`), a
 /// call (`u(`), a type (`::u`), a column alias (`AS u`) or a CTE's name
 /// (`u AS (`); the caller leaves out `SET` and `VALUES`, whose names are
-/// columns (`UPDATE t a SET a = 1`). Out of line: only statements with
-/// aliases get here.
+/// columns (`UPDATE t a SET a = 1`), and `ORDER BY` and `GROUP BY`, whose
+/// names may be output columns' (`count(*) AS c ... ORDER BY c`). Out of
+/// line: only statements with aliases get here.
 #[cold]
 #[inline(never)]
 fn bare_alias<'s, 'a>(
@@ -388,6 +389,22 @@ fn bare_alias<'s, 'a>(
     let after = tokens.get(i + 1);
     if after.is_some_and(|a| matches!(a.kind, Kind::Dot | Kind::Open) || a.kw == kw!("as")) {
         return None;
+    }
+    // The clause it is in, at its own level: not ORDER BY or GROUP BY.
+    let mut nested = 0usize;
+    for b in tokens[..i].iter().rev() {
+        match b.kind {
+            Kind::Close | Kind::CloseBracket => nested += 1,
+            Kind::Open | Kind::OpenBracket if nested == 0 => break,
+            Kind::Open | Kind::OpenBracket => nested -= 1,
+            Kind::Word if nested == 0 && clause_of(b.kw).is_some() => {
+                if b.kw == kw!("order") || b.kw == kw!("group") {
+                    return None;
+                }
+                break;
+            }
+            _ => {}
+        }
     }
     let t = &tokens[i];
     match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper) {

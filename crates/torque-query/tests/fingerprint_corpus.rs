@@ -767,3 +767,23 @@ fn regression_the_two_uses_of_a_relation_in_a_self_join_stay_apart() {
         "with a as (select orders.x from orders), b as (select orders.y from orders) select * from a, b",
     );
 }
+
+/// ORDER BY and GROUP BY may name an output column: a bare name there is
+/// left as written even when an alias is spelled the same, so the alias's
+/// name does not change the shape.
+#[test]
+fn a_name_in_order_by_or_group_by_is_left_as_written() {
+    same(
+        "SELECT count(*) AS c FROM comments c GROUP BY c.post_id ORDER BY c DESC",
+        "SELECT count(*) AS c FROM comments x GROUP BY x.post_id ORDER BY c DESC",
+    );
+    same(
+        "SELECT p.kind AS p, count(*) FROM posts p GROUP BY p",
+        "SELECT x.kind AS p, count(*) FROM posts x GROUP BY p",
+    );
+    // A lock after the ORDER BY names its relation again.
+    same(
+        "SELECT * FROM users u ORDER BY u.id FOR SHARE OF u",
+        "SELECT * FROM users x ORDER BY x.id FOR SHARE OF x",
+    );
+}
