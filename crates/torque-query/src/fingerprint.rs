@@ -390,28 +390,36 @@ fn bare_alias<'s, 'a>(
     if after.is_some_and(|a| matches!(a.kind, Kind::Dot | Kind::Open) || a.kw == kw!("as")) {
         return None;
     }
-    // The clause it is in, at its own level: not ORDER BY or GROUP BY.
+    let t = &tokens[i];
+    let alias = match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper) {
+        Some(key) if t.kind == Kind::Word => alias_at(aliases, scoped, i, |a| a.key == Some(key)),
+        _ => alias_at(aliases, scoped, i, |a| same_ident(sql, &tokens[a.token], t)),
+    }?;
+    // The clause it is in, at its own level: not ORDER BY or GROUP BY. Only
+    // for a name that is an alias's, and at most [`MAX_CLAUSE_LOOK_BACK`]
+    // tokens back (a longer walk leaves the name as written), so a long
+    // list of names stays linear.
     let mut nested = 0usize;
-    for b in tokens[..i].iter().rev() {
+    for b in tokens[i.saturating_sub(MAX_CLAUSE_LOOK_BACK)..i]
+        .iter()
+        .rev()
+    {
         match b.kind {
             Kind::Close | Kind::CloseBracket => nested += 1,
-            Kind::Open | Kind::OpenBracket if nested == 0 => break,
+            Kind::Open | Kind::OpenBracket if nested == 0 => return Some(alias),
             Kind::Open | Kind::OpenBracket => nested -= 1,
             Kind::Word if nested == 0 && clause_of(b.kw).is_some() => {
-                if b.kw == kw!("order") || b.kw == kw!("group") {
-                    return None;
-                }
-                break;
+                return (b.kw != kw!("order") && b.kw != kw!("group")).then_some(alias);
             }
             _ => {}
         }
     }
-    let t = &tokens[i];
-    match folded_key(sql.as_bytes(), t.start as usize, t.end as usize, t.upper) {
-        Some(key) if t.kind == Kind::Word => alias_at(aliases, scoped, i, |a| a.key == Some(key)),
-        _ => alias_at(aliases, scoped, i, |a| same_ident(sql, &tokens[a.token], t)),
-    }
+    // The statement's start, or too far back to tell.
+    (i <= MAX_CLAUSE_LOOK_BACK).then_some(alias)
 }
+
+/// How far [`bare_alias`] looks back for the clause a name is in.
+const MAX_CLAUSE_LOOK_BACK: usize = 256;
 
 /// Where the query holding token `i` starts, `up` parentheses out of the
 /// group `i` is in: its `(`, or the set operator that begins its operand
@@ -530,6 +538,12 @@ fn query_end(tokens: &[Token], start: usize) -> usize {
 #[cold]
 #[inline(never)]
 fn duplicate_alias(sql: &str, tokens: &[Token], aliases: &[Alias<'_>]) -> bool {
+    // Many aliases, all with keys: a set, so that a statement of thousands
+    // of aliases (a long `UNION ALL` of aliased queries) stays linear.
+    if aliases.len() > 16 && aliases.iter().all(|a| a.key.is_some()) {
+        let mut seen = std::collections::HashSet::with_capacity(aliases.len());
+        return !aliases.iter().all(|a| seen.insert(a.key));
+    }
     aliases.iter().enumerate().any(|(n, a)| {
         aliases[..n].iter().any(|b| match (a.key, b.key) {
             (Some(x), Some(y)) => x == y,
@@ -539,11 +553,19 @@ fn duplicate_alias(sql: &str, tokens: &[Token], aliases: &[Alias<'_>]) -> bool {
 }
 
 /// Ends, at token `i`, the scope of the aliases of the query at `depth`.
+/// The scope's aliases are the latest declared since its start, so the
+/// walk back stops at the first alias declared before that: a long `UNION
+/// ALL` of aliased queries stays linear.
 #[cold]
 #[inline(never)]
 fn end_scope(aliases: &mut [Alias<'_>], depth: usize, i: usize) {
+    let mut start = None;
     for a in aliases.iter_mut().rev() {
+        if start.is_some_and(|s| (a.token as u32) < s) {
+            break;
+        }
         if a.depth as usize == depth && a.end == u32::MAX {
+            start.get_or_insert(a.start);
             a.end = i as u32;
             a.depth = u32::MAX;
         }
