@@ -11,6 +11,13 @@
 //! `--servers LIST` replaces the issue's capacities (8, 24, 64; steps
 //! 24 → 8, 9 → 3, 64 → 21) with held-out ones (steps drop each to a third).
 //!
+//! `--model issue|lognormal|bimodal|rtt` swaps the service-time model for a
+//! held-out one (rows then end in `[model]`; see `sim::Service`): lognormal
+//! (median 10 ms, σ 1), bimodal (90 % 1 ms, 10 % 50 ms), rtt (a 30 ms
+//! network round trip holding no server + Exp(2 ms) of service; its static
+//! sweep goes on to 1024). `--only drift` runs thrash while C drifts
+//! linearly to half its value over the run (24 → 12, or each `--servers`).
+//!
 //! `--scale N` multiplies every run's duration (and the step's instant) by N,
 //! to separate start-up cost from steady state. `--limiter NAME` runs only
 //! the limiters whose name starts with NAME (e.g. `Adaptive`).
@@ -32,7 +39,7 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::{Report, Scenario, oracle, run, run_shared, shared_oracle};
+use sim::{Report, Scenario, Service, oracle, run, run_shared, shared_oracle};
 use torque_parallel::limit::{Adaptive, Aimd, Algorithm, Gradient2, Vegas, Windowed};
 
 fn limiters() -> Vec<(&'static str, Box<dyn Algorithm>)> {
@@ -61,8 +68,22 @@ fn scenarios(
     scale: u32,
     servers: &[usize],
     load: f64,
+    model: Service,
 ) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
+    if kind == "drift" {
+        for &c in if servers.is_empty() {
+            &[24][..]
+        } else {
+            servers
+        } {
+            let mut s = Scenario::closed(c, seed);
+            s.thrash = true;
+            s.duration = Duration::from_secs(60);
+            s.drift = Some((c / 2).max(1));
+            out.push((format!("drift C={c}→{}", (c / 2).max(1)), s));
+        }
+    }
     // The issue's capacities, or held-out ones from `--servers` (steps then
     // drop each to a third).
     let steps: Vec<(usize, usize)> = if servers.is_empty() {
@@ -101,7 +122,11 @@ fn scenarios(
             out.push((format!("open {load}× C={c}"), s));
         }
     }
-    for (_, s) in &mut out {
+    for (name, s) in &mut out {
+        s.service = model;
+        if model != Service::Issue {
+            name.push_str(&format!(" [{}]", model.name()));
+        }
         s.duration *= scale;
         if let Some((at, _)) = &mut s.step {
             *at *= scale;
@@ -124,6 +149,7 @@ fn main() {
     let mut servers: Vec<usize> = Vec::new();
     let mut load = 1.3;
     let mut curve: Option<usize> = None;
+    let mut model = Service::Issue;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -136,11 +162,19 @@ fn main() {
                     .collect();
             }
             "--only" => {
-                only = args.next().expect("--only thrash|step|open|shared");
+                only = args.next().expect("--only thrash|step|open|drift|shared");
                 assert!(
-                    ["thrash", "step", "open", "shared", "shared-open", "all"]
-                        .contains(&only.as_str()),
-                    "--only thrash|step|open|shared, not {only:?}"
+                    [
+                        "thrash",
+                        "step",
+                        "open",
+                        "drift",
+                        "shared",
+                        "shared-open",
+                        "all"
+                    ]
+                    .contains(&only.as_str()),
+                    "--only thrash|step|open|drift|shared, not {only:?}"
                 );
             }
             "--scale" => scale = args.next().and_then(|s| s.parse().ok()).expect("--scale N"),
@@ -161,6 +195,11 @@ fn main() {
                     .collect();
             }
             "--curve" => curve = Some(args.next().and_then(|s| s.parse().ok()).expect("--curve K")),
+            "--model" => {
+                let name = args.next().expect("--model issue|lognormal|bimodal|rtt");
+                model = Service::parse(&name)
+                    .unwrap_or_else(|| panic!("--model issue|lognormal|bimodal|rtt, not {name:?}"));
+            }
             "--oracle-cache" => cache = Some(args.next().expect("--oracle-cache PATH")),
             other => panic!("unknown argument {other}"),
         }
@@ -171,7 +210,7 @@ fn main() {
         return;
     }
     if let Some(k) = curve {
-        static_curve(&seeds, &only, scale, &servers, load, k);
+        static_curve(&seeds, &only, scale, &servers, load, k, model);
         return;
     }
     println!(
@@ -179,7 +218,7 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for seed in seeds {
-        for (name, scenario) in scenarios(&only, seed, scale, &servers, load) {
+        for (name, scenario) in scenarios(&only, seed, scale, &servers, load, model) {
             let (best, base) = cached_oracle(
                 cache.as_deref(),
                 &format!("{name} {seed} {scale}"),
@@ -190,7 +229,8 @@ fn main() {
                     continue;
                 }
                 let report = run(&scenario, algorithm);
-                let goal = if limiter == "Adaptive" {
+                // The issue's goals are for its own scenarios.
+                let goal = if limiter == "Adaptive" && !name.starts_with("drift") {
                     goal(&name, &report, &base)
                 } else {
                     String::new()
@@ -214,12 +254,20 @@ fn main() {
 }
 
 /// Static limits around the oracle's: throughput and p99 relative to it.
-fn static_curve(seeds: &[u64], only: &str, scale: u32, servers: &[usize], load: f64, k: usize) {
+fn static_curve(
+    seeds: &[u64],
+    only: &str,
+    scale: u32,
+    servers: &[usize],
+    load: f64,
+    k: usize,
+    model: Service,
+) {
     use torque_parallel::limit::Fixed;
     println!("| scenario | seed | static limit | req/s × oracle | p99 × oracle |");
     println!("|---|---|---|---|---|");
     for &seed in seeds {
-        for (name, scenario) in scenarios(only, seed, scale, servers, load) {
+        for (name, scenario) in scenarios(only, seed, scale, servers, load, model) {
             let (best, base) = oracle(&scenario);
             for limit in best.saturating_sub(k).max(1)..=best + k {
                 let report = run(&scenario, Fixed::new(limit));

@@ -10,6 +10,11 @@
 //! changes at an instant), and open-loop Poisson arrivals with fail-fast
 //! rejection instead of a closed loop that always has work waiting.
 //! Latency is measured from admission to completion.
+//!
+//! [`Service`] swaps the service-time model for held-out ones (lognormal,
+//! bimodal, a network round trip that holds no server), and
+//! `Scenario::drift` moves C linearly over the run; the defaults are the
+//! model above, unchanged.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -39,6 +44,78 @@ pub struct Scenario {
     pub open_loop: Option<f64>,
     pub duration: Duration,
     pub seed: u64,
+    /// The service-time model ([`Service::Issue`] by default).
+    pub service: Service,
+    /// C moves linearly from `servers` to this over the run.
+    pub drift: Option<usize>,
+}
+
+/// A request's service-time model. `Issue` is the one the limiter was tuned
+/// on; the others are held out, to check that tuning did not overfit it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Service {
+    /// 10 ms + Exp(10 ms).
+    #[default]
+    Issue,
+    /// Lognormal, median 10 ms, σ = 1 (mean 16.5 ms, p99 102 ms).
+    Lognormal,
+    /// 90 % cache hits of 1 ms, 10 % misses of 50 ms (mean 5.9 ms).
+    Bimodal,
+    /// A 30 ms network round trip that holds no server, plus Exp(2 ms) of
+    /// service: queueing is a small share of the latency, and saturating
+    /// C servers takes about 16 C requests in flight.
+    Rtt,
+}
+
+impl Service {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "issue" => Service::Issue,
+            "lognormal" => Service::Lognormal,
+            "bimodal" => Service::Bimodal,
+            "rtt" => Service::Rtt,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Issue => "issue",
+            Service::Lognormal => "lognormal",
+            Service::Bimodal => "bimodal",
+            Service::Rtt => "rtt",
+        }
+    }
+
+    /// The mean time a request holds a server, in seconds: capacity is
+    /// servers / this.
+    pub fn mean_hold(self) -> f64 {
+        match self {
+            Service::Issue => 2.0 * BASE.as_secs_f64(),
+            Service::Lognormal => 0.010 * 0.5f64.exp(),
+            Service::Bimodal => 0.9 * 0.001 + 0.1 * 0.050,
+            Service::Rtt => 0.002,
+        }
+    }
+
+    /// Request `id`'s time holding a server and its time on the network
+    /// (holding none), in seconds.
+    fn draw(self, seed: u64, id: u64) -> (f64, f64) {
+        match self {
+            Service::Issue => (BASE.as_secs_f64() * (1.0 + exp1(seed, 1, id)), 0.0),
+            Service::Lognormal => {
+                // Box–Muller: √(2 Exp(1)) = √(−2 ln u).
+                let z = (2.0 * exp1(seed, 3, id)).sqrt()
+                    * (std::f64::consts::TAU * uniform(seed, 4, id)).cos();
+                (0.010 * z.exp(), 0.0)
+            }
+            Service::Bimodal => {
+                let hit = uniform(seed, 3, id) < 0.9;
+                (if hit { 0.001 } else { 0.050 }, 0.0)
+            }
+            Service::Rtt => (0.002 * exp1(seed, 1, id), 0.030),
+        }
+    }
 }
 
 impl Scenario {
@@ -50,6 +127,8 @@ impl Scenario {
             open_loop: None,
             duration: Duration::from_secs(30),
             seed,
+            service: Service::Issue,
+            drift: None,
         }
     }
 }
@@ -94,21 +173,36 @@ fn exp1(seed: u64, stream: u64, id: u64) -> f64 {
     -u.ln()
 }
 
+/// Uniform on (0, 1] drawn from (seed, stream, id).
+fn uniform(seed: u64, stream: u64, id: u64) -> f64 {
+    (-exp1(seed, stream, id)).exp()
+}
+
 struct Backend {
     capacity: usize,
     free_at: Vec<Instant>,
     in_system: usize,
     thrash: bool,
     seed: u64,
+    service: Service,
+    /// With a network round trip: when the requests at a server (queued or
+    /// served) leave it.
+    at_server: Vec<Instant>,
 }
 
 impl Backend {
     /// Admits request `id` now; returns when it completes.
     fn arrive(&mut self, id: u64, now: Instant) -> Instant {
         self.in_system += 1;
-        let n = self.in_system;
+        let (mut service, network) = self.service.draw(self.seed, id);
+        // Thrashing counts the requests at the servers, not on the wire.
+        let n = if network > 0.0 {
+            self.at_server.retain(|&at| at > now);
+            self.at_server.len() + 1
+        } else {
+            self.in_system
+        };
         let c = self.capacity;
-        let mut service = BASE.as_secs_f64() * (1.0 + exp1(self.seed, 1, id));
         if self.thrash && n > c {
             service *= 1.0 + 0.2 * (n - c) as f64 / c as f64;
         }
@@ -121,6 +215,10 @@ impl Backend {
             .expect("at least one server");
         let done = free.max(now) + Duration::from_secs_f64(service);
         self.free_at[index] = done;
+        if network > 0.0 {
+            self.at_server.push(done);
+            return done + Duration::from_secs_f64(network);
+        }
         done
     }
 
@@ -196,6 +294,8 @@ pub async fn simulate_with<A: Algorithm>(
         in_system: 0,
         thrash: scenario.thrash,
         seed: scenario.seed,
+        service: scenario.service,
+        at_server: Vec::new(),
     }));
     let record = Arc::new(Mutex::new(Record::default()));
     let over_limit = Arc::new(Mutex::new(false));
@@ -224,6 +324,17 @@ pub async fn simulate_with<A: Algorithm>(
     let admit = |id: u64, token: torque_parallel::limit::Token| {
         serve(&backend, &record, id, token, end);
     };
+    // A drift moves C linearly: the servers C should have now.
+    let drift = |now: Instant| {
+        let Some(to) = scenario.drift else { return };
+        let from = scenario.servers as f64;
+        let share = (now - start).as_secs_f64() / scenario.duration.as_secs_f64();
+        let servers = (from + (to as f64 - from) * share.min(1.0)).round() as usize;
+        let mut backend = backend.lock().unwrap();
+        if servers.max(1) != backend.capacity {
+            backend.resize(servers.max(1), now);
+        }
+    };
     let mut rejected = 0u64;
     match scenario.open_loop {
         None => {
@@ -239,12 +350,13 @@ pub async fn simulate_with<A: Algorithm>(
                     backend.lock().unwrap().resize(servers, now);
                     stepped = true;
                 }
+                drift(now);
                 admit(id, token);
                 id += 1;
             }
         }
         Some(load) => {
-            let rate = load * scenario.servers as f64 / (2.0 * BASE.as_secs_f64());
+            let rate = load * scenario.servers as f64 / scenario.service.mean_hold();
             let mut at = start;
             for id in 0u64.. {
                 at += Duration::from_secs_f64(exp1(scenario.seed, 2, id) / rate);
@@ -258,6 +370,7 @@ pub async fn simulate_with<A: Algorithm>(
                     backend.lock().unwrap().resize(servers, now);
                     stepped = true;
                 }
+                drift(now);
                 match limiter.try_acquire() {
                     Ok(token) => admit(id, token),
                     Err(_) => rejected += 1,
@@ -298,12 +411,18 @@ pub async fn simulate_with<A: Algorithm>(
 /// The best static limit by throughput, `eval` giving a limit's report: a
 /// coarse sweep of 1..=256, then every integer between the best coarse
 /// point's neighbours.
-fn sweep(mut eval: impl FnMut(usize) -> Report) -> (usize, Report) {
-    const COARSE: [usize; 17] = [
+///
+/// With `wide`, the coarse sweep goes on to 1024 (a network round trip
+/// needs limits of about 16 C).
+fn sweep(wide: bool, mut eval: impl FnMut(usize) -> Report) -> (usize, Report) {
+    let mut coarse = vec![
         1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256,
     ];
+    if wide {
+        coarse.extend([384, 512, 768, 1024]);
+    }
     let mut results: Vec<(usize, Report)> = Vec::new();
-    for limit in COARSE {
+    for &limit in &coarse {
         results.push((limit, eval(limit)));
     }
     let best = |results: &Vec<(usize, Report)>| {
@@ -314,9 +433,9 @@ fn sweep(mut eval: impl FnMut(usize) -> Report) -> (usize, Report) {
             .expect("non-empty")
     };
     let b = best(&results);
-    let i = COARSE.iter().position(|&l| l == b).expect("coarse");
-    let lo = COARSE[i.saturating_sub(1)];
-    let hi = COARSE[(i + 1).min(COARSE.len() - 1)];
+    let i = coarse.iter().position(|&l| l == b).expect("coarse");
+    let lo = coarse[i.saturating_sub(1)];
+    let hi = coarse[(i + 1).min(coarse.len() - 1)];
     for limit in lo..=hi {
         if !results.iter().any(|(l, _)| *l == limit) {
             results.push((limit, eval(limit)));
@@ -332,7 +451,9 @@ fn sweep(mut eval: impl FnMut(usize) -> Report) -> (usize, Report) {
 /// The best static limit for `scenario` by throughput ([`sweep`]).
 pub fn oracle(scenario: &Scenario) -> (usize, Report) {
     use torque_parallel::limit::Fixed;
-    sweep(|limit| run(scenario, Fixed::new(limit)))
+    sweep(scenario.service == Service::Rtt, |limit| {
+        run(scenario, Fixed::new(limit))
+    })
 }
 
 /// One client of a shared backend: its own limiter and closed loop.
@@ -388,6 +509,8 @@ async fn simulate_shared<A: Algorithm>(
         in_system: 0,
         thrash: scenario.thrash,
         seed: scenario.seed,
+        service: scenario.service,
+        at_server: Vec::new(),
     }));
     let next_id = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
@@ -422,11 +545,16 @@ async fn simulate_shared<A: Algorithm>(
                 record.clone(),
                 next_id.clone(),
             );
-            let (open_loop, servers, seed) = (scenario.open_loop, scenario.servers, scenario.seed);
+            let (open_loop, servers, seed, hold) = (
+                scenario.open_loop,
+                scenario.servers,
+                scenario.seed,
+                scenario.service.mean_hold(),
+            );
             tokio::spawn(async move {
                 tokio::time::sleep_until(start + offset).await;
                 if let Some(load) = open_loop {
-                    let rate = load * servers as f64 / (2.0 * BASE.as_secs_f64()) / count;
+                    let rate = load * servers as f64 / hold / count;
                     let mut at = start + offset;
                     for k in 0u64.. {
                         at += Duration::from_secs_f64(exp1(seed, 10 + i as u64, k) / rate);
@@ -499,7 +627,7 @@ async fn simulate_shared<A: Algorithm>(
 /// ([`sweep`]).
 pub fn shared_oracle(scenario: &Scenario, starts: &[Duration]) -> (usize, Report) {
     use torque_parallel::limit::Fixed;
-    sweep(|limit| {
+    sweep(scenario.service == Service::Rtt, |limit| {
         let fixed = vec![Fixed::new(limit); starts.len()];
         run_shared(scenario, fixed, starts, |_| String::new()).0
     })
