@@ -51,7 +51,9 @@ use super::{Algorithm, BuildError, Outcome, Sample, check_bounds, check_range, c
 ///   consistent with the current baseline is merged into it (inverse-variance
 ///   weighting); an inconsistent one replaces it. Between probes, windows
 ///   that measured no queue sharpen it: in steady state, those within their
-///   own standard error of it (the bottom of the limit's oscillation). And
+///   own standard error of it (the bottom of the limit's oscillation); not
+///   a slow-start window grossly faster than it (by a third), which with
+///   skewed latencies missed the slow requests and looks precise. And
 ///   when the window after a modest cut is no faster than the one that made
 ///   it (nor much slower: a capacity drop), there was no queue to drain: the
 ///   baseline was too low, and both windows re-measure it. A window also
