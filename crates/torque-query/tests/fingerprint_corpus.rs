@@ -6,26 +6,9 @@
 
 use torque_query::{StatementKind, fingerprint};
 
-fn same(a: &str, b: &str) {
-    let (fa, fb) = (fingerprint(a), fingerprint(b));
-    assert_eq!(
-        fa.hash(),
-        fb.hash(),
-        "expected the same shape:\n  {a}\n  -> {}\n  {b}\n  -> {}",
-        fa.normalized(),
-        fb.normalized()
-    );
-}
-
-fn differ(a: &str, b: &str) {
-    let (fa, fb) = (fingerprint(a), fingerprint(b));
-    assert_ne!(
-        fa.hash(),
-        fb.hash(),
-        "expected different shapes:\n  {a}\n  {b}\n  both -> {}",
-        fa.normalized()
-    );
-}
+#[path = "common/shapes.rs"]
+mod shapes;
+use shapes::{differ, same};
 
 fn normalized(sql: &str, expected: &str) {
     assert_eq!(fingerprint(sql).normalized(), expected, "{sql}");
